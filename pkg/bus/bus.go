@@ -1,0 +1,103 @@
+// Package bus connects to NATS JetStream and defines the streams and
+// subjects that carry events between services. Every stream is declared
+// here, once, so docs/architecture.md has one place to mirror.
+package bus
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Config locates the NATS server.
+type Config struct {
+	// URL of an external NATS server. Empty in the all-in-one shape means
+	// "start the embedded server".
+	URL string `yaml:"url"`
+	// Replicas for each stream (1 for a single server, 3 for a cluster).
+	Replicas int `yaml:"replicas"`
+}
+
+// Streams and subjects.
+const (
+	// RoomEventsStream holds every committed room event, published by the
+	// room-server on RoomEventsSubject(roomID).
+	RoomEventsStream = "MYELIN_ROOM_EVENTS"
+	// roomEventsPrefix is the subject prefix of RoomEventsStream.
+	roomEventsPrefix = "myelin.roomserver.events."
+)
+
+// RoomEventsSubject is the subject for one room's committed events. Room IDs
+// contain '.' and other characters NATS tokens do not allow, so the room ID
+// is base64url-encoded into a single token.
+func RoomEventsSubject(roomID string) string {
+	return roomEventsPrefix + base64.RawURLEncoding.EncodeToString([]byte(roomID))
+}
+
+// RoomEventsAllSubjects matches every room's subject.
+const RoomEventsAllSubjects = roomEventsPrefix + ">"
+
+// Streams lists every stream Myelin uses. EnsureStreams creates them.
+func Streams(replicas int) []jetstream.StreamConfig {
+	if replicas < 1 {
+		replicas = 1
+	}
+	return []jetstream.StreamConfig{{
+		Name:        RoomEventsStream,
+		Description: "Committed room events (roomserver.v1.OutputRoomEvent)",
+		Subjects:    []string{RoomEventsAllSubjects},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		Replicas:    replicas,
+		// Publishers set Nats-Msg-Id to the event ID; republishing an event
+		// within this window is dropped by the server.
+		Duplicates: 10 * time.Minute,
+		MaxAge:     7 * 24 * time.Hour,
+	}}
+}
+
+// Connect dials NATS and returns the connection and a JetStream handle.
+// It retries the first connection so services can start before NATS.
+func Connect(ctx context.Context, url, name string) (*nats.Conn, jetstream.JetStream, error) {
+	nc, err := nats.Connect(url,
+		nats.Name(name),
+		nats.RetryOnFailedConnect(true),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250*time.Millisecond),
+	)
+	if err != nil {
+		return nil, nil, fmt.Errorf("connect to NATS %s: %w", url, err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return nc, js, nil
+}
+
+// EnsureStreams creates or updates every stream. Both publishers and
+// consumers call it, so start-up order does not matter.
+func EnsureStreams(ctx context.Context, js jetstream.JetStream, replicas int) error {
+	for _, sc := range Streams(replicas) {
+		var err error
+		for attempt := 0; attempt < 50; attempt++ {
+			if _, err = js.CreateOrUpdateStream(ctx, sc); err == nil {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("ensure stream %s: %w", sc.Name, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,198 @@
+package devinfra
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// ErrNoPostgres is returned when no PostgreSQL server binaries are found.
+var ErrNoPostgres = errors.New("no PostgreSQL server binaries (initdb, pg_ctl) found on PATH or under /usr/lib/postgresql/*/bin; install PostgreSQL or set database.url (MYELIN_DATABASE_URL) to an existing server")
+
+// Postgres is a PostgreSQL cluster in a local directory, run with pg_ctl.
+type Postgres struct {
+	dir  string
+	bin  string
+	port int
+	cred *syscall.Credential
+}
+
+// FindPostgresBin returns the directory holding initdb and pg_ctl.
+func FindPostgresBin() (string, error) {
+	if p, err := exec.LookPath("initdb"); err == nil {
+		if _, err := exec.LookPath("pg_ctl"); err == nil {
+			return filepath.Dir(p), nil
+		}
+	}
+	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	// Newest major version first.
+	sort.Slice(dirs, func(i, j int) bool { return versionOf(dirs[i]) > versionOf(dirs[j]) })
+	for _, d := range dirs {
+		if fileExists(filepath.Join(d, "initdb")) && fileExists(filepath.Join(d, "pg_ctl")) {
+			return d, nil
+		}
+	}
+	return "", ErrNoPostgres
+}
+
+func versionOf(binDir string) int {
+	n, _ := strconv.Atoi(filepath.Base(filepath.Dir(binDir)))
+	return n
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// StartPostgres initialises a cluster in dir if it has none, and starts it
+// on 127.0.0.1 at port (0 picks a free port). PostgreSQL refuses to run as
+// root, so when this process is root the cluster runs as the "postgres"
+// user (or "nobody") and dir is handed to that user.
+func StartPostgres(ctx context.Context, dir string, port int) (*Postgres, error) {
+	bin, err := FindPostgresBin()
+	if err != nil {
+		return nil, err
+	}
+	dir, err = filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	if port == 0 {
+		if port, err = freePort(); err != nil {
+			return nil, err
+		}
+	}
+	pg := &Postgres{dir: dir, bin: bin, port: port}
+	if os.Geteuid() == 0 {
+		if pg.cred, err = unprivilegedUser(); err != nil {
+			return nil, err
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	if err := pg.chown(); err != nil {
+		return nil, err
+	}
+	dataDir := filepath.Join(dir, "pgdata")
+	if !fileExists(filepath.Join(dataDir, "PG_VERSION")) {
+		out, err := pg.run(ctx, "initdb", "-D", dataDir, "-U", "myelin", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync")
+		if err != nil {
+			return nil, fmt.Errorf("initdb: %w: %s", err, out)
+		}
+	}
+	// A cluster left running by a killed process holds postmaster.pid; stop it.
+	if fileExists(filepath.Join(dataDir, "postmaster.pid")) {
+		_, _ = pg.run(ctx, "pg_ctl", "-D", dataDir, "-m", "immediate", "-w", "stop")
+	}
+	opts := fmt.Sprintf("-c listen_addresses=127.0.0.1 -p %d -k %s -c fsync=off -c synchronous_commit=off -c max_connections=300 -c shared_buffers=128MB", port, dir)
+	out, err := pg.run(ctx, "pg_ctl", "-D", dataDir, "-l", filepath.Join(dir, "postgres.log"), "-o", opts, "-w", "-t", "60", "start")
+	if err != nil {
+		return nil, fmt.Errorf("pg_ctl start: %w: %s", err, out)
+	}
+	if err := pg.waitReady(ctx); err != nil {
+		pg.Stop()
+		return nil, err
+	}
+	return pg, nil
+}
+
+// URL returns a connection URL for database db.
+func (p *Postgres) URL(db string) string {
+	return fmt.Sprintf("postgres://myelin@127.0.0.1:%d/%s?sslmode=disable", p.port, db)
+}
+
+// CreateDatabase creates db if it does not exist.
+func (p *Postgres) CreateDatabase(ctx context.Context, db string) error {
+	conn, err := pgx.Connect(ctx, p.URL("postgres"))
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS(SELECT 1 FROM pg_database WHERE datname=$1)`, db).Scan(&exists); err != nil {
+		return err
+	}
+	if exists {
+		return nil
+	}
+	_, err = conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{db}.Sanitize())
+	return err
+}
+
+// Stop shuts the cluster down (fast mode).
+func (p *Postgres) Stop() {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, _ = p.run(ctx, "pg_ctl", "-D", filepath.Join(p.dir, "pgdata"), "-m", "fast", "-w", "stop")
+}
+
+func (p *Postgres) waitReady(ctx context.Context) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		conn, err := pgx.Connect(ctx, p.URL("postgres"))
+		if err == nil {
+			conn.Close(ctx)
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("postgres not ready: %w", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (p *Postgres) run(ctx context.Context, tool string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, filepath.Join(p.bin, tool), args...)
+	cmd.Dir = p.dir
+	if p.cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: p.cred}
+		cmd.Env = append(os.Environ(), "HOME="+p.dir)
+	}
+	out, err := cmd.CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
+
+func (p *Postgres) chown() error {
+	if p.cred == nil {
+		return nil
+	}
+	return filepath.Walk(p.dir, func(path string, _ os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(path, int(p.cred.Uid), int(p.cred.Gid))
+	})
+}
+
+func unprivilegedUser() (*syscall.Credential, error) {
+	for _, name := range []string{"postgres", "nobody"} {
+		u, err := user.Lookup(name)
+		if err != nil {
+			continue
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
+	}
+	return nil, errors.New("running as root and no 'postgres' or 'nobody' user to run PostgreSQL as")
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}

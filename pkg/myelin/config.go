@@ -1,0 +1,143 @@
+package myelin
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/myelin-chat/myelin/pkg/bus"
+	"github.com/myelin-chat/myelin/pkg/config"
+	"github.com/myelin-chat/myelin/pkg/logging"
+	"github.com/myelin-chat/myelin/services/clientapi"
+	"github.com/myelin-chat/myelin/services/keyserver"
+	"github.com/myelin-chat/myelin/services/roomserver"
+)
+
+// Config is the root configuration: process-wide settings, then one key per
+// service holding that service's own Config.
+type Config struct {
+	// ServerName is the Matrix server name (the part after ':' in user IDs).
+	ServerName string `yaml:"server_name"`
+	// DataDir holds the embedded NATS store and the local PostgreSQL
+	// cluster in the all-in-one shape.
+	DataDir string         `yaml:"data_dir"`
+	Logging logging.Config `yaml:"logging"`
+	// HTTP is this process's one HTTP listener.
+	HTTP ListenConfig `yaml:"http"`
+	// GRPC is this process's one gRPC listener.
+	GRPC ListenConfig `yaml:"grpc"`
+	// Database is the default PostgreSQL URL for every service. Empty in
+	// the all-in-one shape: a local cluster is started under data_dir.
+	Database DatabaseConfig `yaml:"database"`
+	// NATS: empty url starts an embedded JetStream server under data_dir.
+	NATS bus.Config `yaml:"nats"`
+	// Services says where each service can be reached, for processes that
+	// do not run it themselves (split shape) and for the edge router.
+	Services ServiceAddresses `yaml:"services"`
+
+	KeyServer  keyserver.Config  `yaml:"key_server"`
+	RoomServer roomserver.Config `yaml:"room_server"`
+	ClientAPI  clientapi.Config  `yaml:"client_api"`
+}
+
+// ListenConfig is a listen address such as "127.0.0.1:8008" (":0" picks a
+// free port).
+type ListenConfig struct {
+	Listen string `yaml:"listen"`
+}
+
+// DatabaseConfig is the shared PostgreSQL default.
+type DatabaseConfig struct {
+	URL string `yaml:"url"`
+}
+
+// ServiceAddresses keys each service's addresses by service name.
+type ServiceAddresses struct {
+	KeyServer  ServiceAddress `yaml:"key_server"`
+	RoomServer ServiceAddress `yaml:"room_server"`
+	ClientAPI  ServiceAddress `yaml:"client_api"`
+}
+
+// ServiceAddress is where a service's gRPC and HTTP listeners are. Empty
+// means "in this process".
+type ServiceAddress struct {
+	GRPC string `yaml:"grpc"`
+	HTTP string `yaml:"http"`
+}
+
+// DefaultConfig is the all-in-one configuration `make run` starts with.
+func DefaultConfig() Config {
+	return Config{
+		ServerName: "localhost",
+		DataDir:    "./data",
+		Logging:    logging.DefaultConfig(),
+		HTTP:       ListenConfig{Listen: "127.0.0.1:8008"},
+		GRPC:       ListenConfig{Listen: "127.0.0.1:0"},
+		NATS:       bus.Config{Replicas: 1},
+		KeyServer:  keyserver.DefaultConfig(),
+		RoomServer: roomserver.DefaultConfig(),
+		ClientAPI:  clientapi.DefaultConfig(),
+	}
+}
+
+// Load applies defaults, then the YAML file (if path is not empty), then
+// MYELIN_* environment variables, then Validate.
+func Load(path string) (Config, error) {
+	cfg := DefaultConfig()
+	if path != "" {
+		if err := config.LoadFile(path, &cfg); err != nil {
+			return cfg, err
+		}
+	}
+	if err := config.ApplyEnv(&cfg, os.LookupEnv); err != nil {
+		return cfg, err
+	}
+	return cfg, cfg.Validate()
+}
+
+// Validate checks the process-wide settings and every service's.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.ServerName == "" {
+		errs = append(errs, errors.New("server_name must be set"))
+	}
+	if c.HTTP.Listen == "" {
+		errs = append(errs, errors.New("http.listen must be set"))
+	}
+	if c.GRPC.Listen == "" {
+		errs = append(errs, errors.New("grpc.listen must be set"))
+	}
+	if c.DataDir == "" && (c.NATS.URL == "" || c.Database.URL == "") {
+		errs = append(errs, errors.New("data_dir must be set when nats.url or database.url is empty"))
+	}
+	errs = append(errs,
+		prefix("key_server", c.KeyServer.Validate()),
+		prefix("room_server", c.RoomServer.Validate()),
+		prefix("client_api", c.ClientAPI.Validate()),
+	)
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("%w: %w", config.ErrInvalid, err)
+	}
+	return nil
+}
+
+// dataPath resolves a path below data_dir.
+func (c *Config) dataPath(elem ...string) string {
+	return filepath.Join(append([]string{c.DataDir}, elem...)...)
+}
+
+func prefix(name string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("%s: %w", name, err)
+}
+
+// databaseURL is the service's own URL if set, else the shared one.
+func (c *Config) databaseURL(own string) string {
+	if own != "" {
+		return own
+	}
+	return c.Database.URL
+}

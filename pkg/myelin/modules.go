@@ -1,0 +1,135 @@
+package myelin
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/go-chi/chi/v5"
+	"google.golang.org/grpc"
+
+	"github.com/myelin-chat/myelin/pkg/logging"
+	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
+	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi"
+	"github.com/myelin-chat/myelin/services/keyserver"
+	"github.com/myelin-chat/myelin/services/roomserver"
+)
+
+// Target names. "all" runs every service; "edge" is the HTTP router that
+// sits in front of split services.
+const (
+	TargetAll        = "all"
+	TargetKeyServer  = "key-server"
+	TargetRoomServer = "room-server"
+	TargetClientAPI  = "client-api"
+	TargetEdge       = "edge"
+)
+
+// service is the shape every service has: it registers onto the process's
+// one gRPC server and one HTTP router, and runs until ctx ends.
+type service interface {
+	RegisterGRPC(*grpc.Server)
+	RegisterHTTP(chi.Router)
+	Run(ctx context.Context) error
+	Close()
+}
+
+// module is one row of the module table.
+type module struct {
+	name string
+	// start builds the service from the process's shared parts.
+	start func(ctx context.Context, p *process) (service, error)
+}
+
+// modules is the module table, in start order. "all" is every row.
+var modules = []module{
+	{name: TargetKeyServer, start: startKeyServer},
+	{name: TargetRoomServer, start: startRoomServer},
+	{name: TargetClientAPI, start: startClientAPI},
+}
+
+// ParseTargets expands a comma-separated target list. "all" is every
+// service; "edge" may be combined with anything.
+func ParseTargets(s string) ([]string, error) {
+	known := map[string]bool{TargetEdge: true}
+	for _, m := range modules {
+		known[m.name] = true
+	}
+	set := map[string]bool{}
+	for _, t := range strings.Split(s, ",") {
+		t = strings.TrimSpace(t)
+		switch {
+		case t == "":
+		case t == TargetAll:
+			for _, m := range modules {
+				set[m.name] = true
+			}
+		case known[t]:
+			set[t] = true
+		default:
+			return nil, fmt.Errorf("unknown target %q (known: all, %s)", t, strings.Join(TargetNames(), ", "))
+		}
+	}
+	if len(set) == 0 {
+		return nil, fmt.Errorf("no target given")
+	}
+	var out []string
+	for t := range set {
+		out = append(out, t)
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// TargetNames lists every target except "all".
+func TargetNames() []string {
+	names := []string{TargetEdge}
+	for _, m := range modules {
+		names = append(names, m.name)
+	}
+	sort.Strings(names)
+	return names
+}
+
+func startKeyServer(ctx context.Context, p *process) (service, error) {
+	return keyserver.New(ctx, p.cfg.KeyServer, keyserver.Deps{
+		Logger:      p.log.With(logging.Service(TargetKeyServer)),
+		ServerName:  p.cfg.ServerName,
+		DatabaseURL: p.cfg.databaseURL(p.cfg.KeyServer.DatabaseURL),
+	})
+}
+
+func startRoomServer(ctx context.Context, p *process) (service, error) {
+	ks, err := p.dial(TargetKeyServer)
+	if err != nil {
+		return nil, err
+	}
+	return roomserver.New(ctx, p.cfg.RoomServer, roomserver.Deps{
+		Logger:      p.log.With(logging.Service(TargetRoomServer)),
+		ServerName:  p.cfg.ServerName,
+		DatabaseURL: p.cfg.databaseURL(p.cfg.RoomServer.DatabaseURL),
+		JetStream:   p.js,
+		KeyServer:   keyserverv1.NewKeyServiceClient(ks),
+	})
+}
+
+func startClientAPI(ctx context.Context, p *process) (service, error) {
+	ks, err := p.dial(TargetKeyServer)
+	if err != nil {
+		return nil, err
+	}
+	rs, err := p.dial(TargetRoomServer)
+	if err != nil {
+		return nil, err
+	}
+	return clientapi.New(ctx, p.cfg.ClientAPI, clientapi.Deps{
+		Logger:      p.log.With(logging.Service(TargetClientAPI)),
+		ServerName:  p.cfg.ServerName,
+		DatabaseURL: p.cfg.databaseURL(p.cfg.ClientAPI.DatabaseURL),
+		JetStream:   p.js,
+		KeyServer:   keyserverv1.NewKeyServiceClient(ks),
+		RoomServer:  roomserverv1.NewRoomServiceClient(rs),
+	})
+}

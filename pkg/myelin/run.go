@@ -1,0 +1,306 @@
+// Package myelin assembles services into a process: it reads the module
+// table, provisions the infrastructure the configuration leaves empty
+// (embedded NATS, local PostgreSQL), opens the process's one gRPC server and
+// one HTTP server, and runs every requested service until one fails or the
+// context ends.
+package myelin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+
+	"github.com/myelin-chat/myelin/pkg/bus"
+	"github.com/myelin-chat/myelin/pkg/devinfra"
+	"github.com/myelin-chat/myelin/pkg/edge"
+	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	"github.com/myelin-chat/myelin/pkg/rpc"
+)
+
+// Process is a running Myelin process.
+type Process struct {
+	p    *process
+	g    *errgroup.Group
+	stop context.CancelFunc
+	done chan struct{}
+	err  error
+}
+
+// process holds what services share within one OS process.
+type process struct {
+	cfg      Config
+	targets  []string
+	log      *zap.Logger
+	grpcLis  net.Listener
+	httpLis  net.Listener
+	grpcSrv  *grpc.Server
+	router   chi.Router
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	conns    map[string]*grpc.ClientConn
+	cleanups []func()
+	mu       sync.Mutex
+}
+
+// Run starts the process and blocks until ctx ends or a service fails.
+func Run(ctx context.Context, cfg Config, targets []string, log *zap.Logger) error {
+	p, err := Start(ctx, cfg, targets, log)
+	if err != nil {
+		return err
+	}
+	return p.Wait()
+}
+
+// Start provisions infrastructure, starts the requested services and
+// returns once they are serving.
+func Start(ctx context.Context, cfg Config, targets []string, log *zap.Logger) (_ *Process, err error) {
+	p := &process{cfg: cfg, targets: targets, log: log, conns: map[string]*grpc.ClientConn{}}
+	defer func() {
+		if err != nil {
+			p.close()
+		}
+	}()
+	if err := p.provision(ctx); err != nil {
+		return nil, err
+	}
+	if p.grpcLis, err = net.Listen("tcp", cfg.GRPC.Listen); err != nil {
+		return nil, fmt.Errorf("grpc.listen: %w", err)
+	}
+	if p.httpLis, err = net.Listen("tcp", cfg.HTTP.Listen); err != nil {
+		return nil, fmt.Errorf("http.listen: %w", err)
+	}
+	p.grpcSrv = rpc.NewServer(log)
+	r := chi.NewRouter()
+	r.Use(matrixhttp.CORS)
+	r.NotFound(matrixhttp.NotFoundHandler)
+	r.MethodNotAllowed(matrixhttp.MethodNotAllowedHandler)
+	p.router = r
+
+	var services []service
+	for _, m := range modules {
+		if !slices.Contains(targets, m.name) {
+			continue
+		}
+		svc, err := m.start(ctx, p)
+		if err != nil {
+			return nil, fmt.Errorf("start %s: %w", m.name, err)
+		}
+		p.cleanups = append(p.cleanups, svc.Close)
+		svc.RegisterGRPC(p.grpcSrv)
+		svc.RegisterHTTP(p.router)
+		services = append(services, svc)
+	}
+	if slices.Contains(targets, TargetEdge) {
+		if err := edge.Mount(p.router, p.edgeRoutes()); err != nil {
+			return nil, err
+		}
+	}
+
+	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	g, gctx := errgroup.WithContext(runCtx)
+	httpSrv := &http.Server{Handler: p.router, ReadHeaderTimeout: 10 * time.Second}
+	g.Go(func() error {
+		if err := p.grpcSrv.Serve(p.grpcLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("grpc server: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		if err := httpSrv.Serve(p.httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("http server: %w", err)
+		}
+		return nil
+	})
+	for _, svc := range services {
+		g.Go(func() error { return svc.Run(gctx) })
+	}
+	g.Go(func() error {
+		<-gctx.Done()
+		shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = httpSrv.Shutdown(shutCtx)
+		stopped := make(chan struct{})
+		go func() { p.grpcSrv.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-shutCtx.Done():
+			p.grpcSrv.Stop()
+		}
+		return nil
+	})
+	proc := &Process{p: p, g: g, stop: stop, done: make(chan struct{})}
+	go func() {
+		proc.err = g.Wait()
+		p.close()
+		close(proc.done)
+	}()
+	// The caller's ctx ending stops the process.
+	go func() {
+		select {
+		case <-ctx.Done():
+			stop()
+		case <-proc.done:
+		}
+	}()
+	log.Info("myelin started", zap.Strings("targets", targets),
+		zap.String("http", p.httpLis.Addr().String()), zap.String("grpc", p.grpcLis.Addr().String()))
+	return proc, nil
+}
+
+// HTTPAddr is the address the HTTP server listens on.
+func (pr *Process) HTTPAddr() string { return pr.p.httpLis.Addr().String() }
+
+// GRPCAddr is the address the gRPC server listens on.
+func (pr *Process) GRPCAddr() string { return pr.p.grpcLis.Addr().String() }
+
+// Stop ends the process and waits for it.
+func (pr *Process) Stop() error {
+	pr.stop()
+	return pr.Wait()
+}
+
+// Wait blocks until the process ends and returns the first service error.
+func (pr *Process) Wait() error {
+	<-pr.done
+	return pr.err
+}
+
+// provision starts the embedded NATS server and the local PostgreSQL
+// cluster when their URLs are not configured, and connects to NATS.
+func (p *process) provision(ctx context.Context) error {
+	if p.cfg.Database.URL == "" && p.needsDatabase() {
+		pg, err := devinfra.StartPostgres(ctx, p.cfg.dataPath("postgres"), 0)
+		if err != nil {
+			return fmt.Errorf("database.url is empty, so a local PostgreSQL was to be started: %w", err)
+		}
+		p.cleanups = append(p.cleanups, pg.Stop)
+		if err := pg.CreateDatabase(ctx, "myelin"); err != nil {
+			return err
+		}
+		p.cfg.Database.URL = pg.URL("myelin")
+		p.log.Info("started local PostgreSQL", zap.String("dir", p.cfg.dataPath("postgres")))
+	}
+	if !p.needsNATS() {
+		return nil
+	}
+	if p.cfg.NATS.URL == "" {
+		n, err := devinfra.StartNATS(p.cfg.dataPath("nats"), "127.0.0.1", -1)
+		if err != nil {
+			return err
+		}
+		p.cleanups = append(p.cleanups, n.Shutdown)
+		p.cfg.NATS.URL = n.URL()
+		p.log.Info("started embedded NATS JetStream", zap.String("url", n.URL()))
+	}
+	nc, js, err := bus.Connect(ctx, p.cfg.NATS.URL, "myelin")
+	if err != nil {
+		return err
+	}
+	p.cleanups = append(p.cleanups, nc.Close)
+	p.nc, p.js = nc, js
+	return bus.EnsureStreams(ctx, js, p.cfg.NATS.Replicas)
+}
+
+func (p *process) needsDatabase() bool {
+	for _, t := range p.targets {
+		if t != TargetEdge {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *process) needsNATS() bool {
+	return slices.Contains(p.targets, TargetRoomServer) || slices.Contains(p.targets, TargetClientAPI)
+}
+
+// dial returns the gRPC connection to a service: the configured address, or
+// this process's own gRPC listener when the service runs here.
+func (p *process) dial(target string) (*grpc.ClientConn, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c, ok := p.conns[target]; ok {
+		return c, nil
+	}
+	addr := p.address(target).GRPC
+	if addr == "" {
+		if !slices.Contains(p.targets, target) {
+			return nil, fmt.Errorf("%s is not a target of this process: set services.%s.grpc", target, yamlKey(target))
+		}
+		addr = p.grpcLis.Addr().String()
+	}
+	c, err := rpc.Dial(addr)
+	if err != nil {
+		return nil, err
+	}
+	p.conns[target] = c
+	p.cleanups = append(p.cleanups, func() { _ = c.Close() })
+	return c, nil
+}
+
+func (p *process) address(target string) ServiceAddress {
+	switch target {
+	case TargetKeyServer:
+		return p.cfg.Services.KeyServer
+	case TargetRoomServer:
+		return p.cfg.Services.RoomServer
+	case TargetClientAPI:
+		return p.cfg.Services.ClientAPI
+	}
+	return ServiceAddress{}
+}
+
+// edgeRoutes maps public path prefixes to the services that own them, for
+// services not running in this process.
+func (p *process) edgeRoutes() []edge.Route {
+	var routes []edge.Route
+	add := func(target string, prefixes ...string) {
+		if slices.Contains(p.targets, target) {
+			return
+		}
+		for _, pre := range prefixes {
+			routes = append(routes, edge.Route{Prefix: pre, Upstream: p.address(target).HTTP, Service: target})
+		}
+	}
+	add(TargetClientAPI, "/_matrix/client/", "/.well-known/matrix/")
+	add(TargetKeyServer, "/_matrix/key/")
+	return routes
+}
+
+func yamlKey(target string) string {
+	switch target {
+	case TargetKeyServer:
+		return "key_server"
+	case TargetRoomServer:
+		return "room_server"
+	case TargetClientAPI:
+		return "client_api"
+	}
+	return target
+}
+
+func (p *process) close() {
+	if p.grpcLis != nil {
+		_ = p.grpcLis.Close()
+	}
+	if p.httpLis != nil {
+		_ = p.httpLis.Close()
+	}
+	for i := len(p.cleanups) - 1; i >= 0; i-- {
+		p.cleanups[i]()
+	}
+	p.cleanups = nil
+	_ = p.log.Sync()
+}

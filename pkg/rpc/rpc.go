@@ -1,0 +1,77 @@
+// Package rpc builds the process's one gRPC server and the client
+// connections services use to reach each other. Cross-cutting behaviour
+// (logging, panic recovery) lives here as interceptors, never as wrappers
+// around generated clients.
+package rpc
+
+import (
+	"context"
+	"fmt"
+	"runtime/debug"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+)
+
+// MaxMessageSize bounds one gRPC message. Room state (for example a join of
+// a large room) can be big, so it is well above gRPC's 4 MiB default.
+const MaxMessageSize = 256 << 20
+
+// NewServer returns a gRPC server that logs slow or failed calls and turns
+// handler panics into Internal errors instead of crashing the process.
+func NewServer(log *zap.Logger) *grpc.Server {
+	return grpc.NewServer(
+		grpc.MaxRecvMsgSize(MaxMessageSize),
+		grpc.MaxSendMsgSize(MaxMessageSize),
+		grpc.ChainUnaryInterceptor(recoverUnary(log), logUnary(log)),
+	)
+}
+
+// Dial connects to a gRPC address ("host:port"). The connection is lazy:
+// a service that starts before its peer retries on its first call.
+func Dial(addr string) (*grpc.ClientConn, error) {
+	conn, err := grpc.NewClient(addr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(
+			grpc.MaxCallRecvMsgSize(MaxMessageSize),
+			grpc.MaxCallSendMsgSize(MaxMessageSize),
+			grpc.WaitForReady(true),
+		),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	return conn, nil
+}
+
+func recoverUnary(log *zap.Logger) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				log.Error("panic in gRPC handler", zap.String("method", info.FullMethod),
+					zap.Any("panic", r), zap.ByteString("stack", debug.Stack()))
+				err = status.Error(codes.Internal, "internal error")
+			}
+		}()
+		return handler(ctx, req)
+	}
+}
+
+func logUnary(log *zap.Logger) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		start := time.Now()
+		resp, err := handler(ctx, req)
+		if code := status.Code(err); code == codes.Internal || code == codes.Unknown {
+			log.Error("gRPC call failed", zap.String("method", info.FullMethod),
+				zap.Duration("took", time.Since(start)), zap.Error(err))
+		} else if log.Core().Enabled(zap.DebugLevel) {
+			log.Debug("gRPC call", zap.String("method", info.FullMethod),
+				zap.Duration("took", time.Since(start)), zap.String("code", code.String()))
+		}
+		return resp, err
+	}
+}
