@@ -1,0 +1,84 @@
+package roomserver
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/matrix-org/gomatrixserverlib"
+)
+
+// Config is the room-server's own configuration (root key: room_server).
+type Config struct {
+	// DatabaseURL overrides the shared database.url for this service.
+	DatabaseURL string `yaml:"database_url"`
+	// MaxConns bounds the PostgreSQL pool.
+	MaxConns int32 `yaml:"max_conns"`
+	// DefaultRoomVersion is used when CreateRoom names no version.
+	DefaultRoomVersion string `yaml:"default_room_version"`
+	// MaxPrevEvents caps the prev_events of locally built events.
+	MaxPrevEvents int `yaml:"max_prev_events"`
+	// SnapshotBaseInterval is how many state deltas may stack on a base
+	// snapshot before a full base snapshot is written again. It bounds the
+	// work of reading any snapshot.
+	SnapshotBaseInterval int `yaml:"snapshot_base_interval"`
+	// StateCacheSize is how many resolved state snapshots stay in memory.
+	StateCacheSize int `yaml:"state_cache_size"`
+	// EventCacheSize is how many parsed events stay in memory.
+	EventCacheSize int `yaml:"event_cache_size"`
+	// KeyCacheTTL is how long the key-server's public keys are trusted
+	// before they are fetched again.
+	KeyCacheTTL time.Duration `yaml:"key_cache_ttl"`
+	// PublishPollInterval is how often the publisher looks for committed
+	// events it was not told about (for example after another replica
+	// committed them).
+	PublishPollInterval time.Duration `yaml:"publish_poll_interval"`
+	// StreamReplicas is passed to bus.EnsureStreams; keep it equal to
+	// nats.replicas.
+	StreamReplicas int `yaml:"stream_replicas"`
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{
+		MaxConns:             16,
+		DefaultRoomVersion:   string(gomatrixserverlib.RoomVersionV11),
+		MaxPrevEvents:        10,
+		SnapshotBaseInterval: 64,
+		StateCacheSize:       256,
+		EventCacheSize:       20000,
+		KeyCacheTTL:          5 * time.Minute,
+		PublishPollInterval:  time.Second,
+		StreamReplicas:       1,
+	}
+}
+
+// Validate checks the settings.
+func (c Config) Validate() error {
+	var errs []error
+	if !gomatrixserverlib.StableRoomVersion(gomatrixserverlib.RoomVersion(c.DefaultRoomVersion)) {
+		errs = append(errs, fmt.Errorf("default_room_version %q is not a stable room version", c.DefaultRoomVersion))
+	}
+	if c.MaxConns < 2 {
+		errs = append(errs, errors.New("max_conns must be at least 2"))
+	}
+	if c.MaxPrevEvents < 1 {
+		errs = append(errs, errors.New("max_prev_events must be at least 1"))
+	}
+	if c.SnapshotBaseInterval < 1 {
+		errs = append(errs, errors.New("snapshot_base_interval must be at least 1"))
+	}
+	if c.StateCacheSize < 1 || c.EventCacheSize < 1 {
+		errs = append(errs, errors.New("state_cache_size and event_cache_size must be at least 1"))
+	}
+	if c.KeyCacheTTL <= 0 {
+		errs = append(errs, errors.New("key_cache_ttl must be positive"))
+	}
+	if c.PublishPollInterval <= 0 {
+		errs = append(errs, errors.New("publish_poll_interval must be positive"))
+	}
+	if c.StreamReplicas < 1 {
+		errs = append(errs, errors.New("stream_replicas must be at least 1"))
+	}
+	return errors.Join(errs...)
+}

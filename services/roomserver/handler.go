@@ -1,0 +1,121 @@
+package roomserver
+
+import (
+	"context"
+	"errors"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+)
+
+// handler implements the generated RoomService server. It is the only
+// place errors become gRPC statuses.
+type handler struct {
+	roomserverv1.UnimplementedRoomServiceServer
+	svc *Service
+}
+
+var _ roomserverv1.RoomServiceServer = (*handler)(nil)
+
+// toStatus maps sentinel errors to gRPC codes; anything else is Internal.
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	var code codes.Code
+	switch {
+	case errors.Is(err, ErrRoomNotFound), errors.Is(err, ErrEventNotFound):
+		code = codes.NotFound
+	case errors.Is(err, ErrForbidden):
+		code = codes.PermissionDenied
+	case errors.Is(err, ErrBadRequest), errors.Is(err, ErrUnsupportedRoomVersion):
+		code = codes.InvalidArgument
+	case errors.Is(err, ErrNoState):
+		code = codes.FailedPrecondition
+	case errors.Is(err, context.Canceled):
+		code = codes.Canceled
+	case errors.Is(err, context.DeadlineExceeded):
+		code = codes.DeadlineExceeded
+	case errors.Is(err, errKeyServer):
+		code = codes.Unavailable
+	default:
+		code = codes.Internal
+	}
+	return status.Error(code, err.Error())
+}
+
+func (h *handler) CreateRoom(ctx context.Context, req *roomserverv1.CreateRoomRequest) (*roomserverv1.CreateRoomResponse, error) {
+	resp, err := h.svc.createRoom(ctx, req)
+	return resp, toStatus(err)
+}
+
+func (h *handler) SendEvent(ctx context.Context, req *roomserverv1.SendEventRequest) (*roomserverv1.SendEventResponse, error) {
+	if req.GetEvent() == nil {
+		return nil, status.Error(codes.InvalidArgument, "event is required")
+	}
+	resp, err := h.svc.sendEvent(ctx, req)
+	return resp, toStatus(err)
+}
+
+func (h *handler) InputEvents(ctx context.Context, req *roomserverv1.InputEventsRequest) (*roomserverv1.InputEventsResponse, error) {
+	results, err := h.svc.inputEvents(ctx, req.GetEvents())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	resp := &roomserverv1.InputEventsResponse{Results: make([]*roomserverv1.InputEventResult, 0, len(results))}
+	for _, r := range results {
+		resp.Results = append(resp.Results, r.proto())
+	}
+	return resp, nil
+}
+
+func (h *handler) QueryEvents(ctx context.Context, req *roomserverv1.QueryEventsRequest) (*roomserverv1.QueryEventsResponse, error) {
+	events, err := h.svc.queryEvents(ctx, req.GetEventIds())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &roomserverv1.QueryEventsResponse{Events: events}, nil
+}
+
+func (h *handler) QueryState(ctx context.Context, req *roomserverv1.QueryStateRequest) (*roomserverv1.QueryStateResponse, error) {
+	resp, err := h.svc.queryState(ctx, req)
+	return resp, toStatus(err)
+}
+
+func (h *handler) QueryStateBatch(ctx context.Context, req *roomserverv1.QueryStateBatchRequest) (*roomserverv1.QueryStateBatchResponse, error) {
+	resp, err := h.svc.queryStateBatch(ctx, req)
+	return resp, toStatus(err)
+}
+
+func (h *handler) QueryMembership(ctx context.Context, req *roomserverv1.QueryMembershipRequest) (*roomserverv1.QueryMembershipResponse, error) {
+	resp, err := h.svc.queryMembership(ctx, req)
+	return resp, toStatus(err)
+}
+
+func (h *handler) QueryRoomInfo(ctx context.Context, req *roomserverv1.QueryRoomInfoRequest) (*roomserverv1.QueryRoomInfoResponse, error) {
+	resp, err := h.svc.queryRoomInfo(ctx, req.GetRoomId())
+	return resp, toStatus(err)
+}
+
+func (h *handler) SetRoomAlias(ctx context.Context, req *roomserverv1.SetRoomAliasRequest) (*roomserverv1.SetRoomAliasResponse, error) {
+	created, err := h.svc.setRoomAlias(ctx, req)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &roomserverv1.SetRoomAliasResponse{Created: created}, nil
+}
+
+func (h *handler) GetRoomAlias(ctx context.Context, req *roomserverv1.GetRoomAliasRequest) (*roomserverv1.GetRoomAliasResponse, error) {
+	resp, err := h.svc.getRoomAlias(ctx, req.GetAlias())
+	return resp, toStatus(err)
+}
+
+func (h *handler) RemoveRoomAlias(ctx context.Context, req *roomserverv1.RemoveRoomAliasRequest) (*roomserverv1.RemoveRoomAliasResponse, error) {
+	removed, err := h.svc.removeRoomAlias(ctx, req.GetAlias())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &roomserverv1.RemoveRoomAliasResponse{Removed: removed}, nil
+}

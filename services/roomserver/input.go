@@ -1,0 +1,541 @@
+package roomserver
+
+// The input pipeline. Every event, whether built here (SendEvent,
+// CreateRoom) or received complete (InputEvents), goes through
+// parseAndVerify and then processEvent, inside a room write transaction:
+//
+//  1. parse with the room version (NewEventFromUntrustedJSON: canonical
+//     JSON, fields, content hash; a bad content hash redacts the event as
+//     the spec says) -> INVALID on failure
+//  2. signatures (VerifyEventSignatures with keyVerifier) -> INVALID
+//  3. already stored? -> DUPLICATE
+//  4. unknown prev_events / auth_events -> MISSING_EVENTS, nothing stored
+//     (OUTLIER input: prev_events are not needed; stored without state,
+//     never published)
+//  5. auth against its own auth_events -> REJECTED (stored, flagged)
+//  6. state before = state after its prev_events (one prev: reused; several:
+//     state resolution)
+//  7. auth against the state before -> REJECTED
+//  8. auth against the room's current state -> SOFT_FAILED (stored, not a
+//     forward extremity, not published)
+//  9. store; forward extremities lose its prevs and gain it; current state
+//     recomputed (resolved across extremities when there are several);
+//     outbox row written; commit; the publisher is woken.
+//
+// Locally built events must not be stored when refused: processEvent
+// reports REJECTED/SOFT_FAILED before writing anything when opts.local is
+// set, and the caller rolls back and answers PERMISSION_DENIED.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+	"go.uber.org/zap"
+
+	"github.com/myelin-chat/myelin/pkg/logging"
+	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/roomserver/store"
+)
+
+// inputResult is the outcome of one event.
+type inputResult struct {
+	eventID string
+	status  roomserverv1.InputStatus
+	reason  string
+	missing []string
+	nid     int64
+}
+
+func (r inputResult) stored() bool {
+	switch r.status {
+	case roomserverv1.InputStatus_INPUT_STATUS_ACCEPTED, roomserverv1.InputStatus_INPUT_STATUS_REJECTED,
+		roomserverv1.InputStatus_INPUT_STATUS_SOFT_FAILED:
+		return r.nid != 0
+	}
+	return false
+}
+
+func (r inputResult) proto() *roomserverv1.InputEventResult {
+	return &roomserverv1.InputEventResult{EventId: r.eventID, Status: r.status, Reason: r.reason, MissingEventIds: r.missing}
+}
+
+func invalid(eventID, format string, args ...any) *inputResult {
+	return &inputResult{eventID: eventID, status: roomserverv1.InputStatus_INPUT_STATUS_INVALID, reason: fmt.Sprintf(format, args...)}
+}
+
+// inputOpts says how an event arrived.
+type inputOpts struct {
+	outlier bool
+	// local: built by this room-server for a client; refusals are not
+	// stored.
+	local bool
+	// txn is the client transaction of a local send.
+	txn    *roomserverv1.TransactionID
+	sender string
+}
+
+// errKeyServer marks a failure to reach the key-server while verifying.
+var errKeyServer = errors.New("key-server unavailable")
+
+// parseAndVerify runs steps 1 and 2. A non-nil result is the INVALID
+// outcome; an error is an infrastructure failure.
+func (s *Service) parseAndVerify(ctx context.Context, version string, eventJSON []byte) (ev gomatrixserverlib.PDU, bad *inputResult, err error) {
+	verImpl, verr := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(version))
+	if verr != nil || !verImpl.Stable() {
+		return nil, invalid("", "unsupported room version %q", version), nil
+	}
+	ev, bad = parseUntrusted(verImpl, eventJSON)
+	if bad != nil {
+		return nil, bad, nil
+	}
+	if ev.SenderID().ToUserID() == nil {
+		return nil, invalid(ev.EventID(), "invalid sender %q", ev.SenderID()), nil
+	}
+	if ev.Type() == spec.MRoomCreate && ev.StateKeyEquals("") {
+		var c struct {
+			RoomVersion *string `json:"room_version"`
+		}
+		_ = json.Unmarshal(ev.Content(), &c)
+		v := string(gomatrixserverlib.RoomVersionV1) // the spec's default when absent
+		if c.RoomVersion != nil {
+			v = *c.RoomVersion
+		}
+		if v != version {
+			return nil, invalid(ev.EventID(), "create event is for room version %q, not %q", v, version), nil
+		}
+	}
+	if verr := gomatrixserverlib.VerifyEventSignatures(ctx, ev, s.verifier, userIDForSender); verr != nil {
+		if errors.Is(verr, errKeyServer) {
+			return nil, nil, verr
+		}
+		return nil, invalid(ev.EventID(), "bad signature: %v", verr), nil
+	}
+	return ev, nil, nil
+}
+
+// parseUntrusted parses an event, never panicking.
+func parseUntrusted(verImpl gomatrixserverlib.IRoomVersion, eventJSON []byte) (ev gomatrixserverlib.PDU, bad *inputResult) {
+	defer func() {
+		if r := recover(); r != nil {
+			ev, bad = nil, invalid("", "unparseable event: %v", r)
+		}
+	}()
+	ev, err := verImpl.NewEventFromUntrustedJSON(eventJSON)
+	if err != nil {
+		return nil, invalid("", "unparseable event: %v", err)
+	}
+	// Computes and memoizes the event ID and room ID (both can panic on
+	// garbage) before the PDU is shared.
+	_ = ev.EventID()
+	_ = ev.RoomID()
+	return ev, nil
+}
+
+// writeTx is a room write transaction plus what happens at commit.
+type writeTx struct {
+	*store.Tx
+	outbox  []store.OutboxEntry
+	afterTx []func()
+}
+
+func (s *Service) beginWrite(ctx context.Context, roomID string) (*writeTx, error) {
+	tx, err := s.store.BeginRoom(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	return &writeTx{Tx: tx}, nil
+}
+
+// commit writes the outbox rows under the stream lock (so stream positions
+// follow commit order) and commits.
+func (s *Service) commit(ctx context.Context, w *writeTx) error {
+	defer w.done()
+	if len(w.outbox) > 0 {
+		if err := w.LockStream(ctx); err != nil {
+			w.Rollback(ctx)
+			return fmt.Errorf("lock stream: %w", err)
+		}
+		for _, e := range w.outbox {
+			if _, err := w.InsertOutbox(ctx, e); err != nil {
+				w.Rollback(ctx)
+				return err
+			}
+		}
+	}
+	if err := w.Commit(ctx); err != nil {
+		w.Rollback(ctx)
+		return fmt.Errorf("commit: %w", err)
+	}
+	if len(w.outbox) > 0 {
+		s.wakePublisher()
+	}
+	return nil
+}
+
+func (w *writeTx) rollback(ctx context.Context) {
+	w.Rollback(ctx)
+	w.done()
+}
+
+func (w *writeTx) done() {
+	for _, f := range w.afterTx {
+		f()
+	}
+	w.afterTx = nil
+}
+
+// inputEvents runs complete PDUs (federation's and tests') through the
+// pipeline, one transaction per event, in order. An infrastructure error
+// fails the call; events before it stay committed (re-sending them is
+// harmless: they come back DUPLICATE).
+func (s *Service) inputEvents(ctx context.Context, in []*roomserverv1.InputEvent) ([]inputResult, error) {
+	out := make([]inputResult, 0, len(in))
+	for _, ie := range in {
+		res, err := s.inputEvent(ctx, ie)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, res)
+	}
+	return out, nil
+}
+
+func (s *Service) inputEvent(ctx context.Context, ie *roomserverv1.InputEvent) (inputResult, error) {
+	ev, bad, err := s.parseAndVerify(ctx, ie.GetRoomVersion(), ie.GetEventJson())
+	if err != nil {
+		return inputResult{}, err
+	}
+	if bad != nil {
+		return *bad, nil
+	}
+	if ev.StateKey() != nil {
+		if err := s.ensureStateKeys(ctx, []store.StateKey{{Type: ev.Type(), StateKey: *ev.StateKey()}}); err != nil {
+			return inputResult{}, err
+		}
+	}
+	roomID := ev.RoomID().String()
+	unlock := s.locks.lock(roomID)
+	defer unlock()
+	w, err := s.beginWrite(ctx, roomID)
+	if err != nil {
+		return inputResult{}, err
+	}
+	res, err := s.processEvent(ctx, w, ev, inputOpts{outlier: ie.GetKind() == roomserverv1.InputKind_INPUT_KIND_OUTLIER})
+	if err != nil || !res.stored() {
+		w.rollback(ctx)
+		return res, err
+	}
+	if err := s.commit(ctx, w); err != nil {
+		return inputResult{}, err
+	}
+	s.logResult(ev, res)
+	return res, nil
+}
+
+func (s *Service) logResult(ev gomatrixserverlib.PDU, res inputResult) {
+	if res.status == roomserverv1.InputStatus_INPUT_STATUS_ACCEPTED {
+		s.log.Debug("event accepted", logging.RoomID(ev.RoomID().String()), logging.EventID(res.eventID),
+			zap.String("type", ev.Type()))
+		return
+	}
+	s.log.Info("event stored but not accepted", logging.RoomID(ev.RoomID().String()), logging.EventID(res.eventID),
+		zap.String("status", res.status.String()), zap.String("reason", res.reason))
+}
+
+// processEvent runs steps 3 to 9 for a parsed, verified event. The caller
+// holds the room's lock and owns w; it commits when the result is stored.
+func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserverlib.PDU, opts inputOpts) (inputResult, error) {
+	res := inputResult{eventID: ev.EventID()}
+	roomID := ev.RoomID().String()
+	isCreate := ev.Type() == spec.MRoomCreate && ev.StateKeyEquals("")
+
+	// 3. Duplicate?
+	existing, err := s.eventsByID(ctx, w.Queries, []string{res.eventID})
+	if err != nil {
+		return res, err
+	}
+	old, known := existing[res.eventID]
+	if known && (!old.Outlier || opts.outlier) {
+		res.status = roomserverv1.InputStatus_INPUT_STATUS_DUPLICATE
+		res.nid = old.NID
+		return res, nil
+	}
+
+	room, err := w.Room(ctx, roomID)
+	newRoom := errors.Is(err, store.ErrNotFound)
+	switch {
+	case newRoom && !isCreate:
+		res.status = roomserverv1.InputStatus_INPUT_STATUS_MISSING_EVENTS
+		res.reason = "unknown room"
+		res.missing = slices.Concat(ev.AuthEventIDs(), ev.PrevEventIDs())
+		return res, nil
+	case newRoom:
+		room = store.Room{RoomID: roomID, Version: string(ev.Version())}
+	case err != nil:
+		return res, err
+	case room.Version != string(ev.Version()):
+		return *invalid(res.eventID, "room %s has version %s, not %s", roomID, room.Version, ev.Version()), nil
+	case isCreate:
+		return *invalid(res.eventID, "room %s already has a create event", roomID), nil
+	}
+
+	// 4. Missing events.
+	prevIDs, authIDs := ev.PrevEventIDs(), ev.AuthEventIDs()
+	refs, err := s.eventsByID(ctx, w.Queries, slices.Concat(prevIDs, authIDs))
+	if err != nil {
+		return res, err
+	}
+	for _, id := range authIDs {
+		if _, ok := refs[id]; !ok && !slices.Contains(res.missing, id) {
+			res.missing = append(res.missing, id)
+		}
+	}
+	if !opts.outlier {
+		for _, id := range prevIDs {
+			if e, ok := refs[id]; (!ok || e.StateAfter == nil) && !slices.Contains(res.missing, id) {
+				res.missing = append(res.missing, id)
+			}
+		}
+	}
+	if len(res.missing) > 0 {
+		res.status = roomserverv1.InputStatus_INPUT_STATUS_MISSING_EVENTS
+		res.reason = "prev_events or auth_events are unknown (or prev_events are outliers, without state)"
+		return res, nil
+	}
+
+	row := store.Event{
+		RoomNID: room.NID, EventID: res.eventID, Type: ev.Type(), Sender: string(ev.SenderID()),
+		Depth: ev.Depth(), PrevIDs: prevIDs, JSON: ev.JSON(), Outlier: opts.outlier,
+	}
+	if known {
+		row.NID = old.NID
+		w.afterTx = append(w.afterTx, func() { s.events.remove(old.NID) })
+	}
+	if ev.StateKey() != nil {
+		if row.StateKeyNID, err = s.stateKeyNID(ctx, w, store.StateKey{Type: ev.Type(), StateKey: *ev.StateKey()}); err != nil {
+			return res, err
+		}
+	}
+
+	for _, e := range refs {
+		if !newRoom && e.RoomNID != room.NID {
+			return *invalid(res.eventID, "references %s of another room", e.EventID), nil
+		}
+	}
+
+	// 5. Auth against its own auth_events: they must be exactly what the
+	// auth events selection (StateNeededForAuth) allows, none rejected,
+	// and they must allow the event.
+	needed := gomatrixserverlib.StateNeededForAuth([]gomatrixserverlib.PDU{ev}).Tuples()
+	seen := map[gomatrixserverlib.StateKeyTuple]bool{}
+	var authPDUs []gomatrixserverlib.PDU
+	for _, id := range authIDs {
+		e := refs[id]
+		row.AuthNIDs = append(row.AuthNIDs, e.NID)
+		var key gomatrixserverlib.StateKeyTuple
+		if sk := e.pdu.StateKey(); sk != nil {
+			key = gomatrixserverlib.StateKeyTuple{EventType: e.pdu.Type(), StateKey: *sk}
+		}
+		switch {
+		case res.reason != "":
+		case e.Rejected:
+			res.reason = fmt.Sprintf("auth event %s was rejected", id)
+		case !slices.Contains(needed, key):
+			res.reason = fmt.Sprintf("auth event %s (%s %q) is not one the auth rules use", id, key.EventType, key.StateKey)
+		case seen[key]:
+			res.reason = fmt.Sprintf("auth events hold two %s %q events", key.EventType, key.StateKey)
+		}
+		seen[key] = true
+		authPDUs = append(authPDUs, e.pdu)
+	}
+	if res.reason == "" {
+		provider, err := gomatrixserverlib.NewAuthEvents(authPDUs)
+		if err != nil {
+			res.reason = fmt.Sprintf("bad auth events: %v", err)
+		} else if err := checkAuth(ev, provider); err != nil {
+			res.reason = fmt.Sprintf("not allowed by its auth events: %v", err)
+		}
+	}
+	rejected := res.reason != ""
+	if rejected && (opts.local || newRoom) {
+		// A refused local event is not stored; neither is a refused create
+		// event of a room that does not exist.
+		res.status = roomserverv1.InputStatus_INPUT_STATUS_REJECTED
+		return res, nil
+	}
+	if newRoom {
+		if room.NID, err = w.InsertRoom(ctx, roomID, room.Version); err != nil {
+			return res, err
+		}
+		row.RoomNID = room.NID
+	}
+
+	if opts.outlier {
+		row.Rejected, row.Reason = rejected, res.reason
+		return s.storeRejectedOrOutlier(ctx, w, row, res)
+	}
+
+	// 6. State before: the state after its prev events.
+	prevs := make([]*eventEntry, 0, len(prevIDs))
+	for _, id := range prevIDs {
+		prevs = append(prevs, refs[id])
+	}
+	before, err := s.stateAfterEvents(ctx, w, room, prevs)
+	if err != nil {
+		return res, err
+	}
+	row.StateBefore = &before.nid
+	row.StateAfter = &before.nid
+
+	// 7. Auth against the state before.
+	if !rejected {
+		provider, err := s.authProviderFor(ctx, w.Queries, ev, before.state)
+		if err != nil {
+			return res, err
+		}
+		if err := checkAuth(ev, provider); err != nil {
+			res.reason = fmt.Sprintf("not allowed by the state before it: %v", err)
+			rejected = true
+		}
+	}
+	if rejected {
+		if opts.local {
+			res.status = roomserverv1.InputStatus_INPUT_STATUS_REJECTED
+			return res, nil
+		}
+		row.Rejected, row.Reason = true, res.reason
+		return s.storeRejectedOrOutlier(ctx, w, row, res)
+	}
+
+	// 8. Soft failure: auth against the room's current state.
+	softFailed := false
+	if !newRoom && room.SnapshotNID != before.nid {
+		current, err := s.loadState(ctx, w.Queries, room.SnapshotNID)
+		if err != nil {
+			return res, err
+		}
+		provider, err := s.authProviderFor(ctx, w.Queries, ev, current.state)
+		if err != nil {
+			return res, err
+		}
+		if err := checkAuth(ev, provider); err != nil {
+			res.reason = fmt.Sprintf("not allowed by the room's current state: %v", err)
+			softFailed = true
+			if opts.local {
+				res.status = roomserverv1.InputStatus_INPUT_STATUS_SOFT_FAILED
+				return res, nil
+			}
+		}
+	}
+
+	// 9. Store.
+	if row.NID == 0 {
+		if row.NID, err = w.NextEventNID(ctx); err != nil {
+			return res, err
+		}
+	}
+	if ev.StateKey() != nil {
+		next := before.state.clone()
+		next[row.StateKeyNID] = row.NID
+		after, err := s.saveState(ctx, w, room.NID, []snapshot{before}, next)
+		if err != nil {
+			return res, err
+		}
+		row.StateAfter = &after.nid
+	}
+	row.SoftFailed, row.Reason = softFailed, res.reason
+	if res.nid, err = w.InsertEvent(ctx, row); err != nil {
+		return res, err
+	}
+	if softFailed {
+		res.status = roomserverv1.InputStatus_INPUT_STATUS_SOFT_FAILED
+		return res, nil
+	}
+	res.status = roomserverv1.InputStatus_INPUT_STATUS_ACCEPTED
+	return res, s.advanceRoom(ctx, w, room, row, prevs, opts)
+}
+
+// storeRejectedOrOutlier stores an event that does not join the graph.
+func (s *Service) storeRejectedOrOutlier(ctx context.Context, w *writeTx, row store.Event, res inputResult) (inputResult, error) {
+	var err error
+	if row.NID == 0 {
+		if row.NID, err = w.NextEventNID(ctx); err != nil {
+			return res, err
+		}
+	}
+	if res.nid, err = w.InsertEvent(ctx, row); err != nil {
+		return res, err
+	}
+	res.status = roomserverv1.InputStatus_INPUT_STATUS_ACCEPTED
+	if row.Rejected {
+		res.status = roomserverv1.InputStatus_INPUT_STATUS_REJECTED
+	}
+	return res, nil
+}
+
+// advanceRoom makes an accepted event a forward extremity, recomputes the
+// room's current state and queues the outbox row.
+func (s *Service) advanceRoom(ctx context.Context, w *writeTx, room store.Room, row store.Event, prevs []*eventEntry, opts inputOpts) error {
+	extremities := []int64{row.NID}
+	for _, nid := range room.Extremities {
+		if !slices.ContainsFunc(prevs, func(p *eventEntry) bool { return p.NID == nid }) {
+			extremities = append(extremities, nid)
+		}
+	}
+	oldCurrent, err := s.loadState(ctx, w.Queries, room.SnapshotNID)
+	if err != nil {
+		return err
+	}
+	var current snapshot
+	if len(extremities) == 1 {
+		current, err = s.loadState(ctx, w.Queries, *row.StateAfter)
+	} else {
+		others, lerr := s.loadEvents(ctx, w.Queries, extremities[1:])
+		if lerr != nil {
+			return lerr
+		}
+		nids := []int64{*row.StateAfter}
+		for _, e := range others {
+			if e.StateAfter != nil && !slices.Contains(nids, *e.StateAfter) {
+				nids = append(nids, *e.StateAfter)
+			}
+		}
+		current, err = s.resolveSnapshots(ctx, w, room, nids, []snapshot{oldCurrent})
+	}
+	if err != nil {
+		return err
+	}
+	depth := max(room.Depth, row.Depth)
+	if err := w.UpdateRoom(ctx, room.NID, current.nid, extremities, depth); err != nil {
+		return err
+	}
+	entry := store.OutboxEntry{RoomNID: room.NID, EventNID: row.NID}
+	entry.AddedStateNIDs, entry.RemovedStateNIDs = stateChange(oldCurrent.state, current.state)
+	if opts.txn != nil {
+		if err := w.InsertTransaction(ctx, room.NID, opts.sender, opts.txn.GetDeviceId(), opts.txn.GetTxnId(), row.EventID); err != nil {
+			return err
+		}
+		entry.HasTxn, entry.TxnDeviceID, entry.TxnID = true, opts.txn.GetDeviceId(), opts.txn.GetTxnId()
+	}
+	w.outbox = append(w.outbox, entry)
+	return nil
+}
+
+// stateChange lists the events that entered and left the state.
+func stateChange(old, next stateMap) (added, removed []int64) {
+	keys, vals := old.diff(next)
+	for i, k := range keys {
+		if vals[i] != 0 {
+			added = append(added, vals[i])
+		}
+		if v, ok := old[k]; ok {
+			removed = append(removed, v)
+		}
+	}
+	return added, removed
+}

@@ -1,0 +1,340 @@
+package roomserver
+
+// CreateRoom and SendEvent: local events, built on the room's current
+// forward extremities and current state, signed through the key-server
+// (build.go) and then run through the same pipeline as every other event
+// (input.go).
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"github.com/myelin-chat/myelin/pkg/logging"
+	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/roomserver/store"
+)
+
+// template is a validated EventTemplate.
+type template struct {
+	Type     string
+	StateKey *string
+	Content  json.RawMessage
+	Redacts  string
+}
+
+var knownMemberships = []string{spec.Join, spec.Invite, spec.Leave, spec.Ban, spec.Knock}
+
+// parseTemplate checks what the auth rules cannot: that content is a JSON
+// object and that membership events name a user and a membership.
+func parseTemplate(verImpl gomatrixserverlib.IRoomVersion, t *roomserverv1.EventTemplate) (template, error) {
+	out := template{Type: t.GetType(), StateKey: t.StateKey, Content: t.GetContent(), Redacts: t.GetRedacts()}
+	if out.Type == "" {
+		return out, fmt.Errorf("%w: event type is empty", ErrBadRequest)
+	}
+	if len(out.Content) == 0 {
+		out.Content = json.RawMessage(`{}`)
+	}
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(out.Content, &obj); err != nil || obj == nil {
+		return out, fmt.Errorf("%w: content of %s is not a JSON object", ErrBadRequest, out.Type)
+	}
+	switch out.Type {
+	case spec.MRoomMember:
+		if out.StateKey == nil {
+			return out, fmt.Errorf("%w: m.room.member needs a state key", ErrBadRequest)
+		}
+		if _, err := spec.NewUserID(*out.StateKey, true); err != nil {
+			return out, fmt.Errorf("%w: m.room.member state key %q is not a user ID", ErrBadRequest, *out.StateKey)
+		}
+		var c struct {
+			Membership string `json:"membership"`
+		}
+		if err := json.Unmarshal(out.Content, &c); err != nil || !slices.Contains(knownMemberships, c.Membership) {
+			return out, fmt.Errorf("%w: m.room.member content needs a valid membership", ErrBadRequest)
+		}
+	case spec.MRoomPowerLevels:
+		if out.StateKey != nil && *out.StateKey == "" {
+			var pl gomatrixserverlib.PowerLevelContent
+			if err := verImpl.ParsePowerLevels(out.Content, &pl); err != nil {
+				return out, fmt.Errorf("%w: malformed m.room.power_levels content: %v", ErrBadRequest, err)
+			}
+		}
+	}
+	return out, nil
+}
+
+// localSender checks that a user ID is valid and belongs to this server
+// (only this server's key signs here).
+func (s *Service) localSender(userID string) error {
+	u, err := spec.NewUserID(userID, true)
+	if err != nil {
+		return fmt.Errorf("%w: invalid user ID %q", ErrBadRequest, userID)
+	}
+	if u.Domain() != s.serverName {
+		return fmt.Errorf("%w: %s is not a user of %s", ErrBadRequest, userID, s.serverName)
+	}
+	return nil
+}
+
+func stateKeysOf(ts []template) []store.StateKey {
+	var out []store.StateKey
+	for _, t := range ts {
+		if t.StateKey != nil {
+			out = append(out, store.StateKey{Type: t.Type, StateKey: *t.StateKey})
+		}
+	}
+	return out
+}
+
+// createRoom builds and commits m.room.create and the initial events in one
+// transaction: if any event is refused, nothing is stored.
+func (s *Service) createRoom(ctx context.Context, req *roomserverv1.CreateRoomRequest) (*roomserverv1.CreateRoomResponse, error) {
+	creator := req.GetCreator()
+	if err := s.localSender(creator); err != nil {
+		return nil, err
+	}
+	version := gomatrixserverlib.RoomVersion(req.GetRoomVersion())
+	if version == "" {
+		version = gomatrixserverlib.RoomVersion(s.cfg.DefaultRoomVersion)
+	}
+	verImpl, err := gomatrixserverlib.GetRoomVersion(version)
+	if err != nil || !verImpl.Stable() {
+		return nil, fmt.Errorf("%w: %q", ErrUnsupportedRoomVersion, version)
+	}
+	content := map[string]json.RawMessage{}
+	if len(req.GetCreateContent()) > 0 {
+		if err := json.Unmarshal(req.GetCreateContent(), &content); err != nil || content == nil {
+			return nil, fmt.Errorf("%w: creation content is not a JSON object", ErrBadRequest)
+		}
+	}
+	content["room_version"], _ = json.Marshal(version)
+	if createNeedsCreator(version) {
+		content["creator"], _ = json.Marshal(creator)
+	}
+	createContent, err := json.Marshal(content)
+	if err != nil {
+		return nil, err
+	}
+	templates := make([]template, 0, len(req.GetInitialEvents()))
+	for i, t := range req.GetInitialEvents() {
+		tmpl, err := parseTemplate(verImpl, t)
+		if err != nil {
+			return nil, fmt.Errorf("initial event %d: %w", i, err)
+		}
+		templates = append(templates, tmpl)
+	}
+
+	roomID := ""
+	if !verImpl.DomainlessRoomIDs() {
+		if roomID, err = newRoomID(s.serverName); err != nil {
+			return nil, err
+		}
+	}
+	empty := ""
+	create, err := s.signer.build(ctx, verImpl, &gomatrixserverlib.ProtoEvent{
+		SenderID: creator, RoomID: roomID, Type: spec.MRoomCreate, StateKey: &empty,
+		PrevEvents: []string{}, AuthEvents: []string{}, Depth: 1, Content: createContent,
+	})
+	if err != nil {
+		return nil, err
+	}
+	roomID = create.RoomID().String()
+	if err := s.ensureStateKeys(ctx, append(stateKeysOf(templates), store.StateKey{Type: spec.MRoomCreate})); err != nil {
+		return nil, err
+	}
+
+	unlock := s.locks.lock(roomID)
+	defer unlock()
+	w, err := s.beginWrite(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	defer w.rollback(ctx)
+	resp := &roomserverv1.CreateRoomResponse{RoomId: roomID, RoomVersion: string(version)}
+	if _, err := s.inputLocal(ctx, w, version, create, inputOpts{local: true}); err != nil {
+		return nil, fmt.Errorf("create event: %w", err)
+	}
+	resp.EventIds = append(resp.EventIds, create.EventID())
+	for i, tmpl := range templates {
+		room, err := w.Room(ctx, roomID)
+		if err != nil {
+			return nil, err
+		}
+		ev, err := s.buildOnCurrent(ctx, w, room, creator, tmpl)
+		if err != nil {
+			return nil, fmt.Errorf("initial event %d (%s): %w", i, tmpl.Type, err)
+		}
+		if _, err := s.inputLocal(ctx, w, version, ev, inputOpts{local: true}); err != nil {
+			return nil, fmt.Errorf("initial event %d (%s): %w", i, tmpl.Type, err)
+		}
+		resp.EventIds = append(resp.EventIds, ev.EventID())
+	}
+	if err := s.commit(ctx, w); err != nil {
+		return nil, err
+	}
+	s.log.Info("room created", logging.RoomID(roomID), logging.UserID(creator), logging.EventID(create.EventID()))
+	return resp, nil
+}
+
+// createNeedsCreator: room versions before 11 carry the creator in the
+// create event's content (checkCreateEventV1 in gomatrixserverlib demands
+// it); from 11 on the sender is the creator.
+func createNeedsCreator(v gomatrixserverlib.RoomVersion) bool {
+	switch v {
+	case gomatrixserverlib.RoomVersionV1, gomatrixserverlib.RoomVersionV2, gomatrixserverlib.RoomVersionV3,
+		gomatrixserverlib.RoomVersionV4, gomatrixserverlib.RoomVersionV5, gomatrixserverlib.RoomVersionV6,
+		gomatrixserverlib.RoomVersionV7, gomatrixserverlib.RoomVersionV8, gomatrixserverlib.RoomVersionV9,
+		gomatrixserverlib.RoomVersionV10:
+		return true
+	}
+	return false
+}
+
+// sendEvent builds a local event on the room's forward extremities and
+// commits it, or refuses it without storing anything.
+func (s *Service) sendEvent(ctx context.Context, req *roomserverv1.SendEventRequest) (*roomserverv1.SendEventResponse, error) {
+	roomID, sender := req.GetRoomId(), req.GetSender()
+	if _, err := spec.NewRoomID(roomID); err != nil {
+		return nil, fmt.Errorf("%w: invalid room ID %q", ErrBadRequest, roomID)
+	}
+	if err := s.localSender(sender); err != nil {
+		return nil, err
+	}
+	txn := req.GetTransactionId()
+	if txn != nil && txn.GetTxnId() == "" {
+		txn = nil
+	}
+	room, err := s.store.Room(ctx, roomID)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("%w: %s", ErrRoomNotFound, roomID)
+	} else if err != nil {
+		return nil, err
+	}
+	version := gomatrixserverlib.RoomVersion(room.Version)
+	verImpl, err := gomatrixserverlib.GetRoomVersion(version)
+	if err != nil {
+		return nil, err
+	}
+	tmpl, err := parseTemplate(verImpl, req.GetEvent())
+	if err != nil {
+		return nil, err
+	}
+	if err := s.ensureStateKeys(ctx, stateKeysOf([]template{tmpl})); err != nil {
+		return nil, err
+	}
+
+	unlock := s.locks.lock(roomID)
+	defer unlock()
+	w, err := s.beginWrite(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	defer w.rollback(ctx)
+	if room, err = w.Room(ctx, roomID); err != nil {
+		return nil, err
+	}
+	if txn != nil {
+		eventID, err := w.TransactionEvent(ctx, room.NID, sender, txn.GetDeviceId(), txn.GetTxnId())
+		if err == nil {
+			return &roomserverv1.SendEventResponse{EventId: eventID, Deduplicated: true}, nil
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return nil, err
+		}
+	}
+	ev, err := s.buildOnCurrent(ctx, w, room, sender, tmpl)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := s.inputLocal(ctx, w, version, ev, inputOpts{local: true, txn: txn, sender: sender}); err != nil {
+		return nil, err
+	}
+	if err := s.commit(ctx, w); err != nil {
+		return nil, err
+	}
+	return &roomserverv1.SendEventResponse{EventId: ev.EventID()}, nil
+}
+
+// inputLocal runs a locally built event through the pipeline inside w.
+// Refusals become ErrForbidden (nothing was written for them).
+func (s *Service) inputLocal(ctx context.Context, w *writeTx, version gomatrixserverlib.RoomVersion, built gomatrixserverlib.PDU, opts inputOpts) (inputResult, error) {
+	ev, bad, err := s.parseAndVerify(ctx, string(version), built.JSON())
+	if err != nil {
+		return inputResult{}, err
+	}
+	if bad != nil {
+		return inputResult{}, fmt.Errorf("locally built event is invalid: %s", bad.reason)
+	}
+	res, err := s.processEvent(ctx, w, ev, opts)
+	if err != nil {
+		return res, err
+	}
+	switch res.status {
+	case roomserverv1.InputStatus_INPUT_STATUS_ACCEPTED:
+		return res, nil
+	case roomserverv1.InputStatus_INPUT_STATUS_REJECTED, roomserverv1.InputStatus_INPUT_STATUS_SOFT_FAILED:
+		return res, fmt.Errorf("%w: %s", ErrForbidden, res.reason)
+	default:
+		return res, fmt.Errorf("locally built event %s: %s: %s", res.eventID, res.status, res.reason)
+	}
+}
+
+// buildOnCurrent fills in prev_events (the forward extremities, newest
+// first, at most MaxPrevEvents), depth and auth_events (from the current
+// state, as gomatrixserverlib.StateNeededForProtoEvent says) and builds.
+func (s *Service) buildOnCurrent(ctx context.Context, w *writeTx, room store.Room, sender string, t template) (gomatrixserverlib.PDU, error) {
+	verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(room.Version))
+	if err != nil {
+		return nil, err
+	}
+	ext, err := s.loadEvents(ctx, w.Queries, room.Extremities)
+	if err != nil {
+		return nil, err
+	}
+	prevs := make([]*eventEntry, 0, len(ext))
+	for _, e := range ext {
+		prevs = append(prevs, e)
+	}
+	slices.SortFunc(prevs, func(a, b *eventEntry) int { return int(b.Depth - a.Depth) })
+	if len(prevs) > s.cfg.MaxPrevEvents {
+		prevs = prevs[:s.cfg.MaxPrevEvents]
+	}
+	prevIDs := make([]string, len(prevs))
+	var depth int64
+	for i, p := range prevs {
+		prevIDs[i] = p.EventID
+		depth = max(depth, p.Depth)
+	}
+	pe := &gomatrixserverlib.ProtoEvent{
+		SenderID: sender, RoomID: room.RoomID, Type: t.Type, StateKey: t.StateKey,
+		PrevEvents: prevIDs, Depth: depth + 1, Content: spec.RawJSON(t.Content), Redacts: t.Redacts,
+		Version: verImpl,
+	}
+	needed, err := gomatrixserverlib.StateNeededForProtoEvent(pe)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadRequest, err)
+	}
+	current, err := s.loadState(ctx, w.Queries, room.SnapshotNID)
+	if err != nil {
+		return nil, err
+	}
+	authPDUs, err := s.stateEventsFor(ctx, w.Queries, current.state, needed.Tuples())
+	if err != nil {
+		return nil, err
+	}
+	provider, err := gomatrixserverlib.NewAuthEvents(authPDUs)
+	if err != nil {
+		return nil, err
+	}
+	eb := verImpl.NewEventBuilderFromProtoEvent(pe)
+	if err := eb.AddAuthEvents(provider); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadRequest, err)
+	}
+	pe.AuthEvents = eb.AuthEvents
+	return s.signer.build(ctx, verImpl, pe)
+}

@@ -1,0 +1,136 @@
+// Package roomserver is the one writer of every room's event graph. It
+// builds local events (signed by the key-server), runs every event through
+// one input pipeline (signatures, auth rules, state resolution, all from
+// gomatrixserverlib), stores events and state snapshots in PostgreSQL and
+// publishes each committed event on JetStream through an outbox.
+package roomserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+
+	"github.com/myelin-chat/myelin/pkg/bus"
+	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
+	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/roomserver/store"
+)
+
+// Sentinel errors; handler.go turns them into gRPC codes.
+var (
+	// ErrRoomNotFound: the room is unknown.
+	ErrRoomNotFound = errors.New("room not found")
+	// ErrEventNotFound: the event is unknown.
+	ErrEventNotFound = errors.New("event not found")
+	// ErrForbidden: the room version's auth rules refuse the event.
+	ErrForbidden = errors.New("not allowed by the auth rules")
+	// ErrBadRequest: malformed input (IDs, content, state keys).
+	ErrBadRequest = errors.New("invalid request")
+	// ErrUnsupportedRoomVersion: not a stable room version.
+	ErrUnsupportedRoomVersion = errors.New("unsupported room version")
+	// ErrNoState: the event is an outlier, so no state is known at it.
+	ErrNoState = errors.New("no state known at this event")
+)
+
+// Deps are what the room-server needs from the process.
+type Deps struct {
+	Logger      *zap.Logger
+	ServerName  string
+	DatabaseURL string
+	JetStream   jetstream.JetStream
+	KeyServer   keyserverv1.KeyServiceClient
+}
+
+// Service is a running room-server.
+type Service struct {
+	cfg        Config
+	log        *zap.Logger
+	serverName spec.ServerName
+	store      *store.Store
+	js         jetstream.JetStream
+	signer     *signer
+	verifier   keyVerifier
+	locks      *roomLocks
+
+	snapshots *lru[int64, snapshot]
+	events    *lru[int64, *eventEntry]
+	stateKeys *lru[store.StateKey, int64]
+
+	// wake tells the publisher that the outbox grew.
+	wake chan struct{}
+}
+
+// New opens the store (running migrations) and makes sure the JetStream
+// streams exist. It does not call the key-server: keys are fetched when
+// first needed, so the key-server may start later.
+func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if deps.Logger == nil || deps.ServerName == "" || deps.JetStream == nil || deps.KeyServer == nil {
+		return nil, errors.New("roomserver: Logger, ServerName, JetStream and KeyServer are required")
+	}
+	serverName := spec.ServerName(deps.ServerName)
+	sg, err := newSigner(serverName, deps.KeyServer)
+	if err != nil {
+		return nil, err
+	}
+	if err := ensureStreams(ctx, deps.JetStream, cfg.StreamReplicas); err != nil {
+		return nil, err
+	}
+	st, err := store.Open(ctx, deps.DatabaseURL, cfg.MaxConns)
+	if err != nil {
+		return nil, fmt.Errorf("roomserver store: %w", err)
+	}
+	return &Service{
+		cfg:        cfg,
+		log:        deps.Logger,
+		serverName: serverName,
+		store:      st,
+		js:         deps.JetStream,
+		signer:     sg,
+		verifier:   newLocalKeys(deps.KeyServer, serverName, cfg.KeyCacheTTL),
+		locks:      newRoomLocks(),
+		snapshots:  newLRU[int64, snapshot](cfg.StateCacheSize),
+		events:     newLRU[int64, *eventEntry](cfg.EventCacheSize),
+		stateKeys:  newLRU[store.StateKey, int64](100000),
+		wake:       make(chan struct{}, 1),
+	}, nil
+}
+
+// ensureStreams creates the JetStream streams when they are missing. A
+// stream that exists is left alone: the process (pkg/myelin) already ran
+// bus.EnsureStreams with nats.replicas, and updating it here with another
+// replica count would fight that.
+func ensureStreams(ctx context.Context, js jetstream.JetStream, replicas int) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if _, err := js.Stream(ctx, bus.RoomEventsStream); err == nil {
+		return nil
+	}
+	return bus.EnsureStreams(ctx, js, replicas)
+}
+
+// RegisterGRPC registers the RoomService.
+func (s *Service) RegisterGRPC(g *grpc.Server) {
+	roomserverv1.RegisterRoomServiceServer(g, &handler{svc: s})
+}
+
+// RegisterHTTP is a no-op: the room-server serves no HTTP.
+func (s *Service) RegisterHTTP(chi.Router) {}
+
+// Run publishes committed events (first any left unpublished by an earlier
+// run) until ctx ends.
+func (s *Service) Run(ctx context.Context) error {
+	return s.runPublisher(ctx)
+}
+
+// Close releases the store. Call it after Run has returned.
+func (s *Service) Close() { s.store.Close() }

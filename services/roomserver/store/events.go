@@ -1,0 +1,207 @@
+package store
+
+import (
+	"context"
+	"fmt"
+)
+
+// Event is one stored event.
+type Event struct {
+	NID         int64
+	RoomNID     int64
+	EventID     string
+	Type        string
+	StateKeyNID int64 // 0 for non-state events
+	Sender      string
+	Depth       int64
+	PrevIDs     []string
+	AuthNIDs    []int64
+	JSON        []byte
+	Outlier     bool
+	Rejected    bool
+	SoftFailed  bool
+	Reason      string
+	// StateBefore and StateAfter are snapshot NIDs; nil for outliers.
+	StateBefore *int64
+	StateAfter  *int64
+	// From the rooms table.
+	RoomID      string
+	RoomVersion string
+}
+
+const eventColumns = `e.event_nid, e.room_nid, e.event_id, e.event_type, COALESCE(e.state_key_nid, 0), e.sender,
+	e.depth, e.prev_event_ids, e.auth_event_nids, e.event_json, e.outlier, e.rejected, e.soft_failed,
+	e.rejection_reason, e.state_before_nid, e.state_after_nid, r.room_id, r.room_version`
+
+func scanEvents(rows interface {
+	Next() bool
+	Scan(...any) error
+	Err() error
+	Close()
+}) ([]Event, error) {
+	defer rows.Close()
+	var out []Event
+	for rows.Next() {
+		var e Event
+		var js string
+		if err := rows.Scan(&e.NID, &e.RoomNID, &e.EventID, &e.Type, &e.StateKeyNID, &e.Sender,
+			&e.Depth, &e.PrevIDs, &e.AuthNIDs, &js, &e.Outlier, &e.Rejected, &e.SoftFailed,
+			&e.Reason, &e.StateBefore, &e.StateAfter, &e.RoomID, &e.RoomVersion); err != nil {
+			return nil, err
+		}
+		e.JSON = []byte(js)
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// EventsByID returns the stored events among ids, in no particular order.
+func (q *Queries) EventsByID(ctx context.Context, ids []string) ([]Event, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	rows, err := q.db.Query(ctx, `SELECT `+eventColumns+` FROM events e JOIN rooms r USING (room_nid)
+		WHERE e.event_id = ANY($1)`, ids)
+	if err != nil {
+		return nil, fmt.Errorf("events by id: %w", err)
+	}
+	return scanEvents(rows)
+}
+
+// EventsByNID returns the stored events among nids, in no particular order.
+func (q *Queries) EventsByNID(ctx context.Context, nids []int64) ([]Event, error) {
+	if len(nids) == 0 {
+		return nil, nil
+	}
+	rows, err := q.db.Query(ctx, `SELECT `+eventColumns+` FROM events e JOIN rooms r USING (room_nid)
+		WHERE e.event_nid = ANY($1)`, nids)
+	if err != nil {
+		return nil, fmt.Errorf("events by nid: %w", err)
+	}
+	return scanEvents(rows)
+}
+
+// NextEventNID reserves an event NID (state snapshots of a state event hold
+// its NID, so it is known before the row is written).
+func (q *Queries) NextEventNID(ctx context.Context) (int64, error) {
+	var nid int64
+	err := q.db.QueryRow(ctx, `SELECT nextval(pg_get_serial_sequence('events', 'event_nid'))`).Scan(&nid)
+	return nid, err
+}
+
+// InsertEvent stores an event under e.NID (from NextEventNID) and returns
+// the NID. An existing outlier with the same ID is replaced in place (an
+// outlier that arrives again as a timeline event gets state and flags);
+// any other existing event makes it fail.
+func (q *Queries) InsertEvent(ctx context.Context, e Event) (int64, error) {
+	var stateKeyNID *int64
+	if e.StateKeyNID != 0 {
+		stateKeyNID = &e.StateKeyNID
+	}
+	if e.PrevIDs == nil {
+		e.PrevIDs = []string{}
+	}
+	if e.AuthNIDs == nil {
+		e.AuthNIDs = []int64{}
+	}
+	var nid int64
+	err := q.db.QueryRow(ctx, `INSERT INTO events (event_nid, room_nid, event_id, event_type, state_key_nid, sender, depth,
+			prev_event_ids, auth_event_nids, event_json, outlier, rejected, soft_failed, rejection_reason,
+			state_before_nid, state_after_nid)
+		VALUES ($16, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+		ON CONFLICT (event_id) DO UPDATE SET outlier = EXCLUDED.outlier, rejected = EXCLUDED.rejected,
+			soft_failed = EXCLUDED.soft_failed, rejection_reason = EXCLUDED.rejection_reason,
+			state_before_nid = EXCLUDED.state_before_nid, state_after_nid = EXCLUDED.state_after_nid
+			WHERE events.outlier
+		RETURNING event_nid`,
+		e.RoomNID, e.EventID, e.Type, stateKeyNID, e.Sender, e.Depth, e.PrevIDs, e.AuthNIDs, string(e.JSON),
+		e.Outlier, e.Rejected, e.SoftFailed, e.Reason, e.StateBefore, e.StateAfter, e.NID).Scan(&nid)
+	if err != nil {
+		return 0, fmt.Errorf("insert event %s: %w", e.EventID, notFound(err))
+	}
+	return nid, nil
+}
+
+// AuthChain returns the NIDs of every event reachable from nids through
+// auth_events (nids included).
+func (q *Queries) AuthChain(ctx context.Context, nids []int64) ([]int64, error) {
+	if len(nids) == 0 {
+		return nil, nil
+	}
+	rows, err := q.db.Query(ctx, `WITH RECURSIVE chain(nid) AS (
+			SELECT unnest($1::BIGINT[])
+			UNION
+			SELECT unnest(e.auth_event_nids) FROM events e JOIN chain c ON e.event_nid = c.nid
+		) SELECT nid FROM chain`, nids)
+	if err != nil {
+		return nil, fmt.Errorf("auth chain: %w", err)
+	}
+	defer rows.Close()
+	var out []int64
+	for rows.Next() {
+		var n int64
+		if err := rows.Scan(&n); err != nil {
+			return nil, err
+		}
+		out = append(out, n)
+	}
+	return out, rows.Err()
+}
+
+// StateKey is a (type, state_key) tuple.
+type StateKey struct {
+	Type     string
+	StateKey string
+}
+
+// StateKeyNIDs returns the numeric IDs of the tuples that exist.
+func (q *Queries) StateKeyNIDs(ctx context.Context, keys []StateKey) (map[StateKey]int64, error) {
+	out := make(map[StateKey]int64, len(keys))
+	if len(keys) == 0 {
+		return out, nil
+	}
+	types := make([]string, len(keys))
+	skeys := make([]string, len(keys))
+	for i, k := range keys {
+		types[i], skeys[i] = k.Type, k.StateKey
+	}
+	rows, err := q.db.Query(ctx, `SELECT s.state_key_nid, s.event_type, s.state_key
+		FROM unnest($1::TEXT[], $2::TEXT[]) AS k(t, sk)
+		JOIN event_state_keys s ON s.event_type = k.t AND s.state_key = k.sk`, types, skeys)
+	if err != nil {
+		return nil, fmt.Errorf("state key nids: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var nid int64
+		var k StateKey
+		if err := rows.Scan(&nid, &k.Type, &k.StateKey); err != nil {
+			return nil, err
+		}
+		out[k] = nid
+	}
+	return out, rows.Err()
+}
+
+// EnsureStateKeyNID returns the numeric ID of a tuple, creating it. Call it
+// on the pool, outside a room transaction: the dictionary row is harmless
+// if the event is never stored, and other writers never wait on it.
+func (q *Queries) EnsureStateKeyNID(ctx context.Context, k StateKey) (int64, error) {
+	var nid int64
+	err := q.db.QueryRow(ctx, `SELECT state_key_nid FROM event_state_keys WHERE event_type = $1 AND state_key = $2`,
+		k.Type, k.StateKey).Scan(&nid)
+	if err == nil {
+		return nid, nil
+	}
+	if err = notFound(err); err != ErrNotFound {
+		return 0, err
+	}
+	_, err = q.db.Exec(ctx, `INSERT INTO event_state_keys (event_type, state_key) VALUES ($1, $2)
+		ON CONFLICT (event_type, state_key) DO NOTHING`, k.Type, k.StateKey)
+	if err != nil {
+		return 0, fmt.Errorf("insert state key: %w", err)
+	}
+	err = q.db.QueryRow(ctx, `SELECT state_key_nid FROM event_state_keys WHERE event_type = $1 AND state_key = $2`,
+		k.Type, k.StateKey).Scan(&nid)
+	return nid, err
+}

@@ -1,0 +1,99 @@
+package store
+
+import (
+	"context"
+	"fmt"
+)
+
+// Room is one row of rooms.
+type Room struct {
+	NID         int64
+	RoomID      string
+	Version     string
+	SnapshotNID int64
+	Extremities []int64
+	Depth       int64
+}
+
+const roomColumns = `room_nid, room_id, room_version, state_snapshot_nid, forward_extremities, depth`
+
+func scanRoom(row interface{ Scan(...any) error }) (Room, error) {
+	var r Room
+	err := row.Scan(&r.NID, &r.RoomID, &r.Version, &r.SnapshotNID, &r.Extremities, &r.Depth)
+	return r, notFound(err)
+}
+
+// Room looks a room up by ID; ErrNotFound if unknown.
+func (q *Queries) Room(ctx context.Context, roomID string) (Room, error) {
+	return scanRoom(q.db.QueryRow(ctx, `SELECT `+roomColumns+` FROM rooms WHERE room_id = $1`, roomID))
+}
+
+// InsertRoom adds a room with empty state and returns its numeric ID.
+func (q *Queries) InsertRoom(ctx context.Context, roomID, version string) (int64, error) {
+	var nid int64
+	err := q.db.QueryRow(ctx, `INSERT INTO rooms (room_id, room_version) VALUES ($1, $2) RETURNING room_nid`,
+		roomID, version).Scan(&nid)
+	if err != nil {
+		return 0, fmt.Errorf("insert room: %w", err)
+	}
+	return nid, nil
+}
+
+// UpdateRoom sets the room's current state, forward extremities and depth.
+func (q *Queries) UpdateRoom(ctx context.Context, nid, snapshotNID int64, extremities []int64, depth int64) error {
+	if extremities == nil {
+		extremities = []int64{}
+	}
+	_, err := q.db.Exec(ctx, `UPDATE rooms SET state_snapshot_nid = $2, forward_extremities = $3, depth = $4 WHERE room_nid = $1`,
+		nid, snapshotNID, extremities, depth)
+	if err != nil {
+		return fmt.Errorf("update room: %w", err)
+	}
+	return nil
+}
+
+// TransactionEvent returns the event ID a client transaction produced, or
+// ErrNotFound.
+func (q *Queries) TransactionEvent(ctx context.Context, roomNID int64, sender, deviceID, txnID string) (string, error) {
+	var eventID string
+	err := q.db.QueryRow(ctx, `SELECT event_id FROM transactions
+		WHERE room_nid = $1 AND sender = $2 AND device_id = $3 AND txn_id = $4`,
+		roomNID, sender, deviceID, txnID).Scan(&eventID)
+	return eventID, notFound(err)
+}
+
+// InsertTransaction records the event a client transaction produced.
+func (q *Queries) InsertTransaction(ctx context.Context, roomNID int64, sender, deviceID, txnID, eventID string) error {
+	_, err := q.db.Exec(ctx, `INSERT INTO transactions (room_nid, sender, device_id, txn_id, event_id)
+		VALUES ($1, $2, $3, $4, $5)`, roomNID, sender, deviceID, txnID, eventID)
+	if err != nil {
+		return fmt.Errorf("insert transaction: %w", err)
+	}
+	return nil
+}
+
+// SetAlias creates alias -> roomID; false if the alias already existed.
+func (q *Queries) SetAlias(ctx context.Context, alias, roomID, creator string) (bool, error) {
+	tag, err := q.db.Exec(ctx, `INSERT INTO room_aliases (alias, room_id, creator) VALUES ($1, $2, $3)
+		ON CONFLICT (alias) DO NOTHING`, alias, roomID, creator)
+	if err != nil {
+		return false, fmt.Errorf("set alias: %w", err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// Alias returns the room an alias points to, or ErrNotFound.
+func (q *Queries) Alias(ctx context.Context, alias string) (string, error) {
+	var roomID string
+	err := q.db.QueryRow(ctx, `SELECT room_id FROM room_aliases WHERE alias = $1`, alias).Scan(&roomID)
+	return roomID, notFound(err)
+}
+
+// RemoveAlias deletes an alias; false if it did not exist.
+func (q *Queries) RemoveAlias(ctx context.Context, alias string) (bool, error) {
+	tag, err := q.db.Exec(ctx, `DELETE FROM room_aliases WHERE alias = $1`, alias)
+	if err != nil {
+		return false, fmt.Errorf("remove alias: %w", err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
