@@ -1,0 +1,119 @@
+package clientapi
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"time"
+
+	"github.com/matrix-org/gomatrixserverlib"
+)
+
+// Config is the client-API's own configuration (root key: client_api).
+type Config struct {
+	// DatabaseURL overrides the shared database.url for this service.
+	DatabaseURL string `yaml:"database_url"`
+	// MaxDatabaseConns caps the service's PostgreSQL pool.
+	MaxDatabaseConns int32 `yaml:"max_database_conns"`
+	// RegistrationOpen lets anyone register with POST /register.
+	RegistrationOpen bool `yaml:"registration_open"`
+	// PublicBaseURL is the URL clients reach the homeserver at, published
+	// in /.well-known/matrix/client.
+	PublicBaseURL string `yaml:"public_base_url"`
+	// DefaultRoomVersion is used by /createRoom when the client names none.
+	DefaultRoomVersion string `yaml:"default_room_version"`
+	// RateLimit throttles expensive endpoints.
+	RateLimit RateLimitConfig `yaml:"rate_limit"`
+	// Sync holds /sync and /messages settings.
+	Sync SyncConfig `yaml:"sync"`
+	// ConsumerName is the durable JetStream consumer that feeds the
+	// client-API's copy of room events.
+	ConsumerName string `yaml:"consumer_name"`
+}
+
+// RateLimitConfig configures the token-bucket rate limiter. Register and
+// login are limited per client IP; send and createRoom per user.
+type RateLimitConfig struct {
+	Enabled    bool       `yaml:"enabled"`
+	Register   RateBucket `yaml:"register"`
+	Login      RateBucket `yaml:"login"`
+	Send       RateBucket `yaml:"send"`
+	CreateRoom RateBucket `yaml:"create_room"`
+	// TrustForwardedFor takes the client IP from X-Forwarded-For (set it
+	// when the client-API runs behind the edge router or another proxy).
+	TrustForwardedFor bool `yaml:"trust_forwarded_for"`
+}
+
+// RateBucket is a token bucket: PerSecond tokens are added each second, up
+// to Burst.
+type RateBucket struct {
+	PerSecond float64 `yaml:"per_second"`
+	Burst     int     `yaml:"burst"`
+}
+
+// SyncConfig holds /sync and /messages settings.
+type SyncConfig struct {
+	// DefaultTimelineLimit is the timeline size when the filter sets none.
+	DefaultTimelineLimit int `yaml:"default_timeline_limit"`
+	// MaxTimelineLimit caps the filter's timeline limit.
+	MaxTimelineLimit int `yaml:"max_timeline_limit"`
+	// MaxTimeout caps the long-poll timeout a client asks for.
+	MaxTimeout time.Duration `yaml:"max_timeout"`
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{
+		MaxDatabaseConns:   16,
+		RegistrationOpen:   true,
+		PublicBaseURL:      "http://localhost:8008",
+		DefaultRoomVersion: string(gomatrixserverlib.RoomVersionV12),
+		RateLimit: RateLimitConfig{
+			Enabled:    true,
+			Register:   RateBucket{PerSecond: 10, Burst: 100},
+			Login:      RateBucket{PerSecond: 10, Burst: 100},
+			Send:       RateBucket{PerSecond: 100, Burst: 1000},
+			CreateRoom: RateBucket{PerSecond: 10, Burst: 100},
+		},
+		Sync: SyncConfig{
+			DefaultTimelineLimit: 10,
+			MaxTimelineLimit:     1000,
+			MaxTimeout:           5 * time.Minute,
+		},
+		ConsumerName: "clientapi-sync",
+	}
+}
+
+// Validate checks the settings.
+func (c Config) Validate() error {
+	var errs []error
+	if c.MaxDatabaseConns < 2 {
+		errs = append(errs, errors.New("max_database_conns must be at least 2"))
+	}
+	if u, err := url.Parse(c.PublicBaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		errs = append(errs, fmt.Errorf("public_base_url must be an http(s) URL, got %q", c.PublicBaseURL))
+	}
+	if !gomatrixserverlib.StableRoomVersion(gomatrixserverlib.RoomVersion(c.DefaultRoomVersion)) {
+		errs = append(errs, fmt.Errorf("default_room_version %q is not a stable room version", c.DefaultRoomVersion))
+	}
+	if c.RateLimit.Enabled {
+		for name, b := range map[string]RateBucket{
+			"register": c.RateLimit.Register, "login": c.RateLimit.Login,
+			"send": c.RateLimit.Send, "create_room": c.RateLimit.CreateRoom,
+		} {
+			if b.PerSecond <= 0 || b.Burst < 1 {
+				errs = append(errs, fmt.Errorf("rate_limit.%s: per_second must be > 0 and burst >= 1", name))
+			}
+		}
+	}
+	if c.Sync.DefaultTimelineLimit < 1 || c.Sync.MaxTimelineLimit < c.Sync.DefaultTimelineLimit {
+		errs = append(errs, errors.New("sync: need 1 <= default_timeline_limit <= max_timeline_limit"))
+	}
+	if c.Sync.MaxTimeout < time.Second {
+		errs = append(errs, errors.New("sync.max_timeout must be at least 1s"))
+	}
+	if c.ConsumerName == "" {
+		errs = append(errs, errors.New("consumer_name must be set"))
+	}
+	return errors.Join(errs...)
+}

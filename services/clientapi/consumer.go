@@ -1,0 +1,190 @@
+package clientapi
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/myelin-chat/myelin/pkg/bus"
+	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/store"
+)
+
+// consumeBatch is the most messages stored in one transaction.
+const consumeBatch = 256
+
+// createConsumer creates (or finds) the durable pull consumer on the room
+// events stream. Being durable, it resumes where the last run stopped.
+func (s *Service) createConsumer(ctx context.Context) (jetstream.Consumer, error) {
+	cons, err := s.js.CreateOrUpdateConsumer(ctx, bus.RoomEventsStream, jetstream.ConsumerConfig{
+		Durable:       s.cfg.ConsumerName,
+		Description:   "client-API sync copy of room events",
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       time.Minute,
+		MaxAckPending: 4 * consumeBatch,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create consumer %s on %s: %w", s.cfg.ConsumerName, bus.RoomEventsStream, err)
+	}
+	return cons, nil
+}
+
+// consume receives room events in stream order and stores them in
+// batches: each batch in one transaction, acknowledged after the commit,
+// then announced to the notifier. A failed batch is retried (in order)
+// until it commits or ctx ends; stored events are skipped on redelivery.
+func (s *Service) consume(ctx context.Context) error {
+	msgs := make(chan jetstream.Msg, 2*consumeBatch)
+	cc, err := s.consumer.Consume(func(m jetstream.Msg) {
+		select {
+		case msgs <- m:
+		case <-ctx.Done():
+		}
+	}, jetstream.PullMaxMessages(consumeBatch), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		if ctx.Err() == nil {
+			s.log.Warn("room events consumer", zap.Error(err))
+		}
+	}))
+	if err != nil {
+		return fmt.Errorf("consume %s: %w", bus.RoomEventsStream, err)
+	}
+	defer func() {
+		cc.Stop()
+		// Hand back what was received but not stored, so the next run gets
+		// it at once instead of after AckWait.
+		for {
+			select {
+			case m := <-msgs:
+				_ = m.Nak()
+			default:
+				return
+			}
+		}
+	}()
+
+	for {
+		var batch []jetstream.Msg
+		select {
+		case <-ctx.Done():
+			return nil
+		case m := <-msgs:
+			batch = append(batch, m)
+		}
+	drain:
+		for len(batch) < consumeBatch {
+			select {
+			case m := <-msgs:
+				batch = append(batch, m)
+			default:
+				break drain
+			}
+		}
+		if err := s.storeBatch(ctx, batch); err != nil {
+			for _, m := range batch {
+				_ = m.Nak()
+			}
+			return nil // ctx ended while retrying
+		}
+	}
+}
+
+// storeBatch decodes, stores and acknowledges one batch, retrying storage
+// failures with backoff. It returns an error only when ctx ends.
+func (s *Service) storeBatch(ctx context.Context, batch []jetstream.Msg) error {
+	inputs := make([]store.Input, 0, len(batch))
+	for _, m := range batch {
+		in, err := decodeOutputEvent(m.Data())
+		if err != nil {
+			// A payload that cannot be decoded never will be: drop it.
+			s.log.Error("dropping undecodable room event", zap.String("subject", m.Subject()), zap.Error(err))
+			continue
+		}
+		inputs = append(inputs, in)
+	}
+	backoff := 100 * time.Millisecond
+	for {
+		applied, err := s.store.Apply(ctx, inputs)
+		if err == nil {
+			for _, m := range batch {
+				if err := m.Ack(); err != nil {
+					s.log.Warn("ack room event", zap.Error(err))
+				}
+			}
+			s.notifier.committed(applied)
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		s.log.Error("store room events, retrying", zap.Int("events", len(inputs)), zap.Duration("backoff", backoff), zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 10*time.Second)
+	}
+}
+
+// decodeOutputEvent turns a JetStream payload into what the store keeps.
+func decodeOutputEvent(data []byte) (store.Input, error) {
+	var out roomserverv1.OutputRoomEvent
+	if err := proto.Unmarshal(data, &out); err != nil {
+		return store.Input{}, fmt.Errorf("%w: %v", ErrBadPayload, err)
+	}
+	if out.GetRoomId() == "" || out.GetEventId() == "" {
+		return store.Input{}, fmt.Errorf("%w: missing room or event ID", ErrBadPayload)
+	}
+	pdu, err := parsePDU(out.GetRoomVersion(), out.GetEventJson())
+	if err != nil {
+		return store.Input{}, fmt.Errorf("%w: event %s: %v", ErrBadPayload, out.GetEventId(), err)
+	}
+	ce := newClientEvent(pdu)
+	raw, err := ce.marshal()
+	if err != nil {
+		return store.Input{}, err
+	}
+	in := store.Input{
+		Event: store.Event{
+			EventID:        out.GetEventId(),
+			RoomID:         out.GetRoomId(),
+			Type:           ce.Type,
+			StateKey:       ce.StateKey,
+			Sender:         ce.Sender,
+			Membership:     membershipOf(pdu),
+			JSON:           raw,
+			TxnDeviceID:    out.GetTransactionId().GetDeviceId(),
+			TxnID:          out.GetTransactionId().GetTxnId(),
+			StreamPosition: out.GetStreamPosition(),
+		},
+		RemovedIDs: out.GetRemovedStateEventIds(),
+	}
+	for _, added := range out.GetAddedStateEvents() {
+		spdu, err := parsePDU(out.GetRoomVersion(), added)
+		if err != nil {
+			return store.Input{}, fmt.Errorf("%w: added state of %s: %v", ErrBadPayload, out.GetEventId(), err)
+		}
+		if spdu.StateKey() == nil {
+			return store.Input{}, fmt.Errorf("%w: added state event %s has no state key", ErrBadPayload, spdu.EventID())
+		}
+		sce := newClientEvent(spdu)
+		sraw, err := sce.marshal()
+		if err != nil {
+			return store.Input{}, err
+		}
+		in.Added = append(in.Added, store.StateEvent{
+			EventID:    spdu.EventID(),
+			Type:       sce.Type,
+			StateKey:   *sce.StateKey,
+			Sender:     sce.Sender,
+			Membership: membershipOf(spdu),
+			JSON:       sraw,
+		})
+	}
+	return in, nil
+}

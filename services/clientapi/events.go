@@ -1,0 +1,408 @@
+package clientapi
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/matrix-org/gomatrixserverlib"
+
+	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/store"
+)
+
+// clientEvent is the client-server API's event format ("ClientEvent").
+// The stored copy has no room_id; it is added where the API wants it.
+type clientEvent struct {
+	Content        json.RawMessage `json:"content"`
+	EventID        string          `json:"event_id"`
+	OriginServerTS int64           `json:"origin_server_ts"`
+	RoomID         string          `json:"room_id,omitempty"`
+	Sender         string          `json:"sender"`
+	StateKey       *string         `json:"state_key,omitempty"`
+	Type           string          `json:"type"`
+	Unsigned       json.RawMessage `json:"unsigned,omitempty"`
+	// Redacts is top-level in room versions before 11.
+	Redacts string `json:"redacts,omitempty"`
+}
+
+// parsePDU parses a committed event of the given room version.
+func parsePDU(roomVersion string, eventJSON []byte) (gomatrixserverlib.PDU, error) {
+	verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(roomVersion))
+	if err != nil {
+		return nil, err
+	}
+	return verImpl.NewEventFromTrustedJSON(eventJSON, false)
+}
+
+// newClientEvent takes the client-visible fields of a PDU.
+func newClientEvent(pdu gomatrixserverlib.PDU) clientEvent {
+	ce := clientEvent{
+		Content:        json.RawMessage(pdu.Content()),
+		EventID:        pdu.EventID(),
+		OriginServerTS: int64(pdu.OriginServerTS()),
+		Sender:         string(pdu.SenderID()),
+		StateKey:       pdu.StateKey(),
+		Type:           pdu.Type(),
+	}
+	if len(ce.Content) == 0 {
+		ce.Content = json.RawMessage("{}")
+	}
+	if u := pdu.Unsigned(); len(u) > 0 && isObject(u) && string(u) != "{}" {
+		ce.Unsigned = json.RawMessage(u)
+	}
+	if pdu.Type() == "m.room.redaction" {
+		ce.Redacts = pdu.Redacts()
+	}
+	return ce
+}
+
+func (ce clientEvent) marshal() ([]byte, error) { return json.Marshal(ce) }
+
+func isObject(raw []byte) bool {
+	var m map[string]json.RawMessage
+	return json.Unmarshal(raw, &m) == nil && m != nil
+}
+
+// membershipOf returns content.membership of an m.room.member event.
+func membershipOf(pdu gomatrixserverlib.PDU) string {
+	if pdu.Type() != "m.room.member" {
+		return ""
+	}
+	m, err := pdu.Membership()
+	if err != nil {
+		return ""
+	}
+	return m
+}
+
+// renderEvent returns a stored client event as the API shows it: with
+// room_id when roomID is set, and unsigned.transaction_id when txnID is
+// set (the requesting device sent it).
+func renderEvent(stored []byte, roomID, txnID string) (json.RawMessage, error) {
+	if roomID == "" && txnID == "" {
+		return json.RawMessage(stored), nil
+	}
+	var ce clientEvent
+	if err := json.Unmarshal(stored, &ce); err != nil {
+		return nil, fmt.Errorf("decode stored event: %w", err)
+	}
+	ce.RoomID = roomID
+	if txnID != "" {
+		unsigned := map[string]any{}
+		if len(ce.Unsigned) > 0 {
+			_ = json.Unmarshal(ce.Unsigned, &unsigned)
+		}
+		unsigned["transaction_id"] = txnID
+		raw, err := json.Marshal(unsigned)
+		if err != nil {
+			return nil, err
+		}
+		ce.Unsigned = raw
+	}
+	return ce.marshal()
+}
+
+// renderFor renders a stored event for the requesting device.
+func renderFor(e store.StoredEvent, dev *device, withRoomID bool) (json.RawMessage, error) {
+	txn := ""
+	if e.TxnID != "" && e.Sender == dev.UserID && e.TxnDeviceID == dev.DeviceID {
+		txn = e.TxnID
+	}
+	room := ""
+	if withRoomID {
+		room = e.RoomID
+	}
+	return renderEvent(e.JSON, room, txn)
+}
+
+// renderPDU converts a room-server Event into client format.
+func renderPDU(ev *roomserverv1.Event, withRoomID bool) (json.RawMessage, error) {
+	pdu, err := parsePDU(ev.GetRoomVersion(), ev.GetEventJson())
+	if err != nil {
+		return nil, fmt.Errorf("parse event %s: %w", ev.GetEventId(), err)
+	}
+	ce := newClientEvent(pdu)
+	if withRoomID {
+		ce.RoomID = ev.GetRoomId()
+	}
+	return ce.marshal()
+}
+
+// eventIDResponse is the body of PUT send and PUT state.
+type eventIDResponse struct {
+	EventID string `json:"event_id"`
+}
+
+// send is PUT /rooms/{roomId}/send/{eventType}/{txnId}. The room-server
+// deduplicates by (device, txnId), so a retried request returns the first
+// event's ID.
+func (s *Service) send(r *http.Request, dev *device) (any, error) {
+	roomID, err := roomIDParam(r)
+	if err != nil {
+		return nil, err
+	}
+	evType, err := pathParam(r, "eventType")
+	if err != nil {
+		return nil, err
+	}
+	txnID, err := pathParam(r, "txnId")
+	if err != nil {
+		return nil, err
+	}
+	if evType == "" || txnID == "" {
+		return nil, matrixhttp.InvalidParam("Event type and transaction ID must not be empty")
+	}
+	content, err := readObject(r, bodyRequired)
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &roomserverv1.EventTemplate{Type: evType, Content: content}
+	if evType == "m.room.redaction" {
+		var c struct {
+			Redacts string `json:"redacts"`
+		}
+		_ = json.Unmarshal(content, &c)
+		tmpl.Redacts = c.Redacts
+	}
+	resp, err := s.rooms.SendEvent(r.Context(), &roomserverv1.SendEventRequest{
+		RoomId:        roomID,
+		Sender:        dev.UserID,
+		Event:         tmpl,
+		TransactionId: &roomserverv1.TransactionID{DeviceId: dev.DeviceID, TxnId: txnID},
+	})
+	if err != nil {
+		return nil, s.fromGRPC(r.Context(), "SendEvent", err, nil)
+	}
+	return eventIDResponse{EventID: resp.GetEventId()}, nil
+}
+
+// putState is PUT /rooms/{roomId}/state/{eventType}/{stateKey}.
+func (s *Service) putState(r *http.Request, dev *device) (any, error) {
+	roomID, err := roomIDParam(r)
+	if err != nil {
+		return nil, err
+	}
+	evType, err := pathParam(r, "eventType")
+	if err != nil {
+		return nil, err
+	}
+	stateKey, err := pathParam(r, "stateKey")
+	if err != nil {
+		return nil, err
+	}
+	if evType == "" {
+		return nil, matrixhttp.InvalidParam("Event type must not be empty")
+	}
+	content, err := readObject(r, bodyRequired)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := s.rooms.SendEvent(r.Context(), &roomserverv1.SendEventRequest{
+		RoomId: roomID,
+		Sender: dev.UserID,
+		Event:  &roomserverv1.EventTemplate{Type: evType, StateKey: &stateKey, Content: content},
+	})
+	if err != nil {
+		return nil, s.fromGRPC(r.Context(), "SendEvent", err, nil)
+	}
+	return eventIDResponse{EventID: resp.GetEventId()}, nil
+}
+
+// roomAccess is what part of a room a user may read.
+type roomAccess struct {
+	// bound is the last stream position the user may see; -1: no bound.
+	bound int64
+	// atEventID, when set, is the user's leave event: state is read as of it.
+	atEventID string
+}
+
+// accessRoom checks that the user is, or was, joined to the room. The
+// client-API's own membership copy is asked first; when it says no, the
+// room-server (which may be ahead of the copy) decides.
+func (s *Service) accessRoom(r *http.Request, userID, roomID string) (roomAccess, error) {
+	ctx := r.Context()
+	m, err := s.store.Reader().Membership(ctx, userID, roomID)
+	switch {
+	case err == nil && m.Membership == store.MembershipJoin:
+		return roomAccess{bound: -1}, nil
+	case err == nil && (m.Membership == store.MembershipLeave || m.Membership == store.MembershipBan) && m.JoinPos > 0:
+		return roomAccess{bound: m.Pos, atEventID: m.EventID}, nil
+	case err != nil && !errors.Is(err, store.ErrNotFound):
+		return roomAccess{}, err
+	}
+	resp, err := s.rooms.QueryMembership(ctx, &roomserverv1.QueryMembershipRequest{RoomId: roomID, UserId: userID})
+	if err != nil {
+		return roomAccess{}, s.fromGRPC(ctx, "QueryMembership", err, nil)
+	}
+	if resp.GetMembership() == store.MembershipJoin {
+		return roomAccess{bound: -1}, nil
+	}
+	return roomAccess{}, matrixhttp.Forbidden("You aren't a member of the room")
+}
+
+// getState is GET /rooms/{roomId}/state/{eventType}/{stateKey}.
+func (s *Service) getState(r *http.Request, dev *device) (any, error) {
+	roomID, err := roomIDParam(r)
+	if err != nil {
+		return nil, err
+	}
+	evType, err := pathParam(r, "eventType")
+	if err != nil {
+		return nil, err
+	}
+	stateKey, err := pathParam(r, "stateKey")
+	if err != nil {
+		return nil, err
+	}
+	format := r.URL.Query().Get("format")
+	if format != "" && format != "content" && format != "event" {
+		return nil, matrixhttp.InvalidParam("format must be content or event")
+	}
+	acc, err := s.accessRoom(r, dev.UserID, roomID)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := s.rooms.QueryState(r.Context(), &roomserverv1.QueryStateRequest{
+		RoomId:  roomID,
+		EventId: acc.atEventID,
+		After:   acc.atEventID != "",
+		Filter:  []*roomserverv1.StateKeyTuple{{Type: evType, StateKey: stateKey}},
+	})
+	if err != nil {
+		return nil, s.fromGRPC(r.Context(), "QueryState", err, nil)
+	}
+	for _, ev := range resp.GetState() {
+		pdu, err := parsePDU(ev.GetRoomVersion(), ev.GetEventJson())
+		if err != nil {
+			return nil, err
+		}
+		if pdu.Type() != evType || !pdu.StateKeyEquals(stateKey) {
+			continue
+		}
+		if format == "event" {
+			ce := newClientEvent(pdu)
+			ce.RoomID = roomID
+			return ce, nil
+		}
+		return json.RawMessage(newClientEvent(pdu).Content), nil
+	}
+	return nil, matrixhttp.NotFound("Event not found")
+}
+
+// getAllState is GET /rooms/{roomId}/state.
+func (s *Service) getAllState(r *http.Request, dev *device) (any, error) {
+	roomID, err := roomIDParam(r)
+	if err != nil {
+		return nil, err
+	}
+	acc, err := s.accessRoom(r, dev.UserID, roomID)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := s.rooms.QueryState(r.Context(), &roomserverv1.QueryStateRequest{
+		RoomId: roomID, EventId: acc.atEventID, After: acc.atEventID != "",
+	})
+	if err != nil {
+		return nil, s.fromGRPC(r.Context(), "QueryState", err, nil)
+	}
+	out := make([]json.RawMessage, 0, len(resp.GetState()))
+	for _, ev := range resp.GetState() {
+		raw, err := renderPDU(ev, true)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, raw)
+	}
+	return out, nil
+}
+
+// messagesResponse is the body of GET /rooms/{roomId}/messages.
+type messagesResponse struct {
+	Start string            `json:"start"`
+	End   string            `json:"end,omitempty"`
+	Chunk []json.RawMessage `json:"chunk"`
+	State []json.RawMessage `json:"state"`
+}
+
+// maxMessagesLimit caps /messages' limit.
+const maxMessagesLimit = 1000
+
+// messages is GET /rooms/{roomId}/messages: pagination over the
+// client-API's event stream, with the same tokens as /sync.
+func (s *Service) messages(r *http.Request, dev *device) (any, error) {
+	roomID, err := roomIDParam(r)
+	if err != nil {
+		return nil, err
+	}
+	q := r.URL.Query()
+	var dir store.Direction
+	switch q.Get("dir") {
+	case "b":
+		dir = store.Backward
+	case "f":
+		dir = store.Forward
+	case "":
+		return nil, matrixhttp.MissingParam("dir is required")
+	default:
+		return nil, matrixhttp.InvalidParam("dir must be b or f")
+	}
+	limit, err := queryInt(r, "limit", 10)
+	if err != nil {
+		return nil, err
+	}
+	if limit < 0 {
+		return nil, matrixhttp.InvalidParam("limit must not be negative")
+	}
+	limit = min(limit, maxMessagesLimit)
+	to := int64(-1)
+	if v := q.Get("to"); v != "" {
+		t, err := parseStreamToken(v)
+		if err != nil {
+			return nil, matrixhttp.InvalidParam("Invalid to token")
+		}
+		to = t.pos
+	}
+	var from streamToken
+	hasFrom := q.Get("from") != ""
+	if hasFrom {
+		if from, err = parseStreamToken(q.Get("from")); err != nil {
+			return nil, matrixhttp.InvalidParam("Invalid from token")
+		}
+	}
+	if f := q.Get("filter"); f != "" && !isObject([]byte(f)) {
+		return nil, matrixhttp.BadJSON("filter must be a JSON object")
+	}
+	acc, err := s.accessRoom(r, dev.UserID, roomID)
+	if err != nil {
+		return nil, err
+	}
+	reader := s.store.Reader()
+	if !hasFrom && dir == store.Backward {
+		if from.pos, err = reader.MaxPos(r.Context()); err != nil {
+			return nil, err
+		}
+	}
+	page, err := reader.Messages(r.Context(), roomID, dir, from.pos, to, acc.bound, int(limit))
+	if err != nil {
+		return nil, err
+	}
+	resp := messagesResponse{Start: from.String(), Chunk: make([]json.RawMessage, 0, len(page.Events)), State: []json.RawMessage{}}
+	for _, e := range page.Events {
+		raw, err := renderFor(e, dev, true)
+		if err != nil {
+			return nil, err
+		}
+		resp.Chunk = append(resp.Chunk, raw)
+	}
+	if page.More && len(page.Events) > 0 {
+		last := page.Events[len(page.Events)-1].Pos
+		if dir == store.Backward {
+			last--
+		}
+		resp.End = streamToken{pos: last}.String()
+	}
+	return resp, nil
+}

@@ -1,0 +1,141 @@
+package clientapi
+
+import (
+	"context"
+	"sync"
+
+	"github.com/myelin-chat/myelin/services/clientapi/store"
+)
+
+// notifier wakes long-polling /sync requests. The consumer calls committed
+// after each batch is stored; only users the batch concerns are woken: the
+// joined members of each room that got an event, and the target of every
+// membership change. It keeps each room's joined members in memory, loaded
+// at start and updated from the batches.
+type notifier struct {
+	mu      sync.Mutex
+	joined  map[string]map[string]struct{} // room ID -> joined user IDs
+	userPos map[string]int64               // user ID -> latest position that concerned them
+	waiters map[string][]chan struct{}     // user ID -> waiting requests
+	done    chan struct{}
+	closed  bool
+}
+
+func newNotifier(joined map[string][]string) *notifier {
+	n := &notifier{
+		joined:  map[string]map[string]struct{}{},
+		userPos: map[string]int64{},
+		waiters: map[string][]chan struct{}{},
+		done:    make(chan struct{}),
+	}
+	for room, users := range joined {
+		set := map[string]struct{}{}
+		for _, u := range users {
+			set[u] = struct{}{}
+		}
+		n.joined[room] = set
+	}
+	return n
+}
+
+// committed records a stored batch and wakes the users it concerns.
+func (n *notifier) committed(applied []store.Applied) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	woken := map[string]struct{}{}
+	for _, a := range applied {
+		room := a.Event.RoomID
+		touch := func(u string) {
+			n.userPos[u] = a.Pos
+			woken[u] = struct{}{}
+		}
+		for u := range n.joined[room] {
+			touch(u)
+		}
+		for _, c := range a.Changes {
+			touch(c.UserID)
+			members := n.joined[c.RoomID]
+			if c.Membership == store.MembershipJoin {
+				if members == nil {
+					members = map[string]struct{}{}
+					n.joined[c.RoomID] = members
+				}
+				members[c.UserID] = struct{}{}
+			} else if members != nil {
+				delete(members, c.UserID)
+				if len(members) == 0 {
+					delete(n.joined, c.RoomID)
+				}
+			}
+		}
+	}
+	for u := range woken {
+		for _, ch := range n.waiters[u] {
+			close(ch)
+		}
+		delete(n.waiters, u)
+	}
+}
+
+// wait blocks until something that concerns the user is committed at a
+// position after `after`, ctx ends, or the notifier closes.
+func (n *notifier) wait(ctx context.Context, userID string, after int64) {
+	n.mu.Lock()
+	if n.closed || n.userPos[userID] > after {
+		n.mu.Unlock()
+		return
+	}
+	ch := make(chan struct{})
+	n.waiters[userID] = append(n.waiters[userID], ch)
+	n.mu.Unlock()
+
+	select {
+	case <-ch:
+		return
+	case <-ctx.Done():
+	case <-n.done:
+	}
+	// Not woken: remove our channel.
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	list := n.waiters[userID]
+	for i, c := range list {
+		if c == ch {
+			list = append(list[:i], list[i+1:]...)
+			break
+		}
+	}
+	if len(list) == 0 {
+		delete(n.waiters, userID)
+	} else {
+		n.waiters[userID] = list
+	}
+}
+
+// close releases every waiter; later waits return at once.
+func (n *notifier) close() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.closed {
+		n.closed = true
+		close(n.done)
+	}
+}
+
+// members returns a room's joined users (for tests and diagnostics).
+func (n *notifier) members(roomID string) []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := make([]string, 0, len(n.joined[roomID]))
+	for u := range n.joined[roomID] {
+		out = append(out, u)
+	}
+	return out
+}
+
+// isClosed reports whether close was called.
+func (n *notifier) isClosed() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.closed
+}

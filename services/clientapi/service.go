@@ -1,0 +1,93 @@
+// Package clientapi serves the Matrix client-server API: accounts and
+// access tokens, room creation and membership, sending and reading events,
+// and /sync. Room writes go to the room-server over gRPC; what /sync and
+// /messages read is the client-API's own copy of committed events, fed by
+// a durable JetStream consumer of the room-server's output stream.
+package clientapi
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+
+	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
+	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/store"
+)
+
+// Deps are what the client-API needs from the process.
+type Deps struct {
+	Logger      *zap.Logger
+	ServerName  string
+	DatabaseURL string
+	JetStream   jetstream.JetStream
+	KeyServer   keyserverv1.KeyServiceClient
+	RoomServer  roomserverv1.RoomServiceClient
+}
+
+// Service is a running client-API.
+type Service struct {
+	cfg        Config
+	log        *zap.Logger
+	serverName string
+	store      *store.Store
+	rooms      roomserverv1.RoomServiceClient
+	js         jetstream.JetStream
+	limiter    *rateLimiter
+	notifier   *notifier
+	consumer   jetstream.Consumer
+}
+
+// New opens the store, loads room memberships for the notifier and
+// creates the durable consumer; Run starts consuming.
+func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if deps.ServerName == "" || deps.RoomServer == nil || deps.JetStream == nil {
+		return nil, fmt.Errorf("clientapi: ServerName, RoomServer and JetStream are required")
+	}
+	st, err := store.Open(ctx, deps.DatabaseURL, cfg.MaxDatabaseConns)
+	if err != nil {
+		return nil, err
+	}
+	s := &Service{
+		cfg:        cfg,
+		log:        deps.Logger,
+		serverName: deps.ServerName,
+		store:      st,
+		rooms:      deps.RoomServer,
+		js:         deps.JetStream,
+		limiter:    newRateLimiter(cfg.RateLimit, time.Now),
+	}
+	members, err := st.JoinedMembers(ctx)
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("load memberships: %w", err)
+	}
+	s.notifier = newNotifier(members)
+	if s.consumer, err = s.createConsumer(ctx); err != nil {
+		st.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// RegisterGRPC is a no-op: the client-API serves no gRPC API.
+func (s *Service) RegisterGRPC(*grpc.Server) {}
+
+// Run consumes room events until ctx ends.
+func (s *Service) Run(ctx context.Context) error {
+	defer s.notifier.close()
+	return s.consume(ctx)
+}
+
+// Close releases the store.
+func (s *Service) Close() {
+	s.notifier.close()
+	s.store.Close()
+}

@@ -1,0 +1,461 @@
+package clientapi
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"time"
+
+	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/store"
+)
+
+// strippedStateTypes are the state events shown to invitees.
+var strippedStateTypes = []string{
+	"m.room.create", "m.room.name", "m.room.avatar", "m.room.topic",
+	"m.room.join_rules", "m.room.canonical_alias", "m.room.encryption",
+}
+
+// summaryStateTypes are the state events a room summary is computed from.
+var summaryStateTypes = []string{"m.room.member", "m.room.name", "m.room.canonical_alias"}
+
+// eventList is {"events": [...]}; it never encodes events as null.
+type eventList struct {
+	Events []json.RawMessage `json:"events"`
+}
+
+func emptyEvents() eventList { return eventList{Events: []json.RawMessage{}} }
+
+type timelineBatch struct {
+	Events    []json.RawMessage `json:"events"`
+	Limited   bool              `json:"limited"`
+	PrevBatch string            `json:"prev_batch,omitempty"`
+}
+
+type roomSummary struct {
+	Heroes  []string `json:"m.heroes,omitempty"`
+	Joined  int      `json:"m.joined_member_count"`
+	Invited int      `json:"m.invited_member_count"`
+}
+
+type joinedRoom struct {
+	Summary             roomSummary    `json:"summary"`
+	State               eventList      `json:"state"`
+	Timeline            timelineBatch  `json:"timeline"`
+	Ephemeral           eventList      `json:"ephemeral"`
+	AccountData         eventList      `json:"account_data"`
+	UnreadNotifications map[string]int `json:"unread_notifications"`
+}
+
+type invitedRoom struct {
+	InviteState eventList `json:"invite_state"`
+}
+
+type leftRoom struct {
+	State       eventList     `json:"state"`
+	Timeline    timelineBatch `json:"timeline"`
+	AccountData eventList     `json:"account_data"`
+}
+
+type syncRooms struct {
+	Join   map[string]*joinedRoom  `json:"join"`
+	Invite map[string]*invitedRoom `json:"invite"`
+	Leave  map[string]*leftRoom    `json:"leave"`
+	Knock  map[string]any          `json:"knock"`
+}
+
+type syncResponse struct {
+	NextBatch   string    `json:"next_batch"`
+	Rooms       syncRooms `json:"rooms"`
+	AccountData eventList `json:"account_data"`
+	Presence    eventList `json:"presence"`
+	ToDevice    eventList `json:"to_device"`
+}
+
+func (r *syncResponse) empty() bool {
+	return len(r.Rooms.Join) == 0 && len(r.Rooms.Invite) == 0 && len(r.Rooms.Leave) == 0
+}
+
+// syncOptions are the parsed /sync parameters.
+type syncOptions struct {
+	since     *streamToken
+	fullState bool
+	limit     int
+	filter    syncFilter
+}
+
+// sync is GET /sync. Without since it is an initial sync; with since it
+// returns what changed after that position, long-polling up to timeout
+// when nothing did. Waiting is driven by the notifier (fed by the
+// JetStream consumer), never by polling.
+func (s *Service) sync(r *http.Request, dev *device) (any, error) {
+	q := r.URL.Query()
+	var opts syncOptions
+	if v := q.Get("since"); v != "" {
+		t, err := parseStreamToken(v)
+		if err != nil {
+			return nil, matrixhttp.InvalidParam("Invalid since token")
+		}
+		opts.since = &t
+	}
+	switch q.Get("full_state") {
+	case "", "false":
+	case "true":
+		opts.fullState = true
+	default:
+		return nil, matrixhttp.InvalidParam("full_state must be true or false")
+	}
+	switch q.Get("set_presence") {
+	case "", "online", "offline", "unavailable":
+	default:
+		return nil, matrixhttp.InvalidParam("set_presence must be online, offline or unavailable")
+	}
+	timeoutMS, err := queryInt(r, "timeout", 0)
+	if err != nil {
+		return nil, err
+	}
+	timeout := min(time.Duration(max(timeoutMS, 0))*time.Millisecond, s.cfg.Sync.MaxTimeout)
+	if opts.filter, err = s.syncFilterParam(r, dev); err != nil {
+		return nil, err
+	}
+	opts.limit = s.cfg.Sync.DefaultTimelineLimit
+	if l := opts.filter.timelineLimit(); l != nil {
+		opts.limit = min(*l, s.cfg.Sync.MaxTimelineLimit)
+	}
+
+	ctx := r.Context()
+	wait := opts.since != nil && !opts.fullState && timeout > 0
+	deadline := time.Now().Add(timeout)
+	for {
+		resp, pos, err := s.buildSync(ctx, dev, opts)
+		if err != nil {
+			return nil, err
+		}
+		if !wait || !resp.empty() || !time.Now().Before(deadline) {
+			return resp, nil
+		}
+		waitCtx, cancel := context.WithDeadline(ctx, deadline)
+		s.notifier.wait(waitCtx, dev.UserID, pos)
+		cancel()
+		if ctx.Err() != nil || s.notifier.isClosed() {
+			return resp, nil
+		}
+	}
+}
+
+// roomKind is how a room appears in a sync response.
+type roomKind int
+
+const (
+	// kindFull: joined, with the full state before the timeline (initial
+	// sync, newly joined, or full_state).
+	kindFull roomKind = iota
+	// kindIncremental: joined; state is the delta over a limited gap.
+	kindIncremental
+	// kindLeft: left or banned since the last sync.
+	kindLeft
+)
+
+type syncRoom struct {
+	kind roomKind
+	rng  store.RoomRange
+}
+
+// syncData is everything read from one database snapshot.
+type syncData struct {
+	pos       int64
+	rooms     []syncRoom
+	timelines map[string]store.Timeline
+	gaps      map[string][]store.StoredEvent
+	current   map[string][]store.CurrentStateEvent // full state of kindFull rooms with empty timelines
+	summaries map[string][]store.CurrentStateEvent
+	invites   map[string][]store.CurrentStateEvent // stripped state incl. the invite
+}
+
+// buildSync computes one /sync response and the stream position it covers.
+func (s *Service) buildSync(ctx context.Context, dev *device, opts syncOptions) (*syncResponse, int64, error) {
+	var d syncData
+	err := s.store.Snapshot(ctx, func(rd store.Reader) error {
+		var err error
+		d, err = s.readSync(ctx, rd, dev.UserID, opts)
+		return err
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	resp := &syncResponse{
+		NextBatch: streamToken{pos: d.pos}.String(),
+		Rooms: syncRooms{
+			Join: map[string]*joinedRoom{}, Invite: map[string]*invitedRoom{},
+			Leave: map[string]*leftRoom{}, Knock: map[string]any{},
+		},
+		AccountData: emptyEvents(), Presence: emptyEvents(), ToDevice: emptyEvents(),
+	}
+
+	// State before the timeline of kindFull rooms comes from the room-server.
+	stateBefore, err := s.stateBefore(ctx, d)
+	if err != nil {
+		return nil, 0, err
+	}
+
+	for _, sr := range d.rooms {
+		roomID := sr.rng.RoomID
+		tl := d.timelines[roomID]
+		if sr.kind == kindIncremental && len(tl.Events) == 0 {
+			continue
+		}
+		batch, err := renderTimeline(tl, dev, d.pos)
+		if err != nil {
+			return nil, 0, err
+		}
+		state := emptyEvents()
+		switch {
+		case sr.kind == kindFull && len(tl.Events) > 0:
+			state.Events = stateBefore[tl.Events[0].EventID]
+		case sr.kind == kindFull:
+			for _, e := range d.current[roomID] {
+				state.Events = append(state.Events, json.RawMessage(e.JSON))
+			}
+		default:
+			for _, e := range d.gaps[roomID] {
+				state.Events = append(state.Events, json.RawMessage(e.JSON))
+			}
+		}
+		if state.Events == nil {
+			state.Events = []json.RawMessage{}
+		}
+		if sr.kind == kindLeft {
+			resp.Rooms.Leave[roomID] = &leftRoom{State: state, Timeline: batch, AccountData: emptyEvents()}
+			continue
+		}
+		resp.Rooms.Join[roomID] = &joinedRoom{
+			Summary:             summarize(d.summaries[roomID], dev.UserID),
+			State:               state,
+			Timeline:            batch,
+			Ephemeral:           emptyEvents(),
+			AccountData:         emptyEvents(),
+			UnreadNotifications: map[string]int{},
+		}
+	}
+	for roomID, events := range d.invites {
+		list := emptyEvents()
+		for _, e := range events {
+			raw, err := strippedEvent(e.JSON)
+			if err != nil {
+				return nil, 0, err
+			}
+			list.Events = append(list.Events, raw)
+		}
+		resp.Rooms.Invite[roomID] = &invitedRoom{InviteState: list}
+	}
+	return resp, d.pos, nil
+}
+
+// readSync reads what a sync response needs from one snapshot.
+func (s *Service) readSync(ctx context.Context, rd store.Reader, userID string, opts syncOptions) (syncData, error) {
+	d := syncData{
+		gaps:      map[string][]store.StoredEvent{},
+		current:   map[string][]store.CurrentStateEvent{},
+		summaries: map[string][]store.CurrentStateEvent{},
+		invites:   map[string][]store.CurrentStateEvent{},
+	}
+	var err error
+	if d.pos, err = rd.MaxPos(ctx); err != nil {
+		return d, err
+	}
+	memberships, err := rd.Memberships(ctx, userID)
+	if err != nil {
+		return d, err
+	}
+	incremental := opts.since != nil
+	var since int64
+	if incremental {
+		since = opts.since.pos
+	}
+	var quiet []string // joined before since: included only if they have new events
+	var invited []store.Membership
+	for _, m := range memberships {
+		if !opts.filter.allowsRoom(m.RoomID) {
+			continue
+		}
+		switch m.Membership {
+		case store.MembershipJoin:
+			switch {
+			case !incremental || m.JoinPos > since:
+				d.rooms = append(d.rooms, syncRoom{kind: kindFull, rng: store.RoomRange{RoomID: m.RoomID, After: 0, Upto: d.pos}})
+			case opts.fullState:
+				d.rooms = append(d.rooms, syncRoom{kind: kindFull, rng: store.RoomRange{RoomID: m.RoomID, After: since, Upto: d.pos}})
+			default:
+				quiet = append(quiet, m.RoomID)
+			}
+		case store.MembershipInvite:
+			if !incremental || m.Pos > since {
+				invited = append(invited, m)
+			}
+		case store.MembershipLeave, store.MembershipBan:
+			include := (incremental && m.Pos > since) || (!incremental && opts.filter.includeLeave() && m.JoinPos > 0)
+			if !include {
+				continue
+			}
+			rng := store.RoomRange{RoomID: m.RoomID, After: m.Pos - 1, Upto: m.Pos}
+			if m.Prev == store.MembershipJoin {
+				// The user saw the room until the leave: show what they
+				// missed since the last sync (or since they joined).
+				rng.After = max(since, m.JoinPos-1)
+			}
+			d.rooms = append(d.rooms, syncRoom{kind: kindLeft, rng: rng})
+		}
+	}
+	changed, err := rd.RoomsWithEvents(ctx, quiet, since, d.pos)
+	if err != nil {
+		return d, err
+	}
+	for _, room := range changed {
+		d.rooms = append(d.rooms, syncRoom{kind: kindIncremental, rng: store.RoomRange{RoomID: room, After: since, Upto: d.pos}})
+	}
+
+	ranges := make([]store.RoomRange, len(d.rooms))
+	for i, sr := range d.rooms {
+		ranges[i] = sr.rng
+	}
+	if d.timelines, err = rd.Timelines(ctx, ranges, opts.limit); err != nil {
+		return d, err
+	}
+
+	var joined, emptyFull []string
+	for _, sr := range d.rooms {
+		roomID := sr.rng.RoomID
+		tl := d.timelines[roomID]
+		if sr.kind != kindLeft {
+			joined = append(joined, roomID)
+		}
+		switch {
+		case sr.kind == kindFull && len(tl.Events) == 0:
+			emptyFull = append(emptyFull, roomID)
+		case sr.kind != kindFull && tl.Limited && len(tl.Events) > 0:
+			if d.gaps[roomID], err = rd.GapState(ctx, roomID, sr.rng.After, tl.Events[0].Pos); err != nil {
+				return d, err
+			}
+		}
+	}
+	if d.current, err = rd.CurrentStateRooms(ctx, emptyFull, nil); err != nil {
+		return d, err
+	}
+	if d.summaries, err = rd.CurrentStateRooms(ctx, joined, summaryStateTypes); err != nil {
+		return d, err
+	}
+
+	if len(invited) > 0 {
+		rooms := make([]string, len(invited))
+		for i, m := range invited {
+			rooms[i] = m.RoomID
+		}
+		stripped, err := rd.CurrentStateRooms(ctx, rooms, strippedStateTypes)
+		if err != nil {
+			return d, err
+		}
+		for _, m := range invited {
+			events := stripped[m.RoomID]
+			if own, err := rd.CurrentStateEvent(ctx, m.RoomID, "m.room.member", userID); err == nil {
+				events = append(events, own)
+			}
+			d.invites[m.RoomID] = events
+		}
+	}
+	return d, nil
+}
+
+// stateBefore asks the room-server for the state before the first
+// timeline event of each kindFull room, rendered for the client and keyed
+// by that event's ID.
+func (s *Service) stateBefore(ctx context.Context, d syncData) (map[string][]json.RawMessage, error) {
+	var ids []string
+	for _, sr := range d.rooms {
+		if tl := d.timelines[sr.rng.RoomID]; sr.kind == kindFull && len(tl.Events) > 0 {
+			ids = append(ids, tl.Events[0].EventID)
+		}
+	}
+	out := map[string][]json.RawMessage{}
+	if len(ids) == 0 {
+		return out, nil
+	}
+	resp, err := s.rooms.QueryStateBatch(ctx, &roomserverv1.QueryStateBatchRequest{EventIds: ids})
+	if err != nil {
+		return nil, s.fromGRPC(ctx, "QueryStateBatch", err, nil)
+	}
+	for _, st := range resp.GetStates() {
+		events := make([]json.RawMessage, 0, len(st.GetState()))
+		for _, ev := range st.GetState() {
+			raw, err := renderPDU(ev, false)
+			if err != nil {
+				return nil, err
+			}
+			events = append(events, raw)
+		}
+		out[st.GetEventId()] = events
+	}
+	return out, nil
+}
+
+// renderTimeline renders a timeline for the requesting device.
+func renderTimeline(tl store.Timeline, dev *device, pos int64) (timelineBatch, error) {
+	b := timelineBatch{Events: make([]json.RawMessage, 0, len(tl.Events)), Limited: tl.Limited}
+	for _, e := range tl.Events {
+		raw, err := renderFor(e, dev, false)
+		if err != nil {
+			return b, err
+		}
+		b.Events = append(b.Events, raw)
+	}
+	if len(tl.Events) > 0 {
+		b.PrevBatch = streamToken{pos: tl.Events[0].Pos - 1}.String()
+	} else {
+		b.PrevBatch = streamToken{pos: pos}.String()
+	}
+	return b, nil
+}
+
+// summarize computes a room summary from its member, name and canonical
+// alias state: member counts, and heroes when the room has no name.
+func summarize(state []store.CurrentStateEvent, self string) roomSummary {
+	var sum roomSummary
+	named := false
+	var heroes []string
+	for _, e := range state {
+		switch e.Type {
+		case "m.room.member":
+			switch e.Membership {
+			case store.MembershipJoin:
+				sum.Joined++
+			case store.MembershipInvite:
+				sum.Invited++
+			default:
+				continue
+			}
+			if e.StateKey != self && len(heroes) < 5 {
+				heroes = append(heroes, e.StateKey)
+			}
+		case "m.room.name", "m.room.canonical_alias":
+			named = true
+		}
+	}
+	if !named {
+		sum.Heroes = heroes
+	}
+	return sum
+}
+
+// strippedEvent reduces a stored client event to stripped state.
+func strippedEvent(stored []byte) (json.RawMessage, error) {
+	var ce clientEvent
+	if err := json.Unmarshal(stored, &ce); err != nil {
+		return nil, err
+	}
+	return json.Marshal(struct {
+		Content  json.RawMessage `json:"content"`
+		Sender   string          `json:"sender"`
+		StateKey *string         `json:"state_key"`
+		Type     string          `json:"type"`
+	}{ce.Content, ce.Sender, ce.StateKey, ce.Type})
+}
