@@ -1,0 +1,65 @@
+// Command myelin runs any subset of Myelin's services in one process:
+//
+//	myelin -config myelin.yaml                 # every service (all-in-one)
+//	myelin -config myelin.yaml -target room-server
+//	myelin generate-config > myelin.yaml      # the default configuration
+//
+// It only loads configuration and calls myelin.Run.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/myelin-chat/myelin/pkg/config"
+	"github.com/myelin-chat/myelin/pkg/logging"
+	"github.com/myelin-chat/myelin/pkg/myelin"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "myelin:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	if len(args) > 0 && args[0] == "generate-config" {
+		cfg := myelin.DefaultConfig()
+		out, err := config.Marshal(&cfg)
+		if err != nil {
+			return err
+		}
+		_, err = os.Stdout.Write(out)
+		return err
+	}
+	fs := flag.NewFlagSet("myelin", flag.ContinueOnError)
+	configPath := fs.String("config", "", "path to the YAML configuration (optional; MYELIN_* environment variables override it)")
+	target := fs.String("target", myelin.TargetAll, "comma-separated services to run: all or any of "+fmt.Sprint(myelin.TargetNames()))
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	cfg, err := myelin.Load(*configPath)
+	if err != nil {
+		return err
+	}
+	targets, err := myelin.ParseTargets(*target)
+	if err != nil {
+		return err
+	}
+	log, err := logging.New(cfg.Logging)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return myelin.Run(ctx, cfg, targets, log)
+}

@@ -1,0 +1,37 @@
+module github.com/myelin-chat/myelin
+
+go 1.26.8
+
+require (
+	github.com/myelin-chat/myelin/pkg v0.0.0
+	github.com/myelin-chat/myelin/proto v0.0.0
+	github.com/myelin-chat/myelin/services/clientapi v0.0.0
+	github.com/myelin-chat/myelin/services/keyserver v0.0.0
+	github.com/myelin-chat/myelin/services/roomserver v0.0.0
+)
+
+require (
+	filippo.io/edwards25519 v1.2.0 // indirect
+	github.com/mattn/go-colorable v0.1.14 // indirect
+	github.com/mattn/go-isatty v0.0.20 // indirect
+	github.com/rs/zerolog v1.35.1 // indirect
+	github.com/tidwall/gjson v1.19.0 // indirect
+	github.com/tidwall/match v1.1.1 // indirect
+	github.com/tidwall/pretty v1.2.1 // indirect
+	github.com/tidwall/sjson v1.2.5 // indirect
+	go.mau.fi/util v0.10.1 // indirect
+	golang.org/x/crypto v0.58.0 // indirect
+	golang.org/x/exp v0.0.0-20260908205506-85c1c2202aba // indirect
+	golang.org/x/net v0.60.0 // indirect
+	golang.org/x/sys v0.49.0 // indirect
+	golang.org/x/text v0.43.0 // indirect
+	maunium.net/go/mautrix v0.31.0 // indirect
+)
+
+replace (
+	github.com/myelin-chat/myelin/pkg => ./pkg
+	github.com/myelin-chat/myelin/proto => ./proto
+	github.com/myelin-chat/myelin/services/clientapi => ./services/clientapi
+	github.com/myelin-chat/myelin/services/keyserver => ./services/keyserver
+	github.com/myelin-chat/myelin/services/roomserver => ./services/roomserver
+)

@@ -1,0 +1,262 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/myelin-chat/myelin/pkg/testkit"
+)
+
+// binary is the myelin binary under test: $MYELIN_BIN (make test sets it to
+// bin/myelin) or one built into a temporary directory.
+var (
+	binaryOnce sync.Once
+	binaryPath string
+	binaryErr  error
+)
+
+func myelinBinary(t *testing.T) string {
+	t.Helper()
+	binaryOnce.Do(func() {
+		if p := os.Getenv("MYELIN_BIN"); p != "" {
+			binaryPath, binaryErr = filepath.Abs(p)
+			return
+		}
+		dir, err := os.MkdirTemp("", "myelin-e2e-bin-")
+		if err != nil {
+			binaryErr = err
+			return
+		}
+		binaryPath = filepath.Join(dir, "myelin")
+		cmd := exec.Command("go", "build", "-o", binaryPath, "github.com/myelin-chat/myelin/cmd/myelin")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			binaryErr = fmt.Errorf("go build: %v: %s", err, out)
+		}
+	})
+	if binaryErr != nil {
+		t.Fatal(binaryErr)
+	}
+	return binaryPath
+}
+
+// proc is one myelin OS process.
+type proc struct {
+	name string
+	args []string
+	env  []string
+	log  string
+	cmd  *exec.Cmd
+	done chan error
+}
+
+func (p *proc) start(t *testing.T) {
+	t.Helper()
+	f, err := os.OpenFile(p.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(f, "==== start %s %v\n", p.name, time.Now().Format(time.RFC3339Nano))
+	cmd := exec.Command(myelinBinary(t), p.args...)
+	cmd.Env = append(os.Environ(), p.env...)
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", p.name, err)
+	}
+	p.cmd = cmd
+	p.done = make(chan error, 1)
+	go func() { p.done <- cmd.Wait(); f.Close() }()
+}
+
+// stop sends SIGTERM and waits; a process that does not stop is killed and
+// the test fails (shutdown must be clean).
+func (p *proc) stop(t *testing.T) {
+	t.Helper()
+	if p.cmd == nil {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.done:
+		if err != nil {
+			t.Errorf("%s exited with %v (log: %s)", p.name, err, p.log)
+		}
+	case <-time.After(30 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		t.Errorf("%s did not stop within 30s", p.name)
+	}
+	p.cmd = nil
+}
+
+// server is a Myelin deployment under test, reached at url.
+type server struct {
+	url   string
+	procs []*proc
+	logs  []string
+}
+
+func (s *server) start(t *testing.T) {
+	t.Helper()
+	for _, p := range s.procs {
+		p.start(t)
+	}
+	waitReady(t, s.url+"/_matrix/client/versions", s)
+}
+
+func (s *server) stop(t *testing.T) {
+	t.Helper()
+	// Stop in reverse order: edge first, key-server last.
+	for i := len(s.procs) - 1; i >= 0; i-- {
+		s.procs[i].stop(t)
+	}
+}
+
+func (s *server) restart(t *testing.T) {
+	t.Helper()
+	s.stop(t)
+	s.start(t)
+}
+
+// dumpLogs prints the processes' logs when the test failed.
+func (s *server) dumpLogs(t *testing.T) {
+	if !t.Failed() && os.Getenv("MYELIN_E2E_LOGS") == "" {
+		return
+	}
+	for _, p := range s.procs {
+		data, _ := os.ReadFile(p.log)
+		if len(data) > 64<<10 {
+			data = append([]byte("...\n"), data[len(data)-64<<10:]...)
+		}
+		t.Logf("---- log of %s ----\n%s", p.name, data)
+	}
+}
+
+func waitReady(t *testing.T, url string, s *server) {
+	t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		res, err := http.Get(url)
+		if err == nil {
+			res.Body.Close()
+			if res.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		for _, p := range s.procs {
+			select {
+			case err := <-p.done:
+				p.done <- err
+				s.dumpLogs(t)
+				t.Fatalf("%s exited during start-up: %v", p.name, err)
+			default:
+			}
+		}
+		if time.Now().After(deadline) {
+			s.dumpLogs(t)
+			t.Fatalf("%s not ready: %v", url, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// allInOne is `make run`'s shape: one process, no database or NATS URL, so
+// it starts its own PostgreSQL cluster and embedded JetStream under its
+// data directory.
+func allInOne(t *testing.T) *server {
+	dir, err := os.MkdirTemp("", "myelin-e2e-aio-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The PostgreSQL cluster may run as another user when tests run as root.
+	_ = os.Chmod(dir, 0o755)
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	httpAddr := freeAddr(t)
+	s := &server{url: "http://" + httpAddr}
+	s.procs = []*proc{{
+		name: "all-in-one",
+		args: []string{"-target", "all"},
+		env: []string{
+			"MYELIN_DATA_DIR=" + filepath.Join(dir, "data"),
+			"MYELIN_HTTP_LISTEN=" + httpAddr,
+			"MYELIN_GRPC_LISTEN=127.0.0.1:0",
+			"MYELIN_DATABASE_URL=",
+			"MYELIN_NATS_URL=",
+		},
+		log: filepath.Join(dir, "all-in-one.log"),
+	}}
+	return s
+}
+
+// split runs key-server, room-server and client-api as three OS processes
+// plus the edge router, against an external PostgreSQL and NATS server.
+func split(t *testing.T) *server {
+	dir := t.TempDir()
+	common := []string{
+		"MYELIN_DATABASE_URL=" + testkit.Postgres(t),
+		"MYELIN_NATS_URL=" + testkit.NATS(t),
+		"MYELIN_DATA_DIR=" + dir,
+	}
+	type addrs struct{ http, grpc string }
+	ks := addrs{freeAddr(t), freeAddr(t)}
+	rs := addrs{freeAddr(t), freeAddr(t)}
+	ca := addrs{freeAddr(t), freeAddr(t)}
+	edge := freeAddr(t)
+	mk := func(name, target string, a addrs, extra ...string) *proc {
+		env := append(append([]string{}, common...),
+			"MYELIN_HTTP_LISTEN="+a.http, "MYELIN_GRPC_LISTEN="+a.grpc)
+		return &proc{name: name, args: []string{"-target", target}, env: append(env, extra...), log: filepath.Join(dir, name+".log")}
+	}
+	s := &server{url: "http://" + edge}
+	s.procs = []*proc{
+		mk("key-server", "key-server", ks),
+		mk("room-server", "room-server", rs, "MYELIN_SERVICES_KEY_SERVER_GRPC="+ks.grpc),
+		mk("client-api", "client-api", ca,
+			"MYELIN_SERVICES_KEY_SERVER_GRPC="+ks.grpc, "MYELIN_SERVICES_ROOM_SERVER_GRPC="+rs.grpc),
+		mk("edge", "edge", addrs{edge, "127.0.0.1:0"},
+			"MYELIN_SERVICES_CLIENT_API_HTTP="+ca.http, "MYELIN_SERVICES_KEY_SERVER_HTTP="+ks.http),
+	}
+	return s
+}
+
+// do sends a raw HTTP request (for inputs a client library cannot produce)
+// and returns the status and body.
+func do(t *testing.T, method, url, token string, body []byte) (int, []byte) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(context.Background(), method, url, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	var buf bytes.Buffer
+	_, _ = buf.ReadFrom(res.Body)
+	return res.StatusCode, buf.Bytes()
+}
