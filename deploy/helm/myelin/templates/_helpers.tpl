@@ -1,0 +1,56 @@
+{{/* Release-scoped name prefix. */}}
+{{- define "myelin.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The services of the split shape: values key -> -target name. Each gets a
+Deployment and a Service named <fullname>-<target>.
+*/}}
+{{- define "myelin.components" -}}
+keyServer: key-server
+roomServer: room-server
+clientApi: client-api
+edge: edge
+{{- end -}}
+
+{{/* dict "root" $ "component" "<target>" -> <fullname>-<target> */}}
+{{- define "myelin.componentName" -}}
+{{- printf "%s-%s" (include "myelin.fullname" .root) .component -}}
+{{- end -}}
+
+{{- define "myelin.selectorLabels" -}}
+app.kubernetes.io/name: {{ default .root.Chart.Name .root.Values.nameOverride | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "myelin.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "myelin.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: myelin
+{{- end -}}
+
+{{/* The Secret holding the database URL. */}}
+{{- define "myelin.databaseSecret" -}}
+{{- if .Values.database.url -}}
+{{- printf "%s-database" (include "myelin.fullname" .) -}}
+{{- else -}}
+{{- required "set database.existingSecret (a Secret holding the PostgreSQL URL) or database.url" .Values.database.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "myelin.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
