@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
@@ -78,7 +79,15 @@ func StartPostgres(ctx context.Context, dir string, port int) (*Postgres, error)
 			return nil, err
 		}
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	// Parents are created traversable so that the unprivileged cluster
+	// user can reach dir; dir itself stays private to that user.
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return nil, err
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return nil, err
+	}
+	if err := pg.checkReachable(); err != nil {
 		return nil, err
 	}
 	if err := pg.chown(); err != nil {
@@ -173,6 +182,31 @@ func (p *Postgres) chown() error {
 		}
 		return os.Lchown(path, int(p.cred.Uid), int(p.cred.Gid))
 	})
+}
+
+// checkReachable fails with a clear message when the cluster user cannot
+// enter one of dir's parents: exec would otherwise fail with a bare EACCES.
+func (p *Postgres) checkReachable() error {
+	if p.cred == nil {
+		return nil
+	}
+	for d := filepath.Dir(p.dir); ; d = filepath.Dir(d) {
+		st, err := os.Stat(d)
+		if err != nil {
+			return err
+		}
+		sys, ok := st.Sys().(*syscall.Stat_t)
+		mode := st.Mode().Perm()
+		reachable := mode&0o001 != 0 ||
+			(ok && sys.Uid == p.cred.Uid && mode&0o100 != 0) ||
+			(ok && sys.Gid == p.cred.Gid && mode&0o010 != 0)
+		if !reachable {
+			return fmt.Errorf("PostgreSQL runs as uid %d (the process is root) and cannot enter %s; make it traversable (chmod o+x) or set database.url", p.cred.Uid, d)
+		}
+		if d == filepath.Dir(d) {
+			return nil
+		}
+	}
 }
 
 func unprivilegedUser() (*syscall.Credential, error) {

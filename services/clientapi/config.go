@@ -67,7 +67,7 @@ func DefaultConfig() Config {
 		MaxDatabaseConns:   16,
 		RegistrationOpen:   true,
 		PublicBaseURL:      "http://localhost:8008",
-		DefaultRoomVersion: string(gomatrixserverlib.RoomVersionV12),
+		DefaultRoomVersion: string(gomatrixserverlib.RoomVersionV11),
 		RateLimit: RateLimitConfig{
 			Enabled:    true,
 			Register:   RateBucket{PerSecond: 10, Burst: 100},

@@ -170,17 +170,9 @@ func TestLibrariesAgreeOnCommittedEvents(t *testing.T) {
 				if err := jsonv2.Unmarshal(raw, &p); err != nil {
 					t.Fatalf("mautrix cannot parse %s: %v", eventID, err)
 				}
-				// Content hash and reference-hash event ID.
+				// Content hash.
 				if !p.VerifyContentHash() {
 					t.Errorf("%s: mautrix says content hash is wrong", eventID)
-				}
-				gotID, err := p.GetEventID(rv)
-				if err != nil || string(gotID) != eventID {
-					t.Errorf("event ID: gomatrixserverlib %s, mautrix %s (%v)", eventID, gotID, err)
-				}
-				// Signature by the key-server's key.
-				if err := p.VerifySignature(rv, serverName, e.getKey); err != nil {
-					t.Errorf("%s: mautrix rejects the signature: %v", eventID, err)
 				}
 				// Redaction algorithm: same canonical JSON from both.
 				mine, err := gmslVer.RedactEventJSON(raw)
@@ -191,11 +183,33 @@ func TestLibrariesAgreeOnCommittedEvents(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if !sameJSON(t, mine, theirs) {
-					t.Errorf("%s: redactions differ:\n gmsl    %s\n mautrix %s", eventID, mine, theirs)
+				if redactsKeptByMautrix(rv, p.Type) {
+					// Known mautrix v0.31.0 deviation: before room v11 it keeps
+					// a redaction event's top-level "redacts", which the spec's
+					// v1 redaction algorithm strips (gomatrixserverlib does).
+					// Event ID and signature are computed over the redacted
+					// form, so they differ for the same reason. Check that this
+					// is the only difference, so the test notices if either
+					// library changes.
+					if !onlyDifferenceIsRedacts(t, mine, theirs) {
+						t.Errorf("%s: redactions differ beyond the known top-level redacts:\n gmsl    %s\n mautrix %s", eventID, mine, theirs)
+					}
+				} else {
+					if !sameJSON(t, mine, theirs) {
+						t.Errorf("%s: redactions differ:\n gmsl    %s\n mautrix %s", eventID, mine, theirs)
+					}
+					// Reference-hash event ID.
+					gotID, err := p.GetEventID(rv)
+					if err != nil || string(gotID) != eventID {
+						t.Errorf("event ID: gomatrixserverlib %s, mautrix %s (%v)", eventID, gotID, err)
+					}
+					// Signature by the key-server's key.
+					if err := p.VerifySignature(rv, serverName, e.getKey); err != nil {
+						t.Errorf("%s: mautrix rejects the signature: %v", eventID, err)
+					}
 				}
 				// Authorisation against the event's own auth events.
-				if err := eventauth.Authorize(rv, &p, authEvents(t, e, &p), nil, e.getKey); err != nil {
+				if err := eventauth.Authorize(rv, &p, authEvents(t, e, &p), e.getEvents(t), e.getKey); err != nil {
 					t.Errorf("%s (%s): mautrix refuses an event the room-server accepted: %v", eventID, p.Type, err)
 				}
 			}
@@ -248,7 +262,7 @@ func TestLibrariesAgreeOnRejection(t *testing.T) {
 				if err := jsonv2.Unmarshal(raw, &p); err != nil {
 					t.Fatal(err)
 				}
-				if err := eventauth.Authorize(id.RoomVersion(version), &p, authEvents(t, e, &p), nil, e.getKey); err == nil {
+				if err := eventauth.Authorize(id.RoomVersion(version), &p, authEvents(t, e, &p), e.getEvents(t), e.getKey); err == nil {
 					t.Errorf("%s: mautrix allows an event gomatrixserverlib rejected", c.name)
 				}
 			}
@@ -336,12 +350,6 @@ func authEvents(t *testing.T, e *env, p *pdu.PDU) []*pdu.PDU {
 	for _, a := range p.AuthEvents {
 		ids = append(ids, string(a))
 	}
-	// Room v12 events do not list the create event; mautrix wants it passed.
-	if roomID, err := p.GetRoomID(); err == nil && len(roomID) > 1 && p.Type != "m.room.create" {
-		if created := "$" + string(roomID)[1:]; !contains(ids, created) && !containsRune(string(roomID), ':') {
-			ids = append(ids, created)
-		}
-	}
 	if len(ids) == 0 {
 		return nil
 	}
@@ -358,22 +366,61 @@ func authEvents(t *testing.T, e *env, p *pdu.PDU) []*pdu.PDU {
 	return out
 }
 
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
+// getEvents lets mautrix look events up by ID (room v12 finds the create
+// event from the room ID this way).
+func (e *env) getEvents(t *testing.T) eventauth.GetEventsFunc {
+	return func(ids []id.EventID) ([]*pdu.PDU, error) {
+		var want []string
+		for _, i := range ids {
+			want = append(want, string(i))
 		}
+		res, err := e.rooms.QueryEvents(context.Background(), &roomserverv1.QueryEventsRequest{EventIds: want})
+		if err != nil {
+			return nil, err
+		}
+		var out []*pdu.PDU
+		for _, ev := range res.Events {
+			var p pdu.PDU
+			if err := jsonv2.Unmarshal(ev.EventJson, &p); err != nil {
+				return nil, err
+			}
+			p.InternalMeta.EventID = id.EventID(ev.EventId)
+			p.InternalMeta.Rejected = ev.Rejected
+			out = append(out, &p)
+		}
+		return out, nil
 	}
-	return false
 }
 
-func containsRune(s string, r rune) bool {
-	for _, c := range s {
-		if c == r {
-			return true
-		}
+// redactsKeptByMautrix reports the case where mautrix v0.31.0 departs from
+// the spec's pre-v11 redaction algorithm.
+func redactsKeptByMautrix(rv id.RoomVersion, eventType string) bool {
+	return eventType == "m.room.redaction" && !rv.RedactsInContent()
+}
+
+// onlyDifferenceIsRedacts checks that gmsl's redaction has no top-level
+// "redacts" (as the spec's key list requires) and that removing it from
+// mautrix's output makes the two identical.
+func onlyDifferenceIsRedacts(t *testing.T, gmsl, mautrix []byte) bool {
+	t.Helper()
+	var g, m map[string]json.RawMessage
+	if err := json.Unmarshal(gmsl, &g); err != nil {
+		t.Fatal(err)
 	}
-	return false
+	if err := json.Unmarshal(mautrix, &m); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := g["redacts"]; ok {
+		t.Errorf("gomatrixserverlib kept top-level redacts, which the v1 redaction algorithm strips")
+		return false
+	}
+	if _, ok := m["redacts"]; !ok {
+		t.Errorf("mautrix now strips top-level redacts before v11; drop the known-deviation branch")
+		return false
+	}
+	delete(m, "redacts")
+	stripped, _ := json.Marshal(m)
+	return sameJSON(t, gmsl, stripped)
 }
 
 // sameJSON compares two JSON documents after canonicalising both with
