@@ -384,6 +384,12 @@ func (s *Service) createRoom(r *http.Request, dev *device) (any, error) {
 			return nil, roomInUse("Room alias already taken")
 		}
 	}
+	if req.Visibility == "public" {
+		_, err := s.rooms.SetRoomVisibility(ctx, &roomserverv1.SetRoomVisibilityRequest{RoomId: resp.GetRoomId(), Visibility: "public"})
+		if err != nil {
+			return nil, s.fromGRPC(ctx, "SetRoomVisibility", err, nil)
+		}
+	}
 	return map[string]string{"room_id": resp.GetRoomId()}, nil
 }
 
