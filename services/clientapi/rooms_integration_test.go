@@ -102,6 +102,12 @@ func TestRoomsMembershipAndDirectory(t *testing.T) {
 		}
 		err := raw(t, alice, http.MethodPost, map[string]any{"preset": "party"}, nil, "createRoom")
 		wantErr(t, "unknown preset", err, mautrix.MInvalidParam)
+		// The override leaves the creator too weak to set the name it asks for.
+		err = raw(t, alice, http.MethodPost, map[string]any{"room_version": "11", "name": "x",
+			"power_level_content_override": map[string]any{"users": map[string]any{alice.UserID.String(): 10}}}, nil, "createRoom")
+		wantErr(t, "initial state the creator may not send", err, mautrix.RespError{ErrCode: "M_INVALID_ROOM_STATE"})
+		err = raw(t, alice, http.MethodPost, map[string]any{"initial_state": []any{map[string]any{"type": "m.room.name", "content": "x"}}}, nil, "createRoom")
+		wantErr(t, "initial_state content not an object", err, mautrix.MBadJSON)
 	})
 
 	t.Run("createRoom with every option, events in spec order", func(t *testing.T) {
