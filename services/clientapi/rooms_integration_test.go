@@ -604,4 +604,94 @@ func TestRoomsMembershipAndDirectory(t *testing.T) {
 		err = raw(t, carol, http.MethodPost, map[string]any{"since": "garbage"}, nil, "publicRooms")
 		wantErr(t, "bad since token", err, mautrix.MInvalidParam)
 	})
+
+	t.Run("upgrade", func(t *testing.T) {
+		old := createRoom(t, alice, map[string]any{
+			"room_version": "10", "preset": "public_chat", "visibility": "public", "room_alias_name": "upgr",
+			"name": "Before", "topic": "Upgrade me",
+			"initial_state": []map[string]any{{"type": "org.example.private", "content": map[string]any{"x": 1}}},
+		})
+		_, err := bob.JoinRoomByID(ctx, old)
+		must(t, "bob joins", err)
+		upgrade := func(cli *mautrix.Client, room id.RoomID, body map[string]any) (id.RoomID, error) {
+			var resp struct {
+				ReplacementRoom id.RoomID `json:"replacement_room"`
+			}
+			err := raw(t, cli, http.MethodPost, body, &resp, "rooms", room, "upgrade")
+			return resp.ReplacementRoom, err
+		}
+		_, err = upgrade(bob, old, map[string]any{"new_version": "11"})
+		wantErr(t, "upgrade without power", err, mautrix.MForbidden)
+		_, err = upgrade(dave, old, map[string]any{"new_version": "11"})
+		wantErr(t, "upgrade by a non-member", err, mautrix.MForbidden)
+		_, err = upgrade(alice, old, map[string]any{"new_version": "99"})
+		wantErr(t, "upgrade to an unknown version", err, mautrix.MUnsupportedRoomVersion)
+		_, err = upgrade(alice, old, map[string]any{})
+		wantErr(t, "upgrade without new_version", err, mautrix.MBadJSON)
+
+		newRoom, err := upgrade(alice, old, map[string]any{"new_version": "12", "additional_creators": []string{bob.UserID.String()}})
+		must(t, "upgrade to 12", err)
+		create := stateContent(t, alice, newRoom, "m.room.create", "")
+		pred, _ := create["predecessor"].(map[string]any)
+		if pred["room_id"] != old.String() || create["room_version"] != "12" {
+			t.Fatalf("replacement create %v", create)
+		}
+		if ac, _ := create["additional_creators"].([]any); len(ac) != 1 || ac[0] != bob.UserID.String() {
+			t.Fatalf("additional creators %v", create)
+		}
+		if name := stateContent(t, alice, newRoom, "m.room.name", ""); name["name"] != "Before" {
+			t.Fatalf("name not transferred: %v", name)
+		}
+		if jr := stateContent(t, alice, newRoom, "m.room.join_rules", ""); jr["join_rule"] != "public" {
+			t.Fatalf("join rules not transferred: %v", jr)
+		}
+		pl := stateContent(t, alice, newRoom, "m.room.power_levels", "")
+		if users, _ := pl["users"].(map[string]any); users[alice.UserID.String()] != nil || users[bob.UserID.String()] != nil {
+			t.Fatalf("creators listed in v12 power levels: %v", pl)
+		}
+		var none map[string]any
+		err = alice.StateEvent(ctx, newRoom, event.NewEventType("org.example.private"), "", &none)
+		wantErr(t, "custom state is not transferred", err, mautrix.MNotFound)
+
+		resolved, err := dave.ResolveAlias(ctx, id.RoomAlias("#upgr:"+serverName))
+		must(t, "resolve moved alias", err)
+		if resolved.RoomID != newRoom {
+			t.Fatalf("alias points to %s, want %s", resolved.RoomID, newRoom)
+		}
+		if ca := stateContent(t, alice, newRoom, "m.room.canonical_alias", ""); ca["alias"] != "#upgr:"+serverName {
+			t.Fatalf("canonical alias in the new room %v", ca)
+		}
+		if ca := stateContent(t, alice, old, "m.room.canonical_alias", ""); len(ca) != 0 {
+			t.Fatalf("canonical alias left in the old room %v", ca)
+		}
+		tomb := stateContent(t, bob, old, "m.room.tombstone", "")
+		if tomb["replacement_room"] != newRoom.String() {
+			t.Fatalf("tombstone %v", tomb)
+		}
+		oldPL := stateContent(t, alice, old, "m.room.power_levels", "")
+		if oldPL["events_default"] != 50.0 || oldPL["invite"] != 50.0 {
+			t.Fatalf("old room power levels not restricted: %v", oldPL)
+		}
+		_, err = bob.SendMessageEvent(ctx, old, event.EventMessage, &event.MessageEventContent{MsgType: event.MsgText, Body: "hi"})
+		wantErr(t, "talking in the old room", err, mautrix.MForbidden)
+		var vis struct{ Visibility string }
+		must(t, "new visibility", raw(t, dave, http.MethodGet, nil, &vis, "directory", "list", "room", newRoom))
+		if vis.Visibility != "public" {
+			t.Fatalf("replacement room visibility %q", vis.Visibility)
+		}
+		must(t, "old visibility", raw(t, dave, http.MethodGet, nil, &vis, "directory", "list", "room", old))
+		if vis.Visibility != "private" {
+			t.Fatalf("old room visibility %q", vis.Visibility)
+		}
+
+		// Back to 11: the creator of the 12 room needs an explicit level there.
+		older, err := upgrade(alice, newRoom, map[string]any{"new_version": "11"})
+		must(t, "upgrade 12 -> 11", err)
+		pl = stateContent(t, alice, older, "m.room.power_levels", "")
+		if users, _ := pl["users"].(map[string]any); users[alice.UserID.String()] != 100.0 {
+			t.Fatalf("v11 replacement power levels %v", pl)
+		}
+		_, err = alice.SendStateEvent(ctx, older, event.StateTopic, "", &event.TopicEventContent{Topic: "still in charge"})
+		must(t, "state in the replacement room", err)
+	})
 }

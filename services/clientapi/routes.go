@@ -73,6 +73,7 @@ func (s *Service) routes() []route {
 		{method: http.MethodPost, path: "/knock/{roomIdOrAlias}", auth: true, serve: s.knock},
 		{method: http.MethodGet, path: "/rooms/{roomId}/members", auth: true, serve: s.members},
 		{method: http.MethodGet, path: "/rooms/{roomId}/joined_members", auth: true, serve: s.joinedMembers},
+		{method: http.MethodPost, path: "/rooms/{roomId}/upgrade", auth: true, limit: limitCreateRoom, serve: s.upgradeRoom},
 
 		// Events.
 		{method: http.MethodPut, path: "/rooms/{roomId}/send/{eventType}/{txnId}", auth: true, limit: limitSend, serve: s.send},
