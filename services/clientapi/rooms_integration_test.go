@@ -694,4 +694,78 @@ func TestRoomsMembershipAndDirectory(t *testing.T) {
 		_, err = alice.SendStateEvent(ctx, older, event.StateTopic, "", &event.TopicEventContent{Topic: "still in charge"})
 		must(t, "state in the replacement room", err)
 	})
+
+	t.Run("hierarchy", func(t *testing.T) {
+		space := createRoom(t, alice, map[string]any{"preset": "public_chat", "name": "Space", "creation_content": map[string]any{"type": "m.space"}})
+		sub := createRoom(t, alice, map[string]any{"preset": "public_chat", "name": "Subspace", "creation_content": map[string]any{"type": "m.space"}})
+		first := createRoom(t, alice, map[string]any{"preset": "public_chat", "name": "First"})
+		second := createRoom(t, alice, map[string]any{"preset": "public_chat", "name": "Second"})
+		secret := createRoom(t, alice, map[string]any{"preset": "private_chat", "name": "Secret"})
+		deep := createRoom(t, alice, map[string]any{"preset": "public_chat", "name": "Deep"})
+		child := func(parent, c id.RoomID, content map[string]any) {
+			_, err := alice.SendStateEvent(ctx, parent, event.StateSpaceChild, c.String(), content)
+			must(t, "space child", err)
+		}
+		via := []string{serverName}
+		// Order: "a" (second) before "b" (sub), then unordered children.
+		child(space, second, map[string]any{"via": via, "order": "a", "suggested": true})
+		child(space, sub, map[string]any{"via": via, "order": "b"})
+		child(space, secret, map[string]any{"via": via})
+		child(space, first, map[string]any{}) // no via: not a child
+		child(sub, deep, map[string]any{"via": via})
+
+		var resp *mautrix.RespHierarchy
+		testkit.Eventually(t, 10*time.Second, func() error {
+			var err error
+			resp, err = dave.Hierarchy(ctx, space, nil)
+			if err != nil {
+				return err
+			}
+			if len(resp.Rooms) != 4 {
+				return fmt.Errorf("%d rooms so far", len(resp.Rooms))
+			}
+			return nil
+		})
+		var got []id.RoomID
+		for _, r := range resp.Rooms {
+			got = append(got, r.RoomID)
+		}
+		if want := []id.RoomID{space, second, sub, deep}; !slices.Equal(got, want) {
+			t.Fatalf("hierarchy order %v, want %v", got, want)
+		}
+		if resp.Rooms[0].RoomType != "m.space" || len(resp.Rooms[0].ChildrenState) != 3 || resp.Rooms[0].Name != "Space" {
+			t.Fatalf("space entry %+v", resp.Rooms[0])
+		}
+		// Alice is in the secret room, so she sees it.
+		mine, err := alice.Hierarchy(ctx, space, nil)
+		must(t, "alice's hierarchy", err)
+		if len(mine.Rooms) != 5 {
+			t.Fatalf("alice sees %d rooms", len(mine.Rooms))
+		}
+		zero := 0
+		shallow, err := dave.Hierarchy(ctx, space, &mautrix.ReqHierarchy{MaxDepth: &zero})
+		must(t, "max_depth 0", err)
+		if len(shallow.Rooms) != 1 {
+			t.Fatalf("max_depth 0 gave %d rooms", len(shallow.Rooms))
+		}
+		suggested, err := dave.Hierarchy(ctx, space, &mautrix.ReqHierarchy{SuggestedOnly: true})
+		must(t, "suggested_only", err)
+		if len(suggested.Rooms) != 2 || suggested.Rooms[1].RoomID != second {
+			t.Fatalf("suggested_only gave %d rooms", len(suggested.Rooms))
+		}
+		page, err := dave.Hierarchy(ctx, space, &mautrix.ReqHierarchy{Limit: 3})
+		must(t, "page 1", err)
+		if len(page.Rooms) != 3 || page.NextBatch == "" {
+			t.Fatalf("page 1: %d rooms, next %q", len(page.Rooms), page.NextBatch)
+		}
+		page2, err := dave.Hierarchy(ctx, space, &mautrix.ReqHierarchy{Limit: 3, From: page.NextBatch})
+		must(t, "page 2", err)
+		if len(page2.Rooms) != 1 || page2.Rooms[0].RoomID != deep || page2.NextBatch != "" {
+			t.Fatalf("page 2 %+v", page2)
+		}
+		_, err = dave.Hierarchy(ctx, space, &mautrix.ReqHierarchy{From: page.NextBatch, SuggestedOnly: true})
+		wantErr(t, "changing suggested_only while paginating", err, mautrix.MInvalidParam)
+		_, err = dave.Hierarchy(ctx, secret, nil)
+		wantErr(t, "hierarchy of a room the user cannot see", err, mautrix.MForbidden)
+	})
 }

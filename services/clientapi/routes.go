@@ -74,6 +74,7 @@ func (s *Service) routes() []route {
 		{method: http.MethodGet, path: "/rooms/{roomId}/members", auth: true, serve: s.members},
 		{method: http.MethodGet, path: "/rooms/{roomId}/joined_members", auth: true, serve: s.joinedMembers},
 		{method: http.MethodPost, path: "/rooms/{roomId}/upgrade", auth: true, limit: limitCreateRoom, serve: s.upgradeRoom},
+		{method: http.MethodGet, path: "/_matrix/client/v1/rooms/{roomId}/hierarchy", abs: true, auth: true, serve: s.hierarchy},
 
 		// Events.
 		{method: http.MethodPut, path: "/rooms/{roomId}/send/{eventType}/{txnId}", auth: true, limit: limitSend, serve: s.send},
