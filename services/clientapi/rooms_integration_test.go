@@ -413,6 +413,20 @@ func TestRoomsMembershipAndDirectory(t *testing.T) {
 		if join.Content.Raw["join_authorised_via_users_server"] != alice.UserID.String() {
 			t.Fatalf("restricted join content %v", join.Content.Raw)
 		}
+		// Once joined, carol may update her member event even after leaving
+		// the allowed room, and it carries no authoriser.
+		_, err = carol.LeaveRoom(ctx, space)
+		must(t, "leave the allowed room", err)
+		_, err = carol.SendStateEvent(ctx, restricted, event.StateMember, carol.UserID.String(),
+			map[string]any{"membership": "join", "displayname": "Carol"})
+		must(t, "profile change in a restricted room", err)
+		join, err = alice.FullStateEvent(ctx, restricted, event.StateMember, carol.UserID.String())
+		must(t, "carol's profile", err)
+		if join.Content.Raw["displayname"] != "Carol" || join.Content.Raw["join_authorised_via_users_server"] != nil {
+			t.Fatalf("profile change content %v", join.Content.Raw)
+		}
+		_, err = carol.JoinRoomByID(ctx, space)
+		must(t, "rejoin the allowed room", err)
 
 		kr := createRoom(t, alice, map[string]any{
 			"preset": "private_chat", "room_version": "11",

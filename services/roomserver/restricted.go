@@ -50,6 +50,16 @@ func (s *Service) authoriseLocalMember(ctx context.Context, w *writeTx, room sto
 			return t, err
 		}
 		q := &restrictedQuerier{s: s, w: w, room: room}
+		current, err := q.CurrentStateEvent(ctx, *roomID, spec.MRoomMember, sender)
+		if err != nil {
+			return t, err
+		}
+		if current != nil {
+			if m, _ := current.Membership(); m == spec.Join {
+				// A joined member updating their profile needs no authoriser.
+				return stripAuthorisedVia(t, content, had)
+			}
+		}
 		via, err := verImpl.CheckRestrictedJoin(ctx, s.serverName, q, *roomID, spec.SenderID(sender))
 		if err != nil {
 			// Not allowed by any allow rule: the error names why.
@@ -60,12 +70,20 @@ func (s *Service) authoriseLocalMember(ctx context.Context, w *writeTx, room sto
 			had = true
 		}
 	}
-	if !had {
+	return stripAuthorisedVia(t, content, had)
+}
+
+// stripAuthorisedVia re-encodes content when the authorising key was
+// present or set (changed is true); otherwise t is left untouched.
+func stripAuthorisedVia(t template, content map[string]json.RawMessage, changed bool) (template, error) {
+	if !changed {
 		return t, nil
 	}
-	if t.Content, err = json.Marshal(content); err != nil {
+	raw, err := json.Marshal(content)
+	if err != nil {
 		return t, err
 	}
+	t.Content = raw
 	return t, nil
 }
 
