@@ -374,6 +374,29 @@ func TestRoomsMembershipAndDirectory(t *testing.T) {
 		wantErr(t, "join a knock room uninvited", err, mautrix.MForbidden)
 		_, err = dave.KnockRoom(ctx, "#door:"+serverName, &mautrix.ReqKnockRoom{Reason: "let me in", Via: []string{serverName}})
 		must(t, "knock", err)
+		// Dave's sync shows the knock with the room's stripped state.
+		testkit.Eventually(t, 10*time.Second, func() error {
+			s, err := dave.SyncRequest(ctx, 0, "", "", false, "")
+			if err != nil {
+				return err
+			}
+			kr, ok := s.Rooms.Knock[knockRoom]
+			if !ok {
+				return errors.New("knock not in sync yet")
+			}
+			var sawJoinRules, sawOwn bool
+			for _, e := range kr.State.Events {
+				sawJoinRules = sawJoinRules || e.Type == event.StateJoinRules
+				sawOwn = sawOwn || (e.Type == event.StateMember && *e.StateKey == dave.UserID.String())
+			}
+			if !sawJoinRules || !sawOwn {
+				return fmt.Errorf("knock_state %v", kr.State.Events)
+			}
+			if _, ok := s.Rooms.Invite[knockRoom]; ok {
+				return errors.New("knock shown as an invite")
+			}
+			return nil
+		})
 		knocking, err := alice.Members(ctx, knockRoom, mautrix.ReqMembers{Membership: event.MembershipKnock})
 		must(t, "members knock", err)
 		if len(knocking.Chunk) != 1 || *knocking.Chunk[0].StateKey != dave.UserID.String() {
