@@ -38,6 +38,8 @@ type createRoomRequest struct {
 	Preset                    string              `json:"preset"`
 	IsDirect                  bool                `json:"is_direct"`
 	PowerLevelContentOverride json.RawMessage     `json:"power_level_content_override"`
+	// Third-party invites need an identity server; a non-empty list is refused.
+	Invite3PID []json.RawMessage `json:"invite_3pid"`
 }
 
 type initialStateEvent struct {
@@ -350,6 +352,9 @@ func (s *Service) createRoom(r *http.Request, dev *device) (any, error) {
 	var req createRoomRequest
 	if err := decodeBody(r, bodyOptional, &req); err != nil {
 		return nil, err
+	}
+	if len(req.Invite3PID) > 0 {
+		return nil, matrixhttp.InvalidParam("Third-party invites (invite_3pid) are not supported")
 	}
 	plan, err := planRoom(req, dev.UserID, s.serverName, s.cfg.DefaultRoomVersion)
 	if err != nil {

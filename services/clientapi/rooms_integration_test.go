@@ -100,7 +100,9 @@ func TestRoomsMembershipAndDirectory(t *testing.T) {
 			err := raw(t, alice, http.MethodPost, map[string]any{"room_version": bad}, nil, "createRoom")
 			wantErr(t, "room version "+bad, err, mautrix.MUnsupportedRoomVersion)
 		}
-		err := raw(t, alice, http.MethodPost, map[string]any{"preset": "party"}, nil, "createRoom")
+		err := raw(t, alice, http.MethodPost, map[string]any{"invite_3pid": []any{map[string]any{"medium": "email", "address": "a@example.test", "id_server": "id.example.test", "id_access_token": "x"}}}, nil, "createRoom")
+		wantErr(t, "invite_3pid", err, mautrix.MInvalidParam)
+		err = raw(t, alice, http.MethodPost, map[string]any{"preset": "party"}, nil, "createRoom")
 		wantErr(t, "unknown preset", err, mautrix.MInvalidParam)
 		// The override leaves the creator too weak to set the name it asks for.
 		err = raw(t, alice, http.MethodPost, map[string]any{"room_version": "11", "name": "x",
