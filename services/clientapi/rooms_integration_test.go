@@ -259,6 +259,9 @@ func TestRoomsMembershipAndDirectory(t *testing.T) {
 		u := dave.BuildURLWithQuery(mautrix.ClientURLPath{"v3", "join", "#square:" + serverName}, map[string]string{"server_name": serverName, "via": serverName})
 		_, err = dave.MakeRequest(ctx, http.MethodPost, u, map[string]any{}, nil)
 		must(t, "join by alias with server_name", err)
+		// public_chat needs power 50 to invite.
+		_, err = dave.InviteUser(ctx, public, &mautrix.ReqInviteUser{UserID: carol.UserID})
+		wantErr(t, "invite without power", err, mautrix.MForbidden)
 	})
 
 	t.Run("members, joined_members and at", func(t *testing.T) {
