@@ -82,3 +82,7 @@ func (s *Service) fromGRPC(ctx context.Context, op string, err error, overrides 
 	s.log.Error("room-server call failed", zap.String("op", op), zap.Error(err))
 	return matrixhttp.Unknown("Internal server error")
 }
+
+func badAlias(msg string) *matrixhttp.Error {
+	return matrixhttp.Errorf(http.StatusBadRequest, "M_BAD_ALIAS", "%s", msg)
+}

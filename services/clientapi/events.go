@@ -200,6 +200,11 @@ func (s *Service) putState(r *http.Request, dev *device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	if evType == "m.room.canonical_alias" && stateKey == "" {
+		if err := s.checkCanonicalAlias(r, roomID, content); err != nil {
+			return nil, err
+		}
+	}
 	resp, err := s.rooms.SendEvent(r.Context(), &roomserverv1.SendEventRequest{
 		RoomId: roomID,
 		Sender: dev.UserID,

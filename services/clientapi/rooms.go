@@ -38,6 +38,8 @@ type createRoomRequest struct {
 	Preset                    string              `json:"preset"`
 	IsDirect                  bool                `json:"is_direct"`
 	PowerLevelContentOverride json.RawMessage     `json:"power_level_content_override"`
+	// Third-party invites need an identity server; a non-empty list is refused.
+	Invite3PID []json.RawMessage `json:"invite_3pid"`
 }
 
 type initialStateEvent struct {
@@ -351,6 +353,9 @@ func (s *Service) createRoom(r *http.Request, dev *device) (any, error) {
 	if err := decodeBody(r, bodyOptional, &req); err != nil {
 		return nil, err
 	}
+	if len(req.Invite3PID) > 0 {
+		return nil, matrixhttp.InvalidParam("Third-party invites (invite_3pid) are not supported")
+	}
 	plan, err := planRoom(req, dev.UserID, s.serverName, s.cfg.DefaultRoomVersion)
 	if err != nil {
 		return nil, err
@@ -382,6 +387,12 @@ func (s *Service) createRoom(r *http.Request, dev *device) (any, error) {
 		if !set.GetCreated() {
 			s.log.Warn("room alias taken while the room was created", zap.String("alias", plan.Alias), logging.RoomID(resp.GetRoomId()))
 			return nil, roomInUse("Room alias already taken")
+		}
+	}
+	if req.Visibility == "public" {
+		_, err := s.rooms.SetRoomVisibility(ctx, &roomserverv1.SetRoomVisibilityRequest{RoomId: resp.GetRoomId(), Visibility: "public"})
+		if err != nil {
+			return nil, s.fromGRPC(ctx, "SetRoomVisibility", err, nil)
 		}
 	}
 	return map[string]string{"room_id": resp.GetRoomId()}, nil

@@ -58,6 +58,23 @@ func (s *Service) routes() []route {
 		{method: http.MethodGet, path: "/joined_rooms", auth: true, serve: s.joinedRooms},
 		{method: http.MethodGet, path: "/directory/room/{roomAlias}", serve: s.getAlias},
 		{method: http.MethodPut, path: "/directory/room/{roomAlias}", auth: true, serve: s.putAlias},
+		{method: http.MethodDelete, path: "/directory/room/{roomAlias}", auth: true, serve: s.deleteAlias},
+		{method: http.MethodGet, path: "/rooms/{roomId}/aliases", auth: true, serve: s.roomAliases},
+		{method: http.MethodGet, path: "/directory/list/room/{roomId}", serve: s.getVisibility},
+		{method: http.MethodPut, path: "/directory/list/room/{roomId}", auth: true, serve: s.putVisibility},
+		{method: http.MethodGet, path: "/publicRooms", serve: s.publicRoomsGet},
+		{method: http.MethodPost, path: "/publicRooms", auth: true, serve: s.publicRoomsPost},
+
+		// Membership beyond join/invite/leave (membership.go) and member lists (members.go).
+		{method: http.MethodPost, path: "/rooms/{roomId}/kick", auth: true, serve: s.kick},
+		{method: http.MethodPost, path: "/rooms/{roomId}/ban", auth: true, serve: s.ban},
+		{method: http.MethodPost, path: "/rooms/{roomId}/unban", auth: true, serve: s.unban},
+		{method: http.MethodPost, path: "/rooms/{roomId}/forget", auth: true, serve: s.forget},
+		{method: http.MethodPost, path: "/knock/{roomIdOrAlias}", auth: true, serve: s.knock},
+		{method: http.MethodGet, path: "/rooms/{roomId}/members", auth: true, serve: s.members},
+		{method: http.MethodGet, path: "/rooms/{roomId}/joined_members", auth: true, serve: s.joinedMembers},
+		{method: http.MethodPost, path: "/rooms/{roomId}/upgrade", auth: true, limit: limitCreateRoom, serve: s.upgradeRoom},
+		{method: http.MethodGet, path: "/_matrix/client/v1/rooms/{roomId}/hierarchy", abs: true, auth: true, serve: s.hierarchy},
 
 		// Events.
 		{method: http.MethodPut, path: "/rooms/{roomId}/send/{eventType}/{txnId}", auth: true, limit: limitSend, serve: s.send},

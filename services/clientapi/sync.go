@@ -74,7 +74,7 @@ type syncResponse struct {
 }
 
 func (r *syncResponse) empty() bool {
-	return len(r.Rooms.Join) == 0 && len(r.Rooms.Invite) == 0 && len(r.Rooms.Leave) == 0
+	return len(r.Rooms.Join) == 0 && len(r.Rooms.Invite) == 0 && len(r.Rooms.Leave) == 0 && len(r.Rooms.Knock) == 0
 }
 
 // syncOptions are the parsed /sync parameters.
@@ -247,6 +247,10 @@ func (s *Service) buildSync(ctx context.Context, dev *device, opts syncOptions) 
 			}
 			list.Events = append(list.Events, raw)
 		}
+		if isKnock(events, dev.UserID) {
+			resp.Rooms.Knock[roomID] = &knockedRoom{KnockState: list}
+			continue
+		}
 		resp.Rooms.Invite[roomID] = &invitedRoom{InviteState: list}
 	}
 	return resp, d.pos, nil
@@ -289,7 +293,8 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, userID string, 
 			default:
 				quiet = append(quiet, m.RoomID)
 			}
-		case store.MembershipInvite:
+		case store.MembershipInvite, store.MembershipKnock:
+			// Knocks are read like invites and shown under rooms.knock.
 			if !incremental || m.Pos > since {
 				invited = append(invited, m)
 			}

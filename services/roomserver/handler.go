@@ -119,3 +119,25 @@ func (h *handler) RemoveRoomAlias(ctx context.Context, req *roomserverv1.RemoveR
 	}
 	return &roomserverv1.RemoveRoomAliasResponse{Removed: removed}, nil
 }
+
+func (h *handler) ListRoomAliases(ctx context.Context, req *roomserverv1.ListRoomAliasesRequest) (*roomserverv1.ListRoomAliasesResponse, error) {
+	resp, err := h.svc.listRoomAliases(ctx, req.GetRoomId())
+	return resp, toStatus(err)
+}
+
+func (h *handler) SetRoomVisibility(ctx context.Context, req *roomserverv1.SetRoomVisibilityRequest) (*roomserverv1.SetRoomVisibilityResponse, error) {
+	if err := h.svc.setRoomVisibility(ctx, req); err != nil {
+		return nil, toStatus(err)
+	}
+	return &roomserverv1.SetRoomVisibilityResponse{}, nil
+}
+
+func (h *handler) GetRoomVisibility(ctx context.Context, req *roomserverv1.GetRoomVisibilityRequest) (*roomserverv1.GetRoomVisibilityResponse, error) {
+	resp, err := h.svc.getRoomVisibility(ctx, req.GetRoomId())
+	return resp, toStatus(err)
+}
+
+func (h *handler) ListPublicRooms(ctx context.Context, _ *roomserverv1.ListPublicRoomsRequest) (*roomserverv1.ListPublicRoomsResponse, error) {
+	resp, err := h.svc.listPublicRooms(ctx)
+	return resp, toStatus(err)
+}

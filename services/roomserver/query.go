@@ -228,13 +228,13 @@ func (s *Service) setRoomAlias(ctx context.Context, req *roomserverv1.SetRoomAli
 }
 
 func (s *Service) getRoomAlias(ctx context.Context, alias string) (*roomserverv1.GetRoomAliasResponse, error) {
-	roomID, err := s.store.Alias(ctx, alias)
+	roomID, creator, err := s.store.Alias(ctx, alias)
 	if errors.Is(err, store.ErrNotFound) {
 		return &roomserverv1.GetRoomAliasResponse{}, nil
 	} else if err != nil {
 		return nil, err
 	}
-	return &roomserverv1.GetRoomAliasResponse{RoomId: roomID, Servers: []string{string(s.serverName)}}, nil
+	return &roomserverv1.GetRoomAliasResponse{RoomId: roomID, Servers: []string{string(s.serverName)}, Creator: creator}, nil
 }
 
 func (s *Service) removeRoomAlias(ctx context.Context, alias string) (bool, error) {

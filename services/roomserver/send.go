@@ -247,6 +247,9 @@ func (s *Service) sendEvent(ctx context.Context, req *roomserverv1.SendEventRequ
 			return nil, err
 		}
 	}
+	if tmpl, err = s.authoriseLocalMember(ctx, w, room, sender, tmpl); err != nil {
+		return nil, err
+	}
 	ev, err := s.buildOnCurrent(ctx, w, room, sender, tmpl)
 	if err != nil {
 		return nil, err

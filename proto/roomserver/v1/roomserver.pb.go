@@ -1634,8 +1634,10 @@ func (x *GetRoomAliasRequest) GetAlias() string {
 type GetRoomAliasResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Empty when unknown.
-	RoomId        string   `protobuf:"bytes,1,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
-	Servers       []string `protobuf:"bytes,2,rep,name=servers,proto3" json:"servers,omitempty"`
+	RoomId  string   `protobuf:"bytes,1,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
+	Servers []string `protobuf:"bytes,2,rep,name=servers,proto3" json:"servers,omitempty"`
+	// The user who created the alias (may delete it).
+	Creator       string `protobuf:"bytes,3,opt,name=creator,proto3" json:"creator,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1682,6 +1684,13 @@ func (x *GetRoomAliasResponse) GetServers() []string {
 		return x.Servers
 	}
 	return nil
+}
+
+func (x *GetRoomAliasResponse) GetCreator() string {
+	if x != nil {
+		return x.Creator
+	}
+	return ""
 }
 
 type RemoveRoomAliasRequest struct {
@@ -1770,6 +1779,359 @@ func (x *RemoveRoomAliasResponse) GetRemoved() bool {
 		return x.Removed
 	}
 	return false
+}
+
+type ListRoomAliasesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RoomId        string                 `protobuf:"bytes,1,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRoomAliasesRequest) Reset() {
+	*x = ListRoomAliasesRequest{}
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRoomAliasesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRoomAliasesRequest) ProtoMessage() {}
+
+func (x *ListRoomAliasesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRoomAliasesRequest.ProtoReflect.Descriptor instead.
+func (*ListRoomAliasesRequest) Descriptor() ([]byte, []int) {
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ListRoomAliasesRequest) GetRoomId() string {
+	if x != nil {
+		return x.RoomId
+	}
+	return ""
+}
+
+type ListRoomAliasesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Aliases       []string               `protobuf:"bytes,1,rep,name=aliases,proto3" json:"aliases,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRoomAliasesResponse) Reset() {
+	*x = ListRoomAliasesResponse{}
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRoomAliasesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRoomAliasesResponse) ProtoMessage() {}
+
+func (x *ListRoomAliasesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRoomAliasesResponse.ProtoReflect.Descriptor instead.
+func (*ListRoomAliasesResponse) Descriptor() ([]byte, []int) {
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ListRoomAliasesResponse) GetAliases() []string {
+	if x != nil {
+		return x.Aliases
+	}
+	return nil
+}
+
+// Visibility is "public" (listed in the directory) or "private".
+type SetRoomVisibilityRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RoomId        string                 `protobuf:"bytes,1,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
+	Visibility    string                 `protobuf:"bytes,2,opt,name=visibility,proto3" json:"visibility,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetRoomVisibilityRequest) Reset() {
+	*x = SetRoomVisibilityRequest{}
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRoomVisibilityRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRoomVisibilityRequest) ProtoMessage() {}
+
+func (x *SetRoomVisibilityRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRoomVisibilityRequest.ProtoReflect.Descriptor instead.
+func (*SetRoomVisibilityRequest) Descriptor() ([]byte, []int) {
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *SetRoomVisibilityRequest) GetRoomId() string {
+	if x != nil {
+		return x.RoomId
+	}
+	return ""
+}
+
+func (x *SetRoomVisibilityRequest) GetVisibility() string {
+	if x != nil {
+		return x.Visibility
+	}
+	return ""
+}
+
+type SetRoomVisibilityResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetRoomVisibilityResponse) Reset() {
+	*x = SetRoomVisibilityResponse{}
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRoomVisibilityResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRoomVisibilityResponse) ProtoMessage() {}
+
+func (x *SetRoomVisibilityResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRoomVisibilityResponse.ProtoReflect.Descriptor instead.
+func (*SetRoomVisibilityResponse) Descriptor() ([]byte, []int) {
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{32}
+}
+
+type GetRoomVisibilityRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RoomId        string                 `protobuf:"bytes,1,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRoomVisibilityRequest) Reset() {
+	*x = GetRoomVisibilityRequest{}
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRoomVisibilityRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRoomVisibilityRequest) ProtoMessage() {}
+
+func (x *GetRoomVisibilityRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRoomVisibilityRequest.ProtoReflect.Descriptor instead.
+func (*GetRoomVisibilityRequest) Descriptor() ([]byte, []int) {
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *GetRoomVisibilityRequest) GetRoomId() string {
+	if x != nil {
+		return x.RoomId
+	}
+	return ""
+}
+
+type GetRoomVisibilityResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RoomExists    bool                   `protobuf:"varint,1,opt,name=room_exists,json=roomExists,proto3" json:"room_exists,omitempty"`
+	Visibility    string                 `protobuf:"bytes,2,opt,name=visibility,proto3" json:"visibility,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRoomVisibilityResponse) Reset() {
+	*x = GetRoomVisibilityResponse{}
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRoomVisibilityResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRoomVisibilityResponse) ProtoMessage() {}
+
+func (x *GetRoomVisibilityResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRoomVisibilityResponse.ProtoReflect.Descriptor instead.
+func (*GetRoomVisibilityResponse) Descriptor() ([]byte, []int) {
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *GetRoomVisibilityResponse) GetRoomExists() bool {
+	if x != nil {
+		return x.RoomExists
+	}
+	return false
+}
+
+func (x *GetRoomVisibilityResponse) GetVisibility() string {
+	if x != nil {
+		return x.Visibility
+	}
+	return ""
+}
+
+type ListPublicRoomsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPublicRoomsRequest) Reset() {
+	*x = ListPublicRoomsRequest{}
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPublicRoomsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPublicRoomsRequest) ProtoMessage() {}
+
+func (x *ListPublicRoomsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPublicRoomsRequest.ProtoReflect.Descriptor instead.
+func (*ListPublicRoomsRequest) Descriptor() ([]byte, []int) {
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{35}
+}
+
+type ListPublicRoomsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RoomIds       []string               `protobuf:"bytes,1,rep,name=room_ids,json=roomIds,proto3" json:"room_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPublicRoomsResponse) Reset() {
+	*x = ListPublicRoomsResponse{}
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPublicRoomsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPublicRoomsResponse) ProtoMessage() {}
+
+func (x *ListPublicRoomsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPublicRoomsResponse.ProtoReflect.Descriptor instead.
+func (*ListPublicRoomsResponse) Descriptor() ([]byte, []int) {
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *ListPublicRoomsResponse) GetRoomIds() []string {
+	if x != nil {
+		return x.RoomIds
+	}
+	return nil
 }
 
 var File_roomserver_v1_roomserver_proto protoreflect.FileDescriptor
@@ -1879,14 +2241,36 @@ const file_roomserver_v1_roomserver_proto_rawDesc = "" +
 	"\x14SetRoomAliasResponse\x12\x18\n" +
 	"\acreated\x18\x01 \x01(\bR\acreated\"+\n" +
 	"\x13GetRoomAliasRequest\x12\x14\n" +
-	"\x05alias\x18\x01 \x01(\tR\x05alias\"I\n" +
+	"\x05alias\x18\x01 \x01(\tR\x05alias\"c\n" +
 	"\x14GetRoomAliasResponse\x12\x17\n" +
 	"\aroom_id\x18\x01 \x01(\tR\x06roomId\x12\x18\n" +
-	"\aservers\x18\x02 \x03(\tR\aservers\".\n" +
+	"\aservers\x18\x02 \x03(\tR\aservers\x12\x18\n" +
+	"\acreator\x18\x03 \x01(\tR\acreator\".\n" +
 	"\x16RemoveRoomAliasRequest\x12\x14\n" +
 	"\x05alias\x18\x01 \x01(\tR\x05alias\"3\n" +
 	"\x17RemoveRoomAliasResponse\x12\x18\n" +
-	"\aremoved\x18\x01 \x01(\bR\aremoved*S\n" +
+	"\aremoved\x18\x01 \x01(\bR\aremoved\"1\n" +
+	"\x16ListRoomAliasesRequest\x12\x17\n" +
+	"\aroom_id\x18\x01 \x01(\tR\x06roomId\"3\n" +
+	"\x17ListRoomAliasesResponse\x12\x18\n" +
+	"\aaliases\x18\x01 \x03(\tR\aaliases\"S\n" +
+	"\x18SetRoomVisibilityRequest\x12\x17\n" +
+	"\aroom_id\x18\x01 \x01(\tR\x06roomId\x12\x1e\n" +
+	"\n" +
+	"visibility\x18\x02 \x01(\tR\n" +
+	"visibility\"\x1b\n" +
+	"\x19SetRoomVisibilityResponse\"3\n" +
+	"\x18GetRoomVisibilityRequest\x12\x17\n" +
+	"\aroom_id\x18\x01 \x01(\tR\x06roomId\"\\\n" +
+	"\x19GetRoomVisibilityResponse\x12\x1f\n" +
+	"\vroom_exists\x18\x01 \x01(\bR\n" +
+	"roomExists\x12\x1e\n" +
+	"\n" +
+	"visibility\x18\x02 \x01(\tR\n" +
+	"visibility\"\x18\n" +
+	"\x16ListPublicRoomsRequest\"4\n" +
+	"\x17ListPublicRoomsResponse\x12\x19\n" +
+	"\broom_ids\x18\x01 \x03(\tR\aroomIds*S\n" +
 	"\tInputKind\x12\x1a\n" +
 	"\x16INPUT_KIND_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eINPUT_KIND_NEW\x10\x01\x12\x16\n" +
@@ -1898,7 +2282,7 @@ const file_roomserver_v1_roomserver_proto_rawDesc = "" +
 	"\x15INPUT_STATUS_REJECTED\x10\x03\x12\x1c\n" +
 	"\x18INPUT_STATUS_SOFT_FAILED\x10\x04\x12\x1f\n" +
 	"\x1bINPUT_STATUS_MISSING_EVENTS\x10\x05\x12\x18\n" +
-	"\x14INPUT_STATUS_INVALID\x10\x062\xfd\b\n" +
+	"\x14INPUT_STATUS_INVALID\x10\x062\xc9\f\n" +
 	"\vRoomService\x12_\n" +
 	"\n" +
 	"CreateRoom\x12'.myelin.roomserver.v1.CreateRoomRequest\x1a(.myelin.roomserver.v1.CreateRoomResponse\x12\\\n" +
@@ -1912,7 +2296,11 @@ const file_roomserver_v1_roomserver_proto_rawDesc = "" +
 	"\rQueryRoomInfo\x12*.myelin.roomserver.v1.QueryRoomInfoRequest\x1a+.myelin.roomserver.v1.QueryRoomInfoResponse\x12e\n" +
 	"\fSetRoomAlias\x12).myelin.roomserver.v1.SetRoomAliasRequest\x1a*.myelin.roomserver.v1.SetRoomAliasResponse\x12e\n" +
 	"\fGetRoomAlias\x12).myelin.roomserver.v1.GetRoomAliasRequest\x1a*.myelin.roomserver.v1.GetRoomAliasResponse\x12n\n" +
-	"\x0fRemoveRoomAlias\x12,.myelin.roomserver.v1.RemoveRoomAliasRequest\x1a-.myelin.roomserver.v1.RemoveRoomAliasResponseB@Z>github.com/myelin-chat/myelin/proto/roomserver/v1;roomserverv1b\x06proto3"
+	"\x0fRemoveRoomAlias\x12,.myelin.roomserver.v1.RemoveRoomAliasRequest\x1a-.myelin.roomserver.v1.RemoveRoomAliasResponse\x12n\n" +
+	"\x0fListRoomAliases\x12,.myelin.roomserver.v1.ListRoomAliasesRequest\x1a-.myelin.roomserver.v1.ListRoomAliasesResponse\x12t\n" +
+	"\x11SetRoomVisibility\x12..myelin.roomserver.v1.SetRoomVisibilityRequest\x1a/.myelin.roomserver.v1.SetRoomVisibilityResponse\x12t\n" +
+	"\x11GetRoomVisibility\x12..myelin.roomserver.v1.GetRoomVisibilityRequest\x1a/.myelin.roomserver.v1.GetRoomVisibilityResponse\x12n\n" +
+	"\x0fListPublicRooms\x12,.myelin.roomserver.v1.ListPublicRoomsRequest\x1a-.myelin.roomserver.v1.ListPublicRoomsResponseB@Z>github.com/myelin-chat/myelin/proto/roomserver/v1;roomserverv1b\x06proto3"
 
 var (
 	file_roomserver_v1_roomserver_proto_rawDescOnce sync.Once
@@ -1927,39 +2315,47 @@ func file_roomserver_v1_roomserver_proto_rawDescGZIP() []byte {
 }
 
 var file_roomserver_v1_roomserver_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_roomserver_v1_roomserver_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_roomserver_v1_roomserver_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_roomserver_v1_roomserver_proto_goTypes = []any{
-	(InputKind)(0),                  // 0: myelin.roomserver.v1.InputKind
-	(InputStatus)(0),                // 1: myelin.roomserver.v1.InputStatus
-	(*TransactionID)(nil),           // 2: myelin.roomserver.v1.TransactionID
-	(*StateKeyTuple)(nil),           // 3: myelin.roomserver.v1.StateKeyTuple
-	(*EventTemplate)(nil),           // 4: myelin.roomserver.v1.EventTemplate
-	(*CreateRoomRequest)(nil),       // 5: myelin.roomserver.v1.CreateRoomRequest
-	(*CreateRoomResponse)(nil),      // 6: myelin.roomserver.v1.CreateRoomResponse
-	(*SendEventRequest)(nil),        // 7: myelin.roomserver.v1.SendEventRequest
-	(*SendEventResponse)(nil),       // 8: myelin.roomserver.v1.SendEventResponse
-	(*InputEvent)(nil),              // 9: myelin.roomserver.v1.InputEvent
-	(*InputEventsRequest)(nil),      // 10: myelin.roomserver.v1.InputEventsRequest
-	(*InputEventResult)(nil),        // 11: myelin.roomserver.v1.InputEventResult
-	(*InputEventsResponse)(nil),     // 12: myelin.roomserver.v1.InputEventsResponse
-	(*Event)(nil),                   // 13: myelin.roomserver.v1.Event
-	(*QueryEventsRequest)(nil),      // 14: myelin.roomserver.v1.QueryEventsRequest
-	(*QueryEventsResponse)(nil),     // 15: myelin.roomserver.v1.QueryEventsResponse
-	(*QueryStateRequest)(nil),       // 16: myelin.roomserver.v1.QueryStateRequest
-	(*QueryStateResponse)(nil),      // 17: myelin.roomserver.v1.QueryStateResponse
-	(*QueryStateBatchRequest)(nil),  // 18: myelin.roomserver.v1.QueryStateBatchRequest
-	(*StateAtEvent)(nil),            // 19: myelin.roomserver.v1.StateAtEvent
-	(*QueryStateBatchResponse)(nil), // 20: myelin.roomserver.v1.QueryStateBatchResponse
-	(*QueryMembershipRequest)(nil),  // 21: myelin.roomserver.v1.QueryMembershipRequest
-	(*QueryMembershipResponse)(nil), // 22: myelin.roomserver.v1.QueryMembershipResponse
-	(*QueryRoomInfoRequest)(nil),    // 23: myelin.roomserver.v1.QueryRoomInfoRequest
-	(*QueryRoomInfoResponse)(nil),   // 24: myelin.roomserver.v1.QueryRoomInfoResponse
-	(*SetRoomAliasRequest)(nil),     // 25: myelin.roomserver.v1.SetRoomAliasRequest
-	(*SetRoomAliasResponse)(nil),    // 26: myelin.roomserver.v1.SetRoomAliasResponse
-	(*GetRoomAliasRequest)(nil),     // 27: myelin.roomserver.v1.GetRoomAliasRequest
-	(*GetRoomAliasResponse)(nil),    // 28: myelin.roomserver.v1.GetRoomAliasResponse
-	(*RemoveRoomAliasRequest)(nil),  // 29: myelin.roomserver.v1.RemoveRoomAliasRequest
-	(*RemoveRoomAliasResponse)(nil), // 30: myelin.roomserver.v1.RemoveRoomAliasResponse
+	(InputKind)(0),                    // 0: myelin.roomserver.v1.InputKind
+	(InputStatus)(0),                  // 1: myelin.roomserver.v1.InputStatus
+	(*TransactionID)(nil),             // 2: myelin.roomserver.v1.TransactionID
+	(*StateKeyTuple)(nil),             // 3: myelin.roomserver.v1.StateKeyTuple
+	(*EventTemplate)(nil),             // 4: myelin.roomserver.v1.EventTemplate
+	(*CreateRoomRequest)(nil),         // 5: myelin.roomserver.v1.CreateRoomRequest
+	(*CreateRoomResponse)(nil),        // 6: myelin.roomserver.v1.CreateRoomResponse
+	(*SendEventRequest)(nil),          // 7: myelin.roomserver.v1.SendEventRequest
+	(*SendEventResponse)(nil),         // 8: myelin.roomserver.v1.SendEventResponse
+	(*InputEvent)(nil),                // 9: myelin.roomserver.v1.InputEvent
+	(*InputEventsRequest)(nil),        // 10: myelin.roomserver.v1.InputEventsRequest
+	(*InputEventResult)(nil),          // 11: myelin.roomserver.v1.InputEventResult
+	(*InputEventsResponse)(nil),       // 12: myelin.roomserver.v1.InputEventsResponse
+	(*Event)(nil),                     // 13: myelin.roomserver.v1.Event
+	(*QueryEventsRequest)(nil),        // 14: myelin.roomserver.v1.QueryEventsRequest
+	(*QueryEventsResponse)(nil),       // 15: myelin.roomserver.v1.QueryEventsResponse
+	(*QueryStateRequest)(nil),         // 16: myelin.roomserver.v1.QueryStateRequest
+	(*QueryStateResponse)(nil),        // 17: myelin.roomserver.v1.QueryStateResponse
+	(*QueryStateBatchRequest)(nil),    // 18: myelin.roomserver.v1.QueryStateBatchRequest
+	(*StateAtEvent)(nil),              // 19: myelin.roomserver.v1.StateAtEvent
+	(*QueryStateBatchResponse)(nil),   // 20: myelin.roomserver.v1.QueryStateBatchResponse
+	(*QueryMembershipRequest)(nil),    // 21: myelin.roomserver.v1.QueryMembershipRequest
+	(*QueryMembershipResponse)(nil),   // 22: myelin.roomserver.v1.QueryMembershipResponse
+	(*QueryRoomInfoRequest)(nil),      // 23: myelin.roomserver.v1.QueryRoomInfoRequest
+	(*QueryRoomInfoResponse)(nil),     // 24: myelin.roomserver.v1.QueryRoomInfoResponse
+	(*SetRoomAliasRequest)(nil),       // 25: myelin.roomserver.v1.SetRoomAliasRequest
+	(*SetRoomAliasResponse)(nil),      // 26: myelin.roomserver.v1.SetRoomAliasResponse
+	(*GetRoomAliasRequest)(nil),       // 27: myelin.roomserver.v1.GetRoomAliasRequest
+	(*GetRoomAliasResponse)(nil),      // 28: myelin.roomserver.v1.GetRoomAliasResponse
+	(*RemoveRoomAliasRequest)(nil),    // 29: myelin.roomserver.v1.RemoveRoomAliasRequest
+	(*RemoveRoomAliasResponse)(nil),   // 30: myelin.roomserver.v1.RemoveRoomAliasResponse
+	(*ListRoomAliasesRequest)(nil),    // 31: myelin.roomserver.v1.ListRoomAliasesRequest
+	(*ListRoomAliasesResponse)(nil),   // 32: myelin.roomserver.v1.ListRoomAliasesResponse
+	(*SetRoomVisibilityRequest)(nil),  // 33: myelin.roomserver.v1.SetRoomVisibilityRequest
+	(*SetRoomVisibilityResponse)(nil), // 34: myelin.roomserver.v1.SetRoomVisibilityResponse
+	(*GetRoomVisibilityRequest)(nil),  // 35: myelin.roomserver.v1.GetRoomVisibilityRequest
+	(*GetRoomVisibilityResponse)(nil), // 36: myelin.roomserver.v1.GetRoomVisibilityResponse
+	(*ListPublicRoomsRequest)(nil),    // 37: myelin.roomserver.v1.ListPublicRoomsRequest
+	(*ListPublicRoomsResponse)(nil),   // 38: myelin.roomserver.v1.ListPublicRoomsResponse
 }
 var file_roomserver_v1_roomserver_proto_depIdxs = []int32{
 	4,  // 0: myelin.roomserver.v1.CreateRoomRequest.initial_events:type_name -> myelin.roomserver.v1.EventTemplate
@@ -1987,19 +2383,27 @@ var file_roomserver_v1_roomserver_proto_depIdxs = []int32{
 	25, // 22: myelin.roomserver.v1.RoomService.SetRoomAlias:input_type -> myelin.roomserver.v1.SetRoomAliasRequest
 	27, // 23: myelin.roomserver.v1.RoomService.GetRoomAlias:input_type -> myelin.roomserver.v1.GetRoomAliasRequest
 	29, // 24: myelin.roomserver.v1.RoomService.RemoveRoomAlias:input_type -> myelin.roomserver.v1.RemoveRoomAliasRequest
-	6,  // 25: myelin.roomserver.v1.RoomService.CreateRoom:output_type -> myelin.roomserver.v1.CreateRoomResponse
-	8,  // 26: myelin.roomserver.v1.RoomService.SendEvent:output_type -> myelin.roomserver.v1.SendEventResponse
-	12, // 27: myelin.roomserver.v1.RoomService.InputEvents:output_type -> myelin.roomserver.v1.InputEventsResponse
-	15, // 28: myelin.roomserver.v1.RoomService.QueryEvents:output_type -> myelin.roomserver.v1.QueryEventsResponse
-	17, // 29: myelin.roomserver.v1.RoomService.QueryState:output_type -> myelin.roomserver.v1.QueryStateResponse
-	20, // 30: myelin.roomserver.v1.RoomService.QueryStateBatch:output_type -> myelin.roomserver.v1.QueryStateBatchResponse
-	22, // 31: myelin.roomserver.v1.RoomService.QueryMembership:output_type -> myelin.roomserver.v1.QueryMembershipResponse
-	24, // 32: myelin.roomserver.v1.RoomService.QueryRoomInfo:output_type -> myelin.roomserver.v1.QueryRoomInfoResponse
-	26, // 33: myelin.roomserver.v1.RoomService.SetRoomAlias:output_type -> myelin.roomserver.v1.SetRoomAliasResponse
-	28, // 34: myelin.roomserver.v1.RoomService.GetRoomAlias:output_type -> myelin.roomserver.v1.GetRoomAliasResponse
-	30, // 35: myelin.roomserver.v1.RoomService.RemoveRoomAlias:output_type -> myelin.roomserver.v1.RemoveRoomAliasResponse
-	25, // [25:36] is the sub-list for method output_type
-	14, // [14:25] is the sub-list for method input_type
+	31, // 25: myelin.roomserver.v1.RoomService.ListRoomAliases:input_type -> myelin.roomserver.v1.ListRoomAliasesRequest
+	33, // 26: myelin.roomserver.v1.RoomService.SetRoomVisibility:input_type -> myelin.roomserver.v1.SetRoomVisibilityRequest
+	35, // 27: myelin.roomserver.v1.RoomService.GetRoomVisibility:input_type -> myelin.roomserver.v1.GetRoomVisibilityRequest
+	37, // 28: myelin.roomserver.v1.RoomService.ListPublicRooms:input_type -> myelin.roomserver.v1.ListPublicRoomsRequest
+	6,  // 29: myelin.roomserver.v1.RoomService.CreateRoom:output_type -> myelin.roomserver.v1.CreateRoomResponse
+	8,  // 30: myelin.roomserver.v1.RoomService.SendEvent:output_type -> myelin.roomserver.v1.SendEventResponse
+	12, // 31: myelin.roomserver.v1.RoomService.InputEvents:output_type -> myelin.roomserver.v1.InputEventsResponse
+	15, // 32: myelin.roomserver.v1.RoomService.QueryEvents:output_type -> myelin.roomserver.v1.QueryEventsResponse
+	17, // 33: myelin.roomserver.v1.RoomService.QueryState:output_type -> myelin.roomserver.v1.QueryStateResponse
+	20, // 34: myelin.roomserver.v1.RoomService.QueryStateBatch:output_type -> myelin.roomserver.v1.QueryStateBatchResponse
+	22, // 35: myelin.roomserver.v1.RoomService.QueryMembership:output_type -> myelin.roomserver.v1.QueryMembershipResponse
+	24, // 36: myelin.roomserver.v1.RoomService.QueryRoomInfo:output_type -> myelin.roomserver.v1.QueryRoomInfoResponse
+	26, // 37: myelin.roomserver.v1.RoomService.SetRoomAlias:output_type -> myelin.roomserver.v1.SetRoomAliasResponse
+	28, // 38: myelin.roomserver.v1.RoomService.GetRoomAlias:output_type -> myelin.roomserver.v1.GetRoomAliasResponse
+	30, // 39: myelin.roomserver.v1.RoomService.RemoveRoomAlias:output_type -> myelin.roomserver.v1.RemoveRoomAliasResponse
+	32, // 40: myelin.roomserver.v1.RoomService.ListRoomAliases:output_type -> myelin.roomserver.v1.ListRoomAliasesResponse
+	34, // 41: myelin.roomserver.v1.RoomService.SetRoomVisibility:output_type -> myelin.roomserver.v1.SetRoomVisibilityResponse
+	36, // 42: myelin.roomserver.v1.RoomService.GetRoomVisibility:output_type -> myelin.roomserver.v1.GetRoomVisibilityResponse
+	38, // 43: myelin.roomserver.v1.RoomService.ListPublicRooms:output_type -> myelin.roomserver.v1.ListPublicRoomsResponse
+	29, // [29:44] is the sub-list for method output_type
+	14, // [14:29] is the sub-list for method input_type
 	14, // [14:14] is the sub-list for extension type_name
 	14, // [14:14] is the sub-list for extension extendee
 	0,  // [0:14] is the sub-list for field type_name
@@ -2017,7 +2421,7 @@ func file_roomserver_v1_roomserver_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_roomserver_v1_roomserver_proto_rawDesc), len(file_roomserver_v1_roomserver_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   29,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,17 +23,21 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	RoomService_CreateRoom_FullMethodName      = "/myelin.roomserver.v1.RoomService/CreateRoom"
-	RoomService_SendEvent_FullMethodName       = "/myelin.roomserver.v1.RoomService/SendEvent"
-	RoomService_InputEvents_FullMethodName     = "/myelin.roomserver.v1.RoomService/InputEvents"
-	RoomService_QueryEvents_FullMethodName     = "/myelin.roomserver.v1.RoomService/QueryEvents"
-	RoomService_QueryState_FullMethodName      = "/myelin.roomserver.v1.RoomService/QueryState"
-	RoomService_QueryStateBatch_FullMethodName = "/myelin.roomserver.v1.RoomService/QueryStateBatch"
-	RoomService_QueryMembership_FullMethodName = "/myelin.roomserver.v1.RoomService/QueryMembership"
-	RoomService_QueryRoomInfo_FullMethodName   = "/myelin.roomserver.v1.RoomService/QueryRoomInfo"
-	RoomService_SetRoomAlias_FullMethodName    = "/myelin.roomserver.v1.RoomService/SetRoomAlias"
-	RoomService_GetRoomAlias_FullMethodName    = "/myelin.roomserver.v1.RoomService/GetRoomAlias"
-	RoomService_RemoveRoomAlias_FullMethodName = "/myelin.roomserver.v1.RoomService/RemoveRoomAlias"
+	RoomService_CreateRoom_FullMethodName        = "/myelin.roomserver.v1.RoomService/CreateRoom"
+	RoomService_SendEvent_FullMethodName         = "/myelin.roomserver.v1.RoomService/SendEvent"
+	RoomService_InputEvents_FullMethodName       = "/myelin.roomserver.v1.RoomService/InputEvents"
+	RoomService_QueryEvents_FullMethodName       = "/myelin.roomserver.v1.RoomService/QueryEvents"
+	RoomService_QueryState_FullMethodName        = "/myelin.roomserver.v1.RoomService/QueryState"
+	RoomService_QueryStateBatch_FullMethodName   = "/myelin.roomserver.v1.RoomService/QueryStateBatch"
+	RoomService_QueryMembership_FullMethodName   = "/myelin.roomserver.v1.RoomService/QueryMembership"
+	RoomService_QueryRoomInfo_FullMethodName     = "/myelin.roomserver.v1.RoomService/QueryRoomInfo"
+	RoomService_SetRoomAlias_FullMethodName      = "/myelin.roomserver.v1.RoomService/SetRoomAlias"
+	RoomService_GetRoomAlias_FullMethodName      = "/myelin.roomserver.v1.RoomService/GetRoomAlias"
+	RoomService_RemoveRoomAlias_FullMethodName   = "/myelin.roomserver.v1.RoomService/RemoveRoomAlias"
+	RoomService_ListRoomAliases_FullMethodName   = "/myelin.roomserver.v1.RoomService/ListRoomAliases"
+	RoomService_SetRoomVisibility_FullMethodName = "/myelin.roomserver.v1.RoomService/SetRoomVisibility"
+	RoomService_GetRoomVisibility_FullMethodName = "/myelin.roomserver.v1.RoomService/GetRoomVisibility"
+	RoomService_ListPublicRooms_FullMethodName   = "/myelin.roomserver.v1.RoomService/ListPublicRooms"
 )
 
 // RoomServiceClient is the client API for RoomService service.
@@ -68,6 +72,15 @@ type RoomServiceClient interface {
 	SetRoomAlias(ctx context.Context, in *SetRoomAliasRequest, opts ...grpc.CallOption) (*SetRoomAliasResponse, error)
 	GetRoomAlias(ctx context.Context, in *GetRoomAliasRequest, opts ...grpc.CallOption) (*GetRoomAliasResponse, error)
 	RemoveRoomAlias(ctx context.Context, in *RemoveRoomAliasRequest, opts ...grpc.CallOption) (*RemoveRoomAliasResponse, error)
+	// ListRoomAliases returns the local aliases that point to a room.
+	ListRoomAliases(ctx context.Context, in *ListRoomAliasesRequest, opts ...grpc.CallOption) (*ListRoomAliasesResponse, error)
+	// Room directory visibility (the published room list). The room-server
+	// owns it as room metadata, next to the aliases.
+	SetRoomVisibility(ctx context.Context, in *SetRoomVisibilityRequest, opts ...grpc.CallOption) (*SetRoomVisibilityResponse, error)
+	GetRoomVisibility(ctx context.Context, in *GetRoomVisibilityRequest, opts ...grpc.CallOption) (*GetRoomVisibilityResponse, error)
+	// ListPublicRooms returns the IDs of every room published in the
+	// directory, in publication order.
+	ListPublicRooms(ctx context.Context, in *ListPublicRoomsRequest, opts ...grpc.CallOption) (*ListPublicRoomsResponse, error)
 }
 
 type roomServiceClient struct {
@@ -188,6 +201,46 @@ func (c *roomServiceClient) RemoveRoomAlias(ctx context.Context, in *RemoveRoomA
 	return out, nil
 }
 
+func (c *roomServiceClient) ListRoomAliases(ctx context.Context, in *ListRoomAliasesRequest, opts ...grpc.CallOption) (*ListRoomAliasesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListRoomAliasesResponse)
+	err := c.cc.Invoke(ctx, RoomService_ListRoomAliases_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *roomServiceClient) SetRoomVisibility(ctx context.Context, in *SetRoomVisibilityRequest, opts ...grpc.CallOption) (*SetRoomVisibilityResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetRoomVisibilityResponse)
+	err := c.cc.Invoke(ctx, RoomService_SetRoomVisibility_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *roomServiceClient) GetRoomVisibility(ctx context.Context, in *GetRoomVisibilityRequest, opts ...grpc.CallOption) (*GetRoomVisibilityResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetRoomVisibilityResponse)
+	err := c.cc.Invoke(ctx, RoomService_GetRoomVisibility_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *roomServiceClient) ListPublicRooms(ctx context.Context, in *ListPublicRoomsRequest, opts ...grpc.CallOption) (*ListPublicRoomsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListPublicRoomsResponse)
+	err := c.cc.Invoke(ctx, RoomService_ListPublicRooms_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RoomServiceServer is the server API for RoomService service.
 // All implementations must embed UnimplementedRoomServiceServer
 // for forward compatibility.
@@ -220,6 +273,15 @@ type RoomServiceServer interface {
 	SetRoomAlias(context.Context, *SetRoomAliasRequest) (*SetRoomAliasResponse, error)
 	GetRoomAlias(context.Context, *GetRoomAliasRequest) (*GetRoomAliasResponse, error)
 	RemoveRoomAlias(context.Context, *RemoveRoomAliasRequest) (*RemoveRoomAliasResponse, error)
+	// ListRoomAliases returns the local aliases that point to a room.
+	ListRoomAliases(context.Context, *ListRoomAliasesRequest) (*ListRoomAliasesResponse, error)
+	// Room directory visibility (the published room list). The room-server
+	// owns it as room metadata, next to the aliases.
+	SetRoomVisibility(context.Context, *SetRoomVisibilityRequest) (*SetRoomVisibilityResponse, error)
+	GetRoomVisibility(context.Context, *GetRoomVisibilityRequest) (*GetRoomVisibilityResponse, error)
+	// ListPublicRooms returns the IDs of every room published in the
+	// directory, in publication order.
+	ListPublicRooms(context.Context, *ListPublicRoomsRequest) (*ListPublicRoomsResponse, error)
 	mustEmbedUnimplementedRoomServiceServer()
 }
 
@@ -262,6 +324,18 @@ func (UnimplementedRoomServiceServer) GetRoomAlias(context.Context, *GetRoomAlia
 }
 func (UnimplementedRoomServiceServer) RemoveRoomAlias(context.Context, *RemoveRoomAliasRequest) (*RemoveRoomAliasResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RemoveRoomAlias not implemented")
+}
+func (UnimplementedRoomServiceServer) ListRoomAliases(context.Context, *ListRoomAliasesRequest) (*ListRoomAliasesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListRoomAliases not implemented")
+}
+func (UnimplementedRoomServiceServer) SetRoomVisibility(context.Context, *SetRoomVisibilityRequest) (*SetRoomVisibilityResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetRoomVisibility not implemented")
+}
+func (UnimplementedRoomServiceServer) GetRoomVisibility(context.Context, *GetRoomVisibilityRequest) (*GetRoomVisibilityResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetRoomVisibility not implemented")
+}
+func (UnimplementedRoomServiceServer) ListPublicRooms(context.Context, *ListPublicRoomsRequest) (*ListPublicRoomsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListPublicRooms not implemented")
 }
 func (UnimplementedRoomServiceServer) mustEmbedUnimplementedRoomServiceServer() {}
 func (UnimplementedRoomServiceServer) testEmbeddedByValue()                     {}
@@ -482,6 +556,78 @@ func _RoomService_RemoveRoomAlias_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RoomService_ListRoomAliases_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListRoomAliasesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RoomServiceServer).ListRoomAliases(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RoomService_ListRoomAliases_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RoomServiceServer).ListRoomAliases(ctx, req.(*ListRoomAliasesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RoomService_SetRoomVisibility_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetRoomVisibilityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RoomServiceServer).SetRoomVisibility(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RoomService_SetRoomVisibility_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RoomServiceServer).SetRoomVisibility(ctx, req.(*SetRoomVisibilityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RoomService_GetRoomVisibility_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetRoomVisibilityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RoomServiceServer).GetRoomVisibility(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RoomService_GetRoomVisibility_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RoomServiceServer).GetRoomVisibility(ctx, req.(*GetRoomVisibilityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RoomService_ListPublicRooms_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListPublicRoomsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RoomServiceServer).ListPublicRooms(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RoomService_ListPublicRooms_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RoomServiceServer).ListPublicRooms(ctx, req.(*ListPublicRoomsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // RoomService_ServiceDesc is the grpc.ServiceDesc for RoomService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -532,6 +678,22 @@ var RoomService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RemoveRoomAlias",
 			Handler:    _RoomService_RemoveRoomAlias_Handler,
+		},
+		{
+			MethodName: "ListRoomAliases",
+			Handler:    _RoomService_ListRoomAliases_Handler,
+		},
+		{
+			MethodName: "SetRoomVisibility",
+			Handler:    _RoomService_SetRoomVisibility_Handler,
+		},
+		{
+			MethodName: "GetRoomVisibility",
+			Handler:    _RoomService_GetRoomVisibility_Handler,
+		},
+		{
+			MethodName: "ListPublicRooms",
+			Handler:    _RoomService_ListPublicRooms_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

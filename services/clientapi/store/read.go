@@ -58,18 +58,20 @@ func scanMemberships(rows pgx.Rows) ([]Membership, error) {
 	return out, rows.Err()
 }
 
-// Memberships returns every room the user has a membership of.
+// Memberships returns every room the user has a membership of and has
+// not forgotten.
 func (r Reader) Memberships(ctx context.Context, userID string) ([]Membership, error) {
-	rows, err := r.q.Query(ctx, `SELECT `+membershipCols+` FROM memberships WHERE user_id = $1 ORDER BY pos`, userID)
+	rows, err := r.q.Query(ctx, `SELECT `+membershipCols+` FROM memberships m WHERE user_id = $1 AND `+notForgotten+` ORDER BY pos`, userID)
 	if err != nil {
 		return nil, err
 	}
 	return scanMemberships(rows)
 }
 
-// Membership returns the user's membership of one room, or ErrNotFound.
+// Membership returns the user's membership of one room, or ErrNotFound
+// (also when the user forgot the room).
 func (r Reader) Membership(ctx context.Context, userID, roomID string) (Membership, error) {
-	rows, err := r.q.Query(ctx, `SELECT `+membershipCols+` FROM memberships WHERE user_id = $1 AND room_id = $2`, userID, roomID)
+	rows, err := r.q.Query(ctx, `SELECT `+membershipCols+` FROM memberships m WHERE user_id = $1 AND room_id = $2 AND `+notForgotten, userID, roomID)
 	if err != nil {
 		return Membership{}, err
 	}

@@ -82,11 +82,11 @@ func (q *Queries) SetAlias(ctx context.Context, alias, roomID, creator string) (
 	return tag.RowsAffected() == 1, nil
 }
 
-// Alias returns the room an alias points to, or ErrNotFound.
-func (q *Queries) Alias(ctx context.Context, alias string) (string, error) {
-	var roomID string
-	err := q.db.QueryRow(ctx, `SELECT room_id FROM room_aliases WHERE alias = $1`, alias).Scan(&roomID)
-	return roomID, notFound(err)
+// Alias returns the room an alias points to and the alias's creator, or
+// ErrNotFound.
+func (q *Queries) Alias(ctx context.Context, alias string) (roomID, creator string, err error) {
+	err = q.db.QueryRow(ctx, `SELECT room_id, creator FROM room_aliases WHERE alias = $1`, alias).Scan(&roomID, &creator)
+	return roomID, creator, notFound(err)
 }
 
 // RemoveAlias deletes an alias; false if it did not exist.

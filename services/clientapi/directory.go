@@ -1,0 +1,405 @@
+package clientapi
+
+// Aliases and the published room directory. The room-server owns both
+// (alias table, room_directory table); the public room list's names,
+// topics and member counts come from the client-API's own current_state
+// copy, which is fed from JetStream.
+
+import (
+	"encoding/json"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/store"
+)
+
+// deleteAlias is DELETE /directory/room/{roomAlias}. Allowed for the
+// alias's creator and for users who may change the room's canonical alias
+// (there are no server admins yet).
+func (s *Service) deleteAlias(r *http.Request, dev *device) (any, error) {
+	alias, err := pathParam(r, "roomAlias")
+	if err != nil {
+		return nil, err
+	}
+	if _, _, err := parseAlias(alias); err != nil {
+		return nil, err
+	}
+	ctx := r.Context()
+	resp, err := s.rooms.GetRoomAlias(ctx, &roomserverv1.GetRoomAliasRequest{Alias: alias})
+	if err != nil {
+		return nil, s.fromGRPC(ctx, "GetRoomAlias", err, nil)
+	}
+	if resp.GetRoomId() == "" {
+		return nil, matrixhttp.NotFound("Room alias " + alias + " not found")
+	}
+	if resp.GetCreator() != dev.UserID {
+		allowed, err := s.mayManageRoomListing(r, dev, resp.GetRoomId())
+		if err != nil {
+			return nil, err
+		}
+		if !allowed {
+			return nil, matrixhttp.Forbidden("You may not delete this alias")
+		}
+	}
+	removed, err := s.rooms.RemoveRoomAlias(ctx, &roomserverv1.RemoveRoomAliasRequest{Alias: alias})
+	if err != nil {
+		return nil, s.fromGRPC(ctx, "RemoveRoomAlias", err, nil)
+	}
+	if !removed.GetRemoved() {
+		return nil, matrixhttp.NotFound("Room alias " + alias + " not found")
+	}
+	return struct{}{}, nil
+}
+
+// mayManageRoomListing: the user is joined to the room and has the power
+// to send m.room.canonical_alias. It guards alias deletion by non-creators
+// and directory publication.
+func (s *Service) mayManageRoomListing(r *http.Request, dev *device, roomID string) (bool, error) {
+	m, err := s.rooms.QueryMembership(r.Context(), &roomserverv1.QueryMembershipRequest{RoomId: roomID, UserId: dev.UserID})
+	if err != nil {
+		return false, s.fromGRPC(r.Context(), "QueryMembership", err, nil)
+	}
+	if m.GetMembership() != store.MembershipJoin {
+		return false, nil
+	}
+	p, exists, err := s.roomPowerOf(r.Context(), roomID)
+	if err != nil || !exists {
+		return false, err
+	}
+	return p.maySendState(dev.UserID, spec.MRoomCanonicalAlias), nil
+}
+
+// roomAliases is GET /rooms/{roomId}/aliases: for members, or anyone when
+// the room's history is world_readable.
+func (s *Service) roomAliases(r *http.Request, dev *device) (any, error) {
+	roomID, err := roomIDParam(r)
+	if err != nil {
+		return nil, err
+	}
+	ctx := r.Context()
+	m, err := s.rooms.QueryMembership(ctx, &roomserverv1.QueryMembershipRequest{RoomId: roomID, UserId: dev.UserID})
+	if err != nil {
+		return nil, s.fromGRPC(ctx, "QueryMembership", err, nil)
+	}
+	if !m.GetRoomExists() {
+		return nil, matrixhttp.Forbidden("You aren't a member of the room")
+	}
+	if m.GetMembership() != store.MembershipJoin {
+		st, err := s.rooms.QueryState(ctx, &roomserverv1.QueryStateRequest{
+			RoomId: roomID, Filter: []*roomserverv1.StateKeyTuple{{Type: spec.MRoomHistoryVisibility}},
+		})
+		if err != nil {
+			return nil, s.fromGRPC(ctx, "QueryState", err, nil)
+		}
+		if historyVisibility(st.GetState()) != "world_readable" {
+			return nil, matrixhttp.Forbidden("You aren't a member of the room")
+		}
+	}
+	list, err := s.rooms.ListRoomAliases(ctx, &roomserverv1.ListRoomAliasesRequest{RoomId: roomID})
+	if err != nil {
+		return nil, s.fromGRPC(ctx, "ListRoomAliases", err, nil)
+	}
+	aliases := list.GetAliases()
+	if aliases == nil {
+		aliases = []string{}
+	}
+	return map[string][]string{"aliases": aliases}, nil
+}
+
+// historyVisibility reads m.room.history_visibility from state events
+// ("shared" when absent, as the spec says).
+func historyVisibility(events []*roomserverv1.Event) string {
+	for _, ev := range events {
+		pdu, err := parsePDU(ev.GetRoomVersion(), ev.GetEventJson())
+		if err != nil || pdu.Type() != spec.MRoomHistoryVisibility {
+			continue
+		}
+		var c struct {
+			HistoryVisibility string `json:"history_visibility"`
+		}
+		if json.Unmarshal(pdu.Content(), &c) == nil && c.HistoryVisibility != "" {
+			return c.HistoryVisibility
+		}
+	}
+	return "shared"
+}
+
+// getVisibility is GET /directory/list/room/{roomId}.
+func (s *Service) getVisibility(r *http.Request, _ *device) (any, error) {
+	roomID, err := roomIDParam(r)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := s.rooms.GetRoomVisibility(r.Context(), &roomserverv1.GetRoomVisibilityRequest{RoomId: roomID})
+	if err != nil {
+		return nil, s.fromGRPC(r.Context(), "GetRoomVisibility", err, nil)
+	}
+	if !resp.GetRoomExists() {
+		return nil, matrixhttp.NotFound("Room not found")
+	}
+	return map[string]string{"visibility": resp.GetVisibility()}, nil
+}
+
+// putVisibility is PUT /directory/list/room/{roomId}: for joined users
+// who may change the canonical alias (the spec leaves the check to us).
+func (s *Service) putVisibility(r *http.Request, dev *device) (any, error) {
+	roomID, err := roomIDParam(r)
+	if err != nil {
+		return nil, err
+	}
+	var req struct {
+		Visibility *string `json:"visibility"`
+	}
+	if err := decodeBody(r, bodyRequired, &req); err != nil {
+		return nil, err
+	}
+	visibility := "public"
+	if req.Visibility != nil {
+		visibility = *req.Visibility
+	}
+	if visibility != "public" && visibility != "private" {
+		return nil, matrixhttp.InvalidParam("visibility must be public or private")
+	}
+	info, err := s.rooms.QueryRoomInfo(r.Context(), &roomserverv1.QueryRoomInfoRequest{RoomId: roomID})
+	if err != nil {
+		return nil, s.fromGRPC(r.Context(), "QueryRoomInfo", err, nil)
+	}
+	if !info.GetRoomExists() {
+		return nil, matrixhttp.NotFound("Room not found")
+	}
+	allowed, err := s.mayManageRoomListing(r, dev, roomID)
+	if err != nil {
+		return nil, err
+	}
+	if !allowed {
+		return nil, matrixhttp.Forbidden("You may not change this room's directory visibility")
+	}
+	if _, err := s.rooms.SetRoomVisibility(r.Context(), &roomserverv1.SetRoomVisibilityRequest{RoomId: roomID, Visibility: visibility}); err != nil {
+		return nil, s.fromGRPC(r.Context(), "SetRoomVisibility", err, nil)
+	}
+	return struct{}{}, nil
+}
+
+// publicRoomsRequest is the body of POST /publicRooms (GET takes limit
+// and since as query parameters).
+type publicRoomsRequest struct {
+	Limit  *int64 `json:"limit"`
+	Since  string `json:"since"`
+	Filter struct {
+		GenericSearchTerm string    `json:"generic_search_term"`
+		RoomTypes         []*string `json:"room_types"`
+	} `json:"filter"`
+	IncludeAllNetworks   bool   `json:"include_all_networks"`
+	ThirdPartyInstanceID string `json:"third_party_instance_id"`
+}
+
+// publicRoom is one entry of the public room list.
+type publicRoom struct {
+	RoomID           string  `json:"room_id"`
+	NumJoinedMembers int     `json:"num_joined_members"`
+	WorldReadable    bool    `json:"world_readable"`
+	GuestCanJoin     bool    `json:"guest_can_join"`
+	Name             string  `json:"name,omitempty"`
+	Topic            string  `json:"topic,omitempty"`
+	AvatarURL        string  `json:"avatar_url,omitempty"`
+	CanonicalAlias   string  `json:"canonical_alias,omitempty"`
+	JoinRule         string  `json:"join_rule,omitempty"`
+	RoomType         *string `json:"room_type,omitempty"`
+}
+
+// publicRoomsGet is GET /publicRooms.
+func (s *Service) publicRoomsGet(r *http.Request, _ *device) (any, error) {
+	var req publicRoomsRequest
+	limit, err := queryInt(r, "limit", 0)
+	if err != nil {
+		return nil, err
+	}
+	if limit > 0 {
+		req.Limit = &limit
+	}
+	req.Since = r.URL.Query().Get("since")
+	return s.publicRooms(r, req)
+}
+
+// publicRoomsPost is POST /publicRooms.
+func (s *Service) publicRoomsPost(r *http.Request, _ *device) (any, error) {
+	var req publicRoomsRequest
+	if err := decodeBody(r, bodyOptional, &req); err != nil {
+		return nil, err
+	}
+	return s.publicRooms(r, req)
+}
+
+// directoryStateTypes are the state types a directory entry is made of.
+var directoryStateTypes = []string{
+	spec.MRoomCreate, spec.MRoomName, "m.room.topic", "m.room.avatar", spec.MRoomCanonicalAlias,
+	spec.MRoomJoinRules, spec.MRoomHistoryVisibility, spec.MRoomGuestAccess, spec.MRoomMember,
+}
+
+// publicRooms lists the directory: rooms ordered by joined members (most
+// first), then room ID; since tokens are offsets into that order ("n<i>"
+// next, "p<i>" previous, both meaning "start at i").
+func (s *Service) publicRooms(r *http.Request, req publicRoomsRequest) (any, error) {
+	if server := r.URL.Query().Get("server"); server != "" && server != s.serverName {
+		return nil, matrixhttp.InvalidParam("Only this server's room directory can be listed")
+	}
+	if req.ThirdPartyInstanceID != "" {
+		return nil, matrixhttp.InvalidParam("Unknown third_party_instance_id")
+	}
+	offset := 0
+	if req.Since != "" {
+		n, err := parseDirectoryToken(req.Since)
+		if err != nil {
+			return nil, matrixhttp.InvalidParam("Invalid since token")
+		}
+		offset = n
+	}
+	limit := 0
+	if req.Limit != nil && *req.Limit > 0 {
+		limit = int(min(*req.Limit, 1000))
+	}
+	ctx := r.Context()
+	list, err := s.rooms.ListPublicRooms(ctx, &roomserverv1.ListPublicRoomsRequest{})
+	if err != nil {
+		return nil, s.fromGRPC(ctx, "ListPublicRooms", err, nil)
+	}
+	state, err := s.store.Reader().CurrentStateRooms(ctx, list.GetRoomIds(), directoryStateTypes)
+	if err != nil {
+		return nil, err
+	}
+	term := strings.ToLower(strings.TrimSpace(req.Filter.GenericSearchTerm))
+	rooms := make([]publicRoom, 0, len(list.GetRoomIds()))
+	for _, roomID := range list.GetRoomIds() {
+		pr := directoryEntry(roomID, state[roomID])
+		if term != "" && !strings.Contains(strings.ToLower(pr.Name+"\n"+pr.Topic+"\n"+pr.CanonicalAlias), term) {
+			continue
+		}
+		if req.Filter.RoomTypes != nil && !slices.ContainsFunc(req.Filter.RoomTypes, func(t *string) bool {
+			return (t == nil && pr.RoomType == nil) || (t != nil && pr.RoomType != nil && *t == *pr.RoomType)
+		}) {
+			continue
+		}
+		rooms = append(rooms, pr)
+	}
+	slices.SortStableFunc(rooms, func(a, b publicRoom) int {
+		if a.NumJoinedMembers != b.NumJoinedMembers {
+			return b.NumJoinedMembers - a.NumJoinedMembers
+		}
+		return strings.Compare(a.RoomID, b.RoomID)
+	})
+	resp := map[string]any{"total_room_count_estimate": len(rooms)}
+	offset = min(offset, len(rooms))
+	end := len(rooms)
+	if limit > 0 {
+		end = min(offset+limit, len(rooms))
+		if offset > 0 {
+			resp["prev_batch"] = "p" + strconv.Itoa(max(offset-limit, 0))
+		}
+	}
+	if end < len(rooms) {
+		resp["next_batch"] = "n" + strconv.Itoa(end)
+	}
+	resp["chunk"] = rooms[offset:end]
+	return resp, nil
+}
+
+func parseDirectoryToken(tok string) (int, error) {
+	if len(tok) < 2 || (tok[0] != 'n' && tok[0] != 'p') {
+		return 0, ErrInvalidToken
+	}
+	n, err := strconv.Atoi(tok[1:])
+	if err != nil || n < 0 {
+		return 0, ErrInvalidToken
+	}
+	return n, nil
+}
+
+// directoryEntry builds a room's directory entry from its current state.
+func directoryEntry(roomID string, state []store.CurrentStateEvent) publicRoom {
+	pr := publicRoom{RoomID: roomID}
+	for _, e := range state {
+		if e.Type == spec.MRoomMember {
+			if e.Membership == store.MembershipJoin {
+				pr.NumJoinedMembers++
+			}
+			continue
+		}
+		var ev struct {
+			Content struct {
+				Name              string  `json:"name"`
+				Topic             string  `json:"topic"`
+				URL               string  `json:"url"`
+				Alias             string  `json:"alias"`
+				JoinRule          string  `json:"join_rule"`
+				HistoryVisibility string  `json:"history_visibility"`
+				GuestAccess       string  `json:"guest_access"`
+				Type              *string `json:"type"`
+			} `json:"content"`
+		}
+		if json.Unmarshal(e.JSON, &ev) != nil || e.StateKey != "" {
+			continue
+		}
+		c := ev.Content
+		switch e.Type {
+		case spec.MRoomCreate:
+			pr.RoomType = c.Type
+		case spec.MRoomName:
+			pr.Name = c.Name
+		case "m.room.topic":
+			pr.Topic = c.Topic
+		case "m.room.avatar":
+			pr.AvatarURL = c.URL
+		case spec.MRoomCanonicalAlias:
+			pr.CanonicalAlias = c.Alias
+		case spec.MRoomJoinRules:
+			pr.JoinRule = c.JoinRule
+		case spec.MRoomHistoryVisibility:
+			pr.WorldReadable = c.HistoryVisibility == "world_readable"
+		case spec.MRoomGuestAccess:
+			pr.GuestCanJoin = c.GuestAccess == "can_join"
+		}
+	}
+	if pr.JoinRule == "" {
+		pr.JoinRule = "invite"
+	}
+	return pr
+}
+
+// checkCanonicalAlias validates m.room.canonical_alias content before it
+// is sent: every alias must be well formed (M_INVALID_PARAM) and point to
+// this room (M_BAD_ALIAS). Only this server's aliases can be resolved, so
+// others are refused as well.
+func (s *Service) checkCanonicalAlias(r *http.Request, roomID string, content []byte) error {
+	var c struct {
+		Alias      *string  `json:"alias"`
+		AltAliases []string `json:"alt_aliases"`
+	}
+	if err := json.Unmarshal(content, &c); err != nil {
+		return matrixhttp.BadJSON("m.room.canonical_alias: alias must be a string and alt_aliases a list of strings")
+	}
+	aliases := slices.Clone(c.AltAliases)
+	if c.Alias != nil && *c.Alias != "" {
+		aliases = append(aliases, *c.Alias)
+	}
+	for _, alias := range aliases {
+		if _, _, err := parseAlias(alias); err != nil {
+			return matrixhttp.InvalidParam("Invalid alias " + alias + " in m.room.canonical_alias")
+		}
+	}
+	for _, alias := range aliases {
+		resp, err := s.rooms.GetRoomAlias(r.Context(), &roomserverv1.GetRoomAliasRequest{Alias: alias})
+		if err != nil {
+			return s.fromGRPC(r.Context(), "GetRoomAlias", err, nil)
+		}
+		if resp.GetRoomId() != roomID {
+			return badAlias("The alias " + alias + " does not point to this room")
+		}
+	}
+	return nil
+}

@@ -1,0 +1,76 @@
+package roomserver
+
+// Room metadata beside the event graph: the aliases of a room and whether
+// it is published in the room directory.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/roomserver/store"
+)
+
+// Directory visibilities.
+const (
+	visibilityPublic  = "public"
+	visibilityPrivate = "private"
+)
+
+// knownRoom fails with ErrRoomNotFound unless the room exists.
+func (s *Service) knownRoom(ctx context.Context, roomID string) error {
+	_, err := s.store.Room(ctx, roomID)
+	if errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("%w: %s", ErrRoomNotFound, roomID)
+	}
+	return err
+}
+
+func (s *Service) listRoomAliases(ctx context.Context, roomID string) (*roomserverv1.ListRoomAliasesResponse, error) {
+	aliases, err := s.store.AliasesOf(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	return &roomserverv1.ListRoomAliasesResponse{Aliases: aliases}, nil
+}
+
+func (s *Service) setRoomVisibility(ctx context.Context, req *roomserverv1.SetRoomVisibilityRequest) error {
+	var public bool
+	switch req.GetVisibility() {
+	case visibilityPublic:
+		public = true
+	case visibilityPrivate:
+	default:
+		return fmt.Errorf("%w: visibility must be public or private", ErrBadRequest)
+	}
+	if err := s.knownRoom(ctx, req.GetRoomId()); err != nil {
+		return err
+	}
+	return s.store.SetPublished(ctx, req.GetRoomId(), public)
+}
+
+func (s *Service) getRoomVisibility(ctx context.Context, roomID string) (*roomserverv1.GetRoomVisibilityResponse, error) {
+	if err := s.knownRoom(ctx, roomID); errors.Is(err, ErrRoomNotFound) {
+		return &roomserverv1.GetRoomVisibilityResponse{}, nil
+	} else if err != nil {
+		return nil, err
+	}
+	public, err := s.store.Published(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	resp := &roomserverv1.GetRoomVisibilityResponse{RoomExists: true, Visibility: visibilityPrivate}
+	if public {
+		resp.Visibility = visibilityPublic
+	}
+	return resp, nil
+}
+
+func (s *Service) listPublicRooms(ctx context.Context) (*roomserverv1.ListPublicRoomsResponse, error) {
+	rooms, err := s.store.PublishedRooms(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &roomserverv1.ListPublicRoomsResponse{RoomIds: rooms}, nil
+}
