@@ -99,6 +99,22 @@ func (p *proc) stop(t *testing.T) {
 	p.cmd = nil
 }
 
+// quit asks a still-running process for a goroutine dump (Go prints every
+// goroutine's stack on SIGQUIT and exits), so a hang shows where it stuck.
+func (p *proc) quit() {
+	if p.cmd == nil {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGQUIT)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+	p.cmd = nil
+}
+
 // server is a Myelin deployment under test, reached at url.
 type server struct {
 	url   string
@@ -128,13 +144,32 @@ func (s *server) restart(t *testing.T) {
 	s.start(t)
 }
 
-// dumpLogs prints the processes' logs when the test failed.
+// shutdown stops the processes; when the test failed they are first asked
+// for goroutine dumps, which land in their logs.
+func (s *server) shutdown(t *testing.T) {
+	if t.Failed() {
+		for _, p := range s.procs {
+			p.quit()
+		}
+	}
+	s.stop(t)
+}
+
+// dumpLogs prints the processes' logs when the test failed, and keeps a
+// full copy of each (the printed part is cut to its end).
 func (s *server) dumpLogs(t *testing.T) {
 	if !t.Failed() && os.Getenv("MYELIN_E2E_LOGS") == "" {
 		return
 	}
 	for _, p := range s.procs {
 		data, _ := os.ReadFile(p.log)
+		if t.Failed() {
+			if f, err := os.CreateTemp("", "myelin-e2e-"+p.name+"-*.log"); err == nil {
+				_, _ = f.Write(data)
+				_ = f.Close()
+				t.Logf("full log of %s kept at %s", p.name, f.Name())
+			}
+		}
 		if len(data) > 64<<10 {
 			data = append([]byte("...\n"), data[len(data)-64<<10:]...)
 		}

@@ -27,14 +27,14 @@ const messageCount = 100
 func TestAllInOne(t *testing.T) {
 	s := allInOne(t)
 	s.start(t)
-	t.Cleanup(func() { s.stop(t); s.dumpLogs(t) })
+	t.Cleanup(func() { s.shutdown(t); s.dumpLogs(t) })
 	runScenario(t, s)
 }
 
 func TestSplit(t *testing.T) {
 	s := split(t)
 	s.start(t)
-	t.Cleanup(func() { s.stop(t); s.dumpLogs(t) })
+	t.Cleanup(func() { s.shutdown(t); s.dumpLogs(t) })
 	runScenario(t, s)
 }
 
