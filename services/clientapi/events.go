@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 
 	"github.com/matrix-org/gomatrixserverlib"
 
@@ -110,6 +111,9 @@ func renderFor(e store.StoredEvent, dev *device, withRoomID bool) (json.RawMessa
 	txn := ""
 	if e.TxnID != "" && e.Sender == dev.UserID && e.TxnDeviceID == dev.DeviceID {
 		txn = e.TxnID
+		if e.Type == "m.room.redaction" {
+			txn = strings.TrimPrefix(txn, redactTxnPrefix) // see redact
+		}
 	}
 	room := ""
 	if withRoomID {
@@ -238,6 +242,13 @@ func (s *Service) accessRoom(r *http.Request, userID, roomID string) (roomAccess
 		return roomAccess{}, s.fromGRPC(ctx, "QueryMembership", err, nil)
 	}
 	if resp.GetMembership() == store.MembershipJoin {
+		return roomAccess{bound: -1}, nil
+	}
+	// Anyone may read a world_readable room; the per-event rules decide
+	// which events (see visibility.go).
+	if vis, err := s.store.Reader().CurrentVisibility(ctx, roomID); err != nil {
+		return roomAccess{}, err
+	} else if vis == store.VisibilityWorldReadable {
 		return roomAccess{bound: -1}, nil
 	}
 	return roomAccess{}, matrixhttp.Forbidden("You aren't a member of the room")
@@ -372,8 +383,9 @@ func (s *Service) messages(r *http.Request, dev *device) (any, error) {
 			return nil, matrixhttp.InvalidParam("Invalid from token")
 		}
 	}
-	if f := q.Get("filter"); f != "" && !isObject([]byte(f)) {
-		return nil, matrixhttp.BadJSON("filter must be a JSON object")
+	evFilter, err := parseRoomEventFilter(q.Get("filter"))
+	if err != nil {
+		return nil, err
 	}
 	acc, err := s.accessRoom(r, dev.UserID, roomID)
 	if err != nil {
@@ -389,8 +401,14 @@ func (s *Service) messages(r *http.Request, dev *device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	resp := messagesResponse{Start: from.String(), Chunk: make([]json.RawMessage, 0, len(page.Events)), State: []json.RawMessage{}}
-	for _, e := range page.Events {
+	// Pages are cut before filtering, so tokens stay continuous; a page may
+	// hold fewer events than limit (or none) and still have an end token.
+	visible, err := s.visibleEvents(r.Context(), reader, dev.UserID, roomID, page.Events, evFilter)
+	if err != nil {
+		return nil, err
+	}
+	resp := messagesResponse{Start: from.String(), Chunk: make([]json.RawMessage, 0, len(visible)), State: []json.RawMessage{}}
+	for _, e := range visible {
 		raw, err := renderFor(e, dev, true)
 		if err != nil {
 			return nil, err

@@ -69,6 +69,9 @@ func (s *Service) routes() []route {
 		{method: http.MethodGet, path: "/rooms/{roomId}/state/{eventType}/", auth: true, serve: s.getState},
 		{method: http.MethodGet, path: "/rooms/{roomId}/state/{eventType}/{stateKey}", auth: true, serve: s.getState},
 		{method: http.MethodGet, path: "/rooms/{roomId}/messages", auth: true, serve: s.messages},
+		{method: http.MethodGet, path: "/rooms/{roomId}/event/{eventId}", auth: true, serve: s.getEvent},
+		{method: http.MethodGet, path: "/rooms/{roomId}/context/{eventId}", auth: true, serve: s.eventContext},
+		{method: http.MethodPut, path: "/rooms/{roomId}/redact/{eventId}/{txnId}", auth: true, limit: limitSend, serve: s.redact},
 
 		// Sync.
 		{method: http.MethodGet, path: "/sync", auth: true, serve: s.sync},

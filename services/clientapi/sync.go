@@ -322,6 +322,9 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, userID string, 
 	if d.timelines, err = rd.Timelines(ctx, ranges, opts.limit); err != nil {
 		return d, err
 	}
+	if err := filterTimelines(ctx, rd, userID, d.timelines); err != nil {
+		return d, err
+	}
 
 	var joined, emptyFull []string
 	for _, sr := range d.rooms {
