@@ -233,7 +233,15 @@ func (s *Service) accessRoom(r *http.Request, userID, roomID string) (roomAccess
 	case err == nil && m.Membership == store.MembershipJoin:
 		return roomAccess{bound: -1}, nil
 	case err == nil && (m.Membership == store.MembershipLeave || m.Membership == store.MembershipBan) && m.JoinPos > 0:
-		return roomAccess{bound: m.Pos, atEventID: m.EventID}, nil
+		acc := roomAccess{bound: m.Pos, atEventID: m.EventID}
+		// Events of a world_readable room are readable by anyone, so the
+		// leave does not bound them (the per-event rules still apply).
+		if vis, err := s.store.Reader().CurrentVisibility(ctx, roomID); err != nil {
+			return roomAccess{}, err
+		} else if vis == store.VisibilityWorldReadable {
+			acc.bound = -1
+		}
+		return acc, nil
 	case err != nil && !errors.Is(err, store.ErrNotFound):
 		return roomAccess{}, err
 	}
