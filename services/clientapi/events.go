@@ -415,13 +415,9 @@ func (s *Service) messages(r *http.Request, dev *device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	resp := messagesResponse{Start: from.String(), Chunk: make([]json.RawMessage, 0, len(visible)), State: []json.RawMessage{}}
-	for _, e := range visible {
-		raw, err := renderFor(e, dev, true)
-		if err != nil {
-			return nil, err
-		}
-		resp.Chunk = append(resp.Chunk, raw)
+	resp := messagesResponse{Start: from.String(), State: []json.RawMessage{}}
+	if resp.Chunk, err = s.renderAll(r.Context(), reader, dev, visible, true); err != nil {
+		return nil, err
 	}
 	if page.More && len(page.Events) > 0 {
 		last := page.Events[len(page.Events)-1].Pos

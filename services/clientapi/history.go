@@ -78,7 +78,11 @@ func (s *Service) getEvent(r *http.Request, dev *device) (any, error) {
 	rd := s.store.Reader()
 	e, err := s.visibleEvent(r.Context(), rd, dev.UserID, roomID, eventID)
 	if err == nil {
-		return renderFor(e, dev, true)
+		out, err := s.renderAll(r.Context(), rd, dev, []store.StoredEvent{e}, true)
+		if err != nil {
+			return nil, err
+		}
+		return out[0], nil
 	}
 	var me *matrixhttp.Error
 	if !errors.As(err, &me) {
@@ -209,9 +213,11 @@ func (s *Service) eventContext(r *http.Request, dev *device) (any, error) {
 			resp.End = streamToken{pos: after.Events[n-1].Pos}.String()
 			lastID = after.Events[n-1].EventID
 		}
-		if resp.Event, err = renderFor(e, dev, true); err != nil {
+		ev, err := s.renderAll(ctx, rd, dev, []store.StoredEvent{e}, true)
+		if err != nil {
 			return err
 		}
+		resp.Event = ev[0]
 		if resp.EventsBefore, err = s.renderVisible(ctx, rd, dev, roomID, before.Events, f); err != nil {
 			return err
 		}
@@ -249,13 +255,5 @@ func (s *Service) renderVisible(ctx context.Context, rd store.Reader, dev *devic
 	if err != nil {
 		return nil, err
 	}
-	out := make([]json.RawMessage, 0, len(visible))
-	for _, e := range visible {
-		raw, err := renderFor(e, dev, true)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, raw)
-	}
-	return out, nil
+	return s.renderAll(ctx, rd, dev, visible, true)
 }

@@ -33,6 +33,9 @@ type Event struct {
 	TxnDeviceID    string
 	TxnID          string
 	StreamPosition int64
+	// RelatesTo and RelType are content."m.relates_to" (empty when none).
+	RelatesTo string
+	RelType   string
 }
 
 // StateEvent is an event that entered a room's current state.
@@ -134,6 +137,12 @@ func apply(ctx context.Context, tx pgx.Tx, in Input) (Applied, bool, error) {
 		return Applied{}, false, err
 	}
 	a := Applied{Pos: pos, Event: ev}
+	if ev.RelatesTo != "" && ev.RelType != "" {
+		if _, err := tx.Exec(ctx, `INSERT INTO event_relations (event_id, room_id, relates_to, rel_type, pos)
+			VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING`, ev.EventID, ev.RoomID, ev.RelatesTo, ev.RelType, pos); err != nil {
+			return Applied{}, false, err
+		}
+	}
 
 	removedMembers := map[string]bool{}
 	if len(in.RemovedIDs) > 0 {

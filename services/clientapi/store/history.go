@@ -60,8 +60,12 @@ func applyRedaction(ctx context.Context, tx pgx.Tx, roomID string, red RedactedE
 		red.EventID, roomID, red.JSON); err != nil {
 		return err
 	}
-	_, err := tx.Exec(ctx, `UPDATE current_state SET event = $3 WHERE event_id = $1 AND room_id = $2`,
-		red.EventID, roomID, red.JSON)
+	if _, err := tx.Exec(ctx, `UPDATE current_state SET event = $3 WHERE event_id = $1 AND room_id = $2`,
+		red.EventID, roomID, red.JSON); err != nil {
+		return err
+	}
+	// Its content, and so its relation, is gone.
+	_, err := tx.Exec(ctx, `DELETE FROM event_relations WHERE event_id = $1`, red.EventID)
 	return err
 }
 
