@@ -98,6 +98,17 @@ func TestHistoryVisibilityMatrix(t *testing.T) {
 				}
 			}
 
+			// State: a never-member may read a world_readable room's state only.
+			var hv map[string]any
+			err = users["nv"].StateEvent(ctx, roomID, event.StateHistoryVisibility, "", &hv)
+			if vis == "world_readable" {
+				if err != nil || hv["history_visibility"] != vis {
+					t.Errorf("nv: state of a world_readable room: %v %v", hv, err)
+				}
+			} else if !errors.Is(err, mautrix.MForbidden) {
+				t.Errorf("nv: state: %v, want M_FORBIDDEN", err)
+			}
+
 			// /sync: the initial timeline of joined users and the leave
 			// section of the user who left hold only what they may see.
 			for _, name := range []string{"jb", "ij", "ja", "lf"} {
