@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"math"
-
 )
 
 // RelationQuery selects the events that relate to a parent.
@@ -148,4 +147,3 @@ func (r Reader) ThreadRoots(ctx context.Context, roomID, participant string, bef
 	}
 	return out, more, nil
 }
-
