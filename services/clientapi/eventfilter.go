@@ -11,14 +11,16 @@ import (
 
 // roomEventFilter is the part of a RoomEventFilter (the filter parameter
 // of /messages and /context) that is applied: types, not_types, senders,
-// not_senders and contains_url. lazy_load_members and the other fields are
-// accepted and ignored.
+// not_senders, contains_url and lazy_load_members (the senders' member
+// events in the response's state). include_redundant_members and the other
+// fields are accepted and ignored: members are always sent again.
 type roomEventFilter struct {
-	Types       *[]string `json:"types"`
-	NotTypes    []string  `json:"not_types"`
-	Senders     *[]string `json:"senders"`
-	NotSenders  []string  `json:"not_senders"`
-	ContainsURL *bool     `json:"contains_url"`
+	Types           *[]string `json:"types"`
+	NotTypes        []string  `json:"not_types"`
+	Senders         *[]string `json:"senders"`
+	NotSenders      []string  `json:"not_senders"`
+	ContainsURL     *bool     `json:"contains_url"`
+	LazyLoadMembers bool      `json:"lazy_load_members"`
 }
 
 // parseRoomEventFilter parses the filter query parameter ("" = none).

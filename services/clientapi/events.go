@@ -419,6 +419,11 @@ func (s *Service) messages(r *http.Request, dev *device) (any, error) {
 	if resp.Chunk, err = s.renderAll(r.Context(), reader, dev, visible, true); err != nil {
 		return nil, err
 	}
+	if evFilter.LazyLoadMembers {
+		if resp.State, err = s.lazyMembers(r.Context(), roomID, visible); err != nil {
+			return nil, err
+		}
+	}
 	if page.More && len(page.Events) > 0 {
 		last := page.Events[len(page.Events)-1].Pos
 		if dir == store.Backward {

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"slices"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
@@ -183,6 +184,7 @@ func (s *Service) eventContext(r *http.Request, dev *device) (any, error) {
 	ctx := r.Context()
 	var resp contextResponse
 	var lastID string
+	senders := map[string]bool{}
 	err = s.store.Snapshot(ctx, func(rd store.Reader) error {
 		e, err := s.visibleEvent(ctx, rd, dev.UserID, roomID, eventID)
 		if err != nil {
@@ -218,6 +220,9 @@ func (s *Service) eventContext(r *http.Request, dev *device) (any, error) {
 			return err
 		}
 		resp.Event = ev[0]
+		for _, x := range slices.Concat([]store.StoredEvent{e}, before.Events, after.Events) {
+			senders[x.Sender] = true
+		}
 		if resp.EventsBefore, err = s.renderVisible(ctx, rd, dev, roomID, before.Events, f); err != nil {
 			return err
 		}
@@ -240,6 +245,10 @@ func (s *Service) eventContext(r *http.Request, dev *device) (any, error) {
 		if !f.allowsType(pdu.Type()) {
 			continue
 		}
+		// Lazy loading: only the members who sent a returned event.
+		if f.LazyLoadMembers && pdu.Type() == "m.room.member" && !senders[*pdu.StateKey()] {
+			continue
+		}
 		raw, err := renderPDU(ev, true)
 		if err != nil {
 			return nil, err
@@ -256,4 +265,37 @@ func (s *Service) renderVisible(ctx context.Context, rd store.Reader, dev *devic
 		return nil, err
 	}
 	return s.renderAll(ctx, rd, dev, visible, true)
+}
+
+// lazyMembers returns the member events of the senders of events, in the
+// state after the last of them (lazy_load_members in /messages).
+func (s *Service) lazyMembers(ctx context.Context, roomID string, events []store.StoredEvent) ([]json.RawMessage, error) {
+	out := []json.RawMessage{}
+	if len(events) == 0 {
+		return out, nil
+	}
+	var filter []*roomserverv1.StateKeyTuple
+	seen := map[string]bool{}
+	last := events[0]
+	for _, e := range events {
+		if !seen[e.Sender] {
+			seen[e.Sender] = true
+			filter = append(filter, &roomserverv1.StateKeyTuple{Type: "m.room.member", StateKey: e.Sender})
+		}
+		if e.Pos > last.Pos {
+			last = e
+		}
+	}
+	st, err := s.rooms.QueryState(ctx, &roomserverv1.QueryStateRequest{RoomId: roomID, EventId: last.EventID, After: true, Filter: filter})
+	if err != nil {
+		return nil, s.fromGRPC(ctx, "QueryState", err, nil)
+	}
+	for _, ev := range st.GetState() {
+		raw, err := renderPDU(ev, true)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, raw)
+	}
+	return out, nil
 }

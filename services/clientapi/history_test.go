@@ -115,6 +115,26 @@ func TestEventAndContext(t *testing.T) {
 	if len(filtered.EventsBefore) == 0 {
 		t.Fatal("filtered context lost the room's state events before the message")
 	}
+	// Lazy-loaded members: only the senders' member events come along.
+	lazy := &mautrix.FilterPart{LazyLoadMembers: true}
+	lm, err := bob.Messages(ctx, roomID, "", "", mautrix.DirectionBackward, lazy, 3)
+	if err != nil || len(lm.Chunk) != 3 || len(lm.State) != 1 || lm.State[0].Type != event.StateMember ||
+		lm.State[0].GetStateKey() != alice.UserID.String() {
+		t.Fatalf("lazy-loaded /messages: %d events, state %v, %v", len(lm.Chunk), lm.State, err)
+	}
+	lc, err := bob.Context(ctx, roomID, ids[5], lazy, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var members []string
+	for _, e := range lc.State {
+		if e.Type == event.StateMember {
+			members = append(members, e.GetStateKey())
+		}
+	}
+	if !slices.Equal(members, []string{alice.UserID.String()}) || len(lc.State) < 3 {
+		t.Fatalf("lazy-loaded context state members %v (%d events)", members, len(lc.State))
+	}
 	if _, err := bob.Context(ctx, roomID, "$nonexistent", nil, 4); !errors.Is(err, mautrix.MNotFound) {
 		t.Fatalf("context of unknown event: %v", err)
 	}
