@@ -145,7 +145,7 @@ func TestRedactions(t *testing.T) {
 	ctx := context.Background()
 	alice := newUser(t, hs, "alice")
 	bob := newUser(t, hs, "bob")
-	for _, version := range []id.RoomVersion{"10", "11"} {
+	for _, version := range []id.RoomVersion{"10", "11", "12"} {
 		t.Run("v"+string(version), func(t *testing.T) {
 			created, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat", RoomVersion: version, Topic: "secret topic"})
 			if err != nil {
