@@ -14,7 +14,7 @@ package clientapi
 //     the original is redacted. The original's content is left as it is.
 //
 // Only children the user may see (history visibility) are counted or
-// bundled. Children of latest_event are not bundled in turn.
+// bundled. latest_event carries its own aggregations (one level).
 
 import (
 	"context"
@@ -53,6 +53,12 @@ type bundles map[string]map[string]any
 // bundleFor computes the aggregations of events (all of one room or
 // several) as seen by the device's user.
 func (s *Service) bundleFor(ctx context.Context, rd store.Reader, dev *device, events []store.StoredEvent) (bundles, error) {
+	return s.aggregate(ctx, rd, dev, events, true)
+}
+
+// aggregate computes aggregations; nested also aggregates the children of
+// each thread's latest event.
+func (s *Service) aggregate(ctx context.Context, rd store.Reader, dev *device, events []store.StoredEvent, nested bool) (bundles, error) {
 	out := bundles{}
 	if len(events) == 0 {
 		return out, nil
@@ -116,8 +122,21 @@ func (s *Service) bundleFor(ctx context.Context, rd store.Reader, dev *device, e
 		}
 		return out[id]
 	}
+	// A thread's latest event carries its own aggregations (edits,
+	// references); thread replies cannot be thread roots, so this nests
+	// once.
+	latestBundles := bundles{}
+	if nested && len(threads) > 0 {
+		var latestEvents []store.StoredEvent
+		for _, th := range threads {
+			latestEvents = append(latestEvents, th.latest)
+		}
+		if latestBundles, err = s.aggregate(ctx, rd, dev, latestEvents, false); err != nil {
+			return nil, err
+		}
+	}
 	for id, th := range threads {
-		latest, err := renderFor(th.latest, dev, true)
+		latest, err := latestBundles.render(th.latest, dev, true)
 		if err != nil {
 			return nil, err
 		}

@@ -71,6 +71,8 @@ func TestRelationsAndThreads(t *testing.T) {
 	edit1 := edit(alice, "first edit")
 	edit2 := edit(alice, "second edit")
 	bobEdit := edit(bob, "not bob's to edit") // invalid: another sender
+	t2Edit := sendRelated(t, alice, roomID, msg, map[string]any{"msgtype": "m.text", "body": "* t2 edited",
+		"m.new_content": map[string]any{"msgtype": "m.text", "body": "t2 edited"}, "m.relates_to": relatesTo("m.replace", t2)})
 	reaction := sendRelated(t, carol, roomID, event.EventReaction, map[string]any{"m.relates_to": map[string]any{
 		"rel_type": "m.annotation", "event_id": t1.String(), "key": "👍"}})
 	caughtUp(t, alice, roomID, reaction)
@@ -113,7 +115,7 @@ func TestRelationsAndThreads(t *testing.T) {
 	}
 	// Recursion reaches the reaction to a thread reply.
 	rec, err := carol.GetRelations(ctx, roomID, root, &mautrix.ReqGetRelations{Recurse: true})
-	if err != nil || len(rec.Chunk) != 7 || rec.Chunk[0].ID != reaction || rec.RecursionDepth == 0 {
+	if err != nil || len(rec.Chunk) != 8 || rec.Chunk[0].ID != reaction || rec.RecursionDepth == 0 {
 		t.Fatalf("recursive relations: %d events, depth %d, %v", len(rec.Chunk), rec.RecursionDepth, err)
 	}
 	// A user who may not see the parent gets 404.
@@ -131,8 +133,13 @@ func TestRelationsAndThreads(t *testing.T) {
 	if th == nil || th["count"] != 2.0 || th["current_user_participated"] != true {
 		t.Fatalf("m.thread bundle %v", rels["m.thread"])
 	}
-	if latest, _ := th["latest_event"].(map[string]any); latest["event_id"] != t2.String() {
+	latest, _ := th["latest_event"].(map[string]any)
+	if latest["event_id"] != t2.String() {
 		t.Fatalf("thread latest_event %v", th["latest_event"])
+	}
+	// The latest event carries its own aggregations: its edit.
+	if rp, _ := relationsOf(latest)["m.replace"].(map[string]any); rp["event_id"] != t2Edit.String() {
+		t.Fatalf("latest_event's m.replace %v, want %s", relationsOf(latest), t2Edit)
 	}
 	if rp, _ := rels["m.replace"].(map[string]any); rp["event_id"] != edit2.String() {
 		t.Fatalf("m.replace bundle %v, want %s", rels["m.replace"], edit2)
