@@ -31,11 +31,19 @@ func NewServer(log *zap.Logger) *grpc.Server {
 	)
 }
 
+// DefaultCallTimeout bounds a unary call whose context has no deadline.
+// Calls wait for the peer to become ready (a peer restarting is normal in
+// the split shape), and this is how long: a peer that stays down turns into
+// DeadlineExceeded instead of a request that hangs forever.
+const DefaultCallTimeout = 30 * time.Second
+
 // Dial connects to a gRPC address ("host:port"). The connection is lazy:
-// a service that starts before its peer retries on its first call.
+// a service that starts before its peer retries on its first call, for up
+// to DefaultCallTimeout unless the caller's context says otherwise.
 func Dial(addr string) (*grpc.ClientConn, error) {
 	conn, err := grpc.NewClient(addr,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithChainUnaryInterceptor(defaultDeadline(DefaultCallTimeout)),
 		grpc.WithDefaultCallOptions(
 			grpc.MaxCallRecvMsgSize(MaxMessageSize),
 			grpc.MaxCallSendMsgSize(MaxMessageSize),
@@ -46,6 +54,17 @@ func Dial(addr string) (*grpc.ClientConn, error) {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
 	return conn, nil
+}
+
+func defaultDeadline(d time.Duration) grpc.UnaryClientInterceptor {
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if _, ok := ctx.Deadline(); !ok {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, d)
+			defer cancel()
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
 }
 
 func recoverUnary(log *zap.Logger) grpc.UnaryServerInterceptor {

@@ -145,6 +145,11 @@ func decodeOutputEvent(data []byte) (store.Input, error) {
 		return store.Input{}, fmt.Errorf("%w: event %s: %v", ErrBadPayload, out.GetEventId(), err)
 	}
 	ce := newClientEvent(pdu)
+	if because := out.GetRedactedBecause(); len(because) > 0 {
+		if ce, err = withRedactedBecause(ce, out.GetRoomVersion(), out.GetRoomId(), because); err != nil {
+			return store.Input{}, fmt.Errorf("%w: event %s: %v", ErrBadPayload, out.GetEventId(), err)
+		}
+	}
 	raw, err := ce.marshal()
 	if err != nil {
 		return store.Input{}, err
@@ -163,6 +168,12 @@ func decodeOutputEvent(data []byte) (store.Input, error) {
 			StreamPosition: out.GetStreamPosition(),
 		},
 		RemovedIDs: out.GetRemovedStateEventIds(),
+	}
+	in.Event.RelatesTo, in.Event.RelType = relationOf(ce.Content)
+	if red := out.GetRedactedEventJson(); len(red) > 0 {
+		if in.Redacted, err = redactedCopy(out.GetRoomVersion(), out.GetRoomId(), red, out.GetEventJson()); err != nil {
+			return store.Input{}, fmt.Errorf("%w: redacted event of %s: %v", ErrBadPayload, out.GetEventId(), err)
+		}
 	}
 	for _, added := range out.GetAddedStateEvents() {
 		spdu, err := parsePDU(out.GetRoomVersion(), added)

@@ -79,6 +79,12 @@ func (s *Service) fromGRPC(ctx context.Context, op string, err error, overrides 
 	if f, ok := grpcErrors[st.Code()]; ok {
 		return f(st.Message())
 	}
+	if st.Code() == codes.Unavailable || st.Code() == codes.DeadlineExceeded {
+		// A peer service is down or too slow (rpc.Dial bounds the wait):
+		// the client may retry.
+		s.log.Warn("peer service unavailable", zap.String("op", op), zap.Error(err))
+		return unknownError(http.StatusServiceUnavailable, "Service temporarily unavailable")
+	}
 	s.log.Error("room-server call failed", zap.String("op", op), zap.Error(err))
 	return matrixhttp.Unknown("Internal server error")
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 
 	"github.com/matrix-org/gomatrixserverlib"
 
@@ -110,6 +111,9 @@ func renderFor(e store.StoredEvent, dev *device, withRoomID bool) (json.RawMessa
 	txn := ""
 	if e.TxnID != "" && e.Sender == dev.UserID && e.TxnDeviceID == dev.DeviceID {
 		txn = e.TxnID
+		if e.Type == "m.room.redaction" {
+			txn = strings.TrimPrefix(txn, redactTxnPrefix) // see redact
+		}
 	}
 	room := ""
 	if withRoomID {
@@ -234,7 +238,15 @@ func (s *Service) accessRoom(r *http.Request, userID, roomID string) (roomAccess
 	case err == nil && m.Membership == store.MembershipJoin:
 		return roomAccess{bound: -1}, nil
 	case err == nil && (m.Membership == store.MembershipLeave || m.Membership == store.MembershipBan) && m.JoinPos > 0:
-		return roomAccess{bound: m.Pos, atEventID: m.EventID}, nil
+		acc := roomAccess{bound: m.Pos, atEventID: m.EventID}
+		// Events of a world_readable room are readable by anyone, so the
+		// leave does not bound them (the per-event rules still apply).
+		if vis, err := s.store.Reader().CurrentVisibility(ctx, roomID); err != nil {
+			return roomAccess{}, err
+		} else if vis == store.VisibilityWorldReadable {
+			acc.bound = -1
+		}
+		return acc, nil
 	case err != nil && !errors.Is(err, store.ErrNotFound):
 		return roomAccess{}, err
 	}
@@ -243,6 +255,13 @@ func (s *Service) accessRoom(r *http.Request, userID, roomID string) (roomAccess
 		return roomAccess{}, s.fromGRPC(ctx, "QueryMembership", err, nil)
 	}
 	if resp.GetMembership() == store.MembershipJoin {
+		return roomAccess{bound: -1}, nil
+	}
+	// Anyone may read a world_readable room; the per-event rules decide
+	// which events (see visibility.go).
+	if vis, err := s.store.Reader().CurrentVisibility(ctx, roomID); err != nil {
+		return roomAccess{}, err
+	} else if vis == store.VisibilityWorldReadable {
 		return roomAccess{bound: -1}, nil
 	}
 	return roomAccess{}, matrixhttp.Forbidden("You aren't a member of the room")
@@ -377,8 +396,9 @@ func (s *Service) messages(r *http.Request, dev *device) (any, error) {
 			return nil, matrixhttp.InvalidParam("Invalid from token")
 		}
 	}
-	if f := q.Get("filter"); f != "" && !isObject([]byte(f)) {
-		return nil, matrixhttp.BadJSON("filter must be a JSON object")
+	evFilter, err := parseRoomEventFilter(q.Get("filter"))
+	if err != nil {
+		return nil, err
 	}
 	acc, err := s.accessRoom(r, dev.UserID, roomID)
 	if err != nil {
@@ -394,13 +414,20 @@ func (s *Service) messages(r *http.Request, dev *device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	resp := messagesResponse{Start: from.String(), Chunk: make([]json.RawMessage, 0, len(page.Events)), State: []json.RawMessage{}}
-	for _, e := range page.Events {
-		raw, err := renderFor(e, dev, true)
-		if err != nil {
+	// Pages are cut before filtering, so tokens stay continuous; a page may
+	// hold fewer events than limit (or none) and still have an end token.
+	visible, err := s.visibleEvents(r.Context(), reader, dev.UserID, roomID, page.Events, evFilter)
+	if err != nil {
+		return nil, err
+	}
+	resp := messagesResponse{Start: from.String(), State: []json.RawMessage{}}
+	if resp.Chunk, err = s.renderAll(r.Context(), reader, dev, visible, true); err != nil {
+		return nil, err
+	}
+	if evFilter.LazyLoadMembers {
+		if resp.State, err = s.lazyMembers(r.Context(), roomID, visible); err != nil {
 			return nil, err
 		}
-		resp.Chunk = append(resp.Chunk, raw)
 	}
 	if page.More && len(page.Events) > 0 {
 		last := page.Events[len(page.Events)-1].Pos

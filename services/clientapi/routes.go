@@ -86,6 +86,13 @@ func (s *Service) routes() []route {
 		{method: http.MethodGet, path: "/rooms/{roomId}/state/{eventType}/", auth: true, serve: s.getState},
 		{method: http.MethodGet, path: "/rooms/{roomId}/state/{eventType}/{stateKey}", auth: true, serve: s.getState},
 		{method: http.MethodGet, path: "/rooms/{roomId}/messages", auth: true, serve: s.messages},
+		{method: http.MethodGet, path: "/rooms/{roomId}/event/{eventId}", auth: true, serve: s.getEvent},
+		{method: http.MethodGet, path: "/rooms/{roomId}/context/{eventId}", auth: true, serve: s.eventContext},
+		{method: http.MethodPut, path: "/rooms/{roomId}/redact/{eventId}/{txnId}", auth: true, limit: limitSend, serve: s.redact},
+		{method: http.MethodGet, path: "/_matrix/client/v1/rooms/{roomId}/relations/{eventId}", abs: true, auth: true, serve: s.relations},
+		{method: http.MethodGet, path: "/_matrix/client/v1/rooms/{roomId}/relations/{eventId}/{relType}", abs: true, auth: true, serve: s.relations},
+		{method: http.MethodGet, path: "/_matrix/client/v1/rooms/{roomId}/relations/{eventId}/{relType}/{eventType}", abs: true, auth: true, serve: s.relations},
+		{method: http.MethodGet, path: "/_matrix/client/v1/rooms/{roomId}/threads", abs: true, auth: true, serve: s.threads},
 
 		// Sync.
 		{method: http.MethodGet, path: "/sync", auth: true, serve: s.sync},

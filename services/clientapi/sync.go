@@ -193,6 +193,16 @@ func (s *Service) buildSync(ctx context.Context, dev *device, opts syncOptions) 
 		AccountData: emptyEvents(), Presence: emptyEvents(), ToDevice: emptyEvents(),
 	}
 
+	// Bundled aggregations (relations.go) of every timeline event.
+	var timelineEvents []store.StoredEvent
+	for _, tl := range d.timelines {
+		timelineEvents = append(timelineEvents, tl.Events...)
+	}
+	bundled, err := s.bundleFor(ctx, s.store.Reader(), dev, timelineEvents)
+	if err != nil {
+		return nil, 0, err
+	}
+
 	// State before the timeline of kindFull rooms comes from the room-server.
 	stateBefore, err := s.stateBefore(ctx, d)
 	if err != nil {
@@ -205,7 +215,7 @@ func (s *Service) buildSync(ctx context.Context, dev *device, opts syncOptions) 
 		if sr.kind == kindIncremental && len(tl.Events) == 0 {
 			continue
 		}
-		batch, err := renderTimeline(tl, dev, d.pos)
+		batch, err := renderTimeline(tl, dev, d.pos, bundled)
 		if err != nil {
 			return nil, 0, err
 		}
@@ -327,6 +337,9 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, userID string, 
 	if d.timelines, err = rd.Timelines(ctx, ranges, opts.limit); err != nil {
 		return d, err
 	}
+	if err := filterTimelines(ctx, rd, userID, d.timelines); err != nil {
+		return d, err
+	}
 
 	var joined, emptyFull []string
 	for _, sr := range d.rooms {
@@ -404,10 +417,10 @@ func (s *Service) stateBefore(ctx context.Context, d syncData) (map[string][]jso
 }
 
 // renderTimeline renders a timeline for the requesting device.
-func renderTimeline(tl store.Timeline, dev *device, pos int64) (timelineBatch, error) {
+func renderTimeline(tl store.Timeline, dev *device, pos int64, bundled bundles) (timelineBatch, error) {
 	b := timelineBatch{Events: make([]json.RawMessage, 0, len(tl.Events)), Limited: tl.Limited}
 	for _, e := range tl.Events {
-		raw, err := renderFor(e, dev, false)
+		raw, err := bundled.render(e, dev, false)
 		if err != nil {
 			return b, err
 		}

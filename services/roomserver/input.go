@@ -449,12 +449,21 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 		row.StateAfter = &after.nid
 	}
 	row.SoftFailed, row.Reason = softFailed, res.reason
+	// A redaction that arrived first is applied as the event is stored.
+	if row.JSON, err = s.redactIfPending(ctx, w, room, ev); err != nil {
+		return res, err
+	}
 	if res.nid, err = w.InsertEvent(ctx, row); err != nil {
 		return res, err
 	}
 	if softFailed {
 		res.status = roomserverv1.InputStatus_INPUT_STATUS_SOFT_FAILED
 		return res, nil
+	}
+	if ev.Type() == spec.MRoomRedaction {
+		if err := s.recordRedaction(ctx, w, room, ev, row.NID, before.state); err != nil {
+			return res, err
+		}
 	}
 	res.status = roomserverv1.InputStatus_INPUT_STATUS_ACCEPTED
 	return res, s.advanceRoom(ctx, w, room, row, prevs, opts)

@@ -121,6 +121,27 @@ func (s *Service) outputMessages(ctx context.Context, entries []store.OutboxEntr
 	if err != nil {
 		return nil, err
 	}
+	// Redactions that have been applied: a redaction carries its target's
+	// redacted form, a redacted event carries its redaction.
+	entryNIDs := make([]int64, len(entries))
+	for i, e := range entries {
+		entryNIDs[i] = e.EventNID
+	}
+	redactedBy, targets, err := s.store.RedactionLinks(ctx, entryNIDs)
+	if err != nil {
+		return nil, err
+	}
+	var more []int64
+	for _, nid := range redactedBy {
+		more = append(more, nid)
+	}
+	for _, nid := range targets {
+		more = append(more, nid)
+	}
+	extra, err := s.loadEvents(ctx, s.store.Queries, more)
+	if err != nil {
+		return nil, err
+	}
 	out := make([]outputMessage, 0, len(entries))
 	for _, e := range entries {
 		ev := events[e.EventNID]
@@ -136,6 +157,12 @@ func (s *Service) outputMessages(ctx context.Context, entries []store.OutboxEntr
 		}
 		for _, nid := range e.RemovedStateNIDs {
 			o.RemovedStateEventIds = append(o.RemovedStateEventIds, events[nid].EventID)
+		}
+		if nid, ok := targets[e.EventNID]; ok {
+			o.RedactedEventId, o.RedactedEventJson = extra[nid].EventID, extra[nid].pdu.JSON()
+		}
+		if nid, ok := redactedBy[e.EventNID]; ok {
+			o.RedactedBecause = extra[nid].pdu.JSON()
 		}
 		if e.HasTxn {
 			o.TransactionId = &roomserverv1.TransactionID{DeviceId: e.TxnDeviceID, TxnId: e.TxnID}

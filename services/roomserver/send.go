@@ -45,6 +45,10 @@ func parseTemplate(verImpl gomatrixserverlib.IRoomVersion, t *roomserverv1.Event
 		return out, fmt.Errorf("%w: content of %s is not a JSON object", ErrBadRequest, out.Type)
 	}
 	switch out.Type {
+	case spec.MRoomRedaction:
+		if err := normalizeRedaction(verImpl.Version(), &out); err != nil {
+			return out, err
+		}
 	case spec.MRoomMember:
 		if out.StateKey == nil {
 			return out, fmt.Errorf("%w: m.room.member needs a state key", ErrBadRequest)
@@ -249,6 +253,11 @@ func (s *Service) sendEvent(ctx context.Context, req *roomserverv1.SendEventRequ
 	}
 	if tmpl, err = s.authoriseLocalMember(ctx, w, room, sender, tmpl); err != nil {
 		return nil, err
+	}
+	if tmpl.Type == spec.MRoomRedaction {
+		if err := s.checkLocalRedaction(ctx, w, room, sender, tmpl); err != nil {
+			return nil, err
+		}
 	}
 	ev, err := s.buildOnCurrent(ctx, w, room, sender, tmpl)
 	if err != nil {

@@ -170,14 +170,22 @@ func TestLibrariesAgreeOnCommittedEvents(t *testing.T) {
 				if err := jsonv2.Unmarshal(raw, &p); err != nil {
 					t.Fatalf("mautrix cannot parse %s: %v", eventID, err)
 				}
-				// Content hash.
-				if !p.VerifyContentHash() {
-					t.Errorf("%s: mautrix says content hash is wrong", eventID)
-				}
 				// Redaction algorithm: same canonical JSON from both.
 				mine, err := gmslVer.RedactEventJSON(raw)
 				if err != nil {
 					t.Fatal(err)
+				}
+				// The room-server stores a redacted event in its redacted
+				// form (the room's one message is redacted), whose content
+				// no longer matches its content hash, as the spec expects;
+				// event ID and signature still verify below.
+				alreadyRedacted := sameJSON(t, mine, raw)
+				if p.Type == "m.room.message" && !alreadyRedacted {
+					t.Errorf("%s: the redacted message is stored unredacted", eventID)
+				}
+				// Content hash.
+				if !p.VerifyContentHash() && !alreadyRedacted {
+					t.Errorf("%s: mautrix says content hash is wrong", eventID)
 				}
 				theirs, err := jsonv2.Marshal(p.Clone().Redact(rv))
 				if err != nil {

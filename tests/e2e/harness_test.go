@@ -192,14 +192,16 @@ func waitReady(t *testing.T, url string, s *server) {
 			select {
 			case err := <-p.done:
 				p.done <- err
+				t.Errorf("%s exited during start-up: %v", p.name, err)
 				s.dumpLogs(t)
-				t.Fatalf("%s exited during start-up: %v", p.name, err)
+				t.FailNow()
 			default:
 			}
 		}
 		if time.Now().After(deadline) {
+			t.Errorf("%s not ready: %v", url, err)
 			s.dumpLogs(t)
-			t.Fatalf("%s not ready: %v", url, err)
+			t.FailNow()
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

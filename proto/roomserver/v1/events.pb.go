@@ -43,8 +43,18 @@ type OutputRoomEvent struct {
 	RemovedStateEventIds []string `protobuf:"bytes,7,rep,name=removed_state_event_ids,json=removedStateEventIds,proto3" json:"removed_state_event_ids,omitempty"`
 	// Set when a local client sent the event with a transaction ID.
 	TransactionId *TransactionID `protobuf:"bytes,8,opt,name=transaction_id,json=transactionId,proto3" json:"transaction_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Set on an m.room.redaction the room-server has applied: the ID of the
+	// event it redacted and that event's redacted PDU JSON, as now stored.
+	// Consumers replace their copy of that event. A redaction whose target is
+	// unknown (or not yet allowed) has these empty.
+	RedactedEventId   string `protobuf:"bytes,9,opt,name=redacted_event_id,json=redactedEventId,proto3" json:"redacted_event_id,omitempty"`
+	RedactedEventJson []byte `protobuf:"bytes,10,opt,name=redacted_event_json,json=redactedEventJson,proto3" json:"redacted_event_json,omitempty"`
+	// Set when this event itself has already been redacted (event_json is
+	// then the redacted form): the redaction event's PDU JSON, for
+	// unsigned.redacted_because.
+	RedactedBecause []byte `protobuf:"bytes,11,opt,name=redacted_because,json=redactedBecause,proto3" json:"redacted_because,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *OutputRoomEvent) Reset() {
@@ -133,11 +143,32 @@ func (x *OutputRoomEvent) GetTransactionId() *TransactionID {
 	return nil
 }
 
+func (x *OutputRoomEvent) GetRedactedEventId() string {
+	if x != nil {
+		return x.RedactedEventId
+	}
+	return ""
+}
+
+func (x *OutputRoomEvent) GetRedactedEventJson() []byte {
+	if x != nil {
+		return x.RedactedEventJson
+	}
+	return nil
+}
+
+func (x *OutputRoomEvent) GetRedactedBecause() []byte {
+	if x != nil {
+		return x.RedactedBecause
+	}
+	return nil
+}
+
 var File_roomserver_v1_events_proto protoreflect.FileDescriptor
 
 const file_roomserver_v1_events_proto_rawDesc = "" +
 	"\n" +
-	"\x1aroomserver/v1/events.proto\x12\x14myelin.roomserver.v1\x1a\x1eroomserver/v1/roomserver.proto\"\xe1\x02\n" +
+	"\x1aroomserver/v1/events.proto\x12\x14myelin.roomserver.v1\x1a\x1eroomserver/v1/roomserver.proto\"\xe8\x03\n" +
 	"\x0fOutputRoomEvent\x12\x17\n" +
 	"\aroom_id\x18\x01 \x01(\tR\x06roomId\x12!\n" +
 	"\froom_version\x18\x02 \x01(\tR\vroomVersion\x12\x19\n" +
@@ -147,7 +178,11 @@ const file_roomserver_v1_events_proto_rawDesc = "" +
 	"\x0fstream_position\x18\x05 \x01(\x03R\x0estreamPosition\x12,\n" +
 	"\x12added_state_events\x18\x06 \x03(\fR\x10addedStateEvents\x125\n" +
 	"\x17removed_state_event_ids\x18\a \x03(\tR\x14removedStateEventIds\x12J\n" +
-	"\x0etransaction_id\x18\b \x01(\v2#.myelin.roomserver.v1.TransactionIDR\rtransactionIdB@Z>github.com/myelin-chat/myelin/proto/roomserver/v1;roomserverv1b\x06proto3"
+	"\x0etransaction_id\x18\b \x01(\v2#.myelin.roomserver.v1.TransactionIDR\rtransactionId\x12*\n" +
+	"\x11redacted_event_id\x18\t \x01(\tR\x0fredactedEventId\x12.\n" +
+	"\x13redacted_event_json\x18\n" +
+	" \x01(\fR\x11redactedEventJson\x12)\n" +
+	"\x10redacted_because\x18\v \x01(\fR\x0fredactedBecauseB@Z>github.com/myelin-chat/myelin/proto/roomserver/v1;roomserverv1b\x06proto3"
 
 var (
 	file_roomserver_v1_events_proto_rawDescOnce sync.Once

@@ -33,6 +33,9 @@ type Event struct {
 	TxnDeviceID    string
 	TxnID          string
 	StreamPosition int64
+	// RelatesTo and RelType are content."m.relates_to" (empty when none).
+	RelatesTo string
+	RelType   string
 }
 
 // StateEvent is an event that entered a room's current state.
@@ -50,6 +53,15 @@ type Input struct {
 	Event      Event
 	Added      []StateEvent
 	RemovedIDs []string
+	// Redacted is set when Event is a redaction the room-server applied:
+	// the target's new client-format JSON replaces every stored copy.
+	Redacted *RedactedEvent
+}
+
+// RedactedEvent is the redacted form of a stored event.
+type RedactedEvent struct {
+	EventID string
+	JSON    []byte
 }
 
 // MembershipChange is a user's membership of a room changing.
@@ -101,14 +113,23 @@ func apply(ctx context.Context, tx pgx.Tx, in Input) (Applied, bool, error) {
 	ev := in.Event
 	// The NOT EXISTS keeps a redelivered event from consuming a position
 	// (a conflicting insert would still draw from the sequence).
+	visBefore, err := currentVisibility(ctx, tx, ev.RoomID)
+	if err != nil {
+		return Applied{}, false, err
+	}
+	visAfter := visBefore
+	if ev.Type == typeHistoryVisibility && ev.StateKey != nil && *ev.StateKey == "" {
+		visAfter = VisibilityOf(ev.JSON)
+	}
 	var pos int64
-	err := tx.QueryRow(ctx, `INSERT INTO sync_events
-		(event_id, room_id, type, state_key, sender, membership, event, txn_device_id, txn_id, stream_position)
-		SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10
+	err = tx.QueryRow(ctx, `INSERT INTO sync_events
+		(event_id, room_id, type, state_key, sender, membership, event, txn_device_id, txn_id, stream_position,
+		 visibility_before, visibility_after)
+		SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12
 		WHERE NOT EXISTS (SELECT 1 FROM sync_events WHERE event_id = $1)
 		ON CONFLICT (event_id) DO NOTHING RETURNING pos`,
 		ev.EventID, ev.RoomID, ev.Type, ev.StateKey, ev.Sender, nullable(ev.Membership), ev.JSON,
-		nullable(ev.TxnDeviceID), nullable(ev.TxnID), ev.StreamPosition).Scan(&pos)
+		nullable(ev.TxnDeviceID), nullable(ev.TxnID), ev.StreamPosition, visBefore, visAfter).Scan(&pos)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Applied{}, false, nil
 	}
@@ -116,6 +137,12 @@ func apply(ctx context.Context, tx pgx.Tx, in Input) (Applied, bool, error) {
 		return Applied{}, false, err
 	}
 	a := Applied{Pos: pos, Event: ev}
+	if ev.RelatesTo != "" && ev.RelType != "" {
+		if _, err := tx.Exec(ctx, `INSERT INTO event_relations (event_id, room_id, relates_to, rel_type, pos)
+			VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING`, ev.EventID, ev.RoomID, ev.RelatesTo, ev.RelType, pos); err != nil {
+			return Applied{}, false, err
+		}
+	}
 
 	removedMembers := map[string]bool{}
 	if len(in.RemovedIDs) > 0 {
@@ -169,6 +196,11 @@ func apply(ctx context.Context, tx pgx.Tx, in Input) (Applied, bool, error) {
 		}
 		a.Changes = append(a.Changes, MembershipChange{UserID: u, RoomID: ev.RoomID, Membership: MembershipLeave})
 	}
+	if in.Redacted != nil {
+		if err := applyRedaction(ctx, tx, ev.RoomID, *in.Redacted); err != nil {
+			return Applied{}, false, err
+		}
+	}
 	return a, true, nil
 }
 
@@ -182,6 +214,12 @@ func setMembership(ctx context.Context, tx pgx.Tx, userID, roomID, membership, e
 	}
 	if membership == MembershipJoin && prev != MembershipJoin {
 		joinPos = &pos
+	}
+	_, err = tx.Exec(ctx, `INSERT INTO membership_log (room_id, user_id, pos, membership) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (user_id, room_id, pos) DO UPDATE SET membership = EXCLUDED.membership`,
+		roomID, userID, pos, membership)
+	if err != nil {
+		return err
 	}
 	_, err = tx.Exec(ctx, `INSERT INTO memberships (user_id, room_id, membership, prev_membership, event_id, pos, join_pos)
 		VALUES ($1, $2, $3, $4, $5, $6, $7)

@@ -105,16 +105,20 @@ type StoredEvent struct {
 	JSON        []byte
 	TxnDeviceID string
 	TxnID       string
+	// History visibility in the state before and after the event.
+	VisBefore, VisAfter string
 }
 
-const eventCols = `pos, event_id, room_id, type, state_key, sender, event, COALESCE(txn_device_id, ''), COALESCE(txn_id, '')`
+const eventCols = `pos, event_id, room_id, type, state_key, sender, event, COALESCE(txn_device_id, ''), COALESCE(txn_id, ''),
+	COALESCE(visibility_before, 'shared'), COALESCE(visibility_after, 'shared')`
 
 func scanEvents(rows pgx.Rows) ([]StoredEvent, error) {
 	defer rows.Close()
 	var out []StoredEvent
 	for rows.Next() {
 		var e StoredEvent
-		if err := rows.Scan(&e.Pos, &e.EventID, &e.RoomID, &e.Type, &e.StateKey, &e.Sender, &e.JSON, &e.TxnDeviceID, &e.TxnID); err != nil {
+		if err := rows.Scan(&e.Pos, &e.EventID, &e.RoomID, &e.Type, &e.StateKey, &e.Sender, &e.JSON, &e.TxnDeviceID, &e.TxnID,
+			&e.VisBefore, &e.VisAfter); err != nil {
 			return nil, err
 		}
 		out = append(out, e)
@@ -151,7 +155,8 @@ func (r Reader) Timelines(ctx context.Context, ranges []RoomRange, limit int) (m
 		out[rr.RoomID] = Timeline{}
 	}
 	rows, err := r.q.Query(ctx, `SELECT e.pos, e.event_id, e.room_id, e.type, e.state_key, e.sender, e.event,
-			COALESCE(e.txn_device_id, ''), COALESCE(e.txn_id, '')
+			COALESCE(e.txn_device_id, ''), COALESCE(e.txn_id, ''),
+			COALESCE(e.visibility_before, 'shared'), COALESCE(e.visibility_after, 'shared')
 		FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS r(room_id, after_pos, upto_pos)
 		CROSS JOIN LATERAL (
 			SELECT * FROM sync_events s

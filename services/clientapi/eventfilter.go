@@ -1,0 +1,92 @@
+package clientapi
+
+import (
+	"encoding/json"
+	"slices"
+	"strings"
+
+	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	"github.com/myelin-chat/myelin/services/clientapi/store"
+)
+
+// roomEventFilter is the part of a RoomEventFilter (the filter parameter
+// of /messages and /context) that is applied: types, not_types, senders,
+// not_senders, contains_url and lazy_load_members (the senders' member
+// events in the response's state). include_redundant_members and the other
+// fields are accepted and ignored: members are always sent again.
+type roomEventFilter struct {
+	Types           *[]string `json:"types"`
+	NotTypes        []string  `json:"not_types"`
+	Senders         *[]string `json:"senders"`
+	NotSenders      []string  `json:"not_senders"`
+	ContainsURL     *bool     `json:"contains_url"`
+	LazyLoadMembers bool      `json:"lazy_load_members"`
+}
+
+// parseRoomEventFilter parses the filter query parameter ("" = none).
+func parseRoomEventFilter(v string) (roomEventFilter, error) {
+	var f roomEventFilter
+	if v == "" {
+		return f, nil
+	}
+	if !isObject([]byte(v)) {
+		return f, matrixhttp.BadJSON("filter must be a JSON object")
+	}
+	if err := decodeObject([]byte(v), &f); err != nil {
+		return f, err
+	}
+	return f, nil
+}
+
+// typeMatches matches an event type against a filter pattern, where '*'
+// stands for any run of characters.
+func typeMatches(pattern, typ string) bool {
+	if !strings.Contains(pattern, "*") {
+		return pattern == typ
+	}
+	parts := strings.Split(pattern, "*")
+	if !strings.HasPrefix(typ, parts[0]) {
+		return false
+	}
+	rest := typ[len(parts[0]):]
+	for i, p := range parts[1:] {
+		if i == len(parts)-2 {
+			return strings.HasSuffix(rest, p)
+		}
+		j := strings.Index(rest, p)
+		if j < 0 {
+			return false
+		}
+		rest = rest[j+len(p):]
+	}
+	return true
+}
+
+func (f roomEventFilter) allowsType(typ string) bool {
+	if slices.ContainsFunc(f.NotTypes, func(p string) bool { return typeMatches(p, typ) }) {
+		return false
+	}
+	return f.Types == nil || slices.ContainsFunc(*f.Types, func(p string) bool { return typeMatches(p, typ) })
+}
+
+// allows applies the filter to one stored event.
+func (f roomEventFilter) allows(e store.StoredEvent) bool {
+	if !f.allowsType(e.Type) || slices.Contains(f.NotSenders, e.Sender) {
+		return false
+	}
+	if f.Senders != nil && !slices.Contains(*f.Senders, e.Sender) {
+		return false
+	}
+	if f.ContainsURL != nil {
+		var ev struct {
+			Content struct {
+				URL json.RawMessage `json:"url"`
+			} `json:"content"`
+		}
+		_ = json.Unmarshal(e.JSON, &ev)
+		if (len(ev.Content.URL) > 0) != *f.ContainsURL {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,301 @@
+package clientapi
+
+// GET /rooms/{roomId}/event/{eventId} and GET /rooms/{roomId}/context/{eventId}.
+// Both read the client-API's own event copy and apply the history
+// visibility rules (visibility.go); an event the user may not see is
+// reported as not found, as the spec asks.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"slices"
+
+	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/store"
+)
+
+// visibleEvents keeps the events of one room the user may see and the
+// filter allows.
+func (s *Service) visibleEvents(ctx context.Context, rd store.Reader, userID, roomID string, events []store.StoredEvent, f roomEventFilter) ([]store.StoredEvent, error) {
+	if len(events) == 0 {
+		return events, nil
+	}
+	vf, err := newVisibilityFilter(ctx, rd, userID, []string{roomID})
+	if err != nil {
+		return nil, err
+	}
+	out := events[:0:0]
+	for _, e := range events {
+		if f.allows(e) && vf.canSee(e) {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+func errEventNotFound() error { return matrixhttp.NotFound("Event not found") }
+
+// eventParams reads {roomId} and {eventId}.
+func eventParams(r *http.Request) (roomID, eventID string, err error) {
+	if roomID, err = roomIDParam(r); err != nil {
+		return "", "", err
+	}
+	if eventID, err = pathParam(r, "eventId"); err != nil {
+		return "", "", err
+	}
+	if eventID == "" {
+		return "", "", errEventNotFound()
+	}
+	return roomID, eventID, nil
+}
+
+// visibleEvent returns a stored event the user may see, or M_NOT_FOUND.
+func (s *Service) visibleEvent(ctx context.Context, rd store.Reader, userID, roomID, eventID string) (store.StoredEvent, error) {
+	e, err := rd.EventByID(ctx, roomID, eventID)
+	if errors.Is(err, store.ErrNotFound) {
+		return e, errEventNotFound()
+	} else if err != nil {
+		return e, err
+	}
+	vf, err := newVisibilityFilter(ctx, rd, userID, []string{roomID})
+	if err != nil {
+		return e, err
+	}
+	if !vf.canSee(e) {
+		return e, errEventNotFound()
+	}
+	return e, nil
+}
+
+// getEvent is GET /rooms/{roomId}/event/{eventId}.
+func (s *Service) getEvent(r *http.Request, dev *device) (any, error) {
+	roomID, eventID, err := eventParams(r)
+	if err != nil {
+		return nil, err
+	}
+	rd := s.store.Reader()
+	e, err := s.visibleEvent(r.Context(), rd, dev.UserID, roomID, eventID)
+	if err == nil {
+		out, err := s.renderAll(r.Context(), rd, dev, []store.StoredEvent{e}, true)
+		if err != nil {
+			return nil, err
+		}
+		return out[0], nil
+	}
+	var me *matrixhttp.Error
+	if !errors.As(err, &me) {
+		return nil, err
+	}
+	if _, err := rd.EventByID(r.Context(), roomID, eventID); err == nil {
+		return nil, errEventNotFound() // stored, but not visible
+	}
+	// Not in the copy yet (the consumer may lag just behind a send): ask
+	// the room-server, with the visibility rules applied to its state.
+	return s.eventFromRoomServer(r.Context(), dev.UserID, roomID, eventID)
+}
+
+// eventFromRoomServer serves an event the client-API has not stored yet,
+// checking the visibility rules against the room-server's state before
+// the event (the user's own membership event may be seen when the
+// membership after it allows).
+func (s *Service) eventFromRoomServer(ctx context.Context, userID, roomID, eventID string) (any, error) {
+	resp, err := s.rooms.QueryEvents(ctx, &roomserverv1.QueryEventsRequest{EventIds: []string{eventID}})
+	if err != nil {
+		return nil, s.fromGRPC(ctx, "QueryEvents", err, nil)
+	}
+	if len(resp.GetEvents()) != 1 {
+		return nil, errEventNotFound()
+	}
+	ev := resp.GetEvents()[0]
+	if ev.GetRoomId() != roomID || ev.GetRejected() || ev.GetSoftFailed() {
+		return nil, errEventNotFound()
+	}
+	pdu, err := parsePDU(ev.GetRoomVersion(), ev.GetEventJson())
+	if err != nil {
+		return nil, err
+	}
+	st, err := s.rooms.QueryState(ctx, &roomserverv1.QueryStateRequest{
+		RoomId: roomID, EventId: eventID,
+		Filter: []*roomserverv1.StateKeyTuple{{Type: "m.room.history_visibility"}, {Type: "m.room.member", StateKey: userID}},
+	})
+	if err != nil {
+		return nil, errEventNotFound() // an outlier: no state known at it
+	}
+	vis, membership := store.VisibilityShared, ""
+	for _, se := range st.GetState() {
+		spdu, err := parsePDU(ev.GetRoomVersion(), se.GetEventJson())
+		if err != nil {
+			return nil, err
+		}
+		if spdu.Type() == "m.room.member" {
+			membership = membershipOf(spdu)
+		} else {
+			raw, _ := newClientEvent(spdu).marshal()
+			vis = store.VisibilityOf(raw)
+		}
+	}
+	allowed := allowedBy(vis, membership, false)
+	if pdu.Type() == "m.room.member" && pdu.StateKeyEquals(userID) {
+		allowed = allowed || allowedBy(vis, membershipOf(pdu), false)
+	}
+	if !allowed {
+		return nil, errEventNotFound()
+	}
+	return renderPDU(ev, true)
+}
+
+// contextResponse is the body of GET /rooms/{roomId}/context/{eventId}.
+type contextResponse struct {
+	Start        string            `json:"start"`
+	End          string            `json:"end"`
+	Event        json.RawMessage   `json:"event"`
+	EventsBefore []json.RawMessage `json:"events_before"`
+	EventsAfter  []json.RawMessage `json:"events_after"`
+	State        []json.RawMessage `json:"state"`
+}
+
+// maxContextLimit caps /context's limit.
+const maxContextLimit = 100
+
+// eventContext is GET /rooms/{roomId}/context/{eventId}: the event, up to
+// limit/2 events before it and the rest after it (both filtered by the
+// visibility rules and the filter parameter), tokens that continue in
+// /messages, and the room state at the last event returned.
+func (s *Service) eventContext(r *http.Request, dev *device) (any, error) {
+	roomID, eventID, err := eventParams(r)
+	if err != nil {
+		return nil, err
+	}
+	limit, err := queryInt(r, "limit", 10)
+	if err != nil {
+		return nil, err
+	}
+	if limit < 0 {
+		return nil, matrixhttp.InvalidParam("limit must not be negative")
+	}
+	limit = min(limit, maxContextLimit)
+	f, err := parseRoomEventFilter(r.URL.Query().Get("filter"))
+	if err != nil {
+		return nil, err
+	}
+	ctx := r.Context()
+	var resp contextResponse
+	var lastID string
+	senders := map[string]bool{}
+	err = s.store.Snapshot(ctx, func(rd store.Reader) error {
+		e, err := s.visibleEvent(ctx, rd, dev.UserID, roomID, eventID)
+		if err != nil {
+			return err
+		}
+		// A user who left sees nothing after their leave.
+		bound := int64(-1)
+		if m, err := rd.Membership(ctx, dev.UserID, roomID); err == nil &&
+			(m.Membership == store.MembershipLeave || m.Membership == store.MembershipBan) {
+			bound = m.Pos
+		}
+		nBefore := int(limit / 2)
+		before, err := rd.Messages(ctx, roomID, store.Backward, e.Pos-1, -1, bound, nBefore)
+		if err != nil {
+			return err
+		}
+		after, err := rd.Messages(ctx, roomID, store.Forward, e.Pos, -1, bound, int(limit)-nBefore)
+		if err != nil {
+			return err
+		}
+		resp.Start = streamToken{pos: e.Pos - 1}.String()
+		if n := len(before.Events); n > 0 {
+			resp.Start = streamToken{pos: before.Events[n-1].Pos - 1}.String()
+		}
+		resp.End = streamToken{pos: e.Pos}.String()
+		lastID = e.EventID
+		if n := len(after.Events); n > 0 {
+			resp.End = streamToken{pos: after.Events[n-1].Pos}.String()
+			lastID = after.Events[n-1].EventID
+		}
+		ev, err := s.renderAll(ctx, rd, dev, []store.StoredEvent{e}, true)
+		if err != nil {
+			return err
+		}
+		resp.Event = ev[0]
+		for _, x := range slices.Concat([]store.StoredEvent{e}, before.Events, after.Events) {
+			senders[x.Sender] = true
+		}
+		if resp.EventsBefore, err = s.renderVisible(ctx, rd, dev, roomID, before.Events, f); err != nil {
+			return err
+		}
+		resp.EventsAfter, err = s.renderVisible(ctx, rd, dev, roomID, after.Events, f)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	st, err := s.rooms.QueryState(ctx, &roomserverv1.QueryStateRequest{RoomId: roomID, EventId: lastID, After: true})
+	if err != nil {
+		return nil, s.fromGRPC(ctx, "QueryState", err, nil)
+	}
+	resp.State = make([]json.RawMessage, 0, len(st.GetState()))
+	for _, ev := range st.GetState() {
+		pdu, err := parsePDU(ev.GetRoomVersion(), ev.GetEventJson())
+		if err != nil {
+			return nil, err
+		}
+		if !f.allowsType(pdu.Type()) {
+			continue
+		}
+		// Lazy loading: only the members who sent a returned event.
+		if f.LazyLoadMembers && pdu.Type() == "m.room.member" && !senders[*pdu.StateKey()] {
+			continue
+		}
+		raw, err := renderPDU(ev, true)
+		if err != nil {
+			return nil, err
+		}
+		resp.State = append(resp.State, raw)
+	}
+	return resp, nil
+}
+
+// renderVisible filters and renders events for the device.
+func (s *Service) renderVisible(ctx context.Context, rd store.Reader, dev *device, roomID string, events []store.StoredEvent, f roomEventFilter) ([]json.RawMessage, error) {
+	visible, err := s.visibleEvents(ctx, rd, dev.UserID, roomID, events, f)
+	if err != nil {
+		return nil, err
+	}
+	return s.renderAll(ctx, rd, dev, visible, true)
+}
+
+// lazyMembers returns the member events of the senders of events, in the
+// state after the last of them (lazy_load_members in /messages).
+func (s *Service) lazyMembers(ctx context.Context, roomID string, events []store.StoredEvent) ([]json.RawMessage, error) {
+	out := []json.RawMessage{}
+	if len(events) == 0 {
+		return out, nil
+	}
+	var filter []*roomserverv1.StateKeyTuple
+	seen := map[string]bool{}
+	last := events[0]
+	for _, e := range events {
+		if !seen[e.Sender] {
+			seen[e.Sender] = true
+			filter = append(filter, &roomserverv1.StateKeyTuple{Type: "m.room.member", StateKey: e.Sender})
+		}
+		if e.Pos > last.Pos {
+			last = e
+		}
+	}
+	st, err := s.rooms.QueryState(ctx, &roomserverv1.QueryStateRequest{RoomId: roomID, EventId: last.EventID, After: true, Filter: filter})
+	if err != nil {
+		return nil, s.fromGRPC(ctx, "QueryState", err, nil)
+	}
+	for _, ev := range st.GetState() {
+		raw, err := renderPDU(ev, true)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, raw)
+	}
+	return out, nil
+}

@@ -1,0 +1,111 @@
+package clientapi
+
+// Redactions, client side. The room-server decides whether a redaction
+// applies and replaces the target by its redacted form (gomatrixserverlib's
+// algorithm for the room version); its OutputRoomEvent for the redaction
+// carries that redacted form, and the consumer overwrites the client-API's
+// copies (sync_events and current_state) in the same transaction that
+// stores the redaction. An event whose redaction reached the room-server
+// first is published already redacted, with the redaction attached. Either
+// way the stored client event carries unsigned.redacted_because.
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+
+	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/store"
+)
+
+// withRedactedBecause returns ce with unsigned.redacted_because set to the
+// redaction event (in client format, with its room ID).
+func withRedactedBecause(ce clientEvent, roomVersion, roomID string, redactionJSON []byte) (clientEvent, error) {
+	red, err := parsePDU(roomVersion, redactionJSON)
+	if err != nil {
+		return ce, err
+	}
+	because := newClientEvent(red)
+	because.RoomID = roomID
+	raw, err := json.Marshal(map[string]any{"redacted_because": because})
+	if err != nil {
+		return ce, err
+	}
+	ce.Unsigned = raw
+	return ce, nil
+}
+
+// redactedCopy builds the client-format copy of a redacted event.
+func redactedCopy(roomVersion, roomID string, redactedPDU, redactionJSON []byte) (*store.RedactedEvent, error) {
+	pdu, err := parsePDU(roomVersion, redactedPDU)
+	if err != nil {
+		return nil, err
+	}
+	ce, err := withRedactedBecause(newClientEvent(pdu), roomVersion, roomID, redactionJSON)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := ce.marshal()
+	if err != nil {
+		return nil, err
+	}
+	return &store.RedactedEvent{EventID: pdu.EventID(), JSON: raw}, nil
+}
+
+// redactTxnPrefix keeps /redact's transaction IDs apart from /send's: the
+// room-server deduplicates per (device, txn ID), and the spec scopes
+// transaction IDs per endpoint.
+const redactTxnPrefix = "redact:"
+
+// redact is PUT /rooms/{roomId}/redact/{eventId}/{txnId}. The room-server
+// puts the target where the room version wants it (top-level "redacts"
+// before v11, content.redacts from v11 on) and refuses redacting another
+// user's event without the redact power level (M_FORBIDDEN).
+func (s *Service) redact(r *http.Request, dev *device) (any, error) {
+	roomID, err := roomIDParam(r)
+	if err != nil {
+		return nil, err
+	}
+	eventID, err := pathParam(r, "eventId")
+	if err != nil {
+		return nil, err
+	}
+	txnID, err := pathParam(r, "txnId")
+	if err != nil {
+		return nil, err
+	}
+	if eventID == "" || txnID == "" {
+		return nil, matrixhttp.InvalidParam("Event ID and transaction ID must not be empty")
+	}
+	body, err := readObject(r, bodyOptional)
+	if err != nil {
+		return nil, err
+	}
+	var req struct {
+		Reason *string `json:"reason"`
+	}
+	if len(body) > 0 {
+		if err := decodeObject(body, &req); err != nil {
+			return nil, err
+		}
+	}
+	content := map[string]any{}
+	if req.Reason != nil {
+		content["reason"] = *req.Reason
+	}
+	raw, err := json.Marshal(content)
+	if err != nil {
+		return nil, fmt.Errorf("encode redaction content: %w", err)
+	}
+	resp, err := s.rooms.SendEvent(r.Context(), &roomserverv1.SendEventRequest{
+		RoomId:        roomID,
+		Sender:        dev.UserID,
+		Event:         &roomserverv1.EventTemplate{Type: "m.room.redaction", Content: raw, Redacts: eventID},
+		TransactionId: &roomserverv1.TransactionID{DeviceId: dev.DeviceID, TxnId: redactTxnPrefix + txnID},
+	})
+	if err != nil {
+		return nil, s.fromGRPC(r.Context(), "SendEvent", err, nil)
+	}
+	return eventIDResponse{EventID: resp.GetEventId()}, nil
+}

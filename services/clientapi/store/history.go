@@ -1,0 +1,116 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// History visibility values (m.room.history_visibility).
+const (
+	VisibilityWorldReadable = "world_readable"
+	VisibilityShared        = "shared"
+	VisibilityInvited       = "invited"
+	VisibilityJoined        = "joined"
+)
+
+const typeHistoryVisibility = "m.room.history_visibility"
+
+// VisibilityOf reads content.history_visibility of a client-format
+// m.room.history_visibility event; unknown or missing values are
+// "shared", as the spec says.
+func VisibilityOf(eventJSON []byte) string {
+	var ev struct {
+		Content struct {
+			HistoryVisibility string `json:"history_visibility"`
+		} `json:"content"`
+	}
+	_ = json.Unmarshal(eventJSON, &ev)
+	switch v := ev.Content.HistoryVisibility; v {
+	case VisibilityWorldReadable, VisibilityInvited, VisibilityJoined:
+		return v
+	}
+	return VisibilityShared
+}
+
+// currentVisibility is the room's history visibility in the current state.
+func currentVisibility(ctx context.Context, q querier, roomID string) (string, error) {
+	var raw []byte
+	err := q.QueryRow(ctx, `SELECT event FROM current_state WHERE room_id = $1 AND type = $2 AND state_key = ''`,
+		roomID, typeHistoryVisibility).Scan(&raw)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return VisibilityShared, nil
+	}
+	if err != nil {
+		return "", err
+	}
+	return VisibilityOf(raw), nil
+}
+
+// CurrentVisibility is the room's history visibility in its current state.
+func (r Reader) CurrentVisibility(ctx context.Context, roomID string) (string, error) {
+	return currentVisibility(ctx, r.q, roomID)
+}
+
+// applyRedaction replaces the stored copies of a redacted event.
+func applyRedaction(ctx context.Context, tx pgx.Tx, roomID string, red RedactedEvent) error {
+	if _, err := tx.Exec(ctx, `UPDATE sync_events SET event = $3 WHERE event_id = $1 AND room_id = $2`,
+		red.EventID, roomID, red.JSON); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, `UPDATE current_state SET event = $3 WHERE event_id = $1 AND room_id = $2`,
+		red.EventID, roomID, red.JSON); err != nil {
+		return err
+	}
+	// Its content, and so its relation, is gone.
+	_, err := tx.Exec(ctx, `DELETE FROM event_relations WHERE event_id = $1`, red.EventID)
+	return err
+}
+
+// MembershipEntry is one change of a user's membership of a room.
+type MembershipEntry struct {
+	Pos        int64
+	Membership string
+}
+
+// MembershipLog returns the user's membership changes in each of the
+// rooms, oldest first.
+func (r Reader) MembershipLog(ctx context.Context, userID string, rooms []string) (map[string][]MembershipEntry, error) {
+	out := make(map[string][]MembershipEntry, len(rooms))
+	if len(rooms) == 0 {
+		return out, nil
+	}
+	rows, err := r.q.Query(ctx, `SELECT room_id, pos, membership FROM membership_log
+		WHERE user_id = $1 AND room_id = ANY($2) ORDER BY room_id, pos`, userID, rooms)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var room string
+		var e MembershipEntry
+		if err := rows.Scan(&room, &e.Pos, &e.Membership); err != nil {
+			return nil, err
+		}
+		out[room] = append(out[room], e)
+	}
+	return out, rows.Err()
+}
+
+// EventByID returns one stored event of a room, or ErrNotFound.
+func (r Reader) EventByID(ctx context.Context, roomID, eventID string) (StoredEvent, error) {
+	rows, err := r.q.Query(ctx, `SELECT `+eventCols+` FROM sync_events WHERE event_id = $1 AND room_id = $2`, eventID, roomID)
+	if err != nil {
+		return StoredEvent{}, err
+	}
+	events, err := scanEvents(rows)
+	if err != nil {
+		return StoredEvent{}, err
+	}
+	if len(events) == 0 {
+		return StoredEvent{}, ErrNotFound
+	}
+	return events[0], nil
+}

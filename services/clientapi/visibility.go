@@ -1,0 +1,137 @@
+package clientapi
+
+// History visibility (client-server API, "Room History Visibility"). The
+// rules need, for each event, the room's history_visibility in the state
+// at the event and the requesting user's membership at the event. Both
+// come from the client-API's own copy, so no endpoint asks the room-server
+// per event:
+//
+//   - sync_events.visibility_before/after: the visibility in the room's
+//     state before and after the event, recorded by the consumer from its
+//     current_state copy as each event arrives (in stream order);
+//   - membership_log: every membership change of every user with its
+//     stream position, so the membership at any position, and whether the
+//     user joined later, is one small per-user-per-room read.
+//
+// The recorded state is the room's current state as the client-API saw it
+// when the event arrived. For local rooms (a linear graph) that is exactly
+// the state before the event; with federation forks it is the resolved
+// state at that moment, an approximation of "the state at that event".
+
+import (
+	"context"
+
+	"github.com/myelin-chat/myelin/services/clientapi/store"
+)
+
+// memberTimeline is one user's membership changes in one room, oldest first.
+type memberTimeline []store.MembershipEntry
+
+// at is the membership after every change up to and including pos ("" if
+// none): the membership at an event stored at pos.
+func (tl memberTimeline) at(pos int64) string {
+	m := ""
+	for _, e := range tl {
+		if e.Pos > pos {
+			break
+		}
+		m = e.Membership
+	}
+	return m
+}
+
+// before is the membership before the change at pos.
+func (tl memberTimeline) before(pos int64) string { return tl.at(pos - 1) }
+
+// joinedAfter reports whether the user joined at some point after pos.
+func (tl memberTimeline) joinedAfter(pos int64) bool {
+	for _, e := range tl {
+		if e.Pos > pos && e.Membership == store.MembershipJoin {
+			return true
+		}
+	}
+	return false
+}
+
+// allowedBy is the spec's rule list for one (visibility, membership) pair.
+func allowedBy(visibility, membership string, joinedLater bool) bool {
+	switch {
+	case visibility == store.VisibilityWorldReadable:
+		return true
+	case membership == store.MembershipJoin:
+		return true
+	case visibility == store.VisibilityShared && joinedLater:
+		return true
+	case visibility == store.VisibilityInvited && membership == store.MembershipInvite:
+		return true
+	}
+	return false
+}
+
+// canSee decides whether userID may see e. For m.room.history_visibility
+// events the visibility before or after may allow it; for the user's own
+// member events the membership before or after may.
+func canSee(e store.StoredEvent, userID string, tl memberTimeline) bool {
+	visibilities := []string{e.VisBefore}
+	if e.VisAfter != e.VisBefore {
+		visibilities = append(visibilities, e.VisAfter)
+	}
+	memberships := []string{tl.at(e.Pos)}
+	if e.Type == "m.room.member" && e.StateKey != nil && *e.StateKey == userID {
+		memberships = append(memberships, tl.before(e.Pos))
+	}
+	later := tl.joinedAfter(e.Pos)
+	for _, v := range visibilities {
+		for _, m := range memberships {
+			if allowedBy(v, m, later) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// visibilityFilter filters one user's events across rooms.
+type visibilityFilter struct {
+	userID string
+	logs   map[string][]store.MembershipEntry
+}
+
+func newVisibilityFilter(ctx context.Context, rd store.Reader, userID string, rooms []string) (visibilityFilter, error) {
+	logs, err := rd.MembershipLog(ctx, userID, rooms)
+	return visibilityFilter{userID: userID, logs: logs}, err
+}
+
+func (f visibilityFilter) canSee(e store.StoredEvent) bool {
+	return canSee(e, f.userID, f.logs[e.RoomID])
+}
+
+// keep returns the events the user may see, in order.
+func (f visibilityFilter) keep(events []store.StoredEvent) []store.StoredEvent {
+	out := events[:0:0]
+	for _, e := range events {
+		if f.canSee(e) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// filterTimelines removes from sync timelines what the user may not see
+// (events before a "joined" user joined, after they left, and so on). A
+// timeline keeps its limited flag: there is history before it either way.
+func filterTimelines(ctx context.Context, rd store.Reader, userID string, timelines map[string]store.Timeline) error {
+	rooms := make([]string, 0, len(timelines))
+	for room := range timelines {
+		rooms = append(rooms, room)
+	}
+	f, err := newVisibilityFilter(ctx, rd, userID, rooms)
+	if err != nil {
+		return err
+	}
+	for room, tl := range timelines {
+		tl.Events = f.keep(tl.Events)
+		timelines[room] = tl
+	}
+	return nil
+}
