@@ -1,0 +1,39 @@
+module github.com/myelin-chat/myelin/services/presence
+
+go 1.26.8
+
+require (
+	github.com/go-chi/chi/v5 v5.5.0
+	github.com/jackc/pgx/v5 v5.12.0
+	github.com/myelin-chat/myelin/pkg v0.0.0
+	github.com/myelin-chat/myelin/proto v0.0.0
+	github.com/nats-io/nats.go v1.55.0
+	go.uber.org/zap v1.28.0
+	golang.org/x/sync v0.24.0
+	google.golang.org/grpc v1.85.0
+	google.golang.org/protobuf v1.36.12
+)
+
+require (
+	github.com/jackc/pgpassfile v1.0.0 // indirect
+	github.com/jackc/pgservicefile v0.0.0-20240606120523-5a60cdf6a761 // indirect
+	github.com/jackc/puddle/v2 v2.2.3 // indirect
+	github.com/klauspost/compress v1.20.3 // indirect
+	github.com/nats-io/nkeys v0.4.16 // indirect
+	github.com/nats-io/nuid v1.0.1 // indirect
+	go.uber.org/multierr v1.10.0 // indirect
+	golang.org/x/crypto v0.58.0 // indirect
+	golang.org/x/net v0.60.0 // indirect
+	golang.org/x/sys v0.49.0 // indirect
+	golang.org/x/text v0.43.0 // indirect
+	google.golang.org/genproto/googleapis/rpc v0.0.0-20260817212433-ac3dfec99bb1 // indirect
+)
+
+replace (
+	github.com/myelin-chat/myelin/pkg => ../../pkg
+	github.com/myelin-chat/myelin/proto => ../../proto
+	github.com/myelin-chat/myelin/services/clientapi => ../clientapi
+	github.com/myelin-chat/myelin/services/keyserver => ../keyserver
+	github.com/myelin-chat/myelin/services/presence => ../presence
+	github.com/myelin-chat/myelin/services/roomserver => ../roomserver
+)

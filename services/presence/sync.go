@@ -1,0 +1,101 @@
+package presence
+
+import (
+	"context"
+	"errors"
+	"slices"
+
+	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
+	"github.com/myelin-chat/myelin/services/presence/store"
+)
+
+// syncEphemeral answers SyncEphemeral: what changed for one user after
+// since (or everything current on an initial sync), up to the committed
+// position read first, which becomes the next since.
+func (s *Service) syncEphemeral(ctx context.Context, req *presencev1.SyncEphemeralRequest) (*presencev1.SyncEphemeralResponse, error) {
+	upto := s.pos.Load()
+	userID, rooms := req.GetUserId(), req.GetRoomIds()
+	since := req.GetSince()
+	if req.GetInitial() {
+		since = 0
+	}
+	resp := &presencev1.SyncEphemeralResponse{Position: upto}
+	if since >= upto && !req.GetInitial() {
+		// Nothing committed since: typing is the only thing that could
+		// differ, and its changes also take positions.
+		return resp, nil
+	}
+	byRoom := map[string]*presencev1.RoomEphemeral{}
+	get := func(room string) *presencev1.RoomEphemeral {
+		if re := byRoom[room]; re != nil {
+			return re
+		}
+		re := &presencev1.RoomEphemeral{RoomId: room}
+		byRoom[room] = re
+		return re
+	}
+	for room, users := range s.typingSince(rooms, since, req.GetInitial()) {
+		re := get(room)
+		re.TypingChanged = true
+		re.TypingUserIds = users
+	}
+	receipts, err := s.store.Receipts(ctx, rooms, since, upto)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range receipts {
+		if private(r.Type) && r.UserID != userID {
+			continue
+		}
+		re := get(r.RoomID)
+		if r.Type == FullyRead {
+			re.FullyReadEventId = r.EventID
+			continue
+		}
+		re.Receipts = append(re.Receipts, receiptProto(r))
+	}
+	for _, room := range rooms {
+		if re := byRoom[room]; re != nil {
+			resp.Rooms = append(resp.Rooms, re)
+		}
+	}
+
+	visible, err := s.store.VisibleUsers(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
+	if !slices.Contains(visible, userID) {
+		visible = append(visible, userID)
+	}
+	rows, err := s.store.PresenceOf(ctx, visible, since, upto)
+	if err != nil {
+		return nil, err
+	}
+	now := s.clock.Now()
+	for _, p := range rows {
+		resp.Presence = append(resp.Presence, s.render(p, now))
+	}
+	return resp, nil
+}
+
+// getPresence answers GetPresence: the user themself, or a user sharing a
+// room with them, may see it.
+func (s *Service) getPresence(ctx context.Context, requester, userID string) (*presencev1.Presence, error) {
+	if requester != userID {
+		ok, err := s.store.ShareRoom(ctx, requester, userID)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return nil, ErrForbidden
+		}
+	}
+	p, err := s.store.GetPresence(ctx, userID)
+	if errors.Is(err, store.ErrNotFound) {
+		return &presencev1.Presence{UserId: userID, Presence: Offline}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return s.render(p, s.clock.Now()), nil
+}
