@@ -2,6 +2,7 @@ package clientapi
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"strings"
 
@@ -149,20 +150,30 @@ func (s *Service) postReadMarkers(r *http.Request, dev *device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	var req map[string]*string
+	// Other keys (extensions) are ignored.
+	var req map[string]json.RawMessage
 	if err := decodeBody(r, bodyRequired, &req); err != nil {
 		return nil, err
 	}
+	markers := map[string]string{}
 	for _, typ := range []string{"m.fully_read", "m.read", "m.read.private"} {
-		eventID := req[typ]
-		if eventID == nil {
+		raw, ok := req[typ]
+		if !ok {
 			continue
 		}
-		if !strings.HasPrefix(*eventID, "$") {
+		var eventID string
+		if json.Unmarshal(raw, &eventID) != nil || !strings.HasPrefix(eventID, "$") {
 			return nil, matrixhttp.InvalidParam("Invalid event ID for " + typ)
 		}
+		markers[typ] = eventID
+	}
+	for _, typ := range []string{"m.fully_read", "m.read", "m.read.private"} {
+		eventID, ok := markers[typ]
+		if !ok {
+			continue
+		}
 		_, err := ps.SetReceipt(r.Context(), &presencev1.SetReceiptRequest{
-			Origin: s.serverName, RoomId: roomID, UserId: dev.UserID, ReceiptType: typ, EventId: *eventID,
+			Origin: s.serverName, RoomId: roomID, UserId: dev.UserID, ReceiptType: typ, EventId: eventID,
 		})
 		if err != nil {
 			return nil, s.fromGRPC(r.Context(), "SetReceipt", err, presenceErrors)

@@ -32,14 +32,17 @@ func (s *Service) addEphemeral(ctx context.Context, dev *device, opts syncOption
 	}
 	// The rooms this response treats as joined: joined at or before pos
 	// (a later join is not in the response yet).
-	var rooms []string
+	var rooms, full []string
 	for _, m := range memberships {
 		if m.Membership == store.MembershipJoin && m.JoinPos <= pos && opts.filter.allowsRoom(m.RoomID) {
 			rooms = append(rooms, m.RoomID)
+			if opts.since != nil && m.JoinPos > opts.since.pos {
+				full = append(full, m.RoomID) // newly joined: send its current data
+			}
 		}
 	}
 	out, err := s.presence.SyncEphemeral(ctx, &presencev1.SyncEphemeralRequest{
-		UserId: dev.UserID, RoomIds: rooms, Since: since, Initial: opts.since == nil,
+		UserId: dev.UserID, RoomIds: rooms, Since: since, Initial: opts.since == nil, FullRoomIds: full,
 	})
 	if err != nil {
 		if ctx.Err() == nil {

@@ -20,18 +20,18 @@ type notifier struct {
 	// userEPos is the same for the presence service's ephemeral stream
 	// (typing, receipts, presence), fed by ephemeral_consumer.go.
 	userEPos map[string]int64
-	waiters map[string][]chan struct{}     // user ID -> waiting requests
-	done    chan struct{}
-	closed  bool
+	waiters  map[string][]chan struct{} // user ID -> waiting requests
+	done     chan struct{}
+	closed   bool
 }
 
 func newNotifier(joined map[string][]string) *notifier {
 	n := &notifier{
-		joined:  map[string]map[string]struct{}{},
+		joined:   map[string]map[string]struct{}{},
 		userPos:  map[string]int64{},
 		userEPos: map[string]int64{},
-		waiters: map[string][]chan struct{}{},
-		done:    make(chan struct{}),
+		waiters:  map[string][]chan struct{}{},
+		done:     make(chan struct{}),
 	}
 	for room, users := range joined {
 		set := map[string]struct{}{}

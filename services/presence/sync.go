@@ -20,7 +20,7 @@ func (s *Service) syncEphemeral(ctx context.Context, req *presencev1.SyncEphemer
 		since = 0
 	}
 	resp := &presencev1.SyncEphemeralResponse{Position: upto}
-	if since >= upto && !req.GetInitial() {
+	if since >= upto && !req.GetInitial() && len(req.GetFullRoomIds()) == 0 {
 		// Nothing committed since: typing is the only thing that could
 		// differ, and its changes also take positions.
 		return resp, nil
@@ -34,15 +34,36 @@ func (s *Service) syncEphemeral(ctx context.Context, req *presencev1.SyncEphemer
 		byRoom[room] = re
 		return re
 	}
-	for room, users := range s.typingSince(rooms, since, req.GetInitial()) {
+	// Rooms joined since the last sync get their current data, like an
+	// initial sync; the others get what changed.
+	full := req.GetFullRoomIds()
+	if req.GetInitial() {
+		full = rooms
+	}
+	var changed []string
+	for _, room := range rooms {
+		if !slices.Contains(full, room) {
+			changed = append(changed, room)
+		}
+	}
+	typing := s.typingSince(full, 0, true)
+	for room, users := range s.typingSince(changed, since, false) {
+		typing[room] = users
+	}
+	for room, users := range typing {
 		re := get(room)
 		re.TypingChanged = true
 		re.TypingUserIds = users
 	}
-	receipts, err := s.store.Receipts(ctx, rooms, since, upto)
+	receipts, err := s.store.Receipts(ctx, full, 0, upto)
 	if err != nil {
 		return nil, err
 	}
+	more, err := s.store.Receipts(ctx, changed, since, upto)
+	if err != nil {
+		return nil, err
+	}
+	receipts = append(receipts, more...)
 	for _, r := range receipts {
 		if private(r.Type) && r.UserID != userID {
 			continue

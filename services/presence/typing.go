@@ -26,7 +26,7 @@ type typingState struct {
 	// shown is each room's list as last published: a change is a
 	// difference from it, whatever caused it (stop, start, expiry).
 	shown map[string][]string
-	kick  chan struct{}                   // wakes the expiry loop
+	kick  chan struct{} // wakes the expiry loop
 }
 
 func newTypingState() *typingState {

@@ -672,8 +672,11 @@ type SyncEphemeralRequest struct {
 	// The rooms the user is joined to (as the client-API sees them).
 	RoomIds []string `protobuf:"bytes,2,rep,name=room_ids,json=roomIds,proto3" json:"room_ids,omitempty"`
 	// Position of the previous sync; ignored when initial is set.
-	Since         int64 `protobuf:"varint,3,opt,name=since,proto3" json:"since,omitempty"`
-	Initial       bool  `protobuf:"varint,4,opt,name=initial,proto3" json:"initial,omitempty"`
+	Since   int64 `protobuf:"varint,3,opt,name=since,proto3" json:"since,omitempty"`
+	Initial bool  `protobuf:"varint,4,opt,name=initial,proto3" json:"initial,omitempty"`
+	// Rooms (also listed in room_ids) joined since the previous sync: their
+	// current typing and receipts are returned, as on an initial sync.
+	FullRoomIds   []string `protobuf:"bytes,5,rep,name=full_room_ids,json=fullRoomIds,proto3" json:"full_room_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -734,6 +737,13 @@ func (x *SyncEphemeralRequest) GetInitial() bool {
 		return x.Initial
 	}
 	return false
+}
+
+func (x *SyncEphemeralRequest) GetFullRoomIds() []string {
+	if x != nil {
+		return x.FullRoomIds
+	}
+	return nil
 }
 
 type SyncEphemeralResponse struct {
@@ -1189,12 +1199,13 @@ const file_presence_v1_presence_proto_rawDesc = "" +
 	"\x0flast_active_ago\x18\x04 \x01(\x03H\x01R\rlastActiveAgo\x88\x01\x01\x12)\n" +
 	"\x10currently_active\x18\x05 \x01(\bR\x0fcurrentlyActiveB\r\n" +
 	"\v_status_msgB\x12\n" +
-	"\x10_last_active_ago\"z\n" +
+	"\x10_last_active_ago\"\x9e\x01\n" +
 	"\x14SyncEphemeralRequest\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x19\n" +
 	"\broom_ids\x18\x02 \x03(\tR\aroomIds\x12\x14\n" +
 	"\x05since\x18\x03 \x01(\x03R\x05since\x12\x18\n" +
-	"\ainitial\x18\x04 \x01(\bR\ainitial\"\xa6\x01\n" +
+	"\ainitial\x18\x04 \x01(\bR\ainitial\x12\"\n" +
+	"\rfull_room_ids\x18\x05 \x03(\tR\vfullRoomIds\"\xa6\x01\n" +
 	"\x15SyncEphemeralResponse\x12\x1a\n" +
 	"\bposition\x18\x01 \x01(\x03R\bposition\x127\n" +
 	"\x05rooms\x18\x02 \x03(\v2!.myelin.presence.v1.RoomEphemeralR\x05rooms\x128\n" +
