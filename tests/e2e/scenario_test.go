@@ -218,6 +218,8 @@ func runScenario(t *testing.T, s *server) {
 		want = append(want, "wake up")
 	})
 
+	t.Run("long-poll wakes on typing", func(t *testing.T) { typingWakes(t, alice, bob, room) })
+
 	t.Run("bad input", func(t *testing.T) { badInput(t, s, alice, room) })
 
 	// Restart: accounts, tokens, rooms and history survive.
