@@ -3,6 +3,7 @@ package presence
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/myelin-chat/myelin/pkg/bus"
+	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/presence/store"
 )
@@ -82,7 +84,36 @@ func (s *Service) applyMembershipMsg(ctx context.Context, m jetstream.Msg) error
 		return nil
 	}
 	changes := membershipChanges(&out)
-	return s.store.ApplyMemberships(ctx, out.GetStreamPosition(), changes)
+	if len(changes) == 0 {
+		return nil
+	}
+	// A join may make users newly share a room: it takes an ephemeral
+	// position (so their next syncs carry each other's presence), hence
+	// the write lock.
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	joined, pos, err := s.store.ApplyMemberships(ctx, out.GetStreamPosition(), changes, func() (int64, error) {
+		return s.store.NextPosition(ctx)
+	})
+	if err != nil {
+		return err
+	}
+	if pos == 0 {
+		return nil
+	}
+	s.pos.Store(pos)
+	// Wake the joiner and their new room-mates.
+	now := s.clock.Now()
+	for _, j := range joined {
+		p, err := s.store.GetPresence(ctx, j.UserID)
+		if errors.Is(err, store.ErrNotFound) {
+			p = store.Presence{UserID: j.UserID, State: Offline}
+		} else if err != nil {
+			return err
+		}
+		s.publish(ctx, bus.PresenceSubject(j.UserID), &presencev1.PresenceUpdate{Presence: s.render(p, now), Position: pos})
+	}
+	return nil
 }
 
 // membershipChanges extracts the m.room.member events that entered the

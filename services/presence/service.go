@@ -65,6 +65,8 @@ type Service struct {
 	typing *typingState
 	// idleKick wakes the idle sweep when a deadline may have moved earlier.
 	idleKick chan struct{}
+	// activity spares /sync a database write per request (status.go).
+	activity activityCache
 }
 
 // New opens the store and creates the membership consumer; Run starts

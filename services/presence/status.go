@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -63,6 +64,11 @@ func (s *Service) setPresence(ctx context.Context, origin, userID, state string,
 	}
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
+	return s.setPresenceLocked(ctx, origin, userID, state, statusMsg, keepMsg)
+}
+
+// setPresenceLocked is setPresence with writeMu held.
+func (s *Service) setPresenceLocked(ctx context.Context, origin, userID, state string, statusMsg *string, keepMsg bool) (int64, error) {
 	now := s.clock.Now()
 	cur, err := s.store.GetPresence(ctx, userID)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
@@ -88,6 +94,7 @@ func (s *Service) writePresenceLocked(ctx context.Context, p store.Presence, now
 	}
 	p.Pos = pos
 	s.pos.Store(pos)
+	s.activity.forget(p.UserID)
 	kick(s.idleKick)
 	s.publish(ctx, bus.PresenceSubject(p.UserID), &presencev1.PresenceUpdate{Presence: s.render(p, now), Position: pos})
 	return pos, nil
@@ -108,16 +115,28 @@ func (s *Service) markActive(ctx context.Context, userID, setPresence string) er
 		return fmt.Errorf("%w: set_presence must be online, unavailable or offline", ErrBadRequest)
 	}
 	now := s.clock.Now()
+	// Fastest path: the same state was recorded recently; last_active_ago
+	// may then be up to touchInterval stale, which saves a database write
+	// per /sync.
+	if s.activity.recent(userID, setPresence, now, s.touchInterval()) {
+		return nil
+	}
+	// Under the write lock, so the idle sweep cannot interleave.
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
 	// Fast path: already in that state and not past a timer.
 	cur, err := s.store.GetPresence(ctx, userID)
 	if err == nil && cur.State == setPresence && s.effectiveState(cur, now) == setPresence {
-		_, err := s.store.TouchActive(ctx, userID, setPresence, now.UnixMilli())
+		touched, err := s.store.TouchActive(ctx, userID, setPresence, now.UnixMilli())
+		if err == nil && touched {
+			s.activity.record(userID, setPresence, now)
+		}
 		return err
 	}
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
 	}
-	_, err = s.setPresence(ctx, s.serverName, userID, setPresence, nil, true)
+	_, err = s.setPresenceLocked(ctx, s.serverName, userID, setPresence, nil, true)
 	return err
 }
 
@@ -180,4 +199,46 @@ func (s *Service) sweepIdle(ctx context.Context) error {
 	default:
 	}
 	return nil
+}
+
+// touchInterval is how stale a recorded activity time may get before a
+// sync writes it again: a small fraction of the idle timeout.
+func (s *Service) touchInterval() time.Duration {
+	return min(s.cfg.IdleTimeout/20, 15*time.Second)
+}
+
+// activityCache remembers, per user, the state and time of the last
+// activity written, so that frequent syncs do not each write.
+type activityCache struct {
+	mu    sync.Mutex
+	users map[string]activity
+}
+
+type activity struct {
+	state string
+	at    time.Time
+}
+
+func (c *activityCache) recent(userID, state string, now time.Time, within time.Duration) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	a, ok := c.users[userID]
+	return ok && a.state == state && now.Sub(a.at) < within && !now.Before(a.at)
+}
+
+func (c *activityCache) record(userID, state string, at time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.users == nil {
+		c.users = map[string]activity{}
+	}
+	c.users[userID] = activity{state: state, at: at}
+}
+
+// forget drops a user's entry after a state change (including the idle
+// sweep's), so the next activity goes to the database.
+func (c *activityCache) forget(userID string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.users, userID)
 }

@@ -92,6 +92,25 @@ func (s *Service) syncEphemeral(ctx context.Context, req *presencev1.SyncEphemer
 	if err != nil {
 		return nil, err
 	}
+	if !req.GetInitial() {
+		// Users who newly share a room with the requester: their current
+		// presence, even if it did not change.
+		fresh, err := s.store.NewlySharing(ctx, userID, since, upto)
+		if err != nil {
+			return nil, err
+		}
+		var missing []string
+		for _, u := range fresh {
+			if !slices.ContainsFunc(rows, func(p store.Presence) bool { return p.UserID == u }) {
+				missing = append(missing, u)
+			}
+		}
+		more, err := s.store.PresenceOf(ctx, missing, 0, upto)
+		if err != nil {
+			return nil, err
+		}
+		rows = append(rows, more...)
+	}
 	now := s.clock.Now()
 	for _, p := range rows {
 		resp.Presence = append(resp.Presence, s.render(p, now))

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -16,24 +17,64 @@ type MembershipChange struct {
 // ApplyMemberships stores the membership changes of one room-server
 // stream position in one transaction. A row is only overwritten by a
 // change from a later position, so redelivered messages change nothing.
-func (s *Store) ApplyMemberships(ctx context.Context, streamPos int64, changes []MembershipChange) error {
+// Joins of users who were not joined before are stamped with the
+// ephemeral position nextPos allocates (called at most once) and
+// returned.
+func (s *Store) ApplyMemberships(ctx context.Context, streamPos int64, changes []MembershipChange, nextPos func() (int64, error)) (joined []MembershipChange, joinedPos int64, err error) {
 	if len(changes) == 0 {
-		return nil
+		return nil, 0, nil
 	}
-	return pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+	err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		joined, joinedPos = nil, 0
 		for _, c := range changes {
-			_, err := tx.Exec(ctx, `
-				INSERT INTO memberships (room_id, user_id, membership, stream_pos) VALUES ($1, $2, $3, $4)
+			var prev string
+			var prevPos int64
+			err := tx.QueryRow(ctx, `SELECT membership, stream_pos FROM memberships WHERE room_id = $1 AND user_id = $2 FOR UPDATE`,
+				c.RoomID, c.UserID).Scan(&prev, &prevPos)
+			switch {
+			case errors.Is(err, pgx.ErrNoRows):
+			case err != nil:
+				return err
+			case prevPos >= streamPos:
+				continue // already applied, or older than what is stored
+			}
+			var jpos *int64
+			if c.Membership == "join" && prev != "join" {
+				if joinedPos == 0 {
+					if joinedPos, err = nextPos(); err != nil {
+						return err
+					}
+				}
+				jpos = &joinedPos
+				joined = append(joined, c)
+			}
+			_, err = tx.Exec(ctx, `
+				INSERT INTO memberships (room_id, user_id, membership, stream_pos, joined_pos) VALUES ($1, $2, $3, $4, COALESCE($5, 0))
 				ON CONFLICT (room_id, user_id) DO UPDATE
-				SET membership = EXCLUDED.membership, stream_pos = EXCLUDED.stream_pos
-				WHERE memberships.stream_pos < EXCLUDED.stream_pos`,
-				c.RoomID, c.UserID, c.Membership, streamPos)
+				SET membership = EXCLUDED.membership, stream_pos = EXCLUDED.stream_pos,
+				    joined_pos = COALESCE($5, memberships.joined_pos)`,
+				c.RoomID, c.UserID, c.Membership, streamPos, jpos)
 			if err != nil {
 				return err
 			}
 		}
 		return nil
 	})
+	return joined, joinedPos, err
+}
+
+// NewlySharing lists the users who share a joined room with userID where
+// either joined at an ephemeral position in (after, upto].
+func (s *Store) NewlySharing(ctx context.Context, userID string, after, upto int64) ([]string, error) {
+	rows, err := s.db.Query(ctx, `SELECT DISTINCT m2.user_id FROM memberships m1
+		JOIN memberships m2 ON m2.room_id = m1.room_id
+		WHERE m1.user_id = $1 AND m1.membership = 'join' AND m2.membership = 'join'
+		  AND ((m1.joined_pos > $2 AND m1.joined_pos <= $3) OR (m2.joined_pos > $2 AND m2.joined_pos <= $3))`,
+		userID, after, upto)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
 }
 
 // IsJoined reports whether the user is joined to the room.
@@ -63,10 +104,4 @@ func (s *Store) VisibleUsers(ctx context.Context, userID string) ([]string, erro
 		return nil, err
 	}
 	return pgx.CollectRows(rows, pgx.RowTo[string])
-}
-
-// SharingUsers is VisibleUsers seen from the other side: the same set,
-// used to know whom a user's presence change concerns.
-func (s *Store) SharingUsers(ctx context.Context, userID string) ([]string, error) {
-	return s.VisibleUsers(ctx, userID)
 }

@@ -32,11 +32,14 @@ CREATE INDEX presence_active ON presence (state, last_active_ts) WHERE state <> 
 
 -- Current membership per (room, user), as of the room-server stream
 -- position that set it (older redeliveries never overwrite newer rows).
+-- joined_pos is the ephemeral position at which the copy learnt of the
+-- join: users who newly share a room get each other's presence.
 CREATE TABLE memberships (
     room_id    TEXT   NOT NULL,
     user_id    TEXT   NOT NULL,
     membership TEXT   NOT NULL,
     stream_pos BIGINT NOT NULL,
+    joined_pos BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (room_id, user_id)
 );
 CREATE INDEX memberships_user ON memberships (user_id) WHERE membership = 'join';
