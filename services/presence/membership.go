@@ -98,10 +98,20 @@ func (s *Service) applyMembershipMsg(ctx context.Context, m jetstream.Msg) error
 	if err != nil {
 		return err
 	}
+	if pos != 0 {
+		s.pos.Store(pos)
+	}
+	// A user who left (or was kicked or banned) stops typing there.
+	for _, c := range changes {
+		if c.Membership != "join" && s.typing.drop(c.RoomID, c.UserID) {
+			if _, err := s.typingChangedLocked(ctx, c.RoomID); err != nil {
+				return err
+			}
+		}
+	}
 	if pos == 0 {
 		return nil
 	}
-	s.pos.Store(pos)
 	// Wake the joiner and their new room-mates.
 	now := s.clock.Now()
 	for _, j := range joined {

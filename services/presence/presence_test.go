@@ -70,6 +70,22 @@ func TestTypingStartStopAndExpiry(t *testing.T) {
 		return true
 	})
 
+	// Leaving the room ends a notification.
+	if _, err := carolView.UserTyping(ctx, room, true, 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	bob.syncUntil("dave typing", func(r *mautrix.RespSync) bool {
+		users, ok := typingIn(r, room)
+		return ok && slices.Contains(users, carolView.UserID.String())
+	})
+	if _, err := carolView.LeaveRoom(ctx, room); err != nil {
+		t.Fatal(err)
+	}
+	bob.syncUntil("dave's typing ended by leaving", func(r *mautrix.RespSync) bool {
+		users, ok := typingIn(r, room)
+		return ok && slices.Equal(users, []string{bob.UserID.String()})
+	})
+
 	// Permissions: not joined, or typing as someone else.
 	_, err := carol.UserTyping(ctx, room, true, time.Second)
 	matrixErr(t, err, http.StatusForbidden, "M_FORBIDDEN")

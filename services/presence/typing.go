@@ -45,6 +45,20 @@ func (t *typingState) usersLocked(roomID string, now time.Time) []string {
 	return out
 }
 
+// drop removes a user's typing notification in a room, if any.
+func (t *typingState) drop(roomID, userID string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, ok := t.rooms[roomID][userID]; !ok {
+		return false
+	}
+	delete(t.rooms[roomID], userID)
+	if len(t.rooms[roomID]) == 0 {
+		delete(t.rooms, roomID)
+	}
+	return true
+}
+
 // setTyping starts or stops a user's typing.
 func (s *Service) setTyping(ctx context.Context, roomID, userID string, typing bool, timeout time.Duration) (int64, error) {
 	s.writeMu.Lock()
