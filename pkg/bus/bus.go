@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -41,6 +42,54 @@ func RoomEventsSubject(roomID string) string {
 // RoomEventsAllSubjects matches every room's subject.
 const RoomEventsAllSubjects = roomEventsPrefix + ">"
 
+// Ephemeral data (presence, typing, receipts), published by the presence
+// service. Payloads are presence.v1 TypingUpdate, ReceiptUpdate and
+// PresenceUpdate. The data itself lives in the presence service; these
+// messages tell readers (the client-API's /sync) that something changed.
+const (
+	// EphemeralStream holds the presence service's change notifications.
+	EphemeralStream = "MYELIN_EPHEMERAL"
+	// ephemeralPrefix is the subject prefix of EphemeralStream.
+	ephemeralPrefix = "myelin.presence."
+	// EphemeralAllSubjects matches every subject of EphemeralStream.
+	EphemeralAllSubjects = ephemeralPrefix + ">"
+)
+
+// TypingSubject carries a room's typing changes.
+func TypingSubject(roomID string) string {
+	return ephemeralPrefix + KindTyping + "." + token(roomID)
+}
+
+// ReceiptsSubject carries a room's receipt changes.
+func ReceiptsSubject(roomID string) string {
+	return ephemeralPrefix + KindReceipts + "." + token(roomID)
+}
+
+// PresenceSubject carries a user's presence changes.
+func PresenceSubject(userID string) string {
+	return ephemeralPrefix + KindStatus + "." + token(userID)
+}
+
+// Kinds of ephemeral change, the subject token after "myelin.presence.".
+const (
+	KindTyping   = "typing"
+	KindReceipts = "receipts"
+	KindStatus   = "status"
+)
+
+// EphemeralKind returns the kind of an EphemeralStream subject, or "".
+func EphemeralKind(subject string) string {
+	rest, ok := strings.CutPrefix(subject, ephemeralPrefix)
+	if !ok {
+		return ""
+	}
+	kind, _, _ := strings.Cut(rest, ".")
+	return kind
+}
+
+// token encodes a Matrix ID as one NATS subject token.
+func token(id string) string { return base64.RawURLEncoding.EncodeToString([]byte(id)) }
+
 // Streams lists every stream Myelin uses. EnsureStreams creates them.
 func Streams(replicas int) []jetstream.StreamConfig {
 	if replicas < 1 {
@@ -57,6 +106,16 @@ func Streams(replicas int) []jetstream.StreamConfig {
 		// within this window is dropped by the server.
 		Duplicates: 10 * time.Minute,
 		MaxAge:     7 * 24 * time.Hour,
+	}, {
+		Name:        EphemeralStream,
+		Description: "Presence, typing and receipt changes (presence.v1 updates)",
+		Subjects:    []string{EphemeralAllSubjects},
+		// Change notifications are only useful while fresh: memory storage
+		// and a short age. The data itself is in the presence service.
+		Storage:   jetstream.MemoryStorage,
+		Retention: jetstream.LimitsPolicy,
+		Replicas:  replicas,
+		MaxAge:    time.Hour,
 	}}
 }
 

@@ -11,6 +11,7 @@ import (
 	"github.com/myelin-chat/myelin/pkg/logging"
 	"github.com/myelin-chat/myelin/services/clientapi"
 	"github.com/myelin-chat/myelin/services/keyserver"
+	"github.com/myelin-chat/myelin/services/presence"
 	"github.com/myelin-chat/myelin/services/roomserver"
 )
 
@@ -39,6 +40,7 @@ type Config struct {
 	KeyServer  keyserver.Config  `yaml:"key_server"`
 	RoomServer roomserver.Config `yaml:"room_server"`
 	ClientAPI  clientapi.Config  `yaml:"client_api"`
+	Presence   presence.Config   `yaml:"presence"`
 }
 
 // ListenConfig is a listen address such as "127.0.0.1:8008" (":0" picks a
@@ -57,6 +59,7 @@ type ServiceAddresses struct {
 	KeyServer  ServiceAddress `yaml:"key_server"`
 	RoomServer ServiceAddress `yaml:"room_server"`
 	ClientAPI  ServiceAddress `yaml:"client_api"`
+	Presence   ServiceAddress `yaml:"presence"`
 }
 
 // ServiceAddress is where a service's gRPC and HTTP listeners are. Empty
@@ -78,6 +81,7 @@ func DefaultConfig() Config {
 		KeyServer:  keyserver.DefaultConfig(),
 		RoomServer: roomserver.DefaultConfig(),
 		ClientAPI:  clientapi.DefaultConfig(),
+		Presence:   presence.DefaultConfig(),
 	}
 }
 
@@ -115,6 +119,7 @@ func (c *Config) Validate() error {
 		prefix("key_server", c.KeyServer.Validate()),
 		prefix("room_server", c.RoomServer.Validate()),
 		prefix("client_api", c.ClientAPI.Validate()),
+		prefix("presence", c.Presence.Validate()),
 	)
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w: %w", config.ErrInvalid, err)

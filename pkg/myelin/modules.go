@@ -11,9 +11,11 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/logging"
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
+	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi"
 	"github.com/myelin-chat/myelin/services/keyserver"
+	"github.com/myelin-chat/myelin/services/presence"
 	"github.com/myelin-chat/myelin/services/roomserver"
 )
 
@@ -24,6 +26,7 @@ const (
 	TargetKeyServer  = "key-server"
 	TargetRoomServer = "room-server"
 	TargetClientAPI  = "client-api"
+	TargetPresence   = "presence"
 	TargetEdge       = "edge"
 )
 
@@ -47,6 +50,7 @@ type module struct {
 var modules = []module{
 	{name: TargetKeyServer, start: startKeyServer},
 	{name: TargetRoomServer, start: startRoomServer},
+	{name: TargetPresence, start: startPresence},
 	{name: TargetClientAPI, start: startClientAPI},
 }
 
@@ -124,12 +128,31 @@ func startClientAPI(ctx context.Context, p *process) (service, error) {
 	if err != nil {
 		return nil, err
 	}
+	ps, err := p.dial(TargetPresence)
+	if err != nil {
+		return nil, err
+	}
 	return clientapi.New(ctx, p.cfg.ClientAPI, clientapi.Deps{
 		Logger:      p.log.With(logging.Service(TargetClientAPI)),
 		ServerName:  p.cfg.ServerName,
 		DatabaseURL: p.cfg.databaseURL(p.cfg.ClientAPI.DatabaseURL),
 		JetStream:   p.js,
 		KeyServer:   keyserverv1.NewKeyServiceClient(ks),
+		RoomServer:  roomserverv1.NewRoomServiceClient(rs),
+		Presence:    presencev1.NewPresenceServiceClient(ps),
+	})
+}
+
+func startPresence(ctx context.Context, p *process) (service, error) {
+	rs, err := p.dial(TargetRoomServer)
+	if err != nil {
+		return nil, err
+	}
+	return presence.New(ctx, p.cfg.Presence, presence.Deps{
+		Logger:      p.log.With(logging.Service(TargetPresence)),
+		ServerName:  p.cfg.ServerName,
+		DatabaseURL: p.cfg.databaseURL(p.cfg.Presence.DatabaseURL),
+		JetStream:   p.js,
 		RoomServer:  roomserverv1.NewRoomServiceClient(rs),
 	})
 }

@@ -223,7 +223,8 @@ func (p *process) needsDatabase() bool {
 }
 
 func (p *process) needsNATS() bool {
-	return slices.Contains(p.targets, TargetRoomServer) || slices.Contains(p.targets, TargetClientAPI)
+	return slices.Contains(p.targets, TargetRoomServer) || slices.Contains(p.targets, TargetClientAPI) ||
+		slices.Contains(p.targets, TargetPresence)
 }
 
 // dial returns the gRPC connection to a service: the configured address, or
@@ -258,6 +259,8 @@ func (p *process) address(target string) ServiceAddress {
 		return p.cfg.Services.RoomServer
 	case TargetClientAPI:
 		return p.cfg.Services.ClientAPI
+	case TargetPresence:
+		return p.cfg.Services.Presence
 	}
 	return ServiceAddress{}
 }

@@ -2,6 +2,7 @@ package clientapi
 
 import (
 	"context"
+	"math"
 	"sync"
 
 	"github.com/myelin-chat/myelin/services/clientapi/store"
@@ -16,17 +17,21 @@ type notifier struct {
 	mu      sync.Mutex
 	joined  map[string]map[string]struct{} // room ID -> joined user IDs
 	userPos map[string]int64               // user ID -> latest position that concerned them
-	waiters map[string][]chan struct{}     // user ID -> waiting requests
-	done    chan struct{}
-	closed  bool
+	// userEPos is the same for the presence service's ephemeral stream
+	// (typing, receipts, presence), fed by ephemeral_consumer.go.
+	userEPos map[string]int64
+	waiters  map[string][]chan struct{} // user ID -> waiting requests
+	done     chan struct{}
+	closed   bool
 }
 
 func newNotifier(joined map[string][]string) *notifier {
 	n := &notifier{
-		joined:  map[string]map[string]struct{}{},
-		userPos: map[string]int64{},
-		waiters: map[string][]chan struct{}{},
-		done:    make(chan struct{}),
+		joined:   map[string]map[string]struct{}{},
+		userPos:  map[string]int64{},
+		userEPos: map[string]int64{},
+		waiters:  map[string][]chan struct{}{},
+		done:     make(chan struct{}),
 	}
 	for room, users := range joined {
 		set := map[string]struct{}{}
@@ -69,7 +74,12 @@ func (n *notifier) committed(applied []store.Applied) {
 			}
 		}
 	}
-	for u := range woken {
+	n.wakeLocked(woken)
+}
+
+// wakeLocked releases the waiters of the given users.
+func (n *notifier) wakeLocked(users map[string]struct{}) {
+	for u := range users {
 		for _, ch := range n.waiters[u] {
 			close(ch)
 		}
@@ -77,11 +87,17 @@ func (n *notifier) committed(applied []store.Applied) {
 	}
 }
 
-// wait blocks until something that concerns the user is committed at a
+// wait blocks until a room event that concerns the user is committed at a
 // position after `after`, ctx ends, or the notifier closes.
 func (n *notifier) wait(ctx context.Context, userID string, after int64) {
+	n.waitSync(ctx, userID, after, math.MaxInt64)
+}
+
+// waitSync is wait that also returns when ephemeral data that concerns
+// the user changed at a position after afterE.
+func (n *notifier) waitSync(ctx context.Context, userID string, after, afterE int64) {
 	n.mu.Lock()
-	if n.closed || n.userPos[userID] > after {
+	if n.closed || n.userPos[userID] > after || n.userEPos[userID] > afterE {
 		n.mu.Unlock()
 		return
 	}

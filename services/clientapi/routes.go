@@ -34,6 +34,11 @@ var clientPrefixes = []string{"/_matrix/client/v3", "/_matrix/client/r0"}
 
 // routes is the client-API's route table.
 func (s *Service) routes() []route {
+	return append(s.coreRoutes(), s.ephemeralRoutes()...)
+}
+
+// coreRoutes are the routes defined in this file.
+func (s *Service) coreRoutes() []route {
 	return []route{
 		// Discovery.
 		{method: http.MethodGet, path: "/_matrix/client/versions", abs: true, serve: s.versions},

@@ -12,9 +12,11 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
+	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
@@ -27,6 +29,9 @@ type Deps struct {
 	JetStream   jetstream.JetStream
 	KeyServer   keyserverv1.KeyServiceClient
 	RoomServer  roomserverv1.RoomServiceClient
+	// Presence serves typing, receipts and presence. Nil leaves those
+	// endpoints unavailable and /sync without ephemeral data.
+	Presence presencev1.PresenceServiceClient
 }
 
 // Service is a running client-API.
@@ -40,6 +45,9 @@ type Service struct {
 	limiter    *rateLimiter
 	notifier   *notifier
 	consumer   jetstream.Consumer
+	presence   presencev1.PresenceServiceClient
+	// ephemeralConsumer wakes /sync on presence service changes.
+	ephemeralConsumer jetstream.Consumer
 }
 
 // New opens the store, loads room memberships for the notifier and
@@ -61,6 +69,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		serverName: deps.ServerName,
 		store:      st,
 		rooms:      deps.RoomServer,
+		presence:   deps.Presence,
 		js:         deps.JetStream,
 		limiter:    newRateLimiter(cfg.RateLimit, time.Now),
 	}
@@ -74,16 +83,29 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		st.Close()
 		return nil, err
 	}
+	if s.presence != nil {
+		if s.ephemeralConsumer, err = s.createEphemeralConsumer(ctx); err != nil {
+			st.Close()
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
 // RegisterGRPC is a no-op: the client-API serves no gRPC API.
 func (s *Service) RegisterGRPC(*grpc.Server) {}
 
-// Run consumes room events until ctx ends.
+// Run consumes room events (and the presence service's change
+// notifications) until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
 	defer s.notifier.close()
-	return s.consume(ctx)
+	if s.ephemeralConsumer == nil {
+		return s.consume(ctx)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.consume(gctx) })
+	g.Go(func() error { return s.consumeEphemeral(gctx) })
+	return g.Wait()
 }
 
 // Close releases the store.

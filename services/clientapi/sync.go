@@ -74,7 +74,8 @@ type syncResponse struct {
 }
 
 func (r *syncResponse) empty() bool {
-	return len(r.Rooms.Join) == 0 && len(r.Rooms.Invite) == 0 && len(r.Rooms.Leave) == 0 && len(r.Rooms.Knock) == 0
+	return len(r.Rooms.Join) == 0 && len(r.Rooms.Invite) == 0 && len(r.Rooms.Leave) == 0 &&
+		len(r.Rooms.Knock) == 0 && len(r.Presence.Events) == 0
 }
 
 // syncOptions are the parsed /sync parameters.
@@ -125,6 +126,7 @@ func (s *Service) sync(r *http.Request, dev *device) (any, error) {
 	}
 
 	ctx := r.Context()
+	s.markActive(ctx, dev.UserID, q.Get("set_presence"))
 	wait := opts.since != nil && !opts.fullState && timeout > 0
 	deadline := time.Now().Add(timeout)
 	for {
@@ -132,11 +134,16 @@ func (s *Service) sync(r *http.Request, dev *device) (any, error) {
 		if err != nil {
 			return nil, err
 		}
+		epos, err := s.addEphemeral(ctx, dev, opts, resp, pos)
+		if err != nil {
+			return nil, err
+		}
+		resp.NextBatch = streamToken{pos: pos, epos: epos}.String()
 		if !wait || !resp.empty() || !time.Now().Before(deadline) {
 			return resp, nil
 		}
 		waitCtx, cancel := context.WithDeadline(ctx, deadline)
-		s.notifier.wait(waitCtx, dev.UserID, pos)
+		s.notifier.waitSync(waitCtx, dev.UserID, pos, epos)
 		cancel()
 		if ctx.Err() != nil || s.notifier.isClosed() {
 			return resp, nil

@@ -245,8 +245,8 @@ func allInOne(t *testing.T) *server {
 	return s
 }
 
-// split runs key-server, room-server and client-api as three OS processes
-// plus the edge router, against an external PostgreSQL and NATS server.
+// split runs key-server, room-server, presence and client-api as four OS
+// processes plus the edge router, against an external PostgreSQL and NATS server.
 func split(t *testing.T) *server {
 	dir := t.TempDir()
 	common := []string{
@@ -257,6 +257,7 @@ func split(t *testing.T) *server {
 	type addrs struct{ http, grpc string }
 	ks := addrs{freeAddr(t), freeAddr(t)}
 	rs := addrs{freeAddr(t), freeAddr(t)}
+	ps := addrs{freeAddr(t), freeAddr(t)}
 	ca := addrs{freeAddr(t), freeAddr(t)}
 	edge := freeAddr(t)
 	mk := func(name, target string, a addrs, extra ...string) *proc {
@@ -268,8 +269,10 @@ func split(t *testing.T) *server {
 	s.procs = []*proc{
 		mk("key-server", "key-server", ks),
 		mk("room-server", "room-server", rs, "MYELIN_SERVICES_KEY_SERVER_GRPC="+ks.grpc),
+		mk("presence", "presence", ps, "MYELIN_SERVICES_ROOM_SERVER_GRPC="+rs.grpc),
 		mk("client-api", "client-api", ca,
-			"MYELIN_SERVICES_KEY_SERVER_GRPC="+ks.grpc, "MYELIN_SERVICES_ROOM_SERVER_GRPC="+rs.grpc),
+			"MYELIN_SERVICES_KEY_SERVER_GRPC="+ks.grpc, "MYELIN_SERVICES_ROOM_SERVER_GRPC="+rs.grpc,
+			"MYELIN_SERVICES_PRESENCE_GRPC="+ps.grpc),
 		mk("edge", "edge", addrs{edge, "127.0.0.1:0"},
 			"MYELIN_SERVICES_CLIENT_API_HTTP="+ca.http, "MYELIN_SERVICES_KEY_SERVER_HTTP="+ks.http),
 	}

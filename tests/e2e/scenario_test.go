@@ -218,6 +218,8 @@ func runScenario(t *testing.T, s *server) {
 		want = append(want, "wake up")
 	})
 
+	t.Run("long-poll wakes on typing", func(t *testing.T) { typingWakes(t, alice, bob, room) })
+
 	t.Run("bad input", func(t *testing.T) { badInput(t, s, alice, room) })
 	t.Run("rooms and directory", func(t *testing.T) { roomsAndDirectory(t, alice.cli, bob.cli) })
 	t.Run("history", func(t *testing.T) { historyScenario(t, alice.cli, bob.cli) })

@@ -6,7 +6,7 @@
 //
 // It knows the root configuration keys of pkg/myelin/config.go (listed
 // below; keep them in step). Keys under a service's own section
-// (key_server.*, room_server.*, client_api.*) are accepted as they are.
+// (key_server.*, room_server.*, client_api.*, presence.*) are accepted as they are.
 package topology
 
 import (
@@ -24,10 +24,11 @@ const (
 	TargetKeyServer  = "key-server"
 	TargetRoomServer = "room-server"
 	TargetClientAPI  = "client-api"
+	TargetPresence   = "presence"
 	TargetEdge       = "edge"
 )
 
-var services = []string{TargetKeyServer, TargetRoomServer, TargetClientAPI}
+var services = []string{TargetKeyServer, TargetRoomServer, TargetPresence, TargetClientAPI}
 
 // rootKeys are the settings of pkg/myelin.Config outside the per-service
 // sections, as YAML paths.
@@ -40,10 +41,11 @@ var rootKeys = []string{
 	"services.key_server.grpc", "services.key_server.http",
 	"services.room_server.grpc", "services.room_server.http",
 	"services.client_api.grpc", "services.client_api.http",
+	"services.presence.grpc", "services.presence.http",
 }
 
 // serviceSections hold each service's own Config.
-var serviceSections = []string{"key_server", "room_server", "client_api"}
+var serviceSections = []string{"key_server", "room_server", "client_api", "presence"}
 
 // Secret stands for a value the deployment takes from a secret store: set,
 // but not known statically.
@@ -199,7 +201,7 @@ func Check(procs []Process, endpoints []Endpoint) []error {
 		if runsService && p.Settings["database.url"] == "" {
 			fail("database.url is not set: the process would start its own local PostgreSQL")
 		}
-		if (slices.Contains(ts, TargetRoomServer) || slices.Contains(ts, TargetClientAPI)) && p.Settings["nats.url"] == "" {
+		if (slices.Contains(ts, TargetRoomServer) || slices.Contains(ts, TargetClientAPI) || slices.Contains(ts, TargetPresence)) && p.Settings["nats.url"] == "" {
 			fail("nats.url is not set: the process would start its own embedded NATS")
 		}
 		if f := p.Settings["logging.format"]; f != "" && f != "json" && f != "console" {
@@ -212,8 +214,10 @@ func Check(procs []Process, endpoints []Endpoint) []error {
 			switch t {
 			case TargetRoomServer:
 				needs = append(needs, need{TargetKeyServer, "grpc"})
+			case TargetPresence:
+				needs = append(needs, need{TargetRoomServer, "grpc"})
 			case TargetClientAPI:
-				needs = append(needs, need{TargetKeyServer, "grpc"}, need{TargetRoomServer, "grpc"})
+				needs = append(needs, need{TargetKeyServer, "grpc"}, need{TargetRoomServer, "grpc"}, need{TargetPresence, "grpc"})
 			case TargetEdge:
 				needs = append(needs, need{TargetClientAPI, "http"}, need{TargetKeyServer, "http"})
 			}

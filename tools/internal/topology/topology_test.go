@@ -22,17 +22,20 @@ func split() ([]Process, []Endpoint) {
 		{Name: "rs", Args: []string{"-target=room-server"}, Settings: base(map[string]string{"services.key_server.grpc": "key-server:9000"})},
 		{Name: "ca", Args: []string{"-target", "client-api"}, Settings: base(map[string]string{
 			"services.key_server.grpc": "key-server:9000", "services.room_server.grpc": "dns:///room-server:9000",
+			"services.presence.grpc": "presence:9000",
 		})},
 		{Name: "edge", Args: []string{"-target", "edge"}, Settings: Settings{
 			"server_name": "example.org", "http.listen": "0.0.0.0:8008", "grpc.listen": "0.0.0.0:9000",
 			"services.client_api.http": "http://client-api:80", "services.key_server.http": "key-server:8008",
 		}},
+		{Name: "ps", Args: []string{"-target", "presence"}, Settings: base(map[string]string{"services.room_server.grpc": "room-server:9000"})},
 	}
 	endpoints := []Endpoint{
 		{Host: "key-server", Port: 9000, Process: "ks", TargetPort: 9000},
 		{Host: "key-server", Port: 8008, Process: "ks", TargetPort: 8008},
 		{Host: "room-server", Port: 9000, Process: "rs", TargetPort: 9000},
 		{Host: "client-api", Port: 80, Process: "ca", TargetPort: 8008},
+		{Host: "presence", Port: 9000, Process: "ps", TargetPort: 9000},
 	}
 	return procs, endpoints
 }

@@ -19,6 +19,7 @@ Deployment and a Service named <fullname>-<target>.
 {{- define "myelin.components" -}}
 keyServer: key-server
 roomServer: room-server
+presence: presence
 clientApi: client-api
 edge: edge
 {{- end -}}

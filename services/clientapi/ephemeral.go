@@ -1,0 +1,270 @@
+package clientapi
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+
+	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
+)
+
+// Typing, receipts, read markers and presence. The data belongs to the
+// presence service; these handlers check the request and call it over
+// gRPC. What /sync shows of it is in ephemeral_sync.go.
+
+// ephemeralRoutes are the route table rows of this file.
+func (s *Service) ephemeralRoutes() []route {
+	return []route{
+		{method: http.MethodPut, path: "/rooms/{roomId}/typing/{userId}", auth: true, serve: s.putTyping},
+		{method: http.MethodPost, path: "/rooms/{roomId}/receipt/{receiptType}/{eventId}", auth: true, serve: s.postReceipt},
+		{method: http.MethodPost, path: "/rooms/{roomId}/read_markers", auth: true, serve: s.postReadMarkers},
+		{method: http.MethodGet, path: "/presence/{userId}/status", auth: true, serve: s.getPresence},
+		{method: http.MethodPut, path: "/presence/{userId}/status", auth: true, serve: s.putPresence},
+	}
+}
+
+// presenceErrors: the presence service refuses users who are not joined
+// (typing, receipts) or share no room (presence) with PERMISSION_DENIED.
+var presenceErrors = grpcOverrides{
+	codes.InvalidArgument: matrixhttp.InvalidParam,
+}
+
+// presenceClient returns the presence service, or M_UNRECOGNIZED-style
+// unavailability when the process was built without one.
+func (s *Service) presenceClient() (presencev1.PresenceServiceClient, error) {
+	if s.presence == nil {
+		return nil, unknownError(http.StatusServiceUnavailable, "Presence service not configured")
+	}
+	return s.presence, nil
+}
+
+// ownUserParam reads {userId} and requires it to be the requester.
+func ownUserParam(r *http.Request, dev *device, what string) error {
+	userID, err := pathParam(r, "userId")
+	if err != nil {
+		return err
+	}
+	if userID != dev.UserID {
+		return matrixhttp.Forbidden("Cannot set " + what + " for another user")
+	}
+	return nil
+}
+
+// putTyping is PUT /rooms/{roomId}/typing/{userId}.
+func (s *Service) putTyping(r *http.Request, dev *device) (any, error) {
+	ps, err := s.presenceClient()
+	if err != nil {
+		return nil, err
+	}
+	roomID, err := roomIDParam(r)
+	if err != nil {
+		return nil, err
+	}
+	if err := ownUserParam(r, dev, "typing"); err != nil {
+		return nil, err
+	}
+	var req struct {
+		Typing  *bool  `json:"typing"`
+		Timeout *int64 `json:"timeout"`
+	}
+	if err := decodeBody(r, bodyRequired, &req); err != nil {
+		return nil, err
+	}
+	if req.Typing == nil {
+		return nil, matrixhttp.BadJSON("Missing typing")
+	}
+	if req.Timeout != nil && *req.Timeout < 0 {
+		return nil, matrixhttp.BadJSON("timeout must not be negative")
+	}
+	in := &presencev1.SetTypingRequest{Origin: s.serverName, RoomId: roomID, UserId: dev.UserID, Typing: *req.Typing}
+	if req.Timeout != nil {
+		in.TimeoutMs = *req.Timeout
+	}
+	if _, err := ps.SetTyping(r.Context(), in); err != nil {
+		return nil, s.fromGRPC(r.Context(), "SetTyping", err, presenceErrors)
+	}
+	return struct{}{}, nil
+}
+
+// validThreadID: "main" or an event ID.
+func validThreadID(t string) bool { return t == "main" || strings.HasPrefix(t, "$") }
+
+// postReceipt is POST /rooms/{roomId}/receipt/{receiptType}/{eventId}.
+func (s *Service) postReceipt(r *http.Request, dev *device) (any, error) {
+	ps, err := s.presenceClient()
+	if err != nil {
+		return nil, err
+	}
+	roomID, err := roomIDParam(r)
+	if err != nil {
+		return nil, err
+	}
+	receiptType, err := pathParam(r, "receiptType")
+	if err != nil {
+		return nil, err
+	}
+	eventID, err := pathParam(r, "eventId")
+	if err != nil {
+		return nil, err
+	}
+	switch receiptType {
+	case "m.read", "m.read.private", "m.fully_read":
+	default:
+		return nil, matrixhttp.InvalidParam("Unsupported receipt type")
+	}
+	if !strings.HasPrefix(eventID, "$") {
+		return nil, matrixhttp.InvalidParam("Invalid event ID")
+	}
+	var req struct {
+		ThreadID *string `json:"thread_id"`
+	}
+	if err := decodeBody(r, bodyOptional, &req); err != nil {
+		return nil, err
+	}
+	in := &presencev1.SetReceiptRequest{Origin: s.serverName, RoomId: roomID, UserId: dev.UserID, ReceiptType: receiptType, EventId: eventID}
+	if req.ThreadID != nil {
+		if receiptType == "m.fully_read" || !validThreadID(*req.ThreadID) {
+			return nil, matrixhttp.InvalidParam("Invalid thread_id")
+		}
+		in.ThreadId = *req.ThreadID
+	}
+	if _, err := ps.SetReceipt(r.Context(), in); err != nil {
+		return nil, s.fromGRPC(r.Context(), "SetReceipt", err, presenceErrors)
+	}
+	return struct{}{}, nil
+}
+
+// postReadMarkers is POST /rooms/{roomId}/read_markers: m.fully_read
+// moves the read marker, m.read and m.read.private are receipts.
+func (s *Service) postReadMarkers(r *http.Request, dev *device) (any, error) {
+	ps, err := s.presenceClient()
+	if err != nil {
+		return nil, err
+	}
+	roomID, err := roomIDParam(r)
+	if err != nil {
+		return nil, err
+	}
+	// Other keys (extensions) are ignored.
+	var req map[string]json.RawMessage
+	if err := decodeBody(r, bodyRequired, &req); err != nil {
+		return nil, err
+	}
+	markers := map[string]string{}
+	for _, typ := range []string{"m.fully_read", "m.read", "m.read.private"} {
+		raw, ok := req[typ]
+		if !ok {
+			continue
+		}
+		var eventID string
+		if json.Unmarshal(raw, &eventID) != nil || !strings.HasPrefix(eventID, "$") {
+			return nil, matrixhttp.InvalidParam("Invalid event ID for " + typ)
+		}
+		markers[typ] = eventID
+	}
+	for _, typ := range []string{"m.fully_read", "m.read", "m.read.private"} {
+		eventID, ok := markers[typ]
+		if !ok {
+			continue
+		}
+		_, err := ps.SetReceipt(r.Context(), &presencev1.SetReceiptRequest{
+			Origin: s.serverName, RoomId: roomID, UserId: dev.UserID, ReceiptType: typ, EventId: eventID,
+		})
+		if err != nil {
+			return nil, s.fromGRPC(r.Context(), "SetReceipt", err, presenceErrors)
+		}
+	}
+	return struct{}{}, nil
+}
+
+// presenceBody is the body of GET and PUT /presence/{userId}/status.
+type presenceBody struct {
+	Presence        string  `json:"presence"`
+	StatusMsg       *string `json:"status_msg,omitempty"`
+	LastActiveAgo   *int64  `json:"last_active_ago,omitempty"`
+	CurrentlyActive *bool   `json:"currently_active,omitempty"`
+}
+
+// getPresence is GET /presence/{userId}/status.
+func (s *Service) getPresence(r *http.Request, dev *device) (any, error) {
+	ps, err := s.presenceClient()
+	if err != nil {
+		return nil, err
+	}
+	userID, err := pathParam(r, "userId")
+	if err != nil {
+		return nil, err
+	}
+	resp, err := ps.GetPresence(r.Context(), &presencev1.GetPresenceRequest{RequesterId: dev.UserID, UserId: userID})
+	if err != nil {
+		return nil, s.fromGRPC(r.Context(), "GetPresence", err, grpcOverrides{
+			codes.PermissionDenied: func(string) *matrixhttp.Error {
+				return matrixhttp.Forbidden("You are not allowed to see their presence")
+			},
+		})
+	}
+	p := resp.GetPresence()
+	body := presenceBody{Presence: p.GetPresence(), StatusMsg: p.StatusMsg, LastActiveAgo: p.LastActiveAgo}
+	if p.LastActiveAgo != nil {
+		active := p.GetCurrentlyActive()
+		body.CurrentlyActive = &active
+	}
+	return body, nil
+}
+
+// putPresence is PUT /presence/{userId}/status.
+func (s *Service) putPresence(r *http.Request, dev *device) (any, error) {
+	ps, err := s.presenceClient()
+	if err != nil {
+		return nil, err
+	}
+	if err := ownUserParam(r, dev, "presence"); err != nil {
+		return nil, err
+	}
+	var req struct {
+		Presence  *string `json:"presence"`
+		StatusMsg *string `json:"status_msg"`
+	}
+	if err := decodeBody(r, bodyRequired, &req); err != nil {
+		return nil, err
+	}
+	if req.Presence == nil {
+		return nil, matrixhttp.BadJSON("Missing presence")
+	}
+	switch *req.Presence {
+	case "online", "unavailable", "offline":
+	default:
+		return nil, matrixhttp.InvalidParam("presence must be online, unavailable or offline")
+	}
+	_, err = ps.SetPresence(r.Context(), &presencev1.SetPresenceRequest{
+		Origin: s.serverName, UserId: dev.UserID, Presence: *req.Presence, StatusMsg: req.StatusMsg,
+	})
+	if err != nil {
+		return nil, s.fromGRPC(r.Context(), "SetPresence", err, presenceErrors)
+	}
+	return struct{}{}, nil
+}
+
+// presenceSyncTimeout bounds the presence calls a /sync makes. Ephemeral
+// data is not worth holding a sync for: when the presence service is down
+// or slow, /sync answers without it.
+const presenceSyncTimeout = 2 * time.Second
+
+// markActive tells the presence service about a /sync (set_presence).
+// Presence is not worth failing a sync for: errors are logged.
+func (s *Service) markActive(ctx context.Context, userID, setPresence string) {
+	if s.presence == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, presenceSyncTimeout)
+	defer cancel()
+	if _, err := s.presence.MarkActive(ctx, &presencev1.MarkActiveRequest{UserId: userID, SetPresence: setPresence}); err != nil && ctx.Err() == nil {
+		s.log.Warn("presence MarkActive failed", zap.Error(err))
+	}
+}

@@ -1,0 +1,82 @@
+package clientapi
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/myelin-chat/myelin/pkg/bus"
+	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
+)
+
+// The presence service publishes every typing, receipt and presence change
+// on MYELIN_EPHEMERAL. The client-API does not store them: the data is
+// read back over gRPC (SyncEphemeral) when /sync builds a response. The
+// messages only wake the long-polling /sync requests they concern, so a
+// typing notification reaches a waiting client at once, not on a timer.
+// The consumer is durable (it resumes after a restart) and starts at new
+// messages: waking is idempotent and old wake-ups are worthless.
+
+func (s *Service) createEphemeralConsumer(ctx context.Context) (jetstream.Consumer, error) {
+	cons, err := s.js.CreateOrUpdateConsumer(ctx, bus.EphemeralStream, jetstream.ConsumerConfig{
+		Durable:       s.cfg.EphemeralConsumerName,
+		Description:   "client-API /sync wake-ups for typing, receipts and presence",
+		DeliverPolicy: jetstream.DeliverNewPolicy,
+		AckPolicy:     jetstream.AckNonePolicy,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create consumer %s on %s: %w", s.cfg.EphemeralConsumerName, bus.EphemeralStream, err)
+	}
+	return cons, nil
+}
+
+// consumeEphemeral wakes /sync waiters until ctx ends.
+func (s *Service) consumeEphemeral(ctx context.Context) error {
+	cc, err := s.ephemeralConsumer.Consume(func(m jetstream.Msg) {
+		s.wakeForEphemeral(m.Subject(), m.Data())
+	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		if ctx.Err() == nil {
+			s.log.Warn("ephemeral consumer", zap.Error(err))
+		}
+	}))
+	if err != nil {
+		return fmt.Errorf("consume %s: %w", bus.EphemeralStream, err)
+	}
+	<-ctx.Done()
+	cc.Stop()
+	return nil
+}
+
+// wakeForEphemeral decodes one change notification and wakes the users it
+// concerns: a room's members for typing and public receipts, the owner for
+// private receipts, everyone sharing a room for presence.
+func (s *Service) wakeForEphemeral(subject string, data []byte) {
+	var err error
+	switch bus.EphemeralKind(subject) {
+	case bus.KindTyping:
+		var u presencev1.TypingUpdate
+		if err = proto.Unmarshal(data, &u); err == nil {
+			s.notifier.ephemeralRoom(u.GetRoomId(), u.GetPosition())
+		}
+	case bus.KindReceipts:
+		var u presencev1.ReceiptUpdate
+		if err = proto.Unmarshal(data, &u); err == nil {
+			if u.GetPrivate() {
+				s.notifier.ephemeralUser(u.GetReceipt().GetUserId(), u.GetPosition())
+			} else {
+				s.notifier.ephemeralRoom(u.GetRoomId(), u.GetPosition())
+			}
+		}
+	case bus.KindStatus:
+		var u presencev1.PresenceUpdate
+		if err = proto.Unmarshal(data, &u); err == nil {
+			s.notifier.ephemeralSharing(u.GetPresence().GetUserId(), u.GetPosition())
+		}
+	}
+	if err != nil {
+		s.log.Error("dropping undecodable ephemeral change", zap.String("subject", subject), zap.Error(err))
+	}
+}
