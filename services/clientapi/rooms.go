@@ -411,6 +411,9 @@ func (s *Service) setMembership(r *http.Request, dev *device, roomID, target, me
 	if reason != "" {
 		content["reason"] = reason
 	}
+	if err := s.beforeOwnMembership(r.Context(), dev, roomID, target, membership, content); err != nil {
+		return err
+	}
 	raw, err := json.Marshal(content)
 	if err != nil {
 		return err

@@ -40,6 +40,8 @@ type Service struct {
 	limiter    *rateLimiter
 	notifier   *notifier
 	consumer   jetstream.Consumer
+	// now is the clock for token expiry; tests replace it.
+	now func() time.Time
 }
 
 // New opens the store, loads room memberships for the notifier and
@@ -63,6 +65,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		rooms:      deps.RoomServer,
 		js:         deps.JetStream,
 		limiter:    newRateLimiter(cfg.RateLimit, time.Now),
+		now:        time.Now,
 	}
 	members, err := st.JoinedMembers(ctx)
 	if err != nil {
