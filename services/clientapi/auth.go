@@ -98,4 +98,3 @@ func (s *Service) authenticate(r *http.Request) (*device, error) {
 	}
 	return &device{UserID: owner.UserID, DeviceID: owner.DeviceID, IsAdmin: owner.Admin, IsGuest: owner.Guest, tokenHash: hash}, nil
 }
-
