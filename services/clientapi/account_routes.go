@@ -28,6 +28,15 @@ func (s *Service) accountRoutes() []route {
 		{method: http.MethodPut, path: "/profile/{userId}/{keyName}", auth: true, serve: s.putProfileField},
 		{method: http.MethodPost, path: "/user_directory/search", auth: true, serve: s.userDirectorySearch},
 
+		// Account data and tags.
+		{method: http.MethodPut, path: "/user/{userId}/account_data/{type}", auth: true, serve: s.putGlobalAccountData},
+		{method: http.MethodGet, path: "/user/{userId}/account_data/{type}", auth: true, serve: s.getGlobalAccountData},
+		{method: http.MethodPut, path: "/user/{userId}/rooms/{roomId}/account_data/{type}", auth: true, serve: s.putRoomAccountData},
+		{method: http.MethodGet, path: "/user/{userId}/rooms/{roomId}/account_data/{type}", auth: true, serve: s.getRoomAccountData},
+		{method: http.MethodGet, path: "/user/{userId}/rooms/{roomId}/tags", auth: true, serve: s.getTags},
+		{method: http.MethodPut, path: "/user/{userId}/rooms/{roomId}/tags/{tag}", auth: true, serve: s.putTag},
+		{method: http.MethodDelete, path: "/user/{userId}/rooms/{roomId}/tags/{tag}", auth: true, serve: s.deleteTag},
+
 		// Synapse-compatible admin API.
 		{method: http.MethodGet, path: synapseAdmin + "/register", abs: true, limit: limitRegister, serve: s.adminRegisterNonce},
 		{method: http.MethodPost, path: synapseAdmin + "/register", abs: true, limit: limitRegister, serve: s.adminRegister},

@@ -17,6 +17,7 @@ type notifier struct {
 	joined  map[string]map[string]struct{} // room ID -> joined user IDs
 	userPos map[string]int64               // user ID -> latest position that concerned them
 	waiters map[string][]chan struct{}     // user ID -> waiting requests
+	wakes   map[string]uint64              // user ID -> changes outside the room stream (notifier_wake.go)
 	done    chan struct{}
 	closed  bool
 }

@@ -74,7 +74,8 @@ type syncResponse struct {
 }
 
 func (r *syncResponse) empty() bool {
-	return len(r.Rooms.Join) == 0 && len(r.Rooms.Invite) == 0 && len(r.Rooms.Leave) == 0
+	return len(r.Rooms.Join) == 0 && len(r.Rooms.Invite) == 0 && len(r.Rooms.Leave) == 0 &&
+		len(r.AccountData.Events) == 0
 }
 
 // syncOptions are the parsed /sync parameters.
@@ -98,6 +99,10 @@ func (s *Service) sync(r *http.Request, dev *device) (any, error) {
 			return nil, matrixhttp.InvalidParam("Invalid since token")
 		}
 		opts.since = &t
+	}
+	accountDataSince, err := accountDataSincePos(q.Get("since"))
+	if err != nil {
+		return nil, matrixhttp.InvalidParam("Invalid since token")
 	}
 	switch q.Get("full_state") {
 	case "", "false":
@@ -128,15 +133,19 @@ func (s *Service) sync(r *http.Request, dev *device) (any, error) {
 	wait := opts.since != nil && !opts.fullState && timeout > 0
 	deadline := time.Now().Add(timeout)
 	for {
+		woken := s.notifier.wakeCount(dev.UserID)
 		resp, pos, err := s.buildSync(ctx, dev, opts)
 		if err != nil {
+			return nil, err
+		}
+		if err := s.syncAccountData(ctx, dev.UserID, accountDataSince, resp); err != nil {
 			return nil, err
 		}
 		if !wait || !resp.empty() || !time.Now().Before(deadline) {
 			return resp, nil
 		}
 		waitCtx, cancel := context.WithDeadline(ctx, deadline)
-		s.notifier.wait(waitCtx, dev.UserID, pos)
+		s.notifier.waitUnlessWoken(waitCtx, dev.UserID, pos, woken)
 		cancel()
 		if ctx.Err() != nil || s.notifier.isClosed() {
 			return resp, nil
