@@ -14,13 +14,13 @@ func (s *Service) accountRoutes() []route {
 		{method: http.MethodPost, path: "/_matrix/client/v1/login/get_token", abs: true, auth: true, limit: limitLogin, serve: s.getLoginToken},
 
 		// Account management.
-		{method: http.MethodPost, path: "/account/password", auth: true, serve: s.changePassword},
-		{method: http.MethodPost, path: "/account/deactivate", auth: true, serve: s.deactivate},
+		{method: http.MethodPost, path: "/account/password", auth: true, limit: limitLogin, serve: s.changePassword},
+		{method: http.MethodPost, path: "/account/deactivate", auth: true, limit: limitLogin, serve: s.deactivate},
 		{method: http.MethodGet, path: "/devices", auth: true, serve: s.listDevices},
 		{method: http.MethodGet, path: "/devices/{deviceId}", auth: true, serve: s.getDevice},
 		{method: http.MethodPut, path: "/devices/{deviceId}", auth: true, serve: s.putDevice},
-		{method: http.MethodDelete, path: "/devices/{deviceId}", auth: true, serve: s.deleteDevice},
-		{method: http.MethodPost, path: "/delete_devices", auth: true, serve: s.deleteDevicesBulk},
+		{method: http.MethodDelete, path: "/devices/{deviceId}", auth: true, limit: limitLogin, serve: s.deleteDevice},
+		{method: http.MethodPost, path: "/delete_devices", auth: true, limit: limitLogin, serve: s.deleteDevicesBulk},
 
 		// Profiles and the user directory.
 		{method: http.MethodGet, path: "/profile/{userId}", serve: s.getProfile},

@@ -273,3 +273,27 @@ func (s *Service) beforeOwnMembership(ctx context.Context, dev *device, roomID, 
 	s.addProfileToJoin(ctx, target, content)
 	return nil
 }
+
+// addProfileToCreatorJoin puts the creator's profile into their join
+// event among a new room's initial events.
+func (s *Service) addProfileToCreatorJoin(ctx context.Context, creator string, events []*roomserverv1.EventTemplate) error {
+	for _, ev := range events {
+		if ev.GetType() != "m.room.member" || ev.GetStateKey() != creator {
+			continue
+		}
+		var content map[string]any
+		if err := json.Unmarshal(ev.GetContent(), &content); err != nil {
+			return err
+		}
+		if content["membership"] != store.MembershipJoin {
+			continue
+		}
+		s.addProfileToJoin(ctx, creator, content)
+		raw, err := json.Marshal(content)
+		if err != nil {
+			return err
+		}
+		ev.Content = raw
+	}
+	return nil
+}

@@ -55,11 +55,22 @@ func TestProfilesRoomsAndDeactivation(t *testing.T) {
 		t.Fatalf("unknown profile: %v", err)
 	}
 
-	// A private room of Alice's; Bob joins and his join carries his profile.
+	// A private room of Alice's; her join as creator and Bob's join carry
+	// their profiles.
+	if err := alice.SetDisplayName(ctx, "Alice A"); err != nil {
+		t.Fatal(err)
+	}
 	room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.UserID}})
 	if err != nil {
 		t.Fatal(err)
 	}
+	testkit.Eventually(t, 30*time.Second, func() error {
+		c, err := memberContent(ctx, alice, room.RoomID, alice.UserID)
+		if err != nil || c.Displayname != "Alice A" {
+			return fmt.Errorf("alice's member event: %+v %v", c, err)
+		}
+		return nil
+	})
 	if _, err := bob.JoinRoomByID(ctx, room.RoomID); err != nil {
 		t.Fatal(err)
 	}

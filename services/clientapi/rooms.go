@@ -356,6 +356,9 @@ func (s *Service) createRoom(r *http.Request, dev *device) (any, error) {
 		return nil, err
 	}
 	ctx := r.Context()
+	if err := s.addProfileToCreatorJoin(ctx, dev.UserID, plan.Events); err != nil {
+		return nil, err
+	}
 	if plan.Alias != "" {
 		existing, err := s.rooms.GetRoomAlias(ctx, &roomserverv1.GetRoomAliasRequest{Alias: plan.Alias})
 		if err != nil {
