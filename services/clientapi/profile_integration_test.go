@@ -81,6 +81,15 @@ func TestProfilesRoomsAndDeactivation(t *testing.T) {
 		}
 		return nil
 	})
+	// Propagation works on the client-API's copy of memberships, which
+	// follows the room-server through JetStream: wait until it has Bob's join.
+	testkit.Eventually(t, 30*time.Second, func() error {
+		rooms, err := bob.JoinedRooms(ctx)
+		if err != nil || len(rooms.JoinedRooms) != 1 {
+			return fmt.Errorf("bob's joined rooms: %+v %v", rooms, err)
+		}
+		return nil
+	})
 	// A new display name reaches the room as a new member event.
 	if err := bob.SetDisplayName(ctx, "Robert"); err != nil {
 		t.Fatal(err)
