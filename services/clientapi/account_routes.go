@@ -26,6 +26,7 @@ func (s *Service) accountRoutes() []route {
 		{method: http.MethodGet, path: "/profile/{userId}", serve: s.getProfile},
 		{method: http.MethodGet, path: "/profile/{userId}/{keyName}", serve: s.getProfileField},
 		{method: http.MethodPut, path: "/profile/{userId}/{keyName}", auth: true, serve: s.putProfileField},
+		{method: http.MethodDelete, path: "/profile/{userId}/{keyName}", auth: true, serve: s.deleteProfileField},
 		{method: http.MethodPost, path: "/user_directory/search", auth: true, serve: s.userDirectorySearch},
 
 		// Account data and tags.
@@ -73,6 +74,7 @@ var guestRoutes = map[string]bool{
 	"PUT /rooms/{roomId}/state/{eventType}/{stateKey}": true,
 	"PUT /sendToDevice/{eventType}/{txnId}":            true,
 	"PUT /profile/{userId}/{keyName}":                  true, // displayname only: checked by the handler
+	"DELETE /profile/{userId}/{keyName}":               true, // displayname only: checked by the handler
 	"GET /devices":                                     true,
 	"GET /devices/{deviceId}":                          true,
 	"PUT /devices/{deviceId}":                          true,

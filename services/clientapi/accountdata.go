@@ -225,8 +225,9 @@ func accountDataSincePos(token string) (int64, error) {
 
 // syncAccountData adds the account data changed after since to a sync
 // response — global, and for rooms the user is joined to (or left in this
-// response) — and appends the new position to next_batch.
-func (s *Service) syncAccountData(ctx context.Context, userID string, since int64, resp *syncResponse) error {
+// response) that the filter's room list allows — and appends the new
+// position to next_batch. Filters' account_data sections are not applied.
+func (s *Service) syncAccountData(ctx context.Context, userID string, since int64, filter syncFilter, resp *syncResponse) error {
 	entries, latest, err := s.store.Reader().AccountDataSince(ctx, userID, since)
 	if err != nil {
 		return err
@@ -262,8 +263,10 @@ func (s *Service) syncAccountData(ctx context.Context, userID string, since int6
 				joined[r] = true
 			}
 		}
-		if !joined[e.RoomID] {
-			continue // data of a room the user is not in: delivered when they join
+		if !joined[e.RoomID] || !filter.allowsRoom(e.RoomID) {
+			// A room the user is not in (or filtered out): its data is
+			// in the next initial sync.
+			continue
 		}
 		// A joined room with no new events: an entry with only account data.
 		summary, err := s.store.Reader().CurrentState(ctx, e.RoomID, summaryStateTypes)

@@ -150,7 +150,31 @@ func (s *Service) putProfileField(r *http.Request, dev *device) (any, error) {
 	if value != nil && *value == "" {
 		value = nil
 	}
-	ctx := r.Context()
+	return s.setProfileField(r.Context(), userID, lp, key, value)
+}
+
+// deleteProfileField is DELETE /profile/{userId}/{keyName} (spec v1.16):
+// clears the field, with the same rules as PUT.
+func (s *Service) deleteProfileField(r *http.Request, dev *device) (any, error) {
+	userID, lp, err := s.profileUser(r)
+	if err != nil {
+		return nil, err
+	}
+	key, err := profileKey(r)
+	if err != nil {
+		return nil, err
+	}
+	if userID != dev.UserID {
+		return nil, matrixhttp.Forbidden("Cannot change another user's profile")
+	}
+	if dev.IsGuest && key != "displayname" {
+		return nil, guestForbidden("Guests may only change their display name")
+	}
+	return s.setProfileField(r.Context(), userID, lp, key, nil)
+}
+
+// setProfileField stores a profile field and propagates the profile.
+func (s *Service) setProfileField(ctx context.Context, userID, lp, key string, value *string) (any, error) {
 	if err := s.store.SetProfileField(ctx, lp, key, value); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return nil, matrixhttp.NotFound("Profile not found")

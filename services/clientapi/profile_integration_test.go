@@ -102,6 +102,21 @@ func TestProfilesRoomsAndDeactivation(t *testing.T) {
 		return nil
 	})
 
+	// DELETE clears a field (v1.16), and the room follows.
+	if _, err := bob.MakeRequest(ctx, "DELETE", bob.BuildClientURL("v3", "profile", bob.UserID, "avatar_url"), nil, nil); err != nil {
+		t.Fatalf("delete avatar_url: %v", err)
+	}
+	if prof, err := carol.GetProfile(ctx, bob.UserID); err != nil || !prof.AvatarURL.IsEmpty() || prof.DisplayName != "Robert" {
+		t.Fatalf("profile after delete: %+v %v", prof, err)
+	}
+	testkit.Eventually(t, 30*time.Second, func() error {
+		c, err := memberContent(ctx, alice, room.RoomID, bob.UserID)
+		if err != nil || c.AvatarURL != "" || c.Displayname != "Robert" {
+			return fmt.Errorf("bob's member event after the delete: %+v %v", c, err)
+		}
+		return nil
+	})
+
 	// The directory: Alice shares a room with Bob and finds him; Carol
 	// shares none and the room is private, so she does not.
 	found, err := alice.SearchUserDirectory(ctx, "robert", 10)

@@ -138,7 +138,7 @@ func (s *Service) sync(r *http.Request, dev *device) (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := s.syncAccountData(ctx, dev.UserID, accountDataSince, resp); err != nil {
+		if err := s.syncAccountData(ctx, dev.UserID, accountDataSince, opts.filter, resp); err != nil {
 			return nil, err
 		}
 		if !wait || !resp.empty() || !time.Now().Before(deadline) {
