@@ -272,7 +272,8 @@ func TestGuestAccess(t *testing.T) {
 	h := newHarness(t, accountsConfig(), nil)
 	ctx := context.Background()
 	cli := h.mx("")
-	resp, _, err := cli.RegisterGuest(ctx, &mautrix.ReqRegister[any]{})
+	// Everything but the device display name is ignored for guests.
+	resp, _, err := cli.RegisterGuest(ctx, &mautrix.ReqRegister[any]{Username: "chosen", DeviceID: "MYDEVICE", InitialDeviceDisplayName: "Kiosk"})
 	if err != nil {
 		t.Fatalf("guest registration: %v", err)
 	}
@@ -285,8 +286,9 @@ func TestGuestAccess(t *testing.T) {
 	if who.status != 200 || who.body["is_guest"] != true {
 		t.Fatalf("whoami: %s", who.raw)
 	}
-	if _, err := guest.GetDevicesInfo(ctx); err != nil {
-		t.Fatalf("guests may list devices: %v", err)
+	devs, err := guest.GetDevicesInfo(ctx)
+	if err != nil || len(devs.Devices) != 1 || devs.Devices[0].DeviceID == "MYDEVICE" || devs.Devices[0].DisplayName != "Kiosk" {
+		t.Fatalf("guest devices: %+v %v", devs, err)
 	}
 	if err := guest.SetDisplayName(ctx, "Visitor"); err != nil {
 		t.Fatalf("guests may set a display name: %v", err)

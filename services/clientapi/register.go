@@ -98,10 +98,12 @@ func (s *Service) register(r *http.Request, _ *device) (any, error) {
 }
 
 // registerGuest creates a guest account: a numeric localpart (reserved
-// for guests), no password, and always a login.
+// for guests), no password, and always a login on a server-chosen device.
+// The spec has the server ignore every body field but
+// initial_device_display_name.
 func (s *Service) registerGuest(r *http.Request, req registerRequest) (any, error) {
 	acct := store.NewAccount{Guest: true}
-	return s.createAndLogin(r, acct, true, req.DeviceID, req.InitialDeviceDisplayName, req.RefreshToken)
+	return s.createAndLogin(r, acct, true, "", req.InitialDeviceDisplayName, false)
 }
 
 // createAndLogin creates the account (generating a localpart when empty)
