@@ -3,6 +3,7 @@
 //	myelin -config myelin.yaml                 # every service (all-in-one)
 //	myelin -config myelin.yaml -target room-server
 //	myelin generate-config > myelin.yaml      # the default configuration
+//	myelin register-user -url http://localhost:8008 -config myelin.yaml -user alice -password-file - [-admin]
 //
 // It only loads configuration and calls myelin.Run.
 package main
@@ -37,6 +38,9 @@ func run(args []string) error {
 		}
 		_, err = os.Stdout.Write(out)
 		return err
+	}
+	if len(args) > 0 && args[0] == "register-user" {
+		return registerUser(args[1:], os.Stdin, os.Stdout)
 	}
 	fs := flag.NewFlagSet("myelin", flag.ContinueOnError)
 	configPath := fs.String("config", "", "path to the YAML configuration (optional; MYELIN_* environment variables override it)")

@@ -155,7 +155,7 @@ func TestRegisterRejects(t *testing.T) {
 	}
 
 	closed := testConfig()
-	closed.RegistrationOpen = false
+	closed.Registration.Mode = RegistrationClosed
 	hc := newHarness(t, closed, nil)
 	hc.expect(hc.do("POST", "/_matrix/client/v3/register", "", map[string]any{"username": "bob", "auth": dummy}), 403, "M_FORBIDDEN")
 }
@@ -179,8 +179,10 @@ func TestLoginLogout(t *testing.T) {
 		{"wrong password", map[string]any{"type": "m.login.password", "identifier": map[string]any{"type": "m.id.user", "user": "carol"}, "password": "nope"}, 403, "M_FORBIDDEN"},
 		{"unknown user", map[string]any{"type": "m.login.password", "user": "dave", "password": "secret"}, 403, "M_FORBIDDEN"},
 		{"other server", map[string]any{"type": "m.login.password", "user": "@carol:elsewhere.test", "password": "secret"}, 403, "M_FORBIDDEN"},
-		{"unknown type", map[string]any{"type": "m.login.token", "token": "x"}, 400, "M_UNKNOWN"},
-		{"unknown identifier", map[string]any{"type": "m.login.password", "identifier": map[string]any{"type": "m.id.thirdparty"}, "password": "secret"}, 400, "M_UNKNOWN"},
+		{"unknown type", map[string]any{"type": "m.login.sso"}, 400, "M_UNKNOWN"},
+		{"bad login token", map[string]any{"type": "m.login.token", "token": "x"}, 403, "M_FORBIDDEN"},
+		{"third-party identifier", map[string]any{"type": "m.login.password", "identifier": map[string]any{"type": "m.id.thirdparty", "medium": "email", "address": "a@b.c"}, "password": "secret"}, 403, "M_FORBIDDEN"},
+		{"unknown identifier", map[string]any{"type": "m.login.password", "identifier": map[string]any{"type": "m.id.nope"}, "password": "secret"}, 400, "M_UNKNOWN"},
 		{"no user", map[string]any{"type": "m.login.password", "password": "secret"}, 400, "M_MISSING_PARAM"},
 		{"password not a string", map[string]any{"type": "m.login.password", "user": "carol", "password": 1}, 400, "M_BAD_JSON"},
 		{"not json", "password=secret", 400, "M_NOT_JSON"},

@@ -1,14 +1,12 @@
 package clientapi
 
 import (
-	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
 	"net/http"
 	"strings"
-	"time"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
@@ -17,16 +15,12 @@ import (
 // accessTokenPrefix starts every access token Myelin issues.
 const accessTokenPrefix = "myl_"
 
-// uiaSessionMaxAge is how long a user-interactive auth session stays valid.
-const uiaSessionMaxAge = time.Hour
-
-// authDummy is the only UIA stage Myelin offers.
-const authDummy = "m.login.dummy"
-
 // device is the authenticated caller of a request.
 type device struct {
 	UserID    string
 	DeviceID  string
+	IsAdmin   bool
+	IsGuest   bool
 	tokenHash []byte
 }
 
@@ -86,7 +80,7 @@ func (s *Service) authenticate(r *http.Request) (*device, error) {
 		return nil, matrixhttp.MissingToken("Missing access token")
 	}
 	hash := hashToken(token)
-	userID, deviceID, err := s.store.LookupToken(r.Context(), hash)
+	owner, err := s.store.LookupToken(r.Context(), hash)
 	if errors.Is(err, store.ErrNotFound) {
 		e := matrixhttp.UnknownToken("Unrecognised access token")
 		e.Extra = map[string]any{"soft_logout": false}
@@ -95,73 +89,12 @@ func (s *Service) authenticate(r *http.Request) (*device, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &device{UserID: userID, DeviceID: deviceID, tokenHash: hash}, nil
-}
-
-// authData is the "auth" object of a UIA request.
-type authData struct {
-	Type    string `json:"type"`
-	Session string `json:"session"`
-}
-
-// uiaChallenge is the 401 response that asks for (more) authentication.
-// With an errcode it also says why the last attempt failed.
-type uiaChallenge struct {
-	Session   string
-	Completed []string
-	ErrCode   string
-	Message   string
-}
-
-func (c *uiaChallenge) Error() string { return "user-interactive auth required: " + c.ErrCode }
-
-func (c *uiaChallenge) body() map[string]any {
-	b := map[string]any{
-		"flows":   []map[string]any{{"stages": []string{authDummy}}},
-		"params":  map[string]any{},
-		"session": c.Session,
+	if !owner.ExpiresAt.IsZero() && !s.now().Before(owner.ExpiresAt) {
+		// The device still exists: the client refreshes (or logs in
+		// again to the same device) rather than starting over.
+		e := matrixhttp.UnknownToken("Access token has expired")
+		e.Extra = map[string]any{"soft_logout": true}
+		return nil, e
 	}
-	if len(c.Completed) > 0 {
-		b["completed"] = c.Completed
-	}
-	if c.ErrCode != "" {
-		b["errcode"], b["error"] = c.ErrCode, c.Message
-	}
-	return b
-}
-
-// checkUIA runs user-interactive auth for one request. It returns nil when
-// the request may proceed; otherwise the 401 (or other) error to send. A
-// request without auth gets a new session; m.login.dummy completes the
-// only flow, with the session the server gave or (as Synapse allows)
-// without one.
-func (s *Service) checkUIA(ctx context.Context, auth *authData) error {
-	if auth == nil {
-		session := randomBase64(18)
-		if err := s.store.CreateUIASession(ctx, session, uiaSessionMaxAge); err != nil {
-			return err
-		}
-		return &uiaChallenge{Session: session}
-	}
-	if auth.Session != "" {
-		ok, err := s.store.UIASessionExists(ctx, auth.Session, uiaSessionMaxAge)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return unknownError(http.StatusBadRequest, "Unknown or expired UIA session")
-		}
-	}
-	if auth.Type != authDummy {
-		return &uiaChallenge{Session: auth.Session, ErrCode: "M_UNRECOGNIZED", Message: "Unsupported authentication type"}
-	}
-	return nil
-}
-
-// finishUIA forgets a completed session.
-func (s *Service) finishUIA(ctx context.Context, auth *authData) error {
-	if auth == nil || auth.Session == "" {
-		return nil
-	}
-	return s.store.DeleteUIASession(ctx, auth.Session)
+	return &device{UserID: owner.UserID, DeviceID: owner.DeviceID, IsAdmin: owner.Admin, IsGuest: owner.Guest, tokenHash: hash}, nil
 }

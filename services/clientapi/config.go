@@ -15,8 +15,9 @@ type Config struct {
 	DatabaseURL string `yaml:"database_url"`
 	// MaxDatabaseConns caps the service's PostgreSQL pool.
 	MaxDatabaseConns int32 `yaml:"max_database_conns"`
-	// RegistrationOpen lets anyone register with POST /register.
-	RegistrationOpen bool `yaml:"registration_open"`
+	// Registration: who may create accounts, guests, shared-secret
+	// registration and token lifetimes (see registration_config.go).
+	Registration RegistrationConfig `yaml:"registration"`
 	// PublicBaseURL is the URL clients reach the homeserver at, published
 	// in /.well-known/matrix/client.
 	PublicBaseURL string `yaml:"public_base_url"`
@@ -68,7 +69,7 @@ type SyncConfig struct {
 func DefaultConfig() Config {
 	return Config{
 		MaxDatabaseConns:   16,
-		RegistrationOpen:   true,
+		Registration:       DefaultRegistrationConfig(),
 		PublicBaseURL:      "http://localhost:8008",
 		DefaultRoomVersion: string(gomatrixserverlib.RoomVersionV11),
 		RateLimit: RateLimitConfig{
@@ -110,6 +111,7 @@ func (c Config) Validate() error {
 			}
 		}
 	}
+	errs = append(errs, c.Registration.validate()...)
 	if c.Sync.DefaultTimelineLimit < 1 || c.Sync.MaxTimelineLimit < c.Sync.DefaultTimelineLimit {
 		errs = append(errs, errors.New("sync: need 1 <= default_timeline_limit <= max_timeline_limit"))
 	}

@@ -10,16 +10,19 @@ import (
 	"github.com/myelin-chat/myelin/pkg/testkit"
 )
 
-func TestSyncTokenEphemeralComponent(t *testing.T) {
+func TestSyncTokenComponents(t *testing.T) {
 	cases := []struct {
-		in        string
-		pos, epos int64
-		fail      bool
+		in              string
+		pos, epos, apos int64
+		fail            bool
 	}{
 		{in: "s42", pos: 42},                // older tokens: no ephemeral position
 		{in: "s42_e7", pos: 42, epos: 7},    // current format
 		{in: "s42_x1_e7", pos: 42, epos: 7}, // unknown components are ignored
 		{in: "s0_e9223372036854775807", epos: 9223372036854775807},
+		{in: "s42_e7_a3", pos: 42, epos: 7, apos: 3},
+		{in: "s42_a3", pos: 42, apos: 3},
+		{in: "s42_a", fail: true},
 		{in: "s42_e", fail: true},
 		{in: "s42_e-1", fail: true},
 		{in: "s42_eabc", fail: true},
@@ -33,8 +36,8 @@ func TestSyncTokenEphemeralComponent(t *testing.T) {
 				}
 				return
 			}
-			if err != nil || tok.pos != c.pos || tok.epos != c.epos {
-				t.Fatalf("parse %q = %+v, %v; want pos %d epos %d", c.in, tok, err, c.pos, c.epos)
+			if err != nil || tok.pos != c.pos || tok.epos != c.epos || tok.apos != c.apos {
+				t.Fatalf("parse %q = %+v, %v; want pos %d epos %d apos %d", c.in, tok, err, c.pos, c.epos, c.apos)
 			}
 			if back, err := parseStreamToken(tok.String()); err != nil || back != tok {
 				t.Fatalf("round trip of %q: %+v %v", c.in, back, err)
@@ -53,7 +56,7 @@ func TestNotifierEphemeralWakeups(t *testing.T) {
 	ctx := context.Background()
 	start := func(u string, afterE int64) chan struct{} {
 		ch := make(chan struct{})
-		go func() { n.waitSync(ctx, u, 0, afterE); close(ch) }()
+		go func() { n.waitSync(ctx, u, syncCursor{epos: afterE}); close(ch) }()
 		return ch
 	}
 	woken := func(ch chan struct{}) bool {
@@ -101,6 +104,6 @@ func TestNotifierEphemeralWakeups(t *testing.T) {
 
 	// Already past: returns without waiting.
 	done := make(chan struct{})
-	go func() { n.waitSync(ctx, "@alice:x", 0, 2); close(done) }()
+	go func() { n.waitSync(ctx, "@alice:x", syncCursor{epos: 2}); close(done) }()
 	<-done
 }

@@ -35,6 +35,12 @@ const serverName = "example.test"
 // real HTTP. It returns the homeserver URL.
 func startStack(t *testing.T) string {
 	t.Helper()
+	return startStackWith(t, clientapi.DefaultConfig())
+}
+
+// startStackWith is startStack with a client-API configuration.
+func startStackWith(t *testing.T, cfg clientapi.Config) string {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	log := zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel))
@@ -65,7 +71,7 @@ func startStack(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca, err := clientapi.New(ctx, clientapi.DefaultConfig(), clientapi.Deps{
+	ca, err := clientapi.New(ctx, cfg, clientapi.Deps{
 		Logger: log, ServerName: serverName, DatabaseURL: db, JetStream: js,
 		KeyServer: ksClient, RoomServer: roomserverv1.NewRoomServiceClient(conn),
 	})

@@ -20,9 +20,12 @@ type notifier struct {
 	// userEPos is the same for the presence service's ephemeral stream
 	// (typing, receipts, presence), fed by ephemeral_consumer.go.
 	userEPos map[string]int64
-	waiters  map[string][]chan struct{} // user ID -> waiting requests
-	done     chan struct{}
-	closed   bool
+	// wakes counts changes outside both streams (account data), per user
+	// (notifier_wake.go).
+	wakes   map[string]uint64
+	waiters map[string][]chan struct{} // user ID -> waiting requests
+	done    chan struct{}
+	closed  bool
 }
 
 func newNotifier(joined map[string][]string) *notifier {
@@ -30,6 +33,7 @@ func newNotifier(joined map[string][]string) *notifier {
 		joined:   map[string]map[string]struct{}{},
 		userPos:  map[string]int64{},
 		userEPos: map[string]int64{},
+		wakes:    map[string]uint64{},
 		waiters:  map[string][]chan struct{}{},
 		done:     make(chan struct{}),
 	}
@@ -90,14 +94,25 @@ func (n *notifier) wakeLocked(users map[string]struct{}) {
 // wait blocks until a room event that concerns the user is committed at a
 // position after `after`, ctx ends, or the notifier closes.
 func (n *notifier) wait(ctx context.Context, userID string, after int64) {
-	n.waitSync(ctx, userID, after, math.MaxInt64)
+	n.waitSync(ctx, userID, syncCursor{pos: after, epos: math.MaxInt64, wakes: n.wakeCount(userID)})
 }
 
-// waitSync is wait that also returns when ephemeral data that concerns
-// the user changed at a position after afterE.
-func (n *notifier) waitSync(ctx context.Context, userID string, after, afterE int64) {
+// syncCursor is what a /sync response covered: the room stream up to pos,
+// the ephemeral stream up to epos, and the user's wake counter as read
+// before the response was built.
+type syncCursor struct {
+	pos, epos int64
+	wakes     uint64
+}
+
+// waitSync blocks until something the user has not seen in c happens: a
+// room event after c.pos, ephemeral data after c.epos, or a wake (the
+// counter moved past c.wakes); or until ctx ends or the notifier closes.
+// The checks and the registration happen under one lock, so a change that
+// lands between building a response and waiting is not missed.
+func (n *notifier) waitSync(ctx context.Context, userID string, c syncCursor) {
 	n.mu.Lock()
-	if n.closed || n.userPos[userID] > after || n.userEPos[userID] > afterE {
+	if n.closed || n.userPos[userID] > c.pos || n.userEPos[userID] > c.epos || n.wakes[userID] != c.wakes {
 		n.mu.Unlock()
 		return
 	}

@@ -71,3 +71,40 @@ func TestNotifierWakesOnlyAffectedUsers(t *testing.T) {
 	n.close()
 	<-done
 }
+
+func TestNotifierWake(t *testing.T) {
+	n := newNotifier(nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	seen := n.wakeCount("@a:x")
+	// A wake between reading the counter and waiting is not lost.
+	n.wake("@a:x")
+	n.waitSync(ctx, "@a:x", syncCursor{wakes: seen})
+	if ctx.Err() != nil {
+		t.Fatal("wait did not see the earlier wake")
+	}
+	// A waiting request is woken; another user's wake does not count.
+	seen = n.wakeCount("@a:x")
+	done := make(chan struct{})
+	go func() { n.waitSync(ctx, "@a:x", syncCursor{wakes: seen}); close(done) }()
+	testkit.Eventually(t, 10*time.Second, func() error {
+		if !n.waiting("@a:x") {
+			return fmt.Errorf("not waiting yet")
+		}
+		return nil
+	})
+	n.wake("@b:x")
+	select {
+	case <-done:
+		t.Fatal("woken by another user's change")
+	default:
+	}
+	if !n.waiting("@a:x") {
+		t.Fatal("the waiter was dropped by another user's change")
+	}
+	n.wake("@a:x")
+	<-done
+	if ctx.Err() != nil {
+		t.Fatal("the waiter was not woken")
+	}
+}

@@ -361,6 +361,9 @@ func (s *Service) createRoom(r *http.Request, dev *device) (any, error) {
 		return nil, err
 	}
 	ctx := r.Context()
+	if err := s.addProfileToCreatorJoin(ctx, dev.UserID, plan.Events); err != nil {
+		return nil, err
+	}
 	if plan.Alias != "" {
 		existing, err := s.rooms.GetRoomAlias(ctx, &roomserverv1.GetRoomAliasRequest{Alias: plan.Alias})
 		if err != nil {
@@ -421,6 +424,9 @@ func (s *Service) setMembership(r *http.Request, dev *device, roomID, target, me
 	content := map[string]any{"membership": membership}
 	if reason != "" {
 		content["reason"] = reason
+	}
+	if err := s.beforeOwnMembership(r.Context(), dev, roomID, target, membership, content); err != nil {
+		return err
 	}
 	raw, err := json.Marshal(content)
 	if err != nil {

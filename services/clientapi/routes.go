@@ -114,7 +114,7 @@ func (s *Service) RegisterHTTP(r chi.Router) {
 	mux.Use(escapedRoutePath)
 	mux.NotFound(matrixhttp.NotFoundHandler)
 	mux.MethodNotAllowed(matrixhttp.MethodNotAllowedHandler)
-	for _, rt := range s.routes() {
+	for _, rt := range append(s.routes(), s.accountRoutes()...) {
 		h := s.wrap(rt)
 		if rt.abs {
 			mux.Method(rt.method, rt.path, h)
@@ -124,6 +124,7 @@ func (s *Service) RegisterHTTP(r chi.Router) {
 			mux.Method(rt.method, prefix+rt.path, h)
 		}
 	}
+	s.mountFallbackPages(mux)
 	// A fresh routing context for our router: the parent's would make chi
 	// reuse the parent's (unescaped) route path.
 	entry := http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
@@ -131,6 +132,8 @@ func (s *Service) RegisterHTTP(r chi.Router) {
 	})
 	r.Handle("/_matrix/client/*", entry)
 	r.Handle("/.well-known/matrix/client", entry)
+	r.Handle("/_synapse/admin/*", entry)
+	r.Handle(loginFallbackPath, entry)
 }
 
 // escapedRoutePath makes chi route on the escaped path.
@@ -154,8 +157,13 @@ func (s *Service) wrap(rt route) http.Handler {
 				return
 			}
 			dev = d
+			if dev.IsGuest && !guestAllowed(rt) {
+				s.writeError(w, r, guestForbidden("Guest access is not allowed on this endpoint"))
+				return
+			}
 		}
-		if rt.limit != limitNone {
+		// Admins are not rate limited.
+		if rt.limit != limitNone && (dev == nil || !dev.IsAdmin) {
 			key := clientIP(r, s.cfg.RateLimit.TrustForwardedFor)
 			if dev != nil {
 				key = dev.UserID

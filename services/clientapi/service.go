@@ -48,6 +48,8 @@ type Service struct {
 	presence   presencev1.PresenceServiceClient
 	// ephemeralConsumer wakes /sync on presence service changes.
 	ephemeralConsumer jetstream.Consumer
+	// now is the clock for token expiry; tests replace it.
+	now func() time.Time
 }
 
 // New opens the store, loads room memberships for the notifier and
@@ -72,6 +74,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		presence:   deps.Presence,
 		js:         deps.JetStream,
 		limiter:    newRateLimiter(cfg.RateLimit, time.Now),
+		now:        time.Now,
 	}
 	members, err := st.JoinedMembers(ctx)
 	if err != nil {

@@ -75,7 +75,7 @@ type syncResponse struct {
 
 func (r *syncResponse) empty() bool {
 	return len(r.Rooms.Join) == 0 && len(r.Rooms.Invite) == 0 && len(r.Rooms.Leave) == 0 &&
-		len(r.Rooms.Knock) == 0 && len(r.Presence.Events) == 0
+		len(r.Rooms.Knock) == 0 && len(r.Presence.Events) == 0 && len(r.AccountData.Events) == 0
 }
 
 // syncOptions are the parsed /sync parameters.
@@ -130,6 +130,7 @@ func (s *Service) sync(r *http.Request, dev *device) (any, error) {
 	wait := opts.since != nil && !opts.fullState && timeout > 0
 	deadline := time.Now().Add(timeout)
 	for {
+		woken := s.notifier.wakeCount(dev.UserID)
 		resp, pos, err := s.buildSync(ctx, dev, opts)
 		if err != nil {
 			return nil, err
@@ -138,12 +139,20 @@ func (s *Service) sync(r *http.Request, dev *device) (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		resp.NextBatch = streamToken{pos: pos, epos: epos}.String()
+		var accountDataSince int64
+		if opts.since != nil {
+			accountDataSince = opts.since.apos
+		}
+		apos, err := s.syncAccountData(ctx, dev.UserID, accountDataSince, opts.filter, resp)
+		if err != nil {
+			return nil, err
+		}
+		resp.NextBatch = streamToken{pos: pos, epos: epos, apos: apos}.String()
 		if !wait || !resp.empty() || !time.Now().Before(deadline) {
 			return resp, nil
 		}
 		waitCtx, cancel := context.WithDeadline(ctx, deadline)
-		s.notifier.waitSync(waitCtx, dev.UserID, pos, epos)
+		s.notifier.waitSync(waitCtx, dev.UserID, syncCursor{pos: pos, epos: epos, wakes: woken})
 		cancel()
 		if ctx.Err() != nil || s.notifier.isClosed() {
 			return resp, nil

@@ -12,12 +12,14 @@ import (
 // end, so all of them interoperate.
 //
 // /sync tokens also carry epos, the presence service's ephemeral position
-// (typing, receipts, presence): "s<pos>_e<epos>". Tokens without it (older
-// tokens, and pagination tokens) parse with epos 0, which makes the next
-// sync send the current ephemeral data, as an initial sync would.
+// (typing, receipts, presence), and apos, the user's account data position:
+// "s<pos>_e<epos>_a<apos>". A missing part (older tokens, pagination
+// tokens) parses as 0, which makes the next sync send that data in full,
+// as an initial sync would.
 type streamToken struct {
 	pos  int64
 	epos int64
+	apos int64
 }
 
 func (t streamToken) String() string {
@@ -25,12 +27,15 @@ func (t streamToken) String() string {
 	if t.epos > 0 {
 		s += "_e" + strconv.FormatInt(t.epos, 10)
 	}
+	if t.apos > 0 {
+		s += "_a" + strconv.FormatInt(t.apos, 10)
+	}
 	return s
 }
 
 // parseStreamToken parses "s<pos>" with optional "_<component>"s: "e<n>"
-// is the ephemeral position; unknown components are ignored so that later
-// versions may add more.
+// is the ephemeral position, "a<n>" the account data position; unknown
+// components are ignored so that later versions may add more.
 func parseStreamToken(s string) (streamToken, error) {
 	body, ok := strings.CutPrefix(s, "s")
 	if !ok {
@@ -43,10 +48,17 @@ func parseStreamToken(s string) (streamToken, error) {
 	}
 	t := streamToken{pos: pos}
 	for _, part := range parts[1:] {
-		if v, isE := strings.CutPrefix(part, "e"); isE {
-			if t.epos, ok = parsePosition(v); !ok {
-				return streamToken{}, fmt.Errorf("%w: %q", ErrInvalidToken, s)
-			}
+		var field *int64
+		switch {
+		case strings.HasPrefix(part, "e"):
+			field = &t.epos
+		case strings.HasPrefix(part, "a"):
+			field = &t.apos
+		default:
+			continue
+		}
+		if *field, ok = parsePosition(part[1:]); !ok {
+			return streamToken{}, fmt.Errorf("%w: %q", ErrInvalidToken, s)
 		}
 	}
 	return t, nil

@@ -16,20 +16,47 @@ type Login struct {
 	DisplayName string
 	// TokenHash is the SHA-256 of the access token.
 	TokenHash []byte
+	// ExpiresAt is when the access token expires; zero means never.
+	ExpiresAt time.Time
+	// RefreshHash is the SHA-256 of the refresh token issued with the
+	// access token; nil when the client asked for none.
+	RefreshHash []byte
+	// IP is the client's address, remembered as the device's last seen IP.
+	IP string
+}
+
+// NewAccount is an account to create.
+type NewAccount struct {
+	Localpart string
+	// PasswordHash nil means the account has no password.
+	PasswordHash *string
+	Admin        bool
+	Guest        bool
+	DisplayName  string
+	// UIASession, when set, is the registration's UIA session: the
+	// registration token it reserved (if any) is consumed in the same
+	// transaction, and the session is deleted.
+	UIASession string
 }
 
 // CreateAccount creates an account and, when login is not nil, its first
-// device and access token, all in one transaction. passwordHash nil means
-// the account has no password. A taken localpart is ErrUserExists.
-func (s *Store) CreateAccount(ctx context.Context, localpart string, passwordHash *string, login *Login) error {
+// device and access token, all in one transaction. A taken localpart is
+// ErrUserExists.
+func (s *Store) CreateAccount(ctx context.Context, acct NewAccount, login *Login) error {
 	return pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `INSERT INTO accounts (localpart, password_hash) VALUES ($1, $2) ON CONFLICT DO NOTHING`,
-			localpart, passwordHash)
+		tag, err := tx.Exec(ctx, `INSERT INTO accounts (localpart, password_hash, is_admin, is_guest, displayname)
+			VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING`,
+			acct.Localpart, acct.PasswordHash, acct.Admin, acct.Guest, nullable(acct.DisplayName))
 		if err != nil {
 			return fmt.Errorf("insert account: %w", err)
 		}
 		if tag.RowsAffected() == 0 {
 			return ErrUserExists
+		}
+		if acct.UIASession != "" {
+			if err := consumeUIASession(ctx, tx, acct.UIASession); err != nil {
+				return err
+			}
 		}
 		if login == nil {
 			return nil
@@ -39,18 +66,54 @@ func (s *Store) CreateAccount(ctx context.Context, localpart string, passwordHas
 	})
 }
 
-// AccountExists reports whether the localpart is registered.
+// AccountExists reports whether the localpart is registered (deactivated
+// accounts included: their IDs are never reused).
 func (s *Store) AccountExists(ctx context.Context, localpart string) (bool, error) {
 	var exists bool
 	err := s.db.QueryRow(ctx, `SELECT EXISTS(SELECT 1 FROM accounts WHERE localpart = $1)`, localpart).Scan(&exists)
 	return exists, err
 }
 
+// Account is what the client-API knows about a local account.
+type Account struct {
+	Localpart    string
+	PasswordHash string // empty: no password
+	Admin        bool
+	Guest        bool
+	Deactivated  bool
+	DisplayName  string
+	AvatarURL    string
+}
+
+// Account returns a local account, or ErrNotFound.
+func (s *Store) Account(ctx context.Context, localpart string) (Account, error) {
+	var a Account
+	var hash, name, avatar *string
+	err := s.db.QueryRow(ctx, `SELECT localpart, password_hash, is_admin, is_guest, deactivated, displayname, avatar_url
+		FROM accounts WHERE localpart = $1`, localpart).
+		Scan(&a.Localpart, &hash, &a.Admin, &a.Guest, &a.Deactivated, &name, &avatar)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Account{}, ErrNotFound
+	}
+	if err != nil {
+		return Account{}, err
+	}
+	a.PasswordHash, a.DisplayName, a.AvatarURL = deref(hash), deref(name), deref(avatar)
+	return a, nil
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
 // PasswordHash returns the account's password hash; ErrNotFound when the
-// account does not exist or has no password.
+// account does not exist, is deactivated or has no password.
 func (s *Store) PasswordHash(ctx context.Context, localpart string) (string, error) {
 	var hash *string
-	err := s.db.QueryRow(ctx, `SELECT password_hash FROM accounts WHERE localpart = $1`, localpart).Scan(&hash)
+	err := s.db.QueryRow(ctx, `SELECT password_hash FROM accounts WHERE localpart = $1 AND NOT deactivated`, localpart).Scan(&hash)
 	if errors.Is(err, pgx.ErrNoRows) || (err == nil && hash == nil) {
 		return "", ErrNotFound
 	}
@@ -58,6 +121,15 @@ func (s *Store) PasswordHash(ctx context.Context, localpart string) (string, err
 		return "", err
 	}
 	return *hash, nil
+}
+
+// SetAdmin sets or clears the admin flag of an account.
+func (s *Store) SetAdmin(ctx context.Context, localpart string, admin bool) error {
+	tag, err := s.db.Exec(ctx, `UPDATE accounts SET is_admin = $2 WHERE localpart = $1`, localpart, admin)
+	if err == nil && tag.RowsAffected() == 0 {
+		return ErrNotFound
+	}
+	return err
 }
 
 // AddLogin creates the device if it is new and stores a new access token
@@ -70,34 +142,83 @@ func (s *Store) AddLogin(ctx context.Context, login Login) error {
 }
 
 func addLogin(ctx context.Context, tx pgx.Tx, login Login) (revoked int64, err error) {
-	var name *string
-	if login.DisplayName != "" {
-		name = &login.DisplayName
-	}
-	if _, err := tx.Exec(ctx, `INSERT INTO devices (user_id, device_id, display_name) VALUES ($1, $2, $3)
-		ON CONFLICT (user_id, device_id) DO NOTHING`, login.UserID, login.DeviceID, name); err != nil {
+	now := time.Now().UnixMilli()
+	if _, err := tx.Exec(ctx, `INSERT INTO devices (user_id, device_id, display_name, last_seen_ts, last_seen_ip) VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT (user_id, device_id) DO UPDATE SET last_seen_ts = EXCLUDED.last_seen_ts, last_seen_ip = EXCLUDED.last_seen_ip`,
+		login.UserID, login.DeviceID, nullable(login.DisplayName), now, nullable(login.IP)); err != nil {
 		return 0, fmt.Errorf("insert device: %w", err)
 	}
 	tag, err := tx.Exec(ctx, `DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2`, login.UserID, login.DeviceID)
 	if err != nil {
 		return 0, fmt.Errorf("revoke device tokens: %w", err)
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO access_tokens (token_hash, user_id, device_id) VALUES ($1, $2, $3)`,
-		login.TokenHash, login.UserID, login.DeviceID); err != nil {
+	if _, err := tx.Exec(ctx, `DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id = $2`, login.UserID, login.DeviceID); err != nil {
+		return 0, fmt.Errorf("revoke refresh tokens: %w", err)
+	}
+	var expires *time.Time
+	if !login.ExpiresAt.IsZero() {
+		expires = &login.ExpiresAt
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO access_tokens (token_hash, user_id, device_id, expires_at) VALUES ($1, $2, $3, $4)`,
+		login.TokenHash, login.UserID, login.DeviceID, expires); err != nil {
 		return 0, fmt.Errorf("insert access token: %w", err)
+	}
+	if login.RefreshHash != nil {
+		if _, err := tx.Exec(ctx, `INSERT INTO refresh_tokens (token_hash, user_id, device_id) VALUES ($1, $2, $3)`,
+			login.RefreshHash, login.UserID, login.DeviceID); err != nil {
+			return 0, fmt.Errorf("insert refresh token: %w", err)
+		}
 	}
 	return tag.RowsAffected(), nil
 }
 
-// LookupToken returns the user and device an access token hash belongs to,
-// or ErrNotFound.
-func (s *Store) LookupToken(ctx context.Context, tokenHash []byte) (userID, deviceID string, err error) {
-	err = s.db.QueryRow(ctx, `SELECT user_id, device_id FROM access_tokens WHERE token_hash = $1`, tokenHash).
-		Scan(&userID, &deviceID)
+// TokenOwner is what an access token resolves to.
+type TokenOwner struct {
+	UserID   string
+	DeviceID string
+	// ExpiresAt is zero for tokens that never expire.
+	ExpiresAt time.Time
+	Admin     bool
+	Guest     bool
+}
+
+// LookupToken returns the owner of an access token hash, or ErrNotFound.
+// The account is found by the user ID's localpart (local users only hold
+// tokens; localparts cannot contain ':').
+func (s *Store) LookupToken(ctx context.Context, tokenHash []byte) (TokenOwner, error) {
+	var o TokenOwner
+	var expires *time.Time
+	err := s.db.QueryRow(ctx, `SELECT t.user_id, t.device_id, t.expires_at, a.is_admin, a.is_guest
+		FROM access_tokens t
+		JOIN accounts a ON a.localpart = substring(t.user_id FROM 2 FOR position(':' IN t.user_id) - 2)
+		WHERE t.token_hash = $1 AND NOT a.deactivated`, tokenHash).
+		Scan(&o.UserID, &o.DeviceID, &expires, &o.Admin, &o.Guest)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return "", "", ErrNotFound
+		return TokenOwner{}, ErrNotFound
 	}
-	return userID, deviceID, err
+	if expires != nil {
+		o.ExpiresAt = *expires
+	}
+	return o, err
+}
+
+// Refresh exchanges a refresh token for a new access and refresh token on
+// the same device (login.UserID and login.DeviceID are filled in). The old
+// refresh token and the device's old access tokens stop working. An
+// unknown refresh token is ErrNotFound.
+func (s *Store) Refresh(ctx context.Context, refreshHash []byte, login *Login) error {
+	return pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		err := tx.QueryRow(ctx, `DELETE FROM refresh_tokens WHERE token_hash = $1 RETURNING user_id, device_id`, refreshHash).
+			Scan(&login.UserID, &login.DeviceID)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		_, err = addLogin(ctx, tx, *login)
+		return err
+	})
 }
 
 // Logout deletes an access token and the device it belongs to (with every
@@ -105,7 +226,7 @@ func (s *Store) LookupToken(ctx context.Context, tokenHash []byte) (userID, devi
 func (s *Store) Logout(ctx context.Context, tokenHash []byte) error {
 	return pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		var userID, deviceID string
-		err := tx.QueryRow(ctx, `DELETE FROM access_tokens WHERE token_hash = $1 RETURNING user_id, device_id`, tokenHash).
+		err := tx.QueryRow(ctx, `SELECT user_id, device_id FROM access_tokens WHERE token_hash = $1`, tokenHash).
 			Scan(&userID, &deviceID)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return ErrNotFound
@@ -113,47 +234,44 @@ func (s *Store) Logout(ctx context.Context, tokenHash []byte) error {
 		if err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2`, userID, deviceID); err != nil {
-			return err
-		}
-		_, err = tx.Exec(ctx, `DELETE FROM devices WHERE user_id = $1 AND device_id = $2`, userID, deviceID)
-		return err
+		return deleteDevices(ctx, tx, userID, []string{deviceID})
 	})
 }
 
 // LogoutAll deletes every access token and device of a user.
 func (s *Store) LogoutAll(ctx context.Context, userID string) error {
 	return pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `DELETE FROM access_tokens WHERE user_id = $1`, userID); err != nil {
-			return err
-		}
-		_, err := tx.Exec(ctx, `DELETE FROM devices WHERE user_id = $1`, userID)
-		return err
+		return deleteAllDevices(ctx, tx, userID, "")
 	})
 }
 
-// CreateUIASession stores a new user-interactive auth session and deletes
-// sessions older than maxAge.
-func (s *Store) CreateUIASession(ctx context.Context, sessionID string, maxAge time.Duration) error {
-	if _, err := s.db.Exec(ctx, `DELETE FROM uia_sessions WHERE created_at < now() - $1::interval`, maxAge.String()); err != nil {
-		return err
+// deleteDevices deletes devices of a user with their access and refresh tokens.
+func deleteDevices(ctx context.Context, tx pgx.Tx, userID string, deviceIDs []string) error {
+	for _, q := range []string{
+		`DELETE FROM access_tokens WHERE user_id = $1 AND device_id = ANY($2)`,
+		`DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id = ANY($2)`,
+		`DELETE FROM devices WHERE user_id = $1 AND device_id = ANY($2)`,
+	} {
+		if _, err := tx.Exec(ctx, q, userID, deviceIDs); err != nil {
+			return err
+		}
 	}
-	_, err := s.db.Exec(ctx, `INSERT INTO uia_sessions (session_id) VALUES ($1)`, sessionID)
-	return err
+	return nil
 }
 
-// UIASessionExists reports whether a session exists and is younger than maxAge.
-func (s *Store) UIASessionExists(ctx context.Context, sessionID string, maxAge time.Duration) (bool, error) {
-	var ok bool
-	err := s.db.QueryRow(ctx, `SELECT EXISTS(SELECT 1 FROM uia_sessions WHERE session_id = $1 AND created_at >= now() - $2::interval)`,
-		sessionID, maxAge.String()).Scan(&ok)
-	return ok, err
-}
-
-// DeleteUIASession removes a completed session.
-func (s *Store) DeleteUIASession(ctx context.Context, sessionID string) error {
-	_, err := s.db.Exec(ctx, `DELETE FROM uia_sessions WHERE session_id = $1`, sessionID)
-	return err
+// deleteAllDevices deletes every device of a user but keep (none when
+// empty), with their tokens.
+func deleteAllDevices(ctx context.Context, tx pgx.Tx, userID, keep string) error {
+	for _, q := range []string{
+		`DELETE FROM access_tokens WHERE user_id = $1 AND device_id <> $2`,
+		`DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id <> $2`,
+		`DELETE FROM devices WHERE user_id = $1 AND device_id <> $2`,
+	} {
+		if _, err := tx.Exec(ctx, q, userID, keep); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // CreateFilter stores a filter and returns its ID; an identical filter of

@@ -1,0 +1,266 @@
+package clientapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+
+	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	"github.com/myelin-chat/myelin/services/clientapi/store"
+)
+
+// Account data (global and per room) and room tags, which are the room
+// account data of type m.tag. Changes reach /sync through the token
+// component "_a<pos>" (see streamToken) and wake long polls
+// through the notifier.
+
+// serverControlledAccountData are types clients may not write here.
+var serverControlledAccountData = map[string]bool{"m.fully_read": true, "m.push_rules": true}
+
+// accountDataTarget reads {userId} (which must be the caller) and, for
+// per-room routes, {roomId}.
+func accountDataTarget(r *http.Request, dev *device, perRoom bool) (roomID string, err error) {
+	userID, err := pathParam(r, "userId")
+	if err != nil {
+		return "", err
+	}
+	if userID != dev.UserID {
+		return "", matrixhttp.Forbidden("Cannot access account data of other users")
+	}
+	if perRoom {
+		return roomIDParam(r)
+	}
+	return "", nil
+}
+
+func accountDataType(r *http.Request) (string, error) {
+	typ, err := pathParam(r, "type")
+	if err != nil {
+		return "", err
+	}
+	if typ == "" || len(typ) > 255 {
+		return "", matrixhttp.InvalidParam("Invalid account data type")
+	}
+	return typ, nil
+}
+
+func (s *Service) putGlobalAccountData(r *http.Request, dev *device) (any, error) {
+	return s.putAccountData(r, dev, false)
+}
+
+func (s *Service) putRoomAccountData(r *http.Request, dev *device) (any, error) {
+	return s.putAccountData(r, dev, true)
+}
+
+func (s *Service) getGlobalAccountData(r *http.Request, dev *device) (any, error) {
+	return s.getAccountData(r, dev, false)
+}
+
+func (s *Service) getRoomAccountData(r *http.Request, dev *device) (any, error) {
+	return s.getAccountData(r, dev, true)
+}
+
+// putAccountData is PUT /user/{userId}[/rooms/{roomId}]/account_data/{type}.
+func (s *Service) putAccountData(r *http.Request, dev *device, perRoom bool) (any, error) {
+	roomID, err := accountDataTarget(r, dev, perRoom)
+	if err != nil {
+		return nil, err
+	}
+	typ, err := accountDataType(r)
+	if err != nil {
+		return nil, err
+	}
+	if serverControlledAccountData[typ] {
+		return nil, matrixhttp.Errorf(http.StatusMethodNotAllowed, "M_BAD_JSON", "Cannot set %s through this API", typ)
+	}
+	body, err := readObject(r, bodyRequired)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.storeAccountData(r.Context(), dev.UserID, roomID, typ, body); err != nil {
+		return nil, err
+	}
+	return struct{}{}, nil
+}
+
+// storeAccountData writes an entry and wakes the user's long polls.
+func (s *Service) storeAccountData(ctx context.Context, userID, roomID, typ string, content []byte) error {
+	if _, err := s.store.PutAccountData(ctx, userID, roomID, typ, content); err != nil {
+		return err
+	}
+	s.notifier.wake(userID)
+	return nil
+}
+
+// getAccountData is GET /user/{userId}[/rooms/{roomId}]/account_data/{type}.
+func (s *Service) getAccountData(r *http.Request, dev *device, perRoom bool) (any, error) {
+	roomID, err := accountDataTarget(r, dev, perRoom)
+	if err != nil {
+		return nil, err
+	}
+	typ, err := accountDataType(r)
+	if err != nil {
+		return nil, err
+	}
+	content, err := s.store.GetAccountData(r.Context(), dev.UserID, roomID, typ)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, matrixhttp.NotFound("No account data of this type")
+	}
+	if err != nil {
+		return nil, err
+	}
+	return json.RawMessage(content), nil
+}
+
+// tagsContent is the content of m.tag.
+type tagsContent struct {
+	Tags map[string]json.RawMessage `json:"tags"`
+}
+
+func (s *Service) loadTags(ctx context.Context, userID, roomID string) (tagsContent, error) {
+	tc := tagsContent{Tags: map[string]json.RawMessage{}}
+	raw, err := s.store.GetAccountData(ctx, userID, roomID, "m.tag")
+	if errors.Is(err, store.ErrNotFound) {
+		return tc, nil
+	}
+	if err != nil {
+		return tc, err
+	}
+	if err := json.Unmarshal(raw, &tc); err != nil || tc.Tags == nil {
+		tc.Tags = map[string]json.RawMessage{}
+	}
+	return tc, nil
+}
+
+// getTags is GET /user/{userId}/rooms/{roomId}/tags.
+func (s *Service) getTags(r *http.Request, dev *device) (any, error) {
+	roomID, err := accountDataTarget(r, dev, true)
+	if err != nil {
+		return nil, err
+	}
+	return s.loadTags(r.Context(), dev.UserID, roomID)
+}
+
+func tagParam(r *http.Request) (string, error) {
+	tag, err := pathParam(r, "tag")
+	if err != nil {
+		return "", err
+	}
+	if tag == "" || len(tag) > 255 {
+		return "", matrixhttp.InvalidParam("Invalid tag")
+	}
+	return tag, nil
+}
+
+// putTag is PUT /user/{userId}/rooms/{roomId}/tags/{tag}.
+func (s *Service) putTag(r *http.Request, dev *device) (any, error) {
+	return s.changeTag(r, dev, true)
+}
+
+// deleteTag is DELETE /user/{userId}/rooms/{roomId}/tags/{tag}.
+func (s *Service) deleteTag(r *http.Request, dev *device) (any, error) {
+	return s.changeTag(r, dev, false)
+}
+
+func (s *Service) changeTag(r *http.Request, dev *device, put bool) (any, error) {
+	roomID, err := accountDataTarget(r, dev, true)
+	if err != nil {
+		return nil, err
+	}
+	tag, err := tagParam(r)
+	if err != nil {
+		return nil, err
+	}
+	var body []byte
+	if put {
+		if body, err = readObject(r, bodyRequired); err != nil {
+			return nil, err
+		}
+		var info struct {
+			Order *float64 `json:"order"`
+		}
+		if err := json.Unmarshal(body, &info); err != nil {
+			return nil, matrixhttp.BadJSON("order must be a number")
+		}
+	}
+	ctx := r.Context()
+	tc, err := s.loadTags(ctx, dev.UserID, roomID)
+	if err != nil {
+		return nil, err
+	}
+	if put {
+		tc.Tags[tag] = body
+	} else {
+		delete(tc.Tags, tag)
+	}
+	raw, err := json.Marshal(tc)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.storeAccountData(ctx, dev.UserID, roomID, "m.tag", raw); err != nil {
+		return nil, err
+	}
+	return struct{}{}, nil
+}
+
+// syncAccountData adds the account data changed after since to a sync
+// response — global, and for rooms the user is joined to (or left in this
+// response) that the filter's room list allows — and returns the user's
+// account data position for next_batch. Filters' account_data sections
+// are not applied.
+func (s *Service) syncAccountData(ctx context.Context, userID string, since int64, filter syncFilter, resp *syncResponse) (int64, error) {
+	entries, latest, err := s.store.Reader().AccountDataSince(ctx, userID, since)
+	if err != nil {
+		return 0, err
+	}
+	var joined map[string]bool
+	for _, e := range entries {
+		ev, err := json.Marshal(map[string]any{"type": e.Type, "content": json.RawMessage(e.Content)})
+		if err != nil {
+			return 0, err
+		}
+		if e.RoomID == "" {
+			resp.AccountData.Events = append(resp.AccountData.Events, ev)
+			continue
+		}
+		if jr := resp.Rooms.Join[e.RoomID]; jr != nil {
+			jr.AccountData.Events = append(jr.AccountData.Events, ev)
+			continue
+		}
+		if lr := resp.Rooms.Leave[e.RoomID]; lr != nil {
+			lr.AccountData.Events = append(lr.AccountData.Events, ev)
+			continue
+		}
+		if joined == nil {
+			rooms, err := s.store.Reader().JoinedRooms(ctx, userID)
+			if err != nil {
+				return 0, err
+			}
+			joined = map[string]bool{}
+			for _, r := range rooms {
+				joined[r] = true
+			}
+		}
+		if !joined[e.RoomID] || !filter.allowsRoom(e.RoomID) {
+			// A room the user is not in (or filtered out): its data is
+			// in the next initial sync.
+			continue
+		}
+		// A joined room with no new events: an entry with only account data.
+		summary, err := s.store.Reader().CurrentState(ctx, e.RoomID, summaryStateTypes)
+		if err != nil {
+			return 0, err
+		}
+		jr := &joinedRoom{
+			Summary:             summarize(summary, userID),
+			State:               emptyEvents(),
+			Timeline:            timelineBatch{Events: []json.RawMessage{}},
+			Ephemeral:           emptyEvents(),
+			AccountData:         eventList{Events: []json.RawMessage{ev}},
+			UnreadNotifications: map[string]int{},
+		}
+		resp.Rooms.Join[e.RoomID] = jr
+	}
+	return latest, nil
+}

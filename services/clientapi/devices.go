@@ -1,0 +1,133 @@
+package clientapi
+
+import (
+	"errors"
+	"net/http"
+
+	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	"github.com/myelin-chat/myelin/services/clientapi/store"
+)
+
+// listDevices is GET /devices.
+func (s *Service) listDevices(r *http.Request, dev *device) (any, error) {
+	devs, err := s.store.Devices(r.Context(), dev.UserID)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"devices": devs}, nil
+}
+
+// deviceIDParam reads {deviceId}.
+func deviceIDParam(r *http.Request) (string, error) {
+	id, err := pathParam(r, "deviceId")
+	if err != nil {
+		return "", err
+	}
+	if id == "" || len(id) > 255 {
+		return "", matrixhttp.InvalidParam("Invalid device ID")
+	}
+	return id, nil
+}
+
+// errNoDevice: another user's device is as unknown as a missing one.
+func errNoDevice() error { return matrixhttp.NotFound("Unknown device") }
+
+// getDevice is GET /devices/{deviceId}. Only the caller's own devices
+// exist for them: another user's device ID is 404.
+func (s *Service) getDevice(r *http.Request, dev *device) (any, error) {
+	id, err := deviceIDParam(r)
+	if err != nil {
+		return nil, err
+	}
+	d, err := s.store.Device(r.Context(), dev.UserID, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, errNoDevice()
+	}
+	if err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// putDevice is PUT /devices/{deviceId}: renames a device.
+func (s *Service) putDevice(r *http.Request, dev *device) (any, error) {
+	id, err := deviceIDParam(r)
+	if err != nil {
+		return nil, err
+	}
+	var req struct {
+		DisplayName *string `json:"display_name"`
+	}
+	if err := decodeBody(r, bodyOptional, &req); err != nil {
+		return nil, err
+	}
+	if req.DisplayName == nil {
+		// Nothing to change, but the device must still exist.
+		_, err = s.store.Device(r.Context(), dev.UserID, id)
+	} else {
+		if len(*req.DisplayName) > 512 {
+			return nil, matrixhttp.InvalidParam("display_name too long")
+		}
+		err = s.store.SetDeviceDisplayName(r.Context(), dev.UserID, id, req.DisplayName)
+	}
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, errNoDevice()
+	}
+	if err != nil {
+		return nil, err
+	}
+	return struct{}{}, nil
+}
+
+// deleteDevice is DELETE /devices/{deviceId}, behind user-interactive auth.
+func (s *Service) deleteDevice(r *http.Request, dev *device) (any, error) {
+	id, err := deviceIDParam(r)
+	if err != nil {
+		return nil, err
+	}
+	var req struct {
+		Auth *authData `json:"auth"`
+	}
+	if err := decodeBody(r, bodyOptional, &req); err != nil {
+		return nil, err
+	}
+	// Check existence before asking for a password: a 404 is the answer
+	// whatever the auth.
+	if _, err := s.store.Device(r.Context(), dev.UserID, id); errors.Is(err, store.ErrNotFound) {
+		return nil, errNoDevice()
+	} else if err != nil {
+		return nil, err
+	}
+	return s.deleteDevicesUIA(r, dev, req.Auth, []string{id})
+}
+
+// deleteDevicesBulk is POST /delete_devices, behind user-interactive auth.
+// Unknown device IDs are ignored, as the spec says.
+func (s *Service) deleteDevicesBulk(r *http.Request, dev *device) (any, error) {
+	var req struct {
+		Auth    *authData `json:"auth"`
+		Devices []string  `json:"devices"`
+	}
+	if err := decodeBody(r, bodyRequired, &req); err != nil {
+		return nil, err
+	}
+	if req.Devices == nil {
+		return nil, matrixhttp.MissingParam("devices is required")
+	}
+	return s.deleteDevicesUIA(r, dev, req.Auth, req.Devices)
+}
+
+func (s *Service) deleteDevicesUIA(r *http.Request, dev *device, auth *authData, ids []string) (any, error) {
+	ctx := r.Context()
+	sess, err := s.runUIA(ctx, purposeDeleteDevices, dev.UserID, auth)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.store.DeleteDevices(ctx, dev.UserID, ids); err != nil {
+		return nil, err
+	}
+	if err := s.finishUIA(ctx, sess); err != nil {
+		return nil, err
+	}
+	return struct{}{}, nil
+}

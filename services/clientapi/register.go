@@ -1,0 +1,196 @@
+package clientapi
+
+import (
+	"context"
+	"errors"
+	"net/http"
+
+	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	"github.com/myelin-chat/myelin/services/clientapi/store"
+)
+
+// registerRequest is the body of POST /register.
+type registerRequest struct {
+	Auth                     *authData `json:"auth"`
+	Username                 string    `json:"username"`
+	Password                 string    `json:"password"`
+	DeviceID                 string    `json:"device_id"`
+	InitialDeviceDisplayName string    `json:"initial_device_display_name"`
+	InhibitLogin             bool      `json:"inhibit_login"`
+	RefreshToken             bool      `json:"refresh_token"`
+}
+
+// loginResponse is the body of a successful login or registration.
+type loginResponse struct {
+	UserID       string         `json:"user_id"`
+	AccessToken  string         `json:"access_token,omitempty"`
+	DeviceID     string         `json:"device_id,omitempty"`
+	RefreshToken string         `json:"refresh_token,omitempty"`
+	ExpiresInMS  int64          `json:"expires_in_ms,omitempty"`
+	HomeServer   string         `json:"home_server"`
+	WellKnown    map[string]any `json:"well_known,omitempty"`
+}
+
+// register is POST /register: user accounts through user-interactive auth
+// (m.login.dummy when registration is open, m.login.registration_token in
+// token mode), guest accounts without auth when guest access is on.
+func (s *Service) register(r *http.Request, _ *device) (any, error) {
+	guest := false
+	switch r.URL.Query().Get("kind") {
+	case "", "user":
+	case "guest":
+		guest = true
+	default:
+		return nil, matrixhttp.InvalidParam("kind must be user or guest")
+	}
+	if guest && !s.cfg.Registration.GuestAccess {
+		return nil, matrixhttp.Forbidden("Guest registration is disabled")
+	}
+	if !guest && s.cfg.Registration.Mode == RegistrationClosed {
+		return nil, matrixhttp.Forbidden("Registration is disabled")
+	}
+	var req registerRequest
+	mode := bodyRequired
+	if guest {
+		mode = bodyOptional // guests need send nothing
+	}
+	if err := decodeBody(r, mode, &req); err != nil {
+		return nil, err
+	}
+	if len(req.Password) > maxPasswordBytes {
+		return nil, matrixhttp.InvalidParam("Password too long")
+	}
+	if len(req.DeviceID) > 255 {
+		return nil, matrixhttp.InvalidParam("device_id too long")
+	}
+	ctx := r.Context()
+	if guest {
+		return s.registerGuest(r, req)
+	}
+	localpart := ""
+	if req.Username != "" {
+		lp, err := s.normaliseUsername(req.Username)
+		if err != nil {
+			return nil, err
+		}
+		taken, err := s.store.AccountExists(ctx, lp)
+		if err != nil {
+			return nil, err
+		}
+		if taken {
+			return nil, matrixhttp.UserInUse("User ID already taken")
+		}
+		localpart = lp
+	}
+	sess, err := s.runUIA(ctx, purposeRegister, "", req.Auth)
+	if err != nil {
+		return nil, err
+	}
+	acct := store.NewAccount{Localpart: localpart, UIASession: sess.ID}
+	if req.Password != "" {
+		h, err := hashPassword(req.Password)
+		if err != nil {
+			return nil, err
+		}
+		acct.PasswordHash = &h
+	}
+	return s.createAndLogin(r, acct, !req.InhibitLogin, req.DeviceID, req.InitialDeviceDisplayName, req.RefreshToken)
+}
+
+// registerGuest creates a guest account: a numeric localpart (reserved
+// for guests), no password, and always a login on a server-chosen device.
+// The spec has the server ignore every body field but
+// initial_device_display_name.
+func (s *Service) registerGuest(r *http.Request, req registerRequest) (any, error) {
+	acct := store.NewAccount{Guest: true}
+	return s.createAndLogin(r, acct, true, "", req.InitialDeviceDisplayName, false)
+}
+
+// createAndLogin creates the account (generating a localpart when empty)
+// and, when login is set, its first device and tokens.
+func (s *Service) createAndLogin(r *http.Request, acct store.NewAccount, login bool, deviceID, deviceName string, refresh bool) (loginResponse, error) {
+	ctx := r.Context()
+	var l *store.Login
+	var toks issuedTokens
+	if login {
+		if deviceID == "" {
+			deviceID = newDeviceID()
+		}
+		nl, t := s.newLogin(r, "", deviceID, deviceName, refresh)
+		l, toks = &nl, t
+	}
+	localpart, err := s.createAccount(ctx, acct, l)
+	if err != nil {
+		return loginResponse{}, err
+	}
+	resp := loginResponse{UserID: s.userID(localpart), HomeServer: s.serverName}
+	if l != nil {
+		toks.fill(&resp, l.DeviceID)
+	}
+	return resp, nil
+}
+
+// createAccount stores the account; an empty localpart is generated
+// (letters and digits for users, digits only for guests).
+func (s *Service) createAccount(ctx context.Context, acct store.NewAccount, login *store.Login) (string, error) {
+	generated := acct.Localpart == ""
+	for attempt := 0; attempt < 10; attempt++ {
+		if generated && acct.Guest {
+			acct.Localpart = randomFrom("0123456789", 12)
+		} else if generated {
+			acct.Localpart = "u" + randomFrom("abcdefghijklmnopqrstuvwxyz0123456789", 12)
+		}
+		if login != nil {
+			login.UserID = s.userID(acct.Localpart)
+		}
+		err := s.store.CreateAccount(ctx, acct, login)
+		if errors.Is(err, store.ErrUserExists) {
+			if generated {
+				continue
+			}
+			return "", matrixhttp.UserInUse("User ID already taken")
+		}
+		return acct.Localpart, err
+	}
+	return "", errors.New("could not generate a free user ID")
+}
+
+// registerAvailable is GET /register/available.
+func (s *Service) registerAvailable(r *http.Request, _ *device) (any, error) {
+	username := r.URL.Query().Get("username")
+	if username == "" {
+		return nil, matrixhttp.MissingParam("username is required")
+	}
+	lp, err := s.normaliseUsername(username)
+	if err != nil {
+		return nil, err
+	}
+	taken, err := s.store.AccountExists(r.Context(), lp)
+	if err != nil {
+		return nil, err
+	}
+	if taken {
+		return nil, matrixhttp.UserInUse("User ID already taken")
+	}
+	return map[string]bool{"available": true}, nil
+}
+
+// registrationTokenValidity is GET /v1/register/m.login.registration_token/validity.
+func (s *Service) registrationTokenValidity(r *http.Request, _ *device) (any, error) {
+	if s.cfg.Registration.Mode != RegistrationToken {
+		return nil, matrixhttp.Forbidden("Registration tokens are not in use")
+	}
+	token := r.URL.Query().Get("token")
+	if token == "" {
+		return nil, matrixhttp.MissingParam("token is required")
+	}
+	ok, err := s.store.RegistrationTokenValid(r.Context(), token, s.now().UnixMilli())
+	if err != nil {
+		return nil, err
+	}
+	return map[string]bool{"valid": ok}, nil
+}
+
+func guestForbidden(msg string) *matrixhttp.Error {
+	return matrixhttp.Errorf(http.StatusForbidden, "M_GUEST_ACCESS_FORBIDDEN", "%s", msg)
+}

@@ -1,0 +1,66 @@
+package store
+
+import (
+	"context"
+	"errors"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// AccountData is one account data entry. RoomID is empty for global data.
+type AccountData struct {
+	RoomID  string
+	Type    string
+	Content []byte
+	Pos     int64
+}
+
+// PutAccountData stores an entry and returns its new position. Writes of
+// one user are serialized so that their positions commit in order.
+func (s *Store) PutAccountData(ctx context.Context, userID, roomID, typ string, content []byte) (int64, error) {
+	var pos int64
+	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('myelin.account_data.' || $1))`, userID); err != nil {
+			return err
+		}
+		return tx.QueryRow(ctx, `INSERT INTO account_data (user_id, room_id, type, content, pos)
+			VALUES ($1, $2, $3, $4, nextval('account_data_pos'))
+			ON CONFLICT (user_id, room_id, type) DO UPDATE SET content = EXCLUDED.content, pos = EXCLUDED.pos
+			RETURNING pos`, userID, roomID, typ, content).Scan(&pos)
+	})
+	return pos, err
+}
+
+// GetAccountData returns one entry's content, or ErrNotFound.
+func (s *Store) GetAccountData(ctx context.Context, userID, roomID, typ string) ([]byte, error) {
+	var content []byte
+	err := s.db.QueryRow(ctx, `SELECT content FROM account_data WHERE user_id = $1 AND room_id = $2 AND type = $3`,
+		userID, roomID, typ).Scan(&content)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	return content, err
+}
+
+// AccountDataSince returns the user's entries changed after pos (all when
+// pos is 0), and the user's latest position.
+func (r Reader) AccountDataSince(ctx context.Context, userID string, pos int64) ([]AccountData, int64, error) {
+	rows, err := r.q.Query(ctx, `SELECT room_id, type, content, pos FROM account_data
+		WHERE user_id = $1 AND pos > $2 ORDER BY pos`, userID, pos)
+	if err != nil {
+		return nil, 0, err
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (AccountData, error) {
+		var a AccountData
+		err := row.Scan(&a.RoomID, &a.Type, &a.Content, &a.Pos)
+		return a, err
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	latest := pos
+	if len(out) > 0 {
+		latest = out[len(out)-1].Pos
+	}
+	return out, latest, nil
+}
