@@ -23,6 +23,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/myelin-chat/myelin/bench/report"
 	"github.com/myelin-chat/myelin/pkg/loadgen"
 )
 
@@ -112,7 +113,7 @@ func runCmd(args []string) error {
 	}
 	fmt.Fprintf(os.Stderr, "wrote %s\n", out)
 	if runErr == nil && *docs != "" {
-		if err := writeReport(res, out, *docs); err != nil {
+		if err := report.Write(res, out, *docs, report.AnalysisFile); err != nil {
 			return err
 		}
 		fmt.Fprintf(os.Stderr, "wrote %s\n", *docs)
@@ -169,7 +170,7 @@ func reportCmd(args []string) error {
 	if err := json.Unmarshal(raw, &res); err != nil {
 		return err
 	}
-	return writeReport(&res, *in, *docs)
+	return report.Write(&res, *in, *docs, report.AnalysisFile)
 }
 
 func newest(paths []string) string {
