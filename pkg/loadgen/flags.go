@@ -40,6 +40,7 @@ func BindFlags(fs *flag.FlagSet) *FlagSet {
 	fs.DurationVar(&o.Throughput.Grace, "grace", o.Throughput.Grace, "scenario throughput: time the /sync observer gets to see the last sends")
 	fs.IntVar(&o.BigSync.Rooms, "big-rooms", o.BigSync.Rooms, "scenario bigsync: rooms of the big account")
 	fs.IntVar(&o.BigSync.Members, "big-members", o.BigSync.Members, "scenario bigsync: members per room (the big account included)")
+	fs.IntVar(&o.BigSync.Messages, "big-messages", o.BigSync.Messages, "scenario bigsync: messages sent into each room after the joins")
 	fs.IntVar(&o.BigSync.Repeats, "big-repeats", o.BigSync.Repeats, "scenario bigsync: repeats of each initial /sync")
 	fs.IntVar(&o.BigSync.Incremental, "big-incremental", o.BigSync.Incremental, "scenario bigsync: incremental /syncs of each kind")
 	fs.IntVar(&o.Concurrency, "concurrency", o.Concurrency, "parallel requests during set-up (registration, joins)")
@@ -68,6 +69,7 @@ func (f *FlagSet) Options(base string) (Options, error) {
 		pick("rooms", &o.Throughput.Rooms, q.Throughput.Rooms)
 		pick("big-rooms", &o.BigSync.Rooms, q.BigSync.Rooms)
 		pick("big-members", &o.BigSync.Members, q.BigSync.Members)
+		pick("big-messages", &o.BigSync.Messages, q.BigSync.Messages)
 		pick("big-repeats", &o.BigSync.Repeats, q.BigSync.Repeats)
 		pick("big-incremental", &o.BigSync.Incremental, q.BigSync.Incremental)
 		pick("profile-seconds", &o.ProfileSeconds, q.ProfileSeconds)
@@ -114,7 +116,7 @@ func (f *FlagSet) Options(base string) (Options, error) {
 		return o, fmt.Errorf("-registration: want auto, dummy or shared-secret")
 	}
 	if o.Serial.Messages < 1 || o.Throughput.Rooms < 1 || o.Throughput.Senders < 1 || len(o.Throughput.Sweep) == 0 ||
-		o.BigSync.Rooms < 1 || o.BigSync.Members < 1 || o.BigSync.Repeats < 1 || o.BigSync.Incremental < 1 ||
+		o.BigSync.Rooms < 1 || o.BigSync.Members < 1 || o.BigSync.Messages < 0 || o.BigSync.Repeats < 1 || o.BigSync.Incremental < 1 ||
 		o.Throughput.StepDuration < time.Second {
 		return o, fmt.Errorf("sizes must be positive and -step at least 1s")
 	}

@@ -3,6 +3,8 @@ package loadgen
 import (
 	"fmt"
 	"io"
+	"os"
+	"strings"
 	"sync"
 	"time"
 )
@@ -23,6 +25,7 @@ func startProgress(w io.Writer, name string, rec *Recorder, total int, limit tim
 		return func() {}
 	}
 	p := &progress{w: w, stop: make(chan struct{}), done: make(chan struct{})}
+	live := isTerminal(w) // into a file or pipe, only the final line
 	start := time.Now()
 	line := func(final bool) {
 		ok, failed := rec.Count()
@@ -36,7 +39,11 @@ func startProgress(w io.Writer, name string, rec *Recorder, total int, limit tim
 		if limit > 0 && !final {
 			s += fmt.Sprintf(" of %.0fs", limit.Seconds())
 		}
-		s += "\033[K"
+		if live {
+			s += "\033[K"
+		} else {
+			s = strings.TrimPrefix(s, "\r")
+		}
 		if final {
 			s += "\n"
 		}
@@ -54,9 +61,21 @@ func startProgress(w io.Writer, name string, rec *Recorder, total int, limit tim
 				line(true)
 				return
 			case <-t.C:
-				line(false)
+				if live {
+					line(false)
+				}
 			}
 		}
 	}()
 	return func() { close(p.stop); <-p.done }
+}
+
+// isTerminal reports whether w is a character device (a terminal).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }

@@ -69,6 +69,8 @@ type ThroughputOptions struct {
 type BigSyncOptions struct {
 	Rooms   int `json:"rooms"`
 	Members int `json:"members"`
+	// Messages sent into each room after the joins.
+	Messages int `json:"messages_per_room"`
 	// Repeats of each initial /sync; Incremental syncs of each kind.
 	Repeats     int `json:"repeats"`
 	Incremental int `json:"incremental"`
@@ -80,7 +82,7 @@ func Defaults() Options {
 		Serial: SerialOptions{Messages: 3000},
 		Throughput: ThroughputOptions{Senders: 32, Rooms: 32, Sweep: []int{1, 2, 4, 8, 16, 32, 64},
 			StepDuration: 20 * time.Second, Grace: 10 * time.Second},
-		BigSync:        BigSyncOptions{Rooms: 300, Members: 300, Repeats: 3, Incremental: 20},
+		BigSync:        BigSyncOptions{Rooms: 300, Members: 300, Messages: 20, Repeats: 3, Incremental: 20},
 		Concurrency:    16,
 		ProfileSeconds: 10,
 	}
@@ -91,7 +93,7 @@ func Quick() Options {
 	o := Defaults()
 	o.Serial.Messages = 100
 	o.Throughput = ThroughputOptions{Senders: 4, Rooms: 4, Sweep: []int{1, 4}, StepDuration: 2 * time.Second, Grace: 5 * time.Second}
-	o.BigSync = BigSyncOptions{Rooms: 5, Members: 5, Repeats: 1, Incremental: 3}
+	o.BigSync = BigSyncOptions{Rooms: 5, Members: 5, Messages: 5, Repeats: 1, Incremental: 3}
 	o.ProfileSeconds = 1
 	return o
 }

@@ -7,7 +7,8 @@ import (
 )
 
 // Scenario 4: big account sync. One user in Rooms rooms of Members members
-// each (the other members are Members-1 users who join every room). Then
+// each (the other members are Members-1 users who join every room), with
+// Messages messages in each room. Then
 // the user's initial /sync with timeline limits 1, 5 and 20 and
 // lazy-loaded members, one initial /sync without lazy loading for
 // comparison, and incremental /syncs.
@@ -28,7 +29,26 @@ func runBigSync(ctx context.Context, e *Env) error {
 	if err := e.JoinAll(ctx, "bigsync", users[1:], rooms); err != nil {
 		return err
 	}
-	params := map[string]any{"rooms": o.Rooms, "members": o.Members}
+	// Messages after the joins, so that the timeline limits choose between
+	// messages rather than between the membership events at the end.
+	if o.Messages > 0 {
+		rec := newRecorder()
+		total := o.Rooms * o.Messages
+		stop := startProgress(e.Opts.Progress, "bigsync: messages", rec, total, 0)
+		err := e.parallel(ctx, total, func(i int) error {
+			t := time.Now()
+			_, err := users[i%len(users)].Send(ctx, rooms[i%len(rooms)], fmt.Sprintf("history %d", i))
+			rec.Observe(time.Since(t), err)
+			return err
+		})
+		rec.Stop()
+		stop()
+		e.AddPhase(rec.Summary("bigsync", "setup/messages", map[string]any{"messages": total}))
+		if err != nil {
+			return err
+		}
+	}
+	params := map[string]any{"rooms": o.Rooms, "members": o.Members, "messages_per_room": o.Messages}
 
 	var since string
 	for _, tc := range []struct {
@@ -124,8 +144,9 @@ func runBigSync(ctx context.Context, e *Env) error {
 // describeSync reports an initial /sync's size and how many member events
 // it carried, which shows whether lazy loading was honoured.
 func describeSync(r *SyncResponse, wantRooms int) map[string]any {
-	members, stateEvents := 0, 0
+	members, stateEvents, timeline := 0, 0, 0
 	for _, room := range r.Rooms.Join {
+		timeline += len(room.Timeline.Events)
 		for _, ev := range append(room.State.Events, room.Timeline.Events...) {
 			if ev.StateKey == nil {
 				continue

@@ -36,7 +36,7 @@ func TestLoadGeneratorQuick(t *testing.T) {
 	opts.Serial.Messages = 20
 	opts.Throughput = loadgen.ThroughputOptions{Senders: 2, Rooms: 2, Sweep: []int{1, 2},
 		StepDuration: time.Second, Grace: 10 * time.Second}
-	opts.BigSync = loadgen.BigSyncOptions{Rooms: 3, Members: 3, Repeats: 1, Incremental: 2}
+	opts.BigSync = loadgen.BigSyncOptions{Rooms: 3, Members: 3, Messages: 3, Repeats: 1, Incremental: 2}
 	opts.Concurrency = 4
 	// The server runs in this test process.
 	opts.Processes = []loadgen.Process{{Name: "myelin", PID: os.Getpid()}}
