@@ -38,7 +38,9 @@ func newHTTPClient() *http.Client {
 		MaxIdleConnsPerHost: 1024,
 		IdleConnTimeout:     90 * time.Second,
 	}
-	return &http.Client{Transport: tr}
+	// No request may hang a scenario: the longest legitimate one is a
+	// 10 s /sync long-poll or a big account's initial /sync.
+	return &http.Client{Transport: tr, Timeout: requestTimeout}
 }
 
 // MatrixError is a non-2xx answer; Errcode is the spec's errcode, or a
@@ -128,6 +130,10 @@ func errorsIsContext(err error) bool {
 }
 
 const clientPrefix = "/_matrix/client/v3"
+
+// requestTimeout bounds every request, so every scenario ends by itself
+// even against a server that stops answering.
+const requestTimeout = 2 * time.Minute
 
 // Registration says how users are created on the target.
 type Registration struct {
