@@ -180,8 +180,8 @@ func Write(res *loadgen.Result, resultsPath, docs, analysis string) error {
 		w("One user in %d rooms of %d members with %d messages each after the joins (the issue's full size is 300 × 300: `-big-rooms 300 -big-members 300`). The filter asks for lazy-loaded members; a server that honours it sends only the members of the timeline's senders (at most the timeline limit per room, plus the user's own).\n\n", o.Rooms, o.Members, o.Messages)
 		w("| initial /sync | time p50 / max (ms) | answer | rooms | timeline events per room | member events per room | state events per room |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 		for _, p := range big {
-			w("| %s | %.0f / %.0f | %s | %.0f | %.1f | %.1f | %.1f |\n", strings.TrimPrefix(p.Name, "initial/"), p.Latency.P50, p.Latency.Max,
-				bytesStr(extraFloat(p, "bytes")), extraFloat(p, "joined_rooms"), extraFloat(p, "timeline_events_per_room"),
+			w("| %s | %.0f / %.0f | %s | %.0f | %s | %.1f | %.1f |\n", strings.TrimPrefix(p.Name, "initial/"), p.Latency.P50, p.Latency.Max,
+				bytesStr(extraFloat(p, "bytes")), extraFloat(p, "joined_rooms"), optFloat(p, "timeline_events_per_room"),
 				extraFloat(p, "member_events_per_room"), extraFloat(p, "state_events_per_room"))
 		}
 		w("\n")
@@ -374,4 +374,12 @@ func trimPprof(s string) string {
 		out = append(out, l)
 	}
 	return strings.Join(out, "\n")
+}
+
+// optFloat formats an extra that older results may lack.
+func optFloat(p loadgen.Phase, k string) string {
+	if _, ok := p.Extra[k]; !ok {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.1f", extraFloat(p, k))
 }
