@@ -6,7 +6,7 @@ PROTOS    := $(shell find $(PROTO_DIR) -name '*.proto' | sort)
 # Modules of the workspace (go.work); tests run in each.
 MODULES   := . ./pkg ./proto ./services/roomserver ./services/clientapi ./services/keyserver ./services/presence
 
-.PHONY: all build run test test-unit test-e2e proto proto-check vet lint bench bench-quick clean
+.PHONY: all build run test test-unit test-e2e proto proto-check vet lint bench bench-quick bench-tools clean
 
 all: build
 
@@ -49,6 +49,30 @@ proto-check: proto
 
 clean:
 	rm -rf $(BIN)
+
+# ---------------------------------------------------------------------------
+# Benchmarks (issue #5): bin/myelin in make run's shape on a fresh data dir,
+# driven by the load generator (pkg/loadgen). `make bench` writes
+# bench/results/<date>-<commit>.json (+ small pprof profiles) and regenerates
+# docs/benchmarks.md with its plots; `make bench-quick` (< 2 min) checks the
+# bench itself and keeps everything under bench/tmp/quick. BENCH_FLAGS passes
+# load generator flags, e.g. BENCH_FLAGS="-big-rooms 300 -big-members 300".
+# The defaults below are smaller than the issue's full sizes, to finish in
+# about 15 minutes on 2 cores: see docs/benchmarks.md.
+BENCH_DEFAULTS ?= -serial-messages 3000 -senders 32 -rooms 32 -sweep 1,2,4,8,16,32,64 \
+	-step 15s -big-rooms 100 -big-members 100 -big-repeats 3 -big-incremental 20
+BENCH_FLAGS ?=
+
+bench-tools:
+	$(GO) build -o $(BIN)/myelin-load ./cmd/myelin-load
+	$(GO) build -o $(BIN)/myelin-bench ./cmd/myelin-bench
+
+bench: build bench-tools
+	./$(BIN)/myelin-bench run -bin $(BIN)/myelin $(BENCH_DEFAULTS) $(BENCH_FLAGS)
+
+bench-quick: build bench-tools
+	./$(BIN)/myelin-bench run -bin $(BIN)/myelin -quick -results bench/tmp/quick \
+		-docs bench/tmp/quick/benchmarks.md $(BENCH_FLAGS)
 
 # ---------------------------------------------------------------------------
 # Deployment artifacts (Dockerfile, docker-compose.yml, deploy/helm/myelin),

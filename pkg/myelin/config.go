@@ -36,6 +36,8 @@ type Config struct {
 	// Services says where each service can be reached, for processes that
 	// do not run it themselves (split shape) and for the edge router.
 	Services ServiceAddresses `yaml:"services"`
+	// Debug holds opt-in diagnostics (off by default).
+	Debug DebugConfig `yaml:"debug"`
 
 	KeyServer  keyserver.Config  `yaml:"key_server"`
 	RoomServer roomserver.Config `yaml:"room_server"`
@@ -47,6 +49,14 @@ type Config struct {
 // free port).
 type ListenConfig struct {
 	Listen string `yaml:"listen"`
+}
+
+// DebugConfig holds opt-in diagnostics.
+type DebugConfig struct {
+	// PprofListen, when set (e.g. "127.0.0.1:6060"), serves Go's
+	// net/http/pprof profiles (/debug/pprof/...) on a listener of its own,
+	// never on the public HTTP listener. Empty (the default) serves nothing.
+	PprofListen string `yaml:"pprof_listen"`
 }
 
 // DatabaseConfig is the shared PostgreSQL default.

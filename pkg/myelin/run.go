@@ -52,6 +52,8 @@ type process struct {
 	conns    map[string]*grpc.ClientConn
 	cleanups []func()
 	mu       sync.Mutex
+	// pprofAddr is the debug.pprof_listen listener's address, if any.
+	pprofAddr string
 }
 
 // Run starts the process and blocks until ctx ends or a service fails.
@@ -80,6 +82,9 @@ func Start(ctx context.Context, cfg Config, targets []string, log *zap.Logger) (
 	}
 	if p.httpLis, err = net.Listen("tcp", cfg.HTTP.Listen); err != nil {
 		return nil, fmt.Errorf("http.listen: %w", err)
+	}
+	if err := p.startPprof(); err != nil {
+		return nil, err
 	}
 	p.grpcSrv = rpc.NewServer(log)
 	r := chi.NewRouter()

@@ -1,0 +1,197 @@
+package loadgen
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// FlagSet binds the run's knobs to command-line flags (shared by
+// cmd/myelin-load and cmd/myelin-bench). Call Options after fs.Parse.
+type FlagSet struct {
+	o            Options
+	quick        bool
+	scenarios    string
+	sweep        string
+	pids         string
+	registration string
+	changed      map[string]bool
+	fs           *flag.FlagSet
+}
+
+// BindFlags registers the flags on fs; defaults are the full sizes.
+func BindFlags(fs *flag.FlagSet) *FlagSet {
+	f := &FlagSet{o: Defaults(), fs: fs}
+	o := &f.o
+	fs.BoolVar(&f.quick, "quick", false, "small sizes for checking the tool (explicit size flags still win)")
+	fs.StringVar(&f.scenarios, "scenarios", "", "comma-separated scenarios to run (default all: "+strings.Join(scenarioNames(), ",")+")")
+	fs.StringVar(&f.registration, "registration", "auto", "how to create users: auto, dummy (open registration, m.login.dummy) or shared-secret (/_synapse/admin/v1/register, secret in $LOADGEN_SHARED_SECRET)")
+	fs.IntVar(&o.Serial.Messages, "serial-messages", o.Serial.Messages, "scenario serial: messages sent one after another")
+	fs.IntVar(&o.Throughput.Senders, "senders", o.Throughput.Senders, "scenario throughput: N, the sender count that is profiled")
+	fs.IntVar(&o.Throughput.Rooms, "rooms", o.Throughput.Rooms, "scenario throughput: M rooms")
+	fs.StringVar(&f.sweep, "sweep", joinInts(o.Throughput.Sweep), "scenario throughput: sender counts measured")
+	fs.DurationVar(&o.Throughput.StepDuration, "step", o.Throughput.StepDuration, "scenario throughput: duration of each sweep step")
+	fs.DurationVar(&o.Throughput.Grace, "grace", o.Throughput.Grace, "scenario throughput: time the /sync observer gets to see the last sends")
+	fs.IntVar(&o.BigSync.Rooms, "big-rooms", o.BigSync.Rooms, "scenario bigsync: rooms of the big account")
+	fs.IntVar(&o.BigSync.Members, "big-members", o.BigSync.Members, "scenario bigsync: members per room (the big account included)")
+	fs.IntVar(&o.BigSync.Messages, "big-messages", o.BigSync.Messages, "scenario bigsync: messages sent into each room after the joins")
+	fs.IntVar(&o.BigSync.Repeats, "big-repeats", o.BigSync.Repeats, "scenario bigsync: repeats of each initial /sync")
+	fs.IntVar(&o.BigSync.Incremental, "big-incremental", o.BigSync.Incremental, "scenario bigsync: incremental /syncs of each kind")
+	fs.IntVar(&o.Concurrency, "concurrency", o.Concurrency, "parallel requests during set-up (registration, joins)")
+	fs.StringVar(&f.pids, "pids", "", "server processes to sample: name=pid[+] comma-separated; + includes descendants (e.g. myelin=123,postgres=456+)")
+	fs.StringVar(&o.DatabaseURL, "db-url", "", "PostgreSQL URL of the server's database, for pg_database_size")
+	fs.StringVar(&o.PprofURL, "pprof-url", "", "Go pprof base URL of the server (http://127.0.0.1:6060); profiles are fetched during throughput")
+	fs.StringVar(&o.ProfileDir, "profile-dir", ".", "where fetched profiles are written")
+	fs.IntVar(&o.ProfileSeconds, "profile-seconds", o.ProfileSeconds, "CPU profile length (capped by -step)")
+	return f
+}
+
+// Options returns the parsed options for base URL base.
+func (f *FlagSet) Options(base string) (Options, error) {
+	o := f.o
+	if f.quick {
+		set := map[string]bool{}
+		f.fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+		q := Quick()
+		pick := func(name string, dst *int, v int) {
+			if !set[name] {
+				*dst = v
+			}
+		}
+		pick("serial-messages", &o.Serial.Messages, q.Serial.Messages)
+		pick("senders", &o.Throughput.Senders, q.Throughput.Senders)
+		pick("rooms", &o.Throughput.Rooms, q.Throughput.Rooms)
+		pick("big-rooms", &o.BigSync.Rooms, q.BigSync.Rooms)
+		pick("big-members", &o.BigSync.Members, q.BigSync.Members)
+		pick("big-messages", &o.BigSync.Messages, q.BigSync.Messages)
+		pick("big-repeats", &o.BigSync.Repeats, q.BigSync.Repeats)
+		pick("big-incremental", &o.BigSync.Incremental, q.BigSync.Incremental)
+		pick("profile-seconds", &o.ProfileSeconds, q.ProfileSeconds)
+		if !set["sweep"] {
+			f.sweep = joinInts(q.Throughput.Sweep)
+		}
+		if !set["step"] {
+			o.Throughput.StepDuration = q.Throughput.StepDuration
+		}
+		if !set["grace"] {
+			o.Throughput.Grace = q.Throughput.Grace
+		}
+	}
+	o.BaseURL = strings.TrimRight(base, "/")
+	if err := checkLoopback(o.BaseURL); err != nil {
+		return o, err
+	}
+	var err error
+	if o.Throughput.Sweep, err = parseInts(f.sweep); err != nil {
+		return o, fmt.Errorf("-sweep: %w", err)
+	}
+	if f.scenarios != "" {
+		o.Scenarios = strings.Split(f.scenarios, ",")
+		if _, err := lookup(o.Scenarios); err != nil {
+			return o, err
+		}
+	}
+	if o.Processes, err = ParseProcesses(f.pids); err != nil {
+		return o, err
+	}
+	switch f.registration {
+	case "dummy":
+	case "shared-secret", "auto":
+		secret := os.Getenv("LOADGEN_SHARED_SECRET")
+		if f.registration == "shared-secret" && secret == "" {
+			return o, fmt.Errorf("-registration shared-secret needs $LOADGEN_SHARED_SECRET")
+		}
+		// auto: shared-secret only when a secret is given and the target
+		// answers the nonce endpoint; open registration otherwise.
+		if secret != "" && (f.registration == "shared-secret" || SupportsSharedSecret(context.Background(), o.BaseURL)) {
+			o.Registration.SharedSecret = secret
+		}
+	default:
+		return o, fmt.Errorf("-registration: want auto, dummy or shared-secret")
+	}
+	if o.Serial.Messages < 1 || o.Throughput.Rooms < 1 || o.Throughput.Senders < 1 || len(o.Throughput.Sweep) == 0 ||
+		o.BigSync.Rooms < 1 || o.BigSync.Members < 1 || o.BigSync.Messages < 0 || o.BigSync.Repeats < 1 || o.BigSync.Incremental < 1 ||
+		o.Throughput.StepDuration < time.Second {
+		return o, fmt.Errorf("sizes must be positive and -step at least 1s")
+	}
+	return o, nil
+}
+
+// ParseProcesses parses "name=pid[+],...".
+func ParseProcesses(s string) ([]Process, error) {
+	var out []Process
+	for _, part := range strings.Split(s, ",") {
+		if part = strings.TrimSpace(part); part == "" {
+			continue
+		}
+		name, pid, ok := strings.Cut(part, "=")
+		if !ok {
+			return nil, fmt.Errorf("-pids: %q is not name=pid", part)
+		}
+		p := Process{Name: name, Tree: strings.HasSuffix(pid, "+")}
+		n, err := strconv.Atoi(strings.TrimSuffix(pid, "+"))
+		if err != nil {
+			return nil, fmt.Errorf("-pids: %q: %w", part, err)
+		}
+		p.PID = n
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// checkLoopback refuses targets that are not on this machine: the load
+// generator is a benchmark, not a tool for loading other people's servers.
+func checkLoopback(base string) error {
+	u, err := url.Parse(base)
+	if err != nil || u.Host == "" {
+		return fmt.Errorf("base URL %q: want http://host:port", base)
+	}
+	host := u.Hostname()
+	if host == "localhost" {
+		return nil
+	}
+	ips, err := net.LookupIP(host)
+	if err != nil {
+		return fmt.Errorf("base URL host %q: %w", host, err)
+	}
+	for _, ip := range ips {
+		if !ip.IsLoopback() {
+			return fmt.Errorf("base URL host %q is not a loopback address: the load generator only drives servers on this machine", host)
+		}
+	}
+	return nil
+}
+
+func scenarioNames() []string {
+	var out []string
+	for _, s := range registry {
+		out = append(out, s.Name)
+	}
+	return out
+}
+
+func joinInts(v []int) string {
+	s := make([]string, len(v))
+	for i, n := range v {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ",")
+}
+
+func parseInts(s string) ([]int, error) {
+	var out []int
+	for _, p := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(p))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%q is not a positive integer", p)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}

@@ -1,0 +1,201 @@
+package loadgen
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Process names a server process to watch. With Tree set, its descendants
+// count too (a PostgreSQL postmaster and its backends).
+type Process struct {
+	Name string `json:"name"`
+	PID  int    `json:"pid"`
+	Tree bool   `json:"tree,omitempty"`
+}
+
+// ProcessSample is one watched process (or process tree) at one moment,
+// read from /proc/<pid>/stat and /proc/<pid>/status.
+type ProcessSample struct {
+	Name string `json:"name"`
+	PID  int    `json:"pid"`
+	// Processes is how many processes were summed (1 without Tree).
+	Processes int `json:"processes"`
+	// CPUSeconds is user+system time since the process started, including
+	// children it has waited for (cutime+cstime): a tree's exited backends
+	// still count.
+	CPUSeconds float64 `json:"cpu_seconds"`
+	// RSSBytes is the resident set now (VmRSS), summed over a tree. Shared
+	// memory of a tree (PostgreSQL's shared buffers) counts once per
+	// process that touched it, so a tree's sum overstates its footprint.
+	RSSBytes int64 `json:"rss_bytes"`
+	// PSSBytes is the proportional set size (smaps_rollup Pss), summed over
+	// a tree: shared pages are split between the processes sharing them,
+	// so for a tree this is the honest footprint. 0 if unreadable.
+	PSSBytes int64 `json:"pss_bytes"`
+	// PeakRSSBytes is the root process's high-water mark (VmHWM).
+	PeakRSSBytes int64 `json:"peak_rss_bytes"`
+}
+
+// MemorySample is every watched process at one point of the run.
+type MemorySample struct {
+	Label     string          `json:"label"`
+	At        time.Time       `json:"at"`
+	Processes []ProcessSample `json:"processes"`
+}
+
+// clockTicks is USER_HZ, 100 on every Linux architecture Go supports.
+const clockTicks = 100
+
+// SampleProcesses reads every process in ps.
+func SampleProcesses(label string, ps []Process) (MemorySample, error) {
+	m := MemorySample{Label: label, At: time.Now().UTC()}
+	for _, p := range ps {
+		s, err := sampleProcess(p)
+		if err != nil {
+			return m, err
+		}
+		m.Processes = append(m.Processes, s)
+	}
+	return m, nil
+}
+
+func sampleProcess(p Process) (ProcessSample, error) {
+	s := ProcessSample{Name: p.Name, PID: p.PID}
+	pids := []int{p.PID}
+	if p.Tree {
+		pids = append(pids, descendants(p.PID)...)
+	}
+	for i, pid := range pids {
+		st, err := readStat(pid)
+		if err != nil {
+			if i == 0 {
+				return s, fmt.Errorf("process %s (%d): %w", p.Name, pid, err)
+			}
+			continue // a backend that exited meanwhile
+		}
+		rss, hwm, err := readStatus(pid)
+		if err != nil {
+			if i == 0 {
+				return s, fmt.Errorf("process %s (%d): %w", p.Name, pid, err)
+			}
+			continue
+		}
+		s.Processes++
+		s.CPUSeconds += float64(st.utime+st.stime+st.cutime+st.cstime) / clockTicks
+		s.RSSBytes += rss
+		s.PSSBytes += readPss(pid)
+		if i == 0 {
+			s.PeakRSSBytes = hwm
+		}
+	}
+	return s, nil
+}
+
+type procStat struct {
+	ppid                         int
+	utime, stime, cutime, cstime int64
+}
+
+// readStat parses /proc/<pid>/stat; the command name (field 2) may hold
+// spaces and parentheses, so fields are counted from the last ')'.
+func readStat(pid int) (procStat, error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return procStat{}, err
+	}
+	s := string(raw)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return procStat{}, fmt.Errorf("malformed /proc/%d/stat", pid)
+	}
+	f := strings.Fields(s[i+1:])
+	// f[0] is field 3 (state); utime is field 14, so f[11].
+	if len(f) < 15 {
+		return procStat{}, fmt.Errorf("short /proc/%d/stat", pid)
+	}
+	var st procStat
+	st.ppid, _ = strconv.Atoi(f[1])
+	st.utime, _ = strconv.ParseInt(f[11], 10, 64)
+	st.stime, _ = strconv.ParseInt(f[12], 10, 64)
+	st.cutime, _ = strconv.ParseInt(f[13], 10, 64)
+	st.cstime, _ = strconv.ParseInt(f[14], 10, 64)
+	return st, nil
+}
+
+// readStatus returns VmRSS and VmHWM in bytes.
+func readStatus(pid int) (rss, hwm int64, err error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok || (k != "VmRSS" && k != "VmHWM") {
+			continue
+		}
+		f := strings.Fields(v) // "123 kB"
+		if len(f) == 0 {
+			continue
+		}
+		n, _ := strconv.ParseInt(f[0], 10, 64)
+		if k == "VmRSS" {
+			rss = n * 1024
+		} else {
+			hwm = n * 1024
+		}
+	}
+	return rss, hwm, nil
+}
+
+// descendants lists every process below root, by walking /proc's ppids.
+func descendants(root int) []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	children := map[int][]int{}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		st, err := readStat(pid)
+		if err != nil {
+			continue
+		}
+		children[st.ppid] = append(children[st.ppid], pid)
+	}
+	var out []int
+	queue := []int{root}
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		for _, c := range children[p] {
+			out = append(out, c)
+			queue = append(queue, c)
+		}
+	}
+	return out
+}
+
+// readPss returns Pss from /proc/<pid>/smaps_rollup in bytes, 0 when the
+// file cannot be read (older kernels, other users' processes).
+func readPss(pid int) int64 {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, "Pss:"); ok {
+			f := strings.Fields(v)
+			if len(f) > 0 {
+				n, _ := strconv.ParseInt(f[0], 10, 64)
+				return n * 1024
+			}
+		}
+	}
+	return 0
+}

@@ -1,0 +1,137 @@
+// Package bench keeps the load generator from rotting: it runs every
+// scenario at tiny sizes against the real server (myelin.Start on real
+// PostgreSQL and NATS JetStream, real HTTP) and checks the result is sane.
+// No timing assertions: speed belongs to `make bench`.
+package bench
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/myelin-chat/myelin/bench/report"
+	"github.com/myelin-chat/myelin/pkg/loadgen"
+	"github.com/myelin-chat/myelin/pkg/myelin"
+	"github.com/myelin-chat/myelin/pkg/testkit"
+	"github.com/myelin-chat/myelin/pkg/testkit/stack"
+)
+
+func TestLoadGeneratorQuick(t *testing.T) {
+	cfg := myelin.DefaultConfig()
+	cfg.DataDir = t.TempDir()
+	cfg.HTTP.Listen = "127.0.0.1:0"
+	cfg.GRPC.Listen = "127.0.0.1:0"
+	cfg.Debug.PprofListen = "127.0.0.1:0"
+	cfg.Database.URL = testkit.Postgres(t)
+	cfg.NATS.URL = testkit.NATS(t)
+	cfg.ClientAPI.RateLimit.Enabled = false
+	s := stack.StartWithConfig(t, cfg)
+
+	dir := t.TempDir()
+	opts := loadgen.Quick()
+	opts.BaseURL = s.URL()
+	opts.Serial.Messages = 20
+	opts.Throughput = loadgen.ThroughputOptions{Senders: 2, Rooms: 2, Sweep: []int{1, 2},
+		StepDuration: time.Second, Grace: 10 * time.Second}
+	opts.BigSync = loadgen.BigSyncOptions{Rooms: 3, Members: 3, Messages: 3, Repeats: 1, Incremental: 2}
+	opts.Concurrency = 4
+	// The server runs in this test process.
+	opts.Processes = []loadgen.Process{{Name: "myelin", PID: os.Getpid()}}
+	opts.DatabaseURL = cfg.Database.URL
+	opts.PprofURL = "http://" + s.Process.PprofAddr()
+	opts.ProfileDir = dir
+	opts.ProfileSeconds = 1
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	res, err := loadgen.Run(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	want := map[string]bool{
+		"serial/send": false, "throughput/send": false, "send_to_sync/delivery": false,
+		"bigsync/initial/timeline=20/lazy_members": false, "bigsync/incremental/idle": false,
+		"bigsync/incremental/one_new_event": false, "throughput/setup/join": false,
+	}
+	sends := map[any]int{}
+	for _, p := range res.Phases {
+		key := p.Scenario + "/" + p.Name
+		if _, ok := want[key]; ok {
+			want[key] = true
+		}
+		if p.Count == 0 || len(p.Errors) != 0 {
+			t.Errorf("phase %s %v: %d ok, errors %v", key, p.Params, p.Count, p.Errors)
+		}
+		if p.Latency.P50 <= 0 || p.Latency.P50 > p.Latency.P99 || p.Latency.P99 > p.Latency.Max {
+			t.Errorf("phase %s: percentiles out of order: %+v", key, p.Latency)
+		}
+		switch key {
+		case "serial/send":
+			if p.Count != 20 {
+				t.Errorf("serial: %d sends, want 20", p.Count)
+			}
+		case "throughput/send":
+			sends[p.Params["senders"]] = p.Count
+		case "send_to_sync/delivery":
+			// Every acknowledged send reached the other member's /sync.
+			if p.Count != sends[p.Params["senders"]] {
+				t.Errorf("send-to-sync at N=%v: %d delivered of %d sent", p.Params["senders"], p.Count, sends[p.Params["senders"]])
+			}
+		case "bigsync/initial/timeline=20/lazy_members":
+			if p.Extra["joined_rooms"] != 3 {
+				t.Errorf("big account initial /sync: %v joined rooms, want 3", p.Extra["joined_rooms"])
+			}
+		}
+	}
+	for k, seen := range want {
+		if !seen {
+			t.Errorf("no phase %s", k)
+		}
+	}
+	if len(sends) != 2 {
+		t.Errorf("sweep steps measured: %v, want N=1 and N=2", sends)
+	}
+	if len(res.Memory) != 4 {
+		t.Errorf("%d memory samples, want idle + one per scenario", len(res.Memory))
+	}
+	for _, m := range res.Memory {
+		p := m.Processes[0]
+		if p.RSSBytes <= 0 || p.PeakRSSBytes < p.RSSBytes || p.CPUSeconds <= 0 {
+			t.Errorf("memory sample %s: %+v", m.Label, p)
+		}
+	}
+	if res.DatabaseSizeBytes <= 0 {
+		t.Errorf("database size %d", res.DatabaseSizeBytes)
+	}
+	for _, kind := range []string{"cpu", "allocs"} {
+		st, err := os.Stat(res.Profiles[kind])
+		if err != nil || st.Size() == 0 {
+			t.Errorf("%s profile %q: %v", kind, res.Profiles[kind], err)
+		}
+	}
+
+	// The report renders from this result.
+	docs := filepath.Join(dir, "benchmarks.md")
+	if err := report.Write(res, filepath.Join(dir, "result.json"), docs, ""); err != nil {
+		t.Fatal(err)
+	}
+	md, err := os.ReadFile(docs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"## Goals", "closed-loop throughput", "send-to-sync", "idle RSS", "![throughput]"} {
+		if !strings.Contains(string(md), s) {
+			t.Errorf("report lacks %q", s)
+		}
+	}
+	for _, svg := range []string{"throughput.svg", "latency.svg"} {
+		raw, err := os.ReadFile(filepath.Join(dir, "benchmarks", svg))
+		if err != nil || !strings.Contains(string(raw), "<svg") {
+			t.Errorf("plot %s: %v", svg, err)
+		}
+	}
+}
