@@ -35,14 +35,20 @@ func accountDataTarget(r *http.Request, dev *device, perRoom bool) (roomID strin
 }
 
 func accountDataType(r *http.Request) (string, error) {
-	typ, err := pathParam(r, "type")
+	return namePathParam(r, "type", "Invalid account data type")
+}
+
+// namePathParam reads a path parameter that names something (a type, a
+// tag): non-empty and at most 255 bytes.
+func namePathParam(r *http.Request, name, invalid string) (string, error) {
+	v, err := pathParam(r, name)
 	if err != nil {
 		return "", err
 	}
-	if typ == "" || len(typ) > 255 {
-		return "", matrixhttp.InvalidParam("Invalid account data type")
+	if v == "" || len(v) > 255 {
+		return "", matrixhttp.InvalidParam(invalid)
 	}
-	return typ, nil
+	return v, nil
 }
 
 func (s *Service) putGlobalAccountData(r *http.Request, dev *device) (any, error) {
@@ -143,14 +149,7 @@ func (s *Service) getTags(r *http.Request, dev *device) (any, error) {
 }
 
 func tagParam(r *http.Request) (string, error) {
-	tag, err := pathParam(r, "tag")
-	if err != nil {
-		return "", err
-	}
-	if tag == "" || len(tag) > 255 {
-		return "", matrixhttp.InvalidParam("Invalid tag")
-	}
-	return tag, nil
+	return namePathParam(r, "tag", "Invalid tag")
 }
 
 // putTag is PUT /user/{userId}/rooms/{roomId}/tags/{tag}.

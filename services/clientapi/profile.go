@@ -107,23 +107,32 @@ func (s *Service) getProfileField(r *http.Request, _ *device) (any, error) {
 	return map[string]any{key: body[key]}, nil
 }
 
+// changeableProfileField reads the user and field of a profile change and
+// checks the caller may make it: only the user themself, and guests only
+// their display name.
+func (s *Service) changeableProfileField(r *http.Request, dev *device) (userID, lp, key string, err error) {
+	if userID, lp, err = s.profileUser(r); err != nil {
+		return "", "", "", err
+	}
+	if key, err = profileKey(r); err != nil {
+		return "", "", "", err
+	}
+	if userID != dev.UserID {
+		return "", "", "", matrixhttp.Forbidden("Cannot change another user's profile")
+	}
+	if dev.IsGuest && key != "displayname" {
+		return "", "", "", guestForbidden("Guests may only change their display name")
+	}
+	return userID, lp, key, nil
+}
+
 // putProfileField is PUT /profile/{userId}/{keyName}: only the user
 // themself may change their profile; guests only their display name. The
 // change is then propagated to every room the user is joined to.
 func (s *Service) putProfileField(r *http.Request, dev *device) (any, error) {
-	userID, lp, err := s.profileUser(r)
+	userID, lp, key, err := s.changeableProfileField(r, dev)
 	if err != nil {
 		return nil, err
-	}
-	key, err := profileKey(r)
-	if err != nil {
-		return nil, err
-	}
-	if userID != dev.UserID {
-		return nil, matrixhttp.Forbidden("Cannot change another user's profile")
-	}
-	if dev.IsGuest && key != "displayname" {
-		return nil, guestForbidden("Guests may only change their display name")
 	}
 	body, err := readObject(r, bodyRequired)
 	if err != nil {
@@ -156,19 +165,9 @@ func (s *Service) putProfileField(r *http.Request, dev *device) (any, error) {
 // deleteProfileField is DELETE /profile/{userId}/{keyName} (spec v1.16):
 // clears the field, with the same rules as PUT.
 func (s *Service) deleteProfileField(r *http.Request, dev *device) (any, error) {
-	userID, lp, err := s.profileUser(r)
+	userID, lp, key, err := s.changeableProfileField(r, dev)
 	if err != nil {
 		return nil, err
-	}
-	key, err := profileKey(r)
-	if err != nil {
-		return nil, err
-	}
-	if userID != dev.UserID {
-		return nil, matrixhttp.Forbidden("Cannot change another user's profile")
-	}
-	if dev.IsGuest && key != "displayname" {
-		return nil, guestForbidden("Guests may only change their display name")
 	}
 	return s.setProfileField(r.Context(), userID, lp, key, nil)
 }
