@@ -106,22 +106,41 @@ func (s *Service) storeBatch(ctx context.Context, batch []jetstream.Msg) error {
 		}
 		inputs = append(inputs, in)
 	}
+	var applied []store.Applied
+	err := s.retry(ctx, "store room events", func() (err error) {
+		applied, err = s.store.Apply(ctx, inputs)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	s.notifier.committed(applied)
+	if rooms := guestAccessChanged(inputs); len(rooms) > 0 {
+		if err := s.retry(ctx, "remove guests", func() error { return s.removeGuests(ctx, rooms) }); err != nil {
+			return err
+		}
+	}
+	for _, m := range batch {
+		if err := m.Ack(); err != nil {
+			s.log.Warn("ack room event", zap.Error(err))
+		}
+	}
+	return nil
+}
+
+// retry runs f until it succeeds, with backoff; it returns an error only
+// when ctx ends.
+func (s *Service) retry(ctx context.Context, what string, f func() error) error {
 	backoff := 100 * time.Millisecond
 	for {
-		applied, err := s.store.Apply(ctx, inputs)
+		err := f()
 		if err == nil {
-			for _, m := range batch {
-				if err := m.Ack(); err != nil {
-					s.log.Warn("ack room event", zap.Error(err))
-				}
-			}
-			s.notifier.committed(applied)
 			return nil
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		s.log.Error("store room events, retrying", zap.Int("events", len(inputs)), zap.Duration("backoff", backoff), zap.Error(err))
+		s.log.Error(what+", retrying", zap.Duration("backoff", backoff), zap.Error(err))
 		select {
 		case <-ctx.Done():
 			return ctx.Err()

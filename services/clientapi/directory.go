@@ -38,7 +38,9 @@ func (s *Service) deleteAlias(r *http.Request, dev *device) (any, error) {
 	if resp.GetRoomId() == "" {
 		return nil, matrixhttp.NotFound("Room alias " + alias + " not found")
 	}
-	if resp.GetCreator() != dev.UserID {
+	// The creator, server admins (as in Synapse; the spec allows extra
+	// rules) and members with power over the canonical alias may delete.
+	if resp.GetCreator() != dev.UserID && !dev.IsAdmin {
 		allowed, err := s.mayManageRoomListing(r, dev, resp.GetRoomId())
 		if err != nil {
 			return nil, err

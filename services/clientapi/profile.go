@@ -280,16 +280,11 @@ func (s *Service) beforeOwnMembership(ctx context.Context, dev *device, roomID, 
 		return nil
 	}
 	if dev.IsGuest {
-		ev, err := s.store.Reader().CurrentStateEvent(ctx, roomID, "m.room.guest_access", "")
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
+		open, err := s.guestsMayJoin(ctx, roomID)
+		if err != nil {
 			return err
 		}
-		var parsed struct {
-			Content struct {
-				GuestAccess string `json:"guest_access"`
-			} `json:"content"`
-		}
-		if err != nil || json.Unmarshal(ev.JSON, &parsed) != nil || parsed.Content.GuestAccess != "can_join" {
+		if !open {
 			return guestForbidden("Guests may not join this room")
 		}
 	}

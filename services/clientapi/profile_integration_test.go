@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -153,6 +154,34 @@ func TestProfilesRoomsAndDeactivation(t *testing.T) {
 		_, err := gcli.JoinRoomByID(ctx, public.RoomID)
 		return err
 	})
+
+	// Guest access revoked: the guest is made to leave (the spec's MUST),
+	// by their own leave event; the other members stay; no way back in.
+	if _, err := alice.SendStateEvent(ctx, public.RoomID, event.StateGuestAccess, "", &event.GuestAccessEventContent{GuestAccess: event.GuestAccessForbidden}); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 30*time.Second, func() error {
+		ev, err := alice.FullStateEvent(ctx, public.RoomID, event.StateMember, string(g.UserID))
+		if err != nil {
+			return err
+		}
+		if m := ev.Content.AsMember().Membership; m != event.MembershipLeave || ev.Sender != g.UserID {
+			return fmt.Errorf("guest membership %s by %s", m, ev.Sender)
+		}
+		return nil
+	})
+	members, err := alice.JoinedMembers(ctx, public.RoomID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, aliceIn := members.Joined[alice.UserID]
+	_, guestIn := members.Joined[g.UserID]
+	if !aliceIn || guestIn {
+		t.Fatalf("members after guest removal: %+v", members.Joined)
+	}
+	if _, err := gcli.JoinRoomByID(ctx, public.RoomID); !strings.Contains(fmt.Sprint(err), "M_GUEST_ACCESS_FORBIDDEN") {
+		t.Fatalf("guest rejoin after revocation: %v", err)
+	}
 
 	// Deactivation (UIA with the password) leaves every room and erases
 	// the profile.

@@ -295,3 +295,12 @@ func (s *Store) Filter(ctx context.Context, userID string, filterID int64) ([]by
 	}
 	return f, err
 }
+
+// GuestLocalparts returns which of the given localparts are guest accounts.
+func (s *Store) GuestLocalparts(ctx context.Context, localparts []string) ([]string, error) {
+	rows, err := s.db.Query(ctx, `SELECT localpart FROM accounts WHERE is_guest AND localpart = ANY($1)`, localparts)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
