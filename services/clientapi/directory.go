@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
+	"go.uber.org/zap"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
@@ -56,7 +57,50 @@ func (s *Service) deleteAlias(r *http.Request, dev *device) (any, error) {
 	if !removed.GetRemoved() {
 		return nil, matrixhttp.NotFound("Room alias " + alias + " not found")
 	}
+	s.dropFromCanonicalAlias(r, dev, resp.GetRoomId(), alias)
 	return struct{}{}, nil
+}
+
+// dropFromCanonicalAlias removes a deleted alias from the room's
+// m.room.canonical_alias (alias and alt_aliases), as Synapse does, so the
+// room does not advertise an alias that no longer resolves. It is sent as
+// the deleting user; when they lack the power, the event stays as it is.
+func (s *Service) dropFromCanonicalAlias(r *http.Request, dev *device, roomID, alias string) {
+	// The room-server's current state, not the client-API's copy, which
+	// may not have the latest canonical alias event yet.
+	resp, err := s.rooms.QueryState(r.Context(), &roomserverv1.QueryStateRequest{
+		RoomId: roomID,
+		Filter: []*roomserverv1.StateKeyTuple{{Type: spec.MRoomCanonicalAlias, StateKey: ""}},
+	})
+	if err != nil || len(resp.GetState()) == 0 {
+		return
+	}
+	pdu, err := parsePDU(resp.GetState()[0].GetRoomVersion(), resp.GetState()[0].GetEventJson())
+	if err != nil || pdu.Type() != spec.MRoomCanonicalAlias {
+		return
+	}
+	var content map[string]any
+	if json.Unmarshal(pdu.Content(), &content) != nil || content == nil {
+		return
+	}
+	changed := false
+	if content["alias"] == alias {
+		delete(content, "alias")
+		changed = true
+	}
+	if alts, ok := content["alt_aliases"].([]any); ok {
+		kept := slices.DeleteFunc(slices.Clone(alts), func(a any) bool { return a == alias })
+		if len(kept) != len(alts) {
+			content["alt_aliases"] = kept
+			changed = true
+		}
+	}
+	if !changed {
+		return
+	}
+	if err := s.sendState(r, dev, roomID, spec.MRoomCanonicalAlias, content); err != nil {
+		s.log.Info("deleted alias left in m.room.canonical_alias", zap.String("alias", alias), zap.Error(err))
+	}
 }
 
 // mayManageRoomListing: the user is joined to the room and has the power

@@ -557,6 +557,20 @@ func TestRoomsMembershipAndDirectory(t *testing.T) {
 		_, err = carol.DeleteAlias(ctx, carolAlias)
 		must(t, "the creator deletes her alias", err)
 
+		// Deleting the canonical alias takes it out of m.room.canonical_alias.
+		hall := "#hall:" + serverName
+		_, err = alice.SendStateEvent(ctx, room, event.StateCanonicalAlias, "", map[string]any{"alias": hall, "alt_aliases": []string{hall}})
+		must(t, "canonical alias with the alias as an alt alias too", err)
+		_, err = alice.DeleteAlias(ctx, id.RoomAlias(hall))
+		must(t, "delete the canonical alias", err)
+		testkit.Eventually(t, 20*time.Second, func() error {
+			ca := stateContent(t, alice, room, "m.room.canonical_alias", "")
+			if alts, _ := ca["alt_aliases"].([]any); ca["alias"] != nil || len(alts) != 0 {
+				return fmt.Errorf("canonical alias after deletion: %v", ca)
+			}
+			return nil
+		})
+
 		// World-readable rooms show their aliases to anyone.
 		_, err = alice.SendStateEvent(ctx, room, event.StateHistoryVisibility, "", map[string]any{"history_visibility": "world_readable"})
 		must(t, "world_readable", err)
