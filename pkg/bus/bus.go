@@ -77,6 +77,13 @@ const (
 	KindStatus   = "status"
 )
 
+// SyncWakeSubject is a core NATS subject, in no stream: client-API
+// replicas announce on it what they stored (myelin.clientapi.v1.SyncWake),
+// so each replica wakes the /sync long polls it holds. Delivery is at most
+// once, which is enough for waking: a lost message delays a long poll to
+// its timeout, it loses no data.
+const SyncWakeSubject = "myelin.clientapi.wake"
+
 // EphemeralKind returns the kind of an EphemeralStream subject, or "".
 func EphemeralKind(subject string) string {
 	rest, ok := strings.CutPrefix(subject, ephemeralPrefix)

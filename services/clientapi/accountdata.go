@@ -95,7 +95,7 @@ func (s *Service) storeAccountData(ctx context.Context, userID, roomID, typ stri
 	if _, err := s.store.PutAccountData(ctx, userID, roomID, typ, content); err != nil {
 		return err
 	}
-	s.notifier.wake(userID)
+	s.announceWake(userID)
 	return nil
 }
 

@@ -30,9 +30,6 @@ type Config struct {
 	// ConsumerName is the durable JetStream consumer that feeds the
 	// client-API's copy of room events.
 	ConsumerName string `yaml:"consumer_name"`
-	// EphemeralConsumerName is the durable JetStream consumer of the
-	// presence service's change notifications (wakes /sync).
-	EphemeralConsumerName string `yaml:"ephemeral_consumer_name"`
 }
 
 // RateLimitConfig configures the token-bucket rate limiter. Register and
@@ -84,8 +81,7 @@ func DefaultConfig() Config {
 			MaxTimelineLimit:     1000,
 			MaxTimeout:           5 * time.Minute,
 		},
-		ConsumerName:          "clientapi-sync",
-		EphemeralConsumerName: "clientapi-ephemeral",
+		ConsumerName: "clientapi-sync",
 	}
 }
 
@@ -118,8 +114,8 @@ func (c Config) Validate() error {
 	if c.Sync.MaxTimeout < time.Second {
 		errs = append(errs, errors.New("sync.max_timeout must be at least 1s"))
 	}
-	if c.ConsumerName == "" || c.EphemeralConsumerName == "" {
-		errs = append(errs, errors.New("consumer_name and ephemeral_consumer_name must be set"))
+	if c.ConsumerName == "" {
+		errs = append(errs, errors.New("consumer_name must be set"))
 	}
 	return errors.Join(errs...)
 }

@@ -34,11 +34,65 @@ func (s *Service) createConsumer(ctx context.Context) (jetstream.Consumer, error
 	return cons, nil
 }
 
-// consume receives room events in stream order and stores them in
-// batches: each batch in one transaction, acknowledged after the commit,
-// then announced to the notifier. A failed batch is retried (in order)
-// until it commits or ctx ends; stored events are skipped on redelivery.
+// consume stores room events while this replica holds the consumer lock
+// (store.ConsumerLock): one replica at a time consumes, the others wait to
+// take over. It returns when ctx ends.
 func (s *Service) consume(ctx context.Context) error {
+	for {
+		lock, err := s.store.AcquireConsumerLock(ctx, s.cfg.ConsumerName)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			s.log.Warn("room events consumer lock, retrying", zap.Error(err))
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		s.log.Info("consuming room events", zap.String("consumer", s.cfg.ConsumerName))
+		leadCtx, cancel := context.WithCancel(ctx)
+		go s.watchLock(leadCtx, cancel, lock)
+		err = s.consumeRoomEvents(leadCtx)
+		cancel()
+		lock.Release()
+		if err != nil || ctx.Err() != nil {
+			return err
+		}
+		// The lock's connection failed: stop, then compete for it again.
+	}
+}
+
+// watchLock cancels the consumer when its lock's connection is lost, since
+// another replica may then take the lock.
+func (s *Service) watchLock(ctx context.Context, cancel context.CancelFunc, lock *store.ConsumerLock) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pingCtx, done := context.WithTimeout(ctx, 5*time.Second)
+		err := lock.Alive(pingCtx)
+		done()
+		if err != nil && ctx.Err() == nil {
+			s.log.Error("room events consumer lock lost; stopping", zap.Error(err))
+			cancel()
+			return
+		}
+	}
+}
+
+// consumeRoomEvents receives room events in stream order and stores them
+// in batches: each batch in one transaction, acknowledged after the
+// commit, then announced to every replica's notifier. A failed batch is
+// retried (in order) until it commits or ctx ends; stored events are
+// skipped on redelivery.
+func (s *Service) consumeRoomEvents(ctx context.Context) error {
 	msgs := make(chan jetstream.Msg, 2*consumeBatch)
 	cc, err := s.consumer.Consume(func(m jetstream.Msg) {
 		select {
@@ -114,7 +168,7 @@ func (s *Service) storeBatch(ctx context.Context, batch []jetstream.Msg) error {
 	if err != nil {
 		return err
 	}
-	s.notifier.committed(applied)
+	s.announceCommitted(applied)
 	if rooms := guestAccessChanged(inputs); len(rooms) > 0 {
 		if err := s.retry(ctx, "remove guests", func() error { return s.removeGuests(ctx, rooms) }); err != nil {
 			return err

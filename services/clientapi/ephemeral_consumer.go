@@ -17,18 +17,17 @@ import (
 // read back over gRPC (SyncEphemeral) when /sync builds a response. The
 // messages only wake the long-polling /sync requests they concern, so a
 // typing notification reaches a waiting client at once, not on a timer.
-// The consumer is durable (it resumes after a restart) and starts at new
-// messages: waking is idempotent and old wake-ups are worthless.
+// Every client-API replica needs every change (any of them may hold the
+// long poll a change concerns), so each has its own ordered consumer, not
+// a shared durable one. It starts at new messages: waking is idempotent
+// and old wake-ups are worthless, also after a restart.
 
 func (s *Service) createEphemeralConsumer(ctx context.Context) (jetstream.Consumer, error) {
-	cons, err := s.js.CreateOrUpdateConsumer(ctx, bus.EphemeralStream, jetstream.ConsumerConfig{
-		Durable:       s.cfg.EphemeralConsumerName,
-		Description:   "client-API /sync wake-ups for typing, receipts and presence",
+	cons, err := s.js.OrderedConsumer(ctx, bus.EphemeralStream, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverNewPolicy,
-		AckPolicy:     jetstream.AckNonePolicy,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("create consumer %s on %s: %w", s.cfg.EphemeralConsumerName, bus.EphemeralStream, err)
+		return nil, fmt.Errorf("create ordered consumer on %s: %w", bus.EphemeralStream, err)
 	}
 	return cons, nil
 }

@@ -41,6 +41,14 @@ func startStack(t *testing.T) string {
 // startStackWith is startStack with a client-API configuration.
 func startStackWith(t *testing.T, cfg clientapi.Config) string {
 	t.Helper()
+	return startReplicas(t, cfg, 1)[0]
+}
+
+// startReplicas is startStackWith with n client-API replicas sharing the
+// database, the stream and the room-server, each on its own HTTP server,
+// as in a deployment that scales the client-API. It returns their URLs.
+func startReplicas(t *testing.T, cfg clientapi.Config, n int) []string {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	log := zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel))
@@ -71,29 +79,36 @@ func startStackWith(t *testing.T, cfg clientapi.Config) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca, err := clientapi.New(ctx, cfg, clientapi.Deps{
-		Logger: log, ServerName: serverName, DatabaseURL: db, JetStream: js,
-		KeyServer: ksClient, RoomServer: roomserverv1.NewRoomServiceClient(conn),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	g := rpc.NewServer(log)
 	ks.RegisterGRPC(g)
 	rs.RegisterGRPC(g)
-	ca.RegisterGRPC(g)
+	runs := []func(context.Context) error{rs.Run}
+	var urls []string
+	var closers []func()
+	for range n {
+		ca, err := clientapi.New(ctx, cfg, clientapi.Deps{
+			Logger: log, ServerName: serverName, DatabaseURL: db, JetStream: js,
+			KeyServer: ksClient, RoomServer: roomserverv1.NewRoomServiceClient(conn),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ca.RegisterGRPC(g)
+		r := chi.NewRouter()
+		r.Use(matrixhttp.CORS)
+		r.NotFound(matrixhttp.NotFoundHandler)
+		r.MethodNotAllowed(matrixhttp.MethodNotAllowedHandler)
+		ca.RegisterHTTP(r)
+		srv := httptest.NewServer(r)
+		urls = append(urls, srv.URL)
+		runs = append(runs, ca.Run)
+		closers = append(closers, srv.Close, ca.Close)
+	}
 	go g.Serve(lis) //nolint:errcheck
 
-	r := chi.NewRouter()
-	r.Use(matrixhttp.CORS)
-	r.NotFound(matrixhttp.NotFoundHandler)
-	r.MethodNotAllowed(matrixhttp.MethodNotAllowedHandler)
-	ca.RegisterHTTP(r)
-	srv := httptest.NewServer(r)
-
 	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan struct{}, 2)
-	for _, run := range []func(context.Context) error{rs.Run, ca.Run} {
+	done := make(chan struct{}, len(runs))
+	for _, run := range runs {
 		go func() {
 			if err := run(runCtx); err != nil {
 				t.Errorf("Run: %v", err)
@@ -103,14 +118,16 @@ func startStackWith(t *testing.T, cfg clientapi.Config) string {
 	}
 	t.Cleanup(func() {
 		stop()
-		<-done
-		<-done
-		srv.Close()
+		for range runs {
+			<-done
+		}
+		for _, c := range closers {
+			c()
+		}
 		g.Stop()
-		ca.Close()
 		rs.Close()
 	})
-	return srv.URL
+	return urls
 }
 
 func newUser(t *testing.T, hs, username string) *mautrix.Client {

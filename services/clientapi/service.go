@@ -48,6 +48,8 @@ type Service struct {
 	presence   presencev1.PresenceServiceClient
 	// ephemeralConsumer wakes /sync on presence service changes.
 	ephemeralConsumer jetstream.Consumer
+	// wakeBus carries wake-ups between client-API replicas (notifier_bus.go).
+	wakeBus *wakeBus
 	// now is the clock for token expiry; tests replace it.
 	now func() time.Time
 }
@@ -82,12 +84,18 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		return nil, fmt.Errorf("load memberships: %w", err)
 	}
 	s.notifier = newNotifier(members)
+	if err := s.startWakeBus(); err != nil {
+		st.Close()
+		return nil, err
+	}
 	if s.consumer, err = s.createConsumer(ctx); err != nil {
+		s.wakeBus.stop()
 		st.Close()
 		return nil, err
 	}
 	if s.presence != nil {
 		if s.ephemeralConsumer, err = s.createEphemeralConsumer(ctx); err != nil {
+			s.wakeBus.stop()
 			st.Close()
 			return nil, err
 		}
@@ -113,6 +121,7 @@ func (s *Service) Run(ctx context.Context) error {
 
 // Close releases the store.
 func (s *Service) Close() {
+	s.wakeBus.stop()
 	s.notifier.close()
 	s.store.Close()
 }
