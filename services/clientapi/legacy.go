@@ -62,9 +62,9 @@ type roomInfo struct {
 	Membership  string            `json:"membership,omitempty"`
 	Invite      json.RawMessage   `json:"invite,omitempty"`
 	Messages    *paginationChunk  `json:"messages,omitempty"`
-	State       []json.RawMessage `json:"state,omitempty"`
+	State       []json.RawMessage `json:"state,omitzero"`
 	Visibility  string            `json:"visibility,omitempty"`
-	AccountData []json.RawMessage `json:"account_data,omitempty"`
+	AccountData []json.RawMessage `json:"account_data,omitzero"`
 }
 
 // roomVisibility is the room's directory visibility (public or private).
