@@ -487,9 +487,13 @@ func (s *Service) searchCount(ctx context.Context, rd store.Reader, p searchPlan
 	if err != nil {
 		return 0, err
 	}
+	// The light rows have no content, so contains_url is not applied here
+	// (the count may be high for such filters).
+	f := p.filter
+	f.ContainsURL = nil
 	var visible int64
 	for _, e := range rows {
-		if p.filter.allows(e) && p.visible.canSee(e) {
+		if f.allows(e) && p.visible.canSee(e) {
 			visible++
 		}
 	}
