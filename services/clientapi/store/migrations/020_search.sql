@@ -14,13 +14,18 @@ FROM (
             CASE type WHEN 'm.room.message' THEN 'content.body'
                       WHEN 'm.room.name' THEN 'content.name'
                       WHEN 'm.room.topic' THEN 'content.topic' END AS key,
-            CASE type WHEN 'm.room.message' THEN c->>'body'
-                      WHEN 'm.room.name' THEN c->>'name'
-                      WHEN 'm.room.topic' THEN c->>'topic' END AS text
+            CASE type WHEN 'm.room.message' THEN c->'body'
+                      WHEN 'm.room.name' THEN c->'name'
+                      WHEN 'm.room.topic' THEN c->'topic' END #>> '{}' AS text,
+            CASE type WHEN 'm.room.message' THEN jsonb_typeof(c->'body')
+                      WHEN 'm.room.name' THEN jsonb_typeof(c->'name')
+                      WHEN 'm.room.topic' THEN jsonb_typeof(c->'topic') END AS kind
         FROM (SELECT pos, type, convert_from(event, 'UTF8')::jsonb -> 'content' AS c FROM sync_events
-              WHERE type IN ('m.room.message', 'm.room.name', 'm.room.topic')) e
+              WHERE type IN ('m.room.message', 'm.room.name', 'm.room.topic')
+                -- jsonb cannot hold NUL characters; such events stay unindexed.
+                AND position('\u0000' in convert_from(event, 'UTF8')) = 0) e
         WHERE jsonb_typeof(c) = 'object'
-    ) x WHERE key IS NOT NULL AND text IS NOT NULL AND text <> ''
+    ) x WHERE key IS NOT NULL AND kind = 'string' AND text <> ''
 ) k
 WHERE s.pos = k.pos;
 
