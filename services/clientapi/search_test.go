@@ -84,7 +84,7 @@ func TestSearch(t *testing.T) {
 	for i := range 12 {
 		reports = append(reports, sendText(t, alice, room, fmt.Sprintf("a martian report number %d", i)))
 	}
-	sendText(t, alice, room, "nothing to see here")
+	nothing := sendText(t, alice, room, "nothing to see here")
 	fromBob := sendText(t, bob, room, "bob saw the Martians too")
 	inOther := sendText(t, alice, other.RoomID, "martians in the other room")
 	last := sendText(t, alice, room, "end")
@@ -213,6 +213,33 @@ func TestSearch(t *testing.T) {
 		slices.Reverse(want)
 		if !slices.Equal(rest, want) {
 			t.Fatalf("room group pagination:\n got %v\nwant %v", rest, want)
+		}
+		// The sender group's next_batch continues with that sender only.
+		more := searchAll(t, bob, mautrix.ReqSearch{
+			SearchTerm: "martians", OrderBy: "recent", Keys: []string{"content.body"}, Filter: limitFilter(3),
+			NextBatch: senders[alice.UserID.String()].NextBatch,
+		})
+		wantAlice := slices.Clone(want)
+		wantAlice = slices.DeleteFunc(wantAlice, func(e id.EventID) bool { return e == reports[11] })
+		if !slices.Equal(more, wantAlice) {
+			t.Fatalf("sender group pagination:\n got %v\nwant %v", more, wantAlice)
+		}
+	})
+
+	t.Run("query syntax", func(t *testing.T) {
+		for _, c := range []struct {
+			term string
+			want []id.EventID
+		}{
+			{`"martian report" number`, reports},
+			{"martian -report", []id.EventID{triple, fromBob, inOther}},
+			{"nothing or end", []id.EventID{last, nothing}},
+			{"MARTIAN report 11", []id.EventID{reports[11]}},
+		} {
+			got := searchAll(t, bob, mautrix.ReqSearch{SearchTerm: c.term, Keys: []string{"content.body"}})
+			if !sameSet(got, c.want) {
+				t.Fatalf("%q: got %v, want %v", c.term, got, c.want)
+			}
 		}
 	})
 
