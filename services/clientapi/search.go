@@ -280,39 +280,39 @@ func (s *Service) search(r *http.Request, dev *device) (any, error) {
 
 // searchPlan is a validated room_events request.
 type searchPlan struct {
-	tsquery  string
-	order    string
-	limit    int
-	filter   searchFilter
-	groupBy  []string
-	query    store.SearchQuery
-	visible  visibilityFilter
-	hasMatch bool
+	tsquery string
+	order   string
+	limit   int
+	filter  searchFilter
+	groupBy []string
+	query   store.SearchQuery
+	visible visibilityFilter
 }
 
-func (s *Service) searchRoomEvents(r *http.Request, dev *device, c *roomEventsCriteria, tok *searchToken) (*roomEventsResult, error) {
-	ctx := r.Context()
+// parseCriteria validates a room_events request: the plan, and the
+// event context's before and after limits.
+func parseCriteria(c *roomEventsCriteria, tok *searchToken) (p searchPlan, before, after int, err error) {
 	if c.SearchTerm == nil {
-		return nil, matrixhttp.MissingParam("search_term is required")
+		return p, 0, 0, matrixhttp.MissingParam("search_term is required")
 	}
-	p := searchPlan{order: orderRank, limit: defaultSearchLimit}
+	p = searchPlan{order: orderRank, limit: defaultSearchLimit}
 	switch c.OrderBy {
 	case "", orderRank:
 	case orderRecent:
 		p.order = orderRecent
 	default:
-		return nil, matrixhttp.InvalidParam("order_by must be rank or recent")
+		return p, 0, 0, matrixhttp.InvalidParam("order_by must be rank or recent")
 	}
 	for _, k := range c.Keys {
 		if k != keyBody && k != keyName && k != keyTopic {
-			return nil, matrixhttp.InvalidParam("Unknown search key " + k)
+			return p, 0, 0, matrixhttp.InvalidParam("Unknown search key " + k)
 		}
 	}
 	if c.Filter != nil {
 		p.filter = *c.Filter
 		if l := p.filter.Limit; l != nil {
 			if *l < 0 {
-				return nil, matrixhttp.InvalidParam("filter.limit must not be negative")
+				return p, 0, 0, matrixhttp.InvalidParam("filter.limit must not be negative")
 			}
 			p.limit = min(*l, maxSearchLimit)
 		}
@@ -320,7 +320,7 @@ func (s *Service) searchRoomEvents(r *http.Request, dev *device, c *roomEventsCr
 	if c.Groupings != nil {
 		for _, g := range c.Groupings.GroupBy {
 			if g.Key != groupRoom && g.Key != groupSender {
-				return nil, matrixhttp.InvalidParam("group_by key must be room_id or sender")
+				return p, 0, 0, matrixhttp.InvalidParam("group_by key must be room_id or sender")
 			}
 			if !slices.Contains(p.groupBy, g.Key) {
 				p.groupBy = append(p.groupBy, g.Key)
@@ -328,9 +328,9 @@ func (s *Service) searchRoomEvents(r *http.Request, dev *device, c *roomEventsCr
 		}
 	}
 	if tok != nil && tok.Order != p.order {
-		return nil, matrixhttp.InvalidParam("next_batch belongs to a search with another order_by")
+		return p, 0, 0, matrixhttp.InvalidParam("next_batch belongs to a search with another order_by")
 	}
-	before, after := defaultContextLimit, defaultContextLimit
+	before, after = defaultContextLimit, defaultContextLimit
 	if ec := c.EventContext; ec != nil {
 		if ec.BeforeLimit != nil {
 			before = *ec.BeforeLimit
@@ -339,11 +339,21 @@ func (s *Service) searchRoomEvents(r *http.Request, dev *device, c *roomEventsCr
 			after = *ec.AfterLimit
 		}
 		if before < 0 || after < 0 {
-			return nil, matrixhttp.InvalidParam("event_context limits must not be negative")
+			return p, 0, 0, matrixhttp.InvalidParam("event_context limits must not be negative")
 		}
 		before, after = min(before, maxSearchContext), min(after, maxSearchContext)
 	}
+	return p, before, after, nil
+}
 
+// searchRoomEvents runs one room_events search: the page after tok, its
+// count, highlights, groups, contexts and state.
+func (s *Service) searchRoomEvents(r *http.Request, dev *device, c *roomEventsCriteria, tok *searchToken) (*roomEventsResult, error) {
+	ctx := r.Context()
+	p, before, after, err := parseCriteria(c, tok)
+	if err != nil {
+		return nil, err
+	}
 	res := &roomEventsResult{Highlights: []string{}, Results: []searchResult{}}
 	p.tsquery = buildTSQuery(*c.SearchTerm)
 	if p.tsquery == "" {
