@@ -243,6 +243,7 @@ func decodeOutputEvent(data []byte) (store.Input, error) {
 		RemovedIDs: out.GetRemovedStateEventIds(),
 	}
 	in.Event.RelatesTo, in.Event.RelType = relationOf(ce.Content)
+	in.Event.SearchKey, in.Event.SearchText = searchTextOf(ce.Type, ce.Content)
 	if red := out.GetRedactedEventJson(); len(red) > 0 {
 		if in.Redacted, err = redactedCopy(out.GetRoomVersion(), out.GetRoomId(), red, out.GetEventJson()); err != nil {
 			return store.Input{}, fmt.Errorf("%w: redacted event of %s: %v", ErrBadPayload, out.GetEventId(), err)

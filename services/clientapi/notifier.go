@@ -24,18 +24,24 @@ type notifier struct {
 	// (notifier_wake.go).
 	wakes   map[string]uint64
 	waiters map[string][]chan struct{} // user ID -> waiting requests
-	done    chan struct{}
-	closed  bool
+	// roomPos and roomWaiters serve peeking long polls (GET /events with
+	// room_id, notifier_room.go), which wait on a room, not a user.
+	roomPos     map[string]int64
+	roomWaiters map[string][]chan struct{}
+	done        chan struct{}
+	closed      bool
 }
 
 func newNotifier(joined map[string][]string) *notifier {
 	n := &notifier{
-		joined:   map[string]map[string]struct{}{},
-		userPos:  map[string]int64{},
-		userEPos: map[string]int64{},
-		wakes:    map[string]uint64{},
-		waiters:  map[string][]chan struct{}{},
-		done:     make(chan struct{}),
+		joined:      map[string]map[string]struct{}{},
+		userPos:     map[string]int64{},
+		userEPos:    map[string]int64{},
+		wakes:       map[string]uint64{},
+		waiters:     map[string][]chan struct{}{},
+		roomPos:     map[string]int64{},
+		roomWaiters: map[string][]chan struct{}{},
+		done:        make(chan struct{}),
 	}
 	for room, users := range joined {
 		set := map[string]struct{}{}
@@ -54,6 +60,7 @@ func (n *notifier) committed(applied []store.Applied) {
 	woken := map[string]struct{}{}
 	for _, a := range applied {
 		room := a.Event.RoomID
+		n.roomCommittedLocked(room, a.Pos)
 		touch := func(u string) {
 			n.userPos[u] = a.Pos
 			woken[u] = struct{}{}

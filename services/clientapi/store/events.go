@@ -36,6 +36,10 @@ type Event struct {
 	// RelatesTo and RelType are content."m.relates_to" (empty when none).
 	RelatesTo string
 	RelType   string
+	// SearchKey and SearchText are what POST /search finds the event by
+	// (empty when it is not searchable).
+	SearchKey  string
+	SearchText string
 }
 
 // StateEvent is an event that entered a room's current state.
@@ -124,12 +128,14 @@ func apply(ctx context.Context, tx pgx.Tx, in Input) (Applied, bool, error) {
 	var pos int64
 	err = tx.QueryRow(ctx, `INSERT INTO sync_events
 		(event_id, room_id, type, state_key, sender, membership, event, txn_device_id, txn_id, stream_position,
-		 visibility_before, visibility_after)
-		SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12
+		 visibility_before, visibility_after, search_key, search_vec)
+		SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+			CASE WHEN $13::text IS NULL THEN NULL ELSE to_tsvector('`+SearchConfig+`', $14::text) END
 		WHERE NOT EXISTS (SELECT 1 FROM sync_events WHERE event_id = $1)
 		ON CONFLICT (event_id) DO NOTHING RETURNING pos`,
 		ev.EventID, ev.RoomID, ev.Type, ev.StateKey, ev.Sender, nullable(ev.Membership), ev.JSON,
-		nullable(ev.TxnDeviceID), nullable(ev.TxnID), ev.StreamPosition, visBefore, visAfter).Scan(&pos)
+		nullable(ev.TxnDeviceID), nullable(ev.TxnID), ev.StreamPosition, visBefore, visAfter,
+		nullable(ev.SearchKey), ev.SearchText).Scan(&pos)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Applied{}, false, nil
 	}
