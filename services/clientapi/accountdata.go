@@ -78,6 +78,11 @@ func (s *Service) putAccountData(r *http.Request, dev *device, perRoom bool) (an
 	if err != nil {
 		return nil, err
 	}
+	if typ == ignoredUserListType && roomID == "" {
+		if err := checkIgnoredUserList(dev.UserID, body); err != nil {
+			return nil, err
+		}
+	}
 	if err := s.storeAccountData(r.Context(), dev.UserID, roomID, typ, body); err != nil {
 		return nil, err
 	}

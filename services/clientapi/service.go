@@ -44,8 +44,10 @@ type Service struct {
 	js         jetstream.JetStream
 	limiter    *rateLimiter
 	notifier   *notifier
-	consumer   jetstream.Consumer
-	presence   presencev1.PresenceServiceClient
+	// lazy remembers the members /sync sent each device (sync_lazy.go).
+	lazy     *lazyCache
+	consumer jetstream.Consumer
+	presence presencev1.PresenceServiceClient
 	// ephemeralConsumer wakes /sync on presence service changes.
 	ephemeralConsumer jetstream.Consumer
 	// now is the clock for token expiry; tests replace it.
@@ -74,6 +76,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		presence:   deps.Presence,
 		js:         deps.JetStream,
 		limiter:    newRateLimiter(cfg.RateLimit, time.Now),
+		lazy:       newLazyCache(),
 		now:        time.Now,
 	}
 	members, err := st.JoinedMembers(ctx)
