@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"slices"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -32,6 +33,19 @@ func (s *Store) SendToDevice(ctx context.Context, senderUser, senderDevice, txnI
 			return nil
 		}
 		fresh = true
+		// Positions of one target user must commit in order, or a /sync
+		// could acknowledge (and delete) a message that commits later
+		// with a lower position: lock the targets, in a fixed order.
+		targets := make([]string, 0, len(msgs))
+		for _, m := range msgs {
+			targets = append(targets, m.UserID)
+		}
+		slices.Sort(targets)
+		for _, u := range slices.Compact(targets) {
+			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('myelin.to_device.' || $1))`, u); err != nil {
+				return err
+			}
+		}
 		seen := map[string]bool{}
 		for _, m := range msgs {
 			tag, err := tx.Exec(ctx, `INSERT INTO to_device_messages (user_id, device_id, sender, type, content)
