@@ -414,7 +414,7 @@ func TestSyncLazyMembers(t *testing.T) {
 
 // TestSendToDevice: delivery in /sync, idempotent transactions, the "*"
 // wildcard, deletion once acknowledged, and a long poll woken by a
-// message.
+// message. alice and bob share no room: any local user may be sent to.
 func TestSendToDevice(t *testing.T) {
 	hs := startStack(t)
 	ctx := context.Background()
@@ -512,6 +512,27 @@ func TestSendToDevice(t *testing.T) {
 	}
 	if err := send(alice, "t6", map[string]any{}); !errors.Is(err, mautrix.MBadJSON) {
 		t.Fatalf("missing messages: %v", err)
+	}
+	// Logging out deletes the device with its pending messages, and
+	// messages to a device that does not exist are dropped: a new login
+	// reusing the device ID starts empty.
+	if err := send(alice, "t7", msg(bob.UserID, bob2.DeviceID.String(), 7)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob2.Logout(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := send(alice, "t8", msg(bob.UserID, bob2.DeviceID.String(), 8)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob2.Login(ctx, &mautrix.ReqLogin{
+		Type: mautrix.AuthTypePassword, Identifier: mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: "bob"},
+		Password: "pw-bob", DeviceID: bob2.DeviceID, StoreCredentials: true,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if relogged, err := bob2.SyncRequest(ctx, 0, "", "", false, ""); err != nil || len(relogged.ToDevice.Events) != 0 {
+		t.Fatalf("a new login on a deleted device ID: %v %v", relogged, err)
 	}
 }
 

@@ -24,6 +24,12 @@ type ToDeviceMessage struct {
 // message.
 func (s *Store) SendToDevice(ctx context.Context, senderUser, senderDevice, txnID string, msgs []ToDeviceMessage) (users []string, fresh bool, err error) {
 	err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		// Transaction IDs are kept for a day: clients retry within
+		// seconds, and the table must not grow forever.
+		if _, err := tx.Exec(ctx, `DELETE FROM to_device_txns WHERE user_id = $1 AND device_id = $2
+			AND created_at < now() - interval '1 day'`, senderUser, senderDevice); err != nil {
+			return err
+		}
 		tag, err := tx.Exec(ctx, `INSERT INTO to_device_txns (user_id, device_id, txn_id) VALUES ($1, $2, $3)
 			ON CONFLICT DO NOTHING`, senderUser, senderDevice, txnID)
 		if err != nil {
