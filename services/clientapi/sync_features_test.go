@@ -3,6 +3,7 @@ package clientapi_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"slices"
 	"sync"
@@ -533,6 +534,33 @@ func TestSendToDevice(t *testing.T) {
 	}
 	if relogged, err := bob2.SyncRequest(ctx, 0, "", "", false, ""); err != nil || len(relogged.ToDevice.Events) != 0 {
 		t.Fatalf("a new login on a deleted device ID: %v %v", relogged, err)
+	}
+
+	// At most 100 per response, in order; the rest come next.
+	for i := range 105 {
+		if err := send(alice, fmt.Sprint("bulk", i), msg(bob.UserID, bob.DeviceID.String(), 100+i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	since := acked.NextBatch
+	var got []any
+	for range 3 {
+		resp, err := bob.SyncRequest(ctx, 0, since, "", false, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.ToDevice.Events) > 100 {
+			t.Fatalf("%d to-device events in one response", len(resp.ToDevice.Events))
+		}
+		for _, e := range resp.ToDevice.Events {
+			got = append(got, e.Content.Raw["n"])
+		}
+		since = resp.NextBatch
+	}
+	if len(got) != 105 || got[0] != float64(100) || got[104] != float64(204) || !slices.IsSortedFunc(got, func(a, b any) int {
+		return int(a.(float64) - b.(float64))
+	}) {
+		t.Fatalf("bulk delivery: %d events %v", len(got), got)
 	}
 }
 
