@@ -219,6 +219,7 @@ func runScenario(t *testing.T, s *server) {
 	})
 
 	t.Run("long-poll wakes on typing", func(t *testing.T) { typingWakes(t, alice, bob, room) })
+	t.Run("ephemeral and presence filters", func(t *testing.T) { ephemeralFilters(t, alice, bob, room) })
 
 	t.Run("bad input", func(t *testing.T) { badInput(t, s, alice, room) })
 	t.Run("rooms and directory", func(t *testing.T) { roomsAndDirectory(t, alice.cli, bob.cli) })
