@@ -641,6 +641,23 @@ func TestIgnoredUsers(t *testing.T) {
 		t.Fatalf("alice lost eve's message: %v", err)
 	}
 
+	// Aggregations and /relations leave eve's thread reply out.
+	root := sendText(t, alice, roomID, "root")
+	sendRelated(t, eve, roomID, event.EventMessage, map[string]any{"msgtype": "m.text", "body": "eve in thread", "m.relates_to": relatesTo("m.thread", root)})
+	mine := sendRelated(t, alice, roomID, event.EventMessage, map[string]any{"msgtype": "m.text", "body": "alice in thread", "m.relates_to": relatesTo("m.thread", root)})
+	caughtUp(t, alice, roomID, mine)
+	th, _ := relationsOf(rawGet(t, bob, "v3", "rooms", roomID, "event", root))["m.thread"].(map[string]any)
+	if latest, _ := th["latest_event"].(map[string]any); th["count"] != 1.0 || latest["event_id"] != mine.String() {
+		t.Fatalf("thread bundle with an ignored participant: %v", th)
+	}
+	if th, _ := relationsOf(rawGet(t, alice, "v3", "rooms", roomID, "event", root))["m.thread"].(map[string]any); th["count"] != 2.0 {
+		t.Fatalf("alice's thread bundle: %v", th)
+	}
+	rels, err := bob.GetRelations(ctx, roomID, root, &mautrix.ReqGetRelations{})
+	if err != nil || len(rels.Chunk) != 1 || rels.Chunk[0].ID != mine {
+		t.Fatalf("relations with an ignored sender: %v %v", rels, err)
+	}
+
 	// Invites: eve's is not shown, alice's is.
 	evesRoom, err := eve.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.UserID}})
 	if err != nil {
