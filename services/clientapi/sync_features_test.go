@@ -411,6 +411,15 @@ func TestSyncLazyMembers(t *testing.T) {
 	if got := memberKeys(eventsAt(resp, "rooms", "join", room, "state", "events")); !slices.Equal(got, []string{users["dan"].UserID.String()}) {
 		t.Fatalf("limited incremental members %v, want dan", got)
 	}
+	// full_state starts over: the whole non-member state and the user's
+	// own member event although it was sent before (the timeline since
+	// the last sync is empty, so there are no senders).
+	resp = rawSync(t, viewer, map[string]string{"filter": lazy, "since": since, "full_state": "true"})
+	state = eventsAt(resp, "rooms", "join", room, "state", "events")
+	want := []string{viewer.UserID.String()}
+	if got := memberKeys(state); !slices.Equal(got, want) || !slices.Contains(typesOf(state), "m.room.create") {
+		t.Fatalf("lazy full_state: members %v (want %v), types %v", got, want, typesOf(state))
+	}
 }
 
 // TestSendToDevice: delivery in /sync, idempotent transactions, the "*"
