@@ -253,12 +253,12 @@ func (s *Service) syncAccountData(ctx context.Context, userID string, since int6
 			continue
 		}
 		// A joined room with no new events: an entry with only account data.
-		summary, err := s.store.Reader().CurrentState(ctx, e.RoomID, summaryStateTypes)
+		summaries, err := s.store.Reader().RoomSummaries(ctx, []string{e.RoomID}, userID)
 		if err != nil {
 			return 0, err
 		}
 		jr := &joinedRoom{
-			Summary:             summarize(summary, userID),
+			Summary:             toSummary(summaries[e.RoomID]),
 			State:               emptyEvents(),
 			Timeline:            timelineBatch{Events: []json.RawMessage{}},
 			Ephemeral:           emptyEvents(),

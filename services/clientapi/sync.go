@@ -17,9 +17,6 @@ var strippedStateTypes = []string{
 	"m.room.join_rules", "m.room.canonical_alias", "m.room.encryption",
 }
 
-// summaryStateTypes are the state events a room summary is computed from.
-var summaryStateTypes = []string{"m.room.member", "m.room.name", "m.room.canonical_alias"}
-
 // eventList is {"events": [...]}; it never encodes events as null.
 type eventList struct {
 	Events []json.RawMessage `json:"events"`
@@ -484,42 +481,12 @@ func renderTimeline(tl store.Timeline, dev *device, pos int64, bundled bundles) 
 	return b, nil
 }
 
-// toSummary renders a summary read by RoomSummaries: heroes only when
-// the room has no name.
+// toSummary renders a summary read by RoomSummaries (one aggregate query
+// for all rooms): member counts, and heroes when the room has no name.
 func toSummary(rs store.RoomSummary) roomSummary {
 	sum := roomSummary{Joined: rs.Joined, Invited: rs.Invited}
 	if !rs.Named {
 		sum.Heroes = rs.Heroes
-	}
-	return sum
-}
-
-// summarize computes a room summary from its member, name and canonical
-// alias state: member counts, and heroes when the room has no name.
-func summarize(state []store.CurrentStateEvent, self string) roomSummary {
-	var sum roomSummary
-	named := false
-	var heroes []string
-	for _, e := range state {
-		switch e.Type {
-		case "m.room.member":
-			switch e.Membership {
-			case store.MembershipJoin:
-				sum.Joined++
-			case store.MembershipInvite:
-				sum.Invited++
-			default:
-				continue
-			}
-			if e.StateKey != self && len(heroes) < 5 {
-				heroes = append(heroes, e.StateKey)
-			}
-		case "m.room.name", "m.room.canonical_alias":
-			named = true
-		}
-	}
-	if !named {
-		sum.Heroes = heroes
 	}
 	return sum
 }
