@@ -277,6 +277,16 @@ func TestSyncFilters(t *testing.T) {
 			}
 		}
 	})
+	t.Run("summary", func(t *testing.T) {
+		resp := filtered(t, bob, `{"room":{"timeline":{"limit":1}}}`)
+		heroes, _ := path(resp, "rooms", "join", room, "summary", "m.heroes").([]any)
+		if !slices.Equal(heroes, []any{alice.UserID.String()}) || path(resp, "rooms", "join", room, "summary", "m.joined_member_count") != 2.0 {
+			t.Fatalf("unnamed room summary: %v", path(resp, "rooms", "join", room, "summary"))
+		}
+		if sum := path(resp, "rooms", "join", other, "summary"); path(sum, "m.heroes") != nil || path(sum, "m.joined_member_count") != 2.0 {
+			t.Fatalf("named room summary: %v", sum)
+		}
+	})
 	t.Run("include_leave", func(t *testing.T) {
 		if _, err := bob.LeaveRoom(ctx, r2.RoomID); err != nil {
 			t.Fatal(err)
