@@ -84,6 +84,11 @@ func (s *Service) putAccountData(r *http.Request, dev *device, perRoom bool) (an
 	if err != nil {
 		return nil, err
 	}
+	if typ == ignoredUserListType && roomID == "" {
+		if err := checkIgnoredUserList(dev.UserID, body); err != nil {
+			return nil, err
+		}
+	}
 	if err := s.storeAccountData(r.Context(), dev.UserID, roomID, typ, body); err != nil {
 		return nil, err
 	}
@@ -247,12 +252,12 @@ func (s *Service) syncAccountData(ctx context.Context, userID string, since int6
 			continue
 		}
 		// A joined room with no new events: an entry with only account data.
-		summary, err := s.store.Reader().CurrentState(ctx, e.RoomID, summaryStateTypes)
+		summaries, err := s.store.Reader().RoomSummaries(ctx, []string{e.RoomID}, userID)
 		if err != nil {
 			return 0, err
 		}
 		jr := &joinedRoom{
-			Summary:             summarize(summary, userID),
+			Summary:             toSummary(summaries[e.RoomID]),
 			State:               emptyEvents(),
 			Timeline:            timelineBatch{Events: []json.RawMessage{}},
 			Ephemeral:           emptyEvents(),

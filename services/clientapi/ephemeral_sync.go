@@ -59,7 +59,7 @@ func (s *Service) addEphemeral(ctx context.Context, dev *device, opts syncOption
 			quiet = append(quiet, re.GetRoomId())
 		}
 	}
-	summaries, err := rd.CurrentStateRooms(ctx, quiet, summaryStateTypes)
+	summaries, err := rd.RoomSummaries(ctx, quiet, dev.UserID)
 	if err != nil {
 		return 0, err
 	}
@@ -67,7 +67,7 @@ func (s *Service) addEphemeral(ctx context.Context, dev *device, opts syncOption
 		jr := resp.Rooms.Join[re.GetRoomId()]
 		if jr == nil {
 			jr = &joinedRoom{
-				Summary:             summarize(summaries[re.GetRoomId()], dev.UserID),
+				Summary:             toSummary(summaries[re.GetRoomId()]),
 				State:               emptyEvents(),
 				Timeline:            timelineBatch{Events: []json.RawMessage{}, PrevBatch: streamToken{pos: pos}.String()},
 				Ephemeral:           emptyEvents(),

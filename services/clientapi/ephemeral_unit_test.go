@@ -12,9 +12,9 @@ import (
 
 func TestSyncTokenComponents(t *testing.T) {
 	cases := []struct {
-		in              string
-		pos, epos, apos int64
-		fail            bool
+		in                    string
+		pos, epos, apos, dpos int64
+		fail                  bool
 	}{
 		{in: "s42", pos: 42},                // older tokens: no ephemeral position
 		{in: "s42_e7", pos: 42, epos: 7},    // current format
@@ -22,6 +22,10 @@ func TestSyncTokenComponents(t *testing.T) {
 		{in: "s0_e9223372036854775807", epos: 9223372036854775807},
 		{in: "s42_e7_a3", pos: 42, epos: 7, apos: 3},
 		{in: "s42_a3", pos: 42, apos: 3},
+		{in: "s42_e7_a3_d9", pos: 42, epos: 7, apos: 3, dpos: 9},
+		{in: "s42_d9", pos: 42, dpos: 9},
+		{in: "s42_d", fail: true},
+		{in: "s42_d-2", fail: true},
 		{in: "s42_a", fail: true},
 		{in: "s42_e", fail: true},
 		{in: "s42_e-1", fail: true},
@@ -36,8 +40,8 @@ func TestSyncTokenComponents(t *testing.T) {
 				}
 				return
 			}
-			if err != nil || tok.pos != c.pos || tok.epos != c.epos || tok.apos != c.apos {
-				t.Fatalf("parse %q = %+v, %v; want pos %d epos %d apos %d", c.in, tok, err, c.pos, c.epos, c.apos)
+			if err != nil || tok.pos != c.pos || tok.epos != c.epos || tok.apos != c.apos || tok.dpos != c.dpos {
+				t.Fatalf("parse %q = %+v, %v; want pos %d epos %d apos %d dpos %d", c.in, tok, err, c.pos, c.epos, c.apos, c.dpos)
 			}
 			if back, err := parseStreamToken(tok.String()); err != nil || back != tok {
 				t.Fatalf("round trip of %q: %+v %v", c.in, back, err)

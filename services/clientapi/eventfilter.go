@@ -9,18 +9,23 @@ import (
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
-// roomEventFilter is the part of a RoomEventFilter (the filter parameter
-// of /messages and /context) that is applied: types, not_types, senders,
-// not_senders, contains_url and lazy_load_members (the senders' member
-// events in the response's state). include_redundant_members and the other
-// fields are accepted and ignored: members are always sent again.
+// roomEventFilter is the spec's RoomEventFilter. /messages and /context
+// (the filter parameter) apply types, not_types, senders, not_senders,
+// contains_url and lazy_load_members (the senders' member events in the
+// response's state; members are always sent again there). /sync
+// (sync_filter.go) also applies limit, rooms, not_rooms and
+// include_redundant_members.
 type roomEventFilter struct {
-	Types           *[]string `json:"types"`
-	NotTypes        []string  `json:"not_types"`
-	Senders         *[]string `json:"senders"`
-	NotSenders      []string  `json:"not_senders"`
-	ContainsURL     *bool     `json:"contains_url"`
-	LazyLoadMembers bool      `json:"lazy_load_members"`
+	Limit                   *int      `json:"limit"`
+	Rooms                   *[]string `json:"rooms"`
+	NotRooms                []string  `json:"not_rooms"`
+	Types                   *[]string `json:"types"`
+	NotTypes                []string  `json:"not_types"`
+	Senders                 *[]string `json:"senders"`
+	NotSenders              []string  `json:"not_senders"`
+	ContainsURL             *bool     `json:"contains_url"`
+	LazyLoadMembers         bool      `json:"lazy_load_members"`
+	IncludeRedundantMembers bool      `json:"include_redundant_members"`
 }
 
 // parseRoomEventFilter parses the filter query parameter ("" = none).

@@ -180,6 +180,7 @@ func (s *Service) send(r *http.Request, dev *device) (any, error) {
 	if err != nil {
 		return nil, s.fromGRPC(r.Context(), "SendEvent", err, nil)
 	}
+	s.awaitStored(r.Context(), resp.GetEventId())
 	return eventIDResponse{EventID: resp.GetEventId()}, nil
 }
 
@@ -217,6 +218,7 @@ func (s *Service) putState(r *http.Request, dev *device) (any, error) {
 	if err != nil {
 		return nil, s.fromGRPC(r.Context(), "SendEvent", err, nil)
 	}
+	s.awaitStored(r.Context(), resp.GetEventId())
 	return eventIDResponse{EventID: resp.GetEventId()}, nil
 }
 

@@ -12,20 +12,37 @@ import (
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
-// syncFilter is the part of a filter (POST /user/{userId}/filter) that
-// /sync honours; other fields are accepted and stored but ignored.
+// syncFilter is a filter (POST /user/{userId}/filter) as /sync applies
+// it: every field of the spec's Filter (sync_filter.go applies them).
 type syncFilter struct {
-	Room *struct {
-		Rooms        *[]string `json:"rooms"`
-		NotRooms     []string  `json:"not_rooms"`
-		IncludeLeave bool      `json:"include_leave"`
-		Timeline     *struct {
-			Limit *int `json:"limit"`
-		} `json:"timeline"`
-	} `json:"room"`
+	EventFields []string     `json:"event_fields"`
+	EventFormat string       `json:"event_format"`
+	Presence    *eventFilter `json:"presence"`
+	AccountData *eventFilter `json:"account_data"`
+	Room        *roomFilter  `json:"room"`
 }
 
-// parseFilter decodes a filter JSON object.
+// eventFilter is the spec's EventFilter (presence and global account data).
+type eventFilter struct {
+	Limit      *int      `json:"limit"`
+	Types      *[]string `json:"types"`
+	NotTypes   []string  `json:"not_types"`
+	Senders    *[]string `json:"senders"`
+	NotSenders []string  `json:"not_senders"`
+}
+
+// roomFilter is the spec's RoomFilter.
+type roomFilter struct {
+	Rooms        *[]string        `json:"rooms"`
+	NotRooms     []string         `json:"not_rooms"`
+	IncludeLeave bool             `json:"include_leave"`
+	Timeline     *roomEventFilter `json:"timeline"`
+	State        *roomEventFilter `json:"state"`
+	Ephemeral    *roomEventFilter `json:"ephemeral"`
+	AccountData  *roomEventFilter `json:"account_data"`
+}
+
+// parseFilter decodes and checks a filter JSON object.
 func parseFilter(raw []byte) (syncFilter, error) {
 	var f syncFilter
 	if !isObject(raw) {
@@ -34,8 +51,28 @@ func parseFilter(raw []byte) (syncFilter, error) {
 	if err := decodeObject(raw, &f); err != nil {
 		return f, err
 	}
-	if l := f.timelineLimit(); l != nil && *l < 0 {
-		return f, matrixhttp.BadJSON("timeline limit must not be negative")
+	switch f.EventFormat {
+	case "", "client", "federation":
+	default:
+		return f, matrixhttp.BadJSON("event_format must be client or federation")
+	}
+	limits := []*int{}
+	for _, ef := range []*eventFilter{f.Presence, f.AccountData} {
+		if ef != nil {
+			limits = append(limits, ef.Limit)
+		}
+	}
+	if f.Room != nil {
+		for _, rf := range []*roomEventFilter{f.Room.Timeline, f.Room.State, f.Room.Ephemeral, f.Room.AccountData} {
+			if rf != nil {
+				limits = append(limits, rf.Limit)
+			}
+		}
+	}
+	for _, l := range limits {
+		if l != nil && *l < 0 {
+			return f, matrixhttp.BadJSON("limit must not be negative")
+		}
 	}
 	return f, nil
 }

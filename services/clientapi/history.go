@@ -18,7 +18,7 @@ import (
 )
 
 // visibleEvents keeps the events of one room the user may see and the
-// filter allows.
+// filter allows, leaving out ignored users' non-state events.
 func (s *Service) visibleEvents(ctx context.Context, rd store.Reader, userID, roomID string, events []store.StoredEvent, f roomEventFilter) ([]store.StoredEvent, error) {
 	if len(events) == 0 {
 		return events, nil
@@ -27,8 +27,15 @@ func (s *Service) visibleEvents(ctx context.Context, rd store.Reader, userID, ro
 	if err != nil {
 		return nil, err
 	}
+	ignored, err := ignoredUsers(ctx, rd, userID)
+	if err != nil {
+		return nil, err
+	}
 	out := events[:0:0]
 	for _, e := range events {
+		if ignored[e.Sender] && e.StateKey == nil {
+			continue
+		}
 		if f.allows(e) && vf.canSee(e) {
 			out = append(out, e)
 		}

@@ -342,7 +342,7 @@ func (s *Service) eventStream(ctx context.Context, dev *device, opts syncOptions
 	var d syncData
 	err = s.store.Snapshot(ctx, func(rd store.Reader) error {
 		var err error
-		d, err = s.readSync(ctx, rd, dev.UserID, opts)
+		d, err = s.readSync(ctx, rd, dev, opts)
 		return err
 	})
 	if err != nil {

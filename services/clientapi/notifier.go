@@ -24,6 +24,9 @@ type notifier struct {
 	// (notifier_wake.go).
 	wakes   map[string]uint64
 	waiters map[string][]chan struct{} // user ID -> waiting requests
+	// stored: event ID -> requests waiting for it to be stored
+	// (readwrites.go).
+	stored map[string][]chan struct{}
 	// roomPos and roomWaiters serve peeking long polls (GET /events with
 	// room_id, notifier_room.go), which wait on a room, not a user.
 	roomPos     map[string]int64
@@ -39,6 +42,7 @@ func newNotifier(joined map[string][]string) *notifier {
 		userEPos:    map[string]int64{},
 		wakes:       map[string]uint64{},
 		waiters:     map[string][]chan struct{}{},
+		stored:      map[string][]chan struct{}{},
 		roomPos:     map[string]int64{},
 		roomWaiters: map[string][]chan struct{}{},
 		done:        make(chan struct{}),
@@ -59,6 +63,10 @@ func (n *notifier) committed(applied []store.Applied) {
 	defer n.mu.Unlock()
 	woken := map[string]struct{}{}
 	for _, a := range applied {
+		for _, ch := range n.stored[a.Event.EventID] {
+			close(ch)
+		}
+		delete(n.stored, a.Event.EventID)
 		room := a.Event.RoomID
 		n.roomCommittedLocked(room, a.Pos)
 		touch := func(u string) {

@@ -66,7 +66,7 @@ func (s *Service) heardWake(self string, data []byte) {
 	if len(w.GetEvents()) > 0 {
 		applied := make([]store.Applied, 0, len(w.GetEvents()))
 		for _, e := range w.GetEvents() {
-			a := store.Applied{Pos: e.GetPosition(), Event: store.Event{RoomID: e.GetRoomId()}}
+			a := store.Applied{Pos: e.GetPosition(), Event: store.Event{RoomID: e.GetRoomId(), EventID: e.GetEventId()}}
 			for _, c := range e.GetChanges() {
 				a.Changes = append(a.Changes, store.MembershipChange{RoomID: c.GetRoomId(), UserID: c.GetUserId(), Membership: c.GetMembership()})
 			}
@@ -88,7 +88,7 @@ func (s *Service) announceCommitted(applied []store.Applied) {
 	}
 	w := &clientapiv1.SyncWake{Events: make([]*clientapiv1.CommittedEvent, 0, len(applied))}
 	for _, a := range applied {
-		e := &clientapiv1.CommittedEvent{Position: a.Pos, RoomId: a.Event.RoomID}
+		e := &clientapiv1.CommittedEvent{Position: a.Pos, RoomId: a.Event.RoomID, EventId: a.Event.EventID}
 		for _, c := range a.Changes {
 			e.Changes = append(e.Changes, &clientapiv1.MembershipChange{RoomId: c.RoomID, UserId: c.UserID, Membership: c.Membership})
 		}

@@ -107,5 +107,6 @@ func (s *Service) redact(r *http.Request, dev *device) (any, error) {
 	if err != nil {
 		return nil, s.fromGRPC(r.Context(), "SendEvent", err, nil)
 	}
+	s.awaitStored(r.Context(), resp.GetEventId())
 	return eventIDResponse{EventID: resp.GetEventId()}, nil
 }

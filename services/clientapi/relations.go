@@ -83,6 +83,11 @@ func (s *Service) aggregate(ctx context.Context, rd store.Reader, dev *device, e
 	if err != nil {
 		return nil, err
 	}
+	// Events from ignored users do not count in aggregations (spec).
+	ignored, err := ignoredUsers(ctx, rd, dev.UserID)
+	if err != nil {
+		return nil, err
+	}
 	type thread struct {
 		count        int
 		latest       store.StoredEvent
@@ -92,7 +97,7 @@ func (s *Service) aggregate(ctx context.Context, rd store.Reader, dev *device, e
 	refs := map[string][]map[string]string{}
 	edits := map[string]store.StoredEvent{}
 	for _, c := range children {
-		if !vf.canSee(c.Event) {
+		if !vf.canSee(c.Event) || ignored[c.Event.Sender] {
 			continue
 		}
 		parent := parents[c.ParentID]

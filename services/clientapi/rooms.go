@@ -398,6 +398,9 @@ func (s *Service) createRoom(r *http.Request, dev *device) (any, error) {
 			return nil, s.fromGRPC(ctx, "SetRoomVisibility", err, nil)
 		}
 	}
+	if ids := resp.GetEventIds(); len(ids) > 0 {
+		s.awaitStored(ctx, ids[len(ids)-1])
+	}
 	return map[string]string{"room_id": resp.GetRoomId()}, nil
 }
 
@@ -432,12 +435,16 @@ func (s *Service) setMembership(r *http.Request, dev *device, roomID, target, me
 	if err != nil {
 		return err
 	}
-	_, err = s.rooms.SendEvent(r.Context(), &roomserverv1.SendEventRequest{
+	resp, err := s.rooms.SendEvent(r.Context(), &roomserverv1.SendEventRequest{
 		RoomId: roomID,
 		Sender: dev.UserID,
 		Event:  &roomserverv1.EventTemplate{Type: "m.room.member", StateKey: &target, Content: raw},
 	})
-	return s.fromGRPC(r.Context(), "SendEvent", err, nil)
+	if err != nil {
+		return s.fromGRPC(r.Context(), "SendEvent", err, nil)
+	}
+	s.awaitStored(r.Context(), resp.GetEventId())
+	return nil
 }
 
 // joinRoomIDOrAlias is POST /join/{roomIdOrAlias}.

@@ -103,6 +103,7 @@ func (s *Service) coreRoutes() []route {
 		{method: http.MethodGet, path: "/sync", auth: true, serve: s.sync},
 		{method: http.MethodPost, path: "/user/{userId}/filter", auth: true, serve: s.createFilter},
 		{method: http.MethodGet, path: "/user/{userId}/filter/{filterId}", auth: true, serve: s.getFilter},
+		{method: http.MethodPut, path: "/sendToDevice/{eventType}/{txnId}", auth: true, serve: s.sendToDevice},
 	}
 }
 

@@ -44,8 +44,10 @@ type Service struct {
 	js         jetstream.JetStream
 	limiter    *rateLimiter
 	notifier   *notifier
-	consumer   jetstream.Consumer
-	presence   presencev1.PresenceServiceClient
+	// lazy remembers the members /sync sent each device (sync_lazy.go).
+	lazy     *lazyCache
+	consumer jetstream.Consumer
+	presence presencev1.PresenceServiceClient
 	// ephemeralConsumer wakes /sync on presence service changes.
 	ephemeralConsumer jetstream.Consumer
 	// wakeBus carries wake-ups between client-API replicas (notifier_bus.go).
@@ -76,6 +78,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		presence:   deps.Presence,
 		js:         deps.JetStream,
 		limiter:    newRateLimiter(cfg.RateLimit, time.Now),
+		lazy:       newLazyCache(),
 		now:        time.Now,
 	}
 	members, err := st.JoinedMembers(ctx)

@@ -17,9 +17,6 @@ var strippedStateTypes = []string{
 	"m.room.join_rules", "m.room.canonical_alias", "m.room.encryption",
 }
 
-// summaryStateTypes are the state events a room summary is computed from.
-var summaryStateTypes = []string{"m.room.member", "m.room.name", "m.room.canonical_alias"}
-
 // eventList is {"events": [...]}; it never encodes events as null.
 type eventList struct {
 	Events []json.RawMessage `json:"events"`
@@ -75,7 +72,8 @@ type syncResponse struct {
 
 func (r *syncResponse) empty() bool {
 	return len(r.Rooms.Join) == 0 && len(r.Rooms.Invite) == 0 && len(r.Rooms.Leave) == 0 &&
-		len(r.Rooms.Knock) == 0 && len(r.Presence.Events) == 0 && len(r.AccountData.Events) == 0
+		len(r.Rooms.Knock) == 0 && len(r.Presence.Events) == 0 && len(r.AccountData.Events) == 0 &&
+		len(r.ToDevice.Events) == 0
 }
 
 // syncOptions are the parsed /sync parameters.
@@ -147,7 +145,14 @@ func (s *Service) sync(r *http.Request, dev *device) (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		resp.NextBatch = streamToken{pos: pos, epos: epos, apos: apos}.String()
+		dpos, err := s.syncToDevice(ctx, dev, opts.since.toDevicePos(), resp)
+		if err != nil {
+			return nil, err
+		}
+		if err := s.applyFilter(ctx, opts.filter, resp); err != nil {
+			return nil, err
+		}
+		resp.NextBatch = streamToken{pos: pos, epos: epos, apos: apos, dpos: dpos}.String()
 		if !wait || !resp.empty() || !time.Now().Before(deadline) {
 			return resp, nil
 		}
@@ -185,7 +190,10 @@ type syncData struct {
 	timelines map[string]store.Timeline
 	gaps      map[string][]store.StoredEvent
 	current   map[string][]store.CurrentStateEvent // full state of kindFull rooms with empty timelines
-	summaries map[string][]store.CurrentStateEvent
+	summaries map[string]store.RoomSummary
+	// lazyState is the state of each joined room when members are lazily
+	// loaded (sync_lazy.go); nil otherwise.
+	lazyState map[string][]json.RawMessage
 	invites   map[string][]store.CurrentStateEvent // stripped state incl. the invite
 }
 
@@ -194,7 +202,7 @@ func (s *Service) buildSync(ctx context.Context, dev *device, opts syncOptions) 
 	var d syncData
 	err := s.store.Snapshot(ctx, func(rd store.Reader) error {
 		var err error
-		d, err = s.readSync(ctx, rd, dev.UserID, opts)
+		d, err = s.readSync(ctx, rd, dev, opts)
 		return err
 	})
 	if err != nil {
@@ -236,7 +244,10 @@ func (s *Service) buildSync(ctx context.Context, dev *device, opts syncOptions) 
 			return nil, 0, err
 		}
 		state := emptyEvents()
+		lazy, isLazy := d.lazyState[roomID]
 		switch {
+		case isLazy:
+			state.Events = lazy
 		case sr.kind == kindFull && len(tl.Events) > 0:
 			state.Events = stateBefore[tl.Events[0].EventID]
 		case sr.kind == kindFull:
@@ -256,7 +267,7 @@ func (s *Service) buildSync(ctx context.Context, dev *device, opts syncOptions) 
 			continue
 		}
 		resp.Rooms.Join[roomID] = &joinedRoom{
-			Summary:             summarize(d.summaries[roomID], dev.UserID),
+			Summary:             toSummary(d.summaries[roomID]),
 			State:               state,
 			Timeline:            batch,
 			Ephemeral:           emptyEvents(),
@@ -283,11 +294,12 @@ func (s *Service) buildSync(ctx context.Context, dev *device, opts syncOptions) 
 }
 
 // readSync reads what a sync response needs from one snapshot.
-func (s *Service) readSync(ctx context.Context, rd store.Reader, userID string, opts syncOptions) (syncData, error) {
+func (s *Service) readSync(ctx context.Context, rd store.Reader, dev *device, opts syncOptions) (syncData, error) {
+	userID := dev.UserID
 	d := syncData{
 		gaps:      map[string][]store.StoredEvent{},
 		current:   map[string][]store.CurrentStateEvent{},
-		summaries: map[string][]store.CurrentStateEvent{},
+		summaries: map[string]store.RoomSummary{},
 		invites:   map[string][]store.CurrentStateEvent{},
 	}
 	var err error
@@ -325,7 +337,9 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, userID string, 
 				invited = append(invited, m)
 			}
 		case store.MembershipLeave, store.MembershipBan:
-			include := (incremental && m.Pos > since) || (!incremental && opts.filter.includeLeave() && m.JoinPos > 0)
+			// Rooms left since the last sync always; rooms left earlier
+			// only with include_leave, in initial and full_state syncs.
+			include := (incremental && m.Pos > since) || ((!incremental || opts.fullState) && opts.filter.includeLeave() && m.JoinPos > 0)
 			if !include {
 				continue
 			}
@@ -350,7 +364,11 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, userID string, 
 	for i, sr := range d.rooms {
 		ranges[i] = sr.rng
 	}
-	if d.timelines, err = rd.Timelines(ctx, ranges, opts.limit); err != nil {
+	ignored, err := ignoredUsers(ctx, rd, userID)
+	if err != nil {
+		return d, err
+	}
+	if d.timelines, err = readTimelines(ctx, rd, ranges, opts.limit, timelineKeep(opts.filter, ignored)); err != nil {
 		return d, err
 	}
 	if err := filterTimelines(ctx, rd, userID, d.timelines); err != nil {
@@ -365,6 +383,8 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, userID string, 
 			joined = append(joined, roomID)
 		}
 		switch {
+		case sr.kind != kindLeft && opts.filter.lazyFilter() != nil:
+			// readLazyState below
 		case sr.kind == kindFull && len(tl.Events) == 0:
 			emptyFull = append(emptyFull, roomID)
 		case sr.kind != kindFull && tl.Limited && len(tl.Events) > 0:
@@ -376,8 +396,13 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, userID string, 
 	if d.current, err = rd.CurrentStateRooms(ctx, emptyFull, nil); err != nil {
 		return d, err
 	}
-	if d.summaries, err = rd.CurrentStateRooms(ctx, joined, summaryStateTypes); err != nil {
+	if d.summaries, err = rd.RoomSummaries(ctx, joined, userID); err != nil {
 		return d, err
+	}
+	if opts.filter.lazyFilter() != nil {
+		if err := s.readLazyState(ctx, rd, dev, opts, &d); err != nil {
+			return d, err
+		}
 	}
 
 	if len(invited) > 0 {
@@ -392,6 +417,9 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, userID string, 
 		for _, m := range invited {
 			events := stripped[m.RoomID]
 			if own, err := rd.CurrentStateEvent(ctx, m.RoomID, "m.room.member", userID); err == nil {
+				if ignored[own.Sender] && own.Membership == store.MembershipInvite {
+					continue // invites from ignored users are not shown
+				}
 				events = append(events, own)
 			}
 			d.invites[m.RoomID] = events
@@ -406,6 +434,9 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, userID string, 
 func (s *Service) stateBefore(ctx context.Context, d syncData) (map[string][]json.RawMessage, error) {
 	var ids []string
 	for _, sr := range d.rooms {
+		if _, lazy := d.lazyState[sr.rng.RoomID]; lazy {
+			continue
+		}
 		if tl := d.timelines[sr.rng.RoomID]; sr.kind == kindFull && len(tl.Events) > 0 {
 			ids = append(ids, tl.Events[0].EventID)
 		}
@@ -450,32 +481,12 @@ func renderTimeline(tl store.Timeline, dev *device, pos int64, bundled bundles) 
 	return b, nil
 }
 
-// summarize computes a room summary from its member, name and canonical
-// alias state: member counts, and heroes when the room has no name.
-func summarize(state []store.CurrentStateEvent, self string) roomSummary {
-	var sum roomSummary
-	named := false
-	var heroes []string
-	for _, e := range state {
-		switch e.Type {
-		case "m.room.member":
-			switch e.Membership {
-			case store.MembershipJoin:
-				sum.Joined++
-			case store.MembershipInvite:
-				sum.Invited++
-			default:
-				continue
-			}
-			if e.StateKey != self && len(heroes) < 5 {
-				heroes = append(heroes, e.StateKey)
-			}
-		case "m.room.name", "m.room.canonical_alias":
-			named = true
-		}
-	}
-	if !named {
-		sum.Heroes = heroes
+// toSummary renders a summary read by RoomSummaries (one aggregate query
+// for all rooms): member counts, and heroes when the room has no name.
+func toSummary(rs store.RoomSummary) roomSummary {
+	sum := roomSummary{Joined: rs.Joined, Invited: rs.Invited}
+	if !rs.Named {
+		sum.Heroes = rs.Heroes
 	}
 	return sum
 }

@@ -12,14 +12,16 @@ import (
 // end, so all of them interoperate.
 //
 // /sync tokens also carry epos, the presence service's ephemeral position
-// (typing, receipts, presence), and apos, the user's account data position:
-// "s<pos>_e<epos>_a<apos>". A missing part (older tokens, pagination
+// (typing, receipts, presence), apos, the user's account data position,
+// and dpos, the device's send-to-device position: "s<pos>_e<epos>_a<apos>_d<dpos>".
+// A missing part (older tokens, pagination
 // tokens) parses as 0, which makes the next sync send that data in full,
 // as an initial sync would.
 type streamToken struct {
 	pos  int64
 	epos int64
 	apos int64
+	dpos int64
 }
 
 func (t streamToken) String() string {
@@ -30,11 +32,15 @@ func (t streamToken) String() string {
 	if t.apos > 0 {
 		s += "_a" + strconv.FormatInt(t.apos, 10)
 	}
+	if t.dpos > 0 {
+		s += "_d" + strconv.FormatInt(t.dpos, 10)
+	}
 	return s
 }
 
 // parseStreamToken parses "s<pos>" with optional "_<component>"s: "e<n>"
-// is the ephemeral position, "a<n>" the account data position; unknown
+// is the ephemeral position, "a<n>" the account data position, "d<n>" the
+// send-to-device position; unknown
 // components are ignored so that later versions may add more.
 func parseStreamToken(s string) (streamToken, error) {
 	body, ok := strings.CutPrefix(s, "s")
@@ -54,6 +60,8 @@ func parseStreamToken(s string) (streamToken, error) {
 			field = &t.epos
 		case strings.HasPrefix(part, "a"):
 			field = &t.apos
+		case strings.HasPrefix(part, "d"):
+			field = &t.dpos
 		default:
 			continue
 		}
@@ -71,4 +79,13 @@ func parsePosition(v string) (int64, bool) {
 		return 0, false
 	}
 	return n, true
+}
+
+// toDevicePos is the send-to-device position of a since token (0 for an
+// initial sync).
+func (t *streamToken) toDevicePos() int64 {
+	if t == nil {
+		return 0
+	}
+	return t.dpos
 }

@@ -219,11 +219,13 @@ func runScenario(t *testing.T, s *server) {
 	})
 
 	t.Run("long-poll wakes on typing", func(t *testing.T) { typingWakes(t, alice, bob, room) })
+	t.Run("ephemeral and presence filters", func(t *testing.T) { ephemeralFilters(t, alice, bob, room) })
 
 	t.Run("bad input", func(t *testing.T) { badInput(t, s, alice, room) })
 	t.Run("rooms and directory", func(t *testing.T) { roomsAndDirectory(t, alice.cli, bob.cli) })
 	t.Run("history", func(t *testing.T) { historyScenario(t, alice.cli, bob.cli) })
 	t.Run("search", func(t *testing.T) { searchScenario(t, alice.cli, bob.cli) })
+	t.Run("concurrent ordering", func(t *testing.T) { concurrentOrdering(t, s.url) })
 
 	// Restart: accounts, tokens, rooms and history survive.
 	s.restart(t)

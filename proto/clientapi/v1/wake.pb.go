@@ -97,7 +97,9 @@ type CommittedEvent struct {
 	Position int64  `protobuf:"varint,1,opt,name=position,proto3" json:"position,omitempty"`
 	RoomId   string `protobuf:"bytes,2,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
 	// changes are the membership changes the event caused.
-	Changes       []*MembershipChange `protobuf:"bytes,3,rep,name=changes,proto3" json:"changes,omitempty"`
+	Changes []*MembershipChange `protobuf:"bytes,3,rep,name=changes,proto3" json:"changes,omitempty"`
+	// event_id releases requests waiting to read their own write.
+	EventId       string `protobuf:"bytes,4,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -151,6 +153,13 @@ func (x *CommittedEvent) GetChanges() []*MembershipChange {
 		return x.Changes
 	}
 	return nil
+}
+
+func (x *CommittedEvent) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
 }
 
 type MembershipChange struct {
@@ -221,11 +230,12 @@ const file_clientapi_v1_wake_proto_rawDesc = "" +
 	"\bSyncWake\x12\x16\n" +
 	"\x06origin\x18\x01 \x01(\tR\x06origin\x12;\n" +
 	"\x06events\x18\x02 \x03(\v2#.myelin.clientapi.v1.CommittedEventR\x06events\x12\x14\n" +
-	"\x05users\x18\x03 \x03(\tR\x05users\"\x86\x01\n" +
+	"\x05users\x18\x03 \x03(\tR\x05users\"\xa1\x01\n" +
 	"\x0eCommittedEvent\x12\x1a\n" +
 	"\bposition\x18\x01 \x01(\x03R\bposition\x12\x17\n" +
 	"\aroom_id\x18\x02 \x01(\tR\x06roomId\x12?\n" +
-	"\achanges\x18\x03 \x03(\v2%.myelin.clientapi.v1.MembershipChangeR\achanges\"d\n" +
+	"\achanges\x18\x03 \x03(\v2%.myelin.clientapi.v1.MembershipChangeR\achanges\x12\x19\n" +
+	"\bevent_id\x18\x04 \x01(\tR\aeventId\"d\n" +
 	"\x10MembershipChange\x12\x17\n" +
 	"\aroom_id\x18\x01 \x01(\tR\x06roomId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x1e\n" +

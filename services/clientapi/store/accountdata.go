@@ -64,3 +64,14 @@ func (r Reader) AccountDataSince(ctx context.Context, userID string, pos int64) 
 	}
 	return out, latest, nil
 }
+
+// AccountDataEntry is GetAccountData through a Reader (inside a snapshot).
+func (r Reader) AccountDataEntry(ctx context.Context, userID, roomID, typ string) ([]byte, error) {
+	var content []byte
+	err := r.q.QueryRow(ctx, `SELECT content FROM account_data WHERE user_id = $1 AND room_id = $2 AND type = $3`,
+		userID, roomID, typ).Scan(&content)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	return content, err
+}

@@ -251,6 +251,8 @@ func deleteDevices(ctx context.Context, tx pgx.Tx, userID string, deviceIDs []st
 		`DELETE FROM access_tokens WHERE user_id = $1 AND device_id = ANY($2)`,
 		`DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id = ANY($2)`,
 		`DELETE FROM devices WHERE user_id = $1 AND device_id = ANY($2)`,
+		`DELETE FROM to_device_messages WHERE user_id = $1 AND device_id = ANY($2)`,
+		`DELETE FROM to_device_txns WHERE user_id = $1 AND device_id = ANY($2)`,
 	} {
 		if _, err := tx.Exec(ctx, q, userID, deviceIDs); err != nil {
 			return err
@@ -266,6 +268,8 @@ func deleteAllDevices(ctx context.Context, tx pgx.Tx, userID, keep string) error
 		`DELETE FROM access_tokens WHERE user_id = $1 AND device_id <> $2`,
 		`DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id <> $2`,
 		`DELETE FROM devices WHERE user_id = $1 AND device_id <> $2`,
+		`DELETE FROM to_device_messages WHERE user_id = $1 AND device_id <> $2`,
+		`DELETE FROM to_device_txns WHERE user_id = $1 AND device_id <> $2`,
 	} {
 		if _, err := tx.Exec(ctx, q, userID, keep); err != nil {
 			return err

@@ -24,6 +24,13 @@ func (s *Store) Snapshot(ctx context.Context, fn func(Reader) error) error {
 		func(tx pgx.Tx) error { return fn(Reader{q: tx}) })
 }
 
+// HasEvent reports whether the event is stored.
+func (r Reader) HasEvent(ctx context.Context, eventID string) (bool, error) {
+	var ok bool
+	err := r.q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM sync_events WHERE event_id = $1)`, eventID).Scan(&ok)
+	return ok, err
+}
+
 // MaxPos is the position of the latest stored event (0 when none).
 func (r Reader) MaxPos(ctx context.Context) (int64, error) {
 	var pos int64

@@ -1,0 +1,70 @@
+package clientapi
+
+import (
+	"context"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Read your own writes. The room-server commits an event before SendEvent
+// returns, but the client-API's copy, which /sync, /messages, /joined_rooms
+// and the other reads use, is filled asynchronously from JetStream. So
+// that a client's next request sees what it just did (matrix-js-sdk and
+// others expect a joined room in /joined_rooms right after /join), the
+// endpoints that write an event return only once the event is in the copy,
+// or after storedWaitLimit: the write itself has succeeded either way.
+
+// storedWaitLimit bounds how long a write waits for the copy. It is only
+// reached when the consumer is down or far behind.
+const storedWaitLimit = 10 * time.Second
+
+// awaitStored waits until the event is in the client-API's copy (stored
+// by any replica: the wake bus carries event IDs), storedWaitLimit passes,
+// or ctx ends.
+func (s *Service) awaitStored(ctx context.Context, eventID string) {
+	if eventID == "" {
+		return
+	}
+	ch := s.notifier.watchStored(eventID)
+	defer s.notifier.unwatchStored(eventID, ch)
+	// Registered first, checked second: a store in between is not missed.
+	if ok, err := s.store.Reader().HasEvent(ctx, eventID); err != nil || ok {
+		return
+	}
+	t := time.NewTimer(storedWaitLimit)
+	defer t.Stop()
+	select {
+	case <-ch:
+	case <-ctx.Done():
+	case <-t.C:
+		s.log.Warn("write returned before the client-API stored its event", zap.String("event_id", eventID))
+	}
+}
+
+// watchStored registers a request waiting for an event to be stored.
+func (n *notifier) watchStored(eventID string) chan struct{} {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	ch := make(chan struct{})
+	n.stored[eventID] = append(n.stored[eventID], ch)
+	return ch
+}
+
+// unwatchStored forgets a waiter that was not released.
+func (n *notifier) unwatchStored(eventID string, ch chan struct{}) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	list := n.stored[eventID]
+	for i, c := range list {
+		if c == ch {
+			list = append(list[:i], list[i+1:]...)
+			break
+		}
+	}
+	if len(list) == 0 {
+		delete(n.stored, eventID)
+	} else {
+		n.stored[eventID] = list
+	}
+}

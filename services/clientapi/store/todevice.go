@@ -1,0 +1,95 @@
+package store
+
+import (
+	"context"
+	"slices"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// ToDeviceMessage is one send-to-device message for one device.
+type ToDeviceMessage struct {
+	UserID   string
+	DeviceID string // "*": every device the user has when it is stored
+	Sender   string
+	Type     string
+	Content  []byte
+	Pos      int64
+}
+
+// SendToDevice stores messages for local devices, once per (sender
+// device, txnID): a repeated transaction stores nothing and reports
+// false. A message to "*" goes to every device of its user; messages to
+// devices that do not exist are dropped. It returns the users that got a
+// message.
+func (s *Store) SendToDevice(ctx context.Context, senderUser, senderDevice, txnID string, msgs []ToDeviceMessage) (users []string, fresh bool, err error) {
+	err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		// Transaction IDs are kept for a day: clients retry within
+		// seconds, and the table must not grow forever.
+		if _, err := tx.Exec(ctx, `DELETE FROM to_device_txns WHERE user_id = $1 AND device_id = $2
+			AND created_at < now() - interval '1 day'`, senderUser, senderDevice); err != nil {
+			return err
+		}
+		tag, err := tx.Exec(ctx, `INSERT INTO to_device_txns (user_id, device_id, txn_id) VALUES ($1, $2, $3)
+			ON CONFLICT DO NOTHING`, senderUser, senderDevice, txnID)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			return nil
+		}
+		fresh = true
+		// Positions of one target user must commit in order, or a /sync
+		// could acknowledge (and delete) a message that commits later
+		// with a lower position: lock the targets, in a fixed order.
+		targets := make([]string, 0, len(msgs))
+		for _, m := range msgs {
+			targets = append(targets, m.UserID)
+		}
+		slices.Sort(targets)
+		for _, u := range slices.Compact(targets) {
+			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('myelin.to_device.' || $1))`, u); err != nil {
+				return err
+			}
+		}
+		seen := map[string]bool{}
+		for _, m := range msgs {
+			tag, err := tx.Exec(ctx, `INSERT INTO to_device_messages (user_id, device_id, sender, type, content)
+				SELECT user_id, device_id, $3, $4, $5 FROM devices
+				WHERE user_id = $1 AND ($2 = '*' OR device_id = $2) ORDER BY device_id`,
+				m.UserID, m.DeviceID, m.Sender, m.Type, m.Content)
+			if err != nil {
+				return err
+			}
+			if tag.RowsAffected() > 0 && !seen[m.UserID] {
+				seen[m.UserID] = true
+				users = append(users, m.UserID)
+			}
+		}
+		return nil
+	})
+	return users, fresh, err
+}
+
+// AckToDevice deletes the device's messages up to and including pos (the
+// client acknowledged them by syncing with a token past them).
+func (s *Store) AckToDevice(ctx context.Context, userID, deviceID string, pos int64) error {
+	_, err := s.db.Exec(ctx, `DELETE FROM to_device_messages WHERE user_id = $1 AND device_id = $2 AND pos <= $3`,
+		userID, deviceID, pos)
+	return err
+}
+
+// PendingToDevice returns up to limit of the device's messages after pos,
+// oldest first.
+func (r Reader) PendingToDevice(ctx context.Context, userID, deviceID string, pos int64, limit int) ([]ToDeviceMessage, error) {
+	rows, err := r.q.Query(ctx, `SELECT pos, sender, type, content FROM to_device_messages
+		WHERE user_id = $1 AND device_id = $2 AND pos > $3 ORDER BY pos LIMIT $4`, userID, deviceID, pos, limit)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (ToDeviceMessage, error) {
+		m := ToDeviceMessage{UserID: userID, DeviceID: deviceID}
+		err := row.Scan(&m.Pos, &m.Sender, &m.Type, &m.Content)
+		return m, err
+	})
+}

@@ -1,0 +1,108 @@
+package clientapi
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+
+	"go.uber.org/zap"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	"github.com/myelin-chat/myelin/services/clientapi/store"
+)
+
+// Send-to-device messaging: PUT /sendToDevice stores a message per target
+// device (to_device_messages); /sync delivers a device's messages in
+// to_device.events and deletes them when the next /sync's since token
+// (component "_d<pos>") shows the client has them. Messages to users of
+// other servers are dropped with a log line until federation exists.
+
+// toDeviceSyncLimit caps the messages in one /sync response (the spec
+// recommends 100).
+const toDeviceSyncLimit = 100
+
+// sendToDevice is PUT /sendToDevice/{eventType}/{txnId}.
+func (s *Service) sendToDevice(r *http.Request, dev *device) (any, error) {
+	evType, err := pathParam(r, "eventType")
+	if err != nil {
+		return nil, err
+	}
+	txnID, err := pathParam(r, "txnId")
+	if err != nil {
+		return nil, err
+	}
+	if evType == "" || len(evType) > 255 || txnID == "" {
+		return nil, matrixhttp.InvalidParam("Invalid event type or transaction ID")
+	}
+	body, err := readObject(r, bodyRequired)
+	if err != nil {
+		return nil, err
+	}
+	var req struct {
+		Messages map[string]map[string]json.RawMessage `json:"messages"`
+	}
+	if err := decodeObject(body, &req); err != nil {
+		return nil, err
+	}
+	if req.Messages == nil {
+		return nil, matrixhttp.BadJSON("messages is required")
+	}
+	var msgs []store.ToDeviceMessage
+	for user, devices := range req.Messages {
+		_, server, err := id.UserID(user).ParseAndValidateRelaxed()
+		if err != nil {
+			return nil, matrixhttp.InvalidParam("Invalid user ID " + user)
+		}
+		if server != s.serverName {
+			s.log.Info("dropping send-to-device message for a remote user (no federation yet)",
+				zap.String("type", evType), zap.String("target", user))
+			continue
+		}
+		for deviceID, content := range devices {
+			if !isObject(content) {
+				return nil, matrixhttp.BadJSON("Message content must be a JSON object")
+			}
+			msgs = append(msgs, store.ToDeviceMessage{
+				UserID: user, DeviceID: deviceID, Sender: dev.UserID, Type: evType, Content: content,
+			})
+		}
+	}
+	users, _, err := s.store.SendToDevice(r.Context(), dev.UserID, dev.DeviceID, txnID, msgs)
+	if err != nil {
+		return nil, err
+	}
+	for _, u := range users {
+		s.announceWake(u)
+	}
+	return struct{}{}, nil
+}
+
+// syncToDevice acknowledges the messages the since token covers, adds the
+// device's next ones to the response and returns the position for
+// next_batch.
+func (s *Service) syncToDevice(ctx context.Context, dev *device, since int64, resp *syncResponse) (int64, error) {
+	if since > 0 {
+		if err := s.store.AckToDevice(ctx, dev.UserID, dev.DeviceID, since); err != nil {
+			return 0, err
+		}
+	}
+	msgs, err := s.store.Reader().PendingToDevice(ctx, dev.UserID, dev.DeviceID, since, toDeviceSyncLimit)
+	if err != nil {
+		return 0, err
+	}
+	pos := since
+	for _, m := range msgs {
+		raw, err := json.Marshal(struct {
+			Content json.RawMessage `json:"content"`
+			Sender  string          `json:"sender"`
+			Type    string          `json:"type"`
+		}{m.Content, m.Sender, m.Type})
+		if err != nil {
+			return 0, err
+		}
+		resp.ToDevice.Events = append(resp.ToDevice.Events, raw)
+		pos = m.Pos
+	}
+	return pos, nil
+}
