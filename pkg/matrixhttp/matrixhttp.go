@@ -7,7 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"runtime/debug"
 	"strconv"
+
+	"go.uber.org/zap"
 )
 
 // Error is a Matrix error response: {"errcode": ..., "error": ...}.
@@ -109,6 +112,29 @@ func CORS(next http.Handler) http.Handler {
 
 // NotFoundHandler answers unknown paths with M_UNRECOGNIZED (404) and
 // unknown methods with M_UNRECOGNIZED (405), as the spec asks.
+// Recover turns a panic in a handler into a logged 500 M_UNKNOWN answer
+// instead of a dropped connection. http.ErrAbortHandler (a deliberate
+// abort, e.g. by a reverse proxy) is passed on.
+func Recover(log *zap.Logger) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			defer func() {
+				v := recover()
+				if v == nil {
+					return
+				}
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				log.Error("panic in HTTP handler", zap.String("method", r.Method), zap.String("path", r.URL.Path),
+					zap.Any("panic", v), zap.ByteString("stack", debug.Stack()))
+				WriteError(w, Unknown("Internal server error"))
+			}()
+			next.ServeHTTP(w, r)
+		})
+	}
+}
+
 func NotFoundHandler(w http.ResponseWriter, _ *http.Request) {
 	WriteError(w, Unrecognized("Unrecognized request"))
 }

@@ -88,7 +88,7 @@ func Start(ctx context.Context, cfg Config, targets []string, log *zap.Logger) (
 	}
 	p.grpcSrv = rpc.NewServer(log)
 	r := chi.NewRouter()
-	r.Use(matrixhttp.CORS)
+	r.Use(matrixhttp.Recover(log), matrixhttp.CORS)
 	r.NotFound(matrixhttp.NotFoundHandler)
 	r.MethodNotAllowed(matrixhttp.MethodNotAllowedHandler)
 	p.router = r
