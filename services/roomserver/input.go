@@ -143,8 +143,10 @@ type writeTx struct {
 	afterTx []func()
 }
 
-func (s *Service) beginWrite(ctx context.Context, roomID string) (*writeTx, error) {
-	tx, err := s.store.BeginRoom(ctx, roomID)
+// beginWrite starts a room write transaction (see store.BeginRoom; txn,
+// when set, is looked up in the same round trip).
+func (s *Service) beginWrite(ctx context.Context, roomID string, txn *store.TxnKey) (*writeTx, error) {
+	tx, err := s.store.BeginRoom(ctx, roomID, txn)
 	if err != nil {
 		return nil, err
 	}
@@ -152,21 +154,11 @@ func (s *Service) beginWrite(ctx context.Context, roomID string) (*writeTx, erro
 }
 
 // commit writes the outbox rows under the stream lock (so stream positions
-// follow commit order) and commits.
+// follow commit order) and commits; the queued writes, the lock, the
+// outbox rows and COMMIT go out in one round trip.
 func (s *Service) commit(ctx context.Context, w *writeTx) error {
 	defer w.done()
-	if len(w.outbox) > 0 {
-		if err := w.LockStream(ctx); err != nil {
-			w.Rollback(ctx)
-			return fmt.Errorf("lock stream: %w", err)
-		}
-		for _, e := range w.outbox {
-			if _, err := w.InsertOutbox(ctx, e); err != nil {
-				w.Rollback(ctx)
-				return err
-			}
-		}
-	}
+	w.QueueOutbox(w.outbox)
 	if err := w.Commit(ctx); err != nil {
 		w.Rollback(ctx)
 		return fmt.Errorf("commit: %w", err)
@@ -221,7 +213,7 @@ func (s *Service) inputEvent(ctx context.Context, ie *roomserverv1.InputEvent) (
 	roomID := ev.RoomID().String()
 	unlock := s.locks.lock(roomID)
 	defer unlock()
-	w, err := s.beginWrite(ctx, roomID)
+	w, err := s.beginWrite(ctx, roomID, nil)
 	if err != nil {
 		return inputResult{}, err
 	}
@@ -254,12 +246,18 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 	roomID := ev.RoomID().String()
 	isCreate := ev.Type() == spec.MRoomCreate && ev.StateKeyEquals("")
 
-	// 3. Duplicate?
-	existing, err := s.eventsByID(ctx, w.Queries, []string{res.eventID})
+	// 3. Duplicate? (One round trip reads the event, its prev and auth
+	// events and the redactions waiting for it, and reserves its NID.)
+	prevIDs, authIDs := ev.PrevEventIDs(), ev.AuthEventIDs()
+	lookup, err := w.LookupInput(ctx, res.eventID, slices.Concat([]string{res.eventID}, prevIDs, authIDs))
 	if err != nil {
 		return res, err
 	}
-	old, known := existing[res.eventID]
+	found, err := s.eventEntries(lookup.Events)
+	if err != nil {
+		return res, err
+	}
+	old, known := found[res.eventID]
 	if known && (!old.Outlier || opts.outlier) {
 		res.status = roomserverv1.InputStatus_INPUT_STATUS_DUPLICATE
 		res.nid = old.NID
@@ -285,10 +283,11 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 	}
 
 	// 4. Missing events.
-	prevIDs, authIDs := ev.PrevEventIDs(), ev.AuthEventIDs()
-	refs, err := s.eventsByID(ctx, w.Queries, slices.Concat(prevIDs, authIDs))
-	if err != nil {
-		return res, err
+	refs := make(map[string]*eventEntry, len(prevIDs)+len(authIDs))
+	for _, id := range slices.Concat(prevIDs, authIDs) {
+		if e, ok := found[id]; ok {
+			refs[id] = e
+		}
 	}
 	for _, id := range authIDs {
 		if _, ok := refs[id]; !ok && !slices.Contains(res.missing, id) {
@@ -309,7 +308,7 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 	}
 
 	row := store.Event{
-		RoomNID: room.NID, EventID: res.eventID, Type: ev.Type(), Sender: string(ev.SenderID()),
+		NID: lookup.NextNID, RoomNID: room.NID, EventID: res.eventID, Type: ev.Type(), Sender: string(ev.SenderID()),
 		Depth: ev.Depth(), PrevIDs: prevIDs, JSON: ev.JSON(), Outlier: opts.outlier,
 	}
 	if known {
@@ -377,7 +376,7 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 
 	if opts.outlier {
 		row.Rejected, row.Reason = rejected, res.reason
-		return s.storeRejectedOrOutlier(ctx, w, row, res)
+		return s.storeRejectedOrOutlier(ctx, w, row, res, known)
 	}
 
 	// 6. State before: the state after its prev events.
@@ -409,7 +408,7 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 			return res, nil
 		}
 		row.Rejected, row.Reason = true, res.reason
-		return s.storeRejectedOrOutlier(ctx, w, row, res)
+		return s.storeRejectedOrOutlier(ctx, w, row, res, known)
 	}
 
 	// 8. Soft failure: auth against the room's current state.
@@ -434,11 +433,6 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 	}
 
 	// 9. Store.
-	if row.NID == 0 {
-		if row.NID, err = w.NextEventNID(ctx); err != nil {
-			return res, err
-		}
-	}
 	if ev.StateKey() != nil {
 		next := before.state.clone()
 		next[row.StateKeyNID] = row.NID
@@ -450,10 +444,10 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 	}
 	row.SoftFailed, row.Reason = softFailed, res.reason
 	// A redaction that arrived first is applied as the event is stored.
-	if row.JSON, err = s.redactIfPending(ctx, w, room, ev); err != nil {
+	if row.JSON, err = s.redactIfPending(ctx, w, room, ev, lookup.Redactions); err != nil {
 		return res, err
 	}
-	if res.nid, err = w.InsertEvent(ctx, row); err != nil {
+	if res.nid, err = s.insertEvent(ctx, w, row, known); err != nil {
 		return res, err
 	}
 	if softFailed {
@@ -470,14 +464,9 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 }
 
 // storeRejectedOrOutlier stores an event that does not join the graph.
-func (s *Service) storeRejectedOrOutlier(ctx context.Context, w *writeTx, row store.Event, res inputResult) (inputResult, error) {
+func (s *Service) storeRejectedOrOutlier(ctx context.Context, w *writeTx, row store.Event, res inputResult, known bool) (inputResult, error) {
 	var err error
-	if row.NID == 0 {
-		if row.NID, err = w.NextEventNID(ctx); err != nil {
-			return res, err
-		}
-	}
-	if res.nid, err = w.InsertEvent(ctx, row); err != nil {
+	if res.nid, err = s.insertEvent(ctx, w, row, known); err != nil {
 		return res, err
 	}
 	res.status = roomserverv1.InputStatus_INPUT_STATUS_ACCEPTED
@@ -485,6 +474,16 @@ func (s *Service) storeRejectedOrOutlier(ctx context.Context, w *writeTx, row st
 		res.status = roomserverv1.InputStatus_INPUT_STATUS_REJECTED
 	}
 	return res, nil
+}
+
+// insertEvent stores row: a new event is queued (it goes out with the
+// commit); a known outlier is replaced in place right away.
+func (s *Service) insertEvent(ctx context.Context, w *writeTx, row store.Event, known bool) (int64, error) {
+	if known {
+		return w.InsertEvent(ctx, row)
+	}
+	w.QueueNewEvent(row)
+	return row.NID, nil
 }
 
 // advanceRoom makes an accepted event a forward extremity, recomputes the
@@ -520,15 +519,11 @@ func (s *Service) advanceRoom(ctx context.Context, w *writeTx, room store.Room, 
 		return err
 	}
 	depth := max(room.Depth, row.Depth)
-	if err := w.UpdateRoom(ctx, room.NID, current.nid, extremities, depth); err != nil {
-		return err
-	}
+	w.QueueUpdateRoom(room.NID, current.nid, extremities, depth)
 	entry := store.OutboxEntry{RoomNID: room.NID, EventNID: row.NID}
 	entry.AddedStateNIDs, entry.RemovedStateNIDs = stateChange(oldCurrent.state, current.state)
 	if opts.txn != nil {
-		if err := w.InsertTransaction(ctx, room.NID, opts.sender, opts.txn.GetDeviceId(), opts.txn.GetTxnId(), row.EventID); err != nil {
-			return err
-		}
+		w.QueueTransaction(room.NID, opts.sender, opts.txn.GetDeviceId(), opts.txn.GetTxnId(), row.EventID)
 		entry.HasTxn, entry.TxnDeviceID, entry.TxnID = true, opts.txn.GetDeviceId(), opts.txn.GetTxnId()
 	}
 	w.outbox = append(w.outbox, entry)

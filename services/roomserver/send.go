@@ -155,7 +155,7 @@ func (s *Service) createRoom(ctx context.Context, req *roomserverv1.CreateRoomRe
 
 	unlock := s.locks.lock(roomID)
 	defer unlock()
-	w, err := s.beginWrite(ctx, roomID)
+	w, err := s.beginWrite(ctx, roomID, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -214,13 +214,10 @@ func (s *Service) sendEvent(ctx context.Context, req *roomserverv1.SendEventRequ
 	if txn != nil && txn.GetTxnId() == "" {
 		txn = nil
 	}
-	room, err := s.store.Room(ctx, roomID)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, fmt.Errorf("%w: %s", ErrRoomNotFound, roomID)
-	} else if err != nil {
+	version, err := s.roomVersion(ctx, roomID)
+	if err != nil {
 		return nil, err
 	}
-	version := gomatrixserverlib.RoomVersion(room.Version)
 	verImpl, err := gomatrixserverlib.GetRoomVersion(version)
 	if err != nil {
 		return nil, err
@@ -233,23 +230,23 @@ func (s *Service) sendEvent(ctx context.Context, req *roomserverv1.SendEventRequ
 		return nil, err
 	}
 
+	var txnKey *store.TxnKey
+	if txn != nil {
+		txnKey = &store.TxnKey{Sender: sender, DeviceID: txn.GetDeviceId(), TxnID: txn.GetTxnId()}
+	}
 	unlock := s.locks.lock(roomID)
 	defer unlock()
-	w, err := s.beginWrite(ctx, roomID)
+	w, err := s.beginWrite(ctx, roomID, txnKey)
 	if err != nil {
 		return nil, err
 	}
 	defer w.rollback(ctx)
-	if room, err = w.Room(ctx, roomID); err != nil {
+	room, err := w.Room(ctx, roomID)
+	if err != nil {
 		return nil, err
 	}
-	if txn != nil {
-		eventID, err := w.TransactionEvent(ctx, room.NID, sender, txn.GetDeviceId(), txn.GetTxnId())
-		if err == nil {
-			return &roomserverv1.SendEventResponse{EventId: eventID, Deduplicated: true}, nil
-		} else if !errors.Is(err, store.ErrNotFound) {
-			return nil, err
-		}
+	if w.TxnEventID != "" {
+		return &roomserverv1.SendEventResponse{EventId: w.TxnEventID, Deduplicated: true}, nil
 	}
 	if tmpl, err = s.authoriseLocalMember(ctx, w, room, sender, tmpl); err != nil {
 		return nil, err
@@ -270,6 +267,23 @@ func (s *Service) sendEvent(ctx context.Context, req *roomserverv1.SendEventRequ
 		return nil, err
 	}
 	return &roomserverv1.SendEventResponse{EventId: ev.EventID()}, nil
+}
+
+// roomVersion returns a room's version (cached: it never changes), or
+// ErrRoomNotFound.
+func (s *Service) roomVersion(ctx context.Context, roomID string) (gomatrixserverlib.RoomVersion, error) {
+	if v, ok := s.roomVersions.get(roomID); ok {
+		return v, nil
+	}
+	room, err := s.store.Room(ctx, roomID)
+	if errors.Is(err, store.ErrNotFound) {
+		return "", fmt.Errorf("%w: %s", ErrRoomNotFound, roomID)
+	} else if err != nil {
+		return "", err
+	}
+	v := gomatrixserverlib.RoomVersion(room.Version)
+	s.roomVersions.put(roomID, v)
+	return v, nil
 }
 
 // inputLocal runs a locally built event through the pipeline inside w.

@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"fmt"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // Redaction is one row of the redactions table.
@@ -24,13 +26,8 @@ func (q *Queries) InsertRedaction(ctx context.Context, r Redaction) error {
 	return nil
 }
 
-// RedactionsOf returns the redactions that target an event, oldest first.
-func (q *Queries) RedactionsOf(ctx context.Context, targetEventID string) ([]Redaction, error) {
-	rows, err := q.db.Query(ctx, `SELECT redaction_nid, room_nid, target_event_id, applied FROM redactions
-		WHERE target_event_id = $1 ORDER BY redaction_nid`, targetEventID)
-	if err != nil {
-		return nil, fmt.Errorf("redactions of %s: %w", targetEventID, err)
-	}
+// scanRedactions reads redactions rows.
+func scanRedactions(rows pgx.Rows) ([]Redaction, error) {
 	defer rows.Close()
 	var out []Redaction
 	for rows.Next() {

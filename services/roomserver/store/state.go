@@ -79,28 +79,6 @@ type OutboxEntry struct {
 	HasTxn           bool
 }
 
-// InsertOutbox appends an entry; call LockStream first.
-func (q *Queries) InsertOutbox(ctx context.Context, e OutboxEntry) (int64, error) {
-	var dev, txn *string
-	if e.HasTxn {
-		dev, txn = &e.TxnDeviceID, &e.TxnID
-	}
-	if e.AddedStateNIDs == nil {
-		e.AddedStateNIDs = []int64{}
-	}
-	if e.RemovedStateNIDs == nil {
-		e.RemovedStateNIDs = []int64{}
-	}
-	var pos int64
-	err := q.db.QueryRow(ctx, `INSERT INTO outbox (room_nid, event_nid, added_state_nids, removed_state_nids, txn_device_id, txn_id)
-		VALUES ($1, $2, $3, $4, $5, $6) RETURNING stream_pos`,
-		e.RoomNID, e.EventNID, e.AddedStateNIDs, e.RemovedStateNIDs, dev, txn).Scan(&pos)
-	if err != nil {
-		return 0, fmt.Errorf("insert outbox: %w", err)
-	}
-	return pos, nil
-}
-
 // OutboxAfter returns up to limit entries with stream_pos > after, in order.
 func (q *Queries) OutboxAfter(ctx context.Context, after int64, limit int) ([]OutboxEntry, error) {
 	rows, err := q.db.Query(ctx, `SELECT stream_pos, room_nid, event_nid, added_state_nids, removed_state_nids,
