@@ -27,6 +27,7 @@ package roomserver
 // set, and the caller rolls back and answers PERMISSION_DENIED.
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -139,8 +140,11 @@ func parseUntrusted(verImpl gomatrixserverlib.IRoomVersion, eventJSON []byte) (e
 // writeTx is a room write transaction plus what happens at commit.
 type writeTx struct {
 	*store.Tx
-	outbox  []store.OutboxEntry
+	outbox []store.OutboxEntry
+	// afterTx run when the transaction ends, committed or not.
 	afterTx []func()
+	// onCommit run after a successful commit (before afterTx).
+	onCommit []func()
 }
 
 // beginWrite starts a room write transaction (see store.BeginRoom; txn,
@@ -162,6 +166,9 @@ func (s *Service) commit(ctx context.Context, w *writeTx) error {
 	if err := w.Commit(ctx); err != nil {
 		w.Rollback(ctx)
 		return fmt.Errorf("commit: %w", err)
+	}
+	for _, f := range w.onCommit {
+		f()
 	}
 	if len(w.outbox) > 0 {
 		s.wakePublisher()
@@ -450,6 +457,7 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 	if res.nid, err = s.insertEvent(ctx, w, row, known); err != nil {
 		return res, err
 	}
+	s.cacheOnCommit(w, row, ev, known)
 	if softFailed {
 		res.status = roomserverv1.InputStatus_INPUT_STATUS_SOFT_FAILED
 		return res, nil
@@ -484,6 +492,21 @@ func (s *Service) insertEvent(ctx context.Context, w *writeTx, row store.Event, 
 	}
 	w.QueueNewEvent(row)
 	return row.NID, nil
+}
+
+// cacheOnCommit puts a newly stored event into the event cache once its
+// transaction commits: the next event of the room names it in prev_events
+// and would otherwise read it back. Only when ev is exactly what was
+// stored: a replaced outlier (dropped from the cache at the end of the
+// transaction) or an event stored redacted is read again when needed.
+func (s *Service) cacheOnCommit(w *writeTx, row store.Event, ev gomatrixserverlib.PDU, known bool) {
+	if known || !bytes.Equal(row.JSON, ev.JSON()) {
+		return
+	}
+	row.JSON = nil
+	row.RoomID, row.RoomVersion = ev.RoomID().String(), string(ev.Version())
+	e := &eventEntry{Event: row, pdu: ev}
+	w.onCommit = append(w.onCommit, func() { s.events.put(e.NID, e) })
 }
 
 // advanceRoom makes an accepted event a forward extremity, recomputes the

@@ -58,32 +58,3 @@ func (q *Queries) ReplaceEventJSON(ctx context.Context, nid int64, eventJSON []b
 	}
 	return nil
 }
-
-// RedactionLinks returns, for the given event NIDs, the applied
-// redactions that involve them: redactions[nid] is the redaction event NID
-// that redacted nid; targets[nid] is the target NID that redaction nid
-// redacted (when the target is stored).
-func (q *Queries) RedactionLinks(ctx context.Context, nids []int64) (redactedBy, targets map[int64]int64, err error) {
-	redactedBy, targets = map[int64]int64{}, map[int64]int64{}
-	if len(nids) == 0 {
-		return redactedBy, targets, nil
-	}
-	rows, err := q.db.Query(ctx, `SELECT r.redaction_nid, e.event_nid FROM redactions r
-		JOIN events e ON e.event_id = r.target_event_id AND e.room_nid = r.room_nid
-		WHERE r.applied AND (r.redaction_nid = ANY($1) OR e.event_nid = ANY($1))`, nids)
-	if err != nil {
-		return nil, nil, fmt.Errorf("redaction links: %w", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var red, target int64
-		if err := rows.Scan(&red, &target); err != nil {
-			return nil, nil, err
-		}
-		if _, ok := redactedBy[target]; !ok {
-			redactedBy[target] = red
-		}
-		targets[red] = target
-	}
-	return redactedBy, targets, rows.Err()
-}
