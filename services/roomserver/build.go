@@ -80,11 +80,12 @@ func (b *signer) build(ctx context.Context, verImpl gomatrixserverlib.IRoomVersi
 	if err != nil {
 		return nil, err
 	}
-	signed, err := sjson.SetRawBytes(unsigned, "signatures", sigs)
+	// Replacing the build key's signatures in place keeps the keys in
+	// canonical order, so with sigs canonical the whole event stays
+	// canonical JSON without sorting it again.
+	sigs = gomatrixserverlib.CanonicalJSONAssumeValid(sigs)
+	signed, err := sjson.SetRawBytes(built.JSON(), "signatures", sigs)
 	if err != nil {
-		return nil, err
-	}
-	if signed, err = gomatrixserverlib.CanonicalJSON(signed); err != nil {
 		return nil, err
 	}
 	// The event ID (a reference hash, computed without signatures) is the

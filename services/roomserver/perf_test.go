@@ -42,6 +42,9 @@ func TestLocalEventsVerify(t *testing.T) {
 			for _, id := range ids {
 				// The stored JSON (redacted for msg) and the event as built.
 				for _, raw := range [][]byte{[]byte(h.storedJSON(id)), h.event(id).GetEventJson()} {
+					if canon, err := gomatrixserverlib.CanonicalJSON(raw); err != nil || string(canon) != string(raw) {
+						t.Fatalf("%s is not canonical JSON: %s", id, raw)
+					}
 					pdu, err := verImpl.NewEventFromUntrustedJSON(raw)
 					if err != nil {
 						t.Fatalf("%s does not parse as untrusted: %v", id, err)
