@@ -78,6 +78,9 @@ type inputOpts struct {
 	// txn is the client transaction of a local send.
 	txn    *roomserverv1.TransactionID
 	sender string
+	// refs are stored events the caller already holds, by event ID (a
+	// local build's prev and auth events): not read again.
+	refs map[string]*eventEntry
 }
 
 // errKeyServer marks a failure to reach the key-server while verifying.
@@ -256,13 +259,24 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 	// 3. Duplicate? (One round trip reads the event, its prev and auth
 	// events and the redactions waiting for it, and reserves its NID.)
 	prevIDs, authIDs := ev.PrevEventIDs(), ev.AuthEventIDs()
-	lookup, err := w.LookupInput(ctx, res.eventID, slices.Concat([]string{res.eventID}, prevIDs, authIDs))
+	ids := []string{res.eventID}
+	for _, id := range slices.Concat(prevIDs, authIDs) {
+		if _, ok := opts.refs[id]; !ok {
+			ids = append(ids, id)
+		}
+	}
+	lookup, err := w.LookupInput(ctx, res.eventID, ids)
 	if err != nil {
 		return res, err
 	}
 	found, err := s.eventEntries(lookup.Events)
 	if err != nil {
 		return res, err
+	}
+	for id, e := range opts.refs {
+		if id != res.eventID {
+			found[id] = e
+		}
 	}
 	old, known := found[res.eventID]
 	if known && (!old.Outlier || opts.outlier) {

@@ -170,11 +170,11 @@ func (s *Service) createRoom(ctx context.Context, req *roomserverv1.CreateRoomRe
 		if err != nil {
 			return nil, err
 		}
-		ev, err := s.buildOnCurrent(ctx, w, room, creator, tmpl)
+		ev, refs, err := s.buildOnCurrent(ctx, w, room, creator, tmpl)
 		if err != nil {
 			return nil, fmt.Errorf("initial event %d (%s): %w", i, tmpl.Type, err)
 		}
-		if _, err := s.inputLocal(ctx, w, version, ev, inputOpts{local: true}); err != nil {
+		if _, err := s.inputLocal(ctx, w, version, ev, inputOpts{local: true, refs: refs}); err != nil {
 			return nil, fmt.Errorf("initial event %d (%s): %w", i, tmpl.Type, err)
 		}
 		resp.EventIds = append(resp.EventIds, ev.EventID())
@@ -256,11 +256,11 @@ func (s *Service) sendEvent(ctx context.Context, req *roomserverv1.SendEventRequ
 			return nil, err
 		}
 	}
-	ev, err := s.buildOnCurrent(ctx, w, room, sender, tmpl)
+	ev, refs, err := s.buildOnCurrent(ctx, w, room, sender, tmpl)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := s.inputLocal(ctx, w, version, ev, inputOpts{local: true, txn: txn, sender: sender}); err != nil {
+	if _, err := s.inputLocal(ctx, w, version, ev, inputOpts{local: true, txn: txn, sender: sender, refs: refs}); err != nil {
 		return nil, err
 	}
 	if err := s.commit(ctx, w); err != nil {
@@ -316,14 +316,16 @@ func (s *Service) inputLocal(ctx context.Context, w *writeTx, version gomatrixse
 // buildOnCurrent fills in prev_events (the forward extremities, newest
 // first, at most MaxPrevEvents), depth and auth_events (from the current
 // state, as gomatrixserverlib.StateNeededForProtoEvent says) and builds.
-func (s *Service) buildOnCurrent(ctx context.Context, w *writeTx, room store.Room, sender string, t template) (gomatrixserverlib.PDU, error) {
+// refs are the prev and auth events it used, by event ID (processEvent
+// then need not read them again).
+func (s *Service) buildOnCurrent(ctx context.Context, w *writeTx, room store.Room, sender string, t template) (ev gomatrixserverlib.PDU, refs map[string]*eventEntry, err error) {
 	verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(room.Version))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	ext, err := s.loadEvents(ctx, w.Queries, room.Extremities)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	prevs := make([]*eventEntry, 0, len(ext))
 	for _, e := range ext {
@@ -346,24 +348,34 @@ func (s *Service) buildOnCurrent(ctx context.Context, w *writeTx, room store.Roo
 	}
 	needed, err := gomatrixserverlib.StateNeededForProtoEvent(pe)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadRequest, err)
+		return nil, nil, fmt.Errorf("%w: %v", ErrBadRequest, err)
 	}
 	current, err := s.loadState(ctx, w.Queries, room.SnapshotNID)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	authPDUs, err := s.stateEventsFor(ctx, w.Queries, current.state, needed.Tuples())
+	authEntries, err := s.stateEntriesFor(ctx, w.Queries, current.state, needed.Tuples())
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	refs = make(map[string]*eventEntry, len(prevs)+len(authEntries))
+	authPDUs := make([]gomatrixserverlib.PDU, len(authEntries))
+	for i, e := range authEntries {
+		authPDUs[i] = e.pdu
+		refs[e.EventID] = e
+	}
+	for _, p := range prevs {
+		refs[p.EventID] = p
 	}
 	provider, err := gomatrixserverlib.NewAuthEvents(authPDUs)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	eb := verImpl.NewEventBuilderFromProtoEvent(pe)
 	if err := eb.AddAuthEvents(provider); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadRequest, err)
+		return nil, nil, fmt.Errorf("%w: %v", ErrBadRequest, err)
 	}
 	pe.AuthEvents = eb.AuthEvents
-	return s.signer.build(ctx, verImpl, pe)
+	ev, err = s.signer.build(ctx, verImpl, pe)
+	return ev, refs, err
 }
