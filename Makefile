@@ -6,7 +6,7 @@ PROTOS    := $(shell find $(PROTO_DIR) -name '*.proto' | sort)
 # Modules of the workspace (go.work); tests run in each.
 MODULES   := . ./pkg ./proto ./services/roomserver ./services/clientapi ./services/keyserver ./services/presence
 
-.PHONY: all build run test test-unit test-e2e proto proto-check vet lint bench bench-quick bench-tools clean
+.PHONY: all build run test test-unit test-e2e proto proto-check vet lint bench bench-quick bench-go bench-tools clean
 
 all: build
 
@@ -69,6 +69,12 @@ bench-tools:
 
 bench: build bench-tools
 	./$(BIN)/myelin-bench run -bin $(BIN)/myelin $(BENCH_DEFAULTS) $(BENCH_FLAGS)
+
+# Go microbenchmarks of hot paths (not part of make test): the room-server's
+# SendEvent through the real stack, reporting CPU µs per event of the Go
+# process and of its PostgreSQL backends (compare those on a shared machine).
+bench-go:
+	cd services/roomserver && $(GO) test -run '^$$' -bench . -benchmem -benchtime 2000x -count 3 .
 
 bench-quick: build bench-tools
 	./$(BIN)/myelin-bench run -bin $(BIN)/myelin -quick -results bench/tmp/quick \

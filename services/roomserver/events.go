@@ -58,6 +58,11 @@ func (s *Service) eventsByID(ctx context.Context, q *store.Queries, ids []string
 	if err != nil {
 		return nil, err
 	}
+	return s.eventEntries(rows)
+}
+
+// eventEntries parses stored rows by event ID, reusing cached parses.
+func (s *Service) eventEntries(rows []store.Event) (map[string]*eventEntry, error) {
 	out := make(map[string]*eventEntry, len(rows))
 	for _, row := range rows {
 		if e, ok := s.events.get(row.NID); ok && e.Outlier == row.Outlier {

@@ -391,7 +391,7 @@ func TestRestartAndRepublish(t *testing.T) {
 	// Waiting a little longer publishes nothing more.
 	ctx, cancel := context.WithTimeout(h.ctx, 2*time.Second)
 	defer cancel()
-	if err := h.svc.publishPending(ctx); err != nil {
+	if err := (&publisher{s: h.svc}).publishPending(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if again, err := h.readRoom(roomID); err != nil || len(again) != len(want) {

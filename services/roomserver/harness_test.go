@@ -12,6 +12,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -39,7 +40,7 @@ var (
 // harness runs a real key-server and a real room-server, each on a real
 // gRPC server on 127.0.0.1, with real PostgreSQL and JetStream.
 type harness struct {
-	t     *testing.T
+	t     testing.TB
 	ctx   context.Context
 	cfg   Config
 	db    string
@@ -51,7 +52,7 @@ type harness struct {
 	stop  func()
 }
 
-func newHarness(t *testing.T, mutate func(*Config)) *harness {
+func newHarness(t testing.TB, mutate func(*Config)) *harness {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -62,7 +63,7 @@ func newHarness(t *testing.T, mutate func(*Config)) *harness {
 	h.js = testkit.JetStream(t, testkit.NATS(t))
 
 	ks, err := keyserver.New(ctx, keyserver.DefaultConfig(), keyserver.Deps{
-		Logger: zaptest.NewLogger(t).Named("keyserver"), ServerName: testServer, DatabaseURL: h.db,
+		Logger: testLogger(t).Named("keyserver"), ServerName: testServer, DatabaseURL: h.db,
 	})
 	if err != nil {
 		t.Fatalf("keyserver.New: %v", err)
@@ -82,9 +83,9 @@ func newHarness(t *testing.T, mutate func(*Config)) *harness {
 
 // serveGRPC serves a registration on a fresh gRPC server; it stops when
 // the test ends.
-func serveGRPC(t *testing.T, register func(*grpc.Server)) string {
+func serveGRPC(t testing.TB, register func(*grpc.Server)) string {
 	t.Helper()
-	g := rpc.NewServer(zaptest.NewLogger(t).Named("grpc"))
+	g := rpc.NewServer(testLogger(t).Named("grpc"))
 	register(g)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -101,13 +102,13 @@ func (h *harness) start(run bool) {
 	t := h.t
 	t.Helper()
 	svc, err := New(h.ctx, h.cfg, Deps{
-		Logger: zaptest.NewLogger(t).Named("roomserver"), ServerName: testServer, DatabaseURL: h.db,
+		Logger: testLogger(t).Named("roomserver"), ServerName: testServer, DatabaseURL: h.db,
 		JetStream: h.js, KeyServer: h.ks,
 	})
 	if err != nil {
 		t.Fatalf("roomserver.New: %v", err)
 	}
-	g := rpc.NewServer(zaptest.NewLogger(t).Named("grpc"))
+	g := rpc.NewServer(testLogger(t).Named("grpc"))
 	svc.RegisterGRPC(g)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -159,7 +160,7 @@ func (h *harness) shutdown() {
 
 func ptr(s string) *string { return &s }
 
-func mustJSON(t *testing.T, v any) []byte {
+func mustJSON(t testing.TB, v any) []byte {
 	t.Helper()
 	b, err := json.Marshal(v)
 	if err != nil {
@@ -168,20 +169,20 @@ func mustJSON(t *testing.T, v any) []byte {
 	return b
 }
 
-func stateTmpl(t *testing.T, typ, stateKey string, content any) *roomserverv1.EventTemplate {
+func stateTmpl(t testing.TB, typ, stateKey string, content any) *roomserverv1.EventTemplate {
 	return &roomserverv1.EventTemplate{Type: typ, StateKey: ptr(stateKey), Content: mustJSON(t, content)}
 }
 
-func member(t *testing.T, user, membership string) *roomserverv1.EventTemplate {
+func member(t testing.TB, user, membership string) *roomserverv1.EventTemplate {
 	return stateTmpl(t, spec.MRoomMember, user, map[string]any{"membership": membership})
 }
 
-func message(t *testing.T, body string) *roomserverv1.EventTemplate {
+func message(t testing.TB, body string) *roomserverv1.EventTemplate {
 	return &roomserverv1.EventTemplate{Type: "m.room.message", Content: mustJSON(t, map[string]any{"msgtype": "m.text", "body": body})}
 }
 
 // roomTemplates are the initial events of a typical room made by alice.
-func roomTemplates(t *testing.T, version, joinRule string, users map[string]int) []*roomserverv1.EventTemplate {
+func roomTemplates(t testing.TB, version, joinRule string, users map[string]int) []*roomserverv1.EventTemplate {
 	pl := map[string]any{"users": users, "state_default": 50, "events_default": 0, "invite": 50, "ban": 50, "kick": 50, "redact": 50}
 	if version == "12" {
 		// Creators have infinite power in v12 and must not be listed.
@@ -440,4 +441,13 @@ func (h *harness) waitPublished(roomID string, want int) []published {
 		h.t.Fatalf("room %s: %d messages published, want %d", roomID, len(got), want)
 	}
 	return got
+}
+
+// testLogger logs into the test's output; benchmarks log only warnings,
+// so that logging does not count as the code's CPU time.
+func testLogger(t testing.TB) *zap.Logger {
+	if _, bench := t.(*testing.B); bench {
+		return zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
+	}
+	return zaptest.NewLogger(t)
 }

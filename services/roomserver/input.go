@@ -27,6 +27,7 @@ package roomserver
 // set, and the caller rolls back and answers PERMISSION_DENIED.
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -77,6 +78,9 @@ type inputOpts struct {
 	// txn is the client transaction of a local send.
 	txn    *roomserverv1.TransactionID
 	sender string
+	// refs are stored events the caller already holds, by event ID (a
+	// local build's prev and auth events): not read again.
+	refs map[string]*eventEntry
 }
 
 // errKeyServer marks a failure to reach the key-server while verifying.
@@ -139,12 +143,17 @@ func parseUntrusted(verImpl gomatrixserverlib.IRoomVersion, eventJSON []byte) (e
 // writeTx is a room write transaction plus what happens at commit.
 type writeTx struct {
 	*store.Tx
-	outbox  []store.OutboxEntry
+	outbox []store.OutboxEntry
+	// afterTx run when the transaction ends, committed or not.
 	afterTx []func()
+	// onCommit run after a successful commit (before afterTx).
+	onCommit []func()
 }
 
-func (s *Service) beginWrite(ctx context.Context, roomID string) (*writeTx, error) {
-	tx, err := s.store.BeginRoom(ctx, roomID)
+// beginWrite starts a room write transaction (see store.BeginRoom; txn,
+// when set, is looked up in the same round trip).
+func (s *Service) beginWrite(ctx context.Context, roomID string, txn *store.TxnKey) (*writeTx, error) {
+	tx, err := s.store.BeginRoom(ctx, roomID, txn)
 	if err != nil {
 		return nil, err
 	}
@@ -152,24 +161,17 @@ func (s *Service) beginWrite(ctx context.Context, roomID string) (*writeTx, erro
 }
 
 // commit writes the outbox rows under the stream lock (so stream positions
-// follow commit order) and commits.
+// follow commit order) and commits; the queued writes, the lock, the
+// outbox rows and COMMIT go out in one round trip.
 func (s *Service) commit(ctx context.Context, w *writeTx) error {
 	defer w.done()
-	if len(w.outbox) > 0 {
-		if err := w.LockStream(ctx); err != nil {
-			w.Rollback(ctx)
-			return fmt.Errorf("lock stream: %w", err)
-		}
-		for _, e := range w.outbox {
-			if _, err := w.InsertOutbox(ctx, e); err != nil {
-				w.Rollback(ctx)
-				return err
-			}
-		}
-	}
+	w.QueueOutbox(w.outbox)
 	if err := w.Commit(ctx); err != nil {
 		w.Rollback(ctx)
 		return fmt.Errorf("commit: %w", err)
+	}
+	for _, f := range w.onCommit {
+		f()
 	}
 	if len(w.outbox) > 0 {
 		s.wakePublisher()
@@ -221,7 +223,7 @@ func (s *Service) inputEvent(ctx context.Context, ie *roomserverv1.InputEvent) (
 	roomID := ev.RoomID().String()
 	unlock := s.locks.lock(roomID)
 	defer unlock()
-	w, err := s.beginWrite(ctx, roomID)
+	w, err := s.beginWrite(ctx, roomID, nil)
 	if err != nil {
 		return inputResult{}, err
 	}
@@ -254,12 +256,29 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 	roomID := ev.RoomID().String()
 	isCreate := ev.Type() == spec.MRoomCreate && ev.StateKeyEquals("")
 
-	// 3. Duplicate?
-	existing, err := s.eventsByID(ctx, w.Queries, []string{res.eventID})
+	// 3. Duplicate? (One round trip reads the event, its prev and auth
+	// events and the redactions waiting for it, and reserves its NID.)
+	prevIDs, authIDs := ev.PrevEventIDs(), ev.AuthEventIDs()
+	ids := []string{res.eventID}
+	for _, id := range slices.Concat(prevIDs, authIDs) {
+		if _, ok := opts.refs[id]; !ok {
+			ids = append(ids, id)
+		}
+	}
+	lookup, err := w.LookupInput(ctx, res.eventID, ids)
 	if err != nil {
 		return res, err
 	}
-	old, known := existing[res.eventID]
+	found, err := s.eventEntries(lookup.Events)
+	if err != nil {
+		return res, err
+	}
+	for id, e := range opts.refs {
+		if id != res.eventID {
+			found[id] = e
+		}
+	}
+	old, known := found[res.eventID]
 	if known && (!old.Outlier || opts.outlier) {
 		res.status = roomserverv1.InputStatus_INPUT_STATUS_DUPLICATE
 		res.nid = old.NID
@@ -285,10 +304,11 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 	}
 
 	// 4. Missing events.
-	prevIDs, authIDs := ev.PrevEventIDs(), ev.AuthEventIDs()
-	refs, err := s.eventsByID(ctx, w.Queries, slices.Concat(prevIDs, authIDs))
-	if err != nil {
-		return res, err
+	refs := make(map[string]*eventEntry, len(prevIDs)+len(authIDs))
+	for _, id := range slices.Concat(prevIDs, authIDs) {
+		if e, ok := found[id]; ok {
+			refs[id] = e
+		}
 	}
 	for _, id := range authIDs {
 		if _, ok := refs[id]; !ok && !slices.Contains(res.missing, id) {
@@ -309,7 +329,7 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 	}
 
 	row := store.Event{
-		RoomNID: room.NID, EventID: res.eventID, Type: ev.Type(), Sender: string(ev.SenderID()),
+		NID: lookup.NextNID, RoomNID: room.NID, EventID: res.eventID, Type: ev.Type(), Sender: string(ev.SenderID()),
 		Depth: ev.Depth(), PrevIDs: prevIDs, JSON: ev.JSON(), Outlier: opts.outlier,
 	}
 	if known {
@@ -377,7 +397,7 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 
 	if opts.outlier {
 		row.Rejected, row.Reason = rejected, res.reason
-		return s.storeRejectedOrOutlier(ctx, w, row, res)
+		return s.storeRejectedOrOutlier(ctx, w, row, res, known)
 	}
 
 	// 6. State before: the state after its prev events.
@@ -392,15 +412,24 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 	row.StateBefore = &before.nid
 	row.StateAfter = &before.nid
 
-	// 7. Auth against the state before.
+	// 7. Auth against the state before. When the state before holds
+	// exactly the event's own auth events (always so for local events),
+	// this is step 5's check again, which passed.
 	if !rejected {
-		provider, err := s.authProviderFor(ctx, w.Queries, ev, before.state)
+		tuples := gomatrixserverlib.StateNeededForAuth([]gomatrixserverlib.PDU{ev}).Tuples()
+		pdus, err := s.stateEventsFor(ctx, w.Queries, before.state, tuples)
 		if err != nil {
 			return res, err
 		}
-		if err := checkAuth(ev, provider); err != nil {
-			res.reason = fmt.Sprintf("not allowed by the state before it: %v", err)
-			rejected = true
+		if !sameEventIDs(pdus, authIDs) {
+			provider, err := gomatrixserverlib.NewAuthEvents(pdus)
+			if err != nil {
+				return res, err
+			}
+			if err := checkAuth(ev, provider); err != nil {
+				res.reason = fmt.Sprintf("not allowed by the state before it: %v", err)
+				rejected = true
+			}
 		}
 	}
 	if rejected {
@@ -409,7 +438,7 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 			return res, nil
 		}
 		row.Rejected, row.Reason = true, res.reason
-		return s.storeRejectedOrOutlier(ctx, w, row, res)
+		return s.storeRejectedOrOutlier(ctx, w, row, res, known)
 	}
 
 	// 8. Soft failure: auth against the room's current state.
@@ -434,11 +463,6 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 	}
 
 	// 9. Store.
-	if row.NID == 0 {
-		if row.NID, err = w.NextEventNID(ctx); err != nil {
-			return res, err
-		}
-	}
 	if ev.StateKey() != nil {
 		next := before.state.clone()
 		next[row.StateKeyNID] = row.NID
@@ -450,12 +474,13 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 	}
 	row.SoftFailed, row.Reason = softFailed, res.reason
 	// A redaction that arrived first is applied as the event is stored.
-	if row.JSON, err = s.redactIfPending(ctx, w, room, ev); err != nil {
+	if row.JSON, err = s.redactIfPending(ctx, w, room, ev, lookup.Redactions); err != nil {
 		return res, err
 	}
-	if res.nid, err = w.InsertEvent(ctx, row); err != nil {
+	if res.nid, err = s.insertEvent(ctx, w, row, known); err != nil {
 		return res, err
 	}
+	s.cacheOnCommit(w, row, ev, known)
 	if softFailed {
 		res.status = roomserverv1.InputStatus_INPUT_STATUS_SOFT_FAILED
 		return res, nil
@@ -469,15 +494,24 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 	return res, s.advanceRoom(ctx, w, room, row, prevs, opts)
 }
 
-// storeRejectedOrOutlier stores an event that does not join the graph.
-func (s *Service) storeRejectedOrOutlier(ctx context.Context, w *writeTx, row store.Event, res inputResult) (inputResult, error) {
-	var err error
-	if row.NID == 0 {
-		if row.NID, err = w.NextEventNID(ctx); err != nil {
-			return res, err
+// sameEventIDs reports whether pdus are exactly the events named by ids
+// (ids hold no duplicates: step 5 rejects those).
+func sameEventIDs(pdus []gomatrixserverlib.PDU, ids []string) bool {
+	if len(pdus) != len(ids) {
+		return false
+	}
+	for _, p := range pdus {
+		if !slices.Contains(ids, p.EventID()) {
+			return false
 		}
 	}
-	if res.nid, err = w.InsertEvent(ctx, row); err != nil {
+	return true
+}
+
+// storeRejectedOrOutlier stores an event that does not join the graph.
+func (s *Service) storeRejectedOrOutlier(ctx context.Context, w *writeTx, row store.Event, res inputResult, known bool) (inputResult, error) {
+	var err error
+	if res.nid, err = s.insertEvent(ctx, w, row, known); err != nil {
 		return res, err
 	}
 	res.status = roomserverv1.InputStatus_INPUT_STATUS_ACCEPTED
@@ -485,6 +519,31 @@ func (s *Service) storeRejectedOrOutlier(ctx context.Context, w *writeTx, row st
 		res.status = roomserverv1.InputStatus_INPUT_STATUS_REJECTED
 	}
 	return res, nil
+}
+
+// insertEvent stores row: a new event is queued (it goes out with the
+// commit); a known outlier is replaced in place right away.
+func (s *Service) insertEvent(ctx context.Context, w *writeTx, row store.Event, known bool) (int64, error) {
+	if known {
+		return w.InsertEvent(ctx, row)
+	}
+	w.QueueNewEvent(row)
+	return row.NID, nil
+}
+
+// cacheOnCommit puts a newly stored event into the event cache once its
+// transaction commits: the next event of the room names it in prev_events
+// and would otherwise read it back. Only when ev is exactly what was
+// stored: a replaced outlier (dropped from the cache at the end of the
+// transaction) or an event stored redacted is read again when needed.
+func (s *Service) cacheOnCommit(w *writeTx, row store.Event, ev gomatrixserverlib.PDU, known bool) {
+	if known || !bytes.Equal(row.JSON, ev.JSON()) {
+		return
+	}
+	row.JSON = nil
+	row.RoomID, row.RoomVersion = ev.RoomID().String(), string(ev.Version())
+	e := &eventEntry{Event: row, pdu: ev}
+	w.onCommit = append(w.onCommit, func() { s.events.put(e.NID, e) })
 }
 
 // advanceRoom makes an accepted event a forward extremity, recomputes the
@@ -520,15 +579,11 @@ func (s *Service) advanceRoom(ctx context.Context, w *writeTx, room store.Room, 
 		return err
 	}
 	depth := max(room.Depth, row.Depth)
-	if err := w.UpdateRoom(ctx, room.NID, current.nid, extremities, depth); err != nil {
-		return err
-	}
+	w.QueueUpdateRoom(room.NID, current.nid, extremities, depth)
 	entry := store.OutboxEntry{RoomNID: room.NID, EventNID: row.NID}
 	entry.AddedStateNIDs, entry.RemovedStateNIDs = stateChange(oldCurrent.state, current.state)
 	if opts.txn != nil {
-		if err := w.InsertTransaction(ctx, room.NID, opts.sender, opts.txn.GetDeviceId(), opts.txn.GetTxnId(), row.EventID); err != nil {
-			return err
-		}
+		w.QueueTransaction(room.NID, opts.sender, opts.txn.GetDeviceId(), opts.txn.GetTxnId(), row.EventID)
 		entry.HasTxn, entry.TxnDeviceID, entry.TxnID = true, opts.txn.GetDeviceId(), opts.txn.GetTxnId()
 	}
 	w.outbox = append(w.outbox, entry)

@@ -35,13 +35,16 @@ func (s *Service) wakePublisher() {
 }
 
 // runPublisher publishes until ctx ends. Failures are logged and retried
-// with backoff; they never lose events (the outbox keeps them).
+// with backoff; they never lose events (the outbox keeps them). A commit
+// wakes it (wakePublisher); the poll interval only matters for events
+// committed by another replica.
 func (s *Service) runPublisher(ctx context.Context) error {
 	backoff := 100 * time.Millisecond
 	ticker := time.NewTicker(s.cfg.PublishPollInterval)
 	defer ticker.Stop()
+	p := &publisher{s: s}
 	for {
-		err := s.publishPending(ctx)
+		err := p.publishPending(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -70,36 +73,42 @@ func (s *Service) runPublisher(ctx context.Context) error {
 	}
 }
 
+// publisher remembers how far it has published. The stored watermark is
+// moved with the next read of the outbox (one round trip for both), so a
+// crash republishes at most the entries since the last read: JetStream
+// drops them as duplicates (Nats-Msg-Id), and consumers are idempotent.
+type publisher struct {
+	s *Service
+	// mark is the last position acked by JetStream; saved says whether
+	// the stored watermark has it.
+	mark  int64
+	saved bool
+}
+
 // publishPending publishes everything after the watermark.
-func (s *Service) publishPending(ctx context.Context) error {
-	mark, err := s.store.PublishedUpTo(ctx)
-	if err != nil {
-		return err
-	}
+func (p *publisher) publishPending(ctx context.Context) error {
+	s := p.s
 	for {
-		entries, err := s.store.OutboxAfter(ctx, mark, publishBatch)
+		pending, err := s.store.PendingOutbox(ctx, p.mark, publishBatch, !p.saved)
 		if err != nil {
 			return err
 		}
-		if len(entries) == 0 {
+		p.saved = true
+		if len(pending.Entries) == 0 {
 			return nil
 		}
-		msgs, err := s.outputMessages(ctx, entries)
+		msgs, err := s.outputMessages(ctx, pending)
 		if err != nil {
 			return err
 		}
 		for i, m := range msgs {
 			if _, err := s.js.PublishMsg(ctx, m.msg, jetstream.WithMsgID(m.eventID)); err != nil {
-				// Keep what was acked.
-				if i > 0 {
-					_ = s.store.SetPublishedUpTo(ctx, entries[i-1].StreamPos)
-				}
 				return err
 			}
+			p.mark, p.saved = pending.Entries[i].StreamPos, false
 		}
-		mark = entries[len(entries)-1].StreamPos
-		if err := s.store.SetPublishedUpTo(ctx, mark); err != nil {
-			return err
+		if len(pending.Entries) < publishBatch {
+			return nil
 		}
 	}
 }
@@ -110,7 +119,8 @@ type outputMessage struct {
 }
 
 // outputMessages builds the OutputRoomEvent messages of outbox entries.
-func (s *Service) outputMessages(ctx context.Context, entries []store.OutboxEntry) ([]outputMessage, error) {
+func (s *Service) outputMessages(ctx context.Context, pending store.Pending) ([]outputMessage, error) {
+	entries := pending.Entries
 	var nids []int64
 	for _, e := range entries {
 		nids = append(nids, e.EventNID)
@@ -123,14 +133,7 @@ func (s *Service) outputMessages(ctx context.Context, entries []store.OutboxEntr
 	}
 	// Redactions that have been applied: a redaction carries its target's
 	// redacted form, a redacted event carries its redaction.
-	entryNIDs := make([]int64, len(entries))
-	for i, e := range entries {
-		entryNIDs[i] = e.EventNID
-	}
-	redactedBy, targets, err := s.store.RedactionLinks(ctx, entryNIDs)
-	if err != nil {
-		return nil, err
-	}
+	redactedBy, targets := pending.RedactedBy, pending.Targets
 	var more []int64
 	for _, nid := range redactedBy {
 		more = append(more, nid)

@@ -213,10 +213,10 @@ func (s *Service) recordRedaction(ctx context.Context, w *writeTx, room store.Ro
 // redactIfPending returns the JSON to store for an event about to be
 // stored: its redacted form when an earlier redaction waits for it and
 // applies, otherwise its own JSON.
-func (s *Service) redactIfPending(ctx context.Context, w *writeTx, room store.Room, ev gomatrixserverlib.PDU) ([]byte, error) {
-	pending, err := w.RedactionsOf(ctx, ev.EventID())
-	if err != nil || len(pending) == 0 {
-		return ev.JSON(), err
+// pending are the redactions that target ev (store.LookupInput).
+func (s *Service) redactIfPending(ctx context.Context, w *writeTx, room store.Room, ev gomatrixserverlib.PDU, pending []store.Redaction) ([]byte, error) {
+	if len(pending) == 0 {
+		return ev.JSON(), nil
 	}
 	for _, r := range pending {
 		if r.RoomNID != room.NID {

@@ -155,7 +155,7 @@ func (s *Service) createRoom(ctx context.Context, req *roomserverv1.CreateRoomRe
 
 	unlock := s.locks.lock(roomID)
 	defer unlock()
-	w, err := s.beginWrite(ctx, roomID)
+	w, err := s.beginWrite(ctx, roomID, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -170,11 +170,11 @@ func (s *Service) createRoom(ctx context.Context, req *roomserverv1.CreateRoomRe
 		if err != nil {
 			return nil, err
 		}
-		ev, err := s.buildOnCurrent(ctx, w, room, creator, tmpl)
+		ev, refs, err := s.buildOnCurrent(ctx, w, room, creator, tmpl)
 		if err != nil {
 			return nil, fmt.Errorf("initial event %d (%s): %w", i, tmpl.Type, err)
 		}
-		if _, err := s.inputLocal(ctx, w, version, ev, inputOpts{local: true}); err != nil {
+		if _, err := s.inputLocal(ctx, w, version, ev, inputOpts{local: true, refs: refs}); err != nil {
 			return nil, fmt.Errorf("initial event %d (%s): %w", i, tmpl.Type, err)
 		}
 		resp.EventIds = append(resp.EventIds, ev.EventID())
@@ -214,13 +214,10 @@ func (s *Service) sendEvent(ctx context.Context, req *roomserverv1.SendEventRequ
 	if txn != nil && txn.GetTxnId() == "" {
 		txn = nil
 	}
-	room, err := s.store.Room(ctx, roomID)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, fmt.Errorf("%w: %s", ErrRoomNotFound, roomID)
-	} else if err != nil {
+	version, err := s.roomVersion(ctx, roomID)
+	if err != nil {
 		return nil, err
 	}
-	version := gomatrixserverlib.RoomVersion(room.Version)
 	verImpl, err := gomatrixserverlib.GetRoomVersion(version)
 	if err != nil {
 		return nil, err
@@ -233,23 +230,23 @@ func (s *Service) sendEvent(ctx context.Context, req *roomserverv1.SendEventRequ
 		return nil, err
 	}
 
+	var txnKey *store.TxnKey
+	if txn != nil {
+		txnKey = &store.TxnKey{Sender: sender, DeviceID: txn.GetDeviceId(), TxnID: txn.GetTxnId()}
+	}
 	unlock := s.locks.lock(roomID)
 	defer unlock()
-	w, err := s.beginWrite(ctx, roomID)
+	w, err := s.beginWrite(ctx, roomID, txnKey)
 	if err != nil {
 		return nil, err
 	}
 	defer w.rollback(ctx)
-	if room, err = w.Room(ctx, roomID); err != nil {
+	room, err := w.Room(ctx, roomID)
+	if err != nil {
 		return nil, err
 	}
-	if txn != nil {
-		eventID, err := w.TransactionEvent(ctx, room.NID, sender, txn.GetDeviceId(), txn.GetTxnId())
-		if err == nil {
-			return &roomserverv1.SendEventResponse{EventId: eventID, Deduplicated: true}, nil
-		} else if !errors.Is(err, store.ErrNotFound) {
-			return nil, err
-		}
+	if w.TxnEventID != "" {
+		return &roomserverv1.SendEventResponse{EventId: w.TxnEventID, Deduplicated: true}, nil
 	}
 	if tmpl, err = s.authoriseLocalMember(ctx, w, room, sender, tmpl); err != nil {
 		return nil, err
@@ -259,11 +256,11 @@ func (s *Service) sendEvent(ctx context.Context, req *roomserverv1.SendEventRequ
 			return nil, err
 		}
 	}
-	ev, err := s.buildOnCurrent(ctx, w, room, sender, tmpl)
+	ev, refs, err := s.buildOnCurrent(ctx, w, room, sender, tmpl)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := s.inputLocal(ctx, w, version, ev, inputOpts{local: true, txn: txn, sender: sender}); err != nil {
+	if _, err := s.inputLocal(ctx, w, version, ev, inputOpts{local: true, txn: txn, sender: sender, refs: refs}); err != nil {
 		return nil, err
 	}
 	if err := s.commit(ctx, w); err != nil {
@@ -272,17 +269,37 @@ func (s *Service) sendEvent(ctx context.Context, req *roomserverv1.SendEventRequ
 	return &roomserverv1.SendEventResponse{EventId: ev.EventID()}, nil
 }
 
+// roomVersion returns a room's version (cached: it never changes), or
+// ErrRoomNotFound.
+func (s *Service) roomVersion(ctx context.Context, roomID string) (gomatrixserverlib.RoomVersion, error) {
+	if v, ok := s.roomVersions.get(roomID); ok {
+		return v, nil
+	}
+	room, err := s.store.Room(ctx, roomID)
+	if errors.Is(err, store.ErrNotFound) {
+		return "", fmt.Errorf("%w: %s", ErrRoomNotFound, roomID)
+	} else if err != nil {
+		return "", err
+	}
+	v := gomatrixserverlib.RoomVersion(room.Version)
+	s.roomVersions.put(roomID, v)
+	return v, nil
+}
+
 // inputLocal runs a locally built event through the pipeline inside w.
 // Refusals become ErrForbidden (nothing was written for them).
+//
+// Steps 1 and 2 (parse as untrusted, verify signatures) are skipped: the
+// event was just built by gomatrixserverlib's EventBuilder (content hash,
+// event ID, field checks) and signed by our own key-server (signer.build),
+// so they could only fail on a bug; TestLocalEventsVerify checks that what
+// the room-server builds parses as untrusted and verifies against the
+// key-server's published keys.
 func (s *Service) inputLocal(ctx context.Context, w *writeTx, version gomatrixserverlib.RoomVersion, built gomatrixserverlib.PDU, opts inputOpts) (inputResult, error) {
-	ev, bad, err := s.parseAndVerify(ctx, string(version), built.JSON())
-	if err != nil {
-		return inputResult{}, err
+	if built.Version() != version {
+		return inputResult{}, fmt.Errorf("locally built event is for room version %s, not %s", built.Version(), version)
 	}
-	if bad != nil {
-		return inputResult{}, fmt.Errorf("locally built event is invalid: %s", bad.reason)
-	}
-	res, err := s.processEvent(ctx, w, ev, opts)
+	res, err := s.processEvent(ctx, w, built, opts)
 	if err != nil {
 		return res, err
 	}
@@ -299,14 +316,16 @@ func (s *Service) inputLocal(ctx context.Context, w *writeTx, version gomatrixse
 // buildOnCurrent fills in prev_events (the forward extremities, newest
 // first, at most MaxPrevEvents), depth and auth_events (from the current
 // state, as gomatrixserverlib.StateNeededForProtoEvent says) and builds.
-func (s *Service) buildOnCurrent(ctx context.Context, w *writeTx, room store.Room, sender string, t template) (gomatrixserverlib.PDU, error) {
+// refs are the prev and auth events it used, by event ID (processEvent
+// then need not read them again).
+func (s *Service) buildOnCurrent(ctx context.Context, w *writeTx, room store.Room, sender string, t template) (ev gomatrixserverlib.PDU, refs map[string]*eventEntry, err error) {
 	verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(room.Version))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	ext, err := s.loadEvents(ctx, w.Queries, room.Extremities)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	prevs := make([]*eventEntry, 0, len(ext))
 	for _, e := range ext {
@@ -329,24 +348,34 @@ func (s *Service) buildOnCurrent(ctx context.Context, w *writeTx, room store.Roo
 	}
 	needed, err := gomatrixserverlib.StateNeededForProtoEvent(pe)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadRequest, err)
+		return nil, nil, fmt.Errorf("%w: %v", ErrBadRequest, err)
 	}
 	current, err := s.loadState(ctx, w.Queries, room.SnapshotNID)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	authPDUs, err := s.stateEventsFor(ctx, w.Queries, current.state, needed.Tuples())
+	authEntries, err := s.stateEntriesFor(ctx, w.Queries, current.state, needed.Tuples())
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	refs = make(map[string]*eventEntry, len(prevs)+len(authEntries))
+	authPDUs := make([]gomatrixserverlib.PDU, len(authEntries))
+	for i, e := range authEntries {
+		authPDUs[i] = e.pdu
+		refs[e.EventID] = e
+	}
+	for _, p := range prevs {
+		refs[p.EventID] = p
 	}
 	provider, err := gomatrixserverlib.NewAuthEvents(authPDUs)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	eb := verImpl.NewEventBuilderFromProtoEvent(pe)
 	if err := eb.AddAuthEvents(provider); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadRequest, err)
+		return nil, nil, fmt.Errorf("%w: %v", ErrBadRequest, err)
 	}
 	pe.AuthEvents = eb.AuthEvents
-	return s.signer.build(ctx, verImpl, pe)
+	ev, err = s.signer.build(ctx, verImpl, pe)
+	return ev, refs, err
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
@@ -62,6 +63,8 @@ type Service struct {
 	snapshots *lru[int64, snapshot]
 	events    *lru[int64, *eventEntry]
 	stateKeys *lru[store.StateKey, int64]
+	// roomVersions caches room ID -> version (immutable once created).
+	roomVersions *lru[string, gomatrixserverlib.RoomVersion]
 
 	// wake tells the publisher that the outbox grew.
 	wake chan struct{}
@@ -90,18 +93,19 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		return nil, fmt.Errorf("roomserver store: %w", err)
 	}
 	return &Service{
-		cfg:        cfg,
-		log:        deps.Logger,
-		serverName: serverName,
-		store:      st,
-		js:         deps.JetStream,
-		signer:     sg,
-		verifier:   newLocalKeys(deps.KeyServer, serverName, cfg.KeyCacheTTL),
-		locks:      newRoomLocks(),
-		snapshots:  newLRU[int64, snapshot](cfg.StateCacheSize),
-		events:     newLRU[int64, *eventEntry](cfg.EventCacheSize),
-		stateKeys:  newLRU[store.StateKey, int64](100000),
-		wake:       make(chan struct{}, 1),
+		cfg:          cfg,
+		log:          deps.Logger,
+		serverName:   serverName,
+		store:        st,
+		js:           deps.JetStream,
+		signer:       sg,
+		verifier:     newLocalKeys(deps.KeyServer, serverName, cfg.KeyCacheTTL),
+		locks:        newRoomLocks(),
+		snapshots:    newLRU[int64, snapshot](cfg.StateCacheSize),
+		events:       newLRU[int64, *eventEntry](cfg.EventCacheSize),
+		stateKeys:    newLRU[store.StateKey, int64](100000),
+		roomVersions: newLRU[string, gomatrixserverlib.RoomVersion](100000),
+		wake:         make(chan struct{}, 1),
 	}, nil
 }
 

@@ -208,6 +208,19 @@ func (s *Service) authProviderFor(ctx context.Context, q *store.Queries, ev goma
 
 // stateEventsFor returns the events of st at the given tuples.
 func (s *Service) stateEventsFor(ctx context.Context, q *store.Queries, st stateMap, tuples []gomatrixserverlib.StateKeyTuple) ([]gomatrixserverlib.PDU, error) {
+	entries, err := s.stateEntriesFor(ctx, q, st, tuples)
+	if err != nil {
+		return nil, err
+	}
+	pdus := make([]gomatrixserverlib.PDU, len(entries))
+	for i, e := range entries {
+		pdus[i] = e.pdu
+	}
+	return pdus, nil
+}
+
+// stateEntriesFor is stateEventsFor with the stored rows.
+func (s *Service) stateEntriesFor(ctx context.Context, q *store.Queries, st stateMap, tuples []gomatrixserverlib.StateKeyTuple) ([]*eventEntry, error) {
 	keys := make([]store.StateKey, len(tuples))
 	for i, t := range tuples {
 		keys[i] = store.StateKey{Type: t.EventType, StateKey: t.StateKey}
@@ -228,11 +241,11 @@ func (s *Service) stateEventsFor(ctx context.Context, q *store.Queries, st state
 	if err != nil {
 		return nil, err
 	}
-	pdus := make([]gomatrixserverlib.PDU, 0, len(evNIDs))
+	out := make([]*eventEntry, 0, len(evNIDs))
 	for _, nid := range evNIDs {
-		pdus = append(pdus, entries[nid].pdu)
+		out = append(out, entries[nid])
 	}
-	return pdus, nil
+	return out, nil
 }
 
 // checkAuth runs the room version's auth rules for ev against provider.

@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"fmt"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // Event is one stored event.
@@ -81,19 +83,9 @@ func (q *Queries) EventsByNID(ctx context.Context, nids []int64) ([]Event, error
 	return scanEvents(rows)
 }
 
-// NextEventNID reserves an event NID (state snapshots of a state event hold
-// its NID, so it is known before the row is written).
-func (q *Queries) NextEventNID(ctx context.Context) (int64, error) {
-	var nid int64
-	err := q.db.QueryRow(ctx, `SELECT nextval(pg_get_serial_sequence('events', 'event_nid'))`).Scan(&nid)
-	return nid, err
-}
-
-// InsertEvent stores an event under e.NID (from NextEventNID) and returns
-// the NID. An existing outlier with the same ID is replaced in place (an
-// outlier that arrives again as a timeline event gets state and flags);
-// any other existing event makes it fail.
-func (q *Queries) InsertEvent(ctx context.Context, e Event) (int64, error) {
+// eventArgs are the 16 columns of an events row, in the order the
+// INSERT statements list them.
+func eventArgs(e Event) []any {
 	var stateKeyNID *int64
 	if e.StateKeyNID != 0 {
 		stateKeyNID = &e.StateKeyNID
@@ -104,22 +96,68 @@ func (q *Queries) InsertEvent(ctx context.Context, e Event) (int64, error) {
 	if e.AuthNIDs == nil {
 		e.AuthNIDs = []int64{}
 	}
+	return []any{e.RoomNID, e.EventID, e.Type, stateKeyNID, e.Sender, e.Depth, e.PrevIDs, e.AuthNIDs, string(e.JSON),
+		e.Outlier, e.Rejected, e.SoftFailed, e.Reason, e.StateBefore, e.StateAfter, e.NID}
+}
+
+// InsertEvent stores an event under e.NID (from LookupInput) and returns
+// the NID. An existing outlier with the same ID is replaced in place (an
+// outlier that arrives again as a timeline event gets state and flags);
+// any other existing event makes it fail.
+func (q *Queries) InsertEvent(ctx context.Context, e Event) (int64, error) {
 	var nid int64
-	err := q.db.QueryRow(ctx, `INSERT INTO events (event_nid, room_nid, event_id, event_type, state_key_nid, sender, depth,
+	err := q.db.QueryRow(ctx, `INSERT INTO events (room_nid, event_id, event_type, state_key_nid, sender, depth,
 			prev_event_ids, auth_event_nids, event_json, outlier, rejected, soft_failed, rejection_reason,
-			state_before_nid, state_after_nid)
-		VALUES ($16, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+			state_before_nid, state_after_nid, event_nid)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
 		ON CONFLICT (event_id) DO UPDATE SET outlier = EXCLUDED.outlier, rejected = EXCLUDED.rejected,
 			soft_failed = EXCLUDED.soft_failed, rejection_reason = EXCLUDED.rejection_reason,
 			state_before_nid = EXCLUDED.state_before_nid, state_after_nid = EXCLUDED.state_after_nid
 			WHERE events.outlier
-		RETURNING event_nid`,
-		e.RoomNID, e.EventID, e.Type, stateKeyNID, e.Sender, e.Depth, e.PrevIDs, e.AuthNIDs, string(e.JSON),
-		e.Outlier, e.Rejected, e.SoftFailed, e.Reason, e.StateBefore, e.StateAfter, e.NID).Scan(&nid)
+		RETURNING event_nid`, eventArgs(e)...).Scan(&nid)
 	if err != nil {
 		return 0, fmt.Errorf("insert event %s: %w", e.EventID, notFound(err))
 	}
 	return nid, nil
+}
+
+// InputLookup is what the input pipeline reads about an incoming event
+// before deciding on it.
+type InputLookup struct {
+	// Events are the stored events among the asked IDs.
+	Events []Event
+	// Redactions are the redactions waiting for (or applied to) the event.
+	Redactions []Redaction
+	// NextNID is a fresh event NID, for the event if it gets stored.
+	NextNID int64
+}
+
+// LookupInput reads, in one round trip, the stored events among ids (the
+// event itself, its prev and auth events), the redactions that target
+// eventID, and reserves an event NID (unused when the event is not
+// stored: NIDs have gaps anyway).
+func (q *Queries) LookupInput(ctx context.Context, eventID string, ids []string) (InputLookup, error) {
+	var out InputLookup
+	b := &pgx.Batch{}
+	b.Queue(`SELECT `+eventColumns+` FROM events e JOIN rooms r USING (room_nid)
+		WHERE e.event_id = ANY($1)`, ids).Query(func(rows pgx.Rows) error {
+		var err error
+		out.Events, err = scanEvents(rows)
+		return err
+	})
+	b.Queue(`SELECT redaction_nid, room_nid, target_event_id, applied FROM redactions
+		WHERE target_event_id = $1 ORDER BY redaction_nid`, eventID).Query(func(rows pgx.Rows) error {
+		var err error
+		out.Redactions, err = scanRedactions(rows)
+		return err
+	})
+	b.Queue(`SELECT nextval(pg_get_serial_sequence('events', 'event_nid'))`).QueryRow(func(row pgx.Row) error {
+		return row.Scan(&out.NextNID)
+	})
+	if err := q.db.SendBatch(ctx, b).Close(); err != nil {
+		return out, fmt.Errorf("look up input event %s: %w", eventID, err)
+	}
+	return out, nil
 }
 
 // AuthChain returns the NIDs of every event reachable from nids through

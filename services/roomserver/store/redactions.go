@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"fmt"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // Redaction is one row of the redactions table.
@@ -24,13 +26,8 @@ func (q *Queries) InsertRedaction(ctx context.Context, r Redaction) error {
 	return nil
 }
 
-// RedactionsOf returns the redactions that target an event, oldest first.
-func (q *Queries) RedactionsOf(ctx context.Context, targetEventID string) ([]Redaction, error) {
-	rows, err := q.db.Query(ctx, `SELECT redaction_nid, room_nid, target_event_id, applied FROM redactions
-		WHERE target_event_id = $1 ORDER BY redaction_nid`, targetEventID)
-	if err != nil {
-		return nil, fmt.Errorf("redactions of %s: %w", targetEventID, err)
-	}
+// scanRedactions reads redactions rows.
+func scanRedactions(rows pgx.Rows) ([]Redaction, error) {
 	defer rows.Close()
 	var out []Redaction
 	for rows.Next() {
@@ -60,33 +57,4 @@ func (q *Queries) ReplaceEventJSON(ctx context.Context, nid int64, eventJSON []b
 		return fmt.Errorf("replace event json of nid %d: %w", nid, ErrNotFound)
 	}
 	return nil
-}
-
-// RedactionLinks returns, for the given event NIDs, the applied
-// redactions that involve them: redactions[nid] is the redaction event NID
-// that redacted nid; targets[nid] is the target NID that redaction nid
-// redacted (when the target is stored).
-func (q *Queries) RedactionLinks(ctx context.Context, nids []int64) (redactedBy, targets map[int64]int64, err error) {
-	redactedBy, targets = map[int64]int64{}, map[int64]int64{}
-	if len(nids) == 0 {
-		return redactedBy, targets, nil
-	}
-	rows, err := q.db.Query(ctx, `SELECT r.redaction_nid, e.event_nid FROM redactions r
-		JOIN events e ON e.event_id = r.target_event_id AND e.room_nid = r.room_nid
-		WHERE r.applied AND (r.redaction_nid = ANY($1) OR e.event_nid = ANY($1))`, nids)
-	if err != nil {
-		return nil, nil, fmt.Errorf("redaction links: %w", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var red, target int64
-		if err := rows.Scan(&red, &target); err != nil {
-			return nil, nil, err
-		}
-		if _, ok := redactedBy[target]; !ok {
-			redactedBy[target] = red
-		}
-		targets[red] = target
-	}
-	return redactedBy, targets, rows.Err()
 }

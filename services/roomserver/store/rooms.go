@@ -39,39 +39,6 @@ func (q *Queries) InsertRoom(ctx context.Context, roomID, version string) (int64
 	return nid, nil
 }
 
-// UpdateRoom sets the room's current state, forward extremities and depth.
-func (q *Queries) UpdateRoom(ctx context.Context, nid, snapshotNID int64, extremities []int64, depth int64) error {
-	if extremities == nil {
-		extremities = []int64{}
-	}
-	_, err := q.db.Exec(ctx, `UPDATE rooms SET state_snapshot_nid = $2, forward_extremities = $3, depth = $4 WHERE room_nid = $1`,
-		nid, snapshotNID, extremities, depth)
-	if err != nil {
-		return fmt.Errorf("update room: %w", err)
-	}
-	return nil
-}
-
-// TransactionEvent returns the event ID a client transaction produced, or
-// ErrNotFound.
-func (q *Queries) TransactionEvent(ctx context.Context, roomNID int64, sender, deviceID, txnID string) (string, error) {
-	var eventID string
-	err := q.db.QueryRow(ctx, `SELECT event_id FROM transactions
-		WHERE room_nid = $1 AND sender = $2 AND device_id = $3 AND txn_id = $4`,
-		roomNID, sender, deviceID, txnID).Scan(&eventID)
-	return eventID, notFound(err)
-}
-
-// InsertTransaction records the event a client transaction produced.
-func (q *Queries) InsertTransaction(ctx context.Context, roomNID int64, sender, deviceID, txnID, eventID string) error {
-	_, err := q.db.Exec(ctx, `INSERT INTO transactions (room_nid, sender, device_id, txn_id, event_id)
-		VALUES ($1, $2, $3, $4, $5)`, roomNID, sender, deviceID, txnID, eventID)
-	if err != nil {
-		return fmt.Errorf("insert transaction: %w", err)
-	}
-	return nil
-}
-
 // SetAlias creates alias -> roomID; false if the alias already existed.
 func (q *Queries) SetAlias(ctx context.Context, alias, roomID, creator string) (bool, error) {
 	tag, err := q.db.Exec(ctx, `INSERT INTO room_aliases (alias, room_id, creator) VALUES ($1, $2, $3)

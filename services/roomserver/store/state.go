@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"fmt"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // Snapshot is one row of state_snapshots: a delta on top of Parent, or a
@@ -79,57 +81,66 @@ type OutboxEntry struct {
 	HasTxn           bool
 }
 
-// InsertOutbox appends an entry; call LockStream first.
-func (q *Queries) InsertOutbox(ctx context.Context, e OutboxEntry) (int64, error) {
-	var dev, txn *string
-	if e.HasTxn {
-		dev, txn = &e.TxnDeviceID, &e.TxnID
-	}
-	if e.AddedStateNIDs == nil {
-		e.AddedStateNIDs = []int64{}
-	}
-	if e.RemovedStateNIDs == nil {
-		e.RemovedStateNIDs = []int64{}
-	}
-	var pos int64
-	err := q.db.QueryRow(ctx, `INSERT INTO outbox (room_nid, event_nid, added_state_nids, removed_state_nids, txn_device_id, txn_id)
-		VALUES ($1, $2, $3, $4, $5, $6) RETURNING stream_pos`,
-		e.RoomNID, e.EventNID, e.AddedStateNIDs, e.RemovedStateNIDs, dev, txn).Scan(&pos)
-	if err != nil {
-		return 0, fmt.Errorf("insert outbox: %w", err)
-	}
-	return pos, nil
+// Pending is what the publisher reads in one round trip.
+type Pending struct {
+	// Entries are outbox entries after the watermark, in order.
+	Entries []OutboxEntry
+	// RedactedBy maps an entry's event NID to the applied redaction that
+	// redacted it; Targets maps an entry that is an applied redaction to
+	// its (stored) target.
+	RedactedBy, Targets map[int64]int64
 }
 
-// OutboxAfter returns up to limit entries with stream_pos > after, in order.
-func (q *Queries) OutboxAfter(ctx context.Context, after int64, limit int) ([]OutboxEntry, error) {
-	rows, err := q.db.Query(ctx, `SELECT stream_pos, room_nid, event_nid, added_state_nids, removed_state_nids,
-			txn_device_id, txn_id
-		FROM outbox WHERE stream_pos > $1 ORDER BY stream_pos LIMIT $2`, after, limit)
-	if err != nil {
-		return nil, fmt.Errorf("outbox: %w", err)
+// PendingOutbox returns up to limit outbox entries after max(after, the
+// stored watermark), with the applied redactions that involve them. When
+// saveMark is set it first moves the stored watermark to after, in the
+// same round trip.
+func (q *Queries) PendingOutbox(ctx context.Context, after int64, limit int, saveMark bool) (Pending, error) {
+	out := Pending{RedactedBy: map[int64]int64{}, Targets: map[int64]int64{}}
+	b := &pgx.Batch{}
+	if saveMark {
+		b.Queue(`UPDATE publish_watermark SET published_up_to = GREATEST(published_up_to, $1)`, after)
 	}
-	defer rows.Close()
-	var out []OutboxEntry
-	for rows.Next() {
-		var e OutboxEntry
-		var dev, txn *string
-		if err := rows.Scan(&e.StreamPos, &e.RoomNID, &e.EventNID, &e.AddedStateNIDs, &e.RemovedStateNIDs, &dev, &txn); err != nil {
-			return nil, err
+	const pending = `SELECT stream_pos, room_nid, event_nid, added_state_nids, removed_state_nids, txn_device_id, txn_id
+		FROM outbox WHERE stream_pos > GREATEST($1, (SELECT published_up_to FROM publish_watermark))
+		ORDER BY stream_pos LIMIT $2`
+	b.Queue(pending, after, limit).Query(func(rows pgx.Rows) error {
+		defer rows.Close()
+		for rows.Next() {
+			var e OutboxEntry
+			var dev, txn *string
+			if err := rows.Scan(&e.StreamPos, &e.RoomNID, &e.EventNID, &e.AddedStateNIDs, &e.RemovedStateNIDs, &dev, &txn); err != nil {
+				return err
+			}
+			if dev != nil && txn != nil {
+				e.HasTxn, e.TxnDeviceID, e.TxnID = true, *dev, *txn
+			}
+			out.Entries = append(out.Entries, e)
 		}
-		if dev != nil && txn != nil {
-			e.HasTxn, e.TxnDeviceID, e.TxnID = true, *dev, *txn
+		return rows.Err()
+	})
+	b.Queue(`WITH o AS (`+pending+`)
+		SELECT r.redaction_nid, e.event_nid FROM redactions r
+		JOIN events e ON e.event_id = r.target_event_id AND e.room_nid = r.room_nid
+		WHERE r.applied AND (r.redaction_nid IN (SELECT event_nid FROM o) OR e.event_nid IN (SELECT event_nid FROM o))
+		ORDER BY r.redaction_nid`, after, limit).Query(func(rows pgx.Rows) error {
+		defer rows.Close()
+		for rows.Next() {
+			var red, target int64
+			if err := rows.Scan(&red, &target); err != nil {
+				return err
+			}
+			if _, ok := out.RedactedBy[target]; !ok {
+				out.RedactedBy[target] = red
+			}
+			out.Targets[red] = target
 		}
-		out = append(out, e)
+		return rows.Err()
+	})
+	if err := q.db.SendBatch(ctx, b).Close(); err != nil {
+		return Pending{}, fmt.Errorf("pending outbox: %w", err)
 	}
-	return out, rows.Err()
-}
-
-// PublishedUpTo returns the publish watermark.
-func (q *Queries) PublishedUpTo(ctx context.Context) (int64, error) {
-	var pos int64
-	err := q.db.QueryRow(ctx, `SELECT published_up_to FROM publish_watermark`).Scan(&pos)
-	return pos, err
+	return out, nil
 }
 
 // SetPublishedUpTo moves the watermark forward (never back, so replicas
