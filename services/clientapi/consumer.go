@@ -108,7 +108,17 @@ func (s *Service) storeBatch(ctx context.Context, batch []jetstream.Msg) error {
 	}
 	backoff := 100 * time.Millisecond
 	for {
-		applied, err := s.store.Apply(ctx, inputs)
+		// Push rules are evaluated in the storing transaction (push_eval.go);
+		// notified collects who got a notification, for the pushers.
+		notified := map[string]bool{}
+		eval := func(ctx context.Context, rd store.Reader, a store.Applied) (store.PushOutcome, error) {
+			out, err := s.evaluatePush(ctx, rd, a)
+			for _, n := range out.Notifications {
+				notified[n.UserID] = true
+			}
+			return out, err
+		}
+		applied, err := s.store.ApplyWith(ctx, inputs, eval)
 		if err == nil {
 			for _, m := range batch {
 				if err := m.Ack(); err != nil {
@@ -116,6 +126,9 @@ func (s *Service) storeBatch(ctx context.Context, batch []jetstream.Msg) error {
 				}
 			}
 			s.notifier.committed(applied)
+			for u := range notified {
+				s.pushers.wake(u)
+			}
 			return nil
 		}
 		if ctx.Err() != nil {

@@ -20,7 +20,8 @@ type syncFilter struct {
 		NotRooms     []string  `json:"not_rooms"`
 		IncludeLeave bool      `json:"include_leave"`
 		Timeline     *struct {
-			Limit *int `json:"limit"`
+			Limit                     *int `json:"limit"`
+			UnreadThreadNotifications bool `json:"unread_thread_notifications"`
 		} `json:"timeline"`
 	} `json:"room"`
 }
@@ -56,6 +57,11 @@ func (f syncFilter) allowsRoom(roomID string) bool {
 		return false
 	}
 	return f.Room.Rooms == nil || slices.Contains(*f.Room.Rooms, roomID)
+}
+
+// unreadThreadNotifications: per-thread unread counts in /sync.
+func (f syncFilter) unreadThreadNotifications() bool {
+	return f.Room != nil && f.Room.Timeline != nil && f.Room.Timeline.UnreadThreadNotifications
 }
 
 func (f syncFilter) includeLeave() bool { return f.Room != nil && f.Room.IncludeLeave }

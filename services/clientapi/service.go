@@ -48,6 +48,10 @@ type Service struct {
 	presence   presencev1.PresenceServiceClient
 	// ephemeralConsumer wakes /sync on presence service changes.
 	ephemeralConsumer jetstream.Consumer
+	// receiptsConsumer copies read receipts for unread counts (push).
+	receiptsConsumer jetstream.Consumer
+	// pushers delivers notifications to push gateways.
+	pushers *pushDispatcher
 	// now is the clock for token expiry; tests replace it.
 	now func() time.Time
 }
@@ -82,12 +86,17 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		return nil, fmt.Errorf("load memberships: %w", err)
 	}
 	s.notifier = newNotifier(members)
+	s.pushers = newPushDispatcher(s)
 	if s.consumer, err = s.createConsumer(ctx); err != nil {
 		st.Close()
 		return nil, err
 	}
 	if s.presence != nil {
 		if s.ephemeralConsumer, err = s.createEphemeralConsumer(ctx); err != nil {
+			st.Close()
+			return nil, err
+		}
+		if s.receiptsConsumer, err = s.createPushReceiptsConsumer(ctx); err != nil {
 			st.Close()
 			return nil, err
 		}
@@ -102,12 +111,13 @@ func (s *Service) RegisterGRPC(*grpc.Server) {}
 // notifications) until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
 	defer s.notifier.close()
-	if s.ephemeralConsumer == nil {
-		return s.consume(ctx)
-	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.consume(gctx) })
-	g.Go(func() error { return s.consumeEphemeral(gctx) })
+	g.Go(func() error { return s.pushers.run(gctx) })
+	if s.ephemeralConsumer != nil {
+		g.Go(func() error { return s.consumeEphemeral(gctx) })
+		g.Go(func() error { return s.consumePushReceipts(gctx) })
+	}
 	return g.Wait()
 }
 

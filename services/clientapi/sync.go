@@ -46,6 +46,8 @@ type joinedRoom struct {
 	Ephemeral           eventList      `json:"ephemeral"`
 	AccountData         eventList      `json:"account_data"`
 	UnreadNotifications map[string]int `json:"unread_notifications"`
+	// UnreadThreadNotifications: per thread, when the filter asks (push.go).
+	UnreadThreadNotifications map[string]threadCounts `json:"unread_thread_notifications,omitempty"`
 }
 
 type invitedRoom struct {
@@ -143,8 +145,11 @@ func (s *Service) sync(r *http.Request, dev *device) (any, error) {
 		if opts.since != nil {
 			accountDataSince = opts.since.apos
 		}
-		apos, err := s.syncAccountData(ctx, dev.UserID, accountDataSince, opts.filter, resp)
+		apos, err := s.syncAccountData(ctx, dev.UserID, accountDataSince, opts.since == nil, opts.filter, resp)
 		if err != nil {
+			return nil, err
+		}
+		if err := s.addUnreadCounts(ctx, dev.UserID, opts.filter, pos, resp); err != nil {
 			return nil, err
 		}
 		resp.NextBatch = streamToken{pos: pos, epos: epos, apos: apos}.String()
