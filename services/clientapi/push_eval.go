@@ -40,29 +40,14 @@ func (s *Service) evaluatePush(ctx context.Context, rd store.Reader, a store.App
 	if s.isLocal(ev.Sender) {
 		out.OwnRead = &store.OwnRead{UserID: ev.Sender, RoomID: ev.RoomID, ThreadID: thread, EventID: ev.EventID}
 	}
-	state, err := rd.CurrentState(ctx, ev.RoomID, []string{spec.MRoomMember, spec.MRoomPowerLevels, spec.MRoomCreate})
+	joinedUsers, err := rd.JoinedRoomMembers(ctx, ev.RoomID)
 	if err != nil {
 		return out, err
 	}
-	members := map[string]store.CurrentStateEvent{}
 	var recipients []string
-	var create, power []byte
-	joined := 0
-	for _, st := range state {
-		switch st.Type {
-		case spec.MRoomMember:
-			if st.Membership != store.MembershipJoin {
-				continue
-			}
-			joined++
-			members[st.StateKey] = st
-			if st.StateKey != ev.Sender && s.isLocal(st.StateKey) {
-				recipients = append(recipients, st.StateKey)
-			}
-		case spec.MRoomCreate:
-			create = st.JSON
-		case spec.MRoomPowerLevels:
-			power = st.JSON
+	for _, u := range joinedUsers {
+		if u != ev.Sender && s.isLocal(u) {
+			recipients = append(recipients, u)
 		}
 	}
 	if ev.Type == spec.MRoomMember && ev.Membership == store.MembershipInvite && ev.StateKey != nil &&
@@ -80,7 +65,23 @@ func (s *Service) evaluatePush(ctx context.Context, rd store.Reader, a store.App
 	if n, ok := pe.fields["origin_server_ts"].(json.Number); ok {
 		ts, _ = n.Int64()
 	}
-	room := pushRoom{memberCount: joined}
+	state, err := rd.CurrentState(ctx, ev.RoomID, []string{spec.MRoomPowerLevels, spec.MRoomCreate})
+	if err != nil {
+		return out, err
+	}
+	var create, power []byte
+	for _, st := range state {
+		if st.StateKey != "" {
+			continue
+		}
+		switch st.Type {
+		case spec.MRoomCreate:
+			create = st.JSON
+		case spec.MRoomPowerLevels:
+			power = st.JSON
+		}
+	}
+	room := pushRoom{memberCount: len(joinedUsers)}
 	room.senderLevel, room.notifyLevels = powerFor(create, power, ev.Sender)
 	stored, err := rd.GlobalAccountData(ctx, recipients, pushRulesType)
 	if err != nil {
@@ -88,7 +89,7 @@ func (s *Service) evaluatePush(ctx context.Context, rd store.Reader, a store.App
 	}
 	for _, user := range recipients {
 		rules := mergeRules(user, stored[user])
-		room.displayName = displayNameOf(members[user].JSON)
+		room.displayName = func() string { return displayNameIn(ctx, rd, ev.RoomID, user) }
 		acts := rules.evaluate(pe, &room)
 		notify, highlight, _ := pushTweaks(acts)
 		if !notify {
@@ -127,14 +128,19 @@ func threadOf(ctx context.Context, rd store.Reader, relatesTo, relType string) (
 	return threadMain, nil
 }
 
-// displayNameOf reads displayname from a member event in client format.
-func displayNameOf(memberJSON []byte) string {
+// displayNameIn reads the user's display name in the room, only when a
+// rule asks (contains_display_name is in no default rule of v1.19).
+func displayNameIn(ctx context.Context, rd store.Reader, roomID, userID string) string {
+	st, err := rd.CurrentStateEvent(ctx, roomID, spec.MRoomMember, userID)
+	if err != nil {
+		return ""
+	}
 	var ev struct {
 		Content struct {
 			DisplayName string `json:"displayname"`
 		} `json:"content"`
 	}
-	if len(memberJSON) == 0 || json.Unmarshal(memberJSON, &ev) != nil {
+	if json.Unmarshal(st.JSON, &ev) != nil {
 		return ""
 	}
 	return ev.Content.DisplayName

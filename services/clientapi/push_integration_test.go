@@ -7,8 +7,8 @@ package clientapi_test
 
 import (
 	"context"
-	"errors"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -332,7 +332,7 @@ func TestPushCountsNotificationsAndGateway(t *testing.T) {
 		"sender_display_name": n["sender_display_name"] == "Alice A",
 		"room_name":           n["room_name"] == "Lunch room",
 		"content":             content["body"] == "message 0",
-		"prio":                n["prio"] == "high", // room_one_to_one sets a sound
+		"prio":                n["prio"] == "high",                                   // room_one_to_one sets a sound
 		"counts":              n["counts"].(map[string]any)["unread"].(float64) >= 1, // at send time: 1 to 3
 		"app_id":              dev["app_id"] == "org.example.app",
 		"pushkey":             dev["pushkey"] == "bob-full",

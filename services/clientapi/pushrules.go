@@ -268,8 +268,9 @@ func (e *pushEvent) lookup(key string) (any, bool) {
 // pushRoom is what room-dependent conditions need.
 type pushRoom struct {
 	memberCount int
-	// displayName is the user's display name in the room.
-	displayName string
+	// displayName returns the user's display name in the room (read
+	// only when a rule needs it).
+	displayName func() string
 	// senderLevel is the sender's power level.
 	senderLevel int64
 	// notifyLevels holds the power levels' "notifications" by key.
@@ -374,10 +375,11 @@ func (c pushCondition) matches(ev *pushEvent, room *pushRoom) bool {
 		}
 		return slices.ContainsFunc(arr, func(x any) bool { return scalarEqual(x, want) })
 	case "contains_display_name":
-		if room.displayName == "" || ev.body == "" {
+		if room.displayName == nil || ev.body == "" {
 			return false
 		}
-		return literalWords(room.displayName).MatchString(ev.body)
+		name := room.displayName()
+		return name != "" && literalWords(name).MatchString(ev.body)
 	case "room_member_count":
 		return memberCountMatches(c.Is, room.memberCount)
 	case "sender_notification_permission":

@@ -21,7 +21,9 @@ func TestPushConditions(t *testing.T) {
 	topic := func(v string) string {
 		return `{"type":"m.room.topic","state_key":"","sender":"@a:x","content":{"topic":` + v + `}}`
 	}
-	body := func(v string) string { return `{"type":"m.room.message","sender":"@a:x","content":{"body":"` + v + `"}}` }
+	body := func(v string) string {
+		return `{"type":"m.room.message","sender":"@a:x","content":{"body":"` + v + `"}}`
+	}
 	cond := func(c string) pushCondition {
 		var pc pushCondition
 		if err := json.Unmarshal([]byte(c), &pc); err != nil {
@@ -35,10 +37,10 @@ func TestPushConditions(t *testing.T) {
 	aliases := `{"kind":"event_property_contains","key":"content.alt_aliases","value":"#myroom:example.com"}`
 	create := func(v string) string { return `{"type":"m.room.create","content":{"m.federate":` + v + `}}` }
 	canon := func(v string) string { return `{"type":"m.room.canonical_alias","content":{"alt_aliases":` + v + `}}` }
-	room := &pushRoom{memberCount: 2, displayName: "Bob Smith", senderLevel: 50, notifyLevels: map[string]int64{}}
+	room := &pushRoom{memberCount: 2, displayName: func() string { return "Bob Smith" }, senderLevel: 50, notifyLevels: map[string]int64{}}
 	cases := []struct {
 		name, cond, event string
-		want             bool
+		want              bool
 	}{
 		{"glob matches whole value", lunch, topic(`"Lunch plans"`), true},
 		{"case-insensitive, * may be empty", lunch, topic(`"LUNCH"`), true},

@@ -223,3 +223,14 @@ func (r Reader) GlobalAccountData(ctx context.Context, users []string, typ strin
 	}
 	return out, rows.Err()
 }
+
+// JoinedRoomMembers returns the users joined to a room per its current
+// state, without their member events (cheap for big rooms).
+func (r Reader) JoinedRoomMembers(ctx context.Context, roomID string) ([]string, error) {
+	rows, err := r.q.Query(ctx, `SELECT state_key FROM current_state
+		WHERE room_id = $1 AND type = 'm.room.member' AND membership = 'join'`, roomID)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
