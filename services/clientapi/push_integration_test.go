@@ -603,6 +603,24 @@ func TestPushRulesAPI(t *testing.T) {
 	if len(rsBob.Content) != 0 || rsBob.Override[0].Enabled {
 		t.Fatalf("bob sees alice's rules: %+v", rsBob)
 	}
+	// Concurrent changes are not lost (each is a read-modify-write).
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := bob.PutPushRule(ctx, "global", pushrules.ContentRule, fmt.Sprintf("c%d", i),
+				&mautrix.ReqPutPushRule{Actions: notify, Pattern: "p"}); err != nil {
+				t.Errorf("concurrent put %d: %v", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	rsBob, err = bob.GetPushRules(ctx)
+	must(t, "bob's rules", err)
+	if len(rsBob.Content) != 8 {
+		t.Fatalf("after 8 concurrent puts bob has %d content rules", len(rsBob.Content))
+	}
 	must(t, "delete cake", alice.DeletePushRule(ctx, "global", pushrules.ContentRule, "cake"))
 	_, err = alice.GetPushRule(ctx, "global", pushrules.ContentRule, "cake")
 	wantErr(t, "deleted rule", err, mautrix.MNotFound)

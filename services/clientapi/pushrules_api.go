@@ -53,12 +53,22 @@ func (s *Service) pushRulesContent(ctx context.Context, userID string) ([]byte, 
 	return json.Marshal(pushRulesContent{Global: rs})
 }
 
-func (s *Service) savePushRules(ctx context.Context, userID string, rs pushRuleset) error {
-	raw, err := json.Marshal(pushRulesContent{Global: rs})
+// modifyPushRules applies fn to the user's rule set and stores the result,
+// under the user's account data lock (concurrent changes are not lost),
+// then wakes their long polls (m.push_rules is in /sync).
+func (s *Service) modifyPushRules(ctx context.Context, userID string, fn func(rs *pushRuleset) error) error {
+	_, err := s.store.UpdateAccountData(ctx, userID, "", pushRulesType, func(old []byte) ([]byte, error) {
+		rs := mergeRules(userID, old)
+		if err := fn(&rs); err != nil {
+			return nil, err
+		}
+		return json.Marshal(pushRulesContent{Global: rs})
+	})
 	if err != nil {
 		return err
 	}
-	return s.storeAccountData(ctx, userID, "", pushRulesType, raw)
+	s.notifier.wake(userID)
+	return nil
 }
 
 func (s *Service) getAllPushRules(r *http.Request, dev *device) (any, error) {
@@ -209,42 +219,42 @@ func (s *Service) putPushRule(r *http.Request, dev *device) (any, error) {
 		}
 	}
 
-	ctx := r.Context()
-	rs, err := s.loadPushRules(ctx, dev.UserID)
+	err = s.modifyPushRules(r.Context(), dev.UserID, func(rs *pushRuleset) error {
+		rules := *rs.kind(kind)
+		at := findRule(rules, ruleID)
+		if at >= 0 {
+			rule.Enabled = rules[at].Enabled // an update keeps the enabled flag
+			if before == "" && after == "" {
+				rules[at] = rule
+				return nil
+			}
+			rules = slices.Delete(rules, at, at+1)
+		}
+		var pos int
+		switch {
+		case before != "":
+			if pos = findRule(rules, before); pos < 0 {
+				return matrixhttp.Errorf(http.StatusBadRequest, "M_UNKNOWN", "before/after rule not found: %s", before)
+			}
+		case after != "":
+			if pos = findRule(rules, after); pos < 0 {
+				return matrixhttp.Errorf(http.StatusBadRequest, "M_UNKNOWN", "before/after rule not found: %s", after)
+			}
+			pos++
+		default:
+			// The most important user-defined rule of its kind: after the
+			// master rule, before every other rule.
+			for pos < len(rules) && rules[pos].RuleID == ".m.rule.master" {
+				pos++
+			}
+		}
+		*rs.kind(kind) = slices.Insert(rules, pos, rule)
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	rules := *rs.kind(kind)
-	at := findRule(rules, ruleID)
-	if at >= 0 {
-		rule.Enabled = rules[at].Enabled // an update keeps the enabled flag
-		if before == "" && after == "" {
-			rules[at] = rule
-			*rs.kind(kind) = rules
-			return struct{}{}, s.savePushRules(ctx, dev.UserID, rs)
-		}
-		rules = slices.Delete(rules, at, at+1)
-	}
-	var pos int
-	switch {
-	case before != "":
-		if pos = findRule(rules, before); pos < 0 {
-			return nil, matrixhttp.Errorf(http.StatusBadRequest, "M_UNKNOWN", "before/after rule not found: %s", before)
-		}
-	case after != "":
-		if pos = findRule(rules, after); pos < 0 {
-			return nil, matrixhttp.Errorf(http.StatusBadRequest, "M_UNKNOWN", "before/after rule not found: %s", after)
-		}
-		pos++
-	default:
-		// The most important user-defined rule of its kind: after the
-		// master rule, before every other rule.
-		for pos < len(rules) && rules[pos].RuleID == ".m.rule.master" {
-			pos++
-		}
-	}
-	*rs.kind(kind) = slices.Insert(rules, pos, rule)
-	return struct{}{}, s.savePushRules(ctx, dev.UserID, rs)
+	return struct{}{}, nil
 }
 
 func (s *Service) deletePushRule(r *http.Request, dev *device) (any, error) {
@@ -252,21 +262,22 @@ func (s *Service) deletePushRule(r *http.Request, dev *device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	ctx := r.Context()
-	rs, err := s.loadPushRules(ctx, dev.UserID)
+	err = s.modifyPushRules(r.Context(), dev.UserID, func(rs *pushRuleset) error {
+		rules := *rs.kind(kind)
+		i := findRule(rules, ruleID)
+		if i < 0 {
+			return ruleNotFound()
+		}
+		if rules[i].Default {
+			return matrixhttp.InvalidParam("Server-default rules cannot be deleted")
+		}
+		*rs.kind(kind) = slices.Delete(rules, i, i+1)
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	rules := *rs.kind(kind)
-	i := findRule(rules, ruleID)
-	if i < 0 {
-		return nil, ruleNotFound()
-	}
-	if rules[i].Default {
-		return nil, matrixhttp.InvalidParam("Server-default rules cannot be deleted")
-	}
-	*rs.kind(kind) = slices.Delete(rules, i, i+1)
-	return struct{}{}, s.savePushRules(ctx, dev.UserID, rs)
+	return struct{}{}, nil
 }
 
 func pushRuleAttr(r *http.Request) (string, error) {
@@ -322,20 +333,21 @@ func (s *Service) putPushRuleAttr(r *http.Request, dev *device) (any, error) {
 			return nil, err
 		}
 	}
-	ctx := r.Context()
-	rs, err := s.loadPushRules(ctx, dev.UserID)
+	err = s.modifyPushRules(r.Context(), dev.UserID, func(rs *pushRuleset) error {
+		rules := *rs.kind(kind)
+		i := findRule(rules, ruleID)
+		if i < 0 {
+			return ruleNotFound()
+		}
+		if attr == "enabled" {
+			rules[i].Enabled = *body.Enabled
+		} else {
+			rules[i].Actions = cleanActions(*body.Actions)
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	rules := *rs.kind(kind)
-	i := findRule(rules, ruleID)
-	if i < 0 {
-		return nil, ruleNotFound()
-	}
-	if attr == "enabled" {
-		rules[i].Enabled = *body.Enabled
-	} else {
-		rules[i].Actions = cleanActions(*body.Actions)
-	}
-	return struct{}{}, s.savePushRules(ctx, dev.UserID, rs)
+	return struct{}{}, nil
 }
