@@ -9,6 +9,7 @@ import (
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
+	"go.uber.org/zap"
 
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
@@ -59,7 +60,10 @@ func (s *Service) evaluatePush(ctx context.Context, rd store.Reader, a store.App
 	}
 	pe, err := newPushEvent(ev.JSON, ev.RoomID)
 	if err != nil {
-		return out, err
+		// Our own client-format JSON; never expected. Failing would stall
+		// the consumer on this batch forever, so no notification instead.
+		s.log.Error("push rules: undecodable event", zap.String("event_id", ev.EventID), zap.Error(err))
+		return out, nil
 	}
 	var ts int64
 	if n, ok := pe.fields["origin_server_ts"].(json.Number); ok {
