@@ -65,6 +65,9 @@ func ReceiptsSubject(roomID string) string {
 	return ephemeralPrefix + KindReceipts + "." + token(roomID)
 }
 
+// ReceiptsAllSubjects matches every room's receipt changes.
+const ReceiptsAllSubjects = ephemeralPrefix + KindReceipts + ".>"
+
 // PresenceSubject carries a user's presence changes.
 func PresenceSubject(userID string) string {
 	return ephemeralPrefix + KindStatus + "." + token(userID)

@@ -114,6 +114,10 @@ func (s *Service) getAccountData(r *http.Request, dev *device, perRoom bool) (an
 	if err != nil {
 		return nil, err
 	}
+	if roomID == "" && typ == pushRulesType {
+		content, err := s.pushRulesContent(r.Context(), dev.UserID)
+		return json.RawMessage(content), err
+	}
 	content, err := s.store.GetAccountData(r.Context(), dev.UserID, roomID, typ)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, matrixhttp.NotFound("No account data of this type")
@@ -212,59 +216,112 @@ func (s *Service) changeTag(r *http.Request, dev *device, put bool) (any, error)
 // response — global, and for rooms the user is joined to (or left in this
 // response) that the filter's room list allows — and returns the user's
 // account data position for next_batch. Filters' account_data sections
-// are not applied.
-func (s *Service) syncAccountData(ctx context.Context, userID string, since int64, filter syncFilter, resp *syncResponse) (int64, error) {
-	entries, latest, err := s.store.Reader().AccountDataSince(ctx, userID, since)
+// are not applied. The position also covers changes of the user's read
+// receipts (push_receipts shares the sequence): a joined room whose
+// unread counts changed that way appears, so the new counts reach the
+// client. An initial sync always carries m.push_rules (the defaults when
+// the user never changed a rule, so nothing is stored).
+func (s *Service) syncAccountData(ctx context.Context, userID string, since int64, initial bool, filter syncFilter, resp *syncResponse) (int64, error) {
+	rd := s.store.Reader()
+	entries, latest, err := rd.AccountDataSince(ctx, userID, since)
 	if err != nil {
 		return 0, err
 	}
-	var joined map[string]bool
+	rooms := &joinedRoomsCache{userID: userID, rd: rd}
+	havePushRules := false
 	for _, e := range entries {
 		ev, err := json.Marshal(map[string]any{"type": e.Type, "content": json.RawMessage(e.Content)})
 		if err != nil {
 			return 0, err
 		}
 		if e.RoomID == "" {
+			havePushRules = havePushRules || e.Type == pushRulesType
 			resp.AccountData.Events = append(resp.AccountData.Events, ev)
 			continue
 		}
-		if jr := resp.Rooms.Join[e.RoomID]; jr != nil {
-			jr.AccountData.Events = append(jr.AccountData.Events, ev)
-			continue
-		}
-		if lr := resp.Rooms.Leave[e.RoomID]; lr != nil {
+		if lr := resp.Rooms.Leave[e.RoomID]; lr != nil && resp.Rooms.Join[e.RoomID] == nil {
 			lr.AccountData.Events = append(lr.AccountData.Events, ev)
 			continue
 		}
-		if joined == nil {
-			rooms, err := s.store.Reader().JoinedRooms(ctx, userID)
-			if err != nil {
-				return 0, err
-			}
-			joined = map[string]bool{}
-			for _, r := range rooms {
-				joined[r] = true
-			}
-		}
-		if !joined[e.RoomID] || !filter.allowsRoom(e.RoomID) {
-			// A room the user is not in (or filtered out): its data is
-			// in the next initial sync.
-			continue
-		}
-		// A joined room with no new events: an entry with only account data.
-		summaries, err := s.store.Reader().RoomSummaries(ctx, []string{e.RoomID}, userID)
+		jr, err := s.syncRoomEntry(ctx, rooms, e.RoomID, filter, resp)
 		if err != nil {
 			return 0, err
 		}
-		jr := &joinedRoom{
-			Summary:             toSummary(summaries[e.RoomID]),
-			State:               emptyEvents(),
-			Timeline:            timelineBatch{Events: []json.RawMessage{}},
-			Ephemeral:           emptyEvents(),
-			AccountData:         eventList{Events: []json.RawMessage{ev}},
-			UnreadNotifications: map[string]int{},
+		if jr != nil {
+			jr.AccountData.Events = append(jr.AccountData.Events, ev)
 		}
-		resp.Rooms.Join[e.RoomID] = jr
 	}
-	return latest, nil
+	if initial && !havePushRules {
+		content, err := s.pushRulesContent(ctx, userID)
+		if err != nil {
+			return 0, err
+		}
+		ev, err := json.Marshal(map[string]any{"type": pushRulesType, "content": json.RawMessage(content)})
+		if err != nil {
+			return 0, err
+		}
+		resp.AccountData.Events = append(resp.AccountData.Events, ev)
+	}
+	changed, rlatest, err := rd.ReceiptChangesSince(ctx, userID, since)
+	if err != nil {
+		return 0, err
+	}
+	for _, roomID := range changed {
+		if _, err := s.syncRoomEntry(ctx, rooms, roomID, filter, resp); err != nil {
+			return 0, err
+		}
+	}
+	return max(latest, rlatest), nil
+}
+
+// joinedRoomsCache reads the user's joined rooms once, when first needed.
+type joinedRoomsCache struct {
+	userID string
+	rd     store.Reader
+	joined map[string]bool
+}
+
+func (c *joinedRoomsCache) has(ctx context.Context, roomID string) (bool, error) {
+	if c.joined == nil {
+		rooms, err := c.rd.JoinedRooms(ctx, c.userID)
+		if err != nil {
+			return false, err
+		}
+		c.joined = map[string]bool{}
+		for _, r := range rooms {
+			c.joined[r] = true
+		}
+	}
+	return c.joined[roomID], nil
+}
+
+// syncRoomEntry returns the response's entry for a joined room, adding one
+// with no new events when the room has none yet; nil for rooms the user is
+// not joined to or the filter leaves out (their data is in the next
+// initial sync).
+func (s *Service) syncRoomEntry(ctx context.Context, rooms *joinedRoomsCache, roomID string, filter syncFilter, resp *syncResponse) (*joinedRoom, error) {
+	if jr := resp.Rooms.Join[roomID]; jr != nil {
+		return jr, nil
+	}
+	if resp.Rooms.Leave[roomID] != nil || !filter.allowsRoom(roomID) {
+		return nil, nil
+	}
+	joined, err := rooms.has(ctx, roomID)
+	if err != nil || !joined {
+		return nil, err
+	}
+	summaries, err := rooms.rd.RoomSummaries(ctx, []string{roomID}, rooms.userID)
+	if err != nil {
+		return nil, err
+	}
+	jr := &joinedRoom{
+		Summary:             toSummary(summaries[roomID]),
+		State:               emptyEvents(),
+		Timeline:            timelineBatch{Events: []json.RawMessage{}},
+		Ephemeral:           emptyEvents(),
+		AccountData:         emptyEvents(),
+		UnreadNotifications: map[string]int{},
+	}
+	resp.Rooms.Join[roomID] = jr
+	return jr, nil
 }

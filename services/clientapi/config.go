@@ -30,6 +30,25 @@ type Config struct {
 	// ConsumerName is the durable JetStream consumer that feeds the
 	// client-API's copy of room events.
 	ConsumerName string `yaml:"consumer_name"`
+	// Push configures notifications and HTTP pushers (pushers.go).
+	Push PushConfig `yaml:"push"`
+}
+
+// PushConfig configures the receipt copy that resets unread counts and
+// the delivery of HTTP pushers.
+type PushConfig struct {
+	// ReceiptsConsumerName is the durable JetStream consumer of the
+	// presence service's receipt changes (resets unread counts).
+	ReceiptsConsumerName string `yaml:"receipts_consumer_name"`
+	// InitialBackoff is the wait after a failed push gateway request; it
+	// doubles after each further failure, up to MaxBackoff.
+	InitialBackoff time.Duration `yaml:"initial_backoff"`
+	MaxBackoff     time.Duration `yaml:"max_backoff"`
+	// MaxAttempts bounds the requests for one notification; after the
+	// last failure the pusher skips it.
+	MaxAttempts int `yaml:"max_attempts"`
+	// RequestTimeout bounds one push gateway request.
+	RequestTimeout time.Duration `yaml:"request_timeout"`
 }
 
 // RateLimitConfig configures the token-bucket rate limiter. Register and
@@ -82,6 +101,13 @@ func DefaultConfig() Config {
 			MaxTimeout:           5 * time.Minute,
 		},
 		ConsumerName: "clientapi-sync",
+		Push: PushConfig{
+			ReceiptsConsumerName: "clientapi-push-receipts",
+			InitialBackoff:       time.Second,
+			MaxBackoff:           10 * time.Minute,
+			MaxAttempts:          12,
+			RequestTimeout:       30 * time.Second,
+		},
 	}
 }
 
@@ -116,6 +142,12 @@ func (c Config) Validate() error {
 	}
 	if c.ConsumerName == "" {
 		errs = append(errs, errors.New("consumer_name must be set"))
+	}
+	if c.Push.ReceiptsConsumerName == "" {
+		errs = append(errs, errors.New("push.receipts_consumer_name must be set"))
+	}
+	if c.Push.InitialBackoff <= 0 || c.Push.MaxBackoff < c.Push.InitialBackoff || c.Push.MaxAttempts < 1 || c.Push.RequestTimeout <= 0 {
+		errs = append(errs, errors.New("push: need 0 < initial_backoff <= max_backoff, max_attempts >= 1, request_timeout > 0"))
 	}
 	return errors.Join(errs...)
 }

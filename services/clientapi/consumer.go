@@ -7,6 +7,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/myelin-chat/myelin/pkg/bus"
@@ -34,9 +35,9 @@ func (s *Service) createConsumer(ctx context.Context) (jetstream.Consumer, error
 	return cons, nil
 }
 
-// consume stores room events while this replica holds the consumer lock
-// (store.ConsumerLock): one replica at a time consumes, the others wait to
-// take over. It returns when ctx ends.
+// consume does the single-writer work (lead) while this replica holds the
+// consumer lock (store.ConsumerLock): one replica at a time, the others
+// wait to take over. It returns when ctx ends.
 func (s *Service) consume(ctx context.Context) error {
 	for {
 		lock, err := s.store.AcquireConsumerLock(ctx, s.cfg.ConsumerName)
@@ -55,7 +56,7 @@ func (s *Service) consume(ctx context.Context) error {
 		s.log.Info("consuming room events", zap.String("consumer", s.cfg.ConsumerName))
 		leadCtx, cancel := context.WithCancel(ctx)
 		go s.watchLock(leadCtx, cancel, lock)
-		err = s.consumeRoomEvents(leadCtx)
+		err = s.lead(leadCtx)
 		cancel()
 		lock.Release()
 		if err != nil || ctx.Err() != nil {
@@ -63,6 +64,20 @@ func (s *Service) consume(ctx context.Context) error {
 		}
 		// The lock's connection failed: stop, then compete for it again.
 	}
+}
+
+// lead is the work of the replica holding the consumer lock: storing room
+// events, delivering pushes (one deliverer, so no notification is pushed
+// twice) and copying read receipts for unread counts (one writer, in
+// order). It returns when ctx ends.
+func (s *Service) lead(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.consumeRoomEvents(gctx) })
+	g.Go(func() error { return s.pushers.run(gctx) })
+	if s.receiptsConsumer != nil {
+		g.Go(func() error { return s.consumePushReceipts(gctx) })
+	}
+	return g.Wait()
 }
 
 // watchLock cancels the consumer when its lock's connection is lost, since
@@ -161,14 +176,29 @@ func (s *Service) storeBatch(ctx context.Context, batch []jetstream.Msg) error {
 		inputs = append(inputs, in)
 	}
 	var applied []store.Applied
+	var notified map[string]bool
 	err := s.retry(ctx, "store room events", func() (err error) {
-		applied, err = s.store.Apply(ctx, inputs)
+		// Push rules are evaluated in the storing transaction
+		// (push_eval.go); notified collects who got a notification, for
+		// the pushers.
+		notified = map[string]bool{}
+		eval := func(ctx context.Context, rd store.Reader, a store.Applied) (store.PushOutcome, error) {
+			out, err := s.evaluatePush(ctx, rd, a)
+			for _, n := range out.Notifications {
+				notified[n.UserID] = true
+			}
+			return out, err
+		}
+		applied, err = s.store.ApplyWith(ctx, inputs, eval)
 		return err
 	})
 	if err != nil {
 		return err
 	}
 	s.announceCommitted(applied)
+	for u := range notified {
+		s.pushers.wake(u)
+	}
 	if rooms := guestAccessChanged(inputs); len(rooms) > 0 {
 		if err := s.retry(ctx, "remove guests", func() error { return s.removeGuests(ctx, rooms) }); err != nil {
 			return err

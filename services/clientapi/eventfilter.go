@@ -26,6 +26,8 @@ type roomEventFilter struct {
 	ContainsURL             *bool     `json:"contains_url"`
 	LazyLoadMembers         bool      `json:"lazy_load_members"`
 	IncludeRedundantMembers bool      `json:"include_redundant_members"`
+	// UnreadThreadNotifications asks /sync for per-thread unread counts.
+	UnreadThreadNotifications bool `json:"unread_thread_notifications"`
 }
 
 // parseRoomEventFilter parses the filter query parameter ("" = none).

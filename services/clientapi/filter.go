@@ -95,6 +95,11 @@ func (f syncFilter) allowsRoom(roomID string) bool {
 	return f.Room.Rooms == nil || slices.Contains(*f.Room.Rooms, roomID)
 }
 
+// unreadThreadNotifications: per-thread unread counts in /sync.
+func (f syncFilter) unreadThreadNotifications() bool {
+	return f.Room != nil && f.Room.Timeline != nil && f.Room.Timeline.UnreadThreadNotifications
+}
+
 func (f syncFilter) includeLeave() bool { return f.Room != nil && f.Room.IncludeLeave }
 
 // filterUser checks the {userId} of the filter endpoints is the caller.

@@ -123,7 +123,7 @@ func (s *Service) initialSync(r *http.Request, dev *device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	apos, err := s.syncAccountData(ctx, dev.UserID, 0, opts.filter, resp)
+	apos, err := s.syncAccountData(ctx, dev.UserID, 0, true, opts.filter, resp)
 	if err != nil {
 		return nil, err
 	}

@@ -34,7 +34,7 @@ var clientPrefixes = []string{"/_matrix/client/v3", "/_matrix/client/r0"}
 
 // routes is the client-API's route table.
 func (s *Service) routes() []route {
-	return append(append(s.coreRoutes(), s.ephemeralRoutes()...), s.searchRoutes()...)
+	return append(append(append(s.coreRoutes(), s.ephemeralRoutes()...), s.searchRoutes()...), s.pushRoutes()...)
 }
 
 // coreRoutes are the routes defined in this file.

@@ -52,6 +52,10 @@ type Service struct {
 	ephemeralConsumer jetstream.Consumer
 	// wakeBus carries wake-ups between client-API replicas (notifier_bus.go).
 	wakeBus *wakeBus
+	// receiptsConsumer copies read receipts for unread counts (push).
+	receiptsConsumer jetstream.Consumer
+	// pushers delivers notifications to push gateways.
+	pushers *pushDispatcher
 	// now is the clock for token expiry; tests replace it.
 	now func() time.Time
 }
@@ -91,6 +95,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		st.Close()
 		return nil, err
 	}
+	s.pushers = newPushDispatcher(s)
 	if s.consumer, err = s.createConsumer(ctx); err != nil {
 		s.wakeBus.stop()
 		st.Close()
@@ -102,6 +107,11 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 			st.Close()
 			return nil, err
 		}
+		if s.receiptsConsumer, err = s.createPushReceiptsConsumer(ctx); err != nil {
+			s.wakeBus.stop()
+			st.Close()
+			return nil, err
+		}
 	}
 	return s, nil
 }
@@ -109,16 +119,16 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 // RegisterGRPC is a no-op: the client-API serves no gRPC API.
 func (s *Service) RegisterGRPC(*grpc.Server) {}
 
-// Run consumes room events (and the presence service's change
-// notifications) until ctx ends.
+// Run consumes room events, delivers pushes and copies receipts while this
+// replica leads (consume), and follows the presence service's change
+// notifications, until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
 	defer s.notifier.close()
-	if s.ephemeralConsumer == nil {
-		return s.consume(ctx)
-	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.consume(gctx) })
-	g.Go(func() error { return s.consumeEphemeral(gctx) })
+	if s.ephemeralConsumer != nil {
+		g.Go(func() error { return s.consumeEphemeral(gctx) })
+	}
 	return g.Wait()
 }
 

@@ -43,6 +43,8 @@ type joinedRoom struct {
 	Ephemeral           eventList      `json:"ephemeral"`
 	AccountData         eventList      `json:"account_data"`
 	UnreadNotifications map[string]int `json:"unread_notifications"`
+	// UnreadThreadNotifications: per thread, when the filter asks (push.go).
+	UnreadThreadNotifications map[string]threadCounts `json:"unread_thread_notifications,omitempty"`
 }
 
 type invitedRoom struct {
@@ -141,12 +143,15 @@ func (s *Service) sync(r *http.Request, dev *device) (any, error) {
 		if opts.since != nil {
 			accountDataSince = opts.since.apos
 		}
-		apos, err := s.syncAccountData(ctx, dev.UserID, accountDataSince, opts.filter, resp)
+		apos, err := s.syncAccountData(ctx, dev.UserID, accountDataSince, opts.since == nil, opts.filter, resp)
 		if err != nil {
 			return nil, err
 		}
 		dpos, err := s.syncToDevice(ctx, dev, opts.since.toDevicePos(), resp)
 		if err != nil {
+			return nil, err
+		}
+		if err := s.addUnreadCounts(ctx, dev.UserID, opts.filter, pos, resp); err != nil {
 			return nil, err
 		}
 		if err := s.applyFilter(ctx, opts.filter, resp); err != nil {

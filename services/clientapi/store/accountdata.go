@@ -75,3 +75,31 @@ func (r Reader) AccountDataEntry(ctx context.Context, userID, roomID, typ string
 	}
 	return content, err
 }
+
+// UpdateAccountData rewrites one entry with fn(current content, nil when
+// none) under the user's account data lock, so concurrent read-modify-
+// write updates (push rules) do not lose each other's changes. An error
+// from fn aborts the update and is returned as is.
+func (s *Store) UpdateAccountData(ctx context.Context, userID, roomID, typ string, fn func(old []byte) ([]byte, error)) (int64, error) {
+	var pos int64
+	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('myelin.account_data.' || $1))`, userID); err != nil {
+			return err
+		}
+		var old []byte
+		err := tx.QueryRow(ctx, `SELECT content FROM account_data WHERE user_id = $1 AND room_id = $2 AND type = $3`,
+			userID, roomID, typ).Scan(&old)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return err
+		}
+		content, err := fn(old)
+		if err != nil {
+			return err
+		}
+		return tx.QueryRow(ctx, `INSERT INTO account_data (user_id, room_id, type, content, pos)
+			VALUES ($1, $2, $3, $4, nextval('account_data_pos'))
+			ON CONFLICT (user_id, room_id, type) DO UPDATE SET content = EXCLUDED.content, pos = EXCLUDED.pos
+			RETURNING pos`, userID, roomID, typ, content).Scan(&pos)
+	})
+	return pos, err
+}

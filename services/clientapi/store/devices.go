@@ -82,8 +82,8 @@ func (s *Store) SetPassword(ctx context.Context, localpart, userID, hash string,
 }
 
 // Deactivate marks an account deactivated, removes its password and
-// profile, and deletes its devices, tokens and UIA sessions. The user ID
-// stays taken.
+// profile, and deletes its devices, tokens, UIA sessions and pushers. The
+// user ID stays taken.
 func (s *Store) Deactivate(ctx context.Context, localpart, userID string) error {
 	return pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `UPDATE accounts SET deactivated = true, password_hash = NULL,
@@ -94,6 +94,9 @@ func (s *Store) Deactivate(ctx context.Context, localpart, userID string) error 
 			return err
 		}
 		if _, err := tx.Exec(ctx, `DELETE FROM uia_sessions WHERE user_id = $1`, userID); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM pushers WHERE user_id = $1`, userID); err != nil {
 			return err
 		}
 		return deleteAllDevices(ctx, tx, userID, "")

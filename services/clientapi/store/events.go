@@ -86,6 +86,14 @@ type Applied struct {
 // already stored (same event ID) are skipped with their state changes, so
 // applying a batch twice is harmless.
 func (s *Store) Apply(ctx context.Context, inputs []Input) ([]Applied, error) {
+	return s.ApplyWith(ctx, inputs, nil)
+}
+
+// ApplyWith is Apply that also evaluates each newly stored event with eval
+// (push rules) and stores the outcome in the same transaction, so an
+// event and its notifications commit together and a redelivered event
+// (skipped) is not evaluated twice.
+func (s *Store) ApplyWith(ctx context.Context, inputs []Input, eval Evaluator) ([]Applied, error) {
 	var out []Applied
 	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		out = out[:0]
@@ -94,8 +102,19 @@ func (s *Store) Apply(ctx context.Context, inputs []Input) ([]Applied, error) {
 			if err != nil {
 				return fmt.Errorf("event %s: %w", in.Event.EventID, err)
 			}
-			if ok {
-				out = append(out, a)
+			if !ok {
+				continue
+			}
+			out = append(out, a)
+			if eval == nil {
+				continue
+			}
+			res, err := eval(ctx, Reader{q: tx}, a)
+			if err != nil {
+				return fmt.Errorf("push rules for %s: %w", in.Event.EventID, err)
+			}
+			if err := storePushOutcome(ctx, tx, res); err != nil {
+				return fmt.Errorf("notifications for %s: %w", in.Event.EventID, err)
 			}
 		}
 		return nil

@@ -1,0 +1,205 @@
+package clientapi
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/myelin-chat/myelin/pkg/bus"
+	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/store"
+)
+
+// Unread notification counts and GET /notifications.
+//
+// Notifications are stored by the room event consumer (push_eval.go). A
+// notification is read when a receipt of its user covers it: an m.read or
+// m.read.private receipt (the newest of the two wins, per position of the
+// event they point at), unthreaded for the whole room or threaded for its
+// thread, or the user's own later event in the thread. Receipts belong to
+// the presence service; the client-API keeps a copy of local users'
+// receipts (push_receipts) from a durable consumer of its receipt changes.
+// A receipt whose event the client-API has not stored yet counts once the
+// event arrives, so receipts and events may arrive in either order.
+
+// createPushReceiptsConsumer creates the durable consumer of receipt
+// changes that feeds push_receipts.
+func (s *Service) createPushReceiptsConsumer(ctx context.Context) (jetstream.Consumer, error) {
+	cons, err := s.js.CreateOrUpdateConsumer(ctx, bus.EphemeralStream, jetstream.ConsumerConfig{
+		Durable:       s.cfg.Push.ReceiptsConsumerName,
+		Description:   "client-API copy of read receipts for unread counts",
+		FilterSubject: bus.ReceiptsAllSubjects,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       30 * time.Second,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create consumer %s on %s: %w", s.cfg.Push.ReceiptsConsumerName, bus.EphemeralStream, err)
+	}
+	return cons, nil
+}
+
+// consumePushReceipts copies receipts until ctx ends; each is acked after
+// it is stored (a failure is redelivered).
+func (s *Service) consumePushReceipts(ctx context.Context) error {
+	cc, err := s.receiptsConsumer.Consume(func(m jetstream.Msg) {
+		if err := s.copyReceipt(ctx, m.Data()); err != nil {
+			if ctx.Err() == nil {
+				s.log.Warn("copy receipt, will retry", zap.Error(err))
+			}
+			_ = m.NakWithDelay(time.Second)
+			return
+		}
+		_ = m.Ack()
+	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		if ctx.Err() == nil {
+			s.log.Warn("receipts consumer", zap.Error(err))
+		}
+	}))
+	if err != nil {
+		return fmt.Errorf("consume receipts: %w", err)
+	}
+	<-ctx.Done()
+	cc.Stop()
+	return nil
+}
+
+func (s *Service) copyReceipt(ctx context.Context, data []byte) error {
+	var u presencev1.ReceiptUpdate
+	if err := proto.Unmarshal(data, &u); err != nil {
+		s.log.Error("dropping undecodable receipt change", zap.Error(err))
+		return nil
+	}
+	rc := u.GetReceipt()
+	typ := rc.GetReceiptType()
+	if (typ != "m.read" && typ != "m.read.private") || !s.isLocal(rc.GetUserId()) || rc.GetEventId() == "" {
+		return nil
+	}
+	changed, err := s.store.PutPushReceipt(ctx, store.PushReceipt{
+		UserID: rc.GetUserId(), RoomID: u.GetRoomId(), ThreadID: rc.GetThreadId(), Type: typ,
+		EventID: rc.GetEventId(), EPos: u.GetPosition(),
+	})
+	if err != nil {
+		return err
+	}
+	if changed {
+		s.announceWake(rc.GetUserId())
+	}
+	return nil
+}
+
+// threadCounts is a room's or thread's unread counts in /sync.
+type threadCounts struct {
+	NotificationCount int `json:"notification_count"`
+	HighlightCount    int `json:"highlight_count"`
+}
+
+// addUnreadCounts sets unread_notifications (and, when the filter asks
+// for unread_thread_notifications, the per-thread counts, leaving the main
+// timeline's in unread_notifications) of every joined room in resp,
+// counting events up to pos.
+func (s *Service) addUnreadCounts(ctx context.Context, userID string, filter syncFilter, pos int64, resp *syncResponse) error {
+	if len(resp.Rooms.Join) == 0 {
+		return nil
+	}
+	rooms := make([]string, 0, len(resp.Rooms.Join))
+	for id := range resp.Rooms.Join {
+		rooms = append(rooms, id)
+	}
+	counts, err := s.store.Reader().UnreadCounts(ctx, userID, rooms, pos)
+	if err != nil {
+		return err
+	}
+	perThread := filter.unreadThreadNotifications()
+	total := map[string]*threadCounts{}
+	for _, id := range rooms {
+		total[id] = &threadCounts{}
+	}
+	for _, c := range counts {
+		jr := resp.Rooms.Join[c.RoomID]
+		if perThread && c.ThreadID != threadMain {
+			if jr.UnreadThreadNotifications == nil {
+				jr.UnreadThreadNotifications = map[string]threadCounts{}
+			}
+			jr.UnreadThreadNotifications[c.ThreadID] = threadCounts{NotificationCount: c.Notify, HighlightCount: c.Highlight}
+			continue
+		}
+		total[c.RoomID].NotificationCount += c.Notify
+		total[c.RoomID].HighlightCount += c.Highlight
+	}
+	for id, t := range total {
+		resp.Rooms.Join[id].UnreadNotifications = map[string]int{
+			"notification_count": t.NotificationCount, "highlight_count": t.HighlightCount,
+		}
+	}
+	return nil
+}
+
+// maxNotificationsLimit caps GET /notifications' limit.
+const maxNotificationsLimit = 100
+
+// notifications is GET /notifications: the user's notifications, newest
+// first; from is the position of the last one of the previous page.
+func (s *Service) notifications(r *http.Request, dev *device) (any, error) {
+	q := r.URL.Query()
+	var before int64
+	if from := q.Get("from"); from != "" {
+		var err error
+		if before, err = strconv.ParseInt(from, 10, 64); err != nil || before <= 0 {
+			return nil, matrixhttp.InvalidParam("Invalid from token")
+		}
+	}
+	limit, err := queryInt(r, "limit", 20)
+	if err != nil {
+		return nil, err
+	}
+	if limit < 1 {
+		return nil, matrixhttp.InvalidParam("limit must be positive")
+	}
+	limit = min(limit, maxNotificationsLimit)
+	only := q.Get("only")
+	ctx := r.Context()
+	rd := s.store.Reader()
+	rows, err := rd.Notifications(ctx, store.NotificationsQuery{
+		UserID: dev.UserID, Before: before, OnlyHighlight: only == "highlight", Limit: int(limit),
+	})
+	if err != nil {
+		return nil, err
+	}
+	events := make([]store.StoredEvent, len(rows))
+	for i, n := range rows {
+		events[i] = n.Event
+	}
+	rendered, err := s.renderAll(ctx, rd, dev, events, true)
+	if err != nil {
+		return nil, err
+	}
+	type notification struct {
+		Actions json.RawMessage `json:"actions"`
+		Event   json.RawMessage `json:"event"`
+		Read    bool            `json:"read"`
+		RoomID  string          `json:"room_id"`
+		TS      int64           `json:"ts"`
+	}
+	out := struct {
+		NextToken     string         `json:"next_token,omitempty"`
+		Notifications []notification `json:"notifications"`
+	}{Notifications: make([]notification, 0, len(rows))}
+	for i, n := range rows {
+		out.Notifications = append(out.Notifications, notification{
+			Actions: n.Actions, Event: rendered[i], Read: n.Read, RoomID: n.RoomID, TS: n.TS,
+		})
+	}
+	if len(rows) == int(limit) {
+		out.NextToken = strconv.FormatInt(rows[len(rows)-1].Pos, 10)
+	}
+	return out, nil
+}

@@ -1,0 +1,214 @@
+package clientapi
+
+import (
+	"context"
+	"encoding/json"
+	"math"
+	"slices"
+	"strings"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+	"go.uber.org/zap"
+
+	"github.com/myelin-chat/myelin/services/clientapi/store"
+)
+
+// Push rule evaluation point: the room event consumer (consumer.go) stores
+// each batch with store.ApplyWith, which calls evaluatePush for every newly
+// stored event inside the same transaction. So notifications commit with
+// their event (the spec wants the count in the same /sync as the event),
+// and a redelivered event, already stored, is not evaluated again.
+//
+// Recipients are the room's joined local users except the sender, plus the
+// local target of an invite. The inputs (members, display names, power
+// levels, push rules, thread) all come from the client-API's own tables as
+// of the event.
+
+// threadMain is the thread ID of the main timeline.
+const threadMain = "main"
+
+// maxThreadHops bounds the walk up relations to find an event's thread.
+const maxThreadHops = 3
+
+func (s *Service) evaluatePush(ctx context.Context, rd store.Reader, a store.Applied) (store.PushOutcome, error) {
+	var out store.PushOutcome
+	ev := a.Event
+	thread, err := threadOf(ctx, rd, ev.RelatesTo, ev.RelType)
+	if err != nil {
+		return out, err
+	}
+	if s.isLocal(ev.Sender) {
+		out.OwnRead = &store.OwnRead{UserID: ev.Sender, RoomID: ev.RoomID, ThreadID: thread, EventID: ev.EventID}
+	}
+	joinedUsers, err := rd.JoinedRoomMembers(ctx, ev.RoomID)
+	if err != nil {
+		return out, err
+	}
+	var recipients []string
+	for _, u := range joinedUsers {
+		if u != ev.Sender && s.isLocal(u) {
+			recipients = append(recipients, u)
+		}
+	}
+	if ev.Type == spec.MRoomMember && ev.Membership == store.MembershipInvite && ev.StateKey != nil &&
+		*ev.StateKey != ev.Sender && s.isLocal(*ev.StateKey) && !slices.Contains(recipients, *ev.StateKey) {
+		recipients = append(recipients, *ev.StateKey)
+	}
+	if len(recipients) == 0 {
+		return out, nil
+	}
+	pe, err := newPushEvent(ev.JSON, ev.RoomID)
+	if err != nil {
+		// Our own client-format JSON; never expected. Failing would stall
+		// the consumer on this batch forever, so no notification instead.
+		s.log.Error("push rules: undecodable event", zap.String("event_id", ev.EventID), zap.Error(err))
+		return out, nil
+	}
+	var ts int64
+	if n, ok := pe.fields["origin_server_ts"].(json.Number); ok {
+		ts, _ = n.Int64()
+	}
+	state, err := rd.CurrentState(ctx, ev.RoomID, []string{spec.MRoomPowerLevels, spec.MRoomCreate})
+	if err != nil {
+		return out, err
+	}
+	var create, power []byte
+	for _, st := range state {
+		if st.StateKey != "" {
+			continue
+		}
+		switch st.Type {
+		case spec.MRoomCreate:
+			create = st.JSON
+		case spec.MRoomPowerLevels:
+			power = st.JSON
+		}
+	}
+	room := pushRoom{memberCount: len(joinedUsers)}
+	room.senderLevel, room.notifyLevels = powerFor(create, power, ev.Sender)
+	stored, err := rd.GlobalAccountData(ctx, recipients, pushRulesType)
+	if err != nil {
+		return out, err
+	}
+	for _, user := range recipients {
+		rules := mergeRules(user, stored[user])
+		room.displayName = func() string { return displayNameIn(ctx, rd, ev.RoomID, user) }
+		acts := rules.evaluate(pe, &room)
+		notify, highlight, _ := pushTweaks(acts)
+		if !notify {
+			continue
+		}
+		raw, err := json.Marshal(acts)
+		if err != nil {
+			return out, err
+		}
+		out.Notifications = append(out.Notifications, store.Notification{
+			UserID: user, RoomID: ev.RoomID, EventID: ev.EventID, ThreadID: thread,
+			Pos: a.Pos, Actions: raw, Highlight: highlight, TS: ts,
+		})
+	}
+	return out, nil
+}
+
+// isLocal reports whether a user ID belongs to this server.
+func (s *Service) isLocal(userID string) bool {
+	return strings.HasSuffix(userID, ":"+s.serverName)
+}
+
+// threadOf is the thread an event belongs to: the root of its m.thread
+// relation, or of the nearest ancestor's within maxThreadHops; "main"
+// otherwise (thread roots included).
+func threadOf(ctx context.Context, rd store.Reader, relatesTo, relType string) (string, error) {
+	for hop := 0; relatesTo != "" && hop < maxThreadHops; hop++ {
+		if relType == relThread {
+			return relatesTo, nil
+		}
+		var err error
+		if relatesTo, relType, err = rd.RelationOf(ctx, relatesTo); err != nil {
+			return "", err
+		}
+	}
+	return threadMain, nil
+}
+
+// displayNameIn reads the user's display name in the room, only when a
+// rule asks (contains_display_name is in no default rule of v1.19).
+func displayNameIn(ctx context.Context, rd store.Reader, roomID, userID string) string {
+	st, err := rd.CurrentStateEvent(ctx, roomID, spec.MRoomMember, userID)
+	if err != nil {
+		return ""
+	}
+	var ev struct {
+		Content struct {
+			DisplayName string `json:"displayname"`
+		} `json:"content"`
+	}
+	if json.Unmarshal(st.JSON, &ev) != nil {
+		return ""
+	}
+	return ev.Content.DisplayName
+}
+
+// powerFor returns the sender's power level and the "notifications" levels
+// from the client-format create and power levels events (either may be
+// nil): without power levels, creators have 100; in room versions with
+// privileged creators, creators outrank everyone.
+func powerFor(createJSON, powerJSON []byte, sender string) (int64, map[string]int64) {
+	var create struct {
+		Sender  string `json:"sender"`
+		Content struct {
+			Creator            string   `json:"creator"`
+			RoomVersion        string   `json:"room_version"`
+			AdditionalCreators []string `json:"additional_creators"`
+		} `json:"content"`
+	}
+	_ = json.Unmarshal(createJSON, &create)
+	creators := []string{create.Sender}
+	if create.Content.Creator != "" {
+		creators = append(creators, create.Content.Creator)
+	}
+	version := create.Content.RoomVersion
+	if version == "" {
+		version = "1"
+	}
+	if impl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(version)); err == nil && impl.PrivilegedCreators() {
+		creators = append(creators, create.Content.AdditionalCreators...)
+		if slices.Contains(creators, sender) {
+			return math.MaxInt64, notificationLevels(powerJSON)
+		}
+	}
+	if powerJSON == nil {
+		if slices.Contains(creators, sender) {
+			return 100, map[string]int64{}
+		}
+		return 0, map[string]int64{}
+	}
+	var ev struct {
+		Content gomatrixserverlib.PowerLevelContent `json:"content"`
+	}
+	ev.Content.Defaults()
+	if json.Unmarshal(powerJSON, &ev) != nil {
+		return 0, map[string]int64{}
+	}
+	return ev.Content.UserLevel(spec.SenderID(sender)), notificationLevels(powerJSON)
+}
+
+// notificationLevels reads content.notifications of a power levels event.
+func notificationLevels(powerJSON []byte) map[string]int64 {
+	var ev struct {
+		Content struct {
+			Notifications map[string]json.Number `json:"notifications"`
+		} `json:"content"`
+	}
+	out := map[string]int64{}
+	if powerJSON == nil || json.Unmarshal(powerJSON, &ev) != nil {
+		return out
+	}
+	for k, v := range ev.Content.Notifications {
+		if n, err := v.Int64(); err == nil {
+			out[k] = n
+		}
+	}
+	return out
+}

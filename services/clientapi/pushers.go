@@ -1,0 +1,396 @@
+package clientapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/url"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"maunium.net/go/mautrix/id"
+	"maunium.net/go/mautrix/pushrules"
+	"maunium.net/go/mautrix/pushrules/pushgateway"
+
+	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	"github.com/myelin-chat/myelin/services/clientapi/store"
+)
+
+// Pushers (GET /pushers, POST /pushers/set) and the HTTP pusher, which
+// posts each notification to the pusher's push gateway
+// (/_matrix/push/v1/notify). Delivery runs in the client-API because it
+// owns the notifications. Each pusher remembers the notification position
+// it has handled (pushers.last_pos), so delivery resumes after a restart;
+// a failed request is retried with exponential backoff (push.initial_backoff
+// doubling up to push.max_backoff) up to push.max_attempts, then that
+// notification is skipped. Pushkeys the gateway rejects lose their pusher.
+
+const pushGatewayPath = "/_matrix/push/v1/notify"
+
+func (s *Service) pushRoutes() []route {
+	return append(s.pushRuleRoutes(),
+		route{method: http.MethodGet, path: "/pushers", auth: true, serve: s.getPushers},
+		route{method: http.MethodPost, path: "/pushers/set", auth: true, serve: s.setPusher},
+		route{method: http.MethodGet, path: "/notifications", auth: true, serve: s.notifications},
+	)
+}
+
+// pusherJSON is a pusher as GET /pushers shows it.
+type pusherJSON struct {
+	PushKey           string          `json:"pushkey"`
+	Kind              string          `json:"kind"`
+	AppID             string          `json:"app_id"`
+	AppDisplayName    string          `json:"app_display_name"`
+	DeviceDisplayName string          `json:"device_display_name"`
+	ProfileTag        string          `json:"profile_tag,omitempty"`
+	Lang              string          `json:"lang"`
+	Data              json.RawMessage `json:"data"`
+}
+
+func (s *Service) getPushers(r *http.Request, dev *device) (any, error) {
+	ps, err := s.store.Pushers(r.Context(), dev.UserID)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]pusherJSON, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, pusherJSON{
+			PushKey: p.PushKey, Kind: p.Kind, AppID: p.AppID, AppDisplayName: p.AppDisplayName,
+			DeviceDisplayName: p.DeviceDisplayName, ProfileTag: p.ProfileTag, Lang: p.Lang, Data: p.Data,
+		})
+	}
+	return map[string]any{"pushers": out}, nil
+}
+
+// setPusher is POST /pushers/set: create or update (kind set) or delete
+// (kind null) the caller's pusher for (app_id, pushkey).
+func (s *Service) setPusher(r *http.Request, dev *device) (any, error) {
+	var body struct {
+		PushKey           *string         `json:"pushkey"`
+		Kind              json.RawMessage `json:"kind"`
+		AppID             *string         `json:"app_id"`
+		AppDisplayName    *string         `json:"app_display_name"`
+		DeviceDisplayName *string         `json:"device_display_name"`
+		ProfileTag        string          `json:"profile_tag"`
+		Lang              *string         `json:"lang"`
+		Data              json.RawMessage `json:"data"`
+		Append            bool            `json:"append"`
+	}
+	if err := decodeBody(r, bodyRequired, &body); err != nil {
+		return nil, err
+	}
+	var missing []string
+	for name, absent := range map[string]bool{"kind": body.Kind == nil, "app_id": body.AppID == nil, "pushkey": body.PushKey == nil} {
+		if absent {
+			missing = append(missing, name)
+		}
+	}
+	if len(missing) > 0 {
+		sort.Strings(missing)
+		return nil, matrixhttp.MissingParam("Missing parameters: " + strings.Join(missing, ", "))
+	}
+	switch {
+	case *body.AppID == "" || len(*body.AppID) > 64:
+		return nil, matrixhttp.InvalidParam("app_id must be 1 to 64 characters")
+	case *body.PushKey == "" || len(*body.PushKey) > 512:
+		return nil, matrixhttp.InvalidParam("pushkey must be 1 to 512 bytes")
+	}
+	ctx := r.Context()
+	if string(body.Kind) == "null" {
+		if err := s.store.DeletePusher(ctx, dev.UserID, *body.AppID, *body.PushKey); err != nil {
+			return nil, err
+		}
+		return struct{}{}, nil
+	}
+	var kind string
+	if json.Unmarshal(body.Kind, &kind) != nil {
+		return nil, matrixhttp.BadJSON("kind must be a string or null")
+	}
+	if kind != "http" {
+		return nil, matrixhttp.InvalidParam("Unsupported pusher kind " + kind + ": only http pushers are supported")
+	}
+	for name, absent := range map[string]bool{
+		"app_display_name": body.AppDisplayName == nil, "device_display_name": body.DeviceDisplayName == nil,
+		"lang": body.Lang == nil, "data": body.Data == nil,
+	} {
+		if absent {
+			missing = append(missing, name)
+		}
+	}
+	if len(missing) > 0 {
+		sort.Strings(missing)
+		return nil, matrixhttp.MissingParam("Missing parameters: " + strings.Join(missing, ", "))
+	}
+	var data map[string]any
+	if json.Unmarshal(body.Data, &data) != nil || data == nil {
+		return nil, matrixhttp.BadJSON("data must be an object")
+	}
+	rawURL, ok := data["url"].(string)
+	if !ok {
+		return nil, matrixhttp.MissingParam("data.url is required for http pushers")
+	}
+	// The spec asks for HTTPS; plain HTTP is accepted for gateways on a
+	// private network (and tests).
+	if u, err := url.Parse(rawURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.Path != pushGatewayPath {
+		return nil, matrixhttp.InvalidParam("data.url must be an http(s) URL with the path " + pushGatewayPath)
+	}
+	if f, present := data["format"]; present {
+		if _, ok := f.(string); !ok {
+			return nil, matrixhttp.InvalidParam("data.format must be a string")
+		}
+	}
+	err := s.store.SetPusher(ctx, store.Pusher{
+		UserID: dev.UserID, AppID: *body.AppID, PushKey: *body.PushKey, Kind: kind,
+		AppDisplayName: *body.AppDisplayName, DeviceDisplayName: *body.DeviceDisplayName, ProfileTag: body.ProfileTag,
+		Lang: *body.Lang, Data: body.Data, PushKeyTS: s.now().Unix(),
+	}, body.Append)
+	if err != nil {
+		return nil, err
+	}
+	return struct{}{}, nil
+}
+
+// pushDispatcher runs the HTTP pushers: one goroutine per user with work,
+// which delivers that user's notifications pusher by pusher, in order.
+type pushDispatcher struct {
+	s       *Service
+	mu      sync.Mutex
+	ctx     context.Context // set by run; nil before
+	running map[string]bool
+	dirty   map[string]bool
+	wg      sync.WaitGroup
+}
+
+func newPushDispatcher(s *Service) *pushDispatcher {
+	return &pushDispatcher{s: s, running: map[string]bool{}, dirty: map[string]bool{}}
+}
+
+// run resumes every pusher (notifications stored while the process was
+// down) and serves wake-ups until ctx ends.
+func (d *pushDispatcher) run(ctx context.Context) error {
+	d.mu.Lock()
+	d.ctx = ctx
+	d.mu.Unlock()
+	users, err := d.s.store.PusherUsers(ctx)
+	if err != nil && ctx.Err() == nil {
+		d.s.log.Error("list pushers", zap.Error(err))
+	}
+	d.wake(users...)
+	<-ctx.Done()
+	d.wg.Wait()
+	return nil
+}
+
+// wake tells the dispatcher these users have new notifications.
+func (d *pushDispatcher) wake(users ...string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.ctx == nil || d.ctx.Err() != nil {
+		return
+	}
+	for _, u := range users {
+		if d.running[u] {
+			d.dirty[u] = true
+			continue
+		}
+		d.running[u] = true
+		d.wg.Add(1)
+		go d.runUser(d.ctx, u)
+	}
+}
+
+func (d *pushDispatcher) runUser(ctx context.Context, userID string) {
+	defer d.wg.Done()
+	for {
+		ps, err := d.s.store.Pushers(ctx, userID)
+		if err != nil && ctx.Err() == nil {
+			d.s.log.Error("load pushers", zap.String("user_id", userID), zap.Error(err))
+		}
+		for _, p := range ps {
+			if p.Kind == "http" {
+				d.deliver(ctx, p)
+			}
+		}
+		d.mu.Lock()
+		if !d.dirty[userID] || ctx.Err() != nil {
+			delete(d.running, userID)
+			delete(d.dirty, userID)
+			d.mu.Unlock()
+			return
+		}
+		delete(d.dirty, userID)
+		d.mu.Unlock()
+	}
+}
+
+// deliver sends the pusher's notifications after its position, oldest
+// first, until none is left or ctx ends.
+func (d *pushDispatcher) deliver(ctx context.Context, p store.Pusher) {
+	var data map[string]any
+	_ = json.Unmarshal(p.Data, &data)
+	gateway, _ := data["url"].(string)
+	format, _ := data["format"].(string)
+	devData := map[string]any{}
+	for k, v := range data {
+		if k != "url" {
+			devData[k] = v
+		}
+	}
+	for ctx.Err() == nil {
+		rows, err := d.s.store.Reader().Notifications(ctx, store.NotificationsQuery{
+			UserID: p.UserID, After: p.LastPos, Ascending: true, Limit: 50,
+		})
+		if err != nil {
+			if ctx.Err() == nil {
+				d.s.log.Error("read notifications to push", zap.Error(err))
+			}
+			return
+		}
+		if len(rows) == 0 {
+			return
+		}
+		for _, n := range rows {
+			if !n.Read { // read meanwhile (another device): nothing to alert
+				pn, err := d.s.gatewayNotification(ctx, p, n, format, devData)
+				if err != nil {
+					d.s.log.Error("build push notification", zap.String("event_id", n.EventID), zap.Error(err))
+				} else if rejected := d.send(ctx, gateway, p, pn); rejected {
+					if err := d.s.store.DeletePusher(ctx, p.UserID, p.AppID, p.PushKey); err != nil {
+						d.s.log.Error("delete rejected pusher", zap.Error(err))
+					}
+					return
+				}
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			if err := d.s.store.AdvancePusher(ctx, p.UserID, p.AppID, p.PushKey, n.Pos); err != nil {
+				d.s.log.Error("advance pusher", zap.Error(err))
+				return
+			}
+			p.LastPos = n.Pos
+		}
+	}
+}
+
+// send posts one notification, retrying with backoff; it reports whether
+// the gateway rejected the pushkey.
+func (d *pushDispatcher) send(ctx context.Context, gateway string, p store.Pusher, pn *pushgateway.PushNotification) bool {
+	cfg := d.s.cfg.Push
+	backoff := cfg.InitialBackoff
+	for attempt := 1; ; attempt++ {
+		reqCtx, cancel := context.WithTimeout(ctx, cfg.RequestTimeout)
+		err := pn.Push(reqCtx, gateway)
+		cancel()
+		var rejected *pushgateway.RespPush
+		switch {
+		case err == nil:
+			return false
+		case errors.As(err, &rejected):
+			for _, k := range rejected.Rejected {
+				if k == p.PushKey {
+					d.s.log.Info("push gateway rejected pushkey, removing pusher", zap.String("app_id", p.AppID))
+					return true
+				}
+			}
+			return false
+		case attempt >= cfg.MaxAttempts || ctx.Err() != nil:
+			if ctx.Err() == nil {
+				d.s.log.Warn("push failed, skipping notification", zap.String("event_id", pn.EventID.String()),
+					zap.Int("attempts", attempt), zap.Error(err))
+			}
+			return false
+		}
+		d.s.log.Info("push failed, retrying", zap.Duration("backoff", backoff), zap.Error(err))
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false
+		case <-t.C:
+		}
+		backoff = min(2*backoff, cfg.MaxBackoff)
+	}
+}
+
+// gatewayNotification builds the /notify body for one notification: only
+// IDs and counts for format event_id_only, the event's details otherwise.
+func (s *Service) gatewayNotification(ctx context.Context, p store.Pusher, n store.NotificationRow, format string, devData map[string]any) (*pushgateway.PushNotification, error) {
+	rd := s.store.Reader()
+	unread, err := rd.UnreadTotal(ctx, p.UserID)
+	if err != nil {
+		return nil, err
+	}
+	var acts []json.RawMessage
+	_ = json.Unmarshal(n.Actions, &acts)
+	_, highlight, tweaks := pushTweaks(acts)
+	devTweaks := map[pushrules.PushActionTweak]any{}
+	for k, v := range tweaks {
+		devTweaks[pushrules.PushActionTweak(k)] = v
+	}
+	var ev struct {
+		Type     string          `json:"type"`
+		Sender   string          `json:"sender"`
+		StateKey *string         `json:"state_key"`
+		Content  json.RawMessage `json:"content"`
+	}
+	if err := json.Unmarshal(n.Event.JSON, &ev); err != nil {
+		return nil, err
+	}
+	prio := pushgateway.PushPriorityLow
+	if _, sound := tweaks["sound"]; highlight || sound || ev.Type == "m.room.encrypted" {
+		prio = pushgateway.PushPriorityHigh
+	}
+	pn := &pushgateway.PushNotification{
+		EventID:  id.EventID(n.EventID),
+		RoomID:   id.RoomID(n.RoomID),
+		Priority: prio,
+		Counts:   &pushgateway.NotificationCounts{Unread: unread},
+		Devices: []pushgateway.Device{{
+			BaseDevice: pushgateway.BaseDevice{AppID: pushgateway.PusherAppID(p.AppID), PushKey: p.PushKey, PushKeyTS: p.PushKeyTS, Data: devData},
+			Tweaks:     devTweaks,
+		}},
+	}
+	if format == string(pushgateway.PushFormatEventIDOnly) {
+		return pn, nil
+	}
+	pn.Type = ev.Type
+	pn.Sender = id.UserID(ev.Sender)
+	pn.Content = ev.Content
+	pn.UserIsTarget = ev.Type == "m.room.member" && ev.StateKey != nil && *ev.StateKey == p.UserID
+	state, err := rd.CurrentState(ctx, n.RoomID, []string{"m.room.name", "m.room.canonical_alias"})
+	if err != nil {
+		return nil, err
+	}
+	if member, err := rd.CurrentStateEvent(ctx, n.RoomID, "m.room.member", ev.Sender); err == nil {
+		state = append(state, member)
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return nil, err
+	}
+	for _, st := range state {
+		var c struct {
+			Name        string `json:"name"`
+			Alias       string `json:"alias"`
+			DisplayName string `json:"displayname"`
+		}
+		var e struct {
+			Content json.RawMessage `json:"content"`
+		}
+		if json.Unmarshal(st.JSON, &e) != nil || json.Unmarshal(e.Content, &c) != nil {
+			continue
+		}
+		switch {
+		case st.Type == "m.room.name":
+			pn.RoomName = c.Name
+		case st.Type == "m.room.canonical_alias":
+			pn.RoomAlias = id.RoomAlias(c.Alias)
+		case st.Type == "m.room.member" && st.StateKey == ev.Sender:
+			pn.SenderDisplayName = c.DisplayName
+		}
+	}
+	return pn, nil
+}

@@ -1,0 +1,181 @@
+package clientapi
+
+import (
+	"encoding/json"
+	"testing"
+)
+
+// Evaluator cases from the spec's condition descriptions and default
+// rules (client-server API, "Push Rules").
+
+func mustPushEvent(t *testing.T, ev string) *pushEvent {
+	t.Helper()
+	pe, err := newPushEvent([]byte(ev), "!room:example.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pe
+}
+
+func TestPushConditions(t *testing.T) {
+	topic := func(v string) string {
+		return `{"type":"m.room.topic","state_key":"","sender":"@a:x","content":{"topic":` + v + `}}`
+	}
+	body := func(v string) string {
+		return `{"type":"m.room.message","sender":"@a:x","content":{"body":"` + v + `"}}`
+	}
+	cond := func(c string) pushCondition {
+		var pc pushCondition
+		if err := json.Unmarshal([]byte(c), &pc); err != nil {
+			t.Fatal(err)
+		}
+		return pc
+	}
+	lunch := `{"kind":"event_match","key":"content.topic","pattern":"lunc?*"}`
+	example := `{"kind":"event_match","key":"content.body","pattern":"ex*ple"}`
+	federate := `{"kind":"event_property_is","key":"content.m\\.federate","value":true}`
+	aliases := `{"kind":"event_property_contains","key":"content.alt_aliases","value":"#myroom:example.com"}`
+	create := func(v string) string { return `{"type":"m.room.create","content":{"m.federate":` + v + `}}` }
+	canon := func(v string) string { return `{"type":"m.room.canonical_alias","content":{"alt_aliases":` + v + `}}` }
+	room := &pushRoom{memberCount: 2, displayName: func() string { return "Bob Smith" }, senderLevel: 50, notifyLevels: map[string]int64{}}
+	cases := []struct {
+		name, cond, event string
+		want              bool
+	}{
+		{"glob matches whole value", lunch, topic(`"Lunch plans"`), true},
+		{"case-insensitive, * may be empty", lunch, topic(`"LUNCH"`), true},
+		{"leading space", lunch, topic(`" lunch"`), false},
+		{"? needs a character", lunch, topic(`"lunc"`), false},
+		{"null is not a string", lunch, topic(`null`), false},
+		{"number is not a string", `{"kind":"event_match","key":"content.topic","pattern":"*"}`, topic(`5`), false},
+		{"absent property", `{"kind":"event_match","key":"content.nope","pattern":"*"}`, topic(`"x"`), false},
+		{"no implicit contains", `{"kind":"event_match","key":"content.topic","pattern":"unc"}`, topic(`"lunch"`), false},
+		{"body: word inside", example, body("An example event."), true},
+		{"body: whole body", example, body("exple"), true},
+		{"body: across words, - separates", example, body("An exciting triple-whammy"), true},
+		{"body: not at a word boundary", example, body("Anexample"), false},
+		{"property_is true", federate, create(`true`), true},
+		{"property_is no casting from string", federate, create(`"true"`), false},
+		{"property_is no casting from number", federate, create(`1`), false},
+		{"property_is integer", `{"kind":"event_property_is","key":"content.n","value":3}`, `{"content":{"n":3}}`, true},
+		{"property_is null", `{"kind":"event_property_is","key":"content.n","value":null}`, `{"content":{"n":null}}`, true},
+		{"property_is null vs absent", `{"kind":"event_property_is","key":"content.n","value":null}`, `{"content":{}}`, false},
+		{"property_is not compound", `{"kind":"event_property_is","key":"content.n","value":[1]}`, `{"content":{"n":[1]}}`, false},
+		{"escaped dot", `{"kind":"event_property_is","key":"content.m\\.relates_to.rel_type","value":"m.replace"}`,
+			`{"content":{"m.relates_to":{"rel_type":"m.replace"}}}`, true},
+		{"unescaped dot is a path", `{"kind":"event_property_is","key":"content.m.relates_to.rel_type","value":"m.replace"}`,
+			`{"content":{"m.relates_to":{"rel_type":"m.replace"}}}`, false},
+		{"contains", aliases, canon(`["#somewhere:example.org","#myroom:example.com"]`), true},
+		{"contains: partial values do not match", aliases, canon(`[":example.com"]`), false},
+		{"contains: not an array", aliases, canon(`"#myroom:example.com"`), false},
+		{"display name", `{"kind":"contains_display_name"}`, body("hey bob smith, lunch?"), true},
+		{"display name inside a word", `{"kind":"contains_display_name"}`, body("xbob smithy"), false},
+		{"member count ==", `{"kind":"room_member_count","is":"2"}`, body("x"), true},
+		{"member count <", `{"kind":"room_member_count","is":"<2"}`, body("x"), false},
+		{"member count >=", `{"kind":"room_member_count","is":">=2"}`, body("x"), true},
+		{"member count garbage", `{"kind":"room_member_count","is":"~2"}`, body("x"), false},
+		{"notification permission default 50", `{"kind":"sender_notification_permission","key":"room"}`, body("x"), true},
+		{"unknown kind never matches", `{"kind":"org.example.new"}`, body("x"), false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if got := cond(c.cond).matches(mustPushEvent(t, c.event), room); got != c.want {
+				t.Fatalf("got %v, want %v", got, c.want)
+			}
+		})
+	}
+	low := &pushRoom{senderLevel: 10, notifyLevels: map[string]int64{"room": 20}}
+	if cond(`{"kind":"sender_notification_permission","key":"room"}`).matches(mustPushEvent(t, body("x")), low) {
+		t.Fatal("a sender below notifications.room must not match")
+	}
+}
+
+func TestDefaultRules(t *testing.T) {
+	const me = "@bob:example.test"
+	rules := mergeRules(me, nil)
+	type outcome struct{ notify, highlight bool }
+	run := func(ev string, room pushRoom) outcome {
+		t.Helper()
+		n, h, _ := pushTweaks(rules.evaluate(mustPushEvent(t, ev), &room))
+		return outcome{n, h}
+	}
+	group := pushRoom{memberCount: 5, senderLevel: 0, notifyLevels: map[string]int64{}}
+	dm := pushRoom{memberCount: 2, senderLevel: 0, notifyLevels: map[string]int64{}}
+	mod := pushRoom{memberCount: 5, senderLevel: 100, notifyLevels: map[string]int64{}}
+	msg := `{"type":"m.room.message","sender":"@a:example.test","content":{"msgtype":"m.text","body":"hi"}}`
+	cases := []struct {
+		name string
+		ev   string
+		room pushRoom
+		want outcome
+	}{
+		{"message", msg, group, outcome{true, false}},
+		{"one to one", msg, dm, outcome{true, false}},
+		{"notice suppressed", `{"type":"m.room.message","content":{"msgtype":"m.notice","body":"x"}}`, group, outcome{}},
+		{"user mention highlights", `{"type":"m.room.message","content":{"body":"x","m.mentions":{"user_ids":["` + me + `"]}}}`, group, outcome{true, true}},
+		{"other user's mention", `{"type":"m.room.message","content":{"body":"x","m.mentions":{"user_ids":["@c:x"]}}}`, group, outcome{true, false}},
+		{"room mention by a moderator", `{"type":"m.room.message","content":{"body":"x","m.mentions":{"room":true}}}`, mod, outcome{true, true}},
+		{"room mention without power", `{"type":"m.room.message","content":{"body":"x","m.mentions":{"room":true}}}`, group, outcome{true, false}},
+		{"edit suppressed", `{"type":"m.room.message","content":{"body":"x","m.relates_to":{"rel_type":"m.replace","event_id":"$e"}}}`, group, outcome{}},
+		{"reaction suppressed", `{"type":"m.reaction","content":{}}`, group, outcome{}},
+		{"invite for me", `{"type":"m.room.member","state_key":"` + me + `","content":{"membership":"invite"}}`, group, outcome{true, false}},
+		{"other member events", `{"type":"m.room.member","state_key":"@c:x","content":{"membership":"join"}}`, group, outcome{}},
+		{"tombstone highlights", `{"type":"m.room.tombstone","state_key":"","content":{}}`, group, outcome{true, true}},
+		{"encrypted", `{"type":"m.room.encrypted","content":{}}`, group, outcome{true, false}},
+		{"call", `{"type":"m.call.invite","content":{}}`, group, outcome{true, false}},
+		{"other types", `{"type":"m.room.topic","state_key":"","content":{"topic":"x"}}`, group, outcome{}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if got := run(c.ev, c.room); got != c.want {
+				t.Fatalf("got %+v, want %+v", got, c.want)
+			}
+		})
+	}
+	// The one-to-one rule carries the default sound.
+	_, _, tweaks := pushTweaks(rules.evaluate(mustPushEvent(t, msg), &dm))
+	if tweaks["sound"] != "default" {
+		t.Fatalf("one-to-one tweaks %v", tweaks)
+	}
+	if n := len(rules.Override); n != 10 || rules.Override[0].RuleID != ".m.rule.master" || len(rules.Underride) != 5 {
+		t.Fatalf("default rules: %d override, %d underride", n, len(rules.Underride))
+	}
+}
+
+func TestMergeRules(t *testing.T) {
+	const me = "@bob:example.test"
+	stored := `{"global":{"override":[
+		{"rule_id":".m.rule.master","default":true,"enabled":true,"actions":[]},
+		{"rule_id":"mine","enabled":true,"actions":["notify","dont_notify"],"conditions":[]},
+		{"rule_id":".m.rule.gone","default":true,"enabled":true,"actions":[]},
+		{"rule_id":".m.rule.suppress_notices","default":true,"enabled":false,"actions":["notify"]}
+	],"sender":[{"rule_id":"@a:x","enabled":true,"actions":[]}]}}`
+	rs := mergeRules(me, []byte(stored))
+	ids := []string{}
+	for _, r := range rs.Override {
+		ids = append(ids, r.RuleID)
+	}
+	if ids[0] != ".m.rule.master" || ids[1] != "mine" || ids[2] != ".m.rule.suppress_notices" || len(ids) != 11 {
+		t.Fatalf("override order %v", ids)
+	}
+	if !rs.Override[0].Enabled || rs.Override[2].Enabled || string(rs.Override[2].Actions[0]) != `"notify"` {
+		t.Fatalf("stored enabled/actions of defaults not kept: %+v %+v", rs.Override[0], rs.Override[2])
+	}
+	if len(rs.Override[1].Actions) != 1 {
+		t.Fatalf("dont_notify not stripped: %s", rs.Override[1].Actions)
+	}
+	// The enabled master rule silences everything, user rules included.
+	if acts := rs.evaluate(mustPushEvent(t, `{"type":"m.room.message","sender":"@a:x","content":{"body":"x"}}`), &pushRoom{}); len(acts) != 0 {
+		t.Fatalf("master rule: %s", acts)
+	}
+	// Without it, the user's rule with no conditions matches everything.
+	rs.Override[0].Enabled = false
+	if acts := rs.evaluate(mustPushEvent(t, `{"type":"m.room.topic","content":{}}`), &pushRoom{}); len(acts) != 1 {
+		t.Fatalf("user override rule: %s", acts)
+	}
+	rs.Override[1].Enabled = false
+	// The sender rule with no actions silences @a:x.
+	if acts := rs.evaluate(mustPushEvent(t, `{"type":"m.room.message","sender":"@a:x","content":{"body":"x"}}`), &pushRoom{}); len(acts) != 0 {
+		t.Fatalf("sender rule: %s", acts)
+	}
+}

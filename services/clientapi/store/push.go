@@ -1,0 +1,236 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Notification is one user's notification for an event, as push rule
+// evaluation produced it.
+type Notification struct {
+	UserID    string
+	RoomID    string
+	EventID   string
+	ThreadID  string // thread root event ID, or "main"
+	Pos       int64
+	Actions   []byte // JSON array
+	Highlight bool
+	TS        int64 // ms
+}
+
+// OwnRead is a local sender's own event, which reads its thread up to it.
+type OwnRead struct {
+	UserID, RoomID, ThreadID, EventID string
+}
+
+// PushOutcome is what evaluating one stored event produced.
+type PushOutcome struct {
+	Notifications []Notification
+	OwnRead       *OwnRead
+}
+
+// Evaluator evaluates a newly stored event inside the transaction that
+// stores it; rd reads that transaction (the event and its state included).
+type Evaluator func(ctx context.Context, rd Reader, a Applied) (PushOutcome, error)
+
+// unreadCond is true for a notification n the user has not read: it comes
+// after the newest receipt (of any type) that covers its thread.
+const unreadCond = `n.pos > COALESCE((SELECT MAX(se.pos) FROM push_receipts r JOIN sync_events se ON se.event_id = r.event_id
+	WHERE r.user_id = n.user_id AND r.room_id = n.room_id AND (r.thread_id = '' OR r.thread_id = n.thread_id)), 0)`
+
+func storePushOutcome(ctx context.Context, tx pgx.Tx, out PushOutcome) error {
+	for _, n := range out.Notifications {
+		if _, err := tx.Exec(ctx, `INSERT INTO notifications (user_id, event_id, room_id, thread_id, pos, actions, highlight, ts)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING`,
+			n.UserID, n.EventID, n.RoomID, n.ThreadID, n.Pos, n.Actions, n.Highlight, n.TS); err != nil {
+			return fmt.Errorf("notification for %s: %w", n.UserID, err)
+		}
+	}
+	if o := out.OwnRead; o != nil {
+		// pos 0: the event itself brings the room into the sender's /sync.
+		if _, err := tx.Exec(ctx, `INSERT INTO push_receipts (user_id, room_id, thread_id, receipt_type, event_id, epos, pos)
+			VALUES ($1, $2, $3, 'own', $4, 0, 0)
+			ON CONFLICT (user_id, room_id, thread_id, receipt_type) DO UPDATE SET event_id = EXCLUDED.event_id`,
+			o.UserID, o.RoomID, o.ThreadID, o.EventID); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// PushReceipt is a local user's read receipt, copied from the presence
+// service's change stream.
+type PushReceipt struct {
+	UserID, RoomID, ThreadID, Type, EventID string
+	EPos                                    int64 // the presence service's position
+}
+
+// PutPushReceipt records a receipt unless a newer one (by presence
+// position) is already there, so redelivery and reordering are harmless.
+// It reports whether the copy changed.
+func (s *Store) PutPushReceipt(ctx context.Context, r PushReceipt) (bool, error) {
+	changed := false
+	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('myelin.account_data.' || $1))`, r.UserID); err != nil {
+			return err
+		}
+		tag, err := tx.Exec(ctx, `INSERT INTO push_receipts (user_id, room_id, thread_id, receipt_type, event_id, epos, pos)
+			VALUES ($1, $2, $3, $4, $5, $6, nextval('account_data_pos'))
+			ON CONFLICT (user_id, room_id, thread_id, receipt_type) DO UPDATE
+				SET event_id = EXCLUDED.event_id, epos = EXCLUDED.epos, pos = EXCLUDED.pos
+				WHERE push_receipts.epos < EXCLUDED.epos`,
+			r.UserID, r.RoomID, r.ThreadID, r.Type, r.EventID, r.EPos)
+		changed = err == nil && tag.RowsAffected() > 0
+		return err
+	})
+	return changed, err
+}
+
+// ReceiptChangesSince returns the rooms whose receipt copy for the user
+// changed after pos, and the latest such position (pos when none).
+func (r Reader) ReceiptChangesSince(ctx context.Context, userID string, pos int64) ([]string, int64, error) {
+	rows, err := r.q.Query(ctx, `SELECT room_id, MAX(pos) FROM push_receipts WHERE user_id = $1 AND pos > $2 GROUP BY room_id`, userID, pos)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer rows.Close()
+	var rooms []string
+	latest := pos
+	for rows.Next() {
+		var room string
+		var p int64
+		if err := rows.Scan(&room, &p); err != nil {
+			return nil, 0, err
+		}
+		rooms = append(rooms, room)
+		latest = max(latest, p)
+	}
+	return rooms, latest, rows.Err()
+}
+
+// UnreadCount is the unread notifications of one thread of a room.
+type UnreadCount struct {
+	RoomID, ThreadID  string
+	Notify, Highlight int
+}
+
+// UnreadCounts returns the user's unread notification counts per room and
+// thread for the given rooms, counting events up to position upto.
+func (r Reader) UnreadCounts(ctx context.Context, userID string, rooms []string, upto int64) ([]UnreadCount, error) {
+	rows, err := r.q.Query(ctx, `SELECT n.room_id, n.thread_id, COUNT(*), COUNT(*) FILTER (WHERE n.highlight)
+		FROM notifications n WHERE n.user_id = $1 AND n.room_id = ANY($2) AND n.pos <= $3 AND `+unreadCond+`
+		GROUP BY n.room_id, n.thread_id`, userID, rooms, upto)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (UnreadCount, error) {
+		var c UnreadCount
+		err := row.Scan(&c.RoomID, &c.ThreadID, &c.Notify, &c.Highlight)
+		return c, err
+	})
+}
+
+// UnreadTotal is the user's unread notifications over the rooms they are
+// joined to (the push gateway's badge count).
+func (r Reader) UnreadTotal(ctx context.Context, userID string) (int, error) {
+	var n int
+	err := r.q.QueryRow(ctx, `SELECT COUNT(*) FROM notifications n
+		JOIN memberships m ON m.user_id = n.user_id AND m.room_id = n.room_id AND m.membership = 'join'
+		WHERE n.user_id = $1 AND `+unreadCond, userID).Scan(&n)
+	return n, err
+}
+
+// NotificationRow is a stored notification with its event, for
+// /notifications and the pushers.
+type NotificationRow struct {
+	Notification
+	Read  bool
+	Event StoredEvent
+}
+
+// NotificationsQuery selects a user's notifications.
+type NotificationsQuery struct {
+	UserID string
+	// Before (exclusive, 0 = no bound) pages newest first; After
+	// (exclusive) pages oldest first when Before is 0 and Ascending is set.
+	Before, After int64
+	Ascending     bool
+	OnlyHighlight bool
+	Limit         int
+}
+
+// Notifications returns notifications with their (current, possibly
+// redacted) events.
+func (r Reader) Notifications(ctx context.Context, q NotificationsQuery) ([]NotificationRow, error) {
+	order := "DESC"
+	if q.Ascending {
+		order = "ASC"
+	}
+	rows, err := r.q.Query(ctx, `SELECT n.user_id, n.event_id, n.room_id, n.thread_id, n.pos, n.actions, n.highlight, n.ts,
+			NOT (`+unreadCond+`), `+qualifiedEventCols+`
+		FROM notifications n JOIN sync_events e ON e.event_id = n.event_id
+		WHERE n.user_id = $1 AND ($2 = 0 OR n.pos < $2) AND n.pos > $3 AND (NOT $4 OR n.highlight)
+		ORDER BY n.pos `+order+` LIMIT $5`, q.UserID, q.Before, q.After, q.OnlyHighlight, q.Limit)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (NotificationRow, error) {
+		var n NotificationRow
+		dest := []any{&n.UserID, &n.EventID, &n.RoomID, &n.ThreadID, &n.Pos, &n.Actions, &n.Highlight, &n.TS, &n.Read}
+		e := &n.Event
+		dest = append(dest, &e.Pos, &e.EventID, &e.RoomID, &e.Type, &e.StateKey, &e.Sender, &e.JSON, &e.TxnDeviceID, &e.TxnID,
+			&e.VisBefore, &e.VisAfter)
+		err := row.Scan(dest...)
+		return n, err
+	})
+}
+
+// MaxNotificationPos is the newest notification position (0 when none).
+func (r Reader) MaxNotificationPos(ctx context.Context) (int64, error) {
+	var pos int64
+	err := r.q.QueryRow(ctx, `SELECT COALESCE(MAX(pos), 0) FROM notifications`).Scan(&pos)
+	return pos, err
+}
+
+// RelationOf returns an event's recorded relation (empty when none).
+func (r Reader) RelationOf(ctx context.Context, eventID string) (relatesTo, relType string, err error) {
+	err = r.q.QueryRow(ctx, `SELECT relates_to, rel_type FROM event_relations WHERE event_id = $1`, eventID).Scan(&relatesTo, &relType)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", "", nil
+	}
+	return relatesTo, relType, err
+}
+
+// GlobalAccountData returns one global account data type for each of the
+// users that have it.
+func (r Reader) GlobalAccountData(ctx context.Context, users []string, typ string) (map[string][]byte, error) {
+	rows, err := r.q.Query(ctx, `SELECT user_id, content FROM account_data WHERE user_id = ANY($1) AND room_id = '' AND type = $2`, users, typ)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string][]byte{}
+	for rows.Next() {
+		var u string
+		var c []byte
+		if err := rows.Scan(&u, &c); err != nil {
+			return nil, err
+		}
+		out[u] = c
+	}
+	return out, rows.Err()
+}
+
+// JoinedRoomMembers returns the users joined to a room per its current
+// state, without their member events (cheap for big rooms).
+func (r Reader) JoinedRoomMembers(ctx context.Context, roomID string) ([]string, error) {
+	rows, err := r.q.Query(ctx, `SELECT state_key FROM current_state
+		WHERE room_id = $1 AND type = 'm.room.member' AND membership = 'join'`, roomID)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
