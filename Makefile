@@ -6,7 +6,7 @@ PROTOS    := $(shell find $(PROTO_DIR) -name '*.proto' | sort)
 # Modules of the workspace (go.work); tests run in each.
 MODULES   := . ./pkg ./proto ./services/roomserver ./services/clientapi ./services/keyserver ./services/presence
 
-.PHONY: all build run test test-unit test-e2e proto proto-check vet lint bench bench-quick bench-go bench-tools clean
+.PHONY: all build run test test-unit test-e2e jsclient-deps proto proto-check vet lint bench bench-quick bench-go bench-tools clean
 
 all: build
 
@@ -19,14 +19,21 @@ run: build
 	@test -f myelin.yaml || ./$(BIN)/myelin generate-config > myelin.yaml
 	./$(BIN)/myelin -config myelin.yaml
 
-# Unit tests in every module, then the end-to-end suite (both shapes).
-test: build
+# Unit tests in every module, then the end-to-end suite (both shapes, and
+# the matrix-js-sdk conversation, whose packages npm ci installs first).
+test: build jsclient-deps
 	@for m in $(MODULES); do \
 		echo "== go test $$m"; \
 		(cd $$m && MYELIN_BIN=$(CURDIR)/$(BIN)/myelin $(GO) test -count=1 -timeout 12m ./...) || exit 1; \
 	done
 	@echo "== go test ./tests/crosscheck (GOEXPERIMENT=jsonv2: mautrix's PDU code needs encoding/json/v2)"
 	GOEXPERIMENT=jsonv2 $(GO) test -count=1 -timeout 5m ./tests/crosscheck
+
+# tests/jsclient's node_modules, exactly as package-lock.json pins them (from
+# npm's cache when it has them). tests/e2e TestJSClient fails without them.
+jsclient-deps:
+	@command -v npm >/dev/null || { echo "make test needs Node.js 20+ and npm (tests/jsclient drives the server with matrix-js-sdk)" >&2; exit 1; }
+	npm ci --prefix tests/jsclient --no-audit --no-fund --prefer-offline
 
 vet:
 	@for m in $(MODULES); do (cd $$m && $(GO) vet ./...) || exit 1; done

@@ -25,7 +25,9 @@ type clientEvent struct {
 	StateKey       *string         `json:"state_key,omitempty"`
 	Type           string          `json:"type"`
 	Unsigned       json.RawMessage `json:"unsigned,omitempty"`
-	// Redacts is top-level in room versions before 11.
+	// Redacts names the target of an m.room.redaction: top-level in room
+	// versions before 11, in content from 11 on. The client API serves it
+	// in both places in every version (newClientEvent).
 	Redacts string `json:"redacts,omitempty"`
 }
 
@@ -55,9 +57,51 @@ func newClientEvent(pdu gomatrixserverlib.PDU) clientEvent {
 		ce.Unsigned = json.RawMessage(u)
 	}
 	if pdu.Type() == "m.room.redaction" {
-		ce.Redacts = pdu.Redacts()
+		// The spec (room version 11, "Moving the redacts property") asks
+		// servers to serve a redaction's target both top-level and in
+		// content over the client-server API, in every room version, for
+		// older and newer clients alike: matrix-js-sdk, for one, reads only
+		// the top-level key to apply a redaction it sees in /sync.
+		ce.Redacts = redactionTarget(pdu)
+		ce.Content = withContentRedacts(ce.Content, ce.Redacts)
 	}
 	return ce
+}
+
+// redactionTarget returns the event a redaction redacts, from where its room
+// version keeps it: top-level before v11, content.redacts from v11 on
+// (gomatrixserverlib's Redacts reads only the former).
+func redactionTarget(pdu gomatrixserverlib.PDU) string {
+	switch pdu.Version() {
+	case gomatrixserverlib.RoomVersionV1, gomatrixserverlib.RoomVersionV2, gomatrixserverlib.RoomVersionV3,
+		gomatrixserverlib.RoomVersionV4, gomatrixserverlib.RoomVersionV5, gomatrixserverlib.RoomVersionV6,
+		gomatrixserverlib.RoomVersionV7, gomatrixserverlib.RoomVersionV8, gomatrixserverlib.RoomVersionV9,
+		gomatrixserverlib.RoomVersionV10:
+		return pdu.Redacts()
+	}
+	var c struct {
+		Redacts string `json:"redacts"`
+	}
+	_ = json.Unmarshal(pdu.Content(), &c)
+	return c.Redacts
+}
+
+// withContentRedacts returns content with "redacts" set to target.
+func withContentRedacts(content json.RawMessage, target string) json.RawMessage {
+	var c map[string]json.RawMessage
+	if target == "" || json.Unmarshal(content, &c) != nil || c == nil {
+		return content
+	}
+	var have string
+	if json.Unmarshal(c["redacts"], &have) == nil && have == target {
+		return content
+	}
+	c["redacts"], _ = json.Marshal(target)
+	raw, err := json.Marshal(c)
+	if err != nil {
+		return content
+	}
+	return raw
 }
 
 func (ce clientEvent) marshal() ([]byte, error) { return json.Marshal(ce) }

@@ -182,8 +182,17 @@ func TestRedactions(t *testing.T) {
 			last := sendText(t, alice, roomID, "after")
 			caughtUp(t, bob, roomID, last)
 
+			// Every room version serves the target both top-level and in
+			// content (room v11's compatibility rule for clients).
+			checkRedacts := func(where string, e *event.Event) {
+				t.Helper()
+				if e.Redacts != bobMsg || e.Content.Raw["redacts"] != bobMsg.String() {
+					t.Fatalf("%s: redaction %s names top-level %q, content %v; want %s in both", where, e.ID, e.Redacts, e.Content.Raw["redacts"], bobMsg)
+				}
+			}
 			checkRedacted := func(where string, e *event.Event) {
 				t.Helper()
+				checkRedacts(where+" redacted_because", e.Unsigned.RedactedBecause)
 				if len(e.Content.Raw) != 0 || e.Unsigned.RedactedBecause == nil || e.Unsigned.RedactedBecause.ID != red.EventID {
 					t.Fatalf("%s: redacted event %s content %v redacted_because %v", where, e.ID, e.Content.Raw, e.Unsigned.RedactedBecause)
 				}
@@ -211,9 +220,7 @@ func TestRedactions(t *testing.T) {
 					}
 				case red.EventID:
 					sawRedaction = true
-					if e.Redacts != bobMsg && e.Content.Raw["redacts"] != bobMsg.String() {
-						t.Fatalf("redaction event names %q / %v", e.Redacts, e.Content.Raw["redacts"])
-					}
+					checkRedacts("/messages", e)
 				}
 			}
 			if !sawRedaction {
@@ -228,10 +235,18 @@ func TestRedactions(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			sawRedaction = false
 			for _, e := range init.Rooms.Join[roomID].Timeline.Events {
-				if e.ID == bobMsg {
+				switch e.ID {
+				case bobMsg:
 					checkRedacted("/sync", e)
+				case red.EventID:
+					sawRedaction = true
+					checkRedacts("/sync", e)
 				}
+			}
+			if !sawRedaction {
+				t.Fatal("the redaction is not in /sync")
 			}
 			// The current state copy holds the redacted topic.
 			var tc map[string]any
