@@ -543,3 +543,49 @@ func TestRateLimitsSpareAdmins(t *testing.T) {
 		t.Fatal("a normal user was never rate limited")
 	}
 }
+
+// TestGuestUpgrade: a guest becomes a full account through POST /register
+// with guest_access_token and their own localpart, after the usual
+// user-interactive auth; the user ID stays, the password works, and the
+// wrong token or username is refused.
+func TestGuestUpgrade(t *testing.T) {
+	h := newHarness(t, accountsConfig(), nil)
+	ctx := context.Background()
+	g, _, err := h.mx("").RegisterGuest(ctx, &mautrix.ReqRegister[any]{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lp := g.UserID.Localpart()
+	userToken, _ := h.register("plain", "plain password")
+	upgrade := func(body map[string]any) response {
+		return h.do("POST", "/_matrix/client/v3/register", "", body)
+	}
+	h.expect(upgrade(map[string]any{"guest_access_token": "nope", "username": lp, "password": "pw"}), 403, "M_FORBIDDEN")
+	h.expect(upgrade(map[string]any{"guest_access_token": userToken, "username": "plain", "password": "pw"}), 403, "M_FORBIDDEN")
+	h.expect(upgrade(map[string]any{"guest_access_token": g.AccessToken, "password": "pw"}), 400, "M_MISSING_PARAM")
+	h.expect(upgrade(map[string]any{"guest_access_token": g.AccessToken, "username": "someoneelse", "password": "pw"}), 403, "M_FORBIDDEN")
+
+	first := upgrade(map[string]any{"guest_access_token": g.AccessToken, "username": lp, "password": "upgraded password"})
+	h.expect(first, 401, "")
+	session, _ := first.body["session"].(string)
+	done := upgrade(map[string]any{
+		"guest_access_token": g.AccessToken, "username": lp, "password": "upgraded password",
+		"auth": map[string]any{"type": "m.login.dummy", "session": session},
+	})
+	h.expect(done, 200, "")
+	if done.body["user_id"] != g.UserID.String() {
+		t.Fatalf("upgraded user ID %v, want %s", done.body["user_id"], g.UserID)
+	}
+	who := h.do("GET", "/_matrix/client/v3/account/whoami", done.body["access_token"].(string), nil)
+	if who.status != 200 || who.body["is_guest"] == true {
+		t.Fatalf("whoami after upgrade: %s", who.raw)
+	}
+	// The old guest token is now a full account's token too.
+	h.expect(h.do("GET", "/_matrix/client/v3/joined_rooms", g.AccessToken, nil), 200, "")
+	login := h.do("POST", "/_matrix/client/v3/login", "", map[string]any{
+		"type": "m.login.password", "identifier": map[string]any{"type": "m.id.user", "user": lp}, "password": "upgraded password",
+	})
+	h.expect(login, 200, "")
+	// Upgrading twice: no longer a guest.
+	h.expect(upgrade(map[string]any{"guest_access_token": g.AccessToken, "username": lp, "password": "pw"}), 403, "M_FORBIDDEN")
+}

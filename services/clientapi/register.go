@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strings"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
@@ -18,6 +19,8 @@ type registerRequest struct {
 	InitialDeviceDisplayName string    `json:"initial_device_display_name"`
 	InhibitLogin             bool      `json:"inhibit_login"`
 	RefreshToken             bool      `json:"refresh_token"`
+	// GuestAccessToken upgrades that guest account (guest access module).
+	GuestAccessToken string `json:"guest_access_token"`
 }
 
 // loginResponse is the body of a successful login or registration.
@@ -67,6 +70,9 @@ func (s *Service) register(r *http.Request, _ *device) (any, error) {
 	if guest {
 		return s.registerGuest(r, req)
 	}
+	if req.GuestAccessToken != "" {
+		return s.upgradeGuest(r, req)
+	}
 	localpart := ""
 	if req.Username != "" {
 		lp, err := s.normaliseUsername(req.Username)
@@ -104,6 +110,60 @@ func (s *Service) register(r *http.Request, _ *device) (any, error) {
 func (s *Service) registerGuest(r *http.Request, req registerRequest) (any, error) {
 	acct := store.NewAccount{Guest: true}
 	return s.createAndLogin(r, acct, true, "", req.InitialDeviceDisplayName, false)
+}
+
+// upgradeGuest is POST /register with guest_access_token: the guest account
+// becomes a full account (same user ID, so rooms and history stay), after
+// the same user-interactive auth as a new registration. The spec requires
+// username, set to the guest's localpart.
+func (s *Service) upgradeGuest(r *http.Request, req registerRequest) (any, error) {
+	ctx := r.Context()
+	owner, err := s.store.LookupToken(ctx, hashToken(req.GuestAccessToken))
+	if errors.Is(err, store.ErrNotFound) || (err == nil && !owner.Guest) {
+		return nil, matrixhttp.Forbidden("Invalid guest access token")
+	}
+	if err != nil {
+		return nil, err
+	}
+	lp, _ := s.localpartOf(owner.UserID)
+	if req.Username == "" {
+		return nil, matrixhttp.MissingParam("username is required to upgrade a guest account")
+	}
+	if strings.ToLower(req.Username) != lp {
+		return nil, matrixhttp.Forbidden("username must be the guest's own localpart")
+	}
+	sess, err := s.runUIA(ctx, purposeRegister, "", req.Auth)
+	if err != nil {
+		return nil, err
+	}
+	var hash *string
+	if req.Password != "" {
+		h, err := hashPassword(req.Password)
+		if err != nil {
+			return nil, err
+		}
+		hash = &h
+	}
+	var l *store.Login
+	var toks issuedTokens
+	if !req.InhibitLogin {
+		deviceID := req.DeviceID
+		if deviceID == "" {
+			deviceID = newDeviceID()
+		}
+		nl, t := s.newLogin(r, owner.UserID, deviceID, req.InitialDeviceDisplayName, req.RefreshToken)
+		l, toks = &nl, t
+	}
+	if err := s.store.UpgradeGuest(ctx, lp, hash, sess.ID, l); errors.Is(err, store.ErrNotFound) {
+		return nil, matrixhttp.Forbidden("Invalid guest access token")
+	} else if err != nil {
+		return nil, err
+	}
+	resp := loginResponse{UserID: owner.UserID, HomeServer: s.serverName}
+	if l != nil {
+		toks.fill(&resp, l.DeviceID)
+	}
+	return resp, nil
 }
 
 // createAndLogin creates the account (generating a localpart when empty)

@@ -66,6 +66,32 @@ func (s *Store) CreateAccount(ctx context.Context, acct NewAccount, login *Login
 	})
 }
 
+// UpgradeGuest turns a guest account into a full account with the given
+// password hash (nil: none), consuming the UIA session like CreateAccount,
+// and adds the login when one is given. ErrNotFound: no such guest.
+func (s *Store) UpgradeGuest(ctx context.Context, localpart string, passwordHash *string, uiaSession string, login *Login) error {
+	return pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `UPDATE accounts SET is_guest = false, password_hash = $2
+			WHERE localpart = $1 AND is_guest AND NOT deactivated`, localpart, passwordHash)
+		if err != nil {
+			return fmt.Errorf("upgrade guest: %w", err)
+		}
+		if tag.RowsAffected() == 0 {
+			return ErrNotFound
+		}
+		if uiaSession != "" {
+			if err := consumeUIASession(ctx, tx, uiaSession); err != nil {
+				return err
+			}
+		}
+		if login == nil {
+			return nil
+		}
+		_, err = addLogin(ctx, tx, *login)
+		return err
+	})
+}
+
 // AccountExists reports whether the localpart is registered (deactivated
 // accounts included: their IDs are never reused).
 func (s *Store) AccountExists(ctx context.Context, localpart string) (bool, error) {

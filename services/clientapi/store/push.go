@@ -42,11 +42,22 @@ const unreadCond = `n.pos > COALESCE((SELECT MAX(se.pos) FROM push_receipts r JO
 	WHERE r.user_id = n.user_id AND r.room_id = n.room_id AND (r.thread_id = '' OR r.thread_id = n.thread_id)), 0)`
 
 func storePushOutcome(ctx context.Context, tx pgx.Tx, out PushOutcome) error {
-	for _, n := range out.Notifications {
+	if n := len(out.Notifications); n > 0 {
+		// One statement for all of an event's recipients (a room's members
+		// can be many): arrays, unnested.
+		users, events, rooms, threads := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		poss, tss := make([]int64, n), make([]int64, n)
+		actions, highlights := make([]string, n), make([]bool, n)
+		for i, no := range out.Notifications {
+			users[i], events[i], rooms[i], threads[i] = no.UserID, no.EventID, no.RoomID, no.ThreadID
+			poss[i], tss[i], actions[i], highlights[i] = no.Pos, no.TS, string(no.Actions), no.Highlight
+		}
 		if _, err := tx.Exec(ctx, `INSERT INTO notifications (user_id, event_id, room_id, thread_id, pos, actions, highlight, ts)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING`,
-			n.UserID, n.EventID, n.RoomID, n.ThreadID, n.Pos, n.Actions, n.Highlight, n.TS); err != nil {
-			return fmt.Errorf("notification for %s: %w", n.UserID, err)
+			SELECT u, e, r, t, p, a::jsonb, h, ts
+			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::bool[], $8::bigint[]) AS x(u, e, r, t, p, a, h, ts)
+			ON CONFLICT DO NOTHING`,
+			users, events, rooms, threads, poss, actions, highlights, tss); err != nil {
+			return fmt.Errorf("notifications for %s: %w", out.Notifications[0].EventID, err)
 		}
 	}
 	if o := out.OwnRead; o != nil {
