@@ -179,3 +179,34 @@ func TestMergeRules(t *testing.T) {
 		t.Fatalf("sender rule: %s", acts)
 	}
 }
+
+// The rule cache reuses a user's rules only while their stored
+// m.push_rules is unchanged.
+func TestRuleCacheFollowsStoredRules(t *testing.T) {
+	var c ruleCache
+	const user = "@alice:example.test"
+	first := c.get(user, nil)
+	if again := c.get(user, nil); again != first {
+		t.Fatal("unchanged rules were rebuilt")
+	}
+	if other := c.get("@bob:example.test", nil); other == first {
+		t.Fatal("two users share one rule set")
+	}
+	stored := []byte(`{"global":{"override":[{"rule_id":".m.rule.master","default":true,"enabled":true,"actions":[]}]}}`)
+	changed := c.get(user, stored)
+	if changed == first {
+		t.Fatal("changed stored rules served from the cache")
+	}
+	master := func(rs *pushRuleset) bool {
+		for _, r := range rs.Override {
+			if r.RuleID == ".m.rule.master" {
+				return r.Enabled
+			}
+		}
+		t.Fatal("no master rule")
+		return false
+	}
+	if master(first) || !master(changed) {
+		t.Fatalf("master enabled: before %v, after %v", master(first), master(changed))
+	}
+}

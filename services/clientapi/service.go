@@ -56,6 +56,8 @@ type Service struct {
 	receiptsConsumer jetstream.Consumer
 	// pushers delivers notifications to push gateways.
 	pushers *pushDispatcher
+	// pushRules caches users' effective push rules (push_eval.go).
+	pushRules ruleCache
 	// now is the clock for token expiry; tests replace it.
 	now func() time.Time
 }
