@@ -357,20 +357,22 @@ func (c pushCondition) matches(ev *pushEvent, room *pushRoom) bool {
 		}
 		return globRegexp(*c.Pattern, c.Key == "content.body").MatchString(s)
 	case "event_property_is":
-		want, ok := decodeValue(c.Value)
+		// The event's side first: most events lack most properties, and
+		// then the rule's value need not be decoded.
+		v, ok := ev.lookup(c.Key)
 		if !ok {
 			return false
 		}
-		v, ok := ev.lookup(c.Key)
+		want, ok := decodeValue(c.Value)
 		return ok && scalarEqual(v, want)
 	case "event_property_contains":
-		want, ok := decodeValue(c.Value)
-		if !ok {
-			return false
-		}
 		v, ok := ev.lookup(c.Key)
 		arr, isArr := v.([]any)
 		if !ok || !isArr {
+			return false
+		}
+		want, ok := decodeValue(c.Value)
+		if !ok {
 			return false
 		}
 		return slices.ContainsFunc(arr, func(x any) bool { return scalarEqual(x, want) })
