@@ -7,6 +7,7 @@ import (
 	"net/http"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -118,6 +119,9 @@ func (s *Service) getAccountData(r *http.Request, dev *device, perRoom bool) (an
 		content, err := s.pushRulesContent(r.Context(), dev.UserID)
 		return json.RawMessage(content), err
 	}
+	if roomID != "" && typ == "m.fully_read" {
+		return s.fullyReadMarker(r, dev, roomID)
+	}
 	content, err := s.store.GetAccountData(r.Context(), dev.UserID, roomID, typ)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, matrixhttp.NotFound("No account data of this type")
@@ -126,6 +130,28 @@ func (s *Service) getAccountData(r *http.Request, dev *device, perRoom bool) (an
 		return nil, err
 	}
 	return json.RawMessage(content), nil
+}
+
+// fullyReadMarker serves the room account data m.fully_read, which the
+// presence service keeps (POST /read_markers writes it there): the room's
+// current marker, read as an initial /sync would.
+func (s *Service) fullyReadMarker(r *http.Request, dev *device, roomID string) (any, error) {
+	ps, err := s.presenceClient()
+	if err != nil {
+		return nil, err
+	}
+	out, err := ps.SyncEphemeral(r.Context(), &presencev1.SyncEphemeralRequest{
+		UserId: dev.UserID, RoomIds: []string{roomID}, Initial: true,
+	})
+	if err != nil {
+		return nil, s.fromGRPC(r.Context(), "SyncEphemeral", err, nil)
+	}
+	for _, re := range out.GetRooms() {
+		if re.GetRoomId() == roomID && re.GetFullyReadEventId() != "" {
+			return map[string]string{"event_id": re.GetFullyReadEventId()}, nil
+		}
+	}
+	return nil, matrixhttp.NotFound("No account data of this type")
 }
 
 // tagsContent is the content of m.tag.

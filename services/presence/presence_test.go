@@ -212,6 +212,16 @@ func TestReceipts(t *testing.T) {
 		}
 		return false
 	})
+	// The marker is also readable as room account data, by its owner only.
+	var marker struct {
+		EventID string `json:"event_id"`
+	}
+	if err := alice.GetRoomAccountData(ctx, room, "m.fully_read", &marker); err != nil || marker.EventID != msg2.EventID.String() {
+		t.Fatalf("GET m.fully_read = %+v, %v; want %s", marker, err, msg2.EventID)
+	}
+	if err := bob.GetRoomAccountData(ctx, room, "m.fully_read", &marker); err == nil {
+		t.Fatal("bob's own m.fully_read exists though bob never set one")
+	}
 	bob.syncUntil("alice's m.read from read_markers", func(r *mautrix.RespSync) bool {
 		if jr := r.Rooms.Join[room]; jr != nil {
 			for _, ad := range jr.AccountData.Events {
