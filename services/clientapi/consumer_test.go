@@ -174,9 +174,13 @@ func TestConsumerAndIncrementalSync(t *testing.T) {
 		&roomserverv1.TransactionID{DeviceId: "ADEV", TxnId: "txn1"})
 	p.publish(msg1, "") // pos 4
 	h.waitPos(4)
-	if m := h.svc.notifier.members(roomID); !slices.Equal(m, []string{alice}) {
-		t.Fatalf("notifier members %v", m)
-	}
+	// The notifier hears of a batch just after it commits.
+	testkit.Eventually(t, 10*time.Second, func() error {
+		if m := h.svc.notifier.members(roomID); !slices.Equal(m, []string{alice}) {
+			return fmt.Errorf("notifier members %v", m)
+		}
+		return nil
+	})
 
 	// Incremental sync from just after alice's join: the two later events,
 	// with transaction_id for alice's device only.
@@ -326,9 +330,12 @@ func TestConsumerAndIncrementalSync(t *testing.T) {
 	if roomView(t, ls, "join", roomID) != nil {
 		t.Fatal("left room still in join")
 	}
-	if m := h.svc.notifier.members(roomID); len(m) != 0 {
-		t.Fatalf("notifier members after leave %v", m)
-	}
+	testkit.Eventually(t, 10*time.Second, func() error {
+		if m := h.svc.notifier.members(roomID); len(m) != 0 {
+			return fmt.Errorf("notifier members after leave %v", m)
+		}
+		return nil
+	})
 	// History after the leave is hidden from alice.
 	hist := h.do("GET", "/_matrix/client/v3/rooms/"+url.PathEscape(roomID)+"/messages?dir=b&limit=1", aliceTok, nil)
 	h.expect(hist, 200, "")
