@@ -3,6 +3,7 @@ package clientapi
 import (
 	"context"
 	"math"
+	"slices"
 	"sync"
 
 	"github.com/myelin-chat/myelin/services/clientapi/store"
@@ -23,14 +24,14 @@ type notifier struct {
 	// wakes counts changes outside both streams (account data), per user
 	// (notifier_wake.go).
 	wakes   map[string]uint64
-	waiters map[string][]chan struct{} // user ID -> waiting requests
+	waiters waitList // user ID -> waiting requests
 	// stored: event ID -> requests waiting for it to be stored
 	// (readwrites.go).
-	stored map[string][]chan struct{}
+	stored waitList
 	// roomPos and roomWaiters serve peeking long polls (GET /events with
 	// room_id, notifier_room.go), which wait on a room, not a user.
 	roomPos     map[string]int64
-	roomWaiters map[string][]chan struct{}
+	roomWaiters waitList
 	done        chan struct{}
 	closed      bool
 }
@@ -41,10 +42,10 @@ func newNotifier(joined map[string][]string) *notifier {
 		userPos:     map[string]int64{},
 		userEPos:    map[string]int64{},
 		wakes:       map[string]uint64{},
-		waiters:     map[string][]chan struct{}{},
-		stored:      map[string][]chan struct{}{},
+		waiters:     waitList{},
+		stored:      waitList{},
 		roomPos:     map[string]int64{},
-		roomWaiters: map[string][]chan struct{}{},
+		roomWaiters: waitList{},
 		done:        make(chan struct{}),
 	}
 	for room, users := range joined {
@@ -63,10 +64,7 @@ func (n *notifier) committed(applied []store.Applied) {
 	defer n.mu.Unlock()
 	woken := map[string]struct{}{}
 	for _, a := range applied {
-		for _, ch := range n.stored[a.Event.EventID] {
-			close(ch)
-		}
-		delete(n.stored, a.Event.EventID)
+		n.stored.release(a.Event.EventID)
 		room := a.Event.RoomID
 		n.roomCommittedLocked(room, a.Pos)
 		touch := func(u string) {
@@ -99,10 +97,7 @@ func (n *notifier) committed(applied []store.Applied) {
 // wakeLocked releases the waiters of the given users.
 func (n *notifier) wakeLocked(users map[string]struct{}) {
 	for u := range users {
-		for _, ch := range n.waiters[u] {
-			close(ch)
-		}
-		delete(n.waiters, u)
+		n.waiters.release(u)
 	}
 }
 
@@ -131,31 +126,54 @@ func (n *notifier) waitSync(ctx context.Context, userID string, c syncCursor) {
 		n.mu.Unlock()
 		return
 	}
-	ch := make(chan struct{})
-	n.waiters[userID] = append(n.waiters[userID], ch)
+	ch := n.waiters.add(userID)
 	n.mu.Unlock()
+	n.block(ctx, n.waiters, userID, ch)
+}
 
+// waitList holds the requests waiting on each key (a user, a room, an
+// event ID). The notifier's mutex guards it.
+type waitList map[string][]chan struct{}
+
+// add registers a waiter for key.
+func (w waitList) add(key string) chan struct{} {
+	ch := make(chan struct{})
+	w[key] = append(w[key], ch)
+	return ch
+}
+
+// release wakes and forgets every waiter for key.
+func (w waitList) release(key string) {
+	for _, ch := range w[key] {
+		close(ch)
+	}
+	delete(w, key)
+}
+
+// remove forgets one waiter that was not released.
+func (w waitList) remove(key string, ch chan struct{}) {
+	list := slices.DeleteFunc(w[key], func(c chan struct{}) bool { return c == ch })
+	if len(list) == 0 {
+		delete(w, key)
+	} else {
+		w[key] = list
+	}
+}
+
+// block waits until ch (registered in list under key) is released, ctx
+// ends or the notifier closes. It reports whether ch was released; if not,
+// it removes ch.
+func (n *notifier) block(ctx context.Context, list waitList, key string, ch chan struct{}) bool {
 	select {
 	case <-ch:
-		return
+		return true
 	case <-ctx.Done():
 	case <-n.done:
 	}
-	// Not woken: remove our channel.
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	list := n.waiters[userID]
-	for i, c := range list {
-		if c == ch {
-			list = append(list[:i], list[i+1:]...)
-			break
-		}
-	}
-	if len(list) == 0 {
-		delete(n.waiters, userID)
-	} else {
-		n.waiters[userID] = list
-	}
+	list.remove(key, ch)
+	return false
 }
 
 // close releases every waiter; later waits return at once.

@@ -10,10 +10,7 @@ import "context"
 // room's waiters. n.mu is held.
 func (n *notifier) roomCommittedLocked(room string, pos int64) {
 	n.roomPos[room] = pos
-	for _, ch := range n.roomWaiters[room] {
-		close(ch)
-	}
-	delete(n.roomWaiters, room)
+	n.roomWaiters.release(room)
 }
 
 // waitRoom blocks until an event of the room is committed at a position
@@ -24,28 +21,7 @@ func (n *notifier) waitRoom(ctx context.Context, room string, after int64) {
 		n.mu.Unlock()
 		return
 	}
-	ch := make(chan struct{})
-	n.roomWaiters[room] = append(n.roomWaiters[room], ch)
+	ch := n.roomWaiters.add(room)
 	n.mu.Unlock()
-
-	select {
-	case <-ch:
-		return
-	case <-ctx.Done():
-	case <-n.done:
-	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	list := n.roomWaiters[room]
-	for i, c := range list {
-		if c == ch {
-			list = append(list[:i], list[i+1:]...)
-			break
-		}
-	}
-	if len(list) == 0 {
-		delete(n.roomWaiters, room)
-	} else {
-		n.roomWaiters[room] = list
-	}
+	n.block(ctx, n.roomWaiters, room, ch)
 }

@@ -26,45 +26,20 @@ func (s *Service) awaitStored(ctx context.Context, eventID string) {
 	if eventID == "" {
 		return
 	}
-	ch := s.notifier.watchStored(eventID)
-	defer s.notifier.unwatchStored(eventID, ch)
+	n := s.notifier
+	n.mu.Lock()
+	ch := n.stored.add(eventID)
+	n.mu.Unlock()
 	// Registered first, checked second: a store in between is not missed.
 	if ok, err := s.store.Reader().HasEvent(ctx, eventID); err != nil || ok {
+		n.mu.Lock()
+		n.stored.remove(eventID, ch)
+		n.mu.Unlock()
 		return
 	}
-	t := time.NewTimer(storedWaitLimit)
-	defer t.Stop()
-	select {
-	case <-ch:
-	case <-ctx.Done():
-	case <-t.C:
+	waitCtx, cancel := context.WithTimeout(ctx, storedWaitLimit)
+	defer cancel()
+	if !n.block(waitCtx, n.stored, eventID, ch) && ctx.Err() == nil && waitCtx.Err() != nil {
 		s.log.Warn("write returned before the client-API stored its event", zap.String("event_id", eventID))
-	}
-}
-
-// watchStored registers a request waiting for an event to be stored.
-func (n *notifier) watchStored(eventID string) chan struct{} {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	ch := make(chan struct{})
-	n.stored[eventID] = append(n.stored[eventID], ch)
-	return ch
-}
-
-// unwatchStored forgets a waiter that was not released.
-func (n *notifier) unwatchStored(eventID string, ch chan struct{}) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	list := n.stored[eventID]
-	for i, c := range list {
-		if c == ch {
-			list = append(list[:i], list[i+1:]...)
-			break
-		}
-	}
-	if len(list) == 0 {
-		delete(n.stored, eventID)
-	} else {
-		n.stored[eventID] = list
 	}
 }
