@@ -31,15 +31,9 @@ func guestAccessChanged(inputs []store.Input) []string {
 		if ev.Type != "m.room.guest_access" || ev.StateKey == nil || *ev.StateKey != "" {
 			continue
 		}
-		var parsed struct {
-			Content struct {
-				GuestAccess string `json:"guest_access"`
-			} `json:"content"`
+		if !guestsCanJoin(ev.JSON) {
+			rooms = append(rooms, ev.RoomID)
 		}
-		if json.Unmarshal(ev.JSON, &parsed) == nil && parsed.Content.GuestAccess == "can_join" {
-			continue
-		}
-		rooms = append(rooms, ev.RoomID)
 	}
 	return rooms
 }
@@ -103,10 +97,16 @@ func (s *Service) guestsMayJoin(ctx context.Context, roomID string) (bool, error
 	if err != nil {
 		return false, err
 	}
+	return guestsCanJoin(ev.JSON), nil
+}
+
+// guestsCanJoin reports whether a client-format m.room.guest_access event
+// says can_join.
+func guestsCanJoin(eventJSON []byte) bool {
 	var parsed struct {
 		Content struct {
 			GuestAccess string `json:"guest_access"`
 		} `json:"content"`
 	}
-	return json.Unmarshal(ev.JSON, &parsed) == nil && parsed.Content.GuestAccess == "can_join", nil
+	return json.Unmarshal(eventJSON, &parsed) == nil && parsed.Content.GuestAccess == "can_join"
 }

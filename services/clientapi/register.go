@@ -92,14 +92,11 @@ func (s *Service) register(r *http.Request, _ *device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	acct := store.NewAccount{Localpart: localpart, UIASession: sess.ID}
-	if req.Password != "" {
-		h, err := hashPassword(req.Password)
-		if err != nil {
-			return nil, err
-		}
-		acct.PasswordHash = &h
+	hash, err := optionalPasswordHash(req.Password)
+	if err != nil {
+		return nil, err
 	}
+	acct := store.NewAccount{Localpart: localpart, UIASession: sess.ID, PasswordHash: hash}
 	return s.createAndLogin(r, acct, !req.InhibitLogin, req.DeviceID, req.InitialDeviceDisplayName, req.RefreshToken)
 }
 
@@ -136,24 +133,11 @@ func (s *Service) upgradeGuest(r *http.Request, req registerRequest) (any, error
 	if err != nil {
 		return nil, err
 	}
-	var hash *string
-	if req.Password != "" {
-		h, err := hashPassword(req.Password)
-		if err != nil {
-			return nil, err
-		}
-		hash = &h
+	hash, err := optionalPasswordHash(req.Password)
+	if err != nil {
+		return nil, err
 	}
-	var l *store.Login
-	var toks issuedTokens
-	if !req.InhibitLogin {
-		deviceID := req.DeviceID
-		if deviceID == "" {
-			deviceID = newDeviceID()
-		}
-		nl, t := s.newLogin(r, owner.UserID, deviceID, req.InitialDeviceDisplayName, req.RefreshToken)
-		l, toks = &nl, t
-	}
+	l, toks := s.firstLogin(r, owner.UserID, !req.InhibitLogin, req.DeviceID, req.InitialDeviceDisplayName, req.RefreshToken)
 	if err := s.store.UpgradeGuest(ctx, lp, hash, sess.ID, l); errors.Is(err, store.ErrNotFound) {
 		return nil, matrixhttp.Forbidden("Invalid guest access token")
 	} else if err != nil {
@@ -170,15 +154,7 @@ func (s *Service) upgradeGuest(r *http.Request, req registerRequest) (any, error
 // and, when login is set, its first device and tokens.
 func (s *Service) createAndLogin(r *http.Request, acct store.NewAccount, login bool, deviceID, deviceName string, refresh bool) (loginResponse, error) {
 	ctx := r.Context()
-	var l *store.Login
-	var toks issuedTokens
-	if login {
-		if deviceID == "" {
-			deviceID = newDeviceID()
-		}
-		nl, t := s.newLogin(r, "", deviceID, deviceName, refresh)
-		l, toks = &nl, t
-	}
+	l, toks := s.firstLogin(r, "", login, deviceID, deviceName, refresh)
 	localpart, err := s.createAccount(ctx, acct, l)
 	if err != nil {
 		return loginResponse{}, err
@@ -188,6 +164,31 @@ func (s *Service) createAndLogin(r *http.Request, acct store.NewAccount, login b
 		toks.fill(&resp, l.DeviceID)
 	}
 	return resp, nil
+}
+
+// firstLogin prepares the login a registration issues (nil when login is
+// false), on deviceID or a new device.
+func (s *Service) firstLogin(r *http.Request, userID string, login bool, deviceID, deviceName string, refresh bool) (*store.Login, issuedTokens) {
+	if !login {
+		return nil, issuedTokens{}
+	}
+	if deviceID == "" {
+		deviceID = newDeviceID()
+	}
+	l, t := s.newLogin(r, userID, deviceID, deviceName, refresh)
+	return &l, t
+}
+
+// optionalPasswordHash hashes a registration's password; none gives nil.
+func optionalPasswordHash(password string) (*string, error) {
+	if password == "" {
+		return nil, nil
+	}
+	h, err := hashPassword(password)
+	if err != nil {
+		return nil, err
+	}
+	return &h, nil
 }
 
 // createAccount stores the account; an empty localpart is generated

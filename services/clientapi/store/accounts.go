@@ -53,17 +53,23 @@ func (s *Store) CreateAccount(ctx context.Context, acct NewAccount, login *Login
 		if tag.RowsAffected() == 0 {
 			return ErrUserExists
 		}
-		if acct.UIASession != "" {
-			if err := consumeUIASession(ctx, tx, acct.UIASession); err != nil {
-				return err
-			}
-		}
-		if login == nil {
-			return nil
-		}
-		_, err = addLogin(ctx, tx, *login)
-		return err
+		return finishRegistration(ctx, tx, acct.UIASession, login)
 	})
+}
+
+// finishRegistration consumes the registration's UIA session (and with it
+// any reserved registration token) and adds its first login, if any.
+func finishRegistration(ctx context.Context, tx pgx.Tx, uiaSession string, login *Login) error {
+	if uiaSession != "" {
+		if err := consumeUIASession(ctx, tx, uiaSession); err != nil {
+			return err
+		}
+	}
+	if login == nil {
+		return nil
+	}
+	_, err := addLogin(ctx, tx, *login)
+	return err
 }
 
 // UpgradeGuest turns a guest account into a full account with the given
@@ -79,16 +85,7 @@ func (s *Store) UpgradeGuest(ctx context.Context, localpart string, passwordHash
 		if tag.RowsAffected() == 0 {
 			return ErrNotFound
 		}
-		if uiaSession != "" {
-			if err := consumeUIASession(ctx, tx, uiaSession); err != nil {
-				return err
-			}
-		}
-		if login == nil {
-			return nil
-		}
-		_, err = addLogin(ctx, tx, *login)
-		return err
+		return finishRegistration(ctx, tx, uiaSession, login)
 	})
 }
 
