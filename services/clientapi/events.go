@@ -215,17 +215,16 @@ func (s *Service) send(r *http.Request, dev *device) (any, error) {
 		_ = json.Unmarshal(content, &c)
 		tmpl.Redacts = c.Redacts
 	}
-	resp, err := s.rooms.SendEvent(r.Context(), &roomserverv1.SendEventRequest{
+	eventID, err := s.sendOwnEvent(r.Context(), &roomserverv1.SendEventRequest{
 		RoomId:        roomID,
 		Sender:        dev.UserID,
 		Event:         tmpl,
 		TransactionId: &roomserverv1.TransactionID{DeviceId: dev.DeviceID, TxnId: txnID},
 	})
 	if err != nil {
-		return nil, s.fromGRPC(r.Context(), "SendEvent", err, nil)
+		return nil, err
 	}
-	s.awaitStored(r.Context(), resp.GetEventId())
-	return eventIDResponse{EventID: resp.GetEventId()}, nil
+	return eventIDResponse{EventID: eventID}, nil
 }
 
 // putState is PUT /rooms/{roomId}/state/{eventType}/{stateKey}.
@@ -254,16 +253,15 @@ func (s *Service) putState(r *http.Request, dev *device) (any, error) {
 			return nil, err
 		}
 	}
-	resp, err := s.rooms.SendEvent(r.Context(), &roomserverv1.SendEventRequest{
+	eventID, err := s.sendOwnEvent(r.Context(), &roomserverv1.SendEventRequest{
 		RoomId: roomID,
 		Sender: dev.UserID,
 		Event:  &roomserverv1.EventTemplate{Type: evType, StateKey: &stateKey, Content: content},
 	})
 	if err != nil {
-		return nil, s.fromGRPC(r.Context(), "SendEvent", err, nil)
+		return nil, err
 	}
-	s.awaitStored(r.Context(), resp.GetEventId())
-	return eventIDResponse{EventID: resp.GetEventId()}, nil
+	return eventIDResponse{EventID: eventID}, nil
 }
 
 // roomAccess is what part of a room a user may read.

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 )
 
 // Read your own writes. The room-server commits an event before SendEvent
@@ -18,6 +20,17 @@ import (
 // storedWaitLimit bounds how long a write waits for the copy. It is only
 // reached when the consumer is down or far behind.
 const storedWaitLimit = 10 * time.Second
+
+// sendOwnEvent sends a client's event through the room-server and returns
+// its ID once the client-API's copy has it (awaitStored).
+func (s *Service) sendOwnEvent(ctx context.Context, req *roomserverv1.SendEventRequest) (string, error) {
+	resp, err := s.rooms.SendEvent(ctx, req)
+	if err != nil {
+		return "", s.fromGRPC(ctx, "SendEvent", err, nil)
+	}
+	s.awaitStored(ctx, resp.GetEventId())
+	return resp.GetEventId(), nil
+}
 
 // awaitStored waits until the event is in the client-API's copy (stored
 // by any replica: the wake bus carries event IDs), storedWaitLimit passes,

@@ -98,15 +98,14 @@ func (s *Service) redact(r *http.Request, dev *device) (any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode redaction content: %w", err)
 	}
-	resp, err := s.rooms.SendEvent(r.Context(), &roomserverv1.SendEventRequest{
+	redactionID, err := s.sendOwnEvent(r.Context(), &roomserverv1.SendEventRequest{
 		RoomId:        roomID,
 		Sender:        dev.UserID,
 		Event:         &roomserverv1.EventTemplate{Type: "m.room.redaction", Content: raw, Redacts: eventID},
 		TransactionId: &roomserverv1.TransactionID{DeviceId: dev.DeviceID, TxnId: redactTxnPrefix + txnID},
 	})
 	if err != nil {
-		return nil, s.fromGRPC(r.Context(), "SendEvent", err, nil)
+		return nil, err
 	}
-	s.awaitStored(r.Context(), resp.GetEventId())
-	return eventIDResponse{EventID: resp.GetEventId()}, nil
+	return eventIDResponse{EventID: redactionID}, nil
 }

@@ -435,16 +435,12 @@ func (s *Service) setMembership(r *http.Request, dev *device, roomID, target, me
 	if err != nil {
 		return err
 	}
-	resp, err := s.rooms.SendEvent(r.Context(), &roomserverv1.SendEventRequest{
+	_, err = s.sendOwnEvent(r.Context(), &roomserverv1.SendEventRequest{
 		RoomId: roomID,
 		Sender: dev.UserID,
 		Event:  &roomserverv1.EventTemplate{Type: "m.room.member", StateKey: &target, Content: raw},
 	})
-	if err != nil {
-		return s.fromGRPC(r.Context(), "SendEvent", err, nil)
-	}
-	s.awaitStored(r.Context(), resp.GetEventId())
-	return nil
+	return err
 }
 
 // joinRoomIDOrAlias is POST /join/{roomIdOrAlias}.
