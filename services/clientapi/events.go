@@ -179,6 +179,19 @@ func renderPDU(ev *roomserverv1.Event, withRoomID bool) (json.RawMessage, error)
 	return ce.marshal()
 }
 
+// renderPDUs renders a list of room-server events for clients.
+func renderPDUs(evs []*roomserverv1.Event, withRoomID bool) ([]json.RawMessage, error) {
+	out := make([]json.RawMessage, 0, len(evs))
+	for _, ev := range evs {
+		raw, err := renderPDU(ev, withRoomID)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, raw)
+	}
+	return out, nil
+}
+
 // eventIDResponse is the body of PUT send and PUT state.
 type eventIDResponse struct {
 	EventID string `json:"event_id"`
@@ -370,21 +383,7 @@ func (s *Service) getAllState(r *http.Request, dev *device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	resp, err := s.rooms.QueryState(r.Context(), &roomserverv1.QueryStateRequest{
-		RoomId: roomID, EventId: acc.atEventID, After: acc.atEventID != "",
-	})
-	if err != nil {
-		return nil, s.fromGRPC(r.Context(), "QueryState", err, nil)
-	}
-	out := make([]json.RawMessage, 0, len(resp.GetState()))
-	for _, ev := range resp.GetState() {
-		raw, err := renderPDU(ev, true)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, raw)
-	}
-	return out, nil
+	return s.roomStateFor(r.Context(), roomID, acc)
 }
 
 // messagesResponse is the body of GET /rooms/{roomId}/messages.

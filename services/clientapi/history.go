@@ -297,12 +297,5 @@ func (s *Service) lazyMembers(ctx context.Context, roomID string, events []store
 	if err != nil {
 		return nil, s.fromGRPC(ctx, "QueryState", err, nil)
 	}
-	for _, ev := range st.GetState() {
-		raw, err := renderPDU(ev, true)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, raw)
-	}
-	return out, nil
+	return renderPDUs(st.GetState(), true)
 }

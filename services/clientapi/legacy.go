@@ -86,15 +86,7 @@ func (s *Service) roomStateFor(ctx context.Context, roomID string, acc roomAcces
 	if err != nil {
 		return nil, s.fromGRPC(ctx, "QueryState", err, nil)
 	}
-	out := make([]json.RawMessage, 0, len(st.GetState()))
-	for _, ev := range st.GetState() {
-		raw, err := renderPDU(ev, true)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, raw)
-	}
-	return out, nil
+	return renderPDUs(st.GetState(), true)
 }
 
 // initialSync is GET /initialSync (deprecated): an initial /sync, reshaped.

@@ -673,21 +673,9 @@ func (s *Service) searchState(r *http.Request, dev *device, events []store.Store
 		if err != nil {
 			return nil, err
 		}
-		st, err := s.rooms.QueryState(r.Context(), &roomserverv1.QueryStateRequest{
-			RoomId: e.RoomID, EventId: acc.atEventID, After: acc.atEventID != "",
-		})
-		if err != nil {
-			return nil, s.fromGRPC(r.Context(), "QueryState", err, nil)
+		if out[e.RoomID], err = s.roomStateFor(r.Context(), e.RoomID, acc); err != nil {
+			return nil, err
 		}
-		list := make([]json.RawMessage, 0, len(st.GetState()))
-		for _, ev := range st.GetState() {
-			raw, err := renderPDU(ev, true)
-			if err != nil {
-				return nil, err
-			}
-			list = append(list, raw)
-		}
-		out[e.RoomID] = list
 	}
 	return out, nil
 }

@@ -455,13 +455,9 @@ func (s *Service) stateBefore(ctx context.Context, d syncData) (map[string][]jso
 		return nil, s.fromGRPC(ctx, "QueryStateBatch", err, nil)
 	}
 	for _, st := range resp.GetStates() {
-		events := make([]json.RawMessage, 0, len(st.GetState()))
-		for _, ev := range st.GetState() {
-			raw, err := renderPDU(ev, false)
-			if err != nil {
-				return nil, err
-			}
-			events = append(events, raw)
+		events, err := renderPDUs(st.GetState(), false)
+		if err != nil {
+			return nil, err
 		}
 		out[st.GetEventId()] = events
 	}
