@@ -103,7 +103,12 @@ func (r Reader) MembershipLog(ctx context.Context, userID string, rooms []string
 
 // EventByID returns one stored event of a room, or ErrNotFound.
 func (r Reader) EventByID(ctx context.Context, roomID, eventID string) (StoredEvent, error) {
-	rows, err := r.q.Query(ctx, `SELECT `+eventCols+` FROM sync_events WHERE event_id = $1 AND room_id = $2`, eventID, roomID)
+	return r.oneEvent(ctx, `event_id = $1 AND room_id = $2`, eventID, roomID)
+}
+
+// oneEvent returns the stored event matching where, or ErrNotFound.
+func (r Reader) oneEvent(ctx context.Context, where string, args ...any) (StoredEvent, error) {
+	rows, err := r.q.Query(ctx, `SELECT `+eventCols+` FROM sync_events WHERE `+where, args...)
 	if err != nil {
 		return StoredEvent{}, err
 	}

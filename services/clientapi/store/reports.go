@@ -99,16 +99,5 @@ func (s *Store) DeleteReport(ctx context.Context, kind string, id int64) error {
 
 // EventByIDAnyRoom returns a stored event by its ID alone, or ErrNotFound.
 func (r Reader) EventByIDAnyRoom(ctx context.Context, eventID string) (StoredEvent, error) {
-	rows, err := r.q.Query(ctx, `SELECT `+eventCols+` FROM sync_events WHERE event_id = $1`, eventID)
-	if err != nil {
-		return StoredEvent{}, err
-	}
-	events, err := scanEvents(rows)
-	if err != nil {
-		return StoredEvent{}, err
-	}
-	if len(events) == 0 {
-		return StoredEvent{}, ErrNotFound
-	}
-	return events[0], nil
+	return r.oneEvent(ctx, `event_id = $1`, eventID)
 }
