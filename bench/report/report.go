@@ -230,6 +230,15 @@ func Write(res *loadgen.Result, resultsPath, docs, analysis string) error {
 			}
 		}
 	}
+	if len(res.TopStatements) > 0 {
+		w("## Database statements\n\nThe statements with the most execution time during the throughput step at N=%d, from `pg_stat_statements` (execution time includes waiting for locks).\n\n", res.Options.Throughput.Senders)
+		w("| calls | total ms | mean ms | rows | statement |\n| ---: | ---: | ---: | ---: | --- |\n")
+		for _, st := range res.TopStatements {
+			q := strings.ReplaceAll(st.Query, "|", "\\|")
+			w("| %d | %.0f | %.3f | %d | `%s` |\n", st.Calls, st.TotalMS, st.MeanMS, st.Rows, q)
+		}
+		w("\n")
+	}
 	if len(res.Notes) > 0 {
 		w("## Notes from the run\n\n")
 		for _, n := range res.Notes {

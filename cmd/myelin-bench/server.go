@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/myelin-chat/myelin/pkg/devinfra"
 )
 
 // server is bin/myelin in make run's all-in-one shape: no database or NATS
@@ -63,6 +65,11 @@ func startServer(ctx context.Context, bin, dir string) (*server, error) {
 		"MYELIN_CLIENT_API_RATE_LIMIT_ENABLED=false",
 		"MYELIN_CLIENT_API_PUBLIC_BASE_URL=" + s.url,
 		"MYELIN_LOGGING_LEVEL=warn",
+	}
+	// With pg_stat_statements loaded, the results name the statements
+	// that took the database's time during the profiled throughput step.
+	if pgStatStatementsInstalled() {
+		env = append(env, "MYELIN_DATABASE_LOCAL_SETTINGS=shared_preload_libraries=pg_stat_statements")
 	}
 	s.configTxt = strings.Join(env, " ")
 	logf, err := os.Create(s.logPath)
@@ -158,4 +165,21 @@ func freeAddr() (string, error) {
 	}
 	defer l.Close()
 	return l.Addr().String(), nil
+}
+
+// pgStatStatementsInstalled reports whether the PostgreSQL the server will
+// start ships the pg_stat_statements module (a contrib module, usually
+// installed with the server).
+func pgStatStatementsInstalled() bool {
+	bin, err := devinfra.FindPostgresBin()
+	if err != nil {
+		return false
+	}
+	// bin may be a directory of symbolic links (/usr/local/bin).
+	initdb, err := filepath.EvalSymlinks(filepath.Join(bin, "initdb"))
+	if err != nil {
+		return false
+	}
+	_, err = os.Stat(filepath.Join(filepath.Dir(filepath.Dir(initdb)), "lib", "pg_stat_statements.so"))
+	return err == nil
 }

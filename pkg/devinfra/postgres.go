@@ -58,8 +58,9 @@ func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 // StartPostgres initialises a cluster in dir if it has none, and starts it
 // on 127.0.0.1 at port (0 picks a free port). PostgreSQL refuses to run as
 // root, so when this process is root the cluster runs as the "postgres"
-// user (or "nobody") and dir is handed to that user.
-func StartPostgres(ctx context.Context, dir string, port int) (*Postgres, error) {
+// user (or "nobody") and dir is handed to that user. settings are extra
+// name=value server settings, passed as -c flags.
+func StartPostgres(ctx context.Context, dir string, port int, settings ...string) (*Postgres, error) {
 	bin, err := FindPostgresBin()
 	if err != nil {
 		return nil, err
@@ -105,6 +106,12 @@ func StartPostgres(ctx context.Context, dir string, port int) (*Postgres, error)
 		_, _ = pg.run(ctx, "pg_ctl", "-D", dataDir, "-m", "immediate", "-w", "stop")
 	}
 	opts := fmt.Sprintf("-c listen_addresses=127.0.0.1 -p %d -k %s -c fsync=off -c synchronous_commit=off -c max_connections=300 -c shared_buffers=128MB", port, dir)
+	for _, set := range settings {
+		if strings.ContainsAny(set, " '\"\\") || !strings.Contains(set, "=") {
+			return nil, fmt.Errorf("local PostgreSQL setting %q: want name=value without spaces or quotes", set)
+		}
+		opts += " -c " + set
+	}
 	out, err := pg.run(ctx, "pg_ctl", "-D", dataDir, "-l", filepath.Join(dir, "postgres.log"), "-o", opts, "-w", "-t", "60", "start")
 	if err != nil {
 		return nil, fmt.Errorf("pg_ctl start: %w: %s", err, out)

@@ -17,3 +17,58 @@ func DatabaseSize(ctx context.Context, url string) (int64, error) {
 	err = conn.QueryRow(ctx, `SELECT pg_database_size(current_database())`).Scan(&n)
 	return n, err
 }
+
+// Statement is one normalised SQL statement's share of the database's
+// work during a profiled phase, from pg_stat_statements.
+type Statement struct {
+	Calls   int64   `json:"calls"`
+	TotalMS float64 `json:"total_ms"`
+	MeanMS  float64 `json:"mean_ms"`
+	Rows    int64   `json:"rows"`
+	Query   string  `json:"query"`
+}
+
+// statementStats reads pg_stat_statements in the target's database. It is
+// optional: a server without the module loaded (shared_preload_libraries)
+// or a role that may not create the extension simply gets no statements.
+type statementStats struct{ url string }
+
+// reset creates the extension if needed and zeroes its counters; it
+// reports whether statistics are available.
+func (s statementStats) reset(ctx context.Context) bool {
+	if s.url == "" {
+		return false
+	}
+	conn, err := pgx.Connect(ctx, s.url)
+	if err != nil {
+		return false
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `CREATE EXTENSION IF NOT EXISTS pg_stat_statements`); err != nil {
+		return false
+	}
+	_, err = conn.Exec(ctx, `SELECT pg_stat_statements_reset()`)
+	return err == nil
+}
+
+// top returns the n statements with the most total execution time (which
+// includes time waiting for locks) since the reset.
+func (s statementStats) top(ctx context.Context, n int) ([]Statement, error) {
+	conn, err := pgx.Connect(ctx, s.url)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, `SELECT calls, total_exec_time, total_exec_time / GREATEST(calls, 1), rows,
+			left(regexp_replace(query, '\s+', ' ', 'g'), 200)
+		FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+		ORDER BY total_exec_time DESC LIMIT $1`, n)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Statement, error) {
+		var st Statement
+		err := r.Scan(&st.Calls, &st.TotalMS, &st.MeanMS, &st.Rows, &st.Query)
+		return st, err
+	})
+}

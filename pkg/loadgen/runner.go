@@ -115,7 +115,11 @@ type Result struct {
 	Memory            []MemorySample    `json:"memory,omitempty"`
 	DatabaseSizeBytes int64             `json:"database_size_bytes,omitempty"`
 	Profiles          map[string]string `json:"profiles,omitempty"`
-	Notes             []string          `json:"notes,omitempty"`
+	// TopStatements are the database statements with the most execution
+	// time during the profiled throughput step (pg_stat_statements, when
+	// the server's PostgreSQL has it loaded).
+	TopStatements []Statement `json:"top_statements,omitempty"`
+	Notes         []string    `json:"notes,omitempty"`
 	// Meta is free-form context from the caller (commit, machine notes).
 	Meta map[string]string `json:"meta,omitempty"`
 }

@@ -98,6 +98,8 @@ func (e *Env) throughputStep(ctx context.Context, senders []*Client, observer *C
 		}
 	}()
 
+	stmts := statementStats{url: e.Opts.DatabaseURL}
+	withStmts := profile && stmts.reset(ctx)
 	cpuBefore := e.serverCPU()
 	rec := newRecorder()
 	name := fmt.Sprintf("throughput: N=%d M=%d", n, len(rooms))
@@ -148,6 +150,13 @@ func (e *Env) throughputStep(ctx context.Context, senders []*Client, observer *C
 		if _, err := e.fetchProfile(ctx, "allocs", "allocs.pprof"); err != nil {
 			return fmt.Errorf("allocation profile: %w", err)
 		}
+	}
+	if withStmts {
+		top, err := stmts.top(ctx, 20)
+		if err != nil {
+			return fmt.Errorf("pg_stat_statements: %w", err)
+		}
+		e.res.TopStatements = top
 	}
 	ph := rec.Summary("throughput", "send", params)
 	if cpuAfter >= 0 && cpuBefore >= 0 && ph.Count > 0 {

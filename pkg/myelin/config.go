@@ -62,6 +62,10 @@ type DebugConfig struct {
 // DatabaseConfig is the shared PostgreSQL default.
 type DatabaseConfig struct {
 	URL string `yaml:"url"`
+	// LocalSettings are extra PostgreSQL settings (name=value, comma
+	// separated) for the local cluster started when URL is empty, e.g.
+	// shared_preload_libraries=pg_stat_statements for the bench.
+	LocalSettings string `yaml:"local_settings"`
 }
 
 // ServiceAddresses keys each service's addresses by service name.

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -186,7 +187,7 @@ func (pr *Process) Wait() error {
 // cluster when their URLs are not configured, and connects to NATS.
 func (p *process) provision(ctx context.Context) error {
 	if p.cfg.Database.URL == "" && p.needsDatabase() {
-		pg, err := devinfra.StartPostgres(ctx, p.cfg.dataPath("postgres"), 0)
+		pg, err := devinfra.StartPostgres(ctx, p.cfg.dataPath("postgres"), 0, splitSettings(p.cfg.Database.LocalSettings)...)
 		if err != nil {
 			return fmt.Errorf("database.url is empty, so a local PostgreSQL was to be started: %w", err)
 		}
@@ -311,4 +312,15 @@ func (p *process) close() {
 	}
 	p.cleanups = nil
 	_ = p.log.Sync()
+}
+
+// splitSettings splits "a=1,b=2" into its non-empty settings.
+func splitSettings(list string) []string {
+	var out []string
+	for _, s := range strings.Split(list, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
 }
