@@ -97,6 +97,7 @@ func (s *Store) ApplyWith(ctx context.Context, inputs []Input, eval Evaluator) (
 	var out []Applied
 	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		out = out[:0]
+		unread := newUnreadDelta() // unread.go
 		for _, in := range inputs {
 			a, ok, err := apply(ctx, tx, in)
 			if err != nil {
@@ -116,6 +117,13 @@ func (s *Store) ApplyWith(ctx context.Context, inputs []Input, eval Evaluator) (
 			if err := storePushOutcome(ctx, tx, res); err != nil {
 				return fmt.Errorf("notifications for %s: %w", in.Event.EventID, err)
 			}
+			unread.add(res)
+		}
+		if eval == nil {
+			return nil
+		}
+		if err := unread.apply(ctx, tx, inputs); err != nil {
+			return fmt.Errorf("unread counts: %w", err)
 		}
 		return nil
 	})

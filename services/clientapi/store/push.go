@@ -85,6 +85,11 @@ type PushReceipt struct {
 func (s *Store) PutPushReceipt(ctx context.Context, r PushReceipt) (bool, error) {
 	changed := false
 	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		// unreadLock before the account data lock, as the room event
+		// consumer takes it first too.
+		if _, err := tx.Exec(ctx, unreadLock); err != nil {
+			return err
+		}
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('myelin.account_data.' || $1))`, r.UserID); err != nil {
 			return err
 		}
@@ -94,8 +99,13 @@ func (s *Store) PutPushReceipt(ctx context.Context, r PushReceipt) (bool, error)
 				SET event_id = EXCLUDED.event_id, epos = EXCLUDED.epos, pos = EXCLUDED.pos
 				WHERE push_receipts.epos < EXCLUDED.epos`,
 			r.UserID, r.RoomID, r.ThreadID, r.Type, r.EventID, r.EPos)
-		changed = err == nil && tag.RowsAffected() > 0
-		return err
+		if err != nil {
+			return err
+		}
+		if changed = tag.RowsAffected() > 0; changed {
+			return recountUnread(ctx, tx, r.UserID, r.RoomID)
+		}
+		return nil
 	})
 	return changed, err
 }
@@ -126,32 +136,6 @@ func (r Reader) ReceiptChangesSince(ctx context.Context, userID string, pos int6
 type UnreadCount struct {
 	RoomID, ThreadID  string
 	Notify, Highlight int
-}
-
-// UnreadCounts returns the user's unread notification counts per room and
-// thread for the given rooms, counting events up to position upto.
-func (r Reader) UnreadCounts(ctx context.Context, userID string, rooms []string, upto int64) ([]UnreadCount, error) {
-	rows, err := r.q.Query(ctx, `SELECT n.room_id, n.thread_id, COUNT(*), COUNT(*) FILTER (WHERE n.highlight)
-		FROM notifications n WHERE n.user_id = $1 AND n.room_id = ANY($2) AND n.pos <= $3 AND `+unreadCond+`
-		GROUP BY n.room_id, n.thread_id`, userID, rooms, upto)
-	if err != nil {
-		return nil, err
-	}
-	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (UnreadCount, error) {
-		var c UnreadCount
-		err := row.Scan(&c.RoomID, &c.ThreadID, &c.Notify, &c.Highlight)
-		return c, err
-	})
-}
-
-// UnreadTotal is the user's unread notifications over the rooms they are
-// joined to (the push gateway's badge count).
-func (r Reader) UnreadTotal(ctx context.Context, userID string) (int, error) {
-	var n int
-	err := r.q.QueryRow(ctx, `SELECT COUNT(*) FROM notifications n
-		JOIN memberships m ON m.user_id = n.user_id AND m.room_id = n.room_id AND m.membership = 'join'
-		WHERE n.user_id = $1 AND `+unreadCond, userID).Scan(&n)
-	return n, err
 }
 
 // NotificationRow is a stored notification with its event, for

@@ -1,0 +1,168 @@
+package store
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Unread counts: unread_counts holds, per (user, room, thread), how many of
+// the user's notifications satisfy unreadCond, i.e. come after the newest
+// receipt covering their thread. Three writers keep that true:
+//
+//   - storing an event's notifications adds one per row (they are the
+//     newest position, so no receipt covers them yet);
+//   - a local user's own event is a receipt for its thread at the newest
+//     position: it clears that thread's count;
+//   - a receipt that moves (PutPushReceipt), or a stored event that earlier
+//     receipts already named, recounts that user's room from the tables.
+//
+// The room event consumer gathers the first two over its whole batch
+// (unreadDelta) and writes them with one round trip at the end of its
+// transaction. Every writer first takes unreadLock, held to commit, so a
+// recount never overwrites an increment it could not see.
+
+// unreadLock is the transaction-level advisory lock of unread count writers.
+const unreadLock = `SELECT pg_advisory_xact_lock(hashtext('myelin.clientapi.unread_counts'))`
+
+type unreadKey struct{ user, room, thread string }
+
+type unreadChange struct {
+	reset             bool // an own event cleared the count first
+	notify, highlight int
+}
+
+// unreadDelta is what a batch of stored events does to the counts.
+type unreadDelta map[unreadKey]*unreadChange
+
+func newUnreadDelta() unreadDelta { return unreadDelta{} }
+
+// add folds in one event's outcome, in stream order.
+func (d unreadDelta) add(out PushOutcome) {
+	if o := out.OwnRead; o != nil {
+		d[unreadKey{o.UserID, o.RoomID, o.ThreadID}] = &unreadChange{reset: true}
+	}
+	for _, n := range out.Notifications {
+		k := unreadKey{n.UserID, n.RoomID, n.ThreadID}
+		c := d[k]
+		if c == nil {
+			c = &unreadChange{}
+			d[k] = c
+		}
+		c.notify++
+		if n.Highlight {
+			c.highlight++
+		}
+	}
+}
+
+// apply writes the batch's changes, then recounts the rooms of receipts
+// that named one of the batch's events before it was stored (a receipt for
+// an unknown event covers nothing until its event arrives).
+func (d unreadDelta) apply(ctx context.Context, tx pgx.Tx, inputs []Input) error {
+	var resetU, resetR, resetT, addU, addR, addT []string
+	var addN, addH []int32
+	for k, c := range d {
+		if c.reset {
+			resetU, resetR, resetT = append(resetU, k.user), append(resetR, k.room), append(resetT, k.thread)
+		}
+		if c.notify > 0 || c.highlight > 0 {
+			addU, addR, addT = append(addU, k.user), append(addR, k.room), append(addT, k.thread)
+			addN, addH = append(addN, int32(c.notify)), append(addH, int32(c.highlight))
+		}
+	}
+	ids := make([]string, len(inputs))
+	for i, in := range inputs {
+		ids[i] = in.Event.EventID
+	}
+	b := &pgx.Batch{}
+	b.Queue(unreadLock)
+	if len(resetU) > 0 {
+		b.Queue(`DELETE FROM unread_counts c USING unnest($1::text[], $2::text[], $3::text[]) AS x(u, r, t)
+			WHERE c.user_id = x.u AND c.room_id = x.r AND c.thread_id = x.t`, resetU, resetR, resetT)
+	}
+	if len(addU) > 0 {
+		b.Queue(`INSERT INTO unread_counts (user_id, room_id, thread_id, notify, highlight)
+			SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::int[])
+			ON CONFLICT (user_id, room_id, thread_id) DO UPDATE
+				SET notify = unread_counts.notify + EXCLUDED.notify, highlight = unread_counts.highlight + EXCLUDED.highlight`,
+			addU, addR, addT, addN, addH)
+	}
+	var early [][2]string
+	// ('own' receipts are written with their event, never before it.)
+	b.Queue(`SELECT DISTINCT user_id, room_id FROM push_receipts WHERE event_id = ANY($1) AND receipt_type <> 'own'`, ids).Query(func(rows pgx.Rows) error {
+		var err error
+		early, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) ([2]string, error) {
+			var p [2]string
+			err := r.Scan(&p[0], &p[1])
+			return p, err
+		})
+		return err
+	})
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return err
+	}
+	for _, p := range early {
+		if err := recountUnread(ctx, tx, p[0], p[1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// recountUnread recomputes a user's counts in a room from notifications
+// and receipts. Caller holds unreadLock.
+func recountUnread(ctx context.Context, tx pgx.Tx, userID, roomID string) error {
+	b := &pgx.Batch{}
+	b.Queue(`DELETE FROM unread_counts WHERE user_id = $1 AND room_id = $2`, userID, roomID)
+	// rc: the newest receipt position per thread ('' = unthreaded, which
+	// covers every thread).
+	b.Queue(`WITH rc AS (
+			SELECT r.thread_id, MAX(se.pos) AS pos FROM push_receipts r JOIN sync_events se ON se.event_id = r.event_id
+			WHERE r.user_id = $1 AND r.room_id = $2 GROUP BY r.thread_id)
+		INSERT INTO unread_counts (user_id, room_id, thread_id, notify, highlight)
+		SELECT $1, $2, n.thread_id, COUNT(*), COUNT(*) FILTER (WHERE n.highlight)
+		FROM notifications n LEFT JOIN rc ON rc.thread_id = n.thread_id
+		WHERE n.user_id = $1 AND n.room_id = $2
+			AND n.pos > COALESCE((SELECT pos FROM rc WHERE thread_id = ''), 0)
+			AND n.pos > COALESCE(rc.pos, 0)
+		GROUP BY n.thread_id`, userID, roomID)
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("recount unread notifications of %s in %s: %w", userID, roomID, err)
+	}
+	return nil
+}
+
+// UnreadCounts returns the user's unread notification counts per room and
+// thread for the given rooms, counting events up to position upto: the
+// kept counts, less the unread notifications stored after upto (few: only
+// those committed while the caller's /sync was being built). One
+// statement, so both parts read the same snapshot.
+func (r Reader) UnreadCounts(ctx context.Context, userID string, rooms []string, upto int64) ([]UnreadCount, error) {
+	rows, err := r.q.Query(ctx, `SELECT room_id, thread_id, SUM(notify)::int, SUM(highlight)::int FROM (
+			SELECT room_id, thread_id, notify, highlight FROM unread_counts WHERE user_id = $1 AND room_id = ANY($2)
+			UNION ALL
+			SELECT n.room_id, n.thread_id, -COUNT(*), -COUNT(*) FILTER (WHERE n.highlight)
+			FROM notifications n WHERE n.user_id = $1 AND n.pos > $3 AND n.room_id = ANY($2) AND `+unreadCond+`
+			GROUP BY n.room_id, n.thread_id
+		) c GROUP BY room_id, thread_id HAVING SUM(notify) > 0 OR SUM(highlight) > 0`, userID, rooms, upto)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (UnreadCount, error) {
+		var c UnreadCount
+		err := row.Scan(&c.RoomID, &c.ThreadID, &c.Notify, &c.Highlight)
+		return c, err
+	})
+}
+
+// UnreadTotal is the user's unread notifications over the rooms they are
+// joined to (the push gateway's badge count).
+func (r Reader) UnreadTotal(ctx context.Context, userID string) (int, error) {
+	var n int
+	err := r.q.QueryRow(ctx, `SELECT COALESCE(SUM(c.notify), 0) FROM unread_counts c
+		JOIN memberships m ON m.user_id = c.user_id AND m.room_id = c.room_id AND m.membership = 'join'
+		WHERE c.user_id = $1`, userID).Scan(&n)
+	return n, err
+}
