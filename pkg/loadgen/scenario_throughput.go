@@ -100,7 +100,7 @@ func (e *Env) throughputStep(ctx context.Context, senders []*Client, observer *C
 
 	stmts := statementStats{url: e.Opts.DatabaseURL}
 	withStmts := profile && stmts.reset(ctx)
-	cpuBefore := e.serverCPU()
+	cpuBefore, eachBefore := e.serverCPU()
 	rec := newRecorder()
 	name := fmt.Sprintf("throughput: N=%d M=%d", n, len(rooms))
 	stopProg := startProgress(e.Opts.Progress, name, rec, 0, o.StepDuration)
@@ -141,7 +141,7 @@ func (e *Env) throughputStep(ctx context.Context, senders []*Client, observer *C
 	cancel()
 	rec.Stop()
 	stopProg()
-	cpuAfter := e.serverCPU()
+	cpuAfter, eachAfter := e.serverCPU()
 	profWG.Wait()
 	if profErr != nil {
 		return fmt.Errorf("cpu profile: %w", profErr)
@@ -164,6 +164,10 @@ func (e *Env) throughputStep(ctx context.Context, senders []*Client, observer *C
 			"server_cpu_seconds":      cpuAfter - cpuBefore,
 			"server_cpu_ms_per_event": (cpuAfter - cpuBefore) * 1000 / float64(ph.Count),
 			"server_cpu_cores_busy":   (cpuAfter - cpuBefore) / ph.DurationSec,
+		}
+		// Per process (myelin, postgres...): where the CPU goes.
+		for name, after := range eachAfter {
+			ph.Extra[name+"_cpu_ms_per_event"] = (after - eachBefore[name]) * 1000 / float64(ph.Count)
 		}
 	}
 	e.AddPhase(ph)
@@ -222,18 +226,21 @@ func (e *Env) throughputStep(ctx context.Context, senders []*Client, observer *C
 	return nil
 }
 
-// serverCPU is the CPU seconds of every watched process, or -1.
-func (e *Env) serverCPU() float64 {
+// serverCPU is the CPU seconds of every watched process, or -1, and each
+// process's by name.
+func (e *Env) serverCPU() (float64, map[string]float64) {
 	if len(e.Opts.Processes) == 0 {
-		return -1
+		return -1, nil
 	}
 	m, err := SampleProcesses("", e.Opts.Processes)
 	if err != nil {
-		return -1
+		return -1, nil
 	}
 	var s float64
+	each := map[string]float64{}
 	for _, p := range m.Processes {
 		s += p.CPUSeconds
+		each[p.Name] += p.CPUSeconds
 	}
-	return s
+	return s, each
 }
