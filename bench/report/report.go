@@ -143,8 +143,8 @@ func Write(res *loadgen.Result, resultsPath, docs, analysis string) error {
 		w("%d rooms, every sender in every room, each sender sends its next message when the previous one is answered, %s per step. One more member long-polls `/sync`; delivery is the time from a send's 200 to the `/sync` answer carrying it.\n\n",
 			res.Options.Throughput.Rooms, res.Options.Throughput.StepDuration)
 		w("![throughput](%s)\n![latency](%s)\n\n", rel(filepath.Join(plotDir, "throughput.svg")), rel(filepath.Join(plotDir, "latency.svg")))
-		w("| N | events/s | send p50 | p95 | p99 | max | errors | delivery p50 | p95 | p99 | max | not delivered | server CPU ms/event (myelin + PostgreSQL) | server cores busy |\n")
-		w("| ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+		w("| N | events/s | send p50 | p95 | p99 | max | errors | delivery p50 | p95 | p99 | max | not delivered | server CPU ms/event (myelin + PostgreSQL) | server cores busy | load generator cores busy |\n")
+		w("| ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 		for _, p := range send {
 			d := findSenders(deliv, int(paramFloat(p, "senders")))
 			dl, nd := loadgen.Latency{}, 0
@@ -155,9 +155,9 @@ func Write(res *loadgen.Result, resultsPath, docs, analysis string) error {
 			if _, ok := p.Extra["myelin_cpu_ms_per_event"]; ok {
 				cpu += fmt.Sprintf(" (%.2f + %.2f)", extraFloat(p, "myelin_cpu_ms_per_event"), extraFloat(p, "postgres_cpu_ms_per_event"))
 			}
-			w("| %v | %.0f | %.1f | %.1f | %.1f | %.1f | %s | %.1f | %.1f | %.1f | %.1f | %d | %s | %.2f |\n",
+			w("| %v | %.0f | %.1f | %.1f | %.1f | %.1f | %s | %.1f | %.1f | %.1f | %.1f | %d | %s | %.2f | %.2f |\n",
 				p.Params["senders"], p.Throughput, p.Latency.P50, p.Latency.P95, p.Latency.P99, p.Latency.Max, errStr(p.Errors),
-				dl.P50, dl.P95, dl.P99, dl.Max, nd, cpu, extraFloat(p, "server_cpu_cores_busy"))
+				dl.P50, dl.P95, dl.P99, dl.Max, nd, cpu, extraFloat(p, "server_cpu_cores_busy"), extraFloat(p, "loadgen_cpu_cores_busy"))
 		}
 		w("\n")
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -101,6 +102,7 @@ func (e *Env) throughputStep(ctx context.Context, senders []*Client, observer *C
 	stmts := statementStats{url: e.Opts.DatabaseURL}
 	withStmts := profile && stmts.reset(ctx)
 	cpuBefore, eachBefore := e.serverCPU()
+	selfBefore := selfCPU()
 	rec := newRecorder()
 	name := fmt.Sprintf("throughput: N=%d M=%d", n, len(rooms))
 	stopProg := startProgress(e.Opts.Progress, name, rec, 0, o.StepDuration)
@@ -142,6 +144,7 @@ func (e *Env) throughputStep(ctx context.Context, senders []*Client, observer *C
 	rec.Stop()
 	stopProg()
 	cpuAfter, eachAfter := e.serverCPU()
+	selfAfter := selfCPU()
 	profWG.Wait()
 	if profErr != nil {
 		return fmt.Errorf("cpu profile: %w", profErr)
@@ -165,6 +168,9 @@ func (e *Env) throughputStep(ctx context.Context, senders []*Client, observer *C
 			"server_cpu_ms_per_event": (cpuAfter - cpuBefore) * 1000 / float64(ph.Count),
 			"server_cpu_cores_busy":   (cpuAfter - cpuBefore) / ph.DurationSec,
 		}
+		// The load generator shares the machine: what it used is not
+		// available to the server.
+		ph.Extra["loadgen_cpu_cores_busy"] = (selfAfter - selfBefore) / ph.DurationSec
 		// Per process (myelin, postgres...): where the CPU goes.
 		for name, after := range eachAfter {
 			ph.Extra[name+"_cpu_ms_per_event"] = (after - eachBefore[name]) * 1000 / float64(ph.Count)
@@ -243,4 +249,13 @@ func (e *Env) serverCPU() (float64, map[string]float64) {
 		each[p.Name] += p.CPUSeconds
 	}
 	return s, each
+}
+
+// selfCPU is this process's user+system CPU seconds.
+func selfCPU() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano()+ru.Stime.Nano()).Seconds()
 }
