@@ -27,7 +27,7 @@ import (
 func TestLocalEventsVerify(t *testing.T) {
 	h := newHarness(t, nil)
 	keys := newLocalKeys(h.ks, testServer, time.Minute)
-	for _, version := range []string{"10", "11", "12"} {
+	for _, version := range []string{"1", "4", "10", "11", "12"} {
 		t.Run("v"+version, func(t *testing.T) {
 			created := h.createRoom(version, "public", map[string]int{alice: 100})
 			roomID := created.GetRoomId()
