@@ -2,15 +2,28 @@ package roomserver
 
 // Publishing. Accepted events get an outbox row in their own transaction
 // (store.Tx.LockStream orders positions by commit). The publisher reads the
-// outbox after the published watermark, publishes each entry with
-// Nats-Msg-Id = event ID, waits for JetStream's ack, and then moves the
-// watermark. A crash between publish and watermark republishes a few
+// outbox after the published watermark and publishes each entry with
+// Nats-Msg-Id = event ID, then moves the watermark over what JetStream has
+// acknowledged. A crash between publish and watermark republishes a few
 // events: JetStream drops them within its duplicate window, and consumers
-// are idempotent on event_id anyway. Entries are published one at a time
-// in stream order, so each room's events reach JetStream in commit order.
+// are idempotent on event_id anyway.
+//
+// Order: each room's events must reach JetStream in commit order. Entries
+// are published asynchronously in waves (publishWave): a wave is a run of
+// consecutive outbox entries of distinct rooms, all in flight together;
+// the next wave starts only when every acknowledgement of the previous one
+// is in. So an event is never in flight together with an earlier event of
+// its room, and when a publish fails nothing later of that room has been
+// sent: the retry starts again at the watermark (the first entry not known
+// to be acknowledged, with everything acked before it), and repeats that
+// JetStream has already stored are duplicates. Events of different rooms
+// may reach JetStream out of outbox order after a failure; nothing relies
+// on an order across rooms (each room has its own subject).
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -25,6 +38,10 @@ import (
 
 // publishBatch is how many outbox entries one round reads.
 const publishBatch = 256
+
+// publishAckTimeout bounds the wait for JetStream's acknowledgements of a
+// wave; when it passes the round fails and is retried from the watermark.
+const publishAckTimeout = 10 * time.Second
 
 // wakePublisher nudges the publisher without blocking.
 func (s *Service) wakePublisher() {
@@ -101,11 +118,16 @@ func (p *publisher) publishPending(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		for i, m := range msgs {
-			if _, err := s.js.PublishMsg(ctx, m.msg, jetstream.WithMsgID(m.eventID)); err != nil {
+		for start := 0; start < len(msgs); {
+			end := waveEnd(msgs, start)
+			acked, err := s.publishWave(ctx, msgs[start:end])
+			if acked > 0 {
+				p.mark, p.saved = pending.Entries[start+acked-1].StreamPos, false
+			}
+			if err != nil {
 				return err
 			}
-			p.mark, p.saved = pending.Entries[i].StreamPos, false
+			start = end
 		}
 		if len(pending.Entries) < publishBatch {
 			return nil
@@ -113,9 +135,58 @@ func (p *publisher) publishPending(ctx context.Context) error {
 	}
 }
 
+// waveEnd returns the end of the wave that starts at msgs[start]: the
+// longest run of entries whose rooms are all different.
+func waveEnd(msgs []outputMessage, start int) int {
+	rooms := make(map[string]struct{}, min(len(msgs)-start, 64))
+	end := start
+	for ; end < len(msgs); end++ {
+		if _, ok := rooms[msgs[end].roomID]; ok {
+			break
+		}
+		rooms[msgs[end].roomID] = struct{}{}
+	}
+	return end
+}
+
+// publishWave publishes msgs (of distinct rooms) without waiting between
+// them, then waits for every acknowledgement. acked is how many of msgs,
+// from the first, JetStream acknowledged; after an error the caller
+// republishes from there.
+func (s *Service) publishWave(ctx context.Context, msgs []outputMessage) (acked int, err error) {
+	futures := make([]jetstream.PubAckFuture, 0, len(msgs))
+	for _, m := range msgs {
+		f, perr := s.js.PublishMsgAsync(m.msg, jetstream.WithMsgID(m.eventID))
+		if perr != nil {
+			err = perr
+			break
+		}
+		futures = append(futures, f)
+	}
+	timeout := time.NewTimer(publishAckTimeout)
+	defer timeout.Stop()
+	failed := false
+	for _, f := range futures {
+		select {
+		case <-f.Ok():
+			if !failed {
+				acked++
+			}
+		case ferr := <-f.Err():
+			failed = true
+			err = errors.Join(err, ferr)
+		case <-timeout.C:
+			return acked, errors.Join(err, fmt.Errorf("no JetStream acknowledgement within %s", publishAckTimeout))
+		case <-ctx.Done():
+			return acked, ctx.Err()
+		}
+	}
+	return acked, err
+}
+
 type outputMessage struct {
-	eventID string
-	msg     *nats.Msg
+	eventID, roomID string
+	msg             *nats.Msg
 }
 
 // outputMessages builds the OutputRoomEvent messages of outbox entries.
@@ -174,7 +245,7 @@ func (s *Service) outputMessages(ctx context.Context, pending store.Pending) ([]
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, outputMessage{eventID: ev.EventID, msg: &nats.Msg{Subject: bus.RoomEventsSubject(ev.RoomID), Data: data}})
+		out = append(out, outputMessage{eventID: ev.EventID, roomID: ev.RoomID, msg: &nats.Msg{Subject: bus.RoomEventsSubject(ev.RoomID), Data: data}})
 	}
 	return out, nil
 }
