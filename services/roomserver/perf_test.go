@@ -134,6 +134,13 @@ func TestPipelinedTx(t *testing.T) {
 	if _, err := tx.Room(ctx, roomID); err != store.ErrNotFound || tx.TxnEventID != "" {
 		t.Fatalf("new room: %v, txn %q", err, tx.TxnEventID)
 	}
+	// BeginRoom reserved one event NID, handed out once.
+	if nid, ok := tx.ReservedNID(); !ok || nid <= 0 {
+		t.Fatalf("reserved NID %d, %v", nid, ok)
+	}
+	if _, ok := tx.ReservedNID(); ok {
+		t.Fatal("the reserved NID was handed out twice")
+	}
 	nid, err := tx.InsertRoom(ctx, roomID, "11")
 	if err != nil {
 		t.Fatal(err)
