@@ -1,12 +1,12 @@
 package roomserver
 
-// Publishing. Accepted events get an outbox row in their own transaction
-// (store.Tx.LockStream orders positions by commit). The publisher reads the
-// outbox after the published watermark and publishes each entry with
-// Nats-Msg-Id = event ID, then moves the watermark over what JetStream has
-// acknowledged. A crash between publish and watermark republishes a few
-// events: JetStream drops them within its duplicate window, and consumers
-// are idempotent on event_id anyway.
+// Publishing. Accepted events get an outbox row in their own transaction.
+// The publisher reads the rows committed since the snapshot it last
+// finished (store.PendingOutbox: positions take no global lock, so rows
+// are found by transaction visibility, not by a position watermark) and
+// publishes each entry with Nats-Msg-Id = event ID. A crash before the
+// snapshot is saved republishes a few events: JetStream drops them within
+// its duplicate window, and consumers are idempotent on event_id anyway.
 //
 // Order: each room's events must reach JetStream in commit order. Entries
 // are published asynchronously in waves (publishWave): a wave is a run of
@@ -14,9 +14,9 @@ package roomserver
 // the next wave starts only when every acknowledgement of the previous one
 // is in. So an event is never in flight together with an earlier event of
 // its room, and when a publish fails nothing later of that room has been
-// sent: the retry starts again at the watermark (the first entry not known
-// to be acknowledged, with everything acked before it), and repeats that
-// JetStream has already stored are duplicates. Events of different rooms
+// sent: the retry starts again at the first entry not known to be
+// acknowledged (everything before it was), and repeats that JetStream has
+// already stored are duplicates. Events of different rooms
 // may reach JetStream out of outbox order after a failure; nothing relies
 // on an order across rooms (each room has its own subject).
 
@@ -90,30 +90,40 @@ func (s *Service) runPublisher(ctx context.Context) error {
 	}
 }
 
-// publisher remembers how far it has published. The stored watermark is
-// moved with the next read of the outbox (one round trip for both), so a
-// crash republishes at most the entries since the last read: JetStream
+// publisher remembers how far it has published: the snapshot up to which
+// every outbox row is on JetStream (prev), and within the rows committed
+// after it, the snapshot being worked through (cur) and the last position
+// acked. prev is saved with the next read of the outbox (one round trip
+// for both), so a crash republishes at most the rows since: JetStream
 // drops them as duplicates (Nats-Msg-Id), and consumers are idempotent.
 type publisher struct {
 	s *Service
-	// mark is the last position acked by JetStream; saved says whether
-	// the stored watermark has it.
-	mark  int64
-	saved bool
+	// cursor is what the next read asks for; loaded says whether cursor.Prev
+	// was read from the database, saved whether the database has it (or
+	// an older snapshot with nothing published since).
+	cursor        store.OutboxCursor
+	loaded, saved bool
+	// published says whether anything was published since the last save.
+	published bool
 }
 
-// publishPending publishes everything after the watermark.
+// publishPending publishes every outbox row committed so far.
 func (p *publisher) publishPending(ctx context.Context) error {
 	s := p.s
+	if !p.loaded {
+		prev, err := s.store.PublishedSnapshot(ctx)
+		if err != nil {
+			return err
+		}
+		p.cursor, p.loaded, p.saved = store.OutboxCursor{Prev: prev}, true, true
+	}
 	for {
-		pending, err := s.store.PendingOutbox(ctx, p.mark, publishBatch, !p.saved)
+		pending, snapshot, err := s.store.PendingOutbox(ctx, p.cursor, publishBatch, !p.saved)
 		if err != nil {
 			return err
 		}
 		p.saved = true
-		if len(pending.Entries) == 0 {
-			return nil
-		}
+		p.cursor.Cur = snapshot
 		msgs, err := s.outputMessages(ctx, pending)
 		if err != nil {
 			return err
@@ -122,7 +132,7 @@ func (p *publisher) publishPending(ctx context.Context) error {
 			end := waveEnd(msgs, start)
 			acked, err := s.publishWave(ctx, msgs[start:end])
 			if acked > 0 {
-				p.mark, p.saved = pending.Entries[start+acked-1].StreamPos, false
+				p.cursor.After, p.published = pending.Entries[start+acked-1].StreamPos, true
 			}
 			if err != nil {
 				return err
@@ -130,6 +140,13 @@ func (p *publisher) publishPending(ctx context.Context) error {
 			start = end
 		}
 		if len(pending.Entries) < publishBatch {
+			// Everything up to the snapshot is out. (With nothing
+			// published since the last save, the stored snapshot need
+			// not move: a restart from it would find nothing more.)
+			p.cursor = store.OutboxCursor{Prev: snapshot}
+			if p.published {
+				p.saved, p.published = false, false
+			}
 			return nil
 		}
 	}

@@ -4,9 +4,11 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/myelin-chat/myelin/pkg/bus"
+	"github.com/myelin-chat/myelin/services/roomserver/store"
 )
 
 func TestWaveEnd(t *testing.T) {
@@ -86,13 +88,13 @@ func TestPublishKeepsRoomOrderAfterFailure(t *testing.T) {
 	if err := p.publishPending(h.ctx); err == nil {
 		t.Fatal("publishing into a full stream succeeded")
 	}
-	if p.mark == 0 {
+	if p.cursor.After == 0 {
 		t.Fatal("the watermark did not move over the acknowledged entries")
 	}
 	// The first refused entry is room 0's event number limit+1.
 	firstRefused := h.countRows(`SELECT o.stream_pos FROM outbox o JOIN events e USING (event_nid) WHERE e.event_id = $1`, want[rooms[0]][limit])
-	if p.mark >= firstRefused {
-		t.Fatalf("watermark %d passed the first refused entry %d", p.mark, firstRefused)
+	if p.cursor.After >= firstRefused {
+		t.Fatalf("watermark %d passed the first refused entry %d", p.cursor.After, firstRefused)
 	}
 	if n := h.countRows(`SELECT count(*) FROM outbox`); n != int64(total) {
 		t.Fatalf("%d outbox entries, want %d", n, total)
@@ -113,5 +115,85 @@ func TestPublishKeepsRoomOrderAfterFailure(t *testing.T) {
 		if !slices.Equal(got, want[roomID]) {
 			t.Fatalf("room %s: published %v\nwant %v", roomID, got, want[roomID])
 		}
+	}
+}
+
+// TestOutboxLateCommit: outbox positions are taken without a global lock,
+// so a transaction may commit after one with a higher position. The
+// publisher's next round still finds its row (a position watermark would
+// have skipped it).
+func TestOutboxLateCommit(t *testing.T) {
+	h := newHarness(t, nil)
+	h.restart(false)
+	h.createRoom("11", "public", map[string]int{alice: 100})
+	st := h.svc.store
+	all, snap0, err := st.PendingOutbox(h.ctx, store.OutboxCursor{}, 1000, false)
+	if err != nil || len(all.Entries) == 0 || snap0 == "" {
+		t.Fatalf("first round: %d entries, snapshot %q, %v", len(all.Entries), snap0, err)
+	}
+	// Paging through the same rows two at a time, at the first page's
+	// snapshot, gives the same entries.
+	var paged []int64
+	cursor := store.OutboxCursor{}
+	for {
+		page, snap, err := st.PendingOutbox(h.ctx, cursor, 2, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range page.Entries {
+			paged = append(paged, e.StreamPos)
+			cursor.After = e.StreamPos
+		}
+		cursor.Cur = snap
+		if len(page.Entries) < 2 {
+			break
+		}
+	}
+	var want []int64
+	for _, e := range all.Entries {
+		want = append(want, e.StreamPos)
+	}
+	if !slices.Equal(paged, want) {
+		t.Fatalf("paged %v, want %v", paged, want)
+	}
+
+	// Two more rows (copies of an existing one: only positions matter).
+	insert := func(tx pgx.Tx) int64 {
+		var pos int64
+		if err := tx.QueryRow(h.ctx, `INSERT INTO outbox (room_nid, event_nid, added_state_nids, removed_state_nids)
+			SELECT room_nid, event_nid, '{}', '{}' FROM outbox ORDER BY stream_pos LIMIT 1 RETURNING stream_pos`).Scan(&pos); err != nil {
+			t.Fatal(err)
+		}
+		return pos
+	}
+	early, err := st.Pool().Begin(h.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer early.Rollback(h.ctx) //nolint:errcheck
+	earlyPos := insert(early)
+	late, err := st.Pool().Begin(h.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	latePos := insert(late)
+	if err := late.Commit(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	got, snap1, err := st.PendingOutbox(h.ctx, store.OutboxCursor{Prev: snap0}, 1000, false)
+	if err != nil || len(got.Entries) != 1 || got.Entries[0].StreamPos != latePos {
+		t.Fatalf("second round: %+v, %v; want only position %d", got.Entries, err, latePos)
+	}
+	if err := early.Commit(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	got, snap2, err := st.PendingOutbox(h.ctx, store.OutboxCursor{Prev: snap1}, 1000, false)
+	if err != nil || len(got.Entries) != 1 || got.Entries[0].StreamPos != earlyPos || earlyPos >= latePos {
+		t.Fatalf("third round: %+v, %v; want only position %d (< %d)", got.Entries, err, earlyPos, latePos)
+	}
+	// Nothing new: an empty round.
+	got, _, err = st.PendingOutbox(h.ctx, store.OutboxCursor{Prev: snap2}, 1000, false)
+	if err != nil || len(got.Entries) != 0 {
+		t.Fatalf("fourth round: %+v, %v; want none", got.Entries, err)
 	}
 }

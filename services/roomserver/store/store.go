@@ -26,9 +26,6 @@ const Schema = "roomserver"
 // ErrNotFound is returned when a looked-up row does not exist.
 var ErrNotFound = errors.New("not found")
 
-// streamLockKey is the advisory lock that orders outbox positions.
-const streamLockKey = "myelin.roomserver.stream"
-
 // dbtx is what both a pool and a transaction offer.
 type dbtx interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
@@ -191,15 +188,11 @@ func (t *Tx) QueueTransaction(roomNID int64, sender, deviceID, txnID, eventID st
 		VALUES ($1, $2, $3, $4, $5)`, roomNID, sender, deviceID, txnID, eventID)
 }
 
-// QueueOutbox takes the global stream lock and appends outbox entries
-// (queued; call it right before Commit, so that positions are handed out
-// in commit order: the lock is held from here to COMMIT, which follow in
-// the same round trip).
+// QueueOutbox appends outbox entries (queued). Their positions come from
+// a sequence, so across rooms they need not be in commit order: the
+// publisher finds new rows by transaction visibility (PendingOutbox). Per
+// room they are, as the room lock is held until COMMIT.
 func (t *Tx) QueueOutbox(entries []OutboxEntry) {
-	if len(entries) == 0 {
-		return
-	}
-	t.conn.queue(`SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`, streamLockKey)
 	for _, e := range entries {
 		var dev, txn *string
 		if e.HasTxn {
