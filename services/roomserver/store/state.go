@@ -126,9 +126,14 @@ func (q *Queries) PendingOutbox(ctx context.Context, cur OutboxCursor, limit int
 	} else {
 		snapPrev = &cur.Prev
 	}
+	// The txid range (xmax of the snapshot as upper bound) keeps the
+	// planner on the txid index even with a generic plan: without it, a
+	// generic plan walks the primary key in position order from $3,
+	// through the whole outbox, to fill the LIMIT.
 	rowsOf := func(snapshot string) string {
 		return `SELECT o.stream_pos, o.room_nid, o.event_nid, o.added_state_nids, o.removed_state_nids, o.txn_device_id, o.txn_id
-			FROM outbox o WHERE pg_visible_in_snapshot(o.txid, ` + snapshot + `) AND ` + newRows + ` AND o.stream_pos > $3`
+			FROM outbox o WHERE o.txid < pg_snapshot_xmax(` + snapshot + `) AND pg_visible_in_snapshot(o.txid, ` + snapshot + `)
+			AND ` + newRows + ` AND o.stream_pos > $3`
 	}
 	var snapshot string
 	b.Queue(`WITH cur AS (SELECT COALESCE($1::pg_snapshot, pg_current_snapshot()) AS s)
