@@ -50,3 +50,18 @@ func (h *handler) SignJSON(ctx context.Context, req *keyserverv1.SignJSONRequest
 		SignedJson: signed,
 	}, nil
 }
+
+func (h *handler) BuildEvent(ctx context.Context, req *keyserverv1.BuildEventRequest) (*keyserverv1.BuildEventResponse, error) {
+	ev, err := h.svc.buildEvent(req.GetRoomVersion(), req.GetProtoEvent())
+	switch {
+	case errors.Is(err, ErrBadEvent):
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	case err != nil:
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	return &keyserverv1.BuildEventResponse{
+		ServerName: string(h.svc.server),
+		EventJson:  ev.JSON(),
+		EventId:    ev.EventID(),
+	}, nil
+}

@@ -102,6 +102,49 @@ func (s *Service) sign(message []byte) (signed []byte, signature []byte, err err
 	return signed, out.Signatures[string(s.server)][s.current.ID], nil
 }
 
+// ErrBadEvent is returned when a proto-event cannot be built into an event
+// (bad JSON, an unknown room version, or gomatrixserverlib's field checks).
+var ErrBadEvent = errors.New("cannot build event")
+
+// buildEvent completes a proto-event (JSON of gomatrixserverlib.ProtoEvent)
+// into a signed event of this server with gomatrixserverlib's EventBuilder,
+// signed by the current key: the only signature the event gets.
+func (s *Service) buildEvent(version string, protoJSON []byte) (gomatrixserverlib.PDU, error) {
+	verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(version))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadEvent, err)
+	}
+	var pe gomatrixserverlib.ProtoEvent
+	if err := json.Unmarshal(protoJSON, &pe); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadEvent, err)
+	}
+	// JSON gives prev_events and auth_events as []any; EventBuilder
+	// handles []string (room versions 3+) and reference lists (1 and 2).
+	pe.PrevEvents, pe.AuthEvents = stringList(pe.PrevEvents), stringList(pe.AuthEvents)
+	ev, err := verImpl.NewEventBuilderFromProtoEvent(&pe).Build(time.Now(), s.server,
+		gomatrixserverlib.KeyID(s.current.ID), s.current.Private)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadEvent, err)
+	}
+	return ev, nil
+}
+
+// stringList turns a decoded JSON list of strings into []string and leaves
+// anything else (nil, a list of references) as it is.
+func stringList(v any) any {
+	list, ok := v.([]any)
+	if !ok {
+		return v
+	}
+	out := make([]string, len(list))
+	for i, x := range list {
+		if out[i], ok = x.(string); !ok {
+			return v
+		}
+	}
+	return out
+}
+
 // serverKeys is the body of GET /_matrix/key/v2/server, before signing.
 type serverKeys struct {
 	ServerName    string                  `json:"server_name"`

@@ -265,9 +265,24 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 			ids = append(ids, id)
 		}
 	}
-	lookup, err := w.LookupInput(ctx, res.eventID, ids)
-	if err != nil {
-		return res, err
+	var lookup store.InputLookup
+	var reserved bool
+	if opts.local && len(ids) == 1 {
+		lookup.NextNID, reserved = w.ReservedNID()
+	}
+	if reserved {
+		// A local event built here on the room's current state, holding
+		// all its prev and auth events: only its NID is needed, and
+		// BeginRoom reserved one. Its event ID is new by construction (a
+		// hash over a fresh timestamp and the current extremities, or
+		// random in room versions 1 and 2), so no stored event and no
+		// waiting redaction can name it; were it stored after all, the
+		// unique event ID would fail the commit.
+	} else {
+		var err error
+		if lookup, err = w.LookupInput(ctx, res.eventID, ids); err != nil {
+			return res, err
+		}
 	}
 	found, err := s.eventEntries(lookup.Events)
 	if err != nil {

@@ -27,7 +27,7 @@ import (
 func TestLocalEventsVerify(t *testing.T) {
 	h := newHarness(t, nil)
 	keys := newLocalKeys(h.ks, testServer, time.Minute)
-	for _, version := range []string{"10", "11", "12"} {
+	for _, version := range []string{"1", "4", "10", "11", "12"} {
 		t.Run("v"+version, func(t *testing.T) {
 			created := h.createRoom(version, "public", map[string]int{alice: 100})
 			roomID := created.GetRoomId()
@@ -133,6 +133,13 @@ func TestPipelinedTx(t *testing.T) {
 	}
 	if _, err := tx.Room(ctx, roomID); err != store.ErrNotFound || tx.TxnEventID != "" {
 		t.Fatalf("new room: %v, txn %q", err, tx.TxnEventID)
+	}
+	// BeginRoom reserved one event NID, handed out once.
+	if nid, ok := tx.ReservedNID(); !ok || nid <= 0 {
+		t.Fatalf("reserved NID %d, %v", nid, ok)
+	}
+	if _, ok := tx.ReservedNID(); ok {
+		t.Fatal("the reserved NID was handed out twice")
 	}
 	nid, err := tx.InsertRoom(ctx, roomID, "11")
 	if err != nil {

@@ -1,16 +1,29 @@
 package roomserver
 
-// Publishing. Accepted events get an outbox row in their own transaction
-// (store.Tx.LockStream orders positions by commit). The publisher reads the
-// outbox after the published watermark, publishes each entry with
-// Nats-Msg-Id = event ID, waits for JetStream's ack, and then moves the
-// watermark. A crash between publish and watermark republishes a few
-// events: JetStream drops them within its duplicate window, and consumers
-// are idempotent on event_id anyway. Entries are published one at a time
-// in stream order, so each room's events reach JetStream in commit order.
+// Publishing. Accepted events get an outbox row in their own transaction.
+// The publisher reads the rows committed since the snapshot it last
+// finished (store.PendingOutbox: positions take no global lock, so rows
+// are found by transaction visibility, not by a position watermark) and
+// publishes each entry with Nats-Msg-Id = event ID. A crash before the
+// snapshot is saved republishes a few events: JetStream drops them within
+// its duplicate window, and consumers are idempotent on event_id anyway.
+//
+// Order: each room's events must reach JetStream in commit order. Entries
+// are published asynchronously in waves (publishWave): a wave is a run of
+// consecutive outbox entries of distinct rooms, all in flight together;
+// the next wave starts only when every acknowledgement of the previous one
+// is in. So an event is never in flight together with an earlier event of
+// its room, and when a publish fails nothing later of that room has been
+// sent: the retry starts again at the first entry not known to be
+// acknowledged (everything before it was), and repeats that JetStream has
+// already stored are duplicates. Events of different rooms
+// may reach JetStream out of outbox order after a failure; nothing relies
+// on an order across rooms (each room has its own subject).
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -25,6 +38,10 @@ import (
 
 // publishBatch is how many outbox entries one round reads.
 const publishBatch = 256
+
+// publishAckTimeout bounds the wait for JetStream's acknowledgements of a
+// wave; when it passes the round fails and is retried from the watermark.
+const publishAckTimeout = 10 * time.Second
 
 // wakePublisher nudges the publisher without blocking.
 func (s *Service) wakePublisher() {
@@ -73,49 +90,120 @@ func (s *Service) runPublisher(ctx context.Context) error {
 	}
 }
 
-// publisher remembers how far it has published. The stored watermark is
-// moved with the next read of the outbox (one round trip for both), so a
-// crash republishes at most the entries since the last read: JetStream
+// publisher remembers how far it has published: the snapshot up to which
+// every outbox row is on JetStream (prev), and within the rows committed
+// after it, the snapshot being worked through (cur) and the last position
+// acked. prev is saved with the next read of the outbox (one round trip
+// for both), so a crash republishes at most the rows since: JetStream
 // drops them as duplicates (Nats-Msg-Id), and consumers are idempotent.
 type publisher struct {
 	s *Service
-	// mark is the last position acked by JetStream; saved says whether
-	// the stored watermark has it.
-	mark  int64
-	saved bool
+	// cursor is what the next read asks for; loaded says whether cursor.Prev
+	// was read from the database, saved whether the database has it (or
+	// an older snapshot with nothing published since).
+	cursor        store.OutboxCursor
+	loaded, saved bool
+	// published says whether anything was published since the last save.
+	published bool
 }
 
-// publishPending publishes everything after the watermark.
+// publishPending publishes every outbox row committed so far.
 func (p *publisher) publishPending(ctx context.Context) error {
 	s := p.s
+	if !p.loaded {
+		prev, err := s.store.PublishedSnapshot(ctx)
+		if err != nil {
+			return err
+		}
+		p.cursor, p.loaded, p.saved = store.OutboxCursor{Prev: prev}, true, true
+	}
 	for {
-		pending, err := s.store.PendingOutbox(ctx, p.mark, publishBatch, !p.saved)
+		pending, snapshot, err := s.store.PendingOutbox(ctx, p.cursor, publishBatch, !p.saved)
 		if err != nil {
 			return err
 		}
 		p.saved = true
-		if len(pending.Entries) == 0 {
-			return nil
-		}
+		p.cursor.Cur = snapshot
 		msgs, err := s.outputMessages(ctx, pending)
 		if err != nil {
 			return err
 		}
-		for i, m := range msgs {
-			if _, err := s.js.PublishMsg(ctx, m.msg, jetstream.WithMsgID(m.eventID)); err != nil {
+		for start := 0; start < len(msgs); {
+			end := waveEnd(msgs, start)
+			acked, err := s.publishWave(ctx, msgs[start:end])
+			if acked > 0 {
+				p.cursor.After, p.published = pending.Entries[start+acked-1].StreamPos, true
+			}
+			if err != nil {
 				return err
 			}
-			p.mark, p.saved = pending.Entries[i].StreamPos, false
+			start = end
 		}
 		if len(pending.Entries) < publishBatch {
+			// Everything up to the snapshot is out. (With nothing
+			// published since the last save, the stored snapshot need
+			// not move: a restart from it would find nothing more.)
+			p.cursor = store.OutboxCursor{Prev: snapshot}
+			if p.published {
+				p.saved, p.published = false, false
+			}
 			return nil
 		}
 	}
 }
 
+// waveEnd returns the end of the wave that starts at msgs[start]: the
+// longest run of entries whose rooms are all different.
+func waveEnd(msgs []outputMessage, start int) int {
+	rooms := make(map[string]struct{}, min(len(msgs)-start, 64))
+	end := start
+	for ; end < len(msgs); end++ {
+		if _, ok := rooms[msgs[end].roomID]; ok {
+			break
+		}
+		rooms[msgs[end].roomID] = struct{}{}
+	}
+	return end
+}
+
+// publishWave publishes msgs (of distinct rooms) without waiting between
+// them, then waits for every acknowledgement. acked is how many of msgs,
+// from the first, JetStream acknowledged; after an error the caller
+// republishes from there.
+func (s *Service) publishWave(ctx context.Context, msgs []outputMessage) (acked int, err error) {
+	futures := make([]jetstream.PubAckFuture, 0, len(msgs))
+	for _, m := range msgs {
+		f, perr := s.js.PublishMsgAsync(m.msg, jetstream.WithMsgID(m.eventID))
+		if perr != nil {
+			err = perr
+			break
+		}
+		futures = append(futures, f)
+	}
+	timeout := time.NewTimer(publishAckTimeout)
+	defer timeout.Stop()
+	failed := false
+	for _, f := range futures {
+		select {
+		case <-f.Ok():
+			if !failed {
+				acked++
+			}
+		case ferr := <-f.Err():
+			failed = true
+			err = errors.Join(err, ferr)
+		case <-timeout.C:
+			return acked, errors.Join(err, fmt.Errorf("no JetStream acknowledgement within %s", publishAckTimeout))
+		case <-ctx.Done():
+			return acked, ctx.Err()
+		}
+	}
+	return acked, err
+}
+
 type outputMessage struct {
-	eventID string
-	msg     *nats.Msg
+	eventID, roomID string
+	msg             *nats.Msg
 }
 
 // outputMessages builds the OutputRoomEvent messages of outbox entries.
@@ -174,7 +262,7 @@ func (s *Service) outputMessages(ctx context.Context, pending store.Pending) ([]
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, outputMessage{eventID: ev.EventID, msg: &nats.Msg{Subject: bus.RoomEventsSubject(ev.RoomID), Data: data}})
+		out = append(out, outputMessage{eventID: ev.EventID, roomID: ev.RoomID, msg: &nats.Msg{Subject: bus.RoomEventsSubject(ev.RoomID), Data: data}})
 	}
 	return out, nil
 }

@@ -81,10 +81,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		return nil, errors.New("roomserver: Logger, ServerName, JetStream and KeyServer are required")
 	}
 	serverName := spec.ServerName(deps.ServerName)
-	sg, err := newSigner(serverName, deps.KeyServer)
-	if err != nil {
-		return nil, err
-	}
+	sg := newSigner(serverName, deps.KeyServer)
 	if err := ensureStreams(ctx, deps.JetStream, cfg.StreamReplicas); err != nil {
 		return nil, err
 	}

@@ -91,27 +91,67 @@ type Pending struct {
 	RedactedBy, Targets map[int64]int64
 }
 
-// PendingOutbox returns up to limit outbox entries after max(after, the
-// stored watermark), with the applied redactions that involve them. When
-// saveMark is set it first moves the stored watermark to after, in the
-// same round trip.
-func (q *Queries) PendingOutbox(ctx context.Context, after int64, limit int, saveMark bool) (Pending, error) {
+// OutboxCursor says which outbox rows a publisher round reads: those
+// whose transactions committed after Prev (a pg_snapshot in text form; ""
+// for none yet: then every row after the old position watermark) and by
+// Cur ("" for the current snapshot, which the round returns), with a
+// position after After (paging through one such set).
+type OutboxCursor struct {
+	Prev, Cur string
+	After     int64
+}
+
+// PendingOutbox returns up to limit outbox entries of cur, in position
+// order, with the applied redactions that involve them, and the snapshot
+// the entries were taken up to (cur.Cur, or the current one). When
+// saveMark is set it first stores cur.Prev as the published snapshot, in
+// the same round trip.
+func (q *Queries) PendingOutbox(ctx context.Context, cur OutboxCursor, limit int, saveMark bool) (Pending, string, error) {
 	out := Pending{RedactedBy: map[int64]int64{}, Targets: map[int64]int64{}}
 	b := &pgx.Batch{}
-	if saveMark {
-		b.Queue(`UPDATE publish_watermark SET published_up_to = GREATEST(published_up_to, $1)`, after)
+	if saveMark && cur.Prev != "" {
+		b.Queue(`UPDATE publish_watermark SET snapshot = $1::pg_snapshot`, cur.Prev)
 	}
-	const pending = `SELECT stream_pos, room_nid, event_nid, added_state_nids, removed_state_nids, txn_device_id, txn_id
-		FROM outbox WHERE stream_pos > GREATEST($1, (SELECT published_up_to FROM publish_watermark))
-		ORDER BY stream_pos LIMIT $2`
-	b.Queue(pending, after, limit).Query(func(rows pgx.Rows) error {
+	var snapCur, snapPrev *string
+	if cur.Cur != "" {
+		snapCur = &cur.Cur
+	}
+	// Rows of transactions visible in the snapshot s and not in the
+	// previous one ($2; rows below its xmin are all visible in it).
+	newRows := `o.txid >= pg_snapshot_xmin($2::pg_snapshot) AND NOT pg_visible_in_snapshot(o.txid, $2::pg_snapshot)`
+	if cur.Prev == "" {
+		// ($2 is NULL here; it is named so that both forms take the
+		// same parameters.)
+		newRows = `$2::text IS NULL AND o.stream_pos > (SELECT published_up_to FROM publish_watermark)`
+	} else {
+		snapPrev = &cur.Prev
+	}
+	// The txid range (xmax of the snapshot as upper bound) keeps the
+	// planner on the txid index even with a generic plan: without it, a
+	// generic plan walks the primary key in position order from $3,
+	// through the whole outbox, to fill the LIMIT.
+	rowsOf := func(snapshot string) string {
+		return `SELECT o.stream_pos, o.room_nid, o.event_nid, o.added_state_nids, o.removed_state_nids, o.txn_device_id, o.txn_id
+			FROM outbox o WHERE o.txid < pg_snapshot_xmax(` + snapshot + `) AND pg_visible_in_snapshot(o.txid, ` + snapshot + `)
+			AND ` + newRows + ` AND o.stream_pos > $3`
+	}
+	var snapshot string
+	b.Queue(`WITH cur AS (SELECT COALESCE($1::pg_snapshot, pg_current_snapshot()) AS s)
+		SELECT cur.s::text, o.* FROM cur LEFT JOIN LATERAL (`+rowsOf("cur.s")+`
+			ORDER BY o.stream_pos LIMIT $4) o ON TRUE
+		ORDER BY o.stream_pos`, snapCur, snapPrev, cur.After, limit).Query(func(rows pgx.Rows) error {
 		defer rows.Close()
 		for rows.Next() {
+			var pos, roomNID, eventNID *int64
 			var e OutboxEntry
 			var dev, txn *string
-			if err := rows.Scan(&e.StreamPos, &e.RoomNID, &e.EventNID, &e.AddedStateNIDs, &e.RemovedStateNIDs, &dev, &txn); err != nil {
+			if err := rows.Scan(&snapshot, &pos, &roomNID, &eventNID, &e.AddedStateNIDs, &e.RemovedStateNIDs, &dev, &txn); err != nil {
 				return err
 			}
+			if pos == nil {
+				continue // no rows: only the snapshot
+			}
+			e.StreamPos, e.RoomNID, e.EventNID = *pos, *roomNID, *eventNID
 			if dev != nil && txn != nil {
 				e.HasTxn, e.TxnDeviceID, e.TxnID = true, *dev, *txn
 			}
@@ -119,11 +159,13 @@ func (q *Queries) PendingOutbox(ctx context.Context, after int64, limit int, sav
 		}
 		return rows.Err()
 	})
-	b.Queue(`WITH o AS (`+pending+`)
+	// This statement's snapshot is at least as new as the first one's, so
+	// it covers every entry above (and maybe more, which is harmless).
+	b.Queue(`WITH o AS (`+rowsOf("COALESCE($1::pg_snapshot, pg_current_snapshot())")+`)
 		SELECT r.redaction_nid, e.event_nid FROM redactions r
 		JOIN events e ON e.event_id = r.target_event_id AND e.room_nid = r.room_nid
 		WHERE r.applied AND (r.redaction_nid IN (SELECT event_nid FROM o) OR e.event_nid IN (SELECT event_nid FROM o))
-		ORDER BY r.redaction_nid`, after, limit).Query(func(rows pgx.Rows) error {
+		ORDER BY r.redaction_nid`, snapCur, snapPrev, cur.After).Query(func(rows pgx.Rows) error {
 		defer rows.Close()
 		for rows.Next() {
 			var red, target int64
@@ -138,14 +180,19 @@ func (q *Queries) PendingOutbox(ctx context.Context, after int64, limit int, sav
 		return rows.Err()
 	})
 	if err := q.db.SendBatch(ctx, b).Close(); err != nil {
-		return Pending{}, fmt.Errorf("pending outbox: %w", err)
+		return Pending{}, "", fmt.Errorf("pending outbox: %w", err)
 	}
-	return out, nil
+	return out, snapshot, nil
 }
 
-// SetPublishedUpTo moves the watermark forward (never back, so replicas
-// racing to publish cannot rewind it).
-func (q *Queries) SetPublishedUpTo(ctx context.Context, pos int64) error {
-	_, err := q.db.Exec(ctx, `UPDATE publish_watermark SET published_up_to = GREATEST(published_up_to, $1)`, pos)
-	return err
+// PublishedSnapshot returns the stored published snapshot ("" for none).
+func (q *Queries) PublishedSnapshot(ctx context.Context) (string, error) {
+	var s *string
+	if err := q.db.QueryRow(ctx, `SELECT snapshot::text FROM publish_watermark`).Scan(&s); err != nil {
+		return "", err
+	}
+	if s == nil {
+		return "", nil
+	}
+	return *s, nil
 }

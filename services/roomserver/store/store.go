@@ -26,9 +26,6 @@ const Schema = "roomserver"
 // ErrNotFound is returned when a looked-up row does not exist.
 var ErrNotFound = errors.New("not found")
 
-// streamLockKey is the advisory lock that orders outbox positions.
-const streamLockKey = "myelin.roomserver.stream"
-
 // dbtx is what both a pool and a transaction offer.
 type dbtx interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
@@ -84,6 +81,8 @@ type Tx struct {
 	// TxnEventID is the event an earlier send of BeginRoom's client
 	// transaction produced ("" when none, or when no transaction was asked).
 	TxnEventID string
+	// reservedNID is an event NID BeginRoom reserved (0 once taken).
+	reservedNID int64
 }
 
 // TxnKey names a client transaction (SendEvent's idempotency key).
@@ -91,10 +90,10 @@ type TxnKey struct {
 	Sender, DeviceID, TxnID string
 }
 
-// BeginRoom starts a write transaction, takes the room's advisory lock and
-// reads the room row, in one round trip; with txn it also looks up the
-// event of that client transaction (Tx.TxnEventID). The room need not
-// exist yet: the lock is on the room ID.
+// BeginRoom starts a write transaction, takes the room's advisory lock,
+// reads the room row and reserves an event NID (ReservedNID), in one round
+// trip; with txn it also looks up the event of that client transaction
+// (Tx.TxnEventID). The room need not exist yet: the lock is on the room ID.
 func (s *Store) BeginRoom(ctx context.Context, roomID string, txn *TxnKey) (*Tx, error) {
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
@@ -119,11 +118,25 @@ func (s *Store) BeginRoom(ctx context.Context, roomID string, txn *TxnKey) (*Tx,
 			return ignoreNotFound(row.Scan(&t.TxnEventID))
 		})
 	}
+	b.Queue(nextNIDQuery).QueryRow(func(row pgx.Row) error {
+		return row.Scan(&t.reservedNID)
+	})
 	if err := conn.SendBatch(ctx, b).Close(); err != nil {
 		t.Rollback(ctx)
 		return nil, fmt.Errorf("begin and lock room: %w", err)
 	}
 	return t, nil
+}
+
+// nextNIDQuery reserves an event NID.
+const nextNIDQuery = `SELECT nextval(pg_get_serial_sequence('events', 'event_nid'))`
+
+// ReservedNID returns the event NID BeginRoom reserved, once; later calls
+// return false. (An unused reservation is a gap: NIDs have gaps anyway.)
+func (t *Tx) ReservedNID() (int64, bool) {
+	nid := t.reservedNID
+	t.reservedNID = 0
+	return nid, nid != 0
 }
 
 // Room returns the transaction's room as of BeginRoom and the Tx's own
@@ -175,15 +188,11 @@ func (t *Tx) QueueTransaction(roomNID int64, sender, deviceID, txnID, eventID st
 		VALUES ($1, $2, $3, $4, $5)`, roomNID, sender, deviceID, txnID, eventID)
 }
 
-// QueueOutbox takes the global stream lock and appends outbox entries
-// (queued; call it right before Commit, so that positions are handed out
-// in commit order: the lock is held from here to COMMIT, which follow in
-// the same round trip).
+// QueueOutbox appends outbox entries (queued). Their positions come from
+// a sequence, so across rooms they need not be in commit order: the
+// publisher finds new rows by transaction visibility (PendingOutbox). Per
+// room they are, as the room lock is held until COMMIT.
 func (t *Tx) QueueOutbox(entries []OutboxEntry) {
-	if len(entries) == 0 {
-		return
-	}
-	t.conn.queue(`SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`, streamLockKey)
 	for _, e := range entries {
 		var dev, txn *string
 		if e.HasTxn {
