@@ -196,9 +196,11 @@ func (s *Service) storeBatch(ctx context.Context, batch []jetstream.Msg) error {
 		return err
 	}
 	s.announceCommitted(applied)
+	users := make([]string, 0, len(notified))
 	for u := range notified {
-		s.pushers.wake(u)
+		users = append(users, u)
 	}
+	s.pushers.wake(users...)
 	if rooms := guestAccessChanged(inputs); len(rooms) > 0 {
 		if err := s.retry(ctx, "remove guests", func() error { return s.removeGuests(ctx, rooms) }); err != nil {
 			return err

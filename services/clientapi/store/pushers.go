@@ -78,6 +78,15 @@ func (s *Store) PusherUsers(ctx context.Context) ([]string, error) {
 	return pgx.CollectRows(rows, pgx.RowTo[string])
 }
 
+// UsersWithPushers returns those of the users that have a pusher.
+func (s *Store) UsersWithPushers(ctx context.Context, users []string) ([]string, error) {
+	rows, err := s.db.Query(ctx, `SELECT DISTINCT user_id FROM pushers WHERE user_id = ANY($1)`, users)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
 // AdvancePusher records that the pusher handled notifications up to pos.
 func (s *Store) AdvancePusher(ctx context.Context, userID, appID, pushKey string, pos int64) error {
 	_, err := s.db.Exec(ctx, `UPDATE pushers SET last_pos = GREATEST(last_pos, $4)
