@@ -90,13 +90,17 @@ func (s *Store) Apply(ctx context.Context, inputs []Input) ([]Applied, error) {
 }
 
 // ApplyWith is Apply that also evaluates each newly stored event with eval
-// (push rules) and stores the outcome in the same transaction, so an
+// (push rules) and stores the outcomes in the same transaction, so an
 // event and its notifications commit together and a redelivered event
-// (skipped) is not evaluated twice.
+// (skipped) is not evaluated twice. The outcomes are written after the
+// batch's last event, in one round trip; evaluation reads no
+// notifications or receipts, so later events see what they would have.
 func (s *Store) ApplyWith(ctx context.Context, inputs []Input, eval Evaluator) ([]Applied, error) {
 	var out []Applied
 	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		out = out[:0]
+		var notes []Notification
+		var owns []OwnRead
 		for _, in := range inputs {
 			a, ok, err := apply(ctx, tx, in)
 			if err != nil {
@@ -113,9 +117,13 @@ func (s *Store) ApplyWith(ctx context.Context, inputs []Input, eval Evaluator) (
 			if err != nil {
 				return fmt.Errorf("push rules for %s: %w", in.Event.EventID, err)
 			}
-			if err := storePushOutcome(ctx, tx, res); err != nil {
-				return fmt.Errorf("notifications for %s: %w", in.Event.EventID, err)
+			notes = append(notes, res.Notifications...)
+			if res.OwnRead != nil {
+				owns = append(owns, *res.OwnRead)
 			}
+		}
+		if err := storePushOutcome(ctx, tx, notes, owns); err != nil {
+			return fmt.Errorf("notifications: %w", err)
 		}
 		return nil
 	})
