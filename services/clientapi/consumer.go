@@ -182,8 +182,8 @@ func (s *Service) storeBatch(ctx context.Context, batch []jetstream.Msg) error {
 		// (push_eval.go); notified collects who got a notification, for
 		// the pushers.
 		notified = map[string]bool{}
-		eval := func(ctx context.Context, rd store.Reader, a store.Applied) (store.PushOutcome, error) {
-			out, err := s.evaluatePush(ctx, rd, a)
+		eval := func(ctx context.Context, rd store.Reader, a store.Applied, pc store.PushContext) (store.PushOutcome, error) {
+			out, err := s.evaluatePush(ctx, rd, a, pc)
 			for _, n := range out.Notifications {
 				notified[n.UserID] = true
 			}

@@ -32,7 +32,10 @@ const threadMain = "main"
 // maxThreadHops bounds the walk up relations to find an event's thread.
 const maxThreadHops = 3
 
-func (s *Service) evaluatePush(ctx context.Context, rd store.Reader, a store.Applied) (store.PushOutcome, error) {
+// evaluatePush evaluates a newly stored event for its recipients; pc (the
+// room's members, their rules' positions and power levels) was read with
+// the event's storage.
+func (s *Service) evaluatePush(ctx context.Context, rd store.Reader, a store.Applied, pc store.PushContext) (store.PushOutcome, error) {
 	var out store.PushOutcome
 	ev := a.Event
 	thread, err := threadOf(ctx, rd, ev.RelatesTo, ev.RelType)
@@ -46,10 +49,6 @@ func (s *Service) evaluatePush(ctx context.Context, rd store.Reader, a store.App
 	if ev.Type == spec.MRoomMember && ev.Membership == store.MembershipInvite && ev.StateKey != nil &&
 		*ev.StateKey != ev.Sender && s.isLocal(*ev.StateKey) {
 		invited = *ev.StateKey
-	}
-	pc, err := rd.PushContext(ctx, ev.RoomID, invited, pushRulesType)
-	if err != nil {
-		return out, err
 	}
 	var recipients []string
 	for _, u := range pc.Members {

@@ -101,19 +101,33 @@ func (s *Store) ApplyWith(ctx context.Context, inputs []Input, eval Evaluator) (
 		out = out[:0]
 		var notes []Notification
 		var owns []OwnRead
-		for _, in := range inputs {
-			a, ok, err := apply(ctx, tx, in)
+		if len(inputs) == 0 {
+			return nil
+		}
+		// Each event's step also reads the next event's room visibility
+		// (its visibility_before), so it needs no round trip of its own.
+		vis, err := currentVisibility(ctx, tx, inputs[0].Event.RoomID)
+		if err != nil {
+			return err
+		}
+		for i, in := range inputs {
+			next := ""
+			if i+1 < len(inputs) {
+				next = inputs[i+1].Event.RoomID
+			}
+			st, err := apply(ctx, tx, in, vis, next, eval != nil)
 			if err != nil {
 				return fmt.Errorf("event %s: %w", in.Event.EventID, err)
 			}
-			if !ok {
+			vis = st.nextVis
+			if !st.stored {
 				continue
 			}
-			out = append(out, a)
+			out = append(out, st.applied)
 			if eval == nil {
 				continue
 			}
-			res, err := eval(ctx, Reader{q: tx}, a)
+			res, err := eval(ctx, Reader{q: tx}, st.applied, st.push)
 			if err != nil {
 				return fmt.Errorf("push rules for %s: %w", in.Event.EventID, err)
 			}
@@ -140,55 +154,132 @@ func nullable(s string) *string {
 	return &s
 }
 
-func apply(ctx context.Context, tx pgx.Tx, in Input) (Applied, bool, error) {
+// step is what storing one event produced.
+type step struct {
+	stored  bool // false: already stored, skipped
+	applied Applied
+	// push is the event's PushContext (when asked for and stored).
+	push PushContext
+	// nextVis is the next event's room's visibility after this event
+	// (when there is a next event).
+	nextVis string
+}
+
+// insertEventSQL stores an event unless it is stored already, with its
+// relation ($15, $16: none when empty), returning its position. The NOT
+// EXISTS keeps a redelivered event from consuming a position (a
+// conflicting insert would still draw from the sequence); the relation
+// comes from the insert, so a redelivered event does not bring back the
+// relation its redaction removed.
+const insertEventSQL = `WITH ins AS (INSERT INTO sync_events
+		(event_id, room_id, type, state_key, sender, membership, event, txn_device_id, txn_id, stream_position,
+		 visibility_before, visibility_after, search_key, search_vec)
+		SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+			CASE WHEN $13::text IS NULL THEN NULL ELSE to_tsvector('` + SearchConfig + `', $14::text) END
+		WHERE NOT EXISTS (SELECT 1 FROM sync_events WHERE event_id = $1)
+		ON CONFLICT (event_id) DO NOTHING RETURNING pos),
+	rel AS (INSERT INTO event_relations (event_id, room_id, relates_to, rel_type, pos)
+		SELECT $1, $2, $15, $16, pos FROM ins WHERE $15::text <> '' AND $16::text <> ''
+		ON CONFLICT DO NOTHING)
+	SELECT pos FROM ins`
+
+// apply stores one event. visBefore is its room's visibility before it;
+// next is the next event's room ("" when none), whose visibility is read
+// for the next step; withPush asks for the event's PushContext. An event
+// that changes no state is stored, and those read, in one round trip.
+func apply(ctx context.Context, tx pgx.Tx, in Input, visBefore, next string, withPush bool) (step, error) {
+	var st step
 	ev := in.Event
-	// The NOT EXISTS keeps a redelivered event from consuming a position
-	// (a conflicting insert would still draw from the sequence).
-	visBefore, err := currentVisibility(ctx, tx, ev.RoomID)
-	if err != nil {
-		return Applied{}, false, err
-	}
 	visAfter := visBefore
 	if ev.Type == typeHistoryVisibility && ev.StateKey != nil && *ev.StateKey == "" {
 		visAfter = VisibilityOf(ev.JSON)
 	}
+	relatesTo, relType := ev.RelatesTo, ev.RelType
+	if relatesTo == "" || relType == "" {
+		relatesTo, relType = "", ""
+	}
+	b := &pgx.Batch{}
 	var pos int64
-	err = tx.QueryRow(ctx, `INSERT INTO sync_events
-		(event_id, room_id, type, state_key, sender, membership, event, txn_device_id, txn_id, stream_position,
-		 visibility_before, visibility_after, search_key, search_vec)
-		SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
-			CASE WHEN $13::text IS NULL THEN NULL ELSE to_tsvector('`+SearchConfig+`', $14::text) END
-		WHERE NOT EXISTS (SELECT 1 FROM sync_events WHERE event_id = $1)
-		ON CONFLICT (event_id) DO NOTHING RETURNING pos`,
+	b.Queue(insertEventSQL,
 		ev.EventID, ev.RoomID, ev.Type, ev.StateKey, ev.Sender, nullable(ev.Membership), ev.JSON,
 		nullable(ev.TxnDeviceID), nullable(ev.TxnID), ev.StreamPosition, visBefore, visAfter,
-		nullable(ev.SearchKey), ev.SearchText).Scan(&pos)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return Applied{}, false, nil
+		nullable(ev.SearchKey), ev.SearchText, relatesTo, relType).QueryRow(func(row pgx.Row) error {
+		err := row.Scan(&pos)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		}
+		st.stored = err == nil
+		return err
+	})
+	if len(in.Added) == 0 && len(in.RemovedIDs) == 0 && in.Redacted == nil {
+		// Nothing the reads depend on changes after the insert: all in one
+		// round trip (the reads are wasted when the event was stored).
+		queueReads(b, ev, next, withPush, &st)
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return step{}, err
+		}
+		st.applied = Applied{Pos: pos, Event: ev}
+		return st, nil
 	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return step{}, err
+	}
+	if !st.stored {
+		var err error
+		if next != "" {
+			st.nextVis, err = currentVisibility(ctx, tx, next)
+		}
+		return st, err
+	}
+	a, err := applyState(ctx, tx, in, pos)
 	if err != nil {
-		return Applied{}, false, err
+		return step{}, err
 	}
-	a := Applied{Pos: pos, Event: ev}
-	if ev.RelatesTo != "" && ev.RelType != "" {
-		if _, err := tx.Exec(ctx, `INSERT INTO event_relations (event_id, room_id, relates_to, rel_type, pos)
-			VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING`, ev.EventID, ev.RoomID, ev.RelatesTo, ev.RelType, pos); err != nil {
-			return Applied{}, false, err
+	st.applied = a
+	b = &pgx.Batch{}
+	queueReads(b, ev, next, withPush, &st)
+	if b.Len() > 0 {
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return step{}, err
 		}
 	}
+	return st, nil
+}
 
+// queueReads queues what is read after an event is stored: its
+// PushContext (withPush) and the next event's room's visibility.
+func queueReads(b *pgx.Batch, ev Event, next string, withPush bool, st *step) {
+	if withPush {
+		// The local target of an invite is a recipient too; whether a user
+		// is local is the evaluator's business, so any target is read.
+		invited := ""
+		if ev.Type == typeMember && ev.Membership == MembershipInvite && ev.StateKey != nil && *ev.StateKey != ev.Sender {
+			invited = *ev.StateKey
+		}
+		queuePushContext(b, ev.RoomID, invited, &st.push)
+	}
+	if next != "" {
+		queueVisibility(b, next, &st.nextVis)
+	}
+}
+
+// applyState applies an event's state changes and redaction, after the
+// event is stored at pos.
+func applyState(ctx context.Context, tx pgx.Tx, in Input, pos int64) (Applied, error) {
+	ev := in.Event
+	a := Applied{Pos: pos, Event: ev}
 	removedMembers := map[string]bool{}
 	if len(in.RemovedIDs) > 0 {
 		rows, err := tx.Query(ctx, `DELETE FROM current_state WHERE room_id = $1 AND event_id = ANY($2)
 			RETURNING type, state_key`, ev.RoomID, in.RemovedIDs)
 		if err != nil {
-			return Applied{}, false, err
+			return Applied{}, err
 		}
 		for rows.Next() {
 			var typ, key string
 			if err := rows.Scan(&typ, &key); err != nil {
 				rows.Close()
-				return Applied{}, false, err
+				return Applied{}, err
 			}
 			if typ == typeMember {
 				removedMembers[key] = true
@@ -196,7 +287,7 @@ func apply(ctx context.Context, tx pgx.Tx, in Input) (Applied, bool, error) {
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
-			return Applied{}, false, err
+			return Applied{}, err
 		}
 	}
 	for _, st := range in.Added {
@@ -206,12 +297,12 @@ func apply(ctx context.Context, tx pgx.Tx, in Input) (Applied, bool, error) {
 				membership = EXCLUDED.membership, event = EXCLUDED.event, pos = EXCLUDED.pos`,
 			ev.RoomID, st.Type, st.StateKey, st.EventID, st.Sender, nullable(st.Membership), st.JSON, pos)
 		if err != nil {
-			return Applied{}, false, err
+			return Applied{}, err
 		}
 		if st.Type == typeMember {
 			delete(removedMembers, st.StateKey)
 			if err := setMembership(ctx, tx, st.StateKey, ev.RoomID, st.Membership, st.EventID, pos); err != nil {
-				return Applied{}, false, err
+				return Applied{}, err
 			}
 			a.Changes = append(a.Changes, MembershipChange{UserID: st.StateKey, RoomID: ev.RoomID, Membership: st.Membership})
 		}
@@ -225,16 +316,16 @@ func apply(ctx context.Context, tx pgx.Tx, in Input) (Applied, bool, error) {
 	slices.Sort(users)
 	for _, u := range users {
 		if err := setMembership(ctx, tx, u, ev.RoomID, MembershipLeave, ev.EventID, pos); err != nil {
-			return Applied{}, false, err
+			return Applied{}, err
 		}
 		a.Changes = append(a.Changes, MembershipChange{UserID: u, RoomID: ev.RoomID, Membership: MembershipLeave})
 	}
 	if in.Redacted != nil {
 		if err := applyRedaction(ctx, tx, ev.RoomID, *in.Redacted); err != nil {
-			return Applied{}, false, err
+			return Applied{}, err
 		}
 	}
-	return a, true, nil
+	return a, nil
 }
 
 func setMembership(ctx context.Context, tx pgx.Tx, userID, roomID, membership, eventID string, pos int64) error {

@@ -49,6 +49,24 @@ func currentVisibility(ctx context.Context, q querier, roomID string) (string, e
 	return VisibilityOf(raw), nil
 }
 
+// queueVisibility queues currentVisibility's read, into vis.
+func queueVisibility(b *pgx.Batch, roomID string, vis *string) {
+	b.Queue(`SELECT event FROM current_state WHERE room_id = $1 AND type = $2 AND state_key = ''`,
+		roomID, typeHistoryVisibility).QueryRow(func(row pgx.Row) error {
+		var raw []byte
+		err := row.Scan(&raw)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			*vis = VisibilityShared
+		case err == nil:
+			*vis = VisibilityOf(raw)
+		default:
+			return err
+		}
+		return nil
+	})
+}
+
 // CurrentVisibility is the room's history visibility in its current state.
 func (r Reader) CurrentVisibility(ctx context.Context, roomID string) (string, error) {
 	return currentVisibility(ctx, r.q, roomID)

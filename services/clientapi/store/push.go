@@ -32,8 +32,9 @@ type PushOutcome struct {
 }
 
 // Evaluator evaluates a newly stored event inside the transaction that
-// stores it; rd reads that transaction (the event and its state included).
-type Evaluator func(ctx context.Context, rd Reader, a Applied) (PushOutcome, error)
+// stores it; rd reads that transaction (the event and its state included),
+// and pc was read there after the event.
+type Evaluator func(ctx context.Context, rd Reader, a Applied, pc PushContext) (PushOutcome, error)
 
 // unreadCond is true for a notification n the user has not read: it comes
 // after the newest receipt (of any type) that covers its thread.

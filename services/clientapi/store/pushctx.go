@@ -1,8 +1,6 @@
 package store
 
 import (
-	"context"
-
 	"github.com/jackc/pgx/v5"
 )
 
@@ -19,19 +17,20 @@ type PushContext struct {
 	Create, PowerLevels []byte
 }
 
-// PushContext reads the room's joined members, the positions of their
-// (and extraUser's, when not empty) global account data of type
-// rulesType, and the room's create and power levels events, in one round
-// trip.
-func (r Reader) PushContext(ctx context.Context, roomID, extraUser, rulesType string) (PushContext, error) {
-	pc := PushContext{RulesPos: map[string]int64{}}
-	b := &pgx.Batch{}
+// PushRulesType is the account data type of push rules.
+const PushRulesType = "m.push_rules"
+
+// queuePushContext queues the reads of pc: the room's joined members, the
+// positions of their (and extraUser's, when not empty) stored push rules,
+// and the room's create and power levels events.
+func queuePushContext(b *pgx.Batch, roomID, extraUser string, pc *PushContext) {
+	pc.RulesPos = map[string]int64{}
 	b.Queue(`SELECT u.user_id, u.joined, ad.pos
 		FROM (SELECT state_key AS user_id, true AS joined FROM current_state
 				WHERE room_id = $1 AND type = 'm.room.member' AND membership = 'join'
 			UNION ALL SELECT $2::text, false WHERE $2::text <> '') u
 		LEFT JOIN account_data ad ON ad.user_id = u.user_id AND ad.room_id = '' AND ad.type = $3`,
-		roomID, extraUser, rulesType).Query(func(rows pgx.Rows) error {
+		roomID, extraUser, PushRulesType).Query(func(rows pgx.Rows) error {
 		var user string
 		var joined bool
 		var pos *int64
@@ -61,8 +60,4 @@ func (r Reader) PushContext(ctx context.Context, roomID, extraUser, rulesType st
 		})
 		return err
 	})
-	if err := r.q.SendBatch(ctx, b).Close(); err != nil {
-		return PushContext{}, err
-	}
-	return pc, nil
 }
