@@ -29,18 +29,15 @@ import (
 // threadMain is the thread ID of the main timeline.
 const threadMain = "main"
 
-// maxThreadHops bounds the walk up relations to find an event's thread.
-const maxThreadHops = 3
-
 // evaluatePush evaluates a newly stored event for its recipients; pc (the
 // room's members, their rules' positions and power levels) was read with
 // the event's storage.
 func (s *Service) evaluatePush(ctx context.Context, rd store.Reader, a store.Applied, pc store.PushContext) (store.PushOutcome, error) {
 	var out store.PushOutcome
 	ev := a.Event
-	thread, err := threadOf(ctx, rd, ev.RelatesTo, ev.RelType)
-	if err != nil {
-		return out, err
+	thread := pc.Thread
+	if thread == "" {
+		thread = threadMain
 	}
 	if s.isLocal(ev.Sender) {
 		out.OwnRead = &store.OwnRead{UserID: ev.Sender, RoomID: ev.RoomID, ThreadID: thread, EventID: ev.EventID}
@@ -133,22 +130,6 @@ func (s *Service) rulesOf(ctx context.Context, rd store.Reader, users []string, 
 // isLocal reports whether a user ID belongs to this server.
 func (s *Service) isLocal(userID string) bool {
 	return strings.HasSuffix(userID, ":"+s.serverName)
-}
-
-// threadOf is the thread an event belongs to: the root of its m.thread
-// relation, or of the nearest ancestor's within maxThreadHops; "main"
-// otherwise (thread roots included).
-func threadOf(ctx context.Context, rd store.Reader, relatesTo, relType string) (string, error) {
-	for hop := 0; relatesTo != "" && hop < maxThreadHops; hop++ {
-		if relType == relThread {
-			return relatesTo, nil
-		}
-		var err error
-		if relatesTo, relType, err = rd.RelationOf(ctx, relatesTo); err != nil {
-			return "", err
-		}
-	}
-	return threadMain, nil
 }
 
 // displayNameIn reads the user's display name in the room, only when a

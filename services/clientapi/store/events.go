@@ -101,40 +101,46 @@ func (s *Store) ApplyWith(ctx context.Context, inputs []Input, eval Evaluator) (
 		out = out[:0]
 		var notes []Notification
 		var owns []OwnRead
-		if len(inputs) == 0 {
-			return nil
-		}
-		// Each event's step also reads the next event's room visibility
-		// (its visibility_before), so it needs no round trip of its own.
-		vis, err := currentVisibility(ctx, tx, inputs[0].Event.RoomID)
-		if err != nil {
-			return err
-		}
-		for i, in := range inputs {
-			next := ""
-			if i+1 < len(inputs) {
-				next = inputs[i+1].Event.RoomID
+		for i := 0; i < len(inputs); {
+			// A run of events that change no state is stored in two round
+			// trips; any other event in a few of its own.
+			n := 1
+			var steps []step
+			var err error
+			if changesNoState(inputs[i]) {
+				for i+n < len(inputs) && changesNoState(inputs[i+n]) {
+					n++
+				}
+				steps, err = applyRun(ctx, tx, inputs[i:i+n], eval != nil)
+			} else {
+				var st step
+				st, err = applyOne(ctx, tx, inputs[i], eval != nil)
+				steps = []step{st}
+				if err != nil {
+					err = fmt.Errorf("event %s: %w", inputs[i].Event.EventID, err)
+				}
 			}
-			st, err := apply(ctx, tx, in, vis, next, eval != nil)
 			if err != nil {
-				return fmt.Errorf("event %s: %w", in.Event.EventID, err)
+				return err
 			}
-			vis = st.nextVis
-			if !st.stored {
-				continue
+			for k, st := range steps {
+				if !st.stored {
+					continue
+				}
+				out = append(out, st.applied)
+				if eval == nil {
+					continue
+				}
+				res, err := eval(ctx, Reader{q: tx}, st.applied, st.push)
+				if err != nil {
+					return fmt.Errorf("push rules for %s: %w", inputs[i+k].Event.EventID, err)
+				}
+				notes = append(notes, res.Notifications...)
+				if res.OwnRead != nil {
+					owns = append(owns, *res.OwnRead)
+				}
 			}
-			out = append(out, st.applied)
-			if eval == nil {
-				continue
-			}
-			res, err := eval(ctx, Reader{q: tx}, st.applied, st.push)
-			if err != nil {
-				return fmt.Errorf("push rules for %s: %w", in.Event.EventID, err)
-			}
-			notes = append(notes, res.Notifications...)
-			if res.OwnRead != nil {
-				owns = append(owns, *res.OwnRead)
-			}
+			i += n
 		}
 		if err := storePushOutcome(ctx, tx, notes, owns); err != nil {
 			return fmt.Errorf("notifications: %w", err)
@@ -160,9 +166,6 @@ type step struct {
 	applied Applied
 	// push is the event's PushContext (when asked for and stored).
 	push PushContext
-	// nextVis is the next event's room's visibility after this event
-	// (when there is a next event).
-	nextVis string
 }
 
 // insertEventSQL stores an event unless it is stored already, with its
@@ -183,13 +186,14 @@ const insertEventSQL = `WITH ins AS (INSERT INTO sync_events
 		ON CONFLICT DO NOTHING)
 	SELECT pos FROM ins`
 
-// apply stores one event. visBefore is its room's visibility before it;
-// next is the next event's room ("" when none), whose visibility is read
-// for the next step; withPush asks for the event's PushContext. An event
-// that changes no state is stored, and those read, in one round trip.
-func apply(ctx context.Context, tx pgx.Tx, in Input, visBefore, next string, withPush bool) (step, error) {
-	var st step
-	ev := in.Event
+// changesNoState reports whether storing the event leaves current state
+// (and so visibility, members and power levels) as it was.
+func changesNoState(in Input) bool {
+	return len(in.Added) == 0 && len(in.RemovedIDs) == 0 && in.Redacted == nil
+}
+
+// queueInsert queues the event's insert (insertEventSQL) into st.
+func queueInsert(b *pgx.Batch, ev Event, visBefore string, st *step) {
 	visAfter := visBefore
 	if ev.Type == typeHistoryVisibility && ev.StateKey != nil && *ev.StateKey == "" {
 		visAfter = VisibilityOf(ev.JSON)
@@ -198,69 +202,78 @@ func apply(ctx context.Context, tx pgx.Tx, in Input, visBefore, next string, wit
 	if relatesTo == "" || relType == "" {
 		relatesTo, relType = "", ""
 	}
-	b := &pgx.Batch{}
-	var pos int64
 	b.Queue(insertEventSQL,
 		ev.EventID, ev.RoomID, ev.Type, ev.StateKey, ev.Sender, nullable(ev.Membership), ev.JSON,
 		nullable(ev.TxnDeviceID), nullable(ev.TxnID), ev.StreamPosition, visBefore, visAfter,
 		nullable(ev.SearchKey), ev.SearchText, relatesTo, relType).QueryRow(func(row pgx.Row) error {
-		err := row.Scan(&pos)
+		err := row.Scan(&st.applied.Pos)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil
 		}
 		st.stored = err == nil
 		return err
 	})
-	if len(in.Added) == 0 && len(in.RemovedIDs) == 0 && in.Redacted == nil {
-		// Nothing the reads depend on changes after the insert: all in one
-		// round trip (the reads are wasted when the event was stored).
-		queueReads(b, ev, next, withPush, &st)
-		if err := tx.SendBatch(ctx, b).Close(); err != nil {
-			return step{}, err
+	st.applied.Event = ev
+}
+
+// applyRun stores events that change no state. Their rooms' visibilities
+// (each event's visibility_before) are read first, in one round trip;
+// then the events are stored and what their evaluation reads (withPush)
+// read, in order, in another. Nothing those reads depend on changes
+// within the run.
+func applyRun(ctx context.Context, tx pgx.Tx, run []Input, withPush bool) ([]step, error) {
+	rooms := make([]string, 0, len(run))
+	for _, in := range run {
+		if !slices.Contains(rooms, in.Event.RoomID) {
+			rooms = append(rooms, in.Event.RoomID)
 		}
-		st.applied = Applied{Pos: pos, Event: ev}
-		return st, nil
 	}
+	vis, err := visibilities(ctx, tx, rooms)
+	if err != nil {
+		return nil, err
+	}
+	steps := make([]step, len(run))
+	b := &pgx.Batch{}
+	for i, in := range run {
+		queueInsert(b, in.Event, vis[in.Event.RoomID], &steps[i])
+		if withPush {
+			queuePushContext(b, in.Event, &steps[i].push)
+		}
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return nil, fmt.Errorf("events %s to %s: %w", run[0].Event.EventID, run[len(run)-1].Event.EventID, err)
+	}
+	return steps, nil
+}
+
+// applyOne stores an event that changes state, and then reads what its
+// evaluation reads (withPush).
+func applyOne(ctx context.Context, tx pgx.Tx, in Input, withPush bool) (step, error) {
+	var st step
+	ev := in.Event
+	visBefore, err := currentVisibility(ctx, tx, ev.RoomID)
+	if err != nil {
+		return step{}, err
+	}
+	b := &pgx.Batch{}
+	queueInsert(b, ev, visBefore, &st)
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return step{}, err
 	}
 	if !st.stored {
-		var err error
-		if next != "" {
-			st.nextVis, err = currentVisibility(ctx, tx, next)
-		}
-		return st, err
+		return st, nil
 	}
-	a, err := applyState(ctx, tx, in, pos)
-	if err != nil {
+	if st.applied, err = applyState(ctx, tx, in, st.applied.Pos); err != nil {
 		return step{}, err
 	}
-	st.applied = a
-	b = &pgx.Batch{}
-	queueReads(b, ev, next, withPush, &st)
-	if b.Len() > 0 {
+	if withPush {
+		b = &pgx.Batch{}
+		queuePushContext(b, ev, &st.push)
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			return step{}, err
 		}
 	}
 	return st, nil
-}
-
-// queueReads queues what is read after an event is stored: its
-// PushContext (withPush) and the next event's room's visibility.
-func queueReads(b *pgx.Batch, ev Event, next string, withPush bool, st *step) {
-	if withPush {
-		// The local target of an invite is a recipient too; whether a user
-		// is local is the evaluator's business, so any target is read.
-		invited := ""
-		if ev.Type == typeMember && ev.Membership == MembershipInvite && ev.StateKey != nil && *ev.StateKey != ev.Sender {
-			invited = *ev.StateKey
-		}
-		queuePushContext(b, ev.RoomID, invited, &st.push)
-	}
-	if next != "" {
-		queueVisibility(b, next, &st.nextVis)
-	}
 }
 
 // applyState applies an event's state changes and redaction, after the

@@ -49,22 +49,24 @@ func currentVisibility(ctx context.Context, q querier, roomID string) (string, e
 	return VisibilityOf(raw), nil
 }
 
-// queueVisibility queues currentVisibility's read, into vis.
-func queueVisibility(b *pgx.Batch, roomID string, vis *string) {
-	b.Queue(`SELECT event FROM current_state WHERE room_id = $1 AND type = $2 AND state_key = ''`,
-		roomID, typeHistoryVisibility).QueryRow(func(row pgx.Row) error {
-		var raw []byte
-		err := row.Scan(&raw)
-		switch {
-		case errors.Is(err, pgx.ErrNoRows):
-			*vis = VisibilityShared
-		case err == nil:
-			*vis = VisibilityOf(raw)
-		default:
-			return err
-		}
+// visibilities is currentVisibility for several rooms, in one query.
+func visibilities(ctx context.Context, q querier, rooms []string) (map[string]string, error) {
+	rows, err := q.Query(ctx, `SELECT room_id, event FROM current_state WHERE room_id = ANY($1) AND type = $2 AND state_key = ''`,
+		rooms, typeHistoryVisibility)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]string, len(rooms))
+	for _, r := range rooms {
+		out[r] = VisibilityShared
+	}
+	var room string
+	var raw []byte
+	_, err = pgx.ForEachRow(rows, []any{&room, &raw}, func() error {
+		out[room] = VisibilityOf(raw)
 		return nil
 	})
+	return out, err
 }
 
 // CurrentVisibility is the room's history visibility in its current state.

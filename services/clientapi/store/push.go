@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"errors"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -220,15 +219,6 @@ func (r Reader) MaxNotificationPos(ctx context.Context) (int64, error) {
 	var pos int64
 	err := r.q.QueryRow(ctx, `SELECT COALESCE(MAX(pos), 0) FROM notifications`).Scan(&pos)
 	return pos, err
-}
-
-// RelationOf returns an event's recorded relation (empty when none).
-func (r Reader) RelationOf(ctx context.Context, eventID string) (relatesTo, relType string, err error) {
-	err = r.q.QueryRow(ctx, `SELECT relates_to, rel_type FROM event_relations WHERE event_id = $1`, eventID).Scan(&relatesTo, &relType)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return "", "", nil
-	}
-	return relatesTo, relType, err
 }
 
 // GlobalAccountData returns one global account data type for each of the

@@ -1,6 +1,8 @@
 package store
 
 import (
+	"errors"
+
 	"github.com/jackc/pgx/v5"
 )
 
@@ -15,15 +17,34 @@ type PushContext struct {
 	// Create and PowerLevels are the room's create and power levels
 	// events in client format (nil when absent).
 	Create, PowerLevels []byte
+	// Thread is the root of the event's thread: of its m.thread relation,
+	// or of the nearest ancestor's within maxThreadHops; empty for the
+	// main timeline (thread roots included).
+	Thread string
 }
+
+// relThread is the thread relation type.
+const relThread = "m.thread"
+
+// maxThreadHops bounds the walk up relations to find an event's thread.
+const maxThreadHops = 3
 
 // PushRulesType is the account data type of push rules.
 const PushRulesType = "m.push_rules"
 
-// queuePushContext queues the reads of pc: the room's joined members, the
-// positions of their (and extraUser's, when not empty) stored push rules,
-// and the room's create and power levels events.
-func queuePushContext(b *pgx.Batch, roomID, extraUser string, pc *PushContext) {
+// queuePushContext queues the reads of ev's PushContext: the room's
+// joined members, the positions of their (and a local invite target's)
+// stored push rules, the room's create and power levels events, and the
+// event's thread.
+func queuePushContext(b *pgx.Batch, ev Event, pc *PushContext) {
+	// The target of an invite is a recipient too; whether a user is local
+	// is the evaluator's business, so any target is read.
+	extraUser := ""
+	if ev.Type == typeMember && ev.Membership == MembershipInvite && ev.StateKey != nil && *ev.StateKey != ev.Sender {
+		extraUser = *ev.StateKey
+	}
+	roomID := ev.RoomID
+	queueThread(b, ev, &pc.Thread)
 	pc.RulesPos = map[string]int64{}
 	b.Queue(`SELECT u.user_id, u.joined, ad.pos
 		FROM (SELECT state_key AS user_id, true AS joined FROM current_state
@@ -58,6 +79,32 @@ func queuePushContext(b *pgx.Batch, roomID, extraUser string, pc *PushContext) {
 			}
 			return nil
 		})
+		return err
+	})
+}
+
+// queueThread finds the event's thread (PushContext.Thread): its own
+// relation decides at once; otherwise its ancestors' relations are read,
+// one query for the remaining hops.
+func queueThread(b *pgx.Batch, ev Event, thread *string) {
+	switch {
+	case ev.RelatesTo == "":
+		return
+	case ev.RelType == relThread:
+		*thread = ev.RelatesTo
+		return
+	}
+	b.Queue(`WITH RECURSIVE up(to_id, typ, hop) AS (
+			SELECT relates_to, rel_type, 1 FROM event_relations WHERE event_id = $1
+			UNION ALL
+			SELECT r.relates_to, r.rel_type, up.hop + 1 FROM up JOIN event_relations r ON r.event_id = up.to_id
+			WHERE up.typ <> $2 AND up.hop + 1 < $3)
+		SELECT to_id FROM up WHERE typ = $2 AND to_id <> '' ORDER BY hop LIMIT 1`,
+		ev.RelatesTo, relThread, maxThreadHops).QueryRow(func(row pgx.Row) error {
+		err := row.Scan(thread)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		}
 		return err
 	})
 }
