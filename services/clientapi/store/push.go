@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"slices"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -46,19 +47,28 @@ const unreadCond = `n.pos > COALESCE((SELECT MAX(se.pos) FROM push_receipts r JO
 func storePushOutcome(ctx context.Context, tx pgx.Tx, notes []Notification, owns []OwnRead) error {
 	b := &pgx.Batch{}
 	if n := len(notes); n > 0 {
-		// Arrays, unnested: a room's members can be many.
+		// Arrays, unnested: a room's members can be many. The distinct
+		// actions (few: most rows have the same) are parsed once, and
+		// each row has an index into them.
 		users, events, rooms, threads := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 		poss, tss := make([]int64, n), make([]int64, n)
-		actions, highlights := make([]string, n), make([]bool, n)
+		actionIdx, highlights := make([]int32, n), make([]bool, n)
+		var actions []string
 		for i, no := range notes {
 			users[i], events[i], rooms[i], threads[i] = no.UserID, no.EventID, no.RoomID, no.ThreadID
-			poss[i], tss[i], actions[i], highlights[i] = no.Pos, no.TS, string(no.Actions), no.Highlight
+			poss[i], tss[i], highlights[i] = no.Pos, no.TS, no.Highlight
+			k := slices.Index(actions, string(no.Actions))
+			if k < 0 {
+				k = len(actions)
+				actions = append(actions, string(no.Actions))
+			}
+			actionIdx[i] = int32(k + 1) // SQL arrays count from 1
 		}
 		b.Queue(`INSERT INTO notifications (user_id, event_id, room_id, thread_id, pos, actions, highlight, ts)
-			SELECT u, e, r, t, p, a::jsonb, h, ts
-			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::bool[], $8::bigint[]) AS x(u, e, r, t, p, a, h, ts)
+			SELECT u, e, r, t, p, ($9::jsonb[])[a], h, ts
+			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::int[], $7::bool[], $8::bigint[]) AS x(u, e, r, t, p, a, h, ts)
 			ON CONFLICT DO NOTHING`,
-			users, events, rooms, threads, poss, actions, highlights, tss)
+			users, events, rooms, threads, poss, actionIdx, highlights, tss, actions)
 	}
 	if len(owns) > 0 {
 		// One row per key (ON CONFLICT cannot update a row twice in one
