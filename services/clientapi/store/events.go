@@ -220,7 +220,8 @@ func queueInsert(b *pgx.Batch, ev Event, visBefore string, st *step) {
 // (each event's visibility_before) are read first, in one round trip;
 // then the events are stored and what their evaluation reads (withPush)
 // read, in order, in another. Nothing those reads depend on changes
-// within the run.
+// within the run, except the thread (a parent may come later in the run),
+// so that is read after each event's insert, as one by one.
 func applyRun(ctx context.Context, tx pgx.Tx, run []Input, withPush bool) ([]step, error) {
 	rooms := make([]string, 0, len(run))
 	for _, in := range run {
@@ -233,15 +234,34 @@ func applyRun(ctx context.Context, tx pgx.Tx, run []Input, withPush bool) ([]ste
 		return nil, err
 	}
 	steps := make([]step, len(run))
+	// Events of one room (and invite target) share its reads: nothing
+	// they depend on changes within the run.
+	type roomKey struct{ room, extra string }
+	shared := map[roomKey]*PushContext{}
+	pcs := make([]*PushContext, len(run))
 	b := &pgx.Batch{}
 	for i, in := range run {
 		queueInsert(b, in.Event, vis[in.Event.RoomID], &steps[i])
-		if withPush {
-			queuePushContext(b, in.Event, &steps[i].push)
+		if !withPush {
+			continue
+		}
+		queueThread(b, in.Event, &steps[i].push.Thread)
+		k := roomKey{in.Event.RoomID, pushExtraUser(in.Event)}
+		if pcs[i] = shared[k]; pcs[i] == nil {
+			pcs[i] = &PushContext{}
+			shared[k] = pcs[i]
+			queueRoomPushContext(b, k.room, k.extra, pcs[i])
 		}
 	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("events %s to %s: %w", run[0].Event.EventID, run[len(run)-1].Event.EventID, err)
+	}
+	for i, pc := range pcs {
+		if pc != nil {
+			thread := steps[i].push.Thread
+			steps[i].push = *pc
+			steps[i].push.Thread = thread
+		}
 	}
 	return steps, nil
 }

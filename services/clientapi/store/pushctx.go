@@ -32,19 +32,29 @@ const maxThreadHops = 3
 // PushRulesType is the account data type of push rules.
 const PushRulesType = "m.push_rules"
 
-// queuePushContext queues the reads of ev's PushContext: the room's
-// joined members, the positions of their (and a local invite target's)
-// stored push rules, the room's create and power levels events, and the
-// event's thread.
+// queuePushContext queues the reads of ev's PushContext: its thread and
+// its room's (queueRoomPushContext).
 func queuePushContext(b *pgx.Batch, ev Event, pc *PushContext) {
-	// The target of an invite is a recipient too; whether a user is local
-	// is the evaluator's business, so any target is read.
-	extraUser := ""
-	if ev.Type == typeMember && ev.Membership == MembershipInvite && ev.StateKey != nil && *ev.StateKey != ev.Sender {
-		extraUser = *ev.StateKey
-	}
-	roomID := ev.RoomID
 	queueThread(b, ev, &pc.Thread)
+	queueRoomPushContext(b, ev.RoomID, pushExtraUser(ev), pc)
+}
+
+// pushExtraUser is the user besides the joined members whose rules an
+// event's evaluation needs: the target of an invite, a recipient too.
+// Whether a user is local is the evaluator's business, so any target is
+// read.
+func pushExtraUser(ev Event) string {
+	if ev.Type == typeMember && ev.Membership == MembershipInvite && ev.StateKey != nil && *ev.StateKey != ev.Sender {
+		return *ev.StateKey
+	}
+	return ""
+}
+
+// queueRoomPushContext queues the reads of the room's part of a
+// PushContext (all but Thread): the joined members, the positions of their
+// (and extraUser's, when not empty) stored push rules, and the create and
+// power levels events.
+func queueRoomPushContext(b *pgx.Batch, roomID, extraUser string, pc *PushContext) {
 	pc.RulesPos = map[string]int64{}
 	b.Queue(`SELECT u.user_id, u.joined, ad.pos
 		FROM (SELECT state_key AS user_id, true AS joined FROM current_state
