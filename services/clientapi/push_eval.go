@@ -119,8 +119,8 @@ func (s *Service) rulesOf(ctx context.Context, rd store.Reader, users []string, 
 	}
 	for i, u := range users {
 		if out[i] == nil {
-			// Written (or removed) since pos was read: the newer copy
-			// is as good, and cached with its own position.
+			// Cached with the position read with it: should the rules
+			// have changed since pos was read, the newer copy is as good.
 			out[i] = s.pushRules.put(u, stored[u].Pos, stored[u].Content)
 		}
 	}

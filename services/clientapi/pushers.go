@@ -200,6 +200,9 @@ func (d *pushDispatcher) run(ctx context.Context) error {
 		}
 		clear(d.pending)
 		d.mu.Unlock()
+		if len(woken) == 0 {
+			continue
+		}
 		with, err := d.s.store.UsersWithPushers(ctx, woken)
 		if err != nil {
 			if ctx.Err() == nil {
