@@ -182,8 +182,8 @@ func (s *Service) storeBatch(ctx context.Context, batch []jetstream.Msg) error {
 		// (push_eval.go); notified collects who got a notification, for
 		// the pushers.
 		notified = map[string]bool{}
-		eval := func(ctx context.Context, rd store.Reader, a store.Applied) (store.PushOutcome, error) {
-			out, err := s.evaluatePush(ctx, rd, a)
+		eval := func(ctx context.Context, rd store.Reader, a store.Applied, pc store.PushContext) (store.PushOutcome, error) {
+			out, err := s.evaluatePush(ctx, rd, a, pc)
 			for _, n := range out.Notifications {
 				notified[n.UserID] = true
 			}
@@ -196,9 +196,11 @@ func (s *Service) storeBatch(ctx context.Context, batch []jetstream.Msg) error {
 		return err
 	}
 	s.announceCommitted(applied)
+	users := make([]string, 0, len(notified))
 	for u := range notified {
-		s.pushers.wake(u)
+		users = append(users, u)
 	}
+	s.pushers.wake(users...)
 	if rooms := guestAccessChanged(inputs); len(rooms) > 0 {
 		if err := s.retry(ctx, "remove guests", func() error { return s.removeGuests(ctx, rooms) }); err != nil {
 			return err

@@ -29,32 +29,32 @@ import (
 // threadMain is the thread ID of the main timeline.
 const threadMain = "main"
 
-// maxThreadHops bounds the walk up relations to find an event's thread.
-const maxThreadHops = 3
-
-func (s *Service) evaluatePush(ctx context.Context, rd store.Reader, a store.Applied) (store.PushOutcome, error) {
+// evaluatePush evaluates a newly stored event for its recipients; pc (the
+// room's members, their rules' positions and power levels) was read with
+// the event's storage.
+func (s *Service) evaluatePush(ctx context.Context, rd store.Reader, a store.Applied, pc store.PushContext) (store.PushOutcome, error) {
 	var out store.PushOutcome
 	ev := a.Event
-	thread, err := threadOf(ctx, rd, ev.RelatesTo, ev.RelType)
-	if err != nil {
-		return out, err
+	thread := pc.Thread
+	if thread == "" {
+		thread = threadMain
 	}
 	if s.isLocal(ev.Sender) {
 		out.OwnRead = &store.OwnRead{UserID: ev.Sender, RoomID: ev.RoomID, ThreadID: thread, EventID: ev.EventID}
 	}
-	joinedUsers, err := rd.JoinedRoomMembers(ctx, ev.RoomID)
-	if err != nil {
-		return out, err
+	invited := ""
+	if ev.Type == spec.MRoomMember && ev.Membership == store.MembershipInvite && ev.StateKey != nil &&
+		*ev.StateKey != ev.Sender && s.isLocal(*ev.StateKey) {
+		invited = *ev.StateKey
 	}
 	var recipients []string
-	for _, u := range joinedUsers {
+	for _, u := range pc.Members {
 		if u != ev.Sender && s.isLocal(u) {
 			recipients = append(recipients, u)
 		}
 	}
-	if ev.Type == spec.MRoomMember && ev.Membership == store.MembershipInvite && ev.StateKey != nil &&
-		*ev.StateKey != ev.Sender && s.isLocal(*ev.StateKey) && !slices.Contains(recipients, *ev.StateKey) {
-		recipients = append(recipients, *ev.StateKey)
+	if invited != "" && !slices.Contains(recipients, invited) {
+		recipients = append(recipients, invited)
 	}
 	if len(recipients) == 0 {
 		return out, nil
@@ -70,44 +70,59 @@ func (s *Service) evaluatePush(ctx context.Context, rd store.Reader, a store.App
 	if n, ok := pe.fields["origin_server_ts"].(json.Number); ok {
 		ts, _ = n.Int64()
 	}
-	state, err := rd.CurrentState(ctx, ev.RoomID, []string{spec.MRoomPowerLevels, spec.MRoomCreate})
+	room := pushRoom{memberCount: len(pc.Members)}
+	room.senderLevel, room.notifyLevels = powerFor(pc.Create, pc.PowerLevels, ev.Sender)
+	rules, err := s.rulesOf(ctx, rd, recipients, pc.RulesPos)
 	if err != nil {
 		return out, err
 	}
-	var create, power []byte
-	for _, st := range state {
-		if st.StateKey != "" {
-			continue
-		}
-		switch st.Type {
-		case spec.MRoomCreate:
-			create = st.JSON
-		case spec.MRoomPowerLevels:
-			power = st.JSON
-		}
-	}
-	room := pushRoom{memberCount: len(joinedUsers)}
-	room.senderLevel, room.notifyLevels = powerFor(create, power, ev.Sender)
-	stored, err := rd.GlobalAccountData(ctx, recipients, pushRulesType)
-	if err != nil {
-		return out, err
-	}
-	for _, user := range recipients {
-		rules := s.pushRules.get(user, stored[user])
+	// Conditions that do not depend on the recipient are decided once for
+	// the event (compiledRules).
+	memo := condMemo{}
+	for i, user := range recipients {
 		room.displayName = func() string { return displayNameIn(ctx, rd, ev.RoomID, user) }
-		acts := rules.evaluate(pe, &room)
-		notify, highlight, _ := pushTweaks(acts)
-		if !notify {
+		r := rules[i].evaluate(pe, &room, memo)
+		if r == nil || !r.notify {
 			continue
-		}
-		raw, err := json.Marshal(acts)
-		if err != nil {
-			return out, err
 		}
 		out.Notifications = append(out.Notifications, store.Notification{
 			UserID: user, RoomID: ev.RoomID, EventID: ev.EventID, ThreadID: thread,
-			Pos: a.Pos, Actions: raw, Highlight: highlight, TS: ts,
+			Pos: a.Pos, Actions: r.actionsJSON, Highlight: r.highlight, TS: ts,
 		})
+	}
+	return out, nil
+}
+
+// rulesOf returns each user's compiled rules, given the positions of their
+// stored m.push_rules (none: the defaults). Only the stored rules the
+// cache does not have are read.
+func (s *Service) rulesOf(ctx context.Context, rd store.Reader, users []string, pos map[string]int64) ([]compiledRules, error) {
+	out := make([]compiledRules, len(users))
+	var missing []string
+	for i, u := range users {
+		rs, ok := s.pushRules.get(u, pos[u])
+		if !ok && pos[u] != 0 {
+			missing = append(missing, u)
+			continue
+		}
+		if !ok {
+			rs = s.pushRules.put(u, 0, nil)
+		}
+		out[i] = rs
+	}
+	if len(missing) == 0 {
+		return out, nil
+	}
+	stored, err := rd.GlobalAccountData(ctx, missing, pushRulesType)
+	if err != nil {
+		return nil, err
+	}
+	for i, u := range users {
+		if out[i] == nil {
+			// Cached with the position read with it: should the rules
+			// have changed since pos was read, the newer copy is as good.
+			out[i] = s.pushRules.put(u, stored[u].Pos, stored[u].Content)
+		}
 	}
 	return out, nil
 }
@@ -115,22 +130,6 @@ func (s *Service) evaluatePush(ctx context.Context, rd store.Reader, a store.App
 // isLocal reports whether a user ID belongs to this server.
 func (s *Service) isLocal(userID string) bool {
 	return strings.HasSuffix(userID, ":"+s.serverName)
-}
-
-// threadOf is the thread an event belongs to: the root of its m.thread
-// relation, or of the nearest ancestor's within maxThreadHops; "main"
-// otherwise (thread roots included).
-func threadOf(ctx context.Context, rd store.Reader, relatesTo, relType string) (string, error) {
-	for hop := 0; relatesTo != "" && hop < maxThreadHops; hop++ {
-		if relType == relThread {
-			return relatesTo, nil
-		}
-		var err error
-		if relatesTo, relType, err = rd.RelationOf(ctx, relatesTo); err != nil {
-			return "", err
-		}
-	}
-	return threadMain, nil
 }
 
 // displayNameIn reads the user's display name in the room, only when a
@@ -214,34 +213,50 @@ func notificationLevels(powerJSON []byte) map[string]int64 {
 	return out
 }
 
-// ruleCache keeps each user's effective rule set with the stored
-// m.push_rules it was built from, so evaluating an event for a room's
-// members does not rebuild every member's rules (mergeRules was 7 % of the
-// server's CPU under load). An entry is used only while the stored content
-// is byte-for-byte the same, so a change is seen at once.
+// ruleCache keeps each user's compiled rule set (compiledRules) with the
+// account data position of the stored m.push_rules it was built from (0:
+// none), so evaluating an event for a room's members neither rebuilds nor
+// re-reads every member's rules (mergeRules was 7 % of the server's CPU
+// under load). Every write of account data takes a new position, so an
+// entry is used only while the stored rules are the same, and a change is
+// seen at once.
 type ruleCache struct {
 	mu sync.Mutex
 	m  map[string]cachedRules
 }
 
 type cachedRules struct {
-	stored string
-	rules  *pushRuleset
+	pos   int64
+	rules compiledRules
 }
 
 // ruleCacheMax bounds the cache; past it the cache starts over.
 const ruleCacheMax = 100_000
 
-func (c *ruleCache) get(userID string, stored []byte) *pushRuleset {
+// get returns the user's rules built from the stored rules at pos, if
+// cached. A user with no rules at all has an empty, non-nil rule set.
+func (c *ruleCache) get(userID string, pos int64) (compiledRules, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e, ok := c.m[userID]; ok && e.stored == string(stored) {
-		return e.rules
+	if e, ok := c.m[userID]; ok && e.pos == pos {
+		return e.rules, true
 	}
+	return nil, false
+}
+
+// put builds, caches and returns the user's rules from the stored
+// m.push_rules at pos (nil and 0 when none).
+func (c *ruleCache) put(userID string, pos int64, stored []byte) compiledRules {
+	merged := mergeRules(userID, stored)
+	rs := compileRules(&merged)
+	if rs == nil {
+		rs = compiledRules{}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.m == nil || len(c.m) >= ruleCacheMax {
 		c.m = map[string]cachedRules{}
 	}
-	rs := mergeRules(userID, stored)
-	c.m[userID] = cachedRules{stored: string(stored), rules: &rs}
-	return &rs
+	c.m[userID] = cachedRules{pos: pos, rules: rs}
+	return rs
 }

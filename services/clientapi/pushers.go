@@ -156,17 +156,23 @@ func (s *Service) setPusher(r *http.Request, dev *device) (any, error) {
 
 // pushDispatcher runs the HTTP pushers: one goroutine per user with work,
 // which delivers that user's notifications pusher by pusher, in order.
+// Woken users are first narrowed to those with a pusher, in one query for
+// all the users woken meanwhile (most users have none, and then cost
+// nothing more), off the waker's goroutine.
 type pushDispatcher struct {
 	s       *Service
 	mu      sync.Mutex
 	ctx     context.Context // set by run; nil before
 	running map[string]bool
 	dirty   map[string]bool
+	pending map[string]bool // woken, not yet looked up
+	kick    chan struct{}   // pending is not empty
 	wg      sync.WaitGroup
 }
 
 func newPushDispatcher(s *Service) *pushDispatcher {
-	return &pushDispatcher{s: s, running: map[string]bool{}, dirty: map[string]bool{}}
+	return &pushDispatcher{s: s, running: map[string]bool{}, dirty: map[string]bool{}, pending: map[string]bool{},
+		kick: make(chan struct{}, 1)}
 }
 
 // run resumes every pusher (notifications stored while the process was
@@ -179,19 +185,58 @@ func (d *pushDispatcher) run(ctx context.Context) error {
 	if err != nil && ctx.Err() == nil {
 		d.s.log.Error("list pushers", zap.Error(err))
 	}
-	d.wake(users...)
-	<-ctx.Done()
-	d.wg.Wait()
-	return nil
+	d.start(ctx, users)
+	for {
+		select {
+		case <-ctx.Done():
+			d.wg.Wait()
+			return nil
+		case <-d.kick:
+		}
+		d.mu.Lock()
+		woken := make([]string, 0, len(d.pending))
+		for u := range d.pending {
+			woken = append(woken, u)
+		}
+		clear(d.pending)
+		d.mu.Unlock()
+		if len(woken) == 0 {
+			continue
+		}
+		with, err := d.s.store.UsersWithPushers(ctx, woken)
+		if err != nil {
+			if ctx.Err() == nil {
+				d.s.log.Error("look up pushers", zap.Error(err))
+			}
+			continue
+		}
+		d.start(ctx, with)
+	}
 }
 
 // wake tells the dispatcher these users have new notifications.
 func (d *pushDispatcher) wake(users ...string) {
+	if len(users) == 0 {
+		return
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.ctx == nil || d.ctx.Err() != nil {
 		return
 	}
+	for _, u := range users {
+		d.pending[u] = true
+	}
+	select {
+	case d.kick <- struct{}{}:
+	default:
+	}
+}
+
+// start delivers for these users, who have pushers.
+func (d *pushDispatcher) start(ctx context.Context, users []string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	for _, u := range users {
 		if d.running[u] {
 			d.dirty[u] = true
@@ -199,7 +244,7 @@ func (d *pushDispatcher) wake(users ...string) {
 		}
 		d.running[u] = true
 		d.wg.Add(1)
-		go d.runUser(d.ctx, u)
+		go d.runUser(ctx, u)
 	}
 }
 

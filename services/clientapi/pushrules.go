@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -250,10 +249,10 @@ func splitPath(key string) []string {
 	return append(parts, cur.String())
 }
 
-// lookup returns the property at a dot-separated path.
-func (e *pushEvent) lookup(key string) (any, bool) {
+// lookupPathOK returns the property at a path (splitPath).
+func (e *pushEvent) lookupPathOK(path []string) (any, bool) {
 	var cur any = e.fields
-	for _, p := range splitPath(key) {
+	for _, p := range path {
 		m, ok := cur.(map[string]any)
 		if !ok {
 			return nil, false
@@ -263,6 +262,13 @@ func (e *pushEvent) lookup(key string) (any, bool) {
 		}
 	}
 	return cur, true
+}
+
+// lookupPath is lookupPathOK for callers that need no null/absent
+// distinction: nil when absent.
+func (e *pushEvent) lookupPath(path []string) any {
+	v, _ := e.lookupPathOK(path)
+	return v
 }
 
 // pushRoom is what room-dependent conditions need.
@@ -345,56 +351,7 @@ func decodeValue(raw json.RawMessage) (any, bool) {
 
 // matches reports whether one condition holds. Unknown kinds never match.
 func (c pushCondition) matches(ev *pushEvent, room *pushRoom) bool {
-	switch c.Kind {
-	case "event_match":
-		if c.Pattern == nil {
-			return false
-		}
-		v, ok := ev.lookup(c.Key)
-		s, isStr := v.(string)
-		if !ok || !isStr {
-			return false
-		}
-		return globRegexp(*c.Pattern, c.Key == "content.body").MatchString(s)
-	case "event_property_is":
-		// The event's side first: most events lack most properties, and
-		// then the rule's value need not be decoded.
-		v, ok := ev.lookup(c.Key)
-		if !ok {
-			return false
-		}
-		want, ok := decodeValue(c.Value)
-		return ok && scalarEqual(v, want)
-	case "event_property_contains":
-		v, ok := ev.lookup(c.Key)
-		arr, isArr := v.([]any)
-		if !ok || !isArr {
-			return false
-		}
-		want, ok := decodeValue(c.Value)
-		if !ok {
-			return false
-		}
-		return slices.ContainsFunc(arr, func(x any) bool { return scalarEqual(x, want) })
-	case "contains_display_name":
-		if room.displayName == nil || ev.body == "" {
-			return false
-		}
-		name := room.displayName()
-		return name != "" && literalWords(name).MatchString(ev.body)
-	case "room_member_count":
-		return memberCountMatches(c.Is, room.memberCount)
-	case "sender_notification_permission":
-		if c.Key == "" {
-			return false
-		}
-		need, ok := room.notifyLevels[c.Key]
-		if !ok {
-			need = 50 // the spec's default for "room"; Synapse's for any key
-		}
-		return room.senderLevel >= need
-	}
-	return false
+	return compileCond(c).match(ev, room)
 }
 
 // literalWords matches s case-insensitively as a substring between word
@@ -438,34 +395,10 @@ func memberCountMatches(is string, count int) bool {
 // evaluate returns the actions of the first enabled rule that matches, or
 // nil when none does (no notification).
 func (rs *pushRuleset) evaluate(ev *pushEvent, room *pushRoom) []json.RawMessage {
-	for _, kind := range pushRuleKinds {
-		for _, r := range *rs.kind(kind) {
-			if r.Enabled && r.matches(kind, ev, room) {
-				return r.Actions
-			}
-		}
+	if r := compileRules(rs).evaluate(ev, room, nil); r != nil {
+		return r.actions
 	}
 	return nil
-}
-
-func (r pushRule) matches(kind string, ev *pushEvent, room *pushRoom) bool {
-	switch kind {
-	case "content":
-		return r.Pattern != nil && ev.body != "" && globRegexp(*r.Pattern, true).MatchString(ev.body)
-	case "room":
-		return r.RuleID == ev.roomID
-	case "sender":
-		return r.RuleID == ev.sender
-	}
-	if r.Conditions == nil {
-		return true
-	}
-	for _, c := range *r.Conditions {
-		if !c.matches(ev, room) {
-			return false
-		}
-	}
-	return true
 }
 
 // pushTweaks reads the actions: whether they notify, whether they

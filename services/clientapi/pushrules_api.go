@@ -18,7 +18,7 @@ import (
 // /sync. Reads merge it with the current server defaults (mergeRules), so
 // a user who never changed a rule gets the defaults.
 
-const pushRulesType = "m.push_rules"
+const pushRulesType = store.PushRulesType
 
 func (s *Service) pushRuleRoutes() []route {
 	return []route{

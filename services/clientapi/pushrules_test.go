@@ -2,6 +2,7 @@ package clientapi
 
 import (
 	"encoding/json"
+	"fmt"
 	"testing"
 )
 
@@ -181,32 +182,87 @@ func TestMergeRules(t *testing.T) {
 }
 
 // The rule cache reuses a user's rules only while their stored
-// m.push_rules is unchanged.
+// m.push_rules keeps its position.
 func TestRuleCacheFollowsStoredRules(t *testing.T) {
 	var c ruleCache
 	const user = "@alice:example.test"
-	first := c.get(user, nil)
-	if again := c.get(user, nil); again != first {
+	if _, ok := c.get(user, 0); ok {
+		t.Fatal("empty cache hit")
+	}
+	first := c.put(user, 0, nil)
+	if again, ok := c.get(user, 0); !ok || &again[0] != &first[0] {
 		t.Fatal("unchanged rules were rebuilt")
 	}
-	if other := c.get("@bob:example.test", nil); other == first {
+	if _, ok := c.get("@bob:example.test", 0); ok {
 		t.Fatal("two users share one rule set")
 	}
+	if _, ok := c.get(user, 7); ok {
+		t.Fatal("rules stored at a new position served from the cache")
+	}
 	stored := []byte(`{"global":{"override":[{"rule_id":".m.rule.master","default":true,"enabled":true,"actions":[]}]}}`)
-	changed := c.get(user, stored)
-	if changed == first {
-		t.Fatal("changed stored rules served from the cache")
+	changed := c.put(user, 7, stored)
+	msg := mustPushEvent(t, `{"type":"m.room.message","sender":"@a:x","content":{"body":"x"}}`)
+	room := &pushRoom{memberCount: 5}
+	if r := first.evaluate(msg, room, nil); r == nil || !r.notify {
+		t.Fatalf("default rules: %+v", r)
 	}
-	master := func(rs *pushRuleset) bool {
-		for _, r := range rs.Override {
-			if r.RuleID == ".m.rule.master" {
-				return r.Enabled
+	if r := changed.evaluate(msg, room, nil); r == nil || r.notify {
+		t.Fatalf("the enabled master rule must silence everything: %+v", r)
+	}
+	if again, ok := c.get(user, 7); !ok || &again[0] != &changed[0] {
+		t.Fatal("new rules not cached")
+	}
+}
+
+// One event evaluated for several recipients with one memo: what depends
+// on the recipient (their ID in the default rules, their display name,
+// their own rules) still decides per recipient.
+func TestEvaluateMemoPerRecipient(t *testing.T) {
+	const alice, bob, carol = "@alice:example.test", "@bob:example.test", "@carol:example.test"
+	var c ruleCache
+	// carol has a rule on her display name that highlights.
+	carolRules := `{"global":{"override":[{"rule_id":"name","enabled":true,
+		"conditions":[{"kind":"contains_display_name"}],"actions":["notify",{"set_tweak":"highlight"}]}]}}`
+	rules := map[string]compiledRules{
+		alice: c.put(alice, 0, nil),
+		bob:   c.put(bob, 0, nil),
+		carol: c.put(carol, 3, []byte(carolRules)),
+	}
+	names := map[string]string{alice: "Alice", bob: "Bob", carol: "Carol"}
+	type outcome struct{ notify, highlight bool }
+	run := func(ev string) map[string]outcome {
+		t.Helper()
+		pe := mustPushEvent(t, ev)
+		memo := condMemo{}
+		room := pushRoom{memberCount: 4, notifyLevels: map[string]int64{}}
+		got := map[string]outcome{}
+		for _, u := range []string{alice, bob, carol, alice} { // alice twice: a memo hit
+			room.displayName = func() string { return names[u] }
+			var o outcome
+			if r := rules[u].evaluate(pe, &room, memo); r != nil {
+				o = outcome{r.notify, r.highlight}
 			}
+			if prev, ok := got[u]; ok && prev != o {
+				t.Fatalf("%s: %+v then %+v", u, prev, o)
+			}
+			got[u] = o
 		}
-		t.Fatal("no master rule")
-		return false
+		return got
 	}
-	if master(first) || !master(changed) {
-		t.Fatalf("master enabled: before %v, after %v", master(first), master(changed))
+	mention := run(`{"type":"m.room.message","sender":"@d:x","content":{"body":"hi Carol",
+		"m.mentions":{"user_ids":["` + bob + `"]}}}`)
+	want := map[string]outcome{alice: {true, false}, bob: {true, true}, carol: {true, true}}
+	if fmt.Sprint(mention) != fmt.Sprint(want) {
+		t.Fatalf("mention: got %v, want %v", mention, want)
+	}
+	invite := run(`{"type":"m.room.member","sender":"@d:x","state_key":"` + alice + `","content":{"membership":"invite"}}`)
+	want = map[string]outcome{alice: {true, false}, bob: {}, carol: {}}
+	if fmt.Sprint(invite) != fmt.Sprint(want) {
+		t.Fatalf("invite: got %v, want %v", invite, want)
+	}
+	notice := run(`{"type":"m.room.message","sender":"@d:x","content":{"msgtype":"m.notice","body":"Carol"}}`)
+	want = map[string]outcome{alice: {}, bob: {}, carol: {true, true}}
+	if fmt.Sprint(notice) != fmt.Sprint(want) {
+		t.Fatalf("notice: got %v, want %v", notice, want)
 	}
 }

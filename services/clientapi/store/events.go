@@ -90,39 +90,72 @@ func (s *Store) Apply(ctx context.Context, inputs []Input) ([]Applied, error) {
 }
 
 // ApplyWith is Apply that also evaluates each newly stored event with eval
-// (push rules) and stores the outcome in the same transaction, so an
+// (push rules) and stores the outcomes in the same transaction, so an
 // event and its notifications commit together and a redelivered event
-// (skipped) is not evaluated twice.
+// (skipped) is not evaluated twice. The outcomes are written after the
+// batch's last event, in one round trip; evaluation reads no
+// notifications or receipts, so later events see what they would have.
 func (s *Store) ApplyWith(ctx context.Context, inputs []Input, eval Evaluator) ([]Applied, error) {
 	var out []Applied
 	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		out = out[:0]
 		unread := newUnreadDelta() // unread.go
-		for _, in := range inputs {
-			a, ok, err := apply(ctx, tx, in)
+		var notes []Notification
+		var owns []OwnRead
+		for i := 0; i < len(inputs); {
+			// A run of events that change no state is stored in two round
+			// trips; any other event in a few of its own.
+			n := 1
+			var steps []step
+			var err error
+			if changesNoState(inputs[i]) {
+				for i+n < len(inputs) && changesNoState(inputs[i+n]) {
+					n++
+				}
+				steps, err = applyRun(ctx, tx, inputs[i:i+n], eval != nil)
+			} else {
+				var st step
+				st, err = applyOne(ctx, tx, inputs[i], eval != nil)
+				steps = []step{st}
+				if err != nil {
+					err = fmt.Errorf("event %s: %w", inputs[i].Event.EventID, err)
+				}
+			}
 			if err != nil {
-				return fmt.Errorf("event %s: %w", in.Event.EventID, err)
+				return err
 			}
-			if !ok {
-				continue
+			for k, st := range steps {
+				if !st.stored {
+					continue
+				}
+				out = append(out, st.applied)
+				if eval == nil {
+					continue
+				}
+				res, err := eval(ctx, Reader{q: tx}, st.applied, st.push)
+				if err != nil {
+					return fmt.Errorf("push rules for %s: %w", inputs[i+k].Event.EventID, err)
+				}
+				notes = append(notes, res.Notifications...)
+				if res.OwnRead != nil {
+					owns = append(owns, *res.OwnRead)
+				}
+				unread.add(res)
 			}
-			out = append(out, a)
-			if eval == nil {
-				continue
-			}
-			res, err := eval(ctx, Reader{q: tx}, a)
-			if err != nil {
-				return fmt.Errorf("push rules for %s: %w", in.Event.EventID, err)
-			}
-			if err := storePushOutcome(ctx, tx, res); err != nil {
-				return fmt.Errorf("notifications for %s: %w", in.Event.EventID, err)
-			}
-			unread.add(res)
+			i += n
 		}
 		if eval == nil {
 			return nil
 		}
-		if err := unread.apply(ctx, tx, inputs); err != nil {
+		// Notifications, own receipts and unread counts in one round
+		// trip; then the recounts that early receipts ask for.
+		b := &pgx.Batch{}
+		queuePushOutcome(b, notes, owns)
+		early := unread.queue(b, inputs)
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return fmt.Errorf("notifications: %w", err)
+		}
+		if err := early.recount(ctx, tx); err != nil {
 			return fmt.Errorf("unread counts: %w", err)
 		}
 		return nil
@@ -140,55 +173,159 @@ func nullable(s string) *string {
 	return &s
 }
 
-func apply(ctx context.Context, tx pgx.Tx, in Input) (Applied, bool, error) {
-	ev := in.Event
-	// The NOT EXISTS keeps a redelivered event from consuming a position
-	// (a conflicting insert would still draw from the sequence).
-	visBefore, err := currentVisibility(ctx, tx, ev.RoomID)
-	if err != nil {
-		return Applied{}, false, err
-	}
+// step is what storing one event produced.
+type step struct {
+	stored  bool // false: already stored, skipped
+	applied Applied
+	// push is the event's PushContext (when asked for and stored).
+	push PushContext
+}
+
+// insertEventSQL stores an event unless it is stored already, with its
+// relation ($15, $16: none when empty), returning its position. The NOT
+// EXISTS keeps a redelivered event from consuming a position (a
+// conflicting insert would still draw from the sequence); the relation
+// comes from the insert, so a redelivered event does not bring back the
+// relation its redaction removed.
+const insertEventSQL = `WITH ins AS (INSERT INTO sync_events
+		(event_id, room_id, type, state_key, sender, membership, event, txn_device_id, txn_id, stream_position,
+		 visibility_before, visibility_after, search_key, search_vec)
+		SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+			CASE WHEN $13::text IS NULL THEN NULL ELSE to_tsvector('` + SearchConfig + `', $14::text) END
+		WHERE NOT EXISTS (SELECT 1 FROM sync_events WHERE event_id = $1)
+		ON CONFLICT (event_id) DO NOTHING RETURNING pos),
+	rel AS (INSERT INTO event_relations (event_id, room_id, relates_to, rel_type, pos)
+		SELECT $1, $2, $15, $16, pos FROM ins WHERE $15::text <> '' AND $16::text <> ''
+		ON CONFLICT DO NOTHING)
+	SELECT pos FROM ins`
+
+// changesNoState reports whether storing the event leaves current state
+// (and so visibility, members and power levels) as it was.
+func changesNoState(in Input) bool {
+	return len(in.Added) == 0 && len(in.RemovedIDs) == 0 && in.Redacted == nil
+}
+
+// queueInsert queues the event's insert (insertEventSQL) into st.
+func queueInsert(b *pgx.Batch, ev Event, visBefore string, st *step) {
 	visAfter := visBefore
 	if ev.Type == typeHistoryVisibility && ev.StateKey != nil && *ev.StateKey == "" {
 		visAfter = VisibilityOf(ev.JSON)
 	}
-	var pos int64
-	err = tx.QueryRow(ctx, `INSERT INTO sync_events
-		(event_id, room_id, type, state_key, sender, membership, event, txn_device_id, txn_id, stream_position,
-		 visibility_before, visibility_after, search_key, search_vec)
-		SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
-			CASE WHEN $13::text IS NULL THEN NULL ELSE to_tsvector('`+SearchConfig+`', $14::text) END
-		WHERE NOT EXISTS (SELECT 1 FROM sync_events WHERE event_id = $1)
-		ON CONFLICT (event_id) DO NOTHING RETURNING pos`,
+	relatesTo, relType := ev.RelatesTo, ev.RelType
+	if relatesTo == "" || relType == "" {
+		relatesTo, relType = "", ""
+	}
+	b.Queue(insertEventSQL,
 		ev.EventID, ev.RoomID, ev.Type, ev.StateKey, ev.Sender, nullable(ev.Membership), ev.JSON,
 		nullable(ev.TxnDeviceID), nullable(ev.TxnID), ev.StreamPosition, visBefore, visAfter,
-		nullable(ev.SearchKey), ev.SearchText).Scan(&pos)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return Applied{}, false, nil
-	}
-	if err != nil {
-		return Applied{}, false, err
-	}
-	a := Applied{Pos: pos, Event: ev}
-	if ev.RelatesTo != "" && ev.RelType != "" {
-		if _, err := tx.Exec(ctx, `INSERT INTO event_relations (event_id, room_id, relates_to, rel_type, pos)
-			VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING`, ev.EventID, ev.RoomID, ev.RelatesTo, ev.RelType, pos); err != nil {
-			return Applied{}, false, err
+		nullable(ev.SearchKey), ev.SearchText, relatesTo, relType).QueryRow(func(row pgx.Row) error {
+		err := row.Scan(&st.applied.Pos)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		}
+		st.stored = err == nil
+		return err
+	})
+	st.applied.Event = ev
+}
+
+// applyRun stores events that change no state. Their rooms' visibilities
+// (each event's visibility_before) are read first, in one round trip;
+// then the events are stored and what their evaluation reads (withPush)
+// read, in order, in another. Nothing those reads depend on changes
+// within the run, except the thread (a parent may come later in the run),
+// so that is read after each event's insert, as one by one.
+func applyRun(ctx context.Context, tx pgx.Tx, run []Input, withPush bool) ([]step, error) {
+	rooms := make([]string, 0, len(run))
+	for _, in := range run {
+		if !slices.Contains(rooms, in.Event.RoomID) {
+			rooms = append(rooms, in.Event.RoomID)
 		}
 	}
+	vis, err := visibilities(ctx, tx, rooms)
+	if err != nil {
+		return nil, err
+	}
+	steps := make([]step, len(run))
+	// Events of one room (and invite target) share its reads: nothing
+	// they depend on changes within the run.
+	type roomKey struct{ room, extra string }
+	shared := map[roomKey]*PushContext{}
+	pcs := make([]*PushContext, len(run))
+	b := &pgx.Batch{}
+	for i, in := range run {
+		queueInsert(b, in.Event, vis[in.Event.RoomID], &steps[i])
+		if !withPush {
+			continue
+		}
+		queueThread(b, in.Event, &steps[i].push.Thread)
+		k := roomKey{in.Event.RoomID, pushExtraUser(in.Event)}
+		if pcs[i] = shared[k]; pcs[i] == nil {
+			pcs[i] = &PushContext{}
+			shared[k] = pcs[i]
+			queueRoomPushContext(b, k.room, k.extra, pcs[i])
+		}
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return nil, fmt.Errorf("events %s to %s: %w", run[0].Event.EventID, run[len(run)-1].Event.EventID, err)
+	}
+	for i, pc := range pcs {
+		if pc != nil {
+			thread := steps[i].push.Thread
+			steps[i].push = *pc
+			steps[i].push.Thread = thread
+		}
+	}
+	return steps, nil
+}
 
+// applyOne stores an event that changes state, and then reads what its
+// evaluation reads (withPush).
+func applyOne(ctx context.Context, tx pgx.Tx, in Input, withPush bool) (step, error) {
+	var st step
+	ev := in.Event
+	visBefore, err := currentVisibility(ctx, tx, ev.RoomID)
+	if err != nil {
+		return step{}, err
+	}
+	b := &pgx.Batch{}
+	queueInsert(b, ev, visBefore, &st)
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return step{}, err
+	}
+	if !st.stored {
+		return st, nil
+	}
+	if st.applied, err = applyState(ctx, tx, in, st.applied.Pos); err != nil {
+		return step{}, err
+	}
+	if withPush {
+		b = &pgx.Batch{}
+		queuePushContext(b, ev, &st.push)
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return step{}, err
+		}
+	}
+	return st, nil
+}
+
+// applyState applies an event's state changes and redaction, after the
+// event is stored at pos.
+func applyState(ctx context.Context, tx pgx.Tx, in Input, pos int64) (Applied, error) {
+	ev := in.Event
+	a := Applied{Pos: pos, Event: ev}
 	removedMembers := map[string]bool{}
 	if len(in.RemovedIDs) > 0 {
 		rows, err := tx.Query(ctx, `DELETE FROM current_state WHERE room_id = $1 AND event_id = ANY($2)
 			RETURNING type, state_key`, ev.RoomID, in.RemovedIDs)
 		if err != nil {
-			return Applied{}, false, err
+			return Applied{}, err
 		}
 		for rows.Next() {
 			var typ, key string
 			if err := rows.Scan(&typ, &key); err != nil {
 				rows.Close()
-				return Applied{}, false, err
+				return Applied{}, err
 			}
 			if typ == typeMember {
 				removedMembers[key] = true
@@ -196,7 +333,7 @@ func apply(ctx context.Context, tx pgx.Tx, in Input) (Applied, bool, error) {
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
-			return Applied{}, false, err
+			return Applied{}, err
 		}
 	}
 	for _, st := range in.Added {
@@ -206,12 +343,12 @@ func apply(ctx context.Context, tx pgx.Tx, in Input) (Applied, bool, error) {
 				membership = EXCLUDED.membership, event = EXCLUDED.event, pos = EXCLUDED.pos`,
 			ev.RoomID, st.Type, st.StateKey, st.EventID, st.Sender, nullable(st.Membership), st.JSON, pos)
 		if err != nil {
-			return Applied{}, false, err
+			return Applied{}, err
 		}
 		if st.Type == typeMember {
 			delete(removedMembers, st.StateKey)
 			if err := setMembership(ctx, tx, st.StateKey, ev.RoomID, st.Membership, st.EventID, pos); err != nil {
-				return Applied{}, false, err
+				return Applied{}, err
 			}
 			a.Changes = append(a.Changes, MembershipChange{UserID: st.StateKey, RoomID: ev.RoomID, Membership: st.Membership})
 		}
@@ -225,16 +362,16 @@ func apply(ctx context.Context, tx pgx.Tx, in Input) (Applied, bool, error) {
 	slices.Sort(users)
 	for _, u := range users {
 		if err := setMembership(ctx, tx, u, ev.RoomID, MembershipLeave, ev.EventID, pos); err != nil {
-			return Applied{}, false, err
+			return Applied{}, err
 		}
 		a.Changes = append(a.Changes, MembershipChange{UserID: u, RoomID: ev.RoomID, Membership: MembershipLeave})
 	}
 	if in.Redacted != nil {
 		if err := applyRedaction(ctx, tx, ev.RoomID, *in.Redacted); err != nil {
-			return Applied{}, false, err
+			return Applied{}, err
 		}
 	}
-	return a, true, nil
+	return a, nil
 }
 
 func setMembership(ctx context.Context, tx pgx.Tx, userID, roomID, membership, eventID string, pos int64) error {

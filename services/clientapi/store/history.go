@@ -49,6 +49,26 @@ func currentVisibility(ctx context.Context, q querier, roomID string) (string, e
 	return VisibilityOf(raw), nil
 }
 
+// visibilities is currentVisibility for several rooms, in one query.
+func visibilities(ctx context.Context, q querier, rooms []string) (map[string]string, error) {
+	rows, err := q.Query(ctx, `SELECT room_id, event FROM current_state WHERE room_id = ANY($1) AND type = $2 AND state_key = ''`,
+		rooms, typeHistoryVisibility)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]string, len(rooms))
+	for _, r := range rooms {
+		out[r] = VisibilityShared
+	}
+	var room string
+	var raw []byte
+	_, err = pgx.ForEachRow(rows, []any{&room, &raw}, func() error {
+		out[room] = VisibilityOf(raw)
+		return nil
+	})
+	return out, err
+}
+
 // CurrentVisibility is the room's history visibility in its current state.
 func (r Reader) CurrentVisibility(ctx context.Context, roomID string) (string, error) {
 	return currentVisibility(ctx, r.q, roomID)

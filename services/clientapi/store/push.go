@@ -2,8 +2,7 @@ package store
 
 import (
 	"context"
-	"errors"
-	"fmt"
+	"slices"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -33,43 +32,66 @@ type PushOutcome struct {
 }
 
 // Evaluator evaluates a newly stored event inside the transaction that
-// stores it; rd reads that transaction (the event and its state included).
-type Evaluator func(ctx context.Context, rd Reader, a Applied) (PushOutcome, error)
+// stores it; rd reads that transaction (the event and its state included),
+// and pc was read there after the event.
+type Evaluator func(ctx context.Context, rd Reader, a Applied, pc PushContext) (PushOutcome, error)
 
 // unreadCond is true for a notification n the user has not read: it comes
 // after the newest receipt (of any type) that covers its thread.
 const unreadCond = `n.pos > COALESCE((SELECT MAX(se.pos) FROM push_receipts r JOIN sync_events se ON se.event_id = r.event_id
 	WHERE r.user_id = n.user_id AND r.room_id = n.room_id AND (r.thread_id = '' OR r.thread_id = n.thread_id)), 0)`
 
-func storePushOutcome(ctx context.Context, tx pgx.Tx, out PushOutcome) error {
-	if n := len(out.Notifications); n > 0 {
-		// One statement for all of an event's recipients (a room's members
-		// can be many): arrays, unnested.
+// storePushOutcome stores the outcomes of a batch's events: their
+// notifications in one statement and the senders' own receipts in
+// another, sent together (one round trip).
+// queuePushOutcome queues the writes of a batch's notifications and own
+// receipts.
+func queuePushOutcome(b *pgx.Batch, notes []Notification, owns []OwnRead) {
+	if n := len(notes); n > 0 {
+		// Arrays, unnested: a room's members can be many. The distinct
+		// actions (few: most rows have the same) are parsed once, and
+		// each row has an index into them.
 		users, events, rooms, threads := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 		poss, tss := make([]int64, n), make([]int64, n)
-		actions, highlights := make([]string, n), make([]bool, n)
-		for i, no := range out.Notifications {
+		actionIdx, highlights := make([]int32, n), make([]bool, n)
+		var actions []string
+		for i, no := range notes {
 			users[i], events[i], rooms[i], threads[i] = no.UserID, no.EventID, no.RoomID, no.ThreadID
-			poss[i], tss[i], actions[i], highlights[i] = no.Pos, no.TS, string(no.Actions), no.Highlight
+			poss[i], tss[i], highlights[i] = no.Pos, no.TS, no.Highlight
+			k := slices.Index(actions, string(no.Actions))
+			if k < 0 {
+				k = len(actions)
+				actions = append(actions, string(no.Actions))
+			}
+			actionIdx[i] = int32(k + 1) // SQL arrays count from 1
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO notifications (user_id, event_id, room_id, thread_id, pos, actions, highlight, ts)
-			SELECT u, e, r, t, p, a::jsonb, h, ts
-			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::bool[], $8::bigint[]) AS x(u, e, r, t, p, a, h, ts)
+		b.Queue(`INSERT INTO notifications (user_id, event_id, room_id, thread_id, pos, actions, highlight, ts)
+			SELECT u, e, r, t, p, ($9::jsonb[])[a], h, ts
+			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::int[], $7::bool[], $8::bigint[]) AS x(u, e, r, t, p, a, h, ts)
 			ON CONFLICT DO NOTHING`,
-			users, events, rooms, threads, poss, actions, highlights, tss); err != nil {
-			return fmt.Errorf("notifications for %s: %w", out.Notifications[0].EventID, err)
-		}
+			users, events, rooms, threads, poss, actionIdx, highlights, tss, actions)
 	}
-	if o := out.OwnRead; o != nil {
+	if len(owns) > 0 {
+		// One row per key (ON CONFLICT cannot update a row twice in one
+		// statement): a later event of the batch replaces an earlier one.
+		type key struct{ user, room, thread string }
+		at := map[key]int{}
+		var users, rooms, threads, events []string
+		for _, o := range owns {
+			k := key{o.UserID, o.RoomID, o.ThreadID}
+			if i, ok := at[k]; ok {
+				events[i] = o.EventID
+				continue
+			}
+			at[k] = len(users)
+			users, rooms, threads, events = append(users, o.UserID), append(rooms, o.RoomID), append(threads, o.ThreadID), append(events, o.EventID)
+		}
 		// pos 0: the event itself brings the room into the sender's /sync.
-		if _, err := tx.Exec(ctx, `INSERT INTO push_receipts (user_id, room_id, thread_id, receipt_type, event_id, epos, pos)
-			VALUES ($1, $2, $3, 'own', $4, 0, 0)
+		b.Queue(`INSERT INTO push_receipts (user_id, room_id, thread_id, receipt_type, event_id, epos, pos)
+			SELECT u, r, t, 'own', e, 0, 0 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS x(u, r, t, e)
 			ON CONFLICT (user_id, room_id, thread_id, receipt_type) DO UPDATE SET event_id = EXCLUDED.event_id`,
-			o.UserID, o.RoomID, o.ThreadID, o.EventID); err != nil {
-			return err
-		}
+			users, rooms, threads, events)
 	}
-	return nil
 }
 
 // PushReceipt is a local user's read receipt, copied from the presence
@@ -190,42 +212,22 @@ func (r Reader) MaxNotificationPos(ctx context.Context) (int64, error) {
 	return pos, err
 }
 
-// RelationOf returns an event's recorded relation (empty when none).
-func (r Reader) RelationOf(ctx context.Context, eventID string) (relatesTo, relType string, err error) {
-	err = r.q.QueryRow(ctx, `SELECT relates_to, rel_type FROM event_relations WHERE event_id = $1`, eventID).Scan(&relatesTo, &relType)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return "", "", nil
-	}
-	return relatesTo, relType, err
-}
-
 // GlobalAccountData returns one global account data type for each of the
-// users that have it.
-func (r Reader) GlobalAccountData(ctx context.Context, users []string, typ string) (map[string][]byte, error) {
-	rows, err := r.q.Query(ctx, `SELECT user_id, content FROM account_data WHERE user_id = ANY($1) AND room_id = '' AND type = $2`, users, typ)
+// users that have it (Content and Pos).
+func (r Reader) GlobalAccountData(ctx context.Context, users []string, typ string) (map[string]AccountData, error) {
+	rows, err := r.q.Query(ctx, `SELECT user_id, content, pos FROM account_data WHERE user_id = ANY($1) AND room_id = '' AND type = $2`, users, typ)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	out := map[string][]byte{}
+	out := map[string]AccountData{}
 	for rows.Next() {
 		var u string
-		var c []byte
-		if err := rows.Scan(&u, &c); err != nil {
+		a := AccountData{Type: typ}
+		if err := rows.Scan(&u, &a.Content, &a.Pos); err != nil {
 			return nil, err
 		}
-		out[u] = c
+		out[u] = a
 	}
 	return out, rows.Err()
-}
-
-// JoinedRoomMembers returns the users joined to a room per its current
-// state, without their member events (cheap for big rooms).
-func (r Reader) JoinedRoomMembers(ctx context.Context, roomID string) ([]string, error) {
-	rows, err := r.q.Query(ctx, `SELECT state_key FROM current_state
-		WHERE room_id = $1 AND type = 'm.room.member' AND membership = 'join'`, roomID)
-	if err != nil {
-		return nil, err
-	}
-	return pgx.CollectRows(rows, pgx.RowTo[string])
 }

@@ -45,7 +45,7 @@ func (s *Store) SetPusher(ctx context.Context, p Pusher, appendOthers bool) erro
 			}
 		}
 		_, err := tx.Exec(ctx, `INSERT INTO pushers (`+pusherCols+`)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, (SELECT COALESCE(MAX(pos), 0) FROM notifications))
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, (SELECT COALESCE(MAX(pos), 0) FROM sync_events))
 			ON CONFLICT (user_id, app_id, pushkey) DO UPDATE SET kind = EXCLUDED.kind,
 				app_display_name = EXCLUDED.app_display_name, device_display_name = EXCLUDED.device_display_name,
 				profile_tag = EXCLUDED.profile_tag, lang = EXCLUDED.lang, data = EXCLUDED.data, pushkey_ts = EXCLUDED.pushkey_ts`,
@@ -72,6 +72,15 @@ func (s *Store) Pushers(ctx context.Context, userID string) ([]Pusher, error) {
 // PusherUsers returns every user with a pusher (to resume delivery).
 func (s *Store) PusherUsers(ctx context.Context) ([]string, error) {
 	rows, err := s.db.Query(ctx, `SELECT DISTINCT user_id FROM pushers`)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
+// UsersWithPushers returns those of the users that have a pusher.
+func (s *Store) UsersWithPushers(ctx context.Context, users []string) ([]string, error) {
+	rows, err := s.db.Query(ctx, `SELECT DISTINCT user_id FROM pushers WHERE user_id = ANY($1)`, users)
 	if err != nil {
 		return nil, err
 	}

@@ -57,10 +57,11 @@ func (d unreadDelta) add(out PushOutcome) {
 	}
 }
 
-// apply writes the batch's changes, then recounts the rooms of receipts
-// that named one of the batch's events before it was stored (a receipt for
-// an unknown event covers nothing until its event arrives).
-func (d unreadDelta) apply(ctx context.Context, tx pgx.Tx, inputs []Input) error {
+// queue queues the batch's changes, under unreadLock, and the query for
+// receipts that named one of the batch's events before it was stored (a
+// receipt for an unknown event covers nothing until its event arrives):
+// their rooms are recounted once the batch has run.
+func (d unreadDelta) queue(b *pgx.Batch, inputs []Input) *earlyReceipts {
 	var resetU, resetR, resetT, addU, addR, addT []string
 	var addN, addH []int32
 	for k, c := range d {
@@ -76,7 +77,6 @@ func (d unreadDelta) apply(ctx context.Context, tx pgx.Tx, inputs []Input) error
 	for i, in := range inputs {
 		ids[i] = in.Event.EventID
 	}
-	b := &pgx.Batch{}
 	b.Queue(unreadLock)
 	if len(resetU) > 0 {
 		b.Queue(`DELETE FROM unread_counts c USING unnest($1::text[], $2::text[], $3::text[]) AS x(u, r, t)
@@ -89,21 +89,26 @@ func (d unreadDelta) apply(ctx context.Context, tx pgx.Tx, inputs []Input) error
 				SET notify = unread_counts.notify + EXCLUDED.notify, highlight = unread_counts.highlight + EXCLUDED.highlight`,
 			addU, addR, addT, addN, addH)
 	}
-	var early [][2]string
+	early := &earlyReceipts{}
 	// ('own' receipts are written with their event, never before it.)
 	b.Queue(`SELECT DISTINCT user_id, room_id FROM push_receipts WHERE event_id = ANY($1) AND receipt_type <> 'own'`, ids).Query(func(rows pgx.Rows) error {
 		var err error
-		early, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) ([2]string, error) {
+		early.rooms, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) ([2]string, error) {
 			var p [2]string
 			err := r.Scan(&p[0], &p[1])
 			return p, err
 		})
 		return err
 	})
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return err
-	}
-	for _, p := range early {
+	return early
+}
+
+// earlyReceipts are the (user, room) pairs a batch's events named in
+// receipts that came first.
+type earlyReceipts struct{ rooms [][2]string }
+
+func (e *earlyReceipts) recount(ctx context.Context, tx pgx.Tx) error {
+	for _, p := range e.rooms {
 		if err := recountUnread(ctx, tx, p[0], p[1]); err != nil {
 			return err
 		}

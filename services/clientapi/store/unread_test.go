@@ -33,7 +33,7 @@ func TestUnreadCountsMatchDefinition(t *testing.T) {
 		highlight      map[string]bool
 	}
 	plans := map[string]plan{}
-	eval := func(ctx context.Context, rd Reader, a Applied) (PushOutcome, error) {
+	eval := func(ctx context.Context, rd Reader, a Applied, _ PushContext) (PushOutcome, error) {
 		p := plans[a.Event.EventID]
 		out := PushOutcome{OwnRead: &OwnRead{UserID: p.sender, RoomID: a.Event.RoomID, ThreadID: p.thread, EventID: a.Event.EventID}}
 		for _, u := range users {

@@ -1,0 +1,120 @@
+package store
+
+import (
+	"errors"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// PushContext is what push rule evaluation reads about an event's room, as
+// of the event.
+type PushContext struct {
+	// Members are the room's joined users.
+	Members []string
+	// RulesPos is the account data position of each member's (and the
+	// extra user's) stored rules; a user without any has none (0).
+	RulesPos map[string]int64
+	// Create and PowerLevels are the room's create and power levels
+	// events in client format (nil when absent).
+	Create, PowerLevels []byte
+	// Thread is the root of the event's thread: of its m.thread relation,
+	// or of the nearest ancestor's within maxThreadHops; empty for the
+	// main timeline (thread roots included).
+	Thread string
+}
+
+// relThread is the thread relation type.
+const relThread = "m.thread"
+
+// maxThreadHops bounds the walk up relations to find an event's thread.
+const maxThreadHops = 3
+
+// PushRulesType is the account data type of push rules.
+const PushRulesType = "m.push_rules"
+
+// queuePushContext queues the reads of ev's PushContext: its thread and
+// its room's (queueRoomPushContext).
+func queuePushContext(b *pgx.Batch, ev Event, pc *PushContext) {
+	queueThread(b, ev, &pc.Thread)
+	queueRoomPushContext(b, ev.RoomID, pushExtraUser(ev), pc)
+}
+
+// pushExtraUser is the user besides the joined members whose rules an
+// event's evaluation needs: the target of an invite, a recipient too.
+// Whether a user is local is the evaluator's business, so any target is
+// read.
+func pushExtraUser(ev Event) string {
+	if ev.Type == typeMember && ev.Membership == MembershipInvite && ev.StateKey != nil && *ev.StateKey != ev.Sender {
+		return *ev.StateKey
+	}
+	return ""
+}
+
+// queueRoomPushContext queues the reads of the room's part of a
+// PushContext (all but Thread): the joined members, the positions of their
+// (and extraUser's, when not empty) stored push rules, and the create and
+// power levels events.
+func queueRoomPushContext(b *pgx.Batch, roomID, extraUser string, pc *PushContext) {
+	pc.RulesPos = map[string]int64{}
+	b.Queue(`SELECT u.user_id, u.joined, ad.pos
+		FROM (SELECT state_key AS user_id, true AS joined FROM current_state
+				WHERE room_id = $1 AND type = 'm.room.member' AND membership = 'join'
+			UNION ALL SELECT $2::text, false WHERE $2::text <> '') u
+		LEFT JOIN account_data ad ON ad.user_id = u.user_id AND ad.room_id = '' AND ad.type = $3`,
+		roomID, extraUser, PushRulesType).Query(func(rows pgx.Rows) error {
+		var user string
+		var joined bool
+		var pos *int64
+		_, err := pgx.ForEachRow(rows, []any{&user, &joined, &pos}, func() error {
+			if joined {
+				pc.Members = append(pc.Members, user)
+			}
+			if pos != nil {
+				pc.RulesPos[user] = *pos
+			}
+			return nil
+		})
+		return err
+	})
+	b.Queue(`SELECT type, event FROM current_state
+		WHERE room_id = $1 AND type IN ('m.room.create', 'm.room.power_levels') AND state_key = ''`,
+		roomID).Query(func(rows pgx.Rows) error {
+		var typ string
+		var ev []byte
+		_, err := pgx.ForEachRow(rows, []any{&typ, &ev}, func() error {
+			if typ == "m.room.create" {
+				pc.Create = ev
+			} else {
+				pc.PowerLevels = ev
+			}
+			return nil
+		})
+		return err
+	})
+}
+
+// queueThread finds the event's thread (PushContext.Thread): its own
+// relation decides at once; otherwise its ancestors' relations are read,
+// one query for the remaining hops.
+func queueThread(b *pgx.Batch, ev Event, thread *string) {
+	switch {
+	case ev.RelatesTo == "":
+		return
+	case ev.RelType == relThread:
+		*thread = ev.RelatesTo
+		return
+	}
+	b.Queue(`WITH RECURSIVE up(to_id, typ, hop) AS (
+			SELECT relates_to, rel_type, 1 FROM event_relations WHERE event_id = $1
+			UNION ALL
+			SELECT r.relates_to, r.rel_type, up.hop + 1 FROM up JOIN event_relations r ON r.event_id = up.to_id
+			WHERE up.typ <> $2 AND up.hop + 1 < $3)
+		SELECT to_id FROM up WHERE typ = $2 AND to_id <> '' ORDER BY hop LIMIT 1`,
+		ev.RelatesTo, relThread, maxThreadHops).QueryRow(func(row pgx.Row) error {
+		err := row.Scan(thread)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		}
+		return err
+	})
+}
