@@ -105,7 +105,11 @@ func StartPostgres(ctx context.Context, dir string, port int, settings ...string
 	if fileExists(filepath.Join(dataDir, "postmaster.pid")) {
 		_, _ = pg.run(ctx, "pg_ctl", "-D", dataDir, "-m", "immediate", "-w", "stop")
 	}
-	opts := fmt.Sprintf("-c listen_addresses=127.0.0.1 -p %d -k %s -c fsync=off -c synchronous_commit=off -c max_connections=300 -c shared_buffers=128MB", port, dir)
+	// A development cluster: no fsync, so an OS crash may lose it anyway,
+	// and full-page writes (which only guard against torn pages after
+	// such a crash) would buy nothing; without them each notification row
+	// costs about 14 % less (bench/analysis.md).
+	opts := fmt.Sprintf("-c listen_addresses=127.0.0.1 -p %d -k %s -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 -c shared_buffers=128MB", port, dir)
 	for _, set := range settings {
 		if strings.ContainsAny(set, " '\"\\") || !strings.Contains(set, "=") {
 			return nil, fmt.Errorf("local PostgreSQL setting %q: want name=value without spaces or quotes", set)
