@@ -33,9 +33,17 @@ func ignoredUsers(ctx context.Context, rd store.Reader, userID string) (map[stri
 	if err != nil {
 		return nil, err
 	}
+	return parseIgnoredUsers(raw, userID), nil
+}
+
+// parseIgnoredUsers reads an m.ignored_user_list content (nil: none).
+func parseIgnoredUsers(raw []byte, userID string) map[string]bool {
+	if raw == nil {
+		return nil
+	}
 	var l ignoredUserList
 	if json.Unmarshal(raw, &l) != nil || len(l.IgnoredUsers) == 0 {
-		return nil, nil
+		return nil
 	}
 	out := make(map[string]bool, len(l.IgnoredUsers))
 	for u := range l.IgnoredUsers {
@@ -43,7 +51,7 @@ func ignoredUsers(ctx context.Context, rd store.Reader, userID string) (map[stri
 			out[u] = true
 		}
 	}
-	return out, nil
+	return out
 }
 
 // checkIgnoredUserList validates a new m.ignored_user_list: ignored_users

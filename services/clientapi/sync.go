@@ -307,14 +307,11 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, dev *device, op
 		summaries: map[string]store.RoomSummary{},
 		invites:   map[string][]store.CurrentStateEvent{},
 	}
-	var err error
-	if d.pos, err = rd.MaxPos(ctx); err != nil {
-		return d, err
-	}
-	memberships, err := rd.Memberships(ctx, userID)
+	pos, memberships, ignoredRaw, err := rd.SyncStart(ctx, userID, ignoredUserListType)
 	if err != nil {
 		return d, err
 	}
+	d.pos = pos
 	incremental := opts.since != nil
 	var since int64
 	if incremental {
@@ -369,10 +366,7 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, dev *device, op
 	for i, sr := range d.rooms {
 		ranges[i] = sr.rng
 	}
-	ignored, err := ignoredUsers(ctx, rd, userID)
-	if err != nil {
-		return d, err
-	}
+	ignored := parseIgnoredUsers(ignoredRaw, userID)
 	if d.timelines, err = readTimelines(ctx, rd, ranges, opts.limit, timelineKeep(opts.filter, ignored)); err != nil {
 		return d, err
 	}

@@ -343,3 +343,28 @@ func (r Reader) CurrentStateEvent(ctx context.Context, roomID, typ, stateKey str
 	}
 	return e, err
 }
+
+// SyncStart is what every /sync reads first: the stream position, the
+// user's memberships and one global account data entry (the ignore list),
+// read in one round trip. entry is nil when the user has none.
+func (r Reader) SyncStart(ctx context.Context, userID, entryType string) (pos int64, ms []Membership, entry []byte, err error) {
+	b := &pgx.Batch{}
+	b.Queue(`SELECT COALESCE(MAX(pos), 0) FROM sync_events`).QueryRow(func(row pgx.Row) error { return row.Scan(&pos) })
+	b.Queue(`SELECT `+membershipCols+` FROM memberships m WHERE user_id = $1 AND `+notForgotten+` ORDER BY pos`, userID).
+		Query(func(rows pgx.Rows) error {
+			var err error
+			ms, err = scanMemberships(rows)
+			return err
+		})
+	b.Queue(`SELECT content FROM account_data WHERE user_id = $1 AND room_id = '' AND type = $2`, userID, entryType).
+		Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				if err := rows.Scan(&entry); err != nil {
+					return err
+				}
+			}
+			return rows.Err()
+		})
+	err = r.q.SendBatch(ctx, b).Close()
+	return pos, ms, entry, err
+}
