@@ -101,7 +101,6 @@ func (s *Store) ApplyWith(ctx context.Context, inputs []Input, eval Evaluator) (
 		out = out[:0]
 		unread := newUnreadDelta() // unread.go
 		var notes []Notification
-		var owns []OwnRead
 		for i := 0; i < len(inputs); {
 			// A run of events that change no state is stored in two round
 			// trips; any other event in a few of its own.
@@ -137,9 +136,6 @@ func (s *Store) ApplyWith(ctx context.Context, inputs []Input, eval Evaluator) (
 					return fmt.Errorf("push rules for %s: %w", inputs[i+k].Event.EventID, err)
 				}
 				notes = append(notes, res.Notifications...)
-				if res.OwnRead != nil {
-					owns = append(owns, *res.OwnRead)
-				}
 				unread.add(res)
 			}
 			i += n
@@ -150,7 +146,7 @@ func (s *Store) ApplyWith(ctx context.Context, inputs []Input, eval Evaluator) (
 		// Notifications, own receipts and unread counts in one round
 		// trip; then the recounts that early receipts ask for.
 		b := &pgx.Batch{}
-		queuePushOutcome(b, notes, owns)
+		queueNotifications(b, notes)
 		early := unread.queue(b, inputs)
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			return fmt.Errorf("notifications: %w", err)

@@ -41,12 +41,8 @@ type Evaluator func(ctx context.Context, rd Reader, a Applied, pc PushContext) (
 const unreadCond = `n.pos > COALESCE((SELECT MAX(se.pos) FROM push_receipts r JOIN sync_events se ON se.event_id = r.event_id
 	WHERE r.user_id = n.user_id AND r.room_id = n.room_id AND (r.thread_id = '' OR r.thread_id = n.thread_id)), 0)`
 
-// storePushOutcome stores the outcomes of a batch's events: their
-// notifications in one statement and the senders' own receipts in
-// another, sent together (one round trip).
-// queuePushOutcome queues the writes of a batch's notifications and own
-// receipts.
-func queuePushOutcome(b *pgx.Batch, notes []Notification, owns []OwnRead) {
+// queueNotifications queues the insert of a batch's notifications.
+func queueNotifications(b *pgx.Batch, notes []Notification) {
 	if n := len(notes); n > 0 {
 		// Arrays, unnested: a room's members can be many. The distinct
 		// actions (few: most rows have the same) are parsed once, and
@@ -70,27 +66,6 @@ func queuePushOutcome(b *pgx.Batch, notes []Notification, owns []OwnRead) {
 			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::int[], $7::bool[], $8::bigint[]) AS x(u, e, r, t, p, a, h, ts)
 			ON CONFLICT DO NOTHING`,
 			users, events, rooms, threads, poss, actionIdx, highlights, tss, actions)
-	}
-	if len(owns) > 0 {
-		// One row per key (ON CONFLICT cannot update a row twice in one
-		// statement): a later event of the batch replaces an earlier one.
-		type key struct{ user, room, thread string }
-		at := map[key]int{}
-		var users, rooms, threads, events []string
-		for _, o := range owns {
-			k := key{o.UserID, o.RoomID, o.ThreadID}
-			if i, ok := at[k]; ok {
-				events[i] = o.EventID
-				continue
-			}
-			at[k] = len(users)
-			users, rooms, threads, events = append(users, o.UserID), append(rooms, o.RoomID), append(threads, o.ThreadID), append(events, o.EventID)
-		}
-		// pos 0: the event itself brings the room into the sender's /sync.
-		b.Queue(`INSERT INTO push_receipts (user_id, room_id, thread_id, receipt_type, event_id, epos, pos)
-			SELECT u, r, t, 'own', e, 0, 0 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS x(u, r, t, e)
-			ON CONFLICT (user_id, room_id, thread_id, receipt_type) DO UPDATE SET event_id = EXCLUDED.event_id`,
-			users, rooms, threads, events)
 	}
 }
 

@@ -19,8 +19,8 @@ import (
 //     receipts already named, recounts that user's room from the tables.
 //
 // The room event consumer gathers the first two over its whole batch
-// (unreadDelta) and writes them with one round trip at the end of its
-// transaction. Every writer first takes unreadLock, held to commit, so a
+// (unreadDelta, which also writes the own events' 'own' receipts) and
+// writes them with one round trip at the end of its transaction. Every writer first takes unreadLock, held to commit, so a
 // recount never overwrites an increment it could not see.
 
 // unreadLock is the transaction-level advisory lock of unread count writers.
@@ -29,7 +29,9 @@ const unreadLock = `SELECT pg_advisory_xact_lock(hashtext('myelin.clientapi.unre
 type unreadKey struct{ user, room, thread string }
 
 type unreadChange struct {
-	reset             bool // an own event cleared the count first
+	// ownEvent, when set, is the last own event of the key's user in the
+	// thread: it cleared the count first and is their 'own' receipt.
+	ownEvent          string
 	notify, highlight int
 }
 
@@ -41,7 +43,7 @@ func newUnreadDelta() unreadDelta { return unreadDelta{} }
 // add folds in one event's outcome, in stream order.
 func (d unreadDelta) add(out PushOutcome) {
 	if o := out.OwnRead; o != nil {
-		d[unreadKey{o.UserID, o.RoomID, o.ThreadID}] = &unreadChange{reset: true}
+		d[unreadKey{o.UserID, o.RoomID, o.ThreadID}] = &unreadChange{ownEvent: o.EventID}
 	}
 	for _, n := range out.Notifications {
 		k := unreadKey{n.UserID, n.RoomID, n.ThreadID}
@@ -57,16 +59,17 @@ func (d unreadDelta) add(out PushOutcome) {
 	}
 }
 
-// queue queues the batch's changes, under unreadLock, and the query for
-// receipts that named one of the batch's events before it was stored (a
-// receipt for an unknown event covers nothing until its event arrives):
-// their rooms are recounted once the batch has run.
+// queue queues, under unreadLock, the batch's own receipts and count
+// changes, and the query for receipts that named one of the batch's
+// events before it was stored (a receipt for an unknown event covers
+// nothing until its event arrives): their rooms are recounted once the
+// batch has run.
 func (d unreadDelta) queue(b *pgx.Batch, inputs []Input) *earlyReceipts {
-	var resetU, resetR, resetT, addU, addR, addT []string
+	var resetU, resetR, resetT, resetE, addU, addR, addT []string
 	var addN, addH []int32
 	for k, c := range d {
-		if c.reset {
-			resetU, resetR, resetT = append(resetU, k.user), append(resetR, k.room), append(resetT, k.thread)
+		if c.ownEvent != "" {
+			resetU, resetR, resetT, resetE = append(resetU, k.user), append(resetR, k.room), append(resetT, k.thread), append(resetE, c.ownEvent)
 		}
 		if c.notify > 0 || c.highlight > 0 {
 			addU, addR, addT = append(addU, k.user), append(addR, k.room), append(addT, k.thread)
@@ -79,6 +82,11 @@ func (d unreadDelta) queue(b *pgx.Batch, inputs []Input) *earlyReceipts {
 	}
 	b.Queue(unreadLock)
 	if len(resetU) > 0 {
+		// pos 0: the event itself brings the room into the sender's /sync.
+		b.Queue(`INSERT INTO push_receipts (user_id, room_id, thread_id, receipt_type, event_id, epos, pos)
+			SELECT u, r, t, 'own', e, 0, 0 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS x(u, r, t, e)
+			ON CONFLICT (user_id, room_id, thread_id, receipt_type) DO UPDATE SET event_id = EXCLUDED.event_id`,
+			resetU, resetR, resetT, resetE)
 		b.Queue(`DELETE FROM unread_counts c USING unnest($1::text[], $2::text[], $3::text[]) AS x(u, r, t)
 			WHERE c.user_id = x.u AND c.room_id = x.r AND c.thread_id = x.t`, resetU, resetR, resetT)
 	}
