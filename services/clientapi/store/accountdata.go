@@ -15,18 +15,26 @@ type AccountData struct {
 	Pos     int64
 }
 
+// lockAccountData serializes one user's account data writes ($1: the user
+// ID) until the transaction ends, so their positions commit in order.
+const lockAccountData = `SELECT pg_advisory_xact_lock(hashtext('myelin.account_data.' || $1))`
+
+// upsertAccountData writes an entry ($1 user, $2 room, $3 type, $4
+// content) at a new position, which it returns.
+const upsertAccountData = `INSERT INTO account_data (user_id, room_id, type, content, pos)
+	VALUES ($1, $2, $3, $4, nextval('account_data_pos'))
+	ON CONFLICT (user_id, room_id, type) DO UPDATE SET content = EXCLUDED.content, pos = EXCLUDED.pos
+	RETURNING pos`
+
 // PutAccountData stores an entry and returns its new position. Writes of
 // one user are serialized so that their positions commit in order.
 func (s *Store) PutAccountData(ctx context.Context, userID, roomID, typ string, content []byte) (int64, error) {
 	var pos int64
 	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('myelin.account_data.' || $1))`, userID); err != nil {
+		if _, err := tx.Exec(ctx, lockAccountData, userID); err != nil {
 			return err
 		}
-		return tx.QueryRow(ctx, `INSERT INTO account_data (user_id, room_id, type, content, pos)
-			VALUES ($1, $2, $3, $4, nextval('account_data_pos'))
-			ON CONFLICT (user_id, room_id, type) DO UPDATE SET content = EXCLUDED.content, pos = EXCLUDED.pos
-			RETURNING pos`, userID, roomID, typ, content).Scan(&pos)
+		return tx.QueryRow(ctx, upsertAccountData, userID, roomID, typ, content).Scan(&pos)
 	})
 	return pos, err
 }
@@ -83,7 +91,7 @@ func (r Reader) AccountDataEntry(ctx context.Context, userID, roomID, typ string
 func (s *Store) UpdateAccountData(ctx context.Context, userID, roomID, typ string, fn func(old []byte) ([]byte, error)) (int64, error) {
 	var pos int64
 	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('myelin.account_data.' || $1))`, userID); err != nil {
+		if _, err := tx.Exec(ctx, lockAccountData, userID); err != nil {
 			return err
 		}
 		var old []byte
@@ -96,10 +104,7 @@ func (s *Store) UpdateAccountData(ctx context.Context, userID, roomID, typ strin
 		if err != nil {
 			return err
 		}
-		return tx.QueryRow(ctx, `INSERT INTO account_data (user_id, room_id, type, content, pos)
-			VALUES ($1, $2, $3, $4, nextval('account_data_pos'))
-			ON CONFLICT (user_id, room_id, type) DO UPDATE SET content = EXCLUDED.content, pos = EXCLUDED.pos
-			RETURNING pos`, userID, roomID, typ, content).Scan(&pos)
+		return tx.QueryRow(ctx, upsertAccountData, userID, roomID, typ, content).Scan(&pos)
 	})
 	return pos, err
 }

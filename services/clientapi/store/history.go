@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"encoding/json"
-	"errors"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -37,19 +36,12 @@ func VisibilityOf(eventJSON []byte) string {
 
 // currentVisibility is the room's history visibility in the current state.
 func currentVisibility(ctx context.Context, q querier, roomID string) (string, error) {
-	var raw []byte
-	err := q.QueryRow(ctx, `SELECT event FROM current_state WHERE room_id = $1 AND type = $2 AND state_key = ''`,
-		roomID, typeHistoryVisibility).Scan(&raw)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return VisibilityShared, nil
-	}
-	if err != nil {
-		return "", err
-	}
-	return VisibilityOf(raw), nil
+	vis, err := visibilities(ctx, q, []string{roomID})
+	return vis[roomID], err
 }
 
-// visibilities is currentVisibility for several rooms, in one query.
+// visibilities is the history visibility of each of rooms in its current
+// state (shared when unset), in one query.
 func visibilities(ctx context.Context, q querier, rooms []string) (map[string]string, error) {
 	rows, err := q.Query(ctx, `SELECT room_id, event FROM current_state WHERE room_id = ANY($1) AND type = $2 AND state_key = ''`,
 		rooms, typeHistoryVisibility)

@@ -87,7 +87,7 @@ func (s *Store) PutPushReceipt(ctx context.Context, r PushReceipt) (bool, error)
 		if _, err := tx.Exec(ctx, unreadLock); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('myelin.account_data.' || $1))`, r.UserID); err != nil {
+		if _, err := tx.Exec(ctx, lockAccountData, r.UserID); err != nil {
 			return err
 		}
 		tag, err := tx.Exec(ctx, `INSERT INTO push_receipts (user_id, room_id, thread_id, receipt_type, event_id, epos, pos)
@@ -178,13 +178,6 @@ func (r Reader) Notifications(ctx context.Context, q NotificationsQuery) ([]Noti
 		err := row.Scan(dest...)
 		return n, err
 	})
-}
-
-// MaxNotificationPos is the newest notification position (0 when none).
-func (r Reader) MaxNotificationPos(ctx context.Context) (int64, error) {
-	var pos int64
-	err := r.q.QueryRow(ctx, `SELECT COALESCE(MAX(pos), 0) FROM notifications`).Scan(&pos)
-	return pos, err
 }
 
 // GlobalAccountData returns one global account data type for each of the
