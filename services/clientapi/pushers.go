@@ -206,7 +206,14 @@ func (d *pushDispatcher) run(ctx context.Context) error {
 		with, err := d.s.store.UsersWithPushers(ctx, woken)
 		if err != nil {
 			if ctx.Err() == nil {
-				d.s.log.Error("look up pushers", zap.Error(err))
+				d.s.log.Error("look up pushers, retrying", zap.Error(err))
+			}
+			// Keep the wake-ups: their notifications are not pushed
+			// until these users are looked up.
+			d.wake(woken...)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
 			}
 			continue
 		}
