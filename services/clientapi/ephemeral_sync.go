@@ -17,7 +17,10 @@ import (
 // ephemeral position for next_batch. The presence service being
 // unreachable does not fail the sync: the response goes out without
 // ephemeral data and the old ephemeral position, so nothing is lost.
-func (s *Service) addEphemeral(ctx context.Context, dev *device, opts syncOptions, resp *syncResponse, pos int64) (int64, error) {
+//
+// memberships are the user's as of pos when the caller has them (nil: they
+// are read here).
+func (s *Service) addEphemeral(ctx context.Context, dev *device, opts syncOptions, resp *syncResponse, pos int64, memberships []store.Membership) (int64, error) {
 	var since int64
 	if opts.since != nil {
 		since = opts.since.epos
@@ -26,9 +29,11 @@ func (s *Service) addEphemeral(ctx context.Context, dev *device, opts syncOption
 		return since, nil
 	}
 	rd := s.store.Reader()
-	memberships, err := rd.Memberships(ctx, dev.UserID)
-	if err != nil {
-		return 0, err
+	if memberships == nil {
+		var err error
+		if memberships, err = rd.Memberships(ctx, dev.UserID); err != nil {
+			return 0, err
+		}
 	}
 	// The rooms this response treats as joined: joined at or before pos
 	// (a later join is not in the response yet).

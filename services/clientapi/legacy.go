@@ -107,11 +107,12 @@ func (s *Service) initialSync(r *http.Request, dev *device) (any, error) {
 	default:
 		return nil, matrixhttp.InvalidParam("archived must be true or false")
 	}
-	resp, pos, err := s.buildSync(ctx, dev, opts)
+	resp, d, err := s.buildSync(ctx, dev, opts)
 	if err != nil {
 		return nil, err
 	}
-	epos, err := s.addEphemeral(ctx, dev, opts, resp, pos)
+	pos := d.pos
+	epos, err := s.addEphemeral(ctx, dev, opts, resp, pos, d.memberships)
 	if err != nil {
 		return nil, err
 	}
@@ -302,7 +303,7 @@ func (s *Service) events(r *http.Request, dev *device) (any, error) {
 			return nil, err
 		}
 		scratch := &syncResponse{Rooms: syncRooms{Join: map[string]*joinedRoom{}}}
-		epos, err := s.addEphemeral(ctx, dev, syncOptions{}, scratch, pos)
+		epos, err := s.addEphemeral(ctx, dev, syncOptions{}, scratch, pos, nil)
 		if err != nil {
 			return nil, err
 		}
@@ -366,7 +367,7 @@ func (s *Service) eventStream(ctx context.Context, dev *device, opts syncOptions
 		}
 	}
 	eph := &syncResponse{Rooms: syncRooms{Join: map[string]*joinedRoom{}}}
-	if epos, err = s.addEphemeral(ctx, dev, opts, eph, d.pos); err != nil {
+	if epos, err = s.addEphemeral(ctx, dev, opts, eph, d.pos, d.memberships); err != nil {
 		return nil, 0, 0, err
 	}
 	for roomID, jr := range eph.Rooms.Join {

@@ -131,11 +131,12 @@ func (s *Service) sync(r *http.Request, dev *device) (any, error) {
 	deadline := time.Now().Add(timeout)
 	for {
 		woken := s.notifier.wakeCount(dev.UserID)
-		resp, pos, err := s.buildSync(ctx, dev, opts)
+		resp, d, err := s.buildSync(ctx, dev, opts)
 		if err != nil {
 			return nil, err
 		}
-		epos, err := s.addEphemeral(ctx, dev, opts, resp, pos)
+		pos := d.pos
+		epos, err := s.addEphemeral(ctx, dev, opts, resp, pos, d.memberships)
 		if err != nil {
 			return nil, err
 		}
@@ -200,10 +201,13 @@ type syncData struct {
 	// loaded (sync_lazy.go); nil otherwise.
 	lazyState map[string][]json.RawMessage
 	invites   map[string][]store.CurrentStateEvent // stripped state incl. the invite
+	// memberships are the user's, as of pos.
+	memberships []store.Membership
 }
 
-// buildSync computes one /sync response and the stream position it covers.
-func (s *Service) buildSync(ctx context.Context, dev *device, opts syncOptions) (*syncResponse, int64, error) {
+// buildSync computes one /sync response, and returns it with what it read
+// (d.pos is the stream position it covers).
+func (s *Service) buildSync(ctx context.Context, dev *device, opts syncOptions) (*syncResponse, syncData, error) {
 	var d syncData
 	err := s.store.Snapshot(ctx, func(rd store.Reader) error {
 		var err error
@@ -211,7 +215,7 @@ func (s *Service) buildSync(ctx context.Context, dev *device, opts syncOptions) 
 		return err
 	})
 	if err != nil {
-		return nil, 0, err
+		return nil, d, err
 	}
 	resp := &syncResponse{
 		NextBatch: streamToken{pos: d.pos}.String(),
@@ -229,13 +233,13 @@ func (s *Service) buildSync(ctx context.Context, dev *device, opts syncOptions) 
 	}
 	bundled, err := s.bundleFor(ctx, s.store.Reader(), dev, timelineEvents)
 	if err != nil {
-		return nil, 0, err
+		return nil, d, err
 	}
 
 	// State before the timeline of kindFull rooms comes from the room-server.
 	stateBefore, err := s.stateBefore(ctx, d)
 	if err != nil {
-		return nil, 0, err
+		return nil, d, err
 	}
 
 	for _, sr := range d.rooms {
@@ -246,7 +250,7 @@ func (s *Service) buildSync(ctx context.Context, dev *device, opts syncOptions) 
 		}
 		batch, err := renderTimeline(tl, dev, d.pos, bundled)
 		if err != nil {
-			return nil, 0, err
+			return nil, d, err
 		}
 		state := emptyEvents()
 		lazy, isLazy := d.lazyState[roomID]
@@ -285,7 +289,7 @@ func (s *Service) buildSync(ctx context.Context, dev *device, opts syncOptions) 
 		for _, e := range events {
 			raw, err := strippedEvent(e.JSON)
 			if err != nil {
-				return nil, 0, err
+				return nil, d, err
 			}
 			list.Events = append(list.Events, raw)
 		}
@@ -295,7 +299,7 @@ func (s *Service) buildSync(ctx context.Context, dev *device, opts syncOptions) 
 		}
 		resp.Rooms.Invite[roomID] = &invitedRoom{InviteState: list}
 	}
-	return resp, d.pos, nil
+	return resp, d, nil
 }
 
 // readSync reads what a sync response needs from one snapshot.
@@ -307,11 +311,15 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, dev *device, op
 		summaries: map[string]store.RoomSummary{},
 		invites:   map[string][]store.CurrentStateEvent{},
 	}
-	pos, memberships, ignoredRaw, err := rd.SyncStart(ctx, userID, ignoredUserListType)
-	if err != nil {
+	// Round trip 1 (with the snapshot's BEGIN): position, memberships and
+	// the ignore list.
+	var start store.SyncStart
+	b := &store.Batch{}
+	b.SyncStart(userID, ignoredUserListType, &start)
+	if err := rd.Send(ctx, b); err != nil {
 		return d, err
 	}
-	d.pos = pos
+	d.pos, d.memberships = start.Pos, start.Memberships
 	incremental := opts.since != nil
 	var since int64
 	if incremental {
@@ -319,7 +327,7 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, dev *device, op
 	}
 	var quiet []string // joined before since: included only if they have new events
 	var invited []store.Membership
-	for _, m := range memberships {
+	for _, m := range start.Memberships {
 		if !opts.filter.allowsRoom(m.RoomID) {
 			continue
 		}
@@ -354,33 +362,73 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, dev *device, op
 			d.rooms = append(d.rooms, syncRoom{kind: kindLeft, rng: rng})
 		}
 	}
-	changed, err := rd.RoomsWithEvents(ctx, quiet, since, d.pos)
-	if err != nil {
-		return d, err
-	}
-	for _, room := range changed {
-		d.rooms = append(d.rooms, syncRoom{kind: kindIncremental, rng: store.RoomRange{RoomID: room, After: since, Upto: d.pos}})
-	}
 
-	ranges := make([]store.RoomRange, len(d.rooms))
-	for i, sr := range d.rooms {
-		ranges[i] = sr.rng
+	// Round trip 2: the timelines, the quiet rooms' included (one with
+	// no new events gets an empty timeline and is left out).
+	ranges := make([]store.RoomRange, 0, len(d.rooms)+len(quiet))
+	for _, sr := range d.rooms {
+		ranges = append(ranges, sr.rng)
 	}
-	ignored := parseIgnoredUsers(ignoredRaw, userID)
+	for _, room := range quiet {
+		ranges = append(ranges, store.RoomRange{RoomID: room, After: since, Upto: d.pos})
+	}
+	ignored := parseIgnoredUsers(start.Entry, userID)
+	var err error
 	if d.timelines, err = readTimelines(ctx, rd, ranges, opts.limit, timelineKeep(opts.filter, ignored)); err != nil {
 		return d, err
 	}
-	if err := filterTimelines(ctx, rd, userID, d.timelines); err != nil {
-		return d, err
+	for _, room := range quiet {
+		if len(d.timelines[room].Events) == 0 {
+			delete(d.timelines, room)
+			continue
+		}
+		d.rooms = append(d.rooms, syncRoom{kind: kindIncremental, rng: store.RoomRange{RoomID: room, After: since, Upto: d.pos}})
 	}
 
-	var joined, emptyFull []string
+	// Round trip 3: what the user may see of the timelines (history
+	// visibility), and the summaries of the joined rooms. It ends the
+	// snapshot when nothing else will be read: the usual incremental
+	// sync, with no newly joined rooms, gaps, invites or lazy members.
+	var joined, withEvents []string
+	last := opts.filter.lazyFilter() == nil && len(invited) == 0
+	for _, sr := range d.rooms {
+		tl := d.timelines[sr.rng.RoomID]
+		if sr.kind != kindLeft {
+			joined = append(joined, sr.rng.RoomID)
+		}
+		if len(tl.Events) > 0 {
+			withEvents = append(withEvents, sr.rng.RoomID)
+		}
+		if sr.kind == kindFull || (sr.kind != kindLeft && tl.Limited) {
+			last = false // readers below may need the snapshot
+		}
+	}
+	logs := map[string][]store.MembershipEntry{}
+	b = &store.Batch{}
+	b.MembershipLog(userID, withEvents, logs)
+	b.RoomSummaries(joined, userID, d.summaries)
+	send := rd.Send
+	if last {
+		send = rd.SendLast
+	}
+	if err := send(ctx, b); err != nil {
+		return d, err
+	}
+	vf := visibilityFilter{userID: userID, logs: logs}
+	for _, room := range withEvents {
+		tl := d.timelines[room]
+		tl.Events = vf.keep(tl.Events)
+		d.timelines[room] = tl
+	}
+	if last {
+		return d, nil
+	}
+
+	// Further round trips, for what the usual sync does not need.
+	var emptyFull []string
 	for _, sr := range d.rooms {
 		roomID := sr.rng.RoomID
 		tl := d.timelines[roomID]
-		if sr.kind != kindLeft {
-			joined = append(joined, roomID)
-		}
 		switch {
 		case sr.kind != kindLeft && opts.filter.lazyFilter() != nil:
 			// readLazyState below
@@ -393,9 +441,6 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, dev *device, op
 		}
 	}
 	if d.current, err = rd.CurrentStateRooms(ctx, emptyFull, nil); err != nil {
-		return d, err
-	}
-	if d.summaries, err = rd.RoomSummaries(ctx, joined, userID); err != nil {
 		return d, err
 	}
 	if opts.filter.lazyFilter() != nil {

@@ -82,12 +82,7 @@ func (s *Service) sendToDevice(r *http.Request, dev *device) (any, error) {
 // device's next ones to the response and returns the position for
 // next_batch.
 func (s *Service) syncToDevice(ctx context.Context, dev *device, since int64, resp *syncResponse) (int64, error) {
-	if since > 0 {
-		if err := s.store.AckToDevice(ctx, dev.UserID, dev.DeviceID, since); err != nil {
-			return 0, err
-		}
-	}
-	msgs, err := s.store.Reader().PendingToDevice(ctx, dev.UserID, dev.DeviceID, since, toDeviceSyncLimit)
+	msgs, err := s.store.ToDeviceSince(ctx, dev.UserID, dev.DeviceID, since, toDeviceSyncLimit)
 	if err != nil {
 		return 0, err
 	}

@@ -116,22 +116,3 @@ func (f visibilityFilter) keep(events []store.StoredEvent) []store.StoredEvent {
 	}
 	return out
 }
-
-// filterTimelines removes from sync timelines what the user may not see
-// (events before a "joined" user joined, after they left, and so on). A
-// timeline keeps its limited flag: there is history before it either way.
-func filterTimelines(ctx context.Context, rd store.Reader, userID string, timelines map[string]store.Timeline) error {
-	rooms := make([]string, 0, len(timelines))
-	for room := range timelines {
-		rooms = append(rooms, room)
-	}
-	f, err := newVisibilityFilter(ctx, rd, userID, rooms)
-	if err != nil {
-		return err
-	}
-	for room, tl := range timelines {
-		tl.Events = f.keep(tl.Events)
-		timelines[room] = tl
-	}
-	return nil
-}

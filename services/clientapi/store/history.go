@@ -93,24 +93,28 @@ type MembershipEntry struct {
 // rooms, oldest first.
 func (r Reader) MembershipLog(ctx context.Context, userID string, rooms []string) (map[string][]MembershipEntry, error) {
 	out := make(map[string][]MembershipEntry, len(rooms))
+	b := &Batch{}
+	b.MembershipLog(userID, rooms, out)
+	return out, r.Send(ctx, b)
+}
+
+// MembershipLog queues Reader.MembershipLog into out.
+func (b *Batch) MembershipLog(userID string, rooms []string, out map[string][]MembershipEntry) {
 	if len(rooms) == 0 {
-		return out, nil
+		return
 	}
-	rows, err := r.q.Query(ctx, `SELECT room_id, pos, membership FROM membership_log
-		WHERE user_id = $1 AND room_id = ANY($2) ORDER BY room_id, pos`, userID, rooms)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var room string
-		var e MembershipEntry
-		if err := rows.Scan(&room, &e.Pos, &e.Membership); err != nil {
-			return nil, err
+	b.b.Queue(`SELECT room_id, pos, membership FROM membership_log
+		WHERE user_id = $1 AND room_id = ANY($2) ORDER BY room_id, pos`, userID, rooms).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var room string
+			var e MembershipEntry
+			if err := rows.Scan(&room, &e.Pos, &e.Membership); err != nil {
+				return err
+			}
+			out[room] = append(out[room], e)
 		}
-		out[room] = append(out[room], e)
-	}
-	return out, rows.Err()
+		return rows.Err()
+	})
 }
 
 // EventByID returns one stored event of a room, or ErrNotFound.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math"
+	"slices"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -16,13 +17,6 @@ type Reader struct {
 
 // Reader reads from the pool; each call sees the latest commits.
 func (s *Store) Reader() Reader { return Reader{q: s.db} }
-
-// Snapshot runs fn with a Reader whose every query sees the same
-// committed data (a read-only REPEATABLE READ transaction).
-func (s *Store) Snapshot(ctx context.Context, fn func(Reader) error) error {
-	return pgx.BeginTxFunc(ctx, s.db, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly},
-		func(tx pgx.Tx) error { return fn(Reader{q: tx}) })
-}
 
 // HasEvent reports whether the event is stored.
 func (r Reader) HasEvent(ctx context.Context, eventID string) (bool, error) {
@@ -151,8 +145,15 @@ type Timeline struct {
 // order, in one query.
 func (r Reader) Timelines(ctx context.Context, ranges []RoomRange, limit int) (map[string]Timeline, error) {
 	out := make(map[string]Timeline, len(ranges))
+	b := &Batch{}
+	b.Timelines(ranges, limit, out)
+	return out, r.Send(ctx, b)
+}
+
+// Timelines queues Reader.Timelines: out gets an entry for every range.
+func (b *Batch) Timelines(ranges []RoomRange, limit int, out map[string]Timeline) {
 	if len(ranges) == 0 {
-		return out, nil
+		return
 	}
 	rooms := make([]string, len(ranges))
 	after := make([]int64, len(ranges))
@@ -161,7 +162,7 @@ func (r Reader) Timelines(ctx context.Context, ranges []RoomRange, limit int) (m
 		rooms[i], after[i], upto[i] = rr.RoomID, rr.After, rr.Upto
 		out[rr.RoomID] = Timeline{}
 	}
-	rows, err := r.q.Query(ctx, `SELECT e.pos, e.event_id, e.room_id, e.type, e.state_key, e.sender, e.event,
+	b.b.Queue(`SELECT e.pos, e.event_id, e.room_id, e.type, e.state_key, e.sender, e.event,
 			COALESCE(e.txn_device_id, ''), COALESCE(e.txn_id, ''),
 			COALESCE(e.visibility_before, 'shared'), COALESCE(e.visibility_after, 'shared')
 		FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS r(room_id, after_pos, upto_pos)
@@ -169,31 +170,26 @@ func (r Reader) Timelines(ctx context.Context, ranges []RoomRange, limit int) (m
 			SELECT * FROM sync_events s
 			WHERE s.room_id = r.room_id AND s.pos > r.after_pos AND s.pos <= r.upto_pos
 			ORDER BY s.pos DESC LIMIT $4
-		) e`, rooms, after, upto, limit+1)
-	if err != nil {
-		return nil, err
-	}
-	events, err := scanEvents(rows)
-	if err != nil {
-		return nil, err
-	}
-	// Rows arrive newest first per room.
-	for _, e := range events {
-		t := out[e.RoomID]
-		if len(t.Events) == limit {
-			t.Limited = true
-		} else {
-			t.Events = append(t.Events, e)
+		) e`, rooms, after, upto, limit+1).Query(func(rows pgx.Rows) error {
+		events, err := scanEvents(rows)
+		if err != nil {
+			return err
 		}
-		out[e.RoomID] = t
-	}
-	for room, t := range out {
-		for i, j := 0, len(t.Events)-1; i < j; i, j = i+1, j-1 {
-			t.Events[i], t.Events[j] = t.Events[j], t.Events[i]
+		// Rows arrive newest first per room.
+		for _, e := range events {
+			t := out[e.RoomID]
+			if len(t.Events) == limit {
+				t.Limited = true
+			} else {
+				t.Events = append(t.Events, e)
+			}
+			out[e.RoomID] = t
 		}
-		out[room] = t
-	}
-	return out, nil
+		for _, room := range rooms {
+			slices.Reverse(out[room].Events)
+		}
+		return nil
+	})
 }
 
 // HasEventsBefore reports whether the room has events before pos.
@@ -345,26 +341,30 @@ func (r Reader) CurrentStateEvent(ctx context.Context, roomID, typ, stateKey str
 }
 
 // SyncStart is what every /sync reads first: the stream position, the
-// user's memberships and one global account data entry (the ignore list),
-// read in one round trip. entry is nil when the user has none.
-func (r Reader) SyncStart(ctx context.Context, userID, entryType string) (pos int64, ms []Membership, entry []byte, err error) {
-	b := &pgx.Batch{}
-	b.Queue(`SELECT COALESCE(MAX(pos), 0) FROM sync_events`).QueryRow(func(row pgx.Row) error { return row.Scan(&pos) })
-	b.Queue(`SELECT `+membershipCols+` FROM memberships m WHERE user_id = $1 AND `+notForgotten+` ORDER BY pos`, userID).
+// user's memberships and one global account data entry (the ignore list).
+type SyncStart struct {
+	Pos         int64
+	Memberships []Membership
+	// Entry is the account data entry's content; nil when the user has none.
+	Entry []byte
+}
+
+// SyncStart queues the reads of a SyncStart into out.
+func (b *Batch) SyncStart(userID, entryType string, out *SyncStart) {
+	b.b.Queue(`SELECT COALESCE(MAX(pos), 0) FROM sync_events`).QueryRow(func(row pgx.Row) error { return row.Scan(&out.Pos) })
+	b.b.Queue(`SELECT `+membershipCols+` FROM memberships m WHERE user_id = $1 AND `+notForgotten+` ORDER BY pos`, userID).
 		Query(func(rows pgx.Rows) error {
 			var err error
-			ms, err = scanMemberships(rows)
+			out.Memberships, err = scanMemberships(rows)
 			return err
 		})
-	b.Queue(`SELECT content FROM account_data WHERE user_id = $1 AND room_id = '' AND type = $2`, userID, entryType).
+	b.b.Queue(`SELECT content FROM account_data WHERE user_id = $1 AND room_id = '' AND type = $2`, userID, entryType).
 		Query(func(rows pgx.Rows) error {
 			for rows.Next() {
-				if err := rows.Scan(&entry); err != nil {
+				if err := rows.Scan(&out.Entry); err != nil {
 					return err
 				}
 			}
 			return rows.Err()
 		})
-	err = r.q.SendBatch(ctx, b).Close()
-	return pos, ms, entry, err
 }

@@ -128,10 +128,17 @@ type RoomSummary struct {
 // aggregate query.
 func (r Reader) RoomSummaries(ctx context.Context, rooms []string, self string) (map[string]RoomSummary, error) {
 	out := map[string]RoomSummary{}
+	b := &Batch{}
+	b.RoomSummaries(rooms, self, out)
+	return out, r.Send(ctx, b)
+}
+
+// RoomSummaries queues Reader.RoomSummaries into out.
+func (b *Batch) RoomSummaries(rooms []string, self string, out map[string]RoomSummary) {
 	if len(rooms) == 0 {
-		return out, nil
+		return
 	}
-	rows, err := r.q.Query(ctx, `SELECT room_id,
+	b.b.Queue(`SELECT room_id,
 			count(*) FILTER (WHERE type = 'm.room.member' AND membership = 'join'),
 			count(*) FILTER (WHERE type = 'm.room.member' AND membership = 'invite'),
 			bool_or(type <> 'm.room.member'),
@@ -139,18 +146,15 @@ func (r Reader) RoomSummaries(ctx context.Context, rooms []string, self string) 
 				WHERE type = 'm.room.member' AND membership IN ('join', 'invite') AND state_key <> $2))[1:5], '{}')
 		FROM current_state
 		WHERE room_id = ANY($1) AND type IN ('m.room.member', 'm.room.name', 'm.room.canonical_alias')
-		GROUP BY room_id`, rooms, self)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var room string
-		var s RoomSummary
-		if err := rows.Scan(&room, &s.Joined, &s.Invited, &s.Named, &s.Heroes); err != nil {
-			return nil, err
+		GROUP BY room_id`, rooms, self).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var room string
+			var s RoomSummary
+			if err := rows.Scan(&room, &s.Joined, &s.Invited, &s.Named, &s.Heroes); err != nil {
+				return err
+			}
+			out[room] = s
 		}
-		out[room] = s
-	}
-	return out, rows.Err()
+		return rows.Err()
+	})
 }

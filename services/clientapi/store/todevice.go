@@ -71,25 +71,25 @@ func (s *Store) SendToDevice(ctx context.Context, senderUser, senderDevice, txnI
 	return users, fresh, err
 }
 
-// AckToDevice deletes the device's messages up to and including pos (the
-// client acknowledged them by syncing with a token past them).
-func (s *Store) AckToDevice(ctx context.Context, userID, deviceID string, pos int64) error {
-	_, err := s.db.Exec(ctx, `DELETE FROM to_device_messages WHERE user_id = $1 AND device_id = $2 AND pos <= $3`,
-		userID, deviceID, pos)
-	return err
-}
-
-// PendingToDevice returns up to limit of the device's messages after pos,
-// oldest first.
-func (r Reader) PendingToDevice(ctx context.Context, userID, deviceID string, pos int64, limit int) ([]ToDeviceMessage, error) {
-	rows, err := r.q.Query(ctx, `SELECT pos, sender, type, content FROM to_device_messages
-		WHERE user_id = $1 AND device_id = $2 AND pos > $3 ORDER BY pos LIMIT $4`, userID, deviceID, pos, limit)
-	if err != nil {
-		return nil, err
+// ToDeviceSince deletes the device's messages up to since (the client has
+// them: it sent since back) and returns up to limit of those after it,
+// oldest first, in one round trip.
+func (s *Store) ToDeviceSince(ctx context.Context, userID, deviceID string, since int64, limit int) ([]ToDeviceMessage, error) {
+	var out []ToDeviceMessage
+	b := &pgx.Batch{}
+	if since > 0 {
+		b.Queue(`DELETE FROM to_device_messages WHERE user_id = $1 AND device_id = $2 AND pos <= $3`, userID, deviceID, since)
 	}
-	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (ToDeviceMessage, error) {
-		m := ToDeviceMessage{UserID: userID, DeviceID: deviceID}
-		err := row.Scan(&m.Pos, &m.Sender, &m.Type, &m.Content)
-		return m, err
-	})
+	b.Queue(`SELECT pos, sender, type, content FROM to_device_messages
+		WHERE user_id = $1 AND device_id = $2 AND pos > $3 ORDER BY pos LIMIT $4`, userID, deviceID, since, limit).
+		Query(func(rows pgx.Rows) error {
+			var err error
+			out, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (ToDeviceMessage, error) {
+				m := ToDeviceMessage{UserID: userID, DeviceID: deviceID}
+				err := row.Scan(&m.Pos, &m.Sender, &m.Type, &m.Content)
+				return m, err
+			})
+			return err
+		})
+	return out, s.db.SendBatch(ctx, b).Close()
 }
