@@ -246,16 +246,21 @@ func (s *Service) changeTag(r *http.Request, dev *device, put bool) (any, error)
 // receipts (push_receipts shares the sequence): a joined room whose
 // unread counts changed that way appears, so the new counts reach the
 // client. An initial sync always carries m.push_rules (the defaults when
-// the user never changed a rule, so nothing is stored).
-func (s *Service) syncAccountData(ctx context.Context, userID string, since int64, initial bool, filter syncFilter, resp *syncResponse) (int64, error) {
+// the user never changed a rule, so nothing is stored). ch is what
+// changed after since when the caller read it (nil: it is read here).
+func (s *Service) syncAccountData(ctx context.Context, userID string, since int64, initial bool, filter syncFilter, resp *syncResponse, ch *store.AccountDataChanges) (int64, error) {
 	rd := s.store.Reader()
-	entries, latest, err := rd.AccountDataSince(ctx, userID, since)
-	if err != nil {
-		return 0, err
+	if ch == nil {
+		ch = &store.AccountDataChanges{}
+		b := &store.Batch{}
+		b.AccountDataChanges(userID, since, ch)
+		if err := rd.Send(ctx, b); err != nil {
+			return 0, err
+		}
 	}
 	rooms := &joinedRoomsCache{userID: userID, rd: rd}
 	havePushRules := false
-	for _, e := range entries {
+	for _, e := range ch.Entries {
 		ev, err := json.Marshal(map[string]any{"type": e.Type, "content": json.RawMessage(e.Content)})
 		if err != nil {
 			return 0, err
@@ -288,16 +293,12 @@ func (s *Service) syncAccountData(ctx context.Context, userID string, since int6
 		}
 		resp.AccountData.Events = append(resp.AccountData.Events, ev)
 	}
-	changed, rlatest, err := rd.ReceiptChangesSince(ctx, userID, since)
-	if err != nil {
-		return 0, err
-	}
-	for _, roomID := range changed {
+	for _, roomID := range ch.ReceiptRooms {
 		if _, err := s.syncRoomEntry(ctx, rooms, roomID, filter, resp); err != nil {
 			return 0, err
 		}
 	}
-	return max(latest, rlatest), nil
+	return max(ch.Latest, ch.ReceiptLatest), nil
 }
 
 // joinedRoomsCache reads the user's joined rooms once, when first needed.

@@ -116,7 +116,7 @@ func (s *Service) initialSync(r *http.Request, dev *device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	apos, err := s.syncAccountData(ctx, dev.UserID, 0, true, opts.filter, resp)
+	apos, err := s.syncAccountData(ctx, dev.UserID, 0, true, opts.filter, resp, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -82,8 +82,11 @@ func (r *syncResponse) empty() bool {
 type syncOptions struct {
 	since     *streamToken
 	fullState bool
-	limit     int
-	filter    syncFilter
+	// accountData: readSync also reads the account data changes after
+	// since's account data position (syncData.accountData).
+	accountData bool
+	limit       int
+	filter      syncFilter
 }
 
 // sync is GET /sync. Without since it is an initial sync; with since it
@@ -125,6 +128,7 @@ func (s *Service) sync(r *http.Request, dev *device) (any, error) {
 		opts.limit = min(*l, s.cfg.Sync.MaxTimelineLimit)
 	}
 
+	opts.accountData = true
 	ctx := r.Context()
 	s.markActive(ctx, dev.UserID, q.Get("set_presence"))
 	wait := opts.since != nil && !opts.fullState && timeout > 0
@@ -140,11 +144,7 @@ func (s *Service) sync(r *http.Request, dev *device) (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		var accountDataSince int64
-		if opts.since != nil {
-			accountDataSince = opts.since.apos
-		}
-		apos, err := s.syncAccountData(ctx, dev.UserID, accountDataSince, opts.since == nil, opts.filter, resp)
+		apos, err := s.syncAccountData(ctx, dev.UserID, opts.since.accountDataPos(), opts.since == nil, opts.filter, resp, d.accountData)
 		if err != nil {
 			return nil, err
 		}
@@ -203,6 +203,8 @@ type syncData struct {
 	invites   map[string][]store.CurrentStateEvent // stripped state incl. the invite
 	// memberships are the user's, as of pos.
 	memberships []store.Membership
+	// accountData is set when syncOptions.accountData asks for it.
+	accountData *store.AccountDataChanges
 }
 
 // buildSync computes one /sync response, and returns it with what it read
@@ -311,11 +313,15 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, dev *device, op
 		summaries: map[string]store.RoomSummary{},
 		invites:   map[string][]store.CurrentStateEvent{},
 	}
-	// Round trip 1 (with the snapshot's BEGIN): position, memberships and
-	// the ignore list.
+	// Round trip 1 (with the snapshot's BEGIN): position, memberships,
+	// the ignore list, and the account data changes.
 	var start store.SyncStart
 	b := &store.Batch{}
 	b.SyncStart(userID, ignoredUserListType, &start)
+	if opts.accountData {
+		d.accountData = &store.AccountDataChanges{}
+		b.AccountDataChanges(userID, opts.since.accountDataPos(), d.accountData)
+	}
 	if err := rd.Send(ctx, b); err != nil {
 		return d, err
 	}

@@ -81,6 +81,15 @@ func parsePosition(v string) (int64, bool) {
 	return n, true
 }
 
+// accountDataPos is the account data position of a since token (0 for an
+// initial sync).
+func (t *streamToken) accountDataPos() int64 {
+	if t == nil {
+		return 0
+	}
+	return t.apos
+}
+
 // toDevicePos is the send-to-device position of a since token (0 for an
 // initial sync).
 func (t *streamToken) toDevicePos() int64 {

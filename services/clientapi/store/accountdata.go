@@ -53,24 +53,48 @@ func (s *Store) GetAccountData(ctx context.Context, userID, roomID, typ string) 
 // AccountDataSince returns the user's entries changed after pos (all when
 // pos is 0), and the user's latest position.
 func (r Reader) AccountDataSince(ctx context.Context, userID string, pos int64) ([]AccountData, int64, error) {
-	rows, err := r.q.Query(ctx, `SELECT room_id, type, content, pos FROM account_data
-		WHERE user_id = $1 AND pos > $2 ORDER BY pos`, userID, pos)
-	if err != nil {
-		return nil, 0, err
-	}
-	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (AccountData, error) {
-		var a AccountData
-		err := row.Scan(&a.RoomID, &a.Type, &a.Content, &a.Pos)
-		return a, err
+	var ch AccountDataChanges
+	b := &Batch{}
+	b.accountDataSince(userID, pos, &ch)
+	err := r.Send(ctx, b)
+	return ch.Entries, ch.Latest, err
+}
+
+// AccountDataChanges is what changed in a user's account data after a
+// position: the entries, and the rooms whose receipt copy changed (which
+// shares the position sequence).
+type AccountDataChanges struct {
+	Entries []AccountData
+	// Latest is the latest position of an entry (the position asked
+	// about when none).
+	Latest       int64
+	ReceiptRooms []string
+	// ReceiptLatest is the same for the receipt copy.
+	ReceiptLatest int64
+}
+
+// AccountDataChanges queues the reads of AccountDataSince and
+// ReceiptChangesSince into out.
+func (b *Batch) AccountDataChanges(userID string, pos int64, out *AccountDataChanges) {
+	b.accountDataSince(userID, pos, out)
+	b.receiptChangesSince(userID, pos, out)
+}
+
+func (b *Batch) accountDataSince(userID string, pos int64, out *AccountDataChanges) {
+	out.Latest = pos
+	b.b.Queue(`SELECT room_id, type, content, pos FROM account_data
+		WHERE user_id = $1 AND pos > $2 ORDER BY pos`, userID, pos).Query(func(rows pgx.Rows) error {
+		var err error
+		out.Entries, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (AccountData, error) {
+			var a AccountData
+			err := row.Scan(&a.RoomID, &a.Type, &a.Content, &a.Pos)
+			return a, err
+		})
+		if len(out.Entries) > 0 {
+			out.Latest = out.Entries[len(out.Entries)-1].Pos
+		}
+		return err
 	})
-	if err != nil {
-		return nil, 0, err
-	}
-	latest := pos
-	if len(out) > 0 {
-		latest = out[len(out)-1].Pos
-	}
-	return out, latest, nil
 }
 
 // AccountDataEntry is GetAccountData through a Reader (inside a snapshot).

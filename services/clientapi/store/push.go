@@ -107,26 +107,24 @@ func (s *Store) PutPushReceipt(ctx context.Context, r PushReceipt) (bool, error)
 	return changed, err
 }
 
-// ReceiptChangesSince returns the rooms whose receipt copy for the user
-// changed after pos, and the latest such position (pos when none).
-func (r Reader) ReceiptChangesSince(ctx context.Context, userID string, pos int64) ([]string, int64, error) {
-	rows, err := r.q.Query(ctx, `SELECT room_id, MAX(pos) FROM push_receipts WHERE user_id = $1 AND pos > $2 GROUP BY room_id`, userID, pos)
-	if err != nil {
-		return nil, 0, err
-	}
-	defer rows.Close()
-	var rooms []string
-	latest := pos
-	for rows.Next() {
-		var room string
-		var p int64
-		if err := rows.Scan(&room, &p); err != nil {
-			return nil, 0, err
-		}
-		rooms = append(rooms, room)
-		latest = max(latest, p)
-	}
-	return rooms, latest, rows.Err()
+// receiptChangesSince queues the read of the rooms whose receipt copy for
+// the user changed after pos, and the latest such position (pos when
+// none), into out.
+func (b *Batch) receiptChangesSince(userID string, pos int64, out *AccountDataChanges) {
+	out.ReceiptLatest = pos
+	b.b.Queue(`SELECT room_id, MAX(pos) FROM push_receipts WHERE user_id = $1 AND pos > $2 GROUP BY room_id`, userID, pos).
+		Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var room string
+				var p int64
+				if err := rows.Scan(&room, &p); err != nil {
+					return err
+				}
+				out.ReceiptRooms = append(out.ReceiptRooms, room)
+				out.ReceiptLatest = max(out.ReceiptLatest, p)
+			}
+			return rows.Err()
+		})
 }
 
 // UnreadCount is the unread notifications of one thread of a room.
