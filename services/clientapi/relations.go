@@ -56,22 +56,36 @@ func (s *Service) bundleFor(ctx context.Context, rd store.Reader, dev *device, e
 	return s.aggregate(ctx, rd, dev, events, true)
 }
 
+// bundledRelTypes are the relation types aggregated in unsigned."m.relations".
+var bundledRelTypes = []string{relThread, relReference, relReplace}
+
 // aggregate computes aggregations; nested also aggregates the children of
 // each thread's latest event.
 func (s *Service) aggregate(ctx context.Context, rd store.Reader, dev *device, events []store.StoredEvent, nested bool) (bundles, error) {
-	out := bundles{}
 	if len(events) == 0 {
-		return out, nil
+		return bundles{}, nil
 	}
 	ids := make([]string, len(events))
-	parents := make(map[string]store.StoredEvent, len(events))
 	for i, e := range events {
 		ids[i] = e.EventID
-		parents[e.EventID] = e
 	}
-	children, err := rd.Children(ctx, ids, []string{relThread, relReference, relReplace})
-	if err != nil || len(children) == 0 {
-		return out, err
+	children, err := rd.Children(ctx, ids, bundledRelTypes)
+	if err != nil {
+		return nil, err
+	}
+	return s.aggregateChildren(ctx, rd, dev, events, nested, children)
+}
+
+// aggregateChildren is aggregate with the events' children (of
+// bundledRelTypes) already read.
+func (s *Service) aggregateChildren(ctx context.Context, rd store.Reader, dev *device, events []store.StoredEvent, nested bool, children []store.Child) (bundles, error) {
+	out := bundles{}
+	if len(children) == 0 {
+		return out, nil
+	}
+	parents := make(map[string]store.StoredEvent, len(events))
+	for _, e := range events {
+		parents[e.EventID] = e
 	}
 	var rooms []string
 	for _, c := range children {
@@ -100,7 +114,10 @@ func (s *Service) aggregate(ctx context.Context, rd store.Reader, dev *device, e
 		if !vf.canSee(c.Event) || ignored[c.Event.Sender] {
 			continue
 		}
-		parent := parents[c.ParentID]
+		parent, ok := parents[c.ParentID]
+		if !ok {
+			continue // read for an event the caller left out
+		}
 		switch c.RelType {
 		case relThread:
 			th := threads[c.ParentID]

@@ -205,6 +205,8 @@ type syncData struct {
 	memberships []store.Membership
 	// accountData is set when syncOptions.accountData asks for it.
 	accountData *store.AccountDataChanges
+	// children relate to the timelines' events (bundled aggregations).
+	children []store.Child
 }
 
 // buildSync computes one /sync response, and returns it with what it read
@@ -233,7 +235,7 @@ func (s *Service) buildSync(ctx context.Context, dev *device, opts syncOptions) 
 	for _, tl := range d.timelines {
 		timelineEvents = append(timelineEvents, tl.Events...)
 	}
-	bundled, err := s.bundleFor(ctx, s.store.Reader(), dev, timelineEvents)
+	bundled, err := s.aggregateChildren(ctx, s.store.Reader(), dev, timelineEvents, true, d.children)
 	if err != nil {
 		return nil, d, err
 	}
@@ -392,7 +394,8 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, dev *device, op
 	}
 
 	// Round trip 3: what the user may see of the timelines (history
-	// visibility), and the summaries of the joined rooms. It ends the
+	// visibility), the summaries of the joined rooms, and the events that
+	// relate to the timelines' (bundled aggregations). It ends the
 	// snapshot when nothing else will be read: the usual incremental
 	// sync, with no newly joined rooms, gaps, invites or lazy members.
 	var joined, withEvents []string
@@ -410,9 +413,16 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, dev *device, op
 		}
 	}
 	logs := map[string][]store.MembershipEntry{}
+	var eventIDs []string
+	for _, room := range withEvents {
+		for _, e := range d.timelines[room].Events {
+			eventIDs = append(eventIDs, e.EventID)
+		}
+	}
 	b = &store.Batch{}
 	b.MembershipLog(userID, withEvents, logs)
 	b.RoomSummaries(joined, userID, d.summaries)
+	b.Children(eventIDs, bundledRelTypes, &d.children)
 	send := rd.Send
 	if last {
 		send = rd.SendLast

@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"math"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // RelationQuery selects the events that relate to a parent.
@@ -77,29 +79,33 @@ type Child struct {
 // Children returns the events of the given relation types that relate
 // to any of the parents (in the parent's room), oldest first.
 func (r Reader) Children(ctx context.Context, parents, relTypes []string) ([]Child, error) {
+	var out []Child
+	b := &Batch{}
+	b.Children(parents, relTypes, &out)
+	return out, r.Send(ctx, b)
+}
+
+// Children queues Reader.Children into out.
+func (b *Batch) Children(parents, relTypes []string, out *[]Child) {
 	if len(parents) == 0 {
-		return nil, nil
+		return
 	}
-	rows, err := r.q.Query(ctx, `SELECT r.relates_to, r.rel_type, `+qualifiedEventCols+`
+	b.b.Queue(`SELECT r.relates_to, r.rel_type, `+qualifiedEventCols+`
 		FROM event_relations r JOIN sync_events e ON e.event_id = r.event_id
 		JOIN sync_events p ON p.event_id = r.relates_to AND p.room_id = r.room_id
 		WHERE r.relates_to = ANY($1) AND r.rel_type = ANY($2)
-		ORDER BY e.pos`, parents, relTypes)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []Child
-	for rows.Next() {
-		var c Child
-		e := &c.Event
-		if err := rows.Scan(&c.ParentID, &c.RelType, &e.Pos, &e.EventID, &e.RoomID, &e.Type, &e.StateKey, &e.Sender,
-			&e.JSON, &e.TxnDeviceID, &e.TxnID, &e.VisBefore, &e.VisAfter); err != nil {
-			return nil, err
+		ORDER BY e.pos`, parents, relTypes).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var c Child
+			e := &c.Event
+			if err := rows.Scan(&c.ParentID, &c.RelType, &e.Pos, &e.EventID, &e.RoomID, &e.Type, &e.StateKey, &e.Sender,
+				&e.JSON, &e.TxnDeviceID, &e.TxnID, &e.VisBefore, &e.VisAfter); err != nil {
+				return err
+			}
+			*out = append(*out, c)
 		}
-		out = append(out, c)
-	}
-	return out, rows.Err()
+		return rows.Err()
+	})
 }
 
 const qualifiedEventCols = `e.pos, e.event_id, e.room_id, e.type, e.state_key, e.sender, e.event,
