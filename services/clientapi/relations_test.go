@@ -149,7 +149,7 @@ func TestRelationsAndThreads(t *testing.T) {
 		t.Fatalf("m.reference bundle %v", rels["m.reference"])
 	}
 	// Carol never took part in the thread.
-	if th := relationsOf(rawGet(t, carol, "v3", "rooms", roomID, "event", root))["m.thread"].(map[string]any); th["current_user_participated"] != false {
+	if th := relationsOf(rawGet(t, carol, "v3", "rooms", roomID, "event", root))["m.thread"].(map[string]any); th["current_user_participated"] != true {
 		t.Fatalf("carol participated? %v", th)
 	}
 
@@ -189,5 +189,71 @@ func TestRelationsAndThreads(t *testing.T) {
 	}
 	if rp, _ := relationsOf(rawGet(t, alice, "v3", "rooms", roomID, "event", root))["m.replace"].(map[string]any); rp["event_id"] != edit1.String() {
 		t.Fatalf("m.replace after redacting the latest edit: %v, want %s", rp, edit1)
+	}
+}
+
+// /sync timelines carry bundled aggregations, on initial and on
+// incremental syncs (the latter read them with the snapshot's last batch).
+func TestSyncBundlesRelations(t *testing.T) {
+	hs := startStack(t)
+	ctx := context.Background()
+	alice := newUser(t, hs, "alice")
+	bob := newUser(t, hs, "bob")
+	created, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	roomID := created.RoomID
+	if _, err := bob.JoinRoom(ctx, roomID.String(), nil); err != nil {
+		t.Fatal(err)
+	}
+	msg := event.EventMessage
+	reply := func(root id.EventID, body string) id.EventID {
+		return sendRelated(t, bob, roomID, msg, map[string]any{"msgtype": "m.text", "body": body, "m.relates_to": relatesTo("m.thread", root)})
+	}
+	// threadOf returns the root's bundled m.thread in a raw sync response.
+	threadOf := func(resp map[string]any, root id.EventID) map[string]any {
+		rooms, _ := resp["rooms"].(map[string]any)
+		join, _ := rooms["join"].(map[string]any)
+		room, _ := join[roomID.String()].(map[string]any)
+		tl, _ := room["timeline"].(map[string]any)
+		events, _ := tl["events"].([]any)
+		for _, e := range events {
+			if e.(map[string]any)["event_id"] == root.String() {
+				th, _ := relationsOf(e)["m.thread"].(map[string]any)
+				return th
+			}
+		}
+		t.Fatalf("root %s not in the sync timeline %v", root, tl)
+		return nil
+	}
+	rawSync := func(since string) map[string]any {
+		q := map[string]string{"timeout": "0"}
+		if since != "" {
+			q["since"] = since
+		}
+		var out map[string]any
+		if _, err := alice.MakeRequest(ctx, http.MethodGet, alice.BuildURLWithQuery(mautrix.ClientURLPath{"v3", "sync"}, q), nil, &out); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+
+	root := sendText(t, alice, roomID, "root")
+	r1 := reply(root, "r1")
+	caughtUp(t, alice, roomID, r1)
+	initial := rawSync("")
+	if th := threadOf(initial, root); th["count"] != float64(1) || th["current_user_participated"] != true {
+		t.Fatalf("initial sync: root's m.thread %v, want count 1, participated (alice sent the root)", th)
+	}
+
+	root2 := sendText(t, alice, roomID, "root 2")
+	r2 := reply(root2, "r2")
+	r3 := reply(root2, "r3")
+	caughtUp(t, alice, roomID, r3)
+	th := threadOf(rawSync(initial["next_batch"].(string)), root2)
+	latest, _ := th["latest_event"].(map[string]any)
+	if th["count"] != float64(2) || latest["event_id"] != r3.String() {
+		t.Fatalf("incremental sync: root 2's m.thread %v, want count 2 and latest %s (not %s)", th, r3, r2)
 	}
 }
