@@ -82,9 +82,10 @@ func (r *syncResponse) empty() bool {
 type syncOptions struct {
 	since     *streamToken
 	fullState bool
-	// accountData: readSync also reads the account data changes after
-	// since's account data position (syncData.accountData).
-	accountData bool
+	// withStreams: readSync also reads the account data changes and the
+	// device's to-device messages after since's positions of those
+	// streams (syncData.accountData, syncData.toDevice).
+	withStreams bool
 	limit       int
 	filter      syncFilter
 }
@@ -128,7 +129,7 @@ func (s *Service) sync(r *http.Request, dev *device) (any, error) {
 		opts.limit = min(*l, s.cfg.Sync.MaxTimelineLimit)
 	}
 
-	opts.accountData = true
+	opts.withStreams = true
 	ctx := r.Context()
 	s.markActive(ctx, dev.UserID, q.Get("set_presence"))
 	wait := opts.since != nil && !opts.fullState && timeout > 0
@@ -148,7 +149,7 @@ func (s *Service) sync(r *http.Request, dev *device) (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		dpos, err := s.syncToDevice(ctx, dev, opts.since.toDevicePos(), resp)
+		dpos, err := s.syncToDevice(ctx, dev, opts.since.toDevicePos(), resp, d.toDevice)
 		if err != nil {
 			return nil, err
 		}
@@ -203,8 +204,9 @@ type syncData struct {
 	invites   map[string][]store.CurrentStateEvent // stripped state incl. the invite
 	// memberships are the user's, as of pos.
 	memberships []store.Membership
-	// accountData is set when syncOptions.accountData asks for it.
+	// accountData and toDevice are set when syncOptions.withStreams asks.
 	accountData *store.AccountDataChanges
+	toDevice    *store.ToDeviceRead
 	// children relate to the timelines' events (bundled aggregations).
 	children []store.Child
 }
@@ -316,13 +318,14 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, dev *device, op
 		invites:   map[string][]store.CurrentStateEvent{},
 	}
 	// Round trip 1 (with the snapshot's BEGIN): position, memberships,
-	// the ignore list, and the account data changes.
+	// the ignore list, and the account data and to-device changes.
 	var start store.SyncStart
 	b := &store.Batch{}
 	b.SyncStart(userID, ignoredUserListType, &start)
-	if opts.accountData {
-		d.accountData = &store.AccountDataChanges{}
+	if opts.withStreams {
+		d.accountData, d.toDevice = &store.AccountDataChanges{}, &store.ToDeviceRead{}
 		b.AccountDataChanges(userID, opts.since.accountDataPos(), d.accountData)
+		b.ToDevice(userID, dev.DeviceID, opts.since.toDevicePos(), toDeviceSyncLimit, d.toDevice)
 	}
 	if err := rd.Send(ctx, b); err != nil {
 		return d, err

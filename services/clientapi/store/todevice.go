@@ -71,25 +71,39 @@ func (s *Store) SendToDevice(ctx context.Context, senderUser, senderDevice, txnI
 	return users, fresh, err
 }
 
-// ToDeviceSince deletes the device's messages up to since (the client has
-// them: it sent since back) and returns up to limit of those after it,
-// oldest first, in one round trip.
-func (s *Store) ToDeviceSince(ctx context.Context, userID, deviceID string, since int64, limit int) ([]ToDeviceMessage, error) {
-	var out []ToDeviceMessage
-	b := &pgx.Batch{}
+// ToDeviceRead is what /sync reads of a device's to-device messages.
+type ToDeviceRead struct {
+	// Pending are the messages after the position asked about, oldest first.
+	Pending []ToDeviceMessage
+	// Delivered is true when messages up to that position are still
+	// stored: the client has them (it sent the position back), so they
+	// are to be deleted (AckToDevice).
+	Delivered bool
+}
+
+// ToDevice queues the read of a device's messages after since (up to
+// limit) into out.
+func (b *Batch) ToDevice(userID, deviceID string, since int64, limit int, out *ToDeviceRead) {
 	if since > 0 {
-		b.Queue(`DELETE FROM to_device_messages WHERE user_id = $1 AND device_id = $2 AND pos <= $3`, userID, deviceID, since)
+		b.b.Queue(`SELECT EXISTS (SELECT 1 FROM to_device_messages WHERE user_id = $1 AND device_id = $2 AND pos <= $3)`,
+			userID, deviceID, since).QueryRow(func(row pgx.Row) error { return row.Scan(&out.Delivered) })
 	}
-	b.Queue(`SELECT pos, sender, type, content FROM to_device_messages
+	b.b.Queue(`SELECT pos, sender, type, content FROM to_device_messages
 		WHERE user_id = $1 AND device_id = $2 AND pos > $3 ORDER BY pos LIMIT $4`, userID, deviceID, since, limit).
 		Query(func(rows pgx.Rows) error {
 			var err error
-			out, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (ToDeviceMessage, error) {
+			out.Pending, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (ToDeviceMessage, error) {
 				m := ToDeviceMessage{UserID: userID, DeviceID: deviceID}
 				err := row.Scan(&m.Pos, &m.Sender, &m.Type, &m.Content)
 				return m, err
 			})
 			return err
 		})
-	return out, s.db.SendBatch(ctx, b).Close()
+}
+
+// AckToDevice deletes the device's messages up to pos: the client has them.
+func (s *Store) AckToDevice(ctx context.Context, userID, deviceID string, pos int64) error {
+	_, err := s.db.Exec(ctx, `DELETE FROM to_device_messages WHERE user_id = $1 AND device_id = $2 AND pos <= $3`,
+		userID, deviceID, pos)
+	return err
 }
