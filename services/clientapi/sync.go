@@ -131,12 +131,19 @@ func (s *Service) sync(r *http.Request, dev *device) (any, error) {
 
 	opts.withStreams = true
 	ctx := r.Context()
-	s.markActive(ctx, dev.UserID, q.Get("set_presence"))
+	// Presence learns of the sync while the room events are read; the
+	// ephemeral data read after both then includes the user's own change.
+	active := make(chan struct{})
+	go func() {
+		defer close(active)
+		s.markActive(ctx, dev.UserID, q.Get("set_presence"))
+	}()
 	wait := opts.since != nil && !opts.fullState && timeout > 0
 	deadline := time.Now().Add(timeout)
 	for {
 		woken := s.notifier.wakeCount(dev.UserID)
 		resp, d, err := s.buildSync(ctx, dev, opts)
+		<-active
 		if err != nil {
 			return nil, err
 		}
