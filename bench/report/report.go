@@ -236,6 +236,12 @@ func Write(res *loadgen.Result, resultsPath, docs, analysis string) error {
 	}
 	if len(res.TopStatements) > 0 {
 		w("## Database statements\n\nThe statements with the most execution time during the throughput step at N=%d, from `pg_stat_statements` (execution time includes waiting for locks).\n\n", res.Options.Throughput.Senders)
+		for _, p := range res.Phases {
+			if _, ok := p.Extra["db_statements_per_event"]; ok {
+				w("All statements together: %.1f per event sent, %.2f ms of execution per event (BEGIN and COMMIT count as statements).\n\n",
+					extraFloat(p, "db_statements_per_event"), extraFloat(p, "db_statement_ms_per_event"))
+			}
+		}
 		w("| calls | total ms | mean ms | rows | statement |\n| ---: | ---: | ---: | ---: | --- |\n")
 		for _, st := range res.TopStatements {
 			q := strings.ReplaceAll(st.Query, "|", "\\|")

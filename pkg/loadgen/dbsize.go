@@ -72,3 +72,17 @@ func (s statementStats) top(ctx context.Context, n int) ([]Statement, error) {
 		return st, err
 	})
 }
+
+// totals returns the calls and execution time of all statements since the
+// reset (BEGIN and COMMIT included: pg_stat_statements tracks utility
+// statements by default).
+func (s statementStats) totals(ctx context.Context) (calls int64, totalMS float64, err error) {
+	conn, err := pgx.Connect(ctx, s.url)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer conn.Close(ctx)
+	err = conn.QueryRow(ctx, `SELECT COALESCE(sum(calls), 0)::bigint, COALESCE(sum(total_exec_time), 0)
+		FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(&calls, &totalMS)
+	return calls, totalMS, err
+}

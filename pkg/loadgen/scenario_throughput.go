@@ -154,20 +154,35 @@ func (e *Env) throughputStep(ctx context.Context, senders []*Client, observer *C
 			return fmt.Errorf("allocation profile: %w", err)
 		}
 	}
+	var stmtCalls int64
+	var stmtMS float64
 	if withStmts {
 		top, err := stmts.top(ctx, 20)
 		if err != nil {
 			return fmt.Errorf("pg_stat_statements: %w", err)
 		}
 		e.res.TopStatements = top
+		if stmtCalls, stmtMS, err = stmts.totals(ctx); err != nil {
+			return fmt.Errorf("pg_stat_statements: %w", err)
+		}
 	}
 	ph := rec.Summary("throughput", "send", params)
-	if cpuAfter >= 0 && cpuBefore >= 0 && ph.Count > 0 {
+	if withStmts && ph.Count > 0 {
+		// Every statement costs the database a round of protocol and
+		// executor work: statements per event is a load-independent count
+		// of it. The time includes waiting (for locks and for the CPU).
 		ph.Extra = map[string]any{
-			"server_cpu_seconds":      cpuAfter - cpuBefore,
-			"server_cpu_ms_per_event": (cpuAfter - cpuBefore) * 1000 / float64(ph.Count),
-			"server_cpu_cores_busy":   (cpuAfter - cpuBefore) / ph.DurationSec,
+			"db_statements_per_event":   float64(stmtCalls) / float64(ph.Count),
+			"db_statement_ms_per_event": stmtMS / float64(ph.Count),
 		}
+	}
+	if cpuAfter >= 0 && cpuBefore >= 0 && ph.Count > 0 {
+		if ph.Extra == nil {
+			ph.Extra = map[string]any{}
+		}
+		ph.Extra["server_cpu_seconds"] = cpuAfter - cpuBefore
+		ph.Extra["server_cpu_ms_per_event"] = (cpuAfter - cpuBefore) * 1000 / float64(ph.Count)
+		ph.Extra["server_cpu_cores_busy"] = (cpuAfter - cpuBefore) / ph.DurationSec
 		// The load generator shares the machine: what it used is not
 		// available to the server.
 		ph.Extra["loadgen_cpu_cores_busy"] = (selfAfter - selfBefore) / ph.DurationSec
@@ -257,5 +272,5 @@ func selfCPU() float64 {
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
 		return 0
 	}
-	return time.Duration(ru.Utime.Nano()+ru.Stime.Nano()).Seconds()
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
