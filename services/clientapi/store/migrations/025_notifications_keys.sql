@@ -16,3 +16,10 @@ ALTER TABLE notifications DROP CONSTRAINT notifications_pkey;
 DROP INDEX notifications_user_room_pos;
 CREATE INDEX notifications_user ON notifications (user_key, pos);
 CREATE INDEX notifications_user_room ON notifications (user_key, room_key, pos);
+-- A key and its ID say the same thing; without these the planner takes
+-- "user_key = k AND user_id = u" for two independent filters, expects a
+-- row or none, and reads and sorts all of a user's notifications for a
+-- page of GET /notifications instead of walking the index backwards.
+CREATE STATISTICS notifications_user_key (dependencies) ON user_key, user_id FROM notifications;
+CREATE STATISTICS notifications_room_key (dependencies) ON room_key, room_id FROM notifications;
+ANALYZE notifications;
