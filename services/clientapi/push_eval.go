@@ -1,6 +1,7 @@
 package clientapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"math"
@@ -71,7 +72,7 @@ func (s *Service) evaluatePush(ctx context.Context, rd store.Reader, a store.App
 		ts, _ = n.Int64()
 	}
 	room := pushRoom{memberCount: len(pc.Members)}
-	room.senderLevel, room.notifyLevels = powerFor(pc.Create, pc.PowerLevels, ev.Sender)
+	room.senderLevel, room.notifyLevels = s.powers.get(ev.RoomID, pc.Create, pc.PowerLevels, ev.Sender)
 	rules, err := s.rulesOf(ctx, rd, recipients, pc.RulesPos)
 	if err != nil {
 		return out, err
@@ -192,6 +193,38 @@ func powerFor(createJSON, powerJSON []byte, sender string) (int64, map[string]in
 		return 0, map[string]int64{}
 	}
 	return ev.Content.UserLevel(spec.SenderID(sender)), notificationLevels(powerJSON)
+}
+
+// powerCache keeps powerFor's answer per room and sender with the create
+// and power levels events it came from, so each event of a busy room does
+// not decode them again (they are read with every batch, so the bytes are
+// compared, not their identity). Used by the single consumer goroutine
+// only; the levels map returned is shared and must not be changed.
+type powerCache struct {
+	m map[[2]string]powerEntry
+}
+
+type powerEntry struct {
+	create, power []byte
+	level         int64
+	notify        map[string]int64
+}
+
+// powerCacheMax bounds the cache; past it the cache starts over.
+const powerCacheMax = 10_000
+
+func (c *powerCache) get(roomID string, createJSON, powerJSON []byte, sender string) (int64, map[string]int64) {
+	k := [2]string{roomID, sender}
+	if e, ok := c.m[k]; ok && bytes.Equal(e.create, createJSON) && bytes.Equal(e.power, powerJSON) &&
+		(e.create == nil) == (createJSON == nil) && (e.power == nil) == (powerJSON == nil) {
+		return e.level, e.notify
+	}
+	level, notify := powerFor(createJSON, powerJSON, sender)
+	if c.m == nil || len(c.m) >= powerCacheMax {
+		c.m = map[[2]string]powerEntry{}
+	}
+	c.m[k] = powerEntry{create: bytes.Clone(createJSON), power: bytes.Clone(powerJSON), level: level, notify: notify}
+	return level, notify
 }
 
 // notificationLevels reads content.notifications of a power levels event.

@@ -266,3 +266,28 @@ func TestEvaluateMemoPerRecipient(t *testing.T) {
 		t.Fatalf("notice: got %v, want %v", notice, want)
 	}
 }
+
+// The power cache answers as powerFor does, and a changed create or power
+// levels event (same room and sender) is decoded again.
+func TestPowerCache(t *testing.T) {
+	create := []byte(`{"type":"m.room.create","sender":"@c:x","content":{"room_version":"10"}}`)
+	pl := func(alice int, room int) []byte {
+		return []byte(fmt.Sprintf(`{"type":"m.room.power_levels","content":{"users":{"@alice:x":%d},"notifications":{"room":%d}}}`, alice, room))
+	}
+	var c powerCache
+	check := func(create, power []byte, sender string, wantLevel, wantRoom int64) {
+		t.Helper()
+		level, notify := c.get("!r:x", create, power, sender)
+		plainLevel, plainNotify := powerFor(create, power, sender)
+		if level != wantLevel || notify["room"] != wantRoom || level != plainLevel || notify["room"] != plainNotify["room"] {
+			t.Fatalf("%s: level %d, room %d; want %d, %d (powerFor: %d, %d)", sender, level, notify["room"], wantLevel, wantRoom, plainLevel, plainNotify["room"])
+		}
+	}
+	check(create, pl(50, 50), "@alice:x", 50, 50)
+	check(create, pl(50, 50), "@alice:x", 50, 50) // cached
+	check(create, pl(100, 20), "@alice:x", 100, 20)
+	check(create, nil, "@alice:x", 0, 0)
+	check(create, nil, "@c:x", 100, 0)
+	check(nil, nil, "@c:x", 0, 0)
+	check(create, pl(100, 20), "@bob:x", 0, 20)
+}

@@ -58,6 +58,9 @@ type Service struct {
 	pushers *pushDispatcher
 	// pushRules caches users' effective push rules (push_eval.go).
 	pushRules ruleCache
+	// powers caches senders' power levels for push evaluation
+	// (push_eval.go); the room event consumer's goroutine only.
+	powers powerCache
 	// now is the clock for token expiry; tests replace it.
 	now func() time.Time
 }

@@ -243,10 +243,11 @@ func applyRun(ctx context.Context, tx pgx.Tx, run []Input, withPush bool) ([]ste
 		return nil, err
 	}
 	steps := make([]step, len(run))
-	// Events of one room (and invite target) share its reads: nothing
-	// they depend on changes within the run.
-	type roomKey struct{ room, extra string }
-	shared := map[roomKey]*PushContext{}
+	// Events of one room share its reads (nothing they depend on changes
+	// within the run), and all the rooms are read at once, after the
+	// inserts. An invite, whose target is read too, changes state, so it
+	// is never in a run; should one be, it is read on its own.
+	shared := map[string]*PushContext{}
 	pcs := make([]*PushContext, len(run))
 	b := &pgx.Batch{}
 	for i, in := range run {
@@ -255,12 +256,18 @@ func applyRun(ctx context.Context, tx pgx.Tx, run []Input, withPush bool) ([]ste
 			continue
 		}
 		queueThread(b, in.Event, &steps[i].push.Thread)
-		k := roomKey{in.Event.RoomID, pushExtraUser(in.Event)}
-		if pcs[i] = shared[k]; pcs[i] == nil {
+		if extra := pushExtraUser(in.Event); extra != "" {
 			pcs[i] = &PushContext{}
-			shared[k] = pcs[i]
-			queueRoomPushContext(b, k.room, k.extra, pcs[i])
+			queueRoomPushContext(b, in.Event.RoomID, extra, pcs[i])
+			continue
 		}
+		if pcs[i] = shared[in.Event.RoomID]; pcs[i] == nil {
+			pcs[i] = &PushContext{}
+			shared[in.Event.RoomID] = pcs[i]
+		}
+	}
+	if len(shared) > 0 {
+		queueRoomsPushContext(b, shared)
 	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("events %s to %s: %w", run[0].Event.EventID, run[len(run)-1].Event.EventID, err)

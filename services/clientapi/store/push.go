@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"crypto/md5"
+	"encoding/binary"
 	"slices"
 
 	"github.com/jackc/pgx/v5"
@@ -41,31 +43,60 @@ type Evaluator func(ctx context.Context, rd Reader, a Applied, pc PushContext) (
 const unreadCond = `n.pos > COALESCE((SELECT MAX(se.pos) FROM push_receipts r JOIN sync_events se ON se.event_id = r.event_id
 	WHERE r.user_id = n.user_id AND r.room_id = n.room_id AND (r.thread_id = '' OR r.thread_id = n.thread_id)), 0)`
 
-// queueNotifications queues the insert of a batch's notifications.
+// userKey and roomKey are the numeric keys notifications are indexed by
+// (migration 025): the first 8 and 4 bytes of the ID's MD5, as the
+// migration computes them in SQL for the rows it found. Queries compare
+// the IDs too, so IDs sharing a key are told apart.
+func userKey(userID string) int64 {
+	sum := md5.Sum([]byte(userID))
+	return int64(binary.BigEndian.Uint64(sum[:8]))
+}
+
+func roomKey(roomID string) int32 {
+	sum := md5.Sum([]byte(roomID))
+	return int32(binary.BigEndian.Uint32(sum[:4]))
+}
+
+// queueNotifications queues the insert of a batch's notifications. No
+// conflict check: a notification is written once, with its newly stored
+// event, and nothing else writes the table.
 func queueNotifications(b *pgx.Batch, notes []Notification) {
 	if n := len(notes); n > 0 {
 		// Arrays, unnested: a room's members can be many. The distinct
 		// actions (few: most rows have the same) are parsed once, and
 		// each row has an index into them.
 		users, events, rooms, threads := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		userKeys, roomKeys := make([]int64, n), make([]int32, n)
 		poss, tss := make([]int64, n), make([]int64, n)
 		actionIdx, highlights := make([]int32, n), make([]bool, n)
 		var actions []string
+		uk, rk := map[string]int64{}, map[string]int32{}
 		for i, no := range notes {
 			users[i], events[i], rooms[i], threads[i] = no.UserID, no.EventID, no.RoomID, no.ThreadID
 			poss[i], tss[i], highlights[i] = no.Pos, no.TS, no.Highlight
-			k := slices.Index(actions, string(no.Actions))
-			if k < 0 {
-				k = len(actions)
+			k, ok := uk[no.UserID]
+			if !ok {
+				k = userKey(no.UserID)
+				uk[no.UserID] = k
+			}
+			r, ok := rk[no.RoomID]
+			if !ok {
+				r = roomKey(no.RoomID)
+				rk[no.RoomID] = r
+			}
+			userKeys[i], roomKeys[i] = k, r
+			a := slices.Index(actions, string(no.Actions))
+			if a < 0 {
+				a = len(actions)
 				actions = append(actions, string(no.Actions))
 			}
-			actionIdx[i] = int32(k + 1) // SQL arrays count from 1
+			actionIdx[i] = int32(a + 1) // SQL arrays count from 1
 		}
-		b.Queue(`INSERT INTO notifications (user_id, event_id, room_id, thread_id, pos, actions, highlight, ts)
-			SELECT u, e, r, t, p, ($9::jsonb[])[a], h, ts
-			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::int[], $7::bool[], $8::bigint[]) AS x(u, e, r, t, p, a, h, ts)
-			ON CONFLICT DO NOTHING`,
-			users, events, rooms, threads, poss, actionIdx, highlights, tss, actions)
+		b.Queue(`INSERT INTO notifications (user_key, room_key, user_id, event_id, room_id, thread_id, pos, actions, highlight, ts)
+			SELECT uk, rk, u, e, r, t, p, ($11::jsonb[])[a], h, ts
+			FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::int[], $9::bool[], $10::bigint[])
+				AS x(uk, rk, u, e, r, t, p, a, h, ts)`,
+			userKeys, roomKeys, users, events, rooms, threads, poss, actionIdx, highlights, tss, actions)
 	}
 }
 
@@ -162,8 +193,8 @@ func (r Reader) Notifications(ctx context.Context, q NotificationsQuery) ([]Noti
 	rows, err := r.q.Query(ctx, `SELECT n.user_id, n.event_id, n.room_id, n.thread_id, n.pos, n.actions, n.highlight, n.ts,
 			NOT (`+unreadCond+`), `+qualifiedEventCols+`
 		FROM notifications n JOIN sync_events e ON e.event_id = n.event_id
-		WHERE n.user_id = $1 AND ($2 = 0 OR n.pos < $2) AND n.pos > $3 AND (NOT $4 OR n.highlight)
-		ORDER BY n.pos `+order+` LIMIT $5`, q.UserID, q.Before, q.After, q.OnlyHighlight, q.Limit)
+		WHERE n.user_key = $6 AND n.user_id = $1 AND ($2 = 0 OR n.pos < $2) AND n.pos > $3 AND (NOT $4 OR n.highlight)
+		ORDER BY n.pos `+order+` LIMIT $5`, q.UserID, q.Before, q.After, q.OnlyHighlight, q.Limit, userKey(q.UserID))
 	if err != nil {
 		return nil, err
 	}

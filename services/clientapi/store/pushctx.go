@@ -93,6 +93,49 @@ func queueRoomPushContext(b *pgx.Batch, roomID, extraUser string, pc *PushContex
 	})
 }
 
+// queueRoomsPushContext is queueRoomPushContext for several rooms (no
+// extra user) in two statements, whatever their number: a run of a batch
+// touches many rooms, and a statement per room was most of the consumer's
+// statements.
+func queueRoomsPushContext(b *pgx.Batch, pcs map[string]*PushContext) {
+	rooms := make([]string, 0, len(pcs))
+	for room, pc := range pcs {
+		rooms = append(rooms, room)
+		pc.RulesPos = map[string]int64{}
+	}
+	b.Queue(`SELECT cs.room_id, cs.state_key, ad.pos FROM current_state cs
+		LEFT JOIN account_data ad ON ad.user_id = cs.state_key AND ad.room_id = '' AND ad.type = $2
+		WHERE cs.room_id = ANY($1) AND cs.type = 'm.room.member' AND cs.membership = 'join'`,
+		rooms, PushRulesType).Query(func(rows pgx.Rows) error {
+		var room, user string
+		var pos *int64
+		_, err := pgx.ForEachRow(rows, []any{&room, &user, &pos}, func() error {
+			pc := pcs[room]
+			pc.Members = append(pc.Members, user)
+			if pos != nil {
+				pc.RulesPos[user] = *pos
+			}
+			return nil
+		})
+		return err
+	})
+	b.Queue(`SELECT room_id, type, event FROM current_state
+		WHERE room_id = ANY($1) AND type IN ('m.room.create', 'm.room.power_levels') AND state_key = ''`,
+		rooms).Query(func(rows pgx.Rows) error {
+		var room, typ string
+		var ev []byte
+		_, err := pgx.ForEachRow(rows, []any{&room, &typ, &ev}, func() error {
+			if typ == "m.room.create" {
+				pcs[room].Create = ev
+			} else {
+				pcs[room].PowerLevels = ev
+			}
+			return nil
+		})
+		return err
+	})
+}
+
 // queueThread finds the event's thread (PushContext.Thread): its own
 // relation decides at once; otherwise its ancestors' relations are read,
 // one query for the remaining hops.

@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/myelin-chat/myelin/pkg/testkit"
@@ -73,5 +75,67 @@ func TestApplyWithPushContext(t *testing.T) {
 	applied, err := st.ApplyWith(ctx, inputs, eval)
 	if err != nil || len(applied) != 0 || len(got) != 0 {
 		t.Fatalf("redelivery: applied %d, evaluated %d, %v", len(applied), len(got), err)
+	}
+}
+
+// A run of messages in several rooms (read together, in one statement
+// per kind) gives each event its own room's members, rule positions,
+// create and power levels.
+func TestApplyWithPushContextRooms(t *testing.T) {
+	ctx := context.Background()
+	st, err := Open(ctx, testkit.Postgres(t), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	empty := ""
+	state := func(room, id, typ, key, membership string) Input {
+		js := []byte(`{"type":"` + typ + `","content":{"r":"` + room + `"}}`)
+		return Input{
+			Event: Event{EventID: id, RoomID: room, Type: typ, StateKey: &key, Sender: "@alice:x", Membership: membership, JSON: js},
+			Added: []StateEvent{{EventID: id, Type: typ, StateKey: key, Sender: "@alice:x", Membership: membership, JSON: js}},
+		}
+	}
+	msg := func(room, id string) Input {
+		return Input{Event: Event{EventID: id, RoomID: room, Type: "m.room.message", Sender: "@alice:x",
+			JSON: []byte(`{"type":"m.room.message","content":{}}`)}}
+	}
+	setup := []Input{
+		state("!a:x", "$ca", "m.room.create", empty, ""),
+		state("!a:x", "$a1", "m.room.member", "@alice:x", MembershipJoin),
+		state("!a:x", "$a2", "m.room.member", "@bob:x", MembershipJoin),
+		state("!a:x", "$pa", "m.room.power_levels", empty, ""),
+		state("!b:x", "$cb", "m.room.create", empty, ""),
+		state("!b:x", "$b1", "m.room.member", "@alice:x", MembershipJoin),
+		state("!b:x", "$b2", "m.room.member", "@carol:x", MembershipJoin),
+		state("!b:x", "$b3", "m.room.member", "@dave:x", MembershipLeave),
+	}
+	if _, err := st.Apply(ctx, setup); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.PutAccountData(ctx, "@carol:x", "", PushRulesType, []byte(`{"global":{}}`)); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]PushContext{}
+	eval := func(_ context.Context, _ Reader, a Applied, pc PushContext) (PushOutcome, error) {
+		got[a.Event.EventID] = pc
+		return PushOutcome{}, nil
+	}
+	if _, err := st.ApplyWith(ctx, []Input{msg("!a:x", "$m1"), msg("!b:x", "$m2"), msg("!a:x", "$m3")}, eval); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"$m1", "$m3"} {
+		pc := got[id]
+		slices.Sort(pc.Members)
+		if !slices.Equal(pc.Members, []string{"@alice:x", "@bob:x"}) || len(pc.RulesPos) != 0 ||
+			!strings.Contains(string(pc.Create), "!a:x") || !strings.Contains(string(pc.PowerLevels), "!a:x") {
+			t.Errorf("%s: %+v", id, pc)
+		}
+	}
+	pc := got["$m2"]
+	slices.Sort(pc.Members)
+	if !slices.Equal(pc.Members, []string{"@alice:x", "@carol:x"}) || pc.RulesPos["@carol:x"] == 0 || len(pc.RulesPos) != 1 ||
+		!strings.Contains(string(pc.Create), "!b:x") || pc.PowerLevels != nil {
+		t.Errorf("$m2: %+v", pc)
 	}
 }

@@ -137,10 +137,10 @@ func recountUnread(ctx context.Context, tx pgx.Tx, userID, roomID string) error 
 		INSERT INTO unread_counts (user_id, room_id, thread_id, notify, highlight)
 		SELECT $1, $2, n.thread_id, COUNT(*), COUNT(*) FILTER (WHERE n.highlight)
 		FROM notifications n LEFT JOIN rc ON rc.thread_id = n.thread_id
-		WHERE n.user_id = $1 AND n.room_id = $2
+		WHERE n.user_key = $3 AND n.room_key = $4 AND n.user_id = $1 AND n.room_id = $2
 			AND n.pos > COALESCE((SELECT pos FROM rc WHERE thread_id = ''), 0)
 			AND n.pos > COALESCE(rc.pos, 0)
-		GROUP BY n.thread_id`, userID, roomID)
+		GROUP BY n.thread_id`, userID, roomID, userKey(userID), roomKey(roomID))
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("recount unread notifications of %s in %s: %w", userID, roomID, err)
 	}
@@ -157,9 +157,9 @@ func (r Reader) UnreadCounts(ctx context.Context, userID string, rooms []string,
 			SELECT room_id, thread_id, notify, highlight FROM unread_counts WHERE user_id = $1 AND room_id = ANY($2)
 			UNION ALL
 			SELECT n.room_id, n.thread_id, -COUNT(*), -COUNT(*) FILTER (WHERE n.highlight)
-			FROM notifications n WHERE n.user_id = $1 AND n.pos > $3 AND n.room_id = ANY($2) AND `+unreadCond+`
+			FROM notifications n WHERE n.user_key = $4 AND n.user_id = $1 AND n.pos > $3 AND n.room_id = ANY($2) AND `+unreadCond+`
 			GROUP BY n.room_id, n.thread_id
-		) c GROUP BY room_id, thread_id HAVING SUM(notify) > 0 OR SUM(highlight) > 0`, userID, rooms, upto)
+		) c GROUP BY room_id, thread_id HAVING SUM(notify) > 0 OR SUM(highlight) > 0`, userID, rooms, upto, userKey(userID))
 	if err != nil {
 		return nil, err
 	}
