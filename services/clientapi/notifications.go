@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 
@@ -102,21 +103,39 @@ type threadCounts struct {
 	HighlightCount    int `json:"highlight_count"`
 }
 
+// unreadRead is what a caller already read of unread counts: those of
+// rooms, counted up to the same position.
+type unreadRead struct {
+	rooms  []string
+	counts []store.UnreadCount
+}
+
 // addUnreadCounts sets unread_notifications (and, when the filter asks
 // for unread_thread_notifications, the per-thread counts, leaving the main
 // timeline's in unread_notifications) of every joined room in resp,
-// counting events up to pos.
-func (s *Service) addUnreadCounts(ctx context.Context, userID string, filter syncFilter, pos int64, resp *syncResponse) error {
+// counting events up to pos. Rooms pre covers are not read again.
+func (s *Service) addUnreadCounts(ctx context.Context, userID string, filter syncFilter, pos int64, resp *syncResponse, pre *unreadRead) error {
 	if len(resp.Rooms.Join) == 0 {
 		return nil
 	}
+	if pre == nil {
+		pre = &unreadRead{}
+	}
 	rooms := make([]string, 0, len(resp.Rooms.Join))
+	var missing []string
 	for id := range resp.Rooms.Join {
 		rooms = append(rooms, id)
+		if !slices.Contains(pre.rooms, id) {
+			missing = append(missing, id)
+		}
 	}
-	counts, err := s.store.Reader().UnreadCounts(ctx, userID, rooms, pos)
-	if err != nil {
-		return err
+	counts := pre.counts
+	if len(missing) > 0 {
+		more, err := s.store.Reader().UnreadCounts(ctx, userID, missing, pos)
+		if err != nil {
+			return err
+		}
+		counts = append(slices.Clip(counts), more...)
 	}
 	perThread := filter.unreadThreadNotifications()
 	total := map[string]*threadCounts{}
@@ -125,6 +144,9 @@ func (s *Service) addUnreadCounts(ctx context.Context, userID string, filter syn
 	}
 	for _, c := range counts {
 		jr := resp.Rooms.Join[c.RoomID]
+		if jr == nil {
+			continue // read with the snapshot, left out of the response since
+		}
 		if perThread && c.ThreadID != threadMain {
 			if jr.UnreadThreadNotifications == nil {
 				jr.UnreadThreadNotifications = map[string]threadCounts{}

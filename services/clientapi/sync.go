@@ -160,7 +160,7 @@ func (s *Service) sync(r *http.Request, dev *device) (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := s.addUnreadCounts(ctx, dev.UserID, opts.filter, pos, resp); err != nil {
+		if err := s.addUnreadCounts(ctx, dev.UserID, opts.filter, pos, resp, d.unread); err != nil {
 			return nil, err
 		}
 		if err := s.applyFilter(ctx, opts.filter, resp); err != nil {
@@ -216,6 +216,8 @@ type syncData struct {
 	toDevice    *store.ToDeviceRead
 	// children relate to the timelines' events (bundled aggregations).
 	children []store.Child
+	// unread are the unread counts of the joined rooms.
+	unread *unreadRead
 }
 
 // buildSync computes one /sync response, and returns it with what it read
@@ -404,10 +406,11 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, dev *device, op
 	}
 
 	// Round trip 3: what the user may see of the timelines (history
-	// visibility), the summaries of the joined rooms, and the events that
-	// relate to the timelines' (bundled aggregations). It ends the
-	// snapshot when nothing else will be read: the usual incremental
-	// sync, with no newly joined rooms, gaps, invites or lazy members.
+	// visibility), the summaries and unread counts of the joined rooms,
+	// and the events that relate to the timelines' (bundled aggregations).
+	// It ends the snapshot when nothing else will be read: the usual
+	// incremental sync, with no newly joined rooms, gaps, invites or lazy
+	// members.
 	var joined, withEvents []string
 	last := opts.filter.lazyFilter() == nil && len(invited) == 0
 	for _, sr := range d.rooms {
@@ -433,6 +436,8 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, dev *device, op
 	b.MembershipLog(userID, withEvents, logs)
 	b.RoomSummaries(joined, userID, d.summaries)
 	b.Children(eventIDs, bundledRelTypes, &d.children)
+	d.unread = &unreadRead{rooms: joined}
+	b.UnreadCounts(userID, joined, d.pos, &d.unread.counts)
 	send := rd.Send
 	if last {
 		send = rd.SendLast

@@ -153,21 +153,34 @@ func recountUnread(ctx context.Context, tx pgx.Tx, userID, roomID string) error 
 // those committed while the caller's /sync was being built). One
 // statement, so both parts read the same snapshot.
 func (r Reader) UnreadCounts(ctx context.Context, userID string, rooms []string, upto int64) ([]UnreadCount, error) {
-	rows, err := r.q.Query(ctx, `SELECT room_id, thread_id, SUM(notify)::int, SUM(highlight)::int FROM (
+	var out []UnreadCount
+	b := &Batch{}
+	b.UnreadCounts(userID, rooms, upto, &out)
+	return out, r.Send(ctx, b)
+}
+
+// UnreadCounts queues Reader.UnreadCounts, appending to out.
+func (b *Batch) UnreadCounts(userID string, rooms []string, upto int64, out *[]UnreadCount) {
+	if len(rooms) == 0 {
+		return
+	}
+	b.b.Queue(`SELECT room_id, thread_id, SUM(notify)::int, SUM(highlight)::int FROM (
 			SELECT room_id, thread_id, notify, highlight FROM unread_counts WHERE user_id = $1 AND room_id = ANY($2)
 			UNION ALL
 			SELECT n.room_id, n.thread_id, -COUNT(*), -COUNT(*) FILTER (WHERE n.highlight)
 			FROM notifications n WHERE n.user_key = $4 AND n.user_id = $1 AND n.pos > $3 AND n.room_id = ANY($2) AND `+unreadCond+`
 			GROUP BY n.room_id, n.thread_id
-		) c GROUP BY room_id, thread_id HAVING SUM(notify) > 0 OR SUM(highlight) > 0`, userID, rooms, upto, userKey(userID))
-	if err != nil {
-		return nil, err
-	}
-	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (UnreadCount, error) {
-		var c UnreadCount
-		err := row.Scan(&c.RoomID, &c.ThreadID, &c.Notify, &c.Highlight)
-		return c, err
-	})
+		) c GROUP BY room_id, thread_id HAVING SUM(notify) > 0 OR SUM(highlight) > 0`, userID, rooms, upto, userKey(userID)).
+		Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var c UnreadCount
+				if err := rows.Scan(&c.RoomID, &c.ThreadID, &c.Notify, &c.Highlight); err != nil {
+					return err
+				}
+				*out = append(*out, c)
+			}
+			return rows.Err()
+		})
 }
 
 // UnreadTotal is the user's unread notifications over the rooms they are
