@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"fmt"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // Snapshot is one row of state_snapshots: a delta on top of Parent, or a
@@ -102,16 +104,17 @@ type OutboxCursor struct {
 // PendingOutbox returns up to limit outbox entries of cur, in position
 // order, with the applied redactions that involve them, and the snapshot
 // the entries were taken up to (cur.Cur, or the current one). When
-// saveMark is set it also stores cur.Prev as the published snapshot. All
-// of it is one statement.
+// saveMark is set it first stores cur.Prev as the published snapshot, in
+// the same round trip.
 func (q *Queries) PendingOutbox(ctx context.Context, cur OutboxCursor, limit int, saveMark bool) (Pending, string, error) {
 	out := Pending{RedactedBy: map[int64]int64{}, Targets: map[int64]int64{}}
-	var snapCur, snapPrev, save *string
+	b := &pgx.Batch{}
+	if saveMark && cur.Prev != "" {
+		b.Queue(`UPDATE publish_watermark SET snapshot = $1::pg_snapshot`, cur.Prev)
+	}
+	var snapCur, snapPrev *string
 	if cur.Cur != "" {
 		snapCur = &cur.Cur
-	}
-	if saveMark && cur.Prev != "" {
-		save = &cur.Prev
 	}
 	// Rows of transactions visible in the snapshot s and not in the
 	// previous one ($2; rows below its xmin are all visible in it).
@@ -127,57 +130,56 @@ func (q *Queries) PendingOutbox(ctx context.Context, cur OutboxCursor, limit int
 	// planner on the txid index even with a generic plan: without it, a
 	// generic plan walks the primary key in position order from $3,
 	// through the whole outbox, to fill the LIMIT.
-	//
-	// Per row, the applied redaction it is (with its target) and the
-	// first applied redaction of it: index lookups that almost always
-	// find nothing. The watermark update ($5, when set) rides along as a
-	// CTE; it does not change what the query reads.
+	rowsOf := func(snapshot string) string {
+		return `SELECT o.stream_pos, o.room_nid, o.event_nid, o.added_state_nids, o.removed_state_nids, o.txn_device_id, o.txn_id
+			FROM outbox o WHERE o.txid < pg_snapshot_xmax(` + snapshot + `) AND pg_visible_in_snapshot(o.txid, ` + snapshot + `)
+			AND ` + newRows + ` AND o.stream_pos > $3`
+	}
 	var snapshot string
-	rows, err := q.db.Query(ctx, `WITH save AS (
-			UPDATE publish_watermark SET snapshot = $5::pg_snapshot WHERE $5::text IS NOT NULL
-		), cur AS (SELECT COALESCE($1::pg_snapshot, pg_current_snapshot()) AS s)
-		SELECT cur.s::text, o.stream_pos, o.room_nid, o.event_nid, o.added_state_nids, o.removed_state_nids,
-			o.txn_device_id, o.txn_id,
-			(SELECT e.event_nid FROM redactions r
-				JOIN events e ON e.event_id = r.target_event_id AND e.room_nid = r.room_nid
-				WHERE r.redaction_nid = o.event_nid AND r.applied),
-			(SELECT r.redaction_nid FROM events t
-				JOIN redactions r ON r.target_event_id = t.event_id AND r.room_nid = t.room_nid
-				WHERE t.event_nid = o.event_nid AND r.applied ORDER BY r.redaction_nid LIMIT 1)
-		FROM cur LEFT JOIN LATERAL (
-			SELECT o.* FROM outbox o
-			WHERE o.txid < pg_snapshot_xmax(cur.s) AND pg_visible_in_snapshot(o.txid, cur.s)
-				AND `+newRows+` AND o.stream_pos > $3
+	b.Queue(`WITH cur AS (SELECT COALESCE($1::pg_snapshot, pg_current_snapshot()) AS s)
+		SELECT cur.s::text, o.* FROM cur LEFT JOIN LATERAL (`+rowsOf("cur.s")+`
 			ORDER BY o.stream_pos LIMIT $4) o ON TRUE
-		ORDER BY o.stream_pos`, snapCur, snapPrev, cur.After, limit, save)
-	if err != nil {
-		return Pending{}, "", fmt.Errorf("pending outbox: %w", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var pos, roomNID, eventNID, target, redactedBy *int64
-		var e OutboxEntry
-		var dev, txn *string
-		if err := rows.Scan(&snapshot, &pos, &roomNID, &eventNID, &e.AddedStateNIDs, &e.RemovedStateNIDs, &dev, &txn,
-			&target, &redactedBy); err != nil {
-			return Pending{}, "", fmt.Errorf("pending outbox: %w", err)
+		ORDER BY o.stream_pos`, snapCur, snapPrev, cur.After, limit).Query(func(rows pgx.Rows) error {
+		defer rows.Close()
+		for rows.Next() {
+			var pos, roomNID, eventNID *int64
+			var e OutboxEntry
+			var dev, txn *string
+			if err := rows.Scan(&snapshot, &pos, &roomNID, &eventNID, &e.AddedStateNIDs, &e.RemovedStateNIDs, &dev, &txn); err != nil {
+				return err
+			}
+			if pos == nil {
+				continue // no rows: only the snapshot
+			}
+			e.StreamPos, e.RoomNID, e.EventNID = *pos, *roomNID, *eventNID
+			if dev != nil && txn != nil {
+				e.HasTxn, e.TxnDeviceID, e.TxnID = true, *dev, *txn
+			}
+			out.Entries = append(out.Entries, e)
 		}
-		if pos == nil {
-			continue // no rows: only the snapshot
+		return rows.Err()
+	})
+	// This statement's snapshot is at least as new as the first one's, so
+	// it covers every entry above (and maybe more, which is harmless).
+	b.Queue(`WITH o AS (`+rowsOf("COALESCE($1::pg_snapshot, pg_current_snapshot())")+`)
+		SELECT r.redaction_nid, e.event_nid FROM redactions r
+		JOIN events e ON e.event_id = r.target_event_id AND e.room_nid = r.room_nid
+		WHERE r.applied AND (r.redaction_nid IN (SELECT event_nid FROM o) OR e.event_nid IN (SELECT event_nid FROM o))
+		ORDER BY r.redaction_nid`, snapCur, snapPrev, cur.After).Query(func(rows pgx.Rows) error {
+		defer rows.Close()
+		for rows.Next() {
+			var red, target int64
+			if err := rows.Scan(&red, &target); err != nil {
+				return err
+			}
+			if _, ok := out.RedactedBy[target]; !ok {
+				out.RedactedBy[target] = red
+			}
+			out.Targets[red] = target
 		}
-		e.StreamPos, e.RoomNID, e.EventNID = *pos, *roomNID, *eventNID
-		if dev != nil && txn != nil {
-			e.HasTxn, e.TxnDeviceID, e.TxnID = true, *dev, *txn
-		}
-		if target != nil {
-			out.Targets[e.EventNID] = *target
-		}
-		if redactedBy != nil {
-			out.RedactedBy[e.EventNID] = *redactedBy
-		}
-		out.Entries = append(out.Entries, e)
-	}
-	if err := rows.Err(); err != nil {
+		return rows.Err()
+	})
+	if err := q.db.SendBatch(ctx, b).Close(); err != nil {
 		return Pending{}, "", fmt.Errorf("pending outbox: %w", err)
 	}
 	return out, snapshot, nil
