@@ -28,6 +28,10 @@ type notifier struct {
 	// stored: event ID -> requests waiting for it to be stored
 	// (readwrites.go).
 	stored waitList
+	// recent: the event IDs stored lately, so that a write whose event
+	// was stored before it started waiting need not ask the database
+	// (readwrites.go).
+	recent recentIDs
 	// roomPos and roomWaiters serve peeking long polls (GET /events with
 	// room_id, notifier_room.go), which wait on a room, not a user.
 	roomPos     map[string]int64
@@ -65,6 +69,7 @@ func (n *notifier) committed(applied []store.Applied) {
 	woken := map[string]struct{}{}
 	for _, a := range applied {
 		n.stored.release(a.Event.EventID)
+		n.recent.add(a.Event.EventID)
 		room := a.Event.RoomID
 		n.roomCommittedLocked(room, a.Pos)
 		touch := func(u string) {

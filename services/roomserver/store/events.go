@@ -151,7 +151,7 @@ func (q *Queries) LookupInput(ctx context.Context, eventID string, ids []string)
 		out.Redactions, err = scanRedactions(rows)
 		return err
 	})
-	b.Queue(nextNIDQuery).QueryRow(func(row pgx.Row) error {
+	b.Queue(`SELECT ` + nextNIDExpr).QueryRow(func(row pgx.Row) error {
 		return row.Scan(&out.NextNID)
 	})
 	if err := q.db.SendBatch(ctx, b).Close(); err != nil {

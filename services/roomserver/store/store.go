@@ -8,7 +8,10 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"regexp"
 	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -94,6 +97,13 @@ type TxnKey struct {
 // reads the room row and reserves an event NID (ReservedNID), in one round
 // trip; with txn it also looks up the event of that client transaction
 // (Tx.TxnEventID). The room need not exist yet: the lock is on the room ID.
+//
+// The round trip holds three statements: BEGIN, the lock, and one SELECT
+// for the room row, the transaction lookup and the NID (every statement
+// costs PostgreSQL a portal and an executor start). The lock must be a
+// statement of its own: a statement reads with the snapshot it started
+// with, so a read in the same statement as the lock could miss what the
+// previous holder of the lock committed.
 func (s *Store) BeginRoom(ctx context.Context, roomID string, txn *TxnKey) (*Tx, error) {
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
@@ -101,25 +111,37 @@ func (s *Store) BeginRoom(ctx context.Context, roomID string, txn *TxnKey) (*Tx,
 	}
 	t := &Tx{conn: &pipeConn{conn: conn}, roomID: roomID}
 	t.Queries = &Queries{db: t.conn}
+	var sender, device, txnID *string
+	if txn != nil {
+		sender, device, txnID = &txn.Sender, &txn.DeviceID, &txn.TxnID
+	}
 	b := &pgx.Batch{}
 	b.Queue(`BEGIN`)
 	b.Queue(`SELECT pg_advisory_xact_lock(hashtextextended('myelin.roomserver.room.' || $1, 0))`, roomID)
-	b.Queue(`SELECT `+roomColumns+` FROM rooms WHERE room_id = $1`, roomID).QueryRow(func(row pgx.Row) error {
-		t.room, t.roomErr = scanRoom(row)
-		if errors.Is(t.roomErr, ErrNotFound) {
+	// A LEFT JOIN from one row: the NID comes back even when the room
+	// does not exist (all its columns NULL then).
+	b.Queue(`SELECT `+nextNIDExpr+`, r.room_nid, r.room_id, r.room_version, r.state_snapshot_nid,
+			r.forward_extremities, r.depth,
+			(SELECT t.event_id FROM transactions t
+				WHERE t.room_nid = r.room_nid AND t.sender = $2 AND t.device_id = $3 AND t.txn_id = $4)
+		FROM (VALUES (1)) AS one LEFT JOIN rooms r ON r.room_id = $1`,
+		roomID, sender, device, txnID).QueryRow(func(row pgx.Row) error {
+		var nid *int64
+		var id, version, txnEvent *string
+		var snapshot, depth *int64
+		var ext []int64
+		if err := row.Scan(&t.reservedNID, &nid, &id, &version, &snapshot, &ext, &depth, &txnEvent); err != nil {
+			return err
+		}
+		if nid == nil {
+			t.roomErr = ErrNotFound
 			return nil
 		}
-		return t.roomErr
-	})
-	if txn != nil {
-		b.Queue(`SELECT t.event_id FROM transactions t JOIN rooms r USING (room_nid)
-			WHERE r.room_id = $1 AND t.sender = $2 AND t.device_id = $3 AND t.txn_id = $4`,
-			roomID, txn.Sender, txn.DeviceID, txn.TxnID).QueryRow(func(row pgx.Row) error {
-			return ignoreNotFound(row.Scan(&t.TxnEventID))
-		})
-	}
-	b.Queue(nextNIDQuery).QueryRow(func(row pgx.Row) error {
-		return row.Scan(&t.reservedNID)
+		t.room = Room{NID: *nid, RoomID: *id, Version: *version, SnapshotNID: *snapshot, Extremities: ext, Depth: *depth}
+		if txnEvent != nil {
+			t.TxnEventID = *txnEvent
+		}
+		return nil
 	})
 	if err := conn.SendBatch(ctx, b).Close(); err != nil {
 		t.Rollback(ctx)
@@ -128,8 +150,10 @@ func (s *Store) BeginRoom(ctx context.Context, roomID string, txn *TxnKey) (*Tx,
 	return t, nil
 }
 
-// nextNIDQuery reserves an event NID.
-const nextNIDQuery = `SELECT nextval(pg_get_serial_sequence('events', 'event_nid'))`
+// nextNIDExpr reserves an event NID. (Naming the sequence, rather than
+// asking pg_get_serial_sequence, resolves it once, when the statement is
+// prepared.)
+const nextNIDExpr = `nextval('events_event_nid_seq')`
 
 // ReservedNID returns the event NID BeginRoom reserved, once; later calls
 // return false. (An unused reservation is a gap: NIDs have gaps anyway.)
@@ -163,7 +187,7 @@ func (t *Tx) QueueUpdateRoom(nid, snapshotNID int64, extremities []int64, depth 
 	if extremities == nil {
 		extremities = []int64{}
 	}
-	t.conn.queue(`UPDATE rooms SET state_snapshot_nid = $2, forward_extremities = $3, depth = $4 WHERE room_nid = $1`,
+	t.conn.queue("rooms", `UPDATE rooms SET state_snapshot_nid = $2, forward_extremities = $3, depth = $4 WHERE room_nid = $1`,
 		nid, snapshotNID, extremities, depth)
 	if nid == t.room.NID {
 		t.room.SnapshotNID, t.room.Extremities, t.room.Depth = snapshotNID, slices.Clone(extremities), depth
@@ -175,7 +199,7 @@ func (t *Tx) QueueUpdateRoom(nid, snapshotNID int64, extremities []int64, depth 
 // fails.
 func (t *Tx) QueueNewEvent(e Event) {
 	args := eventArgs(e)
-	t.conn.queue(`INSERT INTO events (room_nid, event_id, event_type, state_key_nid, sender, depth,
+	t.conn.queue("events", `INSERT INTO events (room_nid, event_id, event_type, state_key_nid, sender, depth,
 			prev_event_ids, auth_event_nids, event_json, outlier, rejected, soft_failed, rejection_reason,
 			state_before_nid, state_after_nid, event_nid)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)`, args...)
@@ -184,7 +208,7 @@ func (t *Tx) QueueNewEvent(e Event) {
 // QueueTransaction records the event a client transaction produced
 // (queued).
 func (t *Tx) QueueTransaction(roomNID int64, sender, deviceID, txnID, eventID string) {
-	t.conn.queue(`INSERT INTO transactions (room_nid, sender, device_id, txn_id, event_id)
+	t.conn.queue("transactions", `INSERT INTO transactions (room_nid, sender, device_id, txn_id, event_id)
 		VALUES ($1, $2, $3, $4, $5)`, roomNID, sender, deviceID, txnID, eventID)
 }
 
@@ -204,7 +228,7 @@ func (t *Tx) QueueOutbox(entries []OutboxEntry) {
 		if e.RemovedStateNIDs == nil {
 			e.RemovedStateNIDs = []int64{}
 		}
-		t.conn.queue(`INSERT INTO outbox (room_nid, event_nid, added_state_nids, removed_state_nids, txn_device_id, txn_id)
+		t.conn.queue("outbox", `INSERT INTO outbox (room_nid, event_nid, added_state_nids, removed_state_nids, txn_device_id, txn_id)
 			VALUES ($1, $2, $3, $4, $5, $6)`,
 			e.RoomNID, e.EventNID, e.AddedStateNIDs, e.RemovedStateNIDs, dev, txn)
 	}
@@ -217,12 +241,13 @@ func (t *Tx) Commit(ctx context.Context) error {
 		return errors.New("commit: transaction already finished")
 	}
 	var tag pgconn.CommandTag
-	t.conn.batch().Queue(`COMMIT`).Exec(func(ct pgconn.CommandTag) error {
+	b := &pgx.Batch{}
+	b.Queue(`COMMIT`).Exec(func(ct pgconn.CommandTag) error {
 		tag = ct
 		return nil
 	})
-	if err := t.conn.flush(ctx); err != nil {
-		return err
+	if err := t.conn.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("queued writes: %w", err)
 	}
 	if tag.String() != "COMMIT" {
 		return fmt.Errorf("commit: transaction was rolled back (%q)", tag.String())
@@ -244,33 +269,107 @@ func (t *Tx) Rollback(ctx context.Context) {
 	t.conn.release()
 }
 
-// pipeConn is a connection in a transaction with a batch of queued
-// writes, flushed before anything else goes to the server.
+// pipeConn is a connection in a transaction with queued writes, sent
+// before anything else goes to the server.
+//
+// Queued writes are combined: a run of writes to different tables goes
+// out as one statement, each write a data-modifying CTE (a message send's
+// event, room update, client transaction and outbox row are one
+// statement), because each statement costs PostgreSQL a portal and an
+// executor start and end. The writes of one statement share a snapshot
+// and do not see each other's rows, which queued writes never need (their
+// results are not read); foreign keys are checked at the end of the
+// statement, when every row of it is there. At most one write per table
+// goes into a statement, so no statement touches a row twice (two updates
+// of one row in one statement would keep only one).
 type pipeConn struct {
 	conn    *pgxpool.Conn
-	pending *pgx.Batch
+	pending []queuedWrite
 }
 
-func (p *pipeConn) batch() *pgx.Batch {
-	if p.pending == nil {
-		p.pending = &pgx.Batch{}
+// queuedWrite is one write: a single INSERT or UPDATE without RETURNING,
+// its parameters numbered from $1.
+type queuedWrite struct {
+	table string
+	sql   string
+	args  []any
+}
+
+func (p *pipeConn) queue(table, sql string, args ...any) {
+	p.pending = append(p.pending, queuedWrite{table: table, sql: sql, args: args})
+}
+
+// take returns a batch holding the queued writes, combined, and empties
+// the queue.
+func (p *pipeConn) take() *pgx.Batch {
+	b := &pgx.Batch{}
+	for start := 0; start < len(p.pending); {
+		end := start + 1
+		tables := map[string]bool{p.pending[start].table: true}
+		for end < len(p.pending) && !tables[p.pending[end].table] {
+			tables[p.pending[end].table] = true
+			end++
+		}
+		sql, args := combineWrites(p.pending[start:end])
+		b.Queue(sql, args...)
+		start = end
 	}
-	return p.pending
+	p.pending = nil
+	return b
 }
 
-func (p *pipeConn) queue(sql string, args ...any) { p.batch().Queue(sql, args...) }
+// combineWrites makes one statement of writes: all but the last become
+// CTEs (w0, w1, ...) of the last, their parameters renumbered after the
+// ones before them.
+func combineWrites(ws []queuedWrite) (string, []any) {
+	if len(ws) == 1 {
+		return ws[0].sql, ws[0].args
+	}
+	var sb strings.Builder
+	var args []any
+	for i, w := range ws {
+		sql := renumberParams(w.sql, len(args))
+		switch {
+		case i == 0:
+			sb.WriteString("WITH ")
+		case i < len(ws)-1:
+			sb.WriteString(", ")
+		}
+		if i < len(ws)-1 {
+			fmt.Fprintf(&sb, "w%d AS (%s)", i, sql)
+		} else {
+			sb.WriteString(" ")
+			sb.WriteString(sql)
+		}
+		args = append(args, w.args...)
+	}
+	return sb.String(), args
+}
 
-// flush sends the queued statements; the first failure is returned.
+// paramRef matches a parameter reference ($1, $2, ...). The queued
+// statements are this package's constants, with no "$" in literals.
+var paramRef = regexp.MustCompile(`\$[0-9]+`)
+
+// renumberParams adds offset to every parameter number in sql.
+func renumberParams(sql string, offset int) string {
+	if offset == 0 {
+		return sql
+	}
+	return paramRef.ReplaceAllStringFunc(sql, func(ref string) string {
+		n, _ := strconv.Atoi(ref[1:])
+		return "$" + strconv.Itoa(n+offset)
+	})
+}
+
+// flush sends the queued writes; the first failure is returned.
 func (p *pipeConn) flush(ctx context.Context) error {
 	if p.conn == nil {
 		return errors.New("transaction already finished")
 	}
-	if p.pending == nil || p.pending.Len() == 0 {
+	if len(p.pending) == 0 {
 		return nil
 	}
-	b := p.pending
-	p.pending = nil
-	if err := p.conn.SendBatch(ctx, b).Close(); err != nil {
+	if err := p.conn.SendBatch(ctx, p.take()).Close(); err != nil {
 		return fmt.Errorf("queued writes: %w", err)
 	}
 	return nil
@@ -310,11 +409,10 @@ func (p *pipeConn) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
 	if p.conn == nil {
 		return errBatch{errors.New("transaction already finished")}
 	}
-	if p.pending == nil || p.pending.Len() == 0 {
+	if len(p.pending) == 0 {
 		return p.conn.SendBatch(ctx, b)
 	}
-	merged := p.pending
-	p.pending = nil
+	merged := p.take()
 	merged.QueuedQueries = append(merged.QueuedQueries, b.QueuedQueries...)
 	return p.conn.SendBatch(ctx, merged)
 }
