@@ -7,7 +7,6 @@ package rpc
 import (
 	"context"
 	"fmt"
-	"runtime"
 	"runtime/debug"
 	"time"
 
@@ -24,15 +23,8 @@ const MaxMessageSize = 256 << 20
 
 // NewServer returns a gRPC server that logs slow or failed calls and turns
 // handler panics into Internal errors instead of crashing the process.
-//
-// Calls run on a pool of worker goroutines (more calls at once than workers
-// get goroutines of their own): a fresh goroutine per call starts with a
-// small stack and grows it by copying, and deep handlers such as the
-// key-server's event building (recursive canonical JSON) paid that on every
-// call, about 4 % of the process's CPU in the closed-loop bench.
 func NewServer(log *zap.Logger) *grpc.Server {
 	return grpc.NewServer(
-		grpc.NumStreamWorkers(uint32(4*runtime.GOMAXPROCS(0))),
 		grpc.MaxRecvMsgSize(MaxMessageSize),
 		grpc.MaxSendMsgSize(MaxMessageSize),
 		grpc.ChainUnaryInterceptor(recoverUnary(log), logUnary(log)),
