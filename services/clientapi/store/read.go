@@ -199,20 +199,6 @@ func (r Reader) HasEventsBefore(ctx context.Context, roomID string, pos int64) (
 	return ok, err
 }
 
-// RoomsWithEvents returns which of the rooms have events with after < pos <= upto.
-func (r Reader) RoomsWithEvents(ctx context.Context, rooms []string, after, upto int64) ([]string, error) {
-	if len(rooms) == 0 || upto <= after {
-		return nil, nil
-	}
-	rows, err := r.q.Query(ctx, `SELECT r.room_id FROM unnest($1::text[]) AS r(room_id)
-		WHERE EXISTS (SELECT 1 FROM sync_events s WHERE s.room_id = r.room_id AND s.pos > $2 AND s.pos <= $3)`,
-		rooms, after, upto)
-	if err != nil {
-		return nil, err
-	}
-	return pgx.CollectRows(rows, pgx.RowTo[string])
-}
-
 // GapState returns the latest state event per (type, state_key) among the
 // room's events with after < pos < before: the state delta a limited
 // incremental sync reports for its gap.
