@@ -7,6 +7,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/myelin-chat/myelin/pkg/pgstore"
 )
 
 // A snapshot is a read-only REPEATABLE READ transaction on one pooled
@@ -85,7 +87,7 @@ func (t *snapshotTx) Query(ctx context.Context, sql string, args ...any) (pgx.Ro
 
 func (t *snapshotTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
 	if err := t.begin(ctx); err != nil {
-		return errRow{err}
+		return pgstore.ErrRow{Err: err}
 	}
 	return t.conn.QueryRow(ctx, sql, args...)
 }
@@ -98,7 +100,7 @@ func (t *snapshotTx) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResul
 // COMMIT behind when last. The caller reads b's results as usual.
 func (t *snapshotTx) send(ctx context.Context, b *pgx.Batch, last bool) pgx.BatchResults {
 	if t.ended {
-		return errBatch{errSnapshotDone}
+		return pgstore.ErrBatch{Err: errSnapshotDone}
 	}
 	prefixed := t.begun
 	if !t.begun || last {
@@ -118,7 +120,7 @@ func (t *snapshotTx) send(ctx context.Context, b *pgx.Batch, last bool) pgx.Batc
 		// Read BEGIN's result, so the caller sees only its own.
 		if _, err := br.Exec(); err != nil {
 			br.Close()
-			return errBatch{err}
+			return pgstore.ErrBatch{Err: err}
 		}
 	}
 	return br
@@ -150,17 +152,3 @@ func (r Reader) Send(ctx context.Context, b *Batch) error {
 	}
 	return r.q.SendBatch(ctx, &b.b).Close()
 }
-
-// errRow is a pgx.Row that fails with err.
-type errRow struct{ err error }
-
-func (r errRow) Scan(...any) error { return r.err }
-
-// errBatch is a pgx.BatchResults that fails with err.
-type errBatch struct{ err error }
-
-func (b errBatch) Exec() (pgconn.CommandTag, error) { return pgconn.CommandTag{}, b.err }
-func (b errBatch) Query() (pgx.Rows, error)         { return nil, b.err }
-func (b errBatch) QueryRow() pgx.Row                { return errRow{b.err} }
-func (b errBatch) Close() error                     { return b.err }
-func (b errBatch) Tx() pgx.Tx                       { return nil }

@@ -399,7 +399,7 @@ func (p *pipeConn) Query(ctx context.Context, sql string, args ...any) (pgx.Rows
 
 func (p *pipeConn) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
 	if err := p.flush(ctx); err != nil {
-		return errRow{err}
+		return pgstore.ErrRow{Err: err}
 	}
 	return p.conn.QueryRow(ctx, sql, args...)
 }
@@ -407,7 +407,7 @@ func (p *pipeConn) QueryRow(ctx context.Context, sql string, args ...any) pgx.Ro
 // SendBatch sends the queued writes and b in one round trip.
 func (p *pipeConn) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 	if p.conn == nil {
-		return errBatch{errors.New("transaction already finished")}
+		return pgstore.ErrBatch{Err: errors.New("transaction already finished")}
 	}
 	if len(p.pending) == 0 {
 		return p.conn.SendBatch(ctx, b)
@@ -416,18 +416,6 @@ func (p *pipeConn) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
 	merged.QueuedQueries = append(merged.QueuedQueries, b.QueuedQueries...)
 	return p.conn.SendBatch(ctx, merged)
 }
-
-type errRow struct{ err error }
-
-func (r errRow) Scan(...any) error { return r.err }
-
-type errBatch struct{ err error }
-
-func (b errBatch) Exec() (pgconn.CommandTag, error) { return pgconn.CommandTag{}, b.err }
-func (b errBatch) Query() (pgx.Rows, error)         { return nil, b.err }
-func (b errBatch) QueryRow() pgx.Row                { return errRow{b.err} }
-func (b errBatch) Close() error                     { return b.err }
-func (b errBatch) Tx() pgx.Tx                       { return nil }
 
 func ignoreNotFound(err error) error {
 	if errors.Is(err, pgx.ErrNoRows) {
