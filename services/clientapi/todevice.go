@@ -80,16 +80,8 @@ func (s *Service) sendToDevice(r *http.Request, dev *device) (any, error) {
 
 // syncToDevice acknowledges the messages the since token covers, adds the
 // device's next ones to the response and returns the position for
-// next_batch. read is what the caller read of them (nil: read here).
+// next_batch. read is what readSync read of them, after since.
 func (s *Service) syncToDevice(ctx context.Context, dev *device, since int64, resp *syncResponse, read *store.ToDeviceRead) (int64, error) {
-	if read == nil {
-		read = &store.ToDeviceRead{}
-		b := &store.Batch{}
-		b.ToDevice(dev.UserID, dev.DeviceID, since, toDeviceSyncLimit, read)
-		if err := s.store.Reader().Send(ctx, b); err != nil {
-			return 0, err
-		}
-	}
 	if read.Delivered {
 		if err := s.store.AckToDevice(ctx, dev.UserID, dev.DeviceID, since); err != nil {
 			return 0, err
