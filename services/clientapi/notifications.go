@@ -106,7 +106,7 @@ type threadCounts struct {
 // unreadRead is what a caller already read of unread counts: those of
 // rooms, counted up to the same position.
 type unreadRead struct {
-	rooms  []string
+	rooms  map[string]bool
 	counts []store.UnreadCount
 }
 
@@ -125,7 +125,7 @@ func (s *Service) addUnreadCounts(ctx context.Context, userID string, filter syn
 	var missing []string
 	for id := range resp.Rooms.Join {
 		rooms = append(rooms, id)
-		if !slices.Contains(pre.rooms, id) {
+		if !pre.rooms[id] {
 			missing = append(missing, id)
 		}
 	}

@@ -436,7 +436,10 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, dev *device, op
 	b.MembershipLog(userID, withEvents, logs)
 	b.RoomSummaries(joined, userID, d.summaries)
 	b.Children(eventIDs, bundledRelTypes, &d.children)
-	d.unread = &unreadRead{rooms: joined}
+	d.unread = &unreadRead{rooms: make(map[string]bool, len(joined))}
+	for _, room := range joined {
+		d.unread.rooms[room] = true
+	}
 	b.UnreadCounts(userID, joined, d.pos, &d.unread.counts)
 	send := rd.Send
 	if last {
