@@ -151,16 +151,19 @@ func (r Reader) Timelines(ctx context.Context, ranges []RoomRange, limit int) (m
 }
 
 // Timelines queues Reader.Timelines: out gets an entry for every range.
+// Empty ranges (Upto <= After, such as a quiet room's in a /sync whose
+// since is the latest position) are not asked about.
 func (b *Batch) Timelines(ranges []RoomRange, limit int, out map[string]Timeline) {
-	if len(ranges) == 0 {
-		return
-	}
-	rooms := make([]string, len(ranges))
-	after := make([]int64, len(ranges))
-	upto := make([]int64, len(ranges))
-	for i, rr := range ranges {
-		rooms[i], after[i], upto[i] = rr.RoomID, rr.After, rr.Upto
+	var rooms []string
+	var after, upto []int64
+	for _, rr := range ranges {
 		out[rr.RoomID] = Timeline{}
+		if rr.Upto > rr.After {
+			rooms, after, upto = append(rooms, rr.RoomID), append(after, rr.After), append(upto, rr.Upto)
+		}
+	}
+	if len(rooms) == 0 {
+		return
 	}
 	b.b.Queue(`SELECT e.pos, e.event_id, e.room_id, e.type, e.state_key, e.sender, e.event,
 			COALESCE(e.txn_device_id, ''), COALESCE(e.txn_id, ''),
