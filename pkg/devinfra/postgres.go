@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"os/user"
@@ -127,10 +128,21 @@ func StartPostgres(ctx context.Context, dir string, port int, settings ...string
 	return pg, nil
 }
 
-// URL returns a connection URL for database db.
+// URL returns a connection URL for database db. It names the cluster's
+// Unix socket (in dir) when the socket path fits the kernel's limit:
+// loopback TCP costs both ends a TCP stack traversal per message, which
+// was about a fifth of the all-in-one server's syscall time (#5). The
+// cluster still listens on 127.0.0.1 for other clients.
 func (p *Postgres) URL(db string) string {
+	if len(filepath.Join(p.dir, fmt.Sprintf(".s.PGSQL.%d", p.port))) < maxUnixSocketPath {
+		return fmt.Sprintf("postgres://myelin@/%s?host=%s&port=%d&sslmode=disable", db, url.QueryEscape(p.dir), p.port)
+	}
 	return fmt.Sprintf("postgres://myelin@127.0.0.1:%d/%s?sslmode=disable", p.port, db)
 }
+
+// maxUnixSocketPath is the longest socket path Linux takes (sun_path is
+// 108 bytes, with the terminating NUL).
+const maxUnixSocketPath = 107
 
 // CreateDatabase creates db if it does not exist.
 func (p *Postgres) CreateDatabase(ctx context.Context, db string) error {
