@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/myelin-chat/myelin/pkg/config"
@@ -22,7 +23,17 @@ import (
 	"github.com/myelin-chat/myelin/pkg/myelin"
 )
 
+// defaultGCPercent replaces Go's GOGC default of 100 when GOGC is unset.
+// Under load the collector was 12 % of the server's CPU (#5); at 200 it
+// runs half as often for a heap that may grow to three times the live
+// data instead of twice. Idle memory barely changes, since little is live.
+// Deployments with a memory limit should also set GOMEMLIMIT.
+const defaultGCPercent = 200
+
 func main() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(defaultGCPercent)
+	}
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "myelin:", err)
 		os.Exit(1)
