@@ -43,18 +43,13 @@ type Evaluator func(ctx context.Context, rd Reader, a Applied, pc PushContext) (
 const unreadCond = `n.pos > COALESCE((SELECT MAX(se.pos) FROM push_receipts r JOIN sync_events se ON se.event_id = r.event_id
 	WHERE r.user_id = n.user_id AND r.room_id = n.room_id AND (r.thread_id = '' OR r.thread_id = n.thread_id)), 0)`
 
-// userKey and roomKey are the numeric keys notifications are indexed by
-// (migration 025): the first 8 and 4 bytes of the ID's MD5, as the
-// migration computes them in SQL for the rows it found. Queries compare
-// the IDs too, so IDs sharing a key are told apart.
+// userKey is the numeric key notifications are indexed by (migration
+// 025): the first 8 bytes of the user ID's MD5, as the migration computes
+// it in SQL for the rows it found. Queries compare the IDs too, so IDs
+// sharing a key are told apart.
 func userKey(userID string) int64 {
 	sum := md5.Sum([]byte(userID))
 	return int64(binary.BigEndian.Uint64(sum[:8]))
-}
-
-func roomKey(roomID string) int32 {
-	sum := md5.Sum([]byte(roomID))
-	return int32(binary.BigEndian.Uint32(sum[:4]))
 }
 
 // queueNotifications queues the insert of a batch's notifications. No
@@ -66,11 +61,11 @@ func queueNotifications(b *pgx.Batch, notes []Notification) {
 		// actions (few: most rows have the same) are parsed once, and
 		// each row has an index into them.
 		users, events, rooms, threads := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-		userKeys, roomKeys := make([]int64, n), make([]int32, n)
+		userKeys := make([]int64, n)
 		poss, tss := make([]int64, n), make([]int64, n)
 		actionIdx, highlights := make([]int32, n), make([]bool, n)
 		var actions []string
-		uk, rk := map[string]int64{}, map[string]int32{}
+		uk := map[string]int64{}
 		for i, no := range notes {
 			users[i], events[i], rooms[i], threads[i] = no.UserID, no.EventID, no.RoomID, no.ThreadID
 			poss[i], tss[i], highlights[i] = no.Pos, no.TS, no.Highlight
@@ -79,12 +74,7 @@ func queueNotifications(b *pgx.Batch, notes []Notification) {
 				k = userKey(no.UserID)
 				uk[no.UserID] = k
 			}
-			r, ok := rk[no.RoomID]
-			if !ok {
-				r = roomKey(no.RoomID)
-				rk[no.RoomID] = r
-			}
-			userKeys[i], roomKeys[i] = k, r
+			userKeys[i] = k
 			a := slices.Index(actions, string(no.Actions))
 			if a < 0 {
 				a = len(actions)
@@ -92,11 +82,11 @@ func queueNotifications(b *pgx.Batch, notes []Notification) {
 			}
 			actionIdx[i] = int32(a + 1) // SQL arrays count from 1
 		}
-		b.Queue(`INSERT INTO notifications (user_key, room_key, user_id, event_id, room_id, thread_id, pos, actions, highlight, ts)
-			SELECT uk, rk, u, e, r, t, p, ($11::jsonb[])[a], h, ts
-			FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::int[], $9::bool[], $10::bigint[])
-				AS x(uk, rk, u, e, r, t, p, a, h, ts)`,
-			userKeys, roomKeys, users, events, rooms, threads, poss, actionIdx, highlights, tss, actions)
+		b.Queue(`INSERT INTO notifications (user_key, user_id, event_id, room_id, thread_id, pos, actions, highlight, ts)
+			SELECT uk, u, e, r, t, p, ($10::jsonb[])[a], h, ts
+			FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::int[], $8::bool[], $9::bigint[])
+				AS x(uk, u, e, r, t, p, a, h, ts)`,
+			userKeys, users, events, rooms, threads, poss, actionIdx, highlights, tss, actions)
 	}
 }
 
@@ -131,7 +121,7 @@ func (s *Store) PutPushReceipt(ctx context.Context, r PushReceipt) (bool, error)
 			return err
 		}
 		if changed = tag.RowsAffected() > 0; changed {
-			return recountUnread(ctx, tx, r.UserID, r.RoomID)
+			return recountUnread(ctx, tx, r.UserID, r.RoomID, r.ThreadID)
 		}
 		return nil
 	})

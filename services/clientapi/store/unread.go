@@ -16,7 +16,8 @@ import (
 //   - a local user's own event is a receipt for its thread at the newest
 //     position: it clears that thread's count;
 //   - a receipt that moves (PutPushReceipt), or a stored event that earlier
-//     receipts already named, recounts that user's room from the tables.
+//     receipts already named, recounts the threads that receipt covers (of
+//     that user's room) from the tables.
 //
 // The room event consumer gathers the first two over its whole batch
 // (unreadDelta, which also writes the own events' 'own' receipts) and
@@ -99,11 +100,11 @@ func (d unreadDelta) queue(b *pgx.Batch, inputs []Input) *earlyReceipts {
 	}
 	early := &earlyReceipts{}
 	// ('own' receipts are written with their event, never before it.)
-	b.Queue(`SELECT DISTINCT user_id, room_id FROM push_receipts WHERE event_id = ANY($1) AND receipt_type <> 'own'`, ids).Query(func(rows pgx.Rows) error {
+	b.Queue(`SELECT DISTINCT user_id, room_id, thread_id FROM push_receipts WHERE event_id = ANY($1) AND receipt_type <> 'own'`, ids).Query(func(rows pgx.Rows) error {
 		var err error
-		early.rooms, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) ([2]string, error) {
-			var p [2]string
-			err := r.Scan(&p[0], &p[1])
+		early.threads, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) ([3]string, error) {
+			var p [3]string
+			err := r.Scan(&p[0], &p[1], &p[2])
 			return p, err
 		})
 		return err
@@ -111,24 +112,28 @@ func (d unreadDelta) queue(b *pgx.Batch, inputs []Input) *earlyReceipts {
 	return early
 }
 
-// earlyReceipts are the (user, room) pairs a batch's events named in
-// receipts that came first.
-type earlyReceipts struct{ rooms [][2]string }
+// earlyReceipts are the (user, room, receipt thread) a batch's events were
+// named by in receipts that came first.
+type earlyReceipts struct{ threads [][3]string }
 
 func (e *earlyReceipts) recount(ctx context.Context, tx pgx.Tx) error {
-	for _, p := range e.rooms {
-		if err := recountUnread(ctx, tx, p[0], p[1]); err != nil {
+	for _, p := range e.threads {
+		if err := recountUnread(ctx, tx, p[0], p[1], p[2]); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// recountUnread recomputes a user's counts in a room from notifications
-// and receipts. Caller holds unreadLock.
-func recountUnread(ctx context.Context, tx pgx.Tx, userID, roomID string) error {
+// recountUnread recomputes a user's counts in a room, for the threads a
+// receipt of the given thread covers (every thread when it is '',
+// unthreaded), from notifications and receipts. The other threads' counts
+// do not depend on that receipt. The notifications read are the user's
+// after that receipt (or the unthreaded one, when newer): an index range
+// from the receipt's position. Caller holds unreadLock.
+func recountUnread(ctx context.Context, tx pgx.Tx, userID, roomID, thread string) error {
 	b := &pgx.Batch{}
-	b.Queue(`DELETE FROM unread_counts WHERE user_id = $1 AND room_id = $2`, userID, roomID)
+	b.Queue(`DELETE FROM unread_counts WHERE user_id = $1 AND room_id = $2 AND ($3 = '' OR thread_id = $3)`, userID, roomID, thread)
 	// rc: the newest receipt position per thread ('' = unthreaded, which
 	// covers every thread).
 	b.Queue(`WITH rc AS (
@@ -137,10 +142,10 @@ func recountUnread(ctx context.Context, tx pgx.Tx, userID, roomID string) error 
 		INSERT INTO unread_counts (user_id, room_id, thread_id, notify, highlight)
 		SELECT $1, $2, n.thread_id, COUNT(*), COUNT(*) FILTER (WHERE n.highlight)
 		FROM notifications n LEFT JOIN rc ON rc.thread_id = n.thread_id
-		WHERE n.user_key = $3 AND n.room_key = $4 AND n.user_id = $1 AND n.room_id = $2
-			AND n.pos > COALESCE((SELECT pos FROM rc WHERE thread_id = ''), 0)
+		WHERE n.user_key = $3 AND n.user_id = $1 AND n.room_id = $2 AND ($4 = '' OR n.thread_id = $4)
+			AND n.pos > (SELECT COALESCE(MAX(pos), 0) FROM rc WHERE thread_id IN ('', $4))
 			AND n.pos > COALESCE(rc.pos, 0)
-		GROUP BY n.thread_id`, userID, roomID, userKey(userID), roomKey(roomID))
+		GROUP BY n.thread_id`, userID, roomID, userKey(userID), thread)
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("recount unread notifications of %s in %s: %w", userID, roomID, err)
 	}
