@@ -245,7 +245,7 @@ func decodeOutputEvent(data []byte) (store.Input, error) {
 	if out.GetRoomId() == "" || out.GetEventId() == "" {
 		return store.Input{}, fmt.Errorf("%w: missing room or event ID", ErrBadPayload)
 	}
-	pdu, err := parsePDU(out.GetRoomVersion(), out.GetEventJson())
+	pdu, err := parseOutputPDU(out.GetRoomVersion(), out.GetEventId(), out.GetEventJson())
 	if err != nil {
 		return store.Input{}, fmt.Errorf("%w: event %s: %v", ErrBadPayload, out.GetEventId(), err)
 	}
