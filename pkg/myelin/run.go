@@ -22,6 +22,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/myelin-chat/myelin/pkg/bus"
 	"github.com/myelin-chat/myelin/pkg/devinfra"
@@ -55,6 +56,9 @@ type process struct {
 	mu       sync.Mutex
 	// pprofAddr is the debug.pprof_listen listener's address, if any.
 	pprofAddr string
+	// inProcLis is the in-memory listener the gRPC server also serves, for
+	// calls between services of this process (rpc.ListenInProcess).
+	inProcLis *bufconn.Listener
 }
 
 // Run starts the process and blocks until ctx ends or a service fails.
@@ -81,6 +85,7 @@ func Start(ctx context.Context, cfg Config, targets []string, log *zap.Logger) (
 	if p.grpcLis, err = net.Listen("tcp", cfg.GRPC.Listen); err != nil {
 		return nil, fmt.Errorf("grpc.listen: %w", err)
 	}
+	p.inProcLis = rpc.ListenInProcess()
 	if p.httpLis, err = net.Listen("tcp", cfg.HTTP.Listen); err != nil {
 		return nil, fmt.Errorf("http.listen: %w", err)
 	}
@@ -120,6 +125,12 @@ func Start(ctx context.Context, cfg Config, targets []string, log *zap.Logger) (
 	g.Go(func() error {
 		if err := p.grpcSrv.Serve(p.grpcLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return fmt.Errorf("grpc server: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		if err := p.grpcSrv.Serve(p.inProcLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("grpc server (in-process): %w", err)
 		}
 		return nil
 	})
@@ -233,22 +244,24 @@ func (p *process) needsNATS() bool {
 		slices.Contains(p.targets, TargetPresence)
 }
 
-// dial returns the gRPC connection to a service: the configured address, or
-// this process's own gRPC listener when the service runs here.
+// dial returns the gRPC connection to a service: the configured address, or,
+// when none is configured and the service runs here, this process's own gRPC
+// server through its in-memory listener.
 func (p *process) dial(target string) (*grpc.ClientConn, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if c, ok := p.conns[target]; ok {
 		return c, nil
 	}
-	addr := p.address(target).GRPC
-	if addr == "" {
-		if !slices.Contains(p.targets, target) {
-			return nil, fmt.Errorf("%s is not a target of this process: set services.%s.grpc", target, yamlKey(target))
-		}
-		addr = p.grpcLis.Addr().String()
+	var c *grpc.ClientConn
+	var err error
+	if addr := p.address(target).GRPC; addr != "" {
+		c, err = rpc.Dial(addr)
+	} else if slices.Contains(p.targets, target) {
+		c, err = rpc.DialInProcess(p.inProcLis)
+	} else {
+		return nil, fmt.Errorf("%s is not a target of this process: set services.%s.grpc", target, yamlKey(target))
 	}
-	c, err := rpc.Dial(addr)
 	if err != nil {
 		return nil, err
 	}
@@ -303,6 +316,9 @@ func yamlKey(target string) string {
 func (p *process) close() {
 	if p.grpcLis != nil {
 		_ = p.grpcLis.Close()
+	}
+	if p.inProcLis != nil {
+		_ = p.inProcLis.Close()
 	}
 	if p.httpLis != nil {
 		_ = p.httpLis.Close()
