@@ -41,7 +41,7 @@ func (s *Service) evaluatePush(ctx context.Context, rd store.Reader, a store.App
 		thread = threadMain
 	}
 	if s.isLocal(ev.Sender) {
-		out.OwnRead = &store.OwnRead{UserID: ev.Sender, RoomID: ev.RoomID, ThreadID: thread, EventID: ev.EventID}
+		out.OwnRead = &store.OwnRead{UserID: ev.Sender, RoomID: ev.RoomID, ThreadID: thread}
 	}
 	invited := ""
 	if ev.Type == spec.MRoomMember && ev.Membership == store.MembershipInvite && ev.StateKey != nil &&

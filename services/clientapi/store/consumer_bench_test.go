@@ -47,7 +47,7 @@ func BenchmarkApplyWithNotifications(b *testing.B) {
 	}
 	eval := func(_ context.Context, _ Reader, a Applied, pc PushContext) (PushOutcome, error) {
 		ev := a.Event
-		out := PushOutcome{OwnRead: &OwnRead{UserID: ev.Sender, RoomID: ev.RoomID, ThreadID: "main", EventID: ev.EventID}}
+		out := PushOutcome{OwnRead: &OwnRead{UserID: ev.Sender, RoomID: ev.RoomID, ThreadID: "main"}}
 		for _, u := range pc.Members {
 			if u != ev.Sender {
 				out.Notifications = append(out.Notifications, Notification{UserID: u, RoomID: ev.RoomID, EventID: ev.EventID,

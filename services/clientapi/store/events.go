@@ -136,14 +136,14 @@ func (s *Store) ApplyWith(ctx context.Context, inputs []Input, eval Evaluator) (
 					return fmt.Errorf("push rules for %s: %w", inputs[i+k].Event.EventID, err)
 				}
 				notes = append(notes, res.Notifications...)
-				unread.add(res)
+				unread.add(res, st.applied.Pos)
 			}
 			i += n
 		}
 		if eval == nil {
 			return nil
 		}
-		// Notifications, own receipts and unread counts in one round
+		// Notifications, own reads and unread counts in one round
 		// trip; then the recounts that early receipts ask for.
 		b := &pgx.Batch{}
 		queueNotifications(b, notes)

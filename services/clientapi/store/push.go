@@ -24,7 +24,7 @@ type Notification struct {
 
 // OwnRead is a local sender's own event, which reads its thread up to it.
 type OwnRead struct {
-	UserID, RoomID, ThreadID, EventID string
+	UserID, RoomID, ThreadID string
 }
 
 // PushOutcome is what evaluating one stored event produced.
@@ -39,9 +39,13 @@ type PushOutcome struct {
 type Evaluator func(ctx context.Context, rd Reader, a Applied, pc PushContext) (PushOutcome, error)
 
 // unreadCond is true for a notification n the user has not read: it comes
-// after the newest receipt (of any type) that covers its thread.
-const unreadCond = `n.pos > COALESCE((SELECT MAX(se.pos) FROM push_receipts r JOIN sync_events se ON se.event_id = r.event_id
-	WHERE r.user_id = n.user_id AND r.room_id = n.room_id AND (r.thread_id = '' OR r.thread_id = n.thread_id)), 0)`
+// after the newest receipt (of any type) that covers its thread, and after
+// the user's own newest event in it (own_reads; always threaded).
+const unreadCond = `n.pos > COALESCE((SELECT MAX(p) FROM (
+		SELECT se.pos AS p FROM push_receipts r JOIN sync_events se ON se.event_id = r.event_id
+		WHERE r.user_id = n.user_id AND r.room_id = n.room_id AND (r.thread_id = '' OR r.thread_id = n.thread_id)
+		UNION ALL
+		SELECT o.pos FROM own_reads o WHERE o.user_id = n.user_id AND o.room_id = n.room_id AND o.thread_id = n.thread_id) rp), 0)`
 
 // userKey is the numeric key notifications are indexed by (migration
 // 025): the first 8 bytes of the user ID's MD5, as the migration computes

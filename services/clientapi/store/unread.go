@@ -20,7 +20,7 @@ import (
 //     that user's room) from the tables.
 //
 // The room event consumer gathers the first two over its whole batch
-// (unreadDelta, which also writes the own events' 'own' receipts) and
+// (unreadDelta, which also writes the own events' reads, own_reads) and
 // writes them with one round trip at the end of its transaction. Every writer first takes unreadLock, held to commit, so a
 // recount never overwrites an increment it could not see.
 
@@ -30,9 +30,10 @@ const unreadLock = `SELECT pg_advisory_xact_lock(hashtext('myelin.clientapi.unre
 type unreadKey struct{ user, room, thread string }
 
 type unreadChange struct {
-	// ownEvent, when set, is the last own event of the key's user in the
-	// thread: it cleared the count first and is their 'own' receipt.
-	ownEvent          string
+	// ownPos, when set, is the position of the last own event of the
+	// key's user in the thread: it cleared the count first and is their
+	// own read.
+	ownPos            int64
 	notify, highlight int
 }
 
@@ -41,10 +42,10 @@ type unreadDelta map[unreadKey]*unreadChange
 
 func newUnreadDelta() unreadDelta { return unreadDelta{} }
 
-// add folds in one event's outcome, in stream order.
-func (d unreadDelta) add(out PushOutcome) {
+// add folds in the outcome of the event stored at pos, in stream order.
+func (d unreadDelta) add(out PushOutcome, pos int64) {
 	if o := out.OwnRead; o != nil {
-		d[unreadKey{o.UserID, o.RoomID, o.ThreadID}] = &unreadChange{ownEvent: o.EventID}
+		d[unreadKey{o.UserID, o.RoomID, o.ThreadID}] = &unreadChange{ownPos: pos}
 	}
 	for _, n := range out.Notifications {
 		k := unreadKey{n.UserID, n.RoomID, n.ThreadID}
@@ -60,17 +61,18 @@ func (d unreadDelta) add(out PushOutcome) {
 	}
 }
 
-// queue queues, under unreadLock, the batch's own receipts and count
+// queue queues, under unreadLock, the batch's own reads and count
 // changes, and the query for receipts that named one of the batch's
 // events before it was stored (a receipt for an unknown event covers
 // nothing until its event arrives): their rooms are recounted once the
 // batch has run.
 func (d unreadDelta) queue(b *pgx.Batch, inputs []Input) *earlyReceipts {
-	var resetU, resetR, resetT, resetE, addU, addR, addT []string
+	var resetU, resetR, resetT, addU, addR, addT []string
+	var resetP []int64
 	var addN, addH []int32
 	for k, c := range d {
-		if c.ownEvent != "" {
-			resetU, resetR, resetT, resetE = append(resetU, k.user), append(resetR, k.room), append(resetT, k.thread), append(resetE, c.ownEvent)
+		if c.ownPos != 0 {
+			resetU, resetR, resetT, resetP = append(resetU, k.user), append(resetR, k.room), append(resetT, k.thread), append(resetP, c.ownPos)
 		}
 		if c.notify > 0 || c.highlight > 0 {
 			addU, addR, addT = append(addU, k.user), append(addR, k.room), append(addT, k.thread)
@@ -83,13 +85,16 @@ func (d unreadDelta) queue(b *pgx.Batch, inputs []Input) *earlyReceipts {
 	}
 	b.Queue(unreadLock)
 	if len(resetU) > 0 {
-		// pos 0: the event itself brings the room into the sender's /sync.
-		b.Queue(`INSERT INTO push_receipts (user_id, room_id, thread_id, receipt_type, event_id, epos, pos)
-			SELECT u, r, t, 'own', e, 0, 0 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS x(u, r, t, e)
-			ON CONFLICT (user_id, room_id, thread_id, receipt_type) DO UPDATE SET event_id = EXCLUDED.event_id`,
-			resetU, resetR, resetT, resetE)
-		b.Queue(`DELETE FROM unread_counts c USING unnest($1::text[], $2::text[], $3::text[]) AS x(u, r, t)
-			WHERE c.user_id = x.u AND c.room_id = x.r AND c.thread_id = x.t`, resetU, resetR, resetT)
+		b.Queue(`INSERT INTO own_reads (user_id, room_id, thread_id, pos)
+			SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
+			ON CONFLICT (user_id, room_id, thread_id) DO UPDATE SET pos = EXCLUDED.pos`,
+			resetU, resetR, resetT, resetP)
+		// Zeroed, not deleted: the row is counted up again by the next
+		// notification, and updating it in place (no indexed column
+		// changes) spares the index the entries a delete and re-insert
+		// would cost. Readers skip zero counts.
+		b.Queue(`UPDATE unread_counts c SET notify = 0, highlight = 0 FROM unnest($1::text[], $2::text[], $3::text[]) AS x(u, r, t)
+			WHERE c.user_id = x.u AND c.room_id = x.r AND c.thread_id = x.t AND (c.notify <> 0 OR c.highlight <> 0)`, resetU, resetR, resetT)
 	}
 	if len(addU) > 0 {
 		b.Queue(`INSERT INTO unread_counts (user_id, room_id, thread_id, notify, highlight)
@@ -99,8 +104,7 @@ func (d unreadDelta) queue(b *pgx.Batch, inputs []Input) *earlyReceipts {
 			addU, addR, addT, addN, addH)
 	}
 	early := &earlyReceipts{}
-	// ('own' receipts are written with their event, never before it.)
-	b.Queue(`SELECT DISTINCT user_id, room_id, thread_id FROM push_receipts WHERE event_id = ANY($1) AND receipt_type <> 'own'`, ids).Query(func(rows pgx.Rows) error {
+	b.Queue(`SELECT DISTINCT user_id, room_id, thread_id FROM push_receipts WHERE event_id = ANY($1)`, ids).Query(func(rows pgx.Rows) error {
 		var err error
 		early.threads, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) ([3]string, error) {
 			var p [3]string
@@ -134,11 +138,15 @@ func (e *earlyReceipts) recount(ctx context.Context, tx pgx.Tx) error {
 func recountUnread(ctx context.Context, tx pgx.Tx, userID, roomID, thread string) error {
 	b := &pgx.Batch{}
 	b.Queue(`DELETE FROM unread_counts WHERE user_id = $1 AND room_id = $2 AND ($3 = '' OR thread_id = $3)`, userID, roomID, thread)
-	// rc: the newest receipt position per thread ('' = unthreaded, which
-	// covers every thread).
+	// rc: the newest receipt or own read position per thread ('' =
+	// unthreaded, which covers every thread).
 	b.Queue(`WITH rc AS (
-			SELECT r.thread_id, MAX(se.pos) AS pos FROM push_receipts r JOIN sync_events se ON se.event_id = r.event_id
-			WHERE r.user_id = $1 AND r.room_id = $2 GROUP BY r.thread_id)
+			SELECT thread_id, MAX(pos) AS pos FROM (
+				SELECT r.thread_id, se.pos FROM push_receipts r JOIN sync_events se ON se.event_id = r.event_id
+				WHERE r.user_id = $1 AND r.room_id = $2
+				UNION ALL
+				SELECT thread_id, pos FROM own_reads WHERE user_id = $1 AND room_id = $2) x
+			GROUP BY thread_id)
 		INSERT INTO unread_counts (user_id, room_id, thread_id, notify, highlight)
 		SELECT $1, $2, n.thread_id, COUNT(*), COUNT(*) FILTER (WHERE n.highlight)
 		FROM notifications n LEFT JOIN rc ON rc.thread_id = n.thread_id

@@ -43,7 +43,7 @@ func unreadCountsMatchDefinition(t *testing.T, seed int64) {
 	plans := map[string]plan{}
 	eval := func(ctx context.Context, rd Reader, a Applied, _ PushContext) (PushOutcome, error) {
 		p := plans[a.Event.EventID]
-		out := PushOutcome{OwnRead: &OwnRead{UserID: p.sender, RoomID: a.Event.RoomID, ThreadID: p.thread, EventID: a.Event.EventID}}
+		out := PushOutcome{OwnRead: &OwnRead{UserID: p.sender, RoomID: a.Event.RoomID, ThreadID: p.thread}}
 		for _, u := range users {
 			if u != p.sender {
 				out.Notifications = append(out.Notifications, Notification{UserID: u, RoomID: a.Event.RoomID,
