@@ -130,7 +130,7 @@ func (e *earlyReceipts) recount(ctx context.Context, tx pgx.Tx) error {
 }
 
 // recountUnread recomputes a user's counts in a room, for the threads a
-// receipt of the given thread covers (every thread when it is ”,
+// receipt of the given thread covers (every thread when it is empty,
 // unthreaded), from notifications and receipts. The other threads' counts
 // do not depend on that receipt. The notifications read are the user's
 // after that receipt (or the unthreaded one, when newer): an index range
