@@ -101,6 +101,7 @@ func (s *Store) ApplyWith(ctx context.Context, inputs []Input, eval Evaluator) (
 		out = out[:0]
 		unread := newUnreadDelta() // unread.go
 		var notes []Notification
+		var changedRooms []string // rooms whose state changed: their summaries
 		for i := 0; i < len(inputs); {
 			// A run of events that change no state is stored in two round
 			// trips; any other event in a few of its own.
@@ -128,6 +129,9 @@ func (s *Store) ApplyWith(ctx context.Context, inputs []Input, eval Evaluator) (
 					continue
 				}
 				out = append(out, st.applied)
+				if room := st.applied.Event.RoomID; !changesNoState(inputs[i+k]) && !slices.Contains(changedRooms, room) {
+					changedRooms = append(changedRooms, room)
+				}
 				if eval == nil {
 					continue
 				}
@@ -140,12 +144,19 @@ func (s *Store) ApplyWith(ctx context.Context, inputs []Input, eval Evaluator) (
 			}
 			i += n
 		}
-		if eval == nil {
-			return nil
-		}
-		// Notifications, own reads and unread counts in one round
-		// trip; then the recounts that early receipts ask for.
+		// The changed rooms' summaries, notifications, own reads and
+		// unread counts in one round trip; then the recounts that early
+		// receipts ask for.
 		b := &pgx.Batch{}
+		if len(changedRooms) > 0 {
+			queueSummaryRefresh(b, changedRooms) // syncstate.go
+		}
+		if eval == nil {
+			if b.Len() == 0 {
+				return nil
+			}
+			return tx.SendBatch(ctx, b).Close()
+		}
 		queueNotifications(b, notes)
 		early := unread.queue(b, inputs)
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {

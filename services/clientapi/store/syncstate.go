@@ -124,8 +124,8 @@ type RoomSummary struct {
 	Heroes []string
 }
 
-// RoomSummaries computes the summaries of rooms for self in one
-// aggregate query.
+// RoomSummaries reads the kept summaries of rooms (room_summaries), for
+// self: self is not among the heroes.
 func (r Reader) RoomSummaries(ctx context.Context, rooms []string, self string) (map[string]RoomSummary, error) {
 	out := map[string]RoomSummary{}
 	b := &Batch{}
@@ -138,23 +138,42 @@ func (b *Batch) RoomSummaries(rooms []string, self string, out map[string]RoomSu
 	if len(rooms) == 0 {
 		return
 	}
-	b.b.Queue(`SELECT room_id,
+	b.b.Queue(`SELECT room_id, joined, invited, named, heroes FROM room_summaries WHERE room_id = ANY($1)`, rooms).
+		Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var room string
+				var s RoomSummary
+				var heroes []string
+				if err := rows.Scan(&room, &s.Joined, &s.Invited, &s.Named, &heroes); err != nil {
+					return err
+				}
+				for _, h := range heroes {
+					if h != self && len(s.Heroes) < maxHeroes {
+						s.Heroes = append(s.Heroes, h)
+					}
+				}
+				out[room] = s
+			}
+			return rows.Err()
+		})
+}
+
+// maxHeroes is how many heroes a summary names.
+const maxHeroes = 5
+
+// queueSummaryRefresh queues the recomputation of the rooms' kept
+// summaries from their current state. A room without members, name or
+// alias keeps no row.
+func queueSummaryRefresh(b *pgx.Batch, rooms []string) {
+	b.Queue(`DELETE FROM room_summaries WHERE room_id = ANY($1)`, rooms)
+	b.Queue(`INSERT INTO room_summaries (room_id, joined, invited, named, heroes)
+		SELECT room_id,
 			count(*) FILTER (WHERE type = 'm.room.member' AND membership = 'join'),
 			count(*) FILTER (WHERE type = 'm.room.member' AND membership = 'invite'),
 			bool_or(type <> 'm.room.member'),
 			COALESCE((array_agg(state_key ORDER BY pos, state_key) FILTER (
-				WHERE type = 'm.room.member' AND membership IN ('join', 'invite') AND state_key <> $2))[1:5], '{}')
+				WHERE type = 'm.room.member' AND membership IN ('join', 'invite')))[1:$2], '{}')
 		FROM current_state
 		WHERE room_id = ANY($1) AND type IN ('m.room.member', 'm.room.name', 'm.room.canonical_alias')
-		GROUP BY room_id`, rooms, self).Query(func(rows pgx.Rows) error {
-		for rows.Next() {
-			var room string
-			var s RoomSummary
-			if err := rows.Scan(&room, &s.Joined, &s.Invited, &s.Named, &s.Heroes); err != nil {
-				return err
-			}
-			out[room] = s
-		}
-		return rows.Err()
-	})
+		GROUP BY room_id`, rooms, maxHeroes+1)
 }
