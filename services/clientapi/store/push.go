@@ -60,38 +60,74 @@ func userKey(userID string) int64 {
 // conflict check: a notification is written once, with its newly stored
 // event, and nothing else writes the table.
 func queueNotifications(b *pgx.Batch, notes []Notification) {
-	if n := len(notes); n > 0 {
-		// Arrays, unnested: a room's members can be many. The distinct
-		// actions (few: most rows have the same) are parsed once, and
-		// each row has an index into them.
-		users, events, rooms, threads := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-		userKeys := make([]int64, n)
-		poss, tss := make([]int64, n), make([]int64, n)
-		actionIdx, highlights := make([]int32, n), make([]bool, n)
-		var actions []string
-		uk := map[string]int64{}
-		for i, no := range notes {
-			users[i], events[i], rooms[i], threads[i] = no.UserID, no.EventID, no.RoomID, no.ThreadID
-			poss[i], tss[i], highlights[i] = no.Pos, no.TS, no.Highlight
-			k, ok := uk[no.UserID]
-			if !ok {
-				k = userKey(no.UserID)
-				uk[no.UserID] = k
-			}
-			userKeys[i] = k
-			a := slices.Index(actions, string(no.Actions))
-			if a < 0 {
-				a = len(actions)
-				actions = append(actions, string(no.Actions))
-			}
-			actionIdx[i] = int32(a + 1) // SQL arrays count from 1
-		}
-		b.Queue(`INSERT INTO notifications (user_key, user_id, event_id, room_id, thread_id, pos, actions, highlight, ts)
-			SELECT uk, u, e, r, t, p, ($10::jsonb[])[a], h, ts
-			FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::int[], $8::bool[], $9::bigint[])
-				AS x(uk, u, e, r, t, p, a, h, ts)`,
-			userKeys, users, events, rooms, threads, poss, actionIdx, highlights, tss, actions)
+	if len(notes) == 0 {
+		return
 	}
+	// A batch's notifications are a few events times many members, with
+	// few distinct actions. Each event, user and actions value is sent
+	// once; a row is four numbers: indexes into them (SQL arrays count
+	// from 1) and the highlight flag. Sending every row's IDs as text
+	// made encoding the statement's parameters the client-API's largest
+	// allocation (#5).
+	type eventPart struct {
+		eventID, roomID, threadID string
+		pos, ts                   int64
+	}
+	var (
+		eventIDs, roomIDs, threadIDs []string
+		users                        stringIndex
+		poss, tss, userKeys          []int64
+		actions                      []string
+		eventIdx, userIdx, actionIdx = make([]int32, len(notes)), make([]int32, len(notes)), make([]int32, len(notes))
+		highlights                   = make([]bool, len(notes))
+		eventAt                      = map[eventPart]int32{}
+	)
+	for i, no := range notes {
+		ev := eventPart{no.EventID, no.RoomID, no.ThreadID, no.Pos, no.TS}
+		e, ok := eventAt[ev]
+		if !ok {
+			e = int32(len(eventIDs))
+			eventAt[ev] = e
+			eventIDs, roomIDs, threadIDs = append(eventIDs, ev.eventID), append(roomIDs, ev.roomID), append(threadIDs, ev.threadID)
+			poss, tss = append(poss, ev.pos), append(tss, ev.ts)
+		}
+		u := users.of(no.UserID)
+		if int(u) > len(userKeys) {
+			userKeys = append(userKeys, userKey(no.UserID))
+		}
+		a := slices.Index(actions, string(no.Actions))
+		if a < 0 {
+			a = len(actions)
+			actions = append(actions, string(no.Actions))
+		}
+		eventIdx[i], userIdx[i], actionIdx[i], highlights[i] = e+1, u, int32(a+1), no.Highlight
+	}
+	b.Queue(`INSERT INTO notifications (user_key, user_id, event_id, room_id, thread_id, pos, actions, highlight, ts)
+		SELECT ($1::bigint[])[x.u], ($2::text[])[x.u], ($3::text[])[x.e], ($4::text[])[x.e], ($5::text[])[x.e],
+			($6::bigint[])[x.e], ($8::jsonb[])[x.a], x.h, ($7::bigint[])[x.e]
+		FROM unnest($9::int[], $10::int[], $11::int[], $12::bool[]) AS x(u, e, a, h)`,
+		userKeys, users.list, eventIDs, roomIDs, threadIDs, poss, tss, actions, userIdx, eventIdx, actionIdx, highlights)
+}
+
+// stringIndex numbers distinct strings in the order first seen, from 1
+// (SQL arrays count from 1), for statements that send each string once
+// and refer to it by number.
+type stringIndex struct {
+	list []string
+	at   map[string]int32
+}
+
+// of returns v's number, adding v when new.
+func (x *stringIndex) of(v string) int32 {
+	if i, ok := x.at[v]; ok {
+		return i
+	}
+	if x.at == nil {
+		x.at = map[string]int32{}
+	}
+	x.list = append(x.list, v)
+	x.at[v] = int32(len(x.list))
+	return int32(len(x.list))
 }
 
 // PushReceipt is a local user's read receipt, copied from the presence

@@ -67,15 +67,18 @@ func (d unreadDelta) add(out PushOutcome, pos int64) {
 // nothing until its event arrives): their rooms are recounted once the
 // batch has run.
 func (d unreadDelta) queue(b *pgx.Batch, inputs []Input) *earlyReceipts {
-	var resetU, resetR, resetT, addU, addR, addT []string
+	var resetU, resetR, resetT []string
 	var resetP []int64
-	var addN, addH []int32
+	// The additions are many (notified members times rooms), so each
+	// user, room and thread ID is sent once and a row refers to them.
+	var users, rooms, threads stringIndex
+	var addU, addR, addT, addN, addH []int32
 	for k, c := range d {
 		if c.ownPos != 0 {
 			resetU, resetR, resetT, resetP = append(resetU, k.user), append(resetR, k.room), append(resetT, k.thread), append(resetP, c.ownPos)
 		}
 		if c.notify > 0 || c.highlight > 0 {
-			addU, addR, addT = append(addU, k.user), append(addR, k.room), append(addT, k.thread)
+			addU, addR, addT = append(addU, users.of(k.user)), append(addR, rooms.of(k.room)), append(addT, threads.of(k.thread))
 			addN, addH = append(addN, int32(c.notify)), append(addH, int32(c.highlight))
 		}
 	}
@@ -98,10 +101,11 @@ func (d unreadDelta) queue(b *pgx.Batch, inputs []Input) *earlyReceipts {
 	}
 	if len(addU) > 0 {
 		b.Queue(`INSERT INTO unread_counts (user_id, room_id, thread_id, notify, highlight)
-			SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::int[])
+			SELECT ($1::text[])[x.u], ($2::text[])[x.r], ($3::text[])[x.t], x.n, x.h
+			FROM unnest($4::int[], $5::int[], $6::int[], $7::int[], $8::int[]) AS x(u, r, t, n, h)
 			ON CONFLICT (user_id, room_id, thread_id) DO UPDATE
 				SET notify = unread_counts.notify + EXCLUDED.notify, highlight = unread_counts.highlight + EXCLUDED.highlight`,
-			addU, addR, addT, addN, addH)
+			users.list, rooms.list, threads.list, addU, addR, addT, addN, addH)
 	}
 	early := &earlyReceipts{}
 	b.Queue(`SELECT DISTINCT user_id, room_id, thread_id FROM push_receipts WHERE event_id = ANY($1)`, ids).Query(func(rows pgx.Rows) error {
