@@ -48,7 +48,7 @@ func (s *Service) evaluatePush(ctx context.Context, rd store.Reader, a store.App
 		*ev.StateKey != ev.Sender && s.isLocal(*ev.StateKey) {
 		invited = *ev.StateKey
 	}
-	var recipients []string
+	recipients := make([]string, 0, len(pc.Members)+1)
 	for _, u := range pc.Members {
 		if u != ev.Sender && s.isLocal(u) {
 			recipients = append(recipients, u)
@@ -85,6 +85,9 @@ func (s *Service) evaluatePush(ctx context.Context, rd store.Reader, a store.App
 		r := rules[i].evaluate(pe, &room, memo)
 		if r == nil || !r.notify {
 			continue
+		}
+		if out.Notifications == nil {
+			out.Notifications = make([]store.Notification, 0, len(recipients)-i)
 		}
 		out.Notifications = append(out.Notifications, store.Notification{
 			UserID: user, RoomID: ev.RoomID, EventID: ev.EventID, ThreadID: thread,
