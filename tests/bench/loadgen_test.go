@@ -19,6 +19,10 @@ import (
 	"github.com/myelin-chat/myelin/pkg/testkit/stack"
 )
 
+// TestMain stops the test binary's PostgreSQL cluster when the tests end;
+// without it every `make test` left one running.
+func TestMain(m *testing.M) { testkit.Main(m) }
+
 func TestLoadGeneratorQuick(t *testing.T) {
 	cfg := myelin.DefaultConfig()
 	cfg.DataDir = t.TempDir()
