@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/md5"
 	"encoding/binary"
-	"slices"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -75,9 +74,8 @@ func queueNotifications(b *pgx.Batch, notes []Notification) {
 	}
 	var (
 		eventIDs, roomIDs, threadIDs []string
-		users                        stringIndex
+		users, actions               stringIndex
 		poss, tss, userKeys          []int64
-		actions                      []string
 		eventIdx, userIdx, actionIdx = make([]int32, len(notes)), make([]int32, len(notes)), make([]int32, len(notes))
 		highlights                   = make([]bool, len(notes))
 		eventAt                      = map[eventPart]int32{}
@@ -86,27 +84,22 @@ func queueNotifications(b *pgx.Batch, notes []Notification) {
 		ev := eventPart{no.EventID, no.RoomID, no.ThreadID, no.Pos, no.TS}
 		e, ok := eventAt[ev]
 		if !ok {
-			e = int32(len(eventIDs))
-			eventAt[ev] = e
 			eventIDs, roomIDs, threadIDs = append(eventIDs, ev.eventID), append(roomIDs, ev.roomID), append(threadIDs, ev.threadID)
 			poss, tss = append(poss, ev.pos), append(tss, ev.ts)
+			e = int32(len(eventIDs)) // from 1, like stringIndex
+			eventAt[ev] = e
 		}
 		u := users.of(no.UserID)
 		if int(u) > len(userKeys) {
 			userKeys = append(userKeys, userKey(no.UserID))
 		}
-		a := slices.Index(actions, string(no.Actions))
-		if a < 0 {
-			a = len(actions)
-			actions = append(actions, string(no.Actions))
-		}
-		eventIdx[i], userIdx[i], actionIdx[i], highlights[i] = e+1, u, int32(a+1), no.Highlight
+		eventIdx[i], userIdx[i], actionIdx[i], highlights[i] = e, u, actions.of(string(no.Actions)), no.Highlight
 	}
 	b.Queue(`INSERT INTO notifications (user_key, user_id, event_id, room_id, thread_id, pos, actions, highlight, ts)
 		SELECT ($1::bigint[])[x.u], ($2::text[])[x.u], ($3::text[])[x.e], ($4::text[])[x.e], ($5::text[])[x.e],
 			($6::bigint[])[x.e], ($8::jsonb[])[x.a], x.h, ($7::bigint[])[x.e]
 		FROM unnest($9::int[], $10::int[], $11::int[], $12::bool[]) AS x(u, e, a, h)`,
-		userKeys, users.list, eventIDs, roomIDs, threadIDs, poss, tss, actions, userIdx, eventIdx, actionIdx, highlights)
+		userKeys, users.list, eventIDs, roomIDs, threadIDs, poss, tss, actions.list, userIdx, eventIdx, actionIdx, highlights)
 }
 
 // stringIndex numbers distinct strings in the order first seen, from 1
