@@ -55,48 +55,28 @@ func pushExtraUser(ev Event) string {
 // (and extraUser's, when not empty) stored push rules, and the create and
 // power levels events.
 func queueRoomPushContext(b *pgx.Batch, roomID, extraUser string, pc *PushContext) {
-	pc.RulesPos = map[string]int64{}
-	b.Queue(`SELECT u.user_id, u.joined, ad.pos
-		FROM (SELECT state_key AS user_id, true AS joined FROM current_state
-				WHERE room_id = $1 AND type = 'm.room.member' AND membership = 'join'
-			UNION ALL SELECT $2::text, false WHERE $2::text <> '') u
-		LEFT JOIN account_data ad ON ad.user_id = u.user_id AND ad.room_id = '' AND ad.type = $3`,
-		roomID, extraUser, PushRulesType).Query(func(rows pgx.Rows) error {
-		var user string
-		var joined bool
-		var pos *int64
-		_, err := pgx.ForEachRow(rows, []any{&user, &joined, &pos}, func() error {
-			if joined {
-				pc.Members = append(pc.Members, user)
+	queueRoomsPushContext(b, map[string]*PushContext{roomID: pc})
+	if extraUser == "" {
+		return
+	}
+	b.Queue(`SELECT pos FROM account_data WHERE user_id = $1 AND room_id = '' AND type = $2`,
+		extraUser, PushRulesType).QueryRow(func(row pgx.Row) error {
+		var pos int64
+		if err := row.Scan(&pos); err != nil {
+			if errors.Is(err, pgx.ErrNoRows) {
+				return nil // no stored rules: the defaults
 			}
-			if pos != nil {
-				pc.RulesPos[user] = *pos
-			}
-			return nil
-		})
-		return err
-	})
-	b.Queue(`SELECT type, event FROM current_state
-		WHERE room_id = $1 AND type IN ('m.room.create', 'm.room.power_levels') AND state_key = ''`,
-		roomID).Query(func(rows pgx.Rows) error {
-		var typ string
-		var ev []byte
-		_, err := pgx.ForEachRow(rows, []any{&typ, &ev}, func() error {
-			if typ == "m.room.create" {
-				pc.Create = ev
-			} else {
-				pc.PowerLevels = ev
-			}
-			return nil
-		})
-		return err
+			return err
+		}
+		pc.RulesPos[extraUser] = pos
+		return nil
 	})
 }
 
-// queueRoomsPushContext is queueRoomPushContext for several rooms (no
-// extra user) in two statements, whatever their number: a run of a batch
-// touches many rooms, and a statement per room was most of the consumer's
-// statements.
+// queueRoomsPushContext queues the reads of the rooms' parts of their
+// PushContexts (queueRoomPushContext without an extra user) in two
+// statements, whatever their number: a run of a batch touches many rooms,
+// and a statement per room was most of the consumer's statements.
 func queueRoomsPushContext(b *pgx.Batch, pcs map[string]*PushContext) {
 	rooms := make([]string, 0, len(pcs))
 	for room, pc := range pcs {
