@@ -122,18 +122,16 @@ func Start(ctx context.Context, cfg Config, targets []string, log *zap.Logger) (
 	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	g, gctx := errgroup.WithContext(runCtx)
 	httpSrv := &http.Server{Handler: p.router, ReadHeaderTimeout: 10 * time.Second}
-	g.Go(func() error {
-		if err := p.grpcSrv.Serve(p.grpcLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-			return fmt.Errorf("grpc server: %w", err)
-		}
-		return nil
-	})
-	g.Go(func() error {
-		if err := p.grpcSrv.Serve(p.inProcLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-			return fmt.Errorf("grpc server (in-process): %w", err)
-		}
-		return nil
-	})
+	// One gRPC server on both listeners: TCP for other processes, the
+	// in-memory one for this process's own services.
+	for _, lis := range []net.Listener{p.grpcLis, p.inProcLis} {
+		g.Go(func() error {
+			if err := p.grpcSrv.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+				return fmt.Errorf("grpc server on %s: %w", lis.Addr(), err)
+			}
+			return nil
+		})
+	}
 	g.Go(func() error {
 		if err := httpSrv.Serve(p.httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("http server: %w", err)
