@@ -13,6 +13,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -33,7 +35,7 @@ type Client struct {
 // to loopback, enough idle connections for every concurrent sender.
 func newHTTPClient() *http.Client {
 	tr := &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+		DialContext:         loopbackOnly(&net.Dialer{Timeout: 5 * time.Second}),
 		MaxIdleConns:        1024,
 		MaxIdleConnsPerHost: 1024,
 		IdleConnTimeout:     90 * time.Second,
@@ -43,6 +45,31 @@ func newHTTPClient() *http.Client {
 	return &http.Client{Transport: tr, Timeout: requestTimeout}
 }
 
+// loopbackOnly dials only loopback addresses. Checking at the dial, not
+// only the base URL, holds for every connection of the run: the pprof URL,
+// a redirect to another host, a name that resolves elsewhere later.
+func loopbackOnly(d *net.Dialer) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, err
+		}
+		ips, err := net.DefaultResolver.LookupIPAddr(ctx, host)
+		if err != nil {
+			return nil, err
+		}
+		for _, ip := range ips {
+			if !ip.IP.IsLoopback() {
+				return nil, fmt.Errorf("%s resolves to %s, not a loopback address: the load generator only drives servers on this machine", host, ip.IP)
+			}
+		}
+		if len(ips) == 0 {
+			return nil, fmt.Errorf("%s resolves to no address", host)
+		}
+		return d.DialContext(ctx, network, net.JoinHostPort(ips[0].IP.String(), port))
+	}
+}
+
 // MatrixError is a non-2xx answer; Errcode is the spec's errcode, or a
 // pseudo code (HTTP_<status>, TRANSPORT) when the body carries none.
 type MatrixError struct {
@@ -50,6 +77,9 @@ type MatrixError struct {
 	Errcode string
 	Message string
 	Body    []byte
+	// RetryAfter is how long a rate-limited answer (429 M_LIMIT_EXCEEDED)
+	// asks the client to wait: retry_after_ms, else the Retry-After header.
+	RetryAfter time.Duration
 }
 
 func (e *MatrixError) Error() string {
@@ -107,11 +137,18 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 	if res.StatusCode/100 != 2 {
 		me := &MatrixError{Status: res.StatusCode, Errcode: fmt.Sprintf("HTTP_%d", res.StatusCode), Body: raw}
 		var e struct {
-			Errcode string `json:"errcode"`
-			Error   string `json:"error"`
+			Errcode      string `json:"errcode"`
+			Error        string `json:"error"`
+			RetryAfterMS int64  `json:"retry_after_ms"`
 		}
 		if json.Unmarshal(raw, &e) == nil && e.Errcode != "" {
 			me.Errcode, me.Message = e.Errcode, e.Error
+		}
+		if res.StatusCode == http.StatusTooManyRequests {
+			me.RetryAfter = time.Duration(e.RetryAfterMS) * time.Millisecond
+			if secs, err := strconv.Atoi(res.Header.Get("Retry-After")); err == nil && me.RetryAfter == 0 {
+				me.RetryAfter = time.Duration(secs) * time.Second
+			}
 		}
 		return me
 	}
@@ -143,29 +180,58 @@ type Registration struct {
 	SharedSecret string
 }
 
-// register creates user name with password and logs the client in.
-func register(ctx context.Context, hc *http.Client, base string, reg Registration, name, password string) (*Client, error) {
+// register creates user name with password and logs the client in. retry
+// wraps each of its requests (nil: none); a whole registration is two
+// requests, so retrying only the whole could starve on a rate limit that
+// lets one request through per wait.
+func register(ctx context.Context, hc *http.Client, base string, reg Registration, name, password string, retry func(func() error) error) (*Client, error) {
 	c := &Client{base: strings.TrimRight(base, "/"), hc: hc}
+	if retry == nil {
+		retry = func(f func() error) error { return f() }
+	}
+	do := func(method, path string, body, out any) error {
+		return retry(func() error { return c.do(ctx, method, path, nil, body, out) })
+	}
 	var out struct {
 		UserID      string `json:"user_id"`
 		AccessToken string `json:"access_token"`
 	}
 	if reg.SharedSecret != "" {
-		if err := c.registerSharedSecret(ctx, reg.SharedSecret, name, password, &out); err != nil {
+		if err := registerSharedSecret(do, reg.SharedSecret, name, password, &out); err != nil {
 			return nil, err
 		}
 	} else {
 		body := map[string]any{"username": name, "password": password, "inhibit_login": false}
-		err := c.do(ctx, http.MethodPost, clientPrefix+"/register", nil, body, &out)
+		err := do(http.MethodPost, clientPrefix+"/register", body, &out)
 		var me *MatrixError
 		if asMatrix(err, &me) && me.Status == http.StatusUnauthorized {
-			// The UIA challenge: answer it with m.login.dummy in its session.
+			// The UIA challenge: answer it with m.login.dummy in its session,
+			// if the server offers a flow of only that stage.
 			var uia struct {
 				Session string `json:"session"`
+				Flows   []struct {
+					Stages []string `json:"stages"`
+				} `json:"flows"`
 			}
 			_ = json.Unmarshal(me.Body, &uia)
+			var offered []string
+			dummy := false
+			for _, f := range uia.Flows {
+				offered = append(offered, strings.Join(f.Stages, "+"))
+				if len(f.Stages) > 0 && !slices.ContainsFunc(f.Stages, func(s string) bool { return s != "m.login.dummy" }) {
+					dummy = true
+				}
+			}
+			if !dummy {
+				return nil, fmt.Errorf("register %s: the server offers no open registration with m.login.dummy (its flows: %s); "+
+					"use shared-secret registration ($LOADGEN_SHARED_SECRET, -registration shared-secret) or open the server's registration", name, strings.Join(offered, ", "))
+			}
 			body["auth"] = map[string]any{"type": "m.login.dummy", "session": uia.Session}
-			err = c.do(ctx, http.MethodPost, clientPrefix+"/register", nil, body, &out)
+			err = do(http.MethodPost, clientPrefix+"/register", body, &out)
+		}
+		if asMatrix(err, &me) && me.Status == http.StatusForbidden {
+			return nil, fmt.Errorf("register %s: the server refuses open registration (%w); "+
+				"use shared-secret registration ($LOADGEN_SHARED_SECRET, -registration shared-secret) or open the server's registration", name, err)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("register %s: %w", name, err)
@@ -181,12 +247,12 @@ func register(ctx context.Context, hc *http.Client, base string, reg Registratio
 // registerSharedSecret implements the client side of Synapse's shared-secret
 // registration: GET a nonce, then POST the user with
 // HMAC-SHA1(secret, nonce \0 user \0 password \0 "notadmin").
-func (c *Client) registerSharedSecret(ctx context.Context, secret, name, password string, out any) error {
+func registerSharedSecret(do func(method, path string, body, out any) error, secret, name, password string, out any) error {
 	const path = "/_synapse/admin/v1/register"
 	var n struct {
 		Nonce string `json:"nonce"`
 	}
-	if err := c.do(ctx, http.MethodGet, path, nil, nil, &n); err != nil {
+	if err := do(http.MethodGet, path, nil, &n); err != nil {
 		return fmt.Errorf("shared-secret registration nonce: %w", err)
 	}
 	mac := hmac.New(sha1.New, []byte(secret))
@@ -195,7 +261,7 @@ func (c *Client) registerSharedSecret(ctx context.Context, secret, name, passwor
 		"nonce": n.Nonce, "username": name, "password": password, "admin": false,
 		"mac": hex.EncodeToString(mac.Sum(nil)),
 	}
-	if err := c.do(ctx, http.MethodPost, path, nil, body, out); err != nil {
+	if err := do(http.MethodPost, path, body, out); err != nil {
 		return fmt.Errorf("shared-secret registration of %s: %w", name, err)
 	}
 	return nil

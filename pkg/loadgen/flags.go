@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // FlagSet binds the run's knobs to command-line flags (shared by
@@ -84,9 +86,6 @@ func (f *FlagSet) Options(base string) (Options, error) {
 		}
 	}
 	o.BaseURL = strings.TrimRight(base, "/")
-	if err := checkLoopback(o.BaseURL); err != nil {
-		return o, err
-	}
 	var err error
 	if o.Throughput.Sweep, err = parseInts(f.sweep); err != nil {
 		return o, fmt.Errorf("-sweep: %w", err)
@@ -98,6 +97,9 @@ func (f *FlagSet) Options(base string) (Options, error) {
 		}
 	}
 	if o.Processes, err = ParseProcesses(f.pids); err != nil {
+		return o, err
+	}
+	if err := o.Validate(); err != nil {
 		return o, err
 	}
 	switch f.registration {
@@ -114,11 +116,6 @@ func (f *FlagSet) Options(base string) (Options, error) {
 		}
 	default:
 		return o, fmt.Errorf("-registration: want auto, dummy or shared-secret")
-	}
-	if o.Serial.Messages < 1 || o.Throughput.Rooms < 1 || o.Throughput.Senders < 1 || len(o.Throughput.Sweep) == 0 ||
-		o.BigSync.Rooms < 1 || o.BigSync.Members < 1 || o.BigSync.Messages < 0 || o.BigSync.Repeats < 1 || o.BigSync.Incremental < 1 ||
-		o.Throughput.StepDuration < time.Second {
-		return o, fmt.Errorf("sizes must be positive and -step at least 1s")
 	}
 	return o, nil
 }
@@ -145,25 +142,72 @@ func ParseProcesses(s string) ([]Process, error) {
 	return out, nil
 }
 
-// checkLoopback refuses targets that are not on this machine: the load
+// checkLoopback refuses a URL whose host is not on this machine: the load
 // generator is a benchmark, not a tool for loading other people's servers.
-func checkLoopback(base string) error {
-	u, err := url.Parse(base)
+// (Every HTTP connection is also checked when it is dialled: loopbackOnly.)
+func checkLoopback(what, rawURL string) error {
+	u, err := url.Parse(rawURL)
 	if err != nil || u.Host == "" {
-		return fmt.Errorf("base URL %q: want http://host:port", base)
+		return fmt.Errorf("%s %q: want http://host:port", what, rawURL)
 	}
-	host := u.Hostname()
-	if host == "localhost" {
-		return nil
-	}
+	return checkLoopbackHost(what, u.Hostname())
+}
+
+func checkLoopbackHost(what, host string) error {
 	ips, err := net.LookupIP(host)
 	if err != nil {
-		return fmt.Errorf("base URL host %q: %w", host, err)
+		return fmt.Errorf("%s host %q: %w", what, host, err)
 	}
 	for _, ip := range ips {
 		if !ip.IsLoopback() {
-			return fmt.Errorf("base URL host %q is not a loopback address: the load generator only drives servers on this machine", host)
+			return fmt.Errorf("%s host %q is not a loopback address: the load generator only drives servers on this machine", what, host)
 		}
+	}
+	return nil
+}
+
+// checkDatabaseURL refuses a PostgreSQL URL that names a host off this
+// machine (a Unix socket directory is on it).
+func checkDatabaseURL(raw string) error {
+	cfg, err := pgconn.ParseConfig(raw)
+	if err != nil {
+		return fmt.Errorf("database URL: %w", err)
+	}
+	hosts := []string{cfg.Host}
+	for _, fb := range cfg.Fallbacks {
+		hosts = append(hosts, fb.Host)
+	}
+	for _, h := range hosts {
+		if strings.HasPrefix(h, "/") {
+			continue
+		}
+		if err := checkLoopbackHost("database URL", h); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Validate checks options built in code as Options does those from flags:
+// loopback targets and positive sizes.
+func (o Options) Validate() error {
+	if err := checkLoopback("base URL", o.BaseURL); err != nil {
+		return err
+	}
+	if o.PprofURL != "" {
+		if err := checkLoopback("pprof URL", o.PprofURL); err != nil {
+			return err
+		}
+	}
+	if o.DatabaseURL != "" {
+		if err := checkDatabaseURL(o.DatabaseURL); err != nil {
+			return err
+		}
+	}
+	if o.Serial.Messages < 1 || o.Throughput.Rooms < 1 || o.Throughput.Senders < 1 || len(o.Throughput.Sweep) == 0 ||
+		o.BigSync.Rooms < 1 || o.BigSync.Members < 1 || o.BigSync.Messages < 0 || o.BigSync.Repeats < 1 || o.BigSync.Incremental < 1 ||
+		o.Throughput.StepDuration < time.Second {
+		return fmt.Errorf("sizes must be positive and the throughput step at least 1s")
 	}
 	return nil
 }

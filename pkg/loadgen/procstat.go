@@ -199,3 +199,58 @@ func readPss(pid int) int64 {
 	}
 	return 0
 }
+
+// Peak is the largest footprint a watched process (or tree) reached in the
+// run. A tree has no kernel high-water mark for its sum, so the whole run
+// is sampled every PeakInterval and the largest sums are kept.
+type Peak struct {
+	Name string `json:"name"`
+	// PeakRSSBytes is the root's VmHWM at the end: exact for one process.
+	PeakRSSBytes int64 `json:"peak_rss_bytes"`
+	// MaxSampledRSSBytes and MaxSampledPSSBytes are the largest RSS and PSS
+	// sums seen over the samples (a tree's PSS is its honest footprint).
+	MaxSampledRSSBytes int64 `json:"max_sampled_rss_bytes"`
+	MaxSampledPSSBytes int64 `json:"max_sampled_pss_bytes"`
+	Samples            int   `json:"samples"`
+}
+
+// PeakInterval is how often Run samples the watched processes for Peak.
+const PeakInterval = time.Second
+
+// peakSampler samples ps every PeakInterval until stop is called, which
+// returns the peaks.
+func peakSampler(ps []Process) (stop func() []Peak) {
+	peaks := make([]Peak, len(ps))
+	for i, p := range ps {
+		peaks[i].Name = p.Name
+	}
+	observe := func() {
+		for i, p := range ps {
+			s, err := sampleProcess(p)
+			if err != nil {
+				continue // gone; the run's own samples report that
+			}
+			pk := &peaks[i]
+			pk.Samples++
+			pk.PeakRSSBytes = max(pk.PeakRSSBytes, s.PeakRSSBytes)
+			pk.MaxSampledRSSBytes = max(pk.MaxSampledRSSBytes, s.RSSBytes)
+			pk.MaxSampledPSSBytes = max(pk.MaxSampledPSSBytes, s.PSSBytes)
+		}
+	}
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(PeakInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-quit:
+				observe()
+				return
+			case <-t.C:
+				observe()
+			}
+		}
+	}()
+	return func() []Peak { close(quit); <-done; return peaks }
+}

@@ -17,10 +17,12 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
-// Options configure a run. Zero sizes take the defaults of Defaults().
+// Options configure a run; start from Defaults() or Quick(). Run refuses
+// options that fail Validate.
 type Options struct {
 	// BaseURL is the homeserver's client-server API base, e.g.
 	// http://127.0.0.1:8008. Only loopback targets are meant.
@@ -110,9 +112,11 @@ type Result struct {
 	} `json:"host"`
 	// Registration is how users were created: "m.login.dummy" or
 	// "shared-secret".
-	Registration      string            `json:"registration"`
-	Phases            []Phase           `json:"phases"`
-	Memory            []MemorySample    `json:"memory,omitempty"`
+	Registration string         `json:"registration"`
+	Phases       []Phase        `json:"phases"`
+	Memory       []MemorySample `json:"memory,omitempty"`
+	// Peaks are the watched processes' largest footprints over the run.
+	Peaks             []Peak            `json:"peaks,omitempty"`
 	DatabaseSizeBytes int64             `json:"database_size_bytes,omitempty"`
 	Profiles          map[string]string `json:"profiles,omitempty"`
 	// TopStatements are the database statements with the most execution
@@ -132,6 +136,9 @@ type Env struct {
 	mu     sync.Mutex
 	runID  string
 	nextID int
+	// limitedSetup and limitedMeasured count rate-limited answers
+	// (ratelimit.go).
+	limitedSetup, limitedMeasured atomic.Int64
 }
 
 // AddPhase appends a measured phase to the result.
@@ -150,6 +157,9 @@ func (e *Env) Note(format string, args ...any) {
 
 // Run runs the selected scenarios against opts.BaseURL.
 func Run(ctx context.Context, opts Options) (*Result, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
 	scen, err := lookup(opts.Scenarios)
 	if err != nil {
 		return nil, err
@@ -178,6 +188,10 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	if err := sample("idle"); err != nil {
 		return res, err
 	}
+	if len(opts.Processes) > 0 {
+		stopPeaks := peakSampler(opts.Processes)
+		defer func() { res.Peaks = stopPeaks() }()
+	}
 	for _, s := range scen {
 		if opts.Progress != nil {
 			fmt.Fprintf(opts.Progress, "== %s: %s\n", s.Name, s.Title)
@@ -188,6 +202,12 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		if err := sample("after_" + s.Name); err != nil {
 			return res, err
 		}
+	}
+	if n := env.limitedSetup.Load(); n > 0 {
+		env.Note("the target rate-limited %d set-up requests (waited out and retried); turn its rate limits off for benchmarking", n)
+	}
+	if n := env.limitedMeasured.Load(); n > 0 {
+		env.Note("the target rate-limited %d measured requests (counted as M_LIMIT_EXCEEDED errors; the client waited as told): its numbers measure the limits, not the server", n)
 	}
 	if opts.DatabaseURL != "" {
 		n, err := DatabaseSize(ctx, opts.DatabaseURL)
@@ -215,7 +235,8 @@ func (e *Env) NewUsers(ctx context.Context, scenario, role string, n int) ([]*Cl
 	out := make([]*Client, n)
 	err := e.parallel(ctx, n, func(i int) error {
 		t := time.Now()
-		c, err := register(ctx, e.hc, e.Opts.BaseURL, e.Opts.Registration, e.userName(role), "loadgen-password")
+		retry := func(f func() error) error { return e.retryLimited(ctx, f) }
+		c, err := register(ctx, e.hc, e.Opts.BaseURL, e.Opts.Registration, e.userName(role), "loadgen-password", retry)
 		rec.Observe(time.Since(t), err)
 		out[i] = c
 		return err
@@ -281,7 +302,7 @@ func (e *Env) JoinAll(ctx context.Context, scenario string, clients []*Client, r
 	err := e.parallel(ctx, len(work), func(i int) error {
 		w := work[i]
 		t := time.Now()
-		err := clients[w.c].Join(ctx, rooms[w.r])
+		err := e.retryLimited(ctx, func() error { return clients[w.c].Join(ctx, rooms[w.r]) })
 		rec.Observe(time.Since(t), err)
 		return err
 	})
@@ -299,7 +320,11 @@ func (e *Env) CreateRooms(ctx context.Context, scenario string, creators []*Clie
 	rooms := make([]string, n)
 	err := e.parallel(ctx, n, func(i int) error {
 		t := time.Now()
-		id, err := creators[i%len(creators)].CreateRoom(ctx, fmt.Sprintf("loadgen %s %d", scenario, i))
+		var id string
+		err := e.retryLimited(ctx, func() (err error) {
+			id, err = creators[i%len(creators)].CreateRoom(ctx, fmt.Sprintf("loadgen %s %d", scenario, i))
+			return err
+		})
 		rec.Observe(time.Since(t), err)
 		rooms[i] = id
 		return err

@@ -37,7 +37,10 @@ func runBigSync(ctx context.Context, e *Env) error {
 		stop := startProgress(e.Opts.Progress, "bigsync: messages", rec, total, 0)
 		err := e.parallel(ctx, total, func(i int) error {
 			t := time.Now()
-			_, err := users[i%len(users)].Send(ctx, rooms[i%len(rooms)], fmt.Sprintf("history %d", i))
+			err := e.retryLimited(ctx, func() error {
+				_, err := users[i%len(users)].Send(ctx, rooms[i%len(rooms)], fmt.Sprintf("history %d", i))
+				return err
+			})
 			rec.Observe(time.Since(t), err)
 			return err
 		})
@@ -69,6 +72,7 @@ func runBigSync(ctx context.Context, e *Env) error {
 			t := time.Now()
 			r, err := main.Sync(ctx, "", filter, 0)
 			rec.Observe(time.Since(t), err)
+			e.waitLimited(ctx, err)
 			if err == nil {
 				last = r
 			}
@@ -93,6 +97,7 @@ func runBigSync(ctx context.Context, e *Env) error {
 		t := time.Now()
 		r, err := main.Sync(ctx, since, "", 0)
 		rec.Observe(time.Since(t), err)
+		e.waitLimited(ctx, err)
 		if err == nil {
 			since = r.NextBatch
 		}
@@ -114,6 +119,7 @@ func runBigSync(ctx context.Context, e *Env) error {
 		id, err := sender.Send(ctx, rooms[i%len(rooms)], fmt.Sprintf("incremental %d", i))
 		if err != nil {
 			rec.Observe(0, err)
+			e.waitLimited(ctx, err)
 			continue
 		}
 		for attempt := 0; ; attempt++ {
@@ -141,16 +147,19 @@ func runBigSync(ctx context.Context, e *Env) error {
 	return nil
 }
 
-// describeSync reports an initial /sync's size and how many member events
-// it carried, which shows whether lazy loading was honoured.
+// describeSync reports an initial /sync's size and how many distinct
+// member events it carried, which shows whether lazy loading was honoured.
 func describeSync(r *SyncResponse, wantRooms int) map[string]any {
-	members, stateEvents, timeline := 0, 0, 0
+	members, stateEvents := 0, 0
 	for _, room := range r.Rooms.Join {
-		timeline += len(room.Timeline.Events)
+		// An event may come in both state and timeline (some servers repeat
+		// lazy-loaded senders' members in state): count it once.
+		seen := map[string]bool{}
 		for _, ev := range append(room.State.Events, room.Timeline.Events...) {
-			if ev.StateKey == nil {
+			if ev.StateKey == nil || seen[ev.EventID] {
 				continue
 			}
+			seen[ev.EventID] = true
 			stateEvents++
 			if ev.Type == "m.room.member" {
 				members++

@@ -29,6 +29,7 @@ func runSerial(ctx context.Context, e *Env) error {
 		t := time.Now()
 		_, err := users[0].Send(ctx, rooms[0], fmt.Sprintf("serial %d", i))
 		rec.Observe(time.Since(t), err)
+		e.waitLimited(ctx, err)
 	}
 	rec.Stop()
 	stop()

@@ -79,7 +79,9 @@ func (e *Env) throughputStep(ctx context.Context, senders []*Client, observer *C
 			}
 			syncErrs.Observe(time.Since(t), err)
 			if err != nil {
-				time.Sleep(50 * time.Millisecond)
+				if !e.waitLimited(obsCtx, err) {
+					sleep(obsCtx, 50*time.Millisecond)
+				}
 				continue
 			}
 			now := time.Now()
@@ -131,6 +133,7 @@ func (e *Env) throughputStep(ctx context.Context, senders []*Client, observer *C
 					return // cut off by the end of the step, not a server error
 				}
 				rec.Observe(done.Sub(t), err)
+				e.waitLimited(stepCtx, err)
 				if err == nil {
 					mu.Lock()
 					sentAt[id] = done

@@ -14,7 +14,6 @@ import (
 
 	"github.com/myelin-chat/myelin/bench/report"
 	"github.com/myelin-chat/myelin/pkg/loadgen"
-	"github.com/myelin-chat/myelin/pkg/myelin"
 	"github.com/myelin-chat/myelin/pkg/testkit"
 	"github.com/myelin-chat/myelin/pkg/testkit/stack"
 )
@@ -24,13 +23,8 @@ import (
 func TestMain(m *testing.M) { testkit.Main(m) }
 
 func TestLoadGeneratorQuick(t *testing.T) {
-	cfg := myelin.DefaultConfig()
-	cfg.DataDir = t.TempDir()
-	cfg.HTTP.Listen = "127.0.0.1:0"
-	cfg.GRPC.Listen = "127.0.0.1:0"
+	cfg := stack.TestConfig(t)
 	cfg.Debug.PprofListen = "127.0.0.1:0"
-	cfg.Database.URL = testkit.Postgres(t)
-	cfg.NATS.URL = testkit.NATS(t)
 	cfg.ClientAPI.RateLimit.Enabled = false
 	s := stack.StartWithConfig(t, cfg)
 
@@ -108,6 +102,10 @@ func TestLoadGeneratorQuick(t *testing.T) {
 			t.Errorf("memory sample %s: %+v", m.Label, p)
 		}
 	}
+	if len(res.Peaks) != 1 || res.Peaks[0].Samples < 2 || res.Peaks[0].MaxSampledRSSBytes <= 0 ||
+		res.Peaks[0].PeakRSSBytes < res.Peaks[0].MaxSampledRSSBytes {
+		t.Errorf("peaks over the run: %+v; want the watched process sampled through the run", res.Peaks)
+	}
 	if res.DatabaseSizeBytes <= 0 {
 		t.Errorf("database size %d", res.DatabaseSizeBytes)
 	}
@@ -127,7 +125,7 @@ func TestLoadGeneratorQuick(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range []string{"## Goals", "closed-loop throughput", "send-to-sync", "idle RSS", "![throughput]"} {
+	for _, s := range []string{"## Goals", "closed-loop throughput", "send-to-sync", "idle RSS", "![throughput]", "Largest footprint"} {
 		if !strings.Contains(string(md), s) {
 			t.Errorf("report lacks %q", s)
 		}

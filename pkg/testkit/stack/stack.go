@@ -25,13 +25,20 @@ type Stack struct {
 // Start runs targets (default: all) in one process on free ports.
 func Start(t testing.TB, targets ...string) *Stack {
 	t.Helper()
+	return StartWithConfig(t, TestConfig(t), targets...)
+}
+
+// TestConfig is the default configuration on free ports, a fresh database
+// and a fresh JetStream server: what Start runs, for tests that change it.
+func TestConfig(t testing.TB) myelin.Config {
+	t.Helper()
 	cfg := myelin.DefaultConfig()
 	cfg.DataDir = t.TempDir()
 	cfg.HTTP.Listen = "127.0.0.1:0"
 	cfg.GRPC.Listen = "127.0.0.1:0"
 	cfg.Database.URL = testkit.Postgres(t)
 	cfg.NATS.URL = testkit.NATS(t)
-	return StartWithConfig(t, cfg, targets...)
+	return cfg
 }
 
 // StartWithConfig runs targets with cfg (for restarts: pass s.Config).
