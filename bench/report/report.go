@@ -204,7 +204,7 @@ func Write(res *loadgen.Result, resultsPath, docs, analysis string) error {
 		w("\n")
 	}
 	if len(res.Peaks) > 0 {
-		w("Largest footprint over the whole run, sampled every %s (a tree has no kernel high-water mark for its sum):\n\n", loadgen.PeakInterval)
+		w("Largest footprint over the whole run: a process tree sampled every %s (it has no kernel high-water mark for its sum), a single process by its VmHWM:\n\n", loadgen.PeakInterval)
 		w("| process | peak RSS (root, VmHWM) | largest sampled RSS | largest sampled PSS | samples |\n| --- | ---: | ---: | ---: | ---: |\n")
 		for _, p := range res.Peaks {
 			w("| %s | %s | %s | %s | %d |\n", p.Name, bytesStr(float64(p.PeakRSSBytes)), bytesStr(float64(p.MaxSampledRSSBytes)),

@@ -201,8 +201,11 @@ func readPss(pid int) int64 {
 }
 
 // Peak is the largest footprint a watched process (or tree) reached in the
-// run. A tree has no kernel high-water mark for its sum, so the whole run
-// is sampled every PeakInterval and the largest sums are kept.
+// run. A single process has its kernel high-water mark (VmHWM), read at the
+// end; a tree has none for its sum, so a tree is sampled every
+// PeakInterval through the run and its largest sums are kept. (Sampling
+// costs the load generator CPU, mostly reading PSS, which the server then
+// lacks: hence trees only, and not more often.)
 type Peak struct {
 	Name string `json:"name"`
 	// PeakRSSBytes is the root's VmHWM at the end: exact for one process.
@@ -215,17 +218,20 @@ type Peak struct {
 }
 
 // PeakInterval is how often Run samples the watched processes for Peak.
-const PeakInterval = time.Second
+const PeakInterval = 2 * time.Second
 
-// peakSampler samples ps every PeakInterval until stop is called, which
-// returns the peaks.
-func peakSampler(ps []Process) (stop func() []Peak) {
+// peakSampler samples ps's trees every interval until stop is called,
+// which samples every process once more and returns the peaks.
+func peakSampler(ps []Process, interval time.Duration) (stop func() []Peak) {
 	peaks := make([]Peak, len(ps))
 	for i, p := range ps {
 		peaks[i].Name = p.Name
 	}
-	observe := func() {
+	observe := func(final bool) {
 		for i, p := range ps {
+			if !p.Tree && !final {
+				continue
+			}
 			s, err := sampleProcess(p)
 			if err != nil {
 				continue // gone; the run's own samples report that
@@ -240,15 +246,15 @@ func peakSampler(ps []Process) (stop func() []Peak) {
 	quit, done := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
-		t := time.NewTicker(PeakInterval)
+		t := time.NewTicker(interval)
 		defer t.Stop()
 		for {
 			select {
 			case <-quit:
-				observe()
+				observe(true)
 				return
 			case <-t.C:
-				observe()
+				observe(false)
 			}
 		}
 	}()

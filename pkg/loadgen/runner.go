@@ -189,7 +189,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		return res, err
 	}
 	if len(opts.Processes) > 0 {
-		stopPeaks := peakSampler(opts.Processes)
+		stopPeaks := peakSampler(opts.Processes, PeakInterval)
 		defer func() { res.Peaks = stopPeaks() }()
 	}
 	for _, s := range scen {
