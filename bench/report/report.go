@@ -60,6 +60,19 @@ func Write(res *loadgen.Result, resultsPath, docs, analysis string) error {
 	if n := res.Meta["note"]; n != "" {
 		w("> %s\n\n", n)
 	}
+	if len(res.HostChecks) > 0 {
+		w("Host check (a fixed workload, to compare runs on this shared machine; lower is faster): ")
+		for i, h := range res.HostChecks {
+			if i > 0 {
+				w("; ")
+			}
+			w("%s: CPU probe %.1f ms (wall %.1f ms)", h.Label, h.CPUProbeMS, h.CPUProbeWallMS)
+			if h.PostgresRoundTripUS > 0 {
+				w(", PostgreSQL `SELECT 1` round trip %.0f µs", h.PostgresRoundTripUS)
+			}
+		}
+		w(".\n\n")
+	}
 	w("How to run: `make bench` (this report), `make bench-quick` (under 2 minutes, checks the bench itself; its output stays in `bench/tmp/quick`). Against another homeserver: `bin/myelin-load -url http://127.0.0.1:8008 -out result.json` (see `bin/myelin-load -h`).\n\n")
 
 	o := res.Options

@@ -115,6 +115,9 @@ type Result struct {
 	Registration string         `json:"registration"`
 	Phases       []Phase        `json:"phases"`
 	Memory       []MemorySample `json:"memory,omitempty"`
+	// HostChecks measure the machine itself at the start and the end
+	// (hostcheck.go), to compare runs made on a shared machine.
+	HostChecks []HostCheck `json:"host_checks,omitempty"`
 	// Peaks are the watched processes' largest footprints over the run.
 	Peaks             []Peak            `json:"peaks,omitempty"`
 	DatabaseSizeBytes int64             `json:"database_size_bytes,omitempty"`
@@ -185,6 +188,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	}
 	// Scenario 5 (idle and loaded memory) is these samples: one before any
 	// load, one after each scenario.
+	res.HostChecks = append(res.HostChecks, checkHost(ctx, "start", opts.DatabaseURL))
 	if err := sample("idle"); err != nil {
 		return res, err
 	}
@@ -203,6 +207,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 			return res, err
 		}
 	}
+	res.HostChecks = append(res.HostChecks, checkHost(ctx, "end", opts.DatabaseURL))
 	if n := env.limitedSetup.Load(); n > 0 {
 		env.Note("the target rate-limited %d set-up requests (waited out and retried); turn its rate limits off for benchmarking", n)
 	}

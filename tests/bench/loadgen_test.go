@@ -106,6 +106,14 @@ func TestLoadGeneratorQuick(t *testing.T) {
 		res.Peaks[0].PeakRSSBytes < res.Peaks[0].MaxSampledRSSBytes {
 		t.Errorf("peaks over the run: %+v; want the watched process (not a tree) sampled once, at the end", res.Peaks)
 	}
+	if len(res.HostChecks) != 2 {
+		t.Errorf("host checks %+v, want one at the start and one at the end", res.HostChecks)
+	}
+	for _, h := range res.HostChecks {
+		if h.CPUProbeMS <= 0 || h.CPUProbeWallMS <= 0 || h.PostgresRoundTripUS <= 0 {
+			t.Errorf("host check %+v: every probe should have measured", h)
+		}
+	}
 	if res.DatabaseSizeBytes <= 0 {
 		t.Errorf("database size %d", res.DatabaseSizeBytes)
 	}
@@ -125,7 +133,7 @@ func TestLoadGeneratorQuick(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range []string{"## Goals", "closed-loop throughput", "send-to-sync", "idle RSS", "![throughput]", "Largest footprint"} {
+	for _, s := range []string{"## Goals", "closed-loop throughput", "send-to-sync", "idle RSS", "![throughput]", "Largest footprint", "Host check"} {
 		if !strings.Contains(string(md), s) {
 			t.Errorf("report lacks %q", s)
 		}
