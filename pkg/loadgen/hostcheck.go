@@ -5,10 +5,10 @@ import (
 	"crypto/sha256"
 	"runtime"
 	"slices"
-	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"golang.org/x/sys/unix"
 )
 
 // Host checks. This kind of machine is shared: runs of the same build have
@@ -17,7 +17,7 @@ import (
 // before any load, and again at the end, so two results can be compared
 // knowing whether their machines were equally fast.
 //
-//   - The CPU probe hashes a fixed 16 MiB buffer with SHA-256 on one locked
+//   - The CPU probe hashes a fixed 32 MiB buffer with SHA-256 on one locked
 //     OS thread; it reports the thread's CPU time, which grows when the
 //     host is slower, not when other processes only compete for the core.
 //   - The PostgreSQL probe times sequential `SELECT 1` round trips on one
@@ -37,7 +37,7 @@ type HostCheck struct {
 }
 
 const (
-	probeBytes      = 16 << 20
+	probeBytes      = 32 << 20
 	probeRepeats    = 5
 	probeRoundTrips = 300
 )
@@ -70,14 +70,15 @@ func cpuProbe() (cpuMS, wallMS float64) {
 	return median(cpus), median(walls)
 }
 
-// threadCPU is the calling OS thread's user+system time.
+// threadCPU is the calling OS thread's CPU time, from the nanosecond
+// thread clock (getrusage's thread times have tick resolution here, as
+// coarse as the probe itself).
 func threadCPU() time.Duration {
-	var ru syscall.Rusage
-	const rusageThread = 1 // RUSAGE_THREAD
-	if err := syscall.Getrusage(rusageThread, &ru); err != nil {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &ts); err != nil {
 		return 0
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return time.Duration(ts.Nano())
 }
 
 func postgresProbe(ctx context.Context, dbURL string) float64 {
