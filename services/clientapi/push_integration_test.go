@@ -678,3 +678,62 @@ func TestPushRulesAPI(t *testing.T) {
 		t.Fatalf("after delete: alice %+v bob %+v", pa.Pushers, pb.Pushers)
 	}
 }
+
+// A pusher belongs to the device that set it last and goes with it: after
+// a logout, a password change that logs out the other devices, or a
+// logout of every device, the gone devices' phones get no more pushes.
+func TestPushersGoWithTheirDevice(t *testing.T) {
+	hs := startPushStack(t)
+	ctx := context.Background()
+	gw := newGateway(t, "", "")
+	main := newUser(t, hs, "carol")
+	login := func() *mautrix.Client {
+		t.Helper()
+		cli, err := mautrix.NewClient(hs, "", "")
+		must(t, "client", err)
+		_, err = cli.Login(ctx, &mautrix.ReqLogin{Type: mautrix.AuthTypePassword, Password: "pw-carol", StoreCredentials: true,
+			Identifier: mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: "carol"}})
+		must(t, "login", err)
+		return cli
+	}
+	phone, laptop := login(), login()
+	must(t, "main pusher", setPusher(t, main, httpPusher("k-main", gw.url(), nil)))
+	must(t, "phone pusher", setPusher(t, phone, httpPusher("k-phone", gw.url(), nil)))
+	must(t, "laptop pusher", setPusher(t, laptop, httpPusher("k-laptop", gw.url(), nil)))
+	// Set again from another device, a pusher moves to that device.
+	must(t, "moving pusher, phone", setPusher(t, phone, httpPusher("k-moved", gw.url(), nil)))
+	must(t, "moving pusher, laptop", setPusher(t, laptop, httpPusher("k-moved", gw.url(), nil)))
+	keys := func(cli *mautrix.Client) []string {
+		t.Helper()
+		ps, err := getPushers(t, cli)
+		must(t, "get pushers", err)
+		var out []string
+		for _, p := range ps.Pushers {
+			out = append(out, p.PushKey)
+		}
+		slices.Sort(out)
+		return out
+	}
+	expect := func(what string, cli *mautrix.Client, want ...string) {
+		t.Helper()
+		if got := keys(cli); !slices.Equal(got, want) {
+			t.Fatalf("%s: pushers %v, want %v", what, got, want)
+		}
+	}
+	expect("all set", main, "k-laptop", "k-main", "k-moved", "k-phone")
+
+	_, err := phone.Logout(ctx)
+	must(t, "phone logout", err)
+	expect("after the phone logged out", main, "k-laptop", "k-main", "k-moved")
+
+	must(t, "password change", raw(t, main, http.MethodPost, map[string]any{
+		"new_password": "pw-carol", "logout_devices": true,
+		"auth": map[string]any{"type": "m.login.password", "password": "pw-carol",
+			"identifier": map[string]any{"type": "m.id.user", "user": "carol"}},
+	}, nil, "account", "password"))
+	expect("after a password change logged out the laptop", main, "k-main")
+
+	_, err = main.LogoutAll(ctx)
+	must(t, "logout all", err)
+	expect("after every device logged out", login())
+}

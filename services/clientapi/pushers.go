@@ -146,7 +146,7 @@ func (s *Service) setPusher(r *http.Request, dev *device) (any, error) {
 	err := s.store.SetPusher(ctx, store.Pusher{
 		UserID: dev.UserID, AppID: *body.AppID, PushKey: *body.PushKey, Kind: kind,
 		AppDisplayName: *body.AppDisplayName, DeviceDisplayName: *body.DeviceDisplayName, ProfileTag: body.ProfileTag,
-		Lang: *body.Lang, Data: body.Data, PushKeyTS: s.now().Unix(),
+		Lang: *body.Lang, Data: body.Data, PushKeyTS: s.now().Unix(), DeviceID: dev.DeviceID,
 	}, body.Append)
 	if err != nil {
 		return nil, err

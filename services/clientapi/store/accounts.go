@@ -268,9 +268,11 @@ func (s *Store) LogoutAll(ctx context.Context, userID string) error {
 	})
 }
 
-// deleteDevices deletes devices of a user with their access and refresh tokens.
+// deleteDevices deletes devices of a user with their access and refresh
+// tokens and their pushers.
 func deleteDevices(ctx context.Context, tx pgx.Tx, userID string, deviceIDs []string) error {
 	for _, q := range []string{
+		`DELETE FROM pushers WHERE user_id = $1 AND device_id = ANY($2)`,
 		`DELETE FROM access_tokens WHERE user_id = $1 AND device_id = ANY($2)`,
 		`DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id = ANY($2)`,
 		`DELETE FROM devices WHERE user_id = $1 AND device_id = ANY($2)`,
@@ -285,9 +287,11 @@ func deleteDevices(ctx context.Context, tx pgx.Tx, userID string, deviceIDs []st
 }
 
 // deleteAllDevices deletes every device of a user but keep (none when
-// empty), with their tokens.
+// empty), with their tokens and pushers. Pushers of no known device
+// (set before devices owned them) go too: they may be another device's.
 func deleteAllDevices(ctx context.Context, tx pgx.Tx, userID, keep string) error {
 	for _, q := range []string{
+		`DELETE FROM pushers WHERE user_id = $1 AND device_id IS DISTINCT FROM $2`,
 		`DELETE FROM access_tokens WHERE user_id = $1 AND device_id <> $2`,
 		`DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id <> $2`,
 		`DELETE FROM devices WHERE user_id = $1 AND device_id <> $2`,

@@ -19,15 +19,18 @@ type Pusher struct {
 	Data              []byte // JSON object
 	PushKeyTS         int64  // seconds
 	LastPos           int64
+	// DeviceID is the device that set the pusher; the pusher is deleted
+	// with it. Empty for pushers set before devices owned them.
+	DeviceID string
 }
 
-const pusherCols = `user_id, app_id, pushkey, kind, app_display_name, device_display_name, profile_tag, lang, data, pushkey_ts, last_pos`
+const pusherCols = `user_id, app_id, pushkey, kind, app_display_name, device_display_name, profile_tag, lang, data, pushkey_ts, last_pos, COALESCE(device_id, '')`
 
 func scanPushers(rows pgx.Rows) ([]Pusher, error) {
 	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (Pusher, error) {
 		var p Pusher
 		err := row.Scan(&p.UserID, &p.AppID, &p.PushKey, &p.Kind, &p.AppDisplayName, &p.DeviceDisplayName, &p.ProfileTag,
-			&p.Lang, &p.Data, &p.PushKeyTS, &p.LastPos)
+			&p.Lang, &p.Data, &p.PushKeyTS, &p.LastPos, &p.DeviceID)
 		return p, err
 	})
 }
@@ -44,12 +47,16 @@ func (s *Store) SetPusher(ctx context.Context, p Pusher, appendOthers bool) erro
 				return err
 			}
 		}
-		_, err := tx.Exec(ctx, `INSERT INTO pushers (`+pusherCols+`)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, (SELECT COALESCE(MAX(pos), 0) FROM sync_events))
+		// The device that sets a pusher last owns it.
+		_, err := tx.Exec(ctx, `INSERT INTO pushers (user_id, app_id, pushkey, kind, app_display_name, device_display_name,
+				profile_tag, lang, data, pushkey_ts, last_pos, device_id)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, (SELECT COALESCE(MAX(pos), 0) FROM sync_events), $11)
 			ON CONFLICT (user_id, app_id, pushkey) DO UPDATE SET kind = EXCLUDED.kind,
 				app_display_name = EXCLUDED.app_display_name, device_display_name = EXCLUDED.device_display_name,
-				profile_tag = EXCLUDED.profile_tag, lang = EXCLUDED.lang, data = EXCLUDED.data, pushkey_ts = EXCLUDED.pushkey_ts`,
-			p.UserID, p.AppID, p.PushKey, p.Kind, p.AppDisplayName, p.DeviceDisplayName, p.ProfileTag, p.Lang, p.Data, p.PushKeyTS)
+				profile_tag = EXCLUDED.profile_tag, lang = EXCLUDED.lang, data = EXCLUDED.data, pushkey_ts = EXCLUDED.pushkey_ts,
+				device_id = EXCLUDED.device_id`,
+			p.UserID, p.AppID, p.PushKey, p.Kind, p.AppDisplayName, p.DeviceDisplayName, p.ProfileTag, p.Lang, p.Data, p.PushKeyTS,
+			p.DeviceID)
 		return err
 	})
 }
