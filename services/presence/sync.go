@@ -81,18 +81,11 @@ func (s *Service) syncEphemeral(ctx context.Context, req *presencev1.SyncEphemer
 		}
 	}
 
-	visible, err := s.store.VisibleUsers(ctx, userID)
+	rows, err := s.visiblePresence(ctx, userID, since, upto)
 	if err != nil {
 		return nil, err
 	}
-	if !slices.Contains(visible, userID) {
-		visible = append(visible, userID)
-	}
-	rows, err := s.store.PresenceOf(ctx, visible, since, upto)
-	if err != nil {
-		return nil, err
-	}
-	if !req.GetInitial() {
+	if since > 0 {
 		// Users who newly share a room with the requester: their current
 		// presence, even if it did not change.
 		fresh, err := s.store.NewlySharing(ctx, userID, since, upto)
@@ -116,6 +109,26 @@ func (s *Service) syncEphemeral(ctx context.Context, req *presencev1.SyncEphemer
 		resp.Presence = append(resp.Presence, s.render(p, now))
 	}
 	return resp, nil
+}
+
+// visiblePresence returns the presence rows in (since, upto] that userID
+// may see: their own and those of users sharing a joined room with them.
+// From the start (an initial sync), every such user's row: list the users,
+// then read their rows. Otherwise only the rows changed since, each
+// checked for a shared room, which costs what changed instead of the size
+// of the user's rooms.
+func (s *Service) visiblePresence(ctx context.Context, userID string, since, upto int64) ([]store.Presence, error) {
+	if since > 0 {
+		return s.store.VisiblePresenceChanges(ctx, userID, since, upto)
+	}
+	visible, err := s.store.VisibleUsers(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
+	if !slices.Contains(visible, userID) {
+		visible = append(visible, userID)
+	}
+	return s.store.PresenceOf(ctx, visible, 0, upto)
 }
 
 // getPresence answers GetPresence: the user themself, or a user sharing a

@@ -64,12 +64,19 @@ func (s *Store) ApplyMemberships(ctx context.Context, streamPos int64, changes [
 }
 
 // NewlySharing lists the users who share a joined room with userID where
-// either joined at an ephemeral position in (after, upto].
+// either joined at an ephemeral position in (after, upto]. It starts from
+// the joins in that range (the rooms userID joined; the joins of others,
+// by memberships_joined_pos), not from every member of userID's rooms, so
+// an incremental /sync pays for what changed, not for the rooms' sizes.
 func (s *Store) NewlySharing(ctx context.Context, userID string, after, upto int64) ([]string, error) {
-	rows, err := s.db.Query(ctx, `SELECT DISTINCT m2.user_id FROM memberships m1
-		JOIN memberships m2 ON m2.room_id = m1.room_id
-		WHERE m1.user_id = $1 AND m1.membership = 'join' AND m2.membership = 'join'
-		  AND ((m1.joined_pos > $2 AND m1.joined_pos <= $3) OR (m2.joined_pos > $2 AND m2.joined_pos <= $3))`,
+	rows, err := s.db.Query(ctx, `
+		SELECT m2.user_id FROM memberships m1
+		JOIN memberships m2 ON m2.room_id = m1.room_id AND m2.membership = 'join'
+		WHERE m1.user_id = $1 AND m1.membership = 'join' AND m1.joined_pos > $2 AND m1.joined_pos <= $3
+		UNION
+		SELECT m2.user_id FROM memberships m2
+		JOIN memberships m1 ON m1.room_id = m2.room_id AND m1.user_id = $1 AND m1.membership = 'join'
+		WHERE m2.membership = 'join' AND m2.joined_pos > $2 AND m2.joined_pos <= $3`,
 		userID, after, upto)
 	if err != nil {
 		return nil, err
