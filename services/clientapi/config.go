@@ -49,6 +49,14 @@ type PushConfig struct {
 	MaxAttempts int `yaml:"max_attempts"`
 	// RequestTimeout bounds one push gateway request.
 	RequestTimeout time.Duration `yaml:"request_timeout"`
+	// NotificationRetention is how long a notification is kept (GET
+	// /notifications, pushers that are behind), by its event's
+	// origin_server_ts; 0 keeps them forever. Unread counts are kept
+	// apart and do not shrink when old notifications go.
+	NotificationRetention time.Duration `yaml:"notification_retention"`
+	// PruneInterval is how often the consumer-lock holder deletes
+	// notifications past the retention.
+	PruneInterval time.Duration `yaml:"prune_interval"`
 }
 
 // RateLimitConfig configures the token-bucket rate limiter. Register and
@@ -107,6 +115,9 @@ func DefaultConfig() Config {
 			MaxBackoff:           10 * time.Minute,
 			MaxAttempts:          12,
 			RequestTimeout:       30 * time.Second,
+			// Synapse keeps push actions about a month too.
+			NotificationRetention: 30 * 24 * time.Hour,
+			PruneInterval:         time.Hour,
 		},
 	}
 }
@@ -148,6 +159,9 @@ func (c Config) Validate() error {
 	}
 	if c.Push.InitialBackoff <= 0 || c.Push.MaxBackoff < c.Push.InitialBackoff || c.Push.MaxAttempts < 1 || c.Push.RequestTimeout <= 0 {
 		errs = append(errs, errors.New("push: need 0 < initial_backoff <= max_backoff, max_attempts >= 1, request_timeout > 0"))
+	}
+	if c.Push.NotificationRetention < 0 || (c.Push.NotificationRetention > 0 && c.Push.PruneInterval <= 0) {
+		errs = append(errs, errors.New("push: notification_retention must be >= 0 (0 keeps notifications), and prune_interval > 0 with it"))
 	}
 	return errors.Join(errs...)
 }

@@ -74,6 +74,9 @@ func (s *Service) lead(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.consumeRoomEvents(gctx) })
 	g.Go(func() error { return s.pushers.run(gctx) })
+	if s.cfg.Push.NotificationRetention > 0 {
+		g.Go(func() error { s.pruneNotifications(gctx); return nil })
+	}
 	if s.receiptsConsumer != nil {
 		g.Go(func() error { return s.consumePushReceipts(gctx) })
 	}

@@ -225,3 +225,41 @@ func (s *Service) notifications(r *http.Request, dev *device) (any, error) {
 	}
 	return out, nil
 }
+
+// pruneBatch bounds the rows one prune statement deletes, so a large
+// backlog goes in short transactions.
+const pruneBatch = 10000
+
+// pruneNotifications deletes, every push.prune_interval while this
+// replica holds the consumer lock, the notifications whose events are
+// older than push.notification_retention. Failures are logged and tried
+// again at the next interval: pruning never stops the consumer.
+func (s *Service) pruneNotifications(ctx context.Context) {
+	t := time.NewTicker(s.cfg.Push.PruneInterval)
+	defer t.Stop()
+	for {
+		before := s.now().Add(-s.cfg.Push.NotificationRetention).UnixMilli()
+		var total int64
+		for ctx.Err() == nil {
+			n, err := s.store.PruneNotifications(ctx, before, pruneBatch)
+			total += n
+			if err != nil {
+				if ctx.Err() == nil {
+					s.log.Error("pruning notifications", zap.Error(err))
+				}
+				break
+			}
+			if n < pruneBatch {
+				break
+			}
+		}
+		if total > 0 {
+			s.log.Info("pruned notifications", zap.Int64("rows", total), zap.Duration("retention", s.cfg.Push.NotificationRetention))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

@@ -35,6 +35,13 @@ var mMissingParam = mautrix.RespError{ErrCode: "M_MISSING_PARAM", StatusCode: ht
 // fast enough for a test (1 ms backoff, 4 attempts).
 func startPushStack(t *testing.T) string {
 	t.Helper()
+	return startPushStackWith(t, nil)
+}
+
+// startPushStackWith is startPushStack with its configuration changed by
+// edit.
+func startPushStackWith(t *testing.T, edit func(*myelin.Config)) string {
+	t.Helper()
 	cfg := myelin.DefaultConfig()
 	cfg.DataDir = t.TempDir()
 	cfg.HTTP.Listen = "127.0.0.1:0"
@@ -45,6 +52,9 @@ func startPushStack(t *testing.T) string {
 	cfg.ClientAPI.Push.InitialBackoff = time.Millisecond
 	cfg.ClientAPI.Push.MaxBackoff = 4 * time.Millisecond
 	cfg.ClientAPI.Push.MaxAttempts = 4
+	if edit != nil {
+		edit(&cfg)
+	}
 	return stack.StartWithConfig(t, cfg).URL()
 }
 
@@ -736,4 +746,35 @@ func TestPushersGoWithTheirDevice(t *testing.T) {
 	_, err = main.LogoutAll(ctx)
 	must(t, "logout all", err)
 	expect("after every device logged out", login())
+}
+
+// Notifications older than push.notification_retention are deleted by the
+// consumer-lock holder every push.prune_interval; the unread counts stay.
+func TestNotificationsPrunedAfterRetention(t *testing.T) {
+	hs := startPushStackWith(t, func(cfg *myelin.Config) {
+		cfg.ClientAPI.Push.NotificationRetention = 2 * time.Second
+		cfg.ClientAPI.Push.PruneInterval = 100 * time.Millisecond
+	})
+	ctx := context.Background()
+	alice, bob := newUser(t, hs, "alice"), newUser(t, hs, "bob")
+	roomID := createRoom(t, alice, map[string]any{"preset": "private_chat", "invite": []string{bob.UserID.String()}})
+	_, err := bob.JoinRoomByID(ctx, roomID)
+	must(t, "join", err)
+	bs := &rawSyncer{t: t, cli: bob}
+	bs.untilRoom(roomID, "joined", func(map[string]any) error { return nil })
+	msg := sendContent(t, alice, roomID, text("soon forgotten"))
+	bs.untilRoom(roomID, "the notification counted", wantCounts(1, 0))
+	// Bob's notifications: the message, and his invite before it.
+	if got := getNotifications(t, bob, nil).Notifications; len(got) == 0 || got[0].Event["event_id"] != msg.String() {
+		t.Fatalf("notifications within the retention: %+v", got)
+	}
+	testkit.Eventually(t, 20*time.Second, func() error {
+		if got := getNotifications(t, bob, nil).Notifications; len(got) != 0 {
+			return fmt.Errorf("%d notifications left after the retention", len(got))
+		}
+		return nil
+	})
+	// A fresh initial sync still counts the unread message.
+	fresh := &rawSyncer{t: t, cli: bob}
+	fresh.untilRoom(roomID, "the count after pruning", wantCounts(1, 0))
 }

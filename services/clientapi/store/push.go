@@ -251,3 +251,14 @@ func (r Reader) GlobalAccountData(ctx context.Context, users []string, typ strin
 	}
 	return out, rows.Err()
 }
+
+// PruneNotifications deletes up to batch notifications whose event's
+// timestamp is before before (ms) and reports how many it deleted. Unread
+// counts are kept apart and stay; a later recount (a receipt) counts only
+// the notifications that are left, all of them newer than the receipt's
+// event unless it was older than the retention.
+func (s *Store) PruneNotifications(ctx context.Context, before int64, batch int) (int64, error) {
+	tag, err := s.db.Exec(ctx, `DELETE FROM notifications WHERE ctid = ANY(ARRAY(
+		SELECT ctid FROM notifications WHERE ts < $1 LIMIT $2))`, before, batch)
+	return tag.RowsAffected(), err
+}
