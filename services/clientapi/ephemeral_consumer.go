@@ -71,7 +71,13 @@ func (s *Service) wakeForEphemeral(subject string, data []byte) {
 		}
 	case bus.KindStatus:
 		var u presencev1.PresenceUpdate
-		if err = proto.Unmarshal(data, &u); err == nil {
+		if err = proto.Unmarshal(data, &u); err != nil {
+			break
+		}
+		if room := u.GetJoinedRoomId(); room != "" {
+			// A join: the joiner and the room's members newly share it.
+			s.notifier.ephemeralJoin(room, u.GetPresence().GetUserId(), u.GetPosition())
+		} else {
 			s.notifier.ephemeralSharing(u.GetPresence().GetUserId(), u.GetPosition())
 		}
 	}

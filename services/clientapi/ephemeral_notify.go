@@ -22,19 +22,30 @@ func (n *notifier) ephemeralUser(userID string, pos int64) {
 }
 
 // ephemeralSharing wakes a user and everyone sharing a joined room with
-// them (a presence change). It scans the rooms: the notifier keeps no
-// user -> rooms index.
+// them (a presence change), through the user's rooms (userRooms).
 func (n *notifier) ephemeralSharing(userID string, pos int64) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	woken := map[string]struct{}{userID: {}}
-	for _, members := range n.joined {
-		if _, ok := members[userID]; !ok {
-			continue
-		}
-		for u := range members {
+	for room := range n.userRooms[userID] {
+		for u := range n.joined[room] {
 			woken[u] = struct{}{}
 		}
+	}
+	n.ephemeralLocked(woken, pos)
+}
+
+// ephemeralJoin wakes a user who joined a room and the room's members: the
+// users who newly share a room with them. (Their other room-mates already
+// shared one: waking them for every join made a user's joins cost the
+// sum of all their rooms' sizes each, #5.) The joiner is woken by name,
+// as this may come before the room event consumer has seen the join.
+func (n *notifier) ephemeralJoin(roomID, userID string, pos int64) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	woken := map[string]struct{}{userID: {}}
+	for u := range n.joined[roomID] {
+		woken[u] = struct{}{}
 	}
 	n.ephemeralLocked(woken, pos)
 }

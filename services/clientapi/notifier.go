@@ -17,6 +17,9 @@ import (
 type notifier struct {
 	mu      sync.Mutex
 	joined  map[string]map[string]struct{} // room ID -> joined user IDs
+	// userRooms is joined inverted: user ID -> the rooms they are joined
+	// to (setJoined keeps both).
+	userRooms map[string]map[string]struct{}
 	userPos map[string]int64               // user ID -> latest position that concerned them
 	// userEPos is the same for the presence service's ephemeral stream
 	// (typing, receipts, presence), fed by ephemeral_consumer.go.
@@ -43,6 +46,7 @@ type notifier struct {
 func newNotifier(joined map[string][]string) *notifier {
 	n := &notifier{
 		joined:      map[string]map[string]struct{}{},
+		userRooms:   map[string]map[string]struct{}{},
 		userPos:     map[string]int64{},
 		userEPos:    map[string]int64{},
 		wakes:       map[string]uint64{},
@@ -53,13 +57,39 @@ func newNotifier(joined map[string][]string) *notifier {
 		done:        make(chan struct{}),
 	}
 	for room, users := range joined {
-		set := map[string]struct{}{}
 		for _, u := range users {
-			set[u] = struct{}{}
+			n.setJoined(room, u, true)
 		}
-		n.joined[room] = set
 	}
 	return n
+}
+
+// setJoined records that user is (or is no longer) joined to room, in
+// joined and userRooms. Caller holds mu (or owns n).
+func (n *notifier) setJoined(room, user string, join bool) {
+	if join {
+		if n.joined[room] == nil {
+			n.joined[room] = map[string]struct{}{}
+		}
+		n.joined[room][user] = struct{}{}
+		if n.userRooms[user] == nil {
+			n.userRooms[user] = map[string]struct{}{}
+		}
+		n.userRooms[user][room] = struct{}{}
+		return
+	}
+	if members := n.joined[room]; members != nil {
+		delete(members, user)
+		if len(members) == 0 {
+			delete(n.joined, room)
+		}
+	}
+	if rooms := n.userRooms[user]; rooms != nil {
+		delete(rooms, room)
+		if len(rooms) == 0 {
+			delete(n.userRooms, user)
+		}
+	}
 }
 
 // committed records a stored batch and wakes the users it concerns.
@@ -81,19 +111,7 @@ func (n *notifier) committed(applied []store.Applied) {
 		}
 		for _, c := range a.Changes {
 			touch(c.UserID)
-			members := n.joined[c.RoomID]
-			if c.Membership == store.MembershipJoin {
-				if members == nil {
-					members = map[string]struct{}{}
-					n.joined[c.RoomID] = members
-				}
-				members[c.UserID] = struct{}{}
-			} else if members != nil {
-				delete(members, c.UserID)
-				if len(members) == 0 {
-					delete(n.joined, c.RoomID)
-				}
-			}
+			n.setJoined(c.RoomID, c.UserID, c.Membership == store.MembershipJoin)
 		}
 	}
 	n.wakeLocked(woken)

@@ -121,7 +121,8 @@ func (s *Service) applyMembershipMsg(ctx context.Context, m jetstream.Msg) error
 		} else if err != nil {
 			return err
 		}
-		s.publish(ctx, bus.PresenceSubject(j.UserID), &presencev1.PresenceUpdate{Presence: s.render(p, now), Position: pos})
+		s.publish(ctx, bus.PresenceSubject(j.UserID), &presencev1.PresenceUpdate{Presence: s.render(p, now), Position: pos,
+			JoinedRoomId: j.RoomID})
 	}
 	return nil
 }

@@ -1098,9 +1098,13 @@ func (x *ReceiptUpdate) GetPrivate() bool {
 
 // PresenceUpdate is published on myelin.presence.status.<user>.
 type PresenceUpdate struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Presence      *Presence              `protobuf:"bytes,1,opt,name=presence,proto3" json:"presence,omitempty"`
-	Position      int64                  `protobuf:"varint,2,opt,name=position,proto3" json:"position,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Presence *Presence              `protobuf:"bytes,1,opt,name=presence,proto3" json:"presence,omitempty"`
+	Position int64                  `protobuf:"varint,2,opt,name=position,proto3" json:"position,omitempty"`
+	// Set when the update announces the user's join of this room and not a
+	// change of their presence: only the joiner and the room's members
+	// newly share a room, so only they need waking.
+	JoinedRoomId  string `protobuf:"bytes,3,opt,name=joined_room_id,json=joinedRoomId,proto3" json:"joined_room_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1147,6 +1151,13 @@ func (x *PresenceUpdate) GetPosition() int64 {
 		return x.Position
 	}
 	return 0
+}
+
+func (x *PresenceUpdate) GetJoinedRoomId() string {
+	if x != nil {
+		return x.JoinedRoomId
+	}
+	return ""
 }
 
 var File_presence_v1_presence_proto protoreflect.FileDescriptor
@@ -1230,10 +1241,11 @@ const file_presence_v1_presence_proto_rawDesc = "" +
 	"\aroom_id\x18\x01 \x01(\tR\x06roomId\x125\n" +
 	"\areceipt\x18\x02 \x01(\v2\x1b.myelin.presence.v1.ReceiptR\areceipt\x12\x1a\n" +
 	"\bposition\x18\x03 \x01(\x03R\bposition\x12\x18\n" +
-	"\aprivate\x18\x04 \x01(\bR\aprivate\"f\n" +
+	"\aprivate\x18\x04 \x01(\bR\aprivate\"\x8c\x01\n" +
 	"\x0ePresenceUpdate\x128\n" +
 	"\bpresence\x18\x01 \x01(\v2\x1c.myelin.presence.v1.PresenceR\bpresence\x12\x1a\n" +
-	"\bposition\x18\x02 \x01(\x03R\bposition2\xcb\x04\n" +
+	"\bposition\x18\x02 \x01(\x03R\bposition\x12$\n" +
+	"\x0ejoined_room_id\x18\x03 \x01(\tR\fjoinedRoomId2\xcb\x04\n" +
 	"\x0fPresenceService\x12X\n" +
 	"\tSetTyping\x12$.myelin.presence.v1.SetTypingRequest\x1a%.myelin.presence.v1.SetTypingResponse\x12[\n" +
 	"\n" +
