@@ -33,6 +33,9 @@ type Config struct {
 	// events it was not told about (for example after another replica
 	// committed them).
 	PublishPollInterval time.Duration `yaml:"publish_poll_interval"`
+	// OutboxPruneInterval is how often outbox rows already on JetStream
+	// are deleted.
+	OutboxPruneInterval time.Duration `yaml:"outbox_prune_interval"`
 	// StreamReplicas is passed to bus.EnsureStreams; keep it equal to
 	// nats.replicas.
 	StreamReplicas int `yaml:"stream_replicas"`
@@ -49,6 +52,7 @@ func DefaultConfig() Config {
 		EventCacheSize:       20000,
 		KeyCacheTTL:          5 * time.Minute,
 		PublishPollInterval:  time.Second,
+		OutboxPruneInterval:  time.Minute,
 		StreamReplicas:       1,
 	}
 }
@@ -76,6 +80,9 @@ func (c Config) Validate() error {
 	}
 	if c.PublishPollInterval <= 0 {
 		errs = append(errs, errors.New("publish_poll_interval must be positive"))
+	}
+	if c.OutboxPruneInterval <= 0 {
+		errs = append(errs, errors.New("outbox_prune_interval must be positive"))
 	}
 	if c.StreamReplicas < 1 {
 		errs = append(errs, errors.New("stream_replicas must be at least 1"))

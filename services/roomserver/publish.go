@@ -19,6 +19,11 @@ package roomserver
 // already stored are duplicates. Events of different rooms
 // may reach JetStream out of outbox order after a failure; nothing relies
 // on an order across rooms (each room has its own subject).
+//
+// Pruning: the outbox is only the way to JetStream, so rows already there
+// are deleted every outbox_prune_interval (runOutboxPruner,
+// store.PruneOutbox): those of transactions that had ended when the saved
+// published snapshot was taken.
 
 import (
 	"context"
@@ -42,6 +47,42 @@ const publishBatch = 256
 // publishAckTimeout bounds the wait for JetStream's acknowledgements of a
 // wave; when it passes the round fails and is retried from the watermark.
 const publishAckTimeout = 10 * time.Second
+
+// outboxPruneBatch is how many outbox rows one DELETE removes at most, so
+// that a large backlog (the first run after an upgrade) goes in short
+// statements.
+const outboxPruneBatch = 10000
+
+// runOutboxPruner deletes published outbox rows every OutboxPruneInterval
+// until ctx ends. A failure is logged and tried again at the next tick.
+func (s *Service) runOutboxPruner(ctx context.Context) {
+	ticker := time.NewTicker(s.cfg.OutboxPruneInterval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
+		var total int64
+		for ctx.Err() == nil {
+			n, err := s.store.PruneOutbox(ctx, outboxPruneBatch)
+			total += n
+			if err != nil {
+				if ctx.Err() == nil {
+					s.log.Warn("pruning the outbox failed; retrying at the next interval", zap.Error(err))
+				}
+				break
+			}
+			if n < outboxPruneBatch {
+				break
+			}
+		}
+		if total > 0 {
+			s.log.Debug("pruned published outbox rows", zap.Int64("rows", total))
+		}
+	}
+}
 
 // wakePublisher nudges the publisher without blocking.
 func (s *Service) wakePublisher() {

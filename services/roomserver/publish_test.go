@@ -1,13 +1,18 @@
 package roomserver
 
 import (
+	"context"
+	"fmt"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/myelin-chat/myelin/pkg/bus"
+	"github.com/myelin-chat/myelin/pkg/testkit"
 	"github.com/myelin-chat/myelin/services/roomserver/store"
 )
 
@@ -157,15 +162,8 @@ func TestOutboxLateCommit(t *testing.T) {
 		t.Fatalf("paged %v, want %v", paged, want)
 	}
 
-	// Two more rows (copies of an existing one: only positions matter).
-	insert := func(tx pgx.Tx) int64 {
-		var pos int64
-		if err := tx.QueryRow(h.ctx, `INSERT INTO outbox (room_nid, event_nid, added_state_nids, removed_state_nids)
-			SELECT room_nid, event_nid, '{}', '{}' FROM outbox ORDER BY stream_pos LIMIT 1 RETURNING stream_pos`).Scan(&pos); err != nil {
-			t.Fatal(err)
-		}
-		return pos
-	}
+	// Two more rows.
+	insert := func(tx pgx.Tx) int64 { return h.insertOutboxCopy(tx) }
 	early, err := st.Pool().Begin(h.ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -196,4 +194,138 @@ func TestOutboxLateCommit(t *testing.T) {
 	if err != nil || len(got.Entries) != 0 {
 		t.Fatalf("fourth round: %+v, %v; want none", got.Entries, err)
 	}
+}
+
+// TestPruneOutboxKeepsWhatIsNotPublished: PruneOutbox deletes only the rows
+// of transactions that had ended when the saved published snapshot was
+// taken (below its xmin). A row of a transaction still running then stays
+// (the publisher has not published it), as does a row committed after it
+// and, until a later snapshot, one that committed while the other ran.
+// Nothing goes before any snapshot is saved.
+func TestPruneOutboxKeepsWhatIsNotPublished(t *testing.T) {
+	h := newHarness(t, nil)
+	h.restart(false) // no publisher: this test moves the snapshot itself
+	h.createRoom("11", "public", map[string]int{alice: 100})
+	st := h.svc.store
+	outbox := func() int64 { return h.countRows(`SELECT count(*) FROM outbox`) }
+	prune := func() int64 {
+		t.Helper()
+		n, err := st.PruneOutbox(h.ctx, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	created := outbox()
+	if n := prune(); n != 0 || created == 0 {
+		t.Fatalf("before any saved snapshot: pruned %d of %d rows, want 0 of some", n, created)
+	}
+
+	begin := func() pgx.Tx {
+		tx, err := st.Pool().Begin(h.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
+		return tx
+	}
+	insert := h.insertOutboxCopy
+	commit := func(tx pgx.Tx) {
+		if err := tx.Commit(h.ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	running := begin()
+	runningPos := insert(running)
+	// A transaction that starts after the running one and commits first
+	// puts the running one inside the snapshot's range: above its xmin,
+	// below its xmax, not visible.
+	during := begin()
+	duringPos := insert(during)
+	commit(during)
+	_, snap, err := st.PendingOutbox(h.ctx, store.OutboxCursor{}, 1000, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The next round saves it as published.
+	if _, _, err := st.PendingOutbox(h.ctx, store.OutboxCursor{Prev: snap}, 1000, true); err != nil {
+		t.Fatal(err)
+	}
+	commit(running)
+	late := begin()
+	latePos := insert(late)
+	commit(late)
+
+	if n := prune(); n != created {
+		t.Fatalf("pruned %d rows, want the room's %d", n, created)
+	}
+	rows, err := st.Pool().Query(h.ctx, `SELECT stream_pos FROM outbox ORDER BY stream_pos`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	left, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []int64{runningPos, duringPos, latePos}
+	slices.Sort(want)
+	if !slices.Equal(left, want) {
+		t.Fatalf("left %v, want the running, the concurrent and the late row %v", left, want)
+	}
+	// The next round still finds the two it has not published.
+	got, _, err := st.PendingOutbox(h.ctx, store.OutboxCursor{Prev: snap}, 1000, false)
+	if err != nil || len(got.Entries) != 2 {
+		t.Fatalf("round after pruning: %+v, %v; want the running and the late row", got.Entries, err)
+	}
+}
+
+// TestPublisherPrunesOutbox: with the publisher running, the outbox empties
+// once its events are on JetStream. Events committed while no publisher
+// runs are not pruned, and a publisher started later still publishes them.
+func TestPublisherPrunesOutbox(t *testing.T) {
+	h := newHarness(t, func(c *Config) {
+		c.PublishPollInterval = 20 * time.Millisecond
+		c.OutboxPruneInterval = 20 * time.Millisecond
+	})
+	created := h.createRoom("11", "public", map[string]int{alice: 100})
+	roomID := created.GetRoomId()
+	want := len(created.GetEventIds())
+	for range 5 {
+		h.mustSend(roomID, alice, message(t, "pruned later"))
+		want++
+	}
+	h.waitPublished(roomID, want)
+	testkit.Eventually(t, 15*time.Second, func() error {
+		if n := h.countRows(`SELECT count(*) FROM outbox`); n != 0 {
+			return fmt.Errorf("%d outbox rows left", n)
+		}
+		return nil
+	})
+
+	h.restart(false)
+	for range 3 {
+		h.mustSend(roomID, alice, message(t, "not yet published"))
+		want++
+	}
+	if n, err := h.svc.store.PruneOutbox(h.ctx, 1000); err != nil || n != 0 {
+		t.Fatalf("pruning unpublished rows: %d, %v; want none", n, err)
+	}
+	h.restart(true)
+	got := h.waitPublished(roomID, want)
+	if body := got[len(got)-1].out.GetEventJson(); !strings.Contains(string(body), "not yet published") {
+		t.Fatalf("last published event: %s", body)
+	}
+}
+
+// insertOutboxCopy inserts, in tx, a copy of the first outbox row (only
+// positions and transactions matter to these tests) and returns its
+// position.
+func (h *harness) insertOutboxCopy(tx pgx.Tx) int64 {
+	h.t.Helper()
+	var pos int64
+	if err := tx.QueryRow(h.ctx, `INSERT INTO outbox (room_nid, event_nid, added_state_nids, removed_state_nids)
+		SELECT room_nid, event_nid, '{}', '{}' FROM outbox ORDER BY stream_pos LIMIT 1 RETURNING stream_pos`).Scan(&pos); err != nil {
+		h.t.Fatal(err)
+	}
+	return pos
 }

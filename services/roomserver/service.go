@@ -128,9 +128,16 @@ func (s *Service) RegisterGRPC(g *grpc.Server) {
 func (s *Service) RegisterHTTP(chi.Router) {}
 
 // Run publishes committed events (first any left unpublished by an earlier
-// run) until ctx ends.
+// run), and prunes the outbox rows already published, until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
-	return s.runPublisher(ctx)
+	pruned := make(chan struct{})
+	go func() {
+		defer close(pruned)
+		s.runOutboxPruner(ctx)
+	}()
+	err := s.runPublisher(ctx)
+	<-pruned
+	return err
 }
 
 // Close releases the store. Call it after Run has returned.

@@ -185,6 +185,25 @@ func (q *Queries) PendingOutbox(ctx context.Context, cur OutboxCursor, limit int
 	return out, snapshot, nil
 }
 
+// PruneOutbox deletes up to limit outbox rows that are on JetStream: those
+// of transactions older than the saved published snapshot's xmin. Every
+// such transaction had ended when the snapshot was taken, so its rows are
+// visible in it, and the snapshot is saved only once every row visible in
+// it was acknowledged. A row of a transaction still running then (at or
+// above xmin) is kept until a later snapshot is saved, as are the rows a
+// restart would republish. Before the first saved snapshot (NULL) nothing
+// is deleted. It returns how many rows it deleted.
+func (q *Queries) PruneOutbox(ctx context.Context, limit int) (int64, error) {
+	tag, err := q.db.Exec(ctx, `DELETE FROM outbox WHERE stream_pos = ANY(ARRAY(
+		SELECT stream_pos FROM outbox
+		WHERE txid < pg_snapshot_xmin((SELECT snapshot FROM publish_watermark))
+		ORDER BY txid LIMIT $1))`, limit)
+	if err != nil {
+		return 0, fmt.Errorf("prune outbox: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
 // PublishedSnapshot returns the stored published snapshot ("" for none).
 func (q *Queries) PublishedSnapshot(ctx context.Context) (string, error) {
 	var s *string
