@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 )
@@ -23,12 +24,25 @@ import (
 // a large room) can be big, so it is well above gRPC's 4 MiB default.
 const MaxMessageSize = 256 << 20
 
+// MaxConnectionAge is how long a server keeps a client connection before
+// asking the client to reconnect (GOAWAY; calls in flight get
+// maxConnectionAgeGrace to finish). A client resolves its target's name
+// again when a connection ends, so this is how soon callers find replicas
+// added behind a name (see Dial).
+const MaxConnectionAge = 5 * time.Minute
+
+const maxConnectionAgeGrace = time.Minute
+
 // NewServer returns a gRPC server that logs slow or failed calls and turns
 // handler panics into Internal errors instead of crashing the process.
 func NewServer(log *zap.Logger) *grpc.Server {
 	return grpc.NewServer(
 		grpc.MaxRecvMsgSize(MaxMessageSize),
 		grpc.MaxSendMsgSize(MaxMessageSize),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			MaxConnectionAge:      MaxConnectionAge,
+			MaxConnectionAgeGrace: maxConnectionAgeGrace,
+		}),
 		grpc.ChainUnaryInterceptor(recoverUnary(log), logUnary(log)),
 	)
 }
@@ -42,12 +56,24 @@ const DefaultCallTimeout = 30 * time.Second
 // Dial connects to a gRPC address ("host:port"). The connection is lazy:
 // a service that starts before its peer retries on its first call, for up
 // to DefaultCallTimeout unless the caller's context says otherwise.
+//
+// The host is resolved through DNS, and calls are spread over every
+// address it resolves to, call by call (round_robin). So a name with one
+// address per replica (a Kubernetes headless Service) balances the
+// replicas per request; a name with one address (a ClusterIP Service, a
+// load balancer) gets one connection. The name is resolved again whenever
+// a connection ends, which servers make happen every MaxConnectionAge.
 func Dial(addr string) (*grpc.ClientConn, error) {
 	return dial(addr)
 }
 
+// roundRobin is the client's default service config: one connection per
+// resolved address, calls taken in turn.
+const roundRobin = `{"loadBalancingConfig": [{"round_robin": {}}]}`
+
 func dial(target string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	conn, err := grpc.NewClient(target, append([]grpc.DialOption{
+		grpc.WithDefaultServiceConfig(roundRobin),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithChainUnaryInterceptor(defaultDeadline(DefaultCallTimeout)),
 		grpc.WithDefaultCallOptions(

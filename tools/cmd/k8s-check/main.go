@@ -15,7 +15,8 @@
 //     wired: with the config file the ConfigMap mounts plus the MYELIN_*
 //     environment, package topology checks targets, listen addresses,
 //     database/NATS settings and that every services.* address resolves,
-//     through a Service, to a pod running that service on that port.
+//     through a Service, to a pod running that service on that port (for
+//     gRPC, a headless Service: see pkg/rpc.Dial).
 //
 // Usage: k8s-check [-external-secret name]... manifests.yaml...
 package main
@@ -234,7 +235,8 @@ func (m *manifests) check(external []string) []error {
 					continue
 				}
 				for _, host := range []string{s.Name, s.Name + "." + m.namespace, s.Name + "." + m.namespace + ".svc", s.Name + "." + m.namespace + ".svc.cluster.local"} {
-					endpoints = append(endpoints, topology.Endpoint{Host: host, Port: int(sp.Port), Process: d.Name, TargetPort: n})
+					endpoints = append(endpoints, topology.Endpoint{Host: host, Port: int(sp.Port), Process: d.Name, TargetPort: n,
+						OneAddress: s.Spec.ClusterIP != corev1.ClusterIPNone})
 				}
 			}
 		}

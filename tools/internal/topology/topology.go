@@ -114,12 +114,16 @@ type Process struct {
 }
 
 // Endpoint is how other processes reach a port of a process: Host:Port
-// arrives at Process's port TargetPort.
+// arrives at Process's port TargetPort. OneAddress says that Host resolves
+// to a single virtual address in front of every replica (a Kubernetes
+// ClusterIP Service) rather than to each replica's own (a headless
+// Service, a Compose service name).
 type Endpoint struct {
 	Host       string
 	Port       int
 	Process    string
 	TargetPort int
+	OneAddress bool
 }
 
 // Targets parses -target from the process arguments (default all).
@@ -242,6 +246,13 @@ func Check(procs []Process, endpoints []Endpoint) []error {
 					continue
 				}
 				found = true
+				// pkg/rpc balances per call over the addresses a name
+				// resolves to; behind one virtual address it keeps one
+				// connection, so all of this process's calls would go to
+				// one replica.
+				if n.proto == "grpc" && e.OneAddress {
+					fail("%s=%s reaches %s through one virtual address: gRPC keeps one connection to it, so every call goes to one replica; use a name that resolves to each replica (a headless Service)", key, addr, e.Process)
+				}
 				target, ok := byName[e.Process]
 				if !ok {
 					fail("%s=%s reaches %s, which is not a Myelin process", key, addr, e.Process)

@@ -65,6 +65,15 @@ func TestCheck(t *testing.T) {
 			e[3].TargetPort = 9000
 			return e
 		}, want: []string{"arrives at port 9000 of ca, which listens for http on 8008"}},
+		{name: "gRPC through a virtual address", change: func(p []Process, e []Endpoint) []Endpoint {
+			e[0].OneAddress = true
+			return e
+		}, want: []string{"rs: services.key_server.grpc=key-server:9000 reaches ks through one virtual address",
+			"ca: services.key_server.grpc=key-server:9000 reaches ks through one virtual address"}},
+		{name: "HTTP through a virtual address", change: func(p []Process, e []Endpoint) []Endpoint {
+			e[1].OneAddress, e[3].OneAddress = true, true
+			return e
+		}},
 		{name: "address of another service", change: func(p []Process, e []Endpoint) []Endpoint {
 			p[3].Settings["services.key_server.http"] = "client-api:80"
 			return e
