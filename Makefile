@@ -36,6 +36,8 @@ jsclient-deps:
 	npm ci --prefix tests/jsclient --no-audit --no-fund --prefer-offline
 
 vet:
+	@unformatted="$$(git ls-files '*.go' | xargs "$$($(GO) env GOROOT)/bin/gofmt" -l)"; \
+	if [ -n "$$unformatted" ]; then echo "not gofmt-formatted:"; echo "$$unformatted"; exit 1; fi
 	@for m in $(MODULES); do (cd $$m && $(GO) vet ./...) || exit 1; done
 
 # Regenerates the committed protobuf code with protoc + protoc-gen-go +

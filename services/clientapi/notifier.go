@@ -15,12 +15,12 @@ import (
 // membership change. It keeps each room's joined members in memory, loaded
 // at start and updated from the batches.
 type notifier struct {
-	mu      sync.Mutex
-	joined  map[string]map[string]struct{} // room ID -> joined user IDs
+	mu     sync.Mutex
+	joined map[string]map[string]struct{} // room ID -> joined user IDs
 	// userRooms is joined inverted: user ID -> the rooms they are joined
 	// to (setJoined keeps both).
 	userRooms map[string]map[string]struct{}
-	userPos map[string]int64               // user ID -> latest position that concerned them
+	userPos   map[string]int64 // user ID -> latest position that concerned them
 	// userEPos is the same for the presence service's ephemeral stream
 	// (typing, receipts, presence), fed by ephemeral_consumer.go.
 	userEPos map[string]int64
