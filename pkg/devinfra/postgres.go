@@ -253,3 +253,37 @@ func freePort() (int, error) {
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
+
+// reapers holds the write ends of the pipes StopWhenGone's watchers read:
+// they must stay open (a collected os.File is closed) until the process
+// exits.
+var reapers []*os.File
+
+// StopWhenGone starts a watcher process that stops the cluster (immediate
+// mode) and deletes its directory as soon as this process has exited, for
+// whatever reason: a panic or a kill skips every deferred Stop. The
+// watcher waits on a pipe whose only write end this process holds, and
+// the kernel closes it when the process goes. It runs in a process group
+// of its own, so the terminal's Ctrl-C does not end it first, and with no
+// output, so nothing waits for it. A Stop before exiting is fine: the
+// watcher then finds nothing to stop.
+func (p *Postgres) StopWhenGone() error {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	// $0 pg_ctl, $1 data directory, $2 the cluster's directory.
+	const script = `read _ignored; "$0" -D "$1" -m immediate -w stop >/dev/null 2>&1; rm -rf "$2"`
+	cmd := exec.Command("/bin/sh", "-c", script, filepath.Join(p.bin, "pg_ctl"), filepath.Join(p.dir, "pgdata"), p.dir)
+	cmd.Stdin = r
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: p.cred}
+	if err := cmd.Start(); err != nil {
+		w.Close()
+		return fmt.Errorf("start the cluster's watcher: %w", err)
+	}
+	go func() { _ = cmd.Wait() }()
+	reapers = append(reapers, w)
+	return nil
+}

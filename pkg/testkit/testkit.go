@@ -28,6 +28,7 @@ const EnvDatabaseURL = "MYELIN_TEST_DATABASE_URL"
 var (
 	clusterOnce sync.Once
 	clusterURL  string // URL of the maintenance database
+	clusterDir  string // the cluster's directory, when this binary started it
 	clusterErr  error
 	dbCounter   atomic.Int64
 )
@@ -71,9 +72,15 @@ func startCluster() {
 		clusterErr = err
 		return
 	}
-	clusterURL = pg.URL("postgres")
-	// The cluster lives as long as the test binary; a registered atexit is
-	// not available, so tests' TestMain may call StopCluster.
+	// The cluster lives as long as the test binary: TestMain stops it
+	// (Main, StopCluster), and a watcher process does when the binary ends
+	// without that (a panic, a timeout, a kill).
+	if err := pg.StopWhenGone(); err != nil {
+		pg.Stop()
+		clusterErr = err
+		return
+	}
+	clusterURL, clusterDir = pg.URL("postgres"), dir
 	stopCluster = func() { pg.Stop(); _ = os.RemoveAll(dir) }
 }
 
