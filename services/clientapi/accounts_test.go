@@ -347,16 +347,57 @@ func TestRefreshTokens(t *testing.T) {
 	}
 	h.expect(h.do("GET", "/_matrix/client/v3/account/whoami", plain.body["access_token"].(string), nil), 200, "")
 
-	next := h.do("POST", "/_matrix/client/v3/refresh", "", map[string]any{"refresh_token": refresh})
-	h.expect(next, 200, "")
-	who := h.do("GET", "/_matrix/client/v3/account/whoami", next.body["access_token"].(string), nil)
+	doRefresh := func(token string) response {
+		t.Helper()
+		r := h.do("POST", "/_matrix/client/v3/refresh", "", map[string]any{"refresh_token": token})
+		h.expect(r, 200, "")
+		if r.body["access_token"] == nil || r.body["refresh_token"] == nil {
+			t.Fatalf("refresh answer: %s", r.raw)
+		}
+		return r
+	}
+	whoami := func(r response) response {
+		return h.do("GET", "/_matrix/client/v3/account/whoami", r.body["access_token"].(string), nil)
+	}
+	refused := func(token string) {
+		t.Helper()
+		h.expect(h.do("POST", "/_matrix/client/v3/refresh", "", map[string]any{"refresh_token": token}), 401, "M_UNKNOWN_TOKEN")
+	}
+
+	// The answer to a refresh is lost: the old refresh token still works,
+	// and the pair it bought the first time is replaced.
+	lost := doRefresh(refresh)
+	next := doRefresh(refresh)
+	if next.body["refresh_token"] == lost.body["refresh_token"] || next.body["access_token"] == lost.body["access_token"] {
+		t.Fatalf("a repeated refresh gave the same tokens: %s", next.raw)
+	}
+	h.expect(whoami(lost), 401, "M_UNKNOWN_TOKEN")
+	refused(lost.body["refresh_token"].(string))
+	// The old access token stopped working at the first refresh.
+	h.expect(h.do("GET", "/_matrix/client/v3/account/whoami", access, nil), 401, "M_UNKNOWN_TOKEN")
+
+	// Using the new access token spends the old refresh token.
+	who := whoami(next)
 	h.expect(who, 200, "")
 	if who.body["device_id"] != first.body["device_id"] {
 		t.Fatalf("refresh moved the device: %s vs %s", who.raw, first.raw)
 	}
-	// A spent refresh token is refused.
-	h.expect(h.do("POST", "/_matrix/client/v3/refresh", "", map[string]any{"refresh_token": refresh}), 401, "M_UNKNOWN_TOKEN")
+	refused(refresh)
 	h.expect(h.do("POST", "/_matrix/client/v3/refresh", "", map[string]any{}), 400, "M_MISSING_PARAM")
+
+	// So does using the new refresh token for a refresh of its own.
+	tok := func(r response) string { return r.body["refresh_token"].(string) }
+	third := doRefresh(tok(next))
+	fourth := doRefresh(tok(next)) // third's answer lost
+	refused(tok(third))
+	fifth := doRefresh(tok(fourth))
+	refused(tok(next))
+	// fourth's refresh token stays valid until fifth's tokens are used.
+	sixth := doRefresh(tok(fourth)) // fifth's answer lost
+	refused(tok(fifth))
+	h.expect(whoami(sixth), 200, "")
+	refused(tok(fourth))
+	h.expect(whoami(doRefresh(tok(sixth))), 200, "")
 
 	// Login can ask for one too.
 	l := h.passwordLogin("ref", "pw", map[string]any{"refresh_token": true})

@@ -155,8 +155,9 @@ func (s *Service) login(r *http.Request, _ *device) (any, error) {
 }
 
 // refresh is POST /v3/refresh: a refresh token buys a new access token
-// and a new refresh token for the same device; the old refresh token is
-// spent.
+// and a new refresh token for the same device. The old refresh token stays
+// valid until one of the new tokens is used (store.Refresh), as the spec
+// asks, so a client that lost this answer can refresh again.
 func (s *Service) refresh(r *http.Request, _ *device) (any, error) {
 	var req struct {
 		RefreshToken string `json:"refresh_token"`

@@ -21,6 +21,9 @@ type Login struct {
 	// RefreshHash is the SHA-256 of the refresh token issued with the
 	// access token; nil when the client asked for none.
 	RefreshHash []byte
+	// PrevRefreshHash, set by Refresh, is the refresh token this login
+	// was bought with: it stays valid until either new token is used.
+	PrevRefreshHash []byte
 	// IP is the client's address, remembered as the device's last seen IP.
 	IP string
 }
@@ -175,15 +178,19 @@ func addLogin(ctx context.Context, tx pgx.Tx, login Login) (revoked int64, err e
 	if err != nil {
 		return 0, fmt.Errorf("revoke device tokens: %w", err)
 	}
-	if _, err := tx.Exec(ctx, `DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id = $2`, login.UserID, login.DeviceID); err != nil {
+	// Every refresh token of the device goes, but the one a refresh was
+	// given (PrevRefreshHash): the client may not have received this
+	// answer.
+	if _, err := tx.Exec(ctx, `DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id = $2 AND token_hash IS DISTINCT FROM $3`,
+		login.UserID, login.DeviceID, login.PrevRefreshHash); err != nil {
 		return 0, fmt.Errorf("revoke refresh tokens: %w", err)
 	}
 	var expires *time.Time
 	if !login.ExpiresAt.IsZero() {
 		expires = &login.ExpiresAt
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO access_tokens (token_hash, user_id, device_id, expires_at) VALUES ($1, $2, $3, $4)`,
-		login.TokenHash, login.UserID, login.DeviceID, expires); err != nil {
+	if _, err := tx.Exec(ctx, `INSERT INTO access_tokens (token_hash, user_id, device_id, expires_at, prev_refresh_hash) VALUES ($1, $2, $3, $4, $5)`,
+		login.TokenHash, login.UserID, login.DeviceID, expires, login.PrevRefreshHash); err != nil {
 		return 0, fmt.Errorf("insert access token: %w", err)
 	}
 	if login.RefreshHash != nil {
@@ -207,31 +214,56 @@ type TokenOwner struct {
 
 // LookupToken returns the owner of an access token hash, or ErrNotFound.
 // The account is found by the user ID's localpart (local users only hold
-// tokens; localparts cannot contain ':').
+// tokens; localparts cannot contain ':'). The first use of a token that a
+// refresh issued revokes the refresh token that refresh was given.
 func (s *Store) LookupToken(ctx context.Context, tokenHash []byte) (TokenOwner, error) {
 	var o TokenOwner
 	var expires *time.Time
-	err := s.db.QueryRow(ctx, `SELECT t.user_id, t.device_id, t.expires_at, a.is_admin, a.is_guest
+	var prevRefresh []byte
+	err := s.db.QueryRow(ctx, `SELECT t.user_id, t.device_id, t.expires_at, a.is_admin, a.is_guest, t.prev_refresh_hash
 		FROM access_tokens t
 		JOIN accounts a ON a.localpart = substring(t.user_id FROM 2 FOR position(':' IN t.user_id) - 2)
 		WHERE t.token_hash = $1 AND NOT a.deactivated`, tokenHash).
-		Scan(&o.UserID, &o.DeviceID, &expires, &o.Admin, &o.Guest)
+		Scan(&o.UserID, &o.DeviceID, &expires, &o.Admin, &o.Guest, &prevRefresh)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return TokenOwner{}, ErrNotFound
+	}
+	if err != nil {
+		return TokenOwner{}, err
 	}
 	if expires != nil {
 		o.ExpiresAt = *expires
 	}
-	return o, err
+	if prevRefresh != nil {
+		if err := s.spendRefreshed(ctx, tokenHash, prevRefresh); err != nil {
+			return TokenOwner{}, err
+		}
+	}
+	return o, nil
+}
+
+// spendRefreshed revokes the refresh token a refresh was given, now that
+// the access token it issued is used, and clears that access token's link
+// to it.
+func (s *Store) spendRefreshed(ctx context.Context, tokenHash, prevRefresh []byte) error {
+	b := &pgx.Batch{}
+	b.Queue(`DELETE FROM refresh_tokens WHERE token_hash = $1`, prevRefresh)
+	b.Queue(`UPDATE access_tokens SET prev_refresh_hash = NULL WHERE token_hash = $1`, tokenHash)
+	if err := s.db.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("revoke the refreshed token: %w", err)
+	}
+	return nil
 }
 
 // Refresh exchanges a refresh token for a new access and refresh token on
-// the same device (login.UserID and login.DeviceID are filled in). The old
-// refresh token and the device's old access tokens stop working. An
-// unknown refresh token is ErrNotFound.
+// the same device (login.UserID and login.DeviceID are filled in). The
+// device's old access tokens stop working. The refresh token itself stays
+// valid until either new token is used (LookupToken, the next Refresh), so
+// a client that lost the answer can refresh again; that replaces the
+// unused pair. An unknown refresh token is ErrNotFound.
 func (s *Store) Refresh(ctx context.Context, refreshHash []byte, login *Login) error {
 	return pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
-		err := tx.QueryRow(ctx, `DELETE FROM refresh_tokens WHERE token_hash = $1 RETURNING user_id, device_id`, refreshHash).
+		err := tx.QueryRow(ctx, `SELECT user_id, device_id FROM refresh_tokens WHERE token_hash = $1 FOR UPDATE`, refreshHash).
 			Scan(&login.UserID, &login.DeviceID)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return ErrNotFound
@@ -239,6 +271,10 @@ func (s *Store) Refresh(ctx context.Context, refreshHash []byte, login *Login) e
 		if err != nil {
 			return err
 		}
+		// addLogin keeps this refresh token and deletes the device's
+		// others: the pair an earlier use of this one bought, or the
+		// token this one was bought with.
+		login.PrevRefreshHash = refreshHash
 		_, err = addLogin(ctx, tx, *login)
 		return err
 	})
