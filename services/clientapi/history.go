@@ -23,7 +23,7 @@ func (s *Service) visibleEvents(ctx context.Context, rd store.Reader, userID, ro
 	if len(events) == 0 {
 		return events, nil
 	}
-	vf, err := newVisibilityFilter(ctx, rd, userID, []string{roomID})
+	vf, err := s.newVisibilityFilter(ctx, rd, userID, []string{roomID})
 	if err != nil {
 		return nil, err
 	}
@@ -39,6 +39,9 @@ func (s *Service) visibleEvents(ctx context.Context, rd store.Reader, userID, ro
 		if f.allows(e) && vf.canSee(e) {
 			out = append(out, e)
 		}
+	}
+	if err := s.applyErasure(ctx, vf, out); err != nil {
+		return nil, err
 	}
 	return out, nil
 }
@@ -67,14 +70,18 @@ func (s *Service) visibleEvent(ctx context.Context, rd store.Reader, userID, roo
 	} else if err != nil {
 		return e, err
 	}
-	vf, err := newVisibilityFilter(ctx, rd, userID, []string{roomID})
+	vf, err := s.newVisibilityFilter(ctx, rd, userID, []string{roomID})
 	if err != nil {
 		return e, err
 	}
 	if !vf.canSee(e) {
 		return e, errEventNotFound()
 	}
-	return e, nil
+	one := []store.StoredEvent{e}
+	if err := s.applyErasure(ctx, vf, one); err != nil {
+		return e, err
+	}
+	return one[0], nil
 }
 
 // getEvent is GET /rooms/{roomId}/event/{eventId}.

@@ -59,7 +59,9 @@ func (s *Service) changePassword(r *http.Request, dev *device) (any, error) {
 // The user leaves every room they are joined to, invited to or knocking
 // on (through the room-server, as ordinary leave events), then the
 // account loses its password, profile, devices and tokens for good; the
-// user ID is never reissued.
+// user ID is never reissued. With erase, the user's events are served
+// redacted to users who join later, and their other data goes
+// (erasure.go).
 func (s *Service) deactivate(r *http.Request, dev *device) (any, error) {
 	var req struct {
 		Auth  *authData `json:"auth"`
@@ -91,6 +93,11 @@ func (s *Service) deactivate(r *http.Request, dev *device) (any, error) {
 	lp, _ := s.localpartOf(dev.UserID)
 	if err := s.store.Deactivate(ctx, lp, dev.UserID); err != nil {
 		return nil, err
+	}
+	if req.Erase {
+		if err := s.erase(ctx, dev.UserID); err != nil {
+			return nil, err
+		}
 	}
 	if err := s.finishUIA(ctx, sess); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return nil, err

@@ -93,7 +93,7 @@ func (s *Service) aggregateChildren(ctx context.Context, rd store.Reader, dev *d
 			rooms = append(rooms, c.Event.RoomID)
 		}
 	}
-	vf, err := newVisibilityFilter(ctx, rd, dev.UserID, rooms)
+	vf, err := s.newVisibilityFilter(ctx, rd, dev.UserID, rooms)
 	if err != nil {
 		return nil, err
 	}
@@ -111,7 +111,8 @@ func (s *Service) aggregateChildren(ctx context.Context, rd store.Reader, dev *d
 	refs := map[string][]map[string]string{}
 	edits := map[string]store.StoredEvent{}
 	for _, c := range children {
-		if !vf.canSee(c.Event) || ignored[c.Event.Sender] {
+		// An erased copy has no relation left to count.
+		if !vf.canSee(c.Event) || vf.servedErased(c.Event) || ignored[c.Event.Sender] {
 			continue
 		}
 		parent, ok := parents[c.ParentID]

@@ -388,7 +388,7 @@ func (s *Service) searchRoomEvents(r *http.Request, dev *device, c *roomEventsCr
 		q.Senders = []string{tok.GroupValue}
 	}
 	p.query = q
-	if p.visible, err = newVisibilityFilter(ctx, rd, dev.UserID, q.Rooms); err != nil {
+	if p.visible, err = s.newVisibilityFilter(ctx, rd, dev.UserID, q.Rooms); err != nil {
 		return nil, err
 	}
 	var cursor *store.SearchCursor
@@ -477,7 +477,8 @@ func (s *Service) searchScan(ctx context.Context, rd store.Reader, p searchPlan,
 			return nil, err
 		}
 		for _, h := range chunk {
-			if p.filter.allows(h.StoredEvent) && p.visible.canSee(h.StoredEvent) {
+			// An erased copy has lost the content that matched.
+			if p.filter.allows(h.StoredEvent) && p.visible.canSee(h.StoredEvent) && !p.visible.servedErased(h.StoredEvent) {
 				out = append(out, h)
 			}
 		}
@@ -503,7 +504,7 @@ func (s *Service) searchCount(ctx context.Context, rd store.Reader, p searchPlan
 	f.ContainsURL = nil
 	var visible int64
 	for _, e := range rows {
-		if f.allows(e) && p.visible.canSee(e) {
+		if f.allows(e) && p.visible.canSee(e) && !p.visible.servedErased(e) {
 			visible++
 		}
 	}

@@ -61,6 +61,8 @@ type Service struct {
 	// powers caches senders' power levels for push evaluation
 	// (push_eval.go); the room event consumer's goroutine only.
 	powers powerCache
+	// erasures is this replica's copy of the erased users (erasure.go).
+	erasures erasureCache
 	// now is the clock for token expiry; tests replace it.
 	now func() time.Time
 }

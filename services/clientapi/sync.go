@@ -425,6 +425,10 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, dev *device, op
 			last = false // readers below may need the snapshot
 		}
 	}
+	erased, err := s.erasedUsers(ctx)
+	if err != nil {
+		return d, err
+	}
 	logs := map[string][]store.MembershipEntry{}
 	var eventIDs []string
 	for _, room := range withEvents {
@@ -448,10 +452,13 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, dev *device, op
 	if err := send(ctx, b); err != nil {
 		return d, err
 	}
-	vf := visibilityFilter{userID: userID, logs: logs}
+	vf := visibilityFilter{userID: userID, logs: logs, erased: erased}
 	for _, room := range withEvents {
 		tl := d.timelines[room]
 		tl.Events = vf.keep(tl.Events)
+		if err := s.applyErasure(ctx, vf, tl.Events); err != nil {
+			return d, err
+		}
 		d.timelines[room] = tl
 	}
 	if last {

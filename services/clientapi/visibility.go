@@ -95,11 +95,18 @@ func canSee(e store.StoredEvent, userID string, tl memberTimeline) bool {
 type visibilityFilter struct {
 	userID string
 	logs   map[string][]store.MembershipEntry
+	// erased maps erased senders to the position of their erasure
+	// (erasure.go).
+	erased map[string]int64
 }
 
-func newVisibilityFilter(ctx context.Context, rd store.Reader, userID string, rooms []string) (visibilityFilter, error) {
+func (s *Service) newVisibilityFilter(ctx context.Context, rd store.Reader, userID string, rooms []string) (visibilityFilter, error) {
+	erased, err := s.erasedUsers(ctx)
+	if err != nil {
+		return visibilityFilter{}, err
+	}
 	logs, err := rd.MembershipLog(ctx, userID, rooms)
-	return visibilityFilter{userID: userID, logs: logs}, err
+	return visibilityFilter{userID: userID, logs: logs, erased: erased}, err
 }
 
 func (f visibilityFilter) canSee(e store.StoredEvent) bool {
