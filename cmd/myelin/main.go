@@ -4,6 +4,7 @@
 //	myelin -config myelin.yaml -target room-server
 //	myelin generate-config > myelin.yaml      # the default configuration
 //	myelin register-user -url http://localhost:8008 -config myelin.yaml -user alice -password-file - [-admin]
+//	myelin health -config myelin.yaml [-path /readyz|/healthz]   # exit status 0 when ready
 //
 // It only loads configuration and calls myelin.Run.
 package main
@@ -52,6 +53,9 @@ func run(args []string) error {
 	}
 	if len(args) > 0 && args[0] == "register-user" {
 		return registerUser(args[1:], os.Stdin, os.Stdout)
+	}
+	if len(args) > 0 && args[0] == "health" {
+		return health(args[1:], os.Stdout)
 	}
 	fs := flag.NewFlagSet("myelin", flag.ContinueOnError)
 	configPath := fs.String("config", "", "path to the YAML configuration (optional; MYELIN_* environment variables override it)")

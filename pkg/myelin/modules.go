@@ -36,6 +36,8 @@ type service interface {
 	RegisterGRPC(*grpc.Server)
 	RegisterHTTP(chi.Router)
 	Run(ctx context.Context) error
+	// Ready reports whether the service can serve now (health.go).
+	Ready(ctx context.Context) error
 	Close()
 }
 

@@ -22,6 +22,8 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/myelin-chat/myelin/pkg/bus"
@@ -98,6 +100,9 @@ func Start(ctx context.Context, cfg Config, targets []string, log *zap.Logger) (
 	r.NotFound(matrixhttp.NotFoundHandler)
 	r.MethodNotAllowed(matrixhttp.MethodNotAllowedHandler)
 	p.router = r
+	ready := &readiness{services: map[string]service{}, nc: p.nc, log: log}
+	r.Get("/healthz", serveHealthz)
+	r.Get("/readyz", ready.serveReadyz)
 
 	var services []service
 	for _, m := range modules {
@@ -112,7 +117,14 @@ func Start(ctx context.Context, cfg Config, targets []string, log *zap.Logger) (
 		svc.RegisterGRPC(p.grpcSrv)
 		svc.RegisterHTTP(p.router)
 		services = append(services, svc)
+		ready.services[m.name] = svc
 	}
+	var grpcServices []string
+	for name := range p.grpcSrv.GetServiceInfo() {
+		grpcServices = append(grpcServices, name)
+	}
+	healthSrv := health.NewServer()
+	healthpb.RegisterHealthServer(p.grpcSrv, healthSrv)
 	if slices.Contains(targets, TargetEdge) {
 		if err := edge.Mount(p.router, p.edgeRoutes()); err != nil {
 			return nil, err
@@ -141,6 +153,7 @@ func Start(ctx context.Context, cfg Config, targets []string, log *zap.Logger) (
 	for _, svc := range services {
 		g.Go(func() error { return svc.Run(gctx) })
 	}
+	g.Go(func() error { return ready.runGRPCHealth(gctx, healthSrv, grpcServices) })
 	g.Go(func() error {
 		<-gctx.Done()
 		shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -128,6 +128,14 @@ func (s *Service) Run(ctx context.Context) error {
 	return g.Wait()
 }
 
+// Ready reports whether the service can serve: its database answers.
+func (s *Service) Ready(ctx context.Context) error {
+	if err := s.store.Ping(ctx); err != nil {
+		return fmt.Errorf("database: %w", err)
+	}
+	return nil
+}
+
 // Close releases the store.
 func (s *Service) Close() { s.store.Close() }
 

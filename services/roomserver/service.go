@@ -140,5 +140,13 @@ func (s *Service) Run(ctx context.Context) error {
 	return err
 }
 
+// Ready reports whether the service can serve: its database answers.
+func (s *Service) Ready(ctx context.Context) error {
+	if err := s.store.Ping(ctx); err != nil {
+		return fmt.Errorf("database: %w", err)
+	}
+	return nil
+}
+
 // Close releases the store. Call it after Run has returned.
 func (s *Service) Close() { s.store.Close() }

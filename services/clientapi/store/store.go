@@ -46,6 +46,9 @@ func Open(ctx context.Context, url string, maxConns int32) (*Store, error) {
 // Close closes the pool.
 func (s *Store) Close() { s.db.Close() }
 
+// Ping checks that the database answers.
+func (s *Store) Ping(ctx context.Context) error { return s.db.Ping(ctx) }
+
 // querier is what both the pool and a transaction offer.
 type querier interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)

@@ -47,6 +47,9 @@ func Open(ctx context.Context, url string) (*Store, error) {
 // Close closes the pool.
 func (s *Store) Close() { s.db.Close() }
 
+// Ping checks that the database answers.
+func (s *Store) Ping(ctx context.Context) error { return s.db.Ping(ctx) }
+
 // EnsureCurrentKey returns the current signing key, creating and storing a
 // new one the first time. Concurrent starters agree on one key.
 func (s *Store) EnsureCurrentKey(ctx context.Context) (Key, error) {

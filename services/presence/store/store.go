@@ -40,6 +40,9 @@ func Open(ctx context.Context, url string, maxConns int32) (*Store, error) {
 // Close closes the pool.
 func (s *Store) Close() { s.db.Close() }
 
+// Ping checks that the database answers.
+func (s *Store) Ping(ctx context.Context) error { return s.db.Ping(ctx) }
+
 // Position is the last position handed out by the stream sequence (0 when
 // none was). Positions are only handed out by the one writer, under its
 // lock, so at start every allocated position is also committed.

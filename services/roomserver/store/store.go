@@ -61,6 +61,9 @@ func Open(ctx context.Context, url string, maxConns int32) (*Store, error) {
 // Close closes the pool.
 func (s *Store) Close() { s.pool.Close() }
 
+// Ping checks that the database answers.
+func (s *Store) Ping(ctx context.Context) error { return s.pool.Ping(ctx) }
+
 // Pool exposes the pool (tests count rows with it).
 func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 
