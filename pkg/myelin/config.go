@@ -36,6 +36,10 @@ type Config struct {
 	// Services says where each service can be reached, for processes that
 	// do not run it themselves (split shape) and for the edge router.
 	Services ServiceAddresses `yaml:"services"`
+	// Metrics, when metrics.listen is set (e.g. "0.0.0.0:9100"), serves
+	// Prometheus metrics at /metrics on a listener of its own, never on the
+	// public HTTP listener. Empty (the default) serves none.
+	Metrics ListenConfig `yaml:"metrics"`
 	// Debug holds opt-in diagnostics (off by default).
 	Debug DebugConfig `yaml:"debug"`
 

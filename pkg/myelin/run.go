@@ -30,6 +30,7 @@ import (
 	"github.com/myelin-chat/myelin/pkg/devinfra"
 	"github.com/myelin-chat/myelin/pkg/edge"
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	"github.com/myelin-chat/myelin/pkg/metrics"
 	"github.com/myelin-chat/myelin/pkg/rpc"
 )
 
@@ -58,6 +59,8 @@ type process struct {
 	mu       sync.Mutex
 	// pprofAddr is the debug.pprof_listen listener's address, if any.
 	pprofAddr string
+	// metricsAddr is the metrics.listen listener's address, if any.
+	metricsAddr string
 	// inProcLis is the in-memory listener the gRPC server also serves, for
 	// calls between services of this process (rpc.ListenInProcess).
 	inProcLis *bufconn.Listener
@@ -94,9 +97,13 @@ func Start(ctx context.Context, cfg Config, targets []string, log *zap.Logger) (
 	if err := p.startPprof(); err != nil {
 		return nil, err
 	}
-	p.grpcSrv = rpc.NewServer(log)
+	m := metrics.New(buildVersion(), targets)
+	if err := p.startMetrics(m); err != nil {
+		return nil, err
+	}
+	p.grpcSrv = rpc.NewServer(log, grpc.ChainUnaryInterceptor(m.UnaryServerInterceptor()))
 	r := chi.NewRouter()
-	r.Use(matrixhttp.Recover(log), matrixhttp.CORS)
+	r.Use(m.HTTP, matrixhttp.Recover(log), matrixhttp.CORS)
 	r.NotFound(matrixhttp.NotFoundHandler)
 	r.MethodNotAllowed(matrixhttp.MethodNotAllowedHandler)
 	p.router = r
@@ -125,6 +132,11 @@ func Start(ctx context.Context, cfg Config, targets []string, log *zap.Logger) (
 	}
 	healthSrv := health.NewServer()
 	healthpb.RegisterHealthServer(p.grpcSrv, healthSrv)
+	// Not serving until the first check (right after start) says so.
+	healthSrv.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	for _, name := range grpcServices {
+		healthSrv.SetServingStatus(name, healthpb.HealthCheckResponse_NOT_SERVING)
+	}
 	if slices.Contains(targets, TargetEdge) {
 		if err := edge.Mount(p.router, p.edgeRoutes()); err != nil {
 			return nil, err

@@ -35,8 +35,10 @@ const maxConnectionAgeGrace = time.Minute
 
 // NewServer returns a gRPC server that logs slow or failed calls and turns
 // handler panics into Internal errors instead of crashing the process.
-func NewServer(log *zap.Logger) *grpc.Server {
-	return grpc.NewServer(
+// Extra options come after those (interceptors they chain run inside the
+// logging and recovery ones).
+func NewServer(log *zap.Logger, opts ...grpc.ServerOption) *grpc.Server {
+	return grpc.NewServer(append([]grpc.ServerOption{
 		grpc.MaxRecvMsgSize(MaxMessageSize),
 		grpc.MaxSendMsgSize(MaxMessageSize),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
@@ -44,7 +46,7 @@ func NewServer(log *zap.Logger) *grpc.Server {
 			MaxConnectionAgeGrace: maxConnectionAgeGrace,
 		}),
 		grpc.ChainUnaryInterceptor(recoverUnary(log), logUnary(log)),
-	)
+	}, opts...)...)
 }
 
 // DefaultCallTimeout bounds a unary call whose context has no deadline.

@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	"github.com/myelin-chat/myelin/pkg/metrics"
 )
 
 // handlerFunc serves one endpoint. It returns the 200 response body or an
@@ -112,7 +113,7 @@ func (s *Service) coreRoutes() []route {
 // such as state keys may contain encoded '/'.
 func (s *Service) RegisterHTTP(r chi.Router) {
 	mux := chi.NewRouter()
-	mux.Use(escapedRoutePath)
+	mux.Use(metrics.RecordRoute, escapedRoutePath)
 	mux.NotFound(matrixhttp.NotFoundHandler)
 	mux.MethodNotAllowed(matrixhttp.MethodNotAllowedHandler)
 	for _, rt := range append(s.routes(), s.accountRoutes()...) {

@@ -35,7 +35,7 @@ var services = []string{TargetKeyServer, TargetRoomServer, TargetPresence, Targe
 var rootKeys = []string{
 	"server_name", "data_dir",
 	"logging.level", "logging.format",
-	"http.listen", "grpc.listen",
+	"http.listen", "grpc.listen", "metrics.listen",
 	"database.url",
 	"nats.url", "nats.replicas",
 	"services.key_server.grpc", "services.key_server.http",
@@ -199,6 +199,11 @@ func Check(procs []Process, endpoints []Endpoint) []error {
 		for _, k := range []string{"http.listen", "grpc.listen"} {
 			if _, err := listenPort(p.Settings[k]); err != nil {
 				fail("%s: %v", k, err)
+			}
+		}
+		if v := p.Settings["metrics.listen"]; v != "" {
+			if _, err := listenPort(v); err != nil {
+				fail("metrics.listen: %v", err)
 			}
 		}
 		runsService := slices.ContainsFunc(ts, func(t string) bool { return t != TargetEdge })

@@ -82,6 +82,11 @@ func TestCheck(t *testing.T) {
 			p[0].Settings["grpc.listen"] = "127.0.0.1:9000"
 			return e
 		}, want: []string{"ks: grpc.listen: 127.0.0.1:9000 is a loopback address"}},
+		{name: "loopback metrics listener", change: func(p []Process, e []Endpoint) []Endpoint {
+			p[1].Settings["metrics.listen"] = "127.0.0.1:9100"
+			p[2].Settings["metrics.listen"] = "0.0.0.0:9100"
+			return e
+		}, want: []string{"rs: metrics.listen: 127.0.0.1:9100 is a loopback address"}},
 		{name: "no database, no nats", change: func(p []Process, e []Endpoint) []Endpoint {
 			delete(p[1].Settings, "database.url")
 			delete(p[1].Settings, "nats.url")
