@@ -319,7 +319,7 @@ func (p *process) edgeRoutes() []edge.Route {
 			routes = append(routes, edge.Route{Prefix: pre, Upstream: p.address(target).HTTP, Service: target})
 		}
 	}
-	add(TargetClientAPI, "/_matrix/client/", "/.well-known/matrix/", "/_matrix/static/", "/_synapse/admin/")
+	add(TargetClientAPI, "/_matrix/client/", "/_matrix/media/", "/.well-known/matrix/", "/_matrix/static/", "/_synapse/admin/")
 	add(TargetKeyServer, "/_matrix/key/")
 	return routes
 }

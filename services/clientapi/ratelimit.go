@@ -15,6 +15,7 @@ const (
 	limitLogin
 	limitSend
 	limitCreateRoom
+	limitMedia
 )
 
 // rateLimiter is a set of token buckets keyed by class and client (IP or
@@ -47,6 +48,7 @@ func newRateLimiter(cfg RateLimitConfig, now func() time.Time) *rateLimiter {
 			limitLogin:      cfg.Login,
 			limitSend:       cfg.Send,
 			limitCreateRoom: cfg.CreateRoom,
+			limitMedia:      cfg.Media,
 		},
 		now:     now,
 		buckets: map[bucketKey]*bucket{},

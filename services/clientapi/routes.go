@@ -116,7 +116,7 @@ func (s *Service) RegisterHTTP(r chi.Router) {
 	mux.Use(metrics.RecordRoute, escapedRoutePath)
 	mux.NotFound(matrixhttp.NotFoundHandler)
 	mux.MethodNotAllowed(matrixhttp.MethodNotAllowedHandler)
-	for _, rt := range append(s.routes(), s.accountRoutes()...) {
+	for _, rt := range append(append(s.routes(), s.accountRoutes()...), s.mediaRoutes()...) {
 		h := s.wrap(rt)
 		if rt.abs {
 			mux.Method(rt.method, rt.path, h)
@@ -133,6 +133,7 @@ func (s *Service) RegisterHTTP(r chi.Router) {
 		mux.ServeHTTP(w, req.WithContext(context.WithValue(req.Context(), chi.RouteCtxKey, (*chi.Context)(nil))))
 	})
 	r.Handle("/_matrix/client/*", entry)
+	r.Handle("/_matrix/media/*", entry)
 	r.Handle("/.well-known/matrix/client", entry)
 	r.Handle("/_synapse/admin/*", entry)
 	r.Handle(loginFallbackPath, entry)
@@ -178,6 +179,10 @@ func (s *Service) wrap(rt route) http.Handler {
 		resp, err := rt.serve(r, dev)
 		if err != nil {
 			s.writeError(w, r, err)
+			return
+		}
+		if m, ok := resp.(mediaResponse); ok {
+			m.write(w)
 			return
 		}
 		matrixhttp.WriteJSON(w, http.StatusOK, resp)
