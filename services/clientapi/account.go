@@ -140,6 +140,7 @@ func (s *Service) logout(r *http.Request, dev *device) (any, error) {
 	if err := s.store.Logout(r.Context(), dev.tokenHash); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return nil, err
 	}
+	s.announceKeyChange(dev.UserID) // the device's keys went with it
 	return struct{}{}, nil
 }
 
@@ -148,6 +149,7 @@ func (s *Service) logoutAll(r *http.Request, dev *device) (any, error) {
 	if err := s.store.LogoutAll(r.Context(), dev.UserID); err != nil {
 		return nil, err
 	}
+	s.announceKeyChange(dev.UserID)
 	return struct{}{}, nil
 }
 

@@ -126,6 +126,7 @@ func (s *Service) deleteDevicesUIA(r *http.Request, dev *device, auth *authData,
 	if err := s.store.DeleteDevices(ctx, dev.UserID, ids); err != nil {
 		return nil, err
 	}
+	s.announceKeyChange(dev.UserID)
 	if err := s.finishUIA(ctx, sess); err != nil {
 		return nil, err
 	}

@@ -226,3 +226,33 @@ func (n *notifier) isClosed() bool {
 	defer n.mu.Unlock()
 	return n.closed
 }
+
+// sharers returns the users who share a joined room with userID (userID
+// included when joined anywhere), from the in-memory membership copy.
+func (n *notifier) sharers(userID string) map[string]struct{} {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := map[string]struct{}{}
+	for room := range n.userRooms[userID] {
+		for u := range n.joined[room] {
+			out[u] = struct{}{}
+		}
+	}
+	return out
+}
+
+// sharesRoom reports whether a and b are both joined to some room.
+func (n *notifier) sharesRoom(a, b string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	ra, rb := n.userRooms[a], n.userRooms[b]
+	if len(rb) < len(ra) {
+		ra, rb = rb, ra
+	}
+	for room := range ra {
+		if _, ok := rb[room]; ok {
+			return true
+		}
+	}
+	return false
+}

@@ -104,6 +104,12 @@ func (s *Service) announceWake(userID string) {
 	s.publishWake(&clientapiv1.SyncWake{Users: []string{userID}})
 }
 
+// wakeForUsers is the wake message for changes of these users outside the
+// room stream.
+func wakeForUsers(users []string) *clientapiv1.SyncWake {
+	return &clientapiv1.SyncWake{Users: users}
+}
+
 func (s *Service) publishWake(w *clientapiv1.SyncWake) {
 	if s.wakeBus == nil {
 		return

@@ -49,6 +49,9 @@ func (s *Service) changePassword(r *http.Request, dev *device) (any, error) {
 	if err := s.store.SetPassword(ctx, lp, dev.UserID, hash, logoutExcept); err != nil {
 		return nil, err
 	}
+	if logoutExcept != nil {
+		s.announceKeyChange(dev.UserID) // the other devices' keys went with them
+	}
 	if err := s.finishUIA(ctx, sess); err != nil {
 		return nil, err
 	}
@@ -94,6 +97,7 @@ func (s *Service) deactivate(r *http.Request, dev *device) (any, error) {
 	if err := s.store.Deactivate(ctx, lp, dev.UserID); err != nil {
 		return nil, err
 	}
+	s.announceKeyChange(dev.UserID)
 	if req.Erase {
 		if err := s.erase(ctx, dev.UserID); err != nil {
 			return nil, err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"slices"
 	"strconv"
 
 	"github.com/go-chi/chi/v5"
@@ -35,7 +36,7 @@ var clientPrefixes = []string{"/_matrix/client/v3", "/_matrix/client/r0"}
 
 // routes is the client-API's route table.
 func (s *Service) routes() []route {
-	return append(append(append(s.coreRoutes(), s.ephemeralRoutes()...), s.searchRoutes()...), s.pushRoutes()...)
+	return slices.Concat(s.coreRoutes(), s.ephemeralRoutes(), s.searchRoutes(), s.pushRoutes(), s.keyRoutes())
 }
 
 // coreRoutes are the routes defined in this file.

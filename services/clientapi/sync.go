@@ -70,12 +70,22 @@ type syncResponse struct {
 	AccountData eventList `json:"account_data"`
 	Presence    eventList `json:"presence"`
 	ToDevice    eventList `json:"to_device"`
+	// The end-to-end encryption extensions (e2ekeys.go); device_lists only
+	// in incremental syncs.
+	DeviceLists                  *deviceLists   `json:"device_lists,omitempty"`
+	DeviceOneTimeKeysCount       map[string]int `json:"device_one_time_keys_count"`
+	DeviceUnusedFallbackKeyTypes []string       `json:"device_unused_fallback_key_types"`
+}
+
+type deviceLists struct {
+	Changed []string `json:"changed"`
+	Left    []string `json:"left"`
 }
 
 func (r *syncResponse) empty() bool {
 	return len(r.Rooms.Join) == 0 && len(r.Rooms.Invite) == 0 && len(r.Rooms.Leave) == 0 &&
 		len(r.Rooms.Knock) == 0 && len(r.Presence.Events) == 0 && len(r.AccountData.Events) == 0 &&
-		len(r.ToDevice.Events) == 0
+		len(r.ToDevice.Events) == 0 && (r.DeviceLists == nil || len(r.DeviceLists.Changed)+len(r.DeviceLists.Left) == 0)
 }
 
 // syncOptions are the parsed /sync parameters.
@@ -160,13 +170,17 @@ func (s *Service) sync(r *http.Request, dev *device) (any, error) {
 		if err != nil {
 			return nil, err
 		}
+		kpos, err := s.syncDeviceKeys(ctx, dev, opts.since, resp, d)
+		if err != nil {
+			return nil, err
+		}
 		if err := s.addUnreadCounts(ctx, dev.UserID, opts.filter, pos, resp, d.unread); err != nil {
 			return nil, err
 		}
 		if err := s.applyFilter(ctx, opts.filter, resp); err != nil {
 			return nil, err
 		}
-		resp.NextBatch = streamToken{pos: pos, epos: epos, apos: apos, dpos: dpos}.String()
+		resp.NextBatch = streamToken{pos: pos, epos: epos, apos: apos, dpos: dpos, kpos: kpos}.String()
 		if !wait || !resp.empty() || !time.Now().Before(deadline) {
 			return resp, nil
 		}

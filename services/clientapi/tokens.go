@@ -13,7 +13,8 @@ import (
 //
 // /sync tokens also carry epos, the presence service's ephemeral position
 // (typing, receipts, presence), apos, the user's account data position,
-// and dpos, the device's send-to-device position: "s<pos>_e<epos>_a<apos>_d<dpos>".
+// dpos, the device's send-to-device position, and kpos, the device list
+// position (e2ekeys.go): "s<pos>_e<epos>_a<apos>_d<dpos>_k<kpos>".
 // A missing part (older tokens, pagination
 // tokens) parses as 0, which makes the next sync send that data in full,
 // as an initial sync would.
@@ -22,6 +23,7 @@ type streamToken struct {
 	epos int64
 	apos int64
 	dpos int64
+	kpos int64
 }
 
 func (t streamToken) String() string {
@@ -35,12 +37,15 @@ func (t streamToken) String() string {
 	if t.dpos > 0 {
 		s += "_d" + strconv.FormatInt(t.dpos, 10)
 	}
+	if t.kpos > 0 {
+		s += "_k" + strconv.FormatInt(t.kpos, 10)
+	}
 	return s
 }
 
 // parseStreamToken parses "s<pos>" with optional "_<component>"s: "e<n>"
 // is the ephemeral position, "a<n>" the account data position, "d<n>" the
-// send-to-device position; unknown
+// send-to-device position, "k<n>" the device list position; unknown
 // components are ignored so that later versions may add more.
 func parseStreamToken(s string) (streamToken, error) {
 	body, ok := strings.CutPrefix(s, "s")
@@ -62,6 +67,8 @@ func parseStreamToken(s string) (streamToken, error) {
 			field = &t.apos
 		case strings.HasPrefix(part, "d"):
 			field = &t.dpos
+		case strings.HasPrefix(part, "k"):
+			field = &t.kpos
 		default:
 			continue
 		}

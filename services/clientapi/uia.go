@@ -28,6 +28,7 @@ const (
 	purposeDeactivate    = "deactivate"
 	purposeDeleteDevices = "delete_devices"
 	purposeLoginToken    = "get_login_token"
+	purposeCrossSigning  = "device_signing_upload"
 )
 
 // authData is the "auth" object of a UIA request: the union of the fields

@@ -305,8 +305,11 @@ func (s *Store) LogoutAll(ctx context.Context, userID string) error {
 }
 
 // deleteDevices deletes devices of a user with their access and refresh
-// tokens and their pushers.
+// tokens, their pushers and their end-to-end keys.
 func deleteDevices(ctx context.Context, tx pgx.Tx, userID string, deviceIDs []string) error {
+	if err := deleteDeviceKeys(ctx, tx, userID, deviceIDs, nil); err != nil {
+		return err
+	}
 	for _, q := range []string{
 		`DELETE FROM pushers WHERE user_id = $1 AND device_id = ANY($2)`,
 		`DELETE FROM access_tokens WHERE user_id = $1 AND device_id = ANY($2)`,
@@ -326,6 +329,9 @@ func deleteDevices(ctx context.Context, tx pgx.Tx, userID string, deviceIDs []st
 // empty), with their tokens and pushers. Pushers of no known device
 // (set before devices owned them) go too: they may be another device's.
 func deleteAllDevices(ctx context.Context, tx pgx.Tx, userID, keep string) error {
+	if err := deleteDeviceKeys(ctx, tx, userID, nil, &keep); err != nil {
+		return err
+	}
 	for _, q := range []string{
 		`DELETE FROM pushers WHERE user_id = $1 AND device_id IS DISTINCT FROM $2`,
 		`DELETE FROM access_tokens WHERE user_id = $1 AND device_id <> $2`,
