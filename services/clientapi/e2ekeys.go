@@ -18,8 +18,7 @@ package clientapi
 // membership copy.
 //
 // Not done: remote users (no federation: /keys/query and /keys/claim
-// report their servers under failures), server-side key backup
-// (/room_keys), and hiding the signatures a user's user-signing key made
+// report their servers under failures), and hiding the signatures a user's user-signing key made
 // on other users' master keys from everyone but that user.
 
 import (
