@@ -313,10 +313,7 @@ var crossSigningUsage = map[string]string{"master_key": "master", "self_signing_
 // auth is needed unless the user has no master key yet, or the request
 // repeats the stored keys exactly (so a lost answer can be retried).
 func (s *Service) uploadCrossSigning(r *http.Request, dev *device) (any, error) {
-	var req struct {
-		Auth *authData `json:"auth"`
-		Keys map[string]json.RawMessage
-	}
+	var auth *authData
 	raw, err := readObject(r, bodyRequired)
 	if err != nil {
 		return nil, err
@@ -326,8 +323,8 @@ func (s *Service) uploadCrossSigning(r *http.Request, dev *device) (any, error) 
 		return nil, matrixhttp.NotJSON("Body is not a JSON object")
 	}
 	if a, ok := fields["auth"]; ok && string(a) != "null" {
-		req.Auth = &authData{}
-		if err := json.Unmarshal(a, req.Auth); err != nil {
+		auth = &authData{}
+		if err := json.Unmarshal(a, auth); err != nil {
 			return nil, matrixhttp.BadJSON("auth is not an object")
 		}
 	}
@@ -378,15 +375,21 @@ func (s *Service) uploadCrossSigning(r *http.Request, dev *device) (any, error) 
 			}
 		}
 	}
+	var sess *store.UIASession
 	if mine["master"] != nil && !same {
-		sess, err := s.runUIA(ctx, purposeCrossSigning, dev.UserID, req.Auth)
+		done, err := s.runUIA(ctx, purposeCrossSigning, dev.UserID, auth)
 		if err != nil {
 			return nil, err
 		}
-		defer func() { _ = s.finishUIA(context.WithoutCancel(ctx), sess) }()
+		sess = &done
 	}
 	if err := s.store.PutCrossSigningKeys(ctx, dev.UserID, keys); err != nil {
 		return nil, err
+	}
+	if sess != nil {
+		if err := s.finishUIA(ctx, *sess); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return nil, err
+		}
 	}
 	s.announceKeyChange(dev.UserID)
 	return struct{}{}, nil
