@@ -28,6 +28,8 @@ test: build jsclient-deps
 	done
 	@echo "== go test ./tests/crosscheck (GOEXPERIMENT=jsonv2: mautrix's PDU code needs encoding/json/v2)"
 	GOEXPERIMENT=jsonv2 $(GO) test -count=1 -timeout 5m ./tests/crosscheck
+	@echo "== go test ./tests/e2ee (-tags goolm: mautrix's crypto on its pure Go Olm)"
+	$(GO) test -count=1 -timeout 5m -tags goolm ./tests/e2ee
 
 # tests/jsclient's node_modules, exactly as package-lock.json pins them (from
 # npm's cache when it has them). tests/e2e TestJSClient fails without them.
