@@ -586,20 +586,18 @@ func sameKeyObject(a, b []byte) bool {
 // incremental sync, device_lists. It returns the device list position for
 // next_batch.
 func (s *Service) syncDeviceKeys(ctx context.Context, dev *device, since *streamToken, resp *syncResponse, d syncData) (int64, error) {
-	rd := s.store.Reader()
-	st, err := rd.DeviceKeyState(ctx, dev.UserID, dev.DeviceID)
+	var after int64
+	if since != nil {
+		after = since.kpos
+	}
+	st, kpos, users, err := s.store.Reader().SyncKeyState(ctx, dev.UserID, dev.DeviceID, after)
 	if err != nil {
 		return 0, err
 	}
 	resp.DeviceOneTimeKeysCount = withDefaultCount(st.Counts)
 	resp.DeviceUnusedFallbackKeyTypes = st.UnusedFallback
-	var after int64
-	if since != nil {
-		after = since.kpos
-	}
-	kpos, users, err := rd.DeviceListChanges(ctx, after)
-	if err != nil || since == nil {
-		return kpos, err
+	if since == nil {
+		return kpos, nil
 	}
 	me := dev.UserID
 	// joined: users who newly share a room with me (they or I joined);

@@ -120,25 +120,43 @@ type OneTimeKeyState struct {
 	UnusedFallback []string
 }
 
-// DeviceKeyState returns a device's unclaimed one-time key counts and its
-// unused fallback key algorithms.
-func (r Reader) DeviceKeyState(ctx context.Context, userID, deviceID string) (OneTimeKeyState, error) {
-	counts, err := oneTimeKeyCounts(ctx, r.q, userID, deviceID)
-	if err != nil {
-		return OneTimeKeyState{}, err
+// SyncKeyState reads, in one round trip, what a /sync reports of keys:
+// the device's one-time key counts and unused fallback algorithms, the
+// latest device list position, and the users whose device lists changed
+// after `after` up to it.
+func (r Reader) SyncKeyState(ctx context.Context, userID, deviceID string, after int64) (OneTimeKeyState, int64, []string, error) {
+	st := OneTimeKeyState{Counts: map[string]int{}, UnusedFallback: []string{}}
+	var pos int64
+	var users []string
+	b := &Batch{}
+	b.b.Queue(`SELECT algorithm, count(*) FROM one_time_keys WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm`, userID, deviceID).
+		Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var a string
+				var n int
+				if err := rows.Scan(&a, &n); err != nil {
+					return err
+				}
+				st.Counts[a] = n
+			}
+			return rows.Err()
+		})
+	b.b.Queue(`SELECT algorithm FROM fallback_keys WHERE user_id = $1 AND device_id = $2 AND NOT used ORDER BY algorithm`, userID, deviceID).
+		Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var a string
+				if err := rows.Scan(&a); err != nil {
+					return err
+				}
+				st.UnusedFallback = append(st.UnusedFallback, a)
+			}
+			return rows.Err()
+		})
+	b.b.Queue(deviceListChangesSQL, after).QueryRow(func(row pgx.Row) error { return row.Scan(&pos, &users) })
+	if err := r.Send(ctx, b); err != nil {
+		return OneTimeKeyState{}, 0, nil, err
 	}
-	rows, err := r.q.Query(ctx, `SELECT algorithm FROM fallback_keys WHERE user_id = $1 AND device_id = $2 AND NOT used ORDER BY algorithm`, userID, deviceID)
-	if err != nil {
-		return OneTimeKeyState{}, err
-	}
-	unused, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return OneTimeKeyState{}, err
-	}
-	if unused == nil {
-		unused = []string{}
-	}
-	return OneTimeKeyState{Counts: counts, UnusedFallback: unused}, nil
+	return st, pos, users, nil
 }
 
 // QueriedDevice is one device in a /keys/query answer.
@@ -326,16 +344,11 @@ func (s *Store) ClaimKeys(ctx context.Context, want map[string]map[string]string
 	return out, err
 }
 
-// DeviceListChanges returns the latest device list position and the users
-// whose device lists changed after `after` up to it.
-func (r Reader) DeviceListChanges(ctx context.Context, after int64) (int64, []string, error) {
-	var pos int64
-	var users []string
-	err := r.q.QueryRow(ctx, `WITH m AS (SELECT COALESCE(MAX(pos), 0) AS p FROM device_list_changes)
-		SELECT m.p, COALESCE(array_agg(DISTINCT c.user_id) FILTER (WHERE c.user_id IS NOT NULL), '{}')
-		FROM m LEFT JOIN device_list_changes c ON c.pos > $1 AND c.pos <= m.p GROUP BY m.p`, after).Scan(&pos, &users)
-	return pos, users, err
-}
+// deviceListChangesSQL reads the latest device list position and the users
+// changed after $1 up to it.
+const deviceListChangesSQL = `WITH m AS (SELECT COALESCE(MAX(pos), 0) AS p FROM device_list_changes)
+	SELECT m.p, COALESCE(array_agg(DISTINCT c.user_id) FILTER (WHERE c.user_id IS NOT NULL), '{}')
+	FROM m LEFT JOIN device_list_changes c ON c.pos > $1 AND c.pos <= m.p GROUP BY m.p`
 
 // DeviceListChangesBetween returns the users whose device lists changed
 // after `after` up to `upto`.
