@@ -34,6 +34,20 @@ type Config struct {
 	Push PushConfig `yaml:"push"`
 	// Media configures the content repository (media.go).
 	Media MediaConfig `yaml:"media"`
+	// Turn configures GET /voip/turnServer (extras.go).
+	Turn TurnConfig `yaml:"turn"`
+}
+
+// TurnConfig gives clients credentials for a TURN server that shares a
+// secret with the homeserver (coturn's use-auth-secret).
+type TurnConfig struct {
+	// URIs are the TURN server's URIs ("turn:turn.example.com:3478?transport=udp");
+	// none turns the endpoint off ({}).
+	URIs []string `yaml:"uris"`
+	// SharedSecret is coturn's static-auth-secret.
+	SharedSecret string `yaml:"shared_secret"`
+	// UserLifetime is how long issued credentials last.
+	UserLifetime time.Duration `yaml:"user_lifetime"`
 }
 
 // MediaConfig configures the content repository.
@@ -144,6 +158,7 @@ func DefaultConfig() Config {
 			NotificationRetention: 30 * 24 * time.Hour,
 			PruneInterval:         time.Hour,
 		},
+		Turn: TurnConfig{UserLifetime: time.Hour},
 		Media: MediaConfig{
 			MaxUploadSize:      50 << 20,
 			MaxThumbnailPixels: 32_000_000,
@@ -158,6 +173,9 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.Media.MaxUploadSize < 1 || c.Media.MaxThumbnailPixels < 1 || c.Media.MaxPendingCreates < 1 || c.Media.CreateExpiry <= 0 {
 		errs = append(errs, errors.New("media: max_upload_size, max_thumbnail_pixels, max_pending_creates and create_expiry must be positive"))
+	}
+	if len(c.Turn.URIs) > 0 && (c.Turn.SharedSecret == "" || c.Turn.UserLifetime <= 0) {
+		errs = append(errs, errors.New("turn: uris need a shared_secret and a positive user_lifetime"))
 	}
 	if c.MaxDatabaseConns < 2 {
 		errs = append(errs, errors.New("max_database_conns must be at least 2"))

@@ -36,7 +36,7 @@ var clientPrefixes = []string{"/_matrix/client/v3", "/_matrix/client/r0"}
 
 // routes is the client-API's route table.
 func (s *Service) routes() []route {
-	return slices.Concat(s.coreRoutes(), s.ephemeralRoutes(), s.searchRoutes(), s.pushRoutes(), s.keyRoutes(), s.keyBackupRoutes())
+	return slices.Concat(s.coreRoutes(), s.ephemeralRoutes(), s.searchRoutes(), s.pushRoutes(), s.keyRoutes(), s.keyBackupRoutes(), s.extraRoutes())
 }
 
 // coreRoutes are the routes defined in this file.

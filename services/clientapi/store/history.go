@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"errors"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -136,4 +137,40 @@ func (r Reader) oneEvent(ctx context.Context, where string, args ...any) (Stored
 		return StoredEvent{}, ErrNotFound
 	}
 	return events[0], nil
+}
+
+// FirstEventFrom returns the position and origin_server_ts of the room's
+// first event at or after pos (found false when there is none).
+func (r Reader) FirstEventFrom(ctx context.Context, roomID string, pos int64) (at, ts int64, found bool, err error) {
+	err = r.q.QueryRow(ctx, `SELECT pos, COALESCE((convert_from(event, 'UTF8')::jsonb ->> 'origin_server_ts')::bigint, 0)
+		FROM sync_events WHERE room_id = $1 AND pos >= $2 ORDER BY pos LIMIT 1`, roomID, pos).Scan(&at, &ts)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, 0, false, nil
+	}
+	return at, ts, err == nil, err
+}
+
+// EventsAround returns up to limit of the room's events from pos on
+// (forward) or up to pos (backward), nearest first.
+func (r Reader) EventsAround(ctx context.Context, roomID string, pos int64, forward bool, limit int) ([]StoredEvent, error) {
+	q := `SELECT ` + eventCols + ` FROM sync_events WHERE room_id = $1 AND pos >= $2 ORDER BY pos LIMIT $3`
+	if !forward {
+		q = `SELECT ` + eventCols + ` FROM sync_events WHERE room_id = $1 AND pos <= $2 ORDER BY pos DESC LIMIT $3`
+	}
+	rows, err := r.q.Query(ctx, q, roomID, pos, limit)
+	if err != nil {
+		return nil, err
+	}
+	return scanEvents(rows)
+}
+
+// MutualRooms returns the rooms both users are joined to, in room ID
+// order.
+func (r Reader) MutualRooms(ctx context.Context, a, b string) ([]string, error) {
+	rows, err := r.q.Query(ctx, `SELECT x.room_id FROM memberships x JOIN memberships y ON y.room_id = x.room_id
+		WHERE x.user_id = $1 AND y.user_id = $2 AND x.membership = 'join' AND y.membership = 'join' ORDER BY x.room_id`, a, b)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
 }
