@@ -41,14 +41,18 @@ func (s *Service) capabilities(_ *http.Request, dev *device) (any, error) {
 	}
 	// Guests cannot change passwords or avatars, nor get login tokens.
 	full := !dev.IsGuest
-	return map[string]any{"capabilities": map[string]any{
+	caps := map[string]any{
 		"m.room_versions":   map[string]any{"default": s.cfg.DefaultRoomVersion, "available": available},
 		"m.change_password": map[string]bool{"enabled": full},
 		"m.set_displayname": map[string]bool{"enabled": true},
 		"m.set_avatar_url":  map[string]bool{"enabled": full},
 		"m.3pid_changes":    map[string]bool{"enabled": false},
 		"m.get_login_token": map[string]bool{"enabled": full},
-	}}, nil
+	}
+	if dev.IsAdmin {
+		caps["m.account_moderation"] = map[string]bool{"lock": true, "suspend": true}
+	}
+	return map[string]any{"capabilities": caps}, nil
 }
 
 // maxPasswordBytes caps passwords (they are pre-hashed, so bcrypt's 72-byte

@@ -29,6 +29,21 @@ func TestAdminDeletesAnyAlias(t *testing.T) {
 	}
 	alias := id.RoomAlias("#secret-den:" + serverName)
 
+	admin := adminClient(t, hs, secret, "root")
+
+	_, err := stranger.DeleteAlias(ctx, alias)
+	wantErr(t, "stranger deletes the alias", err, mautrix.MForbidden)
+	_, err = admin.DeleteAlias(ctx, alias)
+	must(t, "admin deletes the alias", err)
+	_, err = alice.ResolveAlias(ctx, alias)
+	wantErr(t, "resolve the deleted alias", err, mautrix.MNotFound)
+}
+
+// adminClient registers a server admin through shared-secret registration
+// (as operators do) and returns it logged in.
+func adminClient(t *testing.T, hs, secret, name string) *mautrix.Client {
+	t.Helper()
+	ctx := context.Background()
 	admin, err := mautrix.NewClient(hs, "", "")
 	if err != nil {
 		t.Fatal(err)
@@ -40,19 +55,13 @@ func TestAdminDeletesAnyAlias(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := hmac.New(sha1.New, []byte(secret))
-	m.Write([]byte(nonce.Nonce + "\x00root\x00root-pw\x00admin"))
+	m.Write([]byte(nonce.Nonce + "\x00" + name + "\x00" + name + "-pw\x00admin"))
 	var reg mautrix.RespRegister
 	if _, err := admin.MakeRequest(ctx, "POST", hs+"/_synapse/admin/v1/register", map[string]any{
-		"nonce": nonce.Nonce, "username": "root", "password": "root-pw", "admin": true, "mac": hex.EncodeToString(m.Sum(nil)),
+		"nonce": nonce.Nonce, "username": name, "password": name + "-pw", "admin": true, "mac": hex.EncodeToString(m.Sum(nil)),
 	}, &reg); err != nil {
 		t.Fatal(err)
 	}
 	admin.SetCredentials(reg.UserID, reg.AccessToken)
-
-	_, err = stranger.DeleteAlias(ctx, alias)
-	wantErr(t, "stranger deletes the alias", err, mautrix.MForbidden)
-	_, err = admin.DeleteAlias(ctx, alias)
-	must(t, "admin deletes the alias", err)
-	_, err = alice.ResolveAlias(ctx, alias)
-	wantErr(t, "resolve the deleted alias", err, mautrix.MNotFound)
+	return admin
 }

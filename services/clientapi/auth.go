@@ -21,6 +21,8 @@ type device struct {
 	DeviceID  string
 	IsAdmin   bool
 	IsGuest   bool
+	Locked    bool
+	Suspended bool
 	tokenHash []byte
 }
 
@@ -96,5 +98,6 @@ func (s *Service) authenticate(r *http.Request) (*device, error) {
 		e.Extra = map[string]any{"soft_logout": true}
 		return nil, e
 	}
-	return &device{UserID: owner.UserID, DeviceID: owner.DeviceID, IsAdmin: owner.Admin, IsGuest: owner.Guest, tokenHash: hash}, nil
+	return &device{UserID: owner.UserID, DeviceID: owner.DeviceID, IsAdmin: owner.Admin, IsGuest: owner.Guest,
+		Locked: owner.Locked, Suspended: owner.Suspended, tokenHash: hash}, nil
 }

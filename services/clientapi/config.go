@@ -36,6 +36,24 @@ type Config struct {
 	Media MediaConfig `yaml:"media"`
 	// Turn configures GET /voip/turnServer (extras.go).
 	Turn TurnConfig `yaml:"turn"`
+	// Support is served at /.well-known/matrix/support (moderation.go).
+	Support SupportConfig `yaml:"support"`
+}
+
+// SupportConfig is the server's contact information for users.
+type SupportConfig struct {
+	Contacts []SupportContact `yaml:"contacts"`
+	// SupportPage is a URL of a page with support information.
+	SupportPage string `yaml:"support_page"`
+}
+
+// SupportContact is one admin contact: a role (m.role.admin,
+// m.role.security or a namespaced one) and a Matrix ID or an email
+// address.
+type SupportContact struct {
+	Role     string `yaml:"role"`
+	MatrixID string `yaml:"matrix_id"`
+	Email    string `yaml:"email_address"`
 }
 
 // TurnConfig gives clients credentials for a TURN server that shares a
@@ -176,6 +194,11 @@ func (c Config) Validate() error {
 	}
 	if len(c.Turn.URIs) > 0 && (c.Turn.SharedSecret == "" || c.Turn.UserLifetime <= 0) {
 		errs = append(errs, errors.New("turn: uris need a shared_secret and a positive user_lifetime"))
+	}
+	for _, ct := range c.Support.Contacts {
+		if ct.Role == "" || (ct.MatrixID == "" && ct.Email == "") {
+			errs = append(errs, errors.New("support.contacts: each needs a role and a matrix_id or email_address"))
+		}
 	}
 	if c.MaxDatabaseConns < 2 {
 		errs = append(errs, errors.New("max_database_conns must be at least 2"))

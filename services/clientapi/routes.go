@@ -36,7 +36,7 @@ var clientPrefixes = []string{"/_matrix/client/v3", "/_matrix/client/r0"}
 
 // routes is the client-API's route table.
 func (s *Service) routes() []route {
-	return slices.Concat(s.coreRoutes(), s.ephemeralRoutes(), s.searchRoutes(), s.pushRoutes(), s.keyRoutes(), s.keyBackupRoutes(), s.extraRoutes())
+	return slices.Concat(s.coreRoutes(), s.ephemeralRoutes(), s.searchRoutes(), s.pushRoutes(), s.keyRoutes(), s.keyBackupRoutes(), s.extraRoutes(), s.moderationRoutes())
 }
 
 // coreRoutes are the routes defined in this file.
@@ -136,6 +136,7 @@ func (s *Service) RegisterHTTP(r chi.Router) {
 	r.Handle("/_matrix/client/*", entry)
 	r.Handle("/_matrix/media/*", entry)
 	r.Handle("/.well-known/matrix/client", entry)
+	r.Handle("/.well-known/matrix/support", entry)
 	r.Handle("/_synapse/admin/*", entry)
 	r.Handle(loginFallbackPath, entry)
 }
@@ -163,6 +164,12 @@ func (s *Service) wrap(rt route) http.Handler {
 			dev = d
 			if dev.IsGuest && !guestAllowed(rt) {
 				s.writeError(w, r, guestForbidden("Guest access is not allowed on this endpoint"))
+				return
+			}
+		}
+		if dev != nil {
+			if err := moderationCheck(rt, r, dev); err != nil {
+				s.writeError(w, r, err)
 				return
 			}
 		}

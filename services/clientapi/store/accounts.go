@@ -210,6 +210,8 @@ type TokenOwner struct {
 	ExpiresAt time.Time
 	Admin     bool
 	Guest     bool
+	Locked    bool
+	Suspended bool
 }
 
 // LookupToken returns the owner of an access token hash, or ErrNotFound.
@@ -220,11 +222,11 @@ func (s *Store) LookupToken(ctx context.Context, tokenHash []byte) (TokenOwner, 
 	var o TokenOwner
 	var expires *time.Time
 	var prevRefresh []byte
-	err := s.db.QueryRow(ctx, `SELECT t.user_id, t.device_id, t.expires_at, a.is_admin, a.is_guest, t.prev_refresh_hash
+	err := s.db.QueryRow(ctx, `SELECT t.user_id, t.device_id, t.expires_at, a.is_admin, a.is_guest, a.locked, a.suspended, t.prev_refresh_hash
 		FROM access_tokens t
 		JOIN accounts a ON a.localpart = substring(t.user_id FROM 2 FOR position(':' IN t.user_id) - 2)
 		WHERE t.token_hash = $1 AND NOT a.deactivated`, tokenHash).
-		Scan(&o.UserID, &o.DeviceID, &expires, &o.Admin, &o.Guest, &prevRefresh)
+		Scan(&o.UserID, &o.DeviceID, &expires, &o.Admin, &o.Guest, &o.Locked, &o.Suspended, &prevRefresh)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return TokenOwner{}, ErrNotFound
 	}
@@ -376,4 +378,32 @@ func (s *Store) GuestLocalparts(ctx context.Context, localparts []string) ([]str
 		return nil, err
 	}
 	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
+// Moderation is an account's standing for the admin lock and suspend
+// endpoints.
+type Moderation struct {
+	Admin, Locked, Suspended bool
+}
+
+// AccountModeration returns an active account's moderation state;
+// ErrNotFound when there is no such account or it is deactivated.
+func (r Reader) AccountModeration(ctx context.Context, localpart string) (Moderation, error) {
+	var m Moderation
+	err := r.q.QueryRow(ctx, `SELECT is_admin, locked, suspended FROM accounts WHERE localpart = $1 AND NOT deactivated`, localpart).
+		Scan(&m.Admin, &m.Locked, &m.Suspended)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Moderation{}, ErrNotFound
+	}
+	return m, err
+}
+
+// SetModeration sets an account's locked or suspended flag (field is
+// "locked" or "suspended").
+func (s *Store) SetModeration(ctx context.Context, localpart, field string, on bool) error {
+	if field != "locked" && field != "suspended" {
+		return fmt.Errorf("unknown moderation flag %q", field)
+	}
+	_, err := s.db.Exec(ctx, `UPDATE accounts SET `+field+` = $2 WHERE localpart = $1 AND NOT deactivated`, localpart, on)
+	return err
 }
