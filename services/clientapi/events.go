@@ -238,6 +238,9 @@ func (s *Service) send(r *http.Request, dev *device) (any, error) {
 		}
 		_ = json.Unmarshal(content, &c)
 		tmpl.Redacts = c.Redacts
+		if err := s.suspendedRedaction(r, dev, roomID, c.Redacts); err != nil {
+			return nil, err
+		}
 	}
 	eventID, err := s.sendOwnEvent(r.Context(), &roomserverv1.SendEventRequest{
 		RoomId:        roomID,

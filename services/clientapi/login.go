@@ -5,6 +5,9 @@ import (
 	"net/http"
 	"time"
 
+	"go.uber.org/zap"
+
+	"github.com/myelin-chat/myelin/pkg/logging"
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
@@ -157,7 +160,8 @@ func (s *Service) login(r *http.Request, _ *device) (any, error) {
 // refresh is POST /v3/refresh: a refresh token buys a new access token
 // and a new refresh token for the same device. The old refresh token stays
 // valid until one of the new tokens is used (store.Refresh), as the spec
-// asks, so a client that lost this answer can refresh again.
+// asks, so a client that lost this answer can refresh again. A spent
+// refresh token that comes back revokes its session (the spec's SHOULD).
 func (s *Service) refresh(r *http.Request, _ *device) (any, error) {
 	var req struct {
 		RefreshToken string `json:"refresh_token"`
@@ -170,6 +174,13 @@ func (s *Service) refresh(r *http.Request, _ *device) (any, error) {
 	}
 	l, toks := s.newLogin(r, "", "", "", true)
 	err := s.store.Refresh(r.Context(), hashToken(req.RefreshToken), &l)
+	if errors.Is(err, store.ErrRefreshReused) {
+		// The spec: a reused refresh token means the session is
+		// compromised; the store has logged its device out.
+		s.log.Warn("spent refresh token used again: session revoked", logging.UserID(l.UserID), zap.String("device_id", l.DeviceID))
+		s.announceKeyChange(l.UserID)
+		err = store.ErrNotFound
+	}
 	if errors.Is(err, store.ErrNotFound) {
 		e := matrixhttp.UnknownToken("Unknown refresh token")
 		e.Extra = map[string]any{"soft_logout": false}

@@ -8,8 +8,9 @@ package clientapi
 // but /logout and /logout/all, and keeps its tokens. A suspended account
 // may read, leave, redact, manage devices and keys, and log out, but not
 // create, join or knock on rooms, invite, send events other than
-// redactions, set state, or change its profile (403 M_USER_SUSPENDED):
-// the spec's recommended set, enforced in wrap from suspendedBlocked.
+// redactions, set state, change its profile, or redact other users' events
+// (403 M_USER_SUSPENDED): the spec's recommended set, enforced in wrap from
+// suspendedBlocked, and in redact.
 
 import (
 	"errors"
@@ -63,9 +64,13 @@ func moderationCheck(rt route, r *http.Request, dev *device) error {
 		return e
 	}
 	if dev.Suspended && suspendedBlocked[key] && chi.URLParam(r, "eventType") != "m.room.redaction" {
-		return matrixhttp.Errorf(http.StatusForbidden, "M_USER_SUSPENDED", "You cannot perform this action while suspended")
+		return errSuspended()
 	}
 	return nil
+}
+
+func errSuspended() error {
+	return matrixhttp.Errorf(http.StatusForbidden, "M_USER_SUSPENDED", "You cannot perform this action while suspended")
 }
 
 // moderationTarget checks an admin moderation request: the caller is an

@@ -82,6 +82,16 @@ func TestLockAndSuspend(t *testing.T) {
 	if _, err := alice.SendMessageEvent(ctx, room.RoomID, event.EventRedaction, map[string]any{"redacts": own}); err != nil {
 		t.Errorf("suspended m.room.redaction through /send: %v", err)
 	}
+	// Bob makes Alice a moderator; suspended, she still may not redact his events.
+	bobsMsg := sendText(t, bob, room.RoomID, "bob's message")
+	if _, err := bob.SendStateEvent(ctx, room.RoomID, event.StatePowerLevels, "", map[string]any{
+		"users": map[string]int{bob.UserID.String(): 100, alice.UserID.String(): 50}, "redact": 50}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = alice.RedactEvent(ctx, room.RoomID, bobsMsg)
+	wantMatrixError(t, "suspended redaction of another's event", err, http.StatusForbidden, "M_USER_SUSPENDED")
+	_, err = alice.SendMessageEvent(ctx, room.RoomID, event.EventRedaction, map[string]any{"redacts": bobsMsg})
+	wantMatrixError(t, "suspended redaction of another's event through /send", err, http.StatusForbidden, "M_USER_SUSPENDED")
 	if err := put(admin, "suspend", alice.UserID.String(), false); err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ package clientapi
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 
@@ -78,6 +79,9 @@ func (s *Service) redact(r *http.Request, dev *device) (any, error) {
 	if eventID == "" || txnID == "" {
 		return nil, matrixhttp.InvalidParam("Event ID and transaction ID must not be empty")
 	}
+	if err := s.suspendedRedaction(r, dev, roomID, eventID); err != nil {
+		return nil, err
+	}
 	body, err := readObject(r, bodyOptional)
 	if err != nil {
 		return nil, err
@@ -108,4 +112,24 @@ func (s *Service) redact(r *http.Request, dev *device) (any, error) {
 		return nil, err
 	}
 	return eventIDResponse{EventID: redactionID}, nil
+}
+
+// suspendedRedaction refuses a suspended user's redaction of another
+// user's event (moderation.go); their own events they may redact. An
+// unknown target is left to the room-server.
+func (s *Service) suspendedRedaction(r *http.Request, dev *device, roomID, target string) error {
+	if !dev.Suspended {
+		return nil
+	}
+	e, err := s.store.Reader().EventByID(r.Context(), roomID, target)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if e.Sender != dev.UserID {
+		return errSuspended()
+	}
+	return nil
 }

@@ -180,9 +180,20 @@ func addLogin(ctx context.Context, tx pgx.Tx, login Login) (revoked int64, err e
 	}
 	// Every refresh token of the device goes, but the one a refresh was
 	// given (PrevRefreshHash): the client may not have received this
-	// answer.
-	if _, err := tx.Exec(ctx, `DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id = $2 AND token_hash IS DISTINCT FROM $3`,
-		login.UserID, login.DeviceID, login.PrevRefreshHash); err != nil {
+	// answer. In a refresh the others are spent (remembered for reuse
+	// detection).
+	if login.PrevRefreshHash != nil {
+		// The pair an earlier use of the same token bought was never
+		// used: it just goes. The token this one was bought with is spent.
+		if _, err := tx.Exec(ctx, `DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id = $2 AND bought_with = $3`,
+			login.UserID, login.DeviceID, login.PrevRefreshHash); err != nil {
+			return 0, fmt.Errorf("revoke refresh tokens: %w", err)
+		}
+		if err := spendRefreshTokens(ctx, tx, `user_id = $1 AND device_id = $2 AND token_hash <> $3`,
+			login.UserID, login.DeviceID, login.PrevRefreshHash); err != nil {
+			return 0, fmt.Errorf("revoke refresh tokens: %w", err)
+		}
+	} else if _, err := tx.Exec(ctx, `DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id = $2`, login.UserID, login.DeviceID); err != nil {
 		return 0, fmt.Errorf("revoke refresh tokens: %w", err)
 	}
 	var expires *time.Time
@@ -194,8 +205,8 @@ func addLogin(ctx context.Context, tx pgx.Tx, login Login) (revoked int64, err e
 		return 0, fmt.Errorf("insert access token: %w", err)
 	}
 	if login.RefreshHash != nil {
-		if _, err := tx.Exec(ctx, `INSERT INTO refresh_tokens (token_hash, user_id, device_id) VALUES ($1, $2, $3)`,
-			login.RefreshHash, login.UserID, login.DeviceID); err != nil {
+		if _, err := tx.Exec(ctx, `INSERT INTO refresh_tokens (token_hash, user_id, device_id, bought_with) VALUES ($1, $2, $3, $4)`,
+			login.RefreshHash, login.UserID, login.DeviceID, login.PrevRefreshHash); err != nil {
 			return 0, fmt.Errorf("insert refresh token: %w", err)
 		}
 	}
@@ -248,14 +259,60 @@ func (s *Store) LookupToken(ctx context.Context, tokenHash []byte) (TokenOwner, 
 // the access token it issued is used, and clears that access token's link
 // to it.
 func (s *Store) spendRefreshed(ctx context.Context, tokenHash, prevRefresh []byte) error {
-	b := &pgx.Batch{}
-	b.Queue(`DELETE FROM refresh_tokens WHERE token_hash = $1`, prevRefresh)
-	b.Queue(`UPDATE access_tokens SET prev_refresh_hash = NULL WHERE token_hash = $1`, tokenHash)
-	if err := s.db.SendBatch(ctx, b).Close(); err != nil {
-		return fmt.Errorf("revoke the refreshed token: %w", err)
+	return pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		if err := spendRefreshTokens(ctx, tx, `token_hash = $1`, prevRefresh); err != nil {
+			return fmt.Errorf("revoke the refreshed token: %w", err)
+		}
+		_, err := tx.Exec(ctx, `UPDATE access_tokens SET prev_refresh_hash = NULL WHERE token_hash = $1`, tokenHash)
+		return err
+	})
+}
+
+// spentRefreshKept is how many spent refresh tokens of a device are
+// remembered for reuse detection.
+const spentRefreshKept = 10
+
+// spendRefreshTokens deletes the refresh tokens matching cond (on args)
+// and remembers them as spent, keeping the newest spentRefreshKept per
+// device.
+func spendRefreshTokens(ctx context.Context, tx pgx.Tx, cond string, args ...any) error {
+	now := time.Now().UnixMilli()
+	n := len(args) + 1
+	rows, err := tx.Query(ctx, `WITH d AS (DELETE FROM refresh_tokens WHERE `+cond+` RETURNING token_hash, user_id, device_id)
+		INSERT INTO spent_refresh_tokens (token_hash, user_id, device_id, spent_ts)
+		SELECT token_hash, user_id, device_id, $`+fmt.Sprint(n)+` FROM d ON CONFLICT DO NOTHING
+		RETURNING user_id, device_id`, append(args, now)...)
+	if err != nil {
+		return err
+	}
+	type dev struct{ user, device string }
+	seen := map[dev]bool{}
+	for rows.Next() {
+		var d dev
+		if err := rows.Scan(&d.user, &d.device); err != nil {
+			rows.Close()
+			return err
+		}
+		seen[d] = true
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for d := range seen {
+		if _, err := tx.Exec(ctx, `DELETE FROM spent_refresh_tokens WHERE user_id = $1 AND device_id = $2 AND token_hash NOT IN (
+			SELECT token_hash FROM spent_refresh_tokens WHERE user_id = $1 AND device_id = $2 ORDER BY spent_ts DESC LIMIT $3)`,
+			d.user, d.device, spentRefreshKept); err != nil {
+			return err
+		}
 	}
 	return nil
 }
+
+// ErrRefreshReused is returned by Refresh for a refresh token that was
+// already spent: the session it belonged to is revoked (its device
+// deleted).
+var ErrRefreshReused = errors.New("spent refresh token used again")
 
 // Refresh exchanges a refresh token for a new access and refresh token on
 // the same device (login.UserID and login.DeviceID are filled in). The
@@ -264,11 +321,21 @@ func (s *Store) spendRefreshed(ctx context.Context, tokenHash, prevRefresh []byt
 // a client that lost the answer can refresh again; that replaces the
 // unused pair. An unknown refresh token is ErrNotFound.
 func (s *Store) Refresh(ctx context.Context, refreshHash []byte, login *Login) error {
-	return pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+	reused := false
+	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		err := tx.QueryRow(ctx, `SELECT user_id, device_id FROM refresh_tokens WHERE token_hash = $1 FOR UPDATE`, refreshHash).
 			Scan(&login.UserID, &login.DeviceID)
 		if errors.Is(err, pgx.ErrNoRows) {
-			return ErrNotFound
+			var user, device string
+			err := tx.QueryRow(ctx, `SELECT user_id, device_id FROM spent_refresh_tokens WHERE token_hash = $1`, refreshHash).Scan(&user, &device)
+			if errors.Is(err, pgx.ErrNoRows) {
+				return ErrNotFound
+			}
+			if err != nil {
+				return err
+			}
+			login.UserID, login.DeviceID, reused = user, device, true
+			return deleteDevices(ctx, tx, user, []string{device})
 		}
 		if err != nil {
 			return err
@@ -280,6 +347,10 @@ func (s *Store) Refresh(ctx context.Context, refreshHash []byte, login *Login) e
 		_, err = addLogin(ctx, tx, *login)
 		return err
 	})
+	if err == nil && reused {
+		return ErrRefreshReused
+	}
+	return err
 }
 
 // Logout deletes an access token and the device it belongs to (with every
@@ -316,6 +387,7 @@ func deleteDevices(ctx context.Context, tx pgx.Tx, userID string, deviceIDs []st
 		`DELETE FROM pushers WHERE user_id = $1 AND device_id = ANY($2)`,
 		`DELETE FROM access_tokens WHERE user_id = $1 AND device_id = ANY($2)`,
 		`DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id = ANY($2)`,
+		`DELETE FROM spent_refresh_tokens WHERE user_id = $1 AND device_id = ANY($2)`,
 		`DELETE FROM devices WHERE user_id = $1 AND device_id = ANY($2)`,
 		`DELETE FROM to_device_messages WHERE user_id = $1 AND device_id = ANY($2)`,
 		`DELETE FROM to_device_txns WHERE user_id = $1 AND device_id = ANY($2)`,
@@ -338,6 +410,7 @@ func deleteAllDevices(ctx context.Context, tx pgx.Tx, userID, keep string) error
 		`DELETE FROM pushers WHERE user_id = $1 AND device_id IS DISTINCT FROM $2`,
 		`DELETE FROM access_tokens WHERE user_id = $1 AND device_id <> $2`,
 		`DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id <> $2`,
+		`DELETE FROM spent_refresh_tokens WHERE user_id = $1 AND device_id <> $2`,
 		`DELETE FROM devices WHERE user_id = $1 AND device_id <> $2`,
 		`DELETE FROM to_device_messages WHERE user_id = $1 AND device_id <> $2`,
 		`DELETE FROM to_device_txns WHERE user_id = $1 AND device_id <> $2`,
