@@ -1,7 +1,8 @@
 package clientapi
 
 // Smaller client-server endpoints: GET /v1/rooms/{roomId}/timestamp_to_event,
-// GET /v1/mutual_rooms and GET /v3/voip/turnServer.
+// GET /v1/mutual_rooms, GET /v3/voip/turnServer, and GET
+// /v1/room_summary/{roomIdOrAlias} (hierarchy.go).
 
 import (
 	"crypto/hmac"
@@ -21,6 +22,7 @@ func (s *Service) extraRoutes() []route {
 		{method: http.MethodGet, path: "/_matrix/client/v1/rooms/{roomId}/timestamp_to_event", abs: true, auth: true, serve: s.timestampToEvent},
 		{method: http.MethodGet, path: "/_matrix/client/v1/mutual_rooms", abs: true, auth: true, serve: s.mutualRooms},
 		{method: http.MethodGet, path: "/voip/turnServer", auth: true, serve: s.turnServer},
+		{method: http.MethodGet, path: "/_matrix/client/v1/room_summary/{roomIdOrAlias}", abs: true, serve: s.roomSummary},
 	}
 }
 

@@ -144,3 +144,50 @@ func TestTurnUnconfigured(t *testing.T) {
 		t.Errorf("unconfigured turnServer: %v, %v", raw, err)
 	}
 }
+
+// TestRoomSummary: a public room's summary for anyone, unauthenticated
+// too, with the requester's membership when known; a private room's only
+// for its members; an alias resolves; an unknown room is not found.
+func TestRoomSummary(t *testing.T) {
+	hs := startStack(t)
+	ctx := context.Background()
+	alice := newUser(t, hs, "alice")
+	bob := newUser(t, hs, "bob")
+	public, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat", Name: "Lobby", Topic: "All welcome", RoomAliasName: "lobby"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	private, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Name: "Den"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	summary := func(cli *mautrix.Client, room string) (map[string]any, error) {
+		var out map[string]any
+		_, err := cli.MakeRequest(ctx, http.MethodGet, cli.BuildClientURL("v1", "room_summary", room), nil, &out)
+		return out, err
+	}
+	got, err := summary(alice, public.RoomID.String())
+	if err != nil || got["name"] != "Lobby" || got["topic"] != "All welcome" || got["join_rule"] != "public" ||
+		got["num_joined_members"] != float64(1) || got["membership"] != "join" || got["room_version"] == nil {
+		t.Fatalf("alice's summary of the lobby: %v, %v", got, err)
+	}
+	anon, err := mautrix.NewClient(hs, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := summary(anon, "#lobby:"+serverName); err != nil || got["room_id"] != public.RoomID.String() || got["membership"] != nil {
+		t.Errorf("unauthenticated summary by alias: %v, %v", got, err)
+	}
+	if got, err := summary(bob, public.RoomID.String()); err != nil || got["membership"] != nil {
+		t.Errorf("bob's summary (not a member): %v, %v", got, err)
+	}
+	_, err = summary(bob, private.RoomID.String())
+	wantMatrixError(t, "bob's summary of a private room", err, http.StatusNotFound, "M_NOT_FOUND")
+	_, err = summary(anon, private.RoomID.String())
+	wantMatrixError(t, "unauthenticated summary of a private room", err, http.StatusNotFound, "M_NOT_FOUND")
+	if got, err := summary(alice, private.RoomID.String()); err != nil || got["name"] != "Den" {
+		t.Errorf("alice's summary of her private room: %v, %v", got, err)
+	}
+	_, err = summary(alice, "!nowhere:"+serverName)
+	wantMatrixError(t, "summary of an unknown room", err, http.StatusNotFound, "M_NOT_FOUND")
+}

@@ -8,6 +8,7 @@ package clientapi
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -287,4 +288,54 @@ func (s *Service) mayPeekOrJoin(r *http.Request, dev *device, entry hierarchyRoo
 		}
 	}
 	return false, nil
+}
+
+// roomSummary is GET /v1/room_summary/{roomIdOrAlias}: one room's entry as
+// the hierarchy shows it, under the same visibility rule, plus the
+// requester's membership. Authentication is optional: without it only
+// rooms that are public, knockable or world-readable are shown. Rooms this
+// server has no state for are not found (no federation).
+func (s *Service) roomSummary(r *http.Request, _ *device) (any, error) {
+	dev := &device{}
+	if _, ok := requestToken(r); ok {
+		d, err := s.authenticate(r)
+		if err != nil {
+			return nil, err
+		}
+		if err := moderationCheck(route{method: http.MethodGet, path: "room_summary"}, r, d); err != nil {
+			return nil, err // a locked account
+		}
+		dev = d
+	}
+	target, err := pathParam(r, "roomIdOrAlias")
+	if err != nil {
+		return nil, err
+	}
+	roomID, err := s.resolveRoomIDOrAlias(r, target)
+	if err != nil {
+		return nil, err
+	}
+	entry, _, visible, err := s.hierarchyEntry(r, dev, roomID, false)
+	if err != nil {
+		return nil, err
+	}
+	if !visible {
+		return nil, matrixhttp.NotFound("Room not found")
+	}
+	out := struct {
+		publicRoom
+		RoomVersion    string   `json:"room_version,omitempty"`
+		Encryption     string   `json:"encryption,omitempty"`
+		AllowedRoomIDs []string `json:"allowed_room_ids,omitempty"`
+		Membership     string   `json:"membership,omitempty"`
+	}{publicRoom: entry.publicRoom, RoomVersion: entry.RoomVersion, Encryption: entry.Encryption, AllowedRoomIDs: entry.AllowedRoomIDs}
+	if dev.UserID != "" {
+		m, err := s.store.Reader().Membership(r.Context(), dev.UserID, roomID)
+		if err == nil {
+			out.Membership = m.Membership
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return nil, err
+		}
+	}
+	return out, nil
 }
