@@ -81,6 +81,10 @@ type MediaConfig struct {
 	// spec asks servers to freeze them, and all of Myelin's media is newer
 	// than the freeze.
 	UnauthenticatedDownload bool `yaml:"unauthenticated_download"`
+	// MaxUserTotal caps the bytes one user may have uploaded in all (0:
+	// no cap); an upload past it gets 403 M_FORBIDDEN, as the spec asks
+	// for quotas.
+	MaxUserTotal int64 `yaml:"max_user_total"`
 	// MaxPendingCreates caps a user's media IDs from POST /media/v1/create
 	// that have no content yet (429 M_LIMIT_EXCEEDED beyond).
 	MaxPendingCreates int `yaml:"max_pending_creates"`
@@ -179,6 +183,7 @@ func DefaultConfig() Config {
 		Turn: TurnConfig{UserLifetime: time.Hour},
 		Media: MediaConfig{
 			MaxUploadSize:      50 << 20,
+			MaxUserTotal:       0,
 			MaxThumbnailPixels: 32_000_000,
 			MaxPendingCreates:  50,
 			CreateExpiry:       24 * time.Hour,

@@ -76,9 +76,10 @@ func (s *Service) mediaConfig(*http.Request, *device) (any, error) {
 	return map[string]any{"m.upload.size": s.cfg.Media.MaxUploadSize}, nil
 }
 
-// readUpload reads an upload body: its content (413 M_TOO_LARGE past
-// max_upload_size), its Content-Type header and its filename parameter.
-func (s *Service) readUpload(r *http.Request) (store.Media, error) {
+// readUpload reads userID's upload body: its content (413 M_TOO_LARGE past
+// max_upload_size, 403 M_FORBIDDEN past max_user_total), its Content-Type
+// header and its filename parameter.
+func (s *Service) readUpload(r *http.Request, userID string) (store.Media, error) {
 	max := s.cfg.Media.MaxUploadSize
 	if r.ContentLength > max {
 		return store.Media{}, tooLarge(fmt.Sprintf("Uploads are limited to %d bytes", max))
@@ -89,6 +90,15 @@ func (s *Service) readUpload(r *http.Request) (store.Media, error) {
 	}
 	if int64(len(content)) > max {
 		return store.Media{}, tooLarge(fmt.Sprintf("Uploads are limited to %d bytes", max))
+	}
+	if quota := s.cfg.Media.MaxUserTotal; quota > 0 {
+		total, err := s.store.Reader().MediaTotal(r.Context(), userID)
+		if err != nil {
+			return store.Media{}, err
+		}
+		if total+int64(len(content)) > quota {
+			return store.Media{}, matrixhttp.Forbidden(fmt.Sprintf("Your uploads would exceed your quota of %d bytes", quota))
+		}
 	}
 	ctype := r.Header.Get("Content-Type")
 	if ctype != "" {
@@ -105,7 +115,7 @@ func (s *Service) readUpload(r *http.Request) (store.Media, error) {
 
 // uploadMedia is POST /media/v3/upload.
 func (s *Service) uploadMedia(r *http.Request, dev *device) (any, error) {
-	m, err := s.readUpload(r)
+	m, err := s.readUpload(r, dev.UserID)
 	if err != nil {
 		return nil, err
 	}
@@ -167,7 +177,7 @@ func (s *Service) uploadCreatedMedia(r *http.Request, dev *device) (any, error) 
 	if owner != dev.UserID {
 		return nil, matrixhttp.Forbidden("This media ID was created by another user")
 	}
-	m, err := s.readUpload(r)
+	m, err := s.readUpload(r, dev.UserID)
 	if err != nil {
 		return nil, err
 	}

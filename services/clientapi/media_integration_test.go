@@ -226,6 +226,27 @@ func TestMedia(t *testing.T) {
 	}
 }
 
+// media.max_user_total caps what one user may upload in all.
+func TestMediaQuota(t *testing.T) {
+	cfg := clientapi.DefaultConfig()
+	cfg.Media.MaxUserTotal = 1000
+	hs := startStackWith(t, cfg)
+	ctx := context.Background()
+	alice := newUser(t, hs, "alice")
+	bob := newUser(t, hs, "bob")
+	if _, err := alice.UploadBytes(ctx, make([]byte, 600), "application/octet-stream"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := alice.UploadBytes(ctx, make([]byte, 600), "application/octet-stream")
+	wantMatrixError(t, "upload past the quota", err, http.StatusForbidden, "M_FORBIDDEN")
+	if _, err := alice.UploadBytes(ctx, make([]byte, 400), "application/octet-stream"); err != nil {
+		t.Errorf("upload up to the quota: %v", err)
+	}
+	if _, err := bob.UploadBytes(ctx, make([]byte, 600), "application/octet-stream"); err != nil {
+		t.Errorf("another user's upload: %v", err)
+	}
+}
+
 // With media.unauthenticated_download the deprecated endpoints serve media.
 func TestMediaUnauthenticatedDownload(t *testing.T) {
 	cfg := clientapi.DefaultConfig()

@@ -158,3 +158,10 @@ func (s *Store) PutMediaThumbnail(ctx context.Context, mediaID string, width, he
 		VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING`, mediaID, width, height, method, t.ContentType, t.Content)
 	return err
 }
+
+// MediaTotal is how many bytes of content a user has uploaded.
+func (r Reader) MediaTotal(ctx context.Context, userID string) (int64, error) {
+	var n int64
+	err := r.q.QueryRow(ctx, `SELECT COALESCE(SUM(size), 0) FROM media WHERE uploader = $1 AND uploaded_ts IS NOT NULL`, userID).Scan(&n)
+	return n, err
+}
