@@ -22,6 +22,7 @@ package clientapi
 // on other users' master keys from everyone but that user.
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"encoding/base64"
@@ -603,27 +604,42 @@ func (s *Service) syncDeviceKeys(ctx context.Context, dev *device, since *stream
 	// joined: users who newly share a room with me (they or I joined);
 	// leaving: users who left a room of mine, or were in one I left.
 	joined, leaving := map[string]bool{}, map[string]bool{}
+	// sharing: users known from this snapshot to share a room with me now.
+	sharing := map[string]bool{}
 	for _, sr := range d.rooms {
 		room := sr.rng.RoomID
 		switch sr.kind {
-		case kindFull: // joined since the token: its members now share a room
+		case kindFull: // joined (by me) since the token: its members share it
 			for _, u := range s.notifier.members(room) {
-				joined[u] = true
+				if u != me {
+					sharing[u] = true
+				}
 			}
 		case kindLeft:
 			for _, u := range s.notifier.members(room) {
 				leaving[u] = true
 			}
 		}
-		for _, e := range slices.Concat(d.timelines[room].Events, d.gaps[room]) {
-			if e.Type != "m.room.member" || e.StateKey == nil || *e.StateKey == me {
-				continue
+		// Each user's last membership change in the range, in stream
+		// order. A user whose last change in a room I am joined to is a
+		// join shares that room now, whatever the in-memory copy (which
+		// may not have caught up with this snapshot) says.
+		events := slices.Concat(d.gaps[room], d.timelines[room].Events)
+		slices.SortStableFunc(events, func(a, b store.StoredEvent) int { return cmp.Compare(a.Pos, b.Pos) })
+		last := map[string]string{}
+		for _, e := range events {
+			if e.Type == "m.room.member" && e.StateKey != nil && *e.StateKey != me {
+				last[*e.StateKey] = storedMembership(e)
 			}
-			switch storedMembership(e) {
-			case store.MembershipJoin:
-				joined[*e.StateKey] = true
-			case store.MembershipLeave, "ban":
-				leaving[*e.StateKey] = true
+		}
+		for u, m := range last {
+			switch {
+			case m == store.MembershipJoin && sr.kind != kindLeft:
+				sharing[u] = true
+			case m == store.MembershipJoin:
+				joined[u] = true
+			case m == store.MembershipLeave || m == "ban":
+				leaving[u] = true
 			}
 		}
 	}
@@ -634,8 +650,11 @@ func (s *Service) syncDeviceKeys(ctx context.Context, dev *device, since *stream
 	// not shown.
 	lists := &deviceLists{Changed: []string{}, Left: []string{}}
 	changed := map[string]bool{}
+	for u := range sharing {
+		changed[u] = true
+	}
 	for _, u := range users {
-		if u == me || s.notifier.sharesRoom(me, u) {
+		if u == me || sharing[u] || s.notifier.sharesRoom(me, u) {
 			changed[u] = true
 		}
 	}
