@@ -504,11 +504,22 @@ func (s *Service) uploadSignatures(r *http.Request, dev *device) (any, error) {
 				fail(user, keyID, "M_INVALID_PARAM", "the object differs from the stored key")
 				continue
 			}
+			// Another user's keys: only their master key, and only by
+			// the requester's user-signing key (signatures of someone
+			// else's devices would publish who verified whom).
+			if user != dev.UserID && !hasUsage(stored, "master") {
+				fail(user, keyID, "M_INVALID_PARAM", "only another user's master key may be signed")
+				continue
+			}
 			sigs := map[string]map[string]string{}
 			for sigKeyID, sig := range k.Signatures[dev.UserID] {
 				signer, ok := signerKey(sigKeyID)
 				if !ok {
 					fail(user, keyID, "M_INVALID_SIGNATURE", "unknown signing key "+sigKeyID)
+					continue
+				}
+				if user != dev.UserID && !slices.Contains(signer.Usage, "user_signing") {
+					fail(user, keyID, "M_INVALID_SIGNATURE", "another user's master key is signed with the user-signing key")
 					continue
 				}
 				if err := verifyBy(obj, dev.UserID, signer); err != nil {
@@ -591,7 +602,7 @@ func (s *Service) syncDeviceKeys(ctx context.Context, dev *device, since *stream
 	if since != nil {
 		after = since.kpos
 	}
-	st, kpos, users, err := s.store.Reader().SyncKeyState(ctx, dev.UserID, dev.DeviceID, after)
+	st, kpos, users, err := s.store.Reader().SyncKeyState(ctx, dev.UserID, dev.DeviceID, after, since != nil)
 	if err != nil {
 		return 0, err
 	}
@@ -691,4 +702,10 @@ func storedMembership(e store.StoredEvent) string {
 	}
 	_ = json.Unmarshal(e.JSON, &ev)
 	return ev.Content.Membership
+}
+
+// hasUsage reports whether a key object lists the usage.
+func hasUsage(raw []byte, usage string) bool {
+	var k signedKey
+	return json.Unmarshal(raw, &k) == nil && slices.Contains(k.Usage, usage)
 }

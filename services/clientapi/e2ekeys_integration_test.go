@@ -259,6 +259,46 @@ func TestEndToEndKeys(t *testing.T) {
 		t.Errorf("device signatures after the upload: %v", sigs)
 	}
 
+	// Uploading the same device keys again keeps the self-signing
+	// signature.
+	if err := post(t, alice, map[string]any{"device_keys": deviceKeys}, nil, "v3", "keys", "upload"); err != nil {
+		t.Fatal(err)
+	}
+	q, err = bob.QueryKeys(ctx, &mautrix.ReqQueryKeys{DeviceKeys: mautrix.DeviceKeysRequest{alice.UserID: nil}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sigs := q.DeviceKeys[alice.UserID][alice.DeviceID].Signatures[alice.UserID]; sigs[id.NewKeyID(id.KeyAlgorithmEd25519, self.pub)] == "" {
+		t.Errorf("device signatures after re-uploading the device keys: %v", sigs)
+	}
+	// Alice's device signs her master key (device verification of the
+	// identity).
+	masterObj := map[string]any{"user_id": aliceUser, "usage": []string{"master"}, "keys": map[string]string{"ed25519:" + master.pub: master.pub}}
+	sigResp = mautrix.RespUploadSignatures{}
+	if err := post(t, alice, map[string]any{aliceUser: map[string]any{master.pub: devKey.sign(t, aliceUser, "ed25519:"+aliceDev, masterObj)}},
+		&sigResp, "v3", "keys", "signatures", "upload"); err != nil || len(sigResp.Failures) != 0 {
+		t.Fatalf("device signs the master key: %+v, %v", sigResp, err)
+	}
+	q, err = bob.QueryKeys(ctx, &mautrix.ReqQueryKeys{DeviceKeys: mautrix.DeviceKeysRequest{alice.UserID: {}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sigs := q.MasterKeys[alice.UserID].Signatures[alice.UserID]; sigs[id.NewKeyID(id.KeyAlgorithmEd25519, aliceDev)] == "" {
+		t.Errorf("master key signatures: %v", sigs)
+	}
+	// Bob may not sign Alice's device with one of his own devices.
+	bobKey := newSigningKey(t)
+	bobDev := bob.DeviceID.String()
+	if err := post(t, bob, map[string]any{"device_keys": bobKey.sign(t, bob.UserID.String(), "ed25519:"+bobDev, map[string]any{
+		"user_id": bob.UserID.String(), "device_id": bobDev, "keys": map[string]string{"ed25519:" + bobDev: bobKey.pub}})}, nil, "v3", "keys", "upload"); err != nil {
+		t.Fatal(err)
+	}
+	sigResp = mautrix.RespUploadSignatures{}
+	if err := post(t, bob, map[string]any{aliceUser: map[string]any{aliceDev: bobKey.sign(t, bob.UserID.String(), "ed25519:"+bobDev, devObj)}},
+		&sigResp, "v3", "keys", "signatures", "upload"); err != nil || len(sigResp.Failures) == 0 {
+		t.Errorf("bob signs alice's device: %+v, %v; want a failure", sigResp, err)
+	}
+
 	// A second device of Alice's with keys: logging it out deletes them,
 	// and Bob's sync hears of it.
 	second, err := mautrix.NewClient(hs, "", "")

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -39,13 +41,20 @@ func (s *Store) UploadKeys(ctx context.Context, up KeyUpload) (counts map[string
 			if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 				return err
 			}
-			if !bytes.Equal(old, up.DeviceKeys) {
-				changed = true
-				if _, err := tx.Exec(ctx, `INSERT INTO device_keys (user_id, device_id, keys) VALUES ($1, $2, $3)
-					ON CONFLICT (user_id, device_id) DO UPDATE SET keys = EXCLUDED.keys`, up.UserID, up.DeviceID, up.DeviceKeys); err != nil {
+			keys := up.DeviceKeys
+			if old != nil && sameKeys(old, keys) {
+				// The same keys again: the signatures others added
+				// (cross-signing) stay.
+				merged, err := mergeSignatures(keys, signaturesOf(old))
+				if err != nil {
 					return err
 				}
-				if err := logDeviceListChange(ctx, tx, up.UserID); err != nil {
+				keys = merged
+			}
+			if !jsonEqual(old, keys) {
+				changed = true
+				if _, err := tx.Exec(ctx, `INSERT INTO device_keys (user_id, device_id, keys) VALUES ($1, $2, $3)
+					ON CONFLICT (user_id, device_id) DO UPDATE SET keys = EXCLUDED.keys`, up.UserID, up.DeviceID, keys); err != nil {
 					return err
 				}
 			}
@@ -73,10 +82,41 @@ func (s *Store) UploadKeys(ctx context.Context, up KeyUpload) (counts map[string
 			}
 		}
 		var err error
-		counts, err = oneTimeKeyCounts(ctx, tx, up.UserID, up.DeviceID)
-		return err
+		if counts, err = oneTimeKeyCounts(ctx, tx, up.UserID, up.DeviceID); err != nil {
+			return err
+		}
+		if changed {
+			return logDeviceListChange(ctx, tx, up.UserID)
+		}
+		return nil
 	})
 	return counts, changed, err
+}
+
+// sameKeys compares two key objects without their signatures and unsigned
+// data.
+func sameKeys(a, b []byte) bool {
+	strip := func(raw []byte) []byte {
+		var obj map[string]json.RawMessage
+		if json.Unmarshal(raw, &obj) != nil {
+			return nil
+		}
+		delete(obj, "signatures")
+		delete(obj, "unsigned")
+		out, _ := json.Marshal(obj)
+		return out
+	}
+	sa, sb := strip(a), strip(b)
+	return sa != nil && sb != nil && jsonEqual(sa, sb)
+}
+
+// signaturesOf returns a key object's signatures.
+func signaturesOf(raw []byte) map[string]map[string]string {
+	var obj struct {
+		Signatures map[string]map[string]string `json:"signatures"`
+	}
+	_ = json.Unmarshal(raw, &obj)
+	return obj.Signatures
 }
 
 // jsonEqual compares two JSON values by meaning (key order and spacing
@@ -91,8 +131,15 @@ func jsonEqual(a, b []byte) bool {
 	return bytes.Equal(ca, cb)
 }
 
-func logDeviceListChange(ctx context.Context, q querier, userID string) error {
-	_, err := q.Exec(ctx, `INSERT INTO device_list_changes (user_id) VALUES ($1)`, userID)
+// logDeviceListChange appends a device list change for userID. Positions
+// must commit in order (a /sync that saw position p must have seen every
+// change up to p), so the position is taken under a lock held until the
+// caller's transaction commits; callers take it last in the transaction.
+func logDeviceListChange(ctx context.Context, tx pgx.Tx, userID string) error {
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('myelin.clientapi.device_list_pos'))`); err != nil {
+		return err
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO device_list_changes (user_id) VALUES ($1)`, userID)
 	return err
 }
 
@@ -122,9 +169,9 @@ type OneTimeKeyState struct {
 
 // SyncKeyState reads, in one round trip, what a /sync reports of keys:
 // the device's one-time key counts and unused fallback algorithms, the
-// latest device list position, and the users whose device lists changed
-// after `after` up to it.
-func (r Reader) SyncKeyState(ctx context.Context, userID, deviceID string, after int64) (OneTimeKeyState, int64, []string, error) {
+// latest device list position, and (withChanges) the users whose device
+// lists changed after `after` up to it.
+func (r Reader) SyncKeyState(ctx context.Context, userID, deviceID string, after int64, withChanges bool) (OneTimeKeyState, int64, []string, error) {
 	st := OneTimeKeyState{Counts: map[string]int{}, UnusedFallback: []string{}}
 	var pos int64
 	var users []string
@@ -152,7 +199,11 @@ func (r Reader) SyncKeyState(ctx context.Context, userID, deviceID string, after
 			}
 			return rows.Err()
 		})
-	b.b.Queue(deviceListChangesSQL, after).QueryRow(func(row pgx.Row) error { return row.Scan(&pos, &users) })
+	if withChanges {
+		b.b.Queue(deviceListChangesSQL, after).QueryRow(func(row pgx.Row) error { return row.Scan(&pos, &users) })
+	} else { // an initial sync needs the position only
+		b.b.Queue(`SELECT COALESCE(MAX(pos), 0) FROM device_list_changes`).QueryRow(func(row pgx.Row) error { return row.Scan(&pos) })
+	}
 	if err := r.Send(ctx, b); err != nil {
 		return OneTimeKeyState{}, 0, nil, err
 	}
@@ -173,7 +224,7 @@ func (r Reader) QueryDeviceKeys(ctx context.Context, want map[string][]string) (
 	for user, devices := range want {
 		rows, err := r.q.Query(ctx, `SELECT k.device_id, k.keys, COALESCE(d.display_name, '') FROM device_keys k
 			LEFT JOIN devices d ON d.user_id = k.user_id AND d.device_id = k.device_id
-			WHERE k.user_id = $1 AND (cardinality($2::text[]) = 0 OR k.device_id = ANY($2))`, user, devices)
+			WHERE k.user_id = $1 AND ($2::text[] IS NULL OR cardinality($2::text[]) = 0 OR k.device_id = ANY($2))`, user, devices)
 		if err != nil {
 			return nil, err
 		}
@@ -315,8 +366,12 @@ func mergeSignatures(stored []byte, sigs map[string]map[string]string) ([]byte, 
 func (s *Store) ClaimKeys(ctx context.Context, want map[string]map[string]string) (map[string]map[string]map[string]json.RawMessage, error) {
 	out := map[string]map[string]map[string]json.RawMessage{}
 	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
-		for user, devices := range want {
-			for device, algorithm := range devices {
+		// In a fixed order, so that concurrent claims lock fallback keys
+		// in the same order and cannot deadlock.
+		for _, user := range slices.Sorted(maps.Keys(want)) {
+			devices := want[user]
+			for _, device := range slices.Sorted(maps.Keys(devices)) {
+				algorithm := devices[device]
 				var keyID string
 				var key []byte
 				err := tx.QueryRow(ctx, `DELETE FROM one_time_keys WHERE (user_id, device_id, algorithm, key_id) = (

@@ -66,7 +66,7 @@ func (r Reader) BackupVersionInfo(ctx context.Context, userID string, version in
 	var auth []byte
 	err := r.q.QueryRow(ctx, `SELECT v.version, v.algorithm, v.auth_data, v.etag,
 			(SELECT count(*) FROM key_backup_keys k WHERE k.user_id = v.user_id AND k.version = v.version)
-		FROM key_backup_versions v WHERE v.user_id = $1 AND NOT v.deleted AND ($2 = 0 OR v.version = $2)
+		FROM key_backup_versions v WHERE v.user_id = $1 AND NOT v.deleted AND ($2::bigint = 0 OR v.version = $2::bigint)
 		ORDER BY v.version DESC LIMIT 1`, userID, version).Scan(&b.Version, &b.Algorithm, &auth, &b.Etag, &b.Count)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return BackupVersion{}, ErrNotFound
@@ -92,6 +92,9 @@ func (s *Store) UpdateBackupAuthData(ctx context.Context, userID string, version
 // never existed (deleting a deleted version succeeds).
 func (s *Store) DeleteBackupVersion(ctx context.Context, userID string, version int64) error {
 	return pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, backupLock, userID); err != nil {
+			return err
+		}
 		tag, err := tx.Exec(ctx, `UPDATE key_backup_versions SET deleted = true WHERE user_id = $1 AND version = $2`, userID, version)
 		if err != nil {
 			return err
