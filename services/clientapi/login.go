@@ -141,6 +141,9 @@ func (s *Service) login(r *http.Request, _ *device) (any, error) {
 	if acct.Deactivated {
 		return nil, matrixhttp.Errorf(http.StatusForbidden, "M_USER_DEACTIVATED", "This account has been deactivated")
 	}
+	if acct.Locked {
+		return nil, errLocked()
+	}
 	deviceID := req.DeviceID
 	if deviceID == "" {
 		deviceID = newDeviceID()
@@ -161,7 +164,8 @@ func (s *Service) login(r *http.Request, _ *device) (any, error) {
 // and a new refresh token for the same device. The old refresh token stays
 // valid until one of the new tokens is used (store.Refresh), as the spec
 // asks, so a client that lost this answer can refresh again. A spent
-// refresh token that comes back revokes its session (the spec's SHOULD).
+// refresh token that comes back is refused and logged. A locked account
+// gets M_USER_LOCKED.
 func (s *Service) refresh(r *http.Request, _ *device) (any, error) {
 	var req struct {
 		RefreshToken string `json:"refresh_token"`
@@ -175,11 +179,13 @@ func (s *Service) refresh(r *http.Request, _ *device) (any, error) {
 	l, toks := s.newLogin(r, "", "", "", true)
 	err := s.store.Refresh(r.Context(), hashToken(req.RefreshToken), &l)
 	if errors.Is(err, store.ErrRefreshReused) {
-		// The spec: a reused refresh token means the session is
-		// compromised; the store has logged its device out.
-		s.log.Warn("spent refresh token used again: session revoked", logging.UserID(l.UserID), zap.String("device_id", l.DeviceID))
-		s.announceKeyChange(l.UserID)
+		// Refused like an unknown token, and logged: it may be a stolen
+		// token, or two clients of the session racing.
+		s.log.Warn("spent refresh token used again", logging.UserID(l.UserID), zap.String("device_id", l.DeviceID))
 		err = store.ErrNotFound
+	}
+	if errors.Is(err, store.ErrAccountLocked) {
+		return nil, errLocked()
 	}
 	if errors.Is(err, store.ErrNotFound) {
 		e := matrixhttp.UnknownToken("Unknown refresh token")

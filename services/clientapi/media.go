@@ -76,10 +76,9 @@ func (s *Service) mediaConfig(*http.Request, *device) (any, error) {
 	return map[string]any{"m.upload.size": s.cfg.Media.MaxUploadSize}, nil
 }
 
-// readUpload reads userID's upload body: its content (413 M_TOO_LARGE past
-// max_upload_size, 403 M_FORBIDDEN past max_user_total), its Content-Type
-// header and its filename parameter.
-func (s *Service) readUpload(r *http.Request, userID string) (store.Media, error) {
+// readUpload reads an upload body: its content (413 M_TOO_LARGE past
+// max_upload_size), its Content-Type header and its filename parameter.
+func (s *Service) readUpload(r *http.Request) (store.Media, error) {
 	max := s.cfg.Media.MaxUploadSize
 	if r.ContentLength > max {
 		return store.Media{}, tooLarge(fmt.Sprintf("Uploads are limited to %d bytes", max))
@@ -91,15 +90,7 @@ func (s *Service) readUpload(r *http.Request, userID string) (store.Media, error
 	if int64(len(content)) > max {
 		return store.Media{}, tooLarge(fmt.Sprintf("Uploads are limited to %d bytes", max))
 	}
-	if quota := s.cfg.Media.MaxUserTotal; quota > 0 {
-		total, err := s.store.Reader().MediaTotal(r.Context(), userID)
-		if err != nil {
-			return store.Media{}, err
-		}
-		if total+int64(len(content)) > quota {
-			return store.Media{}, matrixhttp.Forbidden(fmt.Sprintf("Your uploads would exceed your quota of %d bytes", quota))
-		}
-	}
+
 	ctype := r.Header.Get("Content-Type")
 	if ctype != "" {
 		if _, _, err := mime.ParseMediaType(ctype); err != nil {
@@ -115,13 +106,13 @@ func (s *Service) readUpload(r *http.Request, userID string) (store.Media, error
 
 // uploadMedia is POST /media/v3/upload.
 func (s *Service) uploadMedia(r *http.Request, dev *device) (any, error) {
-	m, err := s.readUpload(r, dev.UserID)
+	m, err := s.readUpload(r)
 	if err != nil {
 		return nil, err
 	}
 	m.MediaID, m.Uploader = newMediaID(), dev.UserID
-	if err := s.store.PutMedia(r.Context(), m, s.now().UnixMilli()); err != nil {
-		return nil, err
+	if err := s.store.PutMedia(r.Context(), m, s.now().UnixMilli(), s.cfg.Media.MaxUserTotal); err != nil {
+		return nil, s.quotaError(err)
 	}
 	return map[string]string{"content_uri": s.contentURI(m.MediaID)}, nil
 }
@@ -177,12 +168,14 @@ func (s *Service) uploadCreatedMedia(r *http.Request, dev *device) (any, error) 
 	if owner != dev.UserID {
 		return nil, matrixhttp.Forbidden("This media ID was created by another user")
 	}
-	m, err := s.readUpload(r, dev.UserID)
+	m, err := s.readUpload(r)
 	if err != nil {
 		return nil, err
 	}
 	m.MediaID, m.Uploader = id, dev.UserID
-	switch err := s.store.UploadCreated(r.Context(), m, s.now().UnixMilli()); {
+	switch err := s.store.UploadCreated(r.Context(), m, s.now().UnixMilli(), s.cfg.Media.MaxUserTotal); {
+	case errors.Is(err, store.ErrQuota):
+		return nil, s.quotaError(err)
 	case errors.Is(err, store.ErrMediaExists):
 		return nil, matrixhttp.Errorf(http.StatusConflict, "M_CANNOT_OVERWRITE_MEDIA", "This media already has content")
 	case errors.Is(err, store.ErrNotFound):
@@ -351,6 +344,13 @@ func (s *Service) thumbnailMedia(r *http.Request, _ *device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Thumbnails are made in the spec's recommended sizes only, so one
+	// image has at most five, whatever sizes clients ask for.
+	w, h, method, ok := standardThumbnail(int(width), int(height), method)
+	if !ok {
+		return mediaResponse{contentType: m.ContentType, content: m.Content}, nil // larger than any: the original
+	}
+	width, height = int64(w), int64(h)
 	ctx := r.Context()
 	if t, err := s.store.Reader().MediaThumbnail(ctx, m.MediaID, int(width), int(height), method); err == nil {
 		return mediaResponse{contentType: t.ContentType, content: t.Content}, nil
@@ -372,6 +372,27 @@ func (s *Service) thumbnailMedia(r *http.Request, _ *device) (any, error) {
 		return nil, err
 	}
 	return mediaResponse{contentType: t.ContentType, content: t.Content}, nil
+}
+
+// thumbnailSizes are the spec's recommended thumbnail sizes, smallest
+// first, by method.
+var thumbnailSizes = map[string][][2]int{
+	"crop":  {{32, 32}, {96, 96}},
+	"scale": {{320, 240}, {640, 480}, {800, 600}},
+}
+
+// standardThumbnail returns the smallest recommended size at least as
+// large as asked, by the asked method or else by scale; ok is false when
+// the request is larger than all of them (the original is served).
+func standardThumbnail(width, height int, method string) (int, int, string, bool) {
+	for _, m := range []string{method, "scale"} {
+		for _, sz := range thumbnailSizes[m] {
+			if sz[0] >= width && sz[1] >= height {
+				return sz[0], sz[1], m, true
+			}
+		}
+	}
+	return 0, 0, "", false
 }
 
 // makeThumbnail scales (or scales and crops) an image so that it covers
@@ -428,4 +449,12 @@ func chiParam(r *http.Request, name string) string {
 		return ""
 	}
 	return strings.TrimSpace(v)
+}
+
+// quotaError turns store.ErrQuota into the spec's 403.
+func (s *Service) quotaError(err error) error {
+	if errors.Is(err, store.ErrQuota) {
+		return matrixhttp.Forbidden(fmt.Sprintf("Your uploads would exceed your quota of %d bytes", s.cfg.Media.MaxUserTotal))
+	}
+	return err
 }

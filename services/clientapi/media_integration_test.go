@@ -144,8 +144,10 @@ func TestMedia(t *testing.T) {
 	}{
 		{96, 96, "crop", 96, 96, false},
 		{320, 240, "scale", 320, 240, false},
-		{100, 50, "scale", 100, 75, false},
+		{100, 50, "scale", 320, 240, false}, // the smallest recommended size that covers it
+		{20, 20, "crop", 32, 32, false},
 		{640, 480, "scale", 400, 300, true},
+		{1000, 1000, "scale", 400, 300, true}, // larger than any recommended size: the original
 	} {
 		_, body, err := mediaBody(bob.DownloadThumbnail(ctx, up.ContentURI, c.h, c.w, mautrix.DownloadThumbnailExtra{Method: c.method}))
 		if err != nil {

@@ -7,8 +7,9 @@ package clientapi
 // A locked account gets 401 M_USER_LOCKED with soft_logout on everything
 // but /logout and /logout/all, and keeps its tokens. A suspended account
 // may read, leave, redact, manage devices and keys, and log out, but not
-// create, join or knock on rooms, invite, send events other than
-// redactions, set state, change its profile, or redact other users' events
+// create, join or knock on rooms, invite, kick, ban, unban, upgrade rooms,
+// send events other than redactions, set state, change its profile, or
+// redact other users' events
 // (403 M_USER_SUSPENDED): the spec's recommended set, enforced in wrap from
 // suspendedBlocked, and in redact.
 
@@ -46,6 +47,10 @@ var suspendedBlocked = map[string]bool{
 	"POST /rooms/{roomId}/join":                        true,
 	"POST /knock/{roomIdOrAlias}":                      true,
 	"POST /rooms/{roomId}/invite":                      true,
+	"POST /rooms/{roomId}/kick":                        true,
+	"POST /rooms/{roomId}/ban":                         true,
+	"POST /rooms/{roomId}/unban":                       true,
+	"POST /rooms/{roomId}/upgrade":                     true,
 	"PUT /rooms/{roomId}/send/{eventType}/{txnId}":     true, // redactions excepted
 	"PUT /rooms/{roomId}/state/{eventType}":            true,
 	"PUT /rooms/{roomId}/state/{eventType}/":           true,
@@ -59,14 +64,23 @@ var suspendedBlocked = map[string]bool{
 func moderationCheck(rt route, r *http.Request, dev *device) error {
 	key := rt.method + " " + rt.path
 	if dev.Locked && !lockedAllowed[key] {
-		e := matrixhttp.Errorf(http.StatusUnauthorized, "M_USER_LOCKED", "This account has been locked")
-		e.Extra = map[string]any{"soft_logout": true}
-		return e
+		return errLocked()
 	}
-	if dev.Suspended && suspendedBlocked[key] && chi.URLParam(r, "eventType") != "m.room.redaction" {
+	// /send of a redaction is allowed (redact checks whose event it is);
+	// every other blocked route is blocked whatever its event type.
+	isRedaction := key == sendRoute && chi.URLParam(r, "eventType") == "m.room.redaction"
+	if dev.Suspended && suspendedBlocked[key] && !isRedaction {
 		return errSuspended()
 	}
 	return nil
+}
+
+const sendRoute = "PUT /rooms/{roomId}/send/{eventType}/{txnId}"
+
+func errLocked() error {
+	e := matrixhttp.Errorf(http.StatusUnauthorized, "M_USER_LOCKED", "This account has been locked")
+	e.Extra = map[string]any{"soft_logout": true}
+	return e
 }
 
 func errSuspended() error {
@@ -93,9 +107,6 @@ func (s *Service) moderationTarget(r *http.Request, dev *device) (string, store.
 		return "", store.Moderation{}, matrixhttp.NotFound("No such active user")
 	} else if err != nil {
 		return "", store.Moderation{}, err
-	}
-	if m.Admin {
-		return "", store.Moderation{}, matrixhttp.Forbidden("Administrators cannot be locked or suspended")
 	}
 	return lp, m, nil
 }
@@ -137,9 +148,12 @@ func (s *Service) putModeration(kind string) handlerFunc {
 		if userID, _ := pathParam(r, "userId"); userID == dev.UserID {
 			return nil, matrixhttp.Forbidden("You cannot " + kind + " your own account")
 		}
-		lp, _, err := s.moderationTarget(r, dev)
+		lp, m, err := s.moderationTarget(r, dev)
 		if err != nil {
 			return nil, err
+		}
+		if m.Admin {
+			return nil, matrixhttp.Forbidden("Administrators cannot be locked or suspended")
 		}
 		if err := s.store.SetModeration(r.Context(), lp, field, *on); err != nil {
 			return nil, err

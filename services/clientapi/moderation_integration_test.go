@@ -92,6 +92,10 @@ func TestLockAndSuspend(t *testing.T) {
 	wantMatrixError(t, "suspended redaction of another's event", err, http.StatusForbidden, "M_USER_SUSPENDED")
 	_, err = alice.SendMessageEvent(ctx, room.RoomID, event.EventRedaction, map[string]any{"redacts": bobsMsg})
 	wantMatrixError(t, "suspended redaction of another's event through /send", err, http.StatusForbidden, "M_USER_SUSPENDED")
+	_, err = alice.KickUser(ctx, room.RoomID, &mautrix.ReqKickUser{UserID: bob.UserID})
+	wantMatrixError(t, "suspended kick", err, http.StatusForbidden, "M_USER_SUSPENDED")
+	_, err = alice.SendStateEvent(ctx, room.RoomID, event.EventRedaction, "x", map[string]any{"redacts": bobsMsg})
+	wantMatrixError(t, "suspended redaction as a state event", err, http.StatusForbidden, "M_USER_SUSPENDED")
 	if err := put(admin, "suspend", alice.UserID.String(), false); err != nil {
 		t.Fatal(err)
 	}
@@ -109,6 +113,16 @@ func TestLockAndSuspend(t *testing.T) {
 	}
 	_, err = alice.SyncRequest(ctx, 0, "", "", false, "")
 	wantMatrixError(t, "locked sync", err, http.StatusUnauthorized, "M_USER_LOCKED")
+	relogin, err := mautrix.NewClient(hs, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = relogin.Login(ctx, &mautrix.ReqLogin{Type: mautrix.AuthTypePassword,
+		Identifier: mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: "alice"}, Password: "pw-alice"})
+	wantMatrixError(t, "locked login", err, http.StatusUnauthorized, "M_USER_LOCKED")
+	if got := get("lock", other.UserID.String()); got["locked"] {
+		t.Errorf("another admin's lock state: %v", got)
+	}
 	if err := put(admin, "lock", alice.UserID.String(), false); err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package clientapi
 
 import (
+	"context"
 	"errors"
 	"net/http"
 
@@ -99,7 +100,9 @@ func (s *Service) deactivate(r *http.Request, dev *device) (any, error) {
 	}
 	s.announceKeyChange(dev.UserID)
 	if req.Erase {
-		if err := s.erase(ctx, dev.UserID); err != nil {
+		// The account is gone now; the erasure must not be lost to a
+		// client that hung up.
+		if err := s.erase(context.WithoutCancel(ctx), dev.UserID); err != nil {
 			return nil, err
 		}
 	}

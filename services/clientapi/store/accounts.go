@@ -107,6 +107,7 @@ type Account struct {
 	Admin        bool
 	Guest        bool
 	Deactivated  bool
+	Locked       bool
 	DisplayName  string
 	AvatarURL    string
 }
@@ -115,9 +116,9 @@ type Account struct {
 func (s *Store) Account(ctx context.Context, localpart string) (Account, error) {
 	var a Account
 	var hash, name, avatar *string
-	err := s.db.QueryRow(ctx, `SELECT localpart, password_hash, is_admin, is_guest, deactivated, displayname, avatar_url
+	err := s.db.QueryRow(ctx, `SELECT localpart, password_hash, is_admin, is_guest, deactivated, locked, displayname, avatar_url
 		FROM accounts WHERE localpart = $1`, localpart).
-		Scan(&a.Localpart, &hash, &a.Admin, &a.Guest, &a.Deactivated, &name, &avatar)
+		Scan(&a.Localpart, &hash, &a.Admin, &a.Guest, &a.Deactivated, &a.Locked, &name, &avatar)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Account{}, ErrNotFound
 	}
@@ -310,9 +311,13 @@ func spendRefreshTokens(ctx context.Context, tx pgx.Tx, cond string, args ...any
 }
 
 // ErrRefreshReused is returned by Refresh for a refresh token that was
-// already spent: the session it belonged to is revoked (its device
-// deleted).
+// already spent (login names its user and device). It is refused like an
+// unknown one; the session is not revoked, since two clients of one
+// session racing to refresh look the same as a stolen token.
 var ErrRefreshReused = errors.New("spent refresh token used again")
+
+// ErrAccountLocked is returned by Refresh for a locked account.
+var ErrAccountLocked = errors.New("account locked")
 
 // Refresh exchanges a refresh token for a new access and refresh token on
 // the same device (login.UserID and login.DeviceID are filled in). The
@@ -335,10 +340,17 @@ func (s *Store) Refresh(ctx context.Context, refreshHash []byte, login *Login) e
 				return err
 			}
 			login.UserID, login.DeviceID, reused = user, device, true
-			return deleteDevices(ctx, tx, user, []string{device})
+			return nil
 		}
 		if err != nil {
 			return err
+		}
+		var locked bool
+		if err := tx.QueryRow(ctx, `SELECT locked FROM accounts WHERE localpart = substring($1 FROM 2 FOR position(':' IN $1) - 2)`, login.UserID).Scan(&locked); err != nil {
+			return err
+		}
+		if locked {
+			return ErrAccountLocked
 		}
 		// addLogin keeps this refresh token and deletes the device's
 		// others: the pair an earlier use of this one bought, or the

@@ -25,15 +25,45 @@ type Media struct {
 // content.
 var ErrMediaExists = errors.New("media already uploaded")
 
-// PutMedia stores an upload under a new media ID.
-func (s *Store) PutMedia(ctx context.Context, m Media, nowMS int64) error {
-	_, err := s.db.Exec(ctx, `INSERT INTO media (media_id, uploader, created_ts, uploaded_ts, content_type, upload_name, size, content)
-		VALUES ($1, $2, $3, $3, $4, $5, $6, $7)`,
-		m.MediaID, m.Uploader, nowMS, nullable(m.ContentType), nullable(m.UploadName), int64(len(m.Content)), m.Content)
-	if err != nil {
-		return fmt.Errorf("store media: %w", err)
+// ErrQuota is returned when an upload would take its uploader past the
+// quota.
+var ErrQuota = errors.New("media quota exceeded")
+
+// withinQuota takes the uploader's media lock (held to commit) and checks
+// that n more bytes stay within quota (0: none).
+func withinQuota(ctx context.Context, tx pgx.Tx, userID string, n, quota int64) error {
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('myelin.clientapi.media_create'), hashtext($1))`, userID); err != nil {
+		return err
+	}
+	if quota <= 0 {
+		return nil
+	}
+	var total int64
+	if err := tx.QueryRow(ctx, `SELECT COALESCE(SUM(size), 0) FROM media WHERE uploader = $1 AND uploaded_ts IS NOT NULL`, userID).Scan(&total); err != nil {
+		return err
+	}
+	if total+n > quota {
+		return ErrQuota
 	}
 	return nil
+}
+
+// PutMedia stores an upload under a new media ID, unless it would take
+// the uploader past quota bytes in all (ErrQuota; 0: no quota).
+func (s *Store) PutMedia(ctx context.Context, m Media, nowMS, quota int64) error {
+	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		if err := withinQuota(ctx, tx, m.Uploader, int64(len(m.Content)), quota); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO media (media_id, uploader, created_ts, uploaded_ts, content_type, upload_name, size, content)
+			VALUES ($1, $2, $3, $3, $4, $5, $6, $7)`,
+			m.MediaID, m.Uploader, nowMS, nullable(m.ContentType), nullable(m.UploadName), int64(len(m.Content)), m.Content)
+		return err
+	})
+	if err != nil && !errors.Is(err, ErrQuota) {
+		return fmt.Errorf("store media: %w", err)
+	}
+	return err
 }
 
 // CreateMedia reserves a media ID for a later UploadCreated by the same
@@ -69,14 +99,25 @@ func (s *Store) CreateMedia(ctx context.Context, mediaID, userID string, nowMS, 
 // UploadCreated stores the content of a media ID made by CreateMedia.
 // ErrNotFound: no such ID, or not the uploader's, or expired; the caller
 // tells which (MediaInfo). ErrMediaExists: it has content already.
-func (s *Store) UploadCreated(ctx context.Context, m Media, nowMS int64) error {
-	tag, err := s.db.Exec(ctx, `UPDATE media SET uploaded_ts = $3, content_type = $4, upload_name = $5, size = $6, content = $7, unused_expires_ts = NULL
-		WHERE media_id = $1 AND uploader = $2 AND uploaded_ts IS NULL AND unused_expires_ts > $3`,
-		m.MediaID, m.Uploader, nowMS, nullable(m.ContentType), nullable(m.UploadName), int64(len(m.Content)), m.Content)
+func (s *Store) UploadCreated(ctx context.Context, m Media, nowMS, quota int64) error {
+	var affected int64
+	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		if err := withinQuota(ctx, tx, m.Uploader, int64(len(m.Content)), quota); err != nil {
+			return err
+		}
+		tag, err := tx.Exec(ctx, `UPDATE media SET uploaded_ts = $3, content_type = $4, upload_name = $5, size = $6, content = $7, unused_expires_ts = NULL
+			WHERE media_id = $1 AND uploader = $2 AND uploaded_ts IS NULL AND unused_expires_ts > $3`,
+			m.MediaID, m.Uploader, nowMS, nullable(m.ContentType), nullable(m.UploadName), int64(len(m.Content)), m.Content)
+		affected = tag.RowsAffected()
+		return err
+	})
+	if errors.Is(err, ErrQuota) {
+		return err
+	}
 	if err != nil {
 		return fmt.Errorf("upload media: %w", err)
 	}
-	if tag.RowsAffected() == 1 {
+	if affected == 1 {
 		return nil
 	}
 	var uploaded bool
@@ -157,11 +198,4 @@ func (s *Store) PutMediaThumbnail(ctx context.Context, mediaID string, width, he
 	_, err := s.db.Exec(ctx, `INSERT INTO media_thumbnails (media_id, width, height, method, content_type, content)
 		VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING`, mediaID, width, height, method, t.ContentType, t.Content)
 	return err
-}
-
-// MediaTotal is how many bytes of content a user has uploaded.
-func (r Reader) MediaTotal(ctx context.Context, userID string) (int64, error) {
-	var n int64
-	err := r.q.QueryRow(ctx, `SELECT COALESCE(SUM(size), 0) FROM media WHERE uploader = $1 AND uploaded_ts IS NOT NULL`, userID).Scan(&n)
-	return n, err
 }
