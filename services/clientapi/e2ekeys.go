@@ -354,7 +354,7 @@ func (s *Service) uploadCrossSigning(r *http.Request, dev *device) (any, error) 
 			return nil, matrixhttp.InvalidParam(field + " must be one key of this user with usage " + typ)
 		}
 		keys[typ], parsed[typ] = v, k
-		same = same && mine[typ] != nil && jsonSame(mine[typ], v)
+		same = same && mine[typ] != nil && store.JSONEqual(mine[typ], v)
 	}
 	if len(keys) == 0 {
 		return nil, matrixhttp.MissingParam("No cross-signing keys given")
@@ -394,17 +394,6 @@ func (s *Service) uploadCrossSigning(r *http.Request, dev *device) (any, error) 
 	}
 	s.announceKeyChange(dev.UserID)
 	return struct{}{}, nil
-}
-
-// jsonSame compares two JSON documents by meaning.
-func jsonSame(a, b []byte) bool {
-	var va, vb any
-	if json.Unmarshal(a, &va) != nil || json.Unmarshal(b, &vb) != nil {
-		return false
-	}
-	ca, _ := json.Marshal(va)
-	cb, _ := json.Marshal(vb)
-	return string(ca) == string(cb)
 }
 
 // publicKeyOf returns the one ed25519 key of a key object and its key ID
@@ -500,7 +489,7 @@ func (s *Service) uploadSignatures(r *http.Request, dev *device) (any, error) {
 				continue
 			}
 			// The signature must be over the key as stored.
-			if !sameKeyObject(stored, obj) {
+			if !store.SameKeyObject(stored, obj) {
 				fail(user, keyID, "M_INVALID_PARAM", "the object differs from the stored key")
 				continue
 			}
@@ -574,23 +563,6 @@ func (s *Service) storedKey(ctx context.Context, user, keyID string) ([]byte, er
 		}
 	}
 	return nil, nil
-}
-
-// sameKeyObject compares two key objects without their signatures and
-// unsigned data.
-func sameKeyObject(a, b []byte) bool {
-	strip := func(raw []byte) []byte {
-		var obj map[string]json.RawMessage
-		if json.Unmarshal(raw, &obj) != nil {
-			return nil
-		}
-		delete(obj, "signatures")
-		delete(obj, "unsigned")
-		out, _ := json.Marshal(obj)
-		return out
-	}
-	sa, sb := strip(a), strip(b)
-	return sa != nil && sb != nil && jsonSame(sa, sb)
 }
 
 // syncDeviceKeys fills the end-to-end extensions of a sync response: the

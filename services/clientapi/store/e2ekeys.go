@@ -42,7 +42,7 @@ func (s *Store) UploadKeys(ctx context.Context, up KeyUpload) (counts map[string
 				return err
 			}
 			keys := up.DeviceKeys
-			if old != nil && sameKeys(old, keys) {
+			if old != nil && SameKeyObject(old, keys) {
 				// The same keys again: the signatures others added
 				// (cross-signing) stay.
 				merged, err := mergeSignatures(keys, signaturesOf(old))
@@ -51,7 +51,7 @@ func (s *Store) UploadKeys(ctx context.Context, up KeyUpload) (counts map[string
 				}
 				keys = merged
 			}
-			if !jsonEqual(old, keys) {
+			if !JSONEqual(old, keys) {
 				changed = true
 				if _, err := tx.Exec(ctx, `INSERT INTO device_keys (user_id, device_id, keys) VALUES ($1, $2, $3)
 					ON CONFLICT (user_id, device_id) DO UPDATE SET keys = EXCLUDED.keys`, up.UserID, up.DeviceID, keys); err != nil {
@@ -68,7 +68,7 @@ func (s *Store) UploadKeys(ctx context.Context, up KeyUpload) (counts map[string
 			if err != nil {
 				return err
 			}
-			if !jsonEqual(existing, key) {
+			if !JSONEqual(existing, key) {
 				return fmt.Errorf("%w: %s", ErrKeyConflict, id)
 			}
 		}
@@ -93,9 +93,9 @@ func (s *Store) UploadKeys(ctx context.Context, up KeyUpload) (counts map[string
 	return counts, changed, err
 }
 
-// sameKeys compares two key objects without their signatures and unsigned
-// data.
-func sameKeys(a, b []byte) bool {
+// SameKeyObject compares two key objects without their signatures and
+// unsigned data.
+func SameKeyObject(a, b []byte) bool {
 	strip := func(raw []byte) []byte {
 		var obj map[string]json.RawMessage
 		if json.Unmarshal(raw, &obj) != nil {
@@ -107,7 +107,7 @@ func sameKeys(a, b []byte) bool {
 		return out
 	}
 	sa, sb := strip(a), strip(b)
-	return sa != nil && sb != nil && jsonEqual(sa, sb)
+	return sa != nil && sb != nil && JSONEqual(sa, sb)
 }
 
 // signaturesOf returns a key object's signatures.
@@ -119,9 +119,9 @@ func signaturesOf(raw []byte) map[string]map[string]string {
 	return obj.Signatures
 }
 
-// jsonEqual compares two JSON values by meaning (key order and spacing
+// JSONEqual compares two JSON values by meaning (key order and spacing
 // aside).
-func jsonEqual(a, b []byte) bool {
+func JSONEqual(a, b []byte) bool {
 	var va, vb any
 	if json.Unmarshal(a, &va) != nil || json.Unmarshal(b, &vb) != nil {
 		return bytes.Equal(a, b)
