@@ -143,22 +143,31 @@ func logDeviceListChange(ctx context.Context, tx pgx.Tx, userID string) error {
 	return err
 }
 
+// oneTimeKeyCountsSQL counts a device's unclaimed one-time keys per
+// algorithm ($1 user, $2 device).
+const oneTimeKeyCountsSQL = `SELECT algorithm, count(*) FROM one_time_keys WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm`
+
 func oneTimeKeyCounts(ctx context.Context, q querier, userID, deviceID string) (map[string]int, error) {
-	rows, err := q.Query(ctx, `SELECT algorithm, count(*) FROM one_time_keys WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm`, userID, deviceID)
+	rows, err := q.Query(ctx, oneTimeKeyCountsSQL, userID, deviceID)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
 	counts := map[string]int{}
+	return counts, scanKeyCounts(rows, counts)
+}
+
+// scanKeyCounts reads oneTimeKeyCountsSQL's rows into counts.
+func scanKeyCounts(rows pgx.Rows, counts map[string]int) error {
 	for rows.Next() {
 		var a string
 		var n int
 		if err := rows.Scan(&a, &n); err != nil {
-			return nil, err
+			return err
 		}
 		counts[a] = n
 	}
-	return counts, rows.Err()
+	return rows.Err()
 }
 
 // OneTimeKeyState is what /sync reports of a device's keys.
@@ -176,18 +185,7 @@ func (r Reader) SyncKeyState(ctx context.Context, userID, deviceID string, after
 	var pos int64
 	var users []string
 	b := &Batch{}
-	b.b.Queue(`SELECT algorithm, count(*) FROM one_time_keys WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm`, userID, deviceID).
-		Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				var a string
-				var n int
-				if err := rows.Scan(&a, &n); err != nil {
-					return err
-				}
-				st.Counts[a] = n
-			}
-			return rows.Err()
-		})
+	b.b.Queue(oneTimeKeyCountsSQL, userID, deviceID).Query(func(rows pgx.Rows) error { return scanKeyCounts(rows, st.Counts) })
 	b.b.Queue(`SELECT algorithm FROM fallback_keys WHERE user_id = $1 AND device_id = $2 AND NOT used ORDER BY algorithm`, userID, deviceID).
 		Query(func(rows pgx.Rows) error {
 			for rows.Next() {

@@ -159,8 +159,8 @@ func (s *Store) PutBackupKeys(ctx context.Context, userID string, version int64,
 				return err
 			}
 		}
-		return tx.QueryRow(ctx, `SELECT v.etag, (SELECT count(*) FROM key_backup_keys k WHERE k.user_id = v.user_id AND k.version = v.version)
-			FROM key_backup_versions v WHERE v.user_id = $1 AND v.version = $2`, userID, version).Scan(&etag, &count)
+		etag, count, err = versionTag(ctx, tx, userID, version)
+		return err
 	})
 	return etag, count, err
 }
@@ -224,8 +224,15 @@ func (s *Store) DeleteBackupKeys(ctx context.Context, userID string, version int
 				return err
 			}
 		}
-		return tx.QueryRow(ctx, `SELECT v.etag, (SELECT count(*) FROM key_backup_keys k WHERE k.user_id = v.user_id AND k.version = v.version)
-			FROM key_backup_versions v WHERE v.user_id = $1 AND v.version = $2`, userID, version).Scan(&etag, &count)
+		etag, count, err = versionTag(ctx, tx, userID, version)
+		return err
 	})
+	return etag, count, err
+}
+
+// versionTag returns a backup version's etag and key count.
+func versionTag(ctx context.Context, tx pgx.Tx, userID string, version int64) (etag, count int64, err error) {
+	err = tx.QueryRow(ctx, `SELECT v.etag, (SELECT count(*) FROM key_backup_keys k WHERE k.user_id = v.user_id AND k.version = v.version)
+		FROM key_backup_versions v WHERE v.user_id = $1 AND v.version = $2`, userID, version).Scan(&etag, &count)
 	return etag, count, err
 }
