@@ -384,6 +384,7 @@ func badInput(t *testing.T, s *server, alice *user, room id.RoomID) {
 		{"NUL in an event type", "PUT", roomPath + "/send/m.room.mess%00age/t2", token, `{"msgtype":"m.text","body":"x"}`, 400, "M_INVALID_PARAM"},
 		{"NUL in a state key", "PUT", roomPath + "/state/m.room.topic/a%00b", token, `{"topic":"x"}`, 400, "M_INVALID_PARAM"},
 		{"invalid UTF-8 in a path parameter", "GET", roomPath + "/event/%24%FF", token, ``, 400, "M_INVALID_PARAM"},
+		{"a second m.room.create", "PUT", roomPath + "/state/m.room.create/", token, `{}`, 400, "M_BAD_JSON"},
 		{"an event over 65,536 bytes", "PUT", roomPath + "/send/m.room.message/big1", token, `{"msgtype":"m.text","body":"` + strings.Repeat("x", 70000) + `"}`, 413, "M_TOO_LARGE"},
 		{"a state event over 65,536 bytes", "PUT", roomPath + "/state/m.room.topic/", token, `{"topic":"` + strings.Repeat("x", 70000) + `"}`, 413, "M_TOO_LARGE"},
 		{"a filter naming a non-room", "POST", s.url + "/_matrix/client/v3/user/" + url.PathEscape(string(alice.cli.UserID)) + "/filter", token, `{"room":{"rooms":["not-a-room"]}}`, 400, "M_BAD_JSON"},
