@@ -72,6 +72,16 @@ func allowedBy(visibility, membership string, joinedLater bool) bool {
 // events the visibility before or after may allow it; for the user's own
 // member events the membership before or after may.
 func canSee(e store.StoredEvent, userID string, tl memberTimeline) bool {
+	if e.Type == "m.room.member" && e.StateKey != nil && *e.StateKey == userID && tl.at(e.Pos) == store.MembershipLeave {
+		// A user always sees their own leave from an invite, a knock or
+		// the room (a rejected invite, a withdrawn or refused knock, a
+		// leave or kick), whatever the visibility: it is how their client
+		// learns the room is gone.
+		switch tl.before(e.Pos) {
+		case store.MembershipInvite, store.MembershipKnock, store.MembershipJoin:
+			return true
+		}
+	}
 	visibilities := []string{e.VisBefore}
 	if e.VisAfter != e.VisBefore {
 		visibilities = append(visibilities, e.VisAfter)

@@ -76,3 +76,34 @@ func TestUnsignedMembership(t *testing.T) {
 	}
 	check("/context", append(append(c.EventsBefore, c.Event), c.EventsAfter...))
 }
+
+// TestRejectedInviteInSync checks that a user who rejects an invite finds
+// the room under rooms.leave with their leave event in its timeline (a
+// private room's history is hidden from invitees, but never their own
+// leave).
+func TestRejectedInviteInSync(t *testing.T) {
+	hs := startStack(t)
+	ctx := context.Background()
+	alice := newUser(t, hs, "alice")
+	bob := newUser(t, hs, "bob")
+	created, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.UserID}})
+	must(t, "create room", err)
+	room := created.RoomID
+	s := &syncer{t: t, cli: bob}
+	s.until("the invite", func(r *mautrix.RespSync) bool { _, ok := r.Rooms.Invite[room]; return ok })
+	_, err = bob.LeaveRoom(ctx, room)
+	must(t, "reject the invite", err)
+	s.until("the rejection under leave", func(r *mautrix.RespSync) bool {
+		lr, ok := r.Rooms.Leave[room]
+		if !ok {
+			return false
+		}
+		for _, e := range lr.Timeline.Events {
+			if e.Type == event.StateMember && e.GetStateKey() == bob.UserID.String() && e.Content.Raw["membership"] == "leave" {
+				return true
+			}
+		}
+		t.Fatalf("rooms.leave of the rejected invite has no leave event: %d timeline events", len(lr.Timeline.Events))
+		return false
+	})
+}
