@@ -55,6 +55,13 @@ func (c Config) Validate() error {
 			errs = append(errs, errors.New("tls_cert_file and tls_key_file must be set when federation is enabled (the listener serves HTTPS only)"))
 		}
 	}
+	errs = append(errs, c.validateOutbound())
+	return errors.Join(errs...)
+}
+
+// validateOutbound checks the settings of outbound requests.
+func (c Config) validateOutbound() error {
+	var errs []error
 	if _, err := c.allowedPrefixes(); err != nil {
 		errs = append(errs, err)
 	}

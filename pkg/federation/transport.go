@@ -71,7 +71,7 @@ type hostTransport struct {
 // NewTransport builds the transport of one process.
 func NewTransport(opts Options) (*Transport, error) {
 	cfg := opts.Config
-	if err := cfg.Validate(); err != nil {
+	if err := cfg.validateOutbound(); err != nil {
 		return nil, err
 	}
 	log := opts.Logger
