@@ -12,6 +12,8 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/fclient"
 	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/matrix-org/util"
+	"github.com/sirupsen/logrus"
 	"go.uber.org/zap"
 	mfed "maunium.net/go/mautrix/federation"
 
@@ -31,6 +33,10 @@ type Authenticator struct {
 	serverName spec.ServerName
 	keys       gomatrixserverlib.JSONVerifier
 	log        *zap.Logger
+	// quiet is the logrus logger gomatrixserverlib's verification logs to
+	// (it would use logrus' global one): discarded, as the outcome is
+	// logged here.
+	quiet *logrus.Entry
 	// MaxBody bounds request bodies (default DefaultMaxRequestBody).
 	MaxBody int64
 	// Now is the clock requests are checked at (default time.Now).
@@ -42,7 +48,9 @@ func NewAuthenticator(serverName spec.ServerName, keys gomatrixserverlib.JSONVer
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Authenticator{serverName: serverName, keys: keys, log: log, MaxBody: DefaultMaxRequestBody, Now: time.Now}
+	quiet := logrus.New()
+	quiet.SetOutput(io.Discard)
+	return &Authenticator{serverName: serverName, keys: keys, log: log, quiet: logrus.NewEntry(quiet), MaxBody: DefaultMaxRequestBody, Now: time.Now}
 }
 
 type requestKey struct{}
@@ -127,6 +135,7 @@ func (a *Authenticator) Authenticate(r *http.Request) (*fclient.FederationReques
 		r.Header.Set("Content-Type", "application/json")
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
+	r = r.WithContext(util.ContextWithLogger(r.Context(), a.quiet))
 	fedReq, resp := fclient.VerifyHTTPRequest(r, a.Now(), a.serverName, nil, a.keys)
 	switch {
 	case fedReq != nil:

@@ -21,9 +21,10 @@ type Config struct {
 	// keys when the server itself does not give them, each with the verify
 	// keys its answers must be signed with (Synapse's trusted_key_servers).
 	Notaries []Notary `yaml:"notaries"`
-	// FetchRetryInterval: after a fetch of a server's keys that failed (or
-	// did not give the key asked for), the server is not asked again for
-	// this long; the cache answers meanwhile.
+	// FetchRetryInterval: a server whose keys could not be fetched (it
+	// could not be reached, directly or through a notary) is not asked
+	// again for this long; one that answered without the key asked for,
+	// not within 10 s (or this, if shorter). The cache answers meanwhile.
 	FetchRetryInterval time.Duration `yaml:"fetch_retry_interval"`
 }
 

@@ -28,6 +28,11 @@ const (
 	fetchTimeout = 45 * time.Second
 	// fetchParallel is how many servers are fetched at once.
 	fetchParallel = 16
+	// missRefetch: a server that answered but without the key asked for
+	// is asked again at most this often (a made-up key ID must not make
+	// us fetch its keys per request), or every FetchRetryInterval if that
+	// is shorter.
+	missRefetch = 10 * time.Second
 )
 
 // want is one key asked for: a server's key ID ("" = every key) that must
@@ -42,8 +47,9 @@ type want struct {
 // key-server's schema (keyDatabase, gomatrixserverlib's KeyDatabase), else
 // through gomatrixserverlib's key fetchers, in order: the server itself
 // (DirectKeyFetcher), then each configured notary (PerspectiveKeyFetcher).
-// Fetches of one server are coalesced, and a server whose fetch failed is
-// not asked again for Config.FetchRetryInterval.
+// Fetches of one server are coalesced; a server that could not be reached
+// is not asked again for Config.FetchRetryInterval, one that answered
+// without the key asked for not within missRefetch.
 type remoteKeys struct {
 	s    *Service
 	ring gomatrixserverlib.KeyRing
@@ -52,7 +58,14 @@ type remoteKeys struct {
 
 	group  singleflight.Group
 	mu     sync.Mutex
-	failed map[spec.ServerName]time.Time
+	failed map[spec.ServerName]fetchFailure
+}
+
+// fetchFailure is the last fetch of a server that did not give what was
+// asked: unreachable (every fetcher failed) or answered without the key.
+type fetchFailure struct {
+	at          time.Time
+	unreachable bool
 }
 
 func newRemoteKeys(s *Service, transport *federation.Transport) (*remoteKeys, error) {
@@ -60,7 +73,7 @@ func newRemoteKeys(s *Service, transport *federation.Transport) (*remoteKeys, er
 		s:        s,
 		ring:     gomatrixserverlib.KeyRing{KeyDatabase: &keyDatabase{store: s.store}},
 		notaries: map[spec.ServerName]map[gomatrixserverlib.KeyID]ed25519.PublicKey{},
-		failed:   map[spec.ServerName]time.Time{},
+		failed:   map[spec.ServerName]fetchFailure{},
 	}
 	for _, n := range s.cfg.Notaries {
 		keys, err := n.publicKeys()
@@ -225,8 +238,15 @@ func (r *remoteKeys) mayFetch(server spec.ServerName) bool {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	at, ok := r.failed[server]
-	return !ok || time.Since(at) >= r.s.cfg.FetchRetryInterval
+	f, ok := r.failed[server]
+	if !ok {
+		return true
+	}
+	wait := r.s.cfg.FetchRetryInterval
+	if !f.unreachable {
+		wait = min(wait, missRefetch)
+	}
+	return time.Since(f.at) >= wait
 }
 
 // fetchAll fetches the servers' keys, several at a time; a server that
@@ -266,6 +286,7 @@ func (r *remoteKeys) fetchNow(ctx context.Context, server spec.ServerName, ws []
 		}
 	}
 	var got []store.RemoteKey
+	answered := false
 	for _, f := range r.ring.KeyFetchers {
 		results, err := f.FetchKeys(ctx, requests)
 		if err != nil {
@@ -278,6 +299,7 @@ func (r *remoteKeys) fetchNow(ctx context.Context, server spec.ServerName, ws []
 		for req, res := range results {
 			if req.ServerName == server {
 				got = append(got, remoteKey(req, res))
+				answered = true
 			}
 		}
 		if satisfied(got, ws) {
@@ -287,9 +309,10 @@ func (r *remoteKeys) fetchNow(ctx context.Context, server spec.ServerName, ws []
 			return nil
 		}
 	}
-	r.s.log.Info("could not fetch the keys of a server", zap.String("server", string(server)), zap.Int("fetchers", len(r.ring.KeyFetchers)))
+	r.s.log.Info("could not fetch the keys asked for", zap.String("server", string(server)),
+		zap.Bool("server_answered", answered), zap.Int("fetchers", len(r.ring.KeyFetchers)))
 	r.mu.Lock()
-	r.failed[server] = time.Now()
+	r.failed[server] = fetchFailure{at: time.Now(), unreachable: !answered}
 	r.mu.Unlock()
 	return nil
 }
