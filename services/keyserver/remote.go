@@ -191,7 +191,7 @@ func satisfied(keys []store.RemoteKey, ws []want) bool {
 	return true
 }
 
-// selectKeys returns the usable keys the wants of one server name.
+// selectKeys returns the keys of one server that answer its wants.
 func selectKeys(keys []store.RemoteKey, ws []want) []*keyserverv1.ServerVerifyKey {
 	var out []*keyserverv1.ServerVerifyKey
 	seen := map[string]bool{}
