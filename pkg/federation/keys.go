@@ -15,9 +15,12 @@ import (
 // KeyCache is a gomatrixserverlib.KeyDatabase over the key-server's
 // ServerKeyService.QueryServerKeys: every server's verify keys, as the
 // key-server has them cached or fetches them. It keeps answers in memory
-// for ttl, and asks again for a key it did not get at most once per
+// for ttl, and asks again for a key it did not get, or got only with a
+// validity that ends before the time asked for, at most once per
 // minRefetch (an event or request naming a made-up key ID must not become
-// a key-server call each time).
+// a key-server call each time). A key is returned with its validity even
+// when that ends before the asked time: the key ring's validity rule for
+// the request decides.
 //
 // Put it in a gomatrixserverlib.KeyRing (NewVerifier) to get a JSONVerifier:
 // the key ring does the signature checks.
@@ -75,7 +78,7 @@ func (c *KeyCache) FetchKeys(ctx context.Context, requests map[gomatrixserverlib
 	c.mu.Lock()
 	for req, atTS := range requests {
 		e, ok := c.entries[req]
-		if ok && now.Sub(e.fetched) < c.ttl && (e.result.ExpiredTS != gomatrixserverlib.PublicKeyNotExpired || e.result.ValidUntilTS >= atTS) {
+		if ok && now.Sub(e.fetched) < c.ttl && validAt(e.result, atTS) {
 			out[req] = e.result
 			continue
 		}
@@ -107,7 +110,7 @@ func (c *KeyCache) FetchKeys(ctx context.Context, requests map[gomatrixserverlib
 	}
 	for _, a := range ask {
 		req := gomatrixserverlib.PublicKeyLookupRequest{ServerName: spec.ServerName(a.GetServerName()), KeyID: gomatrixserverlib.KeyID(a.GetKeyId())}
-		if res, ok := got[req]; ok {
+		if res, ok := got[req]; ok && validAt(res, spec.Timestamp(a.GetMinValidUntilTs())) {
 			out[req] = res
 			continue
 		}
@@ -124,6 +127,11 @@ func (c *KeyCache) FetchKeys(ctx context.Context, requests map[gomatrixserverlib
 		}
 	}
 	return out, nil
+}
+
+// validAt: an old key, or a current key valid until at least ts.
+func validAt(res gomatrixserverlib.PublicKeyLookupResult, ts spec.Timestamp) bool {
+	return res.ExpiredTS != gomatrixserverlib.PublicKeyNotExpired || res.ValidUntilTS >= ts
 }
 
 // StoreKeys implements gomatrixserverlib.KeyDatabase: the key ring hands

@@ -281,10 +281,34 @@ func TestFetchCacheAndMinValidUntil(t *testing.T) {
 	if keys := query(t, hs1, "hs2.test", k1, 0); len(keys) != 1 || keys[0].GetExpiredTs() == 0 {
 		t.Fatalf("old key while hs2 is down: %v", keys)
 	}
-	// Past its validity the cached key does not answer, and cannot be
-	// fetched again.
-	if keys := query(t, hs1, "hs2.test", rot.GetKeyId(), v2+1); len(keys) != 0 {
-		t.Fatalf("expired cached key answered: %v", keys)
+	// Asked for a later time, it cannot be fetched again: the cached key
+	// comes back with its own validity, which ends before that time.
+	if keys := query(t, hs1, "hs2.test", rot.GetKeyId(), v2+1); len(keys) != 1 || keys[0].GetValidUntilTs() != v2 || keys[0].GetExpiredTs() != 0 {
+		t.Fatalf("cached key asked for after its validity: %v", keys)
+	}
+	// So with hs2 down, something hs2 signs with it verifies (through the
+	// key ring over QueryServerKeys) at a time within the key's validity,
+	// and not after it.
+	_, _, priv2 := hs2Signer(t, hs2)
+	signed, err := gomatrixserverlib.SignJSON("hs2.test", gomatrixserverlib.KeyID(rot.GetKeyId()), priv2, []byte(`{"a":1}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	verifier := federation.NewVerifier(hs1.keys, time.Minute)
+	for _, at := range []struct {
+		ts    int64
+		valid bool
+	}{{time.Now().UnixMilli(), true}, {v2, true}, {v2 + 1, false}} {
+		res, err := verifier.VerifyJSONs(context.Background(), []gomatrixserverlib.VerifyJSONRequest{{
+			ServerName: "hs2.test", AtTS: spec.Timestamp(at.ts), Message: signed,
+			ValidityCheckingFunc: gomatrixserverlib.StrictValiditySignatureCheck,
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (res[0].Error == nil) != at.valid {
+			t.Errorf("hs2 down, signature at %d (key valid until %d): error %v", at.ts, v2, res[0].Error)
+		}
 	}
 	// Servers nobody knows give no keys, and no error.
 	if keys := query(t, hs1, "nowhere.test", "ed25519:x", 0); len(keys) != 0 {
@@ -491,4 +515,14 @@ func TestRotation(t *testing.T) {
 	if keys := query(t, replica, "hs1.test", k1, 0); len(keys) != 1 || keys[0].GetExpiredTs() != rot.GetOldKeyExpiredTs() {
 		t.Fatalf("the replica's old key: %v", keys)
 	}
+}
+
+// hs2Signer is a node's current signing key, private part included.
+func hs2Signer(t *testing.T, n *node) (string, gomatrixserverlib.KeyID, ed25519.PrivateKey) {
+	t.Helper()
+	resp, err := n.keys.SigningKey(context.Background(), &keyserverv1.SigningKeyRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.GetServerName(), gomatrixserverlib.KeyID(resp.GetKeyId()), ed25519.NewKeyFromSeed(resp.GetSeed())
 }

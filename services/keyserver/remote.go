@@ -105,10 +105,13 @@ func newRemoteKeys(s *Service, transport *federation.Transport) (*remoteKeys, er
 	return r, nil
 }
 
-// queryServerKeys answers QueryServerKeys: every wanted key that is valid
-// at its minValid (or is an old key), this server's from memory, others'
-// from the cache or fetched. Keys not found are left out; the error is a
-// database failure (or the caller giving up).
+// queryServerKeys answers QueryServerKeys: the wanted keys, this server's
+// from memory, others' from the cache, fetched first when the cache has no
+// key valid at a want's minValid (nor an old key). When that fetch fails
+// the cached key is still returned, with its own valid_until_ts: whether
+// it may verify something is the caller's rule (room versions 1 to 4 do
+// not enforce key validity). Keys not found at all are left out; the error
+// is a database failure (or the caller giving up).
 func (s *Service) queryServerKeys(ctx context.Context, wants []want) ([]*keyserverv1.ServerVerifyKey, error) {
 	now := spec.AsTimestamp(time.Now())
 	byServer := map[spec.ServerName][]want{}
@@ -191,13 +194,14 @@ func satisfied(keys []store.RemoteKey, ws []want) bool {
 	return true
 }
 
-// selectKeys returns the keys of one server that answer its wants.
+// selectKeys returns the keys of one server that its wants name (every
+// key for "").
 func selectKeys(keys []store.RemoteKey, ws []want) []*keyserverv1.ServerVerifyKey {
 	var out []*keyserverv1.ServerVerifyKey
 	seen := map[string]bool{}
 	for _, w := range ws {
 		for _, k := range keys {
-			if (w.keyID != "" && gomatrixserverlib.KeyID(k.KeyID) != w.keyID) || !usable(k, w.minValid) || seen[k.KeyID] {
+			if (w.keyID != "" && gomatrixserverlib.KeyID(k.KeyID) != w.keyID) || seen[k.KeyID] {
 				continue
 			}
 			seen[k.KeyID] = true
