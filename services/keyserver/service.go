@@ -146,9 +146,14 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 }
 
-// rotate replaces the signing key; the old one joins old_verify_keys.
+// rotate replaces the signing key; the old one joins old_verify_keys. Its
+// expired_ts is keyReloadInterval ahead: events signed with it before the
+// rotation (whose origin_server_ts may equal the rotation's millisecond)
+// and by replicas that have not reloaded the keys yet must verify, and an
+// event's timestamp is its signer's choice anyway, so an earlier expiry
+// would not stop a holder of the old key from backdating.
 func (s *Service) rotate(ctx context.Context) (old, current store.Key, err error) {
-	old, current, err = s.store.RotateKey(ctx)
+	old, current, err = s.store.RotateKey(ctx, time.Now().Add(keyReloadInterval).Truncate(time.Millisecond))
 	if err != nil {
 		return old, current, err
 	}

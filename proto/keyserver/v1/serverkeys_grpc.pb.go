@@ -47,7 +47,7 @@ type ServerKeyServiceClient interface {
 	// cannot work (its database).
 	QueryServerKeys(ctx context.Context, in *QueryServerKeysRequest, opts ...grpc.CallOption) (*QueryServerKeysResponse, error)
 	// RotateKey replaces this server's signing key with a new one. The old
-	// key is published in old_verify_keys (expired now), so events it
+	// key is published in old_verify_keys with its expired_ts, so events it
 	// signed still verify; new events and requests are signed with the new
 	// key. `myelin rotate-key` calls it.
 	RotateKey(ctx context.Context, in *RotateKeyRequest, opts ...grpc.CallOption) (*RotateKeyResponse, error)
@@ -109,7 +109,7 @@ type ServerKeyServiceServer interface {
 	// cannot work (its database).
 	QueryServerKeys(context.Context, *QueryServerKeysRequest) (*QueryServerKeysResponse, error)
 	// RotateKey replaces this server's signing key with a new one. The old
-	// key is published in old_verify_keys (expired now), so events it
+	// key is published in old_verify_keys with its expired_ts, so events it
 	// signed still verify; new events and requests are signed with the new
 	// key. `myelin rotate-key` calls it.
 	RotateKey(context.Context, *RotateKeyRequest) (*RotateKeyResponse, error)

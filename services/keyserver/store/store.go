@@ -87,10 +87,11 @@ func newKey() (id string, seed []byte, err error) {
 // ErrNoCurrentKey: there is no current signing key to rotate.
 var ErrNoCurrentKey = errors.New("no current signing key")
 
-// RotateKey expires the current signing key (it becomes an old key, its
-// expired_at now) and makes a new current key, in one transaction. The row
-// lock on the current key serializes concurrent rotations.
-func (s *Store) RotateKey(ctx context.Context) (old, current Key, err error) {
+// RotateKey expires the current signing key (it becomes an old key whose
+// expired_at is expiredAt) and makes a new current key, in one
+// transaction. The row lock on the current key serializes concurrent
+// rotations.
+func (s *Store) RotateKey(ctx context.Context, expiredAt time.Time) (old, current Key, err error) {
 	err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		var seed []byte
 		err := tx.QueryRow(ctx, `SELECT key_id, seed FROM signing_keys WHERE expired_at IS NULL FOR UPDATE`).Scan(&old.ID, &seed)
@@ -101,7 +102,7 @@ func (s *Store) RotateKey(ctx context.Context) (old, current Key, err error) {
 		}
 		old.Private = ed25519.NewKeyFromSeed(seed)
 		var expired time.Time
-		if err := tx.QueryRow(ctx, `UPDATE signing_keys SET expired_at = now() WHERE key_id = $1 RETURNING expired_at`, old.ID).Scan(&expired); err != nil {
+		if err := tx.QueryRow(ctx, `UPDATE signing_keys SET expired_at = $2 WHERE key_id = $1 RETURNING expired_at`, old.ID, expiredAt).Scan(&expired); err != nil {
 			return err
 		}
 		old.ExpiredAt = &expired
