@@ -71,7 +71,9 @@ func newFederatedHarness(t *testing.T) (*harness, *remoteNode) {
 	fedCfg.AllowedPrivateNetworks = []string{"127.0.0.0/8"}
 	fedCfg.ServerNameMap = map[string]string{remoteServer: remote.addr}
 	tr, err := federation.NewTransport(federation.Options{Config: fedCfg, Logger: testLogger(t), Resolver: &net.Resolver{
-		PreferGo: true, Dial: func(context.Context, string, string) (net.Conn, error) { return nil, &net.DNSError{Err: "no DNS in this test", IsNotFound: true} },
+		PreferGo: true, Dial: func(context.Context, string, string) (net.Conn, error) {
+			return nil, &net.DNSError{Err: "no DNS in this test", IsNotFound: true}
+		},
 	}})
 	if err != nil {
 		t.Fatal(err)
