@@ -46,6 +46,9 @@ const (
 	wellKnownMaxSize = 50 << 10
 	// discoveryTimeout bounds one discovery (well-known and SRV lookups).
 	discoveryTimeout = 30 * time.Second
+	// maxCachedResolutions bounds the cache (server names are free to
+	// make up): past it, expired entries go, then arbitrary ones.
+	maxCachedResolutions = 10000
 )
 
 // resolver turns server names into destinations: the static map first,
@@ -143,6 +146,14 @@ func (r *resolver) discover(ctx context.Context, serverName spec.ServerName, hos
 	r.mu.Lock()
 	if r.cache == nil {
 		r.cache = map[spec.ServerName]*resolution{}
+	}
+	if len(r.cache) >= maxCachedResolutions {
+		now := r.now()
+		for name, old := range r.cache {
+			if now.After(old.expires) || len(r.cache) >= maxCachedResolutions {
+				delete(r.cache, name)
+			}
+		}
 	}
 	r.cache[serverName] = res
 	r.mu.Unlock()

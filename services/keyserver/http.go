@@ -59,7 +59,7 @@ func (s *Service) serveQueryOne(w http.ResponseWriter, r *http.Request) {
 		}
 		minValid = n
 	}
-	s.answerNotaryQuery(w, r.Context(), map[spec.ServerName]map[gomatrixserverlib.KeyID]spec.Timestamp{
+	s.answerNotaryQuery(r.Context(), w, map[spec.ServerName]map[gomatrixserverlib.KeyID]spec.Timestamp{
 		server: {"": spec.Timestamp(minValid)},
 	})
 }
@@ -120,7 +120,7 @@ func (s *Service) serveQueryBatch(w http.ResponseWriter, r *http.Request) {
 			query[server][id] = spec.Timestamp(minValid)
 		}
 	}
-	s.answerNotaryQuery(w, r.Context(), query)
+	s.answerNotaryQuery(r.Context(), w, query)
 }
 
 // answerNotaryQuery serves, for each server asked about, its last key
@@ -131,7 +131,7 @@ func (s *Service) serveQueryBatch(w http.ResponseWriter, r *http.Request) {
 // reached, the last response is served anyway, so that old events'
 // signatures can still be checked. Servers without any response are left
 // out.
-func (s *Service) answerNotaryQuery(w http.ResponseWriter, ctx context.Context, query map[spec.ServerName]map[gomatrixserverlib.KeyID]spec.Timestamp) {
+func (s *Service) answerNotaryQuery(ctx context.Context, w http.ResponseWriter, query map[spec.ServerName]map[gomatrixserverlib.KeyID]spec.Timestamp) {
 	now := time.Now()
 	out := struct {
 		ServerKeys []json.RawMessage `json:"server_keys"`

@@ -28,6 +28,9 @@ const (
 	fetchTimeout = 45 * time.Second
 	// fetchParallel is how many servers are fetched at once.
 	fetchParallel = 16
+	// maxFailures bounds the remembered fetch failures (origins of
+	// requests are free to make up).
+	maxFailures = 10000
 	// missRefetch: a server that answered but without the key asked for
 	// is asked again at most this often (a made-up key ID must not make
 	// us fetch its keys per request), or every FetchRetryInterval if that
@@ -316,8 +319,15 @@ func (r *remoteKeys) fetchNow(ctx context.Context, server spec.ServerName, ws []
 	r.s.log.Info("could not fetch the keys asked for", zap.String("server", string(server)),
 		zap.Bool("server_answered", answered), zap.Int("fetchers", len(r.ring.KeyFetchers)))
 	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.failed) >= maxFailures {
+		for name, f := range r.failed {
+			if time.Since(f.at) >= r.s.cfg.FetchRetryInterval || len(r.failed) >= maxFailures {
+				delete(r.failed, name)
+			}
+		}
+	}
 	r.failed[server] = fetchFailure{at: time.Now(), unreachable: !answered}
-	r.mu.Unlock()
 	return nil
 }
 
