@@ -113,13 +113,25 @@ func (f visibilityFilter) canSee(e store.StoredEvent) bool {
 	return canSee(e, f.userID, f.logs[e.RoomID])
 }
 
-// keep returns the events the user may see, in order.
+// keep returns the events the user may see, in order, each with the
+// user's membership at it (membershipAt).
 func (f visibilityFilter) keep(events []store.StoredEvent) []store.StoredEvent {
 	out := events[:0:0]
 	for _, e := range events {
 		if f.canSee(e) {
+			e.Membership = f.membershipAt(e)
 			out = append(out, e)
 		}
 	}
 	return out
+}
+
+// membershipAt is unsigned.membership of e for the user: their membership
+// in the room's state at e, the change e makes included, and "leave" when
+// they had none yet (the spec's rule).
+func (f visibilityFilter) membershipAt(e store.StoredEvent) string {
+	if m := memberTimeline(f.logs[e.RoomID]).at(e.Pos); m != "" {
+		return m
+	}
+	return store.MembershipLeave
 }
