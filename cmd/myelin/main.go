@@ -5,6 +5,7 @@
 //	myelin generate-config > myelin.yaml      # the default configuration
 //	myelin register-user -url http://localhost:8008 -config myelin.yaml -user alice -password-file - [-admin]
 //	myelin health -config myelin.yaml [-path /readyz|/healthz]   # exit status 0 when ready
+//	myelin rotate-key [-config myelin.yaml] [-grpc key-server:9101]   # new signing key; the old one stays published
 //
 // It only loads configuration and calls myelin.Run.
 package main
@@ -56,6 +57,9 @@ func run(args []string) error {
 	}
 	if len(args) > 0 && args[0] == "health" {
 		return health(args[1:], os.Stdout)
+	}
+	if len(args) > 0 && args[0] == "rotate-key" {
+		return rotateKey(args[1:], os.Stdout)
 	}
 	fs := flag.NewFlagSet("myelin", flag.ContinueOnError)
 	configPath := fs.String("config", "", "path to the YAML configuration (optional; MYELIN_* environment variables override it)")

@@ -29,6 +29,7 @@ import (
 	"github.com/myelin-chat/myelin/pkg/bus"
 	"github.com/myelin-chat/myelin/pkg/devinfra"
 	"github.com/myelin-chat/myelin/pkg/edge"
+	"github.com/myelin-chat/myelin/pkg/federation"
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	"github.com/myelin-chat/myelin/pkg/metrics"
 	"github.com/myelin-chat/myelin/pkg/rpc"
@@ -64,6 +65,10 @@ type process struct {
 	// inProcLis is the in-memory listener the gRPC server also serves, for
 	// calls between services of this process (rpc.ListenInProcess).
 	inProcLis *bufconn.Listener
+	// fedTransport is the outbound federation transport of this process.
+	fedTransport *federation.Transport
+	// fed is the federation listener, when this process has one.
+	fed *federationListener
 }
 
 // Run starts the process and blocks until ctx ends or a service fails.
@@ -107,6 +112,12 @@ func Start(ctx context.Context, cfg Config, targets []string, log *zap.Logger) (
 	r.NotFound(matrixhttp.NotFoundHandler)
 	r.MethodNotAllowed(matrixhttp.MethodNotAllowedHandler)
 	p.router = r
+	fedRouter := newFederationRouter(m, log)
+	servesFederation := slices.Contains(targets, TargetEdge)
+	if p.fedTransport, err = p.newFederationTransport(); err != nil {
+		return nil, err
+	}
+	p.cleanups = append(p.cleanups, p.fedTransport.CloseIdleConnections)
 	ready := &readiness{services: map[string]service{}, nc: p.nc, log: log}
 	r.Get("/healthz", serveHealthz)
 	r.Get("/readyz", ready.serveReadyz)
@@ -123,6 +134,10 @@ func Start(ctx context.Context, cfg Config, targets []string, log *zap.Logger) (
 		p.cleanups = append(p.cleanups, svc.Close)
 		svc.RegisterGRPC(p.grpcSrv)
 		svc.RegisterHTTP(p.router)
+		if fs, ok := svc.(federationService); ok {
+			fs.RegisterFederationHTTP(fedRouter)
+			servesFederation = true
+		}
 		services = append(services, svc)
 		ready.services[m.name] = svc
 	}
@@ -141,6 +156,14 @@ func Start(ctx context.Context, cfg Config, targets []string, log *zap.Logger) (
 		if err := edge.Mount(p.router, p.edgeRoutes()); err != nil {
 			return nil, err
 		}
+		if cfg.Federation.Enabled {
+			if err := edge.Mount(fedRouter, p.federationEdgeRoutes()); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if p.fed, err = p.openFederationListener(fedRouter, servesFederation); err != nil {
+		return nil, err
 	}
 
 	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
@@ -162,6 +185,14 @@ func Start(ctx context.Context, cfg Config, targets []string, log *zap.Logger) (
 		}
 		return nil
 	})
+	if p.fed != nil {
+		g.Go(func() error {
+			if err := p.fed.srv.ServeTLS(p.fed.lis, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("federation server: %w", err)
+			}
+			return nil
+		})
+	}
 	for _, svc := range services {
 		g.Go(func() error { return svc.Run(gctx) })
 	}
@@ -171,6 +202,9 @@ func Start(ctx context.Context, cfg Config, targets []string, log *zap.Logger) (
 		shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = httpSrv.Shutdown(shutCtx)
+		if p.fed != nil {
+			_ = p.fed.srv.Shutdown(shutCtx)
+		}
 		stopped := make(chan struct{})
 		go func() { p.grpcSrv.GracefulStop(); close(stopped) }()
 		select {
@@ -194,8 +228,13 @@ func Start(ctx context.Context, cfg Config, targets []string, log *zap.Logger) (
 		case <-proc.done:
 		}
 	}()
+	fedAddr := ""
+	if p.fed != nil {
+		fedAddr = p.fed.lis.Addr().String()
+	}
 	log.Info("myelin started", zap.Strings("targets", targets),
-		zap.String("http", p.httpLis.Addr().String()), zap.String("grpc", p.grpcLis.Addr().String()))
+		zap.String("http", p.httpLis.Addr().String()), zap.String("grpc", p.grpcLis.Addr().String()),
+		zap.String("federation", fedAddr))
 	return proc, nil
 }
 
@@ -345,6 +384,9 @@ func (p *process) close() {
 	}
 	if p.httpLis != nil {
 		_ = p.httpLis.Close()
+	}
+	if p.fed != nil {
+		_ = p.fed.lis.Close()
 	}
 	for i := len(p.cleanups) - 1; i >= 0; i-- {
 		p.cleanups[i]()

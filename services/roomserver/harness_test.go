@@ -46,6 +46,7 @@ type harness struct {
 	db    string
 	js    jetstream.JetStream
 	ks    keyserverv1.KeyServiceClient
+	sks   keyserverv1.ServerKeyServiceClient
 	rs    roomserverv1.RoomServiceClient
 	svc   *Service
 	stopM sync.Mutex
@@ -76,6 +77,7 @@ func newHarness(t testing.TB, mutate func(*Config)) *harness {
 	}
 	t.Cleanup(func() { conn.Close() })
 	h.ks = keyserverv1.NewKeyServiceClient(conn)
+	h.sks = keyserverv1.NewServerKeyServiceClient(conn)
 	h.start(true)
 	t.Cleanup(h.shutdown)
 	return h
@@ -103,7 +105,7 @@ func (h *harness) start(run bool) {
 	t.Helper()
 	svc, err := New(h.ctx, h.cfg, Deps{
 		Logger: testLogger(t).Named("roomserver"), ServerName: testServer, DatabaseURL: h.db,
-		JetStream: h.js, KeyServer: h.ks,
+		JetStream: h.js, KeyServer: h.ks, ServerKeys: h.sks,
 	})
 	if err != nil {
 		t.Fatalf("roomserver.New: %v", err)
