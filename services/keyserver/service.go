@@ -1,7 +1,11 @@
-// Package keyserver owns the homeserver's ed25519 signing key. It creates
-// and persists the key, signs JSON for the other services over gRPC (so no
-// other service holds the private key), and publishes the public keys at
-// GET /_matrix/key/v2/server.
+// Package keyserver owns keys: the homeserver's ed25519 signing key, and
+// users' end-to-end encryption keys. It creates and persists the signing
+// key, signs JSON for the other services over gRPC (so no other service
+// holds the private key), and publishes the public keys at
+// GET /_matrix/key/v2/server. It stores users' device, one-time, fallback
+// and cross-signing keys, the device list change log and key backups
+// (E2EKeyService, e2ekeys.go, keybackup.go), and publishes each device
+// list change on JetStream (publish.go).
 package keyserver
 
 import (
@@ -15,6 +19,7 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
@@ -31,6 +36,10 @@ type Deps struct {
 	Logger      *zap.Logger
 	ServerName  string
 	DatabaseURL string
+	// JetStream carries the key change stream (MYELIN_KEY_CHANGES). Every
+	// process passes it; nil (tests of the signing keys alone) keeps the
+	// key change log unpublished until a key-server with JetStream runs.
+	JetStream jetstream.JetStream
 }
 
 // Service is a running key-server.
@@ -41,11 +50,16 @@ type Service struct {
 	store   *store.Store
 	current store.Key
 	old     []store.Key
+	// publisher sends committed key changes to JetStream (publish.go).
+	publisher *publisher
 }
 
 // New opens the store and loads (or creates) the signing key.
 func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
-	st, err := store.Open(ctx, deps.DatabaseURL)
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	st, err := store.Open(ctx, deps.DatabaseURL, cfg.MaxConns)
 	if err != nil {
 		return nil, err
 	}
@@ -60,12 +74,14 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		return nil, err
 	}
 	deps.Logger.Info("signing key loaded", zap.String("key_id", key.ID))
-	return &Service{cfg: cfg, log: deps.Logger, server: spec.ServerName(deps.ServerName), store: st, current: key, old: old}, nil
+	return &Service{cfg: cfg, log: deps.Logger, server: spec.ServerName(deps.ServerName), store: st, current: key, old: old,
+		publisher: newPublisher(st, deps.JetStream, deps.Logger, cfg.KeyChangePollInterval)}, nil
 }
 
-// RegisterGRPC registers the KeyService.
+// RegisterGRPC registers the KeyService and the E2EKeyService.
 func (s *Service) RegisterGRPC(g *grpc.Server) {
 	keyserverv1.RegisterKeyServiceServer(g, &handler{svc: s})
+	keyserverv1.RegisterE2EKeyServiceServer(g, &e2eHandler{svc: s})
 }
 
 // RegisterHTTP serves the public key endpoints.
@@ -74,10 +90,13 @@ func (s *Service) RegisterHTTP(r chi.Router) {
 	r.Get("/_matrix/key/v2/server/{keyID}", s.serveKeys)
 }
 
-// Run has no background work.
+// Run publishes key changes until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
-	<-ctx.Done()
-	return nil
+	if s.publisher.js == nil {
+		<-ctx.Done()
+		return nil
+	}
+	return s.publisher.run(ctx)
 }
 
 // Ready reports whether the service can serve: its database answers.
