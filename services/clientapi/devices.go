@@ -1,6 +1,7 @@
 package clientapi
 
 import (
+	"context"
 	"errors"
 	"net/http"
 
@@ -76,6 +77,9 @@ func (s *Service) putDevice(r *http.Request, dev *device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	if req.DisplayName != nil {
+		s.sendKeyServerOps(context.WithoutCancel(r.Context()), dev.UserID) // the key-server shows the name with the keys
+	}
 	return struct{}{}, nil
 }
 
@@ -126,7 +130,7 @@ func (s *Service) deleteDevicesUIA(r *http.Request, dev *device, auth *authData,
 	if err := s.store.DeleteDevices(ctx, dev.UserID, ids); err != nil {
 		return nil, err
 	}
-	s.announceKeyChange(dev.UserID)
+	s.sendKeyServerOps(context.WithoutCancel(ctx), dev.UserID)
 	if err := s.finishUIA(ctx, sess); err != nil {
 		return nil, err
 	}

@@ -7,7 +7,9 @@ package clientapi
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -28,7 +30,10 @@ type Deps struct {
 	DatabaseURL string
 	JetStream   jetstream.JetStream
 	KeyServer   keyserverv1.KeyServiceClient
-	RoomServer  roomserverv1.RoomServiceClient
+	// E2EKeys holds users' end-to-end keys and key backups. Nil leaves the
+	// key endpoints unavailable (503) and /sync without key data.
+	E2EKeys    keyserverv1.E2EKeyServiceClient
+	RoomServer roomserverv1.RoomServiceClient
 	// Presence serves typing, receipts and presence. Nil leaves those
 	// endpoints unavailable and /sync without ephemeral data.
 	Presence presencev1.PresenceServiceClient
@@ -41,15 +46,21 @@ type Service struct {
 	serverName string
 	store      *store.Store
 	rooms      roomserverv1.RoomServiceClient
-	js         jetstream.JetStream
-	limiter    *rateLimiter
-	notifier   *notifier
+	e2e        keyserverv1.E2EKeyServiceClient
+	// keysReady: the old key tables are handed over to the key-server
+	// (keyhandover.go).
+	keysReady atomic.Bool
+	js        jetstream.JetStream
+	limiter   *rateLimiter
+	notifier  *notifier
 	// lazy remembers the members /sync sent each device (sync_lazy.go).
 	lazy     *lazyCache
 	consumer jetstream.Consumer
 	presence presencev1.PresenceServiceClient
 	// ephemeralConsumer wakes /sync on presence service changes.
 	ephemeralConsumer jetstream.Consumer
+	// keyChangesConsumer wakes /sync on key changes (keychanges_consumer.go).
+	keyChangesConsumer jetstream.Consumer
 	// wakeBus carries wake-ups between client-API replicas (notifier_bus.go).
 	wakeBus *wakeBus
 	// receiptsConsumer copies read receipts for unread counts (push).
@@ -86,11 +97,16 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		serverName: deps.ServerName,
 		store:      st,
 		rooms:      deps.RoomServer,
+		e2e:        deps.E2EKeys,
 		presence:   deps.Presence,
 		js:         deps.JetStream,
 		limiter:    newRateLimiter(cfg.RateLimit, time.Now),
 		lazy:       newLazyCache(),
 		now:        time.Now,
+	}
+	if err := s.dropEmptyKeyTables(ctx); err != nil {
+		st.Close()
+		return nil, err
 	}
 	members, err := st.JoinedMembers(ctx)
 	if err != nil {
@@ -104,6 +120,11 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	}
 	s.pushers = newPushDispatcher(s)
 	if s.consumer, err = s.createConsumer(ctx); err != nil {
+		s.wakeBus.stop()
+		st.Close()
+		return nil, err
+	}
+	if s.keyChangesConsumer, err = s.createKeyChangesConsumer(ctx); err != nil {
 		s.wakeBus.stop()
 		st.Close()
 		return nil, err
@@ -133,17 +154,51 @@ func (s *Service) Run(ctx context.Context) error {
 	defer s.notifier.close()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.consume(gctx) })
+	g.Go(func() error { return s.consumeKeyChanges(gctx) })
+	g.Go(func() error {
+		s.handOverKeys(gctx)
+		return nil
+	})
+	g.Go(func() error { return s.sendKeyServerOpsLoop(gctx) })
 	if s.ephemeralConsumer != nil {
 		g.Go(func() error { return s.consumeEphemeral(gctx) })
 	}
 	return g.Wait()
 }
 
-// Ready reports whether the service can serve: its database answers.
+// Ready reports whether the service can serve: its database answers and
+// the end-to-end keys are in the key-server.
 func (s *Service) Ready(ctx context.Context) error {
 	if err := s.store.Ping(ctx); err != nil {
 		return fmt.Errorf("database: %w", err)
 	}
+	if !s.keysReady.Load() {
+		return ErrKeysNotHandedOver
+	}
+	return nil
+}
+
+// errKeysToImport: the old key tables hold rows for the key-server.
+var errKeysToImport = errors.New("old key tables hold rows")
+
+// dropEmptyKeyTables marks the keys ready when the old key tables are
+// gone, or drops them when they are empty (a fresh database); otherwise
+// Run hands them over (keyhandover.go).
+func (s *Service) dropEmptyKeyTables(ctx context.Context) error {
+	exists, err := s.store.OldKeyTablesExist(ctx)
+	if err != nil {
+		return err
+	}
+	if exists {
+		_, _, err = s.store.HandOverKeys(ctx, func(store.KeyExport) error { return errKeysToImport }, func() error { return nil })
+		if errors.Is(err, errKeysToImport) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("drop the old key tables: %w", err)
+		}
+	}
+	s.keysReady.Store(true)
 	return nil
 }
 

@@ -1,0 +1,78 @@
+package clientapi
+
+// Devices live in the client-API, their keys in the key-server. Deleting
+// or renaming a device queues the change for the key-server in the same
+// transaction (store/keyoutbox.go, migration 038); the request then sends
+// the queue to the key-server (DevicesDeleted, DeviceRenamed) before it
+// answers, so the device's keys are gone when the client hears back. A
+// change the key-server did not take (it is down, or this replica
+// stopped) stays queued and is sent again by sendKeyServerOpsLoop. Both
+// calls are idempotent, and each user's queue goes out in order, so a
+// rename and a deletion of one device arrive as they happened. Nothing is
+// sent before the old key tables are handed over (keyhandover.go), so the
+// hand-over cannot bring back keys of a device deleted meanwhile.
+
+import (
+	"context"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/myelin-chat/myelin/pkg/logging"
+	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/store"
+)
+
+// keyOutboxInterval is how often queued changes are sent again.
+const keyOutboxInterval = 5 * time.Second
+
+// sendKeyServerOps sends a user's queued device changes to the key-server.
+// A failure is logged and left to sendKeyServerOpsLoop: the device change
+// itself is done.
+func (s *Service) sendKeyServerOps(ctx context.Context, userID string) {
+	if s.e2e == nil || !s.keysReady.Load() {
+		return
+	}
+	if err := s.store.SendKeyServerOps(ctx, userID, func(op store.KeyServerOp) error { return s.sendKeyServerOp(ctx, op) }); err != nil && ctx.Err() == nil {
+		s.log.Warn("device change not sent to the key-server yet; retrying later", logging.UserID(userID), zap.Error(err))
+	}
+}
+
+func (s *Service) sendKeyServerOp(ctx context.Context, op store.KeyServerOp) error {
+	if op.Delete {
+		_, err := s.e2e.DevicesDeleted(ctx, &keyserverv1.DevicesDeletedRequest{UserId: op.UserID, DeviceIds: op.DeviceIDs})
+		return err
+	}
+	req := &keyserverv1.DeviceRenamedRequest{UserId: op.UserID, DeviceId: op.DeviceIDs[0]}
+	if op.DisplayName != nil {
+		req.DisplayName = *op.DisplayName
+	}
+	_, err := s.e2e.DeviceRenamed(ctx, req)
+	return err
+}
+
+// sendKeyServerOpsLoop sends what earlier requests could not, until ctx
+// ends.
+func (s *Service) sendKeyServerOpsLoop(ctx context.Context) error {
+	if s.e2e == nil {
+		return nil
+	}
+	t := time.NewTicker(keyOutboxInterval)
+	defer t.Stop()
+	for {
+		if s.keysReady.Load() {
+			users, err := s.store.KeyServerUsers(ctx)
+			if err != nil && ctx.Err() == nil {
+				s.log.Warn("read queued device changes", zap.Error(err))
+			}
+			for _, u := range users {
+				s.sendKeyServerOps(ctx, u)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
