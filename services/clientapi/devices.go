@@ -1,7 +1,6 @@
 package clientapi
 
 import (
-	"context"
 	"errors"
 	"net/http"
 
@@ -78,7 +77,7 @@ func (s *Service) putDevice(r *http.Request, dev *device) (any, error) {
 		return nil, err
 	}
 	if req.DisplayName != nil {
-		s.sendKeyServerOps(context.WithoutCancel(r.Context()), dev.UserID) // the key-server shows the name with the keys
+		s.sendKeyServerOps(r.Context(), dev.UserID) // the key-server shows the name with the keys
 	}
 	return struct{}{}, nil
 }
@@ -130,7 +129,7 @@ func (s *Service) deleteDevicesUIA(r *http.Request, dev *device, auth *authData,
 	if err := s.store.DeleteDevices(ctx, dev.UserID, ids); err != nil {
 		return nil, err
 	}
-	s.sendKeyServerOps(context.WithoutCancel(ctx), dev.UserID)
+	s.sendKeyServerOps(ctx, dev.UserID)
 	if err := s.finishUIA(ctx, sess); err != nil {
 		return nil, err
 	}

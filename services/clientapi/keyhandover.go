@@ -67,15 +67,20 @@ func (s *Service) handOverKeys(ctx context.Context) {
 // handOverOnce streams the old tables' rows to the key-server and drops
 // the tables once it has committed them.
 func (s *Service) handOverOnce(ctx context.Context) error {
+	if s.e2e == nil {
+		return errors.New("no key-server configured")
+	}
+	// The key-server must answer before the hand-over's transaction
+	// starts: a stream waits for it without a deadline.
+	if _, err := s.e2e.KeyChanges(ctx, &keyserverv1.KeyChangesRequest{}); err != nil {
+		return fmt.Errorf("key-server: %w", err)
+	}
 	var stream keyserverv1.E2EKeyService_ImportKeysClient
 	// A stream has no default deadline; this bounds one attempt (the
 	// import is one key-server transaction).
 	streamCtx, cancel := context.WithTimeout(ctx, importTimeout)
 	defer cancel()
 	send := func(b store.KeyExport) error {
-		if s.e2e == nil {
-			return errors.New("no key-server configured")
-		}
 		if stream == nil {
 			var err error
 			if stream, err = s.e2e.ImportKeys(streamCtx); err != nil {

@@ -26,10 +26,24 @@ import (
 // keyOutboxInterval is how often queued changes are sent again.
 const keyOutboxInterval = 5 * time.Second
 
-// sendKeyServerOps sends a user's queued device changes to the key-server.
-// A failure is logged and left to sendKeyServerOpsLoop: the device change
-// itself is done.
+// keyOutboxRequestTimeout bounds the sending a request waits for: an
+// unreachable key-server delays its answer by this much, then the loop
+// takes over.
+const keyOutboxRequestTimeout = 3 * time.Second
+
+// sendKeyServerOps sends a user's queued device changes to the key-server,
+// for a request that changed a device (which waits at most
+// keyOutboxRequestTimeout, also when its client hung up). A failure is
+// logged and left to sendKeyServerOpsLoop: the device change itself is
+// done.
 func (s *Service) sendKeyServerOps(ctx context.Context, userID string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), keyOutboxRequestTimeout)
+	defer cancel()
+	s.sendQueuedKeyServerOps(ctx, userID)
+}
+
+// sendQueuedKeyServerOps sends a user's queued device changes.
+func (s *Service) sendQueuedKeyServerOps(ctx context.Context, userID string) {
 	if s.e2e == nil || !s.keysReady.Load() {
 		return
 	}
@@ -66,7 +80,7 @@ func (s *Service) sendKeyServerOpsLoop(ctx context.Context) error {
 				s.log.Warn("read queued device changes", zap.Error(err))
 			}
 			for _, u := range users {
-				s.sendKeyServerOps(ctx, u)
+				s.sendQueuedKeyServerOps(ctx, u)
 			}
 		}
 		select {
