@@ -120,7 +120,7 @@ func (s *Service) uploadKeys(ctx context.Context, up store.KeyUpload) (map[strin
 
 // userKeys is what QueryKeys answers for one user.
 type userKeys struct {
-	devices                            map[string]store.QueriedDevice
+	devices                          map[string]store.QueriedDevice
 	master, selfSigning, userSigning []byte
 }
 

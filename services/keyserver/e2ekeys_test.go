@@ -449,10 +449,10 @@ func TestBackupKeepsTheBetterKey(t *testing.T) {
 		wantData string
 	}{
 		{&keyserverv1.BackupKey{FirstMessageIndex: 5, ForwardedCount: 1, SessionData: []byte(`{"n":1}`)}, `{"n":1}`},
-		{&keyserverv1.BackupKey{FirstMessageIndex: 6, ForwardedCount: 0, SessionData: []byte(`{"n":2}`)}, `{"n":1}`}, // later index: worse
-		{&keyserverv1.BackupKey{FirstMessageIndex: 5, ForwardedCount: 0, SessionData: []byte(`{"n":3}`)}, `{"n":3}`}, // fewer forwards: better
+		{&keyserverv1.BackupKey{FirstMessageIndex: 6, ForwardedCount: 0, SessionData: []byte(`{"n":2}`)}, `{"n":1}`},                   // later index: worse
+		{&keyserverv1.BackupKey{FirstMessageIndex: 5, ForwardedCount: 0, SessionData: []byte(`{"n":3}`)}, `{"n":3}`},                   // fewer forwards: better
 		{&keyserverv1.BackupKey{FirstMessageIndex: 9, ForwardedCount: 3, IsVerified: true, SessionData: []byte(`{"n":4}`)}, `{"n":4}`}, // verified: best
-		{&keyserverv1.BackupKey{FirstMessageIndex: 0, ForwardedCount: 0, SessionData: []byte(`{"n":5}`)}, `{"n":4}`}, // unverified: worse
+		{&keyserverv1.BackupKey{FirstMessageIndex: 0, ForwardedCount: 0, SessionData: []byte(`{"n":5}`)}, `{"n":4}`},                   // unverified: worse
 	}
 	for i, st := range steps {
 		if _, err := put(v1.GetVersion(), st.key); err != nil {

@@ -56,10 +56,10 @@ type ImportedBackupVersion struct {
 
 // ImportedBackupKey is one session's key in a backup version.
 type ImportedBackupKey struct {
-	UserID         string
-	Version        int64
+	UserID          string
+	Version         int64
 	RoomID, Session string
-	Key            BackupKey
+	Key             BackupKey
 }
 
 // Importer writes the rows of one import inside its transaction.
