@@ -77,7 +77,7 @@ func (s *Service) putDevice(r *http.Request, dev *device) (any, error) {
 		return nil, err
 	}
 	if req.DisplayName != nil {
-		s.sendKeyServerOps(r.Context(), dev.UserID) // the key-server shows the name with the keys
+		s.keys.sendForRequest(r.Context(), dev.UserID) // the key-server shows the name with the keys
 	}
 	return struct{}{}, nil
 }
@@ -129,7 +129,7 @@ func (s *Service) deleteDevicesUIA(r *http.Request, dev *device, auth *authData,
 	if err := s.store.DeleteDevices(ctx, dev.UserID, ids); err != nil {
 		return nil, err
 	}
-	s.sendKeyServerOps(ctx, dev.UserID)
+	s.keys.sendForRequest(ctx, dev.UserID)
 	if err := s.finishUIA(ctx, sess); err != nil {
 		return nil, err
 	}

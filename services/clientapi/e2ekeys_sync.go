@@ -38,12 +38,12 @@ type syncKeysCall struct {
 	err  error
 }
 
-// startSyncKeys asks the key-server for the device's key state and the
+// startSync asks the key-server for the device's key state and the
 // device list changes after the since token, while the caller reads its
 // own snapshot. It returns nil when there is no key-server to ask (none
 // configured, or the hand-over of the old key tables is not done).
-func (s *Service) startSyncKeys(ctx context.Context, dev *device, since *streamToken) *syncKeysCall {
-	if s.e2e == nil || !s.keysReady.Load() {
+func (k *keyBridge) startSync(ctx context.Context, dev *device, since *streamToken) *syncKeysCall {
+	if !k.available() {
 		return nil
 	}
 	req := &keyserverv1.SyncKeysRequest{UserId: dev.UserID, DeviceId: dev.DeviceID, WithChanges: since != nil}
@@ -55,7 +55,7 @@ func (s *Service) startSyncKeys(ctx context.Context, dev *device, since *streamT
 		defer close(c.done)
 		callCtx, cancel := context.WithTimeout(ctx, keySyncTimeout)
 		defer cancel()
-		c.resp, c.err = s.e2e.SyncKeys(callCtx, req)
+		c.resp, c.err = k.e2e.SyncKeys(callCtx, req)
 	}()
 	return c
 }
@@ -91,13 +91,14 @@ func (s *Service) syncDeviceKeys(ctx context.Context, dev *device, since *stream
 	if since == nil {
 		return st.GetPosition()
 	}
-	resp.DeviceLists = s.deviceLists(dev.UserID, st.GetChangedUserIds(), d)
+	resp.DeviceLists = deviceListsFor(s.notifier, dev.UserID, st.GetChangedUserIds(), d)
 	return st.GetPosition()
 }
 
-// deviceLists computes device_lists for user me from the users whose keys
-// changed in the range and the membership changes this sync read.
-func (s *Service) deviceLists(me string, users []string, d syncData) *deviceLists {
+// deviceListsFor computes device_lists for user me from the users whose
+// keys changed in the range, the membership changes this sync read, and
+// the notifier's membership copy.
+func deviceListsFor(n *notifier, me string, users []string, d syncData) *deviceLists {
 	// joined: users who newly share a room with me (they or I joined);
 	// leaving: users who left a room of mine, or were in one I left.
 	joined, leaving := map[string]bool{}, map[string]bool{}
@@ -107,13 +108,13 @@ func (s *Service) deviceLists(me string, users []string, d syncData) *deviceList
 		room := sr.rng.RoomID
 		switch sr.kind {
 		case kindFull: // joined (by me) since the token: its members share it
-			for _, u := range s.notifier.members(room) {
+			for _, u := range n.members(room) {
 				if u != me {
 					sharing[u] = true
 				}
 			}
 		case kindLeft:
-			for _, u := range s.notifier.members(room) {
+			for _, u := range n.members(room) {
 				leaving[u] = true
 			}
 		}
@@ -151,7 +152,7 @@ func (s *Service) deviceLists(me string, users []string, d syncData) *deviceList
 		changed[u] = true
 	}
 	for _, u := range users {
-		if u == me || sharing[u] || s.notifier.sharesRoom(me, u) {
+		if u == me || sharing[u] || n.sharesRoom(me, u) {
 			changed[u] = true
 		}
 	}
@@ -159,7 +160,7 @@ func (s *Service) deviceLists(me string, users []string, d syncData) *deviceList
 		if u == me {
 			continue
 		}
-		if s.notifier.sharesRoom(me, u) {
+		if n.sharesRoom(me, u) {
 			changed[u] = true
 		} else {
 			leaving[u] = true
@@ -169,7 +170,7 @@ func (s *Service) deviceLists(me string, users []string, d syncData) *deviceList
 		lists.Changed = append(lists.Changed, u)
 	}
 	for u := range leaving {
-		if u != me && !changed[u] && !s.notifier.sharesRoom(me, u) {
+		if u != me && !changed[u] && !n.sharesRoom(me, u) {
 			lists.Left = append(lists.Left, u)
 		}
 	}

@@ -22,8 +22,8 @@ import (
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
 )
 
-func (s *Service) createKeyChangesConsumer(ctx context.Context) (jetstream.Consumer, error) {
-	cons, err := s.js.OrderedConsumer(ctx, bus.KeyChangesStream, jetstream.OrderedConsumerConfig{
+func createKeyChangesConsumer(ctx context.Context, js jetstream.JetStream) (jetstream.Consumer, error) {
+	cons, err := js.OrderedConsumer(ctx, bus.KeyChangesStream, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverNewPolicy,
 	})
 	if err != nil {
@@ -32,18 +32,18 @@ func (s *Service) createKeyChangesConsumer(ctx context.Context) (jetstream.Consu
 	return cons, nil
 }
 
-// consumeKeyChanges wakes /sync waiters until ctx ends.
-func (s *Service) consumeKeyChanges(ctx context.Context) error {
-	cc, err := s.keyChangesConsumer.Consume(func(m jetstream.Msg) {
+// consume wakes /sync waiters until ctx ends.
+func (k *keyBridge) consume(ctx context.Context) error {
+	cc, err := k.consumer.Consume(func(m jetstream.Msg) {
 		var c keyserverv1.KeyChange
 		if err := proto.Unmarshal(m.Data(), &c); err != nil {
-			s.log.Error("dropping undecodable key change", zap.String("subject", m.Subject()), zap.Error(err))
+			k.log.Error("dropping undecodable key change", zap.String("subject", m.Subject()), zap.Error(err))
 			return
 		}
-		s.wakeForKeyChange(c.GetUserId())
+		k.wake(c.GetUserId())
 	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 		if ctx.Err() == nil {
-			s.log.Warn("key change consumer", zap.Error(err))
+			k.log.Warn("key change consumer", zap.Error(err))
 		}
 	}))
 	if err != nil {
@@ -54,12 +54,12 @@ func (s *Service) consumeKeyChanges(ctx context.Context) error {
 	return nil
 }
 
-// wakeForKeyChange wakes the long polls of userID and of everyone sharing
-// a room with them, on this replica.
-func (s *Service) wakeForKeyChange(userID string) {
-	users := s.notifier.sharers(userID)
+// wake wakes the long polls of userID and of everyone sharing a room with
+// them, on this replica.
+func (k *keyBridge) wake(userID string) {
+	users := k.notifier.sharers(userID)
 	users[userID] = struct{}{}
 	for u := range users {
-		s.notifier.wake(u)
+		k.notifier.wake(u)
 	}
 }

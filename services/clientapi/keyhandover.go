@@ -35,26 +35,26 @@ const importTimeout = 10 * time.Minute
 // key-server, or when there is no key-server.
 func (s *Service) needKeys(h handlerFunc) handlerFunc {
 	return func(r *http.Request, dev *device) (any, error) {
-		if s.e2e == nil || !s.keysReady.Load() {
+		if !s.keys.available() {
 			return nil, unknownError(http.StatusServiceUnavailable, "End-to-end keys are not available yet")
 		}
 		return h(r, dev)
 	}
 }
 
-// handOverKeys retries the hand-over until it is done or ctx ends.
-func (s *Service) handOverKeys(ctx context.Context) {
+// handOver retries the hand-over until it is done or ctx ends.
+func (k *keyBridge) handOver(ctx context.Context) {
 	wait := time.Second
-	for !s.keysReady.Load() {
-		err := s.handOverOnce(ctx)
+	for !k.ready.Load() {
+		err := k.handOverOnce(ctx)
 		if err == nil {
-			s.keysReady.Store(true)
+			k.ready.Store(true)
 			return
 		}
 		if ctx.Err() != nil {
 			return
 		}
-		s.log.Warn("handing the end-to-end keys over to the key-server failed; retrying", zap.Error(err), zap.Duration("in", wait))
+		k.log.Warn("handing the end-to-end keys over to the key-server failed; retrying", zap.Error(err), zap.Duration("in", wait))
 		select {
 		case <-ctx.Done():
 			return
@@ -66,13 +66,13 @@ func (s *Service) handOverKeys(ctx context.Context) {
 
 // handOverOnce streams the old tables' rows to the key-server and drops
 // the tables once it has committed them.
-func (s *Service) handOverOnce(ctx context.Context) error {
-	if s.e2e == nil {
+func (k *keyBridge) handOverOnce(ctx context.Context) error {
+	if k.e2e == nil {
 		return errors.New("no key-server configured")
 	}
 	// The key-server must answer before the hand-over's transaction
 	// starts: a stream waits for it without a deadline.
-	if _, err := s.e2e.KeyChanges(ctx, &keyserverv1.KeyChangesRequest{}); err != nil {
+	if _, err := k.e2e.KeyChanges(ctx, &keyserverv1.KeyChangesRequest{}); err != nil {
 		return fmt.Errorf("key-server: %w", err)
 	}
 	var stream keyserverv1.E2EKeyService_ImportKeysClient
@@ -83,7 +83,7 @@ func (s *Service) handOverOnce(ctx context.Context) error {
 	send := func(b store.KeyExport) error {
 		if stream == nil {
 			var err error
-			if stream, err = s.e2e.ImportKeys(streamCtx); err != nil {
+			if stream, err = k.e2e.ImportKeys(streamCtx); err != nil {
 				return err
 			}
 		}
@@ -103,17 +103,17 @@ func (s *Service) handOverOnce(ctx context.Context) error {
 		resp, err = stream.CloseAndRecv()
 		return err
 	}
-	found, rows, err := s.store.HandOverKeys(ctx, send, commit)
+	found, rows, err := k.store.HandOverKeys(ctx, send, commit)
 	if err != nil {
 		return fmt.Errorf("hand over: %w", err)
 	}
 	switch {
 	case resp != nil && resp.GetAlreadyImported():
-		s.log.Info("end-to-end keys were in the key-server already; old tables dropped")
+		k.log.Info("end-to-end keys were in the key-server already; old tables dropped")
 	case resp != nil:
-		s.log.Info("end-to-end keys handed over to the key-server; old tables dropped", zap.Int("rows", rows), zap.Int64("stored", resp.GetRows()))
+		k.log.Info("end-to-end keys handed over to the key-server; old tables dropped", zap.Int("rows", rows), zap.Int64("stored", resp.GetRows()))
 	case found:
-		s.log.Info("old end-to-end key tables were empty; dropped")
+		k.log.Info("old end-to-end key tables were empty; dropped")
 	}
 	return nil
 }
@@ -147,4 +147,29 @@ func exportToProto(b store.KeyExport) *keyserverv1.ImportKeysRequest {
 			IsVerified: k.IsVerified, SessionData: k.SessionData}})
 	}
 	return req
+}
+
+// errKeysToImport: the old key tables hold rows.
+var errKeysToImport = errors.New("old key tables hold rows")
+
+// dropEmptyTables marks the keys ready when the old key tables are gone,
+// or drops them when they are empty (a fresh database); otherwise Run
+// hands them over (handOver).
+func (k *keyBridge) dropEmptyTables(ctx context.Context) error {
+	exists, err := k.store.OldKeyTablesExist(ctx)
+	if err != nil {
+		return err
+	}
+	if exists {
+		_, _, err = k.store.HandOverKeys(ctx, func(store.KeyExport) error { return errKeysToImport }, func() error { return nil })
+		if errors.Is(err, errKeysToImport) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("drop the old key tables: %w", err)
+		}
+		k.log.Info("old end-to-end key tables were empty; dropped")
+	}
+	k.ready.Store(true)
+	return nil
 }

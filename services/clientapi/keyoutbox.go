@@ -6,7 +6,7 @@ package clientapi
 // the queue to the key-server (DevicesDeleted, DeviceRenamed) before it
 // answers, so the device's keys are gone when the client hears back. A
 // change the key-server did not take (it is down, or this replica
-// stopped) stays queued and is sent again by sendKeyServerOpsLoop. Both
+// stopped) stays queued and is sent again by keyBridge.retryLoop. Both
 // calls are idempotent, and each user's queue goes out in order, so a
 // rename and a deletion of one device arrive as they happened. Nothing is
 // sent before the old key tables are handed over (keyhandover.go), so the
@@ -31,56 +31,56 @@ const keyOutboxInterval = 5 * time.Second
 // takes over.
 const keyOutboxRequestTimeout = 3 * time.Second
 
-// sendKeyServerOps sends a user's queued device changes to the key-server,
+// sendForRequest sends a user's queued device changes to the key-server,
 // for a request that changed a device (which waits at most
 // keyOutboxRequestTimeout, also when its client hung up). A failure is
-// logged and left to sendKeyServerOpsLoop: the device change itself is
+// logged and left to keyBridge.retryLoop: the device change itself is
 // done.
-func (s *Service) sendKeyServerOps(ctx context.Context, userID string) {
+func (k *keyBridge) sendForRequest(ctx context.Context, userID string) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), keyOutboxRequestTimeout)
 	defer cancel()
-	s.sendQueuedKeyServerOps(ctx, userID)
+	k.sendQueued(ctx, userID)
 }
 
-// sendQueuedKeyServerOps sends a user's queued device changes.
-func (s *Service) sendQueuedKeyServerOps(ctx context.Context, userID string) {
-	if s.e2e == nil || !s.keysReady.Load() {
+// sendQueued sends a user's queued device changes.
+func (k *keyBridge) sendQueued(ctx context.Context, userID string) {
+	if !k.available() {
 		return
 	}
-	if err := s.store.SendKeyServerOps(ctx, userID, func(op store.KeyServerOp) error { return s.sendKeyServerOp(ctx, op) }); err != nil && ctx.Err() == nil {
-		s.log.Warn("device change not sent to the key-server yet; retrying later", logging.UserID(userID), zap.Error(err))
+	if err := k.store.SendKeyServerOps(ctx, userID, func(op store.KeyServerOp) error { return k.send(ctx, op) }); err != nil && ctx.Err() == nil {
+		k.log.Warn("device change not sent to the key-server yet; retrying later", logging.UserID(userID), zap.Error(err))
 	}
 }
 
-func (s *Service) sendKeyServerOp(ctx context.Context, op store.KeyServerOp) error {
+// send sends one queued device change.
+func (k *keyBridge) send(ctx context.Context, op store.KeyServerOp) error {
 	if op.Delete {
-		_, err := s.e2e.DevicesDeleted(ctx, &keyserverv1.DevicesDeletedRequest{UserId: op.UserID, DeviceIds: op.DeviceIDs})
+		_, err := k.e2e.DevicesDeleted(ctx, &keyserverv1.DevicesDeletedRequest{UserId: op.UserID, DeviceIds: op.DeviceIDs})
 		return err
 	}
 	req := &keyserverv1.DeviceRenamedRequest{UserId: op.UserID, DeviceId: op.DeviceIDs[0]}
 	if op.DisplayName != nil {
 		req.DisplayName = *op.DisplayName
 	}
-	_, err := s.e2e.DeviceRenamed(ctx, req)
+	_, err := k.e2e.DeviceRenamed(ctx, req)
 	return err
 }
 
-// sendKeyServerOpsLoop sends what earlier requests could not, until ctx
-// ends.
-func (s *Service) sendKeyServerOpsLoop(ctx context.Context) error {
-	if s.e2e == nil {
+// retryLoop sends what earlier requests could not, until ctx ends.
+func (k *keyBridge) retryLoop(ctx context.Context) error {
+	if k.e2e == nil {
 		return nil
 	}
 	t := time.NewTicker(keyOutboxInterval)
 	defer t.Stop()
 	for {
-		if s.keysReady.Load() {
-			users, err := s.store.KeyServerUsers(ctx)
+		if k.ready.Load() {
+			users, err := k.store.KeyServerUsers(ctx)
 			if err != nil && ctx.Err() == nil {
-				s.log.Warn("read queued device changes", zap.Error(err))
+				k.log.Warn("read queued device changes", zap.Error(err))
 			}
 			for _, u := range users {
-				s.sendQueuedKeyServerOps(ctx, u)
+				k.sendQueued(ctx, u)
 			}
 		}
 		select {

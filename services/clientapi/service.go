@@ -7,9 +7,7 @@ package clientapi
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -47,20 +45,17 @@ type Service struct {
 	store      *store.Store
 	rooms      roomserverv1.RoomServiceClient
 	e2e        keyserverv1.E2EKeyServiceClient
-	// keysReady: the old key tables are handed over to the key-server
-	// (keyhandover.go).
-	keysReady atomic.Bool
-	js        jetstream.JetStream
-	limiter   *rateLimiter
-	notifier  *notifier
+	// keys is the client-API's side of the key-server (keybridge.go).
+	keys     *keyBridge
+	js       jetstream.JetStream
+	limiter  *rateLimiter
+	notifier *notifier
 	// lazy remembers the members /sync sent each device (sync_lazy.go).
 	lazy     *lazyCache
 	consumer jetstream.Consumer
 	presence presencev1.PresenceServiceClient
 	// ephemeralConsumer wakes /sync on presence service changes.
 	ephemeralConsumer jetstream.Consumer
-	// keyChangesConsumer wakes /sync on key changes (keychanges_consumer.go).
-	keyChangesConsumer jetstream.Consumer
 	// wakeBus carries wake-ups between client-API replicas (notifier_bus.go).
 	wakeBus *wakeBus
 	// receiptsConsumer copies read receipts for unread counts (push).
@@ -104,10 +99,6 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		lazy:       newLazyCache(),
 		now:        time.Now,
 	}
-	if err := s.dropEmptyKeyTables(ctx); err != nil {
-		st.Close()
-		return nil, err
-	}
 	members, err := st.JoinedMembers(ctx)
 	if err != nil {
 		st.Close()
@@ -124,7 +115,13 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		st.Close()
 		return nil, err
 	}
-	if s.keyChangesConsumer, err = s.createKeyChangesConsumer(ctx); err != nil {
+	s.keys = &keyBridge{e2e: deps.E2EKeys, store: st, log: deps.Logger, notifier: s.notifier}
+	if err := s.keys.dropEmptyTables(ctx); err != nil {
+		s.wakeBus.stop()
+		st.Close()
+		return nil, err
+	}
+	if s.keys.consumer, err = createKeyChangesConsumer(ctx, s.js); err != nil {
 		s.wakeBus.stop()
 		st.Close()
 		return nil, err
@@ -154,12 +151,12 @@ func (s *Service) Run(ctx context.Context) error {
 	defer s.notifier.close()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.consume(gctx) })
-	g.Go(func() error { return s.consumeKeyChanges(gctx) })
+	g.Go(func() error { return s.keys.consume(gctx) })
 	g.Go(func() error {
-		s.handOverKeys(gctx)
+		s.keys.handOver(gctx)
 		return nil
 	})
-	g.Go(func() error { return s.sendKeyServerOpsLoop(gctx) })
+	g.Go(func() error { return s.keys.retryLoop(gctx) })
 	if s.ephemeralConsumer != nil {
 		g.Go(func() error { return s.consumeEphemeral(gctx) })
 	}
@@ -172,33 +169,9 @@ func (s *Service) Ready(ctx context.Context) error {
 	if err := s.store.Ping(ctx); err != nil {
 		return fmt.Errorf("database: %w", err)
 	}
-	if !s.keysReady.Load() {
+	if !s.keys.ready.Load() {
 		return ErrKeysNotHandedOver
 	}
-	return nil
-}
-
-// errKeysToImport: the old key tables hold rows for the key-server.
-var errKeysToImport = errors.New("old key tables hold rows")
-
-// dropEmptyKeyTables marks the keys ready when the old key tables are
-// gone, or drops them when they are empty (a fresh database); otherwise
-// Run hands them over (keyhandover.go).
-func (s *Service) dropEmptyKeyTables(ctx context.Context) error {
-	exists, err := s.store.OldKeyTablesExist(ctx)
-	if err != nil {
-		return err
-	}
-	if exists {
-		_, _, err = s.store.HandOverKeys(ctx, func(store.KeyExport) error { return errKeysToImport }, func() error { return nil })
-		if errors.Is(err, errKeysToImport) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("drop the old key tables: %w", err)
-		}
-	}
-	s.keysReady.Store(true)
 	return nil
 }
 

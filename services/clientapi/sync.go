@@ -153,7 +153,7 @@ func (s *Service) sync(r *http.Request, dev *device) (any, error) {
 	deadline := time.Now().Add(timeout)
 	for {
 		woken := s.notifier.wakeCount(dev.UserID)
-		keys := s.startSyncKeys(ctx, dev, opts.since)
+		keys := s.keys.startSync(ctx, dev, opts.since)
 		resp, d, err := s.buildSync(ctx, dev, opts)
 		<-active
 		if err != nil {
