@@ -259,6 +259,10 @@ func TestKeyChangesArePublished(t *testing.T) {
 		deleted.GetDeviceDisplayName() != "laptop" || !slices.Equal(deleted.GetPrevPositions(), []int64{renamed.GetPosition()}) {
 		t.Errorf("deletion: %v", deleted)
 	}
+	// A rename is published but is no key change for clients.
+	if ch, err := ks.KeyChanges(ctx, &keyserverv1.KeyChangesRequest{After: second.GetPosition(), Upto: renamed.GetPosition()}); err != nil || len(ch.GetUserIds()) != 0 {
+		t.Errorf("key changes over the rename: %v, %v", ch, err)
+	}
 	// SyncKeys' position is the last change's, and the range lists alice.
 	st, err := ks.SyncKeys(ctx, &keyserverv1.SyncKeysRequest{UserId: alice, DeviceId: "DEV", After: first.GetPosition() - 1, WithChanges: true})
 	if err != nil {

@@ -124,7 +124,7 @@ func (p *publisher) publish(ctx context.Context, c store.ChangeRow) error {
 func keyChangeMessage(c store.ChangeRow) *keyserverv1.KeyChange {
 	m := &keyserverv1.KeyChange{UserId: c.UserID, Position: c.Pos}
 	switch c.Kind {
-	case store.KindDevice:
+	case store.KindDevice, store.KindDeviceName:
 		m.Kind = keyserverv1.KeyChangeKind_KEY_CHANGE_KIND_DEVICE
 		m.DeviceId, m.DeviceDisplayName, m.Deleted, m.DeviceKeys = c.DeviceID, c.DisplayName, c.Deleted, c.DeviceKeys
 		if c.PrevPos > 0 {

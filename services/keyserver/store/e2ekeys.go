@@ -26,10 +26,20 @@ var ErrKeyConflict = errors.New("one-time key already uploaded with other conten
 
 // Change kinds (device_list_changes.kind).
 const (
-	KindDevice      = "device"
+	// KindDevice: a device's identity keys changed, or it was deleted.
+	KindDevice = "device"
+	// KindDeviceName: only a device's display name changed. Published
+	// like a device change (federation's m.device_list_update carries the
+	// name), but not reported to clients, whose device_lists name users
+	// whose keys changed.
+	KindDeviceName = "device_name"
+	// KindSigningKeys: cross-signing keys or their signatures changed.
 	KindSigningKeys = "signing_keys"
-	kindImported    = "imported"
 )
+
+// clientVisible is the SQL condition on a device_list_changes row (alias
+// c) for changes clients are told of.
+const clientVisible = `c.kind <> 'device_name'`
 
 // Cross-signing key types.
 const (
@@ -46,14 +56,15 @@ const (
 const deviceListLock = `SELECT pg_advisory_xact_lock(hashtext('myelin.keyserver.device_list_pos'))`
 
 // deviceChange is a device's state for its change row: keys nil (and
-// deleted) when the device is gone.
+// deleted) when the device is gone; nameOnly when only its name changed.
 type deviceChange struct {
 	deviceID, name string
 	keys           []byte
 	deleted        bool
+	nameOnly       bool
 }
 
-// logDeviceChanges appends one 'device' change per entry, each naming the
+// logDeviceChanges appends one device change per entry, each naming the
 // user's previous device change. Caller holds a transaction and calls it
 // last.
 func logDeviceChanges(ctx context.Context, tx pgx.Tx, userID string, changes ...deviceChange) error {
@@ -64,9 +75,13 @@ func logDeviceChanges(ctx context.Context, tx pgx.Tx, userID string, changes ...
 		return err
 	}
 	for _, c := range changes {
+		kind := KindDevice
+		if c.nameOnly {
+			kind = KindDeviceName
+		}
 		if _, err := tx.Exec(ctx, `INSERT INTO device_list_changes (user_id, kind, device_id, display_name, deleted, device_keys, prev_pos)
-			SELECT $1, 'device', $2, $3, $4, $5, (SELECT max(pos) FROM device_list_changes WHERE user_id = $1 AND kind = 'device')`,
-			userID, c.deviceID, c.name, c.deleted, c.keys); err != nil {
+			SELECT $1, $6, $2, $3, $4, $5, (SELECT max(pos) FROM device_list_changes WHERE user_id = $1 AND kind IN ('device', 'device_name'))`,
+			userID, c.deviceID, c.name, c.deleted, c.keys, kind); err != nil {
 			return err
 		}
 	}
@@ -255,7 +270,7 @@ const latestPositionSQL = `SELECT COALESCE(MAX(pos), 0) FROM device_list_changes
 // SyncKeys reads, in one round trip, the device's one-time key counts and
 // unused fallback algorithms, the latest device list position, and
 // (withChanges) the users whose device lists changed after `after` up to
-// it.
+// it (renames left out).
 func (s *Store) SyncKeys(ctx context.Context, userID, deviceID string, after int64, withChanges bool) (SyncKeyState, error) {
 	st := SyncKeyState{Counts: map[string]int64{}, UnusedFallback: []string{}}
 	b := &pgx.Batch{}
@@ -274,7 +289,7 @@ func (s *Store) SyncKeys(ctx context.Context, userID, deviceID string, after int
 	if withChanges {
 		b.Queue(`WITH m AS (SELECT COALESCE(MAX(pos), 0) AS p FROM device_list_changes)
 			SELECT m.p, COALESCE(array_agg(DISTINCT c.user_id) FILTER (WHERE c.user_id IS NOT NULL), '{}')
-			FROM m LEFT JOIN device_list_changes c ON c.pos > $1 AND c.pos <= m.p GROUP BY m.p`, after).
+			FROM m LEFT JOIN device_list_changes c ON c.pos > $1 AND c.pos <= m.p AND `+clientVisible+` GROUP BY m.p`, after).
 			QueryRow(func(row pgx.Row) error { return row.Scan(&st.Position, &st.Changed) })
 	} else { // an initial sync needs the position only
 		b.Queue(latestPositionSQL).QueryRow(func(row pgx.Row) error { return row.Scan(&st.Position) })
@@ -286,9 +301,10 @@ func (s *Store) SyncKeys(ctx context.Context, userID, deviceID string, after int
 }
 
 // KeyChangesBetween returns the users whose device lists changed after
-// `after` up to `upto`.
+// `after` up to `upto` (renames left out).
 func (s *Store) KeyChangesBetween(ctx context.Context, after, upto int64) ([]string, error) {
-	rows, err := s.db.Query(ctx, `SELECT DISTINCT user_id FROM device_list_changes WHERE pos > $1 AND pos <= $2 ORDER BY user_id`, after, upto)
+	rows, err := s.db.Query(ctx, `SELECT DISTINCT c.user_id FROM device_list_changes c WHERE c.pos > $1 AND c.pos <= $2 AND `+clientVisible+`
+		ORDER BY c.user_id`, after, upto)
 	if err != nil {
 		return nil, err
 	}
@@ -603,7 +619,7 @@ func (s *Store) DeleteDevices(ctx context.Context, userID string, deviceIDs []st
 }
 
 // RenameDevice records a device's display name and, when the name changed
-// and the device has identity keys, logs a 'device' change.
+// and the device has identity keys, logs a 'device_name' change.
 func (s *Store) RenameDevice(ctx context.Context, userID, deviceID, name string) (bool, error) {
 	changed := false
 	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
@@ -622,7 +638,7 @@ func (s *Store) RenameDevice(ctx context.Context, userID, deviceID, name string)
 			return err
 		}
 		changed = true
-		return logDeviceChanges(ctx, tx, userID, deviceChange{deviceID: deviceID, name: name, keys: keys})
+		return logDeviceChanges(ctx, tx, userID, deviceChange{deviceID: deviceID, name: name, keys: keys, nameOnly: true})
 	})
 	return changed, err
 }

@@ -10,7 +10,7 @@ import (
 type ChangeRow struct {
 	Pos      int64
 	UserID   string
-	Kind     string // KindDevice, KindSigningKeys, or an imported change (not published)
+	Kind     string // KindDevice, KindDeviceName, KindSigningKeys, or an imported change (not published)
 	DeviceID string
 	// DisplayName, DeviceKeys (nil when Deleted) for device changes.
 	DisplayName string
@@ -24,7 +24,9 @@ type ChangeRow struct {
 
 // Publishable reports whether the row is sent on JetStream (imported
 // changes carry nothing to send).
-func (c ChangeRow) Publishable() bool { return c.Kind == KindDevice || c.Kind == KindSigningKeys }
+func (c ChangeRow) Publishable() bool {
+	return c.Kind == KindDevice || c.Kind == KindDeviceName || c.Kind == KindSigningKeys
+}
 
 // PublishedUpTo is the position up to which every change is on JetStream.
 func (s *Store) PublishedUpTo(ctx context.Context) (int64, error) {

@@ -54,15 +54,17 @@ CREATE TABLE cross_signing_keys (
     PRIMARY KEY (user_id, key_type)
 );
 
--- kind: 'device' (a device's identity keys or name changed, or it was
--- deleted), 'signing_keys' (cross-signing keys or their signatures), or
--- 'imported' (a change taken over from the client-API: user only, never
--- published). The other columns are what the change's KeyChange message
--- carries: the device, its name and keys (NULL and deleted when it was
--- deleted), the user's master and self-signing keys, and prev_pos, the
--- user's previous 'device' change. Positions commit in order (an advisory
--- lock is held from nextval to COMMIT), so the publisher needs only a
--- position watermark.
+-- kind: 'device' (a device's identity keys changed, or it was deleted),
+-- 'device_name' (only its display name changed: published, but not
+-- reported to clients), 'signing_keys' (cross-signing keys or their
+-- signatures), or 'imported' (a change taken over from the client-API:
+-- user only, never published). The other columns are what the change's
+-- KeyChange message carries: the device, its name and keys (NULL and
+-- deleted when it was deleted), the user's master and self-signing keys,
+-- and prev_pos, the user's previous device change ('device' or
+-- 'device_name'). Positions commit in order (an advisory lock is held
+-- from nextval to COMMIT), so the publisher needs only a position
+-- watermark.
 CREATE TABLE device_list_changes (
     pos              BIGINT PRIMARY KEY DEFAULT nextval('device_list_pos'),
     user_id          TEXT NOT NULL,
