@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/myelin-chat/myelin/pkg/logging"
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
@@ -52,17 +54,27 @@ func (k *keyBridge) sendQueued(ctx context.Context, userID string) {
 	}
 }
 
-// send sends one queued device change.
+// send sends one queued device change. One the key-server refuses as
+// malformed is dropped (logged): sending it again would not help, and it
+// would hold up the user's later changes.
 func (k *keyBridge) send(ctx context.Context, op store.KeyServerOp) error {
+	var err error
 	if op.Delete {
-		_, err := k.e2e.DevicesDeleted(ctx, &keyserverv1.DevicesDeletedRequest{UserId: op.UserID, DeviceIds: op.DeviceIDs})
-		return err
+		_, err = k.e2e.DevicesDeleted(ctx, &keyserverv1.DevicesDeletedRequest{UserId: op.UserID, DeviceIds: op.DeviceIDs})
+	} else {
+		req := &keyserverv1.DeviceRenamedRequest{UserId: op.UserID}
+		if len(op.DeviceIDs) > 0 {
+			req.DeviceId = op.DeviceIDs[0]
+		}
+		if op.DisplayName != nil {
+			req.DisplayName = *op.DisplayName
+		}
+		_, err = k.e2e.DeviceRenamed(ctx, req)
 	}
-	req := &keyserverv1.DeviceRenamedRequest{UserId: op.UserID, DeviceId: op.DeviceIDs[0]}
-	if op.DisplayName != nil {
-		req.DisplayName = *op.DisplayName
+	if status.Code(err) == codes.InvalidArgument {
+		k.log.Error("the key-server refused a device change; dropped", logging.UserID(op.UserID), zap.Strings("devices", op.DeviceIDs), zap.Error(err))
+		return nil
 	}
-	_, err := k.e2e.DeviceRenamed(ctx, req)
 	return err
 }
 
