@@ -105,6 +105,7 @@ func startKeyServer(ctx context.Context, p *process) (service, error) {
 		ServerName:  p.cfg.ServerName,
 		DatabaseURL: p.cfg.databaseURL(p.cfg.KeyServer.DatabaseURL),
 		Federation:  p.fedTransport,
+		JetStream:   p.js,
 	})
 }
 
@@ -142,6 +143,7 @@ func startClientAPI(ctx context.Context, p *process) (service, error) {
 		DatabaseURL: p.cfg.databaseURL(p.cfg.ClientAPI.DatabaseURL),
 		JetStream:   p.js,
 		KeyServer:   keyserverv1.NewKeyServiceClient(ks),
+		E2EKeys:     keyserverv1.NewE2EKeyServiceClient(ks),
 		RoomServer:  roomserverv1.NewRoomServiceClient(rs),
 		Presence:    presencev1.NewPresenceServiceClient(ps),
 	})

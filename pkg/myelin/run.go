@@ -303,7 +303,7 @@ func (p *process) needsDatabase() bool {
 
 func (p *process) needsNATS() bool {
 	return slices.Contains(p.targets, TargetRoomServer) || slices.Contains(p.targets, TargetClientAPI) ||
-		slices.Contains(p.targets, TargetPresence)
+		slices.Contains(p.targets, TargetPresence) || slices.Contains(p.targets, TargetKeyServer)
 }
 
 // dial returns the gRPC connection to a service: the configured address, or,

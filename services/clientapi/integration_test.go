@@ -68,7 +68,7 @@ func startReplicas(t *testing.T, cfg clientapi.Config, n int) []string {
 	t.Cleanup(func() { _ = conn.Close() })
 	ksClient := keyserverv1.NewKeyServiceClient(conn)
 
-	ks, err := keyserver.New(ctx, keyserver.DefaultConfig(), keyserver.Deps{Logger: log, ServerName: serverName, DatabaseURL: db})
+	ks, err := keyserver.New(ctx, keyserver.DefaultConfig(), keyserver.Deps{Logger: log, ServerName: serverName, DatabaseURL: db, JetStream: js})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,13 +83,13 @@ func startReplicas(t *testing.T, cfg clientapi.Config, n int) []string {
 	g := rpc.NewServer(log)
 	ks.RegisterGRPC(g)
 	rs.RegisterGRPC(g)
-	runs := []func(context.Context) error{rs.Run}
+	runs := []func(context.Context) error{rs.Run, ks.Run}
 	var urls []string
 	var closers []func()
 	for range n {
 		ca, err := clientapi.New(ctx, cfg, clientapi.Deps{
 			Logger: log, ServerName: serverName, DatabaseURL: db, JetStream: js,
-			KeyServer: ksClient, RoomServer: roomserverv1.NewRoomServiceClient(conn),
+			KeyServer: ksClient, E2EKeys: keyserverv1.NewE2EKeyServiceClient(conn), RoomServer: roomserverv1.NewRoomServiceClient(conn),
 		})
 		if err != nil {
 			t.Fatal(err)

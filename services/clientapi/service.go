@@ -28,7 +28,10 @@ type Deps struct {
 	DatabaseURL string
 	JetStream   jetstream.JetStream
 	KeyServer   keyserverv1.KeyServiceClient
-	RoomServer  roomserverv1.RoomServiceClient
+	// E2EKeys holds users' end-to-end keys and key backups. Nil leaves the
+	// key endpoints unavailable (503) and /sync without key data.
+	E2EKeys    keyserverv1.E2EKeyServiceClient
+	RoomServer roomserverv1.RoomServiceClient
 	// Presence serves typing, receipts and presence. Nil leaves those
 	// endpoints unavailable and /sync without ephemeral data.
 	Presence presencev1.PresenceServiceClient
@@ -41,9 +44,12 @@ type Service struct {
 	serverName string
 	store      *store.Store
 	rooms      roomserverv1.RoomServiceClient
-	js         jetstream.JetStream
-	limiter    *rateLimiter
-	notifier   *notifier
+	e2e        keyserverv1.E2EKeyServiceClient
+	// keys is the client-API's side of the key-server (keybridge.go).
+	keys     *keyBridge
+	js       jetstream.JetStream
+	limiter  *rateLimiter
+	notifier *notifier
 	// lazy remembers the members /sync sent each device (sync_lazy.go).
 	lazy     *lazyCache
 	consumer jetstream.Consumer
@@ -86,6 +92,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		serverName: deps.ServerName,
 		store:      st,
 		rooms:      deps.RoomServer,
+		e2e:        deps.E2EKeys,
 		presence:   deps.Presence,
 		js:         deps.JetStream,
 		limiter:    newRateLimiter(cfg.RateLimit, time.Now),
@@ -104,6 +111,17 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	}
 	s.pushers = newPushDispatcher(s)
 	if s.consumer, err = s.createConsumer(ctx); err != nil {
+		s.wakeBus.stop()
+		st.Close()
+		return nil, err
+	}
+	s.keys = &keyBridge{e2e: deps.E2EKeys, store: st, log: deps.Logger, notifier: s.notifier}
+	if err := s.keys.dropEmptyTables(ctx); err != nil {
+		s.wakeBus.stop()
+		st.Close()
+		return nil, err
+	}
+	if s.keys.consumer, err = createKeyChangesConsumer(ctx, s.js); err != nil {
 		s.wakeBus.stop()
 		st.Close()
 		return nil, err
@@ -133,16 +151,26 @@ func (s *Service) Run(ctx context.Context) error {
 	defer s.notifier.close()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.consume(gctx) })
+	g.Go(func() error { return s.keys.consume(gctx) })
+	g.Go(func() error {
+		s.keys.handOver(gctx)
+		return nil
+	})
+	g.Go(func() error { return s.keys.retryLoop(gctx) })
 	if s.ephemeralConsumer != nil {
 		g.Go(func() error { return s.consumeEphemeral(gctx) })
 	}
 	return g.Wait()
 }
 
-// Ready reports whether the service can serve: its database answers.
+// Ready reports whether the service can serve: its database answers and
+// the end-to-end keys are in the key-server.
 func (s *Service) Ready(ctx context.Context) error {
 	if err := s.store.Ping(ctx); err != nil {
 		return fmt.Errorf("database: %w", err)
+	}
+	if !s.keys.ready.Load() {
+		return ErrKeysNotHandedOver
 	}
 	return nil
 }

@@ -210,7 +210,8 @@ func Check(procs []Process, endpoints []Endpoint) []error {
 		if runsService && p.Settings["database.url"] == "" {
 			fail("database.url is not set: the process would start its own local PostgreSQL")
 		}
-		if (slices.Contains(ts, TargetRoomServer) || slices.Contains(ts, TargetClientAPI) || slices.Contains(ts, TargetPresence)) && p.Settings["nats.url"] == "" {
+		if (slices.Contains(ts, TargetRoomServer) || slices.Contains(ts, TargetClientAPI) || slices.Contains(ts, TargetPresence) ||
+			slices.Contains(ts, TargetKeyServer)) && p.Settings["nats.url"] == "" {
 			fail("nats.url is not set: the process would start its own embedded NATS")
 		}
 		if f := p.Settings["logging.format"]; f != "" && f != "json" && f != "console" {

@@ -57,6 +57,10 @@ func TestCheck(t *testing.T) {
 			delete(p[2].Settings, "services.room_server.grpc")
 			return e
 		}, want: []string{"ca: services.room_server.grpc is not set"}},
+		{name: "key-server without NATS (it publishes key changes)", change: func(p []Process, e []Endpoint) []Endpoint {
+			delete(p[0].Settings, "nats.url")
+			return e
+		}, want: []string{"ks: nats.url is not set"}},
 		{name: "wrong port", change: func(p []Process, e []Endpoint) []Endpoint {
 			p[1].Settings["services.key_server.grpc"] = "key-server:9001"
 			return e
