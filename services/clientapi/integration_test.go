@@ -345,3 +345,13 @@ func TestFullStackWithMautrix(t *testing.T) {
 		})
 	}
 }
+
+// wantMatrixError checks that err is a Matrix error with this errcode and
+// HTTP status.
+func wantMatrixError(t *testing.T, what string, err error, status int, errcode string) {
+	t.Helper()
+	var he mautrix.HTTPError
+	if !errors.As(err, &he) || he.Response == nil || he.Response.StatusCode != status || he.RespError == nil || he.RespError.ErrCode != errcode {
+		t.Errorf("%s: got %v, want %d %s", what, err, status, errcode)
+	}
+}
