@@ -116,11 +116,16 @@ func (s *S3) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 	return obj, nil
 }
 
-// Delete implements Backend.
+// Delete implements Backend. It also aborts a multipart upload of the key
+// that a process which died mid-upload left behind (keys are never reused,
+// so no live upload has it).
 func (s *S3) Delete(ctx context.Context, key string) error {
 	name, err := s.name(key)
 	if err != nil {
 		return err
+	}
+	if err := s.client.RemoveIncompleteUpload(ctx, s.opts.Bucket, name); err != nil && !errors.Is(s.mapErr(err), ErrNotFound) {
+		return fmt.Errorf("storage: s3 abort upload: %w", err)
 	}
 	if err := s.client.RemoveObject(ctx, s.opts.Bucket, name, minio.RemoveObjectOptions{}); err != nil {
 		if errors.Is(s.mapErr(err), ErrNotFound) {

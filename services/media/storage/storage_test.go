@@ -23,11 +23,18 @@ import (
 // away mid-upload).
 var errClientGone = errors.New("client went away")
 
-// failingReader yields n bytes, then fails.
-type failingReader struct{ n int }
+// failingReader yields n bytes, then fails (calling cancel first, if
+// set, as a request's context ends when its client hangs up).
+type failingReader struct {
+	n      int
+	cancel context.CancelFunc
+}
 
 func (f *failingReader) Read(p []byte) (int, error) {
 	if f.n == 0 {
+		if f.cancel != nil {
+			f.cancel()
+		}
 		return 0, errClientGone
 	}
 	k := min(len(p), f.n)
@@ -89,6 +96,15 @@ func contract(t *testing.T, b storage.Backend, list func() []string) {
 		if !errors.Is(err, errClientGone) {
 			t.Errorf("Put from a failing reader (size %d): %v, want its error", size, err)
 		}
+	}
+	// A client that hangs up: the request's context ends with the read.
+	for _, size := range []int64{-1, 12 << 20} {
+		cctx, cancel := context.WithCancel(ctx)
+		_, err := b.Put(cctx, "content/ef/cancelled.1", noLen{&failingReader{n: 6 << 20, cancel: cancel}}, size)
+		if err == nil {
+			t.Errorf("Put whose context ended (size %d) succeeded", size)
+		}
+		cancel()
 	}
 	if after := list(); strings.Join(after, ",") != strings.Join(before, ",") {
 		t.Errorf("a failed Put left objects: before %v, after %v", before, after)
@@ -211,5 +227,54 @@ func TestS3(t *testing.T) {
 	}
 	if err := nb.Ping(ctx); err == nil {
 		t.Error("Ping of a missing bucket succeeded")
+	}
+}
+
+// A multipart upload that a dead process left incomplete goes with Delete
+// of its key.
+func TestS3DeleteAbortsIncompleteUpload(t *testing.T) {
+	srv := testkit.S3(t)
+	ctx := context.Background()
+	core, err := minio.NewCore(srv.Endpoint, &minio.Options{
+		Creds: credentials.NewStaticV4(srv.AccessKey, srv.SecretKey, ""), Region: srv.Region, BucketLookup: minio.BucketLookupPath,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const bucket = "myelin-media"
+	if err := core.MakeBucket(ctx, bucket, minio.MakeBucketOptions{Region: srv.Region}); err != nil {
+		t.Fatal(err)
+	}
+	uploadID, err := core.NewMultipartUpload(ctx, bucket, "content/ab/dead.1", minio.PutObjectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	part := bytes.Repeat([]byte("x"), 5<<20)
+	if _, err := core.PutObjectPart(ctx, bucket, "content/ab/dead.1", uploadID, 1, bytes.NewReader(part), int64(len(part)), minio.PutObjectPartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	incomplete := func() int {
+		n := 0
+		for u := range core.ListIncompleteUploads(ctx, bucket, "", true) {
+			if u.Err != nil {
+				t.Fatal(u.Err)
+			}
+			n++
+		}
+		return n
+	}
+	if n := incomplete(); n != 1 {
+		t.Fatalf("%d incomplete uploads, want the dead one", n)
+	}
+	b, err := storage.NewS3(storage.S3Options{Endpoint: srv.Endpoint, Insecure: true, Region: srv.Region, Bucket: bucket,
+		AccessKeyID: srv.AccessKey, SecretAccessKey: srv.SecretKey, PathStyle: true, PartSize: 5 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Delete(ctx, "content/ab/dead.1"); err != nil {
+		t.Fatal(err)
+	}
+	if n := incomplete(); n != 0 {
+		t.Errorf("%d incomplete uploads after Delete", n)
 	}
 }
