@@ -2,9 +2,12 @@ package clientapi
 
 // The hand-over of media stored by the client-API before the media service
 // existed (store/media_legacy.go). The media service never reads this
-// schema, so the client-API sends each row through its ImportMedia RPC
-// (the content in chunks), deletes the row once the media service has
-// answered, and drops the old table when it is empty. It runs in the
+// schema, so the client-API sends the rows through its ImportMedia RPC:
+// first every uploaded row's header alone (content_follows), so that the
+// media service knows every file at once and a download waits for the
+// content rather than finding nothing; then each row with its content in
+// chunks, deleting the row once the media service has answered, and
+// finally it drops the old table when it is empty. It runs in the
 // background from the start of Run until the table is gone, and again
 // after any failure (the media service may not be up yet); every replica
 // takes part, each row handed over by one of them at a time.
@@ -58,6 +61,10 @@ func (s *Service) handOverMedia(ctx context.Context) error {
 	}
 	s.log.Info("media hand-over: moving the client-API's stored media to the media service",
 		zap.Int64("files", rows), zap.Int64("bytes", size))
+	if !s.announceLegacyMedia(ctx) {
+		return nil
+	}
+	s.log.Info("media hand-over: the media service knows every file; moving the content")
 	var moved, movedBytes, expired int64
 	backoff := time.Second
 	lastLog := time.Now()
@@ -117,6 +124,64 @@ func (s *Service) handOverMedia(ctx context.Context) error {
 	return nil
 }
 
+// announceLegacyMedia sends every uploaded old row's header with
+// content_follows, page by page, retrying failures; false when ctx ended.
+func (s *Service) announceLegacyMedia(ctx context.Context) bool {
+	after := ""
+	backoff := time.Second
+	for ctx.Err() == nil {
+		page, err := s.store.LegacyUploads(ctx, after, 500)
+		if err == nil && len(page) == 0 {
+			return true
+		}
+		for _, m := range page {
+			if err = s.announceMedia(ctx, m); err != nil {
+				break
+			}
+			after = m.MediaID
+		}
+		if err == nil {
+			backoff = time.Second
+			continue
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		s.log.Warn("media hand-over: announcing a file failed; retrying", zap.Error(err), zap.Duration("backoff", backoff))
+		if !sleepCtx(ctx, backoff) {
+			return false
+		}
+		backoff = min(backoff*2, handoverMaxBackoff)
+	}
+	return false
+}
+
+// announceMedia sends one uploaded old row's header with content_follows.
+func (s *Service) announceMedia(ctx context.Context, m store.LegacyMedia) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	stream, err := s.media.ImportMedia(ctx)
+	if err != nil {
+		return fmt.Errorf("announce %s: %w", m.MediaID, err)
+	}
+	h := legacyHeader(m)
+	h.ContentFollows = true
+	if err := stream.Send(&mediav1.ImportMediaRequest{Part: &mediav1.ImportMediaRequest_Header{Header: h}}); err != nil {
+		return importFailed(stream, m, err)
+	}
+	if _, err := stream.CloseAndRecv(); err != nil {
+		return fmt.Errorf("announce %s: %w", m.MediaID, err)
+	}
+	return nil
+}
+
+func legacyHeader(m store.LegacyMedia) *mediav1.MediaHeader {
+	return &mediav1.MediaHeader{
+		MediaId: m.MediaID, Uploader: m.Uploader, CreatedTs: m.CreatedTS, UploadedTs: m.UploadedTS,
+		UnusedExpiresTs: m.ExpiresTS, ContentType: m.ContentType, UploadName: m.UploadName, Size: m.Size,
+	}
+}
+
 // importMedia sends one old row through ImportMedia: the header, then the
 // content in chunks. It fails unless the media service stored it (or had
 // it already).
@@ -127,11 +192,7 @@ func (s *Service) importMedia(ctx context.Context, m store.LegacyMedia, read sto
 	if err != nil {
 		return fmt.Errorf("import %s: %w", m.MediaID, err)
 	}
-	header := &mediav1.MediaHeader{
-		MediaId: m.MediaID, Uploader: m.Uploader, CreatedTs: m.CreatedTS, UploadedTs: m.UploadedTS,
-		UnusedExpiresTs: m.ExpiresTS, ContentType: m.ContentType, UploadName: m.UploadName, Size: m.Size,
-	}
-	if err := stream.Send(&mediav1.ImportMediaRequest{Part: &mediav1.ImportMediaRequest_Header{Header: header}}); err != nil {
+	if err := stream.Send(&mediav1.ImportMediaRequest{Part: &mediav1.ImportMediaRequest_Header{Header: legacyHeader(m)}}); err != nil {
 		return importFailed(stream, m, err)
 	}
 	if m.UploadedTS != 0 {

@@ -26,7 +26,8 @@ const (
 )
 
 // loadMedia returns an uploaded local media's row, waiting up to
-// timeout_ms for a created one's content (504 M_NOT_YET_UPLOADED after).
+// timeout_ms for a created one's content, or for the content of one being
+// handed over by another service (504 M_NOT_YET_UPLOADED after).
 // Remote media (another server name) needs federation: not found.
 func (s *Service) loadMedia(r *http.Request) (store.Media, error) {
 	id, remote, err := s.mediaParams(r)
@@ -50,7 +51,7 @@ func (s *Service) loadMedia(r *http.Request) (store.Media, error) {
 		} else if err != nil {
 			return store.Media{}, err
 		}
-		if m.Uploaded() {
+		if m.Uploaded() && m.Stored() {
 			return m, nil
 		}
 		if time.Now().After(deadline) {

@@ -58,7 +58,7 @@ func (h *handler) ImportMedia(stream mediav1.MediaService_ImportMediaServer) err
 		}
 		return msg.GetChunk(), nil
 	}}
-	already, err := h.svc.importMedia(stream.Context(), importHeader(header), chunks)
+	already, err := h.svc.importMedia(stream.Context(), importHeader(header), header.GetContentFollows(), chunks)
 	if err != nil {
 		if s, ok := status.FromError(err); ok && s.Code() != codes.Unknown {
 			return err

@@ -13,19 +13,29 @@ import (
 )
 
 // importMedia stores a media item another service held (ImportMedia):
-// the content streams from r to the storage, then the row is stored.
-// already is true when the media ID was stored before; then r is not
-// read at all. Idempotent: a retry after any failure is safe.
-func (s *Service) importMedia(ctx context.Context, m store.Media, r io.Reader) (already bool, err error) {
-	if err := s.checkImport(m); err != nil {
+// the content streams from r to the storage, then the row is stored. A
+// header with content_follows only announces an uploaded item; the call
+// that brings its content completes it. already is true when there was
+// nothing to do; then the content is not read. Idempotent: a retry after any
+// failure is safe.
+func (s *Service) importMedia(ctx context.Context, m store.Media, contentFollows bool, r io.Reader) (already bool, err error) {
+	if err := s.checkImport(m, contentFollows); err != nil {
 		return false, err
 	}
-	if exists, err := s.store.HasMedia(ctx, m.MediaID); err != nil {
+	withContent := m.Uploaded() && !contentFollows
+	if !withContent {
+		if n, _ := r.Read(make([]byte, 1)); n != 0 {
+			return false, fmt.Errorf("%w: %s: content in a call that brings none", ErrBadRequest, m.MediaID)
+		}
+	}
+	exists, awaiting, err := s.store.ImportState(ctx, m.MediaID)
+	if err != nil {
 		return false, err
-	} else if exists {
+	}
+	if exists && (contentFollows || !awaiting) {
 		return true, nil
 	}
-	if m.Uploaded() {
+	if withContent {
 		m.StorageKey = contentKey(m.MediaID)
 		n, err := s.putContent(ctx, m.StorageKey, r, m.Size, m.Size)
 		if err != nil {
@@ -35,29 +45,28 @@ func (s *Service) importMedia(ctx context.Context, m store.Media, r io.Reader) (
 			s.discard(ctx, m.StorageKey)
 			return false, fmt.Errorf("%w: %s: %d bytes of content, the header says %d", ErrBadRequest, m.MediaID, n, m.Size)
 		}
-	} else if n, _ := r.Read(make([]byte, 1)); n != 0 {
-		return false, fmt.Errorf("%w: %s: content for a media ID without upload", ErrBadRequest, m.MediaID)
 	}
 	stored, err := s.store.ImportMedia(ctx, m)
 	if err != nil {
-		if m.Uploaded() {
+		if m.Stored() {
 			s.discard(ctx, m.StorageKey)
 		}
 		return false, err
 	}
 	if !stored {
-		// Imported concurrently by another call.
-		if m.Uploaded() {
+		// Imported concurrently by another call, or the announced row
+		// differs from this one (uploader or size): keep what is there.
+		if m.Stored() {
 			s.discard(ctx, m.StorageKey)
 		}
 		return true, nil
 	}
-	s.log.Debug("imported media", zap.String("media_id", m.MediaID), zap.Int64("size", m.Size))
+	s.log.Debug("imported media", zap.String("media_id", m.MediaID), zap.Int64("size", m.Size), zap.Bool("announced_only", contentFollows))
 	return false, nil
 }
 
 // checkImport validates an import header.
-func (s *Service) checkImport(m store.Media) error {
+func (s *Service) checkImport(m store.Media, contentFollows bool) error {
 	_, server, err := id.UserID(m.Uploader).Parse()
 	switch {
 	case !mediaIDPattern.MatchString(m.MediaID):
@@ -66,8 +75,8 @@ func (s *Service) checkImport(m store.Media) error {
 		return fmt.Errorf("%w: uploader %q is not a local user", ErrBadRequest, m.Uploader)
 	case m.CreatedTS <= 0 || m.UploadedTS < 0 || m.Size < 0:
 		return fmt.Errorf("%w: %s: bad times or size", ErrBadRequest, m.MediaID)
-	case !m.Uploaded() && (m.ExpiresTS <= 0 || m.Size != 0):
-		return fmt.Errorf("%w: %s: a created media ID needs unused_expires_ts and no size", ErrBadRequest, m.MediaID)
+	case !m.Uploaded() && (m.ExpiresTS <= 0 || m.Size != 0 || contentFollows):
+		return fmt.Errorf("%w: %s: a created media ID needs unused_expires_ts, no size and no content to follow", ErrBadRequest, m.MediaID)
 	case len(m.UploadName) > 255 || strings.ContainsRune(m.ContentType, '\n'):
 		return fmt.Errorf("%w: %s: bad content type or name", ErrBadRequest, m.MediaID)
 	}

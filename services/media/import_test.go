@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/id"
 
@@ -106,6 +107,48 @@ func TestImportMedia(t *testing.T) {
 		t.Errorf("download after the upload: %q, %v", body, err)
 	}
 
+	// An announced item (content_follows): downloads wait for its content,
+	// it cannot be uploaded to, and the import with content completes it.
+	ann := &mediav1.MediaHeader{MediaId: "announced", Uploader: alice.UserID.String(), CreatedTs: now, UploadedTs: now,
+		ContentType: "text/plain", Size: 11, ContentFollows: true}
+	for i, wantAlready := range []bool{false, true} {
+		if resp, err := importOne(t, c, ann, nil, 1); err != nil || resp.GetAlreadyStored() != wantAlready {
+			t.Fatalf("announcement %d: %v, %v; want already_stored %v", i, resp, err, wantAlready)
+		}
+	}
+	auri := id.ContentURI{Homeserver: server, FileID: "announced"}
+	_, _, err = mediaBody(alice.DownloadWithParams(ctx, auri, mautrix.DownloadExtra{Query: map[string]string{"timeout_ms": "50"}}))
+	wantMatrixError(t, "download of an announced item", err, http.StatusGatewayTimeout, "M_NOT_YET_UPLOADED")
+	_, err = alice.UploadMedia(ctx, mautrix.ReqUploadMedia{ContentBytes: []byte("mine"), ContentType: "text/plain", MXC: auri})
+	wantMatrixError(t, "upload to an announced item", err, http.StatusConflict, "M_CANNOT_OVERWRITE_MEDIA")
+	if _, err := importOne(t, c, ann, []byte("hello world"), 4); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("announcement with content: %v, want InvalidArgument", err)
+	}
+	waited := make(chan []byte, 1)
+	go func() {
+		_, body, err := mediaBody(alice.DownloadWithParams(ctx, auri, mautrix.DownloadExtra{Query: map[string]string{"timeout_ms": "20000"}}))
+		if err != nil {
+			t.Errorf("waiting download of an announced item: %v", err)
+		}
+		waited <- body
+	}()
+	full := proto.CloneOf(ann)
+	full.ContentFollows = false
+	if resp, err := importOne(t, c, full, []byte("hello world"), 4); err != nil || resp.GetAlreadyStored() {
+		t.Fatalf("import of the announced item's content: %v, %v", resp, err)
+	}
+	select {
+	case body := <-waited:
+		if string(body) != "hello world" {
+			t.Errorf("waiting download got %q", body)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("waiting download did not return")
+	}
+	if resp, err := importOne(t, c, full, []byte("hello world"), 4); err != nil || !resp.GetAlreadyStored() {
+		t.Errorf("second import with content: %v, %v; want already_stored", resp, err)
+	}
+
 	// Refused, and nothing left behind.
 	before := objects(t)
 	for name, c2 := range map[string]struct {
@@ -117,6 +160,7 @@ func TestImportMedia(t *testing.T) {
 		"a remote uploader":             {&mediav1.MediaHeader{MediaId: "remote", Uploader: "@bob:elsewhere.test", CreatedTs: now, UploadedTs: now, Size: 1}, []byte("1")},
 		"a malformed media ID":          {&mediav1.MediaHeader{MediaId: "a/b", Uploader: alice.UserID.String(), CreatedTs: now, UploadedTs: now, Size: 1}, []byte("1")},
 		"content without an upload":     {&mediav1.MediaHeader{MediaId: "nocontent", Uploader: alice.UserID.String(), CreatedTs: now, UnusedExpiresTs: now + 1000}, []byte("1")},
+		"a created ID announced":        {&mediav1.MediaHeader{MediaId: "createdann", Uploader: alice.UserID.String(), CreatedTs: now, UnusedExpiresTs: now + 1000, ContentFollows: true}, nil},
 		"no header":                     {nil, []byte("1")},
 	} {
 		if _, err := importOne(t, c, c2.h, c2.content, 2); status.Code(err) != codes.InvalidArgument {
@@ -129,7 +173,7 @@ func TestImportMedia(t *testing.T) {
 	if n := countRows(t, s, "pending_objects"); n != 0 {
 		t.Errorf("%d pending objects after refused imports", n)
 	}
-	for _, mid := range []string{"short", "long", "nocontent"} {
+	for _, mid := range []string{"short", "long", "nocontent", "createdann"} {
 		_, _, err := mediaBody(alice.Download(ctx, id.ContentURI{Homeserver: server, FileID: mid}))
 		wantMatrixError(t, "download of refused import "+mid, err, http.StatusNotFound, "M_NOT_FOUND")
 	}

@@ -124,9 +124,12 @@ type MediaHeader struct {
 	ContentType     string `protobuf:"bytes,6,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
 	UploadName      string `protobuf:"bytes,7,opt,name=upload_name,json=uploadName,proto3" json:"upload_name,omitempty"`
 	// size is the content's length in bytes; the chunks must add up to it.
-	Size          int64 `protobuf:"varint,8,opt,name=size,proto3" json:"size,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Size int64 `protobuf:"varint,8,opt,name=size,proto3" json:"size,omitempty"`
+	// content_follows: this call only announces an uploaded item (no
+	// chunks); its content comes in a later call.
+	ContentFollows bool `protobuf:"varint,9,opt,name=content_follows,json=contentFollows,proto3" json:"content_follows,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *MediaHeader) Reset() {
@@ -215,6 +218,13 @@ func (x *MediaHeader) GetSize() int64 {
 	return 0
 }
 
+func (x *MediaHeader) GetContentFollows() bool {
+	if x != nil {
+		return x.ContentFollows
+	}
+	return false
+}
+
 type ImportMediaResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// already_stored: the media ID was stored before this call (nothing
@@ -269,7 +279,7 @@ const file_media_v1_media_proto_rawDesc = "" +
 	"\x12ImportMediaRequest\x126\n" +
 	"\x06header\x18\x01 \x01(\v2\x1c.myelin.media.v1.MediaHeaderH\x00R\x06header\x12\x16\n" +
 	"\x05chunk\x18\x02 \x01(\fH\x00R\x05chunkB\x06\n" +
-	"\x04part\"\x88\x02\n" +
+	"\x04part\"\xb1\x02\n" +
 	"\vMediaHeader\x12\x19\n" +
 	"\bmedia_id\x18\x01 \x01(\tR\amediaId\x12\x1a\n" +
 	"\buploader\x18\x02 \x01(\tR\buploader\x12\x1d\n" +
@@ -281,7 +291,8 @@ const file_media_v1_media_proto_rawDesc = "" +
 	"\fcontent_type\x18\x06 \x01(\tR\vcontentType\x12\x1f\n" +
 	"\vupload_name\x18\a \x01(\tR\n" +
 	"uploadName\x12\x12\n" +
-	"\x04size\x18\b \x01(\x03R\x04size\"<\n" +
+	"\x04size\x18\b \x01(\x03R\x04size\x12'\n" +
+	"\x0fcontent_follows\x18\t \x01(\bR\x0econtentFollows\"<\n" +
 	"\x13ImportMediaResponse\x12%\n" +
 	"\x0ealready_stored\x18\x01 \x01(\bR\ralreadyStored2j\n" +
 	"\fMediaService\x12Z\n" +

@@ -35,7 +35,11 @@ type MediaServiceClient interface {
 	// (the client-API's content repository, until the media service
 	// existed): the first message is the header, the following ones the
 	// content in order (none for a media ID created but not uploaded yet).
-	// Idempotent: a media ID that is already stored is left alone and
+	// A header with content_follows (and no content) announces an uploaded
+	// item whose content comes in a later call: until then downloads wait
+	// for it as for a created media ID, instead of finding nothing.
+	// Idempotent: a media ID that is already stored (with its content, or
+	// announced when this call only announces it) is left alone and
 	// answered with already_stored=true, so a sender may retry after any
 	// failure and delete its copy once it has an answer. INVALID_ARGUMENT
 	// for a malformed header or content that does not match header.size.
@@ -71,7 +75,11 @@ type MediaServiceServer interface {
 	// (the client-API's content repository, until the media service
 	// existed): the first message is the header, the following ones the
 	// content in order (none for a media ID created but not uploaded yet).
-	// Idempotent: a media ID that is already stored is left alone and
+	// A header with content_follows (and no content) announces an uploaded
+	// item whose content comes in a later call: until then downloads wait
+	// for it as for a created media ID, instead of finding nothing.
+	// Idempotent: a media ID that is already stored (with its content, or
+	// announced when this call only announces it) is left alone and
 	// answered with already_stored=true, so a sender may retry after any
 	// failure and delete its copy once it has an answer. INVALID_ARGUMENT
 	// for a malformed header or content that does not match header.size.

@@ -47,6 +47,37 @@ func (s *Store) LegacyMediaCount(ctx context.Context) (rows, bytes int64, err er
 	return rows, bytes, err
 }
 
+// LegacyUploads pages through the old table's uploaded rows (no
+// content), in media ID order after the given one.
+func (s *Store) LegacyUploads(ctx context.Context, after string, limit int) ([]LegacyMedia, error) {
+	rows, err := s.db.Query(ctx, `SELECT media_id, uploader, created_ts, uploaded_ts, content_type, upload_name, size
+		FROM media WHERE uploaded_ts IS NOT NULL AND media_id > $1 ORDER BY media_id LIMIT $2`, after, limit)
+	if err != nil {
+		if isUndefinedTable(err) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	var out []LegacyMedia
+	for rows.Next() {
+		var m LegacyMedia
+		var ctype, name *string
+		if err := rows.Scan(&m.MediaID, &m.Uploader, &m.CreatedTS, &m.UploadedTS, &ctype, &name, &m.Size); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		m.ContentType, m.UploadName = deref(ctype), deref(name)
+		out = append(out, m)
+	}
+	if err := rows.Err(); err != nil {
+		if isUndefinedTable(err) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	return out, nil
+}
+
 // HandOverLegacyMedia takes one row of the old table that no other
 // replica is handing over, calls send with it (send reads the content in
 // chunks through read), and deletes the row once send succeeded, all in

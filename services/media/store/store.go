@@ -66,8 +66,12 @@ type Media struct {
 	StorageKey  string
 }
 
-// Uploaded reports whether the media has content.
+// Uploaded reports whether the media was uploaded (it may still be on
+// its way from another service: see Stored).
 func (m Media) Uploaded() bool { return m.UploadedTS != 0 }
+
+// Stored reports whether the media's content is in the storage.
+func (m Media) Stored() bool { return m.StorageKey != "" }
 
 // lockUploader takes the uploader's media lock (to commit): one user's
 // quota checks and creates are serialised.
@@ -286,25 +290,33 @@ func (s *Store) PutThumbnail(ctx context.Context, t Thumbnail) (stored bool, err
 }
 
 // ImportMedia stores a media row handed over by another service, its
-// content (if any) already under m.StorageKey. stored is false when the
-// media ID exists already; nothing is changed then. Quotas do not apply:
-// this is media the server already held.
+// content (if any) already under m.StorageKey. With an uploaded m and no
+// key, the row is announced: its content comes in a later ImportMedia,
+// which completes it. stored is false when there was nothing to do: the
+// media ID exists with its content, or exists at all when m brings none.
+// Quotas do not apply: this is media the server already held.
 func (s *Store) ImportMedia(ctx context.Context, m Media) (stored bool, err error) {
 	err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		var key, uploaded, expires any
 		if m.Uploaded() {
-			key, uploaded = m.StorageKey, m.UploadedTS
+			uploaded = m.UploadedTS
+			if m.Stored() {
+				key = m.StorageKey
+			}
 		} else {
 			expires = m.ExpiresTS
 		}
-		tag, err := tx.Exec(ctx, `INSERT INTO media (media_id, uploader, created_ts, unused_expires_ts, uploaded_ts, content_type, upload_name, size, storage_key)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (media_id) DO NOTHING`,
+		tag, err := tx.Exec(ctx, `INSERT INTO media AS m (media_id, uploader, created_ts, unused_expires_ts, uploaded_ts, content_type, upload_name, size, storage_key)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+			ON CONFLICT (media_id) DO UPDATE SET storage_key = EXCLUDED.storage_key
+			WHERE EXCLUDED.storage_key IS NOT NULL AND m.storage_key IS NULL AND m.uploaded_ts IS NOT NULL
+				AND m.uploader = EXCLUDED.uploader AND m.size = EXCLUDED.size`,
 			m.MediaID, m.Uploader, m.CreatedTS, expires, uploaded, nullable(m.ContentType), nullable(m.UploadName), sizeOrNull(m), key)
 		if err != nil {
 			return err
 		}
 		stored = tag.RowsAffected() == 1
-		if !stored || !m.Uploaded() {
+		if !stored || !m.Stored() {
 			return nil
 		}
 		_, err = tx.Exec(ctx, `DELETE FROM pending_objects WHERE storage_key = $1`, m.StorageKey)
@@ -316,11 +328,14 @@ func (s *Store) ImportMedia(ctx context.Context, m Media) (stored bool, err erro
 	return stored, nil
 }
 
-// HasMedia reports whether a media ID is stored (uploaded or created).
-func (s *Store) HasMedia(ctx context.Context, mediaID string) (bool, error) {
-	var ok bool
-	err := s.db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM media WHERE media_id = $1)`, mediaID).Scan(&ok)
-	return ok, err
+// ImportState says how far a media ID is stored: not at all (exists
+// false), announced without content (awaiting true), or complete.
+func (s *Store) ImportState(ctx context.Context, mediaID string) (exists, awaiting bool, err error) {
+	err = s.db.QueryRow(ctx, `SELECT true, uploaded_ts IS NOT NULL AND storage_key IS NULL FROM media WHERE media_id = $1`, mediaID).Scan(&exists, &awaiting)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, false, nil
+	}
+	return exists, awaiting, err
 }
 
 func sizeOrNull(m Media) any {

@@ -3,7 +3,9 @@
 
 -- Local media. A row made by POST /media/v1/create has no content until
 -- its upload (uploaded_ts and storage_key NULL) and is deleted unused
--- after unused_expires_ts.
+-- after unused_expires_ts. A row handed over by another service may be
+-- announced before its content arrives (uploaded_ts set, storage_key NULL
+-- until the content's import).
 CREATE TABLE media (
     media_id          TEXT PRIMARY KEY,
     uploader          TEXT NOT NULL,
@@ -14,7 +16,7 @@ CREATE TABLE media (
     upload_name       TEXT,
     size              BIGINT,
     storage_key       TEXT,
-    CHECK ((uploaded_ts IS NULL) = (storage_key IS NULL))
+    CHECK (uploaded_ts IS NOT NULL OR storage_key IS NULL)
 );
 CREATE INDEX media_pending ON media (uploader) WHERE uploaded_ts IS NULL;
 -- The per-user quota sums a user's uploads.
