@@ -15,12 +15,11 @@ import (
 )
 
 // caller is the authenticated user of a request, as the client-API's
-// UserService knows them.
+// UserService knows them (guests and locked accounts never get this far).
 type caller struct {
 	UserID    id.UserID
 	DeviceID  id.DeviceID
 	Admin     bool
-	Guest     bool
 	Suspended bool
 }
 
@@ -70,7 +69,7 @@ func (s *Service) authenticate(r *http.Request) (*caller, error) {
 	}
 	return &caller{
 		UserID: id.UserID(resp.GetUserId()), DeviceID: id.DeviceID(resp.GetDeviceId()),
-		Admin: resp.GetAdmin(), Guest: resp.GetGuest(), Suspended: resp.GetSuspended(),
+		Admin: resp.GetAdmin(), Suspended: resp.GetSuspended(),
 	}, nil
 }
 
