@@ -85,7 +85,7 @@ func startReplicas(t *testing.T, cfg clientapi.Config, n int) []string {
 	runs := []func(context.Context) error{rs.Run}
 	var urls []string
 	var closers []func()
-	for range n {
+	for i := range n {
 		ca, err := clientapi.New(ctx, cfg, clientapi.Deps{
 			Logger: log, ServerName: serverName, DatabaseURL: db, JetStream: js,
 			KeyServer: ksClient, RoomServer: roomserverv1.NewRoomServiceClient(conn),
@@ -93,7 +93,11 @@ func startReplicas(t *testing.T, cfg clientapi.Config, n int) []string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ca.RegisterGRPC(g)
+		if i == 0 {
+			// One gRPC server for the test: in a deployment each replica
+			// serves its own.
+			ca.RegisterGRPC(g)
+		}
 		r := chi.NewRouter()
 		r.Use(matrixhttp.CORS)
 		r.NotFound(matrixhttp.NotFoundHandler)
