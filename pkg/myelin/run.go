@@ -342,6 +342,8 @@ func (p *process) address(target string) ServiceAddress {
 		return p.cfg.Services.ClientAPI
 	case TargetPresence:
 		return p.cfg.Services.Presence
+	case TargetMedia:
+		return p.cfg.Services.Media
 	}
 	return ServiceAddress{}
 }
@@ -358,7 +360,8 @@ func (p *process) edgeRoutes() []edge.Route {
 			routes = append(routes, edge.Route{Prefix: pre, Upstream: p.address(target).HTTP, Service: target})
 		}
 	}
-	add(TargetClientAPI, "/_matrix/client/", "/_matrix/media/", "/.well-known/matrix/", "/_matrix/static/", "/_synapse/admin/")
+	add(TargetClientAPI, "/_matrix/client/", "/.well-known/matrix/", "/_matrix/static/", "/_synapse/admin/")
+	add(TargetMedia, "/_matrix/media/", "/_matrix/client/v1/media/")
 	add(TargetKeyServer, "/_matrix/key/")
 	return routes
 }

@@ -15,7 +15,10 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 
+	"github.com/myelin-chat/myelin/pkg/ratelimit"
+	clientapiv1 "github.com/myelin-chat/myelin/proto/clientapi/v1"
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
+	mediav1 "github.com/myelin-chat/myelin/proto/media/v1"
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
@@ -35,6 +38,9 @@ type Deps struct {
 	// Presence serves typing, receipts and presence. Nil leaves those
 	// endpoints unavailable and /sync without ephemeral data.
 	Presence presencev1.PresenceServiceClient
+	// Media takes over the media this service stored before the media
+	// service existed (media_handover.go). Nil leaves them where they are.
+	Media mediav1.MediaServiceClient
 }
 
 // Service is a running client-API.
@@ -48,12 +54,14 @@ type Service struct {
 	// keys is the client-API's side of the key-server (keybridge.go).
 	keys     *keyBridge
 	js       jetstream.JetStream
-	limiter  *rateLimiter
+	limiter  *ratelimit.Limiter
 	notifier *notifier
 	// lazy remembers the members /sync sent each device (sync_lazy.go).
 	lazy     *lazyCache
 	consumer jetstream.Consumer
 	presence presencev1.PresenceServiceClient
+	// media receives the old media rows (media_handover.go).
+	media mediav1.MediaServiceClient
 	// ephemeralConsumer wakes /sync on presence service changes.
 	ephemeralConsumer jetstream.Consumer
 	// wakeBus carries wake-ups between client-API replicas (notifier_bus.go).
@@ -94,6 +102,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		rooms:      deps.RoomServer,
 		e2e:        deps.E2EKeys,
 		presence:   deps.Presence,
+		media:      deps.Media,
 		js:         deps.JetStream,
 		limiter:    newRateLimiter(cfg.RateLimit, time.Now),
 		lazy:       newLazyCache(),
@@ -141,12 +150,15 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	return s, nil
 }
 
-// RegisterGRPC is a no-op: the client-API serves no gRPC API.
-func (s *Service) RegisterGRPC(*grpc.Server) {}
+// RegisterGRPC registers the UserService (handler.go).
+func (s *Service) RegisterGRPC(g *grpc.Server) {
+	clientapiv1.RegisterUserServiceServer(g, &userHandler{svc: s})
+}
 
 // Run consumes room events, delivers pushes and copies receipts while this
-// replica leads (consume), and follows the presence service's change
-// notifications, until ctx ends.
+// replica leads (consume), follows the presence service's change
+// notifications, and hands media stored before the media service over to
+// it (media_handover.go), until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
 	defer s.notifier.close()
 	g, gctx := errgroup.WithContext(ctx)
@@ -157,6 +169,7 @@ func (s *Service) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error { return s.keys.retryLoop(gctx) })
+	g.Go(func() error { return s.handOverMedia(gctx) })
 	if s.ephemeralConsumer != nil {
 		g.Go(func() error { return s.consumeEphemeral(gctx) })
 	}
