@@ -14,6 +14,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -24,17 +25,17 @@ var specVersions = []string{
 }
 
 // versions is GET /_matrix/client/versions.
-func (s *Service) versions(*http.Request, *device) (any, error) {
+func (s *Service) versions(*http.Request, *httpapi.Device) (any, error) {
 	return map[string]any{"versions": specVersions, "unstable_features": map[string]bool{}}, nil
 }
 
 // wellKnown is GET /.well-known/matrix/client.
-func (s *Service) wellKnown(*http.Request, *device) (any, error) {
+func (s *Service) wellKnown(*http.Request, *httpapi.Device) (any, error) {
 	return map[string]any{"m.homeserver": map[string]string{"base_url": s.cfg.PublicBaseURL}}, nil
 }
 
 // capabilities is GET /capabilities.
-func (s *Service) capabilities(_ *http.Request, dev *device) (any, error) {
+func (s *Service) capabilities(_ *http.Request, dev *httpapi.Device) (any, error) {
 	available := map[string]string{}
 	for v := range gomatrixserverlib.StableRoomVersions() {
 		available[string(v)] = "stable"
@@ -140,8 +141,8 @@ func (s *Service) localpartOf(user string) (string, bool) {
 func (s *Service) userID(localpart string) string { return "@" + localpart + ":" + s.serverName }
 
 // logout is POST /logout: the token and its device are deleted.
-func (s *Service) logout(r *http.Request, dev *device) (any, error) {
-	if err := s.store.Logout(r.Context(), dev.tokenHash); err != nil && !errors.Is(err, store.ErrNotFound) {
+func (s *Service) logout(r *http.Request, dev *httpapi.Device) (any, error) {
+	if err := s.store.Logout(r.Context(), dev.TokenHash); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return nil, err
 	}
 	s.keys.sendForRequest(r.Context(), dev.UserID) // the device's keys go with it
@@ -149,7 +150,7 @@ func (s *Service) logout(r *http.Request, dev *device) (any, error) {
 }
 
 // logoutAll is POST /logout/all.
-func (s *Service) logoutAll(r *http.Request, dev *device) (any, error) {
+func (s *Service) logoutAll(r *http.Request, dev *httpapi.Device) (any, error) {
 	if err := s.store.LogoutAll(r.Context(), dev.UserID); err != nil {
 		return nil, err
 	}
@@ -158,6 +159,6 @@ func (s *Service) logoutAll(r *http.Request, dev *device) (any, error) {
 }
 
 // whoami is GET /account/whoami.
-func (s *Service) whoami(_ *http.Request, dev *device) (any, error) {
+func (s *Service) whoami(_ *http.Request, dev *httpapi.Device) (any, error) {
 	return map[string]any{"user_id": dev.UserID, "device_id": dev.DeviceID, "is_guest": dev.IsGuest}, nil
 }

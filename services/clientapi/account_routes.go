@@ -1,92 +1,54 @@
 package clientapi
 
-import "net/http"
+import (
+	"net/http"
+
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
+)
 
 // accountRoutes are the account endpoints of issue #4 (registration
 // tokens, refresh, devices, password, deactivation, profiles, the admin
 // API), kept apart from the base route table in routes.go.
-func (s *Service) accountRoutes() []route {
+func (s *Service) accountRoutes() []httpapi.Route {
 	const synapseAdmin = "/_synapse/admin/v1"
-	return []route{
+	return []httpapi.Route{
 		// Registration and login.
-		{method: http.MethodGet, path: "/_matrix/client/v1/register/m.login.registration_token/validity", abs: true, limit: limitRegister, serve: s.registrationTokenValidity},
-		{method: http.MethodPost, path: "/refresh", limit: limitLogin, serve: s.refresh},
-		{method: http.MethodPost, path: "/_matrix/client/v1/login/get_token", abs: true, auth: true, limit: limitLogin, serve: s.getLoginToken},
+		{Method: http.MethodGet, Path: "/_matrix/client/v1/register/m.login.registration_token/validity", Abs: true, Limit: httpapi.LimitRegister, Serve: s.registrationTokenValidity},
+		{Method: http.MethodPost, Path: "/refresh", Limit: httpapi.LimitLogin, Serve: s.refresh},
+		{Method: http.MethodPost, Path: "/_matrix/client/v1/login/get_token", Abs: true, Auth: true, Limit: httpapi.LimitLogin, Serve: s.getLoginToken},
 
 		// Account management.
-		{method: http.MethodPost, path: "/account/password", auth: true, limit: limitLogin, serve: s.changePassword},
-		{method: http.MethodPost, path: "/account/deactivate", auth: true, limit: limitLogin, serve: s.deactivate},
-		{method: http.MethodGet, path: "/devices", auth: true, serve: s.listDevices},
-		{method: http.MethodGet, path: "/devices/{deviceId}", auth: true, serve: s.getDevice},
-		{method: http.MethodPut, path: "/devices/{deviceId}", auth: true, serve: s.putDevice},
-		{method: http.MethodDelete, path: "/devices/{deviceId}", auth: true, limit: limitLogin, serve: s.deleteDevice},
-		{method: http.MethodPost, path: "/delete_devices", auth: true, limit: limitLogin, serve: s.deleteDevicesBulk},
+		{Method: http.MethodPost, Path: "/account/password", Auth: true, Limit: httpapi.LimitLogin, Serve: s.changePassword},
+		{Method: http.MethodPost, Path: "/account/deactivate", Auth: true, Limit: httpapi.LimitLogin, Serve: s.deactivate},
+		{Method: http.MethodGet, Path: "/devices", Auth: true, Serve: s.listDevices},
+		{Method: http.MethodGet, Path: "/devices/{deviceId}", Auth: true, Serve: s.getDevice},
+		{Method: http.MethodPut, Path: "/devices/{deviceId}", Auth: true, Serve: s.putDevice},
+		{Method: http.MethodDelete, Path: "/devices/{deviceId}", Auth: true, Limit: httpapi.LimitLogin, Serve: s.deleteDevice},
+		{Method: http.MethodPost, Path: "/delete_devices", Auth: true, Limit: httpapi.LimitLogin, Serve: s.deleteDevicesBulk},
 
 		// Profiles and the user directory.
-		{method: http.MethodGet, path: "/profile/{userId}", serve: s.getProfile},
-		{method: http.MethodGet, path: "/profile/{userId}/{keyName}", serve: s.getProfileField},
-		{method: http.MethodPut, path: "/profile/{userId}/{keyName}", auth: true, serve: s.putProfileField},
-		{method: http.MethodDelete, path: "/profile/{userId}/{keyName}", auth: true, serve: s.deleteProfileField},
-		{method: http.MethodPost, path: "/user_directory/search", auth: true, serve: s.userDirectorySearch},
+		{Method: http.MethodGet, Path: "/profile/{userId}", Serve: s.getProfile},
+		{Method: http.MethodGet, Path: "/profile/{userId}/{keyName}", Serve: s.getProfileField},
+		{Method: http.MethodPut, Path: "/profile/{userId}/{keyName}", Auth: true, Serve: s.putProfileField},
+		{Method: http.MethodDelete, Path: "/profile/{userId}/{keyName}", Auth: true, Serve: s.deleteProfileField},
+		{Method: http.MethodPost, Path: "/user_directory/search", Auth: true, Serve: s.userDirectorySearch},
 
 		// Account data and tags.
-		{method: http.MethodPut, path: "/user/{userId}/account_data/{type}", auth: true, serve: s.putGlobalAccountData},
-		{method: http.MethodGet, path: "/user/{userId}/account_data/{type}", auth: true, serve: s.getGlobalAccountData},
-		{method: http.MethodPut, path: "/user/{userId}/rooms/{roomId}/account_data/{type}", auth: true, serve: s.putRoomAccountData},
-		{method: http.MethodGet, path: "/user/{userId}/rooms/{roomId}/account_data/{type}", auth: true, serve: s.getRoomAccountData},
-		{method: http.MethodGet, path: "/user/{userId}/rooms/{roomId}/tags", auth: true, serve: s.getTags},
-		{method: http.MethodPut, path: "/user/{userId}/rooms/{roomId}/tags/{tag}", auth: true, serve: s.putTag},
-		{method: http.MethodDelete, path: "/user/{userId}/rooms/{roomId}/tags/{tag}", auth: true, serve: s.deleteTag},
+		{Method: http.MethodPut, Path: "/user/{userId}/account_data/{type}", Auth: true, Serve: s.putGlobalAccountData},
+		{Method: http.MethodGet, Path: "/user/{userId}/account_data/{type}", Auth: true, Serve: s.getGlobalAccountData},
+		{Method: http.MethodPut, Path: "/user/{userId}/rooms/{roomId}/account_data/{type}", Auth: true, Serve: s.putRoomAccountData},
+		{Method: http.MethodGet, Path: "/user/{userId}/rooms/{roomId}/account_data/{type}", Auth: true, Serve: s.getRoomAccountData},
+		{Method: http.MethodGet, Path: "/user/{userId}/rooms/{roomId}/tags", Auth: true, Serve: s.getTags},
+		{Method: http.MethodPut, Path: "/user/{userId}/rooms/{roomId}/tags/{tag}", Auth: true, Serve: s.putTag},
+		{Method: http.MethodDelete, Path: "/user/{userId}/rooms/{roomId}/tags/{tag}", Auth: true, Serve: s.deleteTag},
 
 		// Synapse-compatible admin API.
-		{method: http.MethodGet, path: synapseAdmin + "/register", abs: true, limit: limitRegister, serve: s.adminRegisterNonce},
-		{method: http.MethodPost, path: synapseAdmin + "/register", abs: true, limit: limitRegister, serve: s.adminRegister},
-		{method: http.MethodGet, path: synapseAdmin + "/registration_tokens", abs: true, auth: true, serve: s.listRegistrationTokens},
-		{method: http.MethodPost, path: synapseAdmin + "/registration_tokens/new", abs: true, auth: true, serve: s.createRegistrationToken},
-		{method: http.MethodGet, path: synapseAdmin + "/registration_tokens/{token}", abs: true, auth: true, serve: s.getRegistrationToken},
-		{method: http.MethodPut, path: synapseAdmin + "/registration_tokens/{token}", abs: true, auth: true, serve: s.updateRegistrationToken},
-		{method: http.MethodDelete, path: synapseAdmin + "/registration_tokens/{token}", abs: true, auth: true, serve: s.deleteRegistrationToken},
+		{Method: http.MethodGet, Path: synapseAdmin + "/register", Abs: true, Limit: httpapi.LimitRegister, Serve: s.adminRegisterNonce},
+		{Method: http.MethodPost, Path: synapseAdmin + "/register", Abs: true, Limit: httpapi.LimitRegister, Serve: s.adminRegister},
+		{Method: http.MethodGet, Path: synapseAdmin + "/registration_tokens", Abs: true, Auth: true, Serve: s.listRegistrationTokens},
+		{Method: http.MethodPost, Path: synapseAdmin + "/registration_tokens/new", Abs: true, Auth: true, Serve: s.createRegistrationToken},
+		{Method: http.MethodGet, Path: synapseAdmin + "/registration_tokens/{token}", Abs: true, Auth: true, Serve: s.getRegistrationToken},
+		{Method: http.MethodPut, Path: synapseAdmin + "/registration_tokens/{token}", Abs: true, Auth: true, Serve: s.updateRegistrationToken},
+		{Method: http.MethodDelete, Path: synapseAdmin + "/registration_tokens/{token}", Abs: true, Auth: true, Serve: s.deleteRegistrationToken},
 	}
 }
-
-// guestRoutes are the endpoints guests may call, by method and route path
-// as written in the route tables: the lists of the spec's guest access
-// module that Myelin serves, plus logout and the discovery endpoints.
-// Every other authenticated endpoint answers guests with
-// M_GUEST_ACCESS_FORBIDDEN.
-var guestRoutes = map[string]bool{
-	"GET /rooms/{roomId}/state":                        true,
-	"GET /rooms/{roomId}/state/{eventType}":            true,
-	"GET /rooms/{roomId}/state/{eventType}/":           true,
-	"GET /rooms/{roomId}/state/{eventType}/{stateKey}": true,
-	"GET /rooms/{roomId}/context/{eventId}":            true,
-	"GET /rooms/{roomId}/event/{eventId}":              true,
-	"GET /rooms/{roomId}/messages":                     true,
-	"GET /rooms/{roomId}/members":                      true,
-	"GET /rooms/{roomId}/initialSync":                  true,
-	"GET /sync":                                        true,
-	"GET /events":                                      true,
-	"POST /rooms/{roomId}/join":                        true,
-	"POST /rooms/{roomId}/leave":                       true,
-	"PUT /rooms/{roomId}/send/{eventType}/{txnId}":     true,
-	"PUT /rooms/{roomId}/state/{eventType}":            true,
-	"PUT /rooms/{roomId}/state/{eventType}/":           true,
-	"PUT /rooms/{roomId}/state/{eventType}/{stateKey}": true,
-	"PUT /sendToDevice/{eventType}/{txnId}":            true,
-	"PUT /profile/{userId}/{keyName}":                  true, // displayname only: checked by the handler
-	"DELETE /profile/{userId}/{keyName}":               true, // displayname only: checked by the handler
-	"GET /devices":                                     true,
-	"GET /devices/{deviceId}":                          true,
-	"PUT /devices/{deviceId}":                          true,
-	"GET /account/whoami":                              true,
-	"POST /keys/upload":                                true,
-	"POST /keys/query":                                 true,
-	"POST /keys/claim":                                 true,
-	"POST /logout":                                     true,
-	"GET /capabilities":                                true,
-	"POST /user/{userId}/filter":                       true,
-	"GET /user/{userId}/filter/{filterId}":             true,
-}
-
-// guestAllowed reports whether a guest may call the route.
-func guestAllowed(rt route) bool { return guestRoutes[rt.method+" "+rt.path] }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -21,8 +22,8 @@ var serverControlledAccountData = map[string]bool{"m.fully_read": true, "m.push_
 
 // accountDataTarget reads {userId} (which must be the caller) and, for
 // per-room routes, {roomId}.
-func accountDataTarget(r *http.Request, dev *device, perRoom bool) (roomID string, err error) {
-	userID, err := pathParam(r, "userId")
+func accountDataTarget(r *http.Request, dev *httpapi.Device, perRoom bool) (roomID string, err error) {
+	userID, err := httpapi.PathParam(r, "userId")
 	if err != nil {
 		return "", err
 	}
@@ -42,7 +43,7 @@ func accountDataType(r *http.Request) (string, error) {
 // namePathParam reads a path parameter that names something (a type, a
 // tag): non-empty and at most 255 bytes.
 func namePathParam(r *http.Request, name, invalid string) (string, error) {
-	v, err := pathParam(r, name)
+	v, err := httpapi.PathParam(r, name)
 	if err != nil {
 		return "", err
 	}
@@ -52,24 +53,24 @@ func namePathParam(r *http.Request, name, invalid string) (string, error) {
 	return v, nil
 }
 
-func (s *Service) putGlobalAccountData(r *http.Request, dev *device) (any, error) {
+func (s *Service) putGlobalAccountData(r *http.Request, dev *httpapi.Device) (any, error) {
 	return s.putAccountData(r, dev, false)
 }
 
-func (s *Service) putRoomAccountData(r *http.Request, dev *device) (any, error) {
+func (s *Service) putRoomAccountData(r *http.Request, dev *httpapi.Device) (any, error) {
 	return s.putAccountData(r, dev, true)
 }
 
-func (s *Service) getGlobalAccountData(r *http.Request, dev *device) (any, error) {
+func (s *Service) getGlobalAccountData(r *http.Request, dev *httpapi.Device) (any, error) {
 	return s.getAccountData(r, dev, false)
 }
 
-func (s *Service) getRoomAccountData(r *http.Request, dev *device) (any, error) {
+func (s *Service) getRoomAccountData(r *http.Request, dev *httpapi.Device) (any, error) {
 	return s.getAccountData(r, dev, true)
 }
 
 // putAccountData is PUT /user/{userId}[/rooms/{roomId}]/account_data/{type}.
-func (s *Service) putAccountData(r *http.Request, dev *device, perRoom bool) (any, error) {
+func (s *Service) putAccountData(r *http.Request, dev *httpapi.Device, perRoom bool) (any, error) {
 	roomID, err := accountDataTarget(r, dev, perRoom)
 	if err != nil {
 		return nil, err
@@ -81,7 +82,7 @@ func (s *Service) putAccountData(r *http.Request, dev *device, perRoom bool) (an
 	if serverControlledAccountData[typ] {
 		return nil, matrixhttp.Errorf(http.StatusMethodNotAllowed, "M_BAD_JSON", "Cannot set %s through this API", typ)
 	}
-	body, err := readObject(r, bodyRequired)
+	body, err := httpapi.ReadObject(r, httpapi.BodyRequired)
 	if err != nil {
 		return nil, err
 	}
@@ -106,7 +107,7 @@ func (s *Service) storeAccountData(ctx context.Context, userID, roomID, typ stri
 }
 
 // getAccountData is GET /user/{userId}[/rooms/{roomId}]/account_data/{type}.
-func (s *Service) getAccountData(r *http.Request, dev *device, perRoom bool) (any, error) {
+func (s *Service) getAccountData(r *http.Request, dev *httpapi.Device, perRoom bool) (any, error) {
 	roomID, err := accountDataTarget(r, dev, perRoom)
 	if err != nil {
 		return nil, err
@@ -135,7 +136,7 @@ func (s *Service) getAccountData(r *http.Request, dev *device, perRoom bool) (an
 // fullyReadMarker serves the room account data m.fully_read, which the
 // presence service keeps (POST /read_markers writes it there): the room's
 // current marker, read as an initial /sync would.
-func (s *Service) fullyReadMarker(r *http.Request, dev *device, roomID string) (any, error) {
+func (s *Service) fullyReadMarker(r *http.Request, dev *httpapi.Device, roomID string) (any, error) {
 	ps, err := s.presenceClient()
 	if err != nil {
 		return nil, err
@@ -175,7 +176,7 @@ func (s *Service) loadTags(ctx context.Context, userID, roomID string) (tagsCont
 }
 
 // getTags is GET /user/{userId}/rooms/{roomId}/tags.
-func (s *Service) getTags(r *http.Request, dev *device) (any, error) {
+func (s *Service) getTags(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := accountDataTarget(r, dev, true)
 	if err != nil {
 		return nil, err
@@ -188,16 +189,16 @@ func tagParam(r *http.Request) (string, error) {
 }
 
 // putTag is PUT /user/{userId}/rooms/{roomId}/tags/{tag}.
-func (s *Service) putTag(r *http.Request, dev *device) (any, error) {
+func (s *Service) putTag(r *http.Request, dev *httpapi.Device) (any, error) {
 	return s.changeTag(r, dev, true)
 }
 
 // deleteTag is DELETE /user/{userId}/rooms/{roomId}/tags/{tag}.
-func (s *Service) deleteTag(r *http.Request, dev *device) (any, error) {
+func (s *Service) deleteTag(r *http.Request, dev *httpapi.Device) (any, error) {
 	return s.changeTag(r, dev, false)
 }
 
-func (s *Service) changeTag(r *http.Request, dev *device, put bool) (any, error) {
+func (s *Service) changeTag(r *http.Request, dev *httpapi.Device, put bool) (any, error) {
 	roomID, err := accountDataTarget(r, dev, true)
 	if err != nil {
 		return nil, err
@@ -208,7 +209,7 @@ func (s *Service) changeTag(r *http.Request, dev *device, put bool) (any, error)
 	}
 	var body []byte
 	if put {
-		if body, err = readObject(r, bodyRequired); err != nil {
+		if body, err = httpapi.ReadObject(r, httpapi.BodyRequired); err != nil {
 			return nil, err
 		}
 		var info struct {

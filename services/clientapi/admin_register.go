@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -19,7 +20,7 @@ import (
 // wrong) and expires after registration.nonce_lifetime.
 
 // adminRegisterNonce is GET /_synapse/admin/v1/register.
-func (s *Service) adminRegisterNonce(r *http.Request, _ *device) (any, error) {
+func (s *Service) adminRegisterNonce(r *http.Request, _ *httpapi.Device) (any, error) {
 	if s.cfg.Registration.SharedSecret == "" {
 		return nil, sharedSecretDisabled()
 	}
@@ -31,7 +32,7 @@ func (s *Service) adminRegisterNonce(r *http.Request, _ *device) (any, error) {
 }
 
 func sharedSecretDisabled() *matrixhttp.Error {
-	return unknownError(http.StatusBadRequest, "Shared secret registration is not enabled")
+	return httpapi.UnknownError(http.StatusBadRequest, "Shared secret registration is not enabled")
 }
 
 // adminRegisterRequest is the POST body. Fields are pointers to tell
@@ -62,25 +63,25 @@ func registrationMAC(secret, nonce, username, password string, admin bool, userT
 }
 
 // adminRegister is POST /_synapse/admin/v1/register.
-func (s *Service) adminRegister(r *http.Request, _ *device) (any, error) {
+func (s *Service) adminRegister(r *http.Request, _ *httpapi.Device) (any, error) {
 	secret := s.cfg.Registration.SharedSecret
 	if secret == "" {
 		return nil, sharedSecretDisabled()
 	}
 	var req adminRegisterRequest
-	if err := decodeBody(r, bodyRequired, &req); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyRequired, &req); err != nil {
 		return nil, err
 	}
 	ctx := r.Context()
 	if req.Nonce == nil {
-		return nil, unknownError(http.StatusBadRequest, "nonce must be specified")
+		return nil, httpapi.UnknownError(http.StatusBadRequest, "nonce must be specified")
 	}
 	ok, err := s.store.ConsumeNonce(ctx, *req.Nonce, s.cfg.Registration.NonceLifetime)
 	if err != nil {
 		return nil, err
 	}
 	if !ok {
-		return nil, unknownError(http.StatusBadRequest, "unrecognised nonce")
+		return nil, httpapi.UnknownError(http.StatusBadRequest, "unrecognised nonce")
 	}
 	if req.Username == nil || *req.Username == "" || len(*req.Username) > 512 || strings.ContainsRune(*req.Username, 0) {
 		return nil, matrixhttp.InvalidParam("Invalid username")
@@ -93,7 +94,7 @@ func (s *Service) adminRegister(r *http.Request, _ *device) (any, error) {
 		return nil, matrixhttp.InvalidParam("user_type is not supported")
 	}
 	if req.MAC == nil {
-		return nil, unknownError(http.StatusBadRequest, "mac must be specified")
+		return nil, httpapi.UnknownError(http.StatusBadRequest, "mac must be specified")
 	}
 	got, err := hex.DecodeString(*req.MAC)
 	want := registrationMAC(secret, *req.Nonce, *req.Username, *req.Password, req.Admin, req.UserType)

@@ -6,6 +6,7 @@ import (
 	"net/http"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -17,7 +18,7 @@ import (
 // opaque identifier grammar minus nothing: [A-Za-z0-9._~-]).
 const registrationTokenAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._~-"
 
-func requireAdmin(dev *device) error {
+func requireAdmin(dev *httpapi.Device) error {
 	if !dev.IsAdmin {
 		return matrixhttp.Forbidden("You are not a server admin")
 	}
@@ -39,7 +40,7 @@ func validOpaqueID(s string) bool {
 }
 
 // listRegistrationTokens is GET /_synapse/admin/v1/registration_tokens.
-func (s *Service) listRegistrationTokens(r *http.Request, dev *device) (any, error) {
+func (s *Service) listRegistrationTokens(r *http.Request, dev *httpapi.Device) (any, error) {
 	if err := requireAdmin(dev); err != nil {
 		return nil, err
 	}
@@ -63,7 +64,7 @@ func (s *Service) listRegistrationTokens(r *http.Request, dev *device) (any, err
 }
 
 func tokenParam(r *http.Request) (string, error) {
-	t, err := pathParam(r, "token")
+	t, err := httpapi.PathParam(r, "token")
 	if err != nil {
 		return "", err
 	}
@@ -74,7 +75,7 @@ func tokenParam(r *http.Request) (string, error) {
 }
 
 // getRegistrationToken is GET /_synapse/admin/v1/registration_tokens/{token}.
-func (s *Service) getRegistrationToken(r *http.Request, dev *device) (any, error) {
+func (s *Service) getRegistrationToken(r *http.Request, dev *httpapi.Device) (any, error) {
 	if err := requireAdmin(dev); err != nil {
 		return nil, err
 	}
@@ -111,12 +112,12 @@ func (s *Service) tokenLimits(fields map[string]json.RawMessage) (setUses bool, 
 }
 
 // createRegistrationToken is POST /_synapse/admin/v1/registration_tokens/new.
-func (s *Service) createRegistrationToken(r *http.Request, dev *device) (any, error) {
+func (s *Service) createRegistrationToken(r *http.Request, dev *httpapi.Device) (any, error) {
 	if err := requireAdmin(dev); err != nil {
 		return nil, err
 	}
 	var fields map[string]json.RawMessage
-	if err := decodeBody(r, bodyOptional, &fields); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyOptional, &fields); err != nil {
 		return nil, err
 	}
 	_, uses, _, expiry, err := s.tokenLimits(fields)
@@ -145,7 +146,7 @@ func (s *Service) createRegistrationToken(r *http.Request, dev *device) (any, er
 }
 
 // updateRegistrationToken is PUT /_synapse/admin/v1/registration_tokens/{token}.
-func (s *Service) updateRegistrationToken(r *http.Request, dev *device) (any, error) {
+func (s *Service) updateRegistrationToken(r *http.Request, dev *httpapi.Device) (any, error) {
 	if err := requireAdmin(dev); err != nil {
 		return nil, err
 	}
@@ -154,7 +155,7 @@ func (s *Service) updateRegistrationToken(r *http.Request, dev *device) (any, er
 		return nil, err
 	}
 	var fields map[string]json.RawMessage
-	if err := decodeBody(r, bodyOptional, &fields); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyOptional, &fields); err != nil {
 		return nil, err
 	}
 	setUses, uses, setExpiry, expiry, err := s.tokenLimits(fields)
@@ -169,7 +170,7 @@ func (s *Service) updateRegistrationToken(r *http.Request, dev *device) (any, er
 }
 
 // deleteRegistrationToken is DELETE /_synapse/admin/v1/registration_tokens/{token}.
-func (s *Service) deleteRegistrationToken(r *http.Request, dev *device) (any, error) {
+func (s *Service) deleteRegistrationToken(r *http.Request, dev *httpapi.Device) (any, error) {
 	if err := requireAdmin(dev); err != nil {
 		return nil, err
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 
 	"github.com/myelin-chat/myelin/pkg/ratelimit"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 )
 
 // Config is the client-API's own configuration (root key: client_api).
@@ -93,18 +94,9 @@ type PushConfig struct {
 	PruneInterval time.Duration `yaml:"prune_interval"`
 }
 
-// RateLimitConfig configures the token-bucket rate limiter. Register and
-// login are limited per client IP; send and createRoom per user.
-type RateLimitConfig struct {
-	Enabled    bool       `yaml:"enabled"`
-	Register   RateBucket `yaml:"register"`
-	Login      RateBucket `yaml:"login"`
-	Send       RateBucket `yaml:"send"`
-	CreateRoom RateBucket `yaml:"create_room"`
-	// TrustForwardedFor takes the client IP from X-Forwarded-For (set it
-	// when the client-API runs behind the edge router or another proxy).
-	TrustForwardedFor bool `yaml:"trust_forwarded_for"`
-}
+// RateLimitConfig configures the token-bucket rate limiter (the HTTP
+// edge's, internal/httpapi).
+type RateLimitConfig = httpapi.RateLimitConfig
 
 // RateBucket is a token bucket: PerSecond tokens are added each second, up
 // to Burst (the shared limiter's, pkg/ratelimit).

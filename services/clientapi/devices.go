@@ -5,11 +5,12 @@ import (
 	"net/http"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
 // listDevices is GET /devices.
-func (s *Service) listDevices(r *http.Request, dev *device) (any, error) {
+func (s *Service) listDevices(r *http.Request, dev *httpapi.Device) (any, error) {
 	devs, err := s.store.Devices(r.Context(), dev.UserID)
 	if err != nil {
 		return nil, err
@@ -19,7 +20,7 @@ func (s *Service) listDevices(r *http.Request, dev *device) (any, error) {
 
 // deviceIDParam reads {deviceId}.
 func deviceIDParam(r *http.Request) (string, error) {
-	id, err := pathParam(r, "deviceId")
+	id, err := httpapi.PathParam(r, "deviceId")
 	if err != nil {
 		return "", err
 	}
@@ -34,7 +35,7 @@ func errNoDevice() error { return matrixhttp.NotFound("Unknown device") }
 
 // getDevice is GET /devices/{deviceId}. Only the caller's own devices
 // exist for them: another user's device ID is 404.
-func (s *Service) getDevice(r *http.Request, dev *device) (any, error) {
+func (s *Service) getDevice(r *http.Request, dev *httpapi.Device) (any, error) {
 	id, err := deviceIDParam(r)
 	if err != nil {
 		return nil, err
@@ -50,7 +51,7 @@ func (s *Service) getDevice(r *http.Request, dev *device) (any, error) {
 }
 
 // putDevice is PUT /devices/{deviceId}: renames a device.
-func (s *Service) putDevice(r *http.Request, dev *device) (any, error) {
+func (s *Service) putDevice(r *http.Request, dev *httpapi.Device) (any, error) {
 	id, err := deviceIDParam(r)
 	if err != nil {
 		return nil, err
@@ -58,7 +59,7 @@ func (s *Service) putDevice(r *http.Request, dev *device) (any, error) {
 	var req struct {
 		DisplayName *string `json:"display_name"`
 	}
-	if err := decodeBody(r, bodyOptional, &req); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyOptional, &req); err != nil {
 		return nil, err
 	}
 	if req.DisplayName == nil {
@@ -83,7 +84,7 @@ func (s *Service) putDevice(r *http.Request, dev *device) (any, error) {
 }
 
 // deleteDevice is DELETE /devices/{deviceId}, behind user-interactive auth.
-func (s *Service) deleteDevice(r *http.Request, dev *device) (any, error) {
+func (s *Service) deleteDevice(r *http.Request, dev *httpapi.Device) (any, error) {
 	id, err := deviceIDParam(r)
 	if err != nil {
 		return nil, err
@@ -91,7 +92,7 @@ func (s *Service) deleteDevice(r *http.Request, dev *device) (any, error) {
 	var req struct {
 		Auth *authData `json:"auth"`
 	}
-	if err := decodeBody(r, bodyOptional, &req); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyOptional, &req); err != nil {
 		return nil, err
 	}
 	// Check existence before asking for a password: a 404 is the answer
@@ -106,12 +107,12 @@ func (s *Service) deleteDevice(r *http.Request, dev *device) (any, error) {
 
 // deleteDevicesBulk is POST /delete_devices, behind user-interactive auth.
 // Unknown device IDs are ignored, as the spec says.
-func (s *Service) deleteDevicesBulk(r *http.Request, dev *device) (any, error) {
+func (s *Service) deleteDevicesBulk(r *http.Request, dev *httpapi.Device) (any, error) {
 	var req struct {
 		Auth    *authData `json:"auth"`
 		Devices []string  `json:"devices"`
 	}
-	if err := decodeBody(r, bodyRequired, &req); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyRequired, &req); err != nil {
 		return nil, err
 	}
 	if req.Devices == nil {
@@ -120,7 +121,7 @@ func (s *Service) deleteDevicesBulk(r *http.Request, dev *device) (any, error) {
 	return s.deleteDevicesUIA(r, dev, req.Auth, req.Devices)
 }
 
-func (s *Service) deleteDevicesUIA(r *http.Request, dev *device, auth *authData, ids []string) (any, error) {
+func (s *Service) deleteDevicesUIA(r *http.Request, dev *httpapi.Device, auth *authData, ids []string) (any, error) {
 	ctx := r.Context()
 	sess, err := s.runUIA(ctx, purposeDeleteDevices, dev.UserID, auth)
 	if err != nil {

@@ -17,14 +17,15 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
 // deleteAlias is DELETE /directory/room/{roomAlias}. Allowed for the
 // alias's creator and for users who may change the room's canonical alias
 // (there are no server admins yet).
-func (s *Service) deleteAlias(r *http.Request, dev *device) (any, error) {
-	alias, err := pathParam(r, "roomAlias")
+func (s *Service) deleteAlias(r *http.Request, dev *httpapi.Device) (any, error) {
+	alias, err := httpapi.PathParam(r, "roomAlias")
 	if err != nil {
 		return nil, err
 	}
@@ -65,7 +66,7 @@ func (s *Service) deleteAlias(r *http.Request, dev *device) (any, error) {
 // m.room.canonical_alias (alias and alt_aliases), as Synapse does, so the
 // room does not advertise an alias that no longer resolves. It is sent as
 // the deleting user; when they lack the power, the event stays as it is.
-func (s *Service) dropFromCanonicalAlias(r *http.Request, dev *device, roomID, alias string) {
+func (s *Service) dropFromCanonicalAlias(r *http.Request, dev *httpapi.Device, roomID, alias string) {
 	// The room-server's current state, not the client-API's copy, which
 	// may not have the latest canonical alias event yet.
 	resp, err := s.rooms.QueryState(r.Context(), &roomserverv1.QueryStateRequest{
@@ -106,7 +107,7 @@ func (s *Service) dropFromCanonicalAlias(r *http.Request, dev *device, roomID, a
 // mayManageRoomListing: the user is joined to the room and has the power
 // to send m.room.canonical_alias. It guards alias deletion by non-creators
 // and directory publication.
-func (s *Service) mayManageRoomListing(r *http.Request, dev *device, roomID string) (bool, error) {
+func (s *Service) mayManageRoomListing(r *http.Request, dev *httpapi.Device, roomID string) (bool, error) {
 	m, err := s.rooms.QueryMembership(r.Context(), &roomserverv1.QueryMembershipRequest{RoomId: roomID, UserId: dev.UserID})
 	if err != nil {
 		return false, s.fromGRPC(r.Context(), "QueryMembership", err, nil)
@@ -123,7 +124,7 @@ func (s *Service) mayManageRoomListing(r *http.Request, dev *device, roomID stri
 
 // roomAliases is GET /rooms/{roomId}/aliases: for members, or anyone when
 // the room's history is world_readable.
-func (s *Service) roomAliases(r *http.Request, dev *device) (any, error) {
+func (s *Service) roomAliases(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := roomIDParam(r)
 	if err != nil {
 		return nil, err
@@ -177,7 +178,7 @@ func historyVisibility(events []*roomserverv1.Event) string {
 }
 
 // getVisibility is GET /directory/list/room/{roomId}.
-func (s *Service) getVisibility(r *http.Request, _ *device) (any, error) {
+func (s *Service) getVisibility(r *http.Request, _ *httpapi.Device) (any, error) {
 	roomID, err := roomIDParam(r)
 	if err != nil {
 		return nil, err
@@ -194,7 +195,7 @@ func (s *Service) getVisibility(r *http.Request, _ *device) (any, error) {
 
 // putVisibility is PUT /directory/list/room/{roomId}: for joined users
 // who may change the canonical alias (the spec leaves the check to us).
-func (s *Service) putVisibility(r *http.Request, dev *device) (any, error) {
+func (s *Service) putVisibility(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := roomIDParam(r)
 	if err != nil {
 		return nil, err
@@ -202,7 +203,7 @@ func (s *Service) putVisibility(r *http.Request, dev *device) (any, error) {
 	var req struct {
 		Visibility *string `json:"visibility"`
 	}
-	if err := decodeBody(r, bodyRequired, &req); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyRequired, &req); err != nil {
 		return nil, err
 	}
 	visibility := "public"
@@ -260,9 +261,9 @@ type publicRoom struct {
 }
 
 // publicRoomsGet is GET /publicRooms.
-func (s *Service) publicRoomsGet(r *http.Request, _ *device) (any, error) {
+func (s *Service) publicRoomsGet(r *http.Request, _ *httpapi.Device) (any, error) {
 	var req publicRoomsRequest
-	limit, err := queryInt(r, "limit", 0)
+	limit, err := httpapi.QueryInt(r, "limit", 0)
 	if err != nil {
 		return nil, err
 	}
@@ -274,9 +275,9 @@ func (s *Service) publicRoomsGet(r *http.Request, _ *device) (any, error) {
 }
 
 // publicRoomsPost is POST /publicRooms.
-func (s *Service) publicRoomsPost(r *http.Request, _ *device) (any, error) {
+func (s *Service) publicRoomsPost(r *http.Request, _ *httpapi.Device) (any, error) {
 	var req publicRoomsRequest
-	if err := decodeBody(r, bodyOptional, &req); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyOptional, &req); err != nil {
 		return nil, err
 	}
 	return s.publicRooms(r, req)
@@ -444,7 +445,7 @@ func (s *Service) checkCanonicalAlias(r *http.Request, roomID string, content []
 			return s.fromGRPC(r.Context(), "GetRoomAlias", err, nil)
 		}
 		if resp.GetRoomId() != roomID {
-			return badAlias("The alias " + alias + " does not point to this room")
+			return httpapi.BadAlias("The alias " + alias + " does not point to this room")
 		}
 	}
 	return nil

@@ -26,17 +26,18 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
-func (s *Service) keyRoutes() []route {
-	return []route{
-		{method: http.MethodPost, path: "/keys/upload", auth: true, serve: s.needKeys(s.keysUpload)},
-		{method: http.MethodPost, path: "/keys/query", auth: true, serve: s.needKeys(s.keysQuery)},
-		{method: http.MethodPost, path: "/keys/claim", auth: true, serve: s.needKeys(s.keysClaim)},
-		{method: http.MethodGet, path: "/keys/changes", auth: true, serve: s.needKeys(s.keysChanges)},
-		{method: http.MethodPost, path: "/keys/device_signing/upload", auth: true, serve: s.needKeys(s.uploadCrossSigning)},
-		{method: http.MethodPost, path: "/keys/signatures/upload", auth: true, serve: s.needKeys(s.uploadSignatures)},
+func (s *Service) keyRoutes() []httpapi.Route {
+	return []httpapi.Route{
+		{Method: http.MethodPost, Path: "/keys/upload", Auth: true, Serve: s.needKeys(s.keysUpload)},
+		{Method: http.MethodPost, Path: "/keys/query", Auth: true, Serve: s.needKeys(s.keysQuery)},
+		{Method: http.MethodPost, Path: "/keys/claim", Auth: true, Serve: s.needKeys(s.keysClaim)},
+		{Method: http.MethodGet, Path: "/keys/changes", Auth: true, Serve: s.needKeys(s.keysChanges)},
+		{Method: http.MethodPost, Path: "/keys/device_signing/upload", Auth: true, Serve: s.needKeys(s.uploadCrossSigning)},
+		{Method: http.MethodPost, Path: "/keys/signatures/upload", Auth: true, Serve: s.needKeys(s.uploadSignatures)},
 	}
 }
 
@@ -114,13 +115,13 @@ func keyEntries(keys map[string]json.RawMessage) []*keyserverv1.KeyEntry {
 }
 
 // keysUpload is POST /keys/upload.
-func (s *Service) keysUpload(r *http.Request, dev *device) (any, error) {
+func (s *Service) keysUpload(r *http.Request, dev *httpapi.Device) (any, error) {
 	var req struct {
 		DeviceKeys   json.RawMessage            `json:"device_keys"`
 		OneTimeKeys  map[string]json.RawMessage `json:"one_time_keys"`
 		FallbackKeys map[string]json.RawMessage `json:"fallback_keys"`
 	}
-	if err := decodeBody(r, bodyRequired, &req); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyRequired, &req); err != nil {
 		return nil, err
 	}
 	ctx := r.Context()
@@ -158,11 +159,11 @@ func serverOf(userID string) string {
 }
 
 // keysQuery is POST /keys/query.
-func (s *Service) keysQuery(r *http.Request, dev *device) (any, error) {
+func (s *Service) keysQuery(r *http.Request, dev *httpapi.Device) (any, error) {
 	var req struct {
 		DeviceKeys map[string][]string `json:"device_keys"`
 	}
-	if err := decodeBody(r, bodyRequired, &req); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyRequired, &req); err != nil {
 		return nil, err
 	}
 	failures := map[string]any{}
@@ -237,11 +238,11 @@ func withDisplayName(keys []byte, name string) (json.RawMessage, error) {
 }
 
 // keysClaim is POST /keys/claim.
-func (s *Service) keysClaim(r *http.Request, _ *device) (any, error) {
+func (s *Service) keysClaim(r *http.Request, _ *httpapi.Device) (any, error) {
 	var req struct {
 		OneTimeKeys map[string]map[string]string `json:"one_time_keys"`
 	}
-	if err := decodeBody(r, bodyRequired, &req); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyRequired, &req); err != nil {
 		return nil, err
 	}
 	failures := map[string]any{}
@@ -277,7 +278,7 @@ func (s *Service) keysClaim(r *http.Request, _ *device) (any, error) {
 // keysChanges is GET /keys/changes: the users sharing a room with the
 // requester whose device lists changed between two sync tokens, and those
 // who stopped sharing every room with them in that range.
-func (s *Service) keysChanges(r *http.Request, dev *device) (any, error) {
+func (s *Service) keysChanges(r *http.Request, dev *httpapi.Device) (any, error) {
 	from, err := parseStreamToken(r.URL.Query().Get("from"))
 	if err != nil {
 		return nil, matrixhttp.InvalidParam("from must be a sync token")
@@ -316,9 +317,9 @@ func (s *Service) keysChanges(r *http.Request, dev *device) (any, error) {
 // auth is needed unless the user has no master key yet, or the request
 // repeats the stored keys exactly (so a lost answer can be retried): the
 // key-server decides, and stores nothing until the UIA is done.
-func (s *Service) uploadCrossSigning(r *http.Request, dev *device) (any, error) {
+func (s *Service) uploadCrossSigning(r *http.Request, dev *httpapi.Device) (any, error) {
 	var auth *authData
-	raw, err := readObject(r, bodyRequired)
+	raw, err := httpapi.ReadObject(r, httpapi.BodyRequired)
 	if err != nil {
 		return nil, err
 	}
@@ -359,9 +360,9 @@ func (s *Service) uploadCrossSigning(r *http.Request, dev *device) (any, error) 
 // uploadSignatures is POST /keys/signatures/upload: the key-server checks
 // each signature against the signer's key before it stores it; the ones
 // that fail are reported under failures.
-func (s *Service) uploadSignatures(r *http.Request, dev *device) (any, error) {
+func (s *Service) uploadSignatures(r *http.Request, dev *httpapi.Device) (any, error) {
 	var body map[string]map[string]json.RawMessage
-	if err := decodeBody(r, bodyRequired, &body); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyRequired, &body); err != nil {
 		return nil, err
 	}
 	req := &keyserverv1.UploadSignaturesRequest{UserId: dev.UserID}

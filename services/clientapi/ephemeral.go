@@ -12,6 +12,7 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 )
 
 // Typing, receipts, read markers and presence. The data belongs to the
@@ -19,19 +20,19 @@ import (
 // gRPC. What /sync shows of it is in ephemeral_sync.go.
 
 // ephemeralRoutes are the route table rows of this file.
-func (s *Service) ephemeralRoutes() []route {
-	return []route{
-		{method: http.MethodPut, path: "/rooms/{roomId}/typing/{userId}", auth: true, serve: s.putTyping},
-		{method: http.MethodPost, path: "/rooms/{roomId}/receipt/{receiptType}/{eventId}", auth: true, serve: s.postReceipt},
-		{method: http.MethodPost, path: "/rooms/{roomId}/read_markers", auth: true, serve: s.postReadMarkers},
-		{method: http.MethodGet, path: "/presence/{userId}/status", auth: true, serve: s.getPresence},
-		{method: http.MethodPut, path: "/presence/{userId}/status", auth: true, serve: s.putPresence},
+func (s *Service) ephemeralRoutes() []httpapi.Route {
+	return []httpapi.Route{
+		{Method: http.MethodPut, Path: "/rooms/{roomId}/typing/{userId}", Auth: true, Serve: s.putTyping},
+		{Method: http.MethodPost, Path: "/rooms/{roomId}/receipt/{receiptType}/{eventId}", Auth: true, Serve: s.postReceipt},
+		{Method: http.MethodPost, Path: "/rooms/{roomId}/read_markers", Auth: true, Serve: s.postReadMarkers},
+		{Method: http.MethodGet, Path: "/presence/{userId}/status", Auth: true, Serve: s.getPresence},
+		{Method: http.MethodPut, Path: "/presence/{userId}/status", Auth: true, Serve: s.putPresence},
 	}
 }
 
 // presenceErrors: the presence service refuses users who are not joined
 // (typing, receipts) or share no room (presence) with PERMISSION_DENIED.
-var presenceErrors = grpcOverrides{
+var presenceErrors = httpapi.GRPCOverrides{
 	codes.InvalidArgument: matrixhttp.InvalidParam,
 }
 
@@ -39,14 +40,14 @@ var presenceErrors = grpcOverrides{
 // unavailability when the process was built without one.
 func (s *Service) presenceClient() (presencev1.PresenceServiceClient, error) {
 	if s.presence == nil {
-		return nil, unknownError(http.StatusServiceUnavailable, "Presence service not configured")
+		return nil, httpapi.UnknownError(http.StatusServiceUnavailable, "Presence service not configured")
 	}
 	return s.presence, nil
 }
 
 // ownUserParam reads {userId} and requires it to be the requester.
-func ownUserParam(r *http.Request, dev *device, what string) error {
-	userID, err := pathParam(r, "userId")
+func ownUserParam(r *http.Request, dev *httpapi.Device, what string) error {
+	userID, err := httpapi.PathParam(r, "userId")
 	if err != nil {
 		return err
 	}
@@ -57,7 +58,7 @@ func ownUserParam(r *http.Request, dev *device, what string) error {
 }
 
 // putTyping is PUT /rooms/{roomId}/typing/{userId}.
-func (s *Service) putTyping(r *http.Request, dev *device) (any, error) {
+func (s *Service) putTyping(r *http.Request, dev *httpapi.Device) (any, error) {
 	ps, err := s.presenceClient()
 	if err != nil {
 		return nil, err
@@ -73,7 +74,7 @@ func (s *Service) putTyping(r *http.Request, dev *device) (any, error) {
 		Typing  *bool  `json:"typing"`
 		Timeout *int64 `json:"timeout"`
 	}
-	if err := decodeBody(r, bodyRequired, &req); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyRequired, &req); err != nil {
 		return nil, err
 	}
 	if req.Typing == nil {
@@ -96,7 +97,7 @@ func (s *Service) putTyping(r *http.Request, dev *device) (any, error) {
 func validThreadID(t string) bool { return t == "main" || strings.HasPrefix(t, "$") }
 
 // postReceipt is POST /rooms/{roomId}/receipt/{receiptType}/{eventId}.
-func (s *Service) postReceipt(r *http.Request, dev *device) (any, error) {
+func (s *Service) postReceipt(r *http.Request, dev *httpapi.Device) (any, error) {
 	ps, err := s.presenceClient()
 	if err != nil {
 		return nil, err
@@ -105,11 +106,11 @@ func (s *Service) postReceipt(r *http.Request, dev *device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	receiptType, err := pathParam(r, "receiptType")
+	receiptType, err := httpapi.PathParam(r, "receiptType")
 	if err != nil {
 		return nil, err
 	}
-	eventID, err := pathParam(r, "eventId")
+	eventID, err := httpapi.PathParam(r, "eventId")
 	if err != nil {
 		return nil, err
 	}
@@ -124,7 +125,7 @@ func (s *Service) postReceipt(r *http.Request, dev *device) (any, error) {
 	var req struct {
 		ThreadID *string `json:"thread_id"`
 	}
-	if err := decodeBody(r, bodyOptional, &req); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyOptional, &req); err != nil {
 		return nil, err
 	}
 	in := &presencev1.SetReceiptRequest{Origin: s.serverName, RoomId: roomID, UserId: dev.UserID, ReceiptType: receiptType, EventId: eventID}
@@ -142,7 +143,7 @@ func (s *Service) postReceipt(r *http.Request, dev *device) (any, error) {
 
 // postReadMarkers is POST /rooms/{roomId}/read_markers: m.fully_read
 // moves the read marker, m.read and m.read.private are receipts.
-func (s *Service) postReadMarkers(r *http.Request, dev *device) (any, error) {
+func (s *Service) postReadMarkers(r *http.Request, dev *httpapi.Device) (any, error) {
 	ps, err := s.presenceClient()
 	if err != nil {
 		return nil, err
@@ -153,7 +154,7 @@ func (s *Service) postReadMarkers(r *http.Request, dev *device) (any, error) {
 	}
 	// Other keys (extensions) are ignored.
 	var req map[string]json.RawMessage
-	if err := decodeBody(r, bodyRequired, &req); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyRequired, &req); err != nil {
 		return nil, err
 	}
 	markers := map[string]string{}
@@ -192,18 +193,18 @@ type presenceBody struct {
 }
 
 // getPresence is GET /presence/{userId}/status.
-func (s *Service) getPresence(r *http.Request, dev *device) (any, error) {
+func (s *Service) getPresence(r *http.Request, dev *httpapi.Device) (any, error) {
 	ps, err := s.presenceClient()
 	if err != nil {
 		return nil, err
 	}
-	userID, err := pathParam(r, "userId")
+	userID, err := httpapi.PathParam(r, "userId")
 	if err != nil {
 		return nil, err
 	}
 	resp, err := ps.GetPresence(r.Context(), &presencev1.GetPresenceRequest{RequesterId: dev.UserID, UserId: userID})
 	if err != nil {
-		return nil, s.fromGRPC(r.Context(), "GetPresence", err, grpcOverrides{
+		return nil, s.fromGRPC(r.Context(), "GetPresence", err, httpapi.GRPCOverrides{
 			codes.PermissionDenied: func(string) *matrixhttp.Error {
 				return matrixhttp.Forbidden("You are not allowed to see their presence")
 			},
@@ -219,7 +220,7 @@ func (s *Service) getPresence(r *http.Request, dev *device) (any, error) {
 }
 
 // putPresence is PUT /presence/{userId}/status.
-func (s *Service) putPresence(r *http.Request, dev *device) (any, error) {
+func (s *Service) putPresence(r *http.Request, dev *httpapi.Device) (any, error) {
 	ps, err := s.presenceClient()
 	if err != nil {
 		return nil, err
@@ -231,7 +232,7 @@ func (s *Service) putPresence(r *http.Request, dev *device) (any, error) {
 		Presence  *string `json:"presence"`
 		StatusMsg *string `json:"status_msg"`
 	}
-	if err := decodeBody(r, bodyRequired, &req); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyRequired, &req); err != nil {
 		return nil, err
 	}
 	if req.Presence == nil {

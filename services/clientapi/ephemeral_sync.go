@@ -7,6 +7,7 @@ import (
 	"go.uber.org/zap"
 
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -20,7 +21,7 @@ import (
 //
 // memberships are the user's as of pos when the caller has them (nil: they
 // are read here).
-func (s *Service) addEphemeral(ctx context.Context, dev *device, opts syncOptions, resp *syncResponse, pos int64, memberships []store.Membership) (int64, error) {
+func (s *Service) addEphemeral(ctx context.Context, dev *httpapi.Device, opts syncOptions, resp *syncResponse, pos int64, memberships []store.Membership) (int64, error) {
 	var since int64
 	if opts.since != nil {
 		since = opts.since.epos

@@ -9,6 +9,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -42,7 +43,7 @@ func parseRoomEventFilter(v string) (roomEventFilter, error) {
 	if !isObject([]byte(v)) {
 		return f, matrixhttp.BadJSON("filter must be a JSON object")
 	}
-	if err := decodeObject([]byte(v), &f); err != nil {
+	if err := httpapi.DecodeObject([]byte(v), &f); err != nil {
 		return f, err
 	}
 	return f, f.checkIDs()

@@ -12,6 +12,7 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -183,7 +184,7 @@ func renderEventAs(stored []byte, roomID, txnID, membership string) (json.RawMes
 }
 
 // renderFor renders a stored event for the requesting device.
-func renderFor(e store.StoredEvent, dev *device, withRoomID bool) (json.RawMessage, error) {
+func renderFor(e store.StoredEvent, dev *httpapi.Device, withRoomID bool) (json.RawMessage, error) {
 	txn := ""
 	if e.TxnID != "" && e.Sender == dev.UserID && e.TxnDeviceID == dev.DeviceID {
 		txn = e.TxnID
@@ -232,23 +233,23 @@ type eventIDResponse struct {
 // send is PUT /rooms/{roomId}/send/{eventType}/{txnId}. The room-server
 // deduplicates by (device, txnId), so a retried request returns the first
 // event's ID.
-func (s *Service) send(r *http.Request, dev *device) (any, error) {
+func (s *Service) send(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := roomIDParam(r)
 	if err != nil {
 		return nil, err
 	}
-	evType, err := pathParam(r, "eventType")
+	evType, err := httpapi.PathParam(r, "eventType")
 	if err != nil {
 		return nil, err
 	}
-	txnID, err := pathParam(r, "txnId")
+	txnID, err := httpapi.PathParam(r, "txnId")
 	if err != nil {
 		return nil, err
 	}
 	if evType == "" || txnID == "" {
 		return nil, matrixhttp.InvalidParam("Event type and transaction ID must not be empty")
 	}
-	content, err := readObject(r, bodyRequired)
+	content, err := httpapi.ReadObject(r, httpapi.BodyRequired)
 	if err != nil {
 		return nil, err
 	}
@@ -276,23 +277,23 @@ func (s *Service) send(r *http.Request, dev *device) (any, error) {
 }
 
 // putState is PUT /rooms/{roomId}/state/{eventType}/{stateKey}.
-func (s *Service) putState(r *http.Request, dev *device) (any, error) {
+func (s *Service) putState(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := roomIDParam(r)
 	if err != nil {
 		return nil, err
 	}
-	evType, err := pathParam(r, "eventType")
+	evType, err := httpapi.PathParam(r, "eventType")
 	if err != nil {
 		return nil, err
 	}
-	stateKey, err := pathParam(r, "stateKey")
+	stateKey, err := httpapi.PathParam(r, "stateKey")
 	if err != nil {
 		return nil, err
 	}
 	if evType == "" {
 		return nil, matrixhttp.InvalidParam("Event type must not be empty")
 	}
-	content, err := readObject(r, bodyRequired)
+	content, err := httpapi.ReadObject(r, httpapi.BodyRequired)
 	if err != nil {
 		return nil, err
 	}
@@ -360,16 +361,16 @@ func (s *Service) accessRoom(r *http.Request, userID, roomID string) (roomAccess
 }
 
 // getState is GET /rooms/{roomId}/state/{eventType}/{stateKey}.
-func (s *Service) getState(r *http.Request, dev *device) (any, error) {
+func (s *Service) getState(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := roomIDParam(r)
 	if err != nil {
 		return nil, err
 	}
-	evType, err := pathParam(r, "eventType")
+	evType, err := httpapi.PathParam(r, "eventType")
 	if err != nil {
 		return nil, err
 	}
-	stateKey, err := pathParam(r, "stateKey")
+	stateKey, err := httpapi.PathParam(r, "stateKey")
 	if err != nil {
 		return nil, err
 	}
@@ -409,7 +410,7 @@ func (s *Service) getState(r *http.Request, dev *device) (any, error) {
 }
 
 // getAllState is GET /rooms/{roomId}/state.
-func (s *Service) getAllState(r *http.Request, dev *device) (any, error) {
+func (s *Service) getAllState(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := roomIDParam(r)
 	if err != nil {
 		return nil, err
@@ -434,7 +435,7 @@ const maxMessagesLimit = 1000
 
 // messages is GET /rooms/{roomId}/messages: pagination over the
 // client-API's event stream, with the same tokens as /sync.
-func (s *Service) messages(r *http.Request, dev *device) (any, error) {
+func (s *Service) messages(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := roomIDParam(r)
 	if err != nil {
 		return nil, err
@@ -451,7 +452,7 @@ func (s *Service) messages(r *http.Request, dev *device) (any, error) {
 	default:
 		return nil, matrixhttp.InvalidParam("dir must be b or f")
 	}
-	limit, err := queryInt(r, "limit", 10)
+	limit, err := httpapi.QueryInt(r, "limit", 10)
 	if err != nil {
 		return nil, err
 	}

@@ -14,15 +14,16 @@ import (
 	"time"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
-func (s *Service) extraRoutes() []route {
-	return []route{
-		{method: http.MethodGet, path: "/_matrix/client/v1/rooms/{roomId}/timestamp_to_event", abs: true, auth: true, serve: s.timestampToEvent},
-		{method: http.MethodGet, path: "/_matrix/client/v1/mutual_rooms", abs: true, auth: true, serve: s.mutualRooms},
-		{method: http.MethodGet, path: "/voip/turnServer", auth: true, serve: s.turnServer},
-		{method: http.MethodGet, path: "/_matrix/client/v1/room_summary/{roomIdOrAlias}", abs: true, serve: s.roomSummary},
+func (s *Service) extraRoutes() []httpapi.Route {
+	return []httpapi.Route{
+		{Method: http.MethodGet, Path: "/_matrix/client/v1/rooms/{roomId}/timestamp_to_event", Abs: true, Auth: true, Serve: s.timestampToEvent},
+		{Method: http.MethodGet, Path: "/_matrix/client/v1/mutual_rooms", Abs: true, Auth: true, Serve: s.mutualRooms},
+		{Method: http.MethodGet, Path: "/voip/turnServer", Auth: true, Serve: s.turnServer},
+		{Method: http.MethodGet, Path: "/_matrix/client/v1/room_summary/{roomIdOrAlias}", Abs: true, OptionalAuth: true, Serve: s.roomSummary},
 	}
 }
 
@@ -37,7 +38,7 @@ const timestampWindow = 50
 // copy of the room (no federation). Events are found by a binary search
 // over the room's stream positions on their timestamps, then the
 // neighbours of the boundary are compared.
-func (s *Service) timestampToEvent(r *http.Request, dev *device) (any, error) {
+func (s *Service) timestampToEvent(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := roomIDParam(r)
 	if err != nil {
 		return nil, err
@@ -128,7 +129,7 @@ func eventTS(stored []byte) int64 {
 
 // mutualRooms is GET /v1/mutual_rooms: the rooms the requester and another
 // user are both joined to, in one batch.
-func (s *Service) mutualRooms(r *http.Request, dev *device) (any, error) {
+func (s *Service) mutualRooms(r *http.Request, dev *httpapi.Device) (any, error) {
 	other := r.URL.Query().Get("user_id")
 	if other == "" {
 		return nil, matrixhttp.MissingParam("user_id is required")
@@ -156,7 +157,7 @@ func (s *Service) mutualRooms(r *http.Request, dev *device) (any, error) {
 // TURN REST API form that coturn's use-auth-secret accepts (username
 // "<expiry>:<user ID>", password base64(HMAC-SHA1(secret, username))), as
 // Synapse issues them. Without turn.uris it answers {}.
-func (s *Service) turnServer(_ *http.Request, dev *device) (any, error) {
+func (s *Service) turnServer(_ *http.Request, dev *httpapi.Device) (any, error) {
 	cfg := s.cfg.Turn
 	if len(cfg.URIs) == 0 || cfg.SharedSecret == "" {
 		return struct{}{}, nil

@@ -7,6 +7,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -98,7 +99,7 @@ type authPageData struct {
 // mountFallbackPages adds the HTML pages to the client-API's router.
 func (s *Service) mountFallbackPages(mux chi.Router) {
 	mux.Get(loginFallbackPath, s.loginFallback)
-	for _, prefix := range clientPrefixes {
+	for _, prefix := range httpapi.ClientPrefixes {
 		mux.Get(prefix+"/auth/{authType}/fallback/web", s.authFallback)
 		mux.Post(prefix+"/auth/{authType}/fallback/web", s.authFallback)
 	}
@@ -138,21 +139,21 @@ func (s *Service) authFallback(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err != nil {
-		s.writeError(w, r, err)
+		s.http.WriteError(w, r, err)
 		return
 	}
 	data.User = sess.UserID
 	if r.Method == http.MethodPost {
 		auth := &authData{Type: stage, Session: sess.ID, Password: r.PostForm.Get("password"), Token: r.PostForm.Get("token")}
 		err := s.uiaStage(ctx, &sess, s.uiaFlows(sess.Purpose), auth)
-		var ch *uiaChallenge
+		var ch *httpapi.UIAChallenge
 		switch {
 		case err == nil:
 			data.Done = true
 		case errors.As(err, &ch):
 			data.Error = ch.Message
 		default:
-			s.writeError(w, r, err)
+			s.http.WriteError(w, r, err)
 			return
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -48,7 +49,7 @@ func parseFilter(raw []byte) (syncFilter, error) {
 	if !isObject(raw) {
 		return f, matrixhttp.BadJSON("Filter must be a JSON object")
 	}
-	if err := decodeObject(raw, &f); err != nil {
+	if err := httpapi.DecodeObject(raw, &f); err != nil {
 		return f, err
 	}
 	switch f.EventFormat {
@@ -120,8 +121,8 @@ func (f syncFilter) unreadThreadNotifications() bool {
 func (f syncFilter) includeLeave() bool { return f.Room != nil && f.Room.IncludeLeave }
 
 // filterUser checks the {userId} of the filter endpoints is the caller.
-func filterUser(r *http.Request, dev *device) error {
-	userID, err := pathParam(r, "userId")
+func filterUser(r *http.Request, dev *httpapi.Device) error {
+	userID, err := httpapi.PathParam(r, "userId")
 	if err != nil {
 		return err
 	}
@@ -132,11 +133,11 @@ func filterUser(r *http.Request, dev *device) error {
 }
 
 // createFilter is POST /user/{userId}/filter.
-func (s *Service) createFilter(r *http.Request, dev *device) (any, error) {
+func (s *Service) createFilter(r *http.Request, dev *httpapi.Device) (any, error) {
 	if err := filterUser(r, dev); err != nil {
 		return nil, err
 	}
-	body, err := readObject(r, bodyRequired)
+	body, err := httpapi.ReadObject(r, httpapi.BodyRequired)
 	if err != nil {
 		return nil, err
 	}
@@ -151,11 +152,11 @@ func (s *Service) createFilter(r *http.Request, dev *device) (any, error) {
 }
 
 // getFilter is GET /user/{userId}/filter/{filterId}.
-func (s *Service) getFilter(r *http.Request, dev *device) (any, error) {
+func (s *Service) getFilter(r *http.Request, dev *httpapi.Device) (any, error) {
 	if err := filterUser(r, dev); err != nil {
 		return nil, err
 	}
-	idStr, err := pathParam(r, "filterId")
+	idStr, err := httpapi.PathParam(r, "filterId")
 	if err != nil {
 		return nil, err
 	}
@@ -175,7 +176,7 @@ func (s *Service) getFilter(r *http.Request, dev *device) (any, error) {
 
 // syncFilterParam resolves /sync's filter parameter: inline JSON when it
 // starts with '{', otherwise a filter ID of the caller.
-func (s *Service) syncFilterParam(r *http.Request, dev *device) (syncFilter, error) {
+func (s *Service) syncFilterParam(r *http.Request, dev *httpapi.Device) (syncFilter, error) {
 	v := r.URL.Query().Get("filter")
 	if v == "" {
 		return syncFilter{}, nil

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	clientapiv1 "github.com/myelin-chat/myelin/proto/clientapi/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -41,8 +42,8 @@ func (h *userHandler) Authenticate(ctx context.Context, req *clientapiv1.Authent
 	if req.GetAccessToken() == "" {
 		return nil, status.Error(codes.InvalidArgument, "access_token is empty")
 	}
-	dev, expired, err := h.svc.lookupAccessToken(ctx, req.GetAccessToken())
-	if errors.Is(err, store.ErrNotFound) {
+	dev, expired, err := h.svc.LookupAccessToken(ctx, req.GetAccessToken())
+	if errors.Is(err, httpapi.ErrUnknownToken) {
 		return nil, status.Error(codes.Unauthenticated, "unknown access token")
 	}
 	if err != nil {

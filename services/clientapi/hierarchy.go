@@ -18,6 +18,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -57,7 +58,7 @@ func hierarchyToken(offset, depth int, suggested bool) string {
 	return fmt.Sprintf("h%d_%d_%t", offset, depth, suggested)
 }
 
-func (s *Service) hierarchy(r *http.Request, dev *device) (any, error) {
+func (s *Service) hierarchy(r *http.Request, dev *httpapi.Device) (any, error) {
 	root, err := roomIDParam(r)
 	if err != nil {
 		return nil, err
@@ -69,7 +70,7 @@ func (s *Service) hierarchy(r *http.Request, dev *device) (any, error) {
 			return nil, matrixhttp.InvalidParam("suggested_only must be true or false")
 		}
 	}
-	limit, err := queryInt(r, "limit", hierarchyDefaultLimit)
+	limit, err := httpapi.QueryInt(r, "limit", hierarchyDefaultLimit)
 	if err != nil {
 		return nil, err
 	}
@@ -77,7 +78,7 @@ func (s *Service) hierarchy(r *http.Request, dev *device) (any, error) {
 		return nil, matrixhttp.InvalidParam("limit must be greater than zero")
 	}
 	limit = min(limit, hierarchyMaxLimit)
-	depth, err := queryInt(r, "max_depth", hierarchyDefaultDepth)
+	depth, err := httpapi.QueryInt(r, "max_depth", hierarchyDefaultDepth)
 	if err != nil {
 		return nil, err
 	}
@@ -113,7 +114,7 @@ func (s *Service) hierarchy(r *http.Request, dev *device) (any, error) {
 }
 
 // walkHierarchy returns the visible rooms below root, depth first.
-func (s *Service) walkHierarchy(r *http.Request, dev *device, root string, maxDepth int, suggested bool) ([]hierarchyRoom, error) {
+func (s *Service) walkHierarchy(r *http.Request, dev *httpapi.Device, root string, maxDepth int, suggested bool) ([]hierarchyRoom, error) {
 	type item struct {
 		roomID string
 		depth  int
@@ -151,7 +152,7 @@ func (s *Service) walkHierarchy(r *http.Request, dev *device, root string, maxDe
 
 // hierarchyEntry builds one room's entry and its ordered children, and
 // says whether the user may see the room.
-func (s *Service) hierarchyEntry(r *http.Request, dev *device, roomID string, suggested bool) (hierarchyRoom, []spaceChild, bool, error) {
+func (s *Service) hierarchyEntry(r *http.Request, dev *httpapi.Device, roomID string, suggested bool) (hierarchyRoom, []spaceChild, bool, error) {
 	ctx := r.Context()
 	reader := s.store.Reader()
 	state, err := reader.CurrentState(ctx, roomID, append(slices.Clone(directoryStateTypes), spaceChildType, "m.room.encryption"))
@@ -267,7 +268,7 @@ func validChildOrder(o string) bool {
 // mayPeekOrJoin is the hierarchy's visibility rule: joined or invited,
 // world-readable, public or knockable, or restricted with the user joined
 // to an allowed room.
-func (s *Service) mayPeekOrJoin(r *http.Request, dev *device, entry hierarchyRoom, membership string) (bool, error) {
+func (s *Service) mayPeekOrJoin(r *http.Request, dev *httpapi.Device, entry hierarchyRoom, membership string) (bool, error) {
 	switch {
 	case membership == store.MembershipJoin, membership == store.MembershipInvite:
 		return true, nil
@@ -295,19 +296,11 @@ func (s *Service) mayPeekOrJoin(r *http.Request, dev *device, entry hierarchyRoo
 // requester's membership. Authentication is optional: without it only
 // rooms that are public, knockable or world-readable are shown. Rooms this
 // server has no state for are not found (no federation).
-func (s *Service) roomSummary(r *http.Request, _ *device) (any, error) {
-	dev := &device{}
-	if _, ok := requestToken(r); ok {
-		d, err := s.authenticate(r)
-		if err != nil {
-			return nil, err
-		}
-		if err := moderationCheck(route{method: http.MethodGet, path: "room_summary"}, r, d); err != nil {
-			return nil, err // a locked account
-		}
-		dev = d
+func (s *Service) roomSummary(r *http.Request, dev *httpapi.Device) (any, error) {
+	if dev == nil {
+		dev = &httpapi.Device{} // the route's authentication is optional
 	}
-	target, err := pathParam(r, "roomIdOrAlias")
+	target, err := httpapi.PathParam(r, "roomIdOrAlias")
 	if err != nil {
 		return nil, err
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -54,7 +55,7 @@ func eventParams(r *http.Request) (roomID, eventID string, err error) {
 	if roomID, err = roomIDParam(r); err != nil {
 		return "", "", err
 	}
-	if eventID, err = pathParam(r, "eventId"); err != nil {
+	if eventID, err = httpapi.PathParam(r, "eventId"); err != nil {
 		return "", "", err
 	}
 	if eventID == "" {
@@ -87,7 +88,7 @@ func (s *Service) visibleEvent(ctx context.Context, rd store.Reader, userID, roo
 }
 
 // getEvent is GET /rooms/{roomId}/event/{eventId}.
-func (s *Service) getEvent(r *http.Request, dev *device) (any, error) {
+func (s *Service) getEvent(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, eventID, err := eventParams(r)
 	if err != nil {
 		return nil, err
@@ -180,12 +181,12 @@ const maxContextLimit = 100
 // limit/2 events before it and the rest after it (both filtered by the
 // visibility rules and the filter parameter), tokens that continue in
 // /messages, and the room state at the last event returned.
-func (s *Service) eventContext(r *http.Request, dev *device) (any, error) {
+func (s *Service) eventContext(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, eventID, err := eventParams(r)
 	if err != nil {
 		return nil, err
 	}
-	limit, err := queryInt(r, "limit", 10)
+	limit, err := httpapi.QueryInt(r, "limit", 10)
 	if err != nil {
 		return nil, err
 	}
@@ -275,7 +276,7 @@ func (s *Service) eventContext(r *http.Request, dev *device) (any, error) {
 }
 
 // renderVisible filters and renders events for the device.
-func (s *Service) renderVisible(ctx context.Context, rd store.Reader, dev *device, roomID string, events []store.StoredEvent, f roomEventFilter) ([]json.RawMessage, error) {
+func (s *Service) renderVisible(ctx context.Context, rd store.Reader, dev *httpapi.Device, roomID string, events []store.StoredEvent, f roomEventFilter) ([]json.RawMessage, error) {
 	visible, err := s.visibleEvents(ctx, rd, dev.UserID, roomID, events, f)
 	if err != nil {
 		return nil, err

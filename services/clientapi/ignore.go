@@ -6,6 +6,7 @@ import (
 	"errors"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -61,7 +62,7 @@ func checkIgnoredUserList(userID string, content []byte) error {
 	var l struct {
 		IgnoredUsers *map[string]json.RawMessage `json:"ignored_users"`
 	}
-	if err := decodeObject(content, &l); err != nil {
+	if err := httpapi.DecodeObject(content, &l); err != nil {
 		return err
 	}
 	if l.IgnoredUsers == nil {

@@ -14,21 +14,22 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 )
 
-func (s *Service) keyBackupRoutes() []route {
-	rts := []route{
-		{method: http.MethodPost, path: "/room_keys/version", auth: true, serve: s.needKeys(s.createBackupVersion)},
-		{method: http.MethodGet, path: "/room_keys/version", auth: true, serve: s.needKeys(s.getBackupVersion)},
-		{method: http.MethodGet, path: "/room_keys/version/{version}", auth: true, serve: s.needKeys(s.getBackupVersion)},
-		{method: http.MethodPut, path: "/room_keys/version/{version}", auth: true, serve: s.needKeys(s.updateBackupVersion)},
-		{method: http.MethodDelete, path: "/room_keys/version/{version}", auth: true, serve: s.needKeys(s.deleteBackupVersion)},
+func (s *Service) keyBackupRoutes() []httpapi.Route {
+	rts := []httpapi.Route{
+		{Method: http.MethodPost, Path: "/room_keys/version", Auth: true, Serve: s.needKeys(s.createBackupVersion)},
+		{Method: http.MethodGet, Path: "/room_keys/version", Auth: true, Serve: s.needKeys(s.getBackupVersion)},
+		{Method: http.MethodGet, Path: "/room_keys/version/{version}", Auth: true, Serve: s.needKeys(s.getBackupVersion)},
+		{Method: http.MethodPut, Path: "/room_keys/version/{version}", Auth: true, Serve: s.needKeys(s.updateBackupVersion)},
+		{Method: http.MethodDelete, Path: "/room_keys/version/{version}", Auth: true, Serve: s.needKeys(s.deleteBackupVersion)},
 	}
 	for _, p := range []string{"/room_keys/keys", "/room_keys/keys/{roomId}", "/room_keys/keys/{roomId}/{sessionId}"} {
 		rts = append(rts,
-			route{method: http.MethodPut, path: p, auth: true, serve: s.needKeys(s.putBackupKeys)},
-			route{method: http.MethodGet, path: p, auth: true, serve: s.needKeys(s.getBackupKeys)},
-			route{method: http.MethodDelete, path: p, auth: true, serve: s.needKeys(s.deleteBackupKeys)},
+			httpapi.Route{Method: http.MethodPut, Path: p, Auth: true, Serve: s.needKeys(s.putBackupKeys)},
+			httpapi.Route{Method: http.MethodGet, Path: p, Auth: true, Serve: s.needKeys(s.getBackupKeys)},
+			httpapi.Route{Method: http.MethodDelete, Path: p, Auth: true, Serve: s.needKeys(s.deleteBackupKeys)},
 		)
 	}
 	return rts
@@ -51,9 +52,9 @@ type backupVersionBody struct {
 }
 
 // createBackupVersion is POST /room_keys/version.
-func (s *Service) createBackupVersion(r *http.Request, dev *device) (any, error) {
+func (s *Service) createBackupVersion(r *http.Request, dev *httpapi.Device) (any, error) {
 	var req backupVersionBody
-	if err := decodeBody(r, bodyRequired, &req); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyRequired, &req); err != nil {
 		return nil, err
 	}
 	ctx := r.Context()
@@ -65,9 +66,9 @@ func (s *Service) createBackupVersion(r *http.Request, dev *device) (any, error)
 }
 
 // getBackupVersion is GET /room_keys/version[/{version}].
-func (s *Service) getBackupVersion(r *http.Request, dev *device) (any, error) {
+func (s *Service) getBackupVersion(r *http.Request, dev *httpapi.Device) (any, error) {
 	var version int64
-	if p := chiParam(r, "version"); p != "" {
+	if p := httpapi.ChiParam(r, "version"); p != "" {
 		var err error
 		if version, err = backupVersionParam(p); err != nil {
 			return nil, err
@@ -86,13 +87,13 @@ func (s *Service) getBackupVersion(r *http.Request, dev *device) (any, error) {
 
 // updateBackupVersion is PUT /room_keys/version/{version}: only auth_data
 // changes.
-func (s *Service) updateBackupVersion(r *http.Request, dev *device) (any, error) {
-	version, err := backupVersionParam(chiParam(r, "version"))
+func (s *Service) updateBackupVersion(r *http.Request, dev *httpapi.Device) (any, error) {
+	version, err := backupVersionParam(httpapi.ChiParam(r, "version"))
 	if err != nil {
 		return nil, err
 	}
 	var req backupVersionBody
-	if err := decodeBody(r, bodyRequired, &req); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyRequired, &req); err != nil {
 		return nil, err
 	}
 	if req.Version != "" && req.Version != strconv.FormatInt(version, 10) {
@@ -107,8 +108,8 @@ func (s *Service) updateBackupVersion(r *http.Request, dev *device) (any, error)
 }
 
 // deleteBackupVersion is DELETE /room_keys/version/{version}.
-func (s *Service) deleteBackupVersion(r *http.Request, dev *device) (any, error) {
-	version, err := backupVersionParam(chiParam(r, "version"))
+func (s *Service) deleteBackupVersion(r *http.Request, dev *httpapi.Device) (any, error) {
+	version, err := backupVersionParam(httpapi.ChiParam(r, "version"))
 	if err != nil {
 		return nil, err
 	}
@@ -128,7 +129,7 @@ func backupKeysScope(r *http.Request) (version int64, room, session string, err 
 	if version, err = backupVersionParam(v); err != nil {
 		return 0, "", "", err
 	}
-	return version, chiParam(r, "roomId"), chiParam(r, "sessionId"), nil
+	return version, httpapi.ChiParam(r, "roomId"), httpapi.ChiParam(r, "sessionId"), nil
 }
 
 // backupKey is one session's key in a backup, as clients send and get it.
@@ -150,7 +151,7 @@ func backupKeyOf(k *keyserverv1.BackupKey) backupKey {
 }
 
 // putBackupKeys is PUT /room_keys/keys[/{roomId}[/{sessionId}]].
-func (s *Service) putBackupKeys(r *http.Request, dev *device) (any, error) {
+func (s *Service) putBackupKeys(r *http.Request, dev *httpapi.Device) (any, error) {
 	version, room, session, err := backupKeysScope(r)
 	if err != nil {
 		return nil, err
@@ -159,7 +160,7 @@ func (s *Service) putBackupKeys(r *http.Request, dev *device) (any, error) {
 	switch {
 	case session != "":
 		var k backupKey
-		if err := decodeBody(r, bodyRequired, &k); err != nil {
+		if err := httpapi.DecodeBody(r, httpapi.BodyRequired, &k); err != nil {
 			return nil, err
 		}
 		req.Keys = append(req.Keys, k.toProto(room, session))
@@ -167,7 +168,7 @@ func (s *Service) putBackupKeys(r *http.Request, dev *device) (any, error) {
 		var body struct {
 			Sessions map[string]backupKey `json:"sessions"`
 		}
-		if err := decodeBody(r, bodyRequired, &body); err != nil {
+		if err := httpapi.DecodeBody(r, httpapi.BodyRequired, &body); err != nil {
 			return nil, err
 		}
 		for sess, k := range body.Sessions {
@@ -179,7 +180,7 @@ func (s *Service) putBackupKeys(r *http.Request, dev *device) (any, error) {
 				Sessions map[string]backupKey `json:"sessions"`
 			} `json:"rooms"`
 		}
-		if err := decodeBody(r, bodyRequired, &body); err != nil {
+		if err := httpapi.DecodeBody(r, httpapi.BodyRequired, &body); err != nil {
 			return nil, err
 		}
 		for rm, v := range body.Rooms {
@@ -197,7 +198,7 @@ func (s *Service) putBackupKeys(r *http.Request, dev *device) (any, error) {
 }
 
 // getBackupKeys is GET /room_keys/keys[/{roomId}[/{sessionId}]].
-func (s *Service) getBackupKeys(r *http.Request, dev *device) (any, error) {
+func (s *Service) getBackupKeys(r *http.Request, dev *httpapi.Device) (any, error) {
 	version, room, session, err := backupKeysScope(r)
 	if err != nil {
 		return nil, err
@@ -236,7 +237,7 @@ func (s *Service) getBackupKeys(r *http.Request, dev *device) (any, error) {
 }
 
 // deleteBackupKeys is DELETE /room_keys/keys[/{roomId}[/{sessionId}]].
-func (s *Service) deleteBackupKeys(r *http.Request, dev *device) (any, error) {
+func (s *Service) deleteBackupKeys(r *http.Request, dev *httpapi.Device) (any, error) {
 	version, room, session, err := backupKeysScope(r)
 	if err != nil {
 		return nil, err

@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap"
 
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -33,10 +34,10 @@ const importTimeout = 10 * time.Minute
 
 // needKeys wraps a key endpoint: 503 until the keys are in the
 // key-server, or when there is no key-server.
-func (s *Service) needKeys(h handlerFunc) handlerFunc {
-	return func(r *http.Request, dev *device) (any, error) {
+func (s *Service) needKeys(h httpapi.HandlerFunc) httpapi.HandlerFunc {
+	return func(r *http.Request, dev *httpapi.Device) (any, error) {
 		if !s.keys.available() {
-			return nil, unknownError(http.StatusServiceUnavailable, "End-to-end keys are not available yet")
+			return nil, httpapi.UnknownError(http.StatusServiceUnavailable, "End-to-end keys are not available yet")
 		}
 		return h(r, dev)
 	}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -90,9 +91,9 @@ func (s *Service) roomStateFor(ctx context.Context, roomID string, acc roomAcces
 }
 
 // initialSync is GET /initialSync (deprecated): an initial /sync, reshaped.
-func (s *Service) initialSync(r *http.Request, dev *device) (any, error) {
+func (s *Service) initialSync(r *http.Request, dev *httpapi.Device) (any, error) {
 	ctx := r.Context()
-	limit, err := queryInt(r, "limit", int64(s.cfg.Sync.DefaultTimelineLimit))
+	limit, err := httpapi.QueryInt(r, "limit", int64(s.cfg.Sync.DefaultTimelineLimit))
 	if err != nil {
 		return nil, err
 	}
@@ -187,12 +188,12 @@ func nonNil(l []json.RawMessage) []json.RawMessage {
 // roomInitialSync is GET /rooms/{roomId}/initialSync: the room's latest
 // visible messages, state and the user's room account data, for members,
 // former members (as of their leave) and peekers of world_readable rooms.
-func (s *Service) roomInitialSync(r *http.Request, dev *device) (any, error) {
+func (s *Service) roomInitialSync(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := roomIDParam(r)
 	if err != nil {
 		return nil, err
 	}
-	limit, err := queryInt(r, "limit", int64(s.cfg.Sync.DefaultTimelineLimit))
+	limit, err := httpapi.QueryInt(r, "limit", int64(s.cfg.Sync.DefaultTimelineLimit))
 	if err != nil {
 		return nil, err
 	}
@@ -277,9 +278,9 @@ type eventsResponse struct {
 // incremental /sync flattened into one list: new room events of joined
 // (and just-left) rooms in stream order, the user's new invites, then
 // typing, receipts and presence. With room_id it is the peeking form.
-func (s *Service) events(r *http.Request, dev *device) (any, error) {
+func (s *Service) events(r *http.Request, dev *httpapi.Device) (any, error) {
 	q := r.URL.Query()
-	timeoutMS, err := queryInt(r, "timeout", 0)
+	timeoutMS, err := httpapi.QueryInt(r, "timeout", 0)
 	if err != nil {
 		return nil, err
 	}
@@ -331,7 +332,7 @@ func (s *Service) events(r *http.Request, dev *device) (any, error) {
 }
 
 // eventStream reads one incremental step of the event stream.
-func (s *Service) eventStream(ctx context.Context, dev *device, opts syncOptions) (chunk []json.RawMessage, pos, epos int64, err error) {
+func (s *Service) eventStream(ctx context.Context, dev *httpapi.Device, opts syncOptions) (chunk []json.RawMessage, pos, epos int64, err error) {
 	var d syncData
 	err = s.store.Snapshot(ctx, func(rd store.Reader) error {
 		var err error
@@ -386,7 +387,7 @@ func (s *Service) eventStream(ctx context.Context, dev *device, opts syncOptions
 
 // peekEvents is GET /events?room_id=: one room's new events for anyone
 // who may read it (members, and peekers of world_readable rooms).
-func (s *Service) peekEvents(r *http.Request, dev *device, roomID string, from *streamToken, timeout time.Duration) (any, error) {
+func (s *Service) peekEvents(r *http.Request, dev *httpapi.Device, roomID string, from *streamToken, timeout time.Duration) (any, error) {
 	ctx := r.Context()
 	if _, err := spec.NewRoomID(roomID); err != nil {
 		return nil, matrixhttp.InvalidParam("Invalid room ID")
@@ -436,8 +437,8 @@ func (s *Service) peekEvents(r *http.Request, dev *device, roomID string, from *
 
 // getEventByID is GET /events/{eventId} (deprecated): the event, if the
 // user may see it.
-func (s *Service) getEventByID(r *http.Request, dev *device) (any, error) {
-	eventID, err := pathParam(r, "eventId")
+func (s *Service) getEventByID(r *http.Request, dev *httpapi.Device) (any, error) {
+	eventID, err := httpapi.PathParam(r, "eventId")
 	if err != nil {
 		return nil, err
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/logging"
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -38,7 +39,7 @@ func (t issuedTokens) fill(resp *loginResponse, deviceID string) {
 // registration.access_token_lifetime; others get one that never expires.
 func (s *Service) newLogin(r *http.Request, userID, deviceID, displayName string, refresh bool) (store.Login, issuedTokens) {
 	var t issuedTokens
-	l := store.Login{UserID: userID, DeviceID: deviceID, DisplayName: displayName, IP: clientIP(r, s.cfg.RateLimit.TrustForwardedFor)}
+	l := store.Login{UserID: userID, DeviceID: deviceID, DisplayName: displayName, IP: httpapi.ClientIP(r, s.cfg.RateLimit.TrustForwardedFor)}
 	t.access, l.TokenHash = newAccessToken()
 	if refresh {
 		t.refresh = refreshTokenPrefix + randomBase64(32)
@@ -50,7 +51,7 @@ func (s *Service) newLogin(r *http.Request, userID, deviceID, displayName string
 }
 
 // loginFlows is GET /login.
-func (s *Service) loginFlows(*http.Request, *device) (any, error) {
+func (s *Service) loginFlows(*http.Request, *httpapi.Device) (any, error) {
 	return map[string]any{"flows": []map[string]any{
 		{"type": "m.login.password"},
 		{"type": "m.login.token", "get_login_token": true},
@@ -74,9 +75,9 @@ type loginRequest struct {
 func errBadLogin() error { return matrixhttp.Forbidden("Invalid username or password") }
 
 // login is POST /login with m.login.password or m.login.token.
-func (s *Service) login(r *http.Request, _ *device) (any, error) {
+func (s *Service) login(r *http.Request, _ *httpapi.Device) (any, error) {
 	var req loginRequest
-	if err := decodeBody(r, bodyRequired, &req); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyRequired, &req); err != nil {
 		return nil, err
 	}
 	if len(req.DeviceID) > 255 {
@@ -96,7 +97,7 @@ func (s *Service) login(r *http.Request, _ *device) (any, error) {
 				// the spec answers an unknown 3PID with 403.
 				return nil, matrixhttp.Forbidden("Third-party identifiers are not supported on this server")
 			default:
-				return nil, unknownError(http.StatusBadRequest, "Unsupported identifier type")
+				return nil, httpapi.UnknownError(http.StatusBadRequest, "Unsupported identifier type")
 			}
 		}
 		if user == "" {
@@ -132,7 +133,7 @@ func (s *Service) login(r *http.Request, _ *device) (any, error) {
 		lp, _ := s.localpartOf(userID)
 		localpart = lp
 	default:
-		return nil, unknownError(http.StatusBadRequest, "Unknown login type")
+		return nil, httpapi.UnknownError(http.StatusBadRequest, "Unknown login type")
 	}
 	acct, err := s.store.Account(ctx, localpart)
 	if err != nil {
@@ -142,7 +143,7 @@ func (s *Service) login(r *http.Request, _ *device) (any, error) {
 		return nil, matrixhttp.Errorf(http.StatusForbidden, "M_USER_DEACTIVATED", "This account has been deactivated")
 	}
 	if acct.Locked {
-		return nil, errLocked()
+		return nil, httpapi.ErrLocked()
 	}
 	deviceID := req.DeviceID
 	if deviceID == "" {
@@ -166,11 +167,11 @@ func (s *Service) login(r *http.Request, _ *device) (any, error) {
 // asks, so a client that lost this answer can refresh again. A spent
 // refresh token that comes back is refused and logged. A locked account
 // gets M_USER_LOCKED.
-func (s *Service) refresh(r *http.Request, _ *device) (any, error) {
+func (s *Service) refresh(r *http.Request, _ *httpapi.Device) (any, error) {
 	var req struct {
 		RefreshToken string `json:"refresh_token"`
 	}
-	if err := decodeBody(r, bodyRequired, &req); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyRequired, &req); err != nil {
 		return nil, err
 	}
 	if req.RefreshToken == "" {
@@ -185,7 +186,7 @@ func (s *Service) refresh(r *http.Request, _ *device) (any, error) {
 		err = store.ErrNotFound
 	}
 	if errors.Is(err, store.ErrAccountLocked) {
-		return nil, errLocked()
+		return nil, httpapi.ErrLocked()
 	}
 	if errors.Is(err, store.ErrNotFound) {
 		e := matrixhttp.UnknownToken("Unknown refresh token")
@@ -205,14 +206,14 @@ func (s *Service) refresh(r *http.Request, _ *device) (any, error) {
 // getLoginToken is POST /v1/login/get_token, behind user-interactive auth:
 // a short-lived, single-use m.login.token token for signing in another
 // device.
-func (s *Service) getLoginToken(r *http.Request, dev *device) (any, error) {
+func (s *Service) getLoginToken(r *http.Request, dev *httpapi.Device) (any, error) {
 	if dev.IsGuest {
-		return nil, guestForbidden("Guests cannot get login tokens")
+		return nil, httpapi.GuestForbidden("Guests cannot get login tokens")
 	}
 	var req struct {
 		Auth *authData `json:"auth"`
 	}
-	if err := decodeBody(r, bodyOptional, &req); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyOptional, &req); err != nil {
 		return nil, err
 	}
 	sess, err := s.runUIA(r.Context(), purposeLoginToken, dev.UserID, req.Auth)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -22,7 +23,7 @@ var validMemberships = []string{store.MembershipJoin, store.MembershipInvite, st
 
 // memberEvents returns the m.room.member events of the room's state at
 // the point the user may see (and at most at the `at` position if set).
-func (s *Service) memberEvents(r *http.Request, dev *device, roomID string, at int64) ([]*roomserverv1.Event, error) {
+func (s *Service) memberEvents(r *http.Request, dev *httpapi.Device, roomID string, at int64) ([]*roomserverv1.Event, error) {
 	acc, err := s.accessRoom(r, dev.UserID, roomID)
 	if err != nil {
 		return nil, err
@@ -60,7 +61,7 @@ func (s *Service) memberEvents(r *http.Request, dev *device, roomID string, at i
 // members is GET /rooms/{roomId}/members. membership and not_membership
 // combine as the spec says: a member is listed when its membership equals
 // membership or differs from not_membership (each ignored when absent).
-func (s *Service) members(r *http.Request, dev *device) (any, error) {
+func (s *Service) members(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := roomIDParam(r)
 	if err != nil {
 		return nil, err
@@ -124,7 +125,7 @@ type roomMember struct {
 // member may ask (the spec: "The current user must be in the room"): a
 // former member gets 403, unlike /members, which shows the state at their
 // leave.
-func (s *Service) joinedMembers(r *http.Request, dev *device) (any, error) {
+func (s *Service) joinedMembers(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := roomIDParam(r)
 	if err != nil {
 		return nil, err

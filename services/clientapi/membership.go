@@ -14,13 +14,14 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
 // targetRequest reads the body of kick, ban and unban.
 func targetRequest(r *http.Request) (membershipRequest, error) {
 	var req membershipRequest
-	if err := decodeBody(r, bodyRequired, &req); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyRequired, &req); err != nil {
 		return req, err
 	}
 	if req.UserID == "" {
@@ -36,7 +37,7 @@ func targetRequest(r *http.Request) (membershipRequest, error) {
 // The spec refuses the kick of a user who is not currently in the room
 // (joined, invited or knocking; kicking a knock rejects it) with 403,
 // although the auth rules would allow the event.
-func (s *Service) kick(r *http.Request, dev *device) (any, error) {
+func (s *Service) kick(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := roomIDParam(r)
 	if err != nil {
 		return nil, err
@@ -61,7 +62,7 @@ func (s *Service) kick(r *http.Request, dev *device) (any, error) {
 }
 
 // ban is POST /rooms/{roomId}/ban.
-func (s *Service) ban(r *http.Request, dev *device) (any, error) {
+func (s *Service) ban(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := roomIDParam(r)
 	if err != nil {
 		return nil, err
@@ -76,7 +77,7 @@ func (s *Service) ban(r *http.Request, dev *device) (any, error) {
 // unban is POST /rooms/{roomId}/unban. An unban is a leave event for a
 // banned user; for anyone else the same event would be a kick, so it is
 // refused.
-func (s *Service) unban(r *http.Request, dev *device) (any, error) {
+func (s *Service) unban(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := roomIDParam(r)
 	if err != nil {
 		return nil, err
@@ -128,13 +129,13 @@ func (s *Service) resolveRoomIDOrAlias(r *http.Request, target string) (string, 
 // parameters are accepted; only rooms this server is in can be knocked on
 // until federation exists. A room whose join rule is not knock (or
 // knock_restricted) refuses the event: M_FORBIDDEN.
-func (s *Service) knock(r *http.Request, dev *device) (any, error) {
-	target, err := pathParam(r, "roomIdOrAlias")
+func (s *Service) knock(r *http.Request, dev *httpapi.Device) (any, error) {
+	target, err := httpapi.PathParam(r, "roomIdOrAlias")
 	if err != nil {
 		return nil, err
 	}
 	var req membershipRequest
-	if err := decodeBody(r, bodyOptional, &req); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyOptional, &req); err != nil {
 		return nil, err
 	}
 	roomID, err := s.resolveRoomIDOrAlias(r, target)
@@ -152,7 +153,7 @@ func (s *Service) knock(r *http.Request, dev *device) (any, error) {
 // forgotten membership event is recorded, so the client-API's copy, which
 // may still be catching up with the leave, hides the room once it arrives,
 // and a later membership change brings the room back.
-func (s *Service) forget(r *http.Request, dev *device) (any, error) {
+func (s *Service) forget(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := roomIDParam(r)
 	if err != nil {
 		return nil, err
@@ -163,7 +164,7 @@ func (s *Service) forget(r *http.Request, dev *device) (any, error) {
 	}
 	switch m.GetMembership() {
 	case store.MembershipJoin, store.MembershipInvite, store.MembershipKnock:
-		return nil, unknownError(http.StatusBadRequest, "User "+dev.UserID+" is in room "+roomID)
+		return nil, httpapi.UnknownError(http.StatusBadRequest, "User "+dev.UserID+" is in room "+roomID)
 	case "":
 		// Never a member (or unknown room): nothing to forget.
 		return struct{}{}, nil

@@ -17,84 +17,33 @@ import (
 	"errors"
 	"net/http"
 
-	"github.com/go-chi/chi/v5"
-
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
-func (s *Service) moderationRoutes() []route {
-	var rts []route
+func (s *Service) moderationRoutes() []httpapi.Route {
+	var rts []httpapi.Route
 	for _, kind := range []string{"lock", "suspend"} {
 		rts = append(rts,
-			route{method: http.MethodGet, path: "/_matrix/client/v1/admin/" + kind + "/{userId}", abs: true, auth: true, serve: s.getModeration(kind)},
-			route{method: http.MethodPut, path: "/_matrix/client/v1/admin/" + kind + "/{userId}", abs: true, auth: true, serve: s.putModeration(kind)},
+			httpapi.Route{Method: http.MethodGet, Path: "/_matrix/client/v1/admin/" + kind + "/{userId}", Abs: true, Auth: true, Serve: s.getModeration(kind)},
+			httpapi.Route{Method: http.MethodPut, Path: "/_matrix/client/v1/admin/" + kind + "/{userId}", Abs: true, Auth: true, Serve: s.putModeration(kind)},
 		)
 	}
 	return append(rts,
-		route{method: http.MethodGet, path: "/admin/whois/{userId}", auth: true, serve: s.whois},
-		route{method: http.MethodGet, path: "/.well-known/matrix/support", abs: true, serve: s.support},
+		httpapi.Route{Method: http.MethodGet, Path: "/admin/whois/{userId}", Auth: true, Serve: s.whois},
+		httpapi.Route{Method: http.MethodGet, Path: "/.well-known/matrix/support", Abs: true, Serve: s.support},
 	)
-}
-
-// lockedAllowed are the routes a locked account may still use.
-var lockedAllowed = map[string]bool{"POST /logout": true, "POST /logout/all": true}
-
-// suspendedBlocked are the routes a suspended account may not use.
-var suspendedBlocked = map[string]bool{
-	"POST /createRoom":                                 true,
-	"POST /join/{roomIdOrAlias}":                       true,
-	"POST /rooms/{roomId}/join":                        true,
-	"POST /knock/{roomIdOrAlias}":                      true,
-	"POST /rooms/{roomId}/invite":                      true,
-	"POST /rooms/{roomId}/kick":                        true,
-	"POST /rooms/{roomId}/ban":                         true,
-	"POST /rooms/{roomId}/unban":                       true,
-	"POST /rooms/{roomId}/upgrade":                     true,
-	"PUT /rooms/{roomId}/send/{eventType}/{txnId}":     true, // redactions excepted
-	"PUT /rooms/{roomId}/state/{eventType}":            true,
-	"PUT /rooms/{roomId}/state/{eventType}/":           true,
-	"PUT /rooms/{roomId}/state/{eventType}/{stateKey}": true,
-	"PUT /profile/{userId}/{keyName}":                  true,
-	"DELETE /profile/{userId}/{keyName}":               true,
-}
-
-// moderationCheck is what wrap asks of an authenticated request: a locked
-// or suspended account's refusal, or nil.
-func moderationCheck(rt route, r *http.Request, dev *device) error {
-	key := rt.method + " " + rt.path
-	if dev.Locked && !lockedAllowed[key] {
-		return errLocked()
-	}
-	// /send of a redaction is allowed (redact checks whose event it is);
-	// every other blocked route is blocked whatever its event type.
-	isRedaction := key == sendRoute && chi.URLParam(r, "eventType") == "m.room.redaction"
-	if dev.Suspended && suspendedBlocked[key] && !isRedaction {
-		return errSuspended()
-	}
-	return nil
-}
-
-const sendRoute = "PUT /rooms/{roomId}/send/{eventType}/{txnId}"
-
-func errLocked() error {
-	e := matrixhttp.Errorf(http.StatusUnauthorized, "M_USER_LOCKED", "This account has been locked")
-	e.Extra = map[string]any{"soft_logout": true}
-	return e
-}
-
-func errSuspended() error {
-	return matrixhttp.Errorf(http.StatusForbidden, "M_USER_SUSPENDED", "You cannot perform this action while suspended")
 }
 
 // moderationTarget checks an admin moderation request: the caller is an
 // admin (before any lookup, so that accounts cannot be enumerated), the
 // target is a local, active account that is not an admin.
-func (s *Service) moderationTarget(r *http.Request, dev *device) (string, store.Moderation, error) {
+func (s *Service) moderationTarget(r *http.Request, dev *httpapi.Device) (string, store.Moderation, error) {
 	if !dev.IsAdmin {
 		return "", store.Moderation{}, matrixhttp.Forbidden("Only server administrators may do this")
 	}
-	userID, err := pathParam(r, "userId")
+	userID, err := httpapi.PathParam(r, "userId")
 	if err != nil {
 		return "", store.Moderation{}, err
 	}
@@ -119,8 +68,8 @@ func moderationField(kind string) string {
 }
 
 // getModeration is GET /v1/admin/{lock,suspend}/{userId}.
-func (s *Service) getModeration(kind string) handlerFunc {
-	return func(r *http.Request, dev *device) (any, error) {
+func (s *Service) getModeration(kind string) httpapi.HandlerFunc {
+	return func(r *http.Request, dev *httpapi.Device) (any, error) {
 		_, m, err := s.moderationTarget(r, dev)
 		if err != nil {
 			return nil, err
@@ -134,18 +83,18 @@ func (s *Service) getModeration(kind string) handlerFunc {
 }
 
 // putModeration is PUT /v1/admin/{lock,suspend}/{userId}.
-func (s *Service) putModeration(kind string) handlerFunc {
+func (s *Service) putModeration(kind string) httpapi.HandlerFunc {
 	field := moderationField(kind)
-	return func(r *http.Request, dev *device) (any, error) {
+	return func(r *http.Request, dev *httpapi.Device) (any, error) {
 		var body map[string]*bool
-		if err := decodeBody(r, bodyRequired, &body); err != nil {
+		if err := httpapi.DecodeBody(r, httpapi.BodyRequired, &body); err != nil {
 			return nil, err
 		}
 		on := body[field]
 		if on == nil {
 			return nil, matrixhttp.MissingParam(field + " is required")
 		}
-		if userID, _ := pathParam(r, "userId"); userID == dev.UserID {
+		if userID, _ := httpapi.PathParam(r, "userId"); userID == dev.UserID {
 			return nil, matrixhttp.Forbidden("You cannot " + kind + " your own account")
 		}
 		lp, m, err := s.moderationTarget(r, dev)
@@ -164,8 +113,8 @@ func (s *Service) putModeration(kind string) handlerFunc {
 
 // whois is GET /admin/whois/{userId}: the user's devices and their last
 // seen connection, for server admins and for the user themself.
-func (s *Service) whois(r *http.Request, dev *device) (any, error) {
-	userID, err := pathParam(r, "userId")
+func (s *Service) whois(r *http.Request, dev *httpapi.Device) (any, error) {
+	userID, err := httpapi.PathParam(r, "userId")
 	if err != nil {
 		return nil, err
 	}
@@ -196,7 +145,7 @@ func (s *Service) whois(r *http.Request, dev *device) (any, error) {
 
 // support is GET /.well-known/matrix/support, from client_api.support (404
 // when neither contacts nor a page are configured).
-func (s *Service) support(*http.Request, *device) (any, error) {
+func (s *Service) support(*http.Request, *httpapi.Device) (any, error) {
 	cfg := s.cfg.Support
 	if len(cfg.Contacts) == 0 && cfg.SupportPage == "" {
 		return nil, matrixhttp.NotFound("No support information is configured")

@@ -16,6 +16,7 @@ import (
 	"github.com/myelin-chat/myelin/pkg/bus"
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -170,7 +171,7 @@ const maxNotificationsLimit = 100
 
 // notifications is GET /notifications: the user's notifications, newest
 // first; from is the position of the last one of the previous page.
-func (s *Service) notifications(r *http.Request, dev *device) (any, error) {
+func (s *Service) notifications(r *http.Request, dev *httpapi.Device) (any, error) {
 	q := r.URL.Query()
 	var before int64
 	if from := q.Get("from"); from != "" {
@@ -179,7 +180,7 @@ func (s *Service) notifications(r *http.Request, dev *device) (any, error) {
 			return nil, matrixhttp.InvalidParam("Invalid from token")
 		}
 	}
-	limit, err := queryInt(r, "limit", 20)
+	limit, err := httpapi.QueryInt(r, "limit", 20)
 	if err != nil {
 		return nil, err
 	}

@@ -9,22 +9,23 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/logging"
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
 // changePassword is POST /account/password, behind user-interactive auth
 // (m.login.password with the current password). logout_devices (default
 // true) logs out every other device.
-func (s *Service) changePassword(r *http.Request, dev *device) (any, error) {
+func (s *Service) changePassword(r *http.Request, dev *httpapi.Device) (any, error) {
 	if dev.IsGuest {
-		return nil, guestForbidden("Guests have no password")
+		return nil, httpapi.GuestForbidden("Guests have no password")
 	}
 	var req struct {
 		Auth          *authData `json:"auth"`
 		NewPassword   *string   `json:"new_password"`
 		LogoutDevices *bool     `json:"logout_devices"`
 	}
-	if err := decodeBody(r, bodyRequired, &req); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyRequired, &req); err != nil {
 		return nil, err
 	}
 	if req.NewPassword == nil || *req.NewPassword == "" {
@@ -66,12 +67,12 @@ func (s *Service) changePassword(r *http.Request, dev *device) (any, error) {
 // user ID is never reissued. With erase, the user's events are served
 // redacted to users who join later, and their other data goes
 // (erasure.go).
-func (s *Service) deactivate(r *http.Request, dev *device) (any, error) {
+func (s *Service) deactivate(r *http.Request, dev *httpapi.Device) (any, error) {
 	var req struct {
 		Auth  *authData `json:"auth"`
 		Erase bool      `json:"erase"`
 	}
-	if err := decodeBody(r, bodyOptional, &req); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyOptional, &req); err != nil {
 		return nil, err
 	}
 	ctx := r.Context()

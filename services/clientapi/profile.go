@@ -13,6 +13,7 @@ import (
 	"github.com/myelin-chat/myelin/pkg/logging"
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -25,7 +26,7 @@ const maxProfileValue = 1024
 // profileUser reads {userId} and returns the localpart of a local user.
 // Remote users are not found: there is no federation yet.
 func (s *Service) profileUser(r *http.Request) (string, string, error) {
-	userID, err := pathParam(r, "userId")
+	userID, err := httpapi.PathParam(r, "userId")
 	if err != nil {
 		return "", "", err
 	}
@@ -60,7 +61,7 @@ func profileBody(acct store.Account) map[string]any {
 }
 
 // getProfile is GET /profile/{userId}.
-func (s *Service) getProfile(r *http.Request, _ *device) (any, error) {
+func (s *Service) getProfile(r *http.Request, _ *httpapi.Device) (any, error) {
 	_, lp, err := s.profileUser(r)
 	if err != nil {
 		return nil, err
@@ -74,7 +75,7 @@ func (s *Service) getProfile(r *http.Request, _ *device) (any, error) {
 
 // profileKey reads {keyName}; only the two stored fields exist.
 func profileKey(r *http.Request) (string, error) {
-	key, err := pathParam(r, "keyName")
+	key, err := httpapi.PathParam(r, "keyName")
 	if err != nil {
 		return "", err
 	}
@@ -87,7 +88,7 @@ func profileKey(r *http.Request) (string, error) {
 }
 
 // getProfileField is GET /profile/{userId}/{keyName}.
-func (s *Service) getProfileField(r *http.Request, _ *device) (any, error) {
+func (s *Service) getProfileField(r *http.Request, _ *httpapi.Device) (any, error) {
 	_, lp, err := s.profileUser(r)
 	if err != nil {
 		return nil, err
@@ -110,7 +111,7 @@ func (s *Service) getProfileField(r *http.Request, _ *device) (any, error) {
 // changeableProfileField reads the user and field of a profile change and
 // checks the caller may make it: only the user themself, and guests only
 // their display name.
-func (s *Service) changeableProfileField(r *http.Request, dev *device) (userID, lp, key string, err error) {
+func (s *Service) changeableProfileField(r *http.Request, dev *httpapi.Device) (userID, lp, key string, err error) {
 	if userID, lp, err = s.profileUser(r); err != nil {
 		return "", "", "", err
 	}
@@ -121,7 +122,7 @@ func (s *Service) changeableProfileField(r *http.Request, dev *device) (userID, 
 		return "", "", "", matrixhttp.Forbidden("Cannot change another user's profile")
 	}
 	if dev.IsGuest && key != "displayname" {
-		return "", "", "", guestForbidden("Guests may only change their display name")
+		return "", "", "", httpapi.GuestForbidden("Guests may only change their display name")
 	}
 	return userID, lp, key, nil
 }
@@ -129,17 +130,17 @@ func (s *Service) changeableProfileField(r *http.Request, dev *device) (userID, 
 // putProfileField is PUT /profile/{userId}/{keyName}: only the user
 // themself may change their profile; guests only their display name. The
 // change is then propagated to every room the user is joined to.
-func (s *Service) putProfileField(r *http.Request, dev *device) (any, error) {
+func (s *Service) putProfileField(r *http.Request, dev *httpapi.Device) (any, error) {
 	userID, lp, key, err := s.changeableProfileField(r, dev)
 	if err != nil {
 		return nil, err
 	}
-	body, err := readObject(r, bodyRequired)
+	body, err := httpapi.ReadObject(r, httpapi.BodyRequired)
 	if err != nil {
 		return nil, err
 	}
 	var fields map[string]json.RawMessage
-	if err := decodeObject(body, &fields); err != nil {
+	if err := httpapi.DecodeObject(body, &fields); err != nil {
 		return nil, err
 	}
 	raw, ok := fields[key]
@@ -164,7 +165,7 @@ func (s *Service) putProfileField(r *http.Request, dev *device) (any, error) {
 
 // deleteProfileField is DELETE /profile/{userId}/{keyName} (spec v1.16):
 // clears the field, with the same rules as PUT.
-func (s *Service) deleteProfileField(r *http.Request, dev *device) (any, error) {
+func (s *Service) deleteProfileField(r *http.Request, dev *httpapi.Device) (any, error) {
 	userID, lp, key, err := s.changeableProfileField(r, dev)
 	if err != nil {
 		return nil, err
@@ -245,12 +246,12 @@ func (s *Service) addProfileToJoin(ctx context.Context, userID string, content m
 
 // userDirectorySearch is POST /user_directory/search: local users who
 // share a room with the searcher or sit in a public room.
-func (s *Service) userDirectorySearch(r *http.Request, dev *device) (any, error) {
+func (s *Service) userDirectorySearch(r *http.Request, dev *httpapi.Device) (any, error) {
 	var req struct {
 		SearchTerm *string `json:"search_term"`
 		Limit      *int    `json:"limit"`
 	}
-	if err := decodeBody(r, bodyRequired, &req); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyRequired, &req); err != nil {
 		return nil, err
 	}
 	if req.SearchTerm == nil {
@@ -275,7 +276,7 @@ func (s *Service) userDirectorySearch(r *http.Request, dev *device) (any, error)
 // through setMembership: a guest may only join rooms whose
 // m.room.guest_access is can_join, and a user's own join carries their
 // profile.
-func (s *Service) beforeOwnMembership(ctx context.Context, dev *device, roomID, target, membership string, content map[string]any) error {
+func (s *Service) beforeOwnMembership(ctx context.Context, dev *httpapi.Device, roomID, target, membership string, content map[string]any) error {
 	if membership != store.MembershipJoin || target != dev.UserID {
 		return nil
 	}
@@ -285,7 +286,7 @@ func (s *Service) beforeOwnMembership(ctx context.Context, dev *device, roomID, 
 			return err
 		}
 		if !open {
-			return guestForbidden("Guests may not join this room")
+			return httpapi.GuestForbidden("Guests may not join this room")
 		}
 	}
 	s.addProfileToJoin(ctx, target, content)

@@ -17,6 +17,7 @@ import (
 	"maunium.net/go/mautrix/pushrules/pushgateway"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -31,11 +32,11 @@ import (
 
 const pushGatewayPath = "/_matrix/push/v1/notify"
 
-func (s *Service) pushRoutes() []route {
+func (s *Service) pushRoutes() []httpapi.Route {
 	return append(s.pushRuleRoutes(),
-		route{method: http.MethodGet, path: "/pushers", auth: true, serve: s.getPushers},
-		route{method: http.MethodPost, path: "/pushers/set", auth: true, serve: s.setPusher},
-		route{method: http.MethodGet, path: "/notifications", auth: true, serve: s.notifications},
+		httpapi.Route{Method: http.MethodGet, Path: "/pushers", Auth: true, Serve: s.getPushers},
+		httpapi.Route{Method: http.MethodPost, Path: "/pushers/set", Auth: true, Serve: s.setPusher},
+		httpapi.Route{Method: http.MethodGet, Path: "/notifications", Auth: true, Serve: s.notifications},
 	)
 }
 
@@ -51,7 +52,7 @@ type pusherJSON struct {
 	Data              json.RawMessage `json:"data"`
 }
 
-func (s *Service) getPushers(r *http.Request, dev *device) (any, error) {
+func (s *Service) getPushers(r *http.Request, dev *httpapi.Device) (any, error) {
 	ps, err := s.store.Pushers(r.Context(), dev.UserID)
 	if err != nil {
 		return nil, err
@@ -68,7 +69,7 @@ func (s *Service) getPushers(r *http.Request, dev *device) (any, error) {
 
 // setPusher is POST /pushers/set: create or update (kind set) or delete
 // (kind null) the caller's pusher for (app_id, pushkey).
-func (s *Service) setPusher(r *http.Request, dev *device) (any, error) {
+func (s *Service) setPusher(r *http.Request, dev *httpapi.Device) (any, error) {
 	var body struct {
 		PushKey           *string         `json:"pushkey"`
 		Kind              json.RawMessage `json:"kind"`
@@ -80,7 +81,7 @@ func (s *Service) setPusher(r *http.Request, dev *device) (any, error) {
 		Data              json.RawMessage `json:"data"`
 		Append            bool            `json:"append"`
 	}
-	if err := decodeBody(r, bodyRequired, &body); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyRequired, &body); err != nil {
 		return nil, err
 	}
 	var missing []string

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -20,17 +21,17 @@ import (
 
 const pushRulesType = store.PushRulesType
 
-func (s *Service) pushRuleRoutes() []route {
-	return []route{
-		{method: http.MethodGet, path: "/pushrules", auth: true, serve: s.getAllPushRules},
-		{method: http.MethodGet, path: "/pushrules/", auth: true, serve: s.getAllPushRules},
-		{method: http.MethodGet, path: "/pushrules/{scope}", auth: true, serve: s.getScopePushRules},
-		{method: http.MethodGet, path: "/pushrules/{scope}/", auth: true, serve: s.getScopePushRules},
-		{method: http.MethodGet, path: "/pushrules/{scope}/{kind}/{ruleId}", auth: true, serve: s.getPushRule},
-		{method: http.MethodPut, path: "/pushrules/{scope}/{kind}/{ruleId}", auth: true, serve: s.putPushRule},
-		{method: http.MethodDelete, path: "/pushrules/{scope}/{kind}/{ruleId}", auth: true, serve: s.deletePushRule},
-		{method: http.MethodGet, path: "/pushrules/{scope}/{kind}/{ruleId}/{attr}", auth: true, serve: s.getPushRuleAttr},
-		{method: http.MethodPut, path: "/pushrules/{scope}/{kind}/{ruleId}/{attr}", auth: true, serve: s.putPushRuleAttr},
+func (s *Service) pushRuleRoutes() []httpapi.Route {
+	return []httpapi.Route{
+		{Method: http.MethodGet, Path: "/pushrules", Auth: true, Serve: s.getAllPushRules},
+		{Method: http.MethodGet, Path: "/pushrules/", Auth: true, Serve: s.getAllPushRules},
+		{Method: http.MethodGet, Path: "/pushrules/{scope}", Auth: true, Serve: s.getScopePushRules},
+		{Method: http.MethodGet, Path: "/pushrules/{scope}/", Auth: true, Serve: s.getScopePushRules},
+		{Method: http.MethodGet, Path: "/pushrules/{scope}/{kind}/{ruleId}", Auth: true, Serve: s.getPushRule},
+		{Method: http.MethodPut, Path: "/pushrules/{scope}/{kind}/{ruleId}", Auth: true, Serve: s.putPushRule},
+		{Method: http.MethodDelete, Path: "/pushrules/{scope}/{kind}/{ruleId}", Auth: true, Serve: s.deletePushRule},
+		{Method: http.MethodGet, Path: "/pushrules/{scope}/{kind}/{ruleId}/{attr}", Auth: true, Serve: s.getPushRuleAttr},
+		{Method: http.MethodPut, Path: "/pushrules/{scope}/{kind}/{ruleId}/{attr}", Auth: true, Serve: s.putPushRuleAttr},
 	}
 }
 
@@ -71,7 +72,7 @@ func (s *Service) modifyPushRules(ctx context.Context, userID string, fn func(rs
 	return nil
 }
 
-func (s *Service) getAllPushRules(r *http.Request, dev *device) (any, error) {
+func (s *Service) getAllPushRules(r *http.Request, dev *httpapi.Device) (any, error) {
 	rs, err := s.loadPushRules(r.Context(), dev.UserID)
 	if err != nil {
 		return nil, err
@@ -79,7 +80,7 @@ func (s *Service) getAllPushRules(r *http.Request, dev *device) (any, error) {
 	return pushRulesContent{Global: rs}, nil
 }
 
-func (s *Service) getScopePushRules(r *http.Request, dev *device) (any, error) {
+func (s *Service) getScopePushRules(r *http.Request, dev *httpapi.Device) (any, error) {
 	if _, err := pushScope(r); err != nil {
 		return nil, err
 	}
@@ -87,7 +88,7 @@ func (s *Service) getScopePushRules(r *http.Request, dev *device) (any, error) {
 }
 
 func pushScope(r *http.Request) (string, error) {
-	scope, err := pathParam(r, "scope")
+	scope, err := httpapi.PathParam(r, "scope")
 	if err != nil {
 		return "", err
 	}
@@ -102,13 +103,13 @@ func pushRuleTarget(r *http.Request) (kind, ruleID string, err error) {
 	if _, err = pushScope(r); err != nil {
 		return "", "", err
 	}
-	if kind, err = pathParam(r, "kind"); err != nil {
+	if kind, err = httpapi.PathParam(r, "kind"); err != nil {
 		return "", "", err
 	}
 	if !slices.Contains(pushRuleKinds, kind) {
 		return "", "", matrixhttp.InvalidParam("Unknown push rule kind " + kind)
 	}
-	if ruleID, err = pathParam(r, "ruleId"); err != nil {
+	if ruleID, err = httpapi.PathParam(r, "ruleId"); err != nil {
 		return "", "", err
 	}
 	if ruleID == "" {
@@ -123,7 +124,7 @@ func findRule(rules []pushRule, ruleID string) int {
 	return slices.IndexFunc(rules, func(r pushRule) bool { return r.RuleID == ruleID })
 }
 
-func (s *Service) getPushRule(r *http.Request, dev *device) (any, error) {
+func (s *Service) getPushRule(r *http.Request, dev *httpapi.Device) (any, error) {
 	kind, ruleID, err := pushRuleTarget(r)
 	if err != nil {
 		return nil, err
@@ -162,7 +163,7 @@ func validActions(acts []json.RawMessage) error {
 	return nil
 }
 
-func (s *Service) putPushRule(r *http.Request, dev *device) (any, error) {
+func (s *Service) putPushRule(r *http.Request, dev *httpapi.Device) (any, error) {
 	kind, ruleID, err := pushRuleTarget(r)
 	if err != nil {
 		return nil, err
@@ -184,7 +185,7 @@ func (s *Service) putPushRule(r *http.Request, dev *device) (any, error) {
 		Conditions *[]pushCondition   `json:"conditions"`
 		Pattern    *string            `json:"pattern"`
 	}
-	if err := decodeBody(r, bodyRequired, &body); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyRequired, &body); err != nil {
 		return nil, err
 	}
 	if body.Actions == nil {
@@ -257,7 +258,7 @@ func (s *Service) putPushRule(r *http.Request, dev *device) (any, error) {
 	return struct{}{}, nil
 }
 
-func (s *Service) deletePushRule(r *http.Request, dev *device) (any, error) {
+func (s *Service) deletePushRule(r *http.Request, dev *httpapi.Device) (any, error) {
 	kind, ruleID, err := pushRuleTarget(r)
 	if err != nil {
 		return nil, err
@@ -281,7 +282,7 @@ func (s *Service) deletePushRule(r *http.Request, dev *device) (any, error) {
 }
 
 func pushRuleAttr(r *http.Request) (string, error) {
-	attr, err := pathParam(r, "attr")
+	attr, err := httpapi.PathParam(r, "attr")
 	if err != nil {
 		return "", err
 	}
@@ -291,7 +292,7 @@ func pushRuleAttr(r *http.Request) (string, error) {
 	return attr, nil
 }
 
-func (s *Service) getPushRuleAttr(r *http.Request, dev *device) (any, error) {
+func (s *Service) getPushRuleAttr(r *http.Request, dev *httpapi.Device) (any, error) {
 	attr, err := pushRuleAttr(r)
 	if err != nil {
 		return nil, err
@@ -307,7 +308,7 @@ func (s *Service) getPushRuleAttr(r *http.Request, dev *device) (any, error) {
 	return map[string][]json.RawMessage{"actions": rule.Actions}, nil
 }
 
-func (s *Service) putPushRuleAttr(r *http.Request, dev *device) (any, error) {
+func (s *Service) putPushRuleAttr(r *http.Request, dev *httpapi.Device) (any, error) {
 	attr, err := pushRuleAttr(r)
 	if err != nil {
 		return nil, err
@@ -320,7 +321,7 @@ func (s *Service) putPushRuleAttr(r *http.Request, dev *device) (any, error) {
 		Enabled *bool              `json:"enabled"`
 		Actions *[]json.RawMessage `json:"actions"`
 	}
-	if err := decodeBody(r, bodyRequired, &body); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyRequired, &body); err != nil {
 		return nil, err
 	}
 	switch {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -63,16 +64,16 @@ const redactTxnPrefix = "redact:"
 // puts the target where the room version wants it (top-level "redacts"
 // before v11, content.redacts from v11 on) and refuses redacting another
 // user's event without the redact power level (M_FORBIDDEN).
-func (s *Service) redact(r *http.Request, dev *device) (any, error) {
+func (s *Service) redact(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := roomIDParam(r)
 	if err != nil {
 		return nil, err
 	}
-	eventID, err := pathParam(r, "eventId")
+	eventID, err := httpapi.PathParam(r, "eventId")
 	if err != nil {
 		return nil, err
 	}
-	txnID, err := pathParam(r, "txnId")
+	txnID, err := httpapi.PathParam(r, "txnId")
 	if err != nil {
 		return nil, err
 	}
@@ -82,7 +83,7 @@ func (s *Service) redact(r *http.Request, dev *device) (any, error) {
 	if err := s.suspendedRedaction(r, dev, roomID, eventID); err != nil {
 		return nil, err
 	}
-	body, err := readObject(r, bodyOptional)
+	body, err := httpapi.ReadObject(r, httpapi.BodyOptional)
 	if err != nil {
 		return nil, err
 	}
@@ -90,7 +91,7 @@ func (s *Service) redact(r *http.Request, dev *device) (any, error) {
 		Reason *string `json:"reason"`
 	}
 	if len(body) > 0 {
-		if err := decodeObject(body, &req); err != nil {
+		if err := httpapi.DecodeObject(body, &req); err != nil {
 			return nil, err
 		}
 	}
@@ -117,7 +118,7 @@ func (s *Service) redact(r *http.Request, dev *device) (any, error) {
 // suspendedRedaction refuses a suspended user's redaction of another
 // user's event (moderation.go); their own events they may redact. An
 // unknown target is left to the room-server.
-func (s *Service) suspendedRedaction(r *http.Request, dev *device, roomID, target string) error {
+func (s *Service) suspendedRedaction(r *http.Request, dev *httpapi.Device, roomID, target string) error {
 	if !dev.Suspended {
 		return nil
 	}
@@ -129,7 +130,7 @@ func (s *Service) suspendedRedaction(r *http.Request, dev *device, roomID, targe
 		return err
 	}
 	if e.Sender != dev.UserID {
-		return errSuspended()
+		return httpapi.ErrSuspended()
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -37,7 +38,7 @@ type loginResponse struct {
 // register is POST /register: user accounts through user-interactive auth
 // (m.login.dummy when registration is open, m.login.registration_token in
 // token mode), guest accounts without auth when guest access is on.
-func (s *Service) register(r *http.Request, _ *device) (any, error) {
+func (s *Service) register(r *http.Request, _ *httpapi.Device) (any, error) {
 	guest := false
 	switch r.URL.Query().Get("kind") {
 	case "", "user":
@@ -53,11 +54,11 @@ func (s *Service) register(r *http.Request, _ *device) (any, error) {
 		return nil, matrixhttp.Forbidden("Registration is disabled")
 	}
 	var req registerRequest
-	mode := bodyRequired
+	mode := httpapi.BodyRequired
 	if guest {
-		mode = bodyOptional // guests need send nothing
+		mode = httpapi.BodyOptional // guests need send nothing
 	}
-	if err := decodeBody(r, mode, &req); err != nil {
+	if err := httpapi.DecodeBody(r, mode, &req); err != nil {
 		return nil, err
 	}
 	if len(req.Password) > maxPasswordBytes {
@@ -217,7 +218,7 @@ func (s *Service) createAccount(ctx context.Context, acct store.NewAccount, logi
 }
 
 // registerAvailable is GET /register/available.
-func (s *Service) registerAvailable(r *http.Request, _ *device) (any, error) {
+func (s *Service) registerAvailable(r *http.Request, _ *httpapi.Device) (any, error) {
 	username := r.URL.Query().Get("username")
 	if username == "" {
 		return nil, matrixhttp.MissingParam("username is required")
@@ -237,7 +238,7 @@ func (s *Service) registerAvailable(r *http.Request, _ *device) (any, error) {
 }
 
 // registrationTokenValidity is GET /v1/register/m.login.registration_token/validity.
-func (s *Service) registrationTokenValidity(r *http.Request, _ *device) (any, error) {
+func (s *Service) registrationTokenValidity(r *http.Request, _ *httpapi.Device) (any, error) {
 	if s.cfg.Registration.Mode != RegistrationToken {
 		return nil, matrixhttp.Forbidden("Registration tokens are not in use")
 	}
@@ -250,8 +251,4 @@ func (s *Service) registrationTokenValidity(r *http.Request, _ *device) (any, er
 		return nil, err
 	}
 	return map[string]bool{"valid": ok}, nil
-}
-
-func guestForbidden(msg string) *matrixhttp.Error {
-	return matrixhttp.Errorf(http.StatusForbidden, "M_GUEST_ACCESS_FORBIDDEN", "%s", msg)
 }

@@ -24,6 +24,7 @@ import (
 	"slices"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -52,7 +53,7 @@ type bundles map[string]map[string]any
 
 // bundleFor computes the aggregations of events (all of one room or
 // several) as seen by the device's user.
-func (s *Service) bundleFor(ctx context.Context, rd store.Reader, dev *device, events []store.StoredEvent) (bundles, error) {
+func (s *Service) bundleFor(ctx context.Context, rd store.Reader, dev *httpapi.Device, events []store.StoredEvent) (bundles, error) {
 	return s.aggregate(ctx, rd, dev, events, true)
 }
 
@@ -61,7 +62,7 @@ var bundledRelTypes = []string{relThread, relReference, relReplace}
 
 // aggregate computes aggregations; nested also aggregates the children of
 // each thread's latest event.
-func (s *Service) aggregate(ctx context.Context, rd store.Reader, dev *device, events []store.StoredEvent, nested bool) (bundles, error) {
+func (s *Service) aggregate(ctx context.Context, rd store.Reader, dev *httpapi.Device, events []store.StoredEvent, nested bool) (bundles, error) {
 	if len(events) == 0 {
 		return bundles{}, nil
 	}
@@ -78,7 +79,7 @@ func (s *Service) aggregate(ctx context.Context, rd store.Reader, dev *device, e
 
 // aggregateChildren is aggregate with the events' children (of
 // bundledRelTypes) already read.
-func (s *Service) aggregateChildren(ctx context.Context, rd store.Reader, dev *device, events []store.StoredEvent, nested bool, children []store.Child) (bundles, error) {
+func (s *Service) aggregateChildren(ctx context.Context, rd store.Reader, dev *httpapi.Device, events []store.StoredEvent, nested bool, children []store.Child) (bundles, error) {
 	out := bundles{}
 	if len(children) == 0 {
 		return out, nil
@@ -224,7 +225,7 @@ func newerEdit(a, b store.StoredEvent) bool {
 }
 
 // render renders a stored event with its bundled aggregations.
-func (b bundles) render(e store.StoredEvent, dev *device, withRoomID bool) (json.RawMessage, error) {
+func (b bundles) render(e store.StoredEvent, dev *httpapi.Device, withRoomID bool) (json.RawMessage, error) {
 	raw, err := renderFor(e, dev, withRoomID)
 	if err != nil || b[e.EventID] == nil {
 		return raw, err
@@ -245,7 +246,7 @@ func (b bundles) render(e store.StoredEvent, dev *device, withRoomID bool) (json
 }
 
 // renderAll renders events with their aggregations.
-func (s *Service) renderAll(ctx context.Context, rd store.Reader, dev *device, events []store.StoredEvent, withRoomID bool) ([]json.RawMessage, error) {
+func (s *Service) renderAll(ctx context.Context, rd store.Reader, dev *httpapi.Device, events []store.StoredEvent, withRoomID bool) ([]json.RawMessage, error) {
 	b, err := s.bundleFor(ctx, rd, dev, events)
 	if err != nil {
 		return nil, err
@@ -275,16 +276,16 @@ const maxRelationsLimit = 100
 // relations is GET /_matrix/client/v1/rooms/{roomId}/relations/{eventId}
 // [/{relType}[/{eventType}]]: the visible children of a visible event,
 // paginated with the same tokens as /messages (dir defaults to b).
-func (s *Service) relations(r *http.Request, dev *device) (any, error) {
+func (s *Service) relations(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, eventID, err := eventParams(r)
 	if err != nil {
 		return nil, err
 	}
 	q := store.RelationQuery{RoomID: roomID, ParentID: eventID, Dir: store.Backward, From: math.MaxInt64, To: -1}
-	if q.RelType, err = pathParam(r, "relType"); err != nil {
+	if q.RelType, err = httpapi.PathParam(r, "relType"); err != nil {
 		return nil, err
 	}
-	if q.EventType, err = pathParam(r, "eventType"); err != nil {
+	if q.EventType, err = httpapi.PathParam(r, "eventType"); err != nil {
 		return nil, err
 	}
 	query := r.URL.Query()
@@ -309,7 +310,7 @@ func (s *Service) relations(r *http.Request, dev *device) (any, error) {
 		}
 		q.To = t.pos
 	}
-	limit, err := queryInt(r, "limit", 50)
+	limit, err := httpapi.QueryInt(r, "limit", 50)
 	if err != nil {
 		return nil, err
 	}
@@ -361,7 +362,7 @@ func (s *Service) relations(r *http.Request, dev *device) (any, error) {
 
 // threads is GET /_matrix/client/v1/rooms/{roomId}/threads: thread roots,
 // most recently active first (include=all or participated).
-func (s *Service) threads(r *http.Request, dev *device) (any, error) {
+func (s *Service) threads(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := roomIDParam(r)
 	if err != nil {
 		return nil, err
@@ -383,7 +384,7 @@ func (s *Service) threads(r *http.Request, dev *device) (any, error) {
 		}
 		before = t.pos
 	}
-	limit, err := queryInt(r, "limit", 50)
+	limit, err := httpapi.QueryInt(r, "limit", 50)
 	if err != nil {
 		return nil, err
 	}

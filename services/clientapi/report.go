@@ -17,6 +17,7 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -30,7 +31,7 @@ type reportBody struct {
 // readReport reads a report body; reasonRequired for rooms and users.
 func readReport(r *http.Request, reasonRequired bool) (reportBody, *int64, error) {
 	var b reportBody
-	if err := decodeBody(r, bodyRequired, &b); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyRequired, &b); err != nil {
 		return b, nil, err
 	}
 	if reasonRequired && b.Reason == nil {
@@ -53,7 +54,7 @@ func errReportedEventNotFound() error {
 
 // reportEvent is POST /rooms/{roomId}/report/{eventId}: the reporter must
 // be joined to the room now and able to see the event.
-func (s *Service) reportEvent(r *http.Request, dev *device) (any, error) {
+func (s *Service) reportEvent(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, eventID, err := eventParams(r)
 	if err != nil {
 		return nil, err
@@ -109,7 +110,7 @@ func (s *Service) reportEvent(r *http.Request, dev *device) (any, error) {
 
 // reportRoom is POST /rooms/{roomId}/report: anyone may report a room the
 // server knows, joined or not.
-func (s *Service) reportRoom(r *http.Request, dev *device) (any, error) {
+func (s *Service) reportRoom(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := roomIDParam(r)
 	if err != nil {
 		return nil, err
@@ -137,8 +138,8 @@ func (s *Service) reportRoom(r *http.Request, dev *device) (any, error) {
 
 // reportUser is POST /users/{userId}/report. A local user must exist;
 // remote users cannot be checked without federation and are accepted.
-func (s *Service) reportUser(r *http.Request, dev *device) (any, error) {
-	userID, err := pathParam(r, "userId")
+func (s *Service) reportUser(r *http.Request, dev *httpapi.Device) (any, error) {
+	userID, err := httpapi.PathParam(r, "userId")
 	if err != nil {
 		return nil, err
 	}
@@ -219,16 +220,16 @@ func (s *Service) renderReport(r *http.Request, rep store.Report) (eventReport, 
 
 // listEventReports is GET /_synapse/admin/v1/event_reports (from, limit,
 // dir, user_id, room_id, event_sender_user_id), admins only.
-func (s *Service) listEventReports(r *http.Request, dev *device) (any, error) {
+func (s *Service) listEventReports(r *http.Request, dev *httpapi.Device) (any, error) {
 	if err := requireAdmin(dev); err != nil {
 		return nil, err
 	}
 	q := r.URL.Query()
-	from, err := queryInt(r, "from", 0)
+	from, err := httpapi.QueryInt(r, "from", 0)
 	if err != nil {
 		return nil, err
 	}
-	limit, err := queryInt(r, "limit", 100)
+	limit, err := httpapi.QueryInt(r, "limit", 100)
 	if err != nil {
 		return nil, err
 	}
@@ -268,7 +269,7 @@ func (s *Service) listEventReports(r *http.Request, dev *device) (any, error) {
 
 // reportIDParam reads {reportId}: a positive integer.
 func reportIDParam(r *http.Request) (int64, error) {
-	v, err := pathParam(r, "reportId")
+	v, err := httpapi.PathParam(r, "reportId")
 	if err != nil {
 		return 0, err
 	}
@@ -281,7 +282,7 @@ func reportIDParam(r *http.Request) (int64, error) {
 
 // getEventReport is GET /_synapse/admin/v1/event_reports/{reportId}: the
 // report with the event as the room-server holds it (redacted if it was).
-func (s *Service) getEventReport(r *http.Request, dev *device) (any, error) {
+func (s *Service) getEventReport(r *http.Request, dev *httpapi.Device) (any, error) {
 	if err := requireAdmin(dev); err != nil {
 		return nil, err
 	}
@@ -310,7 +311,7 @@ func (s *Service) getEventReport(r *http.Request, dev *device) (any, error) {
 }
 
 // deleteEventReport is DELETE /_synapse/admin/v1/event_reports/{reportId}.
-func (s *Service) deleteEventReport(r *http.Request, dev *device) (any, error) {
+func (s *Service) deleteEventReport(r *http.Request, dev *httpapi.Device) (any, error) {
 	if err := requireAdmin(dev); err != nil {
 		return nil, err
 	}

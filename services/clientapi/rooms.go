@@ -15,6 +15,7 @@ import (
 	"github.com/myelin-chat/myelin/pkg/logging"
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -111,7 +112,7 @@ func planRoom(req createRoomRequest, creator, serverName, defaultVersion string)
 	}
 	verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(plan.Version))
 	if err != nil || !verImpl.Stable() {
-		return roomPlan{}, unsupportedRoomVersion("Room version " + plan.Version + " is not supported")
+		return roomPlan{}, httpapi.UnsupportedRoomVersion("Room version " + plan.Version + " is not supported")
 	}
 	privilegedCreators := verImpl.PrivilegedCreators()
 
@@ -348,9 +349,9 @@ func defaultPowerLevels(creator, preset string, invites []string, privilegedCrea
 }
 
 // createRoom is POST /createRoom.
-func (s *Service) createRoom(r *http.Request, dev *device) (any, error) {
+func (s *Service) createRoom(r *http.Request, dev *httpapi.Device) (any, error) {
 	var req createRoomRequest
-	if err := decodeBody(r, bodyOptional, &req); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyOptional, &req); err != nil {
 		return nil, err
 	}
 	if len(req.Invite3PID) > 0 {
@@ -370,7 +371,7 @@ func (s *Service) createRoom(r *http.Request, dev *device) (any, error) {
 			return nil, s.fromGRPC(ctx, "GetRoomAlias", err, nil)
 		}
 		if existing.GetRoomId() != "" {
-			return nil, roomInUse("Room alias already taken")
+			return nil, httpapi.RoomInUse("Room alias already taken")
 		}
 	}
 	resp, err := s.rooms.CreateRoom(ctx, &roomserverv1.CreateRoomRequest{
@@ -389,7 +390,7 @@ func (s *Service) createRoom(r *http.Request, dev *device) (any, error) {
 		}
 		if !set.GetCreated() {
 			s.log.Warn("room alias taken while the room was created", zap.String("alias", plan.Alias), logging.RoomID(resp.GetRoomId()))
-			return nil, roomInUse("Room alias already taken")
+			return nil, httpapi.RoomInUse("Room alias already taken")
 		}
 	}
 	if req.Visibility == "public" {
@@ -406,7 +407,7 @@ func (s *Service) createRoom(r *http.Request, dev *device) (any, error) {
 
 // roomIDParam reads and validates the {roomId} path parameter.
 func roomIDParam(r *http.Request) (string, error) {
-	roomID, err := pathParam(r, "roomId")
+	roomID, err := httpapi.PathParam(r, "roomId")
 	if err != nil {
 		return "", err
 	}
@@ -423,7 +424,7 @@ type membershipRequest struct {
 }
 
 // setMembership sends an m.room.member event for target.
-func (s *Service) setMembership(r *http.Request, dev *device, roomID, target, membership, reason string) error {
+func (s *Service) setMembership(r *http.Request, dev *httpapi.Device, roomID, target, membership, reason string) error {
 	content := map[string]any{"membership": membership}
 	if reason != "" {
 		content["reason"] = reason
@@ -444,13 +445,13 @@ func (s *Service) setMembership(r *http.Request, dev *device, roomID, target, me
 }
 
 // joinRoomIDOrAlias is POST /join/{roomIdOrAlias}.
-func (s *Service) joinRoomIDOrAlias(r *http.Request, dev *device) (any, error) {
-	target, err := pathParam(r, "roomIdOrAlias")
+func (s *Service) joinRoomIDOrAlias(r *http.Request, dev *httpapi.Device) (any, error) {
+	target, err := httpapi.PathParam(r, "roomIdOrAlias")
 	if err != nil {
 		return nil, err
 	}
 	var req membershipRequest
-	if err := decodeBody(r, bodyOptional, &req); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyOptional, &req); err != nil {
 		return nil, err
 	}
 	roomID := target
@@ -481,13 +482,13 @@ func (s *Service) joinRoomIDOrAlias(r *http.Request, dev *device) (any, error) {
 }
 
 // joinRoom is POST /rooms/{roomId}/join.
-func (s *Service) joinRoom(r *http.Request, dev *device) (any, error) {
+func (s *Service) joinRoom(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := roomIDParam(r)
 	if err != nil {
 		return nil, err
 	}
 	var req membershipRequest
-	if err := decodeBody(r, bodyOptional, &req); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyOptional, &req); err != nil {
 		return nil, err
 	}
 	if err := s.setMembership(r, dev, roomID, dev.UserID, store.MembershipJoin, req.Reason); err != nil {
@@ -497,13 +498,13 @@ func (s *Service) joinRoom(r *http.Request, dev *device) (any, error) {
 }
 
 // invite is POST /rooms/{roomId}/invite.
-func (s *Service) invite(r *http.Request, dev *device) (any, error) {
+func (s *Service) invite(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := roomIDParam(r)
 	if err != nil {
 		return nil, err
 	}
 	var req membershipRequest
-	if err := decodeBody(r, bodyRequired, &req); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyRequired, &req); err != nil {
 		return nil, err
 	}
 	if req.UserID == "" {
@@ -519,13 +520,13 @@ func (s *Service) invite(r *http.Request, dev *device) (any, error) {
 }
 
 // leave is POST /rooms/{roomId}/leave.
-func (s *Service) leave(r *http.Request, dev *device) (any, error) {
+func (s *Service) leave(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := roomIDParam(r)
 	if err != nil {
 		return nil, err
 	}
 	var req membershipRequest
-	if err := decodeBody(r, bodyOptional, &req); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyOptional, &req); err != nil {
 		return nil, err
 	}
 	if err := s.setMembership(r, dev, roomID, dev.UserID, store.MembershipLeave, req.Reason); err != nil {
@@ -535,7 +536,7 @@ func (s *Service) leave(r *http.Request, dev *device) (any, error) {
 }
 
 // joinedRooms is GET /joined_rooms.
-func (s *Service) joinedRooms(r *http.Request, dev *device) (any, error) {
+func (s *Service) joinedRooms(r *http.Request, dev *httpapi.Device) (any, error) {
 	rooms, err := s.store.Reader().JoinedRooms(r.Context(), dev.UserID)
 	if err != nil {
 		return nil, err
@@ -547,8 +548,8 @@ func (s *Service) joinedRooms(r *http.Request, dev *device) (any, error) {
 }
 
 // getAlias is GET /directory/room/{roomAlias}.
-func (s *Service) getAlias(r *http.Request, _ *device) (any, error) {
-	alias, err := pathParam(r, "roomAlias")
+func (s *Service) getAlias(r *http.Request, _ *httpapi.Device) (any, error) {
+	alias, err := httpapi.PathParam(r, "roomAlias")
 	if err != nil {
 		return nil, err
 	}
@@ -570,8 +571,8 @@ func (s *Service) getAlias(r *http.Request, _ *device) (any, error) {
 }
 
 // putAlias is PUT /directory/room/{roomAlias}.
-func (s *Service) putAlias(r *http.Request, dev *device) (any, error) {
-	alias, err := pathParam(r, "roomAlias")
+func (s *Service) putAlias(r *http.Request, dev *httpapi.Device) (any, error) {
+	alias, err := httpapi.PathParam(r, "roomAlias")
 	if err != nil {
 		return nil, err
 	}
@@ -582,7 +583,7 @@ func (s *Service) putAlias(r *http.Request, dev *device) (any, error) {
 	var req struct {
 		RoomID string `json:"room_id"`
 	}
-	if err := decodeBody(r, bodyRequired, &req); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyRequired, &req); err != nil {
 		return nil, err
 	}
 	if req.RoomID == "" {
@@ -606,7 +607,7 @@ func (s *Service) putAlias(r *http.Request, dev *device) (any, error) {
 		return nil, s.fromGRPC(r.Context(), "SetRoomAlias", err, nil)
 	}
 	if !set.GetCreated() {
-		return nil, unknownError(http.StatusConflict, "Room alias "+alias+" already exists")
+		return nil, httpapi.UnknownError(http.StatusConflict, "Room alias "+alias+" already exists")
 	}
 	return struct{}{}, nil
 }

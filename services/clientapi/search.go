@@ -21,6 +21,7 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -251,9 +252,9 @@ type searchGroupValue struct {
 }
 
 // search is POST /search.
-func (s *Service) search(r *http.Request, dev *device) (any, error) {
+func (s *Service) search(r *http.Request, dev *httpapi.Device) (any, error) {
 	var req searchRequest
-	if err := decodeBody(r, bodyRequired, &req); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyRequired, &req); err != nil {
 		return nil, err
 	}
 	if req.SearchCategories == nil {
@@ -348,7 +349,7 @@ func parseCriteria(c *roomEventsCriteria, tok *searchToken) (p searchPlan, befor
 
 // searchRoomEvents runs one room_events search: the page after tok, its
 // count, highlights, groups, contexts and state.
-func (s *Service) searchRoomEvents(r *http.Request, dev *device, c *roomEventsCriteria, tok *searchToken) (*roomEventsResult, error) {
+func (s *Service) searchRoomEvents(r *http.Request, dev *httpapi.Device, c *roomEventsCriteria, tok *searchToken) (*roomEventsResult, error) {
 	ctx := r.Context()
 	p, before, after, err := parseCriteria(c, tok)
 	if err != nil {
@@ -583,7 +584,7 @@ func (s *Service) searchGroups(ctx context.Context, rd store.Reader, p searchPla
 // searchEventContext is a result's context: visible events around it (a
 // user who left sees nothing after their leave) and, when asked, the
 // senders' profiles in the state after the last event returned.
-func (s *Service) searchEventContext(ctx context.Context, rd store.Reader, dev *device, e store.StoredEvent, nBefore, nAfter int, profiles bool) (*searchContext, error) {
+func (s *Service) searchEventContext(ctx context.Context, rd store.Reader, dev *httpapi.Device, e store.StoredEvent, nBefore, nAfter int, profiles bool) (*searchContext, error) {
 	bound := int64(-1)
 	if m, err := rd.Membership(ctx, dev.UserID, e.RoomID); err == nil &&
 		(m.Membership == store.MembershipLeave || m.Membership == store.MembershipBan) {
@@ -665,7 +666,7 @@ func (s *Service) searchEventContext(ctx context.Context, rd store.Reader, dev *
 
 // searchState is include_state: the state of each room in the results,
 // as the user may see it (current, or as of their leave).
-func (s *Service) searchState(r *http.Request, dev *device, events []store.StoredEvent) (map[string][]json.RawMessage, error) {
+func (s *Service) searchState(r *http.Request, dev *httpapi.Device, events []store.StoredEvent) (map[string][]json.RawMessage, error) {
 	out := map[string][]json.RawMessage{}
 	for _, e := range events {
 		if _, ok := out[e.RoomID]; ok {

@@ -1,25 +1,29 @@
 package clientapi
 
-import "net/http"
+import (
+	"net/http"
+
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
+)
 
 // searchRoutes are issue #3's endpoints: search, reporting (with its
 // admin API) and the legacy sync endpoints.
-func (s *Service) searchRoutes() []route {
+func (s *Service) searchRoutes() []httpapi.Route {
 	const synapseAdmin = "/_synapse/admin/v1"
-	return []route{
-		{method: http.MethodPost, path: "/search", auth: true, serve: s.search},
+	return []httpapi.Route{
+		{Method: http.MethodPost, Path: "/search", Auth: true, Serve: s.search},
 
-		{method: http.MethodPost, path: "/rooms/{roomId}/report/{eventId}", auth: true, limit: limitSend, serve: s.reportEvent},
-		{method: http.MethodPost, path: "/rooms/{roomId}/report", auth: true, limit: limitSend, serve: s.reportRoom},
-		{method: http.MethodPost, path: "/users/{userId}/report", auth: true, limit: limitSend, serve: s.reportUser},
-		{method: http.MethodGet, path: synapseAdmin + "/event_reports", abs: true, auth: true, serve: s.listEventReports},
-		{method: http.MethodGet, path: synapseAdmin + "/event_reports/{reportId}", abs: true, auth: true, serve: s.getEventReport},
-		{method: http.MethodDelete, path: synapseAdmin + "/event_reports/{reportId}", abs: true, auth: true, serve: s.deleteEventReport},
+		{Method: http.MethodPost, Path: "/rooms/{roomId}/report/{eventId}", Auth: true, Limit: httpapi.LimitSend, Serve: s.reportEvent},
+		{Method: http.MethodPost, Path: "/rooms/{roomId}/report", Auth: true, Limit: httpapi.LimitSend, Serve: s.reportRoom},
+		{Method: http.MethodPost, Path: "/users/{userId}/report", Auth: true, Limit: httpapi.LimitSend, Serve: s.reportUser},
+		{Method: http.MethodGet, Path: synapseAdmin + "/event_reports", Abs: true, Auth: true, Serve: s.listEventReports},
+		{Method: http.MethodGet, Path: synapseAdmin + "/event_reports/{reportId}", Abs: true, Auth: true, Serve: s.getEventReport},
+		{Method: http.MethodDelete, Path: synapseAdmin + "/event_reports/{reportId}", Abs: true, Auth: true, Serve: s.deleteEventReport},
 
 		// Legacy sync (deprecated; see legacy.go).
-		{method: http.MethodGet, path: "/initialSync", auth: true, serve: s.initialSync},
-		{method: http.MethodGet, path: "/rooms/{roomId}/initialSync", auth: true, serve: s.roomInitialSync},
-		{method: http.MethodGet, path: "/events", auth: true, serve: s.events},
-		{method: http.MethodGet, path: "/events/{eventId}", auth: true, serve: s.getEventByID},
+		{Method: http.MethodGet, Path: "/initialSync", Auth: true, Serve: s.initialSync},
+		{Method: http.MethodGet, Path: "/rooms/{roomId}/initialSync", Auth: true, Serve: s.roomInitialSync},
+		{Method: http.MethodGet, Path: "/events", Auth: true, Serve: s.events},
+		{Method: http.MethodGet, Path: "/events/{eventId}", Auth: true, Serve: s.getEventByID},
 	}
 }

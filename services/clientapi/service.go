@@ -15,12 +15,12 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 
-	"github.com/myelin-chat/myelin/pkg/ratelimit"
 	clientapiv1 "github.com/myelin-chat/myelin/proto/clientapi/v1"
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
 	mediav1 "github.com/myelin-chat/myelin/proto/media/v1"
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -52,9 +52,10 @@ type Service struct {
 	rooms      roomserverv1.RoomServiceClient
 	e2e        keyserverv1.E2EKeyServiceClient
 	// keys is the client-API's side of the key-server (keybridge.go).
-	keys     *keyBridge
-	js       jetstream.JetStream
-	limiter  *ratelimit.Limiter
+	keys *keyBridge
+	js   jetstream.JetStream
+	// http is the HTTP edge the routes are served through.
+	http     *httpapi.Server
 	notifier *notifier
 	// lazy remembers the members /sync sent each device (sync_lazy.go).
 	lazy     *lazyCache
@@ -104,10 +105,10 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		presence:   deps.Presence,
 		media:      deps.Media,
 		js:         deps.JetStream,
-		limiter:    newRateLimiter(cfg.RateLimit, time.Now),
 		lazy:       newLazyCache(),
 		now:        time.Now,
 	}
+	s.http = httpapi.NewServer(deps.Logger, s, cfg.RateLimit, time.Now)
 	members, err := st.JoinedMembers(ctx)
 	if err != nil {
 		st.Close()
@@ -176,7 +177,7 @@ func (s *Service) Run(ctx context.Context) error {
 	return g.Wait()
 }
 
-// Ready reports whether the service can serve: its database answers and
+// Ready reports whether the service can Serve: its database answers and
 // the end-to-end keys are in the key-server.
 func (s *Service) Ready(ctx context.Context) error {
 	if err := s.store.Ping(ctx); err != nil {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -105,7 +106,7 @@ type syncOptions struct {
 // returns what changed after that position, long-polling up to timeout
 // when nothing did. Waiting is driven by the notifier (fed by the
 // JetStream consumer), never by polling.
-func (s *Service) sync(r *http.Request, dev *device) (any, error) {
+func (s *Service) sync(r *http.Request, dev *httpapi.Device) (any, error) {
 	q := r.URL.Query()
 	var opts syncOptions
 	if v := q.Get("since"); v != "" {
@@ -127,7 +128,7 @@ func (s *Service) sync(r *http.Request, dev *device) (any, error) {
 	default:
 		return nil, matrixhttp.InvalidParam("set_presence must be online, offline or unavailable")
 	}
-	timeoutMS, err := queryInt(r, "timeout", 0)
+	timeoutMS, err := httpapi.QueryInt(r, "timeout", 0)
 	if err != nil {
 		return nil, err
 	}
@@ -235,7 +236,7 @@ type syncData struct {
 
 // buildSync computes one /sync response, and returns it with what it read
 // (d.pos is the stream position it covers).
-func (s *Service) buildSync(ctx context.Context, dev *device, opts syncOptions) (*syncResponse, syncData, error) {
+func (s *Service) buildSync(ctx context.Context, dev *httpapi.Device, opts syncOptions) (*syncResponse, syncData, error) {
 	var d syncData
 	err := s.store.Snapshot(ctx, func(rd store.Reader) error {
 		var err error
@@ -331,7 +332,7 @@ func (s *Service) buildSync(ctx context.Context, dev *device, opts syncOptions) 
 }
 
 // readSync reads what a sync response needs from one snapshot.
-func (s *Service) readSync(ctx context.Context, rd store.Reader, dev *device, opts syncOptions) (syncData, error) {
+func (s *Service) readSync(ctx context.Context, rd store.Reader, dev *httpapi.Device, opts syncOptions) (syncData, error) {
 	userID := dev.UserID
 	d := syncData{
 		gaps:      map[string][]store.StoredEvent{},
@@ -558,7 +559,7 @@ func (s *Service) stateBefore(ctx context.Context, d syncData) (map[string][]jso
 }
 
 // renderTimeline renders a timeline for the requesting device.
-func renderTimeline(tl store.Timeline, dev *device, pos int64, bundled bundles) (timelineBatch, error) {
+func renderTimeline(tl store.Timeline, dev *httpapi.Device, pos int64, bundled bundles) (timelineBatch, error) {
 	b := timelineBatch{Events: make([]json.RawMessage, 0, len(tl.Events)), Limited: tl.Limited}
 	for _, e := range tl.Events {
 		raw, err := bundled.render(e, dev, false)

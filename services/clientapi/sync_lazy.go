@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -34,10 +35,10 @@ func newLazyCache() *lazyCache {
 	return &lazyCache{devices: map[string]map[string]map[string]string{}}
 }
 
-func lazyKey(dev *device) string { return dev.UserID + "|" + dev.DeviceID }
+func lazyKey(dev *httpapi.Device) string { return dev.UserID + "|" + dev.DeviceID }
 
 // reset forgets what the device was sent (initial and full_state syncs).
-func (c *lazyCache) reset(dev *device) {
+func (c *lazyCache) reset(dev *httpapi.Device) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.devices, lazyKey(dev))
@@ -45,7 +46,7 @@ func (c *lazyCache) reset(dev *device) {
 
 // unsent keeps the member events the device has not been sent, and
 // records them as sent.
-func (c *lazyCache) unsent(dev *device, roomID string, members []store.CurrentStateEvent, redundant bool) []store.CurrentStateEvent {
+func (c *lazyCache) unsent(dev *httpapi.Device, roomID string, members []store.CurrentStateEvent, redundant bool) []store.CurrentStateEvent {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	k := lazyKey(dev)
@@ -85,7 +86,7 @@ func (f syncFilter) lazyFilter() *roomEventFilter {
 // a limited incremental room, the non-member state that changed in the
 // gap; and in both, the member events of the timeline's senders and the
 // user as they were before the timeline.
-func (s *Service) readLazyState(ctx context.Context, rd store.Reader, dev *device, opts syncOptions, d *syncData) error {
+func (s *Service) readLazyState(ctx context.Context, rd store.Reader, dev *httpapi.Device, opts syncOptions, d *syncData) error {
 	sf := opts.filter.lazyFilter()
 	if opts.since == nil || opts.fullState {
 		s.lazy.reset(dev)

@@ -9,6 +9,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -23,26 +24,26 @@ import (
 const toDeviceSyncLimit = 100
 
 // sendToDevice is PUT /sendToDevice/{eventType}/{txnId}.
-func (s *Service) sendToDevice(r *http.Request, dev *device) (any, error) {
-	evType, err := pathParam(r, "eventType")
+func (s *Service) sendToDevice(r *http.Request, dev *httpapi.Device) (any, error) {
+	evType, err := httpapi.PathParam(r, "eventType")
 	if err != nil {
 		return nil, err
 	}
-	txnID, err := pathParam(r, "txnId")
+	txnID, err := httpapi.PathParam(r, "txnId")
 	if err != nil {
 		return nil, err
 	}
 	if evType == "" || len(evType) > 255 || txnID == "" {
 		return nil, matrixhttp.InvalidParam("Invalid event type or transaction ID")
 	}
-	body, err := readObject(r, bodyRequired)
+	body, err := httpapi.ReadObject(r, httpapi.BodyRequired)
 	if err != nil {
 		return nil, err
 	}
 	var req struct {
 		Messages map[string]map[string]json.RawMessage `json:"messages"`
 	}
-	if err := decodeObject(body, &req); err != nil {
+	if err := httpapi.DecodeObject(body, &req); err != nil {
 		return nil, err
 	}
 	if req.Messages == nil {
@@ -81,7 +82,7 @@ func (s *Service) sendToDevice(r *http.Request, dev *device) (any, error) {
 // syncToDevice acknowledges the messages the since token covers, adds the
 // device's next ones to the response and returns the position for
 // next_batch. read is what readSync read of them, after since.
-func (s *Service) syncToDevice(ctx context.Context, dev *device, since int64, resp *syncResponse, read *store.ToDeviceRead) (int64, error) {
+func (s *Service) syncToDevice(ctx context.Context, dev *httpapi.Device, since int64, resp *syncResponse, read *store.ToDeviceRead) (int64, error) {
 	if read.Delivered {
 		if err := s.store.AckToDevice(ctx, dev.UserID, dev.DeviceID, since); err != nil {
 			return 0, err

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -52,33 +53,6 @@ type userIdentifier struct {
 	Address string `json:"address"`
 }
 
-// uiaChallenge is the 401 response that asks for (more) authentication.
-// With an errcode it also says why the last attempt failed.
-type uiaChallenge struct {
-	Flows     [][]string
-	Session   string
-	Completed []string
-	ErrCode   string
-	Message   string
-}
-
-func (c *uiaChallenge) Error() string { return "user-interactive auth required: " + c.ErrCode }
-
-func (c *uiaChallenge) body() map[string]any {
-	flows := make([]map[string]any, 0, len(c.Flows))
-	for _, f := range c.Flows {
-		flows = append(flows, map[string]any{"stages": f})
-	}
-	b := map[string]any{"flows": flows, "params": map[string]any{}, "session": c.Session}
-	if len(c.Completed) > 0 {
-		b["completed"] = c.Completed
-	}
-	if c.ErrCode != "" {
-		b["errcode"], b["error"] = c.ErrCode, c.Message
-	}
-	return b
-}
-
 // uiaFlows are the flows that complete a session of the given purpose.
 // Registration depends on the registration mode; everything else asks the
 // user for their password.
@@ -109,13 +83,13 @@ func (s *Service) runUIA(ctx context.Context, purpose, userID string, auth *auth
 			return store.UIASession{}, err
 		}
 		if auth == nil {
-			return store.UIASession{}, &uiaChallenge{Flows: flows, Session: sess.ID}
+			return store.UIASession{}, &httpapi.UIAChallenge{Flows: flows, Session: sess.ID}
 		}
 		auth.Session = sess.ID
 	}
 	sess, err := s.store.GetUIASession(ctx, auth.Session, uiaSessionMaxAge)
 	if errors.Is(err, store.ErrNotFound) {
-		return store.UIASession{}, unknownError(http.StatusBadRequest, "Unknown or expired UIA session")
+		return store.UIASession{}, httpapi.UnknownError(http.StatusBadRequest, "Unknown or expired UIA session")
 	}
 	if err != nil {
 		return store.UIASession{}, err
@@ -133,14 +107,14 @@ func (s *Service) runUIA(ctx context.Context, purpose, userID string, auth *auth
 			return sess, nil
 		}
 	}
-	return store.UIASession{}, &uiaChallenge{Flows: flows, Session: sess.ID, Completed: sess.Completed}
+	return store.UIASession{}, &httpapi.UIAChallenge{Flows: flows, Session: sess.ID, Completed: sess.Completed}
 }
 
 // uiaStage attempts one stage and records it in sess when it succeeds.
 // A failed attempt is a 401 challenge carrying the errcode.
 func (s *Service) uiaStage(ctx context.Context, sess *store.UIASession, flows [][]string, auth *authData) error {
 	fail := func(code, msg string) error {
-		return &uiaChallenge{Flows: flows, Session: sess.ID, Completed: sess.Completed, ErrCode: code, Message: msg}
+		return &httpapi.UIAChallenge{Flows: flows, Session: sess.ID, Completed: sess.Completed, ErrCode: code, Message: msg}
 	}
 	if !slices.ContainsFunc(flows, func(f []string) bool { return slices.Contains(f, auth.Type) }) {
 		return fail("M_UNRECOGNIZED", "Unsupported authentication type")

@@ -20,6 +20,7 @@ import (
 	"github.com/myelin-chat/myelin/pkg/logging"
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -36,13 +37,13 @@ type upgradeRequest struct {
 }
 
 // upgradeRoom is POST /rooms/{roomId}/upgrade.
-func (s *Service) upgradeRoom(r *http.Request, dev *device) (any, error) {
+func (s *Service) upgradeRoom(r *http.Request, dev *httpapi.Device) (any, error) {
 	oldRoom, err := roomIDParam(r)
 	if err != nil {
 		return nil, err
 	}
 	var req upgradeRequest
-	if err := decodeBody(r, bodyRequired, &req); err != nil {
+	if err := httpapi.DecodeBody(r, httpapi.BodyRequired, &req); err != nil {
 		return nil, err
 	}
 	if req.NewVersion == "" {
@@ -50,7 +51,7 @@ func (s *Service) upgradeRoom(r *http.Request, dev *device) (any, error) {
 	}
 	newImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(req.NewVersion))
 	if err != nil || !newImpl.Stable() {
-		return nil, unsupportedRoomVersion("Room version " + req.NewVersion + " is not supported")
+		return nil, httpapi.UnsupportedRoomVersion("Room version " + req.NewVersion + " is not supported")
 	}
 	for _, u := range req.AdditionalCreators {
 		if _, err := spec.NewUserID(u, true); err != nil {
@@ -278,7 +279,7 @@ func jsonEqual(a, b any) bool {
 }
 
 // sendState sends one state event with an empty state key as the user.
-func (s *Service) sendState(r *http.Request, dev *device, roomID, typ string, content any) error {
+func (s *Service) sendState(r *http.Request, dev *httpapi.Device, roomID, typ string, content any) error {
 	raw, err := json.Marshal(content)
 	if err != nil {
 		return err

@@ -1,4 +1,4 @@
-package clientapi
+package httpapi
 
 import (
 	"bytes"
@@ -16,37 +16,37 @@ import (
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 )
 
-// maxBodyBytes caps request bodies. Events are at most 64 KiB; createRoom
+// MaxBodyBytes caps request bodies. Events are at most 64 KiB; createRoom
 // with initial_state may carry several.
-const maxBodyBytes = 1 << 20
+const MaxBodyBytes = 1 << 20
 
-// bodyMode says whether an endpoint accepts an empty body as {}.
-type bodyMode int
+// BodyMode says whether an endpoint accepts an empty body as {}.
+type BodyMode int
 
 const (
-	bodyRequired bodyMode = iota
-	bodyOptional
+	BodyRequired BodyMode = iota
+	BodyOptional
 )
 
-// readObject reads the request body and checks it is one JSON object:
+// ReadObject reads the request body and checks it is one JSON object:
 // M_NOT_JSON when it is not JSON at all, M_BAD_JSON when it is JSON but
 // not an object, M_TOO_LARGE when over the cap.
-func readObject(r *http.Request, mode bodyMode) ([]byte, error) {
-	body, err := io.ReadAll(io.LimitReader(r.Body, maxBodyBytes+1))
+func ReadObject(r *http.Request, mode BodyMode) ([]byte, error) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, MaxBodyBytes+1))
 	if err != nil {
 		return nil, matrixhttp.NotJSON("Could not read request body")
 	}
-	if len(body) > maxBodyBytes {
-		return nil, tooLarge("Request body too large")
+	if len(body) > MaxBodyBytes {
+		return nil, TooLarge("Request body too large")
 	}
 	trimmed := bytes.TrimSpace(body)
-	if len(trimmed) == 0 && mode == bodyOptional {
+	if len(trimmed) == 0 && mode == BodyOptional {
 		return []byte("{}"), nil
 	}
 	if !json.Valid(trimmed) {
 		return nil, matrixhttp.NotJSON("Content not JSON.")
 	}
-	if err := checkJSONText(trimmed); err != nil {
+	if err := CheckJSONText(trimmed); err != nil {
 		return nil, err
 	}
 	if trimmed[0] != '{' {
@@ -55,10 +55,10 @@ func readObject(r *http.Request, mode bodyMode) ([]byte, error) {
 	return trimmed, nil
 }
 
-// checkJSONText refuses JSON no store can hold (matrixhttp.CheckJSONText):
+// CheckJSONText refuses JSON no store can hold (matrixhttp.CheckJSONText):
 // invalid UTF-8 is not JSON at all (M_NOT_JSON); U+0000 and unpaired
 // surrogate escapes are JSON the server cannot accept (M_BAD_JSON).
-func checkJSONText(b []byte) error {
+func CheckJSONText(b []byte) error {
 	err := matrixhttp.CheckJSONText(b)
 	switch {
 	case err == nil:
@@ -70,18 +70,18 @@ func checkJSONText(b []byte) error {
 	}
 }
 
-// decodeBody reads a JSON object body into v. Wrong types are M_BAD_JSON.
-func decodeBody(r *http.Request, mode bodyMode, v any) error {
-	body, err := readObject(r, mode)
+// DecodeBody reads a JSON object body into v. Wrong types are M_BAD_JSON.
+func DecodeBody(r *http.Request, mode BodyMode, v any) error {
+	body, err := ReadObject(r, mode)
 	if err != nil {
 		return err
 	}
-	return decodeObject(body, v)
+	return DecodeObject(body, v)
 }
 
-// decodeObject unmarshals JSON that is known to be an object into v.
-func decodeObject(body []byte, v any) error {
-	if err := checkJSONText(body); err != nil {
+// DecodeObject unmarshals JSON that is known to be an object into v.
+func DecodeObject(body []byte, v any) error {
+	if err := CheckJSONText(body); err != nil {
 		return err
 	}
 	if err := json.Unmarshal(body, v); err != nil {
@@ -94,9 +94,9 @@ func decodeObject(body []byte, v any) error {
 	return nil
 }
 
-// pathParam returns a decoded path parameter. The router matches on the
+// PathParam returns a decoded path parameter. The router matches on the
 // escaped path (see RegisterHTTP), so parameters can hold '/' and '%'.
-func pathParam(r *http.Request, name string) (string, error) {
+func PathParam(r *http.Request, name string) (string, error) {
 	raw := chi.URLParam(r, name)
 	v, err := url.PathUnescape(raw)
 	if err != nil {
@@ -105,17 +105,17 @@ func pathParam(r *http.Request, name string) (string, error) {
 	return v, nil
 }
 
-// chiParam is an optional path parameter, unescaped ("" if absent).
-func chiParam(r *http.Request, name string) string {
-	v, err := pathParam(r, name)
+// ChiParam is an optional path parameter, unescaped ("" if absent).
+func ChiParam(r *http.Request, name string) string {
+	v, err := PathParam(r, name)
 	if err != nil {
 		return ""
 	}
 	return strings.TrimSpace(v)
 }
 
-// clientIP is the rate-limiting key for unauthenticated endpoints.
-func clientIP(r *http.Request, trustForwarded bool) string {
+// ClientIP is the rate-limiting key for unauthenticated endpoints.
+func ClientIP(r *http.Request, trustForwarded bool) string {
 	if trustForwarded {
 		if xff := r.Header.Get("X-Forwarded-For"); xff != "" {
 			first, _, _ := strings.Cut(xff, ",")
