@@ -8,13 +8,14 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
 // Account data (global and per room) and room tags, which are the room
 // account data of type m.tag. Changes reach /sync through the token
-// component "_a<pos>" (see streamToken) and wake long polls
+// component "_a<pos>" (see clientevent.StreamToken) and wake long polls
 // through the notifier.
 
 // serverControlledAccountData are types clients may not write here.
@@ -86,8 +87,8 @@ func (s *Service) putAccountData(r *http.Request, dev *httpapi.Device, perRoom b
 	if err != nil {
 		return nil, err
 	}
-	if typ == ignoredUserListType && roomID == "" {
-		if err := checkIgnoredUserList(dev.UserID, body); err != nil {
+	if typ == clientevent.IgnoredUserListType && roomID == "" {
+		if err := clientevent.CheckIgnoredUserList(dev.UserID, body); err != nil {
 			return nil, err
 		}
 	}
@@ -249,7 +250,7 @@ func (s *Service) changeTag(r *http.Request, dev *httpapi.Device, put bool) (any
 // client. An initial sync always carries m.push_rules (the defaults when
 // the user never changed a rule, so nothing is stored). ch is what
 // changed after since when the caller read it (nil: it is read here).
-func (s *Service) syncAccountData(ctx context.Context, userID string, since int64, initial bool, filter syncFilter, resp *syncResponse, ch *store.AccountDataChanges) (int64, error) {
+func (s *Service) syncAccountData(ctx context.Context, userID string, since int64, initial bool, filter clientevent.Filter, resp *syncResponse, ch *store.AccountDataChanges) (int64, error) {
 	rd := s.store.Reader()
 	if ch == nil {
 		ch = &store.AccountDataChanges{}
@@ -327,11 +328,11 @@ func (c *joinedRoomsCache) has(ctx context.Context, roomID string) (bool, error)
 // with no new events when the room has none yet; nil for rooms the user is
 // not joined to or the filter leaves out (their data is in the next
 // initial sync).
-func (s *Service) syncRoomEntry(ctx context.Context, rooms *joinedRoomsCache, roomID string, filter syncFilter, resp *syncResponse) (*joinedRoom, error) {
+func (s *Service) syncRoomEntry(ctx context.Context, rooms *joinedRoomsCache, roomID string, filter clientevent.Filter, resp *syncResponse) (*joinedRoom, error) {
 	if jr := resp.Rooms.Join[roomID]; jr != nil {
 		return jr, nil
 	}
-	if resp.Rooms.Leave[roomID] != nil || !filter.allowsRoom(roomID) {
+	if resp.Rooms.Leave[roomID] != nil || !filter.AllowsRoom(roomID) {
 		return nil, nil
 	}
 	joined, err := rooms.has(ctx, roomID)
@@ -344,10 +345,10 @@ func (s *Service) syncRoomEntry(ctx context.Context, rooms *joinedRoomsCache, ro
 	}
 	jr := &joinedRoom{
 		Summary:             toSummary(summaries[roomID]),
-		State:               emptyEvents(),
+		State:               clientevent.EmptyEvents(),
 		Timeline:            timelineBatch{Events: []json.RawMessage{}},
-		Ephemeral:           emptyEvents(),
-		AccountData:         emptyEvents(),
+		Ephemeral:           clientevent.EmptyEvents(),
+		AccountData:         clientevent.EmptyEvents(),
 		UnreadNotifications: map[string]int{},
 	}
 	resp.Rooms.Join[roomID] = jr

@@ -12,6 +12,7 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/bus"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -243,22 +244,22 @@ func (s *Service) retry(ctx context.Context, what string, f func() error) error 
 func decodeOutputEvent(data []byte) (store.Input, error) {
 	var out roomserverv1.OutputRoomEvent
 	if err := proto.Unmarshal(data, &out); err != nil {
-		return store.Input{}, fmt.Errorf("%w: %v", ErrBadPayload, err)
+		return store.Input{}, fmt.Errorf("%w: %v", clientevent.ErrBadPayload, err)
 	}
 	if out.GetRoomId() == "" || out.GetEventId() == "" {
-		return store.Input{}, fmt.Errorf("%w: missing room or event ID", ErrBadPayload)
+		return store.Input{}, fmt.Errorf("%w: missing room or event ID", clientevent.ErrBadPayload)
 	}
-	pdu, err := parseOutputPDU(out.GetRoomVersion(), out.GetEventId(), out.GetEventJson())
+	pdu, err := clientevent.ParseOutputPDU(out.GetRoomVersion(), out.GetEventId(), out.GetEventJson())
 	if err != nil {
-		return store.Input{}, fmt.Errorf("%w: event %s: %v", ErrBadPayload, out.GetEventId(), err)
+		return store.Input{}, fmt.Errorf("%w: event %s: %v", clientevent.ErrBadPayload, out.GetEventId(), err)
 	}
-	ce := newClientEvent(pdu)
+	ce := clientevent.NewClientEvent(pdu)
 	if because := out.GetRedactedBecause(); len(because) > 0 {
-		if ce, err = withRedactedBecause(ce, out.GetRoomVersion(), out.GetRoomId(), because); err != nil {
-			return store.Input{}, fmt.Errorf("%w: event %s: %v", ErrBadPayload, out.GetEventId(), err)
+		if ce, err = clientevent.WithRedactedBecause(ce, out.GetRoomVersion(), out.GetRoomId(), because); err != nil {
+			return store.Input{}, fmt.Errorf("%w: event %s: %v", clientevent.ErrBadPayload, out.GetEventId(), err)
 		}
 	}
-	raw, err := ce.marshal()
+	raw, err := ce.Marshal()
 	if err != nil {
 		return store.Input{}, err
 	}
@@ -269,7 +270,7 @@ func decodeOutputEvent(data []byte) (store.Input, error) {
 			Type:           ce.Type,
 			StateKey:       ce.StateKey,
 			Sender:         ce.Sender,
-			Membership:     membershipOf(pdu),
+			Membership:     clientevent.MembershipOf(pdu),
 			JSON:           raw,
 			TxnDeviceID:    out.GetTransactionId().GetDeviceId(),
 			TxnID:          out.GetTransactionId().GetTxnId(),
@@ -277,23 +278,23 @@ func decodeOutputEvent(data []byte) (store.Input, error) {
 		},
 		RemovedIDs: out.GetRemovedStateEventIds(),
 	}
-	in.Event.RelatesTo, in.Event.RelType = relationOf(ce.Content)
-	in.Event.SearchKey, in.Event.SearchText = searchTextOf(ce.Type, ce.Content)
+	in.Event.RelatesTo, in.Event.RelType = clientevent.RelationOf(ce.Content)
+	in.Event.SearchKey, in.Event.SearchText = clientevent.SearchTextOf(ce.Type, ce.Content)
 	if red := out.GetRedactedEventJson(); len(red) > 0 {
-		if in.Redacted, err = redactedCopy(out.GetRoomVersion(), out.GetRoomId(), red, out.GetEventJson()); err != nil {
-			return store.Input{}, fmt.Errorf("%w: redacted event of %s: %v", ErrBadPayload, out.GetEventId(), err)
+		if in.Redacted, err = clientevent.RedactedCopy(out.GetRoomVersion(), out.GetRoomId(), red, out.GetEventJson()); err != nil {
+			return store.Input{}, fmt.Errorf("%w: redacted event of %s: %v", clientevent.ErrBadPayload, out.GetEventId(), err)
 		}
 	}
 	for _, added := range out.GetAddedStateEvents() {
-		spdu, err := parsePDU(out.GetRoomVersion(), added)
+		spdu, err := clientevent.ParsePDU(out.GetRoomVersion(), added)
 		if err != nil {
-			return store.Input{}, fmt.Errorf("%w: added state of %s: %v", ErrBadPayload, out.GetEventId(), err)
+			return store.Input{}, fmt.Errorf("%w: added state of %s: %v", clientevent.ErrBadPayload, out.GetEventId(), err)
 		}
 		if spdu.StateKey() == nil {
-			return store.Input{}, fmt.Errorf("%w: added state event %s has no state key", ErrBadPayload, spdu.EventID())
+			return store.Input{}, fmt.Errorf("%w: added state event %s has no state key", clientevent.ErrBadPayload, spdu.EventID())
 		}
-		sce := newClientEvent(spdu)
-		sraw, err := sce.marshal()
+		sce := clientevent.NewClientEvent(spdu)
+		sraw, err := sce.Marshal()
 		if err != nil {
 			return store.Input{}, err
 		}
@@ -302,7 +303,7 @@ func decodeOutputEvent(data []byte) (store.Input, error) {
 			Type:       sce.Type,
 			StateKey:   *sce.StateKey,
 			Sender:     sce.Sender,
-			Membership: membershipOf(spdu),
+			Membership: clientevent.MembershipOf(spdu),
 			JSON:       sraw,
 		})
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
@@ -76,7 +77,7 @@ func (s *Service) dropFromCanonicalAlias(r *http.Request, dev *httpapi.Device, r
 	if err != nil || len(resp.GetState()) == 0 {
 		return
 	}
-	pdu, err := parsePDU(resp.GetState()[0].GetRoomVersion(), resp.GetState()[0].GetEventJson())
+	pdu, err := clientevent.ParsePDU(resp.GetState()[0].GetRoomVersion(), resp.GetState()[0].GetEventJson())
 	if err != nil || pdu.Type() != spec.MRoomCanonicalAlias {
 		return
 	}
@@ -163,7 +164,7 @@ func (s *Service) roomAliases(r *http.Request, dev *httpapi.Device) (any, error)
 // ("shared" when absent, as the spec says).
 func historyVisibility(events []*roomserverv1.Event) string {
 	for _, ev := range events {
-		pdu, err := parsePDU(ev.GetRoomVersion(), ev.GetEventJson())
+		pdu, err := clientevent.ParsePDU(ev.GetRoomVersion(), ev.GetEventJson())
 		if err != nil || pdu.Type() != spec.MRoomHistoryVisibility {
 			continue
 		}
@@ -358,11 +359,11 @@ func (s *Service) publicRooms(r *http.Request, req publicRoomsRequest) (any, err
 
 func parseDirectoryToken(tok string) (int, error) {
 	if len(tok) < 2 || (tok[0] != 'n' && tok[0] != 'p') {
-		return 0, ErrInvalidToken
+		return 0, clientevent.ErrInvalidToken
 	}
 	n, err := strconv.Atoi(tok[1:])
 	if err != nil || n < 0 {
-		return 0, ErrInvalidToken
+		return 0, clientevent.ErrInvalidToken
 	}
 	return n, nil
 }

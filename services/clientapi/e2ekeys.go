@@ -26,6 +26,7 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
@@ -279,16 +280,16 @@ func (s *Service) keysClaim(r *http.Request, _ *httpapi.Device) (any, error) {
 // requester whose device lists changed between two sync tokens, and those
 // who stopped sharing every room with them in that range.
 func (s *Service) keysChanges(r *http.Request, dev *httpapi.Device) (any, error) {
-	from, err := parseStreamToken(r.URL.Query().Get("from"))
+	from, err := clientevent.ParseStreamToken(r.URL.Query().Get("from"))
 	if err != nil {
 		return nil, matrixhttp.InvalidParam("from must be a sync token")
 	}
-	to, err := parseStreamToken(r.URL.Query().Get("to"))
+	to, err := clientevent.ParseStreamToken(r.URL.Query().Get("to"))
 	if err != nil {
 		return nil, matrixhttp.InvalidParam("to must be a sync token")
 	}
 	ctx := r.Context()
-	resp, err := s.e2e.KeyChanges(ctx, &keyserverv1.KeyChangesRequest{After: from.kpos, Upto: to.kpos})
+	resp, err := s.e2e.KeyChanges(ctx, &keyserverv1.KeyChangesRequest{After: from.KPos, Upto: to.KPos})
 	if err != nil {
 		return nil, s.keysError(ctx, "KeyChanges", err)
 	}
@@ -298,7 +299,7 @@ func (s *Service) keysChanges(r *http.Request, dev *httpapi.Device) (any, error)
 			changed = append(changed, u)
 		}
 	}
-	leavers, err := s.store.Reader().LeftSharedRooms(ctx, dev.UserID, from.pos, to.pos)
+	leavers, err := s.store.Reader().LeftSharedRooms(ctx, dev.UserID, from.Pos, to.Pos)
 	if err != nil {
 		return nil, err
 	}

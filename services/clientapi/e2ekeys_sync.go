@@ -24,6 +24,7 @@ import (
 	"go.uber.org/zap"
 
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
@@ -43,13 +44,13 @@ type syncKeysCall struct {
 // device list changes after the since token, while the caller reads its
 // own snapshot. It returns nil when there is no key-server to ask (none
 // configured, or the hand-over of the old key tables is not done).
-func (k *keyBridge) startSync(ctx context.Context, dev *httpapi.Device, since *streamToken) *syncKeysCall {
+func (k *keyBridge) startSync(ctx context.Context, dev *httpapi.Device, since *clientevent.StreamToken) *syncKeysCall {
 	if !k.available() {
 		return nil
 	}
 	req := &keyserverv1.SyncKeysRequest{UserId: dev.UserID, DeviceId: dev.DeviceID, WithChanges: since != nil}
 	if since != nil {
-		req.After = since.kpos
+		req.After = since.KPos
 	}
 	c := &syncKeysCall{done: make(chan struct{})}
 	go func() {
@@ -67,10 +68,10 @@ func (k *keyBridge) startSync(ctx context.Context, dev *httpapi.Device, since *s
 // returns the device list position for next_batch. Without an answer (the
 // key-server is unreachable) the response goes out without them and with
 // the since token's position, so nothing is lost.
-func (s *Service) syncDeviceKeys(ctx context.Context, dev *httpapi.Device, since *streamToken, resp *syncResponse, d syncData, call *syncKeysCall) int64 {
+func (s *Service) syncDeviceKeys(ctx context.Context, dev *httpapi.Device, since *clientevent.StreamToken, resp *syncResponse, d syncData, call *syncKeysCall) int64 {
 	var after int64
 	if since != nil {
-		after = since.kpos
+		after = since.KPos
 	}
 	if call == nil {
 		return after

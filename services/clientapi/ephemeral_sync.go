@@ -7,6 +7,7 @@ import (
 	"go.uber.org/zap"
 
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
@@ -24,7 +25,7 @@ import (
 func (s *Service) addEphemeral(ctx context.Context, dev *httpapi.Device, opts syncOptions, resp *syncResponse, pos int64, memberships []store.Membership) (int64, error) {
 	var since int64
 	if opts.since != nil {
-		since = opts.since.epos
+		since = opts.since.EPos
 	}
 	if s.presence == nil {
 		return since, nil
@@ -40,9 +41,9 @@ func (s *Service) addEphemeral(ctx context.Context, dev *httpapi.Device, opts sy
 	// (a later join is not in the response yet).
 	var rooms, full []string
 	for _, m := range memberships {
-		if m.Membership == store.MembershipJoin && m.JoinPos <= pos && opts.filter.allowsRoom(m.RoomID) {
+		if m.Membership == store.MembershipJoin && m.JoinPos <= pos && opts.filter.AllowsRoom(m.RoomID) {
 			rooms = append(rooms, m.RoomID)
-			if opts.since != nil && m.JoinPos > opts.since.pos {
+			if opts.since != nil && m.JoinPos > opts.since.Pos {
 				full = append(full, m.RoomID) // newly joined: send its current data
 			}
 		}
@@ -74,10 +75,10 @@ func (s *Service) addEphemeral(ctx context.Context, dev *httpapi.Device, opts sy
 		if jr == nil {
 			jr = &joinedRoom{
 				Summary:             toSummary(summaries[re.GetRoomId()]),
-				State:               emptyEvents(),
-				Timeline:            timelineBatch{Events: []json.RawMessage{}, PrevBatch: streamToken{pos: pos}.String()},
-				Ephemeral:           emptyEvents(),
-				AccountData:         emptyEvents(),
+				State:               clientevent.EmptyEvents(),
+				Timeline:            timelineBatch{Events: []json.RawMessage{}, PrevBatch: clientevent.StreamToken{Pos: pos}.String()},
+				Ephemeral:           clientevent.EmptyEvents(),
+				AccountData:         clientevent.EmptyEvents(),
 				UnreadNotifications: map[string]int{},
 			}
 			resp.Rooms.Join[re.GetRoomId()] = jr
@@ -98,7 +99,7 @@ func (s *Service) addEphemeral(ctx context.Context, dev *httpapi.Device, opts sy
 
 // renderRoomEphemeral renders one room's typing, receipts and marker.
 func renderRoomEphemeral(re *presencev1.RoomEphemeral, jr *joinedRoom) error {
-	add := func(list *eventList, typ string, content any) error {
+	add := func(list *clientevent.EventList, typ string, content any) error {
 		raw, err := json.Marshal(map[string]any{"type": typ, "content": content})
 		if err == nil {
 			list.Events = append(list.Events, raw)

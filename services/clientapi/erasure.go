@@ -35,6 +35,7 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/logging"
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -183,7 +184,7 @@ func erasedCopy(stored []byte, roomVersion string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	var ce clientEvent
+	var ce clientevent.ClientEvent
 	if err := json.Unmarshal(stored, &ce); err != nil {
 		return nil, err
 	}
@@ -204,7 +205,7 @@ func erasedCopy(stored []byte, roomVersion string) ([]byte, error) {
 		ce.Content = json.RawMessage("{}")
 	}
 	if ce.Type == "m.room.redaction" && ce.Redacts != "" {
-		ce.Content = withContentRedacts(ce.Content, ce.Redacts)
+		ce.Content = clientevent.WithContentRedacts(ce.Content, ce.Redacts)
 	}
-	return ce.marshal()
+	return ce.Marshal()
 }

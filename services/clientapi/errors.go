@@ -2,19 +2,10 @@ package clientapi
 
 import (
 	"context"
-	"errors"
 
 	"google.golang.org/grpc/codes"
 
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
-)
-
-// Sentinel errors of this package.
-var (
-	// ErrInvalidToken is a malformed sync or pagination token.
-	ErrInvalidToken = errors.New("invalid stream token")
-	// ErrBadPayload is a JetStream message the consumer cannot decode.
-	ErrBadPayload = errors.New("undecodable room event payload")
 )
 
 // createRoomErrors: the room-server refusing an initial event means the

@@ -3,227 +3,14 @@ package clientapi
 import (
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
-	"strings"
-
-	"github.com/matrix-org/gomatrixserverlib"
-	"github.com/tidwall/sjson"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
-
-// clientEvent is the client-server API's event format ("ClientEvent").
-// The stored copy has no room_id; it is added where the API wants it.
-type clientEvent struct {
-	Content        json.RawMessage `json:"content"`
-	EventID        string          `json:"event_id"`
-	OriginServerTS int64           `json:"origin_server_ts"`
-	RoomID         string          `json:"room_id,omitempty"`
-	Sender         string          `json:"sender"`
-	StateKey       *string         `json:"state_key,omitempty"`
-	Type           string          `json:"type"`
-	Unsigned       json.RawMessage `json:"unsigned,omitempty"`
-	// Redacts names the target of an m.room.redaction: top-level in room
-	// versions before 11, in content from 11 on. The client API serves it
-	// in both places in every version (newClientEvent).
-	Redacts string `json:"redacts,omitempty"`
-}
-
-// parsePDU parses a committed event of the given room version.
-func parsePDU(roomVersion string, eventJSON []byte) (gomatrixserverlib.PDU, error) {
-	verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(roomVersion))
-	if err != nil {
-		return nil, err
-	}
-	return verImpl.NewEventFromTrustedJSON(eventJSON, false)
-}
-
-// parseOutputPDU is parsePDU for an event the room-server published with
-// its ID: taking that ID saves hashing the event again (the reference hash
-// was ~2 % of the server's CPU in the room event consumer, #5).
-func parseOutputPDU(roomVersion, eventID string, eventJSON []byte) (gomatrixserverlib.PDU, error) {
-	verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(roomVersion))
-	if err != nil {
-		return nil, err
-	}
-	return verImpl.NewEventFromTrustedJSONWithEventID(eventID, eventJSON, false)
-}
-
-// newClientEvent takes the client-visible fields of a PDU.
-func newClientEvent(pdu gomatrixserverlib.PDU) clientEvent {
-	ce := clientEvent{
-		Content:        json.RawMessage(pdu.Content()),
-		EventID:        pdu.EventID(),
-		OriginServerTS: int64(pdu.OriginServerTS()),
-		Sender:         string(pdu.SenderID()),
-		StateKey:       pdu.StateKey(),
-		Type:           pdu.Type(),
-	}
-	if len(ce.Content) == 0 {
-		ce.Content = json.RawMessage("{}")
-	}
-	if u := pdu.Unsigned(); len(u) > 0 && isObject(u) && string(u) != "{}" {
-		ce.Unsigned = json.RawMessage(u)
-	}
-	if pdu.Type() == "m.room.redaction" {
-		// The spec (room version 11, "Moving the redacts property") asks
-		// servers to serve a redaction's target both top-level and in
-		// content over the client-server API, in every room version, for
-		// older and newer clients alike: matrix-js-sdk, for one, reads only
-		// the top-level key to apply a redaction it sees in /sync.
-		ce.Redacts = redactionTarget(pdu)
-		ce.Content = withContentRedacts(ce.Content, ce.Redacts)
-	}
-	return ce
-}
-
-// redactionTarget returns the event a redaction redacts, from where its room
-// version keeps it: top-level before v11, content.redacts from v11 on
-// (gomatrixserverlib's Redacts reads only the former).
-func redactionTarget(pdu gomatrixserverlib.PDU) string {
-	switch pdu.Version() {
-	case gomatrixserverlib.RoomVersionV1, gomatrixserverlib.RoomVersionV2, gomatrixserverlib.RoomVersionV3,
-		gomatrixserverlib.RoomVersionV4, gomatrixserverlib.RoomVersionV5, gomatrixserverlib.RoomVersionV6,
-		gomatrixserverlib.RoomVersionV7, gomatrixserverlib.RoomVersionV8, gomatrixserverlib.RoomVersionV9,
-		gomatrixserverlib.RoomVersionV10:
-		return pdu.Redacts()
-	}
-	var c struct {
-		Redacts string `json:"redacts"`
-	}
-	_ = json.Unmarshal(pdu.Content(), &c)
-	return c.Redacts
-}
-
-// withContentRedacts returns content with "redacts" set to target.
-func withContentRedacts(content json.RawMessage, target string) json.RawMessage {
-	var c map[string]json.RawMessage
-	if target == "" || json.Unmarshal(content, &c) != nil || c == nil {
-		return content
-	}
-	var have string
-	if json.Unmarshal(c["redacts"], &have) == nil && have == target {
-		return content
-	}
-	c["redacts"], _ = json.Marshal(target)
-	raw, err := json.Marshal(c)
-	if err != nil {
-		return content
-	}
-	return raw
-}
-
-func (ce clientEvent) marshal() ([]byte, error) { return json.Marshal(ce) }
-
-func isObject(raw []byte) bool {
-	var m map[string]json.RawMessage
-	return json.Unmarshal(raw, &m) == nil && m != nil
-}
-
-// membershipOf returns content.membership of an m.room.member event.
-func membershipOf(pdu gomatrixserverlib.PDU) string {
-	if pdu.Type() != "m.room.member" {
-		return ""
-	}
-	m, err := pdu.Membership()
-	if err != nil {
-		return ""
-	}
-	return m
-}
-
-// renderEvent returns a stored client event as the API shows it: with
-// room_id when roomID is set, and unsigned.transaction_id when txnID is
-// set (the requesting device sent it).
-func renderEvent(stored []byte, roomID, txnID string) (json.RawMessage, error) {
-	return renderEventAs(stored, roomID, txnID, "")
-}
-
-// renderEventAs is renderEvent with unsigned.membership, the requesting
-// user's membership at the event, when membership is set.
-func renderEventAs(stored []byte, roomID, txnID, membership string) (json.RawMessage, error) {
-	if roomID == "" && txnID == "" {
-		if membership == "" {
-			return json.RawMessage(stored), nil
-		}
-		// The common /sync case: one key into unsigned, without decoding
-		// the whole event.
-		out, err := sjson.SetBytes(stored, "unsigned.membership", membership)
-		if err != nil {
-			return nil, fmt.Errorf("set unsigned.membership: %w", err)
-		}
-		return out, nil
-	}
-	var ce clientEvent
-	if err := json.Unmarshal(stored, &ce); err != nil {
-		return nil, fmt.Errorf("decode stored event: %w", err)
-	}
-	ce.RoomID = roomID
-	if txnID != "" || membership != "" {
-		unsigned := map[string]any{}
-		if len(ce.Unsigned) > 0 {
-			_ = json.Unmarshal(ce.Unsigned, &unsigned)
-		}
-		if txnID != "" {
-			unsigned["transaction_id"] = txnID
-		}
-		if membership != "" {
-			unsigned["membership"] = membership
-		}
-		raw, err := json.Marshal(unsigned)
-		if err != nil {
-			return nil, err
-		}
-		ce.Unsigned = raw
-	}
-	return ce.marshal()
-}
-
-// renderFor renders a stored event for the requesting device.
-func renderFor(e store.StoredEvent, dev *httpapi.Device, withRoomID bool) (json.RawMessage, error) {
-	txn := ""
-	if e.TxnID != "" && e.Sender == dev.UserID && e.TxnDeviceID == dev.DeviceID {
-		txn = e.TxnID
-		if e.Type == "m.room.redaction" {
-			txn = strings.TrimPrefix(txn, redactTxnPrefix) // see redact
-		}
-	}
-	room := ""
-	if withRoomID {
-		room = e.RoomID
-	}
-	return renderEventAs(e.JSON, room, txn, e.Membership)
-}
-
-// renderPDU converts a room-server Event into client format.
-func renderPDU(ev *roomserverv1.Event, withRoomID bool) (json.RawMessage, error) {
-	pdu, err := parsePDU(ev.GetRoomVersion(), ev.GetEventJson())
-	if err != nil {
-		return nil, fmt.Errorf("parse event %s: %w", ev.GetEventId(), err)
-	}
-	ce := newClientEvent(pdu)
-	if withRoomID {
-		ce.RoomID = ev.GetRoomId()
-	}
-	return ce.marshal()
-}
-
-// renderPDUs renders a list of room-server events for clients.
-func renderPDUs(evs []*roomserverv1.Event, withRoomID bool) ([]json.RawMessage, error) {
-	out := make([]json.RawMessage, 0, len(evs))
-	for _, ev := range evs {
-		raw, err := renderPDU(ev, withRoomID)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, raw)
-	}
-	return out, nil
-}
 
 // eventIDResponse is the body of PUT send and PUT state.
 type eventIDResponse struct {
@@ -392,7 +179,7 @@ func (s *Service) getState(r *http.Request, dev *httpapi.Device) (any, error) {
 		return nil, s.fromGRPC(r.Context(), "QueryState", err, nil)
 	}
 	for _, ev := range resp.GetState() {
-		pdu, err := parsePDU(ev.GetRoomVersion(), ev.GetEventJson())
+		pdu, err := clientevent.ParsePDU(ev.GetRoomVersion(), ev.GetEventJson())
 		if err != nil {
 			return nil, err
 		}
@@ -400,11 +187,11 @@ func (s *Service) getState(r *http.Request, dev *httpapi.Device) (any, error) {
 			continue
 		}
 		if format == "event" {
-			ce := newClientEvent(pdu)
+			ce := clientevent.NewClientEvent(pdu)
 			ce.RoomID = roomID
 			return ce, nil
 		}
-		return json.RawMessage(newClientEvent(pdu).Content), nil
+		return json.RawMessage(clientevent.NewClientEvent(pdu).Content), nil
 	}
 	return nil, matrixhttp.NotFound("Event not found")
 }
@@ -462,20 +249,20 @@ func (s *Service) messages(r *http.Request, dev *httpapi.Device) (any, error) {
 	limit = min(limit, maxMessagesLimit)
 	to := int64(-1)
 	if v := q.Get("to"); v != "" {
-		t, err := parseStreamToken(v)
+		t, err := clientevent.ParseStreamToken(v)
 		if err != nil {
 			return nil, matrixhttp.InvalidParam("Invalid to token")
 		}
-		to = t.pos
+		to = t.Pos
 	}
-	var from streamToken
+	var from clientevent.StreamToken
 	hasFrom := q.Get("from") != ""
 	if hasFrom {
-		if from, err = parseStreamToken(q.Get("from")); err != nil {
+		if from, err = clientevent.ParseStreamToken(q.Get("from")); err != nil {
 			return nil, matrixhttp.InvalidParam("Invalid from token")
 		}
 	}
-	evFilter, err := parseRoomEventFilter(q.Get("filter"))
+	evFilter, err := clientevent.ParseRoomEventFilter(q.Get("filter"))
 	if err != nil {
 		return nil, err
 	}
@@ -485,11 +272,11 @@ func (s *Service) messages(r *http.Request, dev *httpapi.Device) (any, error) {
 	}
 	reader := s.store.Reader()
 	if !hasFrom && dir == store.Backward {
-		if from.pos, err = reader.MaxPos(r.Context()); err != nil {
+		if from.Pos, err = reader.MaxPos(r.Context()); err != nil {
 			return nil, err
 		}
 	}
-	page, err := reader.Messages(r.Context(), roomID, dir, from.pos, to, acc.bound, int(limit))
+	page, err := reader.Messages(r.Context(), roomID, dir, from.Pos, to, acc.bound, int(limit))
 	if err != nil {
 		return nil, err
 	}
@@ -513,7 +300,7 @@ func (s *Service) messages(r *http.Request, dev *httpapi.Device) (any, error) {
 		if dir == store.Backward {
 			last--
 		}
-		resp.End = streamToken{pos: last}.String()
+		resp.End = clientevent.StreamToken{Pos: last}.String()
 	}
 	return resp, nil
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
@@ -91,7 +92,7 @@ func (s *Service) timestampToEvent(r *http.Request, dev *httpapi.Device) (any, e
 	if err != nil {
 		return nil, err
 	}
-	visible, err := s.visibleEvents(ctx, rd, dev.UserID, roomID, append(before, after...), roomEventFilter{})
+	visible, err := s.visibleEvents(ctx, rd, dev.UserID, roomID, append(before, after...), clientevent.RoomEventFilter{})
 	if err != nil {
 		return nil, err
 	}

@@ -14,13 +14,14 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
 // visibleEvents keeps the events of one room the user may see and the
 // filter allows, leaving out ignored users' non-state events.
-func (s *Service) visibleEvents(ctx context.Context, rd store.Reader, userID, roomID string, events []store.StoredEvent, f roomEventFilter) ([]store.StoredEvent, error) {
+func (s *Service) visibleEvents(ctx context.Context, rd store.Reader, userID, roomID string, events []store.StoredEvent, f clientevent.RoomEventFilter) ([]store.StoredEvent, error) {
 	if len(events) == 0 {
 		return events, nil
 	}
@@ -28,7 +29,7 @@ func (s *Service) visibleEvents(ctx context.Context, rd store.Reader, userID, ro
 	if err != nil {
 		return nil, err
 	}
-	ignored, err := ignoredUsers(ctx, rd, userID)
+	ignored, err := clientevent.IgnoredUsers(ctx, rd, userID)
 	if err != nil {
 		return nil, err
 	}
@@ -37,7 +38,7 @@ func (s *Service) visibleEvents(ctx context.Context, rd store.Reader, userID, ro
 		if ignored[e.Sender] && e.StateKey == nil {
 			continue
 		}
-		if f.allows(e) && vf.canSee(e) {
+		if f.Allows(e) && vf.canSee(e) {
 			e.Membership = vf.membershipAt(e)
 			out = append(out, e)
 		}
@@ -130,7 +131,7 @@ func (s *Service) eventFromRoomServer(ctx context.Context, userID, roomID, event
 	if ev.GetRoomId() != roomID || ev.GetRejected() || ev.GetSoftFailed() {
 		return nil, errEventNotFound()
 	}
-	pdu, err := parsePDU(ev.GetRoomVersion(), ev.GetEventJson())
+	pdu, err := clientevent.ParsePDU(ev.GetRoomVersion(), ev.GetEventJson())
 	if err != nil {
 		return nil, err
 	}
@@ -143,25 +144,25 @@ func (s *Service) eventFromRoomServer(ctx context.Context, userID, roomID, event
 	}
 	vis, membership := store.VisibilityShared, ""
 	for _, se := range st.GetState() {
-		spdu, err := parsePDU(ev.GetRoomVersion(), se.GetEventJson())
+		spdu, err := clientevent.ParsePDU(ev.GetRoomVersion(), se.GetEventJson())
 		if err != nil {
 			return nil, err
 		}
 		if spdu.Type() == "m.room.member" {
-			membership = membershipOf(spdu)
+			membership = clientevent.MembershipOf(spdu)
 		} else {
-			raw, _ := newClientEvent(spdu).marshal()
+			raw, _ := clientevent.NewClientEvent(spdu).Marshal()
 			vis = store.VisibilityOf(raw)
 		}
 	}
 	allowed := allowedBy(vis, membership, false)
 	if pdu.Type() == "m.room.member" && pdu.StateKeyEquals(userID) {
-		allowed = allowed || allowedBy(vis, membershipOf(pdu), false)
+		allowed = allowed || allowedBy(vis, clientevent.MembershipOf(pdu), false)
 	}
 	if !allowed {
 		return nil, errEventNotFound()
 	}
-	return renderPDU(ev, true)
+	return clientevent.RenderPDU(ev, true)
 }
 
 // contextResponse is the body of GET /rooms/{roomId}/context/{eventId}.
@@ -194,7 +195,7 @@ func (s *Service) eventContext(r *http.Request, dev *httpapi.Device) (any, error
 		return nil, matrixhttp.InvalidParam("limit must not be negative")
 	}
 	limit = min(limit, maxContextLimit)
-	f, err := parseRoomEventFilter(r.URL.Query().Get("filter"))
+	f, err := clientevent.ParseRoomEventFilter(r.URL.Query().Get("filter"))
 	if err != nil {
 		return nil, err
 	}
@@ -222,14 +223,14 @@ func (s *Service) eventContext(r *http.Request, dev *httpapi.Device) (any, error
 		if err != nil {
 			return err
 		}
-		resp.Start = streamToken{pos: e.Pos - 1}.String()
+		resp.Start = clientevent.StreamToken{Pos: e.Pos - 1}.String()
 		if n := len(before.Events); n > 0 {
-			resp.Start = streamToken{pos: before.Events[n-1].Pos - 1}.String()
+			resp.Start = clientevent.StreamToken{Pos: before.Events[n-1].Pos - 1}.String()
 		}
-		resp.End = streamToken{pos: e.Pos}.String()
+		resp.End = clientevent.StreamToken{Pos: e.Pos}.String()
 		lastID = e.EventID
 		if n := len(after.Events); n > 0 {
-			resp.End = streamToken{pos: after.Events[n-1].Pos}.String()
+			resp.End = clientevent.StreamToken{Pos: after.Events[n-1].Pos}.String()
 			lastID = after.Events[n-1].EventID
 		}
 		ev, err := s.renderAll(ctx, rd, dev, []store.StoredEvent{e}, true)
@@ -255,18 +256,18 @@ func (s *Service) eventContext(r *http.Request, dev *httpapi.Device) (any, error
 	}
 	resp.State = make([]json.RawMessage, 0, len(st.GetState()))
 	for _, ev := range st.GetState() {
-		pdu, err := parsePDU(ev.GetRoomVersion(), ev.GetEventJson())
+		pdu, err := clientevent.ParsePDU(ev.GetRoomVersion(), ev.GetEventJson())
 		if err != nil {
 			return nil, err
 		}
-		if !f.allowsType(pdu.Type()) {
+		if !f.AllowsType(pdu.Type()) {
 			continue
 		}
 		// Lazy loading: only the members who sent a returned event.
 		if f.LazyLoadMembers && pdu.Type() == "m.room.member" && !senders[*pdu.StateKey()] {
 			continue
 		}
-		raw, err := renderPDU(ev, true)
+		raw, err := clientevent.RenderPDU(ev, true)
 		if err != nil {
 			return nil, err
 		}
@@ -276,7 +277,7 @@ func (s *Service) eventContext(r *http.Request, dev *httpapi.Device) (any, error
 }
 
 // renderVisible filters and renders events for the device.
-func (s *Service) renderVisible(ctx context.Context, rd store.Reader, dev *httpapi.Device, roomID string, events []store.StoredEvent, f roomEventFilter) ([]json.RawMessage, error) {
+func (s *Service) renderVisible(ctx context.Context, rd store.Reader, dev *httpapi.Device, roomID string, events []store.StoredEvent, f clientevent.RoomEventFilter) ([]json.RawMessage, error) {
 	visible, err := s.visibleEvents(ctx, rd, dev.UserID, roomID, events, f)
 	if err != nil {
 		return nil, err
@@ -307,5 +308,5 @@ func (s *Service) lazyMembers(ctx context.Context, roomID string, events []store
 	if err != nil {
 		return nil, s.fromGRPC(ctx, "QueryState", err, nil)
 	}
-	return renderPDUs(st.GetState(), true)
+	return clientevent.RenderPDUs(st.GetState(), true)
 }

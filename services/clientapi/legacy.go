@@ -20,6 +20,7 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
@@ -87,7 +88,7 @@ func (s *Service) roomStateFor(ctx context.Context, roomID string, acc roomAcces
 	if err != nil {
 		return nil, s.fromGRPC(ctx, "QueryState", err, nil)
 	}
-	return renderPDUs(st.GetState(), true)
+	return clientevent.RenderPDUs(st.GetState(), true)
 }
 
 // initialSync is GET /initialSync (deprecated): an initial /sync, reshaped.
@@ -104,7 +105,7 @@ func (s *Service) initialSync(r *http.Request, dev *httpapi.Device) (any, error)
 	switch r.URL.Query().Get("archived") {
 	case "", "false":
 	case "true":
-		opts.filter, _ = parseFilter([]byte(`{"room":{"include_leave":true}}`))
+		opts.filter, _ = clientevent.ParseFilter([]byte(`{"room":{"include_leave":true}}`))
 	default:
 		return nil, matrixhttp.InvalidParam("archived must be true or false")
 	}
@@ -126,7 +127,7 @@ func (s *Service) initialSync(r *http.Request, dev *httpapi.Device) (any, error)
 	if err != nil {
 		return nil, err
 	}
-	end := streamToken{pos: pos, epos: epos, apos: apos}.String()
+	end := clientevent.StreamToken{Pos: pos, EPos: epos, APos: apos}.String()
 	rooms := []roomInfo{}
 	for _, m := range memberships {
 		info := roomInfo{RoomID: m.RoomID, Membership: m.Membership}
@@ -144,7 +145,7 @@ func (s *Service) initialSync(r *http.Request, dev *httpapi.Device) (any, error)
 			if err != nil {
 				return nil, err
 			}
-			if info.Invite, err = renderEvent(own.JSON, m.RoomID, ""); err != nil {
+			if info.Invite, err = clientevent.Render(own.JSON, m.RoomID, ""); err != nil {
 				return nil, err
 			}
 			rooms = append(rooms, info)
@@ -226,14 +227,14 @@ func (s *Service) roomInitialSync(r *http.Request, dev *httpapi.Device) (any, er
 		if err != nil {
 			return err
 		}
-		visible, err := s.visibleEvents(ctx, rd, dev.UserID, roomID, page.Events, roomEventFilter{})
+		visible, err := s.visibleEvents(ctx, rd, dev.UserID, roomID, page.Events, clientevent.RoomEventFilter{})
 		if err != nil {
 			return err
 		}
 		slices.Reverse(visible)
-		chunk.End = streamToken{pos: from}.String()
+		chunk.End = clientevent.StreamToken{Pos: from}.String()
 		if page.More && len(page.Events) > 0 {
-			chunk.Start = streamToken{pos: page.Events[len(page.Events)-1].Pos - 1}.String()
+			chunk.Start = clientevent.StreamToken{Pos: page.Events[len(page.Events)-1].Pos - 1}.String()
 		}
 		chunk.Chunk, err = s.renderAll(ctx, rd, dev, visible, true)
 		return err
@@ -285,9 +286,9 @@ func (s *Service) events(r *http.Request, dev *httpapi.Device) (any, error) {
 		return nil, err
 	}
 	timeout := min(time.Duration(max(timeoutMS, 0))*time.Millisecond, s.cfg.Sync.MaxTimeout)
-	var from *streamToken
+	var from *clientevent.StreamToken
 	if v := q.Get("from"); v != "" {
-		t, err := parseStreamToken(v)
+		t, err := clientevent.ParseStreamToken(v)
 		if err != nil {
 			return nil, matrixhttp.InvalidParam("Invalid from token")
 		}
@@ -308,7 +309,7 @@ func (s *Service) events(r *http.Request, dev *httpapi.Device) (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		from = &streamToken{pos: pos, epos: epos}
+		from = &clientevent.StreamToken{Pos: pos, EPos: epos}
 	}
 	opts := syncOptions{since: from, limit: s.cfg.Sync.MaxTimelineLimit}
 	deadline := time.Now().Add(timeout)
@@ -318,7 +319,7 @@ func (s *Service) events(r *http.Request, dev *httpapi.Device) (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		end := streamToken{pos: pos, epos: epos, apos: from.apos}
+		end := clientevent.StreamToken{Pos: pos, EPos: epos, APos: from.APos}
 		if len(chunk) > 0 || timeout <= 0 || !time.Now().Before(deadline) {
 			return eventsResponse{Start: from.String(), End: end.String(), Chunk: chunk}, nil
 		}
@@ -347,7 +348,7 @@ func (s *Service) eventStream(ctx context.Context, dev *httpapi.Device, opts syn
 	var events []store.StoredEvent
 	for _, tl := range d.timelines {
 		for _, e := range tl.Events {
-			if e.Pos > opts.since.pos {
+			if e.Pos > opts.since.Pos {
 				events = append(events, e)
 			}
 		}
@@ -359,7 +360,7 @@ func (s *Service) eventStream(ctx context.Context, dev *httpapi.Device, opts syn
 	for roomID, state := range d.invites {
 		for _, e := range state {
 			if e.Type == "m.room.member" && e.StateKey == dev.UserID {
-				raw, err := renderEvent(e.JSON, roomID, "")
+				raw, err := clientevent.Render(e.JSON, roomID, "")
 				if err != nil {
 					return nil, 0, 0, err
 				}
@@ -387,7 +388,7 @@ func (s *Service) eventStream(ctx context.Context, dev *httpapi.Device, opts syn
 
 // peekEvents is GET /events?room_id=: one room's new events for anyone
 // who may read it (members, and peekers of world_readable rooms).
-func (s *Service) peekEvents(r *http.Request, dev *httpapi.Device, roomID string, from *streamToken, timeout time.Duration) (any, error) {
+func (s *Service) peekEvents(r *http.Request, dev *httpapi.Device, roomID string, from *clientevent.StreamToken, timeout time.Duration) (any, error) {
 	ctx := r.Context()
 	if _, err := spec.NewRoomID(roomID); err != nil {
 		return nil, matrixhttp.InvalidParam("Invalid room ID")
@@ -401,17 +402,17 @@ func (s *Service) peekEvents(r *http.Request, dev *httpapi.Device, roomID string
 		if err != nil {
 			return nil, err
 		}
-		from = &streamToken{pos: pos}
+		from = &clientevent.StreamToken{Pos: pos}
 	}
 	deadline := time.Now().Add(timeout)
-	after := from.pos
+	after := from.Pos
 	for {
 		rd := s.store.Reader()
 		page, err := rd.Messages(ctx, roomID, store.Forward, after, -1, acc.bound, s.cfg.Sync.MaxTimelineLimit)
 		if err != nil {
 			return nil, err
 		}
-		visible, err := s.visibleEvents(ctx, rd, dev.UserID, roomID, page.Events, roomEventFilter{})
+		visible, err := s.visibleEvents(ctx, rd, dev.UserID, roomID, page.Events, clientevent.RoomEventFilter{})
 		if err != nil {
 			return nil, err
 		}
@@ -422,7 +423,7 @@ func (s *Service) peekEvents(r *http.Request, dev *httpapi.Device, roomID string
 		if err != nil {
 			return nil, err
 		}
-		end := streamToken{pos: after, epos: from.epos, apos: from.apos}
+		end := clientevent.StreamToken{Pos: after, EPos: from.EPos, APos: from.APos}
 		if len(chunk) > 0 || timeout <= 0 || !time.Now().Before(deadline) || (acc.bound >= 0 && after >= acc.bound) {
 			return eventsResponse{Start: from.String(), End: end.String(), Chunk: chunk}, nil
 		}

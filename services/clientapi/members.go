@@ -15,6 +15,7 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
@@ -47,7 +48,7 @@ func (s *Service) memberEvents(r *http.Request, dev *httpapi.Device, roomID stri
 	}
 	var out []*roomserverv1.Event
 	for _, ev := range resp.GetState() {
-		pdu, err := parsePDU(ev.GetRoomVersion(), ev.GetEventJson())
+		pdu, err := clientevent.ParsePDU(ev.GetRoomVersion(), ev.GetEventJson())
 		if err != nil {
 			return nil, err
 		}
@@ -75,11 +76,11 @@ func (s *Service) members(r *http.Request, dev *httpapi.Device) (any, error) {
 	}
 	at := int64(-1)
 	if v := q.Get("at"); v != "" {
-		tok, err := parseStreamToken(v)
+		tok, err := clientevent.ParseStreamToken(v)
 		if err != nil {
 			return nil, matrixhttp.InvalidParam("Invalid at token")
 		}
-		at = tok.pos
+		at = tok.Pos
 	}
 	events, err := s.memberEvents(r, dev, roomID, at)
 	if err != nil {
@@ -87,11 +88,11 @@ func (s *Service) members(r *http.Request, dev *httpapi.Device) (any, error) {
 	}
 	chunk := make([]json.RawMessage, 0, len(events))
 	for _, ev := range events {
-		pdu, err := parsePDU(ev.GetRoomVersion(), ev.GetEventJson())
+		pdu, err := clientevent.ParsePDU(ev.GetRoomVersion(), ev.GetEventJson())
 		if err != nil {
 			return nil, err
 		}
-		m := membershipOf(pdu)
+		m := clientevent.MembershipOf(pdu)
 		keep := want == "" && notWant == ""
 		if want != "" && m == want {
 			keep = true
@@ -102,9 +103,9 @@ func (s *Service) members(r *http.Request, dev *httpapi.Device) (any, error) {
 		if !keep {
 			continue
 		}
-		ce := newClientEvent(pdu)
+		ce := clientevent.NewClientEvent(pdu)
 		ce.RoomID = roomID
-		raw, err := ce.marshal()
+		raw, err := ce.Marshal()
 		if err != nil {
 			return nil, err
 		}
@@ -143,11 +144,11 @@ func (s *Service) joinedMembers(r *http.Request, dev *httpapi.Device) (any, erro
 	}
 	joined := map[string]roomMember{}
 	for _, ev := range events {
-		pdu, err := parsePDU(ev.GetRoomVersion(), ev.GetEventJson())
+		pdu, err := clientevent.ParsePDU(ev.GetRoomVersion(), ev.GetEventJson())
 		if err != nil {
 			return nil, err
 		}
-		if membershipOf(pdu) != store.MembershipJoin || pdu.StateKey() == nil {
+		if clientevent.MembershipOf(pdu) != store.MembershipJoin || pdu.StateKey() == nil {
 			continue
 		}
 		var c struct {

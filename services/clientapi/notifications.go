@@ -16,6 +16,7 @@ import (
 	"github.com/myelin-chat/myelin/pkg/bus"
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
@@ -115,7 +116,7 @@ type unreadRead struct {
 // for unread_thread_notifications, the per-thread counts, leaving the main
 // timeline's in unread_notifications) of every joined room in resp,
 // counting events up to pos. Rooms pre covers are not read again.
-func (s *Service) addUnreadCounts(ctx context.Context, userID string, filter syncFilter, pos int64, resp *syncResponse, pre *unreadRead) error {
+func (s *Service) addUnreadCounts(ctx context.Context, userID string, filter clientevent.Filter, pos int64, resp *syncResponse, pre *unreadRead) error {
 	if len(resp.Rooms.Join) == 0 {
 		return nil
 	}
@@ -138,7 +139,7 @@ func (s *Service) addUnreadCounts(ctx context.Context, userID string, filter syn
 		}
 		counts = append(slices.Clip(counts), more...)
 	}
-	perThread := filter.unreadThreadNotifications()
+	perThread := filter.UnreadThreadNotifications()
 	total := map[string]*threadCounts{}
 	for _, id := range rooms {
 		total[id] = &threadCounts{}

@@ -14,6 +14,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 )
 
 // roomPower is a room's current power levels and creators.
@@ -57,7 +58,7 @@ func (s *Service) roomPowerOf(ctx context.Context, roomID string) (p roomPower, 
 	p.privileged = verImpl.PrivilegedCreators()
 	var plPDU gomatrixserverlib.PDU
 	for _, ev := range resp.GetState() {
-		pdu, err := parsePDU(ev.GetRoomVersion(), ev.GetEventJson())
+		pdu, err := clientevent.ParsePDU(ev.GetRoomVersion(), ev.GetEventJson())
 		if err != nil {
 			return p, false, err
 		}

@@ -17,48 +17,10 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
-
-// withRedactedBecause returns ce with unsigned.redacted_because set to the
-// redaction event (in client format, with its room ID).
-func withRedactedBecause(ce clientEvent, roomVersion, roomID string, redactionJSON []byte) (clientEvent, error) {
-	red, err := parsePDU(roomVersion, redactionJSON)
-	if err != nil {
-		return ce, err
-	}
-	because := newClientEvent(red)
-	because.RoomID = roomID
-	raw, err := json.Marshal(map[string]any{"redacted_because": because})
-	if err != nil {
-		return ce, err
-	}
-	ce.Unsigned = raw
-	return ce, nil
-}
-
-// redactedCopy builds the client-format copy of a redacted event.
-func redactedCopy(roomVersion, roomID string, redactedPDU, redactionJSON []byte) (*store.RedactedEvent, error) {
-	pdu, err := parsePDU(roomVersion, redactedPDU)
-	if err != nil {
-		return nil, err
-	}
-	ce, err := withRedactedBecause(newClientEvent(pdu), roomVersion, roomID, redactionJSON)
-	if err != nil {
-		return nil, err
-	}
-	raw, err := ce.marshal()
-	if err != nil {
-		return nil, err
-	}
-	return &store.RedactedEvent{EventID: pdu.EventID(), JSON: raw}, nil
-}
-
-// redactTxnPrefix keeps /redact's transaction IDs apart from /send's: the
-// room-server deduplicates per (device, txn ID), and the spec scopes
-// transaction IDs per endpoint.
-const redactTxnPrefix = "redact:"
 
 // redact is PUT /rooms/{roomId}/redact/{eventId}/{txnId}. The room-server
 // puts the target where the room version wants it (top-level "redacts"
@@ -107,7 +69,7 @@ func (s *Service) redact(r *http.Request, dev *httpapi.Device) (any, error) {
 		RoomId:        roomID,
 		Sender:        dev.UserID,
 		Event:         &roomserverv1.EventTemplate{Type: "m.room.redaction", Content: raw, Redacts: eventID},
-		TransactionId: &roomserverv1.TransactionID{DeviceId: dev.DeviceID, TxnId: redactTxnPrefix + txnID},
+		TransactionId: &roomserverv1.TransactionID{DeviceId: dev.DeviceID, TxnId: clientevent.RedactTxnPrefix + txnID},
 	})
 	if err != nil {
 		return nil, err

@@ -24,29 +24,10 @@ import (
 	"slices"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
-
-const (
-	relThread    = "m.thread"
-	relReference = "m.reference"
-	relReplace   = "m.replace"
-)
-
-// relationOf reads content."m.relates_to" of an event's content.
-func relationOf(content []byte) (eventID, relType string) {
-	var c struct {
-		RelatesTo *struct {
-			EventID string `json:"event_id"`
-			RelType string `json:"rel_type"`
-		} `json:"m.relates_to"`
-	}
-	if json.Unmarshal(content, &c) != nil || c.RelatesTo == nil {
-		return "", ""
-	}
-	return c.RelatesTo.EventID, c.RelatesTo.RelType
-}
 
 // bundles maps event IDs to their unsigned."m.relations" objects.
 type bundles map[string]map[string]any
@@ -56,9 +37,6 @@ type bundles map[string]map[string]any
 func (s *Service) bundleFor(ctx context.Context, rd store.Reader, dev *httpapi.Device, events []store.StoredEvent) (bundles, error) {
 	return s.aggregate(ctx, rd, dev, events, true)
 }
-
-// bundledRelTypes are the relation types aggregated in unsigned."m.relations".
-var bundledRelTypes = []string{relThread, relReference, relReplace}
 
 // aggregate computes aggregations; nested also aggregates the children of
 // each thread's latest event.
@@ -70,7 +48,7 @@ func (s *Service) aggregate(ctx context.Context, rd store.Reader, dev *httpapi.D
 	for i, e := range events {
 		ids[i] = e.EventID
 	}
-	children, err := rd.Children(ctx, ids, bundledRelTypes)
+	children, err := rd.Children(ctx, ids, clientevent.BundledRelTypes)
 	if err != nil {
 		return nil, err
 	}
@@ -78,7 +56,7 @@ func (s *Service) aggregate(ctx context.Context, rd store.Reader, dev *httpapi.D
 }
 
 // aggregateChildren is aggregate with the events' children (of
-// bundledRelTypes) already read.
+// clientevent.BundledRelTypes) already read.
 func (s *Service) aggregateChildren(ctx context.Context, rd store.Reader, dev *httpapi.Device, events []store.StoredEvent, nested bool, children []store.Child) (bundles, error) {
 	out := bundles{}
 	if len(children) == 0 {
@@ -99,7 +77,7 @@ func (s *Service) aggregateChildren(ctx context.Context, rd store.Reader, dev *h
 		return nil, err
 	}
 	// Events from ignored users do not count in aggregations (spec).
-	ignored, err := ignoredUsers(ctx, rd, dev.UserID)
+	ignored, err := clientevent.IgnoredUsers(ctx, rd, dev.UserID)
 	if err != nil {
 		return nil, err
 	}
@@ -121,7 +99,7 @@ func (s *Service) aggregateChildren(ctx context.Context, rd store.Reader, dev *h
 			continue // read for an event the caller left out
 		}
 		switch c.RelType {
-		case relThread:
+		case clientevent.RelThread:
 			th := threads[c.ParentID]
 			if th == nil {
 				th = &thread{participated: parent.Sender == dev.UserID}
@@ -130,9 +108,9 @@ func (s *Service) aggregateChildren(ctx context.Context, rd store.Reader, dev *h
 			th.count++
 			th.latest = c.Event // children come oldest first
 			th.participated = th.participated || c.Event.Sender == dev.UserID
-		case relReference:
+		case clientevent.RelReference:
 			refs[c.ParentID] = append(refs[c.ParentID], map[string]string{"event_id": c.Event.EventID})
-		case relReplace:
+		case clientevent.RelReplace:
 			if validEdit(parent, c.Event) {
 				if cur, ok := edits[c.ParentID]; !ok || newerEdit(c.Event, cur) {
 					edits[c.ParentID] = c.Event
@@ -164,17 +142,17 @@ func (s *Service) aggregateChildren(ctx context.Context, rd store.Reader, dev *h
 		if err != nil {
 			return nil, err
 		}
-		get(id)[relThread] = map[string]any{"latest_event": latest, "count": th.count, "current_user_participated": th.participated}
+		get(id)[clientevent.RelThread] = map[string]any{"latest_event": latest, "count": th.count, "current_user_participated": th.participated}
 	}
 	for id, chunk := range refs {
-		get(id)[relReference] = map[string]any{"chunk": chunk}
+		get(id)[clientevent.RelReference] = map[string]any{"chunk": chunk}
 	}
 	for id, edit := range edits {
-		raw, err := renderFor(edit, dev, true)
+		raw, err := clientevent.RenderFor(edit, dev, true)
 		if err != nil {
 			return nil, err
 		}
-		get(id)[relReplace] = raw
+		get(id)[clientevent.RelReplace] = raw
 	}
 	return out, nil
 }
@@ -209,7 +187,7 @@ func validEdit(original, edit store.StoredEvent) bool {
 	if len(of.Unsigned.RedactedBecause) > 0 { // edits of redacted events are not bundled
 		return false
 	}
-	if of.Content.RelatesTo != nil && of.Content.RelatesTo.RelType == relReplace {
+	if of.Content.RelatesTo != nil && of.Content.RelatesTo.RelType == clientevent.RelReplace {
 		return false
 	}
 	return len(ef.Content.NewContent) > 0 && string(ef.Content.NewContent) != "null"
@@ -226,7 +204,7 @@ func newerEdit(a, b store.StoredEvent) bool {
 
 // render renders a stored event with its bundled aggregations.
 func (b bundles) render(e store.StoredEvent, dev *httpapi.Device, withRoomID bool) (json.RawMessage, error) {
-	raw, err := renderFor(e, dev, withRoomID)
+	raw, err := clientevent.RenderFor(e, dev, withRoomID)
 	if err != nil || b[e.EventID] == nil {
 		return raw, err
 	}
@@ -297,18 +275,18 @@ func (s *Service) relations(r *http.Request, dev *httpapi.Device) (any, error) {
 		return nil, matrixhttp.InvalidParam("dir must be b or f")
 	}
 	if v := query.Get("from"); v != "" {
-		t, err := parseStreamToken(v)
+		t, err := clientevent.ParseStreamToken(v)
 		if err != nil {
 			return nil, matrixhttp.InvalidParam("Invalid from token")
 		}
-		q.From = t.pos
+		q.From = t.Pos
 	}
 	if v := query.Get("to"); v != "" {
-		t, err := parseStreamToken(v)
+		t, err := clientevent.ParseStreamToken(v)
 		if err != nil {
 			return nil, matrixhttp.InvalidParam("Invalid to token")
 		}
-		q.To = t.pos
+		q.To = t.Pos
 	}
 	limit, err := httpapi.QueryInt(r, "limit", 50)
 	if err != nil {
@@ -335,7 +313,7 @@ func (s *Service) relations(r *http.Request, dev *httpapi.Device) (any, error) {
 		if err != nil {
 			return err
 		}
-		visible, err := s.visibleEvents(ctx, rd, dev.UserID, roomID, page.Events, roomEventFilter{})
+		visible, err := s.visibleEvents(ctx, rd, dev.UserID, roomID, page.Events, clientevent.RoomEventFilter{})
 		if err != nil {
 			return err
 		}
@@ -347,7 +325,7 @@ func (s *Service) relations(r *http.Request, dev *httpapi.Device) (any, error) {
 			if q.Dir == store.Backward {
 				last--
 			}
-			resp.NextBatch = streamToken{pos: last}.String()
+			resp.NextBatch = clientevent.StreamToken{Pos: last}.String()
 		}
 		return nil
 	})
@@ -378,11 +356,11 @@ func (s *Service) threads(r *http.Request, dev *httpapi.Device) (any, error) {
 	}
 	before := int64(math.MaxInt64)
 	if v := query.Get("from"); v != "" {
-		t, err := parseStreamToken(v)
+		t, err := clientevent.ParseStreamToken(v)
 		if err != nil {
 			return nil, matrixhttp.InvalidParam("Invalid from token")
 		}
-		before = t.pos
+		before = t.Pos
 	}
 	limit, err := httpapi.QueryInt(r, "limit", 50)
 	if err != nil {
@@ -405,7 +383,7 @@ func (s *Service) threads(r *http.Request, dev *httpapi.Device) (any, error) {
 		for i, tr := range roots {
 			events[i] = tr.Event
 		}
-		visible, err := s.visibleEvents(ctx, rd, dev.UserID, roomID, events, roomEventFilter{})
+		visible, err := s.visibleEvents(ctx, rd, dev.UserID, roomID, events, clientevent.RoomEventFilter{})
 		if err != nil {
 			return err
 		}
@@ -415,7 +393,7 @@ func (s *Service) threads(r *http.Request, dev *httpapi.Device) (any, error) {
 		}
 		resp["chunk"] = chunk
 		if more && len(roots) > 0 {
-			resp["next_batch"] = streamToken{pos: roots[len(roots)-1].LatestPos - 1}.String()
+			resp["next_batch"] = clientevent.StreamToken{Pos: roots[len(roots)-1].LatestPos - 1}.String()
 		}
 		return nil
 	})

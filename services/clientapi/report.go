@@ -17,6 +17,7 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
@@ -92,7 +93,7 @@ func (s *Service) reportEvent(r *http.Request, dev *httpapi.Device) (any, error)
 			}
 			return nil, err
 		}
-		var ce clientEvent
+		var ce clientevent.ClientEvent
 		_ = json.Unmarshal(raw.(json.RawMessage), &ce)
 		sender = ce.Sender
 	default:

@@ -15,6 +15,7 @@ import (
 	"github.com/myelin-chat/myelin/pkg/logging"
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
@@ -159,7 +160,7 @@ func planRoom(req createRoomRequest, creator, serverName, defaultVersion string)
 		if ev.Type == "" {
 			return roomPlan{}, matrixhttp.BadJSON("initial_state events need a type")
 		}
-		if !isObject(ev.Content) {
+		if !clientevent.IsObject(ev.Content) {
 			return roomPlan{}, matrixhttp.BadJSON("initial_state content must be a JSON object")
 		}
 		switch {

@@ -5,6 +5,7 @@ import (
 	"slices"
 
 	"github.com/go-chi/chi/v5"
+
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 )
 

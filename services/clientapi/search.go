@@ -21,6 +21,7 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
@@ -38,53 +39,6 @@ const (
 	defaultContextLimit = 5
 	maxSearchContext    = 100
 )
-
-// Search keys and the event types they index.
-const (
-	keyBody  = "content.body"
-	keyName  = "content.name"
-	keyTopic = "content.topic"
-)
-
-// searchTextOf returns the key and text an event is indexed under, or ""
-// when the event is not searchable.
-func searchTextOf(evType string, content []byte) (key, text string) {
-	var c struct {
-		Body   any `json:"body"`
-		Name   any `json:"name"`
-		Topic  any `json:"topic"`
-		MTopic *struct {
-			Text []struct {
-				MimeType string `json:"mimetype"`
-				Body     any    `json:"body"`
-			} `json:"m.text"`
-		} `json:"m.topic"`
-	}
-	if json.Unmarshal(content, &c) != nil {
-		return "", ""
-	}
-	str := func(v any) string { s, _ := v.(string); return s }
-	switch evType {
-	case "m.room.message":
-		key, text = keyBody, str(c.Body)
-	case "m.room.name":
-		key, text = keyName, str(c.Name)
-	case "m.room.topic":
-		key, text = keyTopic, str(c.Topic)
-		// The text/plain representation of m.topic is searched too.
-		if c.MTopic != nil {
-			for _, t := range c.MTopic.Text {
-				if b := str(t.Body); b != "" && b != text && (t.MimeType == "" || t.MimeType == "text/plain") {
-					text = strings.TrimSpace(text + "\n" + b)
-				}
-			}
-		}
-	}
-	if strings.TrimSpace(text) == "" || strings.ContainsRune(text, 0) {
-		return "", ""
-	}
-	return key, text
-}
 
 // buildTSQuery turns a search term into to_tsquery input. Words match as
 // prefixes ("mart" finds "martians"), "quoted words" match as a phrase,
@@ -174,7 +128,7 @@ type roomEventsCriteria struct {
 // searchFilter is the RoomEventFilter of a search: the event filter of
 // /messages plus rooms, not_rooms and limit.
 type searchFilter struct {
-	roomEventFilter
+	clientevent.RoomEventFilter
 	Rooms    *[]string `json:"rooms"`
 	NotRooms []string  `json:"not_rooms"`
 	Limit    *int      `json:"limit"`
@@ -305,7 +259,7 @@ func parseCriteria(c *roomEventsCriteria, tok *searchToken) (p searchPlan, befor
 		return p, 0, 0, matrixhttp.InvalidParam("order_by must be rank or recent")
 	}
 	for _, k := range c.Keys {
-		if k != keyBody && k != keyName && k != keyTopic {
+		if k != clientevent.SearchKeyBody && k != clientevent.SearchKeyName && k != clientevent.SearchKeyTopic {
 			return p, 0, 0, matrixhttp.InvalidParam("Unknown search key " + k)
 		}
 	}
@@ -479,7 +433,7 @@ func (s *Service) searchScan(ctx context.Context, rd store.Reader, p searchPlan,
 		}
 		for _, h := range chunk {
 			// An erased copy has lost the content that matched.
-			if p.filter.allows(h.StoredEvent) && p.visible.canSee(h.StoredEvent) && !p.visible.servedErased(h.StoredEvent) {
+			if p.filter.Allows(h.StoredEvent) && p.visible.canSee(h.StoredEvent) && !p.visible.servedErased(h.StoredEvent) {
 				h.Membership = p.visible.membershipAt(h.StoredEvent)
 				out = append(out, h)
 			}
@@ -506,7 +460,7 @@ func (s *Service) searchCount(ctx context.Context, rd store.Reader, p searchPlan
 	f.ContainsURL = nil
 	var visible int64
 	for _, e := range rows {
-		if f.allows(e) && p.visible.canSee(e) && !p.visible.servedErased(e) {
+		if f.Allows(e) && p.visible.canSee(e) && !p.visible.servedErased(e) {
 			visible++
 		}
 	}
@@ -526,7 +480,7 @@ func (s *Service) searchHighlights(ctx context.Context, rd store.Reader, tsquery
 		if json.Unmarshal(e.JSON, &ev) != nil {
 			continue
 		}
-		if _, text := searchTextOf(e.Type, ev.Content); text != "" {
+		if _, text := clientevent.SearchTextOf(e.Type, ev.Content); text != "" {
 			texts = append(texts, text)
 		}
 	}
@@ -598,18 +552,18 @@ func (s *Service) searchEventContext(ctx context.Context, rd store.Reader, dev *
 	if err != nil {
 		return nil, err
 	}
-	sc := &searchContext{Start: streamToken{pos: e.Pos - 1}.String(), End: streamToken{pos: e.Pos}.String()}
+	sc := &searchContext{Start: clientevent.StreamToken{Pos: e.Pos - 1}.String(), End: clientevent.StreamToken{Pos: e.Pos}.String()}
 	if n := len(beforePage.Events); n > 0 {
-		sc.Start = streamToken{pos: beforePage.Events[n-1].Pos - 1}.String()
+		sc.Start = clientevent.StreamToken{Pos: beforePage.Events[n-1].Pos - 1}.String()
 	}
 	if n := len(afterPage.Events); n > 0 {
-		sc.End = streamToken{pos: afterPage.Events[n-1].Pos}.String()
+		sc.End = clientevent.StreamToken{Pos: afterPage.Events[n-1].Pos}.String()
 	}
-	before, err := s.visibleEvents(ctx, rd, dev.UserID, e.RoomID, beforePage.Events, roomEventFilter{})
+	before, err := s.visibleEvents(ctx, rd, dev.UserID, e.RoomID, beforePage.Events, clientevent.RoomEventFilter{})
 	if err != nil {
 		return nil, err
 	}
-	after, err := s.visibleEvents(ctx, rd, dev.UserID, e.RoomID, afterPage.Events, roomEventFilter{})
+	after, err := s.visibleEvents(ctx, rd, dev.UserID, e.RoomID, afterPage.Events, clientevent.RoomEventFilter{})
 	if err != nil {
 		return nil, err
 	}
@@ -640,7 +594,7 @@ func (s *Service) searchEventContext(ctx context.Context, rd store.Reader, dev *
 	}
 	sc.ProfileInfo = map[string]map[string]any{}
 	for _, ev := range st.GetState() {
-		pdu, err := parsePDU(ev.GetRoomVersion(), ev.GetEventJson())
+		pdu, err := clientevent.ParsePDU(ev.GetRoomVersion(), ev.GetEventJson())
 		if err != nil {
 			return nil, err
 		}

@@ -8,22 +8,10 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
-
-// strippedStateTypes are the state events shown to invitees.
-var strippedStateTypes = []string{
-	"m.room.create", "m.room.name", "m.room.avatar", "m.room.topic",
-	"m.room.join_rules", "m.room.canonical_alias", "m.room.encryption",
-}
-
-// eventList is {"events": [...]}; it never encodes events as null.
-type eventList struct {
-	Events []json.RawMessage `json:"events"`
-}
-
-func emptyEvents() eventList { return eventList{Events: []json.RawMessage{}} }
 
 type timelineBatch struct {
 	Events    []json.RawMessage `json:"events"`
@@ -38,24 +26,24 @@ type roomSummary struct {
 }
 
 type joinedRoom struct {
-	Summary             roomSummary    `json:"summary"`
-	State               eventList      `json:"state"`
-	Timeline            timelineBatch  `json:"timeline"`
-	Ephemeral           eventList      `json:"ephemeral"`
-	AccountData         eventList      `json:"account_data"`
-	UnreadNotifications map[string]int `json:"unread_notifications"`
+	Summary             roomSummary           `json:"summary"`
+	State               clientevent.EventList `json:"state"`
+	Timeline            timelineBatch         `json:"timeline"`
+	Ephemeral           clientevent.EventList `json:"ephemeral"`
+	AccountData         clientevent.EventList `json:"account_data"`
+	UnreadNotifications map[string]int        `json:"unread_notifications"`
 	// UnreadThreadNotifications: per thread, when the filter asks (push.go).
 	UnreadThreadNotifications map[string]threadCounts `json:"unread_thread_notifications,omitempty"`
 }
 
 type invitedRoom struct {
-	InviteState eventList `json:"invite_state"`
+	InviteState clientevent.EventList `json:"invite_state"`
 }
 
 type leftRoom struct {
-	State       eventList     `json:"state"`
-	Timeline    timelineBatch `json:"timeline"`
-	AccountData eventList     `json:"account_data"`
+	State       clientevent.EventList `json:"state"`
+	Timeline    timelineBatch         `json:"timeline"`
+	AccountData clientevent.EventList `json:"account_data"`
 }
 
 type syncRooms struct {
@@ -66,11 +54,11 @@ type syncRooms struct {
 }
 
 type syncResponse struct {
-	NextBatch   string    `json:"next_batch"`
-	Rooms       syncRooms `json:"rooms"`
-	AccountData eventList `json:"account_data"`
-	Presence    eventList `json:"presence"`
-	ToDevice    eventList `json:"to_device"`
+	NextBatch   string                `json:"next_batch"`
+	Rooms       syncRooms             `json:"rooms"`
+	AccountData clientevent.EventList `json:"account_data"`
+	Presence    clientevent.EventList `json:"presence"`
+	ToDevice    clientevent.EventList `json:"to_device"`
 	// The end-to-end encryption extensions (e2ekeys_sync.go);
 	// device_lists only in incremental syncs. Left out when the key-server
 	// did not answer.
@@ -92,14 +80,14 @@ func (r *syncResponse) empty() bool {
 
 // syncOptions are the parsed /sync parameters.
 type syncOptions struct {
-	since     *streamToken
+	since     *clientevent.StreamToken
 	fullState bool
 	// withStreams: readSync also reads the account data changes and the
 	// device's to-device messages after since's positions of those
 	// streams (syncData.accountData, syncData.toDevice).
 	withStreams bool
 	limit       int
-	filter      syncFilter
+	filter      clientevent.Filter
 }
 
 // sync is GET /sync. Without since it is an initial sync; with since it
@@ -110,7 +98,7 @@ func (s *Service) sync(r *http.Request, dev *httpapi.Device) (any, error) {
 	q := r.URL.Query()
 	var opts syncOptions
 	if v := q.Get("since"); v != "" {
-		t, err := parseStreamToken(v)
+		t, err := clientevent.ParseStreamToken(v)
 		if err != nil {
 			return nil, matrixhttp.InvalidParam("Invalid since token")
 		}
@@ -137,7 +125,7 @@ func (s *Service) sync(r *http.Request, dev *httpapi.Device) (any, error) {
 		return nil, err
 	}
 	opts.limit = s.cfg.Sync.DefaultTimelineLimit
-	if l := opts.filter.timelineLimit(); l != nil {
+	if l := opts.filter.TimelineLimit(); l != nil {
 		opts.limit = min(*l, s.cfg.Sync.MaxTimelineLimit)
 	}
 
@@ -165,11 +153,11 @@ func (s *Service) sync(r *http.Request, dev *httpapi.Device) (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		apos, err := s.syncAccountData(ctx, dev.UserID, opts.since.accountDataPos(), opts.since == nil, opts.filter, resp, d.accountData)
+		apos, err := s.syncAccountData(ctx, dev.UserID, opts.since.AccountDataPos(), opts.since == nil, opts.filter, resp, d.accountData)
 		if err != nil {
 			return nil, err
 		}
-		dpos, err := s.syncToDevice(ctx, dev, opts.since.toDevicePos(), resp, d.toDevice)
+		dpos, err := s.syncToDevice(ctx, dev, opts.since.ToDevicePos(), resp, d.toDevice)
 		if err != nil {
 			return nil, err
 		}
@@ -180,7 +168,7 @@ func (s *Service) sync(r *http.Request, dev *httpapi.Device) (any, error) {
 		if err := s.applyFilter(ctx, opts.filter, resp); err != nil {
 			return nil, err
 		}
-		resp.NextBatch = streamToken{pos: pos, epos: epos, apos: apos, dpos: dpos, kpos: kpos}.String()
+		resp.NextBatch = clientevent.StreamToken{Pos: pos, EPos: epos, APos: apos, DPos: dpos, KPos: kpos}.String()
 		if !wait || !resp.empty() || !time.Now().Before(deadline) {
 			return resp, nil
 		}
@@ -247,12 +235,12 @@ func (s *Service) buildSync(ctx context.Context, dev *httpapi.Device, opts syncO
 		return nil, d, err
 	}
 	resp := &syncResponse{
-		NextBatch: streamToken{pos: d.pos}.String(),
+		NextBatch: clientevent.StreamToken{Pos: d.pos}.String(),
 		Rooms: syncRooms{
 			Join: map[string]*joinedRoom{}, Invite: map[string]*invitedRoom{},
 			Leave: map[string]*leftRoom{}, Knock: map[string]any{},
 		},
-		AccountData: emptyEvents(), Presence: emptyEvents(), ToDevice: emptyEvents(),
+		AccountData: clientevent.EmptyEvents(), Presence: clientevent.EmptyEvents(), ToDevice: clientevent.EmptyEvents(),
 	}
 
 	// Bundled aggregations (relations.go) of every timeline event.
@@ -281,7 +269,7 @@ func (s *Service) buildSync(ctx context.Context, dev *httpapi.Device, opts syncO
 		if err != nil {
 			return nil, d, err
 		}
-		state := emptyEvents()
+		state := clientevent.EmptyEvents()
 		lazy, isLazy := d.lazyState[roomID]
 		switch {
 		case isLazy:
@@ -301,22 +289,22 @@ func (s *Service) buildSync(ctx context.Context, dev *httpapi.Device, opts syncO
 			state.Events = []json.RawMessage{}
 		}
 		if sr.kind == kindLeft {
-			resp.Rooms.Leave[roomID] = &leftRoom{State: state, Timeline: batch, AccountData: emptyEvents()}
+			resp.Rooms.Leave[roomID] = &leftRoom{State: state, Timeline: batch, AccountData: clientevent.EmptyEvents()}
 			continue
 		}
 		resp.Rooms.Join[roomID] = &joinedRoom{
 			Summary:             toSummary(d.summaries[roomID]),
 			State:               state,
 			Timeline:            batch,
-			Ephemeral:           emptyEvents(),
-			AccountData:         emptyEvents(),
+			Ephemeral:           clientevent.EmptyEvents(),
+			AccountData:         clientevent.EmptyEvents(),
 			UnreadNotifications: map[string]int{},
 		}
 	}
 	for roomID, events := range d.invites {
-		list := emptyEvents()
+		list := clientevent.EmptyEvents()
 		for _, e := range events {
-			raw, err := strippedEvent(e.JSON)
+			raw, err := clientevent.StrippedEvent(e.JSON)
 			if err != nil {
 				return nil, d, err
 			}
@@ -344,11 +332,11 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, dev *httpapi.De
 	// the ignore list, and the account data and to-device changes.
 	var start store.SyncStart
 	b := &store.Batch{}
-	b.SyncStart(userID, ignoredUserListType, &start)
+	b.SyncStart(userID, clientevent.IgnoredUserListType, &start)
 	if opts.withStreams {
 		d.accountData, d.toDevice = &store.AccountDataChanges{}, &store.ToDeviceRead{}
-		b.AccountDataChanges(userID, opts.since.accountDataPos(), d.accountData)
-		b.ToDevice(userID, dev.DeviceID, opts.since.toDevicePos(), toDeviceSyncLimit, d.toDevice)
+		b.AccountDataChanges(userID, opts.since.AccountDataPos(), d.accountData)
+		b.ToDevice(userID, dev.DeviceID, opts.since.ToDevicePos(), toDeviceSyncLimit, d.toDevice)
 	}
 	if err := rd.Send(ctx, b); err != nil {
 		return d, err
@@ -357,12 +345,12 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, dev *httpapi.De
 	incremental := opts.since != nil
 	var since int64
 	if incremental {
-		since = opts.since.pos
+		since = opts.since.Pos
 	}
 	var quiet []string // joined before since: included only if they have new events
 	var invited []store.Membership
 	for _, m := range start.Memberships {
-		if !opts.filter.allowsRoom(m.RoomID) {
+		if !opts.filter.AllowsRoom(m.RoomID) {
 			continue
 		}
 		switch m.Membership {
@@ -383,7 +371,7 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, dev *httpapi.De
 		case store.MembershipLeave, store.MembershipBan:
 			// Rooms left since the last sync always; rooms left earlier
 			// only with include_leave, in initial and full_state syncs.
-			include := (incremental && m.Pos > since) || ((!incremental || opts.fullState) && opts.filter.includeLeave() && m.JoinPos > 0)
+			include := (incremental && m.Pos > since) || ((!incremental || opts.fullState) && opts.filter.IncludeLeave() && m.JoinPos > 0)
 			if !include {
 				continue
 			}
@@ -406,7 +394,7 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, dev *httpapi.De
 	for _, room := range quiet {
 		ranges = append(ranges, store.RoomRange{RoomID: room, After: since, Upto: d.pos})
 	}
-	ignored := parseIgnoredUsers(start.Entry, userID)
+	ignored := clientevent.ParseIgnoredUsers(start.Entry, userID)
 	var err error
 	if d.timelines, err = readTimelines(ctx, rd, ranges, opts.limit, timelineKeep(opts.filter, ignored)); err != nil {
 		return d, err
@@ -426,7 +414,7 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, dev *httpapi.De
 	// incremental sync, with no newly joined rooms, gaps, invites or lazy
 	// members.
 	var joined, withEvents []string
-	last := opts.filter.lazyFilter() == nil && len(invited) == 0
+	last := opts.filter.LazyFilter() == nil && len(invited) == 0
 	for _, sr := range d.rooms {
 		tl := d.timelines[sr.rng.RoomID]
 		if sr.kind != kindLeft {
@@ -453,7 +441,7 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, dev *httpapi.De
 	b = &store.Batch{}
 	b.MembershipLog(userID, withEvents, logs)
 	b.RoomSummaries(joined, userID, d.summaries)
-	b.Children(eventIDs, bundledRelTypes, &d.children)
+	b.Children(eventIDs, clientevent.BundledRelTypes, &d.children)
 	d.unread = &unreadRead{rooms: make(map[string]bool, len(joined))}
 	for _, room := range joined {
 		d.unread.rooms[room] = true
@@ -485,7 +473,7 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, dev *httpapi.De
 		roomID := sr.rng.RoomID
 		tl := d.timelines[roomID]
 		switch {
-		case sr.kind != kindLeft && opts.filter.lazyFilter() != nil:
+		case sr.kind != kindLeft && opts.filter.LazyFilter() != nil:
 			// readLazyState below
 		case sr.kind == kindFull && len(tl.Events) == 0:
 			emptyFull = append(emptyFull, roomID)
@@ -498,7 +486,7 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, dev *httpapi.De
 	if d.current, err = rd.CurrentStateRooms(ctx, emptyFull, nil); err != nil {
 		return d, err
 	}
-	if opts.filter.lazyFilter() != nil {
+	if opts.filter.LazyFilter() != nil {
 		if err := s.readLazyState(ctx, rd, dev, opts, &d); err != nil {
 			return d, err
 		}
@@ -509,7 +497,7 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, dev *httpapi.De
 		for i, m := range invited {
 			rooms[i] = m.RoomID
 		}
-		stripped, err := rd.CurrentStateRooms(ctx, rooms, strippedStateTypes)
+		stripped, err := rd.CurrentStateRooms(ctx, rooms, clientevent.StrippedStateTypes)
 		if err != nil {
 			return d, err
 		}
@@ -549,7 +537,7 @@ func (s *Service) stateBefore(ctx context.Context, d syncData) (map[string][]jso
 		return nil, s.fromGRPC(ctx, "QueryStateBatch", err, nil)
 	}
 	for _, st := range resp.GetStates() {
-		events, err := renderPDUs(st.GetState(), false)
+		events, err := clientevent.RenderPDUs(st.GetState(), false)
 		if err != nil {
 			return nil, err
 		}
@@ -569,9 +557,9 @@ func renderTimeline(tl store.Timeline, dev *httpapi.Device, pos int64, bundled b
 		b.Events = append(b.Events, raw)
 	}
 	if len(tl.Events) > 0 {
-		b.PrevBatch = streamToken{pos: tl.Events[0].Pos - 1}.String()
+		b.PrevBatch = clientevent.StreamToken{Pos: tl.Events[0].Pos - 1}.String()
 	} else {
-		b.PrevBatch = streamToken{pos: pos}.String()
+		b.PrevBatch = clientevent.StreamToken{Pos: pos}.String()
 	}
 	return b, nil
 }
@@ -584,18 +572,4 @@ func toSummary(rs store.RoomSummary) roomSummary {
 		sum.Heroes = rs.Heroes
 	}
 	return sum
-}
-
-// strippedEvent reduces a stored client event to stripped state.
-func strippedEvent(stored []byte) (json.RawMessage, error) {
-	var ce clientEvent
-	if err := json.Unmarshal(stored, &ce); err != nil {
-		return nil, err
-	}
-	return json.Marshal(struct {
-		Content  json.RawMessage `json:"content"`
-		Sender   string          `json:"sender"`
-		StateKey *string         `json:"state_key"`
-		Type     string          `json:"type"`
-	}{ce.Content, ce.Sender, ce.StateKey, ce.Type})
 }

@@ -3,10 +3,10 @@ package clientapi
 import (
 	"context"
 	"encoding/json"
-	"slices"
 	"strings"
 
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -23,75 +23,12 @@ import (
 //     state, ephemeral and account data filters per room, the top-level
 //     presence and account_data filters, event_fields and event_format.
 
-// allowsRoomID applies a RoomEventFilter's rooms and not_rooms.
-func (f *roomEventFilter) allowsRoomID(roomID string) bool {
-	if f == nil {
-		return true
-	}
-	if slices.Contains(f.NotRooms, roomID) {
-		return false
-	}
-	return f.Rooms == nil || slices.Contains(*f.Rooms, roomID)
-}
-
-// restricts reports whether the filter can drop any event of a room.
-func (f *roomEventFilter) restricts() bool {
-	return f != nil && (f.Rooms != nil || len(f.NotRooms) > 0 || f.Types != nil || len(f.NotTypes) > 0 ||
-		f.Senders != nil || len(f.NotSenders) > 0 || f.ContainsURL != nil)
-}
-
-// rawEvent is what the filters read of a rendered event.
-type rawEvent struct {
-	Type    string `json:"type"`
-	Sender  string `json:"sender"`
-	Content struct {
-		URL json.RawMessage `json:"url"`
-	} `json:"content"`
-}
-
-// allowsRaw applies types, senders and contains_url to a rendered event.
-func (f *roomEventFilter) allowsRaw(raw json.RawMessage) bool {
-	if f == nil {
-		return true
-	}
-	var e rawEvent
-	_ = json.Unmarshal(raw, &e)
-	return f.allows(store.StoredEvent{Type: e.Type, Sender: e.Sender, JSON: raw})
-}
-
-// filterList keeps the events of a list the room event filter allows, up
-// to its limit.
-func (f *roomEventFilter) filterList(roomID string, list *eventList) {
-	if f == nil {
-		return
-	}
-	if !f.allowsRoomID(roomID) {
-		list.Events = []json.RawMessage{}
-		return
-	}
-	if f.restricts() {
-		list.Events = slices.DeleteFunc(list.Events, func(raw json.RawMessage) bool { return !f.allowsRaw(raw) })
-	}
-	if f.Limit != nil && len(list.Events) > *f.Limit {
-		list.Events = list.Events[:*f.Limit]
-	}
-}
-
-// filterList applies an EventFilter (types, senders, limit) to a list.
-func (f *eventFilter) filterList(list *eventList) {
-	if f == nil {
-		return
-	}
-	ref := roomEventFilter{Types: f.Types, NotTypes: f.NotTypes, Senders: f.Senders, NotSenders: f.NotSenders, Limit: f.Limit}
-	ref.filterList("", list)
-}
-
 // timelineKeep is the predicate for timeline events: the timeline filter
 // and the user's ignored users (whose state events are still shown, as
 // the spec requires). nil when nothing is filtered.
-func timelineKeep(f syncFilter, ignored map[string]bool) func(store.StoredEvent) bool {
-	var tf *roomEventFilter
-	if f.Room != nil && f.Room.Timeline.restricts() {
+func timelineKeep(f clientevent.Filter, ignored map[string]bool) func(store.StoredEvent) bool {
+	var tf *clientevent.RoomEventFilter
+	if f.Room != nil && f.Room.Timeline.Restricts() {
 		tf = f.Room.Timeline
 	}
 	if tf == nil && len(ignored) == 0 {
@@ -101,7 +38,7 @@ func timelineKeep(f syncFilter, ignored map[string]bool) func(store.StoredEvent)
 		if ignored[e.Sender] && e.StateKey == nil {
 			return false
 		}
-		return tf == nil || (tf.allowsRoomID(e.RoomID) && tf.allows(e))
+		return tf == nil || (tf.AllowsRoomID(e.RoomID) && tf.Allows(e))
 	}
 }
 
@@ -148,18 +85,18 @@ func readTimelines(ctx context.Context, rd store.Reader, ranges []store.RoomRang
 
 // applyFilter applies the parts of the filter that work on the built
 // response; see the comment at the top of this file.
-func (s *Service) applyFilter(ctx context.Context, f syncFilter, resp *syncResponse) error {
-	f.Presence.filterList(&resp.Presence)
-	f.AccountData.filterList(&resp.AccountData)
+func (s *Service) applyFilter(ctx context.Context, f clientevent.Filter, resp *syncResponse) error {
+	f.Presence.FilterList(&resp.Presence)
+	f.AccountData.FilterList(&resp.AccountData)
 	if rf := f.Room; rf != nil {
 		for roomID, jr := range resp.Rooms.Join {
-			rf.State.filterList(roomID, &jr.State)
-			rf.Ephemeral.filterList(roomID, &jr.Ephemeral)
-			rf.AccountData.filterList(roomID, &jr.AccountData)
+			rf.State.FilterList(roomID, &jr.State)
+			rf.Ephemeral.FilterList(roomID, &jr.Ephemeral)
+			rf.AccountData.FilterList(roomID, &jr.AccountData)
 		}
 		for roomID, lr := range resp.Rooms.Leave {
-			rf.State.filterList(roomID, &lr.State)
-			rf.AccountData.filterList(roomID, &lr.AccountData)
+			rf.State.FilterList(roomID, &lr.State)
+			rf.AccountData.FilterList(roomID, &lr.AccountData)
 		}
 	}
 	if f.EventFormat == "federation" {

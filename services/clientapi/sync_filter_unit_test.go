@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"slices"
 	"testing"
+
+	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 )
 
 // TestApplyFilterEphemeralAndPresence covers the filters the integration
@@ -17,17 +19,17 @@ func TestApplyFilterEphemeralAndPresence(t *testing.T) {
 	}
 	build := func() *syncResponse {
 		return &syncResponse{
-			Presence: eventList{Events: []json.RawMessage{ev("m.presence", "@a:x"), ev("m.presence", "@b:x"), ev("m.presence", "@c:x")}},
+			Presence: clientevent.EventList{Events: []json.RawMessage{ev("m.presence", "@a:x"), ev("m.presence", "@b:x"), ev("m.presence", "@c:x")}},
 			Rooms: syncRooms{Join: map[string]*joinedRoom{
-				"!r1:x": {Ephemeral: eventList{Events: []json.RawMessage{ev("m.typing", ""), ev("m.receipt", "")}}},
-				"!r2:x": {Ephemeral: eventList{Events: []json.RawMessage{ev("m.typing", ""), ev("m.receipt", "")}}},
+				"!r1:x": {Ephemeral: clientevent.EventList{Events: []json.RawMessage{ev("m.typing", ""), ev("m.receipt", "")}}},
+				"!r2:x": {Ephemeral: clientevent.EventList{Events: []json.RawMessage{ev("m.typing", ""), ev("m.receipt", "")}}},
 			}},
 		}
 	}
-	types := func(l eventList) []string {
+	types := func(l clientevent.EventList) []string {
 		var out []string
 		for _, raw := range l.Events {
-			var e rawEvent
+			var e clientevent.RawEvent
 			_ = json.Unmarshal(raw, &e)
 			out = append(out, e.Type+e.Sender)
 		}
@@ -48,7 +50,7 @@ func TestApplyFilterEphemeralAndPresence(t *testing.T) {
 	}
 	s := &Service{}
 	for _, c := range cases {
-		f, err := parseFilter([]byte(c.filter))
+		f, err := clientevent.ParseFilter([]byte(c.filter))
 		if err != nil {
 			t.Fatal(err)
 		}

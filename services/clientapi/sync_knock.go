@@ -1,11 +1,14 @@
 package clientapi
 
-import "github.com/myelin-chat/myelin/services/clientapi/store"
+import (
+	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
+	"github.com/myelin-chat/myelin/services/clientapi/store"
+)
 
 // knockedRoom is an entry of /sync's rooms.knock: the stripped state of a
 // room the user knocked on, their own knock included.
 type knockedRoom struct {
-	KnockState eventList `json:"knock_state"`
+	KnockState clientevent.EventList `json:"knock_state"`
 }
 
 // isKnock reports whether the stripped state read for a pending room

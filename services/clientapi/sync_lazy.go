@@ -73,21 +73,13 @@ func (c *lazyCache) unsent(dev *httpapi.Device, roomID string, members []store.C
 	return out
 }
 
-// lazyFilter returns the state filter when it asks for lazy loading.
-func (f syncFilter) lazyFilter() *roomEventFilter {
-	if f.Room == nil || f.Room.State == nil || !f.Room.State.LazyLoadMembers {
-		return nil
-	}
-	return f.Room.State
-}
-
 // readLazyState fills d.lazyState for every joined room of the response:
 // for a room shown in full, the non-member state before its timeline; for
 // a limited incremental room, the non-member state that changed in the
 // gap; and in both, the member events of the timeline's senders and the
 // user as they were before the timeline.
 func (s *Service) readLazyState(ctx context.Context, rd store.Reader, dev *httpapi.Device, opts syncOptions, d *syncData) error {
-	sf := opts.filter.lazyFilter()
+	sf := opts.filter.LazyFilter()
 	if opts.since == nil || opts.fullState {
 		s.lazy.reset(dev)
 	}

@@ -9,6 +9,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
@@ -61,7 +62,7 @@ func (s *Service) sendToDevice(r *http.Request, dev *httpapi.Device) (any, error
 			continue
 		}
 		for deviceID, content := range devices {
-			if !isObject(content) {
+			if !clientevent.IsObject(content) {
 				return nil, matrixhttp.BadJSON("Message content must be a JSON object")
 			}
 			msgs = append(msgs, store.ToDeviceMessage{

@@ -9,45 +9,6 @@ import (
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 )
 
-func TestStreamToken(t *testing.T) {
-	cases := []struct {
-		in   string
-		pos  int64
-		fail bool
-	}{
-		{in: "s0", pos: 0},
-		{in: "s42", pos: 42},
-		{in: "s42_7_9", pos: 42},
-		{in: "s9223372036854775807", pos: 9223372036854775807},
-		{in: "", fail: true},
-		{in: "42", fail: true},
-		{in: "s", fail: true},
-		{in: "s-1", fail: true},
-		{in: "s+1", fail: true},
-		{in: "sabc", fail: true},
-		{in: "t12", fail: true},
-		{in: "s99999999999999999999", fail: true},
-	}
-	for _, c := range cases {
-		t.Run(c.in, func(t *testing.T) {
-			tok, err := parseStreamToken(c.in)
-			if c.fail {
-				if !errors.Is(err, ErrInvalidToken) {
-					t.Fatalf("parse %q: got %v, want ErrInvalidToken", c.in, err)
-				}
-				return
-			}
-			if err != nil || tok.pos != c.pos {
-				t.Fatalf("parse %q = %d, %v; want %d", c.in, tok.pos, err, c.pos)
-			}
-			back, err := parseStreamToken(tok.String())
-			if err != nil || back != tok {
-				t.Fatalf("round trip of %q: %v %v", c.in, back, err)
-			}
-		})
-	}
-}
-
 // planned is one initial event of a plan, decoded for assertions.
 type planned struct {
 	Type     string

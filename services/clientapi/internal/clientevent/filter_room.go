@@ -1,4 +1,4 @@
-package clientapi
+package clientevent
 
 import (
 	"encoding/json"
@@ -13,13 +13,13 @@ import (
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
-// roomEventFilter is the spec's RoomEventFilter. /messages and /context
+// RoomEventFilter is the spec's RoomEventFilter. /messages and /context
 // (the filter parameter) apply types, not_types, senders, not_senders,
 // contains_url and lazy_load_members (the senders' member events in the
 // response's state; members are always sent again there). /sync
 // (sync_filter.go) also applies limit, rooms, not_rooms and
 // include_redundant_members.
-type roomEventFilter struct {
+type RoomEventFilter struct {
 	Limit                   *int      `json:"limit"`
 	Rooms                   *[]string `json:"rooms"`
 	NotRooms                []string  `json:"not_rooms"`
@@ -34,13 +34,13 @@ type roomEventFilter struct {
 	UnreadThreadNotifications bool `json:"unread_thread_notifications"`
 }
 
-// parseRoomEventFilter parses the filter query parameter ("" = none).
-func parseRoomEventFilter(v string) (roomEventFilter, error) {
-	var f roomEventFilter
+// ParseRoomEventFilter parses the filter query parameter ("" = none).
+func ParseRoomEventFilter(v string) (RoomEventFilter, error) {
+	var f RoomEventFilter
 	if v == "" {
 		return f, nil
 	}
-	if !isObject([]byte(v)) {
+	if !IsObject([]byte(v)) {
 		return f, matrixhttp.BadJSON("filter must be a JSON object")
 	}
 	if err := httpapi.DecodeObject([]byte(v), &f); err != nil {
@@ -51,7 +51,7 @@ func parseRoomEventFilter(v string) (roomEventFilter, error) {
 
 // checkIDs refuses room and user ID lists holding something that is not
 // a room or user ID (M_BAD_JSON): such a filter could never match.
-func (f *roomEventFilter) checkIDs() error {
+func (f *RoomEventFilter) checkIDs() error {
 	if f == nil {
 		return nil
 	}
@@ -87,9 +87,9 @@ func deref(l *[]string) []string {
 	return *l
 }
 
-// typeMatches matches an event type against a filter pattern, where '*'
+// TypeMatches matches an event type against a filter pattern, where '*'
 // stands for any run of characters.
-func typeMatches(pattern, typ string) bool {
+func TypeMatches(pattern, typ string) bool {
 	if !strings.Contains(pattern, "*") {
 		return pattern == typ
 	}
@@ -111,16 +111,16 @@ func typeMatches(pattern, typ string) bool {
 	return true
 }
 
-func (f roomEventFilter) allowsType(typ string) bool {
-	if slices.ContainsFunc(f.NotTypes, func(p string) bool { return typeMatches(p, typ) }) {
+func (f RoomEventFilter) AllowsType(typ string) bool {
+	if slices.ContainsFunc(f.NotTypes, func(p string) bool { return TypeMatches(p, typ) }) {
 		return false
 	}
-	return f.Types == nil || slices.ContainsFunc(*f.Types, func(p string) bool { return typeMatches(p, typ) })
+	return f.Types == nil || slices.ContainsFunc(*f.Types, func(p string) bool { return TypeMatches(p, typ) })
 }
 
 // allows applies the filter to one stored event.
-func (f roomEventFilter) allows(e store.StoredEvent) bool {
-	if !f.allowsType(e.Type) || slices.Contains(f.NotSenders, e.Sender) {
+func (f RoomEventFilter) Allows(e store.StoredEvent) bool {
+	if !f.AllowsType(e.Type) || slices.Contains(f.NotSenders, e.Sender) {
 		return false
 	}
 	if f.Senders != nil && !slices.Contains(*f.Senders, e.Sender) {

@@ -1,12 +1,13 @@
-package clientapi
+package clientevent
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 )
 
-// streamToken is a position in the client-API's event stream: the point
+// StreamToken is a position in the client-API's event stream: the point
 // just after the event stored at pos. The same format serves as /sync's
 // since/next_batch, a timeline's prev_batch and /messages' from/to/start/
 // end, so all of them interoperate.
@@ -18,62 +19,62 @@ import (
 // A missing part (older tokens, pagination
 // tokens) parses as 0, which makes the next sync send that data in full,
 // as an initial sync would.
-type streamToken struct {
-	pos  int64
-	epos int64
-	apos int64
-	dpos int64
-	kpos int64
+type StreamToken struct {
+	Pos  int64
+	EPos int64
+	APos int64
+	DPos int64
+	KPos int64
 }
 
-func (t streamToken) String() string {
-	s := "s" + strconv.FormatInt(t.pos, 10)
-	if t.epos > 0 {
-		s += "_e" + strconv.FormatInt(t.epos, 10)
+func (t StreamToken) String() string {
+	s := "s" + strconv.FormatInt(t.Pos, 10)
+	if t.EPos > 0 {
+		s += "_e" + strconv.FormatInt(t.EPos, 10)
 	}
-	if t.apos > 0 {
-		s += "_a" + strconv.FormatInt(t.apos, 10)
+	if t.APos > 0 {
+		s += "_a" + strconv.FormatInt(t.APos, 10)
 	}
-	if t.dpos > 0 {
-		s += "_d" + strconv.FormatInt(t.dpos, 10)
+	if t.DPos > 0 {
+		s += "_d" + strconv.FormatInt(t.DPos, 10)
 	}
-	if t.kpos > 0 {
-		s += "_k" + strconv.FormatInt(t.kpos, 10)
+	if t.KPos > 0 {
+		s += "_k" + strconv.FormatInt(t.KPos, 10)
 	}
 	return s
 }
 
-// parseStreamToken parses "s<pos>" with optional "_<component>"s: "e<n>"
+// ParseStreamToken parses "s<pos>" with optional "_<component>"s: "e<n>"
 // is the ephemeral position, "a<n>" the account data position, "d<n>" the
 // send-to-device position, "k<n>" the device list position; unknown
 // components are ignored so that later versions may add more.
-func parseStreamToken(s string) (streamToken, error) {
+func ParseStreamToken(s string) (StreamToken, error) {
 	body, ok := strings.CutPrefix(s, "s")
 	if !ok {
-		return streamToken{}, fmt.Errorf("%w: %q", ErrInvalidToken, s)
+		return StreamToken{}, fmt.Errorf("%w: %q", ErrInvalidToken, s)
 	}
 	parts := strings.Split(body, "_")
 	pos, ok := parsePosition(parts[0])
 	if !ok {
-		return streamToken{}, fmt.Errorf("%w: %q", ErrInvalidToken, s)
+		return StreamToken{}, fmt.Errorf("%w: %q", ErrInvalidToken, s)
 	}
-	t := streamToken{pos: pos}
+	t := StreamToken{Pos: pos}
 	for _, part := range parts[1:] {
 		var field *int64
 		switch {
 		case strings.HasPrefix(part, "e"):
-			field = &t.epos
+			field = &t.EPos
 		case strings.HasPrefix(part, "a"):
-			field = &t.apos
+			field = &t.APos
 		case strings.HasPrefix(part, "d"):
-			field = &t.dpos
+			field = &t.DPos
 		case strings.HasPrefix(part, "k"):
-			field = &t.kpos
+			field = &t.KPos
 		default:
 			continue
 		}
 		if *field, ok = parsePosition(part[1:]); !ok {
-			return streamToken{}, fmt.Errorf("%w: %q", ErrInvalidToken, s)
+			return StreamToken{}, fmt.Errorf("%w: %q", ErrInvalidToken, s)
 		}
 	}
 	return t, nil
@@ -90,18 +91,26 @@ func parsePosition(v string) (int64, bool) {
 
 // accountDataPos is the account data position of a since token (0 for an
 // initial sync).
-func (t *streamToken) accountDataPos() int64 {
+func (t *StreamToken) AccountDataPos() int64 {
 	if t == nil {
 		return 0
 	}
-	return t.apos
+	return t.APos
 }
 
 // toDevicePos is the send-to-device position of a since token (0 for an
 // initial sync).
-func (t *streamToken) toDevicePos() int64 {
+func (t *StreamToken) ToDevicePos() int64 {
 	if t == nil {
 		return 0
 	}
-	return t.dpos
+	return t.DPos
 }
+
+// Sentinel errors of this package.
+var (
+	// ErrInvalidToken is a malformed sync or pagination token.
+	ErrInvalidToken = errors.New("invalid stream token")
+	// ErrBadPayload is a JetStream message the consumer cannot decode.
+	ErrBadPayload = errors.New("undecodable room event payload")
+)

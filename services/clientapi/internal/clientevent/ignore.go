@@ -1,4 +1,4 @@
-package clientapi
+package clientevent
 
 import (
 	"context"
@@ -18,31 +18,31 @@ import (
 // to the next one; events missed while a user was ignored are not sent
 // when the user is un-ignored (the client does a fresh initial sync to get them).
 
-const ignoredUserListType = "m.ignored_user_list"
+const IgnoredUserListType = "m.ignored_user_list"
 
-// ignoredUserList is the content of m.ignored_user_list.
-type ignoredUserList struct {
+// IgnoredUserList is the content of m.ignored_user_list.
+type IgnoredUserList struct {
 	IgnoredUsers map[string]json.RawMessage `json:"ignored_users"`
 }
 
-// ignoredUsers reads the user's ignored users (nil when none).
-func ignoredUsers(ctx context.Context, rd store.Reader, userID string) (map[string]bool, error) {
-	raw, err := rd.AccountDataEntry(ctx, userID, "", ignoredUserListType)
+// IgnoredUsers reads the user's ignored users (nil when none).
+func IgnoredUsers(ctx context.Context, rd store.Reader, userID string) (map[string]bool, error) {
+	raw, err := rd.AccountDataEntry(ctx, userID, "", IgnoredUserListType)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	return parseIgnoredUsers(raw, userID), nil
+	return ParseIgnoredUsers(raw, userID), nil
 }
 
-// parseIgnoredUsers reads an m.ignored_user_list content (nil: none).
-func parseIgnoredUsers(raw []byte, userID string) map[string]bool {
+// ParseIgnoredUsers reads an m.ignored_user_list content (nil: none).
+func ParseIgnoredUsers(raw []byte, userID string) map[string]bool {
 	if raw == nil {
 		return nil
 	}
-	var l ignoredUserList
+	var l IgnoredUserList
 	if json.Unmarshal(raw, &l) != nil || len(l.IgnoredUsers) == 0 {
 		return nil
 	}
@@ -55,10 +55,10 @@ func parseIgnoredUsers(raw []byte, userID string) map[string]bool {
 	return out
 }
 
-// checkIgnoredUserList validates a new m.ignored_user_list: ignored_users
+// CheckIgnoredUserList validates a new m.ignored_user_list: ignored_users
 // must be an object of user IDs, and users may not ignore themselves
 // (M_INVALID_PARAM, as Synapse answers).
-func checkIgnoredUserList(userID string, content []byte) error {
+func CheckIgnoredUserList(userID string, content []byte) error {
 	var l struct {
 		IgnoredUsers *map[string]json.RawMessage `json:"ignored_users"`
 	}
