@@ -295,7 +295,7 @@ func (s *Service) keysChanges(r *http.Request, dev *httpapi.Device) (any, error)
 	}
 	changed := []string{}
 	for _, u := range resp.GetUserIds() {
-		if u == dev.UserID || s.notifier.sharesRoom(dev.UserID, u) {
+		if u == dev.UserID || s.notifier.SharesRoom(dev.UserID, u) {
 			changed = append(changed, u)
 		}
 	}
@@ -305,7 +305,7 @@ func (s *Service) keysChanges(r *http.Request, dev *httpapi.Device) (any, error)
 	}
 	left := []string{}
 	for _, u := range leavers {
-		if u != dev.UserID && !s.notifier.sharesRoom(dev.UserID, u) {
+		if u != dev.UserID && !s.notifier.SharesRoom(dev.UserID, u) {
 			left = append(left, u)
 		}
 	}

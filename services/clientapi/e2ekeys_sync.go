@@ -26,6 +26,7 @@ import (
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/syncapi/notifier"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -100,7 +101,7 @@ func (s *Service) syncDeviceKeys(ctx context.Context, dev *httpapi.Device, since
 // deviceListsFor computes device_lists for user me from the users whose
 // keys changed in the range, the membership changes this sync read, and
 // the notifier's membership copy.
-func deviceListsFor(n *notifier, me string, users []string, d syncData) *deviceLists {
+func deviceListsFor(n *notifier.Notifier, me string, users []string, d syncData) *deviceLists {
 	// joined: users who newly share a room with me (they or I joined);
 	// leaving: users who left a room of mine, or were in one I left.
 	joined, leaving := map[string]bool{}, map[string]bool{}
@@ -110,13 +111,13 @@ func deviceListsFor(n *notifier, me string, users []string, d syncData) *deviceL
 		room := sr.rng.RoomID
 		switch sr.kind {
 		case kindFull: // joined (by me) since the token: its members share it
-			for _, u := range n.members(room) {
+			for _, u := range n.Members(room) {
 				if u != me {
 					sharing[u] = true
 				}
 			}
 		case kindLeft:
-			for _, u := range n.members(room) {
+			for _, u := range n.Members(room) {
 				leaving[u] = true
 			}
 		}
@@ -154,7 +155,7 @@ func deviceListsFor(n *notifier, me string, users []string, d syncData) *deviceL
 		changed[u] = true
 	}
 	for _, u := range users {
-		if u == me || sharing[u] || n.sharesRoom(me, u) {
+		if u == me || sharing[u] || n.SharesRoom(me, u) {
 			changed[u] = true
 		}
 	}
@@ -162,7 +163,7 @@ func deviceListsFor(n *notifier, me string, users []string, d syncData) *deviceL
 		if u == me {
 			continue
 		}
-		if n.sharesRoom(me, u) {
+		if n.SharesRoom(me, u) {
 			changed[u] = true
 		} else {
 			leaving[u] = true
@@ -172,7 +173,7 @@ func deviceListsFor(n *notifier, me string, users []string, d syncData) *deviceL
 		lists.Changed = append(lists.Changed, u)
 	}
 	for u := range leaving {
-		if u != me && !changed[u] && !n.sharesRoom(me, u) {
+		if u != me && !changed[u] && !n.SharesRoom(me, u) {
 			lists.Left = append(lists.Left, u)
 		}
 	}

@@ -58,15 +58,15 @@ func (s *Service) wakeForEphemeral(subject string, data []byte) {
 	case bus.KindTyping:
 		var u presencev1.TypingUpdate
 		if err = proto.Unmarshal(data, &u); err == nil {
-			s.notifier.ephemeralRoom(u.GetRoomId(), u.GetPosition())
+			s.notifier.EphemeralRoom(u.GetRoomId(), u.GetPosition())
 		}
 	case bus.KindReceipts:
 		var u presencev1.ReceiptUpdate
 		if err = proto.Unmarshal(data, &u); err == nil {
 			if u.GetPrivate() {
-				s.notifier.ephemeralUser(u.GetReceipt().GetUserId(), u.GetPosition())
+				s.notifier.EphemeralUser(u.GetReceipt().GetUserId(), u.GetPosition())
 			} else {
-				s.notifier.ephemeralRoom(u.GetRoomId(), u.GetPosition())
+				s.notifier.EphemeralRoom(u.GetRoomId(), u.GetPosition())
 			}
 		}
 	case bus.KindStatus:
@@ -76,9 +76,9 @@ func (s *Service) wakeForEphemeral(subject string, data []byte) {
 		}
 		if room := u.GetJoinedRoomId(); room != "" {
 			// A join: the joiner and the room's members newly share it.
-			s.notifier.ephemeralJoin(room, u.GetPresence().GetUserId(), u.GetPosition())
+			s.notifier.EphemeralJoin(room, u.GetPresence().GetUserId(), u.GetPosition())
 		} else {
-			s.notifier.ephemeralSharing(u.GetPresence().GetUserId(), u.GetPosition())
+			s.notifier.EphemeralSharing(u.GetPresence().GetUserId(), u.GetPosition())
 		}
 	}
 	if err != nil {

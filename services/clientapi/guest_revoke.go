@@ -49,7 +49,7 @@ func (s *Service) removeGuests(ctx context.Context, rooms []string) error {
 		}
 		byLocalpart := map[string]string{}
 		var localparts []string
-		for _, u := range s.notifier.members(roomID) {
+		for _, u := range s.notifier.Members(roomID) {
 			if lp, ok := s.localpartOf(u); ok {
 				byLocalpart[lp] = u
 				localparts = append(localparts, lp)

@@ -7,6 +7,7 @@ import (
 	"go.uber.org/zap"
 
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/syncapi/notifier"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -19,7 +20,7 @@ type keyBridge struct {
 	e2e      keyserverv1.E2EKeyServiceClient // nil: no key-server
 	store    *store.Store
 	log      *zap.Logger
-	notifier *notifier
+	notifier *notifier.Notifier
 	consumer jetstream.Consumer
 	// ready: the old key tables are handed over to the key-server.
 	ready atomic.Bool

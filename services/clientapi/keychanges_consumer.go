@@ -57,9 +57,9 @@ func (k *keyBridge) consume(ctx context.Context) error {
 // wake wakes the long polls of userID and of everyone sharing a room with
 // them, on this replica.
 func (k *keyBridge) wake(userID string) {
-	users := k.notifier.sharers(userID)
+	users := k.notifier.Sharers(userID)
 	users[userID] = struct{}{}
 	for u := range users {
-		k.notifier.wake(u)
+		k.notifier.Wake(u)
 	}
 }

@@ -22,6 +22,7 @@ import (
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/syncapi/notifier"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -314,7 +315,7 @@ func (s *Service) events(r *http.Request, dev *httpapi.Device) (any, error) {
 	opts := syncOptions{since: from, limit: s.cfg.Sync.MaxTimelineLimit}
 	deadline := time.Now().Add(timeout)
 	for {
-		woken := s.notifier.wakeCount(dev.UserID)
+		woken := s.notifier.WakeCount(dev.UserID)
 		chunk, pos, epos, err := s.eventStream(ctx, dev, opts)
 		if err != nil {
 			return nil, err
@@ -324,9 +325,9 @@ func (s *Service) events(r *http.Request, dev *httpapi.Device) (any, error) {
 			return eventsResponse{Start: from.String(), End: end.String(), Chunk: chunk}, nil
 		}
 		waitCtx, cancel := context.WithDeadline(ctx, deadline)
-		s.notifier.waitSync(waitCtx, dev.UserID, syncCursor{pos: pos, epos: epos, wakes: woken})
+		s.notifier.WaitSync(waitCtx, dev.UserID, notifier.SyncCursor{Pos: pos, EPos: epos, Wakes: woken})
 		cancel()
-		if ctx.Err() != nil || s.notifier.isClosed() {
+		if ctx.Err() != nil || s.notifier.IsClosed() {
 			return eventsResponse{Start: from.String(), End: end.String(), Chunk: []json.RawMessage{}}, nil
 		}
 	}
@@ -428,9 +429,9 @@ func (s *Service) peekEvents(r *http.Request, dev *httpapi.Device, roomID string
 			return eventsResponse{Start: from.String(), End: end.String(), Chunk: chunk}, nil
 		}
 		waitCtx, cancel := context.WithDeadline(ctx, deadline)
-		s.notifier.waitRoom(waitCtx, roomID, after)
+		s.notifier.WaitRoom(waitCtx, roomID, after)
 		cancel()
-		if ctx.Err() != nil || s.notifier.isClosed() {
+		if ctx.Err() != nil || s.notifier.IsClosed() {
 			return eventsResponse{Start: from.String(), End: end.String(), Chunk: []json.RawMessage{}}, nil
 		}
 	}

@@ -72,17 +72,17 @@ func (s *Service) heardWake(self string, data []byte) {
 			}
 			applied = append(applied, a)
 		}
-		s.notifier.committed(applied)
+		s.notifier.Committed(applied)
 	}
 	for _, u := range w.GetUsers() {
-		s.notifier.wake(u)
+		s.notifier.Wake(u)
 	}
 }
 
 // announceCommitted wakes this replica's long polls for stored room
 // events, and the other replicas'.
 func (s *Service) announceCommitted(applied []store.Applied) {
-	s.notifier.committed(applied)
+	s.notifier.Committed(applied)
 	if len(applied) == 0 {
 		return
 	}
@@ -100,7 +100,7 @@ func (s *Service) announceCommitted(applied []store.Applied) {
 // announceWake wakes userID's long polls on every replica for a change
 // outside the room stream.
 func (s *Service) announceWake(userID string) {
-	s.notifier.wake(userID)
+	s.notifier.Wake(userID)
 	s.publishWake(&clientapiv1.SyncWake{Users: []string{userID}})
 }
 

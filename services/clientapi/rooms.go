@@ -401,7 +401,7 @@ func (s *Service) createRoom(r *http.Request, dev *httpapi.Device) (any, error) 
 		}
 	}
 	if ids := resp.GetEventIds(); len(ids) > 0 {
-		s.awaitStored(ctx, ids[len(ids)-1], true)
+		s.notifier.AwaitStored(ctx, ids[len(ids)-1], true)
 	}
 	return map[string]string{"room_id": resp.GetRoomId()}, nil
 }

@@ -21,6 +21,7 @@ import (
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/syncapi/notifier"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -56,7 +57,7 @@ type Service struct {
 	js   jetstream.JetStream
 	// http is the HTTP edge the routes are served through.
 	http     *httpapi.Server
-	notifier *notifier
+	notifier *notifier.Notifier
 	// lazy remembers the members /sync sent each device (sync_lazy.go).
 	lazy     *lazyCache
 	consumer jetstream.Consumer
@@ -114,7 +115,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		st.Close()
 		return nil, fmt.Errorf("load memberships: %w", err)
 	}
-	s.notifier = newNotifier(members)
+	s.notifier = notifier.New(members, st.Reader().HasEvent, deps.Logger)
 	if err := s.startWakeBus(); err != nil {
 		st.Close()
 		return nil, err
@@ -161,7 +162,7 @@ func (s *Service) RegisterGRPC(g *grpc.Server) {
 // notifications, and hands media stored before the media service over to
 // it (media_handover.go), until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
-	defer s.notifier.close()
+	defer s.notifier.Close()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.consume(gctx) })
 	g.Go(func() error { return s.keys.consume(gctx) })
@@ -192,6 +193,6 @@ func (s *Service) Ready(ctx context.Context) error {
 // Close releases the store.
 func (s *Service) Close() {
 	s.wakeBus.stop()
-	s.notifier.close()
+	s.notifier.Close()
 	s.store.Close()
 }

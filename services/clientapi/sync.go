@@ -10,6 +10,7 @@ import (
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/syncapi/notifier"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -141,7 +142,7 @@ func (s *Service) sync(r *http.Request, dev *httpapi.Device) (any, error) {
 	wait := opts.since != nil && !opts.fullState && timeout > 0
 	deadline := time.Now().Add(timeout)
 	for {
-		woken := s.notifier.wakeCount(dev.UserID)
+		woken := s.notifier.WakeCount(dev.UserID)
 		keys := s.keys.startSync(ctx, dev, opts.since)
 		resp, d, err := s.buildSync(ctx, dev, opts)
 		<-active
@@ -173,9 +174,9 @@ func (s *Service) sync(r *http.Request, dev *httpapi.Device) (any, error) {
 			return resp, nil
 		}
 		waitCtx, cancel := context.WithDeadline(ctx, deadline)
-		s.notifier.waitSync(waitCtx, dev.UserID, syncCursor{pos: pos, epos: epos, wakes: woken})
+		s.notifier.WaitSync(waitCtx, dev.UserID, notifier.SyncCursor{Pos: pos, EPos: epos, Wakes: woken})
 		cancel()
-		if ctx.Err() != nil || s.notifier.isClosed() {
+		if ctx.Err() != nil || s.notifier.IsClosed() {
 			return resp, nil
 		}
 	}

@@ -1,10 +1,12 @@
-package clientapi
+package notifier
 
 import (
 	"context"
 	"fmt"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
 
 	"github.com/myelin-chat/myelin/pkg/testkit"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
@@ -16,11 +18,11 @@ import (
 // once.
 func TestNotifierEphemeralWakeups(t *testing.T) {
 	const room = "!r:example.test"
-	n := newNotifier(map[string][]string{room: {"@alice:x", "@bob:x"}})
+	n := New(map[string][]string{room: {"@alice:x", "@bob:x"}}, nil, zap.NewNop())
 	ctx := context.Background()
 	start := func(u string, afterE int64) chan struct{} {
 		ch := make(chan struct{})
-		go func() { n.waitSync(ctx, u, syncCursor{epos: afterE}); close(ch) }()
+		go func() { n.WaitSync(ctx, u, SyncCursor{EPos: afterE}); close(ch) }()
 		return ch
 	}
 	woken := func(ch chan struct{}) bool {
@@ -34,7 +36,7 @@ func TestNotifierEphemeralWakeups(t *testing.T) {
 	registered := func(users ...string) {
 		testkit.Eventually(t, 10*time.Second, func() error {
 			for _, u := range users {
-				if !n.waiting(u) {
+				if !n.Waiting(u) {
 					return fmt.Errorf("%s not waiting yet", u)
 				}
 			}
@@ -44,31 +46,31 @@ func TestNotifierEphemeralWakeups(t *testing.T) {
 
 	alice, bob, carol := start("@alice:x", 0), start("@bob:x", 0), start("@carol:x", 0)
 	registered("@alice:x", "@bob:x", "@carol:x")
-	n.ephemeralRoom(room, 1)
+	n.EphemeralRoom(room, 1)
 	<-alice
 	<-bob
-	if woken(carol) || !n.waiting("@carol:x") {
+	if woken(carol) || !n.Waiting("@carol:x") {
 		t.Fatal("carol, not in the room, was woken by its typing")
 	}
 
 	alice, bob = start("@alice:x", 1), start("@bob:x", 1)
 	registered("@alice:x", "@bob:x")
-	n.ephemeralUser("@bob:x", 2)
+	n.EphemeralUser("@bob:x", 2)
 	<-bob
 	if woken(alice) {
 		t.Fatal("alice was woken by bob's private receipt")
 	}
-	n.ephemeralSharing("@bob:x", 3)
+	n.EphemeralSharing("@bob:x", 3)
 	<-alice
 	if woken(carol) {
 		t.Fatal("carol, sharing no room with bob, was woken by his presence")
 	}
-	n.ephemeralSharing("@carol:x", 4)
+	n.EphemeralSharing("@carol:x", 4)
 	<-carol
 
 	// Already past: returns without waiting.
 	done := make(chan struct{})
-	go func() { n.waitSync(ctx, "@alice:x", syncCursor{epos: 2}); close(done) }()
+	go func() { n.WaitSync(ctx, "@alice:x", SyncCursor{EPos: 2}); close(done) }()
 	<-done
 }
 
@@ -77,14 +79,14 @@ func TestNotifierEphemeralWakeups(t *testing.T) {
 // and left (userRooms follows joined).
 func TestNotifierJoinAndSharingWakeups(t *testing.T) {
 	const r1, r2 = "!r1:x", "!r2:x"
-	n := newNotifier(map[string][]string{r1: {"@alice:x", "@bob:x"}, r2: {"@carol:x"}})
+	n := New(map[string][]string{r1: {"@alice:x", "@bob:x"}, r2: {"@carol:x"}}, nil, zap.NewNop())
 	ctx := context.Background()
 	// Waits on ephemeral data only: no room position can pass 1<<40.
 	start := func(u string, afterE int64) chan struct{} {
 		ch := make(chan struct{})
-		go func() { n.waitSync(ctx, u, syncCursor{pos: 1 << 40, epos: afterE}); close(ch) }()
+		go func() { n.WaitSync(ctx, u, SyncCursor{Pos: 1 << 40, EPos: afterE}); close(ch) }()
 		testkit.Eventually(t, 10*time.Second, func() error {
-			if !n.waiting(u) {
+			if !n.Waiting(u) {
 				return fmt.Errorf("%s not waiting yet", u)
 			}
 			return nil
@@ -110,22 +112,22 @@ func TestNotifierJoinAndSharingWakeups(t *testing.T) {
 	// Alice joins r2 (the ephemeral message may come before the room
 	// event): alice and carol are woken, bob (her room-mate in r1) is not.
 	alice, bob, carol := start("@alice:x", 0), start("@bob:x", 0), start("@carol:x", 0)
-	n.ephemeralJoin(r2, "@alice:x", 1)
+	n.EphemeralJoin(r2, "@alice:x", 1)
 	within(alice, "alice was not woken by her own join")
 	within(carol, "carol was not woken by alice joining her room")
 	quiet(bob, "bob was woken by alice joining a room he is not in")
 	// The room event consumer records the join; now alice's presence
 	// reaches carol through r2 and bob through r1.
-	n.committed([]store.Applied{{Event: store.Event{EventID: "$j", RoomID: r2},
+	n.Committed([]store.Applied{{Event: store.Event{EventID: "$j", RoomID: r2},
 		Changes: []store.MembershipChange{{RoomID: r2, UserID: "@alice:x", Membership: store.MembershipJoin}}, Pos: 1}})
 	carol = start("@carol:x", 1)
-	n.ephemeralSharing("@alice:x", 2)
+	n.EphemeralSharing("@alice:x", 2)
 	within(carol, "carol, now sharing r2 with alice, was not woken by her presence")
 	within(bob, "bob, sharing r1 with alice, was not woken by her presence")
 	// Bob leaves r1: alice's presence no longer wakes him.
-	n.committed([]store.Applied{{Event: store.Event{EventID: "$l", RoomID: r1},
+	n.Committed([]store.Applied{{Event: store.Event{EventID: "$l", RoomID: r1},
 		Changes: []store.MembershipChange{{RoomID: r1, UserID: "@bob:x", Membership: store.MembershipLeave}}, Pos: 2}})
 	bob = start("@bob:x", 2)
-	n.ephemeralSharing("@alice:x", 3)
+	n.EphemeralSharing("@alice:x", 3)
 	quiet(bob, "bob, who left alice's only shared room, was woken by her presence")
 }

@@ -1,10 +1,10 @@
-package clientapi
+package notifier
 
 // Wake-ups for ephemeral data (typing, receipts, presence), called by the
 // consumer of the presence service's stream (ephemeral_consumer.go).
 
 // ephemeralRoom wakes every joined member of a room.
-func (n *notifier) ephemeralRoom(roomID string, pos int64) {
+func (n *Notifier) EphemeralRoom(roomID string, pos int64) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	woken := map[string]struct{}{}
@@ -15,7 +15,7 @@ func (n *notifier) ephemeralRoom(roomID string, pos int64) {
 }
 
 // ephemeralUser wakes one user (a private receipt concerns only its owner).
-func (n *notifier) ephemeralUser(userID string, pos int64) {
+func (n *Notifier) EphemeralUser(userID string, pos int64) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.ephemeralLocked(map[string]struct{}{userID: {}}, pos)
@@ -23,7 +23,7 @@ func (n *notifier) ephemeralUser(userID string, pos int64) {
 
 // ephemeralSharing wakes a user and everyone sharing a joined room with
 // them (a presence change), through the user's rooms (userRooms).
-func (n *notifier) ephemeralSharing(userID string, pos int64) {
+func (n *Notifier) EphemeralSharing(userID string, pos int64) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	woken := map[string]struct{}{userID: {}}
@@ -40,7 +40,7 @@ func (n *notifier) ephemeralSharing(userID string, pos int64) {
 // shared one: waking them for every join made a user's joins cost the
 // sum of all their rooms' sizes each, #5.) The joiner is woken by name,
 // as this may come before the room event consumer has seen the join.
-func (n *notifier) ephemeralJoin(roomID, userID string, pos int64) {
+func (n *Notifier) EphemeralJoin(roomID, userID string, pos int64) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	woken := map[string]struct{}{userID: {}}
@@ -50,7 +50,7 @@ func (n *notifier) ephemeralJoin(roomID, userID string, pos int64) {
 	n.ephemeralLocked(woken, pos)
 }
 
-func (n *notifier) ephemeralLocked(users map[string]struct{}, pos int64) {
+func (n *Notifier) ephemeralLocked(users map[string]struct{}, pos int64) {
 	for u := range users {
 		n.userEPos[u] = max(n.userEPos[u], pos)
 	}

@@ -1,4 +1,12 @@
-package clientapi
+// Package notifier wakes what waits for the client-API's copy of events
+// and for the other streams /sync follows: long-polling /sync and /events
+// requests (per user, per room for peeking), and writes waiting to read
+// their own event (AwaitStored). It keeps each room's joined members in
+// memory, loaded at start and updated from the stored batches, so it
+// wakes only the users a change concerns. It is fed by the room event
+// consumer, the other replicas' wake messages (wakebus) and the ephemeral
+// and key change consumers.
+package notifier
 
 import (
 	"context"
@@ -6,15 +14,17 @@ import (
 	"slices"
 	"sync"
 
+	"go.uber.org/zap"
+
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
-// notifier wakes long-polling /sync requests. The consumer calls committed
+// Notifier wakes long-polling /sync requests. The consumer calls Committed
 // after each batch is stored; only users the batch concerns are woken: the
 // joined members of each room that got an event, and the target of every
 // membership change. It keeps each room's joined members in memory, loaded
 // at start and updated from the batches.
-type notifier struct {
+type Notifier struct {
 	mu     sync.Mutex
 	joined map[string]map[string]struct{} // room ID -> joined user IDs
 	// userRooms is joined inverted: user ID -> the rooms they are joined
@@ -41,10 +51,17 @@ type notifier struct {
 	roomWaiters waitList
 	done        chan struct{}
 	closed      bool
+	// hasEvent asks the store whether the copy has an event (AwaitStored).
+	hasEvent func(ctx context.Context, eventID string) (bool, error)
+	log      *zap.Logger
 }
 
-func newNotifier(joined map[string][]string) *notifier {
-	n := &notifier{
+// New returns a notifier that knows the rooms' joined members (room ID
+// to users), asks hasEvent whether the copy has an event, and logs to log.
+func New(joined map[string][]string, hasEvent func(ctx context.Context, eventID string) (bool, error), log *zap.Logger) *Notifier {
+	n := &Notifier{
+		hasEvent:    hasEvent,
+		log:         log,
 		joined:      map[string]map[string]struct{}{},
 		userRooms:   map[string]map[string]struct{}{},
 		userPos:     map[string]int64{},
@@ -58,7 +75,7 @@ func newNotifier(joined map[string][]string) *notifier {
 	}
 	for room, users := range joined {
 		for _, u := range users {
-			n.setJoined(room, u, true)
+			n.SetJoined(room, u, true)
 		}
 	}
 	return n
@@ -66,7 +83,7 @@ func newNotifier(joined map[string][]string) *notifier {
 
 // setJoined records that user is (or is no longer) joined to room, in
 // joined and userRooms. Caller holds mu (or owns n).
-func (n *notifier) setJoined(room, user string, join bool) {
+func (n *Notifier) SetJoined(room, user string, join bool) {
 	if join {
 		if n.joined[room] == nil {
 			n.joined[room] = map[string]struct{}{}
@@ -93,7 +110,7 @@ func (n *notifier) setJoined(room, user string, join bool) {
 }
 
 // committed records a stored batch and wakes the users it concerns.
-func (n *notifier) committed(applied []store.Applied) {
+func (n *Notifier) Committed(applied []store.Applied) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	woken := map[string]struct{}{}
@@ -111,14 +128,14 @@ func (n *notifier) committed(applied []store.Applied) {
 		}
 		for _, c := range a.Changes {
 			touch(c.UserID)
-			n.setJoined(c.RoomID, c.UserID, c.Membership == store.MembershipJoin)
+			n.SetJoined(c.RoomID, c.UserID, c.Membership == store.MembershipJoin)
 		}
 	}
 	n.wakeLocked(woken)
 }
 
 // wakeLocked releases the waiters of the given users.
-func (n *notifier) wakeLocked(users map[string]struct{}) {
+func (n *Notifier) wakeLocked(users map[string]struct{}) {
 	for u := range users {
 		n.waiters.release(u)
 	}
@@ -126,16 +143,16 @@ func (n *notifier) wakeLocked(users map[string]struct{}) {
 
 // wait blocks until a room event that concerns the user is committed at a
 // position after `after`, ctx ends, or the notifier closes.
-func (n *notifier) wait(ctx context.Context, userID string, after int64) {
-	n.waitSync(ctx, userID, syncCursor{pos: after, epos: math.MaxInt64, wakes: n.wakeCount(userID)})
+func (n *Notifier) Wait(ctx context.Context, userID string, after int64) {
+	n.WaitSync(ctx, userID, SyncCursor{Pos: after, EPos: math.MaxInt64, Wakes: n.WakeCount(userID)})
 }
 
-// syncCursor is what a /sync response covered: the room stream up to pos,
+// SyncCursor is what a /sync response covered: the room stream up to pos,
 // the ephemeral stream up to epos, and the user's wake counter as read
 // before the response was built.
-type syncCursor struct {
-	pos, epos int64
-	wakes     uint64
+type SyncCursor struct {
+	Pos, EPos int64
+	Wakes     uint64
 }
 
 // waitSync blocks until something the user has not seen in c happens: a
@@ -143,9 +160,9 @@ type syncCursor struct {
 // counter moved past c.wakes); or until ctx ends or the notifier closes.
 // The checks and the registration happen under one lock, so a change that
 // lands between building a response and waiting is not missed.
-func (n *notifier) waitSync(ctx context.Context, userID string, c syncCursor) {
+func (n *Notifier) WaitSync(ctx context.Context, userID string, c SyncCursor) {
 	n.mu.Lock()
-	if n.closed || n.userPos[userID] > c.pos || n.userEPos[userID] > c.epos || n.wakes[userID] != c.wakes {
+	if n.closed || n.userPos[userID] > c.Pos || n.userEPos[userID] > c.EPos || n.wakes[userID] != c.Wakes {
 		n.mu.Unlock()
 		return
 	}
@@ -155,7 +172,7 @@ func (n *notifier) waitSync(ctx context.Context, userID string, c syncCursor) {
 }
 
 // waitList holds the requests waiting on each key (a user, a room, an
-// event ID). The notifier's mutex guards it.
+// event ID). The Notifier's mutex guards it.
 type waitList map[string][]chan struct{}
 
 // add registers a waiter for key.
@@ -186,7 +203,7 @@ func (w waitList) remove(key string, ch chan struct{}) {
 // block waits until ch (registered in list under key) is released, ctx
 // ends or the notifier closes. It reports whether ch was released; if not,
 // it removes ch.
-func (n *notifier) block(ctx context.Context, list waitList, key string, ch chan struct{}) bool {
+func (n *Notifier) block(ctx context.Context, list waitList, key string, ch chan struct{}) bool {
 	select {
 	case <-ch:
 		return true
@@ -200,7 +217,7 @@ func (n *notifier) block(ctx context.Context, list waitList, key string, ch chan
 }
 
 // close releases every waiter; later waits return at once.
-func (n *notifier) close() {
+func (n *Notifier) Close() {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if !n.closed {
@@ -210,7 +227,7 @@ func (n *notifier) close() {
 }
 
 // members returns a room's joined users (for tests and diagnostics).
-func (n *notifier) members(roomID string) []string {
+func (n *Notifier) Members(roomID string) []string {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	out := make([]string, 0, len(n.joined[roomID]))
@@ -221,7 +238,7 @@ func (n *notifier) members(roomID string) []string {
 }
 
 // isClosed reports whether close was called.
-func (n *notifier) isClosed() bool {
+func (n *Notifier) IsClosed() bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.closed
@@ -229,7 +246,7 @@ func (n *notifier) isClosed() bool {
 
 // sharers returns the users who share a joined room with userID (userID
 // included when joined anywhere), from the in-memory membership copy.
-func (n *notifier) sharers(userID string) map[string]struct{} {
+func (n *Notifier) Sharers(userID string) map[string]struct{} {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	out := map[string]struct{}{}
@@ -242,7 +259,7 @@ func (n *notifier) sharers(userID string) map[string]struct{} {
 }
 
 // sharesRoom reports whether a and b are both joined to some room.
-func (n *notifier) sharesRoom(a, b string) bool {
+func (n *Notifier) SharesRoom(a, b string) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	ra, rb := n.userRooms[a], n.userRooms[b]
@@ -251,6 +268,20 @@ func (n *notifier) sharesRoom(a, b string) bool {
 	}
 	for room := range ra {
 		if _, ok := rb[room]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+// Waiting reports whether user has a registered, not yet woken waiter.
+func (n *Notifier) Waiting(user string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, ch := range n.waiters[user] {
+		select {
+		case <-ch:
+		default:
 			return true
 		}
 	}

@@ -1,4 +1,4 @@
-package clientapi
+package notifier
 
 import "context"
 
@@ -8,14 +8,14 @@ import "context"
 
 // roomCommittedLocked records an event of room at pos and releases the
 // room's waiters. n.mu is held.
-func (n *notifier) roomCommittedLocked(room string, pos int64) {
+func (n *Notifier) roomCommittedLocked(room string, pos int64) {
 	n.roomPos[room] = pos
 	n.roomWaiters.release(room)
 }
 
 // waitRoom blocks until an event of the room is committed at a position
 // after `after`, ctx ends, or the notifier closes.
-func (n *notifier) waitRoom(ctx context.Context, room string, after int64) {
+func (n *Notifier) WaitRoom(ctx context.Context, room string, after int64) {
 	n.mu.Lock()
 	if n.closed || n.roomPos[room] > after {
 		n.mu.Unlock()
