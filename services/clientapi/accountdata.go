@@ -103,7 +103,7 @@ func (s *Service) storeAccountData(ctx context.Context, userID, roomID, typ stri
 	if _, err := s.store.PutAccountData(ctx, userID, roomID, typ, content); err != nil {
 		return err
 	}
-	s.announceWake(userID)
+	s.wakeBus.AnnounceWake(userID)
 	return nil
 }
 

@@ -199,7 +199,7 @@ func (s *Service) storeBatch(ctx context.Context, batch []jetstream.Msg) error {
 	if err != nil {
 		return err
 	}
-	s.announceCommitted(applied)
+	s.wakeBus.AnnounceCommitted(applied)
 	users := make([]string, 0, len(notified))
 	for u := range notified {
 		users = append(users, u)

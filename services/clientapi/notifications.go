@@ -94,7 +94,7 @@ func (s *Service) copyReceipt(ctx context.Context, data []byte) error {
 		return err
 	}
 	if changed {
-		s.announceWake(rc.GetUserId())
+		s.wakeBus.AnnounceWake(rc.GetUserId())
 	}
 	return nil
 }

@@ -68,7 +68,7 @@ func (s *Service) modifyPushRules(ctx context.Context, userID string, fn func(rs
 	if err != nil {
 		return err
 	}
-	s.announceWake(userID)
+	s.wakeBus.AnnounceWake(userID)
 	return nil
 }
 

@@ -22,6 +22,7 @@ import (
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/syncapi/notifier"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/wakebus"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -66,8 +67,8 @@ type Service struct {
 	media mediav1.MediaServiceClient
 	// ephemeralConsumer wakes /sync on presence service changes.
 	ephemeralConsumer jetstream.Consumer
-	// wakeBus carries wake-ups between client-API replicas (notifier_bus.go).
-	wakeBus *wakeBus
+	// wakeBus carries wake-ups between client-API replicas (internal/wakebus).
+	wakeBus *wakebus.Bus
 	// receiptsConsumer copies read receipts for unread counts (push).
 	receiptsConsumer jetstream.Consumer
 	// pushers delivers notifications to push gateways.
@@ -116,35 +117,35 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		return nil, fmt.Errorf("load memberships: %w", err)
 	}
 	s.notifier = notifier.New(members, st.Reader().HasEvent, deps.Logger)
-	if err := s.startWakeBus(); err != nil {
+	if s.wakeBus, err = wakebus.Start(s.js.Conn(), s.notifier, deps.Logger); err != nil {
 		st.Close()
 		return nil, err
 	}
 	s.pushers = newPushDispatcher(s)
 	if s.consumer, err = s.createConsumer(ctx); err != nil {
-		s.wakeBus.stop()
+		s.wakeBus.Stop()
 		st.Close()
 		return nil, err
 	}
 	s.keys = &keyBridge{e2e: deps.E2EKeys, store: st, log: deps.Logger, notifier: s.notifier}
 	if err := s.keys.dropEmptyTables(ctx); err != nil {
-		s.wakeBus.stop()
+		s.wakeBus.Stop()
 		st.Close()
 		return nil, err
 	}
 	if s.keys.consumer, err = createKeyChangesConsumer(ctx, s.js); err != nil {
-		s.wakeBus.stop()
+		s.wakeBus.Stop()
 		st.Close()
 		return nil, err
 	}
 	if s.presence != nil {
 		if s.ephemeralConsumer, err = s.createEphemeralConsumer(ctx); err != nil {
-			s.wakeBus.stop()
+			s.wakeBus.Stop()
 			st.Close()
 			return nil, err
 		}
 		if s.receiptsConsumer, err = s.createPushReceiptsConsumer(ctx); err != nil {
-			s.wakeBus.stop()
+			s.wakeBus.Stop()
 			st.Close()
 			return nil, err
 		}
@@ -192,7 +193,7 @@ func (s *Service) Ready(ctx context.Context) error {
 
 // Close releases the store.
 func (s *Service) Close() {
-	s.wakeBus.stop()
+	s.wakeBus.Stop()
 	s.notifier.Close()
 	s.store.Close()
 }

@@ -75,7 +75,7 @@ func (s *Service) sendToDevice(r *http.Request, dev *httpapi.Device) (any, error
 		return nil, err
 	}
 	for _, u := range users {
-		s.announceWake(u)
+		s.wakeBus.AnnounceWake(u)
 	}
 	return struct{}{}, nil
 }
