@@ -32,7 +32,7 @@ func accountDataTarget(r *http.Request, dev *httpapi.Device, perRoom bool) (room
 		return "", matrixhttp.Forbidden("Cannot access account data of other users")
 	}
 	if perRoom {
-		return roomIDParam(r)
+		return httpapi.RoomIDParam(r)
 	}
 	return "", nil
 }

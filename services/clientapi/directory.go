@@ -126,7 +126,7 @@ func (s *Service) mayManageRoomListing(r *http.Request, dev *httpapi.Device, roo
 // roomAliases is GET /rooms/{roomId}/aliases: for members, or anyone when
 // the room's history is world_readable.
 func (s *Service) roomAliases(r *http.Request, dev *httpapi.Device) (any, error) {
-	roomID, err := roomIDParam(r)
+	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
 	}
@@ -180,7 +180,7 @@ func historyVisibility(events []*roomserverv1.Event) string {
 
 // getVisibility is GET /directory/list/room/{roomId}.
 func (s *Service) getVisibility(r *http.Request, _ *httpapi.Device) (any, error) {
-	roomID, err := roomIDParam(r)
+	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
 	}
@@ -197,7 +197,7 @@ func (s *Service) getVisibility(r *http.Request, _ *httpapi.Device) (any, error)
 // putVisibility is PUT /directory/list/room/{roomId}: for joined users
 // who may change the canonical alias (the spec leaves the check to us).
 func (s *Service) putVisibility(r *http.Request, dev *httpapi.Device) (any, error) {
-	roomID, err := roomIDParam(r)
+	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
 	}

@@ -63,7 +63,7 @@ func (s *Service) putTyping(r *http.Request, dev *httpapi.Device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	roomID, err := roomIDParam(r)
+	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
 	}
@@ -102,7 +102,7 @@ func (s *Service) postReceipt(r *http.Request, dev *httpapi.Device) (any, error)
 	if err != nil {
 		return nil, err
 	}
-	roomID, err := roomIDParam(r)
+	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
 	}
@@ -148,7 +148,7 @@ func (s *Service) postReadMarkers(r *http.Request, dev *httpapi.Device) (any, er
 	if err != nil {
 		return nil, err
 	}
-	roomID, err := roomIDParam(r)
+	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
 	}

@@ -2,14 +2,12 @@ package clientapi
 
 import (
 	"encoding/json"
-	"errors"
 	"net/http"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
-	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
 // eventIDResponse is the body of PUT send and PUT state.
@@ -21,7 +19,7 @@ type eventIDResponse struct {
 // deduplicates by (device, txnId), so a retried request returns the first
 // event's ID.
 func (s *Service) send(r *http.Request, dev *httpapi.Device) (any, error) {
-	roomID, err := roomIDParam(r)
+	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
 	}
@@ -65,7 +63,7 @@ func (s *Service) send(r *http.Request, dev *httpapi.Device) (any, error) {
 
 // putState is PUT /rooms/{roomId}/state/{eventType}/{stateKey}.
 func (s *Service) putState(r *http.Request, dev *httpapi.Device) (any, error) {
-	roomID, err := roomIDParam(r)
+	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
 	}
@@ -100,56 +98,9 @@ func (s *Service) putState(r *http.Request, dev *httpapi.Device) (any, error) {
 	return eventIDResponse{EventID: eventID}, nil
 }
 
-// roomAccess is what part of a room a user may read.
-type roomAccess struct {
-	// bound is the last stream position the user may see; -1: no bound.
-	bound int64
-	// atEventID, when set, is the user's leave event: state is read as of it.
-	atEventID string
-}
-
-// accessRoom checks that the user is, or was, joined to the room. The
-// client-API's own membership copy is asked first; when it says no, the
-// room-server (which may be ahead of the copy) decides.
-func (s *Service) accessRoom(r *http.Request, userID, roomID string) (roomAccess, error) {
-	ctx := r.Context()
-	m, err := s.store.Reader().Membership(ctx, userID, roomID)
-	switch {
-	case err == nil && m.Membership == store.MembershipJoin:
-		return roomAccess{bound: -1}, nil
-	case err == nil && (m.Membership == store.MembershipLeave || m.Membership == store.MembershipBan) && m.JoinPos > 0:
-		acc := roomAccess{bound: m.Pos, atEventID: m.EventID}
-		// Events of a world_readable room are readable by anyone, so the
-		// leave does not bound them (the per-event rules still apply).
-		if vis, err := s.store.Reader().CurrentVisibility(ctx, roomID); err != nil {
-			return roomAccess{}, err
-		} else if vis == store.VisibilityWorldReadable {
-			acc.bound = -1
-		}
-		return acc, nil
-	case err != nil && !errors.Is(err, store.ErrNotFound):
-		return roomAccess{}, err
-	}
-	resp, err := s.rooms.QueryMembership(ctx, &roomserverv1.QueryMembershipRequest{RoomId: roomID, UserId: userID})
-	if err != nil {
-		return roomAccess{}, s.fromGRPC(ctx, "QueryMembership", err, nil)
-	}
-	if resp.GetMembership() == store.MembershipJoin {
-		return roomAccess{bound: -1}, nil
-	}
-	// Anyone may read a world_readable room; the per-event rules decide
-	// which events (see visibility.go).
-	if vis, err := s.store.Reader().CurrentVisibility(ctx, roomID); err != nil {
-		return roomAccess{}, err
-	} else if vis == store.VisibilityWorldReadable {
-		return roomAccess{bound: -1}, nil
-	}
-	return roomAccess{}, matrixhttp.Forbidden("You aren't a member of the room")
-}
-
 // getState is GET /rooms/{roomId}/state/{eventType}/{stateKey}.
 func (s *Service) getState(r *http.Request, dev *httpapi.Device) (any, error) {
-	roomID, err := roomIDParam(r)
+	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
 	}
@@ -165,14 +116,14 @@ func (s *Service) getState(r *http.Request, dev *httpapi.Device) (any, error) {
 	if format != "" && format != "content" && format != "event" {
 		return nil, matrixhttp.InvalidParam("format must be content or event")
 	}
-	acc, err := s.accessRoom(r, dev.UserID, roomID)
+	acc, err := s.history.AccessRoom(r, dev.UserID, roomID)
 	if err != nil {
 		return nil, err
 	}
 	resp, err := s.rooms.QueryState(r.Context(), &roomserverv1.QueryStateRequest{
 		RoomId:  roomID,
-		EventId: acc.atEventID,
-		After:   acc.atEventID != "",
+		EventId: acc.AtEventID,
+		After:   acc.AtEventID != "",
 		Filter:  []*roomserverv1.StateKeyTuple{{Type: evType, StateKey: stateKey}},
 	})
 	if err != nil {
@@ -198,109 +149,13 @@ func (s *Service) getState(r *http.Request, dev *httpapi.Device) (any, error) {
 
 // getAllState is GET /rooms/{roomId}/state.
 func (s *Service) getAllState(r *http.Request, dev *httpapi.Device) (any, error) {
-	roomID, err := roomIDParam(r)
+	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
 	}
-	acc, err := s.accessRoom(r, dev.UserID, roomID)
+	acc, err := s.history.AccessRoom(r, dev.UserID, roomID)
 	if err != nil {
 		return nil, err
 	}
-	return s.roomStateFor(r.Context(), roomID, acc)
-}
-
-// messagesResponse is the body of GET /rooms/{roomId}/messages.
-type messagesResponse struct {
-	Start string            `json:"start"`
-	End   string            `json:"end,omitempty"`
-	Chunk []json.RawMessage `json:"chunk"`
-	State []json.RawMessage `json:"state"`
-}
-
-// maxMessagesLimit caps /messages' limit.
-const maxMessagesLimit = 1000
-
-// messages is GET /rooms/{roomId}/messages: pagination over the
-// client-API's event stream, with the same tokens as /sync.
-func (s *Service) messages(r *http.Request, dev *httpapi.Device) (any, error) {
-	roomID, err := roomIDParam(r)
-	if err != nil {
-		return nil, err
-	}
-	q := r.URL.Query()
-	var dir store.Direction
-	switch q.Get("dir") {
-	case "b":
-		dir = store.Backward
-	case "f":
-		dir = store.Forward
-	case "":
-		return nil, matrixhttp.MissingParam("dir is required")
-	default:
-		return nil, matrixhttp.InvalidParam("dir must be b or f")
-	}
-	limit, err := httpapi.QueryInt(r, "limit", 10)
-	if err != nil {
-		return nil, err
-	}
-	if limit < 0 {
-		return nil, matrixhttp.InvalidParam("limit must not be negative")
-	}
-	limit = min(limit, maxMessagesLimit)
-	to := int64(-1)
-	if v := q.Get("to"); v != "" {
-		t, err := clientevent.ParseStreamToken(v)
-		if err != nil {
-			return nil, matrixhttp.InvalidParam("Invalid to token")
-		}
-		to = t.Pos
-	}
-	var from clientevent.StreamToken
-	hasFrom := q.Get("from") != ""
-	if hasFrom {
-		if from, err = clientevent.ParseStreamToken(q.Get("from")); err != nil {
-			return nil, matrixhttp.InvalidParam("Invalid from token")
-		}
-	}
-	evFilter, err := clientevent.ParseRoomEventFilter(q.Get("filter"))
-	if err != nil {
-		return nil, err
-	}
-	acc, err := s.accessRoom(r, dev.UserID, roomID)
-	if err != nil {
-		return nil, err
-	}
-	reader := s.store.Reader()
-	if !hasFrom && dir == store.Backward {
-		if from.Pos, err = reader.MaxPos(r.Context()); err != nil {
-			return nil, err
-		}
-	}
-	page, err := reader.Messages(r.Context(), roomID, dir, from.Pos, to, acc.bound, int(limit))
-	if err != nil {
-		return nil, err
-	}
-	// Pages are cut before filtering, so tokens stay continuous; a page may
-	// hold fewer events than limit (or none) and still have an end token.
-	visible, err := s.visibleEvents(r.Context(), reader, dev.UserID, roomID, page.Events, evFilter)
-	if err != nil {
-		return nil, err
-	}
-	resp := messagesResponse{Start: from.String(), State: []json.RawMessage{}}
-	if resp.Chunk, err = s.renderAll(r.Context(), reader, dev, visible, true); err != nil {
-		return nil, err
-	}
-	if evFilter.LazyLoadMembers {
-		if resp.State, err = s.lazyMembers(r.Context(), roomID, visible); err != nil {
-			return nil, err
-		}
-	}
-	if page.More && len(page.Events) > 0 {
-		last := page.Events[len(page.Events)-1].Pos
-		if dir == store.Backward {
-			last--
-		}
-		resp.End = clientevent.StreamToken{Pos: last}.String()
-	}
-	return resp, nil
+	return s.history.RoomState(r.Context(), roomID, acc)
 }

@@ -40,7 +40,7 @@ const timestampWindow = 50
 // over the room's stream positions on their timestamps, then the
 // neighbours of the boundary are compared.
 func (s *Service) timestampToEvent(r *http.Request, dev *httpapi.Device) (any, error) {
-	roomID, err := roomIDParam(r)
+	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
 	}
@@ -92,7 +92,7 @@ func (s *Service) timestampToEvent(r *http.Request, dev *httpapi.Device) (any, e
 	if err != nil {
 		return nil, err
 	}
-	visible, err := s.visibleEvents(ctx, rd, dev.UserID, roomID, append(before, after...), clientevent.RoomEventFilter{})
+	visible, err := s.history.VisibleEvents(ctx, rd, dev.UserID, roomID, append(before, after...), clientevent.RoomEventFilter{})
 	if err != nil {
 		return nil, err
 	}

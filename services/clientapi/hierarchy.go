@@ -59,7 +59,7 @@ func hierarchyToken(offset, depth int, suggested bool) string {
 }
 
 func (s *Service) hierarchy(r *http.Request, dev *httpapi.Device) (any, error) {
-	root, err := roomIDParam(r)
+	root, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/history"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/syncapi/notifier"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
@@ -80,16 +81,6 @@ func (s *Service) roomVisibility(ctx context.Context, roomID string) (string, er
 		return "private", nil
 	}
 	return resp.GetVisibility(), nil
-}
-
-// roomStateFor is the room's state as the user may see it: current while
-// joined (or peeking), as of their leave otherwise.
-func (s *Service) roomStateFor(ctx context.Context, roomID string, acc roomAccess) ([]json.RawMessage, error) {
-	st, err := s.rooms.QueryState(ctx, &roomserverv1.QueryStateRequest{RoomId: roomID, EventId: acc.atEventID, After: acc.atEventID != ""})
-	if err != nil {
-		return nil, s.fromGRPC(ctx, "QueryState", err, nil)
-	}
-	return clientevent.RenderPDUs(st.GetState(), true)
 }
 
 // initialSync is GET /initialSync (deprecated): an initial /sync, reshaped.
@@ -154,16 +145,16 @@ func (s *Service) initialSync(r *http.Request, dev *httpapi.Device) (any, error)
 		default:
 			continue // knocks, filtered rooms
 		}
-		acc := roomAccess{bound: -1}
+		acc := history.RoomAccess{Bound: -1}
 		if m.Membership != store.MembershipJoin {
-			acc = roomAccess{bound: m.Pos, atEventID: m.EventID}
+			acc = history.RoomAccess{Bound: m.Pos, AtEventID: m.EventID}
 		}
 		chunk, err := withRoomIDs(tl.Events, m.RoomID)
 		if err != nil {
 			return nil, err
 		}
 		info.Messages = &paginationChunk{Start: tl.PrevBatch, End: end, Chunk: chunk}
-		if info.State, err = s.roomStateFor(ctx, m.RoomID, acc); err != nil {
+		if info.State, err = s.history.RoomState(ctx, m.RoomID, acc); err != nil {
 			return nil, err
 		}
 		if info.Visibility, err = s.roomVisibility(ctx, m.RoomID); err != nil {
@@ -191,7 +182,7 @@ func nonNil(l []json.RawMessage) []json.RawMessage {
 // visible messages, state and the user's room account data, for members,
 // former members (as of their leave) and peekers of world_readable rooms.
 func (s *Service) roomInitialSync(r *http.Request, dev *httpapi.Device) (any, error) {
-	roomID, err := roomIDParam(r)
+	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
 	}
@@ -204,7 +195,7 @@ func (s *Service) roomInitialSync(r *http.Request, dev *httpapi.Device) (any, er
 	}
 	limit = min(limit, int64(s.cfg.Sync.MaxTimelineLimit))
 	ctx := r.Context()
-	acc, err := s.accessRoom(r, dev.UserID, roomID)
+	acc, err := s.history.AccessRoom(r, dev.UserID, roomID)
 	if err != nil {
 		return nil, err
 	}
@@ -221,14 +212,14 @@ func (s *Service) roomInitialSync(r *http.Request, dev *httpapi.Device) (any, er
 		if err != nil {
 			return err
 		}
-		if acc.bound >= 0 {
-			from = min(from, acc.bound)
+		if acc.Bound >= 0 {
+			from = min(from, acc.Bound)
 		}
-		page, err := rd.Messages(ctx, roomID, store.Backward, from, -1, acc.bound, int(limit))
+		page, err := rd.Messages(ctx, roomID, store.Backward, from, -1, acc.Bound, int(limit))
 		if err != nil {
 			return err
 		}
-		visible, err := s.visibleEvents(ctx, rd, dev.UserID, roomID, page.Events, clientevent.RoomEventFilter{})
+		visible, err := s.history.VisibleEvents(ctx, rd, dev.UserID, roomID, page.Events, clientevent.RoomEventFilter{})
 		if err != nil {
 			return err
 		}
@@ -237,14 +228,14 @@ func (s *Service) roomInitialSync(r *http.Request, dev *httpapi.Device) (any, er
 		if page.More && len(page.Events) > 0 {
 			chunk.Start = clientevent.StreamToken{Pos: page.Events[len(page.Events)-1].Pos - 1}.String()
 		}
-		chunk.Chunk, err = s.renderAll(ctx, rd, dev, visible, true)
+		chunk.Chunk, err = s.history.RenderAll(ctx, rd, dev, visible, true)
 		return err
 	})
 	if err != nil {
 		return nil, err
 	}
 	info.Messages = &chunk
-	if info.State, err = s.roomStateFor(ctx, roomID, acc); err != nil {
+	if info.State, err = s.history.RoomState(ctx, roomID, acc); err != nil {
 		return nil, err
 	}
 	if info.Visibility, err = s.roomVisibility(ctx, roomID); err != nil {
@@ -355,7 +346,7 @@ func (s *Service) eventStream(ctx context.Context, dev *httpapi.Device, opts syn
 		}
 	}
 	slices.SortFunc(events, func(a, b store.StoredEvent) int { return int(a.Pos - b.Pos) })
-	if chunk, err = s.renderAll(ctx, s.store.Reader(), dev, events, true); err != nil {
+	if chunk, err = s.history.RenderAll(ctx, s.store.Reader(), dev, events, true); err != nil {
 		return nil, 0, 0, err
 	}
 	for roomID, state := range d.invites {
@@ -394,7 +385,7 @@ func (s *Service) peekEvents(r *http.Request, dev *httpapi.Device, roomID string
 	if _, err := spec.NewRoomID(roomID); err != nil {
 		return nil, matrixhttp.InvalidParam("Invalid room ID")
 	}
-	acc, err := s.accessRoom(r, dev.UserID, roomID)
+	acc, err := s.history.AccessRoom(r, dev.UserID, roomID)
 	if err != nil {
 		return nil, err
 	}
@@ -409,23 +400,23 @@ func (s *Service) peekEvents(r *http.Request, dev *httpapi.Device, roomID string
 	after := from.Pos
 	for {
 		rd := s.store.Reader()
-		page, err := rd.Messages(ctx, roomID, store.Forward, after, -1, acc.bound, s.cfg.Sync.MaxTimelineLimit)
+		page, err := rd.Messages(ctx, roomID, store.Forward, after, -1, acc.Bound, s.cfg.Sync.MaxTimelineLimit)
 		if err != nil {
 			return nil, err
 		}
-		visible, err := s.visibleEvents(ctx, rd, dev.UserID, roomID, page.Events, clientevent.RoomEventFilter{})
+		visible, err := s.history.VisibleEvents(ctx, rd, dev.UserID, roomID, page.Events, clientevent.RoomEventFilter{})
 		if err != nil {
 			return nil, err
 		}
 		if n := len(page.Events); n > 0 {
 			after = page.Events[n-1].Pos
 		}
-		chunk, err := s.renderAll(ctx, rd, dev, visible, true)
+		chunk, err := s.history.RenderAll(ctx, rd, dev, visible, true)
 		if err != nil {
 			return nil, err
 		}
 		end := clientevent.StreamToken{Pos: after, EPos: from.EPos, APos: from.APos}
-		if len(chunk) > 0 || timeout <= 0 || !time.Now().Before(deadline) || (acc.bound >= 0 && after >= acc.bound) {
+		if len(chunk) > 0 || timeout <= 0 || !time.Now().Before(deadline) || (acc.Bound >= 0 && after >= acc.Bound) {
 			return eventsResponse{Start: from.String(), End: end.String(), Chunk: chunk}, nil
 		}
 		waitCtx, cancel := context.WithDeadline(ctx, deadline)
@@ -448,14 +439,14 @@ func (s *Service) getEventByID(r *http.Request, dev *httpapi.Device) (any, error
 	rd := s.store.Reader()
 	e, err := rd.EventByIDAnyRoom(ctx, eventID)
 	if errors.Is(err, store.ErrNotFound) {
-		return nil, errEventNotFound()
+		return nil, history.ErrEventNotFound()
 	} else if err != nil {
 		return nil, err
 	}
-	if _, err := s.visibleEvent(ctx, rd, dev.UserID, e.RoomID, eventID); err != nil {
+	if _, err := s.history.VisibleEvent(ctx, rd, dev.UserID, e.RoomID, eventID); err != nil {
 		return nil, err
 	}
-	out, err := s.renderAll(ctx, rd, dev, []store.StoredEvent{e}, true)
+	out, err := s.history.RenderAll(ctx, rd, dev, []store.StoredEvent{e}, true)
 	if err != nil {
 		return nil, err
 	}

@@ -25,14 +25,14 @@ var validMemberships = []string{store.MembershipJoin, store.MembershipInvite, st
 // memberEvents returns the m.room.member events of the room's state at
 // the point the user may see (and at most at the `at` position if set).
 func (s *Service) memberEvents(r *http.Request, dev *httpapi.Device, roomID string, at int64) ([]*roomserverv1.Event, error) {
-	acc, err := s.accessRoom(r, dev.UserID, roomID)
+	acc, err := s.history.AccessRoom(r, dev.UserID, roomID)
 	if err != nil {
 		return nil, err
 	}
-	req := &roomserverv1.QueryStateRequest{RoomId: roomID, EventId: acc.atEventID, After: acc.atEventID != ""}
+	req := &roomserverv1.QueryStateRequest{RoomId: roomID, EventId: acc.AtEventID, After: acc.AtEventID != ""}
 	if at >= 0 {
-		if acc.bound >= 0 {
-			at = min(at, acc.bound)
+		if acc.Bound >= 0 {
+			at = min(at, acc.Bound)
 		}
 		eventID, err := s.store.Reader().LatestEventAtOrBefore(r.Context(), roomID, at)
 		if errors.Is(err, store.ErrNotFound) {
@@ -63,7 +63,7 @@ func (s *Service) memberEvents(r *http.Request, dev *httpapi.Device, roomID stri
 // combine as the spec says: a member is listed when its membership equals
 // membership or differs from not_membership (each ignored when absent).
 func (s *Service) members(r *http.Request, dev *httpapi.Device) (any, error) {
-	roomID, err := roomIDParam(r)
+	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
 	}
@@ -127,7 +127,7 @@ type roomMember struct {
 // former member gets 403, unlike /members, which shows the state at their
 // leave.
 func (s *Service) joinedMembers(r *http.Request, dev *httpapi.Device) (any, error) {
-	roomID, err := roomIDParam(r)
+	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
 	}

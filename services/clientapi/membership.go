@@ -38,7 +38,7 @@ func targetRequest(r *http.Request) (membershipRequest, error) {
 // (joined, invited or knocking; kicking a knock rejects it) with 403,
 // although the auth rules would allow the event.
 func (s *Service) kick(r *http.Request, dev *httpapi.Device) (any, error) {
-	roomID, err := roomIDParam(r)
+	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
 	}
@@ -63,7 +63,7 @@ func (s *Service) kick(r *http.Request, dev *httpapi.Device) (any, error) {
 
 // ban is POST /rooms/{roomId}/ban.
 func (s *Service) ban(r *http.Request, dev *httpapi.Device) (any, error) {
-	roomID, err := roomIDParam(r)
+	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
 	}
@@ -78,7 +78,7 @@ func (s *Service) ban(r *http.Request, dev *httpapi.Device) (any, error) {
 // banned user; for anyone else the same event would be a kick, so it is
 // refused.
 func (s *Service) unban(r *http.Request, dev *httpapi.Device) (any, error) {
-	roomID, err := roomIDParam(r)
+	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
 	}
@@ -154,7 +154,7 @@ func (s *Service) knock(r *http.Request, dev *httpapi.Device) (any, error) {
 // may still be catching up with the leave, hides the room once it arrives,
 // and a later membership change brings the room back.
 func (s *Service) forget(r *http.Request, dev *httpapi.Device) (any, error) {
-	roomID, err := roomIDParam(r)
+	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
 	}

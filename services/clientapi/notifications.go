@@ -202,7 +202,7 @@ func (s *Service) notifications(r *http.Request, dev *httpapi.Device) (any, erro
 	for i, n := range rows {
 		events[i] = n.Event
 	}
-	rendered, err := s.renderAll(ctx, rd, dev, events, true)
+	rendered, err := s.history.RenderAll(ctx, rd, dev, events, true)
 	if err != nil {
 		return nil, err
 	}

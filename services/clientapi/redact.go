@@ -27,7 +27,7 @@ import (
 // before v11, content.redacts from v11 on) and refuses redacting another
 // user's event without the redact power level (M_FORBIDDEN).
 func (s *Service) redact(r *http.Request, dev *httpapi.Device) (any, error) {
-	roomID, err := roomIDParam(r)
+	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
 	}

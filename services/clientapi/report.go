@@ -18,6 +18,7 @@ import (
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/history"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
@@ -56,7 +57,7 @@ func errReportedEventNotFound() error {
 // reportEvent is POST /rooms/{roomId}/report/{eventId}: the reporter must
 // be joined to the room now and able to see the event.
 func (s *Service) reportEvent(r *http.Request, dev *httpapi.Device) (any, error) {
-	roomID, eventID, err := eventParams(r)
+	roomID, eventID, err := history.EventParams(r)
 	if err != nil {
 		return nil, err
 	}
@@ -76,7 +77,7 @@ func (s *Service) reportEvent(r *http.Request, dev *httpapi.Device) (any, error)
 		return nil, errReportedEventNotFound()
 	}
 	rd := s.store.Reader()
-	e, err := s.visibleEvent(ctx, rd, dev.UserID, roomID, eventID)
+	e, err := s.history.VisibleEvent(ctx, rd, dev.UserID, roomID, eventID)
 	var sender string
 	switch {
 	case err == nil:
@@ -86,7 +87,7 @@ func (s *Service) reportEvent(r *http.Request, dev *httpapi.Device) (any, error)
 		if _, stored := rd.EventByID(ctx, roomID, eventID); stored == nil {
 			return nil, errReportedEventNotFound()
 		}
-		raw, err := s.eventFromRoomServer(ctx, dev.UserID, roomID, eventID)
+		raw, err := s.history.EventFromRoomServer(ctx, dev.UserID, roomID, eventID)
 		if err != nil {
 			if isNotFound(err) {
 				return nil, errReportedEventNotFound()
@@ -112,7 +113,7 @@ func (s *Service) reportEvent(r *http.Request, dev *httpapi.Device) (any, error)
 // reportRoom is POST /rooms/{roomId}/report: anyone may report a room the
 // server knows, joined or not.
 func (s *Service) reportRoom(r *http.Request, dev *httpapi.Device) (any, error) {
-	roomID, err := roomIDParam(r)
+	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
 	}

@@ -406,18 +406,6 @@ func (s *Service) createRoom(r *http.Request, dev *httpapi.Device) (any, error) 
 	return map[string]string{"room_id": resp.GetRoomId()}, nil
 }
 
-// roomIDParam reads and validates the {roomId} path parameter.
-func roomIDParam(r *http.Request) (string, error) {
-	roomID, err := httpapi.PathParam(r, "roomId")
-	if err != nil {
-		return "", err
-	}
-	if _, err := spec.NewRoomID(roomID); err != nil {
-		return "", matrixhttp.InvalidParam("Invalid room ID")
-	}
-	return roomID, nil
-}
-
 // membershipRequest is the body of join, leave and invite.
 type membershipRequest struct {
 	UserID string `json:"user_id"`
@@ -484,7 +472,7 @@ func (s *Service) joinRoomIDOrAlias(r *http.Request, dev *httpapi.Device) (any, 
 
 // joinRoom is POST /rooms/{roomId}/join.
 func (s *Service) joinRoom(r *http.Request, dev *httpapi.Device) (any, error) {
-	roomID, err := roomIDParam(r)
+	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
 	}
@@ -500,7 +488,7 @@ func (s *Service) joinRoom(r *http.Request, dev *httpapi.Device) (any, error) {
 
 // invite is POST /rooms/{roomId}/invite.
 func (s *Service) invite(r *http.Request, dev *httpapi.Device) (any, error) {
-	roomID, err := roomIDParam(r)
+	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
 	}
@@ -522,7 +510,7 @@ func (s *Service) invite(r *http.Request, dev *httpapi.Device) (any, error) {
 
 // leave is POST /rooms/{roomId}/leave.
 func (s *Service) leave(r *http.Request, dev *httpapi.Device) (any, error) {
-	roomID, err := roomIDParam(r)
+	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
 	}

@@ -11,7 +11,7 @@ import (
 
 // routes is the client-API's route table.
 func (s *Service) routes() []httpapi.Route {
-	return slices.Concat(s.coreRoutes(), s.ephemeralRoutes(), s.searchRoutes(), s.pushRoutes(), s.keyRoutes(), s.keyBackupRoutes(), s.extraRoutes(), s.moderationRoutes())
+	return slices.Concat(s.coreRoutes(), s.history.Routes(), s.ephemeralRoutes(), s.searchRoutes(), s.pushRoutes(), s.keyRoutes(), s.keyBackupRoutes(), s.extraRoutes(), s.moderationRoutes())
 }
 
 // coreRoutes are the routes defined in this file.
@@ -67,14 +67,7 @@ func (s *Service) coreRoutes() []httpapi.Route {
 		{Method: http.MethodGet, Path: "/rooms/{roomId}/state/{eventType}", Auth: true, Serve: s.getState},
 		{Method: http.MethodGet, Path: "/rooms/{roomId}/state/{eventType}/", Auth: true, Serve: s.getState},
 		{Method: http.MethodGet, Path: "/rooms/{roomId}/state/{eventType}/{stateKey}", Auth: true, Serve: s.getState},
-		{Method: http.MethodGet, Path: "/rooms/{roomId}/messages", Auth: true, Serve: s.messages},
-		{Method: http.MethodGet, Path: "/rooms/{roomId}/event/{eventId}", Auth: true, Serve: s.getEvent},
-		{Method: http.MethodGet, Path: "/rooms/{roomId}/context/{eventId}", Auth: true, Serve: s.eventContext},
 		{Method: http.MethodPut, Path: "/rooms/{roomId}/redact/{eventId}/{txnId}", Auth: true, Limit: httpapi.LimitSend, Serve: s.redact},
-		{Method: http.MethodGet, Path: "/_matrix/client/v1/rooms/{roomId}/relations/{eventId}", Abs: true, Auth: true, Serve: s.relations},
-		{Method: http.MethodGet, Path: "/_matrix/client/v1/rooms/{roomId}/relations/{eventId}/{relType}", Abs: true, Auth: true, Serve: s.relations},
-		{Method: http.MethodGet, Path: "/_matrix/client/v1/rooms/{roomId}/relations/{eventId}/{relType}/{eventType}", Abs: true, Auth: true, Serve: s.relations},
-		{Method: http.MethodGet, Path: "/_matrix/client/v1/rooms/{roomId}/threads", Abs: true, Auth: true, Serve: s.threads},
 
 		// Sync.
 		{Method: http.MethodGet, Path: "/sync", Auth: true, Serve: s.sync},

@@ -11,8 +11,6 @@ import (
 func (s *Service) searchRoutes() []httpapi.Route {
 	const synapseAdmin = "/_synapse/admin/v1"
 	return []httpapi.Route{
-		{Method: http.MethodPost, Path: "/search", Auth: true, Serve: s.search},
-
 		{Method: http.MethodPost, Path: "/rooms/{roomId}/report/{eventId}", Auth: true, Limit: httpapi.LimitSend, Serve: s.reportEvent},
 		{Method: http.MethodPost, Path: "/rooms/{roomId}/report", Auth: true, Limit: httpapi.LimitSend, Serve: s.reportRoom},
 		{Method: http.MethodPost, Path: "/users/{userId}/report", Auth: true, Limit: httpapi.LimitSend, Serve: s.reportUser},

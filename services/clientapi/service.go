@@ -20,6 +20,7 @@ import (
 	mediav1 "github.com/myelin-chat/myelin/proto/media/v1"
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/history"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/syncapi/notifier"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/wakebus"
@@ -78,8 +79,8 @@ type Service struct {
 	// powers caches senders' power levels for push evaluation
 	// (push_eval.go); the room event consumer's goroutine only.
 	powers powerCache
-	// erasures is this replica's copy of the erased users (erasure.go).
-	erasures erasureCache
+	// history reads the event copy for clients (internal/history).
+	history *history.Service
 	// now is the clock for token expiry; tests replace it.
 	now func() time.Time
 }
@@ -110,6 +111,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		lazy:       newLazyCache(),
 		now:        time.Now,
 	}
+	s.history = history.New(st, deps.RoomServer, deps.Logger)
 	s.http = httpapi.NewServer(deps.Logger, s, cfg.RateLimit, time.Now)
 	members, err := st.JoinedMembers(ctx)
 	if err != nil {

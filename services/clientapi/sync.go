@@ -9,6 +9,7 @@ import (
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/history"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/syncapi/notifier"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
@@ -249,7 +250,7 @@ func (s *Service) buildSync(ctx context.Context, dev *httpapi.Device, opts syncO
 	for _, tl := range d.timelines {
 		timelineEvents = append(timelineEvents, tl.Events...)
 	}
-	bundled, err := s.aggregateChildren(ctx, s.store.Reader(), dev, timelineEvents, true, d.children)
+	bundled, err := s.history.AggregateChildren(ctx, s.store.Reader(), dev, timelineEvents, true, d.children)
 	if err != nil {
 		return nil, d, err
 	}
@@ -428,7 +429,7 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, dev *httpapi.De
 			last = false // readers below may need the snapshot
 		}
 	}
-	erased, err := s.erasedUsers(ctx)
+	erased, err := s.history.ErasedUsers(ctx)
 	if err != nil {
 		return d, err
 	}
@@ -455,11 +456,11 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, dev *httpapi.De
 	if err := send(ctx, b); err != nil {
 		return d, err
 	}
-	vf := visibilityFilter{userID: userID, logs: logs, erased: erased}
+	vf := history.VisibilityFilter{UserID: userID, Logs: logs, Erased: erased}
 	for _, room := range withEvents {
 		tl := d.timelines[room]
-		tl.Events = vf.keep(tl.Events)
-		if err := s.applyErasure(ctx, vf, tl.Events); err != nil {
+		tl.Events = vf.Keep(tl.Events)
+		if err := s.history.ApplyErasure(ctx, vf, tl.Events); err != nil {
 			return d, err
 		}
 		d.timelines[room] = tl
@@ -548,10 +549,10 @@ func (s *Service) stateBefore(ctx context.Context, d syncData) (map[string][]jso
 }
 
 // renderTimeline renders a timeline for the requesting device.
-func renderTimeline(tl store.Timeline, dev *httpapi.Device, pos int64, bundled bundles) (timelineBatch, error) {
+func renderTimeline(tl store.Timeline, dev *httpapi.Device, pos int64, bundled history.Bundles) (timelineBatch, error) {
 	b := timelineBatch{Events: make([]json.RawMessage, 0, len(tl.Events)), Limited: tl.Limited}
 	for _, e := range tl.Events {
-		raw, err := bundled.render(e, dev, false)
+		raw, err := bundled.Render(e, dev, false)
 		if err != nil {
 			return b, err
 		}

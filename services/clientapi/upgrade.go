@@ -39,7 +39,7 @@ type upgradeRequest struct {
 
 // upgradeRoom is POST /rooms/{roomId}/upgrade.
 func (s *Service) upgradeRoom(r *http.Request, dev *httpapi.Device) (any, error) {
-	oldRoom, err := roomIDParam(r)
+	oldRoom, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
 	}

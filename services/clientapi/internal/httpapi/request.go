@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 )
@@ -129,4 +130,16 @@ func ClientIP(r *http.Request, trustForwarded bool) string {
 		return r.RemoteAddr
 	}
 	return host
+}
+
+// RoomIDParam reads and validates the {roomId} path parameter.
+func RoomIDParam(r *http.Request) (string, error) {
+	roomID, err := PathParam(r, "roomId")
+	if err != nil {
+		return "", err
+	}
+	if _, err := spec.NewRoomID(roomID); err != nil {
+		return "", matrixhttp.InvalidParam("Invalid room ID")
+	}
+	return roomID, nil
 }

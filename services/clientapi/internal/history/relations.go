@@ -1,4 +1,4 @@
-package clientapi
+package history
 
 // Relations, threads and bundled aggregations. The consumer records each
 // event's content."m.relates_to" in event_relations (a redaction removes
@@ -29,20 +29,20 @@ import (
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
-// bundles maps event IDs to their unsigned."m.relations" objects.
-type bundles map[string]map[string]any
+// Bundles maps event IDs to their unsigned."m.relations" objects.
+type Bundles map[string]map[string]any
 
 // bundleFor computes the aggregations of events (all of one room or
 // several) as seen by the device's user.
-func (s *Service) bundleFor(ctx context.Context, rd store.Reader, dev *httpapi.Device, events []store.StoredEvent) (bundles, error) {
+func (s *Service) bundleFor(ctx context.Context, rd store.Reader, dev *httpapi.Device, events []store.StoredEvent) (Bundles, error) {
 	return s.aggregate(ctx, rd, dev, events, true)
 }
 
 // aggregate computes aggregations; nested also aggregates the children of
 // each thread's latest event.
-func (s *Service) aggregate(ctx context.Context, rd store.Reader, dev *httpapi.Device, events []store.StoredEvent, nested bool) (bundles, error) {
+func (s *Service) aggregate(ctx context.Context, rd store.Reader, dev *httpapi.Device, events []store.StoredEvent, nested bool) (Bundles, error) {
 	if len(events) == 0 {
-		return bundles{}, nil
+		return Bundles{}, nil
 	}
 	ids := make([]string, len(events))
 	for i, e := range events {
@@ -52,13 +52,13 @@ func (s *Service) aggregate(ctx context.Context, rd store.Reader, dev *httpapi.D
 	if err != nil {
 		return nil, err
 	}
-	return s.aggregateChildren(ctx, rd, dev, events, nested, children)
+	return s.AggregateChildren(ctx, rd, dev, events, nested, children)
 }
 
 // aggregateChildren is aggregate with the events' children (of
 // clientevent.BundledRelTypes) already read.
-func (s *Service) aggregateChildren(ctx context.Context, rd store.Reader, dev *httpapi.Device, events []store.StoredEvent, nested bool, children []store.Child) (bundles, error) {
-	out := bundles{}
+func (s *Service) AggregateChildren(ctx context.Context, rd store.Reader, dev *httpapi.Device, events []store.StoredEvent, nested bool, children []store.Child) (Bundles, error) {
+	out := Bundles{}
 	if len(children) == 0 {
 		return out, nil
 	}
@@ -127,7 +127,7 @@ func (s *Service) aggregateChildren(ctx context.Context, rd store.Reader, dev *h
 	// A thread's latest event carries its own aggregations (edits,
 	// references); thread replies cannot be thread roots, so this nests
 	// once.
-	latestBundles := bundles{}
+	latestBundles := Bundles{}
 	if nested && len(threads) > 0 {
 		var latestEvents []store.StoredEvent
 		for _, th := range threads {
@@ -138,7 +138,7 @@ func (s *Service) aggregateChildren(ctx context.Context, rd store.Reader, dev *h
 		}
 	}
 	for id, th := range threads {
-		latest, err := latestBundles.render(th.latest, dev, true)
+		latest, err := latestBundles.Render(th.latest, dev, true)
 		if err != nil {
 			return nil, err
 		}
@@ -203,7 +203,7 @@ func newerEdit(a, b store.StoredEvent) bool {
 }
 
 // render renders a stored event with its bundled aggregations.
-func (b bundles) render(e store.StoredEvent, dev *httpapi.Device, withRoomID bool) (json.RawMessage, error) {
+func (b Bundles) Render(e store.StoredEvent, dev *httpapi.Device, withRoomID bool) (json.RawMessage, error) {
 	raw, err := clientevent.RenderFor(e, dev, withRoomID)
 	if err != nil || b[e.EventID] == nil {
 		return raw, err
@@ -224,14 +224,14 @@ func (b bundles) render(e store.StoredEvent, dev *httpapi.Device, withRoomID boo
 }
 
 // renderAll renders events with their aggregations.
-func (s *Service) renderAll(ctx context.Context, rd store.Reader, dev *httpapi.Device, events []store.StoredEvent, withRoomID bool) ([]json.RawMessage, error) {
+func (s *Service) RenderAll(ctx context.Context, rd store.Reader, dev *httpapi.Device, events []store.StoredEvent, withRoomID bool) ([]json.RawMessage, error) {
 	b, err := s.bundleFor(ctx, rd, dev, events)
 	if err != nil {
 		return nil, err
 	}
 	out := make([]json.RawMessage, 0, len(events))
 	for _, e := range events {
-		raw, err := b.render(e, dev, withRoomID)
+		raw, err := b.Render(e, dev, withRoomID)
 		if err != nil {
 			return nil, err
 		}
@@ -255,7 +255,7 @@ const maxRelationsLimit = 100
 // [/{relType}[/{eventType}]]: the visible children of a visible event,
 // paginated with the same tokens as /messages (dir defaults to b).
 func (s *Service) relations(r *http.Request, dev *httpapi.Device) (any, error) {
-	roomID, eventID, err := eventParams(r)
+	roomID, eventID, err := EventParams(r)
 	if err != nil {
 		return nil, err
 	}
@@ -306,18 +306,18 @@ func (s *Service) relations(r *http.Request, dev *httpapi.Device) (any, error) {
 	ctx := r.Context()
 	var resp relationsResponse
 	err = s.store.Snapshot(ctx, func(rd store.Reader) error {
-		if _, err := s.visibleEvent(ctx, rd, dev.UserID, roomID, eventID); err != nil {
+		if _, err := s.VisibleEvent(ctx, rd, dev.UserID, roomID, eventID); err != nil {
 			return err
 		}
 		page, err := rd.Relations(ctx, q)
 		if err != nil {
 			return err
 		}
-		visible, err := s.visibleEvents(ctx, rd, dev.UserID, roomID, page.Events, clientevent.RoomEventFilter{})
+		visible, err := s.VisibleEvents(ctx, rd, dev.UserID, roomID, page.Events, clientevent.RoomEventFilter{})
 		if err != nil {
 			return err
 		}
-		if resp.Chunk, err = s.renderAll(ctx, rd, dev, visible, true); err != nil {
+		if resp.Chunk, err = s.RenderAll(ctx, rd, dev, visible, true); err != nil {
 			return err
 		}
 		if page.More && len(page.Events) > 0 {
@@ -341,7 +341,7 @@ func (s *Service) relations(r *http.Request, dev *httpapi.Device) (any, error) {
 // threads is GET /_matrix/client/v1/rooms/{roomId}/threads: thread roots,
 // most recently active first (include=all or participated).
 func (s *Service) threads(r *http.Request, dev *httpapi.Device) (any, error) {
-	roomID, err := roomIDParam(r)
+	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
 	}
@@ -369,7 +369,7 @@ func (s *Service) threads(r *http.Request, dev *httpapi.Device) (any, error) {
 	if limit < 0 {
 		return nil, matrixhttp.InvalidParam("limit must not be negative")
 	}
-	if _, err := s.accessRoom(r, dev.UserID, roomID); err != nil {
+	if _, err := s.AccessRoom(r, dev.UserID, roomID); err != nil {
 		return nil, err
 	}
 	ctx := r.Context()
@@ -383,11 +383,11 @@ func (s *Service) threads(r *http.Request, dev *httpapi.Device) (any, error) {
 		for i, tr := range roots {
 			events[i] = tr.Event
 		}
-		visible, err := s.visibleEvents(ctx, rd, dev.UserID, roomID, events, clientevent.RoomEventFilter{})
+		visible, err := s.VisibleEvents(ctx, rd, dev.UserID, roomID, events, clientevent.RoomEventFilter{})
 		if err != nil {
 			return err
 		}
-		chunk, err := s.renderAll(ctx, rd, dev, visible, true)
+		chunk, err := s.RenderAll(ctx, rd, dev, visible, true)
 		if err != nil {
 			return err
 		}

@@ -1,4 +1,4 @@
-package clientapi
+package history
 
 // History visibility (client-server API, "Room History Visibility"). The
 // rules need, for each event, the room's history_visibility in the state
@@ -101,31 +101,31 @@ func canSee(e store.StoredEvent, userID string, tl memberTimeline) bool {
 	return false
 }
 
-// visibilityFilter filters one user's events across rooms.
-type visibilityFilter struct {
-	userID string
-	logs   map[string][]store.MembershipEntry
+// VisibilityFilter filters one user's events across rooms.
+type VisibilityFilter struct {
+	UserID string
+	Logs   map[string][]store.MembershipEntry
 	// erased maps erased senders to the position of their erasure
 	// (erasure.go).
-	erased map[string]int64
+	Erased map[string]int64
 }
 
-func (s *Service) newVisibilityFilter(ctx context.Context, rd store.Reader, userID string, rooms []string) (visibilityFilter, error) {
-	erased, err := s.erasedUsers(ctx)
+func (s *Service) newVisibilityFilter(ctx context.Context, rd store.Reader, userID string, rooms []string) (VisibilityFilter, error) {
+	erased, err := s.ErasedUsers(ctx)
 	if err != nil {
-		return visibilityFilter{}, err
+		return VisibilityFilter{}, err
 	}
 	logs, err := rd.MembershipLog(ctx, userID, rooms)
-	return visibilityFilter{userID: userID, logs: logs, erased: erased}, err
+	return VisibilityFilter{UserID: userID, Logs: logs, Erased: erased}, err
 }
 
-func (f visibilityFilter) canSee(e store.StoredEvent) bool {
-	return canSee(e, f.userID, f.logs[e.RoomID])
+func (f VisibilityFilter) canSee(e store.StoredEvent) bool {
+	return canSee(e, f.UserID, f.Logs[e.RoomID])
 }
 
 // keep returns the events the user may see, in order, each with the
 // user's membership at it (membershipAt).
-func (f visibilityFilter) keep(events []store.StoredEvent) []store.StoredEvent {
+func (f VisibilityFilter) Keep(events []store.StoredEvent) []store.StoredEvent {
 	out := events[:0:0]
 	for _, e := range events {
 		if f.canSee(e) {
@@ -139,8 +139,8 @@ func (f visibilityFilter) keep(events []store.StoredEvent) []store.StoredEvent {
 // membershipAt is unsigned.membership of e for the user: their membership
 // in the room's state at e, the change e makes included, and "leave" when
 // they had none yet (the spec's rule).
-func (f visibilityFilter) membershipAt(e store.StoredEvent) string {
-	if m := memberTimeline(f.logs[e.RoomID]).at(e.Pos); m != "" {
+func (f VisibilityFilter) membershipAt(e store.StoredEvent) string {
+	if m := memberTimeline(f.Logs[e.RoomID]).at(e.Pos); m != "" {
 		return m
 	}
 	return store.MembershipLeave

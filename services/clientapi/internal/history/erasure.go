@@ -1,4 +1,4 @@
-package clientapi
+package history
 
 // Erasure: POST /account/deactivate with "erase": true. The spec: users
 // who join a room after the erasure are served redacted copies of the
@@ -8,7 +8,7 @@ package clientapi
 // store.Erase records the erasure with the client-API's room stream
 // position at that moment (after the deactivation's leave events) and
 // deletes the user's non-event data. Readers then decide per event
-// (visibilityFilter.servedErased): an event of an erased sender is served
+// (VisibilityFilter.servedErased): an event of an erased sender is served
 // whole when the requester could see it with only their membership changes
 // up to the erasure's position (canSee over that part of the log), and as
 // a redacted copy otherwise (erasedCopy: the room version's redaction
@@ -31,35 +31,10 @@ import (
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
-	"go.uber.org/zap"
 
-	"github.com/myelin-chat/myelin/pkg/logging"
-	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
-
-// erase records the erasure of a deactivated user (after their leave
-// events are stored, so its position covers them), deletes their data
-// kept outside events, and clears their presence status message.
-func (s *Service) erase(ctx context.Context, userID string) error {
-	if err := s.store.Erase(ctx, userID); err != nil {
-		return err
-	}
-	s.forgetErasures()
-	if s.presence != nil {
-		empty := ""
-		if _, err := s.presence.SetPresence(ctx, &presencev1.SetPresenceRequest{
-			Origin: s.serverName, UserId: userID, Presence: "offline", StatusMsg: &empty,
-		}); err != nil {
-			// The account is gone either way; the status message stays
-			// visible to users sharing a room (there are none after the
-			// leaves) until presence is set again.
-			s.log.Warn("erasure: clear presence status", logging.UserID(userID), zap.Error(err))
-		}
-	}
-	return nil
-}
 
 // erasureRefresh is how long a replica trusts its copy of the erased
 // users. An erasure made through this replica takes effect at once; one
@@ -78,7 +53,7 @@ type erasureCache struct {
 // map must not be modified.
 // It reads outside any snapshot the caller holds: erasures only get
 // added, and one that lands during a request applies from the next.
-func (s *Service) erasedUsers(ctx context.Context) (map[string]int64, error) {
+func (s *Service) ErasedUsers(ctx context.Context) (map[string]int64, error) {
 	c := &s.erasures
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -94,7 +69,7 @@ func (s *Service) erasedUsers(ctx context.Context) (map[string]int64, error) {
 }
 
 // forgetErasures makes the next erasedUsers read the table again.
-func (s *Service) forgetErasures() {
+func (s *Service) ForgetErasures() {
 	s.erasures.mu.Lock()
 	s.erasures.users = nil
 	s.erasures.mu.Unlock()
@@ -113,20 +88,20 @@ func (tl memberTimeline) upTo(pos int64) memberTimeline {
 // servedErased reports whether e, which the user may see, is to be served
 // as a redacted copy: its sender is erased and the user could not have
 // seen it before the erasure.
-func (f visibilityFilter) servedErased(e store.StoredEvent) bool {
-	pos, ok := f.erased[e.Sender]
+func (f VisibilityFilter) servedErased(e store.StoredEvent) bool {
+	pos, ok := f.Erased[e.Sender]
 	if !ok {
 		return false
 	}
-	return !canSee(e, f.userID, memberTimeline(f.logs[e.RoomID]).upTo(pos))
+	return !canSee(e, f.UserID, memberTimeline(f.Logs[e.RoomID]).upTo(pos))
 }
 
 // applyErasure replaces, in events the user may see, those servedErased
 // picks by their redacted copies. Room versions are read outside the
 // caller's snapshot (they never change), so it works after the snapshot
 // ended.
-func (s *Service) applyErasure(ctx context.Context, f visibilityFilter, events []store.StoredEvent) error {
-	if len(f.erased) == 0 {
+func (s *Service) ApplyErasure(ctx context.Context, f VisibilityFilter, events []store.StoredEvent) error {
+	if len(f.Erased) == 0 {
 		return nil
 	}
 	versions := map[string]string{}

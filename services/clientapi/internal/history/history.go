@@ -1,4 +1,4 @@
-package clientapi
+package history
 
 // GET /rooms/{roomId}/event/{eventId} and GET /rooms/{roomId}/context/{eventId}.
 // Both read the client-API's own event copy and apply the history
@@ -21,7 +21,7 @@ import (
 
 // visibleEvents keeps the events of one room the user may see and the
 // filter allows, leaving out ignored users' non-state events.
-func (s *Service) visibleEvents(ctx context.Context, rd store.Reader, userID, roomID string, events []store.StoredEvent, f clientevent.RoomEventFilter) ([]store.StoredEvent, error) {
+func (s *Service) VisibleEvents(ctx context.Context, rd store.Reader, userID, roomID string, events []store.StoredEvent, f clientevent.RoomEventFilter) ([]store.StoredEvent, error) {
 	if len(events) == 0 {
 		return events, nil
 	}
@@ -43,33 +43,33 @@ func (s *Service) visibleEvents(ctx context.Context, rd store.Reader, userID, ro
 			out = append(out, e)
 		}
 	}
-	if err := s.applyErasure(ctx, vf, out); err != nil {
+	if err := s.ApplyErasure(ctx, vf, out); err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
-func errEventNotFound() error { return matrixhttp.NotFound("Event not found") }
+func ErrEventNotFound() error { return matrixhttp.NotFound("Event not found") }
 
-// eventParams reads {roomId} and {eventId}.
-func eventParams(r *http.Request) (roomID, eventID string, err error) {
-	if roomID, err = roomIDParam(r); err != nil {
+// EventParams reads {roomId} and {eventId}.
+func EventParams(r *http.Request) (roomID, eventID string, err error) {
+	if roomID, err = httpapi.RoomIDParam(r); err != nil {
 		return "", "", err
 	}
 	if eventID, err = httpapi.PathParam(r, "eventId"); err != nil {
 		return "", "", err
 	}
 	if eventID == "" {
-		return "", "", errEventNotFound()
+		return "", "", ErrEventNotFound()
 	}
 	return roomID, eventID, nil
 }
 
 // visibleEvent returns a stored event the user may see, or M_NOT_FOUND.
-func (s *Service) visibleEvent(ctx context.Context, rd store.Reader, userID, roomID, eventID string) (store.StoredEvent, error) {
+func (s *Service) VisibleEvent(ctx context.Context, rd store.Reader, userID, roomID, eventID string) (store.StoredEvent, error) {
 	e, err := rd.EventByID(ctx, roomID, eventID)
 	if errors.Is(err, store.ErrNotFound) {
-		return e, errEventNotFound()
+		return e, ErrEventNotFound()
 	} else if err != nil {
 		return e, err
 	}
@@ -78,11 +78,11 @@ func (s *Service) visibleEvent(ctx context.Context, rd store.Reader, userID, roo
 		return e, err
 	}
 	if !vf.canSee(e) {
-		return e, errEventNotFound()
+		return e, ErrEventNotFound()
 	}
 	e.Membership = vf.membershipAt(e)
 	one := []store.StoredEvent{e}
-	if err := s.applyErasure(ctx, vf, one); err != nil {
+	if err := s.ApplyErasure(ctx, vf, one); err != nil {
 		return e, err
 	}
 	return one[0], nil
@@ -90,14 +90,14 @@ func (s *Service) visibleEvent(ctx context.Context, rd store.Reader, userID, roo
 
 // getEvent is GET /rooms/{roomId}/event/{eventId}.
 func (s *Service) getEvent(r *http.Request, dev *httpapi.Device) (any, error) {
-	roomID, eventID, err := eventParams(r)
+	roomID, eventID, err := EventParams(r)
 	if err != nil {
 		return nil, err
 	}
 	rd := s.store.Reader()
-	e, err := s.visibleEvent(r.Context(), rd, dev.UserID, roomID, eventID)
+	e, err := s.VisibleEvent(r.Context(), rd, dev.UserID, roomID, eventID)
 	if err == nil {
-		out, err := s.renderAll(r.Context(), rd, dev, []store.StoredEvent{e}, true)
+		out, err := s.RenderAll(r.Context(), rd, dev, []store.StoredEvent{e}, true)
 		if err != nil {
 			return nil, err
 		}
@@ -108,28 +108,28 @@ func (s *Service) getEvent(r *http.Request, dev *httpapi.Device) (any, error) {
 		return nil, err
 	}
 	if _, err := rd.EventByID(r.Context(), roomID, eventID); err == nil {
-		return nil, errEventNotFound() // stored, but not visible
+		return nil, ErrEventNotFound() // stored, but not visible
 	}
 	// Not in the copy yet (the consumer may lag just behind a send): ask
 	// the room-server, with the visibility rules applied to its state.
-	return s.eventFromRoomServer(r.Context(), dev.UserID, roomID, eventID)
+	return s.EventFromRoomServer(r.Context(), dev.UserID, roomID, eventID)
 }
 
 // eventFromRoomServer serves an event the client-API has not stored yet,
 // checking the visibility rules against the room-server's state before
 // the event (the user's own membership event may be seen when the
 // membership after it allows).
-func (s *Service) eventFromRoomServer(ctx context.Context, userID, roomID, eventID string) (any, error) {
+func (s *Service) EventFromRoomServer(ctx context.Context, userID, roomID, eventID string) (any, error) {
 	resp, err := s.rooms.QueryEvents(ctx, &roomserverv1.QueryEventsRequest{EventIds: []string{eventID}})
 	if err != nil {
 		return nil, s.fromGRPC(ctx, "QueryEvents", err, nil)
 	}
 	if len(resp.GetEvents()) != 1 {
-		return nil, errEventNotFound()
+		return nil, ErrEventNotFound()
 	}
 	ev := resp.GetEvents()[0]
 	if ev.GetRoomId() != roomID || ev.GetRejected() || ev.GetSoftFailed() {
-		return nil, errEventNotFound()
+		return nil, ErrEventNotFound()
 	}
 	pdu, err := clientevent.ParsePDU(ev.GetRoomVersion(), ev.GetEventJson())
 	if err != nil {
@@ -140,7 +140,7 @@ func (s *Service) eventFromRoomServer(ctx context.Context, userID, roomID, event
 		Filter: []*roomserverv1.StateKeyTuple{{Type: "m.room.history_visibility"}, {Type: "m.room.member", StateKey: userID}},
 	})
 	if err != nil {
-		return nil, errEventNotFound() // an outlier: no state known at it
+		return nil, ErrEventNotFound() // an outlier: no state known at it
 	}
 	vis, membership := store.VisibilityShared, ""
 	for _, se := range st.GetState() {
@@ -160,7 +160,7 @@ func (s *Service) eventFromRoomServer(ctx context.Context, userID, roomID, event
 		allowed = allowed || allowedBy(vis, clientevent.MembershipOf(pdu), false)
 	}
 	if !allowed {
-		return nil, errEventNotFound()
+		return nil, ErrEventNotFound()
 	}
 	return clientevent.RenderPDU(ev, true)
 }
@@ -183,7 +183,7 @@ const maxContextLimit = 100
 // visibility rules and the filter parameter), tokens that continue in
 // /messages, and the room state at the last event returned.
 func (s *Service) eventContext(r *http.Request, dev *httpapi.Device) (any, error) {
-	roomID, eventID, err := eventParams(r)
+	roomID, eventID, err := EventParams(r)
 	if err != nil {
 		return nil, err
 	}
@@ -204,7 +204,7 @@ func (s *Service) eventContext(r *http.Request, dev *httpapi.Device) (any, error
 	var lastID string
 	senders := map[string]bool{}
 	err = s.store.Snapshot(ctx, func(rd store.Reader) error {
-		e, err := s.visibleEvent(ctx, rd, dev.UserID, roomID, eventID)
+		e, err := s.VisibleEvent(ctx, rd, dev.UserID, roomID, eventID)
 		if err != nil {
 			return err
 		}
@@ -233,7 +233,7 @@ func (s *Service) eventContext(r *http.Request, dev *httpapi.Device) (any, error
 			resp.End = clientevent.StreamToken{Pos: after.Events[n-1].Pos}.String()
 			lastID = after.Events[n-1].EventID
 		}
-		ev, err := s.renderAll(ctx, rd, dev, []store.StoredEvent{e}, true)
+		ev, err := s.RenderAll(ctx, rd, dev, []store.StoredEvent{e}, true)
 		if err != nil {
 			return err
 		}
@@ -278,11 +278,11 @@ func (s *Service) eventContext(r *http.Request, dev *httpapi.Device) (any, error
 
 // renderVisible filters and renders events for the device.
 func (s *Service) renderVisible(ctx context.Context, rd store.Reader, dev *httpapi.Device, roomID string, events []store.StoredEvent, f clientevent.RoomEventFilter) ([]json.RawMessage, error) {
-	visible, err := s.visibleEvents(ctx, rd, dev.UserID, roomID, events, f)
+	visible, err := s.VisibleEvents(ctx, rd, dev.UserID, roomID, events, f)
 	if err != nil {
 		return nil, err
 	}
-	return s.renderAll(ctx, rd, dev, visible, true)
+	return s.RenderAll(ctx, rd, dev, visible, true)
 }
 
 // lazyMembers returns the member events of the senders of events, in the

@@ -1,4 +1,4 @@
-package clientapi
+package history
 
 // Server-side search (POST /search, category room_events). The consumer
 // indexes each m.room.message body, m.room.name name and m.room.topic
@@ -241,7 +241,7 @@ type searchPlan struct {
 	filter  searchFilter
 	groupBy []string
 	query   store.SearchQuery
-	visible visibilityFilter
+	visible VisibilityFilter
 }
 
 // parseCriteria validates a room_events request: the plan, and the
@@ -369,7 +369,7 @@ func (s *Service) searchRoomEvents(r *http.Request, dev *httpapi.Device, c *room
 	for i, h := range hits {
 		events[i] = h.StoredEvent
 	}
-	rendered, err := s.renderAll(ctx, rd, dev, events, true)
+	rendered, err := s.RenderAll(ctx, rd, dev, events, true)
 	if err != nil {
 		return nil, err
 	}
@@ -559,18 +559,18 @@ func (s *Service) searchEventContext(ctx context.Context, rd store.Reader, dev *
 	if n := len(afterPage.Events); n > 0 {
 		sc.End = clientevent.StreamToken{Pos: afterPage.Events[n-1].Pos}.String()
 	}
-	before, err := s.visibleEvents(ctx, rd, dev.UserID, e.RoomID, beforePage.Events, clientevent.RoomEventFilter{})
+	before, err := s.VisibleEvents(ctx, rd, dev.UserID, e.RoomID, beforePage.Events, clientevent.RoomEventFilter{})
 	if err != nil {
 		return nil, err
 	}
-	after, err := s.visibleEvents(ctx, rd, dev.UserID, e.RoomID, afterPage.Events, clientevent.RoomEventFilter{})
+	after, err := s.VisibleEvents(ctx, rd, dev.UserID, e.RoomID, afterPage.Events, clientevent.RoomEventFilter{})
 	if err != nil {
 		return nil, err
 	}
-	if sc.EventsBefore, err = s.renderAll(ctx, rd, dev, before, true); err != nil {
+	if sc.EventsBefore, err = s.RenderAll(ctx, rd, dev, before, true); err != nil {
 		return nil, err
 	}
-	if sc.EventsAfter, err = s.renderAll(ctx, rd, dev, after, true); err != nil {
+	if sc.EventsAfter, err = s.RenderAll(ctx, rd, dev, after, true); err != nil {
 		return nil, err
 	}
 	if !profiles {
@@ -626,11 +626,11 @@ func (s *Service) searchState(r *http.Request, dev *httpapi.Device, events []sto
 		if _, ok := out[e.RoomID]; ok {
 			continue
 		}
-		acc, err := s.accessRoom(r, dev.UserID, e.RoomID)
+		acc, err := s.AccessRoom(r, dev.UserID, e.RoomID)
 		if err != nil {
 			return nil, err
 		}
-		if out[e.RoomID], err = s.roomStateFor(r.Context(), e.RoomID, acc); err != nil {
+		if out[e.RoomID], err = s.RoomState(r.Context(), e.RoomID, acc); err != nil {
 			return nil, err
 		}
 	}

@@ -1,8 +1,6 @@
-package clientapi
+package history
 
-import (
-	"testing"
-)
+import "testing"
 
 func TestBuildTSQuery(t *testing.T) {
 	for _, c := range []struct{ in, want string }{
