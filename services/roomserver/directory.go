@@ -20,7 +20,7 @@ const (
 
 // knownRoom fails with ErrRoomNotFound unless the room exists.
 func (s *Service) knownRoom(ctx context.Context, roomID string) error {
-	_, err := s.store.Room(ctx, roomID)
+	_, err := s.room(ctx, roomID)
 	if errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("%w: %s", ErrRoomNotFound, roomID)
 	}

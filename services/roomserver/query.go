@@ -109,7 +109,7 @@ func (s *Service) stateAt(ctx context.Context, eventID string, after bool) (*eve
 }
 
 func (s *Service) queryState(ctx context.Context, req *roomserverv1.QueryStateRequest) (*roomserverv1.QueryStateResponse, error) {
-	room, err := s.store.Room(ctx, req.GetRoomId())
+	room, err := s.room(ctx, req.GetRoomId())
 	if errors.Is(err, store.ErrNotFound) {
 		return &roomserverv1.QueryStateResponse{}, nil
 	} else if err != nil {
@@ -160,7 +160,7 @@ func (s *Service) queryStateBatch(ctx context.Context, req *roomserverv1.QuerySt
 }
 
 func (s *Service) queryMembership(ctx context.Context, req *roomserverv1.QueryMembershipRequest) (*roomserverv1.QueryMembershipResponse, error) {
-	room, err := s.store.Room(ctx, req.GetRoomId())
+	room, err := s.room(ctx, req.GetRoomId())
 	if errors.Is(err, store.ErrNotFound) {
 		return &roomserverv1.QueryMembershipResponse{}, nil
 	} else if err != nil {
@@ -183,7 +183,7 @@ func (s *Service) queryMembership(ctx context.Context, req *roomserverv1.QueryMe
 }
 
 func (s *Service) queryRoomInfo(ctx context.Context, roomID string) (*roomserverv1.QueryRoomInfoResponse, error) {
-	room, err := s.store.Room(ctx, roomID)
+	room, err := s.room(ctx, roomID)
 	if errors.Is(err, store.ErrNotFound) {
 		return &roomserverv1.QueryRoomInfoResponse{}, nil
 	} else if err != nil {
@@ -219,7 +219,7 @@ func (s *Service) setRoomAlias(ctx context.Context, req *roomserverv1.SetRoomAli
 	if err := checkAlias(req.GetAlias()); err != nil {
 		return false, err
 	}
-	if _, err := s.store.Room(ctx, req.GetRoomId()); errors.Is(err, store.ErrNotFound) {
+	if _, err := s.room(ctx, req.GetRoomId()); errors.Is(err, store.ErrNotFound) {
 		return false, fmt.Errorf("%w: %s", ErrRoomNotFound, req.GetRoomId())
 	} else if err != nil {
 		return false, err

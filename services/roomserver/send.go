@@ -275,7 +275,7 @@ func (s *Service) roomVersion(ctx context.Context, roomID string) (gomatrixserve
 	if v, ok := s.roomVersions.get(roomID); ok {
 		return v, nil
 	}
-	room, err := s.store.Room(ctx, roomID)
+	room, err := s.room(ctx, roomID)
 	if errors.Is(err, store.ErrNotFound) {
 		return "", fmt.Errorf("%w: %s", ErrRoomNotFound, roomID)
 	} else if err != nil {
