@@ -240,7 +240,7 @@ func (s *Service) inputEvents(ctx context.Context, in []*roomserverv1.InputEvent
 			for j < len(in) && parsed[j] != nil && in[j].GetKind() == kind && parsed[j].RoomID() == ev.RoomID() {
 				j++
 			}
-			res, err := s.inputBatch(ctx, in[i:j], parsed[i:j])
+			res, err := fedInput{s}.inputBatch(ctx, in[i:j], parsed[i:j])
 			if err != nil {
 				return nil, err
 			}
@@ -264,7 +264,7 @@ func (s *Service) inputEvent(ctx context.Context, ie *roomserverv1.InputEvent, e
 	switch ie.GetKind() {
 	case roomserverv1.InputKind_INPUT_KIND_NEW:
 	case roomserverv1.InputKind_INPUT_KIND_OUT_OF_ROOM:
-		stripped, bad, err := s.checkOutOfRoom(ctx, ev, ie.GetStrippedState())
+		stripped, bad, err := fedInput{s}.checkOutOfRoom(ctx, ev, ie.GetStrippedState())
 		if err != nil || bad != nil {
 			return derefResult(bad), err
 		}
@@ -441,7 +441,7 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 	// auth events selection (StateNeededForAuth) allows, none rejected,
 	// and they must allow the event.
 	if opts.outOfRoom {
-		return s.storeOutOfRoom(ctx, w, room, newRoom, row, ev, res, opts)
+		return fedInput{s}.storeOutOfRoom(ctx, w, room, newRoom, row, ev, res, opts)
 	}
 	needed := gomatrixserverlib.StateNeededForAuth([]gomatrixserverlib.PDU{ev}).Tuples()
 	seen := map[gomatrixserverlib.StateKeyTuple]bool{}
@@ -508,7 +508,7 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 	var before snapshot
 	if opts.hasState {
 		var bad *inputResult
-		before, bad, err = s.stateBeforeSupplied(ctx, w, room, ev, prevs, found, opts.stateIDs)
+		before, bad, err = fedInput{s}.stateBeforeSupplied(ctx, w, room, ev, prevs, found, opts.stateIDs)
 		if err != nil || bad != nil {
 			return derefResult(bad), err
 		}
@@ -551,7 +551,7 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 	// history (backfill), not when the room has no current state yet (its
 	// first event with state: a join through send_join), and not for a
 	// local user's own membership whose state the resident server gave.
-	rewrites := s.rewritesState(ev, opts)
+	rewrites := fedInput{s}.rewritesState(ev, opts)
 	softFailed := false
 	if !newRoom && !opts.backfill && !rewrites && len(room.Extremities) > 0 && room.SnapshotNID != before.nid {
 		current, err := s.loadState(ctx, w.Queries, room.SnapshotNID)

@@ -21,6 +21,10 @@ import (
 	"github.com/myelin-chat/myelin/services/roomserver/store"
 )
 
+// fedInput holds the federation parts of the input pipeline (a view of
+// the Service).
+type fedInput struct{ *Service }
+
 // inputBatch stores a run of OUTLIER or BACKFILL events of one room in one
 // transaction. Each event is processed after the events of the run it
 // depends on (auth_events for outliers, prev_events for backfill), so a
@@ -28,7 +32,7 @@ import (
 // outbox rows of backfilled events are written newest first: a consumer
 // that places each backfilled event before everything it has of the room
 // keeps them in order.
-func (s *Service) inputBatch(ctx context.Context, ins []*roomserverv1.InputEvent, evs []gomatrixserverlib.PDU) ([]inputResult, error) {
+func (s fedInput) inputBatch(ctx context.Context, ins []*roomserverv1.InputEvent, evs []gomatrixserverlib.PDU) ([]inputResult, error) {
 	backfill := ins[0].GetKind() == roomserverv1.InputKind_INPUT_KIND_BACKFILL
 	order := dependencyOrder(evs, !backfill)
 	var keys []store.StateKey
@@ -128,7 +132,7 @@ func dependencyOrder(evs []gomatrixserverlib.PDU, byAuth bool) []int {
 // with the state the resident server gave (send_join). This server was
 // not in the room, so whatever it had (nothing, or the state from before
 // it left) is stale.
-func (s *Service) rewritesState(ev gomatrixserverlib.PDU, opts inputOpts) bool {
+func (s fedInput) rewritesState(ev gomatrixserverlib.PDU, opts inputOpts) bool {
 	if !opts.hasState || opts.backfill || ev.Type() != spec.MRoomMember || !ev.StateKeyEquals(string(ev.SenderID())) {
 		return false
 	}
@@ -143,7 +147,7 @@ func (s *Service) rewritesState(ev gomatrixserverlib.PDU, opts inputOpts) bool {
 // supplied with it (stored events of the room; rejected ones are left out,
 // as they never count as state) and resolves it with the state after the
 // prev_events that are known.
-func (s *Service) stateBeforeSupplied(ctx context.Context, w *writeTx, room store.Room, ev gomatrixserverlib.PDU,
+func (s fedInput) stateBeforeSupplied(ctx context.Context, w *writeTx, room store.Room, ev gomatrixserverlib.PDU,
 	prevs []*eventEntry, found map[string]*eventEntry, ids []string) (snapshot, *inputResult, error) {
 	supplied := stateMap{}
 	for _, id := range ids {
@@ -197,7 +201,7 @@ func (s *Service) stateBeforeSupplied(ctx context.Context, w *writeTx, room stor
 // stub room when the room is unknown. It is published (kind OUT_OF_ROOM,
 // with its stripped state) unless this server is in the room after all,
 // when the event reaches the room's graph the usual way.
-func (s *Service) storeOutOfRoom(ctx context.Context, w *writeTx, room store.Room, newRoom bool, row store.Event,
+func (s fedInput) storeOutOfRoom(ctx context.Context, w *writeTx, room store.Room, newRoom bool, row store.Event,
 	ev gomatrixserverlib.PDU, res inputResult, opts inputOpts) (inputResult, error) {
 	var err error
 	if newRoom {
@@ -256,7 +260,7 @@ type strippedEvent struct {
 // entries dropped with a warning), later versions may not, and their
 // invites and knocks must carry the create event (which, from v12 on, is
 // what the room ID is derived from).
-func (s *Service) checkOutOfRoom(ctx context.Context, ev gomatrixserverlib.PDU, entries [][]byte) (string, *inputResult, error) {
+func (s fedInput) checkOutOfRoom(ctx context.Context, ev gomatrixserverlib.PDU, entries [][]byte) (string, *inputResult, error) {
 	bad := func(format string, args ...any) (string, *inputResult, error) {
 		return "", invalid(ev.EventID(), format, args...), nil
 	}
@@ -308,7 +312,7 @@ func (s *Service) checkOutOfRoom(ctx context.Context, ev gomatrixserverlib.PDU, 
 
 // strippedEntry checks one stripped state entry; problem says what is
 // wrong with it.
-func (s *Service) strippedEntry(ctx context.Context, verImpl gomatrixserverlib.IRoomVersion, roomID string, raw []byte) (strippedEvent, string, error) {
+func (s fedInput) strippedEntry(ctx context.Context, verImpl gomatrixserverlib.IRoomVersion, roomID string, raw []byte) (strippedEvent, string, error) {
 	pdu, bad := parseUntrusted(verImpl, raw)
 	if bad != nil {
 		if verImpl.DomainlessRoomIDs() {

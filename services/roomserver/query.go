@@ -18,7 +18,7 @@ import (
 func (e *eventEntry) proto() *roomserverv1.Event {
 	return &roomserverv1.Event{
 		EventId: e.EventID, RoomId: e.RoomID, RoomVersion: e.RoomVersion,
-		EventJson: e.pdu.JSON(), Rejected: e.Rejected, SoftFailed: e.SoftFailed,
+		EventJson: e.pdu.JSON(), Rejected: e.Rejected, SoftFailed: e.SoftFailed, Outlier: e.Outlier,
 	}
 }
 
@@ -215,7 +215,7 @@ func checkAlias(alias string) error {
 	return nil
 }
 
-func (s *Service) setRoomAlias(ctx context.Context, req *roomserverv1.SetRoomAliasRequest) (bool, error) {
+func (s roomDirectory) setRoomAlias(ctx context.Context, req *roomserverv1.SetRoomAliasRequest) (bool, error) {
 	if err := checkAlias(req.GetAlias()); err != nil {
 		return false, err
 	}
@@ -227,7 +227,7 @@ func (s *Service) setRoomAlias(ctx context.Context, req *roomserverv1.SetRoomAli
 	return s.store.SetAlias(ctx, req.GetAlias(), req.GetRoomId(), req.GetCreator())
 }
 
-func (s *Service) getRoomAlias(ctx context.Context, alias string) (*roomserverv1.GetRoomAliasResponse, error) {
+func (s roomDirectory) getRoomAlias(ctx context.Context, alias string) (*roomserverv1.GetRoomAliasResponse, error) {
 	roomID, creator, err := s.store.Alias(ctx, alias)
 	if errors.Is(err, store.ErrNotFound) {
 		return &roomserverv1.GetRoomAliasResponse{}, nil
@@ -237,6 +237,6 @@ func (s *Service) getRoomAlias(ctx context.Context, alias string) (*roomserverv1
 	return &roomserverv1.GetRoomAliasResponse{RoomId: roomID, Servers: []string{string(s.serverName)}, Creator: creator}, nil
 }
 
-func (s *Service) removeRoomAlias(ctx context.Context, alias string) (bool, error) {
+func (s roomDirectory) removeRoomAlias(ctx context.Context, alias string) (bool, error) {
 	return s.store.RemoveAlias(ctx, alias)
 }

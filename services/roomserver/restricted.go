@@ -49,7 +49,7 @@ func (s *Service) authoriseLocalMember(ctx context.Context, w *writeTx, room sto
 		if err != nil {
 			return t, err
 		}
-		q := &restrictedQuerier{s: s, w: w, room: room}
+		q := &restrictedQuerier{s: s, q: w.Queries, room: room}
 		current, err := q.CurrentStateEvent(ctx, *roomID, spec.MRoomMember, sender)
 		if err != nil {
 			return t, err
@@ -88,10 +88,11 @@ func stripAuthorisedVia(t template, content map[string]json.RawMessage, changed 
 }
 
 // restrictedQuerier implements gomatrixserverlib.RestrictedRoomJoinQuerier
-// for a join into room, inside its write transaction.
+// for a join into room, reading it through q (its write transaction, or
+// the pool for a remote server's make_join).
 type restrictedQuerier struct {
 	s    *Service
-	w    *writeTx
+	q    *store.Queries
 	room store.Room
 }
 
@@ -114,7 +115,7 @@ func (q *restrictedQuerier) CurrentStateEvent(ctx context.Context, roomID spec.R
 	if roomID.String() != q.room.RoomID {
 		return nil, fmt.Errorf("unexpected room %s", roomID.String())
 	}
-	return q.currentEvent(ctx, q.w.Queries, q.room, evType, stateKey)
+	return q.currentEvent(ctx, q.q, q.room, evType, stateKey)
 }
 
 func (q *restrictedQuerier) InvitePending(ctx context.Context, roomID spec.RoomID, senderID spec.SenderID) (bool, error) {
@@ -146,7 +147,7 @@ func (q *restrictedQuerier) RestrictedRoomJoinInfo(ctx context.Context, allowed 
 			info.UserJoinedToRoom = true
 		}
 	}
-	if info.JoinedUsers, err = q.s.joinedLocalMembers(ctx, q.w.Queries, q.room); err != nil {
+	if info.JoinedUsers, err = q.s.joinedLocalMembers(ctx, q.q, q.room); err != nil {
 		return nil, err
 	}
 	return info, nil
