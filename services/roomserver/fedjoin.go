@@ -111,6 +111,18 @@ func (s residentJoins) makeMembershipEvent(ctx context.Context, req *roomserverv
 	if err != nil {
 		return nil, err
 	}
+	if membership == spec.Leave {
+		// The auth rules let a user leave only from invite, join or knock;
+		// gomatrixserverlib also lets leave follow leave (Synapse accepted
+		// such events once), which would make a template of nothing.
+		current, err := s.currentMember(ctx, room, user.String())
+		if err != nil {
+			return nil, err
+		}
+		if !slices.Contains([]string{spec.Invite, spec.Join, spec.Knock}, current) {
+			return refused(refuse(roomserverv1.Refusal_REFUSAL_FORBIDDEN, "%s is not invited to, joined to or knocking on the room", user.String()), room.Version)
+		}
+	}
 	content := map[string]any{"membership": membership}
 	if membership == spec.Join {
 		via, r, err := s.restrictedVia(ctx, s.store.Queries, room, user.String())
