@@ -431,3 +431,358 @@ func TestMakeMembershipTemplates(t *testing.T) {
 		t.Fatalf("restricted, ron in no allowed room: %s %s", r.GetRefusal(), r.GetReason())
 	}
 }
+
+// TestWalksAndServerVisibility checks get_missing_events and backfill on a
+// hand-built graph with forks, and what a server that left may see.
+func TestWalksAndServerVisibility(t *testing.T) {
+	h := newHarness(t, nil)
+	remote := newRemote(t, "remote.test")
+	created := h.createRoom("11", "public", map[string]int{alice: 100})
+	roomID := created.GetRoomId()
+	x := h.mustSend(roomID, alice, message(t, "x"))
+	depthOf := func(id string) int64 {
+		t.Helper()
+		ev := h.event(id)
+		pdu, err := gomatrixserverlib.MustGetRoomVersion("11").NewEventFromTrustedJSONWithEventID(id, ev.GetEventJson(), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pdu.Depth()
+	}
+	msg := func(body string, prevs ...string) string {
+		ev := h.build(roomID, alice, "m.room.message", nil, map[string]any{"msgtype": "m.text", "body": body}, prevs, x)
+		h.inputOne(ev, accepted)
+		return ev.EventID()
+	}
+	a1 := msg("a1", x)
+	a2 := msg("a2", a1)
+	a3 := msg("a3", a2)
+	b1 := msg("b1", x)
+	b2 := msg("b2", b1)
+	m := msg("merge", a3, b2)
+
+	missingEvents := func(earliest, latest []string, limit int32, minDepth int64) []string {
+		t.Helper()
+		resp, err := h.rs.GetMissingEvents(h.ctx, &roomserverv1.GetMissingEventsRequest{RoomId: roomID, EarliestEvents: earliest,
+			LatestEvents: latest, Limit: limit, MinDepth: minDepth})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		var last int64
+		for _, e := range resp.GetEvents() {
+			ids = append(ids, e.GetEventId())
+			if d := depthOf(e.GetEventId()); d < last {
+				t.Fatalf("get_missing_events not oldest first: %v", ids)
+			} else {
+				last = d
+			}
+		}
+		return ids
+	}
+	// Breadth-first from the merge, not past a1: level 1 a3 b2, level 2
+	// a2 b1, then x.
+	if got := missingEvents([]string{a1}, []string{m}, 4, 0); !slices.Equal(sortedIDs(got...), sortedIDs(a3, b2, a2, b1)) {
+		t.Fatalf("get_missing_events limit 4: %v", got)
+	}
+	if got := missingEvents([]string{a1}, []string{m}, 2, 0); !slices.Equal(sortedIDs(got...), sortedIDs(a3, b2)) {
+		t.Fatalf("get_missing_events limit 2: %v", got)
+	}
+	// min_depth stops at b1's depth: x and earlier are not returned.
+	if got := missingEvents([]string{a1}, []string{m}, 10, depthOf(b1)); !slices.Equal(sortedIDs(got...), sortedIDs(a3, b2, a2, b1)) {
+		t.Fatalf("get_missing_events min_depth: %v", got)
+	}
+	// Without min_depth the walk goes on into the room's first events.
+	if got := missingEvents([]string{a1}, []string{m}, 10, 0); len(got) != 10 || !slices.Contains(got, x) {
+		t.Fatalf("get_missing_events limit 10: %v", got)
+	}
+	if got := missingEvents([]string{b2, a3}, []string{m}, 10, 0); len(got) != 0 {
+		t.Fatalf("nothing is missing: %v", got)
+	}
+
+	backfill := func(from []string, limit int32, server string) []*roomserverv1.Event {
+		t.Helper()
+		resp, err := h.rs.Backfill(h.ctx, &roomserverv1.BackfillRequest{RoomId: roomID, EventIds: from, Limit: limit, ServerName: server})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.GetEvents()
+	}
+	ids := func(evs []*roomserverv1.Event) []string {
+		var out []string
+		for _, e := range evs {
+			out = append(out, e.GetEventId())
+		}
+		return out
+	}
+	got := ids(backfill([]string{m}, 4, ""))
+	if len(got) != 4 || got[0] != m || got[1] != a3 || !slices.Equal(sortedIDs(got[2:]...), sortedIDs(a2, b2)) {
+		t.Fatalf("backfill limit 4: %v", got)
+	}
+	got = ids(backfill([]string{m}, 7, ""))
+	if len(got) != 7 || !slices.Equal(sortedIDs(got[4:6]...), sortedIDs(a1, b1)) || got[6] != x {
+		t.Fatalf("backfill limit 7: %v", got)
+	}
+	for i := 1; i < len(got); i++ {
+		if depthOf(got[i]) > depthOf(got[i-1]) {
+			t.Fatalf("backfill not highest depth first: %v", got)
+		}
+	}
+
+	// Visibility for a server: ron of remote.test joins, a message, ron
+	// leaves, another message; history is "shared" but remote.test has
+	// nobody in the room any more.
+	h.trustRemote(remote)
+	rv := gomatrixserverlib.MustGetRoomVersion("11")
+	ron := remote.user("ron")
+	remoteEvent := func(typ string, stateKey *string, content any) gomatrixserverlib.PDU {
+		t.Helper()
+		info := h.roomInfo(roomID)
+		pe := &gomatrixserverlib.ProtoEvent{SenderID: ron, RoomID: roomID, Type: typ, StateKey: stateKey,
+			PrevEvents: info.GetForwardExtremities(), Depth: info.GetDepth() + 1, Content: mustJSON(t, content)}
+		st, err := h.rs.QueryState(h.ctx, &roomserverv1.QueryStateRequest{RoomId: roomID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var pdus []gomatrixserverlib.PDU
+		for _, e := range st.GetState() {
+			p, err := rv.NewEventFromTrustedJSONWithEventID(e.GetEventId(), e.GetEventJson(), false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pdus = append(pdus, p)
+		}
+		provider, _ := gomatrixserverlib.NewAuthEvents(pdus)
+		pe.Version = rv
+		eb := rv.NewEventBuilderFromProtoEvent(pe)
+		if err := eb.AddAuthEvents(provider); err != nil {
+			t.Fatal(err)
+		}
+		pe.AuthEvents = eb.AuthEvents
+		return remote.sign(t, rv, pe)
+	}
+	ronJoin := remoteEvent(spec.MRoomMember, &ron, map[string]any{"membership": "join"})
+	h.inputOne(ronJoin, accepted)
+	seen := h.mustSend(roomID, alice, message(t, "while ron is here"))
+	servers, err := h.rs.QueryRoomServers(h.ctx, &roomserverv1.QueryRoomServersRequest{RoomId: roomID})
+	if err != nil || !slices.Equal(servers.GetServerNames(), []string{"remote.test", testServer}) {
+		t.Fatalf("servers in the room: %v %v", servers.GetServerNames(), err)
+	}
+	ronLeave := remoteEvent(spec.MRoomMember, &ron, map[string]any{"membership": "leave"})
+	h.inputOne(ronLeave, accepted)
+	unseen := h.mustSend(roomID, alice, message(t, "after ron left"))
+	servers, _ = h.rs.QueryRoomServers(h.ctx, &roomserverv1.QueryRoomServersRequest{RoomId: roomID})
+	if !slices.Equal(servers.GetServerNames(), []string{testServer}) {
+		t.Fatalf("servers after ron left: %v", servers.GetServerNames())
+	}
+	servers, _ = h.rs.QueryRoomServers(h.ctx, &roomserverv1.QueryRoomServersRequest{RoomId: roomID, EventId: ronLeave.EventID()})
+	if !slices.Equal(servers.GetServerNames(), []string{"remote.test", testServer}) {
+		t.Fatalf("servers at ron's leave: %v", servers.GetServerNames())
+	}
+	h.mustSend(roomID, alice, stateTmpl(t, spec.MRoomHistoryVisibility, "", map[string]any{"history_visibility": "world_readable"}))
+	public := h.mustSend(roomID, alice, message(t, "world readable"))
+
+	filtered, err := h.rs.FilterEventsForServer(h.ctx, &roomserverv1.FilterEventsForServerRequest{ServerName: "remote.test",
+		EventIds: []string{seen, unseen, ronLeave.EventID(), public, "$unknown"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	redacted := map[string]bool{}
+	for _, e := range filtered.GetEvents() {
+		redacted[e.GetEventId()] = e.GetRedactedForServer()
+		body, _ := contentOf(t, e.GetEventJson())["body"].(string)
+		if e.GetRedactedForServer() != (body == "") && e.GetEventId() != ronLeave.EventID() {
+			t.Fatalf("%s: redacted %v but body %q", e.GetEventId(), e.GetRedactedForServer(), body)
+		}
+	}
+	want := map[string]bool{seen: false, unseen: true, ronLeave.EventID(): false, public: false}
+	if len(redacted) != len(want) {
+		t.Fatalf("filtered %v", redacted)
+	}
+	for id, r := range want {
+		if redacted[id] != r {
+			t.Fatalf("%s redacted for remote.test: %v, want %v", id, redacted[id], r)
+		}
+	}
+	// The walks filter the same way.
+	for _, e := range backfill([]string{unseen}, 3, "remote.test") {
+		if e.GetRedactedForServer() != (e.GetEventId() == unseen) {
+			t.Fatalf("backfill for remote.test: %s redacted %v", e.GetEventId(), e.GetRedactedForServer())
+		}
+	}
+	// The server itself sees everything whole.
+	for _, e := range backfill([]string{public}, 10, testServer) {
+		if e.GetRedactedForServer() {
+			t.Fatalf("%s redacted for the room's own server", e.GetEventId())
+		}
+	}
+}
+
+// TestAuthChainAndStateQueries checks /event_auth's, /state's and
+// /state_ids' answers.
+func TestAuthChainAndStateQueries(t *testing.T) {
+	h := newHarness(t, nil)
+	created := h.createRoom("11", "public", map[string]int{alice: 100, bob: 50})
+	roomID := created.GetRoomId()
+	join := h.mustSend(roomID, bob, member(t, bob, "join"))
+	topic := h.mustSend(roomID, bob, stateTmpl(t, spec.MRoomTopic, "", map[string]any{"topic": "t"}))
+
+	chain, err := h.rs.QueryAuthChain(h.ctx, &roomserverv1.QueryAuthChainRequest{RoomId: roomID, EventIds: []string{topic}, IdsOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// create, alice's join, power levels, join rules (of bob's join), bob's join.
+	ids := chain.GetAuthChainIds()
+	if len(ids) != 5 || !slices.Contains(ids, join) || !slices.Contains(ids, created.GetEventIds()[0]) || slices.Contains(ids, topic) {
+		t.Fatalf("auth chain of the topic: %v", ids)
+	}
+	full, err := h.rs.QueryAuthChain(h.ctx, &roomserverv1.QueryAuthChainRequest{RoomId: roomID, EventIds: []string{topic}})
+	if err != nil || len(full.GetAuthChain()) != 5 {
+		t.Fatalf("auth chain events: %d %v", len(full.GetAuthChain()), err)
+	}
+	_, err = h.rs.QueryAuthChain(h.ctx, &roomserverv1.QueryAuthChainRequest{RoomId: roomID, EventIds: []string{"$unknown"}})
+	wantCode(t, err, codes.NotFound)
+
+	// The state at the topic event is the state before it.
+	st, err := h.rs.QueryStateAndAuthChain(h.ctx, &roomserverv1.QueryStateAndAuthChainRequest{RoomId: roomID, EventId: topic, IdsOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(st.GetStateIds(), topic) || !slices.Contains(st.GetStateIds(), join) || len(st.GetStateIds()) != 6 {
+		t.Fatalf("state before the topic: %v", st.GetStateIds())
+	}
+	for _, id := range st.GetAuthChainIds() {
+		if id == topic {
+			t.Fatal("the topic is in the auth chain of the state before it")
+		}
+	}
+	cur, err := h.rs.QueryStateAndAuthChain(h.ctx, &roomserverv1.QueryStateAndAuthChainRequest{RoomId: roomID})
+	if err != nil || len(cur.GetState()) != 7 || len(cur.GetAuthChain()) == 0 || cur.GetRoomVersion() != "11" {
+		t.Fatalf("current state: %d events, %d in the chain, %v", len(cur.GetState()), len(cur.GetAuthChain()), err)
+	}
+	_, err = h.rs.QueryStateAndAuthChain(h.ctx, &roomserverv1.QueryStateAndAuthChainRequest{RoomId: "!nope:" + testServer})
+	wantCode(t, err, codes.NotFound)
+}
+
+// TestRestrictedJoinThroughThisServer has a remote user join a restricted
+// room through this server: the template names an authorising local user,
+// SignJoin countersigns, and the join is accepted; the spec's refusals
+// when no local user may invite.
+func TestRestrictedJoinThroughThisServer(t *testing.T) {
+	h := newHarness(t, nil)
+	remote := newRemote(t, "remote.test")
+	h.trustRemote(remote)
+	rv := gomatrixserverlib.MustGetRoomVersion("10")
+	ron := remote.user("ron")
+	allowed := h.createRoom("10", "public", map[string]int{alice: 100})
+	restrictedRules := func(invite int) []*roomserverv1.EventTemplate {
+		return []*roomserverv1.EventTemplate{
+			stateTmpl(t, spec.MRoomPowerLevels, "", map[string]any{"users": map[string]int{alice: 100}, "invite": invite,
+				"state_default": 50, "events_default": 0, "ban": 50, "kick": 50, "redact": 50}),
+			stateTmpl(t, spec.MRoomJoinRules, "", map[string]any{"join_rule": "restricted",
+				"allow": []any{map[string]any{"type": "m.room_membership", "room_id": allowed.GetRoomId()}}}),
+		}
+	}
+	room := h.createRoom("10", "public", map[string]int{alice: 100}, restrictedRules(50)...)
+	// alice gives up her power: no local user may invite.
+	noInviter := h.createRoom("10", "public", map[string]int{alice: 100}, append(restrictedRules(50),
+		stateTmpl(t, spec.MRoomPowerLevels, "", map[string]any{"users": map[string]int{alice: 40}, "invite": 50,
+			"state_default": 50, "events_default": 0, "ban": 50, "kick": 50, "redact": 50}))...)
+
+	makeJoin := func(roomID string) *roomserverv1.MakeMembershipEventResponse {
+		t.Helper()
+		resp, err := h.rs.MakeMembershipEvent(h.ctx, &roomserverv1.MakeMembershipEventRequest{RoomId: roomID, UserId: ron,
+			Membership: "join", SupportedRoomVersions: []string{"10"}, Origin: "remote.test"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	// ron is in no allowed room yet.
+	if r := makeJoin(room.GetRoomId()); r.GetRefusal() != roomserverv1.Refusal_REFUSAL_FORBIDDEN {
+		t.Fatalf("before joining the allowed room: %s %s", r.GetRefusal(), r.GetReason())
+	}
+	// ron joins the allowed (public) room through this server.
+	fromTemplate := func(resp *roomserverv1.MakeMembershipEventResponse, content map[string]any) gomatrixserverlib.PDU {
+		t.Helper()
+		var tmpl struct {
+			RoomID     string         `json:"room_id"`
+			Content    map[string]any `json:"content"`
+			PrevEvents []string       `json:"prev_events"`
+			AuthEvents []string       `json:"auth_events"`
+			Depth      int64          `json:"depth"`
+		}
+		if err := json.Unmarshal(resp.GetEventTemplate(), &tmpl); err != nil {
+			t.Fatal(err)
+		}
+		if content == nil {
+			content = tmpl.Content
+		}
+		return remote.sign(t, rv, &gomatrixserverlib.ProtoEvent{SenderID: ron, RoomID: tmpl.RoomID, Type: spec.MRoomMember,
+			StateKey: &ron, PrevEvents: tmpl.PrevEvents, AuthEvents: tmpl.AuthEvents, Depth: tmpl.Depth, Content: mustJSON(t, content)})
+	}
+	signAndInput := func(roomID string, ev gomatrixserverlib.PDU) *roomserverv1.SignJoinResponse {
+		t.Helper()
+		signed, err := h.rs.SignJoin(h.ctx, &roomserverv1.SignJoinRequest{RoomId: roomID, EventJson: ev.JSON()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return signed
+	}
+	resp := makeJoin(allowed.GetRoomId())
+	if resp.GetRefusal() != roomserverv1.Refusal_REFUSAL_NONE {
+		t.Fatalf("public room: %s", resp.GetRefusal())
+	}
+	s := signAndInput(allowed.GetRoomId(), fromTemplate(resp, nil))
+	joined, err := rv.NewEventFromUntrustedJSON(s.GetEventJson())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.inputOne(joined, accepted)
+
+	// Now the restricted room: alice authorises.
+	resp = makeJoin(room.GetRoomId())
+	if resp.GetRefusal() != roomserverv1.Refusal_REFUSAL_NONE {
+		t.Fatalf("restricted room: %s %s", resp.GetRefusal(), resp.GetReason())
+	}
+	if c := contentOf(t, resp.GetEventTemplate()); c["join_authorised_via_users_server"] != alice {
+		t.Fatalf("template content %v, want alice as the authorising user", c)
+	}
+	join := fromTemplate(resp, nil)
+	// Without this server's signature the join does not verify.
+	h.inputOne(join, invalidSt)
+	s = signAndInput(room.GetRoomId(), join)
+	if s.GetRefusal() != roomserverv1.Refusal_REFUSAL_NONE || s.GetEventId() != join.EventID() {
+		t.Fatalf("SignJoin: %s %s (%s)", s.GetRefusal(), s.GetReason(), s.GetEventId())
+	}
+	signed, err := rv.NewEventFromUntrustedJSON(s.GetEventJson())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := gomatrixserverlib.VerifyEventSignatures(h.ctx, signed, h.svc.verifier, userIDForSender); err != nil {
+		t.Fatalf("signed join does not verify: %v", err)
+	}
+	h.inputOne(signed, accepted)
+	if m := h.membership(room.GetRoomId(), ron); m != "join" {
+		t.Fatalf("ron's membership %q", m)
+	}
+
+	// Naming bob (not joined) as the authoriser: refused.
+	resp = makeJoin(noInviter.GetRoomId())
+	if resp.GetRefusal() != roomserverv1.Refusal_REFUSAL_UNABLE_TO_GRANT_JOIN {
+		t.Fatalf("no local user may invite: %s %s", resp.GetRefusal(), resp.GetReason())
+	}
+	info := h.roomInfo(noInviter.GetRoomId())
+	forged := remote.sign(t, rv, &gomatrixserverlib.ProtoEvent{SenderID: ron, RoomID: noInviter.GetRoomId(), Type: spec.MRoomMember,
+		StateKey: &ron, PrevEvents: info.GetForwardExtremities(), AuthEvents: []string{}, Depth: info.GetDepth() + 1,
+		Content: mustJSON(t, map[string]any{"membership": "join", "join_authorised_via_users_server": bob})})
+	if s := signAndInput(noInviter.GetRoomId(), forged); s.GetRefusal() != roomserverv1.Refusal_REFUSAL_UNABLE_TO_GRANT_JOIN {
+		t.Fatalf("SignJoin naming bob: %s %s", s.GetRefusal(), s.GetReason())
+	}
+	// Not a join at all.
+	leave := remote.sign(t, rv, &gomatrixserverlib.ProtoEvent{SenderID: ron, RoomID: room.GetRoomId(), Type: spec.MRoomMember,
+		StateKey: &ron, PrevEvents: info.GetForwardExtremities(), AuthEvents: []string{}, Depth: 5,
+		Content: mustJSON(t, map[string]any{"membership": "leave"})})
+	_, err = h.rs.SignJoin(h.ctx, &roomserverv1.SignJoinRequest{RoomId: room.GetRoomId(), EventJson: leave.JSON()})
+	wantCode(t, err, codes.InvalidArgument)
+}

@@ -142,10 +142,15 @@ func (q *restrictedQuerier) RestrictedRoomJoinInfo(ctx context.Context, allowed 
 		return nil, err
 	}
 	info.LocalServerInRoom = len(otherMembers) > 0
-	for _, m := range otherMembers {
-		if m.StateKeyEquals(string(senderID)) {
-			info.UserJoinedToRoom = true
-		}
+	// The user may be of another server (a remote user's make_join): read
+	// their membership, not only the local members.
+	own, err := q.currentEvent(ctx, q.s.store.Queries, other, spec.MRoomMember, string(senderID))
+	if err != nil {
+		return nil, err
+	}
+	if own != nil {
+		m, _ := own.Membership()
+		info.UserJoinedToRoom = m == spec.Join
 	}
 	if info.JoinedUsers, err = q.s.joinedLocalMembers(ctx, q.q, q.room); err != nil {
 		return nil, err
