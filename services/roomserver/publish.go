@@ -27,6 +27,7 @@ package roomserver
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -298,6 +299,16 @@ func (s *Service) outputMessages(ctx context.Context, pending store.Pending) ([]
 		}
 		if e.HasTxn {
 			o.TransactionId = &roomserverv1.TransactionID{DeviceId: e.TxnDeviceID, TxnId: e.TxnID}
+		}
+		o.Kind = roomserverv1.OutputKind(e.Kind)
+		if e.StrippedState != "" {
+			var stripped []json.RawMessage
+			if err := json.Unmarshal([]byte(e.StrippedState), &stripped); err != nil {
+				return nil, fmt.Errorf("stripped state of %s: %w", ev.EventID, err)
+			}
+			for _, raw := range stripped {
+				o.StrippedState = append(o.StrippedState, raw)
+			}
 		}
 		data, err := proto.Marshal(o)
 		if err != nil {

@@ -279,7 +279,7 @@ func (s *Service) roomVersion(ctx context.Context, roomID string) (gomatrixserve
 	if v, ok := s.roomVersions.get(roomID); ok {
 		return v, nil
 	}
-	room, err := s.store.Room(ctx, roomID)
+	room, err := s.room(ctx, roomID)
 	if errors.Is(err, store.ErrNotFound) {
 		return "", fmt.Errorf("%w: %s", ErrRoomNotFound, roomID)
 	} else if err != nil {
@@ -327,7 +327,24 @@ func (s *Service) buildOnCurrent(ctx context.Context, w *writeTx, room store.Roo
 	if err != nil {
 		return nil, nil, err
 	}
-	ext, err := s.loadEvents(ctx, w.Queries, room.Extremities)
+	pe := &gomatrixserverlib.ProtoEvent{
+		SenderID: sender, RoomID: room.RoomID, Type: t.Type, StateKey: t.StateKey,
+		Content: spec.RawJSON(t.Content), Redacts: t.Redacts, Version: verImpl,
+	}
+	refs, _, err = s.fillOnCurrent(ctx, w.Queries, room, pe)
+	if err != nil {
+		return nil, nil, err
+	}
+	ev, err = s.signer.build(ctx, verImpl, pe)
+	return ev, refs, err
+}
+
+// fillOnCurrent fills in a proto-event's prev_events (the forward
+// extremities, newest first, at most MaxPrevEvents), depth and auth_events
+// (from the current state). It returns the prev and auth events by ID and
+// the auth events as a provider.
+func (s *Service) fillOnCurrent(ctx context.Context, q *store.Queries, room store.Room, pe *gomatrixserverlib.ProtoEvent) (map[string]*eventEntry, *gomatrixserverlib.AuthEvents, error) {
+	ext, err := s.loadEvents(ctx, q, room.Extremities)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -345,24 +362,20 @@ func (s *Service) buildOnCurrent(ctx context.Context, w *writeTx, room store.Roo
 		prevIDs[i] = p.EventID
 		depth = max(depth, p.Depth)
 	}
-	pe := &gomatrixserverlib.ProtoEvent{
-		SenderID: sender, RoomID: room.RoomID, Type: t.Type, StateKey: t.StateKey,
-		PrevEvents: prevIDs, Depth: depth + 1, Content: spec.RawJSON(t.Content), Redacts: t.Redacts,
-		Version: verImpl,
-	}
+	pe.PrevEvents, pe.Depth = prevIDs, depth+1
 	needed, err := gomatrixserverlib.StateNeededForProtoEvent(pe)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: %v", ErrBadRequest, err)
 	}
-	current, err := s.loadState(ctx, w.Queries, room.SnapshotNID)
+	current, err := s.loadState(ctx, q, room.SnapshotNID)
 	if err != nil {
 		return nil, nil, err
 	}
-	authEntries, err := s.stateEntriesFor(ctx, w.Queries, current.state, needed.Tuples())
+	authEntries, err := s.stateEntriesFor(ctx, q, current.state, needed.Tuples())
 	if err != nil {
 		return nil, nil, err
 	}
-	refs = make(map[string]*eventEntry, len(prevs)+len(authEntries))
+	refs := make(map[string]*eventEntry, len(prevs)+len(authEntries))
 	authPDUs := make([]gomatrixserverlib.PDU, len(authEntries))
 	for i, e := range authEntries {
 		authPDUs[i] = e.pdu
@@ -375,11 +388,10 @@ func (s *Service) buildOnCurrent(ctx context.Context, w *writeTx, room store.Roo
 	if err != nil {
 		return nil, nil, err
 	}
-	eb := verImpl.NewEventBuilderFromProtoEvent(pe)
+	eb := pe.Version.NewEventBuilderFromProtoEvent(pe)
 	if err := eb.AddAuthEvents(provider); err != nil {
 		return nil, nil, fmt.Errorf("%w: %v", ErrBadRequest, err)
 	}
 	pe.AuthEvents = eb.AuthEvents
-	ev, err = s.signer.build(ctx, verImpl, pe)
-	return ev, refs, err
+	return refs, provider, nil
 }

@@ -69,6 +69,12 @@ type Service struct {
 	stateKeys *lru[store.StateKey, int64]
 	// roomVersions caches room ID -> version (immutable once created).
 	roomVersions *lru[string, gomatrixserverlib.RoomVersion]
+	// memberViews caches each snapshot's memberships and history
+	// visibility (fedquery.go).
+	memberViews *lru[int64, *memberView]
+	// templateKey signs make_join/leave/knock templates for their auth
+	// check only (fedjoin.go).
+	templateKey templateKey
 
 	// wake tells the publisher that the outbox grew.
 	wake chan struct{}
@@ -89,6 +95,10 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	if err := ensureStreams(ctx, deps.JetStream, cfg.StreamReplicas); err != nil {
 		return nil, err
 	}
+	tk, err := newTemplateKey()
+	if err != nil {
+		return nil, err
+	}
 	st, err := store.Open(ctx, deps.DatabaseURL, cfg.MaxConns)
 	if err != nil {
 		return nil, fmt.Errorf("roomserver store: %w", err)
@@ -106,6 +116,8 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		events:       newLRU[int64, *eventEntry](cfg.EventCacheSize),
 		stateKeys:    newLRU[store.StateKey, int64](100000),
 		roomVersions: newLRU[string, gomatrixserverlib.RoomVersion](100000),
+		memberViews:  newLRU[int64, *memberView](256),
+		templateKey:  tk,
 		wake:         make(chan struct{}, 1),
 	}, nil
 }
