@@ -21,15 +21,20 @@ run: build
 
 # Unit tests in every module, then the end-to-end suite (both shapes, and
 # the matrix-js-sdk conversation, whose packages npm ci installs first).
+# Every step runs even when an earlier one fails; the failed steps are listed
+# at the end and make test fails.
 test: build jsclient-deps
-	@for m in $(MODULES); do \
+	@failed=""; \
+	for m in $(MODULES); do \
 		echo "== go test $$m"; \
-		(cd $$m && MYELIN_BIN=$(CURDIR)/$(BIN)/myelin $(GO) test -count=1 -timeout 12m ./...) || exit 1; \
-	done
-	@echo "== go test ./tests/crosscheck (GOEXPERIMENT=jsonv2: mautrix's PDU code needs encoding/json/v2)"
-	GOEXPERIMENT=jsonv2 $(GO) test -count=1 -timeout 5m ./tests/crosscheck
-	@echo "== go test ./tests/e2ee (-tags goolm: mautrix's crypto on its pure Go Olm)"
-	$(GO) test -count=1 -timeout 5m -tags goolm ./tests/e2ee
+		(cd $$m && MYELIN_BIN=$(CURDIR)/$(BIN)/myelin $(GO) test -count=1 -timeout 12m ./...) || failed="$$failed\n  go test $$m"; \
+	done; \
+	echo "== go test ./tests/crosscheck (GOEXPERIMENT=jsonv2: mautrix's PDU code needs encoding/json/v2)"; \
+	GOEXPERIMENT=jsonv2 $(GO) test -count=1 -timeout 5m ./tests/crosscheck || failed="$$failed\n  go test ./tests/crosscheck"; \
+	echo "== go test ./tests/e2ee (-tags goolm: mautrix's crypto on its pure Go Olm)"; \
+	$(GO) test -count=1 -timeout 5m -tags goolm ./tests/e2ee || failed="$$failed\n  go test ./tests/e2ee"; \
+	if [ -n "$$failed" ]; then printf "== FAILED:%b\n" "$$failed"; exit 1; fi; \
+	echo "== all tests passed"
 
 # tests/jsclient's node_modules, exactly as package-lock.json pins them (from
 # npm's cache when it has them). tests/e2e TestJSClient fails without them.
@@ -40,7 +45,8 @@ jsclient-deps:
 vet:
 	@unformatted="$$(git ls-files '*.go' | xargs "$$($(GO) env GOROOT)/bin/gofmt" -l)"; \
 	if [ -n "$$unformatted" ]; then echo "not gofmt-formatted:"; echo "$$unformatted"; exit 1; fi
-	@for m in $(MODULES); do (cd $$m && $(GO) vet ./...) || exit 1; done
+	@failed=""; for m in $(MODULES); do (cd $$m && $(GO) vet ./...) || failed="$$failed $$m"; done; \
+	if [ -n "$$failed" ]; then echo "go vet failed in:$$failed"; exit 1; fi
 
 # Regenerates the committed protobuf code with protoc + protoc-gen-go +
 # protoc-gen-go-grpc (installed by `make proto-tools`).
