@@ -39,8 +39,8 @@ func toStatus(err error) error {
 		code = codes.Canceled
 	case errors.Is(err, context.DeadlineExceeded):
 		code = codes.DeadlineExceeded
-	case errors.Is(err, errKeyServer), pgstore.IsUnavailable(err):
-		// The key-server or the database is down: the caller may
+	case errors.Is(err, errKeyServer), errors.Is(err, ErrUndeliverable), pgstore.IsUnavailable(err):
+		// The key-server, NATS or the database is down: the caller may
 		// retry later.
 		code = codes.Unavailable
 	default:
