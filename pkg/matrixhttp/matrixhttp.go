@@ -57,6 +57,7 @@ func MissingToken(msg string) *Error {
 func Unknown(msg string) *Error {
 	return Errorf(http.StatusInternalServerError, "M_UNKNOWN", "%s", msg)
 }
+
 // Unavailable is 503 M_UNKNOWN: the server cannot answer now (its database
 // or a peer service is down) and the client should retry; WriteError adds
 // Retry-After. The spec has no errcode for it, and asks clients that get
