@@ -2,8 +2,6 @@ package myelin
 
 import (
 	"errors"
-	"fmt"
-	"net"
 	"net/http"
 	"runtime/debug"
 	"time"
@@ -21,9 +19,9 @@ func (p *process) startMetrics(m *metrics.Metrics) error {
 	if addr == "" {
 		return nil
 	}
-	lis, err := net.Listen("tcp", addr)
+	lis, err := listen("metrics.listen", addr)
 	if err != nil {
-		return fmt.Errorf("metrics.listen: %w", err)
+		return err
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", m.Handler())
