@@ -10,8 +10,11 @@ MODULES   := . ./pkg ./proto ./services/roomserver ./services/clientapi ./servic
 
 all: build
 
+# `myelin version` prints VERSION (git describe of the checkout).
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+
 build:
-	$(GO) build -o $(BIN)/myelin ./cmd/myelin
+	$(GO) build -ldflags "-X github.com/myelin-chat/myelin/pkg/myelin.version=$(VERSION)" -o $(BIN)/myelin ./cmd/myelin
 
 # All-in-one: every service in one process, embedded NATS JetStream, and a
 # local PostgreSQL cluster in ./data when no database URL is configured.

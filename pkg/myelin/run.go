@@ -111,7 +111,7 @@ func Start(ctx context.Context, cfg Config, targets []string, log *zap.Logger) (
 	if err := p.startPprof(); err != nil {
 		return nil, err
 	}
-	m := metrics.New(buildVersion(), targets)
+	m := metrics.New(Version(), targets)
 	if err := p.startMetrics(m); err != nil {
 		return nil, err
 	}
