@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -317,6 +318,25 @@ func TestDiscoveryAndFilters(t *testing.T) {
 	h.expect(got, 200, "")
 	if got.body["room"].(map[string]any)["timeline"].(map[string]any)["limit"] != 5.0 {
 		t.Fatalf("filter %s", got.raw)
+	}
+	// A filter of many rooms (far over the ~2.7 kB a btree entry may hold)
+	// is stored, deduplicated and read back whole (issue #19).
+	var rooms []string
+	for i := range 400 {
+		rooms = append(rooms, fmt.Sprintf("!room%04d:example.test", i))
+	}
+	big := map[string]any{"room": map[string]any{"rooms": rooms}}
+	c := h.do("POST", "/_matrix/client/v3/user/"+userID+"/filter", token, big)
+	h.expect(c, 200, "")
+	d := h.do("POST", "/_matrix/client/v3/user/"+userID+"/filter", token, big)
+	h.expect(d, 200, "")
+	if c.body["filter_id"] != d.body["filter_id"] || c.body["filter_id"] == a.body["filter_id"] {
+		t.Fatalf("big filter IDs %v, %v (small %v)", c.body["filter_id"], d.body["filter_id"], a.body["filter_id"])
+	}
+	gotBig := h.do("GET", "/_matrix/client/v3/user/"+userID+"/filter/"+c.body["filter_id"].(string), token, nil)
+	h.expect(gotBig, 200, "")
+	if n := len(gotBig.body["room"].(map[string]any)["rooms"].([]any)); n != 400 {
+		t.Fatalf("big filter read back with %d rooms", n)
 	}
 	// An initial sync with the filter, for a user in no rooms, needs no
 	// room-server and answers at once.

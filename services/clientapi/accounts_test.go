@@ -430,8 +430,9 @@ func TestLoginTokenAndUIA(t *testing.T) {
 	wrong := h.do("POST", path, tok, map[string]any{"auth": passwordAuth(session, userID, "nope")})
 	h.expect(wrong, 401, "M_FORBIDDEN")
 	h.expectFlows(wrong, authPassword)
-	// Another user's correct password does not authenticate this user.
-	h.expect(h.do("POST", path, tok, map[string]any{"auth": passwordAuth(session, otherID, "omar-pw")}), 401, "M_FORBIDDEN")
+	// Another user's correct password does not authenticate this user:
+	// 403, not a new challenge.
+	h.expect(h.do("POST", path, tok, map[string]any{"auth": passwordAuth(session, otherID, "omar-pw")}), 403, "M_FORBIDDEN")
 	// Dummy is not offered here.
 	h.expect(h.do("POST", path, tok, map[string]any{"auth": map[string]any{"type": authDummy, "session": session}}), 401, "M_UNRECOGNIZED")
 	ok := h.do("POST", path, tok, map[string]any{"auth": passwordAuth(session, "tina", "tina-pw")})
@@ -499,6 +500,8 @@ func TestDevices(t *testing.T) {
 	// DELETE needs UIA; a wrong password is 401 M_FORBIDDEN.
 	session := h.expectFlows(h.do("DELETE", "/_matrix/client/v3/devices/PHONE", tokA, nil), authPassword)
 	h.expect(h.do("DELETE", "/_matrix/client/v3/devices/PHONE", tokA, map[string]any{"auth": passwordAuth(session, "anna", "wrong")}), 401, "M_FORBIDDEN")
+	// Another user's valid password is 403, not a new challenge (issue #19).
+	h.expect(h.do("DELETE", "/_matrix/client/v3/devices/PHONE", tokA, map[string]any{"auth": passwordAuth(session, "bert", "bert-pw")}), 403, "M_FORBIDDEN")
 	h.expect(h.do("DELETE", "/_matrix/client/v3/devices/PHONE", tokA, map[string]any{"auth": passwordAuth(session, "anna", "anna-pw")}), 200, "")
 	h.expect(h.do("GET", "/_matrix/client/v3/account/whoami", second.body["access_token"].(string), nil), 401, "M_UNKNOWN_TOKEN")
 

@@ -49,6 +49,7 @@ var grpcErrors = map[codes.Code]func(msg string) *matrixhttp.Error{
 	codes.NotFound:          matrixhttp.NotFound,
 	codes.InvalidArgument:   matrixhttp.BadJSON,
 	codes.ResourceExhausted: func(string) *matrixhttp.Error { return matrixhttp.LimitExceeded(1000) },
+	codes.OutOfRange:        tooLarge,
 }
 
 // grpcOverrides replaces entries of grpcErrors for one endpoint, e.g.

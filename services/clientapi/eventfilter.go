@@ -3,7 +3,10 @@ package clientapi
 import (
 	"encoding/json"
 	"slices"
+	"strconv"
 	"strings"
+
+	"maunium.net/go/mautrix/id"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
@@ -42,7 +45,45 @@ func parseRoomEventFilter(v string) (roomEventFilter, error) {
 	if err := decodeObject([]byte(v), &f); err != nil {
 		return f, err
 	}
-	return f, nil
+	return f, f.checkIDs()
+}
+
+// checkIDs refuses room and user ID lists holding something that is not
+// a room or user ID (M_BAD_JSON): such a filter could never match.
+func (f *roomEventFilter) checkIDs() error {
+	if f == nil {
+		return nil
+	}
+	return checkFilterIDs(f.Rooms, f.NotRooms, f.Senders, f.NotSenders)
+}
+
+// checkFilterIDs checks the rooms, not_rooms, senders and not_senders
+// lists of a filter.
+func checkFilterIDs(rooms *[]string, notRooms []string, senders *[]string, notSenders []string) error {
+	for _, list := range [][]string{deref(rooms), notRooms} {
+		for _, r := range list {
+			// Room IDs are opaque after the sigil ("!" + localpart and,
+			// before room version 12, ":" + server name).
+			if len(r) < 2 || r[0] != '!' {
+				return matrixhttp.BadJSON("Filter: " + strconv.Quote(r) + " is not a room ID")
+			}
+		}
+	}
+	for _, list := range [][]string{deref(senders), notSenders} {
+		for _, u := range list {
+			if _, _, err := id.UserID(u).Parse(); err != nil {
+				return matrixhttp.BadJSON("Filter: " + strconv.Quote(u) + " is not a user ID")
+			}
+		}
+	}
+	return nil
+}
+
+func deref(l *[]string) []string {
+	if l == nil {
+		return nil
+	}
+	return *l
 }
 
 // typeMatches matches an event type against a filter pattern, where '*'

@@ -74,6 +74,23 @@ func parseFilter(raw []byte) (syncFilter, error) {
 			return f, matrixhttp.BadJSON("limit must not be negative")
 		}
 	}
+	for _, ef := range []*eventFilter{f.Presence, f.AccountData} {
+		if ef != nil {
+			if err := checkFilterIDs(nil, nil, ef.Senders, ef.NotSenders); err != nil {
+				return f, err
+			}
+		}
+	}
+	if f.Room != nil {
+		if err := checkFilterIDs(f.Room.Rooms, f.Room.NotRooms, nil, nil); err != nil {
+			return f, err
+		}
+		for _, rf := range []*roomEventFilter{f.Room.Timeline, f.Room.State, f.Room.Ephemeral, f.Room.AccountData} {
+			if err := rf.checkIDs(); err != nil {
+				return f, err
+			}
+		}
+	}
 	return f, nil
 }
 

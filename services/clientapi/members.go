@@ -112,17 +112,29 @@ func (s *Service) members(r *http.Request, dev *device) (any, error) {
 	return map[string]any{"chunk": chunk}, nil
 }
 
-// roomMember is one entry of /joined_members.
+// roomMember is one entry of /joined_members. Both fields are always
+// present, null when the member event has none, as clients (matrix-nio
+// among them) expect the keys.
 type roomMember struct {
-	DisplayName *string `json:"display_name,omitempty"`
-	AvatarURL   *string `json:"avatar_url,omitempty"`
+	DisplayName *string `json:"display_name"`
+	AvatarURL   *string `json:"avatar_url"`
 }
 
-// joinedMembers is GET /rooms/{roomId}/joined_members.
+// joinedMembers is GET /rooms/{roomId}/joined_members. Only a current
+// member may ask (the spec: "The current user must be in the room"): a
+// former member gets 403, unlike /members, which shows the state at their
+// leave.
 func (s *Service) joinedMembers(r *http.Request, dev *device) (any, error) {
 	roomID, err := roomIDParam(r)
 	if err != nil {
 		return nil, err
+	}
+	m, err := s.rooms.QueryMembership(r.Context(), &roomserverv1.QueryMembershipRequest{RoomId: roomID, UserId: dev.UserID})
+	if err != nil {
+		return nil, s.fromGRPC(r.Context(), "QueryMembership", err, nil)
+	}
+	if m.GetMembership() != store.MembershipJoin {
+		return nil, matrixhttp.Forbidden("You aren't a member of the room")
 	}
 	events, err := s.memberEvents(r, dev, roomID, -1)
 	if err != nil {

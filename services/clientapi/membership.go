@@ -33,6 +33,9 @@ func targetRequest(r *http.Request) (membershipRequest, error) {
 }
 
 // kick is POST /rooms/{roomId}/kick: the target's membership becomes leave.
+// The spec refuses the kick of a user who is not currently in the room
+// (joined, invited or knocking; kicking a knock rejects it) with 403,
+// although the auth rules would allow the event.
 func (s *Service) kick(r *http.Request, dev *device) (any, error) {
 	roomID, err := roomIDParam(r)
 	if err != nil {
@@ -41,6 +44,18 @@ func (s *Service) kick(r *http.Request, dev *device) (any, error) {
 	req, err := targetRequest(r)
 	if err != nil {
 		return nil, err
+	}
+	m, err := s.rooms.QueryMembership(r.Context(), &roomserverv1.QueryMembershipRequest{RoomId: roomID, UserId: req.UserID})
+	if err != nil {
+		return nil, s.fromGRPC(r.Context(), "QueryMembership", err, nil)
+	}
+	if !m.GetRoomExists() {
+		return nil, matrixhttp.NotFound("Room not found")
+	}
+	switch m.GetMembership() {
+	case store.MembershipJoin, store.MembershipInvite, store.MembershipKnock:
+	default:
+		return nil, matrixhttp.Forbidden(req.UserID + " is not in the room")
 	}
 	return struct{}{}, s.setMembership(r, dev, roomID, req.UserID, store.MembershipLeave, req.Reason)
 }

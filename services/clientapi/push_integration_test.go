@@ -561,6 +561,14 @@ func TestPushRulesAPI(t *testing.T) {
 	if fmt.Sprint(acts.Actions) != "[notify map[set_tweak:sound value:bing]]" {
 		t.Fatalf("actions %v", acts.Actions)
 	}
+	// The historical "dont_notify" reads back as given (issue #19); the
+	// evaluation ignores it.
+	must(t, "set dont_notify", raw(t, alice, http.MethodPut, map[string]any{"actions": []string{"dont_notify"}}, nil, "pushrules", "global", "override", "hush"))
+	must(t, "get dont_notify", raw(t, alice, http.MethodGet, nil, &acts, "pushrules", "global", "override", "hush", "actions"))
+	if fmt.Sprint(acts.Actions) != "[dont_notify]" {
+		t.Fatalf("dont_notify rule reads back %v", acts.Actions)
+	}
+	must(t, "delete dont_notify", raw(t, alice, http.MethodDelete, nil, nil, "pushrules", "global", "override", "hush"))
 	// The change is in alice's m.push_rules account data, not bob's.
 	var ad map[string]any
 	must(t, "account data", raw(t, alice, http.MethodGet, nil, &ad, "user", alice.UserID, "account_data", "m.push_rules"))

@@ -164,7 +164,6 @@ func mergeRules(userID string, stored []byte) pushRuleset {
 				saved[r.RuleID] = r
 			} else if r.RuleID != "" {
 				r.Default = false
-				r.Actions = cleanActions(r.Actions)
 				user = append(user, r)
 			}
 		}
@@ -172,7 +171,7 @@ func mergeRules(userID string, stored []byte) pushRuleset {
 			if s, ok := saved[d.RuleID]; ok {
 				defs[i].Enabled = s.Enabled
 				if s.Actions != nil {
-					defs[i].Actions = cleanActions(s.Actions)
+					defs[i].Actions = s.Actions
 				}
 			}
 		}
@@ -185,20 +184,6 @@ func mergeRules(userID string, stored []byte) pushRuleset {
 		merged = append(merged, user...)
 		merged = append(merged, defs...)
 		*out.kind(kind) = merged
-	}
-	return out
-}
-
-// cleanActions strips the historical dont_notify and coalesce actions,
-// which the spec says to ignore.
-func cleanActions(in []json.RawMessage) []json.RawMessage {
-	out := make([]json.RawMessage, 0, len(in))
-	for _, a := range in {
-		var s string
-		if json.Unmarshal(a, &s) == nil && (s == "dont_notify" || s == "coalesce") {
-			continue
-		}
-		out = append(out, a)
 	}
 	return out
 }

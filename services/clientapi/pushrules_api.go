@@ -141,8 +141,8 @@ func (s *Service) getPushRule(r *http.Request, dev *device) (any, error) {
 }
 
 // validActions checks an actions array: "notify" (the historical
-// "dont_notify" and "coalesce" are accepted and dropped) or set_tweak
-// objects.
+// "dont_notify" and "coalesce" are accepted, kept as given and ignored by
+// evaluation, as the spec asks) or set_tweak objects.
 func validActions(acts []json.RawMessage) error {
 	for _, a := range acts {
 		var s string
@@ -193,7 +193,7 @@ func (s *Service) putPushRule(r *http.Request, dev *device) (any, error) {
 	if err := validActions(*body.Actions); err != nil {
 		return nil, err
 	}
-	rule := pushRule{RuleID: ruleID, Enabled: true, Actions: cleanActions(*body.Actions)}
+	rule := pushRule{RuleID: ruleID, Enabled: true, Actions: *body.Actions}
 	switch kind {
 	case "content":
 		if body.Pattern == nil {
@@ -342,7 +342,7 @@ func (s *Service) putPushRuleAttr(r *http.Request, dev *device) (any, error) {
 		if attr == "enabled" {
 			rules[i].Enabled = *body.Enabled
 		} else {
-			rules[i].Actions = cleanActions(*body.Actions)
+			rules[i].Actions = *body.Actions
 		}
 		return nil
 	})

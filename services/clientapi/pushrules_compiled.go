@@ -197,9 +197,9 @@ func compileRules(rs *pushRuleset) compiledRules {
 					}
 				}
 			}
-			cr := compiledRule{conds: conds, actions: r.Actions}
+			cr := compiledRule{conds: conds, actions: effectiveActions(r.Actions)}
 			var err error
-			if cr.actionsJSON, err = json.Marshal(r.Actions); err != nil {
+			if cr.actionsJSON, err = json.Marshal(cr.actions); err != nil {
 				// Actions come from decoded JSON, so this does not happen;
 				// such a rule would still stop evaluation, notifying no one.
 				cr.actionsJSON = []byte(`[]`)
@@ -208,6 +208,21 @@ func compileRules(rs *pushRuleset) compiledRules {
 			cr.notify, cr.highlight, _ = pushTweaks(cr.actions)
 			out = append(out, cr)
 		}
+	}
+	return out
+}
+
+// effectiveActions are a rule's actions as evaluation applies them: the
+// historical "dont_notify" and "coalesce", which the spec says to ignore,
+// are left out (a stored rule keeps them as the client gave them).
+func effectiveActions(in []json.RawMessage) []json.RawMessage {
+	out := make([]json.RawMessage, 0, len(in))
+	for _, a := range in {
+		var s string
+		if json.Unmarshal(a, &s) == nil && (s == "dont_notify" || s == "coalesce") {
+			continue
+		}
+		out = append(out, a)
 	}
 	return out
 }

@@ -46,10 +46,28 @@ func readObject(r *http.Request, mode bodyMode) ([]byte, error) {
 	if !json.Valid(trimmed) {
 		return nil, matrixhttp.NotJSON("Content not JSON.")
 	}
+	if err := checkJSONText(trimmed); err != nil {
+		return nil, err
+	}
 	if trimmed[0] != '{' {
 		return nil, matrixhttp.BadJSON("Request body must be a JSON object")
 	}
 	return trimmed, nil
+}
+
+// checkJSONText refuses JSON no store can hold (matrixhttp.CheckJSONText):
+// invalid UTF-8 is not JSON at all (M_NOT_JSON); U+0000 and unpaired
+// surrogate escapes are JSON the server cannot accept (M_BAD_JSON).
+func checkJSONText(b []byte) error {
+	err := matrixhttp.CheckJSONText(b)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, matrixhttp.ErrInvalidUTF8):
+		return matrixhttp.NotJSON("Content not JSON: " + err.Error())
+	default:
+		return matrixhttp.BadJSON("Unsupported JSON: " + err.Error())
+	}
 }
 
 // decodeBody reads a JSON object body into v. Wrong types are M_BAD_JSON.
@@ -63,6 +81,9 @@ func decodeBody(r *http.Request, mode bodyMode, v any) error {
 
 // decodeObject unmarshals JSON that is known to be an object into v.
 func decodeObject(body []byte, v any) error {
+	if err := checkJSONText(body); err != nil {
+		return err
+	}
 	if err := json.Unmarshal(body, v); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) && te.Field != "" {

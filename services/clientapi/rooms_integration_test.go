@@ -230,6 +230,10 @@ func TestRoomsMembershipAndDirectory(t *testing.T) {
 		}
 		_, err = carol.JoinRoomByID(ctx, private)
 		wantErr(t, "join after kick", err, mautrix.MForbidden)
+		_, err = alice.KickUser(ctx, private, &mautrix.ReqKickUser{UserID: carol.UserID})
+		wantErr(t, "kick of a user who already left", err, mautrix.MForbidden)
+		_, err = alice.KickUser(ctx, private, &mautrix.ReqKickUser{UserID: "@never:" + serverName})
+		wantErr(t, "kick of a user who was never in the room", err, mautrix.MForbidden)
 
 		_, err = alice.UnbanUser(ctx, private, &mautrix.ReqUnbanUser{UserID: carol.UserID})
 		wantErr(t, "unban of a user who is not banned", err, mautrix.MForbidden)
@@ -313,8 +317,22 @@ func TestRoomsMembershipAndDirectory(t *testing.T) {
 		if _, ok := joined.Joined[bob.UserID]; !ok {
 			t.Fatalf("joined_members lacks bob: %v", joined.Joined)
 		}
+		// Every entry carries both keys, null when unset (no one set an
+		// avatar): clients such as matrix-nio read them unconditionally.
+		var rawJoined struct {
+			Joined map[string]map[string]any `json:"joined"`
+		}
+		must(t, "raw joined_members", raw(t, alice, http.MethodGet, nil, &rawJoined, "rooms", private, "joined_members"))
+		for u, m := range rawJoined.Joined {
+			av, hasAvatar := m["avatar_url"]
+			if _, ok := m["display_name"]; !ok || !hasAvatar || av != nil {
+				t.Fatalf("joined_members entry of %s: %v, want display_name and a null avatar_url", u, m)
+			}
+		}
 		_, err = dave.JoinedMembers(ctx, private)
 		wantErr(t, "joined_members of a stranger", err, mautrix.MForbidden)
+		_, err = carol.JoinedMembers(ctx, private)
+		wantErr(t, "joined_members of a former member", err, mautrix.MForbidden)
 		_, err = dave.Members(ctx, private)
 		wantErr(t, "members of a stranger", err, mautrix.MForbidden)
 	})

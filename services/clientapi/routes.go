@@ -154,6 +154,12 @@ func escapedRoutePath(next http.Handler) http.Handler {
 // wrap adds authentication, rate limiting and error writing to a handler.
 func (s *Service) wrap(rt route) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Parameters no store can hold (invalid UTF-8, U+0000) are refused
+		// before they reach one.
+		if err := matrixhttp.CheckRequestText(r.URL.EscapedPath(), r.URL.Query()); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
 		var dev *device
 		if rt.auth {
 			d, err := s.authenticate(r)

@@ -177,7 +177,10 @@ func (s *Service) uiaStage(ctx context.Context, sess *store.UIASession, flows []
 }
 
 // uiaPassword checks an m.login.password stage: the identifier must name
-// the session's own user and the password must be theirs.
+// the session's own user and the password must be theirs. An identifier
+// naming anyone else is 403 M_FORBIDDEN outright, not a new challenge:
+// no other user's password can authorise this user's request, whether or
+// not it is right (so the answer tells nothing about it).
 func (s *Service) uiaPassword(ctx context.Context, userID string, auth *authData) (bool, error) {
 	user := auth.User
 	if auth.Identifier != nil {
@@ -192,7 +195,7 @@ func (s *Service) uiaPassword(ctx context.Context, userID string, auth *authData
 	}
 	localpart, ok := s.localpartOf(user)
 	if !ok || s.userID(localpart) != userID {
-		return false, nil
+		return false, matrixhttp.Forbidden("The authentication names another user")
 	}
 	hash, err := s.store.PasswordHash(ctx, localpart)
 	if errors.Is(err, store.ErrNotFound) {

@@ -56,6 +56,8 @@ func (h *handler) BuildEvent(ctx context.Context, req *keyserverv1.BuildEventReq
 	switch {
 	case errors.Is(err, ErrBadEvent):
 		return nil, status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, ErrEventTooLarge):
+		return nil, status.Error(codes.OutOfRange, err.Error())
 	case err != nil:
 		return nil, status.Error(codes.Internal, err.Error())
 	}

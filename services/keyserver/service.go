@@ -114,6 +114,10 @@ func (s *Service) sign(message []byte) (signed []byte, signature []byte, err err
 // (bad JSON, an unknown room version, or gomatrixserverlib's field checks).
 var ErrBadEvent = errors.New("cannot build event")
 
+// ErrEventTooLarge is returned when the built event would exceed the
+// spec's size limits (65,536 bytes in all, 255 bytes for some fields).
+var ErrEventTooLarge = errors.New("event too large")
+
 // buildEvent completes a proto-event (JSON of gomatrixserverlib.ProtoEvent)
 // into a signed event of this server with gomatrixserverlib's EventBuilder,
 // signed by the current key: the only signature the event gets.
@@ -131,6 +135,10 @@ func (s *Service) buildEvent(version string, protoJSON []byte) (gomatrixserverli
 	pe.PrevEvents, pe.AuthEvents = stringList(pe.PrevEvents), stringList(pe.AuthEvents)
 	ev, err := verImpl.NewEventBuilderFromProtoEvent(&pe).Build(time.Now(), s.server,
 		gomatrixserverlib.KeyID(s.current.ID), s.current.Private)
+	var tooLarge gomatrixserverlib.EventValidationError
+	if errors.As(err, &tooLarge) && tooLarge.Code == gomatrixserverlib.EventValidationTooLarge {
+		return nil, fmt.Errorf("%w: %v", ErrEventTooLarge, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadEvent, err)
 	}

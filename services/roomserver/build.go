@@ -48,9 +48,13 @@ func (b *signer) build(ctx context.Context, verImpl gomatrixserverlib.IRoomVersi
 	resp, err := b.keys.BuildEvent(ctx, &keyserverv1.BuildEventRequest{
 		RoomVersion: string(verImpl.Version()), ProtoEvent: protoJSON,
 	})
-	if status.Code(err) == codes.InvalidArgument {
+	switch status.Code(err) {
+	case codes.OK:
+	case codes.InvalidArgument:
 		return nil, fmt.Errorf("%w: %s", ErrBadRequest, status.Convert(err).Message())
-	} else if err != nil {
+	case codes.OutOfRange:
+		return nil, fmt.Errorf("%w: %s", ErrEventTooLarge, status.Convert(err).Message())
+	default:
 		return nil, fmt.Errorf("key-server BuildEvent: %w", err)
 	}
 	if spec.ServerName(resp.GetServerName()) != b.serverName {

@@ -35,6 +35,8 @@ func toStatus(err error) error {
 		code = codes.InvalidArgument
 	case errors.Is(err, ErrNoState):
 		code = codes.FailedPrecondition
+	case errors.Is(err, ErrEventTooLarge):
+		code = codes.OutOfRange
 	case errors.Is(err, context.Canceled):
 		code = codes.Canceled
 	case errors.Is(err, context.DeadlineExceeded):

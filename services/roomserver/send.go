@@ -46,6 +46,10 @@ func parseTemplate(verImpl gomatrixserverlib.IRoomVersion, t *roomserverv1.Event
 		return out, fmt.Errorf("%w: content of %s is not a JSON object", ErrBadRequest, out.Type)
 	}
 	switch out.Type {
+	case spec.MRoomCreate:
+		// Only CreateRoom makes a room's create event; any later one
+		// would be rejected by the auth rules (it has prev_events).
+		return out, fmt.Errorf("%w: m.room.create is only sent when the room is created", ErrBadRequest)
 	case spec.MRoomRedaction:
 		if err := normalizeRedaction(verImpl.Version(), &out); err != nil {
 			return out, err

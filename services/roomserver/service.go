@@ -34,6 +34,8 @@ var (
 	ErrForbidden = errors.New("not allowed by the auth rules")
 	// ErrBadRequest: malformed input (IDs, content, state keys).
 	ErrBadRequest = errors.New("invalid request")
+	// ErrEventTooLarge: the event would exceed the spec's size limits.
+	ErrEventTooLarge = errors.New("event too large")
 	// ErrUnsupportedRoomVersion: not a stable room version.
 	ErrUnsupportedRoomVersion = errors.New("unsupported room version")
 	// ErrNoState: the event is an outlier, so no state is known at it.

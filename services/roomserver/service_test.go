@@ -238,7 +238,8 @@ func TestBadRequests(t *testing.T) {
 			Event: stateTmpl(t, spec.MRoomPowerLevels, "", map[string]any{"ban": "fifty"})}, codes.InvalidArgument},
 		{"remote sender", &roomserverv1.SendEventRequest{RoomId: roomID, Sender: "@eve:elsewhere.test", Event: message(t, "x")}, codes.InvalidArgument},
 		{"empty type", &roomserverv1.SendEventRequest{RoomId: roomID, Sender: alice, Event: &roomserverv1.EventTemplate{}}, codes.InvalidArgument},
-		{"too large", &roomserverv1.SendEventRequest{RoomId: roomID, Sender: alice, Event: message(t, strings.Repeat("x", 70000))}, codes.InvalidArgument},
+		{"second create event", &roomserverv1.SendEventRequest{RoomId: roomID, Sender: alice, Event: stateTmpl(t, spec.MRoomCreate, "", map[string]any{})}, codes.InvalidArgument},
+		{"too large", &roomserverv1.SendEventRequest{RoomId: roomID, Sender: alice, Event: message(t, strings.Repeat("x", 70000))}, codes.OutOfRange},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -359,6 +360,35 @@ func badInput(t *testing.T, s *server, alice *user, room id.RoomID) {
 		{"register taken username", "POST", s.url + "/_matrix/client/v3/register", "", `{"username":"alice","password":"x","auth":{"type":"m.login.dummy"}}`, 400, "M_USER_IN_USE"},
 		{"unknown alias", "GET", s.url + "/_matrix/client/v3/directory/room/%23nope:localhost", token, ``, 404, "M_NOT_FOUND"},
 		{"unknown endpoint", "GET", s.url + "/_matrix/client/v3/no/such/thing", token, ``, 404, "M_UNRECOGNIZED"},
+
+		// Text no store can hold (issue #19): invalid UTF-8 is not JSON;
+		// U+0000 (raw in a parameter, escaped in JSON) and unpaired
+		// surrogate escapes are refused before anything is stored.
+		{"invalid UTF-8 in a message", "PUT", roomPath + "/send/m.room.message/utf1", token, "{\"msgtype\":\"\xff\xfe\",\"body\":\"x\"}", 400, "M_NOT_JSON"},
+		{"invalid UTF-8 in state", "PUT", roomPath + "/state/m.room.topic/", token, "{\"topic\":\"\xc3\x28\"}", 400, "M_NOT_JSON"},
+		{"invalid UTF-8 in an ignored createRoom field", "POST", s.url + "/_matrix/client/v3/createRoom", token, "{\"x-ignored\":\"\xff\"}", 400, "M_NOT_JSON"},
+		{"invalid UTF-8 in a filter", "POST", s.url + "/_matrix/client/v3/user/" + url.PathEscape(string(alice.cli.UserID)) + "/filter", token, "{\"room\":{\"not_types\":[\"\xff\"]}}", 400, "M_NOT_JSON"},
+		{"invalid UTF-8 in registration", "POST", s.url + "/_matrix/client/v3/register", "", "{\"username\":\"\xff\",\"password\":\"x\"}", 400, "M_NOT_JSON"},
+		{"escaped NUL in a message", "PUT", roomPath + "/send/m.room.message/nul1", token, `{"msgtype":"m.text","body":"a\u0000b"}`, 400, "M_BAD_JSON"},
+		{"escaped NUL in a displayname", "PUT", s.url + "/_matrix/client/v3/profile/" + url.PathEscape(string(alice.cli.UserID)) + "/displayname", token, `{"displayname":"x\u0000"}`, 400, "M_BAD_JSON"},
+		{"escaped NUL in a login identifier", "POST", s.url + "/_matrix/client/v3/login", "", `{"type":"m.login.password","identifier":{"type":"m.id.user","user":"a\u0000"},"password":"x"}`, 400, "M_BAD_JSON"},
+		{"escaped NUL in a filter", "GET", s.url + "/_matrix/client/v3/sync?timeout=0&filter=" + url.QueryEscape(`{"room":{"timeline":{"not_types":["\u0000"]}}}`), token, ``, 400, "M_BAD_JSON"},
+		{"escaped NUL in a search term", "POST", s.url + "/_matrix/client/v3/search", token, `{"search_categories":{"room_events":{"search_term":"\u0000"}}}`, 400, "M_BAD_JSON"},
+		{"lone surrogate escape", "PUT", roomPath + "/send/m.room.message/sur1", token, `{"msgtype":"m.text","body":"\ud800"}`, 400, "M_BAD_JSON"},
+		{"NUL in an event ID", "GET", roomPath + "/event/%24a%00b", token, ``, 400, "M_INVALID_PARAM"},
+		{"NUL in a context event ID", "GET", roomPath + "/context/%24a%00b", token, ``, 400, "M_INVALID_PARAM"},
+		{"NUL in a redaction target", "PUT", roomPath + "/redact/%24a%00b/red1", token, `{}`, 400, "M_INVALID_PARAM"},
+		{"NUL in a relations target", "GET", s.url + "/_matrix/client/v1/rooms/" + string(room) + "/relations/%24a%00b", token, ``, 400, "M_INVALID_PARAM"},
+		{"NUL in a reported event ID", "POST", roomPath + "/report/%24a%00b", token, `{"reason":"x"}`, 400, "M_INVALID_PARAM"},
+		{"NUL in a transaction ID", "PUT", roomPath + "/send/m.room.message/t%00x", token, `{"msgtype":"m.text","body":"x"}`, 400, "M_INVALID_PARAM"},
+		{"NUL in an event type", "PUT", roomPath + "/send/m.room.mess%00age/t2", token, `{"msgtype":"m.text","body":"x"}`, 400, "M_INVALID_PARAM"},
+		{"NUL in a state key", "PUT", roomPath + "/state/m.room.topic/a%00b", token, `{"topic":"x"}`, 400, "M_INVALID_PARAM"},
+		{"invalid UTF-8 in a path parameter", "GET", roomPath + "/event/%24%FF", token, ``, 400, "M_INVALID_PARAM"},
+		{"a second m.room.create", "PUT", roomPath + "/state/m.room.create/", token, `{}`, 400, "M_BAD_JSON"},
+		{"an event over 65,536 bytes", "PUT", roomPath + "/send/m.room.message/big1", token, `{"msgtype":"m.text","body":"` + strings.Repeat("x", 70000) + `"}`, 413, "M_TOO_LARGE"},
+		{"a state event over 65,536 bytes", "PUT", roomPath + "/state/m.room.topic/", token, `{"topic":"` + strings.Repeat("x", 70000) + `"}`, 413, "M_TOO_LARGE"},
+		{"a filter naming a non-room", "POST", s.url + "/_matrix/client/v3/user/" + url.PathEscape(string(alice.cli.UserID)) + "/filter", token, `{"room":{"rooms":["not-a-room"]}}`, 400, "M_BAD_JSON"},
+		{"a filter naming a non-user", "POST", s.url + "/_matrix/client/v3/user/" + url.PathEscape(string(alice.cli.UserID)) + "/filter", token, `{"room":{"timeline":{"senders":["bob"]}}}`, 400, "M_BAD_JSON"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

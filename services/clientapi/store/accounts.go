@@ -439,9 +439,10 @@ func deleteAllDevices(ctx context.Context, tx pgx.Tx, userID, keep string) error
 func (s *Store) CreateFilter(ctx context.Context, userID string, filter []byte) (int64, error) {
 	var id int64
 	err := s.db.QueryRow(ctx, `WITH ins AS (
-			INSERT INTO filters (user_id, filter) VALUES ($1, $2) ON CONFLICT (user_id, filter) DO NOTHING RETURNING filter_id
+			INSERT INTO filters (user_id, filter) VALUES ($1, $2) ON CONFLICT (user_id, md5(filter::text)) DO NOTHING RETURNING filter_id
 		)
-		SELECT filter_id FROM ins UNION ALL SELECT filter_id FROM filters WHERE user_id = $1 AND filter = $2::jsonb LIMIT 1`,
+		SELECT filter_id FROM ins UNION ALL
+		SELECT filter_id FROM filters WHERE user_id = $1 AND md5(filter::text) = md5($2::jsonb::text) LIMIT 1`,
 		userID, string(filter)).Scan(&id)
 	return id, err
 }
