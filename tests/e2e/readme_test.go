@@ -140,7 +140,9 @@ func TestReadmeSplitShape(t *testing.T) {
 		return
 	}
 
-	// Run them.
+	// Run them. The test kit's NATS takes a free port first, so that it
+	// cannot take one of the ports picked below.
+	db, nats := testkit.Postgres(t), testkit.NATS(t)
 	dir := t.TempDir()
 	moved := map[string]string{}
 	move := func(v string) string {
@@ -153,7 +155,6 @@ func TestReadmeSplitShape(t *testing.T) {
 		return moved[v]
 	}
 	s := &server{url: "http://" + move(listen(edge, "MYELIN_HTTP_LISTEN"))}
-	db, nats := testkit.Postgres(t), testkit.NATS(t)
 	for _, p := range procs {
 		env := []string{"MYELIN_DATABASE_URL=" + db, "MYELIN_NATS_URL=" + nats, "MYELIN_DATA_DIR=" + dir}
 		for k, v := range p.env {
