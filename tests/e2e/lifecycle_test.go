@@ -75,8 +75,10 @@ func runMyelin(t *testing.T, env []string, args ...string) (string, error) {
 //     creates an account.
 func TestMakeRunLifecycle(t *testing.T) {
 	s, cfg, dataDir := makeRunLocal(t)
-	s.start(t)
+	// Registered first: a process that did start is stopped even when
+	// another fails to.
 	t.Cleanup(func() { s.shutdown(t); s.dumpLogs(t) })
+	s.start(t)
 	first := s.procs[0]
 	ctx := context.Background()
 	alice := register(t, s.url, "alice")

@@ -167,8 +167,10 @@ func TestReadmeSplitShape(t *testing.T) {
 		}
 		s.procs = append(s.procs, &proc{name: p.target, args: p.args, env: env, log: filepath.Join(dir, p.target+".log")})
 	}
-	s.start(t)
+	// Registered first: a process that did start is stopped even when
+	// another fails to.
 	t.Cleanup(func() { s.shutdown(t); s.dumpLogs(t) })
+	s.start(t)
 	u := register(t, s.url, "readme")
 	room, err := u.cli.CreateRoom(context.Background(), &mautrix.ReqCreateRoom{Preset: "private_chat"})
 	if err != nil {
