@@ -5,6 +5,7 @@
 //	myelin generate-config > myelin.yaml      # the default configuration
 //	myelin register-user -url http://localhost:8008 -config myelin.yaml -user alice -password-file - [-admin]
 //	myelin health -config myelin.yaml [-path /readyz|/healthz]   # exit status 0 when ready
+//	myelin rotate-key [-config myelin.yaml] [-grpc key-server:9101]   # new signing key; the old one stays published
 //	myelin version
 //	myelin help
 //
@@ -41,6 +42,7 @@ const usage = `Usage:
   myelin generate-config                 print the default configuration (YAML)
   myelin register-user [flags]           create an account on a running server (shared-secret registration)
   myelin health [flags]                  ask a running process whether it is ready (exit status 0 if so)
+  myelin rotate-key [flags]              make the key-server sign with a new key (the old one stays published)
   myelin version                         print the version
   myelin help                            print this text
 
@@ -48,7 +50,7 @@ Flags of the server:
   -config FILE   the YAML configuration (optional; MYELIN_* environment variables override it)
   -target LIST   comma-separated services to run: all, or any of %v
 
-Run "myelin register-user -h" or "myelin health -h" for their flags.
+Run "myelin register-user -h", "myelin health -h" or "myelin rotate-key -h" for their flags.
 `
 
 // usageError is a command line that is not understood: main prints it
@@ -103,6 +105,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 			return registerUser(rest, os.Stdin, stdout)
 		case "health":
 			return health(rest, stdout)
+		case "rotate-key":
+			return rotateKey(rest, stdout)
 		case "version", "-version", "--version":
 			if err := noArgs(cmd, rest); err != nil {
 				return err

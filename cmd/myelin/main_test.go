@@ -61,7 +61,7 @@ func TestCommandLine(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer busy.Close()
-	commands := []string{"generate-config", "register-user", "health", "version", "help"}
+	commands := []string{"generate-config", "register-user", "health", "rotate-key", "version", "help"}
 	cases := []struct {
 		args     []string
 		code     int

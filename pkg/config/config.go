@@ -54,7 +54,10 @@ func LoadFile(path string, cfg any) error {
 }
 
 // ApplyEnv overrides fields of cfg (a pointer to struct) from environment
-// variables looked up with lookup (os.LookupEnv in production).
+// variables looked up with lookup (os.LookupEnv in production). Lists of
+// strings take "a,b,c", maps of strings "k=v,k2=v2"; any list or map also
+// takes a YAML or JSON value starting with [ or { (lists of objects need
+// that form: MYELIN_KEY_SERVER_NOTARIES='[{"server_name": ...}]').
 func ApplyEnv(cfg any, lookup func(string) (string, bool)) error {
 	return applyEnv(reflect.ValueOf(cfg).Elem(), EnvPrefix, lookup)
 }
@@ -136,20 +139,55 @@ func setFromString(fv reflect.Value, raw string) error {
 			return err
 		}
 		fv.SetFloat(n)
-	case reflect.Slice:
-		if fv.Type().Elem().Kind() != reflect.String {
-			return fmt.Errorf("unsupported list type %s", fv.Type())
+	case reflect.Slice, reflect.Map:
+		trimmed := strings.TrimSpace(raw)
+		if strings.HasPrefix(trimmed, "[") || strings.HasPrefix(trimmed, "{") {
+			return setFromYAML(fv, trimmed)
 		}
-		var parts []string
-		for _, p := range strings.Split(raw, ",") {
-			if p = strings.TrimSpace(p); p != "" {
-				parts = append(parts, p)
+		switch {
+		case fv.Kind() == reflect.Slice && fv.Type().Elem().Kind() == reflect.String:
+			fv.Set(reflect.ValueOf(splitList(raw)))
+		case fv.Kind() == reflect.Map && fv.Type().Key().Kind() == reflect.String && fv.Type().Elem().Kind() == reflect.String:
+			m := reflect.MakeMap(fv.Type())
+			for _, pair := range splitList(raw) {
+				k, v, ok := strings.Cut(pair, "=")
+				if !ok || strings.TrimSpace(k) == "" {
+					return fmt.Errorf("want key=value pairs separated by commas, got %q", pair)
+				}
+				m.SetMapIndex(reflect.ValueOf(strings.TrimSpace(k)).Convert(fv.Type().Key()),
+					reflect.ValueOf(strings.TrimSpace(v)).Convert(fv.Type().Elem()))
 			}
+			fv.Set(m)
+		default:
+			return fmt.Errorf("%s takes a YAML (or JSON) value, e.g. [{...}]", fv.Type())
 		}
-		fv.Set(reflect.ValueOf(parts))
 	default:
 		return fmt.Errorf("unsupported type %s", fv.Type())
 	}
+	return nil
+}
+
+// splitList splits "a, b,,c" into its non-empty, trimmed items.
+func splitList(raw string) []string {
+	var parts []string
+	for _, p := range strings.Split(raw, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			parts = append(parts, p)
+		}
+	}
+	return parts
+}
+
+// setFromYAML decodes a YAML (or JSON, a subset of YAML) value into a list
+// or map field, replacing what it held. Unknown keys fail, as in the file.
+func setFromYAML(fv reflect.Value, raw string) error {
+	ptr := reflect.New(fv.Type())
+	dec := yaml.NewDecoder(strings.NewReader(raw))
+	dec.KnownFields(true)
+	if err := dec.Decode(ptr.Interface()); err != nil {
+		return err
+	}
+	fv.Set(ptr.Elem())
 	return nil
 }
 

@@ -70,3 +70,52 @@ func TestEnvNames(t *testing.T) {
 		}
 	}
 }
+
+type structured struct {
+	Map   map[string]string `yaml:"map"`
+	Items []item            `yaml:"items"`
+	List  []string          `yaml:"list"`
+}
+
+type item struct {
+	Name string            `yaml:"name"`
+	Keys map[string]string `yaml:"keys"`
+}
+
+// Maps and lists of objects have environment overrides too: maps as
+// k=v pairs, and anything as a YAML/JSON value.
+func TestEnvStructuredValues(t *testing.T) {
+	cases := []struct {
+		env   map[string]string
+		check func(structured) bool
+	}{
+		{map[string]string{"MYELIN_MAP": "a.test=127.0.0.1:1, b.test = [::1]:2"}, func(c structured) bool {
+			return len(c.Map) == 2 && c.Map["a.test"] == "127.0.0.1:1" && c.Map["b.test"] == "[::1]:2"
+		}},
+		{map[string]string{"MYELIN_MAP": `{"a.test": "h:1"}`}, func(c structured) bool { return len(c.Map) == 1 && c.Map["a.test"] == "h:1" }},
+		{map[string]string{"MYELIN_ITEMS": `[{"name": "n", "keys": {"ed25519:a": "k"}}]`}, func(c structured) bool {
+			return len(c.Items) == 1 && c.Items[0].Name == "n" && c.Items[0].Keys["ed25519:a"] == "k"
+		}},
+		{map[string]string{"MYELIN_LIST": `["x,y", "z"]`}, func(c structured) bool { return len(c.List) == 2 && c.List[0] == "x,y" }},
+	}
+	for _, c := range cases {
+		cfg := structured{Map: map[string]string{"old": "x"}}
+		if err := ApplyEnv(&cfg, func(k string) (string, bool) { v, ok := c.env[k]; return v, ok }); err != nil {
+			t.Fatalf("%v: %v", c.env, err)
+		}
+		if !c.check(cfg) {
+			t.Errorf("%v: got %+v", c.env, cfg)
+		}
+	}
+	for _, bad := range []map[string]string{
+		{"MYELIN_MAP": "novalue"},
+		{"MYELIN_ITEMS": "n"},
+		{"MYELIN_ITEMS": `[{"nmae": "typo"}]`},
+		{"MYELIN_MAP": `{"a": [1`},
+	} {
+		var cfg structured
+		if err := ApplyEnv(&cfg, func(k string) (string, bool) { v, ok := bad[k]; return v, ok }); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%v: want ErrInvalid, got %v", bad, err)
+		}
+	}
+}

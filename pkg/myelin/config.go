@@ -8,6 +8,7 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/bus"
 	"github.com/myelin-chat/myelin/pkg/config"
+	"github.com/myelin-chat/myelin/pkg/federation"
 	"github.com/myelin-chat/myelin/pkg/logging"
 	"github.com/myelin-chat/myelin/services/clientapi"
 	"github.com/myelin-chat/myelin/services/keyserver"
@@ -42,6 +43,11 @@ type Config struct {
 	Metrics ListenConfig `yaml:"metrics"`
 	// Debug holds opt-in diagnostics (off by default).
 	Debug DebugConfig `yaml:"debug"`
+	// Federation is the server-server transport: the HTTPS federation
+	// listener (federation.listen) and every outbound request to other
+	// homeservers (discovery, TLS trust, the static server-name map, the
+	// private-address allow-list). Off by default.
+	Federation federation.Config `yaml:"federation"`
 
 	KeyServer  keyserver.Config  `yaml:"key_server"`
 	RoomServer roomserver.Config `yaml:"room_server"`
@@ -96,6 +102,7 @@ func DefaultConfig() Config {
 		HTTP:       ListenConfig{Listen: "127.0.0.1:8008"},
 		GRPC:       ListenConfig{Listen: "127.0.0.1:0"},
 		NATS:       bus.Config{Replicas: 1},
+		Federation: federation.DefaultConfig(),
 		KeyServer:  keyserver.DefaultConfig(),
 		RoomServer: roomserver.DefaultConfig(),
 		ClientAPI:  clientapi.DefaultConfig(),
@@ -134,6 +141,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("data_dir must be set when nats.url or database.url is empty"))
 	}
 	errs = append(errs,
+		prefix("federation", c.Federation.Validate()),
 		prefix("key_server", c.KeyServer.Validate()),
 		prefix("room_server", c.RoomServer.Validate()),
 		prefix("client_api", c.ClientAPI.Validate()),

@@ -104,6 +104,7 @@ func startKeyServer(ctx context.Context, p *process) (service, error) {
 		Logger:      p.log.With(logging.Service(TargetKeyServer)),
 		ServerName:  p.cfg.ServerName,
 		DatabaseURL: p.cfg.databaseURL(p.cfg.KeyServer.DatabaseURL),
+		Federation:  p.fedTransport,
 	})
 }
 
@@ -118,6 +119,7 @@ func startRoomServer(ctx context.Context, p *process) (service, error) {
 		DatabaseURL: p.cfg.databaseURL(p.cfg.RoomServer.DatabaseURL),
 		JetStream:   p.js,
 		KeyServer:   keyserverv1.NewKeyServiceClient(ks),
+		ServerKeys:  keyserverv1.NewServerKeyServiceClient(ks),
 	})
 }
 

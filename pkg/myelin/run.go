@@ -31,6 +31,7 @@ import (
 	"github.com/myelin-chat/myelin/pkg/bus"
 	"github.com/myelin-chat/myelin/pkg/devinfra"
 	"github.com/myelin-chat/myelin/pkg/edge"
+	"github.com/myelin-chat/myelin/pkg/federation"
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	"github.com/myelin-chat/myelin/pkg/metrics"
 	"github.com/myelin-chat/myelin/pkg/rpc"
@@ -69,6 +70,10 @@ type process struct {
 	// lock is data_dir's lock file, held while this process runs (nil
 	// when it keeps nothing there).
 	lock *os.File
+	// fedTransport is the outbound federation transport of this process.
+	fedTransport *federation.Transport
+	// fed is the federation listener, when this process has one.
+	fed *federationListener
 }
 
 // Run starts the process and blocks until ctx ends or a service fails.
@@ -124,6 +129,12 @@ func Start(ctx context.Context, cfg Config, targets []string, log *zap.Logger) (
 	r.NotFound(matrixhttp.NotFoundHandler)
 	r.MethodNotAllowed(matrixhttp.MethodNotAllowedHandler)
 	p.router = r
+	fedRouter := newFederationRouter(m, log)
+	servesFederation := slices.Contains(targets, TargetEdge)
+	if p.fedTransport, err = p.newFederationTransport(); err != nil {
+		return nil, err
+	}
+	p.cleanups = append(p.cleanups, p.fedTransport.CloseIdleConnections)
 	ready := &readiness{services: map[string]service{}, nc: p.nc, log: log}
 	r.Get("/healthz", serveHealthz)
 	r.Get("/readyz", ready.serveReadyz)
@@ -140,6 +151,10 @@ func Start(ctx context.Context, cfg Config, targets []string, log *zap.Logger) (
 		p.cleanups = append(p.cleanups, svc.Close)
 		svc.RegisterGRPC(p.grpcSrv)
 		svc.RegisterHTTP(p.router)
+		if fs, ok := svc.(federationService); ok {
+			fs.RegisterFederationHTTP(fedRouter)
+			servesFederation = true
+		}
 		services = append(services, svc)
 		ready.services[m.name] = svc
 	}
@@ -158,6 +173,14 @@ func Start(ctx context.Context, cfg Config, targets []string, log *zap.Logger) (
 		if err := edge.Mount(p.router, p.edgeRoutes()); err != nil {
 			return nil, err
 		}
+		if cfg.Federation.Enabled {
+			if err := edge.Mount(fedRouter, p.federationEdgeRoutes()); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if p.fed, err = p.openFederationListener(fedRouter, servesFederation); err != nil {
+		return nil, err
 	}
 
 	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
@@ -179,6 +202,14 @@ func Start(ctx context.Context, cfg Config, targets []string, log *zap.Logger) (
 		}
 		return nil
 	})
+	if p.fed != nil {
+		g.Go(func() error {
+			if err := p.fed.srv.ServeTLS(p.fed.lis, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("federation server: %w", err)
+			}
+			return nil
+		})
+	}
 	for _, svc := range services {
 		g.Go(func() error { return svc.Run(gctx) })
 	}
@@ -188,6 +219,9 @@ func Start(ctx context.Context, cfg Config, targets []string, log *zap.Logger) (
 		shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = httpSrv.Shutdown(shutCtx)
+		if p.fed != nil {
+			_ = p.fed.srv.Shutdown(shutCtx)
+		}
 		stopped := make(chan struct{})
 		go func() { p.grpcSrv.GracefulStop(); close(stopped) }()
 		select {
@@ -211,8 +245,13 @@ func Start(ctx context.Context, cfg Config, targets []string, log *zap.Logger) (
 		case <-proc.done:
 		}
 	}()
+	fedAddr := ""
+	if p.fed != nil {
+		fedAddr = p.fed.lis.Addr().String()
+	}
 	log.Info("myelin started", zap.Strings("targets", targets),
-		zap.String("http", p.httpLis.Addr().String()), zap.String("grpc", p.grpcLis.Addr().String()))
+		zap.String("http", p.httpLis.Addr().String()), zap.String("grpc", p.grpcLis.Addr().String()),
+		zap.String("federation", fedAddr))
 	return proc, nil
 }
 
@@ -392,6 +431,9 @@ func (p *process) close() {
 	}
 	if p.httpLis != nil {
 		_ = p.httpLis.Close()
+	}
+	if p.fed != nil {
+		_ = p.fed.lis.Close()
 	}
 	for i := len(p.cleanups) - 1; i >= 0; i-- {
 		p.cleanups[i]()

@@ -205,7 +205,9 @@ func TestConsumerAndIncrementalSync(t *testing.T) {
 	msgs := h.do("GET", "/_matrix/client/v3/rooms/"+url.PathEscape(roomID)+"/messages?dir=b&limit=1", otherTok, nil)
 	h.expect(msgs, 200, "")
 	chunk := msgs.body["chunk"].([]any)
-	if first := chunk[0].(map[string]any); first["event_id"] != msg1.id || first["unsigned"] != nil || first["room_id"] != roomID {
+	first := chunk[0].(map[string]any)
+	unsigned, _ := first["unsigned"].(map[string]any)
+	if _, hasTxn := unsigned["transaction_id"]; first["event_id"] != msg1.id || hasTxn || unsigned["membership"] != "join" || first["room_id"] != roomID {
 		t.Fatalf("messages chunk %s", msgs.raw)
 	}
 

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/tidwall/sjson"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
@@ -138,20 +139,40 @@ func membershipOf(pdu gomatrixserverlib.PDU) string {
 // room_id when roomID is set, and unsigned.transaction_id when txnID is
 // set (the requesting device sent it).
 func renderEvent(stored []byte, roomID, txnID string) (json.RawMessage, error) {
+	return renderEventAs(stored, roomID, txnID, "")
+}
+
+// renderEventAs is renderEvent with unsigned.membership, the requesting
+// user's membership at the event, when membership is set.
+func renderEventAs(stored []byte, roomID, txnID, membership string) (json.RawMessage, error) {
 	if roomID == "" && txnID == "" {
-		return json.RawMessage(stored), nil
+		if membership == "" {
+			return json.RawMessage(stored), nil
+		}
+		// The common /sync case: one key into unsigned, without decoding
+		// the whole event.
+		out, err := sjson.SetBytes(stored, "unsigned.membership", membership)
+		if err != nil {
+			return nil, fmt.Errorf("set unsigned.membership: %w", err)
+		}
+		return out, nil
 	}
 	var ce clientEvent
 	if err := json.Unmarshal(stored, &ce); err != nil {
 		return nil, fmt.Errorf("decode stored event: %w", err)
 	}
 	ce.RoomID = roomID
-	if txnID != "" {
+	if txnID != "" || membership != "" {
 		unsigned := map[string]any{}
 		if len(ce.Unsigned) > 0 {
 			_ = json.Unmarshal(ce.Unsigned, &unsigned)
 		}
-		unsigned["transaction_id"] = txnID
+		if txnID != "" {
+			unsigned["transaction_id"] = txnID
+		}
+		if membership != "" {
+			unsigned["membership"] = membership
+		}
 		raw, err := json.Marshal(unsigned)
 		if err != nil {
 			return nil, err
@@ -174,7 +195,7 @@ func renderFor(e store.StoredEvent, dev *device, withRoomID bool) (json.RawMessa
 	if withRoomID {
 		room = e.RoomID
 	}
-	return renderEvent(e.JSON, room, txn)
+	return renderEventAs(e.JSON, room, txn, e.Membership)
 }
 
 // renderPDU converts a room-server Event into client format.

@@ -37,6 +37,7 @@ func (s *Service) visibleEvents(ctx context.Context, rd store.Reader, userID, ro
 			continue
 		}
 		if f.allows(e) && vf.canSee(e) {
+			e.Membership = vf.membershipAt(e)
 			out = append(out, e)
 		}
 	}
@@ -77,6 +78,7 @@ func (s *Service) visibleEvent(ctx context.Context, rd store.Reader, userID, roo
 	if !vf.canSee(e) {
 		return e, errEventNotFound()
 	}
+	e.Membership = vf.membershipAt(e)
 	one := []store.StoredEvent{e}
 	if err := s.applyErasure(ctx, vf, one); err != nil {
 		return e, err

@@ -75,6 +75,7 @@ func startReplicas(t *testing.T, cfg clientapi.Config, n int) []string {
 	t.Cleanup(ks.Close)
 	rs, err := roomserver.New(ctx, roomserver.DefaultConfig(), roomserver.Deps{
 		Logger: log, ServerName: serverName, DatabaseURL: db, JetStream: js, KeyServer: ksClient,
+		ServerKeys: keyserverv1.NewServerKeyServiceClient(conn),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -479,6 +479,7 @@ func (s *Service) searchScan(ctx context.Context, rd store.Reader, p searchPlan,
 		for _, h := range chunk {
 			// An erased copy has lost the content that matched.
 			if p.filter.allows(h.StoredEvent) && p.visible.canSee(h.StoredEvent) && !p.visible.servedErased(h.StoredEvent) {
+				h.Membership = p.visible.membershipAt(h.StoredEvent)
 				out = append(out, h)
 			}
 		}

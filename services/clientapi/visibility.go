@@ -72,6 +72,16 @@ func allowedBy(visibility, membership string, joinedLater bool) bool {
 // events the visibility before or after may allow it; for the user's own
 // member events the membership before or after may.
 func canSee(e store.StoredEvent, userID string, tl memberTimeline) bool {
+	if e.Type == "m.room.member" && e.StateKey != nil && *e.StateKey == userID && tl.at(e.Pos) == store.MembershipLeave {
+		// A user always sees their own leave from an invite, a knock or
+		// the room (a rejected invite, a withdrawn or refused knock, a
+		// leave or kick), whatever the visibility: it is how their client
+		// learns the room is gone.
+		switch tl.before(e.Pos) {
+		case store.MembershipInvite, store.MembershipKnock, store.MembershipJoin:
+			return true
+		}
+	}
 	visibilities := []string{e.VisBefore}
 	if e.VisAfter != e.VisBefore {
 		visibilities = append(visibilities, e.VisAfter)
@@ -113,13 +123,25 @@ func (f visibilityFilter) canSee(e store.StoredEvent) bool {
 	return canSee(e, f.userID, f.logs[e.RoomID])
 }
 
-// keep returns the events the user may see, in order.
+// keep returns the events the user may see, in order, each with the
+// user's membership at it (membershipAt).
 func (f visibilityFilter) keep(events []store.StoredEvent) []store.StoredEvent {
 	out := events[:0:0]
 	for _, e := range events {
 		if f.canSee(e) {
+			e.Membership = f.membershipAt(e)
 			out = append(out, e)
 		}
 	}
 	return out
+}
+
+// membershipAt is unsigned.membership of e for the user: their membership
+// in the room's state at e, the change e makes included, and "leave" when
+// they had none yet (the spec's rule).
+func (f visibilityFilter) membershipAt(e store.StoredEvent) string {
+	if m := memberTimeline(f.logs[e.RoomID]).at(e.Pos); m != "" {
+		return m
+	}
+	return store.MembershipLeave
 }

@@ -1,7 +1,11 @@
-// Package keyserver owns the homeserver's ed25519 signing key. It creates
-// and persists the key, signs JSON for the other services over gRPC (so no
-// other service holds the private key), and publishes the public keys at
-// GET /_matrix/key/v2/server.
+// Package keyserver owns the homeserver's ed25519 signing key and every
+// other server's verify keys. It creates, persists and rotates the key,
+// signs JSON and builds events for the other services over gRPC, hands the
+// key to the services that sign federation requests (SigningKey), fetches
+// and caches other servers' keys directly or through notaries
+// (QueryServerKeys, with gomatrixserverlib's key fetchers), publishes the
+// public keys at GET /_matrix/key/v2/server and is a notary itself
+// (/_matrix/key/v2/query).
 package keyserver
 
 import (
@@ -10,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -18,6 +23,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
+	"github.com/myelin-chat/myelin/pkg/federation"
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
 	"github.com/myelin-chat/myelin/services/keyserver/store"
 )
@@ -31,53 +37,131 @@ type Deps struct {
 	Logger      *zap.Logger
 	ServerName  string
 	DatabaseURL string
+	// Federation is the process's outbound federation transport, used to
+	// fetch other servers' keys. Nil (or federation disabled) fetches
+	// nothing: only this server's keys and the cache answer.
+	Federation *federation.Transport
 }
 
 // Service is a running key-server.
 type Service struct {
-	cfg     Config
-	log     *zap.Logger
-	server  spec.ServerName
-	store   *store.Store
+	cfg    Config
+	log    *zap.Logger
+	server spec.ServerName
+	store  *store.Store
+	keys   atomic.Pointer[signingKeys]
+	remote *remoteKeys
+}
+
+// signingKeys is this server's current key and its expired ones.
+type signingKeys struct {
 	current store.Key
 	old     []store.Key
 }
 
+// keyReloadInterval is how often the key-server reads its signing keys
+// again, so that a rotation done through another replica reaches this one.
+const keyReloadInterval = 30 * time.Second
+
+// signingKeyRefresh is the valid_until_ts of SigningKey answers: holders ask
+// again after it, so a rotation reaches every signer within it.
+const signingKeyRefresh = time.Minute
+
 // New opens the store and loads (or creates) the signing key.
 func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
 	st, err := store.Open(ctx, deps.DatabaseURL)
 	if err != nil {
 		return nil, err
 	}
-	key, err := st.EnsureCurrentKey(ctx)
-	if err != nil {
+	s := &Service{cfg: cfg, log: deps.Logger, server: spec.ServerName(deps.ServerName), store: st}
+	if err := s.loadKeys(ctx); err != nil {
 		st.Close()
 		return nil, err
 	}
-	old, err := st.OldKeys(ctx)
-	if err != nil {
+	if s.remote, err = newRemoteKeys(s, deps.Federation); err != nil {
 		st.Close()
 		return nil, err
 	}
-	deps.Logger.Info("signing key loaded", zap.String("key_id", key.ID))
-	return &Service{cfg: cfg, log: deps.Logger, server: spec.ServerName(deps.ServerName), store: st, current: key, old: old}, nil
+	deps.Logger.Info("signing key loaded", zap.String("key_id", s.current().ID))
+	return s, nil
 }
 
-// RegisterGRPC registers the KeyService.
+// loadKeys reads the current key (creating the first one) and the old keys.
+func (s *Service) loadKeys(ctx context.Context) error {
+	key, err := s.store.EnsureCurrentKey(ctx)
+	if err != nil {
+		return err
+	}
+	old, err := s.store.OldKeys(ctx)
+	if err != nil {
+		return err
+	}
+	if prev := s.keys.Load(); prev != nil && prev.current.ID != key.ID {
+		s.log.Info("signing key changed (rotated)", zap.String("key_id", key.ID), zap.String("old_key_id", prev.current.ID))
+	}
+	s.keys.Store(&signingKeys{current: key, old: old})
+	return nil
+}
+
+// current is the key that signs now.
+func (s *Service) current() store.Key { return s.keys.Load().current }
+
+// RegisterGRPC registers the KeyService and the ServerKeyService.
 func (s *Service) RegisterGRPC(g *grpc.Server) {
 	keyserverv1.RegisterKeyServiceServer(g, &handler{svc: s})
+	keyserverv1.RegisterServerKeyServiceServer(g, &serverKeyHandler{svc: s})
 }
 
-// RegisterHTTP serves the public key endpoints.
-func (s *Service) RegisterHTTP(r chi.Router) {
+// RegisterHTTP serves the key endpoints on the client listener.
+func (s *Service) RegisterHTTP(r chi.Router) { s.registerKeyRoutes(r) }
+
+// RegisterFederationHTTP serves the same key endpoints on the federation
+// listener.
+func (s *Service) RegisterFederationHTTP(r chi.Router) { s.registerKeyRoutes(r) }
+
+func (s *Service) registerKeyRoutes(r chi.Router) {
 	r.Get("/_matrix/key/v2/server", s.serveKeys)
 	r.Get("/_matrix/key/v2/server/{keyID}", s.serveKeys)
+	r.Get("/_matrix/key/v2/query/{serverName}", s.serveQueryOne)
+	r.Post("/_matrix/key/v2/query", s.serveQueryBatch)
 }
 
-// Run has no background work.
+// Run reads the signing keys again every keyReloadInterval, so that a
+// rotation through another key-server replica reaches this one.
 func (s *Service) Run(ctx context.Context) error {
-	<-ctx.Done()
-	return nil
+	tick := time.NewTicker(keyReloadInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+			if err := s.loadKeys(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn("reload signing keys", zap.Error(err))
+			}
+		}
+	}
+}
+
+// rotate replaces the signing key; the old one joins old_verify_keys. Its
+// expired_ts is keyReloadInterval ahead: events signed with it before the
+// rotation (whose origin_server_ts may equal the rotation's millisecond)
+// and by replicas that have not reloaded the keys yet must verify, and an
+// event's timestamp is its signer's choice anyway, so an earlier expiry
+// would not stop a holder of the old key from backdating.
+func (s *Service) rotate(ctx context.Context) (old, current store.Key, err error) {
+	old, current, err = s.store.RotateKey(ctx, time.Now().Add(keyReloadInterval).Truncate(time.Millisecond))
+	if err != nil {
+		return old, current, err
+	}
+	if err := s.loadKeys(ctx); err != nil {
+		return old, current, err
+	}
+	s.log.Info("signing key rotated", zap.String("key_id", current.ID), zap.String("old_key_id", old.ID))
+	return old, current, nil
 }
 
 // Ready reports whether the service can serve: its database answers.
@@ -91,23 +175,25 @@ func (s *Service) Ready(ctx context.Context) error {
 // Close releases the store.
 func (s *Service) Close() { s.store.Close() }
 
-// sign signs a JSON object with the current key.
-func (s *Service) sign(message []byte) (signed []byte, signature []byte, err error) {
+// sign signs a JSON object with the current key and returns the signed
+// JSON, the signature and the ID of the key that made it.
+func (s *Service) sign(message []byte) (signed, signature []byte, keyID string, err error) {
 	var probe map[string]json.RawMessage
 	if err := json.Unmarshal(message, &probe); err != nil {
-		return nil, nil, fmt.Errorf("%w: %v", ErrNotJSONObject, err)
+		return nil, nil, "", fmt.Errorf("%w: %v", ErrNotJSONObject, err)
 	}
-	signed, err = gomatrixserverlib.SignJSON(string(s.server), gomatrixserverlib.KeyID(s.current.ID), s.current.Private, message)
+	key := s.current()
+	signed, err = gomatrixserverlib.SignJSON(string(s.server), gomatrixserverlib.KeyID(key.ID), key.Private, message)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, "", err
 	}
 	var out struct {
 		Signatures map[string]map[string]spec.Base64Bytes `json:"signatures"`
 	}
 	if err := json.Unmarshal(signed, &out); err != nil {
-		return nil, nil, err
+		return nil, nil, "", err
 	}
-	return signed, out.Signatures[string(s.server)][s.current.ID], nil
+	return signed, out.Signatures[string(s.server)][key.ID], key.ID, nil
 }
 
 // ErrBadEvent is returned when a proto-event cannot be built into an event
@@ -133,8 +219,9 @@ func (s *Service) buildEvent(version string, protoJSON []byte) (gomatrixserverli
 	// JSON gives prev_events and auth_events as []any; EventBuilder
 	// handles []string (room versions 3+) and reference lists (1 and 2).
 	pe.PrevEvents, pe.AuthEvents = stringList(pe.PrevEvents), stringList(pe.AuthEvents)
+	key := s.current()
 	ev, err := verImpl.NewEventBuilderFromProtoEvent(&pe).Build(time.Now(), s.server,
-		gomatrixserverlib.KeyID(s.current.ID), s.current.Private)
+		gomatrixserverlib.KeyID(key.ID), key.Private)
 	var tooLarge gomatrixserverlib.EventValidationError
 	if errors.As(err, &tooLarge) && tooLarge.Code == gomatrixserverlib.EventValidationTooLarge {
 		return nil, fmt.Errorf("%w: %v", ErrEventTooLarge, err)
@@ -179,15 +266,16 @@ type oldVerifyKey struct {
 }
 
 func (s *Service) keysBody(now time.Time) serverKeys {
+	keys := s.keys.Load()
 	body := serverKeys{
 		ServerName: string(s.server),
 		VerifyKeys: map[string]verifyKey{
-			s.current.ID: {Key: spec.Base64Bytes(s.current.Private.Public().(ed25519.PublicKey))},
+			keys.current.ID: {Key: spec.Base64Bytes(keys.current.Private.Public().(ed25519.PublicKey))},
 		},
 		OldVerifyKeys: map[string]oldVerifyKey{},
 		ValidUntilTS:  now.Add(s.cfg.KeyValidity).UnixMilli(),
 	}
-	for _, k := range s.old {
+	for _, k := range keys.old {
 		body.OldVerifyKeys[k.ID] = oldVerifyKey{Key: spec.Base64Bytes(k.Private.Public().(ed25519.PublicKey)), ExpiredTS: k.ExpiredAt.UnixMilli()}
 	}
 	return body

@@ -46,6 +46,7 @@ type harness struct {
 	db    string
 	js    jetstream.JetStream
 	ks    keyserverv1.KeyServiceClient
+	sks   keyserverv1.ServerKeyServiceClient
 	rs    roomserverv1.RoomServiceClient
 	svc   *Service
 	stopM sync.Mutex
@@ -83,6 +84,7 @@ func newHarnessOn(t testing.TB, mutate func(*Config), natsURL string) *harness {
 	}
 	t.Cleanup(func() { conn.Close() })
 	h.ks = keyserverv1.NewKeyServiceClient(conn)
+	h.sks = keyserverv1.NewServerKeyServiceClient(conn)
 	h.start(true)
 	t.Cleanup(h.shutdown)
 	return h
@@ -110,7 +112,7 @@ func (h *harness) start(run bool) {
 	t.Helper()
 	svc, err := New(h.ctx, h.cfg, Deps{
 		Logger: testLogger(t).Named("roomserver"), ServerName: testServer, DatabaseURL: h.db,
-		JetStream: h.js, KeyServer: h.ks,
+		JetStream: h.js, KeyServer: h.ks, ServerKeys: h.sks,
 	})
 	if err != nil {
 		t.Fatalf("roomserver.New: %v", err)

@@ -26,7 +26,7 @@ import (
 // re-checks for local events.
 func TestLocalEventsVerify(t *testing.T) {
 	h := newHarness(t, nil)
-	keys := newLocalKeys(h.ks, testServer, time.Minute)
+	keys := newServerKeys(h.sks, time.Minute)
 	for _, version := range []string{"1", "4", "10", "11", "12"} {
 		t.Run("v"+version, func(t *testing.T) {
 			created := h.createRoom(version, "public", map[string]int{alice: 100})

@@ -53,6 +53,8 @@ type Deps struct {
 	DatabaseURL string
 	JetStream   jetstream.JetStream
 	KeyServer   keyserverv1.KeyServiceClient
+	// ServerKeys gives the verify keys of every server (signature checks).
+	ServerKeys keyserverv1.ServerKeyServiceClient
 }
 
 // Service is a running room-server.
@@ -83,8 +85,8 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if deps.Logger == nil || deps.ServerName == "" || deps.JetStream == nil || deps.KeyServer == nil {
-		return nil, errors.New("roomserver: Logger, ServerName, JetStream and KeyServer are required")
+	if deps.Logger == nil || deps.ServerName == "" || deps.JetStream == nil || deps.KeyServer == nil || deps.ServerKeys == nil {
+		return nil, errors.New("roomserver: Logger, ServerName, JetStream, KeyServer and ServerKeys are required")
 	}
 	serverName := spec.ServerName(deps.ServerName)
 	sg := newSigner(serverName, deps.KeyServer)
@@ -102,7 +104,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		store:        st,
 		js:           deps.JetStream,
 		signer:       sg,
-		verifier:     newLocalKeys(deps.KeyServer, serverName, cfg.KeyCacheTTL),
+		verifier:     newServerKeys(deps.ServerKeys, cfg.KeyCacheTTL),
 		locks:        newRoomLocks(),
 		snapshots:    newLRU[int64, snapshot](cfg.StateCacheSize),
 		events:       newLRU[int64, *eventEntry](cfg.EventCacheSize),

@@ -74,7 +74,7 @@ func start(t *testing.T) *env {
 	js := testkit.JetStream(t, testkit.NATS(t))
 	rs, err := roomserver.New(ctx, roomserver.DefaultConfig(), roomserver.Deps{
 		Logger: log, ServerName: serverName, DatabaseURL: db, JetStream: js,
-		KeyServer: keyserverv1.NewKeyServiceClient(conn),
+		KeyServer: keyserverv1.NewKeyServiceClient(conn), ServerKeys: keyserverv1.NewServerKeyServiceClient(conn),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -26,6 +26,105 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type RotateKeyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateKeyRequest) Reset() {
+	*x = RotateKeyRequest{}
+	mi := &file_keyserver_v1_serverkeys_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateKeyRequest) ProtoMessage() {}
+
+func (x *RotateKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyserver_v1_serverkeys_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateKeyRequest.ProtoReflect.Descriptor instead.
+func (*RotateKeyRequest) Descriptor() ([]byte, []int) {
+	return file_keyserver_v1_serverkeys_proto_rawDescGZIP(), []int{0}
+}
+
+type RotateKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The new current key.
+	KeyId string `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// The key it replaced, now an old key.
+	OldKeyId string `protobuf:"bytes,2,opt,name=old_key_id,json=oldKeyId,proto3" json:"old_key_id,omitempty"`
+	// When the old key expired (ms since epoch).
+	OldKeyExpiredTs int64 `protobuf:"varint,3,opt,name=old_key_expired_ts,json=oldKeyExpiredTs,proto3" json:"old_key_expired_ts,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *RotateKeyResponse) Reset() {
+	*x = RotateKeyResponse{}
+	mi := &file_keyserver_v1_serverkeys_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateKeyResponse) ProtoMessage() {}
+
+func (x *RotateKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keyserver_v1_serverkeys_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateKeyResponse.ProtoReflect.Descriptor instead.
+func (*RotateKeyResponse) Descriptor() ([]byte, []int) {
+	return file_keyserver_v1_serverkeys_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RotateKeyResponse) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *RotateKeyResponse) GetOldKeyId() string {
+	if x != nil {
+		return x.OldKeyId
+	}
+	return ""
+}
+
+func (x *RotateKeyResponse) GetOldKeyExpiredTs() int64 {
+	if x != nil {
+		return x.OldKeyExpiredTs
+	}
+	return 0
+}
+
 type SigningKeyRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -34,7 +133,7 @@ type SigningKeyRequest struct {
 
 func (x *SigningKeyRequest) Reset() {
 	*x = SigningKeyRequest{}
-	mi := &file_keyserver_v1_serverkeys_proto_msgTypes[0]
+	mi := &file_keyserver_v1_serverkeys_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -46,7 +145,7 @@ func (x *SigningKeyRequest) String() string {
 func (*SigningKeyRequest) ProtoMessage() {}
 
 func (x *SigningKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyserver_v1_serverkeys_proto_msgTypes[0]
+	mi := &file_keyserver_v1_serverkeys_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -59,7 +158,7 @@ func (x *SigningKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SigningKeyRequest.ProtoReflect.Descriptor instead.
 func (*SigningKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keyserver_v1_serverkeys_proto_rawDescGZIP(), []int{0}
+	return file_keyserver_v1_serverkeys_proto_rawDescGZIP(), []int{2}
 }
 
 type SigningKeyResponse struct {
@@ -77,7 +176,7 @@ type SigningKeyResponse struct {
 
 func (x *SigningKeyResponse) Reset() {
 	*x = SigningKeyResponse{}
-	mi := &file_keyserver_v1_serverkeys_proto_msgTypes[1]
+	mi := &file_keyserver_v1_serverkeys_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -89,7 +188,7 @@ func (x *SigningKeyResponse) String() string {
 func (*SigningKeyResponse) ProtoMessage() {}
 
 func (x *SigningKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyserver_v1_serverkeys_proto_msgTypes[1]
+	mi := &file_keyserver_v1_serverkeys_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -102,7 +201,7 @@ func (x *SigningKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SigningKeyResponse.ProtoReflect.Descriptor instead.
 func (*SigningKeyResponse) Descriptor() ([]byte, []int) {
-	return file_keyserver_v1_serverkeys_proto_rawDescGZIP(), []int{1}
+	return file_keyserver_v1_serverkeys_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *SigningKeyResponse) GetServerName() string {
@@ -136,7 +235,7 @@ func (x *SigningKeyResponse) GetValidUntilTs() int64 {
 type ServerKeyID struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	ServerName string                 `protobuf:"bytes,1,opt,name=server_name,json=serverName,proto3" json:"server_name,omitempty"`
-	// Key ID, e.g. "ed25519:abc".
+	// Key ID, e.g. "ed25519:abc". Empty asks for every key of the server.
 	KeyId string `protobuf:"bytes,2,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
 	// The key must be valid at least until this time (ms since epoch); 0
 	// means now. A cached key that expires earlier is fetched again.
@@ -147,7 +246,7 @@ type ServerKeyID struct {
 
 func (x *ServerKeyID) Reset() {
 	*x = ServerKeyID{}
-	mi := &file_keyserver_v1_serverkeys_proto_msgTypes[2]
+	mi := &file_keyserver_v1_serverkeys_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -159,7 +258,7 @@ func (x *ServerKeyID) String() string {
 func (*ServerKeyID) ProtoMessage() {}
 
 func (x *ServerKeyID) ProtoReflect() protoreflect.Message {
-	mi := &file_keyserver_v1_serverkeys_proto_msgTypes[2]
+	mi := &file_keyserver_v1_serverkeys_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -172,7 +271,7 @@ func (x *ServerKeyID) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerKeyID.ProtoReflect.Descriptor instead.
 func (*ServerKeyID) Descriptor() ([]byte, []int) {
-	return file_keyserver_v1_serverkeys_proto_rawDescGZIP(), []int{2}
+	return file_keyserver_v1_serverkeys_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ServerKeyID) GetServerName() string {
@@ -205,7 +304,7 @@ type QueryServerKeysRequest struct {
 
 func (x *QueryServerKeysRequest) Reset() {
 	*x = QueryServerKeysRequest{}
-	mi := &file_keyserver_v1_serverkeys_proto_msgTypes[3]
+	mi := &file_keyserver_v1_serverkeys_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -217,7 +316,7 @@ func (x *QueryServerKeysRequest) String() string {
 func (*QueryServerKeysRequest) ProtoMessage() {}
 
 func (x *QueryServerKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyserver_v1_serverkeys_proto_msgTypes[3]
+	mi := &file_keyserver_v1_serverkeys_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -230,7 +329,7 @@ func (x *QueryServerKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryServerKeysRequest.ProtoReflect.Descriptor instead.
 func (*QueryServerKeysRequest) Descriptor() ([]byte, []int) {
-	return file_keyserver_v1_serverkeys_proto_rawDescGZIP(), []int{3}
+	return file_keyserver_v1_serverkeys_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *QueryServerKeysRequest) GetKeys() []*ServerKeyID {
@@ -258,7 +357,7 @@ type ServerVerifyKey struct {
 
 func (x *ServerVerifyKey) Reset() {
 	*x = ServerVerifyKey{}
-	mi := &file_keyserver_v1_serverkeys_proto_msgTypes[4]
+	mi := &file_keyserver_v1_serverkeys_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -270,7 +369,7 @@ func (x *ServerVerifyKey) String() string {
 func (*ServerVerifyKey) ProtoMessage() {}
 
 func (x *ServerVerifyKey) ProtoReflect() protoreflect.Message {
-	mi := &file_keyserver_v1_serverkeys_proto_msgTypes[4]
+	mi := &file_keyserver_v1_serverkeys_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -283,7 +382,7 @@ func (x *ServerVerifyKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerVerifyKey.ProtoReflect.Descriptor instead.
 func (*ServerVerifyKey) Descriptor() ([]byte, []int) {
-	return file_keyserver_v1_serverkeys_proto_rawDescGZIP(), []int{4}
+	return file_keyserver_v1_serverkeys_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ServerVerifyKey) GetServerName() string {
@@ -331,7 +430,7 @@ type QueryServerKeysResponse struct {
 
 func (x *QueryServerKeysResponse) Reset() {
 	*x = QueryServerKeysResponse{}
-	mi := &file_keyserver_v1_serverkeys_proto_msgTypes[5]
+	mi := &file_keyserver_v1_serverkeys_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -343,7 +442,7 @@ func (x *QueryServerKeysResponse) String() string {
 func (*QueryServerKeysResponse) ProtoMessage() {}
 
 func (x *QueryServerKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyserver_v1_serverkeys_proto_msgTypes[5]
+	mi := &file_keyserver_v1_serverkeys_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -356,7 +455,7 @@ func (x *QueryServerKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryServerKeysResponse.ProtoReflect.Descriptor instead.
 func (*QueryServerKeysResponse) Descriptor() ([]byte, []int) {
-	return file_keyserver_v1_serverkeys_proto_rawDescGZIP(), []int{5}
+	return file_keyserver_v1_serverkeys_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *QueryServerKeysResponse) GetKeys() []*ServerVerifyKey {
@@ -370,7 +469,13 @@ var File_keyserver_v1_serverkeys_proto protoreflect.FileDescriptor
 
 const file_keyserver_v1_serverkeys_proto_rawDesc = "" +
 	"\n" +
-	"\x1dkeyserver/v1/serverkeys.proto\x12\x13myelin.keyserver.v1\"\x13\n" +
+	"\x1dkeyserver/v1/serverkeys.proto\x12\x13myelin.keyserver.v1\"\x12\n" +
+	"\x10RotateKeyRequest\"u\n" +
+	"\x11RotateKeyResponse\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x1c\n" +
+	"\n" +
+	"old_key_id\x18\x02 \x01(\tR\boldKeyId\x12+\n" +
+	"\x12old_key_expired_ts\x18\x03 \x01(\x03R\x0foldKeyExpiredTs\"\x13\n" +
 	"\x11SigningKeyRequest\"\x86\x01\n" +
 	"\x12SigningKeyResponse\x12\x1f\n" +
 	"\vserver_name\x18\x01 \x01(\tR\n" +
@@ -395,11 +500,12 @@ const file_keyserver_v1_serverkeys_proto_rawDesc = "" +
 	"\n" +
 	"expired_ts\x18\x05 \x01(\x03R\texpiredTs\"S\n" +
 	"\x17QueryServerKeysResponse\x128\n" +
-	"\x04keys\x18\x01 \x03(\v2$.myelin.keyserver.v1.ServerVerifyKeyR\x04keys2\xdf\x01\n" +
+	"\x04keys\x18\x01 \x03(\v2$.myelin.keyserver.v1.ServerVerifyKeyR\x04keys2\xbb\x02\n" +
 	"\x10ServerKeyService\x12]\n" +
 	"\n" +
 	"SigningKey\x12&.myelin.keyserver.v1.SigningKeyRequest\x1a'.myelin.keyserver.v1.SigningKeyResponse\x12l\n" +
-	"\x0fQueryServerKeys\x12+.myelin.keyserver.v1.QueryServerKeysRequest\x1a,.myelin.keyserver.v1.QueryServerKeysResponseB>Z<github.com/myelin-chat/myelin/proto/keyserver/v1;keyserverv1b\x06proto3"
+	"\x0fQueryServerKeys\x12+.myelin.keyserver.v1.QueryServerKeysRequest\x1a,.myelin.keyserver.v1.QueryServerKeysResponse\x12Z\n" +
+	"\tRotateKey\x12%.myelin.keyserver.v1.RotateKeyRequest\x1a&.myelin.keyserver.v1.RotateKeyResponseB>Z<github.com/myelin-chat/myelin/proto/keyserver/v1;keyserverv1b\x06proto3"
 
 var (
 	file_keyserver_v1_serverkeys_proto_rawDescOnce sync.Once
@@ -413,24 +519,28 @@ func file_keyserver_v1_serverkeys_proto_rawDescGZIP() []byte {
 	return file_keyserver_v1_serverkeys_proto_rawDescData
 }
 
-var file_keyserver_v1_serverkeys_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_keyserver_v1_serverkeys_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_keyserver_v1_serverkeys_proto_goTypes = []any{
-	(*SigningKeyRequest)(nil),       // 0: myelin.keyserver.v1.SigningKeyRequest
-	(*SigningKeyResponse)(nil),      // 1: myelin.keyserver.v1.SigningKeyResponse
-	(*ServerKeyID)(nil),             // 2: myelin.keyserver.v1.ServerKeyID
-	(*QueryServerKeysRequest)(nil),  // 3: myelin.keyserver.v1.QueryServerKeysRequest
-	(*ServerVerifyKey)(nil),         // 4: myelin.keyserver.v1.ServerVerifyKey
-	(*QueryServerKeysResponse)(nil), // 5: myelin.keyserver.v1.QueryServerKeysResponse
+	(*RotateKeyRequest)(nil),        // 0: myelin.keyserver.v1.RotateKeyRequest
+	(*RotateKeyResponse)(nil),       // 1: myelin.keyserver.v1.RotateKeyResponse
+	(*SigningKeyRequest)(nil),       // 2: myelin.keyserver.v1.SigningKeyRequest
+	(*SigningKeyResponse)(nil),      // 3: myelin.keyserver.v1.SigningKeyResponse
+	(*ServerKeyID)(nil),             // 4: myelin.keyserver.v1.ServerKeyID
+	(*QueryServerKeysRequest)(nil),  // 5: myelin.keyserver.v1.QueryServerKeysRequest
+	(*ServerVerifyKey)(nil),         // 6: myelin.keyserver.v1.ServerVerifyKey
+	(*QueryServerKeysResponse)(nil), // 7: myelin.keyserver.v1.QueryServerKeysResponse
 }
 var file_keyserver_v1_serverkeys_proto_depIdxs = []int32{
-	2, // 0: myelin.keyserver.v1.QueryServerKeysRequest.keys:type_name -> myelin.keyserver.v1.ServerKeyID
-	4, // 1: myelin.keyserver.v1.QueryServerKeysResponse.keys:type_name -> myelin.keyserver.v1.ServerVerifyKey
-	0, // 2: myelin.keyserver.v1.ServerKeyService.SigningKey:input_type -> myelin.keyserver.v1.SigningKeyRequest
-	3, // 3: myelin.keyserver.v1.ServerKeyService.QueryServerKeys:input_type -> myelin.keyserver.v1.QueryServerKeysRequest
-	1, // 4: myelin.keyserver.v1.ServerKeyService.SigningKey:output_type -> myelin.keyserver.v1.SigningKeyResponse
-	5, // 5: myelin.keyserver.v1.ServerKeyService.QueryServerKeys:output_type -> myelin.keyserver.v1.QueryServerKeysResponse
-	4, // [4:6] is the sub-list for method output_type
-	2, // [2:4] is the sub-list for method input_type
+	4, // 0: myelin.keyserver.v1.QueryServerKeysRequest.keys:type_name -> myelin.keyserver.v1.ServerKeyID
+	6, // 1: myelin.keyserver.v1.QueryServerKeysResponse.keys:type_name -> myelin.keyserver.v1.ServerVerifyKey
+	2, // 2: myelin.keyserver.v1.ServerKeyService.SigningKey:input_type -> myelin.keyserver.v1.SigningKeyRequest
+	5, // 3: myelin.keyserver.v1.ServerKeyService.QueryServerKeys:input_type -> myelin.keyserver.v1.QueryServerKeysRequest
+	0, // 4: myelin.keyserver.v1.ServerKeyService.RotateKey:input_type -> myelin.keyserver.v1.RotateKeyRequest
+	3, // 5: myelin.keyserver.v1.ServerKeyService.SigningKey:output_type -> myelin.keyserver.v1.SigningKeyResponse
+	7, // 6: myelin.keyserver.v1.ServerKeyService.QueryServerKeys:output_type -> myelin.keyserver.v1.QueryServerKeysResponse
+	1, // 7: myelin.keyserver.v1.ServerKeyService.RotateKey:output_type -> myelin.keyserver.v1.RotateKeyResponse
+	5, // [5:8] is the sub-list for method output_type
+	2, // [2:5] is the sub-list for method input_type
 	2, // [2:2] is the sub-list for extension type_name
 	2, // [2:2] is the sub-list for extension extendee
 	0, // [0:2] is the sub-list for field type_name
@@ -447,7 +557,7 @@ func file_keyserver_v1_serverkeys_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keyserver_v1_serverkeys_proto_rawDesc), len(file_keyserver_v1_serverkeys_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

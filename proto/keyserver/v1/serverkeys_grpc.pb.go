@@ -26,6 +26,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	ServerKeyService_SigningKey_FullMethodName      = "/myelin.keyserver.v1.ServerKeyService/SigningKey"
 	ServerKeyService_QueryServerKeys_FullMethodName = "/myelin.keyserver.v1.ServerKeyService/QueryServerKeys"
+	ServerKeyService_RotateKey_FullMethodName       = "/myelin.keyserver.v1.ServerKeyService/RotateKey"
 )
 
 // ServerKeyServiceClient is the client API for ServerKeyService service.
@@ -45,6 +46,11 @@ type ServerKeyServiceClient interface {
 	// out of the answer; the call fails only when the key-server itself
 	// cannot work (its database).
 	QueryServerKeys(ctx context.Context, in *QueryServerKeysRequest, opts ...grpc.CallOption) (*QueryServerKeysResponse, error)
+	// RotateKey replaces this server's signing key with a new one. The old
+	// key is published in old_verify_keys with its expired_ts, so events it
+	// signed still verify; new events and requests are signed with the new
+	// key. `myelin rotate-key` calls it.
+	RotateKey(ctx context.Context, in *RotateKeyRequest, opts ...grpc.CallOption) (*RotateKeyResponse, error)
 }
 
 type serverKeyServiceClient struct {
@@ -75,6 +81,16 @@ func (c *serverKeyServiceClient) QueryServerKeys(ctx context.Context, in *QueryS
 	return out, nil
 }
 
+func (c *serverKeyServiceClient) RotateKey(ctx context.Context, in *RotateKeyRequest, opts ...grpc.CallOption) (*RotateKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotateKeyResponse)
+	err := c.cc.Invoke(ctx, ServerKeyService_RotateKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ServerKeyServiceServer is the server API for ServerKeyService service.
 // All implementations must embed UnimplementedServerKeyServiceServer
 // for forward compatibility.
@@ -92,6 +108,11 @@ type ServerKeyServiceServer interface {
 	// out of the answer; the call fails only when the key-server itself
 	// cannot work (its database).
 	QueryServerKeys(context.Context, *QueryServerKeysRequest) (*QueryServerKeysResponse, error)
+	// RotateKey replaces this server's signing key with a new one. The old
+	// key is published in old_verify_keys with its expired_ts, so events it
+	// signed still verify; new events and requests are signed with the new
+	// key. `myelin rotate-key` calls it.
+	RotateKey(context.Context, *RotateKeyRequest) (*RotateKeyResponse, error)
 	mustEmbedUnimplementedServerKeyServiceServer()
 }
 
@@ -107,6 +128,9 @@ func (UnimplementedServerKeyServiceServer) SigningKey(context.Context, *SigningK
 }
 func (UnimplementedServerKeyServiceServer) QueryServerKeys(context.Context, *QueryServerKeysRequest) (*QueryServerKeysResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method QueryServerKeys not implemented")
+}
+func (UnimplementedServerKeyServiceServer) RotateKey(context.Context, *RotateKeyRequest) (*RotateKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RotateKey not implemented")
 }
 func (UnimplementedServerKeyServiceServer) mustEmbedUnimplementedServerKeyServiceServer() {}
 func (UnimplementedServerKeyServiceServer) testEmbeddedByValue()                          {}
@@ -165,6 +189,24 @@ func _ServerKeyService_QueryServerKeys_Handler(srv interface{}, ctx context.Cont
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ServerKeyService_RotateKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ServerKeyServiceServer).RotateKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ServerKeyService_RotateKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ServerKeyServiceServer).RotateKey(ctx, req.(*RotateKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ServerKeyService_ServiceDesc is the grpc.ServiceDesc for ServerKeyService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -179,6 +221,10 @@ var ServerKeyService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "QueryServerKeys",
 			Handler:    _ServerKeyService_QueryServerKeys_Handler,
+		},
+		{
+			MethodName: "RotateKey",
+			Handler:    _ServerKeyService_RotateKey_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -108,6 +108,9 @@ type StoredEvent struct {
 	TxnID       string
 	// History visibility in the state before and after the event.
 	VisBefore, VisAfter string
+	// Membership is not stored: serving sets it to the requesting user's
+	// membership at the event (unsigned.membership), "" to leave it out.
+	Membership string
 }
 
 const eventCols = `pos, event_id, room_id, type, state_key, sender, event, COALESCE(txn_device_id, ''), COALESCE(txn_id, ''),

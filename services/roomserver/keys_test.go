@@ -1,0 +1,234 @@
+package roomserver
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/json"
+	"io"
+	"log"
+	"net"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"github.com/myelin-chat/myelin/pkg/federation"
+	"github.com/myelin-chat/myelin/pkg/rpc"
+	"github.com/myelin-chat/myelin/pkg/testkit"
+	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
+	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/keyserver"
+)
+
+const remoteServer = "remote.test"
+
+// remoteNode is another homeserver's key-server: its keys are served over
+// HTTPS (certificate from a test CA) and it signs events for the test.
+type remoteNode struct {
+	keys keyserverv1.ServerKeyServiceClient
+	addr string
+}
+
+// newFederatedHarness is newHarness whose key-server reaches remote.test
+// over HTTPS through the static server-name map, so the room-server can
+// verify events remote.test signed.
+func newFederatedHarness(t *testing.T) (*harness, *remoteNode) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	ca := testkit.NewCA(t)
+
+	// remote.test: a key-server behind HTTPS.
+	rks, err := keyserver.New(ctx, keyserver.DefaultConfig(), keyserver.Deps{
+		Logger: testLogger(t).Named("remote-keyserver"), ServerName: remoteServer, DatabaseURL: testkit.Postgres(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rks.Close)
+	rconn, err := rpc.Dial(serveGRPC(t, rks.RegisterGRPC))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rconn.Close() })
+	router := chi.NewRouter()
+	rks.RegisterFederationHTTP(router)
+	srv := httptest.NewUnstartedServer(router)
+	srv.TLS = ca.TLSConfig(t, remoteServer)
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	remote := &remoteNode{keys: keyserverv1.NewServerKeyServiceClient(rconn), addr: srv.Listener.Addr().String()}
+
+	// This server: its key-server fetches remote.test's keys over HTTPS.
+	fedCfg := federation.DefaultConfig()
+	fedCfg.Enabled = true
+	fedCfg.TrustedCAFiles = []string{ca.CertFile}
+	fedCfg.AllowedPrivateNetworks = []string{"127.0.0.0/8"}
+	fedCfg.ServerNameMap = map[string]string{remoteServer: remote.addr}
+	tr, err := federation.NewTransport(federation.Options{Config: fedCfg, Logger: testLogger(t), Resolver: &net.Resolver{
+		PreferGo: true, Dial: func(context.Context, string, string) (net.Conn, error) {
+			return nil, &net.DNSError{Err: "no DNS in this test", IsNotFound: true}
+		},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{t: t, ctx: ctx, cfg: DefaultConfig(), db: testkit.Postgres(t)}
+	h.js = testkit.JetStream(t, testkit.NATS(t))
+	ks, err := keyserver.New(ctx, keyserver.DefaultConfig(), keyserver.Deps{
+		Logger: testLogger(t).Named("keyserver"), ServerName: testServer, DatabaseURL: h.db, Federation: tr,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ks.Close)
+	conn, err := rpc.Dial(serveGRPC(t, ks.RegisterGRPC))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	h.ks, h.sks = keyserverv1.NewKeyServiceClient(conn), keyserverv1.NewServerKeyServiceClient(conn)
+	h.start(true)
+	t.Cleanup(h.shutdown)
+	return h, remote
+}
+
+// signingKey is a key-server's current key, private part included.
+func signingKey(t *testing.T, keys keyserverv1.ServerKeyServiceClient) (spec.ServerName, gomatrixserverlib.KeyID, ed25519.PrivateKey) {
+	t.Helper()
+	resp, err := keys.SigningKey(context.Background(), &keyserverv1.SigningKeyRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return spec.ServerName(resp.GetServerName()), gomatrixserverlib.KeyID(resp.GetKeyId()), ed25519.NewKeyFromSeed(resp.GetSeed())
+}
+
+// buildAs builds an event as h.build does, but signed by origin with key
+// (another server, or an old key of this one).
+func (h *harness) buildAs(origin spec.ServerName, keyID gomatrixserverlib.KeyID, key ed25519.PrivateKey, ts time.Time,
+	roomID, sender, typ string, stateKey *string, content any) gomatrixserverlib.PDU {
+	h.t.Helper()
+	info := h.roomInfo(roomID)
+	verImpl := gomatrixserverlib.MustGetRoomVersion(gomatrixserverlib.RoomVersion(info.GetRoomVersion()))
+	prevs := info.GetForwardExtremities()
+	var depth int64
+	for _, p := range prevs {
+		pdu, err := verImpl.NewEventFromTrustedJSONWithEventID(p, h.event(p).GetEventJson(), false)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		depth = max(depth, pdu.Depth())
+	}
+	st, err := h.rs.QueryState(h.ctx, &roomserverv1.QueryStateRequest{RoomId: roomID})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	var state []gomatrixserverlib.PDU
+	for _, ev := range st.GetState() {
+		pdu, err := verImpl.NewEventFromTrustedJSONWithEventID(ev.GetEventId(), ev.GetEventJson(), false)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		state = append(state, pdu)
+	}
+	provider, err := gomatrixserverlib.NewAuthEvents(state)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	pe := &gomatrixserverlib.ProtoEvent{
+		SenderID: sender, RoomID: roomID, Type: typ, StateKey: stateKey, PrevEvents: prevs,
+		Depth: depth + 1, Content: mustJSON(h.t, content), Version: verImpl,
+	}
+	eb := verImpl.NewEventBuilderFromProtoEvent(pe)
+	if err := eb.AddAuthEvents(provider); err != nil {
+		h.t.Fatal(err)
+	}
+	ev, err := eb.Build(ts, origin, keyID, key)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return ev
+}
+
+func signedBy(t *testing.T, ev gomatrixserverlib.PDU) string {
+	t.Helper()
+	var obj struct {
+		Signatures map[string]map[string]string `json:"signatures"`
+	}
+	if err := json.Unmarshal(ev.JSON(), &obj); err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for server, sigs := range obj.Signatures {
+		for id := range sigs {
+			out = append(out, server+" "+id)
+		}
+	}
+	return strings.Join(out, ",")
+}
+
+// TestOtherServersAndRotation: events signed by another server verify
+// through the key-server (which fetches that server's keys over HTTPS),
+// before and after that server rotates its key; a forged one is INVALID.
+// After this server rotates its key, an event signed with the old key
+// before the rotation is still accepted, and new events carry the new key.
+func TestOtherServersAndRotation(t *testing.T) {
+	h, remote := newFederatedHarness(t)
+	roomID := h.createRoom("11", "public", map[string]int{alice: 100}).GetRoomId()
+	origin, remoteKey1, remotePriv1 := signingKey(t, remote.keys)
+	eve := "@eve:" + remoteServer
+
+	join := h.buildAs(origin, remoteKey1, remotePriv1, time.Now(), roomID, eve, spec.MRoomMember, ptr(eve), map[string]any{"membership": "join"})
+	h.inputOne(join, accepted)
+	hello := h.buildAs(origin, remoteKey1, remotePriv1, time.Now(), roomID, eve, "m.room.message", nil, map[string]any{"body": "hello from remote"})
+	// Built now, sent after remote.test has rotated its key.
+	delayed := h.buildAs(origin, remoteKey1, remotePriv1, time.Now(), roomID, eve, "m.room.message", nil, map[string]any{"body": "delayed"})
+	h.inputOne(hello, accepted)
+
+	// Signed with a key remote.test does not have, under its key ID.
+	_, wrong, _ := ed25519.GenerateKey(nil)
+	forged := h.buildAs(origin, remoteKey1, wrong, time.Now(), roomID, eve, "m.room.message", nil, map[string]any{"body": "forged"})
+	if st := h.input(roomserverv1.InputKind_INPUT_KIND_NEW, forged)[0].GetStatus(); st != invalidSt {
+		t.Fatalf("forged remote event: %s, want INVALID", st)
+	}
+
+	// remote.test rotates: its new key is fetched for its new events, and
+	// an event signed with its old key before the rotation still verifies.
+	if _, err := remote.keys.RotateKey(h.ctx, &keyserverv1.RotateKeyRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	_, remoteKey2, remotePriv2 := signingKey(t, remote.keys)
+	after := h.buildAs(origin, remoteKey2, remotePriv2, time.Now(), roomID, eve, "m.room.message", nil, map[string]any{"body": "new key"})
+	h.inputOne(after, accepted)
+	h.inputOne(delayed, accepted)
+
+	// This server rotates: an event it signed before still verifies.
+	_, localKey1, _ := signingKey(t, h.sks)
+	ext := h.roomInfo(roomID).GetForwardExtremities()
+	old := h.build(roomID, alice, "m.room.message", nil, map[string]any{"body": "signed before the rotation"}, ext, ext[0])
+	if got := signedBy(t, old); got != testServer+" "+string(localKey1) {
+		t.Fatalf("event signed by %s, want %s", got, localKey1)
+	}
+	rot, err := h.sks.RotateKey(h.ctx, &keyserverv1.RotateKeyRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.inputOne(old, accepted)
+	id := h.mustSend(roomID, alice, message(t, "signed after the rotation"))
+	verImpl := gomatrixserverlib.MustGetRoomVersion("11")
+	pdu, err := verImpl.NewEventFromTrustedJSON(h.event(id).GetEventJson(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := signedBy(t, pdu); got != testServer+" "+rot.GetKeyId() {
+		t.Fatalf("new event signed by %s, want the new key %s", got, rot.GetKeyId())
+	}
+	if err := gomatrixserverlib.VerifyEventSignatures(h.ctx, pdu, h.svc.verifier, userIDForSender); err != nil {
+		t.Fatalf("new event does not verify: %v", err)
+	}
+}
