@@ -19,12 +19,14 @@ RUN --mount=type=bind,target=/src,rw \
     --mount=type=cache,target=/root/.cache/go-build \
     go mod download && \
     go build -trimpath -ldflags="-s -w" -o /out/myelin ./cmd/myelin && \
-    mkdir -p /out/data
+    mkdir -p /out/data/media
 
 FROM ${RUNTIME_IMAGE}
 COPY --from=build /out/myelin /usr/local/bin/myelin
 COPY deploy/docker/myelin.yaml /etc/myelin/myelin.yaml
-# data_dir (embedded NATS store in the all-in-one shape), owned by nonroot.
+# data_dir (embedded NATS store in the all-in-one shape, media/ for the
+# media service's file backend), owned by nonroot, so that volumes mounted
+# there start out writable.
 COPY --from=build --chown=65532:65532 /out/data /var/lib/myelin
 WORKDIR /var/lib/myelin
 USER 65532:65532

@@ -4,9 +4,9 @@ BIN       := bin
 PROTO_DIR := proto
 PROTOS    := $(shell find $(PROTO_DIR) -name '*.proto' | sort)
 # Modules of the workspace (go.work); tests run in each.
-MODULES   := . ./pkg ./proto ./services/roomserver ./services/clientapi ./services/keyserver ./services/presence
+MODULES   := . ./pkg ./proto ./services/roomserver ./services/clientapi ./services/keyserver ./services/presence ./services/media
 
-.PHONY: all build run test test-unit test-e2e jsclient-deps proto proto-check vet lint bench bench-quick bench-go bench-tools clean
+.PHONY: all build run test test-unit test-e2e jsclient-deps s3-server proto proto-check vet lint bench bench-quick bench-go bench-tools clean
 
 all: build
 
@@ -25,12 +25,13 @@ run: build
 # Unit tests in every module, then the end-to-end suite (both shapes, and
 # the matrix-js-sdk conversation, whose packages npm ci installs first).
 # Every step runs even when an earlier one fails; the failed steps are listed
-# at the end and make test fails.
-test: build jsclient-deps
+# at the end and make test fails. The media service's S3 backend is tested
+# against a real S3 server (versitygw, built by s3-server).
+test: build jsclient-deps s3-server
 	@failed=""; \
 	for m in $(MODULES); do \
 		echo "== go test $$m"; \
-		(cd $$m && MYELIN_BIN=$(CURDIR)/$(BIN)/myelin $(GO) test -count=1 -timeout 12m ./...) || failed="$$failed\n  go test $$m"; \
+		(cd $$m && MYELIN_BIN=$(CURDIR)/$(BIN)/myelin MYELIN_S3_SERVER=$(CURDIR)/$(VERSITYGW) $(GO) test -count=1 -timeout 12m ./...) || failed="$$failed\n  go test $$m"; \
 	done; \
 	echo "== go test ./tests/crosscheck (GOEXPERIMENT=jsonv2: mautrix's PDU code needs encoding/json/v2)"; \
 	GOEXPERIMENT=jsonv2 $(GO) test -count=1 -timeout 5m ./tests/crosscheck || failed="$$failed\n  go test ./tests/crosscheck"; \
@@ -38,6 +39,22 @@ test: build jsclient-deps
 	$(GO) test -count=1 -timeout 5m -tags goolm ./tests/e2ee || failed="$$failed\n  go test ./tests/e2ee"; \
 	if [ -n "$$failed" ]; then printf "== FAILED:%b\n" "$$failed"; exit 1; fi; \
 	echo "== all tests passed"
+
+# The S3-compatible server the media service's S3 backend is tested
+# against: versitygw (Apache-2.0) with its posix backend, built from the Go
+# module proxy at a pinned version into bin/ (nothing of it is committed).
+# services/media's tests start it on a free port with a temporary directory
+# and fail without it.
+VERSITYGW_VERSION := v1.8.0
+VERSITYGW         := $(BIN)/versitygw-$(VERSITYGW_VERSION)
+
+s3-server: $(VERSITYGW)
+
+$(VERSITYGW):
+	@mkdir -p $(BIN)/.versitygw-build
+	GOBIN=$(CURDIR)/$(BIN)/.versitygw-build GOWORK=off $(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION)
+	mv $(BIN)/.versitygw-build/versitygw $@
+	@rmdir $(BIN)/.versitygw-build
 
 # tests/jsclient's node_modules, exactly as package-lock.json pins them (from
 # npm's cache when it has them). tests/e2e TestJSClient fails without them.
@@ -149,4 +166,4 @@ deploy-check: $(BIN)/.kubeconform-$(KUBECONFORM_VERSION) $(BIN)/.helm-$(HELM_VER
 	done
 	$(BIN)/kubeconform -strict -summary -kubernetes-version $(K8S_VERSION) \
 		-schema-location '$(K8S_SCHEMAS)/{{ .ResourceKind }}{{ .KindSuffix }}.json' $(DEPLOY_OUT)/*.yaml
-	$(BIN)/k8s-check -external-secret myelin-database $(DEPLOY_OUT)/*.yaml
+	$(BIN)/k8s-check -external-secret myelin-database -external-secret myelin-media-s3 $(DEPLOY_OUT)/*.yaml

@@ -7,6 +7,7 @@ require (
 	github.com/myelin-chat/myelin/proto v0.0.0
 	github.com/myelin-chat/myelin/services/clientapi v0.0.0
 	github.com/myelin-chat/myelin/services/keyserver v0.0.0
+	github.com/myelin-chat/myelin/services/media v0.0.0
 	github.com/myelin-chat/myelin/services/presence v0.0.0
 	github.com/myelin-chat/myelin/services/roomserver v0.0.0
 	gonum.org/v1/plot v0.15.2
@@ -44,6 +45,7 @@ replace (
 	github.com/myelin-chat/myelin/proto => ./proto
 	github.com/myelin-chat/myelin/services/clientapi => ./services/clientapi
 	github.com/myelin-chat/myelin/services/keyserver => ./services/keyserver
+	github.com/myelin-chat/myelin/services/media => ./services/media
 	github.com/myelin-chat/myelin/services/presence => ./services/presence
 	github.com/myelin-chat/myelin/services/roomserver => ./services/roomserver
 )

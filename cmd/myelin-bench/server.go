@@ -63,6 +63,7 @@ func startServer(ctx context.Context, bin, dir, pgSettings string) (*server, err
 		"MYELIN_HTTP_LISTEN=" + httpAddr,
 		"MYELIN_DEBUG_PPROF_LISTEN=" + pprofAddr,
 		"MYELIN_CLIENT_API_RATE_LIMIT_ENABLED=false",
+		"MYELIN_MEDIA_RATE_LIMIT_ENABLED=false",
 		"MYELIN_CLIENT_API_PUBLIC_BASE_URL=" + s.url,
 		"MYELIN_LOGGING_LEVEL=warn",
 	}

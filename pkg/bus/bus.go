@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -81,6 +82,28 @@ const (
 	KindStatus   = "status"
 )
 
+// Key changes (device lists and cross-signing), published by the
+// key-server after each change commits, in position order. Payload:
+// keyserver.v1.KeyChange. The client-API wakes the /sync long polls of
+// the users sharing a room with the changed user; the federation sender
+// will turn them into m.device_list_update and m.signing_key_update EDUs.
+const (
+	// KeyChangesStream holds the key-server's key change log.
+	KeyChangesStream = "MYELIN_KEY_CHANGES"
+	// keyChangesPrefix is the subject prefix of KeyChangesStream.
+	keyChangesPrefix = "myelin.keyserver.devicelists."
+	// KeyChangesAllSubjects matches every user's key changes.
+	KeyChangesAllSubjects = keyChangesPrefix + ">"
+)
+
+// KeyChangesSubject carries one user's key changes.
+func KeyChangesSubject(userID string) string { return keyChangesPrefix + token(userID) }
+
+// KeyChangeMsgID is the Nats-Msg-Id of the key change at a device list
+// position: a change published again within the duplicate window is
+// dropped.
+func KeyChangeMsgID(position int64) string { return "keychange-" + strconv.FormatInt(position, 10) }
+
 // SyncWakeSubject is a core NATS subject, in no stream: client-API
 // replicas announce on it what they stored (myelin.clientapi.v1.SyncWake),
 // so each replica wakes the /sync long polls it holds. Delivery is at most
@@ -127,6 +150,17 @@ func Streams(replicas int) []jetstream.StreamConfig {
 		Retention: jetstream.LimitsPolicy,
 		Replicas:  replicas,
 		MaxAge:    time.Hour,
+	}, {
+		Name:        KeyChangesStream,
+		Description: "Device list and cross-signing key changes (keyserver.v1.KeyChange)",
+		Subjects:    []string{KeyChangesAllSubjects},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		Replicas:    replicas,
+		// The key-server sets Nats-Msg-Id (KeyChangeMsgID); a change
+		// published again after a crash is dropped within this window.
+		Duplicates: 10 * time.Minute,
+		MaxAge:     7 * 24 * time.Hour,
 	}}
 }
 

@@ -72,3 +72,44 @@ func TestMissingUpstreamIsConfigError(t *testing.T) {
 		t.Fatal("empty upstream accepted")
 	}
 }
+
+// The media service's paths sit inside the client API's prefix: the longer
+// prefix wins, whatever the order of the routes.
+func TestLongestPrefixWins(t *testing.T) {
+	upstream := func(name string) *httptest.Server {
+		s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_, _ = io.WriteString(w, name+":"+r.URL.Path)
+		}))
+		t.Cleanup(s.Close)
+		return s
+	}
+	client, media := upstream("client"), upstream("media")
+	r := chi.NewRouter()
+	err := edge.Mount(r, []edge.Route{
+		{Prefix: "/_matrix/client/", Upstream: client.URL, Service: "client-api"},
+		{Prefix: "/_matrix/media/", Upstream: media.URL, Service: "media"},
+		{Prefix: "/_matrix/client/v1/media/", Upstream: media.URL, Service: "media"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	front := httptest.NewServer(r)
+	defer front.Close()
+	for path, want := range map[string]string{
+		"/_matrix/client/v1/media/download/hs/abc": "media:/_matrix/client/v1/media/download/hs/abc",
+		"/_matrix/client/v1/media/config":          "media:/_matrix/client/v1/media/config",
+		"/_matrix/media/v3/upload":                 "media:/_matrix/media/v3/upload",
+		"/_matrix/client/v1/rooms/x/threads":       "client:/_matrix/client/v1/rooms/x/threads",
+		"/_matrix/client/v3/sync":                  "client:/_matrix/client/v3/sync",
+	} {
+		res, err := http.Get(front.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if string(body) != want {
+			t.Errorf("%s: got %q, want %q", path, body, want)
+		}
+	}
+}

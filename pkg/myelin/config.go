@@ -12,6 +12,7 @@ import (
 	"github.com/myelin-chat/myelin/pkg/logging"
 	"github.com/myelin-chat/myelin/services/clientapi"
 	"github.com/myelin-chat/myelin/services/keyserver"
+	"github.com/myelin-chat/myelin/services/media"
 	"github.com/myelin-chat/myelin/services/presence"
 	"github.com/myelin-chat/myelin/services/roomserver"
 )
@@ -53,6 +54,7 @@ type Config struct {
 	RoomServer roomserver.Config `yaml:"room_server"`
 	ClientAPI  clientapi.Config  `yaml:"client_api"`
 	Presence   presence.Config   `yaml:"presence"`
+	Media      media.Config      `yaml:"media"`
 }
 
 // ListenConfig is a listen address such as "127.0.0.1:8008" (":0" picks a
@@ -84,6 +86,7 @@ type ServiceAddresses struct {
 	RoomServer ServiceAddress `yaml:"room_server"`
 	ClientAPI  ServiceAddress `yaml:"client_api"`
 	Presence   ServiceAddress `yaml:"presence"`
+	Media      ServiceAddress `yaml:"media"`
 }
 
 // ServiceAddress is where a service's gRPC and HTTP listeners are. Empty
@@ -107,6 +110,7 @@ func DefaultConfig() Config {
 		RoomServer: roomserver.DefaultConfig(),
 		ClientAPI:  clientapi.DefaultConfig(),
 		Presence:   presence.DefaultConfig(),
+		Media:      media.DefaultConfig(),
 	}
 }
 
@@ -140,12 +144,16 @@ func (c *Config) Validate() error {
 	if c.DataDir == "" && (c.NATS.URL == "" || c.Database.URL == "") {
 		errs = append(errs, errors.New("data_dir must be set when nats.url or database.url is empty"))
 	}
+	if c.DataDir == "" && c.Media.Storage.Backend == media.BackendFile && c.Media.Storage.Path == "" {
+		errs = append(errs, errors.New("data_dir must be set when media.storage.path is empty (the file backend keeps media under data_dir/media)"))
+	}
 	errs = append(errs,
 		prefix("federation", c.Federation.Validate()),
 		prefix("key_server", c.KeyServer.Validate()),
 		prefix("room_server", c.RoomServer.Validate()),
 		prefix("client_api", c.ClientAPI.Validate()),
 		prefix("presence", c.Presence.Validate()),
+		prefix("media", c.Media.Validate()),
 	)
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w: %w", config.ErrInvalid, err)

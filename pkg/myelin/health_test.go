@@ -75,7 +75,7 @@ func TestHealthFollowsTheDatabase(t *testing.T) {
 			}
 			if !want {
 				failed, _ := body["failed"].(map[string]any)
-				for _, svc := range []string{"key-server", "room-server", "presence", "client-api"} {
+				for _, svc := range []string{"key-server", "room-server", "presence", "client-api", "media"} {
 					if msg, _ := failed[svc].(string); !strings.Contains(msg, "database") {
 						return fmt.Errorf("/readyz does not name %s's database: %v", svc, body)
 					}

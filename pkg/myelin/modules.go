@@ -10,11 +10,14 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/myelin-chat/myelin/pkg/logging"
+	clientapiv1 "github.com/myelin-chat/myelin/proto/clientapi/v1"
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
+	mediav1 "github.com/myelin-chat/myelin/proto/media/v1"
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi"
 	"github.com/myelin-chat/myelin/services/keyserver"
+	"github.com/myelin-chat/myelin/services/media"
 	"github.com/myelin-chat/myelin/services/presence"
 	"github.com/myelin-chat/myelin/services/roomserver"
 )
@@ -27,6 +30,7 @@ const (
 	TargetRoomServer = "room-server"
 	TargetClientAPI  = "client-api"
 	TargetPresence   = "presence"
+	TargetMedia      = "media"
 	TargetEdge       = "edge"
 )
 
@@ -54,6 +58,7 @@ var modules = []module{
 	{name: TargetRoomServer, start: startRoomServer},
 	{name: TargetPresence, start: startPresence},
 	{name: TargetClientAPI, start: startClientAPI},
+	{name: TargetMedia, start: startMedia},
 }
 
 // ParseTargets expands a comma-separated target list. "all" is every
@@ -105,6 +110,7 @@ func startKeyServer(ctx context.Context, p *process) (service, error) {
 		ServerName:  p.cfg.ServerName,
 		DatabaseURL: p.cfg.databaseURL(p.cfg.KeyServer.DatabaseURL),
 		Federation:  p.fedTransport,
+		JetStream:   p.js,
 	})
 }
 
@@ -136,14 +142,20 @@ func startClientAPI(ctx context.Context, p *process) (service, error) {
 	if err != nil {
 		return nil, err
 	}
+	ms, err := p.dial(TargetMedia)
+	if err != nil {
+		return nil, err
+	}
 	return clientapi.New(ctx, p.cfg.ClientAPI, clientapi.Deps{
 		Logger:      p.log.With(logging.Service(TargetClientAPI)),
 		ServerName:  p.cfg.ServerName,
 		DatabaseURL: p.cfg.databaseURL(p.cfg.ClientAPI.DatabaseURL),
 		JetStream:   p.js,
 		KeyServer:   keyserverv1.NewKeyServiceClient(ks),
+		E2EKeys:     keyserverv1.NewE2EKeyServiceClient(ks),
 		RoomServer:  roomserverv1.NewRoomServiceClient(rs),
 		Presence:    presencev1.NewPresenceServiceClient(ps),
+		Media:       mediav1.NewMediaServiceClient(ms),
 	})
 }
 
@@ -158,5 +170,22 @@ func startPresence(ctx context.Context, p *process) (service, error) {
 		DatabaseURL: p.cfg.databaseURL(p.cfg.Presence.DatabaseURL),
 		JetStream:   p.js,
 		RoomServer:  roomserverv1.NewRoomServiceClient(rs),
+	})
+}
+
+func startMedia(ctx context.Context, p *process) (service, error) {
+	ca, err := p.dial(TargetClientAPI)
+	if err != nil {
+		return nil, err
+	}
+	cfg := p.cfg.Media
+	if cfg.Storage.Backend == media.BackendFile && cfg.Storage.Path == "" {
+		cfg.Storage.Path = p.cfg.dataPath("media")
+	}
+	return media.New(ctx, cfg, media.Deps{
+		Logger:      p.log.With(logging.Service(TargetMedia)),
+		ServerName:  p.cfg.ServerName,
+		DatabaseURL: p.cfg.databaseURL(cfg.DatabaseURL),
+		Users:       clientapiv1.NewUserServiceClient(ca),
 	})
 }

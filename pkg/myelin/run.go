@@ -350,7 +350,7 @@ func (p *process) needsDatabase() bool {
 
 func (p *process) needsNATS() bool {
 	return slices.Contains(p.targets, TargetRoomServer) || slices.Contains(p.targets, TargetClientAPI) ||
-		slices.Contains(p.targets, TargetPresence)
+		slices.Contains(p.targets, TargetPresence) || slices.Contains(p.targets, TargetKeyServer)
 }
 
 // dial returns the gRPC connection to a service: the configured address, or,
@@ -389,6 +389,8 @@ func (p *process) address(target string) ServiceAddress {
 		return p.cfg.Services.ClientAPI
 	case TargetPresence:
 		return p.cfg.Services.Presence
+	case TargetMedia:
+		return p.cfg.Services.Media
 	}
 	return ServiceAddress{}
 }
@@ -405,7 +407,8 @@ func (p *process) edgeRoutes() []edge.Route {
 			routes = append(routes, edge.Route{Prefix: pre, Upstream: p.address(target).HTTP, Service: target})
 		}
 	}
-	add(TargetClientAPI, "/_matrix/client/", "/_matrix/media/", "/.well-known/matrix/", "/_matrix/static/", "/_synapse/admin/")
+	add(TargetClientAPI, "/_matrix/client/", "/.well-known/matrix/", "/_matrix/static/", "/_synapse/admin/")
+	add(TargetMedia, "/_matrix/media/", "/_matrix/client/v1/media/")
 	add(TargetKeyServer, "/_matrix/key/")
 	return routes
 }

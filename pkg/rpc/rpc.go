@@ -46,6 +46,7 @@ func NewServer(log *zap.Logger, opts ...grpc.ServerOption) *grpc.Server {
 			MaxConnectionAgeGrace: maxConnectionAgeGrace,
 		}),
 		grpc.ChainUnaryInterceptor(recoverUnary(log), logUnary(log)),
+		grpc.ChainStreamInterceptor(recoverStream(log)),
 	}, opts...)...)
 }
 
@@ -139,6 +140,19 @@ func recoverUnary(log *zap.Logger) grpc.UnaryServerInterceptor {
 			}
 		}()
 		return handler(ctx, req)
+	}
+}
+
+func recoverStream(log *zap.Logger) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				log.Error("panic in gRPC stream handler", zap.String("method", info.FullMethod),
+					zap.Any("panic", r), zap.ByteString("stack", debug.Stack()))
+				err = status.Error(codes.Internal, "internal error")
+			}
+		}()
+		return handler(srv, ss)
 	}
 }
 

@@ -129,3 +129,42 @@ func TestCallsSpreadOverResolvedReplicas(t *testing.T) {
 		}
 	}
 }
+
+// panickyHealth's streaming Watch panics.
+type panickyHealth struct {
+	grpc_health_v1.UnimplementedHealthServer
+}
+
+func (panickyHealth) Watch(*grpc_health_v1.HealthCheckRequest, grpc.ServerStreamingServer[grpc_health_v1.HealthCheckResponse]) error {
+	panic("boom")
+}
+
+func (panickyHealth) Check(context.Context, *grpc_health_v1.HealthCheckRequest) (*grpc_health_v1.HealthCheckResponse, error) {
+	return &grpc_health_v1.HealthCheckResponse{Status: grpc_health_v1.HealthCheckResponse_SERVING}, nil
+}
+
+// A panic in a streaming handler becomes an Internal error for that call;
+// the server keeps serving.
+func TestStreamPanicIsInternalError(t *testing.T) {
+	srv := NewServer(zaptest.NewLogger(t))
+	grpc_health_v1.RegisterHealthServer(srv, panickyHealth{})
+	lis := ListenInProcess()
+	go srv.Serve(lis) //nolint:errcheck
+	defer srv.Stop()
+	conn, err := DialInProcess(lis)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := grpc_health_v1.NewHealthClient(conn)
+	stream, err := client.Watch(context.Background(), &grpc_health_v1.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); status.Code(err) != codes.Internal {
+		t.Fatalf("panicking stream: %v, want Internal", err)
+	}
+	if _, err := client.Check(context.Background(), &grpc_health_v1.HealthCheckRequest{}); err != nil {
+		t.Fatalf("server after the panic: %v", err)
+	}
+}

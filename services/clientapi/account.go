@@ -144,7 +144,7 @@ func (s *Service) logout(r *http.Request, dev *device) (any, error) {
 	if err := s.store.Logout(r.Context(), dev.tokenHash); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return nil, err
 	}
-	s.announceKeyChange(dev.UserID) // the device's keys went with it
+	s.keys.sendForRequest(r.Context(), dev.UserID) // the device's keys go with it
 	return struct{}{}, nil
 }
 
@@ -153,7 +153,7 @@ func (s *Service) logoutAll(r *http.Request, dev *device) (any, error) {
 	if err := s.store.LogoutAll(r.Context(), dev.UserID); err != nil {
 		return nil, err
 	}
-	s.announceKeyChange(dev.UserID)
+	s.keys.sendForRequest(r.Context(), dev.UserID)
 	return struct{}{}, nil
 }
 

@@ -1,6 +1,7 @@
 package clientapi
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
@@ -81,8 +82,7 @@ func (s *Service) authenticate(r *http.Request) (*device, error) {
 	if !ok {
 		return nil, matrixhttp.MissingToken("Missing access token")
 	}
-	hash := hashToken(token)
-	owner, err := s.store.LookupToken(r.Context(), hash)
+	dev, expired, err := s.lookupAccessToken(r.Context(), token)
 	if errors.Is(err, store.ErrNotFound) {
 		e := matrixhttp.UnknownToken("Unrecognised access token")
 		e.Extra = map[string]any{"soft_logout": false}
@@ -91,13 +91,26 @@ func (s *Service) authenticate(r *http.Request) (*device, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !owner.ExpiresAt.IsZero() && !s.now().Before(owner.ExpiresAt) {
+	if expired {
 		// The device still exists: the client refreshes (or logs in
 		// again to the same device) rather than starting over.
 		e := matrixhttp.UnknownToken("Access token has expired")
 		e.Extra = map[string]any{"soft_logout": true}
 		return nil, e
 	}
+	return dev, nil
+}
+
+// lookupAccessToken resolves an access token to its device (store.ErrNotFound
+// if it is unknown), and says whether its lifetime is over. The HTTP
+// handlers and the UserService's Authenticate (handler.go) share it.
+func (s *Service) lookupAccessToken(ctx context.Context, token string) (dev *device, expired bool, err error) {
+	hash := hashToken(token)
+	owner, err := s.store.LookupToken(ctx, hash)
+	if err != nil {
+		return nil, false, err
+	}
+	expired = !owner.ExpiresAt.IsZero() && !s.now().Before(owner.ExpiresAt)
 	return &device{UserID: owner.UserID, DeviceID: owner.DeviceID, IsAdmin: owner.Admin, IsGuest: owner.Guest,
-		Locked: owner.Locked, Suspended: owner.Suspended, tokenHash: hash}, nil
+		Locked: owner.Locked, Suspended: owner.Suspended, tokenHash: hash}, expired, nil
 }

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
+
+	"github.com/myelin-chat/myelin/pkg/ratelimit"
 )
 
 // Config is the client-API's own configuration (root key: client_api).
@@ -32,8 +34,6 @@ type Config struct {
 	ConsumerName string `yaml:"consumer_name"`
 	// Push configures notifications and HTTP pushers (pushers.go).
 	Push PushConfig `yaml:"push"`
-	// Media configures the content repository (media.go).
-	Media MediaConfig `yaml:"media"`
 	// Turn configures GET /voip/turnServer (extras.go).
 	Turn TurnConfig `yaml:"turn"`
 	// Support is served at /.well-known/matrix/support (moderation.go).
@@ -66,30 +66,6 @@ type TurnConfig struct {
 	SharedSecret string `yaml:"shared_secret"`
 	// UserLifetime is how long issued credentials last.
 	UserLifetime time.Duration `yaml:"user_lifetime"`
-}
-
-// MediaConfig configures the content repository.
-type MediaConfig struct {
-	// MaxUploadSize caps one upload, in bytes (m.upload.size); larger
-	// uploads get 413 M_TOO_LARGE.
-	MaxUploadSize int64 `yaml:"max_upload_size"`
-	// MaxThumbnailPixels: images with more pixels are not thumbnailed
-	// (413 M_TOO_LARGE).
-	MaxThumbnailPixels int64 `yaml:"max_thumbnail_pixels"`
-	// UnauthenticatedDownload also serves media on the deprecated
-	// /_matrix/media/{v3,r0}/download and /thumbnail endpoints. Off: the
-	// spec asks servers to freeze them, and all of Myelin's media is newer
-	// than the freeze.
-	UnauthenticatedDownload bool `yaml:"unauthenticated_download"`
-	// MaxUserTotal caps the bytes one user may have uploaded in all (0:
-	// no cap); an upload past it gets 403 M_FORBIDDEN, as the spec asks
-	// for quotas.
-	MaxUserTotal int64 `yaml:"max_user_total"`
-	// MaxPendingCreates caps a user's media IDs from POST /media/v1/create
-	// that have no content yet (429 M_LIMIT_EXCEEDED beyond).
-	MaxPendingCreates int `yaml:"max_pending_creates"`
-	// CreateExpiry is how long such a media ID waits for its content.
-	CreateExpiry time.Duration `yaml:"create_expiry"`
 }
 
 // PushConfig configures the receipt copy that resets unread counts and
@@ -125,19 +101,14 @@ type RateLimitConfig struct {
 	Login      RateBucket `yaml:"login"`
 	Send       RateBucket `yaml:"send"`
 	CreateRoom RateBucket `yaml:"create_room"`
-	// Media limits uploads and POST /media/v1/create.
-	Media RateBucket `yaml:"media"`
 	// TrustForwardedFor takes the client IP from X-Forwarded-For (set it
 	// when the client-API runs behind the edge router or another proxy).
 	TrustForwardedFor bool `yaml:"trust_forwarded_for"`
 }
 
 // RateBucket is a token bucket: PerSecond tokens are added each second, up
-// to Burst.
-type RateBucket struct {
-	PerSecond float64 `yaml:"per_second"`
-	Burst     int     `yaml:"burst"`
-}
+// to Burst (the shared limiter's, pkg/ratelimit).
+type RateBucket = ratelimit.Bucket
 
 // SyncConfig holds /sync and /messages settings.
 type SyncConfig struct {
@@ -162,7 +133,6 @@ func DefaultConfig() Config {
 			Login:      RateBucket{PerSecond: 10, Burst: 100},
 			Send:       RateBucket{PerSecond: 100, Burst: 1000},
 			CreateRoom: RateBucket{PerSecond: 10, Burst: 100},
-			Media:      RateBucket{PerSecond: 10, Burst: 50},
 		},
 		Sync: SyncConfig{
 			DefaultTimelineLimit: 10,
@@ -181,22 +151,12 @@ func DefaultConfig() Config {
 			PruneInterval:         time.Hour,
 		},
 		Turn: TurnConfig{UserLifetime: time.Hour},
-		Media: MediaConfig{
-			MaxUploadSize:      50 << 20,
-			MaxUserTotal:       0,
-			MaxThumbnailPixels: 32_000_000,
-			MaxPendingCreates:  50,
-			CreateExpiry:       24 * time.Hour,
-		},
 	}
 }
 
 // Validate checks the settings.
 func (c Config) Validate() error {
 	var errs []error
-	if c.Media.MaxUploadSize < 1 || c.Media.MaxThumbnailPixels < 1 || c.Media.MaxPendingCreates < 1 || c.Media.CreateExpiry <= 0 {
-		errs = append(errs, errors.New("media: max_upload_size, max_thumbnail_pixels, max_pending_creates and create_expiry must be positive"))
-	}
 	if len(c.Turn.URIs) > 0 && (c.Turn.SharedSecret == "" || c.Turn.UserLifetime <= 0) {
 		errs = append(errs, errors.New("turn: uris need a shared_secret and a positive user_lifetime"))
 	}
@@ -217,9 +177,9 @@ func (c Config) Validate() error {
 	if c.RateLimit.Enabled {
 		for name, b := range map[string]RateBucket{
 			"register": c.RateLimit.Register, "login": c.RateLimit.Login,
-			"send": c.RateLimit.Send, "create_room": c.RateLimit.CreateRoom, "media": c.RateLimit.Media,
+			"send": c.RateLimit.Send, "create_room": c.RateLimit.CreateRoom,
 		} {
-			if b.PerSecond <= 0 || b.Burst < 1 {
+			if !b.Valid() {
 				errs = append(errs, fmt.Errorf("rate_limit.%s: per_second must be > 0 and burst >= 1", name))
 			}
 		}

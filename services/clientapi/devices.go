@@ -76,6 +76,9 @@ func (s *Service) putDevice(r *http.Request, dev *device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	if req.DisplayName != nil {
+		s.keys.sendForRequest(r.Context(), dev.UserID) // the key-server shows the name with the keys
+	}
 	return struct{}{}, nil
 }
 
@@ -126,7 +129,7 @@ func (s *Service) deleteDevicesUIA(r *http.Request, dev *device, auth *authData,
 	if err := s.store.DeleteDevices(ctx, dev.UserID, ids); err != nil {
 		return nil, err
 	}
-	s.announceKeyChange(dev.UserID)
+	s.keys.sendForRequest(ctx, dev.UserID)
 	if err := s.finishUIA(ctx, sess); err != nil {
 		return nil, err
 	}

@@ -14,6 +14,7 @@ require (
 	github.com/tidwall/sjson v1.2.5
 	go.uber.org/zap v1.28.0
 	golang.org/x/crypto v0.58.0
+	google.golang.org/genproto/googleapis/rpc v0.0.0-20260817212433-ac3dfec99bb1
 	google.golang.org/grpc v1.85.0
 	google.golang.org/protobuf v1.36.12
 	maunium.net/go/mautrix v0.31.0
@@ -51,7 +52,6 @@ require (
 	golang.org/x/sys v0.50.0 // indirect
 	golang.org/x/text v0.44.0 // indirect
 	golang.org/x/time v0.16.0 // indirect
-	google.golang.org/genproto/googleapis/rpc v0.0.0-20260817212433-ac3dfec99bb1 // indirect
 )
 
 replace (
@@ -59,6 +59,7 @@ replace (
 	github.com/myelin-chat/myelin/proto => ../../proto
 	github.com/myelin-chat/myelin/services/clientapi => ../clientapi
 	github.com/myelin-chat/myelin/services/keyserver => ../keyserver
+	github.com/myelin-chat/myelin/services/media => ../media
 	github.com/myelin-chat/myelin/services/presence => ../presence
 	github.com/myelin-chat/myelin/services/roomserver => ../roomserver
 )

@@ -19,6 +19,7 @@ import (
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	"github.com/myelin-chat/myelin/pkg/rpc"
 	"github.com/myelin-chat/myelin/pkg/testkit"
+	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 )
 
@@ -29,11 +30,13 @@ const testServerName = "example.test"
 // harness runs one client-API on real PostgreSQL and real NATS JetStream,
 // serving real HTTP.
 type harness struct {
-	t      *testing.T
-	cfg    Config
-	dbURL  string
-	js     jetstream.JetStream
-	rooms  roomserverv1.RoomServiceClient
+	t     *testing.T
+	cfg   Config
+	dbURL string
+	js    jetstream.JetStream
+	rooms roomserverv1.RoomServiceClient
+	// e2e is the key-server's E2EKeyService (nil: none).
+	e2e    keyserverv1.E2EKeyServiceClient
 	svc    *Service
 	srv    *httptest.Server
 	cancel context.CancelFunc
@@ -70,7 +73,7 @@ func (h *harness) start() {
 	t.Helper()
 	svc, err := New(context.Background(), h.cfg, Deps{
 		Logger: zaptest.NewLogger(t), ServerName: testServerName, DatabaseURL: h.dbURL,
-		JetStream: h.js, RoomServer: h.rooms,
+		JetStream: h.js, RoomServer: h.rooms, E2EKeys: h.e2e,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -68,7 +68,7 @@ func startReplicas(t *testing.T, cfg clientapi.Config, n int) []string {
 	t.Cleanup(func() { _ = conn.Close() })
 	ksClient := keyserverv1.NewKeyServiceClient(conn)
 
-	ks, err := keyserver.New(ctx, keyserver.DefaultConfig(), keyserver.Deps{Logger: log, ServerName: serverName, DatabaseURL: db})
+	ks, err := keyserver.New(ctx, keyserver.DefaultConfig(), keyserver.Deps{Logger: log, ServerName: serverName, DatabaseURL: db, JetStream: js})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,18 +83,22 @@ func startReplicas(t *testing.T, cfg clientapi.Config, n int) []string {
 	g := rpc.NewServer(log)
 	ks.RegisterGRPC(g)
 	rs.RegisterGRPC(g)
-	runs := []func(context.Context) error{rs.Run}
+	runs := []func(context.Context) error{rs.Run, ks.Run}
 	var urls []string
 	var closers []func()
-	for range n {
+	for i := range n {
 		ca, err := clientapi.New(ctx, cfg, clientapi.Deps{
 			Logger: log, ServerName: serverName, DatabaseURL: db, JetStream: js,
-			KeyServer: ksClient, RoomServer: roomserverv1.NewRoomServiceClient(conn),
+			KeyServer: ksClient, E2EKeys: keyserverv1.NewE2EKeyServiceClient(conn), RoomServer: roomserverv1.NewRoomServiceClient(conn),
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
-		ca.RegisterGRPC(g)
+		if i == 0 {
+			// One gRPC server for the test: in a deployment each replica
+			// serves its own.
+			ca.RegisterGRPC(g)
+		}
 		r := chi.NewRouter()
 		r.Use(matrixhttp.CORS)
 		r.NotFound(matrixhttp.NotFoundHandler)
@@ -344,5 +348,15 @@ func TestFullStackWithMautrix(t *testing.T) {
 				t.Fatalf("joined rooms %v %v", joined, err)
 			}
 		})
+	}
+}
+
+// wantMatrixError checks that err is a Matrix error with this errcode and
+// HTTP status.
+func wantMatrixError(t *testing.T, what string, err error, status int, errcode string) {
+	t.Helper()
+	var he mautrix.HTTPError
+	if !errors.As(err, &he) || he.Response == nil || he.Response.StatusCode != status || he.RespError == nil || he.RespError.ErrCode != errcode {
+		t.Errorf("%s: got %v, want %d %s", what, err, status, errcode)
 	}
 }

@@ -2,34 +2,33 @@ package clientapi
 
 // Server-side key backups (client-server API, "Server-side key backups"):
 // /room_keys/version[/{version}] and /room_keys/keys[/{roomId}[/{sessionId}]].
-// The server keeps the backups' data opaque (store/keybackup.go): it only
-// compares the metadata of two keys for one session to keep the better one,
-// and accepts writes to the user's latest version only (403
-// M_WRONG_ROOM_KEYS_VERSION naming the current one).
+// The backups live in the key-server (E2EKeyService), which keeps their
+// data opaque, keeps the better key of a session and accepts writes to the
+// user's latest version only (403 M_WRONG_ROOM_KEYS_VERSION naming the
+// current one); these handlers parse, call it and render.
 
 import (
 	"encoding/json"
-	"errors"
 	"net/http"
 	"strconv"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
-	"github.com/myelin-chat/myelin/services/clientapi/store"
+	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
 )
 
 func (s *Service) keyBackupRoutes() []route {
 	rts := []route{
-		{method: http.MethodPost, path: "/room_keys/version", auth: true, serve: s.createBackupVersion},
-		{method: http.MethodGet, path: "/room_keys/version", auth: true, serve: s.getBackupVersion},
-		{method: http.MethodGet, path: "/room_keys/version/{version}", auth: true, serve: s.getBackupVersion},
-		{method: http.MethodPut, path: "/room_keys/version/{version}", auth: true, serve: s.updateBackupVersion},
-		{method: http.MethodDelete, path: "/room_keys/version/{version}", auth: true, serve: s.deleteBackupVersion},
+		{method: http.MethodPost, path: "/room_keys/version", auth: true, serve: s.needKeys(s.createBackupVersion)},
+		{method: http.MethodGet, path: "/room_keys/version", auth: true, serve: s.needKeys(s.getBackupVersion)},
+		{method: http.MethodGet, path: "/room_keys/version/{version}", auth: true, serve: s.needKeys(s.getBackupVersion)},
+		{method: http.MethodPut, path: "/room_keys/version/{version}", auth: true, serve: s.needKeys(s.updateBackupVersion)},
+		{method: http.MethodDelete, path: "/room_keys/version/{version}", auth: true, serve: s.needKeys(s.deleteBackupVersion)},
 	}
 	for _, p := range []string{"/room_keys/keys", "/room_keys/keys/{roomId}", "/room_keys/keys/{roomId}/{sessionId}"} {
 		rts = append(rts,
-			route{method: http.MethodPut, path: p, auth: true, serve: s.putBackupKeys},
-			route{method: http.MethodGet, path: p, auth: true, serve: s.getBackupKeys},
-			route{method: http.MethodDelete, path: p, auth: true, serve: s.deleteBackupKeys},
+			route{method: http.MethodPut, path: p, auth: true, serve: s.needKeys(s.putBackupKeys)},
+			route{method: http.MethodGet, path: p, auth: true, serve: s.needKeys(s.getBackupKeys)},
+			route{method: http.MethodDelete, path: p, auth: true, serve: s.needKeys(s.deleteBackupKeys)},
 		)
 	}
 	return rts
@@ -51,30 +50,18 @@ type backupVersionBody struct {
 	Version   string          `json:"version"`
 }
 
-func (b backupVersionBody) check() error {
-	if b.Algorithm == "" {
-		return matrixhttp.MissingParam("algorithm is required")
-	}
-	if len(b.AuthData) == 0 || b.AuthData[0] != '{' {
-		return matrixhttp.BadJSON("auth_data must be an object")
-	}
-	return nil
-}
-
 // createBackupVersion is POST /room_keys/version.
 func (s *Service) createBackupVersion(r *http.Request, dev *device) (any, error) {
 	var req backupVersionBody
 	if err := decodeBody(r, bodyRequired, &req); err != nil {
 		return nil, err
 	}
-	if err := req.check(); err != nil {
-		return nil, err
-	}
-	v, err := s.store.CreateBackupVersion(r.Context(), dev.UserID, req.Algorithm, req.AuthData)
+	ctx := r.Context()
+	resp, err := s.e2e.CreateBackupVersion(ctx, &keyserverv1.CreateBackupVersionRequest{UserId: dev.UserID, Algorithm: req.Algorithm, AuthData: req.AuthData})
 	if err != nil {
-		return nil, err
+		return nil, s.keysError(ctx, "CreateBackupVersion", err)
 	}
-	return map[string]string{"version": strconv.FormatInt(v, 10)}, nil
+	return map[string]string{"version": strconv.FormatInt(resp.GetVersion(), 10)}, nil
 }
 
 // getBackupVersion is GET /room_keys/version[/{version}].
@@ -86,15 +73,14 @@ func (s *Service) getBackupVersion(r *http.Request, dev *device) (any, error) {
 			return nil, err
 		}
 	}
-	b, err := s.store.Reader().BackupVersionInfo(r.Context(), dev.UserID, version)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, matrixhttp.NotFound("No such backup version")
-	} else if err != nil {
-		return nil, err
+	ctx := r.Context()
+	b, err := s.e2e.GetBackupVersion(ctx, &keyserverv1.GetBackupVersionRequest{UserId: dev.UserID, Version: version})
+	if err != nil {
+		return nil, s.keysError(ctx, "GetBackupVersion", err)
 	}
 	return map[string]any{
-		"algorithm": b.Algorithm, "auth_data": b.AuthData, "count": b.Count,
-		"etag": strconv.FormatInt(b.Etag, 10), "version": strconv.FormatInt(b.Version, 10),
+		"algorithm": b.GetAlgorithm(), "auth_data": json.RawMessage(b.GetAuthData()), "count": b.GetCount(),
+		"etag": strconv.FormatInt(b.GetEtag(), 10), "version": strconv.FormatInt(b.GetVersion(), 10),
 	}, nil
 }
 
@@ -109,26 +95,13 @@ func (s *Service) updateBackupVersion(r *http.Request, dev *device) (any, error)
 	if err := decodeBody(r, bodyRequired, &req); err != nil {
 		return nil, err
 	}
-	if err := req.check(); err != nil {
-		return nil, err
-	}
 	if req.Version != "" && req.Version != strconv.FormatInt(version, 10) {
 		return nil, matrixhttp.InvalidParam("version in the body differs from the path")
 	}
 	ctx := r.Context()
-	b, err := s.store.Reader().BackupVersionInfo(ctx, dev.UserID, version)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, matrixhttp.NotFound("No such backup version")
-	} else if err != nil {
-		return nil, err
-	}
-	if b.Algorithm != req.Algorithm {
-		return nil, matrixhttp.InvalidParam("algorithm differs from the backup's")
-	}
-	if err := s.store.UpdateBackupAuthData(ctx, dev.UserID, version, req.AuthData); errors.Is(err, store.ErrNotFound) {
-		return nil, matrixhttp.NotFound("No such backup version")
-	} else if err != nil {
-		return nil, err
+	_, err = s.e2e.UpdateBackupVersion(ctx, &keyserverv1.UpdateBackupVersionRequest{UserId: dev.UserID, Version: version, Algorithm: req.Algorithm, AuthData: req.AuthData})
+	if err != nil {
+		return nil, s.keysError(ctx, "UpdateBackupVersion", err)
 	}
 	return struct{}{}, nil
 }
@@ -139,10 +112,9 @@ func (s *Service) deleteBackupVersion(r *http.Request, dev *device) (any, error)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.store.DeleteBackupVersion(r.Context(), dev.UserID, version); errors.Is(err, store.ErrNotFound) {
-		return nil, matrixhttp.NotFound("No such backup version")
-	} else if err != nil {
-		return nil, err
+	ctx := r.Context()
+	if _, err := s.e2e.DeleteBackupVersion(ctx, &keyserverv1.DeleteBackupVersionRequest{UserId: dev.UserID, Version: version}); err != nil {
+		return nil, s.keysError(ctx, "DeleteBackupVersion", err)
 	}
 	return struct{}{}, nil
 }
@@ -159,62 +131,69 @@ func backupKeysScope(r *http.Request) (version int64, room, session string, err 
 	return version, chiParam(r, "roomId"), chiParam(r, "sessionId"), nil
 }
 
+// backupKey is one session's key in a backup, as clients send and get it.
+type backupKey struct {
+	FirstMessageIndex int64           `json:"first_message_index"`
+	ForwardedCount    int64           `json:"forwarded_count"`
+	IsVerified        bool            `json:"is_verified"`
+	SessionData       json.RawMessage `json:"session_data"`
+}
+
+func (k backupKey) toProto(room, session string) *keyserverv1.BackupKey {
+	return &keyserverv1.BackupKey{RoomId: room, SessionId: session, FirstMessageIndex: k.FirstMessageIndex,
+		ForwardedCount: k.ForwardedCount, IsVerified: k.IsVerified, SessionData: k.SessionData}
+}
+
+func backupKeyOf(k *keyserverv1.BackupKey) backupKey {
+	return backupKey{FirstMessageIndex: k.GetFirstMessageIndex(), ForwardedCount: k.GetForwardedCount(),
+		IsVerified: k.GetIsVerified(), SessionData: k.GetSessionData()}
+}
+
 // putBackupKeys is PUT /room_keys/keys[/{roomId}[/{sessionId}]].
 func (s *Service) putBackupKeys(r *http.Request, dev *device) (any, error) {
 	version, room, session, err := backupKeysScope(r)
 	if err != nil {
 		return nil, err
 	}
-	keys := map[string]map[string]store.BackupKey{}
+	req := &keyserverv1.PutBackupKeysRequest{UserId: dev.UserID, Version: version}
 	switch {
 	case session != "":
-		var k store.BackupKey
+		var k backupKey
 		if err := decodeBody(r, bodyRequired, &k); err != nil {
 			return nil, err
 		}
-		keys[room] = map[string]store.BackupKey{session: k}
+		req.Keys = append(req.Keys, k.toProto(room, session))
 	case room != "":
 		var body struct {
-			Sessions map[string]store.BackupKey `json:"sessions"`
+			Sessions map[string]backupKey `json:"sessions"`
 		}
 		if err := decodeBody(r, bodyRequired, &body); err != nil {
 			return nil, err
 		}
-		keys[room] = body.Sessions
+		for sess, k := range body.Sessions {
+			req.Keys = append(req.Keys, k.toProto(room, sess))
+		}
 	default:
 		var body struct {
 			Rooms map[string]struct {
-				Sessions map[string]store.BackupKey `json:"sessions"`
+				Sessions map[string]backupKey `json:"sessions"`
 			} `json:"rooms"`
 		}
 		if err := decodeBody(r, bodyRequired, &body); err != nil {
 			return nil, err
 		}
 		for rm, v := range body.Rooms {
-			keys[rm] = v.Sessions
-		}
-	}
-	for _, sessions := range keys {
-		for _, k := range sessions {
-			if len(k.SessionData) == 0 || k.SessionData[0] != '{' {
-				return nil, matrixhttp.BadJSON("session_data must be an object")
+			for sess, k := range v.Sessions {
+				req.Keys = append(req.Keys, k.toProto(rm, sess))
 			}
 		}
 	}
-	etag, count, err := s.store.PutBackupKeys(r.Context(), dev.UserID, version, keys)
-	var wrong store.ErrWrongBackupVersion
-	if errors.As(err, &wrong) {
-		if wrong.Current == 0 {
-			return nil, matrixhttp.NotFound("No backup version exists")
-		}
-		e := matrixhttp.Errorf(http.StatusForbidden, "M_WRONG_ROOM_KEYS_VERSION", "Keys can only be written to the current backup version")
-		e.Extra = map[string]any{"current_version": strconv.FormatInt(wrong.Current, 10)}
-		return nil, e
-	}
+	ctx := r.Context()
+	tag, err := s.e2e.PutBackupKeys(ctx, req)
 	if err != nil {
-		return nil, err
+		return nil, s.keysError(ctx, "PutBackupKeys", err)
 	}
-	return map[string]any{"etag": strconv.FormatInt(etag, 10), "count": count}, nil
+	return map[string]any{"etag": strconv.FormatInt(tag.GetEtag(), 10), "count": tag.GetCount()}, nil
 }
 
 // getBackupKeys is GET /room_keys/keys[/{roomId}[/{sessionId}]].
@@ -223,11 +202,17 @@ func (s *Service) getBackupKeys(r *http.Request, dev *device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	keys, err := s.store.Reader().BackupKeys(r.Context(), dev.UserID, version, room, session)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, matrixhttp.NotFound("No such backup version")
-	} else if err != nil {
-		return nil, err
+	ctx := r.Context()
+	resp, err := s.e2e.GetBackupKeys(ctx, &keyserverv1.GetBackupKeysRequest{UserId: dev.UserID, Version: version, RoomId: room, SessionId: session})
+	if err != nil {
+		return nil, s.keysError(ctx, "GetBackupKeys", err)
+	}
+	keys := map[string]map[string]backupKey{}
+	for _, k := range resp.GetKeys() {
+		if keys[k.GetRoomId()] == nil {
+			keys[k.GetRoomId()] = map[string]backupKey{}
+		}
+		keys[k.GetRoomId()][k.GetSessionId()] = backupKeyOf(k)
 	}
 	switch {
 	case session != "":
@@ -239,7 +224,7 @@ func (s *Service) getBackupKeys(r *http.Request, dev *device) (any, error) {
 	case room != "":
 		sessions := keys[room]
 		if sessions == nil {
-			sessions = map[string]store.BackupKey{}
+			sessions = map[string]backupKey{}
 		}
 		return map[string]any{"sessions": sessions}, nil
 	}
@@ -256,11 +241,10 @@ func (s *Service) deleteBackupKeys(r *http.Request, dev *device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	etag, count, err := s.store.DeleteBackupKeys(r.Context(), dev.UserID, version, room, session)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, matrixhttp.NotFound("No such backup version")
-	} else if err != nil {
-		return nil, err
+	ctx := r.Context()
+	tag, err := s.e2e.DeleteBackupKeys(ctx, &keyserverv1.DeleteBackupKeysRequest{UserId: dev.UserID, Version: version, RoomId: room, SessionId: session})
+	if err != nil {
+		return nil, s.keysError(ctx, "DeleteBackupKeys", err)
 	}
-	return map[string]any{"etag": strconv.FormatInt(etag, 10), "count": count}, nil
+	return map[string]any{"etag": strconv.FormatInt(tag.GetEtag(), 10), "count": tag.GetCount()}, nil
 }

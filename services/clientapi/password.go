@@ -51,7 +51,7 @@ func (s *Service) changePassword(r *http.Request, dev *device) (any, error) {
 		return nil, err
 	}
 	if logoutExcept != nil {
-		s.announceKeyChange(dev.UserID) // the other devices' keys went with them
+		s.keys.sendForRequest(ctx, dev.UserID) // the other devices' keys go with them
 	}
 	if err := s.finishUIA(ctx, sess); err != nil {
 		return nil, err
@@ -98,7 +98,7 @@ func (s *Service) deactivate(r *http.Request, dev *device) (any, error) {
 	if err := s.store.Deactivate(ctx, lp, dev.UserID); err != nil {
 		return nil, err
 	}
-	s.announceKeyChange(dev.UserID)
+	s.keys.sendForRequest(ctx, dev.UserID)
 	if req.Erase {
 		// The account is gone now; the erasure must not be lost to a
 		// client that hung up.

@@ -105,6 +105,15 @@ func pathParam(r *http.Request, name string) (string, error) {
 	return v, nil
 }
 
+// chiParam is an optional path parameter, unescaped ("" if absent).
+func chiParam(r *http.Request, name string) string {
+	v, err := pathParam(r, name)
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(v)
+}
+
 // clientIP is the rate-limiting key for unauthenticated endpoints.
 func clientIP(r *http.Request, trustForwarded bool) string {
 	if trustForwarded {

@@ -117,7 +117,7 @@ func (s *Service) RegisterHTTP(r chi.Router) {
 	mux.Use(metrics.RecordRoute, escapedRoutePath)
 	mux.NotFound(matrixhttp.NotFoundHandler)
 	mux.MethodNotAllowed(matrixhttp.MethodNotAllowedHandler)
-	for _, rt := range append(append(s.routes(), s.accountRoutes()...), s.mediaRoutes()...) {
+	for _, rt := range append(s.routes(), s.accountRoutes()...) {
 		h := s.wrap(rt)
 		if rt.abs {
 			mux.Method(rt.method, rt.path, h)
@@ -134,7 +134,6 @@ func (s *Service) RegisterHTTP(r chi.Router) {
 		mux.ServeHTTP(w, req.WithContext(context.WithValue(req.Context(), chi.RouteCtxKey, (*chi.Context)(nil))))
 	})
 	r.Handle("/_matrix/client/*", entry)
-	r.Handle("/_matrix/media/*", entry)
 	r.Handle("/.well-known/matrix/client", entry)
 	r.Handle("/.well-known/matrix/support", entry)
 	r.Handle("/_synapse/admin/*", entry)
@@ -185,7 +184,7 @@ func (s *Service) wrap(rt route) http.Handler {
 			if dev != nil {
 				key = dev.UserID
 			}
-			if ok, wait := s.limiter.allow(rt.limit, key); !ok {
+			if ok, wait := s.limiter.Allow(string(rt.limit), key); !ok {
 				s.writeError(w, r, matrixhttp.LimitExceeded(max(wait.Milliseconds(), 1)))
 				return
 			}
@@ -193,10 +192,6 @@ func (s *Service) wrap(rt route) http.Handler {
 		resp, err := rt.serve(r, dev)
 		if err != nil {
 			s.writeError(w, r, err)
-			return
-		}
-		if m, ok := resp.(mediaResponse); ok {
-			m.write(w)
 			return
 		}
 		matrixhttp.WriteJSON(w, http.StatusOK, resp)

@@ -15,7 +15,10 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 
+	"github.com/myelin-chat/myelin/pkg/ratelimit"
+	clientapiv1 "github.com/myelin-chat/myelin/proto/clientapi/v1"
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
+	mediav1 "github.com/myelin-chat/myelin/proto/media/v1"
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
@@ -28,10 +31,16 @@ type Deps struct {
 	DatabaseURL string
 	JetStream   jetstream.JetStream
 	KeyServer   keyserverv1.KeyServiceClient
-	RoomServer  roomserverv1.RoomServiceClient
+	// E2EKeys holds users' end-to-end keys and key backups. Nil leaves the
+	// key endpoints unavailable (503) and /sync without key data.
+	E2EKeys    keyserverv1.E2EKeyServiceClient
+	RoomServer roomserverv1.RoomServiceClient
 	// Presence serves typing, receipts and presence. Nil leaves those
 	// endpoints unavailable and /sync without ephemeral data.
 	Presence presencev1.PresenceServiceClient
+	// Media takes over the media this service stored before the media
+	// service existed (media_handover.go). Nil leaves them where they are.
+	Media mediav1.MediaServiceClient
 }
 
 // Service is a running client-API.
@@ -41,13 +50,18 @@ type Service struct {
 	serverName string
 	store      *store.Store
 	rooms      roomserverv1.RoomServiceClient
-	js         jetstream.JetStream
-	limiter    *rateLimiter
-	notifier   *notifier
+	e2e        keyserverv1.E2EKeyServiceClient
+	// keys is the client-API's side of the key-server (keybridge.go).
+	keys     *keyBridge
+	js       jetstream.JetStream
+	limiter  *ratelimit.Limiter
+	notifier *notifier
 	// lazy remembers the members /sync sent each device (sync_lazy.go).
 	lazy     *lazyCache
 	consumer jetstream.Consumer
 	presence presencev1.PresenceServiceClient
+	// media receives the old media rows (media_handover.go).
+	media mediav1.MediaServiceClient
 	// ephemeralConsumer wakes /sync on presence service changes.
 	ephemeralConsumer jetstream.Consumer
 	// wakeBus carries wake-ups between client-API replicas (notifier_bus.go).
@@ -86,7 +100,9 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		serverName: deps.ServerName,
 		store:      st,
 		rooms:      deps.RoomServer,
+		e2e:        deps.E2EKeys,
 		presence:   deps.Presence,
+		media:      deps.Media,
 		js:         deps.JetStream,
 		limiter:    newRateLimiter(cfg.RateLimit, time.Now),
 		lazy:       newLazyCache(),
@@ -108,6 +124,17 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		st.Close()
 		return nil, err
 	}
+	s.keys = &keyBridge{e2e: deps.E2EKeys, store: st, log: deps.Logger, notifier: s.notifier}
+	if err := s.keys.dropEmptyTables(ctx); err != nil {
+		s.wakeBus.stop()
+		st.Close()
+		return nil, err
+	}
+	if s.keys.consumer, err = createKeyChangesConsumer(ctx, s.js); err != nil {
+		s.wakeBus.stop()
+		st.Close()
+		return nil, err
+	}
 	if s.presence != nil {
 		if s.ephemeralConsumer, err = s.createEphemeralConsumer(ctx); err != nil {
 			s.wakeBus.stop()
@@ -123,26 +150,40 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	return s, nil
 }
 
-// RegisterGRPC is a no-op: the client-API serves no gRPC API.
-func (s *Service) RegisterGRPC(*grpc.Server) {}
+// RegisterGRPC registers the UserService (handler.go).
+func (s *Service) RegisterGRPC(g *grpc.Server) {
+	clientapiv1.RegisterUserServiceServer(g, &userHandler{svc: s})
+}
 
 // Run consumes room events, delivers pushes and copies receipts while this
-// replica leads (consume), and follows the presence service's change
-// notifications, until ctx ends.
+// replica leads (consume), follows the presence service's change
+// notifications, and hands media stored before the media service over to
+// it (media_handover.go), until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
 	defer s.notifier.close()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.consume(gctx) })
+	g.Go(func() error { return s.keys.consume(gctx) })
+	g.Go(func() error {
+		s.keys.handOver(gctx)
+		return nil
+	})
+	g.Go(func() error { return s.keys.retryLoop(gctx) })
+	g.Go(func() error { return s.handOverMedia(gctx) })
 	if s.ephemeralConsumer != nil {
 		g.Go(func() error { return s.consumeEphemeral(gctx) })
 	}
 	return g.Wait()
 }
 
-// Ready reports whether the service can serve: its database answers.
+// Ready reports whether the service can serve: its database answers and
+// the end-to-end keys are in the key-server.
 func (s *Service) Ready(ctx context.Context) error {
 	if err := s.store.Ping(ctx); err != nil {
 		return fmt.Errorf("database: %w", err)
+	}
+	if !s.keys.ready.Load() {
+		return ErrKeysNotHandedOver
 	}
 	return nil
 }

@@ -70,11 +70,12 @@ type syncResponse struct {
 	AccountData eventList `json:"account_data"`
 	Presence    eventList `json:"presence"`
 	ToDevice    eventList `json:"to_device"`
-	// The end-to-end encryption extensions (e2ekeys.go); device_lists only
-	// in incremental syncs.
-	DeviceLists                  *deviceLists   `json:"device_lists,omitempty"`
-	DeviceOneTimeKeysCount       map[string]int `json:"device_one_time_keys_count"`
-	DeviceUnusedFallbackKeyTypes []string       `json:"device_unused_fallback_key_types"`
+	// The end-to-end encryption extensions (e2ekeys_sync.go);
+	// device_lists only in incremental syncs. Left out when the key-server
+	// did not answer.
+	DeviceLists                  *deviceLists     `json:"device_lists,omitempty"`
+	DeviceOneTimeKeysCount       map[string]int64 `json:"device_one_time_keys_count,omitempty"`
+	DeviceUnusedFallbackKeyTypes *[]string        `json:"device_unused_fallback_key_types,omitempty"`
 }
 
 type deviceLists struct {
@@ -152,6 +153,7 @@ func (s *Service) sync(r *http.Request, dev *device) (any, error) {
 	deadline := time.Now().Add(timeout)
 	for {
 		woken := s.notifier.wakeCount(dev.UserID)
+		keys := s.keys.startSync(ctx, dev, opts.since)
 		resp, d, err := s.buildSync(ctx, dev, opts)
 		<-active
 		if err != nil {
@@ -170,10 +172,7 @@ func (s *Service) sync(r *http.Request, dev *device) (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		kpos, err := s.syncDeviceKeys(ctx, dev, opts.since, resp, d)
-		if err != nil {
-			return nil, err
-		}
+		kpos := s.syncDeviceKeys(ctx, dev, opts.since, resp, d, keys)
 		if err := s.addUnreadCounts(ctx, dev.UserID, opts.filter, pos, resp, d.unread); err != nil {
 			return nil, err
 		}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"slices"
 	"testing"
-	"time"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 )
@@ -46,59 +45,6 @@ func TestStreamToken(t *testing.T) {
 				t.Fatalf("round trip of %q: %v %v", c.in, back, err)
 			}
 		})
-	}
-}
-
-func TestRateLimiter(t *testing.T) {
-	now := time.Unix(1000, 0)
-	clock := func() time.Time { return now }
-	cfg := RateLimitConfig{Enabled: true, Login: RateBucket{PerSecond: 2, Burst: 3}}
-	l := newRateLimiter(cfg, clock)
-
-	for i := range 3 {
-		if ok, _ := l.allow(limitLogin, "1.2.3.4"); !ok {
-			t.Fatalf("request %d within burst refused", i)
-		}
-	}
-	ok, wait := l.allow(limitLogin, "1.2.3.4")
-	if ok || wait != 500*time.Millisecond {
-		t.Fatalf("4th request: ok=%v wait=%v, want refused with 500ms", ok, wait)
-	}
-	// Another client has its own bucket.
-	if ok, _ := l.allow(limitLogin, "5.6.7.8"); !ok {
-		t.Fatal("other client refused")
-	}
-	// Unconfigured classes are not limited.
-	for range 10 {
-		if ok, _ := l.allow(limitNone, "1.2.3.4"); !ok {
-			t.Fatal("limitNone refused")
-		}
-	}
-	// Half a second refills one token.
-	now = now.Add(500 * time.Millisecond)
-	if ok, _ := l.allow(limitLogin, "1.2.3.4"); !ok {
-		t.Fatal("refilled token refused")
-	}
-	if ok, _ := l.allow(limitLogin, "1.2.3.4"); ok {
-		t.Fatal("second request after one refill allowed")
-	}
-	// A long pause refills only up to the burst.
-	now = now.Add(time.Hour)
-	for i := range 3 {
-		if ok, _ := l.allow(limitLogin, "1.2.3.4"); !ok {
-			t.Fatalf("request %d after refill refused", i)
-		}
-	}
-	if ok, _ := l.allow(limitLogin, "1.2.3.4"); ok {
-		t.Fatal("burst exceeded after refill")
-	}
-
-	cfg.Enabled = false
-	off := newRateLimiter(cfg, clock)
-	for range 100 {
-		if ok, _ := off.allow(limitLogin, "1.2.3.4"); !ok {
-			t.Fatal("disabled limiter refused")
-		}
 	}
 }
 

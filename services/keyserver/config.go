@@ -17,6 +17,13 @@ type Config struct {
 	// KeyValidity is how long remote servers may cache our verify keys
 	// (valid_until_ts in /_matrix/key/v2/server).
 	KeyValidity time.Duration `yaml:"key_validity"`
+	// MaxConns is the PostgreSQL pool size (every /sync asks for the
+	// device's key counts and the device list changes).
+	MaxConns int32 `yaml:"max_conns"`
+	// KeyChangePollInterval is how often the key change publisher looks
+	// for changes other key-server replicas committed (its own wake it
+	// at once).
+	KeyChangePollInterval time.Duration `yaml:"key_change_poll_interval"`
 	// Notaries are the notary (perspective) servers asked for a server's
 	// keys when the server itself does not give them, each with the verify
 	// keys its answers must be signed with (Synapse's trusted_key_servers).
@@ -38,7 +45,7 @@ type Notary struct {
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	return Config{KeyValidity: 24 * time.Hour, FetchRetryInterval: time.Minute}
+	return Config{KeyValidity: 24 * time.Hour, FetchRetryInterval: time.Minute, MaxConns: 8, KeyChangePollInterval: time.Second}
 }
 
 // Validate checks the settings.
@@ -46,6 +53,12 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.KeyValidity < time.Minute {
 		errs = append(errs, errors.New("key_validity must be at least 1m"))
+	}
+	if c.MaxConns < 2 {
+		errs = append(errs, errors.New("max_conns must be at least 2"))
+	}
+	if c.KeyChangePollInterval <= 0 {
+		errs = append(errs, errors.New("key_change_poll_interval must be positive"))
 	}
 	if c.FetchRetryInterval < 0 {
 		errs = append(errs, errors.New("fetch_retry_interval must not be negative"))

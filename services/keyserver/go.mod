@@ -8,9 +8,12 @@ require (
 	github.com/matrix-org/gomatrixserverlib v0.0.0-20250813150445-9f5070a65744
 	github.com/myelin-chat/myelin/pkg v0.0.0
 	github.com/myelin-chat/myelin/proto v0.0.0
+	github.com/nats-io/nats.go v1.55.0
 	go.uber.org/zap v1.28.0
 	golang.org/x/sync v0.25.0
+	google.golang.org/genproto/googleapis/rpc v0.0.0-20260817212433-ac3dfec99bb1
 	google.golang.org/grpc v1.85.0
+	google.golang.org/protobuf v1.36.12
 )
 
 require (
@@ -29,7 +32,6 @@ require (
 	github.com/minio/highwayhash v1.0.4 // indirect
 	github.com/nats-io/jwt/v2 v2.8.2 // indirect
 	github.com/nats-io/nats-server/v2 v2.15.2 // indirect
-	github.com/nats-io/nats.go v1.55.0 // indirect
 	github.com/nats-io/nkeys v0.4.16 // indirect
 	github.com/nats-io/nuid v1.0.1 // indirect
 	github.com/oleiade/lane/v2 v2.0.0 // indirect
@@ -48,8 +50,6 @@ require (
 	golang.org/x/sys v0.50.0 // indirect
 	golang.org/x/text v0.44.0 // indirect
 	golang.org/x/time v0.16.0 // indirect
-	google.golang.org/genproto/googleapis/rpc v0.0.0-20260817212433-ac3dfec99bb1 // indirect
-	google.golang.org/protobuf v1.36.12 // indirect
 	maunium.net/go/mautrix v0.31.0 // indirect
 )
 
@@ -58,6 +58,7 @@ replace (
 	github.com/myelin-chat/myelin/proto => ../../proto
 	github.com/myelin-chat/myelin/services/clientapi => ../clientapi
 	github.com/myelin-chat/myelin/services/keyserver => ../keyserver
+	github.com/myelin-chat/myelin/services/media => ../media
 	github.com/myelin-chat/myelin/services/presence => ../presence
 	github.com/myelin-chat/myelin/services/roomserver => ../roomserver
 )

@@ -1,11 +1,15 @@
-// Package keyserver owns the homeserver's ed25519 signing key and every
-// other server's verify keys. It creates, persists and rotates the key,
-// signs JSON and builds events for the other services over gRPC, hands the
-// key to the services that sign federation requests (SigningKey), fetches
-// and caches other servers' keys directly or through notaries
-// (QueryServerKeys, with gomatrixserverlib's key fetchers), publishes the
-// public keys at GET /_matrix/key/v2/server and is a notary itself
-// (/_matrix/key/v2/query).
+// Package keyserver owns keys: the homeserver's ed25519 signing key, every
+// other server's verify keys, and users' end-to-end encryption keys. It
+// creates, persists and rotates the signing key, signs JSON and builds
+// events for the other services over gRPC, hands the key to the services
+// that sign federation requests (SigningKey), fetches and caches other
+// servers' keys directly or through notaries (QueryServerKeys, with
+// gomatrixserverlib's key fetchers), publishes the public keys at
+// GET /_matrix/key/v2/server and is a notary itself (/_matrix/key/v2/query).
+// It stores users' device, one-time, fallback and cross-signing keys, the
+// device list change log and key backups (E2EKeyService, e2ekeys.go,
+// keybackup.go), and publishes each device list change on JetStream
+// (publish.go).
 package keyserver
 
 import (
@@ -20,7 +24,9 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 
 	"github.com/myelin-chat/myelin/pkg/federation"
@@ -41,6 +47,10 @@ type Deps struct {
 	// fetch other servers' keys. Nil (or federation disabled) fetches
 	// nothing: only this server's keys and the cache answer.
 	Federation *federation.Transport
+	// JetStream carries the key change stream (MYELIN_KEY_CHANGES). Every
+	// process passes it; nil (tests of the signing keys alone) keeps the
+	// key change log unpublished until a key-server with JetStream runs.
+	JetStream jetstream.JetStream
 }
 
 // Service is a running key-server.
@@ -51,6 +61,8 @@ type Service struct {
 	store  *store.Store
 	keys   atomic.Pointer[signingKeys]
 	remote *remoteKeys
+	// publisher sends committed key changes to JetStream (publish.go).
+	publisher *publisher
 }
 
 // signingKeys is this server's current key and its expired ones.
@@ -72,11 +84,12 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	st, err := store.Open(ctx, deps.DatabaseURL)
+	st, err := store.Open(ctx, deps.DatabaseURL, cfg.MaxConns)
 	if err != nil {
 		return nil, err
 	}
-	s := &Service{cfg: cfg, log: deps.Logger, server: spec.ServerName(deps.ServerName), store: st}
+	s := &Service{cfg: cfg, log: deps.Logger, server: spec.ServerName(deps.ServerName), store: st,
+		publisher: newPublisher(st, deps.JetStream, deps.Logger, cfg.KeyChangePollInterval)}
 	if err := s.loadKeys(ctx); err != nil {
 		st.Close()
 		return nil, err
@@ -109,10 +122,12 @@ func (s *Service) loadKeys(ctx context.Context) error {
 // current is the key that signs now.
 func (s *Service) current() store.Key { return s.keys.Load().current }
 
-// RegisterGRPC registers the KeyService and the ServerKeyService.
+// RegisterGRPC registers the KeyService, the ServerKeyService and the
+// E2EKeyService.
 func (s *Service) RegisterGRPC(g *grpc.Server) {
 	keyserverv1.RegisterKeyServiceServer(g, &handler{svc: s})
 	keyserverv1.RegisterServerKeyServiceServer(g, &serverKeyHandler{svc: s})
+	keyserverv1.RegisterE2EKeyServiceServer(g, &e2eHandler{svc: s})
 }
 
 // RegisterHTTP serves the key endpoints on the client listener.
@@ -129,9 +144,21 @@ func (s *Service) registerKeyRoutes(r chi.Router) {
 	r.Post("/_matrix/key/v2/query", s.serveQueryBatch)
 }
 
-// Run reads the signing keys again every keyReloadInterval, so that a
-// rotation through another key-server replica reaches this one.
+// Run publishes key changes (when it has JetStream) and reads the signing
+// keys again every keyReloadInterval, so that a rotation through another
+// key-server replica reaches this one, until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
+	if s.publisher.js != nil {
+		g, gctx := errgroup.WithContext(ctx)
+		g.Go(func() error { return s.publisher.run(gctx) })
+		g.Go(func() error { return s.reloadKeys(gctx) })
+		return g.Wait()
+	}
+	return s.reloadKeys(ctx)
+}
+
+// reloadKeys reads the signing keys every keyReloadInterval until ctx ends.
+func (s *Service) reloadKeys(ctx context.Context) error {
 	tick := time.NewTicker(keyReloadInterval)
 	defer tick.Stop()
 	for {

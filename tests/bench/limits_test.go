@@ -46,7 +46,6 @@ func TestLoadGeneratorRateLimitedSharedSecret(t *testing.T) {
 			Login:      clientapi.RateBucket{PerSecond: 5, Burst: 2},
 			Send:       clientapi.RateBucket{PerSecond: 20, Burst: 5},
 			CreateRoom: clientapi.RateBucket{PerSecond: 5, Burst: 1},
-			Media:      clientapi.RateBucket{PerSecond: 5, Burst: 5},
 		}
 	})
 	t.Setenv("LOADGEN_SHARED_SECRET", "bench-secret")

@@ -120,6 +120,8 @@ type server struct {
 	url   string
 	procs []*proc
 	logs  []string
+	// mediaDir is where the media service keeps content (file backend).
+	mediaDir string
 }
 
 func (s *server) start(t *testing.T) {
@@ -229,7 +231,7 @@ func allInOne(t *testing.T) *server {
 	_ = os.Chmod(dir, 0o755)
 	t.Cleanup(func() { _ = os.RemoveAll(dir) })
 	httpAddr := freeAddr(t)
-	s := &server{url: "http://" + httpAddr}
+	s := &server{url: "http://" + httpAddr, mediaDir: filepath.Join(dir, "data", "media")}
 	s.procs = []*proc{{
 		name: "all-in-one",
 		args: []string{"-target", "all"},
@@ -245,8 +247,9 @@ func allInOne(t *testing.T) *server {
 	return s
 }
 
-// split runs key-server, room-server, presence and client-api as four OS
-// processes plus the edge router, against an external PostgreSQL and NATS server.
+// split runs key-server, room-server, presence, client-api and media as
+// five OS processes plus the edge router, against an external PostgreSQL
+// and NATS server.
 func split(t *testing.T) *server {
 	dir := t.TempDir()
 	common := []string{
@@ -259,22 +262,26 @@ func split(t *testing.T) *server {
 	rs := addrs{freeAddr(t), freeAddr(t)}
 	ps := addrs{freeAddr(t), freeAddr(t)}
 	ca := addrs{freeAddr(t), freeAddr(t)}
+	ms := addrs{freeAddr(t), freeAddr(t)}
 	edge := freeAddr(t)
 	mk := func(name, target string, a addrs, extra ...string) *proc {
 		env := append(append([]string{}, common...),
 			"MYELIN_HTTP_LISTEN="+a.http, "MYELIN_GRPC_LISTEN="+a.grpc)
 		return &proc{name: name, args: []string{"-target", target}, env: append(env, extra...), log: filepath.Join(dir, name+".log")}
 	}
-	s := &server{url: "http://" + edge}
+	s := &server{url: "http://" + edge, mediaDir: filepath.Join(dir, "media")}
 	s.procs = []*proc{
 		mk("key-server", "key-server", ks),
 		mk("room-server", "room-server", rs, "MYELIN_SERVICES_KEY_SERVER_GRPC="+ks.grpc),
 		mk("presence", "presence", ps, "MYELIN_SERVICES_ROOM_SERVER_GRPC="+rs.grpc),
 		mk("client-api", "client-api", ca,
 			"MYELIN_SERVICES_KEY_SERVER_GRPC="+ks.grpc, "MYELIN_SERVICES_ROOM_SERVER_GRPC="+rs.grpc,
-			"MYELIN_SERVICES_PRESENCE_GRPC="+ps.grpc),
+			"MYELIN_SERVICES_PRESENCE_GRPC="+ps.grpc, "MYELIN_SERVICES_MEDIA_GRPC="+ms.grpc),
+		mk("media", "media", ms, "MYELIN_SERVICES_CLIENT_API_GRPC="+ca.grpc,
+			"MYELIN_MEDIA_STORAGE_PATH="+filepath.Join(dir, "media")),
 		mk("edge", "edge", addrs{edge, "127.0.0.1:0"},
-			"MYELIN_SERVICES_CLIENT_API_HTTP="+ca.http, "MYELIN_SERVICES_KEY_SERVER_HTTP="+ks.http),
+			"MYELIN_SERVICES_CLIENT_API_HTTP="+ca.http, "MYELIN_SERVICES_KEY_SERVER_HTTP="+ks.http,
+			"MYELIN_SERVICES_MEDIA_HTTP="+ms.http),
 	}
 	return s
 }

@@ -83,8 +83,9 @@ func readmeSplitShape(t *testing.T) (shared map[string]string, procs []readmePro
 // (room-server and presence used to both take the default 8008), every
 // peer address names the process that listens there, and the processes
 // started from these lines (every 127.0.0.1 address moved to a free port,
-// the same port for the same address; the test kit's PostgreSQL and NATS)
-// serve a client through the edge.
+// the same port for the same address, absolute paths moved under a
+// temporary directory; the test kit's PostgreSQL and NATS) serve a client
+// through the edge.
 func TestReadmeSplitShape(t *testing.T) {
 	shared, procs := readmeSplitShape(t)
 	for _, k := range []string{"MYELIN_DATABASE_URL", "MYELIN_NATS_URL"} {
@@ -146,6 +147,9 @@ func TestReadmeSplitShape(t *testing.T) {
 	dir := t.TempDir()
 	moved := map[string]string{}
 	move := func(v string) string {
+		if filepath.IsAbs(v) { // a storage path: under the test's directory
+			return filepath.Join(dir, v)
+		}
 		if !regexp.MustCompile(`^127\.0\.0\.1:[1-9][0-9]*$`).MatchString(v) {
 			return v
 		}

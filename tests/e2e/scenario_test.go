@@ -225,7 +225,7 @@ func runScenario(t *testing.T, s *server) {
 	t.Run("bad input", func(t *testing.T) { badInput(t, s, alice, room) })
 	t.Run("rooms and directory", func(t *testing.T) { roomsAndDirectory(t, alice.cli, bob.cli) })
 	t.Run("history", func(t *testing.T) { historyScenario(t, alice.cli, bob.cli) })
-	t.Run("media", func(t *testing.T) { mediaScenario(t, alice.cli, bob.cli) })
+	t.Run("media", func(t *testing.T) { mediaScenario(t, s, alice.cli, bob.cli) })
 	t.Run("search", func(t *testing.T) { searchScenario(t, alice.cli, bob.cli) })
 	t.Run("concurrent ordering", func(t *testing.T) { concurrentOrdering(t, s.url) })
 

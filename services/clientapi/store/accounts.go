@@ -390,9 +390,15 @@ func (s *Store) LogoutAll(ctx context.Context, userID string) error {
 }
 
 // deleteDevices deletes devices of a user with their access and refresh
-// tokens, their pushers and their end-to-end keys.
+// tokens and their pushers, and queues the deletion of their end-to-end
+// keys for the key-server.
 func deleteDevices(ctx context.Context, tx pgx.Tx, userID string, deviceIDs []string) error {
-	if err := deleteDeviceKeys(ctx, tx, userID, deviceIDs, nil); err != nil {
+	rows, err := tx.Query(ctx, `DELETE FROM devices WHERE user_id = $1 AND device_id = ANY($2) RETURNING device_id`, userID, deviceIDs)
+	if err != nil {
+		return err
+	}
+	deleted, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
 		return err
 	}
 	for _, q := range []string{
@@ -400,7 +406,6 @@ func deleteDevices(ctx context.Context, tx pgx.Tx, userID string, deviceIDs []st
 		`DELETE FROM access_tokens WHERE user_id = $1 AND device_id = ANY($2)`,
 		`DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id = ANY($2)`,
 		`DELETE FROM spent_refresh_tokens WHERE user_id = $1 AND device_id = ANY($2)`,
-		`DELETE FROM devices WHERE user_id = $1 AND device_id = ANY($2)`,
 		`DELETE FROM to_device_messages WHERE user_id = $1 AND device_id = ANY($2)`,
 		`DELETE FROM to_device_txns WHERE user_id = $1 AND device_id = ANY($2)`,
 	} {
@@ -408,14 +413,20 @@ func deleteDevices(ctx context.Context, tx pgx.Tx, userID string, deviceIDs []st
 			return err
 		}
 	}
-	return nil
+	return queueDeviceDeletion(ctx, tx, userID, deleted)
 }
 
 // deleteAllDevices deletes every device of a user but keep (none when
-// empty), with their tokens and pushers. Pushers of no known device
-// (set before devices owned them) go too: they may be another device's.
+// empty), with their tokens and pushers, and queues the deletion of their
+// end-to-end keys. Pushers of no known device (set before devices owned
+// them) go too: they may be another device's.
 func deleteAllDevices(ctx context.Context, tx pgx.Tx, userID, keep string) error {
-	if err := deleteDeviceKeys(ctx, tx, userID, nil, &keep); err != nil {
+	rows, err := tx.Query(ctx, `DELETE FROM devices WHERE user_id = $1 AND device_id <> $2 RETURNING device_id`, userID, keep)
+	if err != nil {
+		return err
+	}
+	deleted, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
 		return err
 	}
 	for _, q := range []string{
@@ -423,7 +434,6 @@ func deleteAllDevices(ctx context.Context, tx pgx.Tx, userID, keep string) error
 		`DELETE FROM access_tokens WHERE user_id = $1 AND device_id <> $2`,
 		`DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id <> $2`,
 		`DELETE FROM spent_refresh_tokens WHERE user_id = $1 AND device_id <> $2`,
-		`DELETE FROM devices WHERE user_id = $1 AND device_id <> $2`,
 		`DELETE FROM to_device_messages WHERE user_id = $1 AND device_id <> $2`,
 		`DELETE FROM to_device_txns WHERE user_id = $1 AND device_id <> $2`,
 	} {
@@ -431,7 +441,7 @@ func deleteAllDevices(ctx context.Context, tx pgx.Tx, userID, keep string) error
 			return err
 		}
 	}
-	return nil
+	return queueDeviceDeletion(ctx, tx, userID, deleted)
 }
 
 // CreateFilter stores a filter and returns its ID; an identical filter of

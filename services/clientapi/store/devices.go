@@ -45,13 +45,22 @@ func (s *Store) Device(ctx context.Context, userID, deviceID string) (Device, er
 	return d, err
 }
 
-// SetDeviceDisplayName renames a device; ErrNotFound when it does not exist.
+// SetDeviceDisplayName renames a device and queues the rename for the
+// key-server (which shows the name with the device's keys); ErrNotFound
+// when it does not exist.
 func (s *Store) SetDeviceDisplayName(ctx context.Context, userID, deviceID string, name *string) error {
-	tag, err := s.db.Exec(ctx, `UPDATE devices SET display_name = $3 WHERE user_id = $1 AND device_id = $2`, userID, deviceID, name)
-	if err == nil && tag.RowsAffected() == 0 {
-		return ErrNotFound
-	}
-	return err
+	return pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `UPDATE devices SET display_name = $3 WHERE user_id = $1 AND device_id = $2`, userID, deviceID, name)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			return ErrNotFound
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO key_server_outbox (user_id, op, device_ids, display_name) VALUES ($1, 'rename', $2, $3)`,
+			userID, []string{deviceID}, name)
+		return err
+	})
 }
 
 // DeleteDevices deletes devices of a user with their tokens. Unknown IDs

@@ -360,3 +360,20 @@ func (b *Batch) SyncStart(userID, entryType string, out *SyncStart) {
 			return rows.Err()
 		})
 }
+
+// LeftSharedRooms returns the users who left (or were banned from) one of
+// userID's rooms after `after` up to `upto`, and the members of the rooms
+// userID left in that range: candidates for /keys/changes' "left" (the
+// caller keeps those who share no room with userID now).
+func (r Reader) LeftSharedRooms(ctx context.Context, userID string, after, upto int64) ([]string, error) {
+	rows, err := r.q.Query(ctx, `SELECT DISTINCT m.user_id FROM memberships mine
+		JOIN memberships m ON m.room_id = mine.room_id
+		WHERE mine.user_id = $1 AND (
+			(m.membership IN ('leave', 'ban') AND m.pos > $2 AND m.pos <= $3) OR
+			(mine.membership IN ('leave', 'ban') AND mine.pos > $2 AND mine.pos <= $3 AND m.membership = 'join'))`,
+		userID, after, upto)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}

@@ -35,9 +35,9 @@ type Key struct {
 	ExpiredAt *time.Time
 }
 
-// Open connects and migrates.
-func Open(ctx context.Context, url string) (*Store, error) {
-	db, err := pgstore.Open(ctx, url, Schema, 4, migrations, "migrations")
+// Open connects with a pool of maxConns connections and migrates.
+func Open(ctx context.Context, url string, maxConns int32) (*Store, error) {
+	db, err := pgstore.Open(ctx, url, Schema, maxConns, migrations, "migrations")
 	if err != nil {
 		return nil, err
 	}

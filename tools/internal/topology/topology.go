@@ -6,7 +6,8 @@
 //
 // It knows the root configuration keys of pkg/myelin/config.go (listed
 // below; keep them in step). Keys under a service's own section
-// (key_server.*, room_server.*, client_api.*, presence.*) are accepted as they are.
+// (key_server.*, room_server.*, client_api.*, presence.*, media.*) are
+// accepted as they are.
 package topology
 
 import (
@@ -25,10 +26,11 @@ const (
 	TargetRoomServer = "room-server"
 	TargetClientAPI  = "client-api"
 	TargetPresence   = "presence"
+	TargetMedia      = "media"
 	TargetEdge       = "edge"
 )
 
-var services = []string{TargetKeyServer, TargetRoomServer, TargetPresence, TargetClientAPI}
+var services = []string{TargetKeyServer, TargetRoomServer, TargetPresence, TargetClientAPI, TargetMedia}
 
 // rootKeys are the settings of pkg/myelin.Config outside the per-service
 // sections, as YAML paths.
@@ -42,10 +44,11 @@ var rootKeys = []string{
 	"services.room_server.grpc", "services.room_server.http",
 	"services.client_api.grpc", "services.client_api.http",
 	"services.presence.grpc", "services.presence.http",
+	"services.media.grpc", "services.media.http",
 }
 
 // serviceSections hold each service's own Config.
-var serviceSections = []string{"key_server", "room_server", "client_api", "presence"}
+var serviceSections = []string{"key_server", "room_server", "client_api", "presence", "media"}
 
 // Secret stands for a value the deployment takes from a secret store: set,
 // but not known statically.
@@ -210,7 +213,8 @@ func Check(procs []Process, endpoints []Endpoint) []error {
 		if runsService && p.Settings["database.url"] == "" {
 			fail("database.url is not set: the process would start its own local PostgreSQL")
 		}
-		if (slices.Contains(ts, TargetRoomServer) || slices.Contains(ts, TargetClientAPI) || slices.Contains(ts, TargetPresence)) && p.Settings["nats.url"] == "" {
+		if (slices.Contains(ts, TargetRoomServer) || slices.Contains(ts, TargetClientAPI) || slices.Contains(ts, TargetPresence) ||
+			slices.Contains(ts, TargetKeyServer)) && p.Settings["nats.url"] == "" {
 			fail("nats.url is not set: the process would start its own embedded NATS")
 		}
 		if f := p.Settings["logging.format"]; f != "" && f != "json" && f != "console" {
@@ -226,9 +230,11 @@ func Check(procs []Process, endpoints []Endpoint) []error {
 			case TargetPresence:
 				needs = append(needs, need{TargetRoomServer, "grpc"})
 			case TargetClientAPI:
-				needs = append(needs, need{TargetKeyServer, "grpc"}, need{TargetRoomServer, "grpc"}, need{TargetPresence, "grpc"})
+				needs = append(needs, need{TargetKeyServer, "grpc"}, need{TargetRoomServer, "grpc"}, need{TargetPresence, "grpc"}, need{TargetMedia, "grpc"})
+			case TargetMedia:
+				needs = append(needs, need{TargetClientAPI, "grpc"})
 			case TargetEdge:
-				needs = append(needs, need{TargetClientAPI, "http"}, need{TargetKeyServer, "http"})
+				needs = append(needs, need{TargetClientAPI, "http"}, need{TargetKeyServer, "http"}, need{TargetMedia, "http"})
 			}
 		}
 		for _, n := range needs {

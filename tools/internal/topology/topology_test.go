@@ -22,13 +22,17 @@ func split() ([]Process, []Endpoint) {
 		{Name: "rs", Args: []string{"-target=room-server"}, Settings: base(map[string]string{"services.key_server.grpc": "key-server:9000"})},
 		{Name: "ca", Args: []string{"-target", "client-api"}, Settings: base(map[string]string{
 			"services.key_server.grpc": "key-server:9000", "services.room_server.grpc": "dns:///room-server:9000",
-			"services.presence.grpc": "presence:9000",
+			"services.presence.grpc": "presence:9000", "services.media.grpc": "media:9000",
 		})},
 		{Name: "edge", Args: []string{"-target", "edge"}, Settings: Settings{
 			"server_name": "example.org", "http.listen": "0.0.0.0:8008", "grpc.listen": "0.0.0.0:9000",
 			"services.client_api.http": "http://client-api:80", "services.key_server.http": "key-server:8008",
+			"services.media.http": "media:8008",
 		}},
 		{Name: "ps", Args: []string{"-target", "presence"}, Settings: base(map[string]string{"services.room_server.grpc": "room-server:9000"})},
+		{Name: "ms", Args: []string{"-target", "media"}, Settings: base(map[string]string{
+			"services.client_api.grpc": "client-api-grpc:9000", "media.storage.path": "/var/lib/myelin/media",
+		})},
 	}
 	endpoints := []Endpoint{
 		{Host: "key-server", Port: 9000, Process: "ks", TargetPort: 9000},
@@ -36,6 +40,9 @@ func split() ([]Process, []Endpoint) {
 		{Host: "room-server", Port: 9000, Process: "rs", TargetPort: 9000},
 		{Host: "client-api", Port: 80, Process: "ca", TargetPort: 8008},
 		{Host: "presence", Port: 9000, Process: "ps", TargetPort: 9000},
+		{Host: "client-api-grpc", Port: 9000, Process: "ca", TargetPort: 9000},
+		{Host: "media", Port: 9000, Process: "ms", TargetPort: 9000},
+		{Host: "media", Port: 8008, Process: "ms", TargetPort: 8008},
 	}
 	return procs, endpoints
 }
@@ -57,6 +64,10 @@ func TestCheck(t *testing.T) {
 			delete(p[2].Settings, "services.room_server.grpc")
 			return e
 		}, want: []string{"ca: services.room_server.grpc is not set"}},
+		{name: "key-server without NATS (it publishes key changes)", change: func(p []Process, e []Endpoint) []Endpoint {
+			delete(p[0].Settings, "nats.url")
+			return e
+		}, want: []string{"ks: nats.url is not set"}},
 		{name: "wrong port", change: func(p []Process, e []Endpoint) []Endpoint {
 			p[1].Settings["services.key_server.grpc"] = "key-server:9001"
 			return e
@@ -92,6 +103,13 @@ func TestCheck(t *testing.T) {
 			delete(p[1].Settings, "nats.url")
 			return e
 		}, want: []string{"rs: database.url is not set", "rs: nats.url is not set"}},
+		{name: "media and client-api call each other; the edge forwards to media", change: func(p []Process, e []Endpoint) []Endpoint {
+			delete(p[5].Settings, "services.client_api.grpc")
+			delete(p[2].Settings, "services.media.grpc")
+			p[3].Settings["services.media.http"] = "client-api:80"
+			return e
+		}, want: []string{"ms: services.client_api.grpc is not set", "ca: services.media.grpc is not set",
+			"edge: services.media.http=client-api:80 reaches ca, which does not run media"}},
 		{name: "unknown target and key", change: func(p []Process, e []Endpoint) []Endpoint {
 			p[3].Args = []string{"-target", "edg"}
 			p[0].Settings["natz.url"] = "x"

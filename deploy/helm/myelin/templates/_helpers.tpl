@@ -21,6 +21,7 @@ keyServer: key-server
 roomServer: room-server
 presence: presence
 clientApi: client-api
+media: media
 edge: edge
 {{- end -}}
 
@@ -54,4 +55,12 @@ app.kubernetes.io/part-of: myelin
 
 {{- define "myelin.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* The media service's content volume: the claim to mount, or "" for an emptyDir. */}}
+{{- define "myelin.mediaClaim" -}}
+{{- $p := .Values.media.storage.file.persistence -}}
+{{- if and (eq .Values.media.storage.backend "file") $p.enabled -}}
+{{- default (printf "%s-media" (include "myelin.fullname" .)) $p.existingClaim -}}
+{{- end -}}
 {{- end -}}

@@ -9,6 +9,14 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
+// Server-side key backups (migration 003). The server keeps the backups'
+// data opaque: it only compares the metadata of two keys for one session
+// to keep the better one.
+
+// ErrNoBackup is returned when a backup version does not exist (or was
+// deleted).
+var ErrNoBackup = errors.New("no such backup version")
+
 // BackupVersion is a server-side key backup version.
 type BackupVersion struct {
 	Version   int64
@@ -26,10 +34,10 @@ type BackupKey struct {
 	SessionData       json.RawMessage `json:"session_data"`
 }
 
-// better reports whether k should replace old (the spec's order: verified
+// Better reports whether k should replace old (the spec's order: verified
 // first, then the lower first message index, then the lower forwarded
 // count).
-func (k BackupKey) better(old BackupKey) bool {
+func (k BackupKey) Better(old BackupKey) bool {
 	if k.IsVerified != old.IsVerified {
 		return k.IsVerified
 	}
@@ -40,7 +48,7 @@ func (k BackupKey) better(old BackupKey) bool {
 }
 
 // backupLock serialises one user's backup writes.
-const backupLock = `SELECT pg_advisory_xact_lock(hashtext('myelin.clientapi.key_backup'), hashtext($1))`
+const backupLock = `SELECT pg_advisory_xact_lock(hashtext('myelin.keyserver.key_backup'), hashtext($1))`
 
 // CreateBackupVersion creates a user's next backup version.
 func (s *Store) CreateBackupVersion(ctx context.Context, userID, algorithm string, authData []byte) (int64, error) {
@@ -60,35 +68,45 @@ func (s *Store) CreateBackupVersion(ctx context.Context, userID, algorithm strin
 }
 
 // BackupVersionInfo returns a backup version (0: the latest one) with its
-// key count; ErrNotFound when there is none or it was deleted.
-func (r Reader) BackupVersionInfo(ctx context.Context, userID string, version int64) (BackupVersion, error) {
+// key count; ErrNoBackup when there is none or it was deleted.
+func (s *Store) BackupVersionInfo(ctx context.Context, userID string, version int64) (BackupVersion, error) {
 	var b BackupVersion
 	var auth []byte
-	err := r.q.QueryRow(ctx, `SELECT v.version, v.algorithm, v.auth_data, v.etag,
+	err := s.db.QueryRow(ctx, `SELECT v.version, v.algorithm, v.auth_data, v.etag,
 			(SELECT count(*) FROM key_backup_keys k WHERE k.user_id = v.user_id AND k.version = v.version)
 		FROM key_backup_versions v WHERE v.user_id = $1 AND NOT v.deleted AND ($2::bigint = 0 OR v.version = $2::bigint)
 		ORDER BY v.version DESC LIMIT 1`, userID, version).Scan(&b.Version, &b.Algorithm, &auth, &b.Etag, &b.Count)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return BackupVersion{}, ErrNotFound
+		return BackupVersion{}, ErrNoBackup
 	}
 	b.AuthData = auth
 	return b, err
 }
 
-// UpdateBackupAuthData replaces a version's auth_data; ErrNotFound when
-// the version does not exist (or was deleted).
-func (s *Store) UpdateBackupAuthData(ctx context.Context, userID string, version int64, authData []byte) error {
-	tag, err := s.db.Exec(ctx, `UPDATE key_backup_versions SET auth_data = $3 WHERE user_id = $1 AND version = $2 AND NOT deleted`, userID, version, authData)
+// ErrBackupAlgorithm is returned when an update names another algorithm
+// than the version's.
+var ErrBackupAlgorithm = errors.New("algorithm differs from the backup's")
+
+// UpdateBackupAuthData replaces a version's auth_data; the algorithm must
+// be the version's (ErrBackupAlgorithm). ErrNoBackup when the version does
+// not exist (or was deleted).
+func (s *Store) UpdateBackupAuthData(ctx context.Context, userID string, version int64, algorithm string, authData []byte) error {
+	var stored string
+	err := s.db.QueryRow(ctx, `UPDATE key_backup_versions SET auth_data = CASE WHEN algorithm = $3 THEN $4 ELSE auth_data END
+		WHERE user_id = $1 AND version = $2 AND NOT deleted RETURNING algorithm`, userID, version, algorithm, authData).Scan(&stored)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return ErrNoBackup
+	}
 	if err != nil {
 		return err
 	}
-	if tag.RowsAffected() == 0 {
-		return ErrNotFound
+	if stored != algorithm {
+		return ErrBackupAlgorithm
 	}
 	return nil
 }
 
-// DeleteBackupVersion deletes a version and its keys; ErrNotFound when it
+// DeleteBackupVersion deletes a version and its keys; ErrNoBackup when it
 // never existed (deleting a deleted version succeeds).
 func (s *Store) DeleteBackupVersion(ctx context.Context, userID string, version int64) error {
 	return pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
@@ -100,7 +118,7 @@ func (s *Store) DeleteBackupVersion(ctx context.Context, userID string, version 
 			return err
 		}
 		if tag.RowsAffected() == 0 {
-			return ErrNotFound
+			return ErrNoBackup
 		}
 		_, err = tx.Exec(ctx, `DELETE FROM key_backup_keys WHERE user_id = $1 AND version = $2`, userID, version)
 		return err
@@ -108,7 +126,7 @@ func (s *Store) DeleteBackupVersion(ctx context.Context, userID string, version 
 }
 
 // ErrWrongBackupVersion is returned when keys are written to a version
-// other than the latest one; Current is that one ("" when there is none).
+// other than the latest one; Current is that one (0 when there is none).
 type ErrWrongBackupVersion struct{ Current int64 }
 
 func (e ErrWrongBackupVersion) Error() string { return "not the current backup version" }
@@ -141,7 +159,7 @@ func (s *Store) PutBackupKeys(ctx context.Context, userID string, version int64,
 				if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 					return err
 				}
-				if found && !k.better(old) {
+				if found && !k.Better(old) {
 					continue
 				}
 				if _, err := tx.Exec(ctx, `INSERT INTO key_backup_keys (user_id, version, room_id, session_id, first_message_index, forwarded_count, is_verified, session_data)
@@ -166,17 +184,17 @@ func (s *Store) PutBackupKeys(ctx context.Context, userID string, version int64,
 }
 
 // BackupKeys returns a version's keys, all or of one room ("" for all) or
-// one session of it: room → session → key. ErrNotFound when the version
+// one session of it: room → session → key. ErrNoBackup when the version
 // does not exist (or was deleted).
-func (r Reader) BackupKeys(ctx context.Context, userID string, version int64, room, session string) (map[string]map[string]BackupKey, error) {
+func (s *Store) BackupKeys(ctx context.Context, userID string, version int64, room, session string) (map[string]map[string]BackupKey, error) {
 	var exists bool
-	if err := r.q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM key_backup_versions WHERE user_id = $1 AND version = $2 AND NOT deleted)`, userID, version).Scan(&exists); err != nil {
+	if err := s.db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM key_backup_versions WHERE user_id = $1 AND version = $2 AND NOT deleted)`, userID, version).Scan(&exists); err != nil {
 		return nil, err
 	}
 	if !exists {
-		return nil, ErrNotFound
+		return nil, ErrNoBackup
 	}
-	rows, err := r.q.Query(ctx, `SELECT room_id, session_id, first_message_index, forwarded_count, is_verified, session_data FROM key_backup_keys
+	rows, err := s.db.Query(ctx, `SELECT room_id, session_id, first_message_index, forwarded_count, is_verified, session_data FROM key_backup_keys
 		WHERE user_id = $1 AND version = $2 AND ($3 = '' OR room_id = $3) AND ($4 = '' OR session_id = $4)`, userID, version, room, session)
 	if err != nil {
 		return nil, err
@@ -200,7 +218,7 @@ func (r Reader) BackupKeys(ctx context.Context, userID string, version int64, ro
 }
 
 // DeleteBackupKeys deletes a version's keys, all or of one room or one
-// session, and returns its etag and count. ErrNotFound when the version
+// session, and returns its etag and count. ErrNoBackup when the version
 // does not exist (or was deleted).
 func (s *Store) DeleteBackupKeys(ctx context.Context, userID string, version int64, room, session string) (etag, count int64, err error) {
 	err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
@@ -212,7 +230,7 @@ func (s *Store) DeleteBackupKeys(ctx context.Context, userID string, version int
 			return err
 		}
 		if !exists {
-			return ErrNotFound
+			return ErrNoBackup
 		}
 		tag, err := tx.Exec(ctx, `DELETE FROM key_backup_keys WHERE user_id = $1 AND version = $2 AND ($3 = '' OR room_id = $3) AND ($4 = '' OR session_id = $4)`,
 			userID, version, room, session)
