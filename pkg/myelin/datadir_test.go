@@ -23,7 +23,7 @@ func TestDataDirLockedWhileRunning(t *testing.T) {
 	cfg.DataDir = traversableDir(t)
 	cfg.HTTP.Listen, cfg.GRPC.Listen = "127.0.0.1:0", "127.0.0.1:0"
 	start := func() (*myelin.Process, error) {
-		return myelin.Start(context.Background(), cfg, []string{myelin.TargetKeyServer, myelin.TargetRoomServer, myelin.TargetPresence, myelin.TargetClientAPI}, zaptest.NewLogger(t))
+		return myelin.Start(context.Background(), cfg, allTargets(t), zaptest.NewLogger(t))
 	}
 	first, err := start()
 	if err != nil {

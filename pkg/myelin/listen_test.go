@@ -37,7 +37,7 @@ func TestListenAddressInUseFailsFirst(t *testing.T) {
 			cfg.DataDir = traversableDir(t)
 			cfg.HTTP.Listen, cfg.GRPC.Listen = "127.0.0.1:0", "127.0.0.1:0"
 			c.set(&cfg) // database.url and nats.url empty: a local cluster and NATS would start
-			p, err := myelin.Start(context.Background(), cfg, []string{myelin.TargetKeyServer, myelin.TargetRoomServer, myelin.TargetPresence, myelin.TargetClientAPI}, zaptest.NewLogger(t))
+			p, err := myelin.Start(context.Background(), cfg, allTargets(t), zaptest.NewLogger(t))
 			if err == nil {
 				_ = p.Stop()
 				t.Fatal("started with an address in use")
@@ -67,4 +67,14 @@ func traversableDir(t *testing.T) string {
 	_ = os.Chmod(dir, 0o755)
 	t.Cleanup(func() { _ = os.RemoveAll(dir) })
 	return dir
+}
+
+// allTargets is every service (the "all" target).
+func allTargets(t *testing.T) []string {
+	t.Helper()
+	targets, err := myelin.ParseTargets(myelin.TargetAll)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return targets
 }

@@ -210,8 +210,8 @@ func TestSendWhileNATSIsDown(t *testing.T) {
 	}
 }
 
-// In the split shape the client-API can lose NATS while the room-server
-// has it: the room-server commits and publishes the event, but the
+// In the split shape the client-API (here with the media service, which
+// it calls and which calls it) can lose NATS while the room-server has it: the room-server commits and publishes the event, but the
 // client-API's copy cannot get it. The send answers 503 at once; the
 // event is not lost: once the client-API reconnects it is in the room,
 // and the client's retry with the same transaction ID returns it without
@@ -229,7 +229,7 @@ func TestSendWhenTheClientAPICannotReachNATS(t *testing.T) {
 	for _, svc := range []*myelin.ServiceAddress{&front.Services.KeyServer, &front.Services.RoomServer, &front.Services.Presence} {
 		svc.GRPC = backend.Process.GRPCAddr()
 	}
-	s := stack.StartWithConfig(t, front, myelin.TargetClientAPI)
+	s := stack.StartWithConfig(t, front, myelin.TargetClientAPI, myelin.TargetMedia)
 	cli, roomID := undeliverableClient(t, s.URL())
 	if _, err := sendText(cli, roomID, "before"); err != nil {
 		t.Fatal(err)
