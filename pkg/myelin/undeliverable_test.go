@@ -211,7 +211,8 @@ func TestSendWhileNATSIsDown(t *testing.T) {
 }
 
 // In the split shape the client-API (here with the media service, which
-// it calls and which calls it) can lose NATS while the room-server has it: the room-server commits and publishes the event, but the
+// it calls and which calls it) can lose NATS while the room-server has
+// it: the room-server commits and publishes the event, but the
 // client-API's copy cannot get it. The send answers 503 at once; the
 // event is not lost: once the client-API reconnects it is in the room,
 // and the client's retry with the same transaction ID returns it without
