@@ -2,6 +2,7 @@ package clientapi
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -277,6 +278,22 @@ func decodeOutputEvent(data []byte) (store.Input, error) {
 			StreamPosition: out.GetStreamPosition(),
 		},
 		RemovedIDs: out.GetRemovedStateEventIds(),
+	}
+	switch out.GetKind() {
+	case roomserverv1.OutputKind_OUTPUT_KIND_BACKFILL:
+		in.Backfill = true
+	case roomserverv1.OutputKind_OUTPUT_KIND_OUT_OF_ROOM:
+		// A local user's membership of a room of another server: the
+		// event is the user's membership (in no room state the
+		// room-server has), shown with the stripped state it carried.
+		in.OutOfRoom = true
+		for _, raw := range out.GetStrippedState() {
+			in.StrippedState = append(in.StrippedState, json.RawMessage(raw))
+		}
+		if ce.StateKey != nil && ce.Type == "m.room.member" {
+			in.Added = append(in.Added, store.StateEvent{EventID: out.GetEventId(), Type: ce.Type, StateKey: *ce.StateKey,
+				Sender: ce.Sender, Membership: clientevent.MembershipOf(pdu), JSON: raw})
+		}
 	}
 	in.Event.RelatesTo, in.Event.RelType = clientevent.RelationOf(ce.Content)
 	in.Event.SearchKey, in.Event.SearchText = clientevent.SearchTextOf(ce.Type, ce.Content)

@@ -401,7 +401,9 @@ func (s *Service) createRoom(r *http.Request, dev *httpapi.Device) (any, error) 
 		}
 	}
 	if ids := resp.GetEventIds(); len(ids) > 0 {
-		s.notifier.AwaitStored(ctx, ids[len(ids)-1], true)
+		if err := s.notifier.AwaitStored(ctx, ids[len(ids)-1], true); err != nil {
+			return nil, err
+		}
 	}
 	return map[string]string{"room_id": resp.GetRoomId()}, nil
 }

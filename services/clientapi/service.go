@@ -118,7 +118,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		st.Close()
 		return nil, fmt.Errorf("load memberships: %w", err)
 	}
-	s.notifier = notifier.New(members, st.Reader().HasEvent, deps.Logger)
+	s.notifier = notifier.New(members, st.Reader().HasEvent, deps.JetStream.Conn(), deps.Logger)
 	if s.wakeBus, err = wakebus.Start(s.js.Conn(), s.notifier, deps.Logger); err != nil {
 		st.Close()
 		return nil, err

@@ -503,8 +503,17 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, dev *httpapi.De
 		if err != nil {
 			return d, err
 		}
+		// Invites and knocks in rooms of other servers: the stripped
+		// state they carried (store/outofroom.go).
+		remote, err := rd.OutOfRoomState(ctx, userID, rooms)
+		if err != nil {
+			return d, err
+		}
 		for _, m := range invited {
 			events := stripped[m.RoomID]
+			if r, ok := remote[m.RoomID]; ok {
+				events = r
+			}
 			if own, err := rd.CurrentStateEvent(ctx, m.RoomID, "m.room.member", userID); err == nil {
 				if ignored[own.Sender] && own.Membership == store.MembershipInvite {
 					continue // invites from ignored users are not shown

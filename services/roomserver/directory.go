@@ -12,6 +12,10 @@ import (
 	"github.com/myelin-chat/myelin/services/roomserver/store"
 )
 
+// roomDirectory holds the alias and published-room-list RPCs (a view of
+// the Service).
+type roomDirectory struct{ *Service }
+
 // Directory visibilities.
 const (
 	visibilityPublic  = "public"
@@ -19,15 +23,15 @@ const (
 )
 
 // knownRoom fails with ErrRoomNotFound unless the room exists.
-func (s *Service) knownRoom(ctx context.Context, roomID string) error {
-	_, err := s.store.Room(ctx, roomID)
+func (s roomDirectory) knownRoom(ctx context.Context, roomID string) error {
+	_, err := s.room(ctx, roomID)
 	if errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("%w: %s", ErrRoomNotFound, roomID)
 	}
 	return err
 }
 
-func (s *Service) listRoomAliases(ctx context.Context, roomID string) (*roomserverv1.ListRoomAliasesResponse, error) {
+func (s roomDirectory) listRoomAliases(ctx context.Context, roomID string) (*roomserverv1.ListRoomAliasesResponse, error) {
 	aliases, err := s.store.AliasesOf(ctx, roomID)
 	if err != nil {
 		return nil, err
@@ -35,7 +39,7 @@ func (s *Service) listRoomAliases(ctx context.Context, roomID string) (*roomserv
 	return &roomserverv1.ListRoomAliasesResponse{Aliases: aliases}, nil
 }
 
-func (s *Service) setRoomVisibility(ctx context.Context, req *roomserverv1.SetRoomVisibilityRequest) error {
+func (s roomDirectory) setRoomVisibility(ctx context.Context, req *roomserverv1.SetRoomVisibilityRequest) error {
 	var public bool
 	switch req.GetVisibility() {
 	case visibilityPublic:
@@ -50,7 +54,7 @@ func (s *Service) setRoomVisibility(ctx context.Context, req *roomserverv1.SetRo
 	return s.store.SetPublished(ctx, req.GetRoomId(), public)
 }
 
-func (s *Service) getRoomVisibility(ctx context.Context, roomID string) (*roomserverv1.GetRoomVisibilityResponse, error) {
+func (s roomDirectory) getRoomVisibility(ctx context.Context, roomID string) (*roomserverv1.GetRoomVisibilityResponse, error) {
 	if err := s.knownRoom(ctx, roomID); errors.Is(err, ErrRoomNotFound) {
 		return &roomserverv1.GetRoomVisibilityResponse{}, nil
 	} else if err != nil {
@@ -67,7 +71,7 @@ func (s *Service) getRoomVisibility(ctx context.Context, roomID string) (*roomse
 	return resp, nil
 }
 
-func (s *Service) listPublicRooms(ctx context.Context) (*roomserverv1.ListPublicRoomsResponse, error) {
+func (s roomDirectory) listPublicRooms(ctx context.Context) (*roomserverv1.ListPublicRoomsResponse, error) {
 	rooms, err := s.store.PublishedRooms(ctx)
 	if err != nil {
 		return nil, err

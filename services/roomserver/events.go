@@ -92,3 +92,14 @@ func newEventEntry(row store.Event) (*eventEntry, error) {
 	row.JSON = nil
 	return &eventEntry{Event: row, pdu: pdu}, nil
 }
+
+// room reads a room on the pool; a stub room (known only from out-of-room
+// memberships, without a create event) is store.ErrNotFound: to clients
+// and queries it does not exist yet.
+func (s *Service) room(ctx context.Context, roomID string) (store.Room, error) {
+	room, err := s.store.Room(ctx, roomID)
+	if err == nil && room.Stub {
+		return store.Room{}, store.ErrNotFound
+	}
+	return room, err
+}

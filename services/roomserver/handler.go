@@ -7,6 +7,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/myelin-chat/myelin/pkg/pgstore"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 )
 
@@ -40,7 +41,9 @@ func toStatus(err error) error {
 		code = codes.Canceled
 	case errors.Is(err, context.DeadlineExceeded):
 		code = codes.DeadlineExceeded
-	case errors.Is(err, errKeyServer):
+	case errors.Is(err, errKeyServer), errors.Is(err, ErrUndeliverable), pgstore.IsUnavailable(err):
+		// The key-server, NATS or the database is down: the caller may
+		// retry later.
 		code = codes.Unavailable
 	default:
 		code = codes.Internal
@@ -102,7 +105,7 @@ func (h *handler) QueryRoomInfo(ctx context.Context, req *roomserverv1.QueryRoom
 }
 
 func (h *handler) SetRoomAlias(ctx context.Context, req *roomserverv1.SetRoomAliasRequest) (*roomserverv1.SetRoomAliasResponse, error) {
-	created, err := h.svc.setRoomAlias(ctx, req)
+	created, err := roomDirectory{h.svc}.setRoomAlias(ctx, req)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -110,12 +113,12 @@ func (h *handler) SetRoomAlias(ctx context.Context, req *roomserverv1.SetRoomAli
 }
 
 func (h *handler) GetRoomAlias(ctx context.Context, req *roomserverv1.GetRoomAliasRequest) (*roomserverv1.GetRoomAliasResponse, error) {
-	resp, err := h.svc.getRoomAlias(ctx, req.GetAlias())
+	resp, err := roomDirectory{h.svc}.getRoomAlias(ctx, req.GetAlias())
 	return resp, toStatus(err)
 }
 
 func (h *handler) RemoveRoomAlias(ctx context.Context, req *roomserverv1.RemoveRoomAliasRequest) (*roomserverv1.RemoveRoomAliasResponse, error) {
-	removed, err := h.svc.removeRoomAlias(ctx, req.GetAlias())
+	removed, err := roomDirectory{h.svc}.removeRoomAlias(ctx, req.GetAlias())
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -123,23 +126,72 @@ func (h *handler) RemoveRoomAlias(ctx context.Context, req *roomserverv1.RemoveR
 }
 
 func (h *handler) ListRoomAliases(ctx context.Context, req *roomserverv1.ListRoomAliasesRequest) (*roomserverv1.ListRoomAliasesResponse, error) {
-	resp, err := h.svc.listRoomAliases(ctx, req.GetRoomId())
+	resp, err := roomDirectory{h.svc}.listRoomAliases(ctx, req.GetRoomId())
 	return resp, toStatus(err)
 }
 
 func (h *handler) SetRoomVisibility(ctx context.Context, req *roomserverv1.SetRoomVisibilityRequest) (*roomserverv1.SetRoomVisibilityResponse, error) {
-	if err := h.svc.setRoomVisibility(ctx, req); err != nil {
+	if err := (roomDirectory{h.svc}).setRoomVisibility(ctx, req); err != nil {
 		return nil, toStatus(err)
 	}
 	return &roomserverv1.SetRoomVisibilityResponse{}, nil
 }
 
 func (h *handler) GetRoomVisibility(ctx context.Context, req *roomserverv1.GetRoomVisibilityRequest) (*roomserverv1.GetRoomVisibilityResponse, error) {
-	resp, err := h.svc.getRoomVisibility(ctx, req.GetRoomId())
+	resp, err := roomDirectory{h.svc}.getRoomVisibility(ctx, req.GetRoomId())
 	return resp, toStatus(err)
 }
 
 func (h *handler) ListPublicRooms(ctx context.Context, _ *roomserverv1.ListPublicRoomsRequest) (*roomserverv1.ListPublicRoomsResponse, error) {
-	resp, err := h.svc.listPublicRooms(ctx)
+	resp, err := roomDirectory{h.svc}.listPublicRooms(ctx)
+	return resp, toStatus(err)
+}
+
+func (h *handler) QueryAuthChain(ctx context.Context, req *roomserverv1.QueryAuthChainRequest) (*roomserverv1.QueryAuthChainResponse, error) {
+	resp, err := fedQuery{h.svc}.queryAuthChain(ctx, req)
+	return resp, toStatus(err)
+}
+
+func (h *handler) QueryStateAndAuthChain(ctx context.Context, req *roomserverv1.QueryStateAndAuthChainRequest) (*roomserverv1.QueryStateAndAuthChainResponse, error) {
+	resp, err := fedQuery{h.svc}.queryStateAndAuthChain(ctx, req)
+	return resp, toStatus(err)
+}
+
+func (h *handler) GetMissingEvents(ctx context.Context, req *roomserverv1.GetMissingEventsRequest) (*roomserverv1.GetMissingEventsResponse, error) {
+	events, err := fedQuery{h.svc}.getMissingEvents(ctx, req)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &roomserverv1.GetMissingEventsResponse{Events: events}, nil
+}
+
+func (h *handler) Backfill(ctx context.Context, req *roomserverv1.BackfillRequest) (*roomserverv1.BackfillResponse, error) {
+	events, err := fedQuery{h.svc}.backfill(ctx, req)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &roomserverv1.BackfillResponse{Events: events}, nil
+}
+
+func (h *handler) FilterEventsForServer(ctx context.Context, req *roomserverv1.FilterEventsForServerRequest) (*roomserverv1.FilterEventsForServerResponse, error) {
+	events, err := fedQuery{h.svc}.filterEventsForServer(ctx, req)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &roomserverv1.FilterEventsForServerResponse{Events: events}, nil
+}
+
+func (h *handler) QueryRoomServers(ctx context.Context, req *roomserverv1.QueryRoomServersRequest) (*roomserverv1.QueryRoomServersResponse, error) {
+	resp, err := fedQuery{h.svc}.queryRoomServers(ctx, req)
+	return resp, toStatus(err)
+}
+
+func (h *handler) MakeMembershipEvent(ctx context.Context, req *roomserverv1.MakeMembershipEventRequest) (*roomserverv1.MakeMembershipEventResponse, error) {
+	resp, err := residentJoins{h.svc}.makeMembershipEvent(ctx, req)
+	return resp, toStatus(err)
+}
+
+func (h *handler) SignJoin(ctx context.Context, req *roomserverv1.SignJoinRequest) (*roomserverv1.SignJoinResponse, error) {
+	resp, err := residentJoins{h.svc}.signJoin(ctx, req)
 	return resp, toStatus(err)
 }

@@ -25,6 +25,14 @@ package roomserver
 // Locally built events must not be stored when refused: processEvent
 // reports REJECTED/SOFT_FAILED before writing anything when opts.local is
 // set, and the caller rolls back and answers PERMISSION_DENIED.
+//
+// Federation input (input_fed.go) adds: NEW events with supplied state
+// (step 6 takes the state given, resolved with the state after any known
+// prev_events, and unknown prev_events are not missing), BACKFILL (stored
+// with state, never a forward extremity, no change to the current state,
+// no soft failure), and OUT_OF_ROOM memberships (stored as outliers
+// without auth checks, published with their stripped state when this
+// server is not in the room).
 
 import (
 	"bytes"
@@ -72,6 +80,16 @@ func invalid(eventID, format string, args ...any) *inputResult {
 // inputOpts says how an event arrived.
 type inputOpts struct {
 	outlier bool
+	// backfill: history (INPUT_KIND_BACKFILL).
+	backfill bool
+	// outOfRoom: a local user's membership of a room this server is not in
+	// (INPUT_KIND_OUT_OF_ROOM; outlier is set too); stripped is its
+	// stripped state as a JSON array ("" for none).
+	outOfRoom bool
+	stripped  string
+	// hasState: stateIDs is the state before the event.
+	hasState bool
+	stateIDs []string
 	// local: built by this room-server for a client; refusals are not
 	// stored.
 	local bool
@@ -192,28 +210,67 @@ func (w *writeTx) done() {
 }
 
 // inputEvents runs complete PDUs (federation's and tests') through the
-// pipeline, one transaction per event, in order. An infrastructure error
-// fails the call; events before it stay committed (re-sending them is
-// harmless: they come back DUPLICATE).
+// pipeline, in order: NEW and OUT_OF_ROOM events one transaction each, a
+// run of OUTLIER or BACKFILL events of one room in one transaction
+// (inputBatch). An infrastructure error fails the call; transactions before
+// it stay committed (re-sending them is harmless: they come back
+// DUPLICATE).
 func (s *Service) inputEvents(ctx context.Context, in []*roomserverv1.InputEvent) ([]inputResult, error) {
-	out := make([]inputResult, 0, len(in))
-	for _, ie := range in {
-		res, err := s.inputEvent(ctx, ie)
+	out := make([]inputResult, len(in))
+	parsed := make([]gomatrixserverlib.PDU, len(in))
+	for i, ie := range in {
+		ev, bad, err := s.parseAndVerify(ctx, ie.GetRoomVersion(), ie.GetEventJson())
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, res)
+		if bad != nil {
+			out[i] = *bad
+			continue
+		}
+		parsed[i] = ev
+	}
+	for i := 0; i < len(in); {
+		ev, kind := parsed[i], in[i].GetKind()
+		if ev == nil {
+			i++
+			continue
+		}
+		if kind == roomserverv1.InputKind_INPUT_KIND_OUTLIER || kind == roomserverv1.InputKind_INPUT_KIND_BACKFILL {
+			j := i + 1
+			for j < len(in) && parsed[j] != nil && in[j].GetKind() == kind && parsed[j].RoomID() == ev.RoomID() {
+				j++
+			}
+			res, err := fedInput{s}.inputBatch(ctx, in[i:j], parsed[i:j])
+			if err != nil {
+				return nil, err
+			}
+			copy(out[i:j], res)
+			i = j
+			continue
+		}
+		res, err := s.inputEvent(ctx, in[i], ev)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = res
+		i++
 	}
 	return out, nil
 }
 
-func (s *Service) inputEvent(ctx context.Context, ie *roomserverv1.InputEvent) (inputResult, error) {
-	ev, bad, err := s.parseAndVerify(ctx, ie.GetRoomVersion(), ie.GetEventJson())
-	if err != nil {
-		return inputResult{}, err
-	}
-	if bad != nil {
-		return *bad, nil
+// inputEvent runs one NEW or OUT_OF_ROOM event in its own transaction.
+func (s *Service) inputEvent(ctx context.Context, ie *roomserverv1.InputEvent, ev gomatrixserverlib.PDU) (inputResult, error) {
+	opts := inputOpts{hasState: ie.GetHasState(), stateIDs: ie.GetStateEventIds()}
+	switch ie.GetKind() {
+	case roomserverv1.InputKind_INPUT_KIND_NEW:
+	case roomserverv1.InputKind_INPUT_KIND_OUT_OF_ROOM:
+		stripped, bad, err := fedInput{s}.checkOutOfRoom(ctx, ev, ie.GetStrippedState())
+		if err != nil || bad != nil {
+			return derefResult(bad), err
+		}
+		opts = inputOpts{outlier: true, outOfRoom: true, stripped: stripped}
+	default:
+		return *invalid(ev.EventID(), "unknown input kind %s", ie.GetKind()), nil
 	}
 	if ev.StateKey() != nil {
 		if err := s.ensureStateKeys(ctx, []store.StateKey{{Type: ev.Type(), StateKey: *ev.StateKey()}}); err != nil {
@@ -227,7 +284,7 @@ func (s *Service) inputEvent(ctx context.Context, ie *roomserverv1.InputEvent) (
 	if err != nil {
 		return inputResult{}, err
 	}
-	res, err := s.processEvent(ctx, w, ev, inputOpts{outlier: ie.GetKind() == roomserverv1.InputKind_INPUT_KIND_OUTLIER})
+	res, err := s.processEvent(ctx, w, ev, opts)
 	if err != nil || !res.stored() {
 		w.rollback(ctx)
 		return res, err
@@ -237,6 +294,13 @@ func (s *Service) inputEvent(ctx context.Context, ie *roomserverv1.InputEvent) (
 	}
 	s.logResult(ev, res)
 	return res, nil
+}
+
+func derefResult(r *inputResult) inputResult {
+	if r == nil {
+		return inputResult{}
+	}
+	return *r
 }
 
 func (s *Service) logResult(ev gomatrixserverlib.PDU, res inputResult) {
@@ -257,10 +321,11 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 	isCreate := ev.Type() == spec.MRoomCreate && ev.StateKeyEquals("")
 
 	// 3. Duplicate? (One round trip reads the event, its prev and auth
-	// events and the redactions waiting for it, and reserves its NID.)
+	// events, any supplied state and the redactions waiting for it, and
+	// reserves its NID.)
 	prevIDs, authIDs := ev.PrevEventIDs(), ev.AuthEventIDs()
 	ids := []string{res.eventID}
-	for _, id := range slices.Concat(prevIDs, authIDs) {
+	for _, id := range slices.Concat(prevIDs, authIDs, opts.stateIDs) {
 		if _, ok := opts.refs[id]; !ok {
 			ids = append(ids, id)
 		}
@@ -303,43 +368,52 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 	room, err := w.Room(ctx, roomID)
 	newRoom := errors.Is(err, store.ErrNotFound)
 	switch {
-	case newRoom && !isCreate:
+	case newRoom && !isCreate && !opts.outOfRoom:
 		res.status = roomserverv1.InputStatus_INPUT_STATUS_MISSING_EVENTS
 		res.reason = "unknown room"
 		res.missing = slices.Concat(ev.AuthEventIDs(), ev.PrevEventIDs())
 		return res, nil
 	case newRoom:
-		room = store.Room{RoomID: roomID, Version: string(ev.Version())}
+		room = store.Room{RoomID: roomID, Version: string(ev.Version()), Stub: !isCreate}
 	case err != nil:
 		return res, err
 	case room.Version != string(ev.Version()):
 		return *invalid(res.eventID, "room %s has version %s, not %s", roomID, room.Version, ev.Version()), nil
-	case isCreate:
+	case isCreate && !room.Stub:
 		return *invalid(res.eventID, "room %s already has a create event", roomID), nil
 	}
 
-	// 4. Missing events.
+	// 4. Missing events. Out-of-room events are stored without their auth
+	// events (this server has none of the room); supplied state stands in
+	// for unknown prev_events.
 	refs := make(map[string]*eventEntry, len(prevIDs)+len(authIDs))
 	for _, id := range slices.Concat(prevIDs, authIDs) {
 		if e, ok := found[id]; ok {
 			refs[id] = e
 		}
 	}
-	for _, id := range authIDs {
-		if _, ok := refs[id]; !ok && !slices.Contains(res.missing, id) {
-			res.missing = append(res.missing, id)
+	if !opts.outOfRoom {
+		for _, id := range authIDs {
+			if _, ok := refs[id]; !ok && !slices.Contains(res.missing, id) {
+				res.missing = append(res.missing, id)
+			}
 		}
 	}
-	if !opts.outlier {
+	if !opts.outlier && !opts.hasState {
 		for _, id := range prevIDs {
 			if e, ok := refs[id]; (!ok || e.StateAfter == nil) && !slices.Contains(res.missing, id) {
 				res.missing = append(res.missing, id)
 			}
 		}
 	}
+	for _, id := range opts.stateIDs {
+		if _, ok := found[id]; !ok && !slices.Contains(res.missing, id) {
+			res.missing = append(res.missing, id)
+		}
+	}
 	if len(res.missing) > 0 {
 		res.status = roomserverv1.InputStatus_INPUT_STATUS_MISSING_EVENTS
-		res.reason = "prev_events or auth_events are unknown (or prev_events are outliers, without state)"
+		res.reason = "prev_events, auth_events or supplied state events are unknown (or prev_events are outliers, without state)"
 		return res, nil
 	}
 
@@ -366,6 +440,9 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 	// 5. Auth against its own auth_events: they must be exactly what the
 	// auth events selection (StateNeededForAuth) allows, none rejected,
 	// and they must allow the event.
+	if opts.outOfRoom {
+		return fedInput{s}.storeOutOfRoom(ctx, w, room, newRoom, row, ev, res, opts)
+	}
 	needed := gomatrixserverlib.StateNeededForAuth([]gomatrixserverlib.PDU{ev}).Tuples()
 	seen := map[gomatrixserverlib.StateKeyTuple]bool{}
 	var authPDUs []gomatrixserverlib.PDU
@@ -404,10 +481,15 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 		return res, nil
 	}
 	if newRoom {
-		if room.NID, err = w.InsertRoom(ctx, roomID, room.Version); err != nil {
+		if room.NID, err = w.InsertRoom(ctx, roomID, room.Version, false); err != nil {
 			return res, err
 		}
 		row.RoomNID = room.NID
+	} else if isCreate && room.Stub && !rejected {
+		// The create event of a room known so far only from out-of-room
+		// memberships.
+		w.QueueClearStub(room.NID)
+		room.Stub = false
 	}
 
 	if opts.outlier {
@@ -415,13 +497,22 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 		return s.storeRejectedOrOutlier(ctx, w, row, res, known)
 	}
 
-	// 6. State before: the state after its prev events.
+	// 6. State before: the state after its prev events, or the state
+	// supplied (resolved with the state after the prev events known).
 	prevs := make([]*eventEntry, 0, len(prevIDs))
 	for _, id := range prevIDs {
-		prevs = append(prevs, refs[id])
+		if e, ok := refs[id]; ok && e.StateAfter != nil {
+			prevs = append(prevs, e)
+		}
 	}
-	before, err := s.stateAfterEvents(ctx, w, room, prevs)
-	if err != nil {
+	var before snapshot
+	if opts.hasState {
+		var bad *inputResult
+		before, bad, err = fedInput{s}.stateBeforeSupplied(ctx, w, room, ev, prevs, found, opts.stateIDs)
+		if err != nil || bad != nil {
+			return derefResult(bad), err
+		}
+	} else if before, err = s.stateAfterEvents(ctx, w, room, prevs); err != nil {
 		return res, err
 	}
 	row.StateBefore = &before.nid
@@ -456,9 +547,13 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 		return s.storeRejectedOrOutlier(ctx, w, row, res, known)
 	}
 
-	// 8. Soft failure: auth against the room's current state.
+	// 8. Soft failure: auth against the room's current state. Not for
+	// history (backfill), not when the room has no current state yet (its
+	// first event with state: a join through send_join), and not for a
+	// local user's own membership whose state the resident server gave.
+	rewrites := fedInput{s}.rewritesState(ev, opts)
 	softFailed := false
-	if !newRoom && room.SnapshotNID != before.nid {
+	if !newRoom && !opts.backfill && !rewrites && len(room.Extremities) > 0 && room.SnapshotNID != before.nid {
 		current, err := s.loadState(ctx, w.Queries, room.SnapshotNID)
 		if err != nil {
 			return res, err
@@ -506,6 +601,15 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 		}
 	}
 	res.status = roomserverv1.InputStatus_INPUT_STATUS_ACCEPTED
+	if opts.backfill {
+		w.outbox = append(w.outbox, store.OutboxEntry{RoomNID: room.NID, EventNID: row.NID, Kind: store.OutboxBackfill})
+		return res, nil
+	}
+	if rewrites {
+		// The resident server's state replaces what this server had of the
+		// room (nothing, or what it knew before it left).
+		room.Extremities = nil
+	}
 	return res, s.advanceRoom(ctx, w, room, row, prevs, opts)
 }
 

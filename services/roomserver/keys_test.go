@@ -24,7 +24,7 @@ import (
 	"github.com/myelin-chat/myelin/services/keyserver"
 )
 
-const remoteServer = "remote.test"
+const remoteName = "remote.test"
 
 // remoteNode is another homeserver's key-server: its keys are served over
 // HTTPS (certificate from a test CA) and it signs events for the test.
@@ -44,7 +44,7 @@ func newFederatedHarness(t *testing.T) (*harness, *remoteNode) {
 
 	// remote.test: a key-server behind HTTPS.
 	rks, err := keyserver.New(ctx, keyserver.DefaultConfig(), keyserver.Deps{
-		Logger: testLogger(t).Named("remote-keyserver"), ServerName: remoteServer, DatabaseURL: testkit.Postgres(t),
+		Logger: testLogger(t).Named("remote-keyserver"), ServerName: remoteName, DatabaseURL: testkit.Postgres(t),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -58,7 +58,7 @@ func newFederatedHarness(t *testing.T) (*harness, *remoteNode) {
 	router := chi.NewRouter()
 	rks.RegisterFederationHTTP(router)
 	srv := httptest.NewUnstartedServer(router)
-	srv.TLS = ca.TLSConfig(t, remoteServer)
+	srv.TLS = ca.TLSConfig(t, remoteName)
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
@@ -69,7 +69,7 @@ func newFederatedHarness(t *testing.T) (*harness, *remoteNode) {
 	fedCfg.Enabled = true
 	fedCfg.TrustedCAFiles = []string{ca.CertFile}
 	fedCfg.AllowedPrivateNetworks = []string{"127.0.0.0/8"}
-	fedCfg.ServerNameMap = map[string]string{remoteServer: remote.addr}
+	fedCfg.ServerNameMap = map[string]string{remoteName: remote.addr}
 	tr, err := federation.NewTransport(federation.Options{Config: fedCfg, Logger: testLogger(t), Resolver: &net.Resolver{
 		PreferGo: true, Dial: func(context.Context, string, string) (net.Conn, error) {
 			return nil, &net.DNSError{Err: "no DNS in this test", IsNotFound: true}
@@ -181,7 +181,7 @@ func TestOtherServersAndRotation(t *testing.T) {
 	h, remote := newFederatedHarness(t)
 	roomID := h.createRoom("11", "public", map[string]int{alice: 100}).GetRoomId()
 	origin, remoteKey1, remotePriv1 := signingKey(t, remote.keys)
-	eve := "@eve:" + remoteServer
+	eve := "@eve:" + remoteName
 
 	join := h.buildAs(origin, remoteKey1, remotePriv1, time.Now(), roomID, eve, spec.MRoomMember, ptr(eve), map[string]any{"membership": "join"})
 	h.inputOne(join, accepted)

@@ -141,7 +141,7 @@ func TestPipelinedTx(t *testing.T) {
 	if _, ok := tx.ReservedNID(); ok {
 		t.Fatal("the reserved NID was handed out twice")
 	}
-	nid, err := tx.InsertRoom(ctx, roomID, "11")
+	nid, err := tx.InsertRoom(ctx, roomID, "11", false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,7 +18,7 @@ import (
 func (e *eventEntry) proto() *roomserverv1.Event {
 	return &roomserverv1.Event{
 		EventId: e.EventID, RoomId: e.RoomID, RoomVersion: e.RoomVersion,
-		EventJson: e.pdu.JSON(), Rejected: e.Rejected, SoftFailed: e.SoftFailed,
+		EventJson: e.pdu.JSON(), Rejected: e.Rejected, SoftFailed: e.SoftFailed, Outlier: e.Outlier,
 	}
 }
 
@@ -109,7 +109,7 @@ func (s *Service) stateAt(ctx context.Context, eventID string, after bool) (*eve
 }
 
 func (s *Service) queryState(ctx context.Context, req *roomserverv1.QueryStateRequest) (*roomserverv1.QueryStateResponse, error) {
-	room, err := s.store.Room(ctx, req.GetRoomId())
+	room, err := s.room(ctx, req.GetRoomId())
 	if errors.Is(err, store.ErrNotFound) {
 		return &roomserverv1.QueryStateResponse{}, nil
 	} else if err != nil {
@@ -160,7 +160,7 @@ func (s *Service) queryStateBatch(ctx context.Context, req *roomserverv1.QuerySt
 }
 
 func (s *Service) queryMembership(ctx context.Context, req *roomserverv1.QueryMembershipRequest) (*roomserverv1.QueryMembershipResponse, error) {
-	room, err := s.store.Room(ctx, req.GetRoomId())
+	room, err := s.room(ctx, req.GetRoomId())
 	if errors.Is(err, store.ErrNotFound) {
 		return &roomserverv1.QueryMembershipResponse{}, nil
 	} else if err != nil {
@@ -183,7 +183,7 @@ func (s *Service) queryMembership(ctx context.Context, req *roomserverv1.QueryMe
 }
 
 func (s *Service) queryRoomInfo(ctx context.Context, roomID string) (*roomserverv1.QueryRoomInfoResponse, error) {
-	room, err := s.store.Room(ctx, roomID)
+	room, err := s.room(ctx, roomID)
 	if errors.Is(err, store.ErrNotFound) {
 		return &roomserverv1.QueryRoomInfoResponse{}, nil
 	} else if err != nil {
@@ -215,11 +215,11 @@ func checkAlias(alias string) error {
 	return nil
 }
 
-func (s *Service) setRoomAlias(ctx context.Context, req *roomserverv1.SetRoomAliasRequest) (bool, error) {
+func (s roomDirectory) setRoomAlias(ctx context.Context, req *roomserverv1.SetRoomAliasRequest) (bool, error) {
 	if err := checkAlias(req.GetAlias()); err != nil {
 		return false, err
 	}
-	if _, err := s.store.Room(ctx, req.GetRoomId()); errors.Is(err, store.ErrNotFound) {
+	if _, err := s.room(ctx, req.GetRoomId()); errors.Is(err, store.ErrNotFound) {
 		return false, fmt.Errorf("%w: %s", ErrRoomNotFound, req.GetRoomId())
 	} else if err != nil {
 		return false, err
@@ -227,7 +227,7 @@ func (s *Service) setRoomAlias(ctx context.Context, req *roomserverv1.SetRoomAli
 	return s.store.SetAlias(ctx, req.GetAlias(), req.GetRoomId(), req.GetCreator())
 }
 
-func (s *Service) getRoomAlias(ctx context.Context, alias string) (*roomserverv1.GetRoomAliasResponse, error) {
+func (s roomDirectory) getRoomAlias(ctx context.Context, alias string) (*roomserverv1.GetRoomAliasResponse, error) {
 	roomID, creator, err := s.store.Alias(ctx, alias)
 	if errors.Is(err, store.ErrNotFound) {
 		return &roomserverv1.GetRoomAliasResponse{}, nil
@@ -237,6 +237,6 @@ func (s *Service) getRoomAlias(ctx context.Context, alias string) (*roomserverv1
 	return &roomserverv1.GetRoomAliasResponse{RoomId: roomID, Servers: []string{string(s.serverName)}, Creator: creator}, nil
 }
 
-func (s *Service) removeRoomAlias(ctx context.Context, alias string) (bool, error) {
+func (s roomDirectory) removeRoomAlias(ctx context.Context, alias string) (bool, error) {
 	return s.store.RemoveAlias(ctx, alias)
 }

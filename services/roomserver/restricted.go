@@ -49,7 +49,7 @@ func (s *Service) authoriseLocalMember(ctx context.Context, w *writeTx, room sto
 		if err != nil {
 			return t, err
 		}
-		q := &restrictedQuerier{s: s, w: w, room: room}
+		q := &restrictedQuerier{s: s, q: w.Queries, room: room}
 		current, err := q.CurrentStateEvent(ctx, *roomID, spec.MRoomMember, sender)
 		if err != nil {
 			return t, err
@@ -88,10 +88,11 @@ func stripAuthorisedVia(t template, content map[string]json.RawMessage, changed 
 }
 
 // restrictedQuerier implements gomatrixserverlib.RestrictedRoomJoinQuerier
-// for a join into room, inside its write transaction.
+// for a join into room, reading it through q (its write transaction, or
+// the pool for a remote server's make_join).
 type restrictedQuerier struct {
 	s    *Service
-	w    *writeTx
+	q    *store.Queries
 	room store.Room
 }
 
@@ -114,7 +115,7 @@ func (q *restrictedQuerier) CurrentStateEvent(ctx context.Context, roomID spec.R
 	if roomID.String() != q.room.RoomID {
 		return nil, fmt.Errorf("unexpected room %s", roomID.String())
 	}
-	return q.currentEvent(ctx, q.w.Queries, q.room, evType, stateKey)
+	return q.currentEvent(ctx, q.q, q.room, evType, stateKey)
 }
 
 func (q *restrictedQuerier) InvitePending(ctx context.Context, roomID spec.RoomID, senderID spec.SenderID) (bool, error) {
@@ -141,12 +142,17 @@ func (q *restrictedQuerier) RestrictedRoomJoinInfo(ctx context.Context, allowed 
 		return nil, err
 	}
 	info.LocalServerInRoom = len(otherMembers) > 0
-	for _, m := range otherMembers {
-		if m.StateKeyEquals(string(senderID)) {
-			info.UserJoinedToRoom = true
-		}
+	// The user may be of another server (a remote user's make_join): read
+	// their membership, not only the local members.
+	own, err := q.currentEvent(ctx, q.s.store.Queries, other, spec.MRoomMember, string(senderID))
+	if err != nil {
+		return nil, err
 	}
-	if info.JoinedUsers, err = q.s.joinedLocalMembers(ctx, q.w.Queries, q.room); err != nil {
+	if own != nil {
+		m, _ := own.Membership()
+		info.UserJoinedToRoom = m == spec.Join
+	}
+	if info.JoinedUsers, err = q.s.joinedLocalMembers(ctx, q.q, q.room); err != nil {
 		return nil, err
 	}
 	return info, nil

@@ -14,6 +14,7 @@ import (
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/nats-io/nats.go"
 
 	"github.com/myelin-chat/myelin/pkg/logging"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
@@ -157,6 +158,9 @@ func (s *Service) createRoom(ctx context.Context, req *roomserverv1.CreateRoomRe
 		return nil, err
 	}
 
+	if err := s.deliverable(); err != nil {
+		return nil, err
+	}
 	unlock := s.locks.lock(roomID)
 	defer unlock()
 	w, err := s.beginWrite(ctx, roomID, nil)
@@ -252,6 +256,9 @@ func (s *Service) sendEvent(ctx context.Context, req *roomserverv1.SendEventRequ
 	if w.TxnEventID != "" {
 		return &roomserverv1.SendEventResponse{EventId: w.TxnEventID, Deduplicated: true}, nil
 	}
+	if err := s.deliverable(); err != nil {
+		return nil, err
+	}
 	if tmpl, err = s.authoriseLocalMember(ctx, w, room, sender, tmpl); err != nil {
 		return nil, err
 	}
@@ -273,13 +280,27 @@ func (s *Service) sendEvent(ctx context.Context, req *roomserverv1.SendEventRequ
 	return &roomserverv1.SendEventResponse{EventId: ev.EventID()}, nil
 }
 
+// deliverable refuses a local write while this room-server's NATS
+// connection is down (ErrUndeliverable). The event would commit, but
+// nothing could read it until NATS is back (the outbox would publish it
+// then), and the client-API would hold the request waiting for its copy:
+// failing fast, before anything is stored, lets the client retry. A
+// connection lost after this check does not lose the event either: the
+// outbox keeps it until it is published.
+func (s *Service) deliverable() error {
+	if st := s.js.Conn().Status(); st != nats.CONNECTED {
+		return fmt.Errorf("%w (connection %s)", ErrUndeliverable, st)
+	}
+	return nil
+}
+
 // roomVersion returns a room's version (cached: it never changes), or
 // ErrRoomNotFound.
 func (s *Service) roomVersion(ctx context.Context, roomID string) (gomatrixserverlib.RoomVersion, error) {
 	if v, ok := s.roomVersions.get(roomID); ok {
 		return v, nil
 	}
-	room, err := s.store.Room(ctx, roomID)
+	room, err := s.room(ctx, roomID)
 	if errors.Is(err, store.ErrNotFound) {
 		return "", fmt.Errorf("%w: %s", ErrRoomNotFound, roomID)
 	} else if err != nil {
@@ -327,7 +348,24 @@ func (s *Service) buildOnCurrent(ctx context.Context, w *writeTx, room store.Roo
 	if err != nil {
 		return nil, nil, err
 	}
-	ext, err := s.loadEvents(ctx, w.Queries, room.Extremities)
+	pe := &gomatrixserverlib.ProtoEvent{
+		SenderID: sender, RoomID: room.RoomID, Type: t.Type, StateKey: t.StateKey,
+		Content: spec.RawJSON(t.Content), Redacts: t.Redacts, Version: verImpl,
+	}
+	refs, _, err = s.fillOnCurrent(ctx, w.Queries, room, pe)
+	if err != nil {
+		return nil, nil, err
+	}
+	ev, err = s.signer.build(ctx, verImpl, pe)
+	return ev, refs, err
+}
+
+// fillOnCurrent fills in a proto-event's prev_events (the forward
+// extremities, newest first, at most MaxPrevEvents), depth and auth_events
+// (from the current state). It returns the prev and auth events by ID and
+// the auth events as a provider.
+func (s *Service) fillOnCurrent(ctx context.Context, q *store.Queries, room store.Room, pe *gomatrixserverlib.ProtoEvent) (map[string]*eventEntry, *gomatrixserverlib.AuthEvents, error) {
+	ext, err := s.loadEvents(ctx, q, room.Extremities)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -345,24 +383,20 @@ func (s *Service) buildOnCurrent(ctx context.Context, w *writeTx, room store.Roo
 		prevIDs[i] = p.EventID
 		depth = max(depth, p.Depth)
 	}
-	pe := &gomatrixserverlib.ProtoEvent{
-		SenderID: sender, RoomID: room.RoomID, Type: t.Type, StateKey: t.StateKey,
-		PrevEvents: prevIDs, Depth: depth + 1, Content: spec.RawJSON(t.Content), Redacts: t.Redacts,
-		Version: verImpl,
-	}
+	pe.PrevEvents, pe.Depth = prevIDs, depth+1
 	needed, err := gomatrixserverlib.StateNeededForProtoEvent(pe)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: %v", ErrBadRequest, err)
 	}
-	current, err := s.loadState(ctx, w.Queries, room.SnapshotNID)
+	current, err := s.loadState(ctx, q, room.SnapshotNID)
 	if err != nil {
 		return nil, nil, err
 	}
-	authEntries, err := s.stateEntriesFor(ctx, w.Queries, current.state, needed.Tuples())
+	authEntries, err := s.stateEntriesFor(ctx, q, current.state, needed.Tuples())
 	if err != nil {
 		return nil, nil, err
 	}
-	refs = make(map[string]*eventEntry, len(prevs)+len(authEntries))
+	refs := make(map[string]*eventEntry, len(prevs)+len(authEntries))
 	authPDUs := make([]gomatrixserverlib.PDU, len(authEntries))
 	for i, e := range authEntries {
 		authPDUs[i] = e.pdu
@@ -375,11 +409,10 @@ func (s *Service) buildOnCurrent(ctx context.Context, w *writeTx, room store.Roo
 	if err != nil {
 		return nil, nil, err
 	}
-	eb := verImpl.NewEventBuilderFromProtoEvent(pe)
+	eb := pe.Version.NewEventBuilderFromProtoEvent(pe)
 	if err := eb.AddAuthEvents(provider); err != nil {
 		return nil, nil, fmt.Errorf("%w: %v", ErrBadRequest, err)
 	}
 	pe.AuthEvents = eb.AuthEvents
-	ev, err = s.signer.build(ctx, verImpl, pe)
-	return ev, refs, err
+	return refs, provider, nil
 }

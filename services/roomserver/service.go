@@ -40,6 +40,10 @@ var (
 	ErrUnsupportedRoomVersion = errors.New("unsupported room version")
 	// ErrNoState: the event is an outlier, so no state is known at it.
 	ErrNoState = errors.New("no state known at this event")
+	// ErrUndeliverable: NATS is unreachable, so an event committed now
+	// could not reach its readers (the client-API's copy, /sync) until it
+	// is back. Local writes are refused while it lasts (see deliverable).
+	ErrUndeliverable = errors.New("room events cannot be delivered now: NATS is unreachable")
 )
 
 // Deps are what the room-server needs from the process.
@@ -69,6 +73,12 @@ type Service struct {
 	stateKeys *lru[store.StateKey, int64]
 	// roomVersions caches room ID -> version (immutable once created).
 	roomVersions *lru[string, gomatrixserverlib.RoomVersion]
+	// memberViews caches each snapshot's memberships and history
+	// visibility (fedquery.go).
+	memberViews *lru[int64, *memberView]
+	// templateKey signs make_join/leave/knock templates for their auth
+	// check only (fedjoin.go).
+	templateKey templateKey
 
 	// wake tells the publisher that the outbox grew.
 	wake chan struct{}
@@ -89,6 +99,10 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	if err := ensureStreams(ctx, deps.JetStream, cfg.StreamReplicas); err != nil {
 		return nil, err
 	}
+	tk, err := newTemplateKey()
+	if err != nil {
+		return nil, err
+	}
 	st, err := store.Open(ctx, deps.DatabaseURL, cfg.MaxConns)
 	if err != nil {
 		return nil, fmt.Errorf("roomserver store: %w", err)
@@ -106,6 +120,8 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		events:       newLRU[int64, *eventEntry](cfg.EventCacheSize),
 		stateKeys:    newLRU[store.StateKey, int64](100000),
 		roomVersions: newLRU[string, gomatrixserverlib.RoomVersion](100000),
+		memberViews:  newLRU[int64, *memberView](256),
+		templateKey:  tk,
 		wake:         make(chan struct{}, 1),
 	}, nil
 }

@@ -269,9 +269,26 @@ func userIDForSender(_ spec.RoomID, senderID spec.SenderID) (*spec.UserID, error
 // errStateRes wraps failures inside gomatrixserverlib's state resolution.
 var errStateRes = errors.New("state resolution failed")
 
-// resolveStates merges several states with the room version's state
-// resolution algorithm (v2 for every version but 1). The result is the
-// unconflicted entries plus gomatrixserverlib.ResolveConflicts' answer.
+// resolveStates merges several states with gomatrixserverlib's state
+// resolution, given the full auth chain of every state event (the auth
+// difference needs it):
+//
+//   - room versions 1 to 11: ResolveConflictsNew with the state sets
+//     themselves, so a key missing from some sets is conflicted, as the
+//     spec defines (v1 for version 1, v2 after);
+//   - room version 12, whose rooms specify v2.1 (resolution starts from the
+//     empty state; the conflicted state subgraph joins the full conflicted
+//     set): the library at the pinned version cannot do it. Its
+//     ResolveConflictsNew runs v2.1 with iterative auth checks that, for a
+//     key the auth rules need but the partial state lacks, add the event
+//     itself instead of its auth event, so from v2.1's empty start every
+//     conflicted event fails (a name set on one branch of a fork is
+//     dropped); asked for v2 with v12 events it panics (it orders the
+//     unconflicted events by the creators' power before any create event
+//     is known). So v12 states go through the deprecated ResolveConflicts,
+//     v2 over the union of the sets, as before federation: a key that only
+//     some sets hold counts as unconflicted there. Forks in v12 rooms may
+//     therefore resolve differently from servers that run v2.1.
 func (s *Service) resolveStates(ctx context.Context, q *store.Queries, version gomatrixserverlib.RoomVersion, states []stateMap) (stateMap, error) {
 	if len(states) == 1 {
 		return states[0], nil
@@ -286,41 +303,19 @@ func (s *Service) resolveStates(ctx context.Context, q *store.Queries, version g
 	if allSame {
 		return states[0], nil
 	}
-	// Every event of every state, and the events of conflicted keys (a key
-	// is conflicted unless every state holds the same event for it).
 	all := map[int64]bool{}
-	conflicted := map[int64]bool{}
-	keys := map[int64]bool{}
 	for _, st := range states {
-		for k, v := range st {
+		for _, v := range st {
 			all[v] = true
-			keys[k] = true
 		}
 	}
-	for k := range keys {
-		first, ok0 := states[0][k]
-		for _, st := range states[1:] {
-			if v, ok := st[k]; ok != ok0 || v != first {
-				for _, st2 := range states {
-					if v2, ok := st2[k]; ok {
-						conflicted[v2] = true
-					}
-				}
-				break
-			}
-		}
-	}
-	allNIDs := mapKeys(all)
-	entries, err := s.loadEvents(ctx, q, allNIDs)
+	entries, err := s.loadEvents(ctx, q, mapKeys(all))
 	if err != nil {
 		return nil, err
 	}
-	// The auth chains of the conflicted events.
-	var authNIDs []int64
-	for nid := range conflicted {
-		authNIDs = append(authNIDs, entries[nid].AuthNIDs...)
-	}
-	chain, err := q.AuthChain(ctx, authNIDs)
+	// The chain includes the state events themselves: v2.1's conflicted
+	// subgraph walk looks them up among the auth events.
+	chain, err := q.AuthChain(ctx, mapKeys(all))
 	if err != nil {
 		return nil, err
 	}
@@ -330,9 +325,7 @@ func (s *Service) resolveStates(ctx context.Context, q *store.Queries, version g
 	}
 	rejected := map[string]bool{}
 	byID := map[string]*eventEntry{}
-	stateEvents := make([]gomatrixserverlib.PDU, 0, len(entries))
 	for _, e := range entries {
-		stateEvents = append(stateEvents, e.pdu)
 		byID[e.EventID] = e
 		rejected[e.EventID] = e.Rejected
 	}
@@ -353,7 +346,14 @@ func (s *Service) resolveStates(ctx context.Context, q *store.Queries, version g
 			}
 		}
 	}
-	resolved, err := resolveConflicts(version, stateEvents, authEvents, func(id string) bool { return rejected[id] })
+	sets := make([][]gomatrixserverlib.PDU, len(states))
+	for i, st := range states {
+		sets[i] = make([]gomatrixserverlib.PDU, 0, len(st))
+		for _, nid := range st {
+			sets[i] = append(sets[i], entries[nid].pdu)
+		}
+	}
+	resolved, err := resolveConflicts(version, sets, authEvents, func(id string) bool { return rejected[id] })
 	if err != nil {
 		return nil, err
 	}
@@ -368,15 +368,29 @@ func (s *Service) resolveStates(ctx context.Context, q *store.Queries, version g
 	return out, nil
 }
 
-// resolveConflicts calls gomatrixserverlib.ResolveConflicts, turning a panic
-// into an error.
-func resolveConflicts(version gomatrixserverlib.RoomVersion, stateEvents, authEvents []gomatrixserverlib.PDU, isRejected gomatrixserverlib.IsRejected) (out []gomatrixserverlib.PDU, err error) {
+// resolveConflicts calls gomatrixserverlib's resolution for the room
+// version (see resolveStates), turning a panic into an error.
+func resolveConflicts(version gomatrixserverlib.RoomVersion, sets [][]gomatrixserverlib.PDU, authEvents []gomatrixserverlib.PDU, isRejected gomatrixserverlib.IsRejected) (out []gomatrixserverlib.PDU, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("%w: %v", errStateRes, r)
 		}
 	}()
-	out, err = gomatrixserverlib.ResolveConflicts(version, stateEvents, authEvents, userIDForSender, isRejected)
+	if v, verr := gomatrixserverlib.GetRoomVersion(version); verr == nil && v.StateResAlgorithm() == gomatrixserverlib.StateResV2_1 {
+		seen := map[string]bool{}
+		var union []gomatrixserverlib.PDU
+		for _, set := range sets {
+			for _, ev := range set {
+				if !seen[ev.EventID()] {
+					seen[ev.EventID()] = true
+					union = append(union, ev)
+				}
+			}
+		}
+		out, err = gomatrixserverlib.ResolveConflicts(version, union, authEvents, userIDForSender, isRejected)
+	} else {
+		out, err = gomatrixserverlib.ResolveConflictsNew(version, sets, authEvents, userIDForSender, isRejected)
+	}
 	if err != nil {
 		err = fmt.Errorf("%w: %w", errStateRes, err)
 	}

@@ -21,6 +21,60 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type OutputKind int32
+
+const (
+	// A new event at the edge of the room's graph (and every event published
+	// before kinds existed).
+	OutputKind_OUTPUT_KIND_NEW OutputKind = 0
+	// History fetched from another server: older than the room's earliest
+	// event; never changes the current state.
+	OutputKind_OUTPUT_KIND_BACKFILL OutputKind = 1
+	// A local user's membership of a room this server is not in.
+	OutputKind_OUTPUT_KIND_OUT_OF_ROOM OutputKind = 2
+)
+
+// Enum value maps for OutputKind.
+var (
+	OutputKind_name = map[int32]string{
+		0: "OUTPUT_KIND_NEW",
+		1: "OUTPUT_KIND_BACKFILL",
+		2: "OUTPUT_KIND_OUT_OF_ROOM",
+	}
+	OutputKind_value = map[string]int32{
+		"OUTPUT_KIND_NEW":         0,
+		"OUTPUT_KIND_BACKFILL":    1,
+		"OUTPUT_KIND_OUT_OF_ROOM": 2,
+	}
+)
+
+func (x OutputKind) Enum() *OutputKind {
+	p := new(OutputKind)
+	*p = x
+	return p
+}
+
+func (x OutputKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (OutputKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_roomserver_v1_events_proto_enumTypes[0].Descriptor()
+}
+
+func (OutputKind) Type() protoreflect.EnumType {
+	return &file_roomserver_v1_events_proto_enumTypes[0]
+}
+
+func (x OutputKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use OutputKind.Descriptor instead.
+func (OutputKind) EnumDescriptor() ([]byte, []int) {
+	return file_roomserver_v1_events_proto_rawDescGZIP(), []int{0}
+}
+
 // OutputRoomEvent is the JetStream payload the room-server publishes on
 // myelin.roomserver.events.<room> once an event is committed to the room
 // graph (accepted, not rejected or soft-failed). The message ID header
@@ -53,8 +107,16 @@ type OutputRoomEvent struct {
 	// then the redacted form): the redaction event's PDU JSON, for
 	// unsigned.redacted_because.
 	RedactedBecause []byte `protobuf:"bytes,11,opt,name=redacted_because,json=redactedBecause,proto3" json:"redacted_because,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// How the event came: consumers place BACKFILL events before the room's
+	// earliest event (they arrive newest first), and show OUT_OF_ROOM
+	// memberships (invites, knocks and their leaves in rooms this server is
+	// not in) with stripped_state. Only NEW events are sent to other servers.
+	Kind OutputKind `protobuf:"varint,12,opt,name=kind,proto3,enum=myelin.roomserver.v1.OutputKind" json:"kind,omitempty"`
+	// OUT_OF_ROOM: the stripped state (type, state_key, sender, content) of
+	// the room as the invite or the knock's answer described it.
+	StrippedState [][]byte `protobuf:"bytes,13,rep,name=stripped_state,json=strippedState,proto3" json:"stripped_state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *OutputRoomEvent) Reset() {
@@ -164,11 +226,25 @@ func (x *OutputRoomEvent) GetRedactedBecause() []byte {
 	return nil
 }
 
+func (x *OutputRoomEvent) GetKind() OutputKind {
+	if x != nil {
+		return x.Kind
+	}
+	return OutputKind_OUTPUT_KIND_NEW
+}
+
+func (x *OutputRoomEvent) GetStrippedState() [][]byte {
+	if x != nil {
+		return x.StrippedState
+	}
+	return nil
+}
+
 var File_roomserver_v1_events_proto protoreflect.FileDescriptor
 
 const file_roomserver_v1_events_proto_rawDesc = "" +
 	"\n" +
-	"\x1aroomserver/v1/events.proto\x12\x14myelin.roomserver.v1\x1a\x1eroomserver/v1/roomserver.proto\"\xe8\x03\n" +
+	"\x1aroomserver/v1/events.proto\x12\x14myelin.roomserver.v1\x1a\x1eroomserver/v1/roomserver.proto\"\xc5\x04\n" +
 	"\x0fOutputRoomEvent\x12\x17\n" +
 	"\aroom_id\x18\x01 \x01(\tR\x06roomId\x12!\n" +
 	"\froom_version\x18\x02 \x01(\tR\vroomVersion\x12\x19\n" +
@@ -182,7 +258,14 @@ const file_roomserver_v1_events_proto_rawDesc = "" +
 	"\x11redacted_event_id\x18\t \x01(\tR\x0fredactedEventId\x12.\n" +
 	"\x13redacted_event_json\x18\n" +
 	" \x01(\fR\x11redactedEventJson\x12)\n" +
-	"\x10redacted_because\x18\v \x01(\fR\x0fredactedBecauseB@Z>github.com/myelin-chat/myelin/proto/roomserver/v1;roomserverv1b\x06proto3"
+	"\x10redacted_because\x18\v \x01(\fR\x0fredactedBecause\x124\n" +
+	"\x04kind\x18\f \x01(\x0e2 .myelin.roomserver.v1.OutputKindR\x04kind\x12%\n" +
+	"\x0estripped_state\x18\r \x03(\fR\rstrippedState*X\n" +
+	"\n" +
+	"OutputKind\x12\x13\n" +
+	"\x0fOUTPUT_KIND_NEW\x10\x00\x12\x18\n" +
+	"\x14OUTPUT_KIND_BACKFILL\x10\x01\x12\x1b\n" +
+	"\x17OUTPUT_KIND_OUT_OF_ROOM\x10\x02B@Z>github.com/myelin-chat/myelin/proto/roomserver/v1;roomserverv1b\x06proto3"
 
 var (
 	file_roomserver_v1_events_proto_rawDescOnce sync.Once
@@ -196,18 +279,21 @@ func file_roomserver_v1_events_proto_rawDescGZIP() []byte {
 	return file_roomserver_v1_events_proto_rawDescData
 }
 
+var file_roomserver_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
 var file_roomserver_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 1)
 var file_roomserver_v1_events_proto_goTypes = []any{
-	(*OutputRoomEvent)(nil), // 0: myelin.roomserver.v1.OutputRoomEvent
-	(*TransactionID)(nil),   // 1: myelin.roomserver.v1.TransactionID
+	(OutputKind)(0),         // 0: myelin.roomserver.v1.OutputKind
+	(*OutputRoomEvent)(nil), // 1: myelin.roomserver.v1.OutputRoomEvent
+	(*TransactionID)(nil),   // 2: myelin.roomserver.v1.TransactionID
 }
 var file_roomserver_v1_events_proto_depIdxs = []int32{
-	1, // 0: myelin.roomserver.v1.OutputRoomEvent.transaction_id:type_name -> myelin.roomserver.v1.TransactionID
-	1, // [1:1] is the sub-list for method output_type
-	1, // [1:1] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	2, // 0: myelin.roomserver.v1.OutputRoomEvent.transaction_id:type_name -> myelin.roomserver.v1.TransactionID
+	0, // 1: myelin.roomserver.v1.OutputRoomEvent.kind:type_name -> myelin.roomserver.v1.OutputKind
+	2, // [2:2] is the sub-list for method output_type
+	2, // [2:2] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_roomserver_v1_events_proto_init() }
@@ -221,13 +307,14 @@ func file_roomserver_v1_events_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_roomserver_v1_events_proto_rawDesc), len(file_roomserver_v1_events_proto_rawDesc)),
-			NumEnums:      0,
+			NumEnums:      1,
 			NumMessages:   1,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
 		GoTypes:           file_roomserver_v1_events_proto_goTypes,
 		DependencyIndexes: file_roomserver_v1_events_proto_depIdxs,
+		EnumInfos:         file_roomserver_v1_events_proto_enumTypes,
 		MessageInfos:      file_roomserver_v1_events_proto_msgTypes,
 	}.Build()
 	File_roomserver_v1_events_proto = out.File

@@ -33,6 +33,18 @@ const (
 	InputKind_INPUT_KIND_NEW InputKind = 1
 	// An event outside the timeline (auth chain, state): stored, not published.
 	InputKind_INPUT_KIND_OUTLIER InputKind = 2
+	// History older than what the room-server has (/backfill): stored with
+	// state (from its prev_events or supplied), never a forward extremity,
+	// never changes the current state, published with kind BACKFILL. Events
+	// of one call are stored in one transaction, in prev_events order, and
+	// published newest first.
+	InputKind_INPUT_KIND_BACKFILL InputKind = 3
+	// A membership event of a local user in a room this server is not in: an
+	// invite from another server, a knock or the leave (rejection,
+	// retraction) that went through another server. Stored as an outlier and
+	// published with kind OUT_OF_ROOM and stripped_state. When this server is
+	// in the room it is only stored: it arrives through the room's graph.
+	InputKind_INPUT_KIND_OUT_OF_ROOM InputKind = 4
 )
 
 // Enum value maps for InputKind.
@@ -41,11 +53,15 @@ var (
 		0: "INPUT_KIND_UNSPECIFIED",
 		1: "INPUT_KIND_NEW",
 		2: "INPUT_KIND_OUTLIER",
+		3: "INPUT_KIND_BACKFILL",
+		4: "INPUT_KIND_OUT_OF_ROOM",
 	}
 	InputKind_value = map[string]int32{
 		"INPUT_KIND_UNSPECIFIED": 0,
 		"INPUT_KIND_NEW":         1,
 		"INPUT_KIND_OUTLIER":     2,
+		"INPUT_KIND_BACKFILL":    3,
+		"INPUT_KIND_OUT_OF_ROOM": 4,
 	}
 )
 
@@ -143,6 +159,74 @@ func (x InputStatus) Number() protoreflect.EnumNumber {
 // Deprecated: Use InputStatus.Descriptor instead.
 func (InputStatus) EnumDescriptor() ([]byte, []int) {
 	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{1}
+}
+
+// Refusal is why a remote server's membership may not happen, for the
+// federation endpoints to turn into the spec's errcodes.
+type Refusal int32
+
+const (
+	Refusal_REFUSAL_NONE Refusal = 0
+	// M_FORBIDDEN (403): the auth rules or the join rules refuse it.
+	Refusal_REFUSAL_FORBIDDEN Refusal = 1
+	// M_INCOMPATIBLE_ROOM_VERSION (400): the room's version is not among the
+	// versions the remote server supports.
+	Refusal_REFUSAL_INCOMPATIBLE_ROOM_VERSION Refusal = 2
+	// M_UNABLE_TO_AUTHORISE_JOIN (400): a restricted room whose conditions
+	// this server cannot check (it is in none of the allowed rooms).
+	Refusal_REFUSAL_UNABLE_TO_AUTHORISE_JOIN Refusal = 3
+	// M_UNABLE_TO_GRANT_JOIN (400): the user meets a condition, but no user
+	// of this server may invite, so another server must authorise the join.
+	Refusal_REFUSAL_UNABLE_TO_GRANT_JOIN Refusal = 4
+	// M_NOT_FOUND (404): this server is not in the room.
+	Refusal_REFUSAL_NOT_IN_ROOM Refusal = 5
+)
+
+// Enum value maps for Refusal.
+var (
+	Refusal_name = map[int32]string{
+		0: "REFUSAL_NONE",
+		1: "REFUSAL_FORBIDDEN",
+		2: "REFUSAL_INCOMPATIBLE_ROOM_VERSION",
+		3: "REFUSAL_UNABLE_TO_AUTHORISE_JOIN",
+		4: "REFUSAL_UNABLE_TO_GRANT_JOIN",
+		5: "REFUSAL_NOT_IN_ROOM",
+	}
+	Refusal_value = map[string]int32{
+		"REFUSAL_NONE":                      0,
+		"REFUSAL_FORBIDDEN":                 1,
+		"REFUSAL_INCOMPATIBLE_ROOM_VERSION": 2,
+		"REFUSAL_UNABLE_TO_AUTHORISE_JOIN":  3,
+		"REFUSAL_UNABLE_TO_GRANT_JOIN":      4,
+		"REFUSAL_NOT_IN_ROOM":               5,
+	}
+)
+
+func (x Refusal) Enum() *Refusal {
+	p := new(Refusal)
+	*p = x
+	return p
+}
+
+func (x Refusal) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Refusal) Descriptor() protoreflect.EnumDescriptor {
+	return file_roomserver_v1_roomserver_proto_enumTypes[2].Descriptor()
+}
+
+func (Refusal) Type() protoreflect.EnumType {
+	return &file_roomserver_v1_roomserver_proto_enumTypes[2]
+}
+
+func (x Refusal) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Refusal.Descriptor instead.
+func (Refusal) EnumDescriptor() ([]byte, []int) {
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{2}
 }
 
 // TransactionID identifies a client's send, for idempotency and for
@@ -583,8 +667,19 @@ type InputEvent struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	RoomVersion string                 `protobuf:"bytes,1,opt,name=room_version,json=roomVersion,proto3" json:"room_version,omitempty"`
 	// The full PDU as JSON, with hashes and signatures.
-	EventJson     []byte    `protobuf:"bytes,2,opt,name=event_json,json=eventJson,proto3" json:"event_json,omitempty"`
-	Kind          InputKind `protobuf:"varint,3,opt,name=kind,proto3,enum=myelin.roomserver.v1.InputKind" json:"kind,omitempty"`
+	EventJson []byte    `protobuf:"bytes,2,opt,name=event_json,json=eventJson,proto3" json:"event_json,omitempty"`
+	Kind      InputKind `protobuf:"varint,3,opt,name=kind,proto3,enum=myelin.roomserver.v1.InputKind" json:"kind,omitempty"`
+	// NEW and BACKFILL: the state before the event is supplied, as the IDs
+	// of stored events (send_join's state, or /state_ids when prev_events
+	// cannot be fetched); the prev_events need not be known then. Resolved
+	// with the state after any prev_events that are known.
+	HasState      bool     `protobuf:"varint,4,opt,name=has_state,json=hasState,proto3" json:"has_state,omitempty"`
+	StateEventIds []string `protobuf:"bytes,5,rep,name=state_event_ids,json=stateEventIds,proto3" json:"state_event_ids,omitempty"`
+	// OUT_OF_ROOM: the invite_room_state or knock_room_state, each a PDU of
+	// the room's version (checked: signatures, same room, and for room
+	// versions 12 on the create event) or, for versions 1-11, a stripped
+	// state event.
+	StrippedState [][]byte `protobuf:"bytes,6,rep,name=stripped_state,json=strippedState,proto3" json:"stripped_state,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -638,6 +733,27 @@ func (x *InputEvent) GetKind() InputKind {
 		return x.Kind
 	}
 	return InputKind_INPUT_KIND_UNSPECIFIED
+}
+
+func (x *InputEvent) GetHasState() bool {
+	if x != nil {
+		return x.HasState
+	}
+	return false
+}
+
+func (x *InputEvent) GetStateEventIds() []string {
+	if x != nil {
+		return x.StateEventIds
+	}
+	return nil
+}
+
+func (x *InputEvent) GetStrippedState() [][]byte {
+	if x != nil {
+		return x.StrippedState
+	}
+	return nil
 }
 
 type InputEventsRequest struct {
@@ -797,15 +913,21 @@ func (x *InputEventsResponse) GetResults() []*InputEventResult {
 }
 
 type Event struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	EventId       string                 `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
-	RoomId        string                 `protobuf:"bytes,2,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
-	RoomVersion   string                 `protobuf:"bytes,3,opt,name=room_version,json=roomVersion,proto3" json:"room_version,omitempty"`
-	EventJson     []byte                 `protobuf:"bytes,4,opt,name=event_json,json=eventJson,proto3" json:"event_json,omitempty"`
-	Rejected      bool                   `protobuf:"varint,5,opt,name=rejected,proto3" json:"rejected,omitempty"`
-	SoftFailed    bool                   `protobuf:"varint,6,opt,name=soft_failed,json=softFailed,proto3" json:"soft_failed,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	EventId     string                 `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	RoomId      string                 `protobuf:"bytes,2,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
+	RoomVersion string                 `protobuf:"bytes,3,opt,name=room_version,json=roomVersion,proto3" json:"room_version,omitempty"`
+	EventJson   []byte                 `protobuf:"bytes,4,opt,name=event_json,json=eventJson,proto3" json:"event_json,omitempty"`
+	Rejected    bool                   `protobuf:"varint,5,opt,name=rejected,proto3" json:"rejected,omitempty"`
+	SoftFailed  bool                   `protobuf:"varint,6,opt,name=soft_failed,json=softFailed,proto3" json:"soft_failed,omitempty"`
+	// Stored without state (auth chain and state events from other servers,
+	// out-of-room memberships).
+	Outlier bool `protobuf:"varint,7,opt,name=outlier,proto3" json:"outlier,omitempty"`
+	// Set by FilterEventsForServer (and the walks that filter): event_json
+	// is the redacted form, as the server may not see the event.
+	RedactedForServer bool `protobuf:"varint,8,opt,name=redacted_for_server,json=redactedForServer,proto3" json:"redacted_for_server,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Event) Reset() {
@@ -876,6 +998,20 @@ func (x *Event) GetRejected() bool {
 func (x *Event) GetSoftFailed() bool {
 	if x != nil {
 		return x.SoftFailed
+	}
+	return false
+}
+
+func (x *Event) GetOutlier() bool {
+	if x != nil {
+		return x.Outlier
+	}
+	return false
+}
+
+func (x *Event) GetRedactedForServer() bool {
+	if x != nil {
+		return x.RedactedForServer
 	}
 	return false
 }
@@ -2134,6 +2270,979 @@ func (x *ListPublicRoomsResponse) GetRoomIds() []string {
 	return nil
 }
 
+type QueryAuthChainRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	RoomId   string                 `protobuf:"bytes,1,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
+	EventIds []string               `protobuf:"bytes,2,rep,name=event_ids,json=eventIds,proto3" json:"event_ids,omitempty"`
+	// Only the IDs (auth_chain_ids), not the events.
+	IdsOnly       bool `protobuf:"varint,3,opt,name=ids_only,json=idsOnly,proto3" json:"ids_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryAuthChainRequest) Reset() {
+	*x = QueryAuthChainRequest{}
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryAuthChainRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryAuthChainRequest) ProtoMessage() {}
+
+func (x *QueryAuthChainRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryAuthChainRequest.ProtoReflect.Descriptor instead.
+func (*QueryAuthChainRequest) Descriptor() ([]byte, []int) {
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *QueryAuthChainRequest) GetRoomId() string {
+	if x != nil {
+		return x.RoomId
+	}
+	return ""
+}
+
+func (x *QueryAuthChainRequest) GetEventIds() []string {
+	if x != nil {
+		return x.EventIds
+	}
+	return nil
+}
+
+func (x *QueryAuthChainRequest) GetIdsOnly() bool {
+	if x != nil {
+		return x.IdsOnly
+	}
+	return false
+}
+
+type QueryAuthChainResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AuthChain     []*Event               `protobuf:"bytes,1,rep,name=auth_chain,json=authChain,proto3" json:"auth_chain,omitempty"`
+	AuthChainIds  []string               `protobuf:"bytes,2,rep,name=auth_chain_ids,json=authChainIds,proto3" json:"auth_chain_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryAuthChainResponse) Reset() {
+	*x = QueryAuthChainResponse{}
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryAuthChainResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryAuthChainResponse) ProtoMessage() {}
+
+func (x *QueryAuthChainResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryAuthChainResponse.ProtoReflect.Descriptor instead.
+func (*QueryAuthChainResponse) Descriptor() ([]byte, []int) {
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *QueryAuthChainResponse) GetAuthChain() []*Event {
+	if x != nil {
+		return x.AuthChain
+	}
+	return nil
+}
+
+func (x *QueryAuthChainResponse) GetAuthChainIds() []string {
+	if x != nil {
+		return x.AuthChainIds
+	}
+	return nil
+}
+
+type QueryStateAndAuthChainRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	RoomId string                 `protobuf:"bytes,1,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
+	// The state before this event; empty: the current state.
+	EventId string `protobuf:"bytes,2,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	// Only IDs (state_ids, auth_chain_ids).
+	IdsOnly       bool `protobuf:"varint,3,opt,name=ids_only,json=idsOnly,proto3" json:"ids_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryStateAndAuthChainRequest) Reset() {
+	*x = QueryStateAndAuthChainRequest{}
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryStateAndAuthChainRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryStateAndAuthChainRequest) ProtoMessage() {}
+
+func (x *QueryStateAndAuthChainRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryStateAndAuthChainRequest.ProtoReflect.Descriptor instead.
+func (*QueryStateAndAuthChainRequest) Descriptor() ([]byte, []int) {
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *QueryStateAndAuthChainRequest) GetRoomId() string {
+	if x != nil {
+		return x.RoomId
+	}
+	return ""
+}
+
+func (x *QueryStateAndAuthChainRequest) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+func (x *QueryStateAndAuthChainRequest) GetIdsOnly() bool {
+	if x != nil {
+		return x.IdsOnly
+	}
+	return false
+}
+
+type QueryStateAndAuthChainResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RoomVersion   string                 `protobuf:"bytes,1,opt,name=room_version,json=roomVersion,proto3" json:"room_version,omitempty"`
+	State         []*Event               `protobuf:"bytes,2,rep,name=state,proto3" json:"state,omitempty"`
+	AuthChain     []*Event               `protobuf:"bytes,3,rep,name=auth_chain,json=authChain,proto3" json:"auth_chain,omitempty"`
+	StateIds      []string               `protobuf:"bytes,4,rep,name=state_ids,json=stateIds,proto3" json:"state_ids,omitempty"`
+	AuthChainIds  []string               `protobuf:"bytes,5,rep,name=auth_chain_ids,json=authChainIds,proto3" json:"auth_chain_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryStateAndAuthChainResponse) Reset() {
+	*x = QueryStateAndAuthChainResponse{}
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryStateAndAuthChainResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryStateAndAuthChainResponse) ProtoMessage() {}
+
+func (x *QueryStateAndAuthChainResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryStateAndAuthChainResponse.ProtoReflect.Descriptor instead.
+func (*QueryStateAndAuthChainResponse) Descriptor() ([]byte, []int) {
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *QueryStateAndAuthChainResponse) GetRoomVersion() string {
+	if x != nil {
+		return x.RoomVersion
+	}
+	return ""
+}
+
+func (x *QueryStateAndAuthChainResponse) GetState() []*Event {
+	if x != nil {
+		return x.State
+	}
+	return nil
+}
+
+func (x *QueryStateAndAuthChainResponse) GetAuthChain() []*Event {
+	if x != nil {
+		return x.AuthChain
+	}
+	return nil
+}
+
+func (x *QueryStateAndAuthChainResponse) GetStateIds() []string {
+	if x != nil {
+		return x.StateIds
+	}
+	return nil
+}
+
+func (x *QueryStateAndAuthChainResponse) GetAuthChainIds() []string {
+	if x != nil {
+		return x.AuthChainIds
+	}
+	return nil
+}
+
+type GetMissingEventsRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	RoomId         string                 `protobuf:"bytes,1,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
+	EarliestEvents []string               `protobuf:"bytes,2,rep,name=earliest_events,json=earliestEvents,proto3" json:"earliest_events,omitempty"`
+	LatestEvents   []string               `protobuf:"bytes,3,rep,name=latest_events,json=latestEvents,proto3" json:"latest_events,omitempty"`
+	// 0 means the spec's default, 10.
+	Limit    int32 `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
+	MinDepth int64 `protobuf:"varint,5,opt,name=min_depth,json=minDepth,proto3" json:"min_depth,omitempty"`
+	// When set, events are filtered for this server (FilterEventsForServer).
+	ServerName    string `protobuf:"bytes,6,opt,name=server_name,json=serverName,proto3" json:"server_name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetMissingEventsRequest) Reset() {
+	*x = GetMissingEventsRequest{}
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetMissingEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetMissingEventsRequest) ProtoMessage() {}
+
+func (x *GetMissingEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetMissingEventsRequest.ProtoReflect.Descriptor instead.
+func (*GetMissingEventsRequest) Descriptor() ([]byte, []int) {
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *GetMissingEventsRequest) GetRoomId() string {
+	if x != nil {
+		return x.RoomId
+	}
+	return ""
+}
+
+func (x *GetMissingEventsRequest) GetEarliestEvents() []string {
+	if x != nil {
+		return x.EarliestEvents
+	}
+	return nil
+}
+
+func (x *GetMissingEventsRequest) GetLatestEvents() []string {
+	if x != nil {
+		return x.LatestEvents
+	}
+	return nil
+}
+
+func (x *GetMissingEventsRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *GetMissingEventsRequest) GetMinDepth() int64 {
+	if x != nil {
+		return x.MinDepth
+	}
+	return 0
+}
+
+func (x *GetMissingEventsRequest) GetServerName() string {
+	if x != nil {
+		return x.ServerName
+	}
+	return ""
+}
+
+type GetMissingEventsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Oldest (lowest depth) first.
+	Events        []*Event `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetMissingEventsResponse) Reset() {
+	*x = GetMissingEventsResponse{}
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetMissingEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetMissingEventsResponse) ProtoMessage() {}
+
+func (x *GetMissingEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetMissingEventsResponse.ProtoReflect.Descriptor instead.
+func (*GetMissingEventsResponse) Descriptor() ([]byte, []int) {
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *GetMissingEventsResponse) GetEvents() []*Event {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+type BackfillRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	RoomId   string                 `protobuf:"bytes,1,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
+	EventIds []string               `protobuf:"bytes,2,rep,name=event_ids,json=eventIds,proto3" json:"event_ids,omitempty"`
+	Limit    int32                  `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	// When set, events are filtered for this server (FilterEventsForServer).
+	ServerName    string `protobuf:"bytes,4,opt,name=server_name,json=serverName,proto3" json:"server_name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackfillRequest) Reset() {
+	*x = BackfillRequest{}
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackfillRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackfillRequest) ProtoMessage() {}
+
+func (x *BackfillRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackfillRequest.ProtoReflect.Descriptor instead.
+func (*BackfillRequest) Descriptor() ([]byte, []int) {
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *BackfillRequest) GetRoomId() string {
+	if x != nil {
+		return x.RoomId
+	}
+	return ""
+}
+
+func (x *BackfillRequest) GetEventIds() []string {
+	if x != nil {
+		return x.EventIds
+	}
+	return nil
+}
+
+func (x *BackfillRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *BackfillRequest) GetServerName() string {
+	if x != nil {
+		return x.ServerName
+	}
+	return ""
+}
+
+type BackfillResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Highest depth first.
+	Events        []*Event `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackfillResponse) Reset() {
+	*x = BackfillResponse{}
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackfillResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackfillResponse) ProtoMessage() {}
+
+func (x *BackfillResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackfillResponse.ProtoReflect.Descriptor instead.
+func (*BackfillResponse) Descriptor() ([]byte, []int) {
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *BackfillResponse) GetEvents() []*Event {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+type FilterEventsForServerRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ServerName    string                 `protobuf:"bytes,1,opt,name=server_name,json=serverName,proto3" json:"server_name,omitempty"`
+	EventIds      []string               `protobuf:"bytes,2,rep,name=event_ids,json=eventIds,proto3" json:"event_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FilterEventsForServerRequest) Reset() {
+	*x = FilterEventsForServerRequest{}
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FilterEventsForServerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FilterEventsForServerRequest) ProtoMessage() {}
+
+func (x *FilterEventsForServerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FilterEventsForServerRequest.ProtoReflect.Descriptor instead.
+func (*FilterEventsForServerRequest) Descriptor() ([]byte, []int) {
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *FilterEventsForServerRequest) GetServerName() string {
+	if x != nil {
+		return x.ServerName
+	}
+	return ""
+}
+
+func (x *FilterEventsForServerRequest) GetEventIds() []string {
+	if x != nil {
+		return x.EventIds
+	}
+	return nil
+}
+
+type FilterEventsForServerResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The known events, in the order asked; redacted_for_server marks those
+	// the server may only see redacted.
+	Events        []*Event `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FilterEventsForServerResponse) Reset() {
+	*x = FilterEventsForServerResponse{}
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FilterEventsForServerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FilterEventsForServerResponse) ProtoMessage() {}
+
+func (x *FilterEventsForServerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FilterEventsForServerResponse.ProtoReflect.Descriptor instead.
+func (*FilterEventsForServerResponse) Descriptor() ([]byte, []int) {
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *FilterEventsForServerResponse) GetEvents() []*Event {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+type QueryRoomServersRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	RoomId string                 `protobuf:"bytes,1,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
+	// Empty: servers in the current state. Otherwise servers with a joined
+	// member in the state before or after this event.
+	EventId       string `protobuf:"bytes,2,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryRoomServersRequest) Reset() {
+	*x = QueryRoomServersRequest{}
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryRoomServersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryRoomServersRequest) ProtoMessage() {}
+
+func (x *QueryRoomServersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryRoomServersRequest.ProtoReflect.Descriptor instead.
+func (*QueryRoomServersRequest) Descriptor() ([]byte, []int) {
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *QueryRoomServersRequest) GetRoomId() string {
+	if x != nil {
+		return x.RoomId
+	}
+	return ""
+}
+
+func (x *QueryRoomServersRequest) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+type QueryRoomServersResponse struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	RoomExists bool                   `protobuf:"varint,1,opt,name=room_exists,json=roomExists,proto3" json:"room_exists,omitempty"`
+	// Sorted.
+	ServerNames   []string `protobuf:"bytes,2,rep,name=server_names,json=serverNames,proto3" json:"server_names,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryRoomServersResponse) Reset() {
+	*x = QueryRoomServersResponse{}
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryRoomServersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryRoomServersResponse) ProtoMessage() {}
+
+func (x *QueryRoomServersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryRoomServersResponse.ProtoReflect.Descriptor instead.
+func (*QueryRoomServersResponse) Descriptor() ([]byte, []int) {
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *QueryRoomServersResponse) GetRoomExists() bool {
+	if x != nil {
+		return x.RoomExists
+	}
+	return false
+}
+
+func (x *QueryRoomServersResponse) GetServerNames() []string {
+	if x != nil {
+		return x.ServerNames
+	}
+	return nil
+}
+
+type MakeMembershipEventRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	RoomId string                 `protobuf:"bytes,1,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
+	UserId string                 `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// "join", "leave" or "knock".
+	Membership string `protobuf:"bytes,3,opt,name=membership,proto3" json:"membership,omitempty"`
+	// The room versions the remote server supports (make_join's and
+	// make_knock's ver; empty means ["1"] for those). Ignored for leaves.
+	SupportedRoomVersions []string `protobuf:"bytes,4,rep,name=supported_room_versions,json=supportedRoomVersions,proto3" json:"supported_room_versions,omitempty"`
+	// The server that asked; it must be the user's.
+	Origin        string `protobuf:"bytes,5,opt,name=origin,proto3" json:"origin,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MakeMembershipEventRequest) Reset() {
+	*x = MakeMembershipEventRequest{}
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MakeMembershipEventRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MakeMembershipEventRequest) ProtoMessage() {}
+
+func (x *MakeMembershipEventRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MakeMembershipEventRequest.ProtoReflect.Descriptor instead.
+func (*MakeMembershipEventRequest) Descriptor() ([]byte, []int) {
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *MakeMembershipEventRequest) GetRoomId() string {
+	if x != nil {
+		return x.RoomId
+	}
+	return ""
+}
+
+func (x *MakeMembershipEventRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *MakeMembershipEventRequest) GetMembership() string {
+	if x != nil {
+		return x.Membership
+	}
+	return ""
+}
+
+func (x *MakeMembershipEventRequest) GetSupportedRoomVersions() []string {
+	if x != nil {
+		return x.SupportedRoomVersions
+	}
+	return nil
+}
+
+func (x *MakeMembershipEventRequest) GetOrigin() string {
+	if x != nil {
+		return x.Origin
+	}
+	return ""
+}
+
+type MakeMembershipEventResponse struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	RoomVersion string                 `protobuf:"bytes,1,opt,name=room_version,json=roomVersion,proto3" json:"room_version,omitempty"`
+	// The unsigned template (JSON object): type, room_id, sender, state_key,
+	// content, prev_events, auth_events, depth, origin, origin_server_ts.
+	EventTemplate []byte  `protobuf:"bytes,2,opt,name=event_template,json=eventTemplate,proto3" json:"event_template,omitempty"`
+	Refusal       Refusal `protobuf:"varint,3,opt,name=refusal,proto3,enum=myelin.roomserver.v1.Refusal" json:"refusal,omitempty"`
+	Reason        string  `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MakeMembershipEventResponse) Reset() {
+	*x = MakeMembershipEventResponse{}
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MakeMembershipEventResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MakeMembershipEventResponse) ProtoMessage() {}
+
+func (x *MakeMembershipEventResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MakeMembershipEventResponse.ProtoReflect.Descriptor instead.
+func (*MakeMembershipEventResponse) Descriptor() ([]byte, []int) {
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *MakeMembershipEventResponse) GetRoomVersion() string {
+	if x != nil {
+		return x.RoomVersion
+	}
+	return ""
+}
+
+func (x *MakeMembershipEventResponse) GetEventTemplate() []byte {
+	if x != nil {
+		return x.EventTemplate
+	}
+	return nil
+}
+
+func (x *MakeMembershipEventResponse) GetRefusal() Refusal {
+	if x != nil {
+		return x.Refusal
+	}
+	return Refusal_REFUSAL_NONE
+}
+
+func (x *MakeMembershipEventResponse) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type SignJoinRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	RoomId string                 `protobuf:"bytes,1,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
+	// The join event as the joining server sent it to send_join.
+	EventJson     []byte `protobuf:"bytes,2,opt,name=event_json,json=eventJson,proto3" json:"event_json,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignJoinRequest) Reset() {
+	*x = SignJoinRequest{}
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignJoinRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignJoinRequest) ProtoMessage() {}
+
+func (x *SignJoinRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignJoinRequest.ProtoReflect.Descriptor instead.
+func (*SignJoinRequest) Descriptor() ([]byte, []int) {
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *SignJoinRequest) GetRoomId() string {
+	if x != nil {
+		return x.RoomId
+	}
+	return ""
+}
+
+func (x *SignJoinRequest) GetEventJson() []byte {
+	if x != nil {
+		return x.EventJson
+	}
+	return nil
+}
+
+type SignJoinResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The event with this server's signature added.
+	EventJson     []byte  `protobuf:"bytes,1,opt,name=event_json,json=eventJson,proto3" json:"event_json,omitempty"`
+	EventId       string  `protobuf:"bytes,2,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	Refusal       Refusal `protobuf:"varint,3,opt,name=refusal,proto3,enum=myelin.roomserver.v1.Refusal" json:"refusal,omitempty"`
+	Reason        string  `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignJoinResponse) Reset() {
+	*x = SignJoinResponse{}
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignJoinResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignJoinResponse) ProtoMessage() {}
+
+func (x *SignJoinResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignJoinResponse.ProtoReflect.Descriptor instead.
+func (*SignJoinResponse) Descriptor() ([]byte, []int) {
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *SignJoinResponse) GetEventJson() []byte {
+	if x != nil {
+		return x.EventJson
+	}
+	return nil
+}
+
+func (x *SignJoinResponse) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+func (x *SignJoinResponse) GetRefusal() Refusal {
+	if x != nil {
+		return x.Refusal
+	}
+	return Refusal_REFUSAL_NONE
+}
+
+func (x *SignJoinResponse) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 var File_roomserver_v1_roomserver_proto protoreflect.FileDescriptor
 
 const file_roomserver_v1_roomserver_proto_rawDesc = "" +
@@ -2168,13 +3277,16 @@ const file_roomserver_v1_roomserver_proto_rawDesc = "" +
 	"\x0etransaction_id\x18\x04 \x01(\v2#.myelin.roomserver.v1.TransactionIDR\rtransactionId\"R\n" +
 	"\x11SendEventResponse\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\"\n" +
-	"\fdeduplicated\x18\x02 \x01(\bR\fdeduplicated\"\x83\x01\n" +
+	"\fdeduplicated\x18\x02 \x01(\bR\fdeduplicated\"\xef\x01\n" +
 	"\n" +
 	"InputEvent\x12!\n" +
 	"\froom_version\x18\x01 \x01(\tR\vroomVersion\x12\x1d\n" +
 	"\n" +
 	"event_json\x18\x02 \x01(\fR\teventJson\x123\n" +
-	"\x04kind\x18\x03 \x01(\x0e2\x1f.myelin.roomserver.v1.InputKindR\x04kind\"N\n" +
+	"\x04kind\x18\x03 \x01(\x0e2\x1f.myelin.roomserver.v1.InputKindR\x04kind\x12\x1b\n" +
+	"\thas_state\x18\x04 \x01(\bR\bhasState\x12&\n" +
+	"\x0fstate_event_ids\x18\x05 \x03(\tR\rstateEventIds\x12%\n" +
+	"\x0estripped_state\x18\x06 \x03(\fR\rstrippedState\"N\n" +
 	"\x12InputEventsRequest\x128\n" +
 	"\x06events\x18\x01 \x03(\v2 .myelin.roomserver.v1.InputEventR\x06events\"\xac\x01\n" +
 	"\x10InputEventResult\x12\x19\n" +
@@ -2183,7 +3295,7 @@ const file_roomserver_v1_roomserver_proto_rawDesc = "" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12*\n" +
 	"\x11missing_event_ids\x18\x04 \x03(\tR\x0fmissingEventIds\"W\n" +
 	"\x13InputEventsResponse\x12@\n" +
-	"\aresults\x18\x01 \x03(\v2&.myelin.roomserver.v1.InputEventResultR\aresults\"\xba\x01\n" +
+	"\aresults\x18\x01 \x03(\v2&.myelin.roomserver.v1.InputEventResultR\aresults\"\x84\x02\n" +
 	"\x05Event\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x17\n" +
 	"\aroom_id\x18\x02 \x01(\tR\x06roomId\x12!\n" +
@@ -2192,7 +3304,9 @@ const file_roomserver_v1_roomserver_proto_rawDesc = "" +
 	"event_json\x18\x04 \x01(\fR\teventJson\x12\x1a\n" +
 	"\brejected\x18\x05 \x01(\bR\brejected\x12\x1f\n" +
 	"\vsoft_failed\x18\x06 \x01(\bR\n" +
-	"softFailed\"1\n" +
+	"softFailed\x12\x18\n" +
+	"\aoutlier\x18\a \x01(\bR\aoutlier\x12.\n" +
+	"\x13redacted_for_server\x18\b \x01(\bR\x11redactedForServer\"1\n" +
 	"\x12QueryEventsRequest\x12\x1b\n" +
 	"\tevent_ids\x18\x01 \x03(\tR\beventIds\"J\n" +
 	"\x13QueryEventsResponse\x123\n" +
@@ -2270,11 +3384,86 @@ const file_roomserver_v1_roomserver_proto_rawDesc = "" +
 	"visibility\"\x18\n" +
 	"\x16ListPublicRoomsRequest\"4\n" +
 	"\x17ListPublicRoomsResponse\x12\x19\n" +
-	"\broom_ids\x18\x01 \x03(\tR\aroomIds*S\n" +
+	"\broom_ids\x18\x01 \x03(\tR\aroomIds\"h\n" +
+	"\x15QueryAuthChainRequest\x12\x17\n" +
+	"\aroom_id\x18\x01 \x01(\tR\x06roomId\x12\x1b\n" +
+	"\tevent_ids\x18\x02 \x03(\tR\beventIds\x12\x19\n" +
+	"\bids_only\x18\x03 \x01(\bR\aidsOnly\"z\n" +
+	"\x16QueryAuthChainResponse\x12:\n" +
+	"\n" +
+	"auth_chain\x18\x01 \x03(\v2\x1b.myelin.roomserver.v1.EventR\tauthChain\x12$\n" +
+	"\x0eauth_chain_ids\x18\x02 \x03(\tR\fauthChainIds\"n\n" +
+	"\x1dQueryStateAndAuthChainRequest\x12\x17\n" +
+	"\aroom_id\x18\x01 \x01(\tR\x06roomId\x12\x19\n" +
+	"\bevent_id\x18\x02 \x01(\tR\aeventId\x12\x19\n" +
+	"\bids_only\x18\x03 \x01(\bR\aidsOnly\"\xf5\x01\n" +
+	"\x1eQueryStateAndAuthChainResponse\x12!\n" +
+	"\froom_version\x18\x01 \x01(\tR\vroomVersion\x121\n" +
+	"\x05state\x18\x02 \x03(\v2\x1b.myelin.roomserver.v1.EventR\x05state\x12:\n" +
+	"\n" +
+	"auth_chain\x18\x03 \x03(\v2\x1b.myelin.roomserver.v1.EventR\tauthChain\x12\x1b\n" +
+	"\tstate_ids\x18\x04 \x03(\tR\bstateIds\x12$\n" +
+	"\x0eauth_chain_ids\x18\x05 \x03(\tR\fauthChainIds\"\xd4\x01\n" +
+	"\x17GetMissingEventsRequest\x12\x17\n" +
+	"\aroom_id\x18\x01 \x01(\tR\x06roomId\x12'\n" +
+	"\x0fearliest_events\x18\x02 \x03(\tR\x0eearliestEvents\x12#\n" +
+	"\rlatest_events\x18\x03 \x03(\tR\flatestEvents\x12\x14\n" +
+	"\x05limit\x18\x04 \x01(\x05R\x05limit\x12\x1b\n" +
+	"\tmin_depth\x18\x05 \x01(\x03R\bminDepth\x12\x1f\n" +
+	"\vserver_name\x18\x06 \x01(\tR\n" +
+	"serverName\"O\n" +
+	"\x18GetMissingEventsResponse\x123\n" +
+	"\x06events\x18\x01 \x03(\v2\x1b.myelin.roomserver.v1.EventR\x06events\"~\n" +
+	"\x0fBackfillRequest\x12\x17\n" +
+	"\aroom_id\x18\x01 \x01(\tR\x06roomId\x12\x1b\n" +
+	"\tevent_ids\x18\x02 \x03(\tR\beventIds\x12\x14\n" +
+	"\x05limit\x18\x03 \x01(\x05R\x05limit\x12\x1f\n" +
+	"\vserver_name\x18\x04 \x01(\tR\n" +
+	"serverName\"G\n" +
+	"\x10BackfillResponse\x123\n" +
+	"\x06events\x18\x01 \x03(\v2\x1b.myelin.roomserver.v1.EventR\x06events\"\\\n" +
+	"\x1cFilterEventsForServerRequest\x12\x1f\n" +
+	"\vserver_name\x18\x01 \x01(\tR\n" +
+	"serverName\x12\x1b\n" +
+	"\tevent_ids\x18\x02 \x03(\tR\beventIds\"T\n" +
+	"\x1dFilterEventsForServerResponse\x123\n" +
+	"\x06events\x18\x01 \x03(\v2\x1b.myelin.roomserver.v1.EventR\x06events\"M\n" +
+	"\x17QueryRoomServersRequest\x12\x17\n" +
+	"\aroom_id\x18\x01 \x01(\tR\x06roomId\x12\x19\n" +
+	"\bevent_id\x18\x02 \x01(\tR\aeventId\"^\n" +
+	"\x18QueryRoomServersResponse\x12\x1f\n" +
+	"\vroom_exists\x18\x01 \x01(\bR\n" +
+	"roomExists\x12!\n" +
+	"\fserver_names\x18\x02 \x03(\tR\vserverNames\"\xbe\x01\n" +
+	"\x1aMakeMembershipEventRequest\x12\x17\n" +
+	"\aroom_id\x18\x01 \x01(\tR\x06roomId\x12\x17\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x1e\n" +
+	"\n" +
+	"membership\x18\x03 \x01(\tR\n" +
+	"membership\x126\n" +
+	"\x17supported_room_versions\x18\x04 \x03(\tR\x15supportedRoomVersions\x12\x16\n" +
+	"\x06origin\x18\x05 \x01(\tR\x06origin\"\xb8\x01\n" +
+	"\x1bMakeMembershipEventResponse\x12!\n" +
+	"\froom_version\x18\x01 \x01(\tR\vroomVersion\x12%\n" +
+	"\x0eevent_template\x18\x02 \x01(\fR\reventTemplate\x127\n" +
+	"\arefusal\x18\x03 \x01(\x0e2\x1d.myelin.roomserver.v1.RefusalR\arefusal\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"I\n" +
+	"\x0fSignJoinRequest\x12\x17\n" +
+	"\aroom_id\x18\x01 \x01(\tR\x06roomId\x12\x1d\n" +
+	"\n" +
+	"event_json\x18\x02 \x01(\fR\teventJson\"\x9d\x01\n" +
+	"\x10SignJoinResponse\x12\x1d\n" +
+	"\n" +
+	"event_json\x18\x01 \x01(\fR\teventJson\x12\x19\n" +
+	"\bevent_id\x18\x02 \x01(\tR\aeventId\x127\n" +
+	"\arefusal\x18\x03 \x01(\x0e2\x1d.myelin.roomserver.v1.RefusalR\arefusal\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason*\x88\x01\n" +
 	"\tInputKind\x12\x1a\n" +
 	"\x16INPUT_KIND_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eINPUT_KIND_NEW\x10\x01\x12\x16\n" +
-	"\x12INPUT_KIND_OUTLIER\x10\x02*\xd6\x01\n" +
+	"\x12INPUT_KIND_OUTLIER\x10\x02\x12\x17\n" +
+	"\x13INPUT_KIND_BACKFILL\x10\x03\x12\x1a\n" +
+	"\x16INPUT_KIND_OUT_OF_ROOM\x10\x04*\xd6\x01\n" +
 	"\vInputStatus\x12\x1c\n" +
 	"\x18INPUT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15INPUT_STATUS_ACCEPTED\x10\x01\x12\x1a\n" +
@@ -2282,7 +3471,14 @@ const file_roomserver_v1_roomserver_proto_rawDesc = "" +
 	"\x15INPUT_STATUS_REJECTED\x10\x03\x12\x1c\n" +
 	"\x18INPUT_STATUS_SOFT_FAILED\x10\x04\x12\x1f\n" +
 	"\x1bINPUT_STATUS_MISSING_EVENTS\x10\x05\x12\x18\n" +
-	"\x14INPUT_STATUS_INVALID\x10\x062\xc9\f\n" +
+	"\x14INPUT_STATUS_INVALID\x10\x06*\xba\x01\n" +
+	"\aRefusal\x12\x10\n" +
+	"\fREFUSAL_NONE\x10\x00\x12\x15\n" +
+	"\x11REFUSAL_FORBIDDEN\x10\x01\x12%\n" +
+	"!REFUSAL_INCOMPATIBLE_ROOM_VERSION\x10\x02\x12$\n" +
+	" REFUSAL_UNABLE_TO_AUTHORISE_JOIN\x10\x03\x12 \n" +
+	"\x1cREFUSAL_UNABLE_TO_GRANT_JOIN\x10\x04\x12\x17\n" +
+	"\x13REFUSAL_NOT_IN_ROOM\x10\x052\xd7\x13\n" +
 	"\vRoomService\x12_\n" +
 	"\n" +
 	"CreateRoom\x12'.myelin.roomserver.v1.CreateRoomRequest\x1a(.myelin.roomserver.v1.CreateRoomResponse\x12\\\n" +
@@ -2300,7 +3496,15 @@ const file_roomserver_v1_roomserver_proto_rawDesc = "" +
 	"\x0fListRoomAliases\x12,.myelin.roomserver.v1.ListRoomAliasesRequest\x1a-.myelin.roomserver.v1.ListRoomAliasesResponse\x12t\n" +
 	"\x11SetRoomVisibility\x12..myelin.roomserver.v1.SetRoomVisibilityRequest\x1a/.myelin.roomserver.v1.SetRoomVisibilityResponse\x12t\n" +
 	"\x11GetRoomVisibility\x12..myelin.roomserver.v1.GetRoomVisibilityRequest\x1a/.myelin.roomserver.v1.GetRoomVisibilityResponse\x12n\n" +
-	"\x0fListPublicRooms\x12,.myelin.roomserver.v1.ListPublicRoomsRequest\x1a-.myelin.roomserver.v1.ListPublicRoomsResponseB@Z>github.com/myelin-chat/myelin/proto/roomserver/v1;roomserverv1b\x06proto3"
+	"\x0fListPublicRooms\x12,.myelin.roomserver.v1.ListPublicRoomsRequest\x1a-.myelin.roomserver.v1.ListPublicRoomsResponse\x12k\n" +
+	"\x0eQueryAuthChain\x12+.myelin.roomserver.v1.QueryAuthChainRequest\x1a,.myelin.roomserver.v1.QueryAuthChainResponse\x12\x83\x01\n" +
+	"\x16QueryStateAndAuthChain\x123.myelin.roomserver.v1.QueryStateAndAuthChainRequest\x1a4.myelin.roomserver.v1.QueryStateAndAuthChainResponse\x12q\n" +
+	"\x10GetMissingEvents\x12-.myelin.roomserver.v1.GetMissingEventsRequest\x1a..myelin.roomserver.v1.GetMissingEventsResponse\x12Y\n" +
+	"\bBackfill\x12%.myelin.roomserver.v1.BackfillRequest\x1a&.myelin.roomserver.v1.BackfillResponse\x12\x80\x01\n" +
+	"\x15FilterEventsForServer\x122.myelin.roomserver.v1.FilterEventsForServerRequest\x1a3.myelin.roomserver.v1.FilterEventsForServerResponse\x12q\n" +
+	"\x10QueryRoomServers\x12-.myelin.roomserver.v1.QueryRoomServersRequest\x1a..myelin.roomserver.v1.QueryRoomServersResponse\x12z\n" +
+	"\x13MakeMembershipEvent\x120.myelin.roomserver.v1.MakeMembershipEventRequest\x1a1.myelin.roomserver.v1.MakeMembershipEventResponse\x12Y\n" +
+	"\bSignJoin\x12%.myelin.roomserver.v1.SignJoinRequest\x1a&.myelin.roomserver.v1.SignJoinResponseB@Z>github.com/myelin-chat/myelin/proto/roomserver/v1;roomserverv1b\x06proto3"
 
 var (
 	file_roomserver_v1_roomserver_proto_rawDescOnce sync.Once
@@ -2314,99 +3518,140 @@ func file_roomserver_v1_roomserver_proto_rawDescGZIP() []byte {
 	return file_roomserver_v1_roomserver_proto_rawDescData
 }
 
-var file_roomserver_v1_roomserver_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_roomserver_v1_roomserver_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_roomserver_v1_roomserver_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_roomserver_v1_roomserver_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
 var file_roomserver_v1_roomserver_proto_goTypes = []any{
-	(InputKind)(0),                    // 0: myelin.roomserver.v1.InputKind
-	(InputStatus)(0),                  // 1: myelin.roomserver.v1.InputStatus
-	(*TransactionID)(nil),             // 2: myelin.roomserver.v1.TransactionID
-	(*StateKeyTuple)(nil),             // 3: myelin.roomserver.v1.StateKeyTuple
-	(*EventTemplate)(nil),             // 4: myelin.roomserver.v1.EventTemplate
-	(*CreateRoomRequest)(nil),         // 5: myelin.roomserver.v1.CreateRoomRequest
-	(*CreateRoomResponse)(nil),        // 6: myelin.roomserver.v1.CreateRoomResponse
-	(*SendEventRequest)(nil),          // 7: myelin.roomserver.v1.SendEventRequest
-	(*SendEventResponse)(nil),         // 8: myelin.roomserver.v1.SendEventResponse
-	(*InputEvent)(nil),                // 9: myelin.roomserver.v1.InputEvent
-	(*InputEventsRequest)(nil),        // 10: myelin.roomserver.v1.InputEventsRequest
-	(*InputEventResult)(nil),          // 11: myelin.roomserver.v1.InputEventResult
-	(*InputEventsResponse)(nil),       // 12: myelin.roomserver.v1.InputEventsResponse
-	(*Event)(nil),                     // 13: myelin.roomserver.v1.Event
-	(*QueryEventsRequest)(nil),        // 14: myelin.roomserver.v1.QueryEventsRequest
-	(*QueryEventsResponse)(nil),       // 15: myelin.roomserver.v1.QueryEventsResponse
-	(*QueryStateRequest)(nil),         // 16: myelin.roomserver.v1.QueryStateRequest
-	(*QueryStateResponse)(nil),        // 17: myelin.roomserver.v1.QueryStateResponse
-	(*QueryStateBatchRequest)(nil),    // 18: myelin.roomserver.v1.QueryStateBatchRequest
-	(*StateAtEvent)(nil),              // 19: myelin.roomserver.v1.StateAtEvent
-	(*QueryStateBatchResponse)(nil),   // 20: myelin.roomserver.v1.QueryStateBatchResponse
-	(*QueryMembershipRequest)(nil),    // 21: myelin.roomserver.v1.QueryMembershipRequest
-	(*QueryMembershipResponse)(nil),   // 22: myelin.roomserver.v1.QueryMembershipResponse
-	(*QueryRoomInfoRequest)(nil),      // 23: myelin.roomserver.v1.QueryRoomInfoRequest
-	(*QueryRoomInfoResponse)(nil),     // 24: myelin.roomserver.v1.QueryRoomInfoResponse
-	(*SetRoomAliasRequest)(nil),       // 25: myelin.roomserver.v1.SetRoomAliasRequest
-	(*SetRoomAliasResponse)(nil),      // 26: myelin.roomserver.v1.SetRoomAliasResponse
-	(*GetRoomAliasRequest)(nil),       // 27: myelin.roomserver.v1.GetRoomAliasRequest
-	(*GetRoomAliasResponse)(nil),      // 28: myelin.roomserver.v1.GetRoomAliasResponse
-	(*RemoveRoomAliasRequest)(nil),    // 29: myelin.roomserver.v1.RemoveRoomAliasRequest
-	(*RemoveRoomAliasResponse)(nil),   // 30: myelin.roomserver.v1.RemoveRoomAliasResponse
-	(*ListRoomAliasesRequest)(nil),    // 31: myelin.roomserver.v1.ListRoomAliasesRequest
-	(*ListRoomAliasesResponse)(nil),   // 32: myelin.roomserver.v1.ListRoomAliasesResponse
-	(*SetRoomVisibilityRequest)(nil),  // 33: myelin.roomserver.v1.SetRoomVisibilityRequest
-	(*SetRoomVisibilityResponse)(nil), // 34: myelin.roomserver.v1.SetRoomVisibilityResponse
-	(*GetRoomVisibilityRequest)(nil),  // 35: myelin.roomserver.v1.GetRoomVisibilityRequest
-	(*GetRoomVisibilityResponse)(nil), // 36: myelin.roomserver.v1.GetRoomVisibilityResponse
-	(*ListPublicRoomsRequest)(nil),    // 37: myelin.roomserver.v1.ListPublicRoomsRequest
-	(*ListPublicRoomsResponse)(nil),   // 38: myelin.roomserver.v1.ListPublicRoomsResponse
+	(InputKind)(0),                         // 0: myelin.roomserver.v1.InputKind
+	(InputStatus)(0),                       // 1: myelin.roomserver.v1.InputStatus
+	(Refusal)(0),                           // 2: myelin.roomserver.v1.Refusal
+	(*TransactionID)(nil),                  // 3: myelin.roomserver.v1.TransactionID
+	(*StateKeyTuple)(nil),                  // 4: myelin.roomserver.v1.StateKeyTuple
+	(*EventTemplate)(nil),                  // 5: myelin.roomserver.v1.EventTemplate
+	(*CreateRoomRequest)(nil),              // 6: myelin.roomserver.v1.CreateRoomRequest
+	(*CreateRoomResponse)(nil),             // 7: myelin.roomserver.v1.CreateRoomResponse
+	(*SendEventRequest)(nil),               // 8: myelin.roomserver.v1.SendEventRequest
+	(*SendEventResponse)(nil),              // 9: myelin.roomserver.v1.SendEventResponse
+	(*InputEvent)(nil),                     // 10: myelin.roomserver.v1.InputEvent
+	(*InputEventsRequest)(nil),             // 11: myelin.roomserver.v1.InputEventsRequest
+	(*InputEventResult)(nil),               // 12: myelin.roomserver.v1.InputEventResult
+	(*InputEventsResponse)(nil),            // 13: myelin.roomserver.v1.InputEventsResponse
+	(*Event)(nil),                          // 14: myelin.roomserver.v1.Event
+	(*QueryEventsRequest)(nil),             // 15: myelin.roomserver.v1.QueryEventsRequest
+	(*QueryEventsResponse)(nil),            // 16: myelin.roomserver.v1.QueryEventsResponse
+	(*QueryStateRequest)(nil),              // 17: myelin.roomserver.v1.QueryStateRequest
+	(*QueryStateResponse)(nil),             // 18: myelin.roomserver.v1.QueryStateResponse
+	(*QueryStateBatchRequest)(nil),         // 19: myelin.roomserver.v1.QueryStateBatchRequest
+	(*StateAtEvent)(nil),                   // 20: myelin.roomserver.v1.StateAtEvent
+	(*QueryStateBatchResponse)(nil),        // 21: myelin.roomserver.v1.QueryStateBatchResponse
+	(*QueryMembershipRequest)(nil),         // 22: myelin.roomserver.v1.QueryMembershipRequest
+	(*QueryMembershipResponse)(nil),        // 23: myelin.roomserver.v1.QueryMembershipResponse
+	(*QueryRoomInfoRequest)(nil),           // 24: myelin.roomserver.v1.QueryRoomInfoRequest
+	(*QueryRoomInfoResponse)(nil),          // 25: myelin.roomserver.v1.QueryRoomInfoResponse
+	(*SetRoomAliasRequest)(nil),            // 26: myelin.roomserver.v1.SetRoomAliasRequest
+	(*SetRoomAliasResponse)(nil),           // 27: myelin.roomserver.v1.SetRoomAliasResponse
+	(*GetRoomAliasRequest)(nil),            // 28: myelin.roomserver.v1.GetRoomAliasRequest
+	(*GetRoomAliasResponse)(nil),           // 29: myelin.roomserver.v1.GetRoomAliasResponse
+	(*RemoveRoomAliasRequest)(nil),         // 30: myelin.roomserver.v1.RemoveRoomAliasRequest
+	(*RemoveRoomAliasResponse)(nil),        // 31: myelin.roomserver.v1.RemoveRoomAliasResponse
+	(*ListRoomAliasesRequest)(nil),         // 32: myelin.roomserver.v1.ListRoomAliasesRequest
+	(*ListRoomAliasesResponse)(nil),        // 33: myelin.roomserver.v1.ListRoomAliasesResponse
+	(*SetRoomVisibilityRequest)(nil),       // 34: myelin.roomserver.v1.SetRoomVisibilityRequest
+	(*SetRoomVisibilityResponse)(nil),      // 35: myelin.roomserver.v1.SetRoomVisibilityResponse
+	(*GetRoomVisibilityRequest)(nil),       // 36: myelin.roomserver.v1.GetRoomVisibilityRequest
+	(*GetRoomVisibilityResponse)(nil),      // 37: myelin.roomserver.v1.GetRoomVisibilityResponse
+	(*ListPublicRoomsRequest)(nil),         // 38: myelin.roomserver.v1.ListPublicRoomsRequest
+	(*ListPublicRoomsResponse)(nil),        // 39: myelin.roomserver.v1.ListPublicRoomsResponse
+	(*QueryAuthChainRequest)(nil),          // 40: myelin.roomserver.v1.QueryAuthChainRequest
+	(*QueryAuthChainResponse)(nil),         // 41: myelin.roomserver.v1.QueryAuthChainResponse
+	(*QueryStateAndAuthChainRequest)(nil),  // 42: myelin.roomserver.v1.QueryStateAndAuthChainRequest
+	(*QueryStateAndAuthChainResponse)(nil), // 43: myelin.roomserver.v1.QueryStateAndAuthChainResponse
+	(*GetMissingEventsRequest)(nil),        // 44: myelin.roomserver.v1.GetMissingEventsRequest
+	(*GetMissingEventsResponse)(nil),       // 45: myelin.roomserver.v1.GetMissingEventsResponse
+	(*BackfillRequest)(nil),                // 46: myelin.roomserver.v1.BackfillRequest
+	(*BackfillResponse)(nil),               // 47: myelin.roomserver.v1.BackfillResponse
+	(*FilterEventsForServerRequest)(nil),   // 48: myelin.roomserver.v1.FilterEventsForServerRequest
+	(*FilterEventsForServerResponse)(nil),  // 49: myelin.roomserver.v1.FilterEventsForServerResponse
+	(*QueryRoomServersRequest)(nil),        // 50: myelin.roomserver.v1.QueryRoomServersRequest
+	(*QueryRoomServersResponse)(nil),       // 51: myelin.roomserver.v1.QueryRoomServersResponse
+	(*MakeMembershipEventRequest)(nil),     // 52: myelin.roomserver.v1.MakeMembershipEventRequest
+	(*MakeMembershipEventResponse)(nil),    // 53: myelin.roomserver.v1.MakeMembershipEventResponse
+	(*SignJoinRequest)(nil),                // 54: myelin.roomserver.v1.SignJoinRequest
+	(*SignJoinResponse)(nil),               // 55: myelin.roomserver.v1.SignJoinResponse
 }
 var file_roomserver_v1_roomserver_proto_depIdxs = []int32{
-	4,  // 0: myelin.roomserver.v1.CreateRoomRequest.initial_events:type_name -> myelin.roomserver.v1.EventTemplate
-	4,  // 1: myelin.roomserver.v1.SendEventRequest.event:type_name -> myelin.roomserver.v1.EventTemplate
-	2,  // 2: myelin.roomserver.v1.SendEventRequest.transaction_id:type_name -> myelin.roomserver.v1.TransactionID
+	5,  // 0: myelin.roomserver.v1.CreateRoomRequest.initial_events:type_name -> myelin.roomserver.v1.EventTemplate
+	5,  // 1: myelin.roomserver.v1.SendEventRequest.event:type_name -> myelin.roomserver.v1.EventTemplate
+	3,  // 2: myelin.roomserver.v1.SendEventRequest.transaction_id:type_name -> myelin.roomserver.v1.TransactionID
 	0,  // 3: myelin.roomserver.v1.InputEvent.kind:type_name -> myelin.roomserver.v1.InputKind
-	9,  // 4: myelin.roomserver.v1.InputEventsRequest.events:type_name -> myelin.roomserver.v1.InputEvent
+	10, // 4: myelin.roomserver.v1.InputEventsRequest.events:type_name -> myelin.roomserver.v1.InputEvent
 	1,  // 5: myelin.roomserver.v1.InputEventResult.status:type_name -> myelin.roomserver.v1.InputStatus
-	11, // 6: myelin.roomserver.v1.InputEventsResponse.results:type_name -> myelin.roomserver.v1.InputEventResult
-	13, // 7: myelin.roomserver.v1.QueryEventsResponse.events:type_name -> myelin.roomserver.v1.Event
-	3,  // 8: myelin.roomserver.v1.QueryStateRequest.filter:type_name -> myelin.roomserver.v1.StateKeyTuple
-	13, // 9: myelin.roomserver.v1.QueryStateResponse.state:type_name -> myelin.roomserver.v1.Event
-	3,  // 10: myelin.roomserver.v1.QueryStateBatchRequest.filter:type_name -> myelin.roomserver.v1.StateKeyTuple
-	13, // 11: myelin.roomserver.v1.StateAtEvent.state:type_name -> myelin.roomserver.v1.Event
-	19, // 12: myelin.roomserver.v1.QueryStateBatchResponse.states:type_name -> myelin.roomserver.v1.StateAtEvent
-	13, // 13: myelin.roomserver.v1.QueryMembershipResponse.event:type_name -> myelin.roomserver.v1.Event
-	5,  // 14: myelin.roomserver.v1.RoomService.CreateRoom:input_type -> myelin.roomserver.v1.CreateRoomRequest
-	7,  // 15: myelin.roomserver.v1.RoomService.SendEvent:input_type -> myelin.roomserver.v1.SendEventRequest
-	10, // 16: myelin.roomserver.v1.RoomService.InputEvents:input_type -> myelin.roomserver.v1.InputEventsRequest
-	14, // 17: myelin.roomserver.v1.RoomService.QueryEvents:input_type -> myelin.roomserver.v1.QueryEventsRequest
-	16, // 18: myelin.roomserver.v1.RoomService.QueryState:input_type -> myelin.roomserver.v1.QueryStateRequest
-	18, // 19: myelin.roomserver.v1.RoomService.QueryStateBatch:input_type -> myelin.roomserver.v1.QueryStateBatchRequest
-	21, // 20: myelin.roomserver.v1.RoomService.QueryMembership:input_type -> myelin.roomserver.v1.QueryMembershipRequest
-	23, // 21: myelin.roomserver.v1.RoomService.QueryRoomInfo:input_type -> myelin.roomserver.v1.QueryRoomInfoRequest
-	25, // 22: myelin.roomserver.v1.RoomService.SetRoomAlias:input_type -> myelin.roomserver.v1.SetRoomAliasRequest
-	27, // 23: myelin.roomserver.v1.RoomService.GetRoomAlias:input_type -> myelin.roomserver.v1.GetRoomAliasRequest
-	29, // 24: myelin.roomserver.v1.RoomService.RemoveRoomAlias:input_type -> myelin.roomserver.v1.RemoveRoomAliasRequest
-	31, // 25: myelin.roomserver.v1.RoomService.ListRoomAliases:input_type -> myelin.roomserver.v1.ListRoomAliasesRequest
-	33, // 26: myelin.roomserver.v1.RoomService.SetRoomVisibility:input_type -> myelin.roomserver.v1.SetRoomVisibilityRequest
-	35, // 27: myelin.roomserver.v1.RoomService.GetRoomVisibility:input_type -> myelin.roomserver.v1.GetRoomVisibilityRequest
-	37, // 28: myelin.roomserver.v1.RoomService.ListPublicRooms:input_type -> myelin.roomserver.v1.ListPublicRoomsRequest
-	6,  // 29: myelin.roomserver.v1.RoomService.CreateRoom:output_type -> myelin.roomserver.v1.CreateRoomResponse
-	8,  // 30: myelin.roomserver.v1.RoomService.SendEvent:output_type -> myelin.roomserver.v1.SendEventResponse
-	12, // 31: myelin.roomserver.v1.RoomService.InputEvents:output_type -> myelin.roomserver.v1.InputEventsResponse
-	15, // 32: myelin.roomserver.v1.RoomService.QueryEvents:output_type -> myelin.roomserver.v1.QueryEventsResponse
-	17, // 33: myelin.roomserver.v1.RoomService.QueryState:output_type -> myelin.roomserver.v1.QueryStateResponse
-	20, // 34: myelin.roomserver.v1.RoomService.QueryStateBatch:output_type -> myelin.roomserver.v1.QueryStateBatchResponse
-	22, // 35: myelin.roomserver.v1.RoomService.QueryMembership:output_type -> myelin.roomserver.v1.QueryMembershipResponse
-	24, // 36: myelin.roomserver.v1.RoomService.QueryRoomInfo:output_type -> myelin.roomserver.v1.QueryRoomInfoResponse
-	26, // 37: myelin.roomserver.v1.RoomService.SetRoomAlias:output_type -> myelin.roomserver.v1.SetRoomAliasResponse
-	28, // 38: myelin.roomserver.v1.RoomService.GetRoomAlias:output_type -> myelin.roomserver.v1.GetRoomAliasResponse
-	30, // 39: myelin.roomserver.v1.RoomService.RemoveRoomAlias:output_type -> myelin.roomserver.v1.RemoveRoomAliasResponse
-	32, // 40: myelin.roomserver.v1.RoomService.ListRoomAliases:output_type -> myelin.roomserver.v1.ListRoomAliasesResponse
-	34, // 41: myelin.roomserver.v1.RoomService.SetRoomVisibility:output_type -> myelin.roomserver.v1.SetRoomVisibilityResponse
-	36, // 42: myelin.roomserver.v1.RoomService.GetRoomVisibility:output_type -> myelin.roomserver.v1.GetRoomVisibilityResponse
-	38, // 43: myelin.roomserver.v1.RoomService.ListPublicRooms:output_type -> myelin.roomserver.v1.ListPublicRoomsResponse
-	29, // [29:44] is the sub-list for method output_type
-	14, // [14:29] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	12, // 6: myelin.roomserver.v1.InputEventsResponse.results:type_name -> myelin.roomserver.v1.InputEventResult
+	14, // 7: myelin.roomserver.v1.QueryEventsResponse.events:type_name -> myelin.roomserver.v1.Event
+	4,  // 8: myelin.roomserver.v1.QueryStateRequest.filter:type_name -> myelin.roomserver.v1.StateKeyTuple
+	14, // 9: myelin.roomserver.v1.QueryStateResponse.state:type_name -> myelin.roomserver.v1.Event
+	4,  // 10: myelin.roomserver.v1.QueryStateBatchRequest.filter:type_name -> myelin.roomserver.v1.StateKeyTuple
+	14, // 11: myelin.roomserver.v1.StateAtEvent.state:type_name -> myelin.roomserver.v1.Event
+	20, // 12: myelin.roomserver.v1.QueryStateBatchResponse.states:type_name -> myelin.roomserver.v1.StateAtEvent
+	14, // 13: myelin.roomserver.v1.QueryMembershipResponse.event:type_name -> myelin.roomserver.v1.Event
+	14, // 14: myelin.roomserver.v1.QueryAuthChainResponse.auth_chain:type_name -> myelin.roomserver.v1.Event
+	14, // 15: myelin.roomserver.v1.QueryStateAndAuthChainResponse.state:type_name -> myelin.roomserver.v1.Event
+	14, // 16: myelin.roomserver.v1.QueryStateAndAuthChainResponse.auth_chain:type_name -> myelin.roomserver.v1.Event
+	14, // 17: myelin.roomserver.v1.GetMissingEventsResponse.events:type_name -> myelin.roomserver.v1.Event
+	14, // 18: myelin.roomserver.v1.BackfillResponse.events:type_name -> myelin.roomserver.v1.Event
+	14, // 19: myelin.roomserver.v1.FilterEventsForServerResponse.events:type_name -> myelin.roomserver.v1.Event
+	2,  // 20: myelin.roomserver.v1.MakeMembershipEventResponse.refusal:type_name -> myelin.roomserver.v1.Refusal
+	2,  // 21: myelin.roomserver.v1.SignJoinResponse.refusal:type_name -> myelin.roomserver.v1.Refusal
+	6,  // 22: myelin.roomserver.v1.RoomService.CreateRoom:input_type -> myelin.roomserver.v1.CreateRoomRequest
+	8,  // 23: myelin.roomserver.v1.RoomService.SendEvent:input_type -> myelin.roomserver.v1.SendEventRequest
+	11, // 24: myelin.roomserver.v1.RoomService.InputEvents:input_type -> myelin.roomserver.v1.InputEventsRequest
+	15, // 25: myelin.roomserver.v1.RoomService.QueryEvents:input_type -> myelin.roomserver.v1.QueryEventsRequest
+	17, // 26: myelin.roomserver.v1.RoomService.QueryState:input_type -> myelin.roomserver.v1.QueryStateRequest
+	19, // 27: myelin.roomserver.v1.RoomService.QueryStateBatch:input_type -> myelin.roomserver.v1.QueryStateBatchRequest
+	22, // 28: myelin.roomserver.v1.RoomService.QueryMembership:input_type -> myelin.roomserver.v1.QueryMembershipRequest
+	24, // 29: myelin.roomserver.v1.RoomService.QueryRoomInfo:input_type -> myelin.roomserver.v1.QueryRoomInfoRequest
+	26, // 30: myelin.roomserver.v1.RoomService.SetRoomAlias:input_type -> myelin.roomserver.v1.SetRoomAliasRequest
+	28, // 31: myelin.roomserver.v1.RoomService.GetRoomAlias:input_type -> myelin.roomserver.v1.GetRoomAliasRequest
+	30, // 32: myelin.roomserver.v1.RoomService.RemoveRoomAlias:input_type -> myelin.roomserver.v1.RemoveRoomAliasRequest
+	32, // 33: myelin.roomserver.v1.RoomService.ListRoomAliases:input_type -> myelin.roomserver.v1.ListRoomAliasesRequest
+	34, // 34: myelin.roomserver.v1.RoomService.SetRoomVisibility:input_type -> myelin.roomserver.v1.SetRoomVisibilityRequest
+	36, // 35: myelin.roomserver.v1.RoomService.GetRoomVisibility:input_type -> myelin.roomserver.v1.GetRoomVisibilityRequest
+	38, // 36: myelin.roomserver.v1.RoomService.ListPublicRooms:input_type -> myelin.roomserver.v1.ListPublicRoomsRequest
+	40, // 37: myelin.roomserver.v1.RoomService.QueryAuthChain:input_type -> myelin.roomserver.v1.QueryAuthChainRequest
+	42, // 38: myelin.roomserver.v1.RoomService.QueryStateAndAuthChain:input_type -> myelin.roomserver.v1.QueryStateAndAuthChainRequest
+	44, // 39: myelin.roomserver.v1.RoomService.GetMissingEvents:input_type -> myelin.roomserver.v1.GetMissingEventsRequest
+	46, // 40: myelin.roomserver.v1.RoomService.Backfill:input_type -> myelin.roomserver.v1.BackfillRequest
+	48, // 41: myelin.roomserver.v1.RoomService.FilterEventsForServer:input_type -> myelin.roomserver.v1.FilterEventsForServerRequest
+	50, // 42: myelin.roomserver.v1.RoomService.QueryRoomServers:input_type -> myelin.roomserver.v1.QueryRoomServersRequest
+	52, // 43: myelin.roomserver.v1.RoomService.MakeMembershipEvent:input_type -> myelin.roomserver.v1.MakeMembershipEventRequest
+	54, // 44: myelin.roomserver.v1.RoomService.SignJoin:input_type -> myelin.roomserver.v1.SignJoinRequest
+	7,  // 45: myelin.roomserver.v1.RoomService.CreateRoom:output_type -> myelin.roomserver.v1.CreateRoomResponse
+	9,  // 46: myelin.roomserver.v1.RoomService.SendEvent:output_type -> myelin.roomserver.v1.SendEventResponse
+	13, // 47: myelin.roomserver.v1.RoomService.InputEvents:output_type -> myelin.roomserver.v1.InputEventsResponse
+	16, // 48: myelin.roomserver.v1.RoomService.QueryEvents:output_type -> myelin.roomserver.v1.QueryEventsResponse
+	18, // 49: myelin.roomserver.v1.RoomService.QueryState:output_type -> myelin.roomserver.v1.QueryStateResponse
+	21, // 50: myelin.roomserver.v1.RoomService.QueryStateBatch:output_type -> myelin.roomserver.v1.QueryStateBatchResponse
+	23, // 51: myelin.roomserver.v1.RoomService.QueryMembership:output_type -> myelin.roomserver.v1.QueryMembershipResponse
+	25, // 52: myelin.roomserver.v1.RoomService.QueryRoomInfo:output_type -> myelin.roomserver.v1.QueryRoomInfoResponse
+	27, // 53: myelin.roomserver.v1.RoomService.SetRoomAlias:output_type -> myelin.roomserver.v1.SetRoomAliasResponse
+	29, // 54: myelin.roomserver.v1.RoomService.GetRoomAlias:output_type -> myelin.roomserver.v1.GetRoomAliasResponse
+	31, // 55: myelin.roomserver.v1.RoomService.RemoveRoomAlias:output_type -> myelin.roomserver.v1.RemoveRoomAliasResponse
+	33, // 56: myelin.roomserver.v1.RoomService.ListRoomAliases:output_type -> myelin.roomserver.v1.ListRoomAliasesResponse
+	35, // 57: myelin.roomserver.v1.RoomService.SetRoomVisibility:output_type -> myelin.roomserver.v1.SetRoomVisibilityResponse
+	37, // 58: myelin.roomserver.v1.RoomService.GetRoomVisibility:output_type -> myelin.roomserver.v1.GetRoomVisibilityResponse
+	39, // 59: myelin.roomserver.v1.RoomService.ListPublicRooms:output_type -> myelin.roomserver.v1.ListPublicRoomsResponse
+	41, // 60: myelin.roomserver.v1.RoomService.QueryAuthChain:output_type -> myelin.roomserver.v1.QueryAuthChainResponse
+	43, // 61: myelin.roomserver.v1.RoomService.QueryStateAndAuthChain:output_type -> myelin.roomserver.v1.QueryStateAndAuthChainResponse
+	45, // 62: myelin.roomserver.v1.RoomService.GetMissingEvents:output_type -> myelin.roomserver.v1.GetMissingEventsResponse
+	47, // 63: myelin.roomserver.v1.RoomService.Backfill:output_type -> myelin.roomserver.v1.BackfillResponse
+	49, // 64: myelin.roomserver.v1.RoomService.FilterEventsForServer:output_type -> myelin.roomserver.v1.FilterEventsForServerResponse
+	51, // 65: myelin.roomserver.v1.RoomService.QueryRoomServers:output_type -> myelin.roomserver.v1.QueryRoomServersResponse
+	53, // 66: myelin.roomserver.v1.RoomService.MakeMembershipEvent:output_type -> myelin.roomserver.v1.MakeMembershipEventResponse
+	55, // 67: myelin.roomserver.v1.RoomService.SignJoin:output_type -> myelin.roomserver.v1.SignJoinResponse
+	45, // [45:68] is the sub-list for method output_type
+	22, // [22:45] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_roomserver_v1_roomserver_proto_init() }
@@ -2420,8 +3665,8 @@ func file_roomserver_v1_roomserver_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_roomserver_v1_roomserver_proto_rawDesc), len(file_roomserver_v1_roomserver_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   37,
+			NumEnums:      3,
+			NumMessages:   53,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

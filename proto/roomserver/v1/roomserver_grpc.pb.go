@@ -23,21 +23,29 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	RoomService_CreateRoom_FullMethodName        = "/myelin.roomserver.v1.RoomService/CreateRoom"
-	RoomService_SendEvent_FullMethodName         = "/myelin.roomserver.v1.RoomService/SendEvent"
-	RoomService_InputEvents_FullMethodName       = "/myelin.roomserver.v1.RoomService/InputEvents"
-	RoomService_QueryEvents_FullMethodName       = "/myelin.roomserver.v1.RoomService/QueryEvents"
-	RoomService_QueryState_FullMethodName        = "/myelin.roomserver.v1.RoomService/QueryState"
-	RoomService_QueryStateBatch_FullMethodName   = "/myelin.roomserver.v1.RoomService/QueryStateBatch"
-	RoomService_QueryMembership_FullMethodName   = "/myelin.roomserver.v1.RoomService/QueryMembership"
-	RoomService_QueryRoomInfo_FullMethodName     = "/myelin.roomserver.v1.RoomService/QueryRoomInfo"
-	RoomService_SetRoomAlias_FullMethodName      = "/myelin.roomserver.v1.RoomService/SetRoomAlias"
-	RoomService_GetRoomAlias_FullMethodName      = "/myelin.roomserver.v1.RoomService/GetRoomAlias"
-	RoomService_RemoveRoomAlias_FullMethodName   = "/myelin.roomserver.v1.RoomService/RemoveRoomAlias"
-	RoomService_ListRoomAliases_FullMethodName   = "/myelin.roomserver.v1.RoomService/ListRoomAliases"
-	RoomService_SetRoomVisibility_FullMethodName = "/myelin.roomserver.v1.RoomService/SetRoomVisibility"
-	RoomService_GetRoomVisibility_FullMethodName = "/myelin.roomserver.v1.RoomService/GetRoomVisibility"
-	RoomService_ListPublicRooms_FullMethodName   = "/myelin.roomserver.v1.RoomService/ListPublicRooms"
+	RoomService_CreateRoom_FullMethodName             = "/myelin.roomserver.v1.RoomService/CreateRoom"
+	RoomService_SendEvent_FullMethodName              = "/myelin.roomserver.v1.RoomService/SendEvent"
+	RoomService_InputEvents_FullMethodName            = "/myelin.roomserver.v1.RoomService/InputEvents"
+	RoomService_QueryEvents_FullMethodName            = "/myelin.roomserver.v1.RoomService/QueryEvents"
+	RoomService_QueryState_FullMethodName             = "/myelin.roomserver.v1.RoomService/QueryState"
+	RoomService_QueryStateBatch_FullMethodName        = "/myelin.roomserver.v1.RoomService/QueryStateBatch"
+	RoomService_QueryMembership_FullMethodName        = "/myelin.roomserver.v1.RoomService/QueryMembership"
+	RoomService_QueryRoomInfo_FullMethodName          = "/myelin.roomserver.v1.RoomService/QueryRoomInfo"
+	RoomService_SetRoomAlias_FullMethodName           = "/myelin.roomserver.v1.RoomService/SetRoomAlias"
+	RoomService_GetRoomAlias_FullMethodName           = "/myelin.roomserver.v1.RoomService/GetRoomAlias"
+	RoomService_RemoveRoomAlias_FullMethodName        = "/myelin.roomserver.v1.RoomService/RemoveRoomAlias"
+	RoomService_ListRoomAliases_FullMethodName        = "/myelin.roomserver.v1.RoomService/ListRoomAliases"
+	RoomService_SetRoomVisibility_FullMethodName      = "/myelin.roomserver.v1.RoomService/SetRoomVisibility"
+	RoomService_GetRoomVisibility_FullMethodName      = "/myelin.roomserver.v1.RoomService/GetRoomVisibility"
+	RoomService_ListPublicRooms_FullMethodName        = "/myelin.roomserver.v1.RoomService/ListPublicRooms"
+	RoomService_QueryAuthChain_FullMethodName         = "/myelin.roomserver.v1.RoomService/QueryAuthChain"
+	RoomService_QueryStateAndAuthChain_FullMethodName = "/myelin.roomserver.v1.RoomService/QueryStateAndAuthChain"
+	RoomService_GetMissingEvents_FullMethodName       = "/myelin.roomserver.v1.RoomService/GetMissingEvents"
+	RoomService_Backfill_FullMethodName               = "/myelin.roomserver.v1.RoomService/Backfill"
+	RoomService_FilterEventsForServer_FullMethodName  = "/myelin.roomserver.v1.RoomService/FilterEventsForServer"
+	RoomService_QueryRoomServers_FullMethodName       = "/myelin.roomserver.v1.RoomService/QueryRoomServers"
+	RoomService_MakeMembershipEvent_FullMethodName    = "/myelin.roomserver.v1.RoomService/MakeMembershipEvent"
+	RoomService_SignJoin_FullMethodName               = "/myelin.roomserver.v1.RoomService/SignJoin"
 )
 
 // RoomServiceClient is the client API for RoomService service.
@@ -81,6 +89,39 @@ type RoomServiceClient interface {
 	// ListPublicRooms returns the IDs of every room published in the
 	// directory, in publication order.
 	ListPublicRooms(ctx context.Context, in *ListPublicRoomsRequest, opts ...grpc.CallOption) (*ListPublicRoomsResponse, error)
+	// QueryAuthChain returns the auth chain of events (their auth_events,
+	// recursively; the events themselves only when another one's chain holds
+	// them): /event_auth.
+	QueryAuthChain(ctx context.Context, in *QueryAuthChainRequest, opts ...grpc.CallOption) (*QueryAuthChainResponse, error)
+	// QueryStateAndAuthChain returns the state before an event (the spec's
+	// "state at" for /state and /state_ids: prior to the event's own change)
+	// with the auth chain of that state, as events or as IDs; with no event,
+	// the room's current state (send_join answers with the state before the
+	// join).
+	QueryStateAndAuthChain(ctx context.Context, in *QueryStateAndAuthChainRequest, opts ...grpc.CallOption) (*QueryStateAndAuthChainResponse, error)
+	// GetMissingEvents walks prev_events breadth-first from latest_events,
+	// skipping earliest_events, up to limit events of depth >= min_depth
+	// (/get_missing_events).
+	GetMissingEvents(ctx context.Context, in *GetMissingEventsRequest, opts ...grpc.CallOption) (*GetMissingEventsResponse, error)
+	// Backfill returns the given events and those before them, highest depth
+	// first, up to limit (/backfill).
+	Backfill(ctx context.Context, in *BackfillRequest, opts ...grpc.CallOption) (*BackfillResponse, error)
+	// FilterEventsForServer returns events as a server may see them: whole,
+	// or redacted when history visibility and the memberships of the
+	// server's users at each event do not let it see them.
+	FilterEventsForServer(ctx context.Context, in *FilterEventsForServerRequest, opts ...grpc.CallOption) (*FilterEventsForServerResponse, error)
+	// QueryRoomServers returns the servers with a joined member in a room:
+	// now, or at an event (joined before or after it).
+	QueryRoomServers(ctx context.Context, in *QueryRoomServersRequest, opts ...grpc.CallOption) (*QueryRoomServersResponse, error)
+	// MakeMembershipEvent returns the template of a join, leave or knock that
+	// a remote server's user may sign (make_join, make_leave, make_knock),
+	// built on the room's current state, or the refusal the auth rules give.
+	MakeMembershipEvent(ctx context.Context, in *MakeMembershipEventRequest, opts ...grpc.CallOption) (*MakeMembershipEventResponse, error)
+	// SignJoin adds this server's signature to a remote user's join (the
+	// resident server's part of send_join), after checking a restricted
+	// join's conditions when it names one of this server's users as the
+	// authorising user. The caller then inputs the signed event.
+	SignJoin(ctx context.Context, in *SignJoinRequest, opts ...grpc.CallOption) (*SignJoinResponse, error)
 }
 
 type roomServiceClient struct {
@@ -241,6 +282,86 @@ func (c *roomServiceClient) ListPublicRooms(ctx context.Context, in *ListPublicR
 	return out, nil
 }
 
+func (c *roomServiceClient) QueryAuthChain(ctx context.Context, in *QueryAuthChainRequest, opts ...grpc.CallOption) (*QueryAuthChainResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(QueryAuthChainResponse)
+	err := c.cc.Invoke(ctx, RoomService_QueryAuthChain_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *roomServiceClient) QueryStateAndAuthChain(ctx context.Context, in *QueryStateAndAuthChainRequest, opts ...grpc.CallOption) (*QueryStateAndAuthChainResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(QueryStateAndAuthChainResponse)
+	err := c.cc.Invoke(ctx, RoomService_QueryStateAndAuthChain_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *roomServiceClient) GetMissingEvents(ctx context.Context, in *GetMissingEventsRequest, opts ...grpc.CallOption) (*GetMissingEventsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetMissingEventsResponse)
+	err := c.cc.Invoke(ctx, RoomService_GetMissingEvents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *roomServiceClient) Backfill(ctx context.Context, in *BackfillRequest, opts ...grpc.CallOption) (*BackfillResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BackfillResponse)
+	err := c.cc.Invoke(ctx, RoomService_Backfill_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *roomServiceClient) FilterEventsForServer(ctx context.Context, in *FilterEventsForServerRequest, opts ...grpc.CallOption) (*FilterEventsForServerResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FilterEventsForServerResponse)
+	err := c.cc.Invoke(ctx, RoomService_FilterEventsForServer_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *roomServiceClient) QueryRoomServers(ctx context.Context, in *QueryRoomServersRequest, opts ...grpc.CallOption) (*QueryRoomServersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(QueryRoomServersResponse)
+	err := c.cc.Invoke(ctx, RoomService_QueryRoomServers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *roomServiceClient) MakeMembershipEvent(ctx context.Context, in *MakeMembershipEventRequest, opts ...grpc.CallOption) (*MakeMembershipEventResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MakeMembershipEventResponse)
+	err := c.cc.Invoke(ctx, RoomService_MakeMembershipEvent_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *roomServiceClient) SignJoin(ctx context.Context, in *SignJoinRequest, opts ...grpc.CallOption) (*SignJoinResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SignJoinResponse)
+	err := c.cc.Invoke(ctx, RoomService_SignJoin_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RoomServiceServer is the server API for RoomService service.
 // All implementations must embed UnimplementedRoomServiceServer
 // for forward compatibility.
@@ -282,6 +403,39 @@ type RoomServiceServer interface {
 	// ListPublicRooms returns the IDs of every room published in the
 	// directory, in publication order.
 	ListPublicRooms(context.Context, *ListPublicRoomsRequest) (*ListPublicRoomsResponse, error)
+	// QueryAuthChain returns the auth chain of events (their auth_events,
+	// recursively; the events themselves only when another one's chain holds
+	// them): /event_auth.
+	QueryAuthChain(context.Context, *QueryAuthChainRequest) (*QueryAuthChainResponse, error)
+	// QueryStateAndAuthChain returns the state before an event (the spec's
+	// "state at" for /state and /state_ids: prior to the event's own change)
+	// with the auth chain of that state, as events or as IDs; with no event,
+	// the room's current state (send_join answers with the state before the
+	// join).
+	QueryStateAndAuthChain(context.Context, *QueryStateAndAuthChainRequest) (*QueryStateAndAuthChainResponse, error)
+	// GetMissingEvents walks prev_events breadth-first from latest_events,
+	// skipping earliest_events, up to limit events of depth >= min_depth
+	// (/get_missing_events).
+	GetMissingEvents(context.Context, *GetMissingEventsRequest) (*GetMissingEventsResponse, error)
+	// Backfill returns the given events and those before them, highest depth
+	// first, up to limit (/backfill).
+	Backfill(context.Context, *BackfillRequest) (*BackfillResponse, error)
+	// FilterEventsForServer returns events as a server may see them: whole,
+	// or redacted when history visibility and the memberships of the
+	// server's users at each event do not let it see them.
+	FilterEventsForServer(context.Context, *FilterEventsForServerRequest) (*FilterEventsForServerResponse, error)
+	// QueryRoomServers returns the servers with a joined member in a room:
+	// now, or at an event (joined before or after it).
+	QueryRoomServers(context.Context, *QueryRoomServersRequest) (*QueryRoomServersResponse, error)
+	// MakeMembershipEvent returns the template of a join, leave or knock that
+	// a remote server's user may sign (make_join, make_leave, make_knock),
+	// built on the room's current state, or the refusal the auth rules give.
+	MakeMembershipEvent(context.Context, *MakeMembershipEventRequest) (*MakeMembershipEventResponse, error)
+	// SignJoin adds this server's signature to a remote user's join (the
+	// resident server's part of send_join), after checking a restricted
+	// join's conditions when it names one of this server's users as the
+	// authorising user. The caller then inputs the signed event.
+	SignJoin(context.Context, *SignJoinRequest) (*SignJoinResponse, error)
 	mustEmbedUnimplementedRoomServiceServer()
 }
 
@@ -336,6 +490,30 @@ func (UnimplementedRoomServiceServer) GetRoomVisibility(context.Context, *GetRoo
 }
 func (UnimplementedRoomServiceServer) ListPublicRooms(context.Context, *ListPublicRoomsRequest) (*ListPublicRoomsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListPublicRooms not implemented")
+}
+func (UnimplementedRoomServiceServer) QueryAuthChain(context.Context, *QueryAuthChainRequest) (*QueryAuthChainResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method QueryAuthChain not implemented")
+}
+func (UnimplementedRoomServiceServer) QueryStateAndAuthChain(context.Context, *QueryStateAndAuthChainRequest) (*QueryStateAndAuthChainResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method QueryStateAndAuthChain not implemented")
+}
+func (UnimplementedRoomServiceServer) GetMissingEvents(context.Context, *GetMissingEventsRequest) (*GetMissingEventsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetMissingEvents not implemented")
+}
+func (UnimplementedRoomServiceServer) Backfill(context.Context, *BackfillRequest) (*BackfillResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Backfill not implemented")
+}
+func (UnimplementedRoomServiceServer) FilterEventsForServer(context.Context, *FilterEventsForServerRequest) (*FilterEventsForServerResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method FilterEventsForServer not implemented")
+}
+func (UnimplementedRoomServiceServer) QueryRoomServers(context.Context, *QueryRoomServersRequest) (*QueryRoomServersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method QueryRoomServers not implemented")
+}
+func (UnimplementedRoomServiceServer) MakeMembershipEvent(context.Context, *MakeMembershipEventRequest) (*MakeMembershipEventResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MakeMembershipEvent not implemented")
+}
+func (UnimplementedRoomServiceServer) SignJoin(context.Context, *SignJoinRequest) (*SignJoinResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SignJoin not implemented")
 }
 func (UnimplementedRoomServiceServer) mustEmbedUnimplementedRoomServiceServer() {}
 func (UnimplementedRoomServiceServer) testEmbeddedByValue()                     {}
@@ -628,6 +806,150 @@ func _RoomService_ListPublicRooms_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RoomService_QueryAuthChain_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(QueryAuthChainRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RoomServiceServer).QueryAuthChain(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RoomService_QueryAuthChain_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RoomServiceServer).QueryAuthChain(ctx, req.(*QueryAuthChainRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RoomService_QueryStateAndAuthChain_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(QueryStateAndAuthChainRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RoomServiceServer).QueryStateAndAuthChain(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RoomService_QueryStateAndAuthChain_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RoomServiceServer).QueryStateAndAuthChain(ctx, req.(*QueryStateAndAuthChainRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RoomService_GetMissingEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetMissingEventsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RoomServiceServer).GetMissingEvents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RoomService_GetMissingEvents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RoomServiceServer).GetMissingEvents(ctx, req.(*GetMissingEventsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RoomService_Backfill_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BackfillRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RoomServiceServer).Backfill(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RoomService_Backfill_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RoomServiceServer).Backfill(ctx, req.(*BackfillRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RoomService_FilterEventsForServer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FilterEventsForServerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RoomServiceServer).FilterEventsForServer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RoomService_FilterEventsForServer_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RoomServiceServer).FilterEventsForServer(ctx, req.(*FilterEventsForServerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RoomService_QueryRoomServers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(QueryRoomServersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RoomServiceServer).QueryRoomServers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RoomService_QueryRoomServers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RoomServiceServer).QueryRoomServers(ctx, req.(*QueryRoomServersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RoomService_MakeMembershipEvent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MakeMembershipEventRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RoomServiceServer).MakeMembershipEvent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RoomService_MakeMembershipEvent_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RoomServiceServer).MakeMembershipEvent(ctx, req.(*MakeMembershipEventRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RoomService_SignJoin_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SignJoinRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RoomServiceServer).SignJoin(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RoomService_SignJoin_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RoomServiceServer).SignJoin(ctx, req.(*SignJoinRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // RoomService_ServiceDesc is the grpc.ServiceDesc for RoomService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -694,6 +1016,38 @@ var RoomService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListPublicRooms",
 			Handler:    _RoomService_ListPublicRooms_Handler,
+		},
+		{
+			MethodName: "QueryAuthChain",
+			Handler:    _RoomService_QueryAuthChain_Handler,
+		},
+		{
+			MethodName: "QueryStateAndAuthChain",
+			Handler:    _RoomService_QueryStateAndAuthChain_Handler,
+		},
+		{
+			MethodName: "GetMissingEvents",
+			Handler:    _RoomService_GetMissingEvents_Handler,
+		},
+		{
+			MethodName: "Backfill",
+			Handler:    _RoomService_Backfill_Handler,
+		},
+		{
+			MethodName: "FilterEventsForServer",
+			Handler:    _RoomService_FilterEventsForServer_Handler,
+		},
+		{
+			MethodName: "QueryRoomServers",
+			Handler:    _RoomService_QueryRoomServers_Handler,
+		},
+		{
+			MethodName: "MakeMembershipEvent",
+			Handler:    _RoomService_MakeMembershipEvent_Handler,
+		},
+		{
+			MethodName: "SignJoin",
+			Handler:    _RoomService_SignJoin_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -60,6 +61,13 @@ type Input struct {
 	// Redacted is set when Event is a redaction the room-server applied:
 	// the target's new client-format JSON replaces every stored copy.
 	Redacted *RedactedEvent
+	// Backfill: history from another server, stored before the room's
+	// earliest event (outofroom.go).
+	Backfill bool
+	// OutOfRoom: a local user's membership of a room of another server;
+	// StrippedState is the room's stripped state it carried.
+	OutOfRoom     bool
+	StrippedState []json.RawMessage
 }
 
 // RedactedEvent is the redacted form of a stored event.
@@ -103,13 +111,20 @@ func (s *Store) ApplyWith(ctx context.Context, inputs []Input, eval Evaluator) (
 		var notes []Notification
 		var changedRooms []string // rooms whose state changed: their summaries
 		for i := 0; i < len(inputs); {
+			if inputs[i].Backfill {
+				if err := applyBackfill(ctx, tx, inputs[i]); err != nil {
+					return err
+				}
+				i++
+				continue
+			}
 			// A run of events that change no state is stored in two round
 			// trips; any other event in a few of its own.
 			n := 1
 			var steps []step
 			var err error
 			if changesNoState(inputs[i]) {
-				for i+n < len(inputs) && changesNoState(inputs[i+n]) {
+				for i+n < len(inputs) && changesNoState(inputs[i+n]) && !inputs[i+n].Backfill {
 					n++
 				}
 				steps, err = applyRun(ctx, tx, inputs[i:i+n], eval != nil)
@@ -127,6 +142,11 @@ func (s *Store) ApplyWith(ctx context.Context, inputs []Input, eval Evaluator) (
 			for k, st := range steps {
 				if !st.stored {
 					continue
+				}
+				if inputs[i+k].OutOfRoom && len(inputs[i+k].StrippedState) > 0 {
+					if err := saveOutOfRoomState(ctx, tx, inputs[i+k]); err != nil {
+						return err
+					}
 				}
 				out = append(out, st.applied)
 				if room := st.applied.Event.RoomID; !changesNoState(inputs[i+k]) && !slices.Contains(changedRooms, room) {
@@ -214,6 +234,12 @@ func changesNoState(in Input) bool {
 
 // queueInsert queues the event's insert (insertEventSQL) into st.
 func queueInsert(b *pgx.Batch, ev Event, visBefore string, st *step) {
+	queueInsertSQL(b, insertEventSQL, ev, visBefore, st)
+}
+
+// queueInsertSQL is queueInsert with another insert statement of the same
+// parameters (outofroom.go's backfill insert).
+func queueInsertSQL(b *pgx.Batch, sql string, ev Event, visBefore string, st *step) {
 	visAfter := visBefore
 	if ev.Type == typeHistoryVisibility && ev.StateKey != nil && *ev.StateKey == "" {
 		visAfter = VisibilityOf(ev.JSON)
@@ -222,7 +248,7 @@ func queueInsert(b *pgx.Batch, ev Event, visBefore string, st *step) {
 	if relatesTo == "" || relType == "" {
 		relatesTo, relType = "", ""
 	}
-	b.Queue(insertEventSQL,
+	b.Queue(sql,
 		ev.EventID, ev.RoomID, ev.Type, ev.StateKey, ev.Sender, nullable(ev.Membership), ev.JSON,
 		nullable(ev.TxnDeviceID), nullable(ev.TxnID), ev.StreamPosition, visBefore, visAfter,
 		nullable(ev.SearchKey), ev.SearchText, relatesTo, relType).QueryRow(func(row pgx.Row) error {

@@ -283,8 +283,9 @@ type Page struct {
 
 // Messages pages through a room's events. Backward returns events with
 // to < pos <= from, newest first; Forward returns from < pos <= to,
-// oldest first. to < 0 means unbounded. Events after bound are never
-// returned (bound < 0: unbounded).
+// oldest first. to == -1 means unbounded (backward, that reaches
+// backfilled history, whose positions are negative). Events after bound
+// are never returned (bound < 0: unbounded).
 func (r Reader) Messages(ctx context.Context, roomID string, dir Direction, from, to, bound int64, limit int) (Page, error) {
 	if bound < 0 {
 		bound = math.MaxInt64
@@ -292,8 +293,8 @@ func (r Reader) Messages(ctx context.Context, roomID string, dir Direction, from
 	var rows pgx.Rows
 	var err error
 	if dir == Backward {
-		if to < 0 {
-			to = 0
+		if to == -1 {
+			to = math.MinInt64
 		}
 		rows, err = r.q.Query(ctx, `SELECT `+eventCols+` FROM sync_events
 			WHERE room_id = $1 AND pos <= $2 AND pos <= $3 AND pos > $4 ORDER BY pos DESC LIMIT $5`,

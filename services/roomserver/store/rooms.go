@@ -13,13 +13,16 @@ type Room struct {
 	SnapshotNID int64
 	Extremities []int64
 	Depth       int64
+	// Stub: known only from out-of-room membership events; no create event
+	// and no state yet.
+	Stub bool
 }
 
-const roomColumns = `room_nid, room_id, room_version, state_snapshot_nid, forward_extremities, depth`
+const roomColumns = `room_nid, room_id, room_version, state_snapshot_nid, forward_extremities, depth, stub`
 
 func scanRoom(row interface{ Scan(...any) error }) (Room, error) {
 	var r Room
-	err := row.Scan(&r.NID, &r.RoomID, &r.Version, &r.SnapshotNID, &r.Extremities, &r.Depth)
+	err := row.Scan(&r.NID, &r.RoomID, &r.Version, &r.SnapshotNID, &r.Extremities, &r.Depth, &r.Stub)
 	return r, notFound(err)
 }
 
@@ -28,11 +31,12 @@ func (q *Queries) Room(ctx context.Context, roomID string) (Room, error) {
 	return scanRoom(q.db.QueryRow(ctx, `SELECT `+roomColumns+` FROM rooms WHERE room_id = $1`, roomID))
 }
 
-// InsertRoom adds a room with empty state and returns its numeric ID.
-func (q *Queries) InsertRoom(ctx context.Context, roomID, version string) (int64, error) {
+// InsertRoom adds a room with empty state and returns its numeric ID; a
+// stub room has no create event yet.
+func (q *Queries) InsertRoom(ctx context.Context, roomID, version string, stub bool) (int64, error) {
 	var nid int64
-	err := q.db.QueryRow(ctx, `INSERT INTO rooms (room_id, room_version) VALUES ($1, $2) RETURNING room_nid`,
-		roomID, version).Scan(&nid)
+	err := q.db.QueryRow(ctx, `INSERT INTO rooms (room_id, room_version, stub) VALUES ($1, $2, $3) RETURNING room_nid`,
+		roomID, version, stub).Scan(&nid)
 	if err != nil {
 		return 0, fmt.Errorf("insert room: %w", err)
 	}

@@ -79,7 +79,19 @@ type OutboxEntry struct {
 	TxnDeviceID      string
 	TxnID            string
 	HasTxn           bool
+	// Kind is what the row publishes (OutboxNew, OutboxBackfill,
+	// OutboxOutOfRoom); StrippedState is an out-of-room event's stripped
+	// state as a JSON array ("" for none).
+	Kind          int16
+	StrippedState string
 }
+
+// Outbox kinds (the kind column).
+const (
+	OutboxNew       int16 = 0
+	OutboxBackfill  int16 = 1
+	OutboxOutOfRoom int16 = 2
+)
 
 // Pending is what the publisher reads in one round trip.
 type Pending struct {
@@ -131,7 +143,8 @@ func (q *Queries) PendingOutbox(ctx context.Context, cur OutboxCursor, limit int
 	// generic plan walks the primary key in position order from $3,
 	// through the whole outbox, to fill the LIMIT.
 	rowsOf := func(snapshot string) string {
-		return `SELECT o.stream_pos, o.room_nid, o.event_nid, o.added_state_nids, o.removed_state_nids, o.txn_device_id, o.txn_id
+		return `SELECT o.stream_pos, o.room_nid, o.event_nid, o.added_state_nids, o.removed_state_nids, o.txn_device_id, o.txn_id,
+				o.kind, o.stripped_state
 			FROM outbox o WHERE o.txid < pg_snapshot_xmax(` + snapshot + `) AND pg_visible_in_snapshot(o.txid, ` + snapshot + `)
 			AND ` + newRows + ` AND o.stream_pos > $3`
 	}
@@ -144,14 +157,19 @@ func (q *Queries) PendingOutbox(ctx context.Context, cur OutboxCursor, limit int
 		for rows.Next() {
 			var pos, roomNID, eventNID *int64
 			var e OutboxEntry
-			var dev, txn *string
-			if err := rows.Scan(&snapshot, &pos, &roomNID, &eventNID, &e.AddedStateNIDs, &e.RemovedStateNIDs, &dev, &txn); err != nil {
+			var dev, txn, stripped *string
+			var kind *int16
+			if err := rows.Scan(&snapshot, &pos, &roomNID, &eventNID, &e.AddedStateNIDs, &e.RemovedStateNIDs, &dev, &txn,
+				&kind, &stripped); err != nil {
 				return err
 			}
 			if pos == nil {
 				continue // no rows: only the snapshot
 			}
-			e.StreamPos, e.RoomNID, e.EventNID = *pos, *roomNID, *eventNID
+			e.StreamPos, e.RoomNID, e.EventNID, e.Kind = *pos, *roomNID, *eventNID, *kind
+			if stripped != nil {
+				e.StrippedState = *stripped
+			}
 			if dev != nil && txn != nil {
 				e.HasTxn, e.TxnDeviceID, e.TxnID = true, *dev, *txn
 			}

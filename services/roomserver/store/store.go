@@ -124,7 +124,7 @@ func (s *Store) BeginRoom(ctx context.Context, roomID string, txn *TxnKey) (*Tx,
 	// A LEFT JOIN from one row: the NID comes back even when the room
 	// does not exist (all its columns NULL then).
 	b.Queue(`SELECT `+nextNIDExpr+`, r.room_nid, r.room_id, r.room_version, r.state_snapshot_nid,
-			r.forward_extremities, r.depth,
+			r.forward_extremities, r.depth, r.stub,
 			(SELECT t.event_id FROM transactions t
 				WHERE t.room_nid = r.room_nid AND t.sender = $2 AND t.device_id = $3 AND t.txn_id = $4)
 		FROM (VALUES (1)) AS one LEFT JOIN rooms r ON r.room_id = $1`,
@@ -133,14 +133,15 @@ func (s *Store) BeginRoom(ctx context.Context, roomID string, txn *TxnKey) (*Tx,
 		var id, version, txnEvent *string
 		var snapshot, depth *int64
 		var ext []int64
-		if err := row.Scan(&t.reservedNID, &nid, &id, &version, &snapshot, &ext, &depth, &txnEvent); err != nil {
+		var stub *bool
+		if err := row.Scan(&t.reservedNID, &nid, &id, &version, &snapshot, &ext, &depth, &stub, &txnEvent); err != nil {
 			return err
 		}
 		if nid == nil {
 			t.roomErr = ErrNotFound
 			return nil
 		}
-		t.room = Room{NID: *nid, RoomID: *id, Version: *version, SnapshotNID: *snapshot, Extremities: ext, Depth: *depth}
+		t.room = Room{NID: *nid, RoomID: *id, Version: *version, SnapshotNID: *snapshot, Extremities: ext, Depth: *depth, Stub: *stub}
 		if txnEvent != nil {
 			t.TxnEventID = *txnEvent
 		}
@@ -176,12 +177,21 @@ func (t *Tx) Room(ctx context.Context, roomID string) (Room, error) {
 }
 
 // InsertRoom adds the transaction's room.
-func (t *Tx) InsertRoom(ctx context.Context, roomID, version string) (int64, error) {
-	nid, err := t.Queries.InsertRoom(ctx, roomID, version)
+func (t *Tx) InsertRoom(ctx context.Context, roomID, version string, stub bool) (int64, error) {
+	nid, err := t.Queries.InsertRoom(ctx, roomID, version, stub)
 	if err == nil && roomID == t.roomID {
-		t.room, t.roomErr = Room{NID: nid, RoomID: roomID, Version: version}, nil
+		t.room, t.roomErr = Room{NID: nid, RoomID: roomID, Version: version, Stub: stub}, nil
 	}
 	return nid, err
+}
+
+// QueueClearStub records that the transaction's stub room now has its
+// create event (queued).
+func (t *Tx) QueueClearStub(nid int64) {
+	t.conn.queue("rooms", `UPDATE rooms SET stub = FALSE WHERE room_nid = $1`, nid)
+	if nid == t.room.NID {
+		t.room.Stub = false
+	}
 }
 
 // QueueUpdateRoom sets the room's current state, forward extremities and
@@ -231,9 +241,14 @@ func (t *Tx) QueueOutbox(entries []OutboxEntry) {
 		if e.RemovedStateNIDs == nil {
 			e.RemovedStateNIDs = []int64{}
 		}
-		t.conn.queue("outbox", `INSERT INTO outbox (room_nid, event_nid, added_state_nids, removed_state_nids, txn_device_id, txn_id)
-			VALUES ($1, $2, $3, $4, $5, $6)`,
-			e.RoomNID, e.EventNID, e.AddedStateNIDs, e.RemovedStateNIDs, dev, txn)
+		var stripped *string
+		if e.StrippedState != "" {
+			stripped = &e.StrippedState
+		}
+		t.conn.queue("outbox", `INSERT INTO outbox (room_nid, event_nid, added_state_nids, removed_state_nids, txn_device_id, txn_id,
+				kind, stripped_state)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+			e.RoomNID, e.EventNID, e.AddedStateNIDs, e.RemovedStateNIDs, dev, txn, e.Kind, stripped)
 	}
 }
 

@@ -54,7 +54,12 @@ func ParseStreamToken(s string) (StreamToken, error) {
 		return StreamToken{}, fmt.Errorf("%w: %q", ErrInvalidToken, s)
 	}
 	parts := strings.Split(body, "_")
-	pos, ok := parsePosition(parts[0])
+	// The event position may be negative: backfilled history sits before
+	// every room's first event (store/outofroom.go).
+	pos, ok := parsePosition(strings.TrimPrefix(parts[0], "-"))
+	if strings.HasPrefix(parts[0], "-") {
+		pos = -pos
+	}
 	if !ok {
 		return StreamToken{}, fmt.Errorf("%w: %q", ErrInvalidToken, s)
 	}

@@ -58,7 +58,11 @@ func TestStreamToken(t *testing.T) {
 		{in: "", fail: true},
 		{in: "42", fail: true},
 		{in: "s", fail: true},
-		{in: "s-1", fail: true},
+		// Negative event positions are backfilled history (outofroom.go).
+		{in: "s-1", pos: -1},
+		{in: "s--1", fail: true},
+		{in: "s-+1", fail: true},
+		{in: "s1_e-1", fail: true},
 		{in: "s+1", fail: true},
 		{in: "sabc", fail: true},
 		{in: "t12", fail: true},

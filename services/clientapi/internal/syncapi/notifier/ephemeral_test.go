@@ -18,7 +18,7 @@ import (
 // once.
 func TestNotifierEphemeralWakeups(t *testing.T) {
 	const room = "!r:example.test"
-	n := New(map[string][]string{room: {"@alice:x", "@bob:x"}}, nil, zap.NewNop())
+	n := New(map[string][]string{room: {"@alice:x", "@bob:x"}}, nil, nil, zap.NewNop())
 	ctx := context.Background()
 	start := func(u string, afterE int64) chan struct{} {
 		ch := make(chan struct{})
@@ -79,7 +79,7 @@ func TestNotifierEphemeralWakeups(t *testing.T) {
 // and left (userRooms follows joined).
 func TestNotifierJoinAndSharingWakeups(t *testing.T) {
 	const r1, r2 = "!r1:x", "!r2:x"
-	n := New(map[string][]string{r1: {"@alice:x", "@bob:x"}, r2: {"@carol:x"}}, nil, zap.NewNop())
+	n := New(map[string][]string{r1: {"@alice:x", "@bob:x"}, r2: {"@carol:x"}}, nil, nil, zap.NewNop())
 	ctx := context.Background()
 	// Waits on ephemeral data only: no room position can pass 1<<40.
 	start := func(u string, afterE int64) chan struct{} {

@@ -16,6 +16,8 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -53,14 +55,19 @@ type Notifier struct {
 	closed      bool
 	// hasEvent asks the store whether the copy has an event (AwaitStored).
 	hasEvent func(ctx context.Context, eventID string) (bool, error)
-	log      *zap.Logger
+	// conn is this replica's NATS connection: while it is down the copy
+	// cannot get new events (AwaitStored).
+	conn *nats.Conn
+	log  *zap.Logger
 }
 
 // New returns a notifier that knows the rooms' joined members (room ID
-// to users), asks hasEvent whether the copy has an event, and logs to log.
-func New(joined map[string][]string, hasEvent func(ctx context.Context, eventID string) (bool, error), log *zap.Logger) *Notifier {
+// to users), asks hasEvent whether the copy has an event, watches conn
+// (the replica's NATS connection) while writes wait, and logs to log.
+func New(joined map[string][]string, hasEvent func(ctx context.Context, eventID string) (bool, error), conn *nats.Conn, log *zap.Logger) *Notifier {
 	n := &Notifier{
 		hasEvent:    hasEvent,
+		conn:        conn,
 		log:         log,
 		joined:      map[string]map[string]struct{}{},
 		userRooms:   map[string]map[string]struct{}{},

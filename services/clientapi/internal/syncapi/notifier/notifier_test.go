@@ -14,7 +14,7 @@ import (
 
 func TestNotifierWakesOnlyAffectedUsers(t *testing.T) {
 	const room = "!r:example.test"
-	n := New(map[string][]string{room: {"@alice:x"}}, nil, zap.NewNop())
+	n := New(map[string][]string{room: {"@alice:x"}}, nil, nil, zap.NewNop())
 	ctx := context.Background()
 
 	woke := map[string]chan struct{}{}
@@ -61,7 +61,7 @@ func TestNotifierWakesOnlyAffectedUsers(t *testing.T) {
 }
 
 func TestNotifierWake(t *testing.T) {
-	n := New(nil, nil, zap.NewNop())
+	n := New(nil, nil, nil, zap.NewNop())
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	seen := n.WakeCount("@a:x")

@@ -23,7 +23,7 @@ func (n *Notifier) roomWaiting(room string) bool {
 // an event in the room it waits on, and only by that room.
 func TestNotifierWakesRoomWaiters(t *testing.T) {
 	const room, other = "!peek:example.test", "!other:example.test"
-	n := New(nil, nil, zap.NewNop())
+	n := New(nil, nil, nil, zap.NewNop())
 	done := make(chan struct{})
 	go func() { n.WaitRoom(context.Background(), room, 0); close(done) }()
 	testkit.Eventually(t, 10*time.Second, func() error {

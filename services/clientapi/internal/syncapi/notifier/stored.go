@@ -2,9 +2,13 @@ package notifier
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/myelin-chat/myelin/pkg/bus"
+	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 )
 
 // Read your own writes. The room-server commits an event before SendEvent
@@ -27,7 +31,8 @@ const StoredRecheck = time.Second
 
 // AwaitStored waits until the event is in the client-API's copy (stored
 // by any replica: the wake bus carries event IDs), StoredWaitLimit passes,
-// or ctx ends.
+// or ctx ends. It fails with 503 when the copy cannot get the event now:
+// this replica's NATS connection is down, or goes down while it waits.
 //
 // fresh says the event was committed by the call that just returned, so
 // it can only have been stored since that call started: then it is among
@@ -36,25 +41,30 @@ const StoredRecheck = time.Second
 // or another replica's wake message was lost: the bus is at most once)
 // is the database asked. An older event (a repeated transaction ID) is
 // looked up at once. The common case thus costs no query.
-func (n *Notifier) AwaitStored(ctx context.Context, eventID string, fresh bool) {
+func (n *Notifier) AwaitStored(ctx context.Context, eventID string, fresh bool) error {
 	if eventID == "" {
-		return
+		return nil
 	}
 	n.mu.Lock()
 	if fresh && n.recent.has(eventID) {
 		n.mu.Unlock()
-		return
+		return nil
 	}
 	ch := n.stored.add(eventID)
 	n.mu.Unlock()
 	waitCtx, cancel := context.WithTimeout(ctx, StoredWaitLimit)
 	defer cancel()
+	if n.conn != nil {
+		var stopWatch func()
+		waitCtx, stopWatch = bus.WhileConnected(waitCtx, n.conn)
+		defer stopWatch()
+	}
 	if fresh {
 		recheck := time.NewTimer(StoredRecheck)
 		select {
 		case <-ch:
 			recheck.Stop()
-			return
+			return nil
 		case <-recheck.C:
 		case <-waitCtx.Done():
 		case <-n.done:
@@ -65,11 +75,16 @@ func (n *Notifier) AwaitStored(ctx context.Context, eventID string, fresh bool) 
 		n.mu.Lock()
 		n.stored.remove(eventID, ch)
 		n.mu.Unlock()
-		return
+		return nil
 	}
 	if !n.block(waitCtx, n.stored, eventID, ch) && ctx.Err() == nil && waitCtx.Err() != nil {
+		if errors.Is(context.Cause(waitCtx), bus.ErrDisconnected) {
+			n.log.Warn("write committed but not readable: NATS is unreachable", zap.String("event_id", eventID))
+			return matrixhttp.Unavailable("The event was accepted but cannot be delivered while the event bus is unreachable; retry later (a send retried with the same transaction ID is not sent twice)")
+		}
 		n.log.Warn("write returned before the client-API stored its event", zap.String("event_id", eventID))
 	}
+	return nil
 }
 
 // recentStoredCap is how many stored event IDs the notifier remembers:

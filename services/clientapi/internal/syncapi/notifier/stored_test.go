@@ -41,7 +41,7 @@ func TestRecentIDs(t *testing.T) {
 // releases its write at once, without a database lookup (the notifier here
 // has no store: a lookup would panic) and without leaving a waiter.
 func TestAwaitStoredRecent(t *testing.T) {
-	n := New(nil, nil, zap.NewNop())
+	n := New(nil, nil, nil, zap.NewNop())
 	n.Committed([]store.Applied{{Pos: 1, Event: store.Event{EventID: "$stored", RoomID: "!r:x", Type: "m.room.message"}}})
 	n.AwaitStored(context.Background(), "$stored", true)
 	n.mu.Lock()
