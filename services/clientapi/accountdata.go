@@ -10,6 +10,7 @@ import (
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/push"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -117,8 +118,8 @@ func (s *Service) getAccountData(r *http.Request, dev *httpapi.Device, perRoom b
 	if err != nil {
 		return nil, err
 	}
-	if roomID == "" && typ == pushRulesType {
-		content, err := s.pushRulesContent(r.Context(), dev.UserID)
+	if roomID == "" && typ == push.RulesType {
+		content, err := s.push.RulesContent(r.Context(), dev.UserID)
 		return json.RawMessage(content), err
 	}
 	if roomID != "" && typ == "m.fully_read" {
@@ -268,7 +269,7 @@ func (s *Service) syncAccountData(ctx context.Context, userID string, since int6
 			return 0, err
 		}
 		if e.RoomID == "" {
-			havePushRules = havePushRules || e.Type == pushRulesType
+			havePushRules = havePushRules || e.Type == push.RulesType
 			resp.AccountData.Events = append(resp.AccountData.Events, ev)
 			continue
 		}
@@ -285,11 +286,11 @@ func (s *Service) syncAccountData(ctx context.Context, userID string, since int6
 		}
 	}
 	if initial && !havePushRules {
-		content, err := s.pushRulesContent(ctx, userID)
+		content, err := s.push.RulesContent(ctx, userID)
 		if err != nil {
 			return 0, err
 		}
-		ev, err := json.Marshal(map[string]any{"type": pushRulesType, "content": json.RawMessage(content)})
+		ev, err := json.Marshal(map[string]any{"type": push.RulesType, "content": json.RawMessage(content)})
 		if err != nil {
 			return 0, err
 		}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/ratelimit"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/push"
 )
 
 // Config is the client-API's own configuration (root key: client_api).
@@ -69,30 +70,10 @@ type TurnConfig struct {
 	UserLifetime time.Duration `yaml:"user_lifetime"`
 }
 
-// PushConfig configures the receipt copy that resets unread counts and
-// the delivery of HTTP pushers.
-type PushConfig struct {
-	// ReceiptsConsumerName is the durable JetStream consumer of the
-	// presence service's receipt changes (resets unread counts).
-	ReceiptsConsumerName string `yaml:"receipts_consumer_name"`
-	// InitialBackoff is the wait after a failed push gateway request; it
-	// doubles after each further failure, up to MaxBackoff.
-	InitialBackoff time.Duration `yaml:"initial_backoff"`
-	MaxBackoff     time.Duration `yaml:"max_backoff"`
-	// MaxAttempts bounds the requests for one notification; after the
-	// last failure the pusher skips it.
-	MaxAttempts int `yaml:"max_attempts"`
-	// RequestTimeout bounds one push gateway request.
-	RequestTimeout time.Duration `yaml:"request_timeout"`
-	// NotificationRetention is how long a notification is kept (GET
-	// /notifications, pushers that are behind), by its event's
-	// origin_server_ts; 0 keeps them forever. Unread counts are kept
-	// apart and do not shrink when old notifications go.
-	NotificationRetention time.Duration `yaml:"notification_retention"`
-	// PruneInterval is how often the consumer-lock holder deletes
-	// notifications past the retention.
-	PruneInterval time.Duration `yaml:"prune_interval"`
-}
+// PushConfig configures the receipt copy that resets unread counts, the
+// retention of notifications and the delivery of HTTP pushers
+// (internal/push).
+type PushConfig = push.Config
 
 // RateLimitConfig configures the token-bucket rate limiter (the HTTP
 // edge's, internal/httpapi).

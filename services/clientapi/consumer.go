@@ -75,9 +75,9 @@ func (s *Service) consume(ctx context.Context) error {
 func (s *Service) lead(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.consumeRoomEvents(gctx) })
-	g.Go(func() error { return s.pushers.run(gctx) })
+	g.Go(func() error { return s.pushers.Run(gctx) })
 	if s.cfg.Push.NotificationRetention > 0 {
-		g.Go(func() error { s.pruneNotifications(gctx); return nil })
+		g.Go(func() error { s.push.PruneNotifications(gctx); return nil })
 	}
 	if s.receiptsConsumer != nil {
 		g.Go(func() error { return s.consumePushReceipts(gctx) })
@@ -188,7 +188,7 @@ func (s *Service) storeBatch(ctx context.Context, batch []jetstream.Msg) error {
 		// the pushers.
 		notified = map[string]bool{}
 		eval := func(ctx context.Context, rd store.Reader, a store.Applied, pc store.PushContext) (store.PushOutcome, error) {
-			out, err := s.evaluatePush(ctx, rd, a, pc)
+			out, err := s.push.Evaluate(ctx, rd, a, pc)
 			for _, n := range out.Notifications {
 				notified[n.UserID] = true
 			}
@@ -205,7 +205,7 @@ func (s *Service) storeBatch(ctx context.Context, batch []jetstream.Msg) error {
 	for u := range notified {
 		users = append(users, u)
 	}
-	s.pushers.wake(users...)
+	s.pushers.Wake(users...)
 	if rooms := guestAccessChanged(inputs); len(rooms) > 0 {
 		if err := s.retry(ctx, "remove guests", func() error { return s.removeGuests(ctx, rooms) }); err != nil {
 			return err

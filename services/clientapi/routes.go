@@ -11,7 +11,7 @@ import (
 
 // routes is the client-API's route table.
 func (s *Service) routes() []httpapi.Route {
-	return slices.Concat(s.coreRoutes(), s.history.Routes(), s.ephemeralRoutes(), s.searchRoutes(), s.pushRoutes(), s.keyRoutes(), s.keyBackupRoutes(), s.extraRoutes(), s.moderationRoutes())
+	return slices.Concat(s.coreRoutes(), s.history.Routes(), s.ephemeralRoutes(), s.searchRoutes(), s.push.Routes(), s.keyRoutes(), s.keyBackupRoutes(), s.extraRoutes(), s.moderationRoutes())
 }
 
 // coreRoutes are the routes defined in this file.

@@ -22,6 +22,8 @@ import (
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/history"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/push"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/pushgateway"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/syncapi/notifier"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/wakebus"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
@@ -72,13 +74,10 @@ type Service struct {
 	wakeBus *wakebus.Bus
 	// receiptsConsumer copies read receipts for unread counts (push).
 	receiptsConsumer jetstream.Consumer
-	// pushers delivers notifications to push gateways.
-	pushers *pushDispatcher
-	// pushRules caches users' effective push rules (push_eval.go).
-	pushRules ruleCache
-	// powers caches senders' power levels for push evaluation
-	// (push_eval.go); the room event consumer's goroutine only.
-	powers powerCache
+	// push is the push domain (internal/push).
+	push *push.Service
+	// pushers delivers notifications to push gateways (internal/pushgateway).
+	pushers *pushgateway.Dispatcher
 	// history reads the event copy for clients (internal/history).
 	history *history.Service
 	// now is the clock for token expiry; tests replace it.
@@ -123,7 +122,8 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		st.Close()
 		return nil, err
 	}
-	s.pushers = newPushDispatcher(s)
+	s.push = push.New(cfg.Push, deps.ServerName, st, s.history, s.wakeBus, deps.Logger)
+	s.pushers = pushgateway.New(st, cfg.Push, deps.Logger)
 	if s.consumer, err = s.createConsumer(ctx); err != nil {
 		s.wakeBus.Stop()
 		st.Close()

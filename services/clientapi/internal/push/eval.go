@@ -1,4 +1,4 @@
-package clientapi
+package push
 
 import (
 	"bytes"
@@ -27,30 +27,30 @@ import (
 // levels, push rules, thread) all come from the client-API's own tables as
 // of the event.
 
-// threadMain is the thread ID of the main timeline.
-const threadMain = "main"
+// ThreadMain is the thread ID of the main timeline.
+const ThreadMain = "main"
 
 // evaluatePush evaluates a newly stored event for its recipients; pc (the
 // room's members, their rules' positions and power levels) was read with
 // the event's storage.
-func (s *Service) evaluatePush(ctx context.Context, rd store.Reader, a store.Applied, pc store.PushContext) (store.PushOutcome, error) {
+func (s *Service) Evaluate(ctx context.Context, rd store.Reader, a store.Applied, pc store.PushContext) (store.PushOutcome, error) {
 	var out store.PushOutcome
 	ev := a.Event
 	thread := pc.Thread
 	if thread == "" {
-		thread = threadMain
+		thread = ThreadMain
 	}
-	if s.isLocal(ev.Sender) {
+	if s.IsLocal(ev.Sender) {
 		out.OwnRead = &store.OwnRead{UserID: ev.Sender, RoomID: ev.RoomID, ThreadID: thread}
 	}
 	invited := ""
 	if ev.Type == spec.MRoomMember && ev.Membership == store.MembershipInvite && ev.StateKey != nil &&
-		*ev.StateKey != ev.Sender && s.isLocal(*ev.StateKey) {
+		*ev.StateKey != ev.Sender && s.IsLocal(*ev.StateKey) {
 		invited = *ev.StateKey
 	}
 	recipients := make([]string, 0, len(pc.Members)+1)
 	for _, u := range pc.Members {
-		if u != ev.Sender && s.isLocal(u) {
+		if u != ev.Sender && s.IsLocal(u) {
 			recipients = append(recipients, u)
 		}
 	}
@@ -117,7 +117,7 @@ func (s *Service) rulesOf(ctx context.Context, rd store.Reader, users []string, 
 	if len(missing) == 0 {
 		return out, nil
 	}
-	stored, err := rd.GlobalAccountData(ctx, missing, pushRulesType)
+	stored, err := rd.GlobalAccountData(ctx, missing, RulesType)
 	if err != nil {
 		return nil, err
 	}
@@ -132,7 +132,7 @@ func (s *Service) rulesOf(ctx context.Context, rd store.Reader, users []string, 
 }
 
 // isLocal reports whether a user ID belongs to this server.
-func (s *Service) isLocal(userID string) bool {
+func (s *Service) IsLocal(userID string) bool {
 	return strings.HasSuffix(userID, ":"+s.serverName)
 }
 

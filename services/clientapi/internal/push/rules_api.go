@@ -1,4 +1,4 @@
-package clientapi
+package push
 
 import (
 	"context"
@@ -19,7 +19,7 @@ import (
 // /sync. Reads merge it with the current server defaults (mergeRules), so
 // a user who never changed a rule gets the defaults.
 
-const pushRulesType = store.PushRulesType
+const RulesType = store.PushRulesType
 
 func (s *Service) pushRuleRoutes() []httpapi.Route {
 	return []httpapi.Route{
@@ -37,7 +37,7 @@ func (s *Service) pushRuleRoutes() []httpapi.Route {
 
 // loadPushRules returns the user's effective rule set.
 func (s *Service) loadPushRules(ctx context.Context, userID string) (pushRuleset, error) {
-	raw, err := s.store.GetAccountData(ctx, userID, "", pushRulesType)
+	raw, err := s.store.GetAccountData(ctx, userID, "", RulesType)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return pushRuleset{}, err
 	}
@@ -46,7 +46,7 @@ func (s *Service) loadPushRules(ctx context.Context, userID string) (pushRuleset
 
 // pushRulesEvent is the m.push_rules content for a user (defaults when
 // they have none stored), for account data reads and initial /sync.
-func (s *Service) pushRulesContent(ctx context.Context, userID string) ([]byte, error) {
+func (s *Service) RulesContent(ctx context.Context, userID string) ([]byte, error) {
 	rs, err := s.loadPushRules(ctx, userID)
 	if err != nil {
 		return nil, err
@@ -58,7 +58,7 @@ func (s *Service) pushRulesContent(ctx context.Context, userID string) ([]byte, 
 // under the user's account data lock (concurrent changes are not lost),
 // then wakes their long polls (m.push_rules is in /sync).
 func (s *Service) modifyPushRules(ctx context.Context, userID string, fn func(rs *pushRuleset) error) error {
-	_, err := s.store.UpdateAccountData(ctx, userID, "", pushRulesType, func(old []byte) ([]byte, error) {
+	_, err := s.store.UpdateAccountData(ctx, userID, "", RulesType, func(old []byte) ([]byte, error) {
 		rs := mergeRules(userID, old)
 		if err := fn(&rs); err != nil {
 			return nil, err
@@ -68,7 +68,7 @@ func (s *Service) modifyPushRules(ctx context.Context, userID string, fn func(rs
 	if err != nil {
 		return err
 	}
-	s.wakeBus.AnnounceWake(userID)
+	s.wake.AnnounceWake(userID)
 	return nil
 }
 

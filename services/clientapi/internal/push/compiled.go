@@ -1,4 +1,4 @@
-package clientapi
+package push
 
 import (
 	"encoding/json"
@@ -205,7 +205,7 @@ func compileRules(rs *pushRuleset) compiledRules {
 				cr.actionsJSON = []byte(`[]`)
 				cr.actions = nil
 			}
-			cr.notify, cr.highlight, _ = pushTweaks(cr.actions)
+			cr.notify, cr.highlight, _ = Tweaks(cr.actions)
 			out = append(out, cr)
 		}
 	}

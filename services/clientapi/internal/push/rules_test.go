@@ -1,4 +1,4 @@
-package clientapi
+package push
 
 import (
 	"encoding/json"
@@ -97,7 +97,7 @@ func TestDefaultRules(t *testing.T) {
 	type outcome struct{ notify, highlight bool }
 	run := func(ev string, room pushRoom) outcome {
 		t.Helper()
-		n, h, _ := pushTweaks(rules.evaluate(mustPushEvent(t, ev), &room))
+		n, h, _ := Tweaks(rules.evaluate(mustPushEvent(t, ev), &room))
 		return outcome{n, h}
 	}
 	group := pushRoom{memberCount: 5, senderLevel: 0, notifyLevels: map[string]int64{}}
@@ -134,7 +134,7 @@ func TestDefaultRules(t *testing.T) {
 		})
 	}
 	// The one-to-one rule carries the default sound.
-	_, _, tweaks := pushTweaks(rules.evaluate(mustPushEvent(t, msg), &dm))
+	_, _, tweaks := Tweaks(rules.evaluate(mustPushEvent(t, msg), &dm))
 	if tweaks["sound"] != "default" {
 		t.Fatalf("one-to-one tweaks %v", tweaks)
 	}

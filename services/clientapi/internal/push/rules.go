@@ -1,4 +1,4 @@
-package clientapi
+package push
 
 import (
 	"bytes"
@@ -386,9 +386,9 @@ func (rs *pushRuleset) evaluate(ev *pushEvent, room *pushRoom) []json.RawMessage
 	return nil
 }
 
-// pushTweaks reads the actions: whether they notify, whether they
+// Tweaks reads the actions: whether they notify, whether they
 // highlight, and the tweaks for the push gateway.
-func pushTweaks(acts []json.RawMessage) (notify, highlight bool, tweaks map[string]any) {
+func Tweaks(acts []json.RawMessage) (notify, highlight bool, tweaks map[string]any) {
 	tweaks = map[string]any{}
 	for _, a := range acts {
 		var s string
