@@ -11,6 +11,7 @@ import (
 	"github.com/myelin-chat/myelin/pkg/ratelimit"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/push"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/users"
 )
 
 // Config is the client-API's own configuration (root key: client_api).
@@ -42,33 +43,28 @@ type Config struct {
 	Support SupportConfig `yaml:"support"`
 }
 
-// SupportConfig is the server's contact information for users.
-type SupportConfig struct {
-	Contacts []SupportContact `yaml:"contacts"`
-	// SupportPage is a URL of a page with support information.
-	SupportPage string `yaml:"support_page"`
-}
+// SupportConfig is the server's contact information for users
+// (internal/users).
+type SupportConfig = users.SupportConfig
 
-// SupportContact is one admin contact: a role (m.role.admin,
-// m.role.security or a namespaced one) and a Matrix ID or an email
-// address.
-type SupportContact struct {
-	Role     string `yaml:"role"`
-	MatrixID string `yaml:"matrix_id"`
-	Email    string `yaml:"email_address"`
-}
+// SupportContact is one admin contact (internal/users).
+type SupportContact = users.SupportContact
 
-// TurnConfig gives clients credentials for a TURN server that shares a
-// secret with the homeserver (coturn's use-auth-secret).
-type TurnConfig struct {
-	// URIs are the TURN server's URIs ("turn:turn.example.com:3478?transport=udp");
-	// none turns the endpoint off ({}).
-	URIs []string `yaml:"uris"`
-	// SharedSecret is coturn's static-auth-secret.
-	SharedSecret string `yaml:"shared_secret"`
-	// UserLifetime is how long issued credentials last.
-	UserLifetime time.Duration `yaml:"user_lifetime"`
-}
+// TurnConfig gives clients credentials for a TURN server (internal/users).
+type TurnConfig = users.TurnConfig
+
+// RegistrationConfig is client_api.registration (internal/users).
+type RegistrationConfig = users.RegistrationConfig
+
+// Registration modes (client_api.registration.mode).
+const (
+	RegistrationOpen   = users.RegistrationOpen
+	RegistrationToken  = users.RegistrationToken
+	RegistrationClosed = users.RegistrationClosed
+)
+
+// DefaultRegistrationConfig: open registration, no guests, no shared secret.
+func DefaultRegistrationConfig() RegistrationConfig { return users.DefaultRegistrationConfig() }
 
 // PushConfig configures the receipt copy that resets unread counts, the
 // retention of notifications and the delivery of HTTP pushers
@@ -157,7 +153,7 @@ func (c Config) Validate() error {
 			}
 		}
 	}
-	errs = append(errs, c.Registration.validate()...)
+	errs = append(errs, c.Registration.Validate()...)
 	if c.Sync.DefaultTimelineLimit < 1 || c.Sync.MaxTimelineLimit < c.Sync.DefaultTimelineLimit {
 		errs = append(errs, errors.New("sync: need 1 <= default_timeline_limit <= max_timeline_limit"))
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/myelin-chat/myelin/pkg/bus"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/users"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -201,13 +202,13 @@ func (s *Service) storeBatch(ctx context.Context, batch []jetstream.Msg) error {
 		return err
 	}
 	s.wakeBus.AnnounceCommitted(applied)
-	users := make([]string, 0, len(notified))
+	notifiedUsers := make([]string, 0, len(notified))
 	for u := range notified {
-		users = append(users, u)
+		notifiedUsers = append(notifiedUsers, u)
 	}
-	s.pushers.Wake(users...)
-	if rooms := guestAccessChanged(inputs); len(rooms) > 0 {
-		if err := s.retry(ctx, "remove guests", func() error { return s.removeGuests(ctx, rooms) }); err != nil {
+	s.pushers.Wake(notifiedUsers...)
+	if rooms := users.GuestAccessChanged(inputs); len(rooms) > 0 {
+		if err := s.retry(ctx, "remove guests", func() error { return s.users.Profiles.RemoveGuests(ctx, rooms) }); err != nil {
 			return err
 		}
 	}

@@ -28,6 +28,7 @@ import (
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/users"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -319,7 +320,7 @@ func (s *Service) keysChanges(r *http.Request, dev *httpapi.Device) (any, error)
 // repeats the stored keys exactly (so a lost answer can be retried): the
 // key-server decides, and stores nothing until the UIA is done.
 func (s *Service) uploadCrossSigning(r *http.Request, dev *httpapi.Device) (any, error) {
-	var auth *authData
+	var auth *users.AuthData
 	raw, err := httpapi.ReadObject(r, httpapi.BodyRequired)
 	if err != nil {
 		return nil, err
@@ -329,7 +330,7 @@ func (s *Service) uploadCrossSigning(r *http.Request, dev *httpapi.Device) (any,
 		return nil, matrixhttp.NotJSON("Body is not a JSON object")
 	}
 	if a, ok := fields["auth"]; ok && string(a) != "null" {
-		auth = &authData{}
+		auth = &users.AuthData{}
 		if err := json.Unmarshal(a, auth); err != nil {
 			return nil, matrixhttp.BadJSON("auth is not an object")
 		}
@@ -344,7 +345,7 @@ func (s *Service) uploadCrossSigning(r *http.Request, dev *httpapi.Device) (any,
 	if !resp.GetAuthRequired() {
 		return struct{}{}, nil
 	}
-	sess, err := s.runUIA(ctx, purposeCrossSigning, dev.UserID, auth)
+	sess, err := s.users.Accounts.RunUIA(ctx, users.PurposeCrossSigning, dev.UserID, auth)
 	if err != nil {
 		return nil, err
 	}
@@ -352,7 +353,7 @@ func (s *Service) uploadCrossSigning(r *http.Request, dev *httpapi.Device) (any,
 	if _, err := s.e2e.UploadCrossSigningKeys(ctx, req); err != nil {
 		return nil, s.keysError(ctx, "UploadCrossSigningKeys", err)
 	}
-	if err := s.finishUIA(ctx, sess); err != nil && !errors.Is(err, store.ErrNotFound) {
+	if err := s.users.Accounts.FinishUIA(ctx, sess); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return nil, err
 	}
 	return struct{}{}, nil

@@ -5,13 +5,9 @@ package clientapi
 // /v1/room_summary/{roomIdOrAlias} (hierarchy.go).
 
 import (
-	"crypto/hmac"
-	"crypto/sha1"
-	"encoding/base64"
 	"encoding/json"
 	"net/http"
 	"strconv"
-	"time"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
@@ -23,7 +19,6 @@ func (s *Service) extraRoutes() []httpapi.Route {
 	return []httpapi.Route{
 		{Method: http.MethodGet, Path: "/_matrix/client/v1/rooms/{roomId}/timestamp_to_event", Abs: true, Auth: true, Serve: s.timestampToEvent},
 		{Method: http.MethodGet, Path: "/_matrix/client/v1/mutual_rooms", Abs: true, Auth: true, Serve: s.mutualRooms},
-		{Method: http.MethodGet, Path: "/voip/turnServer", Auth: true, Serve: s.turnServer},
 		{Method: http.MethodGet, Path: "/_matrix/client/v1/room_summary/{roomIdOrAlias}", Abs: true, OptionalAuth: true, Serve: s.roomSummary},
 	}
 }
@@ -152,25 +147,4 @@ func (s *Service) mutualRooms(r *http.Request, dev *httpapi.Device) (any, error)
 		rooms = []string{}
 	}
 	return map[string]any{"joined": rooms, "count": len(rooms)}, nil
-}
-
-// turnServer is GET /voip/turnServer: time-limited TURN credentials in the
-// TURN REST API form that coturn's use-auth-secret accepts (username
-// "<expiry>:<user ID>", password base64(HMAC-SHA1(secret, username))), as
-// Synapse issues them. Without turn.uris it answers {}.
-func (s *Service) turnServer(_ *http.Request, dev *httpapi.Device) (any, error) {
-	cfg := s.cfg.Turn
-	if len(cfg.URIs) == 0 || cfg.SharedSecret == "" {
-		return struct{}{}, nil
-	}
-	expiry := s.now().Add(cfg.UserLifetime).Unix()
-	username := strconv.FormatInt(expiry, 10) + ":" + dev.UserID
-	mac := hmac.New(sha1.New, []byte(cfg.SharedSecret))
-	mac.Write([]byte(username))
-	return map[string]any{
-		"username": username,
-		"password": base64.StdEncoding.EncodeToString(mac.Sum(nil)),
-		"uris":     cfg.URIs,
-		"ttl":      int64(cfg.UserLifetime / time.Second),
-	}, nil
 }

@@ -42,7 +42,7 @@ func (h *userHandler) Authenticate(ctx context.Context, req *clientapiv1.Authent
 	if req.GetAccessToken() == "" {
 		return nil, status.Error(codes.InvalidArgument, "access_token is empty")
 	}
-	dev, expired, err := h.svc.LookupAccessToken(ctx, req.GetAccessToken())
+	dev, expired, err := h.svc.users.Accounts.LookupAccessToken(ctx, req.GetAccessToken())
 	if errors.Is(err, httpapi.ErrUnknownToken) {
 		return nil, status.Error(codes.Unauthenticated, "unknown access token")
 	}

@@ -38,7 +38,7 @@ const keyOutboxRequestTimeout = 3 * time.Second
 // keyOutboxRequestTimeout, also when its client hung up). A failure is
 // logged and left to keyBridge.retryLoop: the device change itself is
 // done.
-func (k *keyBridge) sendForRequest(ctx context.Context, userID string) {
+func (k *keyBridge) SendForRequest(ctx context.Context, userID string) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), keyOutboxRequestTimeout)
 	defer cancel()
 	k.sendQueued(ctx, userID)

@@ -223,7 +223,7 @@ func (s *Service) renderReport(r *http.Request, rep store.Report) (eventReport, 
 // listEventReports is GET /_synapse/admin/v1/event_reports (from, limit,
 // dir, user_id, room_id, event_sender_user_id), admins only.
 func (s *Service) listEventReports(r *http.Request, dev *httpapi.Device) (any, error) {
-	if err := requireAdmin(dev); err != nil {
+	if err := httpapi.RequireAdmin(dev); err != nil {
 		return nil, err
 	}
 	q := r.URL.Query()
@@ -285,7 +285,7 @@ func reportIDParam(r *http.Request) (int64, error) {
 // getEventReport is GET /_synapse/admin/v1/event_reports/{reportId}: the
 // report with the event as the room-server holds it (redacted if it was).
 func (s *Service) getEventReport(r *http.Request, dev *httpapi.Device) (any, error) {
-	if err := requireAdmin(dev); err != nil {
+	if err := httpapi.RequireAdmin(dev); err != nil {
 		return nil, err
 	}
 	id, err := reportIDParam(r)
@@ -314,7 +314,7 @@ func (s *Service) getEventReport(r *http.Request, dev *httpapi.Device) (any, err
 
 // deleteEventReport is DELETE /_synapse/admin/v1/event_reports/{reportId}.
 func (s *Service) deleteEventReport(r *http.Request, dev *httpapi.Device) (any, error) {
-	if err := requireAdmin(dev); err != nil {
+	if err := httpapi.RequireAdmin(dev); err != nil {
 		return nil, err
 	}
 	id, err := reportIDParam(r)

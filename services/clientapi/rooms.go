@@ -363,7 +363,7 @@ func (s *Service) createRoom(r *http.Request, dev *httpapi.Device) (any, error) 
 		return nil, err
 	}
 	ctx := r.Context()
-	if err := s.addProfileToCreatorJoin(ctx, dev.UserID, plan.Events); err != nil {
+	if err := s.users.Profiles.AddProfileToCreatorJoin(ctx, dev.UserID, plan.Events); err != nil {
 		return nil, err
 	}
 	if plan.Alias != "" {
@@ -420,7 +420,7 @@ func (s *Service) setMembership(r *http.Request, dev *httpapi.Device, roomID, ta
 	if reason != "" {
 		content["reason"] = reason
 	}
-	if err := s.beforeOwnMembership(r.Context(), dev, roomID, target, membership, content); err != nil {
+	if err := s.users.Profiles.BeforeOwnMembership(r.Context(), dev, roomID, target, membership, content); err != nil {
 		return err
 	}
 	raw, err := json.Marshal(content)

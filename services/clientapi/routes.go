@@ -7,30 +7,17 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/users"
 )
 
 // routes is the client-API's route table.
 func (s *Service) routes() []httpapi.Route {
-	return slices.Concat(s.coreRoutes(), s.history.Routes(), s.ephemeralRoutes(), s.searchRoutes(), s.push.Routes(), s.keyRoutes(), s.keyBackupRoutes(), s.extraRoutes(), s.moderationRoutes())
+	return slices.Concat(s.coreRoutes(), s.history.Routes(), s.ephemeralRoutes(), s.searchRoutes(), s.push.Routes(), s.keyRoutes(), s.keyBackupRoutes(), s.extraRoutes(), s.users.Routes())
 }
 
 // coreRoutes are the routes defined in this file.
 func (s *Service) coreRoutes() []httpapi.Route {
 	return []httpapi.Route{
-		// Discovery.
-		{Method: http.MethodGet, Path: "/_matrix/client/versions", Abs: true, Serve: s.versions},
-		{Method: http.MethodGet, Path: "/.well-known/matrix/client", Abs: true, Serve: s.wellKnown},
-		{Method: http.MethodGet, Path: "/capabilities", Auth: true, Serve: s.capabilities},
-
-		// Accounts.
-		{Method: http.MethodPost, Path: "/register", Limit: httpapi.LimitRegister, Serve: s.register},
-		{Method: http.MethodGet, Path: "/register/available", Limit: httpapi.LimitRegister, Serve: s.registerAvailable},
-		{Method: http.MethodGet, Path: "/login", Serve: s.loginFlows},
-		{Method: http.MethodPost, Path: "/login", Limit: httpapi.LimitLogin, Serve: s.login},
-		{Method: http.MethodPost, Path: "/logout", Auth: true, Serve: s.logout},
-		{Method: http.MethodPost, Path: "/logout/all", Auth: true, Serve: s.logoutAll},
-		{Method: http.MethodGet, Path: "/account/whoami", Auth: true, Serve: s.whoami},
-
 		// Rooms.
 		{Method: http.MethodPost, Path: "/createRoom", Auth: true, Limit: httpapi.LimitCreateRoom, Serve: s.createRoom},
 		{Method: http.MethodPost, Path: "/join/{roomIdOrAlias}", Auth: true, Serve: s.joinRoomIDOrAlias},
@@ -71,8 +58,6 @@ func (s *Service) coreRoutes() []httpapi.Route {
 
 		// Sync.
 		{Method: http.MethodGet, Path: "/sync", Auth: true, Serve: s.sync},
-		{Method: http.MethodPost, Path: "/user/{userId}/filter", Auth: true, Serve: s.createFilter},
-		{Method: http.MethodGet, Path: "/user/{userId}/filter/{filterId}", Auth: true, Serve: s.getFilter},
 		{Method: http.MethodPut, Path: "/sendToDevice/{eventType}/{txnId}", Auth: true, Serve: s.sendToDevice},
 	}
 }
@@ -80,6 +65,6 @@ func (s *Service) coreRoutes() []httpapi.Route {
 // RegisterHTTP mounts the client-server API on r (through the HTTP edge,
 // internal/httpapi).
 func (s *Service) RegisterHTTP(r chi.Router) {
-	s.http.Mount(r, append(s.routes(), s.accountRoutes()...), s.mountFallbackPages,
-		"/_matrix/client/*", "/.well-known/matrix/client", "/.well-known/matrix/support", "/_synapse/admin/*", loginFallbackPath)
+	s.http.Mount(r, s.routes(), s.users.Accounts.MountFallbackPages,
+		"/_matrix/client/*", "/.well-known/matrix/client", "/.well-known/matrix/support", "/_synapse/admin/*", users.LoginFallbackPath)
 }

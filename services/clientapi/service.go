@@ -25,6 +25,7 @@ import (
 	"github.com/myelin-chat/myelin/services/clientapi/internal/push"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/pushgateway"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/syncapi/notifier"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/users"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/wakebus"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
@@ -80,6 +81,8 @@ type Service struct {
 	pushers *pushgateway.Dispatcher
 	// history reads the event copy for clients (internal/history).
 	history *history.Service
+	// users is the users domain (internal/users).
+	users *users.Service
 	// now is the clock for token expiry; tests replace it.
 	now func() time.Time
 }
@@ -111,7 +114,6 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		now:        time.Now,
 	}
 	s.history = history.New(st, deps.RoomServer, deps.Logger)
-	s.http = httpapi.NewServer(deps.Logger, s, cfg.RateLimit, time.Now)
 	members, err := st.JoinedMembers(ctx)
 	if err != nil {
 		st.Close()
@@ -124,12 +126,22 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	}
 	s.push = push.New(cfg.Push, deps.ServerName, st, s.history, s.wakeBus, deps.Logger)
 	s.pushers = pushgateway.New(st, cfg.Push, deps.Logger)
+	s.keys = &keyBridge{e2e: deps.E2EKeys, store: st, log: deps.Logger, notifier: s.notifier}
+	s.users = users.New(users.Deps{
+		Config: users.Config{
+			Registration: cfg.Registration, PublicBaseURL: cfg.PublicBaseURL, DefaultRoomVersion: cfg.DefaultRoomVersion,
+			RateLimit: cfg.RateLimit, Turn: cfg.Turn, Support: cfg.Support,
+		},
+		ServerName: deps.ServerName, Store: st, Rooms: deps.RoomServer, Presence: deps.Presence, Log: deps.Logger,
+		Now:           func() time.Time { return s.now() },
+		DeviceChanges: s.keys, Wake: s.wakeBus, PushRules: s.push, Erasures: s.history, Members: s.notifier,
+	})
+	s.http = httpapi.NewServer(deps.Logger, s.users.Accounts, cfg.RateLimit, time.Now)
 	if s.consumer, err = s.createConsumer(ctx); err != nil {
 		s.wakeBus.Stop()
 		st.Close()
 		return nil, err
 	}
-	s.keys = &keyBridge{e2e: deps.E2EKeys, store: st, log: deps.Logger, notifier: s.notifier}
 	if err := s.keys.dropEmptyTables(ctx); err != nil {
 		s.wakeBus.Stop()
 		st.Close()

@@ -3,7 +3,10 @@ package clientapi
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
@@ -583,4 +586,31 @@ func toSummary(rs store.RoomSummary) roomSummary {
 		sum.Heroes = rs.Heroes
 	}
 	return sum
+}
+
+// syncFilterParam resolves /sync's filter parameter: inline JSON when it
+// starts with '{', otherwise a filter ID of the caller.
+func (s *Service) syncFilterParam(r *http.Request, dev *httpapi.Device) (clientevent.Filter, error) {
+	v := r.URL.Query().Get("filter")
+	if v == "" {
+		return clientevent.Filter{}, nil
+	}
+	if strings.HasPrefix(strings.TrimSpace(v), "{") {
+		if !json.Valid([]byte(v)) {
+			return clientevent.Filter{}, matrixhttp.NotJSON("Filter is not valid JSON")
+		}
+		return clientevent.ParseFilter([]byte(v))
+	}
+	id, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		return clientevent.Filter{}, matrixhttp.InvalidParam("Unknown filter")
+	}
+	raw, err := s.store.Filter(r.Context(), dev.UserID, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return clientevent.Filter{}, matrixhttp.InvalidParam("Unknown filter")
+	}
+	if err != nil {
+		return clientevent.Filter{}, err
+	}
+	return clientevent.ParseFilter(raw)
 }

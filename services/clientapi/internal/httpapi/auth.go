@@ -68,3 +68,11 @@ func (s *Server) Authenticate(r *http.Request) (*Device, error) {
 	}
 	return dev, nil
 }
+
+// RequireAdmin refuses callers who are not server admins (403 M_FORBIDDEN).
+func RequireAdmin(dev *Device) error {
+	if !dev.IsAdmin {
+		return matrixhttp.Forbidden("You are not a server admin")
+	}
+	return nil
+}

@@ -152,9 +152,14 @@ func (s *Server) Handler(rt Route) http.Handler {
 	})
 }
 
-// WriteError writes a handler's error: UIA challenges as 401 bodies,
-// Matrix errors as they are, anything else as a logged M_UNKNOWN.
+// WriteError writes a handler's error (the package function WriteError).
 func (s *Server) WriteError(w http.ResponseWriter, r *http.Request, err error) {
+	WriteError(s.log, w, r, err)
+}
+
+// WriteError writes a handler's error: UIA challenges as 401 bodies,
+// Matrix errors as they are, anything else as M_UNKNOWN, logged to log.
+func WriteError(log *zap.Logger, w http.ResponseWriter, r *http.Request, err error) {
 	var uia *UIAChallenge
 	if errors.As(err, &uia) {
 		matrixhttp.WriteJSON(w, http.StatusUnauthorized, uia.Body())
@@ -163,7 +168,7 @@ func (s *Server) WriteError(w http.ResponseWriter, r *http.Request, err error) {
 	var me *matrixhttp.Error
 	if !errors.As(err, &me) {
 		if r.Context().Err() == nil {
-			s.log.Error("request failed", zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.Error(err))
+			log.Error("request failed", zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.Error(err))
 		}
 	}
 	matrixhttp.WriteError(w, err)

@@ -1,4 +1,4 @@
-package clientapi
+package users
 
 import (
 	"context"
@@ -13,7 +13,7 @@ import (
 
 // registerRequest is the body of POST /register.
 type registerRequest struct {
-	Auth                     *authData `json:"auth"`
+	Auth                     *AuthData `json:"auth"`
 	Username                 string    `json:"username"`
 	Password                 string    `json:"password"`
 	DeviceID                 string    `json:"device_id"`
@@ -38,7 +38,7 @@ type loginResponse struct {
 // register is POST /register: user accounts through user-interactive auth
 // (m.login.dummy when registration is open, m.login.registration_token in
 // token mode), guest accounts without auth when guest access is on.
-func (s *Service) register(r *http.Request, _ *httpapi.Device) (any, error) {
+func (s *Accounts) register(r *http.Request, _ *httpapi.Device) (any, error) {
 	guest := false
 	switch r.URL.Query().Get("kind") {
 	case "", "user":
@@ -89,7 +89,7 @@ func (s *Service) register(r *http.Request, _ *httpapi.Device) (any, error) {
 		}
 		localpart = lp
 	}
-	sess, err := s.runUIA(ctx, purposeRegister, "", req.Auth)
+	sess, err := s.RunUIA(ctx, purposeRegister, "", req.Auth)
 	if err != nil {
 		return nil, err
 	}
@@ -105,7 +105,7 @@ func (s *Service) register(r *http.Request, _ *httpapi.Device) (any, error) {
 // for guests), no password, and always a login on a server-chosen device.
 // The spec has the server ignore every body field but
 // initial_device_display_name.
-func (s *Service) registerGuest(r *http.Request, req registerRequest) (any, error) {
+func (s *Accounts) registerGuest(r *http.Request, req registerRequest) (any, error) {
 	acct := store.NewAccount{Guest: true}
 	return s.createAndLogin(r, acct, true, "", req.InitialDeviceDisplayName, false)
 }
@@ -114,7 +114,7 @@ func (s *Service) registerGuest(r *http.Request, req registerRequest) (any, erro
 // becomes a full account (same user ID, so rooms and history stay), after
 // the same user-interactive auth as a new registration. The spec requires
 // username, set to the guest's localpart.
-func (s *Service) upgradeGuest(r *http.Request, req registerRequest) (any, error) {
+func (s *Accounts) upgradeGuest(r *http.Request, req registerRequest) (any, error) {
 	ctx := r.Context()
 	owner, err := s.store.LookupToken(ctx, hashToken(req.GuestAccessToken))
 	if errors.Is(err, store.ErrNotFound) || (err == nil && !owner.Guest) {
@@ -130,7 +130,7 @@ func (s *Service) upgradeGuest(r *http.Request, req registerRequest) (any, error
 	if strings.ToLower(req.Username) != lp {
 		return nil, matrixhttp.Forbidden("username must be the guest's own localpart")
 	}
-	sess, err := s.runUIA(ctx, purposeRegister, "", req.Auth)
+	sess, err := s.RunUIA(ctx, purposeRegister, "", req.Auth)
 	if err != nil {
 		return nil, err
 	}
@@ -153,7 +153,7 @@ func (s *Service) upgradeGuest(r *http.Request, req registerRequest) (any, error
 
 // createAndLogin creates the account (generating a localpart when empty)
 // and, when login is set, its first device and tokens.
-func (s *Service) createAndLogin(r *http.Request, acct store.NewAccount, login bool, deviceID, deviceName string, refresh bool) (loginResponse, error) {
+func (s *Accounts) createAndLogin(r *http.Request, acct store.NewAccount, login bool, deviceID, deviceName string, refresh bool) (loginResponse, error) {
 	ctx := r.Context()
 	l, toks := s.firstLogin(r, "", login, deviceID, deviceName, refresh)
 	localpart, err := s.createAccount(ctx, acct, l)
@@ -169,7 +169,7 @@ func (s *Service) createAndLogin(r *http.Request, acct store.NewAccount, login b
 
 // firstLogin prepares the login a registration issues (nil when login is
 // false), on deviceID or a new device.
-func (s *Service) firstLogin(r *http.Request, userID string, login bool, deviceID, deviceName string, refresh bool) (*store.Login, issuedTokens) {
+func (s *Accounts) firstLogin(r *http.Request, userID string, login bool, deviceID, deviceName string, refresh bool) (*store.Login, issuedTokens) {
 	if !login {
 		return nil, issuedTokens{}
 	}
@@ -194,7 +194,7 @@ func optionalPasswordHash(password string) (*string, error) {
 
 // createAccount stores the account; an empty localpart is generated
 // (letters and digits for users, digits only for guests).
-func (s *Service) createAccount(ctx context.Context, acct store.NewAccount, login *store.Login) (string, error) {
+func (s *Accounts) createAccount(ctx context.Context, acct store.NewAccount, login *store.Login) (string, error) {
 	generated := acct.Localpart == ""
 	for attempt := 0; attempt < 10; attempt++ {
 		if generated && acct.Guest {
@@ -218,7 +218,7 @@ func (s *Service) createAccount(ctx context.Context, acct store.NewAccount, logi
 }
 
 // registerAvailable is GET /register/available.
-func (s *Service) registerAvailable(r *http.Request, _ *httpapi.Device) (any, error) {
+func (s *Accounts) registerAvailable(r *http.Request, _ *httpapi.Device) (any, error) {
 	username := r.URL.Query().Get("username")
 	if username == "" {
 		return nil, matrixhttp.MissingParam("username is required")
@@ -238,7 +238,7 @@ func (s *Service) registerAvailable(r *http.Request, _ *httpapi.Device) (any, er
 }
 
 // registrationTokenValidity is GET /v1/register/m.login.registration_token/validity.
-func (s *Service) registrationTokenValidity(r *http.Request, _ *httpapi.Device) (any, error) {
+func (s *Accounts) registrationTokenValidity(r *http.Request, _ *httpapi.Device) (any, error) {
 	if s.cfg.Registration.Mode != RegistrationToken {
 		return nil, matrixhttp.Forbidden("Registration tokens are not in use")
 	}

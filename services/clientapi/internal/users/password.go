@@ -1,4 +1,4 @@
-package clientapi
+package users
 
 import (
 	"context"
@@ -16,12 +16,12 @@ import (
 // changePassword is POST /account/password, behind user-interactive auth
 // (m.login.password with the current password). logout_devices (default
 // true) logs out every other device.
-func (s *Service) changePassword(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Accounts) changePassword(r *http.Request, dev *httpapi.Device) (any, error) {
 	if dev.IsGuest {
 		return nil, httpapi.GuestForbidden("Guests have no password")
 	}
 	var req struct {
-		Auth          *authData `json:"auth"`
+		Auth          *AuthData `json:"auth"`
 		NewPassword   *string   `json:"new_password"`
 		LogoutDevices *bool     `json:"logout_devices"`
 	}
@@ -35,7 +35,7 @@ func (s *Service) changePassword(r *http.Request, dev *httpapi.Device) (any, err
 		return nil, matrixhttp.InvalidParam("Password too long")
 	}
 	ctx := r.Context()
-	sess, err := s.runUIA(ctx, purposePassword, dev.UserID, req.Auth)
+	sess, err := s.RunUIA(ctx, purposePassword, dev.UserID, req.Auth)
 	if err != nil {
 		return nil, err
 	}
@@ -52,9 +52,9 @@ func (s *Service) changePassword(r *http.Request, dev *httpapi.Device) (any, err
 		return nil, err
 	}
 	if logoutExcept != nil {
-		s.keys.sendForRequest(ctx, dev.UserID) // the other devices' keys go with them
+		s.keys.SendForRequest(ctx, dev.UserID) // the other devices' keys go with them
 	}
-	if err := s.finishUIA(ctx, sess); err != nil {
+	if err := s.FinishUIA(ctx, sess); err != nil {
 		return nil, err
 	}
 	return struct{}{}, nil
@@ -67,16 +67,16 @@ func (s *Service) changePassword(r *http.Request, dev *httpapi.Device) (any, err
 // user ID is never reissued. With erase, the user's events are served
 // redacted to users who join later, and their other data goes
 // (erasure.go).
-func (s *Service) deactivate(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Accounts) deactivate(r *http.Request, dev *httpapi.Device) (any, error) {
 	var req struct {
-		Auth  *authData `json:"auth"`
+		Auth  *AuthData `json:"auth"`
 		Erase bool      `json:"erase"`
 	}
 	if err := httpapi.DecodeBody(r, httpapi.BodyOptional, &req); err != nil {
 		return nil, err
 	}
 	ctx := r.Context()
-	sess, err := s.runUIA(ctx, purposeDeactivate, dev.UserID, req.Auth)
+	sess, err := s.RunUIA(ctx, purposeDeactivate, dev.UserID, req.Auth)
 	if err != nil {
 		return nil, err
 	}
@@ -99,7 +99,7 @@ func (s *Service) deactivate(r *http.Request, dev *httpapi.Device) (any, error) 
 	if err := s.store.Deactivate(ctx, lp, dev.UserID); err != nil {
 		return nil, err
 	}
-	s.keys.sendForRequest(ctx, dev.UserID)
+	s.keys.SendForRequest(ctx, dev.UserID)
 	if req.Erase {
 		// The account is gone now; the erasure must not be lost to a
 		// client that hung up.
@@ -107,7 +107,7 @@ func (s *Service) deactivate(r *http.Request, dev *httpapi.Device) (any, error) 
 			return nil, err
 		}
 	}
-	if err := s.finishUIA(ctx, sess); err != nil && !errors.Is(err, store.ErrNotFound) {
+	if err := s.FinishUIA(ctx, sess); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return nil, err
 	}
 	return map[string]string{"id_server_unbind_result": "no-support"}, nil

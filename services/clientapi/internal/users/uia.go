@@ -1,4 +1,4 @@
-package clientapi
+package users
 
 import (
 	"context"
@@ -29,12 +29,12 @@ const (
 	purposeDeactivate    = "deactivate"
 	purposeDeleteDevices = "delete_devices"
 	purposeLoginToken    = "get_login_token"
-	purposeCrossSigning  = "device_signing_upload"
+	PurposeCrossSigning  = "device_signing_upload"
 )
 
-// authData is the "auth" object of a UIA request: the union of the fields
+// AuthData is the "auth" object of a UIA request: the union of the fields
 // the stages use.
-type authData struct {
+type AuthData struct {
 	Type       string          `json:"type"`
 	Session    string          `json:"session"`
 	Identifier *userIdentifier `json:"identifier"`
@@ -56,7 +56,7 @@ type userIdentifier struct {
 // uiaFlows are the flows that complete a session of the given purpose.
 // Registration depends on the registration mode; everything else asks the
 // user for their password.
-func (s *Service) uiaFlows(purpose string) [][]string {
+func (s *Accounts) uiaFlows(purpose string) [][]string {
 	if purpose != purposeRegister {
 		return [][]string{{authPassword}}
 	}
@@ -75,7 +75,7 @@ func (s *Service) uiaFlows(purpose string) [][]string {
 // session opens one on the fly (Synapse accepts m.login.dummy that way,
 // and clients rely on it). Stages completed through the fallback web page
 // count: a later request with just the session succeeds.
-func (s *Service) runUIA(ctx context.Context, purpose, userID string, auth *authData) (store.UIASession, error) {
+func (s *Accounts) RunUIA(ctx context.Context, purpose, userID string, auth *AuthData) (store.UIASession, error) {
 	flows := s.uiaFlows(purpose)
 	if auth == nil || auth.Session == "" {
 		sess := store.UIASession{ID: randomBase64(18), UserID: userID, Purpose: purpose}
@@ -112,7 +112,7 @@ func (s *Service) runUIA(ctx context.Context, purpose, userID string, auth *auth
 
 // uiaStage attempts one stage and records it in sess when it succeeds.
 // A failed attempt is a 401 challenge carrying the errcode.
-func (s *Service) uiaStage(ctx context.Context, sess *store.UIASession, flows [][]string, auth *authData) error {
+func (s *Accounts) uiaStage(ctx context.Context, sess *store.UIASession, flows [][]string, auth *AuthData) error {
 	fail := func(code, msg string) error {
 		return &httpapi.UIAChallenge{Flows: flows, Session: sess.ID, Completed: sess.Completed, ErrCode: code, Message: msg}
 	}
@@ -155,7 +155,7 @@ func (s *Service) uiaStage(ctx context.Context, sess *store.UIASession, flows []
 // naming anyone else is 403 M_FORBIDDEN outright, not a new challenge:
 // no other user's password can authorise this user's request, whether or
 // not it is right (so the answer tells nothing about it).
-func (s *Service) uiaPassword(ctx context.Context, userID string, auth *authData) (bool, error) {
+func (s *Accounts) uiaPassword(ctx context.Context, userID string, auth *AuthData) (bool, error) {
 	user := auth.User
 	if auth.Identifier != nil {
 		if auth.Identifier.Type != "m.id.user" {
@@ -183,6 +183,6 @@ func (s *Service) uiaPassword(ctx context.Context, userID string, auth *authData
 }
 
 // finishUIA forgets a completed session.
-func (s *Service) finishUIA(ctx context.Context, sess store.UIASession) error {
+func (s *Accounts) FinishUIA(ctx context.Context, sess store.UIASession) error {
 	return s.store.DeleteUIASession(ctx, sess.ID)
 }

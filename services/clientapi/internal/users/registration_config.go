@@ -1,4 +1,4 @@
-package clientapi
+package users
 
 import (
 	"errors"
@@ -48,7 +48,8 @@ func DefaultRegistrationConfig() RegistrationConfig {
 	}
 }
 
-func (c RegistrationConfig) validate() []error {
+// Validate checks the settings, returning every problem.
+func (c RegistrationConfig) Validate() []error {
 	var errs []error
 	switch c.Mode {
 	case RegistrationOpen, RegistrationToken, RegistrationClosed:

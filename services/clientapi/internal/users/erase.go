@@ -1,4 +1,4 @@
-package clientapi
+package users
 
 import (
 	"context"
@@ -12,7 +12,7 @@ import (
 // erase records the erasure of a deactivated user (after their leave
 // events are stored, so its position covers them), deletes their data
 // kept outside events, and clears their presence status message.
-func (s *Service) erase(ctx context.Context, userID string) error {
+func (s *Accounts) erase(ctx context.Context, userID string) error {
 	if err := s.store.Erase(ctx, userID); err != nil {
 		return err
 	}

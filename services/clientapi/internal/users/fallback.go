@@ -1,4 +1,4 @@
-package clientapi
+package users
 
 import (
 	"errors"
@@ -18,8 +18,8 @@ import (
 // itself; the stage is recorded in the session, and the client then
 // resubmits its request with just the session.
 
-// loginFallbackPath is where the spec puts the login fallback.
-const loginFallbackPath = "/_matrix/static/client/login/"
+// LoginFallbackPath is where the spec puts the login fallback.
+const LoginFallbackPath = "/_matrix/static/client/login/"
 
 var loginFallbackPage = template.Must(template.New("login").Parse(`<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Log in</title>
@@ -96,9 +96,9 @@ type authPageData struct {
 	Done                       bool
 }
 
-// mountFallbackPages adds the HTML pages to the client-API's router.
-func (s *Service) mountFallbackPages(mux chi.Router) {
-	mux.Get(loginFallbackPath, s.loginFallback)
+// MountFallbackPages adds the HTML pages to the client-API's router.
+func (s *Accounts) MountFallbackPages(mux chi.Router) {
+	mux.Get(LoginFallbackPath, s.loginFallback)
 	for _, prefix := range httpapi.ClientPrefixes {
 		mux.Get(prefix+"/auth/{authType}/fallback/web", s.authFallback)
 		mux.Post(prefix+"/auth/{authType}/fallback/web", s.authFallback)
@@ -114,12 +114,12 @@ func writeHTML(w http.ResponseWriter, status int, t *template.Template, data any
 	_ = t.Execute(w, data)
 }
 
-func (s *Service) loginFallback(w http.ResponseWriter, _ *http.Request) {
+func (s *Accounts) loginFallback(w http.ResponseWriter, _ *http.Request) {
 	writeHTML(w, http.StatusOK, loginFallbackPage, map[string]string{"Server": s.serverName})
 }
 
 // authFallback serves (GET) and submits (POST) one UIA stage.
-func (s *Service) authFallback(w http.ResponseWriter, r *http.Request) {
+func (s *Accounts) authFallback(w http.ResponseWriter, r *http.Request) {
 	stage := chi.URLParam(r, "authType")
 	switch stage {
 	case authDummy, authPassword, authRegToken:
@@ -139,12 +139,12 @@ func (s *Service) authFallback(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err != nil {
-		s.http.WriteError(w, r, err)
+		httpapi.WriteError(s.log, w, r, err)
 		return
 	}
 	data.User = sess.UserID
 	if r.Method == http.MethodPost {
-		auth := &authData{Type: stage, Session: sess.ID, Password: r.PostForm.Get("password"), Token: r.PostForm.Get("token")}
+		auth := &AuthData{Type: stage, Session: sess.ID, Password: r.PostForm.Get("password"), Token: r.PostForm.Get("token")}
 		err := s.uiaStage(ctx, &sess, s.uiaFlows(sess.Purpose), auth)
 		var ch *httpapi.UIAChallenge
 		switch {
@@ -153,7 +153,7 @@ func (s *Service) authFallback(w http.ResponseWriter, r *http.Request) {
 		case errors.As(err, &ch):
 			data.Error = ch.Message
 		default:
-			s.http.WriteError(w, r, err)
+			httpapi.WriteError(s.log, w, r, err)
 			return
 		}
 	}

@@ -1,4 +1,4 @@
-package clientapi
+package users
 
 import (
 	"crypto/sha256"
@@ -25,17 +25,17 @@ var specVersions = []string{
 }
 
 // versions is GET /_matrix/client/versions.
-func (s *Service) versions(*http.Request, *httpapi.Device) (any, error) {
+func (s *Accounts) versions(*http.Request, *httpapi.Device) (any, error) {
 	return map[string]any{"versions": specVersions, "unstable_features": map[string]bool{}}, nil
 }
 
 // wellKnown is GET /.well-known/matrix/client.
-func (s *Service) wellKnown(*http.Request, *httpapi.Device) (any, error) {
+func (s *Accounts) wellKnown(*http.Request, *httpapi.Device) (any, error) {
 	return map[string]any{"m.homeserver": map[string]string{"base_url": s.cfg.PublicBaseURL}}, nil
 }
 
 // capabilities is GET /capabilities.
-func (s *Service) capabilities(_ *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Accounts) capabilities(_ *http.Request, dev *httpapi.Device) (any, error) {
 	available := map[string]string{}
 	for v := range gomatrixserverlib.StableRoomVersions() {
 		available[string(v)] = "stable"
@@ -107,7 +107,7 @@ func validLocalpart(s string) bool {
 // checks it yields a valid user ID on this server. Localparts starting
 // with '_' are reserved for application services and all-digit ones for
 // guests.
-func (s *Service) normaliseUsername(username string) (string, error) {
+func (s *Accounts) normaliseUsername(username string) (string, error) {
 	lp := strings.ToLower(username)
 	if !validLocalpart(lp) {
 		return "", matrixhttp.InvalidUsername("User ID can only contain characters a-z, 0-9, or '._=-/+'")
@@ -126,7 +126,7 @@ func (s *Service) normaliseUsername(username string) (string, error) {
 
 // localpartOf resolves a login identifier — a localpart or a full user ID
 // of this server — to a lowercased localpart.
-func (s *Service) localpartOf(user string) (string, bool) {
+func (s *base) localpartOf(user string) (string, bool) {
 	if !strings.HasPrefix(user, "@") {
 		lp := strings.ToLower(user)
 		return lp, lp != ""
@@ -138,27 +138,27 @@ func (s *Service) localpartOf(user string) (string, bool) {
 	return strings.ToLower(uid.Local()), true
 }
 
-func (s *Service) userID(localpart string) string { return "@" + localpart + ":" + s.serverName }
+func (s *base) userID(localpart string) string { return "@" + localpart + ":" + s.serverName }
 
 // logout is POST /logout: the token and its device are deleted.
-func (s *Service) logout(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Accounts) logout(r *http.Request, dev *httpapi.Device) (any, error) {
 	if err := s.store.Logout(r.Context(), dev.TokenHash); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return nil, err
 	}
-	s.keys.sendForRequest(r.Context(), dev.UserID) // the device's keys go with it
+	s.keys.SendForRequest(r.Context(), dev.UserID) // the device's keys go with it
 	return struct{}{}, nil
 }
 
 // logoutAll is POST /logout/all.
-func (s *Service) logoutAll(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Accounts) logoutAll(r *http.Request, dev *httpapi.Device) (any, error) {
 	if err := s.store.LogoutAll(r.Context(), dev.UserID); err != nil {
 		return nil, err
 	}
-	s.keys.sendForRequest(r.Context(), dev.UserID)
+	s.keys.SendForRequest(r.Context(), dev.UserID)
 	return struct{}{}, nil
 }
 
 // whoami is GET /account/whoami.
-func (s *Service) whoami(_ *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Accounts) whoami(_ *http.Request, dev *httpapi.Device) (any, error) {
 	return map[string]any{"user_id": dev.UserID, "device_id": dev.DeviceID, "is_guest": dev.IsGuest}, nil
 }

@@ -1,4 +1,4 @@
-package clientapi
+package users
 
 import (
 	"context"
@@ -22,9 +22,9 @@ import (
 // a crash) repeats the check, and a guest who already left is skipped, so
 // the work is idempotent.
 
-// guestAccessChanged reports the rooms in which an event of the batch set
+// GuestAccessChanged reports the rooms in which an event of the batch set
 // m.room.guest_access to anything but can_join.
-func guestAccessChanged(inputs []store.Input) []string {
+func GuestAccessChanged(inputs []store.Input) []string {
 	var rooms []string
 	for _, in := range inputs {
 		ev := in.Event
@@ -40,7 +40,7 @@ func guestAccessChanged(inputs []store.Input) []string {
 
 // removeGuests sends a leave for each local guest still joined to the
 // rooms. It returns the first error, so the consumer retries the batch.
-func (s *Service) removeGuests(ctx context.Context, rooms []string) error {
+func (s *Profiles) RemoveGuests(ctx context.Context, rooms []string) error {
 	for _, roomID := range rooms {
 		// The current state decides, not the batch: a later event may have
 		// reopened the room to guests.
@@ -89,7 +89,7 @@ func transient(err error) bool {
 
 // guestsMayJoin reports whether the room's current m.room.guest_access is
 // can_join.
-func (s *Service) guestsMayJoin(ctx context.Context, roomID string) (bool, error) {
+func (s *Profiles) guestsMayJoin(ctx context.Context, roomID string) (bool, error) {
 	ev, err := s.store.Reader().CurrentStateEvent(ctx, roomID, "m.room.guest_access", "")
 	if errors.Is(err, store.ErrNotFound) {
 		return false, nil

@@ -1,4 +1,4 @@
-package clientapi
+package users
 
 // Account moderation and server contact discovery: the admin lock and
 // suspend endpoints (GET/PUT /_matrix/client/v1/admin/{lock,suspend}/{userId}),
@@ -22,8 +22,21 @@ import (
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
-func (s *Service) moderationRoutes() []httpapi.Route {
-	var rts []httpapi.Route
+// routes are the admin, moderation, support and TURN endpoints.
+func (s *Admin) routes() []httpapi.Route {
+	const synapseAdmin = "/_synapse/admin/v1"
+	rts := []httpapi.Route{
+		// Synapse-compatible admin API.
+		{Method: http.MethodGet, Path: synapseAdmin + "/register", Abs: true, Limit: httpapi.LimitRegister, Serve: s.adminRegisterNonce},
+		{Method: http.MethodPost, Path: synapseAdmin + "/register", Abs: true, Limit: httpapi.LimitRegister, Serve: s.adminRegister},
+		{Method: http.MethodGet, Path: synapseAdmin + "/registration_tokens", Abs: true, Auth: true, Serve: s.listRegistrationTokens},
+		{Method: http.MethodPost, Path: synapseAdmin + "/registration_tokens/new", Abs: true, Auth: true, Serve: s.createRegistrationToken},
+		{Method: http.MethodGet, Path: synapseAdmin + "/registration_tokens/{token}", Abs: true, Auth: true, Serve: s.getRegistrationToken},
+		{Method: http.MethodPut, Path: synapseAdmin + "/registration_tokens/{token}", Abs: true, Auth: true, Serve: s.updateRegistrationToken},
+		{Method: http.MethodDelete, Path: synapseAdmin + "/registration_tokens/{token}", Abs: true, Auth: true, Serve: s.deleteRegistrationToken},
+
+		{Method: http.MethodGet, Path: "/voip/turnServer", Auth: true, Serve: s.turnServer},
+	}
 	for _, kind := range []string{"lock", "suspend"} {
 		rts = append(rts,
 			httpapi.Route{Method: http.MethodGet, Path: "/_matrix/client/v1/admin/" + kind + "/{userId}", Abs: true, Auth: true, Serve: s.getModeration(kind)},
@@ -39,7 +52,7 @@ func (s *Service) moderationRoutes() []httpapi.Route {
 // moderationTarget checks an admin moderation request: the caller is an
 // admin (before any lookup, so that accounts cannot be enumerated), the
 // target is a local, active account that is not an admin.
-func (s *Service) moderationTarget(r *http.Request, dev *httpapi.Device) (string, store.Moderation, error) {
+func (s *Admin) moderationTarget(r *http.Request, dev *httpapi.Device) (string, store.Moderation, error) {
 	if !dev.IsAdmin {
 		return "", store.Moderation{}, matrixhttp.Forbidden("Only server administrators may do this")
 	}
@@ -68,7 +81,7 @@ func moderationField(kind string) string {
 }
 
 // getModeration is GET /v1/admin/{lock,suspend}/{userId}.
-func (s *Service) getModeration(kind string) httpapi.HandlerFunc {
+func (s *Admin) getModeration(kind string) httpapi.HandlerFunc {
 	return func(r *http.Request, dev *httpapi.Device) (any, error) {
 		_, m, err := s.moderationTarget(r, dev)
 		if err != nil {
@@ -83,7 +96,7 @@ func (s *Service) getModeration(kind string) httpapi.HandlerFunc {
 }
 
 // putModeration is PUT /v1/admin/{lock,suspend}/{userId}.
-func (s *Service) putModeration(kind string) httpapi.HandlerFunc {
+func (s *Admin) putModeration(kind string) httpapi.HandlerFunc {
 	field := moderationField(kind)
 	return func(r *http.Request, dev *httpapi.Device) (any, error) {
 		var body map[string]*bool
@@ -113,7 +126,7 @@ func (s *Service) putModeration(kind string) httpapi.HandlerFunc {
 
 // whois is GET /admin/whois/{userId}: the user's devices and their last
 // seen connection, for server admins and for the user themself.
-func (s *Service) whois(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Admin) whois(r *http.Request, dev *httpapi.Device) (any, error) {
 	userID, err := httpapi.PathParam(r, "userId")
 	if err != nil {
 		return nil, err
@@ -145,7 +158,7 @@ func (s *Service) whois(r *http.Request, dev *httpapi.Device) (any, error) {
 
 // support is GET /.well-known/matrix/support, from client_api.support (404
 // when neither contacts nor a page are configured).
-func (s *Service) support(*http.Request, *httpapi.Device) (any, error) {
+func (s *Admin) support(*http.Request, *httpapi.Device) (any, error) {
 	cfg := s.cfg.Support
 	if len(cfg.Contacts) == 0 && cfg.SupportPage == "" {
 		return nil, matrixhttp.NotFound("No support information is configured")

@@ -1,4 +1,4 @@
-package clientapi
+package users
 
 import (
 	"context"
@@ -50,7 +50,7 @@ func newDeviceID() string { return randomFrom("ABCDEFGHIJKLMNOPQRSTUVWXYZ", 10) 
 // LookupAccessToken resolves an access token to its device
 // (httpapi.ErrUnknownToken if it is unknown), and says whether its lifetime is over. The HTTP
 // handlers and the UserService's Authenticate (handler.go) share it.
-func (s *Service) LookupAccessToken(ctx context.Context, token string) (dev *httpapi.Device, expired bool, err error) {
+func (s *Accounts) LookupAccessToken(ctx context.Context, token string) (dev *httpapi.Device, expired bool, err error) {
 	hash := hashToken(token)
 	owner, err := s.store.LookupToken(ctx, hash)
 	if err != nil {

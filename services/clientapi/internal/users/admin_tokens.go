@@ -1,4 +1,4 @@
-package clientapi
+package users
 
 import (
 	"encoding/json"
@@ -18,13 +18,6 @@ import (
 // opaque identifier grammar minus nothing: [A-Za-z0-9._~-]).
 const registrationTokenAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._~-"
 
-func requireAdmin(dev *httpapi.Device) error {
-	if !dev.IsAdmin {
-		return matrixhttp.Forbidden("You are not a server admin")
-	}
-	return nil
-}
-
 func validOpaqueID(s string) bool {
 	if s == "" || len(s) > 64 {
 		return false
@@ -40,8 +33,8 @@ func validOpaqueID(s string) bool {
 }
 
 // listRegistrationTokens is GET /_synapse/admin/v1/registration_tokens.
-func (s *Service) listRegistrationTokens(r *http.Request, dev *httpapi.Device) (any, error) {
-	if err := requireAdmin(dev); err != nil {
+func (s *Admin) listRegistrationTokens(r *http.Request, dev *httpapi.Device) (any, error) {
+	if err := httpapi.RequireAdmin(dev); err != nil {
 		return nil, err
 	}
 	var valid *bool
@@ -75,8 +68,8 @@ func tokenParam(r *http.Request) (string, error) {
 }
 
 // getRegistrationToken is GET /_synapse/admin/v1/registration_tokens/{token}.
-func (s *Service) getRegistrationToken(r *http.Request, dev *httpapi.Device) (any, error) {
-	if err := requireAdmin(dev); err != nil {
+func (s *Admin) getRegistrationToken(r *http.Request, dev *httpapi.Device) (any, error) {
+	if err := httpapi.RequireAdmin(dev); err != nil {
 		return nil, err
 	}
 	token, err := tokenParam(r)
@@ -92,7 +85,7 @@ func (s *Service) getRegistrationToken(r *http.Request, dev *httpapi.Device) (an
 
 // tokenLimits reads uses_allowed and expiry_time from a body: whether each
 // is present, and its value (null clears the limit).
-func (s *Service) tokenLimits(fields map[string]json.RawMessage) (setUses bool, uses *int, setExpiry bool, expiry *int64, err error) {
+func (s *Admin) tokenLimits(fields map[string]json.RawMessage) (setUses bool, uses *int, setExpiry bool, expiry *int64, err error) {
 	if raw, ok := fields["uses_allowed"]; ok {
 		setUses = true
 		if err := json.Unmarshal(raw, &uses); err != nil || (uses != nil && *uses < 0) {
@@ -112,8 +105,8 @@ func (s *Service) tokenLimits(fields map[string]json.RawMessage) (setUses bool, 
 }
 
 // createRegistrationToken is POST /_synapse/admin/v1/registration_tokens/new.
-func (s *Service) createRegistrationToken(r *http.Request, dev *httpapi.Device) (any, error) {
-	if err := requireAdmin(dev); err != nil {
+func (s *Admin) createRegistrationToken(r *http.Request, dev *httpapi.Device) (any, error) {
+	if err := httpapi.RequireAdmin(dev); err != nil {
 		return nil, err
 	}
 	var fields map[string]json.RawMessage
@@ -146,8 +139,8 @@ func (s *Service) createRegistrationToken(r *http.Request, dev *httpapi.Device) 
 }
 
 // updateRegistrationToken is PUT /_synapse/admin/v1/registration_tokens/{token}.
-func (s *Service) updateRegistrationToken(r *http.Request, dev *httpapi.Device) (any, error) {
-	if err := requireAdmin(dev); err != nil {
+func (s *Admin) updateRegistrationToken(r *http.Request, dev *httpapi.Device) (any, error) {
+	if err := httpapi.RequireAdmin(dev); err != nil {
 		return nil, err
 	}
 	token, err := tokenParam(r)
@@ -170,8 +163,8 @@ func (s *Service) updateRegistrationToken(r *http.Request, dev *httpapi.Device) 
 }
 
 // deleteRegistrationToken is DELETE /_synapse/admin/v1/registration_tokens/{token}.
-func (s *Service) deleteRegistrationToken(r *http.Request, dev *httpapi.Device) (any, error) {
-	if err := requireAdmin(dev); err != nil {
+func (s *Admin) deleteRegistrationToken(r *http.Request, dev *httpapi.Device) (any, error) {
+	if err := httpapi.RequireAdmin(dev); err != nil {
 		return nil, err
 	}
 	token, err := tokenParam(r)

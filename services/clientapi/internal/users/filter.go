@@ -1,11 +1,10 @@
-package clientapi
+package users
 
 import (
 	"encoding/json"
 	"errors"
 	"net/http"
 	"strconv"
-	"strings"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
@@ -26,7 +25,7 @@ func filterUser(r *http.Request, dev *httpapi.Device) error {
 }
 
 // createFilter is POST /user/{userId}/filter.
-func (s *Service) createFilter(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *AccountData) createFilter(r *http.Request, dev *httpapi.Device) (any, error) {
 	if err := filterUser(r, dev); err != nil {
 		return nil, err
 	}
@@ -45,7 +44,7 @@ func (s *Service) createFilter(r *http.Request, dev *httpapi.Device) (any, error
 }
 
 // getFilter is GET /user/{userId}/filter/{filterId}.
-func (s *Service) getFilter(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *AccountData) getFilter(r *http.Request, dev *httpapi.Device) (any, error) {
 	if err := filterUser(r, dev); err != nil {
 		return nil, err
 	}
@@ -65,31 +64,4 @@ func (s *Service) getFilter(r *http.Request, dev *httpapi.Device) (any, error) {
 		return nil, err
 	}
 	return json.RawMessage(raw), nil
-}
-
-// syncFilterParam resolves /sync's filter parameter: inline JSON when it
-// starts with '{', otherwise a filter ID of the caller.
-func (s *Service) syncFilterParam(r *http.Request, dev *httpapi.Device) (clientevent.Filter, error) {
-	v := r.URL.Query().Get("filter")
-	if v == "" {
-		return clientevent.Filter{}, nil
-	}
-	if strings.HasPrefix(strings.TrimSpace(v), "{") {
-		if !json.Valid([]byte(v)) {
-			return clientevent.Filter{}, matrixhttp.NotJSON("Filter is not valid JSON")
-		}
-		return clientevent.ParseFilter([]byte(v))
-	}
-	id, err := strconv.ParseInt(v, 10, 64)
-	if err != nil {
-		return clientevent.Filter{}, matrixhttp.InvalidParam("Unknown filter")
-	}
-	raw, err := s.store.Filter(r.Context(), dev.UserID, id)
-	if errors.Is(err, store.ErrNotFound) {
-		return clientevent.Filter{}, matrixhttp.InvalidParam("Unknown filter")
-	}
-	if err != nil {
-		return clientevent.Filter{}, err
-	}
-	return clientevent.ParseFilter(raw)
 }

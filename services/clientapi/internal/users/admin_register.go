@@ -1,4 +1,4 @@
-package clientapi
+package users
 
 import (
 	"crypto/hmac"
@@ -20,7 +20,7 @@ import (
 // wrong) and expires after registration.nonce_lifetime.
 
 // adminRegisterNonce is GET /_synapse/admin/v1/register.
-func (s *Service) adminRegisterNonce(r *http.Request, _ *httpapi.Device) (any, error) {
+func (s *Admin) adminRegisterNonce(r *http.Request, _ *httpapi.Device) (any, error) {
 	if s.cfg.Registration.SharedSecret == "" {
 		return nil, sharedSecretDisabled()
 	}
@@ -63,7 +63,7 @@ func registrationMAC(secret, nonce, username, password string, admin bool, userT
 }
 
 // adminRegister is POST /_synapse/admin/v1/register.
-func (s *Service) adminRegister(r *http.Request, _ *httpapi.Device) (any, error) {
+func (s *Admin) adminRegister(r *http.Request, _ *httpapi.Device) (any, error) {
 	secret := s.cfg.Registration.SharedSecret
 	if secret == "" {
 		return nil, sharedSecretDisabled()
@@ -101,7 +101,7 @@ func (s *Service) adminRegister(r *http.Request, _ *httpapi.Device) (any, error)
 	if err != nil || !hmac.Equal(got, want) {
 		return nil, matrixhttp.Forbidden("HMAC incorrect")
 	}
-	lp, err := s.normaliseUsername(*req.Username)
+	lp, err := s.accounts.normaliseUsername(*req.Username)
 	if err != nil {
 		return nil, err
 	}
@@ -115,5 +115,5 @@ func (s *Service) adminRegister(r *http.Request, _ *httpapi.Device) (any, error)
 	} else {
 		acct.DisplayName = lp
 	}
-	return s.createAndLogin(r, acct, true, "", "", false)
+	return s.accounts.createAndLogin(r, acct, true, "", "", false)
 }

@@ -1,4 +1,4 @@
-package clientapi
+package users
 
 import (
 	"context"
@@ -25,7 +25,7 @@ const maxProfileValue = 1024
 
 // profileUser reads {userId} and returns the localpart of a local user.
 // Remote users are not found: there is no federation yet.
-func (s *Service) profileUser(r *http.Request) (string, string, error) {
+func (s *Profiles) profileUser(r *http.Request) (string, string, error) {
 	userID, err := httpapi.PathParam(r, "userId")
 	if err != nil {
 		return "", "", err
@@ -41,7 +41,7 @@ func (s *Service) profileUser(r *http.Request) (string, string, error) {
 }
 
 // loadProfile returns the stored profile of a local, active user.
-func (s *Service) loadProfile(ctx context.Context, localpart string) (store.Account, error) {
+func (s *Profiles) loadProfile(ctx context.Context, localpart string) (store.Account, error) {
 	acct, err := s.store.Account(ctx, localpart)
 	if errors.Is(err, store.ErrNotFound) || (err == nil && acct.Deactivated) {
 		return store.Account{}, matrixhttp.NotFound("Profile not found")
@@ -61,7 +61,7 @@ func profileBody(acct store.Account) map[string]any {
 }
 
 // getProfile is GET /profile/{userId}.
-func (s *Service) getProfile(r *http.Request, _ *httpapi.Device) (any, error) {
+func (s *Profiles) getProfile(r *http.Request, _ *httpapi.Device) (any, error) {
 	_, lp, err := s.profileUser(r)
 	if err != nil {
 		return nil, err
@@ -88,7 +88,7 @@ func profileKey(r *http.Request) (string, error) {
 }
 
 // getProfileField is GET /profile/{userId}/{keyName}.
-func (s *Service) getProfileField(r *http.Request, _ *httpapi.Device) (any, error) {
+func (s *Profiles) getProfileField(r *http.Request, _ *httpapi.Device) (any, error) {
 	_, lp, err := s.profileUser(r)
 	if err != nil {
 		return nil, err
@@ -111,7 +111,7 @@ func (s *Service) getProfileField(r *http.Request, _ *httpapi.Device) (any, erro
 // changeableProfileField reads the user and field of a profile change and
 // checks the caller may make it: only the user themself, and guests only
 // their display name.
-func (s *Service) changeableProfileField(r *http.Request, dev *httpapi.Device) (userID, lp, key string, err error) {
+func (s *Profiles) changeableProfileField(r *http.Request, dev *httpapi.Device) (userID, lp, key string, err error) {
 	if userID, lp, err = s.profileUser(r); err != nil {
 		return "", "", "", err
 	}
@@ -130,7 +130,7 @@ func (s *Service) changeableProfileField(r *http.Request, dev *httpapi.Device) (
 // putProfileField is PUT /profile/{userId}/{keyName}: only the user
 // themself may change their profile; guests only their display name. The
 // change is then propagated to every room the user is joined to.
-func (s *Service) putProfileField(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Profiles) putProfileField(r *http.Request, dev *httpapi.Device) (any, error) {
 	userID, lp, key, err := s.changeableProfileField(r, dev)
 	if err != nil {
 		return nil, err
@@ -165,7 +165,7 @@ func (s *Service) putProfileField(r *http.Request, dev *httpapi.Device) (any, er
 
 // deleteProfileField is DELETE /profile/{userId}/{keyName} (spec v1.16):
 // clears the field, with the same rules as PUT.
-func (s *Service) deleteProfileField(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Profiles) deleteProfileField(r *http.Request, dev *httpapi.Device) (any, error) {
 	userID, lp, key, err := s.changeableProfileField(r, dev)
 	if err != nil {
 		return nil, err
@@ -174,7 +174,7 @@ func (s *Service) deleteProfileField(r *http.Request, dev *httpapi.Device) (any,
 }
 
 // setProfileField stores a profile field and propagates the profile.
-func (s *Service) setProfileField(ctx context.Context, userID, lp, key string, value *string) (any, error) {
+func (s *Profiles) setProfileField(ctx context.Context, userID, lp, key string, value *string) (any, error) {
 	if err := s.store.SetProfileField(ctx, lp, key, value); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return nil, matrixhttp.NotFound("Profile not found")
@@ -189,7 +189,7 @@ func (s *Service) setProfileField(ctx context.Context, userID, lp, key string, v
 // current profile, to every room the user is joined to. A room that
 // refuses (e.g. power levels) is logged and skipped: the profile itself
 // has changed either way.
-func (s *Service) propagateProfile(ctx context.Context, userID, localpart string) {
+func (s *Profiles) propagateProfile(ctx context.Context, userID, localpart string) {
 	acct, err := s.store.Account(ctx, localpart)
 	if err != nil {
 		s.log.Warn("profile propagation: load account", logging.UserID(userID), zap.Error(err))
@@ -213,7 +213,7 @@ func (s *Service) propagateProfile(ctx context.Context, userID, localpart string
 
 // sendMember sends userID's own m.room.member event to a room through the
 // room-server.
-func (s *Service) sendMember(ctx context.Context, roomID, userID string, content map[string]any) error {
+func (s *base) sendMember(ctx context.Context, roomID, userID string, content map[string]any) error {
 	raw, err := json.Marshal(content)
 	if err != nil {
 		return err
@@ -228,7 +228,7 @@ func (s *Service) sendMember(ctx context.Context, roomID, userID string, content
 
 // addProfileToJoin puts the joining user's display name and avatar into
 // the content of their own join event, as clients expect.
-func (s *Service) addProfileToJoin(ctx context.Context, userID string, content map[string]any) {
+func (s *Profiles) addProfileToJoin(ctx context.Context, userID string, content map[string]any) {
 	lp, ok := s.localpartOf(userID)
 	if !ok {
 		return
@@ -246,7 +246,7 @@ func (s *Service) addProfileToJoin(ctx context.Context, userID string, content m
 
 // userDirectorySearch is POST /user_directory/search: local users who
 // share a room with the searcher or sit in a public room.
-func (s *Service) userDirectorySearch(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Profiles) userDirectorySearch(r *http.Request, dev *httpapi.Device) (any, error) {
 	var req struct {
 		SearchTerm *string `json:"search_term"`
 		Limit      *int    `json:"limit"`
@@ -276,7 +276,7 @@ func (s *Service) userDirectorySearch(r *http.Request, dev *httpapi.Device) (any
 // through setMembership: a guest may only join rooms whose
 // m.room.guest_access is can_join, and a user's own join carries their
 // profile.
-func (s *Service) beforeOwnMembership(ctx context.Context, dev *httpapi.Device, roomID, target, membership string, content map[string]any) error {
+func (s *Profiles) BeforeOwnMembership(ctx context.Context, dev *httpapi.Device, roomID, target, membership string, content map[string]any) error {
 	if membership != store.MembershipJoin || target != dev.UserID {
 		return nil
 	}
@@ -295,7 +295,7 @@ func (s *Service) beforeOwnMembership(ctx context.Context, dev *httpapi.Device, 
 
 // addProfileToCreatorJoin puts the creator's profile into their join
 // event among a new room's initial events.
-func (s *Service) addProfileToCreatorJoin(ctx context.Context, creator string, events []*roomserverv1.EventTemplate) error {
+func (s *Profiles) AddProfileToCreatorJoin(ctx context.Context, creator string, events []*roomserverv1.EventTemplate) error {
 	for _, ev := range events {
 		if ev.GetType() != "m.room.member" || ev.GetStateKey() != creator {
 			continue

@@ -1,4 +1,4 @@
-package clientapi
+package users
 
 import (
 	"errors"
@@ -37,7 +37,7 @@ func (t issuedTokens) fill(resp *loginResponse, deviceID string) {
 // newLogin makes the tokens of a login. Clients that ask for a refresh
 // token get an access token that expires after
 // registration.access_token_lifetime; others get one that never expires.
-func (s *Service) newLogin(r *http.Request, userID, deviceID, displayName string, refresh bool) (store.Login, issuedTokens) {
+func (s *Accounts) newLogin(r *http.Request, userID, deviceID, displayName string, refresh bool) (store.Login, issuedTokens) {
 	var t issuedTokens
 	l := store.Login{UserID: userID, DeviceID: deviceID, DisplayName: displayName, IP: httpapi.ClientIP(r, s.cfg.RateLimit.TrustForwardedFor)}
 	t.access, l.TokenHash = newAccessToken()
@@ -51,7 +51,7 @@ func (s *Service) newLogin(r *http.Request, userID, deviceID, displayName string
 }
 
 // loginFlows is GET /login.
-func (s *Service) loginFlows(*http.Request, *httpapi.Device) (any, error) {
+func (s *Accounts) loginFlows(*http.Request, *httpapi.Device) (any, error) {
 	return map[string]any{"flows": []map[string]any{
 		{"type": "m.login.password"},
 		{"type": "m.login.token", "get_login_token": true},
@@ -75,7 +75,7 @@ type loginRequest struct {
 func errBadLogin() error { return matrixhttp.Forbidden("Invalid username or password") }
 
 // login is POST /login with m.login.password or m.login.token.
-func (s *Service) login(r *http.Request, _ *httpapi.Device) (any, error) {
+func (s *Accounts) login(r *http.Request, _ *httpapi.Device) (any, error) {
 	var req loginRequest
 	if err := httpapi.DecodeBody(r, httpapi.BodyRequired, &req); err != nil {
 		return nil, err
@@ -167,7 +167,7 @@ func (s *Service) login(r *http.Request, _ *httpapi.Device) (any, error) {
 // asks, so a client that lost this answer can refresh again. A spent
 // refresh token that comes back is refused and logged. A locked account
 // gets M_USER_LOCKED.
-func (s *Service) refresh(r *http.Request, _ *httpapi.Device) (any, error) {
+func (s *Accounts) refresh(r *http.Request, _ *httpapi.Device) (any, error) {
 	var req struct {
 		RefreshToken string `json:"refresh_token"`
 	}
@@ -206,17 +206,17 @@ func (s *Service) refresh(r *http.Request, _ *httpapi.Device) (any, error) {
 // getLoginToken is POST /v1/login/get_token, behind user-interactive auth:
 // a short-lived, single-use m.login.token token for signing in another
 // device.
-func (s *Service) getLoginToken(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Accounts) getLoginToken(r *http.Request, dev *httpapi.Device) (any, error) {
 	if dev.IsGuest {
 		return nil, httpapi.GuestForbidden("Guests cannot get login tokens")
 	}
 	var req struct {
-		Auth *authData `json:"auth"`
+		Auth *AuthData `json:"auth"`
 	}
 	if err := httpapi.DecodeBody(r, httpapi.BodyOptional, &req); err != nil {
 		return nil, err
 	}
-	sess, err := s.runUIA(r.Context(), purposeLoginToken, dev.UserID, req.Auth)
+	sess, err := s.RunUIA(r.Context(), purposeLoginToken, dev.UserID, req.Auth)
 	if err != nil {
 		return nil, err
 	}
@@ -225,7 +225,7 @@ func (s *Service) getLoginToken(r *http.Request, dev *httpapi.Device) (any, erro
 	if err := s.store.CreateLoginToken(r.Context(), hashToken(token), dev.UserID, s.now().Add(lifetime)); err != nil {
 		return nil, err
 	}
-	if err := s.finishUIA(r.Context(), sess); err != nil {
+	if err := s.FinishUIA(r.Context(), sess); err != nil {
 		return nil, err
 	}
 	return map[string]any{"login_token": token, "expires_in_ms": lifetime.Milliseconds()}, nil

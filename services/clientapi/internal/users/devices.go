@@ -1,4 +1,4 @@
-package clientapi
+package users
 
 import (
 	"errors"
@@ -10,7 +10,7 @@ import (
 )
 
 // listDevices is GET /devices.
-func (s *Service) listDevices(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Accounts) listDevices(r *http.Request, dev *httpapi.Device) (any, error) {
 	devs, err := s.store.Devices(r.Context(), dev.UserID)
 	if err != nil {
 		return nil, err
@@ -35,7 +35,7 @@ func errNoDevice() error { return matrixhttp.NotFound("Unknown device") }
 
 // getDevice is GET /devices/{deviceId}. Only the caller's own devices
 // exist for them: another user's device ID is 404.
-func (s *Service) getDevice(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Accounts) getDevice(r *http.Request, dev *httpapi.Device) (any, error) {
 	id, err := deviceIDParam(r)
 	if err != nil {
 		return nil, err
@@ -51,7 +51,7 @@ func (s *Service) getDevice(r *http.Request, dev *httpapi.Device) (any, error) {
 }
 
 // putDevice is PUT /devices/{deviceId}: renames a device.
-func (s *Service) putDevice(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Accounts) putDevice(r *http.Request, dev *httpapi.Device) (any, error) {
 	id, err := deviceIDParam(r)
 	if err != nil {
 		return nil, err
@@ -78,19 +78,19 @@ func (s *Service) putDevice(r *http.Request, dev *httpapi.Device) (any, error) {
 		return nil, err
 	}
 	if req.DisplayName != nil {
-		s.keys.sendForRequest(r.Context(), dev.UserID) // the key-server shows the name with the keys
+		s.keys.SendForRequest(r.Context(), dev.UserID) // the key-server shows the name with the keys
 	}
 	return struct{}{}, nil
 }
 
 // deleteDevice is DELETE /devices/{deviceId}, behind user-interactive auth.
-func (s *Service) deleteDevice(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Accounts) deleteDevice(r *http.Request, dev *httpapi.Device) (any, error) {
 	id, err := deviceIDParam(r)
 	if err != nil {
 		return nil, err
 	}
 	var req struct {
-		Auth *authData `json:"auth"`
+		Auth *AuthData `json:"auth"`
 	}
 	if err := httpapi.DecodeBody(r, httpapi.BodyOptional, &req); err != nil {
 		return nil, err
@@ -107,9 +107,9 @@ func (s *Service) deleteDevice(r *http.Request, dev *httpapi.Device) (any, error
 
 // deleteDevicesBulk is POST /delete_devices, behind user-interactive auth.
 // Unknown device IDs are ignored, as the spec says.
-func (s *Service) deleteDevicesBulk(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Accounts) deleteDevicesBulk(r *http.Request, dev *httpapi.Device) (any, error) {
 	var req struct {
-		Auth    *authData `json:"auth"`
+		Auth    *AuthData `json:"auth"`
 		Devices []string  `json:"devices"`
 	}
 	if err := httpapi.DecodeBody(r, httpapi.BodyRequired, &req); err != nil {
@@ -121,17 +121,17 @@ func (s *Service) deleteDevicesBulk(r *http.Request, dev *httpapi.Device) (any, 
 	return s.deleteDevicesUIA(r, dev, req.Auth, req.Devices)
 }
 
-func (s *Service) deleteDevicesUIA(r *http.Request, dev *httpapi.Device, auth *authData, ids []string) (any, error) {
+func (s *Accounts) deleteDevicesUIA(r *http.Request, dev *httpapi.Device, auth *AuthData, ids []string) (any, error) {
 	ctx := r.Context()
-	sess, err := s.runUIA(ctx, purposeDeleteDevices, dev.UserID, auth)
+	sess, err := s.RunUIA(ctx, purposeDeleteDevices, dev.UserID, auth)
 	if err != nil {
 		return nil, err
 	}
 	if err := s.store.DeleteDevices(ctx, dev.UserID, ids); err != nil {
 		return nil, err
 	}
-	s.keys.sendForRequest(ctx, dev.UserID)
-	if err := s.finishUIA(ctx, sess); err != nil {
+	s.keys.SendForRequest(ctx, dev.UserID)
+	if err := s.FinishUIA(ctx, sess); err != nil {
 		return nil, err
 	}
 	return struct{}{}, nil
