@@ -19,49 +19,15 @@ import (
 	"context"
 	"encoding/json"
 	"slices"
-	"time"
 
 	"go.uber.org/zap"
 
-	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/keys"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/syncapi/notifier"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
-
-// keySyncTimeout bounds the key-server call of one /sync: an unreachable
-// key-server must not hold up the response.
-const keySyncTimeout = 2 * time.Second
-
-// syncKeysCall is a SyncKeys call running beside the rest of a /sync.
-type syncKeysCall struct {
-	done chan struct{}
-	resp *keyserverv1.SyncKeysResponse
-	err  error
-}
-
-// startSync asks the key-server for the device's key state and the
-// device list changes after the since token, while the caller reads its
-// own snapshot. It returns nil when there is no key-server to ask (none
-// configured, or the hand-over of the old key tables is not done).
-func (k *keyBridge) startSync(ctx context.Context, dev *httpapi.Device, since *clientevent.StreamToken) *syncKeysCall {
-	if !k.available() {
-		return nil
-	}
-	req := &keyserverv1.SyncKeysRequest{UserId: dev.UserID, DeviceId: dev.DeviceID, WithChanges: since != nil}
-	if since != nil {
-		req.After = since.KPos
-	}
-	c := &syncKeysCall{done: make(chan struct{})}
-	go func() {
-		defer close(c.done)
-		callCtx, cancel := context.WithTimeout(ctx, keySyncTimeout)
-		defer cancel()
-		c.resp, c.err = k.e2e.SyncKeys(callCtx, req)
-	}()
-	return c
-}
 
 // syncDeviceKeys fills the end-to-end extensions of a sync response from
 // the key-server's answer: the device's one-time key counts and unused
@@ -69,7 +35,7 @@ func (k *keyBridge) startSync(ctx context.Context, dev *httpapi.Device, since *c
 // returns the device list position for next_batch. Without an answer (the
 // key-server is unreachable) the response goes out without them and with
 // the since token's position, so nothing is lost.
-func (s *Service) syncDeviceKeys(ctx context.Context, dev *httpapi.Device, since *clientevent.StreamToken, resp *syncResponse, d syncData, call *syncKeysCall) int64 {
+func (s *Service) syncDeviceKeys(ctx context.Context, dev *httpapi.Device, since *clientevent.StreamToken, resp *syncResponse, d syncData, call *keys.SyncKeysCall) int64 {
 	var after int64
 	if since != nil {
 		after = since.KPos
@@ -77,15 +43,14 @@ func (s *Service) syncDeviceKeys(ctx context.Context, dev *httpapi.Device, since
 	if call == nil {
 		return after
 	}
-	<-call.done
-	if call.err != nil {
+	st, err := call.Wait()
+	if err != nil {
 		if ctx.Err() == nil {
-			s.log.Warn("key-server SyncKeys failed; sync without key data", zap.Error(call.err))
+			s.log.Warn("key-server SyncKeys failed; sync without key data", zap.Error(err))
 		}
 		return after
 	}
-	st := call.resp
-	resp.DeviceOneTimeKeysCount = withDefaultCount(st.GetOneTimeKeyCounts())
+	resp.DeviceOneTimeKeysCount = keys.WithDefaultCount(st.GetOneTimeKeyCounts())
 	unused := st.GetUnusedFallbackKeyTypes()
 	if unused == nil {
 		unused = []string{}

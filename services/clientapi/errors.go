@@ -6,6 +6,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/keys"
 )
 
 // createRoomErrors: the room-server refusing an initial event means the
@@ -20,3 +21,7 @@ var createRoomErrors = httpapi.GRPCOverrides{
 func (s *Service) fromGRPC(ctx context.Context, op string, err error, overrides httpapi.GRPCOverrides) error {
 	return httpapi.FromGRPC(ctx, s.log, op, err, overrides)
 }
+
+// ErrKeysNotHandedOver is what Ready reports until the old key tables are
+// handed over to the key-server.
+var ErrKeysNotHandedOver = keys.ErrKeysNotHandedOver

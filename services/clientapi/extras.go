@@ -133,7 +133,7 @@ func (s *Service) mutualRooms(r *http.Request, dev *httpapi.Device) (any, error)
 	if other == dev.UserID {
 		return nil, matrixhttp.InvalidParam("user_id is your own")
 	}
-	if serverOf(other) == "" {
+	if clientevent.ServerOf(other) == "" {
 		return nil, matrixhttp.InvalidParam("user_id is not a user ID")
 	}
 	if from := r.URL.Query().Get("from"); from != "" {

@@ -20,8 +20,10 @@ import (
 	mediav1 "github.com/myelin-chat/myelin/proto/media/v1"
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/consumers"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/history"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/keys"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/push"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/pushgateway"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/syncapi/notifier"
@@ -57,9 +59,13 @@ type Service struct {
 	store      *store.Store
 	rooms      roomserverv1.RoomServiceClient
 	e2e        keyserverv1.E2EKeyServiceClient
-	// keys is the client-API's side of the key-server (keybridge.go).
-	keys *keyBridge
-	js   jetstream.JetStream
+	// keys is the client-API's side of the key-server (internal/keys).
+	keys *keys.Bridge
+	// keyEndpoints serves /keys and /room_keys (internal/keys).
+	keyEndpoints *keys.Service
+	// keyChanges wakes /sync on key changes (internal/consumers).
+	keyChanges *consumers.KeyChanges
+	js         jetstream.JetStream
 	// http is the HTTP edge the routes are served through.
 	http     *httpapi.Server
 	notifier *notifier.Notifier
@@ -126,7 +132,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	}
 	s.push = push.New(cfg.Push, deps.ServerName, st, s.history, s.wakeBus, deps.Logger)
 	s.pushers = pushgateway.New(st, cfg.Push, deps.Logger)
-	s.keys = &keyBridge{e2e: deps.E2EKeys, store: st, log: deps.Logger, notifier: s.notifier}
+	s.keys = keys.NewBridge(deps.E2EKeys, st, deps.Logger)
 	s.users = users.New(users.Deps{
 		Config: users.Config{
 			Registration: cfg.Registration, PublicBaseURL: cfg.PublicBaseURL, DefaultRoomVersion: cfg.DefaultRoomVersion,
@@ -136,18 +142,19 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		Now:           func() time.Time { return s.now() },
 		DeviceChanges: s.keys, Wake: s.wakeBus, PushRules: s.push, Erasures: s.history, Members: s.notifier,
 	})
+	s.keyEndpoints = keys.New(deps.ServerName, st, deps.E2EKeys, s.keys, s.notifier, s.users, deps.Logger)
 	s.http = httpapi.NewServer(deps.Logger, s.users.Accounts, cfg.RateLimit, time.Now)
 	if s.consumer, err = s.createConsumer(ctx); err != nil {
 		s.wakeBus.Stop()
 		st.Close()
 		return nil, err
 	}
-	if err := s.keys.dropEmptyTables(ctx); err != nil {
+	if err := s.keys.DropEmptyTables(ctx); err != nil {
 		s.wakeBus.Stop()
 		st.Close()
 		return nil, err
 	}
-	if s.keys.consumer, err = createKeyChangesConsumer(ctx, s.js); err != nil {
+	if s.keyChanges, err = consumers.NewKeyChanges(ctx, s.js, s.notifier, deps.Logger); err != nil {
 		s.wakeBus.Stop()
 		st.Close()
 		return nil, err
@@ -180,12 +187,12 @@ func (s *Service) Run(ctx context.Context) error {
 	defer s.notifier.Close()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.consume(gctx) })
-	g.Go(func() error { return s.keys.consume(gctx) })
+	g.Go(func() error { return s.keyChanges.Run(gctx) })
 	g.Go(func() error {
-		s.keys.handOver(gctx)
+		s.keys.HandOver(gctx)
 		return nil
 	})
-	g.Go(func() error { return s.keys.retryLoop(gctx) })
+	g.Go(func() error { return s.keys.RetryLoop(gctx) })
 	g.Go(func() error { return s.handOverMedia(gctx) })
 	if s.ephemeralConsumer != nil {
 		g.Go(func() error { return s.consumeEphemeral(gctx) })
@@ -199,7 +206,7 @@ func (s *Service) Ready(ctx context.Context) error {
 	if err := s.store.Ping(ctx); err != nil {
 		return fmt.Errorf("database: %w", err)
 	}
-	if !s.keys.ready.Load() {
+	if !s.keys.Ready() {
 		return ErrKeysNotHandedOver
 	}
 	return nil

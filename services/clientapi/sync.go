@@ -147,7 +147,7 @@ func (s *Service) sync(r *http.Request, dev *httpapi.Device) (any, error) {
 	deadline := time.Now().Add(timeout)
 	for {
 		woken := s.notifier.WakeCount(dev.UserID)
-		keys := s.keys.startSync(ctx, dev, opts.since)
+		keys := s.keys.StartSync(ctx, dev, opts.since)
 		resp, d, err := s.buildSync(ctx, dev, opts)
 		<-active
 		if err != nil {

@@ -32,7 +32,7 @@ func decodePlan(t *testing.T, p roomPlan) []planned {
 	return out
 }
 
-func keys(events []planned) []string {
+func stateKeys(events []planned) []string {
 	var out []string
 	for _, e := range events {
 		out = append(out, e.Type+"|"+e.StateKey)
@@ -123,7 +123,7 @@ func TestPlanRoomOrderAndPresets(t *testing.T) {
 				t.Fatalf("version %q, want %q", plan.Version, c.version)
 			}
 			events := decodePlan(t, plan)
-			if got := keys(events); !slices.Equal(got, c.wantKeys) {
+			if got := stateKeys(events); !slices.Equal(got, c.wantKeys) {
 				t.Fatalf("events\n got %v\nwant %v", got, c.wantKeys)
 			}
 			if m := find(events, "m.room.member", alice); m.Content["membership"] != "join" {
@@ -191,7 +191,7 @@ func TestPlanRoomOverrides(t *testing.T) {
 	events := decodePlan(t, plan)
 	want := []string{"m.room.member|" + alice, "m.room.power_levels|", "m.room.history_visibility|",
 		"m.room.guest_access|", "m.room.join_rules|", "org.example.custom|k", "m.room.name|"}
-	if got := keys(events); !slices.Equal(got, want) {
+	if got := stateKeys(events); !slices.Equal(got, want) {
 		t.Fatalf("events\n got %v\nwant %v", got, want)
 	}
 	if jr := find(events, "m.room.join_rules", ""); jr.Content["join_rule"] != "public" {

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/tidwall/sjson"
 
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
@@ -252,4 +253,13 @@ func StrippedEvent(stored []byte) (json.RawMessage, error) {
 		StateKey *string         `json:"state_key"`
 		Type     string          `json:"type"`
 	}{ce.Content, ce.Sender, ce.StateKey, ce.Type})
+}
+
+// ServerOf is the server name of a user ID ("" if malformed).
+func ServerOf(userID string) string {
+	uid, err := spec.NewUserID(userID, true)
+	if err != nil {
+		return ""
+	}
+	return string(uid.Domain())
 }

@@ -1,4 +1,4 @@
-package clientapi
+package keys
 
 // Devices live in the client-API, their keys in the key-server. Deleting
 // or renaming a device queues the change for the key-server in the same
@@ -6,10 +6,10 @@ package clientapi
 // the queue to the key-server (DevicesDeleted, DeviceRenamed) before it
 // answers, so the device's keys are gone when the client hears back. A
 // change the key-server did not take (it is down, or this replica
-// stopped) stays queued and is sent again by keyBridge.retryLoop. Both
+// stopped) stays queued and is sent again by Bridge.retryLoop. Both
 // calls are idempotent, and each user's queue goes out in order, so a
 // rename and a deletion of one device arrive as they happened. Nothing is
-// sent before the old key tables are handed over (keyhandover.go), so the
+// sent before the old key tables are handed over (handover.go), so the
 // hand-over cannot bring back keys of a device deleted meanwhile.
 
 import (
@@ -36,16 +36,16 @@ const keyOutboxRequestTimeout = 3 * time.Second
 // sendForRequest sends a user's queued device changes to the key-server,
 // for a request that changed a device (which waits at most
 // keyOutboxRequestTimeout, also when its client hung up). A failure is
-// logged and left to keyBridge.retryLoop: the device change itself is
+// logged and left to Bridge.retryLoop: the device change itself is
 // done.
-func (k *keyBridge) SendForRequest(ctx context.Context, userID string) {
+func (k *Bridge) SendForRequest(ctx context.Context, userID string) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), keyOutboxRequestTimeout)
 	defer cancel()
 	k.sendQueued(ctx, userID)
 }
 
 // sendQueued sends a user's queued device changes.
-func (k *keyBridge) sendQueued(ctx context.Context, userID string) {
+func (k *Bridge) sendQueued(ctx context.Context, userID string) {
 	if !k.available() {
 		return
 	}
@@ -57,7 +57,7 @@ func (k *keyBridge) sendQueued(ctx context.Context, userID string) {
 // send sends one queued device change. One the key-server refuses as
 // malformed is dropped (logged): sending it again would not help, and it
 // would hold up the user's later changes.
-func (k *keyBridge) send(ctx context.Context, op store.KeyServerOp) error {
+func (k *Bridge) send(ctx context.Context, op store.KeyServerOp) error {
 	var err error
 	if op.Delete {
 		_, err = k.e2e.DevicesDeleted(ctx, &keyserverv1.DevicesDeletedRequest{UserId: op.UserID, DeviceIds: op.DeviceIDs})
@@ -79,7 +79,7 @@ func (k *keyBridge) send(ctx context.Context, op store.KeyServerOp) error {
 }
 
 // retryLoop sends what earlier requests could not, until ctx ends.
-func (k *keyBridge) retryLoop(ctx context.Context) error {
+func (k *Bridge) RetryLoop(ctx context.Context) error {
 	if k.e2e == nil {
 		return nil
 	}

@@ -1,4 +1,4 @@
-package clientapi
+package keys
 
 // Users' end-to-end keys and key backups used to live in the client-API's
 // own tables (migrations 034 and 035). They belong to the key-server now.
@@ -44,7 +44,7 @@ func (s *Service) needKeys(h httpapi.HandlerFunc) httpapi.HandlerFunc {
 }
 
 // handOver retries the hand-over until it is done or ctx ends.
-func (k *keyBridge) handOver(ctx context.Context) {
+func (k *Bridge) HandOver(ctx context.Context) {
 	wait := time.Second
 	for !k.ready.Load() {
 		err := k.handOverOnce(ctx)
@@ -67,7 +67,7 @@ func (k *keyBridge) handOver(ctx context.Context) {
 
 // handOverOnce streams the old tables' rows to the key-server and drops
 // the tables once it has committed them.
-func (k *keyBridge) handOverOnce(ctx context.Context) error {
+func (k *Bridge) handOverOnce(ctx context.Context) error {
 	if k.e2e == nil {
 		return errors.New("no key-server configured")
 	}
@@ -156,7 +156,7 @@ var errKeysToImport = errors.New("old key tables hold rows")
 // dropEmptyTables marks the keys ready when the old key tables are gone,
 // or drops them when they are empty (a fresh database); otherwise Run
 // hands them over (handOver).
-func (k *keyBridge) dropEmptyTables(ctx context.Context) error {
+func (k *Bridge) DropEmptyTables(ctx context.Context) error {
 	exists, err := k.store.OldKeyTablesExist(ctx)
 	if err != nil {
 		return err

@@ -1,4 +1,4 @@
-package clientapi
+package keys
 
 // Server-side key backups (client-server API, "Server-side key backups"):
 // /room_keys/version[/{version}] and /room_keys/keys[/{roomId}[/{sessionId}]].

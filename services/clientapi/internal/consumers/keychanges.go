@@ -1,4 +1,9 @@
-package clientapi
+// Package consumers holds the client-API's JetStream consumers: the room
+// event consumer that writes the read model (the single-writer work of
+// the replica holding the consumer lock), the copy of read receipts for
+// unread counts, and each replica's wake-up consumers of the ephemeral and
+// key change streams.
+package consumers
 
 // The key-server publishes every device list and cross-signing change on
 // MYELIN_KEY_CHANGES (keyserver.v1.KeyChange). The client-API keeps no
@@ -20,20 +25,29 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/bus"
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/syncapi/notifier"
 )
 
-func createKeyChangesConsumer(ctx context.Context, js jetstream.JetStream) (jetstream.Consumer, error) {
+// KeyChanges is this replica's consumer of MYELIN_KEY_CHANGES.
+type KeyChanges struct {
+	consumer jetstream.Consumer
+	notifier *notifier.Notifier
+	log      *zap.Logger
+}
+
+// NewKeyChanges creates the ordered consumer (new messages only).
+func NewKeyChanges(ctx context.Context, js jetstream.JetStream, n *notifier.Notifier, log *zap.Logger) (*KeyChanges, error) {
 	cons, err := js.OrderedConsumer(ctx, bus.KeyChangesStream, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverNewPolicy,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create ordered consumer on %s: %w", bus.KeyChangesStream, err)
 	}
-	return cons, nil
+	return &KeyChanges{consumer: cons, notifier: n, log: log}, nil
 }
 
-// consume wakes /sync waiters until ctx ends.
-func (k *keyBridge) consume(ctx context.Context) error {
+// Run wakes /sync waiters until ctx ends.
+func (k *KeyChanges) Run(ctx context.Context) error {
 	cc, err := k.consumer.Consume(func(m jetstream.Msg) {
 		var c keyserverv1.KeyChange
 		if err := proto.Unmarshal(m.Data(), &c); err != nil {
@@ -56,7 +70,7 @@ func (k *keyBridge) consume(ctx context.Context) error {
 
 // wake wakes the long polls of userID and of everyone sharing a room with
 // them, on this replica.
-func (k *keyBridge) wake(userID string) {
+func (k *KeyChanges) wake(userID string) {
 	users := k.notifier.Sharers(userID)
 	users[userID] = struct{}{}
 	for u := range users {

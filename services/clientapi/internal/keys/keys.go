@@ -1,4 +1,4 @@
-package clientapi
+package keys
 
 // End-to-end encryption keys (client-server API, "End-to-End Encryption",
 // key management and cross-signing), for local users: POST /keys/upload,
@@ -20,7 +20,6 @@ import (
 	"net/http"
 	"slices"
 
-	"github.com/matrix-org/gomatrixserverlib/spec"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/status"
 
@@ -47,7 +46,7 @@ func (s *Service) keyRoutes() []httpapi.Route {
 // Synapse does: clients read its count to decide how many keys to upload.
 const defaultKeyAlgorithm = "signed_curve25519"
 
-func withDefaultCount(counts map[string]int64) map[string]int64 {
+func WithDefaultCount(counts map[string]int64) map[string]int64 {
 	if counts == nil {
 		counts = map[string]int64{}
 	}
@@ -144,21 +143,12 @@ func (s *Service) keysUpload(r *http.Request, dev *httpapi.Device) (any, error) 
 	if err != nil {
 		return nil, s.keysError(ctx, "UploadKeys", err)
 	}
-	return map[string]any{"one_time_key_counts": withDefaultCount(resp.GetOneTimeKeyCounts())}, nil
+	return map[string]any{"one_time_key_counts": WithDefaultCount(resp.GetOneTimeKeyCounts())}, nil
 }
 
 // remoteFailure is what /keys/query and /keys/claim report for another
 // server's users: it cannot be reached without federation.
 var remoteFailure = map[string]any{"status": http.StatusServiceUnavailable, "message": "federation is not available on this server"}
-
-// serverOf is the server name of a user ID ("" if malformed).
-func serverOf(userID string) string {
-	uid, err := spec.NewUserID(userID, true)
-	if err != nil {
-		return ""
-	}
-	return string(uid.Domain())
-}
 
 // keysQuery is POST /keys/query.
 func (s *Service) keysQuery(r *http.Request, dev *httpapi.Device) (any, error) {
@@ -171,7 +161,7 @@ func (s *Service) keysQuery(r *http.Request, dev *httpapi.Device) (any, error) {
 	failures := map[string]any{}
 	q := &keyserverv1.QueryKeysRequest{RequesterUserId: dev.UserID}
 	for user, devices := range req.DeviceKeys {
-		switch server := serverOf(user); {
+		switch server := clientevent.ServerOf(user); {
 		case server == "":
 			continue
 		case server != s.serverName:
@@ -250,7 +240,7 @@ func (s *Service) keysClaim(r *http.Request, _ *httpapi.Device) (any, error) {
 	failures := map[string]any{}
 	claim := &keyserverv1.ClaimKeysRequest{}
 	for user, devices := range req.OneTimeKeys {
-		switch server := serverOf(user); {
+		switch server := clientevent.ServerOf(user); {
 		case server == "":
 		case server != s.serverName:
 			failures[server] = remoteFailure
