@@ -3,18 +3,9 @@ package clientapi
 import (
 	"context"
 
-	"google.golang.org/grpc/codes"
-
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/keys"
 )
-
-// createRoomErrors: the room-server refusing an initial event means the
-// initial state the request implies is invalid.
-var createRoomErrors = httpapi.GRPCOverrides{
-	codes.PermissionDenied: httpapi.InvalidRoomState,
-	codes.InvalidArgument:  httpapi.InvalidRoomState,
-}
 
 // fromGRPC converts an error from a room-server or key-server call into a
 // Matrix error, logging internal ones (httpapi.FromGRPC).

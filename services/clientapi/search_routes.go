@@ -11,12 +11,6 @@ import (
 func (s *Service) searchRoutes() []httpapi.Route {
 	const synapseAdmin = "/_synapse/admin/v1"
 	return []httpapi.Route{
-		{Method: http.MethodPost, Path: "/rooms/{roomId}/report/{eventId}", Auth: true, Limit: httpapi.LimitSend, Serve: s.reportEvent},
-		{Method: http.MethodPost, Path: "/rooms/{roomId}/report", Auth: true, Limit: httpapi.LimitSend, Serve: s.reportRoom},
-		{Method: http.MethodPost, Path: "/users/{userId}/report", Auth: true, Limit: httpapi.LimitSend, Serve: s.reportUser},
-		{Method: http.MethodGet, Path: synapseAdmin + "/event_reports", Abs: true, Auth: true, Serve: s.listEventReports},
-		{Method: http.MethodGet, Path: synapseAdmin + "/event_reports/{reportId}", Abs: true, Auth: true, Serve: s.getEventReport},
-		{Method: http.MethodDelete, Path: synapseAdmin + "/event_reports/{reportId}", Abs: true, Auth: true, Serve: s.deleteEventReport},
 
 		// Legacy sync (deprecated; see legacy.go).
 		{Method: http.MethodGet, Path: "/initialSync", Auth: true, Serve: s.initialSync},

@@ -26,6 +26,7 @@ import (
 	"github.com/myelin-chat/myelin/services/clientapi/internal/keys"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/push"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/pushgateway"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/rooms"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/syncapi/notifier"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/users"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/wakebus"
@@ -89,6 +90,8 @@ type Service struct {
 	history *history.Service
 	// users is the users domain (internal/users).
 	users *users.Service
+	// roomDomain is the rooms domain (internal/rooms).
+	roomDomain *rooms.Service
 	// now is the clock for token expiry; tests replace it.
 	now func() time.Time
 }
@@ -142,6 +145,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		Now:           func() time.Time { return s.now() },
 		DeviceChanges: s.keys, Wake: s.wakeBus, PushRules: s.push, Erasures: s.history, Members: s.notifier,
 	})
+	s.roomDomain = rooms.New(rooms.Config{DefaultRoomVersion: cfg.DefaultRoomVersion}, deps.ServerName, st, deps.RoomServer, s.history, s.users, s.notifier, deps.Logger)
 	s.keyEndpoints = keys.New(deps.ServerName, st, deps.E2EKeys, s.keys, s.notifier, s.users, deps.Logger)
 	s.http = httpapi.NewServer(deps.Logger, s.users.Accounts, cfg.RateLimit, time.Now)
 	if s.consumer, err = s.createConsumer(ctx); err != nil {

@@ -1,4 +1,4 @@
-package clientapi
+package rooms
 
 // Redactions, client side. The room-server decides whether a redaction
 // applies and replaces the target by its redacted form (gomatrixserverlib's
@@ -26,7 +26,7 @@ import (
 // puts the target where the room version wants it (top-level "redacts"
 // before v11, content.redacts from v11 on) and refuses redacting another
 // user's event without the redact power level (M_FORBIDDEN).
-func (s *Service) redact(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Rooms) redact(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
@@ -80,7 +80,7 @@ func (s *Service) redact(r *http.Request, dev *httpapi.Device) (any, error) {
 // suspendedRedaction refuses a suspended user's redaction of another
 // user's event (moderation.go); their own events they may redact. An
 // unknown target is left to the room-server.
-func (s *Service) suspendedRedaction(r *http.Request, dev *httpapi.Device, roomID, target string) error {
+func (s *Rooms) suspendedRedaction(r *http.Request, dev *httpapi.Device, roomID, target string) error {
 	if !dev.Suspended {
 		return nil
 	}

@@ -1,4 +1,4 @@
-package clientapi
+package rooms
 
 // Aliases and the published room directory. The room-server owns both
 // (alias table, room_directory table); the public room list's names,
@@ -25,7 +25,7 @@ import (
 // deleteAlias is DELETE /directory/room/{roomAlias}. Allowed for the
 // alias's creator and for users who may change the room's canonical alias
 // (there are no server admins yet).
-func (s *Service) deleteAlias(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Directory) deleteAlias(r *http.Request, dev *httpapi.Device) (any, error) {
 	alias, err := httpapi.PathParam(r, "roomAlias")
 	if err != nil {
 		return nil, err
@@ -67,7 +67,7 @@ func (s *Service) deleteAlias(r *http.Request, dev *httpapi.Device) (any, error)
 // m.room.canonical_alias (alias and alt_aliases), as Synapse does, so the
 // room does not advertise an alias that no longer resolves. It is sent as
 // the deleting user; when they lack the power, the event stays as it is.
-func (s *Service) dropFromCanonicalAlias(r *http.Request, dev *httpapi.Device, roomID, alias string) {
+func (s *Directory) dropFromCanonicalAlias(r *http.Request, dev *httpapi.Device, roomID, alias string) {
 	// The room-server's current state, not the client-API's copy, which
 	// may not have the latest canonical alias event yet.
 	resp, err := s.rooms.QueryState(r.Context(), &roomserverv1.QueryStateRequest{
@@ -108,7 +108,7 @@ func (s *Service) dropFromCanonicalAlias(r *http.Request, dev *httpapi.Device, r
 // mayManageRoomListing: the user is joined to the room and has the power
 // to send m.room.canonical_alias. It guards alias deletion by non-creators
 // and directory publication.
-func (s *Service) mayManageRoomListing(r *http.Request, dev *httpapi.Device, roomID string) (bool, error) {
+func (s *Directory) mayManageRoomListing(r *http.Request, dev *httpapi.Device, roomID string) (bool, error) {
 	m, err := s.rooms.QueryMembership(r.Context(), &roomserverv1.QueryMembershipRequest{RoomId: roomID, UserId: dev.UserID})
 	if err != nil {
 		return false, s.fromGRPC(r.Context(), "QueryMembership", err, nil)
@@ -125,7 +125,7 @@ func (s *Service) mayManageRoomListing(r *http.Request, dev *httpapi.Device, roo
 
 // roomAliases is GET /rooms/{roomId}/aliases: for members, or anyone when
 // the room's history is world_readable.
-func (s *Service) roomAliases(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Directory) roomAliases(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
@@ -179,7 +179,7 @@ func historyVisibility(events []*roomserverv1.Event) string {
 }
 
 // getVisibility is GET /directory/list/room/{roomId}.
-func (s *Service) getVisibility(r *http.Request, _ *httpapi.Device) (any, error) {
+func (s *Directory) getVisibility(r *http.Request, _ *httpapi.Device) (any, error) {
 	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
@@ -196,7 +196,7 @@ func (s *Service) getVisibility(r *http.Request, _ *httpapi.Device) (any, error)
 
 // putVisibility is PUT /directory/list/room/{roomId}: for joined users
 // who may change the canonical alias (the spec leaves the check to us).
-func (s *Service) putVisibility(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Directory) putVisibility(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
@@ -262,7 +262,7 @@ type publicRoom struct {
 }
 
 // publicRoomsGet is GET /publicRooms.
-func (s *Service) publicRoomsGet(r *http.Request, _ *httpapi.Device) (any, error) {
+func (s *Directory) publicRoomsGet(r *http.Request, _ *httpapi.Device) (any, error) {
 	var req publicRoomsRequest
 	limit, err := httpapi.QueryInt(r, "limit", 0)
 	if err != nil {
@@ -276,7 +276,7 @@ func (s *Service) publicRoomsGet(r *http.Request, _ *httpapi.Device) (any, error
 }
 
 // publicRoomsPost is POST /publicRooms.
-func (s *Service) publicRoomsPost(r *http.Request, _ *httpapi.Device) (any, error) {
+func (s *Directory) publicRoomsPost(r *http.Request, _ *httpapi.Device) (any, error) {
 	var req publicRoomsRequest
 	if err := httpapi.DecodeBody(r, httpapi.BodyOptional, &req); err != nil {
 		return nil, err
@@ -293,7 +293,7 @@ var directoryStateTypes = []string{
 // publicRooms lists the directory: rooms ordered by joined members (most
 // first), then room ID; since tokens are offsets into that order ("n<i>"
 // next, "p<i>" previous, both meaning "start at i").
-func (s *Service) publicRooms(r *http.Request, req publicRoomsRequest) (any, error) {
+func (s *Directory) publicRooms(r *http.Request, req publicRoomsRequest) (any, error) {
 	if server := r.URL.Query().Get("server"); server != "" && server != s.serverName {
 		return nil, matrixhttp.InvalidParam("Only this server's room directory can be listed")
 	}
@@ -423,7 +423,7 @@ func directoryEntry(roomID string, state []store.CurrentStateEvent) publicRoom {
 // is sent: every alias must be well formed (M_INVALID_PARAM) and point to
 // this room (M_BAD_ALIAS). Only this server's aliases can be resolved, so
 // others are refused as well.
-func (s *Service) checkCanonicalAlias(r *http.Request, roomID string, content []byte) error {
+func (s *base) checkCanonicalAlias(r *http.Request, roomID string, content []byte) error {
 	var c struct {
 		Alias      *string  `json:"alias"`
 		AltAliases []string `json:"alt_aliases"`
@@ -450,4 +450,69 @@ func (s *Service) checkCanonicalAlias(r *http.Request, roomID string, content []
 		}
 	}
 	return nil
+}
+
+// getAlias is GET /directory/room/{roomAlias}.
+func (s *Directory) getAlias(r *http.Request, _ *httpapi.Device) (any, error) {
+	alias, err := httpapi.PathParam(r, "roomAlias")
+	if err != nil {
+		return nil, err
+	}
+	if _, _, err := parseAlias(alias); err != nil {
+		return nil, err
+	}
+	resp, err := s.rooms.GetRoomAlias(r.Context(), &roomserverv1.GetRoomAliasRequest{Alias: alias})
+	if err != nil {
+		return nil, s.fromGRPC(r.Context(), "GetRoomAlias", err, nil)
+	}
+	if resp.GetRoomId() == "" {
+		return nil, matrixhttp.NotFound("Room alias " + alias + " not found")
+	}
+	servers := resp.GetServers()
+	if len(servers) == 0 {
+		servers = []string{s.serverName}
+	}
+	return map[string]any{"room_id": resp.GetRoomId(), "servers": servers}, nil
+}
+
+// putAlias is PUT /directory/room/{roomAlias}.
+func (s *Directory) putAlias(r *http.Request, dev *httpapi.Device) (any, error) {
+	alias, err := httpapi.PathParam(r, "roomAlias")
+	if err != nil {
+		return nil, err
+	}
+	_, server, err := parseAlias(alias)
+	if err != nil {
+		return nil, err
+	}
+	var req struct {
+		RoomID string `json:"room_id"`
+	}
+	if err := httpapi.DecodeBody(r, httpapi.BodyRequired, &req); err != nil {
+		return nil, err
+	}
+	if req.RoomID == "" {
+		return nil, matrixhttp.BadJSON("room_id is required")
+	}
+	if _, err := spec.NewRoomID(req.RoomID); err != nil {
+		return nil, matrixhttp.InvalidParam("Invalid room ID")
+	}
+	if server != s.serverName {
+		return nil, matrixhttp.InvalidParam("Room alias must be on this server")
+	}
+	info, err := s.rooms.QueryRoomInfo(r.Context(), &roomserverv1.QueryRoomInfoRequest{RoomId: req.RoomID})
+	if err != nil {
+		return nil, s.fromGRPC(r.Context(), "QueryRoomInfo", err, nil)
+	}
+	if !info.GetRoomExists() {
+		return nil, matrixhttp.NotFound("Room not found")
+	}
+	set, err := s.rooms.SetRoomAlias(r.Context(), &roomserverv1.SetRoomAliasRequest{Alias: alias, RoomId: req.RoomID, Creator: dev.UserID})
+	if err != nil {
+		return nil, s.fromGRPC(r.Context(), "SetRoomAlias", err, nil)
+	}
+	if !set.GetCreated() {
+		return nil, httpapi.UnknownError(http.StatusConflict, "Room alias "+alias+" already exists")
+	}
+	return struct{}{}, nil
 }

@@ -1,4 +1,4 @@
-package clientapi
+package rooms
 
 // Membership endpoints beyond join/invite/leave (rooms.go): kick, ban,
 // unban, knock and forget. Each writes one m.room.member event through the
@@ -37,7 +37,7 @@ func targetRequest(r *http.Request) (membershipRequest, error) {
 // The spec refuses the kick of a user who is not currently in the room
 // (joined, invited or knocking; kicking a knock rejects it) with 403,
 // although the auth rules would allow the event.
-func (s *Service) kick(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Rooms) kick(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
@@ -62,7 +62,7 @@ func (s *Service) kick(r *http.Request, dev *httpapi.Device) (any, error) {
 }
 
 // ban is POST /rooms/{roomId}/ban.
-func (s *Service) ban(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Rooms) ban(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
@@ -77,7 +77,7 @@ func (s *Service) ban(r *http.Request, dev *httpapi.Device) (any, error) {
 // unban is POST /rooms/{roomId}/unban. An unban is a leave event for a
 // banned user; for anyone else the same event would be a kick, so it is
 // refused.
-func (s *Service) unban(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Rooms) unban(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
@@ -101,7 +101,7 @@ func (s *Service) unban(r *http.Request, dev *httpapi.Device) (any, error) {
 
 // resolveRoomIDOrAlias turns a {roomIdOrAlias} path parameter into a room
 // ID. Only local aliases resolve until federation exists.
-func (s *Service) resolveRoomIDOrAlias(r *http.Request, target string) (string, error) {
+func (s *Rooms) resolveRoomIDOrAlias(r *http.Request, target string) (string, error) {
 	switch {
 	case strings.HasPrefix(target, "#"):
 		if _, _, err := parseAlias(target); err != nil {
@@ -129,7 +129,7 @@ func (s *Service) resolveRoomIDOrAlias(r *http.Request, target string) (string, 
 // parameters are accepted; only rooms this server is in can be knocked on
 // until federation exists. A room whose join rule is not knock (or
 // knock_restricted) refuses the event: M_FORBIDDEN.
-func (s *Service) knock(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Rooms) knock(r *http.Request, dev *httpapi.Device) (any, error) {
 	target, err := httpapi.PathParam(r, "roomIdOrAlias")
 	if err != nil {
 		return nil, err
@@ -153,7 +153,7 @@ func (s *Service) knock(r *http.Request, dev *httpapi.Device) (any, error) {
 // forgotten membership event is recorded, so the client-API's copy, which
 // may still be catching up with the leave, hides the room once it arrives,
 // and a later membership change brings the room back.
-func (s *Service) forget(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Rooms) forget(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err

@@ -1,4 +1,4 @@
-package clientapi
+package rooms
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 
 // sendOwnEvent sends a client's event through the room-server and returns
 // its ID once the client-API's copy has it (notifier.AwaitStored).
-func (s *Service) sendOwnEvent(ctx context.Context, req *roomserverv1.SendEventRequest) (string, error) {
+func (s *Rooms) sendOwnEvent(ctx context.Context, req *roomserverv1.SendEventRequest) (string, error) {
 	resp, err := s.rooms.SendEvent(ctx, req)
 	if err != nil {
 		return "", s.fromGRPC(ctx, "SendEvent", err, nil)

@@ -1,4 +1,4 @@
-package clientapi
+package rooms
 
 // GET /rooms/{roomId}/members and /joined_members. State comes from the
 // room-server (the graph's owner) as of the requested point: the current
@@ -24,7 +24,7 @@ var validMemberships = []string{store.MembershipJoin, store.MembershipInvite, st
 
 // memberEvents returns the m.room.member events of the room's state at
 // the point the user may see (and at most at the `at` position if set).
-func (s *Service) memberEvents(r *http.Request, dev *httpapi.Device, roomID string, at int64) ([]*roomserverv1.Event, error) {
+func (s *Rooms) memberEvents(r *http.Request, dev *httpapi.Device, roomID string, at int64) ([]*roomserverv1.Event, error) {
 	acc, err := s.history.AccessRoom(r, dev.UserID, roomID)
 	if err != nil {
 		return nil, err
@@ -62,7 +62,7 @@ func (s *Service) memberEvents(r *http.Request, dev *httpapi.Device, roomID stri
 // members is GET /rooms/{roomId}/members. membership and not_membership
 // combine as the spec says: a member is listed when its membership equals
 // membership or differs from not_membership (each ignored when absent).
-func (s *Service) members(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Rooms) members(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
@@ -126,7 +126,7 @@ type roomMember struct {
 // member may ask (the spec: "The current user must be in the room"): a
 // former member gets 403, unlike /members, which shows the state at their
 // leave.
-func (s *Service) joinedMembers(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Rooms) joinedMembers(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err

@@ -1,4 +1,4 @@
-package clientapi
+package rooms
 
 import (
 	"encoding/json"
@@ -50,6 +50,8 @@ func find(events []planned, typ, key string) *planned {
 }
 
 func strptr(s string) *string { return &s }
+
+const testServerName = "example.test"
 
 func TestPlanRoomOrderAndPresets(t *testing.T) {
 	const alice, bob, carol = "@alice:example.test", "@bob:example.test", "@carol:other.test"

@@ -1,4 +1,4 @@
-package clientapi
+package rooms
 
 // Reporting content (client-server API "Reporting Content"): users report
 // events (they must be joined to the room and able to see the event),
@@ -56,7 +56,7 @@ func errReportedEventNotFound() error {
 
 // reportEvent is POST /rooms/{roomId}/report/{eventId}: the reporter must
 // be joined to the room now and able to see the event.
-func (s *Service) reportEvent(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Reports) reportEvent(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, eventID, err := history.EventParams(r)
 	if err != nil {
 		return nil, err
@@ -112,7 +112,7 @@ func (s *Service) reportEvent(r *http.Request, dev *httpapi.Device) (any, error)
 
 // reportRoom is POST /rooms/{roomId}/report: anyone may report a room the
 // server knows, joined or not.
-func (s *Service) reportRoom(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Reports) reportRoom(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
@@ -140,7 +140,7 @@ func (s *Service) reportRoom(r *http.Request, dev *httpapi.Device) (any, error) 
 
 // reportUser is POST /users/{userId}/report. A local user must exist;
 // remote users cannot be checked without federation and are accepted.
-func (s *Service) reportUser(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Reports) reportUser(r *http.Request, dev *httpapi.Device) (any, error) {
 	userID, err := httpapi.PathParam(r, "userId")
 	if err != nil {
 		return nil, err
@@ -193,7 +193,7 @@ type eventReport struct {
 }
 
 // renderReport fills in the room's current name and canonical alias.
-func (s *Service) renderReport(r *http.Request, rep store.Report) (eventReport, error) {
+func (s *Reports) renderReport(r *http.Request, rep store.Report) (eventReport, error) {
 	out := eventReport{
 		ID: rep.ID, ReceivedTS: rep.ReceivedTS, RoomID: rep.RoomID, EventID: rep.EventID,
 		UserID: rep.Reporter, Reason: rep.Reason, Score: rep.Score, Sender: rep.TargetUserID,
@@ -222,7 +222,7 @@ func (s *Service) renderReport(r *http.Request, rep store.Report) (eventReport, 
 
 // listEventReports is GET /_synapse/admin/v1/event_reports (from, limit,
 // dir, user_id, room_id, event_sender_user_id), admins only.
-func (s *Service) listEventReports(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Reports) listEventReports(r *http.Request, dev *httpapi.Device) (any, error) {
 	if err := httpapi.RequireAdmin(dev); err != nil {
 		return nil, err
 	}
@@ -284,7 +284,7 @@ func reportIDParam(r *http.Request) (int64, error) {
 
 // getEventReport is GET /_synapse/admin/v1/event_reports/{reportId}: the
 // report with the event as the room-server holds it (redacted if it was).
-func (s *Service) getEventReport(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Reports) getEventReport(r *http.Request, dev *httpapi.Device) (any, error) {
 	if err := httpapi.RequireAdmin(dev); err != nil {
 		return nil, err
 	}
@@ -313,7 +313,7 @@ func (s *Service) getEventReport(r *http.Request, dev *httpapi.Device) (any, err
 }
 
 // deleteEventReport is DELETE /_synapse/admin/v1/event_reports/{reportId}.
-func (s *Service) deleteEventReport(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Reports) deleteEventReport(r *http.Request, dev *httpapi.Device) (any, error) {
 	if err := httpapi.RequireAdmin(dev); err != nil {
 		return nil, err
 	}

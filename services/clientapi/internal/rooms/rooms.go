@@ -1,4 +1,4 @@
-package clientapi
+package rooms
 
 import (
 	"encoding/json"
@@ -11,6 +11,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
 
 	"github.com/myelin-chat/myelin/pkg/logging"
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
@@ -350,7 +351,7 @@ func defaultPowerLevels(creator, preset string, invites []string, privilegedCrea
 }
 
 // createRoom is POST /createRoom.
-func (s *Service) createRoom(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Rooms) createRoom(r *http.Request, dev *httpapi.Device) (any, error) {
 	var req createRoomRequest
 	if err := httpapi.DecodeBody(r, httpapi.BodyOptional, &req); err != nil {
 		return nil, err
@@ -415,7 +416,7 @@ type membershipRequest struct {
 }
 
 // setMembership sends an m.room.member event for target.
-func (s *Service) setMembership(r *http.Request, dev *httpapi.Device, roomID, target, membership, reason string) error {
+func (s *Rooms) setMembership(r *http.Request, dev *httpapi.Device, roomID, target, membership, reason string) error {
 	content := map[string]any{"membership": membership}
 	if reason != "" {
 		content["reason"] = reason
@@ -436,7 +437,7 @@ func (s *Service) setMembership(r *http.Request, dev *httpapi.Device, roomID, ta
 }
 
 // joinRoomIDOrAlias is POST /join/{roomIdOrAlias}.
-func (s *Service) joinRoomIDOrAlias(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Rooms) joinRoomIDOrAlias(r *http.Request, dev *httpapi.Device) (any, error) {
 	target, err := httpapi.PathParam(r, "roomIdOrAlias")
 	if err != nil {
 		return nil, err
@@ -473,7 +474,7 @@ func (s *Service) joinRoomIDOrAlias(r *http.Request, dev *httpapi.Device) (any, 
 }
 
 // joinRoom is POST /rooms/{roomId}/join.
-func (s *Service) joinRoom(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Rooms) joinRoom(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
@@ -489,7 +490,7 @@ func (s *Service) joinRoom(r *http.Request, dev *httpapi.Device) (any, error) {
 }
 
 // invite is POST /rooms/{roomId}/invite.
-func (s *Service) invite(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Rooms) invite(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
@@ -511,7 +512,7 @@ func (s *Service) invite(r *http.Request, dev *httpapi.Device) (any, error) {
 }
 
 // leave is POST /rooms/{roomId}/leave.
-func (s *Service) leave(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Rooms) leave(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
@@ -527,7 +528,7 @@ func (s *Service) leave(r *http.Request, dev *httpapi.Device) (any, error) {
 }
 
 // joinedRooms is GET /joined_rooms.
-func (s *Service) joinedRooms(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Rooms) joinedRooms(r *http.Request, dev *httpapi.Device) (any, error) {
 	rooms, err := s.store.Reader().JoinedRooms(r.Context(), dev.UserID)
 	if err != nil {
 		return nil, err
@@ -538,67 +539,9 @@ func (s *Service) joinedRooms(r *http.Request, dev *httpapi.Device) (any, error)
 	return map[string][]string{"joined_rooms": rooms}, nil
 }
 
-// getAlias is GET /directory/room/{roomAlias}.
-func (s *Service) getAlias(r *http.Request, _ *httpapi.Device) (any, error) {
-	alias, err := httpapi.PathParam(r, "roomAlias")
-	if err != nil {
-		return nil, err
-	}
-	if _, _, err := parseAlias(alias); err != nil {
-		return nil, err
-	}
-	resp, err := s.rooms.GetRoomAlias(r.Context(), &roomserverv1.GetRoomAliasRequest{Alias: alias})
-	if err != nil {
-		return nil, s.fromGRPC(r.Context(), "GetRoomAlias", err, nil)
-	}
-	if resp.GetRoomId() == "" {
-		return nil, matrixhttp.NotFound("Room alias " + alias + " not found")
-	}
-	servers := resp.GetServers()
-	if len(servers) == 0 {
-		servers = []string{s.serverName}
-	}
-	return map[string]any{"room_id": resp.GetRoomId(), "servers": servers}, nil
-}
-
-// putAlias is PUT /directory/room/{roomAlias}.
-func (s *Service) putAlias(r *http.Request, dev *httpapi.Device) (any, error) {
-	alias, err := httpapi.PathParam(r, "roomAlias")
-	if err != nil {
-		return nil, err
-	}
-	_, server, err := parseAlias(alias)
-	if err != nil {
-		return nil, err
-	}
-	var req struct {
-		RoomID string `json:"room_id"`
-	}
-	if err := httpapi.DecodeBody(r, httpapi.BodyRequired, &req); err != nil {
-		return nil, err
-	}
-	if req.RoomID == "" {
-		return nil, matrixhttp.BadJSON("room_id is required")
-	}
-	if _, err := spec.NewRoomID(req.RoomID); err != nil {
-		return nil, matrixhttp.InvalidParam("Invalid room ID")
-	}
-	if server != s.serverName {
-		return nil, matrixhttp.InvalidParam("Room alias must be on this server")
-	}
-	info, err := s.rooms.QueryRoomInfo(r.Context(), &roomserverv1.QueryRoomInfoRequest{RoomId: req.RoomID})
-	if err != nil {
-		return nil, s.fromGRPC(r.Context(), "QueryRoomInfo", err, nil)
-	}
-	if !info.GetRoomExists() {
-		return nil, matrixhttp.NotFound("Room not found")
-	}
-	set, err := s.rooms.SetRoomAlias(r.Context(), &roomserverv1.SetRoomAliasRequest{Alias: alias, RoomId: req.RoomID, Creator: dev.UserID})
-	if err != nil {
-		return nil, s.fromGRPC(r.Context(), "SetRoomAlias", err, nil)
-	}
-	if !set.GetCreated() {
-		return nil, httpapi.UnknownError(http.StatusConflict, "Room alias "+alias+" already exists")
-	}
-	return struct{}{}, nil
+// createRoomErrors: the room-server refusing an initial event means the
+// initial state the request implies is invalid.
+var createRoomErrors = httpapi.GRPCOverrides{
+	codes.PermissionDenied: httpapi.InvalidRoomState,
+	codes.InvalidArgument:  httpapi.InvalidRoomState,
 }

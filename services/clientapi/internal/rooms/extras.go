@@ -1,4 +1,4 @@
-package clientapi
+package rooms
 
 // Smaller client-server endpoints: GET /v1/rooms/{roomId}/timestamp_to_event,
 // GET /v1/mutual_rooms, GET /v3/voip/turnServer, and GET
@@ -15,14 +15,6 @@ import (
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
-func (s *Service) extraRoutes() []httpapi.Route {
-	return []httpapi.Route{
-		{Method: http.MethodGet, Path: "/_matrix/client/v1/rooms/{roomId}/timestamp_to_event", Abs: true, Auth: true, Serve: s.timestampToEvent},
-		{Method: http.MethodGet, Path: "/_matrix/client/v1/mutual_rooms", Abs: true, Auth: true, Serve: s.mutualRooms},
-		{Method: http.MethodGet, Path: "/_matrix/client/v1/room_summary/{roomIdOrAlias}", Abs: true, OptionalAuth: true, Serve: s.roomSummary},
-	}
-}
-
 // timestampWindow is how many events on each side of the binary search's
 // boundary are checked: origin_server_ts follows stream order only
 // roughly (clocks and concurrent builds), so the closest event is looked
@@ -34,7 +26,7 @@ const timestampWindow = 50
 // copy of the room (no federation). Events are found by a binary search
 // over the room's stream positions on their timestamps, then the
 // neighbours of the boundary are compared.
-func (s *Service) timestampToEvent(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Rooms) timestampToEvent(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
@@ -125,7 +117,7 @@ func eventTS(stored []byte) int64 {
 
 // mutualRooms is GET /v1/mutual_rooms: the rooms the requester and another
 // user are both joined to, in one batch.
-func (s *Service) mutualRooms(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Rooms) mutualRooms(r *http.Request, dev *httpapi.Device) (any, error) {
 	other := r.URL.Query().Get("user_id")
 	if other == "" {
 		return nil, matrixhttp.MissingParam("user_id is required")

@@ -1,4 +1,4 @@
-package clientapi
+package rooms
 
 // POST /rooms/{roomId}/upgrade, as the room upgrades module's server
 // behaviour lists it: check the power to send m.room.tombstone, create the
@@ -38,7 +38,7 @@ type upgradeRequest struct {
 }
 
 // upgradeRoom is POST /rooms/{roomId}/upgrade.
-func (s *Service) upgradeRoom(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Rooms) upgradeRoom(r *http.Request, dev *httpapi.Device) (any, error) {
 	oldRoom, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
@@ -280,7 +280,7 @@ func jsonEqual(a, b any) bool {
 }
 
 // sendState sends one state event with an empty state key as the user.
-func (s *Service) sendState(r *http.Request, dev *httpapi.Device, roomID, typ string, content any) error {
+func (s *base) sendState(r *http.Request, dev *httpapi.Device, roomID, typ string, content any) error {
 	raw, err := json.Marshal(content)
 	if err != nil {
 		return err
@@ -295,7 +295,7 @@ func (s *Service) sendState(r *http.Request, dev *httpapi.Device, roomID, typ st
 
 // moveAliases points every local alias of oldRoom at newRoom, keeping
 // each alias's creator.
-func (s *Service) moveAliases(r *http.Request, oldRoom, newRoom string) error {
+func (s *Rooms) moveAliases(r *http.Request, oldRoom, newRoom string) error {
 	ctx := r.Context()
 	list, err := s.rooms.ListRoomAliases(ctx, &roomserverv1.ListRoomAliasesRequest{RoomId: oldRoom})
 	if err != nil {

@@ -1,4 +1,4 @@
-package clientapi
+package rooms
 
 import (
 	"encoding/json"
@@ -18,7 +18,7 @@ type eventIDResponse struct {
 // send is PUT /rooms/{roomId}/send/{eventType}/{txnId}. The room-server
 // deduplicates by (device, txnId), so a retried request returns the first
 // event's ID.
-func (s *Service) send(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Rooms) send(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
@@ -62,7 +62,7 @@ func (s *Service) send(r *http.Request, dev *httpapi.Device) (any, error) {
 }
 
 // putState is PUT /rooms/{roomId}/state/{eventType}/{stateKey}.
-func (s *Service) putState(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Rooms) putState(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
@@ -99,7 +99,7 @@ func (s *Service) putState(r *http.Request, dev *httpapi.Device) (any, error) {
 }
 
 // getState is GET /rooms/{roomId}/state/{eventType}/{stateKey}.
-func (s *Service) getState(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Rooms) getState(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
@@ -148,7 +148,7 @@ func (s *Service) getState(r *http.Request, dev *httpapi.Device) (any, error) {
 }
 
 // getAllState is GET /rooms/{roomId}/state.
-func (s *Service) getAllState(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Rooms) getAllState(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err

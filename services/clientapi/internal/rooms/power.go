@@ -1,4 +1,4 @@
-package clientapi
+package rooms
 
 // Power-level questions the client-API must answer itself: the auth rules
 // cover events, but some endpoints that write no event (deleting an alias,
@@ -40,7 +40,7 @@ func (p roomPower) maySendState(userID, evType string) bool {
 
 // roomPowerOf reads a room's current power levels from the room-server.
 // exists is false for an unknown room.
-func (s *Service) roomPowerOf(ctx context.Context, roomID string) (p roomPower, exists bool, err error) {
+func (s *base) roomPowerOf(ctx context.Context, roomID string) (p roomPower, exists bool, err error) {
 	resp, err := s.rooms.QueryState(ctx, &roomserverv1.QueryStateRequest{
 		RoomId: roomID,
 		Filter: []*roomserverv1.StateKeyTuple{{Type: spec.MRoomCreate}, {Type: spec.MRoomPowerLevels}},

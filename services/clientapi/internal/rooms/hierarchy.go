@@ -1,4 +1,4 @@
-package clientapi
+package rooms
 
 // GET /rooms/{roomId}/hierarchy for rooms on this server: a depth-first
 // walk over m.space.child state events, read from the client-API's
@@ -58,7 +58,7 @@ func hierarchyToken(offset, depth int, suggested bool) string {
 	return fmt.Sprintf("h%d_%d_%t", offset, depth, suggested)
 }
 
-func (s *Service) hierarchy(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Rooms) hierarchy(r *http.Request, dev *httpapi.Device) (any, error) {
 	root, err := httpapi.RoomIDParam(r)
 	if err != nil {
 		return nil, err
@@ -114,7 +114,7 @@ func (s *Service) hierarchy(r *http.Request, dev *httpapi.Device) (any, error) {
 }
 
 // walkHierarchy returns the visible rooms below root, depth first.
-func (s *Service) walkHierarchy(r *http.Request, dev *httpapi.Device, root string, maxDepth int, suggested bool) ([]hierarchyRoom, error) {
+func (s *Rooms) walkHierarchy(r *http.Request, dev *httpapi.Device, root string, maxDepth int, suggested bool) ([]hierarchyRoom, error) {
 	type item struct {
 		roomID string
 		depth  int
@@ -152,7 +152,7 @@ func (s *Service) walkHierarchy(r *http.Request, dev *httpapi.Device, root strin
 
 // hierarchyEntry builds one room's entry and its ordered children, and
 // says whether the user may see the room.
-func (s *Service) hierarchyEntry(r *http.Request, dev *httpapi.Device, roomID string, suggested bool) (hierarchyRoom, []spaceChild, bool, error) {
+func (s *Rooms) hierarchyEntry(r *http.Request, dev *httpapi.Device, roomID string, suggested bool) (hierarchyRoom, []spaceChild, bool, error) {
 	ctx := r.Context()
 	reader := s.store.Reader()
 	state, err := reader.CurrentState(ctx, roomID, append(slices.Clone(directoryStateTypes), spaceChildType, "m.room.encryption"))
@@ -268,7 +268,7 @@ func validChildOrder(o string) bool {
 // mayPeekOrJoin is the hierarchy's visibility rule: joined or invited,
 // world-readable, public or knockable, or restricted with the user joined
 // to an allowed room.
-func (s *Service) mayPeekOrJoin(r *http.Request, dev *httpapi.Device, entry hierarchyRoom, membership string) (bool, error) {
+func (s *Rooms) mayPeekOrJoin(r *http.Request, dev *httpapi.Device, entry hierarchyRoom, membership string) (bool, error) {
 	switch {
 	case membership == store.MembershipJoin, membership == store.MembershipInvite:
 		return true, nil
@@ -296,7 +296,7 @@ func (s *Service) mayPeekOrJoin(r *http.Request, dev *httpapi.Device, entry hier
 // requester's membership. Authentication is optional: without it only
 // rooms that are public, knockable or world-readable are shown. Rooms this
 // server has no state for are not found (no federation).
-func (s *Service) roomSummary(r *http.Request, dev *httpapi.Device) (any, error) {
+func (s *Rooms) roomSummary(r *http.Request, dev *httpapi.Device) (any, error) {
 	if dev == nil {
 		dev = &httpapi.Device{} // the route's authentication is optional
 	}
