@@ -3,6 +3,7 @@ package clientapi
 import (
 	"context"
 	"encoding/json"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -158,4 +159,22 @@ func presenceEvent(p *presencev1.Presence) map[string]any {
 		content["currently_active"] = p.GetCurrentlyActive()
 	}
 	return map[string]any{"type": "m.presence", "sender": p.GetUserId(), "content": content}
+}
+
+// presenceSyncTimeout bounds the presence calls a /sync makes. Ephemeral
+// data is not worth holding a sync for: when the presence service is down
+// or slow, /sync answers without it.
+const presenceSyncTimeout = 2 * time.Second
+
+// markActive tells the presence service about a /sync (set_presence).
+// Presence is not worth failing a sync for: errors are logged.
+func (s *Service) markActive(ctx context.Context, userID, setPresence string) {
+	if s.presence == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, presenceSyncTimeout)
+	defer cancel()
+	if _, err := s.presence.MarkActive(ctx, &presencev1.MarkActiveRequest{UserId: userID, SetPresence: setPresence}); err != nil && ctx.Err() == nil {
+		s.log.Warn("presence MarkActive failed", zap.Error(err))
+	}
 }

@@ -12,7 +12,7 @@ import (
 
 // routes is the client-API's route table.
 func (s *Service) routes() []httpapi.Route {
-	return slices.Concat(s.coreRoutes(), s.history.Routes(), s.ephemeralRoutes(), s.searchRoutes(), s.push.Routes(), s.keyEndpoints.Routes(), s.users.Routes(), s.roomDomain.Routes())
+	return slices.Concat(s.coreRoutes(), s.history.Routes(), s.ephemeral.Routes(), s.searchRoutes(), s.push.Routes(), s.keyEndpoints.Routes(), s.users.Routes(), s.roomDomain.Routes())
 }
 
 // coreRoutes are the routes defined in this file.

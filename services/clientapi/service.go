@@ -21,6 +21,7 @@ import (
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/consumers"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/ephemeral"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/history"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/keys"
@@ -90,6 +91,8 @@ type Service struct {
 	history *history.Service
 	// users is the users domain (internal/users).
 	users *users.Service
+	// ephemeral serves typing, receipts, markers and presence (internal/ephemeral).
+	ephemeral *ephemeral.Service
 	// roomDomain is the rooms domain (internal/rooms).
 	roomDomain *rooms.Service
 	// now is the clock for token expiry; tests replace it.
@@ -146,6 +149,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		DeviceChanges: s.keys, Wake: s.wakeBus, PushRules: s.push, Erasures: s.history, Members: s.notifier,
 	})
 	s.roomDomain = rooms.New(rooms.Config{DefaultRoomVersion: cfg.DefaultRoomVersion}, deps.ServerName, st, deps.RoomServer, s.history, s.users, s.notifier, deps.Logger)
+	s.ephemeral = ephemeral.New(deps.ServerName, deps.Presence, deps.Logger)
 	s.keyEndpoints = keys.New(deps.ServerName, st, deps.E2EKeys, s.keys, s.notifier, s.users, deps.Logger)
 	s.http = httpapi.NewServer(deps.Logger, s.users.Accounts, cfg.RateLimit, time.Now)
 	if s.consumer, err = s.createConsumer(ctx); err != nil {

@@ -1,11 +1,14 @@
-package clientapi
+// Package ephemeral serves typing notifications, read receipts, read
+// markers and presence. The data belongs to the presence service; these
+// handlers check the request (only for yourself) and call it over gRPC.
+// What /sync shows of it is the sync package's (internal/syncapi).
+package ephemeral
 
 import (
 	"context"
 	"encoding/json"
 	"net/http"
 	"strings"
-	"time"
 
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
@@ -15,12 +18,27 @@ import (
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 )
 
-// Typing, receipts, read markers and presence. The data belongs to the
-// presence service; these handlers check the request and call it over
-// gRPC. What /sync shows of it is in ephemeral_sync.go.
+// Service serves the ephemeral endpoints.
+type Service struct {
+	serverName string
+	// presence may be nil: the endpoints then answer 503.
+	presence presencev1.PresenceServiceClient
+	log      *zap.Logger
+}
 
-// ephemeralRoutes are the route table rows of this file.
-func (s *Service) ephemeralRoutes() []httpapi.Route {
+// New returns the ephemeral endpoints of serverName.
+func New(serverName string, presence presencev1.PresenceServiceClient, log *zap.Logger) *Service {
+	return &Service{serverName: serverName, presence: presence, log: log}
+}
+
+// fromGRPC converts a peer service's error into a Matrix error
+// (httpapi.FromGRPC).
+func (s *Service) fromGRPC(ctx context.Context, op string, err error, overrides httpapi.GRPCOverrides) error {
+	return httpapi.FromGRPC(ctx, s.log, op, err, overrides)
+}
+
+// Routes are the ephemeral endpoints.
+func (s *Service) Routes() []httpapi.Route {
 	return []httpapi.Route{
 		{Method: http.MethodPut, Path: "/rooms/{roomId}/typing/{userId}", Auth: true, Serve: s.putTyping},
 		{Method: http.MethodPost, Path: "/rooms/{roomId}/receipt/{receiptType}/{eventId}", Auth: true, Serve: s.postReceipt},
@@ -250,22 +268,4 @@ func (s *Service) putPresence(r *http.Request, dev *httpapi.Device) (any, error)
 		return nil, s.fromGRPC(r.Context(), "SetPresence", err, presenceErrors)
 	}
 	return struct{}{}, nil
-}
-
-// presenceSyncTimeout bounds the presence calls a /sync makes. Ephemeral
-// data is not worth holding a sync for: when the presence service is down
-// or slow, /sync answers without it.
-const presenceSyncTimeout = 2 * time.Second
-
-// markActive tells the presence service about a /sync (set_presence).
-// Presence is not worth failing a sync for: errors are logged.
-func (s *Service) markActive(ctx context.Context, userID, setPresence string) {
-	if s.presence == nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(ctx, presenceSyncTimeout)
-	defer cancel()
-	if _, err := s.presence.MarkActive(ctx, &presencev1.MarkActiveRequest{UserId: userID, SetPresence: setPresence}); err != nil && ctx.Err() == nil {
-		s.log.Warn("presence MarkActive failed", zap.Error(err))
-	}
 }
