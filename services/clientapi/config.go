@@ -11,6 +11,7 @@ import (
 	"github.com/myelin-chat/myelin/pkg/ratelimit"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/push"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/syncapi"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/users"
 )
 
@@ -79,15 +80,8 @@ type RateLimitConfig = httpapi.RateLimitConfig
 // to Burst (the shared limiter's, pkg/ratelimit).
 type RateBucket = ratelimit.Bucket
 
-// SyncConfig holds /sync and /messages settings.
-type SyncConfig struct {
-	// DefaultTimelineLimit is the timeline size when the filter sets none.
-	DefaultTimelineLimit int `yaml:"default_timeline_limit"`
-	// MaxTimelineLimit caps the filter's timeline limit.
-	MaxTimelineLimit int `yaml:"max_timeline_limit"`
-	// MaxTimeout caps the long-poll timeout a client asks for.
-	MaxTimeout time.Duration `yaml:"max_timeout"`
-}
+// SyncConfig holds /sync and /messages settings (internal/syncapi).
+type SyncConfig = syncapi.Config
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {

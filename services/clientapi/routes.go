@@ -1,7 +1,6 @@
 package clientapi
 
 import (
-	"net/http"
 	"slices"
 
 	"github.com/go-chi/chi/v5"
@@ -12,16 +11,7 @@ import (
 
 // routes is the client-API's route table.
 func (s *Service) routes() []httpapi.Route {
-	return slices.Concat(s.coreRoutes(), s.history.Routes(), s.ephemeral.Routes(), s.searchRoutes(), s.push.Routes(), s.keyEndpoints.Routes(), s.users.Routes(), s.roomDomain.Routes())
-}
-
-// coreRoutes are the routes defined in this file.
-func (s *Service) coreRoutes() []httpapi.Route {
-	return []httpapi.Route{
-		// Sync.
-		{Method: http.MethodGet, Path: "/sync", Auth: true, Serve: s.sync},
-		{Method: http.MethodPut, Path: "/sendToDevice/{eventType}/{txnId}", Auth: true, Serve: s.sendToDevice},
-	}
+	return slices.Concat(s.users.Routes(), s.roomDomain.Routes(), s.history.Routes(), s.sync.Routes(), s.push.Routes(), s.keyEndpoints.Routes(), s.ephemeral.Routes())
 }
 
 // RegisterHTTP mounts the client-server API on r (through the HTTP edge,

@@ -28,6 +28,7 @@ import (
 	"github.com/myelin-chat/myelin/services/clientapi/internal/push"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/pushgateway"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/rooms"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/syncapi"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/syncapi/notifier"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/users"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/wakebus"
@@ -71,8 +72,6 @@ type Service struct {
 	// http is the HTTP edge the routes are served through.
 	http     *httpapi.Server
 	notifier *notifier.Notifier
-	// lazy remembers the members /sync sent each device (sync_lazy.go).
-	lazy     *lazyCache
 	consumer jetstream.Consumer
 	presence presencev1.PresenceServiceClient
 	// media receives the old media rows (media_handover.go).
@@ -93,6 +92,8 @@ type Service struct {
 	users *users.Service
 	// ephemeral serves typing, receipts, markers and presence (internal/ephemeral).
 	ephemeral *ephemeral.Service
+	// sync serves /sync and the legacy sync endpoints (internal/syncapi).
+	sync *syncapi.Service
 	// roomDomain is the rooms domain (internal/rooms).
 	roomDomain *rooms.Service
 	// now is the clock for token expiry; tests replace it.
@@ -122,7 +123,6 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		presence:   deps.Presence,
 		media:      deps.Media,
 		js:         deps.JetStream,
-		lazy:       newLazyCache(),
 		now:        time.Now,
 	}
 	s.history = history.New(st, deps.RoomServer, deps.Logger)
@@ -150,6 +150,10 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	})
 	s.roomDomain = rooms.New(rooms.Config{DefaultRoomVersion: cfg.DefaultRoomVersion}, deps.ServerName, st, deps.RoomServer, s.history, s.users, s.notifier, deps.Logger)
 	s.ephemeral = ephemeral.New(deps.ServerName, deps.Presence, deps.Logger)
+	s.sync = syncapi.New(syncapi.Deps{
+		Config: cfg.Sync, ServerName: deps.ServerName, Store: st, Rooms: deps.RoomServer, Presence: deps.Presence,
+		History: s.history, Push: s.push, Keys: s.keys, Notifier: s.notifier, Wake: s.wakeBus, Log: deps.Logger,
+	})
 	s.keyEndpoints = keys.New(deps.ServerName, st, deps.E2EKeys, s.keys, s.notifier, s.users, deps.Logger)
 	s.http = httpapi.NewServer(deps.Logger, s.users.Accounts, cfg.RateLimit, time.Now)
 	if s.consumer, err = s.createConsumer(ctx); err != nil {

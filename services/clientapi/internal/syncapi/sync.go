@@ -1,4 +1,4 @@
-package clientapi
+package syncapi
 
 import (
 	"context"
@@ -125,13 +125,13 @@ func (s *Service) sync(r *http.Request, dev *httpapi.Device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	timeout := min(time.Duration(max(timeoutMS, 0))*time.Millisecond, s.cfg.Sync.MaxTimeout)
+	timeout := min(time.Duration(max(timeoutMS, 0))*time.Millisecond, s.cfg.MaxTimeout)
 	if opts.filter, err = s.syncFilterParam(r, dev); err != nil {
 		return nil, err
 	}
-	opts.limit = s.cfg.Sync.DefaultTimelineLimit
+	opts.limit = s.cfg.DefaultTimelineLimit
 	if l := opts.filter.TimelineLimit(); l != nil {
-		opts.limit = min(*l, s.cfg.Sync.MaxTimelineLimit)
+		opts.limit = min(*l, s.cfg.MaxTimelineLimit)
 	}
 
 	opts.withStreams = true

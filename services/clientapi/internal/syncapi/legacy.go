@@ -1,4 +1,4 @@
-package clientapi
+package syncapi
 
 // The legacy (pre-r0) sync endpoints the spec still defines, all
 // deprecated except peeking: GET /initialSync, GET /rooms/{roomId}/initialSync,
@@ -86,14 +86,14 @@ func (s *Service) roomVisibility(ctx context.Context, roomID string) (string, er
 // initialSync is GET /initialSync (deprecated): an initial /sync, reshaped.
 func (s *Service) initialSync(r *http.Request, dev *httpapi.Device) (any, error) {
 	ctx := r.Context()
-	limit, err := httpapi.QueryInt(r, "limit", int64(s.cfg.Sync.DefaultTimelineLimit))
+	limit, err := httpapi.QueryInt(r, "limit", int64(s.cfg.DefaultTimelineLimit))
 	if err != nil {
 		return nil, err
 	}
 	if limit < 0 {
 		return nil, matrixhttp.InvalidParam("limit must not be negative")
 	}
-	opts := syncOptions{limit: int(min(limit, int64(s.cfg.Sync.MaxTimelineLimit)))}
+	opts := syncOptions{limit: int(min(limit, int64(s.cfg.MaxTimelineLimit)))}
 	switch r.URL.Query().Get("archived") {
 	case "", "false":
 	case "true":
@@ -186,14 +186,14 @@ func (s *Service) roomInitialSync(r *http.Request, dev *httpapi.Device) (any, er
 	if err != nil {
 		return nil, err
 	}
-	limit, err := httpapi.QueryInt(r, "limit", int64(s.cfg.Sync.DefaultTimelineLimit))
+	limit, err := httpapi.QueryInt(r, "limit", int64(s.cfg.DefaultTimelineLimit))
 	if err != nil {
 		return nil, err
 	}
 	if limit < 0 {
 		return nil, matrixhttp.InvalidParam("limit must not be negative")
 	}
-	limit = min(limit, int64(s.cfg.Sync.MaxTimelineLimit))
+	limit = min(limit, int64(s.cfg.MaxTimelineLimit))
 	ctx := r.Context()
 	acc, err := s.history.AccessRoom(r, dev.UserID, roomID)
 	if err != nil {
@@ -277,7 +277,7 @@ func (s *Service) events(r *http.Request, dev *httpapi.Device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	timeout := min(time.Duration(max(timeoutMS, 0))*time.Millisecond, s.cfg.Sync.MaxTimeout)
+	timeout := min(time.Duration(max(timeoutMS, 0))*time.Millisecond, s.cfg.MaxTimeout)
 	var from *clientevent.StreamToken
 	if v := q.Get("from"); v != "" {
 		t, err := clientevent.ParseStreamToken(v)
@@ -303,7 +303,7 @@ func (s *Service) events(r *http.Request, dev *httpapi.Device) (any, error) {
 		}
 		from = &clientevent.StreamToken{Pos: pos, EPos: epos}
 	}
-	opts := syncOptions{since: from, limit: s.cfg.Sync.MaxTimelineLimit}
+	opts := syncOptions{since: from, limit: s.cfg.MaxTimelineLimit}
 	deadline := time.Now().Add(timeout)
 	for {
 		woken := s.notifier.WakeCount(dev.UserID)
@@ -400,7 +400,7 @@ func (s *Service) peekEvents(r *http.Request, dev *httpapi.Device, roomID string
 	after := from.Pos
 	for {
 		rd := s.store.Reader()
-		page, err := rd.Messages(ctx, roomID, store.Forward, after, -1, acc.Bound, s.cfg.Sync.MaxTimelineLimit)
+		page, err := rd.Messages(ctx, roomID, store.Forward, after, -1, acc.Bound, s.cfg.MaxTimelineLimit)
 		if err != nil {
 			return nil, err
 		}

@@ -1,4 +1,4 @@
-package clientapi
+package syncapi
 
 // The end-to-end extensions of /sync: the device's one-time key counts and
 // unused fallback key types, and device_lists.

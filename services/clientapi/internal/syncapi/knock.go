@@ -1,4 +1,4 @@
-package clientapi
+package syncapi
 
 import (
 	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
