@@ -72,16 +72,17 @@ type Service struct {
 	// http is the HTTP edge the routes are served through.
 	http     *httpapi.Server
 	notifier *notifier.Notifier
-	consumer jetstream.Consumer
-	presence presencev1.PresenceServiceClient
+	// roomEvents writes the copy of room events (internal/consumers).
+	roomEvents *consumers.RoomEvents
+	presence   presencev1.PresenceServiceClient
 	// media receives the old media rows (media_handover.go).
 	media mediav1.MediaServiceClient
-	// ephemeralConsumer wakes /sync on presence service changes.
-	ephemeralConsumer jetstream.Consumer
+	// ephemeralWakes wakes /sync on presence service changes.
+	ephemeralWakes *consumers.Ephemeral
 	// wakeBus carries wake-ups between client-API replicas (internal/wakebus).
 	wakeBus *wakebus.Bus
-	// receiptsConsumer copies read receipts for unread counts (push).
-	receiptsConsumer jetstream.Consumer
+	// receipts copies read receipts for unread counts.
+	receipts *consumers.Receipts
 	// push is the push domain (internal/push).
 	push *push.Service
 	// pushers delivers notifications to push gateways (internal/pushgateway).
@@ -156,7 +157,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	})
 	s.keyEndpoints = keys.New(deps.ServerName, st, deps.E2EKeys, s.keys, s.notifier, s.users, deps.Logger)
 	s.http = httpapi.NewServer(deps.Logger, s.users.Accounts, cfg.RateLimit, time.Now)
-	if s.consumer, err = s.createConsumer(ctx); err != nil {
+	if s.roomEvents, err = consumers.NewRoomEvents(ctx, s.js, cfg.ConsumerName, st, s.push, s.wakeBus, s.pushers, s.users, deps.Logger); err != nil {
 		s.wakeBus.Stop()
 		st.Close()
 		return nil, err
@@ -172,12 +173,12 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		return nil, err
 	}
 	if s.presence != nil {
-		if s.ephemeralConsumer, err = s.createEphemeralConsumer(ctx); err != nil {
+		if s.ephemeralWakes, err = consumers.NewEphemeral(ctx, s.js, s.notifier, deps.Logger); err != nil {
 			s.wakeBus.Stop()
 			st.Close()
 			return nil, err
 		}
-		if s.receiptsConsumer, err = s.createPushReceiptsConsumer(ctx); err != nil {
+		if s.receipts, err = consumers.NewReceipts(ctx, s.js, cfg.Push.ReceiptsConsumerName, deps.ServerName, st, s.wakeBus, deps.Logger); err != nil {
 			s.wakeBus.Stop()
 			st.Close()
 			return nil, err
@@ -198,7 +199,7 @@ func (s *Service) RegisterGRPC(g *grpc.Server) {
 func (s *Service) Run(ctx context.Context) error {
 	defer s.notifier.Close()
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return s.consume(gctx) })
+	g.Go(func() error { return s.leader().Run(gctx) })
 	g.Go(func() error { return s.keyChanges.Run(gctx) })
 	g.Go(func() error {
 		s.keys.HandOver(gctx)
@@ -206,10 +207,26 @@ func (s *Service) Run(ctx context.Context) error {
 	})
 	g.Go(func() error { return s.keys.RetryLoop(gctx) })
 	g.Go(func() error { return s.handOverMedia(gctx) })
-	if s.ephemeralConsumer != nil {
-		g.Go(func() error { return s.consumeEphemeral(gctx) })
+	if s.ephemeralWakes != nil {
+		g.Go(func() error { return s.ephemeralWakes.Run(gctx) })
 	}
 	return g.Wait()
+}
+
+// leader is the single-writer work: storing room events, delivering
+// pushes (one deliverer, so no notification is pushed twice), pruning
+// notifications and copying read receipts for unread counts (one writer,
+// in order), run by the replica that holds the consumer lock.
+func (s *Service) leader() *consumers.Leader {
+	l := &consumers.Leader{Store: s.store, Name: s.cfg.ConsumerName, Log: s.log}
+	l.Jobs = append(l.Jobs, s.roomEvents.Run, s.pushers.Run)
+	if s.cfg.Push.NotificationRetention > 0 {
+		l.Jobs = append(l.Jobs, func(ctx context.Context) error { s.push.PruneNotifications(ctx); return nil })
+	}
+	if s.receipts != nil {
+		l.Jobs = append(l.Jobs, s.receipts.Run)
+	}
+	return l
 }
 
 // Ready reports whether the service can Serve: its database answers and

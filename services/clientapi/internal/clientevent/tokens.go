@@ -116,6 +116,4 @@ func (t *StreamToken) ToDevicePos() int64 {
 var (
 	// ErrInvalidToken is a malformed sync or pagination token.
 	ErrInvalidToken = errors.New("invalid stream token")
-	// ErrBadPayload is a JetStream message the consumer cannot decode.
-	ErrBadPayload = errors.New("undecodable room event payload")
 )

@@ -1,31 +1,56 @@
-package clientapi
+package consumers
 
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
-	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/myelin-chat/myelin/pkg/bus"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/push"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/users"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/wakebus"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
+
+// ErrBadPayload is a JetStream message the consumer cannot decode.
+var ErrBadPayload = errors.New("undecodable room event payload")
 
 // consumeBatch is the most messages stored in one transaction.
 const consumeBatch = 256
 
-// createConsumer creates (or finds) the durable pull consumer on the room
-// events stream. Being durable, it resumes where the last run stopped.
-func (s *Service) createConsumer(ctx context.Context) (jetstream.Consumer, error) {
-	cons, err := s.js.CreateOrUpdateConsumer(ctx, bus.RoomEventsStream, jetstream.ConsumerConfig{
-		Durable:       s.cfg.ConsumerName,
+// PusherWaker is told who got notifications (pushgateway.Dispatcher).
+type PusherWaker interface {
+	Wake(users ...string)
+}
+
+// RoomEvents is the durable consumer of MYELIN_ROOM_EVENTS that writes the
+// client-API's copy of room events (the read model /sync and /messages
+// read), evaluating push rules in the same transactions.
+type RoomEvents struct {
+	consumer jetstream.Consumer
+	store    *store.Store
+	push     *push.Service
+	wakeBus  *wakebus.Bus
+	pushers  PusherWaker
+	// users removes guests from rooms that stopped admitting them.
+	users *users.Service
+	log   *zap.Logger
+}
+
+// NewRoomEvents creates (or finds) the durable pull consumer name on the
+// room events stream. Being durable, it resumes where the last run stopped.
+func NewRoomEvents(ctx context.Context, js jetstream.JetStream, name string, st *store.Store, p *push.Service, wake *wakebus.Bus,
+	pushers PusherWaker, u *users.Service, log *zap.Logger) (*RoomEvents, error) {
+	cons, err := js.CreateOrUpdateConsumer(ctx, bus.RoomEventsStream, jetstream.ConsumerConfig{
+		Durable:       name,
 		Description:   "client-API sync copy of room events",
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckPolicy:     jetstream.AckExplicitPolicy,
@@ -33,87 +58,17 @@ func (s *Service) createConsumer(ctx context.Context) (jetstream.Consumer, error
 		MaxAckPending: 4 * consumeBatch,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("create consumer %s on %s: %w", s.cfg.ConsumerName, bus.RoomEventsStream, err)
+		return nil, fmt.Errorf("create consumer %s on %s: %w", name, bus.RoomEventsStream, err)
 	}
-	return cons, nil
+	return &RoomEvents{consumer: cons, store: st, push: p, wakeBus: wake, pushers: pushers, users: u, log: log}, nil
 }
 
-// consume does the single-writer work (lead) while this replica holds the
-// consumer lock (store.ConsumerLock): one replica at a time, the others
-// wait to take over. It returns when ctx ends.
-func (s *Service) consume(ctx context.Context) error {
-	for {
-		lock, err := s.store.AcquireConsumerLock(ctx, s.cfg.ConsumerName)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			s.log.Warn("room events consumer lock, retrying", zap.Error(err))
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(time.Second):
-			}
-			continue
-		}
-		s.log.Info("consuming room events", zap.String("consumer", s.cfg.ConsumerName))
-		leadCtx, cancel := context.WithCancel(ctx)
-		go s.watchLock(leadCtx, cancel, lock)
-		err = s.lead(leadCtx)
-		cancel()
-		lock.Release()
-		if err != nil || ctx.Err() != nil {
-			return err
-		}
-		// The lock's connection failed: stop, then compete for it again.
-	}
-}
-
-// lead is the work of the replica holding the consumer lock: storing room
-// events, delivering pushes (one deliverer, so no notification is pushed
-// twice) and copying read receipts for unread counts (one writer, in
-// order). It returns when ctx ends.
-func (s *Service) lead(ctx context.Context) error {
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return s.consumeRoomEvents(gctx) })
-	g.Go(func() error { return s.pushers.Run(gctx) })
-	if s.cfg.Push.NotificationRetention > 0 {
-		g.Go(func() error { s.push.PruneNotifications(gctx); return nil })
-	}
-	if s.receiptsConsumer != nil {
-		g.Go(func() error { return s.consumePushReceipts(gctx) })
-	}
-	return g.Wait()
-}
-
-// watchLock cancels the consumer when its lock's connection is lost, since
-// another replica may then take the lock.
-func (s *Service) watchLock(ctx context.Context, cancel context.CancelFunc, lock *store.ConsumerLock) {
-	t := time.NewTicker(5 * time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		pingCtx, done := context.WithTimeout(ctx, 5*time.Second)
-		err := lock.Alive(pingCtx)
-		done()
-		if err != nil && ctx.Err() == nil {
-			s.log.Error("room events consumer lock lost; stopping", zap.Error(err))
-			cancel()
-			return
-		}
-	}
-}
-
-// consumeRoomEvents receives room events in stream order and stores them
+// Run receives room events in stream order and stores them
 // in batches: each batch in one transaction, acknowledged after the
 // commit, then announced to every replica's notifier. A failed batch is
 // retried (in order) until it commits or ctx ends; stored events are
 // skipped on redelivery.
-func (s *Service) consumeRoomEvents(ctx context.Context) error {
+func (s *RoomEvents) Run(ctx context.Context) error {
 	msgs := make(chan jetstream.Msg, 2*consumeBatch)
 	cc, err := s.consumer.Consume(func(m jetstream.Msg) {
 		select {
@@ -170,7 +125,7 @@ func (s *Service) consumeRoomEvents(ctx context.Context) error {
 
 // storeBatch decodes, stores and acknowledges one batch, retrying storage
 // failures with backoff. It returns an error only when ctx ends.
-func (s *Service) storeBatch(ctx context.Context, batch []jetstream.Msg) error {
+func (s *RoomEvents) storeBatch(ctx context.Context, batch []jetstream.Msg) error {
 	inputs := make([]store.Input, 0, len(batch))
 	for _, m := range batch {
 		in, err := decodeOutputEvent(m.Data())
@@ -222,7 +177,7 @@ func (s *Service) storeBatch(ctx context.Context, batch []jetstream.Msg) error {
 
 // retry runs f until it succeeds, with backoff; it returns an error only
 // when ctx ends.
-func (s *Service) retry(ctx context.Context, what string, f func() error) error {
+func (s *RoomEvents) retry(ctx context.Context, what string, f func() error) error {
 	backoff := 100 * time.Millisecond
 	for {
 		err := f()
@@ -246,19 +201,19 @@ func (s *Service) retry(ctx context.Context, what string, f func() error) error 
 func decodeOutputEvent(data []byte) (store.Input, error) {
 	var out roomserverv1.OutputRoomEvent
 	if err := proto.Unmarshal(data, &out); err != nil {
-		return store.Input{}, fmt.Errorf("%w: %v", clientevent.ErrBadPayload, err)
+		return store.Input{}, fmt.Errorf("%w: %v", ErrBadPayload, err)
 	}
 	if out.GetRoomId() == "" || out.GetEventId() == "" {
-		return store.Input{}, fmt.Errorf("%w: missing room or event ID", clientevent.ErrBadPayload)
+		return store.Input{}, fmt.Errorf("%w: missing room or event ID", ErrBadPayload)
 	}
 	pdu, err := clientevent.ParseOutputPDU(out.GetRoomVersion(), out.GetEventId(), out.GetEventJson())
 	if err != nil {
-		return store.Input{}, fmt.Errorf("%w: event %s: %v", clientevent.ErrBadPayload, out.GetEventId(), err)
+		return store.Input{}, fmt.Errorf("%w: event %s: %v", ErrBadPayload, out.GetEventId(), err)
 	}
 	ce := clientevent.NewClientEvent(pdu)
 	if because := out.GetRedactedBecause(); len(because) > 0 {
 		if ce, err = clientevent.WithRedactedBecause(ce, out.GetRoomVersion(), out.GetRoomId(), because); err != nil {
-			return store.Input{}, fmt.Errorf("%w: event %s: %v", clientevent.ErrBadPayload, out.GetEventId(), err)
+			return store.Input{}, fmt.Errorf("%w: event %s: %v", ErrBadPayload, out.GetEventId(), err)
 		}
 	}
 	raw, err := ce.Marshal()
@@ -300,16 +255,16 @@ func decodeOutputEvent(data []byte) (store.Input, error) {
 	in.Event.SearchKey, in.Event.SearchText = clientevent.SearchTextOf(ce.Type, ce.Content)
 	if red := out.GetRedactedEventJson(); len(red) > 0 {
 		if in.Redacted, err = clientevent.RedactedCopy(out.GetRoomVersion(), out.GetRoomId(), red, out.GetEventJson()); err != nil {
-			return store.Input{}, fmt.Errorf("%w: redacted event of %s: %v", clientevent.ErrBadPayload, out.GetEventId(), err)
+			return store.Input{}, fmt.Errorf("%w: redacted event of %s: %v", ErrBadPayload, out.GetEventId(), err)
 		}
 	}
 	for _, added := range out.GetAddedStateEvents() {
 		spdu, err := clientevent.ParsePDU(out.GetRoomVersion(), added)
 		if err != nil {
-			return store.Input{}, fmt.Errorf("%w: added state of %s: %v", clientevent.ErrBadPayload, out.GetEventId(), err)
+			return store.Input{}, fmt.Errorf("%w: added state of %s: %v", ErrBadPayload, out.GetEventId(), err)
 		}
 		if spdu.StateKey() == nil {
-			return store.Input{}, fmt.Errorf("%w: added state event %s has no state key", clientevent.ErrBadPayload, spdu.EventID())
+			return store.Input{}, fmt.Errorf("%w: added state event %s has no state key", ErrBadPayload, spdu.EventID())
 		}
 		sce := clientevent.NewClientEvent(spdu)
 		sraw, err := sce.Marshal()

@@ -1,4 +1,4 @@
-package clientapi
+package consumers
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/bus"
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/syncapi/notifier"
 )
 
 // The presence service publishes every typing, receipt and presence change
@@ -22,19 +23,27 @@ import (
 // a shared durable one. It starts at new messages: waking is idempotent
 // and old wake-ups are worthless, also after a restart.
 
-func (s *Service) createEphemeralConsumer(ctx context.Context) (jetstream.Consumer, error) {
-	cons, err := s.js.OrderedConsumer(ctx, bus.EphemeralStream, jetstream.OrderedConsumerConfig{
+// Ephemeral is this replica's consumer of MYELIN_EPHEMERAL.
+type Ephemeral struct {
+	consumer jetstream.Consumer
+	notifier *notifier.Notifier
+	log      *zap.Logger
+}
+
+// NewEphemeral creates the ordered consumer (new messages only).
+func NewEphemeral(ctx context.Context, js jetstream.JetStream, n *notifier.Notifier, log *zap.Logger) (*Ephemeral, error) {
+	cons, err := js.OrderedConsumer(ctx, bus.EphemeralStream, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverNewPolicy,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create ordered consumer on %s: %w", bus.EphemeralStream, err)
 	}
-	return cons, nil
+	return &Ephemeral{consumer: cons, notifier: n, log: log}, nil
 }
 
-// consumeEphemeral wakes /sync waiters until ctx ends.
-func (s *Service) consumeEphemeral(ctx context.Context) error {
-	cc, err := s.ephemeralConsumer.Consume(func(m jetstream.Msg) {
+// Run wakes /sync waiters until ctx ends.
+func (s *Ephemeral) Run(ctx context.Context) error {
+	cc, err := s.consumer.Consume(func(m jetstream.Msg) {
 		s.wakeForEphemeral(m.Subject(), m.Data())
 	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 		if ctx.Err() == nil {
@@ -52,7 +61,7 @@ func (s *Service) consumeEphemeral(ctx context.Context) error {
 // wakeForEphemeral decodes one change notification and wakes the users it
 // concerns: a room's members for typing and public receipts, the owner for
 // private receipts, everyone sharing a room for presence.
-func (s *Service) wakeForEphemeral(subject string, data []byte) {
+func (s *Ephemeral) wakeForEphemeral(subject string, data []byte) {
 	var err error
 	switch bus.EphemeralKind(subject) {
 	case bus.KindTyping:

@@ -1,8 +1,9 @@
-package clientapi
+package consumers
 
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -11,12 +12,12 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/bus"
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/wakebus"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
-// Unread notification counts and GET /notifications.
-//
-// Notifications are stored by the room event consumer (push_eval.go). A
+// Unread counts: notifications are stored by the room event consumer
+// (push.Evaluate). A
 // notification is read when a receipt of its user covers it: an m.read or
 // m.read.private receipt (the newest of the two wins, per position of the
 // event they point at), unthreaded for the whole room or threaded for its
@@ -26,11 +27,20 @@ import (
 // A receipt whose event the client-API has not stored yet counts once the
 // event arrives, so receipts and events may arrive in either order.
 
-// createPushReceiptsConsumer creates the durable consumer of receipt
-// changes that feeds push_receipts.
-func (s *Service) createPushReceiptsConsumer(ctx context.Context) (jetstream.Consumer, error) {
-	cons, err := s.js.CreateOrUpdateConsumer(ctx, bus.EphemeralStream, jetstream.ConsumerConfig{
-		Durable:       s.cfg.Push.ReceiptsConsumerName,
+// Receipts is the durable consumer of the presence service's receipt
+// changes that copies local users' receipts into push_receipts.
+type Receipts struct {
+	consumer   jetstream.Consumer
+	store      *store.Store
+	wakeBus    *wakebus.Bus
+	serverName string
+	log        *zap.Logger
+}
+
+// NewReceipts creates (or finds) the durable consumer name.
+func NewReceipts(ctx context.Context, js jetstream.JetStream, name, serverName string, st *store.Store, wake *wakebus.Bus, log *zap.Logger) (*Receipts, error) {
+	cons, err := js.CreateOrUpdateConsumer(ctx, bus.EphemeralStream, jetstream.ConsumerConfig{
+		Durable:       name,
 		Description:   "client-API copy of read receipts for unread counts",
 		FilterSubject: bus.ReceiptsAllSubjects,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
@@ -38,15 +48,15 @@ func (s *Service) createPushReceiptsConsumer(ctx context.Context) (jetstream.Con
 		AckWait:       30 * time.Second,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("create consumer %s on %s: %w", s.cfg.Push.ReceiptsConsumerName, bus.EphemeralStream, err)
+		return nil, fmt.Errorf("create consumer %s on %s: %w", name, bus.EphemeralStream, err)
 	}
-	return cons, nil
+	return &Receipts{consumer: cons, store: st, wakeBus: wake, serverName: serverName, log: log}, nil
 }
 
-// consumePushReceipts copies receipts until ctx ends; each is acked after
-// it is stored (a failure is redelivered).
-func (s *Service) consumePushReceipts(ctx context.Context) error {
-	cc, err := s.receiptsConsumer.Consume(func(m jetstream.Msg) {
+// Run copies receipts until ctx ends; each is acked after it is stored (a
+// failure is redelivered).
+func (s *Receipts) Run(ctx context.Context) error {
+	cc, err := s.consumer.Consume(func(m jetstream.Msg) {
 		if err := s.copyReceipt(ctx, m.Data()); err != nil {
 			if ctx.Err() == nil {
 				s.log.Warn("copy receipt, will retry", zap.Error(err))
@@ -68,7 +78,7 @@ func (s *Service) consumePushReceipts(ctx context.Context) error {
 	return nil
 }
 
-func (s *Service) copyReceipt(ctx context.Context, data []byte) error {
+func (s *Receipts) copyReceipt(ctx context.Context, data []byte) error {
 	var u presencev1.ReceiptUpdate
 	if err := proto.Unmarshal(data, &u); err != nil {
 		s.log.Error("dropping undecodable receipt change", zap.Error(err))
@@ -76,7 +86,7 @@ func (s *Service) copyReceipt(ctx context.Context, data []byte) error {
 	}
 	rc := u.GetReceipt()
 	typ := rc.GetReceiptType()
-	if (typ != "m.read" && typ != "m.read.private") || !s.push.IsLocal(rc.GetUserId()) || rc.GetEventId() == "" {
+	if (typ != "m.read" && typ != "m.read.private") || !strings.HasSuffix(rc.GetUserId(), ":"+s.serverName) || rc.GetEventId() == "" {
 		return nil
 	}
 	changed, err := s.store.PutPushReceipt(ctx, store.PushReceipt{
