@@ -25,6 +25,7 @@ import (
 	"github.com/myelin-chat/myelin/services/clientapi/internal/history"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/keys"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/mediahandover"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/push"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/pushgateway"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/rooms"
@@ -75,8 +76,8 @@ type Service struct {
 	// roomEvents writes the copy of room events (internal/consumers).
 	roomEvents *consumers.RoomEvents
 	presence   presencev1.PresenceServiceClient
-	// media receives the old media rows (media_handover.go).
-	media mediav1.MediaServiceClient
+	// mediaHandover moves the old media rows (internal/mediahandover).
+	mediaHandover *mediahandover.Handover
 	// ephemeralWakes wakes /sync on presence service changes.
 	ephemeralWakes *consumers.Ephemeral
 	// wakeBus carries wake-ups between client-API replicas (internal/wakebus).
@@ -122,10 +123,10 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		rooms:      deps.RoomServer,
 		e2e:        deps.E2EKeys,
 		presence:   deps.Presence,
-		media:      deps.Media,
 		js:         deps.JetStream,
 		now:        time.Now,
 	}
+	s.mediaHandover = mediahandover.New(st, deps.Media, deps.Logger)
 	s.history = history.New(st, deps.RoomServer, deps.Logger)
 	members, err := st.JoinedMembers(ctx)
 	if err != nil {
@@ -206,7 +207,7 @@ func (s *Service) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error { return s.keys.RetryLoop(gctx) })
-	g.Go(func() error { return s.handOverMedia(gctx) })
+	g.Go(func() error { return s.mediaHandover.Run(gctx) })
 	if s.ephemeralWakes != nil {
 		g.Go(func() error { return s.ephemeralWakes.Run(gctx) })
 	}

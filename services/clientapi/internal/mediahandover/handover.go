@@ -1,4 +1,6 @@
-package clientapi
+// Package mediahandover hands the media stored by the client-API before
+// the media service existed over to the media service.
+package mediahandover
 
 // The hand-over of media stored by the client-API before the media service
 // existed (store/media_legacy.go). The media service never reads this
@@ -36,11 +38,25 @@ const (
 	handoverLogEvery = 10 * time.Second
 )
 
-// handOverMedia moves the old media table's rows to the media service and
+// Handover moves the old media to the media service.
+type Handover struct {
+	store *store.Store
+	// media receives the old media rows; nil leaves them where they are.
+	media mediav1.MediaServiceClient
+	log   *zap.Logger
+	now   func() time.Time
+}
+
+// New returns the hand-over of st's old media to media (nil: none).
+func New(st *store.Store, media mediav1.MediaServiceClient, log *zap.Logger) *Handover {
+	return &Handover{store: st, media: media, log: log, now: time.Now}
+}
+
+// Run moves the old media table's rows to the media service and
 // drops the table; it returns when the table is gone or ctx ends. Errors
 // are logged and retried, never returned: the rest of the client-API
 // works without it.
-func (s *Service) handOverMedia(ctx context.Context) error {
+func (s *Handover) Run(ctx context.Context) error {
 	if s.media == nil {
 		return nil
 	}
@@ -126,7 +142,7 @@ func (s *Service) handOverMedia(ctx context.Context) error {
 
 // announceLegacyMedia sends every uploaded old row's header with
 // content_follows, page by page, retrying failures; false when ctx ended.
-func (s *Service) announceLegacyMedia(ctx context.Context) bool {
+func (s *Handover) announceLegacyMedia(ctx context.Context) bool {
 	after := ""
 	backoff := time.Second
 	for ctx.Err() == nil {
@@ -157,7 +173,7 @@ func (s *Service) announceLegacyMedia(ctx context.Context) bool {
 }
 
 // announceMedia sends one uploaded old row's header with content_follows.
-func (s *Service) announceMedia(ctx context.Context, m store.LegacyMedia) error {
+func (s *Handover) announceMedia(ctx context.Context, m store.LegacyMedia) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	stream, err := s.media.ImportMedia(ctx)
@@ -185,7 +201,7 @@ func legacyHeader(m store.LegacyMedia) *mediav1.MediaHeader {
 // importMedia sends one old row through ImportMedia: the header, then the
 // content in chunks. It fails unless the media service stored it (or had
 // it already).
-func (s *Service) importMedia(ctx context.Context, m store.LegacyMedia, read store.ReadChunk) error {
+func (s *Handover) importMedia(ctx context.Context, m store.LegacyMedia, read store.ReadChunk) error {
 	ctx, cancel := context.WithTimeout(ctx, handoverFileTimeout)
 	defer cancel()
 	stream, err := s.media.ImportMedia(ctx)
