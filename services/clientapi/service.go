@@ -3,6 +3,12 @@
 // and /sync. Room writes go to the room-server over gRPC; what /sync and
 // /messages read is the client-API's own copy of committed events, fed by
 // a durable JetStream consumer of the room-server's output stream.
+//
+// This package only wires: the work is in internal/ (docs/architecture.md
+// draws the map). The HTTP edge is internal/httpapi; the domains are
+// internal/users, rooms, history, syncapi, push, keys and ephemeral;
+// internal/consumers and the producers internal/wakebus and
+// internal/pushgateway move data between the streams and the store.
 package clientapi
 
 import (
@@ -51,55 +57,46 @@ type Deps struct {
 	// endpoints unavailable and /sync without ephemeral data.
 	Presence presencev1.PresenceServiceClient
 	// Media takes over the media this service stored before the media
-	// service existed (media_handover.go). Nil leaves them where they are.
+	// service existed (internal/mediahandover). Nil leaves them where they are.
 	Media mediav1.MediaServiceClient
 }
 
-// Service is a running client-API.
+// Service is a running client-API: its parts, wired.
 type Service struct {
-	cfg        Config
-	log        *zap.Logger
-	serverName string
-	store      *store.Store
-	rooms      roomserverv1.RoomServiceClient
-	e2e        keyserverv1.E2EKeyServiceClient
-	// keys is the client-API's side of the key-server (internal/keys).
-	keys *keys.Bridge
-	// keyEndpoints serves /keys and /room_keys (internal/keys).
-	keyEndpoints *keys.Service
-	// keyChanges wakes /sync on key changes (internal/consumers).
-	keyChanges *consumers.KeyChanges
-	js         jetstream.JetStream
-	// http is the HTTP edge the routes are served through.
-	http     *httpapi.Server
-	notifier *notifier.Notifier
-	// roomEvents writes the copy of room events (internal/consumers).
-	roomEvents *consumers.RoomEvents
-	presence   presencev1.PresenceServiceClient
-	// mediaHandover moves the old media rows (internal/mediahandover).
-	mediaHandover *mediahandover.Handover
-	// ephemeralWakes wakes /sync on presence service changes.
-	ephemeralWakes *consumers.Ephemeral
-	// wakeBus carries wake-ups between client-API replicas (internal/wakebus).
-	wakeBus *wakebus.Bus
-	// receipts copies read receipts for unread counts.
-	receipts *consumers.Receipts
-	// push is the push domain (internal/push).
-	push *push.Service
-	// pushers delivers notifications to push gateways (internal/pushgateway).
-	pushers *pushgateway.Dispatcher
-	// history reads the event copy for clients (internal/history).
-	history *history.Service
-	// users is the users domain (internal/users).
-	users *users.Service
-	// ephemeral serves typing, receipts, markers and presence (internal/ephemeral).
-	ephemeral *ephemeral.Service
-	// sync serves /sync and the legacy sync endpoints (internal/syncapi).
-	sync *syncapi.Service
-	// roomDomain is the rooms domain (internal/rooms).
-	roomDomain *rooms.Service
+	cfg   Config
+	log   *zap.Logger
+	store *store.Store
 	// now is the clock for token expiry; tests replace it.
 	now func() time.Time
+
+	// The HTTP edge the routes are served through.
+	http *httpapi.Server
+	// The domains, each serving its routes.
+	users        *users.Service
+	roomDomain   *rooms.Service
+	history      *history.Service
+	sync         *syncapi.Service
+	push         *push.Service
+	keyEndpoints *keys.Service
+	ephemeral    *ephemeral.Service
+
+	// notifier wakes long polls and writes waiting for the copy.
+	notifier *notifier.Notifier
+	// keys is the client-API's side of the key-server (hand-over, device
+	// change queue, SyncKeys).
+	keys *keys.Bridge
+	// Consumers: the single writer's (roomEvents, receipts, run by
+	// leader) and every replica's (keyChanges, ephemeralWakes; nil without
+	// a presence service).
+	roomEvents     *consumers.RoomEvents
+	receipts       *consumers.Receipts
+	keyChanges     *consumers.KeyChanges
+	ephemeralWakes *consumers.Ephemeral
+	// Producers: wake-ups for the other replicas, pushes to gateways.
+	wakeBus *wakebus.Bus
+	pushers *pushgateway.Dispatcher
+	// mediaHandover moves the media stored before the media service.
+	mediaHandover *mediahandover.Handover
 }
 
 // New opens the store, loads room memberships for the notifier and
@@ -115,17 +112,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Service{
-		cfg:        cfg,
-		log:        deps.Logger,
-		serverName: deps.ServerName,
-		store:      st,
-		rooms:      deps.RoomServer,
-		e2e:        deps.E2EKeys,
-		presence:   deps.Presence,
-		js:         deps.JetStream,
-		now:        time.Now,
-	}
+	s := &Service{cfg: cfg, log: deps.Logger, store: st, now: time.Now}
 	s.mediaHandover = mediahandover.New(st, deps.Media, deps.Logger)
 	s.history = history.New(st, deps.RoomServer, deps.Logger)
 	members, err := st.JoinedMembers(ctx)
@@ -134,7 +121,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		return nil, fmt.Errorf("load memberships: %w", err)
 	}
 	s.notifier = notifier.New(members, st.Reader().HasEvent, deps.JetStream.Conn(), deps.Logger)
-	if s.wakeBus, err = wakebus.Start(s.js.Conn(), s.notifier, deps.Logger); err != nil {
+	if s.wakeBus, err = wakebus.Start(deps.JetStream.Conn(), s.notifier, deps.Logger); err != nil {
 		st.Close()
 		return nil, err
 	}
@@ -158,7 +145,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	})
 	s.keyEndpoints = keys.New(deps.ServerName, st, deps.E2EKeys, s.keys, s.notifier, s.users, deps.Logger)
 	s.http = httpapi.NewServer(deps.Logger, s.users.Accounts, cfg.RateLimit, time.Now)
-	if s.roomEvents, err = consumers.NewRoomEvents(ctx, s.js, cfg.ConsumerName, st, s.push, s.wakeBus, s.pushers, s.users, deps.Logger); err != nil {
+	if s.roomEvents, err = consumers.NewRoomEvents(ctx, deps.JetStream, cfg.ConsumerName, st, s.push, s.wakeBus, s.pushers, s.users, deps.Logger); err != nil {
 		s.wakeBus.Stop()
 		st.Close()
 		return nil, err
@@ -168,18 +155,18 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		st.Close()
 		return nil, err
 	}
-	if s.keyChanges, err = consumers.NewKeyChanges(ctx, s.js, s.notifier, deps.Logger); err != nil {
+	if s.keyChanges, err = consumers.NewKeyChanges(ctx, deps.JetStream, s.notifier, deps.Logger); err != nil {
 		s.wakeBus.Stop()
 		st.Close()
 		return nil, err
 	}
-	if s.presence != nil {
-		if s.ephemeralWakes, err = consumers.NewEphemeral(ctx, s.js, s.notifier, deps.Logger); err != nil {
+	if deps.Presence != nil {
+		if s.ephemeralWakes, err = consumers.NewEphemeral(ctx, deps.JetStream, s.notifier, deps.Logger); err != nil {
 			s.wakeBus.Stop()
 			st.Close()
 			return nil, err
 		}
-		if s.receipts, err = consumers.NewReceipts(ctx, s.js, cfg.Push.ReceiptsConsumerName, deps.ServerName, st, s.wakeBus, deps.Logger); err != nil {
+		if s.receipts, err = consumers.NewReceipts(ctx, deps.JetStream, cfg.Push.ReceiptsConsumerName, deps.ServerName, st, s.wakeBus, deps.Logger); err != nil {
 			s.wakeBus.Stop()
 			st.Close()
 			return nil, err
@@ -194,9 +181,9 @@ func (s *Service) RegisterGRPC(g *grpc.Server) {
 }
 
 // Run consumes room events, delivers pushes and copies receipts while this
-// replica leads (consume), follows the presence service's change
-// notifications, and hands media stored before the media service over to
-// it (media_handover.go), until ctx ends.
+// replica leads (leader), follows the presence service's and the
+// key-server's change notifications, hands the old key tables and media
+// over, and retries queued device changes, until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
 	defer s.notifier.Close()
 	g, gctx := errgroup.WithContext(ctx)
@@ -230,7 +217,7 @@ func (s *Service) leader() *consumers.Leader {
 	return l
 }
 
-// Ready reports whether the service can Serve: its database answers and
+// Ready reports whether the service can serve: its database answers and
 // the end-to-end keys are in the key-server.
 func (s *Service) Ready(ctx context.Context) error {
 	if err := s.store.Ping(ctx); err != nil {
