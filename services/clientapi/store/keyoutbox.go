@@ -20,16 +20,6 @@ type KeyServerOp struct {
 	DisplayName *string
 }
 
-// queueDeviceDeletion queues the deletion of devices. Caller holds a
-// transaction in which the devices rows are deleted already.
-func queueDeviceDeletion(ctx context.Context, tx pgx.Tx, userID string, deviceIDs []string) error {
-	if len(deviceIDs) == 0 {
-		return nil
-	}
-	_, err := tx.Exec(ctx, `INSERT INTO key_server_outbox (user_id, op, device_ids) VALUES ($1, 'delete', $2)`, userID, deviceIDs)
-	return err
-}
-
 // KeyServerUsers lists the users with queued operations.
 func (s *Store) KeyServerUsers(ctx context.Context) ([]string, error) {
 	rows, err := s.db.Query(ctx, `SELECT DISTINCT user_id FROM key_server_outbox`)

@@ -43,6 +43,9 @@ func Open(ctx context.Context, url string, maxConns int32) (*Store, error) {
 	return &Store{db: db}, nil
 }
 
+// Pool is the connection pool, for the per-domain stores (store/accounts).
+func (s *Store) Pool() *pgxpool.Pool { return s.db }
+
 // Close closes the pool.
 func (s *Store) Close() { s.db.Close() }
 

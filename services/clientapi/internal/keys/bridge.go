@@ -15,6 +15,7 @@ import (
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/users"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
+	"github.com/myelin-chat/myelin/services/clientapi/store/accounts"
 )
 
 // Bridge is the client-API's side of the key-server: the hand-over of the
@@ -49,6 +50,7 @@ type RoomSharing interface {
 type Service struct {
 	serverName string
 	store      *store.Store
+	accounts   *accounts.Store
 	e2e        keyserverv1.E2EKeyServiceClient
 	keys       *Bridge
 	notifier   RoomSharing
@@ -59,7 +61,7 @@ type Service struct {
 
 // New returns the key endpoints of serverName over bridge.
 func New(serverName string, st *store.Store, e2e keyserverv1.E2EKeyServiceClient, bridge *Bridge, sharing RoomSharing, u *users.Service, log *zap.Logger) *Service {
-	return &Service{serverName: serverName, store: st, e2e: e2e, keys: bridge, notifier: sharing, users: u, log: log}
+	return &Service{serverName: serverName, store: st, accounts: accounts.New(st), e2e: e2e, keys: bridge, notifier: sharing, users: u, log: log}
 }
 
 // Routes are the key and key backup endpoints.

@@ -131,7 +131,7 @@ func (s *Service) keysUpload(r *http.Request, dev *httpapi.Device) (any, error) 
 	if len(req.DeviceKeys) > 0 && string(req.DeviceKeys) != "null" {
 		up.DeviceKeys = req.DeviceKeys
 		// The key-server shows the device's name with its keys.
-		d, err := s.store.Device(ctx, dev.UserID, dev.DeviceID)
+		d, err := s.accounts.Device(ctx, dev.UserID, dev.DeviceID)
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return nil, err
 		}

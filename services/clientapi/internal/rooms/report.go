@@ -154,7 +154,7 @@ func (s *Reports) reportUser(r *http.Request, dev *httpapi.Device) (any, error) 
 		return nil, err
 	}
 	if string(uid.Domain()) == s.serverName {
-		ok, err := s.store.AccountExists(r.Context(), uid.Local())
+		ok, err := s.accounts.AccountExists(r.Context(), uid.Local())
 		if err != nil {
 			return nil, err
 		}

@@ -18,6 +18,7 @@ import (
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/users"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
+	"github.com/myelin-chat/myelin/services/clientapi/store/accounts"
 )
 
 // Config is what the rooms domain takes of the client-API's settings.
@@ -38,6 +39,7 @@ type base struct {
 	log        *zap.Logger
 	serverName string
 	store      *store.Store
+	accounts   *accounts.Store
 	rooms      roomserverv1.RoomServiceClient
 	// history decides what of a room a user may read.
 	history *history.Service
@@ -71,7 +73,7 @@ type Reports struct {
 
 // New returns the rooms domain.
 func New(cfg Config, serverName string, st *store.Store, rooms roomserverv1.RoomServiceClient, hist *history.Service, u *users.Service, waiter StoredWaiter, log *zap.Logger) *Service {
-	b := &base{cfg: cfg, log: log, serverName: serverName, store: st, rooms: rooms, history: hist, users: u, notifier: waiter}
+	b := &base{cfg: cfg, log: log, serverName: serverName, store: st, accounts: accounts.New(st), rooms: rooms, history: hist, users: u, notifier: waiter}
 	return &Service{Rooms: &Rooms{base: b}, Directory: &Directory{base: b}, Reports: &Reports{base: b}}
 }
 

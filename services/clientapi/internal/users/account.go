@@ -142,7 +142,7 @@ func (s *base) userID(localpart string) string { return "@" + localpart + ":" + 
 
 // logout is POST /logout: the token and its device are deleted.
 func (s *Accounts) logout(r *http.Request, dev *httpapi.Device) (any, error) {
-	if err := s.store.Logout(r.Context(), dev.TokenHash); err != nil && !errors.Is(err, store.ErrNotFound) {
+	if err := s.accounts.Logout(r.Context(), dev.TokenHash); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return nil, err
 	}
 	s.keys.SendForRequest(r.Context(), dev.UserID) // the device's keys go with it
@@ -151,7 +151,7 @@ func (s *Accounts) logout(r *http.Request, dev *httpapi.Device) (any, error) {
 
 // logoutAll is POST /logout/all.
 func (s *Accounts) logoutAll(r *http.Request, dev *httpapi.Device) (any, error) {
-	if err := s.store.LogoutAll(r.Context(), dev.UserID); err != nil {
+	if err := s.accounts.LogoutAll(r.Context(), dev.UserID); err != nil {
 		return nil, err
 	}
 	s.keys.SendForRequest(r.Context(), dev.UserID)

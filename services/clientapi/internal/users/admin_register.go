@@ -9,7 +9,7 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
-	"github.com/myelin-chat/myelin/services/clientapi/store"
+	"github.com/myelin-chat/myelin/services/clientapi/store/accounts"
 )
 
 // Shared-secret registration, wire-compatible with Synapse's
@@ -25,7 +25,7 @@ func (s *Admin) adminRegisterNonce(r *http.Request, _ *httpapi.Device) (any, err
 		return nil, sharedSecretDisabled()
 	}
 	nonce := randomBase64(24)
-	if err := s.store.CreateNonce(r.Context(), nonce, s.cfg.Registration.NonceLifetime); err != nil {
+	if err := s.accounts.CreateNonce(r.Context(), nonce, s.cfg.Registration.NonceLifetime); err != nil {
 		return nil, err
 	}
 	return map[string]string{"nonce": nonce}, nil
@@ -76,7 +76,7 @@ func (s *Admin) adminRegister(r *http.Request, _ *httpapi.Device) (any, error) {
 	if req.Nonce == nil {
 		return nil, httpapi.UnknownError(http.StatusBadRequest, "nonce must be specified")
 	}
-	ok, err := s.store.ConsumeNonce(ctx, *req.Nonce, s.cfg.Registration.NonceLifetime)
+	ok, err := s.accounts.ConsumeNonce(ctx, *req.Nonce, s.cfg.Registration.NonceLifetime)
 	if err != nil {
 		return nil, err
 	}
@@ -101,7 +101,7 @@ func (s *Admin) adminRegister(r *http.Request, _ *httpapi.Device) (any, error) {
 	if err != nil || !hmac.Equal(got, want) {
 		return nil, matrixhttp.Forbidden("HMAC incorrect")
 	}
-	lp, err := s.accounts.normaliseUsername(*req.Username)
+	lp, err := s.registrar.normaliseUsername(*req.Username)
 	if err != nil {
 		return nil, err
 	}
@@ -109,11 +109,11 @@ func (s *Admin) adminRegister(r *http.Request, _ *httpapi.Device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	acct := store.NewAccount{Localpart: lp, PasswordHash: &hash, Admin: req.Admin}
+	acct := accounts.NewAccount{Localpart: lp, PasswordHash: &hash, Admin: req.Admin}
 	if req.DisplayName != nil {
 		acct.DisplayName = *req.DisplayName
 	} else {
 		acct.DisplayName = lp
 	}
-	return s.accounts.createAndLogin(r, acct, true, "", "", false)
+	return s.registrar.createAndLogin(r, acct, true, "", "", false)
 }

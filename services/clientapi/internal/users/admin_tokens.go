@@ -8,6 +8,7 @@ import (
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
+	"github.com/myelin-chat/myelin/services/clientapi/store/accounts"
 )
 
 // The registration-token admin API, shaped like Synapse's
@@ -49,7 +50,7 @@ func (s *Admin) listRegistrationTokens(r *http.Request, dev *httpapi.Device) (an
 	default:
 		return nil, matrixhttp.InvalidParam("valid must be true or false")
 	}
-	toks, err := s.store.RegistrationTokens(r.Context(), valid, s.now().UnixMilli())
+	toks, err := s.accounts.RegistrationTokens(r.Context(), valid, s.now().UnixMilli())
 	if err != nil {
 		return nil, err
 	}
@@ -76,7 +77,7 @@ func (s *Admin) getRegistrationToken(r *http.Request, dev *httpapi.Device) (any,
 	if err != nil {
 		return nil, err
 	}
-	t, err := s.store.RegistrationToken(r.Context(), token)
+	t, err := s.accounts.RegistrationToken(r.Context(), token)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, matrixhttp.NotFound("No such registration token")
 	}
@@ -117,7 +118,7 @@ func (s *Admin) createRegistrationToken(r *http.Request, dev *httpapi.Device) (a
 	if err != nil {
 		return nil, err
 	}
-	t := store.RegistrationToken{UsesAllowed: uses, ExpiryTime: expiry}
+	t := accounts.RegistrationToken{UsesAllowed: uses, ExpiryTime: expiry}
 	if raw, ok := fields["token"]; ok {
 		if err := json.Unmarshal(raw, &t.Token); err != nil || !validOpaqueID(t.Token) {
 			return nil, matrixhttp.InvalidParam("token must be 1-64 characters from A-Z, a-z, 0-9, '.', '_', '~', '-'")
@@ -131,8 +132,8 @@ func (s *Admin) createRegistrationToken(r *http.Request, dev *httpapi.Device) (a
 		}
 		t.Token = randomFrom(registrationTokenAlphabet, length)
 	}
-	out, err := s.store.CreateRegistrationToken(r.Context(), t)
-	if errors.Is(err, store.ErrExists) {
+	out, err := s.accounts.CreateRegistrationToken(r.Context(), t)
+	if errors.Is(err, accounts.ErrExists) {
 		return nil, matrixhttp.InvalidParam("Token already exists")
 	}
 	return out, err
@@ -155,7 +156,7 @@ func (s *Admin) updateRegistrationToken(r *http.Request, dev *httpapi.Device) (a
 	if err != nil {
 		return nil, err
 	}
-	out, err := s.store.UpdateRegistrationToken(r.Context(), token, setUses, uses, setExpiry, expiry)
+	out, err := s.accounts.UpdateRegistrationToken(r.Context(), token, setUses, uses, setExpiry, expiry)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, matrixhttp.NotFound("No such registration token")
 	}
@@ -171,7 +172,7 @@ func (s *Admin) deleteRegistrationToken(r *http.Request, dev *httpapi.Device) (a
 	if err != nil {
 		return nil, err
 	}
-	err = s.store.DeleteRegistrationToken(r.Context(), token)
+	err = s.accounts.DeleteRegistrationToken(r.Context(), token)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, matrixhttp.NotFound("No such registration token")
 	}

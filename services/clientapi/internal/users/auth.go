@@ -52,7 +52,7 @@ func newDeviceID() string { return randomFrom("ABCDEFGHIJKLMNOPQRSTUVWXYZ", 10) 
 // handlers and the UserService's Authenticate (handler.go) share it.
 func (s *Accounts) LookupAccessToken(ctx context.Context, token string) (dev *httpapi.Device, expired bool, err error) {
 	hash := hashToken(token)
-	owner, err := s.store.LookupToken(ctx, hash)
+	owner, err := s.accounts.LookupToken(ctx, hash)
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return nil, false, httpapi.ErrUnknownToken

@@ -11,7 +11,7 @@ import (
 
 // listDevices is GET /devices.
 func (s *Accounts) listDevices(r *http.Request, dev *httpapi.Device) (any, error) {
-	devs, err := s.store.Devices(r.Context(), dev.UserID)
+	devs, err := s.accounts.Devices(r.Context(), dev.UserID)
 	if err != nil {
 		return nil, err
 	}
@@ -40,7 +40,7 @@ func (s *Accounts) getDevice(r *http.Request, dev *httpapi.Device) (any, error) 
 	if err != nil {
 		return nil, err
 	}
-	d, err := s.store.Device(r.Context(), dev.UserID, id)
+	d, err := s.accounts.Device(r.Context(), dev.UserID, id)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, errNoDevice()
 	}
@@ -64,12 +64,12 @@ func (s *Accounts) putDevice(r *http.Request, dev *httpapi.Device) (any, error) 
 	}
 	if req.DisplayName == nil {
 		// Nothing to change, but the device must still exist.
-		_, err = s.store.Device(r.Context(), dev.UserID, id)
+		_, err = s.accounts.Device(r.Context(), dev.UserID, id)
 	} else {
 		if len(*req.DisplayName) > 512 {
 			return nil, matrixhttp.InvalidParam("display_name too long")
 		}
-		err = s.store.SetDeviceDisplayName(r.Context(), dev.UserID, id, req.DisplayName)
+		err = s.accounts.SetDeviceDisplayName(r.Context(), dev.UserID, id, req.DisplayName)
 	}
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, errNoDevice()
@@ -97,7 +97,7 @@ func (s *Accounts) deleteDevice(r *http.Request, dev *httpapi.Device) (any, erro
 	}
 	// Check existence before asking for a password: a 404 is the answer
 	// whatever the auth.
-	if _, err := s.store.Device(r.Context(), dev.UserID, id); errors.Is(err, store.ErrNotFound) {
+	if _, err := s.accounts.Device(r.Context(), dev.UserID, id); errors.Is(err, store.ErrNotFound) {
 		return nil, errNoDevice()
 	} else if err != nil {
 		return nil, err
@@ -127,7 +127,7 @@ func (s *Accounts) deleteDevicesUIA(r *http.Request, dev *httpapi.Device, auth *
 	if err != nil {
 		return nil, err
 	}
-	if err := s.store.DeleteDevices(ctx, dev.UserID, ids); err != nil {
+	if err := s.accounts.DeleteDevices(ctx, dev.UserID, ids); err != nil {
 		return nil, err
 	}
 	s.keys.SendForRequest(ctx, dev.UserID)

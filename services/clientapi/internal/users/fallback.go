@@ -133,7 +133,7 @@ func (s *Accounts) authFallback(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := r.Context()
 	data := authPageData{Type: stage, Session: r.Form.Get("session")}
-	sess, err := s.store.GetUIASession(ctx, data.Session, uiaSessionMaxAge)
+	sess, err := s.accounts.GetUIASession(ctx, data.Session, uiaSessionMaxAge)
 	if errors.Is(err, store.ErrNotFound) {
 		http.Error(w, "Unknown or expired session", http.StatusBadRequest)
 		return

@@ -58,7 +58,7 @@ func (s *Profiles) RemoveGuests(ctx context.Context, rooms []string) error {
 		if len(localparts) == 0 {
 			continue
 		}
-		guests, err := s.store.GuestLocalparts(ctx, localparts)
+		guests, err := s.accounts.GuestLocalparts(ctx, localparts)
 		if err != nil {
 			return err
 		}

@@ -11,6 +11,7 @@ import (
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
+	"github.com/myelin-chat/myelin/services/clientapi/store/accounts"
 )
 
 // refreshTokenPrefix and loginTokenPrefix start the other tokens Myelin
@@ -37,9 +38,9 @@ func (t issuedTokens) fill(resp *loginResponse, deviceID string) {
 // newLogin makes the tokens of a login. Clients that ask for a refresh
 // token get an access token that expires after
 // registration.access_token_lifetime; others get one that never expires.
-func (s *Accounts) newLogin(r *http.Request, userID, deviceID, displayName string, refresh bool) (store.Login, issuedTokens) {
+func (s *Accounts) newLogin(r *http.Request, userID, deviceID, displayName string, refresh bool) (accounts.Login, issuedTokens) {
 	var t issuedTokens
-	l := store.Login{UserID: userID, DeviceID: deviceID, DisplayName: displayName, IP: httpapi.ClientIP(r, s.cfg.RateLimit.TrustForwardedFor)}
+	l := accounts.Login{UserID: userID, DeviceID: deviceID, DisplayName: displayName, IP: httpapi.ClientIP(r, s.cfg.RateLimit.TrustForwardedFor)}
 	t.access, l.TokenHash = newAccessToken()
 	if refresh {
 		t.refresh = refreshTokenPrefix + randomBase64(32)
@@ -107,7 +108,7 @@ func (s *Accounts) login(r *http.Request, _ *httpapi.Device) (any, error) {
 		if !ok {
 			return nil, errBadLogin()
 		}
-		hash, err := s.store.PasswordHash(ctx, lp)
+		hash, err := s.accounts.PasswordHash(ctx, lp)
 		if errors.Is(err, store.ErrNotFound) {
 			checkPassword(dummyHash(), req.Password)
 			return nil, errBadLogin()
@@ -123,7 +124,7 @@ func (s *Accounts) login(r *http.Request, _ *httpapi.Device) (any, error) {
 		if req.Token == "" {
 			return nil, matrixhttp.MissingParam("token is required")
 		}
-		userID, err := s.store.ConsumeLoginToken(ctx, hashToken(req.Token), s.now())
+		userID, err := s.accounts.ConsumeLoginToken(ctx, hashToken(req.Token), s.now())
 		if errors.Is(err, store.ErrNotFound) {
 			return nil, matrixhttp.Forbidden("Invalid or expired login token")
 		}
@@ -135,7 +136,7 @@ func (s *Accounts) login(r *http.Request, _ *httpapi.Device) (any, error) {
 	default:
 		return nil, httpapi.UnknownError(http.StatusBadRequest, "Unknown login type")
 	}
-	acct, err := s.store.Account(ctx, localpart)
+	acct, err := s.accounts.Account(ctx, localpart)
 	if err != nil {
 		return nil, err
 	}
@@ -150,7 +151,7 @@ func (s *Accounts) login(r *http.Request, _ *httpapi.Device) (any, error) {
 		deviceID = newDeviceID()
 	}
 	l, toks := s.newLogin(r, s.userID(localpart), deviceID, req.InitialDeviceDisplayName, req.RefreshToken)
-	if err := s.store.AddLogin(ctx, l); err != nil {
+	if err := s.accounts.AddLogin(ctx, l); err != nil {
 		return nil, err
 	}
 	resp := loginResponse{
@@ -178,14 +179,14 @@ func (s *Accounts) refresh(r *http.Request, _ *httpapi.Device) (any, error) {
 		return nil, matrixhttp.MissingParam("refresh_token is required")
 	}
 	l, toks := s.newLogin(r, "", "", "", true)
-	err := s.store.Refresh(r.Context(), hashToken(req.RefreshToken), &l)
-	if errors.Is(err, store.ErrRefreshReused) {
+	err := s.accounts.Refresh(r.Context(), hashToken(req.RefreshToken), &l)
+	if errors.Is(err, accounts.ErrRefreshReused) {
 		// Refused like an unknown token, and logged: it may be a stolen
 		// token, or two clients of the session racing.
 		s.log.Warn("spent refresh token used again", logging.UserID(l.UserID), zap.String("device_id", l.DeviceID))
 		err = store.ErrNotFound
 	}
-	if errors.Is(err, store.ErrAccountLocked) {
+	if errors.Is(err, accounts.ErrAccountLocked) {
 		return nil, httpapi.ErrLocked()
 	}
 	if errors.Is(err, store.ErrNotFound) {
@@ -222,7 +223,7 @@ func (s *Accounts) getLoginToken(r *http.Request, dev *httpapi.Device) (any, err
 	}
 	token := loginTokenPrefix + randomBase64(32)
 	lifetime := s.cfg.Registration.LoginTokenLifetime
-	if err := s.store.CreateLoginToken(r.Context(), hashToken(token), dev.UserID, s.now().Add(lifetime)); err != nil {
+	if err := s.accounts.CreateLoginToken(r.Context(), hashToken(token), dev.UserID, s.now().Add(lifetime)); err != nil {
 		return nil, err
 	}
 	if err := s.FinishUIA(r.Context(), sess); err != nil {

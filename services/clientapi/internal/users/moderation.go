@@ -20,6 +20,7 @@ import (
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
+	"github.com/myelin-chat/myelin/services/clientapi/store/accounts"
 )
 
 // routes are the admin, moderation, support and TURN endpoints.
@@ -52,23 +53,23 @@ func (s *Admin) routes() []httpapi.Route {
 // moderationTarget checks an admin moderation request: the caller is an
 // admin (before any lookup, so that accounts cannot be enumerated), the
 // target is a local, active account that is not an admin.
-func (s *Admin) moderationTarget(r *http.Request, dev *httpapi.Device) (string, store.Moderation, error) {
+func (s *Admin) moderationTarget(r *http.Request, dev *httpapi.Device) (string, accounts.Moderation, error) {
 	if !dev.IsAdmin {
-		return "", store.Moderation{}, matrixhttp.Forbidden("Only server administrators may do this")
+		return "", accounts.Moderation{}, matrixhttp.Forbidden("Only server administrators may do this")
 	}
 	userID, err := httpapi.PathParam(r, "userId")
 	if err != nil {
-		return "", store.Moderation{}, err
+		return "", accounts.Moderation{}, err
 	}
 	lp, ok := s.localpartOf(userID)
 	if !ok || userID == lp {
-		return "", store.Moderation{}, matrixhttp.InvalidParam("The user is not a user of this server")
+		return "", accounts.Moderation{}, matrixhttp.InvalidParam("The user is not a user of this server")
 	}
-	m, err := s.store.Reader().AccountModeration(r.Context(), lp)
+	m, err := s.accounts.AccountModeration(r.Context(), lp)
 	if errors.Is(err, store.ErrNotFound) {
-		return "", store.Moderation{}, matrixhttp.NotFound("No such active user")
+		return "", accounts.Moderation{}, matrixhttp.NotFound("No such active user")
 	} else if err != nil {
-		return "", store.Moderation{}, err
+		return "", accounts.Moderation{}, err
 	}
 	return lp, m, nil
 }
@@ -117,7 +118,7 @@ func (s *Admin) putModeration(kind string) httpapi.HandlerFunc {
 		if m.Admin {
 			return nil, matrixhttp.Forbidden("Administrators cannot be locked or suspended")
 		}
-		if err := s.store.SetModeration(r.Context(), lp, field, *on); err != nil {
+		if err := s.accounts.SetModeration(r.Context(), lp, field, *on); err != nil {
 			return nil, err
 		}
 		return map[string]bool{field: *on}, nil
@@ -134,7 +135,7 @@ func (s *Admin) whois(r *http.Request, dev *httpapi.Device) (any, error) {
 	if !dev.IsAdmin && userID != dev.UserID {
 		return nil, matrixhttp.Forbidden("Only server administrators may look up other users")
 	}
-	devices, err := s.store.Devices(r.Context(), userID)
+	devices, err := s.accounts.Devices(r.Context(), userID)
 	if err != nil {
 		return nil, err
 	}

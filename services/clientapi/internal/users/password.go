@@ -48,7 +48,7 @@ func (s *Accounts) changePassword(r *http.Request, dev *httpapi.Device) (any, er
 		logoutExcept = &dev.DeviceID
 	}
 	lp, _ := s.localpartOf(dev.UserID)
-	if err := s.store.SetPassword(ctx, lp, dev.UserID, hash, logoutExcept); err != nil {
+	if err := s.accounts.SetPassword(ctx, lp, dev.UserID, hash, logoutExcept); err != nil {
 		return nil, err
 	}
 	if logoutExcept != nil {
@@ -96,7 +96,7 @@ func (s *Accounts) deactivate(r *http.Request, dev *httpapi.Device) (any, error)
 		}
 	}
 	lp, _ := s.localpartOf(dev.UserID)
-	if err := s.store.Deactivate(ctx, lp, dev.UserID); err != nil {
+	if err := s.accounts.Deactivate(ctx, lp, dev.UserID); err != nil {
 		return nil, err
 	}
 	s.keys.SendForRequest(ctx, dev.UserID)

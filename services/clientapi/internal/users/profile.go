@@ -15,6 +15,7 @@ import (
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
+	"github.com/myelin-chat/myelin/services/clientapi/store/accounts"
 )
 
 // profileFields are the profile keys Myelin stores.
@@ -41,15 +42,15 @@ func (s *Profiles) profileUser(r *http.Request) (string, string, error) {
 }
 
 // loadProfile returns the stored profile of a local, active user.
-func (s *Profiles) loadProfile(ctx context.Context, localpart string) (store.Account, error) {
-	acct, err := s.store.Account(ctx, localpart)
+func (s *Profiles) loadProfile(ctx context.Context, localpart string) (accounts.Account, error) {
+	acct, err := s.accounts.Account(ctx, localpart)
 	if errors.Is(err, store.ErrNotFound) || (err == nil && acct.Deactivated) {
-		return store.Account{}, matrixhttp.NotFound("Profile not found")
+		return accounts.Account{}, matrixhttp.NotFound("Profile not found")
 	}
 	return acct, err
 }
 
-func profileBody(acct store.Account) map[string]any {
+func profileBody(acct accounts.Account) map[string]any {
 	out := map[string]any{}
 	if acct.DisplayName != "" {
 		out["displayname"] = acct.DisplayName
@@ -175,7 +176,7 @@ func (s *Profiles) deleteProfileField(r *http.Request, dev *httpapi.Device) (any
 
 // setProfileField stores a profile field and propagates the profile.
 func (s *Profiles) setProfileField(ctx context.Context, userID, lp, key string, value *string) (any, error) {
-	if err := s.store.SetProfileField(ctx, lp, key, value); err != nil {
+	if err := s.accounts.SetProfileField(ctx, lp, key, value); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return nil, matrixhttp.NotFound("Profile not found")
 		}
@@ -190,7 +191,7 @@ func (s *Profiles) setProfileField(ctx context.Context, userID, lp, key string, 
 // refuses (e.g. power levels) is logged and skipped: the profile itself
 // has changed either way.
 func (s *Profiles) propagateProfile(ctx context.Context, userID, localpart string) {
-	acct, err := s.store.Account(ctx, localpart)
+	acct, err := s.accounts.Account(ctx, localpart)
 	if err != nil {
 		s.log.Warn("profile propagation: load account", logging.UserID(userID), zap.Error(err))
 		return
@@ -233,7 +234,7 @@ func (s *Profiles) addProfileToJoin(ctx context.Context, userID string, content 
 	if !ok {
 		return
 	}
-	acct, err := s.store.Account(ctx, lp)
+	acct, err := s.accounts.Account(ctx, lp)
 	if err != nil {
 		return
 	}
@@ -261,7 +262,7 @@ func (s *Profiles) userDirectorySearch(r *http.Request, dev *httpapi.Device) (an
 	if req.Limit != nil {
 		limit = min(max(*req.Limit, 1), 100)
 	}
-	users, err := s.store.SearchUsers(r.Context(), dev.UserID, s.serverName, *req.SearchTerm, limit)
+	users, err := s.accounts.SearchUsers(r.Context(), dev.UserID, s.serverName, *req.SearchTerm, limit)
 	if err != nil {
 		return nil, err
 	}

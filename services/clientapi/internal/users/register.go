@@ -9,6 +9,7 @@ import (
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
+	"github.com/myelin-chat/myelin/services/clientapi/store/accounts"
 )
 
 // registerRequest is the body of POST /register.
@@ -80,7 +81,7 @@ func (s *Accounts) register(r *http.Request, _ *httpapi.Device) (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		taken, err := s.store.AccountExists(ctx, lp)
+		taken, err := s.accounts.AccountExists(ctx, lp)
 		if err != nil {
 			return nil, err
 		}
@@ -97,7 +98,7 @@ func (s *Accounts) register(r *http.Request, _ *httpapi.Device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	acct := store.NewAccount{Localpart: localpart, UIASession: sess.ID, PasswordHash: hash}
+	acct := accounts.NewAccount{Localpart: localpart, UIASession: sess.ID, PasswordHash: hash}
 	return s.createAndLogin(r, acct, !req.InhibitLogin, req.DeviceID, req.InitialDeviceDisplayName, req.RefreshToken)
 }
 
@@ -106,7 +107,7 @@ func (s *Accounts) register(r *http.Request, _ *httpapi.Device) (any, error) {
 // The spec has the server ignore every body field but
 // initial_device_display_name.
 func (s *Accounts) registerGuest(r *http.Request, req registerRequest) (any, error) {
-	acct := store.NewAccount{Guest: true}
+	acct := accounts.NewAccount{Guest: true}
 	return s.createAndLogin(r, acct, true, "", req.InitialDeviceDisplayName, false)
 }
 
@@ -116,7 +117,7 @@ func (s *Accounts) registerGuest(r *http.Request, req registerRequest) (any, err
 // username, set to the guest's localpart.
 func (s *Accounts) upgradeGuest(r *http.Request, req registerRequest) (any, error) {
 	ctx := r.Context()
-	owner, err := s.store.LookupToken(ctx, hashToken(req.GuestAccessToken))
+	owner, err := s.accounts.LookupToken(ctx, hashToken(req.GuestAccessToken))
 	if errors.Is(err, store.ErrNotFound) || (err == nil && !owner.Guest) {
 		return nil, matrixhttp.Forbidden("Invalid guest access token")
 	}
@@ -139,7 +140,7 @@ func (s *Accounts) upgradeGuest(r *http.Request, req registerRequest) (any, erro
 		return nil, err
 	}
 	l, toks := s.firstLogin(r, owner.UserID, !req.InhibitLogin, req.DeviceID, req.InitialDeviceDisplayName, req.RefreshToken)
-	if err := s.store.UpgradeGuest(ctx, lp, hash, sess.ID, l); errors.Is(err, store.ErrNotFound) {
+	if err := s.accounts.UpgradeGuest(ctx, lp, hash, sess.ID, l); errors.Is(err, store.ErrNotFound) {
 		return nil, matrixhttp.Forbidden("Invalid guest access token")
 	} else if err != nil {
 		return nil, err
@@ -153,7 +154,7 @@ func (s *Accounts) upgradeGuest(r *http.Request, req registerRequest) (any, erro
 
 // createAndLogin creates the account (generating a localpart when empty)
 // and, when login is set, its first device and tokens.
-func (s *Accounts) createAndLogin(r *http.Request, acct store.NewAccount, login bool, deviceID, deviceName string, refresh bool) (loginResponse, error) {
+func (s *Accounts) createAndLogin(r *http.Request, acct accounts.NewAccount, login bool, deviceID, deviceName string, refresh bool) (loginResponse, error) {
 	ctx := r.Context()
 	l, toks := s.firstLogin(r, "", login, deviceID, deviceName, refresh)
 	localpart, err := s.createAccount(ctx, acct, l)
@@ -169,7 +170,7 @@ func (s *Accounts) createAndLogin(r *http.Request, acct store.NewAccount, login 
 
 // firstLogin prepares the login a registration issues (nil when login is
 // false), on deviceID or a new device.
-func (s *Accounts) firstLogin(r *http.Request, userID string, login bool, deviceID, deviceName string, refresh bool) (*store.Login, issuedTokens) {
+func (s *Accounts) firstLogin(r *http.Request, userID string, login bool, deviceID, deviceName string, refresh bool) (*accounts.Login, issuedTokens) {
 	if !login {
 		return nil, issuedTokens{}
 	}
@@ -194,7 +195,7 @@ func optionalPasswordHash(password string) (*string, error) {
 
 // createAccount stores the account; an empty localpart is generated
 // (letters and digits for users, digits only for guests).
-func (s *Accounts) createAccount(ctx context.Context, acct store.NewAccount, login *store.Login) (string, error) {
+func (s *Accounts) createAccount(ctx context.Context, acct accounts.NewAccount, login *accounts.Login) (string, error) {
 	generated := acct.Localpart == ""
 	for attempt := 0; attempt < 10; attempt++ {
 		if generated && acct.Guest {
@@ -205,7 +206,7 @@ func (s *Accounts) createAccount(ctx context.Context, acct store.NewAccount, log
 		if login != nil {
 			login.UserID = s.userID(acct.Localpart)
 		}
-		err := s.store.CreateAccount(ctx, acct, login)
+		err := s.accounts.CreateAccount(ctx, acct, login)
 		if errors.Is(err, store.ErrUserExists) {
 			if generated {
 				continue
@@ -227,7 +228,7 @@ func (s *Accounts) registerAvailable(r *http.Request, _ *httpapi.Device) (any, e
 	if err != nil {
 		return nil, err
 	}
-	taken, err := s.store.AccountExists(r.Context(), lp)
+	taken, err := s.accounts.AccountExists(r.Context(), lp)
 	if err != nil {
 		return nil, err
 	}
@@ -246,7 +247,7 @@ func (s *Accounts) registrationTokenValidity(r *http.Request, _ *httpapi.Device)
 	if token == "" {
 		return nil, matrixhttp.MissingParam("token is required")
 	}
-	ok, err := s.store.RegistrationTokenValid(r.Context(), token, s.now().UnixMilli())
+	ok, err := s.accounts.RegistrationTokenValid(r.Context(), token, s.now().UnixMilli())
 	if err != nil {
 		return nil, err
 	}

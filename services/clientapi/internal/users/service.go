@@ -18,6 +18,7 @@ import (
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
+	"github.com/myelin-chat/myelin/services/clientapi/store/accounts"
 )
 
 // Config is what the users domain takes of the client-API's settings.
@@ -82,6 +83,7 @@ type base struct {
 	log        *zap.Logger
 	serverName string
 	store      *store.Store
+	accounts   *accounts.Store
 	rooms      roomserverv1.RoomServiceClient
 	presence   presencev1.PresenceServiceClient
 	now        func() time.Time
@@ -111,7 +113,8 @@ type Accounts struct {
 // whois, the support and TURN endpoints.
 type Admin struct {
 	*base
-	accounts *Accounts
+	// registrar creates the accounts of shared-secret registration.
+	registrar *Accounts
 }
 
 // Profiles: display names and avatars, their propagation to rooms, the
@@ -128,12 +131,12 @@ type AccountData struct {
 // New returns the users domain.
 func New(d Deps) *Service {
 	b := &base{
-		cfg: d.Config, log: d.Log, serverName: d.ServerName, store: d.Store, rooms: d.Rooms, presence: d.Presence,
+		cfg: d.Config, log: d.Log, serverName: d.ServerName, store: d.Store, accounts: accounts.New(d.Store), rooms: d.Rooms, presence: d.Presence,
 		now: d.Now, keys: d.DeviceChanges, wakeBus: d.Wake, push: d.PushRules, history: d.Erasures, notifier: d.Members,
 	}
 	p := &Profiles{base: b}
 	a := &Accounts{base: b, profiles: p}
-	return &Service{Accounts: a, Admin: &Admin{base: b, accounts: a}, Profiles: p, Data: &AccountData{base: b}}
+	return &Service{Accounts: a, Admin: &Admin{base: b, registrar: a}, Profiles: p, Data: &AccountData{base: b}}
 }
 
 // Routes are the users endpoints.

@@ -10,6 +10,7 @@ import (
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
+	"github.com/myelin-chat/myelin/services/clientapi/store/accounts"
 )
 
 // uiaSessionMaxAge is how long a user-interactive auth session stays valid.
@@ -75,31 +76,31 @@ func (s *Accounts) uiaFlows(purpose string) [][]string {
 // session opens one on the fly (Synapse accepts m.login.dummy that way,
 // and clients rely on it). Stages completed through the fallback web page
 // count: a later request with just the session succeeds.
-func (s *Accounts) RunUIA(ctx context.Context, purpose, userID string, auth *AuthData) (store.UIASession, error) {
+func (s *Accounts) RunUIA(ctx context.Context, purpose, userID string, auth *AuthData) (accounts.UIASession, error) {
 	flows := s.uiaFlows(purpose)
 	if auth == nil || auth.Session == "" {
-		sess := store.UIASession{ID: randomBase64(18), UserID: userID, Purpose: purpose}
-		if err := s.store.CreateUIASession(ctx, sess, uiaSessionMaxAge); err != nil {
-			return store.UIASession{}, err
+		sess := accounts.UIASession{ID: randomBase64(18), UserID: userID, Purpose: purpose}
+		if err := s.accounts.CreateUIASession(ctx, sess, uiaSessionMaxAge); err != nil {
+			return accounts.UIASession{}, err
 		}
 		if auth == nil {
-			return store.UIASession{}, &httpapi.UIAChallenge{Flows: flows, Session: sess.ID}
+			return accounts.UIASession{}, &httpapi.UIAChallenge{Flows: flows, Session: sess.ID}
 		}
 		auth.Session = sess.ID
 	}
-	sess, err := s.store.GetUIASession(ctx, auth.Session, uiaSessionMaxAge)
+	sess, err := s.accounts.GetUIASession(ctx, auth.Session, uiaSessionMaxAge)
 	if errors.Is(err, store.ErrNotFound) {
-		return store.UIASession{}, httpapi.UnknownError(http.StatusBadRequest, "Unknown or expired UIA session")
+		return accounts.UIASession{}, httpapi.UnknownError(http.StatusBadRequest, "Unknown or expired UIA session")
 	}
 	if err != nil {
-		return store.UIASession{}, err
+		return accounts.UIASession{}, err
 	}
 	if sess.Purpose != purpose || sess.UserID != userID {
-		return store.UIASession{}, matrixhttp.Forbidden("The UIA session belongs to another request")
+		return accounts.UIASession{}, matrixhttp.Forbidden("The UIA session belongs to another request")
 	}
 	if auth.Type != "" {
 		if err := s.uiaStage(ctx, &sess, flows, auth); err != nil {
-			return store.UIASession{}, err
+			return accounts.UIASession{}, err
 		}
 	}
 	for _, f := range flows {
@@ -107,12 +108,12 @@ func (s *Accounts) RunUIA(ctx context.Context, purpose, userID string, auth *Aut
 			return sess, nil
 		}
 	}
-	return store.UIASession{}, &httpapi.UIAChallenge{Flows: flows, Session: sess.ID, Completed: sess.Completed}
+	return accounts.UIASession{}, &httpapi.UIAChallenge{Flows: flows, Session: sess.ID, Completed: sess.Completed}
 }
 
 // uiaStage attempts one stage and records it in sess when it succeeds.
 // A failed attempt is a 401 challenge carrying the errcode.
-func (s *Accounts) uiaStage(ctx context.Context, sess *store.UIASession, flows [][]string, auth *AuthData) error {
+func (s *Accounts) uiaStage(ctx context.Context, sess *accounts.UIASession, flows [][]string, auth *AuthData) error {
 	fail := func(code, msg string) error {
 		return &httpapi.UIAChallenge{Flows: flows, Session: sess.ID, Completed: sess.Completed, ErrCode: code, Message: msg}
 	}
@@ -133,8 +134,8 @@ func (s *Accounts) uiaStage(ctx context.Context, sess *store.UIASession, flows [
 		if auth.Token == "" || len(auth.Token) > 64 {
 			return fail("M_INVALID_PARAM", "A registration token is required")
 		}
-		err := s.store.ReserveRegistrationToken(ctx, sess.ID, auth.Token, s.now().UnixMilli())
-		if errors.Is(err, store.ErrTokenInvalid) {
+		err := s.accounts.ReserveRegistrationToken(ctx, sess.ID, auth.Token, s.now().UnixMilli())
+		if errors.Is(err, accounts.ErrTokenInvalid) {
 			return fail("M_FORBIDDEN", "Invalid registration token")
 		}
 		if err != nil {
@@ -142,7 +143,7 @@ func (s *Accounts) uiaStage(ctx context.Context, sess *store.UIASession, flows [
 		}
 	}
 	if !slices.Contains(sess.Completed, auth.Type) {
-		if err := s.store.CompleteUIAStage(ctx, sess.ID, auth.Type); err != nil {
+		if err := s.accounts.CompleteUIAStage(ctx, sess.ID, auth.Type); err != nil {
 			return err
 		}
 		sess.Completed = append(sess.Completed, auth.Type)
@@ -171,7 +172,7 @@ func (s *Accounts) uiaPassword(ctx context.Context, userID string, auth *AuthDat
 	if !ok || s.userID(localpart) != userID {
 		return false, matrixhttp.Forbidden("The authentication names another user")
 	}
-	hash, err := s.store.PasswordHash(ctx, localpart)
+	hash, err := s.accounts.PasswordHash(ctx, localpart)
 	if errors.Is(err, store.ErrNotFound) {
 		checkPassword(dummyHash(), auth.Password)
 		return false, nil
@@ -183,6 +184,6 @@ func (s *Accounts) uiaPassword(ctx context.Context, userID string, auth *AuthDat
 }
 
 // finishUIA forgets a completed session.
-func (s *Accounts) FinishUIA(ctx context.Context, sess store.UIASession) error {
-	return s.store.DeleteUIASession(ctx, sess.ID)
+func (s *Accounts) FinishUIA(ctx context.Context, sess accounts.UIASession) error {
+	return s.accounts.DeleteUIASession(ctx, sess.ID)
 }

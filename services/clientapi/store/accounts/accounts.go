@@ -1,4 +1,4 @@
-package store
+package accounts
 
 import (
 	"context"
@@ -127,13 +127,6 @@ func (s *Store) Account(ctx context.Context, localpart string) (Account, error) 
 	}
 	a.PasswordHash, a.DisplayName, a.AvatarURL = deref(hash), deref(name), deref(avatar)
 	return a, nil
-}
-
-func deref(s *string) string {
-	if s == nil {
-		return ""
-	}
-	return *s
 }
 
 // PasswordHash returns the account's password hash; ErrNotFound when the
@@ -444,29 +437,6 @@ func deleteAllDevices(ctx context.Context, tx pgx.Tx, userID, keep string) error
 	return queueDeviceDeletion(ctx, tx, userID, deleted)
 }
 
-// CreateFilter stores a filter and returns its ID; an identical filter of
-// the same user keeps its ID.
-func (s *Store) CreateFilter(ctx context.Context, userID string, filter []byte) (int64, error) {
-	var id int64
-	err := s.db.QueryRow(ctx, `WITH ins AS (
-			INSERT INTO filters (user_id, filter) VALUES ($1, $2) ON CONFLICT (user_id, md5(filter::text)) DO NOTHING RETURNING filter_id
-		)
-		SELECT filter_id FROM ins UNION ALL
-		SELECT filter_id FROM filters WHERE user_id = $1 AND md5(filter::text) = md5($2::jsonb::text) LIMIT 1`,
-		userID, string(filter)).Scan(&id)
-	return id, err
-}
-
-// Filter returns a stored filter of the user, or ErrNotFound.
-func (s *Store) Filter(ctx context.Context, userID string, filterID int64) ([]byte, error) {
-	var f []byte
-	err := s.db.QueryRow(ctx, `SELECT filter::text FROM filters WHERE user_id = $1 AND filter_id = $2`, userID, filterID).Scan(&f)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, ErrNotFound
-	}
-	return f, err
-}
-
 // GuestLocalparts returns which of the given localparts are guest accounts.
 func (s *Store) GuestLocalparts(ctx context.Context, localparts []string) ([]string, error) {
 	rows, err := s.db.Query(ctx, `SELECT localpart FROM accounts WHERE is_guest AND localpart = ANY($1)`, localparts)
@@ -484,9 +454,9 @@ type Moderation struct {
 
 // AccountModeration returns an active account's moderation state;
 // ErrNotFound when there is no such account or it is deactivated.
-func (r Reader) AccountModeration(ctx context.Context, localpart string) (Moderation, error) {
+func (s *Store) AccountModeration(ctx context.Context, localpart string) (Moderation, error) {
 	var m Moderation
-	err := r.q.QueryRow(ctx, `SELECT is_admin, locked, suspended FROM accounts WHERE localpart = $1 AND NOT deactivated`, localpart).
+	err := s.db.QueryRow(ctx, `SELECT is_admin, locked, suspended FROM accounts WHERE localpart = $1 AND NOT deactivated`, localpart).
 		Scan(&m.Admin, &m.Locked, &m.Suspended)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Moderation{}, ErrNotFound

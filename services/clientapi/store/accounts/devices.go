@@ -1,4 +1,4 @@
-package store
+package accounts
 
 import (
 	"context"
@@ -110,4 +110,14 @@ func (s *Store) Deactivate(ctx context.Context, localpart, userID string) error 
 		}
 		return deleteAllDevices(ctx, tx, userID, "")
 	})
+}
+
+// queueDeviceDeletion queues the deletion of devices. Caller holds a
+// transaction in which the devices rows are deleted already.
+func queueDeviceDeletion(ctx context.Context, tx pgx.Tx, userID string, deviceIDs []string) error {
+	if len(deviceIDs) == 0 {
+		return nil
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO key_server_outbox (user_id, op, device_ids) VALUES ($1, 'delete', $2)`, userID, deviceIDs)
+	return err
 }
