@@ -10,7 +10,6 @@ import (
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
-	"github.com/myelin-chat/myelin/services/clientapi/internal/push"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -118,7 +117,7 @@ func (s *AccountData) getAccountData(r *http.Request, dev *httpapi.Device, perRo
 	if err != nil {
 		return nil, err
 	}
-	if roomID == "" && typ == push.RulesType {
+	if roomID == "" && typ == store.PushRulesType {
 		content, err := s.push.RulesContent(r.Context(), dev.UserID)
 		return json.RawMessage(content), err
 	}
