@@ -84,8 +84,7 @@ func (p *process) federationEdgeRoutes() []edge.Route {
 		}
 	}
 	add(TargetKeyServer, "/_matrix/key/")
-	// /_matrix/federation/* goes to the federation-receiver once it exists:
-	// add(TargetFederationReceiver, "/_matrix/federation/")
+	add(TargetFederationReceiver, "/_matrix/federation/")
 	return routes
 }
 

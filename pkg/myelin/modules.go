@@ -16,6 +16,7 @@ import (
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi"
+	"github.com/myelin-chat/myelin/services/fedreceiver"
 	"github.com/myelin-chat/myelin/services/keyserver"
 	"github.com/myelin-chat/myelin/services/media"
 	"github.com/myelin-chat/myelin/services/presence"
@@ -32,6 +33,9 @@ const (
 	TargetPresence   = "presence"
 	TargetMedia      = "media"
 	TargetEdge       = "edge"
+	// TargetFederationReceiver serves the federation API to other
+	// homeservers.
+	TargetFederationReceiver = "federation-receiver"
 )
 
 // service is the shape every service has: it registers onto the process's
@@ -59,6 +63,7 @@ var modules = []module{
 	{name: TargetPresence, start: startPresence},
 	{name: TargetClientAPI, start: startClientAPI},
 	{name: TargetMedia, start: startMedia},
+	{name: TargetFederationReceiver, start: startFederationReceiver},
 }
 
 // ParseTargets expands a comma-separated target list. "all" is every
@@ -187,5 +192,29 @@ func startMedia(ctx context.Context, p *process) (service, error) {
 		ServerName:  p.cfg.ServerName,
 		DatabaseURL: p.cfg.databaseURL(cfg.DatabaseURL),
 		Users:       clientapiv1.NewUserServiceClient(ca),
+	})
+}
+
+func startFederationReceiver(ctx context.Context, p *process) (service, error) {
+	conns := map[string]*grpc.ClientConn{}
+	for _, t := range []string{TargetKeyServer, TargetRoomServer, TargetPresence, TargetClientAPI} {
+		c, err := p.dial(t)
+		if err != nil {
+			return nil, err
+		}
+		conns[t] = c
+	}
+	return fedreceiver.New(ctx, p.cfg.FederationReceiver, fedreceiver.Deps{
+		Logger:      p.log.With(logging.Service(TargetFederationReceiver)),
+		ServerName:  p.cfg.ServerName,
+		DatabaseURL: p.cfg.databaseURL(p.cfg.FederationReceiver.DatabaseURL),
+		Version:     buildVersion(),
+		JetStream:   p.js,
+		Federation:  p.fedTransport,
+		ServerKeys:  keyserverv1.NewServerKeyServiceClient(conns[TargetKeyServer]),
+		E2EKeys:     keyserverv1.NewE2EKeyServiceClient(conns[TargetKeyServer]),
+		RoomServer:  roomserverv1.NewRoomServiceClient(conns[TargetRoomServer]),
+		Presence:    presencev1.NewPresenceServiceClient(conns[TargetPresence]),
+		Users:       clientapiv1.NewUserServiceClient(conns[TargetClientAPI]),
 	})
 }
