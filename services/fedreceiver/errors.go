@@ -76,4 +76,3 @@ func specStatus(code spec.MatrixErrorCode) int {
 }
 
 func errorsIsACL(err error) bool { return errors.Is(err, errACLDenied) }
-

@@ -74,9 +74,13 @@ func (s *Service) makeMembership(r *http.Request, membership string) (any, error
 	return map[string]any{"room_version": resp.GetRoomVersion(), "event": json.RawMessage(resp.GetEventTemplate())}, nil
 }
 
-func (s *Service) serveMakeJoin(r *http.Request) (any, error)  { return s.makeMembership(r, spec.Join) }
-func (s *Service) serveMakeLeave(r *http.Request) (any, error) { return s.makeMembership(r, spec.Leave) }
-func (s *Service) serveMakeKnock(r *http.Request) (any, error) { return s.makeMembership(r, spec.Knock) }
+func (s *Service) serveMakeJoin(r *http.Request) (any, error) { return s.makeMembership(r, spec.Join) }
+func (s *Service) serveMakeLeave(r *http.Request) (any, error) {
+	return s.makeMembership(r, spec.Leave)
+}
+func (s *Service) serveMakeKnock(r *http.Request) (any, error) {
+	return s.makeMembership(r, spec.Knock)
+}
 
 // membershipRequest is a send_join/send_leave/send_knock/invite's path
 // and room, checked.
