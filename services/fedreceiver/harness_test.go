@@ -540,6 +540,8 @@ type request struct {
 	destination spec.ServerName
 	// unsigned sends no Authorization header.
 	unsigned bool
+	// target overrides the Myelin federation listener (another replica).
+	target string
 }
 
 // do sends a request to the Myelin federation listener and returns the
@@ -573,6 +575,9 @@ func (r *remoteServer) do(req request) (int, []byte) {
 		hr.ContentLength = int64(len(req.raw))
 	}
 	hr.URL.Scheme, hr.URL.Host = "https", r.target
+	if req.target != "" {
+		hr.URL.Host = req.target
+	}
 	if req.unsigned {
 		hr.Header.Del("Authorization")
 	}
@@ -610,12 +615,18 @@ func (r *remoteServer) nextTxn() string { return "txn" + strconv.FormatInt(r.txn
 
 func (r *remoteServer) sendTxn(txnID string, pdus []json.RawMessage, edus ...gomatrixserverlib.EDU) (int, map[string]fclient.PDUResult) {
 	r.t.Helper()
+	return r.sendTxnAt("", txnID, pdus, edus...)
+}
+
+// sendTxnAt sends a transaction to a listener (empty: the usual one).
+func (r *remoteServer) sendTxnAt(target, txnID string, pdus []json.RawMessage, edus ...gomatrixserverlib.EDU) (int, map[string]fclient.PDUResult) {
+	r.t.Helper()
 	if pdus == nil {
 		pdus = []json.RawMessage{}
 	}
-	status, body := r.put("/_matrix/federation/v1/send/"+txnID, map[string]any{
+	status, body := r.do(request{method: "PUT", path: "/_matrix/federation/v1/send/" + txnID, target: target, body: map[string]any{
 		"origin": r.name, "origin_server_ts": time.Now().UnixMilli(), "pdus": pdus, "edus": edus,
-	})
+	}})
 	var resp fclient.RespSend
 	if status == 200 {
 		if err := json.Unmarshal(body, &resp); err != nil {
