@@ -197,8 +197,8 @@ func (s *Service) sendJoin(r *http.Request) (*fclient.RespSendJoin, error) {
 	if err != nil {
 		return nil, invalidParam(err)
 	}
-	if err := checkNoDuplicateKeys(body); err != nil {
-		return nil, matrixhttp.BadJSON(err.Error())
+	if _, err := parsePDU(mr.verImpl, body); err != nil {
+		return nil, matrixhttp.BadJSON("Invalid event: " + err.Error())
 	}
 	signed, err := s.rooms.SignJoin(ctx, &roomserverv1.SignJoinRequest{RoomId: mr.roomID, EventJson: body})
 	if err != nil {

@@ -56,25 +56,50 @@ func (s *Service) room(ctx context.Context, tc *txnContext, roomID string) (*roo
 	return ri, nil
 }
 
-// parsePDU parses an event of a room version from an untrusted source,
-// refusing duplicate keys (gomatrixserverlib panics on some garbage; that
-// is an error too).
+// maxEventSize is the spec's bound on a PDU (canonical JSON, without
+// unsigned).
+const maxEventSize = 65536
+
+// parsePDU parses an event of a room version from an untrusted source.
+// Beyond gomatrixserverlib's checks it refuses duplicate keys and events
+// over 65,536 bytes before their hash is checked (gomatrixserverlib would
+// redact an oversized event with a wrong hash into a small one; the spec
+// drops invalid events first). When the event parses but is refused,
+// the event is returned with the error, so the caller can name it.
 func parsePDU(verImpl gomatrixserverlib.IRoomVersion, raw []byte) (ev gomatrixserverlib.PDU, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			ev, err = nil, fmt.Errorf("unparseable event: %v", r)
 		}
 	}()
-	if err := checkNoDuplicateKeys(raw); err != nil {
-		return nil, err
-	}
 	ev, err = verImpl.NewEventFromUntrustedJSON(raw)
 	if err != nil {
 		return nil, err
 	}
 	_ = ev.EventID() // computes (and may panic on) the reference hash
 	_ = ev.RoomID()
+	if err := checkNoDuplicateKeys(raw); err != nil {
+		return ev, err
+	}
+	if size, err := eventSize(raw); err != nil || size > maxEventSize {
+		return ev, fmt.Errorf("event too large (%d bytes, at most %d)", size, maxEventSize)
+	}
 	return ev, nil
+}
+
+// eventSize is the length of an event's canonical JSON without unsigned.
+func eventSize(raw []byte) (int, error) {
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &obj); err != nil {
+		return 0, err
+	}
+	delete(obj, "unsigned")
+	b, err := json.Marshal(obj)
+	if err != nil {
+		return 0, err
+	}
+	canonical, err := gomatrixserverlib.CanonicalJSON(b)
+	return len(canonical), err
 }
 
 // pduHeader is what is read from a PDU before its room version is known.
@@ -109,7 +134,10 @@ func (s *Service) processPDU(ctx context.Context, tc *txnContext, raw json.RawMe
 	if err != nil {
 		// Room versions 1 and 2 name the event ID; later ones cannot
 		// be given one without a parsed event.
-		if h.EventID != "" {
+		switch {
+		case ev != nil:
+			return fail(ev.EventID(), "Invalid event: %v", err)
+		case h.EventID != "":
 			return fail(h.EventID, "Invalid event: %v", err)
 		}
 		return "", fclient.PDUResult{}, nil
