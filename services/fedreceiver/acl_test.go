@@ -85,4 +85,3 @@ func TestServerACL(t *testing.T) {
 		t.Fatalf("bob's membership %q (ACLs do not change the graph)", m)
 	}
 }
-

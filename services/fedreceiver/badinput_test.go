@@ -265,7 +265,9 @@ var badPDUs = []badPDU{
 	}},
 	{name: "prev event nobody has", make: func(c *badCtx) []byte {
 		return c.buildWith(c.rr.verImpl, c.rr.r.name, c.rr.r.key, c.bob, "m.room.message", nil, msgContent("orphan"),
-			func(pe *gomatrixserverlib.ProtoEvent) { pe.PrevEvents = []string{"$nobodyhasthis" + fmt.Sprint(time.Now().UnixNano())} })
+			func(pe *gomatrixserverlib.ProtoEvent) {
+				pe.PrevEvents = []string{"$nobodyhasthis" + fmt.Sprint(time.Now().UnixNano())}
+			})
 	}},
 }
 
