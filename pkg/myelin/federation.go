@@ -15,6 +15,7 @@ import (
 	"github.com/myelin-chat/myelin/pkg/federation"
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	"github.com/myelin-chat/myelin/pkg/metrics"
+	"github.com/myelin-chat/myelin/services/media"
 )
 
 // federationService is implemented by services that serve federation
@@ -85,6 +86,7 @@ func (p *process) federationEdgeRoutes() []edge.Route {
 	}
 	add(TargetKeyServer, "/_matrix/key/")
 	add(TargetFederationReceiver, "/_matrix/federation/")
+	add(TargetMedia, media.FederationPrefix)
 	return routes
 }
 

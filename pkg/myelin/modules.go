@@ -187,12 +187,21 @@ func startMedia(ctx context.Context, p *process) (service, error) {
 	if cfg.Storage.Backend == media.BackendFile && cfg.Storage.Path == "" {
 		cfg.Storage.Path = p.cfg.dataPath("media")
 	}
-	return media.New(ctx, cfg, media.Deps{
+	deps := media.Deps{
 		Logger:      p.log.With(logging.Service(TargetMedia)),
 		ServerName:  p.cfg.ServerName,
 		DatabaseURL: p.cfg.databaseURL(cfg.DatabaseURL),
 		Users:       clientapiv1.NewUserServiceClient(ca),
-	})
+	}
+	if p.cfg.Federation.Enabled {
+		// Federation media checks X-Matrix with the key-server's keys.
+		ks, err := p.dial(TargetKeyServer)
+		if err != nil {
+			return nil, err
+		}
+		deps.ServerKeys = keyserverv1.NewServerKeyServiceClient(ks)
+	}
+	return media.New(ctx, cfg, deps)
 }
 
 func startFederationReceiver(ctx context.Context, p *process) (service, error) {

@@ -548,6 +548,13 @@ type request struct {
 // status and body.
 func (r *remoteServer) do(req request) (int, []byte) {
 	r.t.Helper()
+	status, _, body := r.doWithHeaders(req)
+	return status, body
+}
+
+// doWithHeaders is do, with the response's headers.
+func (r *remoteServer) doWithHeaders(req request) (int, http.Header, []byte) {
+	r.t.Helper()
 	dest := req.destination
 	if dest == "" {
 		dest = hsName
@@ -590,7 +597,7 @@ func (r *remoteServer) do(req request) (int, []byte) {
 	}
 	defer res.Body.Close()
 	body, _ := io.ReadAll(res.Body)
-	return res.StatusCode, body
+	return res.StatusCode, res.Header, body
 }
 
 // get and put are do's common cases.

@@ -16,6 +16,7 @@ replace (
 require (
 	github.com/go-chi/chi/v5 v5.5.0
 	github.com/jackc/pgx/v5 v5.12.0
+	github.com/matrix-org/gomatrixserverlib v0.0.0-20250813150445-9f5070a65744
 	github.com/minio/minio-go/v7 v7.4.1
 	github.com/myelin-chat/myelin/pkg v0.0.0
 	github.com/myelin-chat/myelin/proto v0.0.0

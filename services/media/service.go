@@ -15,11 +15,14 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/matrix-org/gomatrixserverlib/spec"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
+	"github.com/myelin-chat/myelin/pkg/federation"
 	"github.com/myelin-chat/myelin/pkg/ratelimit"
 	clientapiv1 "github.com/myelin-chat/myelin/proto/clientapi/v1"
+	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
 	mediav1 "github.com/myelin-chat/myelin/proto/media/v1"
 	"github.com/myelin-chat/myelin/services/media/storage"
 	"github.com/myelin-chat/myelin/services/media/store"
@@ -44,6 +47,9 @@ type Deps struct {
 	// Storage overrides the configured content storage (nil: build it
 	// from Config.Storage).
 	Storage storage.Backend
+	// ServerKeys, when set (federation is on), verifies the X-Matrix
+	// requests of federation media.
+	ServerKeys keyserverv1.ServerKeyServiceClient
 }
 
 // Service is a running media service.
@@ -55,6 +61,8 @@ type Service struct {
 	content    storage.Backend
 	users      clientapiv1.UserServiceClient
 	limiter    *ratelimit.Limiter
+	// fedAuth checks federation media requests; nil without federation.
+	fedAuth *federation.Authenticator
 	// now is the clock; tests may replace it.
 	now func() time.Time
 }
@@ -78,7 +86,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("media store: %w", err)
 	}
-	return &Service{
+	s := &Service{
 		cfg:        cfg,
 		log:        deps.Logger,
 		serverName: deps.ServerName,
@@ -87,7 +95,11 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		users:      deps.Users,
 		limiter:    ratelimit.New(cfg.RateLimit.Enabled, map[string]ratelimit.Bucket{limitMedia: cfg.RateLimit.bucket()}, time.Now),
 		now:        time.Now,
-	}, nil
+	}
+	if deps.ServerKeys != nil {
+		s.fedAuth = federation.NewAuthenticator(spec.ServerName(deps.ServerName), federation.NewVerifier(deps.ServerKeys, 5*time.Minute), deps.Logger)
+	}
+	return s, nil
 }
 
 // openStorage builds the configured content storage.
@@ -112,8 +124,17 @@ func (s *Service) RegisterGRPC(g *grpc.Server) {
 	mediav1.RegisterMediaServiceServer(g, &handler{svc: s})
 }
 
-// RegisterHTTP mounts the content repository's endpoints (routes.go).
-func (s *Service) RegisterHTTP(r chi.Router) { s.mountHTTP(r) }
+// RegisterHTTP mounts the content repository's endpoints (routes.go), and
+// with federation on the federation media ones (federation.go), which the
+// edge's federation listener forwards here in the split shape.
+func (s *Service) RegisterHTTP(r chi.Router) {
+	s.mountHTTP(r)
+	s.mountFederation(r)
+}
+
+// RegisterFederationHTTP mounts federation media on the federation
+// listener.
+func (s *Service) RegisterFederationHTTP(r chi.Router) { s.mountFederation(r) }
 
 // Run runs the janitor until ctx ends.
 func (s *Service) Run(ctx context.Context) error {

@@ -56,6 +56,11 @@ func standardThumbnail(width, height int, method string) (int, int, string, bool
 // than asked is served as it is. Thumbnails are made on the first request
 // and kept in the storage.
 func (s *Service) thumbnailMedia(r *http.Request, _ *caller) (any, error) {
+	return s.thumbnail(r, func() (store.Media, error) { return s.loadMedia(r) })
+}
+
+// thumbnail answers a thumbnail request of the media load finds.
+func (s *Service) thumbnail(r *http.Request, load func() (store.Media, error)) (any, error) {
 	width, err := queryInt(r, "width", 0)
 	if err != nil {
 		return nil, err
@@ -74,7 +79,7 @@ func (s *Service) thumbnailMedia(r *http.Request, _ *caller) (any, error) {
 	if method != "scale" && method != "crop" {
 		return nil, matrixhttp.InvalidParam("method must be crop or scale")
 	}
-	m, err := s.loadMedia(r)
+	m, err := load()
 	if err != nil {
 		return nil, err
 	}
