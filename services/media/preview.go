@@ -1,6 +1,7 @@
 package media
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -173,11 +174,19 @@ func (p *previewer) build(ctx context.Context, u *url.URL) (map[string]any, stri
 		return nil, "", err
 	}
 	defer resp.Body.Close()
+	page := bufio.NewReader(io.LimitReader(resp.Body, cfg.MaxBytes))
 	ctype := resp.Header.Get("Content-Type")
+	if ctype == "" {
+		// No type given: an HTML page is recognised by its start.
+		head, _ := page.Peek(512)
+		if sniffed := http.DetectContentType(head); strings.HasPrefix(sniffed, "text/html") {
+			ctype = sniffed
+		}
+	}
 	base, _, _ := mime.ParseMediaType(ctype)
 	switch {
 	case base == "text/html" || base == "application/xhtml+xml":
-		meta := parsePage(io.LimitReader(resp.Body, cfg.MaxBytes), ctype)
+		meta := parsePage(page, ctype)
 		if fctx.Err() != nil {
 			return nil, "", fetchError(fctx, fctx.Err())
 		}

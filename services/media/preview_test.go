@@ -87,6 +87,10 @@ func TestURLPreview(t *testing.T) {
 			w.Header().Set("Content-Type", "text/html; charset=iso-8859-1")
 			_, _ = w.Write([]byte("<html><head><title>Caf\xe9</title></head></html>"))
 		},
+		"/untyped": func(w http.ResponseWriter, _ *http.Request) {
+			w.Header()["Content-Type"] = nil // no type, and none sniffed by net/http
+			_, _ = w.Write([]byte(`<!DOCTYPE html><html><head><title>Untyped</title></head></html>`))
+		},
 		"/pic.png": func(w http.ResponseWriter, _ *http.Request) {
 			w.Header().Set("Content-Type", "image/png")
 			_, _ = w.Write(pic)
@@ -173,6 +177,10 @@ func TestURLPreview(t *testing.T) {
 	}
 	if p, err := alice.GetURLPreview(ctx, site.url("/latin1")); err != nil || p.Title != "Café" {
 		t.Errorf("ISO-8859-1 page: %+v %v", p, err)
+	}
+
+	if p, err := alice.GetURLPreview(ctx, site.url("/untyped")); err != nil || p.Title != "Untyped" {
+		t.Errorf("page without a Content-Type: %+v %v", p, err)
 	}
 
 	// An image is its own preview.
