@@ -63,13 +63,20 @@ type harness struct {
 // HTTPS (see federationTo), any other server name is not.
 func newHarness(t testing.TB, mutate func(*Config), peers ...peer) *harness {
 	t.Helper()
+	return newHarnessOn(t, mutate, testkit.NATS(t), peers...)
+}
+
+// newHarnessOn is newHarness on the NATS server at natsURL (a test that
+// stops and restarts NATS starts its own).
+func newHarnessOn(t testing.TB, mutate func(*Config), natsURL string, peers ...peer) *harness {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	h := &harness{t: t, ctx: ctx, cfg: DefaultConfig(), db: testkit.Postgres(t)}
 	if mutate != nil {
 		mutate(&h.cfg)
 	}
-	h.js = testkit.JetStream(t, testkit.NATS(t))
+	h.js = testkit.JetStream(t, natsURL)
 
 	ks, err := keyserver.New(ctx, keyserver.DefaultConfig(), keyserver.Deps{
 		Logger: testLogger(t).Named("keyserver"), ServerName: testServer, DatabaseURL: h.db,
