@@ -9,6 +9,7 @@ import (
 	"github.com/go-chi/chi/v5"
 	"google.golang.org/grpc"
 
+	"github.com/myelin-chat/myelin/pkg/federation"
 	"github.com/myelin-chat/myelin/pkg/logging"
 	clientapiv1 "github.com/myelin-chat/myelin/proto/clientapi/v1"
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
@@ -193,13 +194,19 @@ func startMedia(ctx context.Context, p *process) (service, error) {
 		DatabaseURL: p.cfg.databaseURL(cfg.DatabaseURL),
 		Users:       clientapiv1.NewUserServiceClient(ca),
 	}
+	// With federation on, federation media checks X-Matrix with the
+	// key-server's keys, and remote media is fetched over federation,
+	// signed with the key-server's key; without federation the media
+	// process needs no key-server.
 	if p.cfg.Federation.Enabled {
-		// Federation media checks X-Matrix with the key-server's keys.
 		ks, err := p.dial(TargetKeyServer)
 		if err != nil {
 			return nil, err
 		}
 		deps.ServerKeys = keyserverv1.NewServerKeyServiceClient(ks)
+		if cfg.Remote.Enabled {
+			deps.Federation = federation.NewClient(p.fedTransport, deps.ServerKeys)
+		}
 	}
 	return media.New(ctx, cfg, deps)
 }

@@ -40,7 +40,7 @@ func (s *Service) mountFederation(r chi.Router) {
 			return s.openContent(req.Context(), m.StorageKey, m.ContentType, m.UploadName, m.Size)
 		}))
 		r.Get(FederationPrefix+"thumbnail/{mediaId}", s.federationHandler(func(req *http.Request, m store.Media) (any, error) {
-			return s.thumbnail(req, func() (store.Media, error) { return m, nil })
+			return s.thumbnail(req, &m)
 		}))
 	})
 }
