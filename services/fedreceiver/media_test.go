@@ -8,10 +8,14 @@ import (
 	"io"
 	"mime"
 	"mime/multipart"
+	"net"
 	"strings"
 	"testing"
 
 	"maunium.net/go/mautrix"
+
+	"github.com/myelin-chat/myelin/pkg/myelin"
+	"github.com/myelin-chat/myelin/pkg/testkit/stack"
 )
 
 // multipartParts reads a multipart/mixed federation media answer.
@@ -98,4 +102,59 @@ func TestFederationMedia(t *testing.T) {
 			t.Errorf("GET %s: %d %s, want %d", c.req.path, status, body, c.status)
 		}
 	}
+}
+
+// TestRemoteMediaBetweenTwoServers: a second Myelin server's user
+// downloads the first's media through the client API; the second's media
+// service fetches it from the first's federation media endpoint (X-Matrix
+// signed with the second's key, verified by the first with its keys
+// fetched over HTTPS).
+func TestRemoteMediaBetweenTwoServers(t *testing.T) {
+	hs2Addr := freeLoopback(t)
+	e := newEnv(t, func(c *myelin.Config) {
+		c.Federation.ServerNameMap["hs2.test"] = hs2Addr
+	})
+	cfg := stack.TestConfig(t)
+	cfg.ServerName = "hs2.test"
+	cfg.Federation.Enabled = true
+	cfg.Federation.Listen = hs2Addr
+	cfg.Federation.TLSCertFile, cfg.Federation.TLSKeyFile = e.ca.Issue(t, "hs2.test")
+	cfg.Federation.TrustedCAFiles = []string{e.ca.CertFile}
+	cfg.Federation.AllowedPrivateNetworks = []string{"127.0.0.0/8"}
+	cfg.Federation.ServerNameMap = map[string]string{hsName: e.fedAddr}
+	hs2 := stack.StartWithConfig(t, cfg)
+
+	alice := e.localUser("alice")
+	content := []byte("a file that travels between servers")
+	up, err := alice.UploadMedia(e.ctx, mautrix.ReqUploadMedia{ContentBytes: content, ContentType: "text/plain", FileName: "note.txt"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bob, err := mautrix.NewClient(hs2.URL(), "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := bob.RegisterDummy(e.ctx, &mautrix.ReqRegister[any]{Username: "bob", Password: "pw-bob"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bob.SetCredentials(reg.UserID, reg.AccessToken)
+	got, err := bob.DownloadBytes(e.ctx, up.ContentURI)
+	if err != nil {
+		t.Fatalf("bob on hs2 downloads alice's media from hs1: %v", err)
+	}
+	if !bytes.Equal(got, content) {
+		t.Fatalf("downloaded %q", got)
+	}
+}
+
+// freeLoopback is a loopback address free a moment ago.
+func freeLoopback(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }
