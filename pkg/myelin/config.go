@@ -11,6 +11,7 @@ import (
 	"github.com/myelin-chat/myelin/pkg/federation"
 	"github.com/myelin-chat/myelin/pkg/logging"
 	"github.com/myelin-chat/myelin/services/clientapi"
+	"github.com/myelin-chat/myelin/services/fedreceiver"
 	"github.com/myelin-chat/myelin/services/keyserver"
 	"github.com/myelin-chat/myelin/services/media"
 	"github.com/myelin-chat/myelin/services/presence"
@@ -55,6 +56,8 @@ type Config struct {
 	ClientAPI  clientapi.Config  `yaml:"client_api"`
 	Presence   presence.Config   `yaml:"presence"`
 	Media      media.Config      `yaml:"media"`
+	// FederationReceiver is the federation-receiver's (issue #16).
+	FederationReceiver fedreceiver.Config `yaml:"federation_receiver"`
 }
 
 // ListenConfig is a listen address such as "127.0.0.1:8008" (":0" picks a
@@ -87,6 +90,9 @@ type ServiceAddresses struct {
 	ClientAPI  ServiceAddress `yaml:"client_api"`
 	Presence   ServiceAddress `yaml:"presence"`
 	Media      ServiceAddress `yaml:"media"`
+	// FederationReceiver: the edge's federation listener forwards
+	// /_matrix/federation/* to its http address.
+	FederationReceiver ServiceAddress `yaml:"federation_receiver"`
 }
 
 // ServiceAddress is where a service's gRPC and HTTP listeners are. Empty
@@ -111,6 +117,8 @@ func DefaultConfig() Config {
 		ClientAPI:  clientapi.DefaultConfig(),
 		Presence:   presence.DefaultConfig(),
 		Media:      media.DefaultConfig(),
+
+		FederationReceiver: fedreceiver.DefaultConfig(),
 	}
 }
 
@@ -154,6 +162,7 @@ func (c *Config) Validate() error {
 		prefix("client_api", c.ClientAPI.Validate()),
 		prefix("presence", c.Presence.Validate()),
 		prefix("media", c.Media.Validate()),
+		prefix("federation_receiver", c.FederationReceiver.Validate()),
 	)
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w: %w", config.ErrInvalid, err)

@@ -9,6 +9,7 @@ import (
 	"github.com/go-chi/chi/v5"
 	"google.golang.org/grpc"
 
+	"github.com/myelin-chat/myelin/pkg/federation"
 	"github.com/myelin-chat/myelin/pkg/logging"
 	clientapiv1 "github.com/myelin-chat/myelin/proto/clientapi/v1"
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
@@ -16,6 +17,7 @@ import (
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi"
+	"github.com/myelin-chat/myelin/services/fedreceiver"
 	"github.com/myelin-chat/myelin/services/keyserver"
 	"github.com/myelin-chat/myelin/services/media"
 	"github.com/myelin-chat/myelin/services/presence"
@@ -32,6 +34,9 @@ const (
 	TargetPresence   = "presence"
 	TargetMedia      = "media"
 	TargetEdge       = "edge"
+	// TargetFederationReceiver serves the federation API to other
+	// homeservers.
+	TargetFederationReceiver = "federation-receiver"
 )
 
 // service is the shape every service has: it registers onto the process's
@@ -59,6 +64,7 @@ var modules = []module{
 	{name: TargetPresence, start: startPresence},
 	{name: TargetClientAPI, start: startClientAPI},
 	{name: TargetMedia, start: startMedia},
+	{name: TargetFederationReceiver, start: startFederationReceiver},
 }
 
 // ParseTargets expands a comma-separated target list. "all" is every
@@ -182,10 +188,49 @@ func startMedia(ctx context.Context, p *process) (service, error) {
 	if cfg.Storage.Backend == media.BackendFile && cfg.Storage.Path == "" {
 		cfg.Storage.Path = p.cfg.dataPath("media")
 	}
-	return media.New(ctx, cfg, media.Deps{
+	deps := media.Deps{
 		Logger:      p.log.With(logging.Service(TargetMedia)),
 		ServerName:  p.cfg.ServerName,
 		DatabaseURL: p.cfg.databaseURL(cfg.DatabaseURL),
 		Users:       clientapiv1.NewUserServiceClient(ca),
+	}
+	// With federation on, federation media checks X-Matrix with the
+	// key-server's keys, and remote media is fetched over federation,
+	// signed with the key-server's key; without federation the media
+	// process needs no key-server.
+	if p.cfg.Federation.Enabled {
+		ks, err := p.dial(TargetKeyServer)
+		if err != nil {
+			return nil, err
+		}
+		deps.ServerKeys = keyserverv1.NewServerKeyServiceClient(ks)
+		if cfg.Remote.Enabled {
+			deps.Federation = federation.NewClient(p.fedTransport, deps.ServerKeys)
+		}
+	}
+	return media.New(ctx, cfg, deps)
+}
+
+func startFederationReceiver(ctx context.Context, p *process) (service, error) {
+	conns := map[string]*grpc.ClientConn{}
+	for _, t := range []string{TargetKeyServer, TargetRoomServer, TargetPresence, TargetClientAPI} {
+		c, err := p.dial(t)
+		if err != nil {
+			return nil, err
+		}
+		conns[t] = c
+	}
+	return fedreceiver.New(ctx, p.cfg.FederationReceiver, fedreceiver.Deps{
+		Logger:      p.log.With(logging.Service(TargetFederationReceiver)),
+		ServerName:  p.cfg.ServerName,
+		DatabaseURL: p.cfg.databaseURL(p.cfg.FederationReceiver.DatabaseURL),
+		Version:     buildVersion(),
+		JetStream:   p.js,
+		Federation:  p.fedTransport,
+		ServerKeys:  keyserverv1.NewServerKeyServiceClient(conns[TargetKeyServer]),
+		E2EKeys:     keyserverv1.NewE2EKeyServiceClient(conns[TargetKeyServer]),
+		RoomServer:  roomserverv1.NewRoomServiceClient(conns[TargetRoomServer]),
+		Presence:    presencev1.NewPresenceServiceClient(conns[TargetPresence]),
+		Users:       clientapiv1.NewUserServiceClient(conns[TargetClientAPI]),
 	})
 }

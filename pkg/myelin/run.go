@@ -350,7 +350,8 @@ func (p *process) needsDatabase() bool {
 
 func (p *process) needsNATS() bool {
 	return slices.Contains(p.targets, TargetRoomServer) || slices.Contains(p.targets, TargetClientAPI) ||
-		slices.Contains(p.targets, TargetPresence) || slices.Contains(p.targets, TargetKeyServer)
+		slices.Contains(p.targets, TargetPresence) || slices.Contains(p.targets, TargetKeyServer) ||
+		slices.Contains(p.targets, TargetFederationReceiver)
 }
 
 // dial returns the gRPC connection to a service: the configured address, or,
@@ -391,6 +392,8 @@ func (p *process) address(target string) ServiceAddress {
 		return p.cfg.Services.Presence
 	case TargetMedia:
 		return p.cfg.Services.Media
+	case TargetFederationReceiver:
+		return p.cfg.Services.FederationReceiver
 	}
 	return ServiceAddress{}
 }
@@ -421,6 +424,8 @@ func yamlKey(target string) string {
 		return "room_server"
 	case TargetClientAPI:
 		return "client_api"
+	case TargetFederationReceiver:
+		return "federation_receiver"
 	}
 	return target
 }

@@ -9,6 +9,7 @@ import (
 
 	clientapiv1 "github.com/myelin-chat/myelin/proto/clientapi/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/users"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -27,6 +28,8 @@ func toStatus(err error) error {
 		return nil
 	case errors.Is(err, store.ErrNotFound):
 		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, users.ErrNotLocal):
+		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, context.Canceled):
 		return status.Error(codes.Canceled, err.Error())
 	case errors.Is(err, context.DeadlineExceeded):
@@ -58,4 +61,22 @@ func (h *userHandler) Authenticate(ctx context.Context, req *clientapiv1.Authent
 		Suspended: dev.Suspended,
 		Expired:   expired,
 	}, nil
+}
+
+// QueryProfile returns a local user's display name and avatar URL:
+// NOT_FOUND for an unknown or deactivated user, INVALID_ARGUMENT for a
+// user ID that is not this server's.
+func (h *userHandler) QueryProfile(ctx context.Context, req *clientapiv1.QueryProfileRequest) (*clientapiv1.QueryProfileResponse, error) {
+	name, avatar, err := h.svc.users.Queries.Profile(ctx, req.GetUserId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &clientapiv1.QueryProfileResponse{}
+	if name != "" {
+		out.Displayname = &name
+	}
+	if avatar != "" {
+		out.AvatarUrl = &avatar
+	}
+	return out, nil
 }

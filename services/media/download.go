@@ -28,15 +28,21 @@ const (
 // loadMedia returns an uploaded local media's row, waiting up to
 // timeout_ms for a created one's content, or for the content of one being
 // handed over by another service (504 M_NOT_YET_UPLOADED after).
-// Remote media (another server name) needs federation: not found.
+// Remote media (another server name) is served by remote.go: not found
+// here.
 func (s *Service) loadMedia(r *http.Request) (store.Media, error) {
 	id, remote, err := s.mediaParams(r)
 	if err != nil {
 		return store.Media{}, err
 	}
 	if remote {
-		return store.Media{}, matrixhttp.NotFound("Remote media is not available: this server does not federate yet")
+		return store.Media{}, matrixhttp.NotFound("Media not found")
 	}
+	return s.waitMedia(r, id)
+}
+
+// waitMedia is loadMedia for a local media ID.
+func (s *Service) waitMedia(r *http.Request, id string) (store.Media, error) {
 	waitMS, err := queryInt(r, "timeout_ms", defaultMediaWait.Milliseconds())
 	if err != nil {
 		return store.Media{}, err
@@ -82,6 +88,11 @@ func (s *Service) openContent(ctx context.Context, key, contentType, fileName st
 
 // downloadMedia is GET /_matrix/client/v1/media/download/...
 func (s *Service) downloadMedia(r *http.Request, _ *caller) (any, error) {
+	if ref, remote, err := s.remote.ref(r); err != nil {
+		return nil, err
+	} else if remote {
+		return s.remote.download(r, ref)
+	}
 	m, err := s.loadMedia(r)
 	if err != nil {
 		return nil, err
@@ -135,15 +146,15 @@ var inlineTypes = map[string]bool{
 // mediaCSP is the spec's recommended Content-Security-Policy for content.
 const mediaCSP = "sandbox; default-src 'none'; script-src 'none'; plugin-types application/pdf; style-src 'unsafe-inline'; object-src 'self';"
 
-// writeContent writes the spec's headers and streams the body.
-func (s *Service) writeContent(w http.ResponseWriter, r *http.Request, c *contentResponse) {
-	defer c.body.Close()
-	ctype := c.contentType
+// contentHeaders are the Content-Type and Content-Disposition of content:
+// inline only for the spec's safe types.
+func contentHeaders(c *contentResponse) (ctype, disposition string) {
+	ctype = c.contentType
 	if ctype == "" {
 		ctype = "application/octet-stream"
 	}
 	base, _, _ := mime.ParseMediaType(ctype)
-	disposition := "attachment"
+	disposition = "attachment"
 	if inlineTypes[base] {
 		disposition = "inline"
 	}
@@ -151,6 +162,13 @@ func (s *Service) writeContent(w http.ResponseWriter, r *http.Request, c *conten
 		// RFC 6266 with RFC 5987's UTF-8 form, which keeps any name safe.
 		disposition += "; filename*=utf-8''" + url.PathEscape(c.fileName)
 	}
+	return ctype, disposition
+}
+
+// writeContent writes the spec's headers and streams the body.
+func (s *Service) writeContent(w http.ResponseWriter, r *http.Request, c *contentResponse) {
+	defer c.body.Close()
+	ctype, disposition := contentHeaders(c)
 	h := w.Header()
 	h.Set("Content-Type", ctype)
 	h.Set("Content-Disposition", disposition)

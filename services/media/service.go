@@ -2,7 +2,9 @@
 // thumbnails of local media for the client-server API, with the content in
 // a pluggable storage (a directory or an S3-compatible bucket, package
 // storage) and the metadata in PostgreSQL (package store). Uploads stream
-// to the storage and downloads stream from it. Requests carry the user's
+// to the storage and downloads stream from it. Other servers' media is
+// fetched over federation and kept (remote.go), and URL previews fetch
+// web pages through the same address rules as federation (preview.go). Requests carry the user's
 // access token, which the client-API owns: the service asks its
 // UserService to authenticate them. Its gRPC API (MediaService) takes
 // media handed over by other services (ImportMedia).
@@ -15,11 +17,14 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/matrix-org/gomatrixserverlib/spec"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
+	"github.com/myelin-chat/myelin/pkg/federation"
 	"github.com/myelin-chat/myelin/pkg/ratelimit"
 	clientapiv1 "github.com/myelin-chat/myelin/proto/clientapi/v1"
+	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
 	mediav1 "github.com/myelin-chat/myelin/proto/media/v1"
 	"github.com/myelin-chat/myelin/services/media/storage"
 	"github.com/myelin-chat/myelin/services/media/store"
@@ -44,6 +49,15 @@ type Deps struct {
 	// Storage overrides the configured content storage (nil: build it
 	// from Config.Storage).
 	Storage storage.Backend
+	// ServerKeys, when set (federation is on), verifies the X-Matrix
+	// requests of federation media.
+	ServerKeys keyserverv1.ServerKeyServiceClient
+	// Federation signs and sends requests to other servers (remote
+	// media); nil when federation is off, and remote media is 404.
+	Federation *federation.Client
+	// PreviewResolver answers the DNS questions of URL previews (nil:
+	// the system's resolver).
+	PreviewResolver federation.Resolver
 }
 
 // Service is a running media service.
@@ -55,6 +69,12 @@ type Service struct {
 	content    storage.Backend
 	users      clientapiv1.UserServiceClient
 	limiter    *ratelimit.Limiter
+	// fedAuth checks federation media requests; nil without federation.
+	fedAuth *federation.Authenticator
+	// preview makes URL previews (preview.go); remote fetches other
+	// servers' media (remote.go).
+	preview *previewer
+	remote  *remoteMedia
 	// now is the clock; tests may replace it.
 	now func() time.Time
 }
@@ -74,11 +94,22 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 			return nil, err
 		}
 	}
+	preview := &previewer{}
+	if cfg.URLPreview.Enabled {
+		var err error
+		if preview.web, err = newWebClient(cfg.URLPreview, deps.PreviewResolver); err != nil {
+			return nil, err
+		}
+	}
+	remote := &remoteMedia{fed: deps.Federation}
+	if deps.Federation != nil {
+		remote.web = newRemoteWebClient(deps.Federation)
+	}
 	st, err := store.Open(ctx, deps.DatabaseURL, cfg.MaxDatabaseConns)
 	if err != nil {
 		return nil, fmt.Errorf("media store: %w", err)
 	}
-	return &Service{
+	s := &Service{
 		cfg:        cfg,
 		log:        deps.Logger,
 		serverName: deps.ServerName,
@@ -86,8 +117,15 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		content:    content,
 		users:      deps.Users,
 		limiter:    ratelimit.New(cfg.RateLimit.Enabled, map[string]ratelimit.Bucket{limitMedia: cfg.RateLimit.bucket()}, time.Now),
+		preview:    preview,
+		remote:     remote,
 		now:        time.Now,
-	}, nil
+	}
+	preview.svc, remote.svc = s, s
+	if deps.ServerKeys != nil {
+		s.fedAuth = federation.NewAuthenticator(spec.ServerName(deps.ServerName), federation.NewVerifier(deps.ServerKeys, 5*time.Minute), deps.Logger)
+	}
+	return s, nil
 }
 
 // openStorage builds the configured content storage.
@@ -112,8 +150,17 @@ func (s *Service) RegisterGRPC(g *grpc.Server) {
 	mediav1.RegisterMediaServiceServer(g, &handler{svc: s})
 }
 
-// RegisterHTTP mounts the content repository's endpoints (routes.go).
-func (s *Service) RegisterHTTP(r chi.Router) { s.mountHTTP(r) }
+// RegisterHTTP mounts the content repository's endpoints (routes.go), and
+// with federation on the federation media ones (federation.go), which the
+// edge's federation listener forwards here in the split shape.
+func (s *Service) RegisterHTTP(r chi.Router) {
+	s.mountHTTP(r)
+	s.mountFederation(r)
+}
+
+// RegisterFederationHTTP mounts federation media on the federation
+// listener.
+func (s *Service) RegisterFederationHTTP(r chi.Router) { s.mountFederation(r) }
 
 // Run runs the janitor until ctx ends.
 func (s *Service) Run(ctx context.Context) error {

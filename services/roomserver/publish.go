@@ -22,8 +22,8 @@ package roomserver
 //
 // Pruning: the outbox is only the way to JetStream, so rows already there
 // are deleted every outbox_prune_interval (runOutboxPruner,
-// store.PruneOutbox): those of transactions that had ended when the saved
-// published snapshot was taken.
+// store.PruneOutbox): those of transactions visible in the saved published
+// snapshot (committed when it was taken).
 
 import (
 	"context"

@@ -6,8 +6,8 @@
 //
 // It knows the root configuration keys of pkg/myelin/config.go (listed
 // below; keep them in step). Keys under a service's own section
-// (key_server.*, room_server.*, client_api.*, presence.*, media.*) are
-// accepted as they are.
+// (key_server.*, room_server.*, client_api.*, presence.*, media.*,
+// federation_receiver.*) are accepted as they are.
 package topology
 
 import (
@@ -28,9 +28,11 @@ const (
 	TargetPresence   = "presence"
 	TargetMedia      = "media"
 	TargetEdge       = "edge"
+
+	TargetFederationReceiver = "federation-receiver"
 )
 
-var services = []string{TargetKeyServer, TargetRoomServer, TargetPresence, TargetClientAPI, TargetMedia}
+var services = []string{TargetKeyServer, TargetRoomServer, TargetPresence, TargetClientAPI, TargetMedia, TargetFederationReceiver}
 
 // rootKeys are the settings of pkg/myelin.Config outside the per-service
 // sections, as YAML paths.
@@ -45,10 +47,14 @@ var rootKeys = []string{
 	"services.client_api.grpc", "services.client_api.http",
 	"services.presence.grpc", "services.presence.http",
 	"services.media.grpc", "services.media.http",
+	"services.federation_receiver.grpc", "services.federation_receiver.http",
+	"federation.enabled", "federation.listen", "federation.tls_cert_file", "federation.tls_key_file",
+	"federation.trusted_ca_files", "federation.insecure_skip_tls_verify", "federation.server_name_map",
+	"federation.allowed_private_networks",
 }
 
 // serviceSections hold each service's own Config.
-var serviceSections = []string{"key_server", "room_server", "client_api", "presence", "media"}
+var serviceSections = []string{"key_server", "room_server", "client_api", "presence", "media", "federation_receiver"}
 
 // Secret stands for a value the deployment takes from a secret store: set,
 // but not known statically.
@@ -214,16 +220,33 @@ func Check(procs []Process, endpoints []Endpoint) []error {
 			fail("database.url is not set: the process would start its own local PostgreSQL")
 		}
 		if (slices.Contains(ts, TargetRoomServer) || slices.Contains(ts, TargetClientAPI) || slices.Contains(ts, TargetPresence) ||
-			slices.Contains(ts, TargetKeyServer)) && p.Settings["nats.url"] == "" {
+			slices.Contains(ts, TargetKeyServer) || slices.Contains(ts, TargetFederationReceiver)) && p.Settings["nats.url"] == "" {
 			fail("nats.url is not set: the process would start its own embedded NATS")
 		}
 		if f := p.Settings["logging.format"]; f != "" && f != "json" && f != "console" {
 			fail("logging.format %q is not json or console", f)
 		}
-		// What each target calls (pkg/myelin/modules.go, run.go edgeRoutes).
+		// What each target calls (pkg/myelin/modules.go, run.go edgeRoutes,
+		// federation.go federationEdgeRoutes).
 		type need struct{ service, proto string }
 		var needs []need
+		federation := p.Settings["federation.enabled"] == "true"
+		if federation && (p.Settings["federation.tls_cert_file"] == "" || p.Settings["federation.tls_key_file"] == "") {
+			fail("federation.enabled without federation.tls_cert_file and tls_key_file")
+		}
 		for _, t := range ts {
+			switch t {
+			case TargetFederationReceiver:
+				needs = append(needs, need{TargetKeyServer, "grpc"}, need{TargetRoomServer, "grpc"}, need{TargetPresence, "grpc"}, need{TargetClientAPI, "grpc"})
+			}
+			if federation {
+				switch t {
+				case TargetMedia:
+					needs = append(needs, need{TargetKeyServer, "grpc"})
+				case TargetEdge:
+					needs = append(needs, need{TargetFederationReceiver, "http"})
+				}
+			}
 			switch t {
 			case TargetRoomServer:
 				needs = append(needs, need{TargetKeyServer, "grpc"})

@@ -3,7 +3,8 @@
 // passwords, deactivation and erasure, account moderation, the admin
 // registration and token APIs, profiles, guests, account data and tags,
 // sync filters and ignore lists. Its parts are separate types over one
-// set of dependencies (base): Accounts, Admin, Profiles and AccountData.
+// set of dependencies (base): Accounts, Admin, Profiles and AccountData,
+// and Queries, what other services ask about local users.
 package users
 
 import (
@@ -100,6 +101,8 @@ type Service struct {
 	Admin    *Admin
 	Profiles *Profiles
 	Data     *AccountData
+	// Queries answers other services (the gRPC UserService).
+	Queries *Queries
 }
 
 // Accounts: registration, UIA, login, tokens, devices, passwords,
@@ -136,7 +139,7 @@ func New(d Deps) *Service {
 	}
 	p := &Profiles{base: b}
 	a := &Accounts{base: b, profiles: p}
-	return &Service{Accounts: a, Admin: &Admin{base: b, registrar: a}, Profiles: p, Data: &AccountData{base: b}}
+	return &Service{Accounts: a, Admin: &Admin{base: b, registrar: a}, Profiles: p, Data: &AccountData{base: b}, Queries: &Queries{base: b}}
 }
 
 // Routes are the users endpoints.
