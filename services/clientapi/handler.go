@@ -80,3 +80,86 @@ func (h *userHandler) QueryProfile(ctx context.Context, req *clientapiv1.QueryPr
 	}
 	return out, nil
 }
+
+// QueryAccount says whether a local account exists and what it is.
+func (h *userHandler) QueryAccount(ctx context.Context, req *clientapiv1.QueryAccountRequest) (*clientapiv1.QueryAccountResponse, error) {
+	info, err := h.svc.users.Queries.Account(ctx, req.GetUserId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &clientapiv1.QueryAccountResponse{
+		Exists: info.Exists, Deactivated: info.Deactivated, Guest: info.Guest, Admin: info.Admin,
+		Locked: info.Locked, Suspended: info.Suspended,
+	}, nil
+}
+
+// ListDevices lists a local user's devices.
+func (h *userHandler) ListDevices(ctx context.Context, req *clientapiv1.ListDevicesRequest) (*clientapiv1.ListDevicesResponse, error) {
+	devices, err := h.svc.users.Queries.Devices(ctx, req.GetUserId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &clientapiv1.ListDevicesResponse{Devices: make([]*clientapiv1.Device, 0, len(devices))}
+	for _, d := range devices {
+		out.Devices = append(out.Devices, &clientapiv1.Device{
+			DeviceId: d.DeviceID, DisplayName: d.DisplayName, LastSeenTs: d.LastSeenTS, LastSeenIp: d.LastSeenIP,
+		})
+	}
+	return out, nil
+}
+
+// GetAccountData returns one piece of a local user's account data.
+func (h *userHandler) GetAccountData(ctx context.Context, req *clientapiv1.GetAccountDataRequest) (*clientapiv1.GetAccountDataResponse, error) {
+	if req.GetType() == "" {
+		return nil, status.Error(codes.InvalidArgument, "type is empty")
+	}
+	content, err := h.svc.users.Queries.AccountData(ctx, req.GetUserId(), req.GetRoomId(), req.GetType())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &clientapiv1.GetAccountDataResponse{Content: content}, nil
+}
+
+// GetPushRules returns a local user's effective push rules.
+func (h *userHandler) GetPushRules(ctx context.Context, req *clientapiv1.GetPushRulesRequest) (*clientapiv1.GetPushRulesResponse, error) {
+	if err := h.svc.users.Queries.CheckLocal(req.GetUserId()); err != nil {
+		return nil, toStatus(err)
+	}
+	content, err := h.svc.push.RulesContent(ctx, req.GetUserId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &clientapiv1.GetPushRulesResponse{Content: content}, nil
+}
+
+// ListPushers lists a local user's pushers.
+func (h *userHandler) ListPushers(ctx context.Context, req *clientapiv1.ListPushersRequest) (*clientapiv1.ListPushersResponse, error) {
+	if err := h.svc.users.Queries.CheckLocal(req.GetUserId()); err != nil {
+		return nil, toStatus(err)
+	}
+	pushers, err := h.svc.push.Pushers(ctx, req.GetUserId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &clientapiv1.ListPushersResponse{Pushers: make([]*clientapiv1.Pusher, 0, len(pushers))}
+	for _, p := range pushers {
+		out.Pushers = append(out.Pushers, &clientapiv1.Pusher{
+			Pushkey: p.PushKey, Kind: p.Kind, AppId: p.AppID, AppDisplayName: p.AppDisplayName,
+			DeviceDisplayName: p.DeviceDisplayName, ProfileTag: p.ProfileTag, Lang: p.Lang, Data: p.Data, DeviceId: p.DeviceID,
+		})
+	}
+	return out, nil
+}
+
+// ValidateOpenIDToken resolves an OpenID token to its user: NOT_FOUND for
+// an unknown or expired token, INVALID_ARGUMENT for an empty one.
+func (h *userHandler) ValidateOpenIDToken(ctx context.Context, req *clientapiv1.ValidateOpenIDTokenRequest) (*clientapiv1.ValidateOpenIDTokenResponse, error) {
+	if req.GetToken() == "" {
+		return nil, status.Error(codes.InvalidArgument, "token is empty")
+	}
+	userID, err := h.svc.users.Queries.OpenIDTokenUser(ctx, req.GetToken())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &clientapiv1.ValidateOpenIDTokenResponse{UserId: userID}, nil
+}

@@ -1,6 +1,7 @@
 package push
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/url"
@@ -131,3 +132,9 @@ func (s *Service) setPusher(r *http.Request, dev *httpapi.Device) (any, error) {
 }
 
 const pushGatewayPath = "/_matrix/push/v1/notify"
+
+// Pushers lists a user's pushers (GET /pushers; the UserService's
+// ListPushers).
+func (s *Service) Pushers(ctx context.Context, userID string) ([]store.Pusher, error) {
+	return s.store.Pushers(ctx, userID)
+}

@@ -36,6 +36,9 @@ type RegistrationConfig struct {
 	// LoginTokenLifetime is the lifetime of m.login.token tokens from
 	// POST /login/get_token.
 	LoginTokenLifetime time.Duration `yaml:"login_token_lifetime"`
+	// OpenIDTokenLifetime is the lifetime of OpenID tokens from
+	// POST /user/{userId}/openid/request_token.
+	OpenIDTokenLifetime time.Duration `yaml:"openid_token_lifetime"`
 }
 
 // DefaultRegistrationConfig: open registration, no guests, no shared secret.
@@ -45,6 +48,7 @@ func DefaultRegistrationConfig() RegistrationConfig {
 		NonceLifetime:       time.Minute,
 		AccessTokenLifetime: 5 * time.Minute,
 		LoginTokenLifetime:  2 * time.Minute,
+		OpenIDTokenLifetime: time.Hour,
 	}
 }
 
@@ -56,8 +60,8 @@ func (c RegistrationConfig) Validate() []error {
 	default:
 		errs = append(errs, fmt.Errorf("registration.mode must be open, token or closed, got %q", c.Mode))
 	}
-	if c.NonceLifetime < time.Second || c.AccessTokenLifetime < time.Second || c.LoginTokenLifetime < time.Second {
-		errs = append(errs, errors.New("registration: nonce_lifetime, access_token_lifetime and login_token_lifetime must be at least 1s"))
+	if c.NonceLifetime < time.Second || c.AccessTokenLifetime < time.Second || c.LoginTokenLifetime < time.Second || c.OpenIDTokenLifetime < time.Second {
+		errs = append(errs, errors.New("registration: nonce_lifetime, access_token_lifetime, login_token_lifetime and openid_token_lifetime must be at least 1s"))
 	}
 	return errs
 }

@@ -29,6 +29,7 @@ func (s *Accounts) routes() []httpapi.Route {
 		{Method: http.MethodPut, Path: "/devices/{deviceId}", Auth: true, Serve: s.putDevice},
 		{Method: http.MethodDelete, Path: "/devices/{deviceId}", Auth: true, Limit: httpapi.LimitLogin, Serve: s.deleteDevice},
 		{Method: http.MethodPost, Path: "/delete_devices", Auth: true, Limit: httpapi.LimitLogin, Serve: s.deleteDevicesBulk},
+		{Method: http.MethodPost, Path: "/user/{userId}/openid/request_token", Auth: true, Limit: httpapi.LimitLogin, Serve: s.requestOpenIDToken},
 	}
 }
 

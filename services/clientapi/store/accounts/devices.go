@@ -102,6 +102,9 @@ func (s *Store) Deactivate(ctx context.Context, localpart, userID string) error 
 		if _, err := tx.Exec(ctx, `DELETE FROM login_tokens WHERE user_id = $1`, userID); err != nil {
 			return err
 		}
+		if _, err := tx.Exec(ctx, `DELETE FROM openid_tokens WHERE user_id = $1`, userID); err != nil {
+			return err
+		}
 		if _, err := tx.Exec(ctx, `DELETE FROM uia_sessions WHERE user_id = $1`, userID); err != nil {
 			return err
 		}
