@@ -22,7 +22,7 @@ type Config struct {
 	// MaxDatabaseConns caps the service's PostgreSQL pool.
 	MaxDatabaseConns int32 `yaml:"max_database_conns"`
 	// Registration: who may create accounts, guests, shared-secret
-	// registration and token lifetimes (see registration_config.go).
+	// registration and token lifetimes (internal/users).
 	Registration RegistrationConfig `yaml:"registration"`
 	// PublicBaseURL is the URL clients reach the homeserver at, published
 	// in /.well-known/matrix/client.
@@ -36,11 +36,11 @@ type Config struct {
 	// ConsumerName is the durable JetStream consumer that feeds the
 	// client-API's copy of room events.
 	ConsumerName string `yaml:"consumer_name"`
-	// Push configures notifications and HTTP pushers (pushers.go).
+	// Push configures notifications and HTTP pushers (internal/push, internal/pushgateway).
 	Push PushConfig `yaml:"push"`
-	// Turn configures GET /voip/turnServer (extras.go).
+	// Turn configures GET /voip/turnServer (internal/users).
 	Turn TurnConfig `yaml:"turn"`
-	// Support is served at /.well-known/matrix/support (moderation.go).
+	// Support is served at /.well-known/matrix/support (internal/users).
 	Support SupportConfig `yaml:"support"`
 }
 

@@ -8,7 +8,7 @@ import (
 
 // Device deletions and renames for the key-server (migration 038): each
 // is queued in the transaction that changes the device and sent after the
-// commit (../keyoutbox.go).
+// commit (internal/keys/outbox.go).
 
 // KeyServerOp is a queued device deletion or rename.
 type KeyServerOp struct {

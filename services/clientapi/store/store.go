@@ -1,7 +1,10 @@
-// Package store holds the client-API's PostgreSQL schema and queries:
-// accounts, devices and access tokens, UIA sessions, sync filters, and the
-// client-API's own copy of room events, current state and memberships that
-// /sync and /messages read.
+// Package store holds the client-API's PostgreSQL schema, its embedded
+// migrations and the queries of everything but the users domain's tables
+// (those are store/accounts'): the client-API's own copy of room events,
+// current state and memberships that /sync and /messages read (Reader,
+// Batch, Snapshot), account data, filters, push rules' inputs,
+// notifications and unread counts, pushers, to-device messages, reports,
+// erasures, the consumer lock and the hand-overs' old tables.
 package store
 
 import (

@@ -10,7 +10,7 @@ import (
 )
 
 // Filter is a filter (POST /user/{userId}/filter) as /sync applies
-// it: every field of the spec's Filter (sync_filter.go applies them).
+// it: every field of the spec's Filter (internal/syncapi/filter.go applies them).
 type Filter struct {
 	EventFields []string     `json:"event_fields"`
 	EventFormat string       `json:"event_format"`

@@ -17,7 +17,7 @@ import (
 // (the filter parameter) apply types, not_types, senders, not_senders,
 // contains_url and lazy_load_members (the senders' member events in the
 // response's state; members are always sent again there). /sync
-// (sync_filter.go) also applies limit, rooms, not_rooms and
+// (internal/syncapi/filter.go) also applies limit, rooms, not_rooms and
 // include_redundant_members.
 type RoomEventFilter struct {
 	Limit                   *int      `json:"limit"`

@@ -11,9 +11,9 @@ import (
 )
 
 // Ignored users (the m.ignored_user_list account data): their non-state
-// events are left out of /sync timelines (sync_filter.go), /messages,
+// events are left out of /sync timelines (internal/syncapi), /messages,
 // /context, /relations and /threads (visibleEvents) and of bundled
-// aggregations (relations.go), and their invites are not shown in /sync. State events they send are still shown, as the
+// aggregations (internal/history), and their invites are not shown in /sync. State events they send are still shown, as the
 // spec requires. The list is read on every request, so a change applies
 // to the next one; events missed while a user was ignored are not sent
 // when the user is un-ignored (the client does a fresh initial sync to get them).

@@ -15,7 +15,7 @@ import (
 // /sync tokens also carry epos, the presence service's ephemeral position
 // (typing, receipts, presence), apos, the user's account data position,
 // dpos, the device's send-to-device position, and kpos, the device list
-// position (e2ekeys.go): "s<pos>_e<epos>_a<apos>_d<dpos>_k<kpos>".
+// position (internal/keys): "s<pos>_e<epos>_a<apos>_d<dpos>_k<kpos>".
 // A missing part (older tokens, pagination
 // tokens) parses as 0, which makes the next sync send that data in full,
 // as an initial sync would.

@@ -58,7 +58,7 @@ func TestStreamToken(t *testing.T) {
 		{in: "", fail: true},
 		{in: "42", fail: true},
 		{in: "s", fail: true},
-		// Negative event positions are backfilled history (outofroom.go).
+		// Negative event positions are backfilled history (store/outofroom.go).
 		{in: "s-1", pos: -1},
 		{in: "s--1", fail: true},
 		{in: "s-+1", fail: true},

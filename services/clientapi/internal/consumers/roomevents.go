@@ -140,7 +140,7 @@ func (s *RoomEvents) storeBatch(ctx context.Context, batch []jetstream.Msg) erro
 	var notified map[string]bool
 	err := s.retry(ctx, "store room events", func() (err error) {
 		// Push rules are evaluated in the storing transaction
-		// (push_eval.go); notified collects who got a notification, for
+		// (push.Evaluate); notified collects who got a notification, for
 		// the pushers.
 		notified = map[string]bool{}
 		eval := func(ctx context.Context, rd store.Reader, a store.Applied, pc store.PushContext) (store.PushOutcome, error) {

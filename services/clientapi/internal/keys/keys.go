@@ -5,7 +5,7 @@ package keys
 // /keys/query, /keys/claim, GET /keys/changes, POST
 // /keys/device_signing/upload and /keys/signatures/upload, and the /sync
 // extensions (device_lists, device_one_time_keys_count,
-// device_unused_fallback_key_types; e2ekeys_sync.go).
+// device_unused_fallback_key_types; internal/syncapi/keys.go).
 //
 // The keys live in the key-server (E2EKeyService): these handlers parse
 // the request, call it and render its answer; the key-server checks and

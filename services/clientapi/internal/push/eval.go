@@ -16,7 +16,7 @@ import (
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
-// Push rule evaluation point: the room event consumer (consumer.go) stores
+// Push rule evaluation point: the room event consumer (internal/consumers) stores
 // each batch with store.ApplyWith, which calls evaluatePush for every newly
 // stored event inside the same transaction. So notifications commit with
 // their event (the spec wants the count in the same /sync as the event),

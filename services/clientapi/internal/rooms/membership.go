@@ -4,7 +4,7 @@ package rooms
 // unban, knock and forget. Each writes one m.room.member event through the
 // room-server, whose auth rules enforce join rules and power levels; a
 // refusal comes back as PERMISSION_DENIED and reaches the client as
-// M_FORBIDDEN (errors.go).
+// M_FORBIDDEN (httpapi.FromGRPC).
 
 import (
 	"net/http"

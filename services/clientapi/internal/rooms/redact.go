@@ -78,7 +78,7 @@ func (s *Rooms) redact(r *http.Request, dev *httpapi.Device) (any, error) {
 }
 
 // suspendedRedaction refuses a suspended user's redaction of another
-// user's event (moderation.go); their own events they may redact. An
+// user's event (users' moderation.go); their own events they may redact. An
 // unknown target is left to the room-server.
 func (s *Rooms) suspendedRedaction(r *http.Request, dev *httpapi.Device, roomID, target string) error {
 	if !dev.Suspended {

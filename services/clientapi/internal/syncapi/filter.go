@@ -18,7 +18,7 @@ import (
 //     the ignored users choose the timeline events before the limit is
 //     counted (readTimelines): filtered events do not use up the limit;
 //   - room.state.lazy_load_members and include_redundant_members choose
-//     the member events of the state (sync_lazy.go);
+//     the member events of the state (lazy.go);
 //   - everything else works on the built response (applyFilter): the
 //     state, ephemeral and account data filters per room, the top-level
 //     presence and account_data filters, event_fields and event_format.

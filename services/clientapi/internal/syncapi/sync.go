@@ -37,7 +37,7 @@ type joinedRoom struct {
 	Ephemeral           clientevent.EventList `json:"ephemeral"`
 	AccountData         clientevent.EventList `json:"account_data"`
 	UnreadNotifications map[string]int        `json:"unread_notifications"`
-	// UnreadThreadNotifications: per thread, when the filter asks (push.go).
+	// UnreadThreadNotifications: per thread, when the filter asks (unread.go).
 	UnreadThreadNotifications map[string]threadCounts `json:"unread_thread_notifications,omitempty"`
 }
 
@@ -64,7 +64,7 @@ type syncResponse struct {
 	AccountData clientevent.EventList `json:"account_data"`
 	Presence    clientevent.EventList `json:"presence"`
 	ToDevice    clientevent.EventList `json:"to_device"`
-	// The end-to-end encryption extensions (e2ekeys_sync.go);
+	// The end-to-end encryption extensions (keys.go);
 	// device_lists only in incremental syncs. Left out when the key-server
 	// did not answer.
 	DeviceLists                  *deviceLists     `json:"device_lists,omitempty"`
@@ -213,7 +213,7 @@ type syncData struct {
 	current   map[string][]store.CurrentStateEvent // full state of kindFull rooms with empty timelines
 	summaries map[string]store.RoomSummary
 	// lazyState is the state of each joined room when members are lazily
-	// loaded (sync_lazy.go); nil otherwise.
+	// loaded (lazy.go); nil otherwise.
 	lazyState map[string][]json.RawMessage
 	invites   map[string][]store.CurrentStateEvent // stripped state incl. the invite
 	// memberships are the user's, as of pos.
@@ -248,7 +248,7 @@ func (s *Service) buildSync(ctx context.Context, dev *httpapi.Device, opts syncO
 		AccountData: clientevent.EmptyEvents(), Presence: clientevent.EmptyEvents(), ToDevice: clientevent.EmptyEvents(),
 	}
 
-	// Bundled aggregations (relations.go) of every timeline event.
+	// Bundled aggregations (history.AggregateChildren) of every timeline event.
 	var timelineEvents []store.StoredEvent
 	for _, tl := range d.timelines {
 		timelineEvents = append(timelineEvents, tl.Events...)

@@ -66,7 +66,7 @@ func (s *Accounts) changePassword(r *http.Request, dev *httpapi.Device) (any, er
 // account loses its password, profile, devices and tokens for good; the
 // user ID is never reissued. With erase, the user's events are served
 // redacted to users who join later, and their other data goes
-// (erasure.go).
+// (erase.go; the readers' side is internal/history/erasure.go).
 func (s *Accounts) deactivate(r *http.Request, dev *httpapi.Device) (any, error) {
 	var req struct {
 		Auth  *AuthData `json:"auth"`

@@ -1,7 +1,7 @@
 package notifier
 
 // Wake-ups for ephemeral data (typing, receipts, presence), called by the
-// consumer of the presence service's stream (ephemeral_consumer.go).
+// consumer of the presence service's stream (internal/consumers/ephemeral.go).
 
 // ephemeralRoom wakes every joined member of a room.
 func (n *Notifier) EphemeralRoom(roomID string, pos int64) {

@@ -34,21 +34,21 @@ type Notifier struct {
 	userRooms map[string]map[string]struct{}
 	userPos   map[string]int64 // user ID -> latest position that concerned them
 	// userEPos is the same for the presence service's ephemeral stream
-	// (typing, receipts, presence), fed by ephemeral_consumer.go.
+	// (typing, receipts, presence), fed by internal/consumers/ephemeral.go.
 	userEPos map[string]int64
 	// wakes counts changes outside both streams (account data), per user
-	// (notifier_wake.go).
+	// (wake.go).
 	wakes   map[string]uint64
 	waiters waitList // user ID -> waiting requests
 	// stored: event ID -> requests waiting for it to be stored
-	// (readwrites.go).
+	// (stored.go).
 	stored waitList
 	// recent: the event IDs stored lately, so that a write whose event
 	// was stored before it started waiting need not ask the database
-	// (readwrites.go).
+	// (stored.go).
 	recent recentIDs
 	// roomPos and roomWaiters serve peeking long polls (GET /events with
-	// room_id, notifier_room.go), which wait on a room, not a user.
+	// room_id, room.go), which wait on a room, not a user.
 	roomPos     map[string]int64
 	roomWaiters waitList
 	done        chan struct{}
