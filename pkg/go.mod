@@ -75,6 +75,7 @@ require (
 replace (
 	github.com/myelin-chat/myelin/proto => ../proto
 	github.com/myelin-chat/myelin/services/clientapi => ../services/clientapi
+	github.com/myelin-chat/myelin/services/fedsender => ../services/fedsender
 	github.com/myelin-chat/myelin/services/keyserver => ../services/keyserver
 	github.com/myelin-chat/myelin/services/media => ../services/media
 	github.com/myelin-chat/myelin/services/presence => ../services/presence
