@@ -11,6 +11,7 @@ import (
 	"github.com/myelin-chat/myelin/pkg/federation"
 	"github.com/myelin-chat/myelin/pkg/logging"
 	"github.com/myelin-chat/myelin/services/clientapi"
+	"github.com/myelin-chat/myelin/services/fedsender"
 	"github.com/myelin-chat/myelin/services/keyserver"
 	"github.com/myelin-chat/myelin/services/media"
 	"github.com/myelin-chat/myelin/services/presence"
@@ -55,6 +56,7 @@ type Config struct {
 	ClientAPI  clientapi.Config  `yaml:"client_api"`
 	Presence   presence.Config   `yaml:"presence"`
 	Media      media.Config      `yaml:"media"`
+	FedSender  fedsender.Config  `yaml:"federation_sender"`
 }
 
 // ListenConfig is a listen address such as "127.0.0.1:8008" (":0" picks a
@@ -87,6 +89,7 @@ type ServiceAddresses struct {
 	ClientAPI  ServiceAddress `yaml:"client_api"`
 	Presence   ServiceAddress `yaml:"presence"`
 	Media      ServiceAddress `yaml:"media"`
+	FedSender  ServiceAddress `yaml:"federation_sender"`
 }
 
 // ServiceAddress is where a service's gRPC and HTTP listeners are. Empty
@@ -111,6 +114,7 @@ func DefaultConfig() Config {
 		ClientAPI:  clientapi.DefaultConfig(),
 		Presence:   presence.DefaultConfig(),
 		Media:      media.DefaultConfig(),
+		FedSender:  fedsender.DefaultConfig(),
 	}
 }
 
@@ -154,6 +158,7 @@ func (c *Config) Validate() error {
 		prefix("client_api", c.ClientAPI.Validate()),
 		prefix("presence", c.Presence.Validate()),
 		prefix("media", c.Media.Validate()),
+		prefix("federation_sender", c.FedSender.Validate()),
 	)
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w: %w", config.ErrInvalid, err)

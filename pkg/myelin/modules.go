@@ -16,6 +16,7 @@ import (
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi"
+	"github.com/myelin-chat/myelin/services/fedsender"
 	"github.com/myelin-chat/myelin/services/keyserver"
 	"github.com/myelin-chat/myelin/services/media"
 	"github.com/myelin-chat/myelin/services/presence"
@@ -31,6 +32,7 @@ const (
 	TargetClientAPI  = "client-api"
 	TargetPresence   = "presence"
 	TargetMedia      = "media"
+	TargetFedSender  = "federation-sender"
 	TargetEdge       = "edge"
 )
 
@@ -59,6 +61,7 @@ var modules = []module{
 	{name: TargetPresence, start: startPresence},
 	{name: TargetClientAPI, start: startClientAPI},
 	{name: TargetMedia, start: startMedia},
+	{name: TargetFedSender, start: startFedSender},
 }
 
 // ParseTargets expands a comma-separated target list. "all" is every
@@ -187,5 +190,26 @@ func startMedia(ctx context.Context, p *process) (service, error) {
 		ServerName:  p.cfg.ServerName,
 		DatabaseURL: p.cfg.databaseURL(cfg.DatabaseURL),
 		Users:       clientapiv1.NewUserServiceClient(ca),
+	})
+}
+
+func startFedSender(ctx context.Context, p *process) (service, error) {
+	ks, err := p.dial(TargetKeyServer)
+	if err != nil {
+		return nil, err
+	}
+	rs, err := p.dial(TargetRoomServer)
+	if err != nil {
+		return nil, err
+	}
+	return fedsender.New(ctx, p.cfg.FedSender, fedsender.Deps{
+		Logger:      p.log.With(logging.Service(TargetFedSender)),
+		ServerName:  p.cfg.ServerName,
+		DatabaseURL: p.cfg.databaseURL(p.cfg.FedSender.DatabaseURL),
+		JetStream:   p.js,
+		RoomServer:  roomserverv1.NewRoomServiceClient(rs),
+		ServerKeys:  keyserverv1.NewServerKeyServiceClient(ks),
+		Federation:  p.fedTransport,
+		Metrics:     p.metrics,
 	})
 }

@@ -69,6 +69,8 @@ type process struct {
 	fedTransport *federation.Transport
 	// fed is the federation listener, when this process has one.
 	fed *federationListener
+	// metrics is the process's Prometheus registry.
+	metrics *metrics.Metrics
 }
 
 // Run starts the process and blocks until ctx ends or a service fails.
@@ -103,6 +105,7 @@ func Start(ctx context.Context, cfg Config, targets []string, log *zap.Logger) (
 		return nil, err
 	}
 	m := metrics.New(buildVersion(), targets)
+	p.metrics = m
 	if err := p.startMetrics(m); err != nil {
 		return nil, err
 	}
@@ -303,7 +306,8 @@ func (p *process) needsDatabase() bool {
 
 func (p *process) needsNATS() bool {
 	return slices.Contains(p.targets, TargetRoomServer) || slices.Contains(p.targets, TargetClientAPI) ||
-		slices.Contains(p.targets, TargetPresence) || slices.Contains(p.targets, TargetKeyServer)
+		slices.Contains(p.targets, TargetPresence) || slices.Contains(p.targets, TargetKeyServer) ||
+		slices.Contains(p.targets, TargetFedSender)
 }
 
 // dial returns the gRPC connection to a service: the configured address, or,
@@ -344,6 +348,8 @@ func (p *process) address(target string) ServiceAddress {
 		return p.cfg.Services.Presence
 	case TargetMedia:
 		return p.cfg.Services.Media
+	case TargetFedSender:
+		return p.cfg.Services.FedSender
 	}
 	return ServiceAddress{}
 }
@@ -374,6 +380,8 @@ func yamlKey(target string) string {
 		return "room_server"
 	case TargetClientAPI:
 		return "client_api"
+	case TargetFedSender:
+		return "federation_sender"
 	}
 	return target
 }
