@@ -2,9 +2,12 @@ package fedsender_test
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"testing"
+	"time"
 
-	"maunium.net/go/mautrix"
+	"github.com/myelin-chat/myelin/pkg/myelin"
 )
 
 // Local events reach every remote server in the room exactly once and in
@@ -50,5 +53,213 @@ func TestEventsReachEveryServerOnceInOrder(t *testing.T) {
 	eventually(t, func() error {
 		return wantExactlyInOrder(r1, room, append(all, resp.EventID.String()))
 	})
-	_ = mautrix.Client{}
+}
+
+func metric(t *testing.T, e *env, name, dest string) float64 {
+	t.Helper()
+	return metrics(t, e.sender)[name+`{destination="`+dest+`"}`]
+}
+
+// A server that is down gets everything once it is back: the sender backs
+// off (the failures and the wait show in the metrics), the others are not
+// held up, and the retry state resets when it answers.
+func TestDownServerGetsEverythingOnceBack(t *testing.T) {
+	e := newEnv(t, envOpts{remotes: []string{"r1.test", "r2.test"}})
+	alice := e.user("alice")
+	room := e.room(alice)
+	r1, r2 := e.remotes["r1.test"], e.remotes["r2.test"]
+	e.remoteJoin(r1, room, "rita")
+	e.remoteJoin(r2, room, "rob")
+	r1.down()
+	ids := send(t, alice, room, 20, "while r1 is down")
+	eventually(t, func() error { return wantExactlyInOrder(r2, room, ids) })
+	eventually(t, func() error {
+		if f := metric(t, e, "myelin_fedsender_destination_failures", r1.name); f < 2 {
+			return fmt.Errorf("r1 failures %v", f)
+		}
+		if q := metric(t, e, "myelin_fedsender_queued_pdus", r1.name); q != 20 {
+			return fmt.Errorf("r1 queue %v, want 20", q)
+		}
+		if age := metric(t, e, "myelin_fedsender_oldest_pending_seconds", r1.name); age <= 0 {
+			return fmt.Errorf("r1 oldest pending %v", age)
+		}
+		return nil
+	})
+	if got := r1.received(room.String()); len(got) != 0 {
+		t.Fatalf("r1 got %d events while down", len(got))
+	}
+	r1.up()
+	eventually(t, func() error { return wantExactlyInOrder(r1, room, ids) })
+	eventually(t, func() error {
+		if f := metric(t, e, "myelin_fedsender_destination_failures", r1.name); f != 0 {
+			return fmt.Errorf("r1 failures %v after it answered", f)
+		}
+		if q := metric(t, e, "myelin_fedsender_queued_pdus", r1.name); q != 0 {
+			return fmt.Errorf("r1 queue %v", q)
+		}
+		return nil
+	})
+}
+
+// After a long outage the sender catches up the way the spec expects:
+// the transaction in flight is sent as it was, then only each room's
+// newest event (the server fetches the rest with /get_missing_events),
+// not the whole backlog.
+func TestLongOutageCatchesUpWithNewestEvents(t *testing.T) {
+	e := newEnv(t, envOpts{remotes: []string{"r1.test"}, mutate: func(c *myelin.Config) {
+		c.FedSender.CatchUpAfter = 500 * time.Millisecond
+	}})
+	alice := e.user("alice")
+	roomA, roomB := e.room(alice), e.room(alice)
+	r1 := e.remotes["r1.test"]
+	e.remoteJoin(r1, roomA, "rita")
+	e.remoteJoin(r1, roomB, "rita")
+	r1.down()
+	early := send(t, alice, roomA, 3, "early")
+	eventually(t, func() error {
+		if c := metric(t, e, "myelin_fedsender_catch_up", r1.name); c != 1 {
+			return fmt.Errorf("r1 not catching up yet (%v)", c)
+		}
+		return nil
+	})
+	a := send(t, alice, roomA, 10, "a")
+	b := send(t, alice, roomB, 10, "b")
+	eventually(t, func() error {
+		// The transaction in flight (the early events) and each room's
+		// newest event wait; the rest went.
+		if q := metric(t, e, "myelin_fedsender_queued_pdus", r1.name); q > float64(len(early))+2 {
+			return fmt.Errorf("r1 queue %v, want at most %d", q, len(early)+2)
+		}
+		return nil
+	})
+	r1.up()
+	eventually(t, func() error {
+		gotA, gotB := r1.received(roomA.String()), r1.received(roomB.String())
+		if len(gotB) != 1 || gotB[0].eventID != b[len(b)-1] {
+			return fmt.Errorf("room B: got %d events, want only the newest", len(gotB))
+		}
+		if len(gotA) == 0 || gotA[len(gotA)-1].eventID != a[len(a)-1] {
+			return fmt.Errorf("room A: got %d events, the newest not last", len(gotA))
+		}
+		for _, p := range gotA[:len(gotA)-1] {
+			if !slices.Contains(early, p.eventID) {
+				return fmt.Errorf("room A: %s is neither in flight nor the newest", p.eventID)
+			}
+		}
+		return nil
+	})
+	eventually(t, func() error {
+		if c := metric(t, e, "myelin_fedsender_catch_up", r1.name); c != 0 {
+			return fmt.Errorf("r1 still catching up")
+		}
+		return nil
+	})
+	// Back to normal: every event goes again.
+	more := send(t, alice, roomB, 3, "after")
+	eventually(t, func() error {
+		got := r1.received(roomB.String())
+		if len(got) != 4 {
+			return fmt.Errorf("room B: %d events", len(got))
+		}
+		for i, id := range more {
+			if got[i+1].eventID != id {
+				return fmt.Errorf("room B event %d", i+1)
+			}
+		}
+		return nil
+	})
+}
+
+// A destination's queue is bounded: past max_queued_pdus it switches to
+// catch-up (each room's newest PDU) before its outage is long.
+func TestQueueIsBounded(t *testing.T) {
+	e := newEnv(t, envOpts{remotes: []string{"r1.test"}, mutate: func(c *myelin.Config) {
+		c.FedSender.MaxQueuedPDUs = 50
+	}})
+	alice := e.user("alice")
+	room := e.room(alice)
+	r1 := e.remotes["r1.test"]
+	e.remoteJoin(r1, room, "rita")
+	r1.down()
+	ids := send(t, alice, room, 1, "first")
+	eventually(t, func() error {
+		if f := metric(t, e, "myelin_fedsender_destination_failures", r1.name); f < 1 {
+			return fmt.Errorf("no failure yet")
+		}
+		return nil
+	})
+	ids = append(ids, send(t, alice, room, 70, "more")...)
+	eventually(t, func() error {
+		if c := metric(t, e, "myelin_fedsender_catch_up", r1.name); c != 1 {
+			return fmt.Errorf("not catching up (%v)", c)
+		}
+		// The one in flight and the newest.
+		if q := metric(t, e, "myelin_fedsender_queued_pdus", r1.name); q != 2 {
+			return fmt.Errorf("queue %v, want 2", q)
+		}
+		return nil
+	})
+	r1.up()
+	eventually(t, func() error { return wantExactlyInOrder(r1, room, []string{ids[0], ids[len(ids)-1]}) })
+}
+
+// A slow server and one that answers garbage hold up only themselves;
+// each gets everything once it answers properly.
+func TestSlowAndBrokenServersDoNotBlockOthers(t *testing.T) {
+	e := newEnv(t, envOpts{remotes: []string{"r1.test", "r2.test", "r3.test", "r4.test"}, mutate: func(c *myelin.Config) {
+		c.FedSender.RequestTimeout = time.Second
+	}})
+	alice := e.user("alice")
+	room := e.room(alice)
+	slow, garbage, failing, fine := e.remotes["r1.test"], e.remotes["r2.test"], e.remotes["r3.test"], e.remotes["r4.test"]
+	for _, r := range []*remote{slow, garbage, failing, fine} {
+		e.remoteJoin(r, room, "someone")
+	}
+	slow.setMode(modeSlow)
+	garbage.setMode(modeGarbage)
+	failing.setMode(modeError)
+	ids := send(t, alice, room, 15, "msg")
+	eventually(t, func() error { return wantExactlyInOrder(fine, room, ids) })
+	eventually(t, func() error {
+		for _, r := range []*remote{slow, garbage, failing} {
+			if f := metric(t, e, "myelin_fedsender_destination_failures", r.name); f < 2 {
+				return fmt.Errorf("%s: %v failures", r.name, f)
+			}
+		}
+		return nil
+	})
+	for _, r := range []*remote{slow, garbage, failing} {
+		r.setMode(modeUp)
+	}
+	slow.release()
+	for _, r := range []*remote{slow, garbage, failing} {
+		eventually(t, func() error { return wantExactlyInOrder(r, room, ids) })
+	}
+}
+
+// A restart of the sender (its own process) with events queued, one
+// transaction held by the destination while it stops, and events
+// committed while it is down, loses and duplicates nothing.
+func TestSenderRestartLosesAndDuplicatesNothing(t *testing.T) {
+	e := newEnv(t, envOpts{remotes: []string{"r1.test"}, split: true})
+	alice := e.user("alice")
+	room := e.room(alice)
+	r1 := e.remotes["r1.test"]
+	e.remoteJoin(r1, room, "rita")
+	// r1 takes the first transaction and holds its answer.
+	r1.setMode(modeSlow)
+	ids := send(t, alice, room, 30, "before")
+	eventually(t, func() error {
+		if n := len(r1.received(room.String())); n == 0 {
+			return fmt.Errorf("r1 has no transaction yet")
+		}
+		return nil
+	})
+	e.sender.Stop()
+	ids = append(ids, send(t, alice, room, 10, "while the sender is down")...)
+	r1.setMode(modeUp)
+	r1.release()
+	e.fs = nil
+	e.startSender()
+	eventually(t, func() error { return wantExactlyInOrder(r1, room, ids) })
 }
