@@ -86,7 +86,7 @@ func (s *Service) queueTyping(ctx context.Context, tx *store.Tx, u *presencev1.T
 	}{{started, true}, {stopped, false}} {
 		for _, user := range change.users {
 			content, _ := json.Marshal(map[string]any{"room_id": u.GetRoomId(), "user_id": user, "typing": change.typing})
-			key := store.EDUKey{Key: "typing\x00" + u.GetRoomId() + "\x00" + user, Replace: true}
+			key := store.EDUKey{Key: "typing\x1f" + u.GetRoomId() + "\x1f" + user, Replace: true}
 			if err := tx.EnqueueEDU(ctx, dests, eduTyping, key, content); err != nil {
 				return nil, err
 			}
@@ -117,7 +117,7 @@ func (s *Service) queueReceipt(ctx context.Context, tx *store.Tx, u *presencev1.
 	content, _ := json.Marshal(map[string]any{u.GetRoomId(): map[string]any{"m.read": map[string]any{
 		r.GetUserId(): map[string]any{"event_ids": []string{r.GetEventId()}, "data": data},
 	}}})
-	key := store.EDUKey{Key: "receipt\x00" + u.GetRoomId() + "\x00" + r.GetUserId() + "\x00" + r.GetThreadId(), Replace: true}
+	key := store.EDUKey{Key: "receipt\x1f" + u.GetRoomId() + "\x1f" + r.GetUserId() + "\x1f" + r.GetThreadId(), Replace: true}
 	return dests, tx.EnqueueEDU(ctx, dests, eduReceipt, key, content)
 }
 
@@ -151,7 +151,7 @@ func (s *Service) queuePresence(ctx context.Context, tx *store.Tx, u *presencev1
 		push["status_msg"] = p.GetStatusMsg()
 	}
 	content, _ := json.Marshal(map[string]any{"push": []any{push}})
-	key := store.EDUKey{Key: "presence\x00" + p.GetUserId(), Replace: true}
+	key := store.EDUKey{Key: "presence\x1f" + p.GetUserId(), Replace: true}
 	return dests, tx.EnqueueEDU(ctx, dests, eduPresence, key, content)
 }
 
@@ -198,7 +198,7 @@ func (s *Service) applyKeyChange(ctx context.Context, tx *store.Tx, m jetstream.
 			content["self_signing_key"] = json.RawMessage(c.GetSelfSigningKey())
 		}
 		raw, _ := json.Marshal(content)
-		key := store.EDUKey{Key: "signing\x00" + c.GetUserId(), Replace: true}
+		key := store.EDUKey{Key: "signing\x1f" + c.GetUserId(), Replace: true}
 		return dests, tx.EnqueueEDU(ctx, dests, eduSigningKey, key, raw)
 	}
 	return nil, nil
@@ -222,5 +222,5 @@ func (s *Service) applyToDevice(ctx context.Context, tx *store.Tx, m jetstream.M
 	content, _ := json.Marshal(map[string]any{"sender": t.GetSender(), "type": t.GetType(), "message_id": t.GetMessageId(),
 		"messages": json.RawMessage(t.GetMessages())})
 	dests := []string{t.GetDestination()}
-	return dests, tx.EnqueueEDU(ctx, dests, eduDirectToDevice, store.EDUKey{Key: "todevice\x00" + t.GetMessageId()}, content)
+	return dests, tx.EnqueueEDU(ctx, dests, eduDirectToDevice, store.EDUKey{Key: "todevice\x1f" + t.GetMessageId()}, content)
 }
