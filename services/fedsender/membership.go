@@ -266,8 +266,8 @@ func (s *Service) performInvite(ctx context.Context, req *fedsenderv1.PerformInv
 	if err != nil {
 		return nil, badResponse(server, "the invite it signed: %v", err)
 	}
-	if out.EventID() != ev.EventID() {
-		return nil, badResponse(server, "it changed the invite (event ID %s, not %s)", out.EventID(), ev.EventID())
+	if out.EventID() != ev.EventID() || !sameBesidesSignatures(out.JSON(), ev.JSON()) {
+		return nil, badResponse(server, "it changed the invite (event %s, sent %s)", out.EventID(), ev.EventID())
 	}
 	if err := gomatrixserverlib.VerifyEventSignatures(ctx, out, s.keyRing, userIDForSender); err != nil {
 		return nil, badResponse(server, "the invite's signatures: %v", err)
@@ -308,4 +308,28 @@ func (s *Service) clients(ctx context.Context) (fclient.FederationClient, *fclie
 		return nil, nil, err
 	}
 	return fc, id, nil
+}
+
+// sameBesidesSignatures reports whether two events are the same but for
+// their signatures and unsigned data.
+func sameBesidesSignatures(a, b []byte) bool {
+	strip := func(raw []byte) []byte {
+		var m map[string]json.RawMessage
+		if json.Unmarshal(raw, &m) != nil {
+			return nil
+		}
+		delete(m, "signatures")
+		delete(m, "unsigned")
+		out, err := json.Marshal(m)
+		if err != nil {
+			return nil
+		}
+		canonical, err := gomatrixserverlib.CanonicalJSON(out)
+		if err != nil {
+			return nil
+		}
+		return canonical
+	}
+	x, y := strip(a), strip(b)
+	return x != nil && string(x) == string(y)
 }

@@ -16,6 +16,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -67,6 +68,8 @@ type remote struct {
 	rooms            map[string]*remoteRoom
 	// refuse: path prefix → status and errcode the remote answers with.
 	refuse map[string]refusal
+	// garbage: path prefixes answered 200 with a body that is not JSON.
+	garbage []string
 	// calls counts requests by route pattern.
 	calls map[string]int
 	// noV2 answers 404 to send_join v2 (so the sender falls back to v1).
@@ -319,7 +322,16 @@ func (r *remote) authenticate(next http.Handler) http.Handler {
 				ref = &rf
 			}
 		}
+		junk := false
+		for _, prefix := range r.garbage {
+			junk = junk || strings.HasPrefix(req.URL.Path, prefix)
+		}
 		r.mu.Unlock()
+		if junk {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write([]byte("<html>not the protocol"))
+			return
+		}
 		if ref != nil {
 			writeJSON(w, ref.status, map[string]string{"errcode": ref.errcode, "error": "refused by the test"})
 			return
@@ -539,7 +551,8 @@ func (r *remote) checkMembership(w http.ResponseWriter, req *http.Request, rr *r
 		}
 	}
 	if err == nil {
-		err = gomatrixserverlib.VerifyEventSignatures(req.Context(), ev, r.keys, func(_ spec.RoomID, s spec.SenderID) (*spec.UserID, error) {
+		// A restricted join names this server, which signs it next.
+		err = gomatrixserverlib.VerifyEventSignatures(req.Context(), ev, signedBy{r.keys, spec.ServerName(r.name)}, func(_ spec.RoomID, s spec.SenderID) (*spec.UserID, error) {
 			return spec.NewUserID(string(s), true)
 		})
 	}
