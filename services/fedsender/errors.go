@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 
 	"github.com/matrix-org/gomatrix"
 
@@ -76,12 +77,13 @@ func remoteErr(ctx context.Context, server string, err error) error {
 		}
 		return re
 	}
-	var syntax *json.SyntaxError
-	var typ *json.UnmarshalTypeError
-	if errors.As(err, &syntax) || errors.As(err, &typ) {
-		return fmt.Errorf("%w: %s: %v", ErrBadResponse, server, err)
+	// The HTTP client's failures (DNS, connection, TLS, timeout) come as
+	// *url.Error; anything else went wrong reading what the server said.
+	var uerr *url.Error
+	if errors.As(err, &uerr) {
+		return fmt.Errorf("%w: %s: %v", ErrUnreachable, server, err)
 	}
-	return fmt.Errorf("%w: %s: %v", ErrUnreachable, server, err)
+	return fmt.Errorf("%w: %s: %v", ErrBadResponse, server, err)
 }
 
 // badResponse is a server's answer that is not the protocol's.

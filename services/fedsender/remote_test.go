@@ -832,7 +832,7 @@ func (r *remote) serveKeysQuery(w http.ResponseWriter, req *http.Request) {
 	out := map[string]any{}
 	for user := range body.DeviceKeys {
 		out[user] = map[string]any{"DEV1": map[string]any{"user_id": user, "device_id": "DEV1", "algorithms": []string{"m.olm.v1.curve25519-aes-sha2"},
-			"keys": map[string]string{"ed25519:DEV1": "key-of-" + user}}}
+			"keys": map[string]string{"ed25519:DEV1": "a2V5IG9mIHRoZSBkZXZpY2U"}}}
 	}
 	// A user of another server in the answer must be ignored.
 	out["@intruder:elsewhere.test"] = map[string]any{"X": map[string]any{"user_id": "@intruder:elsewhere.test", "device_id": "X"}}
@@ -848,7 +848,7 @@ func (r *remote) serveKeysClaim(w http.ResponseWriter, req *http.Request) {
 	for user, devices := range body.OneTimeKeys {
 		m := map[string]any{}
 		for dev, alg := range devices {
-			m[dev] = map[string]any{alg + ":AAAA": map[string]any{"key": "otk-of-" + user}}
+			m[dev] = map[string]any{alg + ":AAAA": map[string]any{"key": "b25lLXRpbWUga2V5"}}
 		}
 		out[user] = m
 	}
