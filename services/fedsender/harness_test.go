@@ -35,7 +35,7 @@ const ourName = "ours.test"
 // federation sender runs as a process of its own (the split shape), so
 // a test can restart it alone.
 type env struct {
-	t       *testing.T
+	t       testing.TB
 	ca      *testkit.CA
 	cfg     myelin.Config
 	main    *stack.Stack
@@ -53,7 +53,7 @@ type envOpts struct {
 	mutate  func(*myelin.Config)
 }
 
-func newEnv(t *testing.T, opts envOpts) *env {
+func newEnv(t testing.TB, opts envOpts) *env {
 	t.Helper()
 	ca := testkit.NewCA(t)
 	e := &env{t: t, ca: ca, remotes: map[string]*remote{}, split: opts.split}
@@ -189,7 +189,7 @@ func (e *env) remoteJoin(r *remote, roomID id.RoomID, local string) string {
 }
 
 // send sends n messages as c and returns their event IDs in order.
-func send(t *testing.T, c *mautrix.Client, roomID id.RoomID, n int, prefix string) []string {
+func send(t testing.TB, c *mautrix.Client, roomID id.RoomID, n int, prefix string) []string {
 	t.Helper()
 	var ids []string
 	for i := 0; i < n; i++ {

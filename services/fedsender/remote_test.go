@@ -40,7 +40,7 @@ import (
 // and the federation endpoints the sender calls. What it receives is kept
 // for the tests to count.
 type remote struct {
-	t      *testing.T
+	t      testing.TB
 	name   string
 	keyID  gomatrixserverlib.KeyID
 	key    ed25519.PrivateKey
@@ -113,7 +113,7 @@ type gotEDU struct {
 // newRemote starts a remote server named name (its HTTPS listener on a
 // free loopback port), which fetches the keys of ourName from ourAddr()
 // when it first checks a request.
-func newRemote(t *testing.T, ca *testkit.CA, name, ourName string, ourAddr func() string) *remote {
+func newRemote(t testing.TB, ca *testkit.CA, name, ourName string, ourAddr func() string) *remote {
 	t.Helper()
 	_, key, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
