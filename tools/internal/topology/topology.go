@@ -6,7 +6,8 @@
 //
 // It knows the root configuration keys of pkg/myelin/config.go (listed
 // below; keep them in step). Keys under a service's own section
-// (key_server.*, room_server.*, client_api.*, presence.*, media.*) are
+// (key_server.*, room_server.*, client_api.*, presence.*, media.*,
+// federation_sender.*) are
 // accepted as they are.
 package topology
 
@@ -27,10 +28,11 @@ const (
 	TargetClientAPI  = "client-api"
 	TargetPresence   = "presence"
 	TargetMedia      = "media"
+	TargetFedSender  = "federation-sender"
 	TargetEdge       = "edge"
 )
 
-var services = []string{TargetKeyServer, TargetRoomServer, TargetPresence, TargetClientAPI, TargetMedia}
+var services = []string{TargetKeyServer, TargetRoomServer, TargetPresence, TargetClientAPI, TargetMedia, TargetFedSender}
 
 // rootKeys are the settings of pkg/myelin.Config outside the per-service
 // sections, as YAML paths.
@@ -45,10 +47,11 @@ var rootKeys = []string{
 	"services.client_api.grpc", "services.client_api.http",
 	"services.presence.grpc", "services.presence.http",
 	"services.media.grpc", "services.media.http",
+	"services.federation_sender.grpc", "services.federation_sender.http",
 }
 
 // serviceSections hold each service's own Config.
-var serviceSections = []string{"key_server", "room_server", "client_api", "presence", "media"}
+var serviceSections = []string{"key_server", "room_server", "client_api", "presence", "media", "federation_sender"}
 
 // Secret stands for a value the deployment takes from a secret store: set,
 // but not known statically.
@@ -214,7 +217,7 @@ func Check(procs []Process, endpoints []Endpoint) []error {
 			fail("database.url is not set: the process would start its own local PostgreSQL")
 		}
 		if (slices.Contains(ts, TargetRoomServer) || slices.Contains(ts, TargetClientAPI) || slices.Contains(ts, TargetPresence) ||
-			slices.Contains(ts, TargetKeyServer)) && p.Settings["nats.url"] == "" {
+			slices.Contains(ts, TargetKeyServer) || slices.Contains(ts, TargetFedSender)) && p.Settings["nats.url"] == "" {
 			fail("nats.url is not set: the process would start its own embedded NATS")
 		}
 		if f := p.Settings["logging.format"]; f != "" && f != "json" && f != "console" {
@@ -233,6 +236,8 @@ func Check(procs []Process, endpoints []Endpoint) []error {
 				needs = append(needs, need{TargetKeyServer, "grpc"}, need{TargetRoomServer, "grpc"}, need{TargetPresence, "grpc"}, need{TargetMedia, "grpc"})
 			case TargetMedia:
 				needs = append(needs, need{TargetClientAPI, "grpc"})
+			case TargetFedSender:
+				needs = append(needs, need{TargetKeyServer, "grpc"}, need{TargetRoomServer, "grpc"})
 			case TargetEdge:
 				needs = append(needs, need{TargetClientAPI, "http"}, need{TargetKeyServer, "http"}, need{TargetMedia, "http"})
 			}

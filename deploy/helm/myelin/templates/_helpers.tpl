@@ -22,6 +22,7 @@ roomServer: room-server
 presence: presence
 clientApi: client-api
 media: media
+fedSender: federation-sender
 edge: edge
 {{- end -}}
 
