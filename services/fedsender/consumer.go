@@ -14,15 +14,21 @@ import (
 )
 
 // consumer is one durable JetStream consumer that turns a stream's
-// messages into queue rows. Messages are applied one at a time, in stream
-// order: a message that cannot be applied is retried in place (never
-// skipped ahead of), and each is acknowledged only after its transaction,
-// which also records the stream position, commits. A message delivered
-// again after a crash finds its position recorded and changes nothing.
+// messages into queue rows. Only the sending replica consumes (sender.go),
+// so there is one reader at a time. Messages are applied one at a time, in
+// stream order: a message that cannot be applied is retried in place
+// (never skipped ahead of), and each is acknowledged only after its
+// transaction, which also records its stream position, commits. When a
+// replica starts sending, it makes the durable consumer afresh from the
+// position after the last one recorded: messages the previous reader
+// had but did not apply come again, first, in order (the old consumer's
+// unacknowledged messages would otherwise come back only after the ack
+// wait, behind newer ones), and a message delivered again finds its
+// position recorded and changes nothing.
 type consumer struct {
-	name   string
-	stream string
-	cons   jetstream.Consumer
+	name    string
+	stream  string
+	deliver jetstream.DeliverPolicy
 	// apply turns one message into queue rows in tx and returns the
 	// destinations whose queues grew.
 	apply func(ctx context.Context, tx *store.Tx, m jetstream.Msg) ([]string, error)
@@ -31,42 +37,53 @@ type consumer struct {
 	prepare func(ctx context.Context, m jetstream.Msg) (context.Context, error)
 }
 
-func (s *Service) createConsumers(ctx context.Context) ([]*consumer, error) {
-	specs := []struct {
-		suffix, stream string
-		deliver        jetstream.DeliverPolicy
-		apply          func(context.Context, *store.Tx, jetstream.Msg) ([]string, error)
-		prepare        func(context.Context, jetstream.Msg) (context.Context, error)
-	}{
-		{"rooms", bus.RoomEventsStream, jetstream.DeliverAllPolicy, s.applyRoomEvent, s.prepareRoomEvent},
+func (s *Service) consumerSpecs() []*consumer {
+	name := func(suffix string) string { return s.cfg.ConsumerPrefix + "-" + suffix }
+	return []*consumer{
+		{name("rooms"), bus.RoomEventsStream, jetstream.DeliverAllPolicy, s.applyRoomEvent, s.prepareRoomEvent},
 		// Typing, receipts and presence are only worth sending while
-		// fresh: a consumer made now starts with what comes next.
-		{"ephemeral", bus.EphemeralStream, jetstream.DeliverNewPolicy, s.applyEphemeral, nil},
-		{"keys", bus.KeyChangesStream, jetstream.DeliverAllPolicy, s.applyKeyChange, nil},
-		{"todevice", bus.ToDeviceOutStream, jetstream.DeliverAllPolicy, s.applyToDevice, nil},
+		// fresh: the first consumer starts with what comes next.
+		{name("ephemeral"), bus.EphemeralStream, jetstream.DeliverNewPolicy, s.applyEphemeral, nil},
+		{name("keys"), bus.KeyChangesStream, jetstream.DeliverAllPolicy, s.applyKeyChange, nil},
+		{name("todevice"), bus.ToDeviceOutStream, jetstream.DeliverAllPolicy, s.applyToDevice, nil},
 	}
-	var out []*consumer
-	for _, sp := range specs {
-		name := s.cfg.ConsumerPrefix + "-" + sp.suffix
-		cons, err := s.js.CreateOrUpdateConsumer(ctx, sp.stream, jetstream.ConsumerConfig{
-			Durable:       name,
-			Description:   "federation sender: " + sp.suffix,
-			DeliverPolicy: sp.deliver,
-			AckPolicy:     jetstream.AckExplicitPolicy,
-			AckWait:       time.Minute,
-			MaxAckPending: 1024,
-		})
-		if err != nil {
-			return nil, fmt.Errorf("create consumer %s on %s: %w", name, sp.stream, err)
-		}
-		out = append(out, &consumer{name: name, stream: sp.stream, cons: cons, apply: sp.apply, prepare: sp.prepare})
+}
+
+// open makes the durable consumer afresh, from the message after the last
+// one applied (or by the consumer's policy when none was).
+func (s *Service) openConsumer(ctx context.Context, c *consumer) (jetstream.Consumer, error) {
+	pos, err := s.store.Position(ctx, c.name)
+	if err != nil {
+		return nil, err
 	}
-	return out, nil
+	if err := s.js.DeleteConsumer(ctx, c.stream, c.name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil, fmt.Errorf("delete consumer %s: %w", c.name, err)
+	}
+	cfg := jetstream.ConsumerConfig{
+		Durable:       c.name,
+		Description:   "federation sender (resumes after its position in the fedsender schema)",
+		DeliverPolicy: c.deliver,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       time.Minute,
+		MaxAckPending: 1024,
+	}
+	if pos > 0 {
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, uint64(pos)+1
+	}
+	cons, err := s.js.CreateConsumer(ctx, c.stream, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("create consumer %s on %s: %w", c.name, c.stream, err)
+	}
+	return cons, nil
 }
 
 // runConsumer applies the consumer's messages until ctx ends.
 func (s *Service) runConsumer(ctx context.Context, c *consumer) error {
-	iter, err := c.cons.Messages(jetstream.PullMaxMessages(256))
+	cons, err := s.openConsumer(ctx, c)
+	if err != nil {
+		return err
+	}
+	iter, err := cons.Messages(jetstream.PullMaxMessages(256))
 	if err != nil {
 		return fmt.Errorf("consume %s: %w", c.stream, err)
 	}
@@ -78,8 +95,12 @@ func (s *Service) runConsumer(ctx context.Context, c *consumer) error {
 	for {
 		m, err := iter.Next()
 		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			switch {
+			case ctx.Err() != nil:
 				return nil
+			case errors.Is(err, jetstream.ErrMsgIteratorClosed), errors.Is(err, jetstream.ErrConsumerDeleted),
+				errors.Is(err, jetstream.ErrConsumerNotFound):
+				return fmt.Errorf("consume %s: %w", c.name, err)
 			}
 			log.Warn("consumer", zap.Error(err))
 			continue

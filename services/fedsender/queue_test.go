@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/myelin-chat/myelin/pkg/myelin"
 )
 
@@ -238,10 +240,12 @@ func TestSlowAndBrokenServersDoNotBlockOthers(t *testing.T) {
 }
 
 // A restart of the sender (its own process) with events queued, one
-// transaction held by the destination while it stops, and events
-// committed while it is down, loses and duplicates nothing.
+// transaction held by the destination while it stops, events the sender
+// had fetched from the stream but not applied, and events committed while
+// it is down, loses and duplicates nothing.
 func TestSenderRestartLosesAndDuplicatesNothing(t *testing.T) {
 	e := newEnv(t, envOpts{remotes: []string{"r1.test"}, split: true})
+	ctx := context.Background()
 	alice := e.user("alice")
 	room := e.room(alice)
 	r1 := e.remotes["r1.test"]
@@ -255,11 +259,65 @@ func TestSenderRestartLosesAndDuplicatesNothing(t *testing.T) {
 		}
 		return nil
 	})
+	// The room consumer's position row is locked: the next events are
+	// fetched from the stream but cannot be applied.
+	conn, err := pgx.Connect(ctx, e.cfg.Database.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var one int
+	if err := tx.QueryRow(ctx, `SELECT 1 FROM fedsender.consumer_positions WHERE consumer = 'fedsender-rooms' FOR UPDATE`).Scan(&one); err != nil {
+		t.Fatal(err)
+	}
+	ids = append(ids, send(t, alice, room, 10, "fetched, not applied")...)
+	eventually(t, func() error {
+		var waiting bool
+		err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%consumer_positions%')`).Scan(&waiting)
+		if err == nil && !waiting {
+			err = fmt.Errorf("the consumer is not waiting for the position row")
+		}
+		return err
+	})
 	e.sender.Stop()
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
 	ids = append(ids, send(t, alice, room, 10, "while the sender is down")...)
 	r1.setMode(modeUp)
 	r1.release()
 	e.fs = nil
 	e.startSender()
+	eventually(t, func() error { return wantExactlyInOrder(r1, room, ids) })
+}
+
+// A second sender replica is a standby: when the sending one stops while
+// events flow (some of them fetched by it but not applied), the standby
+// takes over and every event arrives once, in order.
+func TestStandbySenderTakesOver(t *testing.T) {
+	e := newEnv(t, envOpts{remotes: []string{"r1.test"}, split: true})
+	alice := e.user("alice")
+	room := e.room(alice)
+	r1 := e.remotes["r1.test"]
+	e.remoteJoin(r1, room, "rita")
+	first := e.sender
+	e.fs = nil
+	e.startSender() // the standby
+	ids := send(t, alice, room, 20, "one")
+	eventually(t, func() error { return wantExactlyInOrder(r1, room, ids) })
+	done := make(chan []string)
+	go func() { done <- send(t, alice, room, 40, "two") }()
+	eventually(t, func() error {
+		if n := len(r1.received(room.String())); n < 25 {
+			return fmt.Errorf("%d events so far", n)
+		}
+		return nil
+	})
+	first.Stop()
+	ids = append(ids, <-done...)
 	eventually(t, func() error { return wantExactlyInOrder(r1, room, ids) })
 }

@@ -91,7 +91,7 @@ func (d *sender) run(ctx context.Context) error {
 // destination woken later, until ctx ends or ping fails.
 func (d *sender) lead(ctx context.Context, ping func(context.Context) error) {
 	lctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
+	var wg, cwg sync.WaitGroup
 	d.mu.Lock()
 	d.leading, d.ctx, d.wg = true, lctx, &wg
 	d.mu.Unlock()
@@ -102,7 +102,27 @@ func (d *sender) lead(ctx context.Context, ping func(context.Context) error) {
 		d.workers = map[string]*worker{}
 		d.mu.Unlock()
 		wg.Wait()
+		cwg.Wait()
 	}()
+	// The consumers run while this replica sends (consumer.go): one
+	// reader of each stream at a time.
+	for _, c := range d.s.consumers {
+		cwg.Add(1)
+		go func() {
+			defer cwg.Done()
+			for lctx.Err() == nil {
+				err := d.s.runConsumer(lctx, c)
+				if lctx.Err() != nil {
+					return
+				}
+				d.s.log.Warn("consumer stopped; starting it again", zap.String("consumer", c.name), zap.Error(err))
+				select {
+				case <-lctx.Done():
+				case <-time.After(time.Second):
+				}
+			}
+		}()
+	}
 	for {
 		dests, err := d.s.store.PendingDestinations(lctx)
 		if err == nil {

@@ -21,7 +21,6 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
-	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 
 	"github.com/myelin-chat/myelin/pkg/federation"
@@ -68,8 +67,8 @@ type Service struct {
 	now        func() time.Time
 }
 
-// New opens the store and creates the durable consumers; Run consumes
-// and sends.
+// New opens the store; Run consumes and sends while this replica holds
+// the sending lock.
 func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -102,10 +101,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 			return nil, fmt.Errorf("fedsender metrics: %w", err)
 		}
 	}
-	if s.consumers, err = s.createConsumers(ctx); err != nil {
-		st.Close()
-		return nil, err
-	}
+	s.consumers = s.consumerSpecs()
 	return s, nil
 }
 
@@ -117,15 +113,10 @@ func (s *Service) RegisterGRPC(g *grpc.Server) {
 // RegisterHTTP is a no-op: the sender serves no HTTP.
 func (s *Service) RegisterHTTP(chi.Router) {}
 
-// Run consumes the streams into the queues and, while this replica holds
-// the sending lock, sends the queues until ctx ends.
+// Run waits for the sending lock and, while this replica holds it,
+// consumes the streams into the queues and sends them, until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
-	g, gctx := errgroup.WithContext(ctx)
-	for _, c := range s.consumers {
-		g.Go(func() error { return s.runConsumer(gctx, c) })
-	}
-	g.Go(func() error { return s.sender.run(gctx) })
-	return g.Wait()
+	return s.sender.run(ctx)
 }
 
 // Ready reports whether the service can serve: its database answers.

@@ -88,3 +88,13 @@ func (s *Store) Apply(ctx context.Context, consumer string, streamSeq uint64, fn
 	})
 	return applied, err
 }
+
+// Position is the last stream sequence a consumer applied (0: none).
+func (s *Store) Position(ctx context.Context, consumer string) (int64, error) {
+	var pos int64
+	err := s.db.QueryRow(ctx, `SELECT stream_seq FROM consumer_positions WHERE consumer = $1`, consumer).Scan(&pos)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	return pos, err
+}
