@@ -10,8 +10,11 @@ MODULES   := . ./pkg ./proto ./services/roomserver ./services/clientapi ./servic
 
 all: build
 
+# `myelin version` prints VERSION (git describe of the checkout).
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+
 build:
-	$(GO) build -o $(BIN)/myelin ./cmd/myelin
+	$(GO) build -ldflags "-X github.com/myelin-chat/myelin/pkg/myelin.version=$(VERSION)" -o $(BIN)/myelin ./cmd/myelin
 
 # All-in-one: every service in one process, embedded NATS JetStream, and a
 # local PostgreSQL cluster in ./data when no database URL is configured.
@@ -21,17 +24,21 @@ run: build
 
 # Unit tests in every module, then the end-to-end suite (both shapes, and
 # the matrix-js-sdk conversation, whose packages npm ci installs first).
-# The media service's S3 backend is tested against a real S3 server
-# (versitygw, built by s3-server).
+# Every step runs even when an earlier one fails; the failed steps are listed
+# at the end and make test fails. The media service's S3 backend is tested
+# against a real S3 server (versitygw, built by s3-server).
 test: build jsclient-deps s3-server
-	@for m in $(MODULES); do \
+	@failed=""; \
+	for m in $(MODULES); do \
 		echo "== go test $$m"; \
-		(cd $$m && MYELIN_BIN=$(CURDIR)/$(BIN)/myelin MYELIN_S3_SERVER=$(CURDIR)/$(VERSITYGW) $(GO) test -count=1 -timeout 12m ./...) || exit 1; \
-	done
-	@echo "== go test ./tests/crosscheck (GOEXPERIMENT=jsonv2: mautrix's PDU code needs encoding/json/v2)"
-	GOEXPERIMENT=jsonv2 $(GO) test -count=1 -timeout 5m ./tests/crosscheck
-	@echo "== go test ./tests/e2ee (-tags goolm: mautrix's crypto on its pure Go Olm)"
-	$(GO) test -count=1 -timeout 5m -tags goolm ./tests/e2ee
+		(cd $$m && MYELIN_BIN=$(CURDIR)/$(BIN)/myelin MYELIN_S3_SERVER=$(CURDIR)/$(VERSITYGW) $(GO) test -count=1 -timeout 12m ./...) || failed="$$failed\n  go test $$m"; \
+	done; \
+	echo "== go test ./tests/crosscheck (GOEXPERIMENT=jsonv2: mautrix's PDU code needs encoding/json/v2)"; \
+	GOEXPERIMENT=jsonv2 $(GO) test -count=1 -timeout 5m ./tests/crosscheck || failed="$$failed\n  go test ./tests/crosscheck"; \
+	echo "== go test ./tests/e2ee (-tags goolm: mautrix's crypto on its pure Go Olm)"; \
+	$(GO) test -count=1 -timeout 5m -tags goolm ./tests/e2ee || failed="$$failed\n  go test ./tests/e2ee"; \
+	if [ -n "$$failed" ]; then printf "== FAILED:%b\n" "$$failed"; exit 1; fi; \
+	echo "== all tests passed"
 
 # The S3-compatible server the media service's S3 backend is tested
 # against: versitygw (Apache-2.0) with its posix backend, built from the Go
@@ -58,7 +65,8 @@ jsclient-deps:
 vet:
 	@unformatted="$$(git ls-files '*.go' | xargs "$$($(GO) env GOROOT)/bin/gofmt" -l)"; \
 	if [ -n "$$unformatted" ]; then echo "not gofmt-formatted:"; echo "$$unformatted"; exit 1; fi
-	@for m in $(MODULES); do (cd $$m && $(GO) vet ./...) || exit 1; done
+	@failed=""; for m in $(MODULES); do (cd $$m && $(GO) vet ./...) || failed="$$failed $$m"; done; \
+	if [ -n "$$failed" ]; then echo "go vet failed in:$$failed"; exit 1; fi
 
 # Regenerates the committed protobuf code with protoc + protoc-gen-go +
 # protoc-gen-go-grpc (installed by `make proto-tools`).

@@ -57,6 +57,9 @@ func Write(res *loadgen.Result, resultsPath, docs, analysis string) error {
 		res.Started.Format("2006-01-02 15:04 UTC"), res.Meta["commit"], res.Host.CPUs, res.Host.GoVersion,
 		filepath.Base(resultsPath), rel(resultsPath))
 	w("Server: `bin/myelin` in `make run`'s all-in-one shape (one process, embedded NATS JetStream, its own local PostgreSQL), fresh data directory, rate limits off. Load generator: `cmd/myelin-load` on the same machine, users created by %s.\n\n", res.Registration)
+	if d := res.Meta["postgres_durability"]; d != "" {
+		w("PostgreSQL: `%s`.\n\n", d)
+	}
 	if n := res.Meta["note"]; n != "" {
 		w("> %s\n\n", n)
 	}

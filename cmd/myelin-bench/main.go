@@ -54,6 +54,7 @@ func runCmd(args []string) error {
 	tmpDir := fs.String("tmp", "bench/tmp", "scratch space: data directory, server log, large profiles")
 	docs := fs.String("docs", "docs/benchmarks.md", "report to regenerate (empty: none)")
 	note := fs.String("note", "", "a note on the machine or run, kept in the JSON and the report")
+	pgSettings := fs.String("pg-settings", "", "extra settings of the server's local PostgreSQL (database.local_settings, name=value comma separated), e.g. synchronous_commit=off to compare with the durable default")
 	lf := loadgen.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -68,7 +69,7 @@ func runCmd(args []string) error {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "starting %s (all-in-one, fresh data dir %s)\n", *bin, runDir)
-	srv, err := startServer(ctx, *bin, runDir)
+	srv, err := startServer(ctx, *bin, runDir, *pgSettings)
 	if err != nil {
 		return err
 	}
@@ -82,6 +83,11 @@ func runCmd(args []string) error {
 		{Name: "postgres", PID: srv.pgPID, Tree: true},
 	}
 	opts.DatabaseURL = srv.databaseURL()
+	durability, err := loadgen.PostgresSettings(ctx, opts.DatabaseURL, "fsync", "synchronous_commit", "full_page_writes")
+	if err != nil {
+		_ = srv.stop()
+		return err
+	}
 	opts.PprofURL = srv.pprofURL
 	opts.ProfileDir = runDir
 	opts.Progress = os.Stderr
@@ -92,7 +98,7 @@ func runCmd(args []string) error {
 	}
 	res.Meta = map[string]string{
 		"commit": commit, "shape": "all-in-one (make run), fresh data dir, rate limits off",
-		"server_env": srv.configTxt, "note": *note,
+		"server_env": srv.configTxt, "note": *note, "postgres_durability": durability,
 	}
 	if runErr != nil {
 		res.Notes = append(res.Notes, "run failed: "+runErr.Error())

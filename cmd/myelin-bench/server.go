@@ -34,7 +34,7 @@ type server struct {
 // startServer writes the default configuration (myelin generate-config)
 // into dir and starts the binary on free loopback ports. Rate limits are
 // off: they would measure the limiter, not the server.
-func startServer(ctx context.Context, bin, dir string) (*server, error) {
+func startServer(ctx context.Context, bin, dir, pgSettings string) (*server, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -69,8 +69,17 @@ func startServer(ctx context.Context, bin, dir string) (*server, error) {
 	}
 	// With pg_stat_statements loaded, the results name the statements
 	// that took the database's time during the profiled throughput step.
+	// PostgreSQL's durability settings are the server's defaults (durable)
+	// unless pgSettings says otherwise.
+	var settings []string
 	if pgStatStatementsInstalled() {
-		env = append(env, "MYELIN_DATABASE_LOCAL_SETTINGS=shared_preload_libraries=pg_stat_statements")
+		settings = append(settings, "shared_preload_libraries=pg_stat_statements")
+	}
+	if pgSettings != "" {
+		settings = append(settings, pgSettings)
+	}
+	if len(settings) > 0 {
+		env = append(env, "MYELIN_DATABASE_LOCAL_SETTINGS="+strings.Join(settings, ","))
 	}
 	s.configTxt = strings.Join(env, " ")
 	logf, err := os.Create(s.logPath)

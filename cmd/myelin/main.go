@@ -6,6 +6,8 @@
 //	myelin register-user -url http://localhost:8008 -config myelin.yaml -user alice -password-file - [-admin]
 //	myelin health -config myelin.yaml [-path /readyz|/healthz]   # exit status 0 when ready
 //	myelin rotate-key [-config myelin.yaml] [-grpc key-server:9101]   # new signing key; the old one stays published
+//	myelin version
+//	myelin help
 //
 // It only loads configuration and calls myelin.Run.
 package main
@@ -15,8 +17,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"syscall"
 
@@ -32,43 +36,105 @@ import (
 // Deployments with a memory limit should also set GOMEMLIMIT.
 const defaultGCPercent = 200
 
+// usage lists every command. A command's own flags: myelin <command> -h.
+const usage = `Usage:
+  myelin [-config FILE] [-target LIST]   run services (default: all of them, in one process)
+  myelin generate-config                 print the default configuration (YAML)
+  myelin register-user [flags]           create an account on a running server (shared-secret registration)
+  myelin health [flags]                  ask a running process whether it is ready (exit status 0 if so)
+  myelin rotate-key [flags]              make the key-server sign with a new key (the old one stays published)
+  myelin version                         print the version
+  myelin help                            print this text
+
+Flags of the server:
+  -config FILE   the YAML configuration (optional; MYELIN_* environment variables override it)
+  -target LIST   comma-separated services to run: all, or any of %v
+
+Run "myelin register-user -h", "myelin health -h" or "myelin rotate-key -h" for their flags.
+`
+
+// usageError is a command line that is not understood: main prints it
+// and the usage text to standard error, and exits with status 2.
+type usageError string
+
+func (e usageError) Error() string { return string(e) }
+
+func usageErrorf(format string, args ...any) error { return usageError(fmt.Sprintf(format, args...)) }
+
 func main() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(defaultGCPercent)
 	}
-	if err := run(os.Args[1:]); err != nil {
+	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		var ue usageError
+		if errors.As(err, &ue) {
+			fmt.Fprintf(os.Stderr, "myelin: %v\n\n", err)
+			printUsage(os.Stderr)
+			os.Exit(2)
+		}
 		fmt.Fprintln(os.Stderr, "myelin:", err)
 		os.Exit(1)
 	}
 }
 
-func run(args []string) error {
-	if len(args) > 0 && args[0] == "generate-config" {
-		cfg := myelin.DefaultConfig()
-		out, err := config.Marshal(&cfg)
-		if err != nil {
+func printUsage(w io.Writer) { fmt.Fprintf(w, usage, myelin.TargetNames()) }
+
+// noArgs refuses arguments after a command that takes none.
+func noArgs(cmd string, args []string) error {
+	if len(args) > 0 {
+		return usageErrorf("%s takes no arguments, got %q", cmd, args)
+	}
+	return nil
+}
+
+func run(args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 {
+		switch cmd, rest := args[0], args[1:]; cmd {
+		case "generate-config":
+			if err := noArgs(cmd, rest); err != nil {
+				return err
+			}
+			cfg := myelin.DefaultConfig()
+			out, err := config.Marshal(&cfg)
+			if err != nil {
+				return err
+			}
+			_, err = stdout.Write(out)
 			return err
+		case "register-user":
+			return registerUser(rest, os.Stdin, stdout)
+		case "health":
+			return health(rest, stdout)
+		case "rotate-key":
+			return rotateKey(rest, stdout)
+		case "version", "-version", "--version":
+			if err := noArgs(cmd, rest); err != nil {
+				return err
+			}
+			_, err := fmt.Fprintf(stdout, "myelin %s (%s, %s/%s)\n", myelin.Version(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+			return err
+		case "help", "-h", "-help", "--help":
+			printUsage(stdout)
+			return nil
+		default:
+			if cmd == "" || cmd[0] != '-' {
+				return usageErrorf("unknown command %q", cmd)
+			}
 		}
-		_, err = os.Stdout.Write(out)
-		return err
-	}
-	if len(args) > 0 && args[0] == "register-user" {
-		return registerUser(args[1:], os.Stdin, os.Stdout)
-	}
-	if len(args) > 0 && args[0] == "health" {
-		return health(args[1:], os.Stdout)
-	}
-	if len(args) > 0 && args[0] == "rotate-key" {
-		return rotateKey(args[1:], os.Stdout)
 	}
 	fs := flag.NewFlagSet("myelin", flag.ContinueOnError)
-	configPath := fs.String("config", "", "path to the YAML configuration (optional; MYELIN_* environment variables override it)")
-	target := fs.String("target", myelin.TargetAll, "comma-separated services to run: all or any of "+fmt.Sprint(myelin.TargetNames()))
+	fs.SetOutput(io.Discard) // main prints the error and the usage text
+	configPath := fs.String("config", "", "")
+	target := fs.String("target", myelin.TargetAll, "")
 	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
+		if errors.Is(err, flag.ErrHelp) { // -h after other flags
+			printUsage(stdout)
 			return nil
 		}
-		return err
+		return usageError(err.Error())
+	}
+	if fs.NArg() > 0 {
+		return usageErrorf("unexpected argument %q", fs.Arg(0))
 	}
 	cfg, err := myelin.Load(*configPath)
 	if err != nil {

@@ -70,6 +70,11 @@ func registerUser(args []string, stdin io.Reader, stdout io.Writer) error {
 		Nonce string `json:"nonce"`
 	}
 	if err := callJSON(ctx, http.MethodGet, endpoint, nil, &nonce); err != nil {
+		var me *matrixError
+		if errors.As(err, &me) && me.status == http.StatusBadRequest {
+			// Myelin and Synapse answer 400 when the server has no secret.
+			return fmt.Errorf("register-user: get nonce: %w\n%s", err, sharedSecretHint)
+		}
 		return fmt.Errorf("register-user: get nonce: %w", err)
 	}
 	body := map[string]any{
@@ -115,9 +120,33 @@ func readSecret(secret, file, configPath string) (string, error) {
 		secret = cfg.ClientAPI.Registration.SharedSecret
 	}
 	if secret == "" {
-		return "", errors.New("register-user: the shared secret is empty")
+		if configPath != "" {
+			return "", fmt.Errorf("register-user: client_api.registration.shared_secret is empty in %s (and MYELIN_CLIENT_API_REGISTRATION_SHARED_SECRET is unset); the default configuration has none\n%s", configPath, sharedSecretHint)
+		}
+		return "", fmt.Errorf("register-user: %s is empty", file)
 	}
 	return secret, nil
+}
+
+// sharedSecretHint says how to turn shared-secret registration on.
+const sharedSecretHint = `Shared-secret registration needs the same secret on both sides:
+  1. set client_api.registration.shared_secret in the server's configuration
+     (or MYELIN_CLIENT_API_REGISTRATION_SHARED_SECRET in its environment);
+  2. restart the server, so that it reads the secret;
+  3. run register-user again with -config (that configuration), -secret or -secret-file.`
+
+// matrixError is a Matrix error answer (or another non-200 one).
+type matrixError struct {
+	status  int
+	errcode string
+	message string
+}
+
+func (e *matrixError) Error() string {
+	if e.errcode == "" {
+		return fmt.Sprintf("HTTP %d: %.200s", e.status, e.message)
+	}
+	return fmt.Sprintf("%s: %s (HTTP %d)", e.errcode, e.message, e.status)
 }
 
 // registrationMAC is hex(HMAC-SHA1(secret, nonce\0user\0password\0admin|notadmin)).
@@ -162,9 +191,9 @@ func callJSON(ctx context.Context, method, url string, body, out any) error {
 			Error   string `json:"error"`
 		}
 		if json.Unmarshal(raw, &merr) == nil && merr.ErrCode != "" {
-			return fmt.Errorf("%s: %s (HTTP %d)", merr.ErrCode, merr.Error, res.StatusCode)
+			return &matrixError{status: res.StatusCode, errcode: merr.ErrCode, message: merr.Error}
 		}
-		return fmt.Errorf("HTTP %d: %.200s", res.StatusCode, raw)
+		return &matrixError{status: res.StatusCode, message: string(raw)}
 	}
 	return json.Unmarshal(raw, out)
 }

@@ -6,6 +6,7 @@ package bus
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -230,4 +231,34 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, replicas int) er
 		}
 	}
 	return nil
+}
+
+// ErrDisconnected is the cause of a WhileConnected context that ended
+// because the NATS connection was lost.
+var ErrDisconnected = errors.New("NATS connection lost")
+
+// WhileConnected returns a context that ends with ctx, or as soon as nc is
+// not connected (at once if it is not connected now), with cause
+// ErrDisconnected (context.Cause). Call stop when done with it.
+func WhileConnected(ctx context.Context, nc *nats.Conn) (_ context.Context, stop func()) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	// Registered before the status is read, so a loss in between is seen.
+	lost := nc.StatusChanged(nats.DISCONNECTED, nats.RECONNECTING, nats.CLOSED)
+	if nc.Status() != nats.CONNECTED {
+		cancel(ErrDisconnected)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		select {
+		case <-lost:
+			cancel(ErrDisconnected)
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, func() {
+		cancel(context.Canceled)
+		<-done
+		nc.RemoveStatusListener(lost)
+	}
 }

@@ -11,9 +11,11 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -25,10 +27,11 @@ var ErrNoPostgres = errors.New("no PostgreSQL server binaries (initdb, pg_ctl) f
 
 // Postgres is a PostgreSQL cluster in a local directory, run with pg_ctl.
 type Postgres struct {
-	dir  string
-	bin  string
-	port int
-	cred *syscall.Credential
+	dir      string
+	bin      string
+	port     int
+	cred     *syscall.Credential
+	watchers []*watcher
 }
 
 // FindPostgresBin returns the directory holding initdb and pg_ctl.
@@ -56,11 +59,21 @@ func versionOf(binDir string) int {
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
+// FastSettings turn off what makes a cluster durable: fsync (WAL and data
+// files reach the disk), synchronous_commit (a commit waits for its WAL to
+// be flushed) and full_page_writes (the first change of a page after a
+// checkpoint logs the whole page, so a torn page can be repaired). Without
+// them an operating system crash or power loss can lose committed data or
+// corrupt the cluster. For throwaway clusters only: the test kit's and CI's.
+var FastSettings = []string{"fsync=off", "synchronous_commit=off", "full_page_writes=off"}
+
 // StartPostgres initialises a cluster in dir if it has none, and starts it
 // on 127.0.0.1 at port (0 picks a free port). PostgreSQL refuses to run as
 // root, so when this process is root the cluster runs as the "postgres"
 // user (or "nobody") and dir is handed to that user. settings are extra
-// name=value server settings, passed as -c flags.
+// name=value server settings, passed as -c flags after the defaults, which
+// are durable (PostgreSQL's own: fsync, synchronous_commit and
+// full_page_writes on); FastSettings trade that for speed.
 func StartPostgres(ctx context.Context, dir string, port int, settings ...string) (*Postgres, error) {
 	bin, err := FindPostgresBin()
 	if err != nil {
@@ -97,7 +110,11 @@ func StartPostgres(ctx context.Context, dir string, port int, settings ...string
 	}
 	dataDir := filepath.Join(dir, "pgdata")
 	if !fileExists(filepath.Join(dataDir, "PG_VERSION")) {
-		out, err := pg.run(ctx, "initdb", "-D", dataDir, "-U", "myelin", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync")
+		args := []string{"-D", dataDir, "-U", "myelin", "-A", "trust", "-E", "UTF8", "--locale=C"}
+		if slices.Contains(settings, "fsync=off") {
+			args = append(args, "--no-sync") // not worth syncing either
+		}
+		out, err := pg.run(ctx, "initdb", args...)
 		if err != nil {
 			return nil, fmt.Errorf("initdb: %w: %s", err, out)
 		}
@@ -106,11 +123,9 @@ func StartPostgres(ctx context.Context, dir string, port int, settings ...string
 	if fileExists(filepath.Join(dataDir, "postmaster.pid")) {
 		_, _ = pg.run(ctx, "pg_ctl", "-D", dataDir, "-m", "immediate", "-w", "stop")
 	}
-	// A development cluster: no fsync, so an OS crash may lose it anyway,
-	// and full-page writes (which only guard against torn pages after
-	// such a crash) would buy nothing; without them each notification row
-	// costs about 14 % less (bench/analysis.md).
-	opts := fmt.Sprintf("-c listen_addresses=127.0.0.1 -p %d -k %s -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 -c shared_buffers=128MB", port, dir)
+	// Durable unless settings say otherwise (FastSettings): this cluster
+	// is what `make run` keeps a user's data in.
+	opts := fmt.Sprintf("-c listen_addresses=127.0.0.1 -p %d -k %s -c max_connections=300 -c shared_buffers=128MB", port, dir)
 	for _, set := range settings {
 		if strings.ContainsAny(set, " '\"\\") || !strings.Contains(set, "=") {
 			return nil, fmt.Errorf("local PostgreSQL setting %q: want name=value without spaces or quotes", set)
@@ -162,11 +177,12 @@ func (p *Postgres) CreateDatabase(ctx context.Context, db string) error {
 	return err
 }
 
-// Stop shuts the cluster down (fast mode).
+// Stop shuts the cluster down (fast mode), then lets its watchers exit.
 func (p *Postgres) Stop() {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	_, _ = p.run(ctx, "pg_ctl", "-D", filepath.Join(p.dir, "pgdata"), "-m", "fast", "-w", "stop")
+	p.endWatchers()
 }
 
 func (p *Postgres) waitReady(ctx context.Context) error {
@@ -254,36 +270,87 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// reapers holds the write ends of the pipes StopWhenGone's watchers read:
-// they must stay open (a collected os.File is closed) until the process
-// exits.
-var reapers []*os.File
+// reapers holds the write ends of the pipes the watchers read (StopWhenGone,
+// StopOnExit): they must stay open (a collected os.File is closed) until
+// the process exits or Stop ends them.
+var (
+	reapersMu sync.Mutex
+	reapers   = map[*os.File]struct{}{}
+)
+
+// watcher is a running watcher process: closing w (or this process
+// exiting) makes it act; done closes when it has exited.
+type watcher struct {
+	w    *os.File
+	done chan struct{}
+}
 
 // StopWhenGone starts a watcher process that stops the cluster (immediate
 // mode) and deletes its directory as soon as this process has exited, for
-// whatever reason: a panic or a kill skips every deferred Stop. The
+// whatever reason: a panic or a kill skips every deferred Stop. For
+// throwaway clusters (the test kit's). A Stop before exiting is fine: the
+// watcher then finds nothing to stop.
+func (p *Postgres) StopWhenGone() error {
+	// $0 pg_ctl, $1 data directory, $2 the cluster's directory.
+	const script = `read _ignored; "$0" -D "$1" -m immediate -w stop >/dev/null 2>&1; rm -rf "$2"`
+	return p.watch(script, nil)
+}
+
+// StopOnExit starts a watcher process that stops the cluster (fast mode: a
+// clean shutdown, nothing to recover at the next start) and keeps its data
+// once this process has exited without stopping it: a SIGKILL, a panic, an
+// out-of-memory kill. hold are files the watcher keeps open until the
+// cluster is down: a lock on the data directory (flock) that this process
+// holds thus stays held until then, so that a new process on the same
+// directory cannot start a cluster that the watcher would then stop.
+func (p *Postgres) StopOnExit(hold ...*os.File) error {
+	// $0 pg_ctl, $1 data directory. The held files are the shell's
+	// descriptors 3 and up, closed when it exits.
+	const script = `read _ignored; "$0" -D "$1" -m fast -w -t 120 stop >/dev/null 2>&1`
+	return p.watch(script, hold)
+}
+
+// watch starts /bin/sh running script once this process has exited. The
 // watcher waits on a pipe whose only write end this process holds, and
 // the kernel closes it when the process goes. It runs in a process group
 // of its own, so the terminal's Ctrl-C does not end it first, and with no
-// output, so nothing waits for it. A Stop before exiting is fine: the
-// watcher then finds nothing to stop.
-func (p *Postgres) StopWhenGone() error {
+// output, so nothing waits for it.
+func (p *Postgres) watch(script string, hold []*os.File) error {
 	r, w, err := os.Pipe()
 	if err != nil {
 		return err
 	}
 	defer r.Close()
-	// $0 pg_ctl, $1 data directory, $2 the cluster's directory.
-	const script = `read _ignored; "$0" -D "$1" -m immediate -w stop >/dev/null 2>&1; rm -rf "$2"`
 	cmd := exec.Command("/bin/sh", "-c", script, filepath.Join(p.bin, "pg_ctl"), filepath.Join(p.dir, "pgdata"), p.dir)
 	cmd.Stdin = r
 	cmd.Dir = "/"
+	cmd.ExtraFiles = hold
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: p.cred}
 	if err := cmd.Start(); err != nil {
 		w.Close()
 		return fmt.Errorf("start the cluster's watcher: %w", err)
 	}
-	go func() { _ = cmd.Wait() }()
-	reapers = append(reapers, w)
+	wt := &watcher{w: w, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(wt.done) }()
+	reapersMu.Lock()
+	reapers[w] = struct{}{}
+	reapersMu.Unlock()
+	p.watchers = append(p.watchers, wt)
 	return nil
+}
+
+// endWatchers releases the watchers after a Stop: each finds the cluster
+// stopped, does the rest of its work and exits (releasing what it held).
+func (p *Postgres) endWatchers() {
+	for _, wt := range p.watchers {
+		reapersMu.Lock()
+		delete(reapers, wt.w)
+		reapersMu.Unlock()
+		_ = wt.w.Close()
+		select {
+		case <-wt.done:
+		case <-time.After(30 * time.Second):
+		}
+	}
+	p.watchers = nil
 }

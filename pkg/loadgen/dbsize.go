@@ -2,6 +2,8 @@ package loadgen
 
 import (
 	"context"
+	"fmt"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -85,4 +87,24 @@ func (s statementStats) totals(ctx context.Context) (calls int64, totalMS float6
 	err = conn.QueryRow(ctx, `SELECT COALESCE(sum(calls), 0)::bigint, COALESCE(sum(total_exec_time), 0)
 		FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(&calls, &totalMS)
 	return calls, totalMS, err
+}
+
+// PostgresSettings reads settings of the server's PostgreSQL as
+// "name=value ..." (for a run's results: they say, for one, whether the
+// run measured a durable cluster).
+func PostgresSettings(ctx context.Context, url string, names ...string) (string, error) {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return "", fmt.Errorf("read PostgreSQL settings: %w", err)
+	}
+	defer conn.Close(ctx)
+	var out []string
+	for _, n := range names {
+		var v string
+		if err := conn.QueryRow(ctx, "SELECT current_setting($1)", n).Scan(&v); err != nil {
+			return "", fmt.Errorf("read PostgreSQL setting %s: %w", n, err)
+		}
+		out = append(out, n+"="+v)
+	}
+	return strings.Join(out, " "), nil
 }

@@ -223,6 +223,14 @@ const PeakInterval = 2 * time.Second
 // peakSampler samples ps's trees every interval until stop is called,
 // which samples every process once more and returns the peaks.
 func peakSampler(ps []Process, interval time.Duration) (stop func() []Peak) {
+	t := time.NewTicker(interval)
+	stopPeaks := peakSamplerOn(ps, t.C)
+	return func() []Peak { t.Stop(); return stopPeaks() }
+}
+
+// peakSamplerOn is peakSampler driven by ticks: each value received
+// samples the trees once (tests send them themselves).
+func peakSamplerOn(ps []Process, ticks <-chan time.Time) (stop func() []Peak) {
 	peaks := make([]Peak, len(ps))
 	for i, p := range ps {
 		peaks[i].Name = p.Name
@@ -246,14 +254,12 @@ func peakSampler(ps []Process, interval time.Duration) (stop func() []Peak) {
 	quit, done := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
-		t := time.NewTicker(interval)
-		defer t.Stop()
 		for {
 			select {
 			case <-quit:
 				observe(true)
 				return
-			case <-t.C:
+			case <-ticks:
 				observe(false)
 			}
 		}

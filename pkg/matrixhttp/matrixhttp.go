@@ -9,8 +9,13 @@ import (
 	"net/http"
 	"runtime/debug"
 	"strconv"
+	"time"
 
 	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/myelin-chat/myelin/pkg/pgstore"
 )
 
 // Error is a Matrix error response: {"errcode": ..., "error": ...}.
@@ -52,6 +57,18 @@ func MissingToken(msg string) *Error {
 func Unknown(msg string) *Error {
 	return Errorf(http.StatusInternalServerError, "M_UNKNOWN", "%s", msg)
 }
+
+// Unavailable is 503 M_UNKNOWN: the server cannot answer now (its database
+// or a peer service is down) and the client should retry; WriteError adds
+// Retry-After. The spec has no errcode for it, and asks clients that get
+// M_UNKNOWN to go by the HTTP status.
+func Unavailable(msg string) *Error {
+	return Errorf(http.StatusServiceUnavailable, "M_UNKNOWN", "%s", msg)
+}
+
+// UnavailableRetryAfter is the Retry-After of 503 answers that set none.
+const UnavailableRetryAfter = 5 * time.Second
+
 func UserInUse(msg string) *Error { return Errorf(http.StatusBadRequest, "M_USER_IN_USE", "%s", msg) }
 func InvalidUsername(msg string) *Error {
 	return Errorf(http.StatusBadRequest, "M_INVALID_USERNAME", "%s", msg)
@@ -76,22 +93,42 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 	_, _ = w.Write(body)
 }
 
-// WriteError writes err as a Matrix error. Anything that is not an *Error is
-// an internal error: the caller logs it; the client sees M_UNKNOWN.
+// WriteError writes err as a Matrix error. Anything that is not an *Error
+// is a failure of the server: 503 M_UNKNOWN when the database or a peer
+// service is unavailable (IsUnavailable), otherwise an internal error (500
+// M_UNKNOWN); the caller logs it. Every 503 carries Retry-After.
 func WriteError(w http.ResponseWriter, err error) {
 	var me *Error
 	if !errors.As(err, &me) {
-		me = Unknown("Internal server error")
+		if IsUnavailable(err) {
+			me = Unavailable("Service temporarily unavailable, try again later")
+		} else {
+			me = Unknown("Internal server error")
+		}
 	}
 	body := map[string]any{"errcode": me.ErrCode, "error": me.Message}
 	if me.RetryAfterMS > 0 {
 		body["retry_after_ms"] = me.RetryAfterMS
 		w.Header().Set("Retry-After", strconv.FormatInt((me.RetryAfterMS+999)/1000, 10))
+	} else if me.Status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", strconv.Itoa(int(UnavailableRetryAfter/time.Second)))
 	}
 	for k, v := range me.Extra {
 		body[k] = v
 	}
 	WriteJSON(w, me.Status, body)
+}
+
+// IsUnavailable reports whether err says that a dependency cannot serve
+// right now, so that the request may succeed later: the database is
+// unreachable or refusing work (pgstore.IsUnavailable), or a peer service
+// answered gRPC Unavailable.
+func IsUnavailable(err error) bool {
+	if pgstore.IsUnavailable(err) {
+		return true
+	}
+	st, ok := status.FromError(err)
+	return ok && st.Code() == codes.Unavailable
 }
 
 // CORS adds the headers the spec requires on every client-server response

@@ -55,9 +55,9 @@ func (p *process) openFederationListener(router chi.Router, serves bool) (*feder
 	if err != nil {
 		return nil, fmt.Errorf("federation.tls_cert_file/tls_key_file: %w", err)
 	}
-	lis, err := net.Listen("tcp", cfg.Listen)
+	lis, err := listen("federation.listen", cfg.Listen)
 	if err != nil {
-		return nil, fmt.Errorf("federation.listen: %w", err)
+		return nil, err
 	}
 	return &federationListener{
 		router: router,

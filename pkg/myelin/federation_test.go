@@ -180,6 +180,7 @@ func TestEdgeFederationListener(t *testing.T) {
 	edgeCfg := fedConfig(t, ca, "split.test", "127.0.0.1:0")
 	edgeCfg.Services.KeyServer.HTTP = ks.Process.HTTPAddr()
 	edgeCfg.Services.ClientAPI.HTTP = "127.0.0.1:1" // not used here
+	edgeCfg.Services.Media.HTTP = "127.0.0.1:1"     // not used here
 	edge := stack.StartWithConfig(t, edgeCfg, myelin.TargetEdge)
 	addr := edge.Process.FederationAddr()
 	status, body := fedRequest(t, ca, "split.test", addr, "GET", "/_matrix/key/v2/server")

@@ -2,8 +2,6 @@ package myelin
 
 import (
 	"errors"
-	"fmt"
-	"net"
 	"net/http"
 	"runtime/debug"
 	"time"
@@ -21,9 +19,9 @@ func (p *process) startMetrics(m *metrics.Metrics) error {
 	if addr == "" {
 		return nil
 	}
-	lis, err := net.Listen("tcp", addr)
+	lis, err := listen("metrics.listen", addr)
 	if err != nil {
-		return fmt.Errorf("metrics.listen: %w", err)
+		return err
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", m.Handler())
@@ -41,6 +39,21 @@ func (p *process) startMetrics(m *metrics.Metrics) error {
 
 // MetricsAddr is the address of the metrics listener, empty when it is off.
 func (pr *Process) MetricsAddr() string { return pr.p.metricsAddr }
+
+// version is set at link time to name a release:
+//
+//	go build -ldflags "-X github.com/myelin-chat/myelin/pkg/myelin.version=v1.2.3" ./cmd/myelin
+var version string
+
+// Version is the version set at link time, or else the VCS revision the
+// binary was built from (with "-dirty" for uncommitted changes), or its
+// module version. `myelin version` prints it; myelin_build_info carries it.
+func Version() string {
+	if version != "" {
+		return version
+	}
+	return buildVersion()
+}
 
 // buildVersion is the VCS revision the binary was built from (with
 // "-dirty" for uncommitted changes), or its module version.

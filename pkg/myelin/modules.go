@@ -9,6 +9,7 @@ import (
 	"github.com/go-chi/chi/v5"
 	"google.golang.org/grpc"
 
+	"github.com/myelin-chat/myelin/pkg/federation"
 	"github.com/myelin-chat/myelin/pkg/logging"
 	clientapiv1 "github.com/myelin-chat/myelin/proto/clientapi/v1"
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
@@ -185,11 +186,23 @@ func startMedia(ctx context.Context, p *process) (service, error) {
 	if cfg.Storage.Backend == media.BackendFile && cfg.Storage.Path == "" {
 		cfg.Storage.Path = p.cfg.dataPath("media")
 	}
+	// Remote media is fetched over federation, signed with the
+	// key-server's key; without federation there is nothing to fetch
+	// with, and the media process needs no key-server.
+	var fed *federation.Client
+	if p.cfg.Federation.Enabled && cfg.Remote.Enabled {
+		ks, err := p.dial(TargetKeyServer)
+		if err != nil {
+			return nil, err
+		}
+		fed = federation.NewClient(p.fedTransport, keyserverv1.NewServerKeyServiceClient(ks))
+	}
 	return media.New(ctx, cfg, media.Deps{
 		Logger:      p.log.With(logging.Service(TargetMedia)),
 		ServerName:  p.cfg.ServerName,
 		DatabaseURL: p.cfg.databaseURL(cfg.DatabaseURL),
 		Users:       clientapiv1.NewUserServiceClient(ca),
+		Federation:  fed,
 	})
 }
 

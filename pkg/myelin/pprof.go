@@ -2,8 +2,6 @@ package myelin
 
 import (
 	"errors"
-	"fmt"
-	"net"
 	"net/http"
 	"net/http/pprof"
 	"time"
@@ -20,9 +18,9 @@ func (p *process) startPprof() error {
 	if addr == "" {
 		return nil
 	}
-	lis, err := net.Listen("tcp", addr)
+	lis, err := listen("debug.pprof_listen", addr)
 	if err != nil {
-		return fmt.Errorf("debug.pprof_listen: %w", err)
+		return err
 	}
 	// An explicit mux: importing net/http/pprof also registers on
 	// http.DefaultServeMux, which no Myelin listener serves.

@@ -11,9 +11,11 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -65,6 +67,9 @@ type process struct {
 	// inProcLis is the in-memory listener the gRPC server also serves, for
 	// calls between services of this process (rpc.ListenInProcess).
 	inProcLis *bufconn.Listener
+	// lock is data_dir's lock file, held while this process runs (nil
+	// when it keeps nothing there).
+	lock *os.File
 	// fedTransport is the outbound federation transport of this process.
 	fedTransport *federation.Transport
 	// fed is the federation listener, when this process has one.
@@ -91,22 +96,34 @@ func Start(ctx context.Context, cfg Config, targets []string, log *zap.Logger) (
 			p.close()
 		}
 	}()
-	if err := p.provision(ctx); err != nil {
+	// First what is quick to check and may refuse the start: the data
+	// directory's lock, then every listen address, so that a second
+	// process or a port in use is reported before PostgreSQL and NATS are
+	// started (and without touching the running process's).
+	if p.usesDataDir() {
+		lock, err := lockDataDir(cfg.DataDir, log)
+		if err != nil {
+			return nil, err
+		}
+		p.lock = lock
+		p.cleanups = append(p.cleanups, func() { unlockDataDir(lock) })
+	}
+	if p.grpcLis, err = listen("grpc.listen", cfg.GRPC.Listen); err != nil {
 		return nil, err
 	}
-	if p.grpcLis, err = net.Listen("tcp", cfg.GRPC.Listen); err != nil {
-		return nil, fmt.Errorf("grpc.listen: %w", err)
-	}
 	p.inProcLis = rpc.ListenInProcess()
-	if p.httpLis, err = net.Listen("tcp", cfg.HTTP.Listen); err != nil {
-		return nil, fmt.Errorf("http.listen: %w", err)
+	if p.httpLis, err = listen("http.listen", cfg.HTTP.Listen); err != nil {
+		return nil, err
 	}
 	if err := p.startPprof(); err != nil {
 		return nil, err
 	}
-	m := metrics.New(buildVersion(), targets)
+	m := metrics.New(Version(), targets)
 	p.metrics = m
 	if err := p.startMetrics(m); err != nil {
+		return nil, err
+	}
+	if err := p.provision(ctx); err != nil {
 		return nil, err
 	}
 	p.grpcSrv = rpc.NewServer(log, grpc.ChainUnaryInterceptor(m.UnaryServerInterceptor()))
@@ -268,6 +285,16 @@ func (p *process) provision(ctx context.Context) error {
 			return fmt.Errorf("database.url is empty, so a local PostgreSQL was to be started: %w", err)
 		}
 		p.cleanups = append(p.cleanups, pg.Stop)
+		// Killed (SIGKILL, out of memory) this process runs no cleanup:
+		// the watcher stops the cluster then, and holds the data
+		// directory's lock until it is down.
+		var hold []*os.File
+		if p.lock != nil {
+			hold = append(hold, p.lock)
+		}
+		if err := pg.StopOnExit(hold...); err != nil {
+			return err
+		}
 		if err := pg.CreateDatabase(ctx, "myelin"); err != nil {
 			return err
 		}
@@ -293,6 +320,26 @@ func (p *process) provision(ctx context.Context) error {
 	p.cleanups = append(p.cleanups, nc.Close)
 	p.nc, p.js = nc, js
 	return bus.EnsureStreams(ctx, js, p.cfg.NATS.Replicas)
+}
+
+// usesDataDir says whether this process keeps infrastructure in data_dir:
+// the local PostgreSQL cluster or the embedded NATS store.
+func (p *process) usesDataDir() bool {
+	return (p.cfg.Database.URL == "" && p.needsDatabase()) || (p.cfg.NATS.URL == "" && p.needsNATS())
+}
+
+// listen opens a TCP listener for a configuration setting; its error names
+// the setting and its environment variable.
+func listen(setting, addr string) (net.Listener, error) {
+	lis, err := net.Listen("tcp", addr)
+	if err == nil {
+		return lis, nil
+	}
+	env := "MYELIN_" + strings.ToUpper(strings.ReplaceAll(setting, ".", "_"))
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return nil, fmt.Errorf("%s %s is in use (by another myelin or another program): set %s (%s) to a free address: %w", setting, addr, setting, env, err)
+	}
+	return nil, fmt.Errorf("%s %s (%s): %w", setting, addr, env, err)
 }
 
 func (p *process) needsDatabase() bool {

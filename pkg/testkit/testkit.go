@@ -67,7 +67,8 @@ func startCluster() {
 		clusterErr = err
 		return
 	}
-	pg, err := devinfra.StartPostgres(context.Background(), dir, 0)
+	// Throwaway data: the fast, non-durable settings.
+	pg, err := devinfra.StartPostgres(context.Background(), dir, 0, devinfra.FastSettings...)
 	if err != nil {
 		clusterErr = err
 		return

@@ -2,10 +2,13 @@ package clientapi
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/myelin-chat/myelin/pkg/bus"
+	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 )
 
@@ -16,6 +19,10 @@ import (
 // others expect a joined room in /joined_rooms right after /join), the
 // endpoints that write an event return only once the event is in the copy,
 // or after storedWaitLimit: the write itself has succeeded either way.
+// While this replica's NATS connection is down the copy cannot get the
+// event, so the write answers 503 at once instead of waiting (the event
+// stays committed and reaches the copy once NATS is back; a client that
+// retries a send with the same transaction ID gets the same event).
 
 // storedWaitLimit bounds how long a write waits for the copy. It is only
 // reached when the consumer is down or far behind.
@@ -33,13 +40,16 @@ func (s *Service) sendOwnEvent(ctx context.Context, req *roomserverv1.SendEventR
 	if err != nil {
 		return "", s.fromGRPC(ctx, "SendEvent", err, nil)
 	}
-	s.awaitStored(ctx, resp.GetEventId(), !resp.GetDeduplicated())
+	if err := s.awaitStored(ctx, resp.GetEventId(), !resp.GetDeduplicated()); err != nil {
+		return "", err
+	}
 	return resp.GetEventId(), nil
 }
 
 // awaitStored waits until the event is in the client-API's copy (stored
 // by any replica: the wake bus carries event IDs), storedWaitLimit passes,
-// or ctx ends.
+// or ctx ends. It fails with 503 when the copy cannot get the event now:
+// this replica's NATS connection is down, or goes down while it waits.
 //
 // fresh says the event was committed by the call that just returned, so
 // it can only have been stored since that call started: then it is among
@@ -48,26 +58,28 @@ func (s *Service) sendOwnEvent(ctx context.Context, req *roomserverv1.SendEventR
 // or another replica's wake message was lost: the bus is at most once)
 // is the database asked. An older event (a repeated transaction ID) is
 // looked up at once. The common case thus costs no query.
-func (s *Service) awaitStored(ctx context.Context, eventID string, fresh bool) {
+func (s *Service) awaitStored(ctx context.Context, eventID string, fresh bool) error {
 	if eventID == "" {
-		return
+		return nil
 	}
 	n := s.notifier
 	n.mu.Lock()
 	if fresh && n.recent.has(eventID) {
 		n.mu.Unlock()
-		return
+		return nil
 	}
 	ch := n.stored.add(eventID)
 	n.mu.Unlock()
 	waitCtx, cancel := context.WithTimeout(ctx, storedWaitLimit)
 	defer cancel()
+	waitCtx, stopWatch := bus.WhileConnected(waitCtx, s.js.Conn())
+	defer stopWatch()
 	if fresh {
 		recheck := time.NewTimer(storedRecheck)
 		select {
 		case <-ch:
 			recheck.Stop()
-			return
+			return nil
 		case <-recheck.C:
 		case <-waitCtx.Done():
 		case <-n.done:
@@ -78,11 +90,16 @@ func (s *Service) awaitStored(ctx context.Context, eventID string, fresh bool) {
 		n.mu.Lock()
 		n.stored.remove(eventID, ch)
 		n.mu.Unlock()
-		return
+		return nil
 	}
 	if !n.block(waitCtx, n.stored, eventID, ch) && ctx.Err() == nil && waitCtx.Err() != nil {
+		if errors.Is(context.Cause(waitCtx), bus.ErrDisconnected) {
+			s.log.Warn("write committed but not readable: NATS is unreachable", zap.String("event_id", eventID))
+			return matrixhttp.Unavailable("The event was accepted but cannot be delivered while the event bus is unreachable; retry later (a send retried with the same transaction ID is not sent twice)")
+		}
 		s.log.Warn("write returned before the client-API stored its event", zap.String("event_id", eventID))
 	}
+	return nil
 }
 
 // recentStoredCap is how many stored event IDs the notifier remembers:

@@ -399,7 +399,9 @@ func (s *Service) createRoom(r *http.Request, dev *device) (any, error) {
 		}
 	}
 	if ids := resp.GetEventIds(); len(ids) > 0 {
-		s.awaitStored(ctx, ids[len(ids)-1], true)
+		if err := s.awaitStored(ctx, ids[len(ids)-1], true); err != nil {
+			return nil, err
+		}
 	}
 	return map[string]string{"room_id": resp.GetRoomId()}, nil
 }

@@ -47,6 +47,10 @@ type Config struct {
 	// JanitorInterval is how often the janitor runs (it also deletes
 	// media IDs that were created and expired unused).
 	JanitorInterval time.Duration `yaml:"janitor_interval"`
+	// URLPreview configures URL previews (GET /media/preview_url).
+	URLPreview URLPreviewConfig `yaml:"url_preview"`
+	// Remote configures fetching other servers' media over federation.
+	Remote RemoteConfig `yaml:"remote"`
 }
 
 // RateLimitConfig is the token bucket of uploads and creates.
@@ -120,6 +124,8 @@ func DefaultConfig() Config {
 		},
 		AbandonedUploadAfter: 24 * time.Hour,
 		JanitorInterval:      time.Hour,
+		URLPreview:           defaultURLPreviewConfig(),
+		Remote:               defaultRemoteConfig(),
 	}
 }
 
@@ -142,6 +148,7 @@ func (c Config) Validate() error {
 	if c.AbandonedUploadAfter <= 0 || c.JanitorInterval <= 0 {
 		errs = append(errs, errors.New("abandoned_upload_after and janitor_interval must be positive"))
 	}
+	errs = append(errs, c.URLPreview.validate(), c.Remote.validate())
 	switch c.Storage.Backend {
 	case BackendFile:
 	case BackendS3:

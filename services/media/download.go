@@ -28,14 +28,15 @@ const (
 // loadMedia returns an uploaded local media's row, waiting up to
 // timeout_ms for a created one's content, or for the content of one being
 // handed over by another service (504 M_NOT_YET_UPLOADED after).
-// Remote media (another server name) needs federation: not found.
+// Remote media (another server name) is served by remote.go: not found
+// here.
 func (s *Service) loadMedia(r *http.Request) (store.Media, error) {
 	id, remote, err := s.mediaParams(r)
 	if err != nil {
 		return store.Media{}, err
 	}
 	if remote {
-		return store.Media{}, matrixhttp.NotFound("Remote media is not available: this server does not federate yet")
+		return store.Media{}, matrixhttp.NotFound("Media not found")
 	}
 	waitMS, err := queryInt(r, "timeout_ms", defaultMediaWait.Milliseconds())
 	if err != nil {
@@ -82,6 +83,11 @@ func (s *Service) openContent(ctx context.Context, key, contentType, fileName st
 
 // downloadMedia is GET /_matrix/client/v1/media/download/...
 func (s *Service) downloadMedia(r *http.Request, _ *caller) (any, error) {
+	if ref, remote, err := s.remote.ref(r); err != nil {
+		return nil, err
+	} else if remote {
+		return s.remote.download(r, ref)
+	}
 	m, err := s.loadMedia(r)
 	if err != nil {
 		return nil, err

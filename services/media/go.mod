@@ -17,11 +17,14 @@ replace (
 require (
 	github.com/go-chi/chi/v5 v5.5.0
 	github.com/jackc/pgx/v5 v5.12.0
+	github.com/matrix-org/gomatrixserverlib v0.0.0-20250813150445-9f5070a65744
 	github.com/minio/minio-go/v7 v7.4.1
 	github.com/myelin-chat/myelin/pkg v0.0.0
 	github.com/myelin-chat/myelin/proto v0.0.0
 	go.uber.org/zap v1.28.0
 	golang.org/x/image v0.48.0
+	golang.org/x/net v0.60.0
+	golang.org/x/sync v0.25.0
 	google.golang.org/grpc v1.85.0
 	maunium.net/go/mautrix v0.31.0
 )
@@ -52,8 +55,6 @@ require (
 	go.uber.org/multierr v1.10.0 // indirect
 	go.yaml.in/yaml/v3 v3.0.5 // indirect
 	golang.org/x/crypto v0.58.0 // indirect
-	golang.org/x/net v0.60.0 // indirect
-	golang.org/x/sync v0.25.0 // indirect
 	golang.org/x/sys v0.50.0 // indirect
 	golang.org/x/text v0.44.0 // indirect
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20260817212433-ac3dfec99bb1 // indirect

@@ -9,8 +9,9 @@ import (
 
 // runJanitor deletes, every janitor_interval and once at start, the
 // content of uploads a dead process never finished (pending objects
-// older than abandoned_upload_after) and the media IDs that were created
-// and expired unused.
+// older than abandoned_upload_after), the media IDs that were created
+// and expired unused, and URL previews a cache TTL past their expiry
+// with their images.
 func (s *Service) runJanitor(ctx context.Context) error {
 	t := time.NewTicker(s.cfg.JanitorInterval)
 	defer t.Stop()
@@ -34,6 +35,8 @@ func (s *Service) sweep(ctx context.Context) {
 	} else if n > 0 {
 		s.log.Info("janitor: deleted media IDs that expired unused", zap.Int64("count", n))
 	}
+	// Expired previews hand their images' content to the sweep below.
+	s.preview.sweep(ctx)
 	before := now.Add(-s.cfg.AbandonedUploadAfter).UnixMilli()
 	for ctx.Err() == nil {
 		keys, err := s.store.AbandonedObjects(ctx, before, 100)

@@ -206,8 +206,8 @@ func exerciseMedia(t *testing.T, s *stack.Stack, list func(*testing.T) []string)
 	_, _, err = mediaBody(bob.DownloadThumbnail(ctx, up.ContentURI, 32, 32, mautrix.DownloadThumbnailExtra{Method: "stretch"}))
 	wantMatrixError(t, "thumbnail by an unknown method", err, http.StatusBadRequest, "M_INVALID_PARAM")
 
-	// Unknown, remote and malformed media IDs; token errors; frozen
-	// endpoints.
+	// Unknown, remote (federation is off) and malformed media IDs; token
+	// errors; frozen endpoints.
 	for _, uri := range []id.ContentURI{
 		{Homeserver: serverName, FileID: "doesnotexist"},
 		{Homeserver: "elsewhere.test", FileID: up.ContentURI.FileID},
@@ -229,8 +229,8 @@ func exerciseMedia(t *testing.T, s *stack.Stack, list func(*testing.T) []string)
 	if code, body := rawRequest(t, http.MethodGet, hs+"/_matrix/client/v1/media/download/"+serverName+"/a.b", bob.AccessToken, nil); code != 404 {
 		t.Errorf("malformed media ID: %d %s", code, body)
 	}
-	if code, body := rawRequest(t, http.MethodGet, hs+"/_matrix/client/v1/media/preview_url?url=https://example.org", bob.AccessToken, nil); code != 404 || !strings.Contains(string(body), "M_UNRECOGNIZED") {
-		t.Errorf("URL previews (not served): %d %s", code, body)
+	if code, body := rawRequest(t, http.MethodGet, hs+"/_matrix/client/v1/media/preview_url?url=https://example.org", bob.AccessToken, nil); code != 403 || !strings.Contains(string(body), "M_FORBIDDEN") {
+		t.Errorf("URL previews (off by default): %d %s", code, body)
 	}
 	for _, legacy := range []string{"/_matrix/media/v3/download" + mediaPath, "/_matrix/media/r0/download" + mediaPath, "/_matrix/media/v3/thumbnail" + mediaPath + "?width=32&height=32"} {
 		if code, body := rawRequest(t, http.MethodGet, hs+legacy, "", nil); code != 404 || !strings.Contains(string(body), "M_NOT_FOUND") {

@@ -30,7 +30,9 @@ type route struct {
 	auth   bool
 	// upload: rate limited, and refused to suspended accounts.
 	upload bool
-	serve  handlerFunc
+	// limited: rate limited like uploads (suspended accounts may).
+	limited bool
+	serve   handlerFunc
 }
 
 // routes is the content repository's route table.
@@ -45,6 +47,7 @@ func (s *Service) routes() []route {
 			route{method: http.MethodGet, path: p + "/download/{serverName}/{mediaId}", serve: s.legacyDownload},
 			route{method: http.MethodGet, path: p + "/download/{serverName}/{mediaId}/{fileName}", serve: s.legacyDownload},
 			route{method: http.MethodGet, path: p + "/thumbnail/{serverName}/{mediaId}", serve: s.legacyThumbnail},
+			route{method: http.MethodGet, path: p + "/preview_url", auth: true, limited: true, serve: s.previewURL},
 		)
 	}
 	return append(rts,
@@ -53,6 +56,7 @@ func (s *Service) routes() []route {
 		route{method: http.MethodGet, path: "/_matrix/client/v1/media/download/{serverName}/{mediaId}", auth: true, serve: s.downloadMedia},
 		route{method: http.MethodGet, path: "/_matrix/client/v1/media/download/{serverName}/{mediaId}/{fileName}", auth: true, serve: s.downloadMedia},
 		route{method: http.MethodGet, path: "/_matrix/client/v1/media/thumbnail/{serverName}/{mediaId}", auth: true, serve: s.thumbnailMedia},
+		route{method: http.MethodGet, path: "/_matrix/client/v1/media/preview_url", auth: true, limited: true, serve: s.previewURL},
 	)
 }
 
@@ -102,7 +106,7 @@ func (s *Service) wrap(rt route) http.Handler {
 				return
 			}
 			// Admins are not rate limited.
-			if rt.upload && !c.Admin {
+			if (rt.upload || rt.limited) && !c.Admin {
 				if ok, wait := s.limiter.Allow(limitMedia, string(c.UserID)); !ok {
 					s.writeError(w, r, matrixhttp.LimitExceeded(max(wait.Milliseconds(), 1)))
 					return

@@ -2,7 +2,9 @@
 // thumbnails of local media for the client-server API, with the content in
 // a pluggable storage (a directory or an S3-compatible bucket, package
 // storage) and the metadata in PostgreSQL (package store). Uploads stream
-// to the storage and downloads stream from it. Requests carry the user's
+// to the storage and downloads stream from it. Other servers' media is
+// fetched over federation and kept (remote.go), and URL previews fetch
+// web pages through the same address rules as federation (preview.go). Requests carry the user's
 // access token, which the client-API owns: the service asks its
 // UserService to authenticate them. Its gRPC API (MediaService) takes
 // media handed over by other services (ImportMedia).
@@ -18,6 +20,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
+	"github.com/myelin-chat/myelin/pkg/federation"
 	"github.com/myelin-chat/myelin/pkg/ratelimit"
 	clientapiv1 "github.com/myelin-chat/myelin/proto/clientapi/v1"
 	mediav1 "github.com/myelin-chat/myelin/proto/media/v1"
@@ -44,6 +47,12 @@ type Deps struct {
 	// Storage overrides the configured content storage (nil: build it
 	// from Config.Storage).
 	Storage storage.Backend
+	// Federation signs and sends requests to other servers (remote
+	// media); nil when federation is off, and remote media is 404.
+	Federation *federation.Client
+	// PreviewResolver answers the DNS questions of URL previews (nil:
+	// the system's resolver).
+	PreviewResolver federation.Resolver
 }
 
 // Service is a running media service.
@@ -55,6 +64,10 @@ type Service struct {
 	content    storage.Backend
 	users      clientapiv1.UserServiceClient
 	limiter    *ratelimit.Limiter
+	// preview makes URL previews (preview.go); remote fetches other
+	// servers' media (remote.go).
+	preview *previewer
+	remote  *remoteMedia
 	// now is the clock; tests may replace it.
 	now func() time.Time
 }
@@ -74,11 +87,22 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 			return nil, err
 		}
 	}
+	preview := &previewer{}
+	if cfg.URLPreview.Enabled {
+		var err error
+		if preview.web, err = newWebClient(cfg.URLPreview, deps.PreviewResolver); err != nil {
+			return nil, err
+		}
+	}
+	remote := &remoteMedia{fed: deps.Federation}
+	if deps.Federation != nil {
+		remote.web = newRemoteWebClient(deps.Federation)
+	}
 	st, err := store.Open(ctx, deps.DatabaseURL, cfg.MaxDatabaseConns)
 	if err != nil {
 		return nil, fmt.Errorf("media store: %w", err)
 	}
-	return &Service{
+	s := &Service{
 		cfg:        cfg,
 		log:        deps.Logger,
 		serverName: deps.ServerName,
@@ -86,8 +110,12 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		content:    content,
 		users:      deps.Users,
 		limiter:    ratelimit.New(cfg.RateLimit.Enabled, map[string]ratelimit.Bucket{limitMedia: cfg.RateLimit.bucket()}, time.Now),
+		preview:    preview,
+		remote:     remote,
 		now:        time.Now,
-	}, nil
+	}
+	preview.svc, remote.svc = s, s
+	return s, nil
 }
 
 // openStorage builds the configured content storage.

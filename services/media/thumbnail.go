@@ -74,6 +74,11 @@ func (s *Service) thumbnailMedia(r *http.Request, _ *caller) (any, error) {
 	if method != "scale" && method != "crop" {
 		return nil, matrixhttp.InvalidParam("method must be crop or scale")
 	}
+	if ref, remote, err := s.remote.ref(r); err != nil {
+		return nil, err
+	} else if remote {
+		return s.remote.thumbnail(r, ref, int(width), int(height), method)
+	}
 	m, err := s.loadMedia(r)
 	if err != nil {
 		return nil, err

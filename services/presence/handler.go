@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/myelin-chat/myelin/pkg/pgstore"
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
 	"github.com/myelin-chat/myelin/services/presence/store"
 )
@@ -33,6 +34,9 @@ func toStatus(err error) error {
 		return status.Error(codes.Canceled, err.Error())
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.Error(codes.DeadlineExceeded, err.Error())
+	case pgstore.IsUnavailable(err):
+		// The database is down: the caller may retry later.
+		return status.Error(codes.Unavailable, err.Error())
 	}
 	return status.Error(codes.Internal, err.Error())
 }

@@ -17,9 +17,8 @@ import (
 // with the state before it), then takes events from both sides, fills a
 // gap with supplied state and backfills history.
 func TestJoinRemoteRoomWithSuppliedState(t *testing.T) {
-	h := newHarness(t, nil)
 	remote := newRemote(t, "remote.test")
-	h.trustRemote(remote)
+	h := newHarness(t, nil, remote)
 	for _, version := range []string{"10", "11", "12"} {
 		t.Run("v"+version, func(t *testing.T) {
 			h.t = t
@@ -138,6 +137,11 @@ func TestJoinRemoteRoomWithSuppliedState(t *testing.T) {
 			wantStatuses(t, h.inputReq(bf), duplicate)
 		})
 	}
+	// remote.test's signatures verified with the key its HTTPS endpoint
+	// published, fetched by the key-server.
+	if n := remote.keyRequests.Load(); n == 0 {
+		t.Fatal("remote.test's keys were never fetched")
+	}
 }
 
 // TestFederationBadInput feeds events that must be refused, checking that
@@ -245,9 +249,8 @@ func TestFederationBadInput(t *testing.T) {
 // TestOutOfRoomInvite takes an invite of a local user into a room of
 // another server, then its rejection, and checks the stub room they leave.
 func TestOutOfRoomInvite(t *testing.T) {
-	h := newHarness(t, nil)
 	remote := newRemote(t, "remote.test")
-	h.trustRemote(remote)
+	h := newHarness(t, nil, remote)
 	for _, version := range []string{"11", "12"} {
 		t.Run("v"+version, func(t *testing.T) {
 			h.t = t
@@ -435,8 +438,8 @@ func TestMakeMembershipTemplates(t *testing.T) {
 // TestWalksAndServerVisibility checks get_missing_events and backfill on a
 // hand-built graph with forks, and what a server that left may see.
 func TestWalksAndServerVisibility(t *testing.T) {
-	h := newHarness(t, nil)
 	remote := newRemote(t, "remote.test")
+	h := newHarness(t, nil, remote)
 	created := h.createRoom("11", "public", map[string]int{alice: 100})
 	roomID := created.GetRoomId()
 	x := h.mustSend(roomID, alice, message(t, "x"))
@@ -532,7 +535,6 @@ func TestWalksAndServerVisibility(t *testing.T) {
 	// Visibility for a server: ron of remote.test joins, a message, ron
 	// leaves, another message; history is "shared" but remote.test has
 	// nobody in the room any more.
-	h.trustRemote(remote)
 	rv := gomatrixserverlib.MustGetRoomVersion("11")
 	ron := remote.user("ron")
 	remoteEvent := func(typ string, stateKey *string, content any) gomatrixserverlib.PDU {
@@ -669,9 +671,8 @@ func TestAuthChainAndStateQueries(t *testing.T) {
 // SignJoin countersigns, and the join is accepted; the spec's refusals
 // when no local user may invite.
 func TestRestrictedJoinThroughThisServer(t *testing.T) {
-	h := newHarness(t, nil)
 	remote := newRemote(t, "remote.test")
-	h.trustRemote(remote)
+	h := newHarness(t, nil, remote)
 	rv := gomatrixserverlib.MustGetRoomVersion("10")
 	ron := remote.user("ron")
 	allowed := h.createRoom("10", "public", map[string]int{alice: 100})

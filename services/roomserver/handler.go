@@ -7,6 +7,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/myelin-chat/myelin/pkg/pgstore"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 )
 
@@ -40,7 +41,9 @@ func toStatus(err error) error {
 		code = codes.Canceled
 	case errors.Is(err, context.DeadlineExceeded):
 		code = codes.DeadlineExceeded
-	case errors.Is(err, errKeyServer):
+	case errors.Is(err, errKeyServer), errors.Is(err, ErrUndeliverable), pgstore.IsUnavailable(err):
+		// The key-server, NATS or the database is down: the caller may
+		// retry later.
 		code = codes.Unavailable
 	default:
 		code = codes.Internal

@@ -4,7 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"log"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"sync"
 	"testing"
 	"time"
@@ -20,6 +24,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/myelin-chat/myelin/pkg/bus"
+	"github.com/myelin-chat/myelin/pkg/federation"
 	"github.com/myelin-chat/myelin/pkg/rpc"
 	"github.com/myelin-chat/myelin/pkg/testkit"
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
@@ -53,7 +58,17 @@ type harness struct {
 	stop  func()
 }
 
-func newHarness(t testing.TB, mutate func(*Config)) *harness {
+// newHarness starts the harness's servers. Its key-server has a federation
+// transport, as in production: the servers among peers are reachable over
+// HTTPS (see federationTo), any other server name is not.
+func newHarness(t testing.TB, mutate func(*Config), peers ...peer) *harness {
+	t.Helper()
+	return newHarnessOn(t, mutate, testkit.NATS(t), peers...)
+}
+
+// newHarnessOn is newHarness on the NATS server at natsURL (a test that
+// stops and restarts NATS starts its own).
+func newHarnessOn(t testing.TB, mutate func(*Config), natsURL string, peers ...peer) *harness {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -61,10 +76,11 @@ func newHarness(t testing.TB, mutate func(*Config)) *harness {
 	if mutate != nil {
 		mutate(&h.cfg)
 	}
-	h.js = testkit.JetStream(t, testkit.NATS(t))
+	h.js = testkit.JetStream(t, natsURL)
 
 	ks, err := keyserver.New(ctx, keyserver.DefaultConfig(), keyserver.Deps{
 		Logger: testLogger(t).Named("keyserver"), ServerName: testServer, DatabaseURL: h.db,
+		Federation: federationTo(t, peers...),
 	})
 	if err != nil {
 		t.Fatalf("keyserver.New: %v", err)
@@ -81,6 +97,49 @@ func newHarness(t testing.TB, mutate func(*Config)) *harness {
 	h.start(true)
 	t.Cleanup(h.shutdown)
 	return h
+}
+
+// peer is another homeserver the harness's key-server can reach.
+type peer interface {
+	serverName() string
+	// federationHandler answers the server's federation requests (its
+	// keys at /_matrix/key/v2/server at least).
+	federationHandler() http.Handler
+}
+
+// federationTo serves each peer over real HTTPS on 127.0.0.1, with a
+// certificate for its server name from a CA made for the test, and returns
+// the outbound federation transport that reaches them as a deployment's
+// configuration would: federation enabled, the test CA in
+// trusted_ca_files, each peer's name in server_name_map, loopback in
+// allowed_private_networks. DNS answers nothing, so any other server name
+// is unreachable.
+func federationTo(t testing.TB, peers ...peer) *federation.Transport {
+	t.Helper()
+	ca := testkit.NewCA(t)
+	cfg := federation.DefaultConfig()
+	cfg.Enabled = true
+	cfg.TrustedCAFiles = []string{ca.CertFile}
+	cfg.AllowedPrivateNetworks = []string{"127.0.0.0/8"}
+	cfg.ServerNameMap = map[string]string{}
+	for _, p := range peers {
+		srv := httptest.NewUnstartedServer(p.federationHandler())
+		srv.TLS = ca.TLSConfig(t, p.serverName())
+		srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+		srv.StartTLS()
+		t.Cleanup(srv.Close)
+		cfg.ServerNameMap[p.serverName()] = srv.Listener.Addr().String()
+	}
+	tr, err := federation.NewTransport(federation.Options{Config: cfg, Logger: testLogger(t).Named("federation"), Resolver: &net.Resolver{
+		PreferGo: true, Dial: func(context.Context, string, string) (net.Conn, error) {
+			return nil, &net.DNSError{Err: "no DNS in this test", IsNotFound: true}
+		},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tr.CloseIdleConnections)
+	return tr
 }
 
 // serveGRPC serves a registration on a fresh gRPC server; it stops when

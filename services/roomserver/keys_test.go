@@ -4,10 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"encoding/json"
-	"io"
-	"log"
-	"net"
-	"net/http/httptest"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -16,7 +13,6 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
-	"github.com/myelin-chat/myelin/pkg/federation"
 	"github.com/myelin-chat/myelin/pkg/rpc"
 	"github.com/myelin-chat/myelin/pkg/testkit"
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
@@ -26,23 +22,22 @@ import (
 
 const remoteName = "remote.test"
 
-// remoteNode is another homeserver's key-server: its keys are served over
-// HTTPS (certificate from a test CA) and it signs events for the test.
+// remoteNode is another homeserver's key-server: a peer whose keys are
+// served over HTTPS by its own key-server's federation routes; the test
+// signs events with its keys.
 type remoteNode struct {
-	keys keyserverv1.ServerKeyServiceClient
-	addr string
+	keys    keyserverv1.ServerKeyServiceClient
+	handler http.Handler
 }
 
-// newFederatedHarness is newHarness whose key-server reaches remote.test
-// over HTTPS through the static server-name map, so the room-server can
-// verify events remote.test signed.
-func newFederatedHarness(t *testing.T) (*harness, *remoteNode) {
+func (*remoteNode) serverName() string                { return remoteName }
+func (n *remoteNode) federationHandler() http.Handler { return n.handler }
+
+// newRemoteNode starts remote.test's key-server.
+func newRemoteNode(t *testing.T) *remoteNode {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	ca := testkit.NewCA(t)
-
-	// remote.test: a key-server behind HTTPS.
 	rks, err := keyserver.New(ctx, keyserver.DefaultConfig(), keyserver.Deps{
 		Logger: testLogger(t).Named("remote-keyserver"), ServerName: remoteName, DatabaseURL: testkit.Postgres(t),
 	})
@@ -57,45 +52,7 @@ func newFederatedHarness(t *testing.T) (*harness, *remoteNode) {
 	t.Cleanup(func() { rconn.Close() })
 	router := chi.NewRouter()
 	rks.RegisterFederationHTTP(router)
-	srv := httptest.NewUnstartedServer(router)
-	srv.TLS = ca.TLSConfig(t, remoteName)
-	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
-	remote := &remoteNode{keys: keyserverv1.NewServerKeyServiceClient(rconn), addr: srv.Listener.Addr().String()}
-
-	// This server: its key-server fetches remote.test's keys over HTTPS.
-	fedCfg := federation.DefaultConfig()
-	fedCfg.Enabled = true
-	fedCfg.TrustedCAFiles = []string{ca.CertFile}
-	fedCfg.AllowedPrivateNetworks = []string{"127.0.0.0/8"}
-	fedCfg.ServerNameMap = map[string]string{remoteName: remote.addr}
-	tr, err := federation.NewTransport(federation.Options{Config: fedCfg, Logger: testLogger(t), Resolver: &net.Resolver{
-		PreferGo: true, Dial: func(context.Context, string, string) (net.Conn, error) {
-			return nil, &net.DNSError{Err: "no DNS in this test", IsNotFound: true}
-		},
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &harness{t: t, ctx: ctx, cfg: DefaultConfig(), db: testkit.Postgres(t)}
-	h.js = testkit.JetStream(t, testkit.NATS(t))
-	ks, err := keyserver.New(ctx, keyserver.DefaultConfig(), keyserver.Deps{
-		Logger: testLogger(t).Named("keyserver"), ServerName: testServer, DatabaseURL: h.db, Federation: tr,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ks.Close)
-	conn, err := rpc.Dial(serveGRPC(t, ks.RegisterGRPC))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	h.ks, h.sks = keyserverv1.NewKeyServiceClient(conn), keyserverv1.NewServerKeyServiceClient(conn)
-	h.start(true)
-	t.Cleanup(h.shutdown)
-	return h, remote
+	return &remoteNode{keys: keyserverv1.NewServerKeyServiceClient(rconn), handler: router}
 }
 
 // signingKey is a key-server's current key, private part included.
@@ -178,7 +135,8 @@ func signedBy(t *testing.T, ev gomatrixserverlib.PDU) string {
 // After this server rotates its key, an event signed with the old key
 // before the rotation is still accepted, and new events carry the new key.
 func TestOtherServersAndRotation(t *testing.T) {
-	h, remote := newFederatedHarness(t)
+	remote := newRemoteNode(t)
+	h := newHarness(t, nil, remote)
 	roomID := h.createRoom("11", "public", map[string]int{alice: 100}).GetRoomId()
 	origin, remoteKey1, remotePriv1 := signingKey(t, remote.keys)
 	eve := "@eve:" + remoteName

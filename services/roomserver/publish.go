@@ -22,8 +22,8 @@ package roomserver
 //
 // Pruning: the outbox is only the way to JetStream, so rows already there
 // are deleted every outbox_prune_interval (runOutboxPruner,
-// store.PruneOutbox): those of transactions that had ended when the saved
-// published snapshot was taken.
+// store.PruneOutbox): those of transactions visible in the saved published
+// snapshot (committed when it was taken).
 
 import (
 	"context"
@@ -97,13 +97,26 @@ func (s *Service) wakePublisher() {
 // with backoff; they never lose events (the outbox keeps them). A commit
 // wakes it (wakePublisher); the poll interval only matters for events
 // committed by another replica.
+//
+// While NATS is unreachable a round fails at once (nothing is handed to
+// the client's reconnect buffer to wait for acknowledgements that cannot
+// come), and the reconnection ends the backoff, so what waited in the
+// outbox goes out as soon as NATS is back.
 func (s *Service) runPublisher(ctx context.Context) error {
 	backoff := 100 * time.Millisecond
 	ticker := time.NewTicker(s.cfg.PublishPollInterval)
 	defer ticker.Stop()
+	nc := s.js.Conn()
+	reconnected := nc.StatusChanged(nats.CONNECTED)
+	defer nc.RemoveStatusListener(reconnected)
 	p := &publisher{s: s}
 	for {
-		err := p.publishPending(ctx)
+		var err error
+		if st := nc.Status(); st != nats.CONNECTED {
+			err = fmt.Errorf("NATS connection %s", st)
+		} else {
+			err = p.publishPending(ctx)
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -120,6 +133,8 @@ func (s *Service) runPublisher(ctx context.Context) error {
 			case <-ctx.Done():
 				return nil
 			case <-time.After(wait):
+			case <-reconnected:
+				backoff = 100 * time.Millisecond
 			}
 			continue
 		}

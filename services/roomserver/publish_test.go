@@ -196,12 +196,13 @@ func TestOutboxLateCommit(t *testing.T) {
 	}
 }
 
-// TestPruneOutboxKeepsWhatIsNotPublished: PruneOutbox deletes only the rows
-// of transactions that had ended when the saved published snapshot was
-// taken (below its xmin). A row of a transaction still running then stays
-// (the publisher has not published it), as does a row committed after it
-// and, until a later snapshot, one that committed while the other ran.
-// Nothing goes before any snapshot is saved.
+// TestPruneOutboxKeepsWhatIsNotPublished: PruneOutbox deletes exactly the
+// rows of transactions visible in the saved published snapshot (those the
+// publisher published), including one that committed while an older
+// transaction still ran (above the snapshot's xmin). The older
+// transaction's row stays (the publisher has not published it), as does a
+// row committed after the snapshot. Nothing goes before any snapshot is
+// saved.
 func TestPruneOutboxKeepsWhatIsNotPublished(t *testing.T) {
 	h := newHarness(t, nil)
 	h.restart(false) // no publisher: this test moves the snapshot itself
@@ -238,8 +239,8 @@ func TestPruneOutboxKeepsWhatIsNotPublished(t *testing.T) {
 	running := begin()
 	runningPos := insert(running)
 	// A transaction that starts after the running one and commits first
-	// puts the running one inside the snapshot's range: above its xmin,
-	// below its xmax, not visible.
+	// puts the running one inside the snapshot's range (its xmin, below
+	// its xmax, not visible) and is itself above the xmin but visible.
 	during := begin()
 	duringPos := insert(during)
 	commit(during)
@@ -256,8 +257,8 @@ func TestPruneOutboxKeepsWhatIsNotPublished(t *testing.T) {
 	latePos := insert(late)
 	commit(late)
 
-	if n := prune(); n != created {
-		t.Fatalf("pruned %d rows, want the room's %d", n, created)
+	if n := prune(); n != created+1 {
+		t.Fatalf("pruned %d rows, want the room's %d and the concurrent one", n, created)
 	}
 	rows, err := st.Pool().Query(h.ctx, `SELECT stream_pos FROM outbox ORDER BY stream_pos`)
 	if err != nil {
@@ -267,10 +268,10 @@ func TestPruneOutboxKeepsWhatIsNotPublished(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []int64{runningPos, duringPos, latePos}
+	want := []int64{runningPos, latePos}
 	slices.Sort(want)
 	if !slices.Equal(left, want) {
-		t.Fatalf("left %v, want the running, the concurrent and the late row %v", left, want)
+		t.Fatalf("left %v, want the running and the late row %v (the concurrent one was %d)", left, want, duringPos)
 	}
 	// The next round still finds the two it has not published.
 	got, _, err := st.PendingOutbox(h.ctx, store.OutboxCursor{Prev: snap}, 1000, false)
@@ -280,13 +281,32 @@ func TestPruneOutboxKeepsWhatIsNotPublished(t *testing.T) {
 }
 
 // TestPublisherPrunesOutbox: with the publisher running, the outbox empties
-// once its events are on JetStream. Events committed while no publisher
-// runs are not pruned, and a publisher started later still publishes them.
+// once its events are on JetStream, even while a transaction of another
+// database of the cluster (transaction IDs and snapshots are cluster-wide)
+// that began before them is still running. Events committed while no
+// publisher runs are not pruned, and a publisher started later still
+// publishes them.
 func TestPublisherPrunesOutbox(t *testing.T) {
 	h := newHarness(t, func(c *Config) {
 		c.PublishPollInterval = 20 * time.Millisecond
 		c.OutboxPruneInterval = 20 * time.Millisecond
 	})
+	// Another database's write transaction, older than every event below
+	// and running until the outbox is empty: every snapshot's xmin stays
+	// at or below it.
+	other, err := pgx.Connect(h.ctx, testkit.Postgres(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = other.Close(context.Background()) })
+	otherTx, err := other.Begin(h.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var otherXID string
+	if err := otherTx.QueryRow(h.ctx, `SELECT pg_current_xact_id()::text`).Scan(&otherXID); err != nil {
+		t.Fatal(err)
+	}
 	created := h.createRoom("11", "public", map[string]int{alice: 100})
 	roomID := created.GetRoomId()
 	want := len(created.GetEventIds())
@@ -301,6 +321,14 @@ func TestPublisherPrunesOutbox(t *testing.T) {
 		}
 		return nil
 	})
+	var stillRunning bool
+	if err := h.svc.store.Pool().QueryRow(h.ctx, `SELECT $1::xid8 < pg_snapshot_xmax(pg_current_snapshot())
+		AND NOT pg_visible_in_snapshot($1::xid8, pg_current_snapshot())`, otherXID).Scan(&stillRunning); err != nil || !stillRunning {
+		t.Fatalf("the other database's transaction %s is not running any more (%v)", otherXID, err)
+	}
+	if err := otherTx.Rollback(h.ctx); err != nil {
+		t.Fatal(err)
+	}
 
 	h.restart(false)
 	for range 3 {

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,11 +16,15 @@ import (
 )
 
 // remoteServer is another homeserver in the tests: its events are built
-// and signed here with gomatrixserverlib and its own ed25519 key.
+// and signed here with gomatrixserverlib and its own ed25519 key, and it
+// publishes that key over HTTPS when given to newHarness as a peer
+// (remote_keys_test.go).
 type remoteServer struct {
 	name  string
 	keyID gomatrixserverlib.KeyID
 	key   ed25519.PrivateKey
+	// keyRequests counts the requests for its keys it answered.
+	keyRequests atomic.Int64
 }
 
 func newRemote(t testing.TB, name string) *remoteServer {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/nats-io/nats.go"
 
 	"github.com/myelin-chat/myelin/pkg/logging"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
@@ -157,6 +158,9 @@ func (s *Service) createRoom(ctx context.Context, req *roomserverv1.CreateRoomRe
 		return nil, err
 	}
 
+	if err := s.deliverable(); err != nil {
+		return nil, err
+	}
 	unlock := s.locks.lock(roomID)
 	defer unlock()
 	w, err := s.beginWrite(ctx, roomID, nil)
@@ -252,6 +256,9 @@ func (s *Service) sendEvent(ctx context.Context, req *roomserverv1.SendEventRequ
 	if w.TxnEventID != "" {
 		return &roomserverv1.SendEventResponse{EventId: w.TxnEventID, Deduplicated: true}, nil
 	}
+	if err := s.deliverable(); err != nil {
+		return nil, err
+	}
 	if tmpl, err = s.authoriseLocalMember(ctx, w, room, sender, tmpl); err != nil {
 		return nil, err
 	}
@@ -271,6 +278,20 @@ func (s *Service) sendEvent(ctx context.Context, req *roomserverv1.SendEventRequ
 		return nil, err
 	}
 	return &roomserverv1.SendEventResponse{EventId: ev.EventID()}, nil
+}
+
+// deliverable refuses a local write while this room-server's NATS
+// connection is down (ErrUndeliverable). The event would commit, but
+// nothing could read it until NATS is back (the outbox would publish it
+// then), and the client-API would hold the request waiting for its copy:
+// failing fast, before anything is stored, lets the client retry. A
+// connection lost after this check does not lose the event either: the
+// outbox keeps it until it is published.
+func (s *Service) deliverable() error {
+	if st := s.js.Conn().Status(); st != nats.CONNECTED {
+		return fmt.Errorf("%w (connection %s)", ErrUndeliverable, st)
+	}
+	return nil
 }
 
 // roomVersion returns a room's version (cached: it never changes), or

@@ -40,6 +40,10 @@ var (
 	ErrUnsupportedRoomVersion = errors.New("unsupported room version")
 	// ErrNoState: the event is an outlier, so no state is known at it.
 	ErrNoState = errors.New("no state known at this event")
+	// ErrUndeliverable: NATS is unreachable, so an event committed now
+	// could not reach its readers (the client-API's copy, /sync) until it
+	// is back. Local writes are refused while it lasts (see deliverable).
+	ErrUndeliverable = errors.New("room events cannot be delivered now: NATS is unreachable")
 )
 
 // Deps are what the room-server needs from the process.

@@ -448,5 +448,6 @@ func startStack(t *testing.T, cfg myelin.Config, split bool) string {
 	front.DataDir = t.TempDir()
 	addr := myelin.ServiceAddress{GRPC: back.Process.GRPCAddr()}
 	front.Services.KeyServer, front.Services.RoomServer, front.Services.Presence = addr, addr, addr
-	return stack.StartWithConfig(t, front, myelin.TargetClientAPI).URL()
+	// The media service runs beside the client-API: each calls the other.
+	return stack.StartWithConfig(t, front, myelin.TargetClientAPI, myelin.TargetMedia).URL()
 }

@@ -204,17 +204,26 @@ func (q *Queries) PendingOutbox(ctx context.Context, cur OutboxCursor, limit int
 }
 
 // PruneOutbox deletes up to limit outbox rows that are on JetStream: those
-// of transactions older than the saved published snapshot's xmin. Every
-// such transaction had ended when the snapshot was taken, so its rows are
-// visible in it, and the snapshot is saved only once every row visible in
-// it was acknowledged. A row of a transaction still running then (at or
-// above xmin) is kept until a later snapshot is saved, as are the rows a
+// of transactions visible in the saved published snapshot, which is saved
+// only once every row visible in it was acknowledged. Visibility, not the
+// snapshot's xmin: transaction IDs and snapshots are cluster-wide, so any
+// write transaction running then, in any database of the cluster, holds
+// xmin back, and rows between xmin and the rows committed before the
+// snapshot would stay until a later one is saved, which an idle publisher
+// never does. A row of a transaction still running then (not visible) is
+// kept until a snapshot in which it is visible is saved, as are the rows a
 // restart would republish. Before the first saved snapshot (NULL) nothing
 // is deleted. It returns how many rows it deleted.
 func (q *Queries) PruneOutbox(ctx context.Context, limit int) (int64, error) {
+	// The bound below the snapshot's xmax is an index condition on txid
+	// (the snapshot comes from a scalar subquery, computed first), so the
+	// walk stops there rather than reading the rows committed since; the
+	// rows below it that are not visible are the few of transactions
+	// running when the snapshot was taken.
 	tag, err := q.db.Exec(ctx, `DELETE FROM outbox WHERE stream_pos = ANY(ARRAY(
 		SELECT stream_pos FROM outbox
-		WHERE txid < pg_snapshot_xmin((SELECT snapshot FROM publish_watermark))
+		WHERE txid < pg_snapshot_xmax((SELECT snapshot FROM publish_watermark))
+		AND pg_visible_in_snapshot(txid, (SELECT snapshot FROM publish_watermark))
 		ORDER BY txid LIMIT $1))`, limit)
 	if err != nil {
 		return 0, fmt.Errorf("prune outbox: %w", err)
