@@ -44,6 +44,8 @@ type sender struct {
 
 type worker struct {
 	dest string
+	// lastBoundsCheck is when the queue's bounds were last checked.
+	lastBoundsCheck time.Time
 	// wake: rows were queued (a buffered channel of one).
 	wake chan struct{}
 	// answered: the destination answered another request; retry now.
@@ -270,6 +272,9 @@ func (d *sender) runWorker(ctx context.Context, w *worker) {
 				return
 			}
 		}
+		// A destination that answers, but more slowly than rows arrive,
+		// is held to the bounds too.
+		d.checkBounds(ctx, w, log)
 	}
 }
 
@@ -280,22 +285,8 @@ func (d *sender) waitBackoff(ctx context.Context, w *worker, wait time.Duration,
 	s := d.s
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
-	var lastCheck time.Time
-	check := func() {
-		if time.Since(lastCheck) < boundsCheckInterval {
-			return
-		}
-		lastCheck = time.Now()
-		b, err := s.store.EnforceBounds(ctx, w.dest, s.cfg.MaxQueuedPDUs, s.cfg.MaxQueuedEDUs)
-		if err != nil {
-			log.Warn("queue bounds", zap.Error(err))
-			return
-		}
-		if b.CatchUp || b.DroppedPDUs > 0 || b.DroppedEDUs > 0 {
-			log.Warn("queue over its bound: dropped the oldest", zap.Bool("catch_up", b.CatchUp),
-				zap.Int64("dropped_pdus", b.DroppedPDUs), zap.Int64("dropped_edus", b.DroppedEDUs))
-		}
-	}
+	w.lastBoundsCheck = time.Time{}
+	check := func() { d.checkBounds(ctx, w, log) }
 	check()
 	for {
 		select {
@@ -311,6 +302,26 @@ func (d *sender) waitBackoff(ctx context.Context, w *worker, wait time.Duration,
 			}
 			return true
 		}
+	}
+}
+
+// checkBounds keeps the destination's queue within its bounds, at most
+// every boundsCheckInterval.
+func (d *sender) checkBounds(ctx context.Context, w *worker, log *zap.Logger) {
+	if time.Since(w.lastBoundsCheck) < boundsCheckInterval {
+		return
+	}
+	w.lastBoundsCheck = time.Now()
+	b, err := d.s.store.EnforceBounds(ctx, w.dest, d.s.cfg.MaxQueuedPDUs, d.s.cfg.MaxQueuedEDUs)
+	if err != nil {
+		if ctx.Err() == nil {
+			log.Warn("queue bounds", zap.Error(err))
+		}
+		return
+	}
+	if b.CatchUp || b.DroppedPDUs > 0 || b.DroppedEDUs > 0 {
+		log.Warn("queue over its bound: dropped the oldest", zap.Bool("catch_up", b.CatchUp),
+			zap.Int64("dropped_pdus", b.DroppedPDUs), zap.Int64("dropped_edus", b.DroppedEDUs))
 	}
 }
 
