@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
-	"github.com/matrix-org/gomatrixserverlib/spec"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/id"
 
@@ -255,5 +254,3 @@ func eventually(t *testing.T, fn func() error) {
 }
 
 func userIDOf(c *mautrix.Client) string { return c.UserID.String() }
-
-var _ = spec.MRoomMember

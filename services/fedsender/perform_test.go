@@ -235,14 +235,9 @@ func TestPerformInvite(t *testing.T) {
 	wantStatus(t, err, codes.PermissionDenied, "M_FORBIDDEN")
 
 	// It changes the invite: refused as a bad answer.
-	inviteTamperMu.Lock()
-	inviteTamper[r1.name] = true
-	inviteTamperMu.Unlock()
-	t.Cleanup(func() {
-		inviteTamperMu.Lock()
-		delete(inviteTamper, r1.name)
-		inviteTamperMu.Unlock()
-	})
+	r1.mu.Lock()
+	r1.tamperInvites = true
+	r1.mu.Unlock()
 	pe3, _ := e.inviteTemplate(room, userIDOf(alice), r1.user("ron"))
 	_, err = fs.PerformInvite(ctx, &fedsenderv1.PerformInviteRequest{RoomVersion: version, ProtoEvent: pe3})
 	wantStatus(t, err, codes.Unavailable, "")

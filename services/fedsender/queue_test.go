@@ -321,3 +321,50 @@ func TestStandbySenderTakesOver(t *testing.T) {
 	ids = append(ids, <-done...)
 	eventually(t, func() error { return wantExactlyInOrder(r1, room, ids) })
 }
+
+// A transaction carries at most 100 EDUs; PDUs a server answers with an
+// error are logged and counted, not sent again.
+func TestTransactionLimitsAndPDUErrors(t *testing.T) {
+	e := newEnv(t, envOpts{remotes: []string{"r1.test"}})
+	ctx := context.Background()
+	alice := e.user("alice")
+	room := e.room(alice)
+	r1 := e.remotes["r1.test"]
+	e.remoteJoin(r1, room, "rita")
+	r1.down()
+	for i := 0; i < 130; i++ {
+		body := map[string]any{"messages": map[string]any{r1.user("rita"): map[string]any{"DEV": map[string]any{"n": i}}}}
+		if _, err := alice.MakeRequest(ctx, "PUT", alice.BuildClientURL("v3", "sendToDevice", "m.test", fmt.Sprintf("t%d", i)), body, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, func() error {
+		if q := metric(t, e, "myelin_fedsender_queued_edus", r1.name); q != 130 {
+			return fmt.Errorf("queue %v", q)
+		}
+		return nil
+	})
+	r1.mu.Lock()
+	r1.pduError = true
+	r1.mu.Unlock()
+	r1.up()
+	eventually(t, func() error {
+		if n := len(r1.receivedEDUs("m.direct_to_device")); n != 130 {
+			return fmt.Errorf("%d to-device EDUs", n)
+		}
+		return nil
+	})
+	if _, maxEDUs, _ := r1.stats(); maxEDUs != 100 {
+		t.Fatalf("largest transaction had %d EDUs, want 100", maxEDUs)
+	}
+	ids := send(t, alice, room, 3, "refused")
+	eventually(t, func() error {
+		if n := metrics(t, e.sender)["myelin_fedsender_pdu_errors_total"]; n < 3 {
+			return fmt.Errorf("%v PDU errors counted", n)
+		}
+		return wantExactlyInOrder(r1, room, ids)
+	})
+	// Nothing is sent again: a later event comes alone.
+	more := send(t, alice, room, 1, "later")
+	eventually(t, func() error { return wantExactlyInOrder(r1, room, append(ids, more...)) })
+}

@@ -74,6 +74,11 @@ type remote struct {
 	calls map[string]int
 	// noV2 answers 404 to send_join v2 (so the sender falls back to v1).
 	noV2 bool
+	// pduError answers every PDU of a transaction with an error.
+	pduError bool
+	// tamperInvites changes the invites it signs (a broken or malicious
+	// server).
+	tamperInvites bool
 	// profiles, aliases, public rooms, devices and keys it answers with.
 	profiles map[string]map[string]string
 	aliases  map[string]string
@@ -395,6 +400,9 @@ func (r *remote) serveSend(w http.ResponseWriter, req *http.Request) {
 			}
 			r.pdus = append(r.pdus, p)
 			results[p.eventID] = map[string]any{}
+			if r.pduError {
+				results[p.eventID] = map[string]any{"error": "refused by the test"}
+			}
 		}
 		for _, e := range body.EDUs {
 			r.edus = append(r.edus, gotEDU{txnID: txnID, typ: e.Type, content: json.RawMessage(e.Content)})
@@ -614,11 +622,6 @@ func (r *remote) serveSendMembership(membership string) http.HandlerFunc {
 	}
 }
 
-// inviteTamper, when set, changes the invite the remote signs (a broken
-// or malicious server).
-var inviteTamper = map[string]bool{}
-var inviteTamperMu sync.Mutex
-
 func (r *remote) serveInvite(w http.ResponseWriter, req *http.Request) {
 	var body struct {
 		Event           json.RawMessage   `json:"event"`
@@ -650,9 +653,9 @@ func (r *remote) serveInvite(w http.ResponseWriter, req *http.Request) {
 	r.mu.Unlock()
 	signed := ev.Sign(r.name, r.keyID, r.key)
 	out := signed.JSON()
-	inviteTamperMu.Lock()
-	tamper := inviteTamper[r.name]
-	inviteTamperMu.Unlock()
+	r.mu.Lock()
+	tamper := r.tamperInvites
+	r.mu.Unlock()
 	if tamper {
 		var m map[string]any
 		_ = json.Unmarshal(out, &m)
