@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
 
 	"github.com/myelin-chat/myelin/pkg/myelin"
 )
@@ -367,4 +369,29 @@ func TestTransactionLimitsAndPDUErrors(t *testing.T) {
 	// Nothing is sent again: a later event comes alone.
 	more := send(t, alice, room, 1, "later")
 	eventually(t, func() error { return wantExactlyInOrder(r1, room, append(ids, more...)) })
+}
+
+// A local user's leave (rescinding an invite) of a remote user whose
+// server is not in the room goes to that server too; the servers in the
+// room get everything, the invitee's server nothing else.
+func TestRescindedInviteReachesTheInviteesServer(t *testing.T) {
+	e := newEnv(t, envOpts{remotes: []string{"r1.test", "r4.test"}})
+	ctx := context.Background()
+	alice := e.user("alice")
+	room := e.room(alice)
+	r1, r4 := e.remotes["r1.test"], e.remotes["r4.test"]
+	e.remoteJoin(r1, room, "rita")
+	rex := id.UserID(r4.user("rex"))
+	invite, err := alice.SendStateEvent(ctx, room, event.StateMember, rex.String(), map[string]any{"membership": "invite"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	leave, err := alice.SendStateEvent(ctx, room, event.StateMember, rex.String(), map[string]any{"membership": "leave"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, func() error {
+		return wantExactlyInOrder(r1, room, []string{invite.EventID.String(), leave.EventID.String()})
+	})
+	eventually(t, func() error { return wantExactlyInOrder(r4, room, []string{leave.EventID.String()}) })
 }
