@@ -4,7 +4,7 @@ BIN       := bin
 PROTO_DIR := proto
 PROTOS    := $(shell find $(PROTO_DIR) -name '*.proto' | sort)
 # Modules of the workspace (go.work); tests run in each.
-MODULES   := . ./pkg ./proto ./services/roomserver ./services/clientapi ./services/keyserver ./services/presence ./services/media ./services/fedsender
+MODULES   := . ./pkg ./proto ./services/roomserver ./services/clientapi ./services/keyserver ./services/presence ./services/media ./services/fedreceiver ./services/fedsender
 
 .PHONY: all build run test test-unit test-e2e jsclient-deps s3-server proto proto-check vet lint bench bench-quick bench-go bench-tools clean
 
@@ -166,4 +166,4 @@ deploy-check: $(BIN)/.kubeconform-$(KUBECONFORM_VERSION) $(BIN)/.helm-$(HELM_VER
 	done
 	$(BIN)/kubeconform -strict -summary -kubernetes-version $(K8S_VERSION) \
 		-schema-location '$(K8S_SCHEMAS)/{{ .ResourceKind }}{{ .KindSuffix }}.json' $(DEPLOY_OUT)/*.yaml
-	$(BIN)/k8s-check -external-secret myelin-database -external-secret myelin-media-s3 $(DEPLOY_OUT)/*.yaml
+	$(BIN)/k8s-check -external-secret myelin-database -external-secret myelin-media-s3 -external-secret myelin-federation-tls $(DEPLOY_OUT)/*.yaml

@@ -5,7 +5,9 @@ package bus
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
@@ -120,6 +122,32 @@ const (
 // ToDeviceOutSubject carries the messages for one destination server.
 func ToDeviceOutSubject(serverName string) string { return toDeviceOutPrefix + token(serverName) }
 
+// To-device messages from other servers (m.direct_to_device EDUs), one
+// message per local recipient, published by the federation-receiver.
+// Payload: fedreceiver.v1.InboundToDevice. The client-API is to consume
+// them into its to-device queue (not wired yet: the consumer is left to
+// the client-API's owners).
+const (
+	// ToDeviceInStream holds inbound to-device messages.
+	ToDeviceInStream = "MYELIN_TO_DEVICE_IN"
+	// toDeviceInPrefix is the subject prefix of ToDeviceInStream.
+	toDeviceInPrefix = "myelin.fedreceiver.todevice."
+	// ToDeviceInAllSubjects matches every recipient's messages.
+	ToDeviceInAllSubjects = toDeviceInPrefix + ">"
+)
+
+// ToDeviceInSubject carries one local user's inbound to-device messages.
+func ToDeviceInSubject(userID string) string { return toDeviceInPrefix + token(userID) }
+
+// ToDeviceMsgID is the Nats-Msg-Id of an EDU's messages for one
+// recipient: the EDU's origin and message_id (unique per sender) and the
+// recipient, hashed (message IDs are arbitrary strings), so the same EDU
+// received again is dropped within the duplicate window.
+func ToDeviceMsgID(origin, messageID, userID string) string {
+	h := sha256.Sum256([]byte(origin + "\x00" + messageID + "\x00" + userID))
+	return "todevice-" + hex.EncodeToString(h[:16])
+}
+
 // SyncWakeSubject is a core NATS subject, in no stream: client-API
 // replicas announce on it what they stored (myelin.clientapi.v1.SyncWake),
 // so each replica wakes the /sync long polls it holds. Delivery is at most
@@ -187,6 +215,17 @@ func Streams(replicas int) []jetstream.StreamConfig {
 		// The client-API sets Nats-Msg-Id to the message_id: a client's
 		// retried request is dropped within this window.
 		Duplicates: 10 * time.Minute,
+		MaxAge:     7 * 24 * time.Hour,
+	}, {
+		Name:        ToDeviceInStream,
+		Description: "To-device messages from other servers (fedreceiver.v1.InboundToDevice)",
+		Subjects:    []string{ToDeviceInAllSubjects},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		Replicas:    replicas,
+		// The receiver sets Nats-Msg-Id (ToDeviceMsgID): a transaction
+		// retried within a day delivers its to-device messages once.
+		Duplicates: 24 * time.Hour,
 		MaxAge:     7 * 24 * time.Hour,
 	}}
 }

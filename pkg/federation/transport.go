@@ -12,6 +12,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -45,7 +46,18 @@ type Options struct {
 	DefaultPort   int
 	// Now is the clock of the discovery cache (default time.Now).
 	Now func() time.Time
+	// MaxResponseBody bounds the body of every response (default
+	// DefaultMaxResponseBody): reading past it fails, so a remote server
+	// cannot make a caller buffer without end.
+	MaxResponseBody int64
 }
+
+// DefaultMaxResponseBody bounds responses from other servers (a
+// send_join of a room with tens of thousands of state events fits).
+const DefaultMaxResponseBody = 128 << 20
+
+// ErrResponseTooLarge is a response body past Options.MaxResponseBody.
+var ErrResponseTooLarge = errors.New("federation: response body too large")
 
 // Transport is an http.RoundTripper for "matrix://<server name>/path" URLs,
 // the form gomatrixserverlib's fclient clients send: it resolves the server
@@ -58,6 +70,7 @@ type Transport struct {
 	dialer  *dialer
 	res     *resolver
 	timeout time.Duration
+	maxBody int64
 
 	mu         sync.Mutex
 	transports map[string]*hostTransport
@@ -114,6 +127,9 @@ func NewTransport(opts Options) (*Transport, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.MaxResponseBody <= 0 {
+		opts.MaxResponseBody = DefaultMaxResponseBody
+	}
 	t := &Transport{
 		enabled: cfg.Enabled,
 		log:     log,
@@ -124,6 +140,7 @@ func NewTransport(opts Options) (*Transport, error) {
 		},
 		dialer:     newDialer(opts.Resolver, allowed, opts.DialTimeout),
 		timeout:    opts.Timeout,
+		maxBody:    opts.MaxResponseBody,
 		transports: map[string]*hostTransport{},
 	}
 	static := map[spec.ServerName]string{}
@@ -192,6 +209,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		resp, err := t.transportFor(d.TLSServerName).RoundTrip(out)
 		if err == nil {
+			resp.Body = &limitedBody{rc: resp.Body, left: t.maxBody}
 			return resp, nil
 		}
 		lastErr = fmt.Errorf("%s via %s: %w", req.URL.Host, d.Addr, err)
@@ -265,3 +283,29 @@ func closeBody(req *http.Request) {
 		_ = req.Body.Close()
 	}
 }
+
+// limitedBody fails a read past its limit with ErrResponseTooLarge.
+type limitedBody struct {
+	rc   io.ReadCloser
+	left int64
+}
+
+func (b *limitedBody) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		// One byte more tells a body that ends exactly at the limit
+		// from one that goes on.
+		var one [1]byte
+		if n, _ := b.rc.Read(one[:]); n > 0 {
+			return 0, ErrResponseTooLarge
+		}
+		return 0, io.EOF
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.rc.Read(p)
+	b.left -= int64(n)
+	return n, err
+}
+
+func (b *limitedBody) Close() error { return b.rc.Close() }

@@ -489,3 +489,16 @@ func TestDisabled(t *testing.T) {
 		t.Fatalf("want ErrDisabled, got %v", err)
 	}
 }
+
+// TestResponseLimit: a response body past MaxResponseBody fails to read
+// (a remote cannot make a caller buffer without end); one within it reads.
+func TestResponseLimit(t *testing.T) {
+	w := newWorld(t, map[string][]string{"good": {"good.test"}})
+	w.dns.hosts = map[string][]string{"good.test": {w.ip("good")}}
+	server := "good.test:" + strconv.Itoa(w.port)
+	small := w.transport(func(_ *federation.Config, o *federation.Options) { o.MaxResponseBody = 20 })
+	if _, _, _, err := version(t, small, server); !errors.Is(err, federation.ErrResponseTooLarge) {
+		t.Fatalf("a body past the limit: want ErrResponseTooLarge, got %v", err)
+	}
+	mustVersion(t, w.transport(nil), server, "good", server, "good.test")
+}

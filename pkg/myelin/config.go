@@ -11,6 +11,7 @@ import (
 	"github.com/myelin-chat/myelin/pkg/federation"
 	"github.com/myelin-chat/myelin/pkg/logging"
 	"github.com/myelin-chat/myelin/services/clientapi"
+	"github.com/myelin-chat/myelin/services/fedreceiver"
 	"github.com/myelin-chat/myelin/services/fedsender"
 	"github.com/myelin-chat/myelin/services/keyserver"
 	"github.com/myelin-chat/myelin/services/media"
@@ -51,12 +52,14 @@ type Config struct {
 	// private-address allow-list). Off by default.
 	Federation federation.Config `yaml:"federation"`
 
-	KeyServer  keyserver.Config  `yaml:"key_server"`
-	RoomServer roomserver.Config `yaml:"room_server"`
-	ClientAPI  clientapi.Config  `yaml:"client_api"`
-	Presence   presence.Config   `yaml:"presence"`
-	Media      media.Config      `yaml:"media"`
-	FedSender  fedsender.Config  `yaml:"federation_sender"`
+	KeyServer        keyserver.Config  `yaml:"key_server"`
+	RoomServer       roomserver.Config `yaml:"room_server"`
+	ClientAPI        clientapi.Config  `yaml:"client_api"`
+	Presence         presence.Config   `yaml:"presence"`
+	Media            media.Config      `yaml:"media"`
+	FederationSender fedsender.Config  `yaml:"federation_sender"`
+	// FederationReceiver is the federation-receiver's (issue #16).
+	FederationReceiver fedreceiver.Config `yaml:"federation_receiver"`
 }
 
 // ListenConfig is a listen address such as "127.0.0.1:8008" (":0" picks a
@@ -84,12 +87,15 @@ type DatabaseConfig struct {
 
 // ServiceAddresses keys each service's addresses by service name.
 type ServiceAddresses struct {
-	KeyServer  ServiceAddress `yaml:"key_server"`
-	RoomServer ServiceAddress `yaml:"room_server"`
-	ClientAPI  ServiceAddress `yaml:"client_api"`
-	Presence   ServiceAddress `yaml:"presence"`
-	Media      ServiceAddress `yaml:"media"`
-	FedSender  ServiceAddress `yaml:"federation_sender"`
+	KeyServer        ServiceAddress `yaml:"key_server"`
+	RoomServer       ServiceAddress `yaml:"room_server"`
+	ClientAPI        ServiceAddress `yaml:"client_api"`
+	Presence         ServiceAddress `yaml:"presence"`
+	Media            ServiceAddress `yaml:"media"`
+	FederationSender ServiceAddress `yaml:"federation_sender"`
+	// FederationReceiver: the edge's federation listener forwards
+	// /_matrix/federation/* to its http address.
+	FederationReceiver ServiceAddress `yaml:"federation_receiver"`
 }
 
 // ServiceAddress is where a service's gRPC and HTTP listeners are. Empty
@@ -102,19 +108,21 @@ type ServiceAddress struct {
 // DefaultConfig is the all-in-one configuration `make run` starts with.
 func DefaultConfig() Config {
 	return Config{
-		ServerName: "localhost",
-		DataDir:    "./data",
-		Logging:    logging.DefaultConfig(),
-		HTTP:       ListenConfig{Listen: "127.0.0.1:8008"},
-		GRPC:       ListenConfig{Listen: "127.0.0.1:0"},
-		NATS:       bus.Config{Replicas: 1},
-		Federation: federation.DefaultConfig(),
-		KeyServer:  keyserver.DefaultConfig(),
-		RoomServer: roomserver.DefaultConfig(),
-		ClientAPI:  clientapi.DefaultConfig(),
-		Presence:   presence.DefaultConfig(),
-		Media:      media.DefaultConfig(),
-		FedSender:  fedsender.DefaultConfig(),
+		ServerName:       "localhost",
+		DataDir:          "./data",
+		Logging:          logging.DefaultConfig(),
+		HTTP:             ListenConfig{Listen: "127.0.0.1:8008"},
+		GRPC:             ListenConfig{Listen: "127.0.0.1:0"},
+		NATS:             bus.Config{Replicas: 1},
+		Federation:       federation.DefaultConfig(),
+		KeyServer:        keyserver.DefaultConfig(),
+		RoomServer:       roomserver.DefaultConfig(),
+		ClientAPI:        clientapi.DefaultConfig(),
+		Presence:         presence.DefaultConfig(),
+		Media:            media.DefaultConfig(),
+		FederationSender: fedsender.DefaultConfig(),
+
+		FederationReceiver: fedreceiver.DefaultConfig(),
 	}
 }
 
@@ -158,7 +166,8 @@ func (c *Config) Validate() error {
 		prefix("client_api", c.ClientAPI.Validate()),
 		prefix("presence", c.Presence.Validate()),
 		prefix("media", c.Media.Validate()),
-		prefix("federation_sender", c.FedSender.Validate()),
+		prefix("federation_sender", c.FederationSender.Validate()),
+		prefix("federation_receiver", c.FederationReceiver.Validate()),
 	)
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w: %w", config.ErrInvalid, err)

@@ -15,6 +15,7 @@ import (
 	"github.com/myelin-chat/myelin/pkg/federation"
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	"github.com/myelin-chat/myelin/pkg/metrics"
+	"github.com/myelin-chat/myelin/services/media"
 )
 
 // federationService is implemented by services that serve federation
@@ -84,8 +85,8 @@ func (p *process) federationEdgeRoutes() []edge.Route {
 		}
 	}
 	add(TargetKeyServer, "/_matrix/key/")
-	// /_matrix/federation/* goes to the federation-receiver once it exists:
-	// add(TargetFederationReceiver, "/_matrix/federation/")
+	add(TargetFederationReceiver, "/_matrix/federation/")
+	add(TargetMedia, media.FederationPrefix)
 	return routes
 }
 

@@ -114,7 +114,7 @@ func TestFederationListener(t *testing.T) {
 		status       int
 	}{
 		{"GET", "/_matrix/client/versions", 404},
-		{"GET", "/_matrix/federation/v1/version", 404},
+		{"GET", "/_matrix/federation/v1/nothing", 404},
 		{"GET", "/_matrix/key/v2/nothing", 404},
 		{"GET", "/", 404},
 		{"DELETE", "/_matrix/key/v2/server", 405},
@@ -171,14 +171,22 @@ func TestTwoServersShareKeys(t *testing.T) {
 
 // TestEdgeFederationListener: in the split shape the edge's federation
 // listener forwards /_matrix/key/* to the key-server's HTTP listener and
-// answers everything else with M_UNRECOGNIZED.
+// /_matrix/federation/* to the federation-receiver's, and answers
+// everything else with M_UNRECOGNIZED.
 func TestEdgeFederationListener(t *testing.T) {
 	ca := testkit.NewCA(t)
 	ksCfg := stack.TestConfig(t)
 	ksCfg.ServerName = "split.test"
 	ks := stack.StartWithConfig(t, ksCfg, myelin.TargetKeyServer)
+	// The receiver's peers are not needed for /version: unreachable.
+	frCfg := fedConfig(t, ca, "split.test", "127.0.0.1:0")
+	for _, a := range []*myelin.ServiceAddress{&frCfg.Services.KeyServer, &frCfg.Services.RoomServer, &frCfg.Services.Presence, &frCfg.Services.ClientAPI} {
+		a.GRPC = "127.0.0.1:1"
+	}
+	fr := stack.StartWithConfig(t, frCfg, myelin.TargetFederationReceiver)
 	edgeCfg := fedConfig(t, ca, "split.test", "127.0.0.1:0")
 	edgeCfg.Services.KeyServer.HTTP = ks.Process.HTTPAddr()
+	edgeCfg.Services.FederationReceiver.HTTP = fr.Process.HTTPAddr()
 	edgeCfg.Services.ClientAPI.HTTP = "127.0.0.1:1" // not used here
 	edgeCfg.Services.Media.HTTP = "127.0.0.1:1"     // not used here
 	edge := stack.StartWithConfig(t, edgeCfg, myelin.TargetEdge)
@@ -187,7 +195,14 @@ func TestEdgeFederationListener(t *testing.T) {
 	if status != 200 || !strings.Contains(string(body), `"server_name":"split.test"`) {
 		t.Fatalf("keys through the edge's federation listener: %d %s", status, body)
 	}
-	for _, path := range []string{"/_matrix/federation/v1/send/1", "/_matrix/client/versions"} {
+	status, body = fedRequest(t, ca, "split.test", addr, "GET", "/_matrix/federation/v1/version")
+	if status != 200 || !strings.Contains(string(body), `"name":"Myelin"`) {
+		t.Fatalf("/version through the edge's federation listener: %d %s", status, body)
+	}
+	if status, body := fedRequest(t, ca, "split.test", addr, "GET", "/_matrix/federation/v1/query/profile"); status != 401 {
+		t.Fatalf("a request without X-Matrix through the edge: %d %s", status, body)
+	}
+	for _, path := range []string{"/_matrix/federation/v1/nothing", "/_matrix/client/versions"} {
 		status, body := fedRequest(t, ca, "split.test", addr, "GET", path)
 		if status != 404 || errcode(body) != "M_UNRECOGNIZED" {
 			t.Errorf("%s: %d %s", path, status, body)

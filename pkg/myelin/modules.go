@@ -17,6 +17,7 @@ import (
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi"
+	"github.com/myelin-chat/myelin/services/fedreceiver"
 	"github.com/myelin-chat/myelin/services/fedsender"
 	"github.com/myelin-chat/myelin/services/keyserver"
 	"github.com/myelin-chat/myelin/services/media"
@@ -27,14 +28,17 @@ import (
 // Target names. "all" runs every service; "edge" is the HTTP router that
 // sits in front of split services.
 const (
-	TargetAll        = "all"
-	TargetKeyServer  = "key-server"
-	TargetRoomServer = "room-server"
-	TargetClientAPI  = "client-api"
-	TargetPresence   = "presence"
-	TargetMedia      = "media"
-	TargetFedSender  = "federation-sender"
-	TargetEdge       = "edge"
+	TargetAll              = "all"
+	TargetKeyServer        = "key-server"
+	TargetRoomServer       = "room-server"
+	TargetClientAPI        = "client-api"
+	TargetPresence         = "presence"
+	TargetMedia            = "media"
+	TargetFederationSender = "federation-sender"
+	TargetEdge             = "edge"
+	// TargetFederationReceiver serves the federation API to other
+	// homeservers.
+	TargetFederationReceiver = "federation-receiver"
 )
 
 // service is the shape every service has: it registers onto the process's
@@ -62,7 +66,8 @@ var modules = []module{
 	{name: TargetPresence, start: startPresence},
 	{name: TargetClientAPI, start: startClientAPI},
 	{name: TargetMedia, start: startMedia},
-	{name: TargetFedSender, start: startFedSender},
+	{name: TargetFederationSender, start: startFederationSender},
+	{name: TargetFederationReceiver, start: startFederationReceiver},
 }
 
 // ParseTargets expands a comma-separated target list. "all" is every
@@ -186,27 +191,54 @@ func startMedia(ctx context.Context, p *process) (service, error) {
 	if cfg.Storage.Backend == media.BackendFile && cfg.Storage.Path == "" {
 		cfg.Storage.Path = p.cfg.dataPath("media")
 	}
-	// Remote media is fetched over federation, signed with the
-	// key-server's key; without federation there is nothing to fetch
-	// with, and the media process needs no key-server.
-	var fed *federation.Client
-	if p.cfg.Federation.Enabled && cfg.Remote.Enabled {
-		ks, err := p.dial(TargetKeyServer)
-		if err != nil {
-			return nil, err
-		}
-		fed = federation.NewClient(p.fedTransport, keyserverv1.NewServerKeyServiceClient(ks))
-	}
-	return media.New(ctx, cfg, media.Deps{
+	deps := media.Deps{
 		Logger:      p.log.With(logging.Service(TargetMedia)),
 		ServerName:  p.cfg.ServerName,
 		DatabaseURL: p.cfg.databaseURL(cfg.DatabaseURL),
 		Users:       clientapiv1.NewUserServiceClient(ca),
-		Federation:  fed,
+	}
+	// With federation on, federation media checks X-Matrix with the
+	// key-server's keys, and remote media is fetched over federation,
+	// signed with the key-server's key; without federation the media
+	// process needs no key-server.
+	if p.cfg.Federation.Enabled {
+		ks, err := p.dial(TargetKeyServer)
+		if err != nil {
+			return nil, err
+		}
+		deps.ServerKeys = keyserverv1.NewServerKeyServiceClient(ks)
+		if cfg.Remote.Enabled {
+			deps.Federation = federation.NewClient(p.fedTransport, deps.ServerKeys)
+		}
+	}
+	return media.New(ctx, cfg, deps)
+}
+
+func startFederationReceiver(ctx context.Context, p *process) (service, error) {
+	conns := map[string]*grpc.ClientConn{}
+	for _, t := range []string{TargetKeyServer, TargetRoomServer, TargetPresence, TargetClientAPI} {
+		c, err := p.dial(t)
+		if err != nil {
+			return nil, err
+		}
+		conns[t] = c
+	}
+	return fedreceiver.New(ctx, p.cfg.FederationReceiver, fedreceiver.Deps{
+		Logger:      p.log.With(logging.Service(TargetFederationReceiver)),
+		ServerName:  p.cfg.ServerName,
+		DatabaseURL: p.cfg.databaseURL(p.cfg.FederationReceiver.DatabaseURL),
+		Version:     buildVersion(),
+		JetStream:   p.js,
+		Federation:  p.fedTransport,
+		ServerKeys:  keyserverv1.NewServerKeyServiceClient(conns[TargetKeyServer]),
+		E2EKeys:     keyserverv1.NewE2EKeyServiceClient(conns[TargetKeyServer]),
+		RoomServer:  roomserverv1.NewRoomServiceClient(conns[TargetRoomServer]),
+		Presence:    presencev1.NewPresenceServiceClient(conns[TargetPresence]),
+		Users:       clientapiv1.NewUserServiceClient(conns[TargetClientAPI]),
 	})
 }
 
-func startFedSender(ctx context.Context, p *process) (service, error) {
+func startFederationSender(ctx context.Context, p *process) (service, error) {
 	ks, err := p.dial(TargetKeyServer)
 	if err != nil {
 		return nil, err
@@ -215,10 +247,10 @@ func startFedSender(ctx context.Context, p *process) (service, error) {
 	if err != nil {
 		return nil, err
 	}
-	return fedsender.New(ctx, p.cfg.FedSender, fedsender.Deps{
-		Logger:      p.log.With(logging.Service(TargetFedSender)),
+	return fedsender.New(ctx, p.cfg.FederationSender, fedsender.Deps{
+		Logger:      p.log.With(logging.Service(TargetFederationSender)),
 		ServerName:  p.cfg.ServerName,
-		DatabaseURL: p.cfg.databaseURL(p.cfg.FedSender.DatabaseURL),
+		DatabaseURL: p.cfg.databaseURL(p.cfg.FederationSender.DatabaseURL),
 		JetStream:   p.js,
 		RoomServer:  roomserverv1.NewRoomServiceClient(rs),
 		ServerKeys:  keyserverv1.NewServerKeyServiceClient(ks),

@@ -354,7 +354,7 @@ func (p *process) needsDatabase() bool {
 func (p *process) needsNATS() bool {
 	return slices.Contains(p.targets, TargetRoomServer) || slices.Contains(p.targets, TargetClientAPI) ||
 		slices.Contains(p.targets, TargetPresence) || slices.Contains(p.targets, TargetKeyServer) ||
-		slices.Contains(p.targets, TargetFedSender)
+		slices.Contains(p.targets, TargetFederationSender) || slices.Contains(p.targets, TargetFederationReceiver)
 }
 
 // dial returns the gRPC connection to a service: the configured address, or,
@@ -395,8 +395,10 @@ func (p *process) address(target string) ServiceAddress {
 		return p.cfg.Services.Presence
 	case TargetMedia:
 		return p.cfg.Services.Media
-	case TargetFedSender:
-		return p.cfg.Services.FedSender
+	case TargetFederationSender:
+		return p.cfg.Services.FederationSender
+	case TargetFederationReceiver:
+		return p.cfg.Services.FederationReceiver
 	}
 	return ServiceAddress{}
 }
@@ -427,8 +429,10 @@ func yamlKey(target string) string {
 		return "room_server"
 	case TargetClientAPI:
 		return "client_api"
-	case TargetFedSender:
+	case TargetFederationSender:
 		return "federation_sender"
+	case TargetFederationReceiver:
+		return "federation_receiver"
 	}
 	return target
 }

@@ -7,15 +7,15 @@ package clientapi
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 	"slices"
-	"strconv"
-	"strings"
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"go.uber.org/zap"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	"github.com/myelin-chat/myelin/pkg/roomdir"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
@@ -233,31 +233,13 @@ func (s *Service) putVisibility(r *http.Request, dev *device) (any, error) {
 }
 
 // publicRoomsRequest is the body of POST /publicRooms (GET takes limit
-// and since as query parameters).
-type publicRoomsRequest struct {
-	Limit  *int64 `json:"limit"`
-	Since  string `json:"since"`
-	Filter struct {
-		GenericSearchTerm string    `json:"generic_search_term"`
-		RoomTypes         []*string `json:"room_types"`
-	} `json:"filter"`
-	IncludeAllNetworks   bool   `json:"include_all_networks"`
-	ThirdPartyInstanceID string `json:"third_party_instance_id"`
-}
-
-// publicRoom is one entry of the public room list.
-type publicRoom struct {
-	RoomID           string  `json:"room_id"`
-	NumJoinedMembers int     `json:"num_joined_members"`
-	WorldReadable    bool    `json:"world_readable"`
-	GuestCanJoin     bool    `json:"guest_can_join"`
-	Name             string  `json:"name,omitempty"`
-	Topic            string  `json:"topic,omitempty"`
-	AvatarURL        string  `json:"avatar_url,omitempty"`
-	CanonicalAlias   string  `json:"canonical_alias,omitempty"`
-	JoinRule         string  `json:"join_rule,omitempty"`
-	RoomType         *string `json:"room_type,omitempty"`
-}
+// and since as query parameters); publicRoom is one entry of the public
+// room list. Both, and the list's order and pages, are pkg/roomdir's,
+// which the federation-receiver shares.
+type (
+	publicRoomsRequest = roomdir.Request
+	publicRoom         = roomdir.Entry
+)
 
 // publicRoomsGet is GET /publicRooms.
 func (s *Service) publicRoomsGet(r *http.Request, _ *device) (any, error) {
@@ -283,10 +265,7 @@ func (s *Service) publicRoomsPost(r *http.Request, _ *device) (any, error) {
 }
 
 // directoryStateTypes are the state types a directory entry is made of.
-var directoryStateTypes = []string{
-	spec.MRoomCreate, spec.MRoomName, "m.room.topic", "m.room.avatar", spec.MRoomCanonicalAlias,
-	spec.MRoomJoinRules, spec.MRoomHistoryVisibility, spec.MRoomGuestAccess, spec.MRoomMember,
-}
+var directoryStateTypes = roomdir.StateTypes
 
 // publicRooms lists the directory: rooms ordered by joined members (most
 // first), then room ID; since tokens are offsets into that order ("n<i>"
@@ -298,18 +277,6 @@ func (s *Service) publicRooms(r *http.Request, req publicRoomsRequest) (any, err
 	if req.ThirdPartyInstanceID != "" {
 		return nil, matrixhttp.InvalidParam("Unknown third_party_instance_id")
 	}
-	offset := 0
-	if req.Since != "" {
-		n, err := parseDirectoryToken(req.Since)
-		if err != nil {
-			return nil, matrixhttp.InvalidParam("Invalid since token")
-		}
-		offset = n
-	}
-	limit := 0
-	if req.Limit != nil && *req.Limit > 0 {
-		limit = int(min(*req.Limit, 1000))
-	}
 	ctx := r.Context()
 	list, err := s.rooms.ListPublicRooms(ctx, &roomserverv1.ListPublicRoomsRequest{})
 	if err != nil {
@@ -319,102 +286,30 @@ func (s *Service) publicRooms(r *http.Request, req publicRoomsRequest) (any, err
 	if err != nil {
 		return nil, err
 	}
-	term := strings.ToLower(strings.TrimSpace(req.Filter.GenericSearchTerm))
 	rooms := make([]publicRoom, 0, len(list.GetRoomIds()))
 	for _, roomID := range list.GetRoomIds() {
-		pr := directoryEntry(roomID, state[roomID])
-		if term != "" && !strings.Contains(strings.ToLower(pr.Name+"\n"+pr.Topic+"\n"+pr.CanonicalAlias), term) {
-			continue
-		}
-		if req.Filter.RoomTypes != nil && !slices.ContainsFunc(req.Filter.RoomTypes, func(t *string) bool {
-			return (t == nil && pr.RoomType == nil) || (t != nil && pr.RoomType != nil && *t == *pr.RoomType)
-		}) {
-			continue
-		}
-		rooms = append(rooms, pr)
+		rooms = append(rooms, directoryEntry(roomID, state[roomID]))
 	}
-	slices.SortStableFunc(rooms, func(a, b publicRoom) int {
-		if a.NumJoinedMembers != b.NumJoinedMembers {
-			return b.NumJoinedMembers - a.NumJoinedMembers
-		}
-		return strings.Compare(a.RoomID, b.RoomID)
-	})
-	resp := map[string]any{"total_room_count_estimate": len(rooms)}
-	offset = min(offset, len(rooms))
-	end := len(rooms)
-	if limit > 0 {
-		end = min(offset+limit, len(rooms))
-		if offset > 0 {
-			resp["prev_batch"] = "p" + strconv.Itoa(max(offset-limit, 0))
-		}
+	resp, err := roomdir.Page(rooms, req)
+	if errors.Is(err, roomdir.ErrInvalidToken) {
+		return nil, matrixhttp.InvalidParam("Invalid since token")
 	}
-	if end < len(rooms) {
-		resp["next_batch"] = "n" + strconv.Itoa(end)
-	}
-	resp["chunk"] = rooms[offset:end]
-	return resp, nil
+	return resp, err
 }
 
-func parseDirectoryToken(tok string) (int, error) {
-	if len(tok) < 2 || (tok[0] != 'n' && tok[0] != 'p') {
-		return 0, ErrInvalidToken
-	}
-	n, err := strconv.Atoi(tok[1:])
-	if err != nil || n < 0 {
-		return 0, ErrInvalidToken
-	}
-	return n, nil
-}
-
-// directoryEntry builds a room's directory entry from its current state.
+// directoryEntry builds a room's directory entry from the client-API's
+// copy of its current state.
 func directoryEntry(roomID string, state []store.CurrentStateEvent) publicRoom {
-	pr := publicRoom{RoomID: roomID}
-	for _, e := range state {
-		if e.Type == spec.MRoomMember {
-			if e.Membership == store.MembershipJoin {
-				pr.NumJoinedMembers++
-			}
-			continue
-		}
-		var ev struct {
-			Content struct {
-				Name              string  `json:"name"`
-				Topic             string  `json:"topic"`
-				URL               string  `json:"url"`
-				Alias             string  `json:"alias"`
-				JoinRule          string  `json:"join_rule"`
-				HistoryVisibility string  `json:"history_visibility"`
-				GuestAccess       string  `json:"guest_access"`
-				Type              *string `json:"type"`
-			} `json:"content"`
-		}
-		if json.Unmarshal(e.JSON, &ev) != nil || e.StateKey != "" {
-			continue
-		}
-		c := ev.Content
-		switch e.Type {
-		case spec.MRoomCreate:
-			pr.RoomType = c.Type
-		case spec.MRoomName:
-			pr.Name = c.Name
-		case "m.room.topic":
-			pr.Topic = c.Topic
-		case "m.room.avatar":
-			pr.AvatarURL = c.URL
-		case spec.MRoomCanonicalAlias:
-			pr.CanonicalAlias = c.Alias
-		case spec.MRoomJoinRules:
-			pr.JoinRule = c.JoinRule
-		case spec.MRoomHistoryVisibility:
-			pr.WorldReadable = c.HistoryVisibility == "world_readable"
-		case spec.MRoomGuestAccess:
-			pr.GuestCanJoin = c.GuestAccess == "can_join"
-		}
+	return roomdir.EntryOf(roomID, roomdirState(state))
+}
+
+// roomdirState converts current state rows for pkg/roomdir.
+func roomdirState(state []store.CurrentStateEvent) []roomdir.StateEvent {
+	out := make([]roomdir.StateEvent, len(state))
+	for i, e := range state {
+		out[i] = roomdir.StateEvent{Type: e.Type, StateKey: e.StateKey, JSON: e.JSON, Membership: e.Membership}
 	}
-	if pr.JoinRule == "" {
-		pr.JoinRule = "invite"
-	}
-	return pr
+	return out
 }
 
 // checkCanonicalAlias validates m.room.canonical_alias content before it

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 
+	"github.com/matrix-org/gomatrixserverlib/spec"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -57,4 +58,29 @@ func (h *userHandler) Authenticate(ctx context.Context, req *clientapiv1.Authent
 		Suspended: dev.Suspended,
 		Expired:   expired,
 	}, nil
+}
+
+// QueryProfile returns a local user's display name and avatar URL:
+// NOT_FOUND for an unknown or deactivated user, INVALID_ARGUMENT for a
+// user ID that is not this server's.
+func (h *userHandler) QueryProfile(ctx context.Context, req *clientapiv1.QueryProfileRequest) (*clientapiv1.QueryProfileResponse, error) {
+	uid, err := spec.NewUserID(req.GetUserId(), true)
+	if err != nil || string(uid.Domain()) != h.svc.serverName {
+		return nil, status.Error(codes.InvalidArgument, "not a user ID of this server")
+	}
+	acct, err := h.svc.store.Account(ctx, uid.Local())
+	if err == nil && acct.Deactivated {
+		err = store.ErrNotFound
+	}
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &clientapiv1.QueryProfileResponse{}
+	if acct.DisplayName != "" {
+		out.Displayname = &acct.DisplayName
+	}
+	if acct.AvatarURL != "" {
+		out.AvatarUrl = &acct.AvatarURL
+	}
+	return out, nil
 }

@@ -7,22 +7,19 @@ package clientapi
 // federation can fill them in.
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
-	"slices"
 	"strconv"
-	"strings"
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	"github.com/myelin-chat/myelin/pkg/roomdir"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
 const (
-	spaceChildType = "m.space.child"
 	// hierarchy bounds: default and maximum page size and depth, and the
 	// most rooms one walk visits.
 	hierarchyDefaultLimit = 50
@@ -32,23 +29,13 @@ const (
 	hierarchyMaxRooms     = 1000
 )
 
-// hierarchyRoom is one entry of the hierarchy response.
-type hierarchyRoom struct {
-	publicRoom
-	ChildrenState  []json.RawMessage `json:"children_state"`
-	RoomVersion    string            `json:"room_version,omitempty"`
-	Encryption     string            `json:"encryption,omitempty"`
-	AllowedRoomIDs []string          `json:"allowed_room_ids,omitempty"`
-}
-
-// spaceChild is a valid m.space.child event.
-type spaceChild struct {
-	roomID string
-	order  string
-	ts     int64
-	// stripped is the event as children_state shows it.
-	stripped json.RawMessage
-}
+// hierarchyRoom is one entry of the hierarchy response and spaceChild a
+// valid m.space.child event (pkg/roomdir's, shared with the
+// federation-receiver's /hierarchy).
+type (
+	hierarchyRoom = roomdir.HierarchyEntry
+	spaceChild    = roomdir.Child
+)
 
 // hierarchyToken is "h<offset>_<max_depth>_<suggested_only>": the walk is
 // recomputed for each page, so the token holds the position and the
@@ -143,7 +130,7 @@ func (s *Service) walkHierarchy(r *http.Request, dev *device, root string, maxDe
 			continue
 		}
 		for i := len(children) - 1; i >= 0; i-- {
-			stack = append(stack, item{children[i].roomID, it.depth + 1})
+			stack = append(stack, item{children[i].RoomID, it.depth + 1})
 		}
 	}
 	return out, nil
@@ -154,114 +141,22 @@ func (s *Service) walkHierarchy(r *http.Request, dev *device, root string, maxDe
 func (s *Service) hierarchyEntry(r *http.Request, dev *device, roomID string, suggested bool) (hierarchyRoom, []spaceChild, bool, error) {
 	ctx := r.Context()
 	reader := s.store.Reader()
-	state, err := reader.CurrentState(ctx, roomID, append(slices.Clone(directoryStateTypes), spaceChildType, "m.room.encryption"))
+	state, err := reader.CurrentState(ctx, roomID, roomdir.HierarchyStateTypes)
 	if err != nil || len(state) == 0 {
 		return hierarchyRoom{}, nil, false, err
 	}
-	entry := hierarchyRoom{publicRoom: directoryEntry(roomID, state), ChildrenState: []json.RawMessage{}, RoomVersion: "1"}
-	var children []spaceChild
+	entry, children, err := roomdir.Summarize(roomID, roomdirState(state), suggested)
+	if err != nil {
+		return hierarchyRoom{}, nil, false, err
+	}
 	membership := ""
 	for _, e := range state {
-		var ev struct {
-			Content        json.RawMessage `json:"content"`
-			OriginServerTS int64           `json:"origin_server_ts"`
-			Sender         string          `json:"sender"`
-		}
-		if err := json.Unmarshal(e.JSON, &ev); err != nil {
-			continue
-		}
-		switch e.Type {
-		case spec.MRoomMember:
-			if e.StateKey == dev.UserID {
-				membership = e.Membership
-			}
-		case spec.MRoomCreate:
-			var c struct {
-				RoomVersion string `json:"room_version"`
-			}
-			if json.Unmarshal(ev.Content, &c) == nil && c.RoomVersion != "" {
-				entry.RoomVersion = c.RoomVersion
-			}
-		case "m.room.encryption":
-			var c struct {
-				Algorithm string `json:"algorithm"`
-			}
-			_ = json.Unmarshal(ev.Content, &c)
-			entry.Encryption = c.Algorithm
-		case spec.MRoomJoinRules:
-			var c struct {
-				Allow []struct {
-					Type   string `json:"type"`
-					RoomID string `json:"room_id"`
-				} `json:"allow"`
-			}
-			_ = json.Unmarshal(ev.Content, &c)
-			for _, a := range c.Allow {
-				if a.Type == spec.MRoomMembership && a.RoomID != "" {
-					entry.AllowedRoomIDs = append(entry.AllowedRoomIDs, a.RoomID)
-				}
-			}
-		case spaceChildType:
-			var c struct {
-				Via       []string `json:"via"`
-				Order     any      `json:"order"`
-				Suggested bool     `json:"suggested"`
-			}
-			if json.Unmarshal(ev.Content, &c) != nil || len(c.Via) == 0 {
-				continue // no via: not a child
-			}
-			if _, err := spec.NewRoomID(e.StateKey); err != nil {
-				continue
-			}
-			stripped, err := json.Marshal(map[string]any{
-				"type": e.Type, "state_key": e.StateKey, "content": ev.Content,
-				"sender": ev.Sender, "origin_server_ts": ev.OriginServerTS,
-			})
-			if err != nil {
-				return hierarchyRoom{}, nil, false, err
-			}
-			entry.ChildrenState = append(entry.ChildrenState, stripped)
-			if suggested && !c.Suggested {
-				continue
-			}
-			order, _ := c.Order.(string)
-			if !validChildOrder(order) {
-				order = ""
-			}
-			children = append(children, spaceChild{roomID: e.StateKey, order: order, ts: ev.OriginServerTS, stripped: stripped})
+		if e.Type == spec.MRoomMember && e.StateKey == dev.UserID {
+			membership = e.Membership
 		}
 	}
-	// The spec's ordering: children with a valid order first, by order;
-	// then by origin_server_ts; then by room ID.
-	slices.SortFunc(children, func(a, b spaceChild) int {
-		switch {
-		case a.order != "" && b.order == "":
-			return -1
-		case a.order == "" && b.order != "":
-			return 1
-		case a.order != b.order:
-			return strings.Compare(a.order, b.order)
-		case a.ts != b.ts:
-			return int(a.ts - b.ts)
-		}
-		return strings.Compare(a.roomID, b.roomID)
-	})
 	visible, err := s.mayPeekOrJoin(r, dev, entry, membership)
 	return entry, children, visible, err
-}
-
-// validChildOrder: m.space.child "order" is at most 50 printable ASCII
-// characters (0x20–0x7E).
-func validChildOrder(o string) bool {
-	if o == "" || len(o) > 50 {
-		return false
-	}
-	for i := 0; i < len(o); i++ {
-		if o[i] < 0x20 || o[i] > 0x7e {
-			return false
-		}
-	}
-	return true
 }
 
 // mayPeekOrJoin is the hierarchy's visibility rule: joined or invited,
@@ -328,7 +223,7 @@ func (s *Service) roomSummary(r *http.Request, _ *device) (any, error) {
 		Encryption     string   `json:"encryption,omitempty"`
 		AllowedRoomIDs []string `json:"allowed_room_ids,omitempty"`
 		Membership     string   `json:"membership,omitempty"`
-	}{publicRoom: entry.publicRoom, RoomVersion: entry.RoomVersion, Encryption: entry.Encryption, AllowedRoomIDs: entry.AllowedRoomIDs}
+	}{publicRoom: entry.Entry, RoomVersion: entry.RoomVersion, Encryption: entry.Encryption, AllowedRoomIDs: entry.AllowedRoomIDs}
 	if dev.UserID != "" {
 		m, err := s.store.Reader().Membership(r.Context(), dev.UserID, roomID)
 		if err == nil {

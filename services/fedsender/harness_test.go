@@ -71,10 +71,10 @@ func newEnv(t testing.TB, opts envOpts) *env {
 		e.remotes[name] = r
 		cfg.Federation.ServerNameMap[name] = r.addr
 	}
-	cfg.FedSender.BackoffMin = 50 * time.Millisecond
-	cfg.FedSender.BackoffMax = 400 * time.Millisecond
-	cfg.FedSender.RequestTimeout = 5 * time.Second
-	cfg.FedSender.LeaderRetry = 200 * time.Millisecond
+	cfg.FederationSender.BackoffMin = 50 * time.Millisecond
+	cfg.FederationSender.BackoffMax = 400 * time.Millisecond
+	cfg.FederationSender.RequestTimeout = 5 * time.Second
+	cfg.FederationSender.LeaderRetry = 200 * time.Millisecond
 	if opts.mutate != nil {
 		opts.mutate(&cfg)
 	}
@@ -107,7 +107,7 @@ func (e *env) startSender() {
 	cfg.Metrics.Listen = "127.0.0.1:0"
 	cfg.Services.KeyServer.GRPC = e.main.Process.GRPCAddr()
 	cfg.Services.RoomServer.GRPC = e.main.Process.GRPCAddr()
-	e.sender = stack.StartWithConfig(t, cfg, myelin.TargetFedSender)
+	e.sender = stack.StartWithConfig(t, cfg, myelin.TargetFederationSender)
 	conn, err := rpc.Dial(e.sender.Process.GRPCAddr())
 	if err != nil {
 		t.Fatal(err)

@@ -111,7 +111,7 @@ func TestDownServerGetsEverythingOnceBack(t *testing.T) {
 // not the whole backlog.
 func TestLongOutageCatchesUpWithNewestEvents(t *testing.T) {
 	e := newEnv(t, envOpts{remotes: []string{"r1.test"}, mutate: func(c *myelin.Config) {
-		c.FedSender.CatchUpAfter = 500 * time.Millisecond
+		c.FederationSender.CatchUpAfter = 500 * time.Millisecond
 	}})
 	alice := e.user("alice")
 	roomA, roomB := e.room(alice), e.room(alice)
@@ -178,7 +178,7 @@ func TestLongOutageCatchesUpWithNewestEvents(t *testing.T) {
 // catch-up (each room's newest PDU) before its outage is long.
 func TestQueueIsBounded(t *testing.T) {
 	e := newEnv(t, envOpts{remotes: []string{"r1.test"}, mutate: func(c *myelin.Config) {
-		c.FedSender.MaxQueuedPDUs = 50
+		c.FederationSender.MaxQueuedPDUs = 50
 	}})
 	alice := e.user("alice")
 	room := e.room(alice)
@@ -211,7 +211,7 @@ func TestQueueIsBounded(t *testing.T) {
 // each gets everything once it answers properly.
 func TestSlowAndBrokenServersDoNotBlockOthers(t *testing.T) {
 	e := newEnv(t, envOpts{remotes: []string{"r1.test", "r2.test", "r3.test", "r4.test"}, mutate: func(c *myelin.Config) {
-		c.FedSender.RequestTimeout = time.Second
+		c.FederationSender.RequestTimeout = time.Second
 	}})
 	alice := e.user("alice")
 	room := e.room(alice)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"strconv"
 
@@ -404,4 +405,78 @@ func importBatch(ctx context.Context, im *store.Importer, req *keyserverv1.Impor
 		}
 	}
 	return nil
+}
+
+func listedDevices(ds []store.ListedDevice) []*keyserverv1.ListedDevice {
+	out := make([]*keyserverv1.ListedDevice, len(ds))
+	for i, d := range ds {
+		out[i] = &keyserverv1.ListedDevice{DeviceId: d.DeviceID, DisplayName: d.DisplayName, Keys: d.Keys}
+	}
+	return out
+}
+
+func (h *e2eHandler) LocalDeviceList(ctx context.Context, req *keyserverv1.LocalDeviceListRequest) (*keyserverv1.LocalDeviceListResponse, error) {
+	l, err := h.svc.localDeviceList(ctx, req.GetUserId())
+	if err != nil {
+		return nil, h.e2eStatus(ctx, "LocalDeviceList", err)
+	}
+	return &keyserverv1.LocalDeviceListResponse{UserId: l.UserID, StreamId: l.StreamID, Devices: listedDevices(l.Devices),
+		MasterKey: l.MasterKey, SelfSigningKey: l.SelfSigningKey}, nil
+}
+
+func (h *e2eHandler) UpdateRemoteDeviceList(ctx context.Context, req *keyserverv1.UpdateRemoteDeviceListRequest) (*keyserverv1.UpdateRemoteDeviceListResponse, error) {
+	dup, stale, err := h.svc.updateRemoteDeviceList(ctx, req.GetOrigin(), store.RemoteDeviceUpdate{
+		UserID: req.GetUserId(), DeviceID: req.GetDeviceId(), DisplayName: req.GetDisplayName(), StreamID: req.GetStreamId(),
+		PrevIDs: req.GetPrevIds(), Deleted: req.GetDeleted(), Keys: req.GetKeys(),
+	})
+	if err != nil {
+		return nil, h.e2eStatus(ctx, "UpdateRemoteDeviceList", err)
+	}
+	return &keyserverv1.UpdateRemoteDeviceListResponse{Duplicate: dup, Stale: stale}, nil
+}
+
+func (h *e2eHandler) UpdateRemoteSigningKeys(ctx context.Context, req *keyserverv1.UpdateRemoteSigningKeysRequest) (*keyserverv1.UpdateRemoteSigningKeysResponse, error) {
+	if err := h.svc.updateRemoteSigningKeys(ctx, req.GetOrigin(), req.GetUserId(), req.GetMasterKey(), req.GetSelfSigningKey()); err != nil {
+		return nil, h.e2eStatus(ctx, "UpdateRemoteSigningKeys", err)
+	}
+	return &keyserverv1.UpdateRemoteSigningKeysResponse{}, nil
+}
+
+func (h *e2eHandler) MarkRemoteDeviceListStale(ctx context.Context, req *keyserverv1.MarkRemoteDeviceListStaleRequest) (*keyserverv1.MarkRemoteDeviceListStaleResponse, error) {
+	if err := h.svc.markRemoteDeviceListsStale(ctx, req.GetUserIds()); err != nil {
+		return nil, h.e2eStatus(ctx, "MarkRemoteDeviceListStale", err)
+	}
+	return &keyserverv1.MarkRemoteDeviceListStaleResponse{}, nil
+}
+
+func (h *e2eHandler) SetRemoteDeviceList(ctx context.Context, req *keyserverv1.SetRemoteDeviceListRequest) (*keyserverv1.SetRemoteDeviceListResponse, error) {
+	l := store.DeviceList{UserID: req.GetUserId(), StreamID: req.GetStreamId(), MasterKey: req.GetMasterKey(), SelfSigningKey: req.GetSelfSigningKey()}
+	for _, d := range req.GetDevices() {
+		l.Devices = append(l.Devices, store.ListedDevice{DeviceID: d.GetDeviceId(), DisplayName: d.GetDisplayName(), Keys: d.GetKeys()})
+	}
+	replaced, err := h.svc.setRemoteDeviceList(ctx, l)
+	if err != nil {
+		return nil, h.e2eStatus(ctx, "SetRemoteDeviceList", err)
+	}
+	return &keyserverv1.SetRemoteDeviceListResponse{Replaced: replaced}, nil
+}
+
+func (h *e2eHandler) QueryRemoteDeviceLists(ctx context.Context, req *keyserverv1.QueryRemoteDeviceListsRequest) (*keyserverv1.QueryRemoteDeviceListsResponse, error) {
+	limit := int(req.GetLimit())
+	if limit <= 0 || limit > 1000 {
+		limit = 1000
+	}
+	if len(req.GetUserIds()) == 0 && !req.GetStaleOnly() {
+		return nil, h.e2eStatus(ctx, "QueryRemoteDeviceLists", fmt.Errorf("%w: user_ids or stale_only", ErrMissingParam))
+	}
+	lists, err := h.svc.store.RemoteDeviceLists(ctx, req.GetUserIds(), req.GetStaleOnly(), limit)
+	if err != nil {
+		return nil, h.e2eStatus(ctx, "QueryRemoteDeviceLists", err)
+	}
+	resp := &keyserverv1.QueryRemoteDeviceListsResponse{}
+	for _, l := range lists {
+		resp.Lists = append(resp.Lists, &keyserverv1.RemoteDeviceList{UserId: l.UserID, StreamId: l.StreamID, Stale: l.Stale,
+			Devices: listedDevices(l.Devices), MasterKey: l.MasterKey, SelfSigningKey: l.SelfSigningKey})
+	}
+	return resp, nil
 }

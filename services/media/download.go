@@ -38,6 +38,11 @@ func (s *Service) loadMedia(r *http.Request) (store.Media, error) {
 	if remote {
 		return store.Media{}, matrixhttp.NotFound("Media not found")
 	}
+	return s.waitMedia(r, id)
+}
+
+// waitMedia is loadMedia for a local media ID.
+func (s *Service) waitMedia(r *http.Request, id string) (store.Media, error) {
 	waitMS, err := queryInt(r, "timeout_ms", defaultMediaWait.Milliseconds())
 	if err != nil {
 		return store.Media{}, err
@@ -141,15 +146,15 @@ var inlineTypes = map[string]bool{
 // mediaCSP is the spec's recommended Content-Security-Policy for content.
 const mediaCSP = "sandbox; default-src 'none'; script-src 'none'; plugin-types application/pdf; style-src 'unsafe-inline'; object-src 'self';"
 
-// writeContent writes the spec's headers and streams the body.
-func (s *Service) writeContent(w http.ResponseWriter, r *http.Request, c *contentResponse) {
-	defer c.body.Close()
-	ctype := c.contentType
+// contentHeaders are the Content-Type and Content-Disposition of content:
+// inline only for the spec's safe types.
+func contentHeaders(c *contentResponse) (ctype, disposition string) {
+	ctype = c.contentType
 	if ctype == "" {
 		ctype = "application/octet-stream"
 	}
 	base, _, _ := mime.ParseMediaType(ctype)
-	disposition := "attachment"
+	disposition = "attachment"
 	if inlineTypes[base] {
 		disposition = "inline"
 	}
@@ -157,6 +162,13 @@ func (s *Service) writeContent(w http.ResponseWriter, r *http.Request, c *conten
 		// RFC 6266 with RFC 5987's UTF-8 form, which keeps any name safe.
 		disposition += "; filename*=utf-8''" + url.PathEscape(c.fileName)
 	}
+	return ctype, disposition
+}
+
+// writeContent writes the spec's headers and streams the body.
+func (s *Service) writeContent(w http.ResponseWriter, r *http.Request, c *contentResponse) {
+	defer c.body.Close()
+	ctype, disposition := contentHeaders(c)
 	h := w.Header()
 	h.Set("Content-Type", ctype)
 	h.Set("Content-Disposition", disposition)

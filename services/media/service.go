@@ -17,12 +17,14 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/matrix-org/gomatrixserverlib/spec"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
 	"github.com/myelin-chat/myelin/pkg/federation"
 	"github.com/myelin-chat/myelin/pkg/ratelimit"
 	clientapiv1 "github.com/myelin-chat/myelin/proto/clientapi/v1"
+	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
 	mediav1 "github.com/myelin-chat/myelin/proto/media/v1"
 	"github.com/myelin-chat/myelin/services/media/storage"
 	"github.com/myelin-chat/myelin/services/media/store"
@@ -47,6 +49,9 @@ type Deps struct {
 	// Storage overrides the configured content storage (nil: build it
 	// from Config.Storage).
 	Storage storage.Backend
+	// ServerKeys, when set (federation is on), verifies the X-Matrix
+	// requests of federation media.
+	ServerKeys keyserverv1.ServerKeyServiceClient
 	// Federation signs and sends requests to other servers (remote
 	// media); nil when federation is off, and remote media is 404.
 	Federation *federation.Client
@@ -64,6 +69,8 @@ type Service struct {
 	content    storage.Backend
 	users      clientapiv1.UserServiceClient
 	limiter    *ratelimit.Limiter
+	// fedAuth checks federation media requests; nil without federation.
+	fedAuth *federation.Authenticator
 	// preview makes URL previews (preview.go); remote fetches other
 	// servers' media (remote.go).
 	preview *previewer
@@ -115,6 +122,9 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		now:        time.Now,
 	}
 	preview.svc, remote.svc = s, s
+	if deps.ServerKeys != nil {
+		s.fedAuth = federation.NewAuthenticator(spec.ServerName(deps.ServerName), federation.NewVerifier(deps.ServerKeys, 5*time.Minute), deps.Logger)
+	}
 	return s, nil
 }
 
@@ -140,8 +150,17 @@ func (s *Service) RegisterGRPC(g *grpc.Server) {
 	mediav1.RegisterMediaServiceServer(g, &handler{svc: s})
 }
 
-// RegisterHTTP mounts the content repository's endpoints (routes.go).
-func (s *Service) RegisterHTTP(r chi.Router) { s.mountHTTP(r) }
+// RegisterHTTP mounts the content repository's endpoints (routes.go), and
+// with federation on the federation media ones (federation.go), which the
+// edge's federation listener forwards here in the split shape.
+func (s *Service) RegisterHTTP(r chi.Router) {
+	s.mountHTTP(r)
+	s.mountFederation(r)
+}
+
+// RegisterFederationHTTP mounts federation media on the federation
+// listener.
+func (s *Service) RegisterFederationHTTP(r chi.Router) { s.mountFederation(r) }
 
 // Run runs the janitor until ctx ends.
 func (s *Service) Run(ctx context.Context) error {

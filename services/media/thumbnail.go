@@ -56,6 +56,12 @@ func standardThumbnail(width, height int, method string) (int, int, string, bool
 // than asked is served as it is. Thumbnails are made on the first request
 // and kept in the storage.
 func (s *Service) thumbnailMedia(r *http.Request, _ *caller) (any, error) {
+	return s.thumbnail(r, nil)
+}
+
+// thumbnail answers a thumbnail request: of local, when given (federation
+// media has loaded it), else of the path's media (local, or remote).
+func (s *Service) thumbnail(r *http.Request, local *store.Media) (any, error) {
 	width, err := queryInt(r, "width", 0)
 	if err != nil {
 		return nil, err
@@ -74,14 +80,18 @@ func (s *Service) thumbnailMedia(r *http.Request, _ *caller) (any, error) {
 	if method != "scale" && method != "crop" {
 		return nil, matrixhttp.InvalidParam("method must be crop or scale")
 	}
-	if ref, remote, err := s.remote.ref(r); err != nil {
-		return nil, err
-	} else if remote {
-		return s.remote.thumbnail(r, ref, int(width), int(height), method)
-	}
-	m, err := s.loadMedia(r)
-	if err != nil {
-		return nil, err
+	var m store.Media
+	if local != nil {
+		m = *local
+	} else {
+		if ref, remote, err := s.remote.ref(r); err != nil {
+			return nil, err
+		} else if remote {
+			return s.remote.thumbnail(r, ref, int(width), int(height), method)
+		}
+		if m, err = s.loadMedia(r); err != nil {
+			return nil, err
+		}
 	}
 	ctx := r.Context()
 	original := func() (any, error) { return s.openContent(ctx, m.StorageKey, m.ContentType, "", m.Size) }

@@ -24,7 +24,7 @@ require (
 	github.com/jackc/pgservicefile v0.0.0-20240606120523-5a60cdf6a761 // indirect
 	github.com/jackc/puddle/v2 v2.2.3 // indirect
 	github.com/klauspost/compress v1.20.3 // indirect
-	github.com/matrix-org/gomatrixserverlib v0.0.0-20250813150445-9f5070a65744 // indirect
+	github.com/matrix-org/gomatrixserverlib v0.0.0-20250813150445-9f5070a65744
 	github.com/matrix-org/util v0.0.0-20221111132719-399730281e66 // indirect
 	github.com/mattn/go-colorable v0.1.14 // indirect
 	github.com/mattn/go-isatty v0.0.20 // indirect
@@ -59,7 +59,7 @@ replace (
 	github.com/myelin-chat/myelin/pkg => ../../pkg
 	github.com/myelin-chat/myelin/proto => ../../proto
 	github.com/myelin-chat/myelin/services/clientapi => ../clientapi
-	github.com/myelin-chat/myelin/services/fedsender => ../fedsender
+	github.com/myelin-chat/myelin/services/fedreceiver => ../fedreceiver
 	github.com/myelin-chat/myelin/services/fedsender => ../fedsender
 	github.com/myelin-chat/myelin/services/keyserver => ../keyserver
 	github.com/myelin-chat/myelin/services/media => ../media

@@ -105,6 +105,16 @@ func (h *handler) SetPresence(ctx context.Context, req *presencev1.SetPresenceRe
 	return &presencev1.SetPresenceResponse{Position: pos}, nil
 }
 
+// SetRemotePresence records a remote user's presence from an m.presence
+// EDU.
+func (h *handler) SetRemotePresence(ctx context.Context, req *presencev1.SetRemotePresenceRequest) (*presencev1.SetRemotePresenceResponse, error) {
+	pos, err := h.svc.setRemotePresence(ctx, req.GetOrigin(), req.GetUserId(), req.GetPresence(), req.StatusMsg, req.GetLastActiveAgo())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &presencev1.SetRemotePresenceResponse{Position: pos}, nil
+}
+
 func (h *handler) MarkActive(ctx context.Context, req *presencev1.MarkActiveRequest) (*presencev1.MarkActiveResponse, error) {
 	if req.GetUserId() == "" {
 		return nil, toStatus(ErrBadRequest)

@@ -32,6 +32,8 @@ type env struct {
 	t     *testing.T
 	clock *presence.ManualClock
 	url   string
+	// grpc is the process's gRPC listener.
+	grpc string
 }
 
 func newEnv(t *testing.T) *env {
@@ -48,7 +50,7 @@ func newEnv(t *testing.T) *env {
 	cfg.Presence.IdleTimeout = testIdle
 	cfg.Presence.OfflineTimeout = testOffline
 	st := stack.StartWithConfig(t, cfg)
-	return &env{t: t, clock: clock, url: st.URL()}
+	return &env{t: t, clock: clock, url: st.URL(), grpc: st.Process.GRPCAddr()}
 }
 
 // client is one registered user.

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/matrix-org/gomatrixserverlib/spec"
 	"go.uber.org/zap"
 
 	"github.com/myelin-chat/myelin/pkg/bus"
@@ -241,4 +242,30 @@ func (c *activityCache) forget(userID string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.users, userID)
+}
+
+// setRemotePresence stores the presence another server reports for one of
+// its users (an m.presence EDU). The user's last activity is dated from
+// last_active_ago; offline records no activity.
+func (s *Service) setRemotePresence(ctx context.Context, origin, userID, state string, statusMsg *string, lastActiveAgo int64) (int64, error) {
+	if !validState(state) {
+		return 0, fmt.Errorf("%w: presence must be online, unavailable or offline", ErrBadRequest)
+	}
+	uid, err := spec.NewUserID(userID, true)
+	if err != nil || string(uid.Domain()) != origin || origin == s.serverName {
+		return 0, fmt.Errorf("%w: %q is not a user of the remote server %q", ErrBadRequest, userID, origin)
+	}
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	now := s.clock.Now()
+	next := store.Presence{UserID: userID, State: state, StatusMsg: statusMsg, Origin: origin}
+	if state != Offline {
+		ts := now.UnixMilli() - max(lastActiveAgo, 0)
+		next.LastActiveTS = &ts
+	} else if cur, err := s.store.GetPresence(ctx, userID); err == nil {
+		next.LastActiveTS = cur.LastActiveTS
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return 0, err
+	}
+	return s.writePresenceLocked(ctx, next, now)
 }

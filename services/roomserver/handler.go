@@ -195,3 +195,8 @@ func (h *handler) SignJoin(ctx context.Context, req *roomserverv1.SignJoinReques
 	resp, err := residentJoins{h.svc}.signJoin(ctx, req)
 	return resp, toStatus(err)
 }
+
+func (h *handler) QueryEventByTimestamp(ctx context.Context, req *roomserverv1.QueryEventByTimestampRequest) (*roomserverv1.QueryEventByTimestampResponse, error) {
+	resp, err := h.svc.queryEventByTimestamp(ctx, req)
+	return resp, toStatus(err)
+}

@@ -147,3 +147,62 @@ func TestRotateKeyCLI(t *testing.T) {
 		check(t, "split.test", fedAddr, func() string { return rotate(nil, "-grpc", ksGRPC) })
 	})
 }
+
+// TestFederationReceiverSplit: in the split shape, with federation on, the
+// edge's federation listener forwards /_matrix/federation/* to the
+// federation-receiver process (which checks X-Matrix itself) and
+// /_matrix/federation/v1/media/* to the media process.
+func TestFederationReceiverSplit(t *testing.T) {
+	ca := testkit.NewCA(t)
+	s := split(t)
+	fedAddr := freeAddr(t)
+	for _, p := range s.procs {
+		p.env = append(p.env, "MYELIN_SERVER_NAME=split.test")
+		switch p.name {
+		case "edge":
+			p.env = append(p.env, fedEnv(t, ca, "split.test", fedAddr)...)
+		case "federation-receiver", "media", "key-server":
+			// Processes with federation endpoints open a listener of
+			// their own too; the edge's is the public one.
+			p.env = append(p.env, fedEnv(t, ca, "split.test", freeAddr(t))...)
+		}
+	}
+	s.start(t)
+	t.Cleanup(func() { s.shutdown(t); s.dumpLogs(t) })
+	client := fedClient(t, ca, "split.test")
+	get := func(path string) (int, string) {
+		t.Helper()
+		res, err := client.Get("https://" + fedAddr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		body, _ := io.ReadAll(res.Body)
+		return res.StatusCode, string(body)
+	}
+	if status, body := get("/_matrix/federation/v1/version"); status != 200 || !strings.Contains(body, `"name":"Myelin"`) {
+		t.Fatalf("/version through the edge: %d %s", status, body)
+	}
+	for _, path := range []string{"/_matrix/federation/v1/query/profile?user_id=@a:split.test", "/_matrix/federation/v1/media/download/abc"} {
+		if status, body := get(path); status != 401 || !strings.Contains(body, "M_UNAUTHORIZED") {
+			t.Errorf("%s without X-Matrix through the edge: %d %s", path, status, body)
+		}
+	}
+	if status, body := get("/_matrix/federation/v1/nothing"); status != 404 || !strings.Contains(body, "M_UNRECOGNIZED") {
+		t.Errorf("an unknown federation path: %d %s", status, body)
+	}
+}
+
+// fedClient trusts ca and checks certificates for serverName.
+func fedClient(t *testing.T, ca *testkit.CA, serverName string) *http.Client {
+	t.Helper()
+	pem, err := os.ReadFile(ca.CertFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: serverName, MinVersion: tls.VersionTLS12},
+	}}
+}

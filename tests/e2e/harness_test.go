@@ -255,7 +255,8 @@ func allInOne(t *testing.T) *server {
 }
 
 // split runs key-server, room-server, presence, client-api, media and
-// federation-sender as six OS processes plus the edge router, against an
+// the two federation services (receiver and sender) as seven OS processes
+// plus the edge router, against an
 // external PostgreSQL and NATS server.
 func split(t *testing.T) *server {
 	dir := t.TempDir()
@@ -270,6 +271,7 @@ func split(t *testing.T) *server {
 	ps := addrs{freeAddr(t), freeAddr(t)}
 	ca := addrs{freeAddr(t), freeAddr(t)}
 	ms := addrs{freeAddr(t), freeAddr(t)}
+	fr := addrs{freeAddr(t), freeAddr(t)}
 	fs := addrs{freeAddr(t), freeAddr(t)}
 	edge := freeAddr(t)
 	mk := func(name, target string, a addrs, extra ...string) *proc {
@@ -285,13 +287,16 @@ func split(t *testing.T) *server {
 		mk("client-api", "client-api", ca,
 			"MYELIN_SERVICES_KEY_SERVER_GRPC="+ks.grpc, "MYELIN_SERVICES_ROOM_SERVER_GRPC="+rs.grpc,
 			"MYELIN_SERVICES_PRESENCE_GRPC="+ps.grpc, "MYELIN_SERVICES_MEDIA_GRPC="+ms.grpc),
-		mk("media", "media", ms, "MYELIN_SERVICES_CLIENT_API_GRPC="+ca.grpc,
+		mk("media", "media", ms, "MYELIN_SERVICES_CLIENT_API_GRPC="+ca.grpc, "MYELIN_SERVICES_KEY_SERVER_GRPC="+ks.grpc,
 			"MYELIN_MEDIA_STORAGE_PATH="+filepath.Join(dir, "media")),
+		mk("federation-receiver", "federation-receiver", fr,
+			"MYELIN_SERVICES_KEY_SERVER_GRPC="+ks.grpc, "MYELIN_SERVICES_ROOM_SERVER_GRPC="+rs.grpc,
+			"MYELIN_SERVICES_PRESENCE_GRPC="+ps.grpc, "MYELIN_SERVICES_CLIENT_API_GRPC="+ca.grpc),
 		mk("federation-sender", "federation-sender", fs,
 			"MYELIN_SERVICES_KEY_SERVER_GRPC="+ks.grpc, "MYELIN_SERVICES_ROOM_SERVER_GRPC="+rs.grpc),
 		mk("edge", "edge", addrs{edge, "127.0.0.1:0"},
 			"MYELIN_SERVICES_CLIENT_API_HTTP="+ca.http, "MYELIN_SERVICES_KEY_SERVER_HTTP="+ks.http,
-			"MYELIN_SERVICES_MEDIA_HTTP="+ms.http),
+			"MYELIN_SERVICES_MEDIA_HTTP="+ms.http, "MYELIN_SERVICES_FEDERATION_RECEIVER_HTTP="+fr.http),
 	}
 	return s
 }

@@ -165,6 +165,103 @@ func (x *AuthenticateResponse) GetExpired() bool {
 	return false
 }
 
+type QueryProfileRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryProfileRequest) Reset() {
+	*x = QueryProfileRequest{}
+	mi := &file_clientapi_v1_users_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryProfileRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryProfileRequest) ProtoMessage() {}
+
+func (x *QueryProfileRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_clientapi_v1_users_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryProfileRequest.ProtoReflect.Descriptor instead.
+func (*QueryProfileRequest) Descriptor() ([]byte, []int) {
+	return file_clientapi_v1_users_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *QueryProfileRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+type QueryProfileResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Absent when the user has none.
+	Displayname   *string `protobuf:"bytes,1,opt,name=displayname,proto3,oneof" json:"displayname,omitempty"`
+	AvatarUrl     *string `protobuf:"bytes,2,opt,name=avatar_url,json=avatarUrl,proto3,oneof" json:"avatar_url,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryProfileResponse) Reset() {
+	*x = QueryProfileResponse{}
+	mi := &file_clientapi_v1_users_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryProfileResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryProfileResponse) ProtoMessage() {}
+
+func (x *QueryProfileResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_clientapi_v1_users_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryProfileResponse.ProtoReflect.Descriptor instead.
+func (*QueryProfileResponse) Descriptor() ([]byte, []int) {
+	return file_clientapi_v1_users_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *QueryProfileResponse) GetDisplayname() string {
+	if x != nil && x.Displayname != nil {
+		return *x.Displayname
+	}
+	return ""
+}
+
+func (x *QueryProfileResponse) GetAvatarUrl() string {
+	if x != nil && x.AvatarUrl != nil {
+		return *x.AvatarUrl
+	}
+	return ""
+}
+
 var File_clientapi_v1_users_proto protoreflect.FileDescriptor
 
 const file_clientapi_v1_users_proto_rawDesc = "" +
@@ -179,9 +276,18 @@ const file_clientapi_v1_users_proto_rawDesc = "" +
 	"\x05admin\x18\x04 \x01(\bR\x05admin\x12\x16\n" +
 	"\x06locked\x18\x05 \x01(\bR\x06locked\x12\x1c\n" +
 	"\tsuspended\x18\x06 \x01(\bR\tsuspended\x12\x18\n" +
-	"\aexpired\x18\a \x01(\bR\aexpired2r\n" +
+	"\aexpired\x18\a \x01(\bR\aexpired\".\n" +
+	"\x13QueryProfileRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\"\x80\x01\n" +
+	"\x14QueryProfileResponse\x12%\n" +
+	"\vdisplayname\x18\x01 \x01(\tH\x00R\vdisplayname\x88\x01\x01\x12\"\n" +
+	"\n" +
+	"avatar_url\x18\x02 \x01(\tH\x01R\tavatarUrl\x88\x01\x01B\x0e\n" +
+	"\f_displaynameB\r\n" +
+	"\v_avatar_url2\xd7\x01\n" +
 	"\vUserService\x12c\n" +
-	"\fAuthenticate\x12(.myelin.clientapi.v1.AuthenticateRequest\x1a).myelin.clientapi.v1.AuthenticateResponseB>Z<github.com/myelin-chat/myelin/proto/clientapi/v1;clientapiv1b\x06proto3"
+	"\fAuthenticate\x12(.myelin.clientapi.v1.AuthenticateRequest\x1a).myelin.clientapi.v1.AuthenticateResponse\x12c\n" +
+	"\fQueryProfile\x12(.myelin.clientapi.v1.QueryProfileRequest\x1a).myelin.clientapi.v1.QueryProfileResponseB>Z<github.com/myelin-chat/myelin/proto/clientapi/v1;clientapiv1b\x06proto3"
 
 var (
 	file_clientapi_v1_users_proto_rawDescOnce sync.Once
@@ -195,16 +301,20 @@ func file_clientapi_v1_users_proto_rawDescGZIP() []byte {
 	return file_clientapi_v1_users_proto_rawDescData
 }
 
-var file_clientapi_v1_users_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_clientapi_v1_users_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_clientapi_v1_users_proto_goTypes = []any{
 	(*AuthenticateRequest)(nil),  // 0: myelin.clientapi.v1.AuthenticateRequest
 	(*AuthenticateResponse)(nil), // 1: myelin.clientapi.v1.AuthenticateResponse
+	(*QueryProfileRequest)(nil),  // 2: myelin.clientapi.v1.QueryProfileRequest
+	(*QueryProfileResponse)(nil), // 3: myelin.clientapi.v1.QueryProfileResponse
 }
 var file_clientapi_v1_users_proto_depIdxs = []int32{
 	0, // 0: myelin.clientapi.v1.UserService.Authenticate:input_type -> myelin.clientapi.v1.AuthenticateRequest
-	1, // 1: myelin.clientapi.v1.UserService.Authenticate:output_type -> myelin.clientapi.v1.AuthenticateResponse
-	1, // [1:2] is the sub-list for method output_type
-	0, // [0:1] is the sub-list for method input_type
+	2, // 1: myelin.clientapi.v1.UserService.QueryProfile:input_type -> myelin.clientapi.v1.QueryProfileRequest
+	1, // 2: myelin.clientapi.v1.UserService.Authenticate:output_type -> myelin.clientapi.v1.AuthenticateResponse
+	3, // 3: myelin.clientapi.v1.UserService.QueryProfile:output_type -> myelin.clientapi.v1.QueryProfileResponse
+	2, // [2:4] is the sub-list for method output_type
+	0, // [0:2] is the sub-list for method input_type
 	0, // [0:0] is the sub-list for extension type_name
 	0, // [0:0] is the sub-list for extension extendee
 	0, // [0:0] is the sub-list for field type_name
@@ -215,13 +325,14 @@ func file_clientapi_v1_users_proto_init() {
 	if File_clientapi_v1_users_proto != nil {
 		return
 	}
+	file_clientapi_v1_users_proto_msgTypes[3].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_clientapi_v1_users_proto_rawDesc), len(file_clientapi_v1_users_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,6 +24,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	UserService_Authenticate_FullMethodName = "/myelin.clientapi.v1.UserService/Authenticate"
+	UserService_QueryProfile_FullMethodName = "/myelin.clientapi.v1.UserService/QueryProfile"
 )
 
 // UserServiceClient is the client API for UserService service.
@@ -36,6 +37,10 @@ type UserServiceClient interface {
 	// an empty one INVALID_ARGUMENT. An expired token is answered with
 	// expired=true: the device still exists and the client may refresh.
 	Authenticate(ctx context.Context, in *AuthenticateRequest, opts ...grpc.CallOption) (*AuthenticateResponse, error)
+	// QueryProfile returns a local user's profile (federation's
+	// /query/profile). NOT_FOUND for an unknown or deactivated user;
+	// INVALID_ARGUMENT for another server's user.
+	QueryProfile(ctx context.Context, in *QueryProfileRequest, opts ...grpc.CallOption) (*QueryProfileResponse, error)
 }
 
 type userServiceClient struct {
@@ -56,6 +61,16 @@ func (c *userServiceClient) Authenticate(ctx context.Context, in *AuthenticateRe
 	return out, nil
 }
 
+func (c *userServiceClient) QueryProfile(ctx context.Context, in *QueryProfileRequest, opts ...grpc.CallOption) (*QueryProfileResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(QueryProfileResponse)
+	err := c.cc.Invoke(ctx, UserService_QueryProfile_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // UserServiceServer is the server API for UserService service.
 // All implementations must embed UnimplementedUserServiceServer
 // for forward compatibility.
@@ -66,6 +81,10 @@ type UserServiceServer interface {
 	// an empty one INVALID_ARGUMENT. An expired token is answered with
 	// expired=true: the device still exists and the client may refresh.
 	Authenticate(context.Context, *AuthenticateRequest) (*AuthenticateResponse, error)
+	// QueryProfile returns a local user's profile (federation's
+	// /query/profile). NOT_FOUND for an unknown or deactivated user;
+	// INVALID_ARGUMENT for another server's user.
+	QueryProfile(context.Context, *QueryProfileRequest) (*QueryProfileResponse, error)
 	mustEmbedUnimplementedUserServiceServer()
 }
 
@@ -78,6 +97,9 @@ type UnimplementedUserServiceServer struct{}
 
 func (UnimplementedUserServiceServer) Authenticate(context.Context, *AuthenticateRequest) (*AuthenticateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Authenticate not implemented")
+}
+func (UnimplementedUserServiceServer) QueryProfile(context.Context, *QueryProfileRequest) (*QueryProfileResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method QueryProfile not implemented")
 }
 func (UnimplementedUserServiceServer) mustEmbedUnimplementedUserServiceServer() {}
 func (UnimplementedUserServiceServer) testEmbeddedByValue()                     {}
@@ -118,6 +140,24 @@ func _UserService_Authenticate_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _UserService_QueryProfile_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(QueryProfileRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UserServiceServer).QueryProfile(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: UserService_QueryProfile_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UserServiceServer).QueryProfile(ctx, req.(*QueryProfileRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // UserService_ServiceDesc is the grpc.ServiceDesc for UserService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -128,6 +168,10 @@ var UserService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Authenticate",
 			Handler:    _UserService_Authenticate_Handler,
+		},
+		{
+			MethodName: "QueryProfile",
+			Handler:    _UserService_QueryProfile_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -3197,6 +3197,839 @@ func (x *KeyChange) GetSelfSigningKey() []byte {
 	return nil
 }
 
+type LocalDeviceListRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LocalDeviceListRequest) Reset() {
+	*x = LocalDeviceListRequest{}
+	mi := &file_keyserver_v1_e2ekeys_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LocalDeviceListRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LocalDeviceListRequest) ProtoMessage() {}
+
+func (x *LocalDeviceListRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyserver_v1_e2ekeys_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LocalDeviceListRequest.ProtoReflect.Descriptor instead.
+func (*LocalDeviceListRequest) Descriptor() ([]byte, []int) {
+	return file_keyserver_v1_e2ekeys_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *LocalDeviceListRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+// ListedDevice is one device of a device list.
+type ListedDevice struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	DeviceId    string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	DisplayName string                 `protobuf:"bytes,2,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
+	// The identity keys object (JSON); empty when the device has none.
+	Keys          []byte `protobuf:"bytes,3,opt,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListedDevice) Reset() {
+	*x = ListedDevice{}
+	mi := &file_keyserver_v1_e2ekeys_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListedDevice) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListedDevice) ProtoMessage() {}
+
+func (x *ListedDevice) ProtoReflect() protoreflect.Message {
+	mi := &file_keyserver_v1_e2ekeys_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListedDevice.ProtoReflect.Descriptor instead.
+func (*ListedDevice) Descriptor() ([]byte, []int) {
+	return file_keyserver_v1_e2ekeys_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *ListedDevice) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *ListedDevice) GetDisplayName() string {
+	if x != nil {
+		return x.DisplayName
+	}
+	return ""
+}
+
+func (x *ListedDevice) GetKeys() []byte {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+type LocalDeviceListResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	UserId   string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	StreamId int64                  `protobuf:"varint,2,opt,name=stream_id,json=streamId,proto3" json:"stream_id,omitempty"`
+	Devices  []*ListedDevice        `protobuf:"bytes,3,rep,name=devices,proto3" json:"devices,omitempty"`
+	// Cross-signing key objects (JSON); empty when the user has none.
+	MasterKey      []byte `protobuf:"bytes,4,opt,name=master_key,json=masterKey,proto3" json:"master_key,omitempty"`
+	SelfSigningKey []byte `protobuf:"bytes,5,opt,name=self_signing_key,json=selfSigningKey,proto3" json:"self_signing_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *LocalDeviceListResponse) Reset() {
+	*x = LocalDeviceListResponse{}
+	mi := &file_keyserver_v1_e2ekeys_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LocalDeviceListResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LocalDeviceListResponse) ProtoMessage() {}
+
+func (x *LocalDeviceListResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keyserver_v1_e2ekeys_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LocalDeviceListResponse.ProtoReflect.Descriptor instead.
+func (*LocalDeviceListResponse) Descriptor() ([]byte, []int) {
+	return file_keyserver_v1_e2ekeys_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *LocalDeviceListResponse) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *LocalDeviceListResponse) GetStreamId() int64 {
+	if x != nil {
+		return x.StreamId
+	}
+	return 0
+}
+
+func (x *LocalDeviceListResponse) GetDevices() []*ListedDevice {
+	if x != nil {
+		return x.Devices
+	}
+	return nil
+}
+
+func (x *LocalDeviceListResponse) GetMasterKey() []byte {
+	if x != nil {
+		return x.MasterKey
+	}
+	return nil
+}
+
+func (x *LocalDeviceListResponse) GetSelfSigningKey() []byte {
+	if x != nil {
+		return x.SelfSigningKey
+	}
+	return nil
+}
+
+type UpdateRemoteDeviceListRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The server the EDU came from (the user's).
+	Origin      string  `protobuf:"bytes,1,opt,name=origin,proto3" json:"origin,omitempty"`
+	UserId      string  `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	DeviceId    string  `protobuf:"bytes,3,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	DisplayName string  `protobuf:"bytes,4,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
+	StreamId    int64   `protobuf:"varint,5,opt,name=stream_id,json=streamId,proto3" json:"stream_id,omitempty"`
+	PrevIds     []int64 `protobuf:"varint,6,rep,packed,name=prev_ids,json=prevIds,proto3" json:"prev_ids,omitempty"`
+	Deleted     bool    `protobuf:"varint,7,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	// The device's identity keys object (JSON); empty: none given.
+	Keys          []byte `protobuf:"bytes,8,opt,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateRemoteDeviceListRequest) Reset() {
+	*x = UpdateRemoteDeviceListRequest{}
+	mi := &file_keyserver_v1_e2ekeys_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateRemoteDeviceListRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateRemoteDeviceListRequest) ProtoMessage() {}
+
+func (x *UpdateRemoteDeviceListRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyserver_v1_e2ekeys_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateRemoteDeviceListRequest.ProtoReflect.Descriptor instead.
+func (*UpdateRemoteDeviceListRequest) Descriptor() ([]byte, []int) {
+	return file_keyserver_v1_e2ekeys_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *UpdateRemoteDeviceListRequest) GetOrigin() string {
+	if x != nil {
+		return x.Origin
+	}
+	return ""
+}
+
+func (x *UpdateRemoteDeviceListRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *UpdateRemoteDeviceListRequest) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *UpdateRemoteDeviceListRequest) GetDisplayName() string {
+	if x != nil {
+		return x.DisplayName
+	}
+	return ""
+}
+
+func (x *UpdateRemoteDeviceListRequest) GetStreamId() int64 {
+	if x != nil {
+		return x.StreamId
+	}
+	return 0
+}
+
+func (x *UpdateRemoteDeviceListRequest) GetPrevIds() []int64 {
+	if x != nil {
+		return x.PrevIds
+	}
+	return nil
+}
+
+func (x *UpdateRemoteDeviceListRequest) GetDeleted() bool {
+	if x != nil {
+		return x.Deleted
+	}
+	return false
+}
+
+func (x *UpdateRemoteDeviceListRequest) GetKeys() []byte {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+type UpdateRemoteDeviceListResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The update was seen before and changed nothing.
+	Duplicate bool `protobuf:"varint,1,opt,name=duplicate,proto3" json:"duplicate,omitempty"`
+	// The user's list needs a resync (/user/devices).
+	Stale         bool `protobuf:"varint,2,opt,name=stale,proto3" json:"stale,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateRemoteDeviceListResponse) Reset() {
+	*x = UpdateRemoteDeviceListResponse{}
+	mi := &file_keyserver_v1_e2ekeys_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateRemoteDeviceListResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateRemoteDeviceListResponse) ProtoMessage() {}
+
+func (x *UpdateRemoteDeviceListResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keyserver_v1_e2ekeys_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateRemoteDeviceListResponse.ProtoReflect.Descriptor instead.
+func (*UpdateRemoteDeviceListResponse) Descriptor() ([]byte, []int) {
+	return file_keyserver_v1_e2ekeys_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *UpdateRemoteDeviceListResponse) GetDuplicate() bool {
+	if x != nil {
+		return x.Duplicate
+	}
+	return false
+}
+
+func (x *UpdateRemoteDeviceListResponse) GetStale() bool {
+	if x != nil {
+		return x.Stale
+	}
+	return false
+}
+
+type UpdateRemoteSigningKeysRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Origin string                 `protobuf:"bytes,1,opt,name=origin,proto3" json:"origin,omitempty"`
+	UserId string                 `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// Key objects (JSON); empty: not given.
+	MasterKey      []byte `protobuf:"bytes,3,opt,name=master_key,json=masterKey,proto3" json:"master_key,omitempty"`
+	SelfSigningKey []byte `protobuf:"bytes,4,opt,name=self_signing_key,json=selfSigningKey,proto3" json:"self_signing_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *UpdateRemoteSigningKeysRequest) Reset() {
+	*x = UpdateRemoteSigningKeysRequest{}
+	mi := &file_keyserver_v1_e2ekeys_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateRemoteSigningKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateRemoteSigningKeysRequest) ProtoMessage() {}
+
+func (x *UpdateRemoteSigningKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyserver_v1_e2ekeys_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateRemoteSigningKeysRequest.ProtoReflect.Descriptor instead.
+func (*UpdateRemoteSigningKeysRequest) Descriptor() ([]byte, []int) {
+	return file_keyserver_v1_e2ekeys_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *UpdateRemoteSigningKeysRequest) GetOrigin() string {
+	if x != nil {
+		return x.Origin
+	}
+	return ""
+}
+
+func (x *UpdateRemoteSigningKeysRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *UpdateRemoteSigningKeysRequest) GetMasterKey() []byte {
+	if x != nil {
+		return x.MasterKey
+	}
+	return nil
+}
+
+func (x *UpdateRemoteSigningKeysRequest) GetSelfSigningKey() []byte {
+	if x != nil {
+		return x.SelfSigningKey
+	}
+	return nil
+}
+
+type UpdateRemoteSigningKeysResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateRemoteSigningKeysResponse) Reset() {
+	*x = UpdateRemoteSigningKeysResponse{}
+	mi := &file_keyserver_v1_e2ekeys_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateRemoteSigningKeysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateRemoteSigningKeysResponse) ProtoMessage() {}
+
+func (x *UpdateRemoteSigningKeysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keyserver_v1_e2ekeys_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateRemoteSigningKeysResponse.ProtoReflect.Descriptor instead.
+func (*UpdateRemoteSigningKeysResponse) Descriptor() ([]byte, []int) {
+	return file_keyserver_v1_e2ekeys_proto_rawDescGZIP(), []int{56}
+}
+
+type MarkRemoteDeviceListStaleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UserIds       []string               `protobuf:"bytes,1,rep,name=user_ids,json=userIds,proto3" json:"user_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MarkRemoteDeviceListStaleRequest) Reset() {
+	*x = MarkRemoteDeviceListStaleRequest{}
+	mi := &file_keyserver_v1_e2ekeys_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MarkRemoteDeviceListStaleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MarkRemoteDeviceListStaleRequest) ProtoMessage() {}
+
+func (x *MarkRemoteDeviceListStaleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyserver_v1_e2ekeys_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MarkRemoteDeviceListStaleRequest.ProtoReflect.Descriptor instead.
+func (*MarkRemoteDeviceListStaleRequest) Descriptor() ([]byte, []int) {
+	return file_keyserver_v1_e2ekeys_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *MarkRemoteDeviceListStaleRequest) GetUserIds() []string {
+	if x != nil {
+		return x.UserIds
+	}
+	return nil
+}
+
+type MarkRemoteDeviceListStaleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MarkRemoteDeviceListStaleResponse) Reset() {
+	*x = MarkRemoteDeviceListStaleResponse{}
+	mi := &file_keyserver_v1_e2ekeys_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MarkRemoteDeviceListStaleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MarkRemoteDeviceListStaleResponse) ProtoMessage() {}
+
+func (x *MarkRemoteDeviceListStaleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keyserver_v1_e2ekeys_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MarkRemoteDeviceListStaleResponse.ProtoReflect.Descriptor instead.
+func (*MarkRemoteDeviceListStaleResponse) Descriptor() ([]byte, []int) {
+	return file_keyserver_v1_e2ekeys_proto_rawDescGZIP(), []int{58}
+}
+
+type SetRemoteDeviceListRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	UserId         string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	StreamId       int64                  `protobuf:"varint,2,opt,name=stream_id,json=streamId,proto3" json:"stream_id,omitempty"`
+	Devices        []*ListedDevice        `protobuf:"bytes,3,rep,name=devices,proto3" json:"devices,omitempty"`
+	MasterKey      []byte                 `protobuf:"bytes,4,opt,name=master_key,json=masterKey,proto3" json:"master_key,omitempty"`
+	SelfSigningKey []byte                 `protobuf:"bytes,5,opt,name=self_signing_key,json=selfSigningKey,proto3" json:"self_signing_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *SetRemoteDeviceListRequest) Reset() {
+	*x = SetRemoteDeviceListRequest{}
+	mi := &file_keyserver_v1_e2ekeys_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRemoteDeviceListRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRemoteDeviceListRequest) ProtoMessage() {}
+
+func (x *SetRemoteDeviceListRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyserver_v1_e2ekeys_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRemoteDeviceListRequest.ProtoReflect.Descriptor instead.
+func (*SetRemoteDeviceListRequest) Descriptor() ([]byte, []int) {
+	return file_keyserver_v1_e2ekeys_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *SetRemoteDeviceListRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *SetRemoteDeviceListRequest) GetStreamId() int64 {
+	if x != nil {
+		return x.StreamId
+	}
+	return 0
+}
+
+func (x *SetRemoteDeviceListRequest) GetDevices() []*ListedDevice {
+	if x != nil {
+		return x.Devices
+	}
+	return nil
+}
+
+func (x *SetRemoteDeviceListRequest) GetMasterKey() []byte {
+	if x != nil {
+		return x.MasterKey
+	}
+	return nil
+}
+
+func (x *SetRemoteDeviceListRequest) GetSelfSigningKey() []byte {
+	if x != nil {
+		return x.SelfSigningKey
+	}
+	return nil
+}
+
+type SetRemoteDeviceListResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// False when the held list was newer (stream_id higher).
+	Replaced      bool `protobuf:"varint,1,opt,name=replaced,proto3" json:"replaced,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetRemoteDeviceListResponse) Reset() {
+	*x = SetRemoteDeviceListResponse{}
+	mi := &file_keyserver_v1_e2ekeys_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRemoteDeviceListResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRemoteDeviceListResponse) ProtoMessage() {}
+
+func (x *SetRemoteDeviceListResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keyserver_v1_e2ekeys_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRemoteDeviceListResponse.ProtoReflect.Descriptor instead.
+func (*SetRemoteDeviceListResponse) Descriptor() ([]byte, []int) {
+	return file_keyserver_v1_e2ekeys_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *SetRemoteDeviceListResponse) GetReplaced() bool {
+	if x != nil {
+		return x.Replaced
+	}
+	return false
+}
+
+type QueryRemoteDeviceListsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UserIds       []string               `protobuf:"bytes,1,rep,name=user_ids,json=userIds,proto3" json:"user_ids,omitempty"`
+	StaleOnly     bool                   `protobuf:"varint,2,opt,name=stale_only,json=staleOnly,proto3" json:"stale_only,omitempty"`
+	Limit         int32                  `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryRemoteDeviceListsRequest) Reset() {
+	*x = QueryRemoteDeviceListsRequest{}
+	mi := &file_keyserver_v1_e2ekeys_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryRemoteDeviceListsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryRemoteDeviceListsRequest) ProtoMessage() {}
+
+func (x *QueryRemoteDeviceListsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyserver_v1_e2ekeys_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryRemoteDeviceListsRequest.ProtoReflect.Descriptor instead.
+func (*QueryRemoteDeviceListsRequest) Descriptor() ([]byte, []int) {
+	return file_keyserver_v1_e2ekeys_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *QueryRemoteDeviceListsRequest) GetUserIds() []string {
+	if x != nil {
+		return x.UserIds
+	}
+	return nil
+}
+
+func (x *QueryRemoteDeviceListsRequest) GetStaleOnly() bool {
+	if x != nil {
+		return x.StaleOnly
+	}
+	return false
+}
+
+func (x *QueryRemoteDeviceListsRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type RemoteDeviceList struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	UserId         string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	StreamId       int64                  `protobuf:"varint,2,opt,name=stream_id,json=streamId,proto3" json:"stream_id,omitempty"`
+	Stale          bool                   `protobuf:"varint,3,opt,name=stale,proto3" json:"stale,omitempty"`
+	Devices        []*ListedDevice        `protobuf:"bytes,4,rep,name=devices,proto3" json:"devices,omitempty"`
+	MasterKey      []byte                 `protobuf:"bytes,5,opt,name=master_key,json=masterKey,proto3" json:"master_key,omitempty"`
+	SelfSigningKey []byte                 `protobuf:"bytes,6,opt,name=self_signing_key,json=selfSigningKey,proto3" json:"self_signing_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *RemoteDeviceList) Reset() {
+	*x = RemoteDeviceList{}
+	mi := &file_keyserver_v1_e2ekeys_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoteDeviceList) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoteDeviceList) ProtoMessage() {}
+
+func (x *RemoteDeviceList) ProtoReflect() protoreflect.Message {
+	mi := &file_keyserver_v1_e2ekeys_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoteDeviceList.ProtoReflect.Descriptor instead.
+func (*RemoteDeviceList) Descriptor() ([]byte, []int) {
+	return file_keyserver_v1_e2ekeys_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *RemoteDeviceList) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *RemoteDeviceList) GetStreamId() int64 {
+	if x != nil {
+		return x.StreamId
+	}
+	return 0
+}
+
+func (x *RemoteDeviceList) GetStale() bool {
+	if x != nil {
+		return x.Stale
+	}
+	return false
+}
+
+func (x *RemoteDeviceList) GetDevices() []*ListedDevice {
+	if x != nil {
+		return x.Devices
+	}
+	return nil
+}
+
+func (x *RemoteDeviceList) GetMasterKey() []byte {
+	if x != nil {
+		return x.MasterKey
+	}
+	return nil
+}
+
+func (x *RemoteDeviceList) GetSelfSigningKey() []byte {
+	if x != nil {
+		return x.SelfSigningKey
+	}
+	return nil
+}
+
+type QueryRemoteDeviceListsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Lists         []*RemoteDeviceList    `protobuf:"bytes,1,rep,name=lists,proto3" json:"lists,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryRemoteDeviceListsResponse) Reset() {
+	*x = QueryRemoteDeviceListsResponse{}
+	mi := &file_keyserver_v1_e2ekeys_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryRemoteDeviceListsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryRemoteDeviceListsResponse) ProtoMessage() {}
+
+func (x *QueryRemoteDeviceListsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keyserver_v1_e2ekeys_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryRemoteDeviceListsResponse.ProtoReflect.Descriptor instead.
+func (*QueryRemoteDeviceListsResponse) Descriptor() ([]byte, []int) {
+	return file_keyserver_v1_e2ekeys_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *QueryRemoteDeviceListsResponse) GetLists() []*RemoteDeviceList {
+	if x != nil {
+		return x.Lists
+	}
+	return nil
+}
+
 var File_keyserver_v1_e2ekeys_proto protoreflect.FileDescriptor
 
 const file_keyserver_v1_e2ekeys_proto_rawDesc = "" +
@@ -3425,7 +4258,66 @@ const file_keyserver_v1_e2ekeys_proto_rawDesc = "" +
 	"\n" +
 	"master_key\x18\t \x01(\fR\tmasterKey\x12(\n" +
 	"\x10self_signing_key\x18\n" +
-	" \x01(\fR\x0eselfSigningKey*\x8e\x02\n" +
+	" \x01(\fR\x0eselfSigningKey\"1\n" +
+	"\x16LocalDeviceListRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\"b\n" +
+	"\fListedDevice\x12\x1b\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12!\n" +
+	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12\x12\n" +
+	"\x04keys\x18\x03 \x01(\fR\x04keys\"\xd5\x01\n" +
+	"\x17LocalDeviceListResponse\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1b\n" +
+	"\tstream_id\x18\x02 \x01(\x03R\bstreamId\x12;\n" +
+	"\adevices\x18\x03 \x03(\v2!.myelin.keyserver.v1.ListedDeviceR\adevices\x12\x1d\n" +
+	"\n" +
+	"master_key\x18\x04 \x01(\fR\tmasterKey\x12(\n" +
+	"\x10self_signing_key\x18\x05 \x01(\fR\x0eselfSigningKey\"\xf6\x01\n" +
+	"\x1dUpdateRemoteDeviceListRequest\x12\x16\n" +
+	"\x06origin\x18\x01 \x01(\tR\x06origin\x12\x17\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x1b\n" +
+	"\tdevice_id\x18\x03 \x01(\tR\bdeviceId\x12!\n" +
+	"\fdisplay_name\x18\x04 \x01(\tR\vdisplayName\x12\x1b\n" +
+	"\tstream_id\x18\x05 \x01(\x03R\bstreamId\x12\x19\n" +
+	"\bprev_ids\x18\x06 \x03(\x03R\aprevIds\x12\x18\n" +
+	"\adeleted\x18\a \x01(\bR\adeleted\x12\x12\n" +
+	"\x04keys\x18\b \x01(\fR\x04keys\"T\n" +
+	"\x1eUpdateRemoteDeviceListResponse\x12\x1c\n" +
+	"\tduplicate\x18\x01 \x01(\bR\tduplicate\x12\x14\n" +
+	"\x05stale\x18\x02 \x01(\bR\x05stale\"\x9a\x01\n" +
+	"\x1eUpdateRemoteSigningKeysRequest\x12\x16\n" +
+	"\x06origin\x18\x01 \x01(\tR\x06origin\x12\x17\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x1d\n" +
+	"\n" +
+	"master_key\x18\x03 \x01(\fR\tmasterKey\x12(\n" +
+	"\x10self_signing_key\x18\x04 \x01(\fR\x0eselfSigningKey\"!\n" +
+	"\x1fUpdateRemoteSigningKeysResponse\"=\n" +
+	" MarkRemoteDeviceListStaleRequest\x12\x19\n" +
+	"\buser_ids\x18\x01 \x03(\tR\auserIds\"#\n" +
+	"!MarkRemoteDeviceListStaleResponse\"\xd8\x01\n" +
+	"\x1aSetRemoteDeviceListRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1b\n" +
+	"\tstream_id\x18\x02 \x01(\x03R\bstreamId\x12;\n" +
+	"\adevices\x18\x03 \x03(\v2!.myelin.keyserver.v1.ListedDeviceR\adevices\x12\x1d\n" +
+	"\n" +
+	"master_key\x18\x04 \x01(\fR\tmasterKey\x12(\n" +
+	"\x10self_signing_key\x18\x05 \x01(\fR\x0eselfSigningKey\"9\n" +
+	"\x1bSetRemoteDeviceListResponse\x12\x1a\n" +
+	"\breplaced\x18\x01 \x01(\bR\breplaced\"o\n" +
+	"\x1dQueryRemoteDeviceListsRequest\x12\x19\n" +
+	"\buser_ids\x18\x01 \x03(\tR\auserIds\x12\x1d\n" +
+	"\n" +
+	"stale_only\x18\x02 \x01(\bR\tstaleOnly\x12\x14\n" +
+	"\x05limit\x18\x03 \x01(\x05R\x05limit\"\xe4\x01\n" +
+	"\x10RemoteDeviceList\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1b\n" +
+	"\tstream_id\x18\x02 \x01(\x03R\bstreamId\x12\x14\n" +
+	"\x05stale\x18\x03 \x01(\bR\x05stale\x12;\n" +
+	"\adevices\x18\x04 \x03(\v2!.myelin.keyserver.v1.ListedDeviceR\adevices\x12\x1d\n" +
+	"\n" +
+	"master_key\x18\x05 \x01(\fR\tmasterKey\x12(\n" +
+	"\x10self_signing_key\x18\x06 \x01(\fR\x0eselfSigningKey\"]\n" +
+	"\x1eQueryRemoteDeviceListsResponse\x12;\n" +
+	"\x05lists\x18\x01 \x03(\v2%.myelin.keyserver.v1.RemoteDeviceListR\x05lists*\x8e\x02\n" +
 	"\vE2EKeyError\x12\x1d\n" +
 	"\x19E2E_KEY_ERROR_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16E2E_KEY_ERROR_BAD_JSON\x10\x01\x12\x1f\n" +
@@ -3438,7 +4330,7 @@ const file_keyserver_v1_e2ekeys_proto_rawDesc = "" +
 	"\rKeyChangeKind\x12\x1f\n" +
 	"\x1bKEY_CHANGE_KIND_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16KEY_CHANGE_KIND_DEVICE\x10\x01\x12 \n" +
-	"\x1cKEY_CHANGE_KIND_SIGNING_KEYS\x10\x022\x89\x0e\n" +
+	"\x1cKEY_CHANGE_KIND_SIGNING_KEYS\x10\x022\x8d\x14\n" +
 	"\rE2EKeyService\x12]\n" +
 	"\n" +
 	"UploadKeys\x12&.myelin.keyserver.v1.UploadKeysRequest\x1a'.myelin.keyserver.v1.UploadKeysResponse\x12Z\n" +
@@ -3459,7 +4351,13 @@ const file_keyserver_v1_e2ekeys_proto_rawDesc = "" +
 	"\rGetBackupKeys\x12).myelin.keyserver.v1.GetBackupKeysRequest\x1a*.myelin.keyserver.v1.GetBackupKeysResponse\x12d\n" +
 	"\x10DeleteBackupKeys\x12,.myelin.keyserver.v1.DeleteBackupKeysRequest\x1a\".myelin.keyserver.v1.BackupKeysTag\x12_\n" +
 	"\n" +
-	"ImportKeys\x12&.myelin.keyserver.v1.ImportKeysRequest\x1a'.myelin.keyserver.v1.ImportKeysResponse(\x01B>Z<github.com/myelin-chat/myelin/proto/keyserver/v1;keyserverv1b\x06proto3"
+	"ImportKeys\x12&.myelin.keyserver.v1.ImportKeysRequest\x1a'.myelin.keyserver.v1.ImportKeysResponse(\x01\x12l\n" +
+	"\x0fLocalDeviceList\x12+.myelin.keyserver.v1.LocalDeviceListRequest\x1a,.myelin.keyserver.v1.LocalDeviceListResponse\x12\x81\x01\n" +
+	"\x16UpdateRemoteDeviceList\x122.myelin.keyserver.v1.UpdateRemoteDeviceListRequest\x1a3.myelin.keyserver.v1.UpdateRemoteDeviceListResponse\x12\x84\x01\n" +
+	"\x17UpdateRemoteSigningKeys\x123.myelin.keyserver.v1.UpdateRemoteSigningKeysRequest\x1a4.myelin.keyserver.v1.UpdateRemoteSigningKeysResponse\x12\x8a\x01\n" +
+	"\x19MarkRemoteDeviceListStale\x125.myelin.keyserver.v1.MarkRemoteDeviceListStaleRequest\x1a6.myelin.keyserver.v1.MarkRemoteDeviceListStaleResponse\x12x\n" +
+	"\x13SetRemoteDeviceList\x12/.myelin.keyserver.v1.SetRemoteDeviceListRequest\x1a0.myelin.keyserver.v1.SetRemoteDeviceListResponse\x12\x81\x01\n" +
+	"\x16QueryRemoteDeviceLists\x122.myelin.keyserver.v1.QueryRemoteDeviceListsRequest\x1a3.myelin.keyserver.v1.QueryRemoteDeviceListsResponseB>Z<github.com/myelin-chat/myelin/proto/keyserver/v1;keyserverv1b\x06proto3"
 
 var (
 	file_keyserver_v1_e2ekeys_proto_rawDescOnce sync.Once
@@ -3474,78 +4372,92 @@ func file_keyserver_v1_e2ekeys_proto_rawDescGZIP() []byte {
 }
 
 var file_keyserver_v1_e2ekeys_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_keyserver_v1_e2ekeys_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
+var file_keyserver_v1_e2ekeys_proto_msgTypes = make([]protoimpl.MessageInfo, 68)
 var file_keyserver_v1_e2ekeys_proto_goTypes = []any{
-	(E2EKeyError)(0),                       // 0: myelin.keyserver.v1.E2EKeyError
-	(KeyChangeKind)(0),                     // 1: myelin.keyserver.v1.KeyChangeKind
-	(*KeyEntry)(nil),                       // 2: myelin.keyserver.v1.KeyEntry
-	(*UploadKeysRequest)(nil),              // 3: myelin.keyserver.v1.UploadKeysRequest
-	(*UploadKeysResponse)(nil),             // 4: myelin.keyserver.v1.UploadKeysResponse
-	(*UserDevices)(nil),                    // 5: myelin.keyserver.v1.UserDevices
-	(*QueryKeysRequest)(nil),               // 6: myelin.keyserver.v1.QueryKeysRequest
-	(*QueriedDevice)(nil),                  // 7: myelin.keyserver.v1.QueriedDevice
-	(*UserKeys)(nil),                       // 8: myelin.keyserver.v1.UserKeys
-	(*QueryKeysResponse)(nil),              // 9: myelin.keyserver.v1.QueryKeysResponse
-	(*ClaimKey)(nil),                       // 10: myelin.keyserver.v1.ClaimKey
-	(*ClaimKeysRequest)(nil),               // 11: myelin.keyserver.v1.ClaimKeysRequest
-	(*ClaimedKey)(nil),                     // 12: myelin.keyserver.v1.ClaimedKey
-	(*ClaimKeysResponse)(nil),              // 13: myelin.keyserver.v1.ClaimKeysResponse
-	(*KeyChangesRequest)(nil),              // 14: myelin.keyserver.v1.KeyChangesRequest
-	(*KeyChangesResponse)(nil),             // 15: myelin.keyserver.v1.KeyChangesResponse
-	(*UploadCrossSigningKeysRequest)(nil),  // 16: myelin.keyserver.v1.UploadCrossSigningKeysRequest
-	(*UploadCrossSigningKeysResponse)(nil), // 17: myelin.keyserver.v1.UploadCrossSigningKeysResponse
-	(*SignedObject)(nil),                   // 18: myelin.keyserver.v1.SignedObject
-	(*UploadSignaturesRequest)(nil),        // 19: myelin.keyserver.v1.UploadSignaturesRequest
-	(*SignatureFailure)(nil),               // 20: myelin.keyserver.v1.SignatureFailure
-	(*UploadSignaturesResponse)(nil),       // 21: myelin.keyserver.v1.UploadSignaturesResponse
-	(*DevicesDeletedRequest)(nil),          // 22: myelin.keyserver.v1.DevicesDeletedRequest
-	(*DevicesDeletedResponse)(nil),         // 23: myelin.keyserver.v1.DevicesDeletedResponse
-	(*DeviceRenamedRequest)(nil),           // 24: myelin.keyserver.v1.DeviceRenamedRequest
-	(*DeviceRenamedResponse)(nil),          // 25: myelin.keyserver.v1.DeviceRenamedResponse
-	(*SyncKeysRequest)(nil),                // 26: myelin.keyserver.v1.SyncKeysRequest
-	(*SyncKeysResponse)(nil),               // 27: myelin.keyserver.v1.SyncKeysResponse
-	(*BackupVersion)(nil),                  // 28: myelin.keyserver.v1.BackupVersion
-	(*CreateBackupVersionRequest)(nil),     // 29: myelin.keyserver.v1.CreateBackupVersionRequest
-	(*CreateBackupVersionResponse)(nil),    // 30: myelin.keyserver.v1.CreateBackupVersionResponse
-	(*GetBackupVersionRequest)(nil),        // 31: myelin.keyserver.v1.GetBackupVersionRequest
-	(*UpdateBackupVersionRequest)(nil),     // 32: myelin.keyserver.v1.UpdateBackupVersionRequest
-	(*UpdateBackupVersionResponse)(nil),    // 33: myelin.keyserver.v1.UpdateBackupVersionResponse
-	(*DeleteBackupVersionRequest)(nil),     // 34: myelin.keyserver.v1.DeleteBackupVersionRequest
-	(*DeleteBackupVersionResponse)(nil),    // 35: myelin.keyserver.v1.DeleteBackupVersionResponse
-	(*BackupKey)(nil),                      // 36: myelin.keyserver.v1.BackupKey
-	(*PutBackupKeysRequest)(nil),           // 37: myelin.keyserver.v1.PutBackupKeysRequest
-	(*BackupKeysTag)(nil),                  // 38: myelin.keyserver.v1.BackupKeysTag
-	(*GetBackupKeysRequest)(nil),           // 39: myelin.keyserver.v1.GetBackupKeysRequest
-	(*GetBackupKeysResponse)(nil),          // 40: myelin.keyserver.v1.GetBackupKeysResponse
-	(*DeleteBackupKeysRequest)(nil),        // 41: myelin.keyserver.v1.DeleteBackupKeysRequest
-	(*ImportKeysRequest)(nil),              // 42: myelin.keyserver.v1.ImportKeysRequest
-	(*ImportedDevice)(nil),                 // 43: myelin.keyserver.v1.ImportedDevice
-	(*ImportedOneTimeKey)(nil),             // 44: myelin.keyserver.v1.ImportedOneTimeKey
-	(*ImportedFallbackKey)(nil),            // 45: myelin.keyserver.v1.ImportedFallbackKey
-	(*ImportedCrossSigningKey)(nil),        // 46: myelin.keyserver.v1.ImportedCrossSigningKey
-	(*ImportedDeviceListChange)(nil),       // 47: myelin.keyserver.v1.ImportedDeviceListChange
-	(*ImportedBackupVersion)(nil),          // 48: myelin.keyserver.v1.ImportedBackupVersion
-	(*ImportedBackupKey)(nil),              // 49: myelin.keyserver.v1.ImportedBackupKey
-	(*ImportKeysResponse)(nil),             // 50: myelin.keyserver.v1.ImportKeysResponse
-	(*KeyChange)(nil),                      // 51: myelin.keyserver.v1.KeyChange
-	nil,                                    // 52: myelin.keyserver.v1.UploadKeysResponse.OneTimeKeyCountsEntry
-	nil,                                    // 53: myelin.keyserver.v1.UserKeys.DevicesEntry
-	nil,                                    // 54: myelin.keyserver.v1.QueryKeysResponse.UsersEntry
-	nil,                                    // 55: myelin.keyserver.v1.SyncKeysResponse.OneTimeKeyCountsEntry
+	(E2EKeyError)(0),                          // 0: myelin.keyserver.v1.E2EKeyError
+	(KeyChangeKind)(0),                        // 1: myelin.keyserver.v1.KeyChangeKind
+	(*KeyEntry)(nil),                          // 2: myelin.keyserver.v1.KeyEntry
+	(*UploadKeysRequest)(nil),                 // 3: myelin.keyserver.v1.UploadKeysRequest
+	(*UploadKeysResponse)(nil),                // 4: myelin.keyserver.v1.UploadKeysResponse
+	(*UserDevices)(nil),                       // 5: myelin.keyserver.v1.UserDevices
+	(*QueryKeysRequest)(nil),                  // 6: myelin.keyserver.v1.QueryKeysRequest
+	(*QueriedDevice)(nil),                     // 7: myelin.keyserver.v1.QueriedDevice
+	(*UserKeys)(nil),                          // 8: myelin.keyserver.v1.UserKeys
+	(*QueryKeysResponse)(nil),                 // 9: myelin.keyserver.v1.QueryKeysResponse
+	(*ClaimKey)(nil),                          // 10: myelin.keyserver.v1.ClaimKey
+	(*ClaimKeysRequest)(nil),                  // 11: myelin.keyserver.v1.ClaimKeysRequest
+	(*ClaimedKey)(nil),                        // 12: myelin.keyserver.v1.ClaimedKey
+	(*ClaimKeysResponse)(nil),                 // 13: myelin.keyserver.v1.ClaimKeysResponse
+	(*KeyChangesRequest)(nil),                 // 14: myelin.keyserver.v1.KeyChangesRequest
+	(*KeyChangesResponse)(nil),                // 15: myelin.keyserver.v1.KeyChangesResponse
+	(*UploadCrossSigningKeysRequest)(nil),     // 16: myelin.keyserver.v1.UploadCrossSigningKeysRequest
+	(*UploadCrossSigningKeysResponse)(nil),    // 17: myelin.keyserver.v1.UploadCrossSigningKeysResponse
+	(*SignedObject)(nil),                      // 18: myelin.keyserver.v1.SignedObject
+	(*UploadSignaturesRequest)(nil),           // 19: myelin.keyserver.v1.UploadSignaturesRequest
+	(*SignatureFailure)(nil),                  // 20: myelin.keyserver.v1.SignatureFailure
+	(*UploadSignaturesResponse)(nil),          // 21: myelin.keyserver.v1.UploadSignaturesResponse
+	(*DevicesDeletedRequest)(nil),             // 22: myelin.keyserver.v1.DevicesDeletedRequest
+	(*DevicesDeletedResponse)(nil),            // 23: myelin.keyserver.v1.DevicesDeletedResponse
+	(*DeviceRenamedRequest)(nil),              // 24: myelin.keyserver.v1.DeviceRenamedRequest
+	(*DeviceRenamedResponse)(nil),             // 25: myelin.keyserver.v1.DeviceRenamedResponse
+	(*SyncKeysRequest)(nil),                   // 26: myelin.keyserver.v1.SyncKeysRequest
+	(*SyncKeysResponse)(nil),                  // 27: myelin.keyserver.v1.SyncKeysResponse
+	(*BackupVersion)(nil),                     // 28: myelin.keyserver.v1.BackupVersion
+	(*CreateBackupVersionRequest)(nil),        // 29: myelin.keyserver.v1.CreateBackupVersionRequest
+	(*CreateBackupVersionResponse)(nil),       // 30: myelin.keyserver.v1.CreateBackupVersionResponse
+	(*GetBackupVersionRequest)(nil),           // 31: myelin.keyserver.v1.GetBackupVersionRequest
+	(*UpdateBackupVersionRequest)(nil),        // 32: myelin.keyserver.v1.UpdateBackupVersionRequest
+	(*UpdateBackupVersionResponse)(nil),       // 33: myelin.keyserver.v1.UpdateBackupVersionResponse
+	(*DeleteBackupVersionRequest)(nil),        // 34: myelin.keyserver.v1.DeleteBackupVersionRequest
+	(*DeleteBackupVersionResponse)(nil),       // 35: myelin.keyserver.v1.DeleteBackupVersionResponse
+	(*BackupKey)(nil),                         // 36: myelin.keyserver.v1.BackupKey
+	(*PutBackupKeysRequest)(nil),              // 37: myelin.keyserver.v1.PutBackupKeysRequest
+	(*BackupKeysTag)(nil),                     // 38: myelin.keyserver.v1.BackupKeysTag
+	(*GetBackupKeysRequest)(nil),              // 39: myelin.keyserver.v1.GetBackupKeysRequest
+	(*GetBackupKeysResponse)(nil),             // 40: myelin.keyserver.v1.GetBackupKeysResponse
+	(*DeleteBackupKeysRequest)(nil),           // 41: myelin.keyserver.v1.DeleteBackupKeysRequest
+	(*ImportKeysRequest)(nil),                 // 42: myelin.keyserver.v1.ImportKeysRequest
+	(*ImportedDevice)(nil),                    // 43: myelin.keyserver.v1.ImportedDevice
+	(*ImportedOneTimeKey)(nil),                // 44: myelin.keyserver.v1.ImportedOneTimeKey
+	(*ImportedFallbackKey)(nil),               // 45: myelin.keyserver.v1.ImportedFallbackKey
+	(*ImportedCrossSigningKey)(nil),           // 46: myelin.keyserver.v1.ImportedCrossSigningKey
+	(*ImportedDeviceListChange)(nil),          // 47: myelin.keyserver.v1.ImportedDeviceListChange
+	(*ImportedBackupVersion)(nil),             // 48: myelin.keyserver.v1.ImportedBackupVersion
+	(*ImportedBackupKey)(nil),                 // 49: myelin.keyserver.v1.ImportedBackupKey
+	(*ImportKeysResponse)(nil),                // 50: myelin.keyserver.v1.ImportKeysResponse
+	(*KeyChange)(nil),                         // 51: myelin.keyserver.v1.KeyChange
+	(*LocalDeviceListRequest)(nil),            // 52: myelin.keyserver.v1.LocalDeviceListRequest
+	(*ListedDevice)(nil),                      // 53: myelin.keyserver.v1.ListedDevice
+	(*LocalDeviceListResponse)(nil),           // 54: myelin.keyserver.v1.LocalDeviceListResponse
+	(*UpdateRemoteDeviceListRequest)(nil),     // 55: myelin.keyserver.v1.UpdateRemoteDeviceListRequest
+	(*UpdateRemoteDeviceListResponse)(nil),    // 56: myelin.keyserver.v1.UpdateRemoteDeviceListResponse
+	(*UpdateRemoteSigningKeysRequest)(nil),    // 57: myelin.keyserver.v1.UpdateRemoteSigningKeysRequest
+	(*UpdateRemoteSigningKeysResponse)(nil),   // 58: myelin.keyserver.v1.UpdateRemoteSigningKeysResponse
+	(*MarkRemoteDeviceListStaleRequest)(nil),  // 59: myelin.keyserver.v1.MarkRemoteDeviceListStaleRequest
+	(*MarkRemoteDeviceListStaleResponse)(nil), // 60: myelin.keyserver.v1.MarkRemoteDeviceListStaleResponse
+	(*SetRemoteDeviceListRequest)(nil),        // 61: myelin.keyserver.v1.SetRemoteDeviceListRequest
+	(*SetRemoteDeviceListResponse)(nil),       // 62: myelin.keyserver.v1.SetRemoteDeviceListResponse
+	(*QueryRemoteDeviceListsRequest)(nil),     // 63: myelin.keyserver.v1.QueryRemoteDeviceListsRequest
+	(*RemoteDeviceList)(nil),                  // 64: myelin.keyserver.v1.RemoteDeviceList
+	(*QueryRemoteDeviceListsResponse)(nil),    // 65: myelin.keyserver.v1.QueryRemoteDeviceListsResponse
+	nil,                                       // 66: myelin.keyserver.v1.UploadKeysResponse.OneTimeKeyCountsEntry
+	nil,                                       // 67: myelin.keyserver.v1.UserKeys.DevicesEntry
+	nil,                                       // 68: myelin.keyserver.v1.QueryKeysResponse.UsersEntry
+	nil,                                       // 69: myelin.keyserver.v1.SyncKeysResponse.OneTimeKeyCountsEntry
 }
 var file_keyserver_v1_e2ekeys_proto_depIdxs = []int32{
 	2,  // 0: myelin.keyserver.v1.UploadKeysRequest.one_time_keys:type_name -> myelin.keyserver.v1.KeyEntry
 	2,  // 1: myelin.keyserver.v1.UploadKeysRequest.fallback_keys:type_name -> myelin.keyserver.v1.KeyEntry
-	52, // 2: myelin.keyserver.v1.UploadKeysResponse.one_time_key_counts:type_name -> myelin.keyserver.v1.UploadKeysResponse.OneTimeKeyCountsEntry
+	66, // 2: myelin.keyserver.v1.UploadKeysResponse.one_time_key_counts:type_name -> myelin.keyserver.v1.UploadKeysResponse.OneTimeKeyCountsEntry
 	5,  // 3: myelin.keyserver.v1.QueryKeysRequest.users:type_name -> myelin.keyserver.v1.UserDevices
-	53, // 4: myelin.keyserver.v1.UserKeys.devices:type_name -> myelin.keyserver.v1.UserKeys.DevicesEntry
-	54, // 5: myelin.keyserver.v1.QueryKeysResponse.users:type_name -> myelin.keyserver.v1.QueryKeysResponse.UsersEntry
+	67, // 4: myelin.keyserver.v1.UserKeys.devices:type_name -> myelin.keyserver.v1.UserKeys.DevicesEntry
+	68, // 5: myelin.keyserver.v1.QueryKeysResponse.users:type_name -> myelin.keyserver.v1.QueryKeysResponse.UsersEntry
 	10, // 6: myelin.keyserver.v1.ClaimKeysRequest.claims:type_name -> myelin.keyserver.v1.ClaimKey
 	12, // 7: myelin.keyserver.v1.ClaimKeysResponse.keys:type_name -> myelin.keyserver.v1.ClaimedKey
 	18, // 8: myelin.keyserver.v1.UploadSignaturesRequest.objects:type_name -> myelin.keyserver.v1.SignedObject
 	0,  // 9: myelin.keyserver.v1.SignatureFailure.reason:type_name -> myelin.keyserver.v1.E2EKeyError
 	20, // 10: myelin.keyserver.v1.UploadSignaturesResponse.failures:type_name -> myelin.keyserver.v1.SignatureFailure
-	55, // 11: myelin.keyserver.v1.SyncKeysResponse.one_time_key_counts:type_name -> myelin.keyserver.v1.SyncKeysResponse.OneTimeKeyCountsEntry
+	69, // 11: myelin.keyserver.v1.SyncKeysResponse.one_time_key_counts:type_name -> myelin.keyserver.v1.SyncKeysResponse.OneTimeKeyCountsEntry
 	36, // 12: myelin.keyserver.v1.PutBackupKeysRequest.keys:type_name -> myelin.keyserver.v1.BackupKey
 	36, // 13: myelin.keyserver.v1.GetBackupKeysResponse.keys:type_name -> myelin.keyserver.v1.BackupKey
 	43, // 14: myelin.keyserver.v1.ImportKeysRequest.devices:type_name -> myelin.keyserver.v1.ImportedDevice
@@ -3557,47 +4469,63 @@ var file_keyserver_v1_e2ekeys_proto_depIdxs = []int32{
 	49, // 20: myelin.keyserver.v1.ImportKeysRequest.backup_keys:type_name -> myelin.keyserver.v1.ImportedBackupKey
 	36, // 21: myelin.keyserver.v1.ImportedBackupKey.key:type_name -> myelin.keyserver.v1.BackupKey
 	1,  // 22: myelin.keyserver.v1.KeyChange.kind:type_name -> myelin.keyserver.v1.KeyChangeKind
-	7,  // 23: myelin.keyserver.v1.UserKeys.DevicesEntry.value:type_name -> myelin.keyserver.v1.QueriedDevice
-	8,  // 24: myelin.keyserver.v1.QueryKeysResponse.UsersEntry.value:type_name -> myelin.keyserver.v1.UserKeys
-	3,  // 25: myelin.keyserver.v1.E2EKeyService.UploadKeys:input_type -> myelin.keyserver.v1.UploadKeysRequest
-	6,  // 26: myelin.keyserver.v1.E2EKeyService.QueryKeys:input_type -> myelin.keyserver.v1.QueryKeysRequest
-	11, // 27: myelin.keyserver.v1.E2EKeyService.ClaimKeys:input_type -> myelin.keyserver.v1.ClaimKeysRequest
-	14, // 28: myelin.keyserver.v1.E2EKeyService.KeyChanges:input_type -> myelin.keyserver.v1.KeyChangesRequest
-	16, // 29: myelin.keyserver.v1.E2EKeyService.UploadCrossSigningKeys:input_type -> myelin.keyserver.v1.UploadCrossSigningKeysRequest
-	19, // 30: myelin.keyserver.v1.E2EKeyService.UploadSignatures:input_type -> myelin.keyserver.v1.UploadSignaturesRequest
-	22, // 31: myelin.keyserver.v1.E2EKeyService.DevicesDeleted:input_type -> myelin.keyserver.v1.DevicesDeletedRequest
-	24, // 32: myelin.keyserver.v1.E2EKeyService.DeviceRenamed:input_type -> myelin.keyserver.v1.DeviceRenamedRequest
-	26, // 33: myelin.keyserver.v1.E2EKeyService.SyncKeys:input_type -> myelin.keyserver.v1.SyncKeysRequest
-	29, // 34: myelin.keyserver.v1.E2EKeyService.CreateBackupVersion:input_type -> myelin.keyserver.v1.CreateBackupVersionRequest
-	31, // 35: myelin.keyserver.v1.E2EKeyService.GetBackupVersion:input_type -> myelin.keyserver.v1.GetBackupVersionRequest
-	32, // 36: myelin.keyserver.v1.E2EKeyService.UpdateBackupVersion:input_type -> myelin.keyserver.v1.UpdateBackupVersionRequest
-	34, // 37: myelin.keyserver.v1.E2EKeyService.DeleteBackupVersion:input_type -> myelin.keyserver.v1.DeleteBackupVersionRequest
-	37, // 38: myelin.keyserver.v1.E2EKeyService.PutBackupKeys:input_type -> myelin.keyserver.v1.PutBackupKeysRequest
-	39, // 39: myelin.keyserver.v1.E2EKeyService.GetBackupKeys:input_type -> myelin.keyserver.v1.GetBackupKeysRequest
-	41, // 40: myelin.keyserver.v1.E2EKeyService.DeleteBackupKeys:input_type -> myelin.keyserver.v1.DeleteBackupKeysRequest
-	42, // 41: myelin.keyserver.v1.E2EKeyService.ImportKeys:input_type -> myelin.keyserver.v1.ImportKeysRequest
-	4,  // 42: myelin.keyserver.v1.E2EKeyService.UploadKeys:output_type -> myelin.keyserver.v1.UploadKeysResponse
-	9,  // 43: myelin.keyserver.v1.E2EKeyService.QueryKeys:output_type -> myelin.keyserver.v1.QueryKeysResponse
-	13, // 44: myelin.keyserver.v1.E2EKeyService.ClaimKeys:output_type -> myelin.keyserver.v1.ClaimKeysResponse
-	15, // 45: myelin.keyserver.v1.E2EKeyService.KeyChanges:output_type -> myelin.keyserver.v1.KeyChangesResponse
-	17, // 46: myelin.keyserver.v1.E2EKeyService.UploadCrossSigningKeys:output_type -> myelin.keyserver.v1.UploadCrossSigningKeysResponse
-	21, // 47: myelin.keyserver.v1.E2EKeyService.UploadSignatures:output_type -> myelin.keyserver.v1.UploadSignaturesResponse
-	23, // 48: myelin.keyserver.v1.E2EKeyService.DevicesDeleted:output_type -> myelin.keyserver.v1.DevicesDeletedResponse
-	25, // 49: myelin.keyserver.v1.E2EKeyService.DeviceRenamed:output_type -> myelin.keyserver.v1.DeviceRenamedResponse
-	27, // 50: myelin.keyserver.v1.E2EKeyService.SyncKeys:output_type -> myelin.keyserver.v1.SyncKeysResponse
-	30, // 51: myelin.keyserver.v1.E2EKeyService.CreateBackupVersion:output_type -> myelin.keyserver.v1.CreateBackupVersionResponse
-	28, // 52: myelin.keyserver.v1.E2EKeyService.GetBackupVersion:output_type -> myelin.keyserver.v1.BackupVersion
-	33, // 53: myelin.keyserver.v1.E2EKeyService.UpdateBackupVersion:output_type -> myelin.keyserver.v1.UpdateBackupVersionResponse
-	35, // 54: myelin.keyserver.v1.E2EKeyService.DeleteBackupVersion:output_type -> myelin.keyserver.v1.DeleteBackupVersionResponse
-	38, // 55: myelin.keyserver.v1.E2EKeyService.PutBackupKeys:output_type -> myelin.keyserver.v1.BackupKeysTag
-	40, // 56: myelin.keyserver.v1.E2EKeyService.GetBackupKeys:output_type -> myelin.keyserver.v1.GetBackupKeysResponse
-	38, // 57: myelin.keyserver.v1.E2EKeyService.DeleteBackupKeys:output_type -> myelin.keyserver.v1.BackupKeysTag
-	50, // 58: myelin.keyserver.v1.E2EKeyService.ImportKeys:output_type -> myelin.keyserver.v1.ImportKeysResponse
-	42, // [42:59] is the sub-list for method output_type
-	25, // [25:42] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	53, // 23: myelin.keyserver.v1.LocalDeviceListResponse.devices:type_name -> myelin.keyserver.v1.ListedDevice
+	53, // 24: myelin.keyserver.v1.SetRemoteDeviceListRequest.devices:type_name -> myelin.keyserver.v1.ListedDevice
+	53, // 25: myelin.keyserver.v1.RemoteDeviceList.devices:type_name -> myelin.keyserver.v1.ListedDevice
+	64, // 26: myelin.keyserver.v1.QueryRemoteDeviceListsResponse.lists:type_name -> myelin.keyserver.v1.RemoteDeviceList
+	7,  // 27: myelin.keyserver.v1.UserKeys.DevicesEntry.value:type_name -> myelin.keyserver.v1.QueriedDevice
+	8,  // 28: myelin.keyserver.v1.QueryKeysResponse.UsersEntry.value:type_name -> myelin.keyserver.v1.UserKeys
+	3,  // 29: myelin.keyserver.v1.E2EKeyService.UploadKeys:input_type -> myelin.keyserver.v1.UploadKeysRequest
+	6,  // 30: myelin.keyserver.v1.E2EKeyService.QueryKeys:input_type -> myelin.keyserver.v1.QueryKeysRequest
+	11, // 31: myelin.keyserver.v1.E2EKeyService.ClaimKeys:input_type -> myelin.keyserver.v1.ClaimKeysRequest
+	14, // 32: myelin.keyserver.v1.E2EKeyService.KeyChanges:input_type -> myelin.keyserver.v1.KeyChangesRequest
+	16, // 33: myelin.keyserver.v1.E2EKeyService.UploadCrossSigningKeys:input_type -> myelin.keyserver.v1.UploadCrossSigningKeysRequest
+	19, // 34: myelin.keyserver.v1.E2EKeyService.UploadSignatures:input_type -> myelin.keyserver.v1.UploadSignaturesRequest
+	22, // 35: myelin.keyserver.v1.E2EKeyService.DevicesDeleted:input_type -> myelin.keyserver.v1.DevicesDeletedRequest
+	24, // 36: myelin.keyserver.v1.E2EKeyService.DeviceRenamed:input_type -> myelin.keyserver.v1.DeviceRenamedRequest
+	26, // 37: myelin.keyserver.v1.E2EKeyService.SyncKeys:input_type -> myelin.keyserver.v1.SyncKeysRequest
+	29, // 38: myelin.keyserver.v1.E2EKeyService.CreateBackupVersion:input_type -> myelin.keyserver.v1.CreateBackupVersionRequest
+	31, // 39: myelin.keyserver.v1.E2EKeyService.GetBackupVersion:input_type -> myelin.keyserver.v1.GetBackupVersionRequest
+	32, // 40: myelin.keyserver.v1.E2EKeyService.UpdateBackupVersion:input_type -> myelin.keyserver.v1.UpdateBackupVersionRequest
+	34, // 41: myelin.keyserver.v1.E2EKeyService.DeleteBackupVersion:input_type -> myelin.keyserver.v1.DeleteBackupVersionRequest
+	37, // 42: myelin.keyserver.v1.E2EKeyService.PutBackupKeys:input_type -> myelin.keyserver.v1.PutBackupKeysRequest
+	39, // 43: myelin.keyserver.v1.E2EKeyService.GetBackupKeys:input_type -> myelin.keyserver.v1.GetBackupKeysRequest
+	41, // 44: myelin.keyserver.v1.E2EKeyService.DeleteBackupKeys:input_type -> myelin.keyserver.v1.DeleteBackupKeysRequest
+	42, // 45: myelin.keyserver.v1.E2EKeyService.ImportKeys:input_type -> myelin.keyserver.v1.ImportKeysRequest
+	52, // 46: myelin.keyserver.v1.E2EKeyService.LocalDeviceList:input_type -> myelin.keyserver.v1.LocalDeviceListRequest
+	55, // 47: myelin.keyserver.v1.E2EKeyService.UpdateRemoteDeviceList:input_type -> myelin.keyserver.v1.UpdateRemoteDeviceListRequest
+	57, // 48: myelin.keyserver.v1.E2EKeyService.UpdateRemoteSigningKeys:input_type -> myelin.keyserver.v1.UpdateRemoteSigningKeysRequest
+	59, // 49: myelin.keyserver.v1.E2EKeyService.MarkRemoteDeviceListStale:input_type -> myelin.keyserver.v1.MarkRemoteDeviceListStaleRequest
+	61, // 50: myelin.keyserver.v1.E2EKeyService.SetRemoteDeviceList:input_type -> myelin.keyserver.v1.SetRemoteDeviceListRequest
+	63, // 51: myelin.keyserver.v1.E2EKeyService.QueryRemoteDeviceLists:input_type -> myelin.keyserver.v1.QueryRemoteDeviceListsRequest
+	4,  // 52: myelin.keyserver.v1.E2EKeyService.UploadKeys:output_type -> myelin.keyserver.v1.UploadKeysResponse
+	9,  // 53: myelin.keyserver.v1.E2EKeyService.QueryKeys:output_type -> myelin.keyserver.v1.QueryKeysResponse
+	13, // 54: myelin.keyserver.v1.E2EKeyService.ClaimKeys:output_type -> myelin.keyserver.v1.ClaimKeysResponse
+	15, // 55: myelin.keyserver.v1.E2EKeyService.KeyChanges:output_type -> myelin.keyserver.v1.KeyChangesResponse
+	17, // 56: myelin.keyserver.v1.E2EKeyService.UploadCrossSigningKeys:output_type -> myelin.keyserver.v1.UploadCrossSigningKeysResponse
+	21, // 57: myelin.keyserver.v1.E2EKeyService.UploadSignatures:output_type -> myelin.keyserver.v1.UploadSignaturesResponse
+	23, // 58: myelin.keyserver.v1.E2EKeyService.DevicesDeleted:output_type -> myelin.keyserver.v1.DevicesDeletedResponse
+	25, // 59: myelin.keyserver.v1.E2EKeyService.DeviceRenamed:output_type -> myelin.keyserver.v1.DeviceRenamedResponse
+	27, // 60: myelin.keyserver.v1.E2EKeyService.SyncKeys:output_type -> myelin.keyserver.v1.SyncKeysResponse
+	30, // 61: myelin.keyserver.v1.E2EKeyService.CreateBackupVersion:output_type -> myelin.keyserver.v1.CreateBackupVersionResponse
+	28, // 62: myelin.keyserver.v1.E2EKeyService.GetBackupVersion:output_type -> myelin.keyserver.v1.BackupVersion
+	33, // 63: myelin.keyserver.v1.E2EKeyService.UpdateBackupVersion:output_type -> myelin.keyserver.v1.UpdateBackupVersionResponse
+	35, // 64: myelin.keyserver.v1.E2EKeyService.DeleteBackupVersion:output_type -> myelin.keyserver.v1.DeleteBackupVersionResponse
+	38, // 65: myelin.keyserver.v1.E2EKeyService.PutBackupKeys:output_type -> myelin.keyserver.v1.BackupKeysTag
+	40, // 66: myelin.keyserver.v1.E2EKeyService.GetBackupKeys:output_type -> myelin.keyserver.v1.GetBackupKeysResponse
+	38, // 67: myelin.keyserver.v1.E2EKeyService.DeleteBackupKeys:output_type -> myelin.keyserver.v1.BackupKeysTag
+	50, // 68: myelin.keyserver.v1.E2EKeyService.ImportKeys:output_type -> myelin.keyserver.v1.ImportKeysResponse
+	54, // 69: myelin.keyserver.v1.E2EKeyService.LocalDeviceList:output_type -> myelin.keyserver.v1.LocalDeviceListResponse
+	56, // 70: myelin.keyserver.v1.E2EKeyService.UpdateRemoteDeviceList:output_type -> myelin.keyserver.v1.UpdateRemoteDeviceListResponse
+	58, // 71: myelin.keyserver.v1.E2EKeyService.UpdateRemoteSigningKeys:output_type -> myelin.keyserver.v1.UpdateRemoteSigningKeysResponse
+	60, // 72: myelin.keyserver.v1.E2EKeyService.MarkRemoteDeviceListStale:output_type -> myelin.keyserver.v1.MarkRemoteDeviceListStaleResponse
+	62, // 73: myelin.keyserver.v1.E2EKeyService.SetRemoteDeviceList:output_type -> myelin.keyserver.v1.SetRemoteDeviceListResponse
+	65, // 74: myelin.keyserver.v1.E2EKeyService.QueryRemoteDeviceLists:output_type -> myelin.keyserver.v1.QueryRemoteDeviceListsResponse
+	52, // [52:75] is the sub-list for method output_type
+	29, // [29:52] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_keyserver_v1_e2ekeys_proto_init() }
@@ -3611,7 +4539,7 @@ func file_keyserver_v1_e2ekeys_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keyserver_v1_e2ekeys_proto_rawDesc), len(file_keyserver_v1_e2ekeys_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   54,
+			NumMessages:   68,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -40,23 +40,29 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	E2EKeyService_UploadKeys_FullMethodName             = "/myelin.keyserver.v1.E2EKeyService/UploadKeys"
-	E2EKeyService_QueryKeys_FullMethodName              = "/myelin.keyserver.v1.E2EKeyService/QueryKeys"
-	E2EKeyService_ClaimKeys_FullMethodName              = "/myelin.keyserver.v1.E2EKeyService/ClaimKeys"
-	E2EKeyService_KeyChanges_FullMethodName             = "/myelin.keyserver.v1.E2EKeyService/KeyChanges"
-	E2EKeyService_UploadCrossSigningKeys_FullMethodName = "/myelin.keyserver.v1.E2EKeyService/UploadCrossSigningKeys"
-	E2EKeyService_UploadSignatures_FullMethodName       = "/myelin.keyserver.v1.E2EKeyService/UploadSignatures"
-	E2EKeyService_DevicesDeleted_FullMethodName         = "/myelin.keyserver.v1.E2EKeyService/DevicesDeleted"
-	E2EKeyService_DeviceRenamed_FullMethodName          = "/myelin.keyserver.v1.E2EKeyService/DeviceRenamed"
-	E2EKeyService_SyncKeys_FullMethodName               = "/myelin.keyserver.v1.E2EKeyService/SyncKeys"
-	E2EKeyService_CreateBackupVersion_FullMethodName    = "/myelin.keyserver.v1.E2EKeyService/CreateBackupVersion"
-	E2EKeyService_GetBackupVersion_FullMethodName       = "/myelin.keyserver.v1.E2EKeyService/GetBackupVersion"
-	E2EKeyService_UpdateBackupVersion_FullMethodName    = "/myelin.keyserver.v1.E2EKeyService/UpdateBackupVersion"
-	E2EKeyService_DeleteBackupVersion_FullMethodName    = "/myelin.keyserver.v1.E2EKeyService/DeleteBackupVersion"
-	E2EKeyService_PutBackupKeys_FullMethodName          = "/myelin.keyserver.v1.E2EKeyService/PutBackupKeys"
-	E2EKeyService_GetBackupKeys_FullMethodName          = "/myelin.keyserver.v1.E2EKeyService/GetBackupKeys"
-	E2EKeyService_DeleteBackupKeys_FullMethodName       = "/myelin.keyserver.v1.E2EKeyService/DeleteBackupKeys"
-	E2EKeyService_ImportKeys_FullMethodName             = "/myelin.keyserver.v1.E2EKeyService/ImportKeys"
+	E2EKeyService_UploadKeys_FullMethodName                = "/myelin.keyserver.v1.E2EKeyService/UploadKeys"
+	E2EKeyService_QueryKeys_FullMethodName                 = "/myelin.keyserver.v1.E2EKeyService/QueryKeys"
+	E2EKeyService_ClaimKeys_FullMethodName                 = "/myelin.keyserver.v1.E2EKeyService/ClaimKeys"
+	E2EKeyService_KeyChanges_FullMethodName                = "/myelin.keyserver.v1.E2EKeyService/KeyChanges"
+	E2EKeyService_UploadCrossSigningKeys_FullMethodName    = "/myelin.keyserver.v1.E2EKeyService/UploadCrossSigningKeys"
+	E2EKeyService_UploadSignatures_FullMethodName          = "/myelin.keyserver.v1.E2EKeyService/UploadSignatures"
+	E2EKeyService_DevicesDeleted_FullMethodName            = "/myelin.keyserver.v1.E2EKeyService/DevicesDeleted"
+	E2EKeyService_DeviceRenamed_FullMethodName             = "/myelin.keyserver.v1.E2EKeyService/DeviceRenamed"
+	E2EKeyService_SyncKeys_FullMethodName                  = "/myelin.keyserver.v1.E2EKeyService/SyncKeys"
+	E2EKeyService_CreateBackupVersion_FullMethodName       = "/myelin.keyserver.v1.E2EKeyService/CreateBackupVersion"
+	E2EKeyService_GetBackupVersion_FullMethodName          = "/myelin.keyserver.v1.E2EKeyService/GetBackupVersion"
+	E2EKeyService_UpdateBackupVersion_FullMethodName       = "/myelin.keyserver.v1.E2EKeyService/UpdateBackupVersion"
+	E2EKeyService_DeleteBackupVersion_FullMethodName       = "/myelin.keyserver.v1.E2EKeyService/DeleteBackupVersion"
+	E2EKeyService_PutBackupKeys_FullMethodName             = "/myelin.keyserver.v1.E2EKeyService/PutBackupKeys"
+	E2EKeyService_GetBackupKeys_FullMethodName             = "/myelin.keyserver.v1.E2EKeyService/GetBackupKeys"
+	E2EKeyService_DeleteBackupKeys_FullMethodName          = "/myelin.keyserver.v1.E2EKeyService/DeleteBackupKeys"
+	E2EKeyService_ImportKeys_FullMethodName                = "/myelin.keyserver.v1.E2EKeyService/ImportKeys"
+	E2EKeyService_LocalDeviceList_FullMethodName           = "/myelin.keyserver.v1.E2EKeyService/LocalDeviceList"
+	E2EKeyService_UpdateRemoteDeviceList_FullMethodName    = "/myelin.keyserver.v1.E2EKeyService/UpdateRemoteDeviceList"
+	E2EKeyService_UpdateRemoteSigningKeys_FullMethodName   = "/myelin.keyserver.v1.E2EKeyService/UpdateRemoteSigningKeys"
+	E2EKeyService_MarkRemoteDeviceListStale_FullMethodName = "/myelin.keyserver.v1.E2EKeyService/MarkRemoteDeviceListStale"
+	E2EKeyService_SetRemoteDeviceList_FullMethodName       = "/myelin.keyserver.v1.E2EKeyService/SetRemoteDeviceList"
+	E2EKeyService_QueryRemoteDeviceLists_FullMethodName    = "/myelin.keyserver.v1.E2EKeyService/QueryRemoteDeviceLists"
 )
 
 // E2EKeyServiceClient is the client API for E2EKeyService service.
@@ -139,6 +145,37 @@ type E2EKeyServiceClient interface {
 	// later one (a retry after a lost answer) changes nothing and answers
 	// already_imported.
 	ImportKeys(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ImportKeysRequest, ImportKeysResponse], error)
+	// Federation (issue #16). LocalDeviceList is a local user's device list
+	// as federation's /user/devices serves it: every device the key-server
+	// knows (with its identity keys when it has uploaded some, and its
+	// display name), the user's stream_id (the device list position of the
+	// user's latest change, 0 when none) and the master and self-signing
+	// keys.
+	LocalDeviceList(ctx context.Context, in *LocalDeviceListRequest, opts ...grpc.CallOption) (*LocalDeviceListResponse, error)
+	// UpdateRemoteDeviceList records an m.device_list_update EDU of another
+	// server's user. Updates whose stream_id was seen already change
+	// nothing. An update whose prev_id names stream IDs not seen (a gap),
+	// or the first update of a user whose list is not held, is stored and
+	// marks the list stale: it must be fetched whole (/user/devices) and
+	// handed over with SetRemoteDeviceList. The caller checks that the
+	// EDU's origin is the user's server; this server's users are refused
+	// (INVALID_ARGUMENT).
+	UpdateRemoteDeviceList(ctx context.Context, in *UpdateRemoteDeviceListRequest, opts ...grpc.CallOption) (*UpdateRemoteDeviceListResponse, error)
+	// UpdateRemoteSigningKeys records an m.signing_key_update EDU: the
+	// master and self-signing keys of another server's user (each replaces
+	// the stored one when given).
+	UpdateRemoteSigningKeys(ctx context.Context, in *UpdateRemoteSigningKeysRequest, opts ...grpc.CallOption) (*UpdateRemoteSigningKeysResponse, error)
+	// MarkRemoteDeviceListStale marks remote users' lists for a resync.
+	MarkRemoteDeviceListStale(ctx context.Context, in *MarkRemoteDeviceListStaleRequest, opts ...grpc.CallOption) (*MarkRemoteDeviceListStaleResponse, error)
+	// SetRemoteDeviceList replaces a remote user's whole device list (the
+	// answer of their server's /user/devices: the resync of a stale list),
+	// clears the stale mark and takes the answer's stream_id. An answer
+	// older than what is held (stream_id lower) changes nothing.
+	SetRemoteDeviceList(ctx context.Context, in *SetRemoteDeviceListRequest, opts ...grpc.CallOption) (*SetRemoteDeviceListResponse, error)
+	// QueryRemoteDeviceLists returns the held device lists of remote users
+	// (all the named ones that are held; with stale_only and no users, the
+	// users whose lists need a resync, at most limit).
+	QueryRemoteDeviceLists(ctx context.Context, in *QueryRemoteDeviceListsRequest, opts ...grpc.CallOption) (*QueryRemoteDeviceListsResponse, error)
 }
 
 type e2EKeyServiceClient struct {
@@ -322,6 +359,66 @@ func (c *e2EKeyServiceClient) ImportKeys(ctx context.Context, opts ...grpc.CallO
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type E2EKeyService_ImportKeysClient = grpc.ClientStreamingClient[ImportKeysRequest, ImportKeysResponse]
 
+func (c *e2EKeyServiceClient) LocalDeviceList(ctx context.Context, in *LocalDeviceListRequest, opts ...grpc.CallOption) (*LocalDeviceListResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LocalDeviceListResponse)
+	err := c.cc.Invoke(ctx, E2EKeyService_LocalDeviceList_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *e2EKeyServiceClient) UpdateRemoteDeviceList(ctx context.Context, in *UpdateRemoteDeviceListRequest, opts ...grpc.CallOption) (*UpdateRemoteDeviceListResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdateRemoteDeviceListResponse)
+	err := c.cc.Invoke(ctx, E2EKeyService_UpdateRemoteDeviceList_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *e2EKeyServiceClient) UpdateRemoteSigningKeys(ctx context.Context, in *UpdateRemoteSigningKeysRequest, opts ...grpc.CallOption) (*UpdateRemoteSigningKeysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdateRemoteSigningKeysResponse)
+	err := c.cc.Invoke(ctx, E2EKeyService_UpdateRemoteSigningKeys_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *e2EKeyServiceClient) MarkRemoteDeviceListStale(ctx context.Context, in *MarkRemoteDeviceListStaleRequest, opts ...grpc.CallOption) (*MarkRemoteDeviceListStaleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MarkRemoteDeviceListStaleResponse)
+	err := c.cc.Invoke(ctx, E2EKeyService_MarkRemoteDeviceListStale_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *e2EKeyServiceClient) SetRemoteDeviceList(ctx context.Context, in *SetRemoteDeviceListRequest, opts ...grpc.CallOption) (*SetRemoteDeviceListResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetRemoteDeviceListResponse)
+	err := c.cc.Invoke(ctx, E2EKeyService_SetRemoteDeviceList_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *e2EKeyServiceClient) QueryRemoteDeviceLists(ctx context.Context, in *QueryRemoteDeviceListsRequest, opts ...grpc.CallOption) (*QueryRemoteDeviceListsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(QueryRemoteDeviceListsResponse)
+	err := c.cc.Invoke(ctx, E2EKeyService_QueryRemoteDeviceLists_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // E2EKeyServiceServer is the server API for E2EKeyService service.
 // All implementations must embed UnimplementedE2EKeyServiceServer
 // for forward compatibility.
@@ -402,6 +499,37 @@ type E2EKeyServiceServer interface {
 	// later one (a retry after a lost answer) changes nothing and answers
 	// already_imported.
 	ImportKeys(grpc.ClientStreamingServer[ImportKeysRequest, ImportKeysResponse]) error
+	// Federation (issue #16). LocalDeviceList is a local user's device list
+	// as federation's /user/devices serves it: every device the key-server
+	// knows (with its identity keys when it has uploaded some, and its
+	// display name), the user's stream_id (the device list position of the
+	// user's latest change, 0 when none) and the master and self-signing
+	// keys.
+	LocalDeviceList(context.Context, *LocalDeviceListRequest) (*LocalDeviceListResponse, error)
+	// UpdateRemoteDeviceList records an m.device_list_update EDU of another
+	// server's user. Updates whose stream_id was seen already change
+	// nothing. An update whose prev_id names stream IDs not seen (a gap),
+	// or the first update of a user whose list is not held, is stored and
+	// marks the list stale: it must be fetched whole (/user/devices) and
+	// handed over with SetRemoteDeviceList. The caller checks that the
+	// EDU's origin is the user's server; this server's users are refused
+	// (INVALID_ARGUMENT).
+	UpdateRemoteDeviceList(context.Context, *UpdateRemoteDeviceListRequest) (*UpdateRemoteDeviceListResponse, error)
+	// UpdateRemoteSigningKeys records an m.signing_key_update EDU: the
+	// master and self-signing keys of another server's user (each replaces
+	// the stored one when given).
+	UpdateRemoteSigningKeys(context.Context, *UpdateRemoteSigningKeysRequest) (*UpdateRemoteSigningKeysResponse, error)
+	// MarkRemoteDeviceListStale marks remote users' lists for a resync.
+	MarkRemoteDeviceListStale(context.Context, *MarkRemoteDeviceListStaleRequest) (*MarkRemoteDeviceListStaleResponse, error)
+	// SetRemoteDeviceList replaces a remote user's whole device list (the
+	// answer of their server's /user/devices: the resync of a stale list),
+	// clears the stale mark and takes the answer's stream_id. An answer
+	// older than what is held (stream_id lower) changes nothing.
+	SetRemoteDeviceList(context.Context, *SetRemoteDeviceListRequest) (*SetRemoteDeviceListResponse, error)
+	// QueryRemoteDeviceLists returns the held device lists of remote users
+	// (all the named ones that are held; with stale_only and no users, the
+	// users whose lists need a resync, at most limit).
+	QueryRemoteDeviceLists(context.Context, *QueryRemoteDeviceListsRequest) (*QueryRemoteDeviceListsResponse, error)
 	mustEmbedUnimplementedE2EKeyServiceServer()
 }
 
@@ -462,6 +590,24 @@ func (UnimplementedE2EKeyServiceServer) DeleteBackupKeys(context.Context, *Delet
 }
 func (UnimplementedE2EKeyServiceServer) ImportKeys(grpc.ClientStreamingServer[ImportKeysRequest, ImportKeysResponse]) error {
 	return status.Error(codes.Unimplemented, "method ImportKeys not implemented")
+}
+func (UnimplementedE2EKeyServiceServer) LocalDeviceList(context.Context, *LocalDeviceListRequest) (*LocalDeviceListResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method LocalDeviceList not implemented")
+}
+func (UnimplementedE2EKeyServiceServer) UpdateRemoteDeviceList(context.Context, *UpdateRemoteDeviceListRequest) (*UpdateRemoteDeviceListResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateRemoteDeviceList not implemented")
+}
+func (UnimplementedE2EKeyServiceServer) UpdateRemoteSigningKeys(context.Context, *UpdateRemoteSigningKeysRequest) (*UpdateRemoteSigningKeysResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateRemoteSigningKeys not implemented")
+}
+func (UnimplementedE2EKeyServiceServer) MarkRemoteDeviceListStale(context.Context, *MarkRemoteDeviceListStaleRequest) (*MarkRemoteDeviceListStaleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MarkRemoteDeviceListStale not implemented")
+}
+func (UnimplementedE2EKeyServiceServer) SetRemoteDeviceList(context.Context, *SetRemoteDeviceListRequest) (*SetRemoteDeviceListResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetRemoteDeviceList not implemented")
+}
+func (UnimplementedE2EKeyServiceServer) QueryRemoteDeviceLists(context.Context, *QueryRemoteDeviceListsRequest) (*QueryRemoteDeviceListsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method QueryRemoteDeviceLists not implemented")
 }
 func (UnimplementedE2EKeyServiceServer) mustEmbedUnimplementedE2EKeyServiceServer() {}
 func (UnimplementedE2EKeyServiceServer) testEmbeddedByValue()                       {}
@@ -779,6 +925,114 @@ func _E2EKeyService_ImportKeys_Handler(srv interface{}, stream grpc.ServerStream
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type E2EKeyService_ImportKeysServer = grpc.ClientStreamingServer[ImportKeysRequest, ImportKeysResponse]
 
+func _E2EKeyService_LocalDeviceList_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LocalDeviceListRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(E2EKeyServiceServer).LocalDeviceList(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: E2EKeyService_LocalDeviceList_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(E2EKeyServiceServer).LocalDeviceList(ctx, req.(*LocalDeviceListRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _E2EKeyService_UpdateRemoteDeviceList_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateRemoteDeviceListRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(E2EKeyServiceServer).UpdateRemoteDeviceList(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: E2EKeyService_UpdateRemoteDeviceList_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(E2EKeyServiceServer).UpdateRemoteDeviceList(ctx, req.(*UpdateRemoteDeviceListRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _E2EKeyService_UpdateRemoteSigningKeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateRemoteSigningKeysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(E2EKeyServiceServer).UpdateRemoteSigningKeys(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: E2EKeyService_UpdateRemoteSigningKeys_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(E2EKeyServiceServer).UpdateRemoteSigningKeys(ctx, req.(*UpdateRemoteSigningKeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _E2EKeyService_MarkRemoteDeviceListStale_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MarkRemoteDeviceListStaleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(E2EKeyServiceServer).MarkRemoteDeviceListStale(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: E2EKeyService_MarkRemoteDeviceListStale_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(E2EKeyServiceServer).MarkRemoteDeviceListStale(ctx, req.(*MarkRemoteDeviceListStaleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _E2EKeyService_SetRemoteDeviceList_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetRemoteDeviceListRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(E2EKeyServiceServer).SetRemoteDeviceList(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: E2EKeyService_SetRemoteDeviceList_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(E2EKeyServiceServer).SetRemoteDeviceList(ctx, req.(*SetRemoteDeviceListRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _E2EKeyService_QueryRemoteDeviceLists_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(QueryRemoteDeviceListsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(E2EKeyServiceServer).QueryRemoteDeviceLists(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: E2EKeyService_QueryRemoteDeviceLists_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(E2EKeyServiceServer).QueryRemoteDeviceLists(ctx, req.(*QueryRemoteDeviceListsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // E2EKeyService_ServiceDesc is the grpc.ServiceDesc for E2EKeyService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -849,6 +1103,30 @@ var E2EKeyService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteBackupKeys",
 			Handler:    _E2EKeyService_DeleteBackupKeys_Handler,
+		},
+		{
+			MethodName: "LocalDeviceList",
+			Handler:    _E2EKeyService_LocalDeviceList_Handler,
+		},
+		{
+			MethodName: "UpdateRemoteDeviceList",
+			Handler:    _E2EKeyService_UpdateRemoteDeviceList_Handler,
+		},
+		{
+			MethodName: "UpdateRemoteSigningKeys",
+			Handler:    _E2EKeyService_UpdateRemoteSigningKeys_Handler,
+		},
+		{
+			MethodName: "MarkRemoteDeviceListStale",
+			Handler:    _E2EKeyService_MarkRemoteDeviceListStale_Handler,
+		},
+		{
+			MethodName: "SetRemoteDeviceList",
+			Handler:    _E2EKeyService_SetRemoteDeviceList_Handler,
+		},
+		{
+			MethodName: "QueryRemoteDeviceLists",
+			Handler:    _E2EKeyService_QueryRemoteDeviceLists_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

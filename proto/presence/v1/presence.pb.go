@@ -1160,6 +1160,137 @@ func (x *PresenceUpdate) GetJoinedRoomId() string {
 	return ""
 }
 
+type SetRemotePresenceRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Origin string                 `protobuf:"bytes,1,opt,name=origin,proto3" json:"origin,omitempty"`
+	UserId string                 `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// online, unavailable or offline.
+	Presence string `protobuf:"bytes,3,opt,name=presence,proto3" json:"presence,omitempty"`
+	// Absent: the status message is cleared.
+	StatusMsg *string `protobuf:"bytes,4,opt,name=status_msg,json=statusMsg,proto3,oneof" json:"status_msg,omitempty"`
+	// Milliseconds since the user was last active, as the EDU says.
+	LastActiveAgo   int64 `protobuf:"varint,5,opt,name=last_active_ago,json=lastActiveAgo,proto3" json:"last_active_ago,omitempty"`
+	CurrentlyActive bool  `protobuf:"varint,6,opt,name=currently_active,json=currentlyActive,proto3" json:"currently_active,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *SetRemotePresenceRequest) Reset() {
+	*x = SetRemotePresenceRequest{}
+	mi := &file_presence_v1_presence_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRemotePresenceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRemotePresenceRequest) ProtoMessage() {}
+
+func (x *SetRemotePresenceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_presence_v1_presence_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRemotePresenceRequest.ProtoReflect.Descriptor instead.
+func (*SetRemotePresenceRequest) Descriptor() ([]byte, []int) {
+	return file_presence_v1_presence_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *SetRemotePresenceRequest) GetOrigin() string {
+	if x != nil {
+		return x.Origin
+	}
+	return ""
+}
+
+func (x *SetRemotePresenceRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *SetRemotePresenceRequest) GetPresence() string {
+	if x != nil {
+		return x.Presence
+	}
+	return ""
+}
+
+func (x *SetRemotePresenceRequest) GetStatusMsg() string {
+	if x != nil && x.StatusMsg != nil {
+		return *x.StatusMsg
+	}
+	return ""
+}
+
+func (x *SetRemotePresenceRequest) GetLastActiveAgo() int64 {
+	if x != nil {
+		return x.LastActiveAgo
+	}
+	return 0
+}
+
+func (x *SetRemotePresenceRequest) GetCurrentlyActive() bool {
+	if x != nil {
+		return x.CurrentlyActive
+	}
+	return false
+}
+
+type SetRemotePresenceResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Position      int64                  `protobuf:"varint,1,opt,name=position,proto3" json:"position,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetRemotePresenceResponse) Reset() {
+	*x = SetRemotePresenceResponse{}
+	mi := &file_presence_v1_presence_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRemotePresenceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRemotePresenceResponse) ProtoMessage() {}
+
+func (x *SetRemotePresenceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_presence_v1_presence_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRemotePresenceResponse.ProtoReflect.Descriptor instead.
+func (*SetRemotePresenceResponse) Descriptor() ([]byte, []int) {
+	return file_presence_v1_presence_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *SetRemotePresenceResponse) GetPosition() int64 {
+	if x != nil {
+		return x.Position
+	}
+	return 0
+}
+
 var File_presence_v1_presence_proto protoreflect.FileDescriptor
 
 const file_presence_v1_presence_proto_rawDesc = "" +
@@ -1245,12 +1376,24 @@ const file_presence_v1_presence_proto_rawDesc = "" +
 	"\x0ePresenceUpdate\x128\n" +
 	"\bpresence\x18\x01 \x01(\v2\x1c.myelin.presence.v1.PresenceR\bpresence\x12\x1a\n" +
 	"\bposition\x18\x02 \x01(\x03R\bposition\x12$\n" +
-	"\x0ejoined_room_id\x18\x03 \x01(\tR\fjoinedRoomId2\xcb\x04\n" +
+	"\x0ejoined_room_id\x18\x03 \x01(\tR\fjoinedRoomId\"\xed\x01\n" +
+	"\x18SetRemotePresenceRequest\x12\x16\n" +
+	"\x06origin\x18\x01 \x01(\tR\x06origin\x12\x17\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x1a\n" +
+	"\bpresence\x18\x03 \x01(\tR\bpresence\x12\"\n" +
+	"\n" +
+	"status_msg\x18\x04 \x01(\tH\x00R\tstatusMsg\x88\x01\x01\x12&\n" +
+	"\x0flast_active_ago\x18\x05 \x01(\x03R\rlastActiveAgo\x12)\n" +
+	"\x10currently_active\x18\x06 \x01(\bR\x0fcurrentlyActiveB\r\n" +
+	"\v_status_msg\"7\n" +
+	"\x19SetRemotePresenceResponse\x12\x1a\n" +
+	"\bposition\x18\x01 \x01(\x03R\bposition2\xbd\x05\n" +
 	"\x0fPresenceService\x12X\n" +
 	"\tSetTyping\x12$.myelin.presence.v1.SetTypingRequest\x1a%.myelin.presence.v1.SetTypingResponse\x12[\n" +
 	"\n" +
 	"SetReceipt\x12%.myelin.presence.v1.SetReceiptRequest\x1a&.myelin.presence.v1.SetReceiptResponse\x12^\n" +
-	"\vSetPresence\x12&.myelin.presence.v1.SetPresenceRequest\x1a'.myelin.presence.v1.SetPresenceResponse\x12[\n" +
+	"\vSetPresence\x12&.myelin.presence.v1.SetPresenceRequest\x1a'.myelin.presence.v1.SetPresenceResponse\x12p\n" +
+	"\x11SetRemotePresence\x12,.myelin.presence.v1.SetRemotePresenceRequest\x1a-.myelin.presence.v1.SetRemotePresenceResponse\x12[\n" +
 	"\n" +
 	"MarkActive\x12%.myelin.presence.v1.MarkActiveRequest\x1a&.myelin.presence.v1.MarkActiveResponse\x12^\n" +
 	"\vGetPresence\x12&.myelin.presence.v1.GetPresenceRequest\x1a'.myelin.presence.v1.GetPresenceResponse\x12d\n" +
@@ -1268,26 +1411,28 @@ func file_presence_v1_presence_proto_rawDescGZIP() []byte {
 	return file_presence_v1_presence_proto_rawDescData
 }
 
-var file_presence_v1_presence_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_presence_v1_presence_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_presence_v1_presence_proto_goTypes = []any{
-	(*SetTypingRequest)(nil),      // 0: myelin.presence.v1.SetTypingRequest
-	(*SetTypingResponse)(nil),     // 1: myelin.presence.v1.SetTypingResponse
-	(*SetReceiptRequest)(nil),     // 2: myelin.presence.v1.SetReceiptRequest
-	(*SetReceiptResponse)(nil),    // 3: myelin.presence.v1.SetReceiptResponse
-	(*SetPresenceRequest)(nil),    // 4: myelin.presence.v1.SetPresenceRequest
-	(*SetPresenceResponse)(nil),   // 5: myelin.presence.v1.SetPresenceResponse
-	(*MarkActiveRequest)(nil),     // 6: myelin.presence.v1.MarkActiveRequest
-	(*MarkActiveResponse)(nil),    // 7: myelin.presence.v1.MarkActiveResponse
-	(*GetPresenceRequest)(nil),    // 8: myelin.presence.v1.GetPresenceRequest
-	(*GetPresenceResponse)(nil),   // 9: myelin.presence.v1.GetPresenceResponse
-	(*Presence)(nil),              // 10: myelin.presence.v1.Presence
-	(*SyncEphemeralRequest)(nil),  // 11: myelin.presence.v1.SyncEphemeralRequest
-	(*SyncEphemeralResponse)(nil), // 12: myelin.presence.v1.SyncEphemeralResponse
-	(*RoomEphemeral)(nil),         // 13: myelin.presence.v1.RoomEphemeral
-	(*Receipt)(nil),               // 14: myelin.presence.v1.Receipt
-	(*TypingUpdate)(nil),          // 15: myelin.presence.v1.TypingUpdate
-	(*ReceiptUpdate)(nil),         // 16: myelin.presence.v1.ReceiptUpdate
-	(*PresenceUpdate)(nil),        // 17: myelin.presence.v1.PresenceUpdate
+	(*SetTypingRequest)(nil),          // 0: myelin.presence.v1.SetTypingRequest
+	(*SetTypingResponse)(nil),         // 1: myelin.presence.v1.SetTypingResponse
+	(*SetReceiptRequest)(nil),         // 2: myelin.presence.v1.SetReceiptRequest
+	(*SetReceiptResponse)(nil),        // 3: myelin.presence.v1.SetReceiptResponse
+	(*SetPresenceRequest)(nil),        // 4: myelin.presence.v1.SetPresenceRequest
+	(*SetPresenceResponse)(nil),       // 5: myelin.presence.v1.SetPresenceResponse
+	(*MarkActiveRequest)(nil),         // 6: myelin.presence.v1.MarkActiveRequest
+	(*MarkActiveResponse)(nil),        // 7: myelin.presence.v1.MarkActiveResponse
+	(*GetPresenceRequest)(nil),        // 8: myelin.presence.v1.GetPresenceRequest
+	(*GetPresenceResponse)(nil),       // 9: myelin.presence.v1.GetPresenceResponse
+	(*Presence)(nil),                  // 10: myelin.presence.v1.Presence
+	(*SyncEphemeralRequest)(nil),      // 11: myelin.presence.v1.SyncEphemeralRequest
+	(*SyncEphemeralResponse)(nil),     // 12: myelin.presence.v1.SyncEphemeralResponse
+	(*RoomEphemeral)(nil),             // 13: myelin.presence.v1.RoomEphemeral
+	(*Receipt)(nil),                   // 14: myelin.presence.v1.Receipt
+	(*TypingUpdate)(nil),              // 15: myelin.presence.v1.TypingUpdate
+	(*ReceiptUpdate)(nil),             // 16: myelin.presence.v1.ReceiptUpdate
+	(*PresenceUpdate)(nil),            // 17: myelin.presence.v1.PresenceUpdate
+	(*SetRemotePresenceRequest)(nil),  // 18: myelin.presence.v1.SetRemotePresenceRequest
+	(*SetRemotePresenceResponse)(nil), // 19: myelin.presence.v1.SetRemotePresenceResponse
 }
 var file_presence_v1_presence_proto_depIdxs = []int32{
 	10, // 0: myelin.presence.v1.GetPresenceResponse.presence:type_name -> myelin.presence.v1.Presence
@@ -1299,17 +1444,19 @@ var file_presence_v1_presence_proto_depIdxs = []int32{
 	0,  // 6: myelin.presence.v1.PresenceService.SetTyping:input_type -> myelin.presence.v1.SetTypingRequest
 	2,  // 7: myelin.presence.v1.PresenceService.SetReceipt:input_type -> myelin.presence.v1.SetReceiptRequest
 	4,  // 8: myelin.presence.v1.PresenceService.SetPresence:input_type -> myelin.presence.v1.SetPresenceRequest
-	6,  // 9: myelin.presence.v1.PresenceService.MarkActive:input_type -> myelin.presence.v1.MarkActiveRequest
-	8,  // 10: myelin.presence.v1.PresenceService.GetPresence:input_type -> myelin.presence.v1.GetPresenceRequest
-	11, // 11: myelin.presence.v1.PresenceService.SyncEphemeral:input_type -> myelin.presence.v1.SyncEphemeralRequest
-	1,  // 12: myelin.presence.v1.PresenceService.SetTyping:output_type -> myelin.presence.v1.SetTypingResponse
-	3,  // 13: myelin.presence.v1.PresenceService.SetReceipt:output_type -> myelin.presence.v1.SetReceiptResponse
-	5,  // 14: myelin.presence.v1.PresenceService.SetPresence:output_type -> myelin.presence.v1.SetPresenceResponse
-	7,  // 15: myelin.presence.v1.PresenceService.MarkActive:output_type -> myelin.presence.v1.MarkActiveResponse
-	9,  // 16: myelin.presence.v1.PresenceService.GetPresence:output_type -> myelin.presence.v1.GetPresenceResponse
-	12, // 17: myelin.presence.v1.PresenceService.SyncEphemeral:output_type -> myelin.presence.v1.SyncEphemeralResponse
-	12, // [12:18] is the sub-list for method output_type
-	6,  // [6:12] is the sub-list for method input_type
+	18, // 9: myelin.presence.v1.PresenceService.SetRemotePresence:input_type -> myelin.presence.v1.SetRemotePresenceRequest
+	6,  // 10: myelin.presence.v1.PresenceService.MarkActive:input_type -> myelin.presence.v1.MarkActiveRequest
+	8,  // 11: myelin.presence.v1.PresenceService.GetPresence:input_type -> myelin.presence.v1.GetPresenceRequest
+	11, // 12: myelin.presence.v1.PresenceService.SyncEphemeral:input_type -> myelin.presence.v1.SyncEphemeralRequest
+	1,  // 13: myelin.presence.v1.PresenceService.SetTyping:output_type -> myelin.presence.v1.SetTypingResponse
+	3,  // 14: myelin.presence.v1.PresenceService.SetReceipt:output_type -> myelin.presence.v1.SetReceiptResponse
+	5,  // 15: myelin.presence.v1.PresenceService.SetPresence:output_type -> myelin.presence.v1.SetPresenceResponse
+	19, // 16: myelin.presence.v1.PresenceService.SetRemotePresence:output_type -> myelin.presence.v1.SetRemotePresenceResponse
+	7,  // 17: myelin.presence.v1.PresenceService.MarkActive:output_type -> myelin.presence.v1.MarkActiveResponse
+	9,  // 18: myelin.presence.v1.PresenceService.GetPresence:output_type -> myelin.presence.v1.GetPresenceResponse
+	12, // 19: myelin.presence.v1.PresenceService.SyncEphemeral:output_type -> myelin.presence.v1.SyncEphemeralResponse
+	13, // [13:20] is the sub-list for method output_type
+	6,  // [6:13] is the sub-list for method input_type
 	6,  // [6:6] is the sub-list for extension type_name
 	6,  // [6:6] is the sub-list for extension extendee
 	0,  // [0:6] is the sub-list for field type_name
@@ -1322,13 +1469,14 @@ func file_presence_v1_presence_proto_init() {
 	}
 	file_presence_v1_presence_proto_msgTypes[4].OneofWrappers = []any{}
 	file_presence_v1_presence_proto_msgTypes[10].OneofWrappers = []any{}
+	file_presence_v1_presence_proto_msgTypes[18].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_presence_v1_presence_proto_rawDesc), len(file_presence_v1_presence_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,12 +25,13 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	PresenceService_SetTyping_FullMethodName     = "/myelin.presence.v1.PresenceService/SetTyping"
-	PresenceService_SetReceipt_FullMethodName    = "/myelin.presence.v1.PresenceService/SetReceipt"
-	PresenceService_SetPresence_FullMethodName   = "/myelin.presence.v1.PresenceService/SetPresence"
-	PresenceService_MarkActive_FullMethodName    = "/myelin.presence.v1.PresenceService/MarkActive"
-	PresenceService_GetPresence_FullMethodName   = "/myelin.presence.v1.PresenceService/GetPresence"
-	PresenceService_SyncEphemeral_FullMethodName = "/myelin.presence.v1.PresenceService/SyncEphemeral"
+	PresenceService_SetTyping_FullMethodName         = "/myelin.presence.v1.PresenceService/SetTyping"
+	PresenceService_SetReceipt_FullMethodName        = "/myelin.presence.v1.PresenceService/SetReceipt"
+	PresenceService_SetPresence_FullMethodName       = "/myelin.presence.v1.PresenceService/SetPresence"
+	PresenceService_SetRemotePresence_FullMethodName = "/myelin.presence.v1.PresenceService/SetRemotePresence"
+	PresenceService_MarkActive_FullMethodName        = "/myelin.presence.v1.PresenceService/MarkActive"
+	PresenceService_GetPresence_FullMethodName       = "/myelin.presence.v1.PresenceService/GetPresence"
+	PresenceService_SyncEphemeral_FullMethodName     = "/myelin.presence.v1.PresenceService/SyncEphemeral"
 )
 
 // PresenceServiceClient is the client API for PresenceService service.
@@ -45,6 +46,12 @@ type PresenceServiceClient interface {
 	SetReceipt(ctx context.Context, in *SetReceiptRequest, opts ...grpc.CallOption) (*SetReceiptResponse, error)
 	// SetPresence sets a user's presence state and status message.
 	SetPresence(ctx context.Context, in *SetPresenceRequest, opts ...grpc.CallOption) (*SetPresenceResponse, error)
+	// SetRemotePresence records the presence of another server's user, as
+	// its m.presence EDU gives it (origin must be the user's server, never
+	// this one: INVALID_ARGUMENT). last_active_ago dates the user's last
+	// activity; the idle and offline timers then apply to it as to local
+	// users (a server that stops sending updates leaves its users offline).
+	SetRemotePresence(ctx context.Context, in *SetRemotePresenceRequest, opts ...grpc.CallOption) (*SetRemotePresenceResponse, error)
 	// MarkActive records activity (a /sync or a request) and applies the
 	// /sync set_presence parameter.
 	MarkActive(ctx context.Context, in *MarkActiveRequest, opts ...grpc.CallOption) (*MarkActiveResponse, error)
@@ -96,6 +103,16 @@ func (c *presenceServiceClient) SetPresence(ctx context.Context, in *SetPresence
 	return out, nil
 }
 
+func (c *presenceServiceClient) SetRemotePresence(ctx context.Context, in *SetRemotePresenceRequest, opts ...grpc.CallOption) (*SetRemotePresenceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetRemotePresenceResponse)
+	err := c.cc.Invoke(ctx, PresenceService_SetRemotePresence_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *presenceServiceClient) MarkActive(ctx context.Context, in *MarkActiveRequest, opts ...grpc.CallOption) (*MarkActiveResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(MarkActiveResponse)
@@ -138,6 +155,12 @@ type PresenceServiceServer interface {
 	SetReceipt(context.Context, *SetReceiptRequest) (*SetReceiptResponse, error)
 	// SetPresence sets a user's presence state and status message.
 	SetPresence(context.Context, *SetPresenceRequest) (*SetPresenceResponse, error)
+	// SetRemotePresence records the presence of another server's user, as
+	// its m.presence EDU gives it (origin must be the user's server, never
+	// this one: INVALID_ARGUMENT). last_active_ago dates the user's last
+	// activity; the idle and offline timers then apply to it as to local
+	// users (a server that stops sending updates leaves its users offline).
+	SetRemotePresence(context.Context, *SetRemotePresenceRequest) (*SetRemotePresenceResponse, error)
 	// MarkActive records activity (a /sync or a request) and applies the
 	// /sync set_presence parameter.
 	MarkActive(context.Context, *MarkActiveRequest) (*MarkActiveResponse, error)
@@ -167,6 +190,9 @@ func (UnimplementedPresenceServiceServer) SetReceipt(context.Context, *SetReceip
 }
 func (UnimplementedPresenceServiceServer) SetPresence(context.Context, *SetPresenceRequest) (*SetPresenceResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetPresence not implemented")
+}
+func (UnimplementedPresenceServiceServer) SetRemotePresence(context.Context, *SetRemotePresenceRequest) (*SetRemotePresenceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetRemotePresence not implemented")
 }
 func (UnimplementedPresenceServiceServer) MarkActive(context.Context, *MarkActiveRequest) (*MarkActiveResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method MarkActive not implemented")
@@ -252,6 +278,24 @@ func _PresenceService_SetPresence_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PresenceService_SetRemotePresence_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetRemotePresenceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PresenceServiceServer).SetRemotePresence(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PresenceService_SetRemotePresence_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PresenceServiceServer).SetRemotePresence(ctx, req.(*SetRemotePresenceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _PresenceService_MarkActive_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(MarkActiveRequest)
 	if err := dec(in); err != nil {
@@ -324,6 +368,10 @@ var PresenceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SetPresence",
 			Handler:    _PresenceService_SetPresence_Handler,
+		},
+		{
+			MethodName: "SetRemotePresence",
+			Handler:    _PresenceService_SetRemotePresence_Handler,
 		},
 		{
 			MethodName: "MarkActive",

@@ -3243,6 +3243,127 @@ func (x *SignJoinResponse) GetReason() string {
 	return ""
 }
 
+type QueryEventByTimestampRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	RoomId string                 `protobuf:"bytes,1,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
+	Ts     int64                  `protobuf:"varint,2,opt,name=ts,proto3" json:"ts,omitempty"`
+	// "f" or "b".
+	Direction     string `protobuf:"bytes,3,opt,name=direction,proto3" json:"direction,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryEventByTimestampRequest) Reset() {
+	*x = QueryEventByTimestampRequest{}
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryEventByTimestampRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryEventByTimestampRequest) ProtoMessage() {}
+
+func (x *QueryEventByTimestampRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryEventByTimestampRequest.ProtoReflect.Descriptor instead.
+func (*QueryEventByTimestampRequest) Descriptor() ([]byte, []int) {
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *QueryEventByTimestampRequest) GetRoomId() string {
+	if x != nil {
+		return x.RoomId
+	}
+	return ""
+}
+
+func (x *QueryEventByTimestampRequest) GetTs() int64 {
+	if x != nil {
+		return x.Ts
+	}
+	return 0
+}
+
+func (x *QueryEventByTimestampRequest) GetDirection() string {
+	if x != nil {
+		return x.Direction
+	}
+	return ""
+}
+
+type QueryEventByTimestampResponse struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Found          bool                   `protobuf:"varint,1,opt,name=found,proto3" json:"found,omitempty"`
+	EventId        string                 `protobuf:"bytes,2,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	OriginServerTs int64                  `protobuf:"varint,3,opt,name=origin_server_ts,json=originServerTs,proto3" json:"origin_server_ts,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *QueryEventByTimestampResponse) Reset() {
+	*x = QueryEventByTimestampResponse{}
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryEventByTimestampResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryEventByTimestampResponse) ProtoMessage() {}
+
+func (x *QueryEventByTimestampResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryEventByTimestampResponse.ProtoReflect.Descriptor instead.
+func (*QueryEventByTimestampResponse) Descriptor() ([]byte, []int) {
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *QueryEventByTimestampResponse) GetFound() bool {
+	if x != nil {
+		return x.Found
+	}
+	return false
+}
+
+func (x *QueryEventByTimestampResponse) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+func (x *QueryEventByTimestampResponse) GetOriginServerTs() int64 {
+	if x != nil {
+		return x.OriginServerTs
+	}
+	return 0
+}
+
 var File_roomserver_v1_roomserver_proto protoreflect.FileDescriptor
 
 const file_roomserver_v1_roomserver_proto_rawDesc = "" +
@@ -3457,7 +3578,15 @@ const file_roomserver_v1_roomserver_proto_rawDesc = "" +
 	"event_json\x18\x01 \x01(\fR\teventJson\x12\x19\n" +
 	"\bevent_id\x18\x02 \x01(\tR\aeventId\x127\n" +
 	"\arefusal\x18\x03 \x01(\x0e2\x1d.myelin.roomserver.v1.RefusalR\arefusal\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason*\x88\x01\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"e\n" +
+	"\x1cQueryEventByTimestampRequest\x12\x17\n" +
+	"\aroom_id\x18\x01 \x01(\tR\x06roomId\x12\x0e\n" +
+	"\x02ts\x18\x02 \x01(\x03R\x02ts\x12\x1c\n" +
+	"\tdirection\x18\x03 \x01(\tR\tdirection\"z\n" +
+	"\x1dQueryEventByTimestampResponse\x12\x14\n" +
+	"\x05found\x18\x01 \x01(\bR\x05found\x12\x19\n" +
+	"\bevent_id\x18\x02 \x01(\tR\aeventId\x12(\n" +
+	"\x10origin_server_ts\x18\x03 \x01(\x03R\x0eoriginServerTs*\x88\x01\n" +
 	"\tInputKind\x12\x1a\n" +
 	"\x16INPUT_KIND_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eINPUT_KIND_NEW\x10\x01\x12\x16\n" +
@@ -3478,7 +3607,7 @@ const file_roomserver_v1_roomserver_proto_rawDesc = "" +
 	"!REFUSAL_INCOMPATIBLE_ROOM_VERSION\x10\x02\x12$\n" +
 	" REFUSAL_UNABLE_TO_AUTHORISE_JOIN\x10\x03\x12 \n" +
 	"\x1cREFUSAL_UNABLE_TO_GRANT_JOIN\x10\x04\x12\x17\n" +
-	"\x13REFUSAL_NOT_IN_ROOM\x10\x052\xd7\x13\n" +
+	"\x13REFUSAL_NOT_IN_ROOM\x10\x052\xda\x14\n" +
 	"\vRoomService\x12_\n" +
 	"\n" +
 	"CreateRoom\x12'.myelin.roomserver.v1.CreateRoomRequest\x1a(.myelin.roomserver.v1.CreateRoomResponse\x12\\\n" +
@@ -3504,7 +3633,8 @@ const file_roomserver_v1_roomserver_proto_rawDesc = "" +
 	"\x15FilterEventsForServer\x122.myelin.roomserver.v1.FilterEventsForServerRequest\x1a3.myelin.roomserver.v1.FilterEventsForServerResponse\x12q\n" +
 	"\x10QueryRoomServers\x12-.myelin.roomserver.v1.QueryRoomServersRequest\x1a..myelin.roomserver.v1.QueryRoomServersResponse\x12z\n" +
 	"\x13MakeMembershipEvent\x120.myelin.roomserver.v1.MakeMembershipEventRequest\x1a1.myelin.roomserver.v1.MakeMembershipEventResponse\x12Y\n" +
-	"\bSignJoin\x12%.myelin.roomserver.v1.SignJoinRequest\x1a&.myelin.roomserver.v1.SignJoinResponseB@Z>github.com/myelin-chat/myelin/proto/roomserver/v1;roomserverv1b\x06proto3"
+	"\bSignJoin\x12%.myelin.roomserver.v1.SignJoinRequest\x1a&.myelin.roomserver.v1.SignJoinResponse\x12\x80\x01\n" +
+	"\x15QueryEventByTimestamp\x122.myelin.roomserver.v1.QueryEventByTimestampRequest\x1a3.myelin.roomserver.v1.QueryEventByTimestampResponseB@Z>github.com/myelin-chat/myelin/proto/roomserver/v1;roomserverv1b\x06proto3"
 
 var (
 	file_roomserver_v1_roomserver_proto_rawDescOnce sync.Once
@@ -3519,7 +3649,7 @@ func file_roomserver_v1_roomserver_proto_rawDescGZIP() []byte {
 }
 
 var file_roomserver_v1_roomserver_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_roomserver_v1_roomserver_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
+var file_roomserver_v1_roomserver_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_roomserver_v1_roomserver_proto_goTypes = []any{
 	(InputKind)(0),                         // 0: myelin.roomserver.v1.InputKind
 	(InputStatus)(0),                       // 1: myelin.roomserver.v1.InputStatus
@@ -3577,6 +3707,8 @@ var file_roomserver_v1_roomserver_proto_goTypes = []any{
 	(*MakeMembershipEventResponse)(nil),    // 53: myelin.roomserver.v1.MakeMembershipEventResponse
 	(*SignJoinRequest)(nil),                // 54: myelin.roomserver.v1.SignJoinRequest
 	(*SignJoinResponse)(nil),               // 55: myelin.roomserver.v1.SignJoinResponse
+	(*QueryEventByTimestampRequest)(nil),   // 56: myelin.roomserver.v1.QueryEventByTimestampRequest
+	(*QueryEventByTimestampResponse)(nil),  // 57: myelin.roomserver.v1.QueryEventByTimestampResponse
 }
 var file_roomserver_v1_roomserver_proto_depIdxs = []int32{
 	5,  // 0: myelin.roomserver.v1.CreateRoomRequest.initial_events:type_name -> myelin.roomserver.v1.EventTemplate
@@ -3624,31 +3756,33 @@ var file_roomserver_v1_roomserver_proto_depIdxs = []int32{
 	50, // 42: myelin.roomserver.v1.RoomService.QueryRoomServers:input_type -> myelin.roomserver.v1.QueryRoomServersRequest
 	52, // 43: myelin.roomserver.v1.RoomService.MakeMembershipEvent:input_type -> myelin.roomserver.v1.MakeMembershipEventRequest
 	54, // 44: myelin.roomserver.v1.RoomService.SignJoin:input_type -> myelin.roomserver.v1.SignJoinRequest
-	7,  // 45: myelin.roomserver.v1.RoomService.CreateRoom:output_type -> myelin.roomserver.v1.CreateRoomResponse
-	9,  // 46: myelin.roomserver.v1.RoomService.SendEvent:output_type -> myelin.roomserver.v1.SendEventResponse
-	13, // 47: myelin.roomserver.v1.RoomService.InputEvents:output_type -> myelin.roomserver.v1.InputEventsResponse
-	16, // 48: myelin.roomserver.v1.RoomService.QueryEvents:output_type -> myelin.roomserver.v1.QueryEventsResponse
-	18, // 49: myelin.roomserver.v1.RoomService.QueryState:output_type -> myelin.roomserver.v1.QueryStateResponse
-	21, // 50: myelin.roomserver.v1.RoomService.QueryStateBatch:output_type -> myelin.roomserver.v1.QueryStateBatchResponse
-	23, // 51: myelin.roomserver.v1.RoomService.QueryMembership:output_type -> myelin.roomserver.v1.QueryMembershipResponse
-	25, // 52: myelin.roomserver.v1.RoomService.QueryRoomInfo:output_type -> myelin.roomserver.v1.QueryRoomInfoResponse
-	27, // 53: myelin.roomserver.v1.RoomService.SetRoomAlias:output_type -> myelin.roomserver.v1.SetRoomAliasResponse
-	29, // 54: myelin.roomserver.v1.RoomService.GetRoomAlias:output_type -> myelin.roomserver.v1.GetRoomAliasResponse
-	31, // 55: myelin.roomserver.v1.RoomService.RemoveRoomAlias:output_type -> myelin.roomserver.v1.RemoveRoomAliasResponse
-	33, // 56: myelin.roomserver.v1.RoomService.ListRoomAliases:output_type -> myelin.roomserver.v1.ListRoomAliasesResponse
-	35, // 57: myelin.roomserver.v1.RoomService.SetRoomVisibility:output_type -> myelin.roomserver.v1.SetRoomVisibilityResponse
-	37, // 58: myelin.roomserver.v1.RoomService.GetRoomVisibility:output_type -> myelin.roomserver.v1.GetRoomVisibilityResponse
-	39, // 59: myelin.roomserver.v1.RoomService.ListPublicRooms:output_type -> myelin.roomserver.v1.ListPublicRoomsResponse
-	41, // 60: myelin.roomserver.v1.RoomService.QueryAuthChain:output_type -> myelin.roomserver.v1.QueryAuthChainResponse
-	43, // 61: myelin.roomserver.v1.RoomService.QueryStateAndAuthChain:output_type -> myelin.roomserver.v1.QueryStateAndAuthChainResponse
-	45, // 62: myelin.roomserver.v1.RoomService.GetMissingEvents:output_type -> myelin.roomserver.v1.GetMissingEventsResponse
-	47, // 63: myelin.roomserver.v1.RoomService.Backfill:output_type -> myelin.roomserver.v1.BackfillResponse
-	49, // 64: myelin.roomserver.v1.RoomService.FilterEventsForServer:output_type -> myelin.roomserver.v1.FilterEventsForServerResponse
-	51, // 65: myelin.roomserver.v1.RoomService.QueryRoomServers:output_type -> myelin.roomserver.v1.QueryRoomServersResponse
-	53, // 66: myelin.roomserver.v1.RoomService.MakeMembershipEvent:output_type -> myelin.roomserver.v1.MakeMembershipEventResponse
-	55, // 67: myelin.roomserver.v1.RoomService.SignJoin:output_type -> myelin.roomserver.v1.SignJoinResponse
-	45, // [45:68] is the sub-list for method output_type
-	22, // [22:45] is the sub-list for method input_type
+	56, // 45: myelin.roomserver.v1.RoomService.QueryEventByTimestamp:input_type -> myelin.roomserver.v1.QueryEventByTimestampRequest
+	7,  // 46: myelin.roomserver.v1.RoomService.CreateRoom:output_type -> myelin.roomserver.v1.CreateRoomResponse
+	9,  // 47: myelin.roomserver.v1.RoomService.SendEvent:output_type -> myelin.roomserver.v1.SendEventResponse
+	13, // 48: myelin.roomserver.v1.RoomService.InputEvents:output_type -> myelin.roomserver.v1.InputEventsResponse
+	16, // 49: myelin.roomserver.v1.RoomService.QueryEvents:output_type -> myelin.roomserver.v1.QueryEventsResponse
+	18, // 50: myelin.roomserver.v1.RoomService.QueryState:output_type -> myelin.roomserver.v1.QueryStateResponse
+	21, // 51: myelin.roomserver.v1.RoomService.QueryStateBatch:output_type -> myelin.roomserver.v1.QueryStateBatchResponse
+	23, // 52: myelin.roomserver.v1.RoomService.QueryMembership:output_type -> myelin.roomserver.v1.QueryMembershipResponse
+	25, // 53: myelin.roomserver.v1.RoomService.QueryRoomInfo:output_type -> myelin.roomserver.v1.QueryRoomInfoResponse
+	27, // 54: myelin.roomserver.v1.RoomService.SetRoomAlias:output_type -> myelin.roomserver.v1.SetRoomAliasResponse
+	29, // 55: myelin.roomserver.v1.RoomService.GetRoomAlias:output_type -> myelin.roomserver.v1.GetRoomAliasResponse
+	31, // 56: myelin.roomserver.v1.RoomService.RemoveRoomAlias:output_type -> myelin.roomserver.v1.RemoveRoomAliasResponse
+	33, // 57: myelin.roomserver.v1.RoomService.ListRoomAliases:output_type -> myelin.roomserver.v1.ListRoomAliasesResponse
+	35, // 58: myelin.roomserver.v1.RoomService.SetRoomVisibility:output_type -> myelin.roomserver.v1.SetRoomVisibilityResponse
+	37, // 59: myelin.roomserver.v1.RoomService.GetRoomVisibility:output_type -> myelin.roomserver.v1.GetRoomVisibilityResponse
+	39, // 60: myelin.roomserver.v1.RoomService.ListPublicRooms:output_type -> myelin.roomserver.v1.ListPublicRoomsResponse
+	41, // 61: myelin.roomserver.v1.RoomService.QueryAuthChain:output_type -> myelin.roomserver.v1.QueryAuthChainResponse
+	43, // 62: myelin.roomserver.v1.RoomService.QueryStateAndAuthChain:output_type -> myelin.roomserver.v1.QueryStateAndAuthChainResponse
+	45, // 63: myelin.roomserver.v1.RoomService.GetMissingEvents:output_type -> myelin.roomserver.v1.GetMissingEventsResponse
+	47, // 64: myelin.roomserver.v1.RoomService.Backfill:output_type -> myelin.roomserver.v1.BackfillResponse
+	49, // 65: myelin.roomserver.v1.RoomService.FilterEventsForServer:output_type -> myelin.roomserver.v1.FilterEventsForServerResponse
+	51, // 66: myelin.roomserver.v1.RoomService.QueryRoomServers:output_type -> myelin.roomserver.v1.QueryRoomServersResponse
+	53, // 67: myelin.roomserver.v1.RoomService.MakeMembershipEvent:output_type -> myelin.roomserver.v1.MakeMembershipEventResponse
+	55, // 68: myelin.roomserver.v1.RoomService.SignJoin:output_type -> myelin.roomserver.v1.SignJoinResponse
+	57, // 69: myelin.roomserver.v1.RoomService.QueryEventByTimestamp:output_type -> myelin.roomserver.v1.QueryEventByTimestampResponse
+	46, // [46:70] is the sub-list for method output_type
+	22, // [22:46] is the sub-list for method input_type
 	22, // [22:22] is the sub-list for extension type_name
 	22, // [22:22] is the sub-list for extension extendee
 	0,  // [0:22] is the sub-list for field type_name
@@ -3666,7 +3800,7 @@ func file_roomserver_v1_roomserver_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_roomserver_v1_roomserver_proto_rawDesc), len(file_roomserver_v1_roomserver_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   53,
+			NumMessages:   55,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

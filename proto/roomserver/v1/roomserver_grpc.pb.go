@@ -46,6 +46,7 @@ const (
 	RoomService_QueryRoomServers_FullMethodName       = "/myelin.roomserver.v1.RoomService/QueryRoomServers"
 	RoomService_MakeMembershipEvent_FullMethodName    = "/myelin.roomserver.v1.RoomService/MakeMembershipEvent"
 	RoomService_SignJoin_FullMethodName               = "/myelin.roomserver.v1.RoomService/SignJoin"
+	RoomService_QueryEventByTimestamp_FullMethodName  = "/myelin.roomserver.v1.RoomService/QueryEventByTimestamp"
 )
 
 // RoomServiceClient is the client API for RoomService service.
@@ -122,6 +123,12 @@ type RoomServiceClient interface {
 	// join's conditions when it names one of this server's users as the
 	// authorising user. The caller then inputs the signed event.
 	SignJoin(ctx context.Context, in *SignJoinRequest, opts ...grpc.CallOption) (*SignJoinResponse, error)
+	// QueryEventByTimestamp returns the room's event (accepted, in the
+	// graph: not an outlier, rejected or soft-failed) whose origin_server_ts
+	// is closest to ts in the given direction ("f": at or after, "b": at or
+	// before): federation's /timestamp_to_event. found=false when there is
+	// none.
+	QueryEventByTimestamp(ctx context.Context, in *QueryEventByTimestampRequest, opts ...grpc.CallOption) (*QueryEventByTimestampResponse, error)
 }
 
 type roomServiceClient struct {
@@ -362,6 +369,16 @@ func (c *roomServiceClient) SignJoin(ctx context.Context, in *SignJoinRequest, o
 	return out, nil
 }
 
+func (c *roomServiceClient) QueryEventByTimestamp(ctx context.Context, in *QueryEventByTimestampRequest, opts ...grpc.CallOption) (*QueryEventByTimestampResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(QueryEventByTimestampResponse)
+	err := c.cc.Invoke(ctx, RoomService_QueryEventByTimestamp_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RoomServiceServer is the server API for RoomService service.
 // All implementations must embed UnimplementedRoomServiceServer
 // for forward compatibility.
@@ -436,6 +453,12 @@ type RoomServiceServer interface {
 	// join's conditions when it names one of this server's users as the
 	// authorising user. The caller then inputs the signed event.
 	SignJoin(context.Context, *SignJoinRequest) (*SignJoinResponse, error)
+	// QueryEventByTimestamp returns the room's event (accepted, in the
+	// graph: not an outlier, rejected or soft-failed) whose origin_server_ts
+	// is closest to ts in the given direction ("f": at or after, "b": at or
+	// before): federation's /timestamp_to_event. found=false when there is
+	// none.
+	QueryEventByTimestamp(context.Context, *QueryEventByTimestampRequest) (*QueryEventByTimestampResponse, error)
 	mustEmbedUnimplementedRoomServiceServer()
 }
 
@@ -514,6 +537,9 @@ func (UnimplementedRoomServiceServer) MakeMembershipEvent(context.Context, *Make
 }
 func (UnimplementedRoomServiceServer) SignJoin(context.Context, *SignJoinRequest) (*SignJoinResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SignJoin not implemented")
+}
+func (UnimplementedRoomServiceServer) QueryEventByTimestamp(context.Context, *QueryEventByTimestampRequest) (*QueryEventByTimestampResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method QueryEventByTimestamp not implemented")
 }
 func (UnimplementedRoomServiceServer) mustEmbedUnimplementedRoomServiceServer() {}
 func (UnimplementedRoomServiceServer) testEmbeddedByValue()                     {}
@@ -950,6 +976,24 @@ func _RoomService_SignJoin_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RoomService_QueryEventByTimestamp_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(QueryEventByTimestampRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RoomServiceServer).QueryEventByTimestamp(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RoomService_QueryEventByTimestamp_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RoomServiceServer).QueryEventByTimestamp(ctx, req.(*QueryEventByTimestampRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // RoomService_ServiceDesc is the grpc.ServiceDesc for RoomService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1048,6 +1092,10 @@ var RoomService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SignJoin",
 			Handler:    _RoomService_SignJoin_Handler,
+		},
+		{
+			MethodName: "QueryEventByTimestamp",
+			Handler:    _RoomService_QueryEventByTimestamp_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

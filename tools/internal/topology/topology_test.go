@@ -33,6 +33,11 @@ func split() ([]Process, []Endpoint) {
 		{Name: "ms", Args: []string{"-target", "media"}, Settings: base(map[string]string{
 			"services.client_api.grpc": "client-api-grpc:9000", "media.storage.path": "/var/lib/myelin/media",
 		})},
+		{Name: "fr", Args: []string{"-target", "federation-receiver"}, Settings: base(map[string]string{
+			"services.key_server.grpc": "key-server:9000", "services.room_server.grpc": "room-server:9000",
+			"services.presence.grpc": "presence:9000", "services.client_api.grpc": "client-api-grpc:9000",
+			"federation_receiver.fetch_timeout": "10s",
+		})},
 		{Name: "fs", Args: []string{"-target", "federation-sender"}, Settings: base(map[string]string{
 			"services.key_server.grpc": "key-server:9000", "services.room_server.grpc": "room-server:9000",
 			"federation_sender.backoff_max": "1h",
@@ -48,6 +53,7 @@ func split() ([]Process, []Endpoint) {
 		{Host: "media", Port: 9000, Process: "ms", TargetPort: 9000},
 		{Host: "media", Port: 8008, Process: "ms", TargetPort: 8008},
 		{Host: "federation-sender", Port: 9000, Process: "fs", TargetPort: 9000},
+		{Host: "federation-receiver", Port: 8008, Process: "fr", TargetPort: 8008},
 	}
 	return procs, endpoints
 }
@@ -65,6 +71,22 @@ func TestCheck(t *testing.T) {
 			delete(p[1].Settings, "services.key_server.grpc")
 			return e
 		}},
+		{name: "federation on: the edge forwards to the receiver, media asks the key-server", change: func(p []Process, e []Endpoint) []Endpoint {
+			for _, i := range []int{3, 5} {
+				p[i].Settings["federation.enabled"] = "true"
+				p[i].Settings["federation.tls_cert_file"] = "/tls/tls.crt"
+				p[i].Settings["federation.tls_key_file"] = "/tls/tls.key"
+			}
+			return e
+		}, want: []string{"edge: services.federation_receiver.http is not set", "ms: services.key_server.grpc is not set"}},
+		{name: "federation on without certificates", change: func(p []Process, e []Endpoint) []Endpoint {
+			p[6].Settings["federation.enabled"] = "true"
+			return e
+		}, want: []string{"fr: federation.enabled without federation.tls_cert_file"}},
+		{name: "receiver without its peers", change: func(p []Process, e []Endpoint) []Endpoint {
+			delete(p[6].Settings, "services.presence.grpc")
+			return e
+		}, want: []string{"fr: services.presence.grpc is not set"}},
 		{name: "missing address", change: func(p []Process, e []Endpoint) []Endpoint {
 			delete(p[2].Settings, "services.room_server.grpc")
 			return e
@@ -86,6 +108,7 @@ func TestCheck(t *testing.T) {
 			return e
 		}, want: []string{"rs: services.key_server.grpc=key-server:9000 reaches ks through one virtual address",
 			"ca: services.key_server.grpc=key-server:9000 reaches ks through one virtual address",
+			"fr: services.key_server.grpc=key-server:9000 reaches ks through one virtual address",
 			"fs: services.key_server.grpc=key-server:9000 reaches ks through one virtual address"}},
 		{name: "HTTP through a virtual address", change: func(p []Process, e []Endpoint) []Endpoint {
 			e[1].OneAddress, e[3].OneAddress = true, true
@@ -110,9 +133,9 @@ func TestCheck(t *testing.T) {
 			return e
 		}, want: []string{"rs: database.url is not set", "rs: nats.url is not set"}},
 		{name: "the federation sender calls the key-server and the room-server and needs NATS", change: func(p []Process, e []Endpoint) []Endpoint {
-			delete(p[6].Settings, "services.room_server.grpc")
-			delete(p[6].Settings, "nats.url")
-			p[6].Settings["services.key_server.grpc"] = "federation-sender:9000"
+			delete(p[7].Settings, "services.room_server.grpc")
+			delete(p[7].Settings, "nats.url")
+			p[7].Settings["services.key_server.grpc"] = "federation-sender:9000"
 			return e
 		}, want: []string{"fs: services.room_server.grpc is not set", "fs: nats.url is not set",
 			"fs: services.key_server.grpc=federation-sender:9000 reaches fs, which does not run key-server"}},

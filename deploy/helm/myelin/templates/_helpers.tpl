@@ -22,7 +22,8 @@ roomServer: room-server
 presence: presence
 clientApi: client-api
 media: media
-fedSender: federation-sender
+federationReceiver: federation-receiver
+federationSender: federation-sender
 edge: edge
 {{- end -}}
 

@@ -1,0 +1,235 @@
+package fedreceiver
+
+// PDUs of /send: each goes through the room-server's InputEvents (format
+// for its room version, hashes, signatures, auth against its auth events,
+// the state before it and the current state); what the room-server lacks
+// is fetched from the sending server first (gap.go).
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/fclient"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+)
+
+// txnContext is what one transaction's PDUs and EDUs share.
+type txnContext struct {
+	origin spec.ServerName
+	acl    *aclCache
+	rooms  map[string]*roomInfo
+}
+
+// roomInfo is what the room-server says about a room.
+type roomInfo struct {
+	exists  bool
+	version gomatrixserverlib.IRoomVersion
+}
+
+// room returns (and caches) a room's version; exists false when the
+// room-server does not know the room (or knows only invites to it).
+func (s *Service) room(ctx context.Context, tc *txnContext, roomID string) (*roomInfo, error) {
+	if ri, ok := tc.rooms[roomID]; ok {
+		return ri, nil
+	}
+	resp, err := s.rooms.QueryRoomInfo(ctx, &roomserverv1.QueryRoomInfoRequest{RoomId: roomID})
+	if status.Code(err) == codes.NotFound || status.Code(err) == codes.InvalidArgument {
+		err, resp = nil, &roomserverv1.QueryRoomInfoResponse{}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("QueryRoomInfo: %w", err)
+	}
+	ri := &roomInfo{exists: resp.GetRoomExists()}
+	if ri.exists {
+		if ri.version, err = gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(resp.GetRoomVersion())); err != nil {
+			ri.exists = false
+		}
+	}
+	tc.rooms[roomID] = ri
+	return ri, nil
+}
+
+// maxEventSize is the spec's bound on a PDU (canonical JSON, without
+// unsigned).
+const maxEventSize = 65536
+
+// parsePDU parses an event of a room version from an untrusted source.
+// Beyond gomatrixserverlib's checks it refuses duplicate keys and events
+// over 65,536 bytes before their hash is checked (gomatrixserverlib would
+// redact an oversized event with a wrong hash into a small one; the spec
+// drops invalid events first). When the event parses but is refused,
+// the event is returned with the error, so the caller can name it.
+func parsePDU(verImpl gomatrixserverlib.IRoomVersion, raw []byte) (ev gomatrixserverlib.PDU, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			ev, err = nil, fmt.Errorf("unparseable event: %v", r)
+		}
+	}()
+	ev, err = verImpl.NewEventFromUntrustedJSON(raw)
+	if err != nil {
+		return nil, err
+	}
+	_ = ev.EventID() // computes (and may panic on) the reference hash
+	_ = ev.RoomID()
+	if err := checkNoDuplicateKeys(raw); err != nil {
+		return ev, err
+	}
+	if size, err := eventSize(raw); err != nil || size > maxEventSize {
+		return ev, fmt.Errorf("event too large (%d bytes, at most %d)", size, maxEventSize)
+	}
+	return ev, nil
+}
+
+// eventSize is the length of an event's canonical JSON without unsigned.
+func eventSize(raw []byte) (int, error) {
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &obj); err != nil {
+		return 0, err
+	}
+	delete(obj, "unsigned")
+	b, err := json.Marshal(obj)
+	if err != nil {
+		return 0, err
+	}
+	canonical, err := gomatrixserverlib.CanonicalJSON(b)
+	return len(canonical), err
+}
+
+// pduHeader is what is read from a PDU before its room version is known.
+type pduHeader struct {
+	RoomID  string `json:"room_id"`
+	EventID string `json:"event_id"`
+}
+
+// processPDU handles one PDU of a transaction and returns its event ID
+// (empty when none can be given: the PDU is dropped without a result) and
+// its result. An error fails the whole transaction (a peer is down).
+func (s *Service) processPDU(ctx context.Context, tc *txnContext, raw json.RawMessage) (string, fclient.PDUResult, error) {
+	var h pduHeader
+	if err := json.Unmarshal(raw, &h); err != nil || h.RoomID == "" {
+		s.log.Debug("PDU without a room dropped", zap.String("origin", string(tc.origin)))
+		return "", fclient.PDUResult{}, nil
+	}
+	fail := func(id, format string, args ...any) (string, fclient.PDUResult, error) {
+		return id, fclient.PDUResult{Error: fmt.Sprintf(format, args...)}, nil
+	}
+	ri, err := s.room(ctx, tc, h.RoomID)
+	if err != nil {
+		return "", fclient.PDUResult{}, err
+	}
+	if !ri.exists {
+		if h.EventID != "" {
+			return fail(h.EventID, "This server is not in room %s", h.RoomID)
+		}
+		return "", fclient.PDUResult{}, nil
+	}
+	ev, err := parsePDU(ri.version, raw)
+	if err != nil {
+		// Room versions 1 and 2 name the event ID; later ones cannot
+		// be given one without a parsed event.
+		switch {
+		case ev != nil:
+			return fail(ev.EventID(), "Invalid event: %v", err)
+		case h.EventID != "":
+			return fail(h.EventID, "Invalid event: %v", err)
+		}
+		return "", fclient.PDUResult{}, nil
+	}
+	id := ev.EventID()
+	if ev.RoomID().String() != h.RoomID {
+		return fail(id, "Invalid event: room ID mismatch")
+	}
+	if err := tc.acl.check(ctx, h.RoomID); err != nil {
+		if errorsIsACL(err) {
+			return fail(id, "Server %s is denied by the room's server ACL", tc.origin)
+		}
+		return "", fclient.PDUResult{}, err
+	}
+	res, err := s.inputWithGaps(ctx, tc.origin, ri.version, ev, raw)
+	if err != nil {
+		return "", fclient.PDUResult{}, err
+	}
+	return id, res, nil
+}
+
+// inputNew inputs one event as NEW (optionally with the state before it)
+// and returns the room-server's result.
+func (s *Service) inputNew(ctx context.Context, verImpl gomatrixserverlib.IRoomVersion, raw []byte, stateIDs []string, hasState bool) (*roomserverv1.InputEventResult, error) {
+	resp, err := s.rooms.InputEvents(ctx, &roomserverv1.InputEventsRequest{Events: []*roomserverv1.InputEvent{{
+		RoomVersion: string(verImpl.Version()), EventJson: raw, Kind: roomserverv1.InputKind_INPUT_KIND_NEW,
+		HasState: hasState, StateEventIds: stateIDs,
+	}}})
+	if err != nil {
+		return nil, fmt.Errorf("InputEvents: %w", err)
+	}
+	if len(resp.GetResults()) != 1 {
+		return nil, fmt.Errorf("InputEvents: %d results for one event", len(resp.GetResults()))
+	}
+	return resp.GetResults()[0], nil
+}
+
+// pduResult turns an input result into the transaction's result.
+func pduResult(r *roomserverv1.InputEventResult) fclient.PDUResult {
+	switch r.GetStatus() {
+	case roomserverv1.InputStatus_INPUT_STATUS_ACCEPTED, roomserverv1.InputStatus_INPUT_STATUS_DUPLICATE,
+		roomserverv1.InputStatus_INPUT_STATUS_SOFT_FAILED:
+		// Soft-failed events are handled: stored, not shown to clients.
+		return fclient.PDUResult{}
+	case roomserverv1.InputStatus_INPUT_STATUS_REJECTED:
+		return fclient.PDUResult{Error: "Event rejected: " + r.GetReason()}
+	case roomserverv1.InputStatus_INPUT_STATUS_MISSING_EVENTS:
+		return fclient.PDUResult{Error: "Events it refers to could not be fetched"}
+	}
+	return fclient.PDUResult{Error: "Invalid event: " + r.GetReason()}
+}
+
+// inputWithGaps inputs ev; when the room-server misses events it refers
+// to, they are fetched from origin (gap.go) and the input is tried again.
+func (s *Service) inputWithGaps(ctx context.Context, origin spec.ServerName, verImpl gomatrixserverlib.IRoomVersion, ev gomatrixserverlib.PDU, raw []byte) (fclient.PDUResult, error) {
+	res, err := s.inputNew(ctx, verImpl, raw, nil, false)
+	if err != nil {
+		if isPeerDown(err) {
+			return fclient.PDUResult{}, err
+		}
+		s.log.Error("input failed", zap.String("event_id", ev.EventID()), zap.Error(err))
+		return fclient.PDUResult{Error: "The event could not be processed"}, nil
+	}
+	if res.GetStatus() != roomserverv1.InputStatus_INPUT_STATUS_MISSING_EVENTS {
+		return pduResult(res), nil
+	}
+	g := &gap{s: s, origin: origin, verImpl: verImpl, ev: ev, raw: raw}
+	gctx, cancel := context.WithTimeout(ctx, s.cfg.GapBudget)
+	defer cancel()
+	res, err = g.fill(gctx)
+	if err != nil {
+		if isPeerDown(err) {
+			return fclient.PDUResult{}, err
+		}
+		s.log.Info("gap not filled", zap.String("origin", string(origin)), zap.String("event_id", ev.EventID()), zap.Error(err))
+		return fclient.PDUResult{Error: "Events it refers to could not be fetched: " + err.Error()}, nil
+	}
+	return pduResult(res), nil
+}
+
+// isPeerDown: a peer service (not the remote server) is unavailable; the
+// transaction must be tried again rather than answered. Other failures
+// (a room-server bug on some input) become that PDU's error, so one bad
+// PDU cannot make its sender retry forever.
+func isPeerDown(err error) bool {
+	st, ok := status.FromError(err)
+	if !ok {
+		return false
+	}
+	switch st.Code() {
+	case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted, codes.Canceled:
+		return true
+	}
+	return false
+}
