@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strings"
 	"testing"
+	"time"
 
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
@@ -76,6 +78,38 @@ func TestTwoMyelinServers(t *testing.T) {
 	fromB := send(t, bob, room.RoomID, 5, "from b")
 	eventually(t, func() error { return seesInOrder(bob, room.RoomID, fromA) })
 	eventually(t, func() error { return seesInOrder(alice, room.RoomID, fromB) })
+
+	// EDUs across: alice's typing and read receipt reach bob's /sync.
+	if _, err := alice.UserTyping(ctx, room.RoomID, true, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.SendReceipt(ctx, room.RoomID, id.EventID(fromB[len(fromB)-1]), event.ReceiptTypeRead, nil); err != nil {
+		t.Fatal(err)
+	}
+	sawTyping, sawReceipt := false, false
+	since := ""
+	eventually(t, func() error {
+		resp, err := bob.SyncRequest(ctx, 1000, since, "", false, event.PresenceOffline)
+		if err != nil {
+			return err
+		}
+		since = resp.NextBatch
+		if jr := resp.Rooms.Join[room.RoomID]; jr != nil {
+			for _, ev := range jr.Ephemeral.Events {
+				raw := string(ev.Content.VeryRaw)
+				switch ev.Type.Type {
+				case "m.typing":
+					sawTyping = sawTyping || strings.Contains(raw, alice.UserID.String())
+				case "m.receipt":
+					sawReceipt = sawReceipt || (strings.Contains(raw, fromB[len(fromB)-1]) && strings.Contains(raw, alice.UserID.String()))
+				}
+			}
+		}
+		if !sawTyping || !sawReceipt {
+			return fmt.Errorf("bob saw typing %v, receipt %v", sawTyping, sawReceipt)
+		}
+		return nil
+	})
 }
 
 func freeLoopback(t *testing.T) string {
