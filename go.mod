@@ -7,6 +7,7 @@ require (
 	github.com/myelin-chat/myelin/proto v0.0.0
 	github.com/myelin-chat/myelin/services/clientapi v0.0.0
 	github.com/myelin-chat/myelin/services/fedreceiver v0.0.0
+	github.com/myelin-chat/myelin/services/fedsender v0.0.0
 	github.com/myelin-chat/myelin/services/keyserver v0.0.0
 	github.com/myelin-chat/myelin/services/media v0.0.0
 	github.com/myelin-chat/myelin/services/presence v0.0.0
@@ -46,6 +47,7 @@ replace (
 	github.com/myelin-chat/myelin/proto => ./proto
 	github.com/myelin-chat/myelin/services/clientapi => ./services/clientapi
 	github.com/myelin-chat/myelin/services/fedreceiver => ./services/fedreceiver
+	github.com/myelin-chat/myelin/services/fedsender => ./services/fedsender
 	github.com/myelin-chat/myelin/services/keyserver => ./services/keyserver
 	github.com/myelin-chat/myelin/services/media => ./services/media
 	github.com/myelin-chat/myelin/services/presence => ./services/presence

@@ -106,6 +106,22 @@ func KeyChangesSubject(userID string) string { return keyChangesPrefix + token(u
 // dropped.
 func KeyChangeMsgID(position int64) string { return "keychange-" + strconv.FormatInt(position, 10) }
 
+// Send-to-device messages for users of other servers, published by the
+// client-API (one clientapi.v1.ToDeviceOut per request and destination
+// server, Nats-Msg-Id = its message_id) and consumed by the federation
+// sender, which sends them as m.direct_to_device EDUs.
+const (
+	// ToDeviceOutStream holds send-to-device messages for remote users.
+	ToDeviceOutStream = "MYELIN_TO_DEVICE_OUT"
+	// toDeviceOutPrefix is the subject prefix of ToDeviceOutStream.
+	toDeviceOutPrefix = "myelin.clientapi.todevice."
+	// ToDeviceOutAllSubjects matches every destination's messages.
+	ToDeviceOutAllSubjects = toDeviceOutPrefix + ">"
+)
+
+// ToDeviceOutSubject carries the messages for one destination server.
+func ToDeviceOutSubject(serverName string) string { return toDeviceOutPrefix + token(serverName) }
+
 // To-device messages from other servers (m.direct_to_device EDUs), one
 // message per local recipient, published by the federation-receiver.
 // Payload: fedreceiver.v1.InboundToDevice. The client-API is to consume
@@ -187,6 +203,17 @@ func Streams(replicas int) []jetstream.StreamConfig {
 		Replicas:    replicas,
 		// The key-server sets Nats-Msg-Id (KeyChangeMsgID); a change
 		// published again after a crash is dropped within this window.
+		Duplicates: 10 * time.Minute,
+		MaxAge:     7 * 24 * time.Hour,
+	}, {
+		Name:        ToDeviceOutStream,
+		Description: "Send-to-device messages for remote users (clientapi.v1.ToDeviceOut)",
+		Subjects:    []string{ToDeviceOutAllSubjects},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		Replicas:    replicas,
+		// The client-API sets Nats-Msg-Id to the message_id: a client's
+		// retried request is dropped within this window.
 		Duplicates: 10 * time.Minute,
 		MaxAge:     7 * 24 * time.Hour,
 	}, {

@@ -12,6 +12,7 @@ import (
 	"github.com/myelin-chat/myelin/pkg/logging"
 	"github.com/myelin-chat/myelin/services/clientapi"
 	"github.com/myelin-chat/myelin/services/fedreceiver"
+	"github.com/myelin-chat/myelin/services/fedsender"
 	"github.com/myelin-chat/myelin/services/keyserver"
 	"github.com/myelin-chat/myelin/services/media"
 	"github.com/myelin-chat/myelin/services/presence"
@@ -51,11 +52,12 @@ type Config struct {
 	// private-address allow-list). Off by default.
 	Federation federation.Config `yaml:"federation"`
 
-	KeyServer  keyserver.Config  `yaml:"key_server"`
-	RoomServer roomserver.Config `yaml:"room_server"`
-	ClientAPI  clientapi.Config  `yaml:"client_api"`
-	Presence   presence.Config   `yaml:"presence"`
-	Media      media.Config      `yaml:"media"`
+	KeyServer        keyserver.Config  `yaml:"key_server"`
+	RoomServer       roomserver.Config `yaml:"room_server"`
+	ClientAPI        clientapi.Config  `yaml:"client_api"`
+	Presence         presence.Config   `yaml:"presence"`
+	Media            media.Config      `yaml:"media"`
+	FederationSender fedsender.Config  `yaml:"federation_sender"`
 	// FederationReceiver is the federation-receiver's (issue #16).
 	FederationReceiver fedreceiver.Config `yaml:"federation_receiver"`
 }
@@ -85,11 +87,12 @@ type DatabaseConfig struct {
 
 // ServiceAddresses keys each service's addresses by service name.
 type ServiceAddresses struct {
-	KeyServer  ServiceAddress `yaml:"key_server"`
-	RoomServer ServiceAddress `yaml:"room_server"`
-	ClientAPI  ServiceAddress `yaml:"client_api"`
-	Presence   ServiceAddress `yaml:"presence"`
-	Media      ServiceAddress `yaml:"media"`
+	KeyServer        ServiceAddress `yaml:"key_server"`
+	RoomServer       ServiceAddress `yaml:"room_server"`
+	ClientAPI        ServiceAddress `yaml:"client_api"`
+	Presence         ServiceAddress `yaml:"presence"`
+	Media            ServiceAddress `yaml:"media"`
+	FederationSender ServiceAddress `yaml:"federation_sender"`
 	// FederationReceiver: the edge's federation listener forwards
 	// /_matrix/federation/* to its http address.
 	FederationReceiver ServiceAddress `yaml:"federation_receiver"`
@@ -105,18 +108,19 @@ type ServiceAddress struct {
 // DefaultConfig is the all-in-one configuration `make run` starts with.
 func DefaultConfig() Config {
 	return Config{
-		ServerName: "localhost",
-		DataDir:    "./data",
-		Logging:    logging.DefaultConfig(),
-		HTTP:       ListenConfig{Listen: "127.0.0.1:8008"},
-		GRPC:       ListenConfig{Listen: "127.0.0.1:0"},
-		NATS:       bus.Config{Replicas: 1},
-		Federation: federation.DefaultConfig(),
-		KeyServer:  keyserver.DefaultConfig(),
-		RoomServer: roomserver.DefaultConfig(),
-		ClientAPI:  clientapi.DefaultConfig(),
-		Presence:   presence.DefaultConfig(),
-		Media:      media.DefaultConfig(),
+		ServerName:       "localhost",
+		DataDir:          "./data",
+		Logging:          logging.DefaultConfig(),
+		HTTP:             ListenConfig{Listen: "127.0.0.1:8008"},
+		GRPC:             ListenConfig{Listen: "127.0.0.1:0"},
+		NATS:             bus.Config{Replicas: 1},
+		Federation:       federation.DefaultConfig(),
+		KeyServer:        keyserver.DefaultConfig(),
+		RoomServer:       roomserver.DefaultConfig(),
+		ClientAPI:        clientapi.DefaultConfig(),
+		Presence:         presence.DefaultConfig(),
+		Media:            media.DefaultConfig(),
+		FederationSender: fedsender.DefaultConfig(),
 
 		FederationReceiver: fedreceiver.DefaultConfig(),
 	}
@@ -162,6 +166,7 @@ func (c *Config) Validate() error {
 		prefix("client_api", c.ClientAPI.Validate()),
 		prefix("presence", c.Presence.Validate()),
 		prefix("media", c.Media.Validate()),
+		prefix("federation_sender", c.FederationSender.Validate()),
 		prefix("federation_receiver", c.FederationReceiver.Validate()),
 	)
 	if err := errors.Join(errs...); err != nil {

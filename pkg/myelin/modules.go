@@ -18,6 +18,7 @@ import (
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi"
 	"github.com/myelin-chat/myelin/services/fedreceiver"
+	"github.com/myelin-chat/myelin/services/fedsender"
 	"github.com/myelin-chat/myelin/services/keyserver"
 	"github.com/myelin-chat/myelin/services/media"
 	"github.com/myelin-chat/myelin/services/presence"
@@ -27,13 +28,14 @@ import (
 // Target names. "all" runs every service; "edge" is the HTTP router that
 // sits in front of split services.
 const (
-	TargetAll        = "all"
-	TargetKeyServer  = "key-server"
-	TargetRoomServer = "room-server"
-	TargetClientAPI  = "client-api"
-	TargetPresence   = "presence"
-	TargetMedia      = "media"
-	TargetEdge       = "edge"
+	TargetAll              = "all"
+	TargetKeyServer        = "key-server"
+	TargetRoomServer       = "room-server"
+	TargetClientAPI        = "client-api"
+	TargetPresence         = "presence"
+	TargetMedia            = "media"
+	TargetFederationSender = "federation-sender"
+	TargetEdge             = "edge"
 	// TargetFederationReceiver serves the federation API to other
 	// homeservers.
 	TargetFederationReceiver = "federation-receiver"
@@ -64,6 +66,7 @@ var modules = []module{
 	{name: TargetPresence, start: startPresence},
 	{name: TargetClientAPI, start: startClientAPI},
 	{name: TargetMedia, start: startMedia},
+	{name: TargetFederationSender, start: startFederationSender},
 	{name: TargetFederationReceiver, start: startFederationReceiver},
 }
 
@@ -232,5 +235,26 @@ func startFederationReceiver(ctx context.Context, p *process) (service, error) {
 		RoomServer:  roomserverv1.NewRoomServiceClient(conns[TargetRoomServer]),
 		Presence:    presencev1.NewPresenceServiceClient(conns[TargetPresence]),
 		Users:       clientapiv1.NewUserServiceClient(conns[TargetClientAPI]),
+	})
+}
+
+func startFederationSender(ctx context.Context, p *process) (service, error) {
+	ks, err := p.dial(TargetKeyServer)
+	if err != nil {
+		return nil, err
+	}
+	rs, err := p.dial(TargetRoomServer)
+	if err != nil {
+		return nil, err
+	}
+	return fedsender.New(ctx, p.cfg.FederationSender, fedsender.Deps{
+		Logger:      p.log.With(logging.Service(TargetFederationSender)),
+		ServerName:  p.cfg.ServerName,
+		DatabaseURL: p.cfg.databaseURL(p.cfg.FederationSender.DatabaseURL),
+		JetStream:   p.js,
+		RoomServer:  roomserverv1.NewRoomServiceClient(rs),
+		ServerKeys:  keyserverv1.NewServerKeyServiceClient(ks),
+		Federation:  p.fedTransport,
+		Metrics:     p.metrics,
 	})
 }

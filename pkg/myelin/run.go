@@ -74,6 +74,8 @@ type process struct {
 	fedTransport *federation.Transport
 	// fed is the federation listener, when this process has one.
 	fed *federationListener
+	// metrics is the process's Prometheus registry.
+	metrics *metrics.Metrics
 }
 
 // Run starts the process and blocks until ctx ends or a service fails.
@@ -117,6 +119,7 @@ func Start(ctx context.Context, cfg Config, targets []string, log *zap.Logger) (
 		return nil, err
 	}
 	m := metrics.New(Version(), targets)
+	p.metrics = m
 	if err := p.startMetrics(m); err != nil {
 		return nil, err
 	}
@@ -351,7 +354,7 @@ func (p *process) needsDatabase() bool {
 func (p *process) needsNATS() bool {
 	return slices.Contains(p.targets, TargetRoomServer) || slices.Contains(p.targets, TargetClientAPI) ||
 		slices.Contains(p.targets, TargetPresence) || slices.Contains(p.targets, TargetKeyServer) ||
-		slices.Contains(p.targets, TargetFederationReceiver)
+		slices.Contains(p.targets, TargetFederationSender) || slices.Contains(p.targets, TargetFederationReceiver)
 }
 
 // dial returns the gRPC connection to a service: the configured address, or,
@@ -392,6 +395,8 @@ func (p *process) address(target string) ServiceAddress {
 		return p.cfg.Services.Presence
 	case TargetMedia:
 		return p.cfg.Services.Media
+	case TargetFederationSender:
+		return p.cfg.Services.FederationSender
 	case TargetFederationReceiver:
 		return p.cfg.Services.FederationReceiver
 	}
@@ -424,6 +429,8 @@ func yamlKey(target string) string {
 		return "room_server"
 	case TargetClientAPI:
 		return "client_api"
+	case TargetFederationSender:
+		return "federation_sender"
 	case TargetFederationReceiver:
 		return "federation_receiver"
 	}

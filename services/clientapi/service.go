@@ -7,8 +7,9 @@
 // This package only wires: the work is in internal/ (docs/architecture.md
 // draws the map). The HTTP edge is internal/httpapi; the domains are
 // internal/users, rooms, history, syncapi, push, keys and ephemeral;
-// internal/consumers and the producers internal/wakebus and
-// internal/pushgateway move data between the streams and the store.
+// internal/consumers and the producers internal/wakebus,
+// internal/pushgateway and internal/todeviceout move data between the
+// streams, the store and other servers' services.
 package clientapi
 
 import (
@@ -37,6 +38,7 @@ import (
 	"github.com/myelin-chat/myelin/services/clientapi/internal/rooms"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/syncapi"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/syncapi/notifier"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/todeviceout"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/users"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/wakebus"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
@@ -141,7 +143,8 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	s.ephemeral = ephemeral.New(deps.ServerName, deps.Presence, deps.Logger)
 	s.sync = syncapi.New(syncapi.Deps{
 		Config: cfg.Sync, ServerName: deps.ServerName, Store: st, Rooms: deps.RoomServer, Presence: deps.Presence,
-		History: s.history, Push: s.push, Keys: s.keys, Notifier: s.notifier, Wake: s.wakeBus, Log: deps.Logger,
+		History: s.history, Push: s.push, Keys: s.keys, Notifier: s.notifier, Wake: s.wakeBus,
+		ToDeviceOut: todeviceout.New(deps.JetStream, deps.Logger), Log: deps.Logger,
 	})
 	s.keyEndpoints = keys.New(deps.ServerName, st, deps.E2EKeys, s.keys, s.notifier, s.users, deps.Logger)
 	s.http = httpapi.NewServer(deps.Logger, s.users.Accounts, cfg.RateLimit, time.Now)

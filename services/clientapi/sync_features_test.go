@@ -522,8 +522,9 @@ func TestSendToDevice(t *testing.T) {
 	if err != nil || len(other.ToDevice.Events) != 1 || other.ToDevice.Events[0].Content.Raw["n"] != float64(2) {
 		t.Fatalf("second device: %v %v", other, err)
 	}
-	// A message to a remote user is accepted (and dropped until
-	// federation); a malformed user ID or content is refused.
+	// A message to a remote user is accepted (published on
+	// MYELIN_TO_DEVICE_OUT for the federation sender, whose tests follow it
+	// to the remote server); a malformed user ID or content is refused.
 	if err := send(alice, "t3", msg("@someone:remote.example", "DEV", 3)); err != nil {
 		t.Fatalf("remote target: %v", err)
 	}

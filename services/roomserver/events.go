@@ -31,17 +31,25 @@ func (s *Service) loadEvents(ctx context.Context, q *store.Queries, nids []int64
 	if len(miss) == 0 {
 		return out, nil
 	}
+	// A stored event's JSON changes when it is redacted (or an outlier is
+	// stored again as a timeline event); such a change drops the cached
+	// entry at its commit and counts in eventRewrites. Rows read while one
+	// committed may be the old form and are not cached.
+	rewrites := s.eventRewrites.Load()
 	rows, err := q.EventsByNID(ctx, miss)
 	if err != nil {
 		return nil, err
 	}
+	cache := s.eventRewrites.Load() == rewrites
 	for _, row := range rows {
 		e, err := newEventEntry(row)
 		if err != nil {
 			return nil, err
 		}
 		out[row.NID] = e
-		s.events.put(row.NID, e)
+		if cache {
+			s.events.put(row.NID, e)
+		}
 	}
 	for _, nid := range miss {
 		if _, ok := out[nid]; !ok {
@@ -49,6 +57,13 @@ func (s *Service) loadEvents(ctx context.Context, q *store.Queries, nids []int64
 		}
 	}
 	return out, nil
+}
+
+// forgetEvent drops an event whose stored JSON changed from the cache, and
+// keeps loads that read it before the change from caching the old form.
+func (s *Service) forgetEvent(nid int64) {
+	s.eventRewrites.Add(1)
+	s.events.remove(nid)
 }
 
 // eventsByID loads events by ID (not cached by ID; the NID cache is used

@@ -62,6 +62,7 @@ replace (
 	github.com/myelin-chat/myelin/proto => ../../proto
 	github.com/myelin-chat/myelin/services/clientapi => ../clientapi
 	github.com/myelin-chat/myelin/services/fedreceiver => ../fedreceiver
+	github.com/myelin-chat/myelin/services/fedsender => ../fedsender
 	github.com/myelin-chat/myelin/services/keyserver => ../keyserver
 	github.com/myelin-chat/myelin/services/media => ../media
 	github.com/myelin-chat/myelin/services/presence => ../presence

@@ -191,6 +191,9 @@ func (s *Service) commit(ctx context.Context, w *writeTx) error {
 	for _, f := range w.onCommit {
 		f()
 	}
+	// Cache invalidations (a redacted target leaving the event cache) take
+	// effect before the publisher, woken next, reads the events it sends.
+	w.done()
 	if len(w.outbox) > 0 {
 		s.wakePublisher()
 	}
@@ -423,7 +426,7 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 	}
 	if known {
 		row.NID = old.NID
-		w.afterTx = append(w.afterTx, func() { s.events.remove(old.NID) })
+		w.afterTx = append(w.afterTx, func() { s.forgetEvent(old.NID) })
 	}
 	if ev.StateKey() != nil {
 		if row.StateKeyNID, err = s.stateKeyNID(ctx, w, store.StateKey{Type: ev.Type(), StateKey: *ev.StateKey()}); err != nil {

@@ -283,12 +283,35 @@ func (s *Service) outputMessages(ctx context.Context, pending store.Pending) ([]
 	for _, nid := range redactedBy {
 		more = append(more, nid)
 	}
-	for _, nid := range targets {
-		more = append(more, nid)
-	}
 	extra, err := s.loadEvents(ctx, s.store.Queries, more)
 	if err != nil {
 		return nil, err
+	}
+	// Redaction targets are read from the database, never the event cache:
+	// a reader that loaded a target just before its redaction committed
+	// may have put the unredacted form back into the cache, and consumers
+	// must get the redacted one.
+	var targetNIDs []int64
+	for _, nid := range targets {
+		targetNIDs = append(targetNIDs, nid)
+	}
+	if len(targetNIDs) > 0 {
+		rows, err := s.store.Queries.EventsByNID(ctx, targetNIDs)
+		if err != nil {
+			return nil, err
+		}
+		for _, row := range rows {
+			e, err := newEventEntry(row)
+			if err != nil {
+				return nil, err
+			}
+			extra[row.NID] = e
+		}
+		for _, nid := range targetNIDs {
+			if extra[nid] == nil {
+				return nil, fmt.Errorf("redacted event nid %d: %w", nid, store.ErrNotFound)
+			}
+		}
 	}
 	out := make([]outputMessage, 0, len(entries))
 	for _, e := range entries {

@@ -203,7 +203,7 @@ func (s *Service) recordRedaction(ctx context.Context, w *writeTx, room store.Ro
 				return err
 			}
 			tnid := t.NID
-			w.afterTx = append(w.afterTx, func() { s.events.remove(tnid) })
+			w.afterTx = append(w.afterTx, func() { s.forgetEvent(tnid) })
 			r.Applied = true
 		}
 	}

@@ -2,6 +2,8 @@ package roomserver
 
 import (
 	"encoding/json"
+	"github.com/myelin-chat/myelin/services/roomserver/store"
+	"google.golang.org/protobuf/proto"
 	"strings"
 	"testing"
 
@@ -123,5 +125,47 @@ func TestRedactionBeforeTarget(t *testing.T) {
 	last := msgs[len(msgs)-1].out
 	if last.GetEventId() != target.EventID() || len(last.GetRedactedBecause()) == 0 || strings.Contains(string(last.GetEventJson()), "early secret") {
 		t.Fatalf("published late target: %s because=%s", last.GetEventJson(), last.GetRedactedBecause())
+	}
+}
+
+// TestPublishedRedactionCarriesTheRedactedForm: the publisher builds a
+// redaction's message with its target's redacted form read from the
+// database, whatever the event cache holds. The cache held the original
+// from the target's own commit until the redaction's commit dropped it,
+// and the publisher, woken at that commit, could read it first (a redacted
+// message then reached clients whole).
+func TestPublishedRedactionCarriesTheRedactedForm(t *testing.T) {
+	h := newHarness(t, nil)
+	roomID := h.createRoom("11", "public", map[string]int{alice: 100}).GetRoomId()
+	msg := h.mustSend(roomID, alice, message(t, "secret"))
+	rows, err := h.svc.store.Queries.EventsByID(h.ctx, []string{msg})
+	if err != nil || len(rows) != 1 {
+		t.Fatalf("load %s: %v", msg, err)
+	}
+	original, err := newEventEntry(rows[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	red := h.mustSend(roomID, alice, redaction(msg, ""))
+	rows, err = h.svc.store.Queries.EventsByID(h.ctx, []string{red})
+	if err != nil || len(rows) != 1 {
+		t.Fatalf("load %s: %v", red, err)
+	}
+	redNID := rows[0].NID
+	// The cache as a publisher racing the redaction's commit found it.
+	h.svc.events.put(original.NID, original)
+	msgs, err := h.svc.outputMessages(h.ctx, store.Pending{
+		Entries: []store.OutboxEntry{{EventNID: redNID, RoomNID: original.RoomNID}},
+		Targets: map[int64]int64{redNID: original.NID},
+	})
+	if err != nil || len(msgs) != 1 {
+		t.Fatalf("outputMessages: %d, %v", len(msgs), err)
+	}
+	var out roomserverv1.OutputRoomEvent
+	if err := proto.Unmarshal(msgs[0].msg.Data, &out); err != nil {
+		t.Fatal(err)
+	}
+	if out.GetRedactedEventId() != msg || strings.Contains(string(out.GetRedactedEventJson()), "secret") {
+		t.Fatalf("redaction message carries target %s: %s", out.GetRedactedEventId(), out.GetRedactedEventJson())
 	}
 }

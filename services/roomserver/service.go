@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -70,7 +71,9 @@ type Service struct {
 
 	snapshots *lru[int64, snapshot]
 	events    *lru[int64, *eventEntry]
-	stateKeys *lru[store.StateKey, int64]
+	// eventRewrites counts changes of stored events' JSON (forgetEvent).
+	eventRewrites atomic.Uint64
+	stateKeys     *lru[store.StateKey, int64]
 	// roomVersions caches room ID -> version (immutable once created).
 	roomVersions *lru[string, gomatrixserverlib.RoomVersion]
 	// memberViews caches each snapshot's memberships and history

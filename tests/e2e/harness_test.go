@@ -122,6 +122,10 @@ type server struct {
 	logs  []string
 	// mediaDir is where the media service keeps content (file backend).
 	mediaDir string
+	// ready are further URLs that answer 200 once the deployment is up
+	// (processes no request of the tests reaches, such as the federation
+	// sender's /readyz).
+	ready []string
 }
 
 func (s *server) start(t *testing.T) {
@@ -130,6 +134,9 @@ func (s *server) start(t *testing.T) {
 		p.start(t)
 	}
 	waitReady(t, s.url+"/_matrix/client/versions", s)
+	for _, u := range s.ready {
+		waitReady(t, u, s)
+	}
 }
 
 func (s *server) stop(t *testing.T) {
@@ -209,14 +216,32 @@ func waitReady(t *testing.T, url string, s *server) {
 	}
 }
 
+// handedOut are the addresses freeAddr has returned in this test binary.
+var handedOut = struct {
+	sync.Mutex
+	addrs map[string]bool
+}{addrs: map[string]bool{}}
+
+// freeAddr returns a loopback address that was free a moment ago and that
+// it has not returned before: the kernel may give a port just closed to the
+// next listener, so without the check two processes of one test could be
+// told the same address.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		if !handedOut.addrs[addr] {
+			handedOut.addrs[addr] = true
+			return addr
+		}
 	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // allInOne is `make run`'s shape: one process, no database or NATS URL, so
@@ -248,7 +273,8 @@ func allInOne(t *testing.T) *server {
 }
 
 // split runs key-server, room-server, presence, client-api, media and
-// federation-receiver as six OS processes plus the edge router, against an
+// the two federation services (receiver and sender) as seven OS processes
+// plus the edge router, against an
 // external PostgreSQL and NATS server.
 func split(t *testing.T) *server {
 	dir := t.TempDir()
@@ -264,13 +290,14 @@ func split(t *testing.T) *server {
 	ca := addrs{freeAddr(t), freeAddr(t)}
 	ms := addrs{freeAddr(t), freeAddr(t)}
 	fr := addrs{freeAddr(t), freeAddr(t)}
+	fs := addrs{freeAddr(t), freeAddr(t)}
 	edge := freeAddr(t)
 	mk := func(name, target string, a addrs, extra ...string) *proc {
 		env := append(append([]string{}, common...),
 			"MYELIN_HTTP_LISTEN="+a.http, "MYELIN_GRPC_LISTEN="+a.grpc)
 		return &proc{name: name, args: []string{"-target", target}, env: append(env, extra...), log: filepath.Join(dir, name+".log")}
 	}
-	s := &server{url: "http://" + edge, mediaDir: filepath.Join(dir, "media")}
+	s := &server{url: "http://" + edge, mediaDir: filepath.Join(dir, "media"), ready: []string{"http://" + fs.http + "/readyz"}}
 	s.procs = []*proc{
 		mk("key-server", "key-server", ks),
 		mk("room-server", "room-server", rs, "MYELIN_SERVICES_KEY_SERVER_GRPC="+ks.grpc),
@@ -283,6 +310,8 @@ func split(t *testing.T) *server {
 		mk("federation-receiver", "federation-receiver", fr,
 			"MYELIN_SERVICES_KEY_SERVER_GRPC="+ks.grpc, "MYELIN_SERVICES_ROOM_SERVER_GRPC="+rs.grpc,
 			"MYELIN_SERVICES_PRESENCE_GRPC="+ps.grpc, "MYELIN_SERVICES_CLIENT_API_GRPC="+ca.grpc),
+		mk("federation-sender", "federation-sender", fs,
+			"MYELIN_SERVICES_KEY_SERVER_GRPC="+ks.grpc, "MYELIN_SERVICES_ROOM_SERVER_GRPC="+rs.grpc),
 		mk("edge", "edge", addrs{edge, "127.0.0.1:0"},
 			"MYELIN_SERVICES_CLIENT_API_HTTP="+ca.http, "MYELIN_SERVICES_KEY_SERVER_HTTP="+ks.http,
 			"MYELIN_SERVICES_MEDIA_HTTP="+ms.http, "MYELIN_SERVICES_FEDERATION_RECEIVER_HTTP="+fr.http),

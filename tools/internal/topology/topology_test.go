@@ -38,6 +38,10 @@ func split() ([]Process, []Endpoint) {
 			"services.presence.grpc": "presence:9000", "services.client_api.grpc": "client-api-grpc:9000",
 			"federation_receiver.fetch_timeout": "10s",
 		})},
+		{Name: "fs", Args: []string{"-target", "federation-sender"}, Settings: base(map[string]string{
+			"services.key_server.grpc": "key-server:9000", "services.room_server.grpc": "room-server:9000",
+			"federation_sender.backoff_max": "1h",
+		})},
 	}
 	endpoints := []Endpoint{
 		{Host: "key-server", Port: 9000, Process: "ks", TargetPort: 9000},
@@ -48,6 +52,7 @@ func split() ([]Process, []Endpoint) {
 		{Host: "client-api-grpc", Port: 9000, Process: "ca", TargetPort: 9000},
 		{Host: "media", Port: 9000, Process: "ms", TargetPort: 9000},
 		{Host: "media", Port: 8008, Process: "ms", TargetPort: 8008},
+		{Host: "federation-sender", Port: 9000, Process: "fs", TargetPort: 9000},
 		{Host: "federation-receiver", Port: 8008, Process: "fr", TargetPort: 8008},
 	}
 	return procs, endpoints
@@ -103,7 +108,8 @@ func TestCheck(t *testing.T) {
 			return e
 		}, want: []string{"rs: services.key_server.grpc=key-server:9000 reaches ks through one virtual address",
 			"ca: services.key_server.grpc=key-server:9000 reaches ks through one virtual address",
-			"fr: services.key_server.grpc=key-server:9000 reaches ks through one virtual address"}},
+			"fr: services.key_server.grpc=key-server:9000 reaches ks through one virtual address",
+			"fs: services.key_server.grpc=key-server:9000 reaches ks through one virtual address"}},
 		{name: "HTTP through a virtual address", change: func(p []Process, e []Endpoint) []Endpoint {
 			e[1].OneAddress, e[3].OneAddress = true, true
 			return e
@@ -126,6 +132,13 @@ func TestCheck(t *testing.T) {
 			delete(p[1].Settings, "nats.url")
 			return e
 		}, want: []string{"rs: database.url is not set", "rs: nats.url is not set"}},
+		{name: "the federation sender calls the key-server and the room-server and needs NATS", change: func(p []Process, e []Endpoint) []Endpoint {
+			delete(p[7].Settings, "services.room_server.grpc")
+			delete(p[7].Settings, "nats.url")
+			p[7].Settings["services.key_server.grpc"] = "federation-sender:9000"
+			return e
+		}, want: []string{"fs: services.room_server.grpc is not set", "fs: nats.url is not set",
+			"fs: services.key_server.grpc=federation-sender:9000 reaches fs, which does not run key-server"}},
 		{name: "media and client-api call each other; the edge forwards to media", change: func(p []Process, e []Endpoint) []Endpoint {
 			delete(p[5].Settings, "services.client_api.grpc")
 			delete(p[2].Settings, "services.media.grpc")

@@ -23,6 +23,7 @@ presence: presence
 clientApi: client-api
 media: media
 federationReceiver: federation-receiver
+federationSender: federation-sender
 edge: edge
 {{- end -}}
 

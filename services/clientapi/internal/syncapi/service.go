@@ -8,6 +8,7 @@ package syncapi
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"time"
 
@@ -38,6 +39,13 @@ type Waker interface {
 	AnnounceWake(userID string)
 }
 
+// RemoteToDevice hands send-to-device messages for users of other servers
+// (server → user → device → content) to the federation sender
+// (todeviceout.Publisher).
+type RemoteToDevice interface {
+	Publish(ctx context.Context, sender, deviceID, txnID, evType string, remote map[string]map[string]map[string]json.RawMessage) error
+}
+
 // Deps are what sync reads from and waits on.
 type Deps struct {
 	Config     Config
@@ -51,7 +59,9 @@ type Deps struct {
 	Keys     *keys.Bridge
 	Notifier *notifier.Notifier
 	Wake     Waker
-	Log      *zap.Logger
+	// ToDeviceOut takes messages for users of other servers.
+	ToDeviceOut RemoteToDevice
+	Log         *zap.Logger
 }
 
 // Service serves /sync, /sendToDevice and the legacy sync endpoints.
@@ -67,6 +77,8 @@ type Service struct {
 	keys       *keys.Bridge
 	notifier   *notifier.Notifier
 	wakeBus    Waker
+	// toDeviceOut takes send-to-device messages for remote users.
+	toDeviceOut RemoteToDevice
 	// lazy remembers the members /sync sent each device (lazy.go).
 	lazy *lazyCache
 }
@@ -75,7 +87,8 @@ type Service struct {
 func New(d Deps) *Service {
 	return &Service{
 		cfg: d.Config, log: d.Log, serverName: d.ServerName, store: d.Store, rooms: d.Rooms, presence: d.Presence,
-		history: d.History, push: d.Push, keys: d.Keys, notifier: d.Notifier, wakeBus: d.Wake, lazy: newLazyCache(),
+		history: d.History, push: d.Push, keys: d.Keys, notifier: d.Notifier, wakeBus: d.Wake, toDeviceOut: d.ToDeviceOut,
+		lazy: newLazyCache(),
 	}
 }
 

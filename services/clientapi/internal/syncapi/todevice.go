@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"net/http"
 
-	"go.uber.org/zap"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
@@ -18,7 +17,7 @@ import (
 // device (to_device_messages); /sync delivers a device's messages in
 // to_device.events and deletes them when the next /sync's since token
 // (component "_d<pos>") shows the client has them. Messages to users of
-// other servers are dropped with a log line until federation exists.
+// other servers go to the federation sender (internal/todeviceout).
 
 // toDeviceSyncLimit caps the messages in one /sync response (the spec
 // recommends 100).
@@ -51,24 +50,36 @@ func (s *Service) sendToDevice(r *http.Request, dev *httpapi.Device) (any, error
 		return nil, matrixhttp.BadJSON("messages is required")
 	}
 	var msgs []store.ToDeviceMessage
+	remote := map[string]map[string]map[string]json.RawMessage{}
 	for user, devices := range req.Messages {
 		_, server, err := id.UserID(user).ParseAndValidateRelaxed()
 		if err != nil {
 			return nil, matrixhttp.InvalidParam("Invalid user ID " + user)
 		}
-		if server != s.serverName {
-			s.log.Info("dropping send-to-device message for a remote user (no federation yet)",
-				zap.String("type", evType), zap.String("target", user))
-			continue
-		}
 		for deviceID, content := range devices {
 			if !clientevent.IsObject(content) {
 				return nil, matrixhttp.BadJSON("Message content must be a JSON object")
+			}
+			if server != s.serverName {
+				if remote[server] == nil {
+					remote[server] = map[string]map[string]json.RawMessage{}
+				}
+				if remote[server][user] == nil {
+					remote[server][user] = map[string]json.RawMessage{}
+				}
+				remote[server][user][deviceID] = content
+				continue
 			}
 			msgs = append(msgs, store.ToDeviceMessage{
 				UserID: user, DeviceID: deviceID, Sender: dev.UserID, Type: evType, Content: content,
 			})
 		}
+	}
+	// Remote users' messages first: a failure here fails the request, and
+	// the client's retry (same transaction ID) publishes the same message
+	// IDs, which JetStream drops as duplicates.
+	if err := s.toDeviceOut.Publish(r.Context(), dev.UserID, dev.DeviceID, txnID, evType, remote); err != nil {
+		return nil, err
 	}
 	users, _, err := s.store.SendToDevice(r.Context(), dev.UserID, dev.DeviceID, txnID, msgs)
 	if err != nil {

@@ -1,0 +1,100 @@
+// Package store holds the federation sender's PostgreSQL schema and
+// queries: the per-destination queues of PDUs and EDUs, each destination's
+// retry state, the membership copy and the stream consumers' positions.
+package store
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/myelin-chat/myelin/pkg/pgstore"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Schema is the PostgreSQL schema the federation sender owns.
+const Schema = "fedsender"
+
+// ErrNotFound: no such row.
+var ErrNotFound = errors.New("not found")
+
+// Store is the federation sender's storage.
+type Store struct {
+	db    *pgxpool.Pool
+	token string
+}
+
+// Open connects and migrates.
+func Open(ctx context.Context, url string, maxConns int32) (*Store, error) {
+	db, err := pgstore.Open(ctx, url, Schema, maxConns, migrations, "migrations")
+	if err != nil {
+		return nil, err
+	}
+	s := &Store{db: db}
+	if err := db.QueryRow(ctx, `SELECT token FROM instance`).Scan(&s.token); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("instance token: %w", err)
+	}
+	return s, nil
+}
+
+// Close closes the pool.
+func (s *Store) Close() { s.db.Close() }
+
+// Ping checks that the database answers.
+func (s *Store) Ping(ctx context.Context) error { return s.db.Ping(ctx) }
+
+// Pool is the connection pool (the sender's leader lock holds one of its
+// connections).
+func (s *Store) Pool() *pgxpool.Pool { return s.db }
+
+// Tx is one transaction of a consumer: what it applies for one stream
+// message commits together with the consumer's position.
+type Tx struct {
+	tx pgx.Tx
+}
+
+// Apply runs fn for the message at streamSeq of consumer in one
+// transaction and records the position. A message at or below the
+// recorded position was applied already: fn is not run and applied is
+// false. Consumers take their messages in stream order, so this makes
+// every message count once.
+func (s *Store) Apply(ctx context.Context, consumer string, streamSeq uint64, fn func(*Tx) error) (applied bool, err error) {
+	err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		var last int64
+		err := tx.QueryRow(ctx, `SELECT stream_seq FROM consumer_positions WHERE consumer = $1 FOR UPDATE`, consumer).Scan(&last)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			last = 0
+		case err != nil:
+			return err
+		}
+		if int64(streamSeq) <= last {
+			return nil
+		}
+		if err := fn(&Tx{tx: tx}); err != nil {
+			return err
+		}
+		applied = true
+		_, err = tx.Exec(ctx, `INSERT INTO consumer_positions (consumer, stream_seq) VALUES ($1, $2)
+			ON CONFLICT (consumer) DO UPDATE SET stream_seq = EXCLUDED.stream_seq`, consumer, int64(streamSeq))
+		return err
+	})
+	return applied, err
+}
+
+// Position is the last stream sequence a consumer applied (0: none).
+func (s *Store) Position(ctx context.Context, consumer string) (int64, error) {
+	var pos int64
+	err := s.db.QueryRow(ctx, `SELECT stream_seq FROM consumer_positions WHERE consumer = $1`, consumer).Scan(&pos)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	return pos, err
+}
