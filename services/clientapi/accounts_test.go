@@ -159,7 +159,7 @@ func TestRegistrationTokens(t *testing.T) {
 	h.expect(h.do("POST", api+"/new", admin, map[string]any{"expiry_time": 1000}), 400, "M_INVALID_PARAM")
 	gen := h.do("POST", api+"/new", admin, map[string]any{"length": 20})
 	h.expect(gen, 200, "")
-	if tok, _ := gen.body["token"].(string); len(tok) != 20 || !validOpaqueID(tok) {
+	if tok, _ := gen.body["token"].(string); len(tok) != 20 || !opaqueID.MatchString(tok) {
 		t.Fatalf("generated token %q", tok)
 	}
 	created := h.do("POST", api+"/new", admin, map[string]any{"token": "abc", "uses_allowed": 1})

@@ -9,6 +9,10 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 
 	"github.com/myelin-chat/myelin/pkg/ratelimit"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/push"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/syncapi"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/users"
 )
 
 // Config is the client-API's own configuration (root key: client_api).
@@ -18,7 +22,7 @@ type Config struct {
 	// MaxDatabaseConns caps the service's PostgreSQL pool.
 	MaxDatabaseConns int32 `yaml:"max_database_conns"`
 	// Registration: who may create accounts, guests, shared-secret
-	// registration and token lifetimes (see registration_config.go).
+	// registration and token lifetimes (internal/users).
 	Registration RegistrationConfig `yaml:"registration"`
 	// PublicBaseURL is the URL clients reach the homeserver at, published
 	// in /.well-known/matrix/client.
@@ -32,93 +36,52 @@ type Config struct {
 	// ConsumerName is the durable JetStream consumer that feeds the
 	// client-API's copy of room events.
 	ConsumerName string `yaml:"consumer_name"`
-	// Push configures notifications and HTTP pushers (pushers.go).
+	// Push configures notifications and HTTP pushers (internal/push, internal/pushgateway).
 	Push PushConfig `yaml:"push"`
-	// Turn configures GET /voip/turnServer (extras.go).
+	// Turn configures GET /voip/turnServer (internal/users).
 	Turn TurnConfig `yaml:"turn"`
-	// Support is served at /.well-known/matrix/support (moderation.go).
+	// Support is served at /.well-known/matrix/support (internal/users).
 	Support SupportConfig `yaml:"support"`
 }
 
-// SupportConfig is the server's contact information for users.
-type SupportConfig struct {
-	Contacts []SupportContact `yaml:"contacts"`
-	// SupportPage is a URL of a page with support information.
-	SupportPage string `yaml:"support_page"`
-}
+// SupportConfig is the server's contact information for users
+// (internal/users).
+type SupportConfig = users.SupportConfig
 
-// SupportContact is one admin contact: a role (m.role.admin,
-// m.role.security or a namespaced one) and a Matrix ID or an email
-// address.
-type SupportContact struct {
-	Role     string `yaml:"role"`
-	MatrixID string `yaml:"matrix_id"`
-	Email    string `yaml:"email_address"`
-}
+// SupportContact is one admin contact (internal/users).
+type SupportContact = users.SupportContact
 
-// TurnConfig gives clients credentials for a TURN server that shares a
-// secret with the homeserver (coturn's use-auth-secret).
-type TurnConfig struct {
-	// URIs are the TURN server's URIs ("turn:turn.example.com:3478?transport=udp");
-	// none turns the endpoint off ({}).
-	URIs []string `yaml:"uris"`
-	// SharedSecret is coturn's static-auth-secret.
-	SharedSecret string `yaml:"shared_secret"`
-	// UserLifetime is how long issued credentials last.
-	UserLifetime time.Duration `yaml:"user_lifetime"`
-}
+// TurnConfig gives clients credentials for a TURN server (internal/users).
+type TurnConfig = users.TurnConfig
 
-// PushConfig configures the receipt copy that resets unread counts and
-// the delivery of HTTP pushers.
-type PushConfig struct {
-	// ReceiptsConsumerName is the durable JetStream consumer of the
-	// presence service's receipt changes (resets unread counts).
-	ReceiptsConsumerName string `yaml:"receipts_consumer_name"`
-	// InitialBackoff is the wait after a failed push gateway request; it
-	// doubles after each further failure, up to MaxBackoff.
-	InitialBackoff time.Duration `yaml:"initial_backoff"`
-	MaxBackoff     time.Duration `yaml:"max_backoff"`
-	// MaxAttempts bounds the requests for one notification; after the
-	// last failure the pusher skips it.
-	MaxAttempts int `yaml:"max_attempts"`
-	// RequestTimeout bounds one push gateway request.
-	RequestTimeout time.Duration `yaml:"request_timeout"`
-	// NotificationRetention is how long a notification is kept (GET
-	// /notifications, pushers that are behind), by its event's
-	// origin_server_ts; 0 keeps them forever. Unread counts are kept
-	// apart and do not shrink when old notifications go.
-	NotificationRetention time.Duration `yaml:"notification_retention"`
-	// PruneInterval is how often the consumer-lock holder deletes
-	// notifications past the retention.
-	PruneInterval time.Duration `yaml:"prune_interval"`
-}
+// RegistrationConfig is client_api.registration (internal/users).
+type RegistrationConfig = users.RegistrationConfig
 
-// RateLimitConfig configures the token-bucket rate limiter. Register and
-// login are limited per client IP; send and createRoom per user.
-type RateLimitConfig struct {
-	Enabled    bool       `yaml:"enabled"`
-	Register   RateBucket `yaml:"register"`
-	Login      RateBucket `yaml:"login"`
-	Send       RateBucket `yaml:"send"`
-	CreateRoom RateBucket `yaml:"create_room"`
-	// TrustForwardedFor takes the client IP from X-Forwarded-For (set it
-	// when the client-API runs behind the edge router or another proxy).
-	TrustForwardedFor bool `yaml:"trust_forwarded_for"`
-}
+// Registration modes (client_api.registration.mode).
+const (
+	RegistrationOpen   = users.RegistrationOpen
+	RegistrationToken  = users.RegistrationToken
+	RegistrationClosed = users.RegistrationClosed
+)
+
+// DefaultRegistrationConfig: open registration, no guests, no shared secret.
+func DefaultRegistrationConfig() RegistrationConfig { return users.DefaultRegistrationConfig() }
+
+// PushConfig configures the receipt copy that resets unread counts, the
+// retention of notifications and the delivery of HTTP pushers
+// (internal/push).
+type PushConfig = push.Config
+
+// RateLimitConfig configures the token-bucket rate limiter (the HTTP
+// edge's, internal/httpapi).
+type RateLimitConfig = httpapi.RateLimitConfig
 
 // RateBucket is a token bucket: PerSecond tokens are added each second, up
 // to Burst (the shared limiter's, pkg/ratelimit).
 type RateBucket = ratelimit.Bucket
 
-// SyncConfig holds /sync and /messages settings.
-type SyncConfig struct {
-	// DefaultTimelineLimit is the timeline size when the filter sets none.
-	DefaultTimelineLimit int `yaml:"default_timeline_limit"`
-	// MaxTimelineLimit caps the filter's timeline limit.
-	MaxTimelineLimit int `yaml:"max_timeline_limit"`
-	// MaxTimeout caps the long-poll timeout a client asks for.
-	MaxTimeout time.Duration `yaml:"max_timeout"`
-}
+// SyncConfig holds /sync and /messages settings (internal/syncapi).
+type SyncConfig = syncapi.Config
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
@@ -184,7 +147,7 @@ func (c Config) Validate() error {
 			}
 		}
 	}
-	errs = append(errs, c.Registration.validate()...)
+	errs = append(errs, c.Registration.Validate()...)
 	if c.Sync.DefaultTimelineLimit < 1 || c.Sync.MaxTimelineLimit < c.Sync.DefaultTimelineLimit {
 		errs = append(errs, errors.New("sync: need 1 <= default_timeline_limit <= max_timeline_limit"))
 	}

@@ -176,7 +176,7 @@ func TestConsumerAndIncrementalSync(t *testing.T) {
 	h.waitPos(4)
 	// The notifier hears of a batch just after it commits.
 	testkit.Eventually(t, 10*time.Second, func() error {
-		if m := h.svc.notifier.members(roomID); !slices.Equal(m, []string{alice}) {
+		if m := h.svc.notifier.Members(roomID); !slices.Equal(m, []string{alice}) {
 			return fmt.Errorf("notifier members %v", m)
 		}
 		return nil
@@ -333,7 +333,7 @@ func TestConsumerAndIncrementalSync(t *testing.T) {
 		t.Fatal("left room still in join")
 	}
 	testkit.Eventually(t, 10*time.Second, func() error {
-		if m := h.svc.notifier.members(roomID); len(m) != 0 {
+		if m := h.svc.notifier.Members(roomID); len(m) != 0 {
 			return fmt.Errorf("notifier members after leave %v", m)
 		}
 		return nil

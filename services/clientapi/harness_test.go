@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -184,3 +185,13 @@ func (h *harness) register(username, password string) (token, userID string) {
 
 // testConfig is the configuration the tests start from.
 func testConfig() Config { return DefaultConfig() }
+
+// The UIA stages, as the spec names them.
+const (
+	authDummy    = "m.login.dummy"
+	authPassword = "m.login.password"
+	authRegToken = "m.login.registration_token"
+)
+
+// opaqueID is the spec's opaque identifier grammar (registration tokens).
+var opaqueID = regexp.MustCompile(`^[A-Za-z0-9._~-]{1,64}$`)

@@ -140,8 +140,8 @@ func TestKeyChangeWakesLongPolls(t *testing.T) {
 	ks.start()
 	aliceToken, alice := h.register("alice", "pw-alice")
 	bobToken, bob := h.register("bob", "pw-bob")
-	h.svc.notifier.setJoined("!shared:example.test", alice, true)
-	h.svc.notifier.setJoined("!shared:example.test", bob, true)
+	h.svc.notifier.SetJoined("!shared:example.test", alice, true)
+	h.svc.notifier.SetJoined("!shared:example.test", bob, true)
 	initial := h.do("GET", "/_matrix/client/v3/sync", bobToken, nil)
 	h.expect(initial, 200, "")
 	since, _ := initial.body["next_batch"].(string)
@@ -151,7 +151,7 @@ func TestKeyChangeWakesLongPolls(t *testing.T) {
 		got <- h.do("GET", "/_matrix/client/v3/sync?timeout=120000&since="+url.QueryEscape(since), bobToken, nil)
 	}()
 	testkit.Eventually(t, 20*time.Second, func() error {
-		if !h.svc.notifier.waiting(bob) {
+		if !h.svc.notifier.Waiting(bob) {
 			return errors.New("bob's /sync is not waiting yet")
 		}
 		return nil

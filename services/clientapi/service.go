@@ -3,6 +3,13 @@
 // and /sync. Room writes go to the room-server over gRPC; what /sync and
 // /messages read is the client-API's own copy of committed events, fed by
 // a durable JetStream consumer of the room-server's output stream.
+//
+// This package only wires: the work is in internal/ (docs/architecture.md
+// draws the map). The HTTP edge is internal/httpapi; the domains are
+// internal/users, rooms, history, syncapi, push, keys and ephemeral;
+// internal/consumers and the producers internal/wakebus,
+// internal/pushgateway and internal/todeviceout move data between the
+// streams, the store and other servers' services.
 package clientapi
 
 import (
@@ -15,12 +22,25 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 
-	"github.com/myelin-chat/myelin/pkg/ratelimit"
 	clientapiv1 "github.com/myelin-chat/myelin/proto/clientapi/v1"
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
 	mediav1 "github.com/myelin-chat/myelin/proto/media/v1"
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/consumers"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/ephemeral"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/history"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/keys"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/mediahandover"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/push"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/pushgateway"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/rooms"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/syncapi"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/syncapi/notifier"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/todeviceout"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/users"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/wakebus"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
@@ -39,46 +59,46 @@ type Deps struct {
 	// endpoints unavailable and /sync without ephemeral data.
 	Presence presencev1.PresenceServiceClient
 	// Media takes over the media this service stored before the media
-	// service existed (media_handover.go). Nil leaves them where they are.
+	// service existed (internal/mediahandover). Nil leaves them where they are.
 	Media mediav1.MediaServiceClient
 }
 
-// Service is a running client-API.
+// Service is a running client-API: its parts, wired.
 type Service struct {
-	cfg        Config
-	log        *zap.Logger
-	serverName string
-	store      *store.Store
-	rooms      roomserverv1.RoomServiceClient
-	e2e        keyserverv1.E2EKeyServiceClient
-	// keys is the client-API's side of the key-server (keybridge.go).
-	keys     *keyBridge
-	js       jetstream.JetStream
-	limiter  *ratelimit.Limiter
-	notifier *notifier
-	// lazy remembers the members /sync sent each device (sync_lazy.go).
-	lazy     *lazyCache
-	consumer jetstream.Consumer
-	presence presencev1.PresenceServiceClient
-	// media receives the old media rows (media_handover.go).
-	media mediav1.MediaServiceClient
-	// ephemeralConsumer wakes /sync on presence service changes.
-	ephemeralConsumer jetstream.Consumer
-	// wakeBus carries wake-ups between client-API replicas (notifier_bus.go).
-	wakeBus *wakeBus
-	// receiptsConsumer copies read receipts for unread counts (push).
-	receiptsConsumer jetstream.Consumer
-	// pushers delivers notifications to push gateways.
-	pushers *pushDispatcher
-	// pushRules caches users' effective push rules (push_eval.go).
-	pushRules ruleCache
-	// powers caches senders' power levels for push evaluation
-	// (push_eval.go); the room event consumer's goroutine only.
-	powers powerCache
-	// erasures is this replica's copy of the erased users (erasure.go).
-	erasures erasureCache
+	cfg   Config
+	log   *zap.Logger
+	store *store.Store
 	// now is the clock for token expiry; tests replace it.
 	now func() time.Time
+
+	// The HTTP edge the routes are served through.
+	http *httpapi.Server
+	// The domains, each serving its routes.
+	users        *users.Service
+	roomDomain   *rooms.Service
+	history      *history.Service
+	sync         *syncapi.Service
+	push         *push.Service
+	keyEndpoints *keys.Service
+	ephemeral    *ephemeral.Service
+
+	// notifier wakes long polls and writes waiting for the copy.
+	notifier *notifier.Notifier
+	// keys is the client-API's side of the key-server (hand-over, device
+	// change queue, SyncKeys).
+	keys *keys.Bridge
+	// Consumers: the single writer's (roomEvents, receipts, run by
+	// leader) and every replica's (keyChanges, ephemeralWakes; nil without
+	// a presence service).
+	roomEvents     *consumers.RoomEvents
+	receipts       *consumers.Receipts
+	keyChanges     *consumers.KeyChanges
+	ephemeralWakes *consumers.Ephemeral
+	// Producers: wake-ups for the other replicas, pushes to gateways.
+	wakeBus *wakebus.Bus
+	pushers *pushgateway.Dispatcher
+	// mediaHandover moves the media stored before the media service.
+	mediaHandover *mediahandover.Handover
 }
 
 // New opens the store, loads room memberships for the notifier and
@@ -94,55 +114,63 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Service{
-		cfg:        cfg,
-		log:        deps.Logger,
-		serverName: deps.ServerName,
-		store:      st,
-		rooms:      deps.RoomServer,
-		e2e:        deps.E2EKeys,
-		presence:   deps.Presence,
-		media:      deps.Media,
-		js:         deps.JetStream,
-		limiter:    newRateLimiter(cfg.RateLimit, time.Now),
-		lazy:       newLazyCache(),
-		now:        time.Now,
-	}
+	s := &Service{cfg: cfg, log: deps.Logger, store: st, now: time.Now}
+	s.mediaHandover = mediahandover.New(st, deps.Media, deps.Logger)
+	s.history = history.New(st, deps.RoomServer, deps.Logger)
 	members, err := st.JoinedMembers(ctx)
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("load memberships: %w", err)
 	}
-	s.notifier = newNotifier(members)
-	if err := s.startWakeBus(); err != nil {
+	s.notifier = notifier.New(members, st.Reader().HasEvent, deps.JetStream.Conn(), deps.Logger)
+	if s.wakeBus, err = wakebus.Start(deps.JetStream.Conn(), s.notifier, deps.Logger); err != nil {
 		st.Close()
 		return nil, err
 	}
-	s.pushers = newPushDispatcher(s)
-	if s.consumer, err = s.createConsumer(ctx); err != nil {
-		s.wakeBus.stop()
+	s.push = push.New(cfg.Push, deps.ServerName, st, s.history, s.wakeBus, deps.Logger)
+	s.pushers = pushgateway.New(st, cfg.Push, deps.Logger)
+	s.keys = keys.NewBridge(deps.E2EKeys, st, deps.Logger)
+	s.users = users.New(users.Deps{
+		Config: users.Config{
+			Registration: cfg.Registration, PublicBaseURL: cfg.PublicBaseURL, DefaultRoomVersion: cfg.DefaultRoomVersion,
+			RateLimit: cfg.RateLimit, Turn: cfg.Turn, Support: cfg.Support,
+		},
+		ServerName: deps.ServerName, Store: st, Rooms: deps.RoomServer, Presence: deps.Presence, Log: deps.Logger,
+		Now:           func() time.Time { return s.now() },
+		DeviceChanges: s.keys, Wake: s.wakeBus, PushRules: s.push, Erasures: s.history, Members: s.notifier,
+	})
+	s.roomDomain = rooms.New(rooms.Config{DefaultRoomVersion: cfg.DefaultRoomVersion}, deps.ServerName, st, deps.RoomServer, s.history, s.users, s.notifier, deps.Logger)
+	s.ephemeral = ephemeral.New(deps.ServerName, deps.Presence, deps.Logger)
+	s.sync = syncapi.New(syncapi.Deps{
+		Config: cfg.Sync, ServerName: deps.ServerName, Store: st, Rooms: deps.RoomServer, Presence: deps.Presence,
+		History: s.history, Push: s.push, Keys: s.keys, Notifier: s.notifier, Wake: s.wakeBus,
+		ToDeviceOut: todeviceout.New(deps.JetStream, deps.Logger), Log: deps.Logger,
+	})
+	s.keyEndpoints = keys.New(deps.ServerName, st, deps.E2EKeys, s.keys, s.notifier, s.users, deps.Logger)
+	s.http = httpapi.NewServer(deps.Logger, s.users.Accounts, cfg.RateLimit, time.Now)
+	if s.roomEvents, err = consumers.NewRoomEvents(ctx, deps.JetStream, cfg.ConsumerName, st, s.push, s.wakeBus, s.pushers, s.users, deps.Logger); err != nil {
+		s.wakeBus.Stop()
 		st.Close()
 		return nil, err
 	}
-	s.keys = &keyBridge{e2e: deps.E2EKeys, store: st, log: deps.Logger, notifier: s.notifier}
-	if err := s.keys.dropEmptyTables(ctx); err != nil {
-		s.wakeBus.stop()
+	if err := s.keys.DropEmptyTables(ctx); err != nil {
+		s.wakeBus.Stop()
 		st.Close()
 		return nil, err
 	}
-	if s.keys.consumer, err = createKeyChangesConsumer(ctx, s.js); err != nil {
-		s.wakeBus.stop()
+	if s.keyChanges, err = consumers.NewKeyChanges(ctx, deps.JetStream, s.notifier, deps.Logger); err != nil {
+		s.wakeBus.Stop()
 		st.Close()
 		return nil, err
 	}
-	if s.presence != nil {
-		if s.ephemeralConsumer, err = s.createEphemeralConsumer(ctx); err != nil {
-			s.wakeBus.stop()
+	if deps.Presence != nil {
+		if s.ephemeralWakes, err = consumers.NewEphemeral(ctx, deps.JetStream, s.notifier, deps.Logger); err != nil {
+			s.wakeBus.Stop()
 			st.Close()
 			return nil, err
 		}
-		if s.receiptsConsumer, err = s.createPushReceiptsConsumer(ctx); err != nil {
-			s.wakeBus.stop()
+		if s.receipts, err = consumers.NewReceipts(ctx, deps.JetStream, cfg.Push.ReceiptsConsumerName, deps.ServerName, st, s.wakeBus, deps.Logger); err != nil {
+			s.wakeBus.Stop()
 			st.Close()
 			return nil, err
 		}
@@ -156,24 +184,40 @@ func (s *Service) RegisterGRPC(g *grpc.Server) {
 }
 
 // Run consumes room events, delivers pushes and copies receipts while this
-// replica leads (consume), follows the presence service's change
-// notifications, and hands media stored before the media service over to
-// it (media_handover.go), until ctx ends.
+// replica leads (leader), follows the presence service's and the
+// key-server's change notifications, hands the old key tables and media
+// over, and retries queued device changes, until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
-	defer s.notifier.close()
+	defer s.notifier.Close()
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return s.consume(gctx) })
-	g.Go(func() error { return s.keys.consume(gctx) })
+	g.Go(func() error { return s.leader().Run(gctx) })
+	g.Go(func() error { return s.keyChanges.Run(gctx) })
 	g.Go(func() error {
-		s.keys.handOver(gctx)
+		s.keys.HandOver(gctx)
 		return nil
 	})
-	g.Go(func() error { return s.keys.retryLoop(gctx) })
-	g.Go(func() error { return s.handOverMedia(gctx) })
-	if s.ephemeralConsumer != nil {
-		g.Go(func() error { return s.consumeEphemeral(gctx) })
+	g.Go(func() error { return s.keys.RetryLoop(gctx) })
+	g.Go(func() error { return s.mediaHandover.Run(gctx) })
+	if s.ephemeralWakes != nil {
+		g.Go(func() error { return s.ephemeralWakes.Run(gctx) })
 	}
 	return g.Wait()
+}
+
+// leader is the single-writer work: storing room events, delivering
+// pushes (one deliverer, so no notification is pushed twice), pruning
+// notifications and copying read receipts for unread counts (one writer,
+// in order), run by the replica that holds the consumer lock.
+func (s *Service) leader() *consumers.Leader {
+	l := &consumers.Leader{Store: s.store, Name: s.cfg.ConsumerName, Log: s.log}
+	l.Jobs = append(l.Jobs, s.roomEvents.Run, s.pushers.Run)
+	if s.cfg.Push.NotificationRetention > 0 {
+		l.Jobs = append(l.Jobs, func(ctx context.Context) error { s.push.PruneNotifications(ctx); return nil })
+	}
+	if s.receipts != nil {
+		l.Jobs = append(l.Jobs, s.receipts.Run)
+	}
+	return l
 }
 
 // Ready reports whether the service can serve: its database answers and
@@ -182,7 +226,7 @@ func (s *Service) Ready(ctx context.Context) error {
 	if err := s.store.Ping(ctx); err != nil {
 		return fmt.Errorf("database: %w", err)
 	}
-	if !s.keys.ready.Load() {
+	if !s.keys.Ready() {
 		return ErrKeysNotHandedOver
 	}
 	return nil
@@ -190,7 +234,7 @@ func (s *Service) Ready(ctx context.Context) error {
 
 // Close releases the store.
 func (s *Service) Close() {
-	s.wakeBus.stop()
-	s.notifier.close()
+	s.wakeBus.Stop()
+	s.notifier.Close()
 	s.store.Close()
 }

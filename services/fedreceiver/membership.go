@@ -24,6 +24,12 @@ import (
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 )
 
+// memberships serves the membership handshakes (make_*, send_*, invite),
+// on the receiver's dependencies.
+type memberships struct {
+	*Service
+}
+
 // refusalError turns the room-server's refusal into the spec's error.
 func refusalError(r roomserverv1.Refusal, reason, version string) error {
 	switch r {
@@ -42,7 +48,7 @@ func refusalError(r roomserverv1.Refusal, reason, version string) error {
 }
 
 // makeMembership answers make_join, make_leave and make_knock.
-func (s *Service) makeMembership(r *http.Request, membership string) (any, error) {
+func (s *memberships) makeMembership(r *http.Request, membership string) (any, error) {
 	ctx := r.Context()
 	origin := federation.Origin(ctx)
 	roomID, err := pathParam(r, "roomId")
@@ -74,11 +80,13 @@ func (s *Service) makeMembership(r *http.Request, membership string) (any, error
 	return map[string]any{"room_version": resp.GetRoomVersion(), "event": json.RawMessage(resp.GetEventTemplate())}, nil
 }
 
-func (s *Service) serveMakeJoin(r *http.Request) (any, error) { return s.makeMembership(r, spec.Join) }
-func (s *Service) serveMakeLeave(r *http.Request) (any, error) {
+func (s *memberships) serveMakeJoin(r *http.Request) (any, error) {
+	return s.makeMembership(r, spec.Join)
+}
+func (s *memberships) serveMakeLeave(r *http.Request) (any, error) {
 	return s.makeMembership(r, spec.Leave)
 }
-func (s *Service) serveMakeKnock(r *http.Request) (any, error) {
+func (s *memberships) serveMakeKnock(r *http.Request) (any, error) {
 	return s.makeMembership(r, spec.Knock)
 }
 
@@ -92,7 +100,7 @@ type membershipRequest struct {
 }
 
 // residentRequest reads a send_* request for a room this server is in.
-func (s *Service) residentRequest(r *http.Request) (*membershipRequest, error) {
+func (s *memberships) residentRequest(r *http.Request) (*membershipRequest, error) {
 	ctx := r.Context()
 	mr := &membershipRequest{origin: federation.Origin(ctx)}
 	var err error
@@ -121,7 +129,7 @@ func (s *Service) residentRequest(r *http.Request) (*membershipRequest, error) {
 // parseMembershipEvent reads a send_leave/send_knock body: the membership
 // event of a user of the origin, of this room, with the path's event ID.
 // Errors are the spec's M_INVALID_PARAM (M_BAD_JSON when unparseable).
-func (s *Service) parseMembershipEvent(mr *membershipRequest, body []byte, membership string) (gomatrixserverlib.PDU, error) {
+func (s *memberships) parseMembershipEvent(mr *membershipRequest, body []byte, membership string) (gomatrixserverlib.PDU, error) {
 	ev, err := parsePDU(mr.verImpl, body)
 	if err != nil {
 		return nil, matrixhttp.BadJSON("Invalid event: " + err.Error())
@@ -147,7 +155,7 @@ func (s *Service) parseMembershipEvent(mr *membershipRequest, body []byte, membe
 
 // inputMembership inputs a membership event of the room graph and turns
 // the outcome into the spec's errors.
-func (s *Service) inputMembership(ctx context.Context, verImpl gomatrixserverlib.IRoomVersion, raw []byte) error {
+func (s *memberships) inputMembership(ctx context.Context, verImpl gomatrixserverlib.IRoomVersion, raw []byte) error {
 	res, err := s.inputNew(ctx, verImpl, raw, nil, false)
 	if err != nil {
 		return err
@@ -165,7 +173,7 @@ func (s *Service) inputMembership(ctx context.Context, verImpl gomatrixserverlib
 
 // sendJoin answers send_join (v1 and v2 differ only in the response's
 // wrapping).
-func (s *Service) sendJoin(r *http.Request) (*fclient.RespSendJoin, error) {
+func (s *memberships) sendJoin(r *http.Request) (*fclient.RespSendJoin, error) {
 	ctx := r.Context()
 	mr, err := s.residentRequest(r)
 	if err != nil {
@@ -225,7 +233,7 @@ func (s *Service) sendJoin(r *http.Request) (*fclient.RespSendJoin, error) {
 }
 
 // serveSendJoinV1 answers with the v1 form [200, {...}].
-func (s *Service) serveSendJoinV1(r *http.Request) (any, error) {
+func (s *memberships) serveSendJoinV1(r *http.Request) (any, error) {
 	resp, err := s.sendJoin(r)
 	if err != nil {
 		return nil, err
@@ -235,7 +243,7 @@ func (s *Service) serveSendJoinV1(r *http.Request) (any, error) {
 
 // serveSendJoinV2 answers with the full state (omit_members is an
 // optional reduction this server does not make).
-func (s *Service) serveSendJoinV2(r *http.Request) (any, error) { return s.sendJoin(r) }
+func (s *memberships) serveSendJoinV2(r *http.Request) (any, error) { return s.sendJoin(r) }
 
 // noMembership lets HandleSendJoin's ban check pass: the room-server's
 // SignJoin makes it against the current state (403).
@@ -265,7 +273,7 @@ func invalidParam(err error) error {
 }
 
 // sendLeaveOrKnock inputs a leave or knock from send_leave/send_knock.
-func (s *Service) sendLeaveOrKnock(r *http.Request, membership string) (*membershipRequest, error) {
+func (s *memberships) sendLeaveOrKnock(r *http.Request, membership string) (*membershipRequest, error) {
 	mr, err := s.residentRequest(r)
 	if err != nil {
 		return nil, err
@@ -282,14 +290,14 @@ func (s *Service) sendLeaveOrKnock(r *http.Request, membership string) (*members
 }
 
 // serveSendLeaveV1 answers [200, {}].
-func (s *Service) serveSendLeaveV1(r *http.Request) (any, error) {
+func (s *memberships) serveSendLeaveV1(r *http.Request) (any, error) {
 	if _, err := s.sendLeaveOrKnock(r, spec.Leave); err != nil {
 		return nil, err
 	}
 	return []any{200, struct{}{}}, nil
 }
 
-func (s *Service) serveSendLeaveV2(r *http.Request) (any, error) {
+func (s *memberships) serveSendLeaveV2(r *http.Request) (any, error) {
 	if _, err := s.sendLeaveOrKnock(r, spec.Leave); err != nil {
 		return nil, err
 	}
@@ -303,7 +311,7 @@ var strippedTypes = []string{spec.MRoomCreate, spec.MRoomJoinRules, spec.MRoomNa
 
 // serveSendKnock answers with the room's knock_room_state: full PDUs of
 // those state events, as room versions from 12 on require.
-func (s *Service) serveSendKnock(r *http.Request) (any, error) {
+func (s *memberships) serveSendKnock(r *http.Request) (any, error) {
 	mr, err := s.sendLeaveOrKnock(r, spec.Knock)
 	if err != nil {
 		return nil, err
@@ -326,7 +334,7 @@ type inviteBody struct {
 	InviteRoomState []json.RawMessage `json:"invite_room_state"`
 }
 
-func (s *Service) serveInviteV1(r *http.Request) (any, error) {
+func (s *memberships) serveInviteV1(r *http.Request) (any, error) {
 	body, err := readBody(r)
 	if err != nil {
 		return nil, err
@@ -351,7 +359,7 @@ func (s *Service) serveInviteV1(r *http.Request) (any, error) {
 	return []any{200, map[string]any{"event": signed}}, nil
 }
 
-func (s *Service) serveInviteV2(r *http.Request) (any, error) {
+func (s *memberships) serveInviteV2(r *http.Request) (any, error) {
 	var body inviteBody
 	if _, err := decodeBody(r, &body); err != nil {
 		return nil, err
@@ -370,7 +378,7 @@ func (s *Service) serveInviteV2(r *http.Request) (any, error) {
 // key (gomatrixserverlib's HandleInvite) and stores it through the
 // room-server as an out-of-room membership (the user sees it in /sync
 // with its stripped state).
-func (s *Service) invite(r *http.Request, body inviteBody) (json.RawMessage, error) {
+func (s *memberships) invite(r *http.Request, body inviteBody) (json.RawMessage, error) {
 	ctx := r.Context()
 	origin := federation.Origin(ctx)
 	roomIDStr, err := pathParam(r, "roomId")
@@ -436,7 +444,7 @@ func (s *Service) invite(r *http.Request, body inviteBody) (json.RawMessage, err
 			stripped = append(stripped, st)
 		}
 	}
-	q := &roomQuerier{s: s}
+	q := &roomQuerier{s: s.Service}
 	signedEv, err := gomatrixserverlib.HandleInvite(ctx, gomatrixserverlib.HandleInviteInput{
 		RoomID: roomID, RoomVersion: verImpl.Version(), InvitedUser: *invitee, InvitedSenderID: spec.SenderID(invitee.String()),
 		InviteEvent: ev, StrippedState: stripped, KeyID: id.KeyID, PrivateKey: id.PrivateKey, Verifier: s.verifier,

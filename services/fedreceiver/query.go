@@ -28,10 +28,26 @@ func (s *Service) serveVersion(*http.Request) (any, error) {
 	return map[string]any{"server": map[string]string{"name": "Myelin", "version": s.version}}, nil
 }
 
-// serveOpenIDUserInfo is GET /openid/userinfo. The client-API issues no
-// OpenID tokens yet, so no token is known.
-func (s *Service) serveOpenIDUserInfo(*http.Request) (any, error) {
-	return nil, matrixhttp.UnknownToken("Unknown OpenID token")
+// serveOpenIDUserInfo is GET /openid/userinfo: the user an OpenID token
+// (from the client-API's /user/{userId}/openid/request_token) belongs to,
+// checked by the client-API's ValidateOpenIDToken; 401 M_UNKNOWN_TOKEN
+// for an unknown or expired one.
+func (s *Service) serveOpenIDUserInfo(r *http.Request) (any, error) {
+	token, err := queryParam(r, "access_token")
+	if err != nil {
+		return nil, err
+	}
+	if token == "" {
+		return nil, matrixhttp.MissingParam("access_token is required")
+	}
+	resp, err := s.users.ValidateOpenIDToken(r.Context(), &clientapiv1.ValidateOpenIDTokenRequest{Token: token})
+	if status.Code(err) == codes.NotFound {
+		return nil, matrixhttp.UnknownToken("Access token unknown or expired")
+	}
+	if err != nil {
+		return nil, err
+	}
+	return map[string]string{"sub": resp.GetUserId()}, nil
 }
 
 // localUser reads a user ID of this server (404 for others' users).

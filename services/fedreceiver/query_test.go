@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/url"
 	"testing"
 
 	"github.com/matrix-org/gomatrixserverlib"
@@ -36,6 +37,21 @@ func TestQueries(t *testing.T) {
 	}
 	if status, body := e.remote.do(request{method: "GET", path: q + "openid/userinfo?access_token=x", unsigned: true}); status != 401 || errcode(body) != "M_UNKNOWN_TOKEN" {
 		t.Fatalf("/openid/userinfo: %d %s", status, body)
+	}
+	if status, body := e.remote.do(request{method: "GET", path: q + "openid/userinfo", unsigned: true}); status != 400 || errcode(body) != "M_MISSING_PARAM" {
+		t.Fatalf("/openid/userinfo without a token: %d %s", status, body)
+	}
+	// A token alice asked the client-API for names her.
+	openid, err := alice.RequestOpenIDToken(e.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	status, body = e.remote.do(request{method: "GET", path: q + "openid/userinfo?access_token=" + url.QueryEscape(openid.AccessToken), unsigned: true})
+	var info struct {
+		Sub string `json:"sub"`
+	}
+	if status != 200 || json.Unmarshal(body, &info) != nil || info.Sub != alice.UserID.String() {
+		t.Fatalf("/openid/userinfo of alice's token: %d %s", status, body)
 	}
 	for _, c := range []struct {
 		method, path string

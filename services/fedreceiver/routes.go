@@ -23,6 +23,7 @@ type handlerFunc func(r *http.Request) (any, error)
 // paths and methods are the router's 404/405 M_UNRECOGNIZED.
 func (s *Service) routes(r chi.Router) {
 	const v1, v2 = "/_matrix/federation/v1", "/_matrix/federation/v2"
+	m := &memberships{Service: s}
 	r.Get(v1+"/version", s.serve(s.serveVersion))
 	r.Get(v1+"/openid/userinfo", s.serve(s.serveOpenIDUserInfo))
 	r.Group(func(r chi.Router) {
@@ -37,16 +38,16 @@ func (s *Service) routes(r chi.Router) {
 		r.Get(v1+"/event_auth/{roomId}/{eventId}", s.serve(s.serveEventAuth))
 		r.Get(v1+"/timestamp_to_event/{roomId}", s.serve(s.serveTimestampToEvent))
 
-		r.Get(v1+"/make_join/{roomId}/{userId}", s.serve(s.serveMakeJoin))
-		r.Put(v1+"/send_join/{roomId}/{eventId}", s.serve(s.serveSendJoinV1))
-		r.Put(v2+"/send_join/{roomId}/{eventId}", s.serve(s.serveSendJoinV2))
-		r.Get(v1+"/make_leave/{roomId}/{userId}", s.serve(s.serveMakeLeave))
-		r.Put(v1+"/send_leave/{roomId}/{eventId}", s.serve(s.serveSendLeaveV1))
-		r.Put(v2+"/send_leave/{roomId}/{eventId}", s.serve(s.serveSendLeaveV2))
-		r.Get(v1+"/make_knock/{roomId}/{userId}", s.serve(s.serveMakeKnock))
-		r.Put(v1+"/send_knock/{roomId}/{eventId}", s.serve(s.serveSendKnock))
-		r.Put(v1+"/invite/{roomId}/{eventId}", s.serve(s.serveInviteV1))
-		r.Put(v2+"/invite/{roomId}/{eventId}", s.serve(s.serveInviteV2))
+		r.Get(v1+"/make_join/{roomId}/{userId}", s.serve(m.serveMakeJoin))
+		r.Put(v1+"/send_join/{roomId}/{eventId}", s.serve(m.serveSendJoinV1))
+		r.Put(v2+"/send_join/{roomId}/{eventId}", s.serve(m.serveSendJoinV2))
+		r.Get(v1+"/make_leave/{roomId}/{userId}", s.serve(m.serveMakeLeave))
+		r.Put(v1+"/send_leave/{roomId}/{eventId}", s.serve(m.serveSendLeaveV1))
+		r.Put(v2+"/send_leave/{roomId}/{eventId}", s.serve(m.serveSendLeaveV2))
+		r.Get(v1+"/make_knock/{roomId}/{userId}", s.serve(m.serveMakeKnock))
+		r.Put(v1+"/send_knock/{roomId}/{eventId}", s.serve(m.serveSendKnock))
+		r.Put(v1+"/invite/{roomId}/{eventId}", s.serve(m.serveInviteV1))
+		r.Put(v2+"/invite/{roomId}/{eventId}", s.serve(m.serveInviteV2))
 
 		r.Get(v1+"/query/profile", s.serve(s.serveQueryProfile))
 		r.Get(v1+"/query/directory", s.serve(s.serveQueryDirectory))

@@ -197,6 +197,6 @@ func (h *handler) SignJoin(ctx context.Context, req *roomserverv1.SignJoinReques
 }
 
 func (h *handler) QueryEventByTimestamp(ctx context.Context, req *roomserverv1.QueryEventByTimestampRequest) (*roomserverv1.QueryEventByTimestampResponse, error) {
-	resp, err := h.svc.queryEventByTimestamp(ctx, req)
+	resp, err := fedQuery{h.svc}.queryEventByTimestamp(ctx, req)
 	return resp, toStatus(err)
 }

@@ -11,7 +11,7 @@ import (
 
 // queryEventByTimestamp finds the room's event closest to a timestamp in
 // a direction (federation's /timestamp_to_event).
-func (s *Service) queryEventByTimestamp(ctx context.Context, req *roomserverv1.QueryEventByTimestampRequest) (*roomserverv1.QueryEventByTimestampResponse, error) {
+func (s fedQuery) queryEventByTimestamp(ctx context.Context, req *roomserverv1.QueryEventByTimestampRequest) (*roomserverv1.QueryEventByTimestampResponse, error) {
 	var forward bool
 	switch req.GetDirection() {
 	case "f":

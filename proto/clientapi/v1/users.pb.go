@@ -262,6 +262,780 @@ func (x *QueryProfileResponse) GetAvatarUrl() string {
 	return ""
 }
 
+type QueryAccountRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryAccountRequest) Reset() {
+	*x = QueryAccountRequest{}
+	mi := &file_clientapi_v1_users_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryAccountRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryAccountRequest) ProtoMessage() {}
+
+func (x *QueryAccountRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_clientapi_v1_users_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryAccountRequest.ProtoReflect.Descriptor instead.
+func (*QueryAccountRequest) Descriptor() ([]byte, []int) {
+	return file_clientapi_v1_users_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *QueryAccountRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+type QueryAccountResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// exists: the user ID was registered (a deactivated account exists and
+	// stays taken).
+	Exists      bool `protobuf:"varint,1,opt,name=exists,proto3" json:"exists,omitempty"`
+	Deactivated bool `protobuf:"varint,2,opt,name=deactivated,proto3" json:"deactivated,omitempty"`
+	Guest       bool `protobuf:"varint,3,opt,name=guest,proto3" json:"guest,omitempty"`
+	Admin       bool `protobuf:"varint,4,opt,name=admin,proto3" json:"admin,omitempty"`
+	// locked accounts may only log out; suspended ones may read but not
+	// create (account moderation).
+	Locked        bool `protobuf:"varint,5,opt,name=locked,proto3" json:"locked,omitempty"`
+	Suspended     bool `protobuf:"varint,6,opt,name=suspended,proto3" json:"suspended,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryAccountResponse) Reset() {
+	*x = QueryAccountResponse{}
+	mi := &file_clientapi_v1_users_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryAccountResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryAccountResponse) ProtoMessage() {}
+
+func (x *QueryAccountResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_clientapi_v1_users_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryAccountResponse.ProtoReflect.Descriptor instead.
+func (*QueryAccountResponse) Descriptor() ([]byte, []int) {
+	return file_clientapi_v1_users_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *QueryAccountResponse) GetExists() bool {
+	if x != nil {
+		return x.Exists
+	}
+	return false
+}
+
+func (x *QueryAccountResponse) GetDeactivated() bool {
+	if x != nil {
+		return x.Deactivated
+	}
+	return false
+}
+
+func (x *QueryAccountResponse) GetGuest() bool {
+	if x != nil {
+		return x.Guest
+	}
+	return false
+}
+
+func (x *QueryAccountResponse) GetAdmin() bool {
+	if x != nil {
+		return x.Admin
+	}
+	return false
+}
+
+func (x *QueryAccountResponse) GetLocked() bool {
+	if x != nil {
+		return x.Locked
+	}
+	return false
+}
+
+func (x *QueryAccountResponse) GetSuspended() bool {
+	if x != nil {
+		return x.Suspended
+	}
+	return false
+}
+
+type ListDevicesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDevicesRequest) Reset() {
+	*x = ListDevicesRequest{}
+	mi := &file_clientapi_v1_users_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDevicesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDevicesRequest) ProtoMessage() {}
+
+func (x *ListDevicesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_clientapi_v1_users_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDevicesRequest.ProtoReflect.Descriptor instead.
+func (*ListDevicesRequest) Descriptor() ([]byte, []int) {
+	return file_clientapi_v1_users_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ListDevicesRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+type Device struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	DeviceId string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	// Absent when the device has no display name.
+	DisplayName *string `protobuf:"bytes,2,opt,name=display_name,json=displayName,proto3,oneof" json:"display_name,omitempty"`
+	// When and from where the device was last seen (at login or refresh);
+	// absent when unknown.
+	LastSeenTs    *int64  `protobuf:"varint,3,opt,name=last_seen_ts,json=lastSeenTs,proto3,oneof" json:"last_seen_ts,omitempty"`
+	LastSeenIp    *string `protobuf:"bytes,4,opt,name=last_seen_ip,json=lastSeenIp,proto3,oneof" json:"last_seen_ip,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Device) Reset() {
+	*x = Device{}
+	mi := &file_clientapi_v1_users_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Device) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Device) ProtoMessage() {}
+
+func (x *Device) ProtoReflect() protoreflect.Message {
+	mi := &file_clientapi_v1_users_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Device.ProtoReflect.Descriptor instead.
+func (*Device) Descriptor() ([]byte, []int) {
+	return file_clientapi_v1_users_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *Device) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *Device) GetDisplayName() string {
+	if x != nil && x.DisplayName != nil {
+		return *x.DisplayName
+	}
+	return ""
+}
+
+func (x *Device) GetLastSeenTs() int64 {
+	if x != nil && x.LastSeenTs != nil {
+		return *x.LastSeenTs
+	}
+	return 0
+}
+
+func (x *Device) GetLastSeenIp() string {
+	if x != nil && x.LastSeenIp != nil {
+		return *x.LastSeenIp
+	}
+	return ""
+}
+
+type ListDevicesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Devices       []*Device              `protobuf:"bytes,1,rep,name=devices,proto3" json:"devices,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDevicesResponse) Reset() {
+	*x = ListDevicesResponse{}
+	mi := &file_clientapi_v1_users_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDevicesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDevicesResponse) ProtoMessage() {}
+
+func (x *ListDevicesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_clientapi_v1_users_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDevicesResponse.ProtoReflect.Descriptor instead.
+func (*ListDevicesResponse) Descriptor() ([]byte, []int) {
+	return file_clientapi_v1_users_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ListDevicesResponse) GetDevices() []*Device {
+	if x != nil {
+		return x.Devices
+	}
+	return nil
+}
+
+type GetAccountDataRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	UserId string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// Empty for global account data.
+	RoomId        string `protobuf:"bytes,2,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
+	Type          string `protobuf:"bytes,3,opt,name=type,proto3" json:"type,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetAccountDataRequest) Reset() {
+	*x = GetAccountDataRequest{}
+	mi := &file_clientapi_v1_users_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetAccountDataRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetAccountDataRequest) ProtoMessage() {}
+
+func (x *GetAccountDataRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_clientapi_v1_users_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetAccountDataRequest.ProtoReflect.Descriptor instead.
+func (*GetAccountDataRequest) Descriptor() ([]byte, []int) {
+	return file_clientapi_v1_users_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *GetAccountDataRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *GetAccountDataRequest) GetRoomId() string {
+	if x != nil {
+		return x.RoomId
+	}
+	return ""
+}
+
+func (x *GetAccountDataRequest) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+type GetAccountDataResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The content (a JSON object).
+	Content       []byte `protobuf:"bytes,1,opt,name=content,proto3" json:"content,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetAccountDataResponse) Reset() {
+	*x = GetAccountDataResponse{}
+	mi := &file_clientapi_v1_users_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetAccountDataResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetAccountDataResponse) ProtoMessage() {}
+
+func (x *GetAccountDataResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_clientapi_v1_users_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetAccountDataResponse.ProtoReflect.Descriptor instead.
+func (*GetAccountDataResponse) Descriptor() ([]byte, []int) {
+	return file_clientapi_v1_users_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *GetAccountDataResponse) GetContent() []byte {
+	if x != nil {
+		return x.Content
+	}
+	return nil
+}
+
+type GetPushRulesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPushRulesRequest) Reset() {
+	*x = GetPushRulesRequest{}
+	mi := &file_clientapi_v1_users_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPushRulesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPushRulesRequest) ProtoMessage() {}
+
+func (x *GetPushRulesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_clientapi_v1_users_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPushRulesRequest.ProtoReflect.Descriptor instead.
+func (*GetPushRulesRequest) Descriptor() ([]byte, []int) {
+	return file_clientapi_v1_users_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *GetPushRulesRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+type GetPushRulesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The m.push_rules content: {"global": ruleset} (JSON), as GET
+	// /pushrules/ and /sync show it.
+	Content       []byte `protobuf:"bytes,1,opt,name=content,proto3" json:"content,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPushRulesResponse) Reset() {
+	*x = GetPushRulesResponse{}
+	mi := &file_clientapi_v1_users_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPushRulesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPushRulesResponse) ProtoMessage() {}
+
+func (x *GetPushRulesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_clientapi_v1_users_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPushRulesResponse.ProtoReflect.Descriptor instead.
+func (*GetPushRulesResponse) Descriptor() ([]byte, []int) {
+	return file_clientapi_v1_users_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *GetPushRulesResponse) GetContent() []byte {
+	if x != nil {
+		return x.Content
+	}
+	return nil
+}
+
+type ListPushersRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPushersRequest) Reset() {
+	*x = ListPushersRequest{}
+	mi := &file_clientapi_v1_users_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPushersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPushersRequest) ProtoMessage() {}
+
+func (x *ListPushersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_clientapi_v1_users_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPushersRequest.ProtoReflect.Descriptor instead.
+func (*ListPushersRequest) Descriptor() ([]byte, []int) {
+	return file_clientapi_v1_users_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ListPushersRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+type Pusher struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	Pushkey           string                 `protobuf:"bytes,1,opt,name=pushkey,proto3" json:"pushkey,omitempty"`
+	Kind              string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	AppId             string                 `protobuf:"bytes,3,opt,name=app_id,json=appId,proto3" json:"app_id,omitempty"`
+	AppDisplayName    string                 `protobuf:"bytes,4,opt,name=app_display_name,json=appDisplayName,proto3" json:"app_display_name,omitempty"`
+	DeviceDisplayName string                 `protobuf:"bytes,5,opt,name=device_display_name,json=deviceDisplayName,proto3" json:"device_display_name,omitempty"`
+	ProfileTag        string                 `protobuf:"bytes,6,opt,name=profile_tag,json=profileTag,proto3" json:"profile_tag,omitempty"`
+	Lang              string                 `protobuf:"bytes,7,opt,name=lang,proto3" json:"lang,omitempty"`
+	// The pusher's data (a JSON object: url, format, ...).
+	Data []byte `protobuf:"bytes,8,opt,name=data,proto3" json:"data,omitempty"`
+	// The device that set it (deleted with it); empty for pushers from
+	// before devices owned them.
+	DeviceId      string `protobuf:"bytes,9,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Pusher) Reset() {
+	*x = Pusher{}
+	mi := &file_clientapi_v1_users_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Pusher) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Pusher) ProtoMessage() {}
+
+func (x *Pusher) ProtoReflect() protoreflect.Message {
+	mi := &file_clientapi_v1_users_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Pusher.ProtoReflect.Descriptor instead.
+func (*Pusher) Descriptor() ([]byte, []int) {
+	return file_clientapi_v1_users_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *Pusher) GetPushkey() string {
+	if x != nil {
+		return x.Pushkey
+	}
+	return ""
+}
+
+func (x *Pusher) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Pusher) GetAppId() string {
+	if x != nil {
+		return x.AppId
+	}
+	return ""
+}
+
+func (x *Pusher) GetAppDisplayName() string {
+	if x != nil {
+		return x.AppDisplayName
+	}
+	return ""
+}
+
+func (x *Pusher) GetDeviceDisplayName() string {
+	if x != nil {
+		return x.DeviceDisplayName
+	}
+	return ""
+}
+
+func (x *Pusher) GetProfileTag() string {
+	if x != nil {
+		return x.ProfileTag
+	}
+	return ""
+}
+
+func (x *Pusher) GetLang() string {
+	if x != nil {
+		return x.Lang
+	}
+	return ""
+}
+
+func (x *Pusher) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *Pusher) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+type ListPushersResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pushers       []*Pusher              `protobuf:"bytes,1,rep,name=pushers,proto3" json:"pushers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPushersResponse) Reset() {
+	*x = ListPushersResponse{}
+	mi := &file_clientapi_v1_users_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPushersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPushersResponse) ProtoMessage() {}
+
+func (x *ListPushersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_clientapi_v1_users_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPushersResponse.ProtoReflect.Descriptor instead.
+func (*ListPushersResponse) Descriptor() ([]byte, []int) {
+	return file_clientapi_v1_users_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ListPushersResponse) GetPushers() []*Pusher {
+	if x != nil {
+		return x.Pushers
+	}
+	return nil
+}
+
+type ValidateOpenIDTokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ValidateOpenIDTokenRequest) Reset() {
+	*x = ValidateOpenIDTokenRequest{}
+	mi := &file_clientapi_v1_users_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ValidateOpenIDTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ValidateOpenIDTokenRequest) ProtoMessage() {}
+
+func (x *ValidateOpenIDTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_clientapi_v1_users_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ValidateOpenIDTokenRequest.ProtoReflect.Descriptor instead.
+func (*ValidateOpenIDTokenRequest) Descriptor() ([]byte, []int) {
+	return file_clientapi_v1_users_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ValidateOpenIDTokenRequest) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+type ValidateOpenIDTokenResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ValidateOpenIDTokenResponse) Reset() {
+	*x = ValidateOpenIDTokenResponse{}
+	mi := &file_clientapi_v1_users_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ValidateOpenIDTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ValidateOpenIDTokenResponse) ProtoMessage() {}
+
+func (x *ValidateOpenIDTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_clientapi_v1_users_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ValidateOpenIDTokenResponse.ProtoReflect.Descriptor instead.
+func (*ValidateOpenIDTokenResponse) Descriptor() ([]byte, []int) {
+	return file_clientapi_v1_users_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ValidateOpenIDTokenResponse) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
 var File_clientapi_v1_users_proto protoreflect.FileDescriptor
 
 const file_clientapi_v1_users_proto_rawDesc = "" +
@@ -284,10 +1058,68 @@ const file_clientapi_v1_users_proto_rawDesc = "" +
 	"\n" +
 	"avatar_url\x18\x02 \x01(\tH\x01R\tavatarUrl\x88\x01\x01B\x0e\n" +
 	"\f_displaynameB\r\n" +
-	"\v_avatar_url2\xd7\x01\n" +
+	"\v_avatar_url\".\n" +
+	"\x13QueryAccountRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\"\xb2\x01\n" +
+	"\x14QueryAccountResponse\x12\x16\n" +
+	"\x06exists\x18\x01 \x01(\bR\x06exists\x12 \n" +
+	"\vdeactivated\x18\x02 \x01(\bR\vdeactivated\x12\x14\n" +
+	"\x05guest\x18\x03 \x01(\bR\x05guest\x12\x14\n" +
+	"\x05admin\x18\x04 \x01(\bR\x05admin\x12\x16\n" +
+	"\x06locked\x18\x05 \x01(\bR\x06locked\x12\x1c\n" +
+	"\tsuspended\x18\x06 \x01(\bR\tsuspended\"-\n" +
+	"\x12ListDevicesRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\"\xce\x01\n" +
+	"\x06Device\x12\x1b\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12&\n" +
+	"\fdisplay_name\x18\x02 \x01(\tH\x00R\vdisplayName\x88\x01\x01\x12%\n" +
+	"\flast_seen_ts\x18\x03 \x01(\x03H\x01R\n" +
+	"lastSeenTs\x88\x01\x01\x12%\n" +
+	"\flast_seen_ip\x18\x04 \x01(\tH\x02R\n" +
+	"lastSeenIp\x88\x01\x01B\x0f\n" +
+	"\r_display_nameB\x0f\n" +
+	"\r_last_seen_tsB\x0f\n" +
+	"\r_last_seen_ip\"L\n" +
+	"\x13ListDevicesResponse\x125\n" +
+	"\adevices\x18\x01 \x03(\v2\x1b.myelin.clientapi.v1.DeviceR\adevices\"]\n" +
+	"\x15GetAccountDataRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x17\n" +
+	"\aroom_id\x18\x02 \x01(\tR\x06roomId\x12\x12\n" +
+	"\x04type\x18\x03 \x01(\tR\x04type\"2\n" +
+	"\x16GetAccountDataResponse\x12\x18\n" +
+	"\acontent\x18\x01 \x01(\fR\acontent\".\n" +
+	"\x13GetPushRulesRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\"0\n" +
+	"\x14GetPushRulesResponse\x12\x18\n" +
+	"\acontent\x18\x01 \x01(\fR\acontent\"-\n" +
+	"\x12ListPushersRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\"\x8d\x02\n" +
+	"\x06Pusher\x12\x18\n" +
+	"\apushkey\x18\x01 \x01(\tR\apushkey\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x15\n" +
+	"\x06app_id\x18\x03 \x01(\tR\x05appId\x12(\n" +
+	"\x10app_display_name\x18\x04 \x01(\tR\x0eappDisplayName\x12.\n" +
+	"\x13device_display_name\x18\x05 \x01(\tR\x11deviceDisplayName\x12\x1f\n" +
+	"\vprofile_tag\x18\x06 \x01(\tR\n" +
+	"profileTag\x12\x12\n" +
+	"\x04lang\x18\a \x01(\tR\x04lang\x12\x12\n" +
+	"\x04data\x18\b \x01(\fR\x04data\x12\x1b\n" +
+	"\tdevice_id\x18\t \x01(\tR\bdeviceId\"L\n" +
+	"\x13ListPushersResponse\x125\n" +
+	"\apushers\x18\x01 \x03(\v2\x1b.myelin.clientapi.v1.PusherR\apushers\"2\n" +
+	"\x1aValidateOpenIDTokenRequest\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\"6\n" +
+	"\x1bValidateOpenIDTokenResponse\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId2\xca\x06\n" +
 	"\vUserService\x12c\n" +
 	"\fAuthenticate\x12(.myelin.clientapi.v1.AuthenticateRequest\x1a).myelin.clientapi.v1.AuthenticateResponse\x12c\n" +
-	"\fQueryProfile\x12(.myelin.clientapi.v1.QueryProfileRequest\x1a).myelin.clientapi.v1.QueryProfileResponseB>Z<github.com/myelin-chat/myelin/proto/clientapi/v1;clientapiv1b\x06proto3"
+	"\fQueryProfile\x12(.myelin.clientapi.v1.QueryProfileRequest\x1a).myelin.clientapi.v1.QueryProfileResponse\x12c\n" +
+	"\fQueryAccount\x12(.myelin.clientapi.v1.QueryAccountRequest\x1a).myelin.clientapi.v1.QueryAccountResponse\x12`\n" +
+	"\vListDevices\x12'.myelin.clientapi.v1.ListDevicesRequest\x1a(.myelin.clientapi.v1.ListDevicesResponse\x12i\n" +
+	"\x0eGetAccountData\x12*.myelin.clientapi.v1.GetAccountDataRequest\x1a+.myelin.clientapi.v1.GetAccountDataResponse\x12c\n" +
+	"\fGetPushRules\x12(.myelin.clientapi.v1.GetPushRulesRequest\x1a).myelin.clientapi.v1.GetPushRulesResponse\x12`\n" +
+	"\vListPushers\x12'.myelin.clientapi.v1.ListPushersRequest\x1a(.myelin.clientapi.v1.ListPushersResponse\x12x\n" +
+	"\x13ValidateOpenIDToken\x12/.myelin.clientapi.v1.ValidateOpenIDTokenRequest\x1a0.myelin.clientapi.v1.ValidateOpenIDTokenResponseB>Z<github.com/myelin-chat/myelin/proto/clientapi/v1;clientapiv1b\x06proto3"
 
 var (
 	file_clientapi_v1_users_proto_rawDescOnce sync.Once
@@ -301,23 +1133,51 @@ func file_clientapi_v1_users_proto_rawDescGZIP() []byte {
 	return file_clientapi_v1_users_proto_rawDescData
 }
 
-var file_clientapi_v1_users_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_clientapi_v1_users_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_clientapi_v1_users_proto_goTypes = []any{
-	(*AuthenticateRequest)(nil),  // 0: myelin.clientapi.v1.AuthenticateRequest
-	(*AuthenticateResponse)(nil), // 1: myelin.clientapi.v1.AuthenticateResponse
-	(*QueryProfileRequest)(nil),  // 2: myelin.clientapi.v1.QueryProfileRequest
-	(*QueryProfileResponse)(nil), // 3: myelin.clientapi.v1.QueryProfileResponse
+	(*AuthenticateRequest)(nil),         // 0: myelin.clientapi.v1.AuthenticateRequest
+	(*AuthenticateResponse)(nil),        // 1: myelin.clientapi.v1.AuthenticateResponse
+	(*QueryProfileRequest)(nil),         // 2: myelin.clientapi.v1.QueryProfileRequest
+	(*QueryProfileResponse)(nil),        // 3: myelin.clientapi.v1.QueryProfileResponse
+	(*QueryAccountRequest)(nil),         // 4: myelin.clientapi.v1.QueryAccountRequest
+	(*QueryAccountResponse)(nil),        // 5: myelin.clientapi.v1.QueryAccountResponse
+	(*ListDevicesRequest)(nil),          // 6: myelin.clientapi.v1.ListDevicesRequest
+	(*Device)(nil),                      // 7: myelin.clientapi.v1.Device
+	(*ListDevicesResponse)(nil),         // 8: myelin.clientapi.v1.ListDevicesResponse
+	(*GetAccountDataRequest)(nil),       // 9: myelin.clientapi.v1.GetAccountDataRequest
+	(*GetAccountDataResponse)(nil),      // 10: myelin.clientapi.v1.GetAccountDataResponse
+	(*GetPushRulesRequest)(nil),         // 11: myelin.clientapi.v1.GetPushRulesRequest
+	(*GetPushRulesResponse)(nil),        // 12: myelin.clientapi.v1.GetPushRulesResponse
+	(*ListPushersRequest)(nil),          // 13: myelin.clientapi.v1.ListPushersRequest
+	(*Pusher)(nil),                      // 14: myelin.clientapi.v1.Pusher
+	(*ListPushersResponse)(nil),         // 15: myelin.clientapi.v1.ListPushersResponse
+	(*ValidateOpenIDTokenRequest)(nil),  // 16: myelin.clientapi.v1.ValidateOpenIDTokenRequest
+	(*ValidateOpenIDTokenResponse)(nil), // 17: myelin.clientapi.v1.ValidateOpenIDTokenResponse
 }
 var file_clientapi_v1_users_proto_depIdxs = []int32{
-	0, // 0: myelin.clientapi.v1.UserService.Authenticate:input_type -> myelin.clientapi.v1.AuthenticateRequest
-	2, // 1: myelin.clientapi.v1.UserService.QueryProfile:input_type -> myelin.clientapi.v1.QueryProfileRequest
-	1, // 2: myelin.clientapi.v1.UserService.Authenticate:output_type -> myelin.clientapi.v1.AuthenticateResponse
-	3, // 3: myelin.clientapi.v1.UserService.QueryProfile:output_type -> myelin.clientapi.v1.QueryProfileResponse
-	2, // [2:4] is the sub-list for method output_type
-	0, // [0:2] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	7,  // 0: myelin.clientapi.v1.ListDevicesResponse.devices:type_name -> myelin.clientapi.v1.Device
+	14, // 1: myelin.clientapi.v1.ListPushersResponse.pushers:type_name -> myelin.clientapi.v1.Pusher
+	0,  // 2: myelin.clientapi.v1.UserService.Authenticate:input_type -> myelin.clientapi.v1.AuthenticateRequest
+	2,  // 3: myelin.clientapi.v1.UserService.QueryProfile:input_type -> myelin.clientapi.v1.QueryProfileRequest
+	4,  // 4: myelin.clientapi.v1.UserService.QueryAccount:input_type -> myelin.clientapi.v1.QueryAccountRequest
+	6,  // 5: myelin.clientapi.v1.UserService.ListDevices:input_type -> myelin.clientapi.v1.ListDevicesRequest
+	9,  // 6: myelin.clientapi.v1.UserService.GetAccountData:input_type -> myelin.clientapi.v1.GetAccountDataRequest
+	11, // 7: myelin.clientapi.v1.UserService.GetPushRules:input_type -> myelin.clientapi.v1.GetPushRulesRequest
+	13, // 8: myelin.clientapi.v1.UserService.ListPushers:input_type -> myelin.clientapi.v1.ListPushersRequest
+	16, // 9: myelin.clientapi.v1.UserService.ValidateOpenIDToken:input_type -> myelin.clientapi.v1.ValidateOpenIDTokenRequest
+	1,  // 10: myelin.clientapi.v1.UserService.Authenticate:output_type -> myelin.clientapi.v1.AuthenticateResponse
+	3,  // 11: myelin.clientapi.v1.UserService.QueryProfile:output_type -> myelin.clientapi.v1.QueryProfileResponse
+	5,  // 12: myelin.clientapi.v1.UserService.QueryAccount:output_type -> myelin.clientapi.v1.QueryAccountResponse
+	8,  // 13: myelin.clientapi.v1.UserService.ListDevices:output_type -> myelin.clientapi.v1.ListDevicesResponse
+	10, // 14: myelin.clientapi.v1.UserService.GetAccountData:output_type -> myelin.clientapi.v1.GetAccountDataResponse
+	12, // 15: myelin.clientapi.v1.UserService.GetPushRules:output_type -> myelin.clientapi.v1.GetPushRulesResponse
+	15, // 16: myelin.clientapi.v1.UserService.ListPushers:output_type -> myelin.clientapi.v1.ListPushersResponse
+	17, // 17: myelin.clientapi.v1.UserService.ValidateOpenIDToken:output_type -> myelin.clientapi.v1.ValidateOpenIDTokenResponse
+	10, // [10:18] is the sub-list for method output_type
+	2,  // [2:10] is the sub-list for method input_type
+	2,  // [2:2] is the sub-list for extension type_name
+	2,  // [2:2] is the sub-list for extension extendee
+	0,  // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_clientapi_v1_users_proto_init() }
@@ -326,13 +1186,14 @@ func file_clientapi_v1_users_proto_init() {
 		return
 	}
 	file_clientapi_v1_users_proto_msgTypes[3].OneofWrappers = []any{}
+	file_clientapi_v1_users_proto_msgTypes[7].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_clientapi_v1_users_proto_rawDesc), len(file_clientapi_v1_users_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,8 +23,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	UserService_Authenticate_FullMethodName = "/myelin.clientapi.v1.UserService/Authenticate"
-	UserService_QueryProfile_FullMethodName = "/myelin.clientapi.v1.UserService/QueryProfile"
+	UserService_Authenticate_FullMethodName        = "/myelin.clientapi.v1.UserService/Authenticate"
+	UserService_QueryProfile_FullMethodName        = "/myelin.clientapi.v1.UserService/QueryProfile"
+	UserService_QueryAccount_FullMethodName        = "/myelin.clientapi.v1.UserService/QueryAccount"
+	UserService_ListDevices_FullMethodName         = "/myelin.clientapi.v1.UserService/ListDevices"
+	UserService_GetAccountData_FullMethodName      = "/myelin.clientapi.v1.UserService/GetAccountData"
+	UserService_GetPushRules_FullMethodName        = "/myelin.clientapi.v1.UserService/GetPushRules"
+	UserService_ListPushers_FullMethodName         = "/myelin.clientapi.v1.UserService/ListPushers"
+	UserService_ValidateOpenIDToken_FullMethodName = "/myelin.clientapi.v1.UserService/ValidateOpenIDToken"
 )
 
 // UserServiceClient is the client API for UserService service.
@@ -41,6 +47,27 @@ type UserServiceClient interface {
 	// /query/profile). NOT_FOUND for an unknown or deactivated user;
 	// INVALID_ARGUMENT for another server's user.
 	QueryProfile(ctx context.Context, in *QueryProfileRequest, opts ...grpc.CallOption) (*QueryProfileResponse, error)
+	// QueryAccount says whether a local account exists and what it is;
+	// exists=false (not an error) for a user ID never registered.
+	QueryAccount(ctx context.Context, in *QueryAccountRequest, opts ...grpc.CallOption) (*QueryAccountResponse, error)
+	// ListDevices lists a local user's devices (federation's /user/devices);
+	// NOT_FOUND for a user with no account, none for a deactivated one.
+	ListDevices(ctx context.Context, in *ListDevicesRequest, opts ...grpc.CallOption) (*ListDevicesResponse, error)
+	// GetAccountData returns one piece of a local user's account data,
+	// global (room_id empty) or of a room, as GET .../account_data/{type}
+	// shows it (m.push_rules: the effective rules); NOT_FOUND when there is
+	// none. m.fully_read is the presence service's (SyncEphemeral).
+	GetAccountData(ctx context.Context, in *GetAccountDataRequest, opts ...grpc.CallOption) (*GetAccountDataResponse, error)
+	// GetPushRules returns a local user's effective push rules: the
+	// server-default rules merged with the user's changes.
+	GetPushRules(ctx context.Context, in *GetPushRulesRequest, opts ...grpc.CallOption) (*GetPushRulesResponse, error)
+	// ListPushers lists a local user's pushers (GET /pushers).
+	ListPushers(ctx context.Context, in *ListPushersRequest, opts ...grpc.CallOption) (*ListPushersResponse, error)
+	// ValidateOpenIDToken resolves a token from POST
+	// /user/{userId}/openid/request_token to its user (federation's
+	// /openid/userinfo): NOT_FOUND for an unknown or expired token,
+	// INVALID_ARGUMENT for an empty one.
+	ValidateOpenIDToken(ctx context.Context, in *ValidateOpenIDTokenRequest, opts ...grpc.CallOption) (*ValidateOpenIDTokenResponse, error)
 }
 
 type userServiceClient struct {
@@ -71,6 +98,66 @@ func (c *userServiceClient) QueryProfile(ctx context.Context, in *QueryProfileRe
 	return out, nil
 }
 
+func (c *userServiceClient) QueryAccount(ctx context.Context, in *QueryAccountRequest, opts ...grpc.CallOption) (*QueryAccountResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(QueryAccountResponse)
+	err := c.cc.Invoke(ctx, UserService_QueryAccount_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *userServiceClient) ListDevices(ctx context.Context, in *ListDevicesRequest, opts ...grpc.CallOption) (*ListDevicesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListDevicesResponse)
+	err := c.cc.Invoke(ctx, UserService_ListDevices_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *userServiceClient) GetAccountData(ctx context.Context, in *GetAccountDataRequest, opts ...grpc.CallOption) (*GetAccountDataResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetAccountDataResponse)
+	err := c.cc.Invoke(ctx, UserService_GetAccountData_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *userServiceClient) GetPushRules(ctx context.Context, in *GetPushRulesRequest, opts ...grpc.CallOption) (*GetPushRulesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetPushRulesResponse)
+	err := c.cc.Invoke(ctx, UserService_GetPushRules_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *userServiceClient) ListPushers(ctx context.Context, in *ListPushersRequest, opts ...grpc.CallOption) (*ListPushersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListPushersResponse)
+	err := c.cc.Invoke(ctx, UserService_ListPushers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *userServiceClient) ValidateOpenIDToken(ctx context.Context, in *ValidateOpenIDTokenRequest, opts ...grpc.CallOption) (*ValidateOpenIDTokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ValidateOpenIDTokenResponse)
+	err := c.cc.Invoke(ctx, UserService_ValidateOpenIDToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // UserServiceServer is the server API for UserService service.
 // All implementations must embed UnimplementedUserServiceServer
 // for forward compatibility.
@@ -85,6 +172,27 @@ type UserServiceServer interface {
 	// /query/profile). NOT_FOUND for an unknown or deactivated user;
 	// INVALID_ARGUMENT for another server's user.
 	QueryProfile(context.Context, *QueryProfileRequest) (*QueryProfileResponse, error)
+	// QueryAccount says whether a local account exists and what it is;
+	// exists=false (not an error) for a user ID never registered.
+	QueryAccount(context.Context, *QueryAccountRequest) (*QueryAccountResponse, error)
+	// ListDevices lists a local user's devices (federation's /user/devices);
+	// NOT_FOUND for a user with no account, none for a deactivated one.
+	ListDevices(context.Context, *ListDevicesRequest) (*ListDevicesResponse, error)
+	// GetAccountData returns one piece of a local user's account data,
+	// global (room_id empty) or of a room, as GET .../account_data/{type}
+	// shows it (m.push_rules: the effective rules); NOT_FOUND when there is
+	// none. m.fully_read is the presence service's (SyncEphemeral).
+	GetAccountData(context.Context, *GetAccountDataRequest) (*GetAccountDataResponse, error)
+	// GetPushRules returns a local user's effective push rules: the
+	// server-default rules merged with the user's changes.
+	GetPushRules(context.Context, *GetPushRulesRequest) (*GetPushRulesResponse, error)
+	// ListPushers lists a local user's pushers (GET /pushers).
+	ListPushers(context.Context, *ListPushersRequest) (*ListPushersResponse, error)
+	// ValidateOpenIDToken resolves a token from POST
+	// /user/{userId}/openid/request_token to its user (federation's
+	// /openid/userinfo): NOT_FOUND for an unknown or expired token,
+	// INVALID_ARGUMENT for an empty one.
+	ValidateOpenIDToken(context.Context, *ValidateOpenIDTokenRequest) (*ValidateOpenIDTokenResponse, error)
 	mustEmbedUnimplementedUserServiceServer()
 }
 
@@ -100,6 +208,24 @@ func (UnimplementedUserServiceServer) Authenticate(context.Context, *Authenticat
 }
 func (UnimplementedUserServiceServer) QueryProfile(context.Context, *QueryProfileRequest) (*QueryProfileResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method QueryProfile not implemented")
+}
+func (UnimplementedUserServiceServer) QueryAccount(context.Context, *QueryAccountRequest) (*QueryAccountResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method QueryAccount not implemented")
+}
+func (UnimplementedUserServiceServer) ListDevices(context.Context, *ListDevicesRequest) (*ListDevicesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListDevices not implemented")
+}
+func (UnimplementedUserServiceServer) GetAccountData(context.Context, *GetAccountDataRequest) (*GetAccountDataResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetAccountData not implemented")
+}
+func (UnimplementedUserServiceServer) GetPushRules(context.Context, *GetPushRulesRequest) (*GetPushRulesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetPushRules not implemented")
+}
+func (UnimplementedUserServiceServer) ListPushers(context.Context, *ListPushersRequest) (*ListPushersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListPushers not implemented")
+}
+func (UnimplementedUserServiceServer) ValidateOpenIDToken(context.Context, *ValidateOpenIDTokenRequest) (*ValidateOpenIDTokenResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ValidateOpenIDToken not implemented")
 }
 func (UnimplementedUserServiceServer) mustEmbedUnimplementedUserServiceServer() {}
 func (UnimplementedUserServiceServer) testEmbeddedByValue()                     {}
@@ -158,6 +284,114 @@ func _UserService_QueryProfile_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _UserService_QueryAccount_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(QueryAccountRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UserServiceServer).QueryAccount(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: UserService_QueryAccount_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UserServiceServer).QueryAccount(ctx, req.(*QueryAccountRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _UserService_ListDevices_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListDevicesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UserServiceServer).ListDevices(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: UserService_ListDevices_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UserServiceServer).ListDevices(ctx, req.(*ListDevicesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _UserService_GetAccountData_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetAccountDataRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UserServiceServer).GetAccountData(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: UserService_GetAccountData_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UserServiceServer).GetAccountData(ctx, req.(*GetAccountDataRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _UserService_GetPushRules_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetPushRulesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UserServiceServer).GetPushRules(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: UserService_GetPushRules_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UserServiceServer).GetPushRules(ctx, req.(*GetPushRulesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _UserService_ListPushers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListPushersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UserServiceServer).ListPushers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: UserService_ListPushers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UserServiceServer).ListPushers(ctx, req.(*ListPushersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _UserService_ValidateOpenIDToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ValidateOpenIDTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UserServiceServer).ValidateOpenIDToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: UserService_ValidateOpenIDToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UserServiceServer).ValidateOpenIDToken(ctx, req.(*ValidateOpenIDTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // UserService_ServiceDesc is the grpc.ServiceDesc for UserService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -172,6 +406,30 @@ var UserService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "QueryProfile",
 			Handler:    _UserService_QueryProfile_Handler,
+		},
+		{
+			MethodName: "QueryAccount",
+			Handler:    _UserService_QueryAccount_Handler,
+		},
+		{
+			MethodName: "ListDevices",
+			Handler:    _UserService_ListDevices_Handler,
+		},
+		{
+			MethodName: "GetAccountData",
+			Handler:    _UserService_GetAccountData_Handler,
+		},
+		{
+			MethodName: "GetPushRules",
+			Handler:    _UserService_GetPushRules_Handler,
+		},
+		{
+			MethodName: "ListPushers",
+			Handler:    _UserService_ListPushers_Handler,
+		},
+		{
+			MethodName: "ValidateOpenIDToken",
+			Handler:    _UserService_ValidateOpenIDToken_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

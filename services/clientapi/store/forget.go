@@ -5,6 +5,7 @@ import (
 
 	"context"
 	"fmt"
+
 	"github.com/jackc/pgx/v5"
 )
 

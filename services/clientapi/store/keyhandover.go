@@ -8,7 +8,7 @@ import (
 
 // The end-to-end key tables of migrations 034 and 035 predate the move of
 // the keys to the key-server. At start the client-API hands their rows to
-// the key-server (ImportKeys) and drops them (../keyhandover.go).
+// the key-server (ImportKeys) and drops them (internal/keys/handover.go).
 
 // oldKeyTables are the tables handed over, dropped in this order (then the
 // sequence device_list_pos).

@@ -8,7 +8,7 @@ import (
 
 // Device deletions and renames for the key-server (migration 038): each
 // is queued in the transaction that changes the device and sent after the
-// commit (../keyoutbox.go).
+// commit (internal/keys/outbox.go).
 
 // KeyServerOp is a queued device deletion or rename.
 type KeyServerOp struct {
@@ -18,16 +18,6 @@ type KeyServerOp struct {
 	DeviceIDs []string // the deleted devices, or the renamed one
 	// DisplayName is the new name of a renamed device (nil: none).
 	DisplayName *string
-}
-
-// queueDeviceDeletion queues the deletion of devices. Caller holds a
-// transaction in which the devices rows are deleted already.
-func queueDeviceDeletion(ctx context.Context, tx pgx.Tx, userID string, deviceIDs []string) error {
-	if len(deviceIDs) == 0 {
-		return nil
-	}
-	_, err := tx.Exec(ctx, `INSERT INTO key_server_outbox (user_id, op, device_ids) VALUES ($1, 'delete', $2)`, userID, deviceIDs)
-	return err
 }
 
 // KeyServerUsers lists the users with queued operations.

@@ -1,7 +1,10 @@
-// Package store holds the client-API's PostgreSQL schema and queries:
-// accounts, devices and access tokens, UIA sessions, sync filters, and the
-// client-API's own copy of room events, current state and memberships that
-// /sync and /messages read.
+// Package store holds the client-API's PostgreSQL schema, its embedded
+// migrations and the queries of everything but the users domain's tables
+// (those are store/accounts'): the client-API's own copy of room events,
+// current state and memberships that /sync and /messages read (Reader,
+// Batch, Snapshot), account data, filters, push rules' inputs,
+// notifications and unread counts, pushers, to-device messages, reports,
+// erasures, the consumer lock and the hand-overs' old tables.
 package store
 
 import (
@@ -42,6 +45,9 @@ func Open(ctx context.Context, url string, maxConns int32) (*Store, error) {
 	}
 	return &Store{db: db}, nil
 }
+
+// Pool is the connection pool, for the per-domain stores (store/accounts).
+func (s *Store) Pool() *pgxpool.Pool { return s.db }
 
 // Close closes the pool.
 func (s *Store) Close() { s.db.Close() }

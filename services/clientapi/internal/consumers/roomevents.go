@@ -1,0 +1,284 @@
+package consumers
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/myelin-chat/myelin/pkg/bus"
+	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/push"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/users"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/wakebus"
+	"github.com/myelin-chat/myelin/services/clientapi/store"
+)
+
+// ErrBadPayload is a JetStream message the consumer cannot decode.
+var ErrBadPayload = errors.New("undecodable room event payload")
+
+// consumeBatch is the most messages stored in one transaction.
+const consumeBatch = 256
+
+// PusherWaker is told who got notifications (pushgateway.Dispatcher).
+type PusherWaker interface {
+	Wake(users ...string)
+}
+
+// RoomEvents is the durable consumer of MYELIN_ROOM_EVENTS that writes the
+// client-API's copy of room events (the read model /sync and /messages
+// read), evaluating push rules in the same transactions.
+type RoomEvents struct {
+	consumer jetstream.Consumer
+	store    *store.Store
+	push     *push.Service
+	wakeBus  *wakebus.Bus
+	pushers  PusherWaker
+	// users removes guests from rooms that stopped admitting them.
+	users *users.Service
+	log   *zap.Logger
+}
+
+// NewRoomEvents creates (or finds) the durable pull consumer name on the
+// room events stream. Being durable, it resumes where the last run stopped.
+func NewRoomEvents(ctx context.Context, js jetstream.JetStream, name string, st *store.Store, p *push.Service, wake *wakebus.Bus,
+	pushers PusherWaker, u *users.Service, log *zap.Logger) (*RoomEvents, error) {
+	cons, err := js.CreateOrUpdateConsumer(ctx, bus.RoomEventsStream, jetstream.ConsumerConfig{
+		Durable:       name,
+		Description:   "client-API sync copy of room events",
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       time.Minute,
+		MaxAckPending: 4 * consumeBatch,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create consumer %s on %s: %w", name, bus.RoomEventsStream, err)
+	}
+	return &RoomEvents{consumer: cons, store: st, push: p, wakeBus: wake, pushers: pushers, users: u, log: log}, nil
+}
+
+// Run receives room events in stream order and stores them
+// in batches: each batch in one transaction, acknowledged after the
+// commit, then announced to every replica's notifier. A failed batch is
+// retried (in order) until it commits or ctx ends; stored events are
+// skipped on redelivery.
+func (s *RoomEvents) Run(ctx context.Context) error {
+	msgs := make(chan jetstream.Msg, 2*consumeBatch)
+	cc, err := s.consumer.Consume(func(m jetstream.Msg) {
+		select {
+		case msgs <- m:
+		case <-ctx.Done():
+		}
+	}, jetstream.PullMaxMessages(consumeBatch), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		if ctx.Err() == nil {
+			s.log.Warn("room events consumer", zap.Error(err))
+		}
+	}))
+	if err != nil {
+		return fmt.Errorf("consume %s: %w", bus.RoomEventsStream, err)
+	}
+	defer func() {
+		cc.Stop()
+		// Hand back what was received but not stored, so the next run gets
+		// it at once instead of after AckWait.
+		for {
+			select {
+			case m := <-msgs:
+				_ = m.Nak()
+			default:
+				return
+			}
+		}
+	}()
+
+	for {
+		var batch []jetstream.Msg
+		select {
+		case <-ctx.Done():
+			return nil
+		case m := <-msgs:
+			batch = append(batch, m)
+		}
+	drain:
+		for len(batch) < consumeBatch {
+			select {
+			case m := <-msgs:
+				batch = append(batch, m)
+			default:
+				break drain
+			}
+		}
+		if err := s.storeBatch(ctx, batch); err != nil {
+			for _, m := range batch {
+				_ = m.Nak()
+			}
+			return nil // ctx ended while retrying
+		}
+	}
+}
+
+// storeBatch decodes, stores and acknowledges one batch, retrying storage
+// failures with backoff. It returns an error only when ctx ends.
+func (s *RoomEvents) storeBatch(ctx context.Context, batch []jetstream.Msg) error {
+	inputs := make([]store.Input, 0, len(batch))
+	for _, m := range batch {
+		in, err := decodeOutputEvent(m.Data())
+		if err != nil {
+			// A payload that cannot be decoded never will be: drop it.
+			s.log.Error("dropping undecodable room event", zap.String("subject", m.Subject()), zap.Error(err))
+			continue
+		}
+		inputs = append(inputs, in)
+	}
+	var applied []store.Applied
+	var notified map[string]bool
+	err := s.retry(ctx, "store room events", func() (err error) {
+		// Push rules are evaluated in the storing transaction
+		// (push.Evaluate); notified collects who got a notification, for
+		// the pushers.
+		notified = map[string]bool{}
+		eval := func(ctx context.Context, rd store.Reader, a store.Applied, pc store.PushContext) (store.PushOutcome, error) {
+			out, err := s.push.Evaluate(ctx, rd, a, pc)
+			for _, n := range out.Notifications {
+				notified[n.UserID] = true
+			}
+			return out, err
+		}
+		applied, err = s.store.ApplyWith(ctx, inputs, eval)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	s.wakeBus.AnnounceCommitted(applied)
+	notifiedUsers := make([]string, 0, len(notified))
+	for u := range notified {
+		notifiedUsers = append(notifiedUsers, u)
+	}
+	s.pushers.Wake(notifiedUsers...)
+	if rooms := users.GuestAccessChanged(inputs); len(rooms) > 0 {
+		if err := s.retry(ctx, "remove guests", func() error { return s.users.Profiles.RemoveGuests(ctx, rooms) }); err != nil {
+			return err
+		}
+	}
+	for _, m := range batch {
+		if err := m.Ack(); err != nil {
+			s.log.Warn("ack room event", zap.Error(err))
+		}
+	}
+	return nil
+}
+
+// retry runs f until it succeeds, with backoff; it returns an error only
+// when ctx ends.
+func (s *RoomEvents) retry(ctx context.Context, what string, f func() error) error {
+	backoff := 100 * time.Millisecond
+	for {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		s.log.Error(what+", retrying", zap.Duration("backoff", backoff), zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 10*time.Second)
+	}
+}
+
+// decodeOutputEvent turns a JetStream payload into what the store keeps.
+func decodeOutputEvent(data []byte) (store.Input, error) {
+	var out roomserverv1.OutputRoomEvent
+	if err := proto.Unmarshal(data, &out); err != nil {
+		return store.Input{}, fmt.Errorf("%w: %v", ErrBadPayload, err)
+	}
+	if out.GetRoomId() == "" || out.GetEventId() == "" {
+		return store.Input{}, fmt.Errorf("%w: missing room or event ID", ErrBadPayload)
+	}
+	pdu, err := clientevent.ParseOutputPDU(out.GetRoomVersion(), out.GetEventId(), out.GetEventJson())
+	if err != nil {
+		return store.Input{}, fmt.Errorf("%w: event %s: %v", ErrBadPayload, out.GetEventId(), err)
+	}
+	ce := clientevent.NewClientEvent(pdu)
+	if because := out.GetRedactedBecause(); len(because) > 0 {
+		if ce, err = clientevent.WithRedactedBecause(ce, out.GetRoomVersion(), out.GetRoomId(), because); err != nil {
+			return store.Input{}, fmt.Errorf("%w: event %s: %v", ErrBadPayload, out.GetEventId(), err)
+		}
+	}
+	raw, err := ce.Marshal()
+	if err != nil {
+		return store.Input{}, err
+	}
+	in := store.Input{
+		Event: store.Event{
+			EventID:        out.GetEventId(),
+			RoomID:         out.GetRoomId(),
+			Type:           ce.Type,
+			StateKey:       ce.StateKey,
+			Sender:         ce.Sender,
+			Membership:     clientevent.MembershipOf(pdu),
+			JSON:           raw,
+			TxnDeviceID:    out.GetTransactionId().GetDeviceId(),
+			TxnID:          out.GetTransactionId().GetTxnId(),
+			StreamPosition: out.GetStreamPosition(),
+		},
+		RemovedIDs: out.GetRemovedStateEventIds(),
+	}
+	switch out.GetKind() {
+	case roomserverv1.OutputKind_OUTPUT_KIND_BACKFILL:
+		in.Backfill = true
+	case roomserverv1.OutputKind_OUTPUT_KIND_OUT_OF_ROOM:
+		// A local user's membership of a room of another server: the
+		// event is the user's membership (in no room state the
+		// room-server has), shown with the stripped state it carried.
+		in.OutOfRoom = true
+		for _, raw := range out.GetStrippedState() {
+			in.StrippedState = append(in.StrippedState, json.RawMessage(raw))
+		}
+		if ce.StateKey != nil && ce.Type == "m.room.member" {
+			in.Added = append(in.Added, store.StateEvent{EventID: out.GetEventId(), Type: ce.Type, StateKey: *ce.StateKey,
+				Sender: ce.Sender, Membership: clientevent.MembershipOf(pdu), JSON: raw})
+		}
+	}
+	in.Event.RelatesTo, in.Event.RelType = clientevent.RelationOf(ce.Content)
+	in.Event.SearchKey, in.Event.SearchText = clientevent.SearchTextOf(ce.Type, ce.Content)
+	if red := out.GetRedactedEventJson(); len(red) > 0 {
+		if in.Redacted, err = clientevent.RedactedCopy(out.GetRoomVersion(), out.GetRoomId(), red, out.GetEventJson()); err != nil {
+			return store.Input{}, fmt.Errorf("%w: redacted event of %s: %v", ErrBadPayload, out.GetEventId(), err)
+		}
+	}
+	for _, added := range out.GetAddedStateEvents() {
+		spdu, err := clientevent.ParsePDU(out.GetRoomVersion(), added)
+		if err != nil {
+			return store.Input{}, fmt.Errorf("%w: added state of %s: %v", ErrBadPayload, out.GetEventId(), err)
+		}
+		if spdu.StateKey() == nil {
+			return store.Input{}, fmt.Errorf("%w: added state event %s has no state key", ErrBadPayload, spdu.EventID())
+		}
+		sce := clientevent.NewClientEvent(spdu)
+		sraw, err := sce.Marshal()
+		if err != nil {
+			return store.Input{}, err
+		}
+		in.Added = append(in.Added, store.StateEvent{
+			EventID:    spdu.EventID(),
+			Type:       sce.Type,
+			StateKey:   *sce.StateKey,
+			Sender:     sce.Sender,
+			Membership: clientevent.MembershipOf(spdu),
+			JSON:       sraw,
+		})
+	}
+	return in, nil
+}
