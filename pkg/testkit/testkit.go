@@ -54,7 +54,27 @@ func Postgres(t testing.TB) string {
 	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
 		t.Fatalf("testkit: create database: %v", err)
 	}
+	// Dropped when the test ends (after the test's own cleanups, which were
+	// registered later), so a long-lived shared cluster does not fill the disk.
+	t.Cleanup(func() { dropDatabase(t, name) })
 	return withDatabase(clusterURL, name)
+}
+
+// dropDatabase drops a test's database, closing whatever connections the
+// test's servers left open. A failure is logged, not fatal: the cluster is
+// throwaway.
+func dropDatabase(t testing.TB, name string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, clusterURL)
+	if err != nil {
+		t.Logf("testkit: drop database %s: %v", name, err)
+		return
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
+		t.Logf("testkit: drop database %s: %v", name, err)
+	}
 }
 
 func startCluster() {
