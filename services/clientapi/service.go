@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc"
 
 	clientapiv1 "github.com/myelin-chat/myelin/proto/clientapi/v1"
+	fedsenderv1 "github.com/myelin-chat/myelin/proto/fedsender/v1"
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
 	mediav1 "github.com/myelin-chat/myelin/proto/media/v1"
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
@@ -61,6 +62,11 @@ type Deps struct {
 	// Media takes over the media this service stored before the media
 	// service existed (internal/mediahandover). Nil leaves them where they are.
 	Media mediav1.MediaServiceClient
+	// FederationSender makes requests to other homeservers for local
+	// users (joins, invites, leaves and knocks through other servers,
+	// remote profiles, aliases, directories and keys, backfill). Nil when
+	// federation is off: only this server's rooms and users are reachable.
+	FederationSender fedsenderv1.FederationSenderServiceClient
 }
 
 // Service is a running client-API: its parts, wired.
@@ -139,7 +145,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		Now:           func() time.Time { return s.now() },
 		DeviceChanges: s.keys, Wake: s.wakeBus, PushRules: s.push, Erasures: s.history, Members: s.notifier,
 	})
-	s.roomDomain = rooms.New(rooms.Config{DefaultRoomVersion: cfg.DefaultRoomVersion}, deps.ServerName, st, deps.RoomServer, s.history, s.users, s.notifier, deps.Logger)
+	s.roomDomain = rooms.New(rooms.Config{DefaultRoomVersion: cfg.DefaultRoomVersion}, deps.ServerName, st, deps.RoomServer, deps.FederationSender, s.history, s.users, s.notifier, deps.Logger)
 	s.ephemeral = ephemeral.New(deps.ServerName, deps.Presence, deps.Logger)
 	s.sync = syncapi.New(syncapi.Deps{
 		Config: cfg.Sync, ServerName: deps.ServerName, Store: st, Rooms: deps.RoomServer, Presence: deps.Presence,

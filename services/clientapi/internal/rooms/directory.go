@@ -353,21 +353,11 @@ func (s *Directory) getAlias(r *http.Request, _ *httpapi.Device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, _, err := parseAlias(alias); err != nil {
+	roomID, servers, err := s.lookupAlias(r.Context(), alias)
+	if err != nil {
 		return nil, err
 	}
-	resp, err := s.rooms.GetRoomAlias(r.Context(), &roomserverv1.GetRoomAliasRequest{Alias: alias})
-	if err != nil {
-		return nil, s.fromGRPC(r.Context(), "GetRoomAlias", err, nil)
-	}
-	if resp.GetRoomId() == "" {
-		return nil, matrixhttp.NotFound("Room alias " + alias + " not found")
-	}
-	servers := resp.GetServers()
-	if len(servers) == 0 {
-		servers = []string{s.serverName}
-	}
-	return map[string]any{"room_id": resp.GetRoomId(), "servers": servers}, nil
+	return map[string]any{"room_id": roomID, "servers": servers}, nil
 }
 
 // putAlias is PUT /directory/room/{roomAlias}.

@@ -417,14 +417,7 @@ type membershipRequest struct {
 
 // setMembership sends an m.room.member event for target.
 func (s *Rooms) setMembership(r *http.Request, dev *httpapi.Device, roomID, target, membership, reason string) error {
-	content := map[string]any{"membership": membership}
-	if reason != "" {
-		content["reason"] = reason
-	}
-	if err := s.users.Profiles.BeforeOwnMembership(r.Context(), dev, roomID, target, membership, content); err != nil {
-		return err
-	}
-	raw, err := json.Marshal(content)
+	raw, err := s.membershipContent(r, dev, roomID, target, membership, reason)
 	if err != nil {
 		return err
 	}
@@ -436,7 +429,9 @@ func (s *Rooms) setMembership(r *http.Request, dev *httpapi.Device, roomID, targ
 	return err
 }
 
-// joinRoomIDOrAlias is POST /join/{roomIdOrAlias}.
+// joinRoomIDOrAlias is POST /join/{roomIdOrAlias}: a room of this server,
+// or of others through the via (server_name) servers, the alias's
+// servers and the room ID's server, in that order.
 func (s *Rooms) joinRoomIDOrAlias(r *http.Request, dev *httpapi.Device) (any, error) {
 	target, err := httpapi.PathParam(r, "roomIdOrAlias")
 	if err != nil {
@@ -446,34 +441,18 @@ func (s *Rooms) joinRoomIDOrAlias(r *http.Request, dev *httpapi.Device) (any, er
 	if err := httpapi.DecodeBody(r, httpapi.BodyOptional, &req); err != nil {
 		return nil, err
 	}
-	roomID := target
-	switch {
-	case strings.HasPrefix(target, "#"):
-		if _, _, err := parseAlias(target); err != nil {
-			return nil, err
-		}
-		resp, err := s.rooms.GetRoomAlias(r.Context(), &roomserverv1.GetRoomAliasRequest{Alias: target})
-		if err != nil {
-			return nil, s.fromGRPC(r.Context(), "GetRoomAlias", err, nil)
-		}
-		if resp.GetRoomId() == "" {
-			return nil, matrixhttp.NotFound("Room alias " + target + " not found")
-		}
-		roomID = resp.GetRoomId()
-	case strings.HasPrefix(target, "!"):
-		if _, err := spec.NewRoomID(target); err != nil {
-			return nil, matrixhttp.InvalidParam("Invalid room ID")
-		}
-	default:
-		return nil, matrixhttp.InvalidParam("Expected a room ID or a room alias")
+	roomID, servers, err := s.resolveTarget(r, target)
+	if err != nil {
+		return nil, err
 	}
-	if err := s.setMembership(r, dev, roomID, dev.UserID, store.MembershipJoin, req.Reason); err != nil {
+	if err := s.join(r, dev, roomID, servers, req.Reason); err != nil {
 		return nil, err
 	}
 	return map[string]string{"room_id": roomID}, nil
 }
 
-// joinRoom is POST /rooms/{roomId}/join.
+// joinRoom is POST /rooms/{roomId}/join (through the room ID's server
+// when this server is not in the room).
 func (s *Rooms) joinRoom(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
@@ -483,7 +462,7 @@ func (s *Rooms) joinRoom(r *http.Request, dev *httpapi.Device) (any, error) {
 	if err := httpapi.DecodeBody(r, httpapi.BodyOptional, &req); err != nil {
 		return nil, err
 	}
-	if err := s.setMembership(r, dev, roomID, dev.UserID, store.MembershipJoin, req.Reason); err != nil {
+	if err := s.join(r, dev, roomID, s.otherServers([]string{serverOf(roomID)}), req.Reason); err != nil {
 		return nil, err
 	}
 	return map[string]string{"room_id": roomID}, nil
@@ -520,6 +499,13 @@ func (s *Rooms) leave(r *http.Request, dev *httpapi.Device) (any, error) {
 	var req membershipRequest
 	if err := httpapi.DecodeBody(r, httpapi.BodyOptional, &req); err != nil {
 		return nil, err
+	}
+	remote, err := s.throughRemote(r.Context(), roomID)
+	if err != nil {
+		return nil, err
+	}
+	if remote {
+		return struct{}{}, s.leaveRemote(r, dev, roomID, req.Reason)
 	}
 	if err := s.setMembership(r, dev, roomID, dev.UserID, store.MembershipLeave, req.Reason); err != nil {
 		return nil, err
