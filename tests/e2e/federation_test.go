@@ -1,0 +1,250 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/myelin-chat/myelin/pkg/testkit"
+)
+
+// TestFederationAllInOne runs two Myelin servers in `make run`'s shape,
+// a.test and b.test, federating over HTTPS on loopback, and drives them
+// with mautrix-go clients as users of either server would.
+func TestFederationAllInOne(t *testing.T) {
+	ca := testkit.NewCA(t)
+	servers := federating(t, ca, allInOne, "a.test", "b.test")
+	startFederating(t, servers)
+	federationScenario(t, servers[0], servers[1])
+}
+
+// fedEventually polls fn until it returns nil, failing the test with its
+// last error after a minute.
+func fedEventually(t *testing.T, what string, fn func() error) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		err := fn()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// roomSyncer follows one user's /sync and records, per room, the message
+// bodies of the timeline in the order seen, the rooms they are invited to
+// and the state events seen.
+type roomSyncer struct {
+	u      *user
+	since  string
+	bodies map[id.RoomID][]string
+	invite map[id.RoomID]bool
+	state  map[id.RoomID][]*event.Event
+}
+
+func newRoomSyncer(u *user) *roomSyncer {
+	return &roomSyncer{u: u, bodies: map[id.RoomID][]string{}, invite: map[id.RoomID]bool{}, state: map[id.RoomID][]*event.Event{}}
+}
+
+// sync makes one /sync request (short timeout) and records what it gave.
+func (s *roomSyncer) sync(ctx context.Context) error {
+	resp, err := s.u.cli.SyncRequest(ctx, 500, s.since, timelineFilter, false, "")
+	if err != nil {
+		return err
+	}
+	s.since = resp.NextBatch
+	for roomID, jr := range resp.Rooms.Join {
+		s.state[roomID] = append(s.state[roomID], jr.State.Events...)
+		for _, ev := range jr.Timeline.Events {
+			if ev.StateKey != nil {
+				s.state[roomID] = append(s.state[roomID], ev)
+			}
+			if ev.Type == event.EventMessage {
+				s.bodies[roomID] = append(s.bodies[roomID], messageBody(ev))
+			}
+		}
+		delete(s.invite, roomID)
+	}
+	for roomID := range resp.Rooms.Invite {
+		s.invite[roomID] = true
+	}
+	for roomID := range resp.Rooms.Leave {
+		delete(s.invite, roomID)
+	}
+	return nil
+}
+
+// waitBodies syncs until the room's messages with prefix are want.
+func (s *roomSyncer) waitBodies(t *testing.T, room id.RoomID, prefix string, want []string) {
+	t.Helper()
+	fedEventually(t, fmt.Sprintf("%s sees %d messages %q in %s", s.u.cli.UserID, len(want), prefix, room), func() error {
+		if err := s.sync(context.Background()); err != nil {
+			return err
+		}
+		got := withPrefix(s.bodies[room], prefix)
+		if len(got) < len(want) {
+			return fmt.Errorf("saw %d of %d: %v", len(got), len(want), got)
+		}
+		return nil
+	})
+	assertExactly(t, string(s.u.cli.UserID), withPrefix(s.bodies[room], prefix), want)
+}
+
+func withPrefix(bodies []string, prefix string) []string {
+	var out []string
+	for _, b := range bodies {
+		if strings.HasPrefix(b, prefix) {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// sendAll sends n messages "<prefix> i" and returns their bodies.
+func sendAll(t *testing.T, u *user, room id.RoomID, prefix string, n int) []string {
+	t.Helper()
+	var bodies []string
+	for i := range n {
+		b := fmt.Sprintf("%s %d", prefix, i)
+		if _, err := u.cli.SendText(context.Background(), room, b); err != nil {
+			t.Fatalf("%s sends %q: %v", u.cli.UserID, b, err)
+		}
+		bodies = append(bodies, b)
+	}
+	return bodies
+}
+
+// membershipOf is user's membership of room as member's server sees it.
+func membershipOf(ctx context.Context, cli *mautrix.Client, room id.RoomID, user id.UserID) (string, error) {
+	var content event.MemberEventContent
+	if err := cli.StateEvent(ctx, room, event.StateMember, string(user), &content); err != nil {
+		return "", err
+	}
+	return string(content.Membership), nil
+}
+
+func waitMembership(t *testing.T, cli *mautrix.Client, room id.RoomID, user id.UserID, want string) {
+	t.Helper()
+	fedEventually(t, fmt.Sprintf("%s sees %s's membership %s in %s", cli.UserID, user, want, room), func() error {
+		got, err := membershipOf(context.Background(), cli, room, user)
+		if err != nil {
+			return err
+		}
+		if got != want {
+			return fmt.Errorf("membership %q", got)
+		}
+		return nil
+	})
+}
+
+// federationScenario: users of a and b join each other's rooms (by alias,
+// and by room ID with via), talk both ways, and see each other's messages
+// in /sync once and in order.
+func federationScenario(t *testing.T, a, b *fedServer) {
+	ctx := context.Background()
+	alice := register(t, a.url, "alice")
+	bob := register(t, b.url, "bob")
+	aliceSync, bobSync := newRoomSyncer(alice), newRoomSyncer(bob)
+
+	// a's room, with history from before bob joins.
+	lobby, err := alice.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat", RoomAliasName: "lobby", Name: "Lobby"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := sendAll(t, alice, lobby.RoomID, "before", 3)
+
+	t.Run("remote alias", func(t *testing.T) {
+		resp, err := bob.cli.ResolveAlias(ctx, id.RoomAlias("#lobby:a.test"))
+		if err != nil {
+			t.Fatalf("bob resolves #lobby:a.test: %v", err)
+		}
+		if resp.RoomID != lobby.RoomID || !slices.Contains(resp.Servers, "a.test") {
+			t.Fatalf("#lobby:a.test on b: %+v, want %s on a.test", resp, lobby.RoomID)
+		}
+		if _, err := bob.cli.ResolveAlias(ctx, id.RoomAlias("#nothing:a.test")); !errors.Is(err, mautrix.MNotFound) {
+			t.Fatalf("an alias a.test does not have, asked on b: %v", err)
+		}
+	})
+
+	t.Run("join by alias", func(t *testing.T) {
+		resp, err := bob.cli.JoinRoom(ctx, "#lobby:a.test", nil)
+		if err != nil {
+			t.Fatalf("bob joins #lobby:a.test: %v", err)
+		}
+		if resp.RoomID != lobby.RoomID {
+			t.Fatalf("joined %s, want %s", resp.RoomID, lobby.RoomID)
+		}
+		// The room is in bob's /sync with its state: its name, and both
+		// members.
+		fedEventually(t, "the joined room in bob's /sync", func() error {
+			if err := bobSync.sync(ctx); err != nil {
+				return err
+			}
+			var name string
+			members := map[string]string{}
+			for _, ev := range bobSync.state[lobby.RoomID] {
+				switch ev.Type {
+				case event.StateRoomName:
+					name, _ = ev.Content.Raw["name"].(string)
+				case event.StateMember:
+					members[*ev.StateKey], _ = ev.Content.Raw["membership"].(string)
+				}
+			}
+			if name != "Lobby" || members[string(alice.cli.UserID)] != "join" || members[string(bob.cli.UserID)] != "join" {
+				return fmt.Errorf("state: name %q, members %v", name, members)
+			}
+			return nil
+		})
+		waitMembership(t, alice.cli, lobby.RoomID, bob.cli.UserID, "join")
+		rooms, err := bob.cli.JoinedRooms(ctx)
+		if err != nil || !slices.Contains(rooms.JoinedRooms, lobby.RoomID) {
+			t.Fatalf("bob's joined rooms: %v %v", rooms, err)
+		}
+	})
+
+	t.Run("messages both ways", func(t *testing.T) {
+		if err := aliceSync.sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+		var want []string
+		for round := range 3 {
+			fromA := sendAll(t, alice, lobby.RoomID, fmt.Sprintf("m%d a", round), 4)
+			want = append(want, fromA...)
+			bobSync.waitBodies(t, lobby.RoomID, "m", want)
+			fromB := sendAll(t, bob, lobby.RoomID, fmt.Sprintf("m%d b", round), 4)
+			want = append(want, fromB...)
+			aliceSync.waitBodies(t, lobby.RoomID, "m", want)
+		}
+		bobSync.waitBodies(t, lobby.RoomID, "m", want)
+		_ = before
+	})
+
+	// b's room, joined from a by room ID with via.
+	t.Run("join by room ID with via", func(t *testing.T) {
+		den, err := bob.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat", Name: "Den"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := alice.cli.JoinRoom(ctx, den.RoomID.String(), &mautrix.ReqJoinRoom{Via: []string{"b.test"}}); err != nil {
+			t.Fatalf("alice joins b's room: %v", err)
+		}
+		waitMembership(t, bob.cli, den.RoomID, alice.cli.UserID, "join")
+		fromB := sendAll(t, bob, den.RoomID, "den b", 3)
+		aliceSync.waitBodies(t, den.RoomID, "den", fromB)
+		fromA := sendAll(t, alice, den.RoomID, "den a", 3)
+		bobSync.waitBodies(t, den.RoomID, "den", append(fromB, fromA...))
+	})
+}
+
