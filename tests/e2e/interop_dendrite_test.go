@@ -1,0 +1,280 @@
+//go:build interop
+
+// The interop test runs only with -tags interop (make interop), which
+// builds Dendrite first: make test does not need Dendrite.
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/myelin-chat/myelin/pkg/testkit"
+)
+
+// dendrite is a Dendrite monolith under test, federating over HTTPS.
+type dendrite struct {
+	*server
+	name string
+}
+
+// startDendrite runs $DENDRITE_BIN (make interop builds it from the Go
+// module proxy) in a temporary directory with SQLite databases, its
+// client API on plain HTTP and its federation listener on HTTPS with a
+// certificate for 127.0.0.1 from ca. Its server name is that listener's
+// address (an IP literal with a port, so Dendrite's discovery needs no
+// DNS and connects to it directly). Dendrite verifies other servers'
+// certificates (disable_tls_validation stays false) against ca, which
+// SSL_CERT_FILE makes its only trusted root; it fetches keys directly
+// (no key perspectives).
+func startDendrite(t *testing.T, ca *testkit.CA) *dendrite {
+	t.Helper()
+	bin := os.Getenv("DENDRITE_BIN")
+	if bin == "" {
+		t.Fatal("DENDRITE_BIN is not set: run make interop, which builds Dendrite into bin/")
+	}
+	dir := t.TempDir()
+	httpAddr, fedAddr := freeAddr(t), freeAddr(t)
+	run := func(name string, args ...string) []byte {
+		cmd := exec.Command(filepath.Join(filepath.Dir(bin), name), args...)
+		cmd.Dir = dir
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("%s %v: %v", name, args, err)
+		}
+		return out
+	}
+	run("generate-keys", "--private-key", "matrix_key.pem")
+	// -ci: open registration without verification, no rate limits, no key
+	// perspectives (never matrix.org), JetStream in memory.
+	cfg := string(run("generate-config", "-ci", "-server", fedAddr, "-dir", dir))
+	cfg = strings.Replace(cfg, "level: trace", "level: info", 1)
+	cfgFile := filepath.Join(dir, "dendrite.yaml")
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cert, key := ca.Issue(t, "127.0.0.1")
+	d := &dendrite{name: fedAddr, server: &server{url: "http://" + httpAddr}}
+	d.procs = []*proc{{
+		name: "dendrite",
+		bin:  bin,
+		dir:  dir,
+		args: []string{"--config", cfgFile, "--http-bind-address", httpAddr, "--https-bind-address", fedAddr,
+			"--tls-cert", cert, "--tls-key", key, "--really-enable-open-registration"},
+		env: []string{"SSL_CERT_FILE=" + ca.CertFile, "SSL_CERT_DIR=" + dir},
+		log: filepath.Join(dir, "dendrite.log"),
+	}}
+	d.start(t)
+	t.Cleanup(func() { d.shutdown(t); d.dumpLogs(t) })
+	return d
+}
+
+// startMyelinForInterop runs Myelin all-in-one with federation on, its
+// server name its federation listener's address (as Dendrite's) with a
+// certificate for 127.0.0.1 from ca, trusting ca, and allowed to reach
+// 127.0.0.0/8.
+func startMyelinForInterop(t *testing.T, ca *testkit.CA) *fedServer {
+	t.Helper()
+	s := allInOne(t)
+	fedAddr := freeAddr(t)
+	cert, key := ca.Issue(t, "127.0.0.1")
+	p := s.procs[0]
+	p.env = append(p.env,
+		"MYELIN_SERVER_NAME="+fedAddr,
+		"MYELIN_FEDERATION_ENABLED=true",
+		"MYELIN_FEDERATION_LISTEN="+fedAddr,
+		"MYELIN_FEDERATION_TLS_CERT_FILE="+cert,
+		"MYELIN_FEDERATION_TLS_KEY_FILE="+key,
+		"MYELIN_FEDERATION_TRUSTED_CA_FILES="+ca.CertFile,
+		"MYELIN_FEDERATION_ALLOWED_PRIVATE_NETWORKS=127.0.0.0/8",
+		"MYELIN_CLIENT_API_RATE_LIMIT_ENABLED=false",
+		"MYELIN_FEDERATION_SENDER_BACKOFF_MIN=200ms",
+	)
+	s.start(t)
+	t.Cleanup(func() { s.shutdown(t); s.dumpLogs(t) })
+	return &fedServer{server: s, name: fedAddr, fedAddr: fedAddr}
+}
+
+// interopReport collects a pass/fail line per flow.
+type interopReport struct {
+	lines  []string
+	failed bool
+}
+
+// flow runs one flow as a subtest and records its outcome; a flow whose
+// prerequisite failed is recorded as not run.
+func (r *interopReport) flow(t *testing.T, name string, needs []bool, fn func(t *testing.T)) bool {
+	if slices.Contains(needs, false) {
+		r.lines = append(r.lines, fmt.Sprintf("SKIP  %s (a flow it needs failed)", name))
+		r.failed = true
+		return false
+	}
+	ok := t.Run(strings.ReplaceAll(name, " ", "_"), fn)
+	status := "PASS"
+	if !ok {
+		status, r.failed = "FAIL", true
+	}
+	r.lines = append(r.lines, fmt.Sprintf("%s  %s", status, name))
+	return ok
+}
+
+// backfilled pages back through room's history with /messages as cli's
+// user sees it, up to the room's creation, and returns the bodies of the
+// messages with prefix, oldest first.
+func backfilled(ctx context.Context, cli *mautrix.Client, room id.RoomID, prefix string) ([]string, error) {
+	var bodies []string
+	from := ""
+	for range 50 {
+		resp, err := cli.Messages(ctx, room, from, "", mautrix.DirectionBackward, nil, 20)
+		if err != nil {
+			return nil, err
+		}
+		for _, ev := range resp.Chunk {
+			if b := messageBody(ev); ev.Type.Type == "m.room.message" && strings.HasPrefix(b, prefix) {
+				bodies = append(bodies, b)
+			}
+		}
+		if resp.End == "" || len(resp.Chunk) == 0 {
+			break
+		}
+		from = resp.End
+	}
+	slices.Reverse(bodies)
+	return bodies, nil
+}
+
+// TestDendriteInterop federates Myelin (all-in-one) with Dendrite
+// v0.13.8 over HTTPS on loopback, both verifying certificates from a test
+// CA, and drives both with mautrix-go: a Dendrite user joins a Myelin
+// room and a Myelin user a Dendrite room, messages go both ways (each
+// seen once and in order in /sync), history from before each join is
+// backfilled through /messages, and both leave. It logs a pass/fail
+// line per flow and fails when any flow fails.
+func TestDendriteInterop(t *testing.T) {
+	ca := testkit.NewCA(t)
+	den := startDendrite(t, ca)
+	my := startMyelinForInterop(t, ca)
+	if _, _, err := net.SplitHostPort(den.name); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	alice := register(t, my.url, "alice")
+	dave := register(t, den.url, "dave")
+	aliceSync, daveSync := newRoomSyncer(alice), newRoomSyncer(dave)
+
+	var r interopReport
+	t.Cleanup(func() {
+		report := "interop with Dendrite v0.13.8 (Myelin " + my.name + ", Dendrite " + den.name + "):\n  " + strings.Join(r.lines, "\n  ")
+		t.Log(report)
+		if f := os.Getenv("INTEROP_REPORT"); f != "" {
+			_ = os.WriteFile(f, []byte(report+"\n"), 0o644)
+		}
+	})
+
+	// Flows on a Myelin room, with history from before dave joins.
+	lobby, err := alice.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat", Name: "Myelin lobby"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lobbyBefore := sendAll(t, alice, lobby.RoomID, "before lobby", 5)
+
+	joinedLobby := r.flow(t, "Dendrite user joins a Myelin room", nil, func(t *testing.T) {
+		if _, err := dave.cli.JoinRoom(ctx, lobby.RoomID.String(), &mautrix.ReqJoinRoom{Via: []string{my.name}}); err != nil {
+			t.Fatalf("dave joins %s via %s: %v", lobby.RoomID, my.name, err)
+		}
+		waitMembership(t, alice.cli, lobby.RoomID, dave.cli.UserID, "join")
+		waitMembership(t, dave.cli, lobby.RoomID, alice.cli.UserID, "join")
+	})
+	lobbyTalk := r.flow(t, "messages both ways in the Myelin room", []bool{joinedLobby}, func(t *testing.T) {
+		exchange(t, aliceSync, daveSync, lobby.RoomID, "lobby")
+	})
+	r.flow(t, "backfill of the Myelin room's history on Dendrite", []bool{joinedLobby}, func(t *testing.T) {
+		waitBackfill(t, dave.cli, lobby.RoomID, "before lobby", lobbyBefore)
+	})
+
+	// Flows on a Dendrite room, with history from before alice joins.
+	den1, err := dave.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat", Name: "Dendrite den"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	denBefore := sendAll(t, dave, den1.RoomID, "before den", 5)
+	joinedDen := r.flow(t, "Myelin user joins a Dendrite room", nil, func(t *testing.T) {
+		if _, err := alice.cli.JoinRoom(ctx, den1.RoomID.String(), &mautrix.ReqJoinRoom{Via: []string{den.name}}); err != nil {
+			t.Fatalf("alice joins %s via %s: %v", den1.RoomID, den.name, err)
+		}
+		waitMembership(t, dave.cli, den1.RoomID, alice.cli.UserID, "join")
+		waitMembership(t, alice.cli, den1.RoomID, dave.cli.UserID, "join")
+	})
+	denTalk := r.flow(t, "messages both ways in the Dendrite room", []bool{joinedDen}, func(t *testing.T) {
+		exchange(t, daveSync, aliceSync, den1.RoomID, "den")
+	})
+	r.flow(t, "backfill of the Dendrite room's history on Myelin", []bool{joinedDen}, func(t *testing.T) {
+		waitBackfill(t, alice.cli, den1.RoomID, "before den", denBefore)
+	})
+
+	r.flow(t, "Dendrite user leaves the Myelin room", []bool{joinedLobby, lobbyTalk}, func(t *testing.T) {
+		if _, err := dave.cli.LeaveRoom(ctx, lobby.RoomID); err != nil {
+			t.Fatalf("dave leaves: %v", err)
+		}
+		waitMembership(t, alice.cli, lobby.RoomID, dave.cli.UserID, "leave")
+	})
+	r.flow(t, "Myelin user leaves the Dendrite room", []bool{joinedDen, denTalk}, func(t *testing.T) {
+		if _, err := alice.cli.LeaveRoom(ctx, den1.RoomID); err != nil {
+			t.Fatalf("alice leaves: %v", err)
+		}
+		waitMembership(t, dave.cli, den1.RoomID, alice.cli.UserID, "leave")
+	})
+	if r.failed {
+		t.Fail()
+	}
+}
+
+// exchange sends rounds of messages from the room's creator's server and
+// the joined one in turn, each round waiting until the other side's /sync
+// has it, and checks that both saw every message exactly once, in the
+// order sent.
+func exchange(t *testing.T, home, joined *roomSyncer, room id.RoomID, prefix string) {
+	t.Helper()
+	ctx := context.Background()
+	for _, s := range []*roomSyncer{home, joined} {
+		if err := s.sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var want []string
+	for round := range 3 {
+		want = append(want, sendAll(t, home.u, room, fmt.Sprintf("%s %d home", prefix, round), 4)...)
+		joined.waitBodies(t, room, prefix+" ", want)
+		want = append(want, sendAll(t, joined.u, room, fmt.Sprintf("%s %d joined", prefix, round), 4)...)
+		home.waitBodies(t, room, prefix+" ", want)
+	}
+	joined.waitBodies(t, room, prefix+" ", want)
+}
+
+// waitBackfill waits until cli's /messages reaches back to the messages
+// want (with prefix) and checks it has them exactly, in order.
+func waitBackfill(t *testing.T, cli *mautrix.Client, room id.RoomID, prefix string, want []string) {
+	t.Helper()
+	var got []string
+	fedEventually(t, fmt.Sprintf("%s pages back to %q in %s", cli.UserID, prefix, room), func() error {
+		var err error
+		if got, err = backfilled(context.Background(), cli, room, prefix); err != nil {
+			return err
+		}
+		if len(got) < len(want) {
+			return fmt.Errorf("got %v", got)
+		}
+		return nil
+	})
+	assertExactly(t, string(cli.UserID), got, want)
+}
