@@ -7,6 +7,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/id"
@@ -201,6 +203,14 @@ func TestDendriteInterop(t *testing.T) {
 	r.flow(t, "backfill of the Myelin room's history on Dendrite", []bool{joinedLobby}, func(t *testing.T) {
 		waitBackfill(t, dave.cli, lobby.RoomID, "before lobby", lobbyBefore)
 	})
+	r.flow(t, "typing both ways in the Myelin room", []bool{joinedLobby}, func(t *testing.T) {
+		waitTyping(t, alice, dave, lobby.RoomID)
+		waitTyping(t, dave, alice, lobby.RoomID)
+	})
+	r.flow(t, "redactions both ways in the Myelin room", []bool{lobbyTalk}, func(t *testing.T) {
+		redactSeen(t, dave, alice, lobby.RoomID)
+		redactSeen(t, alice, dave, lobby.RoomID)
+	})
 
 	// Flows on a Dendrite room, with history from before alice joins.
 	den1, err := dave.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat", Name: "Dendrite den"})
@@ -220,6 +230,13 @@ func TestDendriteInterop(t *testing.T) {
 	})
 	r.flow(t, "backfill of the Dendrite room's history on Myelin", []bool{joinedDen}, func(t *testing.T) {
 		waitBackfill(t, alice.cli, den1.RoomID, "before den", denBefore)
+	})
+
+	r.flow(t, "Dendrite user invites a Myelin user, who joins", nil, func(t *testing.T) {
+		inviteAndJoin(t, dave, aliceSync, den.name)
+	})
+	r.flow(t, "Myelin user invites a Dendrite user, who joins", nil, func(t *testing.T) {
+		inviteAndJoin(t, alice, daveSync, my.name)
 	})
 
 	r.flow(t, "Dendrite user leaves the Myelin room", []bool{joinedLobby, lobbyTalk}, func(t *testing.T) {
@@ -277,4 +294,95 @@ func waitBackfill(t *testing.T, cli *mautrix.Client, room id.RoomID, prefix stri
 		return nil
 	})
 	assertExactly(t, string(cli.UserID), got, want)
+}
+
+// inviteAndJoin: from creates a private room on its server (at via) and
+// invites the syncer's user, who sees the invite in /sync, joins through
+// via, and is seen joined by from.
+func inviteAndJoin(t *testing.T, from *user, invitee *roomSyncer, via string) {
+	t.Helper()
+	ctx := context.Background()
+	room, err := from.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Name: "Invite only"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := from.cli.InviteUser(ctx, room.RoomID, &mautrix.ReqInviteUser{UserID: invitee.u.cli.UserID}); err != nil {
+		t.Fatalf("%s invites %s: %v", from.cli.UserID, invitee.u.cli.UserID, err)
+	}
+	fedEventually(t, fmt.Sprintf("%s sees the invite to %s", invitee.u.cli.UserID, room.RoomID), func() error {
+		if err := invitee.sync(ctx); err != nil {
+			return err
+		}
+		if !invitee.invite[room.RoomID] {
+			return fmt.Errorf("no invite yet")
+		}
+		return nil
+	})
+	if _, err := invitee.u.cli.JoinRoom(ctx, room.RoomID.String(), &mautrix.ReqJoinRoom{Via: []string{via}}); err != nil {
+		t.Fatalf("%s accepts the invite: %v", invitee.u.cli.UserID, err)
+	}
+	waitMembership(t, from.cli, room.RoomID, invitee.u.cli.UserID, "join")
+}
+
+// waitTyping: from starts typing in room, and to's /sync shows it.
+func waitTyping(t *testing.T, from, to *user, room id.RoomID) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := from.cli.UserTyping(ctx, room, true, 30*time.Second); err != nil {
+		t.Fatalf("%s typing: %v", from.cli.UserID, err)
+	}
+	since := ""
+	fedEventually(t, fmt.Sprintf("%s sees %s typing", to.cli.UserID, from.cli.UserID), func() error {
+		resp, err := to.cli.SyncRequest(ctx, 1000, since, timelineFilter, false, "")
+		if err != nil {
+			return err
+		}
+		since = resp.NextBatch
+		if jr := resp.Rooms.Join[room]; jr != nil {
+			for _, ev := range jr.Ephemeral.Events {
+				if ev.Type.Type != "m.typing" {
+					continue
+				}
+				var c struct {
+					UserIDs []string `json:"user_ids"`
+				}
+				_ = json.Unmarshal(ev.Content.VeryRaw, &c)
+				if slices.Contains(c.UserIDs, string(from.cli.UserID)) {
+					return nil
+				}
+			}
+		}
+		return fmt.Errorf("not typing")
+	})
+	if _, err := from.cli.UserTyping(ctx, room, false, 0); err != nil {
+		t.Fatalf("%s stops typing: %v", from.cli.UserID, err)
+	}
+}
+
+// redactSeen: from sends a message and redacts it; to's server shows the
+// event redacted (content gone, redacted_because set).
+func redactSeen(t *testing.T, from, to *user, room id.RoomID) {
+	t.Helper()
+	ctx := context.Background()
+	sent, err := from.cli.SendText(ctx, room, "to be redacted")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fedEventually(t, fmt.Sprintf("%s has %s's message", to.cli.UserID, from.cli.UserID), func() error {
+		_, err := to.cli.GetEvent(ctx, room, sent.EventID)
+		return err
+	})
+	if _, err := from.cli.RedactEvent(ctx, room, sent.EventID, mautrix.ReqRedact{Reason: "interop"}); err != nil {
+		t.Fatalf("%s redacts: %v", from.cli.UserID, err)
+	}
+	fedEventually(t, fmt.Sprintf("%s sees %s's message redacted", to.cli.UserID, from.cli.UserID), func() error {
+		ev, err := to.cli.GetEvent(ctx, room, sent.EventID)
+		if err != nil {
+			return err
+		}
+		if len(ev.Content.Raw) != 0 || ev.Unsigned.RedactedBecause == nil {
+			return fmt.Errorf("content %v, redacted_because %v", ev.Content.Raw, ev.Unsigned.RedactedBecause)
+		}
+		return nil
+	})
 }
