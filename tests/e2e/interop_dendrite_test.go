@@ -239,6 +239,19 @@ func TestDendriteInterop(t *testing.T) {
 		inviteAndJoin(t, alice, daveSync, my.name)
 	})
 
+	r.flow(t, "Dendrite user reads a Myelin user's profile", nil, func(t *testing.T) {
+		profileSeen(t, alice, dave, "Alice on Myelin")
+	})
+	r.flow(t, "Myelin user reads a Dendrite user's profile", nil, func(t *testing.T) {
+		profileSeen(t, dave, alice, "Dave on Dendrite")
+	})
+	r.flow(t, "Dendrite user finds a Myelin room by alias and in its public rooms, and joins by alias", nil, func(t *testing.T) {
+		aliasAndDirectory(t, alice, dave, my.name)
+	})
+	r.flow(t, "Myelin user finds a Dendrite room by alias and in its public rooms, and joins by alias", nil, func(t *testing.T) {
+		aliasAndDirectory(t, dave, alice, den.name)
+	})
+
 	r.flow(t, "Dendrite user leaves the Myelin room", []bool{joinedLobby, lobbyTalk}, func(t *testing.T) {
 		if _, err := dave.cli.LeaveRoom(ctx, lobby.RoomID); err != nil {
 			t.Fatalf("dave leaves: %v", err)
@@ -385,4 +398,56 @@ func redactSeen(t *testing.T, from, to *user, room id.RoomID) {
 		}
 		return nil
 	})
+}
+
+// profileSeen: owner sets a display name, which reader (of the other
+// server) gets through its server's profile query.
+func profileSeen(t *testing.T, owner, reader *user, name string) {
+	t.Helper()
+	ctx := context.Background()
+	if err := owner.cli.SetDisplayName(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	p, err := reader.cli.GetProfile(ctx, owner.cli.UserID)
+	if err != nil {
+		t.Fatalf("%s reads %s's profile: %v", reader.cli.UserID, owner.cli.UserID, err)
+	}
+	if p.DisplayName != name {
+		t.Fatalf("%s's display name on %s's server: %q, want %q", owner.cli.UserID, reader.cli.UserID, p.DisplayName, name)
+	}
+}
+
+// aliasAndDirectory: owner creates a published room with an alias on its
+// server (serverName); joiner's server resolves the alias, lists the room
+// in the owner server's public rooms, and joins by the alias.
+func aliasAndDirectory(t *testing.T, owner, joiner *user, serverName string) {
+	t.Helper()
+	ctx := context.Background()
+	local := "square-" + owner.cli.UserID.Localpart()
+	room, err := owner.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat", Visibility: "public", RoomAliasName: local, Name: "Square of " + string(owner.cli.UserID)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	alias := id.RoomAlias("#" + local + ":" + serverName)
+	res, err := joiner.cli.ResolveAlias(ctx, alias)
+	if err != nil {
+		t.Fatalf("%s resolves %s: %v", joiner.cli.UserID, alias, err)
+	}
+	if res.RoomID != room.RoomID || !slices.Contains(res.Servers, serverName) {
+		t.Fatalf("%s resolved to %+v, want %s on %s", alias, res, room.RoomID, serverName)
+	}
+	pub, err := joiner.cli.PublicRooms(ctx, &mautrix.ReqPublicRooms{Server: serverName, Limit: 50})
+	if err != nil {
+		t.Fatalf("%s lists %s's public rooms: %v", joiner.cli.UserID, serverName, err)
+	}
+	listed := slices.ContainsFunc(pub.Chunk, func(pr *mautrix.PublicRoomInfo) bool {
+		return pr.RoomID == room.RoomID && pr.CanonicalAlias == alias
+	})
+	if !listed {
+		t.Fatalf("%s not among %s's public rooms (with its alias): %+v", room.RoomID, serverName, pub.Chunk)
+	}
+	if _, err := joiner.cli.JoinRoom(ctx, alias.String(), nil); err != nil {
+		t.Fatalf("%s joins %s: %v", joiner.cli.UserID, alias, err)
+	}
+	waitMembership(t, owner.cli, room.RoomID, joiner.cli.UserID, "join")
 }
