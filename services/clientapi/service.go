@@ -144,6 +144,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		ServerName: deps.ServerName, Store: st, Rooms: deps.RoomServer, Presence: deps.Presence, Log: deps.Logger,
 		Now:           func() time.Time { return s.now() },
 		DeviceChanges: s.keys, Wake: s.wakeBus, PushRules: s.push, Erasures: s.history, Members: s.notifier,
+		Federation: deps.FederationSender,
 	})
 	s.roomDomain = rooms.New(rooms.Config{DefaultRoomVersion: cfg.DefaultRoomVersion}, deps.ServerName, st, deps.RoomServer, deps.FederationSender, s.history, s.users, s.notifier, deps.Logger)
 	s.ephemeral = ephemeral.New(deps.ServerName, deps.Presence, deps.Logger)

@@ -484,6 +484,9 @@ func (s *Rooms) invite(r *http.Request, dev *httpapi.Device) (any, error) {
 	if _, err := spec.NewUserID(req.UserID, true); err != nil {
 		return nil, matrixhttp.InvalidParam("Invalid user ID")
 	}
+	if s.fed != nil && s.isRemote(req.UserID) {
+		return struct{}{}, s.inviteRemote(r, dev, roomID, req.UserID, req.Reason)
+	}
 	if err := s.setMembership(r, dev, roomID, req.UserID, store.MembershipInvite, req.Reason); err != nil {
 		return nil, err
 	}
