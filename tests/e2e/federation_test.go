@@ -246,5 +246,81 @@ func federationScenario(t *testing.T, a, b *fedServer) {
 		fromA := sendAll(t, alice, den.RoomID, "den a", 3)
 		bobSync.waitBodies(t, den.RoomID, "den", append(fromB, fromA...))
 	})
-}
 
+	t.Run("remote profile", func(t *testing.T) {
+		if err := alice.cli.SetDisplayName(ctx, "Alice of A"); err != nil {
+			t.Fatal(err)
+		}
+		name, err := bob.cli.GetDisplayName(ctx, alice.cli.UserID)
+		if err != nil || name.DisplayName != "Alice of A" {
+			t.Fatalf("alice's display name asked on b: %+v %v", name, err)
+		}
+		prof, err := bob.cli.GetProfile(ctx, alice.cli.UserID)
+		if err != nil || prof.DisplayName != "Alice of A" {
+			t.Fatalf("alice's profile asked on b: %+v %v", prof, err)
+		}
+		if _, err := bob.cli.GetProfile(ctx, id.UserID("@nobody:a.test")); !errors.Is(err, mautrix.MNotFound) {
+			t.Fatalf("the profile of a user a.test does not have, asked on b: %v", err)
+		}
+	})
+
+	t.Run("invite, reject and accept", func(t *testing.T) {
+		carol := register(t, b.url, "carol")
+		dave := register(t, b.url, "dave")
+		carolSync, daveSync := newRoomSyncer(carol), newRoomSyncer(dave)
+		secret, err := alice.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Name: "Secret"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, u := range []*user{carol, dave} {
+			if _, err := alice.cli.InviteUser(ctx, secret.RoomID, &mautrix.ReqInviteUser{UserID: u.cli.UserID}); err != nil {
+				t.Fatalf("alice invites %s: %v", u.cli.UserID, err)
+			}
+		}
+		for _, s := range []*roomSyncer{carolSync, daveSync} {
+			fedEventually(t, string(s.u.cli.UserID)+" sees the invite in /sync", func() error {
+				if err := s.sync(ctx); err != nil {
+					return err
+				}
+				if !s.invite[secret.RoomID] {
+					return fmt.Errorf("no invite yet")
+				}
+				return nil
+			})
+		}
+		// carol rejects (make_leave/send_leave through a.test).
+		if _, err := carol.cli.LeaveRoom(ctx, secret.RoomID); err != nil {
+			t.Fatalf("carol rejects the invite: %v", err)
+		}
+		waitMembership(t, alice.cli, secret.RoomID, carol.cli.UserID, "leave")
+		if err := carolSync.sync(ctx); err != nil || carolSync.invite[secret.RoomID] {
+			t.Fatalf("carol's /sync still shows the invite after rejecting it (%v)", err)
+		}
+		// dave accepts: a join by room ID through the inviter's server.
+		if _, err := dave.cli.JoinRoomByID(ctx, secret.RoomID); err != nil {
+			t.Fatalf("dave accepts the invite: %v", err)
+		}
+		waitMembership(t, alice.cli, secret.RoomID, dave.cli.UserID, "join")
+		fromA := sendAll(t, alice, secret.RoomID, "secret a", 2)
+		daveSync.waitBodies(t, secret.RoomID, "secret", fromA)
+	})
+
+	t.Run("leave", func(t *testing.T) {
+		if _, err := bob.cli.LeaveRoom(ctx, lobby.RoomID); err != nil {
+			t.Fatalf("bob leaves a's room: %v", err)
+		}
+		waitMembership(t, alice.cli, lobby.RoomID, bob.cli.UserID, "leave")
+		rooms, err := bob.cli.JoinedRooms(ctx)
+		if err != nil || slices.Contains(rooms.JoinedRooms, lobby.RoomID) {
+			t.Fatalf("bob's joined rooms after leaving: %v %v", rooms, err)
+		}
+		// Messages after the leave do not reach bob.
+		sendAll(t, alice, lobby.RoomID, "after leave", 1)
+		if err := bobSync.sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got := withPrefix(bobSync.bodies[lobby.RoomID], "after leave"); len(got) != 0 {
+			t.Fatalf("bob saw %v after leaving", got)
+		}
+	})
+}
