@@ -100,6 +100,9 @@ type Service struct {
 	receipts       *consumers.Receipts
 	keyChanges     *consumers.KeyChanges
 	ephemeralWakes *consumers.Ephemeral
+	// toDeviceIn stores other servers' send-to-device messages (every
+	// replica runs it).
+	toDeviceIn *consumers.ToDeviceIn
 	// Producers: wake-ups for the other replicas, pushes to gateways.
 	wakeBus *wakebus.Bus
 	pushers *pushgateway.Dispatcher
@@ -165,6 +168,11 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		st.Close()
 		return nil, err
 	}
+	if s.toDeviceIn, err = consumers.NewToDeviceIn(ctx, deps.JetStream, cfg.ToDeviceInConsumerName, deps.ServerName, st, s.wakeBus, deps.Logger); err != nil {
+		s.wakeBus.Stop()
+		st.Close()
+		return nil, err
+	}
 	if s.keyChanges, err = consumers.NewKeyChanges(ctx, deps.JetStream, s.notifier, deps.Logger); err != nil {
 		s.wakeBus.Stop()
 		st.Close()
@@ -199,6 +207,7 @@ func (s *Service) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.leader().Run(gctx) })
 	g.Go(func() error { return s.keyChanges.Run(gctx) })
+	g.Go(func() error { return s.toDeviceIn.Run(gctx) })
 	g.Go(func() error {
 		s.keys.HandOver(gctx)
 		return nil
