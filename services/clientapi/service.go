@@ -156,7 +156,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		History: s.history, Push: s.push, Keys: s.keys, Notifier: s.notifier, Wake: s.wakeBus,
 		ToDeviceOut: todeviceout.New(deps.JetStream, deps.Logger), Log: deps.Logger,
 	})
-	s.keyEndpoints = keys.New(deps.ServerName, st, deps.E2EKeys, s.keys, s.notifier, s.users, deps.Logger)
+	s.keyEndpoints = keys.New(deps.ServerName, st, deps.E2EKeys, deps.FederationSender, s.keys, s.notifier, s.users, deps.Logger)
 	s.http = httpapi.NewServer(deps.Logger, s.users.Accounts, cfg.RateLimit, time.Now)
 	if s.roomEvents, err = consumers.NewRoomEvents(ctx, deps.JetStream, cfg.ConsumerName, st, s.push, s.wakeBus, s.pushers, s.users, deps.Logger); err != nil {
 		s.wakeBus.Stop()
