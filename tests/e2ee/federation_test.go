@@ -48,7 +48,8 @@ func federatingStacks(t *testing.T, names ...string) map[string]*stack.Stack {
 }
 
 // TestEncryptedConversationAcrossServers: alice of a.test invites bob of
-// b.test to an encrypted room; bob joins over federation; alice's device
+// b.test to an encrypted room (createRoom's invite list); bob joins over
+// federation; alice's device
 // queries bob's device keys and claims a one-time key through b.test
 // (/keys/query, /keys/claim over federation), sends the Megolm room key
 // to bob's device as an Olm-encrypted to-device message (which travels as
@@ -59,15 +60,19 @@ func TestEncryptedConversationAcrossServers(t *testing.T) {
 	ctx := context.Background()
 	alice := &peer{cli: register(t, stacks["a.test"].URL(), "alice")}
 	bob := &peer{cli: register(t, stacks["b.test"].URL(), "bob")}
-	room, err := alice.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat",
+	// bob is invited by createRoom's invite list: his invite goes to
+	// b.test once the room exists.
+	room, err := alice.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.cli.UserID},
 		InitialState: []*event.Event{{Type: event.StateEncryption, Content: event.Content{Parsed: &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}}}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := alice.cli.InviteUser(ctx, room.RoomID, &mautrix.ReqInviteUser{UserID: bob.cli.UserID}); err != nil {
-		t.Fatalf("alice invites bob of b.test: %v", err)
+	var membership event.MemberEventContent
+	if err := alice.cli.StateEvent(ctx, room.RoomID, event.StateMember, bob.cli.UserID.String(), &membership); err != nil ||
+		membership.Membership != event.MembershipInvite {
+		t.Fatalf("bob's membership after createRoom: %v %v", membership.Membership, err)
 	}
-	if _, err := bob.cli.JoinRoom(ctx, room.RoomID.String(), &mautrix.ReqJoinRoom{Via: []string{"a.test"}}); err != nil {
+	if _, err := bob.cli.JoinRoomByID(ctx, room.RoomID); err != nil {
 		t.Fatalf("bob joins over federation: %v", err)
 	}
 	store := oneRoom{room: room.RoomID, users: []id.UserID{alice.cli.UserID, bob.cli.UserID}}

@@ -9,6 +9,7 @@ package rooms
 // by both servers goes to the room-server as a new event.
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 
@@ -34,9 +35,18 @@ var strippedStateTypes = []string{
 	"m.room.encryption", "m.room.topic",
 }
 
-// inviteRemote invites a user of another server.
+// inviteRemote is POST /rooms/{roomId}/invite of a user of another server.
 func (s *Rooms) inviteRemote(r *http.Request, dev *httpapi.Device, roomID, invitee, reason string) error {
-	ctx := r.Context()
+	raw, err := s.membershipContent(r, dev, roomID, invitee, store.MembershipInvite, reason)
+	if err != nil {
+		return err
+	}
+	return s.sendRemoteInvite(r.Context(), dev.UserID, roomID, invitee, raw)
+}
+
+// sendRemoteInvite invites a user of another server with the invite's
+// content (JSON).
+func (s *Rooms) sendRemoteInvite(ctx context.Context, inviter, roomID, invitee string, raw []byte) error {
 	info, err := s.rooms.QueryRoomInfo(ctx, &roomserverv1.QueryRoomInfoRequest{RoomId: roomID})
 	if err != nil {
 		return s.fromGRPC(ctx, "QueryRoomInfo", err, nil)
@@ -52,16 +62,12 @@ func (s *Rooms) inviteRemote(r *http.Request, dev *httpapi.Device, roomID, invit
 		// prev_events of these versions carry hashes this service does not have.
 		return httpapi.UnsupportedRoomVersion("Inviting users of other servers to rooms of version " + info.GetRoomVersion() + " is not supported")
 	}
-	raw, err := s.membershipContent(r, dev, roomID, invitee, store.MembershipInvite, reason)
-	if err != nil {
-		return err
-	}
 	prevs := info.GetForwardExtremities()
 	if len(prevs) > maxInvitePrevEvents {
 		prevs = prevs[:maxInvitePrevEvents]
 	}
 	pe := &gomatrixserverlib.ProtoEvent{
-		SenderID: dev.UserID, RoomID: roomID, Type: spec.MRoomMember, StateKey: &invitee,
+		SenderID: inviter, RoomID: roomID, Type: spec.MRoomMember, StateKey: &invitee,
 		Content: raw, PrevEvents: prevs, Depth: info.GetDepth() + 1, Version: verImpl,
 	}
 	needed, err := gomatrixserverlib.StateNeededForProtoEvent(pe)
@@ -75,7 +81,7 @@ func (s *Rooms) inviteRemote(r *http.Request, dev *httpapi.Device, roomID, invit
 	for _, typ := range strippedStateTypes {
 		filter = append(filter, &roomserverv1.StateKeyTuple{Type: typ})
 	}
-	filter = append(filter, &roomserverv1.StateKeyTuple{Type: spec.MRoomMember, StateKey: dev.UserID})
+	filter = append(filter, &roomserverv1.StateKeyTuple{Type: spec.MRoomMember, StateKey: inviter})
 	st, err := s.rooms.QueryState(ctx, &roomserverv1.QueryStateRequest{RoomId: roomID, Filter: filter})
 	if err != nil {
 		return s.fromGRPC(ctx, "QueryState", err, nil)
@@ -88,7 +94,7 @@ func (s *Rooms) inviteRemote(r *http.Request, dev *httpapi.Device, roomID, invit
 			return err
 		}
 		pdus = append(pdus, pdu)
-		if stripped, ok := strippedFor(info.GetRoomVersion(), pdu, dev.UserID); ok {
+		if stripped, ok := strippedFor(info.GetRoomVersion(), pdu, inviter); ok {
 			inviteState = append(inviteState, stripped)
 		}
 	}
@@ -151,4 +157,30 @@ func strippedFor(roomVersion string, pdu gomatrixserverlib.PDU, inviter string) 
 		"type": pdu.Type(), "state_key": *pdu.StateKey(), "sender": string(pdu.SenderID()), "content": json.RawMessage(pdu.Content()),
 	})
 	return raw, err == nil
+}
+
+// takeRemoteInvites removes the invites of other servers' users from a
+// new room's initial events (they need their server's signature, which a
+// room being created cannot get) and returns them, to be sent once the
+// room exists. Without federation they stay (the room-server's rules
+// apply as before).
+func (s *Rooms) takeRemoteInvites(plan *roomPlan) []*roomserverv1.EventTemplate {
+	if s.fed == nil {
+		return nil
+	}
+	var remote []*roomserverv1.EventTemplate
+	kept := plan.Events[:0]
+	for _, ev := range plan.Events {
+		var c struct {
+			Membership string `json:"membership"`
+		}
+		_ = json.Unmarshal(ev.GetContent(), &c)
+		if ev.GetType() == spec.MRoomMember && ev.StateKey != nil && s.isRemote(ev.GetStateKey()) && c.Membership == spec.Invite {
+			remote = append(remote, ev)
+			continue
+		}
+		kept = append(kept, ev)
+	}
+	plan.Events = kept
+	return remote
 }
