@@ -125,7 +125,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	}
 	s := &Service{cfg: cfg, log: deps.Logger, store: st, now: time.Now}
 	s.mediaHandover = mediahandover.New(st, deps.Media, deps.Logger)
-	s.history = history.New(st, deps.RoomServer, deps.Logger)
+	s.history = history.New(st, deps.RoomServer, deps.FederationSender, deps.Logger)
 	members, err := st.JoinedMembers(ctx)
 	if err != nil {
 		st.Close()

@@ -228,7 +228,8 @@ func federationScenario(t *testing.T, a, b *fedServer) {
 			aliceSync.waitBodies(t, lobby.RoomID, "m", want)
 		}
 		bobSync.waitBodies(t, lobby.RoomID, "m", want)
-		_ = before
+		// The history from before bob's join is fetched from a.test.
+		assertExactly(t, "bob's /messages", withPrefix(history(t, bob.cli, lobby.RoomID), "before"), before)
 	})
 
 	// b's room, joined from a by room ID with via.
@@ -323,4 +324,50 @@ func federationScenario(t *testing.T, a, b *fedServer) {
 			t.Fatalf("bob saw %v after leaving", got)
 		}
 	})
+
+	t.Run("backfill", func(t *testing.T) {
+		archive, err := alice.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat", Name: "Archive"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		old := sendAll(t, alice, archive.RoomID, "old", 45)
+		frank := register(t, b.url, "frank")
+		if _, err := frank.cli.JoinRoom(ctx, archive.RoomID.String(), &mautrix.ReqJoinRoom{Via: []string{"a.test"}}); err != nil {
+			t.Fatalf("frank joins: %v", err)
+		}
+		// b.test's copy of the room starts at frank's join: paging back
+		// fetches the history from a.test, in pages, each message once
+		// and in order, down to the room's creation.
+		got := withPrefix(history(t, frank.cli, archive.RoomID), "old")
+		if !equal(got, old) {
+			t.Logf("frank got %v", got)
+		}
+		assertExactly(t, "frank's /messages", got, old)
+		// Paging back ends (the room's state from before frank's join
+		// came with send_join and is not part of the timeline on b.test).
+		if first := earliestType(t, frank.cli, archive.RoomID); first == "" {
+			t.Fatal("no events in frank's history")
+		}
+	})
+}
+
+// earliestType pages /messages back to its end and returns the type of
+// the last event.
+func earliestType(t *testing.T, cli *mautrix.Client, room id.RoomID) string {
+	t.Helper()
+	from, last := "", ""
+	for range 100 {
+		resp, err := cli.Messages(context.Background(), room, from, "", mautrix.DirectionBackward, nil, 50)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := len(resp.Chunk); n > 0 {
+			last = resp.Chunk[n-1].Type.Type
+		}
+		if resp.End == "" || len(resp.Chunk) == 0 {
+			break
+		}
+		from = resp.End
+	}
+	return last
 }
