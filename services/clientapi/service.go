@@ -100,6 +100,9 @@ type Service struct {
 	receipts       *consumers.Receipts
 	keyChanges     *consumers.KeyChanges
 	ephemeralWakes *consumers.Ephemeral
+	// toDeviceIn stores other servers' send-to-device messages (every
+	// replica runs it).
+	toDeviceIn *consumers.ToDeviceIn
 	// Producers: wake-ups for the other replicas, pushes to gateways.
 	wakeBus *wakebus.Bus
 	pushers *pushgateway.Dispatcher
@@ -122,7 +125,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	}
 	s := &Service{cfg: cfg, log: deps.Logger, store: st, now: time.Now}
 	s.mediaHandover = mediahandover.New(st, deps.Media, deps.Logger)
-	s.history = history.New(st, deps.RoomServer, deps.Logger)
+	s.history = history.New(st, deps.RoomServer, deps.FederationSender, deps.Logger)
 	members, err := st.JoinedMembers(ctx)
 	if err != nil {
 		st.Close()
@@ -144,6 +147,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		ServerName: deps.ServerName, Store: st, Rooms: deps.RoomServer, Presence: deps.Presence, Log: deps.Logger,
 		Now:           func() time.Time { return s.now() },
 		DeviceChanges: s.keys, Wake: s.wakeBus, PushRules: s.push, Erasures: s.history, Members: s.notifier,
+		Federation: deps.FederationSender,
 	})
 	s.roomDomain = rooms.New(rooms.Config{DefaultRoomVersion: cfg.DefaultRoomVersion}, deps.ServerName, st, deps.RoomServer, deps.FederationSender, s.history, s.users, s.notifier, deps.Logger)
 	s.ephemeral = ephemeral.New(deps.ServerName, deps.Presence, deps.Logger)
@@ -152,7 +156,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		History: s.history, Push: s.push, Keys: s.keys, Notifier: s.notifier, Wake: s.wakeBus,
 		ToDeviceOut: todeviceout.New(deps.JetStream, deps.Logger), Log: deps.Logger,
 	})
-	s.keyEndpoints = keys.New(deps.ServerName, st, deps.E2EKeys, s.keys, s.notifier, s.users, deps.Logger)
+	s.keyEndpoints = keys.New(deps.ServerName, st, deps.E2EKeys, deps.FederationSender, s.keys, s.notifier, s.users, deps.Logger)
 	s.http = httpapi.NewServer(deps.Logger, s.users.Accounts, cfg.RateLimit, time.Now)
 	if s.roomEvents, err = consumers.NewRoomEvents(ctx, deps.JetStream, cfg.ConsumerName, st, s.push, s.wakeBus, s.pushers, s.users, deps.Logger); err != nil {
 		s.wakeBus.Stop()
@@ -160,6 +164,11 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		return nil, err
 	}
 	if err := s.keys.DropEmptyTables(ctx); err != nil {
+		s.wakeBus.Stop()
+		st.Close()
+		return nil, err
+	}
+	if s.toDeviceIn, err = consumers.NewToDeviceIn(ctx, deps.JetStream, cfg.ToDeviceInConsumerName, deps.ServerName, st, s.wakeBus, deps.Logger); err != nil {
 		s.wakeBus.Stop()
 		st.Close()
 		return nil, err
@@ -198,6 +207,7 @@ func (s *Service) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.leader().Run(gctx) })
 	g.Go(func() error { return s.keyChanges.Run(gctx) })
+	g.Go(func() error { return s.toDeviceIn.Run(gctx) })
 	g.Go(func() error {
 		s.keys.HandOver(gctx)
 		return nil

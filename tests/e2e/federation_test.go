@@ -228,7 +228,8 @@ func federationScenario(t *testing.T, a, b *fedServer) {
 			aliceSync.waitBodies(t, lobby.RoomID, "m", want)
 		}
 		bobSync.waitBodies(t, lobby.RoomID, "m", want)
-		_ = before
+		// The history from before bob's join is fetched from a.test.
+		assertExactly(t, "bob's /messages", withPrefix(history(t, bob.cli, lobby.RoomID), "before"), before)
 	})
 
 	// b's room, joined from a by room ID with via.
@@ -246,5 +247,127 @@ func federationScenario(t *testing.T, a, b *fedServer) {
 		fromA := sendAll(t, alice, den.RoomID, "den a", 3)
 		bobSync.waitBodies(t, den.RoomID, "den", append(fromB, fromA...))
 	})
+
+	t.Run("remote profile", func(t *testing.T) {
+		if err := alice.cli.SetDisplayName(ctx, "Alice of A"); err != nil {
+			t.Fatal(err)
+		}
+		name, err := bob.cli.GetDisplayName(ctx, alice.cli.UserID)
+		if err != nil || name.DisplayName != "Alice of A" {
+			t.Fatalf("alice's display name asked on b: %+v %v", name, err)
+		}
+		prof, err := bob.cli.GetProfile(ctx, alice.cli.UserID)
+		if err != nil || prof.DisplayName != "Alice of A" {
+			t.Fatalf("alice's profile asked on b: %+v %v", prof, err)
+		}
+		if _, err := bob.cli.GetProfile(ctx, id.UserID("@nobody:a.test")); !errors.Is(err, mautrix.MNotFound) {
+			t.Fatalf("the profile of a user a.test does not have, asked on b: %v", err)
+		}
+	})
+
+	t.Run("invite, reject and accept", func(t *testing.T) {
+		carol := register(t, b.url, "carol")
+		dave := register(t, b.url, "dave")
+		carolSync, daveSync := newRoomSyncer(carol), newRoomSyncer(dave)
+		secret, err := alice.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Name: "Secret"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, u := range []*user{carol, dave} {
+			if _, err := alice.cli.InviteUser(ctx, secret.RoomID, &mautrix.ReqInviteUser{UserID: u.cli.UserID}); err != nil {
+				t.Fatalf("alice invites %s: %v", u.cli.UserID, err)
+			}
+		}
+		for _, s := range []*roomSyncer{carolSync, daveSync} {
+			fedEventually(t, string(s.u.cli.UserID)+" sees the invite in /sync", func() error {
+				if err := s.sync(ctx); err != nil {
+					return err
+				}
+				if !s.invite[secret.RoomID] {
+					return fmt.Errorf("no invite yet")
+				}
+				return nil
+			})
+		}
+		// carol rejects (make_leave/send_leave through a.test).
+		if _, err := carol.cli.LeaveRoom(ctx, secret.RoomID); err != nil {
+			t.Fatalf("carol rejects the invite: %v", err)
+		}
+		waitMembership(t, alice.cli, secret.RoomID, carol.cli.UserID, "leave")
+		if err := carolSync.sync(ctx); err != nil || carolSync.invite[secret.RoomID] {
+			t.Fatalf("carol's /sync still shows the invite after rejecting it (%v)", err)
+		}
+		// dave accepts: a join by room ID through the inviter's server.
+		if _, err := dave.cli.JoinRoomByID(ctx, secret.RoomID); err != nil {
+			t.Fatalf("dave accepts the invite: %v", err)
+		}
+		waitMembership(t, alice.cli, secret.RoomID, dave.cli.UserID, "join")
+		fromA := sendAll(t, alice, secret.RoomID, "secret a", 2)
+		daveSync.waitBodies(t, secret.RoomID, "secret", fromA)
+	})
+
+	t.Run("leave", func(t *testing.T) {
+		if _, err := bob.cli.LeaveRoom(ctx, lobby.RoomID); err != nil {
+			t.Fatalf("bob leaves a's room: %v", err)
+		}
+		waitMembership(t, alice.cli, lobby.RoomID, bob.cli.UserID, "leave")
+		rooms, err := bob.cli.JoinedRooms(ctx)
+		if err != nil || slices.Contains(rooms.JoinedRooms, lobby.RoomID) {
+			t.Fatalf("bob's joined rooms after leaving: %v %v", rooms, err)
+		}
+		// Messages after the leave do not reach bob.
+		sendAll(t, alice, lobby.RoomID, "after leave", 1)
+		if err := bobSync.sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got := withPrefix(bobSync.bodies[lobby.RoomID], "after leave"); len(got) != 0 {
+			t.Fatalf("bob saw %v after leaving", got)
+		}
+	})
+
+	t.Run("backfill", func(t *testing.T) {
+		archive, err := alice.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat", Name: "Archive"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		old := sendAll(t, alice, archive.RoomID, "old", 45)
+		frank := register(t, b.url, "frank")
+		if _, err := frank.cli.JoinRoom(ctx, archive.RoomID.String(), &mautrix.ReqJoinRoom{Via: []string{"a.test"}}); err != nil {
+			t.Fatalf("frank joins: %v", err)
+		}
+		// b.test's copy of the room starts at frank's join: paging back
+		// fetches the history from a.test, in pages, each message once
+		// and in order, down to the room's creation.
+		got := withPrefix(history(t, frank.cli, archive.RoomID), "old")
+		if !equal(got, old) {
+			t.Logf("frank got %v", got)
+		}
+		assertExactly(t, "frank's /messages", got, old)
+		// Paging back ends (the room's state from before frank's join
+		// came with send_join and is not part of the timeline on b.test).
+		if first := earliestType(t, frank.cli, archive.RoomID); first == "" {
+			t.Fatal("no events in frank's history")
+		}
+	})
 }
 
+// earliestType pages /messages back to its end and returns the type of
+// the last event.
+func earliestType(t *testing.T, cli *mautrix.Client, room id.RoomID) string {
+	t.Helper()
+	from, last := "", ""
+	for range 100 {
+		resp, err := cli.Messages(context.Background(), room, from, "", mautrix.DirectionBackward, nil, 50)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := len(resp.Chunk); n > 0 {
+			last = resp.Chunk[n-1].Type.Type
+		}
+		if resp.End == "" || len(resp.Chunk) == 0 {
+			break
+		}
+		from = resp.End
+	}
+	return last
+}

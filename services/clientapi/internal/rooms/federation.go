@@ -10,6 +10,7 @@ package rooms
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"slices"
 	"strings"
@@ -212,11 +213,17 @@ func (s *Rooms) knockRemote(r *http.Request, dev *httpapi.Device, roomID string,
 // invited (or the room's servers the knock went through) and the room ID's
 // server (PerformLeave). A user with no membership has nothing to leave.
 func (s *Rooms) leaveRemote(r *http.Request, dev *httpapi.Device, roomID, reason string) error {
-	m, err := s.rooms.QueryMembership(r.Context(), &roomserverv1.QueryMembershipRequest{RoomId: roomID, UserId: dev.UserID})
-	if err != nil {
-		return s.fromGRPC(r.Context(), "QueryMembership", err, nil)
+	// The room-server holds an invite or knock of a room this server is
+	// not in as an outlier, outside any room state: the client-API's copy
+	// has the user's membership.
+	m, err := s.store.Reader().Membership(r.Context(), dev.UserID, roomID)
+	if errors.Is(err, store.ErrNotFound) {
+		return matrixhttp.Forbidden(dev.UserID + " is not in room " + roomID)
 	}
-	switch m.GetMembership() {
+	if err != nil {
+		return err
+	}
+	switch m.Membership {
 	case store.MembershipInvite, store.MembershipKnock:
 	case store.MembershipJoin:
 		// Joined, yet no local user is in the room's current state: the
@@ -226,12 +233,16 @@ func (s *Rooms) leaveRemote(r *http.Request, dev *httpapi.Device, roomID, reason
 		return matrixhttp.Forbidden(dev.UserID + " is not in room " + roomID)
 	}
 	var servers []string
-	if ev := m.GetEvent().GetEventJson(); len(ev) > 0 {
+	evs, err := s.rooms.QueryEvents(r.Context(), &roomserverv1.QueryEventsRequest{EventIds: []string{m.EventID}})
+	if err != nil {
+		return s.fromGRPC(r.Context(), "QueryEvents", err, nil)
+	}
+	for _, ev := range evs.GetEvents() {
 		var e struct {
 			Sender string `json:"sender"`
 			Origin string `json:"origin"`
 		}
-		if json.Unmarshal(ev, &e) == nil {
+		if json.Unmarshal(ev.GetEventJson(), &e) == nil {
 			servers = append(servers, serverOf(e.Sender), e.Origin)
 		}
 	}

@@ -364,6 +364,7 @@ func (s *Rooms) createRoom(r *http.Request, dev *httpapi.Device) (any, error) {
 		return nil, err
 	}
 	ctx := r.Context()
+	remoteInvites := s.takeRemoteInvites(&plan)
 	if err := s.users.Profiles.AddProfileToCreatorJoin(ctx, dev.UserID, plan.Events); err != nil {
 		return nil, err
 	}
@@ -404,6 +405,15 @@ func (s *Rooms) createRoom(r *http.Request, dev *httpapi.Device) (any, error) {
 	if ids := resp.GetEventIds(); len(ids) > 0 {
 		if err := s.notifier.AwaitStored(ctx, ids[len(ids)-1], true); err != nil {
 			return nil, err
+		}
+	}
+	// Users of other servers are invited once the room exists, each
+	// through their server; one that fails does not undo the room (as
+	// Synapse and Dendrite do), it is logged.
+	for _, ev := range remoteInvites {
+		if err := s.sendRemoteInvite(ctx, dev.UserID, resp.GetRoomId(), ev.GetStateKey(), ev.GetContent()); err != nil {
+			s.log.Warn("invite of a remote user at room creation failed", logging.RoomID(resp.GetRoomId()),
+				zap.String("invitee", ev.GetStateKey()), zap.Error(err))
 		}
 	}
 	return map[string]string{"room_id": resp.GetRoomId()}, nil
@@ -483,6 +493,9 @@ func (s *Rooms) invite(r *http.Request, dev *httpapi.Device) (any, error) {
 	}
 	if _, err := spec.NewUserID(req.UserID, true); err != nil {
 		return nil, matrixhttp.InvalidParam("Invalid user ID")
+	}
+	if s.fed != nil && s.isRemote(req.UserID) {
+		return struct{}{}, s.inviteRemote(r, dev, roomID, req.UserID, req.Reason)
 	}
 	if err := s.setMembership(r, dev, roomID, req.UserID, store.MembershipInvite, req.Reason); err != nil {
 		return nil, err

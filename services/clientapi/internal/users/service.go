@@ -15,6 +15,7 @@ import (
 
 	"go.uber.org/zap"
 
+	fedsenderv1 "github.com/myelin-chat/myelin/proto/fedsender/v1"
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
@@ -76,6 +77,9 @@ type Deps struct {
 	PushRules     PushRules
 	Erasures      Erasures
 	Members       RoomMembers
+	// Federation asks other servers for their users' profiles; nil when
+	// federation is off (remote profiles are then not found).
+	Federation fedsenderv1.FederationSenderServiceClient
 }
 
 // base holds what every part of the domain uses.
@@ -93,6 +97,7 @@ type base struct {
 	push       PushRules
 	history    Erasures
 	notifier   RoomMembers
+	fed        fedsenderv1.FederationSenderServiceClient
 }
 
 // Service is the users domain.
@@ -136,6 +141,7 @@ func New(d Deps) *Service {
 	b := &base{
 		cfg: d.Config, log: d.Log, serverName: d.ServerName, store: d.Store, accounts: accounts.New(d.Store), rooms: d.Rooms, presence: d.Presence,
 		now: d.Now, keys: d.DeviceChanges, wakeBus: d.Wake, push: d.PushRules, history: d.Erasures, notifier: d.Members,
+		fed: d.Federation,
 	}
 	p := &Profiles{base: b}
 	a := &Accounts{base: b, profiles: p}
