@@ -92,6 +92,7 @@ vet:
 	@unformatted="$$(git ls-files '*.go' | xargs "$$($(GO) env GOROOT)/bin/gofmt" -l)"; \
 	if [ -n "$$unformatted" ]; then echo "not gofmt-formatted:"; echo "$$unformatted"; exit 1; fi
 	@failed=""; for m in $(MODULES); do (cd $$m && $(GO) vet ./...) || failed="$$failed $$m"; done; \
+	$(GO) vet -tags interop ./tests/e2e || failed="$$failed tests/e2e(-tags interop)"; \
 	if [ -n "$$failed" ]; then echo "go vet failed in:$$failed"; exit 1; fi
 
 # Regenerates the committed protobuf code with protoc + protoc-gen-go +
