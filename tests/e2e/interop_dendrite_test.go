@@ -15,10 +15,12 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/myelin-chat/myelin/pkg/testkit"
@@ -210,6 +212,9 @@ func TestDendriteInterop(t *testing.T) {
 	r.flow(t, "redactions both ways in the Myelin room", []bool{lobbyTalk}, func(t *testing.T) {
 		redactSeen(t, dave, alice, lobby.RoomID)
 		redactSeen(t, alice, dave, lobby.RoomID)
+	})
+	r.flow(t, "concurrent messages and conflicting state from both sides converge", []bool{lobbyTalk}, func(t *testing.T) {
+		converge(t, alice, dave, lobby.RoomID)
 	})
 
 	// Flows on a Dendrite room, with history from before alice joins.
@@ -450,4 +455,90 @@ func aliasAndDirectory(t *testing.T, owner, joiner *user, serverName string) {
 		t.Fatalf("%s joins %s: %v", joiner.cli.UserID, alias, err)
 	}
 	waitMembership(t, owner.cli, room.RoomID, joiner.cli.UserID, "join")
+}
+
+// converge: home (the room's creator) lets other change state, then both
+// send messages and rename the room at the same time, forking the room's
+// graph between the two servers; both servers must end with every message
+// once, each sender's in order, and the same current state.
+func converge(t *testing.T, home, other *user, room id.RoomID) {
+	t.Helper()
+	ctx := context.Background()
+	var pl map[string]any
+	if err := home.cli.StateEvent(ctx, room, event.StatePowerLevels, "", &pl); err != nil {
+		t.Fatal(err)
+	}
+	pl["users"].(map[string]any)[string(other.cli.UserID)] = 50
+	plResp, err := home.cli.SendStateEvent(ctx, room, event.StatePowerLevels, "", pl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fedEventually(t, "the power levels on the other server", func() error {
+		st, err := other.cli.State(ctx, room)
+		if err != nil {
+			return err
+		}
+		if ev := st[event.StatePowerLevels][""]; ev == nil || ev.ID != plResp.EventID {
+			return fmt.Errorf("power levels %v", ev)
+		}
+		return nil
+	})
+	both := []*user{home, other}
+	sent := make([][]string, 2)
+	var wg sync.WaitGroup
+	for i, u := range both {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range 12 {
+				if j%4 == 3 {
+					if _, err := u.cli.SendStateEvent(ctx, room, event.StateRoomName, "", map[string]any{"name": fmt.Sprintf("%s %d", u.cli.UserID, j)}); err != nil {
+						t.Errorf("%s renames: %v", u.cli.UserID, err)
+						return
+					}
+					continue
+				}
+				b := fmt.Sprintf("conc %s %d", u.cli.UserID, j)
+				if _, err := u.cli.SendText(ctx, room, b); err != nil {
+					t.Errorf("%s sends: %v", u.cli.UserID, err)
+					return
+				}
+				sent[i] = append(sent[i], b)
+			}
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	for _, reader := range both {
+		s := newRoomSyncer(reader)
+		for i, from := range both {
+			prefix := "conc " + string(from.cli.UserID) + " "
+			fedEventually(t, fmt.Sprintf("%s has %s's messages", reader.cli.UserID, from.cli.UserID), func() error {
+				if err := s.sync(ctx); err != nil {
+					return err
+				}
+				if got := withPrefix(s.bodies[room], prefix); len(got) < len(sent[i]) {
+					return fmt.Errorf("%d of %d", len(got), len(sent[i]))
+				}
+				return nil
+			})
+			assertExactly(t, fmt.Sprintf("%s, messages of %s", reader.cli.UserID, from.cli.UserID), withPrefix(s.bodies[room], prefix), sent[i])
+		}
+	}
+	fedEventually(t, "the same current state on both servers", func() error {
+		var states []string
+		for _, u := range both {
+			st, err := u.cli.State(ctx, room)
+			if err != nil {
+				return err
+			}
+			states = append(states, stateIDs(st))
+		}
+		if states[0] != states[1] {
+			return fmt.Errorf("current state differs:\n %s\n %s", states[0], states[1])
+		}
+		return nil
+	})
 }
