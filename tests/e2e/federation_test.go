@@ -349,6 +349,44 @@ func federationScenario(t *testing.T, a, b *fedServer) {
 			t.Fatal("no events in frank's history")
 		}
 	})
+
+	t.Run("remote public rooms", func(t *testing.T) {
+		plaza, err := alice.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat", Visibility: "public", Name: "Plaza"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := bob.cli.PublicRooms(ctx, &mautrix.ReqPublicRooms{Server: "a.test"})
+		if err != nil {
+			t.Fatalf("a.test's directory asked on b: %v", err)
+		}
+		found := false
+		for _, r := range resp.Chunk {
+			found = found || (r.RoomID == plaza.RoomID && r.Name == "Plaza")
+		}
+		if !found {
+			t.Fatalf("a.test's directory asked on b: %+v, want the Plaza", resp.Chunk)
+		}
+		// The POST form with a filter (mautrix has no call for it).
+		status, body := do(t, "POST", b.url+"/_matrix/client/v3/publicRooms?server=a.test", bob.cli.AccessToken,
+			[]byte(`{"filter":{"generic_search_term":"plaz"}}`))
+		if status != 200 || !strings.Contains(string(body), plaza.RoomID.String()) || strings.Contains(string(body), lobby.RoomID.String()) {
+			t.Fatalf("a.test's directory filtered, asked on b: %d %s", status, body)
+		}
+	})
+
+	t.Run("join fails over to the next server", func(t *testing.T) {
+		gina := register(t, b.url, "gina")
+		// nowhere.test is not in the server-name map (and does not
+		// resolve): the join goes through a.test, the next one.
+		if _, err := gina.cli.JoinRoom(ctx, lobby.RoomID.String(), &mautrix.ReqJoinRoom{Via: []string{"nowhere.test", "a.test"}}); err != nil {
+			t.Fatalf("gina joins through nowhere.test, then a.test: %v", err)
+		}
+		waitMembership(t, alice.cli, lobby.RoomID, gina.cli.UserID, "join")
+		// A room no reachable server knows: the spec's 404.
+		if _, err := gina.cli.JoinRoom(ctx, "!nothing:a.test", nil); !errors.Is(err, mautrix.MNotFound) {
+			t.Fatalf("joining a room a.test does not know: %v", err)
+		}
+	})
 }
 
 // earliestType pages /messages back to its end and returns the type of
