@@ -387,6 +387,24 @@ func federationScenario(t *testing.T, a, b *fedServer) {
 			t.Fatalf("joining a room a.test does not know: %v", err)
 		}
 	})
+
+	t.Run("knock and retract", func(t *testing.T) {
+		door, err := alice.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Name: "Door",
+			InitialState: []*event.Event{{Type: event.StateJoinRules, Content: event.Content{Parsed: &event.JoinRulesEventContent{JoinRule: event.JoinRuleKnock}}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		hank := register(t, b.url, "hank")
+		if _, err := hank.cli.KnockRoom(ctx, door.RoomID.String(), &mautrix.ReqKnockRoom{Via: []string{"a.test"}, Reason: "let me in"}); err != nil {
+			t.Fatalf("hank knocks on a's room: %v", err)
+		}
+		waitMembership(t, alice.cli, door.RoomID, hank.cli.UserID, "knock")
+		// hank retracts the knock: a leave through a.test.
+		if _, err := hank.cli.LeaveRoom(ctx, door.RoomID); err != nil {
+			t.Fatalf("hank retracts his knock: %v", err)
+		}
+		waitMembership(t, alice.cli, door.RoomID, hank.cli.UserID, "leave")
+	})
 }
 
 // earliestType pages /messages back to its end and returns the type of
