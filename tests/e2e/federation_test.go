@@ -26,6 +26,16 @@ func TestFederationAllInOne(t *testing.T) {
 	federationScenario(t, servers[0], servers[1])
 }
 
+// TestFederationSplit runs the same flows with both servers in the split
+// shape (every service its own process, the edge holding the public
+// federation listener).
+func TestFederationSplit(t *testing.T) {
+	ca := testkit.NewCA(t)
+	servers := federating(t, ca, split, "a.test", "b.test")
+	startFederating(t, servers)
+	federationScenario(t, servers[0], servers[1])
+}
+
 // fedEventually polls fn until it returns nil, failing the test with its
 // last error after a minute.
 func fedEventually(t *testing.T, what string, fn func() error) {
