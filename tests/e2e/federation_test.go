@@ -26,6 +26,16 @@ func TestFederationAllInOne(t *testing.T) {
 	federationScenario(t, servers[0], servers[1])
 }
 
+// TestFederationSplit runs the same flows with both servers in the split
+// shape (every service its own process, the edge holding the public
+// federation listener).
+func TestFederationSplit(t *testing.T) {
+	ca := testkit.NewCA(t)
+	servers := federating(t, ca, split, "a.test", "b.test")
+	startFederating(t, servers)
+	federationScenario(t, servers[0], servers[1])
+}
+
 // fedEventually polls fn until it returns nil, failing the test with its
 // last error after a minute.
 func fedEventually(t *testing.T, what string, fn func() error) {
@@ -348,6 +358,62 @@ func federationScenario(t *testing.T, a, b *fedServer) {
 		if first := earliestType(t, frank.cli, archive.RoomID); first == "" {
 			t.Fatal("no events in frank's history")
 		}
+	})
+
+	t.Run("remote public rooms", func(t *testing.T) {
+		plaza, err := alice.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat", Visibility: "public", Name: "Plaza"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := bob.cli.PublicRooms(ctx, &mautrix.ReqPublicRooms{Server: "a.test"})
+		if err != nil {
+			t.Fatalf("a.test's directory asked on b: %v", err)
+		}
+		found := false
+		for _, r := range resp.Chunk {
+			found = found || (r.RoomID == plaza.RoomID && r.Name == "Plaza")
+		}
+		if !found {
+			t.Fatalf("a.test's directory asked on b: %+v, want the Plaza", resp.Chunk)
+		}
+		// The POST form with a filter (mautrix has no call for it).
+		status, body := do(t, "POST", b.url+"/_matrix/client/v3/publicRooms?server=a.test", bob.cli.AccessToken,
+			[]byte(`{"filter":{"generic_search_term":"plaz"}}`))
+		if status != 200 || !strings.Contains(string(body), plaza.RoomID.String()) || strings.Contains(string(body), lobby.RoomID.String()) {
+			t.Fatalf("a.test's directory filtered, asked on b: %d %s", status, body)
+		}
+	})
+
+	t.Run("join fails over to the next server", func(t *testing.T) {
+		gina := register(t, b.url, "gina")
+		// nowhere.test is not in the server-name map (and does not
+		// resolve): the join goes through a.test, the next one.
+		if _, err := gina.cli.JoinRoom(ctx, lobby.RoomID.String(), &mautrix.ReqJoinRoom{Via: []string{"nowhere.test", "a.test"}}); err != nil {
+			t.Fatalf("gina joins through nowhere.test, then a.test: %v", err)
+		}
+		waitMembership(t, alice.cli, lobby.RoomID, gina.cli.UserID, "join")
+		// A room no reachable server knows: the spec's 404.
+		if _, err := gina.cli.JoinRoom(ctx, "!nothing:a.test", nil); !errors.Is(err, mautrix.MNotFound) {
+			t.Fatalf("joining a room a.test does not know: %v", err)
+		}
+	})
+
+	t.Run("knock and retract", func(t *testing.T) {
+		door, err := alice.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Name: "Door",
+			InitialState: []*event.Event{{Type: event.StateJoinRules, Content: event.Content{Parsed: &event.JoinRulesEventContent{JoinRule: event.JoinRuleKnock}}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		hank := register(t, b.url, "hank")
+		if _, err := hank.cli.KnockRoom(ctx, door.RoomID.String(), &mautrix.ReqKnockRoom{Via: []string{"a.test"}, Reason: "let me in"}); err != nil {
+			t.Fatalf("hank knocks on a's room: %v", err)
+		}
+		waitMembership(t, alice.cli, door.RoomID, hank.cli.UserID, "knock")
+		// hank retracts the knock: a leave through a.test.
+		if _, err := hank.cli.LeaveRoom(ctx, door.RoomID); err != nil {
+			t.Fatalf("hank retracts his knock: %v", err)
+		}
+		waitMembership(t, alice.cli, door.RoomID, hank.cli.UserID, "leave")
 	})
 }
 
