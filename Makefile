@@ -60,9 +60,10 @@ $(VERSITYGW):
 # generate-keys / generate-config tools from the Go module proxy at a pinned
 # version into bin/ (nothing of it is committed), then runs
 # tests/e2e/interop_dendrite_test.go (build tag interop, so make test does not
-# need Dendrite): Dendrite and Myelin federating over HTTPS on loopback,
-# driven by mautrix-go. The pass/fail line per flow is printed at the end and
-# kept in bin/interop-report.txt; any failed flow fails the target.
+# need Dendrite): Dendrite and Myelin (all-in-one, then split) federating
+# over HTTPS on loopback, driven by mautrix-go. The pass/fail line per flow
+# is printed at the end and kept in bin/interop-report.txt; any failed flow
+# fails the target.
 DENDRITE_VERSION := v0.13.8
 DENDRITE         := $(BIN)/dendrite-$(DENDRITE_VERSION)/dendrite
 
