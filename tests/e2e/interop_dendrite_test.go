@@ -29,13 +29,16 @@ import (
 type dendrite struct {
 	*server
 	name string
+	// link relays to its federation listener; its server name is the
+	// link's address, so that cutting the link partitions it.
+	link *link
 }
 
 // startDendrite runs $DENDRITE_BIN (make interop builds it from the Go
 // module proxy) in a temporary directory with SQLite databases, its
 // client API on plain HTTP and its federation listener on HTTPS with a
-// certificate for 127.0.0.1 from ca. Its server name is that listener's
-// address (an IP literal with a port, so Dendrite's discovery needs no
+// certificate for 127.0.0.1 from ca. Its server name is the address of a
+// link to that listener (an IP literal with a port, so discovery needs no
 // DNS and connects to it directly). Dendrite verifies other servers'
 // certificates (disable_tls_validation stays false) against ca, which
 // SSL_CERT_FILE makes its only trusted root; it fetches keys directly
@@ -48,6 +51,8 @@ func startDendrite(t *testing.T, ca *testkit.CA) *dendrite {
 	}
 	dir := t.TempDir()
 	httpAddr, fedAddr := freeAddr(t), freeAddr(t)
+	lnk := newLink(t, fedAddr)
+	name := lnk.addr
 	run := func(name string, args ...string) []byte {
 		cmd := exec.Command(filepath.Join(filepath.Dir(bin), name), args...)
 		cmd.Dir = dir
@@ -60,14 +65,14 @@ func startDendrite(t *testing.T, ca *testkit.CA) *dendrite {
 	run("generate-keys", "--private-key", "matrix_key.pem")
 	// -ci: open registration without verification, no rate limits, no key
 	// perspectives (never matrix.org), JetStream in memory.
-	cfg := string(run("generate-config", "-ci", "-server", fedAddr, "-dir", dir))
+	cfg := string(run("generate-config", "-ci", "-server", name, "-dir", dir))
 	cfg = strings.Replace(cfg, "level: trace", "level: info", 1)
 	cfgFile := filepath.Join(dir, "dendrite.yaml")
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	cert, key := ca.Issue(t, "127.0.0.1")
-	d := &dendrite{name: fedAddr, server: &server{url: "http://" + httpAddr}}
+	d := &dendrite{name: name, link: lnk, server: &server{url: "http://" + httpAddr}}
 	d.procs = []*proc{{
 		name: "dendrite",
 		bin:  bin,
@@ -83,23 +88,25 @@ func startDendrite(t *testing.T, ca *testkit.CA) *dendrite {
 }
 
 // startMyelinForInterop runs Myelin in shape (allInOne or split) with
-// federation on (federating's settings), its server name its public
-// federation listener's address, as Dendrite's is, with a certificate for
-// 127.0.0.1 from ca. It needs no server-name map: Dendrite's name is an IP
-// literal with a port, which discovery connects to directly.
-func startMyelinForInterop(t *testing.T, ca *testkit.CA, shape func(*testing.T) *server) *fedServer {
+// federation on (federating's settings) and its public federation
+// listener's certificate for 127.0.0.1 from ca. As Dendrite's, its server
+// name is the address of a link to that listener (returned too). It needs
+// no server-name map: Dendrite's name is an IP literal with a port, which
+// discovery connects to directly.
+func startMyelinForInterop(t *testing.T, ca *testkit.CA, shape func(*testing.T) *server) (*fedServer, *link) {
 	t.Helper()
-	name := freeAddr(t)
-	fs := federating(t, ca, shape, name)[0]
+	listen := freeAddr(t)
+	lnk := newLink(t, listen)
+	fs := federating(t, ca, shape, lnk.addr)[0]
 	for _, p := range fs.procs {
 		p.env = append(p.env, "MYELIN_FEDERATION_SERVER_NAME_MAP=")
 		if len(fs.procs) == 1 || p.name == "edge" {
-			p.env = append(p.env, "MYELIN_FEDERATION_LISTEN="+name)
+			p.env = append(p.env, "MYELIN_FEDERATION_LISTEN="+listen)
 		}
 	}
-	fs.fedAddr = name
+	fs.fedAddr = listen
 	startFederating(t, []*fedServer{fs})
-	return fs
+	return fs, lnk
 }
 
 // interopReport collects a pass/fail line per flow.
@@ -188,7 +195,11 @@ func TestDendriteInterop(t *testing.T) {
 func interopFlows(t *testing.T, shape func(*testing.T) *server, r *interopReport) {
 	ca := testkit.NewCA(t)
 	den := startDendrite(t, ca)
-	my := startMyelinForInterop(t, ca, shape)
+	my, myLink := startMyelinForInterop(t, ca, shape)
+	partition := func(down bool) {
+		myLink.setDown(down)
+		den.link.setDown(down)
+	}
 	ctx := context.Background()
 	alice := register(t, my.url, "alice")
 	dave := register(t, den.url, "dave")
@@ -223,7 +234,10 @@ func interopFlows(t *testing.T, shape func(*testing.T) *server, r *interopReport
 		redactSeen(t, alice, dave, lobby.RoomID)
 	})
 	r.flow(t, "concurrent messages and conflicting state from both sides converge", []bool{lobbyTalk}, func(t *testing.T) {
-		converge(t, alice, dave, lobby.RoomID)
+		converge(t, alice, dave, lobby.RoomID, "conc", nil)
+	})
+	r.flow(t, "both sides send and rename while partitioned, then converge once healed", []bool{lobbyTalk}, func(t *testing.T) {
+		converge(t, alice, dave, lobby.RoomID, "cut", partition)
 	})
 
 	// Flows on a Dendrite room, with history from before alice joins.
@@ -464,10 +478,12 @@ func aliasAndDirectory(t *testing.T, owner, joiner *user, serverName string) {
 }
 
 // converge: home (the room's creator) lets other change state, then both
-// send messages and rename the room at the same time, forking the room's
-// graph between the two servers; both servers must end with every message
-// once, each sender's in order, and the same current state.
-func converge(t *testing.T, home, other *user, room id.RoomID) {
+// send messages (with prefix) and rename the room at the same time,
+// forking the room's graph between the two servers, with the servers cut
+// apart by partition (when not nil) while they do; both servers must end
+// with every message once, each sender's in order, and the same current
+// state.
+func converge(t *testing.T, home, other *user, room id.RoomID, prefix string, partition func(down bool)) {
 	t.Helper()
 	ctx := context.Background()
 	var pl map[string]any
@@ -490,6 +506,9 @@ func converge(t *testing.T, home, other *user, room id.RoomID) {
 		return nil
 	})
 	both := []*user{home, other}
+	if partition != nil {
+		partition(true)
+	}
 	sent := make([][]string, 2)
 	var wg sync.WaitGroup
 	for i, u := range both {
@@ -504,7 +523,7 @@ func converge(t *testing.T, home, other *user, room id.RoomID) {
 					}
 					continue
 				}
-				b := fmt.Sprintf("conc %s %d", u.cli.UserID, j)
+				b := fmt.Sprintf("%s %s %d", prefix, u.cli.UserID, j)
 				if _, err := u.cli.SendText(ctx, room, b); err != nil {
 					t.Errorf("%s sends: %v", u.cli.UserID, err)
 					return
@@ -517,10 +536,21 @@ func converge(t *testing.T, home, other *user, room id.RoomID) {
 	if t.Failed() {
 		t.FailNow()
 	}
+	if partition != nil {
+		// The partition held: home has none of other's messages.
+		s := newRoomSyncer(home)
+		if err := s.sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got := withPrefix(s.bodies[room], prefix+" "+string(other.cli.UserID)+" "); len(got) > 0 {
+			t.Fatalf("messages crossed the partition: %v", got)
+		}
+		partition(false)
+	}
 	for _, reader := range both {
 		s := newRoomSyncer(reader)
 		for i, from := range both {
-			prefix := "conc " + string(from.cli.UserID) + " "
+			prefix := prefix + " " + string(from.cli.UserID) + " "
 			fedEventually(t, fmt.Sprintf("%s has %s's messages", reader.cli.UserID, from.cli.UserID), func() error {
 				if err := s.sync(ctx); err != nil {
 					return err
