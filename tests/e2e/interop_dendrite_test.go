@@ -229,6 +229,10 @@ func interopFlows(t *testing.T, shape func(*testing.T) *server, r *interopReport
 		waitTyping(t, alice, dave, lobby.RoomID)
 		waitTyping(t, dave, alice, lobby.RoomID)
 	})
+	r.flow(t, "presence both ways (users sharing the Myelin room)", []bool{joinedLobby}, func(t *testing.T) {
+		presenceSeen(t, alice, dave, "on Myelin")
+		presenceSeen(t, dave, alice, "on Dendrite")
+	})
 	r.flow(t, "redactions both ways in the Myelin room", []bool{lobbyTalk}, func(t *testing.T) {
 		redactSeen(t, dave, alice, lobby.RoomID)
 		redactSeen(t, alice, dave, lobby.RoomID)
@@ -576,5 +580,37 @@ func converge(t *testing.T, home, other *user, room id.RoomID, prefix string, pa
 			return fmt.Errorf("current state differs:\n %s\n %s", states[0], states[1])
 		}
 		return nil
+	})
+}
+
+// presenceSeen: from sets its presence (unavailable, with a status
+// message), which to's server learns over federation and shows in to's
+// /sync. (Not through GET /presence/{userId}/status: Dendrite v0.13.8
+// answers "unavailable" for every remote user there, as its user API
+// refuses to look up remote users' devices.)
+func presenceSeen(t *testing.T, from, to *user, status string) {
+	t.Helper()
+	ctx := context.Background()
+	if err := from.cli.SetPresence(ctx, mautrix.ReqPresence{Presence: event.PresenceUnavailable, StatusMsg: status}); err != nil {
+		t.Fatalf("%s sets presence: %v", from.cli.UserID, err)
+	}
+	since := ""
+	fedEventually(t, fmt.Sprintf("%s sees %s's presence in /sync", to.cli.UserID, from.cli.UserID), func() error {
+		resp, err := to.cli.SyncRequest(ctx, 1000, since, timelineFilter, false, "")
+		if err != nil {
+			return err
+		}
+		since = resp.NextBatch
+		for _, ev := range resp.Presence.Events {
+			var c struct {
+				Presence  string `json:"presence"`
+				StatusMsg string `json:"status_msg"`
+			}
+			_ = json.Unmarshal(ev.Content.VeryRaw, &c)
+			if ev.Sender == from.cli.UserID && c.Presence == "unavailable" && c.StatusMsg == status {
+				return nil
+			}
+		}
+		return fmt.Errorf("not yet")
 	})
 }
