@@ -156,11 +156,11 @@ func (s *Rooms) join(r *http.Request, dev *httpapi.Device, roomID string, server
 	if err != nil {
 		return err
 	}
-	if !remote {
+	if !remote || len(servers) == 0 {
+		// This server is in the room, or there is no other server to
+		// ask (a room of this server every member left): the
+		// room-server decides (404 for a room it does not know).
 		return s.setMembership(r, dev, roomID, dev.UserID, store.MembershipJoin, reason)
-	}
-	if len(servers) == 0 {
-		return matrixhttp.NotFound("No known servers to join " + roomID + " through")
 	}
 	content, err := s.ownMembershipContent(r, dev, roomID, store.MembershipJoin, reason)
 	if err != nil {
@@ -192,10 +192,11 @@ func (s *Rooms) membershipContent(r *http.Request, dev *httpapi.Device, roomID, 
 	return json.Marshal(content)
 }
 
-// knockRemote knocks on a room of other servers (PerformKnock).
+// knockRemote knocks on a room of other servers (PerformKnock); with no
+// other server to ask, the room-server decides.
 func (s *Rooms) knockRemote(r *http.Request, dev *httpapi.Device, roomID string, servers []string, reason string) error {
 	if len(servers) == 0 {
-		return matrixhttp.NotFound("No known servers to knock on " + roomID + " through")
+		return s.setMembership(r, dev, roomID, dev.UserID, store.MembershipKnock, reason)
 	}
 	content, err := s.ownMembershipContent(r, dev, roomID, store.MembershipKnock, reason)
 	if err != nil {
