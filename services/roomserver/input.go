@@ -99,6 +99,9 @@ type inputOpts struct {
 	// refs are stored events the caller already holds, by event ID (a
 	// local build's prev and auth events): not read again.
 	refs map[string]*eventEntry
+	// run, for a run of outliers stored in one transaction, answers the
+	// lookup instead of the database (fedInput.inputBatch).
+	run *runLookup
 }
 
 // errKeyServer marks a failure to reach the key-server while verifying.
@@ -362,6 +365,8 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 		// random in room versions 1 and 2), so no stored event and no
 		// waiting redaction can name it; were it stored after all, the
 		// unique event ID would fail the commit.
+	} else if opts.run != nil {
+		lookup = opts.run.lookup(res.eventID)
 	} else {
 		var err error
 		if lookup, err = w.LookupInput(ctx, res.eventID, ids); err != nil {
@@ -372,6 +377,7 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 	if err != nil {
 		return res, err
 	}
+	opts.run.addStored(found, ids)
 	for id, e := range opts.refs {
 		if id != res.eventID {
 			found[id] = e
@@ -681,7 +687,7 @@ func (s *Service) cacheOnCommit(w *writeTx, row store.Event, ev gomatrixserverli
 	row.JSON = nil
 	row.RoomID, row.RoomVersion = ev.RoomID().String(), string(ev.Version())
 	e := &eventEntry{Event: row, pdu: ev}
-	w.onCommit = append(w.onCommit, func() { s.events.put(e.NID, e) })
+	w.onCommit = append(w.onCommit, func() { s.events.Put(e.NID, e) })
 }
 
 // advanceRoom makes an accepted event a forward extremity, recomputes the

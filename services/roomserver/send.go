@@ -297,7 +297,7 @@ func (s *Service) deliverable() error {
 // roomVersion returns a room's version (cached: it never changes), or
 // ErrRoomNotFound.
 func (s *Service) roomVersion(ctx context.Context, roomID string) (gomatrixserverlib.RoomVersion, error) {
-	if v, ok := s.roomVersions.get(roomID); ok {
+	if v, ok := s.roomVersions.Get(roomID); ok {
 		return v, nil
 	}
 	room, err := s.room(ctx, roomID)
@@ -307,7 +307,7 @@ func (s *Service) roomVersion(ctx context.Context, roomID string) (gomatrixserve
 		return "", err
 	}
 	v := gomatrixserverlib.RoomVersion(room.Version)
-	s.roomVersions.put(roomID, v)
+	s.roomVersions.Put(roomID, v)
 	return v, nil
 }
 

@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
+	"github.com/myelin-chat/myelin/pkg/lru"
 	"github.com/myelin-chat/myelin/pkg/bus"
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
@@ -69,16 +70,16 @@ type Service struct {
 	verifier   keyVerifier
 	locks      *roomLocks
 
-	snapshots *lru[int64, snapshot]
-	events    *lru[int64, *eventEntry]
+	snapshots *lru.Cache[int64, snapshot]
+	events    *lru.Cache[int64, *eventEntry]
 	// eventRewrites counts changes of stored events' JSON (forgetEvent).
 	eventRewrites atomic.Uint64
-	stateKeys     *lru[store.StateKey, int64]
+	stateKeys     *lru.Cache[store.StateKey, int64]
 	// roomVersions caches room ID -> version (immutable once created).
-	roomVersions *lru[string, gomatrixserverlib.RoomVersion]
+	roomVersions *lru.Cache[string, gomatrixserverlib.RoomVersion]
 	// memberViews caches each snapshot's memberships and history
 	// visibility (fedquery.go).
-	memberViews *lru[int64, *memberView]
+	memberViews *lru.Cache[int64, *memberView]
 	// templateKey signs make_join/leave/knock templates for their auth
 	// check only (fedjoin.go).
 	templateKey templateKey
@@ -119,11 +120,11 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		signer:       sg,
 		verifier:     newServerKeys(deps.ServerKeys, cfg.KeyCacheTTL),
 		locks:        newRoomLocks(),
-		snapshots:    newLRU[int64, snapshot](cfg.StateCacheSize),
-		events:       newLRU[int64, *eventEntry](cfg.EventCacheSize),
-		stateKeys:    newLRU[store.StateKey, int64](100000),
-		roomVersions: newLRU[string, gomatrixserverlib.RoomVersion](100000),
-		memberViews:  newLRU[int64, *memberView](256),
+		snapshots:    lru.New[int64, snapshot](cfg.StateCacheSize),
+		events:       lru.New[int64, *eventEntry](cfg.EventCacheSize),
+		stateKeys:    lru.New[store.StateKey, int64](100000),
+		roomVersions: lru.New[string, gomatrixserverlib.RoomVersion](100000),
+		memberViews:  lru.New[int64, *memberView](256),
 		templateKey:  tk,
 		wake:         make(chan struct{}, 1),
 	}, nil
