@@ -22,6 +22,8 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 
+	"github.com/myelin-chat/myelin/pkg/appservice"
+	appservicev1 "github.com/myelin-chat/myelin/proto/appservice/v1"
 	clientapiv1 "github.com/myelin-chat/myelin/proto/clientapi/v1"
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
 	mediav1 "github.com/myelin-chat/myelin/proto/media/v1"
@@ -61,6 +63,14 @@ type Deps struct {
 	// Media takes over the media this service stored before the media
 	// service existed (internal/mediahandover). Nil leaves them where they are.
 	Media mediav1.MediaServiceClient
+	// Appservices are the application service registrations
+	// (appservice.config_files): their as_tokens authenticate, their
+	// exclusive namespaces are theirs alone. Nil: none.
+	Appservices *appservice.Set
+	// Appservice is the appservice service, asked about unknown users
+	// and aliases in appservices' namespaces and for the third-party
+	// lookups and pings. Nil leaves those to answer as without appservices.
+	Appservice appservicev1.AppserviceServiceClient
 }
 
 // Service is a running client-API: its parts, wired.
@@ -138,7 +148,13 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		ServerName: deps.ServerName, Store: st, Rooms: deps.RoomServer, Presence: deps.Presence, Log: deps.Logger,
 		Now:           func() time.Time { return s.now() },
 		DeviceChanges: s.keys, Wake: s.wakeBus, PushRules: s.push, Erasures: s.history, Members: s.notifier,
+		Appservices: deps.Appservices,
 	})
+	if err := s.users.Accounts.EnsureAppserviceSenders(ctx); err != nil {
+		s.wakeBus.Stop()
+		st.Close()
+		return nil, err
+	}
 	s.roomDomain = rooms.New(rooms.Config{DefaultRoomVersion: cfg.DefaultRoomVersion}, deps.ServerName, st, deps.RoomServer, s.history, s.users, s.notifier, deps.Logger)
 	s.ephemeral = ephemeral.New(deps.ServerName, deps.Presence, deps.Logger)
 	s.sync = syncapi.New(syncapi.Deps{
@@ -148,6 +164,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	})
 	s.keyEndpoints = keys.New(deps.ServerName, st, deps.E2EKeys, s.keys, s.notifier, s.users, deps.Logger)
 	s.http = httpapi.NewServer(deps.Logger, s.users.Accounts, cfg.RateLimit, time.Now)
+	s.http.SetAppservices(deps.Appservices, s.users.Accounts)
 	if s.roomEvents, err = consumers.NewRoomEvents(ctx, deps.JetStream, cfg.ConsumerName, st, s.push, s.wakeBus, s.pushers, s.users, deps.Logger); err != nil {
 		s.wakeBus.Stop()
 		st.Close()

@@ -15,6 +15,8 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/myelin-chat/myelin/pkg/appservice"
+
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
@@ -76,6 +78,8 @@ type Deps struct {
 	PushRules     PushRules
 	Erasures      Erasures
 	Members       RoomMembers
+	// Appservices are the application service registrations (nil: none).
+	Appservices *appservice.Set
 }
 
 // base holds what every part of the domain uses.
@@ -93,6 +97,8 @@ type base struct {
 	push       PushRules
 	history    Erasures
 	notifier   RoomMembers
+	// appservices: as_token logins and registrations, exclusive namespaces.
+	appservices *appservice.Set
 }
 
 // Service is the users domain.
@@ -136,6 +142,7 @@ func New(d Deps) *Service {
 	b := &base{
 		cfg: d.Config, log: d.Log, serverName: d.ServerName, store: d.Store, accounts: accounts.New(d.Store), rooms: d.Rooms, presence: d.Presence,
 		now: d.Now, keys: d.DeviceChanges, wakeBus: d.Wake, push: d.PushRules, history: d.Erasures, notifier: d.Members,
+		appservices: d.Appservices,
 	}
 	p := &Profiles{base: b}
 	a := &Accounts{base: b, profiles: p}
