@@ -29,6 +29,7 @@ import (
 	mediav1 "github.com/myelin-chat/myelin/proto/media/v1"
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/appservices"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/consumers"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/ephemeral"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/history"
@@ -91,6 +92,7 @@ type Service struct {
 	push         *push.Service
 	keyEndpoints *keys.Service
 	ephemeral    *ephemeral.Service
+	appservices  *appservices.Service
 
 	// notifier wakes long polls and writes waiting for the copy.
 	notifier *notifier.Notifier
@@ -140,6 +142,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	s.push = push.New(cfg.Push, deps.ServerName, st, s.history, s.wakeBus, deps.Logger)
 	s.pushers = pushgateway.New(st, cfg.Push, deps.Logger)
 	s.keys = keys.NewBridge(deps.E2EKeys, st, deps.Logger)
+	s.appservices = appservices.New(deps.Appservices, deps.Appservice, deps.RoomServer, deps.Logger)
 	s.users = users.New(users.Deps{
 		Config: users.Config{
 			Registration: cfg.Registration, PublicBaseURL: cfg.PublicBaseURL, DefaultRoomVersion: cfg.DefaultRoomVersion,
@@ -148,7 +151,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		ServerName: deps.ServerName, Store: st, Rooms: deps.RoomServer, Presence: deps.Presence, Log: deps.Logger,
 		Now:           func() time.Time { return s.now() },
 		DeviceChanges: s.keys, Wake: s.wakeBus, PushRules: s.push, Erasures: s.history, Members: s.notifier,
-		Appservices: deps.Appservices,
+		Appservices: deps.Appservices, AppserviceQueries: s.appservices,
 	})
 	if err := s.users.Accounts.EnsureAppserviceSenders(ctx); err != nil {
 		s.wakeBus.Stop()
@@ -156,6 +159,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		return nil, err
 	}
 	s.roomDomain = rooms.New(rooms.Config{DefaultRoomVersion: cfg.DefaultRoomVersion}, deps.ServerName, st, deps.RoomServer, s.history, s.users, s.notifier, deps.Logger)
+	s.roomDomain.SetAppservices(deps.Appservices, s.appservices)
 	s.ephemeral = ephemeral.New(deps.ServerName, deps.Presence, deps.Logger)
 	s.sync = syncapi.New(syncapi.Deps{
 		Config: cfg.Sync, ServerName: deps.ServerName, Store: st, Rooms: deps.RoomServer, Presence: deps.Presence,
