@@ -116,7 +116,10 @@ func (s *Accounts) registerAppservice(r *http.Request, req registerRequest) (any
 	if err := s.checkNotExclusive(userID, reg); err != nil {
 		return nil, err
 	}
-	acct := accounts.NewAccount{Localpart: lp}
+	// The localpart is the first display name, as Synapse gives every
+	// account: bridges (mautrix's IntentAPI.SetDisplayName) read the
+	// current name before they set one, and a 404 stops them.
+	acct := accounts.NewAccount{Localpart: lp, DisplayName: lp}
 	return s.createAndLogin(r, acct, !req.InhibitLogin, req.DeviceID, req.InitialDeviceDisplayName, req.RefreshToken)
 }
 
