@@ -161,6 +161,16 @@ func TestAppserviceBridgeAllInOne(t *testing.T) {
 	runBridge(t, s, b)
 }
 
+func TestAppserviceBridgeSplit(t *testing.T) {
+	dir := t.TempDir()
+	b, regPath := newBridge(t, dir)
+	s := splitWith(t, []string{regPath, failingAppservice(t, dir)})
+	s.start(t)
+	t.Cleanup(func() { s.shutdown(t); s.dumpLogs(t) })
+	b.connect(s.url)
+	runBridge(t, s, b)
+}
+
 // failingAppservice writes the registration of an appservice whose every
 // answer is a 500 and starts it: queries to it fail with a clear error.
 func failingAppservice(t *testing.T, dir string) string {

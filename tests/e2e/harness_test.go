@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -276,12 +278,20 @@ func allInOne(t *testing.T) *server {
 // the two federation services (receiver and sender) as seven OS processes
 // plus the edge router, against an
 // external PostgreSQL and NATS server.
-func split(t *testing.T) *server {
+func split(t *testing.T) *server { return splitWith(t, nil) }
+
+// splitWith is split with application service registration files, which
+// every process loads, and then the appservice service as a process of
+// its own too.
+func splitWith(t *testing.T, appserviceFiles []string) *server {
 	dir := t.TempDir()
 	common := []string{
 		"MYELIN_DATABASE_URL=" + testkit.Postgres(t),
 		"MYELIN_NATS_URL=" + testkit.NATS(t),
 		"MYELIN_DATA_DIR=" + dir,
+	}
+	if len(appserviceFiles) > 0 {
+		common = append(common, "MYELIN_APPSERVICE_CONFIG_FILES="+strings.Join(appserviceFiles, ","))
 	}
 	type addrs struct{ http, grpc string }
 	ks := addrs{freeAddr(t), freeAddr(t)}
@@ -291,6 +301,7 @@ func split(t *testing.T) *server {
 	ms := addrs{freeAddr(t), freeAddr(t)}
 	fr := addrs{freeAddr(t), freeAddr(t)}
 	fs := addrs{freeAddr(t), freeAddr(t)}
+	as := addrs{freeAddr(t), freeAddr(t)}
 	edge := freeAddr(t)
 	mk := func(name, target string, a addrs, extra ...string) *proc {
 		env := append(append([]string{}, common...),
@@ -315,6 +326,15 @@ func split(t *testing.T) *server {
 		mk("edge", "edge", addrs{edge, "127.0.0.1:0"},
 			"MYELIN_SERVICES_CLIENT_API_HTTP="+ca.http, "MYELIN_SERVICES_KEY_SERVER_HTTP="+ks.http,
 			"MYELIN_SERVICES_MEDIA_HTTP="+ms.http, "MYELIN_SERVICES_FEDERATION_RECEIVER_HTTP="+fr.http),
+	}
+	if len(appserviceFiles) > 0 {
+		for _, p := range s.procs {
+			if p.name == "client-api" {
+				p.env = append(p.env, "MYELIN_SERVICES_APPSERVICE_GRPC="+as.grpc)
+			}
+		}
+		// Before the edge, so that it stops after it.
+		s.procs = slices.Insert(s.procs, len(s.procs)-1, mk("appservice", "appservice", as, "MYELIN_SERVICES_ROOM_SERVER_GRPC="+rs.grpc))
 	}
 	return s
 }
