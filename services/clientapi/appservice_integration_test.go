@@ -365,3 +365,35 @@ func TestAppserviceNetworkDirectory(t *testing.T) {
 	wantResult(t, "user pings", asDo(t, hs, "POST", ping, user.AccessToken, map[string]any{}), 403, "M_FORBIDDEN")
 	wantResult(t, "another appservice pings", asDo(t, hs, "POST", ping, ircToken, map[string]any{}), 403, "M_FORBIDDEN")
 }
+
+// Device management (spec v1.17): an appservice creates its users'
+// devices with PUT /devices/{deviceId} and deletes them without
+// user-interactive auth; users still need it.
+func TestAppserviceDevices(t *testing.T) {
+	hs := startAppserviceStack(t)
+	wantResult(t, "register ghost", asDo(t, hs, "POST", v3+"/register", bridgeToken, map[string]any{"type": "m.login.application_service", "username": "_bridge_alice", "inhibit_login": true}), 200, "")
+	wantResult(t, "unknown device", asDo(t, hs, "GET", as(v3+"/account/whoami", ghost, "device_id", "BRIDGEDEV"), bridgeToken, nil), 400, "M_UNKNOWN_DEVICE")
+	wantResult(t, "create device", asDo(t, hs, "PUT", as(v3+"/devices/BRIDGEDEV", ghost), bridgeToken, map[string]any{"display_name": "bridge"}), 200, "")
+	r := asDo(t, hs, "GET", as(v3+"/account/whoami", ghost, "device_id", "BRIDGEDEV"), bridgeToken, nil)
+	if r.status != 200 || r.body["device_id"] != "BRIDGEDEV" {
+		t.Fatalf("whoami on the created device %s", r.raw)
+	}
+	r = asDo(t, hs, "GET", as(v3+"/devices/BRIDGEDEV", ghost), bridgeToken, nil)
+	if r.status != 200 || r.body["display_name"] != "bridge" {
+		t.Fatalf("created device %s", r.raw)
+	}
+	wantResult(t, "rename device", asDo(t, hs, "PUT", as(v3+"/devices/BRIDGEDEV", ghost), bridgeToken, map[string]any{"display_name": "renamed"}), 200, "")
+	if r := asDo(t, hs, "GET", as(v3+"/devices/BRIDGEDEV", ghost), bridgeToken, nil); r.body["display_name"] != "renamed" {
+		t.Fatalf("renamed device %s", r.raw)
+	}
+	wantResult(t, "delete without UIA", asDo(t, hs, "DELETE", as(v3+"/devices/BRIDGEDEV", ghost), bridgeToken, map[string]any{}), 200, "")
+	wantResult(t, "deleted device", asDo(t, hs, "GET", as(v3+"/account/whoami", ghost, "device_id", "BRIDGEDEV"), bridgeToken, nil), 400, "M_UNKNOWN_DEVICE")
+	wantResult(t, "create two", asDo(t, hs, "PUT", as(v3+"/devices/D1", ghost), bridgeToken, map[string]any{}), 200, "")
+	wantResult(t, "bulk delete without UIA", asDo(t, hs, "POST", as(v3+"/delete_devices", ghost), bridgeToken, map[string]any{"devices": []string{"D1"}}), 200, "")
+	wantResult(t, "bulk deleted device", asDo(t, hs, "GET", as(v3+"/devices/D1", ghost), bridgeToken, nil), 404, "M_NOT_FOUND")
+
+	// A user renaming an unknown device is still 404, deleting is UIA.
+	user := newUser(t, hs, "erin")
+	wantResult(t, "user's unknown device", asDo(t, hs, "PUT", v3+"/devices/NOPE", user.AccessToken, map[string]any{"display_name": "x"}), 404, "M_NOT_FOUND")
+	wantResult(t, "user deletes with UIA", asDo(t, hs, "DELETE", v3+"/devices/"+string(user.DeviceID), user.AccessToken, map[string]any{}), 401, "")
+}
