@@ -200,6 +200,10 @@ func failingAppservice(t *testing.T, dir string) string {
 func runBridge(t *testing.T, s *server, b *bridge) {
 	ctx := context.Background()
 	bot := b.as.BotIntent()
+	// What a mautrix bridge does at start: name its bot.
+	if err := bot.SetDisplayName(ctx, "Chat Bridge"); err != nil {
+		t.Fatalf("name the bot: %v", err)
+	}
 
 	// The homeserver reaches the bridge (ping through the client API).
 	ping, err := bot.AppservicePing(ctx, b.as.Registration.ID, "txn-ping-1")

@@ -49,12 +49,12 @@ func (s *Accounts) AppserviceDevice(ctx context.Context, userID, deviceID string
 }
 
 // EnsureAppserviceSenders creates each application service's sender user
-// (sender_localpart) when it does not exist yet: a passwordless account,
-// like the users the appservices register.
+// (sender_localpart) when it does not exist yet: a passwordless account
+// named by its localpart, like the users the appservices register.
 func (s *Accounts) EnsureAppserviceSenders(ctx context.Context) error {
 	for _, reg := range s.appservices.List() {
 		lp := reg.SenderUserID().Localpart()
-		err := s.accounts.CreateAccount(ctx, accounts.NewAccount{Localpart: lp}, nil)
+		err := s.accounts.CreateAccount(ctx, accounts.NewAccount{Localpart: lp, DisplayName: lp}, nil)
 		if err != nil && !errors.Is(err, store.ErrUserExists) {
 			return fmt.Errorf("appservice %s: create sender %s: %w", reg.ID, reg.SenderUserID(), err)
 		}
