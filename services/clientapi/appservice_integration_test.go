@@ -63,11 +63,14 @@ func testAppservices(t *testing.T, files ...string) *appservice.Set {
 
 // startAppserviceStack is startStack with the two registrations and with
 // rate limits on: two sends, then one per 1000 s.
-func startAppserviceStack(t *testing.T) string {
+func startAppserviceStack(t *testing.T, tune ...func(*clientapi.Config)) string {
 	t.Helper()
 	cfg := clientapi.DefaultConfig()
 	cfg.RateLimit.Enabled = true
 	cfg.RateLimit.Send = ratelimit.Bucket{PerSecond: 0.001, Burst: 2}
+	for _, f := range tune {
+		f(&cfg)
+	}
 	set := testAppservices(t, bridgeRegistration, ircRegistration)
 	return startReplicasDeps(t, cfg, 1, func(d *clientapi.Deps) { d.Appservices = set })[0]
 }
@@ -296,22 +299,37 @@ func TestAppserviceTimestampsAndAliases(t *testing.T) {
 // Rate limits: an appservice with rate_limited: false is never limited,
 // whoever it acts as; one without is, like users.
 func TestAppserviceRateLimits(t *testing.T) {
-	hs := startAppserviceStack(t)
+	// Registrations and logins too: two per client, then one per 1000 s.
+	hs := startAppserviceStack(t, func(c *clientapi.Config) {
+		c.RateLimit.Register = ratelimit.Bucket{PerSecond: 0.001, Burst: 2}
+		c.RateLimit.Login = ratelimit.Bucket{PerSecond: 0.001, Burst: 2}
+	})
+	for i := range 4 {
+		r := asDo(t, hs, "POST", v3+"/register", bridgeToken, map[string]any{"type": "m.login.application_service", "username": fmt.Sprintf("_bridge_r%d", i), "inhibit_login": true})
+		wantResult(t, fmt.Sprintf("unlimited registration %d", i), r, 200, "")
+		r = asDo(t, hs, "POST", v3+"/login", bridgeToken, map[string]any{"type": "m.login.application_service", "user": fmt.Sprintf("_bridge_r%d", i)})
+		wantResult(t, fmt.Sprintf("unlimited login %d", i), r, 200, "")
+	}
+	for i := range 2 {
+		r := asDo(t, hs, "POST", v3+"/register", ircToken, map[string]any{"type": "m.login.application_service", "username": fmt.Sprintf("irc_r%d", i), "inhibit_login": true})
+		wantResult(t, fmt.Sprintf("limited registration %d", i), r, 200, "")
+	}
+	wantResult(t, "limited registration over the burst", asDo(t, hs, "POST", v3+"/register", ircToken, map[string]any{"type": "m.login.application_service", "username": "irc_r2", "inhibit_login": true}), 429, "M_LIMIT_EXCEEDED")
+
 	r := asDo(t, hs, "POST", v3+"/createRoom", bridgeToken, map[string]any{"preset": "public_chat"})
 	wantResult(t, "sender creates a room", r, 200, "")
 	roomID := url.PathEscape(r.body["room_id"].(string))
-	wantResult(t, "register irc ghost", asDo(t, hs, "POST", v3+"/register", ircToken, map[string]any{"type": "m.login.application_service", "username": "irc_zed", "inhibit_login": true}), 200, "")
-	wantResult(t, "irc ghost joins", asDo(t, hs, "POST", as(v3+"/rooms/"+roomID+"/join", "@irc_zed:"+serverName), ircToken, map[string]any{}), 200, "")
+	wantResult(t, "irc ghost joins", asDo(t, hs, "POST", as(v3+"/rooms/"+roomID+"/join", "@irc_r1:"+serverName), ircToken, map[string]any{}), 200, "")
 
 	for i := range 6 {
 		p := fmt.Sprintf("%s/rooms/%s/send/m.room.message/free%d", v3, roomID, i)
 		wantResult(t, fmt.Sprintf("unlimited send %d", i), asDo(t, hs, "PUT", p, bridgeToken, map[string]any{"body": "x"}), 200, "")
 	}
 	for i := range 2 {
-		p := as(fmt.Sprintf("%s/rooms/%s/send/m.room.message/irc%d", v3, roomID, i), "@irc_zed:"+serverName)
+		p := as(fmt.Sprintf("%s/rooms/%s/send/m.room.message/irc%d", v3, roomID, i), "@irc_r1:"+serverName)
 		wantResult(t, fmt.Sprintf("limited send %d", i), asDo(t, hs, "PUT", p, ircToken, map[string]any{"body": "x"}), 200, "")
 	}
-	p := as(v3+"/rooms/"+roomID+"/send/m.room.message/irc2", "@irc_zed:"+serverName)
+	p := as(v3+"/rooms/"+roomID+"/send/m.room.message/irc2", "@irc_r1:"+serverName)
 	wantResult(t, "limited send over the burst", asDo(t, hs, "PUT", p, ircToken, map[string]any{"body": "x"}), 429, "M_LIMIT_EXCEEDED")
 }
 

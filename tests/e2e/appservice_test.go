@@ -80,6 +80,14 @@ func newBridge(t *testing.T, dir string) (*bridge, string) {
 			"field_types":{"nick":{"regexp":".*","placeholder":"nick"},"channel":{"regexp":".*","placeholder":"#c"}},
 			"instances":[{"desc":"Chat Net","network_id":"chatnet","fields":{}}]}`))
 	})
+	// Its locations: the portal alias of a channel.
+	as.Router.HandleFunc("GET /_matrix/app/v1/thirdparty/location/chat", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode([]map[string]any{{
+			"alias": "#_chat_" + r.URL.Query().Get("channel") + ":" + bridgeServer, "protocol": "chat",
+			"fields": map[string]string{"channel": r.URL.Query().Get("channel")},
+		}})
+	})
 	go as.Start()
 	t.Cleanup(as.Stop)
 	go func() {
@@ -153,27 +161,29 @@ func TestAppserviceBridgeAllInOne(t *testing.T) {
 	s := allInOne(t)
 	dir := t.TempDir()
 	b, regPath := newBridge(t, dir)
-	failing := failingAppservice(t, dir)
+	failing, failingToken := failingAppservice(t, dir)
 	s.procs[0].env = append(s.procs[0].env, "MYELIN_APPSERVICE_CONFIG_FILES="+regPath+","+failing)
 	s.start(t)
 	t.Cleanup(func() { s.shutdown(t); s.dumpLogs(t) })
 	b.connect(s.url)
-	runBridge(t, s, b)
+	runBridge(t, s, b, failingToken)
 }
 
 func TestAppserviceBridgeSplit(t *testing.T) {
 	dir := t.TempDir()
 	b, regPath := newBridge(t, dir)
-	s := splitWith(t, []string{regPath, failingAppservice(t, dir)})
+	failing, failingToken := failingAppservice(t, dir)
+	s := splitWith(t, []string{regPath, failing})
 	s.start(t)
 	t.Cleanup(func() { s.shutdown(t); s.dumpLogs(t) })
 	b.connect(s.url)
-	runBridge(t, s, b)
+	runBridge(t, s, b, failingToken)
 }
 
 // failingAppservice writes the registration of an appservice whose every
 // answer is a 500 and starts it: queries to it fail with a clear error.
-func failingAppservice(t *testing.T, dir string) string {
+// It returns the file and its as_token.
+func failingAppservice(t *testing.T, dir string) (string, string) {
 	t.Helper()
 	srv := &http.Server{Addr: freeAddr(t), Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.WriteHeader(http.StatusInternalServerError)
@@ -194,10 +204,10 @@ func failingAppservice(t *testing.T, dir string) string {
 	if err := reg.Save(path); err != nil {
 		t.Fatal(err)
 	}
-	return path
+	return path, reg.AppToken
 }
 
-func runBridge(t *testing.T, s *server, b *bridge) {
+func runBridge(t *testing.T, s *server, b *bridge, failingToken string) {
 	ctx := context.Background()
 	bot := b.as.BotIntent()
 	// What a mautrix bridge does at start: name its bot.
@@ -215,6 +225,14 @@ func runBridge(t *testing.T, s *server, b *bridge) {
 	}
 	if _, err := register(t, s.url, "snoop").cli.AppservicePing(ctx, b.as.Registration.ID, "x"); !errors.Is(err, mautrix.MForbidden) {
 		t.Fatalf("a user's ping: %v", err)
+	}
+	status, body := do(t, "POST", s.url+"/_matrix/client/v1/appservice/broken/ping", failingToken, []byte(`{"transaction_id":"t1"}`))
+	var pingErr struct {
+		Errcode string `json:"errcode"`
+		Status  int    `json:"status"`
+	}
+	if err := json.Unmarshal(body, &pingErr); err != nil || status != http.StatusBadGateway || pingErr.Errcode != "M_BAD_STATUS" || pingErr.Status != 500 {
+		t.Fatalf("ping of a failing appservice: %d %s", status, body)
 	}
 
 	// A user asks for an alias nobody created: the bridge makes a portal.
@@ -234,7 +252,7 @@ func runBridge(t *testing.T, s *server, b *bridge) {
 		t.Fatalf("alice joins the portal: %v", err)
 	}
 	// An alias in a failing appservice's namespace is a clear error.
-	status, body := do(t, "GET", s.url+"/_matrix/client/v3/directory/room/"+url.PathEscape("#_broken_x:"+bridgeServer), alice.cli.AccessToken, nil)
+	status, body = do(t, "GET", s.url+"/_matrix/client/v3/directory/room/"+url.PathEscape("#_broken_x:"+bridgeServer), alice.cli.AccessToken, nil)
 	// (502, or 504 when the appservice service's retries ran out of time.)
 	if status != http.StatusBadGateway && status != http.StatusGatewayTimeout {
 		t.Fatalf("alias of a failing appservice: %d %s", status, body)
@@ -299,6 +317,18 @@ func runBridge(t *testing.T, s *server, b *bridge) {
 		t.Fatalf("protocols %+v", protocols)
 	}
 	instance := chat.Instances[0].InstanceID
+	var locations []struct {
+		Alias string `json:"alias"`
+	}
+	if err := rawGet(t, s.url+"/_matrix/client/v3/thirdparty/location/chat?channel=lobby", alice.cli.AccessToken, &locations); err != nil {
+		t.Fatal(err)
+	}
+	if len(locations) != 1 || locations[0].Alias != string(portalAlias) {
+		t.Fatalf("locations %+v", locations)
+	}
+	if status, body := do(t, "GET", s.url+"/_matrix/client/v3/thirdparty/location/nochat", alice.cli.AccessToken, nil); status != http.StatusNotFound {
+		t.Fatalf("unknown protocol: %d %s", status, body)
+	}
 	putURL := bot.BuildClientURL("v3", "directory", "list", "appservice", "chatnet", portal)
 	if _, err := bot.MakeRequest(ctx, http.MethodPut, putURL, map[string]string{"visibility": "public"}, nil); err != nil {
 		t.Fatalf("publish in the network: %v", err)
