@@ -272,9 +272,9 @@ func allInOne(t *testing.T) *server {
 	return s
 }
 
-// split runs key-server, room-server, presence, client-api, media and
-// the two federation services (receiver and sender) as seven OS processes
-// plus the edge router, against an
+// split runs key-server, room-server, presence, client-api, media, the
+// two federation services (receiver and sender) and the appservice
+// service as eight OS processes plus the edge router, against an
 // external PostgreSQL and NATS server.
 func split(t *testing.T) *server {
 	dir := t.TempDir()
@@ -291,6 +291,7 @@ func split(t *testing.T) *server {
 	ms := addrs{freeAddr(t), freeAddr(t)}
 	fr := addrs{freeAddr(t), freeAddr(t)}
 	fs := addrs{freeAddr(t), freeAddr(t)}
+	as := addrs{freeAddr(t), freeAddr(t)}
 	edge := freeAddr(t)
 	mk := func(name, target string, a addrs, extra ...string) *proc {
 		env := append(append([]string{}, common...),
@@ -312,6 +313,7 @@ func split(t *testing.T) *server {
 			"MYELIN_SERVICES_PRESENCE_GRPC="+ps.grpc, "MYELIN_SERVICES_CLIENT_API_GRPC="+ca.grpc),
 		mk("federation-sender", "federation-sender", fs,
 			"MYELIN_SERVICES_KEY_SERVER_GRPC="+ks.grpc, "MYELIN_SERVICES_ROOM_SERVER_GRPC="+rs.grpc),
+		mk("appservice", "appservice", as, "MYELIN_SERVICES_ROOM_SERVER_GRPC="+rs.grpc),
 		mk("edge", "edge", addrs{edge, "127.0.0.1:0"},
 			"MYELIN_SERVICES_CLIENT_API_HTTP="+ca.http, "MYELIN_SERVICES_KEY_SERVER_HTTP="+ks.http,
 			"MYELIN_SERVICES_MEDIA_HTTP="+ms.http, "MYELIN_SERVICES_FEDERATION_RECEIVER_HTTP="+fr.http),
