@@ -274,9 +274,9 @@ func allInOne(t *testing.T) *server {
 	return s
 }
 
-// split runs key-server, room-server, presence, client-api, media and
-// the two federation services (receiver and sender) as seven OS processes
-// plus the edge router, against an
+// split runs key-server, room-server, presence, client-api, media, the
+// two federation services (receiver and sender) and the appservice
+// service as eight OS processes plus the edge router, against an
 // external PostgreSQL and NATS server.
 func split(t *testing.T) *server { return splitWith(t, nil) }
 
@@ -323,6 +323,7 @@ func splitWith(t *testing.T, appserviceFiles []string) *server {
 			"MYELIN_SERVICES_PRESENCE_GRPC="+ps.grpc, "MYELIN_SERVICES_CLIENT_API_GRPC="+ca.grpc),
 		mk("federation-sender", "federation-sender", fs,
 			"MYELIN_SERVICES_KEY_SERVER_GRPC="+ks.grpc, "MYELIN_SERVICES_ROOM_SERVER_GRPC="+rs.grpc),
+		mk("appservice", "appservice", as, "MYELIN_SERVICES_ROOM_SERVER_GRPC="+rs.grpc),
 		mk("edge", "edge", addrs{edge, "127.0.0.1:0"},
 			"MYELIN_SERVICES_CLIENT_API_HTTP="+ca.http, "MYELIN_SERVICES_KEY_SERVER_HTTP="+ks.http,
 			"MYELIN_SERVICES_MEDIA_HTTP="+ms.http, "MYELIN_SERVICES_FEDERATION_RECEIVER_HTTP="+fr.http),
