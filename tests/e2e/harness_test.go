@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -281,8 +280,7 @@ func allInOne(t *testing.T) *server {
 func split(t *testing.T) *server { return splitWith(t, nil) }
 
 // splitWith is split with application service registration files, which
-// every process loads, and then the appservice service as a process of
-// its own too.
+// every process loads.
 func splitWith(t *testing.T, appserviceFiles []string) *server {
 	dir := t.TempDir()
 	common := []string{
@@ -329,13 +327,12 @@ func splitWith(t *testing.T, appserviceFiles []string) *server {
 			"MYELIN_SERVICES_MEDIA_HTTP="+ms.http, "MYELIN_SERVICES_FEDERATION_RECEIVER_HTTP="+fr.http),
 	}
 	if len(appserviceFiles) > 0 {
+		// With registrations the client-API asks the appservice service.
 		for _, p := range s.procs {
 			if p.name == "client-api" {
 				p.env = append(p.env, "MYELIN_SERVICES_APPSERVICE_GRPC="+as.grpc)
 			}
 		}
-		// Before the edge, so that it stops after it.
-		s.procs = slices.Insert(s.procs, len(s.procs)-1, mk("appservice", "appservice", as, "MYELIN_SERVICES_ROOM_SERVER_GRPC="+rs.grpc))
 	}
 	return s
 }
