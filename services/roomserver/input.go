@@ -213,9 +213,10 @@ func (w *writeTx) done() {
 }
 
 // inputEvents runs complete PDUs (federation's and tests') through the
-// pipeline, in order: NEW and OUT_OF_ROOM events one transaction each, a
-// run of OUTLIER or BACKFILL events of one room in one transaction
-// (inputBatch). An infrastructure error fails the call; transactions before
+// pipeline, in order: a run of NEW events of one room (without supplied
+// state) in one transaction (fedInput.inputNewRun), other NEW and OUT_OF_ROOM events
+// one transaction each, a run of OUTLIER or BACKFILL events of one room in
+// one transaction (inputBatch). An infrastructure error fails the call; transactions before
 // it stay committed (re-sending them is harmless: they come back
 // DUPLICATE).
 func (s *Service) inputEvents(ctx context.Context, in []*roomserverv1.InputEvent) ([]inputResult, error) {
@@ -250,6 +251,21 @@ func (s *Service) inputEvents(ctx context.Context, in []*roomserverv1.InputEvent
 			copy(out[i:j], res)
 			i = j
 			continue
+		}
+		if kind == roomserverv1.InputKind_INPUT_KIND_NEW && !in[i].GetHasState() {
+			j := i + 1
+			for j < len(in) && parsed[j] != nil && in[j].GetKind() == kind && !in[j].GetHasState() && parsed[j].RoomID() == ev.RoomID() {
+				j++
+			}
+			if j-i > 1 {
+				res, err := fedInput{s}.inputNewRun(ctx, parsed[i:j])
+				if err != nil {
+					return nil, err
+				}
+				copy(out[i:j], res)
+				i = j
+				continue
+			}
 		}
 		res, err := s.inputEvent(ctx, in[i], ev)
 		if err != nil {

@@ -82,6 +82,53 @@ func (s fedInput) inputBatch(ctx context.Context, ins []*roomserverv1.InputEvent
 	return results, nil
 }
 
+// inputNewRun runs NEW events of one room, without supplied state, in one
+// transaction, in the order given (a federation transaction's PDUs of a
+// room, each usually on the one before it): one commit instead of one per
+// event. Each event gets the result it would get alone; one that is not
+// stored (a duplicate, missing events) writes nothing, and the caller may
+// input it again once it has what was missing.
+func (s fedInput) inputNewRun(ctx context.Context, evs []gomatrixserverlib.PDU) ([]inputResult, error) {
+	var keys []store.StateKey
+	for _, ev := range evs {
+		if sk := ev.StateKey(); sk != nil {
+			keys = append(keys, store.StateKey{Type: ev.Type(), StateKey: *sk})
+		}
+	}
+	if err := s.ensureStateKeys(ctx, keys); err != nil {
+		return nil, err
+	}
+	roomID := evs[0].RoomID().String()
+	unlock := s.locks.lock(roomID)
+	defer unlock()
+	w, err := s.beginWrite(ctx, roomID, nil)
+	if err != nil {
+		return nil, err
+	}
+	results := make([]inputResult, len(evs))
+	stored := false
+	for i, ev := range evs {
+		if results[i], err = s.processEvent(ctx, w, ev, inputOpts{}); err != nil {
+			w.rollback(ctx)
+			return nil, err
+		}
+		stored = stored || results[i].stored()
+	}
+	if !stored {
+		w.rollback(ctx)
+		return results, nil
+	}
+	if err := s.commit(ctx, w); err != nil {
+		return nil, err
+	}
+	for i, ev := range evs {
+		if results[i].stored() {
+			s.logResult(ev, results[i])
+		}
+	}
+	return results, nil
+}
+
 // dependencyOrder returns the indices of evs so that an event comes after
 // the events of evs it names in auth_events (byAuth) or prev_events; other
 // events keep the order given.

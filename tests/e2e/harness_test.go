@@ -123,6 +123,9 @@ type server struct {
 	logs  []string
 	// mediaDir is where the media service keeps content (file backend).
 	mediaDir string
+	// natsURL is the external NATS server of the split shape ("" for the
+	// all-in-one shape's embedded one).
+	natsURL string
 	// ready are further URLs that answer 200 once the deployment is up
 	// (processes no request of the tests reaches, such as the federation
 	// sender's /readyz).
@@ -283,9 +286,10 @@ func split(t *testing.T) *server { return splitWith(t, nil) }
 // every process loads.
 func splitWith(t *testing.T, appserviceFiles []string) *server {
 	dir := t.TempDir()
+	natsURL := testkit.NATS(t)
 	common := []string{
 		"MYELIN_DATABASE_URL=" + testkit.Postgres(t),
-		"MYELIN_NATS_URL=" + testkit.NATS(t),
+		"MYELIN_NATS_URL=" + natsURL,
 		"MYELIN_DATA_DIR=" + dir,
 	}
 	if len(appserviceFiles) > 0 {
@@ -306,7 +310,7 @@ func splitWith(t *testing.T, appserviceFiles []string) *server {
 			"MYELIN_HTTP_LISTEN="+a.http, "MYELIN_GRPC_LISTEN="+a.grpc)
 		return &proc{name: name, args: []string{"-target", target}, env: append(env, extra...), log: filepath.Join(dir, name+".log")}
 	}
-	s := &server{url: "http://" + edge, mediaDir: filepath.Join(dir, "media"), ready: []string{"http://" + fs.http + "/readyz"}}
+	s := &server{url: "http://" + edge, mediaDir: filepath.Join(dir, "media"), natsURL: natsURL, ready: []string{"http://" + fs.http + "/readyz"}}
 	s.procs = []*proc{
 		mk("key-server", "key-server", ks),
 		mk("room-server", "room-server", rs, "MYELIN_SERVICES_KEY_SERVER_GRPC="+ks.grpc),
