@@ -51,6 +51,12 @@ func (s roomDirectory) setRoomVisibility(ctx context.Context, req *roomserverv1.
 	if err := s.knownRoom(ctx, req.GetRoomId()); err != nil {
 		return err
 	}
+	if (req.GetAppserviceId() == "") != (req.GetNetworkId() == "") {
+		return fmt.Errorf("%w: appservice_id and network_id go together", ErrBadRequest)
+	}
+	if req.GetAppserviceId() != "" {
+		return s.store.SetNetworkPublished(ctx, req.GetAppserviceId(), req.GetNetworkId(), req.GetRoomId(), public)
+	}
 	return s.store.SetPublished(ctx, req.GetRoomId(), public)
 }
 
@@ -71,8 +77,19 @@ func (s roomDirectory) getRoomVisibility(ctx context.Context, roomID string) (*r
 	return resp, nil
 }
 
-func (s roomDirectory) listPublicRooms(ctx context.Context) (*roomserverv1.ListPublicRoomsResponse, error) {
-	rooms, err := s.store.PublishedRooms(ctx)
+// listPublicRooms lists the server's directory, one application service
+// network's, or all of them (ListPublicRoomsRequest).
+func (s roomDirectory) listPublicRooms(ctx context.Context, req *roomserverv1.ListPublicRoomsRequest) (*roomserverv1.ListPublicRoomsResponse, error) {
+	var rooms []string
+	var err error
+	switch {
+	case req.GetIncludeAllNetworks():
+		rooms, err = s.store.AllPublishedRooms(ctx)
+	case req.GetAppserviceId() != "" || req.GetNetworkId() != "":
+		rooms, err = s.store.NetworkPublishedRooms(ctx, req.GetAppserviceId(), req.GetNetworkId())
+	default:
+		rooms, err = s.store.PublishedRooms(ctx)
+	}
 	if err != nil {
 		return nil, err
 	}

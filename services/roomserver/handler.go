@@ -142,8 +142,8 @@ func (h *handler) GetRoomVisibility(ctx context.Context, req *roomserverv1.GetRo
 	return resp, toStatus(err)
 }
 
-func (h *handler) ListPublicRooms(ctx context.Context, _ *roomserverv1.ListPublicRoomsRequest) (*roomserverv1.ListPublicRoomsResponse, error) {
-	resp, err := roomDirectory{h.svc}.listPublicRooms(ctx)
+func (h *handler) ListPublicRooms(ctx context.Context, req *roomserverv1.ListPublicRoomsRequest) (*roomserverv1.ListPublicRoomsResponse, error) {
+	resp, err := roomDirectory{h.svc}.listPublicRooms(ctx, req)
 	return resp, toStatus(err)
 }
 
