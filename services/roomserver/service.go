@@ -19,10 +19,11 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
-	"github.com/myelin-chat/myelin/pkg/lru"
 	"github.com/myelin-chat/myelin/pkg/bus"
+	"github.com/myelin-chat/myelin/pkg/lru"
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/roomserver/directory"
 	"github.com/myelin-chat/myelin/services/roomserver/store"
 )
 
@@ -84,6 +85,9 @@ type Service struct {
 	// check only (fedjoin.go).
 	templateKey templateKey
 
+	// directory answers the alias and published-room-list RPCs.
+	directory *directory.Service
+
 	// wake tells the publisher that the outbox grew.
 	wake chan struct{}
 }
@@ -111,7 +115,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("roomserver store: %w", err)
 	}
-	return &Service{
+	s := &Service{
 		cfg:          cfg,
 		log:          deps.Logger,
 		serverName:   serverName,
@@ -127,7 +131,15 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		memberViews:  lru.New[int64, *memberView](256),
 		templateKey:  tk,
 		wake:         make(chan struct{}, 1),
-	}, nil
+	}
+	s.directory = directory.New(st, serverName, func(ctx context.Context, roomID string) (bool, error) {
+		_, err := s.room(ctx, roomID)
+		if errors.Is(err, store.ErrNotFound) {
+			return false, nil
+		}
+		return err == nil, err
+	})
+	return s, nil
 }
 
 // ensureStreams creates the JetStream streams when they are missing. A
