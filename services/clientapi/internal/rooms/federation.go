@@ -51,8 +51,9 @@ func (s *base) isRemote(id string) bool {
 }
 
 // lookupAlias resolves an alias to a room ID and servers in the room:
-// this server's aliases from the room-server, others' from their server
-// (federation's directory query).
+// this server's aliases from the room-server (or the application service
+// whose namespace holds it), others' from their server (federation's
+// directory query).
 func (s *base) lookupAlias(ctx context.Context, alias string) (string, []string, error) {
 	if _, _, err := parseAlias(alias); err != nil {
 		return "", nil, err
@@ -67,9 +68,9 @@ func (s *base) lookupAlias(ctx context.Context, alias string) (string, []string,
 		}
 		return resp.GetRoomId(), resp.GetServers(), nil
 	}
-	resp, err := s.rooms.GetRoomAlias(ctx, &roomserverv1.GetRoomAliasRequest{Alias: alias})
+	resp, err := s.resolveAlias(ctx, alias) // appservices are asked about aliases in their namespaces
 	if err != nil {
-		return "", nil, s.fromGRPC(ctx, "GetRoomAlias", err, nil)
+		return "", nil, err
 	}
 	if resp.GetRoomId() == "" {
 		return "", nil, matrixhttp.NotFound("Room alias " + alias + " not found")
