@@ -22,12 +22,15 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 
+	"github.com/myelin-chat/myelin/pkg/appservice"
+	appservicev1 "github.com/myelin-chat/myelin/proto/appservice/v1"
 	clientapiv1 "github.com/myelin-chat/myelin/proto/clientapi/v1"
 	fedsenderv1 "github.com/myelin-chat/myelin/proto/fedsender/v1"
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
 	mediav1 "github.com/myelin-chat/myelin/proto/media/v1"
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/appservices"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/consumers"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/ephemeral"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/history"
@@ -67,6 +70,14 @@ type Deps struct {
 	// remote profiles, aliases, directories and keys, backfill). Nil when
 	// federation is off: only this server's rooms and users are reachable.
 	FederationSender fedsenderv1.FederationSenderServiceClient
+	// Appservices are the application service registrations
+	// (appservice.config_files): their as_tokens authenticate, their
+	// exclusive namespaces are theirs alone. Nil: none.
+	Appservices *appservice.Set
+	// Appservice is the appservice service, asked about unknown users
+	// and aliases in appservices' namespaces and for the third-party
+	// lookups and pings. Nil leaves those to answer as without appservices.
+	Appservice appservicev1.AppserviceServiceClient
 }
 
 // Service is a running client-API: its parts, wired.
@@ -87,6 +98,7 @@ type Service struct {
 	push         *push.Service
 	keyEndpoints *keys.Service
 	ephemeral    *ephemeral.Service
+	appservices  *appservices.Service
 
 	// notifier wakes long polls and writes waiting for the copy.
 	notifier *notifier.Notifier
@@ -139,6 +151,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	s.push = push.New(cfg.Push, deps.ServerName, st, s.history, s.wakeBus, deps.Logger)
 	s.pushers = pushgateway.New(st, cfg.Push, deps.Logger)
 	s.keys = keys.NewBridge(deps.E2EKeys, st, deps.Logger)
+	s.appservices = appservices.New(deps.Appservices, deps.Appservice, deps.RoomServer, deps.Logger)
 	s.users = users.New(users.Deps{
 		Config: users.Config{
 			Registration: cfg.Registration, PublicBaseURL: cfg.PublicBaseURL, DefaultRoomVersion: cfg.DefaultRoomVersion,
@@ -147,9 +160,16 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		ServerName: deps.ServerName, Store: st, Rooms: deps.RoomServer, Presence: deps.Presence, Log: deps.Logger,
 		Now:           func() time.Time { return s.now() },
 		DeviceChanges: s.keys, Wake: s.wakeBus, PushRules: s.push, Erasures: s.history, Members: s.notifier,
+		Appservices: deps.Appservices, AppserviceQueries: s.appservices,
 		Federation: deps.FederationSender,
 	})
+	if err := s.users.Accounts.EnsureAppserviceSenders(ctx); err != nil {
+		s.wakeBus.Stop()
+		st.Close()
+		return nil, err
+	}
 	s.roomDomain = rooms.New(rooms.Config{DefaultRoomVersion: cfg.DefaultRoomVersion}, deps.ServerName, st, deps.RoomServer, deps.FederationSender, s.history, s.users, s.notifier, deps.Logger)
+	s.roomDomain.SetAppservices(deps.Appservices, s.appservices)
 	s.ephemeral = ephemeral.New(deps.ServerName, deps.Presence, deps.Logger)
 	s.sync = syncapi.New(syncapi.Deps{
 		Config: cfg.Sync, ServerName: deps.ServerName, Store: st, Rooms: deps.RoomServer, Presence: deps.Presence,
@@ -158,6 +178,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	})
 	s.keyEndpoints = keys.New(deps.ServerName, st, deps.E2EKeys, deps.FederationSender, s.keys, s.notifier, s.users, deps.Logger)
 	s.http = httpapi.NewServer(deps.Logger, s.users.Accounts, cfg.RateLimit, time.Now)
+	s.http.SetAppservices(deps.Appservices, s.users.Accounts)
 	if s.roomEvents, err = consumers.NewRoomEvents(ctx, deps.JetStream, cfg.ConsumerName, st, s.push, s.wakeBus, s.pushers, s.users, deps.Logger); err != nil {
 		s.wakeBus.Stop()
 		st.Close()

@@ -415,6 +415,27 @@ func federationScenario(t *testing.T, a, b *fedServer) {
 		}
 		waitMembership(t, alice.cli, door.RoomID, hank.cli.UserID, "leave")
 	})
+
+	t.Run("remote space hierarchy", func(t *testing.T) {
+		space, err := alice.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat", Name: "Space",
+			CreationContent: map[string]any{"type": "m.space"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		child, err := alice.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat", Name: "Child"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := alice.cli.SendStateEvent(ctx, space.RoomID, event.StateSpaceChild, child.RoomID.String(),
+			map[string]any{"via": []string{"a.test"}}); err != nil {
+			t.Fatal(err)
+		}
+		// b.test is in neither room: it asks a.test.
+		status, body := do(t, "GET", b.url+"/_matrix/client/v1/rooms/"+space.RoomID.String()+"/hierarchy?via=a.test", bob.cli.AccessToken, nil)
+		if status != 200 || !strings.Contains(string(body), child.RoomID.String()) || !strings.Contains(string(body), `"Space"`) {
+			t.Fatalf("a.test's space asked on b: %d %s", status, body)
+		}
+	})
 }
 
 // earliestType pages /messages back to its end and returns the type of

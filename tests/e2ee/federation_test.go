@@ -5,6 +5,7 @@ package e2ee
 import (
 	"context"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
@@ -54,7 +55,9 @@ func federatingStacks(t *testing.T, names ...string) map[string]*stack.Stack {
 // (/keys/query, /keys/claim over federation), sends the Megolm room key
 // to bob's device as an Olm-encrypted to-device message (which travels as
 // an m.direct_to_device EDU and reaches bob's /sync through b.test's
-// inbound to-device consumer), and bob decrypts her message.
+// inbound to-device consumer), and bob decrypts her message. Before that,
+// bob's key upload reaches alice's /sync as device_lists.changed (an
+// m.device_list_update EDU into a.test's key-server's change log).
 func TestEncryptedConversationAcrossServers(t *testing.T) {
 	stacks := federatingStacks(t, "a.test", "b.test")
 	ctx := context.Background()
@@ -77,9 +80,20 @@ func TestEncryptedConversationAcrossServers(t *testing.T) {
 	}
 	store := oneRoom{room: room.RoomID, users: []id.UserID{alice.cli.UserID, bob.cli.UserID}}
 	alice.start(t, store)
-	bob.start(t, store)
 	alice.sync(t, 0)
+	// bob's device uploads its keys: b.test sends an m.device_list_update
+	// to a.test (which shares the room), whose /sync names bob in
+	// alice's device_lists.changed.
+	bob.start(t, store)
 	bob.sync(t, 0)
+	deadline := time.Now().Add(60 * time.Second)
+	for sawChange := false; !sawChange; {
+		if time.Now().After(deadline) {
+			t.Fatal("bob's device change never reached alice's device_lists.changed")
+		}
+		resp := alice.sync(t, 1000)
+		sawChange = slices.Contains(resp.DeviceLists.Changed, bob.cli.UserID)
+	}
 
 	if err := alice.mach.ShareGroupSession(ctx, room.RoomID, store.users); err != nil {
 		t.Fatalf("share group session: %v", err)
@@ -93,7 +107,7 @@ func TestEncryptedConversationAcrossServers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(60 * time.Second)
+	deadline = time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
 		resp := bob.sync(t, 5000)
 		jr := resp.Rooms.Join[room.RoomID]

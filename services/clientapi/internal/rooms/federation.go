@@ -51,8 +51,9 @@ func (s *base) isRemote(id string) bool {
 }
 
 // lookupAlias resolves an alias to a room ID and servers in the room:
-// this server's aliases from the room-server, others' from their server
-// (federation's directory query).
+// this server's aliases from the room-server (or the application service
+// whose namespace holds it), others' from their server (federation's
+// directory query).
 func (s *base) lookupAlias(ctx context.Context, alias string) (string, []string, error) {
 	if _, _, err := parseAlias(alias); err != nil {
 		return "", nil, err
@@ -67,9 +68,9 @@ func (s *base) lookupAlias(ctx context.Context, alias string) (string, []string,
 		}
 		return resp.GetRoomId(), resp.GetServers(), nil
 	}
-	resp, err := s.rooms.GetRoomAlias(ctx, &roomserverv1.GetRoomAliasRequest{Alias: alias})
+	resp, err := s.resolveAlias(ctx, alias) // appservices are asked about aliases in their namespaces
 	if err != nil {
-		return "", nil, s.fromGRPC(ctx, "GetRoomAlias", err, nil)
+		return "", nil, err
 	}
 	if resp.GetRoomId() == "" {
 		return "", nil, matrixhttp.NotFound("Room alias " + alias + " not found")
@@ -156,11 +157,11 @@ func (s *Rooms) join(r *http.Request, dev *httpapi.Device, roomID string, server
 	if err != nil {
 		return err
 	}
-	if !remote {
+	if !remote || len(servers) == 0 {
+		// This server is in the room, or there is no other server to
+		// ask (a room of this server every member left): the
+		// room-server decides (404 for a room it does not know).
 		return s.setMembership(r, dev, roomID, dev.UserID, store.MembershipJoin, reason)
-	}
-	if len(servers) == 0 {
-		return matrixhttp.NotFound("No known servers to join " + roomID + " through")
 	}
 	content, err := s.ownMembershipContent(r, dev, roomID, store.MembershipJoin, reason)
 	if err != nil {
@@ -192,10 +193,11 @@ func (s *Rooms) membershipContent(r *http.Request, dev *httpapi.Device, roomID, 
 	return json.Marshal(content)
 }
 
-// knockRemote knocks on a room of other servers (PerformKnock).
+// knockRemote knocks on a room of other servers (PerformKnock); with no
+// other server to ask, the room-server decides.
 func (s *Rooms) knockRemote(r *http.Request, dev *httpapi.Device, roomID string, servers []string, reason string) error {
 	if len(servers) == 0 {
-		return matrixhttp.NotFound("No known servers to knock on " + roomID + " through")
+		return s.setMembership(r, dev, roomID, dev.UserID, store.MembershipKnock, reason)
 	}
 	content, err := s.ownMembershipContent(r, dev, roomID, store.MembershipKnock, reason)
 	if err != nil {

@@ -369,6 +369,9 @@ func (s *Rooms) createRoom(r *http.Request, dev *httpapi.Device) (any, error) {
 		return nil, err
 	}
 	if plan.Alias != "" {
+		if err := s.checkAliasNamespace(dev, plan.Alias); err != nil {
+			return nil, err
+		}
 		existing, err := s.rooms.GetRoomAlias(ctx, &roomserverv1.GetRoomAliasRequest{Alias: plan.Alias})
 		if err != nil {
 			return nil, s.fromGRPC(ctx, "GetRoomAlias", err, nil)
