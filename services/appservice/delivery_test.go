@@ -179,7 +179,7 @@ func TestFaultsThenRecovery(t *testing.T) {
 		}
 	}
 	// The admin endpoint: off without the token, the list with it.
-	if code := status(t, e.main.URL()+"/_myelin/admin/appservices", "wrong"); code != http.StatusForbidden {
+	if code := statusOf(t, e.main.URL()+"/_myelin/admin/appservices", "wrong"); code != http.StatusForbidden {
 		t.Errorf("admin list with a wrong token: %d", code)
 	}
 	if body := get(t, e.main.URL()+"/_myelin/admin/appservices", "admin-secret"); !strings.Contains(body, `"id":"bridge"`) ||
@@ -288,7 +288,7 @@ func get(t testing.TB, url, token string) string {
 	return string(body)
 }
 
-func status(t testing.TB, url, token string) int {
+func statusOf(t testing.TB, url, token string) int {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodGet, url, nil)
 	req.Header.Set("Authorization", "Bearer "+token)
