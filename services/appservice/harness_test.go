@@ -62,10 +62,12 @@ type receiver struct {
 	release   chan struct{}
 	queries   []string
 	queryCode int
+	arrived   map[string]time.Time // event ID -> when its transaction came
 }
 
 func newReceiver(t testing.TB, hsToken string) *receiver {
 	r := &receiver{t: t, hsToken: hsToken, mode: modeOK, txns: map[string][32]byte{}, queryCode: http.StatusOK,
+		arrived: map[string]time.Time{},
 		slow: 1500 * time.Millisecond}
 	r.srv = httptest.NewServer(http.HandlerFunc(r.serve))
 	t.Cleanup(func() {
@@ -196,6 +198,12 @@ func (r *receiver) process(txnID string, body []byte) {
 	}
 	r.txns[txnID] = sum
 	r.txnOrder = append(r.txnOrder, txnID)
+	at := time.Now()
+	for _, ev := range txn.Events {
+		if id, ok := ev["event_id"].(string); ok {
+			r.arrived[id] = at
+		}
+	}
 	r.events = append(r.events, txn.Events...)
 	r.ephemeral = append(r.ephemeral, txn.Ephemeral...)
 }
