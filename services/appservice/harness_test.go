@@ -68,7 +68,7 @@ type receiver struct {
 func newReceiver(t testing.TB, hsToken string) *receiver {
 	r := &receiver{t: t, hsToken: hsToken, mode: modeOK, txns: map[string][32]byte{}, queryCode: http.StatusOK,
 		arrived: map[string]time.Time{},
-		slow: 1500 * time.Millisecond}
+		slow:    1500 * time.Millisecond}
 	r.srv = httptest.NewServer(http.HandlerFunc(r.serve))
 	t.Cleanup(func() {
 		r.setMode(modeOK)
