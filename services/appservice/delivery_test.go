@@ -299,3 +299,33 @@ func statusOf(t testing.TB, url, token string) int {
 	resp.Body.Close()
 	return resp.StatusCode
 }
+
+// Two appservice processes: one pushes (the lock holder), the other
+// stands by; when the pusher stops, the standby takes over and the
+// appservice gets the rest, in order, once.
+func TestStandbyTakesOver(t *testing.T) {
+	e := newEnv(t, true, asSpec{id: "bridge", namespaces: users(`@watched_.*:as\.test`, true)})
+	first := e.as
+	e.startAppservice()
+	second := e.as
+	alice, bob := e.user("alice"), e.user("watched_bob")
+	room := e.room(alice, nil)
+	join(t, bob, room)
+	r := e.recv["bridge"]
+	want := send(t, alice, room, 3, "before")
+	waitEvents(t, r, room, want)
+	const sent = `myelin_appservice_transactions_total{appservice="bridge",result="sent"}`
+	pushing, standby := first, second
+	if !strings.Contains(get(t, "http://"+first.Process.MetricsAddr()+"/metrics", ""), sent) {
+		pushing, standby = second, first
+	}
+	if strings.Contains(get(t, "http://"+standby.Process.MetricsAddr()+"/metrics", ""), sent) {
+		t.Fatal("both processes pushed")
+	}
+	pushing.Stop()
+	want = append(want, send(t, alice, room, 3, "after")...)
+	waitEvents(t, r, room, want)
+	if !strings.Contains(get(t, "http://"+standby.Process.MetricsAddr()+"/metrics", ""), sent) {
+		t.Fatal("the standby did not push")
+	}
+}
