@@ -249,6 +249,37 @@ func TestEphemeral(t *testing.T) {
 	if receipt["room_id"] != string(room) || !strings.Contains(fmt.Sprint(receipt["content"]), msgs[0]) {
 		t.Errorf("receipt: %v", receipt)
 	}
+	// Private receipts go only to appservices whose namespaces hold their
+	// owner: bob's (watched) does, alice's does not. Presence of a
+	// namespaced user goes too.
+	if err := alice.SendReceipt(ctx, room, id.EventID(msgs[0]), event.ReceiptTypeReadPrivate, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := bob.SendReceipt(ctx, room, id.EventID(msgs[0]), event.ReceiptTypeReadPrivate, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := bob.SetPresence(ctx, mautrix.ReqPresence{Presence: event.PresenceOnline, StatusMsg: "bridging"}); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 20*time.Second, func() error {
+		var bobPrivate, presence bool
+		for _, rc := range r.ephemeralOf("m.receipt") {
+			c := fmt.Sprint(rc["content"])
+			bobPrivate = bobPrivate || (strings.Contains(c, "m.read.private") && strings.Contains(c, string(bob.UserID)))
+		}
+		for _, p := range r.ephemeralOf("m.presence") {
+			presence = presence || (p["sender"] == string(bob.UserID) && strings.Contains(fmt.Sprint(p["content"]), "bridging"))
+		}
+		if !bobPrivate || !presence {
+			return fmt.Errorf("bob's private receipt %v, his presence %v", bobPrivate, presence)
+		}
+		return nil
+	})
+	for _, rc := range r.ephemeralOf("m.receipt") {
+		if c := fmt.Sprint(rc["content"]); strings.Contains(c, "m.read.private") && strings.Contains(c, string(alice.UserID)) {
+			t.Errorf("alice's private receipt reached the appservice: %v", rc)
+		}
+	}
 	// Another message makes sure "noeph" has had its turn.
 	more := send(t, alice, room, 1, "again")
 	waitEvents(t, e.recv["noeph"], room, append(msgs, more...))
