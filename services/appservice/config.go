@@ -36,8 +36,8 @@ type Config struct {
 	// the same listing is on the gRPC API (ListAppservices) and the
 	// per-appservice gauges on /metrics.
 	AdminToken string `yaml:"admin_token"`
-	// LeaderRetry is how often a replica that is not pushing tries to
-	// take over (one replica consumes and pushes at a time).
+	// LeaderRetry is how often a replica tries again to take the
+	// consuming lock or an appservice's pushing lock held by another.
 	LeaderRetry time.Duration `yaml:"leader_retry"`
 }
 
