@@ -60,7 +60,7 @@ func DefaultConfig() Config {
 func (c Config) Validate() error {
 	var errs []error
 	if c.MaxConns < 4 {
-		errs = append(errs, errors.New("max_conns must be at least 4 (the consumers and the pushing leader each hold a connection)"))
+		errs = append(errs, errors.New("max_conns must be at least 4 (the two consumers and the pushers share the pool)"))
 	}
 	if c.ConsumerPrefix == "" {
 		errs = append(errs, errors.New("consumer_prefix must be set"))

@@ -10,12 +10,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/myelin-chat/myelin/pkg/myelin"
 	"github.com/myelin-chat/myelin/pkg/testkit"
+	"github.com/myelin-chat/myelin/pkg/testkit/stack"
 	appservicev1 "github.com/myelin-chat/myelin/proto/appservice/v1"
 )
 
@@ -358,5 +360,54 @@ func TestStandbyTakesOver(t *testing.T) {
 	waitEvents(t, r, room, want)
 	if !strings.Contains(get(t, "http://"+standby.Process.MetricsAddr()+"/metrics", ""), sent) {
 		t.Fatal("the standby did not push")
+	}
+}
+
+// The consuming replica and an appservice's pusher can be different
+// processes: the pusher wakes on the queue's notification. Process A
+// takes the pusher lock while the test holds the consumer lock (A's
+// leader_retry is long, so it does not try again); process B then takes
+// the consumer lock when the test lets it go.
+func TestPusherInAnotherReplica(t *testing.T) {
+	ctx := context.Background()
+	e := newEnvConfig(t, asSpec{id: "bridge", namespaces: users(`@watched_.*:as\.test`, true)})
+	hold, err := pgx.Connect(ctx, e.cfg.Database.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hold.Close(ctx)
+	if _, err := hold.Exec(ctx, `SELECT pg_advisory_lock(hashtext('myelin.appservice.consumer'))`); err != nil {
+		t.Fatal(err)
+	}
+	e.main = stack.StartWithConfig(t, e.cfg, myelin.TargetKeyServer, myelin.TargetRoomServer, myelin.TargetPresence,
+		myelin.TargetClientAPI, myelin.TargetMedia)
+	slow := e.cfg
+	slow.Appservice.LeaderRetry = time.Hour
+	e.cfg, slow = slow, e.cfg
+	e.startAppservice() // A: the pusher
+	pusherProc := e.as
+	testkit.Eventually(t, 10*time.Second, func() error {
+		var held bool
+		if err := hold.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
+			AND classid::bigint = ((hashtext($1)::bigint >> 32) & 4294967295) AND objid::bigint = (hashtext($1)::bigint & 4294967295))`,
+			"myelin.appservice.pusher.bridge").Scan(&held); err != nil || !held {
+			return fmt.Errorf("process A does not hold the pusher lock yet (%v)", err)
+		}
+		return nil
+	})
+	e.cfg = slow
+	e.startAppservice() // B: waits for the consumer lock
+	if _, err := hold.Exec(ctx, `SELECT pg_advisory_unlock(hashtext('myelin.appservice.consumer'))`); err != nil {
+		t.Fatal(err)
+	}
+	alice, bob := e.user("alice"), e.user("watched_bob")
+	room := e.room(alice, nil)
+	join(t, bob, room)
+	want := send(t, alice, room, 5, "across")
+	waitEvents(t, e.recv["bridge"], room, want)
+	const sent = `myelin_appservice_transactions_total{appservice="bridge",result="sent"}`
+	if !strings.Contains(get(t, "http://"+pusherProc.Process.MetricsAddr()+"/metrics", ""), sent) ||
+		strings.Contains(get(t, "http://"+e.as.Process.MetricsAddr()+"/metrics", ""), sent) {
+		t.Fatal("the pushing was not done by process A alone")
 	}
 }

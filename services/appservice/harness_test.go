@@ -264,7 +264,23 @@ type asSpec struct {
 
 func newEnv(t testing.TB, split bool, specs ...asSpec) *env {
 	t.Helper()
-	e := &env{t: t, recv: map[string]*receiver{}, split: split}
+	e := newEnvConfig(t, specs...)
+	e.split = split
+	if split {
+		e.main = stack.StartWithConfig(t, e.cfg, myelin.TargetKeyServer, myelin.TargetRoomServer, myelin.TargetPresence,
+			myelin.TargetClientAPI, myelin.TargetMedia)
+		e.startAppservice()
+	} else {
+		e.main = stack.StartWithConfig(t, e.cfg)
+	}
+	return e
+}
+
+// newEnvConfig makes the receivers and the configuration, and starts
+// nothing.
+func newEnvConfig(t testing.TB, specs ...asSpec) *env {
+	t.Helper()
+	e := &env{t: t, recv: map[string]*receiver{}}
 	cfg := stack.TestConfig(t)
 	cfg.ServerName = serverName
 	cfg.ClientAPI.RateLimit.Enabled = false
@@ -286,13 +302,6 @@ func newEnv(t testing.TB, split bool, specs ...asSpec) *env {
 		cfg.Appservice.ConfigFiles = append(cfg.Appservice.ConfigFiles, registration(t, dir, s.id, u, s.namespaces, s.ephemeral))
 	}
 	e.cfg = cfg
-	if split {
-		e.main = stack.StartWithConfig(t, cfg, myelin.TargetKeyServer, myelin.TargetRoomServer, myelin.TargetPresence,
-			myelin.TargetClientAPI, myelin.TargetMedia)
-		e.startAppservice()
-	} else {
-		e.main = stack.StartWithConfig(t, cfg)
-	}
 	return e
 }
 
