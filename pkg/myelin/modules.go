@@ -11,6 +11,7 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/federation"
 	"github.com/myelin-chat/myelin/pkg/logging"
+	appservicev1 "github.com/myelin-chat/myelin/proto/appservice/v1"
 	clientapiv1 "github.com/myelin-chat/myelin/proto/clientapi/v1"
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
 	mediav1 "github.com/myelin-chat/myelin/proto/media/v1"
@@ -160,6 +161,15 @@ func startClientAPI(ctx context.Context, p *process) (service, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The appservice service only when there are appservices to ask.
+	var as appservicev1.AppserviceServiceClient
+	if p.appservices.Len() > 0 {
+		conn, err := p.dial(TargetAppservice)
+		if err != nil {
+			return nil, err
+		}
+		as = appservicev1.NewAppserviceServiceClient(conn)
+	}
 	return clientapi.New(ctx, p.cfg.ClientAPI, clientapi.Deps{
 		Logger:      p.log.With(logging.Service(TargetClientAPI)),
 		ServerName:  p.cfg.ServerName,
@@ -170,6 +180,8 @@ func startClientAPI(ctx context.Context, p *process) (service, error) {
 		RoomServer:  roomserverv1.NewRoomServiceClient(rs),
 		Presence:    presencev1.NewPresenceServiceClient(ps),
 		Media:       mediav1.NewMediaServiceClient(ms),
+		Appservices: p.appservices,
+		Appservice:  as,
 	})
 }
 
