@@ -22,7 +22,7 @@ import (
 func BenchmarkDelivery(b *testing.B) {
 	const backlog, serial = 2000, 300
 	for b.Loop() {
-		e := newEnv(b, false, asSpec{id: "bench", namespaces: users(`@watched_.*:as\.test`, true)})
+		e := newEnv(b, false, asSpec{id: "bench", namespaces: users(`@watched_.*:as\.test`, false)})
 		ctx := context.Background()
 		alice, bob := e.user("alice"), e.user("watched_bob")
 		room := e.room(alice, nil)

@@ -17,7 +17,6 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/myelin"
 	"github.com/myelin-chat/myelin/pkg/testkit"
-	"github.com/myelin-chat/myelin/pkg/testkit/stack"
 	appservicev1 "github.com/myelin-chat/myelin/proto/appservice/v1"
 )
 
@@ -27,7 +26,7 @@ func TestInterestRules(t *testing.T) {
 	e := newEnv(t, false,
 		asSpec{id: "users", namespaces: users(`@watched_.*:as\.test`, false)},
 		asSpec{id: "senders", namespaces: users(`@alice:as\.test`, false)},
-		asSpec{id: "aliases", namespaces: "  aliases:\n    - exclusive: true\n      regex: '#bridged_.*:as\\.test'"},
+		asSpec{id: "aliases", namespaces: "  aliases:\n    - exclusive: false\n      regex: '#bridged_.*:as\\.test'"},
 		asSpec{id: "rooms", namespaces: "  rooms:\n    - exclusive: false\n      regex: '!.*:as\\.test'"},
 		asSpec{id: "none", namespaces: users(`@nobody_.*:as\.test`, false)},
 		asSpec{id: "nourl", namespaces: users(`@.*`, false), noURL: true},
@@ -128,7 +127,7 @@ func TestInterestRules(t *testing.T) {
 // slowly gets everything once it recovers: once each, in order, and a
 // transaction ID is never reused for other content (the receiver checks).
 func TestFaultsThenRecovery(t *testing.T) {
-	e := newEnv(t, false, asSpec{id: "bridge", namespaces: users(`@watched_.*:as\.test`, true)})
+	e := newEnv(t, false, asSpec{id: "bridge", namespaces: users(`@watched_.*:as\.test`, false)})
 	alice, bob := e.user("alice"), e.user("watched_bob")
 	room := e.room(alice, nil)
 	join(t, bob, room)
@@ -194,7 +193,7 @@ func TestFaultsThenRecovery(t *testing.T) {
 // loses nothing: the transaction goes again with its ID and content, and
 // what was sent meanwhile follows in order.
 func TestRestartMidTransaction(t *testing.T) {
-	e := newEnv(t, true, asSpec{id: "bridge", namespaces: users(`@watched_.*:as\.test`, true)})
+	e := newEnv(t, true, asSpec{id: "bridge", namespaces: users(`@watched_.*:as\.test`, false)})
 	alice, bob := e.user("alice"), e.user("watched_bob")
 	room := e.room(alice, nil)
 	join(t, bob, room)
@@ -212,7 +211,7 @@ func TestRestartMidTransaction(t *testing.T) {
 	e.as.Stop()
 	want = append(want, send(t, alice, room, 3, "while down")...)
 	r.setMode(modeOK)
-	e.startAppservice()
+	e.startAppservice(e.asGRPC)
 	want = append(want, send(t, alice, room, 3, "after")...)
 	waitEvents(t, r, room, want)
 }
@@ -337,9 +336,9 @@ func statusOf(t testing.TB, url, token string) int {
 // stands by; when the pusher stops, the standby takes over and the
 // appservice gets the rest, in order, once.
 func TestStandbyTakesOver(t *testing.T) {
-	e := newEnv(t, true, asSpec{id: "bridge", namespaces: users(`@watched_.*:as\.test`, true)})
+	e := newEnv(t, true, asSpec{id: "bridge", namespaces: users(`@watched_.*:as\.test`, false)})
 	first := e.as
-	e.startAppservice()
+	e.startAppservice("127.0.0.1:0")
 	second := e.as
 	alice, bob := e.user("alice"), e.user("watched_bob")
 	room := e.room(alice, nil)
@@ -370,7 +369,7 @@ func TestStandbyTakesOver(t *testing.T) {
 // the consumer lock when the test lets it go.
 func TestPusherInAnotherReplica(t *testing.T) {
 	ctx := context.Background()
-	e := newEnvConfig(t, asSpec{id: "bridge", namespaces: users(`@watched_.*:as\.test`, true)})
+	e := newEnvConfig(t, asSpec{id: "bridge", namespaces: users(`@watched_.*:as\.test`, false)})
 	hold, err := pgx.Connect(ctx, e.cfg.Database.URL)
 	if err != nil {
 		t.Fatal(err)
@@ -379,12 +378,11 @@ func TestPusherInAnotherReplica(t *testing.T) {
 	if _, err := hold.Exec(ctx, `SELECT pg_advisory_lock(hashtext('myelin.appservice.consumer'))`); err != nil {
 		t.Fatal(err)
 	}
-	e.main = stack.StartWithConfig(t, e.cfg, myelin.TargetKeyServer, myelin.TargetRoomServer, myelin.TargetPresence,
-		myelin.TargetClientAPI, myelin.TargetMedia)
+	e.startMain()
 	slow := e.cfg
 	slow.Appservice.LeaderRetry = time.Hour
 	e.cfg, slow = slow, e.cfg
-	e.startAppservice() // A: the pusher
+	e.startAppservice(e.asGRPC) // A: the pusher
 	pusherProc := e.as
 	testkit.Eventually(t, 10*time.Second, func() error {
 		var held bool
@@ -396,7 +394,7 @@ func TestPusherInAnotherReplica(t *testing.T) {
 		return nil
 	})
 	e.cfg = slow
-	e.startAppservice() // B: waits for the consumer lock
+	e.startAppservice("127.0.0.1:0") // B: waits for the consumer lock
 	if _, err := hold.Exec(ctx, `SELECT pg_advisory_unlock(hashtext('myelin.appservice.consumer'))`); err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -253,6 +254,9 @@ type env struct {
 	as    *stack.Stack // the appservice process, in the split shape
 	recv  map[string]*receiver
 	split bool
+	// asGRPC is where the client-API reaches the appservice service in
+	// the split shape.
+	asGRPC string
 }
 
 type asSpec struct {
@@ -267,9 +271,8 @@ func newEnv(t testing.TB, split bool, specs ...asSpec) *env {
 	e := newEnvConfig(t, specs...)
 	e.split = split
 	if split {
-		e.main = stack.StartWithConfig(t, e.cfg, myelin.TargetKeyServer, myelin.TargetRoomServer, myelin.TargetPresence,
-			myelin.TargetClientAPI, myelin.TargetMedia)
-		e.startAppservice()
+		e.startMain()
+		e.startAppservice(e.asGRPC)
 	} else {
 		e.main = stack.StartWithConfig(t, e.cfg)
 	}
@@ -305,11 +308,31 @@ func newEnvConfig(t testing.TB, specs ...asSpec) *env {
 	return e
 }
 
-// startAppservice starts the appservice service as its own process.
-func (e *env) startAppservice() {
+// startMain starts every service but the appservice service, which the
+// client-API reaches at e.asGRPC (the first appservice process's address).
+func (e *env) startMain() {
+	e.asGRPC = freeAddr(e.t)
+	e.cfg.Services.Appservice.GRPC = e.asGRPC
+	e.main = stack.StartWithConfig(e.t, e.cfg, myelin.TargetKeyServer, myelin.TargetRoomServer, myelin.TargetPresence,
+		myelin.TargetClientAPI, myelin.TargetMedia)
+}
+
+// freeAddr is a loopback address with a port free now.
+func freeAddr(t testing.TB) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// startAppservice starts the appservice service as its own process, its
+// gRPC on grpcAddr.
+func (e *env) startAppservice(grpcAddr string) {
 	cfg := e.cfg
 	cfg.HTTP.Listen = "127.0.0.1:0"
-	cfg.GRPC.Listen = "127.0.0.1:0"
+	cfg.GRPC.Listen = grpcAddr
 	cfg.Metrics.Listen = "127.0.0.1:0"
 	cfg.Services.RoomServer.GRPC = e.main.Process.GRPCAddr()
 	e.as = stack.StartWithConfig(e.t, cfg, myelin.TargetAppservice)
