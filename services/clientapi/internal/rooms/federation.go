@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"go.uber.org/zap"
@@ -149,6 +150,11 @@ func (s *base) throughRemote(ctx context.Context, roomID string) (bool, error) {
 	return !in, err
 }
 
+// remoteJoinTimeout bounds a join through other servers: make_join and
+// send_join with each server in turn, and storing the room's state (tens
+// of thousands of events in a large room).
+const remoteJoinTimeout = 5 * time.Minute
+
 // join makes the device's user join the room: through the room-server
 // when this server is in the room, otherwise through the given servers
 // (PerformJoin, which tries each in turn).
@@ -167,7 +173,11 @@ func (s *Rooms) join(r *http.Request, dev *httpapi.Device, roomID string, server
 	if err != nil {
 		return err
 	}
-	resp, err := s.fed.PerformJoin(r.Context(), &fedsenderv1.PerformJoinRequest{RoomId: roomID, UserId: dev.UserID, ServerNames: servers, Content: content})
+	// A large room's state takes a while to fetch, check and store: more
+	// than a gRPC call's default deadline.
+	ctx, cancel := context.WithTimeout(r.Context(), remoteJoinTimeout)
+	defer cancel()
+	resp, err := s.fed.PerformJoin(ctx, &fedsenderv1.PerformJoinRequest{RoomId: roomID, UserId: dev.UserID, ServerNames: servers, Content: content})
 	if err != nil {
 		return s.fromRemote(r.Context(), "PerformJoin", err)
 	}
