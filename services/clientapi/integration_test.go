@@ -22,9 +22,11 @@ import (
 	"github.com/myelin-chat/myelin/pkg/rpc"
 	"github.com/myelin-chat/myelin/pkg/testkit"
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
+	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi"
 	"github.com/myelin-chat/myelin/services/keyserver"
+	"github.com/myelin-chat/myelin/services/presence"
 	"github.com/myelin-chat/myelin/services/roomserver"
 )
 
@@ -49,9 +51,16 @@ func startStackWith(t *testing.T, cfg clientapi.Config) string {
 // as in a deployment that scales the client-API. It returns their URLs.
 func startReplicas(t *testing.T, cfg clientapi.Config, n int) []string {
 	t.Helper()
+	urls, _ := startReplicaServices(t, cfg, n)
+	return urls
+}
+
+// startReplicaServices is startReplicas that also returns the services.
+func startReplicaServices(t testing.TB, cfg clientapi.Config, n int) ([]string, []*clientapi.Service) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	log := zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel))
+	log := stackLogger(t)
 	db := testkit.Postgres(t)
 	js := testkit.JetStream(t, testkit.NATS(t))
 	if err := bus.EnsureStreams(ctx, js, 1); err != nil {
@@ -80,16 +89,25 @@ func startReplicas(t *testing.T, cfg clientapi.Config, n int) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ps, err := presence.New(ctx, presence.DefaultConfig(), presence.Deps{
+		Logger: log, ServerName: serverName, DatabaseURL: db, JetStream: js, RoomServer: roomserverv1.NewRoomServiceClient(conn),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	g := rpc.NewServer(log)
 	ks.RegisterGRPC(g)
 	rs.RegisterGRPC(g)
-	runs := []func(context.Context) error{rs.Run, ks.Run}
+	ps.RegisterGRPC(g)
+	runs := []func(context.Context) error{rs.Run, ks.Run, ps.Run}
 	var urls []string
+	var svcs []*clientapi.Service
 	var closers []func()
 	for i := range n {
 		ca, err := clientapi.New(ctx, cfg, clientapi.Deps{
 			Logger: log, ServerName: serverName, DatabaseURL: db, JetStream: js,
 			KeyServer: ksClient, E2EKeys: keyserverv1.NewE2EKeyServiceClient(conn), RoomServer: roomserverv1.NewRoomServiceClient(conn),
+			Presence: presencev1.NewPresenceServiceClient(conn),
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -106,6 +124,7 @@ func startReplicas(t *testing.T, cfg clientapi.Config, n int) []string {
 		ca.RegisterHTTP(r)
 		srv := httptest.NewServer(r)
 		urls = append(urls, srv.URL)
+		svcs = append(svcs, ca)
 		runs = append(runs, ca.Run)
 		closers = append(closers, srv.Close, ca.Close)
 	}
@@ -131,11 +150,27 @@ func startReplicas(t *testing.T, cfg clientapi.Config, n int) []string {
 		}
 		g.Stop()
 		rs.Close()
+		ps.Close()
 	})
-	return urls
+	return urls, svcs
 }
 
-func newUser(t *testing.T, hs, username string) *mautrix.Client {
+// stackLogger logs to the test's log, or for a fuzz test (whose fuzz
+// target may not log through *testing.F) warnings and errors to stderr.
+func stackLogger(t testing.TB) *zap.Logger {
+	if _, fuzz := t.(*testing.F); fuzz {
+		cfg := zap.NewDevelopmentConfig()
+		cfg.Level = zap.NewAtomicLevelAt(zap.WarnLevel)
+		log, err := cfg.Build()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return log
+	}
+	return zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel))
+}
+
+func newUser(t testing.TB, hs, username string) *mautrix.Client {
 	t.Helper()
 	cli, err := mautrix.NewClient(hs, "", "")
 	if err != nil {
