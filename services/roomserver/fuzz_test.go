@@ -88,7 +88,7 @@ func TestParseTemplateNumbers(t *testing.T) {
 	verImpl := gomatrixserverlib.MustGetRoomVersion(gomatrixserverlib.RoomVersionV10)
 	for content, ok := range map[string]bool{
 		`{"n":100,"m":-5,"z":0,"a":[1,{"b":2}]}`: true,
-		`{"n":1E2}`: false, `{"n":1e2}`: false, `{"n":0.0}`: false, `{"n":-0}`: false, `{"n":1.5}`: false, `{"a":[{"b":01}]}`: false,
+		`{"n":1E2}`:                              false, `{"n":1e2}`: false, `{"n":0.0}`: false, `{"n":-0}`: false, `{"n":1.5}`: false, `{"a":[{"b":01}]}`: false,
 	} {
 		_, err := parseTemplate(verImpl, &roomserverv1.EventTemplate{Type: "m.room.message", Content: []byte(content)})
 		if ok != (err == nil) || err != nil && !errors.Is(err, ErrBadRequest) {
