@@ -73,7 +73,7 @@ var routeFuzzBodies = map[string]string{
 // routeFuzzBadBodies are request bodies every JSON-taking route must refuse
 // with a 4xx and an errcode, or accept.
 var routeFuzzBadBodies = []string{
-	"", "\xff\xfe", `{"a":"\u0000"}`, `{"a":"\ud800"}`, `[]`, `null`, `"s"`, `{`, `{"a":1}{`, `{"user_id":["x"],"body":{},"msgtype":7}`,
+	"", "\xff\xfe", `{"n":1E2,"z":0.0,"f":1.5,"big":9007199254740993}`, `{"a":"\u0000"}`, `{"a":"\ud800"}`, `[]`, `null`, `"s"`, `{`, `{"a":1}{`, `{"user_id":["x"],"body":{},"msgtype":7}`,
 }
 
 // routeFuzz is one client-API on the real stack with a user, a room, an
