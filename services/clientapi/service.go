@@ -140,7 +140,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		DeviceChanges: s.keys, Wake: s.wakeBus, PushRules: s.push, Erasures: s.history, Members: s.notifier,
 	})
 	s.roomDomain = rooms.New(rooms.Config{DefaultRoomVersion: cfg.DefaultRoomVersion}, deps.ServerName, st, deps.RoomServer, s.history, s.users, s.notifier, deps.Logger)
-	s.ephemeral = ephemeral.New(deps.ServerName, deps.Presence, deps.Logger)
+	s.ephemeral = ephemeral.New(deps.ServerName, deps.Presence, deps.RoomServer, deps.Logger)
 	s.sync = syncapi.New(syncapi.Deps{
 		Config: cfg.Sync, ServerName: deps.ServerName, Store: st, Rooms: deps.RoomServer, Presence: deps.Presence,
 		History: s.history, Push: s.push, Keys: s.keys, Notifier: s.notifier, Wake: s.wakeBus,
