@@ -2,6 +2,8 @@ package clientapi_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net/http"
 	"testing"
 
@@ -162,6 +164,23 @@ func TestSpecMUSTs(t *testing.T) {
 		must(t, "send from another device", err)
 		if other.EventID == first.EventID {
 			t.Fatal("another device's transaction with the same ID returned the first device's event")
+		}
+	})
+
+	// oauth_server_metadata.yaml: a server without the OAuth 2.0 API
+	// answers 404 M_UNRECOGNIZED; so do the endpoints Myelin does not
+	// offer (docs/conformance.md lists them).
+	t.Run("endpoints not offered", func(t *testing.T) {
+		for _, p := range [][]any{{"v1", "auth_metadata"}, {"v3", "thirdparty", "protocols"}, {"v3", "account", "3pid"}, {"v3", "login", "sso", "redirect"}} {
+			_, err := alice.MakeRequest(ctx, http.MethodGet, alice.BuildClientURL(p...), nil, nil)
+			wantMatrixError(t, fmt.Sprint(p), err, http.StatusNotFound, "M_UNRECOGNIZED")
+		}
+		// A third-party invite (third_party_membership.yaml) is refused
+		// with a 400.
+		err := raw(t, alice, http.MethodPost, map[string]any{"id_server": "id.example.test", "id_access_token": "x", "medium": "email", "address": "a@example.test"}, nil, "rooms", room, "invite")
+		var he mautrix.HTTPError
+		if !errors.As(err, &he) || he.Response == nil || he.Response.StatusCode != http.StatusBadRequest || he.RespError == nil {
+			t.Fatalf("third-party invite: %v, want a 400 Matrix error", err)
 		}
 	})
 
