@@ -51,6 +51,13 @@ func parseTemplate(verImpl gomatrixserverlib.IRoomVersion, t *roomserverv1.Event
 	if err := checkIntegers(out.Content); err != nil {
 		return out, fmt.Errorf("%w: content of %s: %v", ErrBadRequest, out.Type, err)
 	}
+	// gomatrixserverlib's canonical JSON writes a control character
+	// escaped in an object key (\b, \u0001) raw, which is not JSON. The
+	// key-server's builder then fails on it; refuse it here, with a reason
+	// a client can read, before a round trip to the key-server.
+	if canon, err := gomatrixserverlib.CanonicalJSON(out.Content); err != nil || !json.Valid(canon) {
+		return out, fmt.Errorf("%w: content of %s has no canonical JSON form (a control character in a key?)", ErrBadRequest, out.Type)
+	}
 	switch out.Type {
 	case spec.MRoomCreate:
 		// Only CreateRoom makes a room's create event; any later one
