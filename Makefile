@@ -67,7 +67,10 @@ jsclient-deps:
 # [, extra go test flags]. Inputs that fail are written under the
 # package's testdata/fuzz/ and then run as seeds by make test; commit them
 # with the fix. The route fuzzer needs the test PostgreSQL
-# (MYELIN_TEST_DATABASE_URL or pkg/testkit's own cluster).
+# (MYELIN_TEST_DATABASE_URL or pkg/testkit's own cluster); it first replays
+# its ~900 seeds (each a request to the real stack), which takes about two
+# minutes on a busy 2-core machine, so give it FUZZTIME of several minutes
+# to get past them (make fuzz FUZZTIME=5m).
 FUZZTIME ?= 30s
 FUZZ_TARGETS := \
 	./pkg:./matrixhttp:FuzzCheckJSONText \
