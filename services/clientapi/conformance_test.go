@@ -171,7 +171,7 @@ func TestSpecMUSTs(t *testing.T) {
 	// answers 404 M_UNRECOGNIZED; so do the endpoints Myelin does not
 	// offer (docs/conformance.md lists them).
 	t.Run("endpoints not offered", func(t *testing.T) {
-		for _, p := range [][]any{{"v1", "auth_metadata"}, {"v3", "thirdparty", "protocols"}, {"v3", "account", "3pid"}, {"v3", "login", "sso", "redirect"}} {
+		for _, p := range [][]any{{"v1", "auth_metadata"}, {"v3", "account", "3pid"}, {"v3", "login", "sso", "redirect"}} {
 			_, err := alice.MakeRequest(ctx, http.MethodGet, alice.BuildClientURL(p...), nil, nil)
 			wantMatrixError(t, fmt.Sprint(p), err, http.StatusNotFound, "M_UNRECOGNIZED")
 		}

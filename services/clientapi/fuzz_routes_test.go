@@ -90,7 +90,7 @@ func newRouteFuzz(tb testing.TB) *routeFuzz {
 	tb.Helper()
 	cfg := clientapi.DefaultConfig()
 	cfg.RateLimit.Enabled = false
-	urls, svcs := startReplicaServices(tb, cfg, 1)
+	urls, svcs := startReplicaServices(tb, cfg, 1, nil)
 	cli := newUser(tb, urls[0], "fuzzer")
 	ctx := context.Background()
 	created, err := cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Name: "fuzz"})

@@ -17,6 +17,7 @@ import (
 	"github.com/go-chi/chi/v5"
 	"go.uber.org/zap"
 
+	"github.com/myelin-chat/myelin/pkg/appservice"
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	"github.com/myelin-chat/myelin/pkg/metrics"
 	"github.com/myelin-chat/myelin/pkg/ratelimit"
@@ -27,6 +28,11 @@ import (
 // else is logged and becomes M_UNKNOWN. dev is nil for endpoints without
 // authentication.
 type HandlerFunc func(r *http.Request, dev *Device) (any, error)
+
+// Created is a handler's response that created what it names: written
+// with 201 Created (PUT /devices/{deviceId} creating a device) instead of
+// 200.
+type Created struct{ Body any }
 
 // Route is one row of a route table.
 type Route struct {
@@ -54,6 +60,10 @@ type Server struct {
 	// trustForwardedFor: rate-limit unauthenticated requests by
 	// X-Forwarded-For.
 	trustForwardedFor bool
+	// appservices are the application services whose as_tokens are
+	// accepted (nil: none); asUsers resolves the users they act as.
+	appservices *appservice.Set
+	asUsers     AppserviceUsers
 }
 
 // NewServer returns the edge for the routes of one client-API.
@@ -132,8 +142,8 @@ func (s *Server) Handler(rt Route) http.Handler {
 				return
 			}
 		}
-		// Admins are not rate limited.
-		if rt.Limit != LimitNone && (dev == nil || !dev.IsAdmin) {
+		// Admins and unlimited application services are not rate limited.
+		if rt.Limit != LimitNone && s.rateLimited(r, dev) {
 			key := ClientIP(r, s.trustForwardedFor)
 			if dev != nil {
 				key = dev.UserID
@@ -148,7 +158,11 @@ func (s *Server) Handler(rt Route) http.Handler {
 			s.WriteError(w, r, err)
 			return
 		}
-		matrixhttp.WriteJSON(w, http.StatusOK, resp)
+		status := http.StatusOK
+		if c, ok := resp.(Created); ok {
+			status, resp = http.StatusCreated, c.Body
+		}
+		matrixhttp.WriteJSON(w, status, resp)
 	})
 }
 
