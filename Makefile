@@ -6,7 +6,7 @@ PROTOS    := $(shell find $(PROTO_DIR) -name '*.proto' | sort)
 # Modules of the workspace (go.work); tests run in each.
 MODULES   := . ./pkg ./proto ./services/appservice ./services/roomserver ./services/clientapi ./services/keyserver ./services/presence ./services/media ./services/fedreceiver ./services/fedsender
 
-.PHONY: all build run test test-unit test-e2e jsclient-deps s3-server interop dendrite proto proto-check vet lint bench bench-quick bench-go bench-tools clean
+.PHONY: all build run test test-unit test-e2e jsclient-deps s3-server interop dendrite proto proto-check vet lint bench bench-quick bench-go bench-tools clean fuzz
 
 all: build
 
@@ -88,6 +88,37 @@ interop: build dendrite
 jsclient-deps:
 	@command -v npm >/dev/null || { echo "make test needs Node.js 20+ and npm (tests/jsclient drives the server with matrix-js-sdk)" >&2; exit 1; }
 	npm ci --prefix tests/jsclient --no-audit --no-fund --prefer-offline
+
+# Go fuzz targets, each run for FUZZTIME (not part of make test, which runs
+# only their seed corpora). Each line: module directory, package, target
+# [, extra go test flags]. Inputs that fail are written under the
+# package's testdata/fuzz/ and then run as seeds by make test; commit them
+# with the fix. The route fuzzer needs the test PostgreSQL
+# (MYELIN_TEST_DATABASE_URL or pkg/testkit's own cluster); it first replays
+# its ~900 seeds (each a request to the real stack), which takes about two
+# minutes on a busy 2-core machine, so give it FUZZTIME of several minutes
+# to get past them (make fuzz FUZZTIME=5m).
+FUZZTIME ?= 30s
+FUZZ_TARGETS := \
+	./pkg:./matrixhttp:FuzzCheckJSONText \
+	./services/clientapi:./internal/push:FuzzPushRules \
+	./services/clientapi:./internal/push:FuzzValidActions \
+	./services/clientapi:./internal/clientevent:FuzzParseFilter \
+	./services/clientapi:./internal/httpapi:FuzzReadObject \
+	./services/clientapi:.:FuzzRoutes \
+	./services/roomserver:.:FuzzEventTemplate \
+	.:./tests/crosscheck:FuzzCanonicalJSON:jsonv2
+
+fuzz:
+	@failed=""; \
+	for t in $(FUZZ_TARGETS); do \
+		mod=$${t%%:*}; rest=$${t#*:}; pkg=$${rest%%:*}; rest=$${rest#*:}; target=$${rest%%:*}; exp=""; \
+		case "$$rest" in *:jsonv2) exp=jsonv2; target=$${rest%%:*};; esac; \
+		echo "== fuzz $$target in $$mod/$$pkg for $(FUZZTIME)"; \
+		(cd $$mod && GOEXPERIMENT=$$exp $(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) -parallel 1 $$pkg) || failed="$$failed $$target"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "== fuzz FAILED:$$failed"; exit 1; fi; \
+	echo "== fuzz: no failures"
 
 vet:
 	@unformatted="$$(git ls-files '*.go' | xargs "$$($(GO) env GOROOT)/bin/gofmt" -l)"; \

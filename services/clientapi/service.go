@@ -170,7 +170,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	}
 	s.roomDomain = rooms.New(rooms.Config{DefaultRoomVersion: cfg.DefaultRoomVersion}, deps.ServerName, st, deps.RoomServer, deps.FederationSender, s.history, s.users, s.notifier, deps.Logger)
 	s.roomDomain.SetAppservices(deps.Appservices, s.appservices)
-	s.ephemeral = ephemeral.New(deps.ServerName, deps.Presence, deps.Logger)
+	s.ephemeral = ephemeral.New(deps.ServerName, deps.Presence, deps.RoomServer, deps.Logger)
 	s.sync = syncapi.New(syncapi.Deps{
 		Config: cfg.Sync, ServerName: deps.ServerName, Store: st, Rooms: deps.RoomServer, Presence: deps.Presence,
 		History: s.history, Push: s.push, Keys: s.keys, Notifier: s.notifier, Wake: s.wakeBus,
