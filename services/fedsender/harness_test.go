@@ -74,7 +74,7 @@ func newEnv(t testing.TB, opts envOpts) *env {
 	cfg.FederationSender.BackoffMin = 50 * time.Millisecond
 	cfg.FederationSender.BackoffMax = 400 * time.Millisecond
 	cfg.FederationSender.RequestTimeout = 5 * time.Second
-	cfg.FederationSender.LeaderRetry = 200 * time.Millisecond
+	cfg.FederationSender.LeaseTTL = 2 * time.Second
 	if opts.mutate != nil {
 		opts.mutate(&cfg)
 	}

@@ -16,6 +16,7 @@ type stats struct {
 	pdus         prometheus.Counter
 	edus         prometheus.Counter
 	pduErrors    prometheus.Counter
+	leasesTaken  prometheus.Counter
 }
 
 func newStats() *stats {
@@ -36,11 +37,15 @@ func newStats() *stats {
 			Name: "myelin_fedsender_pdu_errors_total",
 			Help: "PDUs other servers answered with an error (logged, not sent again).",
 		}),
+		leasesTaken: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "myelin_fedsender_leases_taken_total",
+			Help: "Destinations this replica took over (leases acquired).",
+		}),
 	}
 }
 
 func (st *stats) collectors(s *Service) []prometheus.Collector {
-	return []prometheus.Collector{st.transactions, st.pdus, st.edus, st.pduErrors, &queueCollector{s: s}}
+	return []prometheus.Collector{st.transactions, st.pdus, st.edus, st.pduErrors, st.leasesTaken, &queueCollector{s: s}}
 }
 
 // queueCollector reads each destination's queue and retry state.

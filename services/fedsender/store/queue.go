@@ -86,9 +86,15 @@ type Transaction struct {
 // NextTransaction returns the destination's transaction in flight (sent
 // before, not answered: it is sent again as it was), or makes a new one
 // of the oldest waiting PDUs and EDUs, or returns nil when nothing waits.
-func (s *Store) NextTransaction(ctx context.Context, dest string, maxPDUs, maxEDUs int, now time.Time) (*Transaction, error) {
+//
+// It and the other writes of the queue position (CompleteTransaction,
+// RecordFailure) run only for the holder of the destination's fence.
+func (s *Store) NextTransaction(ctx context.Context, dest string, f Fence, maxPDUs, maxEDUs int, now time.Time) (*Transaction, error) {
 	var txn *Transaction
 	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		if err := checkFence(ctx, tx, dest, f); err != nil {
+			return err
+		}
 		var open string
 		err := tx.QueryRow(ctx, `SELECT txn_id FROM queue_pdus WHERE destination = $1 AND txn_id IS NOT NULL
 			UNION ALL SELECT txn_id FROM queue_edus WHERE destination = $1 AND txn_id IS NOT NULL LIMIT 1`, dest).Scan(&open)
@@ -205,8 +211,11 @@ func destination(ctx context.Context, q rowQuerier, dest string, lock bool) (Des
 // CompleteTransaction removes an answered transaction's rows and resets
 // the destination's retry state. A destination that was catching up keeps
 // only each room's newest waiting PDU and leaves catch-up.
-func (s *Store) CompleteTransaction(ctx context.Context, dest, txnID string, now time.Time) error {
+func (s *Store) CompleteTransaction(ctx context.Context, dest string, f Fence, txnID string, now time.Time) error {
 	return pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		if err := checkFence(ctx, tx, dest, f); err != nil {
+			return err
+		}
 		if _, err := tx.Exec(ctx, `DELETE FROM queue_pdus WHERE destination = $1 AND txn_id = $2`, dest, txnID); err != nil {
 			return err
 		}
@@ -245,9 +254,12 @@ func answered(ctx context.Context, tx execer, dest string, now time.Time) error 
 // RecordFailure counts a failed attempt: the next one waits for
 // backoff(failures), and a destination failing for catchUpAfter or longer
 // switches to catch-up, which keeps only each room's newest waiting PDU.
-func (s *Store) RecordFailure(ctx context.Context, dest string, now time.Time, backoff func(failures int) time.Duration, catchUpAfter time.Duration) (DestinationState, error) {
+func (s *Store) RecordFailure(ctx context.Context, dest string, f Fence, now time.Time, backoff func(failures int) time.Duration, catchUpAfter time.Duration) (DestinationState, error) {
 	var st DestinationState
 	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		if err := checkFence(ctx, tx, dest, f); err != nil {
+			return err
+		}
 		var err error
 		if st, err = destination(ctx, tx, dest, true); err != nil {
 			return err

@@ -50,8 +50,7 @@ func (s *Store) Close() { s.db.Close() }
 // Ping checks that the database answers.
 func (s *Store) Ping(ctx context.Context) error { return s.db.Ping(ctx) }
 
-// Pool is the connection pool (the sender's leader lock holds one of its
-// connections).
+// Pool is the connection pool.
 func (s *Store) Pool() *pgxpool.Pool { return s.db }
 
 // Tx is one transaction of a consumer: what it applies for one stream
