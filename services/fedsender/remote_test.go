@@ -62,6 +62,9 @@ type remote struct {
 	// counted again).
 	pdus []gotPDU
 	edus []gotEDU
+	// inflight counts transactions being handled; overlaps counts those
+	// that began while another was (two senders at once).
+	inflight, overlaps int
 	// maxPDUs/maxEDUs seen in one transaction.
 	maxPDUs, maxEDUs int
 	authFailures     int
@@ -356,6 +359,17 @@ func (r *remote) called(pattern string) int {
 }
 
 func (r *remote) serveSend(w http.ResponseWriter, req *http.Request) {
+	r.mu.Lock()
+	r.inflight++
+	if r.inflight > 1 {
+		r.overlaps++
+	}
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		r.inflight--
+		r.mu.Unlock()
+	}()
 	fr := fedRequest(req)
 	txnID := chi.URLParam(req, "txnID")
 	var body struct {

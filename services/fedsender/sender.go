@@ -373,6 +373,9 @@ func (d *sender) runWorker(ctx context.Context, w *worker) {
 	for ctx.Err() == nil {
 		st, err := s.store.Destination(ctx, w.dest)
 		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
 			log.Warn("destination state", zap.Error(err))
 			if !pause(time.Second) {
 				return
@@ -391,6 +394,9 @@ func (d *sender) runWorker(ctx context.Context, w *worker) {
 			return
 		}
 		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
 			log.Warn("next transaction", zap.Error(err))
 			if !pause(time.Second) {
 				return
