@@ -18,6 +18,7 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/myelin"
 	"github.com/myelin-chat/myelin/pkg/testkit"
+	"github.com/myelin-chat/myelin/pkg/testkit/stack"
 )
 
 // proxy forwards TCP connections to target until cut: then every
@@ -231,7 +232,7 @@ func TestSenderReplicasShareDestinations(t *testing.T) {
 
 	// A second and a third replica; the third reaches NATS and PostgreSQL
 	// through proxies, to be cut off.
-	e.startReplica(nil)
+	second := e.startReplica(nil)
 	var natsProxy, pgProxy *proxy
 	crashing := e.startReplica(func(c *myelin.Config) {
 		c.NATS.URL, natsProxy = viaProxy(t, c.NATS.URL)
@@ -296,4 +297,37 @@ func TestSenderReplicasShareDestinations(t *testing.T) {
 	}
 	t.Logf("%d events reached each of %d remotes exactly once, in order (drained %s after the stream ended)",
 		len(ids), len(names), time.Since(began))
+
+	// Metrics: each destination is reported by its owner only; between
+	// them the two replicas own all thirty; the crash moved some.
+	eventually(t, func() error {
+		seen, owned, moved := map[string]int{}, 0.0, 0
+		for _, p := range []*stack.Stack{e.sender, second} {
+			m := metrics(t, p)
+			owned += m["myelin_fedsender_destinations_owned"]
+			if m["myelin_fedsender_replicas"] != 2 {
+				return fmt.Errorf("a replica counts %v replicas", m["myelin_fedsender_replicas"])
+			}
+			for _, n := range names {
+				if _, ok := m[`myelin_fedsender_queued_pdus{destination="`+n+`"}`]; ok {
+					seen[n]++
+				}
+				if m[`myelin_fedsender_owner_changes_total{destination="`+n+`"}`] > 0 {
+					moved++
+				}
+			}
+		}
+		if owned != float64(len(names)) || len(seen) != len(names) {
+			return fmt.Errorf("%v destinations owned, %d reported", owned, len(seen))
+		}
+		for n, c := range seen {
+			if c != 1 {
+				return fmt.Errorf("%s reported by %d replicas", n, c)
+			}
+		}
+		if moved == 0 {
+			return fmt.Errorf("no destination shows an owner change")
+		}
+		return nil
+	})
 }

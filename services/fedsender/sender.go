@@ -561,3 +561,19 @@ func (d *sender) send(ctx context.Context, w *worker, txn *store.Transaction, lo
 		zap.Bool("retry", txn.Retry))
 	return nil
 }
+
+// owned returns the destinations this replica holds and the number of
+// live replicas it knows of.
+func (d *sender) owned() (map[string]bool, int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make(map[string]bool, len(d.workers))
+	for dest := range d.workers {
+		out[dest] = true
+	}
+	members := 0
+	if d.leases != nil {
+		members = len(d.leases.Members())
+	}
+	return out, members
+}

@@ -369,6 +369,9 @@ type QueueStats struct {
 	EDUs        int64
 	Oldest      time.Time // zero when empty
 	State       DestinationState
+	// OwnerChanges counts the times the destination changed owner among
+	// the sender replicas.
+	OwnerChanges int64
 }
 
 // Stats returns every destination that has queued rows or a retry state.
@@ -377,8 +380,10 @@ func (s *Store) Stats(ctx context.Context) ([]QueueStats, error) {
 		e AS (SELECT destination, count(*) n, min(enqueued_at) oldest FROM queue_edus GROUP BY destination),
 		d AS (SELECT destination FROM p UNION SELECT destination FROM e UNION SELECT destination FROM destinations)
 		SELECT d.destination, coalesce(p.n, 0), coalesce(e.n, 0), least(p.oldest, e.oldest),
-			coalesce(x.failures, 0), x.retry_at, x.failing_since, coalesce(x.catch_up, FALSE), x.last_success
+			coalesce(x.failures, 0), x.retry_at, x.failing_since, coalesce(x.catch_up, FALSE), x.last_success,
+			coalesce(f.owner_changes, 0)
 		FROM d LEFT JOIN p USING (destination) LEFT JOIN e USING (destination) LEFT JOIN destinations x USING (destination)
+			LEFT JOIN destination_fences f USING (destination)
 		ORDER BY d.destination`)
 	if err != nil {
 		return nil, err
@@ -386,7 +391,7 @@ func (s *Store) Stats(ctx context.Context) ([]QueueStats, error) {
 	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (QueueStats, error) {
 		var q QueueStats
 		var oldest, retryAt, since, success *time.Time
-		err := r.Scan(&q.Destination, &q.PDUs, &q.EDUs, &oldest, &q.State.Failures, &retryAt, &since, &q.State.CatchUp, &success)
+		err := r.Scan(&q.Destination, &q.PDUs, &q.EDUs, &oldest, &q.State.Failures, &retryAt, &since, &q.State.CatchUp, &success, &q.OwnerChanges)
 		for _, p := range []struct {
 			src *time.Time
 			dst *time.Time
