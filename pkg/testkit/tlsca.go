@@ -60,7 +60,8 @@ func NewCA(t testing.TB) *CA {
 	return ca
 }
 
-// Issue makes a server certificate for hosts (DNS names or IP literals) and
+// Issue makes a certificate (for servers and clients) for hosts (DNS names
+// or IP literals; the first is also the common name) and
 // returns the paths of its certificate and key files (PEM).
 func (ca *CA) Issue(t testing.TB, hosts ...string) (certFile, keyFile string) {
 	t.Helper()
@@ -75,7 +76,7 @@ func (ca *CA) Issue(t testing.TB, hosts ...string) (certFile, keyFile string) {
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {
