@@ -34,10 +34,10 @@ func CallerPolicy() rpc.Policy {
 		keyserverv1.E2EKeyService_ServiceDesc.ServiceName:     {TargetClientAPI, TargetFederationReceiver},
 		roomserverv1.RoomService_ServiceDesc.ServiceName: {TargetClientAPI, TargetPresence, TargetFederationSender,
 			TargetFederationReceiver},
-		presencev1.PresenceService_ServiceDesc.ServiceName:  {TargetClientAPI, TargetFederationReceiver},
-		mediav1.MediaService_ServiceDesc.ServiceName:        {TargetClientAPI},
-		clientapiv1.UserService_ServiceDesc.ServiceName:     {TargetMedia, TargetFederationReceiver},
+		presencev1.PresenceService_ServiceDesc.ServiceName:          {TargetClientAPI, TargetFederationReceiver},
+		mediav1.MediaService_ServiceDesc.ServiceName:                {TargetClientAPI},
+		clientapiv1.UserService_ServiceDesc.ServiceName:             {TargetMedia, TargetFederationReceiver},
 		fedsenderv1.FederationSenderService_ServiceDesc.ServiceName: {TargetClientAPI},
-		grpc_health_v1.Health_ServiceDesc.ServiceName:       {rpc.AnyCaller},
+		grpc_health_v1.Health_ServiceDesc.ServiceName:               {rpc.AnyCaller},
 	}
 }

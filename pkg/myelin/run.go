@@ -48,18 +48,18 @@ type Process struct {
 
 // process holds what services share within one OS process.
 type process struct {
-	cfg      Config
-	targets  []string
-	log      *zap.Logger
-	grpcLis  net.Listener
-	httpLis  net.Listener
-	grpcSrv  *grpc.Server
-	router   chi.Router
-	nc       *nats.Conn
-	js       jetstream.JetStream
-	conns    map[string]*grpc.ClientConn
+	cfg     Config
+	targets []string
+	log     *zap.Logger
+	grpcLis net.Listener
+	httpLis net.Listener
+	grpcSrv *grpc.Server
+	router  chi.Router
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	conns   map[string]*grpc.ClientConn
 	// creds are the mutual TLS material (grpc.tls; nil: plain gRPC).
-	creds *rpc.Credentials
+	creds    *rpc.Credentials
 	cleanups []func()
 	mu       sync.Mutex
 	// pprofAddr is the debug.pprof_listen listener's address, if any.
