@@ -2,9 +2,13 @@ package myelin_test
 
 import (
 	"context"
+	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"gopkg.in/yaml.v3"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -119,5 +123,61 @@ func TestGRPCMutualTLSCallerMatrix(t *testing.T) {
 	// The process works: its services reach each other in process.
 	if code, _ := getJSON(t, s.URL()+"/readyz"); code != 200 {
 		t.Errorf("/readyz: %d", code)
+	}
+}
+
+// The Helm chart's NetworkPolicies admit, to each component's gRPC port,
+// exactly the components the caller policy admits to its services.
+func TestChartCallerMatrixFollowsPolicy(t *testing.T) {
+	raw, err := os.ReadFile("../../deploy/helm/myelin/templates/_helpers.tpl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, block, ok := strings.Cut(string(raw), `{{- define "myelin.grpcCallers" -}}`)
+	block, _, ok2 := strings.Cut(block, `{{- end -}}`)
+	if !ok || !ok2 {
+		t.Fatal("no myelin.grpcCallers block in _helpers.tpl")
+	}
+	var chart map[string][]string
+	if err := yaml.Unmarshal([]byte(block), &chart); err != nil {
+		t.Fatal(err)
+	}
+	owner := map[string]string{
+		keyserverv1.KeyService_ServiceDesc.ServiceName:              myelin.TargetKeyServer,
+		keyserverv1.ServerKeyService_ServiceDesc.ServiceName:        myelin.TargetKeyServer,
+		keyserverv1.E2EKeyService_ServiceDesc.ServiceName:           myelin.TargetKeyServer,
+		roomserverv1.RoomService_ServiceDesc.ServiceName:            myelin.TargetRoomServer,
+		presencev1.PresenceService_ServiceDesc.ServiceName:          myelin.TargetPresence,
+		mediav1.MediaService_ServiceDesc.ServiceName:                myelin.TargetMedia,
+		clientapiv1.UserService_ServiceDesc.ServiceName:             myelin.TargetClientAPI,
+		fedsenderv1.FederationSenderService_ServiceDesc.ServiceName: myelin.TargetFederationSender,
+		keyserverv1.ServerKeyService_RotateKey_FullMethodName:       myelin.TargetKeyServer,
+		grpc_health_v1.Health_ServiceDesc.ServiceName:               "",
+	}
+	want := map[string][]string{}
+	for key, callers := range myelin.CallerPolicy() {
+		target, ok := owner[key]
+		if !ok {
+			t.Fatalf("policy key %s: which component serves it?", key)
+		}
+		if target == "" {
+			continue
+		}
+		for _, c := range callers {
+			// The key-server's own pod (rotate-key) and an operator's
+			// tool are not network callers of other pods.
+			if c != target && c != myelin.AdminCaller && !slices.Contains(want[target], c) {
+				want[target] = append(want[target], c)
+			}
+		}
+	}
+	for _, target := range myelin.TargetNames() {
+		got := slices.Clone(chart[target])
+		slices.Sort(got)
+		w := want[target]
+		slices.Sort(w)
+		if !slices.Equal(got, w) {
+			t.Errorf("chart: %s accepts gRPC from %v; the policy admits %v", target, got, w)
+		}
 	}
 }
