@@ -4,7 +4,7 @@ BIN       := bin
 PROTO_DIR := proto
 PROTOS    := $(shell find $(PROTO_DIR) -name '*.proto' | sort)
 # Modules of the workspace (go.work); tests run in each.
-MODULES   := . ./pkg ./proto ./services/roomserver ./services/clientapi ./services/keyserver ./services/presence ./services/media ./services/fedreceiver ./services/fedsender
+MODULES   := . ./pkg ./proto ./services/appservice ./services/roomserver ./services/clientapi ./services/keyserver ./services/presence ./services/media ./services/fedreceiver ./services/fedsender
 
 .PHONY: all build run test test-unit test-e2e jsclient-deps s3-server proto proto-check vet lint bench bench-quick bench-go bench-tools clean
 

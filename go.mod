@@ -5,6 +5,7 @@ go 1.26.8
 require (
 	github.com/myelin-chat/myelin/pkg v0.0.0
 	github.com/myelin-chat/myelin/proto v0.0.0
+	github.com/myelin-chat/myelin/services/appservice v0.0.0
 	github.com/myelin-chat/myelin/services/clientapi v0.0.0
 	github.com/myelin-chat/myelin/services/fedreceiver v0.0.0
 	github.com/myelin-chat/myelin/services/fedsender v0.0.0
@@ -45,6 +46,7 @@ require (
 replace (
 	github.com/myelin-chat/myelin/pkg => ./pkg
 	github.com/myelin-chat/myelin/proto => ./proto
+	github.com/myelin-chat/myelin/services/appservice => ./services/appservice
 	github.com/myelin-chat/myelin/services/clientapi => ./services/clientapi
 	github.com/myelin-chat/myelin/services/fedreceiver => ./services/fedreceiver
 	github.com/myelin-chat/myelin/services/fedsender => ./services/fedsender

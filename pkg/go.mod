@@ -4,6 +4,7 @@ go 1.26.8
 
 require (
 	github.com/myelin-chat/myelin/proto v0.0.0
+	github.com/myelin-chat/myelin/services/appservice v0.0.0
 	github.com/myelin-chat/myelin/services/clientapi v0.0.0
 	github.com/myelin-chat/myelin/services/fedreceiver v0.0.0
 	github.com/myelin-chat/myelin/services/fedsender v0.0.0
@@ -76,6 +77,7 @@ require (
 
 replace (
 	github.com/myelin-chat/myelin/proto => ../proto
+	github.com/myelin-chat/myelin/services/appservice => ../services/appservice
 	github.com/myelin-chat/myelin/services/clientapi => ../services/clientapi
 	github.com/myelin-chat/myelin/services/fedreceiver => ../services/fedreceiver
 	github.com/myelin-chat/myelin/services/fedsender => ../services/fedsender

@@ -69,15 +69,26 @@ func runCmd(args []string) error {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "starting %s (all-in-one, fresh data dir %s)\n", *bin, runDir)
-	srv, err := startServer(ctx, *bin, runDir, *pgSettings)
+	// The federation scenarios' peers need their listeners in the server's
+	// server-name map before it starts; the sizes come from the flags.
+	opts, err := lf.Options("http://127.0.0.1:1") // sizes only
 	if err != nil {
 		return err
 	}
-	opts, err := lf.Options(srv.url)
+	fedEnv, fedTarget, closePeers, err := federationSetup(runDir, opts.Federation.PeersNeeded())
 	if err != nil {
+		return err
+	}
+	defer closePeers()
+	srv, err := startServer(ctx, *bin, runDir, *pgSettings, fedEnv)
+	if err != nil {
+		return err
+	}
+	if opts, err = lf.Options(srv.url); err != nil {
 		_ = srv.stop()
 		return err
 	}
+	opts.Federation.Target = fedTarget
 	opts.Processes = []loadgen.Process{
 		{Name: "myelin", PID: srv.cmd.Process.Pid},
 		{Name: "postgres", PID: srv.pgPID, Tree: true},

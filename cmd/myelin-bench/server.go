@@ -34,7 +34,7 @@ type server struct {
 // startServer writes the default configuration (myelin generate-config)
 // into dir and starts the binary on free loopback ports. Rate limits are
 // off: they would measure the limiter, not the server.
-func startServer(ctx context.Context, bin, dir, pgSettings string) (*server, error) {
+func startServer(ctx context.Context, bin, dir, pgSettings string, fed []string) (*server, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -67,6 +67,7 @@ func startServer(ctx context.Context, bin, dir, pgSettings string) (*server, err
 		"MYELIN_CLIENT_API_PUBLIC_BASE_URL=" + s.url,
 		"MYELIN_LOGGING_LEVEL=warn",
 	}
+	env = append(env, fed...)
 	// With pg_stat_statements loaded, the results name the statements
 	// that took the database's time during the profiled throughput step.
 	// PostgreSQL's durability settings are the server's defaults (durable)

@@ -45,6 +45,10 @@ func BindFlags(fs *flag.FlagSet) *FlagSet {
 	fs.IntVar(&o.BigSync.Messages, "big-messages", o.BigSync.Messages, "scenario bigsync: messages sent into each room after the joins")
 	fs.IntVar(&o.BigSync.Repeats, "big-repeats", o.BigSync.Repeats, "scenario bigsync: repeats of each initial /sync")
 	fs.IntVar(&o.BigSync.Incremental, "big-incremental", o.BigSync.Incremental, "scenario bigsync: incremental /syncs of each kind")
+	fs.IntVar(&o.Federation.IngestPeers, "fed-ingest-peers", o.Federation.IngestPeers, "scenario fedingest: peer servers sending at once, each into a room of its own")
+	fs.IntVar(&o.Federation.IngestPDUs, "fed-ingest-pdus", o.Federation.IngestPDUs, "scenario fedingest: PDUs sent in all")
+	fs.IntVar(&o.Federation.IngestBatch, "fed-ingest-batch", o.Federation.IngestBatch, "scenario fedingest: PDUs per transaction (the spec's most is 50)")
+	fs.IntVar(&o.Federation.JoinStateEvents, "fed-join-state", o.Federation.JoinStateEvents, "scenario fedjoin: state events of the remote room joined")
 	fs.IntVar(&o.Concurrency, "concurrency", o.Concurrency, "parallel requests during set-up (registration, joins)")
 	fs.StringVar(&f.pids, "pids", "", "server processes to sample: name=pid[+] comma-separated; + includes descendants (e.g. myelin=123,postgres=456+)")
 	fs.StringVar(&o.DatabaseURL, "db-url", "", "PostgreSQL URL of the server's database, for pg_database_size")
@@ -74,6 +78,10 @@ func (f *FlagSet) Options(base string) (Options, error) {
 		pick("big-messages", &o.BigSync.Messages, q.BigSync.Messages)
 		pick("big-repeats", &o.BigSync.Repeats, q.BigSync.Repeats)
 		pick("big-incremental", &o.BigSync.Incremental, q.BigSync.Incremental)
+		pick("fed-ingest-peers", &o.Federation.IngestPeers, q.Federation.IngestPeers)
+		pick("fed-ingest-pdus", &o.Federation.IngestPDUs, q.Federation.IngestPDUs)
+		pick("fed-ingest-batch", &o.Federation.IngestBatch, q.Federation.IngestBatch)
+		pick("fed-join-state", &o.Federation.JoinStateEvents, q.Federation.JoinStateEvents)
 		pick("profile-seconds", &o.ProfileSeconds, q.ProfileSeconds)
 		if !set["sweep"] {
 			f.sweep = joinInts(q.Throughput.Sweep)
@@ -206,7 +214,9 @@ func (o Options) Validate() error {
 	}
 	if o.Serial.Messages < 1 || o.Throughput.Rooms < 1 || o.Throughput.Senders < 1 || len(o.Throughput.Sweep) == 0 ||
 		o.BigSync.Rooms < 1 || o.BigSync.Members < 1 || o.BigSync.Messages < 0 || o.BigSync.Repeats < 1 || o.BigSync.Incremental < 1 ||
-		o.Throughput.StepDuration < time.Second {
+		o.Throughput.StepDuration < time.Second ||
+		o.Federation.IngestPeers < 1 || o.Federation.IngestPDUs < o.Federation.IngestPeers || o.Federation.IngestBatch < 1 ||
+		o.Federation.JoinStateEvents < 0 {
 		return fmt.Errorf("sizes must be positive and the throughput step at least 1s")
 	}
 	return nil

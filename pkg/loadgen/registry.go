@@ -9,13 +9,9 @@ import (
 // env and records its phases with env.AddPhase; it must stop by itself
 // (bounded counts, fixed durations).
 //
-// The registry is the hook for scenarios to come. Federation scenarios
-// (issue #5, scenario 6: ingest of signed 50-PDU transactions from a test
-// peer; joining a large remote room of ~30,000 state events) will register
-// here once Myelin speaks federation: they need a signing test peer (a
-// server-server API client with its own key, served on loopback) added to
-// Env next to the client-server helpers. None is registered now, on
-// purpose: there is nothing to measure yet.
+// The federation scenarios (fedingest, fedjoin) drive the target as other
+// homeservers would, through the load generator's own peers (fedpeer.go);
+// they measure only when the caller sets Options.Federation.Target.
 type Scenario struct {
 	Name  string
 	Title string
@@ -27,11 +23,13 @@ var registry []Scenario
 // The built-in scenarios, in run order: serial latency first on an empty
 // server, then the throughput sweep, then the big account (whose set-up is
 // the longest). Memory is sampled before the first and after each one
-// (scenario 5).
+// (scenario 5). The federation scenarios come last.
 func init() {
 	Register(serialScenario)
 	Register(throughputScenario)
 	Register(bigSyncScenario)
+	Register(fedIngestScenario)
+	Register(fedJoinScenario)
 }
 
 // Register adds a scenario; names are unique. Scenarios run in

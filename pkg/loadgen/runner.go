@@ -44,6 +44,7 @@ type Options struct {
 	Serial     SerialOptions     `json:"serial"`
 	Throughput ThroughputOptions `json:"throughput"`
 	BigSync    BigSyncOptions    `json:"big_sync"`
+	Federation FederationOptions `json:"federation"`
 	// Concurrency bounds set-up work (registrations, joins).
 	Concurrency int `json:"setup_concurrency"`
 	// Progress receives the live lines; nil is silent.
@@ -78,6 +79,26 @@ type BigSyncOptions struct {
 	Incremental int `json:"incremental"`
 }
 
+// FederationOptions: the federation scenarios (scenario_federation.go).
+// They run only when Target is set (cmd/myelin-bench sets it up: a test
+// CA, the target's federation listener, and the peers' listeners in its
+// server-name map).
+type FederationOptions struct {
+	Target *FederationTarget `json:"target,omitempty"`
+	// IngestPeers send IngestPDUs in all, in transactions of
+	// IngestBatch, each peer one transaction at a time into a room of its
+	// own.
+	IngestPeers int `json:"ingest_peers"`
+	IngestPDUs  int `json:"ingest_pdus"`
+	IngestBatch int `json:"ingest_batch"`
+	// JoinStateEvents is the size of the peer's room a local user joins
+	// (member events of the peer's users, after the room's first five).
+	JoinStateEvents int `json:"join_state_events"`
+}
+
+// PeersNeeded is how many peer slots the federation scenarios use.
+func (o FederationOptions) PeersNeeded() int { return o.IngestPeers + 1 }
+
 // Defaults are the issue's full sizes.
 func Defaults() Options {
 	return Options{
@@ -85,6 +106,7 @@ func Defaults() Options {
 		Throughput: ThroughputOptions{Senders: 32, Rooms: 32, Sweep: []int{1, 2, 4, 8, 16, 32, 64},
 			StepDuration: 20 * time.Second, Grace: 10 * time.Second},
 		BigSync:        BigSyncOptions{Rooms: 300, Members: 300, Messages: 20, Repeats: 3, Incremental: 20},
+		Federation:     FederationOptions{IngestPeers: 4, IngestPDUs: 20000, IngestBatch: 50, JoinStateEvents: 10000},
 		Concurrency:    16,
 		ProfileSeconds: 10,
 	}
@@ -96,6 +118,7 @@ func Quick() Options {
 	o.Serial.Messages = 100
 	o.Throughput = ThroughputOptions{Senders: 4, Rooms: 4, Sweep: []int{1, 4}, StepDuration: 2 * time.Second, Grace: 5 * time.Second}
 	o.BigSync = BigSyncOptions{Rooms: 5, Members: 5, Messages: 5, Repeats: 1, Incremental: 3}
+	o.Federation = FederationOptions{IngestPeers: 2, IngestPDUs: 400, IngestBatch: 50, JoinStateEvents: 200}
 	o.ProfileSeconds = 1
 	return o
 }

@@ -4,6 +4,7 @@ import (
 	"google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/myelin-chat/myelin/pkg/rpc"
+	appservicev1 "github.com/myelin-chat/myelin/proto/appservice/v1"
 	clientapiv1 "github.com/myelin-chat/myelin/proto/clientapi/v1"
 	fedsenderv1 "github.com/myelin-chat/myelin/proto/fedsender/v1"
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
@@ -33,7 +34,8 @@ func CallerPolicy() rpc.Policy {
 		keyserverv1.ServerKeyService_RotateKey_FullMethodName: {TargetKeyServer, AdminCaller},
 		keyserverv1.E2EKeyService_ServiceDesc.ServiceName:     {TargetClientAPI, TargetFederationReceiver},
 		roomserverv1.RoomService_ServiceDesc.ServiceName: {TargetClientAPI, TargetPresence, TargetFederationSender,
-			TargetFederationReceiver},
+			TargetFederationReceiver, TargetAppservice},
+		appservicev1.AppserviceService_ServiceDesc.ServiceName:      {TargetClientAPI},
 		presencev1.PresenceService_ServiceDesc.ServiceName:          {TargetClientAPI, TargetFederationReceiver},
 		mediav1.MediaService_ServiceDesc.ServiceName:                {TargetClientAPI},
 		clientapiv1.UserService_ServiceDesc.ServiceName:             {TargetMedia, TargetFederationReceiver},

@@ -11,6 +11,7 @@ import (
 	"github.com/myelin-chat/myelin/pkg/federation"
 	"github.com/myelin-chat/myelin/pkg/logging"
 	"github.com/myelin-chat/myelin/pkg/rpc"
+	"github.com/myelin-chat/myelin/services/appservice"
 	"github.com/myelin-chat/myelin/services/clientapi"
 	"github.com/myelin-chat/myelin/services/fedreceiver"
 	"github.com/myelin-chat/myelin/services/fedsender"
@@ -62,6 +63,9 @@ type Config struct {
 	FederationSender fedsender.Config  `yaml:"federation_sender"`
 	// FederationReceiver is the federation-receiver's (issue #16).
 	FederationReceiver fedreceiver.Config `yaml:"federation_receiver"`
+	// Appservice is the appservice service's, and appservice.config_files
+	// the registration files every process loads at start (issue #17).
+	Appservice appservice.Config `yaml:"appservice"`
 }
 
 // ListenConfig is a listen address such as "127.0.0.1:8008" (":0" picks a
@@ -106,6 +110,7 @@ type ServiceAddresses struct {
 	// FederationReceiver: the edge's federation listener forwards
 	// /_matrix/federation/* to its http address.
 	FederationReceiver ServiceAddress `yaml:"federation_receiver"`
+	Appservice         ServiceAddress `yaml:"appservice"`
 }
 
 // ServiceAddress is where a service's gRPC and HTTP listeners are. Empty
@@ -133,6 +138,7 @@ func DefaultConfig() Config {
 		FederationSender: fedsender.DefaultConfig(),
 
 		FederationReceiver: fedreceiver.DefaultConfig(),
+		Appservice:         appservice.DefaultConfig(),
 	}
 }
 
@@ -179,6 +185,7 @@ func (c *Config) Validate() error {
 		prefix("media", c.Media.Validate()),
 		prefix("federation_sender", c.FederationSender.Validate()),
 		prefix("federation_receiver", c.FederationReceiver.Validate()),
+		prefix("appservice", c.Appservice.Validate()),
 	)
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w: %w", config.ErrInvalid, err)

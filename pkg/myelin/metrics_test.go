@@ -70,7 +70,7 @@ func TestMetrics(t *testing.T) {
 		`myelin_http_request_duration_seconds_count{method="POST",route="/_matrix/client/v3/createRoom"} 1`,
 		`myelin_grpc_server_handled_total{code="OK",method="/myelin.roomserver.v1.RoomService/CreateRoom"} 1`,
 		`myelin_grpc_server_handling_seconds_count{method="/myelin.roomserver.v1.RoomService/CreateRoom"} 1`,
-		`myelin_build_info{targets="client-api,federation-receiver,federation-sender,key-server,media,presence,room-server"`,
+		`myelin_build_info{targets="appservice,client-api,federation-receiver,federation-sender,key-server,media,presence,room-server"`,
 		`myelin_http_requests_total{code="200",method="GET",route="/_matrix/client/v1/media/config"} 1`,
 		`myelin_grpc_server_handled_total{code="OK",method="/myelin.clientapi.v1.UserService/Authenticate"} 1`,
 		`myelin_fedsender_pdus_sent_total 0`,

@@ -11,11 +11,13 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/federation"
 	"github.com/myelin-chat/myelin/pkg/logging"
+	appservicev1 "github.com/myelin-chat/myelin/proto/appservice/v1"
 	clientapiv1 "github.com/myelin-chat/myelin/proto/clientapi/v1"
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
 	mediav1 "github.com/myelin-chat/myelin/proto/media/v1"
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/appservice"
 	"github.com/myelin-chat/myelin/services/clientapi"
 	"github.com/myelin-chat/myelin/services/fedreceiver"
 	"github.com/myelin-chat/myelin/services/fedsender"
@@ -39,6 +41,9 @@ const (
 	// TargetFederationReceiver serves the federation API to other
 	// homeservers.
 	TargetFederationReceiver = "federation-receiver"
+	// TargetAppservice pushes transactions to application services and
+	// answers the client-API's queries of them (issue #17).
+	TargetAppservice = "appservice"
 )
 
 // service is the shape every service has: it registers onto the process's
@@ -68,6 +73,7 @@ var modules = []module{
 	{name: TargetMedia, start: startMedia},
 	{name: TargetFederationSender, start: startFederationSender},
 	{name: TargetFederationReceiver, start: startFederationReceiver},
+	{name: TargetAppservice, start: startAppservice},
 }
 
 // ParseTargets expands a comma-separated target list. "all" is every
@@ -155,6 +161,15 @@ func startClientAPI(ctx context.Context, p *process) (service, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The appservice service only when there are appservices to ask.
+	var as appservicev1.AppserviceServiceClient
+	if p.appservices.Len() > 0 {
+		conn, err := p.dial(TargetAppservice)
+		if err != nil {
+			return nil, err
+		}
+		as = appservicev1.NewAppserviceServiceClient(conn)
+	}
 	return clientapi.New(ctx, p.cfg.ClientAPI, clientapi.Deps{
 		Logger:      p.log.With(logging.Service(TargetClientAPI)),
 		ServerName:  p.cfg.ServerName,
@@ -165,6 +180,8 @@ func startClientAPI(ctx context.Context, p *process) (service, error) {
 		RoomServer:  roomserverv1.NewRoomServiceClient(rs),
 		Presence:    presencev1.NewPresenceServiceClient(ps),
 		Media:       mediav1.NewMediaServiceClient(ms),
+		Appservices: p.appservices,
+		Appservice:  as,
 	})
 }
 
@@ -256,5 +273,21 @@ func startFederationSender(ctx context.Context, p *process) (service, error) {
 		ServerKeys:  keyserverv1.NewServerKeyServiceClient(ks),
 		Federation:  p.fedTransport,
 		Metrics:     p.metrics,
+	})
+}
+
+func startAppservice(ctx context.Context, p *process) (service, error) {
+	rs, err := p.dial(TargetRoomServer)
+	if err != nil {
+		return nil, err
+	}
+	return appservice.New(ctx, p.cfg.Appservice, appservice.Deps{
+		Logger:        p.log.With(logging.Service(TargetAppservice)),
+		ServerName:    p.cfg.ServerName,
+		DatabaseURL:   p.cfg.databaseURL(p.cfg.Appservice.DatabaseURL),
+		JetStream:     p.js,
+		Registrations: p.appservices,
+		RoomServer:    roomserverv1.NewRoomServiceClient(rs),
+		Metrics:       p.metrics,
 	})
 }

@@ -28,6 +28,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/test/bufconn"
 
+	asreg "github.com/myelin-chat/myelin/pkg/appservice"
 	"github.com/myelin-chat/myelin/pkg/bus"
 	"github.com/myelin-chat/myelin/pkg/devinfra"
 	"github.com/myelin-chat/myelin/pkg/edge"
@@ -78,6 +79,8 @@ type process struct {
 	fed *federationListener
 	// metrics is the process's Prometheus registry.
 	metrics *metrics.Metrics
+	// appservices are the registrations of appservice.config_files.
+	appservices *asreg.Set
 }
 
 // Run starts the process and blocks until ctx ends or a service fails.
@@ -109,6 +112,11 @@ func Start(ctx context.Context, cfg Config, targets []string, log *zap.Logger) (
 		}
 		p.lock = lock
 		p.cleanups = append(p.cleanups, func() { unlockDataDir(lock) })
+	}
+	// The appservice registrations: a bad file refuses the start of any
+	// process, before anything is provisioned.
+	if p.appservices, err = asreg.LoadFiles(cfg.Appservice.ConfigFiles, cfg.ServerName); err != nil {
+		return nil, err
 	}
 	if p.grpcLis, err = listen("grpc.listen", cfg.GRPC.Listen); err != nil {
 		return nil, err
@@ -366,7 +374,8 @@ func (p *process) needsDatabase() bool {
 func (p *process) needsNATS() bool {
 	return slices.Contains(p.targets, TargetRoomServer) || slices.Contains(p.targets, TargetClientAPI) ||
 		slices.Contains(p.targets, TargetPresence) || slices.Contains(p.targets, TargetKeyServer) ||
-		slices.Contains(p.targets, TargetFederationSender) || slices.Contains(p.targets, TargetFederationReceiver)
+		slices.Contains(p.targets, TargetFederationSender) || slices.Contains(p.targets, TargetFederationReceiver) ||
+		slices.Contains(p.targets, TargetAppservice)
 }
 
 // dial returns the gRPC connection to a service: the configured address, or,
@@ -411,6 +420,8 @@ func (p *process) address(target string) ServiceAddress {
 		return p.cfg.Services.FederationSender
 	case TargetFederationReceiver:
 		return p.cfg.Services.FederationReceiver
+	case TargetAppservice:
+		return p.cfg.Services.Appservice
 	}
 	return ServiceAddress{}
 }

@@ -49,6 +49,13 @@ func startStackWith(t *testing.T, cfg clientapi.Config) string {
 // as in a deployment that scales the client-API. It returns their URLs.
 func startReplicas(t *testing.T, cfg clientapi.Config, n int) []string {
 	t.Helper()
+	return startReplicasDeps(t, cfg, n, nil)
+}
+
+// startReplicasDeps is startReplicas with the client-API's dependencies
+// changed by withDeps (nil: as they are), e.g. application services.
+func startReplicasDeps(t *testing.T, cfg clientapi.Config, n int, withDeps func(*clientapi.Deps)) []string {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	log := zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel))
@@ -87,10 +94,14 @@ func startReplicas(t *testing.T, cfg clientapi.Config, n int) []string {
 	var urls []string
 	var closers []func()
 	for i := range n {
-		ca, err := clientapi.New(ctx, cfg, clientapi.Deps{
+		deps := clientapi.Deps{
 			Logger: log, ServerName: serverName, DatabaseURL: db, JetStream: js,
 			KeyServer: ksClient, E2EKeys: keyserverv1.NewE2EKeyServiceClient(conn), RoomServer: roomserverv1.NewRoomServiceClient(conn),
-		})
+		}
+		if withDeps != nil {
+			withDeps(&deps)
+		}
+		ca, err := clientapi.New(ctx, cfg, deps)
 		if err != nil {
 			t.Fatal(err)
 		}

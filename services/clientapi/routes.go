@@ -11,7 +11,7 @@ import (
 
 // routes is the client-API's route table.
 func (s *Service) routes() []httpapi.Route {
-	return slices.Concat(s.users.Routes(), s.roomDomain.Routes(), s.history.Routes(), s.sync.Routes(), s.push.Routes(), s.keyEndpoints.Routes(), s.ephemeral.Routes())
+	return slices.Concat(s.users.Routes(), s.roomDomain.Routes(), s.history.Routes(), s.sync.Routes(), s.push.Routes(), s.keyEndpoints.Routes(), s.ephemeral.Routes(), s.appservices.Routes())
 }
 
 // RegisterHTTP mounts the client-server API on r (through the HTTP edge,

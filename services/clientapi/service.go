@@ -22,11 +22,14 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 
+	"github.com/myelin-chat/myelin/pkg/appservice"
+	appservicev1 "github.com/myelin-chat/myelin/proto/appservice/v1"
 	clientapiv1 "github.com/myelin-chat/myelin/proto/clientapi/v1"
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
 	mediav1 "github.com/myelin-chat/myelin/proto/media/v1"
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/appservices"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/consumers"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/ephemeral"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/history"
@@ -61,6 +64,14 @@ type Deps struct {
 	// Media takes over the media this service stored before the media
 	// service existed (internal/mediahandover). Nil leaves them where they are.
 	Media mediav1.MediaServiceClient
+	// Appservices are the application service registrations
+	// (appservice.config_files): their as_tokens authenticate, their
+	// exclusive namespaces are theirs alone. Nil: none.
+	Appservices *appservice.Set
+	// Appservice is the appservice service, asked about unknown users
+	// and aliases in appservices' namespaces and for the third-party
+	// lookups and pings. Nil leaves those to answer as without appservices.
+	Appservice appservicev1.AppserviceServiceClient
 }
 
 // Service is a running client-API: its parts, wired.
@@ -81,6 +92,7 @@ type Service struct {
 	push         *push.Service
 	keyEndpoints *keys.Service
 	ephemeral    *ephemeral.Service
+	appservices  *appservices.Service
 
 	// notifier wakes long polls and writes waiting for the copy.
 	notifier *notifier.Notifier
@@ -130,6 +142,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	s.push = push.New(cfg.Push, deps.ServerName, st, s.history, s.wakeBus, deps.Logger)
 	s.pushers = pushgateway.New(st, cfg.Push, deps.Logger)
 	s.keys = keys.NewBridge(deps.E2EKeys, st, deps.Logger)
+	s.appservices = appservices.New(deps.Appservices, deps.Appservice, deps.RoomServer, deps.Logger)
 	s.users = users.New(users.Deps{
 		Config: users.Config{
 			Registration: cfg.Registration, PublicBaseURL: cfg.PublicBaseURL, DefaultRoomVersion: cfg.DefaultRoomVersion,
@@ -138,8 +151,15 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		ServerName: deps.ServerName, Store: st, Rooms: deps.RoomServer, Presence: deps.Presence, Log: deps.Logger,
 		Now:           func() time.Time { return s.now() },
 		DeviceChanges: s.keys, Wake: s.wakeBus, PushRules: s.push, Erasures: s.history, Members: s.notifier,
+		Appservices: deps.Appservices, AppserviceQueries: s.appservices,
 	})
+	if err := s.users.Accounts.EnsureAppserviceSenders(ctx); err != nil {
+		s.wakeBus.Stop()
+		st.Close()
+		return nil, err
+	}
 	s.roomDomain = rooms.New(rooms.Config{DefaultRoomVersion: cfg.DefaultRoomVersion}, deps.ServerName, st, deps.RoomServer, s.history, s.users, s.notifier, deps.Logger)
+	s.roomDomain.SetAppservices(deps.Appservices, s.appservices)
 	s.ephemeral = ephemeral.New(deps.ServerName, deps.Presence, deps.Logger)
 	s.sync = syncapi.New(syncapi.Deps{
 		Config: cfg.Sync, ServerName: deps.ServerName, Store: st, Rooms: deps.RoomServer, Presence: deps.Presence,
@@ -148,6 +168,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	})
 	s.keyEndpoints = keys.New(deps.ServerName, st, deps.E2EKeys, s.keys, s.notifier, s.users, deps.Logger)
 	s.http = httpapi.NewServer(deps.Logger, s.users.Accounts, cfg.RateLimit, time.Now)
+	s.http.SetAppservices(deps.Appservices, s.users.Accounts)
 	if s.roomEvents, err = consumers.NewRoomEvents(ctx, deps.JetStream, cfg.ConsumerName, st, s.push, s.wakeBus, s.pushers, s.users, deps.Logger); err != nil {
 		s.wakeBus.Stop()
 		st.Close()

@@ -108,27 +108,39 @@ type pduHeader struct {
 	EventID string `json:"event_id"`
 }
 
-// processPDU handles one PDU of a transaction and returns its event ID
-// (empty when none can be given: the PDU is dropped without a result) and
-// its result. An error fails the whole transaction (a peer is down).
-func (s *Service) processPDU(ctx context.Context, tc *txnContext, raw json.RawMessage) (string, fclient.PDUResult, error) {
+// preparedPDU is a PDU of a transaction checked up to its input: its
+// event ID (empty: dropped without a result) and either its result or,
+// when ready, what the room-server is given.
+type preparedPDU struct {
+	id      string
+	res     fclient.PDUResult
+	ready   bool
+	verImpl gomatrixserverlib.IRoomVersion
+	ev      gomatrixserverlib.PDU
+	raw     []byte
+}
+
+// preparePDU checks one PDU of a transaction up to its input (room known,
+// format of its room version, server ACL). An error fails the whole
+// transaction (a peer is down).
+func (s *Service) preparePDU(ctx context.Context, tc *txnContext, raw json.RawMessage) (preparedPDU, error) {
 	var h pduHeader
 	if err := json.Unmarshal(raw, &h); err != nil || h.RoomID == "" {
 		s.log.Debug("PDU without a room dropped", zap.String("origin", string(tc.origin)))
-		return "", fclient.PDUResult{}, nil
+		return preparedPDU{}, nil
 	}
-	fail := func(id, format string, args ...any) (string, fclient.PDUResult, error) {
-		return id, fclient.PDUResult{Error: fmt.Sprintf(format, args...)}, nil
+	fail := func(id, format string, args ...any) (preparedPDU, error) {
+		return preparedPDU{id: id, res: fclient.PDUResult{Error: fmt.Sprintf(format, args...)}}, nil
 	}
 	ri, err := s.room(ctx, tc, h.RoomID)
 	if err != nil {
-		return "", fclient.PDUResult{}, err
+		return preparedPDU{}, err
 	}
 	if !ri.exists {
 		if h.EventID != "" {
 			return fail(h.EventID, "This server is not in room %s", h.RoomID)
 		}
-		return "", fclient.PDUResult{}, nil
+		return preparedPDU{}, nil
 	}
 	ev, err := parsePDU(ri.version, raw)
 	if err != nil {
@@ -140,7 +152,7 @@ func (s *Service) processPDU(ctx context.Context, tc *txnContext, raw json.RawMe
 		case h.EventID != "":
 			return fail(h.EventID, "Invalid event: %v", err)
 		}
-		return "", fclient.PDUResult{}, nil
+		return preparedPDU{}, nil
 	}
 	id := ev.EventID()
 	if ev.RoomID().String() != h.RoomID {
@@ -150,13 +162,69 @@ func (s *Service) processPDU(ctx context.Context, tc *txnContext, raw json.RawMe
 		if errorsIsACL(err) {
 			return fail(id, "Server %s is denied by the room's server ACL", tc.origin)
 		}
-		return "", fclient.PDUResult{}, err
+		return preparedPDU{}, err
 	}
-	res, err := s.inputWithGaps(ctx, tc.origin, ri.version, ev, raw)
-	if err != nil {
-		return "", fclient.PDUResult{}, err
+	return preparedPDU{id: id, ready: true, verImpl: ri.version, ev: ev, raw: raw}, nil
+}
+
+// inputPrepared inputs a transaction's ready PDUs, room by room in the
+// order rooms first appear, each room's PDUs in transaction order and in
+// one room-server call (one database transaction: a transaction's PDUs
+// of a room are usually a chain). A PDU whose prior events the room-server
+// lacks then goes through inputWithGaps, in order, so those after it that
+// build on it follow once its gap is filled. A room not reached before ctx
+// ends leaves its PDUs without a result (id emptied).
+func (s *Service) inputPrepared(ctx context.Context, origin spec.ServerName, ps []preparedPDU) error {
+	var rooms []string
+	byRoom := map[string][]int{}
+	for i, p := range ps {
+		if !p.ready {
+			continue
+		}
+		room := p.ev.RoomID().String()
+		if _, ok := byRoom[room]; !ok {
+			rooms = append(rooms, room)
+		}
+		byRoom[room] = append(byRoom[room], i)
 	}
-	return id, res, nil
+	for _, room := range rooms {
+		idx := byRoom[room]
+		var results []*roomserverv1.InputEventResult
+		if len(idx) > 1 && ctx.Err() == nil {
+			req := &roomserverv1.InputEventsRequest{Events: make([]*roomserverv1.InputEvent, len(idx))}
+			for k, i := range idx {
+				req.Events[k] = &roomserverv1.InputEvent{RoomVersion: string(ps[i].verImpl.Version()), EventJson: ps[i].raw,
+					Kind: roomserverv1.InputKind_INPUT_KIND_NEW}
+			}
+			resp, err := s.rooms.InputEvents(ctx, req)
+			switch {
+			case err != nil && isPeerDown(err):
+				return err
+			case err != nil:
+				// One by one below, each with its own error.
+				s.log.Warn("input of a room's PDUs at once failed", zap.String("room_id", room), zap.Error(err))
+			case len(resp.GetResults()) == len(idx):
+				results = resp.GetResults()
+			}
+		}
+		for k, i := range idx {
+			p := &ps[i]
+			if results != nil && results[k].GetStatus() != roomserverv1.InputStatus_INPUT_STATUS_MISSING_EVENTS {
+				p.res = pduResult(results[k])
+				continue
+			}
+			if ctx.Err() != nil {
+				p.id = "" // out of budget: left without a result
+				continue
+			}
+			res, err := s.inputWithGaps(ctx, origin, p.verImpl, p.ev, p.raw)
+			if err != nil {
+				return err
+			}
+			p.res = res
+		}
+	}
+	return nil
 }
 
 // inputNew inputs one event as NEW (optionally with the state before it)

@@ -138,21 +138,28 @@ func (s *Service) transaction(ctx context.Context, origin spec.ServerName, txnID
 	return raw, nil
 }
 
-// processTransaction handles the PDUs (each through the room-server, with
-// gap filling) and the EDUs, and returns the per-PDU results.
+// processTransaction handles the PDUs (through the room-server, a room's
+// at once, with gap filling) and the EDUs, and returns the per-PDU results.
 func (s *Service) processTransaction(ctx context.Context, origin spec.ServerName, pdus []json.RawMessage, edus []gomatrixserverlib.EDU) (fclient.RespSend, error) {
 	tc := &txnContext{origin: origin, acl: s.newACLCache(origin), rooms: map[string]*roomInfo{}}
 	resp := fclient.RespSend{PDUs: map[string]fclient.PDUResult{}}
+	prepared := make([]preparedPDU, 0, len(pdus))
 	for _, raw := range pdus {
 		if ctx.Err() != nil {
 			break // out of budget: the rest is left without a result
 		}
-		id, res, err := s.processPDU(ctx, tc, raw)
+		p, err := s.preparePDU(ctx, tc, raw)
 		if err != nil {
 			return resp, err
 		}
-		if id != "" {
-			resp.PDUs[id] = res
+		prepared = append(prepared, p)
+	}
+	if err := s.inputPrepared(ctx, origin, prepared); err != nil {
+		return resp, err
+	}
+	for _, p := range prepared {
+		if p.id != "" {
+			resp.PDUs[p.id] = p.res
 		}
 	}
 	for _, edu := range edus {

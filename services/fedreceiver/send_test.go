@@ -312,3 +312,50 @@ func TestSlowAndGarbageRemote(t *testing.T) {
 		})
 	}
 }
+
+// TestTransactionOfChains: a transaction's PDUs of a room go to the
+// room-server in one call; each keeps a result of its own (an event the
+// auth rules refuse among accepted ones), a gap before a room's first PDU
+// is filled before the PDUs that build on it, and PDUs of two rooms may
+// interleave.
+func TestTransactionOfChains(t *testing.T) {
+	e := newEnv(t, nil)
+	alice := e.localUser("alice")
+	roomA, ra := e.joinedRoom(alice, "11")
+	roomB, rb := e.joinedRoom(alice, "12")
+	bob := e.remote.user("bob")
+	a0 := ra.message(bob, "a0") // never sent: fetched with /get_missing_events
+	a1, a2, a3 := ra.message(bob, "a1"), ra.message(bob, "a2"), ra.message(bob, "a3")
+	b1, b2 := rb.message(bob, "b1"), rb.message(bob, "b2")
+	empty := ""
+	// Bob may not change the power levels: refused, on b2 like b3 (room
+	// B has no gap, so all its PDUs are decided in the one call).
+	bad := rb.build(bob, "m.room.power_levels", &empty, map[string]any{"users": map[string]any{bob: 100}})
+	b3 := rb.message(bob, "b3")
+	status, res := e.remote.send(raws(b1, a1, b2, a2, bad, b3, a3))
+	if status != 200 {
+		t.Fatalf("send: %d", status)
+	}
+	for _, ev := range []gomatrixserverlib.PDU{a1, a2, a3, b1, b2, b3} {
+		if r, ok := res[ev.EventID()]; !ok || r.Error != "" {
+			t.Errorf("%s: result %+v (present %v)", ev.EventID(), r, ok)
+		}
+	}
+	if r, ok := res[bad.EventID()]; !ok || r.Error == "" {
+		t.Errorf("the refused power levels event: result %+v (present %v), want an error", r, ok)
+	}
+	for _, ev := range []gomatrixserverlib.PDU{a0, a1, a2, a3, b1, b2, b3} {
+		if !e.accepted(ev.EventID()) {
+			t.Errorf("%s not accepted", ev.EventID())
+		}
+	}
+	if e.accepted(bad.EventID()) {
+		t.Error("the refused power levels event was accepted")
+	}
+	syncUntil(t, alice, roomA, func(seen []string) error {
+		return inOrder(seen, []string{bob + "|m.room.message|a0", bob + "|m.room.message|a1", bob + "|m.room.message|a2", bob + "|m.room.message|a3"})
+	})
+	syncUntil(t, alice, roomB, func(seen []string) error {
+		return inOrder(seen, []string{bob + "|m.room.message|b1", bob + "|m.room.message|b2", bob + "|m.room.message|b3"})
+	})
+}

@@ -5,6 +5,7 @@ go 1.26.8
 replace (
 	github.com/myelin-chat/myelin/pkg => ../../pkg
 	github.com/myelin-chat/myelin/proto => ../../proto
+	github.com/myelin-chat/myelin/services/appservice => ../appservice
 	github.com/myelin-chat/myelin/services/clientapi => ../clientapi
 	github.com/myelin-chat/myelin/services/fedreceiver => ../fedreceiver
 	github.com/myelin-chat/myelin/services/fedsender => ../fedsender

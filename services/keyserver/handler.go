@@ -55,7 +55,7 @@ func (h *handler) SignJSON(ctx context.Context, req *keyserverv1.SignJSONRequest
 }
 
 func (h *handler) BuildEvent(ctx context.Context, req *keyserverv1.BuildEventRequest) (*keyserverv1.BuildEventResponse, error) {
-	ev, err := h.svc.buildEvent(req.GetRoomVersion(), req.GetProtoEvent())
+	ev, err := h.svc.buildEvent(req.GetRoomVersion(), req.GetProtoEvent(), req.OriginServerTs)
 	switch {
 	case errors.Is(err, ErrBadEvent):
 		return nil, status.Error(codes.InvalidArgument, err.Error())

@@ -233,8 +233,9 @@ var ErrEventTooLarge = errors.New("event too large")
 
 // buildEvent completes a proto-event (JSON of gomatrixserverlib.ProtoEvent)
 // into a signed event of this server with gomatrixserverlib's EventBuilder,
-// signed by the current key: the only signature the event gets.
-func (s *Service) buildEvent(version string, protoJSON []byte) (gomatrixserverlib.PDU, error) {
+// signed by the current key: the only signature the event gets. originTS
+// (ms since the epoch) is its origin_server_ts; nil means now.
+func (s *Service) buildEvent(version string, protoJSON []byte, originTS *int64) (gomatrixserverlib.PDU, error) {
 	verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(version))
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadEvent, err)
@@ -247,7 +248,11 @@ func (s *Service) buildEvent(version string, protoJSON []byte) (gomatrixserverli
 	// handles []string (room versions 3+) and reference lists (1 and 2).
 	pe.PrevEvents, pe.AuthEvents = stringList(pe.PrevEvents), stringList(pe.AuthEvents)
 	key := s.current()
-	ev, err := verImpl.NewEventBuilderFromProtoEvent(&pe).Build(time.Now(), s.server,
+	ts := time.Now()
+	if originTS != nil {
+		ts = time.UnixMilli(*originTS)
+	}
+	ev, err := verImpl.NewEventBuilderFromProtoEvent(&pe).Build(ts, s.server,
 		gomatrixserverlib.KeyID(key.ID), key.Private)
 	var tooLarge gomatrixserverlib.EventValidationError
 	if errors.As(err, &tooLarge) && tooLarge.Code == gomatrixserverlib.EventValidationTooLarge {

@@ -41,12 +41,18 @@ func newSigner(serverName spec.ServerName, keys keyserverv1.KeyServiceClient) *s
 // Errors from gomatrixserverlib's checks (size limits, bad fields) wrap
 // ErrBadRequest.
 func (b *signer) build(ctx context.Context, verImpl gomatrixserverlib.IRoomVersion, proto *gomatrixserverlib.ProtoEvent) (gomatrixserverlib.PDU, error) {
+	return b.buildAt(ctx, verImpl, proto, nil)
+}
+
+// buildAt is build with the event's origin_server_ts (ms since the epoch)
+// set by the sender (an application service's ts); nil means now.
+func (b *signer) buildAt(ctx context.Context, verImpl gomatrixserverlib.IRoomVersion, proto *gomatrixserverlib.ProtoEvent, originTS *int64) (gomatrixserverlib.PDU, error) {
 	protoJSON, err := json.Marshal(proto)
 	if err != nil {
 		return nil, err
 	}
 	resp, err := b.keys.BuildEvent(ctx, &keyserverv1.BuildEventRequest{
-		RoomVersion: string(verImpl.Version()), ProtoEvent: protoJSON,
+		RoomVersion: string(verImpl.Version()), ProtoEvent: protoJSON, OriginServerTs: originTS,
 	})
 	switch status.Code(err) {
 	case codes.OK:

@@ -22,7 +22,7 @@ func (s *Service) loadEvents(ctx context.Context, q *store.Queries, nids []int64
 	out := make(map[int64]*eventEntry, len(nids))
 	var miss []int64
 	for _, nid := range nids {
-		if e, ok := s.events.get(nid); ok {
+		if e, ok := s.events.Get(nid); ok {
 			out[nid] = e
 		} else if _, dup := out[nid]; !dup {
 			miss = append(miss, nid)
@@ -48,7 +48,7 @@ func (s *Service) loadEvents(ctx context.Context, q *store.Queries, nids []int64
 		}
 		out[row.NID] = e
 		if cache {
-			s.events.put(row.NID, e)
+			s.events.Put(row.NID, e)
 		}
 	}
 	for _, nid := range miss {
@@ -63,7 +63,7 @@ func (s *Service) loadEvents(ctx context.Context, q *store.Queries, nids []int64
 // keeps loads that read it before the change from caching the old form.
 func (s *Service) forgetEvent(nid int64) {
 	s.eventRewrites.Add(1)
-	s.events.remove(nid)
+	s.events.Remove(nid)
 }
 
 // eventsByID loads events by ID (not cached by ID; the NID cache is used
@@ -80,7 +80,7 @@ func (s *Service) eventsByID(ctx context.Context, q *store.Queries, ids []string
 func (s *Service) eventEntries(rows []store.Event) (map[string]*eventEntry, error) {
 	out := make(map[string]*eventEntry, len(rows))
 	for _, row := range rows {
-		if e, ok := s.events.get(row.NID); ok && e.Outlier == row.Outlier {
+		if e, ok := s.events.Get(row.NID); ok && e.Outlier == row.Outlier {
 			out[row.EventID] = e
 			continue
 		}

@@ -787,3 +787,62 @@ func TestRestrictedJoinThroughThisServer(t *testing.T) {
 	_, err = h.rs.SignJoin(h.ctx, &roomserverv1.SignJoinRequest{RoomId: room.GetRoomId(), EventJson: leave.JSON()})
 	wantCode(t, err, codes.InvalidArgument)
 }
+
+// TestOutlierRun: a run of outliers is looked up once and stored in one
+// transaction; each event still gets its own result: an event stored
+// before is a duplicate, as is the same event twice in the run, an event
+// its auth events refuse is rejected, and so is an event whose auth
+// events include it, while the others are accepted.
+func TestOutlierRun(t *testing.T) {
+	remote := newRemote(t, "remote.test")
+	h := newHarness(t, nil, remote)
+	rr := newRemoteRoom(t, remote, "11", "public")
+	ron, rita := remote.user("ron"), remote.user("rita")
+	empty := ""
+	early := slices.Clone(rr.events) // create, ron's join, power levels, join rules, history, name
+	wantStatuses(t, h.inputReq(inputReq(roomserverv1.InputKind_INPUT_KIND_OUTLIER, early...)), accepted)
+
+	join := rr.add(remote, rita, spec.MRoomMember, &rita, map[string]any{"membership": "join"})
+	// Rita (power 0) may not change the power levels.
+	refused := remote.sign(t, rr.verImpl, rr.proto(rita, spec.MRoomPowerLevels, &empty, map[string]any{"users": map[string]any{rita: 100}}))
+	// A topic by ron that names the refused power levels as its auth event.
+	pe := rr.proto(ron, spec.MRoomTopic, &empty, map[string]any{"topic": "on refused power"})
+	pe.AuthEvents = []string{early[0].EventID(), early[1].EventID(), refused.EventID()}
+	onRefused := remote.sign(t, rr.verImpl, pe)
+	topic := rr.add(remote, ron, spec.MRoomTopic, &empty, map[string]any{"topic": "fine"})
+
+	run := []gomatrixserverlib.PDU{onRefused, early[1], join, topic, refused, join}
+	res := h.inputReq(inputReq(roomserverv1.InputKind_INPUT_KIND_OUTLIER, run...))
+	want := map[string]roomserverv1.InputStatus{
+		early[1].EventID():  roomserverv1.InputStatus_INPUT_STATUS_DUPLICATE,
+		join.EventID():      roomserverv1.InputStatus_INPUT_STATUS_ACCEPTED,
+		topic.EventID():     roomserverv1.InputStatus_INPUT_STATUS_ACCEPTED,
+		refused.EventID():   roomserverv1.InputStatus_INPUT_STATUS_REJECTED,
+		onRefused.EventID(): roomserverv1.InputStatus_INPUT_STATUS_REJECTED,
+	}
+	if len(res) != len(run) {
+		t.Fatalf("%d results for %d events", len(res), len(run))
+	}
+	for i, r := range res {
+		if i == 2 || i == 5 {
+			continue // the join twice: below
+		}
+		if w := want[run[i].EventID()]; r.GetStatus() != w {
+			t.Errorf("event %d (%s): %s %s, want %s", i, run[i].Type(), r.GetStatus(), r.GetReason(), w)
+		}
+	}
+	// The join given twice: stored once (whichever comes first in
+	// dependency order), the other a duplicate.
+	joins := []roomserverv1.InputStatus{res[2].GetStatus(), res[5].GetStatus()}
+	slices.Sort(joins)
+	if want := []roomserverv1.InputStatus{roomserverv1.InputStatus_INPUT_STATUS_ACCEPTED, roomserverv1.InputStatus_INPUT_STATUS_DUPLICATE}; !slices.Equal(joins, want) {
+		t.Errorf("the join given twice: %v, want one accepted, one duplicate", joins)
+	}
+	// The run's events are stored, as outliers, with their verdicts.
+	for id, st := range want {
+		ev := h.event(id)
+		if ev == nil || !ev.GetOutlier() || ev.GetRejected() != (st == roomserverv1.InputStatus_INPUT_STATUS_REJECTED) {
+			t.Errorf("%s stored as %+v", id, ev)
+		}
+	}
+}

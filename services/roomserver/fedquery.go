@@ -338,7 +338,7 @@ type memberView struct {
 
 // snapshotMembers returns the memberView of a snapshot.
 func (s fedQuery) snapshotMembers(ctx context.Context, nid int64) (*memberView, error) {
-	if v, ok := s.memberViews.get(nid); ok {
+	if v, ok := s.memberViews.Get(nid); ok {
 		return v, nil
 	}
 	sn, err := s.loadState(ctx, s.store.Queries, nid)
@@ -359,7 +359,7 @@ func (s fedQuery) snapshotMembers(ctx context.Context, nid int64) (*memberView, 
 			v.visibility = historyVisibility(e.pdu)
 		}
 	}
-	s.memberViews.put(nid, v)
+	s.memberViews.Put(nid, v)
 	return v, nil
 }
 

@@ -25,6 +25,9 @@ func toStatus(err error) error {
 	if err == nil {
 		return nil
 	}
+	if _, ok := err.(interface{ GRPCStatus() *status.Status }); ok {
+		return err // a gRPC status already (the directory's), not wrapped
+	}
 	var code codes.Code
 	switch {
 	case errors.Is(err, ErrRoomNotFound), errors.Is(err, ErrEventNotFound):
@@ -105,7 +108,7 @@ func (h *handler) QueryRoomInfo(ctx context.Context, req *roomserverv1.QueryRoom
 }
 
 func (h *handler) SetRoomAlias(ctx context.Context, req *roomserverv1.SetRoomAliasRequest) (*roomserverv1.SetRoomAliasResponse, error) {
-	created, err := roomDirectory{h.svc}.setRoomAlias(ctx, req)
+	created, err := h.svc.directory.SetRoomAlias(ctx, req)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -113,12 +116,12 @@ func (h *handler) SetRoomAlias(ctx context.Context, req *roomserverv1.SetRoomAli
 }
 
 func (h *handler) GetRoomAlias(ctx context.Context, req *roomserverv1.GetRoomAliasRequest) (*roomserverv1.GetRoomAliasResponse, error) {
-	resp, err := roomDirectory{h.svc}.getRoomAlias(ctx, req.GetAlias())
+	resp, err := h.svc.directory.GetRoomAlias(ctx, req.GetAlias())
 	return resp, toStatus(err)
 }
 
 func (h *handler) RemoveRoomAlias(ctx context.Context, req *roomserverv1.RemoveRoomAliasRequest) (*roomserverv1.RemoveRoomAliasResponse, error) {
-	removed, err := roomDirectory{h.svc}.removeRoomAlias(ctx, req.GetAlias())
+	removed, err := h.svc.directory.RemoveRoomAlias(ctx, req.GetAlias())
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -126,24 +129,24 @@ func (h *handler) RemoveRoomAlias(ctx context.Context, req *roomserverv1.RemoveR
 }
 
 func (h *handler) ListRoomAliases(ctx context.Context, req *roomserverv1.ListRoomAliasesRequest) (*roomserverv1.ListRoomAliasesResponse, error) {
-	resp, err := roomDirectory{h.svc}.listRoomAliases(ctx, req.GetRoomId())
+	resp, err := h.svc.directory.ListRoomAliases(ctx, req.GetRoomId())
 	return resp, toStatus(err)
 }
 
 func (h *handler) SetRoomVisibility(ctx context.Context, req *roomserverv1.SetRoomVisibilityRequest) (*roomserverv1.SetRoomVisibilityResponse, error) {
-	if err := (roomDirectory{h.svc}).setRoomVisibility(ctx, req); err != nil {
+	if err := h.svc.directory.SetRoomVisibility(ctx, req); err != nil {
 		return nil, toStatus(err)
 	}
 	return &roomserverv1.SetRoomVisibilityResponse{}, nil
 }
 
 func (h *handler) GetRoomVisibility(ctx context.Context, req *roomserverv1.GetRoomVisibilityRequest) (*roomserverv1.GetRoomVisibilityResponse, error) {
-	resp, err := roomDirectory{h.svc}.getRoomVisibility(ctx, req.GetRoomId())
+	resp, err := h.svc.directory.GetRoomVisibility(ctx, req.GetRoomId())
 	return resp, toStatus(err)
 }
 
-func (h *handler) ListPublicRooms(ctx context.Context, _ *roomserverv1.ListPublicRoomsRequest) (*roomserverv1.ListPublicRoomsResponse, error) {
-	resp, err := roomDirectory{h.svc}.listPublicRooms(ctx)
+func (h *handler) ListPublicRooms(ctx context.Context, req *roomserverv1.ListPublicRoomsRequest) (*roomserverv1.ListPublicRoomsResponse, error) {
+	resp, err := h.svc.directory.ListPublicRooms(ctx, req)
 	return resp, toStatus(err)
 }
 

@@ -99,6 +99,9 @@ type inputOpts struct {
 	// refs are stored events the caller already holds, by event ID (a
 	// local build's prev and auth events): not read again.
 	refs map[string]*eventEntry
+	// run, for a run of outliers stored in one transaction, answers the
+	// lookup instead of the database (fedInput.inputBatch).
+	run *runLookup
 }
 
 // errKeyServer marks a failure to reach the key-server while verifying.
@@ -213,9 +216,10 @@ func (w *writeTx) done() {
 }
 
 // inputEvents runs complete PDUs (federation's and tests') through the
-// pipeline, in order: NEW and OUT_OF_ROOM events one transaction each, a
-// run of OUTLIER or BACKFILL events of one room in one transaction
-// (inputBatch). An infrastructure error fails the call; transactions before
+// pipeline, in order: a run of NEW events of one room (without supplied
+// state) in one transaction (fedInput.inputNewRun), other NEW and OUT_OF_ROOM events
+// one transaction each, a run of OUTLIER or BACKFILL events of one room in
+// one transaction (inputBatch). An infrastructure error fails the call; transactions before
 // it stay committed (re-sending them is harmless: they come back
 // DUPLICATE).
 func (s *Service) inputEvents(ctx context.Context, in []*roomserverv1.InputEvent) ([]inputResult, error) {
@@ -250,6 +254,21 @@ func (s *Service) inputEvents(ctx context.Context, in []*roomserverv1.InputEvent
 			copy(out[i:j], res)
 			i = j
 			continue
+		}
+		if kind == roomserverv1.InputKind_INPUT_KIND_NEW && !in[i].GetHasState() {
+			j := i + 1
+			for j < len(in) && parsed[j] != nil && in[j].GetKind() == kind && !in[j].GetHasState() && parsed[j].RoomID() == ev.RoomID() {
+				j++
+			}
+			if j-i > 1 {
+				res, err := fedInput{s}.inputNewRun(ctx, parsed[i:j])
+				if err != nil {
+					return nil, err
+				}
+				copy(out[i:j], res)
+				i = j
+				continue
+			}
 		}
 		res, err := s.inputEvent(ctx, in[i], ev)
 		if err != nil {
@@ -346,6 +365,8 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 		// random in room versions 1 and 2), so no stored event and no
 		// waiting redaction can name it; were it stored after all, the
 		// unique event ID would fail the commit.
+	} else if opts.run != nil {
+		lookup = opts.run.lookup(res.eventID)
 	} else {
 		var err error
 		if lookup, err = w.LookupInput(ctx, res.eventID, ids); err != nil {
@@ -356,6 +377,7 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 	if err != nil {
 		return res, err
 	}
+	opts.run.addStored(found, ids)
 	for id, e := range opts.refs {
 		if id != res.eventID {
 			found[id] = e
@@ -665,7 +687,7 @@ func (s *Service) cacheOnCommit(w *writeTx, row store.Event, ev gomatrixserverli
 	row.JSON = nil
 	row.RoomID, row.RoomVersion = ev.RoomID().String(), string(ev.Version())
 	e := &eventEntry{Event: row, pdu: ev}
-	w.onCommit = append(w.onCommit, func() { s.events.put(e.NID, e) })
+	w.onCommit = append(w.onCommit, func() { s.events.Put(e.NID, e) })
 }
 
 // advanceRoom makes an accepted event a forward extremity, recomputes the

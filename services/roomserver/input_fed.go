@@ -51,10 +51,17 @@ func (s fedInput) inputBatch(ctx context.Context, ins []*roomserverv1.InputEvent
 	if err != nil {
 		return nil, err
 	}
+	var run *runLookup
+	if !backfill {
+		if run, err = s.lookupRun(ctx, w, evs); err != nil {
+			w.rollback(ctx)
+			return nil, err
+		}
+	}
 	results := make([]inputResult, len(evs))
 	stored := false
 	for _, i := range order {
-		opts := inputOpts{outlier: !backfill, backfill: backfill}
+		opts := inputOpts{outlier: !backfill, backfill: backfill, run: run}
 		if backfill {
 			opts.hasState, opts.stateIDs = ins[i].GetHasState(), ins[i].GetStateEventIds()
 		}
@@ -65,6 +72,12 @@ func (s fedInput) inputBatch(ctx context.Context, ins []*roomserverv1.InputEvent
 		}
 		results[i] = res
 		stored = stored || res.stored()
+		if res.stored() {
+			if err := run.added(ctx, w, evs[i], res); err != nil {
+				w.rollback(ctx)
+				return nil, err
+			}
+		}
 	}
 	if !stored {
 		w.rollback(ctx)
@@ -80,6 +93,132 @@ func (s fedInput) inputBatch(ctx context.Context, ins []*roomserverv1.InputEvent
 		}
 	}
 	return results, nil
+}
+
+// inputNewRun runs NEW events of one room, without supplied state, in one
+// transaction, in the order given (a federation transaction's PDUs of a
+// room, each usually on the one before it): one commit instead of one per
+// event. Each event gets the result it would get alone; one that is not
+// stored (a duplicate, missing events) writes nothing, and the caller may
+// input it again once it has what was missing.
+func (s fedInput) inputNewRun(ctx context.Context, evs []gomatrixserverlib.PDU) ([]inputResult, error) {
+	var keys []store.StateKey
+	for _, ev := range evs {
+		if sk := ev.StateKey(); sk != nil {
+			keys = append(keys, store.StateKey{Type: ev.Type(), StateKey: *sk})
+		}
+	}
+	if err := s.ensureStateKeys(ctx, keys); err != nil {
+		return nil, err
+	}
+	roomID := evs[0].RoomID().String()
+	unlock := s.locks.lock(roomID)
+	defer unlock()
+	w, err := s.beginWrite(ctx, roomID, nil)
+	if err != nil {
+		return nil, err
+	}
+	results := make([]inputResult, len(evs))
+	stored := false
+	for i, ev := range evs {
+		if results[i], err = s.processEvent(ctx, w, ev, inputOpts{}); err != nil {
+			w.rollback(ctx)
+			return nil, err
+		}
+		stored = stored || results[i].stored()
+	}
+	if !stored {
+		w.rollback(ctx)
+		return results, nil
+	}
+	if err := s.commit(ctx, w); err != nil {
+		return nil, err
+	}
+	for i, ev := range evs {
+		if results[i].stored() {
+			s.logResult(ev, results[i])
+		}
+	}
+	return results, nil
+}
+
+// runLookup answers processEvent's lookups for a run of outliers stored in
+// one transaction (a send_join answer's state and auth chain, a gap's
+// events) from one read made before the run, instead of a round trip per
+// event: the stored events the run refers to, a fresh NID per event, the
+// redactions waiting for the run's events, and the run's events stored so
+// far. (A redaction is never an auth or state event, so no event of a run
+// of outliers redacts another.) A nil runLookup does nothing.
+type runLookup struct {
+	redactions map[string][]store.Redaction
+	nids       []int64
+	// known are the stored events the run refers to and the run's events
+	// stored so far, by event ID.
+	known map[string]*eventEntry
+}
+
+func (s fedInput) lookupRun(ctx context.Context, w *writeTx, evs []gomatrixserverlib.PDU) (*runLookup, error) {
+	eventIDs := make([]string, len(evs))
+	ids := make([]string, 0, 4*len(evs))
+	for i, ev := range evs {
+		eventIDs[i] = ev.EventID()
+		ids = append(ids, eventIDs[i])
+		ids = append(ids, ev.PrevEventIDs()...)
+		ids = append(ids, ev.AuthEventIDs()...)
+	}
+	slices.Sort(ids)
+	rows, redactions, nids, err := w.LookupInputs(ctx, eventIDs, slices.Compact(ids))
+	if err != nil {
+		return nil, err
+	}
+	known, err := s.eventEntries(rows)
+	if err != nil {
+		return nil, err
+	}
+	run := &runLookup{redactions: map[string][]store.Redaction{}, nids: nids, known: known}
+	for _, r := range redactions {
+		run.redactions[r.TargetEventID] = append(run.redactions[r.TargetEventID], r)
+	}
+	return run, nil
+}
+
+// lookup is LookupInput's answer for eventID, but for the events, which
+// addStored gives.
+func (r *runLookup) lookup(eventID string) store.InputLookup {
+	var out store.InputLookup
+	if len(r.nids) > 0 {
+		out.NextNID, r.nids = r.nids[0], r.nids[1:]
+	}
+	out.Redactions = r.redactions[eventID]
+	return out
+}
+
+// addStored adds to found the events among ids that the run knows.
+func (r *runLookup) addStored(found map[string]*eventEntry, ids []string) {
+	if r == nil {
+		return
+	}
+	for _, id := range ids {
+		if e, ok := r.known[id]; ok {
+			found[id] = e
+		}
+	}
+}
+
+// added records an event of the run that was stored, as LookupInput would
+// read it back.
+func (r *runLookup) added(ctx context.Context, w *writeTx, ev gomatrixserverlib.PDU, res inputResult) error {
+	if r == nil {
+		return nil
+	}
+	room, err := w.Room(ctx, ev.RoomID().String())
+	if err != nil {
+		return err
+	}
+	r.known[res.eventID] = &eventEntry{Event: store.Event{NID: res.nid, RoomNID: room.NID, RoomVersion: string(ev.Version()),
+		EventID: res.eventID, Type: ev.Type(), Sender: string(ev.SenderID()), Depth: ev.Depth(), PrevIDs: ev.PrevEventIDs(),
+		Outlier: true, Rejected: res.status == roomserverv1.InputStatus_INPUT_STATUS_REJECTED}, pdu: ev}
+	return nil
 }
 
 // dependencyOrder returns the indices of evs so that an event comes after

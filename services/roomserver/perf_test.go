@@ -72,7 +72,7 @@ func TestEventCacheAcrossWrites(t *testing.T) {
 	h.mustSend(roomID, bob, member(t, bob, "join"))
 	msg := h.mustSend(roomID, bob, message(t, "secret words"))
 	nid := h.countRows(`SELECT event_nid FROM events WHERE event_id = $1`, msg)
-	if _, ok := h.svc.events.get(nid); !ok {
+	if _, ok := h.svc.events.Get(nid); !ok {
 		t.Fatalf("a sent event is not cached after its commit")
 	}
 	if !strings.Contains(string(h.event(msg).GetEventJson()), "secret words") {
@@ -85,7 +85,7 @@ func TestEventCacheAcrossWrites(t *testing.T) {
 	if got := string(h.event(msg).GetEventJson()); strings.Contains(got, "secret words") {
 		t.Fatalf("QueryEvents serves the event as before its redaction: %s", got)
 	}
-	if e, ok := h.svc.events.get(nid); ok && strings.Contains(string(e.pdu.JSON()), "secret words") {
+	if e, ok := h.svc.events.Get(nid); ok && strings.Contains(string(e.pdu.JSON()), "secret words") {
 		t.Fatalf("the cache still holds the unredacted event")
 	}
 	msgs := h.waitPublished(roomID, len(created.GetEventIds())+3)

@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
@@ -198,45 +197,4 @@ func (s *Service) queryRoomInfo(ctx context.Context, roomID string) (*roomserver
 		resp.ForwardExtremities = append(resp.ForwardExtremities, ext[nid].EventID)
 	}
 	return resp, nil
-}
-
-// checkAlias validates "#localpart:server".
-func checkAlias(alias string) error {
-	if len(alias) < 4 || alias[0] != '#' || len(alias) > 255 {
-		return fmt.Errorf("%w: invalid room alias %q", ErrBadRequest, alias)
-	}
-	i := strings.IndexByte(alias, ':')
-	if i < 2 {
-		return fmt.Errorf("%w: invalid room alias %q", ErrBadRequest, alias)
-	}
-	if _, _, ok := spec.ParseAndValidateServerName(spec.ServerName(alias[i+1:])); !ok {
-		return fmt.Errorf("%w: invalid server name in room alias %q", ErrBadRequest, alias)
-	}
-	return nil
-}
-
-func (s roomDirectory) setRoomAlias(ctx context.Context, req *roomserverv1.SetRoomAliasRequest) (bool, error) {
-	if err := checkAlias(req.GetAlias()); err != nil {
-		return false, err
-	}
-	if _, err := s.room(ctx, req.GetRoomId()); errors.Is(err, store.ErrNotFound) {
-		return false, fmt.Errorf("%w: %s", ErrRoomNotFound, req.GetRoomId())
-	} else if err != nil {
-		return false, err
-	}
-	return s.store.SetAlias(ctx, req.GetAlias(), req.GetRoomId(), req.GetCreator())
-}
-
-func (s roomDirectory) getRoomAlias(ctx context.Context, alias string) (*roomserverv1.GetRoomAliasResponse, error) {
-	roomID, creator, err := s.store.Alias(ctx, alias)
-	if errors.Is(err, store.ErrNotFound) {
-		return &roomserverv1.GetRoomAliasResponse{}, nil
-	} else if err != nil {
-		return nil, err
-	}
-	return &roomserverv1.GetRoomAliasResponse{RoomId: roomID, Servers: []string{string(s.serverName)}, Creator: creator}, nil
-}
-
-func (s roomDirectory) removeRoomAlias(ctx context.Context, alias string) (bool, error) {
-	return s.store.RemoveAlias(ctx, alias)
 }

@@ -153,7 +153,7 @@ func TestPublishedRedactionCarriesTheRedactedForm(t *testing.T) {
 	}
 	redNID := rows[0].NID
 	// The cache as a publisher racing the redaction's commit found it.
-	h.svc.events.put(original.NID, original)
+	h.svc.events.Put(original.NID, original)
 	msgs, err := h.svc.outputMessages(h.ctx, store.Pending{
 		Entries: []store.OutboxEntry{{EventNID: redNID, RoomNID: original.RoomNID}},
 		Targets: map[int64]int64{redNID: original.NID},

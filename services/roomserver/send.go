@@ -27,14 +27,22 @@ type template struct {
 	StateKey *string
 	Content  json.RawMessage
 	Redacts  string
+	// OriginTS is the sender's origin_server_ts (ms), nil for now.
+	OriginTS *int64
 }
+
+// maxCanonicalInt is the largest integer canonical JSON allows (2^53-1).
+const maxCanonicalInt = 1<<53 - 1
 
 var knownMemberships = []string{spec.Join, spec.Invite, spec.Leave, spec.Ban, spec.Knock}
 
 // parseTemplate checks what the auth rules cannot: that content is a JSON
 // object and that membership events name a user and a membership.
 func parseTemplate(verImpl gomatrixserverlib.IRoomVersion, t *roomserverv1.EventTemplate) (template, error) {
-	out := template{Type: t.GetType(), StateKey: t.StateKey, Content: t.GetContent(), Redacts: t.GetRedacts()}
+	out := template{Type: t.GetType(), StateKey: t.StateKey, Content: t.GetContent(), Redacts: t.GetRedacts(), OriginTS: t.OriginServerTs}
+	if out.OriginTS != nil && (*out.OriginTS < 0 || *out.OriginTS > maxCanonicalInt) {
+		return out, fmt.Errorf("%w: origin_server_ts out of range", ErrBadRequest)
+	}
 	if out.Type == "" {
 		return out, fmt.Errorf("%w: event type is empty", ErrBadRequest)
 	}
@@ -297,7 +305,7 @@ func (s *Service) deliverable() error {
 // roomVersion returns a room's version (cached: it never changes), or
 // ErrRoomNotFound.
 func (s *Service) roomVersion(ctx context.Context, roomID string) (gomatrixserverlib.RoomVersion, error) {
-	if v, ok := s.roomVersions.get(roomID); ok {
+	if v, ok := s.roomVersions.Get(roomID); ok {
 		return v, nil
 	}
 	room, err := s.room(ctx, roomID)
@@ -307,7 +315,7 @@ func (s *Service) roomVersion(ctx context.Context, roomID string) (gomatrixserve
 		return "", err
 	}
 	v := gomatrixserverlib.RoomVersion(room.Version)
-	s.roomVersions.put(roomID, v)
+	s.roomVersions.Put(roomID, v)
 	return v, nil
 }
 
@@ -356,7 +364,7 @@ func (s *Service) buildOnCurrent(ctx context.Context, w *writeTx, room store.Roo
 	if err != nil {
 		return nil, nil, err
 	}
-	ev, err = s.signer.build(ctx, verImpl, pe)
+	ev, err = s.signer.buildAt(ctx, verImpl, pe, t.OriginTS)
 	return ev, refs, err
 }
 

@@ -20,8 +20,10 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/myelin-chat/myelin/pkg/bus"
+	"github.com/myelin-chat/myelin/pkg/lru"
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/roomserver/directory"
 	"github.com/myelin-chat/myelin/services/roomserver/store"
 )
 
@@ -69,19 +71,22 @@ type Service struct {
 	verifier   keyVerifier
 	locks      *roomLocks
 
-	snapshots *lru[int64, snapshot]
-	events    *lru[int64, *eventEntry]
+	snapshots *lru.Cache[int64, snapshot]
+	events    *lru.Cache[int64, *eventEntry]
 	// eventRewrites counts changes of stored events' JSON (forgetEvent).
 	eventRewrites atomic.Uint64
-	stateKeys     *lru[store.StateKey, int64]
+	stateKeys     *lru.Cache[store.StateKey, int64]
 	// roomVersions caches room ID -> version (immutable once created).
-	roomVersions *lru[string, gomatrixserverlib.RoomVersion]
+	roomVersions *lru.Cache[string, gomatrixserverlib.RoomVersion]
 	// memberViews caches each snapshot's memberships and history
 	// visibility (fedquery.go).
-	memberViews *lru[int64, *memberView]
+	memberViews *lru.Cache[int64, *memberView]
 	// templateKey signs make_join/leave/knock templates for their auth
 	// check only (fedjoin.go).
 	templateKey templateKey
+
+	// directory answers the alias and published-room-list RPCs.
+	directory *directory.Service
 
 	// wake tells the publisher that the outbox grew.
 	wake chan struct{}
@@ -110,7 +115,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("roomserver store: %w", err)
 	}
-	return &Service{
+	s := &Service{
 		cfg:          cfg,
 		log:          deps.Logger,
 		serverName:   serverName,
@@ -119,14 +124,22 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		signer:       sg,
 		verifier:     newServerKeys(deps.ServerKeys, cfg.KeyCacheTTL),
 		locks:        newRoomLocks(),
-		snapshots:    newLRU[int64, snapshot](cfg.StateCacheSize),
-		events:       newLRU[int64, *eventEntry](cfg.EventCacheSize),
-		stateKeys:    newLRU[store.StateKey, int64](100000),
-		roomVersions: newLRU[string, gomatrixserverlib.RoomVersion](100000),
-		memberViews:  newLRU[int64, *memberView](256),
+		snapshots:    lru.New[int64, snapshot](cfg.StateCacheSize),
+		events:       lru.New[int64, *eventEntry](cfg.EventCacheSize),
+		stateKeys:    lru.New[store.StateKey, int64](100000),
+		roomVersions: lru.New[string, gomatrixserverlib.RoomVersion](100000),
+		memberViews:  lru.New[int64, *memberView](256),
 		templateKey:  tk,
 		wake:         make(chan struct{}, 1),
-	}, nil
+	}
+	s.directory = directory.New(st, serverName, func(ctx context.Context, roomID string) (bool, error) {
+		_, err := s.room(ctx, roomID)
+		if errors.Is(err, store.ErrNotFound) {
+			return false, nil
+		}
+		return err == nil, err
+	})
+	return s, nil
 }
 
 // ensureStreams creates the JetStream streams when they are missing. A

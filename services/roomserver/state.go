@@ -82,7 +82,7 @@ func (s *Service) loadState(ctx context.Context, q *store.Queries, nid int64) (s
 	if nid == 0 {
 		return snapshot{state: stateMap{}}, nil
 	}
-	if v, ok := s.snapshots.get(nid); ok {
+	if v, ok := s.snapshots.Get(nid); ok {
 		return v, nil
 	}
 	chain, err := q.SnapshotChain(ctx, nid)
@@ -100,7 +100,7 @@ func (s *Service) loadState(ctx context.Context, q *store.Queries, nid int64) (s
 		}
 	}
 	v := snapshot{nid: nid, state: st, chainLen: chain[len(chain)-1].ChainLen}
-	s.snapshots.put(nid, v)
+	s.snapshots.Put(nid, v)
 	return v, nil
 }
 
@@ -134,7 +134,7 @@ func (s *Service) saveState(ctx context.Context, w *writeTx, roomNID int64, base
 	v := snapshot{nid: nid, state: next, chainLen: row.ChainLen}
 	// Snapshot NIDs are never reused, so caching before commit is safe: a
 	// rolled-back NID is simply never asked for.
-	s.snapshots.put(nid, v)
+	s.snapshots.Put(nid, v)
 	return v, nil
 }
 
@@ -144,7 +144,7 @@ func (s *Service) stateKeyNIDs(ctx context.Context, q *store.Queries, keys []sto
 	out := make(map[store.StateKey]int64, len(keys))
 	var miss []store.StateKey
 	for _, k := range keys {
-		if nid, ok := s.stateKeys.get(k); ok {
+		if nid, ok := s.stateKeys.Get(k); ok {
 			out[k] = nid
 		} else {
 			miss = append(miss, k)
@@ -159,7 +159,7 @@ func (s *Service) stateKeyNIDs(ctx context.Context, q *store.Queries, keys []sto
 	}
 	for k, nid := range found {
 		out[k] = nid
-		s.stateKeys.put(k, nid)
+		s.stateKeys.Put(k, nid)
 	}
 	return out, nil
 }
@@ -168,15 +168,21 @@ func (s *Service) stateKeyNIDs(ctx context.Context, q *store.Queries, keys []sto
 // any room transaction (so room writers never wait on each other for the
 // shared dictionary).
 func (s *Service) ensureStateKeys(ctx context.Context, keys []store.StateKey) error {
+	var miss []store.StateKey
 	for _, k := range keys {
-		if _, ok := s.stateKeys.get(k); ok {
-			continue
+		if _, ok := s.stateKeys.Get(k); !ok {
+			miss = append(miss, k)
 		}
-		nid, err := s.store.EnsureStateKeyNID(ctx, k)
-		if err != nil {
-			return err
-		}
-		s.stateKeys.put(k, nid)
+	}
+	if len(miss) == 0 {
+		return nil
+	}
+	nids, err := s.store.EnsureStateKeyNIDs(ctx, miss)
+	if err != nil {
+		return err
+	}
+	for k, nid := range nids {
+		s.stateKeys.Put(k, nid)
 	}
 	return nil
 }

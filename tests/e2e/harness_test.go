@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -122,6 +123,9 @@ type server struct {
 	logs  []string
 	// mediaDir is where the media service keeps content (file backend).
 	mediaDir string
+	// natsURL is the external NATS server of the split shape ("" for the
+	// all-in-one shape's embedded one).
+	natsURL string
 	// ready are further URLs that answer 200 once the deployment is up
 	// (processes no request of the tests reaches, such as the federation
 	// sender's /readyz).
@@ -272,16 +276,24 @@ func allInOne(t *testing.T) *server {
 	return s
 }
 
-// split runs key-server, room-server, presence, client-api, media and
-// the two federation services (receiver and sender) as seven OS processes
-// plus the edge router, against an
+// split runs key-server, room-server, presence, client-api, media, the
+// two federation services (receiver and sender) and the appservice
+// service as eight OS processes plus the edge router, against an
 // external PostgreSQL and NATS server.
-func split(t *testing.T) *server {
+func split(t *testing.T) *server { return splitWith(t, nil) }
+
+// splitWith is split with application service registration files, which
+// every process loads.
+func splitWith(t *testing.T, appserviceFiles []string) *server {
 	dir := t.TempDir()
+	natsURL := testkit.NATS(t)
 	common := []string{
 		"MYELIN_DATABASE_URL=" + testkit.Postgres(t),
-		"MYELIN_NATS_URL=" + testkit.NATS(t),
+		"MYELIN_NATS_URL=" + natsURL,
 		"MYELIN_DATA_DIR=" + dir,
+	}
+	if len(appserviceFiles) > 0 {
+		common = append(common, "MYELIN_APPSERVICE_CONFIG_FILES="+strings.Join(appserviceFiles, ","))
 	}
 	type addrs struct{ http, grpc string }
 	ks := addrs{freeAddr(t), freeAddr(t)}
@@ -291,13 +303,14 @@ func split(t *testing.T) *server {
 	ms := addrs{freeAddr(t), freeAddr(t)}
 	fr := addrs{freeAddr(t), freeAddr(t)}
 	fs := addrs{freeAddr(t), freeAddr(t)}
+	as := addrs{freeAddr(t), freeAddr(t)}
 	edge := freeAddr(t)
 	mk := func(name, target string, a addrs, extra ...string) *proc {
 		env := append(append([]string{}, common...),
 			"MYELIN_HTTP_LISTEN="+a.http, "MYELIN_GRPC_LISTEN="+a.grpc)
 		return &proc{name: name, args: []string{"-target", target}, env: append(env, extra...), log: filepath.Join(dir, name+".log")}
 	}
-	s := &server{url: "http://" + edge, mediaDir: filepath.Join(dir, "media"), ready: []string{"http://" + fs.http + "/readyz"}}
+	s := &server{url: "http://" + edge, mediaDir: filepath.Join(dir, "media"), natsURL: natsURL, ready: []string{"http://" + fs.http + "/readyz"}}
 	s.procs = []*proc{
 		mk("key-server", "key-server", ks),
 		mk("room-server", "room-server", rs, "MYELIN_SERVICES_KEY_SERVER_GRPC="+ks.grpc),
@@ -312,9 +325,18 @@ func split(t *testing.T) *server {
 			"MYELIN_SERVICES_PRESENCE_GRPC="+ps.grpc, "MYELIN_SERVICES_CLIENT_API_GRPC="+ca.grpc),
 		mk("federation-sender", "federation-sender", fs,
 			"MYELIN_SERVICES_KEY_SERVER_GRPC="+ks.grpc, "MYELIN_SERVICES_ROOM_SERVER_GRPC="+rs.grpc),
+		mk("appservice", "appservice", as, "MYELIN_SERVICES_ROOM_SERVER_GRPC="+rs.grpc),
 		mk("edge", "edge", addrs{edge, "127.0.0.1:0"},
 			"MYELIN_SERVICES_CLIENT_API_HTTP="+ca.http, "MYELIN_SERVICES_KEY_SERVER_HTTP="+ks.http,
 			"MYELIN_SERVICES_MEDIA_HTTP="+ms.http, "MYELIN_SERVICES_FEDERATION_RECEIVER_HTTP="+fr.http),
+	}
+	if len(appserviceFiles) > 0 {
+		// With registrations the client-API asks the appservice service.
+		for _, p := range s.procs {
+			if p.name == "client-api" {
+				p.env = append(p.env, "MYELIN_SERVICES_APPSERVICE_GRPC="+as.grpc)
+			}
+		}
 	}
 	return s
 }

@@ -314,9 +314,11 @@ type BuildEventRequest struct {
 	// A gomatrixserverlib.ProtoEvent as JSON: sender, room_id, type,
 	// state_key, prev_events, auth_events, redacts, depth and content, all
 	// filled in by the caller.
-	ProtoEvent    []byte `protobuf:"bytes,2,opt,name=proto_event,json=protoEvent,proto3" json:"proto_event,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ProtoEvent []byte `protobuf:"bytes,2,opt,name=proto_event,json=protoEvent,proto3" json:"proto_event,omitempty"`
+	// origin_server_ts in ms since the epoch; unset means now.
+	OriginServerTs *int64 `protobuf:"varint,3,opt,name=origin_server_ts,json=originServerTs,proto3,oneof" json:"origin_server_ts,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *BuildEventRequest) Reset() {
@@ -361,6 +363,13 @@ func (x *BuildEventRequest) GetProtoEvent() []byte {
 		return x.ProtoEvent
 	}
 	return nil
+}
+
+func (x *BuildEventRequest) GetOriginServerTs() int64 {
+	if x != nil && x.OriginServerTs != nil {
+		return *x.OriginServerTs
+	}
+	return 0
 }
 
 type BuildEventResponse struct {
@@ -451,11 +460,13 @@ const file_keyserver_v1_keyserver_proto_rawDesc = "" +
 	"\x06key_id\x18\x02 \x01(\tR\x05keyId\x12\x1c\n" +
 	"\tsignature\x18\x03 \x01(\fR\tsignature\x12\x1f\n" +
 	"\vsigned_json\x18\x04 \x01(\fR\n" +
-	"signedJson\"W\n" +
+	"signedJson\"\x9b\x01\n" +
 	"\x11BuildEventRequest\x12!\n" +
 	"\froom_version\x18\x01 \x01(\tR\vroomVersion\x12\x1f\n" +
 	"\vproto_event\x18\x02 \x01(\fR\n" +
-	"protoEvent\"o\n" +
+	"protoEvent\x12-\n" +
+	"\x10origin_server_ts\x18\x03 \x01(\x03H\x00R\x0eoriginServerTs\x88\x01\x01B\x13\n" +
+	"\x11_origin_server_ts\"o\n" +
 	"\x12BuildEventResponse\x12\x1f\n" +
 	"\vserver_name\x18\x01 \x01(\tR\n" +
 	"serverName\x12\x1d\n" +
@@ -513,6 +524,7 @@ func file_keyserver_v1_keyserver_proto_init() {
 	if File_keyserver_v1_keyserver_proto != nil {
 		return
 	}
+	file_keyserver_v1_keyserver_proto_msgTypes[5].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

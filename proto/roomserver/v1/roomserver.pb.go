@@ -345,9 +345,12 @@ type EventTemplate struct {
 	// JSON object.
 	Content []byte `protobuf:"bytes,3,opt,name=content,proto3" json:"content,omitempty"`
 	// For m.room.redaction in room versions before 11 (top-level "redacts").
-	Redacts       string `protobuf:"bytes,4,opt,name=redacts,proto3" json:"redacts,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Redacts string `protobuf:"bytes,4,opt,name=redacts,proto3" json:"redacts,omitempty"`
+	// origin_server_ts in ms since the epoch; unset means now. Application
+	// services set it with the ts query parameter (timestamp massaging).
+	OriginServerTs *int64 `protobuf:"varint,5,opt,name=origin_server_ts,json=originServerTs,proto3,oneof" json:"origin_server_ts,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *EventTemplate) Reset() {
@@ -406,6 +409,13 @@ func (x *EventTemplate) GetRedacts() string {
 		return x.Redacts
 	}
 	return ""
+}
+
+func (x *EventTemplate) GetOriginServerTs() int64 {
+	if x != nil && x.OriginServerTs != nil {
+		return *x.OriginServerTs
+	}
+	return 0
 }
 
 type CreateRoomRequest struct {
@@ -2007,9 +2017,13 @@ func (x *ListRoomAliasesResponse) GetAliases() []string {
 
 // Visibility is "public" (listed in the directory) or "private".
 type SetRoomVisibilityRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	RoomId        string                 `protobuf:"bytes,1,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
-	Visibility    string                 `protobuf:"bytes,2,opt,name=visibility,proto3" json:"visibility,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	RoomId     string                 `protobuf:"bytes,1,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
+	Visibility string                 `protobuf:"bytes,2,opt,name=visibility,proto3" json:"visibility,omitempty"`
+	// Set (both) to publish in an application service's directory for one
+	// of its third-party networks instead of the server's own directory.
+	AppserviceId  string `protobuf:"bytes,3,opt,name=appservice_id,json=appserviceId,proto3" json:"appservice_id,omitempty"`
+	NetworkId     string `protobuf:"bytes,4,opt,name=network_id,json=networkId,proto3" json:"network_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2054,6 +2068,20 @@ func (x *SetRoomVisibilityRequest) GetRoomId() string {
 func (x *SetRoomVisibilityRequest) GetVisibility() string {
 	if x != nil {
 		return x.Visibility
+	}
+	return ""
+}
+
+func (x *SetRoomVisibilityRequest) GetAppserviceId() string {
+	if x != nil {
+		return x.AppserviceId
+	}
+	return ""
+}
+
+func (x *SetRoomVisibilityRequest) GetNetworkId() string {
+	if x != nil {
+		return x.NetworkId
 	}
 	return ""
 }
@@ -2190,10 +2218,16 @@ func (x *GetRoomVisibilityResponse) GetVisibility() string {
 	return ""
 }
 
+// Without fields: the server's own directory. With appservice_id and
+// network_id: that application service network's directory. With
+// include_all_networks: the server's directory and every network's.
 type ListPublicRoomsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	AppserviceId       string                 `protobuf:"bytes,1,opt,name=appservice_id,json=appserviceId,proto3" json:"appservice_id,omitempty"`
+	NetworkId          string                 `protobuf:"bytes,2,opt,name=network_id,json=networkId,proto3" json:"network_id,omitempty"`
+	IncludeAllNetworks bool                   `protobuf:"varint,3,opt,name=include_all_networks,json=includeAllNetworks,proto3" json:"include_all_networks,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *ListPublicRoomsRequest) Reset() {
@@ -2224,6 +2258,27 @@ func (x *ListPublicRoomsRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use ListPublicRoomsRequest.ProtoReflect.Descriptor instead.
 func (*ListPublicRoomsRequest) Descriptor() ([]byte, []int) {
 	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *ListPublicRoomsRequest) GetAppserviceId() string {
+	if x != nil {
+		return x.AppserviceId
+	}
+	return ""
+}
+
+func (x *ListPublicRoomsRequest) GetNetworkId() string {
+	if x != nil {
+		return x.NetworkId
+	}
+	return ""
+}
+
+func (x *ListPublicRoomsRequest) GetIncludeAllNetworks() bool {
+	if x != nil {
+		return x.IncludeAllNetworks
+	}
+	return false
 }
 
 type ListPublicRoomsResponse struct {
@@ -3374,14 +3429,16 @@ const file_roomserver_v1_roomserver_proto_rawDesc = "" +
 	"\x06txn_id\x18\x02 \x01(\tR\x05txnId\"@\n" +
 	"\rStateKeyTuple\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x1b\n" +
-	"\tstate_key\x18\x02 \x01(\tR\bstateKey\"\x87\x01\n" +
+	"\tstate_key\x18\x02 \x01(\tR\bstateKey\"\xcb\x01\n" +
 	"\rEventTemplate\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12 \n" +
 	"\tstate_key\x18\x02 \x01(\tH\x00R\bstateKey\x88\x01\x01\x12\x18\n" +
 	"\acontent\x18\x03 \x01(\fR\acontent\x12\x18\n" +
-	"\aredacts\x18\x04 \x01(\tR\aredactsB\f\n" +
+	"\aredacts\x18\x04 \x01(\tR\aredacts\x12-\n" +
+	"\x10origin_server_ts\x18\x05 \x01(\x03H\x01R\x0eoriginServerTs\x88\x01\x01B\f\n" +
 	"\n" +
-	"_state_key\"\xc3\x01\n" +
+	"_state_keyB\x13\n" +
+	"\x11_origin_server_ts\"\xc3\x01\n" +
 	"\x11CreateRoomRequest\x12\x18\n" +
 	"\acreator\x18\x01 \x01(\tR\acreator\x12!\n" +
 	"\froom_version\x18\x02 \x01(\tR\vroomVersion\x12%\n" +
@@ -3488,12 +3545,15 @@ const file_roomserver_v1_roomserver_proto_rawDesc = "" +
 	"\x16ListRoomAliasesRequest\x12\x17\n" +
 	"\aroom_id\x18\x01 \x01(\tR\x06roomId\"3\n" +
 	"\x17ListRoomAliasesResponse\x12\x18\n" +
-	"\aaliases\x18\x01 \x03(\tR\aaliases\"S\n" +
+	"\aaliases\x18\x01 \x03(\tR\aaliases\"\x97\x01\n" +
 	"\x18SetRoomVisibilityRequest\x12\x17\n" +
 	"\aroom_id\x18\x01 \x01(\tR\x06roomId\x12\x1e\n" +
 	"\n" +
 	"visibility\x18\x02 \x01(\tR\n" +
-	"visibility\"\x1b\n" +
+	"visibility\x12#\n" +
+	"\rappservice_id\x18\x03 \x01(\tR\fappserviceId\x12\x1d\n" +
+	"\n" +
+	"network_id\x18\x04 \x01(\tR\tnetworkId\"\x1b\n" +
 	"\x19SetRoomVisibilityResponse\"3\n" +
 	"\x18GetRoomVisibilityRequest\x12\x17\n" +
 	"\aroom_id\x18\x01 \x01(\tR\x06roomId\"\\\n" +
@@ -3502,8 +3562,12 @@ const file_roomserver_v1_roomserver_proto_rawDesc = "" +
 	"roomExists\x12\x1e\n" +
 	"\n" +
 	"visibility\x18\x02 \x01(\tR\n" +
-	"visibility\"\x18\n" +
-	"\x16ListPublicRoomsRequest\"4\n" +
+	"visibility\"\x8e\x01\n" +
+	"\x16ListPublicRoomsRequest\x12#\n" +
+	"\rappservice_id\x18\x01 \x01(\tR\fappserviceId\x12\x1d\n" +
+	"\n" +
+	"network_id\x18\x02 \x01(\tR\tnetworkId\x120\n" +
+	"\x14include_all_networks\x18\x03 \x01(\bR\x12includeAllNetworks\"4\n" +
 	"\x17ListPublicRoomsResponse\x12\x19\n" +
 	"\broom_ids\x18\x01 \x03(\tR\aroomIds\"h\n" +
 	"\x15QueryAuthChainRequest\x12\x17\n" +

@@ -104,6 +104,30 @@ func (s *Store) Apply(ctx context.Context, inputs []Input) ([]Applied, error) {
 // batch's last event, in one round trip; evaluation reads no
 // notifications or receipts, so later events see what they would have.
 func (s *Store) ApplyWith(ctx context.Context, inputs []Input, eval Evaluator) ([]Applied, error) {
+	return s.ApplyMarked(ctx, inputs, eval, StreamMark{})
+}
+
+// StreamMark is a consumer's position in a JetStream stream: the sequence
+// of the last message whose effects are stored (stream_marks).
+type StreamMark struct {
+	Name string
+	Seq  uint64
+}
+
+// StreamMark returns the position stored under name, or 0 and false.
+func (s *Store) StreamMark(ctx context.Context, name string) (uint64, bool, error) {
+	var seq int64
+	err := s.db.QueryRow(ctx, `SELECT seq FROM stream_marks WHERE name = $1`, name).Scan(&seq)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, false, nil
+	}
+	return uint64(seq), err == nil, err
+}
+
+// ApplyMarked is ApplyWith that also moves mark (when its Name is set)
+// forward to mark.Seq in the same transaction, so the stored events and the
+// consumer's position commit together.
+func (s *Store) ApplyMarked(ctx context.Context, inputs []Input, eval Evaluator, mark StreamMark) ([]Applied, error) {
 	var out []Applied
 	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		out = out[:0]
@@ -170,6 +194,10 @@ func (s *Store) ApplyWith(ctx context.Context, inputs []Input, eval Evaluator) (
 		b := &pgx.Batch{}
 		if len(changedRooms) > 0 {
 			queueSummaryRefresh(b, changedRooms) // syncstate.go
+		}
+		if mark.Name != "" {
+			b.Queue(`INSERT INTO stream_marks (name, seq) VALUES ($1, $2)
+				ON CONFLICT (name) DO UPDATE SET seq = GREATEST(stream_marks.seq, EXCLUDED.seq)`, mark.Name, int64(mark.Seq))
 		}
 		if eval == nil {
 			if b.Len() == 0 {

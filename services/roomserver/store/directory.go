@@ -45,3 +45,44 @@ func (q *Queries) PublishedRooms(ctx context.Context) ([]string, error) {
 	}
 	return pgx.CollectRows(rows, pgx.RowTo[string])
 }
+
+// SetNetworkPublished adds the room to an application service network's
+// directory or takes it out.
+func (q *Queries) SetNetworkPublished(ctx context.Context, appserviceID, networkID, roomID string, public bool) error {
+	var err error
+	if public {
+		_, err = q.db.Exec(ctx, `INSERT INTO appservice_room_directory (appservice_id, network_id, room_id) VALUES ($1, $2, $3)
+			ON CONFLICT DO NOTHING`, appserviceID, networkID, roomID)
+	} else {
+		_, err = q.db.Exec(ctx, `DELETE FROM appservice_room_directory WHERE appservice_id = $1 AND network_id = $2 AND room_id = $3`,
+			appserviceID, networkID, roomID)
+	}
+	if err != nil {
+		return fmt.Errorf("set network directory visibility: %w", err)
+	}
+	return nil
+}
+
+// NetworkPublishedRooms lists one application service network's directory
+// in publication order.
+func (q *Queries) NetworkPublishedRooms(ctx context.Context, appserviceID, networkID string) ([]string, error) {
+	rows, err := q.db.Query(ctx, `SELECT room_id FROM appservice_room_directory WHERE appservice_id = $1 AND network_id = $2
+		ORDER BY published_at, room_id`, appserviceID, networkID)
+	if err != nil {
+		return nil, fmt.Errorf("list network directory: %w", err)
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
+// AllPublishedRooms lists the server's directory and every application
+// service network's, each room once, in order of first publication.
+func (q *Queries) AllPublishedRooms(ctx context.Context) ([]string, error) {
+	rows, err := q.db.Query(ctx, `SELECT room_id FROM (
+			SELECT room_id, published_at FROM room_directory
+			UNION ALL SELECT room_id, published_at FROM appservice_room_directory
+		) AS p GROUP BY room_id ORDER BY min(published_at), room_id`)
+	if err != nil {
+		return nil, fmt.Errorf("list all directories: %w", err)
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}

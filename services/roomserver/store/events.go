@@ -1,8 +1,10 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -160,6 +162,35 @@ func (q *Queries) LookupInput(ctx context.Context, eventID string, ids []string)
 	return out, nil
 }
 
+// LookupInputs is LookupInput for a run of events stored in one
+// transaction, in one round trip: the stored events among ids (the run's
+// events and every event they refer to), the redactions that target any of
+// eventIDs, and one fresh NID per event of the run, in order.
+func (q *Queries) LookupInputs(ctx context.Context, eventIDs, ids []string) (events []Event, redactions []Redaction, nids []int64, err error) {
+	b := &pgx.Batch{}
+	b.Queue(`SELECT `+eventColumns+` FROM events e JOIN rooms r USING (room_nid)
+		WHERE e.event_id = ANY($1)`, ids).Query(func(rows pgx.Rows) error {
+		var err error
+		events, err = scanEvents(rows)
+		return err
+	})
+	b.Queue(`SELECT redaction_nid, room_nid, target_event_id, applied FROM redactions
+		WHERE target_event_id = ANY($1) ORDER BY redaction_nid`, eventIDs).Query(func(rows pgx.Rows) error {
+		var err error
+		redactions, err = scanRedactions(rows)
+		return err
+	})
+	b.Queue(`SELECT `+nextNIDExpr+` FROM generate_series(1, $1::int)`, len(eventIDs)).Query(func(rows pgx.Rows) error {
+		var err error
+		nids, err = pgx.CollectRows(rows, pgx.RowTo[int64])
+		return err
+	})
+	if err := q.db.SendBatch(ctx, b).Close(); err != nil {
+		return nil, nil, nil, fmt.Errorf("look up %d input events: %w", len(eventIDs), err)
+	}
+	return events, redactions, nids, nil
+}
+
 // AuthChain returns the NIDs of every event reachable from nids through
 // auth_events (nids included).
 func (q *Queries) AuthChain(ctx context.Context, nids []int64) ([]int64, error) {
@@ -219,6 +250,45 @@ func (q *Queries) StateKeyNIDs(ctx context.Context, keys []StateKey) (map[StateK
 		out[k] = nid
 	}
 	return out, rows.Err()
+}
+
+// EnsureStateKeyNIDs returns the numeric IDs of tuples, creating the
+// missing ones, in one round trip. Rows are inserted in a fixed order, so
+// concurrent callers with overlapping keys wait for each other rather
+// than deadlock.
+func (q *Queries) EnsureStateKeyNIDs(ctx context.Context, keys []StateKey) (map[StateKey]int64, error) {
+	keys = slices.Clone(keys)
+	slices.SortFunc(keys, func(a, b StateKey) int {
+		return cmp.Or(cmp.Compare(a.Type, b.Type), cmp.Compare(a.StateKey, b.StateKey))
+	})
+	keys = slices.Compact(keys)
+	types := make([]string, len(keys))
+	skeys := make([]string, len(keys))
+	for i, k := range keys {
+		types[i], skeys[i] = k.Type, k.StateKey
+	}
+	out := make(map[StateKey]int64, len(keys))
+	b := &pgx.Batch{}
+	b.Queue(`INSERT INTO event_state_keys (event_type, state_key)
+		SELECT t, sk FROM unnest($1::TEXT[], $2::TEXT[]) WITH ORDINALITY AS k(t, sk, n) ORDER BY n
+		ON CONFLICT (event_type, state_key) DO NOTHING`, types, skeys)
+	b.Queue(`SELECT s.state_key_nid, s.event_type, s.state_key
+		FROM unnest($1::TEXT[], $2::TEXT[]) AS k(t, sk)
+		JOIN event_state_keys s ON s.event_type = k.t AND s.state_key = k.sk`, types, skeys).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var nid int64
+			var k StateKey
+			if err := rows.Scan(&nid, &k.Type, &k.StateKey); err != nil {
+				return err
+			}
+			out[k] = nid
+		}
+		return rows.Err()
+	})
+	if err := q.db.SendBatch(ctx, b).Close(); err != nil {
+		return nil, fmt.Errorf("ensure %d state keys: %w", len(keys), err)
+	}
+	return out, nil
 }
 
 // EnsureStateKeyNID returns the numeric ID of a tuple, creating it. Call it

@@ -31,46 +31,94 @@ type PusherWaker interface {
 	Wake(users ...string)
 }
 
-// RoomEvents is the durable consumer of MYELIN_ROOM_EVENTS that writes the
+// RoomEvents is the consumer of MYELIN_ROOM_EVENTS that writes the
 // client-API's copy of room events (the read model /sync and /messages
-// read), evaluating push rules in the same transactions.
+// read), evaluating push rules in the same transactions. It runs on the
+// replica that holds the consumer lock only (Leader), and keeps its own
+// position: the stream sequence of the last stored message, committed with
+// the events (store.StreamMark). Each run reads the stream in order from
+// right after that position with an ordered consumer, so after a crash or
+// a change of leader it resumes at once and in stream order (the
+// room-server publishes each room's events in commit order); a durable
+// consumer would hold the messages a dead run had fetched until their ack
+// wait ran out and deliver newer ones first.
 type RoomEvents struct {
-	consumer jetstream.Consumer
-	store    *store.Store
-	push     *push.Service
-	wakeBus  *wakebus.Bus
-	pushers  PusherWaker
+	js      jetstream.JetStream
+	name    string
+	store   *store.Store
+	push    *push.Service
+	wakeBus *wakebus.Bus
+	pushers PusherWaker
 	// users removes guests from rooms that stopped admitting them.
 	users *users.Service
 	log   *zap.Logger
 }
 
-// NewRoomEvents creates (or finds) the durable pull consumer name on the
-// room events stream. Being durable, it resumes where the last run stopped.
+// NewRoomEvents prepares the consumer; name is its position's name (and,
+// for servers upgraded from before positions were kept, the durable
+// consumer whose acknowledgements tell where to start).
 func NewRoomEvents(ctx context.Context, js jetstream.JetStream, name string, st *store.Store, p *push.Service, wake *wakebus.Bus,
 	pushers PusherWaker, u *users.Service, log *zap.Logger) (*RoomEvents, error) {
-	cons, err := js.CreateOrUpdateConsumer(ctx, bus.RoomEventsStream, jetstream.ConsumerConfig{
-		Durable:       name,
-		Description:   "client-API sync copy of room events",
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       time.Minute,
-		MaxAckPending: 4 * consumeBatch,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("create consumer %s on %s: %w", name, bus.RoomEventsStream, err)
-	}
-	return &RoomEvents{consumer: cons, store: st, push: p, wakeBus: wake, pushers: pushers, users: u, log: log}, nil
+	return &RoomEvents{js: js, name: name, store: st, push: p, wakeBus: wake, pushers: pushers, users: u, log: log}, nil
 }
 
-// Run receives room events in stream order and stores them
-// in batches: each batch in one transaction, acknowledged after the
-// commit, then announced to every replica's notifier. A failed batch is
-// retried (in order) until it commits or ctx ends; stored events are
-// skipped on redelivery.
+// resumeFrom is the stream sequence to read from: after the stored
+// position, or, the first time, after what the durable consumer of earlier
+// versions had acknowledged (events after it that are stored already are
+// skipped by event ID), or the stream's start.
+func (s *RoomEvents) resumeFrom(ctx context.Context) (uint64, error) {
+	seq, ok, err := s.store.StreamMark(ctx, s.name)
+	if err != nil {
+		return 0, err
+	}
+	old, err := s.js.Consumer(ctx, bus.RoomEventsStream, s.name)
+	switch {
+	case errors.Is(err, jetstream.ErrConsumerNotFound):
+		old = nil
+	case err != nil:
+		return 0, fmt.Errorf("look up consumer %s: %w", s.name, err)
+	}
+	if ok {
+		if old != nil {
+			// Positions are kept: the durable consumer has served its
+			// last purpose.
+			if err := s.js.DeleteConsumer(ctx, bus.RoomEventsStream, s.name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+				s.log.Warn("delete the former durable consumer", zap.String("consumer", s.name), zap.Error(err))
+			}
+		}
+		return seq + 1, nil
+	}
+	if old != nil {
+		return old.CachedInfo().AckFloor.Stream + 1, nil
+	}
+	return 1, nil
+}
+
+// Run receives room events in stream order and stores them in batches:
+// each batch in one transaction with the position after it, then announced
+// to every replica's notifier. A failed batch is retried (in order) until
+// it commits or ctx ends; events stored already are skipped.
 func (s *RoomEvents) Run(ctx context.Context) error {
+	start, err := s.resumeFrom(ctx)
+	if ctx.Err() != nil {
+		return nil // stopped while starting
+	}
+	if err != nil {
+		return err
+	}
+	cons, err := s.js.OrderedConsumer(ctx, bus.RoomEventsStream, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:   start,
+	})
+	if ctx.Err() != nil {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("ordered consumer on %s: %w", bus.RoomEventsStream, err)
+	}
+	s.log.Info("reading room events", zap.String("consumer", s.name), zap.Uint64("from_sequence", start))
 	msgs := make(chan jetstream.Msg, 2*consumeBatch)
-	cc, err := s.consumer.Consume(func(m jetstream.Msg) {
+	cc, err := cons.Consume(func(m jetstream.Msg) {
 		select {
 		case msgs <- m:
 		case <-ctx.Done():
@@ -83,19 +131,9 @@ func (s *RoomEvents) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consume %s: %w", bus.RoomEventsStream, err)
 	}
-	defer func() {
-		cc.Stop()
-		// Hand back what was received but not stored, so the next run gets
-		// it at once instead of after AckWait.
-		for {
-			select {
-			case m := <-msgs:
-				_ = m.Nak()
-			default:
-				return
-			}
-		}
-	}()
+	// What was received but not stored is read again by the next run,
+	// from the stored position.
+	defer cc.Stop()
 
 	for {
 		var batch []jetstream.Msg
@@ -115,19 +153,21 @@ func (s *RoomEvents) Run(ctx context.Context) error {
 			}
 		}
 		if err := s.storeBatch(ctx, batch); err != nil {
-			for _, m := range batch {
-				_ = m.Nak()
-			}
 			return nil // ctx ended while retrying
 		}
 	}
 }
 
-// storeBatch decodes, stores and acknowledges one batch, retrying storage
-// failures with backoff. It returns an error only when ctx ends.
+// storeBatch decodes and stores one batch with the position after it,
+// retrying storage failures with backoff. It returns an error only when
+// ctx ends.
 func (s *RoomEvents) storeBatch(ctx context.Context, batch []jetstream.Msg) error {
 	inputs := make([]store.Input, 0, len(batch))
+	mark := store.StreamMark{Name: s.name}
 	for _, m := range batch {
+		if md, err := m.Metadata(); err == nil {
+			mark.Seq = max(mark.Seq, md.Sequence.Stream)
+		}
 		in, err := decodeOutputEvent(m.Data())
 		if err != nil {
 			// A payload that cannot be decoded never will be: drop it.
@@ -150,7 +190,7 @@ func (s *RoomEvents) storeBatch(ctx context.Context, batch []jetstream.Msg) erro
 			}
 			return out, err
 		}
-		applied, err = s.store.ApplyWith(ctx, inputs, eval)
+		applied, err = s.store.ApplyMarked(ctx, inputs, eval, mark)
 		return err
 	})
 	if err != nil {
@@ -165,11 +205,6 @@ func (s *RoomEvents) storeBatch(ctx context.Context, batch []jetstream.Msg) erro
 	if rooms := users.GuestAccessChanged(inputs); len(rooms) > 0 {
 		if err := s.retry(ctx, "remove guests", func() error { return s.users.Profiles.RemoveGuests(ctx, rooms) }); err != nil {
 			return err
-		}
-	}
-	for _, m := range batch {
-		if err := m.Ack(); err != nil {
-			s.log.Warn("ack room event", zap.Error(err))
 		}
 	}
 	return nil

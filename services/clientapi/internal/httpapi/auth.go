@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/myelin-chat/myelin/pkg/appservice"
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 )
 
@@ -17,8 +18,13 @@ type Device struct {
 	IsGuest   bool
 	Locked    bool
 	Suspended bool
-	// TokenHash is the SHA-256 of the access token the request carried.
+	// TokenHash is the SHA-256 of the access token the request carried
+	// (nil for an application service's as_token).
 	TokenHash []byte
+	// Appservice is the application service whose as_token the request
+	// carried (nil for users' access tokens); UserID and DeviceID are then
+	// the user and device it acts as (DeviceID may be empty).
+	Appservice *appservice.Registration
 }
 
 // TokenLookup resolves an access token to its device (ErrUnknownToken if
@@ -44,11 +50,15 @@ func RequestToken(r *http.Request) (string, bool) {
 	return "", false
 }
 
-// Authenticate resolves the request's access token to a device.
+// Authenticate resolves the request's access token, or an application
+// service's as_token (appservice.go), to a device.
 func (s *Server) Authenticate(r *http.Request) (*Device, error) {
 	token, ok := RequestToken(r)
 	if !ok {
 		return nil, matrixhttp.MissingToken("Missing access token")
+	}
+	if reg := s.appservices.ByASToken(token); reg != nil {
+		return s.authenticateAppservice(r, reg)
 	}
 	dev, expired, err := s.tokens.LookupAccessToken(r.Context(), token)
 	if errors.Is(err, ErrUnknownToken) {

@@ -17,6 +17,7 @@ import (
 	"github.com/go-chi/chi/v5"
 	"go.uber.org/zap"
 
+	"github.com/myelin-chat/myelin/pkg/appservice"
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	"github.com/myelin-chat/myelin/pkg/metrics"
 	"github.com/myelin-chat/myelin/pkg/ratelimit"
@@ -54,6 +55,10 @@ type Server struct {
 	// trustForwardedFor: rate-limit unauthenticated requests by
 	// X-Forwarded-For.
 	trustForwardedFor bool
+	// appservices are the application services whose as_tokens are
+	// accepted (nil: none); asUsers resolves the users they act as.
+	appservices *appservice.Set
+	asUsers     AppserviceUsers
 }
 
 // NewServer returns the edge for the routes of one client-API.
@@ -132,8 +137,8 @@ func (s *Server) Handler(rt Route) http.Handler {
 				return
 			}
 		}
-		// Admins are not rate limited.
-		if rt.Limit != LimitNone && (dev == nil || !dev.IsAdmin) {
+		// Admins and unlimited application services are not rate limited.
+		if rt.Limit != LimitNone && s.rateLimited(r, dev) {
 			key := ClientIP(r, s.trustForwardedFor)
 			if dev != nil {
 				key = dev.UserID

@@ -326,7 +326,9 @@ func (s *Service) uploadCrossSigning(r *http.Request, dev *httpapi.Device) (any,
 		}
 	}
 	ctx := r.Context()
-	req := &keyserverv1.UploadCrossSigningKeysRequest{UserId: dev.UserID,
+	// Application services replace their users' keys without
+	// user-interactive auth (spec v1.17, "Cross-signing").
+	req := &keyserverv1.UploadCrossSigningKeysRequest{UserId: dev.UserID, Authenticated: dev.Appservice != nil,
 		MasterKey: fields["master_key"], SelfSigningKey: fields["self_signing_key"], UserSigningKey: fields["user_signing_key"]}
 	resp, err := s.e2e.UploadCrossSigningKeys(ctx, req)
 	if err != nil {

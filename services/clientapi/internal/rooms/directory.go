@@ -254,6 +254,9 @@ func (s *Directory) publicRoomsGet(r *http.Request, _ *httpapi.Device) (any, err
 		req.Limit = &limit
 	}
 	req.Since = r.URL.Query().Get("since")
+	// Not in the spec's GET, but as POST's (Synapse takes them too).
+	req.ThirdPartyInstanceID = r.URL.Query().Get("third_party_instance_id")
+	req.IncludeAllNetworks = r.URL.Query().Get("include_all_networks") == "true"
 	return s.publicRooms(r, req)
 }
 
@@ -270,19 +273,17 @@ func (s *Directory) publicRoomsPost(r *http.Request, _ *httpapi.Device) (any, er
 var directoryStateTypes = roomdir.StateTypes
 
 // publicRooms lists the directory: rooms ordered by joined members (most
-// first), then room ID; since tokens are offsets into that order ("n<i>"
+// first), then room ID, from the server's directory or an application
+// service network's (publicRoomsList); since tokens are offsets into that order ("n<i>"
 // next, "p<i>" previous, both meaning "start at i").
 func (s *Directory) publicRooms(r *http.Request, req publicRoomsRequest) (any, error) {
 	if server := r.URL.Query().Get("server"); server != "" && server != s.serverName {
 		return nil, matrixhttp.InvalidParam("Only this server's room directory can be listed")
 	}
-	if req.ThirdPartyInstanceID != "" {
-		return nil, matrixhttp.InvalidParam("Unknown third_party_instance_id")
-	}
 	ctx := r.Context()
-	list, err := s.rooms.ListPublicRooms(ctx, &roomserverv1.ListPublicRoomsRequest{})
+	list, err := s.publicRoomsList(ctx, req)
 	if err != nil {
-		return nil, s.fromGRPC(ctx, "ListPublicRooms", err, nil)
+		return nil, err
 	}
 	state, err := s.store.Reader().CurrentStateRooms(ctx, list.GetRoomIds(), directoryStateTypes)
 	if err != nil {
@@ -356,9 +357,9 @@ func (s *Directory) getAlias(r *http.Request, _ *httpapi.Device) (any, error) {
 	if _, _, err := parseAlias(alias); err != nil {
 		return nil, err
 	}
-	resp, err := s.rooms.GetRoomAlias(r.Context(), &roomserverv1.GetRoomAliasRequest{Alias: alias})
+	resp, err := s.resolveAlias(r.Context(), alias)
 	if err != nil {
-		return nil, s.fromGRPC(r.Context(), "GetRoomAlias", err, nil)
+		return nil, err
 	}
 	if resp.GetRoomId() == "" {
 		return nil, matrixhttp.NotFound("Room alias " + alias + " not found")
@@ -394,6 +395,9 @@ func (s *Directory) putAlias(r *http.Request, dev *httpapi.Device) (any, error) 
 	}
 	if server != s.serverName {
 		return nil, matrixhttp.InvalidParam("Room alias must be on this server")
+	}
+	if err := s.checkAliasNamespace(dev, alias); err != nil {
+		return nil, err
 	}
 	info, err := s.rooms.QueryRoomInfo(r.Context(), &roomserverv1.QueryRoomInfoRequest{RoomId: req.RoomID})
 	if err != nil {

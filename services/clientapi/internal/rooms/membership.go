@@ -107,9 +107,9 @@ func (s *Rooms) resolveRoomIDOrAlias(r *http.Request, target string) (string, er
 		if _, _, err := parseAlias(target); err != nil {
 			return "", err
 		}
-		resp, err := s.rooms.GetRoomAlias(r.Context(), &roomserverv1.GetRoomAliasRequest{Alias: target})
+		resp, err := s.resolveAlias(r.Context(), target)
 		if err != nil {
-			return "", s.fromGRPC(r.Context(), "GetRoomAlias", err, nil)
+			return "", err
 		}
 		if resp.GetRoomId() == "" {
 			return "", matrixhttp.NotFound("Room alias " + target + " not found")

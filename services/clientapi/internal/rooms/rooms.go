@@ -368,6 +368,9 @@ func (s *Rooms) createRoom(r *http.Request, dev *httpapi.Device) (any, error) {
 		return nil, err
 	}
 	if plan.Alias != "" {
+		if err := s.checkAliasNamespace(dev, plan.Alias); err != nil {
+			return nil, err
+		}
 		existing, err := s.rooms.GetRoomAlias(ctx, &roomserverv1.GetRoomAliasRequest{Alias: plan.Alias})
 		if err != nil {
 			return nil, s.fromGRPC(ctx, "GetRoomAlias", err, nil)
@@ -452,9 +455,9 @@ func (s *Rooms) joinRoomIDOrAlias(r *http.Request, dev *httpapi.Device) (any, er
 		if _, _, err := parseAlias(target); err != nil {
 			return nil, err
 		}
-		resp, err := s.rooms.GetRoomAlias(r.Context(), &roomserverv1.GetRoomAliasRequest{Alias: target})
+		resp, err := s.resolveAlias(r.Context(), target)
 		if err != nil {
-			return nil, s.fromGRPC(r.Context(), "GetRoomAlias", err, nil)
+			return nil, err
 		}
 		if resp.GetRoomId() == "" {
 			return nil, matrixhttp.NotFound("Room alias " + target + " not found")

@@ -13,6 +13,8 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/myelin-chat/myelin/pkg/appservice"
+
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/history"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
@@ -46,6 +48,10 @@ type base struct {
 	// users adds profiles to joins and keeps guests out.
 	users    *users.Service
 	notifier StoredWaiter
+	// appservices hold alias namespaces; asQueries asks them about
+	// unknown aliases and resolves their networks (appservice.go). Nil: none.
+	appservices *appservice.Set
+	asQueries   AppserviceQueries
 }
 
 // Service is the rooms domain.

@@ -38,7 +38,11 @@ func (s *Rooms) send(r *http.Request, dev *httpapi.Device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	tmpl := &roomserverv1.EventTemplate{Type: evType, Content: content}
+	ts, err := httpapi.AppserviceTS(r, dev)
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &roomserverv1.EventTemplate{Type: evType, Content: content, OriginServerTs: ts}
 	if evType == "m.room.redaction" {
 		var c struct {
 			Redacts string `json:"redacts"`
@@ -82,6 +86,10 @@ func (s *Rooms) putState(r *http.Request, dev *httpapi.Device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	ts, err := httpapi.AppserviceTS(r, dev)
+	if err != nil {
+		return nil, err
+	}
 	if evType == "m.room.canonical_alias" && stateKey == "" {
 		if err := s.checkCanonicalAlias(r, roomID, content); err != nil {
 			return nil, err
@@ -90,7 +98,7 @@ func (s *Rooms) putState(r *http.Request, dev *httpapi.Device) (any, error) {
 	eventID, err := s.sendOwnEvent(r.Context(), &roomserverv1.SendEventRequest{
 		RoomId: roomID,
 		Sender: dev.UserID,
-		Event:  &roomserverv1.EventTemplate{Type: evType, StateKey: &stateKey, Content: content},
+		Event:  &roomserverv1.EventTemplate{Type: evType, StateKey: &stateKey, Content: content, OriginServerTs: ts},
 	})
 	if err != nil {
 		return nil, err

@@ -160,5 +160,9 @@ func (s *Accounts) logoutAll(r *http.Request, dev *httpapi.Device) (any, error) 
 
 // whoami is GET /account/whoami.
 func (s *Accounts) whoami(_ *http.Request, dev *httpapi.Device) (any, error) {
-	return map[string]any{"user_id": dev.UserID, "device_id": dev.DeviceID, "is_guest": dev.IsGuest}, nil
+	resp := map[string]any{"user_id": dev.UserID, "is_guest": dev.IsGuest}
+	if dev.DeviceID != "" { // an application service acting on no device
+		resp["device_id"] = dev.DeviceID
+	}
+	return resp, nil
 }

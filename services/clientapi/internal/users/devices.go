@@ -7,6 +7,7 @@ import (
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
+	"github.com/myelin-chat/myelin/services/clientapi/store/accounts"
 )
 
 // listDevices is GET /devices.
@@ -50,7 +51,8 @@ func (s *Accounts) getDevice(r *http.Request, dev *httpapi.Device) (any, error) 
 	return d, nil
 }
 
-// putDevice is PUT /devices/{deviceId}: renames a device.
+// putDevice is PUT /devices/{deviceId}: renames a device, or, for an
+// application service, creates it when the user has no such device.
 func (s *Accounts) putDevice(r *http.Request, dev *httpapi.Device) (any, error) {
 	id, err := deviceIDParam(r)
 	if err != nil {
@@ -61,6 +63,20 @@ func (s *Accounts) putDevice(r *http.Request, dev *httpapi.Device) (any, error) 
 	}
 	if err := httpapi.DecodeBody(r, httpapi.BodyOptional, &req); err != nil {
 		return nil, err
+	}
+	if req.DisplayName != nil && len(*req.DisplayName) > 512 {
+		return nil, matrixhttp.InvalidParam("display_name too long")
+	}
+	if dev.Appservice != nil {
+		// Application services create their users' devices this way
+		// (spec v1.17, "Device management").
+		created, err := s.accounts.CreateDevice(r.Context(), dev.UserID, id, req.DisplayName)
+		if err != nil {
+			return nil, err
+		}
+		if created {
+			return struct{}{}, nil
+		}
 	}
 	if req.DisplayName == nil {
 		// Nothing to change, but the device must still exist.
@@ -121,18 +137,25 @@ func (s *Accounts) deleteDevicesBulk(r *http.Request, dev *httpapi.Device) (any,
 	return s.deleteDevicesUIA(r, dev, req.Auth, req.Devices)
 }
 
+// Application services delete without it (spec v1.17, "Device
+// management").
 func (s *Accounts) deleteDevicesUIA(r *http.Request, dev *httpapi.Device, auth *AuthData, ids []string) (any, error) {
 	ctx := r.Context()
-	sess, err := s.RunUIA(ctx, purposeDeleteDevices, dev.UserID, auth)
-	if err != nil {
-		return nil, err
+	var sess accounts.UIASession
+	if dev.Appservice == nil {
+		var err error
+		if sess, err = s.RunUIA(ctx, purposeDeleteDevices, dev.UserID, auth); err != nil {
+			return nil, err
+		}
 	}
 	if err := s.accounts.DeleteDevices(ctx, dev.UserID, ids); err != nil {
 		return nil, err
 	}
 	s.keys.SendForRequest(ctx, dev.UserID)
-	if err := s.FinishUIA(ctx, sess); err != nil {
-		return nil, err
+	if dev.Appservice == nil {
+		if err := s.FinishUIA(ctx, sess); err != nil {
+			return nil, err
+		}
 	}
 	return struct{}{}, nil
 }

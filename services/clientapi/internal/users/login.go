@@ -56,6 +56,7 @@ func (s *Accounts) loginFlows(*http.Request, *httpapi.Device) (any, error) {
 	return map[string]any{"flows": []map[string]any{
 		{"type": "m.login.password"},
 		{"type": "m.login.token", "get_login_token": true},
+		{"type": loginTypeAppservice},
 	}}, nil
 }
 
@@ -132,6 +133,19 @@ func (s *Accounts) login(r *http.Request, _ *httpapi.Device) (any, error) {
 			return nil, err
 		}
 		lp, _ := s.localpartOf(userID)
+		localpart = lp
+	case loginTypeAppservice:
+		user := req.User
+		if req.Identifier != nil {
+			if req.Identifier.Type != "m.id.user" {
+				return nil, httpapi.UnknownError(http.StatusBadRequest, "Unsupported identifier type")
+			}
+			user = req.Identifier.User
+		}
+		lp, err := s.appserviceLoginUser(r, user)
+		if err != nil {
+			return nil, err
+		}
 		localpart = lp
 	default:
 		return nil, httpapi.UnknownError(http.StatusBadRequest, "Unknown login type")

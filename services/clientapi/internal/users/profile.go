@@ -42,8 +42,19 @@ func (s *Profiles) profileUser(r *http.Request) (string, string, error) {
 }
 
 // loadProfile returns the stored profile of a local, active user.
+// An unknown user in an application service's users namespace is asked
+// about first (the appservice may register it).
 func (s *Profiles) loadProfile(ctx context.Context, localpart string) (accounts.Account, error) {
 	acct, err := s.accounts.Account(ctx, localpart)
+	if errors.Is(err, store.ErrNotFound) && s.asQueries != nil {
+		asked, qerr := s.asQueries.QueryUser(ctx, s.userID(localpart))
+		if qerr != nil {
+			return accounts.Account{}, qerr
+		}
+		if asked {
+			acct, err = s.accounts.Account(ctx, localpart)
+		}
+	}
 	if errors.Is(err, store.ErrNotFound) || (err == nil && acct.Deactivated) {
 		return accounts.Account{}, matrixhttp.NotFound("Profile not found")
 	}

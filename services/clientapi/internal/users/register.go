@@ -14,6 +14,9 @@ import (
 
 // registerRequest is the body of POST /register.
 type registerRequest struct {
+	// Type is m.login.application_service for an appservice's
+	// registration (appservice.go); users' go through Auth.
+	Type                     string    `json:"type"`
 	Auth                     *AuthData `json:"auth"`
 	Username                 string    `json:"username"`
 	Password                 string    `json:"password"`
@@ -51,9 +54,6 @@ func (s *Accounts) register(r *http.Request, _ *httpapi.Device) (any, error) {
 	if guest && !s.cfg.Registration.GuestAccess {
 		return nil, matrixhttp.Forbidden("Guest registration is disabled")
 	}
-	if !guest && s.cfg.Registration.Mode == RegistrationClosed {
-		return nil, matrixhttp.Forbidden("Registration is disabled")
-	}
 	var req registerRequest
 	mode := httpapi.BodyRequired
 	if guest {
@@ -61,6 +61,16 @@ func (s *Accounts) register(r *http.Request, _ *httpapi.Device) (any, error) {
 	}
 	if err := httpapi.DecodeBody(r, mode, &req); err != nil {
 		return nil, err
+	}
+	// Application services register whatever the registration mode.
+	if !guest && req.Type == loginTypeAppservice {
+		if len(req.DeviceID) > 255 {
+			return nil, matrixhttp.InvalidParam("device_id too long")
+		}
+		return s.registerAppservice(r, req)
+	}
+	if !guest && s.cfg.Registration.Mode == RegistrationClosed {
+		return nil, matrixhttp.Forbidden("Registration is disabled")
 	}
 	if len(req.Password) > maxPasswordBytes {
 		return nil, matrixhttp.InvalidParam("Password too long")
@@ -77,6 +87,9 @@ func (s *Accounts) register(r *http.Request, _ *httpapi.Device) (any, error) {
 	}
 	localpart := ""
 	if req.Username != "" {
+		if err := s.checkNotExclusive(s.userID(strings.ToLower(req.Username)), nil); err != nil {
+			return nil, err
+		}
 		lp, err := s.normaliseUsername(req.Username)
 		if err != nil {
 			return nil, err
@@ -223,6 +236,9 @@ func (s *Accounts) registerAvailable(r *http.Request, _ *httpapi.Device) (any, e
 	username := r.URL.Query().Get("username")
 	if username == "" {
 		return nil, matrixhttp.MissingParam("username is required")
+	}
+	if err := s.checkNotExclusive(s.userID(strings.ToLower(username)), nil); err != nil {
+		return nil, err
 	}
 	lp, err := s.normaliseUsername(username)
 	if err != nil {

@@ -15,6 +15,8 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/myelin-chat/myelin/pkg/appservice"
+
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
@@ -54,6 +56,12 @@ type (
 	Erasures interface {
 		ForgetErasures()
 	}
+	// AppserviceQueries asks the appservice whose namespace holds an
+	// unknown user about it: asked means it answered that the user exists
+	// (look again); a failure is the client's error.
+	AppserviceQueries interface {
+		QueryUser(ctx context.Context, userID string) (asked bool, err error)
+	}
 	// RoomMembers gives a room's joined users (notifier.Notifier).
 	RoomMembers interface {
 		Members(roomID string) []string
@@ -76,6 +84,11 @@ type Deps struct {
 	PushRules     PushRules
 	Erasures      Erasures
 	Members       RoomMembers
+	// Appservices are the application service registrations (nil: none).
+	Appservices *appservice.Set
+	// AppserviceQueries asks appservices about unknown users in their
+	// namespaces (internal/appservices).
+	AppserviceQueries AppserviceQueries
 }
 
 // base holds what every part of the domain uses.
@@ -93,6 +106,9 @@ type base struct {
 	push       PushRules
 	history    Erasures
 	notifier   RoomMembers
+	// appservices: as_token logins and registrations, exclusive namespaces.
+	appservices *appservice.Set
+	asQueries   AppserviceQueries
 }
 
 // Service is the users domain.
@@ -136,6 +152,7 @@ func New(d Deps) *Service {
 	b := &base{
 		cfg: d.Config, log: d.Log, serverName: d.ServerName, store: d.Store, accounts: accounts.New(d.Store), rooms: d.Rooms, presence: d.Presence,
 		now: d.Now, keys: d.DeviceChanges, wakeBus: d.Wake, push: d.PushRules, history: d.Erasures, notifier: d.Members,
+		appservices: d.Appservices, asQueries: d.AppserviceQueries,
 	}
 	p := &Profiles{base: b}
 	a := &Accounts{base: b, profiles: p}

@@ -34,6 +34,18 @@ func (s *Store) Devices(ctx context.Context, userID string) ([]Device, error) {
 	return out, rows.Err()
 }
 
+// CreateDevice adds a device without an access token (an application
+// service's, PUT /devices/{deviceId}); created is false when the user
+// already has it.
+func (s *Store) CreateDevice(ctx context.Context, userID, deviceID string, displayName *string) (created bool, err error) {
+	tag, err := s.db.Exec(ctx, `INSERT INTO devices (user_id, device_id, display_name) VALUES ($1, $2, $3)
+		ON CONFLICT (user_id, device_id) DO NOTHING`, userID, deviceID, displayName)
+	if err != nil {
+		return false, err
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
 // Device returns one of a user's devices, or ErrNotFound.
 func (s *Store) Device(ctx context.Context, userID, deviceID string) (Device, error) {
 	var d Device

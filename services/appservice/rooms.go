@@ -1,0 +1,239 @@
+package appservice
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	asreg "github.com/myelin-chat/myelin/pkg/appservice"
+	"github.com/myelin-chat/myelin/pkg/clientevent"
+	"github.com/myelin-chat/myelin/pkg/logging"
+	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/appservice/store"
+)
+
+// Room events. The service keeps a copy of each room's joined members and
+// aliases (from m.room.canonical_alias: alias and alt_aliases) from the
+// room-server's stream, applied in stream order, so an event's interested
+// appservices are found in its own schema in the transaction that queues
+// the event. A room the copy has not seen is loaded once from the
+// room-server's state before its first event.
+//
+// An appservice (with a url) is interested in an event when its sender,
+// or the target of a membership, is the appservice's sender or in its
+// users namespaces (local users only); when the room ID is in its rooms
+// namespaces; when one of the room's aliases is in its aliases
+// namespaces; or when one of its users is joined to the room (after the
+// event). New events and out-of-room memberships (a local user invited to
+// a remote room) are pushed; backfilled history is not.
+
+// pduEvent holds the fields of a PDU the service reads.
+type pduEvent struct {
+	Type     string          `json:"type"`
+	Sender   string          `json:"sender"`
+	StateKey *string         `json:"state_key"`
+	Content  json.RawMessage `json:"content"`
+}
+
+func (e *pduEvent) membership() string {
+	var c struct {
+		Membership string `json:"membership"`
+	}
+	_ = json.Unmarshal(e.Content, &c)
+	return c.Membership
+}
+
+func (e *pduEvent) aliases() []string {
+	var c struct {
+		Alias      string   `json:"alias"`
+		AltAliases []string `json:"alt_aliases"`
+	}
+	_ = json.Unmarshal(e.Content, &c)
+	var out []string
+	if c.Alias != "" {
+		out = append(out, c.Alias)
+	}
+	for _, a := range c.AltAliases {
+		if a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+type bootstrapKey struct{}
+
+type bootstrap struct {
+	joined, aliases []string
+}
+
+// prepareRoomEvent loads a room the copy lacks from the room-server (a
+// remote call, so outside the transaction).
+func (s *Service) prepareRoomEvent(ctx context.Context, m jetstream.Msg) (context.Context, error) {
+	var out roomserverv1.OutputRoomEvent
+	if err := proto.Unmarshal(m.Data(), &out); err != nil || out.GetKind() != roomserverv1.OutputKind_OUTPUT_KIND_NEW {
+		return ctx, nil
+	}
+	known, err := s.store.RoomKnown(ctx, out.GetRoomId())
+	if err != nil || known {
+		return ctx, err
+	}
+	var ev pduEvent
+	if json.Unmarshal(out.GetEventJson(), &ev) == nil && ev.Type == "m.room.create" {
+		return ctx, nil
+	}
+	resp, err := s.rooms.QueryState(ctx, &roomserverv1.QueryStateRequest{RoomId: out.GetRoomId(), EventId: out.GetEventId()})
+	if status.Code(err) == codes.NotFound {
+		return ctx, nil
+	}
+	if err != nil {
+		return ctx, fmt.Errorf("QueryState of %s before %s: %w", out.GetRoomId(), out.GetEventId(), err)
+	}
+	var b bootstrap
+	for _, e := range resp.GetState() {
+		var st pduEvent
+		if json.Unmarshal(e.GetEventJson(), &st) != nil || st.StateKey == nil {
+			continue
+		}
+		switch {
+		case st.Type == "m.room.member" && st.membership() == "join":
+			b.joined = append(b.joined, *st.StateKey)
+		case st.Type == "m.room.canonical_alias" && *st.StateKey == "":
+			b.aliases = st.aliases()
+		}
+	}
+	s.log.Info("room copy: room loaded from the room-server", logging.RoomID(out.GetRoomId()), zap.Int("joined", len(b.joined)))
+	return context.WithValue(ctx, bootstrapKey{}, b), nil
+}
+
+// applyRoomEvent updates the room copy with a committed event and queues
+// it for the interested appservices; it returns them.
+func (s *Service) applyRoomEvent(ctx context.Context, tx *store.Tx, m jetstream.Msg) ([]string, error) {
+	var out roomserverv1.OutputRoomEvent
+	if err := proto.Unmarshal(m.Data(), &out); err != nil {
+		s.log.Error("dropping an undecodable room event", zap.String("subject", m.Subject()), zap.Error(err))
+		return nil, nil
+	}
+	if out.GetKind() == roomserverv1.OutputKind_OUTPUT_KIND_BACKFILL {
+		return nil, nil
+	}
+	var ev pduEvent
+	if err := json.Unmarshal(out.GetEventJson(), &ev); err != nil {
+		s.log.Error("dropping a room event that is not JSON", logging.EventID(out.GetEventId()), zap.Error(err))
+		return nil, nil
+	}
+	roomID := out.GetRoomId()
+	var room store.Room
+	if out.GetKind() == roomserverv1.OutputKind_OUTPUT_KIND_NEW {
+		if err := s.updateRoomCopy(ctx, tx, &out); err != nil {
+			return nil, err
+		}
+		var err error
+		if room, err = tx.Room(ctx, roomID); err != nil {
+			return nil, err
+		}
+	}
+	var target string
+	if ev.Type == "m.room.member" && ev.StateKey != nil {
+		target = *ev.StateKey
+	}
+	var ids []string
+	for _, r := range s.regs.List() {
+		if !r.HasURL() {
+			continue
+		}
+		if r.IsInterestedInUser(ev.Sender) || (target != "" && r.IsInterestedInUser(target)) || roomInterest(r, roomID, room) {
+			ids = append(ids, r.ID)
+		}
+	}
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	body, err := clientFormat(&out)
+	if err != nil {
+		s.log.Error("dropping a room event that does not parse", logging.EventID(out.GetEventId()), zap.Error(err))
+		return nil, nil
+	}
+	return ids, tx.Enqueue(ctx, ids, store.KindEvent, body)
+}
+
+// updateRoomCopy applies the state a new event added: memberships and
+// aliases.
+func (s *Service) updateRoomCopy(ctx context.Context, tx *store.Tx, out *roomserverv1.OutputRoomEvent) error {
+	roomID := out.GetRoomId()
+	known, err := tx.RoomKnown(ctx, roomID)
+	if err != nil {
+		return err
+	}
+	if !known {
+		b, _ := ctx.Value(bootstrapKey{}).(bootstrap)
+		if err := tx.AddRoom(ctx, roomID, b.joined, b.aliases); err != nil {
+			return err
+		}
+	}
+	for _, raw := range out.GetAddedStateEvents() {
+		var st pduEvent
+		if json.Unmarshal(raw, &st) != nil || st.StateKey == nil {
+			continue
+		}
+		switch {
+		case st.Type == "m.room.member":
+			if err := tx.SetMembership(ctx, roomID, *st.StateKey, st.membership() == "join"); err != nil {
+				return err
+			}
+		case st.Type == "m.room.canonical_alias" && *st.StateKey == "":
+			if err := tx.SetAliases(ctx, roomID, st.aliases()); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// roomInterest reports whether the appservice is interested in everything
+// of the room: its ID or an alias is in its namespaces, or one of its
+// users is joined.
+func roomInterest(r *asreg.Registration, roomID string, room store.Room) bool {
+	if r.IsInterestedInRoom(roomID) {
+		return true
+	}
+	for _, a := range room.Aliases {
+		if r.IsInterestedInAlias(a) {
+			return true
+		}
+	}
+	for _, u := range room.Joined {
+		if r.IsInterestedInUser(u) {
+			return true
+		}
+	}
+	return false
+}
+
+// clientFormat renders a committed event as the client-server API does,
+// with room_id (and unsigned.redacted_because when it comes redacted).
+func clientFormat(out *roomserverv1.OutputRoomEvent) ([]byte, error) {
+	pdu, err := clientevent.ParseOutputPDU(out.GetRoomVersion(), out.GetEventId(), out.GetEventJson())
+	if err != nil {
+		return nil, err
+	}
+	ce := clientevent.NewClientEvent(pdu)
+	ce.RoomID = out.GetRoomId()
+	if rb := out.GetRedactedBecause(); len(rb) > 0 {
+		if red, err := clientevent.ParsePDU(out.GetRoomVersion(), rb); err == nil {
+			rce := clientevent.NewClientEvent(red)
+			rce.RoomID = out.GetRoomId()
+			unsigned := map[string]any{}
+			_ = json.Unmarshal(ce.Unsigned, &unsigned)
+			unsigned["redacted_because"] = rce
+			ce.Unsigned, _ = json.Marshal(unsigned)
+		}
+	}
+	return ce.Marshal()
+}

@@ -1,0 +1,173 @@
+// Package appservice is the appservice service: it talks to application
+// services (bridges). It consumes the room-server's committed events (and
+// the presence service's typing, receipts and presence) from JetStream,
+// queues for each registered appservice what it is interested in, in its
+// own schema, and pushes the queues as transactions
+// (PUT /_matrix/app/v1/transactions/{txnId}); and it serves a gRPC API for
+// the requests the client-API makes of appservices on a client's behalf
+// (user and alias queries, third-party lookups, ping) and an admin
+// listing.
+package appservice
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+
+	asreg "github.com/myelin-chat/myelin/pkg/appservice"
+	"github.com/myelin-chat/myelin/pkg/bus"
+	"github.com/myelin-chat/myelin/pkg/metrics"
+	appservicev1 "github.com/myelin-chat/myelin/proto/appservice/v1"
+	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/appservice/store"
+)
+
+// Deps are what the appservice service needs from the process.
+type Deps struct {
+	Logger      *zap.Logger
+	ServerName  string
+	DatabaseURL string
+	JetStream   jetstream.JetStream
+	// Registrations are the appservices, loaded by the process at start.
+	Registrations *asreg.Set
+	// RoomServer answers the room copy's first look at a room
+	// (QueryState).
+	RoomServer roomserverv1.RoomServiceClient
+	// HTTPClient reaches the appservices (nil: a plain http.Client; the
+	// timeouts are the service's own).
+	HTTPClient *http.Client
+	// Metrics is the process's registry (nil: no metrics).
+	Metrics *metrics.Metrics
+}
+
+// Service is a running appservice service.
+type Service struct {
+	cfg       Config
+	log       *zap.Logger
+	regs      *asreg.Set
+	store     *store.Store
+	js        jetstream.JetStream
+	rooms     roomserverv1.RoomServiceClient
+	client    *asClient
+	consumers []*bus.OrderedConsumer
+	pusher    *pusher
+	stats     *stats
+}
+
+// New opens the store; Run consumes and pushes while this replica holds
+// the pushing lock.
+func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if deps.Logger == nil || deps.ServerName == "" || deps.JetStream == nil || deps.RoomServer == nil {
+		return nil, errors.New("appservice: Logger, ServerName, JetStream and RoomServer are required")
+	}
+	st, err := store.Open(ctx, deps.DatabaseURL, cfg.MaxConns)
+	if err != nil {
+		return nil, fmt.Errorf("appservice store: %w", err)
+	}
+	hc := deps.HTTPClient
+	if hc == nil {
+		hc = &http.Client{}
+	}
+	s := &Service{
+		cfg:    cfg,
+		log:    deps.Logger,
+		regs:   deps.Registrations,
+		store:  st,
+		js:     deps.JetStream,
+		rooms:  deps.RoomServer,
+		client: &asClient{http: hc},
+		stats:  newStats(),
+	}
+	s.pusher = newPusher(s)
+	if deps.Metrics != nil {
+		if err := deps.Metrics.Register(s.stats.collectors(s)...); err != nil {
+			st.Close()
+			return nil, fmt.Errorf("appservice metrics: %w", err)
+		}
+	}
+	s.consumers = s.consumerSpecs()
+	return s, nil
+}
+
+// RegisterGRPC registers the AppserviceService.
+func (s *Service) RegisterGRPC(g *grpc.Server) {
+	appservicev1.RegisterAppserviceServiceServer(g, &handler{svc: s})
+}
+
+// RegisterHTTP serves the admin listing, GET /_myelin/admin/appservices.
+func (s *Service) RegisterHTTP(r chi.Router) {
+	r.Get(AdminPath, s.serveAdminList)
+}
+
+// Run waits for the pushing lock and, while this replica holds it,
+// consumes the streams into the queues and pushes them, until ctx ends.
+func (s *Service) Run(ctx context.Context) error {
+	if s.regs.Len() == 0 {
+		s.log.Info("no application service registered (appservice.config_files is empty)")
+	}
+	return s.pusher.run(ctx)
+}
+
+// Ready reports whether the service can serve: its database answers.
+func (s *Service) Ready(ctx context.Context) error {
+	if err := s.store.Ping(ctx); err != nil {
+		return fmt.Errorf("database: %w", err)
+	}
+	return nil
+}
+
+// Close releases the store.
+func (s *Service) Close() { s.store.Close() }
+
+// consumerSpecs are the durable consumers the pushing replica runs.
+func (s *Service) consumerSpecs() []*bus.OrderedConsumer {
+	mk := func(suffix, stream string, deliver jetstream.DeliverPolicy,
+		apply func(context.Context, *store.Tx, jetstream.Msg) ([]string, error),
+		prepare func(context.Context, jetstream.Msg) (context.Context, error)) *bus.OrderedConsumer {
+		name := s.cfg.ConsumerPrefix + "-" + suffix
+		var woken []string
+		return &bus.OrderedConsumer{
+			Name: name, Stream: stream, Deliver: deliver,
+			Description: "appservice service (resumes after its position in the appservice schema)",
+			Position: func(ctx context.Context) (uint64, error) {
+				pos, err := s.store.Position(ctx, name)
+				return uint64(pos), err
+			},
+			Apply: func(ctx context.Context, m jetstream.Msg, seq uint64) error {
+				woken = nil
+				if prepare != nil {
+					var err error
+					if ctx, err = prepare(ctx, m); err != nil {
+						return err
+					}
+				}
+				_, err := s.store.Apply(ctx, name, seq, func(tx *store.Tx) error {
+					var err error
+					woken, err = apply(ctx, tx, m)
+					return err
+				})
+				return err
+			},
+			Applied: func() { s.pusher.wake(woken...) },
+		}
+	}
+	return []*bus.OrderedConsumer{
+		mk("rooms", bus.RoomEventsStream, jetstream.DeliverAllPolicy, s.applyRoomEvent, s.prepareRoomEvent),
+		// Typing, receipts and presence only matter while fresh: the
+		// first consumer starts with what comes next.
+		mk("ephemeral", bus.EphemeralStream, jetstream.DeliverNewPolicy, s.applyEphemeral, nil),
+	}
+}
+
+// now is the clock (one place, for the stats).
+func now() time.Time { return time.Now() }
