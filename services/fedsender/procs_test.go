@@ -20,7 +20,7 @@ import (
 type senderProc struct {
 	name string
 	cmd  *exec.Cmd
-	done chan error
+	done chan struct{} // closed when the process has exited
 	log  string
 }
 
@@ -41,7 +41,7 @@ func (e *env) startProcess(t *testing.T, name string) *senderProc {
 	if err := os.WriteFile(path, out, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p := &senderProc{name: name, log: filepath.Join(dir, "log"), done: make(chan error, 1)}
+	p := &senderProc{name: name, log: filepath.Join(dir, "log"), done: make(chan struct{})}
 	f, err := os.Create(p.log)
 	if err != nil {
 		t.Fatal(err)
@@ -51,7 +51,7 @@ func (e *env) startProcess(t *testing.T, name string) *senderProc {
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { p.done <- p.cmd.Wait(); f.Close() }()
+	go func() { _ = p.cmd.Wait(); f.Close(); close(p.done) }()
 	t.Cleanup(func() {
 		defer func() {
 			if t.Failed() {

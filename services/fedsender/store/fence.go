@@ -21,8 +21,20 @@ type Fence struct {
 
 // TakeFence records f as the destination's current fencing token, if it
 // is newer than the one recorded (else ErrFenced).
+//
+// It waits at most lockTimeout for the previous owner's transaction in
+// progress (a frozen owner's is ended by idle_in_transaction_session_timeout).
 func (s *Store) TakeFence(ctx context.Context, dest string, f Fence) error {
-	tag, err := s.db.Exec(ctx, `INSERT INTO destination_fences (destination, epoch, token, owner)
+	return pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '2s'`); err != nil {
+			return err
+		}
+		return takeFence(ctx, tx, dest, f)
+	})
+}
+
+func takeFence(ctx context.Context, tx pgx.Tx, dest string, f Fence) error {
+	tag, err := tx.Exec(ctx, `INSERT INTO destination_fences (destination, epoch, token, owner)
 		VALUES ($1, $2, $3, $4)
 		ON CONFLICT (destination) DO UPDATE SET epoch = EXCLUDED.epoch, token = EXCLUDED.token,
 			owner = EXCLUDED.owner, acquired_at = now(),
