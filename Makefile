@@ -6,7 +6,7 @@ PROTOS    := $(shell find $(PROTO_DIR) -name '*.proto' | sort)
 # Modules of the workspace (go.work); tests run in each.
 MODULES   := . ./pkg ./proto ./services/appservice ./services/roomserver ./services/clientapi ./services/keyserver ./services/presence ./services/media ./services/fedreceiver ./services/fedsender
 
-.PHONY: all build run test test-unit test-e2e jsclient-deps s3-server proto proto-check vet lint bench bench-quick bench-go bench-tools clean
+.PHONY: all build run test test-unit test-e2e jsclient-deps s3-server interop dendrite proto proto-check vet lint bench bench-quick bench-go bench-tools clean fuzz
 
 all: build
 
@@ -56,16 +56,75 @@ $(VERSITYGW):
 	mv $(BIN)/.versitygw-build/versitygw $@
 	@rmdir $(BIN)/.versitygw-build
 
+# Federation interop with Dendrite (issue #16): builds Dendrite and its
+# generate-keys / generate-config tools from the Go module proxy at a pinned
+# version into bin/ (nothing of it is committed), then runs
+# tests/e2e/interop_dendrite_test.go (build tag interop, so make test does not
+# need Dendrite): Dendrite and Myelin (all-in-one, then split) federating
+# over HTTPS on loopback, driven by mautrix-go. The pass/fail line per flow
+# is printed at the end and kept in bin/interop-report.txt; any failed flow
+# fails the target.
+DENDRITE_VERSION := v0.13.8
+DENDRITE         := $(BIN)/dendrite-$(DENDRITE_VERSION)/dendrite
+
+dendrite: $(DENDRITE)
+
+$(DENDRITE):
+	@mkdir -p $(dir $@)
+	GOBIN=$(CURDIR)/$(dir $@) GOWORK=off $(GO) install \
+		github.com/matrix-org/dendrite/cmd/dendrite@$(DENDRITE_VERSION) \
+		github.com/matrix-org/dendrite/cmd/generate-keys@$(DENDRITE_VERSION) \
+		github.com/matrix-org/dendrite/cmd/generate-config@$(DENDRITE_VERSION)
+
+interop: build dendrite
+	@rm -f $(BIN)/interop-report.txt
+	@cd tests/e2e && MYELIN_BIN=$(CURDIR)/$(BIN)/myelin DENDRITE_BIN=$(CURDIR)/$(DENDRITE) \
+		INTEROP_REPORT=$(CURDIR)/$(BIN)/interop-report.txt \
+		$(GO) test -tags interop -count=1 -timeout 15m -run 'TestDendriteInterop' . ; rc=$$?; \
+	cat $(CURDIR)/$(BIN)/interop-report.txt 2>/dev/null; exit $$rc
+
 # tests/jsclient's node_modules, exactly as package-lock.json pins them (from
 # npm's cache when it has them). tests/e2e TestJSClient fails without them.
 jsclient-deps:
 	@command -v npm >/dev/null || { echo "make test needs Node.js 20+ and npm (tests/jsclient drives the server with matrix-js-sdk)" >&2; exit 1; }
 	npm ci --prefix tests/jsclient --no-audit --no-fund --prefer-offline
 
+# Go fuzz targets, each run for FUZZTIME (not part of make test, which runs
+# only their seed corpora). Each line: module directory, package, target
+# [, extra go test flags]. Inputs that fail are written under the
+# package's testdata/fuzz/ and then run as seeds by make test; commit them
+# with the fix. The route fuzzer needs the test PostgreSQL
+# (MYELIN_TEST_DATABASE_URL or pkg/testkit's own cluster); it first replays
+# its ~900 seeds (each a request to the real stack), which takes about two
+# minutes on a busy 2-core machine, so give it FUZZTIME of several minutes
+# to get past them (make fuzz FUZZTIME=5m).
+FUZZTIME ?= 30s
+FUZZ_TARGETS := \
+	./pkg:./matrixhttp:FuzzCheckJSONText \
+	./services/clientapi:./internal/push:FuzzPushRules \
+	./services/clientapi:./internal/push:FuzzValidActions \
+	./services/clientapi:./internal/clientevent:FuzzParseFilter \
+	./services/clientapi:./internal/httpapi:FuzzReadObject \
+	./services/clientapi:.:FuzzRoutes \
+	./services/roomserver:.:FuzzEventTemplate \
+	.:./tests/crosscheck:FuzzCanonicalJSON:jsonv2
+
+fuzz:
+	@failed=""; \
+	for t in $(FUZZ_TARGETS); do \
+		mod=$${t%%:*}; rest=$${t#*:}; pkg=$${rest%%:*}; rest=$${rest#*:}; target=$${rest%%:*}; exp=""; \
+		case "$$rest" in *:jsonv2) exp=jsonv2; target=$${rest%%:*};; esac; \
+		echo "== fuzz $$target in $$mod/$$pkg for $(FUZZTIME)"; \
+		(cd $$mod && GOEXPERIMENT=$$exp $(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) -parallel 1 $$pkg) || failed="$$failed $$target"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "== fuzz FAILED:$$failed"; exit 1; fi; \
+	echo "== fuzz: no failures"
+
 vet:
 	@unformatted="$$(git ls-files '*.go' | xargs "$$($(GO) env GOROOT)/bin/gofmt" -l)"; \
 	if [ -n "$$unformatted" ]; then echo "not gofmt-formatted:"; echo "$$unformatted"; exit 1; fi
 	@failed=""; for m in $(MODULES); do (cd $$m && $(GO) vet ./...) || failed="$$failed $$m"; done; \
+	$(GO) vet -tags interop ./tests/e2e || failed="$$failed tests/e2e(-tags interop)"; \
 	if [ -n "$$failed" ]; then echo "go vet failed in:$$failed"; exit 1; fi
 
 # Regenerates the committed protobuf code with protoc + protoc-gen-go +
@@ -166,6 +225,6 @@ deploy-check: $(BIN)/.kubeconform-$(KUBECONFORM_VERSION) $(BIN)/.helm-$(HELM_VER
 	done
 	$(BIN)/kubeconform -strict -summary -kubernetes-version $(K8S_VERSION) \
 		-schema-location '$(K8S_SCHEMAS)/{{ .ResourceKind }}{{ .KindSuffix }}.json' $(DEPLOY_OUT)/*.yaml
-	$(BIN)/k8s-check -external-secret myelin-database -external-secret myelin-media-s3 -external-secret myelin-federation-tls \
-		$(foreach c,key-server room-server presence client-api media federation-receiver federation-sender,-external-secret myelin-grpc-tls-$(c)) \
+	$(BIN)/k8s-check -external-secret myelin-database -external-secret myelin-media-s3 -external-secret myelin-federation-tls -external-secret myelin-appservices \
+		$(foreach c,key-server room-server presence client-api media federation-receiver federation-sender appservice,-external-secret myelin-grpc-tls-$(c)) \
 		$(DEPLOY_OUT)/*.yaml

@@ -3,6 +3,7 @@ package myelin
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -13,6 +14,7 @@ import (
 	"github.com/myelin-chat/myelin/pkg/logging"
 	appservicev1 "github.com/myelin-chat/myelin/proto/appservice/v1"
 	clientapiv1 "github.com/myelin-chat/myelin/proto/clientapi/v1"
+	fedsenderv1 "github.com/myelin-chat/myelin/proto/fedsender/v1"
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
 	mediav1 "github.com/myelin-chat/myelin/proto/media/v1"
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
@@ -170,7 +172,7 @@ func startClientAPI(ctx context.Context, p *process) (service, error) {
 		}
 		as = appservicev1.NewAppserviceServiceClient(conn)
 	}
-	return clientapi.New(ctx, p.cfg.ClientAPI, clientapi.Deps{
+	deps := clientapi.Deps{
 		Logger:      p.log.With(logging.Service(TargetClientAPI)),
 		ServerName:  p.cfg.ServerName,
 		DatabaseURL: p.cfg.databaseURL(p.cfg.ClientAPI.DatabaseURL),
@@ -182,7 +184,23 @@ func startClientAPI(ctx context.Context, p *process) (service, error) {
 		Media:       mediav1.NewMediaServiceClient(ms),
 		Appservices: p.appservices,
 		Appservice:  as,
-	})
+	}
+	// With federation on, local users reach other servers' rooms, users
+	// and keys through the federation sender (in the split shape at
+	// services.federation_sender.grpc; without it they reach only this
+	// server's, and the process says so).
+	if p.cfg.Federation.Enabled {
+		if p.address(TargetFederationSender).GRPC == "" && !slices.Contains(p.targets, TargetFederationSender) {
+			p.log.Warn("federation is on but services.federation_sender.grpc is not set: local users cannot reach other servers' rooms and users")
+		} else {
+			fs, err := p.dial(TargetFederationSender)
+			if err != nil {
+				return nil, err
+			}
+			deps.FederationSender = fedsenderv1.NewFederationSenderServiceClient(fs)
+		}
+	}
+	return clientapi.New(ctx, p.cfg.ClientAPI, deps)
 }
 
 func startPresence(ctx context.Context, p *process) (service, error) {

@@ -220,7 +220,9 @@ func Start(ctx context.Context, cfg Config, targets []string, log *zap.Logger) (
 		})
 	}
 	g.Go(func() error {
-		if err := httpSrv.Serve(p.httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		// Requests Go's server refuses itself (control bytes in a header)
+		// get Matrix errors too.
+		if err := httpSrv.Serve(matrixhttp.MatrixErrorsListener(p.httpLis)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("http server: %w", err)
 		}
 		return nil

@@ -36,8 +36,8 @@ type Config struct {
 	// the same listing is on the gRPC API (ListAppservices) and the
 	// per-appservice gauges on /metrics.
 	AdminToken string `yaml:"admin_token"`
-	// LeaderRetry is how often a replica that is not pushing tries to
-	// take over (one replica consumes and pushes at a time).
+	// LeaderRetry is how often a replica tries again to take the
+	// consuming lock or an appservice's pushing lock held by another.
 	LeaderRetry time.Duration `yaml:"leader_retry"`
 }
 
@@ -60,7 +60,7 @@ func DefaultConfig() Config {
 func (c Config) Validate() error {
 	var errs []error
 	if c.MaxConns < 4 {
-		errs = append(errs, errors.New("max_conns must be at least 4 (the consumers and the pushing leader each hold a connection)"))
+		errs = append(errs, errors.New("max_conns must be at least 4 (the two consumers and the pushers share the pool)"))
 	}
 	if c.ConsumerPrefix == "" {
 		errs = append(errs, errors.New("consumer_prefix must be set"))

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
@@ -25,7 +26,7 @@ func TestInterestRules(t *testing.T) {
 	e := newEnv(t, false,
 		asSpec{id: "users", namespaces: users(`@watched_.*:as\.test`, false)},
 		asSpec{id: "senders", namespaces: users(`@alice:as\.test`, false)},
-		asSpec{id: "aliases", namespaces: "  aliases:\n    - exclusive: true\n      regex: '#bridged_.*:as\\.test'"},
+		asSpec{id: "aliases", namespaces: "  aliases:\n    - exclusive: false\n      regex: '#bridged_.*:as\\.test'"},
 		asSpec{id: "rooms", namespaces: "  rooms:\n    - exclusive: false\n      regex: '!.*:as\\.test'"},
 		asSpec{id: "none", namespaces: users(`@nobody_.*:as\.test`, false)},
 		asSpec{id: "nourl", namespaces: users(`@.*`, false), noURL: true},
@@ -126,7 +127,7 @@ func TestInterestRules(t *testing.T) {
 // slowly gets everything once it recovers: once each, in order, and a
 // transaction ID is never reused for other content (the receiver checks).
 func TestFaultsThenRecovery(t *testing.T) {
-	e := newEnv(t, false, asSpec{id: "bridge", namespaces: users(`@watched_.*:as\.test`, true)})
+	e := newEnv(t, false, asSpec{id: "bridge", namespaces: users(`@watched_.*:as\.test`, false)})
 	alice, bob := e.user("alice"), e.user("watched_bob")
 	room := e.room(alice, nil)
 	join(t, bob, room)
@@ -179,7 +180,7 @@ func TestFaultsThenRecovery(t *testing.T) {
 		}
 	}
 	// The admin endpoint: off without the token, the list with it.
-	if code := status(t, e.main.URL()+"/_myelin/admin/appservices", "wrong"); code != http.StatusForbidden {
+	if code := statusOf(t, e.main.URL()+"/_myelin/admin/appservices", "wrong"); code != http.StatusForbidden {
 		t.Errorf("admin list with a wrong token: %d", code)
 	}
 	if body := get(t, e.main.URL()+"/_myelin/admin/appservices", "admin-secret"); !strings.Contains(body, `"id":"bridge"`) ||
@@ -192,7 +193,7 @@ func TestFaultsThenRecovery(t *testing.T) {
 // loses nothing: the transaction goes again with its ID and content, and
 // what was sent meanwhile follows in order.
 func TestRestartMidTransaction(t *testing.T) {
-	e := newEnv(t, true, asSpec{id: "bridge", namespaces: users(`@watched_.*:as\.test`, true)})
+	e := newEnv(t, true, asSpec{id: "bridge", namespaces: users(`@watched_.*:as\.test`, false)})
 	alice, bob := e.user("alice"), e.user("watched_bob")
 	room := e.room(alice, nil)
 	join(t, bob, room)
@@ -210,7 +211,7 @@ func TestRestartMidTransaction(t *testing.T) {
 	e.as.Stop()
 	want = append(want, send(t, alice, room, 3, "while down")...)
 	r.setMode(modeOK)
-	e.startAppservice()
+	e.startAppservice(e.asGRPC)
 	want = append(want, send(t, alice, room, 3, "after")...)
 	waitEvents(t, r, room, want)
 }
@@ -248,6 +249,37 @@ func TestEphemeral(t *testing.T) {
 	receipt := r.ephemeralOf("m.receipt")[0]
 	if receipt["room_id"] != string(room) || !strings.Contains(fmt.Sprint(receipt["content"]), msgs[0]) {
 		t.Errorf("receipt: %v", receipt)
+	}
+	// Private receipts go only to appservices whose namespaces hold their
+	// owner: bob's (watched) does, alice's does not. Presence of a
+	// namespaced user goes too.
+	if err := alice.SendReceipt(ctx, room, id.EventID(msgs[0]), event.ReceiptTypeReadPrivate, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := bob.SendReceipt(ctx, room, id.EventID(msgs[0]), event.ReceiptTypeReadPrivate, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := bob.SetPresence(ctx, mautrix.ReqPresence{Presence: event.PresenceOnline, StatusMsg: "bridging"}); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 20*time.Second, func() error {
+		var bobPrivate, presence bool
+		for _, rc := range r.ephemeralOf("m.receipt") {
+			c := fmt.Sprint(rc["content"])
+			bobPrivate = bobPrivate || (strings.Contains(c, "m.read.private") && strings.Contains(c, string(bob.UserID)))
+		}
+		for _, p := range r.ephemeralOf("m.presence") {
+			presence = presence || (p["sender"] == string(bob.UserID) && strings.Contains(fmt.Sprint(p["content"]), "bridging"))
+		}
+		if !bobPrivate || !presence {
+			return fmt.Errorf("bob's private receipt %v, his presence %v", bobPrivate, presence)
+		}
+		return nil
+	})
+	for _, rc := range r.ephemeralOf("m.receipt") {
+		if c := fmt.Sprint(rc["content"]); strings.Contains(c, "m.read.private") && strings.Contains(c, string(alice.UserID)) {
+			t.Errorf("alice's private receipt reached the appservice: %v", rc)
+		}
 	}
 	// Another message makes sure "noeph" has had its turn.
 	more := send(t, alice, room, 1, "again")
@@ -288,7 +320,7 @@ func get(t testing.TB, url, token string) string {
 	return string(body)
 }
 
-func status(t testing.TB, url, token string) int {
+func statusOf(t testing.TB, url, token string) int {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodGet, url, nil)
 	req.Header.Set("Authorization", "Bearer "+token)
@@ -298,4 +330,82 @@ func status(t testing.TB, url, token string) int {
 	}
 	resp.Body.Close()
 	return resp.StatusCode
+}
+
+// Two appservice processes: one pushes (the lock holder), the other
+// stands by; when the pusher stops, the standby takes over and the
+// appservice gets the rest, in order, once.
+func TestStandbyTakesOver(t *testing.T) {
+	e := newEnv(t, true, asSpec{id: "bridge", namespaces: users(`@watched_.*:as\.test`, false)})
+	first := e.as
+	e.startAppservice("127.0.0.1:0")
+	second := e.as
+	alice, bob := e.user("alice"), e.user("watched_bob")
+	room := e.room(alice, nil)
+	join(t, bob, room)
+	r := e.recv["bridge"]
+	want := send(t, alice, room, 3, "before")
+	waitEvents(t, r, room, want)
+	const sent = `myelin_appservice_transactions_total{appservice="bridge",result="sent"}`
+	pushing, standby := first, second
+	if !strings.Contains(get(t, "http://"+first.Process.MetricsAddr()+"/metrics", ""), sent) {
+		pushing, standby = second, first
+	}
+	if strings.Contains(get(t, "http://"+standby.Process.MetricsAddr()+"/metrics", ""), sent) {
+		t.Fatal("both processes pushed")
+	}
+	pushing.Stop()
+	want = append(want, send(t, alice, room, 3, "after")...)
+	waitEvents(t, r, room, want)
+	if !strings.Contains(get(t, "http://"+standby.Process.MetricsAddr()+"/metrics", ""), sent) {
+		t.Fatal("the standby did not push")
+	}
+}
+
+// The consuming replica and an appservice's pusher can be different
+// processes: the pusher wakes on the queue's notification. Process A
+// takes the pusher lock while the test holds the consumer lock (A's
+// leader_retry is long, so it does not try again); process B then takes
+// the consumer lock when the test lets it go.
+func TestPusherInAnotherReplica(t *testing.T) {
+	ctx := context.Background()
+	e := newEnvConfig(t, asSpec{id: "bridge", namespaces: users(`@watched_.*:as\.test`, false)})
+	hold, err := pgx.Connect(ctx, e.cfg.Database.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hold.Close(ctx)
+	if _, err := hold.Exec(ctx, `SELECT pg_advisory_lock(hashtext('myelin.appservice.consumer'))`); err != nil {
+		t.Fatal(err)
+	}
+	e.startMain()
+	slow := e.cfg
+	slow.Appservice.LeaderRetry = time.Hour
+	e.cfg, slow = slow, e.cfg
+	e.startAppservice(e.asGRPC) // A: the pusher
+	pusherProc := e.as
+	testkit.Eventually(t, 10*time.Second, func() error {
+		var held bool
+		if err := hold.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
+			AND classid::bigint = ((hashtext($1)::bigint >> 32) & 4294967295) AND objid::bigint = (hashtext($1)::bigint & 4294967295))`,
+			"myelin.appservice.pusher.bridge").Scan(&held); err != nil || !held {
+			return fmt.Errorf("process A does not hold the pusher lock yet (%v)", err)
+		}
+		return nil
+	})
+	e.cfg = slow
+	e.startAppservice("127.0.0.1:0") // B: waits for the consumer lock
+	if _, err := hold.Exec(ctx, `SELECT pg_advisory_unlock(hashtext('myelin.appservice.consumer'))`); err != nil {
+		t.Fatal(err)
+	}
+	alice, bob := e.user("alice"), e.user("watched_bob")
+	room := e.room(alice, nil)
+	join(t, bob, room)
+	want := send(t, alice, room, 5, "across")
+	waitEvents(t, e.recv["bridge"], room, want)
+	const sent = `myelin_appservice_transactions_total{appservice="bridge",result="sent"}`
+	if !strings.Contains(get(t, "http://"+pusherProc.Process.MetricsAddr()+"/metrics", ""), sent) ||
+		strings.Contains(get(t, "http://"+e.as.Process.MetricsAddr()+"/metrics", ""), sent) {
+		t.Fatal("the pushing was not done by process A alone")
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -62,11 +63,13 @@ type receiver struct {
 	release   chan struct{}
 	queries   []string
 	queryCode int
+	arrived   map[string]time.Time // event ID -> when its transaction came
 }
 
 func newReceiver(t testing.TB, hsToken string) *receiver {
 	r := &receiver{t: t, hsToken: hsToken, mode: modeOK, txns: map[string][32]byte{}, queryCode: http.StatusOK,
-		slow: 1500 * time.Millisecond}
+		arrived: map[string]time.Time{},
+		slow:    1500 * time.Millisecond}
 	r.srv = httptest.NewServer(http.HandlerFunc(r.serve))
 	t.Cleanup(func() {
 		r.setMode(modeOK)
@@ -196,6 +199,12 @@ func (r *receiver) process(txnID string, body []byte) {
 	}
 	r.txns[txnID] = sum
 	r.txnOrder = append(r.txnOrder, txnID)
+	at := time.Now()
+	for _, ev := range txn.Events {
+		if id, ok := ev["event_id"].(string); ok {
+			r.arrived[id] = at
+		}
+	}
 	r.events = append(r.events, txn.Events...)
 	r.ephemeral = append(r.ephemeral, txn.Ephemeral...)
 }
@@ -245,6 +254,9 @@ type env struct {
 	as    *stack.Stack // the appservice process, in the split shape
 	recv  map[string]*receiver
 	split bool
+	// asGRPC is where the client-API reaches the appservice service in
+	// the split shape.
+	asGRPC string
 }
 
 type asSpec struct {
@@ -256,7 +268,22 @@ type asSpec struct {
 
 func newEnv(t testing.TB, split bool, specs ...asSpec) *env {
 	t.Helper()
-	e := &env{t: t, recv: map[string]*receiver{}, split: split}
+	e := newEnvConfig(t, specs...)
+	e.split = split
+	if split {
+		e.startMain()
+		e.startAppservice(e.asGRPC)
+	} else {
+		e.main = stack.StartWithConfig(t, e.cfg)
+	}
+	return e
+}
+
+// newEnvConfig makes the receivers and the configuration, and starts
+// nothing.
+func newEnvConfig(t testing.TB, specs ...asSpec) *env {
+	t.Helper()
+	e := &env{t: t, recv: map[string]*receiver{}}
 	cfg := stack.TestConfig(t)
 	cfg.ServerName = serverName
 	cfg.ClientAPI.RateLimit.Enabled = false
@@ -278,21 +305,34 @@ func newEnv(t testing.TB, split bool, specs ...asSpec) *env {
 		cfg.Appservice.ConfigFiles = append(cfg.Appservice.ConfigFiles, registration(t, dir, s.id, u, s.namespaces, s.ephemeral))
 	}
 	e.cfg = cfg
-	if split {
-		e.main = stack.StartWithConfig(t, cfg, myelin.TargetKeyServer, myelin.TargetRoomServer, myelin.TargetPresence,
-			myelin.TargetClientAPI, myelin.TargetMedia)
-		e.startAppservice()
-	} else {
-		e.main = stack.StartWithConfig(t, cfg)
-	}
 	return e
 }
 
-// startAppservice starts the appservice service as its own process.
-func (e *env) startAppservice() {
+// startMain starts every service but the appservice service, which the
+// client-API reaches at e.asGRPC (the first appservice process's address).
+func (e *env) startMain() {
+	e.asGRPC = freeAddr(e.t)
+	e.cfg.Services.Appservice.GRPC = e.asGRPC
+	e.main = stack.StartWithConfig(e.t, e.cfg, myelin.TargetKeyServer, myelin.TargetRoomServer, myelin.TargetPresence,
+		myelin.TargetClientAPI, myelin.TargetMedia)
+}
+
+// freeAddr is a loopback address with a port free now.
+func freeAddr(t testing.TB) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// startAppservice starts the appservice service as its own process, its
+// gRPC on grpcAddr.
+func (e *env) startAppservice(grpcAddr string) {
 	cfg := e.cfg
 	cfg.HTTP.Listen = "127.0.0.1:0"
-	cfg.GRPC.Listen = "127.0.0.1:0"
+	cfg.GRPC.Listen = grpcAddr
 	cfg.Metrics.Listen = "127.0.0.1:0"
 	cfg.Services.RoomServer.GRPC = e.main.Process.GRPCAddr()
 	e.as = stack.StartWithConfig(e.t, cfg, myelin.TargetAppservice)

@@ -2,32 +2,42 @@ package appservice
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap"
 
 	asreg "github.com/myelin-chat/myelin/pkg/appservice"
+	"github.com/myelin-chat/myelin/services/appservice/store"
 )
 
-// The pushing side. One replica consumes and pushes at a time: the holder
-// of a PostgreSQL advisory lock (on a connection kept for it), so each
-// appservice has one pusher among the replicas. It runs the stream
-// consumers and a worker per appservice with a url. A worker has one
+// The pushing side. One replica consumes at a time: the holder of the
+// PostgreSQL advisory lock myelin.appservice.consumer (on a connection kept
+// for it) runs the stream consumers, which fill the queues. Each
+// appservice with a url has one pusher among the replicas: the holder of
+// the advisory lock myelin.appservice.pusher.<id>, on a connection of its
+// own that also LISTENs on the queue's notifications (the consumers'
+// transactions NOTIFY the appservices whose queues grew), so a pusher in
+// another replica than the consumers wakes at once. A pusher has one
 // transaction in flight: the one recorded in the schema (retried as it
-// was, same ID and content, until the appservice answers 200), or a new
-// one made of the oldest waiting items. A failure waits backoff_min,
-// doubling up to backoff_max (with up to 10 % jitter); a 200 resets it.
-// A slow or broken appservice holds up only its own worker.
+// was, same ID and content, until the appservice answers 200), or a new one
+// made of the oldest waiting items. A failure waits backoff_min, doubling
+// up to backoff_max (with up to 10 % jitter); a 200 resets it. A slow or
+// broken appservice holds up only its own pusher. Replicas that lose an
+// election try again every leader_retry.
 
-// leaderLockKey is the advisory lock of the pushing replica.
-const leaderLockKey = "myelin.appservice.pusher"
+// consumerLockKey is the advisory lock of the consuming replica.
+const consumerLockKey = "myelin.appservice.consumer"
+
+// pusherLockKey is the advisory lock of an appservice's pusher.
+func pusherLockKey(id string) string { return "myelin.appservice.pusher." + id }
 
 type pusher struct {
 	s *Service
 
-	mu    sync.Mutex
 	wakes map[string]chan struct{}
 }
 
@@ -39,7 +49,8 @@ func newPusher(s *Service) *pusher {
 	return p
 }
 
-// wake tells the appservices' workers that items were queued.
+// wake tells the appservices' pushers in this replica that items were
+// queued (pushers elsewhere learn it from the notification).
 func (p *pusher) wake(ids ...string) {
 	for _, id := range ids {
 		if ch, ok := p.wakes[id]; ok {
@@ -51,64 +62,10 @@ func (p *pusher) wake(ids ...string) {
 	}
 }
 
-// run takes the pushing lock and pushes while holding it, until ctx ends.
+// run takes part in the elections of the consumers and of each
+// appservice's pusher until ctx ends.
 func (p *pusher) run(ctx context.Context) error {
-	log := p.s.log
-	for {
-		conn, err := p.s.store.Pool().Acquire(ctx)
-		if err == nil {
-			var got bool
-			err = conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtext($1))`, leaderLockKey).Scan(&got)
-			if err == nil && got {
-				log.Info("appservice: this replica pushes")
-				p.lead(ctx, func(c context.Context) error { return conn.Ping(c) })
-				// Closing the connection releases the lock.
-				_ = conn.Conn().Close(context.WithoutCancel(ctx))
-				conn.Release()
-				if ctx.Err() != nil {
-					return nil
-				}
-				log.Warn("appservice: lost the pushing lock's connection; trying again")
-				continue
-			}
-			conn.Release()
-		}
-		if err != nil && ctx.Err() == nil {
-			log.Warn("appservice: pushing lock", zap.Error(err))
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(p.s.cfg.LeaderRetry):
-		}
-	}
-}
-
-// lead runs the consumers and the workers until ctx ends or ping fails.
-func (p *pusher) lead(ctx context.Context, ping func(context.Context) error) {
-	lctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	defer func() {
-		cancel()
-		wg.Wait()
-	}()
-	for _, c := range p.s.consumers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for lctx.Err() == nil {
-				err := c.Run(lctx, p.s.js, p.s.log)
-				if lctx.Err() != nil {
-					return
-				}
-				p.s.log.Warn("consumer stopped; starting it again", zap.String("consumer", c.Name), zap.Error(err))
-				select {
-				case <-lctx.Done():
-				case <-time.After(time.Second):
-				}
-			}
-		}()
-	}
 	for _, r := range p.s.regs.List() {
 		if !r.HasURL() {
 			continue
@@ -116,24 +73,112 @@ func (p *pusher) lead(ctx context.Context, ping func(context.Context) error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			p.work(lctx, r)
+			p.elect(ctx, pusherLockKey(r.ID), r.ID, func(c context.Context) { p.work(c, r) })
 		}()
 	}
-	// The lock lives as long as its connection: check it.
-	for {
-		select {
-		case <-lctx.Done():
-			return
-		case <-time.After(p.s.cfg.LeaderRetry):
+	p.elect(ctx, consumerLockKey, "", p.consume)
+	wg.Wait()
+	return nil
+}
+
+// elect holds key's advisory lock on a connection of its own and, while
+// it does, runs lead; the connection LISTENs for queue notifications
+// (those naming wakeID wake its pusher) and its loss ends lead.
+func (p *pusher) elect(ctx context.Context, key, wakeID string, lead func(context.Context)) {
+	log := p.s.log.With(zap.String("lock", key))
+	for ctx.Err() == nil {
+		conn, err := p.s.store.Connect(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				log.Warn("appservice: lock connection", zap.Error(err))
+				sleep(ctx, p.s.cfg.LeaderRetry)
+			}
+			continue
 		}
-		pctx, pcancel := context.WithTimeout(lctx, p.s.cfg.LeaderRetry)
-		err := ping(pctx)
-		pcancel()
-		if err != nil && lctx.Err() == nil {
-			p.s.log.Warn("appservice: the pushing lock's connection failed", zap.Error(err))
+		p.holdAndLead(ctx, log, conn, key, wakeID, lead)
+		_ = conn.Close(context.WithoutCancel(ctx))
+		if ctx.Err() == nil {
+			sleep(ctx, p.s.cfg.LeaderRetry)
+		}
+	}
+}
+
+func (p *pusher) holdAndLead(ctx context.Context, log *zap.Logger, conn *pgx.Conn, key, wakeID string, lead func(context.Context)) {
+	for {
+		var got bool
+		if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtext($1))`, key).Scan(&got); err != nil {
+			if ctx.Err() == nil {
+				log.Warn("appservice: lock", zap.Error(err))
+			}
+			return
+		}
+		if got {
+			break
+		}
+		if sleep(ctx, p.s.cfg.LeaderRetry); ctx.Err() != nil {
 			return
 		}
 	}
+	if _, err := conn.Exec(ctx, `LISTEN `+store.QueueChannel); err != nil {
+		log.Warn("appservice: listen", zap.Error(err))
+		return
+	}
+	log.Info("appservice: this replica holds the lock")
+	lctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		lead(lctx)
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	// Wait for notifications; the connection's health is the lock's.
+	for ctx.Err() == nil {
+		wctx, wcancel := context.WithTimeout(ctx, p.s.cfg.LeaderRetry)
+		n, err := conn.WaitForNotification(wctx)
+		wcancel()
+		switch {
+		case err == nil:
+			if wakeID != "" && n.Payload == wakeID {
+				p.wake(wakeID)
+			}
+		case ctx.Err() != nil:
+			return
+		case errors.Is(err, context.DeadlineExceeded):
+			pctx, pcancel := context.WithTimeout(ctx, p.s.cfg.LeaderRetry)
+			err = conn.Ping(pctx)
+			pcancel()
+			if err != nil && ctx.Err() == nil {
+				log.Warn("appservice: the lock's connection failed", zap.Error(err))
+				return
+			}
+		default:
+			log.Warn("appservice: the lock's connection failed", zap.Error(err))
+			return
+		}
+	}
+}
+
+// consume runs the stream consumers until ctx ends.
+func (p *pusher) consume(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, c := range p.s.consumers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				err := c.Run(ctx, p.s.js, p.s.log)
+				if ctx.Err() != nil {
+					return
+				}
+				p.s.log.Warn("consumer stopped; starting it again", zap.String("consumer", c.Name), zap.Error(err))
+				sleep(ctx, time.Second)
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 // work pushes one appservice's queue until ctx ends.

@@ -44,7 +44,7 @@ func (s *Service) query(ctx context.Context, r *asreg.Registration, path string)
 		select {
 		case <-ctx.Done():
 			out.Result = appservicev1.QueryResult_QUERY_RESULT_ERROR
-			if errors.Is(err, ErrTimeout) || errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			if errors.Is(err, ErrTimeout) {
 				out.Result = appservicev1.QueryResult_QUERY_RESULT_TIMEOUT
 			}
 			return out

@@ -129,13 +129,9 @@ func (s *Service) applyRoomEvent(ctx context.Context, tx *store.Tx, m jetstream.
 		return nil, nil
 	}
 	roomID := out.GetRoomId()
-	var room store.Room
-	if out.GetKind() == roomserverv1.OutputKind_OUTPUT_KIND_NEW {
+	isNew := out.GetKind() == roomserverv1.OutputKind_OUTPUT_KIND_NEW
+	if isNew {
 		if err := s.updateRoomCopy(ctx, tx, &out); err != nil {
-			return nil, err
-		}
-		var err error
-		if room, err = tx.Room(ctx, roomID); err != nil {
 			return nil, err
 		}
 	}
@@ -143,12 +139,29 @@ func (s *Service) applyRoomEvent(ctx context.Context, tx *store.Tx, m jetstream.
 	if ev.Type == "m.room.member" && ev.StateKey != nil {
 		target = *ev.StateKey
 	}
+	// The room copy is read only when an appservice needs it (none does
+	// when none is registered).
+	var room *store.Room
 	var ids []string
 	for _, r := range s.regs.List() {
 		if !r.HasURL() {
 			continue
 		}
-		if r.IsInterestedInUser(ev.Sender) || (target != "" && r.IsInterestedInUser(target)) || roomInterest(r, roomID, room) {
+		interested := r.IsInterestedInUser(ev.Sender) || (target != "" && r.IsInterestedInUser(target))
+		if !interested && isNew {
+			if room == nil {
+				got, err := tx.Room(ctx, roomID)
+				if err != nil {
+					return nil, err
+				}
+				room = &got
+			}
+			interested = roomInterest(r, roomID, *room)
+		}
+		if !interested && !isNew {
+			interested = r.IsInterestedInRoom(roomID)
+		}
+		if interested {
 			ids = append(ids, r.ID)
 		}
 	}

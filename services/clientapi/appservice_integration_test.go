@@ -391,7 +391,7 @@ func TestAppserviceDevices(t *testing.T) {
 	hs := startAppserviceStack(t)
 	wantResult(t, "register ghost", asDo(t, hs, "POST", v3+"/register", bridgeToken, map[string]any{"type": "m.login.application_service", "username": "_bridge_alice", "inhibit_login": true}), 200, "")
 	wantResult(t, "unknown device", asDo(t, hs, "GET", as(v3+"/account/whoami", ghost, "device_id", "BRIDGEDEV"), bridgeToken, nil), 400, "M_UNKNOWN_DEVICE")
-	wantResult(t, "create device", asDo(t, hs, "PUT", as(v3+"/devices/BRIDGEDEV", ghost), bridgeToken, map[string]any{"display_name": "bridge"}), 200, "")
+	wantResult(t, "create device", asDo(t, hs, "PUT", as(v3+"/devices/BRIDGEDEV", ghost), bridgeToken, map[string]any{"display_name": "bridge"}), 201, "")
 	r := asDo(t, hs, "GET", as(v3+"/account/whoami", ghost, "device_id", "BRIDGEDEV"), bridgeToken, nil)
 	if r.status != 200 || r.body["device_id"] != "BRIDGEDEV" {
 		t.Fatalf("whoami on the created device %s", r.raw)
@@ -406,7 +406,8 @@ func TestAppserviceDevices(t *testing.T) {
 	}
 	wantResult(t, "delete without UIA", asDo(t, hs, "DELETE", as(v3+"/devices/BRIDGEDEV", ghost), bridgeToken, map[string]any{}), 200, "")
 	wantResult(t, "deleted device", asDo(t, hs, "GET", as(v3+"/account/whoami", ghost, "device_id", "BRIDGEDEV"), bridgeToken, nil), 400, "M_UNKNOWN_DEVICE")
-	wantResult(t, "create two", asDo(t, hs, "PUT", as(v3+"/devices/D1", ghost), bridgeToken, map[string]any{}), 200, "")
+	wantResult(t, "create two", asDo(t, hs, "PUT", as(v3+"/devices/D1", ghost), bridgeToken, map[string]any{}), 201, "")
+	wantResult(t, "PUT of a device that exists updates it", asDo(t, hs, "PUT", as(v3+"/devices/D1", ghost), bridgeToken, map[string]any{}), 200, "")
 	wantResult(t, "bulk delete without UIA", asDo(t, hs, "POST", as(v3+"/delete_devices", ghost), bridgeToken, map[string]any{"devices": []string{"D1"}}), 200, "")
 	wantResult(t, "bulk deleted device", asDo(t, hs, "GET", as(v3+"/devices/D1", ghost), bridgeToken, nil), 404, "M_NOT_FOUND")
 

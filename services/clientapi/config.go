@@ -36,6 +36,9 @@ type Config struct {
 	// ConsumerName is the durable JetStream consumer that feeds the
 	// client-API's copy of room events.
 	ConsumerName string `yaml:"consumer_name"`
+	// ToDeviceInConsumerName is the durable JetStream consumer of
+	// send-to-device messages from other servers (MYELIN_TO_DEVICE_IN).
+	ToDeviceInConsumerName string `yaml:"to_device_in_consumer_name"`
 	// Push configures notifications and HTTP pushers (internal/push, internal/pushgateway).
 	Push PushConfig `yaml:"push"`
 	// Turn configures GET /voip/turnServer (internal/users).
@@ -102,7 +105,8 @@ func DefaultConfig() Config {
 			MaxTimelineLimit:     1000,
 			MaxTimeout:           5 * time.Minute,
 		},
-		ConsumerName: "clientapi-sync",
+		ConsumerName:           "clientapi-sync",
+		ToDeviceInConsumerName: "clientapi-todevice-in",
 		Push: PushConfig{
 			ReceiptsConsumerName: "clientapi-push-receipts",
 			InitialBackoff:       time.Second,
@@ -156,6 +160,9 @@ func (c Config) Validate() error {
 	}
 	if c.ConsumerName == "" {
 		errs = append(errs, errors.New("consumer_name must be set"))
+	}
+	if c.ToDeviceInConsumerName == "" {
+		errs = append(errs, errors.New("to_device_in_consumer_name must be set"))
 	}
 	if c.Push.ReceiptsConsumerName == "" {
 		errs = append(errs, errors.New("push.receipts_consumer_name must be set"))

@@ -9,6 +9,7 @@ require (
 	github.com/myelin-chat/myelin/pkg v0.0.0
 	github.com/myelin-chat/myelin/proto v0.0.0
 	github.com/myelin-chat/myelin/services/keyserver v0.0.0
+	github.com/myelin-chat/myelin/services/presence v0.0.0
 	github.com/myelin-chat/myelin/services/roomserver v0.0.0
 	github.com/nats-io/nats.go v1.55.0
 	github.com/tidwall/sjson v1.2.5

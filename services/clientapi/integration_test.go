@@ -22,9 +22,11 @@ import (
 	"github.com/myelin-chat/myelin/pkg/rpc"
 	"github.com/myelin-chat/myelin/pkg/testkit"
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
+	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi"
 	"github.com/myelin-chat/myelin/services/keyserver"
+	"github.com/myelin-chat/myelin/services/presence"
 	"github.com/myelin-chat/myelin/services/roomserver"
 )
 
@@ -56,9 +58,16 @@ func startReplicas(t *testing.T, cfg clientapi.Config, n int) []string {
 // changed by withDeps (nil: as they are), e.g. application services.
 func startReplicasDeps(t *testing.T, cfg clientapi.Config, n int, withDeps func(*clientapi.Deps)) []string {
 	t.Helper()
+	urls, _ := startReplicaServices(t, cfg, n, withDeps)
+	return urls
+}
+
+// startReplicaServices is startReplicasDeps that also returns the services.
+func startReplicaServices(t testing.TB, cfg clientapi.Config, n int, withDeps func(*clientapi.Deps)) ([]string, []*clientapi.Service) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	log := zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel))
+	log := stackLogger(t)
 	db := testkit.Postgres(t)
 	js := testkit.JetStream(t, testkit.NATS(t))
 	if err := bus.EnsureStreams(ctx, js, 1); err != nil {
@@ -87,16 +96,25 @@ func startReplicasDeps(t *testing.T, cfg clientapi.Config, n int, withDeps func(
 	if err != nil {
 		t.Fatal(err)
 	}
+	ps, err := presence.New(ctx, presence.DefaultConfig(), presence.Deps{
+		Logger: log, ServerName: serverName, DatabaseURL: db, JetStream: js, RoomServer: roomserverv1.NewRoomServiceClient(conn),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	g := rpc.NewServer(log)
 	ks.RegisterGRPC(g)
 	rs.RegisterGRPC(g)
-	runs := []func(context.Context) error{rs.Run, ks.Run}
+	ps.RegisterGRPC(g)
+	runs := []func(context.Context) error{rs.Run, ks.Run, ps.Run}
 	var urls []string
+	var svcs []*clientapi.Service
 	var closers []func()
 	for i := range n {
 		deps := clientapi.Deps{
 			Logger: log, ServerName: serverName, DatabaseURL: db, JetStream: js,
 			KeyServer: ksClient, E2EKeys: keyserverv1.NewE2EKeyServiceClient(conn), RoomServer: roomserverv1.NewRoomServiceClient(conn),
+			Presence: presencev1.NewPresenceServiceClient(conn),
 		}
 		if withDeps != nil {
 			withDeps(&deps)
@@ -117,6 +135,7 @@ func startReplicasDeps(t *testing.T, cfg clientapi.Config, n int, withDeps func(
 		ca.RegisterHTTP(r)
 		srv := httptest.NewServer(r)
 		urls = append(urls, srv.URL)
+		svcs = append(svcs, ca)
 		runs = append(runs, ca.Run)
 		closers = append(closers, srv.Close, ca.Close)
 	}
@@ -142,11 +161,27 @@ func startReplicasDeps(t *testing.T, cfg clientapi.Config, n int, withDeps func(
 		}
 		g.Stop()
 		rs.Close()
+		ps.Close()
 	})
-	return urls
+	return urls, svcs
 }
 
-func newUser(t *testing.T, hs, username string) *mautrix.Client {
+// stackLogger logs to the test's log, or for a fuzz test (whose fuzz
+// target may not log through *testing.F) warnings and errors to stderr.
+func stackLogger(t testing.TB) *zap.Logger {
+	if _, fuzz := t.(*testing.F); fuzz {
+		cfg := zap.NewDevelopmentConfig()
+		cfg.Level = zap.NewAtomicLevelAt(zap.WarnLevel)
+		log, err := cfg.Build()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return log
+	}
+	return zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel))
+}
+
+func newUser(t testing.TB, hs, username string) *mautrix.Client {
 	t.Helper()
 	cli, err := mautrix.NewClient(hs, "", "")
 	if err != nil {

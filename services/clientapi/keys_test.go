@@ -205,9 +205,14 @@ func TestDeviceDeletionReachesTheKeyServerLater(t *testing.T) {
 		}
 		return nil
 	})
-	if users, err := h.svc.store.KeyServerUsers(context.Background()); err != nil || len(users) != 0 {
-		t.Errorf("still queued: %v, %v", users, err)
-	}
+	// The queued change is removed once the key-server has answered,
+	// which is after its deletion commits: wait for that too.
+	testkit.Eventually(t, 30*time.Second, func() error {
+		if users, err := h.svc.store.KeyServerUsers(context.Background()); err != nil || len(users) != 0 {
+			return fmt.Errorf("still queued: %v, %v", users, err)
+		}
+		return nil
+	})
 }
 
 // TestOldKeyTablesHandedOver: with rows in the client-API's old key

@@ -25,6 +25,7 @@ import (
 	"github.com/myelin-chat/myelin/pkg/appservice"
 	appservicev1 "github.com/myelin-chat/myelin/proto/appservice/v1"
 	clientapiv1 "github.com/myelin-chat/myelin/proto/clientapi/v1"
+	fedsenderv1 "github.com/myelin-chat/myelin/proto/fedsender/v1"
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
 	mediav1 "github.com/myelin-chat/myelin/proto/media/v1"
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
@@ -64,6 +65,11 @@ type Deps struct {
 	// Media takes over the media this service stored before the media
 	// service existed (internal/mediahandover). Nil leaves them where they are.
 	Media mediav1.MediaServiceClient
+	// FederationSender makes requests to other homeservers for local
+	// users (joins, invites, leaves and knocks through other servers,
+	// remote profiles, aliases, directories and keys, backfill). Nil when
+	// federation is off: only this server's rooms and users are reachable.
+	FederationSender fedsenderv1.FederationSenderServiceClient
 	// Appservices are the application service registrations
 	// (appservice.config_files): their as_tokens authenticate, their
 	// exclusive namespaces are theirs alone. Nil: none.
@@ -106,6 +112,9 @@ type Service struct {
 	receipts       *consumers.Receipts
 	keyChanges     *consumers.KeyChanges
 	ephemeralWakes *consumers.Ephemeral
+	// toDeviceIn stores other servers' send-to-device messages (every
+	// replica runs it).
+	toDeviceIn *consumers.ToDeviceIn
 	// Producers: wake-ups for the other replicas, pushes to gateways.
 	wakeBus *wakebus.Bus
 	pushers *pushgateway.Dispatcher
@@ -128,7 +137,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	}
 	s := &Service{cfg: cfg, log: deps.Logger, store: st, now: time.Now}
 	s.mediaHandover = mediahandover.New(st, deps.Media, deps.Logger)
-	s.history = history.New(st, deps.RoomServer, deps.Logger)
+	s.history = history.New(st, deps.RoomServer, deps.FederationSender, deps.Logger)
 	members, err := st.JoinedMembers(ctx)
 	if err != nil {
 		st.Close()
@@ -152,21 +161,22 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		Now:           func() time.Time { return s.now() },
 		DeviceChanges: s.keys, Wake: s.wakeBus, PushRules: s.push, Erasures: s.history, Members: s.notifier,
 		Appservices: deps.Appservices, AppserviceQueries: s.appservices,
+		Federation: deps.FederationSender,
 	})
 	if err := s.users.Accounts.EnsureAppserviceSenders(ctx); err != nil {
 		s.wakeBus.Stop()
 		st.Close()
 		return nil, err
 	}
-	s.roomDomain = rooms.New(rooms.Config{DefaultRoomVersion: cfg.DefaultRoomVersion}, deps.ServerName, st, deps.RoomServer, s.history, s.users, s.notifier, deps.Logger)
+	s.roomDomain = rooms.New(rooms.Config{DefaultRoomVersion: cfg.DefaultRoomVersion}, deps.ServerName, st, deps.RoomServer, deps.FederationSender, s.history, s.users, s.notifier, deps.Logger)
 	s.roomDomain.SetAppservices(deps.Appservices, s.appservices)
-	s.ephemeral = ephemeral.New(deps.ServerName, deps.Presence, deps.Logger)
+	s.ephemeral = ephemeral.New(deps.ServerName, deps.Presence, deps.RoomServer, deps.Logger)
 	s.sync = syncapi.New(syncapi.Deps{
 		Config: cfg.Sync, ServerName: deps.ServerName, Store: st, Rooms: deps.RoomServer, Presence: deps.Presence,
 		History: s.history, Push: s.push, Keys: s.keys, Notifier: s.notifier, Wake: s.wakeBus,
 		ToDeviceOut: todeviceout.New(deps.JetStream, deps.Logger), Log: deps.Logger,
 	})
-	s.keyEndpoints = keys.New(deps.ServerName, st, deps.E2EKeys, s.keys, s.notifier, s.users, deps.Logger)
+	s.keyEndpoints = keys.New(deps.ServerName, st, deps.E2EKeys, deps.FederationSender, s.keys, s.notifier, s.users, deps.Logger)
 	s.http = httpapi.NewServer(deps.Logger, s.users.Accounts, cfg.RateLimit, time.Now)
 	s.http.SetAppservices(deps.Appservices, s.users.Accounts)
 	if s.roomEvents, err = consumers.NewRoomEvents(ctx, deps.JetStream, cfg.ConsumerName, st, s.push, s.wakeBus, s.pushers, s.users, deps.Logger); err != nil {
@@ -175,6 +185,11 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		return nil, err
 	}
 	if err := s.keys.DropEmptyTables(ctx); err != nil {
+		s.wakeBus.Stop()
+		st.Close()
+		return nil, err
+	}
+	if s.toDeviceIn, err = consumers.NewToDeviceIn(ctx, deps.JetStream, cfg.ToDeviceInConsumerName, deps.ServerName, st, s.wakeBus, deps.Logger); err != nil {
 		s.wakeBus.Stop()
 		st.Close()
 		return nil, err
@@ -213,6 +228,7 @@ func (s *Service) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.leader().Run(gctx) })
 	g.Go(func() error { return s.keyChanges.Run(gctx) })
+	g.Go(func() error { return s.toDeviceIn.Run(gctx) })
 	g.Go(func() error {
 		s.keys.HandOver(gctx)
 		return nil

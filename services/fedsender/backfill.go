@@ -108,11 +108,19 @@ func (s *Service) backfill(ctx context.Context, req *fedsenderv1.BackfillRequest
 func (s *Service) inputBackfill(ctx context.Context, fc fclient.FederationClient, server spec.ServerName, roomID string,
 	verImpl gomatrixserverlib.IRoomVersion, events []gomatrixserverlib.PDU) ([]string, error) {
 	version := string(verImpl.Version())
+	// input inputs evs in one call; the first gets stateIDs as the state
+	// before it when they are given (the others' state follows from
+	// their prev_events). One call is one batch the room-server publishes
+	// newest first, which is what places the events in order in the
+	// consumers' copies (each batch goes before the room's earliest event).
 	input := func(evs []gomatrixserverlib.PDU, kind roomserverv1.InputKind, stateIDs []string) ([]*roomserverv1.InputEventResult, error) {
 		req := &roomserverv1.InputEventsRequest{}
-		for _, ev := range evs {
-			req.Events = append(req.Events, &roomserverv1.InputEvent{RoomVersion: version, EventJson: ev.JSON(), Kind: kind,
-				HasState: stateIDs != nil, StateEventIds: stateIDs})
+		for i, ev := range evs {
+			in := &roomserverv1.InputEvent{RoomVersion: version, EventJson: ev.JSON(), Kind: kind}
+			if i == 0 && stateIDs != nil {
+				in.HasState, in.StateEventIds = true, stateIDs
+			}
+			req.Events = append(req.Events, in)
 		}
 		resp, err := s.rooms.InputEvents(ctx, req)
 		if err != nil {
@@ -143,7 +151,8 @@ func (s *Service) inputBackfill(ctx context.Context, fc fclient.FederationClient
 			break
 		}
 		// The oldest event still missing something: fetch the state
-		// before it and input it with that state; the rest are tried again.
+		// before it and input it with that state, together with the rest
+		// (in one batch, so they are published in order).
 		slices.SortFunc(missing, func(a, b gomatrixserverlib.PDU) int { return int(a.Depth() - b.Depth()) })
 		oldest := missing[0]
 		fetches++
@@ -166,17 +175,27 @@ func (s *Service) inputBackfill(ctx context.Context, fc fclient.FederationClient
 		if stateIDs == nil {
 			stateIDs = []string{}
 		}
-		res, err := input([]gomatrixserverlib.PDU{oldest}, roomserverv1.InputKind_INPUT_KIND_BACKFILL, stateIDs)
+		res, err := input(missing, roomserverv1.InputKind_INPUT_KIND_BACKFILL, stateIDs)
 		if err != nil {
 			return nil, err
 		}
-		if len(res) != 1 || !stored(res[0].GetStatus()) {
+		if len(res) != len(missing) || !stored(res[0].GetStatus()) {
 			s.log.Info("backfill: the room-server did not take an event with the state before it", logging.EventID(oldest.EventID()),
 				zap.String("result", describe(res)))
 			break
 		}
-		storedIDs = append(storedIDs, oldest.EventID())
-		pending = missing[1:]
+		pending = nil
+		for i, r := range res {
+			switch {
+			case stored(r.GetStatus()):
+				storedIDs = append(storedIDs, r.GetEventId())
+			case r.GetStatus() == roomserverv1.InputStatus_INPUT_STATUS_MISSING_EVENTS:
+				pending = append(pending, missing[i])
+			default:
+				s.log.Info("backfill: the room-server did not take an event", logging.EventID(r.GetEventId()),
+					zap.String("status", r.GetStatus().String()), zap.String("reason", r.GetReason()))
+			}
+		}
 	}
 	return storedIDs, nil
 }

@@ -2,6 +2,7 @@ package keyserver_test
 
 import (
 	"context"
+	"slices"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -46,9 +47,25 @@ func TestRemoteDeviceLists(t *testing.T) {
 		}
 		return out
 	}
+	// changedSince lists the users /sync's device_lists.changed would
+	// name after position after, and the position now.
+	changedSince := func(after int64) ([]string, int64) {
+		t.Helper()
+		st, err := ks.SyncKeys(ctx, &keyserverv1.SyncKeysRequest{UserId: alice, DeviceId: "D", After: after, WithChanges: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.GetChangedUserIds(), st.GetPosition()
+	}
+	_, start := changedSince(0)
 	// First update of a list not held: stale (only one device is known).
 	if r := update(1, nil, "A", false); !r.GetStale() || r.GetDuplicate() {
 		t.Fatalf("first update: %+v", r)
+	}
+	// The remote user's change is in the change log /sync reads.
+	changed, pos := changedSince(start)
+	if !slices.Equal(changed, []string{bob}) {
+		t.Fatalf("changed after the first update: %v", changed)
 	}
 	if stale, err := ks.QueryRemoteDeviceLists(ctx, &keyserverv1.QueryRemoteDeviceListsRequest{StaleOnly: true}); err != nil || len(stale.GetLists()) != 1 {
 		t.Fatalf("stale lists: %v %v", stale, err)
@@ -72,12 +89,16 @@ func TestRemoteDeviceLists(t *testing.T) {
 	if l := list(); len(devices(l)) != 2 || devices(l)[0] != "B" || devices(l)[1] != "C" || l.GetStale() {
 		t.Fatalf("after 4 and 5: %v", devices(l))
 	}
-	// Repeats and older updates change nothing.
+	// Repeats and older updates change nothing (nor the change log).
+	_, pos = changedSince(pos)
 	if r := update(5, []int64{4}, "A", true); !r.GetDuplicate() {
 		t.Fatalf("repeat: %+v", r)
 	}
 	if r := update(2, nil, "Z", false); !r.GetDuplicate() {
 		t.Fatalf("older: %+v", r)
+	}
+	if changed, _ := changedSince(pos); len(changed) != 0 {
+		t.Fatalf("changed after duplicates: %v", changed)
 	}
 	// A gap: 7 after 5, missing 6.
 	if r := update(7, []int64{6}, "D", false); !r.GetStale() {

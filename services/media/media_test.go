@@ -1,8 +1,10 @@
 package media_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"image"
 	"io"
@@ -304,4 +306,53 @@ func countRows(t *testing.T, s *stack.Stack, table string) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// TestUploadBadHeaderText: an upload's Content-Type and filename that no
+// store can hold get 400 with an errcode, over real HTTP to the real
+// process: control bytes (refused by Go's server before any handler, made
+// a Matrix error by matrixhttp.MatrixErrorsListener), bytes that are not
+// UTF-8, and U+0000 or invalid UTF-8 in the filename. Nothing is stored.
+func TestUploadBadHeaderText(t *testing.T) {
+	s := startStack(t, nil)
+	alice := newUser(t, s.URL(), "alice")
+	addr := strings.TrimPrefix(s.URL(), "http://")
+	send := func(contentType, query string) (int, map[string]any) {
+		t.Helper()
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		req := "POST /_matrix/media/v3/upload" + query + " HTTP/1.1\r\nHost: " + addr + "\r\nAuthorization: Bearer " + alice.AccessToken +
+			"\r\nContent-Type: " + contentType + "\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
+		if _, err := io.WriteString(c, req); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var body map[string]any
+		if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+			t.Fatalf("Content-Type %q%s: %d, body not JSON: %v", contentType, query, resp.StatusCode, err)
+		}
+		return resp.StatusCode, body
+	}
+	for _, c := range []struct{ ctype, query string }{
+		{"image/png\x01", ""},
+		{"image/\x7fpng", ""},
+		{"text/plain; charset=\"\xff\"", ""},
+		{"text/plain", "?filename=a%00b"},
+		{"text/plain", "?filename=%FF"},
+	} {
+		status, body := send(c.ctype, c.query)
+		if status != http.StatusBadRequest || body["errcode"] != "M_INVALID_PARAM" {
+			t.Errorf("Content-Type %q%s: %d %v, want 400 M_INVALID_PARAM", c.ctype, c.query, status, body)
+		}
+	}
+	if status, body := send("text/plain; charset=utf-8", "?filename=ok.txt"); status != http.StatusOK || body["content_uri"] == nil {
+		t.Fatalf("a good upload: %d %v", status, body)
+	}
 }

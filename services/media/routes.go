@@ -94,6 +94,12 @@ func escapedRoutePath(next http.Handler) http.Handler {
 // error writing to a handler.
 func (s *Service) wrap(rt route) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Parameters no store can hold (invalid UTF-8, U+0000) are refused
+		// before they reach one, as at the client-API's edge.
+		if err := matrixhttp.CheckRequestText(r.URL.EscapedPath(), r.URL.Query()); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
 		var c *caller
 		if rt.auth {
 			var err error

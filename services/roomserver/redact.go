@@ -59,7 +59,13 @@ func redactsOf(ev gomatrixserverlib.PDU) string {
 }
 
 // normalizeRedaction puts a redaction template's target where its room
-// version wants it: content.redacts from v11 on, top-level before.
+// version wants it: content.redacts from v11 on, top-level before. From
+// v11 on the target is also kept top-level, as servers built on older
+// gomatrixserverlib (Dendrite v0.13.8, which does the same for its own
+// redactions) only read it there and would otherwise never apply this
+// server's redactions; the spec's v11 format does not forbid the extra
+// key, it is covered by the hashes and signatures, and the redaction
+// algorithm drops it like any other unlisted top-level key.
 func normalizeRedaction(v gomatrixserverlib.RoomVersion, t *template) error {
 	var content map[string]json.RawMessage
 	if err := json.Unmarshal(t.Content, &content); err != nil {
@@ -76,7 +82,7 @@ func normalizeRedaction(v gomatrixserverlib.RoomVersion, t *template) error {
 		t.Redacts = target
 		return nil
 	}
-	t.Redacts = ""
+	t.Redacts = target
 	content["redacts"], _ = json.Marshal(target)
 	raw, err := json.Marshal(content)
 	if err != nil {

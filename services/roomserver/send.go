@@ -6,10 +6,13 @@ package roomserver
 // (input.go).
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"regexp"
 	"slices"
 
 	"github.com/matrix-org/gomatrixserverlib"
@@ -53,6 +56,16 @@ func parseTemplate(verImpl gomatrixserverlib.IRoomVersion, t *roomserverv1.Event
 	if err := json.Unmarshal(out.Content, &obj); err != nil || obj == nil {
 		return out, fmt.Errorf("%w: content of %s is not a JSON object", ErrBadRequest, out.Type)
 	}
+	if err := checkIntegers(out.Content); err != nil {
+		return out, fmt.Errorf("%w: content of %s: %v", ErrBadRequest, out.Type, err)
+	}
+	// gomatrixserverlib's canonical JSON writes a control character
+	// escaped in an object key (\b, \u0001) raw, which is not JSON. The
+	// key-server's builder then fails on it; refuse it here, with a reason
+	// a client can read, before a round trip to the key-server.
+	if canon, err := gomatrixserverlib.CanonicalJSON(out.Content); err != nil || !json.Valid(canon) {
+		return out, fmt.Errorf("%w: content of %s has no canonical JSON form (a control character in a key?)", ErrBadRequest, out.Type)
+	}
 	switch out.Type {
 	case spec.MRoomCreate:
 		// Only CreateRoom makes a room's create event; any later one
@@ -84,6 +97,33 @@ func parseTemplate(verImpl gomatrixserverlib.IRoomVersion, t *roomserverv1.Event
 		}
 	}
 	return out, nil
+}
+
+// plainInteger is the only number spelling canonical JSON has.
+var plainInteger = regexp.MustCompile(`^(0|-?[1-9][0-9]*)$`)
+
+// checkIntegers refuses numbers that are not written as plain integers
+// (1E2, 0.0, -0, 1.5). Canonical JSON has only integers (appendices,
+// "Canonical JSON"); gomatrixserverlib's builder refuses fractions and
+// lower-case exponents of non-zero values but would sign 1E2 and 0.0 as
+// given, an event that other servers and clients (mautrix) refuse as not
+// canonical. The range of room versions 6 and later is checked by the
+// builder.
+func checkIntegers(content []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(content))
+	dec.UseNumber()
+	for {
+		tok, err := dec.Token()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if n, ok := tok.(json.Number); ok && !plainInteger.MatchString(string(n)) {
+			return fmt.Errorf("number %s is not an integer in canonical form", n)
+		}
+	}
 }
 
 // localSender checks that a user ID is valid and belongs to this server

@@ -93,8 +93,8 @@ func TestLoadGeneratorQuick(t *testing.T) {
 	if len(sends) != 2 {
 		t.Errorf("sweep steps measured: %v, want N=1 and N=2", sends)
 	}
-	if len(res.Memory) != 4 {
-		t.Errorf("%d memory samples, want idle + one per scenario", len(res.Memory))
+	if want := 1 + len(loadgen.Scenarios()); len(res.Memory) != want {
+		t.Errorf("%d memory samples, want idle + one per scenario (%d)", len(res.Memory), want)
 	}
 	for _, m := range res.Memory {
 		p := m.Processes[0]

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -16,9 +17,14 @@ import (
 )
 
 // fedEnv turns federation on for a process: the listener at listen with a
-// certificate for serverName from ca.
+// certificate for serverName's host (without its port, if it has one) from
+// ca.
 func fedEnv(t *testing.T, ca *testkit.CA, serverName, listen string) []string {
-	cert, key := ca.Issue(t, serverName)
+	host := serverName
+	if h, _, err := net.SplitHostPort(serverName); err == nil {
+		host = h
+	}
+	cert, key := ca.Issue(t, host)
 	return []string{
 		"MYELIN_SERVER_NAME=" + serverName,
 		"MYELIN_FEDERATION_ENABLED=true",

@@ -54,6 +54,10 @@ func myelinBinary(t *testing.T) string {
 // proc is one myelin OS process.
 type proc struct {
 	name string
+	// bin is the program to run (empty: the myelin binary under test) and
+	// dir its working directory (empty: the test's).
+	bin  string
+	dir  string
 	args []string
 	env  []string
 	log  string
@@ -68,7 +72,12 @@ func (p *proc) start(t *testing.T) {
 		t.Fatal(err)
 	}
 	fmt.Fprintf(f, "==== start %s %v\n", p.name, time.Now().Format(time.RFC3339Nano))
-	cmd := exec.Command(myelinBinary(t), p.args...)
+	bin := p.bin
+	if bin == "" {
+		bin = myelinBinary(t)
+	}
+	cmd := exec.Command(bin, p.args...)
+	cmd.Dir = p.dir
 	cmd.Env = append(os.Environ(), p.env...)
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {

@@ -169,6 +169,17 @@ func (t *Tx) RoomsOf(ctx context.Context, userID string) ([]string, error) {
 	return pgx.CollectRows(rows, pgx.RowTo[string])
 }
 
+// QueueChannel is the PostgreSQL notification channel on which Enqueue's
+// transactions announce (at commit) the appservices whose queues grew; the
+// payload is the appservice ID.
+const QueueChannel = "myelin_appservice_queue"
+
+// Connect opens a connection of its own (not from the pool), for holding
+// an advisory lock and listening.
+func (s *Store) Connect(ctx context.Context) (*pgx.Conn, error) {
+	return pgx.ConnectConfig(ctx, s.db.Config().ConnConfig.Copy())
+}
+
 // Item kinds of the queue.
 const (
 	KindEvent     = "event"
@@ -180,8 +191,9 @@ func (t *Tx) Enqueue(ctx context.Context, appservices []string, kind string, bod
 	if len(appservices) == 0 {
 		return nil
 	}
-	_, err := t.tx.Exec(ctx, `INSERT INTO queue (appservice_id, kind, body) SELECT a, $2, $3 FROM unnest($1::text[]) AS a`,
-		appservices, kind, body)
+	_, err := t.tx.Exec(ctx, `WITH added AS (
+			INSERT INTO queue (appservice_id, kind, body) SELECT a, $2, $3 FROM unnest($1::text[]) AS a)
+		SELECT pg_notify('`+QueueChannel+`', a) FROM unnest($1::text[]) AS a`, appservices, kind, body)
 	return err
 }
 

@@ -198,6 +198,20 @@ func (b *Batch) Timelines(ranges []RoomRange, limit int, out map[string]Timeline
 	})
 }
 
+// EarliestEvent returns the room's earliest stored event (backfilled
+// history included); found is false when the copy has none of the room.
+func (r Reader) EarliestEvent(ctx context.Context, roomID string) (e StoredEvent, found bool, err error) {
+	rows, err := r.q.Query(ctx, `SELECT `+eventCols+` FROM sync_events WHERE room_id = $1 ORDER BY pos ASC LIMIT 1`, roomID)
+	if err != nil {
+		return StoredEvent{}, false, err
+	}
+	events, err := scanEvents(rows)
+	if err != nil || len(events) == 0 {
+		return StoredEvent{}, false, err
+	}
+	return events[0], true, nil
+}
+
 // HasEventsBefore reports whether the room has events before pos.
 func (r Reader) HasEventsBefore(ctx context.Context, roomID string, pos int64) (bool, error) {
 	var ok bool

@@ -97,7 +97,15 @@ func (s *Store) ApplyRemoteDeviceUpdate(ctx context.Context, up RemoteDeviceUpda
 		stale = wasStale || gap
 		_, err = tx.Exec(ctx, `UPDATE remote_device_lists SET stream_id = GREATEST(stream_id, $2), recent_stream_ids = $3,
 			stale = $4, updated_at = now() WHERE user_id = $1`, up.UserID, up.StreamID, recent, stale)
-		return err
+		if err != nil {
+			return err
+		}
+		// The change log (device_list_changes) gets the remote user's
+		// change too, so /sync's device_lists.changed and /keys/changes
+		// name them to the local users sharing a room with them (the
+		// federation sender sends only local users' changes on).
+		return logDeviceChanges(ctx, tx, up.UserID, deviceChange{deviceID: up.DeviceID, name: up.DisplayName,
+			keys: nilIfEmpty(up.Keys), deleted: up.Deleted})
 	})
 	if err != nil {
 		return false, false, fmt.Errorf("apply remote device update: %w", err)
@@ -129,8 +137,10 @@ func (s *Store) PutRemoteSigningKeys(ctx context.Context, userID string, master,
 				return err
 			}
 		}
-		_, err := tx.Exec(ctx, `UPDATE remote_device_lists SET updated_at = now() WHERE user_id = $1`, userID)
-		return err
+		if _, err := tx.Exec(ctx, `UPDATE remote_device_lists SET updated_at = now() WHERE user_id = $1`, userID); err != nil {
+			return err
+		}
+		return logRemoteSigningKeysChange(ctx, tx, userID)
 	})
 	if err != nil {
 		return fmt.Errorf("put remote signing keys: %w", err)
@@ -181,9 +191,20 @@ func (s *Store) ReplaceRemoteDeviceList(ctx context.Context, l DeviceList) (bool
 			}
 		}
 		replaced = true
-		_, err = tx.Exec(ctx, `UPDATE remote_device_lists SET stream_id = $2, recent_stream_ids = ARRAY[$2::bigint], stale = false,
-			updated_at = now() WHERE user_id = $1`, l.UserID, l.StreamID)
-		return err
+		if _, err = tx.Exec(ctx, `UPDATE remote_device_lists SET stream_id = $2, recent_stream_ids = ARRAY[$2::bigint], stale = false,
+			updated_at = now() WHERE user_id = $1`, l.UserID, l.StreamID); err != nil {
+			return err
+		}
+		// One change per device of the new list, then the signing keys:
+		// local users sharing a room with the user see them changed.
+		var changes []deviceChange
+		for _, d := range l.Devices {
+			changes = append(changes, deviceChange{deviceID: d.DeviceID, name: d.DisplayName, keys: nilIfEmpty(d.Keys)})
+		}
+		if err := logDeviceChanges(ctx, tx, l.UserID, changes...); err != nil {
+			return err
+		}
+		return logRemoteSigningKeysChange(ctx, tx, l.UserID)
 	})
 	if err != nil {
 		return false, fmt.Errorf("replace remote device list: %w", err)
@@ -299,4 +320,18 @@ func (s *Store) LocalDeviceList(ctx context.Context, userID string) (DeviceList,
 		return DeviceList{}, fmt.Errorf("local device list: %w", err)
 	}
 	return l, nil
+}
+
+// logRemoteSigningKeysChange appends a 'signing_keys' change with a
+// remote user's master and self-signing keys as held. Caller holds a
+// transaction and calls it last.
+func logRemoteSigningKeysChange(ctx context.Context, tx pgx.Tx, userID string) error {
+	if _, err := tx.Exec(ctx, deviceListLock); err != nil {
+		return err
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO device_list_changes (user_id, kind, master_key, self_signing_key)
+		SELECT $1, 'signing_keys',
+			(SELECT keys FROM remote_cross_signing_keys WHERE user_id = $1 AND key_type = 'master'),
+			(SELECT keys FROM remote_cross_signing_keys WHERE user_id = $1 AND key_type = 'self_signing')`, userID)
+	return err
 }

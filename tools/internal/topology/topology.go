@@ -7,7 +7,8 @@
 // It knows the root configuration keys of pkg/myelin/config.go (listed
 // below; keep them in step). Keys under a service's own section
 // (key_server.*, room_server.*, client_api.*, presence.*, media.*,
-// federation_receiver.*, federation_sender.*) are accepted as they are.
+// federation_receiver.*, federation_sender.*, appservice.*) are accepted
+// as they are.
 package topology
 
 import (
@@ -31,9 +32,10 @@ const (
 	TargetEdge             = "edge"
 
 	TargetFederationReceiver = "federation-receiver"
+	TargetAppservice         = "appservice"
 )
 
-var services = []string{TargetKeyServer, TargetRoomServer, TargetPresence, TargetClientAPI, TargetMedia, TargetFederationReceiver, TargetFederationSender}
+var services = []string{TargetKeyServer, TargetRoomServer, TargetPresence, TargetClientAPI, TargetMedia, TargetFederationReceiver, TargetFederationSender, TargetAppservice}
 
 // rootKeys are the settings of pkg/myelin.Config outside the per-service
 // sections, as YAML paths.
@@ -51,13 +53,14 @@ var rootKeys = []string{
 	"services.media.grpc", "services.media.http",
 	"services.federation_receiver.grpc", "services.federation_receiver.http",
 	"services.federation_sender.grpc", "services.federation_sender.http",
+	"services.appservice.grpc", "services.appservice.http",
 	"federation.enabled", "federation.listen", "federation.tls_cert_file", "federation.tls_key_file",
 	"federation.trusted_ca_files", "federation.insecure_skip_tls_verify", "federation.server_name_map",
 	"federation.allowed_private_networks",
 }
 
 // serviceSections hold each service's own Config.
-var serviceSections = []string{"key_server", "room_server", "client_api", "presence", "media", "federation_receiver", "federation_sender"}
+var serviceSections = []string{"key_server", "room_server", "client_api", "presence", "media", "federation_receiver", "federation_sender", "appservice"}
 
 // Secret stands for a value the deployment takes from a secret store: set,
 // but not known statically.
@@ -223,7 +226,8 @@ func Check(procs []Process, endpoints []Endpoint) []error {
 			fail("database.url is not set: the process would start its own local PostgreSQL")
 		}
 		if (slices.Contains(ts, TargetRoomServer) || slices.Contains(ts, TargetClientAPI) || slices.Contains(ts, TargetPresence) ||
-			slices.Contains(ts, TargetKeyServer) || slices.Contains(ts, TargetFederationReceiver) || slices.Contains(ts, TargetFederationSender)) && p.Settings["nats.url"] == "" {
+			slices.Contains(ts, TargetKeyServer) || slices.Contains(ts, TargetFederationReceiver) || slices.Contains(ts, TargetFederationSender) ||
+			slices.Contains(ts, TargetAppservice)) && p.Settings["nats.url"] == "" {
 			fail("nats.url is not set: the process would start its own embedded NATS")
 		}
 		if f := p.Settings["logging.format"]; f != "" && f != "json" && f != "console" {
@@ -261,6 +265,8 @@ func Check(procs []Process, endpoints []Endpoint) []error {
 				needs = append(needs, need{TargetClientAPI, "grpc"})
 			case TargetFederationSender:
 				needs = append(needs, need{TargetKeyServer, "grpc"}, need{TargetRoomServer, "grpc"})
+			case TargetAppservice:
+				needs = append(needs, need{TargetRoomServer, "grpc"})
 			case TargetEdge:
 				needs = append(needs, need{TargetClientAPI, "http"}, need{TargetKeyServer, "http"}, need{TargetMedia, "http"})
 			}

@@ -24,6 +24,7 @@ clientApi: client-api
 media: media
 federationReceiver: federation-receiver
 federationSender: federation-sender
+appservice: appservice
 edge: edge
 {{- end -}}
 

@@ -15,6 +15,7 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
+	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 )
 
@@ -23,12 +24,14 @@ type Service struct {
 	serverName string
 	// presence may be nil: the endpoints then answer 503.
 	presence presencev1.PresenceServiceClient
-	log      *zap.Logger
+	// rooms answers which room an event belongs to (read markers).
+	rooms roomserverv1.RoomServiceClient
+	log   *zap.Logger
 }
 
 // New returns the ephemeral endpoints of serverName.
-func New(serverName string, presence presencev1.PresenceServiceClient, log *zap.Logger) *Service {
-	return &Service{serverName: serverName, presence: presence, log: log}
+func New(serverName string, presence presencev1.PresenceServiceClient, rooms roomserverv1.RoomServiceClient, log *zap.Logger) *Service {
+	return &Service{serverName: serverName, presence: presence, rooms: rooms, log: log}
 }
 
 // fromGRPC converts a peer service's error into a Matrix error
@@ -187,6 +190,12 @@ func (s *Service) postReadMarkers(r *http.Request, dev *httpapi.Device) (any, er
 		}
 		markers[typ] = eventID
 	}
+	// "The event MUST belong to the room" (read_markers.yaml, m.fully_read).
+	if eventID, ok := markers["m.fully_read"]; ok {
+		if err := s.eventInRoom(r.Context(), roomID, eventID); err != nil {
+			return nil, err
+		}
+	}
 	for _, typ := range []string{"m.fully_read", "m.read", "m.read.private"} {
 		eventID, ok := markers[typ]
 		if !ok {
@@ -200,6 +209,19 @@ func (s *Service) postReadMarkers(r *http.Request, dev *httpapi.Device) (any, er
 		}
 	}
 	return struct{}{}, nil
+}
+
+// eventInRoom answers 404 M_NOT_FOUND unless the room-server has eventID
+// in roomID.
+func (s *Service) eventInRoom(ctx context.Context, roomID, eventID string) error {
+	resp, err := s.rooms.QueryEvents(ctx, &roomserverv1.QueryEventsRequest{EventIds: []string{eventID}})
+	if err != nil {
+		return s.fromGRPC(ctx, "QueryEvents", err, nil)
+	}
+	if len(resp.GetEvents()) != 1 || resp.GetEvents()[0].GetRoomId() != roomID {
+		return matrixhttp.NotFound("Event " + eventID + " is not in this room")
+	}
+	return nil
 }
 
 // presenceBody is the body of GET and PUT /presence/{userId}/status.

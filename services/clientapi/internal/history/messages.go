@@ -132,6 +132,19 @@ func (s *Service) messages(r *http.Request, dev *httpapi.Device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The start of the copy's history of a room joined over federation:
+	// fetch earlier history from the servers in the room, then read the
+	// page again.
+	if dir == store.Backward && to == -1 && !page.More && s.backfill(r.Context(), roomID, int(limit)) {
+		if page, err = reader.Messages(r.Context(), roomID, dir, from.Pos, to, acc.Bound, int(limit)); err != nil {
+			return nil, err
+		}
+		// The page ends at the copy's earliest event, yet other servers
+		// may have more before it: the next page asks them.
+		if n := len(page.Events); !page.More && n > 0 && page.Events[n-1].Type != "m.room.create" {
+			page.More = true
+		}
+	}
 	// Pages are cut before filtering, so tokens stay continuous; a page may
 	// hold fewer events than limit (or none) and still have an end token.
 	visible, err := s.VisibleEvents(r.Context(), reader, dev.UserID, roomID, page.Events, evFilter)

@@ -24,12 +24,14 @@ type Service struct {
 	log   *zap.Logger
 	// erasures is this replica's copy of the erased users (erasure.go).
 	erasures erasureCache
+	// fed fetches history from other servers (backfill.go); nil: none.
+	fed Federation
 }
 
 // New returns the history reader over st, asking rooms for what the copy
 // does not have yet.
-func New(st *store.Store, rooms roomserverv1.RoomServiceClient, log *zap.Logger) *Service {
-	return &Service{store: st, rooms: rooms, log: log}
+func New(st *store.Store, rooms roomserverv1.RoomServiceClient, fed Federation, log *zap.Logger) *Service {
+	return &Service{store: st, rooms: rooms, fed: fed, log: log}
 }
 
 // Routes are the history endpoints.

@@ -29,6 +29,11 @@ import (
 // authentication.
 type HandlerFunc func(r *http.Request, dev *Device) (any, error)
 
+// Created is a handler's response that created what it names: written
+// with 201 Created (PUT /devices/{deviceId} creating a device) instead of
+// 200.
+type Created struct{ Body any }
+
 // Route is one row of a route table.
 type Route struct {
 	Method string
@@ -153,7 +158,11 @@ func (s *Server) Handler(rt Route) http.Handler {
 			s.WriteError(w, r, err)
 			return
 		}
-		matrixhttp.WriteJSON(w, http.StatusOK, resp)
+		status := http.StatusOK
+		if c, ok := resp.(Created); ok {
+			status, resp = http.StatusCreated, c.Body
+		}
+		matrixhttp.WriteJSON(w, status, resp)
 	})
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"go.uber.org/zap"
 
+	fedsenderv1 "github.com/myelin-chat/myelin/proto/fedsender/v1"
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/users"
@@ -56,12 +57,16 @@ type Service struct {
 	notifier   RoomSharing
 	// users runs user-interactive auth for cross-signing uploads.
 	users *users.Service
-	log   *zap.Logger
+	// fed asks other servers for their users' keys (nil: federation is
+	// off, and they are reported under failures).
+	fed fedsenderv1.FederationSenderServiceClient
+	log *zap.Logger
 }
 
 // New returns the key endpoints of serverName over bridge.
-func New(serverName string, st *store.Store, e2e keyserverv1.E2EKeyServiceClient, bridge *Bridge, sharing RoomSharing, u *users.Service, log *zap.Logger) *Service {
-	return &Service{serverName: serverName, store: st, accounts: accounts.New(st), e2e: e2e, keys: bridge, notifier: sharing, users: u, log: log}
+func New(serverName string, st *store.Store, e2e keyserverv1.E2EKeyServiceClient, fed fedsenderv1.FederationSenderServiceClient,
+	bridge *Bridge, sharing RoomSharing, u *users.Service, log *zap.Logger) *Service {
+	return &Service{serverName: serverName, store: st, accounts: accounts.New(st), e2e: e2e, fed: fed, keys: bridge, notifier: sharing, users: u, log: log}
 }
 
 // Routes are the key and key backup endpoints.

@@ -11,7 +11,9 @@ package keys
 // the request, call it and render its answer; the key-server checks and
 // stores. What stays here is what needs memberships, which the client-API
 // owns: who shares a room with whom, for /keys/changes and device_lists.
-// Remote users are reported under failures (no federation yet).
+// Other servers' users' keys are asked of their servers through the
+// federation sender (remote.go); without federation they are reported
+// under failures.
 
 import (
 	"context"
@@ -154,16 +156,20 @@ var remoteFailure = map[string]any{"status": http.StatusServiceUnavailable, "mes
 func (s *Service) keysQuery(r *http.Request, dev *httpapi.Device) (any, error) {
 	var req struct {
 		DeviceKeys map[string][]string `json:"device_keys"`
+		Timeout    int64               `json:"timeout"`
 	}
 	if err := httpapi.DecodeBody(r, httpapi.BodyRequired, &req); err != nil {
 		return nil, err
 	}
 	failures := map[string]any{}
 	q := &keyserverv1.QueryKeysRequest{RequesterUserId: dev.UserID}
+	remote := map[string][]string{}
 	for user, devices := range req.DeviceKeys {
 		switch server := clientevent.ServerOf(user); {
 		case server == "":
 			continue
+		case server != s.serverName && s.fed != nil:
+			remote[user] = devices
 		case server != s.serverName:
 			failures[server] = remoteFailure
 		default:
@@ -197,6 +203,11 @@ func (s *Service) keysQuery(r *http.Request, dev *httpapi.Device) (any, error) {
 			if k := uk.GetUserSigningKey(); len(k) > 0 {
 				userSigning[user] = k
 			}
+		}
+	}
+	if len(remote) > 0 {
+		if err := s.queryRemoteKeys(ctx, remote, req.Timeout, deviceKeys, master, self, failures); err != nil {
+			return nil, err
 		}
 	}
 	return map[string]any{
@@ -233,15 +244,19 @@ func withDisplayName(keys []byte, name string) (json.RawMessage, error) {
 func (s *Service) keysClaim(r *http.Request, _ *httpapi.Device) (any, error) {
 	var req struct {
 		OneTimeKeys map[string]map[string]string `json:"one_time_keys"`
+		Timeout     int64                        `json:"timeout"`
 	}
 	if err := httpapi.DecodeBody(r, httpapi.BodyRequired, &req); err != nil {
 		return nil, err
 	}
 	failures := map[string]any{}
 	claim := &keyserverv1.ClaimKeysRequest{}
+	remote := map[string]map[string]string{}
 	for user, devices := range req.OneTimeKeys {
 		switch server := clientevent.ServerOf(user); {
 		case server == "":
+		case server != s.serverName && s.fed != nil:
+			remote[user] = devices
 		case server != s.serverName:
 			failures[server] = remoteFailure
 		default:
@@ -262,6 +277,11 @@ func (s *Service) keysClaim(r *http.Request, _ *httpapi.Device) (any, error) {
 				claimed[k.GetUserId()] = map[string]map[string]json.RawMessage{}
 			}
 			claimed[k.GetUserId()][k.GetDeviceId()] = map[string]json.RawMessage{k.GetKeyId(): k.GetKey()}
+		}
+	}
+	if len(remote) > 0 {
+		if err := s.claimRemoteKeys(r.Context(), remote, req.Timeout, claimed, failures); err != nil {
+			return nil, err
 		}
 	}
 	return map[string]any{"one_time_keys": claimed, "failures": failures}, nil

@@ -6,6 +6,7 @@ package rooms
 // copy, which is fed from JetStream.
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	"github.com/myelin-chat/myelin/pkg/roomdir"
+	fedsenderv1 "github.com/myelin-chat/myelin/proto/fedsender/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
@@ -278,7 +280,10 @@ var directoryStateTypes = roomdir.StateTypes
 // next, "p<i>" previous, both meaning "start at i").
 func (s *Directory) publicRooms(r *http.Request, req publicRoomsRequest) (any, error) {
 	if server := r.URL.Query().Get("server"); server != "" && server != s.serverName {
-		return nil, matrixhttp.InvalidParam("Only this server's room directory can be listed")
+		if s.fed == nil {
+			return nil, matrixhttp.InvalidParam("Only this server's room directory can be listed (federation is disabled)")
+		}
+		return s.remotePublicRooms(r.Context(), server, req)
 	}
 	ctx := r.Context()
 	list, err := s.publicRoomsList(ctx, req)
@@ -354,21 +359,11 @@ func (s *Directory) getAlias(r *http.Request, _ *httpapi.Device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, _, err := parseAlias(alias); err != nil {
-		return nil, err
-	}
-	resp, err := s.resolveAlias(r.Context(), alias)
+	roomID, servers, err := s.lookupAlias(r.Context(), alias)
 	if err != nil {
 		return nil, err
 	}
-	if resp.GetRoomId() == "" {
-		return nil, matrixhttp.NotFound("Room alias " + alias + " not found")
-	}
-	servers := resp.GetServers()
-	if len(servers) == 0 {
-		servers = []string{s.serverName}
-	}
-	return map[string]any{"room_id": resp.GetRoomId(), "servers": servers}, nil
+	return map[string]any{"room_id": roomID, "servers": servers}, nil
 }
 
 // putAlias is PUT /directory/room/{roomAlias}.
@@ -414,4 +409,30 @@ func (s *Directory) putAlias(r *http.Request, dev *httpapi.Device) (any, error) 
 		return nil, httpapi.UnknownError(http.StatusConflict, "Room alias "+alias+" already exists")
 	}
 	return struct{}{}, nil
+}
+
+// remotePublicRooms is /publicRooms?server= for another server: its
+// answer, as it gave it (the federation sender checked its shape). A
+// filter goes as the POST form, without one as the GET form.
+func (s *Directory) remotePublicRooms(ctx context.Context, server string, req publicRoomsRequest) (any, error) {
+	if _, _, ok := spec.ParseAndValidateServerName(spec.ServerName(server)); !ok {
+		return nil, matrixhttp.InvalidParam("Invalid server name")
+	}
+	q := &fedsenderv1.QueryPublicRoomsRequest{ServerName: server, Since: req.Since,
+		IncludeAllNetworks: req.IncludeAllNetworks, ThirdPartyInstanceId: req.ThirdPartyInstanceID}
+	if req.Limit != nil {
+		q.Limit = int32(min(max(*req.Limit, 0), roomdir.MaxLimit))
+	}
+	if req.Filter.GenericSearchTerm != "" || req.Filter.RoomTypes != nil {
+		raw, err := json.Marshal(req.Filter)
+		if err != nil {
+			return nil, err
+		}
+		q.Filter = raw
+	}
+	resp, err := s.fed.QueryPublicRooms(ctx, q)
+	if err != nil {
+		return nil, s.fromRemote(ctx, "QueryPublicRooms", err)
+	}
+	return json.RawMessage(resp.GetResponse()), nil
 }

@@ -3,10 +3,11 @@ package rooms
 // GET /rooms/{roomId}/hierarchy for rooms on this server: a depth-first
 // walk over m.space.child state events, read from the client-API's
 // current_state copy. Rooms the user cannot see or join are left out (and
-// not descended into); rooms this server does not know are skipped until
-// federation can fill them in.
+// not descended into); children this server does not know are skipped. A
+// space this server is not in is asked of its servers (remoteHierarchy).
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	"github.com/myelin-chat/myelin/pkg/roomdir"
+	fedsenderv1 "github.com/myelin-chat/myelin/proto/fedsender/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
@@ -85,19 +87,62 @@ func (s *Rooms) hierarchy(r *http.Request, dev *httpapi.Device) (any, error) {
 		}
 	}
 
+	remote, err := s.throughRemote(r.Context(), root)
+	if err != nil {
+		return nil, err
+	}
+	if remote {
+		rooms, err := s.remoteHierarchy(r, root, int(depth), suggested)
+		if err != nil {
+			return nil, err
+		}
+		return hierarchyPage(rooms, offset, int(limit), int(depth), suggested)
+	}
 	rooms, err := s.walkHierarchy(r, dev, root, int(depth), suggested)
 	if err != nil {
 		return nil, err
 	}
+	return hierarchyPage(rooms, offset, int(limit), int(depth), suggested)
+}
+
+// hierarchyPage is one page of a hierarchy's rooms, from offset.
+func hierarchyPage[T any](rooms []T, offset, limit, depth int, suggested bool) (any, error) {
 	if offset > len(rooms) {
 		return nil, matrixhttp.InvalidParam("Unknown from token")
 	}
-	end := min(offset+int(limit), len(rooms))
+	end := min(offset+limit, len(rooms))
 	resp := map[string]any{"rooms": rooms[offset:end]}
 	if end < len(rooms) {
-		resp["next_batch"] = hierarchyToken(end, int(depth), suggested)
+		resp["next_batch"] = hierarchyToken(end, depth, suggested)
 	}
 	return resp, nil
+}
+
+// remoteHierarchy is the hierarchy of a space this server is not in, as
+// the servers in it answer federation's /hierarchy (asked through the via
+// servers and the room ID's, in turn): the space and, below max_depth 0,
+// its children (one level: the answer's depth).
+func (s *Rooms) remoteHierarchy(r *http.Request, root string, depth int, suggested bool) ([]json.RawMessage, error) {
+	servers := s.otherServers(append(r.URL.Query()["via"], serverOf(root)))
+	if len(servers) == 0 {
+		return nil, matrixhttp.NotFound("No known servers to ask for the hierarchy of " + root)
+	}
+	resp, err := s.fed.QueryHierarchy(r.Context(), &fedsenderv1.QueryHierarchyRequest{RoomId: root, ServerNames: servers, SuggestedOnly: suggested})
+	if err != nil {
+		return nil, s.fromRemote(r.Context(), "QueryHierarchy", err)
+	}
+	var h struct {
+		Room     json.RawMessage   `json:"room"`
+		Children []json.RawMessage `json:"children"`
+	}
+	if err := json.Unmarshal(resp.GetResponse(), &h); err != nil || len(h.Room) == 0 {
+		return nil, httpapi.UnknownError(http.StatusBadGateway, "The space's servers gave no hierarchy")
+	}
+	rooms := []json.RawMessage{h.Room}
+	if depth > 0 {
+		rooms = append(rooms, h.Children...)
+	}
+	return rooms, nil
 }
 
 // walkHierarchy returns the visible rooms below root, depth first.

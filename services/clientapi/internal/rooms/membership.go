@@ -8,7 +8,6 @@ package rooms
 
 import (
 	"net/http"
-	"strings"
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
@@ -100,35 +99,16 @@ func (s *Rooms) unban(r *http.Request, dev *httpapi.Device) (any, error) {
 }
 
 // resolveRoomIDOrAlias turns a {roomIdOrAlias} path parameter into a room
-// ID. Only local aliases resolve until federation exists.
+// ID (a remote alias is asked of its server).
 func (s *Rooms) resolveRoomIDOrAlias(r *http.Request, target string) (string, error) {
-	switch {
-	case strings.HasPrefix(target, "#"):
-		if _, _, err := parseAlias(target); err != nil {
-			return "", err
-		}
-		resp, err := s.resolveAlias(r.Context(), target)
-		if err != nil {
-			return "", err
-		}
-		if resp.GetRoomId() == "" {
-			return "", matrixhttp.NotFound("Room alias " + target + " not found")
-		}
-		return resp.GetRoomId(), nil
-	case strings.HasPrefix(target, "!"):
-		if _, err := spec.NewRoomID(target); err != nil {
-			return "", matrixhttp.InvalidParam("Invalid room ID")
-		}
-		return target, nil
-	default:
-		return "", matrixhttp.InvalidParam("Expected a room ID or a room alias")
-	}
+	roomID, _, err := s.resolveTarget(r, target)
+	return roomID, err
 }
 
-// knock is POST /knock/{roomIdOrAlias}. The via and server_name query
-// parameters are accepted; only rooms this server is in can be knocked on
-// until federation exists. A room whose join rule is not knock (or
-// knock_restricted) refuses the event: M_FORBIDDEN.
+// knock is POST /knock/{roomIdOrAlias}: through the room-server when this
+// server is in the room, otherwise through the via (server_name) servers,
+// the alias's servers and the room ID's server. A room whose join rule is
+// not knock (or knock_restricted) refuses the event: M_FORBIDDEN.
 func (s *Rooms) knock(r *http.Request, dev *httpapi.Device) (any, error) {
 	target, err := httpapi.PathParam(r, "roomIdOrAlias")
 	if err != nil {
@@ -138,11 +118,20 @@ func (s *Rooms) knock(r *http.Request, dev *httpapi.Device) (any, error) {
 	if err := httpapi.DecodeBody(r, httpapi.BodyOptional, &req); err != nil {
 		return nil, err
 	}
-	roomID, err := s.resolveRoomIDOrAlias(r, target)
+	roomID, servers, err := s.resolveTarget(r, target)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.setMembership(r, dev, roomID, dev.UserID, store.MembershipKnock, req.Reason); err != nil {
+	remote, err := s.throughRemote(r.Context(), roomID)
+	if err != nil {
+		return nil, err
+	}
+	if remote {
+		err = s.knockRemote(r, dev, roomID, servers, req.Reason)
+	} else {
+		err = s.setMembership(r, dev, roomID, dev.UserID, store.MembershipKnock, req.Reason)
+	}
+	if err != nil {
 		return nil, err
 	}
 	return map[string]string{"room_id": roomID}, nil

@@ -364,6 +364,7 @@ func (s *Rooms) createRoom(r *http.Request, dev *httpapi.Device) (any, error) {
 		return nil, err
 	}
 	ctx := r.Context()
+	remoteInvites := s.takeRemoteInvites(&plan)
 	if err := s.users.Profiles.AddProfileToCreatorJoin(ctx, dev.UserID, plan.Events); err != nil {
 		return nil, err
 	}
@@ -409,6 +410,15 @@ func (s *Rooms) createRoom(r *http.Request, dev *httpapi.Device) (any, error) {
 			return nil, err
 		}
 	}
+	// Users of other servers are invited once the room exists, each
+	// through their server; one that fails does not undo the room (as
+	// Synapse and Dendrite do), it is logged.
+	for _, ev := range remoteInvites {
+		if err := s.sendRemoteInvite(ctx, dev.UserID, resp.GetRoomId(), ev.GetStateKey(), ev.GetContent()); err != nil {
+			s.log.Warn("invite of a remote user at room creation failed", logging.RoomID(resp.GetRoomId()),
+				zap.String("invitee", ev.GetStateKey()), zap.Error(err))
+		}
+	}
 	return map[string]string{"room_id": resp.GetRoomId()}, nil
 }
 
@@ -420,14 +430,7 @@ type membershipRequest struct {
 
 // setMembership sends an m.room.member event for target.
 func (s *Rooms) setMembership(r *http.Request, dev *httpapi.Device, roomID, target, membership, reason string) error {
-	content := map[string]any{"membership": membership}
-	if reason != "" {
-		content["reason"] = reason
-	}
-	if err := s.users.Profiles.BeforeOwnMembership(r.Context(), dev, roomID, target, membership, content); err != nil {
-		return err
-	}
-	raw, err := json.Marshal(content)
+	raw, err := s.membershipContent(r, dev, roomID, target, membership, reason)
 	if err != nil {
 		return err
 	}
@@ -439,7 +442,9 @@ func (s *Rooms) setMembership(r *http.Request, dev *httpapi.Device, roomID, targ
 	return err
 }
 
-// joinRoomIDOrAlias is POST /join/{roomIdOrAlias}.
+// joinRoomIDOrAlias is POST /join/{roomIdOrAlias}: a room of this server,
+// or of others through the via (server_name) servers, the alias's
+// servers and the room ID's server, in that order.
 func (s *Rooms) joinRoomIDOrAlias(r *http.Request, dev *httpapi.Device) (any, error) {
 	target, err := httpapi.PathParam(r, "roomIdOrAlias")
 	if err != nil {
@@ -449,34 +454,18 @@ func (s *Rooms) joinRoomIDOrAlias(r *http.Request, dev *httpapi.Device) (any, er
 	if err := httpapi.DecodeBody(r, httpapi.BodyOptional, &req); err != nil {
 		return nil, err
 	}
-	roomID := target
-	switch {
-	case strings.HasPrefix(target, "#"):
-		if _, _, err := parseAlias(target); err != nil {
-			return nil, err
-		}
-		resp, err := s.resolveAlias(r.Context(), target)
-		if err != nil {
-			return nil, err
-		}
-		if resp.GetRoomId() == "" {
-			return nil, matrixhttp.NotFound("Room alias " + target + " not found")
-		}
-		roomID = resp.GetRoomId()
-	case strings.HasPrefix(target, "!"):
-		if _, err := spec.NewRoomID(target); err != nil {
-			return nil, matrixhttp.InvalidParam("Invalid room ID")
-		}
-	default:
-		return nil, matrixhttp.InvalidParam("Expected a room ID or a room alias")
+	roomID, servers, err := s.resolveTarget(r, target)
+	if err != nil {
+		return nil, err
 	}
-	if err := s.setMembership(r, dev, roomID, dev.UserID, store.MembershipJoin, req.Reason); err != nil {
+	if err := s.join(r, dev, roomID, servers, req.Reason); err != nil {
 		return nil, err
 	}
 	return map[string]string{"room_id": roomID}, nil
 }
 
-// joinRoom is POST /rooms/{roomId}/join.
+// joinRoom is POST /rooms/{roomId}/join (through the room ID's server
+// when this server is not in the room).
 func (s *Rooms) joinRoom(r *http.Request, dev *httpapi.Device) (any, error) {
 	roomID, err := httpapi.RoomIDParam(r)
 	if err != nil {
@@ -486,7 +475,7 @@ func (s *Rooms) joinRoom(r *http.Request, dev *httpapi.Device) (any, error) {
 	if err := httpapi.DecodeBody(r, httpapi.BodyOptional, &req); err != nil {
 		return nil, err
 	}
-	if err := s.setMembership(r, dev, roomID, dev.UserID, store.MembershipJoin, req.Reason); err != nil {
+	if err := s.join(r, dev, roomID, s.otherServers([]string{serverOf(roomID)}), req.Reason); err != nil {
 		return nil, err
 	}
 	return map[string]string{"room_id": roomID}, nil
@@ -508,6 +497,9 @@ func (s *Rooms) invite(r *http.Request, dev *httpapi.Device) (any, error) {
 	if _, err := spec.NewUserID(req.UserID, true); err != nil {
 		return nil, matrixhttp.InvalidParam("Invalid user ID")
 	}
+	if s.fed != nil && s.isRemote(req.UserID) {
+		return struct{}{}, s.inviteRemote(r, dev, roomID, req.UserID, req.Reason)
+	}
 	if err := s.setMembership(r, dev, roomID, req.UserID, store.MembershipInvite, req.Reason); err != nil {
 		return nil, err
 	}
@@ -523,6 +515,13 @@ func (s *Rooms) leave(r *http.Request, dev *httpapi.Device) (any, error) {
 	var req membershipRequest
 	if err := httpapi.DecodeBody(r, httpapi.BodyOptional, &req); err != nil {
 		return nil, err
+	}
+	remote, err := s.throughRemote(r.Context(), roomID)
+	if err != nil {
+		return nil, err
+	}
+	if remote {
+		return struct{}{}, s.leaveRemote(r, dev, roomID, req.Reason)
 	}
 	if err := s.setMembership(r, dev, roomID, dev.UserID, store.MembershipLeave, req.Reason); err != nil {
 		return nil, err

@@ -48,6 +48,8 @@ type base struct {
 	// users adds profiles to joins and keeps guests out.
 	users    *users.Service
 	notifier StoredWaiter
+	// fed makes requests to other servers (nil: federation is off).
+	fed Federation
 	// appservices hold alias namespaces; asQueries asks them about
 	// unknown aliases and resolves their networks (appservice.go). Nil: none.
 	appservices *appservice.Set
@@ -78,8 +80,8 @@ type Reports struct {
 }
 
 // New returns the rooms domain.
-func New(cfg Config, serverName string, st *store.Store, rooms roomserverv1.RoomServiceClient, hist *history.Service, u *users.Service, waiter StoredWaiter, log *zap.Logger) *Service {
-	b := &base{cfg: cfg, log: log, serverName: serverName, store: st, accounts: accounts.New(st), rooms: rooms, history: hist, users: u, notifier: waiter}
+func New(cfg Config, serverName string, st *store.Store, rooms roomserverv1.RoomServiceClient, fed Federation, hist *history.Service, u *users.Service, waiter StoredWaiter, log *zap.Logger) *Service {
+	b := &base{cfg: cfg, log: log, serverName: serverName, store: st, accounts: accounts.New(st), rooms: rooms, fed: fed, history: hist, users: u, notifier: waiter}
 	return &Service{Rooms: &Rooms{base: b}, Directory: &Directory{base: b}, Reports: &Reports{base: b}}
 }
 

@@ -75,7 +75,9 @@ func (s *Accounts) putDevice(r *http.Request, dev *httpapi.Device) (any, error) 
 			return nil, err
 		}
 		if created {
-			return struct{}{}, nil
+			// "When a new device was created, the homeserver MUST return
+			// a 201 HTTP status code" (device_management.yaml).
+			return httpapi.Created{Body: struct{}{}}, nil
 		}
 	}
 	if req.DisplayName == nil {

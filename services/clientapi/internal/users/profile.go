@@ -12,6 +12,7 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/logging"
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
+	fedsenderv1 "github.com/myelin-chat/myelin/proto/fedsender/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
@@ -24,8 +25,9 @@ var profileFields = []string{"displayname", "avatar_url"}
 // maxProfileValue caps a display name or avatar URL.
 const maxProfileValue = 1024
 
-// profileUser reads {userId} and returns the localpart of a local user.
-// Remote users are not found: there is no federation yet.
+// profileUser reads {userId} and returns the user ID and, for a local
+// user, the localpart ("" for a user of another server when federation
+// is on; without federation they are not found).
 func (s *Profiles) profileUser(r *http.Request) (string, string, error) {
 	userID, err := httpapi.PathParam(r, "userId")
 	if err != nil {
@@ -36,9 +38,32 @@ func (s *Profiles) profileUser(r *http.Request) (string, string, error) {
 		return "", "", matrixhttp.InvalidParam("Invalid user ID")
 	}
 	if string(uid.Domain()) != s.serverName {
-		return "", "", matrixhttp.NotFound("Profile not found")
+		if s.fed == nil {
+			return "", "", matrixhttp.NotFound("Profile not found")
+		}
+		return userID, "", nil
 	}
 	return userID, uid.Local(), nil
+}
+
+// remoteProfile asks the user's server for their profile (all of it, or
+// one field), keeping the fields this server knows.
+func (s *Profiles) remoteProfile(ctx context.Context, userID, field string) (map[string]any, error) {
+	resp, err := s.fed.QueryProfile(ctx, &fedsenderv1.QueryProfileRequest{UserId: userID, Field: field})
+	if err != nil {
+		return nil, httpapi.FromRemote(ctx, s.log, "QueryProfile", err)
+	}
+	var got map[string]any
+	if err := json.Unmarshal(resp.GetProfile(), &got); err != nil {
+		return nil, httpapi.UnknownError(http.StatusBadGateway, "The user's server answered a profile that is not a JSON object")
+	}
+	out := map[string]any{}
+	for _, f := range profileFields {
+		if v, ok := got[f].(string); ok && v != "" && len(v) <= maxProfileValue {
+			out[f] = v
+		}
+	}
+	return out, nil
 }
 
 // loadProfile returns the stored profile of a local, active user.
@@ -74,9 +99,12 @@ func profileBody(acct accounts.Account) map[string]any {
 
 // getProfile is GET /profile/{userId}.
 func (s *Profiles) getProfile(r *http.Request, _ *httpapi.Device) (any, error) {
-	_, lp, err := s.profileUser(r)
+	userID, lp, err := s.profileUser(r)
 	if err != nil {
 		return nil, err
+	}
+	if lp == "" {
+		return s.remoteProfile(r.Context(), userID, "")
 	}
 	acct, err := s.loadProfile(r.Context(), lp)
 	if err != nil {
@@ -101,7 +129,7 @@ func profileKey(r *http.Request) (string, error) {
 
 // getProfileField is GET /profile/{userId}/{keyName}.
 func (s *Profiles) getProfileField(r *http.Request, _ *httpapi.Device) (any, error) {
-	_, lp, err := s.profileUser(r)
+	userID, lp, err := s.profileUser(r)
 	if err != nil {
 		return nil, err
 	}
@@ -109,11 +137,18 @@ func (s *Profiles) getProfileField(r *http.Request, _ *httpapi.Device) (any, err
 	if err != nil {
 		return nil, err
 	}
-	acct, err := s.loadProfile(r.Context(), lp)
-	if err != nil {
-		return nil, err
+	var body map[string]any
+	if lp == "" {
+		if body, err = s.remoteProfile(r.Context(), userID, key); err != nil {
+			return nil, err
+		}
+	} else {
+		acct, err := s.loadProfile(r.Context(), lp)
+		if err != nil {
+			return nil, err
+		}
+		body = profileBody(acct)
 	}
-	body := profileBody(acct)
 	if _, ok := body[key]; !ok {
 		return nil, matrixhttp.NotFound("Profile field not set")
 	}

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/myelin-chat/myelin/pkg/appservice"
+	fedsenderv1 "github.com/myelin-chat/myelin/proto/fedsender/v1"
 
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
@@ -84,6 +85,9 @@ type Deps struct {
 	PushRules     PushRules
 	Erasures      Erasures
 	Members       RoomMembers
+	// Federation asks other servers for their users' profiles; nil when
+	// federation is off (remote profiles are then not found).
+	Federation fedsenderv1.FederationSenderServiceClient
 	// Appservices are the application service registrations (nil: none).
 	Appservices *appservice.Set
 	// AppserviceQueries asks appservices about unknown users in their
@@ -106,6 +110,7 @@ type base struct {
 	push       PushRules
 	history    Erasures
 	notifier   RoomMembers
+	fed        fedsenderv1.FederationSenderServiceClient
 	// appservices: as_token logins and registrations, exclusive namespaces.
 	appservices *appservice.Set
 	asQueries   AppserviceQueries
@@ -152,6 +157,7 @@ func New(d Deps) *Service {
 	b := &base{
 		cfg: d.Config, log: d.Log, serverName: d.ServerName, store: d.Store, accounts: accounts.New(d.Store), rooms: d.Rooms, presence: d.Presence,
 		now: d.Now, keys: d.DeviceChanges, wakeBus: d.Wake, push: d.PushRules, history: d.Erasures, notifier: d.Members,
+		fed:         d.Federation,
 		appservices: d.Appservices, asQueries: d.AppserviceQueries,
 	}
 	p := &Profiles{base: b}
