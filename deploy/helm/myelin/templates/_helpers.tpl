@@ -75,12 +75,13 @@ there checks this list against it) and drives the NetworkPolicies.
 */}}
 {{- define "myelin.grpcCallers" -}}
 key-server: [room-server, client-api, media, federation-receiver, federation-sender]
-room-server: [client-api, presence, federation-receiver, federation-sender]
+room-server: [client-api, presence, federation-receiver, federation-sender, appservice]
 presence: [client-api, federation-receiver]
 client-api: [media, federation-receiver]
 media: [client-api]
 federation-sender: [client-api]
 federation-receiver: []
+appservice: [client-api]
 edge: []
 {{- end -}}
 
