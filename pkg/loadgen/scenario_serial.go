@@ -21,6 +21,7 @@ func runSerial(ctx context.Context, e *Env) error {
 	}
 	n := e.Opts.Serial.Messages
 	rec := newRecorder()
+	walBefore := readWAL(ctx, e.Opts.DatabaseURL)
 	stop := startProgress(e.Opts.Progress, "serial: send", rec, n, 0)
 	for i := range n {
 		if ctx.Err() != nil {
@@ -33,6 +34,11 @@ func runSerial(ctx context.Context, e *Env) error {
 	}
 	rec.Stop()
 	stop()
-	e.AddPhase(rec.Summary("serial", "send", map[string]any{"messages": n}))
+	ph := rec.Summary("serial", "send", map[string]any{"messages": n})
+	// One send at a time: the WAL syncs per event are the flushes a send
+	// and its delivery wait for, one after another.
+	ph.Extra = map[string]any{}
+	readWAL(ctx, e.Opts.DatabaseURL).perEvent(walBefore, ph.Count, ph.Extra)
+	e.AddPhase(ph)
 	return ctx.Err()
 }

@@ -103,6 +103,7 @@ func (e *Env) throughputStep(ctx context.Context, senders []*Client, observer *C
 
 	stmts := statementStats{url: e.Opts.DatabaseURL}
 	withStmts := profile && stmts.reset(ctx)
+	walBefore := readWAL(ctx, e.Opts.DatabaseURL)
 	cpuBefore, eachBefore := e.serverCPU()
 	selfBefore := selfCPU()
 	rec := newRecorder()
@@ -148,6 +149,7 @@ func (e *Env) throughputStep(ctx context.Context, senders []*Client, observer *C
 	stopProg()
 	cpuAfter, eachAfter := e.serverCPU()
 	selfAfter := selfCPU()
+	walAfter := readWAL(ctx, e.Opts.DatabaseURL)
 	profWG.Wait()
 	if profErr != nil {
 		return fmt.Errorf("cpu profile: %w", profErr)
@@ -194,6 +196,10 @@ func (e *Env) throughputStep(ctx context.Context, senders []*Client, observer *C
 			ph.Extra[name+"_cpu_ms_per_event"] = (after - eachBefore[name]) * 1000 / float64(ph.Count)
 		}
 	}
+	if ph.Extra == nil {
+		ph.Extra = map[string]any{}
+	}
+	walAfter.perEvent(walBefore, ph.Count, ph.Extra)
 	e.AddPhase(ph)
 
 	// Let the observer catch the last sends, then measure delivery.

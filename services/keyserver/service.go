@@ -79,6 +79,15 @@ const keyReloadInterval = 30 * time.Second
 // again after it, so a rotation reaches every signer within it.
 const signingKeyRefresh = time.Minute
 
+// rotationGrace is how long a rotated-out key stays valid (its expired_ts
+// ahead of the rotation). Holders of the key sign with it until they ask
+// again: the room-server signs events with it, and other servers refuse an
+// event signed by a key that had expired at the event's origin_server_ts.
+// A replica other than the rotating one learns of the rotation within
+// keyReloadInterval and a holder that asked it just before asks again
+// within signingKeyRefresh; the rest is margin.
+const rotationGrace = keyReloadInterval + signingKeyRefresh + 30*time.Second
+
 // New opens the store and loads (or creates) the signing key.
 func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
@@ -180,7 +189,7 @@ func (s *Service) reloadKeys(ctx context.Context) error {
 // event's timestamp is its signer's choice anyway, so an earlier expiry
 // would not stop a holder of the old key from backdating.
 func (s *Service) rotate(ctx context.Context) (old, current store.Key, err error) {
-	old, current, err = s.store.RotateKey(ctx, time.Now().Add(keyReloadInterval).Truncate(time.Millisecond))
+	old, current, err = s.store.RotateKey(ctx, time.Now().Add(rotationGrace).Truncate(time.Millisecond))
 	if err != nil {
 		return old, current, err
 	}

@@ -11,8 +11,9 @@ import (
 )
 
 // BenchmarkSendEvent measures SendEvent of one message at a time into one
-// room, through the real stack (gRPC, key-server signing, PostgreSQL,
-// publishing to JetStream). Besides ns/op and allocations it reports CPU
+// room, through the real stack (gRPC, signing with the key held from the
+// key-server, PostgreSQL, publishing to JetStream). Besides ns/op and
+// allocations it reports CPU
 // time per event: of this process (room-server, key-server, the gRPC
 // client; cpu-µs/op) and of the room-server's PostgreSQL backends
 // (pg-cpu-µs/op). CPU time is what to compare on a shared machine:

@@ -2,44 +2,63 @@ package roomserver
 
 // Local event building and signing.
 //
-// The room-server never holds the server's private key: the key-server
-// does. So the room-server fills in a proto-event (prev_events, auth_events,
-// depth, content) and the key-server completes it with gomatrixserverlib's
-// EventBuilder (KeyService.BuildEvent: origin_server_ts, content hash,
-// event ID, the one signature). The result is parsed with
-// NewEventFromTrustedJSONWithEventID and then goes through the input
-// pipeline; TestLocalEventsVerify checks that what comes back parses as
-// untrusted with its event ID as reference hash and verifies against the
-// key-server's published keys.
+// The key-server owns the server's signing key; the room-server holds a
+// copy in memory (federation.SigningKey: ServerKeyService.SigningKey, asked
+// for again once the key-server's valid_until_ts has passed, so a rotation
+// reaches it within a minute) and builds and signs events itself with
+// gomatrixserverlib's EventBuilder: origin_server_ts, content hash, event
+// ID, the one signature. So a send costs no key-server round trip (it used
+// to be KeyService.BuildEvent, inside the room's lock). The result goes
+// through the input pipeline; TestLocalEventsVerify checks that what the
+// room-server builds parses as untrusted with its event ID as reference
+// hash and verifies against the key-server's published keys.
 
 import (
 	"context"
 	"crypto/rand"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"math/big"
+	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/fclient"
 	"github.com/matrix-org/gomatrixserverlib/spec"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
+	"github.com/myelin-chat/myelin/pkg/federation"
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
 )
 
-// signer builds events through the key-server.
+// signer builds and signs events with this server's key.
 type signer struct {
 	serverName spec.ServerName
-	keys       keyserverv1.KeyServiceClient
+	// keys signs what is not an event this server builds (SignJoin's
+	// signature on a remote user's join: KeyService.SignJSON).
+	keys keyserverv1.KeyServiceClient
+	key  *federation.SigningKey
 }
 
-func newSigner(serverName spec.ServerName, keys keyserverv1.KeyServiceClient) *signer {
-	return &signer{serverName: serverName, keys: keys}
+func newSigner(serverName spec.ServerName, keys keyserverv1.KeyServiceClient, serverKeys keyserverv1.ServerKeyServiceClient) *signer {
+	return &signer{serverName: serverName, keys: keys, key: federation.NewSigningKey(serverKeys)}
+}
+
+// identity returns the held signing key, asking the key-server first when
+// it is due (at most once a minute). Callers that hold a room's lock call
+// it before taking the lock, so the round trip is never made under it.
+func (b *signer) identity(ctx context.Context) (*fclient.SigningIdentity, error) {
+	id, err := b.key.Identity(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errKeyServer, err)
+	}
+	if id.ServerName != b.serverName {
+		return nil, fmt.Errorf("key-server signs for %q, this room-server is %q", id.ServerName, b.serverName)
+	}
+	return id, nil
 }
 
 // build turns a proto-event into a complete PDU signed by this server.
 // Errors from gomatrixserverlib's checks (size limits, bad fields) wrap
-// ErrBadRequest.
+// ErrBadRequest or ErrEventTooLarge.
 func (b *signer) build(ctx context.Context, verImpl gomatrixserverlib.IRoomVersion, proto *gomatrixserverlib.ProtoEvent) (gomatrixserverlib.PDU, error) {
 	return b.buildAt(ctx, verImpl, proto, nil)
 }
@@ -47,31 +66,24 @@ func (b *signer) build(ctx context.Context, verImpl gomatrixserverlib.IRoomVersi
 // buildAt is build with the event's origin_server_ts (ms since the epoch)
 // set by the sender (an application service's ts); nil means now.
 func (b *signer) buildAt(ctx context.Context, verImpl gomatrixserverlib.IRoomVersion, proto *gomatrixserverlib.ProtoEvent, originTS *int64) (gomatrixserverlib.PDU, error) {
-	protoJSON, err := json.Marshal(proto)
+	id, err := b.identity(ctx)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := b.keys.BuildEvent(ctx, &keyserverv1.BuildEventRequest{
-		RoomVersion: string(verImpl.Version()), ProtoEvent: protoJSON, OriginServerTs: originTS,
-	})
-	switch status.Code(err) {
-	case codes.OK:
-	case codes.InvalidArgument:
-		return nil, fmt.Errorf("%w: %s", ErrBadRequest, status.Convert(err).Message())
-	case codes.OutOfRange:
-		return nil, fmt.Errorf("%w: %s", ErrEventTooLarge, status.Convert(err).Message())
-	default:
-		return nil, fmt.Errorf("key-server BuildEvent: %w", err)
+	ts := time.Now()
+	if originTS != nil {
+		ts = time.UnixMilli(*originTS)
 	}
-	if spec.ServerName(resp.GetServerName()) != b.serverName {
-		return nil, fmt.Errorf("key-server signs for %q, this room-server is %q", resp.GetServerName(), b.serverName)
-	}
-	// The key-server's Build computed the event ID (a reference hash from
-	// room version 3 on) and checked the fields and size limits of the
-	// signed event.
-	ev, err := verImpl.NewEventFromTrustedJSONWithEventID(resp.GetEventId(), resp.GetEventJson(), false)
-	if err != nil {
-		return nil, fmt.Errorf("parse built event: %w", err)
+	// Build computes the content hash, the event ID (a reference hash
+	// from room version 3 on) and the signature, and checks the fields and
+	// the size limits of the signed event.
+	ev, err := verImpl.NewEventBuilderFromProtoEvent(proto).Build(ts, id.ServerName, id.KeyID, id.PrivateKey)
+	var invalid gomatrixserverlib.EventValidationError
+	switch {
+	case errors.As(err, &invalid) && invalid.Code == gomatrixserverlib.EventValidationTooLarge:
+		return nil, fmt.Errorf("%w: %v", ErrEventTooLarge, err)
+	case err != nil:
+		return nil, fmt.Errorf("%w: %v", ErrBadRequest, err)
 	}
 	return ev, nil
 }

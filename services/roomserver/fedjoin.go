@@ -384,8 +384,9 @@ func (s residentJoins) mayInvite(ctx context.Context, q *restrictedQuerier, room
 }
 
 // countersign adds this server's signature to an event, signed by the
-// key-server (the room-server never holds the private key): the signature
-// covers the redacted event, as the spec's signing algorithm says.
+// key-server (KeyService.SignJSON; a rare call, so it does not use the key
+// the room-server holds for its own events): the signature covers the
+// redacted event, as the spec's signing algorithm says.
 func (s residentJoins) countersign(ctx context.Context, verImpl gomatrixserverlib.IRoomVersion, ev gomatrixserverlib.PDU) (gomatrixserverlib.PDU, error) {
 	redacted, err := verImpl.RedactEventJSON(ev.JSON())
 	if err != nil {

@@ -133,7 +133,8 @@ func signedBy(t *testing.T, ev gomatrixserverlib.PDU) string {
 // through the key-server (which fetches that server's keys over HTTPS),
 // before and after that server rotates its key; a forged one is INVALID.
 // After this server rotates its key, an event signed with the old key
-// before the rotation is still accepted, and new events carry the new key.
+// before the rotation is still accepted, and new events carry the new key
+// once the room-server has asked for it.
 func TestOtherServersAndRotation(t *testing.T) {
 	remote := newRemoteNode(t)
 	h := newHarness(t, nil, remote)
@@ -177,6 +178,9 @@ func TestOtherServersAndRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.inputOne(old, accepted)
+	// The room-server signs with the key it holds until it asks the
+	// key-server again (TestLocalSigningAcrossRotation); here it asks now.
+	h.svc.signer.key.Forget()
 	id := h.mustSend(roomID, alice, message(t, "signed after the rotation"))
 	verImpl := gomatrixserverlib.MustGetRoomVersion("11")
 	pdu, err := verImpl.NewEventFromTrustedJSON(h.event(id).GetEventJson(), false)

@@ -16,6 +16,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"google.golang.org/grpc/codes"
 
+	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
 	"github.com/myelin-chat/myelin/services/roomserver/store"
 )
 
@@ -59,6 +60,71 @@ func TestLocalEventsVerify(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestLocalSigningAcrossRotation: the room-server signs events with the
+// key the key-server hands out. After a rotation it keeps signing with
+// the old key until it asks again (what it signs then verifies: the old
+// key is still valid), and once it asks again it signs with the new one;
+// both verify against the key-server's published keys, and the rooms go
+// on as one graph.
+func TestLocalSigningAcrossRotation(t *testing.T) {
+	h := newHarness(t, nil)
+	keys := newServerKeys(h.sks, time.Minute)
+	created := h.createRoom("10", "public", map[string]int{alice: 100})
+	roomID := created.GetRoomId()
+	keyIDOf := func(id string) string {
+		t.Helper()
+		var ev struct {
+			Signatures map[string]map[string]string `json:"signatures"`
+		}
+		if err := json.Unmarshal(h.event(id).GetEventJson(), &ev); err != nil {
+			t.Fatal(err)
+		}
+		sigs := ev.Signatures[testServer]
+		if len(sigs) != 1 {
+			t.Fatalf("%s has signatures %v, want one of %s", id, ev.Signatures, testServer)
+		}
+		for k := range sigs {
+			return k
+		}
+		return ""
+	}
+	verify := func(id string) {
+		t.Helper()
+		verImpl := gomatrixserverlib.MustGetRoomVersion(gomatrixserverlib.RoomVersionV10)
+		pdu, err := verImpl.NewEventFromUntrustedJSON(h.event(id).GetEventJson())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := gomatrixserverlib.VerifyEventSignatures(h.ctx, pdu, keys, userIDForSender); err != nil {
+			t.Fatalf("%s does not verify: %v", id, err)
+		}
+	}
+	before := h.mustSend(roomID, alice, message(t, "before"))
+	oldKey := keyIDOf(before)
+	rot, err := h.sks.RotateKey(h.ctx, &keyserverv1.RotateKeyRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rot.GetOldKeyId() != oldKey || rot.GetKeyId() == oldKey {
+		t.Fatalf("rotation %v, want %s replaced", rot, oldKey)
+	}
+	held := h.mustSend(roomID, alice, message(t, "held key"))
+	if got := keyIDOf(held); got != oldKey {
+		t.Fatalf("before asking again the room-server signed with %s, want the held %s", got, oldKey)
+	}
+	h.svc.signer.key.Forget() // what valid_until_ts passing does
+	after := h.mustSend(roomID, alice, message(t, "after"))
+	if got := keyIDOf(after); got != rot.GetKeyId() {
+		t.Fatalf("after asking again the room-server signed with %s, want the new %s", got, rot.GetKeyId())
+	}
+	for _, id := range []string{before, held, after} {
+		verify(id)
+	}
+	if prev := h.event(after).GetEventJson(); !strings.Contains(string(prev), held) {
+		t.Fatalf("the event after the rotation does not follow the one before it: %s", prev)
 	}
 }
 

@@ -1,8 +1,8 @@
 package roomserver
 
 // CreateRoom and SendEvent: local events, built on the room's current
-// forward extremities and current state, signed through the key-server
-// (build.go) and then run through the same pipeline as every other event
+// forward extremities and current state, signed with the key the
+// key-server hands out (build.go) and then run through the same pipeline as every other event
 // (input.go).
 
 import (
@@ -290,6 +290,9 @@ func (s *Service) sendEvent(ctx context.Context, req *roomserverv1.SendEventRequ
 	if txn != nil {
 		txnKey = &store.TxnKey{Sender: sender, DeviceID: txn.GetDeviceId(), TxnID: txn.GetTxnId()}
 	}
+	// The signing key is asked for (when due) before the room's lock is
+	// taken; a failure shows again when the event is built.
+	_, _ = s.signer.identity(ctx)
 	unlock := s.locks.lock(roomID)
 	defer unlock()
 	w, err := s.beginWrite(ctx, roomID, txnKey)
@@ -364,7 +367,7 @@ func (s *Service) roomVersion(ctx context.Context, roomID string) (gomatrixserve
 //
 // Steps 1 and 2 (parse as untrusted, verify signatures) are skipped: the
 // event was just built by gomatrixserverlib's EventBuilder (content hash,
-// event ID, field checks) and signed by our own key-server (signer.build),
+// event ID, field checks) and signed with our own key (signer.build),
 // so they could only fail on a bug; TestLocalEventsVerify checks that what
 // the room-server builds parses as untrusted and verifies against the
 // key-server's published keys.

@@ -103,7 +103,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		return nil, errors.New("roomserver: Logger, ServerName, JetStream, KeyServer and ServerKeys are required")
 	}
 	serverName := spec.ServerName(deps.ServerName)
-	sg := newSigner(serverName, deps.KeyServer)
+	sg := newSigner(serverName, deps.KeyServer, deps.ServerKeys)
 	if err := ensureStreams(ctx, deps.JetStream, cfg.StreamReplicas); err != nil {
 		return nil, err
 	}

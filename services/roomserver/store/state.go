@@ -122,7 +122,16 @@ func (q *Queries) PendingOutbox(ctx context.Context, cur OutboxCursor, limit int
 	out := Pending{RedactedBy: map[int64]int64{}, Targets: map[int64]int64{}}
 	b := &pgx.Batch{}
 	if saveMark && cur.Prev != "" {
-		b.Queue(`UPDATE publish_watermark SET snapshot = $1::pg_snapshot`, cur.Prev)
+		// The batch is one (implicit) transaction, and this write is its
+		// only one. Its commit does not wait for the WAL to reach the
+		// disk (set_config, local to the transaction, in the statement
+		// rather than one of its own): a watermark lost to an operating
+		// system crash only makes the publisher send again what JetStream
+		// drops as duplicates, and every later durable commit (the
+		// pruner's deletes, which read it) flushes it first. Waiting
+		// would put a WAL flush between every commit and its publication.
+		b.Queue(`UPDATE publish_watermark SET snapshot = $1::pg_snapshot
+			WHERE set_config('synchronous_commit', 'off', true) IS NOT NULL`, cur.Prev)
 	}
 	var snapCur, snapPrev *string
 	if cur.Cur != "" {
