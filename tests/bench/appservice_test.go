@@ -2,9 +2,13 @@ package bench
 
 import (
 	"context"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/myelin-chat/myelin/bench/report"
 	"github.com/myelin-chat/myelin/pkg/loadgen"
 	"github.com/myelin-chat/myelin/pkg/testkit/stack"
 )
@@ -67,5 +71,20 @@ func TestAppserviceScenario(t *testing.T) {
 	}
 	for _, n := range res.Notes {
 		t.Errorf("note: %s", n)
+	}
+	// The report's goal rows come from these phases.
+	dir := t.TempDir()
+	docs := filepath.Join(dir, "benchmarks.md")
+	if err := report.Write(res, filepath.Join(dir, "result.json"), docs, ""); err != nil {
+		t.Fatal(err)
+	}
+	md, err := os.ReadFile(docs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"| appservice: ≥ 1,000 events/s delivered to one appservice | backlog of 150 drained", "| appservice: p99 from commit"} {
+		if !strings.Contains(string(md), s) {
+			t.Errorf("report lacks %q", s)
+		}
 	}
 }
