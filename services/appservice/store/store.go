@@ -52,32 +52,38 @@ func (s *Store) Ping(ctx context.Context) error { return s.db.Ping(ctx) }
 // Pool is the connection pool (the leader lock holds one connection).
 func (s *Store) Pool() *pgxpool.Pool { return s.db }
 
-// Tx is one consumer transaction: what one stream message changes commits
-// with the consumer's position.
+// Tx is one consumer transaction: what a batch of stream messages
+// changes commits with the consumer's position.
 type Tx struct{ tx pgx.Tx }
 
-// Apply runs fn for the message at streamSeq of consumer in one
-// transaction and records the position; a message at or below the
-// recorded position was applied already and fn does not run.
-func (s *Store) Apply(ctx context.Context, consumer string, streamSeq uint64, fn func(*Tx) error) (applied bool, err error) {
-	err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+// Apply runs fn(i) for each message of a batch of consumer (stream
+// sequences seqs, ascending) in one transaction and records the last as
+// the position; a message at or below the recorded position was applied
+// already and fn does not run for it.
+func (s *Store) Apply(ctx context.Context, consumer string, seqs []uint64, fn func(tx *Tx, i int) error) error {
+	return pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		var last int64
 		err := tx.QueryRow(ctx, `SELECT stream_seq FROM consumer_positions WHERE consumer = $1 FOR UPDATE`, consumer).Scan(&last)
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return err
 		}
-		if int64(streamSeq) <= last {
+		applied := false
+		for i, seq := range seqs {
+			if int64(seq) <= last {
+				continue
+			}
+			if err := fn(&Tx{tx: tx}, i); err != nil {
+				return err
+			}
+			applied = true
+		}
+		if !applied {
 			return nil
 		}
-		if err := fn(&Tx{tx: tx}); err != nil {
-			return err
-		}
-		applied = true
 		_, err = tx.Exec(ctx, `INSERT INTO consumer_positions (consumer, stream_seq) VALUES ($1, $2)
-			ON CONFLICT (consumer) DO UPDATE SET stream_seq = EXCLUDED.stream_seq`, consumer, int64(streamSeq))
+			ON CONFLICT (consumer) DO UPDATE SET stream_seq = EXCLUDED.stream_seq`, consumer, int64(seqs[len(seqs)-1]))
 		return err
 	})
-	return applied, err
 }
 
 // Position is the last stream sequence a consumer applied (0: none).
