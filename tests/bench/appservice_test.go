@@ -60,6 +60,9 @@ func TestAppserviceScenario(t *testing.T) {
 	if send.Count == 0 || deliv.Count != send.Count {
 		t.Errorf("under load: %d delivered of %d sent", deliv.Count, send.Count)
 	}
+	if p99, _ := deliv.Extra["from_request_p99_ms"].(float64); p99 <= 0 || p99 < deliv.Latency.P99 {
+		t.Errorf("under load: p99 from the request %v ms, from the answer %v ms", deliv.Extra["from_request_p99_ms"], deliv.Latency.P99)
+	}
 	drain := got["backlog/drain"]
 	if drain.Count != 150 || drain.Throughput <= 0 {
 		t.Errorf("backlog: %d delivered (want 150) at %.0f events/s", drain.Count, drain.Throughput)
