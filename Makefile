@@ -225,4 +225,6 @@ deploy-check: $(BIN)/.kubeconform-$(KUBECONFORM_VERSION) $(BIN)/.helm-$(HELM_VER
 	done
 	$(BIN)/kubeconform -strict -summary -kubernetes-version $(K8S_VERSION) \
 		-schema-location '$(K8S_SCHEMAS)/{{ .ResourceKind }}{{ .KindSuffix }}.json' $(DEPLOY_OUT)/*.yaml
-	$(BIN)/k8s-check -external-secret myelin-database -external-secret myelin-media-s3 -external-secret myelin-federation-tls -external-secret myelin-appservices $(DEPLOY_OUT)/*.yaml
+	$(BIN)/k8s-check -external-secret myelin-database -external-secret myelin-media-s3 -external-secret myelin-federation-tls -external-secret myelin-appservices \
+		$(foreach c,key-server room-server presence client-api media federation-receiver federation-sender appservice,-external-secret myelin-grpc-tls-$(c)) \
+		$(DEPLOY_OUT)/*.yaml

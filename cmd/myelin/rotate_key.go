@@ -29,16 +29,24 @@ func rotateKey(args []string, out io.Writer) error {
 		return err
 	}
 	target := *addr
-	if target == "" {
+	var creds *rpc.Credentials
+	if target == "" || *configPath != "" {
 		cfg, err := myelin.Load(*configPath)
 		if err != nil {
 			return err
 		}
-		if target, err = keyServerAddress(cfg); err != nil {
+		if target == "" {
+			if target, err = keyServerAddress(cfg); err != nil {
+				return err
+			}
+		}
+		// With grpc.tls the key-server admits the key-server's own
+		// certificate (run this in its pod) or one named myelin-admin.
+		if creds, err = rpc.LoadCredentials(cfg.GRPC.TLS); err != nil {
 			return err
 		}
 	}
-	conn, err := rpc.Dial(target)
+	conn, err := rpc.DialTLS(target, creds)
 	if err != nil {
 		return err
 	}

@@ -58,8 +58,9 @@ func NewCA(dir, name string) (*CA, error) {
 	return ca, writePEM(ca.CertFile, "CERTIFICATE", der)
 }
 
-// Issue makes a server certificate for hosts (DNS names or IP literals)
-// and returns the paths of its certificate and key files (PEM).
+// Issue makes a certificate usable by servers and clients (gRPC mTLS uses
+// both) for hosts (DNS names or IP literals; the first is also the common
+// name) and returns the paths of its certificate and key files (PEM).
 func (ca *CA) Issue(hosts ...string) (certFile, keyFile string, err error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -72,7 +73,7 @@ func (ca *CA) Issue(hosts ...string) (certFile, keyFile string, err error) {
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(7 * 24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/myelin-chat/myelin/pkg/config"
 	"github.com/myelin-chat/myelin/pkg/federation"
 	"github.com/myelin-chat/myelin/pkg/logging"
+	"github.com/myelin-chat/myelin/pkg/rpc"
 	"github.com/myelin-chat/myelin/services/appservice"
 	"github.com/myelin-chat/myelin/services/clientapi"
 	"github.com/myelin-chat/myelin/services/fedreceiver"
@@ -31,8 +32,9 @@ type Config struct {
 	Logging logging.Config `yaml:"logging"`
 	// HTTP is this process's one HTTP listener.
 	HTTP ListenConfig `yaml:"http"`
-	// GRPC is this process's one gRPC listener.
-	GRPC ListenConfig `yaml:"grpc"`
+	// GRPC is this process's one gRPC listener and the mutual TLS of the
+	// gRPC traffic between processes.
+	GRPC GRPCConfig `yaml:"grpc"`
 	// Database is the default PostgreSQL URL for every service. Empty in
 	// the all-in-one shape: a local cluster is started under data_dir.
 	Database DatabaseConfig `yaml:"database"`
@@ -70,6 +72,14 @@ type Config struct {
 // free port).
 type ListenConfig struct {
 	Listen string `yaml:"listen"`
+}
+
+// GRPCConfig is the gRPC listener and, for the split shape, mutual TLS
+// between the processes (grpc.tls: cert_file, key_file, ca_file; empty:
+// plain). With TLS each service admits only its callers (CallerPolicy in callers.go).
+type GRPCConfig struct {
+	Listen string        `yaml:"listen"`
+	TLS    rpc.TLSConfig `yaml:"tls"`
 }
 
 // DebugConfig holds opt-in diagnostics.
@@ -117,7 +127,7 @@ func DefaultConfig() Config {
 		DataDir:          "./data",
 		Logging:          logging.DefaultConfig(),
 		HTTP:             ListenConfig{Listen: "127.0.0.1:8008"},
-		GRPC:             ListenConfig{Listen: "127.0.0.1:0"},
+		GRPC:             GRPCConfig{Listen: "127.0.0.1:0"},
 		NATS:             bus.Config{Replicas: 1},
 		Federation:       federation.DefaultConfig(),
 		KeyServer:        keyserver.DefaultConfig(),
@@ -159,6 +169,7 @@ func (c *Config) Validate() error {
 	if c.GRPC.Listen == "" {
 		errs = append(errs, errors.New("grpc.listen must be set"))
 	}
+	errs = append(errs, c.GRPC.TLS.Validate())
 	if c.DataDir == "" && (c.NATS.URL == "" || c.Database.URL == "") {
 		errs = append(errs, errors.New("data_dir must be set when nats.url or database.url is empty"))
 	}

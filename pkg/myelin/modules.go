@@ -177,7 +177,6 @@ func startClientAPI(ctx context.Context, p *process) (service, error) {
 		ServerName:  p.cfg.ServerName,
 		DatabaseURL: p.cfg.databaseURL(p.cfg.ClientAPI.DatabaseURL),
 		JetStream:   p.js,
-		KeyServer:   keyserverv1.NewKeyServiceClient(ks),
 		E2EKeys:     keyserverv1.NewE2EKeyServiceClient(ks),
 		RoomServer:  roomserverv1.NewRoomServiceClient(rs),
 		Presence:    presencev1.NewPresenceServiceClient(ps),

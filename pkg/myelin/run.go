@@ -49,16 +49,18 @@ type Process struct {
 
 // process holds what services share within one OS process.
 type process struct {
-	cfg      Config
-	targets  []string
-	log      *zap.Logger
-	grpcLis  net.Listener
-	httpLis  net.Listener
-	grpcSrv  *grpc.Server
-	router   chi.Router
-	nc       *nats.Conn
-	js       jetstream.JetStream
-	conns    map[string]*grpc.ClientConn
+	cfg     Config
+	targets []string
+	log     *zap.Logger
+	grpcLis net.Listener
+	httpLis net.Listener
+	grpcSrv *grpc.Server
+	router  chi.Router
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	conns   map[string]*grpc.ClientConn
+	// creds are the mutual TLS material (grpc.tls; nil: plain gRPC).
+	creds    *rpc.Credentials
 	cleanups []func()
 	mu       sync.Mutex
 	// pprofAddr is the debug.pprof_listen listener's address, if any.
@@ -134,7 +136,17 @@ func Start(ctx context.Context, cfg Config, targets []string, log *zap.Logger) (
 	if err := p.provision(ctx); err != nil {
 		return nil, err
 	}
-	p.grpcSrv = rpc.NewServer(log, grpc.ChainUnaryInterceptor(m.UnaryServerInterceptor()))
+	if p.creds, err = rpc.LoadCredentials(cfg.GRPC.TLS); err != nil {
+		return nil, err
+	}
+	grpcOpts := []grpc.ServerOption{grpc.ChainUnaryInterceptor(m.UnaryServerInterceptor())}
+	if p.creds != nil {
+		// Mutual TLS on the network listener; each service admits only
+		// its callers (in-process calls stay plain and admitted).
+		grpcOpts = append(grpcOpts, p.creds.ServerOption())
+		grpcOpts = append(grpcOpts, CallerPolicy().ServerOptions()...)
+	}
+	p.grpcSrv = rpc.NewServer(log, grpcOpts...)
 	r := chi.NewRouter()
 	r.Use(m.HTTP, matrixhttp.Recover(log), matrixhttp.CORS)
 	r.NotFound(matrixhttp.NotFoundHandler)
@@ -380,7 +392,7 @@ func (p *process) dial(target string) (*grpc.ClientConn, error) {
 	var c *grpc.ClientConn
 	var err error
 	if addr := p.address(target).GRPC; addr != "" {
-		c, err = rpc.Dial(addr)
+		c, err = rpc.DialTLS(addr, p.creds)
 	} else if slices.Contains(p.targets, target) {
 		c, err = rpc.DialInProcess(p.inProcLis)
 	} else {

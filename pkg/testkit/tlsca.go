@@ -26,7 +26,8 @@ func NewCA(t testing.TB) *CA {
 	return &CA{CA: ca}
 }
 
-// Issue makes a server certificate for hosts (DNS names or IP literals) and
+// Issue makes a certificate (for servers and clients: gRPC mTLS uses both)
+// for hosts (DNS names or IP literals; the first is also the common name) and
 // returns the paths of its certificate and key files (PEM).
 func (ca *CA) Issue(t testing.TB, hosts ...string) (certFile, keyFile string) {
 	t.Helper()

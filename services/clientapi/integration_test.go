@@ -113,7 +113,7 @@ func startReplicaServices(t testing.TB, cfg clientapi.Config, n int, withDeps fu
 	for i := range n {
 		deps := clientapi.Deps{
 			Logger: log, ServerName: serverName, DatabaseURL: db, JetStream: js,
-			KeyServer: ksClient, E2EKeys: keyserverv1.NewE2EKeyServiceClient(conn), RoomServer: roomserverv1.NewRoomServiceClient(conn),
+			E2EKeys: keyserverv1.NewE2EKeyServiceClient(conn), RoomServer: roomserverv1.NewRoomServiceClient(conn),
 			Presence: presencev1.NewPresenceServiceClient(conn),
 		}
 		if withDeps != nil {

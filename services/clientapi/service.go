@@ -54,7 +54,6 @@ type Deps struct {
 	ServerName  string
 	DatabaseURL string
 	JetStream   jetstream.JetStream
-	KeyServer   keyserverv1.KeyServiceClient
 	// E2EKeys holds users' end-to-end keys and key backups. Nil leaves the
 	// key endpoints unavailable (503) and /sync without key data.
 	E2EKeys    keyserverv1.E2EKeyServiceClient

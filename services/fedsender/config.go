@@ -33,9 +33,12 @@ type Config struct {
 	// RequestTimeout bounds each outbound request (a transaction, a
 	// query, one step of a join).
 	RequestTimeout time.Duration `yaml:"request_timeout"`
-	// LeaderRetry is how often a replica that is not sending tries to
-	// take over the sending (one replica sends at a time).
-	LeaderRetry time.Duration `yaml:"leader_retry"`
+	// LeaseTTL is how long a replica's heartbeat and its leases on
+	// destinations last unrenewed (they are renewed every lease_ttl/4):
+	// a replica that dies or is cut off loses its destinations to the
+	// others about this long after, and a replica that joins gets its
+	// share within a fifth of it.
+	LeaseTTL time.Duration `yaml:"lease_ttl"`
 }
 
 // DefaultConfig returns the defaults.
@@ -49,7 +52,7 @@ func DefaultConfig() Config {
 		MaxQueuedPDUs:  10000,
 		MaxQueuedEDUs:  10000,
 		RequestTimeout: time.Minute,
-		LeaderRetry:    5 * time.Second,
+		LeaseTTL:       5 * time.Second,
 	}
 }
 
@@ -57,7 +60,7 @@ func DefaultConfig() Config {
 func (c Config) Validate() error {
 	var errs []error
 	if c.MaxConns < 4 {
-		errs = append(errs, errors.New("max_conns must be at least 4 (the consumers and the sending leader each hold a connection)"))
+		errs = append(errs, errors.New("max_conns must be at least 4 (the consumers and the workers share it)"))
 	}
 	if c.ConsumerPrefix == "" {
 		errs = append(errs, errors.New("consumer_prefix must be set"))
@@ -71,8 +74,11 @@ func (c Config) Validate() error {
 	if c.MaxQueuedPDUs < maxPDUsPerTxn || c.MaxQueuedEDUs < maxEDUsPerTxn {
 		errs = append(errs, errors.New("max_queued_pdus must be at least 50 and max_queued_edus at least 100"))
 	}
-	if c.RequestTimeout <= 0 || c.LeaderRetry <= 0 {
-		errs = append(errs, errors.New("request_timeout and leader_retry must be positive"))
+	if c.RequestTimeout <= 0 {
+		errs = append(errs, errors.New("request_timeout must be positive"))
+	}
+	if c.LeaseTTL < time.Second || c.LeaseTTL > time.Minute {
+		errs = append(errs, errors.New("lease_ttl must be between 1s and 1m"))
 	}
 	return errors.Join(errs...)
 }

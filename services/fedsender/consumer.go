@@ -14,12 +14,13 @@ import (
 )
 
 // consumer is one durable JetStream consumer that turns a stream's
-// messages into queue rows. Only the sending replica consumes (sender.go),
-// so there is one reader at a time. Messages are applied one at a time, in
+// messages into queue rows. Only the replica holding the consumers' lease
+// consumes (sender.go), so there is one reader at a time (and a paused
+// former holder that resumes finds its messages' positions recorded). Messages are applied one at a time, in
 // stream order: a message that cannot be applied is retried in place
 // (never skipped ahead of), and each is acknowledged only after its
 // transaction, which also records its stream position, commits. When a
-// replica starts sending, it makes the durable consumer afresh from the
+// replica takes the consumers' lease, it makes the durable consumer afresh from the
 // position after the last one recorded: messages the previous reader
 // had but did not apply come again, first, in order (the old consumer's
 // unacknowledged messages would otherwise come back only after the ack
@@ -128,7 +129,7 @@ func (s *Service) handleMsg(ctx context.Context, log *zap.Logger, c *consumer, m
 			if err := m.Ack(); err != nil && ctx.Err() == nil {
 				log.Warn("ack", zap.Error(err))
 			}
-			s.sender.wake(dests...)
+			s.sender.notify(dests)
 			return
 		}
 		if ctx.Err() != nil {

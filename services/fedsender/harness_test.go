@@ -74,7 +74,7 @@ func newEnv(t testing.TB, opts envOpts) *env {
 	cfg.FederationSender.BackoffMin = 50 * time.Millisecond
 	cfg.FederationSender.BackoffMax = 400 * time.Millisecond
 	cfg.FederationSender.RequestTimeout = 5 * time.Second
-	cfg.FederationSender.LeaderRetry = 200 * time.Millisecond
+	cfg.FederationSender.LeaseTTL = 2 * time.Second
 	if opts.mutate != nil {
 		opts.mutate(&cfg)
 	}
@@ -101,19 +101,29 @@ func newEnv(t testing.TB, opts envOpts) *env {
 func (e *env) startSender() {
 	t := e.t
 	t.Helper()
-	cfg := e.cfg
-	cfg.HTTP.Listen = "127.0.0.1:0"
-	cfg.GRPC.Listen = "127.0.0.1:0"
-	cfg.Metrics.Listen = "127.0.0.1:0"
-	cfg.Services.KeyServer.GRPC = e.main.Process.GRPCAddr()
-	cfg.Services.RoomServer.GRPC = e.main.Process.GRPCAddr()
-	e.sender = stack.StartWithConfig(t, cfg, myelin.TargetFederationSender)
+	e.sender = e.startReplica(nil)
 	conn, err := rpc.Dial(e.sender.Process.GRPCAddr())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = conn.Close() })
 	e.fs = fedsenderv1.NewFederationSenderServiceClient(conn)
+}
+
+// startReplica starts a federation sender process (mutate, if set,
+// changes its configuration).
+func (e *env) startReplica(mutate func(*myelin.Config)) *stack.Stack {
+	e.t.Helper()
+	cfg := e.cfg
+	cfg.HTTP.Listen = "127.0.0.1:0"
+	cfg.GRPC.Listen = "127.0.0.1:0"
+	cfg.Metrics.Listen = "127.0.0.1:0"
+	cfg.Services.KeyServer.GRPC = e.main.Process.GRPCAddr()
+	cfg.Services.RoomServer.GRPC = e.main.Process.GRPCAddr()
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	return stack.StartWithConfig(e.t, cfg, myelin.TargetFederationSender)
 }
 
 // senderClient is the FederationSenderService of the process running it.

@@ -62,6 +62,12 @@ type remote struct {
 	// counted again).
 	pdus []gotPDU
 	edus []gotEDU
+	// inflight counts the transactions being handled by ID; overlaps
+	// counts those that began while another transaction (another ID) was
+	// in flight, sameIDOverlaps those that began while the same one was
+	// (a retry racing the first attempt, which the ID dedupes).
+	inflight                 map[string]int
+	overlaps, sameIDOverlaps int
 	// maxPDUs/maxEDUs seen in one transaction.
 	maxPDUs, maxEDUs int
 	authFailures     int
@@ -358,6 +364,25 @@ func (r *remote) called(pattern string) int {
 func (r *remote) serveSend(w http.ResponseWriter, req *http.Request) {
 	fr := fedRequest(req)
 	txnID := chi.URLParam(req, "txnID")
+	r.mu.Lock()
+	if r.inflight == nil {
+		r.inflight = map[string]int{}
+	}
+	for id, n := range r.inflight {
+		switch {
+		case n > 0 && id != txnID:
+			r.overlaps++
+		case n > 0:
+			r.sameIDOverlaps++
+		}
+	}
+	r.inflight[txnID]++
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		r.inflight[txnID]--
+		r.mu.Unlock()
+	}()
 	var body struct {
 		Origin string                  `json:"origin"`
 		PDUs   []json.RawMessage       `json:"pdus"`

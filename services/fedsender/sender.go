@@ -2,122 +2,235 @@ package fedsender
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"math/rand/v2"
+	"os"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"go.uber.org/zap"
 
+	"github.com/myelin-chat/myelin/services/fedsender/internal/lease"
 	"github.com/myelin-chat/myelin/services/fedsender/store"
 )
 
-// The sending side. One replica sends at a time: the holder of a
-// PostgreSQL advisory lock (on a connection kept for it) runs a worker per
-// destination; the others consume and queue, serve the gRPC API, and try
-// to take the lock every leader_retry. A worker sends one transaction at
-// a time: the one in flight (retried as it was, same ID and content, until
+// The sending side. Every replica runs the same loop; the destinations
+// and the stream consumers are shared among the live replicas by leases in
+// NATS JetStream KV buckets (internal/lease): each replica takes the keys
+// it wins by rendezvous hashing over the live members and hands back the
+// ones it no longer wins, so a replica that joins, leaves or dies moves
+// only its share, within about lease_ttl. The holder of a destination's
+// lease runs its worker; the holder of the "consumers" lease runs the
+// stream consumers (consumer.go). A worker sends one transaction at a
+// time: the one in flight (retried as it was, same ID and content, until
 // the destination answers, as the spec asks) or a new one of the oldest
-// waiting rows (at most 50 PDUs and 100 EDUs). A failure waits
+// waiting rows (at most 50 PDUs and 100 EDUs). Its writes of the queue
+// position are fenced in PostgreSQL by the lease's token (store.Fence), and
+// each request runs under the lease's context, which ends when the lease is
+// lost or its validity on this clock runs out. A failure waits
 // backoff_min, doubling up to backoff_max; a 200 answer resets it. A
 // destination failing for catch_up_after keeps only each room's newest
-// PDU. A slow or broken destination holds up only its own worker.
+// PDU. A slow or broken destination holds up only its own worker. A worker
+// whose queue stays empty for idleRelease hands its lease back.
 
-// leaderLockKey is the advisory lock of the sending replica.
-const leaderLockKey = "myelin.fedsender.leader"
+// wakeSubject carries, on core NATS, the destinations whose queues grew:
+// the consumers run on one replica, the destinations' workers on all.
+const wakeSubject = "myelin.fedsender.wake"
+
+// consumersKey is the lease of the stream consumers.
+const consumersKey = "consumers"
 
 // boundsCheckInterval is how often a waiting worker checks its queue's
 // bounds while rows keep arriving.
 const boundsCheckInterval = 5 * time.Second
 
+// idleRelease is how long a worker waits with an empty queue before it
+// hands its destination back.
+const idleRelease = time.Minute
+
 type sender struct {
 	s *Service
 
+	// startMu makes taking a key one step at a time.
+	startMu sync.Mutex
+
 	mu      sync.Mutex
-	leading bool
-	ctx     context.Context // the leading term's context
-	wg      *sync.WaitGroup // the leading term's workers
+	leases  *lease.Manager // nil until run opens it
+	ctx     context.Context
+	wg      sync.WaitGroup
 	workers map[string]*worker
+	// stopConsumers stops the consumers this replica runs (nil: none).
+	stopConsumers context.CancelFunc
 }
 
 type worker struct {
-	dest string
+	dest  string
+	lease *lease.Lease
+	fence store.Fence
 	// lastBoundsCheck is when the queue's bounds were last checked.
 	lastBoundsCheck time.Time
 	// wake: rows were queued (a buffered channel of one).
 	wake chan struct{}
 	// answered: the destination answered another request; retry now.
 	answered chan struct{}
+	// stop ends the worker (which then releases the lease); done is
+	// closed when it has.
+	stop context.CancelFunc
+	done chan struct{}
 }
 
 func newSender(s *Service) *sender {
 	return &sender{s: s, workers: map[string]*worker{}}
 }
 
-// run takes the sending lock and sends while holding it, until ctx ends.
+// destKey is a destination's lease key (KV keys allow few characters).
+func destKey(dest string) string { return "d." + base64.RawURLEncoding.EncodeToString([]byte(dest)) }
+
+// memberID names this replica: its host name and a random suffix.
+func memberID() string {
+	host, _ := os.Hostname()
+	host = strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' {
+			return r
+		}
+		return '-'
+	}, host)
+	return fmt.Sprintf("%s-%08x", host, rand.Uint32())
+}
+
+// run joins the replicas and sends what this replica owns until ctx ends,
+// then hands everything back.
 func (d *sender) run(ctx context.Context) error {
-	log := d.s.log
+	s := d.s
+	var m *lease.Manager
 	for {
-		conn, err := d.s.store.Pool().Acquire(ctx)
+		var err error
+		m, err = lease.Open(ctx, s.js, lease.Config{Bucket: s.cfg.ConsumerPrefix, TTL: s.cfg.LeaseTTL, ID: memberID()}, s.log)
 		if err == nil {
-			var got bool
-			err = conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtext($1))`, leaderLockKey).Scan(&got)
-			if err == nil && got {
-				log.Info("federation sender: this replica sends")
-				d.lead(ctx, func(c context.Context) error { return conn.Ping(c) })
-				// Closing the connection releases the lock.
-				_ = conn.Conn().Close(context.WithoutCancel(ctx))
-				conn.Release()
-				if ctx.Err() != nil {
-					return nil
-				}
-				log.Warn("federation sender: lost the sending lock's connection; trying again")
-				continue
-			}
-			conn.Release()
+			break
 		}
-		if err != nil && ctx.Err() == nil {
-			log.Warn("federation sender: sending lock", zap.Error(err))
-		}
+		s.log.Warn("federation sender: leases", zap.Error(err))
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(d.s.cfg.LeaderRetry):
+		case <-time.After(time.Second):
 		}
 	}
+	s.log.Info("federation sender: joined the replicas", zap.String("member", m.ID()), zap.Strings("members", m.Members()))
+	d.mu.Lock()
+	d.leases, d.ctx = m, ctx
+	d.mu.Unlock()
+	var bg sync.WaitGroup
+	bg.Add(1)
+	go func() { defer bg.Done(); _ = m.Run(ctx) }()
+	sub, err := s.js.Conn().Subscribe(wakeSubject, func(msg *nats.Msg) {
+		var dests []string
+		if json.Unmarshal(msg.Data, &dests) == nil {
+			d.wake(dests...)
+		}
+	})
+	if err != nil {
+		s.log.Warn("federation sender: wake subscription (workers rely on polling)", zap.Error(err))
+	}
+	t := time.NewTicker(max(s.cfg.LeaseTTL/5, 100*time.Millisecond))
+	defer t.Stop()
+	for ctx.Err() == nil {
+		d.rebalance(ctx)
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+	}
+	// Graceful exit: stop sending, then release the leases, so the others
+	// take over at once.
+	if sub != nil {
+		_ = sub.Unsubscribe()
+	}
+	d.wg.Wait()
+	bg.Wait()
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	m.Close(cctx)
+	s.log.Info("federation sender: left the replicas", zap.String("member", m.ID()))
+	return nil
 }
 
-// lead runs workers for every destination with waiting rows and for each
-// destination woken later, until ctx ends or ping fails.
-func (d *sender) lead(ctx context.Context, ping func(context.Context) error) {
-	lctx, cancel := context.WithCancel(ctx)
-	var wg, cwg sync.WaitGroup
+// rebalance hands back what this replica no longer wins and takes what it
+// wins: the consumers, and every destination with waiting rows.
+func (d *sender) rebalance(ctx context.Context) {
+	s := d.s
 	d.mu.Lock()
-	d.leading, d.ctx, d.wg = true, lctx, &wg
+	m := d.leases
+	var giveUp []*worker
+	for dest, w := range d.workers {
+		if !m.Wants(destKey(dest)) {
+			giveUp = append(giveUp, w)
+		}
+	}
+	stopConsumers := d.stopConsumers
 	d.mu.Unlock()
-	defer func() {
-		cancel()
-		d.mu.Lock()
-		d.leading = false
-		d.workers = map[string]*worker{}
-		d.mu.Unlock()
-		wg.Wait()
-		cwg.Wait()
-	}()
-	// The consumers run while this replica sends (consumer.go): one
-	// reader of each stream at a time.
-	for _, c := range d.s.consumers {
+	// A hand-over stops the worker first (its request in flight is
+	// aborted) and releases the lease after, so the next owner never
+	// overlaps with it.
+	for _, w := range giveUp {
+		s.log.Info("federation sender: handing a destination over", zap.String("destination", w.dest))
+		w.stop()
+		<-w.done
+	}
+	switch wants := m.Wants(consumersKey); {
+	case stopConsumers != nil && !wants:
+		s.log.Info("federation sender: handing the consumers over")
+		stopConsumers()
+	case stopConsumers == nil && wants:
+		d.takeConsumers(ctx)
+	}
+	dests, err := s.store.PendingDestinations(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn("federation sender: pending destinations", zap.Error(err))
+		}
+		return
+	}
+	d.wake(dests...)
+}
+
+// takeConsumers runs the stream consumers while this replica holds their
+// lease.
+func (d *sender) takeConsumers(ctx context.Context) {
+	s := d.s
+	l, err := d.leases.Acquire(ctx, consumersKey)
+	if err != nil {
+		if !errors.Is(err, lease.ErrHeld) && ctx.Err() == nil {
+			s.log.Warn("federation sender: consumers lease", zap.Error(err))
+		}
+		return
+	}
+	s.log.Info("federation sender: this replica runs the consumers")
+	lctx, cancel := context.WithCancel(ctx)
+	context.AfterFunc(l.Context(), cancel)
+	done := make(chan struct{})
+	d.mu.Lock()
+	d.stopConsumers = func() { cancel(); <-done }
+	d.mu.Unlock()
+	var cwg sync.WaitGroup
+	for _, c := range s.consumers {
 		cwg.Add(1)
 		go func() {
 			defer cwg.Done()
 			for lctx.Err() == nil {
-				err := d.s.runConsumer(lctx, c)
+				err := s.runConsumer(lctx, c)
 				if lctx.Err() != nil {
 					return
 				}
-				d.s.log.Warn("consumer stopped; starting it again", zap.String("consumer", c.name), zap.Error(err))
+				s.log.Warn("consumer stopped; starting it again", zap.String("consumer", c.name), zap.Error(err))
 				select {
 				case <-lctx.Done():
 				case <-time.After(time.Second):
@@ -125,67 +238,109 @@ func (d *sender) lead(ctx context.Context, ping func(context.Context) error) {
 			}
 		}()
 	}
-	for {
-		dests, err := d.s.store.PendingDestinations(lctx)
-		if err == nil {
-			d.wake(dests...)
-			break
-		}
-		d.s.log.Warn("federation sender: pending destinations", zap.Error(err))
-		select {
-		case <-lctx.Done():
-			return
-		case <-time.After(time.Second):
-		}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		cwg.Wait()
+		cancel()
+		d.leases.Release(context.WithoutCancel(ctx), l)
+		d.mu.Lock()
+		d.stopConsumers = nil
+		d.mu.Unlock()
+		close(done)
+	}()
+}
+
+// notify tells every replica that rows were queued for dests.
+func (d *sender) notify(dests []string) {
+	if len(dests) == 0 {
+		return
 	}
-	t := time.NewTicker(d.s.cfg.LeaderRetry)
-	defer t.Stop()
-	for {
-		select {
-		case <-lctx.Done():
-			return
-		case <-t.C:
-			pctx, pcancel := context.WithTimeout(lctx, d.s.cfg.LeaderRetry)
-			err := ping(pctx)
-			pcancel()
-			if err != nil && lctx.Err() == nil {
-				d.s.log.Warn("federation sender: the sending lock's connection failed", zap.Error(err))
-				return
-			}
+	d.wake(dests...)
+	if b, err := json.Marshal(dests); err == nil {
+		if err := d.s.js.Conn().Publish(wakeSubject, b); err != nil {
+			d.s.log.Debug("federation sender: wake", zap.Error(err))
 		}
 	}
 }
 
-// wake tells the destinations' workers that rows were queued, starting
-// workers as needed. A replica that is not sending ignores it: the
-// sending one finds the rows (it looks at every destination with waiting
-// rows when it takes over, and is woken by its own consumers).
+// wake tells the destinations' workers on this replica that rows were
+// queued, and takes the destinations this replica wins but holds not.
 func (d *sender) wake(dests ...string) {
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	if !d.leading {
+	m, ctx := d.leases, d.ctx
+	d.mu.Unlock()
+	if m == nil || ctx.Err() != nil {
 		return
 	}
 	for _, dest := range dests {
 		if dest == "" || dest == string(d.s.serverName) {
 			continue
 		}
+		d.mu.Lock()
 		w := d.workers[dest]
+		d.mu.Unlock()
+		if w == nil && m.Wants(destKey(dest)) {
+			w = d.start(ctx, dest)
+		}
 		if w == nil {
-			w = &worker{dest: dest, wake: make(chan struct{}, 1), answered: make(chan struct{}, 1)}
-			d.workers[dest] = w
-			wg := d.wg
-			wg.Add(1)
-			go func(ctx context.Context) {
-				defer wg.Done()
-				d.runWorker(ctx, w)
-			}(d.ctx)
+			continue
 		}
 		select {
 		case w.wake <- struct{}{}:
 		default:
 		}
 	}
+}
+
+// start takes a destination's lease and fence and starts its worker (nil
+// when another replica holds it).
+func (d *sender) start(ctx context.Context, dest string) *worker {
+	s := d.s
+	d.startMu.Lock()
+	defer d.startMu.Unlock()
+	d.mu.Lock()
+	w := d.workers[dest]
+	d.mu.Unlock()
+	if w != nil {
+		return w
+	}
+	l, err := d.leases.Acquire(ctx, destKey(dest))
+	if err != nil {
+		if !errors.Is(err, lease.ErrHeld) && ctx.Err() == nil {
+			s.log.Warn("federation sender: destination lease", zap.String("destination", dest), zap.Error(err))
+		}
+		return nil
+	}
+	f := store.Fence{Epoch: l.Token.Epoch, Token: l.Token.Rev, Owner: d.leases.ID()}
+	if err := s.store.TakeFence(ctx, dest, f); err != nil {
+		s.log.Warn("federation sender: destination fence", zap.String("destination", dest), zap.Error(err))
+		d.leases.Release(ctx, l)
+		return nil
+	}
+	s.stats.leasesTaken.Inc()
+	wctx, cancel := context.WithCancel(ctx)
+	context.AfterFunc(l.Context(), cancel)
+	w = &worker{dest: dest, lease: l, fence: f, wake: make(chan struct{}, 1), answered: make(chan struct{}, 1),
+		stop: cancel, done: make(chan struct{})}
+	d.mu.Lock()
+	d.workers[dest] = w
+	d.mu.Unlock()
+	s.log.Debug("federation sender: took a destination", zap.String("destination", dest), zap.Int64("token", f.Token))
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		defer close(w.done)
+		d.runWorker(wctx, w)
+		cancel()
+		d.mu.Lock()
+		if d.workers[dest] == w {
+			delete(d.workers, dest)
+		}
+		d.mu.Unlock()
+		d.leases.Release(context.WithoutCancel(ctx), l)
+	}()
+	return w
 }
 
 // answered tells a destination's worker that the destination answered
@@ -218,6 +373,9 @@ func (d *sender) runWorker(ctx context.Context, w *worker) {
 	for ctx.Err() == nil {
 		st, err := s.store.Destination(ctx, w.dest)
 		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
 			log.Warn("destination state", zap.Error(err))
 			if !pause(time.Second) {
 				return
@@ -230,8 +388,15 @@ func (d *sender) runWorker(ctx context.Context, w *worker) {
 			}
 			continue
 		}
-		txn, err := s.store.NextTransaction(ctx, w.dest, maxPDUsPerTxn, maxEDUsPerTxn, s.now())
+		txn, err := s.store.NextTransaction(ctx, w.dest, w.fence, maxPDUsPerTxn, maxEDUsPerTxn, s.now())
+		if errors.Is(err, store.ErrFenced) {
+			log.Warn("another replica owns the destination now; stopping", zap.Error(err))
+			return
+		}
 		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
 			log.Warn("next transaction", zap.Error(err))
 			if !pause(time.Second) {
 				return
@@ -239,19 +404,27 @@ func (d *sender) runWorker(ctx context.Context, w *worker) {
 			continue
 		}
 		if txn == nil {
+			idle := time.NewTimer(idleRelease)
 			select {
 			case <-ctx.Done():
+				idle.Stop()
 				return
+			case <-idle.C:
+				return // hands the lease back; a new row takes it again
 			case <-w.wake:
 			case <-w.answered:
 			}
+			idle.Stop()
 			continue
 		}
-		if err := d.send(ctx, w.dest, txn, log); err != nil {
+		if err := d.send(ctx, w, txn, log); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
-			st, ferr := s.store.RecordFailure(ctx, w.dest, s.now(), d.backoff, s.cfg.CatchUpAfter)
+			st, ferr := s.store.RecordFailure(ctx, w.dest, w.fence, s.now(), d.backoff, s.cfg.CatchUpAfter)
+			if errors.Is(ferr, store.ErrFenced) {
+				return
+			}
 			if ferr != nil {
 				log.Warn("record failure", zap.Error(ferr))
 				if !pause(time.Second) {
@@ -264,9 +437,12 @@ func (d *sender) runWorker(ctx context.Context, w *worker) {
 				zap.Time("retry_at", st.RetryAt), zap.Bool("catch_up", st.CatchUp), zap.Error(err))
 			continue
 		}
-		if err := s.store.CompleteTransaction(ctx, w.dest, txn.ID, s.now()); err != nil {
-			// Sent again later with the same ID: the destination drops
-			// the repeat.
+		if err := s.store.CompleteTransaction(ctx, w.dest, w.fence, txn.ID, s.now()); err != nil {
+			// Sent again later with the same ID (by this replica or the
+			// next owner): the destination drops the repeat.
+			if errors.Is(err, store.ErrFenced) {
+				return
+			}
 			log.Warn("complete transaction", zap.Error(err))
 			if !pause(time.Second) {
 				return
@@ -339,8 +515,13 @@ func (d *sender) backoff(n int) time.Duration {
 
 // send sends one transaction. Per-PDU errors in the answer are logged, not
 // retried: the destination has the transaction.
-func (d *sender) send(ctx context.Context, dest string, txn *store.Transaction, log *zap.Logger) error {
+//
+// ctx is the lease's: it ends when the lease is lost or its validity runs
+// out, which aborts the request. Valid is checked just before sending, so
+// an owner paused past its lease that resumes here does not send.
+func (d *sender) send(ctx context.Context, w *worker, txn *store.Transaction, log *zap.Logger) error {
 	s := d.s
+	dest := w.dest
 	fc, err := s.fed.Federation(ctx)
 	if err != nil {
 		return err
@@ -360,6 +541,9 @@ func (d *sender) send(ctx context.Context, dest string, txn *store.Transaction, 
 	}
 	rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
 	defer cancel()
+	if !w.lease.Valid() {
+		return lease.ErrExpired
+	}
 	resp, err := fc.SendTransaction(rctx, t)
 	if err != nil {
 		return err
@@ -376,4 +560,20 @@ func (d *sender) send(ctx context.Context, dest string, txn *store.Transaction, 
 	log.Debug("transaction sent", zap.String("txn_id", txn.ID), zap.Int("pdus", len(txn.PDUs)), zap.Int("edus", len(txn.EDUs)),
 		zap.Bool("retry", txn.Retry))
 	return nil
+}
+
+// owned returns the destinations this replica holds and the number of
+// live replicas it knows of.
+func (d *sender) owned() (map[string]bool, int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make(map[string]bool, len(d.workers))
+	for dest := range d.workers {
+		out[dest] = true
+	}
+	members := 0
+	if d.leases != nil {
+		members = len(d.leases.Members())
+	}
+	return out, members
 }

@@ -67,8 +67,8 @@ type Service struct {
 	now        func() time.Time
 }
 
-// New opens the store; Run consumes and sends while this replica holds
-// the sending lock.
+// New opens the store; Run joins the sender replicas and consumes and
+// sends what this replica holds the leases of.
 func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -113,8 +113,10 @@ func (s *Service) RegisterGRPC(g *grpc.Server) {
 // RegisterHTTP is a no-op: the sender serves no HTTP.
 func (s *Service) RegisterHTTP(chi.Router) {}
 
-// Run waits for the sending lock and, while this replica holds it,
-// consumes the streams into the queues and sends them, until ctx ends.
+// Run joins the sender replicas and, for the keys this replica holds the
+// leases of (the stream consumers, destinations), consumes the streams
+// into the queues and sends them, until ctx ends; then it hands its
+// destinations over (releases the leases) and returns.
 func (s *Service) Run(ctx context.Context) error {
 	return s.sender.run(ctx)
 }

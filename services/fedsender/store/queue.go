@@ -86,9 +86,15 @@ type Transaction struct {
 // NextTransaction returns the destination's transaction in flight (sent
 // before, not answered: it is sent again as it was), or makes a new one
 // of the oldest waiting PDUs and EDUs, or returns nil when nothing waits.
-func (s *Store) NextTransaction(ctx context.Context, dest string, maxPDUs, maxEDUs int, now time.Time) (*Transaction, error) {
+//
+// It and the other writes of the queue position (CompleteTransaction,
+// RecordFailure) run only for the holder of the destination's fence.
+func (s *Store) NextTransaction(ctx context.Context, dest string, f Fence, maxPDUs, maxEDUs int, now time.Time) (*Transaction, error) {
 	var txn *Transaction
 	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		if err := checkFence(ctx, tx, dest, f); err != nil {
+			return err
+		}
 		var open string
 		err := tx.QueryRow(ctx, `SELECT txn_id FROM queue_pdus WHERE destination = $1 AND txn_id IS NOT NULL
 			UNION ALL SELECT txn_id FROM queue_edus WHERE destination = $1 AND txn_id IS NOT NULL LIMIT 1`, dest).Scan(&open)
@@ -205,8 +211,11 @@ func destination(ctx context.Context, q rowQuerier, dest string, lock bool) (Des
 // CompleteTransaction removes an answered transaction's rows and resets
 // the destination's retry state. A destination that was catching up keeps
 // only each room's newest waiting PDU and leaves catch-up.
-func (s *Store) CompleteTransaction(ctx context.Context, dest, txnID string, now time.Time) error {
+func (s *Store) CompleteTransaction(ctx context.Context, dest string, f Fence, txnID string, now time.Time) error {
 	return pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		if err := checkFence(ctx, tx, dest, f); err != nil {
+			return err
+		}
 		if _, err := tx.Exec(ctx, `DELETE FROM queue_pdus WHERE destination = $1 AND txn_id = $2`, dest, txnID); err != nil {
 			return err
 		}
@@ -245,9 +254,12 @@ func answered(ctx context.Context, tx execer, dest string, now time.Time) error 
 // RecordFailure counts a failed attempt: the next one waits for
 // backoff(failures), and a destination failing for catchUpAfter or longer
 // switches to catch-up, which keeps only each room's newest waiting PDU.
-func (s *Store) RecordFailure(ctx context.Context, dest string, now time.Time, backoff func(failures int) time.Duration, catchUpAfter time.Duration) (DestinationState, error) {
+func (s *Store) RecordFailure(ctx context.Context, dest string, f Fence, now time.Time, backoff func(failures int) time.Duration, catchUpAfter time.Duration) (DestinationState, error) {
 	var st DestinationState
 	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		if err := checkFence(ctx, tx, dest, f); err != nil {
+			return err
+		}
 		var err error
 		if st, err = destination(ctx, tx, dest, true); err != nil {
 			return err
@@ -357,6 +369,9 @@ type QueueStats struct {
 	EDUs        int64
 	Oldest      time.Time // zero when empty
 	State       DestinationState
+	// OwnerChanges counts the times the destination changed owner among
+	// the sender replicas.
+	OwnerChanges int64
 }
 
 // Stats returns every destination that has queued rows or a retry state.
@@ -365,8 +380,10 @@ func (s *Store) Stats(ctx context.Context) ([]QueueStats, error) {
 		e AS (SELECT destination, count(*) n, min(enqueued_at) oldest FROM queue_edus GROUP BY destination),
 		d AS (SELECT destination FROM p UNION SELECT destination FROM e UNION SELECT destination FROM destinations)
 		SELECT d.destination, coalesce(p.n, 0), coalesce(e.n, 0), least(p.oldest, e.oldest),
-			coalesce(x.failures, 0), x.retry_at, x.failing_since, coalesce(x.catch_up, FALSE), x.last_success
+			coalesce(x.failures, 0), x.retry_at, x.failing_since, coalesce(x.catch_up, FALSE), x.last_success,
+			coalesce(f.owner_changes, 0)
 		FROM d LEFT JOIN p USING (destination) LEFT JOIN e USING (destination) LEFT JOIN destinations x USING (destination)
+			LEFT JOIN destination_fences f USING (destination)
 		ORDER BY d.destination`)
 	if err != nil {
 		return nil, err
@@ -374,7 +391,7 @@ func (s *Store) Stats(ctx context.Context) ([]QueueStats, error) {
 	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (QueueStats, error) {
 		var q QueueStats
 		var oldest, retryAt, since, success *time.Time
-		err := r.Scan(&q.Destination, &q.PDUs, &q.EDUs, &oldest, &q.State.Failures, &retryAt, &since, &q.State.CatchUp, &success)
+		err := r.Scan(&q.Destination, &q.PDUs, &q.EDUs, &oldest, &q.State.Failures, &retryAt, &since, &q.State.CatchUp, &success, &q.OwnerChanges)
 		for _, p := range []struct {
 			src *time.Time
 			dst *time.Time

@@ -8,6 +8,7 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -32,7 +33,7 @@ type Store struct {
 
 // Open connects and migrates.
 func Open(ctx context.Context, url string, maxConns int32) (*Store, error) {
-	db, err := pgstore.Open(ctx, url, Schema, maxConns, migrations, "migrations")
+	db, err := pgstore.Open(ctx, withIdleTimeout(url), Schema, maxConns, migrations, "migrations")
 	if err != nil {
 		return nil, err
 	}
@@ -44,14 +45,37 @@ func Open(ctx context.Context, url string, maxConns int32) (*Store, error) {
 	return s, nil
 }
 
+// idleInTxTimeout bounds how long a session may sit idle inside a
+// transaction. A replica frozen mid-transaction (SIGSTOP, a long pause)
+// would otherwise hold its row locks (a destination's fence, a consumer's
+// position) until it resumes, stalling the replica that took its leases;
+// PostgreSQL ends such a session instead, and its commit then fails.
+const idleInTxTimeout = "5000" // ms
+
+// withIdleTimeout sets idle_in_transaction_session_timeout on the
+// sessions of a URL or keyword/value connection string (unless it sets
+// one).
+func withIdleTimeout(url string) string {
+	const param = "idle_in_transaction_session_timeout"
+	switch {
+	case strings.Contains(url, param):
+		return url
+	case strings.Contains(url, "://") && strings.Contains(url, "?"):
+		return url + "&" + param + "=" + idleInTxTimeout
+	case strings.Contains(url, "://"):
+		return url + "?" + param + "=" + idleInTxTimeout
+	default:
+		return url + " " + param + "=" + idleInTxTimeout
+	}
+}
+
 // Close closes the pool.
 func (s *Store) Close() { s.db.Close() }
 
 // Ping checks that the database answers.
 func (s *Store) Ping(ctx context.Context) error { return s.db.Ping(ctx) }
 
-// Pool is the connection pool (the sender's leader lock holds one of its
-// connections).
+// Pool is the connection pool.
 func (s *Store) Pool() *pgxpool.Pool { return s.db }
 
 // Tx is one transaction of a consumer: what it applies for one stream

@@ -43,6 +43,7 @@ var rootKeys = []string{
 	"server_name", "data_dir",
 	"logging.level", "logging.format",
 	"http.listen", "grpc.listen", "metrics.listen",
+	"grpc.tls.cert_file", "grpc.tls.key_file", "grpc.tls.ca_file",
 	"database.url",
 	"nats.url", "nats.replicas",
 	"services.key_server.grpc", "services.key_server.http",

@@ -67,3 +67,25 @@ app.kubernetes.io/part-of: myelin
 {{- default (printf "%s-media" (include "myelin.fullname" .)) $p.existingClaim -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The gRPC caller matrix: component -> the components that call its gRPC
+services. It follows myelin.CallerPolicy (pkg/myelin/callers.go; a test
+there checks this list against it) and drives the NetworkPolicies.
+*/}}
+{{- define "myelin.grpcCallers" -}}
+key-server: [room-server, client-api, media, federation-receiver, federation-sender]
+room-server: [client-api, presence, federation-receiver, federation-sender, appservice]
+presence: [client-api, federation-receiver]
+client-api: [media, federation-receiver]
+media: [client-api]
+federation-sender: [client-api]
+federation-receiver: []
+appservice: [client-api]
+edge: []
+{{- end -}}
+
+{{/* The Secret of a component's gRPC certificate. */}}
+{{- define "myelin.grpcTLSSecret" -}}
+{{- printf "%s-%s" (default (printf "%s-grpc-tls" (include "myelin.fullname" .root)) .root.Values.grpcTLS.secretPrefix) .component -}}
+{{- end -}}
