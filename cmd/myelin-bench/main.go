@@ -80,7 +80,12 @@ func runCmd(args []string) error {
 		return err
 	}
 	defer closePeers()
-	srv, err := startServer(ctx, *bin, runDir, *pgSettings, fedEnv)
+	asEnv, asTarget, closeAS, err := appserviceSetup(runDir)
+	if err != nil {
+		return err
+	}
+	defer closeAS()
+	srv, err := startServer(ctx, *bin, runDir, *pgSettings, append(fedEnv, asEnv...))
 	if err != nil {
 		return err
 	}
@@ -89,6 +94,8 @@ func runCmd(args []string) error {
 		return err
 	}
 	opts.Federation.Target = fedTarget
+	asTarget.AdminURL = srv.url + "/_myelin/admin/appservices"
+	opts.Appservice.Target = asTarget
 	opts.Processes = []loadgen.Process{
 		{Name: "myelin", PID: srv.cmd.Process.Pid},
 		{Name: "postgres", PID: srv.pgPID, Tree: true},

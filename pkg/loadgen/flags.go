@@ -49,6 +49,7 @@ func BindFlags(fs *flag.FlagSet) *FlagSet {
 	fs.IntVar(&o.Federation.IngestPDUs, "fed-ingest-pdus", o.Federation.IngestPDUs, "scenario fedingest: PDUs sent in all")
 	fs.IntVar(&o.Federation.IngestBatch, "fed-ingest-batch", o.Federation.IngestBatch, "scenario fedingest: PDUs per transaction (the spec's most is 50)")
 	fs.IntVar(&o.Federation.JoinStateEvents, "fed-join-state", o.Federation.JoinStateEvents, "scenario fedjoin: state events of the remote room joined")
+	bindAppserviceFlags(fs, &o.Appservice)
 	fs.IntVar(&o.Concurrency, "concurrency", o.Concurrency, "parallel requests during set-up (registration, joins)")
 	fs.StringVar(&f.pids, "pids", "", "server processes to sample: name=pid[+] comma-separated; + includes descendants (e.g. myelin=123,postgres=456+)")
 	fs.StringVar(&o.DatabaseURL, "db-url", "", "PostgreSQL URL of the server's database, for pg_database_size")
@@ -83,6 +84,7 @@ func (f *FlagSet) Options(base string) (Options, error) {
 		pick("fed-ingest-batch", &o.Federation.IngestBatch, q.Federation.IngestBatch)
 		pick("fed-join-state", &o.Federation.JoinStateEvents, q.Federation.JoinStateEvents)
 		pick("profile-seconds", &o.ProfileSeconds, q.ProfileSeconds)
+		quickAppservice(set, &o.Appservice)
 		if !set["sweep"] {
 			f.sweep = joinInts(q.Throughput.Sweep)
 		}
@@ -219,7 +221,7 @@ func (o Options) Validate() error {
 		o.Federation.JoinStateEvents < 0 {
 		return fmt.Errorf("sizes must be positive and the throughput step at least 1s")
 	}
-	return nil
+	return o.Appservice.validate()
 }
 
 func scenarioNames() []string {

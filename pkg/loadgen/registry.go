@@ -30,6 +30,7 @@ func init() {
 	Register(bigSyncScenario)
 	Register(fedIngestScenario)
 	Register(fedJoinScenario)
+	Register(appserviceScenario)
 }
 
 // Register adds a scenario; names are unique. Scenarios run in

@@ -10,16 +10,31 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
+	"sync"
+	"time"
 
 	asreg "github.com/myelin-chat/myelin/pkg/appservice"
 )
 
 // asClient makes the homeserver's requests to appservices: every request
-// carries Authorization: Bearer hs_token (spec v1.4 on; the legacy
-// access_token query parameter is not sent).
+// carries Authorization: Bearer hs_token (spec v1.4 on). An appservice
+// that answers a /_matrix/app/v1 route as unknown (404 or 405 with
+// M_UNRECOGNIZED or no Matrix error, or 501) is asked again on the route
+// of the API's earlier drafts (the spec's "Legacy routes"), with the
+// hs_token also in the legacy access_token query parameter; once a legacy
+// route worked, that appservice is asked there first for legacyRetry,
+// then the versioned routes are tried again.
 type asClient struct {
 	http *http.Client
+
+	mu     sync.Mutex
+	legacy map[string]time.Time // appservice ID -> legacy routes first until
 }
+
+// legacyRetry is how long an appservice that answered on a legacy route
+// is asked there first.
+const legacyRetry = 10 * time.Minute
 
 // Sentinel errors of requests to appservices.
 var (
@@ -63,12 +78,39 @@ func (c *asClient) do(ctx context.Context, r *asreg.Registration, method, path s
 	if !r.HasURL() {
 		return ErrNoURL
 	}
-	var rd io.Reader
+	var raw []byte
 	if body != nil {
-		raw, err := json.Marshal(body)
-		if err != nil {
+		var err error
+		if raw, err = json.Marshal(body); err != nil {
 			return err
 		}
+	}
+	legacy := legacyPath(path)
+	if legacy != "" && c.legacyFirst(r.ID) {
+		err := c.send(ctx, r, method, legacy, legacyQuery(query, r), raw, out)
+		if !routeUnknown(err) {
+			return err
+		}
+		c.setLegacy(r.ID, false)
+	}
+	err := c.send(ctx, r, method, path, query, raw, out)
+	if legacy == "" || !routeUnknown(err) {
+		return err
+	}
+	lerr := c.send(ctx, r, method, legacy, legacyQuery(query, r), raw, out)
+	if routeUnknown(lerr) {
+		return err // the versioned route's answer
+	}
+	if lerr == nil {
+		c.setLegacy(r.ID, true)
+	}
+	return lerr
+}
+
+// send makes one request and decodes a 200 answer's JSON into out.
+func (c *asClient) send(ctx context.Context, r *asreg.Registration, method, path string, query url.Values, raw []byte, out any) error {
+	var rd io.Reader
+	if raw != nil {
 		rd = bytes.NewReader(raw)
 	}
 	u := r.BaseURL() + path
@@ -80,7 +122,7 @@ func (c *asClient) do(ctx context.Context, r *asreg.Registration, method, path s
 		return fmt.Errorf("%w: %v", ErrConnection, err)
 	}
 	req.Header.Set("Authorization", "Bearer "+r.HSToken)
-	if body != nil {
+	if raw != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := c.http.Do(req)
@@ -88,20 +130,85 @@ func (c *asClient) do(ctx context.Context, r *asreg.Registration, method, path s
 		return classify(ctx, err)
 	}
 	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
+	answer, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
 	if err != nil {
 		return classify(ctx, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return &statusError{status: resp.StatusCode, body: raw}
+		return &statusError{status: resp.StatusCode, body: answer}
 	}
 	if out == nil {
 		out = new(map[string]json.RawMessage)
 	}
-	if err := json.Unmarshal(raw, out); err != nil {
+	if err := json.Unmarshal(answer, out); err != nil {
 		return fmt.Errorf("%w: %v", ErrBadBody, err)
 	}
 	return nil
+}
+
+// legacyPath is the legacy route of a /_matrix/app/v1 path ("" for the
+// routes that never had one: ping).
+func legacyPath(path string) string {
+	rest, ok := strings.CutPrefix(path, "/_matrix/app/v1")
+	switch {
+	case !ok:
+		return ""
+	case strings.HasPrefix(rest, "/transactions/"), strings.HasPrefix(rest, "/users/"), strings.HasPrefix(rest, "/rooms/"):
+		return rest
+	case strings.HasPrefix(rest, "/thirdparty/"):
+		return "/_matrix/app/unstable" + rest
+	}
+	return ""
+}
+
+// legacyQuery adds the legacy access_token parameter (the hs_token).
+func legacyQuery(query url.Values, r *asreg.Registration) url.Values {
+	q := url.Values{}
+	for k, v := range query {
+		q[k] = v
+	}
+	q.Set("access_token", r.HSToken)
+	return q
+}
+
+// routeUnknown reports whether err is an answer saying the route does not
+// exist: 501, or 404/405 with M_UNRECOGNIZED or without a Matrix error
+// (a 404 M_NOT_FOUND is a query's "no such user").
+func routeUnknown(err error) bool {
+	var se *statusError
+	if !errors.As(err, &se) {
+		return false
+	}
+	switch se.status {
+	case http.StatusNotImplemented:
+		return true
+	case http.StatusNotFound, http.StatusMethodNotAllowed:
+		var e struct {
+			Errcode string `json:"errcode"`
+		}
+		_ = json.Unmarshal(se.body, &e)
+		return e.Errcode == "" || e.Errcode == "M_UNRECOGNIZED"
+	}
+	return false
+}
+
+func (c *asClient) legacyFirst(id string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return time.Now().Before(c.legacy[id])
+}
+
+func (c *asClient) setLegacy(id string, on bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.legacy == nil {
+		c.legacy = map[string]time.Time{}
+	}
+	if on {
+		c.legacy[id] = time.Now().Add(legacyRetry)
+	} else {
+		delete(c.legacy, id)
+	}
 }
 
 // classify tells a timeout from a failed connection.

@@ -348,18 +348,30 @@ func TestStandbyTakesOver(t *testing.T) {
 	waitEvents(t, r, room, want)
 	const sent = `myelin_appservice_transactions_total{appservice="bridge",result="sent"}`
 	pushing, standby := first, second
-	if !strings.Contains(get(t, "http://"+first.Process.MetricsAddr()+"/metrics", ""), sent) {
-		pushing, standby = second, first
-	}
+	testkit.Eventually(t, 10*time.Second, func() error {
+		switch {
+		case strings.Contains(get(t, "http://"+first.Process.MetricsAddr()+"/metrics", ""), sent):
+		case strings.Contains(get(t, "http://"+second.Process.MetricsAddr()+"/metrics", ""), sent):
+			pushing, standby = second, first
+		default:
+			return errors.New("no process counted the transactions")
+		}
+		return nil
+	})
 	if strings.Contains(get(t, "http://"+standby.Process.MetricsAddr()+"/metrics", ""), sent) {
 		t.Fatal("both processes pushed")
 	}
 	pushing.Stop()
 	want = append(want, send(t, alice, room, 3, "after")...)
 	waitEvents(t, r, room, want)
-	if !strings.Contains(get(t, "http://"+standby.Process.MetricsAddr()+"/metrics", ""), sent) {
-		t.Fatal("the standby did not push")
-	}
+	// The counter goes up after the acknowledgement is recorded, which
+	// may come after the appservice has the events.
+	testkit.Eventually(t, 10*time.Second, func() error {
+		if !strings.Contains(get(t, "http://"+standby.Process.MetricsAddr()+"/metrics", ""), sent) {
+			return errors.New("the standby did not push")
+		}
+		return nil
+	})
 }
 
 // The consuming replica and an appservice's pusher can be different

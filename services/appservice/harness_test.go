@@ -64,6 +64,18 @@ type receiver struct {
 	queries   []string
 	queryCode int
 	arrived   map[string]time.Time // event ID -> when its transaction came
+	// legacyOnly: an appservice of the API's earlier drafts, serving only
+	// the legacy routes (with the access_token parameter); the versioned
+	// routes answer 404 M_UNRECOGNIZED. Otherwise the legacy routes do.
+	legacyOnly   bool
+	unrecognized []string // paths answered 404 M_UNRECOGNIZED
+	paths        []string // paths of the transactions answered 200
+}
+
+func (r *receiver) txnPaths() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.paths...)
 }
 
 func newReceiver(t testing.TB, hsToken string) *receiver {
@@ -101,14 +113,35 @@ func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
 		_, _ = w.Write([]byte(`{"errcode":"M_FORBIDDEN"}`))
 		return
 	}
-	if req.URL.Query().Has("access_token") {
+	path, legacy := req.URL.Path, !strings.HasPrefix(req.URL.Path, "/_matrix/app/v1/")
+	r.mu.Lock()
+	legacyOnly := r.legacyOnly
+	if legacy != legacyOnly {
+		r.unrecognized = append(r.unrecognized, path)
+	}
+	r.mu.Unlock()
+	switch {
+	case legacy != legacyOnly:
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = w.Write([]byte(`{"errcode":"M_UNRECOGNIZED"}`))
+		return
+	case legacy && req.URL.Query().Get("access_token") != r.hsToken:
+		r.t.Errorf("legacy route without the hs_token as access_token: %s", req.URL)
+	case legacy:
+		// The same handlers, at the versioned paths.
+		if rest, ok := strings.CutPrefix(path, "/_matrix/app/unstable/"); ok {
+			path = "/_matrix/app/v1/" + rest
+		} else {
+			path = "/_matrix/app/v1" + path
+		}
+	case req.URL.Query().Has("access_token"):
 		r.t.Errorf("legacy access_token query parameter sent: %s", req.URL)
 	}
 	body, _ := io.ReadAll(req.Body)
 	switch {
-	case strings.HasPrefix(req.URL.Path, "/_matrix/app/v1/transactions/") && req.Method == http.MethodPut:
-		r.transaction(w, req, strings.TrimPrefix(req.URL.Path, "/_matrix/app/v1/transactions/"), body)
-	case req.URL.Path == "/_matrix/app/v1/ping":
+	case strings.HasPrefix(path, "/_matrix/app/v1/transactions/") && req.Method == http.MethodPut:
+		r.transaction(w, req, strings.TrimPrefix(path, "/_matrix/app/v1/transactions/"), body)
+	case path == "/_matrix/app/v1/ping":
 		r.mu.Lock()
 		code := r.queryCode
 		r.queries = append(r.queries, "ping "+string(body))
@@ -125,6 +158,10 @@ func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
 			code = http.StatusOK
 		}
 		w.WriteHeader(code)
+		if code == http.StatusNotFound { // the spec's answer for no such user or alias
+			_, _ = w.Write([]byte(`{"errcode":"M_NOT_FOUND"}`))
+			return
+		}
 		if strings.Contains(req.URL.Path, "/thirdparty/protocol/") {
 			_, _ = w.Write([]byte(`{"user_fields":["nick"],"location_fields":["chan"],"icon":"mxc://x/y","field_types":{},"instances":[{"desc":"Net","network_id":"net1","fields":{}}]}`))
 			return
@@ -168,6 +205,9 @@ func (r *receiver) transaction(w http.ResponseWriter, req *http.Request, txnID s
 		}
 	}
 	r.process(txnID, body)
+	r.mu.Lock()
+	r.paths = append(r.paths, req.URL.Path)
+	r.mu.Unlock()
 	switch mode {
 	case modeGarbage:
 		_, _ = w.Write([]byte(`<html>oops`))

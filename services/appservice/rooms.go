@@ -74,12 +74,18 @@ type bootstrap struct {
 }
 
 // prepareRoomEvent loads a room the copy lacks from the room-server (a
-// remote call, so outside the transaction).
-func (s *Service) prepareRoomEvent(ctx context.Context, m jetstream.Msg) (context.Context, error) {
+// remote call, so outside the transaction). inBatch holds the rooms of the
+// batch's earlier NEW events: the transaction adds them to the copy before
+// this event, so they need no loading.
+func (s *Service) prepareRoomEvent(ctx context.Context, m jetstream.Msg, inBatch map[string]bool) (context.Context, error) {
 	var out roomserverv1.OutputRoomEvent
 	if err := proto.Unmarshal(m.Data(), &out); err != nil || out.GetKind() != roomserverv1.OutputKind_OUTPUT_KIND_NEW {
 		return ctx, nil
 	}
+	if inBatch[out.GetRoomId()] {
+		return ctx, nil
+	}
+	inBatch[out.GetRoomId()] = true
 	known, err := s.store.RoomKnown(ctx, out.GetRoomId())
 	if err != nil || known {
 		return ctx, err

@@ -133,30 +133,34 @@ func (s *Service) Close() { s.store.Close() }
 func (s *Service) consumerSpecs() []*bus.OrderedConsumer {
 	mk := func(suffix, stream string, deliver jetstream.DeliverPolicy,
 		apply func(context.Context, *store.Tx, jetstream.Msg) ([]string, error),
-		prepare func(context.Context, jetstream.Msg) (context.Context, error)) *bus.OrderedConsumer {
+		prepare func(context.Context, jetstream.Msg, map[string]bool) (context.Context, error)) *bus.OrderedConsumer {
 		name := s.cfg.ConsumerPrefix + "-" + suffix
 		var woken []string
 		return &bus.OrderedConsumer{
-			Name: name, Stream: stream, Deliver: deliver,
+			Name: name, Stream: stream, Deliver: deliver, MaxBatch: consumeBatch,
 			Description: "appservice service (resumes after its position in the appservice schema)",
 			Position: func(ctx context.Context) (uint64, error) {
 				pos, err := s.store.Position(ctx, name)
 				return uint64(pos), err
 			},
-			Apply: func(ctx context.Context, m jetstream.Msg, seq uint64) error {
+			Apply: func(ctx context.Context, msgs []jetstream.Msg, seqs []uint64) error {
 				woken = nil
-				if prepare != nil {
-					var err error
-					if ctx, err = prepare(ctx, m); err != nil {
-						return err
+				ctxs := make([]context.Context, len(msgs))
+				inBatch := map[string]bool{}
+				for i, m := range msgs {
+					ctxs[i] = ctx
+					if prepare != nil {
+						var err error
+						if ctxs[i], err = prepare(ctx, m, inBatch); err != nil {
+							return err
+						}
 					}
 				}
-				_, err := s.store.Apply(ctx, name, seq, func(tx *store.Tx) error {
-					var err error
-					woken, err = apply(ctx, tx, m)
+				return s.store.Apply(ctx, name, seqs, func(tx *store.Tx, i int) error {
+					ids, err := apply(ctxs[i], tx, msgs[i])
+					woken = append(woken, ids...)
 					return err
 				})
-				return err
 			},
 			Applied: func() { s.pusher.wake(woken...) },
 		}
@@ -168,6 +172,10 @@ func (s *Service) consumerSpecs() []*bus.OrderedConsumer {
 		mk("ephemeral", bus.EphemeralStream, jetstream.DeliverNewPolicy, s.applyEphemeral, nil),
 	}
 }
+
+// consumeBatch bounds the stream messages applied in one database
+// transaction (those already received when the first is taken).
+const consumeBatch = 100
 
 // now is the clock (one place, for the stats).
 func now() time.Time { return time.Now() }

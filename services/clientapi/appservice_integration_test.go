@@ -196,6 +196,21 @@ func TestAppserviceAuthentication(t *testing.T) {
 		t.Fatalf("ghost's own token %s", r.raw)
 	}
 
+	// /logout with the as_token revokes nothing of the appservice's: as
+	// the sender it is a no-op, as the ghost on its device that device
+	// (and its token) goes.
+	wantResult(t, "logout as the sender", asDo(t, hs, "POST", v3+"/logout", bridgeToken, map[string]any{}), 200, "")
+	wantResult(t, "whoami after the sender's logout", asDo(t, hs, "GET", as(v3+"/account/whoami", ghost), bridgeToken, nil), 200, "")
+	wantResult(t, "ghost's token after the sender's logout", asDo(t, hs, "GET", v3+"/account/whoami", token, nil), 200, "")
+	wantResult(t, "logout of the ghost's device", asDo(t, hs, "POST", as(v3+"/logout", ghost, "device_id", "GHOSTDEV"), bridgeToken, map[string]any{}), 200, "")
+	wantResult(t, "ghost's token after its device's logout", asDo(t, hs, "GET", v3+"/account/whoami", token, nil), 401, "M_UNKNOWN_TOKEN")
+	wantResult(t, "the logged-out device", asDo(t, hs, "GET", as(v3+"/account/whoami", ghost, "device_id", "GHOSTDEV"), bridgeToken, nil), 400, "M_UNKNOWN_DEVICE")
+	wantResult(t, "as_token after the logouts", asDo(t, hs, "GET", as(v3+"/account/whoami", ghost), bridgeToken, nil), 200, "")
+	r = asDo(t, hs, "POST", v3+"/login", bridgeToken, map[string]any{
+		"type": "m.login.application_service", "identifier": map[string]any{"type": "m.id.user", "user": "_bridge_alice"}, "device_id": "GHOSTDEV",
+	})
+	wantResult(t, "appservice login again", r, 200, "")
+
 	wantResult(t, "login without as_token", asDo(t, hs, "POST", v3+"/login", "", map[string]any{"type": "m.login.application_service", "user": "_bridge_alice"}), 401, "M_MISSING_TOKEN")
 	wantResult(t, "login with a wrong as_token", asDo(t, hs, "POST", v3+"/login", "as-wrong", map[string]any{"type": "m.login.application_service", "user": "_bridge_alice"}), 401, "M_UNKNOWN_TOKEN")
 	wantResult(t, "login outside the namespace", asDo(t, hs, "POST", v3+"/login", ircToken, map[string]any{"type": "m.login.application_service", "user": "_bridge_alice"}), 403, "M_EXCLUSIVE")

@@ -140,9 +140,18 @@ func (s *base) localpartOf(user string) (string, bool) {
 
 func (s *base) userID(localpart string) string { return "@" + localpart + ":" + s.serverName }
 
-// logout is POST /logout: the token and its device are deleted.
+// logout is POST /logout: the token and its device are deleted. With an
+// as_token (which is never revoked) it is the asserted device_id that goes,
+// and nothing without one.
 func (s *Accounts) logout(r *http.Request, dev *httpapi.Device) (any, error) {
-	if err := s.accounts.Logout(r.Context(), dev.TokenHash); err != nil && !errors.Is(err, store.ErrNotFound) {
+	if dev.Appservice != nil {
+		if dev.DeviceID == "" {
+			return struct{}{}, nil
+		}
+		if err := s.accounts.DeleteDevices(r.Context(), dev.UserID, []string{dev.DeviceID}); err != nil {
+			return nil, err
+		}
+	} else if err := s.accounts.Logout(r.Context(), dev.TokenHash); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return nil, err
 	}
 	s.keys.SendForRequest(r.Context(), dev.UserID) // the device's keys go with it
