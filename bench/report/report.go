@@ -121,6 +121,7 @@ func Write(res *loadgen.Result, resultsPath, docs, analysis string) error {
 		w("| big account initial /sync, lazy members, timeline 20 < 1 s | %.0f ms (max of %d), %s, %s answer | %s |\n",
 			p.Latency.Max, p.Count, size, bytesStr(extraFloat(*p, "bytes")), verdict)
 	}
+	w("%s", roomSizeGoal(res)) // roomsize.go
 	if idle := memSample(res, "idle"); idle != nil {
 		if m := proc(idle, "myelin"); m != nil {
 			pg := proc(idle, "postgres")

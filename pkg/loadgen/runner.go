@@ -45,6 +45,7 @@ type Options struct {
 	Throughput ThroughputOptions `json:"throughput"`
 	BigSync    BigSyncOptions    `json:"big_sync"`
 	Federation FederationOptions `json:"federation"`
+	RoomSize   RoomSizeOptions   `json:"room_size"` // scenario_roomsize.go
 	// Concurrency bounds set-up work (registrations, joins).
 	Concurrency int `json:"setup_concurrency"`
 	// Progress receives the live lines; nil is silent.
@@ -107,6 +108,7 @@ func Defaults() Options {
 			StepDuration: 20 * time.Second, Grace: 10 * time.Second},
 		BigSync:        BigSyncOptions{Rooms: 300, Members: 300, Messages: 20, Repeats: 3, Incremental: 20},
 		Federation:     FederationOptions{IngestPeers: 4, IngestPDUs: 20000, IngestBatch: 50, JoinStateEvents: 10000},
+		RoomSize:       RoomSizeOptions{Members: 10000, Messages: 300},
 		Concurrency:    16,
 		ProfileSeconds: 10,
 	}
@@ -119,6 +121,7 @@ func Quick() Options {
 	o.Throughput = ThroughputOptions{Senders: 4, Rooms: 4, Sweep: []int{1, 4}, StepDuration: 2 * time.Second, Grace: 5 * time.Second}
 	o.BigSync = BigSyncOptions{Rooms: 5, Members: 5, Messages: 5, Repeats: 1, Incremental: 3}
 	o.Federation = FederationOptions{IngestPeers: 2, IngestPDUs: 400, IngestBatch: 50, JoinStateEvents: 200}
+	o.RoomSize = RoomSizeOptions{Members: 100, Messages: 30}
 	o.ProfileSeconds = 1
 	return o
 }
