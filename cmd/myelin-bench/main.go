@@ -80,7 +80,11 @@ func runCmd(args []string) error {
 		return err
 	}
 	defer closePeers()
-	srv, err := startServer(ctx, *bin, runDir, *pgSettings, fedEnv)
+	asEnv, asToken, err := benchAppservice(runDir) // appservice.go
+	if err != nil {
+		return err
+	}
+	srv, err := startServer(ctx, *bin, runDir, *pgSettings, append(fedEnv, asEnv...))
 	if err != nil {
 		return err
 	}
@@ -89,6 +93,7 @@ func runCmd(args []string) error {
 		return err
 	}
 	opts.Federation.Target = fedTarget
+	opts.Registration.AppserviceToken = asToken
 	opts.Processes = []loadgen.Process{
 		{Name: "myelin", PID: srv.cmd.Process.Pid},
 		{Name: "postgres", PID: srv.pgPID, Tree: true},

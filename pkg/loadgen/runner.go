@@ -261,13 +261,19 @@ func (e *Env) userName(role string) string {
 
 // NewUsers registers n users concurrently, recording the set-up phase.
 func (e *Env) NewUsers(ctx context.Context, scenario, role string, n int) ([]*Client, error) {
+	reg := e.Opts.Registration
+	reg.AppserviceToken = "" // roomsize's only (scenario_roomsize.go)
+	return e.newUsers(ctx, scenario, role, n, reg)
+}
+
+func (e *Env) newUsers(ctx context.Context, scenario, role string, n int, reg Registration) ([]*Client, error) {
 	rec := newRecorder()
 	stop := startProgress(e.Opts.Progress, scenario+": register "+role, rec, n, 0)
 	out := make([]*Client, n)
 	err := e.parallel(ctx, n, func(i int) error {
 		t := time.Now()
 		retry := func(f func() error) error { return e.retryLimited(ctx, f) }
-		c, err := register(ctx, e.hc, e.Opts.BaseURL, e.Opts.Registration, e.userName(role), "loadgen-password", retry)
+		c, err := register(ctx, e.hc, e.Opts.BaseURL, reg, e.userName(role), "loadgen-password", retry)
 		rec.Observe(time.Since(t), err)
 		out[i] = c
 		return err

@@ -29,7 +29,10 @@ const settleAfterSends = time.Second
 
 func runRoomSize(ctx context.Context, e *Env) error {
 	o := e.Opts.RoomSize
-	users, err := e.NewUsers(ctx, "roomsize", "rs", max(2, o.Members))
+	// Many users: through the appservice when there is one
+	// (Registration.AppserviceToken: no password hashing), else as every
+	// scenario does.
+	users, err := e.newUsers(ctx, "roomsize", "rs", max(2, o.Members), e.Opts.Registration)
 	if err != nil {
 		return err
 	}
