@@ -60,7 +60,7 @@ type UnreadCount struct {
 // unreadSQL counts a user's ($1, user key $4) unread notifications per
 // room and thread, up to position $3, in the joined rooms the filter {{rooms}}
 // of m selects. rc is the newest receipt or own read per room and
-// thread ('' = unthreaded, covering every thread); lo is where a room's
+// thread (” = unthreaded, covering every thread); lo is where a room's
 // counting starts: the join or the unthreaded receipt.
 const unreadSQL = `WITH m AS (
 		SELECT room_id, join_pos FROM memberships m WHERE m.user_id = $1 AND m.membership = 'join' AND {{rooms}}),

@@ -72,9 +72,9 @@ type refModel struct {
 	posOf    map[string]int64 // event ID -> position
 	threadOf map[string]string
 	notes    []refNote
-	ownRead  map[[3]string]int64                 // (user, room, thread)
-	receipts map[[4]string]refReceipt            // (user, room, thread, type)
-	woken    map[int64]map[string]bool           // pos -> users the consumer would wake
+	ownRead  map[[3]string]int64       // (user, room, thread)
+	receipts map[[4]string]refReceipt  // (user, room, thread, type)
+	woken    map[int64]map[string]bool // pos -> users the consumer would wake
 }
 
 // outcome evaluates the event for one user with their full rules.
@@ -158,7 +158,7 @@ func roomWideMatchesPerMember(t *testing.T, seed int64) {
 	newID := func() string { n++; return fmt.Sprintf("$ev%d", n) }
 	var stored []store.Input
 	var eventsOf = map[string][]string{} // room -> message event IDs (reaction and thread targets)
-	var roots = map[string][]string{}     // room -> thread roots
+	var roots = map[string][]string{}    // room -> thread roots
 	var maxPos int64
 
 	// apply stores a batch through the evaluator under test and moves the
