@@ -122,6 +122,7 @@ func Write(res *loadgen.Result, resultsPath, docs, analysis string) error {
 			p.Latency.Max, p.Count, size, bytesStr(extraFloat(*p, "bytes")), verdict)
 	}
 	appserviceGoals(res, w)
+	w("%s", roomSizeGoal(res)) // roomsize.go
 	if idle := memSample(res, "idle"); idle != nil {
 		if m := proc(idle, "myelin"); m != nil {
 			pg := proc(idle, "postgres")

@@ -80,7 +80,11 @@ func runCmd(args []string) error {
 		return err
 	}
 	defer closePeers()
-	asEnv, asTarget, closeAS, err := appserviceSetup(runDir)
+	benchAS, asToken, err := benchAppservice(runDir) // appservice.go
+	if err != nil {
+		return err
+	}
+	asEnv, asTarget, closeAS, err := appserviceSetup(runDir, benchAS)
 	if err != nil {
 		return err
 	}
@@ -96,6 +100,7 @@ func runCmd(args []string) error {
 	opts.Federation.Target = fedTarget
 	asTarget.AdminURL = srv.url + "/_myelin/admin/appservices"
 	opts.Appservice.Target = asTarget
+	opts.Registration.AppserviceToken = asToken
 	opts.Processes = []loadgen.Process{
 		{Name: "myelin", PID: srv.cmd.Process.Pid},
 		{Name: "postgres", PID: srv.pgPID, Tree: true},

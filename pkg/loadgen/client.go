@@ -178,6 +178,11 @@ type Registration struct {
 	// (/_synapse/admin/v1/register, nonce + HMAC-SHA1). Otherwise users are
 	// registered openly with user-interactive auth m.login.dummy.
 	SharedSecret string
+	// AppserviceToken, when set, is the as_token of an appservice whose
+	// user namespace covers the load generator's users (@lg...); the
+	// scenarios that create many users (roomsize) register theirs through
+	// it: m.login.application_service, no password to hash.
+	AppserviceToken string
 }
 
 // register creates user name with password and logs the client in. retry
@@ -196,11 +201,18 @@ func register(ctx context.Context, hc *http.Client, base string, reg Registratio
 		UserID      string `json:"user_id"`
 		AccessToken string `json:"access_token"`
 	}
-	if reg.SharedSecret != "" {
+	switch {
+	case reg.AppserviceToken != "":
+		c.Token = reg.AppserviceToken
+		body := map[string]any{"type": "m.login.application_service", "username": name, "inhibit_login": false}
+		if err := do(http.MethodPost, clientPrefix+"/register", body, &out); err != nil {
+			return nil, fmt.Errorf("register %s through the appservice: %w", name, err)
+		}
+	case reg.SharedSecret != "":
 		if err := registerSharedSecret(do, reg.SharedSecret, name, password, &out); err != nil {
 			return nil, err
 		}
-	} else {
+	default:
 		body := map[string]any{"username": name, "password": password, "inhibit_login": false}
 		err := do(http.MethodPost, clientPrefix+"/register", body, &out)
 		var me *MatrixError

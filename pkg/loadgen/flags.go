@@ -50,6 +50,8 @@ func BindFlags(fs *flag.FlagSet) *FlagSet {
 	fs.IntVar(&o.Federation.IngestBatch, "fed-ingest-batch", o.Federation.IngestBatch, "scenario fedingest: PDUs per transaction (the spec's most is 50)")
 	fs.IntVar(&o.Federation.JoinStateEvents, "fed-join-state", o.Federation.JoinStateEvents, "scenario fedjoin: state events of the remote room joined")
 	bindAppserviceFlags(fs, &o.Appservice)
+	fs.IntVar(&o.RoomSize.Members, "roomsize-members", o.RoomSize.Members, "scenario roomsize: local members of the large room (the sender included)")
+	fs.IntVar(&o.RoomSize.Messages, "roomsize-messages", o.RoomSize.Messages, "scenario roomsize: messages sent into each room")
 	fs.IntVar(&o.Concurrency, "concurrency", o.Concurrency, "parallel requests during set-up (registration, joins)")
 	fs.StringVar(&f.pids, "pids", "", "server processes to sample: name=pid[+] comma-separated; + includes descendants (e.g. myelin=123,postgres=456+)")
 	fs.StringVar(&o.DatabaseURL, "db-url", "", "PostgreSQL URL of the server's database, for pg_database_size")
@@ -79,6 +81,8 @@ func (f *FlagSet) Options(base string) (Options, error) {
 		pick("big-messages", &o.BigSync.Messages, q.BigSync.Messages)
 		pick("big-repeats", &o.BigSync.Repeats, q.BigSync.Repeats)
 		pick("big-incremental", &o.BigSync.Incremental, q.BigSync.Incremental)
+		pick("roomsize-members", &o.RoomSize.Members, q.RoomSize.Members)
+		pick("roomsize-messages", &o.RoomSize.Messages, q.RoomSize.Messages)
 		pick("fed-ingest-peers", &o.Federation.IngestPeers, q.Federation.IngestPeers)
 		pick("fed-ingest-pdus", &o.Federation.IngestPDUs, q.Federation.IngestPDUs)
 		pick("fed-ingest-batch", &o.Federation.IngestBatch, q.Federation.IngestBatch)
@@ -218,7 +222,7 @@ func (o Options) Validate() error {
 		o.BigSync.Rooms < 1 || o.BigSync.Members < 1 || o.BigSync.Messages < 0 || o.BigSync.Repeats < 1 || o.BigSync.Incremental < 1 ||
 		o.Throughput.StepDuration < time.Second ||
 		o.Federation.IngestPeers < 1 || o.Federation.IngestPDUs < o.Federation.IngestPeers || o.Federation.IngestBatch < 1 ||
-		o.Federation.JoinStateEvents < 0 {
+		o.Federation.JoinStateEvents < 0 || o.RoomSize.Members < 2 || o.RoomSize.Messages < 1 {
 		return fmt.Errorf("sizes must be positive and the throughput step at least 1s")
 	}
 	return o.Appservice.validate()

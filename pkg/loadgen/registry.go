@@ -28,6 +28,7 @@ func init() {
 	Register(serialScenario)
 	Register(throughputScenario)
 	Register(bigSyncScenario)
+	Register(roomSizeScenario)
 	Register(fedIngestScenario)
 	Register(fedJoinScenario)
 	Register(appserviceScenario)

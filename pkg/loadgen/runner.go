@@ -46,6 +46,7 @@ type Options struct {
 	BigSync    BigSyncOptions    `json:"big_sync"`
 	Federation FederationOptions `json:"federation"`
 	Appservice AppserviceOptions `json:"appservice"`
+	RoomSize   RoomSizeOptions   `json:"room_size"` // scenario_roomsize.go
 	// Concurrency bounds set-up work (registrations, joins).
 	Concurrency int `json:"setup_concurrency"`
 	// Progress receives the live lines; nil is silent.
@@ -109,6 +110,7 @@ func Defaults() Options {
 		BigSync:        BigSyncOptions{Rooms: 300, Members: 300, Messages: 20, Repeats: 3, Incremental: 20},
 		Federation:     FederationOptions{IngestPeers: 4, IngestPDUs: 20000, IngestBatch: 50, JoinStateEvents: 10000},
 		Appservice:     defaultAppserviceOptions(),
+		RoomSize:       RoomSizeOptions{Members: 10000, Messages: 300},
 		Concurrency:    16,
 		ProfileSeconds: 10,
 	}
@@ -122,6 +124,7 @@ func Quick() Options {
 	o.BigSync = BigSyncOptions{Rooms: 5, Members: 5, Messages: 5, Repeats: 1, Incremental: 3}
 	o.Federation = FederationOptions{IngestPeers: 2, IngestPDUs: 400, IngestBatch: 50, JoinStateEvents: 200}
 	o.Appservice = quickAppserviceOptions()
+	o.RoomSize = RoomSizeOptions{Members: 100, Messages: 30}
 	o.ProfileSeconds = 1
 	return o
 }
@@ -261,13 +264,19 @@ func (e *Env) userName(role string) string {
 
 // NewUsers registers n users concurrently, recording the set-up phase.
 func (e *Env) NewUsers(ctx context.Context, scenario, role string, n int) ([]*Client, error) {
+	reg := e.Opts.Registration
+	reg.AppserviceToken = "" // roomsize's only (scenario_roomsize.go)
+	return e.newUsers(ctx, scenario, role, n, reg)
+}
+
+func (e *Env) newUsers(ctx context.Context, scenario, role string, n int, reg Registration) ([]*Client, error) {
 	rec := newRecorder()
 	stop := startProgress(e.Opts.Progress, scenario+": register "+role, rec, n, 0)
 	out := make([]*Client, n)
 	err := e.parallel(ctx, n, func(i int) error {
 		t := time.Now()
 		retry := func(f func() error) error { return e.retryLimited(ctx, f) }
-		c, err := register(ctx, e.hc, e.Opts.BaseURL, e.Opts.Registration, e.userName(role), "loadgen-password", retry)
+		c, err := register(ctx, e.hc, e.Opts.BaseURL, reg, e.userName(role), "loadgen-password", retry)
 		rec.Observe(time.Since(t), err)
 		out[i] = c
 		return err

@@ -11,8 +11,8 @@ import (
 // Erase records that userID's events are to be served redacted to users
 // who join their rooms from now on (at the latest stored position), and
 // deletes the user's other data that is not in events: account data (push
-// rules and tags included), filters, forgotten rooms, notifications,
-// unread counts and read positions. An erasure already recorded keeps its
+// rules and tags included), filters, forgotten rooms, notifications
+// and read positions (unread counts are counted from those). An erasure already recorded keeps its
 // position. The account itself is deactivated by Deactivate.
 func (s *Store) Erase(ctx context.Context, userID string) error {
 	return pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
@@ -21,14 +21,10 @@ func (s *Store) Erase(ctx context.Context, userID string) error {
 			userID, time.Now().UnixMilli()); err != nil {
 			return fmt.Errorf("record erasure: %w", err)
 		}
-		if _, err := tx.Exec(ctx, unreadLock); err != nil {
-			return err
-		}
 		for _, q := range []string{
 			`DELETE FROM account_data WHERE user_id = $1`,
 			`DELETE FROM filters WHERE user_id = $1`,
 			`DELETE FROM forgotten_rooms WHERE user_id = $1`,
-			`DELETE FROM unread_counts WHERE user_id = $1`,
 			`DELETE FROM push_receipts WHERE user_id = $1`,
 			`DELETE FROM own_reads WHERE user_id = $1`,
 		} {

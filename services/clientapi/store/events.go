@@ -131,8 +131,9 @@ func (s *Store) ApplyMarked(ctx context.Context, inputs []Input, eval Evaluator,
 	var out []Applied
 	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		out = out[:0]
-		unread := newUnreadDelta() // unread.go
+		reads := ownReads{} // unread.go
 		var notes []Notification
+		var roomNotes []RoomNotification
 		var changedRooms []string // rooms whose state changed: their summaries
 		for i := 0; i < len(inputs); {
 			if inputs[i].Backfill {
@@ -151,7 +152,7 @@ func (s *Store) ApplyMarked(ctx context.Context, inputs []Input, eval Evaluator,
 				for i+n < len(inputs) && changesNoState(inputs[i+n]) && !inputs[i+n].Backfill {
 					n++
 				}
-				steps, err = applyRun(ctx, tx, inputs[i:i+n], eval != nil)
+				steps, err = applyRun(ctx, tx, inputs[i:i+n], eval != nil, changedRooms)
 			} else {
 				var st step
 				st, err = applyOne(ctx, tx, inputs[i], eval != nil)
@@ -184,13 +185,15 @@ func (s *Store) ApplyMarked(ctx context.Context, inputs []Input, eval Evaluator,
 					return fmt.Errorf("push rules for %s: %w", inputs[i+k].Event.EventID, err)
 				}
 				notes = append(notes, res.Notifications...)
-				unread.add(res, st.applied.Pos)
+				if res.Room != nil {
+					roomNotes = append(roomNotes, *res.Room)
+				}
+				reads.add(res, st.applied.Pos)
 			}
 			i += n
 		}
-		// The changed rooms' summaries, notifications, own reads and
-		// unread counts in one round trip; then the recounts that early
-		// receipts ask for.
+		// The changed rooms' summaries, notifications and own reads in one
+		// round trip.
 		b := &pgx.Batch{}
 		if len(changedRooms) > 0 {
 			queueSummaryRefresh(b, changedRooms) // syncstate.go
@@ -205,13 +208,11 @@ func (s *Store) ApplyMarked(ctx context.Context, inputs []Input, eval Evaluator,
 			}
 			return tx.SendBatch(ctx, b).Close()
 		}
+		queueRoomNotifications(b, roomNotes)
 		queueNotifications(b, notes)
-		early := unread.queue(b, inputs)
+		reads.queue(b)
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			return fmt.Errorf("notifications: %w", err)
-		}
-		if err := early.recount(ctx, tx); err != nil {
-			return fmt.Errorf("unread counts: %w", err)
 		}
 		return nil
 	})
@@ -296,7 +297,7 @@ func queueInsertSQL(b *pgx.Batch, sql string, ev Event, visBefore string, st *st
 // read, in order, in another. Nothing those reads depend on changes
 // within the run, except the thread (a parent may come later in the run),
 // so that is read after each event's insert, as one by one.
-func applyRun(ctx context.Context, tx pgx.Tx, run []Input, withPush bool) ([]step, error) {
+func applyRun(ctx context.Context, tx pgx.Tx, run []Input, withPush bool, stale []string) ([]step, error) {
 	rooms := make([]string, 0, len(run))
 	for _, in := range run {
 		if !slices.Contains(rooms, in.Event.RoomID) {
@@ -314,6 +315,9 @@ func applyRun(ctx context.Context, tx pgx.Tx, run []Input, withPush bool) ([]ste
 	// is never in a run; should one be, it is read on its own.
 	shared := map[string]*PushContext{}
 	pcs := make([]*PushContext, len(run))
+	// own holds what an event's evaluation reads for it alone: the
+	// members it mentions and an invite's target.
+	own := make([]*PushContext, len(run))
 	b := &pgx.Batch{}
 	for i, in := range run {
 		queueInsert(b, in.Event, vis[in.Event.RoomID], &steps[i])
@@ -321,18 +325,20 @@ func applyRun(ctx context.Context, tx pgx.Tx, run []Input, withPush bool) ([]ste
 			continue
 		}
 		queueThread(b, in.Event, &steps[i].push.Thread)
-		if extra := pushExtraUser(in.Event); extra != "" {
-			pcs[i] = &PushContext{}
-			queueRoomPushContext(b, in.Event.RoomID, extra, pcs[i])
-			continue
-		}
 		if pcs[i] = shared[in.Event.RoomID]; pcs[i] == nil {
 			pcs[i] = &PushContext{}
 			shared[in.Event.RoomID] = pcs[i]
 		}
+		if extra, mentions := pushExtraUser(in.Event), mentionedUsers(in.Event.JSON); extra != "" || len(mentions) > 0 {
+			own[i] = &PushContext{RulesPos: map[string]int64{}}
+			if extra != "" {
+				queueRulesPos(b, extra, own[i])
+			}
+			queueMentioned(b, in.Event, own[i])
+		}
 	}
 	if len(shared) > 0 {
-		queueRoomsPushContext(b, shared)
+		queueRoomsPushContext(b, shared, stale)
 	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("events %s to %s: %w", run[0].Event.EventID, run[len(run)-1].Event.EventID, err)
@@ -340,7 +346,7 @@ func applyRun(ctx context.Context, tx pgx.Tx, run []Input, withPush bool) ([]ste
 	for i, pc := range pcs {
 		if pc != nil {
 			thread := steps[i].push.Thread
-			steps[i].push = *pc
+			steps[i].push = pc.with(own[i])
 			steps[i].push.Thread = thread
 		}
 	}

@@ -32,6 +32,8 @@ func TestNotificationKeys(t *testing.T) {
 		return Input{Event: Event{EventID: id, RoomID: room, Type: "m.room.message", Sender: "@carol:x",
 			JSON: []byte(`{"type":"m.room.message","sender":"@carol:x","content":{}}`)}}
 	}
+	joinRoom(t, st, room, alice)
+	joinRoom(t, st, other, alice)
 	if _, err := st.ApplyWith(ctx, []Input{msg("$1", room), msg("$2", other)}, eval); err != nil {
 		t.Fatal(err)
 	}

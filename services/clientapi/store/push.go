@@ -19,6 +19,23 @@ type Notification struct {
 	Actions   []byte // JSON array
 	Highlight bool
 	TS        int64 // ms
+	// Suppress marks a member the event's RoomNotification would notify
+	// whose own rules do not: the row hides it from them. Its Actions are
+	// the member's (no notify action).
+	Suppress bool
+}
+
+// RoomNotification is an event's default outcome: what it does for a
+// joined local member with the server-default push rules whom it does not
+// name (room_notifications). Every joined local member but the sender
+// receives it, from their join on, unless a Notification of their own
+// for the event says otherwise.
+type RoomNotification struct {
+	RoomID, EventID, ThreadID, Sender string
+	Pos                               int64
+	Actions                           []byte // JSON array
+	Highlight                         bool
+	TS                                int64 // ms
 }
 
 // OwnRead is a local sender's own event, which reads its thread up to it.
@@ -28,6 +45,10 @@ type OwnRead struct {
 
 // PushOutcome is what evaluating one stored event produced.
 type PushOutcome struct {
+	// Room is the event's default outcome, nil when it notifies no such
+	// member.
+	Room *RoomNotification
+	// Notifications are the members whose outcome differs from Room's.
 	Notifications []Notification
 	OwnRead       *OwnRead
 }
@@ -78,6 +99,7 @@ func queueNotifications(b *pgx.Batch, notes []Notification) {
 		poss, tss, userKeys          []int64
 		eventIdx, userIdx, actionIdx = make([]int32, len(notes)), make([]int32, len(notes)), make([]int32, len(notes))
 		highlights                   = make([]bool, len(notes))
+		notify                       = make([]bool, len(notes))
 		eventAt                      = map[eventPart]int32{}
 	)
 	for i, no := range notes {
@@ -94,12 +116,32 @@ func queueNotifications(b *pgx.Batch, notes []Notification) {
 			userKeys = append(userKeys, userKey(no.UserID))
 		}
 		eventIdx[i], userIdx[i], actionIdx[i], highlights[i] = e, u, actions.of(string(no.Actions)), no.Highlight
+		notify[i] = !no.Suppress
 	}
-	b.Queue(`INSERT INTO notifications (user_key, user_id, event_id, room_id, thread_id, pos, actions, highlight, ts)
+	b.Queue(`INSERT INTO notifications (user_key, user_id, event_id, room_id, thread_id, pos, actions, highlight, ts, notify)
 		SELECT ($1::bigint[])[x.u], ($2::text[])[x.u], ($3::text[])[x.e], ($4::text[])[x.e], ($5::text[])[x.e],
-			($6::bigint[])[x.e], ($8::jsonb[])[x.a], x.h, ($7::bigint[])[x.e]
-		FROM unnest($9::int[], $10::int[], $11::int[], $12::bool[]) AS x(u, e, a, h)`,
-		userKeys, users.list, eventIDs, roomIDs, threadIDs, poss, tss, actions.list, userIdx, eventIdx, actionIdx, highlights)
+			($6::bigint[])[x.e], ($8::jsonb[])[x.a], x.h, ($7::bigint[])[x.e], x.n
+		FROM unnest($9::int[], $10::int[], $11::int[], $12::bool[], $13::bool[]) AS x(u, e, a, h, n)`,
+		userKeys, users.list, eventIDs, roomIDs, threadIDs, poss, tss, actions.list, userIdx, eventIdx, actionIdx, highlights, notify)
+}
+
+// queueRoomNotifications queues the insert of a batch's events' default
+// outcomes. A redelivered event is not evaluated again; the conflict
+// clause only makes that doubly sure.
+func queueRoomNotifications(b *pgx.Batch, rns []RoomNotification) {
+	if len(rns) == 0 {
+		return
+	}
+	var rooms, events, threads, senders, actions []string
+	var poss, tss []int64
+	var highlights []bool
+	for _, r := range rns {
+		rooms, events, threads, senders = append(rooms, r.RoomID), append(events, r.EventID), append(threads, r.ThreadID), append(senders, r.Sender)
+		actions, poss, tss, highlights = append(actions, string(r.Actions)), append(poss, r.Pos), append(tss, r.TS), append(highlights, r.Highlight)
+	}
+	b.Queue(`INSERT INTO room_notifications (room_id, pos, event_id, thread_id, sender, actions, highlight, ts)
+		SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::bool[], $8::bigint[])
+		ON CONFLICT DO NOTHING`, rooms, poss, events, threads, senders, actions, highlights, tss)
 }
 
 // stringIndex numbers distinct strings in the order first seen, from 1
@@ -136,27 +178,19 @@ type PushReceipt struct {
 func (s *Store) PutPushReceipt(ctx context.Context, r PushReceipt) (bool, error) {
 	changed := false
 	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
-		// unreadLock before the account data lock, as the room event
-		// consumer takes it first too.
-		if _, err := tx.Exec(ctx, unreadLock); err != nil {
-			return err
-		}
 		if _, err := tx.Exec(ctx, lockAccountData, r.UserID); err != nil {
 			return err
 		}
+		// Unread counts are counted from receipts when read (unread.go):
+		// nothing else to update.
 		tag, err := tx.Exec(ctx, `INSERT INTO push_receipts (user_id, room_id, thread_id, receipt_type, event_id, epos, pos)
 			VALUES ($1, $2, $3, $4, $5, $6, nextval('account_data_pos'))
 			ON CONFLICT (user_id, room_id, thread_id, receipt_type) DO UPDATE
 				SET event_id = EXCLUDED.event_id, epos = EXCLUDED.epos, pos = EXCLUDED.pos
 				WHERE push_receipts.epos < EXCLUDED.epos`,
 			r.UserID, r.RoomID, r.ThreadID, r.Type, r.EventID, r.EPos)
-		if err != nil {
-			return err
-		}
-		if changed = tag.RowsAffected() > 0; changed {
-			return recountUnread(ctx, tx, r.UserID, r.RoomID, r.ThreadID)
-		}
-		return nil
+		changed = err == nil && tag.RowsAffected() > 0
+		return err
 	})
 	return changed, err
 }
@@ -181,12 +215,6 @@ func (b *Batch) receiptChangesSince(userID string, pos int64, out *AccountDataCh
 		})
 }
 
-// UnreadCount is the unread notifications of one thread of a room.
-type UnreadCount struct {
-	RoomID, ThreadID  string
-	Notify, Highlight int
-}
-
 // NotificationRow is a stored notification with its event, for
 // /notifications and the pushers.
 type NotificationRow struct {
@@ -207,16 +235,32 @@ type NotificationsQuery struct {
 }
 
 // Notifications returns notifications with their (current, possibly
-// redacted) events.
+// redacted) events: the user's own rows (notify) and their rooms' default
+// outcomes (room_notifications) within their last membership (after their
+// join, and before they left when they did), not sent by them and not
+// overridden by a row of their own. Each part is read page by page, each
+// room's walking its (room_id, pos) index from the page's bound.
 func (r Reader) Notifications(ctx context.Context, q NotificationsQuery) ([]NotificationRow, error) {
 	order := "DESC"
 	if q.Ascending {
 		order = "ASC"
 	}
-	rows, err := r.q.Query(ctx, `SELECT n.user_id, n.event_id, n.room_id, n.thread_id, n.pos, n.actions, n.highlight, n.ts,
+	rows, err := r.q.Query(ctx, `WITH mine AS (
+			SELECT n.user_id, n.event_id, n.room_id, n.thread_id, n.pos, n.actions, n.highlight, n.ts FROM notifications n
+			WHERE n.user_key = $6 AND n.user_id = $1 AND n.notify AND ($2 = 0 OR n.pos < $2) AND n.pos > $3 AND (NOT $4 OR n.highlight)
+			ORDER BY n.pos `+order+` LIMIT $5),
+		roomwide AS (
+			SELECT $1::text AS user_id, rn.event_id, rn.room_id, rn.thread_id, rn.pos, rn.actions, rn.highlight, rn.ts
+			FROM memberships m CROSS JOIN LATERAL (
+				SELECT r.* FROM room_notifications r
+				WHERE r.room_id = m.room_id AND r.pos > m.join_pos AND (m.membership = 'join' OR r.pos < m.pos)
+					AND ($2 = 0 OR r.pos < $2) AND r.pos > $3 AND (NOT $4 OR r.highlight) AND r.sender <> $1
+					AND NOT EXISTS (SELECT 1 FROM notifications x WHERE x.user_key = $6 AND x.pos = r.pos AND x.user_id = $1)
+				ORDER BY r.pos `+order+` LIMIT $5) rn
+			WHERE m.user_id = $1 AND m.join_pos IS NOT NULL)
+		SELECT n.user_id, n.event_id, n.room_id, n.thread_id, n.pos, n.actions, n.highlight, n.ts,
 			NOT (`+unreadCond+`), `+qualifiedEventCols+`
-		FROM notifications n JOIN sync_events e ON e.event_id = n.event_id
-		WHERE n.user_key = $6 AND n.user_id = $1 AND ($2 = 0 OR n.pos < $2) AND n.pos > $3 AND (NOT $4 OR n.highlight)
+		FROM (SELECT * FROM mine UNION ALL SELECT * FROM roomwide) n JOIN sync_events e ON e.event_id = n.event_id
 		ORDER BY n.pos `+order+` LIMIT $5`, q.UserID, q.Before, q.After, q.OnlyHighlight, q.Limit, userKey(q.UserID))
 	if err != nil {
 		return nil, err
@@ -252,13 +296,23 @@ func (r Reader) GlobalAccountData(ctx context.Context, users []string, typ strin
 	return out, rows.Err()
 }
 
-// PruneNotifications deletes up to batch notifications whose event's
-// timestamp is before before (ms) and reports how many it deleted. Unread
-// counts are kept apart and stay; a later recount (a receipt) counts only
-// the notifications that are left, all of them newer than the receipt's
-// event unless it was older than the retention.
+// PruneNotifications deletes up to batch notifications (of both tables)
+// whose event's timestamp is before before (ms) and reports how many it
+// deleted. Unread counts are counted from what is left, so a notification
+// older than the retention no longer counts; a room's default outcome and
+// a member's own row for the same event have the same timestamp and go
+// together.
 func (s *Store) PruneNotifications(ctx context.Context, before int64, batch int) (int64, error) {
-	tag, err := s.db.Exec(ctx, `DELETE FROM notifications WHERE ctid = ANY(ARRAY(
-		SELECT ctid FROM notifications WHERE ts < $1 LIMIT $2))`, before, batch)
-	return tag.RowsAffected(), err
+	var n int64
+	for _, table := range []string{"room_notifications", "notifications"} {
+		tag, err := s.db.Exec(ctx, `DELETE FROM `+table+` WHERE ctid = ANY(ARRAY(
+			SELECT ctid FROM `+table+` WHERE ts < $1 LIMIT $2))`, before, batch-int(n))
+		if err != nil {
+			return n, err
+		}
+		if n += tag.RowsAffected(); n >= int64(batch) {
+			break
+		}
+	}
+	return n, nil
 }

@@ -1,19 +1,32 @@
 package store
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
+	"maps"
+	"slices"
 
 	"github.com/jackc/pgx/v5"
 )
 
 // PushContext is what push rule evaluation reads about an event's room, as
-// of the event.
+// of the event. It does not list every member (#20): a joined member with
+// the server-default rules, no pusher, not mentioned by the event and not
+// its invite's target gets the event's default outcome, which is decided
+// once.
 type PushContext struct {
-	// Members are the room's joined users.
+	// MemberCount is the number of joined members (room_member_count).
+	MemberCount int
+	// Members are the joined members evaluated one by one: those with
+	// stored push rules or a pusher, and those the event mentions
+	// (content.m.mentions.user_ids).
 	Members []string
-	// RulesPos is the account data position of each member's (and the
+	// RulesPos is the account data position of each of Members' (and the
 	// extra user's) stored rules; a user without any has none (0).
 	RulesPos map[string]int64
+	// Pushers are the members of Members with a pusher.
+	Pushers map[string]bool
 	// Create and PowerLevels are the room's create and power levels
 	// events in client format (nil when absent).
 	Create, PowerLevels []byte
@@ -32,11 +45,33 @@ const maxThreadHops = 3
 // PushRulesType is the account data type of push rules.
 const PushRulesType = "m.push_rules"
 
-// queuePushContext queues the reads of ev's PushContext: its thread and
-// its room's (queueRoomPushContext).
+// queuePushContext queues the reads of ev's PushContext, after it changed
+// its room's state: its thread, its room's and its mentions'.
 func queuePushContext(b *pgx.Batch, ev Event, pc *PushContext) {
 	queueThread(b, ev, &pc.Thread)
-	queueRoomPushContext(b, ev.RoomID, pushExtraUser(ev), pc)
+	queueRoomsPushContext(b, map[string]*PushContext{ev.RoomID: pc}, []string{ev.RoomID})
+	if extra := pushExtraUser(ev); extra != "" {
+		queueRulesPos(b, extra, pc)
+	}
+	queueMentioned(b, ev, pc)
+}
+
+// with returns the room's context with an event's own additions (its
+// mentioned members and an invite target's rules; nil: none) added.
+func (pc *PushContext) with(own *PushContext) PushContext {
+	out := *pc
+	if own == nil {
+		return out
+	}
+	out.Members = slices.Clone(pc.Members)
+	for _, u := range own.Members {
+		if !slices.Contains(out.Members, u) {
+			out.Members = append(out.Members, u)
+		}
+	}
+	out.RulesPos = maps.Clone(pc.RulesPos)
+	maps.Copy(out.RulesPos, own.RulesPos)
+	return out
 }
 
 // pushExtraUser is the user besides the joined members whose rules an
@@ -50,17 +85,11 @@ func pushExtraUser(ev Event) string {
 	return ""
 }
 
-// queueRoomPushContext queues the reads of the room's part of a
-// PushContext (all but Thread): the joined members, the positions of their
-// (and extraUser's, when not empty) stored push rules, and the create and
-// power levels events.
-func queueRoomPushContext(b *pgx.Batch, roomID, extraUser string, pc *PushContext) {
-	queueRoomsPushContext(b, map[string]*PushContext{roomID: pc})
-	if extraUser == "" {
-		return
-	}
+// queueRulesPos queues the read of the position of user's stored push
+// rules into pc.RulesPos.
+func queueRulesPos(b *pgx.Batch, user string, pc *PushContext) {
 	b.Queue(`SELECT pos FROM account_data WHERE user_id = $1 AND room_id = '' AND type = $2`,
-		extraUser, PushRulesType).QueryRow(func(row pgx.Row) error {
+		user, PushRulesType).QueryRow(func(row pgx.Row) error {
 		var pos int64
 		if err := row.Scan(&pos); err != nil {
 			if errors.Is(err, pgx.ErrNoRows) {
@@ -68,33 +97,110 @@ func queueRoomPushContext(b *pgx.Batch, roomID, extraUser string, pc *PushContex
 			}
 			return err
 		}
-		pc.RulesPos[extraUser] = pos
+		pc.RulesPos[user] = pos
 		return nil
 	})
 }
 
+// mentionedUsers returns the user IDs of the event's
+// content.m.mentions.user_ids (the strings of it; nothing else can match
+// the is_user_mention rule).
+func mentionedUsers(js []byte) []string {
+	if !bytes.Contains(js, []byte(`m.mentions`)) {
+		return nil
+	}
+	var ev struct {
+		Content struct {
+			Mentions struct {
+				UserIDs []any `json:"user_ids"`
+			} `json:"m.mentions"`
+		} `json:"content"`
+	}
+	if json.Unmarshal(js, &ev) != nil {
+		return nil
+	}
+	var out []string
+	for _, u := range ev.Content.Mentions.UserIDs {
+		if s, ok := u.(string); ok && !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// queueMentioned queues the read of the joined members the event mentions
+// (and their rules' positions), adding them to pc.Members. pc's room part
+// is queued first, so it is read first.
+func queueMentioned(b *pgx.Batch, ev Event, pc *PushContext) {
+	users := mentionedUsers(ev.JSON)
+	if len(users) == 0 {
+		return
+	}
+	b.Queue(`SELECT cs.state_key, ad.pos FROM current_state cs
+		LEFT JOIN account_data ad ON ad.user_id = cs.state_key AND ad.room_id = '' AND ad.type = 'm.push_rules'
+		WHERE cs.room_id = $1 AND cs.type = 'm.room.member' AND cs.state_key = ANY($2) AND cs.membership = 'join'`,
+		ev.RoomID, users).Query(func(rows pgx.Rows) error {
+		var user string
+		var pos *int64
+		_, err := pgx.ForEachRow(rows, []any{&user, &pos}, func() error {
+			if !slices.Contains(pc.Members, user) {
+				pc.Members = append(pc.Members, user)
+			}
+			if pos != nil {
+				pc.RulesPos[user] = *pos
+			}
+			return nil
+		})
+		return err
+	})
+}
+
 // queueRoomsPushContext queues the reads of the rooms' parts of their
-// PushContexts (queueRoomPushContext without an extra user) in two
-// statements, whatever their number: a run of a batch touches many rooms,
-// and a statement per room was most of the consumer's statements.
-func queueRoomsPushContext(b *pgx.Batch, pcs map[string]*PushContext) {
+// PushContexts in three statements, whatever their number (a run of a
+// batch touches many rooms): the joined members with stored push rules or
+// a pusher, found from those users (few) rather than from the members
+// (many); the joined member count, from the room's summary unless its
+// state changed earlier in the batch (stale: its summary is refreshed at
+// the batch's end), when it is counted; and the create and power levels
+// events.
+func queueRoomsPushContext(b *pgx.Batch, pcs map[string]*PushContext, stale []string) {
 	rooms := make([]string, 0, len(pcs))
 	for room, pc := range pcs {
 		rooms = append(rooms, room)
 		pc.RulesPos = map[string]int64{}
+		pc.Pushers = map[string]bool{}
 	}
-	b.Queue(`SELECT cs.room_id, cs.state_key, ad.pos FROM current_state cs
-		LEFT JOIN account_data ad ON ad.user_id = cs.state_key AND ad.room_id = '' AND ad.type = $2
-		WHERE cs.room_id = ANY($1) AND cs.type = 'm.room.member' AND cs.membership = 'join'`,
-		rooms, PushRulesType).Query(func(rows pgx.Rows) error {
+	b.Queue(`WITH u AS (
+			SELECT user_id FROM account_data WHERE room_id = '' AND type = 'm.push_rules'
+			UNION SELECT user_id FROM pushers)
+		SELECT cs.room_id, cs.state_key, ad.pos, EXISTS (SELECT 1 FROM pushers p WHERE p.user_id = cs.state_key)
+		FROM u JOIN current_state cs ON cs.room_id = ANY($1) AND cs.type = 'm.room.member' AND cs.state_key = u.user_id
+		LEFT JOIN account_data ad ON ad.user_id = cs.state_key AND ad.room_id = '' AND ad.type = 'm.push_rules'
+		WHERE cs.membership = 'join'`, rooms).Query(func(rows pgx.Rows) error {
 		var room, user string
 		var pos *int64
-		_, err := pgx.ForEachRow(rows, []any{&room, &user, &pos}, func() error {
+		var pusher bool
+		_, err := pgx.ForEachRow(rows, []any{&room, &user, &pos, &pusher}, func() error {
 			pc := pcs[room]
 			pc.Members = append(pc.Members, user)
 			if pos != nil {
 				pc.RulesPos[user] = *pos
 			}
+			if pusher {
+				pc.Pushers[user] = true
+			}
+			return nil
+		})
+		return err
+	})
+	b.Queue(`SELECT r.room_id, COALESCE(
+			CASE WHEN r.room_id = ANY($2) THEN NULL ELSE (SELECT s.joined FROM room_summaries s WHERE s.room_id = r.room_id) END,
+			(SELECT count(*) FROM current_state cs WHERE cs.room_id = r.room_id AND cs.type = 'm.room.member' AND cs.membership = 'join'))::int
+		FROM unnest($1::text[]) AS r(room_id)`, rooms, stale).Query(func(rows pgx.Rows) error {
+		var room string
+		var n int
+		_, err := pgx.ForEachRow(rows, []any{&room, &n}, func() error {
+			pcs[room].MemberCount = n
 			return nil
 		})
 		return err

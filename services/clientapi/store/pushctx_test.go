@@ -64,10 +64,12 @@ func TestApplyWithPushContext(t *testing.T) {
 			t.Errorf("%s: thread %q, want %q", id, pc.Thread, want[id])
 		}
 	}
-	if m := got["$root"].Members; len(m) != 1 || m[0] != alice || got["$root"].PowerLevels != nil || got["$root"].Create == nil {
+	// Members lists only those that may differ from the default outcome:
+	// none here (no stored rules, pushers or mentions).
+	if pc := got["$root"]; len(pc.Members) != 0 || pc.MemberCount != 1 || pc.PowerLevels != nil || pc.Create == nil {
 		t.Errorf("$root: %+v", got["$root"])
 	}
-	if m := got["$after"].Members; len(m) != 2 || got["$after"].PowerLevels == nil {
+	if pc := got["$after"]; pc.MemberCount != 2 || pc.PowerLevels == nil {
 		t.Errorf("$after: %+v", got["$after"])
 	}
 	// Redelivered: nothing is stored or evaluated again.
@@ -100,6 +102,9 @@ func TestApplyWithPushContextRooms(t *testing.T) {
 		return Input{Event: Event{EventID: id, RoomID: room, Type: "m.room.message", Sender: "@alice:x",
 			JSON: []byte(`{"type":"m.room.message","content":{}}`)}}
 	}
+	// $m3 mentions bob (joined to !a:x) and dave (who left).
+	mention := msg("!a:x", "$m3")
+	mention.Event.JSON = []byte(`{"type":"m.room.message","content":{"m.mentions":{"user_ids":["@bob:x","@dave:x",7]}}}`)
 	setup := []Input{
 		state("!a:x", "$ca", "m.room.create", empty, ""),
 		state("!a:x", "$a1", "m.room.member", "@alice:x", MembershipJoin),
@@ -121,20 +126,22 @@ func TestApplyWithPushContextRooms(t *testing.T) {
 		got[a.Event.EventID] = pc
 		return PushOutcome{}, nil
 	}
-	if _, err := st.ApplyWith(ctx, []Input{msg("!a:x", "$m1"), msg("!b:x", "$m2"), msg("!a:x", "$m3")}, eval); err != nil {
+	if _, err := st.ApplyWith(ctx, []Input{msg("!a:x", "$m1"), msg("!b:x", "$m2"), mention}, eval); err != nil {
 		t.Fatal(err)
 	}
-	for _, id := range []string{"$m1", "$m3"} {
+	// Members are those that may differ from the default outcome: carol
+	// (stored rules) in !b:x, bob where mentioned.
+	for id, want := range map[string][]string{"$m1": nil, "$m3": {"@bob:x"}} {
 		pc := got[id]
 		slices.Sort(pc.Members)
-		if !slices.Equal(pc.Members, []string{"@alice:x", "@bob:x"}) || len(pc.RulesPos) != 0 ||
+		if !slices.Equal(pc.Members, want) || len(pc.RulesPos) != 0 || pc.MemberCount != 2 ||
 			!strings.Contains(string(pc.Create), "!a:x") || !strings.Contains(string(pc.PowerLevels), "!a:x") {
 			t.Errorf("%s: %+v", id, pc)
 		}
 	}
 	pc := got["$m2"]
 	slices.Sort(pc.Members)
-	if !slices.Equal(pc.Members, []string{"@alice:x", "@carol:x"}) || pc.RulesPos["@carol:x"] == 0 || len(pc.RulesPos) != 1 ||
+	if !slices.Equal(pc.Members, []string{"@carol:x"}) || pc.RulesPos["@carol:x"] == 0 || len(pc.RulesPos) != 1 || pc.MemberCount != 2 ||
 		!strings.Contains(string(pc.Create), "!b:x") || pc.PowerLevels != nil {
 		t.Errorf("$m2: %+v", pc)
 	}

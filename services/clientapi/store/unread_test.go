@@ -62,6 +62,9 @@ func unreadCountsMatchDefinition(t *testing.T, seed int64) {
 	}
 	epos := int64(0)
 	var maxPos int64
+	for _, r := range rooms {
+		joinRoom(t, st, r, users...)
+	}
 
 	check := func(step int) {
 		t.Helper()

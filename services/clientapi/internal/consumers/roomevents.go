@@ -180,13 +180,13 @@ func (s *RoomEvents) storeBatch(ctx context.Context, batch []jetstream.Msg) erro
 	var notified map[string]bool
 	err := s.retry(ctx, "store room events", func() (err error) {
 		// Push rules are evaluated in the storing transaction
-		// (push.Evaluate); notified collects who got a notification, for
-		// the pushers.
+		// (push.Evaluate); notified collects the pusher owners who got a
+		// notification, for the pushers.
 		notified = map[string]bool{}
 		eval := func(ctx context.Context, rd store.Reader, a store.Applied, pc store.PushContext) (store.PushOutcome, error) {
 			out, err := s.push.Evaluate(ctx, rd, a, pc)
-			for _, n := range out.Notifications {
-				notified[n.UserID] = true
+			for _, u := range push.Woken(out, pc) {
+				notified[u] = true
 			}
 			return out, err
 		}

@@ -23,16 +23,29 @@ import (
 // and a redelivered event, already stored, is not evaluated again.
 //
 // Recipients are the room's joined local users except the sender, plus the
-// local target of an invite. The inputs (members, display names, power
-// levels, push rules, thread) all come from the client-API's own tables as
-// of the event.
+// local target of an invite. Evaluating the event for each of them made a
+// message's cost grow with the room (#20), so it is evaluated once for a
+// member with the server-default rules whom the event does not name: its
+// default outcome (store.RoomNotification), which every joined local member
+// receives unless told otherwise. Only the members that may differ are
+// evaluated one by one (store.PushContext.Members: those with stored rules
+// or a pusher, and the mentioned), plus the invite's target; each whose
+// outcome differs gets a row of their own (store.Notification, Suppress
+// when the default notifies and they would not). Under the default rules
+// the only conditions that depend on the member are is_user_mention and
+// invite_for_me, which name them. The inputs (members, power levels, push
+// rules, thread) come from the client-API's own tables as of the event.
 
 // ThreadMain is the thread ID of the main timeline.
 const ThreadMain = "main"
 
-// evaluatePush evaluates a newly stored event for its recipients; pc (the
-// room's members, their rules' positions and power levels) was read with
-// the event's storage.
+// defaultMember is the user ID the default outcome is evaluated for: no
+// event names it (it is not a valid user ID).
+const defaultMember = "@\x00default"
+
+// Evaluate evaluates a newly stored event; pc (the room's member count,
+// the members that may differ from the default, their rules' positions
+// and power levels) was read with the event's storage.
 func (s *Service) Evaluate(ctx context.Context, rd store.Reader, a store.Applied, pc store.PushContext) (store.PushOutcome, error) {
 	var out store.PushOutcome
 	ev := a.Event
@@ -57,9 +70,6 @@ func (s *Service) Evaluate(ctx context.Context, rd store.Reader, a store.Applied
 	if invited != "" && !slices.Contains(recipients, invited) {
 		recipients = append(recipients, invited)
 	}
-	if len(recipients) == 0 {
-		return out, nil
-	}
 	pe, err := newPushEvent(ev.JSON, ev.RoomID)
 	if err != nil {
 		// Our own client-format JSON; never expected. Failing would stall
@@ -71,30 +81,79 @@ func (s *Service) Evaluate(ctx context.Context, rd store.Reader, a store.Applied
 	if n, ok := pe.fields["origin_server_ts"].(json.Number); ok {
 		ts, _ = n.Int64()
 	}
-	room := pushRoom{memberCount: len(pc.Members)}
+	room := pushRoom{memberCount: pc.MemberCount}
 	room.senderLevel, room.notifyLevels = s.powers.get(ev.RoomID, pc.Create, pc.PowerLevels, ev.Sender)
+	// Conditions that do not depend on the recipient are decided once for
+	// the event (compiledRules).
+	memo := condMemo{}
+	def := s.pushRules.defaults().evaluate(pe, &room, memo)
+	if def != nil && !def.notify {
+		def = nil
+	}
+	if def != nil {
+		out.Room = &store.RoomNotification{RoomID: ev.RoomID, EventID: ev.EventID, ThreadID: thread, Sender: ev.Sender,
+			Pos: a.Pos, Actions: def.actionsJSON, Highlight: def.highlight, TS: ts}
+	}
+	if len(recipients) == 0 {
+		return out, nil
+	}
 	rules, err := s.rulesOf(ctx, rd, recipients, pc.RulesPos)
 	if err != nil {
 		return out, err
 	}
-	// Conditions that do not depend on the recipient are decided once for
-	// the event (compiledRules).
-	memo := condMemo{}
 	for i, user := range recipients {
 		room.displayName = func() string { return displayNameIn(ctx, rd, ev.RoomID, user) }
 		r := rules[i].evaluate(pe, &room, memo)
-		if r == nil || !r.notify {
+		if r != nil && !r.notify {
+			r = nil
+		}
+		// The invite's target is not a member: the default outcome is not
+		// theirs.
+		base := def
+		if user == invited {
+			base = nil
+		}
+		if sameOutcome(r, base) {
 			continue
 		}
-		if out.Notifications == nil {
-			out.Notifications = make([]store.Notification, 0, len(recipients)-i)
+		n := store.Notification{UserID: user, RoomID: ev.RoomID, EventID: ev.EventID, ThreadID: thread, Pos: a.Pos, TS: ts}
+		if r == nil {
+			n.Suppress, n.Actions = true, []byte(`[]`)
+		} else {
+			n.Actions, n.Highlight = r.actionsJSON, r.highlight
 		}
-		out.Notifications = append(out.Notifications, store.Notification{
-			UserID: user, RoomID: ev.RoomID, EventID: ev.EventID, ThreadID: thread,
-			Pos: a.Pos, Actions: r.actionsJSON, Highlight: r.highlight, TS: ts,
-		})
+		out.Notifications = append(out.Notifications, n)
 	}
 	return out, nil
+}
+
+// sameOutcome reports whether two outcomes (nil: no notification) notify
+// alike: both not, or both with the same actions.
+func sameOutcome(a, b *compiledRule) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.highlight == b.highlight && bytes.Equal(a.actionsJSON, b.actionsJSON)
+}
+
+// Woken are the users whose pushers have something new after an event's
+// outcome: the members with a pusher when the default outcome notifies
+// (the sender aside), and the members with a notification of their own.
+func Woken(out store.PushOutcome, pc store.PushContext) []string {
+	var users []string
+	if out.Room != nil {
+		for u := range pc.Pushers {
+			if u != out.Room.Sender {
+				users = append(users, u)
+			}
+		}
+	}
+	for _, n := range out.Notifications {
+		if !n.Suppress {
+			users = append(users, n.UserID)
+		}
+	}
+	return users
 }
 
 // rulesOf returns each user's compiled rules, given the positions of their
@@ -259,6 +318,9 @@ func notificationLevels(powerJSON []byte) map[string]int64 {
 type ruleCache struct {
 	mu sync.Mutex
 	m  map[string]cachedRules
+	// def is the default outcome's rules (defaults).
+	defOnce sync.Once
+	def     compiledRules
 }
 
 type cachedRules struct {
@@ -268,6 +330,16 @@ type cachedRules struct {
 
 // ruleCacheMax bounds the cache; past it the cache starts over.
 const ruleCacheMax = 100_000
+
+// defaults returns the server-default rules of defaultMember, compiled
+// once.
+func (c *ruleCache) defaults() compiledRules {
+	c.defOnce.Do(func() {
+		merged := mergeRules(defaultMember, nil)
+		c.def = compileRules(&merged)
+	})
+	return c.def
+}
 
 // get returns the user's rules built from the stored rules at pos, if
 // cached. A user with no rules at all has an empty, non-nil rule set.

@@ -32,7 +32,10 @@ type Notifier struct {
 	// userRooms is joined inverted: user ID -> the rooms they are joined
 	// to (setJoined keeps both).
 	userRooms map[string]map[string]struct{}
-	userPos   map[string]int64 // user ID -> latest position that concerned them
+	// userPos: user ID -> latest membership change of theirs; with the
+	// positions of their rooms (roomPos), the latest position that
+	// concerned them (latestPos).
+	userPos map[string]int64
 	// userEPos is the same for the presence service's ephemeral stream
 	// (typing, receipts, presence), fed by internal/consumers/ephemeral.go.
 	userEPos map[string]int64
@@ -125,16 +128,28 @@ func (n *Notifier) Committed(applied []store.Applied) {
 		n.stored.release(a.Event.EventID)
 		n.recent.add(a.Event.EventID)
 		room := a.Event.RoomID
+		// The room's position stands for its joined members' (latestPos),
+		// and only those of them with a waiter are woken, found from
+		// whichever is smaller: the room's members or the waiters. So an
+		// event costs the same in a room of 2 and of 10,000 (#20).
 		n.roomCommittedLocked(room, a.Pos)
-		touch := func(u string) {
-			n.userPos[u] = a.Pos
-			woken[u] = struct{}{}
-		}
-		for u := range n.joined[room] {
-			touch(u)
+		members := n.joined[room]
+		if len(n.waiters) < len(members) {
+			for u := range n.waiters {
+				if _, ok := members[u]; ok {
+					woken[u] = struct{}{}
+				}
+			}
+		} else {
+			for u := range members {
+				if _, ok := n.waiters[u]; ok {
+					woken[u] = struct{}{}
+				}
+			}
 		}
 		for _, c := range a.Changes {
-			touch(c.UserID)
+			n.userPos[c.UserID] = a.Pos
+			woken[c.UserID] = struct{}{}
 			n.SetJoined(c.RoomID, c.UserID, c.Membership == store.MembershipJoin)
 		}
 	}
@@ -169,13 +184,24 @@ type SyncCursor struct {
 // lands between building a response and waiting is not missed.
 func (n *Notifier) WaitSync(ctx context.Context, userID string, c SyncCursor) {
 	n.mu.Lock()
-	if n.closed || n.userPos[userID] > c.Pos || n.userEPos[userID] > c.EPos || n.wakes[userID] != c.Wakes {
+	if n.closed || n.latestPos(userID) > c.Pos || n.userEPos[userID] > c.EPos || n.wakes[userID] != c.Wakes {
 		n.mu.Unlock()
 		return
 	}
 	ch := n.waiters.add(userID)
 	n.mu.Unlock()
 	n.block(ctx, n.waiters, userID, ch)
+}
+
+// latestPos is the latest position that concerned the user: their own
+// membership changes and the events of the rooms they are joined to.
+// Caller holds mu.
+func (n *Notifier) latestPos(userID string) int64 {
+	p := n.userPos[userID]
+	for room := range n.userRooms[userID] {
+		p = max(p, n.roomPos[room])
+	}
+	return p
 }
 
 // waitList holds the requests waiting on each key (a user, a room, an

@@ -96,3 +96,37 @@ func TestNotifierWake(t *testing.T) {
 		t.Fatal("the waiter was not woken")
 	}
 }
+
+// A member who was not waiting when a room event was committed sees it at
+// their next wait (the room's position stands for its members'), and only
+// an event after their cursor releases them; whichever side the notifier
+// walks (members or waiters), it finds them.
+func TestNotifierRoomPositionStandsForMembers(t *testing.T) {
+	const big, small = "!big:x", "!small:x"
+	members := []string{"@w:x"}
+	for i := range 50 {
+		members = append(members, fmt.Sprintf("@m%d:x", i))
+	}
+	n := New(map[string][]string{big: members, small: {"@w:x"}}, nil, nil, zap.NewNop())
+	ctx := context.Background()
+	n.Committed([]store.Applied{{Pos: 7, Event: store.Event{RoomID: big, Type: "m.room.message"}}})
+	n.Wait(ctx, "@m3:x", 6) // returns at once: position 7 concerns m3
+	cursor := int64(100)
+	for _, room := range []string{big, small} {
+		done := make(chan struct{})
+		go func() { n.Wait(ctx, "@w:x", cursor); close(done) }()
+		testkit.Eventually(t, 10*time.Second, func() error {
+			if !n.Waiting("@w:x") {
+				return fmt.Errorf("w not waiting")
+			}
+			return nil
+		})
+		n.Committed([]store.Applied{{Pos: cursor + 1, Event: store.Event{RoomID: "!other:x", Type: "m.room.message"}}})
+		if !n.Waiting("@w:x") {
+			t.Fatal("w was woken by a room they are not in")
+		}
+		n.Committed([]store.Applied{{Pos: cursor + 2, Event: store.Event{RoomID: room, Type: "m.room.message"}}})
+		<-done
+		cursor += 2
+	}
+}
