@@ -118,6 +118,7 @@ func (e *env) startReplica(mutate func(*myelin.Config)) *stack.Stack {
 	cfg.HTTP.Listen = "127.0.0.1:0"
 	cfg.GRPC.Listen = "127.0.0.1:0"
 	cfg.Metrics.Listen = "127.0.0.1:0"
+	cfg.Federation.Listen = "127.0.0.1:0"
 	cfg.Services.KeyServer.GRPC = e.main.Process.GRPCAddr()
 	cfg.Services.RoomServer.GRPC = e.main.Process.GRPCAddr()
 	if mutate != nil {

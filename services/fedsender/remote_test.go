@@ -54,6 +54,8 @@ type remote struct {
 	srv  *http.Server
 	lis  net.Listener
 	mode remoteMode
+	// delay holds each answer to a transaction this long (a slow server).
+	delay time.Duration
 	// hang is closed to let requests held by modeSlow go.
 	hang chan struct{}
 	// txns: transaction ID → canonical body: a repeat must be identical.
@@ -230,6 +232,13 @@ func (r *remote) setMode(m remoteMode) {
 	r.mu.Unlock()
 }
 
+// setDelay makes the remote answer transactions after d.
+func (r *remote) setDelay(d time.Duration) {
+	r.mu.Lock()
+	r.delay = d
+	r.mu.Unlock()
+}
+
 // release lets held requests go (modeSlow).
 func (r *remote) release() {
 	r.mu.Lock()
@@ -394,7 +403,7 @@ func (r *remote) serveSend(w http.ResponseWriter, req *http.Request) {
 	}
 	canonical, _ := gomatrixserverlib.CanonicalJSON(fr.Content())
 	r.mu.Lock()
-	mode := r.mode
+	mode, delay := r.mode, r.delay
 	hang := r.hang
 	prev, repeat := r.txns[txnID]
 	if repeat && string(prev) != string(canonical) {
@@ -434,6 +443,13 @@ func (r *remote) serveSend(w http.ResponseWriter, req *http.Request) {
 		}
 	}
 	r.mu.Unlock()
+	if delay > 0 {
+		select {
+		case <-time.After(delay):
+		case <-req.Context().Done():
+			return
+		}
+	}
 	switch mode {
 	case modeSlow:
 		select {
