@@ -70,6 +70,9 @@ type remote struct {
 	// (a retry racing the first attempt, which the ID dedupes).
 	inflight                 map[string]int
 	overlaps, sameIDOverlaps int
+	// repeats counts transactions that came again with an ID already
+	// received (dropped, as the spec's idempotency asks).
+	repeats int
 	// maxPDUs/maxEDUs seen in one transaction.
 	maxPDUs, maxEDUs int
 	authFailures     int
@@ -411,6 +414,9 @@ func (r *remote) serveSend(w http.ResponseWriter, req *http.Request) {
 		r.t.Errorf("remote %s: transaction %s sent again with other content", r.name, txnID)
 		writeJSON(w, 400, map[string]string{"errcode": "M_INVALID_PARAM"})
 		return
+	}
+	if repeat {
+		r.repeats++
 	}
 	results := map[string]any{}
 	if !repeat && mode != modeError {
