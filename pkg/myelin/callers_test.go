@@ -122,6 +122,25 @@ func TestGRPCMutualTLSCallerMatrix(t *testing.T) {
 			t.Errorf("a plain client calling %s: %v, want the connection refused", method, code)
 		}
 	}
+	// A certificate of another CA, even with a caller's name, is refused
+	// by every service too.
+	other := testkit.NewCA(t)
+	cert, key := other.Issue(t, myelin.TargetRoomServer)
+	creds, err := rpc.LoadCredentials(rpc.TLSConfig{CertFile: cert, KeyFile: key, CAFile: ca.CertFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged, err := rpc.DialTLS(addr, creds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer forged.Close()
+	for _, d := range descs {
+		method, err := firstCall(forged, d)
+		if code := status.Code(err); code != codes.Unavailable && code != codes.DeadlineExceeded {
+			t.Errorf("a client with another CA's certificate calling %s: %v, want the connection refused", method, code)
+		}
+	}
 	// The process works: its services reach each other in process.
 	if code, _ := getJSON(t, s.URL()+"/readyz"); code != 200 {
 		t.Errorf("/readyz: %d", code)

@@ -49,7 +49,10 @@ type env struct {
 type envOpts struct {
 	remotes []string
 	split   bool
-	mutate  func(*myelin.Config)
+	// receiver: the split shape's main process runs the federation
+	// receiver too (for a remote Myelin that joins through it).
+	receiver bool
+	mutate   func(*myelin.Config)
 }
 
 func newEnv(t testing.TB, opts envOpts) *env {
@@ -80,8 +83,11 @@ func newEnv(t testing.TB, opts envOpts) *env {
 	}
 	e.cfg = cfg
 	if opts.split {
-		e.main = stack.StartWithConfig(t, cfg, myelin.TargetKeyServer, myelin.TargetRoomServer, myelin.TargetPresence,
-			myelin.TargetClientAPI, myelin.TargetMedia)
+		targets := []string{myelin.TargetKeyServer, myelin.TargetRoomServer, myelin.TargetPresence, myelin.TargetClientAPI, myelin.TargetMedia}
+		if opts.receiver {
+			targets = append(targets, myelin.TargetFederationReceiver)
+		}
+		e.main = stack.StartWithConfig(t, cfg, targets...)
 		e.startSender()
 	} else {
 		e.main = stack.StartWithConfig(t, cfg)
@@ -118,6 +124,7 @@ func (e *env) startReplica(mutate func(*myelin.Config)) *stack.Stack {
 	cfg.HTTP.Listen = "127.0.0.1:0"
 	cfg.GRPC.Listen = "127.0.0.1:0"
 	cfg.Metrics.Listen = "127.0.0.1:0"
+	cfg.Federation.Listen = "127.0.0.1:0"
 	cfg.Services.KeyServer.GRPC = e.main.Process.GRPCAddr()
 	cfg.Services.RoomServer.GRPC = e.main.Process.GRPCAddr()
 	if mutate != nil {

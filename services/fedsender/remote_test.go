@@ -54,6 +54,8 @@ type remote struct {
 	srv  *http.Server
 	lis  net.Listener
 	mode remoteMode
+	// delay holds each answer to a transaction this long (a slow server).
+	delay time.Duration
 	// hang is closed to let requests held by modeSlow go.
 	hang chan struct{}
 	// txns: transaction ID → canonical body: a repeat must be identical.
@@ -68,6 +70,9 @@ type remote struct {
 	// (a retry racing the first attempt, which the ID dedupes).
 	inflight                 map[string]int
 	overlaps, sameIDOverlaps int
+	// repeats counts transactions that came again with an ID already
+	// received (dropped, as the spec's idempotency asks).
+	repeats int
 	// maxPDUs/maxEDUs seen in one transaction.
 	maxPDUs, maxEDUs int
 	authFailures     int
@@ -227,6 +232,13 @@ func (r *remote) up() {
 func (r *remote) setMode(m remoteMode) {
 	r.mu.Lock()
 	r.mode = m
+	r.mu.Unlock()
+}
+
+// setDelay makes the remote answer transactions after d.
+func (r *remote) setDelay(d time.Duration) {
+	r.mu.Lock()
+	r.delay = d
 	r.mu.Unlock()
 }
 
@@ -394,7 +406,7 @@ func (r *remote) serveSend(w http.ResponseWriter, req *http.Request) {
 	}
 	canonical, _ := gomatrixserverlib.CanonicalJSON(fr.Content())
 	r.mu.Lock()
-	mode := r.mode
+	mode, delay := r.mode, r.delay
 	hang := r.hang
 	prev, repeat := r.txns[txnID]
 	if repeat && string(prev) != string(canonical) {
@@ -402,6 +414,9 @@ func (r *remote) serveSend(w http.ResponseWriter, req *http.Request) {
 		r.t.Errorf("remote %s: transaction %s sent again with other content", r.name, txnID)
 		writeJSON(w, 400, map[string]string{"errcode": "M_INVALID_PARAM"})
 		return
+	}
+	if repeat {
+		r.repeats++
 	}
 	results := map[string]any{}
 	if !repeat && mode != modeError {
@@ -434,6 +449,13 @@ func (r *remote) serveSend(w http.ResponseWriter, req *http.Request) {
 		}
 	}
 	r.mu.Unlock()
+	if delay > 0 {
+		select {
+		case <-time.After(delay):
+		case <-req.Context().Done():
+			return
+		}
+	}
 	switch mode {
 	case modeSlow:
 		select {

@@ -174,37 +174,49 @@ func (v *leaseView) settled(want, dests int) error {
 	return nil
 }
 
-// stream sends messages into a room until stopped and returns their IDs.
+// stream sends a message into a room every interval until stopped.
 type stream struct {
 	stop chan struct{}
-	done chan []string
+	done chan struct{}
+	mu   sync.Mutex
+	ids  []string
 }
 
-func startStream(t *testing.T, c *mautrix.Client, roomID id.RoomID) *stream {
-	s := &stream{stop: make(chan struct{}), done: make(chan []string, 1)}
+func startStream(t *testing.T, c *mautrix.Client, roomID id.RoomID, every time.Duration) *stream {
+	s := &stream{stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
-		var ids []string
-		defer func() { s.done <- ids }()
+		defer close(s.done)
 		for i := 0; ; i++ {
 			select {
 			case <-s.stop:
 				return
-			case <-time.After(50 * time.Millisecond):
+			case <-time.After(every):
 			}
 			resp, err := c.SendText(context.Background(), roomID, fmt.Sprintf("steady %d", i))
 			if err != nil {
 				t.Errorf("send: %v", err)
 				return
 			}
-			ids = append(ids, resp.EventID.String())
+			s.mu.Lock()
+			s.ids = append(s.ids, resp.EventID.String())
+			s.mu.Unlock()
 		}
 	}()
 	return s
 }
 
+// sent returns the IDs of the messages sent so far, in order.
+func (s *stream) sent() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.ids)
+}
+
+// end stops the stream and returns the IDs of every message it sent.
 func (s *stream) end() []string {
 	close(s.stop)
-	return <-s.done
+	<-s.done
+	return s.sent()
 }
 
 // Three sender replicas share thirty destinations while events flow. One
@@ -238,7 +250,7 @@ func TestSenderReplicasShareDestinations(t *testing.T) {
 		c.NATS.URL, natsProxy = viaProxy(t, c.NATS.URL)
 		c.FederationSender.DatabaseURL, pgProxy = viaProxy(t, c.Database.URL)
 	})
-	s := startStream(t, alice, room)
+	s := startStream(t, alice, room, 50*time.Millisecond)
 	began := time.Now()
 	testkit.Eventually(t, 30*time.Second, func() error { return view.settled(3, len(names)) })
 	t.Logf("three replicas: settled in %s", time.Since(began))

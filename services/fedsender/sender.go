@@ -226,11 +226,11 @@ func (d *sender) takeConsumers(ctx context.Context) {
 		go func() {
 			defer cwg.Done()
 			for lctx.Err() == nil {
-				err := s.runConsumer(lctx, c)
+				err := c.Run(lctx, s.js, s.log)
 				if lctx.Err() != nil {
 					return
 				}
-				s.log.Warn("consumer stopped; starting it again", zap.String("consumer", c.name), zap.Error(err))
+				s.log.Warn("consumer stopped; starting it again", zap.String("consumer", c.Name), zap.Error(err))
 				select {
 				case <-lctx.Done():
 				case <-time.After(time.Second):

@@ -23,6 +23,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
+	"github.com/myelin-chat/myelin/pkg/bus"
 	"github.com/myelin-chat/myelin/pkg/federation"
 	"github.com/myelin-chat/myelin/pkg/metrics"
 	fedsenderv1 "github.com/myelin-chat/myelin/proto/fedsender/v1"
@@ -61,7 +62,7 @@ type Service struct {
 	fed        *federation.Client
 	transport  *federation.Transport
 	keyRing    *gomatrixserverlib.KeyRing
-	consumers  []*consumer
+	consumers  []*bus.OrderedConsumer
 	sender     *sender
 	stats      *stats
 	now        func() time.Time

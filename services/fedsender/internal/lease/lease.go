@@ -215,13 +215,28 @@ func (m *Manager) tick(ctx context.Context) {
 		held = append(held, l)
 	}
 	m.mu.Unlock()
+	// The renewals go out together (at most renewConcurrency at a time):
+	// one after another, a replica holding a hundred leases on a loaded
+	// host would take longer than their validity to renew them all.
+	sem := make(chan struct{}, renewConcurrency)
+	var wg sync.WaitGroup
 	for _, l := range held {
 		if ctx.Err() != nil {
-			return
+			break
 		}
-		m.renew(ctx, l)
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			m.renew(ctx, l)
+		}()
 	}
+	wg.Wait()
 }
+
+// renewConcurrency bounds the renewals in flight at once.
+const renewConcurrency = 32
 
 // Refresh reads the live members.
 func (m *Manager) refresh(ctx context.Context) error {
