@@ -35,7 +35,10 @@ func (s *Service) consumerSpecs() []*bus.OrderedConsumer {
 				pos, err := s.store.Position(ctx, name)
 				return uint64(pos), err
 			},
-			Apply: func(ctx context.Context, m jetstream.Msg, seq uint64) error {
+			// MaxBatch is left at one: each message's remote calls
+			// (prepare) come before its own transaction.
+			Apply: func(ctx context.Context, msgs []jetstream.Msg, seqs []uint64) error {
+				m, seq := msgs[0], seqs[0]
 				grown = nil
 				if prepare != nil {
 					var err error
