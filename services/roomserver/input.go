@@ -58,6 +58,8 @@ type inputResult struct {
 	reason  string
 	missing []string
 	nid     int64
+	// row is what was stored (when stored), for a run's later events.
+	row *store.Event
 }
 
 func (r inputResult) stored() bool {
@@ -615,6 +617,7 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 	if res.nid, err = s.insertEvent(ctx, w, row, known); err != nil {
 		return res, err
 	}
+	res.row = &row
 	s.cacheOnCommit(w, row, ev, known)
 	if softFailed {
 		res.status = roomserverv1.InputStatus_INPUT_STATUS_SOFT_FAILED
@@ -658,6 +661,7 @@ func (s *Service) storeRejectedOrOutlier(ctx context.Context, w *writeTx, row st
 	if res.nid, err = s.insertEvent(ctx, w, row, known); err != nil {
 		return res, err
 	}
+	res.row = &row
 	res.status = roomserverv1.InputStatus_INPUT_STATUS_ACCEPTED
 	if row.Rejected {
 		res.status = roomserverv1.InputStatus_INPUT_STATUS_REJECTED
