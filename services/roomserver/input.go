@@ -40,7 +40,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
+	"sync"
+	"sync/atomic"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -109,9 +112,12 @@ type inputOpts struct {
 // errKeyServer marks a failure to reach the key-server while verifying.
 var errKeyServer = errors.New("key-server unavailable")
 
-// parseAndVerify runs steps 1 and 2. A non-nil result is the INVALID
+// parseAndVerify runs steps 1 and 2 (step 2 not for an outlier whose
+// signatures the calling federation service checked:
+// InputEvent.signatures_checked). A non-nil result is the INVALID
 // outcome; an error is an infrastructure failure.
-func (s *Service) parseAndVerify(ctx context.Context, version string, eventJSON []byte) (ev gomatrixserverlib.PDU, bad *inputResult, err error) {
+func (s *Service) parseAndVerify(ctx context.Context, ie *roomserverv1.InputEvent) (ev gomatrixserverlib.PDU, bad *inputResult, err error) {
+	version, eventJSON := ie.GetRoomVersion(), ie.GetEventJson()
 	verImpl, verr := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(version))
 	if verr != nil || !verImpl.Stable() {
 		return nil, invalid("", "unsupported room version %q", version), nil
@@ -135,6 +141,9 @@ func (s *Service) parseAndVerify(ctx context.Context, version string, eventJSON 
 		if v != version {
 			return nil, invalid(ev.EventID(), "create event is for room version %q, not %q", v, version), nil
 		}
+	}
+	if ie.GetSignaturesChecked() && ie.GetKind() == roomserverv1.InputKind_INPUT_KIND_OUTLIER {
+		return ev, nil, nil
 	}
 	if verr := gomatrixserverlib.VerifyEventSignatures(ctx, ev, s.verifier, userIDForSender); verr != nil {
 		if errors.Is(verr, errKeyServer) {
@@ -225,18 +234,9 @@ func (w *writeTx) done() {
 // it stay committed (re-sending them is harmless: they come back
 // DUPLICATE).
 func (s *Service) inputEvents(ctx context.Context, in []*roomserverv1.InputEvent) ([]inputResult, error) {
-	out := make([]inputResult, len(in))
-	parsed := make([]gomatrixserverlib.PDU, len(in))
-	for i, ie := range in {
-		ev, bad, err := s.parseAndVerify(ctx, ie.GetRoomVersion(), ie.GetEventJson())
-		if err != nil {
-			return nil, err
-		}
-		if bad != nil {
-			out[i] = *bad
-			continue
-		}
-		parsed[i] = ev
+	out, parsed, err := s.parseAndVerifyAll(ctx, in)
+	if err != nil {
+		return nil, err
 	}
 	for i := 0; i < len(in); {
 		ev, kind := parsed[i], in[i].GetKind()
@@ -280,6 +280,49 @@ func (s *Service) inputEvents(ctx context.Context, in []*roomserverv1.InputEvent
 		i++
 	}
 	return out, nil
+}
+
+// parseAndVerifyAll runs steps 1 and 2 for every event, on up to
+// GOMAXPROCS goroutines (parsing, hashing and signature checks are CPU
+// work and independent per event): parsed[i] is the event, or out[i] its
+// INVALID result.
+func (s *Service) parseAndVerifyAll(ctx context.Context, in []*roomserverv1.InputEvent) (out []inputResult, parsed []gomatrixserverlib.PDU, err error) {
+	out = make([]inputResult, len(in))
+	parsed = make([]gomatrixserverlib.PDU, len(in))
+	errs := make([]error, len(in))
+	one := func(i int) {
+		ev, bad, err := s.parseAndVerify(ctx, in[i])
+		switch {
+		case err != nil:
+			errs[i] = err
+		case bad != nil:
+			out[i] = *bad
+		default:
+			parsed[i] = ev
+		}
+	}
+	var next atomic.Int64
+	work := func() {
+		for i := int(next.Add(1)) - 1; i < len(in); i = int(next.Add(1)) - 1 {
+			one(i)
+		}
+	}
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), len(in)) - 1 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			work()
+		}()
+	}
+	work()
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return nil, nil, err
+		}
+	}
+	return out, parsed, nil
 }
 
 // inputEvent runs one NEW or OUT_OF_ROOM event in its own transaction.
