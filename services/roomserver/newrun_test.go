@@ -1,6 +1,9 @@
 package roomserver
 
 import (
+	"crypto/ed25519"
+	"encoding/base64"
+	"encoding/json"
 	"slices"
 	"strings"
 	"testing"
@@ -95,5 +98,55 @@ func TestNewRun(t *testing.T) {
 	}
 	if wantIDs := []string{m1.EventID(), m2.EventID(), m3.EventID(), red.EventID(), m5.EventID(), m6.EventID(), m4.EventID()}; !slices.Equal(got, wantIDs) {
 		t.Errorf("published %v, want %v", got, wantIDs)
+	}
+}
+
+// TestSignaturesChecked: InputEvent.signatures_checked spares an outlier
+// (a send_join answer's state, checked by the federation-sender) the
+// second signature check, and nothing else: a NEW event with it, or an
+// outlier without it, is still refused for a forged signature, and an
+// outlier with it is still parsed (its content hash checked).
+func TestSignaturesChecked(t *testing.T) {
+	h := newHarness(t, nil)
+	roomID := h.createRoom("11", "public", map[string]int{alice: 100}).GetRoomId()
+	head := h.roomInfo(roomID).GetForwardExtremities()
+	forge := func(ev gomatrixserverlib.PDU) []byte {
+		var obj map[string]any
+		if err := json.Unmarshal(ev.JSON(), &obj); err != nil {
+			t.Fatal(err)
+		}
+		for _, keys := range obj["signatures"].(map[string]any) {
+			for id := range keys.(map[string]any) {
+				keys.(map[string]any)[id] = base64.RawStdEncoding.EncodeToString(make([]byte, ed25519.SignatureSize))
+			}
+		}
+		return mustJSON(t, obj)
+	}
+	topic := h.build(roomID, alice, spec.MRoomTopic, ptr(""), map[string]any{"topic": "forged"}, head, head[0])
+	forged := forge(topic)
+	input := func(kind roomserverv1.InputKind, checked bool, raw []byte) *roomserverv1.InputEventResult {
+		t.Helper()
+		resp, err := h.rs.InputEvents(h.ctx, &roomserverv1.InputEventsRequest{Events: []*roomserverv1.InputEvent{{
+			RoomVersion: "11", EventJson: raw, Kind: kind, SignaturesChecked: checked}}})
+		if err != nil || len(resp.GetResults()) != 1 {
+			t.Fatalf("InputEvents: %v", err)
+		}
+		return resp.GetResults()[0]
+	}
+	if r := input(roomserverv1.InputKind_INPUT_KIND_NEW, true, forged); r.GetStatus() != invalidSt {
+		t.Errorf("NEW, forged, signatures_checked: %s %s, want INVALID", r.GetStatus(), r.GetReason())
+	}
+	if r := input(roomserverv1.InputKind_INPUT_KIND_OUTLIER, false, forged); r.GetStatus() != invalidSt {
+		t.Errorf("OUTLIER, forged: %s %s, want INVALID", r.GetStatus(), r.GetReason())
+	}
+	if r := input(roomserverv1.InputKind_INPUT_KIND_OUTLIER, true, []byte(`{"type":`)); r.GetStatus() != invalidSt {
+		t.Errorf("OUTLIER, unparseable, signatures_checked: %s %s, want INVALID", r.GetStatus(), r.GetReason())
+	}
+	if h.event(topic.EventID()) != nil {
+		t.Fatal("the forged event was stored")
+	}
+	// The caller vouches for the signatures: the outlier is taken.
+	if r := input(roomserverv1.InputKind_INPUT_KIND_OUTLIER, true, forged); r.GetStatus() != accepted {
+		t.Errorf("OUTLIER, signatures_checked: %s %s, want ACCEPTED", r.GetStatus(), r.GetReason())
 	}
 }
