@@ -40,16 +40,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"runtime"
 	"slices"
-	"sync"
-	"sync/atomic"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"go.uber.org/zap"
 
 	"github.com/myelin-chat/myelin/pkg/logging"
+	"github.com/myelin-chat/myelin/pkg/parallel"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/roomserver/store"
 )
@@ -234,8 +232,18 @@ func (w *writeTx) done() {
 // it stay committed (re-sending them is harmless: they come back
 // DUPLICATE).
 func (s *Service) inputEvents(ctx context.Context, in []*roomserverv1.InputEvent) ([]inputResult, error) {
-	out, parsed, err := s.parseAndVerifyAll(ctx, in)
-	if err != nil {
+	// Steps 1 and 2 (CPU work, independent per event) on every core.
+	out := make([]inputResult, len(in))
+	parsed := make([]gomatrixserverlib.PDU, len(in))
+	errs := make([]error, len(in))
+	parallel.Each(len(in), func(i int) {
+		ev, bad, err := s.parseAndVerify(ctx, in[i])
+		if errs[i] = err; bad != nil {
+			out[i] = *bad
+		}
+		parsed[i] = ev
+	})
+	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
 	for i := 0; i < len(in); {
@@ -280,49 +288,6 @@ func (s *Service) inputEvents(ctx context.Context, in []*roomserverv1.InputEvent
 		i++
 	}
 	return out, nil
-}
-
-// parseAndVerifyAll runs steps 1 and 2 for every event, on up to
-// GOMAXPROCS goroutines (parsing, hashing and signature checks are CPU
-// work and independent per event): parsed[i] is the event, or out[i] its
-// INVALID result.
-func (s *Service) parseAndVerifyAll(ctx context.Context, in []*roomserverv1.InputEvent) (out []inputResult, parsed []gomatrixserverlib.PDU, err error) {
-	out = make([]inputResult, len(in))
-	parsed = make([]gomatrixserverlib.PDU, len(in))
-	errs := make([]error, len(in))
-	one := func(i int) {
-		ev, bad, err := s.parseAndVerify(ctx, in[i])
-		switch {
-		case err != nil:
-			errs[i] = err
-		case bad != nil:
-			out[i] = *bad
-		default:
-			parsed[i] = ev
-		}
-	}
-	var next atomic.Int64
-	work := func() {
-		for i := int(next.Add(1)) - 1; i < len(in); i = int(next.Add(1)) - 1 {
-			one(i)
-		}
-	}
-	var wg sync.WaitGroup
-	for range min(runtime.GOMAXPROCS(0), len(in)) - 1 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			work()
-		}()
-	}
-	work()
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			return nil, nil, err
-		}
-	}
-	return out, parsed, nil
 }
 
 // inputEvent runs one NEW or OUT_OF_ROOM event in its own transaction.
