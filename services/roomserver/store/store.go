@@ -325,9 +325,13 @@ func (p *pipeConn) queue(table, sql string, args ...any) {
 }
 
 // queueRow queues an INSERT of one VALUES tuple (coalesce may join it
-// with others of the same statement).
+// with others of the same statement). sql must end with the tuple (no ON
+// CONFLICT or RETURNING after it); otherwise it is queued as it is.
 func (p *pipeConn) queueRow(table, sql string, args ...any) {
-	p.pending = append(p.pending, queuedWrite{table: table, sql: sql, args: args, row: true})
+	tail := sql[strings.LastIndex(sql, "VALUES")+1:]
+	row := strings.Contains(sql, "VALUES") && strings.HasSuffix(strings.TrimSpace(sql), ")") &&
+		strings.Count(tail, "(") == 1 && strings.Count(tail, ")") == 1
+	p.pending = append(p.pending, queuedWrite{table: table, sql: sql, args: args, row: row})
 }
 
 // queueSet queues a write that sets the row key names to fixed values

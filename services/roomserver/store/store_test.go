@@ -68,6 +68,13 @@ func TestCoalesceWrites(t *testing.T) {
 		t.Fatalf("second statement %q %v", second.SQL, second.Arguments)
 	}
 
+	// An insert with anything after its tuple is not joined.
+	p.queueRow("outbox", out+" ON CONFLICT DO NOTHING", 1)
+	p.queueRow("outbox", out+" ON CONFLICT DO NOTHING", 2)
+	if b := p.take(); len(b.QueuedQueries) != 2 {
+		t.Fatalf("inserts with ON CONFLICT: %d statements, want 2", len(b.QueuedQueries))
+	}
+
 	// Past the parameter bound, a new insert starts.
 	var ws []queuedWrite
 	for i := range maxRowParams/2 + 1 {
