@@ -73,6 +73,11 @@ func (s fedInput) inputBatch(ctx context.Context, ins []*roomserverv1.InputEvent
 		}
 		results[i] = res
 		stored = stored || res.stored()
+		if !backfill && res.stored() && res.row != nil {
+			// Stored outliers enter the event cache too: a join's
+			// state is read again at once (the join, its publication).
+			s.cacheOnCommit(w, *res.row, evs[i], false)
+		}
 		if err := run.added(ctx, w, evs[i], res); err != nil {
 			w.rollback(ctx)
 			return nil, err
