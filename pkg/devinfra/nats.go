@@ -12,6 +12,10 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 )
 
+// MaxPayload is the embedded server's largest message. A NATS server of
+// the split shape needs the same max_payload (its default is 1 MB).
+const MaxPayload = 8 << 20
+
 // NATS is an embedded NATS server with JetStream.
 type NATS struct {
 	srv *server.Server
@@ -33,6 +37,11 @@ func StartNATS(storeDir string, host string, port int) (*NATS, error) {
 		NoLog:      true,
 		// JetStream's own memory limit; files hold the data.
 		JetStreamMaxMemory: 64 << 20,
+		// A commit's message carries the state events it adds: a join of
+		// a remote room carries the whole room state (10,000 members are
+		// about 5 MB), over NATS's default 1 MB. 8 MB is the most NATS
+		// recommends.
+		MaxPayload: MaxPayload,
 	}
 	srv, err := server.NewServer(opts)
 	if err != nil {

@@ -203,6 +203,7 @@ func runFedJoin(ctx context.Context, e *Env) error {
 		s, err := u.Sync(ctx, since, filter, 10*time.Second)
 		if err != nil {
 			syncRec.Observe(time.Since(t), err)
+			e.Note("fedjoin: /sync after the join failed: %v", err)
 			break
 		}
 		since = s.NextBatch

@@ -206,7 +206,11 @@ func (s *Service) inputJoin(ctx context.Context, res *gomatrixserverlib.PerformJ
 			continue
 		}
 		seen[ev.EventID()] = true
-		outliers = append(outliers, &roomserverv1.InputEvent{RoomVersion: string(version), EventJson: ev.JSON(), Kind: roomserverv1.InputKind_INPUT_KIND_OUTLIER})
+		// PerformJoin (CheckSendJoinResponse) checked their signatures
+		// and dropped those that failed: the room-server does not check
+		// them again.
+		outliers = append(outliers, &roomserverv1.InputEvent{RoomVersion: string(version), EventJson: ev.JSON(),
+			Kind: roomserverv1.InputKind_INPUT_KIND_OUTLIER, SignaturesChecked: true})
 	}
 	for _, ev := range state {
 		stateIDs = append(stateIDs, ev.EventID())

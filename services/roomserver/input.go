@@ -47,6 +47,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/myelin-chat/myelin/pkg/logging"
+	"github.com/myelin-chat/myelin/pkg/parallel"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/roomserver/store"
 )
@@ -58,6 +59,8 @@ type inputResult struct {
 	reason  string
 	missing []string
 	nid     int64
+	// row is what was stored (when stored), for a run's later events.
+	row *store.Event
 }
 
 func (r inputResult) stored() bool {
@@ -107,9 +110,12 @@ type inputOpts struct {
 // errKeyServer marks a failure to reach the key-server while verifying.
 var errKeyServer = errors.New("key-server unavailable")
 
-// parseAndVerify runs steps 1 and 2. A non-nil result is the INVALID
+// parseAndVerify runs steps 1 and 2 (step 2 not for an outlier whose
+// signatures the calling federation service checked:
+// InputEvent.signatures_checked). A non-nil result is the INVALID
 // outcome; an error is an infrastructure failure.
-func (s *Service) parseAndVerify(ctx context.Context, version string, eventJSON []byte) (ev gomatrixserverlib.PDU, bad *inputResult, err error) {
+func (s *Service) parseAndVerify(ctx context.Context, ie *roomserverv1.InputEvent) (ev gomatrixserverlib.PDU, bad *inputResult, err error) {
+	version, eventJSON := ie.GetRoomVersion(), ie.GetEventJson()
 	verImpl, verr := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(version))
 	if verr != nil || !verImpl.Stable() {
 		return nil, invalid("", "unsupported room version %q", version), nil
@@ -133,6 +139,9 @@ func (s *Service) parseAndVerify(ctx context.Context, version string, eventJSON 
 		if v != version {
 			return nil, invalid(ev.EventID(), "create event is for room version %q, not %q", v, version), nil
 		}
+	}
+	if ie.GetSignaturesChecked() && ie.GetKind() == roomserverv1.InputKind_INPUT_KIND_OUTLIER {
+		return ev, nil, nil
 	}
 	if verr := gomatrixserverlib.VerifyEventSignatures(ctx, ev, s.verifier, userIDForSender); verr != nil {
 		if errors.Is(verr, errKeyServer) {
@@ -223,18 +232,19 @@ func (w *writeTx) done() {
 // it stay committed (re-sending them is harmless: they come back
 // DUPLICATE).
 func (s *Service) inputEvents(ctx context.Context, in []*roomserverv1.InputEvent) ([]inputResult, error) {
+	// Steps 1 and 2 (CPU work, independent per event) on every core.
 	out := make([]inputResult, len(in))
 	parsed := make([]gomatrixserverlib.PDU, len(in))
-	for i, ie := range in {
-		ev, bad, err := s.parseAndVerify(ctx, ie.GetRoomVersion(), ie.GetEventJson())
-		if err != nil {
-			return nil, err
-		}
-		if bad != nil {
+	errs := make([]error, len(in))
+	parallel.Each(len(in), func(i int) {
+		ev, bad, err := s.parseAndVerify(ctx, in[i])
+		if errs[i] = err; bad != nil {
 			out[i] = *bad
-			continue
 		}
 		parsed[i] = ev
+	})
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
 	}
 	for i := 0; i < len(in); {
 		ev, kind := parsed[i], in[i].GetKind()
@@ -615,6 +625,7 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 	if res.nid, err = s.insertEvent(ctx, w, row, known); err != nil {
 		return res, err
 	}
+	res.row = &row
 	s.cacheOnCommit(w, row, ev, known)
 	if softFailed {
 		res.status = roomserverv1.InputStatus_INPUT_STATUS_SOFT_FAILED
@@ -658,6 +669,7 @@ func (s *Service) storeRejectedOrOutlier(ctx context.Context, w *writeTx, row st
 	if res.nid, err = s.insertEvent(ctx, w, row, known); err != nil {
 		return res, err
 	}
+	res.row = &row
 	res.status = roomserverv1.InputStatus_INPUT_STATUS_ACCEPTED
 	if row.Rejected {
 		res.status = roomserverv1.InputStatus_INPUT_STATUS_REJECTED

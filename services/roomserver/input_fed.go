@@ -6,6 +6,7 @@ package roomserver
 // what is missing and input it here.
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -72,11 +73,14 @@ func (s fedInput) inputBatch(ctx context.Context, ins []*roomserverv1.InputEvent
 		}
 		results[i] = res
 		stored = stored || res.stored()
-		if res.stored() {
-			if err := run.added(ctx, w, evs[i], res); err != nil {
-				w.rollback(ctx)
-				return nil, err
-			}
+		if !backfill && res.stored() && res.row != nil {
+			// Stored outliers enter the event cache too: a join's
+			// state is read again at once (the join, its publication).
+			s.cacheOnCommit(w, *res.row, evs[i], false)
+		}
+		if err := run.added(ctx, w, evs[i], res); err != nil {
+			w.rollback(ctx)
+			return nil, err
 		}
 	}
 	if !stored {
@@ -118,14 +122,32 @@ func (s fedInput) inputNewRun(ctx context.Context, evs []gomatrixserverlib.PDU) 
 	if err != nil {
 		return nil, err
 	}
+	// One read for the whole run (the events it refers to, the
+	// redactions waiting for its events, its NIDs) instead of one per
+	// event. A redaction of the run may target a later event of the run,
+	// which the read made before it cannot show: after a redaction the
+	// rest of the run reads for itself (through the transaction, which
+	// sees the run's writes).
+	run, err := s.lookupRun(ctx, w, evs)
+	if err != nil {
+		w.rollback(ctx)
+		return nil, err
+	}
 	results := make([]inputResult, len(evs))
 	stored := false
 	for i, ev := range evs {
-		if results[i], err = s.processEvent(ctx, w, ev, inputOpts{}); err != nil {
+		if results[i], err = s.processEvent(ctx, w, ev, inputOpts{run: run}); err != nil {
 			w.rollback(ctx)
 			return nil, err
 		}
 		stored = stored || results[i].stored()
+		if ev.Type() == spec.MRoomRedaction {
+			run = nil
+		}
+		if err := run.added(ctx, w, ev, results[i]); err != nil {
+			w.rollback(ctx)
+			return nil, err
+		}
 	}
 	if !stored {
 		w.rollback(ctx)
@@ -206,18 +228,28 @@ func (r *runLookup) addStored(found map[string]*eventEntry, ids []string) {
 }
 
 // added records an event of the run that was stored, as LookupInput would
-// read it back.
+// read it back (an event stored redacted, because a redaction of it was
+// waiting, as stored).
 func (r *runLookup) added(ctx context.Context, w *writeTx, ev gomatrixserverlib.PDU, res inputResult) error {
-	if r == nil {
+	if r == nil || !res.stored() || res.row == nil {
 		return nil
 	}
+	row := *res.row
 	room, err := w.Room(ctx, ev.RoomID().String())
 	if err != nil {
 		return err
 	}
-	r.known[res.eventID] = &eventEntry{Event: store.Event{NID: res.nid, RoomNID: room.NID, RoomVersion: string(ev.Version()),
-		EventID: res.eventID, Type: ev.Type(), Sender: string(ev.SenderID()), Depth: ev.Depth(), PrevIDs: ev.PrevEventIDs(),
-		Outlier: true, Rejected: res.status == roomserverv1.InputStatus_INPUT_STATUS_REJECTED}, pdu: ev}
+	row.RoomNID, row.RoomID, row.RoomVersion = room.NID, room.RoomID, string(ev.Version())
+	if !bytes.Equal(row.JSON, ev.JSON()) {
+		e, err := newEventEntry(row)
+		if err != nil {
+			return err
+		}
+		r.known[res.eventID] = e
+		return nil
+	}
+	row.JSON = nil
+	r.known[res.eventID] = &eventEntry{Event: row, pdu: ev}
 	return nil
 }
 

@@ -233,6 +233,12 @@ func (s *Service) publishWave(ctx context.Context, msgs []outputMessage) (acked 
 		f, perr := s.js.PublishMsgAsync(m.msg, jetstream.WithMsgID(m.eventID))
 		if perr != nil {
 			err = perr
+			if errors.Is(perr, nats.ErrMaxPayload) {
+				// Retried like any failure, but named: the NATS server's
+				// max_payload must grow (see devinfra.MaxPayload).
+				err = fmt.Errorf("event %s: its message (%d bytes, with the state it adds) is over the NATS server's max_payload (%d bytes): %w",
+					m.eventID, len(m.msg.Data), s.js.Conn().MaxPayload(), perr)
+			}
 			break
 		}
 		futures = append(futures, f)

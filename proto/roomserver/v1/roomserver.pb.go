@@ -690,8 +690,15 @@ type InputEvent struct {
 	// versions 12 on the create event) or, for versions 1-11, a stripped
 	// state event.
 	StrippedState [][]byte `protobuf:"bytes,6,rep,name=stripped_state,json=strippedState,proto3" json:"stripped_state,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// OUTLIER: the caller checked the event's signatures already (the
+	// federation-sender, with gomatrixserverlib's send_join checks, which
+	// drop events that fail them), so the room-server parses the event
+	// (format, hashes) but does not check its signatures a second time. Set
+	// only for events a federation service verified itself, never for
+	// events as received.
+	SignaturesChecked bool `protobuf:"varint,7,opt,name=signatures_checked,json=signaturesChecked,proto3" json:"signatures_checked,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *InputEvent) Reset() {
@@ -764,6 +771,13 @@ func (x *InputEvent) GetStrippedState() [][]byte {
 		return x.StrippedState
 	}
 	return nil
+}
+
+func (x *InputEvent) GetSignaturesChecked() bool {
+	if x != nil {
+		return x.SignaturesChecked
+	}
+	return false
 }
 
 type InputEventsRequest struct {
@@ -3455,7 +3469,7 @@ const file_roomserver_v1_roomserver_proto_rawDesc = "" +
 	"\x0etransaction_id\x18\x04 \x01(\v2#.myelin.roomserver.v1.TransactionIDR\rtransactionId\"R\n" +
 	"\x11SendEventResponse\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\"\n" +
-	"\fdeduplicated\x18\x02 \x01(\bR\fdeduplicated\"\xef\x01\n" +
+	"\fdeduplicated\x18\x02 \x01(\bR\fdeduplicated\"\x9e\x02\n" +
 	"\n" +
 	"InputEvent\x12!\n" +
 	"\froom_version\x18\x01 \x01(\tR\vroomVersion\x12\x1d\n" +
@@ -3464,7 +3478,8 @@ const file_roomserver_v1_roomserver_proto_rawDesc = "" +
 	"\x04kind\x18\x03 \x01(\x0e2\x1f.myelin.roomserver.v1.InputKindR\x04kind\x12\x1b\n" +
 	"\thas_state\x18\x04 \x01(\bR\bhasState\x12&\n" +
 	"\x0fstate_event_ids\x18\x05 \x03(\tR\rstateEventIds\x12%\n" +
-	"\x0estripped_state\x18\x06 \x03(\fR\rstrippedState\"N\n" +
+	"\x0estripped_state\x18\x06 \x03(\fR\rstrippedState\x12-\n" +
+	"\x12signatures_checked\x18\a \x01(\bR\x11signaturesChecked\"N\n" +
 	"\x12InputEventsRequest\x128\n" +
 	"\x06events\x18\x01 \x03(\v2 .myelin.roomserver.v1.InputEventR\x06events\"\xac\x01\n" +
 	"\x10InputEventResult\x12\x19\n" +

@@ -200,7 +200,7 @@ func (t *Tx) QueueUpdateRoom(nid, snapshotNID int64, extremities []int64, depth 
 	if extremities == nil {
 		extremities = []int64{}
 	}
-	t.conn.queue("rooms", `UPDATE rooms SET state_snapshot_nid = $2, forward_extremities = $3, depth = $4 WHERE room_nid = $1`,
+	t.conn.queueSet("rooms", "rooms:"+strconv.FormatInt(nid, 10), `UPDATE rooms SET state_snapshot_nid = $2, forward_extremities = $3, depth = $4 WHERE room_nid = $1`,
 		nid, snapshotNID, extremities, depth)
 	if nid == t.room.NID {
 		t.room.SnapshotNID, t.room.Extremities, t.room.Depth = snapshotNID, slices.Clone(extremities), depth
@@ -212,7 +212,7 @@ func (t *Tx) QueueUpdateRoom(nid, snapshotNID int64, extremities []int64, depth 
 // fails.
 func (t *Tx) QueueNewEvent(e Event) {
 	args := eventArgs(e)
-	t.conn.queue("events", `INSERT INTO events (room_nid, event_id, event_type, state_key_nid, sender, depth,
+	t.conn.queueRow("events", `INSERT INTO events (room_nid, event_id, event_type, state_key_nid, sender, depth,
 			prev_event_ids, auth_event_nids, event_json, outlier, rejected, soft_failed, rejection_reason,
 			state_before_nid, state_after_nid, event_nid)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)`, args...)
@@ -245,7 +245,7 @@ func (t *Tx) QueueOutbox(entries []OutboxEntry) {
 		if e.StrippedState != "" {
 			stripped = &e.StrippedState
 		}
-		t.conn.queue("outbox", `INSERT INTO outbox (room_nid, event_nid, added_state_nids, removed_state_nids, txn_device_id, txn_id,
+		t.conn.queueRow("outbox", `INSERT INTO outbox (room_nid, event_nid, added_state_nids, removed_state_nids, txn_device_id, txn_id,
 				kind, stripped_state)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
 			e.RoomNID, e.EventNID, e.AddedStateNIDs, e.RemovedStateNIDs, dev, txn, e.Kind, stripped)
@@ -311,16 +311,85 @@ type queuedWrite struct {
 	table string
 	sql   string
 	args  []any
+	// row: sql is an INSERT of one VALUES tuple, which consecutive
+	// inserts of the same statement join as further tuples (coalesce).
+	row bool
+	// key, when set, names the row the write sets absolutely (an UPDATE
+	// of fixed values): an earlier queued write with the same key is
+	// superseded by a later one and dropped.
+	key string
 }
 
 func (p *pipeConn) queue(table, sql string, args ...any) {
 	p.pending = append(p.pending, queuedWrite{table: table, sql: sql, args: args})
 }
 
+// queueRow queues an INSERT of one VALUES tuple (coalesce may join it
+// with others of the same statement). sql must end with the tuple (no ON
+// CONFLICT or RETURNING after it); otherwise it is queued as it is.
+func (p *pipeConn) queueRow(table, sql string, args ...any) {
+	tail := sql[strings.LastIndex(sql, "VALUES")+1:]
+	row := strings.Contains(sql, "VALUES") && strings.HasSuffix(strings.TrimSpace(sql), ")") &&
+		strings.Count(tail, "(") == 1 && strings.Count(tail, ")") == 1
+	p.pending = append(p.pending, queuedWrite{table: table, sql: sql, args: args, row: row})
+}
+
+// queueSet queues a write that sets the row key names to fixed values
+// (a later one of the same key supersedes it).
+func (p *pipeConn) queueSet(table, key, sql string, args ...any) {
+	p.pending = append(p.pending, queuedWrite{table: table, sql: sql, args: args, key: key})
+}
+
+// maxRowParams bounds the parameters of one coalesced INSERT (PostgreSQL
+// takes at most 65,535).
+const maxRowParams = 32768
+
+// coalesce shortens a queue of writes without changing what it does: a
+// write superseded by a later one of the same key is dropped, and
+// single-row INSERTs of the same statement with nothing but such
+// inserts and superseded writes between them become one multi-row INSERT
+// (a run of federation events stores its events and outbox rows in a
+// statement each, not one per event). Writes keep their order otherwise.
+func coalesce(ws []queuedWrite) []queuedWrite {
+	last := map[string]int{}
+	for i, w := range ws {
+		if w.key != "" {
+			last[w.key] = i
+		}
+	}
+	out := make([]queuedWrite, 0, len(ws))
+	open := map[string]int{} // statement -> index in out of its open multi-row insert
+	for i, w := range ws {
+		if w.key != "" && last[w.key] != i {
+			continue
+		}
+		if !w.row {
+			// Another write between inserts keeps them apart.
+			clear(open)
+			out = append(out, w)
+			continue
+		}
+		j, ok := open[w.sql]
+		if ok && len(out[j].args)+len(w.args) <= maxRowParams {
+			m := &out[j]
+			values := strings.LastIndex(w.sql, "VALUES")
+			m.sql += "," + renumberParams(w.sql[values+len("VALUES"):], len(m.args))
+			m.args = append(m.args, w.args...)
+			continue
+		}
+		// The merged statement keeps the first insert's text as its key.
+		open[w.sql] = len(out)
+		w.args = slices.Clone(w.args)
+		out = append(out, w)
+	}
+	return out
+}
+
 // take returns a batch holding the queued writes, combined, and empties
 // the queue.
 func (p *pipeConn) take() *pgx.Batch {
 	b := &pgx.Batch{}
+	p.pending = coalesce(p.pending)
 	for start := 0; start < len(p.pending); {
 		end := start + 1
 		tables := map[string]bool{p.pending[start].table: true}
