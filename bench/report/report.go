@@ -178,6 +178,15 @@ func Write(res *loadgen.Result, resultsPath, docs, analysis string) error {
 		w("\n")
 	}
 
+	// Side by side with another homeserver (make bench-compare).
+	if cmp, cmpPath, err := LatestComparison(filepath.Dir(resultsPath)); err != nil {
+		return err
+	} else if cmp != nil {
+		if err := writeComparison(w, cmp, cmpPath, plotDir, rel); err != nil {
+			return err
+		}
+	}
+
 	// Every phase.
 	w("## Every phase\n\nLatencies in ms. Set-up phases (registration, room creation, joins) are measured too.\n\n")
 	w("| scenario | phase | params | ok | errors | ops/s | p50 | p95 | p99 | max |\n| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |\n")
