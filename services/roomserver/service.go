@@ -116,21 +116,23 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		return nil, fmt.Errorf("roomserver store: %w", err)
 	}
 	s := &Service{
-		cfg:          cfg,
-		log:          deps.Logger,
-		serverName:   serverName,
-		store:        st,
-		js:           deps.JetStream,
-		signer:       sg,
-		verifier:     newServerKeys(deps.ServerKeys, cfg.KeyCacheTTL),
-		locks:        newRoomLocks(),
-		snapshots:    lru.New[int64, snapshot](cfg.StateCacheSize),
+		cfg:        cfg,
+		log:        deps.Logger,
+		serverName: serverName,
+		store:      st,
+		js:         deps.JetStream,
+		signer:     sg,
+		verifier:   newServerKeys(deps.ServerKeys, cfg.KeyCacheTTL),
+		locks:      newRoomLocks(),
+		snapshots: lru.NewWeighted[int64, snapshot](cfg.StateCacheSize, cfg.StateCacheMaxEntries,
+			func(s snapshot) int { return len(s.state) }),
 		events:       lru.New[int64, *eventEntry](cfg.EventCacheSize),
-		stateKeys:    lru.New[store.StateKey, int64](100000),
-		roomVersions: lru.New[string, gomatrixserverlib.RoomVersion](100000),
-		memberViews:  lru.New[int64, *memberView](256),
-		templateKey:  tk,
-		wake:         make(chan struct{}, 1),
+		stateKeys:    lru.New[store.StateKey, int64](cfg.StateKeyCacheSize),
+		roomVersions: lru.New[string, gomatrixserverlib.RoomVersion](cfg.RoomVersionCacheSize),
+		memberViews: lru.NewWeighted[int64, *memberView](cfg.MemberViewCacheSize, cfg.MemberViewCacheMaxEntries,
+			func(v *memberView) int { return len(v.memberships) }),
+		templateKey: tk,
+		wake:        make(chan struct{}, 1),
 	}
 	s.directory = directory.New(st, serverName, func(ctx context.Context, roomID string) (bool, error) {
 		_, err := s.room(ctx, roomID)
