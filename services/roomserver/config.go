@@ -28,17 +28,20 @@ type Config struct {
 	// snapshots together: a large room's state (10,000 members) is one
 	// snapshot, so the count alone bounds nothing (some 40 bytes each).
 	StateCacheMaxEntries int `yaml:"state_cache_max_entries"`
-	// EventCacheSize is how many parsed events stay in memory.
-	EventCacheSize int `yaml:"event_cache_size"`
+	// EventCacheSize is how many parsed events stay in memory, and
+	// EventCacheMaxBytes bounds their JSON together (the parsed form
+	// holds about as much again).
+	EventCacheSize     int `yaml:"event_cache_size"`
+	EventCacheMaxBytes int `yaml:"event_cache_max_bytes"`
 	// StateKeyCacheSize is how many (type, state key) → NID mappings stay
 	// in memory; RoomVersionCacheSize how many room versions.
 	StateKeyCacheSize    int `yaml:"state_key_cache_size"`
 	RoomVersionCacheSize int `yaml:"room_version_cache_size"`
 	// MemberViewCacheSize is how many snapshots' memberships (for
-	// federation queries) stay in memory, MemberViewCacheMaxEntries their
+	// federation queries) stay in memory, MemberViewMaxEntries their
 	// members together.
-	MemberViewCacheSize       int `yaml:"member_view_cache_size"`
-	MemberViewCacheMaxEntries int `yaml:"member_view_cache_max_entries"`
+	MemberViewCacheSize  int `yaml:"member_view_cache_size"`
+	MemberViewMaxEntries int `yaml:"member_view_cache_max_entries"`
 	// KeyCacheTTL is how long the key-server's public keys are trusted
 	// before they are fetched again.
 	KeyCacheTTL time.Duration `yaml:"key_cache_ttl"`
@@ -57,21 +60,22 @@ type Config struct {
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{
-		MaxConns:                  16,
-		DefaultRoomVersion:        string(gomatrixserverlib.RoomVersionV11),
-		MaxPrevEvents:             10,
-		SnapshotBaseInterval:      64,
-		StateCacheSize:            256,
-		StateCacheMaxEntries:      200000,
-		EventCacheSize:            20000,
-		StateKeyCacheSize:         100000,
-		RoomVersionCacheSize:      100000,
-		MemberViewCacheSize:       256,
-		MemberViewCacheMaxEntries: 100000,
-		KeyCacheTTL:               5 * time.Minute,
-		PublishPollInterval:       time.Second,
-		OutboxPruneInterval:       time.Minute,
-		StreamReplicas:            1,
+		MaxConns:             16,
+		DefaultRoomVersion:   string(gomatrixserverlib.RoomVersionV11),
+		MaxPrevEvents:        10,
+		SnapshotBaseInterval: 64,
+		StateCacheSize:       256,
+		StateCacheMaxEntries: 200000,
+		EventCacheSize:       20000,
+		EventCacheMaxBytes:   16 << 20,
+		StateKeyCacheSize:    100000,
+		RoomVersionCacheSize: 100000,
+		MemberViewCacheSize:  256,
+		MemberViewMaxEntries: 100000,
+		KeyCacheTTL:          5 * time.Minute,
+		PublishPollInterval:  time.Second,
+		OutboxPruneInterval:  time.Minute,
+		StreamReplicas:       1,
 	}
 }
 
@@ -90,9 +94,9 @@ func (c Config) Validate() error {
 	if c.SnapshotBaseInterval < 1 {
 		errs = append(errs, errors.New("snapshot_base_interval must be at least 1"))
 	}
-	if c.StateCacheSize < 1 || c.EventCacheSize < 1 || c.StateCacheMaxEntries < 1 || c.StateKeyCacheSize < 1 ||
-		c.RoomVersionCacheSize < 1 || c.MemberViewCacheSize < 1 || c.MemberViewCacheMaxEntries < 1 {
-		errs = append(errs, errors.New("state_cache_size, state_cache_max_entries, event_cache_size, state_key_cache_size, room_version_cache_size, member_view_cache_size and member_view_cache_max_entries must be at least 1"))
+	if c.StateCacheSize < 1 || c.EventCacheSize < 1 || c.EventCacheMaxBytes < 1 || c.StateCacheMaxEntries < 1 || c.StateKeyCacheSize < 1 ||
+		c.RoomVersionCacheSize < 1 || c.MemberViewCacheSize < 1 || c.MemberViewMaxEntries < 1 {
+		errs = append(errs, errors.New("state_cache_size, state_cache_max_entries, event_cache_size, event_cache_max_bytes, state_key_cache_size, room_version_cache_size, member_view_cache_size and member_view_cache_max_entries must be at least 1"))
 	}
 	if c.KeyCacheTTL <= 0 {
 		errs = append(errs, errors.New("key_cache_ttl must be positive"))
