@@ -229,13 +229,12 @@ func startDendrite(ctx context.Context, bin, dir string, db *clusterDB) (*server
 	if err != nil {
 		return nil, "", err
 	}
-	var cfg bytes.Buffer
-	tmpl := template.Must(template.New("dendrite.yaml").Parse(dendriteConfig))
-	if err := tmpl.Execute(&cfg, map[string]any{"ServerName": "localhost", "Dir": dir, "DatabaseURL": dsn, "MaxConns": dendriteMaxConns}); err != nil {
+	cfg, err := renderDendriteConfig(dir, dsn)
+	if err != nil {
 		return nil, "", err
 	}
 	cfgPath := filepath.Join(dir, "dendrite.yaml")
-	if err := os.WriteFile(cfgPath, cfg.Bytes(), 0o644); err != nil {
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return nil, "", err
 	}
 	httpAddr, err := freeAddr()
@@ -263,7 +262,19 @@ func startDendrite(ctx context.Context, bin, dir string, db *clusterDB) (*server
 		s.stop()
 		return nil, "", err
 	}
-	return s, cfg.String(), nil
+	return s, cfg, nil
+}
+
+// renderDendriteConfig fills dendrite.yaml.tmpl for a server in dir on
+// the database dsn (lib/pq's key=value form).
+func renderDendriteConfig(dir, dsn string) (string, error) {
+	var cfg bytes.Buffer
+	tmpl, err := template.New("dendrite.yaml").Option("missingkey=error").Parse(dendriteConfig)
+	if err != nil {
+		return "", err
+	}
+	err = tmpl.Execute(&cfg, map[string]any{"ServerName": "localhost", "Dir": dir, "DatabaseURL": dsn, "MaxConns": dendriteMaxConns})
+	return cfg.String(), err
 }
 
 // libpqDSN turns a pgx URL (devinfra's, possibly naming a Unix socket
