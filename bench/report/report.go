@@ -140,7 +140,7 @@ func Write(res *loadgen.Result, resultsPath, docs, analysis string) error {
 			if o := res.Options; o.BigSync.Rooms < fullBigSyncRooms || o.Serial.Messages < 3000 {
 				size = "**a run smaller than the full bench**"
 			}
-			w("| all-in-one RSS after the full bench ≤ 150 MiB | myelin process %s RSS%s %s, after %s; peak (VmHWM) %s | %s |\n",
+			w("| all-in-one RSS after the full bench ≤ 150 MiB | myelin process %s RSS%s after the last scenario (%s) of %s; peak (VmHWM) %s | %s |\n",
 				bytesStr(float64(m.RSSBytes)), rssSplit(m), strings.TrimPrefix(last.Label, "after_"), size,
 				bytesStr(float64(m.PeakRSSBytes)), versus(float64(m.RSSBytes), goalAfterRSSBytes, false, "bytes"))
 		}
