@@ -26,7 +26,7 @@ type Config struct {
 	StateCacheSize int `yaml:"state_cache_size"`
 	// StateCacheMaxEntries bounds the state entries of all cached
 	// snapshots together: a large room's state (10,000 members) is one
-	// snapshot, so the count alone bounds nothing (some 40 bytes each).
+	// snapshot, so the count alone bounds nothing (about 70 bytes each).
 	StateCacheMaxEntries int `yaml:"state_cache_max_entries"`
 	// EventCacheSize is how many parsed events stay in memory, and
 	// EventCacheMaxBytes bounds their JSON together (the parsed form
@@ -65,9 +65,9 @@ func DefaultConfig() Config {
 		MaxPrevEvents:        10,
 		SnapshotBaseInterval: 64,
 		StateCacheSize:       256,
-		StateCacheMaxEntries: 200000,
+		StateCacheMaxEntries: 100000,
 		EventCacheSize:       20000,
-		EventCacheMaxBytes:   16 << 20,
+		EventCacheMaxBytes:   8 << 20,
 		StateKeyCacheSize:    100000,
 		RoomVersionCacheSize: 100000,
 		MemberViewCacheSize:  256,
