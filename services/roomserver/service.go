@@ -127,7 +127,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		snapshots: lru.NewWeighted[int64, snapshot](cfg.StateCacheSize, cfg.StateCacheMaxEntries,
 			func(s snapshot) int { return len(s.state) }),
 		events: lru.NewWeighted[int64, *eventEntry](cfg.EventCacheSize, cfg.EventCacheMaxBytes,
-			func(e *eventEntry) int { return len(e.pdu.JSON()) }),
+			func(e *eventEntry) int { return eventMemoryPerJSONByte * len(e.pdu.JSON()) }),
 		stateKeys:    lru.New[store.StateKey, int64](cfg.StateKeyCacheSize),
 		roomVersions: lru.New[string, gomatrixserverlib.RoomVersion](cfg.RoomVersionCacheSize),
 		memberViews: lru.NewWeighted[int64, *memberView](cfg.MemberViewCacheSize, cfg.MemberViewMaxEntries,
