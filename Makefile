@@ -6,7 +6,7 @@ PROTOS    := $(shell find $(PROTO_DIR) -name '*.proto' | sort)
 # Modules of the workspace (go.work); tests run in each.
 MODULES   := . ./pkg ./proto ./services/appservice ./services/roomserver ./services/clientapi ./services/keyserver ./services/presence ./services/media ./services/fedreceiver ./services/fedsender
 
-.PHONY: all build run test test-unit test-e2e jsclient-deps s3-server interop dendrite proto proto-check vet lint bench bench-quick bench-go bench-tools clean fuzz
+.PHONY: all build run test test-unit test-e2e jsclient-deps s3-server interop dendrite proto proto-check vet lint bench bench-quick bench-compare bench-compare-quick bench-go bench-tools clean fuzz
 
 all: build
 
@@ -175,6 +175,27 @@ bench-go:
 bench-quick: build bench-tools
 	./$(BIN)/myelin-bench run -bin $(BIN)/myelin -quick -results bench/tmp/quick \
 		-tmp bench/tmp/quick -docs bench/tmp/quick/benchmarks.md $(BENCH_FLAGS)
+
+# Myelin and Dendrite (built by `make dendrite`, the version pinned above)
+# side by side (issue #20): one PostgreSQL cluster with PostgreSQL's durable
+# defaults, Myelin then Dendrite each on a fresh database of it, driven by
+# the load generator's portable scenarios (serial send, the closed-loop
+# sweep with send-to-sync delivery) at make bench's sizes. Dendrite's
+# configuration is cmd/myelin-bench/dendrite.yaml.tmpl (pool that keeps its
+# connections, rate limits and federation off). Writes
+# bench/results/compare/<date>-<time>-<commit>.json and the ratio table and
+# plots of docs/benchmarks.md. bench-compare-quick (a few minutes) checks it
+# at small sizes and keeps everything under bench/tmp/compare-quick.
+COMPARE_DEFAULTS ?= -serial-messages 3000 -senders 32 -rooms 32 -sweep 1,2,4,8,16,32,64 -step 15s
+
+bench-compare: build bench-tools dendrite
+	./$(BIN)/myelin-bench compare -bin $(BIN)/myelin -dendrite $(DENDRITE) -dendrite-version $(DENDRITE_VERSION) \
+		$(COMPARE_DEFAULTS) $(BENCH_FLAGS)
+
+bench-compare-quick: build bench-tools dendrite
+	./$(BIN)/myelin-bench compare -bin $(BIN)/myelin -dendrite $(DENDRITE) -dendrite-version $(DENDRITE_VERSION) \
+		-quick -results bench/tmp/compare-quick -tmp bench/tmp/compare-quick \
+		-docs bench/tmp/compare-quick/benchmarks.md $(BENCH_FLAGS)
 
 # ---------------------------------------------------------------------------
 # Deployment artifacts (Dockerfile, docker-compose.yml, deploy/helm/myelin),

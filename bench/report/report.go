@@ -22,7 +22,8 @@ const (
 	goalSendP99Ms      = 100.0  // ... with send p99 under this
 	goalDeliveryP99Ms  = 50.0
 	goalBigSyncMs      = 1000.0
-	goalIdleRSSBytes   = 80 << 20
+	goalIdleRSSBytes   = 45 << 20  // issue #20: idle after start ...
+	goalAfterRSSBytes  = 150 << 20 // ... and after the full bench
 	fullBigSyncRooms   = 300
 	fullBigSyncMembers = 300
 )
@@ -130,8 +131,20 @@ func Write(res *loadgen.Result, resultsPath, docs, analysis string) error {
 			if pg != nil {
 				extra = fmt.Sprintf("; its PostgreSQL: %s PSS over %d processes", bytesStr(float64(pg.PSSBytes)), pg.Processes)
 			}
-			w("| all-in-one idle RSS < 80 MB | myelin process %s RSS%s | %s |\n",
-				bytesStr(float64(m.RSSBytes)), extra, versus(float64(m.RSSBytes), goalIdleRSSBytes, false, "bytes"))
+			w("| all-in-one idle RSS after start ≤ 45 MiB | myelin process %s RSS%s%s | %s |\n",
+				bytesStr(float64(m.RSSBytes)), rssSplit(m), extra, versus(float64(m.RSSBytes), goalIdleRSSBytes, false, "bytes"))
+		}
+	}
+	if n := len(res.Memory); n > 1 {
+		last := &res.Memory[n-1]
+		if m := proc(last, "myelin"); m != nil {
+			size := "the full bench"
+			if o := res.Options; o.BigSync.Rooms < fullBigSyncRooms || o.Serial.Messages < 3000 {
+				size = "**a run smaller than the full bench**"
+			}
+			w("| all-in-one RSS after the full bench ≤ 150 MiB | myelin process %s RSS%s after the last scenario (%s) of %s; peak (VmHWM) %s | %s |\n",
+				bytesStr(float64(m.RSSBytes)), rssSplit(m), strings.TrimPrefix(last.Label, "after_"), size,
+				bytesStr(float64(m.PeakRSSBytes)), versus(float64(m.RSSBytes), goalAfterRSSBytes, false, "bytes"))
 		}
 	}
 	w("\n")
@@ -180,6 +193,15 @@ func Write(res *loadgen.Result, resultsPath, docs, analysis string) error {
 		w("\n")
 	}
 
+	// Side by side with another homeserver (make bench-compare).
+	if cmp, cmpPath, err := LatestComparison(filepath.Dir(resultsPath)); err != nil {
+		return err
+	} else if cmp != nil {
+		if err := writeComparison(w, cmp, cmpPath, plotDir, rel); err != nil {
+			return err
+		}
+	}
+
 	// Every phase.
 	w("## Every phase\n\nLatencies in ms. Set-up phases (registration, room creation, joins) are measured too.\n\n")
 	w("| scenario | phase | params | ok | errors | ops/s | p50 | p95 | p99 | max |\n| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |\n")
@@ -212,10 +234,12 @@ func Write(res *loadgen.Result, resultsPath, docs, analysis string) error {
 	// Memory.
 	if len(res.Memory) > 0 {
 		w("## Memory and CPU (scenario 5)\n\nRSS is VmRSS; for PostgreSQL (postmaster and backends) the RSS sum counts shared buffers once per backend, so PSS (shared pages split between processes) is the fairer size. CPU is user+system seconds since start.\n\n")
-		w("| when | process | processes | RSS | PSS | peak RSS (root) | CPU s |\n| --- | --- | ---: | ---: | ---: | ---: | ---: |\n")
+		w("RSS anon is the process's own memory (Go heap, stacks), RSS file the pages of mapped files it touched (mostly its executable's code and data, shared with the page cache).\n\n")
+		w("| when | process | processes | RSS | RSS anon | RSS file | PSS | peak RSS (root) | CPU s |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 		for _, m := range res.Memory {
 			for _, p := range m.Processes {
-				w("| %s | %s | %d | %s | %s | %s | %.1f |\n", m.Label, p.Name, p.Processes, bytesStr(float64(p.RSSBytes)),
+				w("| %s | %s | %d | %s | %s | %s | %s | %s | %.1f |\n", m.Label, p.Name, p.Processes, bytesStr(float64(p.RSSBytes)),
+					bytesStr(float64(p.RSSAnonBytes)), bytesStr(float64(p.RSSFileBytes)),
 					bytesStr(float64(p.PSSBytes)), bytesStr(float64(p.PeakRSSBytes)), p.CPUSeconds)
 			}
 		}
@@ -237,15 +261,19 @@ func Write(res *loadgen.Result, resultsPath, docs, analysis string) error {
 	// Profiles.
 	if len(res.Profiles) > 0 {
 		w("## Profiles\n\nTaken through `debug.pprof_listen` during the throughput step at N=%d. Open them with `go tool pprof -http=: <file>`.\n\n", res.Options.Throughput.Senders)
-		for _, kind := range []string{"cpu", "allocs"} {
+		for _, kind := range []string{"cpu", "allocs", "heap"} {
 			path, ok := res.Profiles[kind]
 			if !ok {
 				continue
 			}
 			w("### %s: [`%s`](%s)\n\n", kind, filepath.Base(path), rel(path))
 			args := []string{"tool", "pprof", "-top", "-nodecount=20"}
-			if kind == "allocs" {
+			switch kind {
+			case "allocs":
 				args = append(args, "-sample_index=alloc_space")
+			case "heap":
+				w("The live heap after the last scenario (after a collection), by where it was allocated.\n\n")
+				args = append(args, "-sample_index=inuse_space")
 			}
 			for _, mode := range []string{"flat", "cum"} {
 				a := slices.Clone(args)
@@ -285,6 +313,14 @@ func Write(res *loadgen.Result, resultsPath, docs, analysis string) error {
 	}
 	w("## Federation\n\nThe `fedingest` and `fedjoin` rows above are issue #16's goals: at least 2,000 verified, stored PDUs per second (the `ingest` phase's throughput: peers of the load generator's own, each sending 50-PDU transactions one at a time into a room of its own) and a join of a remote room of 10,000 state events in at most 10 s.\n")
 	return os.WriteFile(docs, b.Bytes(), 0o644)
+}
+
+// rssSplit is " (X anon, Y file)" when the sample has the split.
+func rssSplit(p *loadgen.ProcessSample) string {
+	if p.RSSAnonBytes == 0 && p.RSSFileBytes == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (%s anon, %s file)", bytesStr(float64(p.RSSAnonBytes)), bytesStr(float64(p.RSSFileBytes)))
 }
 
 // versus says how a measurement compares with its goal.

@@ -5,6 +5,7 @@
 // and regenerates docs/benchmarks.md and its plots.
 //
 //	myelin-bench run [-quick] [load generator flags]   # what make bench runs
+//	myelin-bench compare -dendrite BIN [-quick] [...]  # make bench-compare (compare.go)
 //	myelin-bench report -in bench/results/X.json       # only the report
 package main
 
@@ -28,11 +29,13 @@ import (
 )
 
 func main() {
-	err := errors.New("usage: myelin-bench run|report [flags]")
+	err := errors.New("usage: myelin-bench run|compare|report [flags]")
 	if len(os.Args) > 1 {
 		switch os.Args[1] {
 		case "run":
 			err = runCmd(os.Args[2:])
+		case "compare":
+			err = compareCmd(os.Args[2:])
 		case "report":
 			err = reportCmd(os.Args[2:])
 		}
@@ -89,7 +92,7 @@ func runCmd(args []string) error {
 		return err
 	}
 	defer closeAS()
-	srv, err := startServer(ctx, *bin, runDir, *pgSettings, append(fedEnv, asEnv...))
+	srv, err := startServer(ctx, *bin, runDir, *pgSettings, append(fedEnv, asEnv...), nil)
 	if err != nil {
 		return err
 	}

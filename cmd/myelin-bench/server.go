@@ -33,8 +33,10 @@ type server struct {
 
 // startServer writes the default configuration (myelin generate-config)
 // into dir and starts the binary on free loopback ports. Rate limits are
-// off: they would measure the limiter, not the server.
-func startServer(ctx context.Context, bin, dir, pgSettings string, fed []string) (*server, error) {
+// off: they would measure the limiter, not the server. With db set, the
+// server uses that database on a cluster of the caller's (make
+// bench-compare) instead of starting its own.
+func startServer(ctx context.Context, bin, dir, pgSettings string, fed []string, db *clusterDB) (*server, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -68,6 +70,9 @@ func startServer(ctx context.Context, bin, dir, pgSettings string, fed []string)
 		"MYELIN_LOGGING_LEVEL=warn",
 	}
 	env = append(env, fed...)
+	if db != nil {
+		env = append(env, "MYELIN_DATABASE_URL="+db.url)
+	}
 	// With pg_stat_statements loaded, the results name the statements
 	// that took the database's time during the profiled throughput step.
 	// PostgreSQL's durability settings are the server's defaults (durable)
@@ -99,20 +104,32 @@ func startServer(ctx context.Context, bin, dir, pgSettings string, fed []string)
 		s.stop()
 		return nil, err
 	}
-	if err := s.readPostmaster(); err != nil {
+	pgDir := filepath.Join(dir, "data", "postgres")
+	if db != nil {
+		pgDir = db.dir
+	}
+	if err := s.readPostmaster(pgDir); err != nil {
 		s.stop()
 		return nil, err
 	}
 	return s, nil
 }
 
+// clusterDB is a database on a PostgreSQL cluster the bench started
+// itself (devinfra.StartPostgres in dir).
+type clusterDB struct {
+	url string
+	dir string
+}
+
 func (s *server) waitReady(ctx context.Context) error {
+	name := filepath.Base(s.cmd.Path)
 	deadline := time.Now().Add(120 * time.Second)
 	for time.Now().Before(deadline) {
 		select {
 		case err := <-s.done:
 			s.done <- err
-			return fmt.Errorf("myelin exited during start-up (%v); log: %s", err, s.logPath)
+			return fmt.Errorf("%s exited during start-up (%v); log: %s", name, err, s.logPath)
 		case <-ctx.Done():
 			return ctx.Err()
 		default:
@@ -126,13 +143,13 @@ func (s *server) waitReady(ctx context.Context) error {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	return fmt.Errorf("myelin not ready after 120s; log: %s", s.logPath)
+	return fmt.Errorf("%s not ready after 120s; log: %s", name, s.logPath)
 }
 
-// readPostmaster finds the local cluster's postmaster PID and port in its
+// readPostmaster finds the cluster's postmaster PID and port in its
 // postmaster.pid (line 1 and line 4), to watch it and size its database.
-func (s *server) readPostmaster() error {
-	raw, err := os.ReadFile(filepath.Join(s.dir, "data", "postgres", "pgdata", "postmaster.pid"))
+func (s *server) readPostmaster(pgDir string) error {
+	raw, err := os.ReadFile(filepath.Join(pgDir, "pgdata", "postmaster.pid"))
 	if err != nil {
 		return fmt.Errorf("local PostgreSQL: %w", err)
 	}
@@ -158,6 +175,7 @@ func (s *server) stop() error {
 	if s.cmd == nil || s.cmd.Process == nil {
 		return nil
 	}
+	name := filepath.Base(s.cmd.Path)
 	_ = s.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case err := <-s.done:
@@ -165,7 +183,7 @@ func (s *server) stop() error {
 	case <-time.After(60 * time.Second):
 		_ = s.cmd.Process.Kill()
 		<-s.done
-		return fmt.Errorf("myelin did not stop within 60s")
+		return fmt.Errorf("%s did not stop within 60s", name)
 	}
 }
 

@@ -18,11 +18,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/signal"
 	"runtime"
 	"runtime/debug"
 	"syscall"
+
+	"go.uber.org/zap"
 
 	"github.com/myelin-chat/myelin/pkg/config"
 	"github.com/myelin-chat/myelin/pkg/logging"
@@ -33,7 +36,8 @@ import (
 // Under load the collector was 12 % of the server's CPU (#5); at 200 it
 // runs half as often for a heap that may grow to three times the live
 // data instead of twice. Idle memory barely changes, since little is live.
-// Deployments with a memory limit should also set GOMEMLIMIT.
+// Deployments with a memory limit should also set runtime.memory_limit
+// (or GOMEMLIMIT); the all-in-one shape has one by default.
 const defaultGCPercent = 200
 
 // usage lists every command. A command's own flags: myelin <command> -h.
@@ -147,6 +151,13 @@ func run(args []string, stdout, stderr io.Writer) error {
 	log, err := logging.New(cfg.Logging)
 	if err != nil {
 		return err
+	}
+	limit, from, err := myelin.ApplyMemoryLimit(cfg, targets)
+	if err != nil {
+		return err
+	}
+	if limit > 0 && limit < math.MaxInt64 {
+		log.Info("Go soft memory limit", zap.Int64("bytes", limit), zap.String("from", from))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

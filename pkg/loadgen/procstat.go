@@ -37,6 +37,12 @@ type ProcessSample struct {
 	PSSBytes int64 `json:"pss_bytes"`
 	// PeakRSSBytes is the root process's high-water mark (VmHWM).
 	PeakRSSBytes int64 `json:"peak_rss_bytes"`
+	// RSSAnonBytes and RSSFileBytes split RSS (summed over a tree): anon
+	// is the process's own memory (heap, stacks), file the mapped files'
+	// pages it touched (its executable's code and data, shared with the
+	// page cache).
+	RSSAnonBytes int64 `json:"rss_anon_bytes,omitempty"`
+	RSSFileBytes int64 `json:"rss_file_bytes,omitempty"`
 }
 
 // MemorySample is every watched process at one point of the run.
@@ -76,16 +82,19 @@ func sampleProcess(p Process) (ProcessSample, error) {
 			}
 			continue // a backend that exited meanwhile
 		}
-		rss, hwm, err := readStatus(pid)
+		vm, err := readStatus(pid)
 		if err != nil {
 			if i == 0 {
 				return s, fmt.Errorf("process %s (%d): %w", p.Name, pid, err)
 			}
 			continue
 		}
+		rss, hwm := vm["VmRSS"], vm["VmHWM"]
 		s.Processes++
 		s.CPUSeconds += float64(st.utime+st.stime+st.cutime+st.cstime) / clockTicks
 		s.RSSBytes += rss
+		s.RSSAnonBytes += vm["RssAnon"]
+		s.RSSFileBytes += vm["RssFile"]
 		s.PSSBytes += readPss(pid)
 		if i == 0 {
 			s.PeakRSSBytes = hwm
@@ -125,29 +134,24 @@ func readStat(pid int) (procStat, error) {
 	return st, nil
 }
 
-// readStatus returns VmRSS and VmHWM in bytes.
-func readStatus(pid int) (rss, hwm int64, err error) {
+// readStatus returns the memory sizes of /proc/<pid>/status (VmRSS,
+// VmHWM, RssAnon, RssFile...) in bytes.
+func readStatus(pid int) (map[string]int64, error) {
 	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, 0, err
+		return nil, err
 	}
+	out := map[string]int64{}
 	for _, line := range strings.Split(string(raw), "\n") {
 		k, v, ok := strings.Cut(line, ":")
-		if !ok || (k != "VmRSS" && k != "VmHWM") {
+		if !ok || !strings.HasSuffix(v, " kB") {
 			continue
 		}
 		f := strings.Fields(v) // "123 kB"
-		if len(f) == 0 {
-			continue
-		}
 		n, _ := strconv.ParseInt(f[0], 10, 64)
-		if k == "VmRSS" {
-			rss = n * 1024
-		} else {
-			hwm = n * 1024
-		}
+		out[k] = n * 1024
 	}
-	return rss, hwm, nil
+	return out, nil
 }
 
 // descendants lists every process below root, by walking /proc's ppids.

@@ -16,6 +16,10 @@ type Scenario struct {
 	Name  string
 	Title string
 	Run   func(ctx context.Context, env *Env) error
+	// Portable scenarios drive only the client-server API with open
+	// registration, so they measure any homeserver alike: make
+	// bench-compare runs these against Myelin and Dendrite.
+	Portable bool
 }
 
 var registry []Scenario
@@ -43,6 +47,17 @@ func Register(s Scenario) {
 		}
 	}
 	registry = append(registry, s)
+}
+
+// PortableScenarios names the Portable scenarios in run order.
+func PortableScenarios() []string {
+	var out []string
+	for _, s := range registry {
+		if s.Portable {
+			out = append(out, s.Name)
+		}
+	}
+	return out
 }
 
 // Scenarios lists the registered scenarios in run order.

@@ -34,7 +34,8 @@ type Options struct {
 	DatabaseURL string `json:"-"`
 	// PprofURL, if set, is a Go net/http/pprof base (http://host:port);
 	// CPU and allocation profiles are fetched during the throughput
-	// scenario into ProfileDir.
+	// scenario, and a heap profile after the last scenario, into
+	// ProfileDir.
 	PprofURL       string `json:"pprof_url,omitempty"`
 	ProfileDir     string `json:"-"`
 	ProfileSeconds int    `json:"profile_seconds,omitempty"`
@@ -234,6 +235,13 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		}
 		if err := sample("after_" + s.Name); err != nil {
 			return res, err
+		}
+	}
+	// What holds the server's memory after the run: the live heap (after
+	// a collection) by allocation site.
+	if opts.PprofURL != "" {
+		if _, err := env.fetchProfile(ctx, "heap?gc=1", "heap.pprof"); err != nil {
+			return res, fmt.Errorf("heap profile: %w", err)
 		}
 	}
 	res.HostChecks = append(res.HostChecks, checkHost(ctx, "end", opts.DatabaseURL))

@@ -8,7 +8,7 @@ import (
 
 // Scenario 1: one client sends messages one after another into one room;
 // the latency of a single send with no competing load.
-var serialScenario = Scenario{Name: "serial", Title: "serial send latency (one client, one room)", Run: runSerial}
+var serialScenario = Scenario{Name: "serial", Title: "serial send latency (one client, one room)", Run: runSerial, Portable: true}
 
 func runSerial(ctx context.Context, e *Env) error {
 	users, err := e.NewUsers(ctx, "serial", "serial", 1)

@@ -17,7 +17,7 @@ import (
 // Meanwhile one more member of every room long-polls /sync; the delivery
 // time of a message is from its send's 200 to the /sync answer that
 // carries it (0 when /sync was faster than the send's answer).
-var throughputScenario = Scenario{Name: "throughput", Title: "closed-loop throughput sweep and send-to-sync delivery", Run: runThroughput}
+var throughputScenario = Scenario{Name: "throughput", Title: "closed-loop throughput sweep and send-to-sync delivery", Run: runThroughput, Portable: true}
 
 func runThroughput(ctx context.Context, e *Env) error {
 	o := e.Opts.Throughput

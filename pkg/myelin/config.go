@@ -49,6 +49,8 @@ type Config struct {
 	Metrics ListenConfig `yaml:"metrics"`
 	// Debug holds opt-in diagnostics (off by default).
 	Debug DebugConfig `yaml:"debug"`
+	// Runtime holds Go runtime settings (memlimit.go).
+	Runtime RuntimeConfig `yaml:"runtime"`
 	// Federation is the server-server transport: the HTTPS federation
 	// listener (federation.listen) and every outbound request to other
 	// homeservers (discovery, TLS trust, the static server-name map, the
@@ -129,6 +131,7 @@ func DefaultConfig() Config {
 		HTTP:             ListenConfig{Listen: "127.0.0.1:8008"},
 		GRPC:             GRPCConfig{Listen: "127.0.0.1:0"},
 		NATS:             bus.Config{Replicas: 1},
+		Runtime:          RuntimeConfig{MemoryLimit: "auto"},
 		Federation:       federation.DefaultConfig(),
 		KeyServer:        keyserver.DefaultConfig(),
 		RoomServer:       roomserver.DefaultConfig(),
@@ -175,6 +178,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DataDir == "" && c.Media.Storage.Backend == media.BackendFile && c.Media.Storage.Path == "" {
 		errs = append(errs, errors.New("data_dir must be set when media.storage.path is empty (the file backend keeps media under data_dir/media)"))
+	}
+	if _, err := c.Runtime.memoryLimit(true); err != nil {
+		errs = append(errs, fmt.Errorf("runtime.memory_limit: %w", err))
 	}
 	errs = append(errs,
 		prefix("federation", c.Federation.Validate()),

@@ -104,6 +104,8 @@ func DefaultConfig() Config {
 			DefaultTimelineLimit: 10,
 			MaxTimelineLimit:     1000,
 			MaxTimeout:           5 * time.Minute,
+			LazyCacheDevices:     10000,
+			LazyCacheMembers:     200000,
 		},
 		ConsumerName:           "clientapi-sync",
 		ToDeviceInConsumerName: "clientapi-todevice-in",
@@ -157,6 +159,9 @@ func (c Config) Validate() error {
 	}
 	if c.Sync.MaxTimeout < time.Second {
 		errs = append(errs, errors.New("sync.max_timeout must be at least 1s"))
+	}
+	if c.Sync.LazyCacheDevices < 1 || c.Sync.LazyCacheMembers < 1 {
+		errs = append(errs, errors.New("sync.lazy_cache_devices and sync.lazy_cache_members must be at least 1"))
 	}
 	if c.ConsumerName == "" {
 		errs = append(errs, errors.New("consumer_name must be set"))

@@ -6,8 +6,10 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -98,7 +100,7 @@ func TestLoadGeneratorQuick(t *testing.T) {
 	}
 	for _, m := range res.Memory {
 		p := m.Processes[0]
-		if p.RSSBytes <= 0 || p.PeakRSSBytes < p.RSSBytes || p.CPUSeconds <= 0 {
+		if p.RSSBytes <= 0 || p.PeakRSSBytes < p.RSSBytes || p.CPUSeconds <= 0 || p.RSSAnonBytes <= 0 || p.RSSAnonBytes > p.RSSBytes {
 			t.Errorf("memory sample %s: %+v", m.Label, p)
 		}
 	}
@@ -117,7 +119,7 @@ func TestLoadGeneratorQuick(t *testing.T) {
 	if res.DatabaseSizeBytes <= 0 {
 		t.Errorf("database size %d", res.DatabaseSizeBytes)
 	}
-	for _, kind := range []string{"cpu", "allocs"} {
+	for _, kind := range []string{"cpu", "allocs", "heap"} {
 		st, err := os.Stat(res.Profiles[kind])
 		if err != nil || st.Size() == 0 {
 			t.Errorf("%s profile %q: %v", kind, res.Profiles[kind], err)
@@ -133,7 +135,7 @@ func TestLoadGeneratorQuick(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range []string{"## Goals", "closed-loop throughput", "send-to-sync", "idle RSS", "![throughput]", "Largest footprint", "Host check"} {
+	for _, s := range []string{"## Goals", "closed-loop throughput", "send-to-sync", "idle RSS", "RSS after the full bench", "![throughput]", "Largest footprint", "Host check", "### heap"} {
 		if !strings.Contains(string(md), s) {
 			t.Errorf("report lacks %q", s)
 		}
@@ -143,5 +145,42 @@ func TestLoadGeneratorQuick(t *testing.T) {
 		if err != nil || !strings.Contains(string(raw), "<svg") {
 			t.Errorf("plot %s: %v", svg, err)
 		}
+	}
+
+	// make bench-compare's section: the same result as both servers'
+	// (the other's process renamed) gives ratios of 1.
+	other := *res
+	other.Memory = nil
+	for _, m := range res.Memory {
+		m.Processes = slices.Clone(m.Processes)
+		m.Processes[0].Name = "dendrite"
+		other.Memory = append(other.Memory, m)
+	}
+	cmp := report.Comparison{Started: time.Now(), Meta: map[string]string{"dendrite_version": "v0.13.8"},
+		Runs: []report.ComparedRun{{Server: "myelin", Result: res}, {Server: "dendrite", Result: &other}}}
+	if err := os.MkdirAll(filepath.Join(dir, report.ComparisonDir), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := json.Marshal(cmp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, report.ComparisonDir, "x.json"), raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := report.Write(res, filepath.Join(dir, "result.json"), docs, ""); err != nil {
+		t.Fatal(err)
+	}
+	if md, err = os.ReadFile(docs); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"## Side by side with Dendrite", "| serial send p50 |", "| closed loop N=2: events/s |",
+		"| server RSS after the run |", "compare-throughput.svg"} {
+		if !strings.Contains(string(md), s) {
+			t.Errorf("report lacks %q", s)
+		}
+	}
+	if n := strings.Count(string(md), "| 1.00 | same |"); n < 5 {
+		t.Errorf("%d ratio rows of 1.00, want every row of the same result compared with itself", n)
 	}
 }

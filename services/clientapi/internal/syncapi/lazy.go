@@ -21,18 +21,21 @@ import (
 // device in memory (lazyCache), as Synapse does: after a restart, or when
 // the cache is full, members are simply sent again.
 
-// lazyCacheMaxDevices bounds the cache; past it the cache starts over.
-const lazyCacheMaxDevices = 10000
-
 // lazyCache remembers the member events sent to each device, per room:
-// device key -> room -> member -> event ID.
+// device key -> room -> member -> event ID. It is bounded by devices and
+// by remembered members in all (sync.lazy_cache_devices and
+// sync.lazy_cache_members); past either it starts over, and devices are
+// then simply sent their members again.
 type lazyCache struct {
-	mu      sync.Mutex
-	devices map[string]map[string]map[string]string
+	mu         sync.Mutex
+	devices    map[string]map[string]map[string]string
+	members    int // remembered in all
+	maxDevices int
+	maxMembers int
 }
 
-func newLazyCache() *lazyCache {
-	return &lazyCache{devices: map[string]map[string]map[string]string{}}
+func newLazyCache(maxDevices, maxMembers int) *lazyCache {
+	return &lazyCache{devices: map[string]map[string]map[string]string{}, maxDevices: maxDevices, maxMembers: maxMembers}
 }
 
 func lazyKey(dev *httpapi.Device) string { return dev.UserID + "|" + dev.DeviceID }
@@ -41,6 +44,9 @@ func lazyKey(dev *httpapi.Device) string { return dev.UserID + "|" + dev.DeviceI
 func (c *lazyCache) reset(dev *httpapi.Device) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	for _, sent := range c.devices[lazyKey(dev)] {
+		c.members -= len(sent)
+	}
 	delete(c.devices, lazyKey(dev))
 }
 
@@ -51,9 +57,12 @@ func (c *lazyCache) unsent(dev *httpapi.Device, roomID string, members []store.C
 	defer c.mu.Unlock()
 	k := lazyKey(dev)
 	rooms := c.devices[k]
+	if c.members+len(members) > c.maxMembers {
+		c.devices, c.members, rooms = map[string]map[string]map[string]string{}, 0, nil
+	}
 	if rooms == nil {
-		if len(c.devices) >= lazyCacheMaxDevices {
-			c.devices = map[string]map[string]map[string]string{}
+		if len(c.devices) >= c.maxDevices {
+			c.devices, c.members = map[string]map[string]map[string]string{}, 0
 		}
 		rooms = map[string]map[string]string{}
 		c.devices[k] = rooms
@@ -65,8 +74,12 @@ func (c *lazyCache) unsent(dev *httpapi.Device, roomID string, members []store.C
 	}
 	out := members[:0:0]
 	for _, m := range members {
-		if redundant || sent[m.StateKey] != m.EventID {
+		prev, known := sent[m.StateKey]
+		if redundant || prev != m.EventID {
 			out = append(out, m)
+		}
+		if !known {
+			c.members++
 		}
 		sent[m.StateKey] = m.EventID
 	}

@@ -32,6 +32,11 @@ type Config struct {
 	MaxTimelineLimit int `yaml:"max_timeline_limit"`
 	// MaxTimeout caps the long-poll timeout a client asks for.
 	MaxTimeout time.Duration `yaml:"max_timeout"`
+	// LazyCacheDevices and LazyCacheMembers bound the memory of which
+	// member events each device was sent (lazy-loading members, lazy.go):
+	// devices, and members remembered in all.
+	LazyCacheDevices int `yaml:"lazy_cache_devices"`
+	LazyCacheMembers int `yaml:"lazy_cache_members"`
 }
 
 // Waker wakes a user's long polls on every replica (wakebus.Bus).
@@ -88,7 +93,7 @@ func New(d Deps) *Service {
 	return &Service{
 		cfg: d.Config, log: d.Log, serverName: d.ServerName, store: d.Store, rooms: d.Rooms, presence: d.Presence,
 		history: d.History, push: d.Push, keys: d.Keys, notifier: d.Notifier, wakeBus: d.Wake, toDeviceOut: d.ToDeviceOut,
-		lazy: newLazyCache(),
+		lazy: newLazyCache(d.Config.LazyCacheDevices, d.Config.LazyCacheMembers),
 	}
 }
 
