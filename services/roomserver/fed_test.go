@@ -168,7 +168,7 @@ func TestFederationBadInput(t *testing.T) {
 	for _, e := range st.GetState() {
 		pe.AuthEvents = append(pe.AuthEvents.([]string), e.GetEventId())
 	}
-	onRejected, err := h.svc.signer.build(h.ctx, verImpl, pe)
+	onRejected, err := h.svc.signer.Build(h.ctx, verImpl, pe)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,7 +204,7 @@ func TestFederationBadInput(t *testing.T) {
 	// An event of a room that does not exist.
 	pe = &gomatrixserverlib.ProtoEvent{SenderID: alice, RoomID: "!nowhere:" + testServer, Type: "m.room.message",
 		PrevEvents: []string{x}, AuthEvents: []string{x}, Depth: 3, Content: mustJSON(t, map[string]any{"body": "?"}), Version: verImpl}
-	ghost, err := h.svc.signer.build(h.ctx, verImpl, pe)
+	ghost, err := h.svc.signer.Build(h.ctx, verImpl, pe)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -301,7 +301,7 @@ func TestOutOfRoomInvite(t *testing.T) {
 			// template and signed here.
 			leavePE := rr.proto(bob, spec.MRoomMember, ptr(bob), map[string]any{"membership": "leave"})
 			leavePE.PrevEvents = []string{invite.EventID()}
-			leave, err := h.svc.signer.build(h.ctx, rr.verImpl, leavePE)
+			leave, err := h.svc.signer.Build(h.ctx, rr.verImpl, leavePE)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -19,7 +19,6 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
-	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/roomserver/store"
 )
@@ -392,7 +391,7 @@ func (s residentJoins) countersign(ctx context.Context, verImpl gomatrixserverli
 	if err != nil {
 		return nil, err
 	}
-	resp, err := s.signer.keys.SignJSON(ctx, &keyserverv1.SignJSONRequest{Json: redacted})
+	resp, err := s.signer.SignJSON(ctx, redacted)
 	if err != nil {
 		return nil, fmt.Errorf("%w: SignJSON: %w", errKeyServer, err)
 	}

@@ -412,7 +412,7 @@ func TestAuthEventsSelection(t *testing.T) {
 	verImpl := gomatrixserverlib.MustGetRoomVersion("11")
 	rebuild := func(prevs, auth []string) gomatrixserverlib.PDU {
 		t.Helper()
-		ev, err := h.svc.signer.build(h.ctx, verImpl, &gomatrixserverlib.ProtoEvent{
+		ev, err := h.svc.signer.Build(h.ctx, verImpl, &gomatrixserverlib.ProtoEvent{
 			SenderID: alice, RoomID: roomID, Type: "m.room.message", PrevEvents: prevs, AuthEvents: auth,
 			Depth: good.Depth(), Content: []byte(`{"body":"y"}`),
 		})

@@ -9,6 +9,7 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/pgstore"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/roomserver/signing"
 )
 
 // handler implements the generated RoomService server. It is the only
@@ -34,11 +35,11 @@ func toStatus(err error) error {
 		code = codes.NotFound
 	case errors.Is(err, ErrForbidden):
 		code = codes.PermissionDenied
-	case errors.Is(err, ErrBadRequest), errors.Is(err, ErrUnsupportedRoomVersion):
+	case errors.Is(err, ErrBadRequest), errors.Is(err, signing.ErrInvalidEvent), errors.Is(err, ErrUnsupportedRoomVersion):
 		code = codes.InvalidArgument
 	case errors.Is(err, ErrNoState):
 		code = codes.FailedPrecondition
-	case errors.Is(err, ErrEventTooLarge):
+	case errors.Is(err, ErrEventTooLarge), errors.Is(err, signing.ErrTooLarge):
 		code = codes.OutOfRange
 	case errors.Is(err, context.Canceled):
 		code = codes.Canceled

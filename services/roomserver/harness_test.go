@@ -406,7 +406,7 @@ func (h *harness) build(roomID, sender, typ string, stateKey *string, content an
 		h.t.Fatal(err)
 	}
 	pe.AuthEvents = eb.AuthEvents
-	ev, err := h.svc.signer.build(h.ctx, verImpl, pe)
+	ev, err := h.svc.signer.Build(h.ctx, verImpl, pe)
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -7,7 +7,7 @@ package roomserver
 //  1. parse with the room version (NewEventFromUntrustedJSON: canonical
 //     JSON, fields, content hash; a bad content hash redacts the event as
 //     the spec says) -> INVALID on failure
-//  2. signatures (VerifyEventSignatures with keyVerifier) -> INVALID
+//  2. signatures (VerifyEventSignatures with signing.Verifier) -> INVALID
 //  3. already stored? -> DUPLICATE
 //  4. unknown prev_events / auth_events -> MISSING_EVENTS, nothing stored
 //     (OUTLIER input: prev_events are not needed; stored without state,
@@ -49,6 +49,7 @@ import (
 	"github.com/myelin-chat/myelin/pkg/logging"
 	"github.com/myelin-chat/myelin/pkg/parallel"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/roomserver/signing"
 	"github.com/myelin-chat/myelin/services/roomserver/store"
 )
 
@@ -108,7 +109,7 @@ type inputOpts struct {
 }
 
 // errKeyServer marks a failure to reach the key-server while verifying.
-var errKeyServer = errors.New("key-server unavailable")
+var errKeyServer = signing.ErrKeyServer
 
 // parseAndVerify runs steps 1 and 2 (step 2 not for an outlier whose
 // signatures the calling federation service checked:

@@ -180,7 +180,7 @@ func TestOtherServersAndRotation(t *testing.T) {
 	h.inputOne(old, accepted)
 	// The room-server signs with the key it holds until it asks the
 	// key-server again (TestLocalSigningAcrossRotation); here it asks now.
-	h.svc.signer.key.Forget()
+	h.svc.signer.Key.Forget()
 	id := h.mustSend(roomID, alice, message(t, "signed after the rotation"))
 	verImpl := gomatrixserverlib.MustGetRoomVersion("11")
 	pdu, err := verImpl.NewEventFromTrustedJSON(h.event(id).GetEventJson(), false)

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
+	"github.com/myelin-chat/myelin/services/roomserver/signing"
 	"github.com/myelin-chat/myelin/services/roomserver/store"
 )
 
@@ -27,7 +28,7 @@ import (
 // re-checks for local events.
 func TestLocalEventsVerify(t *testing.T) {
 	h := newHarness(t, nil)
-	keys := newServerKeys(h.sks, time.Minute)
+	keys := signing.NewVerifier(h.sks, time.Minute)
 	for _, version := range []string{"1", "4", "10", "11", "12"} {
 		t.Run("v"+version, func(t *testing.T) {
 			created := h.createRoom(version, "public", map[string]int{alice: 100})
@@ -71,7 +72,7 @@ func TestLocalEventsVerify(t *testing.T) {
 // on as one graph.
 func TestLocalSigningAcrossRotation(t *testing.T) {
 	h := newHarness(t, nil)
-	keys := newServerKeys(h.sks, time.Minute)
+	keys := signing.NewVerifier(h.sks, time.Minute)
 	created := h.createRoom("10", "public", map[string]int{alice: 100})
 	roomID := created.GetRoomId()
 	keyIDOf := func(id string) string {
@@ -115,7 +116,7 @@ func TestLocalSigningAcrossRotation(t *testing.T) {
 	if got := keyIDOf(held); got != oldKey {
 		t.Fatalf("before asking again the room-server signed with %s, want the held %s", got, oldKey)
 	}
-	h.svc.signer.key.Forget() // what valid_until_ts passing does
+	h.svc.signer.Key.Forget() // what valid_until_ts passing does
 	after := h.mustSend(roomID, alice, message(t, "after"))
 	if got := keyIDOf(after); got != rot.GetKeyId() {
 		t.Fatalf("after asking again the room-server signed with %s, want the new %s", got, rot.GetKeyId())

@@ -194,7 +194,7 @@ func wantStatuses(t testing.TB, res []*roomserverv1.InputEventResult, want rooms
 func (h *harness) localJoin(rr *remoteRoom, user string) gomatrixserverlib.PDU {
 	h.t.Helper()
 	pe := rr.proto(user, spec.MRoomMember, &user, map[string]any{"membership": "join"})
-	ev, err := h.svc.signer.build(h.ctx, rr.verImpl, pe)
+	ev, err := h.svc.signer.Build(h.ctx, rr.verImpl, pe)
 	if err != nil {
 		h.t.Fatal(err)
 	}

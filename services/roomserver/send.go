@@ -194,7 +194,7 @@ func (s *Service) createRoom(ctx context.Context, req *roomserverv1.CreateRoomRe
 		}
 	}
 	empty := ""
-	create, err := s.signer.build(ctx, verImpl, &gomatrixserverlib.ProtoEvent{
+	create, err := s.signer.Build(ctx, verImpl, &gomatrixserverlib.ProtoEvent{
 		SenderID: creator, RoomID: roomID, Type: spec.MRoomCreate, StateKey: &empty,
 		PrevEvents: []string{}, AuthEvents: []string{}, Depth: 1, Content: createContent,
 	})
@@ -292,7 +292,7 @@ func (s *Service) sendEvent(ctx context.Context, req *roomserverv1.SendEventRequ
 	}
 	// The signing key is asked for (when due) before the room's lock is
 	// taken; a failure shows again when the event is built.
-	_, _ = s.signer.identity(ctx)
+	_, _ = s.signer.Identity(ctx)
 	unlock := s.locks.lock(roomID)
 	defer unlock()
 	w, err := s.beginWrite(ctx, roomID, txnKey)
@@ -407,7 +407,7 @@ func (s *Service) buildOnCurrent(ctx context.Context, w *writeTx, room store.Roo
 	if err != nil {
 		return nil, nil, err
 	}
-	ev, err = s.signer.buildAt(ctx, verImpl, pe, t.OriginTS)
+	ev, err = s.signer.BuildAt(ctx, verImpl, pe, t.OriginTS)
 	return ev, refs, err
 }
 

@@ -24,6 +24,7 @@ import (
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/roomserver/directory"
+	"github.com/myelin-chat/myelin/services/roomserver/signing"
 	"github.com/myelin-chat/myelin/services/roomserver/store"
 )
 
@@ -67,8 +68,8 @@ type Service struct {
 	serverName spec.ServerName
 	store      *store.Store
 	js         jetstream.JetStream
-	signer     *signer
-	verifier   keyVerifier
+	signer     *signing.Signer
+	verifier   gomatrixserverlib.JSONVerifier
 	locks      *roomLocks
 
 	snapshots *lru.Cache[int64, snapshot]
@@ -103,7 +104,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		return nil, errors.New("roomserver: Logger, ServerName, JetStream, KeyServer and ServerKeys are required")
 	}
 	serverName := spec.ServerName(deps.ServerName)
-	sg := newSigner(serverName, deps.KeyServer, deps.ServerKeys)
+	sg := signing.NewSigner(serverName, deps.KeyServer, deps.ServerKeys)
 	if err := ensureStreams(ctx, deps.JetStream, cfg.StreamReplicas); err != nil {
 		return nil, err
 	}
@@ -122,7 +123,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		store:      st,
 		js:         deps.JetStream,
 		signer:     sg,
-		verifier:   newServerKeys(deps.ServerKeys, cfg.KeyCacheTTL),
+		verifier:   signing.NewVerifier(deps.ServerKeys, cfg.KeyCacheTTL),
 		locks:      newRoomLocks(),
 		snapshots: lru.NewWeighted[int64, snapshot](cfg.StateCacheSize, cfg.StateCacheMaxEntries,
 			func(s snapshot) int { return len(s.state) }),

@@ -1,4 +1,4 @@
-package roomserver
+package signing
 
 import (
 	"context"
@@ -11,13 +11,7 @@ import (
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
 )
 
-// keyVerifier is what the input pipeline needs to check signatures. It is
-// gomatrixserverlib's JSONVerifier, so gomatrixserverlib.VerifyEventSignatures
-// decides which servers must have signed an event and this only answers
-// "is this JSON signed by that server".
-type keyVerifier = gomatrixserverlib.JSONVerifier
-
-// serverKeys verifies signatures of any server, this one included, with the
+// Verifier verifies signatures of any server, this one included, with the
 // verify keys the key-server has (ServerKeyService.QueryServerKeys: its
 // cache, or fetched from the server or through notaries). It is
 // gomatrixserverlib's KeyRing over federation.KeyCache, which caches the
@@ -25,22 +19,23 @@ type keyVerifier = gomatrixserverlib.JSONVerifier
 // it did not get at most once a second (a forged key ID must not turn into
 // a key-server request per event). A key must be valid at the event's
 // origin_server_ts: old keys verify what they signed before they expired.
-type serverKeys struct {
+type Verifier struct {
 	ring *gomatrixserverlib.KeyRing
 }
 
-var _ keyVerifier = (*serverKeys)(nil)
+var _ gomatrixserverlib.JSONVerifier = (*Verifier)(nil)
 
-func newServerKeys(client keyserverv1.ServerKeyServiceClient, ttl time.Duration) *serverKeys {
-	return &serverKeys{ring: federation.NewVerifier(client, ttl)}
+// NewVerifier caches the key-server's answers for ttl.
+func NewVerifier(client keyserverv1.ServerKeyServiceClient, ttl time.Duration) *Verifier {
+	return &Verifier{ring: federation.NewVerifier(client, ttl)}
 }
 
 // VerifyJSONs implements gomatrixserverlib.JSONVerifier. An error return
 // means the key-server could not be asked (not that a signature is bad).
-func (k *serverKeys) VerifyJSONs(ctx context.Context, requests []gomatrixserverlib.VerifyJSONRequest) ([]gomatrixserverlib.VerifyJSONResult, error) {
+func (k *Verifier) VerifyJSONs(ctx context.Context, requests []gomatrixserverlib.VerifyJSONRequest) ([]gomatrixserverlib.VerifyJSONResult, error) {
 	results, err := k.ring.VerifyJSONs(ctx, requests)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", errKeyServer, err)
+		return nil, fmt.Errorf("%w: %w", ErrKeyServer, err)
 	}
 	return results, nil
 }
