@@ -410,21 +410,20 @@ func applyState(ctx context.Context, tx pgx.Tx, in Input, pos int64) (Applied, e
 			return Applied{}, err
 		}
 	}
+	// Everything the event adds goes out in one pipelined batch: a join
+	// to a remote room adds its whole state (10,000 members are 40,000
+	// statements, which one by one cost a round trip each).
+	b := &pgx.Batch{}
+	var members []memberChange
 	for _, st := range in.Added {
-		_, err := tx.Exec(ctx, `INSERT INTO current_state (room_id, type, state_key, event_id, sender, membership, event, pos)
+		b.Queue(`INSERT INTO current_state (room_id, type, state_key, event_id, sender, membership, event, pos)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 			ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = EXCLUDED.event_id, sender = EXCLUDED.sender,
 				membership = EXCLUDED.membership, event = EXCLUDED.event, pos = EXCLUDED.pos`,
 			ev.RoomID, st.Type, st.StateKey, st.EventID, st.Sender, nullable(st.Membership), st.JSON, pos)
-		if err != nil {
-			return Applied{}, err
-		}
 		if st.Type == typeMember {
 			delete(removedMembers, st.StateKey)
-			if err := setMembership(ctx, tx, st.StateKey, ev.RoomID, st.Membership, st.EventID, pos); err != nil {
-				return Applied{}, err
-			}
-			a.Changes = append(a.Changes, MembershipChange{UserID: st.StateKey, RoomID: ev.RoomID, Membership: st.Membership})
+			members = append(members, memberChange{userID: st.StateKey, membership: st.Membership, eventID: st.EventID})
 		}
 	}
 	// A member event that left the state without a replacement (a state
@@ -435,10 +434,16 @@ func applyState(ctx context.Context, tx pgx.Tx, in Input, pos int64) (Applied, e
 	}
 	slices.Sort(users)
 	for _, u := range users {
-		if err := setMembership(ctx, tx, u, ev.RoomID, MembershipLeave, ev.EventID, pos); err != nil {
-			return Applied{}, err
-		}
-		a.Changes = append(a.Changes, MembershipChange{UserID: u, RoomID: ev.RoomID, Membership: MembershipLeave})
+		members = append(members, memberChange{userID: u, membership: MembershipLeave, eventID: ev.EventID})
+	}
+	if err := queueMemberships(ctx, tx, b, ev.RoomID, members, pos); err != nil {
+		return Applied{}, err
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return Applied{}, err
+	}
+	for _, m := range members {
+		a.Changes = append(a.Changes, MembershipChange{UserID: m.userID, RoomID: ev.RoomID, Membership: m.membership})
 	}
 	if in.Redacted != nil {
 		if err := applyRedaction(ctx, tx, ev.RoomID, *in.Redacted); err != nil {
@@ -448,30 +453,61 @@ func applyState(ctx context.Context, tx pgx.Tx, in Input, pos int64) (Applied, e
 	return a, nil
 }
 
-func setMembership(ctx context.Context, tx pgx.Tx, userID, roomID, membership, eventID string, pos int64) error {
-	var prev string
-	var joinPos *int64
-	err := tx.QueryRow(ctx, `SELECT membership, join_pos FROM memberships WHERE user_id = $1 AND room_id = $2 FOR UPDATE`,
-		userID, roomID).Scan(&prev, &joinPos)
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return err
+// memberChange is one user's new membership in a room.
+type memberChange struct{ userID, membership, eventID string }
+
+// queueMemberships queues the membership rows of changes (one per user)
+// into b, after reading and locking the users' current rows in one
+// statement: the previous membership and the join position (set at a
+// join, kept otherwise) come from them.
+func queueMemberships(ctx context.Context, tx pgx.Tx, b *pgx.Batch, roomID string, changes []memberChange, pos int64) error {
+	if len(changes) == 0 {
+		return nil
 	}
-	if membership == MembershipJoin && prev != MembershipJoin {
-		joinPos = &pos
+	type row struct {
+		membership string
+		joinPos    *int64
 	}
-	_, err = tx.Exec(ctx, `INSERT INTO membership_log (room_id, user_id, pos, membership) VALUES ($1, $2, $3, $4)
-		ON CONFLICT (user_id, room_id, pos) DO UPDATE SET membership = EXCLUDED.membership`,
-		roomID, userID, pos, membership)
+	users := make([]string, len(changes))
+	for i, c := range changes {
+		users[i] = c.userID
+	}
+	prev := make(map[string]row, len(changes))
+	rows, err := tx.Query(ctx, `SELECT user_id, membership, join_pos FROM memberships
+		WHERE room_id = $1 AND user_id = ANY($2) ORDER BY user_id FOR UPDATE`, roomID, users)
 	if err != nil {
 		return err
 	}
-	_, err = tx.Exec(ctx, `INSERT INTO memberships (user_id, room_id, membership, prev_membership, event_id, pos, join_pos)
-		VALUES ($1, $2, $3, $4, $5, $6, $7)
-		ON CONFLICT (user_id, room_id) DO UPDATE SET membership = EXCLUDED.membership,
-			prev_membership = EXCLUDED.prev_membership, event_id = EXCLUDED.event_id, pos = EXCLUDED.pos,
-			join_pos = EXCLUDED.join_pos`,
-		userID, roomID, membership, prev, eventID, pos, joinPos)
-	return err
+	for rows.Next() {
+		var u string
+		var r row
+		if err := rows.Scan(&u, &r.membership, &r.joinPos); err != nil {
+			rows.Close()
+			return err
+		}
+		prev[u] = r
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for _, c := range changes {
+		p := prev[c.userID]
+		joinPos := p.joinPos
+		if c.membership == MembershipJoin && p.membership != MembershipJoin {
+			joinPos = &pos
+		}
+		b.Queue(`INSERT INTO membership_log (room_id, user_id, pos, membership) VALUES ($1, $2, $3, $4)
+			ON CONFLICT (user_id, room_id, pos) DO UPDATE SET membership = EXCLUDED.membership`,
+			roomID, c.userID, pos, c.membership)
+		b.Queue(`INSERT INTO memberships (user_id, room_id, membership, prev_membership, event_id, pos, join_pos)
+			VALUES ($1, $2, $3, $4, $5, $6, $7)
+			ON CONFLICT (user_id, room_id) DO UPDATE SET membership = EXCLUDED.membership,
+				prev_membership = EXCLUDED.prev_membership, event_id = EXCLUDED.event_id, pos = EXCLUDED.pos,
+				join_pos = EXCLUDED.join_pos`,
+			c.userID, roomID, c.membership, p.membership, c.eventID, pos, joinPos)
+	}
+	return nil
 }
 
 // JoinedMembers returns every room's joined users, for the notifier.
