@@ -1,7 +1,7 @@
 // Package clientevent is the client-API's vocabulary for events as clients
 // see them (the event format itself is pkg/clientevent, shared with the
-// appservice service): rendering stored events, stream tokens, filters, ignore lists, and what the room event consumer extracts
-// from an event (relations, search text, redacted copies). It holds no
+// appservice service): rendering stored events, stream tokens, filters,
+// ignore lists, and what the room event consumer extracts from an event (relations, search text, redacted copies). It holds no
 // state and serves no endpoint.
 package clientevent
 
