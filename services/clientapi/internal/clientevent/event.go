@@ -1,8 +1,9 @@
 // Package clientevent is the client-API's vocabulary for events as clients
 // see them (the event format itself is pkg/clientevent, shared with the
 // appservice service): rendering stored events, stream tokens, filters,
-// ignore lists, and what the room event consumer extracts from an event (relations, search text, redacted copies). It holds no
-// state and serves no endpoint.
+// ignore lists, and what the room event consumer extracts from an event
+// (relations, search text, redacted copies). It holds no state and serves no
+// endpoint.
 package clientevent
 
 import (
