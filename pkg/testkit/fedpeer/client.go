@@ -232,20 +232,13 @@ func (s *Server) MakeMembership(kind, roomID, userID string) (gomatrixserverlib.
 func (s *Server) Join(roomID, userID string, v1 bool) *Room {
 	s.t.Helper()
 	verImpl, join := s.MakeMembership("join", roomID, userID)
-	path := "/_matrix/federation/v2/send_join/"
+	version := "v2"
 	if v1 {
-		path = "/_matrix/federation/v1/send_join/"
+		version = "v1"
 	}
-	status, body := s.Put(path+url.PathEscape(roomID)+"/"+url.PathEscape(join.EventID()), json.RawMessage(join.JSON()))
+	status, body := s.SendMembership("join", version, roomID, join)
 	if status != 200 {
 		s.t.Fatalf("send_join: %d %s", status, body)
-	}
-	if v1 {
-		var wrapped []json.RawMessage
-		if err := json.Unmarshal(body, &wrapped); err != nil || len(wrapped) != 2 || string(wrapped[0]) != "200" {
-			s.t.Fatalf("send_join v1 answer is not [200, {...}]: %s", body)
-		}
-		body = wrapped[1]
 	}
 	var resp struct {
 		State     []json.RawMessage `json:"state"`
@@ -265,7 +258,7 @@ func (s *Server) Join(roomID, userID string, v1 bool) *Room {
 	if signed.EventID() != join.EventID() {
 		s.t.Fatalf("send_join answered with event %s, sent %s", signed.EventID(), join.EventID())
 	}
-	rr := &Room{s: s, RoomID: roomID, Version: verImpl, State: map[gomatrixserverlib.StateKeyTuple]gomatrixserverlib.PDU{}}
+	rr := &Room{Server: s, RoomID: roomID, Version: verImpl, State: map[gomatrixserverlib.StateKeyTuple]gomatrixserverlib.PDU{}}
 	for _, ev := range state {
 		rr.State[gomatrixserverlib.StateKeyTuple{EventType: ev.Type(), StateKey: *ev.StateKey()}] = ev
 	}
@@ -274,4 +267,20 @@ func (s *Server) Join(roomID, userID string, v1 bool) *Room {
 	s.Rooms[roomID] = rr
 	s.Mu.Unlock()
 	return rr
+}
+
+// SendMembership puts a signed membership event to send_<kind> (version
+// "v1" or "v2") and returns the status and body (v1's [200, body]
+// unwrapped).
+func (s *Server) SendMembership(kind, version, roomID string, ev gomatrixserverlib.PDU) (int, []byte) {
+	s.t.Helper()
+	status, body := s.Put("/_matrix/federation/"+version+"/send_"+kind+"/"+url.PathEscape(roomID)+"/"+url.PathEscape(ev.EventID()), json.RawMessage(ev.JSON()))
+	if status == 200 && version == "v1" && kind != "knock" { // send_knock has no [200, ...] form
+		var wrapped []json.RawMessage
+		if err := json.Unmarshal(body, &wrapped); err != nil || len(wrapped) != 2 || string(wrapped[0]) != "200" {
+			s.t.Fatalf("send_%s v1 answer is not [200, {...}]: %s", kind, body)
+		}
+		body = wrapped[1]
+	}
+	return status, body
 }

@@ -14,7 +14,7 @@ import (
 // the events it applied in order. The server builds its events on the
 // last one.
 type Room struct {
-	s       *Server
+	Server  *Server
 	RoomID  string
 	Version gomatrixserverlib.IRoomVersion
 	State   map[gomatrixserverlib.StateKeyTuple]gomatrixserverlib.PDU
@@ -28,7 +28,7 @@ type Room struct {
 func (s *Server) NewRoom(version, creator, joinRule string) *Room {
 	s.t.Helper()
 	verImpl := gomatrixserverlib.MustGetRoomVersion(gomatrixserverlib.RoomVersion(version))
-	rr := &Room{s: s, Version: verImpl, State: map[gomatrixserverlib.StateKeyTuple]gomatrixserverlib.PDU{}}
+	rr := &Room{Server: s, Version: verImpl, State: map[gomatrixserverlib.StateKeyTuple]gomatrixserverlib.PDU{}}
 	content := map[string]any{"room_version": version}
 	if n, _ := strconv.Atoi(version); n <= 10 {
 		content["creator"] = creator // room versions 1-10 name the creator
@@ -86,9 +86,9 @@ func (rr *Room) Apply(ev gomatrixserverlib.PDU) {
 	for k, st := range rr.State {
 		before[k] = st.EventID()
 	}
-	rr.s.Mu.Lock()
-	rr.s.Events[ev.EventID()] = &Event{PDU: ev, StateBefore: before}
-	rr.s.Mu.Unlock()
+	rr.Server.Mu.Lock()
+	rr.Server.Events[ev.EventID()] = &Event{PDU: ev, StateBefore: before}
+	rr.Server.Mu.Unlock()
 	if sk := ev.StateKey(); sk != nil {
 		rr.State[gomatrixserverlib.StateKeyTuple{EventType: ev.Type(), StateKey: *sk}] = ev
 	}
@@ -99,10 +99,10 @@ func (rr *Room) Apply(ev gomatrixserverlib.PDU) {
 // Proto is an event on the room's last event with auth events from its
 // state.
 func (rr *Room) Proto(sender, typ string, stateKey *string, content any) *gomatrixserverlib.ProtoEvent {
-	t := rr.s.t
+	t := rr.Server.t
 	t.Helper()
 	pe := &gomatrixserverlib.ProtoEvent{SenderID: sender, RoomID: rr.RoomID, Type: typ, StateKey: stateKey,
-		PrevEvents: []string{rr.Last.EventID()}, Depth: rr.Last.Depth() + 1, Content: rr.s.mustJSON(content), Version: rr.Version}
+		PrevEvents: []string{rr.Last.EventID()}, Depth: rr.Last.Depth() + 1, Content: rr.Server.mustJSON(content), Version: rr.Version}
 	provider, err := gomatrixserverlib.NewAuthEvents(rr.StateEvents())
 	if err != nil {
 		t.Fatal(err)
@@ -117,13 +117,13 @@ func (rr *Room) Proto(sender, typ string, stateKey *string, content any) *gomatr
 
 // Build signs an event on the room's last event without applying it.
 func (rr *Room) Build(sender, typ string, stateKey *string, content any) gomatrixserverlib.PDU {
-	rr.s.t.Helper()
-	return rr.s.Sign(rr.Version, rr.Proto(sender, typ, stateKey, content))
+	rr.Server.t.Helper()
+	return rr.Server.Sign(rr.Version, rr.Proto(sender, typ, stateKey, content))
 }
 
 // Add builds and applies an event.
 func (rr *Room) Add(sender, typ string, stateKey *string, content any) gomatrixserverlib.PDU {
-	rr.s.t.Helper()
+	rr.Server.t.Helper()
 	ev := rr.Build(sender, typ, stateKey, content)
 	rr.Apply(ev)
 	return ev
@@ -131,7 +131,7 @@ func (rr *Room) Add(sender, typ string, stateKey *string, content any) gomatrixs
 
 // Message adds a text message.
 func (rr *Room) Message(sender, body string) gomatrixserverlib.PDU {
-	rr.s.t.Helper()
+	rr.Server.t.Helper()
 	return rr.Add(sender, "m.room.message", nil, map[string]any{"msgtype": "m.text", "body": body})
 }
 

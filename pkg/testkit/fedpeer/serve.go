@@ -179,3 +179,14 @@ func (s *Server) serveEventAuth(req *http.Request) (any, int) {
 	}
 	return map[string]any{"auth_chain": JSONs(s.authChainLocked([]gomatrixserverlib.PDU{e.PDU}))}, 200
 }
+
+// serveUserDevices answers /user/devices from Devices.
+func (s *Server) serveUserDevices(req *http.Request) (any, int) {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	devs, ok := s.Devices[param(req, "userId")]
+	if !ok {
+		return notFound()
+	}
+	return devs, 200
+}

@@ -56,8 +56,11 @@ type Server struct {
 	Mu     sync.Mutex
 	Events map[string]*Event
 	Rooms  map[string]*Room
-	calls  map[string]int
-	behave map[string]string
+	// Devices are the device lists it answers /user/devices with, by
+	// user ID.
+	Devices map[string]fclient.RespUserDevices
+	calls   map[string]int
+	behave  map[string]string
 	// OnRequest, when set, runs before each federation request it
 	// answers (to stall it, say).
 	OnRequest func(kind string)
@@ -79,7 +82,7 @@ func New(t testing.TB, name string) *Server {
 		t.Fatal(err)
 	}
 	return &Server{t: t, Name: spec.ServerName(name), KeyID: "ed25519:remote", Key: key,
-		Events: map[string]*Event{}, Rooms: map[string]*Room{}, calls: map[string]int{}, behave: map[string]string{}}
+		Events: map[string]*Event{}, Rooms: map[string]*Room{}, Devices: map[string]fclient.RespUserDevices{}, calls: map[string]int{}, behave: map[string]string{}}
 }
 
 // Serve serves Handler over HTTPS on 127.0.0.1 with a certificate of ca
@@ -121,7 +124,8 @@ func HTTPSClient(t testing.TB, ca *testkit.CA, serverName string) *http.Client {
 func (s *Server) User(local string) string { return "@" + local + ":" + string(s.Name) }
 
 // Called is how many requests of a kind ("get_missing_events",
-// "state_ids", "state", "event", "event_auth", "backfill") it answered.
+// "state_ids", "state", "event", "event_auth", "backfill",
+// "user_devices") it answered.
 func (s *Server) Called(kind string) int {
 	s.Mu.Lock()
 	defer s.Mu.Unlock()
@@ -152,6 +156,7 @@ func (s *Server) Handler() http.Handler {
 	m.Get(v1+"/event/{eventId}", s.federation("event", s.serveEvent))
 	m.Get(v1+"/event_auth/{roomId}/{eventId}", s.federation("event_auth", s.serveEventAuth))
 	m.Get(v1+"/backfill/{roomId}", s.federation("backfill", s.serveBackfill))
+	m.Get(v1+"/user/devices/{userId}", s.federation("user_devices", s.serveUserDevices))
 	return m
 }
 
