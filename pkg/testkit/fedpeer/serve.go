@@ -190,3 +190,24 @@ func (s *Server) serveUserDevices(req *http.Request) (any, int) {
 	}
 	return devs, 200
 }
+
+// serveInvite answers /invite v2: the invite, signed by the server too.
+func (s *Server) serveInvite(req *http.Request) (any, int) {
+	var body struct {
+		RoomVersion string          `json:"room_version"`
+		Event       json.RawMessage `json:"event"`
+	}
+	if err := json.NewDecoder(req.Body).Decode(&body); err != nil {
+		return map[string]string{"errcode": "M_BAD_JSON", "error": err.Error()}, 400
+	}
+	verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(body.RoomVersion))
+	if err != nil {
+		return map[string]string{"errcode": "M_INCOMPATIBLE_ROOM_VERSION", "error": err.Error()}, 400
+	}
+	ev, err := verImpl.NewEventFromUntrustedJSON(body.Event)
+	if err != nil {
+		return map[string]string{"errcode": "M_BAD_JSON", "error": err.Error()}, 400
+	}
+	signed := ev.Sign(string(s.Name), s.KeyID, s.Key)
+	return map[string]any{"event": json.RawMessage(signed.JSON())}, 200
+}

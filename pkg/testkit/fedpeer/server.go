@@ -125,7 +125,7 @@ func (s *Server) User(local string) string { return "@" + local + ":" + string(s
 
 // Called is how many requests of a kind ("get_missing_events",
 // "state_ids", "state", "event", "event_auth", "backfill",
-// "user_devices") it answered.
+// "user_devices", "invite") it answered.
 func (s *Server) Called(kind string) int {
 	s.Mu.Lock()
 	defer s.Mu.Unlock()
@@ -157,6 +157,7 @@ func (s *Server) Handler() http.Handler {
 	m.Get(v1+"/event_auth/{roomId}/{eventId}", s.federation("event_auth", s.serveEventAuth))
 	m.Get(v1+"/backfill/{roomId}", s.federation("backfill", s.serveBackfill))
 	m.Get(v1+"/user/devices/{userId}", s.federation("user_devices", s.serveUserDevices))
+	m.Put("/_matrix/federation/v2/invite/{roomId}/{eventId}", s.federation("invite", s.serveInvite))
 	return m
 }
 
