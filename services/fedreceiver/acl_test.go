@@ -14,6 +14,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/myelin-chat/myelin/pkg/testkit"
+	"github.com/myelin-chat/myelin/pkg/testkit/fedpeer"
 )
 
 // TestServerACL: once a room's m.room.server_acl denies remote.test, its
@@ -25,22 +26,22 @@ func TestServerACL(t *testing.T) {
 	e := newEnv(t, nil)
 	alice := e.localUser("alice")
 	roomID, rr := e.joinedRoom(alice, "11")
-	bob := e.remote.user("bob")
+	bob := e.remote.User("bob")
 	_, err := alice.SendStateEvent(e.ctx, id.RoomID(roomID), event.StateServerACL, "",
 		map[string]any{"allow": []string{"*"}, "deny": []string{"remote.*"}, "allow_ip_literals": false})
 	if err != nil {
 		t.Fatal(err)
 	}
 	testkit.Eventually(t, 10*time.Second, func() error {
-		status, _ := e.remote.get("/_matrix/federation/v1/state_ids/" + esc(roomID) + "?event_id=" + esc(rr.last.EventID()))
+		status, _ := e.remote.Get("/_matrix/federation/v1/state_ids/" + esc(roomID) + "?event_id=" + esc(rr.Last.EventID()))
 		if status != http.StatusForbidden {
 			return fmt.Errorf("state_ids: %d", status)
 		}
 		return nil
 	})
-	known := rr.last.EventID()
-	msg := rr.message(bob, "denied")
-	status, res := e.remote.send(raws(msg),
+	known := rr.Last.EventID()
+	msg := rr.Message(bob, "denied")
+	status, res := e.remote.Send(raws(msg),
 		edu(t, "m.typing", map[string]any{"room_id": roomID, "user_id": bob, "typing": true}),
 		edu(t, "m.receipt", map[string]any{roomID: map[string]any{"m.read": map[string]any{bob: map[string]any{
 			"event_ids": []string{known}, "data": map[string]any{"ts": 1}}}}}))
@@ -51,23 +52,23 @@ func TestServerACL(t *testing.T) {
 		t.Fatal("a denied server's PDU was stored")
 	}
 	q := "/_matrix/federation/v1/"
-	for _, c := range []request{
-		{method: "GET", path: q + "state/" + esc(roomID) + "?event_id=" + esc(known)},
-		{method: "GET", path: q + "event_auth/" + esc(roomID) + "/" + esc(known)},
-		{method: "GET", path: q + "backfill/" + esc(roomID) + "?v=" + esc(known) + "&limit=5"},
-		{method: "POST", path: q + "get_missing_events/" + esc(roomID), body: map[string]any{"earliest_events": []string{}, "latest_events": []string{known}}},
-		{method: "GET", path: q + "event/" + esc(known)},
-		{method: "GET", path: q + "make_join/" + esc(roomID) + "/" + esc(e.remote.user("new")) + "?ver=11"},
-		{method: "GET", path: q + "make_leave/" + esc(roomID) + "/" + esc(bob)},
-		{method: "GET", path: q + "make_knock/" + esc(roomID) + "/" + esc(bob) + "?ver=11"},
-		{method: "PUT", path: q + "send_leave/" + esc(roomID) + "/" + esc(msg.EventID()), body: json.RawMessage(msg.JSON())},
-		{method: "PUT", path: "/_matrix/federation/v2/send_join/" + esc(roomID) + "/" + esc(msg.EventID()), body: json.RawMessage(msg.JSON())},
-		{method: "PUT", path: q + "send_knock/" + esc(roomID) + "/" + esc(msg.EventID()), body: json.RawMessage(msg.JSON())},
-		{method: "GET", path: q + "timestamp_to_event/" + esc(roomID) + "?dir=b&ts=1"},
-		{method: "GET", path: q + "hierarchy/" + esc(roomID)},
+	for _, c := range []fedpeer.Request{
+		{Method: "GET", Path: q + "state/" + esc(roomID) + "?event_id=" + esc(known)},
+		{Method: "GET", Path: q + "event_auth/" + esc(roomID) + "/" + esc(known)},
+		{Method: "GET", Path: q + "backfill/" + esc(roomID) + "?v=" + esc(known) + "&limit=5"},
+		{Method: "POST", Path: q + "get_missing_events/" + esc(roomID), Body: map[string]any{"earliest_events": []string{}, "latest_events": []string{known}}},
+		{Method: "GET", Path: q + "event/" + esc(known)},
+		{Method: "GET", Path: q + "make_join/" + esc(roomID) + "/" + esc(e.remote.User("new")) + "?ver=11"},
+		{Method: "GET", Path: q + "make_leave/" + esc(roomID) + "/" + esc(bob)},
+		{Method: "GET", Path: q + "make_knock/" + esc(roomID) + "/" + esc(bob) + "?ver=11"},
+		{Method: "PUT", Path: q + "send_leave/" + esc(roomID) + "/" + esc(msg.EventID()), Body: json.RawMessage(msg.JSON())},
+		{Method: "PUT", Path: "/_matrix/federation/v2/send_join/" + esc(roomID) + "/" + esc(msg.EventID()), Body: json.RawMessage(msg.JSON())},
+		{Method: "PUT", Path: q + "send_knock/" + esc(roomID) + "/" + esc(msg.EventID()), Body: json.RawMessage(msg.JSON())},
+		{Method: "GET", Path: q + "timestamp_to_event/" + esc(roomID) + "?dir=b&ts=1"},
+		{Method: "GET", Path: q + "hierarchy/" + esc(roomID)},
 	} {
-		if status, body := e.remote.do(c); status != http.StatusForbidden || errcode(body) != "M_FORBIDDEN" {
-			t.Errorf("%s %s: %d %s, want 403 M_FORBIDDEN", c.method, c.path, status, body)
+		if status, body := e.remote.Do(c); status != http.StatusForbidden || errcode(body) != "M_FORBIDDEN" {
+			t.Errorf("%s %s: %d %s, want 403 M_FORBIDDEN", c.Method, c.Path, status, body)
 		}
 	}
 	// Typing and receipt were dropped: alice's sync shows neither.

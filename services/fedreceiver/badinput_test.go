@@ -18,6 +18,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/myelin-chat/myelin/pkg/testkit"
+	"github.com/myelin-chat/myelin/pkg/testkit/fedpeer"
 )
 
 // TestSoftFailedNeverReachClients: bob's server has not heard of his ban
@@ -29,7 +30,7 @@ func TestSoftFailedNeverReachClients(t *testing.T) {
 	e := newEnv(t, nil)
 	alice := e.localUser("alice")
 	roomID, rr := e.joinedRoom(alice, "11")
-	bob := e.remote.user("bob")
+	bob := e.remote.User("bob")
 	if _, err := alice.BanUser(e.ctx, id.RoomID(roomID), &mautrix.ReqBanUser{UserID: id.UserID(bob), Reason: "spam"}); err != nil {
 		t.Fatal(err)
 	}
@@ -39,8 +40,8 @@ func TestSoftFailedNeverReachClients(t *testing.T) {
 		}
 		return nil
 	})
-	evading := rr.message(bob, "evading the ban")
-	status, res := e.remote.send(raws(evading))
+	evading := rr.Message(bob, "evading the ban")
+	status, res := e.remote.Send(raws(evading))
 	if status != 200 || res[evading.EventID()].Error != "" {
 		t.Fatalf("send: %d %+v", status, res)
 	}
@@ -84,7 +85,7 @@ type badPDU struct {
 type badCtx struct {
 	t       *testing.T
 	e       *env
-	rr      *remoteRoom
+	rr      *fedpeer.Room
 	version string
 	bob     string
 	// rejected is an event refused earlier (the room's rejected name).
@@ -94,7 +95,7 @@ type badCtx struct {
 
 // base builds a message of bob on the room's last event (not applied).
 func (c *badCtx) base(body string) gomatrixserverlib.PDU {
-	return c.rr.build(c.bob, "m.room.message", nil, map[string]any{"msgtype": "m.text", "body": body})
+	return c.rr.Build(c.bob, "m.room.message", nil, map[string]any{"msgtype": "m.text", "body": body})
 }
 
 // edit changes a PDU's JSON object (signatures and hashes stay: the
@@ -115,12 +116,12 @@ func edit(t *testing.T, raw []byte, f func(map[string]any)) []byte {
 // room version's rules, key and server name.
 func (c *badCtx) buildWith(verImpl gomatrixserverlib.IRoomVersion, server spec.ServerName, key ed25519.PrivateKey, sender, typ string, stateKey *string, content any, f func(*gomatrixserverlib.ProtoEvent)) []byte {
 	c.t.Helper()
-	pe := c.rr.proto(sender, typ, stateKey, content)
+	pe := c.rr.Proto(sender, typ, stateKey, content)
 	if f != nil {
 		f(pe)
 	}
 	pe.Version = verImpl
-	ev, err := verImpl.NewEventBuilderFromProtoEvent(pe).Build(time.Now(), server, c.rr.r.keyID, key)
+	ev, err := verImpl.NewEventBuilderFromProtoEvent(pe).Build(time.Now(), server, c.rr.Server.KeyID, key)
 	if err != nil {
 		c.t.Fatalf("v%s %s: build: %v", c.version, c.name, err)
 	}
@@ -144,20 +145,20 @@ func msgContent(body string) map[string]any { return map[string]any{"msgtype": "
 
 var badPDUs = []badPDU{
 	{name: "forged signature (another key under the server's key ID)", make: func(c *badCtx) []byte {
-		return c.buildWith(c.rr.verImpl, c.rr.r.name, otherKey(c.t), c.bob, "m.room.message", nil, msgContent("forged"), nil)
+		return c.buildWith(c.rr.Version, c.rr.Server.Name, otherKey(c.t), c.bob, "m.room.message", nil, msgContent("forged"), nil)
 	}},
 	{name: "no signatures", make: func(c *badCtx) []byte {
 		return edit(c.t, c.base("unsigned").JSON(), func(o map[string]any) { o["signatures"] = map[string]any{} })
 	}},
 	{name: "signed by another server only", make: func(c *badCtx) []byte {
-		return c.buildWith(c.rr.verImpl, "evil.test", otherKey(c.t), c.bob, "m.room.message", nil, msgContent("relayed"), nil)
+		return c.buildWith(c.rr.Version, "evil.test", otherKey(c.t), c.bob, "m.room.message", nil, msgContent("relayed"), nil)
 	}},
 	{name: "sender of another server", make: func(c *badCtx) []byte {
-		return c.buildWith(c.rr.verImpl, c.rr.r.name, c.rr.r.key, "@mallory:evil.test", "m.room.message", nil, msgContent("impostor"), nil)
+		return c.buildWith(c.rr.Version, c.rr.Server.Name, c.rr.Server.Key, "@mallory:evil.test", "m.room.message", nil, msgContent("impostor"), nil)
 	}},
 	{name: "unknown key ID", make: func(c *badCtx) []byte {
 		return edit(c.t, c.base("unknown key").JSON(), func(o map[string]any) {
-			sigs := o["signatures"].(map[string]any)[string(c.rr.r.name)].(map[string]any)
+			sigs := o["signatures"].(map[string]any)[string(c.rr.Server.Name)].(map[string]any)
 			for k, v := range sigs {
 				delete(sigs, k)
 				sigs["ed25519:nope"] = v
@@ -185,8 +186,8 @@ var badPDUs = []badPDU{
 	}},
 	{name: "prev_events in the other format", make: func(c *badCtx) []byte {
 		return edit(c.t, c.base("wrong format").JSON(), func(o map[string]any) {
-			prev := c.rr.last.EventID()
-			if c.rr.verImpl.EventFormat() == gomatrixserverlib.EventFormatV1 {
+			prev := c.rr.Last.EventID()
+			if c.rr.Version.EventFormat() == gomatrixserverlib.EventFormatV1 {
 				o["prev_events"] = []any{prev}
 			} else {
 				o["prev_events"] = []any{[]any{prev, map[string]any{"sha256": "abc"}}}
@@ -195,7 +196,7 @@ var badPDUs = []badPDU{
 	}},
 	{name: "event_id of the other format", make: func(c *badCtx) []byte {
 		return edit(c.t, c.base("event id").JSON(), func(o map[string]any) {
-			if c.rr.verImpl.EventFormat() == gomatrixserverlib.EventFormatV1 {
+			if c.rr.Version.EventFormat() == gomatrixserverlib.EventFormatV1 {
 				delete(o, "event_id")
 			} else {
 				o["room_id"] = 42
@@ -242,18 +243,18 @@ var badPDUs = []badPDU{
 	}},
 	{name: "fails auth: a state event without the power", make: func(c *badCtx) []byte {
 		empty := ""
-		return c.buildWith(c.rr.verImpl, c.rr.r.name, c.rr.r.key, c.bob, spec.MRoomName, &empty, map[string]any{"name": "hijacked"}, nil)
+		return c.buildWith(c.rr.Version, c.rr.Server.Name, c.rr.Server.Key, c.bob, spec.MRoomName, &empty, map[string]any{"name": "hijacked"}, nil)
 	}},
 	{name: "fails auth: a message from a user who never joined", make: func(c *badCtx) []byte {
-		return c.buildWith(c.rr.verImpl, c.rr.r.name, c.rr.r.key, c.rr.r.user("stranger"), "m.room.message", nil, msgContent("not a member"), nil)
+		return c.buildWith(c.rr.Version, c.rr.Server.Name, c.rr.Server.Key, c.rr.Server.User("stranger"), "m.room.message", nil, msgContent("not a member"), nil)
 	}},
 	{name: "fails auth: power levels raising the sender", make: func(c *badCtx) []byte {
 		empty := ""
-		return c.buildWith(c.rr.verImpl, c.rr.r.name, c.rr.r.key, c.bob, spec.MRoomPowerLevels, &empty,
+		return c.buildWith(c.rr.Version, c.rr.Server.Name, c.rr.Server.Key, c.bob, spec.MRoomPowerLevels, &empty,
 			map[string]any{"users": map[string]any{c.bob: 100}}, nil)
 	}},
 	{name: "auth events include a rejected event", make: func(c *badCtx) []byte {
-		return c.buildWith(c.rr.verImpl, c.rr.r.name, c.rr.r.key, c.bob, "m.room.message", nil, msgContent("on a rejected event"),
+		return c.buildWith(c.rr.Version, c.rr.Server.Name, c.rr.Server.Key, c.bob, "m.room.message", nil, msgContent("on a rejected event"),
 			func(pe *gomatrixserverlib.ProtoEvent) {
 				switch a := pe.AuthEvents.(type) {
 				case []string:
@@ -264,7 +265,7 @@ var badPDUs = []badPDU{
 			})
 	}},
 	{name: "prev event nobody has", make: func(c *badCtx) []byte {
-		return c.buildWith(c.rr.verImpl, c.rr.r.name, c.rr.r.key, c.bob, "m.room.message", nil, msgContent("orphan"),
+		return c.buildWith(c.rr.Version, c.rr.Server.Name, c.rr.Server.Key, c.bob, "m.room.message", nil, msgContent("orphan"),
 			func(pe *gomatrixserverlib.ProtoEvent) {
 				pe.PrevEvents = []string{"$nobodyhasthis" + fmt.Sprint(time.Now().UnixNano())}
 			})
@@ -300,9 +301,9 @@ func authIDs(v any) []string {
 func (c *badCtx) nonCanonical(content map[string]any) []byte {
 	switch c.version {
 	case "1", "3":
-		return c.buildWith(c.rr.verImpl, c.rr.r.name, c.rr.r.key, c.bob, "m.room.message", nil, content, nil)
+		return c.buildWith(c.rr.Version, c.rr.Server.Name, c.rr.Server.Key, c.bob, "m.room.message", nil, content, nil)
 	case "6", "10":
-		return c.buildWith(v5, c.rr.r.name, c.rr.r.key, c.bob, "m.room.message", nil, content, nil)
+		return c.buildWith(v5, c.rr.Server.Name, c.rr.Server.Key, c.bob, "m.room.message", nil, content, nil)
 	}
 	return edit(c.t, c.base("non-canonical").JSON(), func(o map[string]any) { o["content"] = content })
 }
@@ -326,7 +327,7 @@ func (c *badCtx) buildWithLenient(content map[string]any) []byte {
 func TestBadInput(t *testing.T) {
 	e := newEnv(t, nil)
 	alice := e.localUser("alice")
-	bob := e.remote.user("bob")
+	bob := e.remote.User("bob")
 	cases := 0
 	var refused []string // event IDs that must not be in the graph
 	type roomCheck struct {
@@ -339,8 +340,8 @@ func TestBadInput(t *testing.T) {
 		c := &badCtx{t: t, e: e, rr: rr, version: version, bob: bob}
 		// The room's rejected event, for the case resting on it.
 		empty := ""
-		c.rejected = rr.build(bob, spec.MRoomName, &empty, map[string]any{"name": "rejected name"})
-		if status, res := e.remote.send(raws(c.rejected)); status != 200 || !strings.Contains(res[c.rejected.EventID()].Error, "rejected") {
+		c.rejected = rr.Build(bob, spec.MRoomName, &empty, map[string]any{"name": "rejected name"})
+		if status, res := e.remote.Send(raws(c.rejected)); status != 200 || !strings.Contains(res[c.rejected.EventID()].Error, "rejected") {
 			t.Fatalf("v%s: the name without power: %d %+v", version, status, res)
 		}
 		refused = append(refused, c.rejected.EventID())
@@ -349,12 +350,12 @@ func TestBadInput(t *testing.T) {
 			c.name = bc.name
 			raw := bc.make(c)
 			cases++
-			status, res := e.remote.send([]json.RawMessage{raw})
+			status, res := e.remote.Send([]json.RawMessage{raw})
 			if status != 200 {
 				t.Errorf("v%s %s: transaction %d", version, bc.name, status)
 				continue
 			}
-			id := eventIDOf(rr.verImpl, raw)
+			id := eventIDOf(rr.Version, raw)
 			allowed := slices.Contains(bc.allowedIn, version)
 			switch {
 			case allowed:
@@ -362,16 +363,16 @@ func TestBadInput(t *testing.T) {
 					t.Errorf("v%s %s: allowed in this version but not accepted: %+v", version, bc.name, res)
 				}
 				// The room moved on: build the next cases on it.
-				ev, _ := rr.verImpl.NewEventFromUntrustedJSON(raw)
-				rr.apply(ev)
+				ev, _ := rr.Version.NewEventFromUntrustedJSON(raw)
+				rr.Apply(ev)
 				state = e.stateIDs(roomID)
 			case bc.redacted:
 				if ev := e.event(id); ev != nil && (bytes.Contains(ev.GetEventJson(), []byte("TAMPERED")) || !contentRedacted(ev.GetEventJson())) {
 					t.Errorf("v%s %s: stored with its content: %s", version, bc.name, ev.GetEventJson())
 				}
 				if e.accepted(id) {
-					ev, _ := rr.verImpl.NewEventFromUntrustedJSON(raw)
-					rr.apply(ev)
+					ev, _ := rr.Version.NewEventFromUntrustedJSON(raw)
+					rr.Apply(ev)
 				}
 			default:
 				if id != "" && res[id].Error == "" {
@@ -391,38 +392,38 @@ func TestBadInput(t *testing.T) {
 
 		// send_join, send_leave and send_knock of the wrong event, and
 		// invites that are not.
-		msg := rr.build(bob, "m.room.message", nil, msgContent("not a membership"))
-		leaveOther := rr.build(bob, spec.MRoomMember, ptr(rr.r.user("someone")), map[string]any{"membership": "leave"})
-		joinOfOther := rr.build(bob, spec.MRoomMember, ptr(rr.r.user("carol")), map[string]any{"membership": "join"})
+		msg := rr.Build(bob, "m.room.message", nil, msgContent("not a membership"))
+		leaveOther := rr.Build(bob, spec.MRoomMember, ptr(rr.Server.User("someone")), map[string]any{"membership": "leave"})
+		joinOfOther := rr.Build(bob, spec.MRoomMember, ptr(rr.Server.User("carol")), map[string]any{"membership": "join"})
 		for _, m := range []struct {
 			kind string
 			ev   gomatrixserverlib.PDU
 		}{
-			{"join", msg}, {"join", joinOfOther}, {"join", rr.build(bob, spec.MRoomMember, &bob, map[string]any{"membership": "leave"})},
-			{"leave", msg}, {"leave", leaveOther}, {"leave", rr.last},
-			{"knock", msg}, {"knock", rr.last},
+			{"join", msg}, {"join", joinOfOther}, {"join", rr.Build(bob, spec.MRoomMember, &bob, map[string]any{"membership": "leave"})},
+			{"leave", msg}, {"leave", leaveOther}, {"leave", rr.Last},
+			{"knock", msg}, {"knock", rr.Last},
 		} {
 			for _, api := range []string{"v1", "v2"} {
 				if m.kind == "knock" && api == "v2" {
 					continue
 				}
 				cases++
-				if status, body := e.remote.sendMembership(m.kind, api, roomID, m.ev); status < 400 || status >= 500 {
+				if status, body := e.remote.SendMembership(m.kind, api, roomID, m.ev); status < 400 || status >= 500 {
 					t.Errorf("v%s send_%s %s of %s: %d %s", version, m.kind, api, m.ev.Type(), status, body)
 				}
 			}
-			if m.ev != rr.last {
+			if m.ev != rr.Last {
 				refused = append(refused, m.ev.EventID())
 			}
 		}
 		// The path's event ID must be the event's.
-		_, join := e.remote.makeMembership("join", roomID, e.remote.user("pathcheck"+version))
+		_, join := e.remote.MakeMembership("join", roomID, e.remote.User("pathcheck"+version))
 		cases++
-		if status, body := e.remote.put("/_matrix/federation/v2/send_join/"+esc(roomID)+"/"+esc("$other"), json.RawMessage(join.JSON())); status != 400 {
+		if status, body := e.remote.Put("/_matrix/federation/v2/send_join/"+esc(roomID)+"/"+esc("$other"), json.RawMessage(join.JSON())); status != 400 {
 			t.Errorf("v%s send_join under another event ID: %d %s", version, status, body)
 		}
 		cases++
-		if status, body := e.evil.put("/_matrix/federation/v2/send_join/"+esc(roomID)+"/"+esc(join.EventID()), json.RawMessage(join.JSON())); status != 400 {
+		if status, body := e.evil.Put("/_matrix/federation/v2/send_join/"+esc(roomID)+"/"+esc(join.EventID()), json.RawMessage(join.JSON())); status != 400 {
 			t.Errorf("v%s send_join relayed by another server: %d %s", version, status, body)
 		}
 		refused = append(refused, join.EventID())
@@ -446,67 +447,67 @@ func TestBadInput(t *testing.T) {
 	}
 	for _, tb := range txBodies {
 		cases++
-		status, body := e.remote.do(request{method: "PUT", path: "/_matrix/federation/v1/send/" + e.remote.nextTxn(), raw: []byte(tb.raw)})
+		status, body := e.remote.Do(fedpeer.Request{Method: "PUT", Path: "/_matrix/federation/v1/send/" + e.remote.NextTxn(), Raw: []byte(tb.raw)})
 		if status != 400 {
 			t.Errorf("transaction %s: %d %s", tb.name, status, body)
 		}
 	}
 
 	// X-Matrix.
-	sendPath := func() string { return "/_matrix/federation/v1/send/" + e.remote.nextTxn() }
+	sendPath := func() string { return "/_matrix/federation/v1/send/" + e.remote.NextTxn() }
 	emptyTxn := map[string]any{"origin": "remote.test", "origin_server_ts": 1, "pdus": []any{}}
 	headerCases := []struct {
 		name   string
-		req    request
+		req    fedpeer.Request
 		status int
 	}{
-		{"no Authorization", request{unsigned: true}, 401},
-		{"a wrong destination", request{destination: "other.test"}, 401},
-		{"another scheme", request{tamper: func(r *http.Request) {
+		{"no Authorization", fedpeer.Request{Unsigned: true}, 401},
+		{"a wrong destination", fedpeer.Request{Destination: "other.test"}, 401},
+		{"another scheme", fedpeer.Request{Tamper: func(r *http.Request) {
 			r.Header.Set("Authorization", strings.Replace(r.Header.Get("Authorization"), "X-Matrix", "Bearer", 1))
 		}}, 401},
-		{"no signature", request{tamper: func(r *http.Request) {
+		{"no signature", fedpeer.Request{Tamper: func(r *http.Request) {
 			h := r.Header.Get("Authorization")
 			r.Header.Set("Authorization", h[:strings.Index(h, ",sig=")])
 		}}, 401},
-		{"a signature of other bytes", request{tamper: func(r *http.Request) {
+		{"a signature of other bytes", fedpeer.Request{Tamper: func(r *http.Request) {
 			h := r.Header.Get("Authorization")
 			i := strings.Index(h, `sig="`) + 5
 			r.Header.Set("Authorization", h[:i]+"AAAA"+h[i+4:])
 		}}, 401},
-		{"an unknown key", request{tamper: func(r *http.Request) {
+		{"an unknown key", fedpeer.Request{Tamper: func(r *http.Request) {
 			r.Header.Set("Authorization", strings.Replace(r.Header.Get("Authorization"), "ed25519:remote", "ed25519:other", 1))
 		}}, 401},
-		{"another origin", request{tamper: func(r *http.Request) {
+		{"another origin", fedpeer.Request{Tamper: func(r *http.Request) {
 			r.Header.Set("Authorization", strings.Replace(r.Header.Get("Authorization"), `origin="remote.test"`, `origin="evil.test"`, 1))
 		}}, 401},
-		{"an unknown origin", request{tamper: func(r *http.Request) {
+		{"an unknown origin", fedpeer.Request{Tamper: func(r *http.Request) {
 			r.Header.Set("Authorization", strings.Replace(r.Header.Get("Authorization"), `origin="remote.test"`, `origin="nowhere.test"`, 1))
 		}}, 401},
-		{"a changed path", request{tamper: func(r *http.Request) { r.URL.Path += "x" }}, 401},
-		{"a changed method", request{tamper: func(r *http.Request) { r.Method = "POST" }}, 405},
-		{"a changed body", request{tamper: func(r *http.Request) {
+		{"a changed path", fedpeer.Request{Tamper: func(r *http.Request) { r.URL.Path += "x" }}, 401},
+		{"a changed method", fedpeer.Request{Tamper: func(r *http.Request) { r.Method = "POST" }}, 405},
+		{"a changed body", fedpeer.Request{Tamper: func(r *http.Request) {
 			b := []byte(`{"origin":"remote.test","origin_server_ts":2,"pdus":[]}`)
 			r.Body, r.ContentLength = ioNop(b), int64(len(b))
 		}}, 401},
-		{"two origins", request{tamper: func(r *http.Request) {
+		{"two origins", fedpeer.Request{Tamper: func(r *http.Request) {
 			r.Header.Add("Authorization", `X-Matrix origin="evil.test",key="ed25519:remote",sig="AAAA"`)
 		}}, 401},
-		{"a body that is not JSON", request{tamper: func(r *http.Request) {
+		{"a body that is not JSON", fedpeer.Request{Tamper: func(r *http.Request) {
 			r.Body, r.ContentLength = ioNop([]byte("not json")), 8
 		}}, 400},
 	}
 	for _, hc := range headerCases {
 		cases++
 		req := hc.req
-		req.method, req.path, req.body = "PUT", sendPath(), emptyTxn
-		if status, body := e.remote.do(req); status != hc.status {
+		req.Method, req.Path, req.Body = "PUT", sendPath(), emptyTxn
+		if status, body := e.remote.Do(req); status != hc.status {
 			t.Errorf("X-Matrix %s: %d %s, want %d", hc.name, status, body, hc.status)
 		}
 	}
 	// Signed by evil.test's key while claiming remote.test.
 	cases++
-	status, body := e.evil.do(request{method: "PUT", path: sendPath(), body: emptyTxn, tamper: func(r *http.Request) {
+	status, body := e.evil.Do(fedpeer.Request{Method: "PUT", Path: sendPath(), Body: emptyTxn, Tamper: func(r *http.Request) {
 		r.Header.Set("Authorization", strings.Replace(r.Header.Get("Authorization"), `origin="evil.test"`, `origin="remote.test"`, 1))
 	}})
 	if status != 401 {
@@ -515,7 +516,7 @@ func TestBadInput(t *testing.T) {
 	// Too large.
 	cases++
 	big := map[string]any{"origin": "remote.test", "origin_server_ts": 1, "pdus": []any{}, "pad": strings.Repeat("x", 17<<20)}
-	if status, _ := e.remote.do(request{method: "PUT", path: sendPath(), body: big}); status != http.StatusRequestEntityTooLarge {
+	if status, _ := e.remote.Do(fedpeer.Request{Method: "PUT", Path: sendPath(), Body: big}); status != http.StatusRequestEntityTooLarge {
 		t.Errorf("a 17 MiB transaction: %d", status)
 	}
 

@@ -177,9 +177,58 @@ func (s *Service) deviceListEDU(ctx context.Context, tc *txnContext, content []b
 	if string(keys) == "null" {
 		keys = nil
 	}
-	_, err := s.e2e.UpdateRemoteDeviceList(ctx, &keyserverv1.UpdateRemoteDeviceListRequest{Origin: string(tc.origin), UserId: u.UserID,
+	resp, err := s.e2e.UpdateRemoteDeviceList(ctx, &keyserverv1.UpdateRemoteDeviceListRequest{Origin: string(tc.origin), UserId: u.UserID,
 		DeviceId: u.DeviceID, DisplayName: u.DeviceDisplayName, StreamId: u.StreamID, PrevIds: u.PrevID, Deleted: u.Deleted, Keys: keys})
-	return s.mustDeliver(err, "m.device_list_update")
+	if err != nil {
+		return s.mustDeliver(err, "m.device_list_update")
+	}
+	if resp.GetStale() {
+		s.resyncDeviceList(ctx, tc.origin, u.UserID)
+	}
+	return nil
+}
+
+// resyncDeviceList replaces a stale list (the update's prev_id was not
+// seen, or only this device of the user is known) with the whole list
+// from the user's server, GET /user/devices (server-server API, "Device
+// Management"). A failure leaves the list stale (QueryRemoteDeviceLists
+// lists it for a later resync); the EDU itself was recorded.
+func (s *Service) resyncDeviceList(ctx context.Context, origin spec.ServerName, userID string) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.FetchTimeout)
+	defer cancel()
+	log := s.log.With(zap.String("origin", string(origin)), zap.String("user_id", userID))
+	fed, err := s.client.Federation(ctx)
+	if err != nil {
+		log.Info("device list resync: no federation client", zap.Error(err))
+		return
+	}
+	devs, err := fed.GetUserDevices(ctx, s.server, origin, userID)
+	if err != nil || devs.UserID != userID {
+		log.Info("device list resync failed; the list stays stale", zap.Error(err), zap.String("answered_for", devs.UserID))
+		return
+	}
+	req := &keyserverv1.SetRemoteDeviceListRequest{UserId: userID, StreamId: devs.StreamID}
+	for _, d := range devs.Devices {
+		if d.DeviceID == "" {
+			continue
+		}
+		ld := &keyserverv1.ListedDevice{DeviceId: d.DeviceID, DisplayName: d.DisplayName}
+		if len(d.Keys.Keys) > 0 {
+			if ld.Keys, err = json.Marshal(d.Keys); err != nil {
+				return
+			}
+		}
+		req.Devices = append(req.Devices, ld)
+	}
+	if devs.MasterKey != nil {
+		req.MasterKey, _ = json.Marshal(devs.MasterKey)
+	}
+	if devs.SelfSigningKey != nil {
+		req.SelfSigningKey, _ = json.Marshal(devs.SelfSigningKey)
+	}
+	if _, err := s.e2e.SetRemoteDeviceList(ctx, req); err != nil {
+		log.Info("device list resync not stored; the list stays stale", zap.Error(err))
+	}
 }
 
 func (s *Service) signingKeyEDU(ctx context.Context, tc *txnContext, content []byte) error {

@@ -33,13 +33,13 @@ func TestEDUs(t *testing.T) {
 	e := newEnv(t, nil)
 	alice := e.localUser("alice")
 	roomID, rr := e.joinedRoom(alice, "11")
-	bob := e.remote.user("bob")
-	msg := rr.message(bob, "read me")
-	if status, res := e.remote.send(raws(msg)); status != 200 || res[msg.EventID()].Error != "" {
+	bob := e.remote.User("bob")
+	msg := rr.Message(bob, "read me")
+	if status, res := e.remote.Send(raws(msg)); status != 200 || res[msg.EventID()].Error != "" {
 		t.Fatalf("send: %d %+v", status, res)
 	}
 	ghost := "@ghost:evil.test"
-	status, _ := e.remote.send(nil,
+	status, _ := e.remote.Send(nil,
 		edu(t, "m.typing", map[string]any{"room_id": roomID, "user_id": bob, "typing": true}),
 		edu(t, "m.typing", map[string]any{"room_id": roomID, "user_id": ghost, "typing": true}),
 		edu(t, "m.receipt", map[string]any{roomID: map[string]any{"m.read": map[string]any{
@@ -104,7 +104,7 @@ func TestEDUs(t *testing.T) {
 	devKeys := map[string]any{"user_id": bob, "device_id": "BOBDEV", "algorithms": []string{"m.olm.v1.curve25519-aes-sha2"},
 		"keys": map[string]string{"curve25519:BOBDEV": "curvekey", "ed25519:BOBDEV": "edkey"}}
 	master := map[string]any{"user_id": bob, "usage": []string{"master"}, "keys": map[string]string{"ed25519:masterkey": "masterkey"}}
-	status, _ = e.remote.send(nil,
+	status, _ = e.remote.Send(nil,
 		edu(t, "m.device_list_update", map[string]any{"user_id": bob, "device_id": "BOBDEV", "device_display_name": "Bob's phone",
 			"stream_id": 5, "keys": devKeys}),
 		edu(t, "m.device_list_update", map[string]any{"user_id": ghost, "device_id": "X", "stream_id": 1}),
@@ -141,7 +141,7 @@ func TestEDUs(t *testing.T) {
 	forged := edu(t, "m.direct_to_device", map[string]any{"sender": ghost, "type": "m.dummy", "message_id": "msg-2",
 		"messages": map[string]any{alice.UserID.String(): map[string]any{"*": map[string]any{}}}})
 	for range 2 {
-		if status, _ := e.remote.send(nil, toDevice, forged); status != 200 {
+		if status, _ := e.remote.Send(nil, toDevice, forged); status != 200 {
 			t.Fatalf("send to-device: %d", status)
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/myelin-chat/myelin/pkg/testkit"
+	"github.com/myelin-chat/myelin/pkg/testkit/fedpeer"
 )
 
 // syncTimeline runs /sync for cli until check accepts the timeline events
@@ -59,22 +60,22 @@ func TestJoinAndSend(t *testing.T) {
 	}{{"1", true}, {"2", false}, {"3", true}, {"10", false}, {"11", true}, {"11", false}, {"12", false}, {"12", true}} {
 		t.Run(fmt.Sprintf("v%s/send_join_v1=%t", c.version, c.v1), func(t *testing.T) {
 			roomID := e.createRoom(alice, c.version, "public_chat")
-			bob := e.remote.user("bob")
-			rr := e.remote.join(roomID, bob, c.v1)
-			join := rr.last
+			bob := e.remote.User("bob")
+			rr := e.remote.Join(roomID, bob, c.v1)
+			join := rr.Last
 			var sigs struct {
 				Signatures map[string]map[string]string `json:"signatures"`
 			}
 			_ = json.Unmarshal(join.JSON(), &sigs)
-			if sigs.Signatures[hsName] == nil || sigs.Signatures[string(e.remote.name)] == nil {
+			if sigs.Signatures[hsName] == nil || sigs.Signatures[string(e.remote.Name)] == nil {
 				t.Fatalf("the join should carry both servers' signatures: %v", sigs.Signatures)
 			}
 			e.waitAccepted(join.EventID())
 			if m := e.membership(roomID, bob); m != spec.Join {
 				t.Fatalf("bob's membership %q", m)
 			}
-			msg := rr.message(bob, "hello from remote v"+c.version)
-			status, res := e.remote.send(raws(msg))
+			msg := rr.Message(bob, "hello from remote v"+c.version)
+			status, res := e.remote.Send(raws(msg))
 			if status != 200 {
 				t.Fatalf("send: %d", status)
 			}
@@ -88,10 +89,10 @@ func TestJoinAndSend(t *testing.T) {
 }
 
 // joinedRoom is a local room (alice's) that bob of remote.test joined.
-func (e *env) joinedRoom(alice *mautrix.Client, version string) (string, *remoteRoom) {
+func (e *env) joinedRoom(alice *mautrix.Client, version string) (string, *fedpeer.Room) {
 	e.t.Helper()
 	roomID := e.createRoom(alice, version, "public_chat")
-	rr := e.remote.join(roomID, e.remote.user("bob"), false)
-	e.waitAccepted(rr.last.EventID())
+	rr := e.remote.Join(roomID, e.remote.User("bob"), false)
+	e.waitAccepted(rr.Last.EventID())
 	return roomID, rr
 }

@@ -15,6 +15,7 @@ import (
 	"maunium.net/go/mautrix"
 
 	"github.com/myelin-chat/myelin/pkg/myelin"
+	"github.com/myelin-chat/myelin/pkg/testkit/fedpeer"
 	"github.com/myelin-chat/myelin/pkg/testkit/stack"
 )
 
@@ -71,7 +72,7 @@ func TestFederationMedia(t *testing.T) {
 		t.Fatal(err)
 	}
 	mediaID := up.ContentURI.FileID
-	status, header, body := e.remote.doWithHeaders(request{method: "GET", path: "/_matrix/federation/v1/media/download/" + mediaID})
+	status, header, body := e.remote.DoWithHeaders(fedpeer.Request{Method: "GET", Path: "/_matrix/federation/v1/media/download/" + mediaID})
 	if status != 200 {
 		t.Fatalf("download: %d %s", status, body)
 	}
@@ -80,7 +81,7 @@ func TestFederationMedia(t *testing.T) {
 		!strings.Contains(partHeader["Content-Disposition"][0], "picture.png") {
 		t.Fatalf("download parts: meta %s, %d bytes, headers %v", meta, len(content), partHeader)
 	}
-	status, header, body = e.remote.doWithHeaders(request{method: "GET", path: "/_matrix/federation/v1/media/thumbnail/" + mediaID + "?width=32&height=32&method=crop"})
+	status, header, body = e.remote.DoWithHeaders(fedpeer.Request{Method: "GET", Path: "/_matrix/federation/v1/media/thumbnail/" + mediaID + "?width=32&height=32&method=crop"})
 	if status != 200 {
 		t.Fatalf("thumbnail: %d %s", status, body)
 	}
@@ -90,16 +91,16 @@ func TestFederationMedia(t *testing.T) {
 		t.Fatalf("thumbnail: %v %v", err, partHeader)
 	}
 	for _, c := range []struct {
-		req    request
+		req    fedpeer.Request
 		status int
 	}{
-		{request{method: "GET", path: "/_matrix/federation/v1/media/download/" + mediaID, unsigned: true}, 401},
-		{request{method: "GET", path: "/_matrix/federation/v1/media/download/nosuchmedia"}, 404},
-		{request{method: "GET", path: "/_matrix/federation/v1/media/download/bad%20id"}, 404},
-		{request{method: "GET", path: "/_matrix/federation/v1/media/thumbnail/" + mediaID + "?width=0&height=0"}, 400},
+		{fedpeer.Request{Method: "GET", Path: "/_matrix/federation/v1/media/download/" + mediaID, Unsigned: true}, 401},
+		{fedpeer.Request{Method: "GET", Path: "/_matrix/federation/v1/media/download/nosuchmedia"}, 404},
+		{fedpeer.Request{Method: "GET", Path: "/_matrix/federation/v1/media/download/bad%20id"}, 404},
+		{fedpeer.Request{Method: "GET", Path: "/_matrix/federation/v1/media/thumbnail/" + mediaID + "?width=0&height=0"}, 400},
 	} {
-		if status, body := e.remote.do(c.req); status != c.status {
-			t.Errorf("GET %s: %d %s, want %d", c.req.path, status, body, c.status)
+		if status, body := e.remote.Do(c.req); status != c.status {
+			t.Errorf("GET %s: %d %s, want %d", c.req.Path, status, body, c.status)
 		}
 	}
 }

@@ -13,22 +13,8 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/myelin-chat/myelin/pkg/testkit"
+	"github.com/myelin-chat/myelin/pkg/testkit/fedpeer"
 )
-
-// sendMembership puts a signed membership event to send_<kind> (v1 or v2)
-// and returns the status and body (v1's [200, body] unwrapped).
-func (r *remoteServer) sendMembership(kind, version, roomID string, ev gomatrixserverlib.PDU) (int, []byte) {
-	r.t.Helper()
-	status, body := r.put("/_matrix/federation/"+version+"/send_"+kind+"/"+esc(roomID)+"/"+esc(ev.EventID()), json.RawMessage(ev.JSON()))
-	if status == 200 && version == "v1" && kind != "knock" { // send_knock has no [200, ...] form
-		var wrapped []json.RawMessage
-		if err := json.Unmarshal(body, &wrapped); err != nil || len(wrapped) != 2 || string(wrapped[0]) != "200" {
-			r.t.Fatalf("send_%s v1 answer is not [200, {...}]: %s", kind, body)
-		}
-		body = wrapped[1]
-	}
-	return status, body
-}
 
 // TestLeaveAndKnock: remote users leave (send_leave v1 and v2) and knock
 // (make_knock, send_knock, whose answer carries the room's stripped
@@ -39,22 +25,22 @@ func TestLeaveAndKnock(t *testing.T) {
 	alice := e.localUser("alice")
 	for _, version := range []string{"v1", "v2"} {
 		roomID := e.createRoom(alice, "11", "public_chat")
-		user := e.remote.user("leaver" + version)
-		rr := e.remote.join(roomID, user, false)
-		e.waitAccepted(rr.last.EventID())
+		user := e.remote.User("leaver" + version)
+		rr := e.remote.Join(roomID, user, false)
+		e.waitAccepted(rr.Last.EventID())
 		// A join is not a leave.
-		if status, body := e.remote.sendMembership("leave", version, roomID, rr.last); status != http.StatusBadRequest {
+		if status, body := e.remote.SendMembership("leave", version, roomID, rr.Last); status != http.StatusBadRequest {
 			t.Fatalf("send_leave %s of a join: %d %s", version, status, body)
 		}
-		verImpl, leave := e.remote.makeMembership("leave", roomID, user)
+		verImpl, leave := e.remote.MakeMembership("leave", roomID, user)
 		if verImpl.Version() != "11" {
 			t.Fatalf("make_leave room version %s", verImpl.Version())
 		}
 		// A leave is not a join.
-		if status, body := e.remote.sendMembership("join", "v2", roomID, leave); status != http.StatusBadRequest {
+		if status, body := e.remote.SendMembership("join", "v2", roomID, leave); status != http.StatusBadRequest {
 			t.Fatalf("send_join of a leave: %d %s", status, body)
 		}
-		if status, body := e.remote.sendMembership("leave", version, roomID, leave); status != 200 || string(body) != "{}" {
+		if status, body := e.remote.SendMembership("leave", version, roomID, leave); status != 200 || string(body) != "{}" {
 			t.Fatalf("send_leave %s: %d %s", version, status, body)
 		}
 		if m := e.membership(roomID, user); m != spec.Leave {
@@ -65,13 +51,13 @@ func TestLeaveAndKnock(t *testing.T) {
 	// Knocking on a knock room (room version 7 and later).
 	for _, version := range []string{"7", "11", "12"} {
 		roomID := e.createRoom(alice, version, "private_chat", &mautrixStateEvent{typ: "m.room.join_rules", content: map[string]any{"join_rule": "knock"}})
-		carol := e.remote.user("carol" + version)
+		carol := e.remote.User("carol" + version)
 		// make_join is refused: the room is not public.
-		if status, body := e.remote.get("/_matrix/federation/v1/make_join/" + esc(roomID) + "/" + esc(carol) + "?" + verQuery()); status != http.StatusForbidden {
+		if status, body := e.remote.Get("/_matrix/federation/v1/make_join/" + esc(roomID) + "/" + esc(carol) + "?" + fedpeer.VerQuery()); status != http.StatusForbidden {
 			t.Fatalf("make_join of a knock room: %d %s", status, body)
 		}
-		_, knock := e.remote.makeMembership("knock", roomID, carol)
-		status, body := e.remote.sendMembership("knock", "v1", roomID, knock)
+		_, knock := e.remote.MakeMembership("knock", roomID, carol)
+		status, body := e.remote.SendMembership("knock", "v1", roomID, knock)
 		var resp struct {
 			KnockRoomState []json.RawMessage `json:"knock_room_state"`
 		}
@@ -93,8 +79,8 @@ func TestLeaveAndKnock(t *testing.T) {
 			t.Fatalf("carol's membership after knocking: %q", m)
 		}
 		// Retract it.
-		_, leave := e.remote.makeMembership("leave", roomID, carol)
-		if status, body := e.remote.sendMembership("leave", "v2", roomID, leave); status != 200 {
+		_, leave := e.remote.MakeMembership("leave", roomID, carol)
+		if status, body := e.remote.SendMembership("leave", "v2", roomID, leave); status != 200 {
 			t.Fatalf("send_leave of a knock: %d %s", status, body)
 		}
 		if m := e.membership(roomID, carol); m != spec.Leave {
@@ -102,16 +88,16 @@ func TestLeaveAndKnock(t *testing.T) {
 		}
 	}
 	// An unknown room is 404.
-	if status, body := e.remote.get("/_matrix/federation/v1/make_join/" + esc("!nope:hs1.test") + "/" + esc(e.remote.user("x")) + "?ver=11"); status != 404 {
+	if status, body := e.remote.Get("/_matrix/federation/v1/make_join/" + esc("!nope:hs1.test") + "/" + esc(e.remote.User("x")) + "?ver=11"); status != 404 {
 		t.Fatalf("make_join of an unknown room: %d %s", status, body)
 	}
 	// Another server's user is refused.
 	roomID := e.createRoom(alice, "11", "public_chat")
-	if status, body := e.remote.get("/_matrix/federation/v1/make_join/" + esc(roomID) + "/" + esc("@x:evil.test") + "?ver=11"); status != http.StatusForbidden {
+	if status, body := e.remote.Get("/_matrix/federation/v1/make_join/" + esc(roomID) + "/" + esc("@x:evil.test") + "?ver=11"); status != http.StatusForbidden {
 		t.Fatalf("make_join for another server's user: %d %s", status, body)
 	}
 	// A room version the joining server does not support.
-	if status, body := e.remote.get("/_matrix/federation/v1/make_join/" + esc(roomID) + "/" + esc(e.remote.user("y")) + "?ver=1"); status != 400 || errcode(body) != "M_INCOMPATIBLE_ROOM_VERSION" {
+	if status, body := e.remote.Get("/_matrix/federation/v1/make_join/" + esc(roomID) + "/" + esc(e.remote.User("y")) + "?ver=1"); status != 400 || errcode(body) != "M_INCOMPATIBLE_ROOM_VERSION" {
 		t.Fatalf("make_join with ver=1 for a v11 room: %d %s", status, body)
 	}
 }
@@ -124,27 +110,27 @@ func TestRestrictedJoin(t *testing.T) {
 	e := newEnv(t, nil)
 	alice := e.localUser("alice")
 	space := e.createRoom(alice, "10", "public_chat")
-	e.remote.join(space, e.remote.user("bob"), false)
+	e.remote.Join(space, e.remote.User("bob"), false)
 	restricted := e.createRoom(alice, "10", "private_chat", &mautrixStateEvent{typ: "m.room.join_rules",
 		content: map[string]any{"join_rule": "restricted", "allow": []any{map[string]any{"type": "m.room_membership", "room_id": space}}}})
 	testkit.Eventually(t, 10*time.Second, func() error {
-		if m := e.membership(space, e.remote.user("bob")); m != spec.Join {
+		if m := e.membership(space, e.remote.User("bob")); m != spec.Join {
 			return fmt.Errorf("bob %q", m)
 		}
 		return nil
 	})
-	rr := e.remote.join(restricted, e.remote.user("bob"), false)
+	rr := e.remote.Join(restricted, e.remote.User("bob"), false)
 	var c struct {
 		Content struct {
 			Via string `json:"join_authorised_via_users_server"`
 		} `json:"content"`
 	}
-	_ = json.Unmarshal(rr.last.JSON(), &c)
+	_ = json.Unmarshal(rr.Last.JSON(), &c)
 	if c.Content.Via != alice.UserID.String() {
 		t.Fatalf("join_authorised_via_users_server %q, want %s", c.Content.Via, alice.UserID)
 	}
-	e.waitAccepted(rr.last.EventID())
-	if status, body := e.remote.get("/_matrix/federation/v1/make_join/" + esc(restricted) + "/" + esc(e.remote.user("stranger")) + "?" + verQuery()); status != http.StatusForbidden {
+	e.waitAccepted(rr.Last.EventID())
+	if status, body := e.remote.Get("/_matrix/federation/v1/make_join/" + esc(restricted) + "/" + esc(e.remote.User("stranger")) + "?" + fedpeer.VerQuery()); status != http.StatusForbidden {
 		t.Fatalf("make_join of a user in no allowed room: %d %s", status, body)
 	}
 }
@@ -157,25 +143,25 @@ func TestRestrictedJoin(t *testing.T) {
 func TestInvites(t *testing.T) {
 	e := newEnv(t, nil)
 	alice := e.localUser("alice")
-	ron := e.remote.user("ron")
+	ron := e.remote.User("ron")
 	for _, c := range []struct {
 		version string
 		api     string
 	}{{"1", "v1"}, {"2", "v2"}, {"11", "v2"}, {"12", "v2"}} {
 		t.Run("room v"+c.version+" invite "+c.api, func(t *testing.T) {
-			rr := e.remote.newRoom(c.version, ron)
+			rr := e.remote.NewRoom(c.version, ron, "invite")
 			aliceID := alice.UserID.String()
-			invite := rr.build(ron, spec.MRoomMember, &aliceID, map[string]any{"membership": "invite"})
+			invite := rr.Build(ron, spec.MRoomMember, &aliceID, map[string]any{"membership": "invite"})
 			var stripped []json.RawMessage
 			for _, k := range []string{spec.MRoomCreate, spec.MRoomJoinRules, spec.MRoomName} {
-				stripped = append(stripped, rr.state[gomatrixserverlib.StateKeyTuple{EventType: k}].JSON())
+				stripped = append(stripped, rr.State[gomatrixserverlib.StateKeyTuple{EventType: k}].JSON())
 			}
-			path := "/_matrix/federation/" + c.api + "/invite/" + esc(rr.roomID) + "/" + esc(invite.EventID())
+			path := "/_matrix/federation/" + c.api + "/invite/" + esc(rr.RoomID) + "/" + esc(invite.EventID())
 			var status int
 			var body []byte
 			if c.api == "v1" {
 				withState := setUnsigned(t, invite.JSON(), map[string]any{"invite_room_state": stripped})
-				status, body = e.remote.put(path, json.RawMessage(withState))
+				status, body = e.remote.Put(path, json.RawMessage(withState))
 				var wrapped []json.RawMessage
 				if status == 200 {
 					if err := json.Unmarshal(body, &wrapped); err != nil || len(wrapped) != 2 {
@@ -184,7 +170,7 @@ func TestInvites(t *testing.T) {
 					body = wrapped[1]
 				}
 			} else {
-				status, body = e.remote.put(path, map[string]any{"room_version": c.version, "event": json.RawMessage(invite.JSON()),
+				status, body = e.remote.Put(path, map[string]any{"room_version": c.version, "event": json.RawMessage(invite.JSON()),
 					"invite_room_state": stripped})
 			}
 			var resp struct {
@@ -193,7 +179,7 @@ func TestInvites(t *testing.T) {
 			if status != 200 || json.Unmarshal(body, &resp) != nil {
 				t.Fatalf("invite: %d %s", status, body)
 			}
-			signed, err := rr.verImpl.NewEventFromUntrustedJSON(resp.Event)
+			signed, err := rr.Version.NewEventFromUntrustedJSON(resp.Event)
 			if err != nil || signed.EventID() != invite.EventID() {
 				t.Fatalf("signed invite: %v", err)
 			}
@@ -201,7 +187,7 @@ func TestInvites(t *testing.T) {
 				Signatures map[string]map[string]string `json:"signatures"`
 			}
 			_ = json.Unmarshal(resp.Event, &sigs)
-			if sigs.Signatures[hsName] == nil || sigs.Signatures[string(e.remote.name)] == nil {
+			if sigs.Signatures[hsName] == nil || sigs.Signatures[string(e.remote.Name)] == nil {
 				t.Fatalf("the invite should carry both signatures: %v", sigs.Signatures)
 			}
 			testkit.Eventually(t, 20*time.Second, func() error {
@@ -209,7 +195,7 @@ func TestInvites(t *testing.T) {
 				if err != nil {
 					return err
 				}
-				inv, ok := resp.Rooms.Invite[id.RoomID(rr.roomID)]
+				inv, ok := resp.Rooms.Invite[id.RoomID(rr.RoomID)]
 				if !ok {
 					return fmt.Errorf("no invite in /sync")
 				}
@@ -222,38 +208,38 @@ func TestInvites(t *testing.T) {
 			})
 		})
 	}
-	rr := e.remote.newRoom("11", ron)
+	rr := e.remote.NewRoom("11", ron, "invite")
 	aliceID := alice.UserID.String()
 	nobody := "@nobody:" + hsName
 	other := "@someone:evil.test"
-	create := rr.state[gomatrixserverlib.StateKeyTuple{EventType: spec.MRoomCreate}].JSON()
+	create := rr.State[gomatrixserverlib.StateKeyTuple{EventType: spec.MRoomCreate}].JSON()
 	for _, c := range []struct {
 		name   string
 		ev     gomatrixserverlib.PDU
 		status int
 	}{
-		{"a join, not an invite", rr.build(ron, spec.MRoomMember, &ron, map[string]any{"membership": "join"}), 400},
-		{"an unknown local user", rr.build(ron, spec.MRoomMember, &nobody, map[string]any{"membership": "invite"}), 404},
-		{"another server's user", rr.build(ron, spec.MRoomMember, &other, map[string]any{"membership": "invite"}), 400},
-		{"a message", rr.build(ron, "m.room.message", nil, map[string]any{"body": "x"}), 400},
+		{"a join, not an invite", rr.Build(ron, spec.MRoomMember, &ron, map[string]any{"membership": "join"}), 400},
+		{"an unknown local user", rr.Build(ron, spec.MRoomMember, &nobody, map[string]any{"membership": "invite"}), 404},
+		{"another server's user", rr.Build(ron, spec.MRoomMember, &other, map[string]any{"membership": "invite"}), 400},
+		{"a message", rr.Build(ron, "m.room.message", nil, map[string]any{"body": "x"}), 400},
 	} {
-		status, body := e.remote.put("/_matrix/federation/v2/invite/"+esc(rr.roomID)+"/"+esc(c.ev.EventID()),
+		status, body := e.remote.Put("/_matrix/federation/v2/invite/"+esc(rr.RoomID)+"/"+esc(c.ev.EventID()),
 			map[string]any{"room_version": "11", "event": json.RawMessage(c.ev.JSON()), "invite_room_state": []json.RawMessage{create}})
 		if status != c.status {
 			t.Errorf("invite of %s: %d %s, want %d", c.name, status, body, c.status)
 		}
 	}
 	// An invite sent by another server than its sender's.
-	invite := rr.build(ron, spec.MRoomMember, &aliceID, map[string]any{"membership": "invite"})
-	status, body := e.evil.put("/_matrix/federation/v2/invite/"+esc(rr.roomID)+"/"+esc(invite.EventID()),
+	invite := rr.Build(ron, spec.MRoomMember, &aliceID, map[string]any{"membership": "invite"})
+	status, body := e.evil.Put("/_matrix/federation/v2/invite/"+esc(rr.RoomID)+"/"+esc(invite.EventID()),
 		map[string]any{"room_version": "11", "event": json.RawMessage(invite.JSON()), "invite_room_state": []json.RawMessage{create}})
 	if status != http.StatusForbidden {
 		t.Errorf("an invite relayed by evil.test: %d %s", status, body)
 	}
 	// Room version 12 invites must carry the create event.
-	rr12 := e.remote.newRoom("12", ron)
-	invite = rr12.build(ron, spec.MRoomMember, &aliceID, map[string]any{"membership": "invite"})
-	status, body = e.remote.put("/_matrix/federation/v2/invite/"+esc(rr12.roomID)+"/"+esc(invite.EventID()),
+	rr12 := e.remote.NewRoom("12", ron, "invite")
+	invite = rr12.Build(ron, spec.MRoomMember, &aliceID, map[string]any{"membership": "invite"})
+	status, body = e.remote.Put("/_matrix/federation/v2/invite/"+esc(rr12.RoomID)+"/"+esc(invite.EventID()),
 		map[string]any{"room_version": "12", "event": json.RawMessage(invite.JSON()), "invite_room_state": []json.RawMessage{}})
 	if status != 400 || errcode(body) != "M_MISSING_PARAM" {
 		t.Errorf("a v12 invite without the create event: %d %s", status, body)

@@ -15,6 +15,8 @@ import (
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
+
+	"github.com/myelin-chat/myelin/pkg/testkit/fedpeer"
 )
 
 // TestQueries: /version, /openid/userinfo, /query/profile,
@@ -26,7 +28,7 @@ func TestQueries(t *testing.T) {
 	q := "/_matrix/federation/v1/"
 
 	// /version needs no X-Matrix.
-	status, body := e.remote.do(request{method: "GET", path: q + "version", unsigned: true})
+	status, body := e.remote.Do(fedpeer.Request{Method: "GET", Path: q + "version", Unsigned: true})
 	var v struct {
 		Server struct {
 			Name string `json:"name"`
@@ -35,10 +37,10 @@ func TestQueries(t *testing.T) {
 	if status != 200 || json.Unmarshal(body, &v) != nil || v.Server.Name != "Myelin" {
 		t.Fatalf("/version: %d %s", status, body)
 	}
-	if status, body := e.remote.do(request{method: "GET", path: q + "openid/userinfo?access_token=x", unsigned: true}); status != 401 || errcode(body) != "M_UNKNOWN_TOKEN" {
+	if status, body := e.remote.Do(fedpeer.Request{Method: "GET", Path: q + "openid/userinfo?access_token=x", Unsigned: true}); status != 401 || errcode(body) != "M_UNKNOWN_TOKEN" {
 		t.Fatalf("/openid/userinfo: %d %s", status, body)
 	}
-	if status, body := e.remote.do(request{method: "GET", path: q + "openid/userinfo", unsigned: true}); status != 400 || errcode(body) != "M_MISSING_PARAM" {
+	if status, body := e.remote.Do(fedpeer.Request{Method: "GET", Path: q + "openid/userinfo", Unsigned: true}); status != 400 || errcode(body) != "M_MISSING_PARAM" {
 		t.Fatalf("/openid/userinfo without a token: %d %s", status, body)
 	}
 	// A token alice asked the client-API for names her.
@@ -46,7 +48,7 @@ func TestQueries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	status, body = e.remote.do(request{method: "GET", path: q + "openid/userinfo?access_token=" + url.QueryEscape(openid.AccessToken), unsigned: true})
+	status, body = e.remote.Do(fedpeer.Request{Method: "GET", Path: q + "openid/userinfo?access_token=" + url.QueryEscape(openid.AccessToken), Unsigned: true})
 	var info struct {
 		Sub string `json:"sub"`
 	}
@@ -64,7 +66,7 @@ func TestQueries(t *testing.T) {
 		{"GET", q + "send/txn", 405},
 		{"DELETE", q + "query/profile", 405},
 	} {
-		status, body := e.remote.do(request{method: c.method, path: c.path})
+		status, body := e.remote.Do(fedpeer.Request{Method: c.method, Path: c.path})
 		if status != c.status || errcode(body) != "M_UNRECOGNIZED" {
 			t.Errorf("%s %s: %d %s, want %d M_UNRECOGNIZED", c.method, c.path, status, body, c.status)
 		}
@@ -74,7 +76,7 @@ func TestQueries(t *testing.T) {
 	if err := alice.SetDisplayName(e.ctx, "Alice A."); err != nil {
 		t.Fatal(err)
 	}
-	status, body = e.remote.get(q + "query/profile?user_id=" + esc(alice.UserID.String()))
+	status, body = e.remote.Get(q + "query/profile?user_id=" + esc(alice.UserID.String()))
 	var p struct {
 		Displayname string `json:"displayname"`
 	}
@@ -92,7 +94,7 @@ func TestQueries(t *testing.T) {
 		{"user_id=notanid", 400},
 		{"", 400},
 	} {
-		if status, body := e.remote.get(q + "query/profile?" + c.query); status != c.status {
+		if status, body := e.remote.Get(q + "query/profile?" + c.query); status != c.status {
 			t.Errorf("/query/profile?%s: %d %s, want %d", c.query, status, body, c.status)
 		}
 	}
@@ -103,7 +105,7 @@ func TestQueries(t *testing.T) {
 	if _, err := alice.CreateAlias(e.ctx, alias, id.RoomID(roomID)); err != nil {
 		t.Fatal(err)
 	}
-	status, body = e.remote.get(q + "query/directory?room_alias=" + esc(alias.String()))
+	status, body = e.remote.Get(q + "query/directory?room_alias=" + esc(alias.String()))
 	var dir struct {
 		RoomID  string   `json:"room_id"`
 		Servers []string `json:"servers"`
@@ -111,13 +113,13 @@ func TestQueries(t *testing.T) {
 	if status != 200 || json.Unmarshal(body, &dir) != nil || dir.RoomID != roomID || len(dir.Servers) == 0 || dir.Servers[0] != hsName {
 		t.Fatalf("/query/directory: %d %s", status, body)
 	}
-	if status, _ := e.remote.get(q + "query/directory?room_alias=" + esc("#none:"+hsName)); status != 404 {
+	if status, _ := e.remote.Get(q + "query/directory?room_alias=" + esc("#none:"+hsName)); status != 404 {
 		t.Fatalf("/query/directory of an unknown alias: %d", status)
 	}
 	if status, body := doClient(t, alice, "PUT", "/_matrix/client/v3/directory/list/room/"+esc(roomID), map[string]string{"visibility": "public"}); status != 200 {
 		t.Fatalf("publish: %d %s", status, body)
 	}
-	status, body = e.remote.get(q + "publicRooms?limit=5")
+	status, body = e.remote.Get(q + "publicRooms?limit=5")
 	var pub struct {
 		Chunk []struct {
 			RoomID           string `json:"room_id"`
@@ -128,15 +130,15 @@ func TestQueries(t *testing.T) {
 	if status != 200 || json.Unmarshal(body, &pub) != nil || len(pub.Chunk) != 1 || pub.Chunk[0].RoomID != roomID || pub.Chunk[0].NumJoinedMembers != 1 || pub.Chunk[0].Name != "room v11" {
 		t.Fatalf("GET /publicRooms: %d %s", status, body)
 	}
-	status, body = e.remote.do(request{method: "POST", path: q + "publicRooms", body: map[string]any{"filter": map[string]any{"generic_search_term": "nothing like it"}}})
+	status, body = e.remote.Do(fedpeer.Request{Method: "POST", Path: q + "publicRooms", Body: map[string]any{"filter": map[string]any{"generic_search_term": "nothing like it"}}})
 	if status != 200 || json.Unmarshal(body, &pub) != nil || len(pub.Chunk) != 0 {
 		t.Fatalf("POST /publicRooms with a search term: %d %s", status, body)
 	}
-	status, body = e.remote.do(request{method: "POST", path: q + "publicRooms", body: map[string]any{"filter": map[string]any{"generic_search_term": "V11"}}})
+	status, body = e.remote.Do(fedpeer.Request{Method: "POST", Path: q + "publicRooms", Body: map[string]any{"filter": map[string]any{"generic_search_term": "V11"}}})
 	if status != 200 || json.Unmarshal(body, &pub) != nil || len(pub.Chunk) != 1 {
 		t.Fatalf("POST /publicRooms: %d %s", status, body)
 	}
-	if status, _ := e.remote.get(q + "publicRooms?since=bad"); status != 400 {
+	if status, _ := e.remote.Get(q + "publicRooms?since=bad"); status != 400 {
 		t.Fatalf("/publicRooms with a bad since: %d", status)
 	}
 
@@ -154,7 +156,7 @@ func TestQueries(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	status, body = e.remote.get(q + "hierarchy/" + esc(space.String()))
+	status, body = e.remote.Get(q + "hierarchy/" + esc(space.String()))
 	var h struct {
 		Room struct {
 			RoomID        string            `json:"room_id"`
@@ -171,7 +173,7 @@ func TestQueries(t *testing.T) {
 		len(h.Inaccessible) != 1 || h.Inaccessible[0] != private {
 		t.Fatalf("/hierarchy: %d %s", status, body)
 	}
-	if status, _ := e.remote.get(q + "hierarchy/" + esc(private)); status != 404 {
+	if status, _ := e.remote.Get(q + "hierarchy/" + esc(private)); status != 404 {
 		t.Fatalf("/hierarchy of a private room: %d", status)
 	}
 
@@ -193,7 +195,7 @@ func TestQueries(t *testing.T) {
 	if status != 200 {
 		t.Fatalf("keys/upload: %d %s", status, body)
 	}
-	status, body = e.remote.get(q + "user/devices/" + esc(alice.UserID.String()))
+	status, body = e.remote.Get(q + "user/devices/" + esc(alice.UserID.String()))
 	var devs struct {
 		UserID   string `json:"user_id"`
 		StreamID int64  `json:"stream_id"`
@@ -206,19 +208,19 @@ func TestQueries(t *testing.T) {
 		len(devs.Devices) != 1 || devs.Devices[0].DeviceID != alice.DeviceID.String() {
 		t.Fatalf("/user/devices: %d %s", status, body)
 	}
-	if status, _ := e.remote.get(q + "user/devices/" + esc("@x:evil.test")); status != 404 {
+	if status, _ := e.remote.Get(q + "user/devices/" + esc("@x:evil.test")); status != 404 {
 		t.Fatalf("/user/devices of another server's user: %d", status)
 	}
-	status, body = e.remote.do(request{method: "POST", path: q + "user/keys/query",
-		body: map[string]any{"device_keys": map[string][]string{alice.UserID.String(): {}, "@x:evil.test": {}}}})
+	status, body = e.remote.Do(fedpeer.Request{Method: "POST", Path: q + "user/keys/query",
+		Body: map[string]any{"device_keys": map[string][]string{alice.UserID.String(): {}, "@x:evil.test": {}}}})
 	var kq struct {
 		DeviceKeys map[string]map[string]json.RawMessage `json:"device_keys"`
 	}
 	if status != 200 || json.Unmarshal(body, &kq) != nil || len(kq.DeviceKeys) != 1 || kq.DeviceKeys[alice.UserID.String()][alice.DeviceID.String()] == nil {
 		t.Fatalf("/user/keys/query: %d %s", status, body)
 	}
-	status, body = e.remote.do(request{method: "POST", path: q + "user/keys/claim",
-		body: map[string]any{"one_time_keys": map[string]any{alice.UserID.String(): map[string]string{alice.DeviceID.String(): "signed_curve25519"}}}})
+	status, body = e.remote.Do(fedpeer.Request{Method: "POST", Path: q + "user/keys/claim",
+		Body: map[string]any{"one_time_keys": map[string]any{alice.UserID.String(): map[string]string{alice.DeviceID.String(): "signed_curve25519"}}}})
 	var kc struct {
 		OneTimeKeys map[string]map[string]map[string]json.RawMessage `json:"one_time_keys"`
 	}
@@ -226,8 +228,8 @@ func TestQueries(t *testing.T) {
 		t.Fatalf("/user/keys/claim: %d %s", status, body)
 	}
 	// Claimed once: the next claim finds none.
-	status, body = e.remote.do(request{method: "POST", path: q + "user/keys/claim",
-		body: map[string]any{"one_time_keys": map[string]any{alice.UserID.String(): map[string]string{alice.DeviceID.String(): "signed_curve25519"}}}})
+	status, body = e.remote.Do(fedpeer.Request{Method: "POST", Path: q + "user/keys/claim",
+		Body: map[string]any{"one_time_keys": map[string]any{alice.UserID.String(): map[string]string{alice.DeviceID.String(): "signed_curve25519"}}}})
 	kc.OneTimeKeys = nil
 	if status != 200 || json.Unmarshal(body, &kc) != nil || len(kc.OneTimeKeys[alice.UserID.String()]) != 0 {
 		t.Fatalf("/user/keys/claim again: %d %s", status, body)

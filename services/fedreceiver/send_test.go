@@ -27,14 +27,14 @@ func TestGapFromMissingEvents(t *testing.T) {
 	for _, version := range []string{"1", "11", "12"} {
 		t.Run("v"+version, func(t *testing.T) {
 			roomID, rr := e.joinedRoom(alice, version)
-			bob := e.remote.user("bob")
-			m1, m2, m3 := rr.message(bob, "one"), rr.message(bob, "two"), rr.message(bob, "three")
-			before := e.remote.called("get_missing_events")
-			status, res := e.remote.send(raws(m3))
+			bob := e.remote.User("bob")
+			m1, m2, m3 := rr.Message(bob, "one"), rr.Message(bob, "two"), rr.Message(bob, "three")
+			before := e.remote.Called("get_missing_events")
+			status, res := e.remote.Send(raws(m3))
 			if status != 200 || res[m3.EventID()].Error != "" {
 				t.Fatalf("send: %d %+v", status, res)
 			}
-			if e.remote.called("get_missing_events") == before {
+			if e.remote.Called("get_missing_events") == before {
 				t.Fatal("the gap was not asked for with /get_missing_events")
 			}
 			for _, ev := range []gomatrixserverlib.PDU{m1, m2, m3} {
@@ -74,23 +74,23 @@ func TestGapFromStateIDs(t *testing.T) {
 	for _, version := range []string{"2", "10", "12"} {
 		t.Run("v"+version, func(t *testing.T) {
 			roomID, rr := e.joinedRoom(alice, version)
-			bob := e.remote.user("bob")
+			bob := e.remote.User("bob")
 			// 30 events, bob's new display name among them: state the
 			// server does not have, which it must fetch.
 			for i := range 30 {
 				if i == 5 {
-					rr.add(bob, "m.room.member", &bob, map[string]any{"membership": "join", "displayname": "Bob from the gap"})
+					rr.Add(bob, "m.room.member", &bob, map[string]any{"membership": "join", "displayname": "Bob from the gap"})
 					continue
 				}
-				rr.message(bob, fmt.Sprintf("gap %d", i))
+				rr.Message(bob, fmt.Sprintf("gap %d", i))
 			}
-			last := rr.message(bob, "after the gap")
-			stateIDs, events := e.remote.called("state_ids"), e.remote.called("event")
-			status, res := e.remote.send(raws(last))
+			last := rr.Message(bob, "after the gap")
+			stateIDs, events := e.remote.Called("state_ids"), e.remote.Called("event")
+			status, res := e.remote.Send(raws(last))
 			if status != 200 || res[last.EventID()].Error != "" {
 				t.Fatalf("send: %d %+v", status, res)
 			}
-			if e.remote.called("state_ids") == stateIDs || e.remote.called("event") == events {
+			if e.remote.Called("state_ids") == stateIDs || e.remote.Called("event") == events {
 				t.Fatal("the state was not fetched with /state_ids and /event")
 			}
 			if !e.accepted(last.EventID()) {
@@ -125,29 +125,29 @@ func TestTransactionReplay(t *testing.T) {
 	e := newEnv(t, nil)
 	alice := e.localUser("alice")
 	_, rr := e.joinedRoom(alice, "11")
-	bob := e.remote.user("bob")
-	m1 := rr.message(bob, "first")
-	txn := e.remote.nextTxn()
-	status, first := e.remote.sendTxn(txn, raws(m1))
+	bob := e.remote.User("bob")
+	m1 := rr.Message(bob, "first")
+	txn := e.remote.NextTxn()
+	status, first := e.remote.SendTxn(txn, raws(m1))
 	if status != 200 || len(first) != 1 {
 		t.Fatalf("send: %d %+v", status, first)
 	}
-	m2 := rr.message(bob, "second, under the same txnId")
-	status, again := e.remote.sendTxn(txn, raws(m2))
+	m2 := rr.Message(bob, "second, under the same txnId")
+	status, again := e.remote.SendTxn(txn, raws(m2))
 	if status != 200 || len(again) != 1 || again[m1.EventID()].Error != "" {
 		t.Fatalf("replay answered %d %+v, want the first answer %+v", status, again, first)
 	}
 	if e.event(m2.EventID()) != nil {
 		t.Fatal("the replayed transaction was processed again")
 	}
-	if n := e.transactions(string(e.remote.name)); n != 1 {
+	if n := e.transactions(string(e.remote.Name)); n != 1 {
 		t.Fatalf("%d stored transactions, want 1", n)
 	}
 	// The same ID from another server is another transaction.
-	if status, res := e.evil.sendTxn(txn, nil); status != 200 || len(res) != 0 {
+	if status, res := e.evil.SendTxn(txn, nil); status != 200 || len(res) != 0 {
 		t.Fatalf("evil's transaction: %d %+v", status, res)
 	}
-	if n := e.transactions(string(e.evil.name)); n != 1 {
+	if n := e.transactions(string(e.evil.Name)); n != 1 {
 		t.Fatalf("evil: %d stored transactions, want 1", n)
 	}
 }
@@ -172,20 +172,20 @@ func TestTransactionOnceAcrossReplicas(t *testing.T) {
 	replica := stack.StartWithConfig(t, cfg, myelin.TargetFederationReceiver)
 	targets := []string{"", replica.Process.FederationAddr()}
 
-	bob := e.remote.user("bob")
-	rr.message(bob, "gap")
-	last := rr.message(bob, "after")
+	bob := e.remote.User("bob")
+	rr.Message(bob, "gap")
+	last := rr.Message(bob, "after")
 	// Hold the gap request until both replicas have the transaction.
 	release := make(chan struct{})
 	var once sync.Once
-	e.remote.mu.Lock()
-	e.remote.onRequest = func(kind string) {
+	e.remote.Mu.Lock()
+	e.remote.OnRequest = func(kind string) {
 		if kind == "get_missing_events" {
 			<-release
 		}
 	}
-	e.remote.mu.Unlock()
-	txn := e.remote.nextTxn()
+	e.remote.Mu.Unlock()
+	txn := e.remote.NextTxn()
 	var wg sync.WaitGroup
 	results := make([]map[string]fclient.PDUResult, 2)
 	statuses := make([]int, 2)
@@ -193,11 +193,11 @@ func TestTransactionOnceAcrossReplicas(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			statuses[i], results[i] = e.remote.sendTxnAt(target, txn, raws(last))
+			statuses[i], results[i] = e.remote.SendTxnAt(target, txn, raws(last))
 		}()
 	}
 	testkit.Eventually(t, 10*time.Second, func() error {
-		if e.remote.called("get_missing_events") == 0 {
+		if e.remote.Called("get_missing_events") == 0 {
 			return fmt.Errorf("no gap request yet")
 		}
 		return nil
@@ -208,7 +208,7 @@ func TestTransactionOnceAcrossReplicas(t *testing.T) {
 	if statuses[0] != 200 || statuses[1] != 200 || results[0][last.EventID()].Error != "" || results[1][last.EventID()].Error != "" {
 		t.Fatalf("answers: %v %+v %+v", statuses, results[0], results[1])
 	}
-	if n := e.remote.called("get_missing_events"); n != 1 {
+	if n := e.remote.Called("get_missing_events"); n != 1 {
 		t.Fatalf("the gap was asked for %d times: the transaction was processed more than once", n)
 	}
 	if !e.accepted(last.EventID()) {
@@ -222,25 +222,25 @@ func TestTransactionLimits(t *testing.T) {
 	e := newEnv(t, nil)
 	alice := e.localUser("alice")
 	_, rr := e.joinedRoom(alice, "11")
-	bob := e.remote.user("bob")
+	bob := e.remote.User("bob")
 	var pdus []json.RawMessage
 	var evs []gomatrixserverlib.PDU
 	for i := range 51 {
-		ev := rr.message(bob, fmt.Sprintf("bulk %d", i))
+		ev := rr.Message(bob, fmt.Sprintf("bulk %d", i))
 		evs = append(evs, ev)
 		pdus = append(pdus, ev.JSON())
 	}
 	edus := make([]gomatrixserverlib.EDU, 101)
 	for i := range edus {
-		edus[i] = gomatrixserverlib.EDU{Type: "m.typing", Content: []byte(`{"room_id":"` + rr.roomID + `","user_id":"` + bob + `","typing":true}`)}
+		edus[i] = gomatrixserverlib.EDU{Type: "m.typing", Content: []byte(`{"room_id":"` + rr.RoomID + `","user_id":"` + bob + `","typing":true}`)}
 	}
 	for _, c := range []struct {
 		name string
 		pdus []json.RawMessage
 		edus []gomatrixserverlib.EDU
 	}{{"51 PDUs", pdus, nil}, {"101 EDUs", nil, edus}} {
-		status, body := e.remote.put("/_matrix/federation/v1/send/"+e.remote.nextTxn(), map[string]any{
-			"origin": e.remote.name, "origin_server_ts": time.Now().UnixMilli(), "pdus": nonNil(c.pdus), "edus": c.edus})
+		status, body := e.remote.Put("/_matrix/federation/v1/send/"+e.remote.NextTxn(), map[string]any{
+			"origin": e.remote.Name, "origin_server_ts": time.Now().UnixMilli(), "pdus": nonNil(c.pdus), "edus": c.edus})
 		if status != http.StatusBadRequest {
 			t.Fatalf("%s: %d %s", c.name, status, body)
 		}
@@ -250,10 +250,10 @@ func TestTransactionLimits(t *testing.T) {
 			t.Fatalf("%s stored from a refused transaction", ev.EventID())
 		}
 	}
-	if n := e.transactions(string(e.remote.name)); n != 0 {
+	if n := e.transactions(string(e.remote.Name)); n != 0 {
 		t.Fatalf("%d transactions stored", n)
 	}
-	status, res := e.remote.send(pdus[:50], edus[:100]...)
+	status, res := e.remote.Send(pdus[:50], edus[:100]...)
 	if status != 200 || len(res) != 50 {
 		t.Fatalf("50 PDUs and 100 EDUs: %d, %d results", status, len(res))
 	}
@@ -278,22 +278,22 @@ func TestSlowAndGarbageRemote(t *testing.T) {
 	e := newEnv(t, nil)
 	alice := e.localUser("alice")
 	roomID, rr := e.joinedRoom(alice, "11")
-	bob := e.remote.user("bob")
+	bob := e.remote.User("bob")
 	kinds := []string{"get_missing_events", "state_ids", "state", "event", "event_auth"}
 	for _, how := range []string{"slow", "garbage", "error", "empty"} {
 		t.Run(how, func(t *testing.T) {
 			for _, k := range kinds {
-				e.remote.setBehaviour(k, how)
+				e.remote.SetBehaviour(k, how)
 			}
 			defer func() {
 				for _, k := range kinds {
-					e.remote.setBehaviour(k, "")
+					e.remote.SetBehaviour(k, "")
 				}
 			}()
-			prev := rr.last
-			gapEv := rr.message(bob, "unreachable "+how)
-			last := rr.message(bob, "after "+how)
-			status, res := e.remote.send(raws(last))
+			prev := rr.Last
+			gapEv := rr.Message(bob, "unreachable "+how)
+			last := rr.Message(bob, "after "+how)
+			status, res := e.remote.Send(raws(last))
 			if status != 200 || !strings.Contains(res[last.EventID()].Error, "could not be fetched") {
 				t.Fatalf("%s remote: %d %+v", how, status, res)
 			}
@@ -308,7 +308,7 @@ func TestSlowAndGarbageRemote(t *testing.T) {
 			}
 			// The remote drops the unreachable events: the room goes on
 			// from what the server has.
-			rr.last = prev
+			rr.Last = prev
 		})
 	}
 }
@@ -323,16 +323,16 @@ func TestTransactionOfChains(t *testing.T) {
 	alice := e.localUser("alice")
 	roomA, ra := e.joinedRoom(alice, "11")
 	roomB, rb := e.joinedRoom(alice, "12")
-	bob := e.remote.user("bob")
-	a0 := ra.message(bob, "a0") // never sent: fetched with /get_missing_events
-	a1, a2, a3 := ra.message(bob, "a1"), ra.message(bob, "a2"), ra.message(bob, "a3")
-	b1, b2 := rb.message(bob, "b1"), rb.message(bob, "b2")
+	bob := e.remote.User("bob")
+	a0 := ra.Message(bob, "a0") // never sent: fetched with /get_missing_events
+	a1, a2, a3 := ra.Message(bob, "a1"), ra.Message(bob, "a2"), ra.Message(bob, "a3")
+	b1, b2 := rb.Message(bob, "b1"), rb.Message(bob, "b2")
 	empty := ""
 	// Bob may not change the power levels: refused, on b2 like b3 (room
 	// B has no gap, so all its PDUs are decided in the one call).
-	bad := rb.build(bob, "m.room.power_levels", &empty, map[string]any{"users": map[string]any{bob: 100}})
-	b3 := rb.message(bob, "b3")
-	status, res := e.remote.send(raws(b1, a1, b2, a2, bad, b3, a3))
+	bad := rb.Build(bob, "m.room.power_levels", &empty, map[string]any{"users": map[string]any{bob: 100}})
+	b3 := rb.Message(bob, "b3")
+	status, res := e.remote.Send(raws(b1, a1, b2, a2, bad, b3, a3))
 	if status != 200 {
 		t.Fatalf("send: %d", status)
 	}

@@ -22,58 +22,58 @@ func TestJoinRemoteRoomWithSuppliedState(t *testing.T) {
 	for _, version := range []string{"10", "11", "12"} {
 		t.Run("v"+version, func(t *testing.T) {
 			h.t = t
-			rr := newRemoteRoom(t, remote, version, "public")
-			ron := remote.user("ron")
+			rr := remote.NewRoom(version, remote.User("ron"), "public")
+			ron := remote.User("ron")
 			hist := []gomatrixserverlib.PDU{
-				rr.add(remote, ron, "m.room.message", nil, map[string]any{"msgtype": "m.text", "body": "h1"}),
-				rr.add(remote, ron, "m.room.message", nil, map[string]any{"msgtype": "m.text", "body": "h2"}),
-				rr.add(remote, ron, "m.room.message", nil, map[string]any{"msgtype": "m.text", "body": "h3"}),
+				rr.Add(ron, "m.room.message", nil, map[string]any{"msgtype": "m.text", "body": "h1"}),
+				rr.Add(ron, "m.room.message", nil, map[string]any{"msgtype": "m.text", "body": "h2"}),
+				rr.Add(ron, "m.room.message", nil, map[string]any{"msgtype": "m.text", "body": "h3"}),
 			}
-			stateBeforeHist := rr.stateIDs()
+			stateBeforeHist := rr.StateIDs()
 			join := h.joinRemoteRoom(rr, alice)
 
-			info := h.roomInfo(rr.roomID)
+			info := h.roomInfo(rr.RoomID)
 			if !info.GetRoomExists() || info.GetRoomVersion() != version {
 				t.Fatalf("room info %+v", info)
 			}
 			if !slices.Equal(info.GetForwardExtremities(), []string{join.EventID()}) {
 				t.Fatalf("extremities %v, want the join", info.GetForwardExtremities())
 			}
-			if got := h.stateContent(rr.roomID, "", false, spec.MRoomName, "", "name"); got != "remote room" {
+			if got := h.stateContent(rr.RoomID, "", false, spec.MRoomName, "", "name"); got != "remote room" {
 				t.Fatalf("current name %q", got)
 			}
-			if m := h.membership(rr.roomID, alice); m != "join" {
+			if m := h.membership(rr.RoomID, alice); m != "join" {
 				t.Fatalf("alice's membership %q", m)
 			}
 			// Only the join is published, with the whole state added.
-			msgs := h.waitPublished(rr.roomID, 1)
+			msgs := h.waitPublished(rr.RoomID, 1)
 			if o := msgs[0].out; o.GetEventId() != join.EventID() || o.GetKind() != roomserverv1.OutputKind_OUTPUT_KIND_NEW ||
-				len(o.GetAddedStateEvents()) != len(rr.state) {
+				len(o.GetAddedStateEvents()) != len(rr.State) {
 				t.Fatalf("published %s kind %s with %d state events, want the join with %d", o.GetEventId(), o.GetKind(),
-					len(o.GetAddedStateEvents()), len(rr.state))
+					len(o.GetAddedStateEvents()), len(rr.State))
 			}
 
 			// Events from both sides.
-			m1 := rr.add(remote, ron, "m.room.message", nil, map[string]any{"msgtype": "m.text", "body": "welcome"})
+			m1 := rr.Add(ron, "m.room.message", nil, map[string]any{"msgtype": "m.text", "body": "welcome"})
 			h.inputOne(m1, accepted)
-			mine := h.mustSend(rr.roomID, alice, message(t, "thanks"))
+			mine := h.mustSend(rr.RoomID, alice, message(t, "thanks"))
 			local := h.event(mine)
-			pdu, err := rr.verImpl.NewEventFromTrustedJSONWithEventID(mine, local.GetEventJson(), false)
+			pdu, err := rr.Version.NewEventFromTrustedJSONWithEventID(mine, local.GetEventJson(), false)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if !slices.Equal(pdu.PrevEventIDs(), []string{m1.EventID()}) {
 				t.Fatalf("local event's prev_events %v, want the remote message", pdu.PrevEventIDs())
 			}
-			rr.apply(pdu)
-			reply := rr.add(remote, ron, "m.room.message", nil, map[string]any{"msgtype": "m.text", "body": "reply"})
+			rr.Apply(pdu)
+			reply := rr.Add(ron, "m.room.message", nil, map[string]any{"msgtype": "m.text", "body": "reply"})
 			h.inputOne(reply, accepted)
 
 			// A gap: the remote sets a topic and sends a message; only the
 			// message arrives. Its prev_events are missing, then its state
 			// is supplied (the topic event fetched as an outlier).
-			topic := rr.add(remote, ron, spec.MRoomTopic, ptr(""), map[string]any{"topic": "after the gap"})
-			gap := rr.add(remote, ron, "m.room.message", nil, map[string]any{"msgtype": "m.text", "body": "after the gap"})
+			topic := rr.Add(ron, spec.MRoomTopic, ptr(""), map[string]any{"topic": "after the gap"})
+			gap := rr.Add(ron, "m.room.message", nil, map[string]any{"msgtype": "m.text", "body": "after the gap"})
 			res := h.inputOne(gap, missing)
 			if !slices.Equal(res.GetMissingEventIds(), []string{topic.EventID()}) {
 				t.Fatalf("missing %v", res.GetMissingEventIds())
@@ -81,22 +81,22 @@ func TestJoinRemoteRoomWithSuppliedState(t *testing.T) {
 			wantStatuses(t, h.inputReq(inputReq(roomserverv1.InputKind_INPUT_KIND_OUTLIER, topic)), accepted)
 			req := inputReq(roomserverv1.InputKind_INPUT_KIND_NEW, gap)
 			req.Events[0].HasState = true
-			for _, ev := range rr.stateEvents() {
+			for _, ev := range rr.StateEvents() {
 				req.Events[0].StateEventIds = append(req.Events[0].StateEventIds, ev.EventID())
 			}
 			wantStatuses(t, h.inputReq(req), accepted)
-			if got := h.stateContent(rr.roomID, gap.EventID(), false, spec.MRoomTopic, "", "topic"); got != "after the gap" {
+			if got := h.stateContent(rr.RoomID, gap.EventID(), false, spec.MRoomTopic, "", "topic"); got != "after the gap" {
 				t.Fatalf("topic before the gap event %q", got)
 			}
-			if got := h.stateContent(rr.roomID, "", false, spec.MRoomTopic, "", "topic"); got != "after the gap" {
+			if got := h.stateContent(rr.RoomID, "", false, spec.MRoomTopic, "", "topic"); got != "after the gap" {
 				t.Fatalf("current topic %q", got)
 			}
 			// The reply stays an extremity: only the outlier topic event
 			// refers to it.
-			if ext := h.roomInfo(rr.roomID).GetForwardExtremities(); !slices.Equal(sortedIDs(ext...), sortedIDs(gap.EventID(), reply.EventID())) {
+			if ext := h.roomInfo(rr.RoomID).GetForwardExtremities(); !slices.Equal(sortedIDs(ext...), sortedIDs(gap.EventID(), reply.EventID())) {
 				t.Fatalf("extremities after the gap %v", ext)
 			}
-			currentBefore := h.roomInfo(rr.roomID)
+			currentBefore := h.roomInfo(rr.RoomID)
 
 			// Backfill the history before the join, newest first as
 			// /backfill answers; h1's prev event is an outlier (state
@@ -106,17 +106,17 @@ func TestJoinRemoteRoomWithSuppliedState(t *testing.T) {
 			// stateBeforeHist is the state after h3, the same as before h1
 			// (messages change no state).
 			wantStatuses(t, h.inputReq(bf), accepted)
-			after := h.roomInfo(rr.roomID)
+			after := h.roomInfo(rr.RoomID)
 			if !slices.Equal(after.GetForwardExtremities(), currentBefore.GetForwardExtremities()) || after.GetDepth() != currentBefore.GetDepth() {
 				t.Fatalf("backfill moved the room: %+v, was %+v", after, currentBefore)
 			}
-			if got := h.stateContent(rr.roomID, "", false, spec.MRoomTopic, "", "topic"); got != "after the gap" {
+			if got := h.stateContent(rr.RoomID, "", false, spec.MRoomTopic, "", "topic"); got != "after the gap" {
 				t.Fatalf("current topic after backfill %q", got)
 			}
-			if got := h.stateContent(rr.roomID, hist[1].EventID(), false, spec.MRoomName, "", "name"); got != "remote room" {
+			if got := h.stateContent(rr.RoomID, hist[1].EventID(), false, spec.MRoomName, "", "name"); got != "remote room" {
 				t.Fatalf("state before a backfilled event: name %q", got)
 			}
-			msgs = h.waitPublished(rr.roomID, 1+4+3)
+			msgs = h.waitPublished(rr.RoomID, 1+4+3)
 			var tail []string
 			for _, m := range msgs[5:] {
 				if m.out.GetKind() != roomserverv1.OutputKind_OUTPUT_KIND_BACKFILL || len(m.out.GetAddedStateEvents()) > 0 {
@@ -139,7 +139,7 @@ func TestJoinRemoteRoomWithSuppliedState(t *testing.T) {
 	}
 	// remote.test's signatures verified with the key its HTTPS endpoint
 	// published, fetched by the key-server.
-	if n := remote.keyRequests.Load(); n == 0 {
+	if n := remote.KeyRequests.Load(); n == 0 {
 		t.Fatal("remote.test's keys were never fetched")
 	}
 }
@@ -254,19 +254,19 @@ func TestOutOfRoomInvite(t *testing.T) {
 	for _, version := range []string{"11", "12"} {
 		t.Run("v"+version, func(t *testing.T) {
 			h.t = t
-			rr := newRemoteRoom(t, remote, version, "public")
-			ron := remote.user("ron")
-			pe := rr.proto(ron, spec.MRoomMember, ptr(bob), map[string]any{"membership": "invite"})
-			invite := remote.sign(t, rr.verImpl, pe)
+			rr := remote.NewRoom(version, remote.User("ron"), "public")
+			ron := remote.User("ron")
+			pe := rr.Proto(ron, spec.MRoomMember, ptr(bob), map[string]any{"membership": "invite"})
+			invite := remote.Sign(rr.Version, pe)
 			// The invitee's server signs too (the federation-receiver's
 			// part of /invite).
-			invite, err := residentJoins{h.svc}.countersign(h.ctx, rr.verImpl, invite)
+			invite, err := residentJoins{h.svc}.countersign(h.ctx, rr.Version, invite)
 			if err != nil {
 				t.Fatal(err)
 			}
 			var stripped [][]byte
 			for _, k := range []gomatrixserverlib.StateKeyTuple{{EventType: spec.MRoomCreate}, {EventType: spec.MRoomJoinRules}, {EventType: spec.MRoomName}} {
-				stripped = append(stripped, rr.state[k].JSON())
+				stripped = append(stripped, rr.State[k].JSON())
 			}
 			bad := inputReq(roomserverv1.InputKind_INPUT_KIND_OUT_OF_ROOM, invite)
 			bad.Events[0].StrippedState = stripped[1:]
@@ -289,7 +289,7 @@ func TestOutOfRoomInvite(t *testing.T) {
 			req.Events[0].StrippedState = stripped
 			wantStatuses(t, h.inputReq(req), accepted)
 			wantStatuses(t, h.inputReq(req), duplicate)
-			if info := h.roomInfo(rr.roomID); info.GetRoomExists() {
+			if info := h.roomInfo(rr.RoomID); info.GetRoomExists() {
 				t.Fatalf("a room known only from an invite exists: %+v", info)
 			}
 			ev := h.event(invite.EventID())
@@ -299,15 +299,15 @@ func TestOutOfRoomInvite(t *testing.T) {
 
 			// The rejection: bob's leave, built on the remote's make_leave
 			// template and signed here.
-			leavePE := rr.proto(bob, spec.MRoomMember, ptr(bob), map[string]any{"membership": "leave"})
+			leavePE := rr.Proto(bob, spec.MRoomMember, ptr(bob), map[string]any{"membership": "leave"})
 			leavePE.PrevEvents = []string{invite.EventID()}
-			leave, err := h.svc.signer.Build(h.ctx, rr.verImpl, leavePE)
+			leave, err := h.svc.signer.Build(h.ctx, rr.Version, leavePE)
 			if err != nil {
 				t.Fatal(err)
 			}
 			wantStatuses(t, h.inputReq(inputReq(roomserverv1.InputKind_INPUT_KIND_OUT_OF_ROOM, leave)), accepted)
 
-			msgs := h.waitPublished(rr.roomID, 2)
+			msgs := h.waitPublished(rr.RoomID, 2)
 			o := msgs[0].out
 			if o.GetEventId() != invite.EventID() || o.GetKind() != roomserverv1.OutputKind_OUTPUT_KIND_OUT_OF_ROOM || len(o.GetStrippedState()) != 3 {
 				t.Fatalf("invite published as %s kind %s with %d stripped events", o.GetEventId(), o.GetKind(), len(o.GetStrippedState()))
@@ -326,11 +326,11 @@ func TestOutOfRoomInvite(t *testing.T) {
 			}
 
 			// An out-of-room event of someone else's user, and a message.
-			other := remote.sign(t, rr.verImpl, rr.proto(ron, spec.MRoomMember, ptr(remote.user("zed")), map[string]any{"membership": "invite"}))
+			other := remote.Sign(rr.Version, rr.Proto(ron, spec.MRoomMember, ptr(remote.User("zed")), map[string]any{"membership": "invite"}))
 			if r := h.inputReq(inputReq(roomserverv1.InputKind_INPUT_KIND_OUT_OF_ROOM, other))[0]; r.GetStatus() != invalidSt {
 				t.Fatalf("invite of a remote user taken: %s", r.GetStatus())
 			}
-			msg := remote.sign(t, rr.verImpl, rr.proto(ron, "m.room.message", nil, map[string]any{"body": "no"}))
+			msg := remote.Sign(rr.Version, rr.Proto(ron, "m.room.message", nil, map[string]any{"body": "no"}))
 			if r := h.inputReq(inputReq(roomserverv1.InputKind_INPUT_KIND_OUT_OF_ROOM, msg))[0]; r.GetStatus() != invalidSt {
 				t.Fatalf("message taken as out-of-room: %s", r.GetStatus())
 			}
@@ -338,7 +338,7 @@ func TestOutOfRoomInvite(t *testing.T) {
 			// The room's create event fixes the stub: bob can now join
 			// (send_join's answer).
 			h.joinRemoteRoom(rr, alice)
-			if info := h.roomInfo(rr.roomID); !info.GetRoomExists() {
+			if info := h.roomInfo(rr.RoomID); !info.GetRoomExists() {
 				t.Fatal("room does not exist after the join")
 			}
 		})
@@ -536,7 +536,7 @@ func TestWalksAndServerVisibility(t *testing.T) {
 	// leaves, another message; history is "shared" but remote.test has
 	// nobody in the room any more.
 	rv := gomatrixserverlib.MustGetRoomVersion("11")
-	ron := remote.user("ron")
+	ron := remote.User("ron")
 	remoteEvent := func(typ string, stateKey *string, content any) gomatrixserverlib.PDU {
 		t.Helper()
 		info := h.roomInfo(roomID)
@@ -561,7 +561,7 @@ func TestWalksAndServerVisibility(t *testing.T) {
 			t.Fatal(err)
 		}
 		pe.AuthEvents = eb.AuthEvents
-		return remote.sign(t, rv, pe)
+		return remote.Sign(rv, pe)
 	}
 	ronJoin := remoteEvent(spec.MRoomMember, &ron, map[string]any{"membership": "join"})
 	h.inputOne(ronJoin, accepted)
@@ -674,7 +674,7 @@ func TestRestrictedJoinThroughThisServer(t *testing.T) {
 	remote := newRemote(t, "remote.test")
 	h := newHarness(t, nil, remote)
 	rv := gomatrixserverlib.MustGetRoomVersion("10")
-	ron := remote.user("ron")
+	ron := remote.User("ron")
 	allowed := h.createRoom("10", "public", map[string]int{alice: 100})
 	restrictedRules := func(invite int) []*roomserverv1.EventTemplate {
 		return []*roomserverv1.EventTemplate{
@@ -719,7 +719,7 @@ func TestRestrictedJoinThroughThisServer(t *testing.T) {
 		if content == nil {
 			content = tmpl.Content
 		}
-		return remote.sign(t, rv, &gomatrixserverlib.ProtoEvent{SenderID: ron, RoomID: tmpl.RoomID, Type: spec.MRoomMember,
+		return remote.Sign(rv, &gomatrixserverlib.ProtoEvent{SenderID: ron, RoomID: tmpl.RoomID, Type: spec.MRoomMember,
 			StateKey: &ron, PrevEvents: tmpl.PrevEvents, AuthEvents: tmpl.AuthEvents, Depth: tmpl.Depth, Content: mustJSON(t, content)})
 	}
 	signAndInput := func(roomID string, ev gomatrixserverlib.PDU) *roomserverv1.SignJoinResponse {
@@ -774,14 +774,14 @@ func TestRestrictedJoinThroughThisServer(t *testing.T) {
 		t.Fatalf("no local user may invite: %s %s", resp.GetRefusal(), resp.GetReason())
 	}
 	info := h.roomInfo(noInviter.GetRoomId())
-	forged := remote.sign(t, rv, &gomatrixserverlib.ProtoEvent{SenderID: ron, RoomID: noInviter.GetRoomId(), Type: spec.MRoomMember,
+	forged := remote.Sign(rv, &gomatrixserverlib.ProtoEvent{SenderID: ron, RoomID: noInviter.GetRoomId(), Type: spec.MRoomMember,
 		StateKey: &ron, PrevEvents: info.GetForwardExtremities(), AuthEvents: []string{}, Depth: info.GetDepth() + 1,
 		Content: mustJSON(t, map[string]any{"membership": "join", "join_authorised_via_users_server": bob})})
 	if s := signAndInput(noInviter.GetRoomId(), forged); s.GetRefusal() != roomserverv1.Refusal_REFUSAL_UNABLE_TO_GRANT_JOIN {
 		t.Fatalf("SignJoin naming bob: %s %s", s.GetRefusal(), s.GetReason())
 	}
 	// Not a join at all.
-	leave := remote.sign(t, rv, &gomatrixserverlib.ProtoEvent{SenderID: ron, RoomID: room.GetRoomId(), Type: spec.MRoomMember,
+	leave := remote.Sign(rv, &gomatrixserverlib.ProtoEvent{SenderID: ron, RoomID: room.GetRoomId(), Type: spec.MRoomMember,
 		StateKey: &ron, PrevEvents: info.GetForwardExtremities(), AuthEvents: []string{}, Depth: 5,
 		Content: mustJSON(t, map[string]any{"membership": "leave"})})
 	_, err = h.rs.SignJoin(h.ctx, &roomserverv1.SignJoinRequest{RoomId: room.GetRoomId(), EventJson: leave.JSON()})
@@ -796,20 +796,20 @@ func TestRestrictedJoinThroughThisServer(t *testing.T) {
 func TestOutlierRun(t *testing.T) {
 	remote := newRemote(t, "remote.test")
 	h := newHarness(t, nil, remote)
-	rr := newRemoteRoom(t, remote, "11", "public")
-	ron, rita := remote.user("ron"), remote.user("rita")
+	rr := remote.NewRoom("11", remote.User("ron"), "public")
+	ron, rita := remote.User("ron"), remote.User("rita")
 	empty := ""
-	early := slices.Clone(rr.events) // create, ron's join, power levels, join rules, history, name
+	early := slices.Clone(rr.Applied) // create, ron's join, power levels, join rules, history, name
 	wantStatuses(t, h.inputReq(inputReq(roomserverv1.InputKind_INPUT_KIND_OUTLIER, early...)), accepted)
 
-	join := rr.add(remote, rita, spec.MRoomMember, &rita, map[string]any{"membership": "join"})
+	join := rr.Add(rita, spec.MRoomMember, &rita, map[string]any{"membership": "join"})
 	// Rita (power 0) may not change the power levels.
-	refused := remote.sign(t, rr.verImpl, rr.proto(rita, spec.MRoomPowerLevels, &empty, map[string]any{"users": map[string]any{rita: 100}}))
+	refused := remote.Sign(rr.Version, rr.Proto(rita, spec.MRoomPowerLevels, &empty, map[string]any{"users": map[string]any{rita: 100}}))
 	// A topic by ron that names the refused power levels as its auth event.
-	pe := rr.proto(ron, spec.MRoomTopic, &empty, map[string]any{"topic": "on refused power"})
+	pe := rr.Proto(ron, spec.MRoomTopic, &empty, map[string]any{"topic": "on refused power"})
 	pe.AuthEvents = []string{early[0].EventID(), early[1].EventID(), refused.EventID()}
-	onRefused := remote.sign(t, rr.verImpl, pe)
-	topic := rr.add(remote, ron, spec.MRoomTopic, &empty, map[string]any{"topic": "fine"})
+	onRefused := remote.Sign(rr.Version, pe)
+	topic := rr.Add(ron, spec.MRoomTopic, &empty, map[string]any{"topic": "fine"})
 
 	run := []gomatrixserverlib.PDU{onRefused, early[1], join, topic, refused, join}
 	res := h.inputReq(inputReq(roomserverv1.InputKind_INPUT_KIND_OUTLIER, run...))

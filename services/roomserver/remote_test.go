@@ -1,165 +1,36 @@
 package roomserver
 
 import (
-	"crypto/ed25519"
-	"crypto/rand"
 	"encoding/json"
+	"net/http"
 	"slices"
-	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
+	"github.com/myelin-chat/myelin/pkg/testkit/fedpeer"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 )
 
-// remoteServer is another homeserver in the tests: its events are built
-// and signed here with gomatrixserverlib and its own ed25519 key, and it
-// publishes that key over HTTPS when given to newHarness as a peer
-// (remote_keys_test.go).
-type remoteServer struct {
-	name  string
-	keyID gomatrixserverlib.KeyID
-	key   ed25519.PrivateKey
-	// keyRequests counts the requests for its keys it answered.
-	keyRequests atomic.Int64
-}
-
-func newRemote(t testing.TB, name string) *remoteServer {
+// newRemote is another homeserver in the tests (pkg/testkit/fedpeer): its
+// events are built and signed with its own ed25519 key, and it publishes
+// that key over HTTPS when given to newHarness as a peer.
+func newRemote(t testing.TB, name string) *remotePeer {
 	t.Helper()
-	_, key, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &remoteServer{name: name, keyID: "ed25519:test", key: key}
+	return &remotePeer{fedpeer.New(t, name)}
 }
 
-func (r *remoteServer) user(local string) string { return "@" + local + ":" + r.name }
+// remotePeer makes a fedpeer.Server a peer of the harness: its keys are
+// served over HTTPS (federationTo) and fetched by the harness's
+// key-server through the federation transport when the room-server first
+// verifies one of its signatures.
+type remotePeer struct{ *fedpeer.Server }
 
-// sign builds a proto-event as this server.
-func (r *remoteServer) sign(t testing.TB, verImpl gomatrixserverlib.IRoomVersion, pe *gomatrixserverlib.ProtoEvent) gomatrixserverlib.PDU {
-	t.Helper()
-	pe.Version = verImpl
-	ev, err := verImpl.NewEventBuilderFromProtoEvent(pe).Build(time.Now(), spec.ServerName(r.name), r.keyID, r.key)
-	if err != nil {
-		t.Fatalf("build %s: %v", pe.Type, err)
-	}
-	return ev
-}
+var _ peer = (*remotePeer)(nil)
 
-// remoteRoom is a room as a remote server holds it: a linear history, the
-// state after its last event.
-type remoteRoom struct {
-	t       testing.TB
-	verImpl gomatrixserverlib.IRoomVersion
-	roomID  string
-	events  []gomatrixserverlib.PDU
-	state   map[gomatrixserverlib.StateKeyTuple]gomatrixserverlib.PDU
-	last    gomatrixserverlib.PDU
-}
-
-// newRemoteRoom creates a room on r: create, the creator's join, power
-// levels, join rules, history visibility and a name.
-func newRemoteRoom(t testing.TB, r *remoteServer, version, joinRule string) *remoteRoom {
-	t.Helper()
-	verImpl := gomatrixserverlib.MustGetRoomVersion(gomatrixserverlib.RoomVersion(version))
-	rr := &remoteRoom{t: t, verImpl: verImpl, state: map[gomatrixserverlib.StateKeyTuple]gomatrixserverlib.PDU{}}
-	creator := r.user("ron")
-	createContent := map[string]any{"room_version": version}
-	if createNeedsCreator(verImpl.Version()) {
-		createContent["creator"] = creator
-	}
-	roomID := ""
-	if !verImpl.DomainlessRoomIDs() {
-		roomID = "!remote" + randomSuffix(t) + ":" + r.name
-	}
-	empty := ""
-	create := r.sign(t, verImpl, &gomatrixserverlib.ProtoEvent{SenderID: creator, RoomID: roomID, Type: spec.MRoomCreate,
-		StateKey: &empty, PrevEvents: []string{}, AuthEvents: []string{}, Depth: 1, Content: mustJSON(t, createContent)})
-	rr.roomID = create.RoomID().String()
-	rr.apply(create)
-	rr.add(r, creator, spec.MRoomMember, &creator, map[string]any{"membership": "join"})
-	users := map[string]any{creator: 100}
-	if verImpl.PrivilegedCreators() {
-		users = map[string]any{}
-	}
-	rr.add(r, creator, spec.MRoomPowerLevels, &empty, map[string]any{"users": users, "users_default": 0, "events_default": 0,
-		"state_default": 50, "invite": 0, "ban": 50, "kick": 50, "redact": 50})
-	rr.add(r, creator, spec.MRoomJoinRules, &empty, map[string]any{"join_rule": joinRule})
-	rr.add(r, creator, spec.MRoomHistoryVisibility, &empty, map[string]any{"history_visibility": "shared"})
-	rr.add(r, creator, spec.MRoomName, &empty, map[string]any{"name": "remote room"})
-	return rr
-}
-
-func randomSuffix(t testing.TB) string {
-	b := make([]byte, 6)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	const letters = "abcdefghijklmnopqrstuvwxyz"
-	for i := range b {
-		b[i] = letters[int(b[i])%len(letters)]
-	}
-	return string(b)
-}
-
-func (rr *remoteRoom) apply(ev gomatrixserverlib.PDU) {
-	rr.events = append(rr.events, ev)
-	rr.last = ev
-	if sk := ev.StateKey(); sk != nil {
-		rr.state[gomatrixserverlib.StateKeyTuple{EventType: ev.Type(), StateKey: *sk}] = ev
-	}
-}
-
-// proto fills in prev_events (the last event), depth and auth_events.
-func (rr *remoteRoom) proto(sender, typ string, stateKey *string, content any) *gomatrixserverlib.ProtoEvent {
-	rr.t.Helper()
-	pe := &gomatrixserverlib.ProtoEvent{SenderID: sender, RoomID: rr.roomID, Type: typ, StateKey: stateKey,
-		PrevEvents: []string{rr.last.EventID()}, Depth: rr.last.Depth() + 1, Content: mustJSON(rr.t, content), Version: rr.verImpl}
-	var st []gomatrixserverlib.PDU
-	for _, ev := range rr.state {
-		st = append(st, ev)
-	}
-	provider, err := gomatrixserverlib.NewAuthEvents(st)
-	if err != nil {
-		rr.t.Fatal(err)
-	}
-	eb := rr.verImpl.NewEventBuilderFromProtoEvent(pe)
-	if err := eb.AddAuthEvents(provider); err != nil {
-		rr.t.Fatal(err)
-	}
-	pe.AuthEvents = eb.AuthEvents
-	return pe
-}
-
-// add builds an event of r on the room's last event and applies it.
-func (rr *remoteRoom) add(r *remoteServer, sender, typ string, stateKey *string, content any) gomatrixserverlib.PDU {
-	rr.t.Helper()
-	ev := r.sign(rr.t, rr.verImpl, rr.proto(sender, typ, stateKey, content))
-	rr.apply(ev)
-	return ev
-}
-
-// stateIDs are the event IDs of the current state.
-func (rr *remoteRoom) stateIDs() []string {
-	var out []string
-	for _, ev := range rr.state {
-		out = append(out, ev.EventID())
-	}
-	slices.Sort(out)
-	return out
-}
-
-// stateEvents returns the current state events.
-func (rr *remoteRoom) stateEvents() []gomatrixserverlib.PDU {
-	var out []gomatrixserverlib.PDU
-	for _, ev := range rr.state {
-		out = append(out, ev)
-	}
-	return out
-}
+func (r *remotePeer) serverName() string              { return string(r.Name) }
+func (r *remotePeer) federationHandler() http.Handler { return r.Handler() }
 
 // inputReq builds an InputEventsRequest.
 func inputReq(kind roomserverv1.InputKind, evs ...gomatrixserverlib.PDU) *roomserverv1.InputEventsRequest {
@@ -191,10 +62,10 @@ func wantStatuses(t testing.TB, res []*roomserverv1.InputEventResult, want rooms
 // localJoin builds alice's join to a remote room as the joining server
 // does after make_join: on the remote's last event, signed by this
 // server's key-server.
-func (h *harness) localJoin(rr *remoteRoom, user string) gomatrixserverlib.PDU {
+func (h *harness) localJoin(rr *fedpeer.Room, user string) gomatrixserverlib.PDU {
 	h.t.Helper()
-	pe := rr.proto(user, spec.MRoomMember, &user, map[string]any{"membership": "join"})
-	ev, err := h.svc.signer.Build(h.ctx, rr.verImpl, pe)
+	pe := rr.Proto(user, spec.MRoomMember, &user, map[string]any{"membership": "join"})
+	ev, err := h.svc.signer.Build(h.ctx, rr.Version, pe)
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -204,17 +75,17 @@ func (h *harness) localJoin(rr *remoteRoom, user string) gomatrixserverlib.PDU {
 // joinRemoteRoom joins user to rr the way send_join's answer is input: the
 // state and auth chain as outliers (in reverse, to check the room-server
 // orders them), then the join with the state before it.
-func (h *harness) joinRemoteRoom(rr *remoteRoom, user string) gomatrixserverlib.PDU {
+func (h *harness) joinRemoteRoom(rr *fedpeer.Room, user string) gomatrixserverlib.PDU {
 	h.t.Helper()
 	join := h.localJoin(rr, user)
-	stateIDs := rr.stateIDs()
-	outliers := slices.Clone(rr.stateEvents())
+	stateIDs := rr.StateIDs()
+	outliers := slices.Clone(rr.StateEvents())
 	slices.SortFunc(outliers, func(a, b gomatrixserverlib.PDU) int { return int(b.Depth() - a.Depth()) })
 	wantStatuses(h.t, h.inputReq(inputReq(roomserverv1.InputKind_INPUT_KIND_OUTLIER, outliers...)), accepted)
 	req := inputReq(roomserverv1.InputKind_INPUT_KIND_NEW, join)
 	req.Events[0].HasState, req.Events[0].StateEventIds = true, stateIDs
 	wantStatuses(h.t, h.inputReq(req), accepted)
-	rr.apply(join)
+	rr.Apply(join)
 	return join
 }
 

@@ -1,8 +1,9 @@
 // Package clientevent is the client-API's vocabulary for events as clients
-// see them: the client-server event format and its rendering, stream
-// tokens, filters, ignore lists, and what the room event consumer extracts
-// from an event (relations, search text, redacted copies). It holds no
-// state and serves no endpoint.
+// see them (the event format itself is pkg/clientevent, shared with the
+// appservice service): rendering stored events, stream tokens, filters,
+// ignore lists, and what the room event consumer extracts from an event
+// (relations, search text, redacted copies). It holds no state and serves no
+// endpoint.
 package clientevent
 
 import (
@@ -18,20 +19,6 @@ import (
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
-)
-
-// The event format itself lives in pkg/clientevent (the appservice
-// service formats events the same way); these names keep the client-API's
-// code as it was.
-type ClientEvent = pkgce.ClientEvent
-
-var (
-	ParsePDU           = pkgce.ParsePDU
-	ParseOutputPDU     = pkgce.ParseOutputPDU
-	NewClientEvent     = pkgce.NewClientEvent
-	RedactionTarget    = pkgce.RedactionTarget
-	WithContentRedacts = pkgce.WithContentRedacts
-	IsObject           = pkgce.IsObject
 )
 
 // MembershipOf returns content.membership of an m.room.member event.
@@ -68,7 +55,7 @@ func RenderAs(stored []byte, roomID, txnID, membership string) (json.RawMessage,
 		}
 		return out, nil
 	}
-	var ce ClientEvent
+	var ce pkgce.ClientEvent
 	if err := json.Unmarshal(stored, &ce); err != nil {
 		return nil, fmt.Errorf("decode stored event: %w", err)
 	}
@@ -111,11 +98,11 @@ func RenderFor(e store.StoredEvent, dev *httpapi.Device, withRoomID bool) (json.
 
 // RenderPDU converts a room-server Event into client format.
 func RenderPDU(ev *roomserverv1.Event, withRoomID bool) (json.RawMessage, error) {
-	pdu, err := ParsePDU(ev.GetRoomVersion(), ev.GetEventJson())
+	pdu, err := pkgce.ParsePDU(ev.GetRoomVersion(), ev.GetEventJson())
 	if err != nil {
 		return nil, fmt.Errorf("parse event %s: %w", ev.GetEventId(), err)
 	}
-	ce := NewClientEvent(pdu)
+	ce := pkgce.NewClientEvent(pdu)
 	if withRoomID {
 		ce.RoomID = ev.GetRoomId()
 	}
@@ -150,7 +137,7 @@ func EmptyEvents() EventList { return EventList{Events: []json.RawMessage{}} }
 
 // StrippedEvent reduces a stored client event to stripped state.
 func StrippedEvent(stored []byte) (json.RawMessage, error) {
-	var ce ClientEvent
+	var ce pkgce.ClientEvent
 	if err := json.Unmarshal(stored, &ce); err != nil {
 		return nil, err
 	}

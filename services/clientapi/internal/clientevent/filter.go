@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"slices"
 
+	pkgce "github.com/myelin-chat/myelin/pkg/clientevent"
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
@@ -42,7 +43,7 @@ type RoomFilter struct {
 // ParseFilter decodes and checks a filter JSON object.
 func ParseFilter(raw []byte) (Filter, error) {
 	var f Filter
-	if !IsObject(raw) {
+	if !pkgce.IsObject(raw) {
 		return f, matrixhttp.BadJSON("Filter must be a JSON object")
 	}
 	if err := httpapi.DecodeObject(raw, &f); err != nil {

@@ -8,6 +8,7 @@ import (
 
 	"maunium.net/go/mautrix/id"
 
+	pkgce "github.com/myelin-chat/myelin/pkg/clientevent"
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
@@ -40,7 +41,7 @@ func ParseRoomEventFilter(v string) (RoomEventFilter, error) {
 	if v == "" {
 		return f, nil
 	}
-	if !IsObject([]byte(v)) {
+	if !pkgce.IsObject([]byte(v)) {
 		return f, matrixhttp.BadJSON("filter must be a JSON object")
 	}
 	if err := httpapi.DecodeObject([]byte(v), &f); err != nil {

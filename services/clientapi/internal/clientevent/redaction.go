@@ -3,17 +3,18 @@ package clientevent
 import (
 	"encoding/json"
 
+	pkgce "github.com/myelin-chat/myelin/pkg/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 
 // WithRedactedBecause returns ce with unsigned.redacted_because set to the
 // redaction event (in client format, with its room ID).
-func WithRedactedBecause(ce ClientEvent, roomVersion, roomID string, redactionJSON []byte) (ClientEvent, error) {
-	red, err := ParsePDU(roomVersion, redactionJSON)
+func WithRedactedBecause(ce pkgce.ClientEvent, roomVersion, roomID string, redactionJSON []byte) (pkgce.ClientEvent, error) {
+	red, err := pkgce.ParsePDU(roomVersion, redactionJSON)
 	if err != nil {
 		return ce, err
 	}
-	because := NewClientEvent(red)
+	because := pkgce.NewClientEvent(red)
 	because.RoomID = roomID
 	raw, err := json.Marshal(map[string]any{"redacted_because": because})
 	if err != nil {
@@ -25,11 +26,11 @@ func WithRedactedBecause(ce ClientEvent, roomVersion, roomID string, redactionJS
 
 // RedactedCopy builds the client-format copy of a redacted event.
 func RedactedCopy(roomVersion, roomID string, redactedPDU, redactionJSON []byte) (*store.RedactedEvent, error) {
-	pdu, err := ParsePDU(roomVersion, redactedPDU)
+	pdu, err := pkgce.ParsePDU(roomVersion, redactedPDU)
 	if err != nil {
 		return nil, err
 	}
-	ce, err := WithRedactedBecause(NewClientEvent(pdu), roomVersion, roomID, redactionJSON)
+	ce, err := WithRedactedBecause(pkgce.NewClientEvent(pdu), roomVersion, roomID, redactionJSON)
 	if err != nil {
 		return nil, err
 	}

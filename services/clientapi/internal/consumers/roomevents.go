@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/myelin-chat/myelin/pkg/bus"
+	pkgce "github.com/myelin-chat/myelin/pkg/clientevent"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/push"
@@ -241,11 +242,11 @@ func decodeOutputEvent(data []byte) (store.Input, error) {
 	if out.GetRoomId() == "" || out.GetEventId() == "" {
 		return store.Input{}, fmt.Errorf("%w: missing room or event ID", ErrBadPayload)
 	}
-	pdu, err := clientevent.ParseOutputPDU(out.GetRoomVersion(), out.GetEventId(), out.GetEventJson())
+	pdu, err := pkgce.ParseOutputPDU(out.GetRoomVersion(), out.GetEventId(), out.GetEventJson())
 	if err != nil {
 		return store.Input{}, fmt.Errorf("%w: event %s: %v", ErrBadPayload, out.GetEventId(), err)
 	}
-	ce := clientevent.NewClientEvent(pdu)
+	ce := pkgce.NewClientEvent(pdu)
 	if because := out.GetRedactedBecause(); len(because) > 0 {
 		if ce, err = clientevent.WithRedactedBecause(ce, out.GetRoomVersion(), out.GetRoomId(), because); err != nil {
 			return store.Input{}, fmt.Errorf("%w: event %s: %v", ErrBadPayload, out.GetEventId(), err)
@@ -294,14 +295,14 @@ func decodeOutputEvent(data []byte) (store.Input, error) {
 		}
 	}
 	for _, added := range out.GetAddedStateEvents() {
-		spdu, err := clientevent.ParsePDU(out.GetRoomVersion(), added)
+		spdu, err := pkgce.ParsePDU(out.GetRoomVersion(), added)
 		if err != nil {
 			return store.Input{}, fmt.Errorf("%w: added state of %s: %v", ErrBadPayload, out.GetEventId(), err)
 		}
 		if spdu.StateKey() == nil {
 			return store.Input{}, fmt.Errorf("%w: added state event %s has no state key", ErrBadPayload, spdu.EventID())
 		}
-		sce := clientevent.NewClientEvent(spdu)
+		sce := pkgce.NewClientEvent(spdu)
 		sraw, err := sce.Marshal()
 		if err != nil {
 			return store.Input{}, err

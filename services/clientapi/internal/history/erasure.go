@@ -32,7 +32,7 @@ import (
 
 	"github.com/matrix-org/gomatrixserverlib"
 
-	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
+	"github.com/myelin-chat/myelin/pkg/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
 

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"slices"
 
+	pkgce "github.com/myelin-chat/myelin/pkg/clientevent"
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
@@ -131,7 +132,7 @@ func (s *Service) EventFromRoomServer(ctx context.Context, userID, roomID, event
 	if ev.GetRoomId() != roomID || ev.GetRejected() || ev.GetSoftFailed() {
 		return nil, ErrEventNotFound()
 	}
-	pdu, err := clientevent.ParsePDU(ev.GetRoomVersion(), ev.GetEventJson())
+	pdu, err := pkgce.ParsePDU(ev.GetRoomVersion(), ev.GetEventJson())
 	if err != nil {
 		return nil, err
 	}
@@ -144,14 +145,14 @@ func (s *Service) EventFromRoomServer(ctx context.Context, userID, roomID, event
 	}
 	vis, membership := store.VisibilityShared, ""
 	for _, se := range st.GetState() {
-		spdu, err := clientevent.ParsePDU(ev.GetRoomVersion(), se.GetEventJson())
+		spdu, err := pkgce.ParsePDU(ev.GetRoomVersion(), se.GetEventJson())
 		if err != nil {
 			return nil, err
 		}
 		if spdu.Type() == "m.room.member" {
 			membership = clientevent.MembershipOf(spdu)
 		} else {
-			raw, _ := clientevent.NewClientEvent(spdu).Marshal()
+			raw, _ := pkgce.NewClientEvent(spdu).Marshal()
 			vis = store.VisibilityOf(raw)
 		}
 	}
@@ -256,7 +257,7 @@ func (s *Service) eventContext(r *http.Request, dev *httpapi.Device) (any, error
 	}
 	resp.State = make([]json.RawMessage, 0, len(st.GetState()))
 	for _, ev := range st.GetState() {
-		pdu, err := clientevent.ParsePDU(ev.GetRoomVersion(), ev.GetEventJson())
+		pdu, err := pkgce.ParsePDU(ev.GetRoomVersion(), ev.GetEventJson())
 		if err != nil {
 			return nil, err
 		}

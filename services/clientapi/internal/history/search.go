@@ -19,6 +19,7 @@ import (
 	"strings"
 	"unicode"
 
+	pkgce "github.com/myelin-chat/myelin/pkg/clientevent"
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
@@ -594,7 +595,7 @@ func (s *Service) searchEventContext(ctx context.Context, rd store.Reader, dev *
 	}
 	sc.ProfileInfo = map[string]map[string]any{}
 	for _, ev := range st.GetState() {
-		pdu, err := clientevent.ParsePDU(ev.GetRoomVersion(), ev.GetEventJson())
+		pdu, err := pkgce.ParsePDU(ev.GetRoomVersion(), ev.GetEventJson())
 		if err != nil {
 			return nil, err
 		}

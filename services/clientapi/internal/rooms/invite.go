@@ -10,16 +10,20 @@ package rooms
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
+	"github.com/myelin-chat/myelin/pkg/clientevent"
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	fedsenderv1 "github.com/myelin-chat/myelin/proto/fedsender/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
-	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )
@@ -111,6 +115,9 @@ func (s *Rooms) sendRemoteInvite(ctx context.Context, inviter, roomID, invitee s
 	if err != nil {
 		return err
 	}
+	if err := inviteAllowed(verImpl, pe, provider); err != nil {
+		return err
+	}
 	resp, err := s.fed.PerformInvite(ctx, &fedsenderv1.PerformInviteRequest{
 		RoomVersion: info.GetRoomVersion(), ProtoEvent: proto, InviteRoomState: inviteState,
 	})
@@ -183,4 +190,37 @@ func (s *Rooms) takeRemoteInvites(plan *roomPlan) []*roomserverv1.EventTemplate 
 	}
 	plan.Events = kept
 	return remote
+}
+
+// inviteAllowed runs the room version's auth rules on the invite before
+// the invitee's server is asked to sign it (an invite the room-server
+// would reject must not reach another server): the event is built on a
+// copy of pe and signed with a throwaway key, as the auth rules read no
+// signature.
+func inviteAllowed(verImpl gomatrixserverlib.IRoomVersion, pe *gomatrixserverlib.ProtoEvent, provider gomatrixserverlib.AuthEventProvider) (err error) {
+	_, probeKey, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return err
+	}
+	sender, err := spec.NewUserID(pe.SenderID, true)
+	if err != nil {
+		return matrixhttp.BadJSON("Invalid inviter")
+	}
+	probe := *pe
+	ev, err := verImpl.NewEventBuilderFromProtoEvent(&probe).Build(time.Now(), sender.Domain(), "ed25519:probe", probeKey)
+	if err != nil {
+		return matrixhttp.BadJSON("Cannot build the invite: " + err.Error())
+	}
+	defer func() {
+		// gomatrixserverlib can panic on malformed content: a refusal too.
+		if r := recover(); r != nil {
+			err = matrixhttp.Forbidden(fmt.Sprintf("The invite is not allowed: %v", r))
+		}
+	}()
+	if err := gomatrixserverlib.Allowed(ev, provider, func(_ spec.RoomID, senderID spec.SenderID) (*spec.UserID, error) {
+		return senderID.ToUserID(), nil
+	}); err != nil {
+		return matrixhttp.Forbidden("The invite is not allowed: " + err.Error())
+	}
+	return nil
 }

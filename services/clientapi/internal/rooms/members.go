@@ -13,6 +13,7 @@ import (
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
+	pkgce "github.com/myelin-chat/myelin/pkg/clientevent"
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
@@ -48,7 +49,7 @@ func (s *Rooms) memberEvents(r *http.Request, dev *httpapi.Device, roomID string
 	}
 	var out []*roomserverv1.Event
 	for _, ev := range resp.GetState() {
-		pdu, err := clientevent.ParsePDU(ev.GetRoomVersion(), ev.GetEventJson())
+		pdu, err := pkgce.ParsePDU(ev.GetRoomVersion(), ev.GetEventJson())
 		if err != nil {
 			return nil, err
 		}
@@ -88,7 +89,7 @@ func (s *Rooms) members(r *http.Request, dev *httpapi.Device) (any, error) {
 	}
 	chunk := make([]json.RawMessage, 0, len(events))
 	for _, ev := range events {
-		pdu, err := clientevent.ParsePDU(ev.GetRoomVersion(), ev.GetEventJson())
+		pdu, err := pkgce.ParsePDU(ev.GetRoomVersion(), ev.GetEventJson())
 		if err != nil {
 			return nil, err
 		}
@@ -103,7 +104,7 @@ func (s *Rooms) members(r *http.Request, dev *httpapi.Device) (any, error) {
 		if !keep {
 			continue
 		}
-		ce := clientevent.NewClientEvent(pdu)
+		ce := pkgce.NewClientEvent(pdu)
 		ce.RoomID = roomID
 		raw, err := ce.Marshal()
 		if err != nil {
@@ -144,7 +145,7 @@ func (s *Rooms) joinedMembers(r *http.Request, dev *httpapi.Device) (any, error)
 	}
 	joined := map[string]roomMember{}
 	for _, ev := range events {
-		pdu, err := clientevent.ParsePDU(ev.GetRoomVersion(), ev.GetEventJson())
+		pdu, err := pkgce.ParsePDU(ev.GetRoomVersion(), ev.GetEventJson())
 		if err != nil {
 			return nil, err
 		}

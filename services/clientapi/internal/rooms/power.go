@@ -13,8 +13,8 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
+	"github.com/myelin-chat/myelin/pkg/clientevent"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
-	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 )
 
 // roomPower is a room's current power levels and creators.

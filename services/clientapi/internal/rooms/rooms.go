@@ -13,10 +13,10 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 
+	"github.com/myelin-chat/myelin/pkg/clientevent"
 	"github.com/myelin-chat/myelin/pkg/logging"
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
-	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 	"github.com/myelin-chat/myelin/services/clientapi/store"
 )

@@ -4,9 +4,9 @@ import (
 	"encoding/json"
 	"net/http"
 
+	"github.com/myelin-chat/myelin/pkg/clientevent"
 	"github.com/myelin-chat/myelin/pkg/matrixhttp"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
-	"github.com/myelin-chat/myelin/services/clientapi/internal/clientevent"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/httpapi"
 )
 
