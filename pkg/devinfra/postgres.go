@@ -120,7 +120,7 @@ func StartPostgres(ctx context.Context, dir string, port int, settings ...string
 		}
 	}
 	// A cluster left running by a killed process holds postmaster.pid; stop it.
-	if fileExists(filepath.Join(dataDir, "postmaster.pid")) {
+	if postmasterRunning(dataDir) {
 		_, _ = pg.run(ctx, "pg_ctl", "-D", dataDir, "-m", "immediate", "-w", "stop")
 	}
 	// Durable unless settings say otherwise (FastSettings): this cluster
@@ -181,9 +181,42 @@ func (p *Postgres) CreateDatabase(ctx context.Context, db string) error {
 func (p *Postgres) Stop() {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	_, _ = p.run(ctx, "pg_ctl", "-D", filepath.Join(p.dir, "pgdata"), "-m", "fast", "-w", "stop")
+	if postmasterRunning(filepath.Join(p.dir, "pgdata")) {
+		_, _ = p.run(ctx, "pg_ctl", "-D", filepath.Join(p.dir, "pgdata"), "-m", "fast", "-w", "stop")
+	}
 	p.endWatchers()
 }
+
+// postmasterRunning reports whether dataDir's postmaster.pid names a
+// running postgres process. pg_ctl stop signals whatever process has the
+// PID in that file; a postmaster killed outright (SIGKILL) leaves the file
+// behind, and on a busy machine (pid_max 32,768, a process per
+// connection) its PID soon belongs to something else, which pg_ctl would
+// then send SIGINT or SIGQUIT. A stale file is removed instead: PostgreSQL
+// itself ignores one whose PID is not a postmaster.
+func postmasterRunning(dataDir string) bool {
+	pidFile := filepath.Join(dataDir, "postmaster.pid")
+	raw, err := os.ReadFile(pidFile)
+	if err != nil {
+		return false
+	}
+	first, _, _ := strings.Cut(string(raw), "\n")
+	pid, err := strconv.Atoi(strings.TrimSpace(first))
+	if err == nil && pid > 0 {
+		comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		if err == nil && strings.TrimSpace(string(comm)) == "postgres" {
+			return true
+		}
+	}
+	_ = os.Remove(pidFile)
+	return false
+}
+
+// pgCtlStopIfRunning is the watchers' shell form of postmasterRunning:
+// pg_ctl stop runs only when the PID in postmaster.pid is a postgres
+// process ($1 is the data directory).
+const pgCtlStopIfRunning = `pid=$(head -n 1 "$1/postmaster.pid" 2>/dev/null); ` +
+	`[ -n "$pid" ] && [ "$(cat /proc/$pid/comm 2>/dev/null)" = postgres ] && `
 
 func (p *Postgres) waitReady(ctx context.Context) error {
 	deadline := time.Now().Add(30 * time.Second)
@@ -292,7 +325,7 @@ type watcher struct {
 // watcher then finds nothing to stop.
 func (p *Postgres) StopWhenGone() error {
 	// $0 pg_ctl, $1 data directory, $2 the cluster's directory.
-	const script = `read _ignored; "$0" -D "$1" -m immediate -w stop >/dev/null 2>&1; rm -rf "$2"`
+	const script = `read _ignored; ` + pgCtlStopIfRunning + `"$0" -D "$1" -m immediate -w stop >/dev/null 2>&1; rm -rf "$2"`
 	return p.watch(script, nil)
 }
 
@@ -306,7 +339,7 @@ func (p *Postgres) StopWhenGone() error {
 func (p *Postgres) StopOnExit(hold ...*os.File) error {
 	// $0 pg_ctl, $1 data directory. The held files are the shell's
 	// descriptors 3 and up, closed when it exits.
-	const script = `read _ignored; "$0" -D "$1" -m fast -w -t 120 stop >/dev/null 2>&1`
+	const script = `read _ignored; ` + pgCtlStopIfRunning + `"$0" -D "$1" -m fast -w -t 120 stop >/dev/null 2>&1`
 	return p.watch(script, hold)
 }
 

@@ -135,6 +135,9 @@ func TestClusterStopsWhenItsOwnerIsKilled(t *testing.T) {
 		t.Fatalf("start again on the same directory: %v", err)
 	}
 	defer pg.Stop()
+	if !postmasterRunning(filepath.Join(pgDir, "pgdata")) {
+		t.Fatal("the running cluster's postmaster.pid is taken for stale")
+	}
 	conn, err = pgx.Connect(ctx, pg.URL("postgres"))
 	if err != nil {
 		t.Fatal(err)
@@ -143,5 +146,26 @@ func TestClusterStopsWhenItsOwnerIsKilled(t *testing.T) {
 	var v string
 	if err := conn.QueryRow(ctx, `SELECT v FROM kept`).Scan(&v); err != nil || v != "before the kill" {
 		t.Fatalf("after the restart: %q %v, want the row written before the kill", v, err)
+	}
+}
+
+// A postmaster.pid whose PID belongs to another process (here the test
+// itself: what PID reuse leaves after a postmaster was killed outright) is
+// stale: it is removed and nothing is signalled, so pg_ctl stop never
+// sends that process a SIGINT. A missing file is not running either.
+func TestStalePostmasterPIDIsNotSignalled(t *testing.T) {
+	dir := t.TempDir()
+	pidFile := filepath.Join(dir, "postmaster.pid")
+	if err := os.WriteFile(pidFile, []byte(fmt.Sprintf("%d\n%s\n", os.Getpid(), dir)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if postmasterRunning(dir) {
+		t.Fatal("the test process was taken for a postmaster")
+	}
+	if fileExists(pidFile) {
+		t.Fatal("the stale postmaster.pid is still there")
+	}
+	if postmasterRunning(dir) {
+		t.Fatal("a data directory without postmaster.pid counts as running")
 	}
 }
