@@ -56,26 +56,7 @@ func NewReceipts(ctx context.Context, js jetstream.JetStream, name, serverName s
 // Run copies receipts until ctx ends; each is acked after it is stored (a
 // failure is redelivered).
 func (s *Receipts) Run(ctx context.Context) error {
-	cc, err := s.consumer.Consume(func(m jetstream.Msg) {
-		if err := s.copyReceipt(ctx, m.Data()); err != nil {
-			if ctx.Err() == nil {
-				s.log.Warn("copy receipt, will retry", zap.Error(err))
-			}
-			_ = m.NakWithDelay(time.Second)
-			return
-		}
-		_ = m.Ack()
-	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-		if ctx.Err() == nil {
-			s.log.Warn("receipts consumer", zap.Error(err))
-		}
-	}))
-	if err != nil {
-		return fmt.Errorf("consume receipts: %w", err)
-	}
-	<-ctx.Done()
-	cc.Stop()
-	return nil
+	return consumeEach(ctx, s.consumer, "copy receipt", s.log, s.copyReceipt)
 }
 
 func (s *Receipts) copyReceipt(ctx context.Context, data []byte) error {

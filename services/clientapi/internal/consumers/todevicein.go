@@ -55,26 +55,7 @@ func NewToDeviceIn(ctx context.Context, js jetstream.JetStream, name, serverName
 // Run stores messages until ctx ends; each is acked after it is stored (a
 // failure is redelivered).
 func (c *ToDeviceIn) Run(ctx context.Context) error {
-	cc, err := c.consumer.Consume(func(m jetstream.Msg) {
-		if err := c.store1(ctx, m.Data()); err != nil {
-			if ctx.Err() == nil {
-				c.log.Warn("store inbound to-device message, will retry", zap.Error(err))
-			}
-			_ = m.NakWithDelay(time.Second)
-			return
-		}
-		_ = m.Ack()
-	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-		if ctx.Err() == nil {
-			c.log.Warn("inbound to-device consumer", zap.Error(err))
-		}
-	}))
-	if err != nil {
-		return fmt.Errorf("consume %s: %w", bus.ToDeviceInStream, err)
-	}
-	<-ctx.Done()
-	cc.Stop()
-	return nil
+	return consumeEach(ctx, c.consumer, "store inbound to-device message", c.log, c.store1)
 }
 
 // inboundTxn is the transaction an inbound EDU's messages are stored
