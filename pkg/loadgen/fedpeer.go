@@ -20,6 +20,8 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/fclient"
 	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"github.com/myelin-chat/myelin/pkg/federation"
 )
 
 // Peer is a homeserver of the load generator's own for the federation
@@ -244,12 +246,11 @@ func (p *Peer) Join(ctx context.Context, roomID, userID string) (*PeerRoom, erro
 	if err != nil {
 		return nil, err
 	}
-	var pe gomatrixserverlib.ProtoEvent
-	if err := json.Unmarshal(made.Event, &pe); err != nil {
+	pe, err := federation.DecodeProtoEvent(made.Event)
+	if err != nil {
 		return nil, fmt.Errorf("make_join template: %w", err)
 	}
-	pe.PrevEvents, pe.AuthEvents = stringList(pe.PrevEvents), stringList(pe.AuthEvents)
-	join, err := p.sign(verImpl, &pe)
+	join, err := p.sign(verImpl, pe)
 	if err != nil {
 		return nil, err
 	}
@@ -275,22 +276,6 @@ func (p *Peer) Join(ctx context.Context, roomID, userID string) (*PeerRoom, erro
 	p.rooms[roomID] = rr
 	p.mu.Unlock()
 	return rr, nil
-}
-
-// stringList turns a JSON list of strings into []string (reference lists
-// of room versions 1 and 2 stay as they are).
-func stringList(v any) any {
-	list, ok := v.([]any)
-	if !ok {
-		return v
-	}
-	out := make([]string, len(list))
-	for i, x := range list {
-		if out[i], ok = x.(string); !ok {
-			return v
-		}
-	}
-	return out
 }
 
 func (p *Peer) sign(verImpl gomatrixserverlib.IRoomVersion, pe *gomatrixserverlib.ProtoEvent) (gomatrixserverlib.PDU, error) {

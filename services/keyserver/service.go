@@ -249,19 +249,16 @@ func (s *Service) buildEvent(version string, protoJSON []byte, originTS *int64) 
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadEvent, err)
 	}
-	var pe gomatrixserverlib.ProtoEvent
-	if err := json.Unmarshal(protoJSON, &pe); err != nil {
+	pe, err := federation.DecodeProtoEvent(protoJSON)
+	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadEvent, err)
 	}
-	// JSON gives prev_events and auth_events as []any; EventBuilder
-	// handles []string (room versions 3+) and reference lists (1 and 2).
-	pe.PrevEvents, pe.AuthEvents = stringList(pe.PrevEvents), stringList(pe.AuthEvents)
 	key := s.current()
 	ts := time.Now()
 	if originTS != nil {
 		ts = time.UnixMilli(*originTS)
 	}
-	ev, err := verImpl.NewEventBuilderFromProtoEvent(&pe).Build(ts, s.server,
+	ev, err := verImpl.NewEventBuilderFromProtoEvent(pe).Build(ts, s.server,
 		gomatrixserverlib.KeyID(key.ID), key.Private)
 	var tooLarge gomatrixserverlib.EventValidationError
 	if errors.As(err, &tooLarge) && tooLarge.Code == gomatrixserverlib.EventValidationTooLarge {
@@ -271,22 +268,6 @@ func (s *Service) buildEvent(version string, protoJSON []byte, originTS *int64) 
 		return nil, fmt.Errorf("%w: %v", ErrBadEvent, err)
 	}
 	return ev, nil
-}
-
-// stringList turns a decoded JSON list of strings into []string and leaves
-// anything else (nil, a list of references) as it is.
-func stringList(v any) any {
-	list, ok := v.([]any)
-	if !ok {
-		return v
-	}
-	out := make([]string, len(list))
-	for i, x := range list {
-		if out[i], ok = x.(string); !ok {
-			return v
-		}
-	}
-	return out
 }
 
 // serverKeys is the body of GET /_matrix/key/v2/server, before signing.

@@ -12,6 +12,8 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/fclient"
 	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"github.com/myelin-chat/myelin/pkg/federation"
 )
 
 // Request is a signed (X-Matrix) request to the Myelin server.
@@ -169,28 +171,11 @@ func Template(t interface {
 	Fatalf(string, ...any)
 }, raw json.RawMessage) *gomatrixserverlib.ProtoEvent {
 	t.Helper()
-	var pe gomatrixserverlib.ProtoEvent
-	if err := json.Unmarshal(raw, &pe); err != nil {
+	pe, err := federation.DecodeProtoEvent(raw)
+	if err != nil {
 		t.Fatalf("template: %v", err)
 	}
-	pe.PrevEvents, pe.AuthEvents = stringList(pe.PrevEvents), stringList(pe.AuthEvents)
-	return &pe
-}
-
-// stringList turns a JSON list of strings into []string; reference lists
-// (room versions 1 and 2) stay as they are.
-func stringList(v any) any {
-	list, ok := v.([]any)
-	if !ok {
-		return v
-	}
-	out := make([]string, len(list))
-	for i, x := range list {
-		if out[i], ok = x.(string); !ok {
-			return v
-		}
-	}
-	return out
+	return pe
 }
 
 // Sign builds and signs a proto-event as the server.
