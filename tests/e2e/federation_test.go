@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -434,6 +435,70 @@ func federationScenario(t *testing.T, a, b *fedServer) {
 		status, body := do(t, "GET", b.url+"/_matrix/client/v1/rooms/"+space.RoomID.String()+"/hierarchy?via=a.test", bob.cli.AccessToken, nil)
 		if status != 200 || !strings.Contains(string(body), child.RoomID.String()) || !strings.Contains(string(body), `"Space"`) {
 			t.Fatalf("a.test's space asked on b: %d %s", status, body)
+		}
+
+		// Deeper levels: the space gains a sub-space with a room of its
+		// own, all on a.test. b.test's walk asks a.test once per space it
+		// descends into, and max_depth still bounds it.
+		sub, err := alice.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat", Name: "Sub",
+			CreationContent: map[string]any{"type": "m.space"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaf, err := alice.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat", Name: "Leaf"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, link := range [][2]id.RoomID{{space.RoomID, sub.RoomID}, {sub.RoomID, leaf.RoomID}} {
+			if _, err := alice.cli.SendStateEvent(ctx, link[0], event.StateSpaceChild, link[1].String(),
+				map[string]any{"via": []string{"a.test"}, "order": "b"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		hierarchyIDs := func(query string) []string {
+			t.Helper()
+			status, body := do(t, "GET", b.url+"/_matrix/client/v1/rooms/"+space.RoomID.String()+"/hierarchy?via=a.test"+query, bob.cli.AccessToken, nil)
+			if status != 200 {
+				t.Fatalf("hierarchy%s on b: %d %s", query, status, body)
+			}
+			var resp struct {
+				Rooms []struct {
+					RoomID string `json:"room_id"`
+				} `json:"rooms"`
+			}
+			if err := json.Unmarshal(body, &resp); err != nil {
+				t.Fatal(err)
+			}
+			var ids []string
+			for _, r := range resp.Rooms {
+				ids = append(ids, r.RoomID)
+			}
+			return ids
+		}
+		// Sub has order "b", Child none: ordered children come first.
+		want := []string{space.RoomID.String(), sub.RoomID.String(), leaf.RoomID.String(), child.RoomID.String()}
+		if got := hierarchyIDs(""); !slices.Equal(got, want) {
+			t.Fatalf("remote hierarchy on b: %v, want %v", got, want)
+		}
+		want = []string{space.RoomID.String(), sub.RoomID.String(), child.RoomID.String()}
+		if got := hierarchyIDs("&max_depth=1"); !slices.Equal(got, want) {
+			t.Fatalf("remote hierarchy on b, max_depth 1: %v, want %v", got, want)
+		}
+
+		// A space of b.test's with a child only a.test knows: b fills the
+		// child in over federation.
+		home, err := bob.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat", Name: "Home",
+			CreationContent: map[string]any{"type": "m.space"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := bob.cli.SendStateEvent(ctx, home.RoomID, event.StateSpaceChild, sub.RoomID.String(),
+			map[string]any{"via": []string{"a.test"}}); err != nil {
+			t.Fatal(err)
+		}
+		status, body = do(t, "GET", b.url+"/_matrix/client/v1/rooms/"+home.RoomID.String()+"/hierarchy", bob.cli.AccessToken, nil)
+		if status != 200 || !strings.Contains(string(body), `"Home"`) || !strings.Contains(string(body), `"Sub"`) || !strings.Contains(string(body), leaf.RoomID.String()) {
+			t.Fatalf("b's space with a.test's sub-space: %d %s", status, body)
 		}
 	})
 }

@@ -1,16 +1,18 @@
 package rooms
 
-// GET /rooms/{roomId}/hierarchy for rooms on this server: a depth-first
-// walk over m.space.child state events, read from the client-API's
-// current_state copy. Rooms the user cannot see or join are left out (and
-// not descended into); children this server does not know are skipped. A
-// space this server is not in is asked of its servers (remoteHierarchy).
+// GET /rooms/{roomId}/hierarchy: a depth-first walk over m.space.child
+// state events. Rooms this server is in are read from the client-API's
+// current_state copy, and rooms the user cannot see or join are left out
+// (and not descended into). Rooms this server is not in, the root or a
+// child, are asked of their servers with federation's /hierarchy
+// (remoteWalk), which answers for the requesting server's view.
 
 import (
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -87,17 +89,6 @@ func (s *Rooms) hierarchy(r *http.Request, dev *httpapi.Device) (any, error) {
 		}
 	}
 
-	remote, err := s.throughRemote(r.Context(), root)
-	if err != nil {
-		return nil, err
-	}
-	if remote {
-		rooms, err := s.remoteHierarchy(r, root, int(depth), suggested)
-		if err != nil {
-			return nil, err
-		}
-		return hierarchyPage(rooms, offset, int(limit), int(depth), suggested)
-	}
 	rooms, err := s.walkHierarchy(r, dev, root, int(depth), suggested)
 	if err != nil {
 		return nil, err
@@ -118,42 +109,28 @@ func hierarchyPage[T any](rooms []T, offset, limit, depth int, suggested bool) (
 	return resp, nil
 }
 
-// remoteHierarchy is the hierarchy of a space this server is not in, as
-// the servers in it answer federation's /hierarchy (asked through the via
-// servers and the room ID's, in turn): the space and, below max_depth 0,
-// its children (one level: the answer's depth).
-func (s *Rooms) remoteHierarchy(r *http.Request, root string, depth int, suggested bool) ([]json.RawMessage, error) {
-	servers := s.otherServers(append(r.URL.Query()["via"], serverOf(root)))
-	if len(servers) == 0 {
-		return nil, matrixhttp.NotFound("No known servers to ask for the hierarchy of " + root)
-	}
-	resp, err := s.fed.QueryHierarchy(r.Context(), &fedsenderv1.QueryHierarchyRequest{RoomId: root, ServerNames: servers, SuggestedOnly: suggested})
-	if err != nil {
-		return nil, s.fromRemote(r.Context(), "QueryHierarchy", err)
-	}
-	var h struct {
-		Room     json.RawMessage   `json:"room"`
-		Children []json.RawMessage `json:"children"`
-	}
-	if err := json.Unmarshal(resp.GetResponse(), &h); err != nil || len(h.Room) == 0 {
-		return nil, httpapi.UnknownError(http.StatusBadGateway, "The space's servers gave no hierarchy")
-	}
-	rooms := []json.RawMessage{h.Room}
-	if depth > 0 {
-		rooms = append(rooms, h.Children...)
-	}
-	return rooms, nil
-}
+// hierarchyMaxRemoteAsks bounds the federation /hierarchy requests of one
+// walk (one per remote space descended into).
+const hierarchyMaxRemoteAsks = 50
 
-// walkHierarchy returns the visible rooms below root, depth first.
-func (s *Rooms) walkHierarchy(r *http.Request, dev *httpapi.Device, root string, maxDepth int, suggested bool) ([]hierarchyRoom, error) {
+// walkHierarchy returns the visible rooms below root, depth first. A room
+// this server is in is read from the client-API's copy of its state; a
+// room it is not in (with federation on) is asked of its servers with
+// federation's /hierarchy, through the via servers of the m.space.child
+// event that led to it (for the root, the request's via) and the room ID's
+// server. That answer also summarises the room's children, so a child
+// that is not descended into (a leaf, or at max_depth) costs no request of
+// its own.
+func (s *Rooms) walkHierarchy(r *http.Request, dev *httpapi.Device, root string, maxDepth int, suggested bool) ([]json.RawMessage, error) {
 	type item struct {
 		roomID string
 		depth  int
+		via    []string
 	}
-	stack := []item{{root, 0}}
+	w := &remoteWalk{s: s, r: r, suggested: suggested, summaries: map[string]remoteSummary{}, inaccessible: map[string]bool{}}
+	stack := []item{{root, 0, r.URL.Query()["via"]}}
 	seen := map[string]bool{}
-	var out []hierarchyRoom
+	var out []json.RawMessage
 	for len(stack) > 0 && len(seen) < hierarchyMaxRooms {
 		it := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
@@ -161,7 +138,7 @@ func (s *Rooms) walkHierarchy(r *http.Request, dev *httpapi.Device, root string,
 			continue
 		}
 		seen[it.roomID] = true
-		entry, children, visible, err := s.hierarchyEntry(r, dev, it.roomID, suggested)
+		entry, children, visible, err := s.hierarchyNode(w, dev, it.roomID, it.via, it.depth < maxDepth, it.roomID == root)
 		if err != nil {
 			return nil, err
 		}
@@ -176,10 +153,164 @@ func (s *Rooms) walkHierarchy(r *http.Request, dev *httpapi.Device, root string,
 			continue
 		}
 		for i := len(children) - 1; i >= 0; i-- {
-			stack = append(stack, item{children[i].RoomID, it.depth + 1})
+			stack = append(stack, item{children[i].RoomID, it.depth + 1, childVia(children[i])})
 		}
 	}
 	return out, nil
+}
+
+// hierarchyNode is one room of the walk: its entry, its ordered children
+// (when descend) and whether the user may see it.
+func (s *Rooms) hierarchyNode(w *remoteWalk, dev *httpapi.Device, roomID string, via []string, descend, isRoot bool) (json.RawMessage, []spaceChild, bool, error) {
+	remote, err := s.throughRemote(w.r.Context(), roomID)
+	if err != nil {
+		return nil, nil, false, err
+	}
+	if !remote {
+		entry, children, visible, err := s.hierarchyEntry(w.r, dev, roomID, w.suggested)
+		if err != nil || !visible {
+			return nil, nil, visible, err
+		}
+		raw, err := json.Marshal(entry)
+		return raw, children, true, err
+	}
+	return w.node(roomID, via, descend, isRoot)
+}
+
+// remoteSummary is a room's entry as another server summarised it, and its
+// children_state.
+type remoteSummary struct {
+	raw           json.RawMessage
+	childrenState []json.RawMessage
+}
+
+// remoteWalk is the federation side of one hierarchy walk: the summaries
+// learnt so far and the requests made.
+type remoteWalk struct {
+	s         *Rooms
+	r         *http.Request
+	suggested bool
+	summaries map[string]remoteSummary
+	// inaccessible are children an answer named as not visible to this
+	// server: not asked again.
+	inaccessible map[string]bool
+	asks         int
+}
+
+// node is a room this server is not in: from a summary already learnt
+// when it is not descended into, otherwise from its own /hierarchy. A
+// child whose servers do not answer keeps the summary its parent's answer
+// gave, without children; the root's failure is the request's.
+func (w *remoteWalk) node(roomID string, via []string, descend, isRoot bool) (json.RawMessage, []spaceChild, bool, error) {
+	if w.inaccessible[roomID] {
+		return nil, nil, false, nil
+	}
+	sum, known := w.summaries[roomID]
+	if !known || (descend && len(sum.childrenState) > 0) {
+		if err := w.ask(roomID, via); err != nil {
+			if isRoot {
+				return nil, nil, false, err
+			}
+		}
+		sum, known = w.summaries[roomID]
+	}
+	if !known {
+		return nil, nil, false, nil
+	}
+	if !descend {
+		return sum.raw, nil, true, nil
+	}
+	state := make([]roomdir.StateEvent, 0, len(sum.childrenState))
+	for _, ev := range sum.childrenState {
+		var k struct {
+			Type     string `json:"type"`
+			StateKey string `json:"state_key"`
+		}
+		if json.Unmarshal(ev, &k) == nil && k.Type == roomdir.SpaceChildType {
+			state = append(state, roomdir.StateEvent{Type: k.Type, StateKey: k.StateKey, JSON: ev})
+		}
+	}
+	_, children, err := roomdir.Summarize(roomID, state, w.suggested)
+	return sum.raw, children, true, err
+}
+
+// ask requests roomID's /hierarchy of its servers and learns the summaries
+// of the room and its accessible children.
+func (w *remoteWalk) ask(roomID string, via []string) error {
+	s := w.s
+	servers := s.otherServers(append(slices.Clone(via), serverOf(roomID)))
+	if len(servers) == 0 {
+		return matrixhttp.NotFound("No known servers to ask for the hierarchy of " + roomID)
+	}
+	if w.asks >= hierarchyMaxRemoteAsks {
+		return httpapi.UnknownError(http.StatusBadGateway, "Too many servers to ask for this hierarchy")
+	}
+	w.asks++
+	resp, err := s.fed.QueryHierarchy(w.r.Context(), &fedsenderv1.QueryHierarchyRequest{RoomId: roomID, ServerNames: servers, SuggestedOnly: w.suggested})
+	if err != nil {
+		return s.fromRemote(w.r.Context(), "QueryHierarchy", err)
+	}
+	var h struct {
+		Room         json.RawMessage   `json:"room"`
+		Children     []json.RawMessage `json:"children"`
+		Inaccessible []string          `json:"inaccessible_children"`
+	}
+	if err := json.Unmarshal(resp.GetResponse(), &h); err != nil {
+		return httpapi.UnknownError(http.StatusBadGateway, "The space's servers gave no hierarchy")
+	}
+	room, ok := parseSummary(h.Room)
+	if !ok || room.RoomID != roomID {
+		return httpapi.UnknownError(http.StatusBadGateway, "The space's servers gave no hierarchy")
+	}
+	w.summaries[roomID] = remoteSummary{raw: h.Room, childrenState: room.ChildrenState}
+	// Children are learnt only when the room lists them, and never over
+	// what their own answer said.
+	listed := map[string]bool{}
+	for _, ev := range room.ChildrenState {
+		var k struct {
+			StateKey string `json:"state_key"`
+		}
+		if json.Unmarshal(ev, &k) == nil {
+			listed[k.StateKey] = true
+		}
+	}
+	for _, raw := range h.Children {
+		c, ok := parseSummary(raw)
+		if _, known := w.summaries[c.RoomID]; ok && listed[c.RoomID] && !known {
+			w.summaries[c.RoomID] = remoteSummary{raw: raw, childrenState: c.ChildrenState}
+		}
+	}
+	for _, id := range h.Inaccessible {
+		if listed[id] {
+			w.inaccessible[id] = true
+		}
+	}
+	return nil
+}
+
+// summaryKeys are what the walk reads of a room summary.
+type summaryKeys struct {
+	RoomID        string            `json:"room_id"`
+	ChildrenState []json.RawMessage `json:"children_state"`
+}
+
+func parseSummary(raw json.RawMessage) (summaryKeys, bool) {
+	var sum summaryKeys
+	if len(raw) == 0 || json.Unmarshal(raw, &sum) != nil || sum.RoomID == "" {
+		return summaryKeys{}, false
+	}
+	return sum, true
+}
+
+// childVia is the via list of an m.space.child event (its stripped form).
+func childVia(c spaceChild) []string {
+	var ev struct {
+		Content struct {
+			Via []string `json:"via"`
+		} `json:"content"`
+	}
+	_ = json.Unmarshal(c.Stripped, &ev)
+	return ev.Content.Via
 }
 
 // hierarchyEntry builds one room's entry and its ordered children, and
