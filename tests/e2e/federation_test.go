@@ -317,6 +317,36 @@ func federationScenario(t *testing.T, a, b *fedServer) {
 		daveSync.waitBodies(t, secret.RoomID, "secret", fromA)
 	})
 
+	// Room versions 1 and 2 have the first event format (event IDs that
+	// are not hashes, prev_events as pairs): an invite of another
+	// server's user, the join after it, and messages both ways.
+	t.Run("invite to a room of version 1", func(t *testing.T) {
+		erin := register(t, b.url, "erin")
+		erinSync := newRoomSyncer(erin)
+		old, err := alice.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Name: "Old", RoomVersion: "1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := alice.cli.InviteUser(ctx, old.RoomID, &mautrix.ReqInviteUser{UserID: erin.cli.UserID}); err != nil {
+			t.Fatalf("alice invites erin to a version 1 room: %v", err)
+		}
+		fedEventually(t, "erin sees the invite in /sync", func() error {
+			if err := erinSync.sync(ctx); err != nil {
+				return err
+			}
+			if !erinSync.invite[old.RoomID] {
+				return fmt.Errorf("no invite yet")
+			}
+			return nil
+		})
+		if _, err := erin.cli.JoinRoomByID(ctx, old.RoomID); err != nil {
+			t.Fatalf("erin accepts: %v", err)
+		}
+		waitMembership(t, alice.cli, old.RoomID, erin.cli.UserID, "join")
+		fromA := sendAll(t, alice, old.RoomID, "old a", 2)
+		erinSync.waitBodies(t, old.RoomID, "old a", fromA)
+	})
+
 	t.Run("leave", func(t *testing.T) {
 		if _, err := bob.cli.LeaveRoom(ctx, lobby.RoomID); err != nil {
 			t.Fatalf("bob leaves a's room: %v", err)

@@ -62,10 +62,6 @@ func (s *Rooms) sendRemoteInvite(ctx context.Context, inviter, roomID, invitee s
 	if err != nil {
 		return httpapi.UnsupportedRoomVersion("Unknown room version " + info.GetRoomVersion())
 	}
-	if verImpl.EventFormat() == gomatrixserverlib.EventFormatV1 {
-		// prev_events of these versions carry hashes this service does not have.
-		return httpapi.UnsupportedRoomVersion("Inviting users of other servers to rooms of version " + info.GetRoomVersion() + " is not supported")
-	}
 	prevs := info.GetForwardExtremities()
 	if len(prevs) > maxInvitePrevEvents {
 		prevs = prevs[:maxInvitePrevEvents]
