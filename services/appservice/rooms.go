@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
@@ -86,8 +87,14 @@ func (s *Service) prepareRoomEvent(ctx context.Context, m jetstream.Msg, inBatch
 		return ctx, nil
 	}
 	inBatch[out.GetRoomId()] = true
+	if _, ok := s.roomCache.get(out.GetRoomId()); ok {
+		return ctx, nil
+	}
 	known, err := s.store.RoomKnown(ctx, out.GetRoomId())
 	if err != nil || known {
+		if known {
+			s.roomCache.known(out.GetRoomId())
+		}
 		return ctx, err
 	}
 	var ev pduEvent
@@ -145,9 +152,11 @@ func (s *Service) applyRoomEvent(ctx context.Context, tx *store.Tx, m jetstream.
 	if ev.Type == "m.room.member" && ev.StateKey != nil {
 		target = *ev.StateKey
 	}
-	// The room copy is read only when an appservice needs it (none does
-	// when none is registered).
-	var room *store.Room
+	// The room-wide interest is computed only when an appservice needs it
+	// (none does when none is registered), and then kept until the room's
+	// members or aliases change (roomCache).
+	var roomWide []string
+	roomWideKnown := false
 	var ids []string
 	for _, r := range s.regs.List() {
 		if !r.HasURL() {
@@ -155,14 +164,14 @@ func (s *Service) applyRoomEvent(ctx context.Context, tx *store.Tx, m jetstream.
 		}
 		interested := r.IsInterestedInUser(ev.Sender) || (target != "" && r.IsInterestedInUser(target))
 		if !interested && isNew {
-			if room == nil {
-				got, err := tx.Room(ctx, roomID)
-				if err != nil {
+			if !roomWideKnown {
+				var err error
+				if roomWide, err = s.roomWideInterest(ctx, tx, roomID); err != nil {
 					return nil, err
 				}
-				room = &got
+				roomWideKnown = true
 			}
-			interested = roomInterest(r, roomID, *room)
+			interested = slices.Contains(roomWide, r.ID)
 		}
 		if !interested && !isNew {
 			interested = r.IsInterestedInRoom(roomID)
@@ -186,15 +195,18 @@ func (s *Service) applyRoomEvent(ctx context.Context, tx *store.Tx, m jetstream.
 // aliases.
 func (s *Service) updateRoomCopy(ctx context.Context, tx *store.Tx, out *roomserverv1.OutputRoomEvent) error {
 	roomID := out.GetRoomId()
-	known, err := tx.RoomKnown(ctx, roomID)
-	if err != nil {
-		return err
-	}
-	if !known {
-		b, _ := ctx.Value(bootstrapKey{}).(bootstrap)
-		if err := tx.AddRoom(ctx, roomID, b.joined, b.aliases); err != nil {
+	if _, cached := s.roomCache.get(roomID); !cached {
+		known, err := tx.RoomKnown(ctx, roomID)
+		if err != nil {
 			return err
 		}
+		if !known {
+			b, _ := ctx.Value(bootstrapKey{}).(bootstrap)
+			if err := tx.AddRoom(ctx, roomID, b.joined, b.aliases); err != nil {
+				return err
+			}
+		}
+		s.roomCache.known(roomID)
 	}
 	for _, raw := range out.GetAddedStateEvents() {
 		var st pduEvent
@@ -206,13 +218,35 @@ func (s *Service) updateRoomCopy(ctx context.Context, tx *store.Tx, out *roomser
 			if err := tx.SetMembership(ctx, roomID, *st.StateKey, st.membership() == "join"); err != nil {
 				return err
 			}
+			s.roomCache.known(roomID) // its interest is recomputed
 		case st.Type == "m.room.canonical_alias" && *st.StateKey == "":
 			if err := tx.SetAliases(ctx, roomID, st.aliases()); err != nil {
 				return err
 			}
+			s.roomCache.known(roomID)
 		}
 	}
 	return nil
+}
+
+// roomWideInterest returns the appservices (with a url) interested in the
+// whole room, from the cache or else from the room copy in tx.
+func (s *Service) roomWideInterest(ctx context.Context, tx *store.Tx, roomID string) ([]string, error) {
+	if e, ok := s.roomCache.get(roomID); ok && e.computed {
+		return e.interested, nil
+	}
+	room, err := tx.Room(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	for _, r := range s.regs.List() {
+		if r.HasURL() && roomInterest(r, roomID, room) {
+			ids = append(ids, r.ID)
+		}
+	}
+	s.roomCache.setInterest(roomID, ids)
+	return ids, nil
 }
 
 // roomInterest reports whether the appservice is interested in everything

@@ -59,6 +59,7 @@ type Service struct {
 	consumers []*bus.OrderedConsumer
 	pusher    *pusher
 	stats     *stats
+	roomCache *roomCache // the rooms consumer's
 }
 
 // New opens the store; Run consumes and pushes while this replica holds
@@ -88,6 +89,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		client: &asClient{http: hc},
 		stats:  newStats(),
 	}
+	s.roomCache = newRoomCache(cfg.RoomCacheSize)
 	s.pusher = newPusher(s)
 	if deps.Metrics != nil {
 		if err := deps.Metrics.Register(s.stats.collectors(s)...); err != nil {
@@ -133,13 +135,17 @@ func (s *Service) Close() { s.store.Close() }
 func (s *Service) consumerSpecs() []*bus.OrderedConsumer {
 	mk := func(suffix, stream string, deliver jetstream.DeliverPolicy,
 		apply func(context.Context, *store.Tx, jetstream.Msg) ([]string, error),
-		prepare func(context.Context, jetstream.Msg, map[string]bool) (context.Context, error)) *bus.OrderedConsumer {
+		prepare func(context.Context, jetstream.Msg, map[string]bool) (context.Context, error),
+		cache *roomCache) *bus.OrderedConsumer {
 		name := s.cfg.ConsumerPrefix + "-" + suffix
 		var woken []string
 		return &bus.OrderedConsumer{
 			Name: name, Stream: stream, Deliver: deliver, MaxBatch: consumeBatch,
 			Description: "appservice service (resumes after its position in the appservice schema)",
 			Position: func(ctx context.Context) (uint64, error) {
+				if cache != nil {
+					cache.reset() // another replica may have consumed since
+				}
 				pos, err := s.store.Position(ctx, name)
 				return uint64(pos), err
 			},
@@ -156,20 +162,24 @@ func (s *Service) consumerSpecs() []*bus.OrderedConsumer {
 						}
 					}
 				}
-				return s.store.Apply(ctx, name, seqs, func(tx *store.Tx, i int) error {
+				err := s.store.Apply(ctx, name, seqs, func(tx *store.Tx, i int) error {
 					ids, err := apply(ctxs[i], tx, msgs[i])
 					woken = append(woken, ids...)
 					return err
 				})
+				if err != nil && cache != nil {
+					cache.reset() // rolled back: what the batch taught it may be gone
+				}
+				return err
 			},
 			Applied: func() { s.pusher.wake(woken...) },
 		}
 	}
 	return []*bus.OrderedConsumer{
-		mk("rooms", bus.RoomEventsStream, jetstream.DeliverAllPolicy, s.applyRoomEvent, s.prepareRoomEvent),
+		mk("rooms", bus.RoomEventsStream, jetstream.DeliverAllPolicy, s.applyRoomEvent, s.prepareRoomEvent, s.roomCache),
 		// Typing, receipts and presence only matter while fresh: the
 		// first consumer starts with what comes next.
-		mk("ephemeral", bus.EphemeralStream, jetstream.DeliverNewPolicy, s.applyEphemeral, nil),
+		mk("ephemeral", bus.EphemeralStream, jetstream.DeliverNewPolicy, s.applyEphemeral, nil, nil),
 	}
 }
 
