@@ -195,18 +195,16 @@ func (s *Service) applyRoomEvent(ctx context.Context, tx *store.Tx, m jetstream.
 // aliases.
 func (s *Service) updateRoomCopy(ctx context.Context, tx *store.Tx, out *roomserverv1.OutputRoomEvent) error {
 	roomID := out.GetRoomId()
-	if _, cached := s.roomCache.get(roomID); !cached {
-		known, err := tx.RoomKnown(ctx, roomID)
-		if err != nil {
+	s.forgetChangedInterest(out)
+	known, err := s.copyHas(ctx, tx, roomID)
+	if err != nil {
+		return err
+	}
+	if !known {
+		b, _ := ctx.Value(bootstrapKey{}).(bootstrap)
+		if err := tx.AddRoom(ctx, roomID, b.joined, b.aliases); err != nil {
 			return err
 		}
-		if !known {
-			b, _ := ctx.Value(bootstrapKey{}).(bootstrap)
-			if err := tx.AddRoom(ctx, roomID, b.joined, b.aliases); err != nil {
-				return err
-			}
-		}
-		s.roomCache.known(roomID)
 	}
 	for _, raw := range out.GetAddedStateEvents() {
 		var st pduEvent
@@ -218,15 +216,44 @@ func (s *Service) updateRoomCopy(ctx context.Context, tx *store.Tx, out *roomser
 			if err := tx.SetMembership(ctx, roomID, *st.StateKey, st.membership() == "join"); err != nil {
 				return err
 			}
-			s.roomCache.known(roomID) // its interest is recomputed
 		case st.Type == "m.room.canonical_alias" && *st.StateKey == "":
 			if err := tx.SetAliases(ctx, roomID, st.aliases()); err != nil {
 				return err
 			}
-			s.roomCache.known(roomID)
 		}
 	}
 	return nil
+}
+
+// copyHas reports whether the room copy has the room, from the cache or
+// else from tx. Either way the cache holds the room as known afterwards:
+// when it was not, the caller adds it in tx (and a failed batch resets
+// the cache).
+func (s *Service) copyHas(ctx context.Context, tx *store.Tx, roomID string) (bool, error) {
+	if _, ok := s.roomCache.get(roomID); ok {
+		return true, nil
+	}
+	known, err := tx.RoomKnown(ctx, roomID)
+	if err == nil {
+		s.roomCache.known(roomID)
+	}
+	return known, err
+}
+
+// forgetChangedInterest forgets the room-wide interest of the event's room
+// when the event changes its members or aliases (before the copy changes
+// in the transaction: the next read of the interest reads the copy).
+func (s *Service) forgetChangedInterest(out *roomserverv1.OutputRoomEvent) {
+	for _, raw := range out.GetAddedStateEvents() {
+		var st pduEvent
+		if json.Unmarshal(raw, &st) != nil || st.StateKey == nil {
+			continue
+		}
+		if st.Type == "m.room.member" || (st.Type == "m.room.canonical_alias" && *st.StateKey == "") {
+			s.roomCache.known(out.GetRoomId())
+			return
+		}
+	}
 }
 
 // roomWideInterest returns the appservices (with a url) interested in the
