@@ -225,6 +225,41 @@ func (s *Service) updateRoomCopy(ctx context.Context, tx *store.Tx, out *roomser
 	return nil
 }
 
+// roomEventNoop reports, without the database, that applying m would
+// change nothing but the position: backfilled history, or a new event that
+// changes no state, of a room whose room-wide interest is cached as none,
+// whose sender no appservice (with a url) is interested in. Anything else,
+// or anything it cannot tell, is not a no-op.
+func (s *Service) roomEventNoop(m jetstream.Msg) bool {
+	var out roomserverv1.OutputRoomEvent
+	if proto.Unmarshal(m.Data(), &out) != nil {
+		return false
+	}
+	switch out.GetKind() {
+	case roomserverv1.OutputKind_OUTPUT_KIND_BACKFILL:
+		return true
+	case roomserverv1.OutputKind_OUTPUT_KIND_NEW:
+	default:
+		return false
+	}
+	if len(out.GetAddedStateEvents()) > 0 || len(out.GetRemovedStateEventIds()) > 0 {
+		return false
+	}
+	if e, ok := s.roomCache.get(out.GetRoomId()); !ok || !e.computed || len(e.interested) > 0 {
+		return false
+	}
+	var ev pduEvent
+	if json.Unmarshal(out.GetEventJson(), &ev) != nil || (ev.Type == "m.room.member" && ev.StateKey != nil) {
+		return false
+	}
+	for _, r := range s.regs.List() {
+		if r.HasURL() && r.IsInterestedInUser(ev.Sender) {
+			return false
+		}
+	}
+	return true
+}
+
 // copyHas reports whether the room copy has the room, from the cache or
 // else from tx. Either way the cache holds the room as known afterwards:
 // when it was not, the caller adds it in tx (and a failed batch resets
