@@ -39,6 +39,10 @@ type Config struct {
 	// LeaderRetry is how often a replica tries again to take the
 	// consuming lock or an appservice's pushing lock held by another.
 	LeaderRetry time.Duration `yaml:"leader_retry"`
+	// RoomCacheSize bounds the rooms whose room-wide appservice interest
+	// the rooms consumer keeps in memory (recomputed from the room copy
+	// when a room's members or aliases change).
+	RoomCacheSize int `yaml:"room_cache_size"`
 }
 
 // DefaultConfig returns the defaults.
@@ -52,6 +56,7 @@ func DefaultConfig() Config {
 		QueryTimeout:    10 * time.Second,
 		MaxEventsPerTxn: 100,
 		LeaderRetry:     5 * time.Second,
+		RoomCacheSize:   10000,
 	}
 }
 
@@ -70,6 +75,9 @@ func (c Config) Validate() error {
 	}
 	if c.RequestTimeout <= 0 || c.QueryTimeout <= 0 || c.LeaderRetry <= 0 {
 		errs = append(errs, errors.New("request_timeout, query_timeout and leader_retry must be positive"))
+	}
+	if c.RoomCacheSize < 1 {
+		errs = append(errs, errors.New("room_cache_size must be at least 1"))
 	}
 	if c.MaxEventsPerTxn < 1 {
 		errs = append(errs, errors.New("max_events_per_txn must be at least 1"))

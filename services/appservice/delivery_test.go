@@ -421,3 +421,44 @@ func TestPusherInAnotherReplica(t *testing.T) {
 		t.Fatal("the pushing was not done by process A alone")
 	}
 }
+
+// The interest of an appservice in a room follows the room's members and
+// aliases from event to event, although the consumer keeps each room's
+// interest in memory between them: a watched user's join makes the room's
+// next messages go to "users", the leave stops them, and a canonical alias
+// in a namespace added later makes the next ones go to "aliases".
+func TestInterestFollowsRoomChanges(t *testing.T) {
+	e := newEnv(t, false,
+		asSpec{id: "users", namespaces: users(`@watched_.*:as\.test`, false)},
+		asSpec{id: "aliases", namespaces: "  aliases:\n    - exclusive: false\n      regex: '#bridged_.*:as\\.test'"},
+		asSpec{id: "all", namespaces: "  rooms:\n    - exclusive: false\n      regex: '!.*:as\\.test'"},
+	)
+	ctx := context.Background()
+	carol, bob := e.user("carol"), e.user("watched_bob")
+	room := e.room(carol, nil)
+	before := send(t, carol, room, 2, "before")
+	join(t, bob, room)
+	during := send(t, carol, room, 2, "member")
+	if _, err := bob.LeaveRoom(ctx, room); err != nil {
+		t.Fatal(err)
+	}
+	after := send(t, carol, room, 2, "left")
+	alias := id.RoomAlias("#bridged_later:" + serverName)
+	if _, err := carol.CreateAlias(ctx, alias, room); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := carol.SendStateEvent(ctx, room, event.StateCanonicalAlias, "", &event.CanonicalAliasEventContent{Alias: alias}); err != nil {
+		t.Fatal(err)
+	}
+	aliased := send(t, carol, room, 2, "aliased")
+
+	join(t, bob, room)
+	final := send(t, carol, room, 1, "final")
+
+	// Each pusher sends its queue in order, so once an appservice has the
+	// final message it had every earlier one queued for it.
+	all := append(append(append(append(append([]string{}, before...), during...), after...), aliased...), final...)
+	waitEvents(t, e.recv["all"], room, all)
+	waitEvents(t, e.recv["users"], room, append(append([]string{}, during...), final...))
+	waitEvents(t, e.recv["aliases"], room, append(append([]string{}, aliased...), final...))
+}

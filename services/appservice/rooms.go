@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
@@ -86,8 +87,14 @@ func (s *Service) prepareRoomEvent(ctx context.Context, m jetstream.Msg, inBatch
 		return ctx, nil
 	}
 	inBatch[out.GetRoomId()] = true
+	if _, ok := s.roomCache.get(out.GetRoomId()); ok {
+		return ctx, nil
+	}
 	known, err := s.store.RoomKnown(ctx, out.GetRoomId())
 	if err != nil || known {
+		if known {
+			s.roomCache.known(out.GetRoomId())
+		}
 		return ctx, err
 	}
 	var ev pduEvent
@@ -145,9 +152,11 @@ func (s *Service) applyRoomEvent(ctx context.Context, tx *store.Tx, m jetstream.
 	if ev.Type == "m.room.member" && ev.StateKey != nil {
 		target = *ev.StateKey
 	}
-	// The room copy is read only when an appservice needs it (none does
-	// when none is registered).
-	var room *store.Room
+	// The room-wide interest is computed only when an appservice needs it
+	// (none does when none is registered), and then kept until the room's
+	// members or aliases change (roomCache).
+	var roomWide []string
+	roomWideKnown := false
 	var ids []string
 	for _, r := range s.regs.List() {
 		if !r.HasURL() {
@@ -155,14 +164,14 @@ func (s *Service) applyRoomEvent(ctx context.Context, tx *store.Tx, m jetstream.
 		}
 		interested := r.IsInterestedInUser(ev.Sender) || (target != "" && r.IsInterestedInUser(target))
 		if !interested && isNew {
-			if room == nil {
-				got, err := tx.Room(ctx, roomID)
-				if err != nil {
+			if !roomWideKnown {
+				var err error
+				if roomWide, err = s.roomWideInterest(ctx, tx, roomID); err != nil {
 					return nil, err
 				}
-				room = &got
+				roomWideKnown = true
 			}
-			interested = roomInterest(r, roomID, *room)
+			interested = slices.Contains(roomWide, r.ID)
 		}
 		if !interested && !isNew {
 			interested = r.IsInterestedInRoom(roomID)
@@ -186,7 +195,8 @@ func (s *Service) applyRoomEvent(ctx context.Context, tx *store.Tx, m jetstream.
 // aliases.
 func (s *Service) updateRoomCopy(ctx context.Context, tx *store.Tx, out *roomserverv1.OutputRoomEvent) error {
 	roomID := out.GetRoomId()
-	known, err := tx.RoomKnown(ctx, roomID)
+	s.forgetChangedInterest(out)
+	known, err := s.copyHas(ctx, tx, roomID)
 	if err != nil {
 		return err
 	}
@@ -213,6 +223,92 @@ func (s *Service) updateRoomCopy(ctx context.Context, tx *store.Tx, out *roomser
 		}
 	}
 	return nil
+}
+
+// roomEventNoop reports, without the database, that applying m would
+// change nothing but the position: backfilled history, or a new event that
+// changes no state, of a room whose room-wide interest is cached as none,
+// whose sender no appservice (with a url) is interested in. Anything else,
+// or anything it cannot tell, is not a no-op.
+func (s *Service) roomEventNoop(m jetstream.Msg) bool {
+	var out roomserverv1.OutputRoomEvent
+	if proto.Unmarshal(m.Data(), &out) != nil {
+		return false
+	}
+	switch out.GetKind() {
+	case roomserverv1.OutputKind_OUTPUT_KIND_BACKFILL:
+		return true
+	case roomserverv1.OutputKind_OUTPUT_KIND_NEW:
+	default:
+		return false
+	}
+	if len(out.GetAddedStateEvents()) > 0 || len(out.GetRemovedStateEventIds()) > 0 {
+		return false
+	}
+	if e, ok := s.roomCache.get(out.GetRoomId()); !ok || !e.computed || len(e.interested) > 0 {
+		return false
+	}
+	var ev pduEvent
+	if json.Unmarshal(out.GetEventJson(), &ev) != nil || (ev.Type == "m.room.member" && ev.StateKey != nil) {
+		return false
+	}
+	for _, r := range s.regs.List() {
+		if r.HasURL() && r.IsInterestedInUser(ev.Sender) {
+			return false
+		}
+	}
+	return true
+}
+
+// copyHas reports whether the room copy has the room, from the cache or
+// else from tx. Either way the cache holds the room as known afterwards:
+// when it was not, the caller adds it in tx (and a failed batch resets
+// the cache).
+func (s *Service) copyHas(ctx context.Context, tx *store.Tx, roomID string) (bool, error) {
+	if _, ok := s.roomCache.get(roomID); ok {
+		return true, nil
+	}
+	known, err := tx.RoomKnown(ctx, roomID)
+	if err == nil {
+		s.roomCache.known(roomID)
+	}
+	return known, err
+}
+
+// forgetChangedInterest forgets the room-wide interest of the event's room
+// when the event changes its members or aliases (before the copy changes
+// in the transaction: the next read of the interest reads the copy).
+func (s *Service) forgetChangedInterest(out *roomserverv1.OutputRoomEvent) {
+	for _, raw := range out.GetAddedStateEvents() {
+		var st pduEvent
+		if json.Unmarshal(raw, &st) != nil || st.StateKey == nil {
+			continue
+		}
+		if st.Type == "m.room.member" || (st.Type == "m.room.canonical_alias" && *st.StateKey == "") {
+			s.roomCache.known(out.GetRoomId())
+			return
+		}
+	}
+}
+
+// roomWideInterest returns the appservices (with a url) interested in the
+// whole room, from the cache or else from the room copy in tx.
+func (s *Service) roomWideInterest(ctx context.Context, tx *store.Tx, roomID string) ([]string, error) {
+	if e, ok := s.roomCache.get(roomID); ok && e.computed {
+		return e.interested, nil
+	}
+	room, err := tx.Room(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	for _, r := range s.regs.List() {
+		if r.HasURL() && roomInterest(r, roomID, room) {
+			ids = append(ids, r.ID)
+		}
+	}
+	s.roomCache.setInterest(roomID, ids)
+	return ids, nil
 }
 
 // roomInterest reports whether the appservice is interested in everything

@@ -59,6 +59,7 @@ type Service struct {
 	consumers []*bus.OrderedConsumer
 	pusher    *pusher
 	stats     *stats
+	roomCache *roomCache // the rooms consumer's
 }
 
 // New opens the store; Run consumes and pushes while this replica holds
@@ -88,6 +89,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		client: &asClient{http: hc},
 		stats:  newStats(),
 	}
+	s.roomCache = newRoomCache(cfg.RoomCacheSize)
 	s.pusher = newPusher(s)
 	if deps.Metrics != nil {
 		if err := deps.Metrics.Register(s.stats.collectors(s)...); err != nil {
@@ -136,15 +138,38 @@ func (s *Service) consumerSpecs() []*bus.OrderedConsumer {
 		prepare func(context.Context, jetstream.Msg, map[string]bool) (context.Context, error)) *bus.OrderedConsumer {
 		name := s.cfg.ConsumerPrefix + "-" + suffix
 		var woken []string
+		// The rooms consumer keeps a room cache (roomcache.go) and may
+		// skip batches that change nothing (roomEventNoop).
+		var cache *roomCache
+		var noop func(jetstream.Msg) bool
+		var recorded time.Time // when a batch last recorded the position
+		if suffix == "rooms" {
+			cache, noop = s.roomCache, s.roomEventNoop
+		}
 		return &bus.OrderedConsumer{
 			Name: name, Stream: stream, Deliver: deliver, MaxBatch: consumeBatch,
 			Description: "appservice service (resumes after its position in the appservice schema)",
 			Position: func(ctx context.Context) (uint64, error) {
+				if cache != nil {
+					cache.reset() // another replica may have consumed since
+				}
+				recorded = time.Time{}
 				pos, err := s.store.Position(ctx, name)
 				return uint64(pos), err
 			},
 			Apply: func(ctx context.Context, msgs []jetstream.Msg, seqs []uint64) error {
 				woken = nil
+				// A batch whose messages would change nothing but the
+				// position is acknowledged without a transaction, as long
+				// as the position was recorded in the last second. The
+				// position is only where a restart resumes: the messages
+				// skipped since are read again then and change nothing
+				// again (the copy they were judged against is what the
+				// recorded position left), so a lost skip costs at most a
+				// second of messages read twice.
+				if noop != nil && time.Since(recorded) < noopRecordEvery && allNoop(msgs, noop) {
+					return nil
+				}
 				ctxs := make([]context.Context, len(msgs))
 				inBatch := map[string]bool{}
 				for i, m := range msgs {
@@ -156,11 +181,18 @@ func (s *Service) consumerSpecs() []*bus.OrderedConsumer {
 						}
 					}
 				}
-				return s.store.Apply(ctx, name, seqs, func(tx *store.Tx, i int) error {
+				err := s.store.Apply(ctx, name, seqs, func(tx *store.Tx, i int) error {
 					ids, err := apply(ctxs[i], tx, msgs[i])
 					woken = append(woken, ids...)
 					return err
 				})
+				if err != nil && cache != nil {
+					cache.reset() // rolled back: what the batch taught it may be gone
+				}
+				if err == nil {
+					recorded = time.Now()
+				}
+				return err
 			},
 			Applied: func() { s.pusher.wake(woken...) },
 		}
@@ -171,6 +203,19 @@ func (s *Service) consumerSpecs() []*bus.OrderedConsumer {
 		// first consumer starts with what comes next.
 		mk("ephemeral", bus.EphemeralStream, jetstream.DeliverNewPolicy, s.applyEphemeral, nil),
 	}
+}
+
+// noopRecordEvery is how often the rooms consumer records its position
+// while it skips batches that change nothing.
+const noopRecordEvery = time.Second
+
+func allNoop(msgs []jetstream.Msg, noop func(jetstream.Msg) bool) bool {
+	for _, m := range msgs {
+		if !noop(m) {
+			return false
+		}
+	}
+	return true
 }
 
 // consumeBatch bounds the stream messages applied in one database

@@ -2,6 +2,7 @@ package fedsender
 
 import (
 	"context"
+	"slices"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -10,10 +11,12 @@ import (
 )
 
 // The stream consumers turn the streams' messages into queue rows. Each
-// is a bus.OrderedConsumer: one message at a time, in stream order, a
-// message that cannot be applied retried in place, each acknowledged
-// only after its transaction (which also records its stream position in
-// the fedsender schema) commits, and the durable consumer made afresh
+// is a bus.OrderedConsumer: in stream order, a batch at a time (the
+// message waited for and those already received after it, up to
+// consumeBatch, in one transaction: one commit per batch, not per
+// message), a batch that cannot be applied retried in place, each
+// message acknowledged only after its batch's transaction (which also
+// records its stream position in the fedsender schema) commits, and the durable consumer made afresh
 // from the position after the last one recorded on every start. Only the
 // replica holding the consumers' lease runs them (sender.go), so there is
 // one reader at a time; a former holder that was paused and resumes finds
@@ -23,36 +26,46 @@ import (
 func (s *Service) consumerSpecs() []*bus.OrderedConsumer {
 	mk := func(suffix, stream string, deliver jetstream.DeliverPolicy,
 		apply func(context.Context, *store.Tx, jetstream.Msg) ([]string, error),
-		prepare func(context.Context, jetstream.Msg) (context.Context, error)) *bus.OrderedConsumer {
+		prepare func(context.Context, jetstream.Msg, map[string]bool) (context.Context, error)) *bus.OrderedConsumer {
 		name := s.cfg.ConsumerPrefix + "-" + suffix
-		// grown: the destinations whose queues the last message grew (one
-		// consumer applies one message at a time).
+		// grown: the destinations whose queues the last batch grew (one
+		// consumer applies one batch at a time).
 		var grown []string
 		return &bus.OrderedConsumer{
-			Name: name, Stream: stream, Deliver: deliver,
+			Name: name, Stream: stream, Deliver: deliver, MaxBatch: consumeBatch,
 			Description: "federation sender (resumes after its position in the fedsender schema)",
 			Position: func(ctx context.Context) (uint64, error) {
 				pos, err := s.store.Position(ctx, name)
 				return uint64(pos), err
 			},
-			// MaxBatch is left at one: each message's remote calls
-			// (prepare) come before its own transaction.
 			Apply: func(ctx context.Context, msgs []jetstream.Msg, seqs []uint64) error {
-				m, seq := msgs[0], seqs[0]
 				grown = nil
-				if prepare != nil {
-					var err error
-					// prepare makes the remote calls the message may need,
-					// outside the transaction.
-					if ctx, err = prepare(ctx, m); err != nil {
-						return err
+				// prepare makes the remote calls the messages may need,
+				// outside the transaction, all before it.
+				ctxs := make([]context.Context, len(msgs))
+				inBatch := map[string]bool{}
+				for i, m := range msgs {
+					ctxs[i] = ctx
+					if prepare != nil {
+						var err error
+						if ctxs[i], err = prepare(ctx, m, inBatch); err != nil {
+							return err
+						}
 					}
 				}
-				_, err := s.store.Apply(ctx, name, seq, func(tx *store.Tx) error {
-					var err error
-					grown, err = apply(ctx, tx, m)
+				var got []string
+				_, err := s.store.ApplyBatch(ctx, name, seqs, func(tx *store.Tx, i int) error {
+					dests, err := apply(ctxs[i], tx, msgs[i])
+					for _, d := range dests {
+						if !slices.Contains(got, d) {
+							got = append(got, d)
+						}
+					}
 					return err
 				})
+				if err == nil {
+					grown = got
+				}
 				return err
 			},
 			Applied: func() { s.sender.notify(grown) },
@@ -67,3 +80,7 @@ func (s *Service) consumerSpecs() []*bus.OrderedConsumer {
 		mk("todevice", bus.ToDeviceOutStream, jetstream.DeliverAllPolicy, s.applyToDevice, nil),
 	}
 }
+
+// consumeBatch bounds the stream messages applied in one database
+// transaction.
+const consumeBatch = 100

@@ -42,18 +42,28 @@ type pduEvent struct {
 type bootstrapKey struct{}
 
 // prepareRoomEvent loads the members of a room the copy does not know yet
-// (a remote call, so outside the transaction).
-func (s *Service) prepareRoomEvent(ctx context.Context, m jetstream.Msg) (context.Context, error) {
+// (a remote call, so outside the transaction). inBatch holds the rooms of
+// the batch's earlier new events: the transaction adds them to the copy
+// before this event, so they need no loading.
+func (s *Service) prepareRoomEvent(ctx context.Context, m jetstream.Msg, inBatch map[string]bool) (context.Context, error) {
 	var out roomserverv1.OutputRoomEvent
 	if err := proto.Unmarshal(m.Data(), &out); err != nil || out.GetKind() != roomserverv1.OutputKind_OUTPUT_KIND_NEW {
 		return ctx, nil
 	}
+	if inBatch[out.GetRoomId()] {
+		return ctx, nil
+	}
 	known, err := s.store.RoomKnown(ctx, out.GetRoomId())
 	if err != nil || known {
+		inBatch[out.GetRoomId()] = known
 		return ctx, err
 	}
 	var ev pduEvent
-	if json.Unmarshal(out.GetEventJson(), &ev) == nil && ev.Type == "m.room.create" {
+	if json.Unmarshal(out.GetEventJson(), &ev) != nil {
+		return ctx, nil // dropped by applyRoomEvent: the room's next event loads it
+	}
+	inBatch[out.GetRoomId()] = true
+	if ev.Type == "m.room.create" {
 		return ctx, nil
 	}
 	resp, err := s.rooms.QueryState(ctx, &roomserverv1.QueryStateRequest{RoomId: out.GetRoomId(), EventId: out.GetEventId()})

@@ -90,6 +90,18 @@ type Tx struct {
 // false. Consumers take their messages in stream order, so this makes
 // every message count once.
 func (s *Store) Apply(ctx context.Context, consumer string, streamSeq uint64, fn func(*Tx) error) (applied bool, err error) {
+	return s.ApplyBatch(ctx, consumer, []uint64{streamSeq}, func(tx *Tx, _ int) error { return fn(tx) })
+}
+
+// ApplyBatch is Apply for a batch of messages (stream sequences seqs,
+// ascending): fn(i) runs for each message above the recorded position, in
+// order, all in one transaction, which records the last as the position;
+// applied reports whether fn ran at all. One commit, and so one WAL
+// flush, per batch instead of per message (#20).
+func (s *Store) ApplyBatch(ctx context.Context, consumer string, seqs []uint64, fn func(tx *Tx, i int) error) (applied bool, err error) {
+	if len(seqs) == 0 {
+		return false, nil
+	}
 	err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		var last int64
 		err := tx.QueryRow(ctx, `SELECT stream_seq FROM consumer_positions WHERE consumer = $1 FOR UPDATE`, consumer).Scan(&last)
@@ -99,17 +111,25 @@ func (s *Store) Apply(ctx context.Context, consumer string, streamSeq uint64, fn
 		case err != nil:
 			return err
 		}
-		if int64(streamSeq) <= last {
+		for i, seq := range seqs {
+			if int64(seq) <= last {
+				continue
+			}
+			if err := fn(&Tx{tx: tx}, i); err != nil {
+				return err
+			}
+			applied = true
+		}
+		if !applied {
 			return nil
 		}
-		if err := fn(&Tx{tx: tx}); err != nil {
-			return err
-		}
-		applied = true
 		_, err = tx.Exec(ctx, `INSERT INTO consumer_positions (consumer, stream_seq) VALUES ($1, $2)
-			ON CONFLICT (consumer) DO UPDATE SET stream_seq = EXCLUDED.stream_seq`, consumer, int64(streamSeq))
+			ON CONFLICT (consumer) DO UPDATE SET stream_seq = EXCLUDED.stream_seq`, consumer, int64(seqs[len(seqs)-1]))
 		return err
 	})
+	if err != nil {
+		applied = false
+	}
 	return applied, err
 }
 
