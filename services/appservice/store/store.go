@@ -201,6 +201,10 @@ func (s *Store) Connect(ctx context.Context) (*pgx.Conn, error) {
 const (
 	KindEvent     = "event"
 	KindEphemeral = "ephemeral"
+	// KindToDevice is a to-device message for one device of a user the
+	// appservice is interested in (MSC2409), with to_user_id and
+	// to_device_id.
+	KindToDevice = "to_device"
 )
 
 // Enqueue appends an item for each appservice.
@@ -219,10 +223,11 @@ type Txn struct {
 	ID        string
 	Events    [][]byte
 	Ephemeral [][]byte
+	ToDevice  [][]byte
 }
 
 // Empty reports whether the transaction has nothing.
-func (t *Txn) Empty() bool { return len(t.Events)+len(t.Ephemeral) == 0 }
+func (t *Txn) Empty() bool { return len(t.Events)+len(t.Ephemeral)+len(t.ToDevice) == 0 }
 
 // NextTxn returns the appservice's transaction in flight, or makes a new
 // one of the oldest waiting items (at most max events and max ephemeral
@@ -250,7 +255,9 @@ func (s *Store) NextTxn(ctx context.Context, appserviceID string, max int) (*Txn
 			tag, err := tx.Exec(ctx, `UPDATE queue SET txn_id = $2 WHERE id IN (
 				(SELECT id FROM queue WHERE appservice_id = $1 AND txn_id IS NULL AND kind = 'event' ORDER BY id LIMIT $3)
 				UNION ALL
-				(SELECT id FROM queue WHERE appservice_id = $1 AND txn_id IS NULL AND kind = 'ephemeral' ORDER BY id LIMIT $3))`,
+				(SELECT id FROM queue WHERE appservice_id = $1 AND txn_id IS NULL AND kind = 'ephemeral' ORDER BY id LIMIT $3)
+				UNION ALL
+				(SELECT id FROM queue WHERE appservice_id = $1 AND txn_id IS NULL AND kind = 'to_device' ORDER BY id LIMIT $3))`,
 				appserviceID, txnID, max)
 			if err != nil {
 				return err
@@ -270,9 +277,12 @@ func (s *Store) NextTxn(ctx context.Context, appserviceID string, max int) (*Txn
 		var kind string
 		var body []byte
 		_, err = pgx.ForEachRow(rows, []any{&kind, &body}, func() error {
-			if kind == KindEphemeral {
+			switch kind {
+			case KindEphemeral:
 				t.Ephemeral = append(t.Ephemeral, body)
-			} else {
+			case KindToDevice:
+				t.ToDevice = append(t.ToDevice, body)
+			default:
 				t.Events = append(t.Events, body)
 			}
 			return nil
