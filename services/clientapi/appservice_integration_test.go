@@ -174,6 +174,13 @@ func TestAppserviceAuthentication(t *testing.T) {
 	}
 	wantResult(t, "unknown device", asDo(t, hs, "GET", as(v3+"/account/whoami", ghost, "device_id", "NOPE"), bridgeToken, nil), 400, "M_UNKNOWN_DEVICE")
 
+	// /sync, /events and /initialSync as one of its users, never as its
+	// sender (spec: "Using /sync and /events").
+	wantResult(t, "sync as the ghost", asDo(t, hs, "GET", as(v3+"/sync", ghost, "timeout", "0"), bridgeToken, nil), 200, "")
+	for _, path := range []string{"/sync?timeout=0", "/events?timeout=0", "/initialSync", as("/sync", sender)} {
+		wantResult(t, "as the sender: "+path, asDo(t, hs, "GET", v3+path, bridgeToken, nil), 403, "M_FORBIDDEN")
+	}
+
 	// A login of the ghost (m.login.application_service) makes a device
 	// the appservice may then assert.
 	r = asDo(t, hs, "POST", v3+"/login", bridgeToken, map[string]any{
