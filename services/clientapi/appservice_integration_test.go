@@ -395,6 +395,17 @@ func TestAppserviceNetworkDirectory(t *testing.T) {
 	wantResult(t, "unknown network", asDo(t, hs, "POST", v3+"/publicRooms", user.AccessToken, map[string]any{"third_party_instance_id": "nobody|chat"}), 400, "M_INVALID_PARAM")
 	wantResult(t, "network and all networks", asDo(t, hs, "POST", v3+"/publicRooms", user.AccessToken, map[string]any{"third_party_instance_id": "bridge|chat", "include_all_networks": true}), 400, "M_INVALID_PARAM")
 
+	// An upgrade moves the network listing to the replacement room.
+	up := asDo(t, hs, "POST", v3+"/rooms/"+url.PathEscape(bridged)+"/upgrade", bridgeToken, map[string]any{"new_version": "11"})
+	wantResult(t, "upgrade the bridged room", up, 200, "")
+	bridged = up.body["replacement_room"].(string)
+	if got := rooms(map[string]any{"third_party_instance_id": "bridge|chat"}); len(got) != 1 || got[0] != bridged {
+		t.Fatalf("network directory after the upgrade %v, want the replacement %s", got, bridged)
+	}
+	if got := rooms(map[string]any{}); len(got) != 1 || got[0] != mainRoom {
+		t.Fatalf("server directory after the upgrade %v", got)
+	}
+
 	wantResult(t, "appservice unpublishes", asDo(t, hs, "PUT", list("chat/"+url.PathEscape(bridged)), bridgeToken, map[string]any{"visibility": "private"}), 200, "")
 	if got := rooms(map[string]any{"third_party_instance_id": "bridge|chat"}); len(got) != 0 {
 		t.Fatalf("network directory after unpublishing %v", got)

@@ -97,6 +97,13 @@ func (s *Service) GetRoomVisibility(ctx context.Context, roomID string) (*roomse
 	if public {
 		resp.Visibility = visibilityPublic
 	}
+	networks, err := s.store.NetworkListings(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range networks {
+		resp.Networks = append(resp.Networks, &roomserverv1.NetworkListing{AppserviceId: n[0], NetworkId: n[1]})
+	}
 	return resp, nil
 }
 
