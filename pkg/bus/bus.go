@@ -179,6 +179,21 @@ func AppserviceToDeviceMsgID(key, userID string) string {
 	return "astodevice-" + hex.EncodeToString(h[:16])
 }
 
+// Room directory alias changes, published by the room-server after each
+// SetRoomAlias and RemoveRoomAlias (payload roomserver.v1.AliasChange: the
+// alias's state after the change) and consumed by the appservice service.
+const (
+	// RoomAliasesStream holds alias changes.
+	RoomAliasesStream = "MYELIN_ROOM_ALIASES"
+	// roomAliasesPrefix is the subject prefix of RoomAliasesStream.
+	roomAliasesPrefix = "myelin.roomserver.aliases."
+	// RoomAliasesAllSubjects matches every alias's changes.
+	RoomAliasesAllSubjects = roomAliasesPrefix + ">"
+)
+
+// RoomAliasSubject carries one alias's changes.
+func RoomAliasSubject(alias string) string { return roomAliasesPrefix + token(alias) }
+
 // SyncWakeSubject is a core NATS subject, in no stream: client-API
 // replicas announce on it what they stored (myelin.clientapi.v1.SyncWake),
 // so each replica wakes the /sync long polls it holds. Delivery is at most
@@ -270,6 +285,15 @@ func Streams(replicas int) []jetstream.StreamConfig {
 		// queued for the appservices once.
 		Duplicates: 24 * time.Hour,
 		MaxAge:     7 * 24 * time.Hour,
+	}, {
+		Name:        RoomAliasesStream,
+		Description: "Room directory alias changes (roomserver.v1.AliasChange)",
+		Subjects:    []string{RoomAliasesAllSubjects},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		Replicas:    replicas,
+		// Each message is an alias's whole state: a repeat is harmless.
+		MaxAge: 7 * 24 * time.Hour,
 	}}
 }
 

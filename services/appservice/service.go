@@ -173,6 +173,7 @@ func (s *Service) consumerSpecs() []*bus.OrderedConsumer {
 		mk("ephemeral", bus.EphemeralStream, jetstream.DeliverNewPolicy, s.applyEphemeral, nil),
 		// To-device messages are kept until delivered, like events.
 		mk("todevice", bus.AppserviceToDeviceStream, jetstream.DeliverAllPolicy, s.applyToDevice, nil),
+		mk("aliases", bus.RoomAliasesStream, jetstream.DeliverAllPolicy, s.applyAliasChange, nil),
 	}
 }
 

@@ -162,9 +162,31 @@ func (t *Tx) SetAliases(ctx context.Context, roomID string, aliases []string) er
 	return err
 }
 
+// SetDirectoryAlias records where a directory alias points ("": it is
+// gone).
+func (t *Tx) SetDirectoryAlias(ctx context.Context, alias, roomID string) error {
+	if roomID == "" {
+		_, err := t.tx.Exec(ctx, `DELETE FROM directory_aliases WHERE alias = $1`, alias)
+		return err
+	}
+	_, err := t.tx.Exec(ctx, `INSERT INTO directory_aliases (alias, room_id) VALUES ($1, $2)
+		ON CONFLICT (alias) DO UPDATE SET room_id = excluded.room_id`, alias, roomID)
+	return err
+}
+
+// AddDirectoryAliases records directory aliases of a room loaded from the
+// room-server, leaving any the alias stream already recorded.
+func (t *Tx) AddDirectoryAliases(ctx context.Context, roomID string, aliases []string) error {
+	_, err := t.tx.Exec(ctx, `INSERT INTO directory_aliases (alias, room_id) SELECT a, $1 FROM unnest($2::text[]) AS a
+		ON CONFLICT DO NOTHING`, roomID, aliases)
+	return err
+}
+
 // Room is what the copy knows of a room.
 type Room struct {
-	Joined  []string
+	Joined []string
+	// Aliases are those of its m.room.canonical_alias and of the room
+	// directory.
 	Aliases []string
 }
 
@@ -173,7 +195,8 @@ func (t *Tx) Room(ctx context.Context, roomID string) (Room, error) {
 	var r Room
 	err := t.tx.QueryRow(ctx, `SELECT
 		coalesce((SELECT array_agg(user_id) FROM joined_members WHERE room_id = $1), '{}'),
-		coalesce((SELECT array_agg(alias) FROM room_aliases WHERE room_id = $1), '{}')`, roomID).Scan(&r.Joined, &r.Aliases)
+		coalesce((SELECT array_agg(alias) FROM (SELECT alias FROM room_aliases WHERE room_id = $1
+			UNION SELECT alias FROM directory_aliases WHERE room_id = $1) AS a), '{}')`, roomID).Scan(&r.Joined, &r.Aliases)
 	return r, err
 }
 
