@@ -253,8 +253,8 @@ type Txn struct {
 func (t *Txn) Empty() bool { return len(t.Events)+len(t.Ephemeral)+len(t.ToDevice) == 0 }
 
 // NextTxn returns the appservice's transaction in flight, or makes a new
-// one of the oldest waiting items (at most max events and max ephemeral
-// items) and records it as in flight. A transaction's ID and content never
+// one of the oldest waiting items (at most max events, max ephemeral
+// items and max to-device messages) and records it as in flight. A transaction's ID and content never
 // change: retries send the same. nil when nothing waits.
 func (s *Store) NextTxn(ctx context.Context, appserviceID string, max int) (*Txn, error) {
 	var out *Txn

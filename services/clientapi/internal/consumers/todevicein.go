@@ -9,7 +9,10 @@ package consumers
 // to one of them). Storing is idempotent: the messages of one EDU for one
 // user are stored once per (sender, origin, message_id), as a local
 // client's request is once per transaction ID, so a redelivered message
-// (or the same EDU received again) stores nothing.
+// (or the same EDU received again) stores nothing. The messages for users
+// that appservices take to-device messages for are first published for
+// the appservice service (internal/astodevice), under an ID the repeat
+// shares.
 
 import (
 	"context"
