@@ -148,6 +148,52 @@ func ToDeviceMsgID(origin, messageID, userID string) string {
 	return "todevice-" + hex.EncodeToString(h[:16])
 }
 
+// To-device messages for users an application service with
+// receive_ephemeral is interested in (MSC2409), published by the
+// client-API before it stores them for /sync: a local PUT /sendToDevice's
+// and those from other servers (MYELIN_TO_DEVICE_IN) alike, one message
+// per request (or EDU) and recipient. Payload:
+// clientapi.v1.AppserviceToDevice. The appservice service consumes them
+// into its queues.
+const (
+	// AppserviceToDeviceStream holds to-device messages for appservices.
+	AppserviceToDeviceStream = "MYELIN_APPSERVICE_TO_DEVICE"
+	// appserviceToDevicePrefix is the subject prefix of
+	// AppserviceToDeviceStream.
+	appserviceToDevicePrefix = "myelin.clientapi.astodevice."
+	// AppserviceToDeviceAllSubjects matches every recipient's messages.
+	AppserviceToDeviceAllSubjects = appserviceToDevicePrefix + ">"
+)
+
+// AppserviceToDeviceSubject carries one local user's messages for
+// appservices.
+func AppserviceToDeviceSubject(userID string) string { return appserviceToDevicePrefix + token(userID) }
+
+// AppserviceToDeviceMsgID is the Nats-Msg-Id of one send's messages for
+// one recipient: key names the send (the sender, its device and the
+// client's transaction ID; or an EDU's origin and message_id), so a
+// retried request or a redelivered EDU publishes the same ID and
+// JetStream drops the repeat.
+func AppserviceToDeviceMsgID(key, userID string) string {
+	h := sha256.Sum256([]byte(key + "\x00" + userID))
+	return "astodevice-" + hex.EncodeToString(h[:16])
+}
+
+// Room directory alias changes, published by the room-server after each
+// SetRoomAlias and RemoveRoomAlias (payload roomserver.v1.AliasChange: the
+// alias's state after the change) and consumed by the appservice service.
+const (
+	// RoomAliasesStream holds alias changes.
+	RoomAliasesStream = "MYELIN_ROOM_ALIASES"
+	// roomAliasesPrefix is the subject prefix of RoomAliasesStream.
+	roomAliasesPrefix = "myelin.roomserver.aliases."
+	// RoomAliasesAllSubjects matches every alias's changes.
+	RoomAliasesAllSubjects = roomAliasesPrefix + ">"
+)
+
+// RoomAliasSubject carries one alias's changes.
+func RoomAliasSubject(alias string) string { return roomAliasesPrefix + token(alias) }
+
 // SyncWakeSubject is a core NATS subject, in no stream: client-API
 // replicas announce on it what they stored (myelin.clientapi.v1.SyncWake),
 // so each replica wakes the /sync long polls it holds. Delivery is at most
@@ -227,6 +273,27 @@ func Streams(replicas int) []jetstream.StreamConfig {
 		// retried within a day delivers its to-device messages once.
 		Duplicates: 24 * time.Hour,
 		MaxAge:     7 * 24 * time.Hour,
+	}, {
+		Name:        AppserviceToDeviceStream,
+		Description: "To-device messages for application services' users (clientapi.v1.AppserviceToDevice)",
+		Subjects:    []string{AppserviceToDeviceAllSubjects},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		Replicas:    replicas,
+		// The client-API sets Nats-Msg-Id (AppserviceToDeviceMsgID): a
+		// retried request, or an inbound EDU redelivered, within a day is
+		// queued for the appservices once.
+		Duplicates: 24 * time.Hour,
+		MaxAge:     7 * 24 * time.Hour,
+	}, {
+		Name:        RoomAliasesStream,
+		Description: "Room directory alias changes (roomserver.v1.AliasChange)",
+		Subjects:    []string{RoomAliasesAllSubjects},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		Replicas:    replicas,
+		// Each message is an alias's whole state: a repeat is harmless.
+		MaxAge: 7 * 24 * time.Hour,
 	}}
 }
 

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	asreg "github.com/myelin-chat/myelin/pkg/appservice"
+	"github.com/myelin-chat/myelin/services/appservice/store"
 )
 
 // asClient makes the homeserver's requests to appservices: every request
@@ -228,22 +229,29 @@ type transaction struct {
 	// MSC2409Ephemeral is for registrations that asked with the unstable
 	// de.sorunome.msc2409.push_ephemeral key only.
 	MSC2409Ephemeral []json.RawMessage `json:"de.sorunome.msc2409.ephemeral,omitempty"`
+	// MSC2409ToDevice are the to-device messages for the appservice's
+	// users' devices (MSC2409; the spec has no stable field yet).
+	MSC2409ToDevice []json.RawMessage `json:"de.sorunome.msc2409.to_device,omitempty"`
 }
 
 // putTransaction pushes one transaction.
-func (c *asClient) putTransaction(ctx context.Context, r *asreg.Registration, txnID string, events, ephemeral [][]byte) error {
-	body := transaction{Events: make([]json.RawMessage, 0, len(events))}
-	for _, e := range events {
-		body.Events = append(body.Events, e)
-	}
-	var eph []json.RawMessage
-	for _, e := range ephemeral {
-		eph = append(eph, e)
+func (c *asClient) putTransaction(ctx context.Context, r *asreg.Registration, txn *store.Txn) error {
+	body := transaction{Events: raws(txn.Events), MSC2409ToDevice: raws(txn.ToDevice)}
+	if body.Events == nil {
+		body.Events = []json.RawMessage{}
 	}
 	if r.ReceiveEphemeral || !r.MSC2409PushEphemeral {
-		body.Ephemeral = eph
+		body.Ephemeral = raws(txn.Ephemeral)
 	} else {
-		body.MSC2409Ephemeral = eph
+		body.MSC2409Ephemeral = raws(txn.Ephemeral)
 	}
-	return c.do(ctx, r, http.MethodPut, "/_matrix/app/v1/transactions/"+url.PathEscape(txnID), nil, body, nil)
+	return c.do(ctx, r, http.MethodPut, "/_matrix/app/v1/transactions/"+url.PathEscape(txn.ID), nil, body, nil)
+}
+
+func raws(items [][]byte) []json.RawMessage {
+	var out []json.RawMessage
+	for _, b := range items {
+		out = append(out, b)
+	}
+	return out
 }

@@ -57,6 +57,7 @@ type receiver struct {
 	txnOrder  []string
 	events    []map[string]any
 	ephemeral []map[string]any
+	toDevice  []map[string]any
 	badAuth   int
 	attempts  int
 	blocked   chan struct{} // closed when a blocked request arrives
@@ -233,6 +234,7 @@ func (r *receiver) process(txnID string, body []byte) {
 	var txn struct {
 		Events    []map[string]any `json:"events"`
 		Ephemeral []map[string]any `json:"ephemeral"`
+		ToDevice  []map[string]any `json:"de.sorunome.msc2409.to_device"`
 	}
 	if err := json.Unmarshal(body, &txn); err != nil || txn.Events == nil {
 		r.t.Errorf("transaction %s: bad body %s (%v)", txnID, body, err)
@@ -247,6 +249,20 @@ func (r *receiver) process(txnID string, body []byte) {
 	}
 	r.events = append(r.events, txn.Events...)
 	r.ephemeral = append(r.ephemeral, txn.Ephemeral...)
+	r.toDevice = append(r.toDevice, txn.ToDevice...)
+}
+
+// toDeviceOf lists the processed to-device messages as
+// "<to_user_id>/<to_device_id>/<sender>/<type>/<content>", in order.
+func (r *receiver) toDeviceOf() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, m := range r.toDevice {
+		c, _ := json.Marshal(m["content"])
+		out = append(out, fmt.Sprintf("%v/%v/%v/%v/%s", m["to_user_id"], m["to_device_id"], m["sender"], m["type"], c))
+	}
+	return out
 }
 
 // eventIDs lists the IDs of the processed events of a type in a room.

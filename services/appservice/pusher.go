@@ -202,7 +202,7 @@ func (p *pusher) work(ctx context.Context, r *asreg.Registration) {
 			continue
 		}
 		rctx, cancel := context.WithTimeout(ctx, p.s.cfg.RequestTimeout)
-		err = p.s.client.putTransaction(rctx, r, txn.ID, txn.Events, txn.Ephemeral)
+		err = p.s.client.putTransaction(rctx, r, txn)
 		cancel()
 		if ctx.Err() != nil {
 			return
@@ -213,7 +213,7 @@ func (p *pusher) work(ctx context.Context, r *asreg.Registration) {
 				// answers it as a repeat.
 				log.Warn("recording an acknowledged transaction", zap.Error(err))
 			}
-			p.s.stats.pushed(r.ID, len(txn.Events), len(txn.Ephemeral))
+			p.s.stats.pushed(r.ID, len(txn.Events), len(txn.Ephemeral), len(txn.ToDevice))
 			continue
 		}
 		p.s.stats.failed(r.ID)

@@ -3,6 +3,7 @@ package appservice
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 
@@ -72,6 +73,8 @@ type bootstrapKey struct{}
 
 type bootstrap struct {
 	joined, aliases []string
+	// directory are the room's directory aliases.
+	directory []string
 }
 
 // prepareRoomEvent loads a room the copy lacks from the room-server (a
@@ -121,6 +124,11 @@ func (s *Service) prepareRoomEvent(ctx context.Context, m jetstream.Msg, inBatch
 			b.aliases = st.aliases()
 		}
 	}
+	dir, err := s.rooms.ListRoomAliases(ctx, &roomserverv1.ListRoomAliasesRequest{RoomId: out.GetRoomId()})
+	if err != nil {
+		return ctx, fmt.Errorf("ListRoomAliases of %s: %w", out.GetRoomId(), err)
+	}
+	b.directory = dir.GetAliases()
 	s.log.Info("room copy: room loaded from the room-server", logging.RoomID(out.GetRoomId()), zap.Int("joined", len(b.joined)))
 	return context.WithValue(ctx, bootstrapKey{}, b), nil
 }
@@ -203,6 +211,9 @@ func (s *Service) updateRoomCopy(ctx context.Context, tx *store.Tx, out *roomser
 	if !known {
 		b, _ := ctx.Value(bootstrapKey{}).(bootstrap)
 		if err := tx.AddRoom(ctx, roomID, b.joined, b.aliases); err != nil {
+			return err
+		}
+		if err := tx.AddDirectoryAliases(ctx, roomID, b.directory); err != nil {
 			return err
 		}
 	}
@@ -351,4 +362,19 @@ func clientFormat(out *roomserverv1.OutputRoomEvent) ([]byte, error) {
 		}
 	}
 	return ce.Marshal()
+}
+
+// applyAliasChange records a room directory alias's new state
+// (MYELIN_ROOM_ALIASES): the rooms with an alias in an appservice's
+// aliases namespaces interest it (spec: "the room has an alias in the
+// namespace"), canonical or not. It queues nothing.
+func (s *Service) applyAliasChange(ctx context.Context, tx *store.Tx, m jetstream.Msg) ([]string, error) {
+	var c roomserverv1.AliasChange
+	if err := proto.Unmarshal(m.Data(), &c); err != nil || c.GetAlias() == "" {
+		if err == nil {
+			err = errors.New("no alias")
+		}
+		return s.undecodable(m, err)
+	}
+	return nil, tx.SetDirectoryAlias(ctx, c.GetAlias(), c.GetRoomId())
 }

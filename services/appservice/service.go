@@ -1,6 +1,7 @@
 // Package appservice is the appservice service: it talks to application
 // services (bridges). It consumes the room-server's committed events (and
-// the presence service's typing, receipts and presence) from JetStream,
+// the presence service's typing, receipts and presence, and the
+// client-API's to-device messages for appservices' users) from JetStream,
 // queues for each registered appservice what it is interested in, in its
 // own schema, and pushes the queues as transactions
 // (PUT /_matrix/app/v1/transactions/{txnId}); and it serves a gRPC API for
@@ -202,6 +203,9 @@ func (s *Service) consumerSpecs() []*bus.OrderedConsumer {
 		// Typing, receipts and presence only matter while fresh: the
 		// first consumer starts with what comes next.
 		mk("ephemeral", bus.EphemeralStream, jetstream.DeliverNewPolicy, s.applyEphemeral, nil),
+		// To-device messages are kept until delivered, like events.
+		mk("todevice", bus.AppserviceToDeviceStream, jetstream.DeliverAllPolicy, s.applyToDevice, nil),
+		mk("aliases", bus.RoomAliasesStream, jetstream.DeliverAllPolicy, s.applyAliasChange, nil),
 	}
 }
 

@@ -25,6 +25,7 @@ type stats struct {
 	txns      *prometheus.CounterVec
 	events    *prometheus.CounterVec
 	ephemeral *prometheus.CounterVec
+	toDevice  *prometheus.CounterVec
 }
 
 func newStats() *stats {
@@ -41,19 +42,24 @@ func newStats() *stats {
 			Name: "myelin_appservice_ephemeral_pushed_total",
 			Help: "Ephemeral items (typing, receipts, presence) in transactions appservices answered.",
 		}, []string{"appservice"}),
+		toDevice: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "myelin_appservice_to_device_pushed_total",
+			Help: "To-device messages (one per device) in transactions appservices answered.",
+		}, []string{"appservice"}),
 	}
 }
 
-func (st *stats) pushed(id string, events, ephemeral int) {
+func (st *stats) pushed(id string, events, ephemeral, toDevice int) {
 	st.txns.WithLabelValues(id, "sent").Inc()
 	st.events.WithLabelValues(id).Add(float64(events))
 	st.ephemeral.WithLabelValues(id).Add(float64(ephemeral))
+	st.toDevice.WithLabelValues(id).Add(float64(toDevice))
 }
 
 func (st *stats) failed(id string) { st.txns.WithLabelValues(id, "failed").Inc() }
 
 func (st *stats) collectors(s *Service) []prometheus.Collector {
-	return []prometheus.Collector{st.txns, st.events, st.ephemeral, &queueCollector{s: s}}
+	return []prometheus.Collector{st.txns, st.events, st.ephemeral, st.toDevice, &queueCollector{s: s}}
 }
 
 // queueCollector reads each appservice's queue and delivery state.
@@ -61,7 +67,7 @@ type queueCollector struct{ s *Service }
 
 var (
 	descDepth = prometheus.NewDesc("myelin_appservice_queue_depth",
-		"Items (events and ephemeral data) waiting for an appservice, a transaction in flight included.", []string{"appservice"}, nil)
+		"Items (events, ephemeral data and to-device messages) waiting for an appservice, a transaction in flight included.", []string{"appservice"}, nil)
 	descOldest = prometheus.NewDesc("myelin_appservice_oldest_pending_seconds",
 		"Age of the oldest item waiting for an appservice (0 when none waits).", []string{"appservice"}, nil)
 	descFailures = prometheus.NewDesc("myelin_appservice_consecutive_failures",

@@ -174,6 +174,13 @@ func TestAppserviceAuthentication(t *testing.T) {
 	}
 	wantResult(t, "unknown device", asDo(t, hs, "GET", as(v3+"/account/whoami", ghost, "device_id", "NOPE"), bridgeToken, nil), 400, "M_UNKNOWN_DEVICE")
 
+	// /sync, /events and /initialSync as one of its users, never as its
+	// sender (spec: "Using /sync and /events").
+	wantResult(t, "sync as the ghost", asDo(t, hs, "GET", as(v3+"/sync", ghost, "timeout", "0"), bridgeToken, nil), 200, "")
+	for _, path := range []string{"/sync?timeout=0", "/events?timeout=0", "/initialSync", as("/sync", sender)} {
+		wantResult(t, "as the sender: "+path, asDo(t, hs, "GET", v3+path, bridgeToken, nil), 403, "M_FORBIDDEN")
+	}
+
 	// A login of the ghost (m.login.application_service) makes a device
 	// the appservice may then assert.
 	r = asDo(t, hs, "POST", v3+"/login", bridgeToken, map[string]any{
@@ -387,6 +394,17 @@ func TestAppserviceNetworkDirectory(t *testing.T) {
 	}
 	wantResult(t, "unknown network", asDo(t, hs, "POST", v3+"/publicRooms", user.AccessToken, map[string]any{"third_party_instance_id": "nobody|chat"}), 400, "M_INVALID_PARAM")
 	wantResult(t, "network and all networks", asDo(t, hs, "POST", v3+"/publicRooms", user.AccessToken, map[string]any{"third_party_instance_id": "bridge|chat", "include_all_networks": true}), 400, "M_INVALID_PARAM")
+
+	// An upgrade moves the network listing to the replacement room.
+	up := asDo(t, hs, "POST", v3+"/rooms/"+url.PathEscape(bridged)+"/upgrade", bridgeToken, map[string]any{"new_version": "11"})
+	wantResult(t, "upgrade the bridged room", up, 200, "")
+	bridged = up.body["replacement_room"].(string)
+	if got := rooms(map[string]any{"third_party_instance_id": "bridge|chat"}); len(got) != 1 || got[0] != bridged {
+		t.Fatalf("network directory after the upgrade %v, want the replacement %s", got, bridged)
+	}
+	if got := rooms(map[string]any{}); len(got) != 1 || got[0] != mainRoom {
+		t.Fatalf("server directory after the upgrade %v", got)
+	}
 
 	wantResult(t, "appservice unpublishes", asDo(t, hs, "PUT", list("chat/"+url.PathEscape(bridged)), bridgeToken, map[string]any{"visibility": "private"}), 200, "")
 	if got := rooms(map[string]any{"third_party_instance_id": "bridge|chat"}); len(got) != 0 {

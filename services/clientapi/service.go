@@ -31,6 +31,7 @@ import (
 	presencev1 "github.com/myelin-chat/myelin/proto/presence/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/appservices"
+	"github.com/myelin-chat/myelin/services/clientapi/internal/astodevice"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/consumers"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/ephemeral"
 	"github.com/myelin-chat/myelin/services/clientapi/internal/history"
@@ -169,11 +170,12 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	}
 	s.roomDomain = rooms.New(rooms.Config{DefaultRoomVersion: cfg.DefaultRoomVersion}, deps.ServerName, st, deps.RoomServer, deps.FederationSender, s.history, s.users, s.notifier, deps.Logger)
 	s.roomDomain.SetAppservices(deps.Appservices, s.appservices)
+	asToDevice := astodevice.New(deps.JetStream, deps.Appservices, st.DeviceIDs, deps.Logger)
 	s.ephemeral = ephemeral.New(deps.ServerName, deps.Presence, deps.RoomServer, deps.Logger)
 	s.sync = syncapi.New(syncapi.Deps{
 		Config: cfg.Sync, ServerName: deps.ServerName, Store: st, Rooms: deps.RoomServer, Presence: deps.Presence,
 		History: s.history, Push: s.push, Keys: s.keys, Notifier: s.notifier, Wake: s.wakeBus,
-		ToDeviceOut: todeviceout.New(deps.JetStream, deps.Logger), Log: deps.Logger,
+		ToDeviceOut: todeviceout.New(deps.JetStream, deps.Logger), AppserviceToDevice: asToDevice, Log: deps.Logger,
 	})
 	s.keyEndpoints = keys.New(deps.ServerName, st, deps.E2EKeys, deps.FederationSender, s.keys, s.notifier, s.users, deps.Logger)
 	s.http = httpapi.NewServer(deps.Logger, s.users.Accounts, cfg.RateLimit, time.Now)
@@ -188,7 +190,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		st.Close()
 		return nil, err
 	}
-	if s.toDeviceIn, err = consumers.NewToDeviceIn(ctx, deps.JetStream, cfg.ToDeviceInConsumerName, deps.ServerName, st, s.wakeBus, deps.Logger); err != nil {
+	if s.toDeviceIn, err = consumers.NewToDeviceIn(ctx, deps.JetStream, cfg.ToDeviceInConsumerName, deps.ServerName, st, s.wakeBus, asToDevice, deps.Logger); err != nil {
 		s.wakeBus.Stop()
 		st.Close()
 		return nil, err

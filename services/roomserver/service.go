@@ -143,6 +143,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		}
 		return err == nil, err
 	})
+	s.directory.PublishAliasChanges(deps.JetStream)
 	return s, nil
 }
 

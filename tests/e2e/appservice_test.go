@@ -4,7 +4,8 @@ package e2e
 // registration file (written by mautrix) is loaded at start; it answers
 // an alias query by creating a portal room and a user query by
 // registering the ghost; its ghost joins and sends with ts; it receives
-// the room's messages, typing and receipts in transactions; its network
+// the room's messages, typing and receipts in transactions, and a user's
+// to-device messages for its ghost's device; its network
 // directory and third-party protocol reach clients; all of it again after
 // the homeserver restarts.
 
@@ -90,13 +91,15 @@ func newBridge(t *testing.T, dir string) (*bridge, string) {
 	})
 	go as.Start()
 	t.Cleanup(as.Stop)
-	go func() {
-		for ev := range as.Events {
-			b.mu.Lock()
-			b.events = append(b.events, ev)
-			b.mu.Unlock()
-		}
-	}()
+	for _, ch := range []chan *event.Event{as.Events, as.ToDeviceEvents} {
+		go func() {
+			for ev := range ch {
+				b.mu.Lock()
+				b.events = append(b.events, ev)
+				b.mu.Unlock()
+			}
+		}()
+	}
 	return b, path
 }
 
@@ -279,6 +282,31 @@ func runBridge(t *testing.T, s *server, b *bridge, failingToken string) {
 		t.Fatalf("ghost's event %+v %v", ev, err)
 	}
 
+	// alice sends a to-device message to the ghost's device (which the
+	// bridge made with PUT /devices, MSC4190): the bridge receives it in a
+	// transaction's to-device list (MSC2409), to that user and device.
+	ghostDevices := b.as.NewMautrixClient(ghost.UserID)
+	if err := ghostDevices.CreateDeviceMSC4190(ctx, "DAVEPHONE", "dave's phone"); err != nil {
+		t.Fatalf("the bridge makes the ghost a device: %v", err)
+	}
+	toGhost := func(txnID string, n int) {
+		t.Helper()
+		if _, err := alice.cli.SendToDevice(ctx, event.Type{Type: "org.example.ping", Class: event.ToDeviceEventType},
+			&mautrix.ReqSendToDevice{Messages: map[id.UserID]map[id.DeviceID]*event.Content{
+				ghost.UserID: {"*": &event.Content{Raw: map[string]any{"n": n, "txn": txnID}}},
+			}}); err != nil {
+			t.Fatalf("alice sends to the ghost's devices: %v", err)
+		}
+	}
+	isToGhost := func(n int) func(*event.Event) bool {
+		return func(e *event.Event) bool {
+			return e.Type.Class == event.ToDeviceEventType && e.Type.Type == "org.example.ping" && e.Sender == alice.cli.UserID &&
+				e.ToUserID == ghost.UserID && e.ToDeviceID == "DAVEPHONE" && fmt.Sprint(e.Content.Raw["n"]) == strconv.Itoa(n)
+		}
+	}
+	toGhost("first", 1)
+	b.waitFor("alice's to-device message for the ghost's device", isToGhost(1))
+
 	// The bridge receives alice's message, typing and read receipt.
 	msg, err := alice.cli.SendText(ctx, portal, "hello bridge")
 	if err != nil {
@@ -364,15 +392,30 @@ func runBridge(t *testing.T, s *server, b *bridge, failingToken string) {
 	if ev, err := alice.cli.GetEvent(ctx, portal, sent.EventID); err != nil || ev.Timestamp != later {
 		t.Fatalf("ghost's event after the restart %+v %v", ev, err)
 	}
-	// Every message event of the room reached the bridge once.
+	toGhost("second", 2)
+	b.waitFor("alice's to-device message after the restart", isToGhost(2))
+	// Every message event of the room reached the bridge once, as did
+	// each to-device message.
 	seen := map[id.EventID]int{}
+	toDevice := map[string]int{}
 	b.mu.Lock()
 	for _, e := range b.events {
 		if e.Type == event.EventMessage {
 			seen[e.ID]++
 		}
+		if e.Type.Class == event.ToDeviceEventType {
+			toDevice[fmt.Sprint(e.ToUserID, e.ToDeviceID, e.Content.Raw["n"])]++
+		}
 	}
 	b.mu.Unlock()
+	if len(toDevice) != 2 {
+		t.Errorf("to-device messages the bridge got: %v", toDevice)
+	}
+	for m, n := range toDevice {
+		if n != 1 {
+			t.Errorf("to-device message %s delivered %d times", m, n)
+		}
+	}
 	for id, n := range seen {
 		if n != 1 {
 			t.Errorf("event %s delivered %d times", id, n)

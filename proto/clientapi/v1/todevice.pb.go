@@ -113,6 +113,142 @@ func (x *ToDeviceOut) GetMessages() []byte {
 	return nil
 }
 
+// AppserviceToDevice is one send's to-device messages for one local user
+// an application service with receive_ephemeral is interested in (its
+// sender or a user of its users namespaces; MSC2409). The client-API
+// publishes it on stream MYELIN_APPSERVICE_TO_DEVICE (subject
+// myelin.clientapi.astodevice.<base64url(user)>, see pkg/bus) before
+// storing the messages for /sync, for a local PUT /sendToDevice and for
+// an m.direct_to_device EDU from another server alike; the appservice
+// service queues them for the appservices' transactions. "*" is expanded
+// to the user's devices, and a device the user does not have is left out,
+// as /sync's queue does.
+type AppserviceToDevice struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// sender is the user who sent the messages (local or remote).
+	Sender string `protobuf:"bytes,1,opt,name=sender,proto3" json:"sender,omitempty"`
+	// type is the event type of every message.
+	Type string `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
+	// user_id is the local recipient.
+	UserId string `protobuf:"bytes,3,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// messages, one per device of user_id, ordered by device ID.
+	Messages      []*DeviceToDevice `protobuf:"bytes,4,rep,name=messages,proto3" json:"messages,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppserviceToDevice) Reset() {
+	*x = AppserviceToDevice{}
+	mi := &file_clientapi_v1_todevice_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppserviceToDevice) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppserviceToDevice) ProtoMessage() {}
+
+func (x *AppserviceToDevice) ProtoReflect() protoreflect.Message {
+	mi := &file_clientapi_v1_todevice_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppserviceToDevice.ProtoReflect.Descriptor instead.
+func (*AppserviceToDevice) Descriptor() ([]byte, []int) {
+	return file_clientapi_v1_todevice_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *AppserviceToDevice) GetSender() string {
+	if x != nil {
+		return x.Sender
+	}
+	return ""
+}
+
+func (x *AppserviceToDevice) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *AppserviceToDevice) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *AppserviceToDevice) GetMessages() []*DeviceToDevice {
+	if x != nil {
+		return x.Messages
+	}
+	return nil
+}
+
+// DeviceToDevice is one message for one device.
+type DeviceToDevice struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	DeviceId string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	// content is the message content (a JSON object).
+	Content       []byte `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeviceToDevice) Reset() {
+	*x = DeviceToDevice{}
+	mi := &file_clientapi_v1_todevice_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeviceToDevice) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeviceToDevice) ProtoMessage() {}
+
+func (x *DeviceToDevice) ProtoReflect() protoreflect.Message {
+	mi := &file_clientapi_v1_todevice_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeviceToDevice.ProtoReflect.Descriptor instead.
+func (*DeviceToDevice) Descriptor() ([]byte, []int) {
+	return file_clientapi_v1_todevice_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *DeviceToDevice) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *DeviceToDevice) GetContent() []byte {
+	if x != nil {
+		return x.Content
+	}
+	return nil
+}
+
 var File_clientapi_v1_todevice_proto protoreflect.FileDescriptor
 
 const file_clientapi_v1_todevice_proto_rawDesc = "" +
@@ -124,7 +260,15 @@ const file_clientapi_v1_todevice_proto_rawDesc = "" +
 	"\x06sender\x18\x02 \x01(\tR\x06sender\x12\x12\n" +
 	"\x04type\x18\x03 \x01(\tR\x04type\x12 \n" +
 	"\vdestination\x18\x04 \x01(\tR\vdestination\x12\x1a\n" +
-	"\bmessages\x18\x05 \x01(\fR\bmessagesB>Z<github.com/myelin-chat/myelin/proto/clientapi/v1;clientapiv1b\x06proto3"
+	"\bmessages\x18\x05 \x01(\fR\bmessages\"\x9a\x01\n" +
+	"\x12AppserviceToDevice\x12\x16\n" +
+	"\x06sender\x18\x01 \x01(\tR\x06sender\x12\x12\n" +
+	"\x04type\x18\x02 \x01(\tR\x04type\x12\x17\n" +
+	"\auser_id\x18\x03 \x01(\tR\x06userId\x12?\n" +
+	"\bmessages\x18\x04 \x03(\v2#.myelin.clientapi.v1.DeviceToDeviceR\bmessages\"G\n" +
+	"\x0eDeviceToDevice\x12\x1b\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x18\n" +
+	"\acontent\x18\x02 \x01(\fR\acontentB>Z<github.com/myelin-chat/myelin/proto/clientapi/v1;clientapiv1b\x06proto3"
 
 var (
 	file_clientapi_v1_todevice_proto_rawDescOnce sync.Once
@@ -138,16 +282,19 @@ func file_clientapi_v1_todevice_proto_rawDescGZIP() []byte {
 	return file_clientapi_v1_todevice_proto_rawDescData
 }
 
-var file_clientapi_v1_todevice_proto_msgTypes = make([]protoimpl.MessageInfo, 1)
+var file_clientapi_v1_todevice_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
 var file_clientapi_v1_todevice_proto_goTypes = []any{
-	(*ToDeviceOut)(nil), // 0: myelin.clientapi.v1.ToDeviceOut
+	(*ToDeviceOut)(nil),        // 0: myelin.clientapi.v1.ToDeviceOut
+	(*AppserviceToDevice)(nil), // 1: myelin.clientapi.v1.AppserviceToDevice
+	(*DeviceToDevice)(nil),     // 2: myelin.clientapi.v1.DeviceToDevice
 }
 var file_clientapi_v1_todevice_proto_depIdxs = []int32{
-	0, // [0:0] is the sub-list for method output_type
-	0, // [0:0] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	2, // 0: myelin.clientapi.v1.AppserviceToDevice.messages:type_name -> myelin.clientapi.v1.DeviceToDevice
+	1, // [1:1] is the sub-list for method output_type
+	1, // [1:1] is the sub-list for method input_type
+	1, // [1:1] is the sub-list for extension type_name
+	1, // [1:1] is the sub-list for extension extendee
+	0, // [0:1] is the sub-list for field type_name
 }
 
 func init() { file_clientapi_v1_todevice_proto_init() }
@@ -161,7 +308,7 @@ func file_clientapi_v1_todevice_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_clientapi_v1_todevice_proto_rawDesc), len(file_clientapi_v1_todevice_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   1,
+			NumMessages:   3,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

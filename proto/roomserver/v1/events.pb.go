@@ -240,6 +240,64 @@ func (x *OutputRoomEvent) GetStrippedState() [][]byte {
 	return nil
 }
 
+// AliasChange is the state of one local alias after a change in the room
+// directory: the room-server publishes it on stream MYELIN_ROOM_ALIASES
+// (subject myelin.roomserver.aliases.<base64url(alias)>) after each
+// SetRoomAlias and RemoveRoomAlias, for the appservice service (an
+// appservice is interested in the rooms with an alias in its namespaces).
+type AliasChange struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Alias string                 `protobuf:"bytes,1,opt,name=alias,proto3" json:"alias,omitempty"`
+	// room_id is the room the alias points at; empty: the alias is gone.
+	RoomId        string `protobuf:"bytes,2,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AliasChange) Reset() {
+	*x = AliasChange{}
+	mi := &file_roomserver_v1_events_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AliasChange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AliasChange) ProtoMessage() {}
+
+func (x *AliasChange) ProtoReflect() protoreflect.Message {
+	mi := &file_roomserver_v1_events_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AliasChange.ProtoReflect.Descriptor instead.
+func (*AliasChange) Descriptor() ([]byte, []int) {
+	return file_roomserver_v1_events_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *AliasChange) GetAlias() string {
+	if x != nil {
+		return x.Alias
+	}
+	return ""
+}
+
+func (x *AliasChange) GetRoomId() string {
+	if x != nil {
+		return x.RoomId
+	}
+	return ""
+}
+
 var File_roomserver_v1_events_proto protoreflect.FileDescriptor
 
 const file_roomserver_v1_events_proto_rawDesc = "" +
@@ -260,7 +318,10 @@ const file_roomserver_v1_events_proto_rawDesc = "" +
 	" \x01(\fR\x11redactedEventJson\x12)\n" +
 	"\x10redacted_because\x18\v \x01(\fR\x0fredactedBecause\x124\n" +
 	"\x04kind\x18\f \x01(\x0e2 .myelin.roomserver.v1.OutputKindR\x04kind\x12%\n" +
-	"\x0estripped_state\x18\r \x03(\fR\rstrippedState*X\n" +
+	"\x0estripped_state\x18\r \x03(\fR\rstrippedState\"<\n" +
+	"\vAliasChange\x12\x14\n" +
+	"\x05alias\x18\x01 \x01(\tR\x05alias\x12\x17\n" +
+	"\aroom_id\x18\x02 \x01(\tR\x06roomId*X\n" +
 	"\n" +
 	"OutputKind\x12\x13\n" +
 	"\x0fOUTPUT_KIND_NEW\x10\x00\x12\x18\n" +
@@ -280,14 +341,15 @@ func file_roomserver_v1_events_proto_rawDescGZIP() []byte {
 }
 
 var file_roomserver_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_roomserver_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 1)
+var file_roomserver_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
 var file_roomserver_v1_events_proto_goTypes = []any{
 	(OutputKind)(0),         // 0: myelin.roomserver.v1.OutputKind
 	(*OutputRoomEvent)(nil), // 1: myelin.roomserver.v1.OutputRoomEvent
-	(*TransactionID)(nil),   // 2: myelin.roomserver.v1.TransactionID
+	(*AliasChange)(nil),     // 2: myelin.roomserver.v1.AliasChange
+	(*TransactionID)(nil),   // 3: myelin.roomserver.v1.TransactionID
 }
 var file_roomserver_v1_events_proto_depIdxs = []int32{
-	2, // 0: myelin.roomserver.v1.OutputRoomEvent.transaction_id:type_name -> myelin.roomserver.v1.TransactionID
+	3, // 0: myelin.roomserver.v1.OutputRoomEvent.transaction_id:type_name -> myelin.roomserver.v1.TransactionID
 	0, // 1: myelin.roomserver.v1.OutputRoomEvent.kind:type_name -> myelin.roomserver.v1.OutputKind
 	2, // [2:2] is the sub-list for method output_type
 	2, // [2:2] is the sub-list for method input_type
@@ -308,7 +370,7 @@ func file_roomserver_v1_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_roomserver_v1_events_proto_rawDesc), len(file_roomserver_v1_events_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   1,
+			NumMessages:   2,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -2181,9 +2181,12 @@ func (x *GetRoomVisibilityRequest) GetRoomId() string {
 }
 
 type GetRoomVisibilityResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	RoomExists    bool                   `protobuf:"varint,1,opt,name=room_exists,json=roomExists,proto3" json:"room_exists,omitempty"`
-	Visibility    string                 `protobuf:"bytes,2,opt,name=visibility,proto3" json:"visibility,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	RoomExists bool                   `protobuf:"varint,1,opt,name=room_exists,json=roomExists,proto3" json:"room_exists,omitempty"`
+	Visibility string                 `protobuf:"bytes,2,opt,name=visibility,proto3" json:"visibility,omitempty"`
+	// The application service network directories that list the room (a
+	// room upgrade moves them to the new room).
+	Networks      []*NetworkListing `protobuf:"bytes,3,rep,name=networks,proto3" json:"networks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2232,6 +2235,66 @@ func (x *GetRoomVisibilityResponse) GetVisibility() string {
 	return ""
 }
 
+func (x *GetRoomVisibilityResponse) GetNetworks() []*NetworkListing {
+	if x != nil {
+		return x.Networks
+	}
+	return nil
+}
+
+// NetworkListing is one application service network's directory.
+type NetworkListing struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AppserviceId  string                 `protobuf:"bytes,1,opt,name=appservice_id,json=appserviceId,proto3" json:"appservice_id,omitempty"`
+	NetworkId     string                 `protobuf:"bytes,2,opt,name=network_id,json=networkId,proto3" json:"network_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetworkListing) Reset() {
+	*x = NetworkListing{}
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetworkListing) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetworkListing) ProtoMessage() {}
+
+func (x *NetworkListing) ProtoReflect() protoreflect.Message {
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetworkListing.ProtoReflect.Descriptor instead.
+func (*NetworkListing) Descriptor() ([]byte, []int) {
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *NetworkListing) GetAppserviceId() string {
+	if x != nil {
+		return x.AppserviceId
+	}
+	return ""
+}
+
+func (x *NetworkListing) GetNetworkId() string {
+	if x != nil {
+		return x.NetworkId
+	}
+	return ""
+}
+
 // Without fields: the server's own directory. With appservice_id and
 // network_id: that application service network's directory. With
 // include_all_networks: the server's directory and every network's.
@@ -2246,7 +2309,7 @@ type ListPublicRoomsRequest struct {
 
 func (x *ListPublicRoomsRequest) Reset() {
 	*x = ListPublicRoomsRequest{}
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[35]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2258,7 +2321,7 @@ func (x *ListPublicRoomsRequest) String() string {
 func (*ListPublicRoomsRequest) ProtoMessage() {}
 
 func (x *ListPublicRoomsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[35]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2271,7 +2334,7 @@ func (x *ListPublicRoomsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPublicRoomsRequest.ProtoReflect.Descriptor instead.
 func (*ListPublicRoomsRequest) Descriptor() ([]byte, []int) {
-	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{35}
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListPublicRoomsRequest) GetAppserviceId() string {
@@ -2304,7 +2367,7 @@ type ListPublicRoomsResponse struct {
 
 func (x *ListPublicRoomsResponse) Reset() {
 	*x = ListPublicRoomsResponse{}
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[36]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2316,7 +2379,7 @@ func (x *ListPublicRoomsResponse) String() string {
 func (*ListPublicRoomsResponse) ProtoMessage() {}
 
 func (x *ListPublicRoomsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[36]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2329,7 +2392,7 @@ func (x *ListPublicRoomsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPublicRoomsResponse.ProtoReflect.Descriptor instead.
 func (*ListPublicRoomsResponse) Descriptor() ([]byte, []int) {
-	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{36}
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListPublicRoomsResponse) GetRoomIds() []string {
@@ -2351,7 +2414,7 @@ type QueryAuthChainRequest struct {
 
 func (x *QueryAuthChainRequest) Reset() {
 	*x = QueryAuthChainRequest{}
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[37]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2363,7 +2426,7 @@ func (x *QueryAuthChainRequest) String() string {
 func (*QueryAuthChainRequest) ProtoMessage() {}
 
 func (x *QueryAuthChainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[37]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2376,7 +2439,7 @@ func (x *QueryAuthChainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryAuthChainRequest.ProtoReflect.Descriptor instead.
 func (*QueryAuthChainRequest) Descriptor() ([]byte, []int) {
-	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{37}
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *QueryAuthChainRequest) GetRoomId() string {
@@ -2410,7 +2473,7 @@ type QueryAuthChainResponse struct {
 
 func (x *QueryAuthChainResponse) Reset() {
 	*x = QueryAuthChainResponse{}
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[38]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2422,7 +2485,7 @@ func (x *QueryAuthChainResponse) String() string {
 func (*QueryAuthChainResponse) ProtoMessage() {}
 
 func (x *QueryAuthChainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[38]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2435,7 +2498,7 @@ func (x *QueryAuthChainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryAuthChainResponse.ProtoReflect.Descriptor instead.
 func (*QueryAuthChainResponse) Descriptor() ([]byte, []int) {
-	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{38}
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *QueryAuthChainResponse) GetAuthChain() []*Event {
@@ -2465,7 +2528,7 @@ type QueryStateAndAuthChainRequest struct {
 
 func (x *QueryStateAndAuthChainRequest) Reset() {
 	*x = QueryStateAndAuthChainRequest{}
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[39]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2477,7 +2540,7 @@ func (x *QueryStateAndAuthChainRequest) String() string {
 func (*QueryStateAndAuthChainRequest) ProtoMessage() {}
 
 func (x *QueryStateAndAuthChainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[39]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2490,7 +2553,7 @@ func (x *QueryStateAndAuthChainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryStateAndAuthChainRequest.ProtoReflect.Descriptor instead.
 func (*QueryStateAndAuthChainRequest) Descriptor() ([]byte, []int) {
-	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{39}
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *QueryStateAndAuthChainRequest) GetRoomId() string {
@@ -2527,7 +2590,7 @@ type QueryStateAndAuthChainResponse struct {
 
 func (x *QueryStateAndAuthChainResponse) Reset() {
 	*x = QueryStateAndAuthChainResponse{}
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[40]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2539,7 +2602,7 @@ func (x *QueryStateAndAuthChainResponse) String() string {
 func (*QueryStateAndAuthChainResponse) ProtoMessage() {}
 
 func (x *QueryStateAndAuthChainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[40]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2552,7 +2615,7 @@ func (x *QueryStateAndAuthChainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryStateAndAuthChainResponse.ProtoReflect.Descriptor instead.
 func (*QueryStateAndAuthChainResponse) Descriptor() ([]byte, []int) {
-	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{40}
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *QueryStateAndAuthChainResponse) GetRoomVersion() string {
@@ -2606,7 +2669,7 @@ type GetMissingEventsRequest struct {
 
 func (x *GetMissingEventsRequest) Reset() {
 	*x = GetMissingEventsRequest{}
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[41]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2618,7 +2681,7 @@ func (x *GetMissingEventsRequest) String() string {
 func (*GetMissingEventsRequest) ProtoMessage() {}
 
 func (x *GetMissingEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[41]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2631,7 +2694,7 @@ func (x *GetMissingEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMissingEventsRequest.ProtoReflect.Descriptor instead.
 func (*GetMissingEventsRequest) Descriptor() ([]byte, []int) {
-	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{41}
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *GetMissingEventsRequest) GetRoomId() string {
@@ -2686,7 +2749,7 @@ type GetMissingEventsResponse struct {
 
 func (x *GetMissingEventsResponse) Reset() {
 	*x = GetMissingEventsResponse{}
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[42]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2698,7 +2761,7 @@ func (x *GetMissingEventsResponse) String() string {
 func (*GetMissingEventsResponse) ProtoMessage() {}
 
 func (x *GetMissingEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[42]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2711,7 +2774,7 @@ func (x *GetMissingEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMissingEventsResponse.ProtoReflect.Descriptor instead.
 func (*GetMissingEventsResponse) Descriptor() ([]byte, []int) {
-	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{42}
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *GetMissingEventsResponse) GetEvents() []*Event {
@@ -2734,7 +2797,7 @@ type BackfillRequest struct {
 
 func (x *BackfillRequest) Reset() {
 	*x = BackfillRequest{}
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[43]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2746,7 +2809,7 @@ func (x *BackfillRequest) String() string {
 func (*BackfillRequest) ProtoMessage() {}
 
 func (x *BackfillRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[43]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2759,7 +2822,7 @@ func (x *BackfillRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackfillRequest.ProtoReflect.Descriptor instead.
 func (*BackfillRequest) Descriptor() ([]byte, []int) {
-	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{43}
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *BackfillRequest) GetRoomId() string {
@@ -2800,7 +2863,7 @@ type BackfillResponse struct {
 
 func (x *BackfillResponse) Reset() {
 	*x = BackfillResponse{}
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[44]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2812,7 +2875,7 @@ func (x *BackfillResponse) String() string {
 func (*BackfillResponse) ProtoMessage() {}
 
 func (x *BackfillResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[44]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2825,7 +2888,7 @@ func (x *BackfillResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackfillResponse.ProtoReflect.Descriptor instead.
 func (*BackfillResponse) Descriptor() ([]byte, []int) {
-	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{44}
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *BackfillResponse) GetEvents() []*Event {
@@ -2845,7 +2908,7 @@ type FilterEventsForServerRequest struct {
 
 func (x *FilterEventsForServerRequest) Reset() {
 	*x = FilterEventsForServerRequest{}
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[45]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2857,7 +2920,7 @@ func (x *FilterEventsForServerRequest) String() string {
 func (*FilterEventsForServerRequest) ProtoMessage() {}
 
 func (x *FilterEventsForServerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[45]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2870,7 +2933,7 @@ func (x *FilterEventsForServerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FilterEventsForServerRequest.ProtoReflect.Descriptor instead.
 func (*FilterEventsForServerRequest) Descriptor() ([]byte, []int) {
-	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{45}
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *FilterEventsForServerRequest) GetServerName() string {
@@ -2898,7 +2961,7 @@ type FilterEventsForServerResponse struct {
 
 func (x *FilterEventsForServerResponse) Reset() {
 	*x = FilterEventsForServerResponse{}
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[46]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2910,7 +2973,7 @@ func (x *FilterEventsForServerResponse) String() string {
 func (*FilterEventsForServerResponse) ProtoMessage() {}
 
 func (x *FilterEventsForServerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[46]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2923,7 +2986,7 @@ func (x *FilterEventsForServerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FilterEventsForServerResponse.ProtoReflect.Descriptor instead.
 func (*FilterEventsForServerResponse) Descriptor() ([]byte, []int) {
-	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{46}
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *FilterEventsForServerResponse) GetEvents() []*Event {
@@ -2945,7 +3008,7 @@ type QueryRoomServersRequest struct {
 
 func (x *QueryRoomServersRequest) Reset() {
 	*x = QueryRoomServersRequest{}
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[47]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2957,7 +3020,7 @@ func (x *QueryRoomServersRequest) String() string {
 func (*QueryRoomServersRequest) ProtoMessage() {}
 
 func (x *QueryRoomServersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[47]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2970,7 +3033,7 @@ func (x *QueryRoomServersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryRoomServersRequest.ProtoReflect.Descriptor instead.
 func (*QueryRoomServersRequest) Descriptor() ([]byte, []int) {
-	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{47}
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *QueryRoomServersRequest) GetRoomId() string {
@@ -2998,7 +3061,7 @@ type QueryRoomServersResponse struct {
 
 func (x *QueryRoomServersResponse) Reset() {
 	*x = QueryRoomServersResponse{}
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[48]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3010,7 +3073,7 @@ func (x *QueryRoomServersResponse) String() string {
 func (*QueryRoomServersResponse) ProtoMessage() {}
 
 func (x *QueryRoomServersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[48]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3023,7 +3086,7 @@ func (x *QueryRoomServersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryRoomServersResponse.ProtoReflect.Descriptor instead.
 func (*QueryRoomServersResponse) Descriptor() ([]byte, []int) {
-	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{48}
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *QueryRoomServersResponse) GetRoomExists() bool {
@@ -3057,7 +3120,7 @@ type MakeMembershipEventRequest struct {
 
 func (x *MakeMembershipEventRequest) Reset() {
 	*x = MakeMembershipEventRequest{}
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[49]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3069,7 +3132,7 @@ func (x *MakeMembershipEventRequest) String() string {
 func (*MakeMembershipEventRequest) ProtoMessage() {}
 
 func (x *MakeMembershipEventRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[49]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3082,7 +3145,7 @@ func (x *MakeMembershipEventRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MakeMembershipEventRequest.ProtoReflect.Descriptor instead.
 func (*MakeMembershipEventRequest) Descriptor() ([]byte, []int) {
-	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{49}
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *MakeMembershipEventRequest) GetRoomId() string {
@@ -3134,7 +3197,7 @@ type MakeMembershipEventResponse struct {
 
 func (x *MakeMembershipEventResponse) Reset() {
 	*x = MakeMembershipEventResponse{}
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[50]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3146,7 +3209,7 @@ func (x *MakeMembershipEventResponse) String() string {
 func (*MakeMembershipEventResponse) ProtoMessage() {}
 
 func (x *MakeMembershipEventResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[50]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3159,7 +3222,7 @@ func (x *MakeMembershipEventResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MakeMembershipEventResponse.ProtoReflect.Descriptor instead.
 func (*MakeMembershipEventResponse) Descriptor() ([]byte, []int) {
-	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{50}
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *MakeMembershipEventResponse) GetRoomVersion() string {
@@ -3201,7 +3264,7 @@ type SignJoinRequest struct {
 
 func (x *SignJoinRequest) Reset() {
 	*x = SignJoinRequest{}
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[51]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3213,7 +3276,7 @@ func (x *SignJoinRequest) String() string {
 func (*SignJoinRequest) ProtoMessage() {}
 
 func (x *SignJoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[51]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3226,7 +3289,7 @@ func (x *SignJoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignJoinRequest.ProtoReflect.Descriptor instead.
 func (*SignJoinRequest) Descriptor() ([]byte, []int) {
-	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{51}
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *SignJoinRequest) GetRoomId() string {
@@ -3256,7 +3319,7 @@ type SignJoinResponse struct {
 
 func (x *SignJoinResponse) Reset() {
 	*x = SignJoinResponse{}
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[52]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3268,7 +3331,7 @@ func (x *SignJoinResponse) String() string {
 func (*SignJoinResponse) ProtoMessage() {}
 
 func (x *SignJoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[52]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3281,7 +3344,7 @@ func (x *SignJoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignJoinResponse.ProtoReflect.Descriptor instead.
 func (*SignJoinResponse) Descriptor() ([]byte, []int) {
-	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{52}
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *SignJoinResponse) GetEventJson() []byte {
@@ -3324,7 +3387,7 @@ type QueryEventByTimestampRequest struct {
 
 func (x *QueryEventByTimestampRequest) Reset() {
 	*x = QueryEventByTimestampRequest{}
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[53]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3336,7 +3399,7 @@ func (x *QueryEventByTimestampRequest) String() string {
 func (*QueryEventByTimestampRequest) ProtoMessage() {}
 
 func (x *QueryEventByTimestampRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[53]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3349,7 +3412,7 @@ func (x *QueryEventByTimestampRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryEventByTimestampRequest.ProtoReflect.Descriptor instead.
 func (*QueryEventByTimestampRequest) Descriptor() ([]byte, []int) {
-	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{53}
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *QueryEventByTimestampRequest) GetRoomId() string {
@@ -3384,7 +3447,7 @@ type QueryEventByTimestampResponse struct {
 
 func (x *QueryEventByTimestampResponse) Reset() {
 	*x = QueryEventByTimestampResponse{}
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[54]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3396,7 +3459,7 @@ func (x *QueryEventByTimestampResponse) String() string {
 func (*QueryEventByTimestampResponse) ProtoMessage() {}
 
 func (x *QueryEventByTimestampResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_roomserver_v1_roomserver_proto_msgTypes[54]
+	mi := &file_roomserver_v1_roomserver_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3409,7 +3472,7 @@ func (x *QueryEventByTimestampResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryEventByTimestampResponse.ProtoReflect.Descriptor instead.
 func (*QueryEventByTimestampResponse) Descriptor() ([]byte, []int) {
-	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{54}
+	return file_roomserver_v1_roomserver_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *QueryEventByTimestampResponse) GetFound() bool {
@@ -3571,13 +3634,18 @@ const file_roomserver_v1_roomserver_proto_rawDesc = "" +
 	"network_id\x18\x04 \x01(\tR\tnetworkId\"\x1b\n" +
 	"\x19SetRoomVisibilityResponse\"3\n" +
 	"\x18GetRoomVisibilityRequest\x12\x17\n" +
-	"\aroom_id\x18\x01 \x01(\tR\x06roomId\"\\\n" +
+	"\aroom_id\x18\x01 \x01(\tR\x06roomId\"\x9e\x01\n" +
 	"\x19GetRoomVisibilityResponse\x12\x1f\n" +
 	"\vroom_exists\x18\x01 \x01(\bR\n" +
 	"roomExists\x12\x1e\n" +
 	"\n" +
 	"visibility\x18\x02 \x01(\tR\n" +
-	"visibility\"\x8e\x01\n" +
+	"visibility\x12@\n" +
+	"\bnetworks\x18\x03 \x03(\v2$.myelin.roomserver.v1.NetworkListingR\bnetworks\"T\n" +
+	"\x0eNetworkListing\x12#\n" +
+	"\rappservice_id\x18\x01 \x01(\tR\fappserviceId\x12\x1d\n" +
+	"\n" +
+	"network_id\x18\x02 \x01(\tR\tnetworkId\"\x8e\x01\n" +
 	"\x16ListPublicRoomsRequest\x12#\n" +
 	"\rappservice_id\x18\x01 \x01(\tR\fappserviceId\x12\x1d\n" +
 	"\n" +
@@ -3728,7 +3796,7 @@ func file_roomserver_v1_roomserver_proto_rawDescGZIP() []byte {
 }
 
 var file_roomserver_v1_roomserver_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_roomserver_v1_roomserver_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
+var file_roomserver_v1_roomserver_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
 var file_roomserver_v1_roomserver_proto_goTypes = []any{
 	(InputKind)(0),                         // 0: myelin.roomserver.v1.InputKind
 	(InputStatus)(0),                       // 1: myelin.roomserver.v1.InputStatus
@@ -3768,26 +3836,27 @@ var file_roomserver_v1_roomserver_proto_goTypes = []any{
 	(*SetRoomVisibilityResponse)(nil),      // 35: myelin.roomserver.v1.SetRoomVisibilityResponse
 	(*GetRoomVisibilityRequest)(nil),       // 36: myelin.roomserver.v1.GetRoomVisibilityRequest
 	(*GetRoomVisibilityResponse)(nil),      // 37: myelin.roomserver.v1.GetRoomVisibilityResponse
-	(*ListPublicRoomsRequest)(nil),         // 38: myelin.roomserver.v1.ListPublicRoomsRequest
-	(*ListPublicRoomsResponse)(nil),        // 39: myelin.roomserver.v1.ListPublicRoomsResponse
-	(*QueryAuthChainRequest)(nil),          // 40: myelin.roomserver.v1.QueryAuthChainRequest
-	(*QueryAuthChainResponse)(nil),         // 41: myelin.roomserver.v1.QueryAuthChainResponse
-	(*QueryStateAndAuthChainRequest)(nil),  // 42: myelin.roomserver.v1.QueryStateAndAuthChainRequest
-	(*QueryStateAndAuthChainResponse)(nil), // 43: myelin.roomserver.v1.QueryStateAndAuthChainResponse
-	(*GetMissingEventsRequest)(nil),        // 44: myelin.roomserver.v1.GetMissingEventsRequest
-	(*GetMissingEventsResponse)(nil),       // 45: myelin.roomserver.v1.GetMissingEventsResponse
-	(*BackfillRequest)(nil),                // 46: myelin.roomserver.v1.BackfillRequest
-	(*BackfillResponse)(nil),               // 47: myelin.roomserver.v1.BackfillResponse
-	(*FilterEventsForServerRequest)(nil),   // 48: myelin.roomserver.v1.FilterEventsForServerRequest
-	(*FilterEventsForServerResponse)(nil),  // 49: myelin.roomserver.v1.FilterEventsForServerResponse
-	(*QueryRoomServersRequest)(nil),        // 50: myelin.roomserver.v1.QueryRoomServersRequest
-	(*QueryRoomServersResponse)(nil),       // 51: myelin.roomserver.v1.QueryRoomServersResponse
-	(*MakeMembershipEventRequest)(nil),     // 52: myelin.roomserver.v1.MakeMembershipEventRequest
-	(*MakeMembershipEventResponse)(nil),    // 53: myelin.roomserver.v1.MakeMembershipEventResponse
-	(*SignJoinRequest)(nil),                // 54: myelin.roomserver.v1.SignJoinRequest
-	(*SignJoinResponse)(nil),               // 55: myelin.roomserver.v1.SignJoinResponse
-	(*QueryEventByTimestampRequest)(nil),   // 56: myelin.roomserver.v1.QueryEventByTimestampRequest
-	(*QueryEventByTimestampResponse)(nil),  // 57: myelin.roomserver.v1.QueryEventByTimestampResponse
+	(*NetworkListing)(nil),                 // 38: myelin.roomserver.v1.NetworkListing
+	(*ListPublicRoomsRequest)(nil),         // 39: myelin.roomserver.v1.ListPublicRoomsRequest
+	(*ListPublicRoomsResponse)(nil),        // 40: myelin.roomserver.v1.ListPublicRoomsResponse
+	(*QueryAuthChainRequest)(nil),          // 41: myelin.roomserver.v1.QueryAuthChainRequest
+	(*QueryAuthChainResponse)(nil),         // 42: myelin.roomserver.v1.QueryAuthChainResponse
+	(*QueryStateAndAuthChainRequest)(nil),  // 43: myelin.roomserver.v1.QueryStateAndAuthChainRequest
+	(*QueryStateAndAuthChainResponse)(nil), // 44: myelin.roomserver.v1.QueryStateAndAuthChainResponse
+	(*GetMissingEventsRequest)(nil),        // 45: myelin.roomserver.v1.GetMissingEventsRequest
+	(*GetMissingEventsResponse)(nil),       // 46: myelin.roomserver.v1.GetMissingEventsResponse
+	(*BackfillRequest)(nil),                // 47: myelin.roomserver.v1.BackfillRequest
+	(*BackfillResponse)(nil),               // 48: myelin.roomserver.v1.BackfillResponse
+	(*FilterEventsForServerRequest)(nil),   // 49: myelin.roomserver.v1.FilterEventsForServerRequest
+	(*FilterEventsForServerResponse)(nil),  // 50: myelin.roomserver.v1.FilterEventsForServerResponse
+	(*QueryRoomServersRequest)(nil),        // 51: myelin.roomserver.v1.QueryRoomServersRequest
+	(*QueryRoomServersResponse)(nil),       // 52: myelin.roomserver.v1.QueryRoomServersResponse
+	(*MakeMembershipEventRequest)(nil),     // 53: myelin.roomserver.v1.MakeMembershipEventRequest
+	(*MakeMembershipEventResponse)(nil),    // 54: myelin.roomserver.v1.MakeMembershipEventResponse
+	(*SignJoinRequest)(nil),                // 55: myelin.roomserver.v1.SignJoinRequest
+	(*SignJoinResponse)(nil),               // 56: myelin.roomserver.v1.SignJoinResponse
+	(*QueryEventByTimestampRequest)(nil),   // 57: myelin.roomserver.v1.QueryEventByTimestampRequest
+	(*QueryEventByTimestampResponse)(nil),  // 58: myelin.roomserver.v1.QueryEventByTimestampResponse
 }
 var file_roomserver_v1_roomserver_proto_depIdxs = []int32{
 	5,  // 0: myelin.roomserver.v1.CreateRoomRequest.initial_events:type_name -> myelin.roomserver.v1.EventTemplate
@@ -3804,67 +3873,68 @@ var file_roomserver_v1_roomserver_proto_depIdxs = []int32{
 	14, // 11: myelin.roomserver.v1.StateAtEvent.state:type_name -> myelin.roomserver.v1.Event
 	20, // 12: myelin.roomserver.v1.QueryStateBatchResponse.states:type_name -> myelin.roomserver.v1.StateAtEvent
 	14, // 13: myelin.roomserver.v1.QueryMembershipResponse.event:type_name -> myelin.roomserver.v1.Event
-	14, // 14: myelin.roomserver.v1.QueryAuthChainResponse.auth_chain:type_name -> myelin.roomserver.v1.Event
-	14, // 15: myelin.roomserver.v1.QueryStateAndAuthChainResponse.state:type_name -> myelin.roomserver.v1.Event
-	14, // 16: myelin.roomserver.v1.QueryStateAndAuthChainResponse.auth_chain:type_name -> myelin.roomserver.v1.Event
-	14, // 17: myelin.roomserver.v1.GetMissingEventsResponse.events:type_name -> myelin.roomserver.v1.Event
-	14, // 18: myelin.roomserver.v1.BackfillResponse.events:type_name -> myelin.roomserver.v1.Event
-	14, // 19: myelin.roomserver.v1.FilterEventsForServerResponse.events:type_name -> myelin.roomserver.v1.Event
-	2,  // 20: myelin.roomserver.v1.MakeMembershipEventResponse.refusal:type_name -> myelin.roomserver.v1.Refusal
-	2,  // 21: myelin.roomserver.v1.SignJoinResponse.refusal:type_name -> myelin.roomserver.v1.Refusal
-	6,  // 22: myelin.roomserver.v1.RoomService.CreateRoom:input_type -> myelin.roomserver.v1.CreateRoomRequest
-	8,  // 23: myelin.roomserver.v1.RoomService.SendEvent:input_type -> myelin.roomserver.v1.SendEventRequest
-	11, // 24: myelin.roomserver.v1.RoomService.InputEvents:input_type -> myelin.roomserver.v1.InputEventsRequest
-	15, // 25: myelin.roomserver.v1.RoomService.QueryEvents:input_type -> myelin.roomserver.v1.QueryEventsRequest
-	17, // 26: myelin.roomserver.v1.RoomService.QueryState:input_type -> myelin.roomserver.v1.QueryStateRequest
-	19, // 27: myelin.roomserver.v1.RoomService.QueryStateBatch:input_type -> myelin.roomserver.v1.QueryStateBatchRequest
-	22, // 28: myelin.roomserver.v1.RoomService.QueryMembership:input_type -> myelin.roomserver.v1.QueryMembershipRequest
-	24, // 29: myelin.roomserver.v1.RoomService.QueryRoomInfo:input_type -> myelin.roomserver.v1.QueryRoomInfoRequest
-	26, // 30: myelin.roomserver.v1.RoomService.SetRoomAlias:input_type -> myelin.roomserver.v1.SetRoomAliasRequest
-	28, // 31: myelin.roomserver.v1.RoomService.GetRoomAlias:input_type -> myelin.roomserver.v1.GetRoomAliasRequest
-	30, // 32: myelin.roomserver.v1.RoomService.RemoveRoomAlias:input_type -> myelin.roomserver.v1.RemoveRoomAliasRequest
-	32, // 33: myelin.roomserver.v1.RoomService.ListRoomAliases:input_type -> myelin.roomserver.v1.ListRoomAliasesRequest
-	34, // 34: myelin.roomserver.v1.RoomService.SetRoomVisibility:input_type -> myelin.roomserver.v1.SetRoomVisibilityRequest
-	36, // 35: myelin.roomserver.v1.RoomService.GetRoomVisibility:input_type -> myelin.roomserver.v1.GetRoomVisibilityRequest
-	38, // 36: myelin.roomserver.v1.RoomService.ListPublicRooms:input_type -> myelin.roomserver.v1.ListPublicRoomsRequest
-	40, // 37: myelin.roomserver.v1.RoomService.QueryAuthChain:input_type -> myelin.roomserver.v1.QueryAuthChainRequest
-	42, // 38: myelin.roomserver.v1.RoomService.QueryStateAndAuthChain:input_type -> myelin.roomserver.v1.QueryStateAndAuthChainRequest
-	44, // 39: myelin.roomserver.v1.RoomService.GetMissingEvents:input_type -> myelin.roomserver.v1.GetMissingEventsRequest
-	46, // 40: myelin.roomserver.v1.RoomService.Backfill:input_type -> myelin.roomserver.v1.BackfillRequest
-	48, // 41: myelin.roomserver.v1.RoomService.FilterEventsForServer:input_type -> myelin.roomserver.v1.FilterEventsForServerRequest
-	50, // 42: myelin.roomserver.v1.RoomService.QueryRoomServers:input_type -> myelin.roomserver.v1.QueryRoomServersRequest
-	52, // 43: myelin.roomserver.v1.RoomService.MakeMembershipEvent:input_type -> myelin.roomserver.v1.MakeMembershipEventRequest
-	54, // 44: myelin.roomserver.v1.RoomService.SignJoin:input_type -> myelin.roomserver.v1.SignJoinRequest
-	56, // 45: myelin.roomserver.v1.RoomService.QueryEventByTimestamp:input_type -> myelin.roomserver.v1.QueryEventByTimestampRequest
-	7,  // 46: myelin.roomserver.v1.RoomService.CreateRoom:output_type -> myelin.roomserver.v1.CreateRoomResponse
-	9,  // 47: myelin.roomserver.v1.RoomService.SendEvent:output_type -> myelin.roomserver.v1.SendEventResponse
-	13, // 48: myelin.roomserver.v1.RoomService.InputEvents:output_type -> myelin.roomserver.v1.InputEventsResponse
-	16, // 49: myelin.roomserver.v1.RoomService.QueryEvents:output_type -> myelin.roomserver.v1.QueryEventsResponse
-	18, // 50: myelin.roomserver.v1.RoomService.QueryState:output_type -> myelin.roomserver.v1.QueryStateResponse
-	21, // 51: myelin.roomserver.v1.RoomService.QueryStateBatch:output_type -> myelin.roomserver.v1.QueryStateBatchResponse
-	23, // 52: myelin.roomserver.v1.RoomService.QueryMembership:output_type -> myelin.roomserver.v1.QueryMembershipResponse
-	25, // 53: myelin.roomserver.v1.RoomService.QueryRoomInfo:output_type -> myelin.roomserver.v1.QueryRoomInfoResponse
-	27, // 54: myelin.roomserver.v1.RoomService.SetRoomAlias:output_type -> myelin.roomserver.v1.SetRoomAliasResponse
-	29, // 55: myelin.roomserver.v1.RoomService.GetRoomAlias:output_type -> myelin.roomserver.v1.GetRoomAliasResponse
-	31, // 56: myelin.roomserver.v1.RoomService.RemoveRoomAlias:output_type -> myelin.roomserver.v1.RemoveRoomAliasResponse
-	33, // 57: myelin.roomserver.v1.RoomService.ListRoomAliases:output_type -> myelin.roomserver.v1.ListRoomAliasesResponse
-	35, // 58: myelin.roomserver.v1.RoomService.SetRoomVisibility:output_type -> myelin.roomserver.v1.SetRoomVisibilityResponse
-	37, // 59: myelin.roomserver.v1.RoomService.GetRoomVisibility:output_type -> myelin.roomserver.v1.GetRoomVisibilityResponse
-	39, // 60: myelin.roomserver.v1.RoomService.ListPublicRooms:output_type -> myelin.roomserver.v1.ListPublicRoomsResponse
-	41, // 61: myelin.roomserver.v1.RoomService.QueryAuthChain:output_type -> myelin.roomserver.v1.QueryAuthChainResponse
-	43, // 62: myelin.roomserver.v1.RoomService.QueryStateAndAuthChain:output_type -> myelin.roomserver.v1.QueryStateAndAuthChainResponse
-	45, // 63: myelin.roomserver.v1.RoomService.GetMissingEvents:output_type -> myelin.roomserver.v1.GetMissingEventsResponse
-	47, // 64: myelin.roomserver.v1.RoomService.Backfill:output_type -> myelin.roomserver.v1.BackfillResponse
-	49, // 65: myelin.roomserver.v1.RoomService.FilterEventsForServer:output_type -> myelin.roomserver.v1.FilterEventsForServerResponse
-	51, // 66: myelin.roomserver.v1.RoomService.QueryRoomServers:output_type -> myelin.roomserver.v1.QueryRoomServersResponse
-	53, // 67: myelin.roomserver.v1.RoomService.MakeMembershipEvent:output_type -> myelin.roomserver.v1.MakeMembershipEventResponse
-	55, // 68: myelin.roomserver.v1.RoomService.SignJoin:output_type -> myelin.roomserver.v1.SignJoinResponse
-	57, // 69: myelin.roomserver.v1.RoomService.QueryEventByTimestamp:output_type -> myelin.roomserver.v1.QueryEventByTimestampResponse
-	46, // [46:70] is the sub-list for method output_type
-	22, // [22:46] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	38, // 14: myelin.roomserver.v1.GetRoomVisibilityResponse.networks:type_name -> myelin.roomserver.v1.NetworkListing
+	14, // 15: myelin.roomserver.v1.QueryAuthChainResponse.auth_chain:type_name -> myelin.roomserver.v1.Event
+	14, // 16: myelin.roomserver.v1.QueryStateAndAuthChainResponse.state:type_name -> myelin.roomserver.v1.Event
+	14, // 17: myelin.roomserver.v1.QueryStateAndAuthChainResponse.auth_chain:type_name -> myelin.roomserver.v1.Event
+	14, // 18: myelin.roomserver.v1.GetMissingEventsResponse.events:type_name -> myelin.roomserver.v1.Event
+	14, // 19: myelin.roomserver.v1.BackfillResponse.events:type_name -> myelin.roomserver.v1.Event
+	14, // 20: myelin.roomserver.v1.FilterEventsForServerResponse.events:type_name -> myelin.roomserver.v1.Event
+	2,  // 21: myelin.roomserver.v1.MakeMembershipEventResponse.refusal:type_name -> myelin.roomserver.v1.Refusal
+	2,  // 22: myelin.roomserver.v1.SignJoinResponse.refusal:type_name -> myelin.roomserver.v1.Refusal
+	6,  // 23: myelin.roomserver.v1.RoomService.CreateRoom:input_type -> myelin.roomserver.v1.CreateRoomRequest
+	8,  // 24: myelin.roomserver.v1.RoomService.SendEvent:input_type -> myelin.roomserver.v1.SendEventRequest
+	11, // 25: myelin.roomserver.v1.RoomService.InputEvents:input_type -> myelin.roomserver.v1.InputEventsRequest
+	15, // 26: myelin.roomserver.v1.RoomService.QueryEvents:input_type -> myelin.roomserver.v1.QueryEventsRequest
+	17, // 27: myelin.roomserver.v1.RoomService.QueryState:input_type -> myelin.roomserver.v1.QueryStateRequest
+	19, // 28: myelin.roomserver.v1.RoomService.QueryStateBatch:input_type -> myelin.roomserver.v1.QueryStateBatchRequest
+	22, // 29: myelin.roomserver.v1.RoomService.QueryMembership:input_type -> myelin.roomserver.v1.QueryMembershipRequest
+	24, // 30: myelin.roomserver.v1.RoomService.QueryRoomInfo:input_type -> myelin.roomserver.v1.QueryRoomInfoRequest
+	26, // 31: myelin.roomserver.v1.RoomService.SetRoomAlias:input_type -> myelin.roomserver.v1.SetRoomAliasRequest
+	28, // 32: myelin.roomserver.v1.RoomService.GetRoomAlias:input_type -> myelin.roomserver.v1.GetRoomAliasRequest
+	30, // 33: myelin.roomserver.v1.RoomService.RemoveRoomAlias:input_type -> myelin.roomserver.v1.RemoveRoomAliasRequest
+	32, // 34: myelin.roomserver.v1.RoomService.ListRoomAliases:input_type -> myelin.roomserver.v1.ListRoomAliasesRequest
+	34, // 35: myelin.roomserver.v1.RoomService.SetRoomVisibility:input_type -> myelin.roomserver.v1.SetRoomVisibilityRequest
+	36, // 36: myelin.roomserver.v1.RoomService.GetRoomVisibility:input_type -> myelin.roomserver.v1.GetRoomVisibilityRequest
+	39, // 37: myelin.roomserver.v1.RoomService.ListPublicRooms:input_type -> myelin.roomserver.v1.ListPublicRoomsRequest
+	41, // 38: myelin.roomserver.v1.RoomService.QueryAuthChain:input_type -> myelin.roomserver.v1.QueryAuthChainRequest
+	43, // 39: myelin.roomserver.v1.RoomService.QueryStateAndAuthChain:input_type -> myelin.roomserver.v1.QueryStateAndAuthChainRequest
+	45, // 40: myelin.roomserver.v1.RoomService.GetMissingEvents:input_type -> myelin.roomserver.v1.GetMissingEventsRequest
+	47, // 41: myelin.roomserver.v1.RoomService.Backfill:input_type -> myelin.roomserver.v1.BackfillRequest
+	49, // 42: myelin.roomserver.v1.RoomService.FilterEventsForServer:input_type -> myelin.roomserver.v1.FilterEventsForServerRequest
+	51, // 43: myelin.roomserver.v1.RoomService.QueryRoomServers:input_type -> myelin.roomserver.v1.QueryRoomServersRequest
+	53, // 44: myelin.roomserver.v1.RoomService.MakeMembershipEvent:input_type -> myelin.roomserver.v1.MakeMembershipEventRequest
+	55, // 45: myelin.roomserver.v1.RoomService.SignJoin:input_type -> myelin.roomserver.v1.SignJoinRequest
+	57, // 46: myelin.roomserver.v1.RoomService.QueryEventByTimestamp:input_type -> myelin.roomserver.v1.QueryEventByTimestampRequest
+	7,  // 47: myelin.roomserver.v1.RoomService.CreateRoom:output_type -> myelin.roomserver.v1.CreateRoomResponse
+	9,  // 48: myelin.roomserver.v1.RoomService.SendEvent:output_type -> myelin.roomserver.v1.SendEventResponse
+	13, // 49: myelin.roomserver.v1.RoomService.InputEvents:output_type -> myelin.roomserver.v1.InputEventsResponse
+	16, // 50: myelin.roomserver.v1.RoomService.QueryEvents:output_type -> myelin.roomserver.v1.QueryEventsResponse
+	18, // 51: myelin.roomserver.v1.RoomService.QueryState:output_type -> myelin.roomserver.v1.QueryStateResponse
+	21, // 52: myelin.roomserver.v1.RoomService.QueryStateBatch:output_type -> myelin.roomserver.v1.QueryStateBatchResponse
+	23, // 53: myelin.roomserver.v1.RoomService.QueryMembership:output_type -> myelin.roomserver.v1.QueryMembershipResponse
+	25, // 54: myelin.roomserver.v1.RoomService.QueryRoomInfo:output_type -> myelin.roomserver.v1.QueryRoomInfoResponse
+	27, // 55: myelin.roomserver.v1.RoomService.SetRoomAlias:output_type -> myelin.roomserver.v1.SetRoomAliasResponse
+	29, // 56: myelin.roomserver.v1.RoomService.GetRoomAlias:output_type -> myelin.roomserver.v1.GetRoomAliasResponse
+	31, // 57: myelin.roomserver.v1.RoomService.RemoveRoomAlias:output_type -> myelin.roomserver.v1.RemoveRoomAliasResponse
+	33, // 58: myelin.roomserver.v1.RoomService.ListRoomAliases:output_type -> myelin.roomserver.v1.ListRoomAliasesResponse
+	35, // 59: myelin.roomserver.v1.RoomService.SetRoomVisibility:output_type -> myelin.roomserver.v1.SetRoomVisibilityResponse
+	37, // 60: myelin.roomserver.v1.RoomService.GetRoomVisibility:output_type -> myelin.roomserver.v1.GetRoomVisibilityResponse
+	40, // 61: myelin.roomserver.v1.RoomService.ListPublicRooms:output_type -> myelin.roomserver.v1.ListPublicRoomsResponse
+	42, // 62: myelin.roomserver.v1.RoomService.QueryAuthChain:output_type -> myelin.roomserver.v1.QueryAuthChainResponse
+	44, // 63: myelin.roomserver.v1.RoomService.QueryStateAndAuthChain:output_type -> myelin.roomserver.v1.QueryStateAndAuthChainResponse
+	46, // 64: myelin.roomserver.v1.RoomService.GetMissingEvents:output_type -> myelin.roomserver.v1.GetMissingEventsResponse
+	48, // 65: myelin.roomserver.v1.RoomService.Backfill:output_type -> myelin.roomserver.v1.BackfillResponse
+	50, // 66: myelin.roomserver.v1.RoomService.FilterEventsForServer:output_type -> myelin.roomserver.v1.FilterEventsForServerResponse
+	52, // 67: myelin.roomserver.v1.RoomService.QueryRoomServers:output_type -> myelin.roomserver.v1.QueryRoomServersResponse
+	54, // 68: myelin.roomserver.v1.RoomService.MakeMembershipEvent:output_type -> myelin.roomserver.v1.MakeMembershipEventResponse
+	56, // 69: myelin.roomserver.v1.RoomService.SignJoin:output_type -> myelin.roomserver.v1.SignJoinResponse
+	58, // 70: myelin.roomserver.v1.RoomService.QueryEventByTimestamp:output_type -> myelin.roomserver.v1.QueryEventByTimestampResponse
+	47, // [47:71] is the sub-list for method output_type
+	23, // [23:47] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_roomserver_v1_roomserver_proto_init() }
@@ -3879,7 +3949,7 @@ func file_roomserver_v1_roomserver_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_roomserver_v1_roomserver_proto_rawDesc), len(file_roomserver_v1_roomserver_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   55,
+			NumMessages:   56,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

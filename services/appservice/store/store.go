@@ -162,9 +162,31 @@ func (t *Tx) SetAliases(ctx context.Context, roomID string, aliases []string) er
 	return err
 }
 
+// SetDirectoryAlias records where a directory alias points ("": it is
+// gone).
+func (t *Tx) SetDirectoryAlias(ctx context.Context, alias, roomID string) error {
+	if roomID == "" {
+		_, err := t.tx.Exec(ctx, `DELETE FROM directory_aliases WHERE alias = $1`, alias)
+		return err
+	}
+	_, err := t.tx.Exec(ctx, `INSERT INTO directory_aliases (alias, room_id) VALUES ($1, $2)
+		ON CONFLICT (alias) DO UPDATE SET room_id = excluded.room_id`, alias, roomID)
+	return err
+}
+
+// AddDirectoryAliases records directory aliases of a room loaded from the
+// room-server, leaving any the alias stream already recorded.
+func (t *Tx) AddDirectoryAliases(ctx context.Context, roomID string, aliases []string) error {
+	_, err := t.tx.Exec(ctx, `INSERT INTO directory_aliases (alias, room_id) SELECT a, $1 FROM unnest($2::text[]) AS a
+		ON CONFLICT DO NOTHING`, roomID, aliases)
+	return err
+}
+
 // Room is what the copy knows of a room.
 type Room struct {
-	Joined  []string
+	Joined []string
+	// Aliases are those of its m.room.canonical_alias and of the room
+	// directory.
 	Aliases []string
 }
 
@@ -173,7 +195,8 @@ func (t *Tx) Room(ctx context.Context, roomID string) (Room, error) {
 	var r Room
 	err := t.tx.QueryRow(ctx, `SELECT
 		coalesce((SELECT array_agg(user_id) FROM joined_members WHERE room_id = $1), '{}'),
-		coalesce((SELECT array_agg(alias) FROM room_aliases WHERE room_id = $1), '{}')`, roomID).Scan(&r.Joined, &r.Aliases)
+		coalesce((SELECT array_agg(alias) FROM (SELECT alias FROM room_aliases WHERE room_id = $1
+			UNION SELECT alias FROM directory_aliases WHERE room_id = $1) AS a), '{}')`, roomID).Scan(&r.Joined, &r.Aliases)
 	return r, err
 }
 
@@ -201,6 +224,10 @@ func (s *Store) Connect(ctx context.Context) (*pgx.Conn, error) {
 const (
 	KindEvent     = "event"
 	KindEphemeral = "ephemeral"
+	// KindToDevice is a to-device message for one device of a user the
+	// appservice is interested in (MSC2409), with to_user_id and
+	// to_device_id.
+	KindToDevice = "to_device"
 )
 
 // Enqueue appends an item for each appservice.
@@ -219,14 +246,15 @@ type Txn struct {
 	ID        string
 	Events    [][]byte
 	Ephemeral [][]byte
+	ToDevice  [][]byte
 }
 
 // Empty reports whether the transaction has nothing.
-func (t *Txn) Empty() bool { return len(t.Events)+len(t.Ephemeral) == 0 }
+func (t *Txn) Empty() bool { return len(t.Events)+len(t.Ephemeral)+len(t.ToDevice) == 0 }
 
 // NextTxn returns the appservice's transaction in flight, or makes a new
-// one of the oldest waiting items (at most max events and max ephemeral
-// items) and records it as in flight. A transaction's ID and content never
+// one of the oldest waiting items (at most max events, max ephemeral
+// items and max to-device messages) and records it as in flight. A transaction's ID and content never
 // change: retries send the same. nil when nothing waits.
 func (s *Store) NextTxn(ctx context.Context, appserviceID string, max int) (*Txn, error) {
 	var out *Txn
@@ -250,7 +278,9 @@ func (s *Store) NextTxn(ctx context.Context, appserviceID string, max int) (*Txn
 			tag, err := tx.Exec(ctx, `UPDATE queue SET txn_id = $2 WHERE id IN (
 				(SELECT id FROM queue WHERE appservice_id = $1 AND txn_id IS NULL AND kind = 'event' ORDER BY id LIMIT $3)
 				UNION ALL
-				(SELECT id FROM queue WHERE appservice_id = $1 AND txn_id IS NULL AND kind = 'ephemeral' ORDER BY id LIMIT $3))`,
+				(SELECT id FROM queue WHERE appservice_id = $1 AND txn_id IS NULL AND kind = 'ephemeral' ORDER BY id LIMIT $3)
+				UNION ALL
+				(SELECT id FROM queue WHERE appservice_id = $1 AND txn_id IS NULL AND kind = 'to_device' ORDER BY id LIMIT $3))`,
 				appserviceID, txnID, max)
 			if err != nil {
 				return err
@@ -270,9 +300,12 @@ func (s *Store) NextTxn(ctx context.Context, appserviceID string, max int) (*Txn
 		var kind string
 		var body []byte
 		_, err = pgx.ForEachRow(rows, []any{&kind, &body}, func() error {
-			if kind == KindEphemeral {
+			switch kind {
+			case KindEphemeral:
 				t.Ephemeral = append(t.Ephemeral, body)
-			} else {
+			case KindToDevice:
+				t.ToDevice = append(t.ToDevice, body)
+			default:
 				t.Events = append(t.Events, body)
 			}
 			return nil

@@ -107,3 +107,13 @@ func (s *Store) AckToDevice(ctx context.Context, userID, deviceID string, pos in
 		userID, deviceID, pos)
 	return err
 }
+
+// DeviceIDs lists the user's devices, in order: what a to-device message
+// to "*" reaches (the appservices' copy, internal/astodevice).
+func (s *Store) DeviceIDs(ctx context.Context, userID string) ([]string, error) {
+	rows, err := s.db.Query(ctx, `SELECT device_id FROM devices WHERE user_id = $1 ORDER BY device_id`, userID)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}

@@ -9,9 +9,12 @@ import (
 	"strings"
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/myelin-chat/myelin/pkg/bus"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/roomserver/store"
 )
@@ -24,11 +27,45 @@ type Service struct {
 	// roomExists reports whether the room-server has the room (not only
 	// out-of-room memberships of it).
 	roomExists func(ctx context.Context, roomID string) (bool, error)
+	// publish announces an alias's state after a change (roomID "": gone)
+	// on MYELIN_ROOM_ALIASES; nil: nothing is announced.
+	publish func(ctx context.Context, alias, roomID string) error
 }
 
 // New makes the directory over st.
 func New(st *store.Store, serverName spec.ServerName, roomExists func(ctx context.Context, roomID string) (bool, error)) *Service {
 	return &Service{store: st, serverName: serverName, roomExists: roomExists}
+}
+
+// PublishAliasChanges makes the directory announce each alias's state
+// after SetRoomAlias and RemoveRoomAlias on MYELIN_ROOM_ALIASES, for the
+// appservice service. The state is read after the change and published
+// even when the call changed nothing, so a caller retrying after a failed
+// publication publishes it then; a publication that fails is the call's
+// error (Unavailable).
+func (s *Service) PublishAliasChanges(js jetstream.JetStream) {
+	s.publish = func(ctx context.Context, alias, roomID string) error {
+		data, err := proto.Marshal(&roomserverv1.AliasChange{Alias: alias, RoomId: roomID})
+		if err != nil {
+			return err
+		}
+		if _, err := js.Publish(ctx, bus.RoomAliasSubject(alias), data); err != nil {
+			return status.Errorf(codes.Unavailable, "publish the change of alias %s: %v", alias, err)
+		}
+		return nil
+	}
+}
+
+// announce publishes the alias's current state.
+func (s *Service) announce(ctx context.Context, alias string) error {
+	if s.publish == nil {
+		return nil
+	}
+	roomID, _, err := s.store.Alias(ctx, alias)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	return s.publish(ctx, alias, roomID)
 }
 
 // Directory visibilities.
@@ -97,6 +134,13 @@ func (s *Service) GetRoomVisibility(ctx context.Context, roomID string) (*roomse
 	if public {
 		resp.Visibility = visibilityPublic
 	}
+	networks, err := s.store.NetworkListings(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range networks {
+		resp.Networks = append(resp.Networks, &roomserverv1.NetworkListing{AppserviceId: n[0], NetworkId: n[1]})
+	}
 	return resp, nil
 }
 
@@ -141,7 +185,11 @@ func (s *Service) SetRoomAlias(ctx context.Context, req *roomserverv1.SetRoomAli
 	if err := s.knownRoom(ctx, req.GetRoomId()); err != nil {
 		return false, err
 	}
-	return s.store.SetAlias(ctx, req.GetAlias(), req.GetRoomId(), req.GetCreator())
+	created, err := s.store.SetAlias(ctx, req.GetAlias(), req.GetRoomId(), req.GetCreator())
+	if err != nil {
+		return false, err
+	}
+	return created, s.announce(ctx, req.GetAlias())
 }
 
 func (s *Service) GetRoomAlias(ctx context.Context, alias string) (*roomserverv1.GetRoomAliasResponse, error) {
@@ -155,5 +203,9 @@ func (s *Service) GetRoomAlias(ctx context.Context, alias string) (*roomserverv1
 }
 
 func (s *Service) RemoveRoomAlias(ctx context.Context, alias string) (bool, error) {
-	return s.store.RemoveAlias(ctx, alias)
+	removed, err := s.store.RemoveAlias(ctx, alias)
+	if err != nil {
+		return false, err
+	}
+	return removed, s.announce(ctx, alias)
 }

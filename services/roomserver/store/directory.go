@@ -63,6 +63,21 @@ func (q *Queries) SetNetworkPublished(ctx context.Context, appserviceID, network
 	return nil
 }
 
+// NetworkListings lists the (appservice ID, network ID) pairs whose
+// directories list the room, in order.
+func (q *Queries) NetworkListings(ctx context.Context, roomID string) ([][2]string, error) {
+	rows, err := q.db.Query(ctx, `SELECT appservice_id, network_id FROM appservice_room_directory WHERE room_id = $1
+		ORDER BY appservice_id, network_id`, roomID)
+	if err != nil {
+		return nil, fmt.Errorf("list the room's network listings: %w", err)
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) ([2]string, error) {
+		var l [2]string
+		err := row.Scan(&l[0], &l[1])
+		return l, err
+	})
+}
+
 // NetworkPublishedRooms lists one application service network's directory
 // in publication order.
 func (q *Queries) NetworkPublishedRooms(ctx context.Context, appserviceID, networkID string) ([]string, error) {

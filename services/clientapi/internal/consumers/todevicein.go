@@ -9,11 +9,15 @@ package consumers
 // to one of them). Storing is idempotent: the messages of one EDU for one
 // user are stored once per (sender, origin, message_id), as a local
 // client's request is once per transaction ID, so a redelivered message
-// (or the same EDU received again) stores nothing.
+// (or the same EDU received again) stores nothing. The messages for users
+// that appservices take to-device messages for are first published for
+// the appservice service (internal/astodevice), under an ID the repeat
+// shares.
 
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -30,14 +34,23 @@ import (
 // ToDeviceIn is the durable consumer of MYELIN_TO_DEVICE_IN.
 type ToDeviceIn struct {
 	consumer   jetstream.Consumer
+	asToDevice AppserviceToDevice
 	store      *store.Store
 	wakeBus    *wakebus.Bus
 	serverName string
 	log        *zap.Logger
 }
 
-// NewToDeviceIn creates (or finds) the durable consumer name.
-func NewToDeviceIn(ctx context.Context, js jetstream.JetStream, name, serverName string, st *store.Store, wake *wakebus.Bus, log *zap.Logger) (*ToDeviceIn, error) {
+// AppserviceToDevice takes the messages for users an application service
+// takes to-device messages for (astodevice.Publisher); key names the send.
+type AppserviceToDevice interface {
+	Publish(ctx context.Context, key string, msgs []store.ToDeviceMessage) error
+}
+
+// NewToDeviceIn creates (or finds) the durable consumer name. asToDevice
+// may be nil (no appservice takes to-device messages).
+func NewToDeviceIn(ctx context.Context, js jetstream.JetStream, name, serverName string, st *store.Store, wake *wakebus.Bus,
+	asToDevice AppserviceToDevice, log *zap.Logger) (*ToDeviceIn, error) {
 	cons, err := js.CreateOrUpdateConsumer(ctx, bus.ToDeviceInStream, jetstream.ConsumerConfig{
 		Durable:       name,
 		Description:   "client-API: to-device messages from other servers into the recipients' queues",
@@ -49,7 +62,7 @@ func NewToDeviceIn(ctx context.Context, js jetstream.JetStream, name, serverName
 	if err != nil {
 		return nil, fmt.Errorf("create consumer %s on %s: %w", name, bus.ToDeviceInStream, err)
 	}
-	return &ToDeviceIn{consumer: cons, store: st, wakeBus: wake, serverName: serverName, log: log}, nil
+	return &ToDeviceIn{consumer: cons, asToDevice: asToDevice, store: st, wakeBus: wake, serverName: serverName, log: log}, nil
 }
 
 // Run stores messages until ctx ends; each is acked after it is stored (a
@@ -82,7 +95,15 @@ func (c *ToDeviceIn) store1(ctx context.Context, data []byte) error {
 	for device, content := range in.GetMessages() {
 		msgs = append(msgs, store.ToDeviceMessage{UserID: user, DeviceID: device, Sender: in.GetSender(), Type: in.GetType(), Content: content})
 	}
+	slices.SortFunc(msgs, func(a, b store.ToDeviceMessage) int { return strings.Compare(a.DeviceID, b.DeviceID) })
 	device, txn := inboundTxn(in.GetOrigin(), in.GetMessageId(), user)
+	// The appservices' copy first: a failure redelivers the message, and
+	// the repeat's publication is dropped as a duplicate.
+	if c.asToDevice != nil {
+		if err := c.asToDevice.Publish(ctx, "federation\x00"+device+"\x00"+txn, msgs); err != nil {
+			return err
+		}
+	}
 	users, _, err := c.store.SendToDevice(ctx, in.GetSender(), device, txn, msgs)
 	if err != nil {
 		return err

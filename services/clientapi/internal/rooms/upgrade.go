@@ -199,16 +199,27 @@ func (s *Rooms) upgradeRoom(r *http.Request, dev *httpapi.Device) (any, error) {
 		}
 	}
 
-	// The directory listing follows the room.
+	// The directory listing follows the room, and so do its listings in
+	// application service network directories (the spec's upgrade steps
+	// name only the server's directory; a bridge's listing of a room it
+	// bridges is as much about the room).
 	vis, err := s.rooms.GetRoomVisibility(ctx, &roomserverv1.GetRoomVisibilityRequest{RoomId: oldRoom})
 	if err != nil {
 		return nil, s.fromGRPC(ctx, "GetRoomVisibility", err, nil)
 	}
+	var moves []*roomserverv1.SetRoomVisibilityRequest
 	if vis.GetVisibility() == "public" {
-		for _, v := range []struct{ room, vis string }{{newRoom, "public"}, {oldRoom, "private"}} {
-			if _, err := s.rooms.SetRoomVisibility(ctx, &roomserverv1.SetRoomVisibilityRequest{RoomId: v.room, Visibility: v.vis}); err != nil {
-				return nil, s.fromGRPC(ctx, "SetRoomVisibility", err, nil)
-			}
+		moves = append(moves, &roomserverv1.SetRoomVisibilityRequest{RoomId: newRoom, Visibility: "public"},
+			&roomserverv1.SetRoomVisibilityRequest{RoomId: oldRoom, Visibility: "private"})
+	}
+	for _, n := range vis.GetNetworks() {
+		moves = append(moves,
+			&roomserverv1.SetRoomVisibilityRequest{RoomId: newRoom, Visibility: "public", AppserviceId: n.GetAppserviceId(), NetworkId: n.GetNetworkId()},
+			&roomserverv1.SetRoomVisibilityRequest{RoomId: oldRoom, Visibility: "private", AppserviceId: n.GetAppserviceId(), NetworkId: n.GetNetworkId()})
+	}
+	for _, m := range moves {
+		if _, err := s.rooms.SetRoomVisibility(ctx, m); err != nil {
+			return nil, s.fromGRPC(ctx, "SetRoomVisibility", err, nil)
 		}
 	}
 	log.Info("room upgraded", logging.UserID(dev.UserID))

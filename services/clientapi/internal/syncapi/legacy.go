@@ -85,6 +85,9 @@ func (s *Service) roomVisibility(ctx context.Context, roomID string) (string, er
 
 // initialSync is GET /initialSync (deprecated): an initial /sync, reshaped.
 func (s *Service) initialSync(r *http.Request, dev *httpapi.Device) (any, error) {
+	if err := refuseAppserviceSender(dev); err != nil {
+		return nil, err
+	}
 	ctx := r.Context()
 	limit, err := httpapi.QueryInt(r, "limit", int64(s.cfg.DefaultTimelineLimit))
 	if err != nil {
@@ -272,6 +275,9 @@ type eventsResponse struct {
 // (and just-left) rooms in stream order, the user's new invites, then
 // typing, receipts and presence. With room_id it is the peeking form.
 func (s *Service) events(r *http.Request, dev *httpapi.Device) (any, error) {
+	if err := refuseAppserviceSender(dev); err != nil {
+		return nil, err
+	}
 	q := r.URL.Query()
 	timeoutMS, err := httpapi.QueryInt(r, "timeout", 0)
 	if err != nil {

@@ -51,6 +51,13 @@ type RemoteToDevice interface {
 	Publish(ctx context.Context, sender, deviceID, txnID, evType string, remote map[string]map[string]map[string]json.RawMessage) error
 }
 
+// AppserviceToDevice hands the messages for users an application service
+// takes to-device messages for to the appservice service
+// (astodevice.Publisher); key names the send.
+type AppserviceToDevice interface {
+	Publish(ctx context.Context, key string, msgs []store.ToDeviceMessage) error
+}
+
 // Deps are what sync reads from and waits on.
 type Deps struct {
 	Config     Config
@@ -66,7 +73,10 @@ type Deps struct {
 	Wake     Waker
 	// ToDeviceOut takes messages for users of other servers.
 	ToDeviceOut RemoteToDevice
-	Log         *zap.Logger
+	// AppserviceToDevice takes messages for appservices' users (nil:
+	// none).
+	AppserviceToDevice AppserviceToDevice
+	Log                *zap.Logger
 }
 
 // Service serves /sync, /sendToDevice and the legacy sync endpoints.
@@ -84,6 +94,8 @@ type Service struct {
 	wakeBus    Waker
 	// toDeviceOut takes send-to-device messages for remote users.
 	toDeviceOut RemoteToDevice
+	// asToDevice takes messages for appservices' users (nil: none).
+	asToDevice AppserviceToDevice
 	// lazy remembers the members /sync sent each device (lazy.go).
 	lazy *lazyCache
 }
@@ -93,7 +105,8 @@ func New(d Deps) *Service {
 	return &Service{
 		cfg: d.Config, log: d.Log, serverName: d.ServerName, store: d.Store, rooms: d.Rooms, presence: d.Presence,
 		history: d.History, push: d.Push, keys: d.Keys, notifier: d.Notifier, wakeBus: d.Wake, toDeviceOut: d.ToDeviceOut,
-		lazy: newLazyCache(d.Config.LazyCacheDevices, d.Config.LazyCacheMembers),
+		asToDevice: d.AppserviceToDevice,
+		lazy:       newLazyCache(d.Config.LazyCacheDevices, d.Config.LazyCacheMembers),
 	}
 }
 

@@ -100,6 +100,9 @@ type syncOptions struct {
 // when nothing did. Waiting is driven by the notifier (fed by the
 // JetStream consumer), never by polling.
 func (s *Service) sync(r *http.Request, dev *httpapi.Device) (any, error) {
+	if err := refuseAppserviceSender(dev); err != nil {
+		return nil, err
+	}
 	q := r.URL.Query()
 	var opts syncOptions
 	if v := q.Get("since"); v != "" {
@@ -613,4 +616,17 @@ func (s *Service) syncFilterParam(r *http.Request, dev *httpapi.Device) (cliente
 		return clientevent.Filter{}, err
 	}
 	return clientevent.ParseFilter(raw)
+}
+
+// refuseAppserviceSender refuses /sync, /events and /initialSync to an
+// application service acting as its sender (its as_token without a
+// user_id): it must sync as one of its users, and is expected to take
+// events from its transactions (spec v1.19, "Using /sync and /events").
+// The sender logged in with an access token of its own is a user like
+// any other.
+func refuseAppserviceSender(dev *httpapi.Device) error {
+	if dev != nil && dev.Appservice != nil && dev.UserID == string(dev.Appservice.SenderUserID()) {
+		return matrixhttp.Forbidden("An application service syncs as one of its users (user_id), not as its sender")
+	}
+	return nil
 }

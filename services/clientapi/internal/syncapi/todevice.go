@@ -81,6 +81,13 @@ func (s *Service) sendToDevice(r *http.Request, dev *httpapi.Device) (any, error
 	if err := s.toDeviceOut.Publish(r.Context(), dev.UserID, dev.DeviceID, txnID, evType, remote); err != nil {
 		return nil, err
 	}
+	// Then the copy for appservices (MSC2409), before storing for the same
+	// reason.
+	if s.asToDevice != nil {
+		if err := s.asToDevice.Publish(r.Context(), "local\x00"+dev.UserID+"\x00"+dev.DeviceID+"\x00"+txnID, msgs); err != nil {
+			return nil, err
+		}
+	}
 	users, _, err := s.store.SendToDevice(r.Context(), dev.UserID, dev.DeviceID, txnID, msgs)
 	if err != nil {
 		return nil, err
