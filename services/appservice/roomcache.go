@@ -26,6 +26,9 @@ type roomCache struct {
 	size int
 	mu   sync.Mutex
 	c    *lru.Cache[string, roomEntry]
+	// gen counts forget calls: an interest computed from a read that began
+	// before a forget is not kept (setInterest).
+	gen uint64
 }
 
 // roomEntry is one room: known to the copy, and, when computed, the IDs of
@@ -62,7 +65,31 @@ func (rc *roomCache) get(roomID string) (roomEntry, bool) {
 // known records that the copy has the room (its interest not computed).
 func (rc *roomCache) known(roomID string) { rc.cache().Put(roomID, roomEntry{}) }
 
-// setInterest records the appservices interested in the whole room.
-func (rc *roomCache) setInterest(roomID string, ids []string) {
-	rc.cache().Put(roomID, roomEntry{computed: true, interested: ids})
+// generation is the forget count, taken before reading what setInterest
+// will record.
+func (rc *roomCache) generation() uint64 {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	return rc.gen
+}
+
+// setInterest records the appservices interested in the whole room,
+// unless a forget came after gen was taken.
+func (rc *roomCache) setInterest(roomID string, ids []string, gen uint64) {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	if rc.gen == gen {
+		rc.c.Put(roomID, roomEntry{computed: true, interested: ids})
+	}
+}
+
+// forget drops rooms whose interest another consumer changed (the alias
+// consumer, after its commit).
+func (rc *roomCache) forget(roomIDs ...string) {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	rc.gen++
+	for _, id := range roomIDs {
+		rc.c.Remove(id)
+	}
 }

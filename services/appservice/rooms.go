@@ -308,6 +308,7 @@ func (s *Service) roomWideInterest(ctx context.Context, tx *store.Tx, roomID str
 	if e, ok := s.roomCache.get(roomID); ok && e.computed {
 		return e.interested, nil
 	}
+	gen := s.roomCache.generation()
 	room, err := tx.Room(ctx, roomID)
 	if err != nil {
 		return nil, err
@@ -318,7 +319,7 @@ func (s *Service) roomWideInterest(ctx context.Context, tx *store.Tx, roomID str
 			ids = append(ids, r.ID)
 		}
 	}
-	s.roomCache.setInterest(roomID, ids)
+	s.roomCache.setInterest(roomID, ids, gen)
 	return ids, nil
 }
 
@@ -367,7 +368,9 @@ func clientFormat(out *roomserverv1.OutputRoomEvent) ([]byte, error) {
 // applyAliasChange records a room directory alias's new state
 // (MYELIN_ROOM_ALIASES): the rooms with an alias in an appservice's
 // aliases namespaces interest it (spec: "the room has an alias in the
-// namespace"), canonical or not. It queues nothing.
+// namespace"), canonical or not. It queues nothing. The rooms it changes
+// are forgotten by the rooms consumer's cache once the batch commits
+// (aliasesApplied).
 func (s *Service) applyAliasChange(ctx context.Context, tx *store.Tx, m jetstream.Msg) ([]string, error) {
 	var c roomserverv1.AliasChange
 	if err := proto.Unmarshal(m.Data(), &c); err != nil || c.GetAlias() == "" {
@@ -376,5 +379,26 @@ func (s *Service) applyAliasChange(ctx context.Context, tx *store.Tx, m jetstrea
 		}
 		return s.undecodable(m, err)
 	}
-	return nil, tx.SetDirectoryAlias(ctx, c.GetAlias(), c.GetRoomId())
+	rooms, err := tx.SetDirectoryAlias(ctx, c.GetAlias(), c.GetRoomId())
+	if err == nil {
+		s.aliasRoomsMu.Lock()
+		s.aliasRooms = append(s.aliasRooms, rooms...)
+		s.aliasRoomsMu.Unlock()
+	}
+	return nil, err
+}
+
+// aliasesApplied makes the rooms consumer's cache forget the rooms whose
+// directory aliases a committed batch changed, so their interest is read
+// again from the copy (and their events are not skipped as no-ops). Rooms
+// of a batch that rolled back are forgotten with the next commit, which
+// is harmless.
+func (s *Service) aliasesApplied() {
+	s.aliasRoomsMu.Lock()
+	rooms := s.aliasRooms
+	s.aliasRooms = nil
+	s.aliasRoomsMu.Unlock()
+	if len(rooms) > 0 {
+		s.roomCache.forget(rooms...)
+	}
 }

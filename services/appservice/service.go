@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -61,6 +62,10 @@ type Service struct {
 	pusher    *pusher
 	stats     *stats
 	roomCache *roomCache // the rooms consumer's
+	// aliasRooms are rooms the alias consumer's batch changed, forgotten
+	// by roomCache after its commit (aliasesApplied).
+	aliasRoomsMu sync.Mutex
+	aliasRooms   []string
 }
 
 // New opens the store; Run consumes and pushes while this replica holds
@@ -195,7 +200,12 @@ func (s *Service) consumerSpecs() []*bus.OrderedConsumer {
 				}
 				return err
 			},
-			Applied: func() { s.pusher.wake(woken...) },
+			Applied: func() {
+				if suffix == "aliases" {
+					s.aliasesApplied()
+				}
+				s.pusher.wake(woken...)
+			},
 		}
 	}
 	return []*bus.OrderedConsumer{

@@ -163,15 +163,21 @@ func (t *Tx) SetAliases(ctx context.Context, roomID string, aliases []string) er
 }
 
 // SetDirectoryAlias records where a directory alias points ("": it is
-// gone).
-func (t *Tx) SetDirectoryAlias(ctx context.Context, alias, roomID string) error {
+// gone) and returns the rooms whose aliases this changed: the room it
+// pointed to before, if any, and the new one.
+func (t *Tx) SetDirectoryAlias(ctx context.Context, alias, roomID string) ([]string, error) {
+	var rooms []string
+	var err error
 	if roomID == "" {
-		_, err := t.tx.Exec(ctx, `DELETE FROM directory_aliases WHERE alias = $1`, alias)
-		return err
+		err = t.tx.QueryRow(ctx, `WITH d AS (DELETE FROM directory_aliases WHERE alias = $1 RETURNING room_id)
+			SELECT COALESCE(array_agg(room_id), '{}') FROM d`, alias).Scan(&rooms)
+	} else {
+		err = t.tx.QueryRow(ctx, `WITH old AS (SELECT room_id FROM directory_aliases WHERE alias = $1),
+			up AS (INSERT INTO directory_aliases (alias, room_id) VALUES ($1, $2)
+				ON CONFLICT (alias) DO UPDATE SET room_id = excluded.room_id)
+			SELECT array_append(COALESCE((SELECT array_agg(room_id) FROM old), '{}'), $2::text)`, alias, roomID).Scan(&rooms)
 	}
-	_, err := t.tx.Exec(ctx, `INSERT INTO directory_aliases (alias, room_id) VALUES ($1, $2)
-		ON CONFLICT (alias) DO UPDATE SET room_id = excluded.room_id`, alias, roomID)
-	return err
+	return rooms, err
 }
 
 // AddDirectoryAliases records directory aliases of a room loaded from the
