@@ -37,6 +37,10 @@ type Config struct {
 	// devices, and members remembered in all.
 	LazyCacheDevices int `yaml:"lazy_cache_devices"`
 	LazyCacheMembers int `yaml:"lazy_cache_members"`
+	// UnreadCacheRooms bounds the unread counts remembered per user and
+	// room, from which the next /sync counts only what came since
+	// (unread.go); 0 counts every /sync's unread notifications afresh.
+	UnreadCacheRooms int `yaml:"unread_cache_rooms"`
 }
 
 // Waker wakes a user's long polls on every replica (wakebus.Bus).
@@ -86,6 +90,8 @@ type Service struct {
 	toDeviceOut RemoteToDevice
 	// lazy remembers the members /sync sent each device (lazy.go).
 	lazy *lazyCache
+	// unread remembers each user's last unread counts per room (unread.go).
+	unread *unreadCache
 }
 
 // New returns the sync endpoints.
@@ -93,7 +99,8 @@ func New(d Deps) *Service {
 	return &Service{
 		cfg: d.Config, log: d.Log, serverName: d.ServerName, store: d.Store, rooms: d.Rooms, presence: d.Presence,
 		history: d.History, push: d.Push, keys: d.Keys, notifier: d.Notifier, wakeBus: d.Wake, toDeviceOut: d.ToDeviceOut,
-		lazy: newLazyCache(d.Config.LazyCacheDevices, d.Config.LazyCacheMembers),
+		lazy:   newLazyCache(d.Config.LazyCacheDevices, d.Config.LazyCacheMembers),
+		unread: newUnreadCache(d.Config.UnreadCacheRooms),
 	}
 }
 
