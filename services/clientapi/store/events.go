@@ -129,7 +129,7 @@ func (s *Store) StreamMark(ctx context.Context, name string) (uint64, bool, erro
 // consumer's position commit together.
 func (s *Store) ApplyMarked(ctx context.Context, inputs []Input, eval Evaluator, mark StreamMark) ([]Applied, error) {
 	var out []Applied
-	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+	err := s.inPipeTx(ctx, func(tx *pipeTx) (*pgx.Batch, error) {
 		out = out[:0]
 		reads := ownReads{} // unread.go
 		var notes []Notification
@@ -138,7 +138,7 @@ func (s *Store) ApplyMarked(ctx context.Context, inputs []Input, eval Evaluator,
 		for i := 0; i < len(inputs); {
 			if inputs[i].Backfill {
 				if err := applyBackfill(ctx, tx, inputs[i]); err != nil {
-					return err
+					return nil, err
 				}
 				i++
 				continue
@@ -162,7 +162,7 @@ func (s *Store) ApplyMarked(ctx context.Context, inputs []Input, eval Evaluator,
 				}
 			}
 			if err != nil {
-				return err
+				return nil, err
 			}
 			for k, st := range steps {
 				if !st.stored {
@@ -170,7 +170,7 @@ func (s *Store) ApplyMarked(ctx context.Context, inputs []Input, eval Evaluator,
 				}
 				if inputs[i+k].OutOfRoom && len(inputs[i+k].StrippedState) > 0 {
 					if err := saveOutOfRoomState(ctx, tx, inputs[i+k]); err != nil {
-						return err
+						return nil, err
 					}
 				}
 				out = append(out, st.applied)
@@ -182,7 +182,7 @@ func (s *Store) ApplyMarked(ctx context.Context, inputs []Input, eval Evaluator,
 				}
 				res, err := eval(ctx, Reader{q: tx}, st.applied, st.push)
 				if err != nil {
-					return fmt.Errorf("push rules for %s: %w", inputs[i+k].Event.EventID, err)
+					return nil, fmt.Errorf("push rules for %s: %w", inputs[i+k].Event.EventID, err)
 				}
 				notes = append(notes, res.Notifications...)
 				if res.Room != nil {
@@ -203,18 +203,12 @@ func (s *Store) ApplyMarked(ctx context.Context, inputs []Input, eval Evaluator,
 				ON CONFLICT (name) DO UPDATE SET seq = GREATEST(stream_marks.seq, EXCLUDED.seq)`, mark.Name, int64(mark.Seq))
 		}
 		if eval == nil {
-			if b.Len() == 0 {
-				return nil
-			}
-			return tx.SendBatch(ctx, b).Close()
+			return b, nil
 		}
 		queueRoomNotifications(b, roomNotes)
 		queueNotifications(b, notes)
 		reads.queue(b)
-		if err := tx.SendBatch(ctx, b).Close(); err != nil {
-			return fmt.Errorf("notifications: %w", err)
-		}
-		return nil
+		return b, nil
 	})
 	if err != nil {
 		return nil, err
@@ -297,7 +291,7 @@ func queueInsertSQL(b *pgx.Batch, sql string, ev Event, visBefore string, st *st
 // read, in order, in another. Nothing those reads depend on changes
 // within the run, except the thread (a parent may come later in the run),
 // so that is read after each event's insert, as one by one.
-func applyRun(ctx context.Context, tx pgx.Tx, run []Input, withPush bool, stale []string) ([]step, error) {
+func applyRun(ctx context.Context, tx querier, run []Input, withPush bool, stale []string) ([]step, error) {
 	rooms := make([]string, 0, len(run))
 	for _, in := range run {
 		if !slices.Contains(rooms, in.Event.RoomID) {
@@ -355,7 +349,7 @@ func applyRun(ctx context.Context, tx pgx.Tx, run []Input, withPush bool, stale 
 
 // applyOne stores an event that changes state, and then reads what its
 // evaluation reads (withPush).
-func applyOne(ctx context.Context, tx pgx.Tx, in Input, withPush bool) (step, error) {
+func applyOne(ctx context.Context, tx querier, in Input, withPush bool) (step, error) {
 	var st step
 	ev := in.Event
 	visBefore, err := currentVisibility(ctx, tx, ev.RoomID)
@@ -385,7 +379,7 @@ func applyOne(ctx context.Context, tx pgx.Tx, in Input, withPush bool) (step, er
 
 // applyState applies an event's state changes and redaction, after the
 // event is stored at pos.
-func applyState(ctx context.Context, tx pgx.Tx, in Input, pos int64) (Applied, error) {
+func applyState(ctx context.Context, tx querier, in Input, pos int64) (Applied, error) {
 	ev := in.Event
 	a := Applied{Pos: pos, Event: ev}
 	removedMembers := map[string]bool{}
@@ -460,7 +454,7 @@ type memberChange struct{ userID, membership, eventID string }
 // into b, after reading and locking the users' current rows in one
 // statement: the previous membership and the join position (set at a
 // join, kept otherwise) come from them.
-func queueMemberships(ctx context.Context, tx pgx.Tx, b *pgx.Batch, roomID string, changes []memberChange, pos int64) error {
+func queueMemberships(ctx context.Context, tx querier, b *pgx.Batch, roomID string, changes []memberChange, pos int64) error {
 	if len(changes) == 0 {
 		return nil
 	}

@@ -68,7 +68,7 @@ func (r Reader) CurrentVisibility(ctx context.Context, roomID string) (string, e
 }
 
 // applyRedaction replaces the stored copies of a redacted event.
-func applyRedaction(ctx context.Context, tx pgx.Tx, roomID string, red RedactedEvent) error {
+func applyRedaction(ctx context.Context, tx querier, roomID string, red RedactedEvent) error {
 	// Its content is gone, so it is no longer found by search.
 	if _, err := tx.Exec(ctx, `UPDATE sync_events SET event = $3, search_key = NULL, search_vec = NULL
 		WHERE event_id = $1 AND room_id = $2`,

@@ -21,7 +21,7 @@ var insertBackfillSQL = strings.Replace(strings.Replace(insertEventSQL,
 
 // applyBackfill stores a backfilled event before everything stored of its
 // room: it changes no state, wakes no one and is not evaluated for push.
-func applyBackfill(ctx context.Context, tx pgx.Tx, in Input) error {
+func applyBackfill(ctx context.Context, tx querier, in Input) error {
 	var st step
 	b := &pgx.Batch{}
 	vis, err := currentVisibility(ctx, tx, in.Event.RoomID)
@@ -37,7 +37,7 @@ func applyBackfill(ctx context.Context, tx pgx.Tx, in Input) error {
 
 // saveOutOfRoomState keeps the stripped state of an out-of-room invite or
 // knock for /sync.
-func saveOutOfRoomState(ctx context.Context, tx pgx.Tx, in Input) error {
+func saveOutOfRoomState(ctx context.Context, tx querier, in Input) error {
 	if in.Event.StateKey == nil {
 		return nil
 	}
