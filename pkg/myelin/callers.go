@@ -24,8 +24,8 @@ const AdminCaller = "myelin-admin"
 // the Helm chart's NetworkPolicies follow it.
 func CallerPolicy() rpc.Policy {
 	return rpc.Policy{
-		// Signing with the server's key: only the room-server builds and
-		// signs events (BuildEvent, SignJSON).
+		// Signing with the server's key: only the room-server signs JSON
+		// through the key-server (SignJSON).
 		keyserverv1.KeyService_ServiceDesc.ServiceName: {TargetRoomServer},
 		// The signing key (for X-Matrix requests) and other servers'
 		// keys: the services that make or check federation requests.
