@@ -43,3 +43,14 @@ func CallerPolicy() rpc.Policy {
 		grpc_health_v1.Health_ServiceDesc.ServiceName:               {rpc.AnyCaller},
 	}
 }
+
+// SignaturesCheckedCallers are the callers whose InputEvent.signatures_checked
+// the room-server honours (it skips checking those outliers' signatures
+// again): the federation-sender, which checks a send_join answer's
+// signatures itself. Another caller's flag is ignored. A caller is named
+// as in CallerPolicy: by its certificate in the split shape, by the name
+// it dialled with in-process (rpc.CallerOf), so without grpc.tls a call
+// from another process is never trusted with it.
+func SignaturesCheckedCallers() []string {
+	return []string{TargetFederationSender}
+}
