@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"net"
@@ -9,7 +10,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // envArgs makes the test binary run main with these arguments (JSON).
@@ -128,5 +133,24 @@ func TestRegisterUserWithoutSecretExplains(t *testing.T) {
 		if !strings.Contains(stderr, want) {
 			t.Errorf("the error does not say %q:\n%s", want, stderr)
 		}
+	}
+}
+
+// A SIGTERM ends the server's context with the signal as its cause, and
+// the log says which signal came (the process's own PID with it).
+func TestStopOnSignalSaysWhich(t *testing.T) {
+	core, logs := observer.New(zap.InfoLevel)
+	ctx, stop := stopOnSignal(zap.New(core))
+	defer stop()
+	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	<-ctx.Done()
+	if cause := context.Cause(ctx); cause == nil || !strings.Contains(cause.Error(), "signal terminated") {
+		t.Errorf("cause %v, want the signal", cause)
+	}
+	entries := logs.FilterMessage("stopping: signal received").All()
+	if len(entries) != 1 || entries[0].ContextMap()["signal"] != "terminated" {
+		t.Errorf("log %v, want one entry naming SIGTERM", logs.All())
 	}
 }

@@ -188,12 +188,16 @@ func (p *Postgres) Stop() {
 }
 
 // postmasterRunning reports whether dataDir's postmaster.pid names a
-// running postgres process. pg_ctl stop signals whatever process has the
-// PID in that file; a postmaster killed outright (SIGKILL) leaves the file
-// behind, and on a busy machine (pid_max 32,768, a process per
-// connection) its PID soon belongs to something else, which pg_ctl would
-// then send SIGINT or SIGQUIT. A stale file is removed instead: PostgreSQL
-// itself ignores one whose PID is not a postmaster.
+// running postgres process of this data directory. pg_ctl stop signals
+// whatever process has the PID in that file; a postmaster killed outright
+// (SIGKILL) leaves the file behind, and on a busy machine (pid_max 32,768,
+// a process per connection) its PID soon belongs to something else, which
+// pg_ctl would then send SIGINT or SIGQUIT: a myelin process, or a
+// backend of another cluster (also named postgres; its query would be
+// cancelled). So the process must be named postgres and work in dataDir
+// (a postmaster's working directory is its data directory; when that
+// cannot be read, the name alone decides). A stale file is removed
+// instead: PostgreSQL itself ignores one whose PID is not a postmaster.
 func postmasterRunning(dataDir string) bool {
 	pidFile := filepath.Join(dataDir, "postmaster.pid")
 	raw, err := os.ReadFile(pidFile)
@@ -204,7 +208,7 @@ func postmasterRunning(dataDir string) bool {
 	pid, err := strconv.Atoi(strings.TrimSpace(first))
 	if err == nil && pid > 0 {
 		comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
-		if err == nil && strings.TrimSpace(string(comm)) == "postgres" {
+		if err == nil && strings.TrimSpace(string(comm)) == "postgres" && worksIn(pid, dataDir) {
 			return true
 		}
 	}
@@ -212,11 +216,27 @@ func postmasterRunning(dataDir string) bool {
 	return false
 }
 
+// worksIn reports whether process pid's working directory is dir (true
+// when either cannot be resolved: not a reason to call it stale).
+func worksIn(pid int, dir string) bool {
+	cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
+	if err != nil {
+		return true
+	}
+	want, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return true
+	}
+	return cwd == want
+}
+
 // pgCtlStopIfRunning is the watchers' shell form of postmasterRunning:
 // pg_ctl stop runs only when the PID in postmaster.pid is a postgres
-// process ($1 is the data directory).
+// process working in the data directory ($1).
 const pgCtlStopIfRunning = `pid=$(head -n 1 "$1/postmaster.pid" 2>/dev/null); ` +
-	`[ -n "$pid" ] && [ "$(cat /proc/$pid/comm 2>/dev/null)" = postgres ] && `
+	`[ -n "$pid" ] && [ "$(cat /proc/$pid/comm 2>/dev/null)" = postgres ] && ` +
+	`{ cwd=$(readlink /proc/$pid/cwd 2>/dev/null); dir=$(cd "$1" 2>/dev/null && pwd -P); ` +
+	`[ -z "$cwd" ] || [ -z "$dir" ] || [ "$cwd" = "$dir" ]; } && `
 
 func (p *Postgres) waitReady(ctx context.Context) error {
 	deadline := time.Now().Add(30 * time.Second)

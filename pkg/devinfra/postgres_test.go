@@ -138,6 +138,36 @@ func TestClusterStopsWhenItsOwnerIsKilled(t *testing.T) {
 	if !postmasterRunning(filepath.Join(pgDir, "pgdata")) {
 		t.Fatal("the running cluster's postmaster.pid is taken for stale")
 	}
+	// The same PID in another data directory's postmaster.pid is another
+	// cluster's postgres: stale there. The watchers' shell check agrees.
+	raw, err := os.ReadFile(filepath.Join(pgDir, "pgdata", "postmaster.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := t.TempDir()
+	if err := os.WriteFile(filepath.Join(other, "postmaster.pid"), raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stops := func(dataDir string) bool {
+		t.Helper()
+		out, err := exec.Command("/bin/sh", "-c", pgCtlStopIfRunning+"echo stop", "sh", dataDir).Output()
+		if err != nil && len(out) > 0 {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(out)) == "stop"
+	}
+	if !stops(filepath.Join(pgDir, "pgdata")) {
+		t.Fatal("the watchers' check does not stop the running cluster")
+	}
+	if stops(other) {
+		t.Fatal("the watchers' check would stop another data directory's postgres")
+	}
+	if postmasterRunning(other) {
+		t.Fatal("another cluster's postgres was taken for this data directory's postmaster")
+	}
+	if fileExists(filepath.Join(other, "postmaster.pid")) {
+		t.Fatal("the stale postmaster.pid is still there")
+	}
 	conn, err = pgx.Connect(ctx, pg.URL("postgres"))
 	if err != nil {
 		t.Fatal(err)

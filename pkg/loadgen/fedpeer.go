@@ -2,8 +2,6 @@ package loadgen
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
@@ -22,6 +20,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"github.com/myelin-chat/myelin/pkg/federation"
+	"github.com/myelin-chat/myelin/pkg/testkit/fedpeer/peercore"
 )
 
 // Peer is a homeserver of the load generator's own for the federation
@@ -30,10 +29,9 @@ import (
 // requests it sends to the target. Everything protocol-level (event
 // format, hashes, signatures, event IDs, X-Matrix) is gomatrixserverlib's.
 type Peer struct {
-	Name  spec.ServerName
-	keyID gomatrixserverlib.KeyID
-	key   ed25519.PrivateKey
-	srv   *http.Server
+	Name spec.ServerName
+	id   peercore.Identity
+	srv  *http.Server
 
 	target     spec.ServerName // the server under load
 	targetAddr string          // its federation listener, host:port
@@ -66,13 +64,13 @@ type FederationTarget struct {
 
 // StartPeer serves a peer on its slot's listener, talking to the target.
 func StartPeer(slot PeerSlot, target FederationTarget) (*Peer, error) {
-	_, key, err := ed25519.GenerateKey(rand.Reader)
+	id, err := peercore.NewIdentity(spec.ServerName(slot.Name), "ed25519:lg")
 	if err != nil {
 		return nil, err
 	}
 	tlsCfg := target.ClientTLS.Clone()
 	tlsCfg.ServerName = target.ServerName
-	p := &Peer{Name: spec.ServerName(slot.Name), keyID: "ed25519:lg", key: key,
+	p := &Peer{Name: id.Name, id: id,
 		target: spec.ServerName(target.ServerName), targetAddr: target.Addr, rooms: map[string]*PeerRoom{},
 		hc: &http.Client{Timeout: 5 * time.Minute, Transport: &http.Transport{
 			TLSClientConfig: tlsCfg, MaxIdleConnsPerHost: 16, ForceAttemptHTTP2: true}}}
@@ -104,13 +102,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 func (p *Peer) serveKeys(w http.ResponseWriter, _ *http.Request) {
-	body, _ := json.Marshal(map[string]any{
-		"server_name":     p.Name,
-		"verify_keys":     map[string]any{string(p.keyID): map[string]any{"key": spec.Base64Bytes(p.key.Public().(ed25519.PublicKey))}},
-		"old_verify_keys": map[string]any{},
-		"valid_until_ts":  time.Now().Add(24 * time.Hour).UnixMilli(),
-	})
-	signed, err := gomatrixserverlib.SignJSON(string(p.Name), p.keyID, p.key, body)
+	signed, err := p.id.KeyResponse(time.Now(), 24*time.Hour)
 	if err != nil {
 		writeJSON(w, http.StatusInternalServerError, map[string]string{"errcode": "M_UNKNOWN", "error": err.Error()})
 		return
@@ -137,21 +129,10 @@ func (p *Peer) federation(h func(*http.Request) (any, int)) http.HandlerFunc {
 // request sends a signed federation request to the target and decodes a
 // 200 answer into out.
 func (p *Peer) request(ctx context.Context, method, path string, body, out any) error {
-	fr := fclient.NewFederationRequest(method, p.Name, p.target, path)
-	if body != nil {
-		if err := fr.SetContent(body); err != nil {
-			return err
-		}
-	}
-	if err := fr.Sign(p.Name, p.keyID, p.key); err != nil {
-		return err
-	}
-	hr, err := fr.HTTPRequest()
+	hr, err := p.id.Request(ctx, method, p.target, p.targetAddr, path, body)
 	if err != nil {
 		return err
 	}
-	hr = hr.WithContext(ctx)
-	hr.URL.Scheme, hr.URL.Host = "https", p.targetAddr
 	res, err := p.hc.Do(hr)
 	if err != nil {
 		return err
@@ -250,7 +231,7 @@ func (p *Peer) Join(ctx context.Context, roomID, userID string) (*PeerRoom, erro
 	if err != nil {
 		return nil, fmt.Errorf("make_join template: %w", err)
 	}
-	join, err := p.sign(verImpl, pe)
+	join, err := p.id.Sign(verImpl, pe)
 	if err != nil {
 		return nil, err
 	}
@@ -278,15 +259,6 @@ func (p *Peer) Join(ctx context.Context, roomID, userID string) (*PeerRoom, erro
 	return rr, nil
 }
 
-func (p *Peer) sign(verImpl gomatrixserverlib.IRoomVersion, pe *gomatrixserverlib.ProtoEvent) (gomatrixserverlib.PDU, error) {
-	pe.Version = verImpl
-	ev, err := verImpl.NewEventBuilderFromProtoEvent(pe).Build(time.Now(), p.Name, p.keyID, p.key)
-	if err != nil {
-		return nil, fmt.Errorf("build %s: %w", pe.Type, err)
-	}
-	return ev, nil
-}
-
 // apply makes ev the room's last event (and state).
 func (rr *PeerRoom) apply(ev gomatrixserverlib.PDU) {
 	if sk := ev.StateKey(); sk != nil {
@@ -307,39 +279,16 @@ func (rr *PeerRoom) Add(sender, typ string, stateKey *string, content any) (goma
 		PrevEvents: []string{}, AuthEvents: []string{}, Depth: 1, Content: raw, Version: rr.verImpl}
 	if rr.last != nil {
 		pe.PrevEvents, pe.Depth = []string{rr.last.EventID()}, rr.last.Depth()+1
-		if err := rr.addAuthEvents(pe); err != nil {
+		if err := peercore.AddAuthEvents(rr.verImpl, pe, rr.state); err != nil {
 			return nil, err
 		}
 	}
-	ev, err := rr.p.sign(rr.verImpl, pe)
+	ev, err := rr.p.id.Sign(rr.verImpl, pe)
 	if err != nil {
 		return nil, err
 	}
 	rr.apply(ev)
 	return ev, nil
-}
-
-func (rr *PeerRoom) addAuthEvents(pe *gomatrixserverlib.ProtoEvent) error {
-	needed, err := gomatrixserverlib.StateNeededForProtoEvent(pe)
-	if err != nil {
-		return err
-	}
-	var st []gomatrixserverlib.PDU
-	for _, tuple := range needed.Tuples() {
-		if ev := rr.state[tuple]; ev != nil {
-			st = append(st, ev)
-		}
-	}
-	provider, err := gomatrixserverlib.NewAuthEvents(st)
-	if err != nil {
-		return err
-	}
-	eb := rr.verImpl.NewEventBuilderFromProtoEvent(pe)
-	if err := eb.AddAuthEvents(provider); err != nil {
-		return err
-	}
-	pe.AuthEvents = eb.AuthEvents
-	return nil
 }
 
 // Message adds a text message.
@@ -409,7 +358,7 @@ func (p *Peer) serveMakeJoin(req *http.Request) (any, int) {
 	raw, _ := json.Marshal(map[string]any{"membership": "join"})
 	pe := &gomatrixserverlib.ProtoEvent{SenderID: user, RoomID: rr.RoomID, Type: spec.MRoomMember, StateKey: &user,
 		PrevEvents: []string{rr.last.EventID()}, Depth: rr.last.Depth() + 1, Content: raw, Version: rr.verImpl}
-	if err := rr.addAuthEvents(pe); err != nil {
+	if err := peercore.AddAuthEvents(rr.verImpl, pe, rr.state); err != nil {
 		return map[string]string{"errcode": "M_UNKNOWN", "error": err.Error()}, http.StatusInternalServerError
 	}
 	return map[string]any{"room_version": rr.verImpl.Version(), "event": pe}, http.StatusOK

@@ -24,8 +24,8 @@ const AdminCaller = "myelin-admin"
 // the Helm chart's NetworkPolicies follow it.
 func CallerPolicy() rpc.Policy {
 	return rpc.Policy{
-		// Signing with the server's key: only the room-server builds and
-		// signs events (BuildEvent, SignJSON).
+		// Signing with the server's key: only the room-server signs JSON
+		// through the key-server (SignJSON).
 		keyserverv1.KeyService_ServiceDesc.ServiceName: {TargetRoomServer},
 		// The signing key (for X-Matrix requests) and other servers'
 		// keys: the services that make or check federation requests.
@@ -42,4 +42,15 @@ func CallerPolicy() rpc.Policy {
 		fedsenderv1.FederationSenderService_ServiceDesc.ServiceName: {TargetClientAPI},
 		grpc_health_v1.Health_ServiceDesc.ServiceName:               {rpc.AnyCaller},
 	}
+}
+
+// SignaturesCheckedCallers are the callers whose InputEvent.signatures_checked
+// the room-server honours (it skips checking those outliers' signatures
+// again): the federation-sender, which checks a send_join answer's
+// signatures itself. Another caller's flag is ignored. A caller is named
+// as in CallerPolicy: by its certificate in the split shape, by the name
+// it dialled with in-process (rpc.CallerOf), so without grpc.tls a call
+// from another process is never trusted with it.
+func SignaturesCheckedCallers() []string {
+	return []string{TargetFederationSender}
 }

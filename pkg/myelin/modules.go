@@ -132,7 +132,7 @@ func startKeyServer(ctx context.Context, p *process) (service, error) {
 }
 
 func startRoomServer(ctx context.Context, p *process) (service, error) {
-	ks, err := p.dial(TargetKeyServer)
+	ks, err := p.dial(TargetRoomServer, TargetKeyServer)
 	if err != nil {
 		return nil, err
 	}
@@ -143,30 +143,32 @@ func startRoomServer(ctx context.Context, p *process) (service, error) {
 		JetStream:   p.js,
 		KeyServer:   keyserverv1.NewKeyServiceClient(ks),
 		ServerKeys:  keyserverv1.NewServerKeyServiceClient(ks),
+
+		SignaturesCheckedCallers: SignaturesCheckedCallers(),
 	})
 }
 
 func startClientAPI(ctx context.Context, p *process) (service, error) {
-	ks, err := p.dial(TargetKeyServer)
+	ks, err := p.dial(TargetClientAPI, TargetKeyServer)
 	if err != nil {
 		return nil, err
 	}
-	rs, err := p.dial(TargetRoomServer)
+	rs, err := p.dial(TargetClientAPI, TargetRoomServer)
 	if err != nil {
 		return nil, err
 	}
-	ps, err := p.dial(TargetPresence)
+	ps, err := p.dial(TargetClientAPI, TargetPresence)
 	if err != nil {
 		return nil, err
 	}
-	ms, err := p.dial(TargetMedia)
+	ms, err := p.dial(TargetClientAPI, TargetMedia)
 	if err != nil {
 		return nil, err
 	}
 	// The appservice service only when there are appservices to ask.
 	var as appservicev1.AppserviceServiceClient
 	if p.appservices.Len() > 0 {
-		conn, err := p.dial(TargetAppservice)
+		conn, err := p.dial(TargetClientAPI, TargetAppservice)
 		if err != nil {
 			return nil, err
 		}
@@ -192,7 +194,7 @@ func startClientAPI(ctx context.Context, p *process) (service, error) {
 		if p.address(TargetFederationSender).GRPC == "" && !slices.Contains(p.targets, TargetFederationSender) {
 			p.log.Warn("federation is on but services.federation_sender.grpc is not set: local users cannot reach other servers' rooms and users")
 		} else {
-			fs, err := p.dial(TargetFederationSender)
+			fs, err := p.dial(TargetClientAPI, TargetFederationSender)
 			if err != nil {
 				return nil, err
 			}
@@ -203,7 +205,7 @@ func startClientAPI(ctx context.Context, p *process) (service, error) {
 }
 
 func startPresence(ctx context.Context, p *process) (service, error) {
-	rs, err := p.dial(TargetRoomServer)
+	rs, err := p.dial(TargetPresence, TargetRoomServer)
 	if err != nil {
 		return nil, err
 	}
@@ -217,7 +219,7 @@ func startPresence(ctx context.Context, p *process) (service, error) {
 }
 
 func startMedia(ctx context.Context, p *process) (service, error) {
-	ca, err := p.dial(TargetClientAPI)
+	ca, err := p.dial(TargetMedia, TargetClientAPI)
 	if err != nil {
 		return nil, err
 	}
@@ -236,7 +238,7 @@ func startMedia(ctx context.Context, p *process) (service, error) {
 	// signed with the key-server's key; without federation the media
 	// process needs no key-server.
 	if p.cfg.Federation.Enabled {
-		ks, err := p.dial(TargetKeyServer)
+		ks, err := p.dial(TargetMedia, TargetKeyServer)
 		if err != nil {
 			return nil, err
 		}
@@ -251,7 +253,7 @@ func startMedia(ctx context.Context, p *process) (service, error) {
 func startFederationReceiver(ctx context.Context, p *process) (service, error) {
 	conns := map[string]*grpc.ClientConn{}
 	for _, t := range []string{TargetKeyServer, TargetRoomServer, TargetPresence, TargetClientAPI} {
-		c, err := p.dial(t)
+		c, err := p.dial(TargetFederationReceiver, t)
 		if err != nil {
 			return nil, err
 		}
@@ -273,11 +275,11 @@ func startFederationReceiver(ctx context.Context, p *process) (service, error) {
 }
 
 func startFederationSender(ctx context.Context, p *process) (service, error) {
-	ks, err := p.dial(TargetKeyServer)
+	ks, err := p.dial(TargetFederationSender, TargetKeyServer)
 	if err != nil {
 		return nil, err
 	}
-	rs, err := p.dial(TargetRoomServer)
+	rs, err := p.dial(TargetFederationSender, TargetRoomServer)
 	if err != nil {
 		return nil, err
 	}
@@ -294,7 +296,7 @@ func startFederationSender(ctx context.Context, p *process) (service, error) {
 }
 
 func startAppservice(ctx context.Context, p *process) (service, error) {
-	rs, err := p.dial(TargetRoomServer)
+	rs, err := p.dial(TargetAppservice, TargetRoomServer)
 	if err != nil {
 		return nil, err
 	}

@@ -380,28 +380,36 @@ func (p *process) needsNATS() bool {
 		slices.Contains(p.targets, TargetAppservice)
 }
 
-// dial returns the gRPC connection to a service: the configured address, or,
-// when none is configured and the service runs here, this process's own gRPC
-// server through its in-memory listener.
-func (p *process) dial(target string) (*grpc.ClientConn, error) {
+// dial returns caller's gRPC connection to a service: the configured
+// address, or, when none is configured and the service runs here, this
+// process's own gRPC server through its in-memory listener. The server
+// knows the caller by the process's certificate on the network (grpc.tls)
+// and by caller in-process (rpc.CallerOf), so in-process connections are
+// one per caller and target, network ones one per target.
+func (p *process) dial(caller, target string) (*grpc.ClientConn, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if c, ok := p.conns[target]; ok {
+	addr := p.address(target).GRPC
+	key := target
+	if addr == "" {
+		key = caller + " -> " + target
+	}
+	if c, ok := p.conns[key]; ok {
 		return c, nil
 	}
 	var c *grpc.ClientConn
 	var err error
-	if addr := p.address(target).GRPC; addr != "" {
+	if addr != "" {
 		c, err = rpc.DialTLS(addr, p.creds)
 	} else if slices.Contains(p.targets, target) {
-		c, err = rpc.DialInProcess(p.inProcLis)
+		c, err = rpc.DialInProcess(p.inProcLis, caller)
 	} else {
 		return nil, fmt.Errorf("%s is not a target of this process: set services.%s.grpc", target, yamlKey(target))
 	}
 	if err != nil {
 		return nil, err
 	}
-	p.conns[target] = c
+	p.conns[key] = c
 	p.cleanups = append(p.cleanups, func() { _ = c.Close() })
 	return c, nil
 }

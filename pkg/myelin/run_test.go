@@ -3,6 +3,7 @@ package myelin
 import (
 	"context"
 	"net"
+	"slices"
 	"sync"
 	"testing"
 
@@ -15,27 +16,30 @@ import (
 )
 
 // peerRecorder is a health service that remembers over which network the
-// last call reached the server.
+// last call reached the server, and who made it.
 type peerRecorder struct {
 	grpc_health_v1.UnimplementedHealthServer
 	mu      sync.Mutex
 	network string
+	caller  rpc.Caller
 }
 
 func (r *peerRecorder) Check(ctx context.Context, _ *grpc_health_v1.HealthCheckRequest) (*grpc_health_v1.HealthCheckResponse, error) {
 	if p, ok := peer.FromContext(ctx); ok {
 		r.mu.Lock()
 		r.network = p.Addr.Network()
+		r.caller = rpc.CallerOf(ctx)
 		r.mu.Unlock()
 	}
 	return &grpc_health_v1.HealthCheckResponse{Status: grpc_health_v1.HealthCheckResponse_SERVING}, nil
 }
 
-// callOver makes a real call through the connection dial gives for target
-// and returns the network the server saw it arrive on.
-func (r *peerRecorder) callOver(t *testing.T, p *process, target string) string {
+// callOver makes a real call through the connection dial gives caller for
+// target and returns the network the server saw it arrive on and the
+// caller it saw.
+func (r *peerRecorder) callOver(t *testing.T, p *process, caller, target string) (string, rpc.Caller) {
 	t.Helper()
-	conn, err := p.dial(target)
+	conn, err := p.dial(caller, target)
 	if err != nil {
 		t.Fatalf("dial %s: %v", target, err)
 	}
@@ -44,13 +48,15 @@ func (r *peerRecorder) callOver(t *testing.T, p *process, target string) string 
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.network
+	return r.network, r.caller
 }
 
 // A peer that runs in this process is called through the gRPC server's
 // in-memory listener, not loopback TCP; a peer with a configured address
 // (another process, as in the split shape) is called at that address, over
-// TCP; a peer that is neither is a configuration error.
+// TCP; a peer that is neither is a configuration error. In-process calls
+// name their caller (each caller has its own connection); plain TCP calls
+// name none (with grpc.tls, the certificate names the process).
 func TestDialPicksTransport(t *testing.T) {
 	tcp, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -75,13 +81,19 @@ func TestDialPicksTransport(t *testing.T) {
 	go func() { _ = p.grpcSrv.Serve(p.inProcLis) }()
 	defer p.grpcSrv.Stop()
 
-	if got := rec.callOver(t, p, TargetRoomServer); got != rpc.InProcessNetwork {
-		t.Errorf("in-process peer reached over %q, want %q", got, rpc.InProcessNetwork)
+	for _, caller := range []string{TargetFederationSender, TargetClientAPI, TargetFederationSender} {
+		got, c := rec.callOver(t, p, caller, TargetRoomServer)
+		if got != rpc.InProcessNetwork {
+			t.Errorf("in-process peer reached over %q, want %q", got, rpc.InProcessNetwork)
+		}
+		if !c.InProcess || !slices.Equal(c.Names, []string{caller}) {
+			t.Errorf("in-process call of %s seen as %+v", caller, c)
+		}
 	}
-	if got := rec.callOver(t, p, TargetKeyServer); got != "tcp" {
-		t.Errorf("configured peer reached over %q, want tcp", got)
+	if got, c := rec.callOver(t, p, TargetClientAPI, TargetKeyServer); got != "tcp" || c.InProcess || len(c.Names) != 0 {
+		t.Errorf("configured peer reached over %q by %+v, want tcp, unnamed", got, c)
 	}
-	if _, err := p.dial(TargetPresence); err == nil {
+	if _, err := p.dial(TargetClientAPI, TargetPresence); err == nil {
 		t.Error("dial of a peer neither here nor configured succeeded")
 	}
 }

@@ -56,6 +56,10 @@ func NewServer(log *zap.Logger, opts ...grpc.ServerOption) *grpc.Server {
 		grpc.NumStreamWorkers(streamWorkers),
 		grpc.ChainUnaryInterceptor(recoverUnary(log), logUnary(log)),
 		grpc.ChainStreamInterceptor(recoverStream(log)),
+		// Plain gRPC on network listeners (Credentials.ServerOption
+		// replaces it with mutual TLS), the caller's name on in-process
+		// ones.
+		grpc.Creds(&serverCreds{TransportCredentials: insecure.NewCredentials()}),
 	}, opts...)...)
 }
 
@@ -119,13 +123,31 @@ func ListenInProcess() *bufconn.Listener {
 	return bufconn.Listen(inProcessBuffer)
 }
 
-// DialInProcess connects to the process's own gRPC server through lis. Like
+// DialInProcess connects to the process's own gRPC server through lis, as
+// caller: the name of the calling service, which the server's handlers see
+// in CallerOf as they see a certificate's name in the split shape (the
+// server must be NewServer's, which reads it; see inProcessCreds). Like
 // Dial, the connection is lazy.
-func DialInProcess(lis *bufconn.Listener) (*grpc.ClientConn, error) {
+func DialInProcess(lis *bufconn.Listener, caller string) (*grpc.ClientConn, error) {
+	if len(caller) > maxCallerName {
+		return nil, fmt.Errorf("in-process caller name %.40q... is longer than %d bytes", caller, maxCallerName)
+	}
 	// passthrough: the target names no host to resolve; the dialer below
 	// ignores it.
 	return dial("passthrough:///in-process", grpc.WithContextDialer(
-		func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }))
+		func(ctx context.Context, _ string) (net.Conn, error) {
+			conn, err := lis.DialContext(ctx)
+			if err != nil {
+				return nil, err
+			}
+			// The connection's first bytes name the caller; the server's
+			// handshake reads them (readInProcessCaller).
+			if _, err := conn.Write(append([]byte{byte(len(caller))}, caller...)); err != nil {
+				conn.Close()
+				return nil, err
+			}
+			return conn, nil
+		}))
 }
 
 func defaultDeadline(d time.Duration) grpc.UnaryClientInterceptor {

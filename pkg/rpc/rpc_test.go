@@ -151,7 +151,7 @@ func TestStreamPanicIsInternalError(t *testing.T) {
 	lis := ListenInProcess()
 	go srv.Serve(lis) //nolint:errcheck
 	defer srv.Stop()
-	conn, err := DialInProcess(lis)
+	conn, err := DialInProcess(lis, "test")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"slices"
@@ -16,7 +17,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 )
@@ -143,25 +143,55 @@ func (c *Credentials) clientTLS() *tls.Config {
 // listeners; connections through the in-process listener (the process's
 // own services) stay plain.
 func (c *Credentials) ServerOption() grpc.ServerOption {
-	return grpc.Creds(&serverCreds{TransportCredentials: credentials.NewTLS(c.serverTLS()), plain: insecure.NewCredentials()})
+	return grpc.Creds(&serverCreds{TransportCredentials: credentials.NewTLS(c.serverTLS())})
 }
 
-// serverCreds is TLS except for in-process connections.
+// serverCreds are the embedded credentials (TLS or plain) on network
+// connections; an in-process connection is plain and names its caller in
+// its first bytes (DialInProcess).
 type serverCreds struct {
 	credentials.TransportCredentials
-	plain credentials.TransportCredentials
 }
 
 func (s *serverCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	if conn.LocalAddr().Network() == InProcessNetwork {
-		return s.plain.ServerHandshake(conn)
+		caller, err := readInProcessCaller(conn)
+		if err != nil {
+			return nil, nil, err
+		}
+		return conn, inProcessInfo{caller: caller}, nil
 	}
 	return s.TransportCredentials.ServerHandshake(conn)
 }
 
 func (s *serverCreds) Clone() credentials.TransportCredentials {
-	return &serverCreds{TransportCredentials: s.TransportCredentials.Clone(), plain: s.plain}
+	return &serverCreds{TransportCredentials: s.TransportCredentials.Clone()}
 }
+
+// maxCallerName bounds an in-process caller's name (one length byte).
+const maxCallerName = 255
+
+// readInProcessCaller reads the caller's name DialInProcess writes first:
+// a length byte, then the name.
+func readInProcessCaller(conn net.Conn) (string, error) {
+	var n [1]byte
+	if _, err := io.ReadFull(conn, n[:]); err != nil {
+		return "", fmt.Errorf("in-process caller name: %w", err)
+	}
+	name := make([]byte, n[0])
+	if _, err := io.ReadFull(conn, name); err != nil {
+		return "", fmt.Errorf("in-process caller name: %w", err)
+	}
+	return string(name), nil
+}
+
+// inProcessInfo is an in-process connection's AuthInfo: the caller's name.
+type inProcessInfo struct {
+	credentials.CommonAuthInfo
+	caller string
+}
+
+func (inProcessInfo) AuthType() string { return "in-process" }
 
 // DialTLS is Dial with this process's certificate (creds nil: plain, as
 // Dial). The server's certificate must name the address's host.
@@ -173,7 +203,9 @@ func DialTLS(addr string, creds *Credentials) (*grpc.ClientConn, error) {
 }
 
 // Caller is who made a call: the names of its client certificate (its
-// subject's common name and DNS names), or the process itself.
+// subject's common name and DNS names), or a service of this process with
+// the name it dialled as (DialInProcess). Without mutual TLS a call from
+// another process has no names.
 type Caller struct {
 	InProcess bool
 	Names     []string
@@ -186,7 +218,11 @@ func CallerOf(ctx context.Context) Caller {
 		return Caller{}
 	}
 	if p.Addr != nil && p.Addr.Network() == InProcessNetwork {
-		return Caller{InProcess: true}
+		c := Caller{InProcess: true}
+		if info, ok := p.AuthInfo.(inProcessInfo); ok && info.caller != "" {
+			c.Names = []string{info.caller}
+		}
+		return c
 	}
 	info, ok := p.AuthInfo.(credentials.TLSInfo)
 	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
@@ -219,7 +255,15 @@ func (p Policy) allows(fullMethod string, c Caller) bool {
 		svc, _, _ := strings.Cut(strings.TrimPrefix(fullMethod, "/"), "/")
 		allowed = p[svc]
 	}
-	for _, a := range allowed {
+	return c.OneOf(allowed)
+}
+
+// OneOf reports whether the caller bears one of the names (AnyCaller:
+// any name at all), by its certificate or, in-process, by the name it
+// dialled as. A handler checks with it who may ask for what one RPC
+// offers beyond what the Policy admits to.
+func (c Caller) OneOf(names []string) bool {
+	for _, a := range names {
 		if a == AnyCaller && len(c.Names) > 0 || slices.Contains(c.Names, a) {
 			return true
 		}

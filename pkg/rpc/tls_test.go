@@ -64,7 +64,7 @@ func TestMutualTLSAndCallerPolicy(t *testing.T) {
 	if err := check(rpc.DialTLS(addr, creds("room-server"))); err != nil {
 		t.Errorf("allowed caller: %v", err)
 	}
-	if err := check(rpc.DialInProcess(inProc)); err != nil {
+	if err := check(rpc.DialInProcess(inProc, "media")); err != nil {
 		t.Errorf("in-process caller: %v", err)
 	}
 	if err := check(rpc.DialTLS(addr, creds("media"))); status.Code(err) != codes.PermissionDenied {

@@ -23,7 +23,7 @@ func TestAuthenticateRPC(t *testing.T) {
 	lis := rpc.ListenInProcess()
 	go srv.Serve(lis) //nolint:errcheck
 	t.Cleanup(srv.Stop)
-	conn, err := rpc.DialInProcess(lis)
+	conn, err := rpc.DialInProcess(lis, "media")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,7 +24,7 @@ func (h *harness) userService() clientapiv1.UserServiceClient {
 	lis := rpc.ListenInProcess()
 	go srv.Serve(lis) //nolint:errcheck
 	h.t.Cleanup(srv.Stop)
-	conn, err := rpc.DialInProcess(lis)
+	conn, err := rpc.DialInProcess(lis, "media")
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -289,7 +289,7 @@ func TestFetchCacheAndMinValidUntil(t *testing.T) {
 	// So with hs2 down, something hs2 signs with it verifies (through the
 	// key ring over QueryServerKeys) at a time within the key's validity,
 	// and not after it.
-	_, _, priv2 := hs2Signer(t, hs2)
+	_, _, priv2 := nodeSigner(t, hs2)
 	signed, err := gomatrixserverlib.SignJSON("hs2.test", gomatrixserverlib.KeyID(rot.GetKeyId()), priv2, []byte(`{"a":1}`))
 	if err != nil {
 		t.Fatal(err)
@@ -432,16 +432,18 @@ func TestRotation(t *testing.T) {
 	ctx := context.Background()
 	k1, pub1 := signingKey(t, hs1)
 	seed1, _ := hs1.keys.SigningKey(ctx, &keyserverv1.SigningKeyRequest{})
+	// build signs an event the way the room-server does: with the key
+	// SigningKey hands out at the time.
 	build := func(body string) []byte {
-		proto, _ := json.Marshal(gomatrixserverlib.ProtoEvent{
+		server, keyID, priv := nodeSigner(t, hs1)
+		ev, err := gomatrixserverlib.MustGetRoomVersion("11").NewEventBuilderFromProtoEvent(&gomatrixserverlib.ProtoEvent{
 			SenderID: "@alice:hs1.test", RoomID: "!r:hs1.test", Type: "m.room.message",
 			PrevEvents: []string{"$p"}, AuthEvents: []string{"$p"}, Depth: 2, Content: []byte(`{"body":"` + body + `"}`),
-		})
-		resp, err := hs1.ks.BuildEvent(ctx, &keyserverv1.BuildEventRequest{RoomVersion: "11", ProtoEvent: proto})
+		}).Build(time.Now(), spec.ServerName(server), keyID, priv)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return resp.GetEventJson()
+		return ev.JSON()
 	}
 	before := build("before")
 
@@ -517,8 +519,8 @@ func TestRotation(t *testing.T) {
 	}
 }
 
-// hs2Signer is a node's current signing key, private part included.
-func hs2Signer(t *testing.T, n *node) (string, gomatrixserverlib.KeyID, ed25519.PrivateKey) {
+// nodeSigner is a node's current signing key, private part included.
+func nodeSigner(t *testing.T, n *node) (string, gomatrixserverlib.KeyID, ed25519.PrivateKey) {
 	t.Helper()
 	resp, err := n.keys.SigningKey(context.Background(), &keyserverv1.SigningKeyRequest{})
 	if err != nil {

@@ -54,23 +54,6 @@ func (h *handler) SignJSON(ctx context.Context, req *keyserverv1.SignJSONRequest
 	}, nil
 }
 
-func (h *handler) BuildEvent(ctx context.Context, req *keyserverv1.BuildEventRequest) (*keyserverv1.BuildEventResponse, error) {
-	ev, err := h.svc.buildEvent(req.GetRoomVersion(), req.GetProtoEvent(), req.OriginServerTs)
-	switch {
-	case errors.Is(err, ErrBadEvent):
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	case errors.Is(err, ErrEventTooLarge):
-		return nil, status.Error(codes.OutOfRange, err.Error())
-	case err != nil:
-		return nil, status.Error(codes.Internal, err.Error())
-	}
-	return &keyserverv1.BuildEventResponse{
-		ServerName: string(h.svc.server),
-		EventJson:  ev.JSON(),
-		EventId:    ev.EventID(),
-	}, nil
-}
-
 // serverKeyHandler implements the generated ServerKeyService server.
 type serverKeyHandler struct {
 	keyserverv1.UnimplementedServerKeyServiceServer

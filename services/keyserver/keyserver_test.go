@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"strings"
 	"testing"
 
 	"github.com/go-chi/chi/v5"
@@ -145,73 +144,4 @@ func TestServerKeysEndpointIsSelfSigned(t *testing.T) {
 	if err := gomatrixserverlib.VerifyJSON("example.test", gomatrixserverlib.KeyID(vk.KeyId), vk.PublicKey, body); err != nil {
 		t.Fatalf("key response not signed by its key: %v", err)
 	}
-}
-
-// TestBuildEvent: a built event parses as untrusted JSON (content hash,
-// event ID as reference hash from room version 3 on) and its one signature,
-// over the redacted event, verifies with the published key.
-func TestBuildEvent(t *testing.T) {
-	client, _ := start(t, testkit.Postgres(t))
-	ctx := context.Background()
-	keys, err := client.ServerKeys(ctx, &keyserverv1.ServerKeysRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	vk := keys.VerifyKeys[0]
-	for _, version := range []string{"1", "4", "11"} {
-		verImpl := gomatrixserverlib.MustGetRoomVersion(gomatrixserverlib.RoomVersion(version))
-		prev := "$prev"
-		if version == "1" {
-			prev = "$prev:example.test"
-		}
-		proto, _ := json.Marshal(gomatrixserverlib.ProtoEvent{
-			SenderID: "@alice:example.test", RoomID: "!room:example.test", Type: "m.room.message",
-			PrevEvents: []string{prev}, AuthEvents: []string{prev}, Depth: 3,
-			Content: []byte(`{"body":"hi","msgtype":"m.text"}`),
-		})
-		resp, err := client.BuildEvent(ctx, &keyserverv1.BuildEventRequest{RoomVersion: version, ProtoEvent: proto})
-		if err != nil {
-			t.Fatalf("v%s: %v", version, err)
-		}
-		pdu, err := verImpl.NewEventFromUntrustedJSON(resp.EventJson)
-		if err != nil {
-			t.Fatalf("v%s: built event does not parse as untrusted: %v", version, err)
-		}
-		if pdu.EventID() != resp.EventId || pdu.Redacted() || resp.ServerName != "example.test" {
-			t.Fatalf("v%s: event ID %s, response %s, redacted %v", version, pdu.EventID(), resp.EventId, pdu.Redacted())
-		}
-		if got := pdu.PrevEventIDs(); len(got) != 1 || got[0] != prev {
-			t.Fatalf("v%s: prev_events %v", version, got)
-		}
-		sigs := map[string]map[string]json.RawMessage{}
-		_ = json.Unmarshal([]byte(gjsonGet(t, resp.EventJson, "signatures")), &sigs)
-		if len(sigs) != 1 || len(sigs["example.test"]) != 1 {
-			t.Fatalf("v%s: want one signature, got %v", version, sigs)
-		}
-		redacted, err := verImpl.RedactEventJSON(resp.EventJson)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := gomatrixserverlib.VerifyJSON("example.test", gomatrixserverlib.KeyID(vk.KeyId), vk.PublicKey, redacted); err != nil {
-			t.Fatalf("v%s: signature does not verify: %v", version, err)
-		}
-	}
-	for _, bad := range []*keyserverv1.BuildEventRequest{
-		{RoomVersion: "11", ProtoEvent: []byte(`not json`)},
-		{RoomVersion: "nope", ProtoEvent: []byte(`{}`)},
-		{RoomVersion: "11", ProtoEvent: []byte(`{"type":"m.room.message","content":{"body":"` + strings.Repeat("x", 70000) + `"}}`)},
-	} {
-		if _, err := client.BuildEvent(ctx, bad); status.Code(err) != codes.InvalidArgument {
-			t.Errorf("BuildEvent(%.40s): want InvalidArgument, got %v", bad.ProtoEvent, err)
-		}
-	}
-}
-
-func gjsonGet(t *testing.T, raw []byte, key string) string {
-	t.Helper()
-	var obj map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &obj); err != nil {
-		t.Fatal(err)
-	}
-	return string(obj[key])
 }

@@ -232,44 +232,6 @@ func (s *Service) sign(message []byte) (signed, signature []byte, keyID string, 
 	return signed, out.Signatures[string(s.server)][key.ID], key.ID, nil
 }
 
-// ErrBadEvent is returned when a proto-event cannot be built into an event
-// (bad JSON, an unknown room version, or gomatrixserverlib's field checks).
-var ErrBadEvent = errors.New("cannot build event")
-
-// ErrEventTooLarge is returned when the built event would exceed the
-// spec's size limits (65,536 bytes in all, 255 bytes for some fields).
-var ErrEventTooLarge = errors.New("event too large")
-
-// buildEvent completes a proto-event (JSON of gomatrixserverlib.ProtoEvent)
-// into a signed event of this server with gomatrixserverlib's EventBuilder,
-// signed by the current key: the only signature the event gets. originTS
-// (ms since the epoch) is its origin_server_ts; nil means now.
-func (s *Service) buildEvent(version string, protoJSON []byte, originTS *int64) (gomatrixserverlib.PDU, error) {
-	verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(version))
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadEvent, err)
-	}
-	pe, err := federation.DecodeProtoEvent(protoJSON)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadEvent, err)
-	}
-	key := s.current()
-	ts := time.Now()
-	if originTS != nil {
-		ts = time.UnixMilli(*originTS)
-	}
-	ev, err := verImpl.NewEventBuilderFromProtoEvent(pe).Build(ts, s.server,
-		gomatrixserverlib.KeyID(key.ID), key.Private)
-	var tooLarge gomatrixserverlib.EventValidationError
-	if errors.As(err, &tooLarge) && tooLarge.Code == gomatrixserverlib.EventValidationTooLarge {
-		return nil, fmt.Errorf("%w: %v", ErrEventTooLarge, err)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadEvent, err)
-	}
-	return ev, nil
-}
-
 // serverKeys is the body of GET /_matrix/key/v2/server, before signing.
 type serverKeys struct {
 	ServerName    string                  `json:"server_name"`

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/myelin-chat/myelin/pkg/pgstore"
+	"github.com/myelin-chat/myelin/pkg/rpc"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/roomserver/signing"
 )
@@ -69,6 +70,13 @@ func (h *handler) SendEvent(ctx context.Context, req *roomserverv1.SendEventRequ
 }
 
 func (h *handler) InputEvents(ctx context.Context, req *roomserverv1.InputEventsRequest) (*roomserverv1.InputEventsResponse, error) {
+	// signatures_checked is a caller's word that it verified the
+	// signatures: taken only from the callers allowed to give it.
+	if !rpc.CallerOf(ctx).OneOf(h.svc.sigCheckedCallers) {
+		for _, ie := range req.GetEvents() {
+			ie.SignaturesChecked = false
+		}
+	}
 	results, err := h.svc.inputEvents(ctx, req.GetEvents())
 	if err != nil {
 		return nil, toStatus(err)

@@ -36,6 +36,10 @@ func TestMain(m *testing.M) { testkit.Main(m) }
 
 const testServer = "rs.test"
 
+// fedSenderCaller is the caller name whose InputEvent.signatures_checked
+// the harness's room-server honours (myelin.SignaturesCheckedCallers).
+const fedSenderCaller = "federation-sender"
+
 var (
 	alice = "@alice:" + testServer
 	bob   = "@bob:" + testServer
@@ -165,6 +169,7 @@ func (h *harness) start(run bool) {
 	svc, err := New(h.ctx, h.cfg, Deps{
 		Logger: testLogger(t).Named("roomserver"), ServerName: testServer, DatabaseURL: h.db,
 		JetStream: h.js, KeyServer: h.ks, ServerKeys: h.sks,
+		SignaturesCheckedCallers: []string{fedSenderCaller},
 	})
 	if err != nil {
 		t.Fatalf("roomserver.New: %v", err)

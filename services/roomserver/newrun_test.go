@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"syscall"
@@ -13,7 +14,10 @@ import (
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
+	"google.golang.org/grpc"
 
+	"github.com/myelin-chat/myelin/pkg/rpc"
+	"github.com/myelin-chat/myelin/pkg/testkit"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 )
 
@@ -108,7 +112,11 @@ func TestNewRun(t *testing.T) {
 // (a send_join answer's state, checked by the federation-sender) the
 // second signature check, and nothing else: a NEW event with it, or an
 // outlier without it, is still refused for a forged signature, and an
-// outlier with it is still parsed (its content hash checked).
+// outlier with it is still parsed (its content hash checked). Only the
+// allowed caller (Deps.SignaturesCheckedCallers) is believed, named the
+// same way in both shapes: by its certificate over mutual TLS, by the name
+// it dialled with in-process. From any other caller, or an unnamed one
+// (plain gRPC), the flag is ignored and the forged outlier refused.
 func TestSignaturesChecked(t *testing.T) {
 	h := newHarness(t, nil)
 	roomID := h.createRoom("11", "public", map[string]int{alice: 100}).GetRoomId()
@@ -127,30 +135,84 @@ func TestSignaturesChecked(t *testing.T) {
 	}
 	topic := h.build(roomID, alice, spec.MRoomTopic, ptr(""), map[string]any{"topic": "forged"}, head, head[0])
 	forged := forge(topic)
-	input := func(kind roomserverv1.InputKind, checked bool, raw []byte) *roomserverv1.InputEventResult {
+
+	// The room-server's handlers on a server with mutual TLS and an
+	// in-process listener, as in the split and all-in-one shapes.
+	ca := testkit.NewCA(t)
+	creds := func(names ...string) *rpc.Credentials {
 		t.Helper()
-		resp, err := h.rs.InputEvents(h.ctx, &roomserverv1.InputEventsRequest{Events: []*roomserverv1.InputEvent{{
+		cert, key := ca.Issue(t, names...)
+		c, err := rpc.LoadCredentials(rpc.TLSConfig{CertFile: cert, KeyFile: key, CAFile: ca.CertFile})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	g := rpc.NewServer(testLogger(t).Named("grpc"), creds("room-server", "127.0.0.1").ServerOption())
+	h.svc.RegisterGRPC(g)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	inProc := rpc.ListenInProcess()
+	go func() { _ = g.Serve(lis) }()
+	go func() { _ = g.Serve(inProc) }()
+	t.Cleanup(g.Stop)
+	client := func(conn *grpc.ClientConn, err error) roomserverv1.RoomServiceClient {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return roomserverv1.NewRoomServiceClient(conn)
+	}
+	trusted := map[string]roomserverv1.RoomServiceClient{
+		"TLS " + fedSenderCaller:        client(rpc.DialTLS(lis.Addr().String(), creds(fedSenderCaller))),
+		"in-process " + fedSenderCaller: client(rpc.DialInProcess(inProc, fedSenderCaller)),
+	}
+	untrusted := map[string]roomserverv1.RoomServiceClient{
+		"TLS client-api":        client(rpc.DialTLS(lis.Addr().String(), creds("client-api"))),
+		"in-process client-api": client(rpc.DialInProcess(inProc, "client-api")),
+		"in-process, unnamed":   client(rpc.DialInProcess(inProc, "")),
+		"plain, unnamed":        h.rs,
+	}
+
+	input := func(rs roomserverv1.RoomServiceClient, kind roomserverv1.InputKind, checked bool, raw []byte) *roomserverv1.InputEventResult {
+		t.Helper()
+		resp, err := rs.InputEvents(h.ctx, &roomserverv1.InputEventsRequest{Events: []*roomserverv1.InputEvent{{
 			RoomVersion: "11", EventJson: raw, Kind: kind, SignaturesChecked: checked}}})
 		if err != nil || len(resp.GetResults()) != 1 {
 			t.Fatalf("InputEvents: %v", err)
 		}
 		return resp.GetResults()[0]
 	}
-	if r := input(roomserverv1.InputKind_INPUT_KIND_NEW, true, forged); r.GetStatus() != invalidSt {
-		t.Errorf("NEW, forged, signatures_checked: %s %s, want INVALID", r.GetStatus(), r.GetReason())
+	for name, rs := range untrusted {
+		if r := input(rs, roomserverv1.InputKind_INPUT_KIND_OUTLIER, true, forged); r.GetStatus() != invalidSt {
+			t.Errorf("%s: OUTLIER, forged, signatures_checked: %s %s, want INVALID", name, r.GetStatus(), r.GetReason())
+		}
 	}
-	if r := input(roomserverv1.InputKind_INPUT_KIND_OUTLIER, false, forged); r.GetStatus() != invalidSt {
-		t.Errorf("OUTLIER, forged: %s %s, want INVALID", r.GetStatus(), r.GetReason())
-	}
-	if r := input(roomserverv1.InputKind_INPUT_KIND_OUTLIER, true, []byte(`{"type":`)); r.GetStatus() != invalidSt {
-		t.Errorf("OUTLIER, unparseable, signatures_checked: %s %s, want INVALID", r.GetStatus(), r.GetReason())
+	for name, rs := range trusted {
+		if r := input(rs, roomserverv1.InputKind_INPUT_KIND_NEW, true, forged); r.GetStatus() != invalidSt {
+			t.Errorf("%s: NEW, forged, signatures_checked: %s %s, want INVALID", name, r.GetStatus(), r.GetReason())
+		}
+		if r := input(rs, roomserverv1.InputKind_INPUT_KIND_OUTLIER, false, forged); r.GetStatus() != invalidSt {
+			t.Errorf("%s: OUTLIER, forged: %s %s, want INVALID", name, r.GetStatus(), r.GetReason())
+		}
+		if r := input(rs, roomserverv1.InputKind_INPUT_KIND_OUTLIER, true, []byte(`{"type":`)); r.GetStatus() != invalidSt {
+			t.Errorf("%s: OUTLIER, unparseable, signatures_checked: %s %s, want INVALID", name, r.GetStatus(), r.GetReason())
+		}
 	}
 	if h.event(topic.EventID()) != nil {
 		t.Fatal("the forged event was stored")
 	}
-	// The caller vouches for the signatures: the outlier is taken.
-	if r := input(roomserverv1.InputKind_INPUT_KIND_OUTLIER, true, forged); r.GetStatus() != accepted {
-		t.Errorf("OUTLIER, signatures_checked: %s %s, want ACCEPTED", r.GetStatus(), r.GetReason())
+	// The federation-sender vouches for the signatures: the outlier is
+	// taken (once it is stored, a second input is a no-op, so one caller
+	// per forged event).
+	for name, rs := range trusted {
+		ev := forge(h.build(roomID, alice, spec.MRoomTopic, ptr(""), map[string]any{"topic": name}, head, head[0]))
+		if r := input(rs, roomserverv1.InputKind_INPUT_KIND_OUTLIER, true, ev); r.GetStatus() != accepted {
+			t.Errorf("%s: OUTLIER, signatures_checked: %s %s, want ACCEPTED", name, r.GetStatus(), r.GetReason())
+		}
 	}
 }
 

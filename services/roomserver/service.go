@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -59,6 +60,11 @@ type Deps struct {
 	KeyServer   keyserverv1.KeyServiceClient
 	// ServerKeys gives the verify keys of every server (signature checks).
 	ServerKeys keyserverv1.ServerKeyServiceClient
+	// SignaturesCheckedCallers are the callers (rpc.CallerOf names: a
+	// certificate's in the split shape, the dialled name in-process) whose
+	// InputEvent.signatures_checked is honoured; from any other caller
+	// the flag is ignored and the signatures are checked here.
+	SignaturesCheckedCallers []string
 }
 
 // Service is a running room-server.
@@ -71,6 +77,8 @@ type Service struct {
 	signer     *signing.Signer
 	verifier   gomatrixserverlib.JSONVerifier
 	locks      *roomLocks
+	// sigCheckedCallers: Deps.SignaturesCheckedCallers.
+	sigCheckedCallers []string
 
 	snapshots *lru.Cache[int64, snapshot]
 	events    *lru.Cache[int64, *eventEntry]
@@ -117,14 +125,15 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		return nil, fmt.Errorf("roomserver store: %w", err)
 	}
 	s := &Service{
-		cfg:        cfg,
-		log:        deps.Logger,
-		serverName: serverName,
-		store:      st,
-		js:         deps.JetStream,
-		signer:     sg,
-		verifier:   signing.NewVerifier(deps.ServerKeys, cfg.KeyCacheTTL),
-		locks:      newRoomLocks(),
+		cfg:               cfg,
+		log:               deps.Logger,
+		serverName:        serverName,
+		store:             st,
+		js:                deps.JetStream,
+		signer:            sg,
+		verifier:          signing.NewVerifier(deps.ServerKeys, cfg.KeyCacheTTL),
+		locks:             newRoomLocks(),
+		sigCheckedCallers: slices.Clone(deps.SignaturesCheckedCallers),
 		snapshots: lru.NewWeighted[int64, snapshot](cfg.StateCacheSize, cfg.StateCacheMaxEntries,
 			func(s snapshot) int { return len(s.state) }),
 		events: lru.NewWeighted[int64, *eventEntry](cfg.EventCacheSize, cfg.EventCacheMaxBytes,

@@ -78,7 +78,7 @@ func TestCrashUnderLoad(t *testing.T) {
 			api = p
 		}
 	}
-	if err := api.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+	if err := api.signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	<-api.done

@@ -83,9 +83,22 @@ func (p *proc) start(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", p.name, err)
 	}
+	fmt.Fprintf(f, "==== %s runs as pid %d\n", p.name, cmd.Process.Pid)
 	p.cmd = cmd
 	p.done = make(chan error, 1)
 	go func() { p.done <- cmd.Wait(); f.Close() }()
+}
+
+// signal sends the process sig, and first says so in its log: every
+// signal the test sends is there, so a process that logs a signal it was
+// not sent ("stopping: signal received") got it from elsewhere. (Signals
+// go through the process's pidfd: never to a PID since reused.)
+func (p *proc) signal(sig syscall.Signal) error {
+	if f, err := os.OpenFile(p.log, os.O_WRONLY|os.O_APPEND, 0); err == nil {
+		fmt.Fprintf(f, "==== %s the test sends %v to %s (pid %d)\n", time.Now().Format(time.RFC3339Nano), sig, p.name, p.cmd.Process.Pid)
+		f.Close()
+	}
+	return p.cmd.Process.Signal(sig)
 }
 
 // stop sends SIGTERM and waits; a process that does not stop is killed and
@@ -95,14 +108,14 @@ func (p *proc) stop(t *testing.T) {
 	if p.cmd == nil {
 		return
 	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	_ = p.signal(syscall.SIGTERM)
 	select {
 	case err := <-p.done:
 		if err != nil {
 			t.Errorf("%s exited with %v (log: %s)", p.name, err, p.log)
 		}
 	case <-time.After(30 * time.Second):
-		_ = p.cmd.Process.Kill()
+		_ = p.signal(syscall.SIGKILL)
 		<-p.done
 		t.Errorf("%s did not stop within 30s", p.name)
 	}
@@ -115,11 +128,11 @@ func (p *proc) quit() {
 	if p.cmd == nil {
 		return
 	}
-	_ = p.cmd.Process.Signal(syscall.SIGQUIT)
+	_ = p.signal(syscall.SIGQUIT)
 	select {
 	case <-p.done:
 	case <-time.After(10 * time.Second):
-		_ = p.cmd.Process.Kill()
+		_ = p.signal(syscall.SIGKILL)
 		<-p.done
 	}
 	p.cmd = nil

@@ -111,7 +111,7 @@ func TestMakeRunLifecycle(t *testing.T) {
 	if _, err := os.Stat(pidFile); err != nil {
 		t.Fatalf("the local cluster is not running: %v", err)
 	}
-	_ = first.cmd.Process.Signal(syscall.SIGKILL)
+	_ = first.signal(syscall.SIGKILL)
 	<-first.done
 	first.cmd = nil
 	testkit.Eventually(t, 2*time.Minute, func() error {

@@ -1,6 +1,7 @@
 package fedpeer
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -47,31 +48,22 @@ func (s *Server) DoWithHeaders(req Request) (int, http.Header, []byte) {
 	if dest == "" {
 		dest = s.Target
 	}
-	fr := fclient.NewFederationRequest(req.Method, s.Name, dest, req.Path)
-	switch {
-	case req.Raw != nil:
-		if err := fr.SetContent(json.RawMessage(req.Raw)); err != nil {
-			s.t.Fatal(err)
-		}
-	case req.Body != nil:
-		if err := fr.SetContent(req.Body); err != nil {
-			s.t.Fatal(err)
-		}
+	addr := s.TargetAddr
+	if req.Addr != "" {
+		addr = req.Addr
 	}
-	if err := fr.Sign(s.Name, s.KeyID, s.Key); err != nil {
-		s.t.Fatal(err)
+	content := req.Body
+	if req.Raw != nil {
+		content = json.RawMessage(req.Raw)
 	}
-	hr, err := fr.HTTPRequest()
+	hr, err := s.Identity().Request(context.Background(), req.Method, dest, addr, req.Path, content)
 	if err != nil {
 		s.t.Fatal(err)
 	}
 	if req.Raw != nil {
+		// As it is, not as SetContent re-encoded it.
 		hr.Body = io.NopCloser(strings.NewReader(string(req.Raw)))
 		hr.ContentLength = int64(len(req.Raw))
-	}
-	hr.URL.Scheme, hr.URL.Host = "https", s.TargetAddr
-	if req.Addr != "" {
-		hr.URL.Host = req.Addr
 	}
 	if req.Unsigned {
 		hr.Header.Del("Authorization")
@@ -181,10 +173,9 @@ func Template(t interface {
 // Sign builds and signs a proto-event as the server.
 func (s *Server) Sign(verImpl gomatrixserverlib.IRoomVersion, pe *gomatrixserverlib.ProtoEvent) gomatrixserverlib.PDU {
 	s.t.Helper()
-	pe.Version = verImpl
-	ev, err := verImpl.NewEventBuilderFromProtoEvent(pe).Build(time.Now(), s.Name, s.KeyID, s.Key)
+	ev, err := s.Identity().Sign(verImpl, pe)
 	if err != nil {
-		s.t.Fatalf("build %s: %v", pe.Type, err)
+		s.t.Fatal(err)
 	}
 	return ev
 }

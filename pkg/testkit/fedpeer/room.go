@@ -8,6 +8,8 @@ import (
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"github.com/myelin-chat/myelin/pkg/testkit/fedpeer/peercore"
 )
 
 // Room is a room as the server holds it: its state and last event, and
@@ -103,15 +105,9 @@ func (rr *Room) Proto(sender, typ string, stateKey *string, content any) *gomatr
 	t.Helper()
 	pe := &gomatrixserverlib.ProtoEvent{SenderID: sender, RoomID: rr.RoomID, Type: typ, StateKey: stateKey,
 		PrevEvents: []string{rr.Last.EventID()}, Depth: rr.Last.Depth() + 1, Content: rr.Server.mustJSON(content), Version: rr.Version}
-	provider, err := gomatrixserverlib.NewAuthEvents(rr.StateEvents())
-	if err != nil {
+	if err := peercore.AddAuthEvents(rr.Version, pe, rr.State); err != nil {
 		t.Fatal(err)
 	}
-	eb := rr.Version.NewEventBuilderFromProtoEvent(pe)
-	if err := eb.AddAuthEvents(provider); err != nil {
-		t.Fatal(err)
-	}
-	pe.AuthEvents = eb.AuthEvents
 	return pe
 }
 

@@ -32,6 +32,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"github.com/myelin-chat/myelin/pkg/testkit"
+	"github.com/myelin-chat/myelin/pkg/testkit/fedpeer/peercore"
 )
 
 // Server is the other homeserver.
@@ -77,11 +78,11 @@ type Event struct {
 // Serve (or a test serves Handler itself).
 func New(t testing.TB, name string) *Server {
 	t.Helper()
-	_, key, err := ed25519.GenerateKey(rand.Reader)
+	id, err := peercore.NewIdentity(spec.ServerName(name), "ed25519:remote")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Server{t: t, Name: spec.ServerName(name), KeyID: "ed25519:remote", Key: key,
+	return &Server{t: t, Name: id.Name, KeyID: id.KeyID, Key: id.Key,
 		Events: map[string]*Event{}, Rooms: map[string]*Room{}, Devices: map[string]fclient.RespUserDevices{}, calls: map[string]int{}, behave: map[string]string{}}
 }
 
@@ -161,20 +162,15 @@ func (s *Server) Handler() http.Handler {
 	return m
 }
 
+// Identity is the server's name and key as peercore's.
+func (s *Server) Identity() peercore.Identity {
+	return peercore.Identity{Name: s.Name, KeyID: s.KeyID, Key: s.Key}
+}
+
 // KeyResponse is the server's signed key response at now, valid for an
 // hour (the server-server API's "Publishing Keys").
 func (s *Server) KeyResponse(now time.Time) ([]byte, error) {
-	keys := gomatrixserverlib.ServerKeys{ServerKeyFields: gomatrixserverlib.ServerKeyFields{
-		ServerName:    s.Name,
-		VerifyKeys:    map[gomatrixserverlib.KeyID]gomatrixserverlib.VerifyKey{s.KeyID: {Key: spec.Base64Bytes(s.Key.Public().(ed25519.PublicKey))}},
-		OldVerifyKeys: map[gomatrixserverlib.KeyID]gomatrixserverlib.OldVerifyKey{},
-		ValidUntilTS:  spec.AsTimestamp(now.Add(time.Hour)),
-	}}
-	raw, err := json.Marshal(keys)
-	if err != nil {
-		return nil, err
-	}
-	return gomatrixserverlib.SignJSON(string(s.Name), s.KeyID, s.Key, raw)
+	return s.Identity().KeyResponse(now, time.Hour)
 }
 
 func (s *Server) serveKeys(w http.ResponseWriter, _ *http.Request) {

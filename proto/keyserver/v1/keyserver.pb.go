@@ -307,132 +307,6 @@ func (x *SignJSONResponse) GetSignedJson() []byte {
 	return nil
 }
 
-type BuildEventRequest struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// The room version, e.g. "11".
-	RoomVersion string `protobuf:"bytes,1,opt,name=room_version,json=roomVersion,proto3" json:"room_version,omitempty"`
-	// A gomatrixserverlib.ProtoEvent as JSON: sender, room_id, type,
-	// state_key, prev_events, auth_events, redacts, depth and content, all
-	// filled in by the caller.
-	ProtoEvent []byte `protobuf:"bytes,2,opt,name=proto_event,json=protoEvent,proto3" json:"proto_event,omitempty"`
-	// origin_server_ts in ms since the epoch; unset means now.
-	OriginServerTs *int64 `protobuf:"varint,3,opt,name=origin_server_ts,json=originServerTs,proto3,oneof" json:"origin_server_ts,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
-}
-
-func (x *BuildEventRequest) Reset() {
-	*x = BuildEventRequest{}
-	mi := &file_keyserver_v1_keyserver_proto_msgTypes[5]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *BuildEventRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*BuildEventRequest) ProtoMessage() {}
-
-func (x *BuildEventRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyserver_v1_keyserver_proto_msgTypes[5]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use BuildEventRequest.ProtoReflect.Descriptor instead.
-func (*BuildEventRequest) Descriptor() ([]byte, []int) {
-	return file_keyserver_v1_keyserver_proto_rawDescGZIP(), []int{5}
-}
-
-func (x *BuildEventRequest) GetRoomVersion() string {
-	if x != nil {
-		return x.RoomVersion
-	}
-	return ""
-}
-
-func (x *BuildEventRequest) GetProtoEvent() []byte {
-	if x != nil {
-		return x.ProtoEvent
-	}
-	return nil
-}
-
-func (x *BuildEventRequest) GetOriginServerTs() int64 {
-	if x != nil && x.OriginServerTs != nil {
-		return *x.OriginServerTs
-	}
-	return 0
-}
-
-type BuildEventResponse struct {
-	state      protoimpl.MessageState `protogen:"open.v1"`
-	ServerName string                 `protobuf:"bytes,1,opt,name=server_name,json=serverName,proto3" json:"server_name,omitempty"`
-	// The complete event in canonical JSON.
-	EventJson     []byte `protobuf:"bytes,2,opt,name=event_json,json=eventJson,proto3" json:"event_json,omitempty"`
-	EventId       string `protobuf:"bytes,3,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *BuildEventResponse) Reset() {
-	*x = BuildEventResponse{}
-	mi := &file_keyserver_v1_keyserver_proto_msgTypes[6]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *BuildEventResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*BuildEventResponse) ProtoMessage() {}
-
-func (x *BuildEventResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyserver_v1_keyserver_proto_msgTypes[6]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use BuildEventResponse.ProtoReflect.Descriptor instead.
-func (*BuildEventResponse) Descriptor() ([]byte, []int) {
-	return file_keyserver_v1_keyserver_proto_rawDescGZIP(), []int{6}
-}
-
-func (x *BuildEventResponse) GetServerName() string {
-	if x != nil {
-		return x.ServerName
-	}
-	return ""
-}
-
-func (x *BuildEventResponse) GetEventJson() []byte {
-	if x != nil {
-		return x.EventJson
-	}
-	return nil
-}
-
-func (x *BuildEventResponse) GetEventId() string {
-	if x != nil {
-		return x.EventId
-	}
-	return ""
-}
-
 var File_keyserver_v1_keyserver_proto protoreflect.FileDescriptor
 
 const file_keyserver_v1_keyserver_proto_rawDesc = "" +
@@ -460,26 +334,12 @@ const file_keyserver_v1_keyserver_proto_rawDesc = "" +
 	"\x06key_id\x18\x02 \x01(\tR\x05keyId\x12\x1c\n" +
 	"\tsignature\x18\x03 \x01(\fR\tsignature\x12\x1f\n" +
 	"\vsigned_json\x18\x04 \x01(\fR\n" +
-	"signedJson\"\x9b\x01\n" +
-	"\x11BuildEventRequest\x12!\n" +
-	"\froom_version\x18\x01 \x01(\tR\vroomVersion\x12\x1f\n" +
-	"\vproto_event\x18\x02 \x01(\fR\n" +
-	"protoEvent\x12-\n" +
-	"\x10origin_server_ts\x18\x03 \x01(\x03H\x00R\x0eoriginServerTs\x88\x01\x01B\x13\n" +
-	"\x11_origin_server_ts\"o\n" +
-	"\x12BuildEventResponse\x12\x1f\n" +
-	"\vserver_name\x18\x01 \x01(\tR\n" +
-	"serverName\x12\x1d\n" +
-	"\n" +
-	"event_json\x18\x02 \x01(\fR\teventJson\x12\x19\n" +
-	"\bevent_id\x18\x03 \x01(\tR\aeventId2\xa3\x02\n" +
+	"signedJson2\xc4\x01\n" +
 	"\n" +
 	"KeyService\x12]\n" +
 	"\n" +
 	"ServerKeys\x12&.myelin.keyserver.v1.ServerKeysRequest\x1a'.myelin.keyserver.v1.ServerKeysResponse\x12W\n" +
-	"\bSignJSON\x12$.myelin.keyserver.v1.SignJSONRequest\x1a%.myelin.keyserver.v1.SignJSONResponse\x12]\n" +
-	"\n" +
-	"BuildEvent\x12&.myelin.keyserver.v1.BuildEventRequest\x1a'.myelin.keyserver.v1.BuildEventResponseB>Z<github.com/myelin-chat/myelin/proto/keyserver/v1;keyserverv1b\x06proto3"
+	"\bSignJSON\x12$.myelin.keyserver.v1.SignJSONRequest\x1a%.myelin.keyserver.v1.SignJSONResponseB>Z<github.com/myelin-chat/myelin/proto/keyserver/v1;keyserverv1b\x06proto3"
 
 var (
 	file_keyserver_v1_keyserver_proto_rawDescOnce sync.Once
@@ -493,27 +353,23 @@ func file_keyserver_v1_keyserver_proto_rawDescGZIP() []byte {
 	return file_keyserver_v1_keyserver_proto_rawDescData
 }
 
-var file_keyserver_v1_keyserver_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_keyserver_v1_keyserver_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_keyserver_v1_keyserver_proto_goTypes = []any{
 	(*ServerKeysRequest)(nil),  // 0: myelin.keyserver.v1.ServerKeysRequest
 	(*VerifyKey)(nil),          // 1: myelin.keyserver.v1.VerifyKey
 	(*ServerKeysResponse)(nil), // 2: myelin.keyserver.v1.ServerKeysResponse
 	(*SignJSONRequest)(nil),    // 3: myelin.keyserver.v1.SignJSONRequest
 	(*SignJSONResponse)(nil),   // 4: myelin.keyserver.v1.SignJSONResponse
-	(*BuildEventRequest)(nil),  // 5: myelin.keyserver.v1.BuildEventRequest
-	(*BuildEventResponse)(nil), // 6: myelin.keyserver.v1.BuildEventResponse
 }
 var file_keyserver_v1_keyserver_proto_depIdxs = []int32{
 	1, // 0: myelin.keyserver.v1.ServerKeysResponse.verify_keys:type_name -> myelin.keyserver.v1.VerifyKey
 	1, // 1: myelin.keyserver.v1.ServerKeysResponse.old_verify_keys:type_name -> myelin.keyserver.v1.VerifyKey
 	0, // 2: myelin.keyserver.v1.KeyService.ServerKeys:input_type -> myelin.keyserver.v1.ServerKeysRequest
 	3, // 3: myelin.keyserver.v1.KeyService.SignJSON:input_type -> myelin.keyserver.v1.SignJSONRequest
-	5, // 4: myelin.keyserver.v1.KeyService.BuildEvent:input_type -> myelin.keyserver.v1.BuildEventRequest
-	2, // 5: myelin.keyserver.v1.KeyService.ServerKeys:output_type -> myelin.keyserver.v1.ServerKeysResponse
-	4, // 6: myelin.keyserver.v1.KeyService.SignJSON:output_type -> myelin.keyserver.v1.SignJSONResponse
-	6, // 7: myelin.keyserver.v1.KeyService.BuildEvent:output_type -> myelin.keyserver.v1.BuildEventResponse
-	5, // [5:8] is the sub-list for method output_type
-	2, // [2:5] is the sub-list for method input_type
+	2, // 4: myelin.keyserver.v1.KeyService.ServerKeys:output_type -> myelin.keyserver.v1.ServerKeysResponse
+	4, // 5: myelin.keyserver.v1.KeyService.SignJSON:output_type -> myelin.keyserver.v1.SignJSONResponse
+	4, // [4:6] is the sub-list for method output_type
+	2, // [2:4] is the sub-list for method input_type
 	2, // [2:2] is the sub-list for extension type_name
 	2, // [2:2] is the sub-list for extension extendee
 	0, // [0:2] is the sub-list for field type_name
@@ -524,14 +380,13 @@ func file_keyserver_v1_keyserver_proto_init() {
 	if File_keyserver_v1_keyserver_proto != nil {
 		return
 	}
-	file_keyserver_v1_keyserver_proto_msgTypes[5].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keyserver_v1_keyserver_proto_rawDesc), len(file_keyserver_v1_keyserver_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

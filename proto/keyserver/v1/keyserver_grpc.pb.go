@@ -24,7 +24,6 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	KeyService_ServerKeys_FullMethodName = "/myelin.keyserver.v1.KeyService/ServerKeys"
 	KeyService_SignJSON_FullMethodName   = "/myelin.keyserver.v1.KeyService/SignJSON"
-	KeyService_BuildEvent_FullMethodName = "/myelin.keyserver.v1.KeyService/BuildEvent"
 )
 
 // KeyServiceClient is the client API for KeyService service.
@@ -37,12 +36,6 @@ type KeyServiceClient interface {
 	// Matrix "Signing JSON" algorithm (signatures and unsigned are excluded, the
 	// rest is canonicalised). It returns the object with the signature added.
 	SignJSON(ctx context.Context, in *SignJSONRequest, opts ...grpc.CallOption) (*SignJSONResponse, error)
-	// BuildEvent completes and signs a room event (PDU) of this server with
-	// gomatrixserverlib's EventBuilder: it adds origin and origin_server_ts,
-	// the content hash, the event ID (random for room versions 1 and 2, the
-	// reference hash from 3 on) and the current key's signature of the
-	// redacted event. The event is signed once, by the real key.
-	BuildEvent(ctx context.Context, in *BuildEventRequest, opts ...grpc.CallOption) (*BuildEventResponse, error)
 }
 
 type keyServiceClient struct {
@@ -73,16 +66,6 @@ func (c *keyServiceClient) SignJSON(ctx context.Context, in *SignJSONRequest, op
 	return out, nil
 }
 
-func (c *keyServiceClient) BuildEvent(ctx context.Context, in *BuildEventRequest, opts ...grpc.CallOption) (*BuildEventResponse, error) {
-	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(BuildEventResponse)
-	err := c.cc.Invoke(ctx, KeyService_BuildEvent_FullMethodName, in, out, cOpts...)
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
 // KeyServiceServer is the server API for KeyService service.
 // All implementations must embed UnimplementedKeyServiceServer
 // for forward compatibility.
@@ -93,12 +76,6 @@ type KeyServiceServer interface {
 	// Matrix "Signing JSON" algorithm (signatures and unsigned are excluded, the
 	// rest is canonicalised). It returns the object with the signature added.
 	SignJSON(context.Context, *SignJSONRequest) (*SignJSONResponse, error)
-	// BuildEvent completes and signs a room event (PDU) of this server with
-	// gomatrixserverlib's EventBuilder: it adds origin and origin_server_ts,
-	// the content hash, the event ID (random for room versions 1 and 2, the
-	// reference hash from 3 on) and the current key's signature of the
-	// redacted event. The event is signed once, by the real key.
-	BuildEvent(context.Context, *BuildEventRequest) (*BuildEventResponse, error)
 	mustEmbedUnimplementedKeyServiceServer()
 }
 
@@ -114,9 +91,6 @@ func (UnimplementedKeyServiceServer) ServerKeys(context.Context, *ServerKeysRequ
 }
 func (UnimplementedKeyServiceServer) SignJSON(context.Context, *SignJSONRequest) (*SignJSONResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SignJSON not implemented")
-}
-func (UnimplementedKeyServiceServer) BuildEvent(context.Context, *BuildEventRequest) (*BuildEventResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method BuildEvent not implemented")
 }
 func (UnimplementedKeyServiceServer) mustEmbedUnimplementedKeyServiceServer() {}
 func (UnimplementedKeyServiceServer) testEmbeddedByValue()                    {}
@@ -175,24 +149,6 @@ func _KeyService_SignJSON_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
-func _KeyService_BuildEvent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(BuildEventRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(KeyServiceServer).BuildEvent(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: KeyService_BuildEvent_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(KeyServiceServer).BuildEvent(ctx, req.(*BuildEventRequest))
-	}
-	return interceptor(ctx, in, info, handler)
-}
-
 // KeyService_ServiceDesc is the grpc.ServiceDesc for KeyService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -207,10 +163,6 @@ var KeyService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SignJSON",
 			Handler:    _KeyService_SignJSON_Handler,
-		},
-		{
-			MethodName: "BuildEvent",
-			Handler:    _KeyService_BuildEvent_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -695,7 +695,10 @@ type InputEvent struct {
 	// drop events that fail them), so the room-server parses the event
 	// (format, hashes) but does not check its signatures a second time. Set
 	// only for events a federation service verified itself, never for
-	// events as received.
+	// events as received. Honoured only from the callers the room-server
+	// is configured to believe (myelin.SignaturesCheckedCallers: the
+	// federation-sender, named by its certificate or in-process by its
+	// connection); from any other caller it is ignored.
 	SignaturesChecked bool `protobuf:"varint,7,opt,name=signatures_checked,json=signaturesChecked,proto3" json:"signatures_checked,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache

@@ -11,11 +11,11 @@ package signing
 // for again once the key-server's valid_until_ts has passed, so a rotation
 // reaches it within a minute) and builds and signs events itself with
 // gomatrixserverlib's EventBuilder: origin_server_ts, content hash, event
-// ID, the one signature. So a send costs no key-server round trip (it used
-// to be KeyService.BuildEvent, inside the room's lock). The result goes
-// through the input pipeline; TestLocalEventsVerify checks that what the
-// room-server builds parses as untrusted with its event ID as reference
-// hash and verifies against the key-server's published keys.
+// ID, the one signature. So a send costs no key-server round trip (there
+// used to be one per event, inside the room's lock). The result goes
+// through the input pipeline; TestBuild and TestLocalEventsVerify check
+// that what the room-server builds parses as untrusted with its event ID
+// as reference hash and verifies against the key-server's published keys.
 
 import (
 	"context"
