@@ -21,9 +21,10 @@ import (
 // Room events. The sender keeps a copy of every room's memberships from
 // the room-server's stream (the state events each commit added and
 // removed), applied in stream order, so "the servers in the room" before
-// and after an event are two lookups in its own schema, in the same
-// transaction that queues the event: no call to the room-server per
-// event, and presence and device list updates ("servers sharing a room
+// and after an event are lookups in its own schema (one index probe per
+// server, store.JoinedServers; the servers before only when the event may
+// change who is joined), in the same transaction that queues the event:
+// no call to the room-server per event, and presence and device list updates ("servers sharing a room
 // with the user") need the same copy. A room the copy has not seen (its
 // events older than the stream keeps, which cannot happen for a room
 // with remote members, as those came through the stream) is loaded once
@@ -125,20 +126,6 @@ func (s *Service) applyRoomEvent(ctx context.Context, tx *store.Tx, m jetstream.
 			return nil, err
 		}
 	}
-	before, err := tx.JoinedServers(ctx, roomID)
-	if err != nil {
-		return nil, err
-	}
-	var targetBefore string
-	isMember := ev.Type == "m.room.member" && ev.StateKey != nil
-	if isMember && !s.isLocal(*ev.StateKey) {
-		if targetBefore, err = tx.Membership(ctx, roomID, *ev.StateKey); err != nil {
-			return nil, err
-		}
-	}
-	if err := tx.RemoveMemberEvents(ctx, roomID, out.GetRemovedStateEventIds()); err != nil {
-		return nil, err
-	}
 	var changes []store.Member
 	for _, raw := range out.GetAddedStateEvents() {
 		var id struct {
@@ -152,10 +139,32 @@ func (s *Service) applyRoomEvent(ctx context.Context, tx *store.Tx, m jetstream.
 			changes = append(changes, mem)
 		}
 	}
+	removed := out.GetRemovedStateEventIds()
+	// Other servers' events only update the copy. For this server's, the
+	// servers before the event are read only when it may change who is
+	// joined (it adds a member event, or removes state events, which may
+	// be member events): otherwise they are the servers after it.
+	local := s.isLocal(ev.Sender)
+	var before []string
+	var targetBefore string
+	isMember := ev.Type == "m.room.member" && ev.StateKey != nil
+	if local && (len(changes) > 0 || len(removed) > 0) {
+		if before, err = tx.JoinedServers(ctx, roomID); err != nil {
+			return nil, err
+		}
+	}
+	if local && isMember && !s.isLocal(*ev.StateKey) {
+		if targetBefore, err = tx.Membership(ctx, roomID, *ev.StateKey); err != nil {
+			return nil, err
+		}
+	}
+	if err := tx.RemoveMemberEvents(ctx, roomID, removed); err != nil {
+		return nil, err
+	}
 	if err := tx.SetMembers(ctx, roomID, changes); err != nil {
 		return nil, err
 	}
-	if !s.isLocal(ev.Sender) {
+	if !local {
 		return nil, nil
 	}
 	after, err := tx.JoinedServers(ctx, roomID)

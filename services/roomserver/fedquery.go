@@ -9,7 +9,6 @@ package roomserver
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -18,6 +17,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/roomserver/memberview"
 	"github.com/myelin-chat/myelin/services/roomserver/store"
 )
 
@@ -328,93 +328,43 @@ func (s fedQuery) filterEventsForServer(ctx context.Context, req *roomserverv1.F
 	return out, nil
 }
 
-// memberView is what the visibility rules and the server lists read from a
-// state: each member's membership and the history visibility. Cached per
-// snapshot (snapshots never change).
-type memberView struct {
-	memberships map[string]string // user ID -> membership
-	visibility  string
+// viewSource gives the member views (memberview) the room-server's
+// snapshots and events.
+type viewSource struct{ s *Service }
+
+func (v viewSource) Delta(ctx context.Context, nid int64) (int64, []int64, []int64, error) {
+	if sn, ok := v.s.snapshots.Get(nid); ok {
+		if sn.parent == 0 {
+			keys, vals := stateMap{}.diff(sn.state)
+			return 0, keys, vals, nil
+		}
+		return sn.parent, sn.keys, sn.vals, nil
+	}
+	row, err := v.s.store.SnapshotRow(ctx, nid)
+	return row.Parent, row.StateKeyNIDs, row.EventNIDs, err
 }
 
-// snapshotMembers returns the memberView of a snapshot.
-func (s fedQuery) snapshotMembers(ctx context.Context, nid int64) (*memberView, error) {
-	if v, ok := s.memberViews.Get(nid); ok {
-		return v, nil
-	}
-	sn, err := s.loadState(ctx, s.store.Queries, nid)
+func (v viewSource) State(ctx context.Context, nid int64) (map[int64]int64, error) {
+	sn, err := v.s.loadState(ctx, v.s.store.Queries, nid)
+	return sn.state, err
+}
+
+func (v viewSource) Events(ctx context.Context, nids []int64) (map[int64]gomatrixserverlib.PDU, error) {
+	entries, err := v.s.loadEvents(ctx, v.s.store.Queries, nids)
 	if err != nil {
 		return nil, err
 	}
-	entries, err := s.stateEntries(ctx, sn.state, nil)
-	if err != nil {
-		return nil, err
+	out := make(map[int64]gomatrixserverlib.PDU, len(entries))
+	for nid, e := range entries {
+		out[nid] = e.pdu
 	}
-	v := &memberView{memberships: map[string]string{}, visibility: "shared"}
-	for _, e := range entries {
-		switch {
-		case e.pdu.Type() == spec.MRoomMember && e.pdu.StateKey() != nil:
-			m, _ := e.pdu.Membership()
-			v.memberships[*e.pdu.StateKey()] = m
-		case e.pdu.Type() == spec.MRoomHistoryVisibility && e.pdu.StateKeyEquals(""):
-			v.visibility = historyVisibility(e.pdu)
-		}
-	}
-	s.memberViews.Put(nid, v)
-	return v, nil
+	return out, nil
 }
 
-// historyVisibility reads an m.room.history_visibility event; a value not
-// understood is "shared", as the spec says.
-func historyVisibility(ev gomatrixserverlib.PDU) string {
-	var c struct {
-		HistoryVisibility string `json:"history_visibility"`
-	}
-	_ = json.Unmarshal(ev.Content(), &c)
-	switch c.HistoryVisibility {
-	case "world_readable", "shared", "invited", "joined":
-		return c.HistoryVisibility
-	}
-	return "shared"
-}
-
-// servers returns the servers of the joined members.
-func (v *memberView) servers() []string {
-	set := map[string]bool{}
-	for user, m := range v.memberships {
-		if m != spec.Join {
-			continue
-		}
-		if u, err := spec.NewUserID(user, true); err == nil {
-			set[string(u.Domain())] = true
-		}
-	}
-	out := make([]string, 0, len(set))
-	for srv := range set {
-		out = append(out, srv)
-	}
-	slices.Sort(out)
-	return out
-}
-
-// serverMembership is the best membership any user of server has: join,
-// then invite, then anything else ("" for none).
-func (v *memberView) serverMembership(server spec.ServerName) string {
-	best := ""
-	for user, m := range v.memberships {
-		u, err := spec.NewUserID(user, true)
-		if err != nil || u.Domain() != server {
-			continue
-		}
-		switch {
-		case m == spec.Join:
-			return spec.Join
-		case m == spec.Invite:
-			best = spec.Invite
-		case best == "":
-			best = m
-		}
-	}
-	return best
+// snapshotMembers returns the member view of a snapshot: each member's
+// membership by server, and the history visibility.
+func (s fedQuery) snapshotMembers(ctx context.Context, nid int64) (*memberview.View, error) {
+	return s.memberViews.Get(ctx, nid)
 }
 
 // serverView decides what one server may see of one room. The spec gives
@@ -443,7 +393,7 @@ func (v *serverView) maySee(ctx context.Context, e *eventEntry) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	ok, err := v.allows(ctx, before.visibility, before.serverMembership(v.server))
+	ok, err := v.allows(ctx, before.Visibility(), before.ServerMembership(v.server))
 	if ok || err != nil {
 		return ok, err
 	}
@@ -458,7 +408,7 @@ func (v *serverView) maySee(ctx context.Context, e *eventEntry) (bool, error) {
 		if err != nil {
 			return false, err
 		}
-		return v.allows(ctx, after.visibility, after.serverMembership(v.server))
+		return v.allows(ctx, after.Visibility(), after.ServerMembership(v.server))
 	}
 	return false, nil
 }
@@ -476,7 +426,7 @@ func (v *serverView) allows(ctx context.Context, visibility, membership string) 
 			if err != nil {
 				return false, err
 			}
-			joined := current.serverMembership(v.server) == spec.Join
+			joined := current.ServerMembership(v.server) == spec.Join
 			v.joinedNow = &joined
 		}
 		return *v.joinedNow, nil
@@ -511,7 +461,7 @@ func (s fedQuery) queryRoomServers(ctx context.Context, req *roomserverv1.QueryR
 		if err != nil {
 			return nil, err
 		}
-		for _, srv := range v.servers() {
+		for _, srv := range v.Servers() {
 			if !slices.Contains(servers, srv) {
 				servers = append(servers, srv)
 			}

@@ -25,6 +25,7 @@ import (
 	keyserverv1 "github.com/myelin-chat/myelin/proto/keyserver/v1"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 	"github.com/myelin-chat/myelin/services/roomserver/directory"
+	"github.com/myelin-chat/myelin/services/roomserver/memberview"
 	"github.com/myelin-chat/myelin/services/roomserver/signing"
 	"github.com/myelin-chat/myelin/services/roomserver/store"
 )
@@ -89,7 +90,7 @@ type Service struct {
 	roomVersions *lru.Cache[string, gomatrixserverlib.RoomVersion]
 	// memberViews caches each snapshot's memberships and history
 	// visibility (fedquery.go).
-	memberViews *lru.Cache[int64, *memberView]
+	memberViews *memberview.Views
 	// templateKey signs make_join/leave/knock templates for their auth
 	// check only (fedjoin.go).
 	templateKey templateKey
@@ -140,11 +141,10 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 			func(e *eventEntry) int { return eventMemoryPerJSONByte * len(e.pdu.JSON()) }),
 		stateKeys:    lru.New[store.StateKey, int64](cfg.StateKeyCacheSize),
 		roomVersions: lru.New[string, gomatrixserverlib.RoomVersion](cfg.RoomVersionCacheSize),
-		memberViews: lru.NewWeighted[int64, *memberView](cfg.MemberViewCacheSize, cfg.MemberViewMaxEntries,
-			func(v *memberView) int { return len(v.memberships) }),
-		templateKey: tk,
-		wake:        make(chan struct{}, 1),
+		templateKey:  tk,
+		wake:         make(chan struct{}, 1),
 	}
+	s.memberViews = memberview.New(viewSource{s}, cfg.MemberViewCacheSize, cfg.MemberViewMaxEntries)
 	s.directory = directory.New(st, serverName, func(ctx context.Context, roomID string) (bool, error) {
 		_, err := s.room(ctx, roomID)
 		if errors.Is(err, store.ErrNotFound) {

@@ -70,11 +70,15 @@ func (m stateMap) diff(next stateMap) (keys, vals []int64) {
 	return keys, vals
 }
 
-// snapshot is a resolved state snapshot as cached.
+// snapshot is a resolved state snapshot as cached. parent, keys and vals
+// are the delta it was made from (the member views derive from it); parent
+// 0 is the empty state, the delta then being the whole state (not kept).
 type snapshot struct {
-	nid      int64
-	state    stateMap
-	chainLen int
+	nid        int64
+	state      stateMap
+	chainLen   int
+	parent     int64
+	keys, vals []int64
 }
 
 // loadState resolves a snapshot NID into its state.
@@ -99,7 +103,11 @@ func (s *Service) loadState(ctx context.Context, q *store.Queries, nid int64) (s
 			}
 		}
 	}
-	v := snapshot{nid: nid, state: st, chainLen: chain[len(chain)-1].ChainLen}
+	last := chain[len(chain)-1]
+	v := snapshot{nid: nid, state: st, chainLen: last.ChainLen, parent: last.Parent}
+	if v.parent != 0 {
+		v.keys, v.vals = last.StateKeyNIDs, last.EventNIDs
+	}
 	s.snapshots.Put(nid, v)
 	return v, nil
 }
@@ -131,7 +139,11 @@ func (s *Service) saveState(ctx context.Context, w *writeTx, roomNID int64, base
 	if err != nil {
 		return snapshot{}, err
 	}
-	v := snapshot{nid: nid, state: next, chainLen: row.ChainLen}
+	// The delta from the parent is kept even when a base is written.
+	v := snapshot{nid: nid, state: next, chainLen: row.ChainLen, parent: parent.nid}
+	if parent.nid != 0 {
+		v.keys, v.vals = bestKeys, bestVals
+	}
 	// Snapshot NIDs are never reused, so caching before commit is safe: a
 	// rolled-back NID is simply never asked for.
 	s.snapshots.Put(nid, v)

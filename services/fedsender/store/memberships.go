@@ -76,10 +76,22 @@ func (t *Tx) Membership(ctx context.Context, roomID, userID string) (string, err
 	return m, err
 }
 
+// joinedServersSQL lists the servers with a joined member in room $1,
+// sorted, by walking memberships_room_joined from one server to the next
+// (a loose index scan: one index probe per server). SELECT DISTINCT read
+// every joined member's row: 16 ms per call in a room of 10,000, which
+// the sender paid twice per event (#20).
+const joinedServersSQL = `WITH RECURSIVE s(server_name) AS (
+		(SELECT server_name FROM memberships WHERE room_id = $1 AND membership = 'join' ORDER BY server_name LIMIT 1)
+		UNION ALL
+		SELECT (SELECT m.server_name FROM memberships m
+			WHERE m.room_id = $1 AND m.membership = 'join' AND m.server_name > s.server_name ORDER BY m.server_name LIMIT 1)
+		FROM s WHERE s.server_name IS NOT NULL
+	) SELECT server_name FROM s WHERE server_name IS NOT NULL ORDER BY server_name`
+
 // JoinedServers are the servers with a joined member in the room, sorted.
 func (t *Tx) JoinedServers(ctx context.Context, roomID string) ([]string, error) {
-	return collectStrings(ctx, t.tx, `SELECT DISTINCT server_name FROM memberships
-		WHERE room_id = $1 AND membership = 'join' ORDER BY server_name`, roomID)
+	return collectStrings(ctx, t.tx, joinedServersSQL, roomID)
 }
 
 // ServersSharingRoom are the servers with a joined member in any room the
@@ -93,8 +105,7 @@ func (t *Tx) ServersSharingRoom(ctx context.Context, userID string) ([]string, e
 // JoinedServers (outside a consumer's transaction) are the servers with a
 // joined member in the room, sorted.
 func (s *Store) JoinedServers(ctx context.Context, roomID string) ([]string, error) {
-	return collectStrings(ctx, s.db, `SELECT DISTINCT server_name FROM memberships
-		WHERE room_id = $1 AND membership = 'join' ORDER BY server_name`, roomID)
+	return collectStrings(ctx, s.db, joinedServersSQL, roomID)
 }
 
 // TypingChange updates the local typers announced for a room to users and

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
@@ -67,6 +68,21 @@ func (q *Queries) SnapshotChain(ctx context.Context, nid int64) ([]Snapshot, err
 		return nil, fmt.Errorf("snapshot %d: %w", nid, ErrNotFound)
 	}
 	return out, nil
+}
+
+// SnapshotRow returns one snapshot row (a base's entries are the whole
+// state).
+func (q *Queries) SnapshotRow(ctx context.Context, nid int64) (Snapshot, error) {
+	s := Snapshot{NID: nid}
+	err := q.db.QueryRow(ctx, `SELECT room_nid, COALESCE(parent_nid, 0), chain_len, state_key_nids, event_nids
+		FROM state_snapshots WHERE snapshot_nid = $1`, nid).Scan(&s.RoomNID, &s.Parent, &s.ChainLen, &s.StateKeyNIDs, &s.EventNIDs)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Snapshot{}, fmt.Errorf("snapshot %d: %w", nid, ErrNotFound)
+	}
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("snapshot row: %w", err)
+	}
+	return s, nil
 }
 
 // OutboxEntry is one event waiting to be (or already) published.
