@@ -359,6 +359,10 @@ func coalesce(ws []queuedWrite) []queuedWrite {
 	}
 	out := make([]queuedWrite, 0, len(ws))
 	open := map[string]int{} // statement -> index in out of its open multi-row insert
+	// The text of a multi-row insert grows in a builder (appending to the
+	// string would copy it once per row: quadratic in a run of 10,000
+	// outliers).
+	texts := map[int]*strings.Builder{}
 	for i, w := range ws {
 		if w.key != "" && last[w.key] != i {
 			continue
@@ -373,7 +377,14 @@ func coalesce(ws []queuedWrite) []queuedWrite {
 		if ok && len(out[j].args)+len(w.args) <= maxRowParams {
 			m := &out[j]
 			values := strings.LastIndex(w.sql, "VALUES")
-			m.sql += "," + renumberParams(w.sql[values+len("VALUES"):], len(m.args))
+			sb := texts[j]
+			if sb == nil {
+				sb = &strings.Builder{}
+				sb.WriteString(m.sql)
+				texts[j] = sb
+			}
+			sb.WriteByte(',')
+			sb.WriteString(renumberParams(w.sql[values+len("VALUES"):], len(m.args)))
 			m.args = append(m.args, w.args...)
 			continue
 		}
@@ -381,6 +392,9 @@ func coalesce(ws []queuedWrite) []queuedWrite {
 		open[w.sql] = len(out)
 		w.args = slices.Clone(w.args)
 		out = append(out, w)
+	}
+	for j, sb := range texts {
+		out[j].sql = sb.String()
 	}
 	return out
 }
