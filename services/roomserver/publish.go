@@ -188,8 +188,12 @@ func (p *publisher) publishPending(ctx context.Context) error {
 		for start := 0; start < len(msgs); {
 			end := waveEnd(msgs, start)
 			acked, err := s.publishWave(ctx, msgs[start:end])
-			if acked > 0 {
-				p.cursor.After, p.published = pending.Entries[start+acked-1].StreamPos, true
+			// An entry is out when its last part is.
+			for i := start + acked - 1; i >= start; i-- {
+				if msgs[i].last {
+					p.cursor.After, p.published = pending.Entries[msgs[i].entry].StreamPos, true
+					break
+				}
 			}
 			if err != nil {
 				return err
@@ -230,7 +234,7 @@ func waveEnd(msgs []outputMessage, start int) int {
 func (s *Service) publishWave(ctx context.Context, msgs []outputMessage) (acked int, err error) {
 	futures := make([]jetstream.PubAckFuture, 0, len(msgs))
 	for _, m := range msgs {
-		f, perr := s.js.PublishMsgAsync(m.msg, jetstream.WithMsgID(m.eventID))
+		f, perr := s.js.PublishMsgAsync(m.msg, jetstream.WithMsgID(m.msgID))
 		if perr != nil {
 			err = perr
 			if errors.Is(perr, nats.ErrMaxPayload) {
@@ -265,8 +269,12 @@ func (s *Service) publishWave(ctx context.Context, msgs []outputMessage) (acked 
 }
 
 type outputMessage struct {
-	eventID, roomID string
-	msg             *nats.Msg
+	eventID, roomID, msgID string
+	msg                    *nats.Msg
+	// entry is the index of the outbox entry; last is set on its last
+	// (or only) part.
+	entry int
+	last  bool
 }
 
 // outputMessages builds the OutputRoomEvent messages of outbox entries.
@@ -320,7 +328,8 @@ func (s *Service) outputMessages(ctx context.Context, pending store.Pending) ([]
 		}
 	}
 	out := make([]outputMessage, 0, len(entries))
-	for _, e := range entries {
+	limit := s.maxMessageBytes()
+	for entry, e := range entries {
 		ev := events[e.EventNID]
 		o := &roomserverv1.OutputRoomEvent{
 			RoomId:         ev.RoomID,
@@ -354,11 +363,15 @@ func (s *Service) outputMessages(ctx context.Context, pending store.Pending) ([]
 				o.StrippedState = append(o.StrippedState, raw)
 			}
 		}
-		data, err := proto.Marshal(o)
-		if err != nil {
-			return nil, err
+		parts := splitOutput(o, limit)
+		for i, part := range parts {
+			data, err := proto.Marshal(part)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, outputMessage{eventID: ev.EventID, roomID: ev.RoomID, msgID: partMsgID(ev.EventID, i+1, len(parts)),
+				msg: &nats.Msg{Subject: bus.RoomEventsSubject(ev.RoomID), Data: data}, entry: entry, last: i == len(parts)-1})
 		}
-		out = append(out, outputMessage{eventID: ev.EventID, roomID: ev.RoomID, msg: &nats.Msg{Subject: bus.RoomEventsSubject(ev.RoomID), Data: data}})
 	}
 	return out, nil
 }
