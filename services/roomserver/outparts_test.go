@@ -2,6 +2,7 @@ package roomserver
 
 import (
 	"errors"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -24,8 +25,10 @@ func TestJoinStateInParts(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.MaxMessageBytes = limit }, remote)
 	ron := remote.User("ron")
 	rr := remote.NewRoom("11", ron, "public")
-	for i := range 60 {
-		u := remote.User("member" + string(rune('a'+i%26)) + string(rune('a'+i/26)))
+	// More members than store.copyMinRows (256): the outliers are
+	// stored with COPY.
+	for i := range 300 {
+		u := remote.User(fmt.Sprintf("member%d", i))
 		rr.Add(u, spec.MRoomMember, &u, map[string]any{"membership": "join", "displayname": "a member of the remote room"})
 	}
 	join := h.joinRemoteRoom(rr, alice)
