@@ -181,9 +181,16 @@ func (p *publisher) publishPending(ctx context.Context) error {
 		}
 		p.saved = true
 		p.cursor.Cur = snapshot
+		built := time.Now()
 		msgs, err := s.outputMessages(ctx, pending)
 		if err != nil {
 			return err
+		}
+		if len(msgs) > len(pending.Entries) {
+			defer func(n int) {
+				s.log.Info("published room events with parts", zap.Int("entries", len(pending.Entries)), zap.Int("messages", n),
+					zap.Duration("took", time.Since(built)))
+			}(len(msgs))
 		}
 		for start := 0; start < len(msgs); {
 			end := waveEnd(msgs, start)

@@ -164,6 +164,7 @@ func (s *RoomEvents) Run(ctx context.Context) error {
 // retrying storage failures with backoff. It returns an error only when
 // ctx ends.
 func (s *RoomEvents) storeBatch(ctx context.Context, batch []jetstream.Msg, parts stateParts) error {
+	decodeStart := time.Now()
 	inputs := make([]store.Input, 0, len(batch))
 	mark := store.StreamMark{Name: s.name}
 	for _, m := range batch {
@@ -224,7 +225,7 @@ func (s *RoomEvents) storeBatch(ctx context.Context, batch []jetstream.Msg, part
 	}
 	if took := time.Since(started); took > time.Second {
 		s.log.Info("stored a slow batch of room events", zap.Int("messages", len(batch)), zap.Int("stored", len(applied)),
-			zap.Duration("took", took))
+			zap.Duration("decode", started.Sub(decodeStart)), zap.Duration("took", took))
 	}
 	s.wakeBus.AnnounceCommitted(applied)
 	notifiedUsers := make([]string, 0, len(notified))
