@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
+
+	"github.com/myelin-chat/myelin/services/roomserver/outparts"
 )
 
 // Config is the room-server's own configuration (root key: room_server).
@@ -119,8 +121,8 @@ func (c Config) Validate() error {
 	if c.OutboxPruneInterval <= 0 {
 		errs = append(errs, errors.New("outbox_prune_interval must be positive"))
 	}
-	if c.MaxMessageBytes < minMessageBytes {
-		errs = append(errs, fmt.Errorf("max_message_bytes must be at least %d", minMessageBytes))
+	if c.MaxMessageBytes < outparts.MinMessageBytes {
+		errs = append(errs, fmt.Errorf("max_message_bytes must be at least %d", outparts.MinMessageBytes))
 	}
 	if c.StreamReplicas < 1 {
 		errs = append(errs, errors.New("stream_replicas must be at least 1"))

@@ -39,6 +39,7 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/bus"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/roomserver/outparts"
 	"github.com/myelin-chat/myelin/services/roomserver/store"
 )
 
@@ -335,7 +336,7 @@ func (s *Service) outputMessages(ctx context.Context, pending store.Pending) ([]
 		}
 	}
 	out := make([]outputMessage, 0, len(entries))
-	limit := s.maxMessageBytes()
+	limit := outparts.Limit(s.cfg.MaxMessageBytes, s.js.Conn().MaxPayload())
 	for entry, e := range entries {
 		ev := events[e.EventNID]
 		o := &roomserverv1.OutputRoomEvent{
@@ -370,13 +371,13 @@ func (s *Service) outputMessages(ctx context.Context, pending store.Pending) ([]
 				o.StrippedState = append(o.StrippedState, raw)
 			}
 		}
-		parts := splitOutput(o, limit)
+		parts := outparts.Split(o, limit)
 		for i, part := range parts {
 			data, err := proto.Marshal(part)
 			if err != nil {
 				return nil, err
 			}
-			out = append(out, outputMessage{eventID: ev.EventID, roomID: ev.RoomID, msgID: partMsgID(ev.EventID, i+1, len(parts)),
+			out = append(out, outputMessage{eventID: ev.EventID, roomID: ev.RoomID, msgID: outparts.MsgID(ev.EventID, i+1, len(parts)),
 				msg: &nats.Msg{Subject: bus.RoomEventsSubject(ev.RoomID), Data: data}, entry: entry, last: i == len(parts)-1})
 		}
 	}

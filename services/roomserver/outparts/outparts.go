@@ -1,14 +1,16 @@
-package roomserver
-
+// Package outparts splits a room event message whose state change is
+// too large for one JetStream message into ordered parts.
+//
 // Large state changes on JetStream. A commit's message carries the state
 // it changed; a join of a remote room adds the room's whole state (10,000
 // members are about 5 MB), more than a NATS server takes in one message
 // (max_payload, 1 MB by default). Such a message is split into ordered
-// parts on the room's subject (splitOutput): the leading parts carry
+// parts on the room's subject (outparts.Split): the leading parts carry
 // slices of the state change only, the last one is the event's message
 // with the rest. Each part has its own Nats-Msg-Id (the event ID, and
 // for part i < n the event ID with "#state.<i>"), so a republished
 // commit is dropped part by part within the duplicate window.
+package outparts
 
 import (
 	"strconv"
@@ -18,39 +20,39 @@ import (
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
 )
 
-// minMessageBytes is the least max_message_bytes. A part holds at least
+// MinMessageBytes is the least max_message_bytes. A part holds at least
 // one state event, so with a bound below an event's size (at most 65,536
 // bytes) that part is larger than the bound.
-const minMessageBytes = 1024
+const MinMessageBytes = 1024
 
 // payloadHeadroom is what a part leaves of the NATS server's max_payload
 // for the message's headers and subject.
 const payloadHeadroom = 4096
 
-// maxMessageBytes is the largest message the publisher builds: the
-// configured bound, or less when the NATS server takes less.
-func (s *Service) maxMessageBytes() int {
-	limit := s.cfg.MaxMessageBytes
-	if mp := int(s.js.Conn().MaxPayload()); mp > 0 && mp-payloadHeadroom < limit {
-		limit = max(mp-payloadHeadroom, minMessageBytes)
+// Limit is the largest message to build: the configured bound, or less
+// when the NATS server's max_payload (maxPayload; 0 when unknown) takes
+// less.
+func Limit(configured int, maxPayload int64) int {
+	if mp := int(maxPayload); mp > 0 && mp-payloadHeadroom < configured {
+		return max(mp-payloadHeadroom, MinMessageBytes)
 	}
-	return limit
+	return configured
 }
 
-// partMsgID is the Nats-Msg-Id of part (1-based) of parts of eventID's
+// MsgID is the Nats-Msg-Id of part (1-based) of parts of eventID's
 // message.
-func partMsgID(eventID string, part, parts int) string {
+func MsgID(eventID string, part, parts int) string {
 	if part == parts {
 		return eventID
 	}
 	return eventID + "#state." + strconv.Itoa(part)
 }
 
-// splitOutput returns o as it is when it fits limit bytes, or else as
+// Split returns o as it is when it fits limit bytes, or else as
 // ordered parts, each of at most limit bytes but for a single state event
 // larger than a part's room (it goes alone). Removed IDs come before
 // added events, in their order.
-func splitOutput(o *roomserverv1.OutputRoomEvent, limit int) []*roomserverv1.OutputRoomEvent {
+func Split(o *roomserverv1.OutputRoomEvent, limit int) []*roomserverv1.OutputRoomEvent {
 	if proto.Size(o) <= limit {
 		return []*roomserverv1.OutputRoomEvent{o}
 	}
