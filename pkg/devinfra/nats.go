@@ -37,10 +37,10 @@ func StartNATS(storeDir string, host string, port int) (*NATS, error) {
 		NoLog:      true,
 		// JetStream's own memory limit; files hold the data.
 		JetStreamMaxMemory: 64 << 20,
-		// A commit's message carries the state events it adds: a join of
-		// a remote room carries the whole room state (10,000 members are
-		// about 5 MB), over NATS's default 1 MB. 8 MB is the most NATS
-		// recommends.
+		// A commit's message carries the state events it adds; the
+		// room-server splits one over room_server.max_message_bytes (or
+		// this less 4 KiB) into parts, so this is headroom. 8 MB is the
+		// most NATS recommends.
 		MaxPayload: MaxPayload,
 	}
 	srv, err := server.NewServer(opts)

@@ -144,6 +144,14 @@ func (s *Service) applyRoomEvent(ctx context.Context, tx *store.Tx, m jetstream.
 	if out.GetKind() == roomserverv1.OutputKind_OUTPUT_KIND_BACKFILL {
 		return nil, nil
 	}
+	if out.GetStatePart() < out.GetStateParts() {
+		// A leading part of a large state change (the event comes with
+		// the last part): the room copy only.
+		if out.GetKind() != roomserverv1.OutputKind_OUTPUT_KIND_NEW {
+			return nil, nil
+		}
+		return nil, s.updateRoomCopy(ctx, tx, &out)
+	}
 	var ev pduEvent
 	if err := json.Unmarshal(out.GetEventJson(), &ev); err != nil {
 		s.log.Error("dropping a room event that is not JSON", logging.EventID(out.GetEventId()), zap.Error(err))
@@ -217,6 +225,9 @@ func (s *Service) updateRoomCopy(ctx context.Context, tx *store.Tx, out *roomser
 			return err
 		}
 	}
+	// A message adds one event per state key: the memberships go in
+	// two statements (a join of a remote room adds thousands).
+	var joined, left []string
 	for _, raw := range out.GetAddedStateEvents() {
 		var st pduEvent
 		if json.Unmarshal(raw, &st) != nil || st.StateKey == nil {
@@ -224,8 +235,10 @@ func (s *Service) updateRoomCopy(ctx context.Context, tx *store.Tx, out *roomser
 		}
 		switch {
 		case st.Type == "m.room.member":
-			if err := tx.SetMembership(ctx, roomID, *st.StateKey, st.membership() == "join"); err != nil {
-				return err
+			if st.membership() == "join" {
+				joined = append(joined, *st.StateKey)
+			} else {
+				left = append(left, *st.StateKey)
 			}
 		case st.Type == "m.room.canonical_alias" && *st.StateKey == "":
 			if err := tx.SetAliases(ctx, roomID, st.aliases()); err != nil {
@@ -233,7 +246,7 @@ func (s *Service) updateRoomCopy(ctx context.Context, tx *store.Tx, out *roomser
 			}
 		}
 	}
-	return nil
+	return tx.SetMemberships(ctx, roomID, joined, left)
 }
 
 // roomEventNoop reports, without the database, that applying m would

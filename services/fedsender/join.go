@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/fclient"
@@ -165,6 +166,7 @@ func (s *Service) performJoin(ctx context.Context, req *fedsenderv1.PerformJoinR
 	for _, server := range servers {
 		content, _ := object(req.GetContent())
 		actx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+		started := time.Now()
 		res, ferr := gomatrixserverlib.PerformJoin(actx, joinClient{fc: fc, identity: id}, gomatrixserverlib.PerformJoinInput{
 			UserID: user, RoomID: roomID, ServerName: spec.ServerName(server), Content: content,
 			PrivateKey: id.PrivateKey, KeyID: id.KeyID, KeyRing: s.keyRing,
@@ -182,11 +184,16 @@ func (s *Service) performJoin(ctx context.Context, req *fedsenderv1.PerformJoinR
 		}
 		s.sender.answered(server)
 		version := res.JoinEvent.Version()
+		performed := time.Now()
 		if err := s.inputJoin(ctx, res); err != nil {
 			log.Warn("the room-server did not take the joined room", zap.String("server", server), zap.Error(err))
 			return nil, err
 		}
-		log.Info("joined a room through another server", zap.String("server", server), logging.EventID(res.JoinEvent.EventID()))
+		// The two durations: make_join, send_join and the checks of its
+		// answer; then the room-server's input of the state and the join.
+		log.Info("joined a room through another server", zap.String("server", server), logging.EventID(res.JoinEvent.EventID()),
+			zap.Int("state_events", len(res.StateSnapshot.GetStateEvents())), zap.Int("auth_events", len(res.StateSnapshot.GetAuthEvents())),
+			zap.Duration("remote", performed.Sub(started)), zap.Duration("input", time.Since(performed)))
 		return &fedsenderv1.PerformJoinResponse{EventId: res.JoinEvent.EventID(), RoomVersion: string(version), ServerName: server}, nil
 	}
 	return nil, bestError(errs)
@@ -215,6 +222,7 @@ func (s *Service) inputJoin(ctx context.Context, res *gomatrixserverlib.PerformJ
 	for _, ev := range state {
 		stateIDs = append(stateIDs, ev.EventID())
 	}
+	started := time.Now()
 	resp, err := s.rooms.InputEvents(ctx, &roomserverv1.InputEventsRequest{Events: outliers})
 	if err != nil {
 		return fmt.Errorf("input the room's state: %w", err)
@@ -227,7 +235,10 @@ func (s *Service) inputJoin(ctx context.Context, res *gomatrixserverlib.PerformJ
 	}
 	join := &roomserverv1.InputEvent{RoomVersion: string(version), EventJson: res.JoinEvent.JSON(), Kind: roomserverv1.InputKind_INPUT_KIND_NEW,
 		HasState: true, StateEventIds: stateIDs}
+	outliersDone := time.Now()
 	resp, err = s.rooms.InputEvents(ctx, &roomserverv1.InputEventsRequest{Events: []*roomserverv1.InputEvent{join}})
+	s.log.Debug("input a joined room", zap.Int("outliers", len(outliers)), zap.Duration("outliers_input", outliersDone.Sub(started)),
+		zap.Duration("join_input", time.Since(outliersDone)))
 	if err != nil {
 		return fmt.Errorf("input the join: %w", err)
 	}

@@ -111,6 +111,12 @@ func (s *Service) applyRoomEvent(ctx context.Context, tx *store.Tx, m jetstream.
 		return nil, nil
 	}
 	roomID := out.GetRoomId()
+	if out.GetStatePart() < out.GetStateParts() {
+		// A leading part of a large state change (the event comes with
+		// the last part): its members only. Applying it again writes the
+		// same rows.
+		return nil, s.applyStatePart(ctx, tx, &out)
+	}
 	var ev pduEvent
 	if err := json.Unmarshal(out.GetEventJson(), &ev); err != nil {
 		s.log.Error("dropping a room event that is not JSON", logging.EventID(out.GetEventId()), zap.Error(err))
@@ -185,6 +191,39 @@ func (s *Service) applyRoomEvent(ctx context.Context, tx *store.Tx, m jetstream.
 		return nil, err
 	}
 	return dests, nil
+}
+
+// applyStatePart applies the state change a leading part of an event's
+// message carries (roomserverv1.OutputRoomEvent.state_part).
+func (s *Service) applyStatePart(ctx context.Context, tx *store.Tx, out *roomserverv1.OutputRoomEvent) error {
+	roomID := out.GetRoomId()
+	known, err := tx.RoomKnown(ctx, roomID)
+	if err != nil {
+		return err
+	}
+	if !known {
+		members, _ := ctx.Value(bootstrapKey{}).([]store.Member)
+		if err := tx.AddRoom(ctx, roomID, members); err != nil {
+			return err
+		}
+	}
+	if err := tx.RemoveMemberEvents(ctx, roomID, out.GetRemovedStateEventIds()); err != nil {
+		return err
+	}
+	var changes []store.Member
+	for _, raw := range out.GetAddedStateEvents() {
+		var id struct {
+			EventID string `json:"event_id"`
+		}
+		_ = json.Unmarshal(raw, &id)
+		if id.EventID == "" {
+			id.EventID = eventIDOf(raw, out.GetRoomVersion())
+		}
+		if mem, ok := memberOf(raw, id.EventID); ok {
+			changes = append(changes, mem)
+		}
+	}
+	return tx.SetMembers(ctx, roomID, changes)
 }
 
 func union(a, b []string) []string {

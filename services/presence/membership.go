@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -112,9 +113,20 @@ func (s *Service) applyMembershipMsg(ctx context.Context, m jetstream.Msg) error
 	if pos == 0 {
 		return nil
 	}
-	// Wake the joiner and their new room-mates.
+	// Wake the joiner and their new room-mates. An announcement wakes the
+	// joiner and the room's members (the presence itself is read with
+	// SyncEphemeral), so of the remote users who joined a room (a join of
+	// a remote room brings all its members at once) one is announced:
+	// they have no sessions here, and one wakes the room's local members.
 	now := s.clock.Now()
+	remoteAnnounced := map[string]bool{}
 	for _, j := range joined {
+		if !s.isLocalUser(j.UserID) {
+			if remoteAnnounced[j.RoomID] {
+				continue
+			}
+			remoteAnnounced[j.RoomID] = true
+		}
 		p, err := s.store.GetPresence(ctx, j.UserID)
 		if errors.Is(err, store.ErrNotFound) {
 			p = store.Presence{UserID: j.UserID, State: Offline}
@@ -160,4 +172,10 @@ func (s *Service) isJoined(ctx context.Context, roomID, userID string) (bool, er
 		return false, fmt.Errorf("QueryMembership: %w", err)
 	}
 	return resp.GetMembership() == "join", nil
+}
+
+// isLocalUser reports whether userID is of this server.
+func (s *Service) isLocalUser(userID string) bool {
+	_, domain, ok := strings.Cut(userID, ":")
+	return ok && domain == s.serverName
 }

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
+
+	"github.com/myelin-chat/myelin/services/roomserver/outparts"
 )
 
 // Config is the room-server's own configuration (root key: room_server).
@@ -56,6 +58,11 @@ type Config struct {
 	// StreamReplicas is passed to bus.EnsureStreams; keep it equal to
 	// nats.replicas.
 	StreamReplicas int `yaml:"stream_replicas"`
+	// MaxMessageBytes bounds one published room event message (and the
+	// NATS server's max_payload, less some room for headers, bounds it
+	// too): a commit whose state change is larger is published as
+	// ordered parts (OutputRoomEvent.state_part).
+	MaxMessageBytes int `yaml:"max_message_bytes"`
 }
 
 // eventMemoryPerJSONByte estimates a parsed event's memory from its JSON:
@@ -82,6 +89,7 @@ func DefaultConfig() Config {
 		PublishPollInterval:  time.Second,
 		OutboxPruneInterval:  time.Minute,
 		StreamReplicas:       1,
+		MaxMessageBytes:      1 << 20,
 	}
 }
 
@@ -112,6 +120,9 @@ func (c Config) Validate() error {
 	}
 	if c.OutboxPruneInterval <= 0 {
 		errs = append(errs, errors.New("outbox_prune_interval must be positive"))
+	}
+	if c.MaxMessageBytes < outparts.MinMessageBytes {
+		errs = append(errs, fmt.Errorf("max_message_bytes must be at least %d", outparts.MinMessageBytes))
 	}
 	if c.StreamReplicas < 1 {
 		errs = append(errs, errors.New("stream_replicas must be at least 1"))

@@ -39,6 +39,7 @@ import (
 
 	"github.com/myelin-chat/myelin/pkg/bus"
 	roomserverv1 "github.com/myelin-chat/myelin/proto/roomserver/v1"
+	"github.com/myelin-chat/myelin/services/roomserver/outparts"
 	"github.com/myelin-chat/myelin/services/roomserver/store"
 )
 
@@ -181,15 +182,26 @@ func (p *publisher) publishPending(ctx context.Context) error {
 		}
 		p.saved = true
 		p.cursor.Cur = snapshot
+		built := time.Now()
 		msgs, err := s.outputMessages(ctx, pending)
 		if err != nil {
 			return err
 		}
+		if len(msgs) > len(pending.Entries) {
+			defer func(n int) {
+				s.log.Info("published room events with parts", zap.Int("entries", len(pending.Entries)), zap.Int("messages", n),
+					zap.Duration("took", time.Since(built)))
+			}(len(msgs))
+		}
 		for start := 0; start < len(msgs); {
 			end := waveEnd(msgs, start)
 			acked, err := s.publishWave(ctx, msgs[start:end])
-			if acked > 0 {
-				p.cursor.After, p.published = pending.Entries[start+acked-1].StreamPos, true
+			// An entry is out when its last part is.
+			for i := start + acked - 1; i >= start; i-- {
+				if msgs[i].last {
+					p.cursor.After, p.published = pending.Entries[msgs[i].entry].StreamPos, true
+					break
+				}
 			}
 			if err != nil {
 				return err
@@ -230,7 +242,7 @@ func waveEnd(msgs []outputMessage, start int) int {
 func (s *Service) publishWave(ctx context.Context, msgs []outputMessage) (acked int, err error) {
 	futures := make([]jetstream.PubAckFuture, 0, len(msgs))
 	for _, m := range msgs {
-		f, perr := s.js.PublishMsgAsync(m.msg, jetstream.WithMsgID(m.eventID))
+		f, perr := s.js.PublishMsgAsync(m.msg, jetstream.WithMsgID(m.msgID))
 		if perr != nil {
 			err = perr
 			if errors.Is(perr, nats.ErrMaxPayload) {
@@ -265,8 +277,12 @@ func (s *Service) publishWave(ctx context.Context, msgs []outputMessage) (acked 
 }
 
 type outputMessage struct {
-	eventID, roomID string
-	msg             *nats.Msg
+	eventID, roomID, msgID string
+	msg                    *nats.Msg
+	// entry is the index of the outbox entry; last is set on its last
+	// (or only) part.
+	entry int
+	last  bool
 }
 
 // outputMessages builds the OutputRoomEvent messages of outbox entries.
@@ -320,7 +336,8 @@ func (s *Service) outputMessages(ctx context.Context, pending store.Pending) ([]
 		}
 	}
 	out := make([]outputMessage, 0, len(entries))
-	for _, e := range entries {
+	limit := outparts.Limit(s.cfg.MaxMessageBytes, s.js.Conn().MaxPayload())
+	for entry, e := range entries {
 		ev := events[e.EventNID]
 		o := &roomserverv1.OutputRoomEvent{
 			RoomId:         ev.RoomID,
@@ -354,11 +371,15 @@ func (s *Service) outputMessages(ctx context.Context, pending store.Pending) ([]
 				o.StrippedState = append(o.StrippedState, raw)
 			}
 		}
-		data, err := proto.Marshal(o)
-		if err != nil {
-			return nil, err
+		parts := outparts.Split(o, limit)
+		for i, part := range parts {
+			data, err := proto.Marshal(part)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, outputMessage{eventID: ev.EventID, roomID: ev.RoomID, msgID: outparts.MsgID(ev.EventID, i+1, len(parts)),
+				msg: &nats.Msg{Subject: bus.RoomEventsSubject(ev.RoomID), Data: data}, entry: entry, last: i == len(parts)-1})
 		}
-		out = append(out, outputMessage{eventID: ev.EventID, roomID: ev.RoomID, msg: &nats.Msg{Subject: bus.RoomEventsSubject(ev.RoomID), Data: data}})
 	}
 	return out, nil
 }

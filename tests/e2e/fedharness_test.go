@@ -48,6 +48,10 @@ func federating(t *testing.T, ca *testkit.CA, shape func(*testing.T) *server, na
 			"MYELIN_FEDERATION_ALLOWED_PRIVATE_NETWORKS=127.0.0.0/8",
 			"MYELIN_CLIENT_API_RATE_LIMIT_ENABLED=false",
 			"MYELIN_FEDERATION_SENDER_BACKOFF_MIN=200ms",
+			// Messages of at most 2 KiB: a join of a remote room (its
+			// whole state added) goes out in parts, as one of a room of
+			// thousands does with the default bound.
+			"MYELIN_ROOM_SERVER_MAX_MESSAGE_BYTES=2048",
 		}
 		if len(fs.procs) == 1 {
 			p := fs.procs[0]

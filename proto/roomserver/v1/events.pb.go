@@ -115,6 +115,17 @@ type OutputRoomEvent struct {
 	// OUT_OF_ROOM: the stripped state (type, state_key, sender, content) of
 	// the room as the invite or the knock's answer described it.
 	StrippedState [][]byte `protobuf:"bytes,13,rep,name=stripped_state,json=strippedState,proto3" json:"stripped_state,omitempty"`
+	// A commit whose state change does not fit one message (a join of a
+	// large remote room adds its whole state) is published as state_parts
+	// messages on the room's subject, in order: parts 1 to state_parts-1
+	// carry only the room, the event ID, the position, the kind and a slice
+	// of removed_state_event_ids and added_state_events (event_json empty);
+	// the last part (state_part == state_parts) is the event's message with
+	// the rest of the state change. A consumer applies the union of the
+	// parts' changes as the event's (removed IDs before added events). Both
+	// are 0 for a message that is whole.
+	StatePart     int32 `protobuf:"varint,14,opt,name=state_part,json=statePart,proto3" json:"state_part,omitempty"`
+	StateParts    int32 `protobuf:"varint,15,opt,name=state_parts,json=stateParts,proto3" json:"state_parts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -240,6 +251,20 @@ func (x *OutputRoomEvent) GetStrippedState() [][]byte {
 	return nil
 }
 
+func (x *OutputRoomEvent) GetStatePart() int32 {
+	if x != nil {
+		return x.StatePart
+	}
+	return 0
+}
+
+func (x *OutputRoomEvent) GetStateParts() int32 {
+	if x != nil {
+		return x.StateParts
+	}
+	return 0
+}
+
 // AliasChange is the state of one local alias after a change in the room
 // directory: the room-server publishes it on stream MYELIN_ROOM_ALIASES
 // (subject myelin.roomserver.aliases.<base64url(alias)>) after each
@@ -302,7 +327,7 @@ var File_roomserver_v1_events_proto protoreflect.FileDescriptor
 
 const file_roomserver_v1_events_proto_rawDesc = "" +
 	"\n" +
-	"\x1aroomserver/v1/events.proto\x12\x14myelin.roomserver.v1\x1a\x1eroomserver/v1/roomserver.proto\"\xc5\x04\n" +
+	"\x1aroomserver/v1/events.proto\x12\x14myelin.roomserver.v1\x1a\x1eroomserver/v1/roomserver.proto\"\x85\x05\n" +
 	"\x0fOutputRoomEvent\x12\x17\n" +
 	"\aroom_id\x18\x01 \x01(\tR\x06roomId\x12!\n" +
 	"\froom_version\x18\x02 \x01(\tR\vroomVersion\x12\x19\n" +
@@ -318,7 +343,11 @@ const file_roomserver_v1_events_proto_rawDesc = "" +
 	" \x01(\fR\x11redactedEventJson\x12)\n" +
 	"\x10redacted_because\x18\v \x01(\fR\x0fredactedBecause\x124\n" +
 	"\x04kind\x18\f \x01(\x0e2 .myelin.roomserver.v1.OutputKindR\x04kind\x12%\n" +
-	"\x0estripped_state\x18\r \x03(\fR\rstrippedState\"<\n" +
+	"\x0estripped_state\x18\r \x03(\fR\rstrippedState\x12\x1d\n" +
+	"\n" +
+	"state_part\x18\x0e \x01(\x05R\tstatePart\x12\x1f\n" +
+	"\vstate_parts\x18\x0f \x01(\x05R\n" +
+	"stateParts\"<\n" +
 	"\vAliasChange\x12\x14\n" +
 	"\x05alias\x18\x01 \x01(\tR\x05alias\x12\x17\n" +
 	"\aroom_id\x18\x02 \x01(\tR\x06roomId*X\n" +

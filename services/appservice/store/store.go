@@ -140,16 +140,22 @@ func (t *Tx) AddRoom(ctx context.Context, roomID string, joined, aliases []strin
 	return t.SetAliases(ctx, roomID, aliases)
 }
 
-// SetMembership records a user's membership of a room (only joins are
-// kept).
-func (t *Tx) SetMembership(ctx context.Context, roomID, userID string, joined bool) error {
-	var err error
-	if joined {
-		_, err = t.tx.Exec(ctx, `INSERT INTO joined_members (room_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`, roomID, userID)
-	} else {
-		_, err = t.tx.Exec(ctx, `DELETE FROM joined_members WHERE room_id = $1 AND user_id = $2`, roomID, userID)
+// SetMemberships records many users' memberships of a room in two
+// statements: joined are added, left (every other membership) removed.
+// A user must not be in both.
+func (t *Tx) SetMemberships(ctx context.Context, roomID string, joined, left []string) error {
+	if len(left) > 0 {
+		if _, err := t.tx.Exec(ctx, `DELETE FROM joined_members WHERE room_id = $1 AND user_id = ANY($2)`, roomID, left); err != nil {
+			return err
+		}
 	}
-	return err
+	if len(joined) > 0 {
+		if _, err := t.tx.Exec(ctx, `INSERT INTO joined_members (room_id, user_id) SELECT $1, u FROM unnest($2::text[]) AS u
+			ON CONFLICT DO NOTHING`, roomID, joined); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // SetAliases replaces the room's aliases.

@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"errors"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -24,41 +23,74 @@ func (s *Store) ApplyMemberships(ctx context.Context, streamPos int64, changes [
 	if len(changes) == 0 {
 		return nil, 0, nil
 	}
+	// Read every row the changes touch in one statement and write them in
+	// another: a join of a remote room brings thousands of members.
+	rooms := make([]string, len(changes))
+	users := make([]string, len(changes))
+	for i, c := range changes {
+		rooms[i], users[i] = c.RoomID, c.UserID
+	}
+	type prevRow struct {
+		membership string
+		pos        int64
+	}
+	type key struct{ room, user string }
 	err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		joined, joinedPos = nil, 0
-		for _, c := range changes {
-			var prev string
-			var prevPos int64
-			err := tx.QueryRow(ctx, `SELECT membership, stream_pos FROM memberships WHERE room_id = $1 AND user_id = $2 FOR UPDATE`,
-				c.RoomID, c.UserID).Scan(&prev, &prevPos)
-			switch {
-			case errors.Is(err, pgx.ErrNoRows):
-			case err != nil:
+		prev := make(map[key]prevRow, len(changes))
+		rows, err := tx.Query(ctx, `SELECT m.room_id, m.user_id, m.membership, m.stream_pos FROM memberships m
+			JOIN unnest($1::text[], $2::text[]) AS x(r, u) ON m.room_id = x.r AND m.user_id = x.u
+			ORDER BY m.room_id, m.user_id FOR UPDATE OF m`, rooms, users)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var k key
+			var r prevRow
+			if err := rows.Scan(&k.room, &k.user, &r.membership, &r.pos); err != nil {
+				rows.Close()
 				return err
-			case prevPos >= streamPos:
+			}
+			prev[k] = r
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		var wRooms, wUsers, wMs []string
+		var wJoined []bool
+		for _, c := range changes {
+			p, found := prev[key{c.RoomID, c.UserID}]
+			if found && p.pos >= streamPos {
 				continue // already applied, or older than what is stored
 			}
-			var jpos *int64
-			if c.Membership == "join" && prev != "join" {
+			isJoin := c.Membership == "join" && p.membership != "join"
+			if isJoin {
 				if joinedPos == 0 {
 					if joinedPos, err = nextPos(); err != nil {
 						return err
 					}
 				}
-				jpos = &joinedPos
 				joined = append(joined, c)
 			}
-			_, err = tx.Exec(ctx, `
-				INSERT INTO memberships (room_id, user_id, membership, stream_pos, joined_pos) VALUES ($1, $2, $3, $4, COALESCE($5, 0))
-				ON CONFLICT (room_id, user_id) DO UPDATE
-				SET membership = EXCLUDED.membership, stream_pos = EXCLUDED.stream_pos,
-				    joined_pos = COALESCE($5, memberships.joined_pos)`,
-				c.RoomID, c.UserID, c.Membership, streamPos, jpos)
-			if err != nil {
-				return err
-			}
+			// A user twice in changes: the later change wins, as one by
+			// one.
+			prev[key{c.RoomID, c.UserID}] = prevRow{membership: c.Membership, pos: p.pos}
+			wRooms, wUsers, wMs, wJoined = append(wRooms, c.RoomID), append(wUsers, c.UserID), append(wMs, c.Membership), append(wJoined, isJoin)
 		}
-		return nil
+		if len(wRooms) == 0 {
+			return nil
+		}
+		_, err = tx.Exec(ctx, `
+			INSERT INTO memberships (room_id, user_id, membership, stream_pos, joined_pos)
+			SELECT DISTINCT ON (r, u) r, u, m, $5, CASE WHEN j THEN $6::bigint ELSE 0 END
+			FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[]) WITH ORDINALITY AS x(r, u, m, j, n)
+			ORDER BY r, u, n DESC
+			ON CONFLICT (room_id, user_id) DO UPDATE
+			SET membership = EXCLUDED.membership, stream_pos = EXCLUDED.stream_pos,
+			    joined_pos = CASE WHEN EXCLUDED.joined_pos <> 0 THEN EXCLUDED.joined_pos ELSE memberships.joined_pos END`,
+			wRooms, wUsers, wMs, wJoined, streamPos, joinedPos)
+		return err
 	})
 	return joined, joinedPos, err
 }

@@ -359,6 +359,10 @@ func coalesce(ws []queuedWrite) []queuedWrite {
 	}
 	out := make([]queuedWrite, 0, len(ws))
 	open := map[string]int{} // statement -> index in out of its open multi-row insert
+	// The text of a multi-row insert grows in a builder (appending to the
+	// string would copy it once per row: quadratic in a run of 10,000
+	// outliers).
+	texts := map[int]*strings.Builder{}
 	for i, w := range ws {
 		if w.key != "" && last[w.key] != i {
 			continue
@@ -373,7 +377,14 @@ func coalesce(ws []queuedWrite) []queuedWrite {
 		if ok && len(out[j].args)+len(w.args) <= maxRowParams {
 			m := &out[j]
 			values := strings.LastIndex(w.sql, "VALUES")
-			m.sql += "," + renumberParams(w.sql[values+len("VALUES"):], len(m.args))
+			sb := texts[j]
+			if sb == nil {
+				sb = &strings.Builder{}
+				sb.WriteString(m.sql)
+				texts[j] = sb
+			}
+			sb.WriteByte(',')
+			sb.WriteString(renumberParams(w.sql[values+len("VALUES"):], len(m.args)))
 			m.args = append(m.args, w.args...)
 			continue
 		}
@@ -381,6 +392,9 @@ func coalesce(ws []queuedWrite) []queuedWrite {
 		open[w.sql] = len(out)
 		w.args = slices.Clone(w.args)
 		out = append(out, w)
+	}
+	for j, sb := range texts {
+		out[j].sql = sb.String()
 	}
 	return out
 }
@@ -448,10 +462,85 @@ func renumberParams(sql string, offset int) string {
 	})
 }
 
+// copyMinRows is the least queued event rows copyEvents writes with COPY.
+const copyMinRows = 256
+
+// copyEvents writes a large number of queued event rows (a send_join
+// answer's thousands of outliers) with COPY, which PostgreSQL takes much
+// faster than multi-row INSERTs of tens of thousands of parameters, and
+// drops them from the queue. No other queued write reads or writes
+// events, so they may go before the rest of the queue.
+func (p *pipeConn) copyEvents(ctx context.Context) error {
+	var rows [][]any
+	sql := ""
+	for _, w := range p.pending {
+		if w.table != "events" {
+			continue
+		}
+		if !w.row || (sql != "" && w.sql != sql) {
+			return nil
+		}
+		sql = w.sql
+		rows = append(rows, w.args)
+	}
+	if len(rows) < copyMinRows {
+		return nil
+	}
+	cols, ok := plainInsertColumns(sql, len(rows[0]))
+	if !ok {
+		return nil
+	}
+	if _, err := p.conn.CopyFrom(ctx, pgx.Identifier{"events"}, cols, pgx.CopyFromRows(rows)); err != nil {
+		return fmt.Errorf("copy %d events: %w", len(rows), err)
+	}
+	kept := p.pending[:0]
+	for _, w := range p.pending {
+		if w.table != "events" {
+			kept = append(kept, w)
+		}
+	}
+	p.pending = kept
+	return nil
+}
+
+// plainInsertColumns returns the columns of `INSERT INTO t (c1, ...)
+// VALUES ($1, ..., $n)` with n parameters, or false for any other form.
+func plainInsertColumns(sql string, n int) ([]string, bool) {
+	open, values := strings.Index(sql, "("), strings.LastIndex(sql, "VALUES")
+	if open < 0 || values < open {
+		return nil, false
+	}
+	head := sql[open+1 : values]
+	end := strings.LastIndex(head, ")")
+	if end < 0 {
+		return nil, false
+	}
+	var cols []string
+	for _, c := range strings.Split(head[:end], ",") {
+		cols = append(cols, strings.TrimSpace(c))
+	}
+	var want strings.Builder
+	want.WriteByte('(')
+	for i := 1; i <= n; i++ {
+		if i > 1 {
+			want.WriteString(", ")
+		}
+		want.WriteString("$" + strconv.Itoa(i))
+	}
+	want.WriteByte(')')
+	if len(cols) != n || strings.TrimSpace(sql[values+len("VALUES"):]) != want.String() {
+		return nil, false
+	}
+	return cols, true
+}
+
 // flush sends the queued writes; the first failure is returned.
 func (p *pipeConn) flush(ctx context.Context) error {
 	if p.conn == nil {
 		return errors.New("transaction already finished")
+	}
+	if err := p.copyEvents(ctx); err != nil {
+		return err
 	}
 	if len(p.pending) == 0 {
 		return nil
@@ -495,6 +584,9 @@ func (p *pipeConn) QueryRow(ctx context.Context, sql string, args ...any) pgx.Ro
 func (p *pipeConn) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 	if p.conn == nil {
 		return pgstore.ErrBatch{Err: errors.New("transaction already finished")}
+	}
+	if err := p.copyEvents(ctx); err != nil {
+		return pgstore.ErrBatch{Err: err}
 	}
 	if len(p.pending) == 0 {
 		return p.conn.SendBatch(ctx, b)

@@ -136,6 +136,7 @@ func (s *RoomEvents) Run(ctx context.Context) error {
 	// from the stored position.
 	defer cc.Stop()
 
+	parts := stateParts{}
 	for {
 		var batch []jetstream.Msg
 		select {
@@ -153,7 +154,7 @@ func (s *RoomEvents) Run(ctx context.Context) error {
 				break drain
 			}
 		}
-		if err := s.storeBatch(ctx, batch); err != nil {
+		if err := s.storeBatch(ctx, batch, parts); err != nil {
 			return nil // ctx ended while retrying
 		}
 	}
@@ -162,23 +163,48 @@ func (s *RoomEvents) Run(ctx context.Context) error {
 // storeBatch decodes and stores one batch with the position after it,
 // retrying storage failures with backoff. It returns an error only when
 // ctx ends.
-func (s *RoomEvents) storeBatch(ctx context.Context, batch []jetstream.Msg) error {
+func (s *RoomEvents) storeBatch(ctx context.Context, batch []jetstream.Msg, parts stateParts) error {
+	decodeStart := time.Now()
 	inputs := make([]store.Input, 0, len(batch))
 	mark := store.StreamMark{Name: s.name}
 	for _, m := range batch {
+		var seq uint64
 		if md, err := m.Metadata(); err == nil {
-			mark.Seq = max(mark.Seq, md.Sequence.Stream)
+			seq = md.Sequence.Stream
+			mark.Seq = max(mark.Seq, seq)
 		}
-		in, err := decodeOutputEvent(m.Data())
-		if err != nil {
+		var out roomserverv1.OutputRoomEvent
+		if err := proto.Unmarshal(m.Data(), &out); err != nil {
 			// A payload that cannot be decoded never will be: drop it.
 			s.log.Error("dropping undecodable room event", zap.String("subject", m.Subject()), zap.Error(err))
 			continue
 		}
+		if out.GetStatePart() < out.GetStateParts() {
+			if err := parts.add(&out, seq); err != nil {
+				s.log.Error("dropping a part of a room event's state", zap.String("subject", m.Subject()), zap.Error(err))
+			}
+			continue
+		}
+		in, err := decodeOutput(&out)
+		if err != nil {
+			s.log.Error("dropping undecodable room event", zap.String("subject", m.Subject()), zap.Error(err))
+			continue
+		}
+		if out.GetStateParts() > 0 {
+			if err := parts.complete(&out, &in); err != nil {
+				// Stored with the state it has: better than without
+				// the event.
+				s.log.Error("a room event's state is incomplete", zap.String("subject", m.Subject()), zap.Error(err))
+			}
+		}
 		inputs = append(inputs, in)
 	}
+	// Leading parts whose event is yet to come are read again after a
+	// restart: the position stays before them.
+	mark.Seq = parts.before(mark.Seq)
 	var applied []store.Applied
 	var notified map[string]bool
+	started := time.Now()
 	err := s.retry(ctx, "store room events", func() (err error) {
 		// Push rules are evaluated in the storing transaction
 		// (push.Evaluate); notified collects the pusher owners who got a
@@ -196,6 +222,10 @@ func (s *RoomEvents) storeBatch(ctx context.Context, batch []jetstream.Msg) erro
 	})
 	if err != nil {
 		return err
+	}
+	if took := time.Since(started); took > time.Second {
+		s.log.Info("stored a slow batch of room events", zap.Int("messages", len(batch)), zap.Int("stored", len(applied)),
+			zap.Duration("decode", started.Sub(decodeStart)), zap.Duration("took", took))
 	}
 	s.wakeBus.AnnounceCommitted(applied)
 	notifiedUsers := make([]string, 0, len(notified))
@@ -239,6 +269,11 @@ func decodeOutputEvent(data []byte) (store.Input, error) {
 	if err := proto.Unmarshal(data, &out); err != nil {
 		return store.Input{}, fmt.Errorf("%w: %v", ErrBadPayload, err)
 	}
+	return decodeOutput(&out)
+}
+
+// decodeOutput is decodeOutputEvent of a decoded message.
+func decodeOutput(out *roomserverv1.OutputRoomEvent) (store.Input, error) {
 	if out.GetRoomId() == "" || out.GetEventId() == "" {
 		return store.Input{}, fmt.Errorf("%w: missing room or event ID", ErrBadPayload)
 	}
@@ -294,20 +329,31 @@ func decodeOutputEvent(data []byte) (store.Input, error) {
 			return store.Input{}, fmt.Errorf("%w: redacted event of %s: %v", ErrBadPayload, out.GetEventId(), err)
 		}
 	}
-	for _, added := range out.GetAddedStateEvents() {
-		spdu, err := pkgce.ParsePDU(out.GetRoomVersion(), added)
+	added, err := decodeAdded(out)
+	if err != nil {
+		return store.Input{}, err
+	}
+	in.Added = append(in.Added, added...)
+	return in, nil
+}
+
+// decodeAdded decodes the state events a message added.
+func decodeAdded(out *roomserverv1.OutputRoomEvent) ([]store.StateEvent, error) {
+	var added []store.StateEvent
+	for _, raw := range out.GetAddedStateEvents() {
+		spdu, err := pkgce.ParsePDU(out.GetRoomVersion(), raw)
 		if err != nil {
-			return store.Input{}, fmt.Errorf("%w: added state of %s: %v", ErrBadPayload, out.GetEventId(), err)
+			return nil, fmt.Errorf("%w: added state of %s: %v", ErrBadPayload, out.GetEventId(), err)
 		}
 		if spdu.StateKey() == nil {
-			return store.Input{}, fmt.Errorf("%w: added state event %s has no state key", ErrBadPayload, spdu.EventID())
+			return nil, fmt.Errorf("%w: added state event %s has no state key", ErrBadPayload, spdu.EventID())
 		}
 		sce := pkgce.NewClientEvent(spdu)
 		sraw, err := sce.Marshal()
 		if err != nil {
-			return store.Input{}, err
+			return nil, err
 		}
-		in.Added = append(in.Added, store.StateEvent{
+		added = append(added, store.StateEvent{
 			EventID:    spdu.EventID(),
 			Type:       sce.Type,
 			StateKey:   *sce.StateKey,
@@ -316,5 +362,60 @@ func decodeOutputEvent(data []byte) (store.Input, error) {
 			JSON:       sraw,
 		})
 	}
-	return in, nil
+	return added, nil
+}
+
+// stateParts holds the leading parts of events whose messages were
+// split (roomserverv1.OutputRoomEvent.state_part) until their last part
+// comes, by event ID. The consumer's stored position stays before the
+// first part of any event still here, so a restart reads its parts again.
+type stateParts map[string]*partialState
+
+type partialState struct {
+	firstSeq uint64
+	next     int32 // the part expected next
+	removed  []string
+	added    []store.StateEvent
+}
+
+// add takes a leading part read at stream sequence seq.
+func (p stateParts) add(out *roomserverv1.OutputRoomEvent, seq uint64) error {
+	added, err := decodeAdded(out)
+	if err != nil {
+		return err
+	}
+	ps := p[out.GetEventId()]
+	if out.GetStatePart() == 1 || ps == nil {
+		// The first part (again, when the stream is read again).
+		ps = &partialState{firstSeq: seq, next: 1}
+		p[out.GetEventId()] = ps
+	}
+	if out.GetStatePart() != ps.next {
+		return fmt.Errorf("%w: part %d of %s's state where part %d was expected", ErrBadPayload, out.GetStatePart(), out.GetEventId(), ps.next)
+	}
+	ps.next++
+	ps.removed = append(ps.removed, out.GetRemovedStateEventIds()...)
+	ps.added = append(ps.added, added...)
+	return nil
+}
+
+// complete adds the leading parts to the input of an event's last part.
+func (p stateParts) complete(out *roomserverv1.OutputRoomEvent, in *store.Input) error {
+	ps := p[out.GetEventId()]
+	delete(p, out.GetEventId())
+	if ps == nil || ps.next != out.GetStatePart() {
+		return fmt.Errorf("%w: the last part of %s's state without all the parts before it", ErrBadPayload, out.GetEventId())
+	}
+	in.RemovedIDs = append(ps.removed, in.RemovedIDs...)
+	in.Added = append(ps.added, in.Added...)
+	return nil
+}
+
+// before returns the stream sequence before the first pending part, or
+// seq when none is pending.
+func (p stateParts) before(seq uint64) uint64 {
+	for _, ps := range p {
+		seq = min(seq, ps.firstSeq-1)
+	}
+	return seq
 }
