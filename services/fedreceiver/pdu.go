@@ -186,7 +186,11 @@ func (s *Service) preparePDU(ctx context.Context, tc *txnContext, raw json.RawMe
 		}
 		return preparedPDU{}, nil
 	}
-	return preparedPDU{id: h.EventID, ready: true, verImpl: ri.version, roomID: h.RoomID, raw: raw}, nil
+	p := preparedPDU{ready: true, verImpl: ri.version, roomID: h.RoomID, raw: raw}
+	if ri.version.EventFormat() == gomatrixserverlib.EventFormatV1 {
+		p.id = h.EventID // room versions 1 and 2 carry it; later ones are named by their hash
+	}
+	return p, nil
 }
 
 // named sets the PDU's event ID from the room-server's result (which
@@ -301,6 +305,9 @@ func (s *Service) inputWithGaps(ctx context.Context, origin spec.ServerName, p *
 	if err != nil {
 		if isPeerDown(err) {
 			return fclient.PDUResult{}, err
+		}
+		if ev, _ := parsePDU(p.verImpl, p.raw); ev != nil && p.id == "" {
+			p.id = ev.EventID() // the answer names it
 		}
 		s.log.Error("input failed", zap.String("event_id", p.id), zap.Error(err))
 		return fclient.PDUResult{Error: "The event could not be processed"}, nil
