@@ -111,7 +111,27 @@ func runFedIngest(ctx context.Context, e *Env) error {
 		return err
 	}
 
-	// Timed: every peer sends its transactions one after another.
+	// Timed: every peer sends its transactions one after another. The
+	// server's CPU (myelin and PostgreSQL) is counted from here until the
+	// downstream consumers have settled, per PDU accepted: the
+	// load-independent measure. A CPU profile of the first seconds and
+	// the statements of the whole phase show where it goes.
+	time.Sleep(settleAfterSends) // the joins' processing out of the way
+	stmts := statementStats{url: e.Opts.DatabaseURL}
+	withStmts := stmts.reset(ctx)
+	walBefore := readWAL(ctx, e.Opts.DatabaseURL)
+	cpuBefore, eachBefore := e.serverCPU()
+	var profWG sync.WaitGroup
+	if e.Opts.PprofURL != "" && e.Opts.ProfileSeconds > 0 {
+		profWG.Add(1)
+		go func() {
+			defer profWG.Done()
+			endpoint := fmt.Sprintf("profile?seconds=%d", e.Opts.ProfileSeconds)
+			if _, err := e.fetchProfile(ctx, endpoint, "fedingest-cpu.pprof"); err != nil {
+				e.Note("fedingest: cpu profile: %v", err)
+			}
+		}()
+	}
 	rec := newRecorder()
 	progress := startProgress(e.Opts.Progress, "fedingest: PDUs", rec, per*len(peers), 0)
 	var wg sync.WaitGroup
@@ -138,8 +158,34 @@ func runFedIngest(ctx context.Context, e *Env) error {
 	wg.Wait()
 	rec.Stop()
 	progress()
-	e.AddPhase(rec.Summary("fedingest", "ingest", map[string]any{
-		"peers": len(peers), "pdus": per * len(peers), "batch": o.IngestBatch}))
+	e.settleCPU(ctx, time.Minute) // the consumers downstream finish
+	cpuAfter, eachAfter := e.serverCPU()
+	walAfter := readWAL(ctx, e.Opts.DatabaseURL)
+	profWG.Wait()
+	ph := rec.Summary("fedingest", "ingest", map[string]any{
+		"peers": len(peers), "pdus": per * len(peers), "batch": o.IngestBatch})
+	if ph.Extra == nil {
+		ph.Extra = map[string]any{}
+	}
+	if n := float64(ph.Count); n > 0 {
+		if cpuAfter >= 0 && cpuBefore >= 0 {
+			ph.Extra["server_cpu_ms_per_event"] = (cpuAfter - cpuBefore) * 1000 / n
+			for name, after := range eachAfter {
+				ph.Extra[name+"_cpu_ms_per_event"] = (after - eachBefore[name]) * 1000 / n
+			}
+		}
+		walAfter.perEvent(walBefore, ph.Count, ph.Extra)
+		if withStmts {
+			if calls, ms, err := stmts.totals(ctx); err == nil {
+				ph.Extra["db_statements_per_event"] = float64(calls) / n
+				ph.Extra["db_statement_ms_per_event"] = ms / n
+			}
+			if top, err := stmts.top(ctx, 12); err == nil {
+				ph.Extra["top_statements"] = top
+			}
+		}
+	}
+	e.AddPhase(ph)
 
 	// The target stored them: its member reads each room's last PDU.
 	for i, rr := range rooms {
@@ -219,4 +265,22 @@ func runFedJoin(ctx context.Context, e *Env) error {
 	syncRec.Stop()
 	e.AddPhase(syncRec.Summary("fedjoin", "join (client /join to the room in /sync)", map[string]any{"state_events": state}))
 	return ctx.Err()
+}
+
+// settleCPU waits until the server's processes are near idle (under a
+// tenth of a core for half a second: the consumers downstream have caught
+// up), at most max, and at least settleAfterSends.
+func (e *Env) settleCPU(ctx context.Context, max time.Duration) {
+	time.Sleep(settleAfterSends)
+	const every = 500 * time.Millisecond
+	deadline := time.Now().Add(max)
+	last, _ := e.serverCPU()
+	for last >= 0 && time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(every)
+		now, _ := e.serverCPU()
+		if now-last < 0.1*every.Seconds() {
+			return
+		}
+		last = now
+	}
 }

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -126,6 +128,34 @@ func (c *badCtx) buildWith(verImpl gomatrixserverlib.IRoomVersion, server spec.S
 		c.t.Fatalf("v%s %s: build: %v", c.version, c.name, err)
 	}
 	return ev.JSON()
+}
+
+// signedRaw adds the content hash and the peer's signature to an event
+// object as it is (JSON the event builder refuses to make).
+func (c *badCtx) signedRaw(obj map[string]any) []byte {
+	c.t.Helper()
+	canonical, err := gomatrixserverlib.CanonicalJSON(mustJSON(c.t, obj))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	sum := sha256.Sum256(canonical)
+	obj["hashes"] = map[string]any{"sha256": base64.RawStdEncoding.EncodeToString(sum[:])}
+	redacted, err := c.rr.Version.RedactEventJSON(mustJSON(c.t, obj))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	signed, err := gomatrixserverlib.SignJSON(string(c.rr.Server.Name), c.rr.Server.KeyID, c.rr.Server.Key, redacted)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	var sigs struct {
+		Signatures json.RawMessage `json:"signatures"`
+	}
+	if err := json.Unmarshal(signed, &sigs); err != nil {
+		c.t.Fatal(err)
+	}
+	obj["signatures"] = sigs.Signatures
+	return mustJSON(c.t, obj)
 }
 
 // v5 signs with room version 5's rules: the same format as 6-10, but no
@@ -263,6 +293,24 @@ var badPDUs = []badPDU{
 					pe.AuthEvents = append(authIDs(a), c.rejected.EventID())
 				}
 			})
+	}},
+	{name: "a second create event naming this room (in room version 12 the create event's room is its hash: another room)", make: func(c *badCtx) []byte {
+		empty := ""
+		var raw []byte
+		if c.rr.Version.DomainlessRoomIDs() {
+			// The event builder refuses a room ID on these; gomatrixserverlib
+			// parses one (and ignores it).
+			raw = c.signedRaw(map[string]any{"type": spec.MRoomCreate, "state_key": "", "sender": c.bob, "room_id": c.rr.RoomID,
+				"content": map[string]any{"room_version": c.version}, "auth_events": []string{}, "prev_events": []string{},
+				"depth": 1, "origin_server_ts": time.Now().UnixMilli()})
+		} else {
+			raw = c.buildWith(c.rr.Version, c.rr.Server.Name, c.rr.Server.Key, c.bob, spec.MRoomCreate, &empty,
+				map[string]any{"room_version": c.version}, nil)
+		}
+		if !bytes.Contains(raw, []byte(c.rr.RoomID)) {
+			c.t.Fatalf("v%s: the create event does not name the room: %s", c.version, raw)
+		}
+		return raw
 	}},
 	{name: "prev event nobody has", make: func(c *badCtx) []byte {
 		return c.buildWith(c.rr.Version, c.rr.Server.Name, c.rr.Server.Key, c.bob, "m.room.message", nil, msgContent("orphan"),

@@ -72,7 +72,7 @@ func (g *gap) fill(ctx context.Context) (*roomserverv1.InputEventResult, error) 
 		}
 		g.s.log.Debug("get_missing_events", zap.String("origin", string(g.origin)), zap.Error(err))
 	}
-	res, err := g.s.inputNew(ctx, g.verImpl, g.raw, nil, false)
+	res, err := g.s.inputNew(ctx, g.verImpl, g.raw, g.roomID(), nil, false)
 	if err != nil || res.GetStatus() != roomserverv1.InputStatus_INPUT_STATUS_MISSING_EVENTS {
 		return res, err
 	}
@@ -154,7 +154,7 @@ func (g *gap) missingEvents(ctx context.Context) error {
 		return strings.Compare(a.ev.EventID(), b.ev.EventID())
 	})
 	for _, f := range evs {
-		res, err := g.s.inputNew(ctx, g.verImpl, f.raw, nil, false)
+		res, err := g.s.inputNew(ctx, g.verImpl, f.raw, g.roomID(), nil, false)
 		if err != nil {
 			return err
 		}
@@ -271,7 +271,7 @@ func (g *gap) withState(ctx context.Context) (*roomserverv1.InputEventResult, er
 	if err != nil {
 		return nil, err
 	}
-	res, err := g.s.inputNew(ctx, g.verImpl, g.raw, state, true)
+	res, err := g.s.inputNew(ctx, g.verImpl, g.raw, g.roomID(), state, true)
 	if err != nil || res.GetStatus() != roomserverv1.InputStatus_INPUT_STATUS_MISSING_EVENTS {
 		return res, err
 	}
@@ -279,7 +279,7 @@ func (g *gap) withState(ctx context.Context) (*roomserverv1.InputEventResult, er
 	if err := g.authChain(ctx, g.ev.EventID()); err != nil {
 		return nil, err
 	}
-	return g.s.inputNew(ctx, g.verImpl, g.raw, state, true)
+	return g.s.inputNew(ctx, g.verImpl, g.raw, g.roomID(), state, true)
 }
 
 // fetchEvents gets the missing events: one by one with /event when they

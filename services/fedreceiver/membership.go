@@ -156,7 +156,7 @@ func (s *memberships) parseMembershipEvent(mr *membershipRequest, body []byte, m
 // inputMembership inputs a membership event of the room graph and turns
 // the outcome into the spec's errors.
 func (s *memberships) inputMembership(ctx context.Context, verImpl gomatrixserverlib.IRoomVersion, raw []byte) error {
-	res, err := s.inputNew(ctx, verImpl, raw, nil, false)
+	res, err := s.inputNew(ctx, verImpl, raw, "", nil, false)
 	if err != nil {
 		return err
 	}

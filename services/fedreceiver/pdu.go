@@ -78,20 +78,26 @@ func parsePDU(verImpl gomatrixserverlib.IRoomVersion, raw []byte) (ev gomatrixse
 	}
 	_ = ev.EventID() // computes (and may panic on) the reference hash
 	_ = ev.RoomID()
+	return ev, checkPDUBytes(raw)
+}
+
+// checkPDUBytes makes the checks of parsePDU that gomatrixserverlib (and
+// so the room-server) does not: no duplicate keys, at most 65,536 bytes.
+func checkPDUBytes(raw []byte) error {
 	if err := checkNoDuplicateKeys(raw); err != nil {
-		return ev, err
+		return err
 	}
 	if len(raw) <= maxEventSize/3 {
 		// Canonical JSON grows a byte of the JSON it is made from to at
 		// most three (an invalid UTF-8 byte becomes U+FFFD; whitespace
 		// and escapes only shrink), and dropping unsigned only shortens
 		// it: small enough without measuring (most events).
-		return ev, nil
+		return nil
 	}
 	if size, err := eventSize(raw); err != nil || size > maxEventSize {
-		return ev, fmt.Errorf("event too large (%d bytes, at most %d)", size, maxEventSize)
+		return fmt.Errorf("event too large (%d bytes, at most %d)", size, maxEventSize)
 	}
-	return ev, nil
+	return nil
 }
 
 // eventSize is the length of an event's canonical JSON without unsigned.
@@ -116,20 +122,24 @@ type pduHeader struct {
 }
 
 // preparedPDU is a PDU of a transaction checked up to its input: its
-// event ID (empty: dropped without a result) and either its result or,
-// when ready, what the room-server is given.
+// event ID (empty: dropped without a result; for room versions 3 on, where
+// the PDU does not carry it, the room-server's result names it) and either
+// its result or, when ready, what the room-server is given.
 type preparedPDU struct {
 	id      string
 	res     fclient.PDUResult
 	ready   bool
 	verImpl gomatrixserverlib.IRoomVersion
-	ev      gomatrixserverlib.PDU
+	roomID  string
 	raw     []byte
 }
 
 // preparePDU checks one PDU of a transaction up to its input (room known,
-// format of its room version, server ACL). An error fails the whole
-// transaction (a peer is down).
+// no duplicate keys, size, server ACL). The PDU is not parsed here: the
+// room-server parses it once for its format, hashes, signatures and auth
+// (InputEvent.room_id holds it to the room whose ACL was checked here);
+// only a PDU refused here is parsed, to name it in the result. An error
+// fails the whole transaction (a peer is down).
 func (s *Service) preparePDU(ctx context.Context, tc *txnContext, raw json.RawMessage) (preparedPDU, error) {
 	var h pduHeader
 	if err := json.Unmarshal(raw, &h); err != nil || h.RoomID == "" {
@@ -149,29 +159,46 @@ func (s *Service) preparePDU(ctx context.Context, tc *txnContext, raw json.RawMe
 		}
 		return preparedPDU{}, nil
 	}
-	ev, err := parsePDU(ri.version, raw)
-	if err != nil {
-		// Room versions 1 and 2 name the event ID; later ones cannot
-		// be given one without a parsed event.
+	// nameOf is the event ID of a refused PDU ("" when it has none).
+	nameOf := func() string {
+		if ev, _ := parsePDU(ri.version, raw); ev != nil {
+			return ev.EventID()
+		}
+		return h.EventID
+	}
+	if err := checkPDUBytes(raw); err != nil {
+		// As parsePDU reports it: a format error first.
+		ev, perr := parsePDU(ri.version, raw)
 		switch {
 		case ev != nil:
-			return fail(ev.EventID(), "Invalid event: %v", err)
+			return fail(ev.EventID(), "Invalid event: %v", perr)
 		case h.EventID != "":
-			return fail(h.EventID, "Invalid event: %v", err)
+			return fail(h.EventID, "Invalid event: %v", perr)
 		}
 		return preparedPDU{}, nil
 	}
-	id := ev.EventID()
-	if ev.RoomID().String() != h.RoomID {
-		return fail(id, "Invalid event: room ID mismatch")
-	}
 	if err := tc.acl.check(ctx, h.RoomID); err != nil {
-		if errorsIsACL(err) {
+		if !errorsIsACL(err) {
+			return preparedPDU{}, err
+		}
+		if id := nameOf(); id != "" {
 			return fail(id, "Server %s is denied by the room's server ACL", tc.origin)
 		}
-		return preparedPDU{}, err
+		return preparedPDU{}, nil
 	}
-	return preparedPDU{id: id, ready: true, verImpl: ri.version, ev: ev, raw: raw}, nil
+	p := preparedPDU{ready: true, verImpl: ri.version, roomID: h.RoomID, raw: raw}
+	if ri.version.EventFormat() == gomatrixserverlib.EventFormatV1 {
+		p.id = h.EventID // room versions 1 and 2 carry it; later ones are named by their hash
+	}
+	return p, nil
+}
+
+// named sets the PDU's event ID from the room-server's result (which
+// parsed it; empty when it could not).
+func (p *preparedPDU) named(r *roomserverv1.InputEventResult) {
+	if id := r.GetEventId(); id != "" {
+		p.id = id
+	}
 }
 
 // inputPrepared inputs a transaction's ready PDUs, room by room in the
@@ -188,11 +215,10 @@ func (s *Service) inputPrepared(ctx context.Context, origin spec.ServerName, ps 
 		if !p.ready {
 			continue
 		}
-		room := p.ev.RoomID().String()
-		if _, ok := byRoom[room]; !ok {
-			rooms = append(rooms, room)
+		if _, ok := byRoom[p.roomID]; !ok {
+			rooms = append(rooms, p.roomID)
 		}
-		byRoom[room] = append(byRoom[room], i)
+		byRoom[p.roomID] = append(byRoom[p.roomID], i)
 	}
 	for _, room := range rooms {
 		idx := byRoom[room]
@@ -200,8 +226,8 @@ func (s *Service) inputPrepared(ctx context.Context, origin spec.ServerName, ps 
 		if len(idx) > 1 && ctx.Err() == nil {
 			req := &roomserverv1.InputEventsRequest{Events: make([]*roomserverv1.InputEvent, len(idx))}
 			for k, i := range idx {
-				req.Events[k] = &roomserverv1.InputEvent{RoomVersion: string(ps[i].verImpl.Version()), EventJson: ps[i].raw,
-					Kind: roomserverv1.InputKind_INPUT_KIND_NEW}
+				p := &ps[i]
+				req.Events[k] = newInput(p.verImpl, p.raw, p.roomID, nil, false)
 			}
 			resp, err := s.rooms.InputEvents(ctx, req)
 			switch {
@@ -217,6 +243,7 @@ func (s *Service) inputPrepared(ctx context.Context, origin spec.ServerName, ps 
 		for k, i := range idx {
 			p := &ps[i]
 			if results != nil && results[k].GetStatus() != roomserverv1.InputStatus_INPUT_STATUS_MISSING_EVENTS {
+				p.named(results[k])
 				p.res = pduResult(results[k])
 				continue
 			}
@@ -224,7 +251,7 @@ func (s *Service) inputPrepared(ctx context.Context, origin spec.ServerName, ps 
 				p.id = "" // out of budget: left without a result
 				continue
 			}
-			res, err := s.inputWithGaps(ctx, origin, p.verImpl, p.ev, p.raw)
+			res, err := s.inputWithGaps(ctx, origin, p)
 			if err != nil {
 				return err
 			}
@@ -234,13 +261,18 @@ func (s *Service) inputPrepared(ctx context.Context, origin spec.ServerName, ps 
 	return nil
 }
 
-// inputNew inputs one event as NEW (optionally with the state before it)
-// and returns the room-server's result.
-func (s *Service) inputNew(ctx context.Context, verImpl gomatrixserverlib.IRoomVersion, raw []byte, stateIDs []string, hasState bool) (*roomserverv1.InputEventResult, error) {
-	resp, err := s.rooms.InputEvents(ctx, &roomserverv1.InputEventsRequest{Events: []*roomserverv1.InputEvent{{
-		RoomVersion: string(verImpl.Version()), EventJson: raw, Kind: roomserverv1.InputKind_INPUT_KIND_NEW,
-		HasState: hasState, StateEventIds: stateIDs,
-	}}})
+// newInput is the room-server's input of a PDU of roomID as NEW,
+// optionally with the state before it.
+func newInput(verImpl gomatrixserverlib.IRoomVersion, raw []byte, roomID string, stateIDs []string, hasState bool) *roomserverv1.InputEvent {
+	return &roomserverv1.InputEvent{RoomVersion: string(verImpl.Version()), EventJson: raw, RoomId: roomID,
+		Kind: roomserverv1.InputKind_INPUT_KIND_NEW, HasState: hasState, StateEventIds: stateIDs}
+}
+
+// inputNew inputs one PDU of roomID as NEW (optionally with the state
+// before it) and returns the room-server's result.
+func (s *Service) inputNew(ctx context.Context, verImpl gomatrixserverlib.IRoomVersion, raw []byte, roomID string, stateIDs []string, hasState bool) (*roomserverv1.InputEventResult, error) {
+	resp, err := s.rooms.InputEvents(ctx, &roomserverv1.InputEventsRequest{Events: []*roomserverv1.InputEvent{
+		newInput(verImpl, raw, roomID, stateIDs, hasState)}})
 	if err != nil {
 		return nil, fmt.Errorf("InputEvents: %w", err)
 	}
@@ -265,21 +297,31 @@ func pduResult(r *roomserverv1.InputEventResult) fclient.PDUResult {
 	return fclient.PDUResult{Error: "Invalid event: " + r.GetReason()}
 }
 
-// inputWithGaps inputs ev; when the room-server misses events it refers
-// to, they are fetched from origin (gap.go) and the input is tried again.
-func (s *Service) inputWithGaps(ctx context.Context, origin spec.ServerName, verImpl gomatrixserverlib.IRoomVersion, ev gomatrixserverlib.PDU, raw []byte) (fclient.PDUResult, error) {
-	res, err := s.inputNew(ctx, verImpl, raw, nil, false)
+// inputWithGaps inputs p (and names it); when the room-server misses
+// events it refers to, they are fetched from origin (gap.go) and the input
+// is tried again.
+func (s *Service) inputWithGaps(ctx context.Context, origin spec.ServerName, p *preparedPDU) (fclient.PDUResult, error) {
+	res, err := s.inputNew(ctx, p.verImpl, p.raw, p.roomID, nil, false)
 	if err != nil {
 		if isPeerDown(err) {
 			return fclient.PDUResult{}, err
 		}
-		s.log.Error("input failed", zap.String("event_id", ev.EventID()), zap.Error(err))
+		if ev, _ := parsePDU(p.verImpl, p.raw); ev != nil && p.id == "" {
+			p.id = ev.EventID() // the answer names it
+		}
+		s.log.Error("input failed", zap.String("event_id", p.id), zap.Error(err))
 		return fclient.PDUResult{Error: "The event could not be processed"}, nil
 	}
+	p.named(res)
 	if res.GetStatus() != roomserverv1.InputStatus_INPUT_STATUS_MISSING_EVENTS {
 		return pduResult(res), nil
 	}
-	g := &gap{s: s, origin: origin, verImpl: verImpl, ev: ev, raw: raw}
+	// The room-server parsed it: it parses here too.
+	ev, err := parsePDU(p.verImpl, p.raw)
+	if err != nil {
+		return fclient.PDUResult{Error: fmt.Sprintf("Invalid event: %v", err)}, nil
+	}
+	g := &gap{s: s, origin: origin, verImpl: p.verImpl, ev: ev, raw: p.raw}
 	gctx, cancel := context.WithTimeout(ctx, s.cfg.GapBudget)
 	defer cancel()
 	res, err = g.fill(gctx)

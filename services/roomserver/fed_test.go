@@ -3,6 +3,7 @@ package roomserver
 import (
 	"encoding/json"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/matrix-org/gomatrixserverlib"
@@ -199,6 +200,24 @@ func TestFederationBadInput(t *testing.T) {
 	}
 	if h.event(msg.EventID()) != nil {
 		t.Fatal("the wrongly versioned event was stored")
+	}
+	// The same event for a caller that checked it as another room's
+	// (InputEvent.room_id: the federation-receiver's server ACL): refused,
+	// alone and in a run.
+	for _, n := range []int{1, 2} {
+		req := &roomserverv1.InputEventsRequest{}
+		for range n {
+			req.Events = append(req.Events, &roomserverv1.InputEvent{RoomVersion: "11", EventJson: msg.JSON(),
+				Kind: roomserverv1.InputKind_INPUT_KIND_NEW, RoomId: "!other:" + testServer})
+		}
+		for _, r := range h.inputReq(req) {
+			if r.GetStatus() != invalidSt || !strings.Contains(r.GetReason(), "room ID mismatch") || r.GetEventId() != msg.EventID() {
+				t.Fatalf("event checked as another room's: %s %s %s", r.GetStatus(), r.GetReason(), r.GetEventId())
+			}
+		}
+	}
+	if h.event(msg.EventID()) != nil {
+		t.Fatal("the event checked as another room's was stored")
 	}
 
 	// An event of a room that does not exist.

@@ -125,6 +125,9 @@ func (s *Service) parseAndVerify(ctx context.Context, ie *roomserverv1.InputEven
 	if bad != nil {
 		return nil, bad, nil
 	}
+	if want := ie.GetRoomId(); want != "" && ev.RoomID().String() != want {
+		return nil, invalid(ev.EventID(), "room ID mismatch: the event is of room %s, not %s", ev.RoomID().String(), want), nil
+	}
 	if ev.SenderID().ToUserID() == nil {
 		return nil, invalid(ev.EventID(), "invalid sender %q", ev.SenderID()), nil
 	}

@@ -700,8 +700,13 @@ type InputEvent struct {
 	// federation-sender, named by its certificate or in-process by its
 	// connection); from any other caller it is ignored.
 	SignaturesChecked bool `protobuf:"varint,7,opt,name=signatures_checked,json=signaturesChecked,proto3" json:"signatures_checked,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// When set, the room the caller checked the event for (the
+	// federation-receiver's server ACL, from the PDU's room_id before the
+	// event is parsed): an event of another room (a room version 12 create
+	// event, whose room ID is its hash) is INVALID.
+	RoomId        string `protobuf:"bytes,8,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *InputEvent) Reset() {
@@ -781,6 +786,13 @@ func (x *InputEvent) GetSignaturesChecked() bool {
 		return x.SignaturesChecked
 	}
 	return false
+}
+
+func (x *InputEvent) GetRoomId() string {
+	if x != nil {
+		return x.RoomId
+	}
+	return ""
 }
 
 type InputEventsRequest struct {
@@ -3535,7 +3547,7 @@ const file_roomserver_v1_roomserver_proto_rawDesc = "" +
 	"\x0etransaction_id\x18\x04 \x01(\v2#.myelin.roomserver.v1.TransactionIDR\rtransactionId\"R\n" +
 	"\x11SendEventResponse\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\"\n" +
-	"\fdeduplicated\x18\x02 \x01(\bR\fdeduplicated\"\x9e\x02\n" +
+	"\fdeduplicated\x18\x02 \x01(\bR\fdeduplicated\"\xb7\x02\n" +
 	"\n" +
 	"InputEvent\x12!\n" +
 	"\froom_version\x18\x01 \x01(\tR\vroomVersion\x12\x1d\n" +
@@ -3545,7 +3557,8 @@ const file_roomserver_v1_roomserver_proto_rawDesc = "" +
 	"\thas_state\x18\x04 \x01(\bR\bhasState\x12&\n" +
 	"\x0fstate_event_ids\x18\x05 \x03(\tR\rstateEventIds\x12%\n" +
 	"\x0estripped_state\x18\x06 \x03(\fR\rstrippedState\x12-\n" +
-	"\x12signatures_checked\x18\a \x01(\bR\x11signaturesChecked\"N\n" +
+	"\x12signatures_checked\x18\a \x01(\bR\x11signaturesChecked\x12\x17\n" +
+	"\aroom_id\x18\b \x01(\tR\x06roomId\"N\n" +
 	"\x12InputEventsRequest\x128\n" +
 	"\x06events\x18\x01 \x03(\v2 .myelin.roomserver.v1.InputEventR\x06events\"\xac\x01\n" +
 	"\x10InputEventResult\x12\x19\n" +

@@ -19,6 +19,7 @@ func (t *Tx) EnqueuePDU(ctx context.Context, dests []string, roomID, eventID str
 	if len(dests) == 0 {
 		return nil
 	}
+	t.queued = true
 	if _, err := t.tx.Exec(ctx, `INSERT INTO queue_pdus (destination, room_id, event_id, event_json)
 		SELECT d, $2, $3, $4 FROM unnest($1::text[]) AS d
 		ON CONFLICT (destination, event_id) DO NOTHING`, dests, roomID, eventID, eventJSON); err != nil {
@@ -43,6 +44,7 @@ func (t *Tx) EnqueueEDU(ctx context.Context, dests []string, eduType string, key
 	if len(dests) == 0 {
 		return nil
 	}
+	t.queued = true
 	var coalesce *string
 	if key.Key != "" {
 		coalesce = &key.Key

@@ -82,6 +82,8 @@ func (s *Store) Pool() *pgxpool.Pool { return s.db }
 // message commits together with the consumer's position.
 type Tx struct {
 	tx pgx.Tx
+	// queued: the transaction queued PDUs or EDUs for sending.
+	queued bool
 }
 
 // Apply runs fn for the message at streamSeq of consumer in one
@@ -111,17 +113,29 @@ func (s *Store) ApplyBatch(ctx context.Context, consumer string, seqs []uint64, 
 		case err != nil:
 			return err
 		}
+		t := &Tx{tx: tx}
 		for i, seq := range seqs {
 			if int64(seq) <= last {
 				continue
 			}
-			if err := fn(&Tx{tx: tx}, i); err != nil {
+			if err := fn(t, i); err != nil {
 				return err
 			}
 			applied = true
 		}
 		if !applied {
 			return nil
+		}
+		if !t.queued {
+			// Nothing to send in the whole batch (other servers' events, most of a
+			// federation ingest: the membership copy and the position
+			// only): the commit does not wait for the WAL flush. A commit
+			// lost to an operating system crash is applied again, since
+			// the consumer restarts from the recorded position, and the
+			// next durable commit flushes it anyway.
+			if _, err := tx.Exec(ctx, `SET LOCAL synchronous_commit = off`); err != nil {
+				return err
+			}
 		}
 		_, err = tx.Exec(ctx, `INSERT INTO consumer_positions (consumer, stream_seq) VALUES ($1, $2)
 			ON CONFLICT (consumer) DO UPDATE SET stream_seq = EXCLUDED.stream_seq`, consumer, int64(seqs[len(seqs)-1]))
