@@ -106,7 +106,6 @@ func DefaultConfig() Config {
 			MaxTimeout:           5 * time.Minute,
 			LazyCacheDevices:     10000,
 			LazyCacheMembers:     200000,
-			UnreadCacheRooms:     100000,
 		},
 		ConsumerName:           "clientapi-sync",
 		ToDeviceInConsumerName: "clientapi-todevice-in",
@@ -163,9 +162,6 @@ func (c Config) Validate() error {
 	}
 	if c.Sync.LazyCacheDevices < 1 || c.Sync.LazyCacheMembers < 1 {
 		errs = append(errs, errors.New("sync.lazy_cache_devices and sync.lazy_cache_members must be at least 1"))
-	}
-	if c.Sync.UnreadCacheRooms < 0 {
-		errs = append(errs, errors.New("sync.unread_cache_rooms must not be negative"))
 	}
 	if c.ConsumerName == "" {
 		errs = append(errs, errors.New("consumer_name must be set"))

@@ -37,10 +37,6 @@ type Config struct {
 	// devices, and members remembered in all.
 	LazyCacheDevices int `yaml:"lazy_cache_devices"`
 	LazyCacheMembers int `yaml:"lazy_cache_members"`
-	// UnreadCacheRooms bounds the unread counts remembered per user and
-	// room, from which the next /sync counts only what came since
-	// (unread.go); 0 counts every /sync's unread notifications afresh.
-	UnreadCacheRooms int `yaml:"unread_cache_rooms"`
 }
 
 // Waker wakes a user's long polls on every replica (wakebus.Bus).
@@ -102,8 +98,6 @@ type Service struct {
 	asToDevice AppserviceToDevice
 	// lazy remembers the members /sync sent each device (lazy.go).
 	lazy *lazyCache
-	// unread remembers each user's last unread counts per room (unread.go).
-	unread *unreadCache
 }
 
 // New returns the sync endpoints.
@@ -113,7 +107,6 @@ func New(d Deps) *Service {
 		history: d.History, push: d.Push, keys: d.Keys, notifier: d.Notifier, wakeBus: d.Wake, toDeviceOut: d.ToDeviceOut,
 		asToDevice: d.AppserviceToDevice,
 		lazy:       newLazyCache(d.Config.LazyCacheDevices, d.Config.LazyCacheMembers),
-		unread:     newUnreadCache(d.Config.UnreadCacheRooms),
 	}
 }
 

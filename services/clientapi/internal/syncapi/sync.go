@@ -454,14 +454,7 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, dev *httpapi.De
 	for _, room := range joined {
 		d.unread.rooms[room] = true
 	}
-	// An incremental sync counts on from the counts it remembers; an
-	// initial one counts afresh (and remembers that).
-	unreadNext := map[string]store.UnreadBase{}
-	var unreadBases map[string]store.UnreadBase
-	if incremental {
-		unreadBases = s.unread.bases(userID, joined)
-	}
-	b.UnreadCountsSince(userID, joined, d.pos, unreadBases, unreadNext)
+	b.UnreadCounts(userID, joined, d.pos, &d.unread.counts)
 	send := rd.Send
 	if last {
 		send = rd.SendLast
@@ -469,7 +462,6 @@ func (s *Service) readSync(ctx context.Context, rd store.Reader, dev *httpapi.De
 	if err := send(ctx, b); err != nil {
 		return d, err
 	}
-	d.unread.counts = s.unread.put(userID, unreadNext)
 	vf := history.VisibilityFilter{UserID: userID, Logs: logs, Erased: erased}
 	for _, room := range withEvents {
 		tl := d.timelines[room]
