@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/myelin-chat/myelin/pkg/testkit"
 )
 
@@ -301,5 +303,41 @@ func TestRunningCountsBackfill(t *testing.T) {
 	}
 	if ran != 2 || backfilled != stored {
 		t.Fatalf("%d backfill statements; stored:\n%s\nbackfilled:\n%s", ran, stored, backfilled)
+	}
+}
+
+// Room rows stored again (a redelivery that was evaluated after all) are
+// skipped whole, not counted twice in their thread's totals.
+func TestRoomNotificationsStoredTwice(t *testing.T) {
+	ctx := context.Background()
+	st, err := Open(ctx, testkit.Postgres(t), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	rns := []RoomNotification{
+		{RoomID: "!r:x", EventID: "$1", ThreadID: "main", Sender: "@a:x", Pos: 1, Actions: []byte(`[]`), Highlight: true, TS: 1},
+		{RoomID: "!r:x", EventID: "$2", ThreadID: "$t", Sender: "@a:x", Pos: 2, Actions: []byte(`[]`), TS: 1},
+		{RoomID: "!r:x", EventID: "$3", ThreadID: "main", Sender: "@a:x", Pos: 3, Actions: []byte(`[]`), TS: 1},
+	}
+	const snapshot = `SELECT string_agg(x, ' ' ORDER BY x) FROM (
+		SELECT format('%s/%s:%s,%s', thread_id, pos, cum_count, cum_highlight) AS x FROM room_notifications
+		UNION ALL SELECT format('%s<=%s:%s,%s', thread_id, last_pos, cum_count, cum_highlight) FROM room_threads) s`
+	var got []string
+	for range 2 {
+		b := &pgx.Batch{}
+		queueRoomNotifications(b, rns)
+		if err := st.db.SendBatch(ctx, b).Close(); err != nil {
+			t.Fatal(err)
+		}
+		var s string
+		if err := st.db.QueryRow(ctx, snapshot).Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, s)
+	}
+	want := "$t/2:1,0 $t<=2:1,0 main/1:1,1 main/3:2,1 main<=3:2,1"
+	if got[0] != want || got[1] != want {
+		t.Fatalf("stored once: %s; twice: %s; want %s", got[0], got[1], want)
 	}
 }
