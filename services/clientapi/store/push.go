@@ -126,22 +126,71 @@ func queueNotifications(b *pgx.Batch, notes []Notification) {
 }
 
 // queueRoomNotifications queues the insert of a batch's events' default
-// outcomes. A redelivered event is not evaluated again; the conflict
-// clause only makes that doubly sure.
+// outcomes, each with its thread's running counts (cum_count,
+// cum_highlight: migration 045, unread.go): the thread's new totals
+// (room_threads, which the same statement adds the batch's rows to) less
+// the batch's rows of the thread after it. That holds because the room
+// event consumer is the only writer and stores a room's events one
+// transaction at a time, in position order, so a new row comes after
+// every stored row of its thread. A redelivered event is not evaluated
+// again; a thread's rows that do not end after its last stored row
+// (room_threads.last_pos), as rows stored already would, are skipped all
+// the same, before they could count twice.
 func queueRoomNotifications(b *pgx.Batch, rns []RoomNotification) {
 	if len(rns) == 0 {
 		return
 	}
 	var rooms, events, threads, senders, actions []string
-	var poss, tss []int64
+	var poss, tss, after, hAfter []int64
 	var highlights []bool
-	for _, r := range rns {
+	// The batch's totals per thread, and each row's rows and highlights
+	// of its thread after it (rows come in position order).
+	type thread struct{ room, thread string }
+	type total struct {
+		n, h, last int64
+	}
+	totals := map[thread]*total{}
+	var order []thread
+	for i := len(rns) - 1; i >= 0; i-- {
+		r := rns[i]
+		k := thread{r.RoomID, r.ThreadID}
+		t := totals[k]
+		if t == nil {
+			t = &total{last: r.Pos}
+			totals[k] = t
+			order = append(order, k)
+		}
+		after, hAfter = append(after, t.n), append(hAfter, t.h)
+		t.n++
+		if r.Highlight {
+			t.h++
+		}
+		t.last = max(t.last, r.Pos)
 		rooms, events, threads, senders = append(rooms, r.RoomID), append(events, r.EventID), append(threads, r.ThreadID), append(senders, r.Sender)
 		actions, poss, tss, highlights = append(actions, string(r.Actions)), append(poss, r.Pos), append(tss, r.TS), append(highlights, r.Highlight)
 	}
-	b.Queue(`INSERT INTO room_notifications (room_id, pos, event_id, thread_id, sender, actions, highlight, ts)
-		SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::bool[], $8::bigint[])
-		ON CONFLICT DO NOTHING`, rooms, poss, events, threads, senders, actions, highlights, tss)
+	var tRooms, tThreads []string
+	var tLast, tN, tH []int64
+	for _, k := range order {
+		t := totals[k]
+		tRooms, tThreads, tLast, tN, tH = append(tRooms, k.room), append(tThreads, k.thread), append(tLast, t.last), append(tN, t.n), append(tH, t.h)
+	}
+	b.Queue(`WITH t AS (
+			INSERT INTO room_threads AS t (room_id, thread_id, last_pos, cum_count, cum_highlight)
+			SELECT * FROM unnest($9::text[], $10::text[], $11::bigint[], $12::bigint[], $13::bigint[])
+			ON CONFLICT (room_id, thread_id) DO UPDATE SET last_pos = EXCLUDED.last_pos,
+				cum_count = t.cum_count + EXCLUDED.cum_count, cum_highlight = t.cum_highlight + EXCLUDED.cum_highlight
+				WHERE t.last_pos < EXCLUDED.last_pos
+			RETURNING t.room_id, t.thread_id, t.cum_count, t.cum_highlight)
+		INSERT INTO room_notifications (room_id, pos, event_id, thread_id, sender, actions, highlight, ts, cum_count, cum_highlight)
+		SELECT u.room_id, u.pos, u.event_id, u.thread_id, u.sender, u.actions, u.highlight, u.ts,
+			t.cum_count - u.after, t.cum_highlight - u.h_after
+		FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::bool[], $8::bigint[],
+				$14::bigint[], $15::bigint[])
+			AS u(room_id, pos, event_id, thread_id, sender, actions, highlight, ts, after, h_after)
+		JOIN t ON t.room_id = u.room_id AND t.thread_id = u.thread_id
+		ON CONFLICT DO NOTHING`,
+		rooms, poss, events, threads, senders, actions, highlights, tss, tRooms, tThreads, tLast, tN, tH, after, hAfter)
 }
 
 // stringIndex numbers distinct strings in the order first seen, from 1

@@ -20,8 +20,25 @@ import (
 // The user's own events are never counted: each is an own read of its
 // thread. So storing a message writes one row whatever the room's size,
 // plus a row per member whose outcome differs; a receipt writes only
-// itself; and a /sync counts the notifications after the reader's
-// receipts, which an index range of the room's rows finds.
+// itself.
+//
+// A /sync's count does not walk the unread rows: a room thread's rows in a
+// range of positions are the difference of the running counts
+// (room_notifications.cum_count, cum_highlight; migration 045) of the
+// range's last row and of the row before its first, so each thread with a
+// row after the reader's start (room_threads) costs two index probes. Only
+// the user's own rows in the range are read one by one, to add those that
+// notify and take off the room rows they override: they are the members
+// whose rules differ from the defaults, mentions and invites.
+//
+// Retention pruning deletes rows by age (PruneNotifications), which is
+// position order but for events whose timestamps are out of order. A
+// count takes the running count before its first remaining row in range,
+// so rows pruned before it do not count, as before. A room row pruned
+// while an earlier row of its thread, within the reader's unread range,
+// is still stored (an event with an earlier position but a later
+// timestamp, or the moments while a prune is part way through) still
+// counts until that earlier row is pruned too.
 
 type ownReadKey struct{ user, room, thread string }
 
@@ -61,7 +78,14 @@ type UnreadCount struct {
 // room and thread, up to position $3, in the joined rooms the filter {{rooms}}
 // of m selects. rc is the newest receipt or own read per room and
 // thread (” = unthreaded, covering every thread); lo is where a room's
-// counting starts: the join or the unthreaded receipt.
+// counting starts: the join or the unthreaded receipt; t is each room
+// thread with a row after lo, and where its counting starts (lo or its
+// thread's receipt). rw counts t's room rows in range from their running
+// counts: from the first row after the start (less itself) to the last up
+// to $3. x is the user's own rows in range with the room row each
+// overrides, if any: a room row in range overridden by a row of the user's
+// is taken off its thread, and the user's rows that notify are added to
+// theirs.
 const unreadSQL = `WITH m AS (
 		SELECT room_id, join_pos FROM memberships m WHERE m.user_id = $1 AND m.membership = 'join' AND {{rooms}}),
 	rc AS (
@@ -74,17 +98,37 @@ const unreadSQL = `WITH m AS (
 	lo AS (
 		SELECT m.room_id, GREATEST(COALESCE(m.join_pos, 0), (SELECT rc.pos FROM rc WHERE rc.room_id = m.room_id AND rc.thread_id = '')) AS pos
 		FROM m),
-	n AS (
-		SELECT r.room_id, r.thread_id, r.pos, true AS notify, r.highlight
-		FROM lo JOIN room_notifications r ON r.room_id = lo.room_id AND r.pos > lo.pos AND r.pos <= $3
-		WHERE NOT EXISTS (SELECT 1 FROM notifications x WHERE x.user_key = $4 AND x.pos = r.pos AND x.user_id = $1)
+	t AS (
+		SELECT lo.room_id, th.thread_id, GREATEST(lo.pos, COALESCE(rc.pos, 0)) AS start
+		FROM lo JOIN room_threads th ON th.room_id = lo.room_id AND th.last_pos > lo.pos
+		LEFT JOIN rc ON rc.room_id = th.room_id AND rc.thread_id = th.thread_id),
+	rw AS (
+		SELECT t.room_id, t.thread_id, z.cum_count - a.cum_count + 1 AS n, z.cum_highlight - a.cum_highlight + a.highlight::int AS h
+		FROM t
+		CROSS JOIN LATERAL (SELECT r.pos, r.cum_count, r.cum_highlight, r.highlight FROM room_notifications r
+			WHERE r.room_id = t.room_id AND r.thread_id = t.thread_id AND r.pos > t.start AND r.pos <= $3
+			ORDER BY r.pos LIMIT 1) a
+		CROSS JOIN LATERAL (SELECT r.cum_count, r.cum_highlight FROM room_notifications r
+			WHERE r.room_id = t.room_id AND r.thread_id = t.thread_id AND r.pos >= a.pos AND r.pos <= $3
+			ORDER BY r.pos DESC LIMIT 1) z),
+	x AS (
+		SELECT x.room_id, x.thread_id, x.pos, x.notify, x.highlight, r.thread_id AS r_thread, r.highlight AS r_highlight
+		FROM lo JOIN notifications x ON x.user_key = $4 AND x.pos > lo.pos AND x.pos <= $3 AND x.user_id = $1 AND x.room_id = lo.room_id
+		LEFT JOIN room_notifications r ON r.room_id = x.room_id AND r.pos = x.pos),
+	d AS (
+		SELECT room_id, thread_id, n, h FROM rw
 		UNION ALL
-		SELECT x.room_id, x.thread_id, x.pos, x.notify, x.highlight
-		FROM lo JOIN notifications x ON x.user_key = $4 AND x.pos > lo.pos AND x.pos <= $3 AND x.user_id = $1 AND x.room_id = lo.room_id)
-	SELECT n.room_id, n.thread_id, (COUNT(*))::int, (COUNT(*) FILTER (WHERE n.highlight))::int
-	FROM n LEFT JOIN rc ON rc.room_id = n.room_id AND rc.thread_id = n.thread_id
-	WHERE n.notify AND n.pos > COALESCE(rc.pos, 0)
-	GROUP BY n.room_id, n.thread_id`
+		SELECT x.room_id, x.r_thread, -1, -(x.r_highlight::int)
+		FROM x LEFT JOIN rc ON rc.room_id = x.room_id AND rc.thread_id = x.r_thread
+		WHERE x.r_thread IS NOT NULL AND x.pos > COALESCE(rc.pos, 0)
+		UNION ALL
+		SELECT x.room_id, x.thread_id, 1, x.highlight::int
+		FROM x LEFT JOIN rc ON rc.room_id = x.room_id AND rc.thread_id = x.thread_id
+		WHERE x.notify AND x.pos > COALESCE(rc.pos, 0))
+	SELECT room_id, thread_id, SUM(n)::int, SUM(h)::int
+	FROM d
+	GROUP BY room_id, thread_id
+	HAVING SUM(n) > 0`
 
 // UnreadCounts returns the user's unread notification counts per room and
 // thread for the given rooms (those of them the user is joined to),
