@@ -239,6 +239,7 @@ func Start(ctx context.Context, cfg Config, targets []string, log *zap.Logger) (
 		g.Go(func() error { return svc.Run(gctx) })
 	}
 	g.Go(func() error { return ready.runGRPCHealth(gctx, healthSrv, grpcServices) })
+	go runMemoryRelease(gctx, func(ctx context.Context) bool { return len(ready.check(ctx)) == 0 }) // memrelease.go
 	g.Go(func() error {
 		<-gctx.Done()
 		shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

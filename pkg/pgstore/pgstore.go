@@ -38,6 +38,13 @@ func Open(ctx context.Context, url, schema string, maxConns int32, migrations fs
 		cfg.MaxConns = maxConns
 	}
 	cfg.ConnConfig.RuntimeParams["search_path"] = schema
+	// The description cache serves only QueryExecModeCacheDescribe; in
+	// any other mode (the default, QueryExecModeCacheStatement, uses the
+	// statement cache) it is never used but still costs each connection
+	// a map sized for 512 entries (about 26 kB, #20).
+	if cfg.ConnConfig.DefaultQueryExecMode != pgx.QueryExecModeCacheDescribe {
+		cfg.ConnConfig.DescriptionCacheCapacity = 0
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect: %w", err)

@@ -554,8 +554,9 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 	} else if before, err = s.stateAfterEvents(ctx, w, room, prevs); err != nil {
 		return res, err
 	}
-	row.StateBefore = &before.nid
-	row.StateAfter = &before.nid
+	// Copies of the NID: a pointer into before would keep its whole state
+	// map alive for as long as the event (in the event cache, #20).
+	row.StateBefore, row.StateAfter = nidPtr(before.nid), nidPtr(before.nid)
 
 	// 7. Auth against the state before. When the state before holds
 	// exactly the event's own auth events (always so for local events),
@@ -619,7 +620,7 @@ func (s *Service) processEvent(ctx context.Context, w *writeTx, ev gomatrixserve
 		if err != nil {
 			return res, err
 		}
-		row.StateAfter = &after.nid
+		row.StateAfter = nidPtr(after.nid)
 	}
 	row.SoftFailed, row.Reason = softFailed, res.reason
 	// A redaction that arrived first is applied as the event is stored.

@@ -81,6 +81,13 @@ type snapshot struct {
 	keys, vals []int64
 }
 
+// nidPtr returns a pointer to a copy of nid. Events (store.Event) point to
+// their snapshots' NIDs: a pointer to a snapshot's own nid field would
+// keep the snapshot's whole state map alive for as long as the event, in
+// the event cache, past the state cache's bound (a 10,000-member room's
+// joins held about 1 GiB so).
+func nidPtr(nid int64) *int64 { return &nid }
+
 // loadState resolves a snapshot NID into its state.
 func (s *Service) loadState(ctx context.Context, q *store.Queries, nid int64) (snapshot, error) {
 	if nid == 0 {

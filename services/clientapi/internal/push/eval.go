@@ -218,6 +218,23 @@ func displayNameIn(ctx context.Context, rd store.Reader, roomID, userID string) 
 // nil): without power levels, creators have 100; in room versions with
 // privileged creators, creators outrank everyone.
 func powerFor(createJSON, powerJSON []byte, sender string) (int64, map[string]int64) {
+	return parsePowers(createJSON, powerJSON).of(sender)
+}
+
+// roomPowers is what powerFor reads from a room's create and power levels
+// events, decoded once for every sender.
+type roomPowers struct {
+	creators   []string
+	privileged bool // the room version's creators outrank everyone
+	noPower    bool // no power levels event
+	hasPower   bool // a power levels event, decodable
+	content    gomatrixserverlib.PowerLevelContent
+	// notify is content.notifications (notificationLevels); none is the
+	// empty map answered without (decodable) power levels.
+	notify, none map[string]int64
+}
+
+func parsePowers(createJSON, powerJSON []byte) *roomPowers {
 	var create struct {
 		Sender  string `json:"sender"`
 		Content struct {
@@ -227,66 +244,78 @@ func powerFor(createJSON, powerJSON []byte, sender string) (int64, map[string]in
 		} `json:"content"`
 	}
 	_ = json.Unmarshal(createJSON, &create)
-	creators := []string{create.Sender}
+	p := &roomPowers{creators: []string{create.Sender}, notify: notificationLevels(powerJSON), none: map[string]int64{}}
 	if create.Content.Creator != "" {
-		creators = append(creators, create.Content.Creator)
+		p.creators = append(p.creators, create.Content.Creator)
 	}
 	version := create.Content.RoomVersion
 	if version == "" {
 		version = "1"
 	}
 	if impl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(version)); err == nil && impl.PrivilegedCreators() {
-		creators = append(creators, create.Content.AdditionalCreators...)
-		if slices.Contains(creators, sender) {
-			return math.MaxInt64, notificationLevels(powerJSON)
-		}
+		p.privileged = true
+		p.creators = append(p.creators, create.Content.AdditionalCreators...)
 	}
 	if powerJSON == nil {
-		if slices.Contains(creators, sender) {
-			return 100, map[string]int64{}
-		}
-		return 0, map[string]int64{}
+		p.noPower = true
+		return p
 	}
 	var ev struct {
 		Content gomatrixserverlib.PowerLevelContent `json:"content"`
 	}
 	ev.Content.Defaults()
-	if json.Unmarshal(powerJSON, &ev) != nil {
-		return 0, map[string]int64{}
+	if json.Unmarshal(powerJSON, &ev) == nil {
+		p.hasPower, p.content = true, ev.Content
 	}
-	return ev.Content.UserLevel(spec.SenderID(sender)), notificationLevels(powerJSON)
+	return p
 }
 
-// powerCache keeps powerFor's answer per room and sender with the create
-// and power levels events it came from, so each event of a busy room does
-// not decode them again (they are read with every batch, so the bytes are
-// compared, not their identity). Used by the single consumer goroutine
-// only; the levels map returned is shared and must not be changed.
+// of is sender's power level and the notifications levels (shared: not
+// to be changed).
+func (p *roomPowers) of(sender string) (int64, map[string]int64) {
+	creator := slices.Contains(p.creators, sender)
+	switch {
+	case p.privileged && creator:
+		return math.MaxInt64, p.notify
+	case p.noPower && creator:
+		return 100, p.none
+	case !p.hasPower:
+		return 0, p.none
+	}
+	return p.content.UserLevel(spec.SenderID(sender)), p.notify
+}
+
+// powerCache keeps each room's decoded create and power levels events
+// (roomPowers) with the bytes they came from, so each event of a busy
+// room does not decode them again (they are read with every batch, so the
+// bytes are compared, not their identity). One entry per room, whatever
+// the number of senders: the bytes are kept once. Used by the single
+// consumer goroutine only; the levels map returned is shared and must not
+// be changed.
 type powerCache struct {
-	m map[[2]string]powerEntry
+	m map[string]powerEntry
 }
 
 type powerEntry struct {
 	create, power []byte
-	level         int64
-	notify        map[string]int64
+	powers        *roomPowers
 }
 
-// powerCacheMax bounds the cache; past it the cache starts over.
-const powerCacheMax = 10_000
+// powerCacheMax bounds the cache in rooms (each about the size of its two
+// events, decoded and not); past it the cache starts over.
+const powerCacheMax = 4096
 
 func (c *powerCache) get(roomID string, createJSON, powerJSON []byte, sender string) (int64, map[string]int64) {
-	k := [2]string{roomID, sender}
-	if e, ok := c.m[k]; ok && bytes.Equal(e.create, createJSON) && bytes.Equal(e.power, powerJSON) &&
+	if e, ok := c.m[roomID]; ok && bytes.Equal(e.create, createJSON) && bytes.Equal(e.power, powerJSON) &&
 		(e.create == nil) == (createJSON == nil) && (e.power == nil) == (powerJSON == nil) {
-		return e.level, e.notify
+		return e.powers.of(sender)
 	}
-	level, notify := powerFor(createJSON, powerJSON, sender)
+	p := parsePowers(createJSON, powerJSON)
 	if c.m == nil || len(c.m) >= powerCacheMax {
-		c.m = map[[2]string]powerEntry{}
+		c.m = map[string]powerEntry{}
 	}
-	c.m[k] = powerEntry{create: bytes.Clone(createJSON), power: bytes.Clone(powerJSON), level: level, notify: notify}
-	return level, notify
+	c.m[roomID] = powerEntry{create: bytes.Clone(createJSON), power: bytes.Clone(powerJSON), powers: p}
+	return p.of(sender)
 }
 
 // notificationLevels reads content.notifications of a power levels event.

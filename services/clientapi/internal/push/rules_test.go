@@ -3,6 +3,7 @@ package push
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"testing"
 )
 
@@ -290,4 +291,13 @@ func TestPowerCache(t *testing.T) {
 	check(create, nil, "@c:x", 100, 0)
 	check(nil, nil, "@c:x", 0, 0)
 	check(create, pl(100, 20), "@bob:x", 0, 20)
+	// One entry per room serves every sender.
+	check(create, pl(100, 20), "@alice:x", 100, 20)
+	check(create, []byte(`{"type":"m.room.power_levels","content":{"users":{"@alice:x":"high"},"notifications":{"room":5}}}`), "@alice:x", 0, 0)
+	v12 := []byte(`{"type":"m.room.create","sender":"@c:x","content":{"room_version":"12","additional_creators":["@d:x"]}}`)
+	check(v12, pl(50, 30), "@c:x", math.MaxInt64, 30)
+	check(v12, pl(50, 30), "@d:x", math.MaxInt64, 30)
+	check(v12, pl(50, 30), "@alice:x", 50, 30)
+	check(v12, nil, "@d:x", math.MaxInt64, 0)
+	check(v12, nil, "@e:x", 0, 0)
 }
