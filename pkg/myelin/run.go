@@ -163,6 +163,7 @@ func Start(ctx context.Context, cfg Config, targets []string, log *zap.Logger) (
 	r.Get("/readyz", ready.serveReadyz)
 
 	var services []service
+	var names []string
 	for _, m := range modules {
 		if !slices.Contains(targets, m.name) {
 			continue
@@ -179,6 +180,7 @@ func Start(ctx context.Context, cfg Config, targets []string, log *zap.Logger) (
 			servesFederation = true
 		}
 		services = append(services, svc)
+		names = append(names, m.name)
 		ready.services[m.name] = svc
 	}
 	var grpcServices []string
@@ -235,8 +237,15 @@ func Start(ctx context.Context, cfg Config, targets []string, log *zap.Logger) (
 			return nil
 		})
 	}
-	for _, svc := range services {
-		g.Go(func() error { return svc.Run(gctx) })
+	for i, svc := range services {
+		g.Go(func() error {
+			// A service's error ends the whole process: say which.
+			if err := svc.Run(gctx); err != nil {
+				log.Error("service stopped with an error; stopping the process", zap.String("service", names[i]), zap.Error(err))
+				return fmt.Errorf("%s: %w", names[i], err)
+			}
+			return nil
+		})
 	}
 	g.Go(func() error { return ready.runGRPCHealth(gctx, healthSrv, grpcServices) })
 	go runMemoryRelease(gctx, func(ctx context.Context) bool { return len(ready.check(ctx)) == 0 }) // memrelease.go
