@@ -2,6 +2,7 @@ package myelin
 
 import (
 	"context"
+	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
 	"time"
@@ -68,7 +69,11 @@ func runMemoryRelease(ctx context.Context, ready func(context.Context) bool) {
 		}
 	}
 	poll.Stop()
-	debug.FreeOSMemory() // start-up's garbage: migrations, descriptors, first queries
+	// Start-up's garbage (migrations, descriptors, first queries): two
+	// collections, as buffers parked in sync.Pools (NATS's file store
+	// blocks, pgx's) survive the first.
+	runtime.GC()
+	debug.FreeOSMemory()
 	ticker := time.NewTicker(releaseInterval)
 	defer ticker.Stop()
 	last, _ := reclaimable()
