@@ -144,8 +144,15 @@ func ToDeviceInSubject(userID string) string { return toDeviceInPrefix + token(u
 // recipient, hashed (message IDs are arbitrary strings), so the same EDU
 // received again is dropped within the duplicate window.
 func ToDeviceMsgID(origin, messageID, userID string) string {
-	h := sha256.Sum256([]byte(origin + "\x00" + messageID + "\x00" + userID))
-	return "todevice-" + hex.EncodeToString(h[:16])
+	return hashedMsgID("todevice-", origin, messageID, userID)
+}
+
+// hashedMsgID is prefix and the first 16 bytes (hex) of the SHA-256 of
+// parts joined by NUL: a Nats-Msg-Id of bounded length from arbitrary
+// strings.
+func hashedMsgID(prefix string, parts ...string) string {
+	h := sha256.Sum256([]byte(strings.Join(parts, "\x00")))
+	return prefix + hex.EncodeToString(h[:16])
 }
 
 // To-device messages for users an application service with
@@ -175,8 +182,7 @@ func AppserviceToDeviceSubject(userID string) string { return appserviceToDevice
 // retried request or a redelivered EDU publishes the same ID and
 // JetStream drops the repeat.
 func AppserviceToDeviceMsgID(key, userID string) string {
-	h := sha256.Sum256([]byte(key + "\x00" + userID))
-	return "astodevice-" + hex.EncodeToString(h[:16])
+	return hashedMsgID("astodevice-", key, userID)
 }
 
 // Room directory alias changes, published by the room-server after each
